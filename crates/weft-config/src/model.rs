@@ -1,0 +1,467 @@
+//! The validated configuration model. Every value here has been checked: a `Config` that exists is
+//! one the proxy can run. The shape follows Envoy's v3 API (Listener → FilterChain → HttpConnectionManager
+//! / TcpProxy, RouteConfiguration → VirtualHost → Route, Cluster → ClusterLoadAssignment) so that xDS
+//! resources translate onto it one to one.
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::duration::format(*d))
+}
+
+fn ser_opt_dur<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_str(&crate::duration::format(*d)),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Config {
+    pub admin: Option<Admin>,
+    pub runtime: Runtime,
+    pub listeners: Vec<Listener>,
+    pub clusters: Vec<Cluster>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Runtime {
+    /// Worker threads; `None` means one per available core.
+    pub concurrency: Option<usize>,
+    #[serde(serialize_with = "ser_dur")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Listener {
+    pub name: String,
+    pub address: SocketAddr,
+    /// Connections beyond this are accepted and closed at once (counted as overflow).
+    pub max_connections: Option<u32>,
+    pub filter_chains: Vec<FilterChain>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FilterChain {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: FilterChainMatch,
+    pub filter: NetworkFilter,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FilterChainMatch {
+    pub destination_port: Option<u16>,
+    pub source_prefixes: Vec<CidrRange>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct CidrRange {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl CidrRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = if self.prefix_len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.prefix_len))
+                };
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = if self.prefix_len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.prefix_len))
+                };
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkFilter {
+    TcpProxy(TcpProxy),
+    Http(HttpConnectionManager),
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AccessLog {
+    pub sink: LogSink,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum LogSink {
+    Stdout,
+    Stderr,
+    File(String),
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TcpProxy {
+    pub stat_prefix: String,
+    pub cluster: String,
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub idle_timeout: Option<Duration>,
+    pub access_log: Option<AccessLog>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    /// HTTP/1.1 and HTTP/2 with prior knowledge, told apart by the connection preface.
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HttpConnectionManager {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub route_config: RouteConfig,
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(serialize_with = "ser_dur")]
+    pub request_headers_timeout: Duration,
+    pub max_request_headers_kb: u32,
+    /// When true, the peer address is the client address appended to `x-forwarded-for`
+    /// (an edge proxy); when false, an existing `x-forwarded-for` is trusted as is.
+    pub use_remote_address: bool,
+    pub xff_num_trusted_hops: u32,
+    pub generate_request_id: bool,
+    pub via: Option<String>,
+    pub server_name: Option<String>,
+    pub access_log: Option<AccessLog>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RouteConfig {
+    pub name: String,
+    pub virtual_hosts: Vec<VirtualHost>,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct HeaderMutations {
+    pub request_add: Vec<HeaderValueOption>,
+    pub request_remove: Vec<String>,
+    pub response_add: Vec<HeaderValueOption>,
+    pub response_remove: Vec<String>,
+}
+
+impl HeaderMutations {
+    pub fn is_empty(&self) -> bool {
+        self.request_add.is_empty()
+            && self.request_remove.is_empty()
+            && self.response_add.is_empty()
+            && self.response_remove.is_empty()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderAppendAction {
+    Append,
+    Overwrite,
+    AddIfAbsent,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HeaderValueOption {
+    /// Lower-case header name.
+    pub name: String,
+    pub value: String,
+    pub action: HeaderAppendAction,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VirtualHost {
+    pub name: String,
+    pub domains: Vec<DomainMatch>,
+    pub routes: Vec<Route>,
+    pub headers: HeaderMutations,
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainMatch {
+    /// `example.com` (lower case; a port in the request's host is ignored unless listed).
+    Exact(String),
+    /// `*.example.com` stored as `.example.com`.
+    Suffix(String),
+    /// `www.example.*` stored as `www.example.`.
+    Prefix(String),
+    /// `*`.
+    Any,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Route {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: RouteMatch,
+    pub action: RouteAction,
+    pub headers: HeaderMutations,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RouteMatch {
+    pub path: PathMatch,
+    pub case_sensitive: bool,
+    /// Empty means any method.
+    pub methods: Vec<String>,
+    pub headers: Vec<HeaderMatcher>,
+    pub query_parameters: Vec<QueryMatcher>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    /// Must match the whole path (without the query).
+    Regex(String),
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HeaderMatcher {
+    pub name: String,
+    pub rule: StringRule,
+    pub invert: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct QueryMatcher {
+    pub name: String,
+    pub rule: StringRule,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum StringRule {
+    Exact(String),
+    Prefix(String),
+    /// Must match the whole value.
+    Regex(String),
+    Present(bool),
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteAction {
+    Forward(ForwardAction),
+    Redirect(Redirect),
+    DirectResponse(DirectResponse),
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ForwardAction {
+    /// One entry with weight 1 for a plain `cluster:` route.
+    pub clusters: Vec<WeightedCluster>,
+    /// Whole-request timeout including retries; `None` disables it.
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub timeout: Option<Duration>,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
+    pub auto_host_rewrite: bool,
+    pub retry_policy: Option<RetryPolicy>,
+    pub hash_policy: Vec<HashPolicy>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct WeightedCluster {
+    pub name: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RetryPolicy {
+    pub retry_on: RetryOn,
+    pub num_retries: u32,
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub per_try_timeout: Option<Duration>,
+    pub retriable_status_codes: Vec<u16>,
+    #[serde(serialize_with = "ser_dur")]
+    pub backoff_base: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub backoff_max: Duration,
+}
+
+/// The conditions that make a try retriable (Envoy's `x-envoy-retry-on` names).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Any 5xx response, connect failure, reset or per-try timeout.
+    pub five_xx: bool,
+    /// 502, 503, 504, plus connect failure / reset / per-try timeout.
+    pub gateway_error: bool,
+    pub connect_failure: bool,
+    /// The upstream reset the stream or closed the connection before a response.
+    pub reset: bool,
+    pub retriable_status_codes: bool,
+    pub per_try_timeout: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum HashPolicy {
+    Header { name: String, terminal: bool },
+    Cookie { name: String, terminal: bool },
+    SourceIp { terminal: bool },
+    QueryParameter { name: String, terminal: bool },
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Redirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub status: u16,
+    pub strip_query: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Cluster {
+    pub name: String,
+    pub discovery: Discovery,
+    pub lb_policy: LbPolicy,
+    #[serde(serialize_with = "ser_dur")]
+    pub connect_timeout: Duration,
+    pub protocol: UpstreamProtocol,
+    pub endpoints: Vec<Endpoint>,
+    pub circuit_breakers: CircuitBreakers,
+    pub retry_budget: Option<RetryBudget>,
+    pub pool: PoolConfig,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    Static,
+    /// Every endpoint is a `host:port` re-resolved every `refresh`.
+    StrictDns {
+        #[serde(serialize_with = "ser_dur")]
+        refresh: Duration,
+    },
+    /// The upstream is the original destination of the downstream connection (`SO_ORIGINAL_DST`),
+    /// or the `x-weft-original-dst-host` header for HTTP.
+    OriginalDst,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest { choice_count: u32 },
+    Random,
+    RingHash { min_ring_size: u64, max_ring_size: u64 },
+    Maglev { table_size: u64 },
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    Http1,
+    Http2,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Endpoint {
+    pub address: EndpointAddress,
+    pub weight: u32,
+    pub priority: u32,
+    pub locality: Locality,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointAddress {
+    Socket(SocketAddr),
+    /// A DNS name, for `strict_dns` clusters.
+    Dns { host: String, port: u16 },
+}
+
+impl std::fmt::Display for EndpointAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointAddress::Socket(a) => write!(f, "{a}"),
+            EndpointAddress::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CircuitBreakers {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+    pub max_retries: u32,
+}
+
+impl Default for CircuitBreakers {
+    /// Envoy's defaults.
+    fn default() -> Self {
+        CircuitBreakers {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+            max_retries: 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RetryBudget {
+    /// Retries allowed as a percentage of active requests.
+    pub budget_percent: f64,
+    pub min_retry_concurrency: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct PoolConfig {
+    pub max_idle_per_endpoint: u32,
+    #[serde(serialize_with = "ser_dur")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            max_idle_per_endpoint: 128,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}

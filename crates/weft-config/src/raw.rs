@@ -1,0 +1,315 @@
+//! The YAML source format, exactly as a user writes it.
+//!
+//! Everything here is deliberately loose (enumerations are strings, most fields optional) so that
+//! [`crate::validate`] can name the offending field path in its errors instead of relying on a
+//! generic deserializer message. Unknown fields are rejected by serde, which reports line/column.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub admin: Option<RawAdmin>,
+    pub runtime: RawRuntime,
+    pub listeners: Vec<RawListener>,
+    pub clusters: Vec<RawCluster>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAdmin {
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRuntime {
+    pub concurrency: Option<u64>,
+    pub drain_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawListener {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub max_connections: Option<u64>,
+    pub filter_chains: Vec<RawFilterChain>,
+    /// Shorthand for a single filter chain holding an HTTP connection manager.
+    pub http: Option<RawHttp>,
+    /// Shorthand for a single filter chain holding a TCP proxy.
+    pub tcp_proxy: Option<RawTcpProxy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFilterChain {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: Option<RawFilterChainMatch>,
+    pub http: Option<RawHttp>,
+    pub tcp_proxy: Option<RawTcpProxy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFilterChainMatch {
+    pub destination_port: Option<u64>,
+    pub source_prefixes: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAccessLog {
+    /// "stdout", "stderr" or a file path.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTcpProxy {
+    pub stat_prefix: Option<String>,
+    pub cluster: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttp {
+    pub stat_prefix: Option<String>,
+    /// "auto" (HTTP/1.1 and h2c prior knowledge), "http1" or "http2".
+    pub codec: Option<String>,
+    pub route_config: Option<RawRouteConfig>,
+    pub idle_timeout: Option<String>,
+    pub request_headers_timeout: Option<String>,
+    pub max_request_headers_kb: Option<u64>,
+    pub use_remote_address: Option<bool>,
+    pub xff_num_trusted_hops: Option<u64>,
+    pub generate_request_id: Option<bool>,
+    pub via: Option<String>,
+    pub server_name: Option<String>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRouteConfig {
+    pub name: Option<String>,
+    pub virtual_hosts: Vec<RawVirtualHost>,
+    pub request_headers_to_add: Vec<RawHeaderValue>,
+    pub request_headers_to_remove: Vec<String>,
+    pub response_headers_to_add: Vec<RawHeaderValue>,
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawVirtualHost {
+    pub name: Option<String>,
+    pub domains: Vec<String>,
+    pub routes: Vec<RawRoute>,
+    pub request_headers_to_add: Vec<RawHeaderValue>,
+    pub request_headers_to_remove: Vec<String>,
+    pub response_headers_to_add: Vec<RawHeaderValue>,
+    pub response_headers_to_remove: Vec<String>,
+    pub retry_policy: Option<RawRetryPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHeaderValue {
+    pub name: Option<String>,
+    pub value: Option<String>,
+    /// "append" (default) or "overwrite" / "add_if_absent".
+    pub action: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    #[serde(rename = "match")]
+    pub match_: Option<RawRouteMatch>,
+    pub route: Option<RawRouteAction>,
+    pub redirect: Option<RawRedirect>,
+    pub direct_response: Option<RawDirectResponse>,
+    pub request_headers_to_add: Vec<RawHeaderValue>,
+    pub request_headers_to_remove: Vec<String>,
+    pub response_headers_to_add: Vec<RawHeaderValue>,
+    pub response_headers_to_remove: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRouteMatch {
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    pub regex: Option<String>,
+    pub case_sensitive: Option<bool>,
+    pub methods: Vec<String>,
+    pub headers: Vec<RawHeaderMatcher>,
+    pub query_parameters: Vec<RawQueryMatcher>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHeaderMatcher {
+    pub name: Option<String>,
+    pub exact: Option<String>,
+    pub regex: Option<String>,
+    pub prefix: Option<String>,
+    pub present: Option<bool>,
+    pub invert: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawQueryMatcher {
+    pub name: Option<String>,
+    pub exact: Option<String>,
+    pub regex: Option<String>,
+    pub present: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRouteAction {
+    pub cluster: Option<String>,
+    pub weighted_clusters: Vec<RawWeightedCluster>,
+    pub timeout: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub host_rewrite: Option<String>,
+    pub auto_host_rewrite: Option<bool>,
+    pub retry_policy: Option<RawRetryPolicy>,
+    pub hash_policy: Vec<RawHashPolicy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWeightedCluster {
+    pub name: Option<String>,
+    pub weight: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetryPolicy {
+    pub retry_on: Vec<String>,
+    pub num_retries: Option<u64>,
+    pub per_try_timeout: Option<String>,
+    pub retriable_status_codes: Vec<u64>,
+    pub retry_back_off: Option<RawBackoff>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawBackoff {
+    pub base_interval: Option<String>,
+    pub max_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHashPolicy {
+    pub header: Option<String>,
+    pub cookie: Option<String>,
+    pub source_ip: Option<bool>,
+    pub query_parameter: Option<String>,
+    pub terminal: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRedirect {
+    pub scheme: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u64>,
+    pub path: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub status: Option<u64>,
+    pub strip_query: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDirectResponse {
+    pub status: Option<u64>,
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCluster {
+    pub name: Option<String>,
+    /// "static", "strict_dns" or "original_dst".
+    #[serde(rename = "type")]
+    pub type_: Option<String>,
+    pub lb_policy: Option<String>,
+    pub connect_timeout: Option<String>,
+    /// Upstream HTTP protocol: "http1" or "http2".
+    pub protocol: Option<String>,
+    pub dns_refresh_rate: Option<String>,
+    pub endpoints: Vec<RawEndpoint>,
+    pub circuit_breakers: Option<RawCircuitBreakers>,
+    pub retry_budget: Option<RawRetryBudget>,
+    pub pool: Option<RawPool>,
+    pub ring_hash: Option<RawRingHash>,
+    pub maglev: Option<RawMaglev>,
+    pub least_request: Option<RawLeastRequest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEndpoint {
+    pub address: Option<String>,
+    pub weight: Option<u64>,
+    pub priority: Option<u64>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub sub_zone: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCircuitBreakers {
+    pub max_connections: Option<u64>,
+    pub max_pending_requests: Option<u64>,
+    pub max_requests: Option<u64>,
+    pub max_retries: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRetryBudget {
+    pub budget_percent: Option<f64>,
+    pub min_retry_concurrency: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPool {
+    pub max_idle_per_endpoint: Option<u64>,
+    pub idle_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRingHash {
+    pub minimum_ring_size: Option<u64>,
+    pub maximum_ring_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMaglev {
+    pub table_size: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLeastRequest {
+    pub choice_count: Option<u64>,
+}

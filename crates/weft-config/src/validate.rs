@@ -1,0 +1,952 @@
+//! Raw YAML → validated [`Config`]. Every error names the field path, e.g.
+//! `clusters[2].lb_policy: unknown value "rr"`. All errors are collected, not just the first.
+
+use crate::duration;
+use crate::model::*;
+use crate::raw::*;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// One problem in a configuration, with the path of the field at fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub errors: Vec<FieldError>,
+}
+
+impl ConfigError {
+    pub fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            errors: vec![FieldError {
+                path: path.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Ctx {
+    errors: Vec<FieldError>,
+}
+
+impl Ctx {
+    fn err(&mut self, path: &str, message: impl Into<String>) {
+        self.errors.push(FieldError {
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn dur(&mut self, path: &str, v: &Option<String>) -> Option<Duration> {
+        let s = v.as_ref()?;
+        match duration::parse(s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    fn required<'a>(&mut self, path: &str, v: &'a Option<String>) -> Option<&'a str> {
+        match v.as_deref() {
+            Some(s) if !s.is_empty() => Some(s),
+            _ => {
+                self.err(path, "is required");
+                None
+            }
+        }
+    }
+
+    fn u32_in(&mut self, path: &str, v: Option<u64>, min: u64, max: u64, default: u32) -> u32 {
+        match v {
+            None => default,
+            Some(n) if n >= min && n <= max => n as u32,
+            Some(n) => {
+                self.err(path, format!("{n} is out of range [{min}, {max}]"));
+                default
+            }
+        }
+    }
+
+    fn regex(&mut self, path: &str, pattern: &str) {
+        if let Err(e) = regex::Regex::new(pattern) {
+            self.err(path, format!("invalid regex: {e}"));
+        }
+    }
+
+    fn header_name(&mut self, path: &str, name: &str) -> String {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            self.err(path, format!("\"{name}\" is not a valid header name"));
+        }
+        name.to_ascii_lowercase()
+    }
+}
+
+/// Parses YAML text and validates it.
+pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::single("", e.to_string()))?;
+    validate(raw)
+}
+
+/// Validates a raw configuration into the runnable model.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let mut cx = Ctx { errors: Vec::new() };
+
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let addr = cx.required("admin.address", &a.address)?;
+        socket_addr(&mut cx, "admin.address", addr).map(|address| Admin { address })
+    });
+
+    let concurrency = match raw.runtime.concurrency {
+        None | Some(0) => None,
+        Some(n) if n <= 1024 => Some(n as usize),
+        Some(n) => {
+            cx.err("runtime.concurrency", format!("{n} is out of range [0, 1024]"));
+            None
+        }
+    };
+    let runtime = Runtime {
+        concurrency,
+        drain_timeout: cx
+            .dur("runtime.drain_timeout", &raw.runtime.drain_timeout)
+            .unwrap_or(Duration::from_secs(10)),
+    };
+
+    let mut clusters = Vec::new();
+    let mut cluster_names = HashSet::new();
+    for (i, c) in raw.clusters.iter().enumerate() {
+        let path = format!("clusters[{i}]");
+        if let Some(cluster) = cluster(&mut cx, &path, c) {
+            if !cluster_names.insert(cluster.name.clone()) {
+                cx.err(&format!("{path}.name"), format!("duplicate cluster name \"{}\"", cluster.name));
+            }
+            clusters.push(cluster);
+        }
+    }
+
+    let mut listeners = Vec::new();
+    let mut listener_names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (i, l) in raw.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}]");
+        if let Some(listener) = listener(&mut cx, &path, l, &cluster_names) {
+            if !listener_names.insert(listener.name.clone()) {
+                cx.err(&format!("{path}.name"), format!("duplicate listener name \"{}\"", listener.name));
+            }
+            if listener.address.port() != 0 && !addresses.insert(listener.address) {
+                cx.err(&format!("{path}.address"), format!("{} is used by another listener", listener.address));
+            }
+            listeners.push(listener);
+        }
+    }
+
+    if cx.errors.is_empty() {
+        Ok(Config {
+            admin,
+            runtime,
+            listeners,
+            clusters,
+        })
+    } else {
+        Err(ConfigError { errors: cx.errors })
+    }
+}
+
+fn socket_addr(cx: &mut Ctx, path: &str, s: &str) -> Option<SocketAddr> {
+    match s.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(path, format!("\"{s}\" is not an IP:port address"));
+            None
+        }
+    }
+}
+
+fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String>) -> Option<Listener> {
+    let name = cx.required(&format!("{path}.name"), &l.name).map(str::to_string);
+    let address = cx
+        .required(&format!("{path}.address"), &l.address)
+        .and_then(|a| socket_addr(cx, &format!("{path}.address"), a));
+    let max_connections = match l.max_connections {
+        None => None,
+        Some(n) => Some(cx.u32_in(&format!("{path}.max_connections"), Some(n), 1, u32::MAX as u64, 1)),
+    };
+    let mut chains = Vec::new();
+    let shorthand = l.http.is_some() || l.tcp_proxy.is_some();
+    if shorthand && !l.filter_chains.is_empty() {
+        cx.err(path, "give either filter_chains or an http/tcp_proxy shorthand, not both");
+    }
+    if shorthand {
+        let raw = RawFilterChain {
+            name: Some("default".into()),
+            match_: None,
+            http: None,
+            tcp_proxy: None,
+        };
+        if let Some(c) = filter_chain(cx, path, &raw, l.http.as_ref(), l.tcp_proxy.as_ref(), clusters) {
+            chains.push(c);
+        }
+    } else {
+        if l.filter_chains.is_empty() {
+            cx.err(&format!("{path}.filter_chains"), "at least one filter chain (or an http/tcp_proxy shorthand) is required");
+        }
+        for (i, fc) in l.filter_chains.iter().enumerate() {
+            let p = format!("{path}.filter_chains[{i}]");
+            if let Some(c) = filter_chain(cx, &p, fc, fc.http.as_ref(), fc.tcp_proxy.as_ref(), clusters) {
+                chains.push(c);
+            }
+        }
+        let mut seen = HashSet::new();
+        for (i, c) in chains.iter().enumerate() {
+            let key = format!("{:?}", c.match_);
+            if !seen.insert(key) {
+                cx.err(&format!("{path}.filter_chains[{i}].match"), "duplicates the match of an earlier filter chain");
+            }
+        }
+    }
+    Some(Listener {
+        name: name?,
+        address: address?,
+        max_connections,
+        filter_chains: chains,
+    })
+}
+
+fn filter_chain(
+    cx: &mut Ctx,
+    path: &str,
+    fc: &RawFilterChain,
+    http: Option<&RawHttp>,
+    tcp: Option<&RawTcpProxy>,
+    clusters: &HashSet<String>,
+) -> Option<FilterChain> {
+    let mut m = FilterChainMatch::default();
+    if let Some(rm) = &fc.match_ {
+        if let Some(p) = rm.destination_port {
+            m.destination_port = Some(cx.u32_in(&format!("{path}.match.destination_port"), Some(p), 1, 65535, 1) as u16);
+        }
+        for (i, s) in rm.source_prefixes.iter().enumerate() {
+            if let Some(r) = cidr(cx, &format!("{path}.match.source_prefixes[{i}]"), s) {
+                m.source_prefixes.push(r);
+            }
+        }
+    }
+    let filter = match (http, tcp) {
+        (Some(_), Some(_)) => {
+            cx.err(path, "a filter chain holds either http or tcp_proxy, not both");
+            return None;
+        }
+        (None, None) => {
+            cx.err(path, "a filter chain needs http or tcp_proxy");
+            return None;
+        }
+        (Some(h), None) => NetworkFilter::Http(http_manager(cx, &format!("{path}.http"), h, clusters)?),
+        (None, Some(t)) => NetworkFilter::TcpProxy(tcp_proxy(cx, &format!("{path}.tcp_proxy"), t, clusters)?),
+    };
+    Some(FilterChain {
+        name: fc.name.clone().unwrap_or_else(|| "default".into()),
+        match_: m,
+        filter,
+    })
+}
+
+fn cidr(cx: &mut Ctx, path: &str, s: &str) -> Option<CidrRange> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (s, None),
+    };
+    let Ok(address) = addr.parse::<IpAddr>() else {
+        cx.err(path, format!("\"{s}\" is not an IP prefix (e.g. 10.0.0.0/8)"));
+        return None;
+    };
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match len.map(str::parse::<u8>) {
+        None => max,
+        Some(Ok(n)) if n <= max => n,
+        _ => {
+            cx.err(path, format!("\"{s}\" has an invalid prefix length"));
+            return None;
+        }
+    };
+    Some(CidrRange { address, prefix_len })
+}
+
+fn access_log(cx: &mut Ctx, path: &str, a: &Option<RawAccessLog>) -> Option<AccessLog> {
+    let a = a.as_ref()?;
+    let sink = match a.path.as_deref() {
+        None | Some("stdout") | Some("-") => LogSink::Stdout,
+        Some("stderr") => LogSink::Stderr,
+        Some("") => {
+            cx.err(&format!("{path}.path"), "must not be empty");
+            LogSink::Stdout
+        }
+        Some(p) => LogSink::File(p.to_string()),
+    };
+    Some(AccessLog { sink })
+}
+
+fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<String>) -> Option<TcpProxy> {
+    let cluster = cx.required(&format!("{path}.cluster"), &t.cluster)?.to_string();
+    if !clusters.contains(&cluster) {
+        cx.err(&format!("{path}.cluster"), format!("unknown cluster \"{cluster}\""));
+    }
+    Some(TcpProxy {
+        stat_prefix: t.stat_prefix.clone().unwrap_or_else(|| cluster.clone()),
+        cluster,
+        idle_timeout: cx.dur(&format!("{path}.idle_timeout"), &t.idle_timeout),
+        access_log: access_log(cx, &format!("{path}.access_log"), &t.access_log),
+    })
+}
+
+fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String>) -> Option<HttpConnectionManager> {
+    let codec = match h.codec.as_deref() {
+        None | Some("auto") => Codec::Auto,
+        Some("http1") => Codec::Http1,
+        Some("http2") => Codec::Http2,
+        Some(o) => {
+            cx.err(&format!("{path}.codec"), format!("unknown value \"{o}\" (auto, http1, http2)"));
+            Codec::Auto
+        }
+    };
+    let Some(rc) = &h.route_config else {
+        cx.err(&format!("{path}.route_config"), "is required");
+        return None;
+    };
+    let route_config = route_config(cx, &format!("{path}.route_config"), rc, clusters);
+    let via = match &h.via {
+        Some(v) if http::HeaderValue::from_str(v).is_err() || v.is_empty() => {
+            cx.err(&format!("{path}.via"), "must be a non-empty header value");
+            None
+        }
+        v => v.clone(),
+    };
+    Some(HttpConnectionManager {
+        stat_prefix: h.stat_prefix.clone().unwrap_or_else(|| "http".into()),
+        codec,
+        route_config,
+        idle_timeout: cx.dur(&format!("{path}.idle_timeout"), &h.idle_timeout).or(Some(Duration::from_secs(3600))),
+        request_headers_timeout: cx
+            .dur(&format!("{path}.request_headers_timeout"), &h.request_headers_timeout)
+            .unwrap_or(Duration::from_secs(30)),
+        max_request_headers_kb: cx.u32_in(&format!("{path}.max_request_headers_kb"), h.max_request_headers_kb, 1, 8192, 60),
+        use_remote_address: h.use_remote_address.unwrap_or(true),
+        xff_num_trusted_hops: cx.u32_in(&format!("{path}.xff_num_trusted_hops"), h.xff_num_trusted_hops, 0, 64, 0),
+        generate_request_id: h.generate_request_id.unwrap_or(true),
+        via,
+        server_name: h.server_name.clone(),
+        access_log: access_log(cx, &format!("{path}.access_log"), &h.access_log),
+    })
+}
+
+fn headers(
+    cx: &mut Ctx,
+    path: &str,
+    req_add: &[RawHeaderValue],
+    req_rm: &[String],
+    resp_add: &[RawHeaderValue],
+    resp_rm: &[String],
+) -> HeaderMutations {
+    let add = |cx: &mut Ctx, field: &str, list: &[RawHeaderValue]| -> Vec<HeaderValueOption> {
+        let mut out = Vec::new();
+        for (i, h) in list.iter().enumerate() {
+            let p = format!("{path}.{field}[{i}]");
+            let Some(name) = cx.required(&format!("{p}.name"), &h.name) else { continue };
+            let name = cx.header_name(&format!("{p}.name"), name);
+            if name.starts_with(':') || name == "host" && field.starts_with("response") {
+                cx.err(&format!("{p}.name"), format!("\"{name}\" cannot be set this way"));
+            }
+            let value = h.value.clone().unwrap_or_default();
+            if http::HeaderValue::from_str(&value).is_err() {
+                cx.err(&format!("{p}.value"), "is not a valid header value");
+            }
+            let action = match h.action.as_deref() {
+                None | Some("append") => HeaderAppendAction::Append,
+                Some("overwrite") => HeaderAppendAction::Overwrite,
+                Some("add_if_absent") => HeaderAppendAction::AddIfAbsent,
+                Some(o) => {
+                    cx.err(&format!("{p}.action"), format!("unknown value \"{o}\" (append, overwrite, add_if_absent)"));
+                    HeaderAppendAction::Append
+                }
+            };
+            out.push(HeaderValueOption { name, value, action });
+        }
+        out
+    };
+    let request_add = add(cx, "request_headers_to_add", req_add);
+    let response_add = add(cx, "response_headers_to_add", resp_add);
+    let rm = |cx: &mut Ctx, field: &str, list: &[String]| -> Vec<String> {
+        list.iter()
+            .enumerate()
+            .map(|(i, n)| cx.header_name(&format!("{path}.{field}[{i}]"), n))
+            .collect()
+    };
+    HeaderMutations {
+        request_add,
+        request_remove: rm(cx, "request_headers_to_remove", req_rm),
+        response_add,
+        response_remove: rm(cx, "response_headers_to_remove", resp_rm),
+    }
+}
+
+fn route_config(cx: &mut Ctx, path: &str, rc: &RawRouteConfig, clusters: &HashSet<String>) -> RouteConfig {
+    let mut vhosts = Vec::new();
+    let mut domains_seen = HashSet::new();
+    if rc.virtual_hosts.is_empty() {
+        cx.err(&format!("{path}.virtual_hosts"), "at least one virtual host is required");
+    }
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        let p = format!("{path}.virtual_hosts[{i}]");
+        let mut domains = Vec::new();
+        if vh.domains.is_empty() {
+            cx.err(&format!("{p}.domains"), "at least one domain is required (\"*\" matches any)");
+        }
+        for (j, d) in vh.domains.iter().enumerate() {
+            let dp = format!("{p}.domains[{j}]");
+            let d = d.to_ascii_lowercase();
+            if !domains_seen.insert(d.clone()) {
+                cx.err(&dp, format!("domain \"{d}\" appears in more than one virtual host"));
+            }
+            let m = if d == "*" {
+                DomainMatch::Any
+            } else if let Some(rest) = d.strip_prefix('*') {
+                if rest.is_empty() || rest.contains('*') {
+                    cx.err(&dp, format!("invalid wildcard domain \"{d}\""));
+                }
+                DomainMatch::Suffix(rest.to_string())
+            } else if let Some(rest) = d.strip_suffix('*') {
+                if rest.contains('*') {
+                    cx.err(&dp, format!("invalid wildcard domain \"{d}\""));
+                }
+                DomainMatch::Prefix(rest.to_string())
+            } else if d.contains('*') || d.is_empty() {
+                cx.err(&dp, format!("invalid domain \"{d}\" (wildcards only at the start or end)"));
+                DomainMatch::Any
+            } else {
+                DomainMatch::Exact(d)
+            };
+            domains.push(m);
+        }
+        let retry_policy = vh
+            .retry_policy
+            .as_ref()
+            .map(|r| retry_policy(cx, &format!("{p}.retry_policy"), r));
+        let mut routes = Vec::new();
+        for (j, r) in vh.routes.iter().enumerate() {
+            if let Some(r) = route(cx, &format!("{p}.routes[{j}]"), r, clusters) {
+                routes.push(r);
+            }
+        }
+        vhosts.push(VirtualHost {
+            name: vh.name.clone().unwrap_or_else(|| format!("vhost{i}")),
+            domains,
+            routes,
+            headers: headers(
+                cx,
+                &p,
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+            ),
+            retry_policy,
+        });
+    }
+    RouteConfig {
+        name: rc.name.clone().unwrap_or_else(|| "default".into()),
+        virtual_hosts: vhosts,
+        headers: headers(
+            cx,
+            path,
+            &rc.request_headers_to_add,
+            &rc.request_headers_to_remove,
+            &rc.response_headers_to_add,
+            &rc.response_headers_to_remove,
+        ),
+    }
+}
+
+fn string_rule(cx: &mut Ctx, path: &str, exact: &Option<String>, prefix: &Option<String>, regex: &Option<String>, present: Option<bool>) -> StringRule {
+    let n = exact.is_some() as u8 + prefix.is_some() as u8 + regex.is_some() as u8 + present.is_some() as u8;
+    if n > 1 {
+        cx.err(path, "give only one of exact, prefix, regex, present");
+    }
+    if let Some(e) = exact {
+        StringRule::Exact(e.clone())
+    } else if let Some(p) = prefix {
+        StringRule::Prefix(p.clone())
+    } else if let Some(r) = regex {
+        cx.regex(&format!("{path}.regex"), r);
+        StringRule::Regex(r.clone())
+    } else {
+        StringRule::Present(present.unwrap_or(true))
+    }
+}
+
+fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> Option<Route> {
+    let mp = format!("{path}.match");
+    let default_match = RawRouteMatch {
+        prefix: Some("/".into()),
+        ..Default::default()
+    };
+    let m = r.match_.as_ref().unwrap_or(&default_match);
+    let n = m.prefix.is_some() as u8 + m.path.is_some() as u8 + m.regex.is_some() as u8;
+    if n > 1 {
+        cx.err(&mp, "give only one of prefix, path, regex");
+    }
+    let path_match = if let Some(p) = &m.path {
+        if !p.starts_with('/') {
+            cx.err(&format!("{mp}.path"), "must start with /");
+        }
+        PathMatch::Exact(p.clone())
+    } else if let Some(re) = &m.regex {
+        cx.regex(&format!("{mp}.regex"), re);
+        PathMatch::Regex(re.clone())
+    } else {
+        let p = m.prefix.clone().unwrap_or_else(|| "/".into());
+        if !p.starts_with('/') {
+            cx.err(&format!("{mp}.prefix"), "must start with /");
+        }
+        PathMatch::Prefix(p)
+    };
+    let mut methods = Vec::new();
+    for (i, meth) in m.methods.iter().enumerate() {
+        if http::Method::from_bytes(meth.as_bytes()).is_err() {
+            cx.err(&format!("{mp}.methods[{i}]"), format!("\"{meth}\" is not an HTTP method"));
+        }
+        methods.push(meth.to_ascii_uppercase());
+    }
+    let mut header_matchers = Vec::new();
+    for (i, h) in m.headers.iter().enumerate() {
+        let hp = format!("{mp}.headers[{i}]");
+        let Some(name) = cx.required(&format!("{hp}.name"), &h.name) else { continue };
+        let name = cx.header_name(&format!("{hp}.name"), name);
+        let rule = string_rule(cx, &hp, &h.exact, &h.prefix, &h.regex, h.present);
+        header_matchers.push(HeaderMatcher {
+            name,
+            rule,
+            invert: h.invert.unwrap_or(false),
+        });
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        let qp = format!("{mp}.query_parameters[{i}]");
+        let Some(name) = cx.required(&format!("{qp}.name"), &q.name) else { continue };
+        let rule = string_rule(cx, &qp, &q.exact, &None, &q.regex, q.present);
+        query.push(QueryMatcher {
+            name: name.to_string(),
+            rule,
+        });
+    }
+    let route_match = RouteMatch {
+        path: path_match,
+        case_sensitive: m.case_sensitive.unwrap_or(true),
+        methods,
+        headers: header_matchers,
+        query_parameters: query,
+    };
+
+    let n = r.route.is_some() as u8 + r.redirect.is_some() as u8 + r.direct_response.is_some() as u8;
+    if n != 1 {
+        cx.err(path, "a route needs exactly one of route, redirect, direct_response");
+        return None;
+    }
+    let action = if let Some(a) = &r.route {
+        RouteAction::Forward(forward(cx, &format!("{path}.route"), a, clusters)?)
+    } else if let Some(rd) = &r.redirect {
+        let rp = format!("{path}.redirect");
+        let status = cx.u32_in(&format!("{rp}.status"), rd.status, 300, 399, 301) as u16;
+        if ![301, 302, 303, 307, 308].contains(&status) {
+            cx.err(&format!("{rp}.status"), format!("{status} is not a redirect status (301, 302, 303, 307, 308)"));
+        }
+        if let Some(s) = &rd.scheme {
+            if s != "http" && s != "https" {
+                cx.err(&format!("{rp}.scheme"), format!("unknown value \"{s}\" (http, https)"));
+            }
+        }
+        if rd.path.is_some() && rd.prefix_rewrite.is_some() {
+            cx.err(&rp, "give only one of path, prefix_rewrite");
+        }
+        RouteAction::Redirect(Redirect {
+            scheme: rd.scheme.clone(),
+            host: rd.host.clone(),
+            port: rd.port.map(|p| cx.u32_in(&format!("{rp}.port"), Some(p), 1, 65535, 80) as u16),
+            path: rd.path.clone(),
+            prefix_rewrite: rd.prefix_rewrite.clone(),
+            status,
+            strip_query: rd.strip_query.unwrap_or(false),
+        })
+    } else {
+        let d = r.direct_response.as_ref()?;
+        let status = cx.u32_in(&format!("{path}.direct_response.status"), d.status, 200, 599, 200) as u16;
+        RouteAction::DirectResponse(DirectResponse {
+            status,
+            body: d.body.clone().unwrap_or_default(),
+        })
+    };
+    Some(Route {
+        name: r.name.clone().unwrap_or_default(),
+        match_: route_match,
+        action,
+        headers: headers(
+            cx,
+            path,
+            &r.request_headers_to_add,
+            &r.request_headers_to_remove,
+            &r.response_headers_to_add,
+            &r.response_headers_to_remove,
+        ),
+    })
+}
+
+fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<String>) -> Option<ForwardAction> {
+    let mut targets = Vec::new();
+    match (&a.cluster, a.weighted_clusters.is_empty()) {
+        (Some(_), false) => {
+            cx.err(path, "give only one of cluster, weighted_clusters");
+            return None;
+        }
+        (None, true) => {
+            cx.err(&format!("{path}.cluster"), "is required (or weighted_clusters)");
+            return None;
+        }
+        (Some(c), true) => {
+            if !clusters.contains(c) {
+                cx.err(&format!("{path}.cluster"), format!("unknown cluster \"{c}\""));
+            }
+            targets.push(WeightedCluster {
+                name: c.clone(),
+                weight: 1,
+            });
+        }
+        (None, false) => {
+            for (i, w) in a.weighted_clusters.iter().enumerate() {
+                let wp = format!("{path}.weighted_clusters[{i}]");
+                let Some(name) = cx.required(&format!("{wp}.name"), &w.name) else { continue };
+                if !clusters.contains(name) {
+                    cx.err(&format!("{wp}.name"), format!("unknown cluster \"{name}\""));
+                }
+                let weight = cx.u32_in(&format!("{wp}.weight"), w.weight, 0, 1_000_000, 1);
+                targets.push(WeightedCluster {
+                    name: name.to_string(),
+                    weight,
+                });
+            }
+            if targets.iter().all(|t| t.weight == 0) {
+                cx.err(&format!("{path}.weighted_clusters"), "weights must not all be zero");
+            }
+        }
+    }
+    let timeout = match &a.timeout {
+        None => Some(Duration::from_secs(15)),
+        Some(_) => cx.dur(&format!("{path}.timeout"), &a.timeout).filter(|d| !d.is_zero()),
+    };
+    if let Some(p) = &a.prefix_rewrite {
+        if !p.starts_with('/') {
+            cx.err(&format!("{path}.prefix_rewrite"), "must start with /");
+        }
+    }
+    if let Some(h) = &a.host_rewrite {
+        if http::HeaderValue::from_str(h).is_err() || h.is_empty() {
+            cx.err(&format!("{path}.host_rewrite"), "is not a valid host");
+        }
+    }
+    let mut hash_policy = Vec::new();
+    for (i, h) in a.hash_policy.iter().enumerate() {
+        let hp = format!("{path}.hash_policy[{i}]");
+        let terminal = h.terminal.unwrap_or(false);
+        let n = h.header.is_some() as u8
+            + h.cookie.is_some() as u8
+            + h.source_ip.unwrap_or(false) as u8
+            + h.query_parameter.is_some() as u8;
+        if n != 1 {
+            cx.err(&hp, "give exactly one of header, cookie, source_ip, query_parameter");
+            continue;
+        }
+        hash_policy.push(if let Some(name) = &h.header {
+            HashPolicy::Header {
+                name: cx.header_name(&format!("{hp}.header"), name),
+                terminal,
+            }
+        } else if let Some(name) = &h.cookie {
+            HashPolicy::Cookie {
+                name: name.clone(),
+                terminal,
+            }
+        } else if let Some(name) = &h.query_parameter {
+            HashPolicy::QueryParameter {
+                name: name.clone(),
+                terminal,
+            }
+        } else {
+            HashPolicy::SourceIp { terminal }
+        });
+    }
+    Some(ForwardAction {
+        clusters: targets,
+        timeout,
+        prefix_rewrite: a.prefix_rewrite.clone(),
+        host_rewrite: a.host_rewrite.clone(),
+        auto_host_rewrite: a.auto_host_rewrite.unwrap_or(false),
+        retry_policy: a
+            .retry_policy
+            .as_ref()
+            .map(|r| retry_policy(cx, &format!("{path}.retry_policy"), r)),
+        hash_policy,
+    })
+}
+
+fn retry_policy(cx: &mut Ctx, path: &str, r: &RawRetryPolicy) -> RetryPolicy {
+    let mut on = RetryOn::default();
+    for (i, cond) in r.retry_on.iter().enumerate() {
+        for c in cond.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            match c {
+                "5xx" => on.five_xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "reset" => on.reset = true,
+                "retriable-status-codes" => on.retriable_status_codes = true,
+                "per-try-timeout" => on.per_try_timeout = true,
+                o => cx.err(
+                    &format!("{path}.retry_on[{i}]"),
+                    format!("unknown value \"{o}\" (5xx, gateway-error, connect-failure, reset, retriable-status-codes, per-try-timeout)"),
+                ),
+            }
+        }
+    }
+    let mut codes = Vec::new();
+    for (i, c) in r.retriable_status_codes.iter().enumerate() {
+        codes.push(cx.u32_in(&format!("{path}.retriable_status_codes[{i}]"), Some(*c), 100, 599, 503) as u16);
+    }
+    if !codes.is_empty() {
+        on.retriable_status_codes = true;
+    }
+    let (base, max) = match &r.retry_back_off {
+        Some(b) => {
+            let base = cx
+                .dur(&format!("{path}.retry_back_off.base_interval"), &b.base_interval)
+                .unwrap_or(Duration::from_millis(25));
+            if base.is_zero() {
+                cx.err(&format!("{path}.retry_back_off.base_interval"), "must be greater than zero");
+            }
+            let max = cx
+                .dur(&format!("{path}.retry_back_off.max_interval"), &b.max_interval)
+                .unwrap_or(base * 10);
+            if max < base {
+                cx.err(&format!("{path}.retry_back_off.max_interval"), "must not be less than base_interval");
+            }
+            (base, max)
+        }
+        None => (Duration::from_millis(25), Duration::from_millis(250)),
+    };
+    RetryPolicy {
+        retry_on: on,
+        num_retries: cx.u32_in(&format!("{path}.num_retries"), r.num_retries, 0, 100, 1),
+        per_try_timeout: cx
+            .dur(&format!("{path}.per_try_timeout"), &r.per_try_timeout)
+            .filter(|d| !d.is_zero()),
+        retriable_status_codes: codes,
+        backoff_base: base,
+        backoff_max: max,
+    }
+}
+
+fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
+    let name = cx.required(&format!("{path}.name"), &c.name)?.to_string();
+    let discovery = match c.type_.as_deref() {
+        None | Some("static") => Discovery::Static,
+        Some("strict_dns") => Discovery::StrictDns {
+            refresh: cx
+                .dur(&format!("{path}.dns_refresh_rate"), &c.dns_refresh_rate)
+                .unwrap_or(Duration::from_secs(5))
+                .max(Duration::from_millis(100)),
+        },
+        Some("original_dst") => Discovery::OriginalDst,
+        Some(o) => {
+            cx.err(&format!("{path}.type"), format!("unknown value \"{o}\" (static, strict_dns, original_dst)"));
+            Discovery::Static
+        }
+    };
+    let lb_policy = match c.lb_policy.as_deref() {
+        None | Some("round_robin") => LbPolicy::RoundRobin,
+        Some("least_request") => LbPolicy::LeastRequest {
+            choice_count: cx.u32_in(
+                &format!("{path}.least_request.choice_count"),
+                c.least_request.as_ref().and_then(|l| l.choice_count),
+                2,
+                100,
+                2,
+            ),
+        },
+        Some("random") => LbPolicy::Random,
+        Some("ring_hash") => {
+            let min = c.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).unwrap_or(1024);
+            let max = c.ring_hash.as_ref().and_then(|r| r.maximum_ring_size).unwrap_or(8 * 1024 * 1024);
+            if min == 0 || min > max || max > 8 * 1024 * 1024 {
+                cx.err(&format!("{path}.ring_hash"), "need 0 < minimum_ring_size <= maximum_ring_size <= 8388608");
+            }
+            LbPolicy::RingHash {
+                min_ring_size: min,
+                max_ring_size: max,
+            }
+        }
+        Some("maglev") => {
+            let size = c.maglev.as_ref().and_then(|m| m.table_size).unwrap_or(65537);
+            if !is_prime(size) || size > 5_000_011 {
+                cx.err(&format!("{path}.maglev.table_size"), format!("{size} must be a prime no larger than 5000011"));
+            }
+            LbPolicy::Maglev { table_size: size }
+        }
+        Some(o) => {
+            cx.err(
+                &format!("{path}.lb_policy"),
+                format!("unknown value \"{o}\" (round_robin, least_request, random, ring_hash, maglev)"),
+            );
+            LbPolicy::RoundRobin
+        }
+    };
+    let protocol = match c.protocol.as_deref() {
+        None | Some("http1") => UpstreamProtocol::Http1,
+        Some("http2") => UpstreamProtocol::Http2,
+        Some(o) => {
+            cx.err(&format!("{path}.protocol"), format!("unknown value \"{o}\" (http1, http2)"));
+            UpstreamProtocol::Http1
+        }
+    };
+    let mut endpoints = Vec::new();
+    for (i, e) in c.endpoints.iter().enumerate() {
+        let ep = format!("{path}.endpoints[{i}]");
+        let Some(addr) = cx.required(&format!("{ep}.address"), &e.address) else { continue };
+        let address = match (&discovery, addr.parse::<SocketAddr>()) {
+            (_, Ok(a)) => EndpointAddress::Socket(a),
+            (Discovery::StrictDns { .. }, Err(_)) => match addr.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+                Some((host, Ok(port))) if !host.is_empty() => EndpointAddress::Dns {
+                    host: host.to_string(),
+                    port,
+                },
+                _ => {
+                    cx.err(&format!("{ep}.address"), format!("\"{addr}\" is not host:port"));
+                    continue;
+                }
+            },
+            (_, Err(_)) => {
+                cx.err(
+                    &format!("{ep}.address"),
+                    format!("\"{addr}\" is not an IP:port address (DNS names need type: strict_dns)"),
+                );
+                continue;
+            }
+        };
+        endpoints.push(Endpoint {
+            address,
+            weight: cx.u32_in(&format!("{ep}.weight"), e.weight, 1, 1_000_000, 1),
+            priority: cx.u32_in(&format!("{ep}.priority"), e.priority, 0, 127, 0),
+            locality: Locality {
+                region: e.region.clone().unwrap_or_default(),
+                zone: e.zone.clone().unwrap_or_default(),
+                sub_zone: e.sub_zone.clone().unwrap_or_default(),
+            },
+            labels: e.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
+        });
+    }
+    match discovery {
+        Discovery::OriginalDst if !endpoints.is_empty() => {
+            cx.err(&format!("{path}.endpoints"), "an original_dst cluster takes no endpoints");
+        }
+        Discovery::OriginalDst => {}
+        _ if c.endpoints.is_empty() => cx.err(&format!("{path}.endpoints"), "at least one endpoint is required"),
+        _ => {}
+    }
+    let mut cb = CircuitBreakers::default();
+    if let Some(b) = &c.circuit_breakers {
+        let p = format!("{path}.circuit_breakers");
+        cb.max_connections = cx.u32_in(&format!("{p}.max_connections"), b.max_connections, 1, u32::MAX as u64, cb.max_connections);
+        cb.max_pending_requests =
+            cx.u32_in(&format!("{p}.max_pending_requests"), b.max_pending_requests, 0, u32::MAX as u64, cb.max_pending_requests);
+        cb.max_requests = cx.u32_in(&format!("{p}.max_requests"), b.max_requests, 1, u32::MAX as u64, cb.max_requests);
+        cb.max_retries = cx.u32_in(&format!("{p}.max_retries"), b.max_retries, 0, u32::MAX as u64, cb.max_retries);
+    }
+    let retry_budget = c.retry_budget.as_ref().map(|b| {
+        let pct = b.budget_percent.unwrap_or(20.0);
+        if !(0.0..=100.0).contains(&pct) {
+            cx.err(&format!("{path}.retry_budget.budget_percent"), format!("{pct} is out of range [0, 100]"));
+        }
+        RetryBudget {
+            budget_percent: pct,
+            min_retry_concurrency: cx.u32_in(
+                &format!("{path}.retry_budget.min_retry_concurrency"),
+                b.min_retry_concurrency,
+                0,
+                u32::MAX as u64,
+                3,
+            ),
+        }
+    });
+    let mut pool = PoolConfig::default();
+    if let Some(p) = &c.pool {
+        pool.max_idle_per_endpoint =
+            cx.u32_in(&format!("{path}.pool.max_idle_per_endpoint"), p.max_idle_per_endpoint, 0, 1_000_000, pool.max_idle_per_endpoint);
+        if let Some(d) = cx.dur(&format!("{path}.pool.idle_timeout"), &p.idle_timeout) {
+            pool.idle_timeout = d;
+        }
+    }
+    Some(Cluster {
+        name,
+        discovery,
+        lb_policy,
+        connect_timeout: cx
+            .dur(&format!("{path}.connect_timeout"), &c.connect_timeout)
+            .unwrap_or(Duration::from_secs(5)),
+        protocol,
+        endpoints,
+        circuit_breakers: cb,
+        retry_budget,
+        pool,
+    })
+}
+
+fn is_prime(n: u64) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2;
+    while d * d <= n {
+        if n % d == 0 {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
