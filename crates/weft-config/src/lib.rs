@@ -107,10 +107,23 @@ clusters:
     fn accepts_a_full_config() {
         let c = from_yaml(GOOD).unwrap();
         assert_eq!(c.listeners.len(), 2);
-        assert_eq!(c.clusters[0].lb_policy, LbPolicy::RingHash { min_ring_size: 1024, max_ring_size: 8 * 1024 * 1024 });
-        let NetworkFilter::Http(h) = &c.listeners[0].filter_chains[0].filter else { panic!() };
-        assert_eq!(h.route_config.virtual_hosts[0].domains[1], DomainMatch::Suffix(".api.example.com".into()));
-        let RouteAction::Forward(f) = &h.route_config.virtual_hosts[0].routes[0].action else { panic!() };
+        assert_eq!(
+            c.clusters[0].lb_policy,
+            LbPolicy::RingHash {
+                min_ring_size: 1024,
+                max_ring_size: 8 * 1024 * 1024
+            }
+        );
+        let NetworkFilter::Http(h) = &c.listeners[0].filter_chains[0].filter else {
+            panic!()
+        };
+        assert_eq!(
+            h.route_config.virtual_hosts[0].domains[1],
+            DomainMatch::Suffix(".api.example.com".into())
+        );
+        let RouteAction::Forward(f) = &h.route_config.virtual_hosts[0].routes[0].action else {
+            panic!()
+        };
         assert_eq!(f.clusters.len(), 2);
         assert_eq!(f.retry_policy.as_ref().unwrap().num_retries, 2);
         assert!(f.retry_policy.as_ref().unwrap().retry_on.five_xx);
@@ -125,7 +138,10 @@ clusters:
 
         let bad = GOOD.replace("{ cluster: b, idle_timeout: 1h }", "{ cluster: nope }");
         let e = from_yaml(&bad).unwrap_err().to_string();
-        assert!(e.contains("listeners[1].tcp_proxy.cluster: unknown cluster \"nope\""), "{e}");
+        assert!(
+            e.contains("listeners[1].tcp_proxy.cluster: unknown cluster \"nope\""),
+            "{e}"
+        );
 
         let bad = GOOD.replace("per_try_timeout: 500ms", "per_try_timeout: 500");
         let e = from_yaml(&bad).unwrap_err().to_string();
@@ -153,7 +169,13 @@ clusters:
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
-        for text in ["", "[", "listeners: 5", "\u{0}\u{1}", "clusters: [{name: a, endpoints: [{address: 1}]}]"] {
+        for text in [
+            "",
+            "[",
+            "listeners: 5",
+            "\u{0}\u{1}",
+            "clusters: [{name: a, endpoints: [{address: 1}]}]",
+        ] {
             let _ = from_yaml(text);
         }
     }
@@ -172,18 +194,31 @@ clusters:
         let c = q.to_config().unwrap();
         assert_eq!(c.listeners[0].address.port(), 8080);
         assert_eq!(c.runtime.concurrency, Some(1));
-        let q = QuickStart { tcp: true, to: "localhost:9000".into(), ..q };
+        let q = QuickStart {
+            tcp: true,
+            to: "localhost:9000".into(),
+            ..q
+        };
         let c = q.to_config().unwrap();
-        assert!(matches!(c.listeners[0].filter_chains[0].filter, NetworkFilter::TcpProxy(_)));
+        assert!(matches!(
+            c.listeners[0].filter_chains[0].filter,
+            NetworkFilter::TcpProxy(_)
+        ));
         assert!(matches!(c.clusters[0].discovery, Discovery::StrictDns { .. }));
     }
 
     #[test]
     fn cidr_contains() {
-        let r = CidrRange { address: "10.1.0.0".parse().unwrap(), prefix_len: 16 };
+        let r = CidrRange {
+            address: "10.1.0.0".parse().unwrap(),
+            prefix_len: 16,
+        };
         assert!(r.contains("10.1.2.3".parse().unwrap()));
         assert!(!r.contains("10.2.0.1".parse().unwrap()));
-        let all = CidrRange { address: "0.0.0.0".parse().unwrap(), prefix_len: 0 };
+        let all = CidrRange {
+            address: "0.0.0.0".parse().unwrap(),
+            prefix_len: 0,
+        };
         assert!(all.contains("1.2.3.4".parse().unwrap()));
     }
 }

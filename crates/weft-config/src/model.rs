@@ -411,7 +411,10 @@ pub struct Locality {
 pub enum EndpointAddress {
     Socket(SocketAddr),
     /// A DNS name, for `strict_dns` clusters.
-    Dns { host: String, port: u16 },
+    Dns {
+        host: String,
+        port: u16,
+    },
 }
 
 impl std::fmt::Display for EndpointAddress {

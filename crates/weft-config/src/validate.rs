@@ -151,7 +151,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let path = format!("clusters[{i}]");
         if let Some(cluster) = cluster(&mut cx, &path, c) {
             if !cluster_names.insert(cluster.name.clone()) {
-                cx.err(&format!("{path}.name"), format!("duplicate cluster name \"{}\"", cluster.name));
+                cx.err(
+                    &format!("{path}.name"),
+                    format!("duplicate cluster name \"{}\"", cluster.name),
+                );
             }
             clusters.push(cluster);
         }
@@ -164,10 +167,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         let path = format!("listeners[{i}]");
         if let Some(listener) = listener(&mut cx, &path, l, &cluster_names) {
             if !listener_names.insert(listener.name.clone()) {
-                cx.err(&format!("{path}.name"), format!("duplicate listener name \"{}\"", listener.name));
+                cx.err(
+                    &format!("{path}.name"),
+                    format!("duplicate listener name \"{}\"", listener.name),
+                );
             }
             if listener.address.port() != 0 && !addresses.insert(listener.address) {
-                cx.err(&format!("{path}.address"), format!("{} is used by another listener", listener.address));
+                cx.err(
+                    &format!("{path}.address"),
+                    format!("{} is used by another listener", listener.address),
+                );
             }
             listeners.push(listener);
         }
@@ -200,14 +209,16 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
     let address = cx
         .required(&format!("{path}.address"), &l.address)
         .and_then(|a| socket_addr(cx, &format!("{path}.address"), a));
-    let max_connections = match l.max_connections {
-        None => None,
-        Some(n) => Some(cx.u32_in(&format!("{path}.max_connections"), Some(n), 1, u32::MAX as u64, 1)),
-    };
+    let max_connections = l
+        .max_connections
+        .map(|n| cx.u32_in(&format!("{path}.max_connections"), Some(n), 1, u32::MAX as u64, 1));
     let mut chains = Vec::new();
     let shorthand = l.http.is_some() || l.tcp_proxy.is_some();
     if shorthand && !l.filter_chains.is_empty() {
-        cx.err(path, "give either filter_chains or an http/tcp_proxy shorthand, not both");
+        cx.err(
+            path,
+            "give either filter_chains or an http/tcp_proxy shorthand, not both",
+        );
     }
     if shorthand {
         let raw = RawFilterChain {
@@ -221,7 +232,10 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         }
     } else {
         if l.filter_chains.is_empty() {
-            cx.err(&format!("{path}.filter_chains"), "at least one filter chain (or an http/tcp_proxy shorthand) is required");
+            cx.err(
+                &format!("{path}.filter_chains"),
+                "at least one filter chain (or an http/tcp_proxy shorthand) is required",
+            );
         }
         for (i, fc) in l.filter_chains.iter().enumerate() {
             let p = format!("{path}.filter_chains[{i}]");
@@ -233,7 +247,10 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         for (i, c) in chains.iter().enumerate() {
             let key = format!("{:?}", c.match_);
             if !seen.insert(key) {
-                cx.err(&format!("{path}.filter_chains[{i}].match"), "duplicates the match of an earlier filter chain");
+                cx.err(
+                    &format!("{path}.filter_chains[{i}].match"),
+                    "duplicates the match of an earlier filter chain",
+                );
             }
         }
     }
@@ -256,7 +273,8 @@ fn filter_chain(
     let mut m = FilterChainMatch::default();
     if let Some(rm) = &fc.match_ {
         if let Some(p) = rm.destination_port {
-            m.destination_port = Some(cx.u32_in(&format!("{path}.match.destination_port"), Some(p), 1, 65535, 1) as u16);
+            m.destination_port =
+                Some(cx.u32_in(&format!("{path}.match.destination_port"), Some(p), 1, 65535, 1) as u16);
         }
         for (i, s) in rm.source_prefixes.iter().enumerate() {
             if let Some(r) = cidr(cx, &format!("{path}.match.source_prefixes[{i}]"), s) {
@@ -337,7 +355,10 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         Some("http1") => Codec::Http1,
         Some("http2") => Codec::Http2,
         Some(o) => {
-            cx.err(&format!("{path}.codec"), format!("unknown value \"{o}\" (auto, http1, http2)"));
+            cx.err(
+                &format!("{path}.codec"),
+                format!("unknown value \"{o}\" (auto, http1, http2)"),
+            );
             Codec::Auto
         }
     };
@@ -357,13 +378,27 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         stat_prefix: h.stat_prefix.clone().unwrap_or_else(|| "http".into()),
         codec,
         route_config,
-        idle_timeout: cx.dur(&format!("{path}.idle_timeout"), &h.idle_timeout).or(Some(Duration::from_secs(3600))),
+        idle_timeout: cx
+            .dur(&format!("{path}.idle_timeout"), &h.idle_timeout)
+            .or(Some(Duration::from_secs(3600))),
         request_headers_timeout: cx
             .dur(&format!("{path}.request_headers_timeout"), &h.request_headers_timeout)
             .unwrap_or(Duration::from_secs(30)),
-        max_request_headers_kb: cx.u32_in(&format!("{path}.max_request_headers_kb"), h.max_request_headers_kb, 1, 8192, 60),
+        max_request_headers_kb: cx.u32_in(
+            &format!("{path}.max_request_headers_kb"),
+            h.max_request_headers_kb,
+            1,
+            8192,
+            60,
+        ),
         use_remote_address: h.use_remote_address.unwrap_or(true),
-        xff_num_trusted_hops: cx.u32_in(&format!("{path}.xff_num_trusted_hops"), h.xff_num_trusted_hops, 0, 64, 0),
+        xff_num_trusted_hops: cx.u32_in(
+            &format!("{path}.xff_num_trusted_hops"),
+            h.xff_num_trusted_hops,
+            0,
+            64,
+            0,
+        ),
         generate_request_id: h.generate_request_id.unwrap_or(true),
         via,
         server_name: h.server_name.clone(),
@@ -383,7 +418,9 @@ fn headers(
         let mut out = Vec::new();
         for (i, h) in list.iter().enumerate() {
             let p = format!("{path}.{field}[{i}]");
-            let Some(name) = cx.required(&format!("{p}.name"), &h.name) else { continue };
+            let Some(name) = cx.required(&format!("{p}.name"), &h.name) else {
+                continue;
+            };
             let name = cx.header_name(&format!("{p}.name"), name);
             if name.starts_with(':') || name == "host" && field.starts_with("response") {
                 cx.err(&format!("{p}.name"), format!("\"{name}\" cannot be set this way"));
@@ -397,7 +434,10 @@ fn headers(
                 Some("overwrite") => HeaderAppendAction::Overwrite,
                 Some("add_if_absent") => HeaderAppendAction::AddIfAbsent,
                 Some(o) => {
-                    cx.err(&format!("{p}.action"), format!("unknown value \"{o}\" (append, overwrite, add_if_absent)"));
+                    cx.err(
+                        &format!("{p}.action"),
+                        format!("unknown value \"{o}\" (append, overwrite, add_if_absent)"),
+                    );
                     HeaderAppendAction::Append
                 }
             };
@@ -425,13 +465,19 @@ fn route_config(cx: &mut Ctx, path: &str, rc: &RawRouteConfig, clusters: &HashSe
     let mut vhosts = Vec::new();
     let mut domains_seen = HashSet::new();
     if rc.virtual_hosts.is_empty() {
-        cx.err(&format!("{path}.virtual_hosts"), "at least one virtual host is required");
+        cx.err(
+            &format!("{path}.virtual_hosts"),
+            "at least one virtual host is required",
+        );
     }
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let p = format!("{path}.virtual_hosts[{i}]");
         let mut domains = Vec::new();
         if vh.domains.is_empty() {
-            cx.err(&format!("{p}.domains"), "at least one domain is required (\"*\" matches any)");
+            cx.err(
+                &format!("{p}.domains"),
+                "at least one domain is required (\"*\" matches any)",
+            );
         }
         for (j, d) in vh.domains.iter().enumerate() {
             let dp = format!("{p}.domains[{j}]");
@@ -452,7 +498,10 @@ fn route_config(cx: &mut Ctx, path: &str, rc: &RawRouteConfig, clusters: &HashSe
                 }
                 DomainMatch::Prefix(rest.to_string())
             } else if d.contains('*') || d.is_empty() {
-                cx.err(&dp, format!("invalid domain \"{d}\" (wildcards only at the start or end)"));
+                cx.err(
+                    &dp,
+                    format!("invalid domain \"{d}\" (wildcards only at the start or end)"),
+                );
                 DomainMatch::Any
             } else {
                 DomainMatch::Exact(d)
@@ -498,7 +547,14 @@ fn route_config(cx: &mut Ctx, path: &str, rc: &RawRouteConfig, clusters: &HashSe
     }
 }
 
-fn string_rule(cx: &mut Ctx, path: &str, exact: &Option<String>, prefix: &Option<String>, regex: &Option<String>, present: Option<bool>) -> StringRule {
+fn string_rule(
+    cx: &mut Ctx,
+    path: &str,
+    exact: &Option<String>,
+    prefix: &Option<String>,
+    regex: &Option<String>,
+    present: Option<bool>,
+) -> StringRule {
     let n = exact.is_some() as u8 + prefix.is_some() as u8 + regex.is_some() as u8 + present.is_some() as u8;
     if n > 1 {
         cx.err(path, "give only one of exact, prefix, regex, present");
@@ -544,14 +600,19 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
     let mut methods = Vec::new();
     for (i, meth) in m.methods.iter().enumerate() {
         if http::Method::from_bytes(meth.as_bytes()).is_err() {
-            cx.err(&format!("{mp}.methods[{i}]"), format!("\"{meth}\" is not an HTTP method"));
+            cx.err(
+                &format!("{mp}.methods[{i}]"),
+                format!("\"{meth}\" is not an HTTP method"),
+            );
         }
         methods.push(meth.to_ascii_uppercase());
     }
     let mut header_matchers = Vec::new();
     for (i, h) in m.headers.iter().enumerate() {
         let hp = format!("{mp}.headers[{i}]");
-        let Some(name) = cx.required(&format!("{hp}.name"), &h.name) else { continue };
+        let Some(name) = cx.required(&format!("{hp}.name"), &h.name) else {
+            continue;
+        };
         let name = cx.header_name(&format!("{hp}.name"), name);
         let rule = string_rule(cx, &hp, &h.exact, &h.prefix, &h.regex, h.present);
         header_matchers.push(HeaderMatcher {
@@ -563,7 +624,9 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
     let mut query = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
         let qp = format!("{mp}.query_parameters[{i}]");
-        let Some(name) = cx.required(&format!("{qp}.name"), &q.name) else { continue };
+        let Some(name) = cx.required(&format!("{qp}.name"), &q.name) else {
+            continue;
+        };
         let rule = string_rule(cx, &qp, &q.exact, &None, &q.regex, q.present);
         query.push(QueryMatcher {
             name: name.to_string(),
@@ -589,7 +652,10 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
         let rp = format!("{path}.redirect");
         let status = cx.u32_in(&format!("{rp}.status"), rd.status, 300, 399, 301) as u16;
         if ![301, 302, 303, 307, 308].contains(&status) {
-            cx.err(&format!("{rp}.status"), format!("{status} is not a redirect status (301, 302, 303, 307, 308)"));
+            cx.err(
+                &format!("{rp}.status"),
+                format!("{status} is not a redirect status (301, 302, 303, 307, 308)"),
+            );
         }
         if let Some(s) = &rd.scheme {
             if s != "http" && s != "https" {
@@ -602,7 +668,9 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
         RouteAction::Redirect(Redirect {
             scheme: rd.scheme.clone(),
             host: rd.host.clone(),
-            port: rd.port.map(|p| cx.u32_in(&format!("{rp}.port"), Some(p), 1, 65535, 80) as u16),
+            port: rd
+                .port
+                .map(|p| cx.u32_in(&format!("{rp}.port"), Some(p), 1, 65535, 80) as u16),
             path: rd.path.clone(),
             prefix_rewrite: rd.prefix_rewrite.clone(),
             status,
@@ -654,7 +722,9 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
         (None, false) => {
             for (i, w) in a.weighted_clusters.iter().enumerate() {
                 let wp = format!("{path}.weighted_clusters[{i}]");
-                let Some(name) = cx.required(&format!("{wp}.name"), &w.name) else { continue };
+                let Some(name) = cx.required(&format!("{wp}.name"), &w.name) else {
+                    continue;
+                };
                 if !clusters.contains(name) {
                     cx.err(&format!("{wp}.name"), format!("unknown cluster \"{name}\""));
                 }
@@ -759,13 +829,19 @@ fn retry_policy(cx: &mut Ctx, path: &str, r: &RawRetryPolicy) -> RetryPolicy {
                 .dur(&format!("{path}.retry_back_off.base_interval"), &b.base_interval)
                 .unwrap_or(Duration::from_millis(25));
             if base.is_zero() {
-                cx.err(&format!("{path}.retry_back_off.base_interval"), "must be greater than zero");
+                cx.err(
+                    &format!("{path}.retry_back_off.base_interval"),
+                    "must be greater than zero",
+                );
             }
             let max = cx
                 .dur(&format!("{path}.retry_back_off.max_interval"), &b.max_interval)
                 .unwrap_or(base * 10);
             if max < base {
-                cx.err(&format!("{path}.retry_back_off.max_interval"), "must not be less than base_interval");
+                cx.err(
+                    &format!("{path}.retry_back_off.max_interval"),
+                    "must not be less than base_interval",
+                );
             }
             (base, max)
         }
@@ -795,7 +871,10 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         },
         Some("original_dst") => Discovery::OriginalDst,
         Some(o) => {
-            cx.err(&format!("{path}.type"), format!("unknown value \"{o}\" (static, strict_dns, original_dst)"));
+            cx.err(
+                &format!("{path}.type"),
+                format!("unknown value \"{o}\" (static, strict_dns, original_dst)"),
+            );
             Discovery::Static
         }
     };
@@ -813,9 +892,16 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         Some("random") => LbPolicy::Random,
         Some("ring_hash") => {
             let min = c.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).unwrap_or(1024);
-            let max = c.ring_hash.as_ref().and_then(|r| r.maximum_ring_size).unwrap_or(8 * 1024 * 1024);
+            let max = c
+                .ring_hash
+                .as_ref()
+                .and_then(|r| r.maximum_ring_size)
+                .unwrap_or(8 * 1024 * 1024);
             if min == 0 || min > max || max > 8 * 1024 * 1024 {
-                cx.err(&format!("{path}.ring_hash"), "need 0 < minimum_ring_size <= maximum_ring_size <= 8388608");
+                cx.err(
+                    &format!("{path}.ring_hash"),
+                    "need 0 < minimum_ring_size <= maximum_ring_size <= 8388608",
+                );
             }
             LbPolicy::RingHash {
                 min_ring_size: min,
@@ -825,7 +911,10 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         Some("maglev") => {
             let size = c.maglev.as_ref().and_then(|m| m.table_size).unwrap_or(65537);
             if !is_prime(size) || size > 5_000_011 {
-                cx.err(&format!("{path}.maglev.table_size"), format!("{size} must be a prime no larger than 5000011"));
+                cx.err(
+                    &format!("{path}.maglev.table_size"),
+                    format!("{size} must be a prime no larger than 5000011"),
+                );
             }
             LbPolicy::Maglev { table_size: size }
         }
@@ -841,14 +930,19 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         None | Some("http1") => UpstreamProtocol::Http1,
         Some("http2") => UpstreamProtocol::Http2,
         Some(o) => {
-            cx.err(&format!("{path}.protocol"), format!("unknown value \"{o}\" (http1, http2)"));
+            cx.err(
+                &format!("{path}.protocol"),
+                format!("unknown value \"{o}\" (http1, http2)"),
+            );
             UpstreamProtocol::Http1
         }
     };
     let mut endpoints = Vec::new();
     for (i, e) in c.endpoints.iter().enumerate() {
         let ep = format!("{path}.endpoints[{i}]");
-        let Some(addr) = cx.required(&format!("{ep}.address"), &e.address) else { continue };
+        let Some(addr) = cx.required(&format!("{ep}.address"), &e.address) else {
+            continue;
+        };
         let address = match (&discovery, addr.parse::<SocketAddr>()) {
             (_, Ok(a)) => EndpointAddress::Socket(a),
             (Discovery::StrictDns { .. }, Err(_)) => match addr.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
@@ -883,7 +977,10 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
     }
     match discovery {
         Discovery::OriginalDst if !endpoints.is_empty() => {
-            cx.err(&format!("{path}.endpoints"), "an original_dst cluster takes no endpoints");
+            cx.err(
+                &format!("{path}.endpoints"),
+                "an original_dst cluster takes no endpoints",
+            );
         }
         Discovery::OriginalDst => {}
         _ if c.endpoints.is_empty() => cx.err(&format!("{path}.endpoints"), "at least one endpoint is required"),
@@ -892,16 +989,42 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
     let mut cb = CircuitBreakers::default();
     if let Some(b) = &c.circuit_breakers {
         let p = format!("{path}.circuit_breakers");
-        cb.max_connections = cx.u32_in(&format!("{p}.max_connections"), b.max_connections, 1, u32::MAX as u64, cb.max_connections);
-        cb.max_pending_requests =
-            cx.u32_in(&format!("{p}.max_pending_requests"), b.max_pending_requests, 0, u32::MAX as u64, cb.max_pending_requests);
-        cb.max_requests = cx.u32_in(&format!("{p}.max_requests"), b.max_requests, 1, u32::MAX as u64, cb.max_requests);
-        cb.max_retries = cx.u32_in(&format!("{p}.max_retries"), b.max_retries, 0, u32::MAX as u64, cb.max_retries);
+        cb.max_connections = cx.u32_in(
+            &format!("{p}.max_connections"),
+            b.max_connections,
+            1,
+            u32::MAX as u64,
+            cb.max_connections,
+        );
+        cb.max_pending_requests = cx.u32_in(
+            &format!("{p}.max_pending_requests"),
+            b.max_pending_requests,
+            0,
+            u32::MAX as u64,
+            cb.max_pending_requests,
+        );
+        cb.max_requests = cx.u32_in(
+            &format!("{p}.max_requests"),
+            b.max_requests,
+            1,
+            u32::MAX as u64,
+            cb.max_requests,
+        );
+        cb.max_retries = cx.u32_in(
+            &format!("{p}.max_retries"),
+            b.max_retries,
+            0,
+            u32::MAX as u64,
+            cb.max_retries,
+        );
     }
     let retry_budget = c.retry_budget.as_ref().map(|b| {
         let pct = b.budget_percent.unwrap_or(20.0);
         if !(0.0..=100.0).contains(&pct) {
-            cx.err(&format!("{path}.retry_budget.budget_percent"), format!("{pct} is out of range [0, 100]"));
+            cx.err(
+                &format!("{path}.retry_budget.budget_percent"),
+                format!("{pct} is out of range [0, 100]"),
+            );
         }
         RetryBudget {
             budget_percent: pct,
@@ -916,8 +1039,13 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
     });
     let mut pool = PoolConfig::default();
     if let Some(p) = &c.pool {
-        pool.max_idle_per_endpoint =
-            cx.u32_in(&format!("{path}.pool.max_idle_per_endpoint"), p.max_idle_per_endpoint, 0, 1_000_000, pool.max_idle_per_endpoint);
+        pool.max_idle_per_endpoint = cx.u32_in(
+            &format!("{path}.pool.max_idle_per_endpoint"),
+            p.max_idle_per_endpoint,
+            0,
+            1_000_000,
+            pool.max_idle_per_endpoint,
+        );
         if let Some(d) = cx.dur(&format!("{path}.pool.idle_timeout"), &p.idle_timeout) {
             pool.idle_timeout = d;
         }
@@ -943,7 +1071,7 @@ fn is_prime(n: u64) -> bool {
     }
     let mut d = 2;
     while d * d <= n {
-        if n % d == 0 {
+        if n.is_multiple_of(d) {
             return false;
         }
         d += 1;

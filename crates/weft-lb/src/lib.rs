@@ -74,10 +74,7 @@ pub enum LbPolicy {
     /// Consistent hashing ring (Ketama-style), xxHash64 of `"<host key>_<replica n>"` per point,
     /// number of points per host proportional to weight, total ring size clamped to
     /// [min_ring_size, max_ring_size] (both capped at [`LbPolicy::MAX_RING_SIZE`]).
-    RingHash {
-        min_ring_size: u64,
-        max_ring_size: u64,
-    },
+    RingHash { min_ring_size: u64, max_ring_size: u64 },
     /// Maglev consistent hashing (Google's paper), table size a prime (default 65537), weighted.
     /// A size that is 0 means the default; one that is not prime, or smaller than the number of
     /// hosts, is raised to the next prime; sizes are capped at [`LbPolicy::MAX_MAGLEV_TABLE_SIZE`].
@@ -162,9 +159,7 @@ impl Balancer {
                     min_ring_size,
                     max_ring_size,
                 } => Inner::RingHash(ring_hash::Ring::new(hosts, *min_ring_size, *max_ring_size)),
-                LbPolicy::Maglev { table_size } => {
-                    Inner::Maglev(maglev::Table::new(hosts, *table_size))
-                }
+                LbPolicy::Maglev { table_size } => Inner::Maglev(maglev::Table::new(hosts, *table_size)),
             }
         };
         Balancer { len, inner }
@@ -179,10 +174,7 @@ impl Balancer {
         let index = match &self.inner {
             Inner::Trivial => return if self.len == 0 { None } else { Some(0) },
             Inner::RoundRobin(rr) => rr.pick(),
-            Inner::LeastRequest {
-                sampler,
-                choice_count,
-            } => least_request(sampler, *choice_count, active_requests),
+            Inner::LeastRequest { sampler, choice_count } => least_request(sampler, *choice_count, active_requests),
             Inner::Random(sampler) => sampler.sample(),
             Inner::RingHash(ring) => ring.lookup(hash.unwrap_or_else(|| fastrand::u64(..))),
             Inner::Maglev(table) => table.lookup(hash.unwrap_or_else(|| fastrand::u64(..))),
@@ -221,11 +213,7 @@ impl fmt::Debug for Balancer {
 /// How many times a sample equal to the current best is redrawn before giving up.
 const LEAST_REQUEST_REDRAWS: u32 = 8;
 
-fn least_request(
-    sampler: &WeightedSampler,
-    choice_count: u32,
-    active_requests: &dyn Fn(usize) -> u32,
-) -> usize {
+fn least_request(sampler: &WeightedSampler, choice_count: u32, active_requests: &dyn Fn(usize) -> u32) -> usize {
     let mut best = sampler.sample();
     let mut best_active = active_requests(best);
     for _ in 1..choice_count {
@@ -261,11 +249,7 @@ const _: () = {
 
 /// Used by the table-building modules: a live cursor with a random starting point.
 fn random_cursor(period: usize) -> AtomicUsize {
-    AtomicUsize::new(if period == 0 {
-        0
-    } else {
-        fastrand::usize(..period)
-    })
+    AtomicUsize::new(if period == 0 { 0 } else { fastrand::usize(..period) })
 }
 
 /// Relaxed is enough: the cursor only spreads picks, it orders no other memory.

@@ -123,10 +123,7 @@ mod tests {
         assert_eq!(effective_table_size(100, 3), 101);
         assert_eq!(effective_table_size(7, 10), 11);
         assert_eq!(effective_table_size(1, 2), 2);
-        assert_eq!(
-            effective_table_size(u64::MAX, 3),
-            LbPolicy::MAX_MAGLEV_TABLE_SIZE
-        );
+        assert_eq!(effective_table_size(u64::MAX, 3), LbPolicy::MAX_MAGLEV_TABLE_SIZE);
         assert!(is_prime(LbPolicy::MAX_MAGLEV_TABLE_SIZE));
     }
 

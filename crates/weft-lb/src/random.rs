@@ -10,9 +10,7 @@ pub(crate) struct WeightedSampler {
 
 impl WeightedSampler {
     pub(crate) fn new(hosts: &[HostInfo]) -> Self {
-        let uniform = hosts
-            .windows(2)
-            .all(|w| weight_of(&w[0]) == weight_of(&w[1]));
+        let uniform = hosts.windows(2).all(|w| weight_of(&w[0]) == weight_of(&w[1]));
         let cumulative = (!uniform).then(|| {
             hosts
                 .iter()

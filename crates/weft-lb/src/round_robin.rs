@@ -113,9 +113,7 @@ pub(crate) fn smooth_schedule(weights: &[u64]) -> Box<[u32]> {
         for (g, group) in groups.iter().enumerate() {
             let rounds = (group.picks / group.members.len()) as i128;
             let score = step * group.weight - total_i * rounds;
-            if score > best_score
-                || (score == best_score && group.candidate() < groups[best].candidate())
-            {
+            if score > best_score || (score == best_score && group.candidate() < groups[best].candidate()) {
                 best = g;
                 best_score = score;
             }
@@ -156,12 +154,7 @@ mod tests {
 
     #[test]
     fn schedule_matches_nginx_reference() {
-        let cases: &[&[u64]] = &[
-            &[1, 2],
-            &[3, 1, 3, 2],
-            &[4, 4, 1, 7, 1, 4],
-            &[10, 1, 1, 1, 10, 5, 2],
-        ];
+        let cases: &[&[u64]] = &[&[1, 2], &[3, 1, 3, 2], &[4, 4, 1, 7, 1, 4], &[10, 1, 1, 1, 10, 5, 2]];
         for weights in cases {
             assert_eq!(
                 smooth_schedule(weights).to_vec(),
@@ -193,10 +186,7 @@ mod tests {
 
     #[test]
     fn weights_are_reduced_by_gcd() {
-        assert_eq!(
-            effective_weights(&hosts(&[10, 20, 30]), MAX_PERIOD),
-            [1, 2, 3]
-        );
+        assert_eq!(effective_weights(&hosts(&[10, 20, 30]), MAX_PERIOD), [1, 2, 3]);
         assert_eq!(effective_weights(&hosts(&[7, 7]), MAX_PERIOD), [1, 1]);
         // Weight 0 counts as 1.
         assert_eq!(effective_weights(&hosts(&[0, 2]), MAX_PERIOD), [1, 2]);

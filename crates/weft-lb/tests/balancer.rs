@@ -78,10 +78,7 @@ fn single_host_is_always_picked() {
         assert_eq!(b.len(), 1);
         assert!(!b.is_empty());
         for i in 0..100u64 {
-            assert_eq!(
-                b.pick(Some(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)), &|_| 7),
-                Some(0)
-            );
+            assert_eq!(b.pick(Some(i.wrapping_mul(0x9E37_79B9_7F4A_7C15)), &|_| 7), Some(0));
             assert_eq!(b.pick(None, &idle), Some(0), "{policy:?}");
         }
     }
@@ -185,11 +182,7 @@ fn rr_start_is_randomised() {
     // Many balancers over the same hosts should not all start at host 0.
     let hosts = hosts(&[1; 8]);
     let firsts: std::collections::HashSet<usize> = (0..64)
-        .map(|_| {
-            Balancer::new(&LbPolicy::RoundRobin, &hosts)
-                .pick(None, &idle)
-                .unwrap()
-        })
+        .map(|_| Balancer::new(&LbPolicy::RoundRobin, &hosts).pick(None, &idle).unwrap())
         .collect();
     assert!(firsts.len() > 1, "{firsts:?}");
 }
@@ -216,10 +209,7 @@ fn random_equal_weights_is_uniform() {
 fn least_request_idle_cluster_is_weighted() {
     fastrand::seed(13);
     let weights = [1, 2, 3];
-    let b = Balancer::new(
-        &LbPolicy::LeastRequest { choice_count: 2 },
-        &hosts(&weights),
-    );
+    let b = Balancer::new(&LbPolicy::LeastRequest { choice_count: 2 }, &hosts(&weights));
     assert_proportional(&counts(&b, 100_000), &weights, 0.05);
 }
 
@@ -227,10 +217,7 @@ fn least_request_idle_cluster_is_weighted() {
 fn least_request_avoids_loaded_host() {
     fastrand::seed(14);
     let loads = [100u32, 0, 0];
-    let b = Balancer::new(
-        &LbPolicy::LeastRequest { choice_count: 2 },
-        &hosts(&[1, 1, 1]),
-    );
+    let b = Balancer::new(&LbPolicy::LeastRequest { choice_count: 2 }, &hosts(&[1, 1, 1]));
     let mut counts = [0usize; 3];
     for _ in 0..100_000 {
         counts[b.pick(None, &|i| loads[i]).unwrap()] += 1;
@@ -243,20 +230,14 @@ fn least_request_avoids_loaded_host() {
 fn least_request_prefers_lighter_hosts() {
     fastrand::seed(15);
     // Loads 0..10: with two choices, lighter hosts must get more picks than heavier ones.
-    let b = Balancer::new(
-        &LbPolicy::LeastRequest { choice_count: 2 },
-        &hosts(&[1; 10]),
-    );
+    let b = Balancer::new(&LbPolicy::LeastRequest { choice_count: 2 }, &hosts(&[1; 10]));
     let mut counts = [0usize; 10];
     for _ in 0..100_000 {
         counts[b.pick(None, &|i| i as u32).unwrap()] += 1;
     }
     assert!(counts.windows(2).all(|w| w[0] > w[1]), "{counts:?}");
     // More choices concentrate picks on the least loaded host.
-    let b = Balancer::new(
-        &LbPolicy::LeastRequest { choice_count: 5 },
-        &hosts(&[1; 10]),
-    );
+    let b = Balancer::new(&LbPolicy::LeastRequest { choice_count: 5 }, &hosts(&[1; 10]));
     let mut counts5 = [0usize; 10];
     for _ in 0..100_000 {
         counts5[b.pick(None, &|i| i as u32).unwrap()] += 1;

@@ -1,1 +1,180 @@
-fn main() {}
+//! The `weft` binary: `weft proxy`, `weft bench`, `weft demo`.
+
+mod demo;
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use weft_proxy::{Server, ServerOptions};
+
+#[derive(Parser)]
+#[command(name = "weft", version, about = "weft: a fast, small service mesh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the data plane (sidecar or edge proxy).
+    Proxy(ProxyArgs),
+    /// Load generator with open-loop (coordinated-omission corrected) latency measurement.
+    Bench(weft_bench::BenchArgs),
+    /// A whole mesh on loopback with live traffic: the quickest way to see weft work.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Args)]
+struct ProxyArgs {
+    /// YAML configuration file (see docs/config.md). Reloaded on SIGHUP and POST /reload.
+    #[arg(short = 'c', long = "config", conflicts_with_all = ["from", "to"])]
+    config: Option<PathBuf>,
+    /// Quick start: listen here...
+    #[arg(long, requires = "to")]
+    from: Option<SocketAddr>,
+    /// ...and proxy to this address (IP:port or host:port).
+    #[arg(long, requires = "from")]
+    to: Option<String>,
+    /// Quick start: proxy TCP (L4) instead of HTTP.
+    #[arg(long)]
+    tcp: bool,
+    /// Quick start: speak HTTP/2 (h2c) to the upstream.
+    #[arg(long)]
+    upstream_h2: bool,
+    /// Quick start: write a JSON access log to stdout.
+    #[arg(long)]
+    access_log: bool,
+    /// Admin API address (overrides the file's admin.address).
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+    /// Worker threads (default: the cores available to the process).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+    /// Log filter, e.g. "info" or "weft_proxy=debug".
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    log: String,
+}
+
+fn init_logging(filter: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Some(Cmd::Proxy(args)) => run_proxy(args),
+        Some(Cmd::Bench(args)) => weft_bench::run(args),
+        Some(Cmd::Demo(args)) => demo::run(args),
+        None => demo::run(demo::DemoArgs::default()),
+    };
+    std::process::exit(code);
+}
+
+fn run_proxy(args: ProxyArgs) -> i32 {
+    init_logging(&args.log);
+    let loaded = match (&args.config, &args.from, &args.to) {
+        (Some(path), _, _) => weft_config::from_file(path),
+        (None, Some(from), Some(to)) => weft_config::QuickStart {
+            from: *from,
+            to: to.clone(),
+            tcp: args.tcp,
+            upstream_http2: args.upstream_h2,
+            admin: None,
+            concurrency: None,
+            access_log: args.access_log,
+        }
+        .to_config(),
+        _ => {
+            eprintln!("weft proxy: give a config file (-c FILE) or --from ADDR --to ADDR");
+            return 2;
+        }
+    };
+    let mut config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weft proxy: invalid configuration:\n{e}");
+            return 2;
+        }
+    };
+    if let Some(a) = args.admin {
+        config.admin = Some(weft_config::Admin { address: a });
+    }
+    if let Some(n) = args.concurrency {
+        config.runtime.concurrency = Some(n.max(1));
+    }
+    if args.check {
+        println!(
+            "configuration OK: {} listeners, {} clusters",
+            config.listeners.len(),
+            config.clusters.len()
+        );
+        return 0;
+    }
+    let drain_timeout = config.runtime.drain_timeout;
+    let server = match Server::start(
+        config,
+        ServerOptions {
+            config_path: args.config.clone(),
+        },
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weft proxy: {e}");
+            return 1;
+        }
+    };
+    for (name, addr) in server.listener_addrs() {
+        tracing::info!(listener = %name, %addr, "listening");
+    }
+    if let Some(a) = server.admin_addr() {
+        tracing::info!(admin = %a, "admin API");
+    }
+    wait_for_signals(&server);
+    tracing::info!(timeout = ?drain_timeout, "draining");
+    server.shutdown(drain_timeout);
+    tracing::info!("stopped");
+    0
+}
+
+/// Blocks until SIGTERM/SIGINT; reloads on SIGHUP.
+fn wait_for_signals(server: &Arc<Server>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("signal runtime");
+    rt.block_on(async {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            std::future::pending::<()>().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    let s = server.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                }
+            }
+        }
+    });
+    // Give the signal runtime no chance to hold the process.
+    rt.shutdown_timeout(Duration::from_millis(10));
+}

@@ -1,0 +1,166 @@
+//! The admin API, on its own port and thread so that a busy data plane never starves it.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `/ready` | 200 once configured and not draining, else 503 |
+//! | GET | `/stats/prometheus` | Prometheus text metrics |
+//! | GET | `/config_dump` | the running configuration as JSON |
+//! | GET | `/clusters` | endpoints with health and per-endpoint counters, as JSON |
+//! | GET | `/listeners` | listener names and bound addresses, as JSON |
+//! | POST | `/reload` | re-read the configuration file; 400 with the errors if refused |
+//! | POST | `/drain` | stop accepting and close connections gracefully |
+
+use crate::server::Server;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+pub async fn serve(listener: std::net::TcpListener, server: Weak<Server>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "admin listener");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(handle(server, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    reply(StatusCode::OK, "application/json", s)
+}
+
+async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let Some(server) = server.upgrade() else {
+        return reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "shutting down\n");
+    };
+    let shared = &server.shared;
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/") => reply(
+            StatusCode::OK,
+            "text/plain",
+            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  POST /reload\n  POST /drain\n",
+        ),
+        (&Method::GET, "/ready") => {
+            if shared.draining.load(Ordering::Relaxed) {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n")
+            } else if shared.snapshot.load().generation == 0 {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "INITIALIZING\n")
+            } else {
+                reply(StatusCode::OK, "text/plain", "LIVE\n")
+            }
+        }
+        (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            shared.metrics.encode(),
+        ),
+        (&Method::GET, "/config_dump") => {
+            let snap = shared.snapshot.load();
+            let status = shared.last_reload.lock().map(|s| s.clone()).unwrap_or_default();
+            json(&serde_json::json!({
+                "generation": snap.generation,
+                "config_path": shared.config_path.as_ref().map(|p| p.display().to_string()),
+                "last_reload_error": status.last_error,
+                "config": &*snap.config,
+            }))
+        }
+        (&Method::GET, "/clusters") => {
+            let snap = shared.snapshot.load();
+            let mut names: Vec<_> = snap.clusters.keys().cloned().collect();
+            names.sort();
+            let clusters: Vec<_> = names
+                .iter()
+                .map(|n| {
+                    let c = &snap.clusters[n];
+                    let hosts: Vec<_> = c
+                        .hosts
+                        .load()
+                        .hosts
+                        .iter()
+                        .map(|h| {
+                            serde_json::json!({
+                                "address": h.address.to_string(),
+                                "weight": h.weight,
+                                "healthy": h.healthy.load(Ordering::Relaxed),
+                                "locality": { "region": h.locality.region, "zone": h.locality.zone, "sub_zone": h.locality.sub_zone },
+                                "active_requests": h.active_rq.load(Ordering::Relaxed),
+                                "requests": h.rq_total.load(Ordering::Relaxed),
+                                "errors": h.rq_error.load(Ordering::Relaxed),
+                                "connect_failures": h.cx_connect_fail.load(Ordering::Relaxed),
+                            })
+                        })
+                        .collect();
+                    serde_json::json!({
+                        "name": n,
+                        "lb_policy": c.config.lb_policy,
+                        "protocol": c.config.protocol,
+                        "active_requests": c.active_rq.load(Ordering::Relaxed),
+                        "active_connections": c.connections(),
+                        "hosts": hosts,
+                    })
+                })
+                .collect();
+            json(&serde_json::json!({ "clusters": clusters }))
+        }
+        (&Method::GET, "/listeners") => {
+            let l: Vec<_> = server
+                .listener_addrs()
+                .into_iter()
+                .map(|(n, a)| serde_json::json!({ "name": n, "address": a.to_string() }))
+                .collect();
+            json(&serde_json::json!({ "listeners": l }))
+        }
+        (&Method::POST, "/reload") => {
+            let s = server.clone();
+            // Reload binds sockets and may block briefly; keep it off the admin event loop.
+            match tokio::task::spawn_blocking(move || s.reload()).await {
+                Ok(Ok(msg)) => reply(StatusCode::OK, "text/plain", format!("reloaded: {msg}\n")),
+                Ok(Err(e)) => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    format!("reload refused, still serving the previous configuration:\n{e}\n"),
+                ),
+                Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "reload failed\n"),
+            }
+        }
+        (&Method::POST, "/drain") => {
+            server.start_drain();
+            reply(StatusCode::OK, "text/plain", "draining\n")
+        }
+        (_, "/reload") | (_, "/drain") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; GET / lists the endpoints\n"),
+    }
+}
+
+/// Keeps `Arc` in scope for callers that hold the server strongly.
+pub type ServerRef = Arc<Server>;

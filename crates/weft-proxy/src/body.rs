@@ -1,0 +1,188 @@
+//! Body types: what goes upstream ([`UpBody`]) and what goes back downstream ([`DownBody`]).
+//! Bodies stream frame by frame (data and trailers); nothing is buffered whole except small request
+//! bodies kept for retries.
+
+use crate::cluster::PooledH1;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way upstream.
+pub enum UpBody {
+    Empty,
+    /// A buffered body (replayable for retries: clone the `Bytes`).
+    Full(Option<Bytes>),
+    /// The downstream body, streamed through.
+    Stream(Incoming),
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            UpBody::Empty => Poll::Ready(None),
+            UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            UpBody::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpBody::Empty => true,
+            UpBody::Full(b) => b.is_none(),
+            UpBody::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpBody::Empty => SizeHint::with_exact(0),
+            UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            UpBody::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// Runs when a response stream ends or is abandoned: finishes stats and writes the access log.
+pub trait StreamEnd: Send + Sync {
+    fn finish(&mut self, bytes_sent: u64, completed: bool);
+}
+
+/// A response body on its way downstream.
+pub struct DownBody {
+    kind: DownKind,
+    end: Option<Box<dyn StreamEnd>>,
+    bytes: u64,
+}
+
+enum DownKind {
+    Full(Option<Bytes>),
+    Upstream { inner: Incoming, release: Option<PooledH1> },
+}
+
+impl DownBody {
+    pub fn full(b: impl Into<Bytes>) -> DownBody {
+        let b = b.into();
+        DownBody {
+            kind: DownKind::Full(if b.is_empty() { None } else { Some(b) }),
+            end: None,
+            bytes: 0,
+        }
+    }
+
+    pub fn empty() -> DownBody {
+        DownBody {
+            kind: DownKind::Full(None),
+            end: None,
+            bytes: 0,
+        }
+    }
+
+    pub fn upstream(inner: Incoming, release: Option<PooledH1>) -> DownBody {
+        let mut b = DownBody {
+            kind: DownKind::Upstream { inner, release },
+            end: None,
+            bytes: 0,
+        };
+        b.release_if_done();
+        b
+    }
+
+    pub fn on_end(mut self, end: Option<Box<dyn StreamEnd>>) -> DownBody {
+        self.end = end;
+        if self.is_end_stream() {
+            self.finish(true);
+        }
+        self
+    }
+
+    fn release_if_done(&mut self) {
+        if let DownKind::Upstream { inner, release } = &mut self.kind {
+            if inner.is_end_stream() {
+                if let Some(p) = release.take() {
+                    p.release();
+                }
+            }
+        }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if let Some(mut e) = self.end.take() {
+            e.finish(self.bytes, completed);
+        }
+    }
+}
+
+impl Drop for DownBody {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+impl Body for DownBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let r = match &mut this.kind {
+            DownKind::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            DownKind::Upstream { inner, release } => match Pin::new(&mut *inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    if let Some(p) = release.take() {
+                        p.release();
+                    }
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Ok(f))) => {
+                    if inner.is_end_stream() {
+                        if let Some(p) = release.take() {
+                            p.release();
+                        }
+                    }
+                    Poll::Ready(Some(Ok(f)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // The upstream connection is unusable: never return it to the pool.
+                    release.take();
+                    Poll::Ready(Some(Err(e.into())))
+                }
+            },
+        };
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.bytes += d.len() as u64;
+                }
+                if this.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            DownKind::Full(b) => b.is_none(),
+            DownKind::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            DownKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            DownKind::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,518 @@
+//! Upstream clusters at run time: endpoints (hosts), the load balancer over them, per-worker connection
+//! pools, and circuit-breaker counters.
+
+use crate::body::UpBody;
+use crate::stats::ClusterStats;
+use arc_swap::ArcSwap;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use weft_config::{Cluster, Discovery, EndpointAddress, LbPolicy, UpstreamProtocol};
+use weft_lb::{Balancer, HostInfo};
+
+thread_local! {
+    static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Marks the current thread as proxy worker `index` (selects its connection pools).
+pub fn set_worker_index(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+fn worker_slot(slots: usize) -> usize {
+    // Non-worker threads (admin, tests) share the last slot.
+    WORKER.with(|w| w.get()).min(slots - 1)
+}
+
+/// One upstream endpoint.
+pub struct Host {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub locality: weft_config::Locality,
+    pub active_rq: AtomicU32,
+    pub rq_total: AtomicU64,
+    pub rq_error: AtomicU64,
+    pub cx_connect_fail: AtomicU64,
+    pub healthy: AtomicBool,
+    pools: Box<[WorkerPool]>,
+}
+
+#[derive(Default)]
+struct WorkerPool {
+    h1_idle: Mutex<Vec<IdleH1>>,
+    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+}
+
+struct IdleH1 {
+    sender: http1::SendRequest<UpBody>,
+    since: Instant,
+}
+
+impl Host {
+    fn new(address: SocketAddr, weight: u32, locality: weft_config::Locality, slots: usize) -> Host {
+        Host {
+            address,
+            weight,
+            locality,
+            active_rq: AtomicU32::new(0),
+            rq_total: AtomicU64::new(0),
+            rq_error: AtomicU64::new(0),
+            cx_connect_fail: AtomicU64::new(0),
+            healthy: AtomicBool::new(true),
+            pools: (0..slots).map(|_| WorkerPool::default()).collect(),
+        }
+    }
+}
+
+/// The eligible hosts and the balancer built over them.
+pub struct HostSet {
+    pub hosts: Vec<Arc<Host>>,
+    balancer: Balancer,
+}
+
+impl HostSet {
+    fn new(policy: &LbPolicy, hosts: Vec<Arc<Host>>) -> HostSet {
+        let info: Vec<HostInfo> = hosts
+            .iter()
+            .map(|h| HostInfo {
+                key: h.address.to_string(),
+                weight: h.weight,
+            })
+            .collect();
+        HostSet {
+            balancer: Balancer::new(&lb_policy(policy), &info),
+            hosts,
+        }
+    }
+}
+
+fn lb_policy(p: &LbPolicy) -> weft_lb::LbPolicy {
+    match *p {
+        LbPolicy::RoundRobin => weft_lb::LbPolicy::RoundRobin,
+        LbPolicy::LeastRequest { choice_count } => weft_lb::LbPolicy::LeastRequest { choice_count },
+        LbPolicy::Random => weft_lb::LbPolicy::Random,
+        LbPolicy::RingHash {
+            min_ring_size,
+            max_ring_size,
+        } => weft_lb::LbPolicy::RingHash {
+            min_ring_size,
+            max_ring_size,
+        },
+        LbPolicy::Maglev { table_size } => weft_lb::LbPolicy::Maglev { table_size },
+    }
+}
+
+/// Why an upstream connection could not be had.
+#[derive(Debug)]
+pub enum ConnectError {
+    Timeout,
+    Io(std::io::Error),
+    Handshake(hyper::Error),
+    /// `max_connections` reached and the pending queue is full or timed out.
+    Overflow,
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Timeout => write!(f, "connect timeout"),
+            ConnectError::Io(e) => write!(f, "{e}"),
+            ConnectError::Handshake(e) => write!(f, "handshake: {e}"),
+            ConnectError::Overflow => write!(f, "connection limit reached"),
+        }
+    }
+}
+
+pub struct ClusterRt {
+    pub config: Cluster,
+    pub stats: ClusterStats,
+    pub hosts: ArcSwap<HostSet>,
+    pub active_rq: AtomicU32,
+    pub active_retries: AtomicU32,
+    cx_count: AtomicU32,
+    pending: AtomicU32,
+    conn_released: Notify,
+    original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    slots: usize,
+}
+
+/// Keeps a request counted against the cluster and its host until dropped.
+pub struct ActiveRequest {
+    cluster: Arc<ClusterRt>,
+    host: Arc<Host>,
+}
+
+impl Drop for ActiveRequest {
+    fn drop(&mut self) {
+        self.cluster.active_rq.fetch_sub(1, Ordering::Relaxed);
+        self.cluster.stats.rq_active.dec();
+        self.host.active_rq.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An HTTP/1.1 connection checked out of a pool; `release` returns it.
+pub struct PooledH1 {
+    pub sender: http1::SendRequest<UpBody>,
+    host: Arc<Host>,
+    max_idle: usize,
+    slot: usize,
+    cluster: Arc<ClusterRt>,
+}
+
+impl PooledH1 {
+    /// Returns the connection for reuse once its response has been read completely.
+    pub fn release(self) {
+        if self.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.host.pools[self.slot]
+            .h1_idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.max_idle {
+            idle.push(IdleH1 {
+                sender: self.sender,
+                since: Instant::now(),
+            });
+        }
+        drop(idle);
+        self.cluster.conn_released.notify_one();
+    }
+}
+
+impl ClusterRt {
+    pub fn new(config: Cluster, stats: ClusterStats, slots: usize, previous: Option<&ClusterRt>) -> ClusterRt {
+        // Keep hosts (and their warm pools) that survive a reload with the same address and weight.
+        let mut old: HashMap<SocketAddr, Arc<Host>> = HashMap::new();
+        if let Some(p) = previous {
+            for h in &p.hosts.load().hosts {
+                old.insert(h.address, h.clone());
+            }
+        }
+        let hosts = config
+            .endpoints
+            .iter()
+            .filter_map(|e| match &e.address {
+                EndpointAddress::Socket(a) => Some(match old.get(a) {
+                    Some(h) if h.weight == e.weight && h.locality == e.locality => h.clone(),
+                    _ => Arc::new(Host::new(*a, e.weight, e.locality.clone(), slots)),
+                }),
+                EndpointAddress::Dns { .. } => None,
+            })
+            .collect();
+        // DNS clusters start with what the previous incarnation had resolved, then refresh.
+        let hosts = if matches!(config.discovery, Discovery::StrictDns { .. }) {
+            previous
+                .filter(|p| p.config.endpoints == config.endpoints)
+                .map(|p| p.hosts.load().hosts.clone())
+                .unwrap_or_default()
+        } else {
+            hosts
+        };
+        ClusterRt {
+            hosts: ArcSwap::from_pointee(HostSet::new(&config.lb_policy, hosts)),
+            config,
+            stats,
+            active_rq: AtomicU32::new(0),
+            active_retries: AtomicU32::new(0),
+            cx_count: AtomicU32::new(0),
+            pending: AtomicU32::new(0),
+            conn_released: Notify::new(),
+            original_dst: Mutex::new(HashMap::new()),
+            slots,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Picks a host. `hash` feeds ring hash / maglev; `exclude` avoids a host already tried when others exist.
+    pub fn pick(&self, hash: Option<u64>, exclude: Option<&Arc<Host>>) -> Option<Arc<Host>> {
+        let set = self.hosts.load();
+        let active = |i: usize| set.hosts[i].active_rq.load(Ordering::Relaxed);
+        let i = set.balancer.pick(hash, &active)?;
+        let h = &set.hosts[i];
+        if let Some(ex) = exclude {
+            if Arc::ptr_eq(h, ex) && set.hosts.len() > 1 {
+                // One more pick (different for RR/random; consistent hashing moves to the next host).
+                let j = set
+                    .balancer
+                    .pick(hash.map(|h| h.wrapping_add(0x9e37_79b9_7f4a_7c15)), &active)
+                    .unwrap_or(i);
+                let j = if j == i { (i + 1) % set.hosts.len() } else { j };
+                return Some(set.hosts[j].clone());
+            }
+        }
+        Some(h.clone())
+    }
+
+    /// The host for an original-destination address, created on first use.
+    pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
+        let mut map = self.original_dst.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 10_000 {
+            // Bounded: forget hosts with no traffic in flight.
+            map.retain(|_, h| h.active_rq.load(Ordering::Relaxed) > 0);
+        }
+        map.entry(addr)
+            .or_insert_with(|| Arc::new(Host::new(addr, 1, Default::default(), self.slots)))
+            .clone()
+    }
+
+    /// Replaces the host set (DNS refresh), keeping hosts whose address is unchanged.
+    pub fn set_addresses(&self, addrs: &[SocketAddr]) {
+        let current = self.hosts.load();
+        let mut same = current.hosts.len() == addrs.len();
+        if same {
+            same = addrs.iter().all(|a| current.hosts.iter().any(|h| h.address == *a));
+        }
+        if same {
+            return;
+        }
+        let weight = self.config.endpoints.first().map(|e| e.weight).unwrap_or(1);
+        let hosts = addrs
+            .iter()
+            .map(|a| {
+                current
+                    .hosts
+                    .iter()
+                    .find(|h| h.address == *a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Host::new(*a, weight, Default::default(), self.slots)))
+            })
+            .collect();
+        self.hosts.store(Arc::new(HostSet::new(&self.config.lb_policy, hosts)));
+    }
+
+    /// Counts a request against the cluster's `max_requests`; `None` means overflow.
+    pub fn start_request(self: &Arc<Self>, host: &Arc<Host>) -> Option<ActiveRequest> {
+        let n = self.active_rq.fetch_add(1, Ordering::Relaxed);
+        if n >= self.config.circuit_breakers.max_requests {
+            self.active_rq.fetch_sub(1, Ordering::Relaxed);
+            self.stats.rq_overflow.inc();
+            return None;
+        }
+        self.stats.rq_active.inc();
+        host.active_rq.fetch_add(1, Ordering::Relaxed);
+        host.rq_total.fetch_add(1, Ordering::Relaxed);
+        Some(ActiveRequest {
+            cluster: self.clone(),
+            host: host.clone(),
+        })
+    }
+
+    /// Whether one more retry fits the retry budget (or `max_retries` breaker). Counts it if so.
+    pub fn try_start_retry(&self) -> bool {
+        let limit = match &self.config.retry_budget {
+            Some(b) => {
+                let active = self.active_rq.load(Ordering::Relaxed) as f64;
+                ((active * b.budget_percent / 100.0) as u32).max(b.min_retry_concurrency)
+            }
+            None => self.config.circuit_breakers.max_retries,
+        };
+        let n = self.active_retries.fetch_add(1, Ordering::Relaxed);
+        if n >= limit {
+            self.active_retries.fetch_sub(1, Ordering::Relaxed);
+            self.stats.rq_retry_overflow.inc();
+            return false;
+        }
+        self.stats.rq_retry.inc();
+        true
+    }
+
+    pub fn end_retry(&self) {
+        self.active_retries.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn connect_tcp(&self, host: &Host) -> Result<TcpStream, ConnectError> {
+        let r = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(host.address)).await;
+        let stream = match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.stats.cx_connect_fail.inc();
+                host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                return Err(ConnectError::Io(e));
+            }
+            Err(_) => {
+                self.stats.cx_connect_fail.inc();
+                host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                return Err(ConnectError::Timeout);
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    /// Opens a raw TCP connection for the TCP proxy, counted against `max_connections`.
+    pub async fn connect_raw(self: &Arc<Self>, host: &Arc<Host>) -> Result<(TcpStream, ConnGuard), ConnectError> {
+        let guard = self.reserve_connection().ok_or(ConnectError::Overflow)?;
+        let s = self.connect_tcp(host).await?;
+        Ok((s, guard))
+    }
+
+    fn reserve_connection(self: &Arc<Self>) -> Option<ConnGuard> {
+        let n = self.cx_count.fetch_add(1, Ordering::Relaxed);
+        if n >= self.config.circuit_breakers.max_connections {
+            self.cx_count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        self.stats.cx_total.inc();
+        self.stats.cx_active.inc();
+        Some(ConnGuard { cluster: self.clone() })
+    }
+
+    /// An HTTP/1.1 connection to `host`: an idle pooled one, or a new one.
+    pub async fn checkout_h1(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        deadline: Option<Instant>,
+    ) -> Result<PooledH1, ConnectError> {
+        let slot = worker_slot(self.slots);
+        let idle_timeout = self.config.pool.idle_timeout;
+        loop {
+            loop {
+                let idle = host.pools[slot].h1_idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let Some(mut c) = idle else { break };
+                if c.sender.is_closed() || c.since.elapsed() > idle_timeout {
+                    continue;
+                }
+                if c.sender.ready().await.is_ok() {
+                    return Ok(self.pooled(c.sender, host, slot));
+                }
+            }
+            if let Some(guard) = self.reserve_connection() {
+                let stream = self.connect_tcp(host).await?;
+                let (sender, conn) = http1::Builder::new()
+                    .handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(ConnectError::Handshake)?;
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                    drop(guard);
+                });
+                return Ok(self.pooled(sender, host, slot));
+            }
+            self.wait_for_connection(deadline).await?;
+        }
+    }
+
+    /// Waits (as a pending request) for a pooled connection to be released.
+    async fn wait_for_connection(&self, deadline: Option<Instant>) -> Result<(), ConnectError> {
+        let n = self.pending.fetch_add(1, Ordering::Relaxed);
+        if n >= self.config.circuit_breakers.max_pending_requests {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            self.stats.rq_overflow.inc();
+            return Err(ConnectError::Overflow);
+        }
+        // Releases on other workers or hosts also wake us; re-check at least every 50 ms.
+        let wait = deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_millis(50));
+        let r = tokio::time::timeout(wait, self.conn_released.notified()).await;
+        self.pending.fetch_sub(1, Ordering::Relaxed);
+        if r.is_err() && deadline.is_some_and(|d| Instant::now() >= d) {
+            self.stats.rq_overflow.inc();
+            return Err(ConnectError::Overflow);
+        }
+        Ok(())
+    }
+
+    fn pooled(self: &Arc<Self>, sender: http1::SendRequest<UpBody>, host: &Arc<Host>, slot: usize) -> PooledH1 {
+        PooledH1 {
+            sender,
+            host: host.clone(),
+            max_idle: self.config.pool.max_idle_per_endpoint as usize,
+            slot,
+            cluster: self.clone(),
+        }
+    }
+
+    /// The shared HTTP/2 connection to `host` on this worker, connecting if needed.
+    pub async fn checkout_h2(self: &Arc<Self>, host: &Arc<Host>) -> Result<http2::SendRequest<UpBody>, ConnectError> {
+        let slot = worker_slot(self.slots);
+        let existing = host.pools[slot].h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(mut s) = existing {
+            if !s.is_closed() && s.ready().await.is_ok() {
+                return Ok(s);
+            }
+        }
+        let guard = self.reserve_connection().ok_or_else(|| {
+            self.stats.rq_overflow.inc();
+            ConnectError::Overflow
+        })?;
+        let stream = self.connect_tcp(host).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .adaptive_window(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(guard);
+        });
+        *host.pools[slot].h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        Ok(sender)
+    }
+
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.config.protocol
+    }
+
+    pub fn connections(&self) -> u32 {
+        self.cx_count.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one slot of the cluster's `max_connections` while a connection lives.
+pub struct ConnGuard {
+    cluster: Arc<ClusterRt>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.cluster.cx_count.fetch_sub(1, Ordering::Relaxed);
+        self.cluster.stats.cx_active.dec();
+        self.cluster.conn_released.notify_one();
+    }
+}
+
+/// Re-resolves every `strict_dns` cluster's names forever.
+pub async fn refresh_dns(cluster: std::sync::Weak<ClusterRt>) {
+    loop {
+        let Some(c) = cluster.upgrade() else { return };
+        let Discovery::StrictDns { refresh } = c.config.discovery else {
+            return;
+        };
+        let mut addrs = Vec::new();
+        for e in &c.config.endpoints {
+            if let EndpointAddress::Dns { host, port } = &e.address {
+                match tokio::net::lookup_host((host.as_str(), *port)).await {
+                    Ok(it) => addrs.extend(it),
+                    Err(err) => {
+                        tracing::warn!(cluster = %c.config.name, %host, %err, "DNS resolution failed")
+                    }
+                }
+            } else if let EndpointAddress::Socket(a) = &e.address {
+                addrs.push(*a);
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        // A failed lookup keeps the last good answer rather than emptying the cluster.
+        if !addrs.is_empty() {
+            c.set_addresses(&addrs);
+        }
+        drop(c);
+        tokio::time::sleep(refresh).await;
+    }
+}

@@ -1,0 +1,78 @@
+//! Reason codes for responses the proxy makes itself, in the spirit of Envoy's response flags.
+//!
+//! Every locally generated response carries `x-weft-reason: <code>` and the code appears in the access
+//! log, so an operator can tell a proxy-made 503 from the application's own 503.
+
+use http::StatusCode;
+
+/// Response header naming why the proxy answered by itself.
+pub const REASON_HEADER: &str = "x-weft-reason";
+/// Set on a 503 caused by a circuit breaker (Envoy's `x-envoy-overloaded`).
+pub const OVERFLOW_HEADER: &str = "x-weft-overflow";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// No virtual host or route matched.
+    NoRoute,
+    /// The route's cluster does not exist or has no endpoint to pick.
+    NoHealthyUpstream,
+    /// Connecting to the upstream failed or timed out.
+    UpstreamConnectFailure,
+    /// The upstream closed or reset the connection before a full response.
+    UpstreamReset,
+    /// The route timeout (or per-try timeout on the last try) fired.
+    UpstreamTimeout,
+    /// A circuit breaker (connections, pending, requests) refused the request.
+    Overflow,
+    /// The upstream sent something that is not valid HTTP.
+    UpstreamProtocolError,
+    /// The downstream request was malformed or ambiguous (e.g. smuggling shapes).
+    DownstreamProtocolError,
+    /// A route answered directly or redirected (not an error; logged for completeness).
+    DirectResponse,
+}
+
+impl Reason {
+    /// The short code used in headers and logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "NR",
+            Reason::NoHealthyUpstream => "UH",
+            Reason::UpstreamConnectFailure => "UF",
+            Reason::UpstreamReset => "UC",
+            Reason::UpstreamTimeout => "UT",
+            Reason::Overflow => "UO",
+            Reason::UpstreamProtocolError => "UPE",
+            Reason::DownstreamProtocolError => "DPE",
+            Reason::DirectResponse => "DR",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Reason::NoRoute => StatusCode::NOT_FOUND,
+            Reason::NoHealthyUpstream | Reason::UpstreamConnectFailure | Reason::UpstreamReset | Reason::Overflow => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Reason::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
+            Reason::DownstreamProtocolError => StatusCode::BAD_REQUEST,
+            Reason::DirectResponse => StatusCode::OK,
+        }
+    }
+
+    /// The body of the generated response.
+    pub fn body(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "no route matched this request (NR)\n",
+            Reason::NoHealthyUpstream => "no healthy upstream (UH)\n",
+            Reason::UpstreamConnectFailure => "upstream connect error (UF)\n",
+            Reason::UpstreamReset => "upstream connection closed before a response (UC)\n",
+            Reason::UpstreamTimeout => "upstream request timeout (UT)\n",
+            Reason::Overflow => "upstream overflow: circuit breaker open (UO)\n",
+            Reason::UpstreamProtocolError => "upstream protocol error (UPE)\n",
+            Reason::DownstreamProtocolError => "bad request (DPE)\n",
+            Reason::DirectResponse => "",
+        }
+    }
+}

@@ -1,0 +1,1057 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 downstream, routes each request, forwards
+//! it upstream with retries and timeouts, and streams the response back.
+//!
+//! One request, in order: smuggling checks → virtual host and route → (redirect | direct response |
+//! forward) → cluster and host pick → header rewrite → upstream try (with retries) → response header
+//! rewrite → streamed body → stats and access log when the body ends.
+
+use crate::access_log::{timestamp, AccessLogger};
+use crate::body::{DownBody, StreamEnd, UpBody};
+use crate::cluster::{ActiveRequest, ClusterRt, ConnectError, Host};
+use crate::flags::{Reason, OVERFLOW_HEADER, REASON_HEADER};
+use crate::router::{RouteEntry, RouteTable, VirtualHostEntry};
+use crate::server::{ListenerRt, LocalReplyCounters, Shared};
+use crate::stats::{ListenerStats, Metrics};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpStream;
+use weft_config::{
+    Codec, Discovery, ForwardAction, HashPolicy, HttpConnectionManager, RetryPolicy, RouteAction, UpstreamProtocol,
+};
+
+/// Request bodies up to this size are buffered when a retry policy exists, so a retry can resend them.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+/// Header naming the upstream for `original_dst` clusters in HTTP.
+const ORIGINAL_DST_HEADER: &str = "x-weft-original-dst-host";
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+pub struct HttpRt {
+    pub config: HttpConnectionManager,
+    pub listener: String,
+    pub routes: RouteTable,
+    pub stats: Arc<ListenerStats>,
+    pub local_replies: LocalReplyCounters,
+    pub access_log: Option<Arc<AccessLogger>>,
+    via: Option<HeaderValue>,
+    server: Option<HeaderValue>,
+}
+
+impl HttpRt {
+    pub fn new(
+        config: &HttpConnectionManager,
+        listener: &str,
+        stats: Arc<ListenerStats>,
+        metrics: &Metrics,
+        access_log: Option<Arc<AccessLogger>>,
+    ) -> HttpRt {
+        HttpRt {
+            routes: RouteTable::new(&config.route_config, listener, metrics),
+            config: config.clone(),
+            listener: listener.to_string(),
+            stats,
+            local_replies: LocalReplyCounters::new(metrics, listener),
+            access_log,
+            via: config
+                .via
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(&format!("1.1 {v}")).ok()),
+            server: config
+                .server_name
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok()),
+        }
+    }
+}
+
+struct ConnCtx {
+    rt: Arc<HttpRt>,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    peer_ip: HeaderValue,
+    original_dst: Option<SocketAddr>,
+}
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    _local: SocketAddr,
+    rt: Arc<HttpRt>,
+    lrt: Arc<ListenerRt>,
+    shared: Arc<Shared>,
+) {
+    let original_dst = crate::tcp::original_dst(&stream);
+    let ctx = Arc::new(ConnCtx {
+        peer_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header value"),
+        rt: rt.clone(),
+        shared,
+        peer,
+        original_dst,
+    });
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+    });
+    let io = TokioIo::new(stream);
+    let mut drain = lrt.drain_signal();
+    let cfg = &rt.config;
+    let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.request_headers_timeout)
+        .max_buf_size(max_header.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header as u32)
+        .max_concurrent_streams(1024)
+        .adaptive_window(true)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    let builder = match cfg.codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let idle = cfg.idle_timeout;
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = drain.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = match idle {
+                Some(t) => tokio::time::timeout(t, conn).await.ok(),
+                None => Some(conn.await),
+            };
+        }
+    }
+}
+
+/// Per-request facts kept for the access log (only when one is configured).
+struct LogRecord {
+    logger: Arc<AccessLogger>,
+    started_at: SystemTime,
+    start: Instant,
+    method: Method,
+    path: String,
+    authority: String,
+    protocol: &'static str,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    xff: Option<String>,
+    peer: SocketAddr,
+    listener: String,
+    route: String,
+    cluster: Option<String>,
+    upstream_host: Option<SocketAddr>,
+    status: u16,
+    reason: &'static str,
+    attempts: u32,
+    upstream_time: Option<Duration>,
+}
+
+/// Ends the request's bookkeeping when its response body finishes (or is abandoned).
+struct RequestEnd {
+    log: Option<Box<LogRecord>>,
+    _active: Option<ActiveRequest>,
+}
+
+impl StreamEnd for RequestEnd {
+    fn finish(&mut self, bytes_sent: u64, completed: bool) {
+        if let Some(r) = self.log.take() {
+            let reason = if !completed && r.reason == "-" { "DC" } else { r.reason };
+            r.logger.log(&serde_json::json!({
+                "start_time": timestamp(r.started_at),
+                "listener": r.listener,
+                "method": r.method.as_str(),
+                "path": r.path,
+                "authority": r.authority,
+                "protocol": r.protocol,
+                "status": r.status,
+                "reason": reason,
+                "bytes_sent": bytes_sent,
+                "duration_ms": r.start.elapsed().as_secs_f64() * 1000.0,
+                "upstream_service_time_ms": r.upstream_time.map(|d| d.as_secs_f64() * 1000.0),
+                "route": r.route,
+                "upstream_cluster": r.cluster,
+                "upstream_host": r.upstream_host.map(|a| a.to_string()),
+                "attempts": r.attempts,
+                "downstream_remote_address": r.peer.to_string(),
+                "x_forwarded_for": r.xff,
+                "user_agent": r.user_agent,
+                "request_id": r.request_id,
+            }));
+        }
+    }
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// A response made by the proxy itself. gRPC callers get a trailers-only gRPC error instead, which
+/// their client libraries understand.
+fn local_reply(rt: &HttpRt, reason: Reason, grpc: bool) -> Response<DownBody> {
+    rt.local_replies.inc(reason.code());
+    let mut resp = if grpc {
+        let code = match reason {
+            Reason::NoRoute => "12",
+            Reason::UpstreamTimeout => "4",
+            Reason::DownstreamProtocolError => "13",
+            _ => "14",
+        };
+        let mut r = Response::new(DownBody::empty());
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from_static(code));
+        h.insert("grpc-message", HeaderValue::from_static(reason.body().trim_end()));
+        r
+    } else {
+        let mut r = Response::new(DownBody::full(Bytes::from_static(reason.body().as_bytes())));
+        *r.status_mut() = reason.status();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r
+    };
+    resp.headers_mut()
+        .insert(REASON_HEADER, HeaderValue::from_static(reason.code()));
+    if reason == Reason::Overflow {
+        resp.headers_mut()
+            .insert(OVERFLOW_HEADER, HeaderValue::from_static("true"));
+    }
+    resp
+}
+
+fn request_host(req: &Request<Incoming>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+/// Rejects request shapes that let a front end and a back end disagree about where a request ends.
+fn smuggling_check(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    if req.version() == Version::HTTP_2 {
+        // h2 frames its own bodies; these headers are connection-specific and forbidden (RFC 9113 8.2.2).
+        return !h.contains_key(header::TRANSFER_ENCODING);
+    }
+    let te = h.get_all(header::TRANSFER_ENCODING).iter().count();
+    let cl: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    if te > 0 && !cl.is_empty() {
+        return false;
+    }
+    if cl.len() > 1 && cl.iter().any(|v| *v != cl[0]) {
+        return false;
+    }
+    true
+}
+
+async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
+    let rt = &*ctx.rt;
+    let start = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let mut log = rt.access_log.as_ref().map(|logger| {
+        Box::new(LogRecord {
+            logger: logger.clone(),
+            started_at: SystemTime::now(),
+            start,
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default(),
+            authority: request_host(&req).to_string(),
+            protocol: protocol_name(req.version()),
+            user_agent: req
+                .headers()
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            request_id: None,
+            xff: None,
+            peer: ctx.peer,
+            listener: rt.listener.clone(),
+            route: String::new(),
+            cluster: None,
+            upstream_host: None,
+            status: 0,
+            reason: "-",
+            attempts: 0,
+            upstream_time: None,
+        })
+    });
+
+    let (mut resp, reason, active, route) = if !smuggling_check(&req) {
+        (
+            local_reply(rt, Reason::DownstreamProtocolError, false),
+            Reason::DownstreamProtocolError,
+            None,
+            None,
+        )
+    } else {
+        let host = request_host(&req);
+        match rt.routes.route(host, req.method(), req.uri(), req.headers()) {
+            None => (local_reply(rt, Reason::NoRoute, grpc), Reason::NoRoute, None, None),
+            Some((vh, route)) => {
+                if let Some(l) = log.as_deref_mut() {
+                    l.route = route.name.clone();
+                }
+                let (mut resp, reason, active) = match &route.action {
+                    RouteAction::Forward(f) => forward(ctx, req, vh, route, f, grpc, log.as_deref_mut()).await,
+                    RouteAction::Redirect(r) => (redirect(&req, r), Reason::DirectResponse, None),
+                    RouteAction::DirectResponse(d) => {
+                        let mut resp = Response::new(DownBody::full(d.body.clone()));
+                        *resp.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+                        if !d.body.is_empty() {
+                            resp.headers_mut().insert(
+                                header::CONTENT_TYPE,
+                                HeaderValue::from_static("text/plain; charset=utf-8"),
+                            );
+                        }
+                        (resp, Reason::DirectResponse, None)
+                    }
+                };
+                // Response header mutations: route, then virtual host, then route config.
+                let h = resp.headers_mut();
+                route.mutations.response.apply(h);
+                vh.mutations.response.apply(h);
+                rt.routes.mutations.response.apply(h);
+                (resp, reason, active, Some(route))
+            }
+        }
+    };
+    if let Some(v) = &rt.via {
+        resp.headers_mut().append(header::VIA, v.clone());
+    }
+    if let Some(s) = &rt.server {
+        resp.headers_mut().insert(header::SERVER, s.clone());
+    }
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    rt.stats.record(status, elapsed);
+    if let Some(r) = route {
+        r.stats.record(status, elapsed);
+    }
+    if active.is_none() && log.is_none() {
+        return resp;
+    }
+    if let Some(l) = log.as_deref_mut() {
+        l.status = status;
+        if reason != Reason::DirectResponse || l.reason == "-" {
+            l.reason = if resp.headers().contains_key(REASON_HEADER) || reason == Reason::DirectResponse {
+                reason.code()
+            } else {
+                "-"
+            };
+        }
+    }
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, body.on_end(Some(Box::new(RequestEnd { log, _active: active }))))
+}
+
+fn redirect(req: &Request<Incoming>, r: &weft_config::Redirect) -> Response<DownBody> {
+    let host_full = request_host(req);
+    let (orig_host, orig_port) = match host_full.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || host_full.starts_with('[') => (h, Some(p)),
+        _ => (host_full, None),
+    };
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let host = r.host.as_deref().unwrap_or(orig_host);
+    let port = match (r.port, &r.scheme, orig_port) {
+        (Some(p), _, _) => Some(p.to_string()),
+        // Switching scheme drops the old port unless one is given.
+        (None, Some(_), _) => None,
+        (None, None, p) => p.map(str::to_string),
+    };
+    let path = req.uri().path();
+    let new_path = match (&r.path, &r.prefix_rewrite) {
+        (Some(p), _) => p.clone(),
+        (None, Some(prefix)) => {
+            // The matched prefix is unknown here; rewrite the first path segment's prefix heuristically:
+            // Envoy semantics need the route's prefix, handled by callers that set `path` instead.
+            format!("{}{}", prefix.trim_end_matches('/'), path)
+        }
+        _ => path.to_string(),
+    };
+    let mut location = format!("{scheme}://{host}");
+    if let Some(p) = port {
+        location.push(':');
+        location.push_str(&p);
+    }
+    location.push_str(&new_path);
+    if !r.strip_query {
+        if let Some(q) = req.uri().query() {
+            location.push('?');
+            location.push_str(q);
+        }
+    }
+    let mut resp = Response::new(DownBody::empty());
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1), including any named in `Connection`.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for token in s.split(',') {
+                let t = token.trim();
+                if t.is_empty() || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")) {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    for n in named {
+        h.remove(n);
+    }
+    if !keep_upgrade {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::TRAILER);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+                .unwrap_or(false)
+        })
+}
+
+fn request_id() -> HeaderValue {
+    let n = fastrand::u128(..);
+    // UUID v4 layout.
+    let n = (n & !(0xf << 76)) | (0x4 << 76);
+    let n = (n & !(0x3 << 62)) | (0x2 << 62);
+    let s = format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        (n >> 96) as u32,
+        (n >> 80) as u16,
+        (n >> 64) as u16,
+        (n >> 48) as u16,
+        n & 0xffff_ffff_ffff
+    );
+    HeaderValue::from_str(&s).expect("hex is a valid header value")
+}
+
+fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer: SocketAddr) -> Option<u64> {
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let (h, terminal) = match p {
+            HashPolicy::Header { name, terminal } => (
+                req.headers()
+                    .get(name.as_str())
+                    .map(|v| weft_lb::hash_key(v.as_bytes())),
+                *terminal,
+            ),
+            HashPolicy::Cookie { name, terminal } => (
+                cookie(req.headers(), name).map(|v| weft_lb::hash_key(v.as_bytes())),
+                *terminal,
+            ),
+            HashPolicy::SourceIp { terminal } => (Some(weft_lb::hash_key(peer.ip().to_string().as_bytes())), *terminal),
+            HashPolicy::QueryParameter { name, terminal } => (
+                req.uri()
+                    .query()
+                    .and_then(|q| crate::router::query_param(q, name))
+                    .map(|v| weft_lb::hash_key(v.as_bytes())),
+                *terminal,
+            ),
+        };
+        if let Some(h) = h {
+            // Combine like Envoy: rotate-left and xor.
+            hash = Some(match hash {
+                None => h,
+                Some(prev) => prev.rotate_left(1) ^ h,
+            });
+            if terminal {
+                break;
+            }
+        }
+    }
+    hash
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some((k, val)) = pair.trim().split_once('=') {
+                if k == name {
+                    return Some(val);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// How one upstream try failed.
+enum TryError {
+    Connect(ConnectError),
+    /// The request was sent (at least partly) and the connection failed before a response.
+    Reset(hyper::Error),
+    /// Failed before anything was sent: always safe to try again.
+    NotSent,
+    Protocol(hyper::Error),
+    Timeout,
+}
+
+impl TryError {
+    fn detail(&self) -> String {
+        match self {
+            TryError::Connect(e) => e.to_string(),
+            TryError::Reset(e) | TryError::Protocol(e) => e.to_string(),
+            TryError::NotSent => "connection closed before the request was sent".into(),
+            TryError::Timeout => "timeout".into(),
+        }
+    }
+
+    fn reason(&self) -> Reason {
+        match self {
+            TryError::Connect(ConnectError::Overflow) => Reason::Overflow,
+            TryError::Connect(_) => Reason::UpstreamConnectFailure,
+            TryError::Reset(_) | TryError::NotSent => Reason::UpstreamReset,
+            TryError::Protocol(_) => Reason::UpstreamProtocolError,
+            TryError::Timeout => Reason::UpstreamTimeout,
+        }
+    }
+}
+
+fn classify(e: hyper::Error) -> TryError {
+    if e.is_parse() || e.is_parse_status() {
+        TryError::Protocol(e)
+    } else {
+        TryError::Reset(e)
+    }
+}
+
+fn retriable_error(p: &RetryPolicy, e: &TryError) -> bool {
+    let on = &p.retry_on;
+    match e {
+        TryError::Connect(ConnectError::Overflow) => false,
+        TryError::Connect(_) => on.connect_failure || on.five_xx || on.gateway_error,
+        TryError::Reset(_) | TryError::NotSent => on.reset || on.five_xx || on.gateway_error,
+        TryError::Protocol(_) => on.five_xx || on.gateway_error,
+        TryError::Timeout => on.per_try_timeout || on.five_xx || on.gateway_error,
+    }
+}
+
+fn retriable_status(p: &RetryPolicy, status: u16, grpc_unavailable: bool) -> bool {
+    let on = &p.retry_on;
+    (on.five_xx && status >= 500)
+        || (on.gateway_error && matches!(status, 502..=504))
+        || (on.retriable_status_codes && p.retriable_status_codes.contains(&status))
+        || grpc_unavailable && (on.five_xx || on.gateway_error)
+}
+
+/// Exponential backoff with full jitter.
+fn backoff(p: &RetryPolicy, retry: u32) -> Duration {
+    let base = p.backoff_base.as_micros() as u64;
+    let cap = p.backoff_max.as_micros() as u64;
+    let exp = base.saturating_mul(1u64 << retry.min(20)).min(cap).max(1);
+    Duration::from_micros(fastrand::u64(0..=exp))
+}
+
+/// The upstream request before its body: cloned per try when retries are possible.
+struct Prepared {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+enum BodySource {
+    Replayable(Option<Bytes>),
+    Stream(Option<Incoming>),
+}
+
+#[allow(clippy::too_many_lines)]
+async fn forward(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    vh: &VirtualHostEntry,
+    route: &RouteEntry,
+    action: &ForwardAction,
+    grpc: bool,
+    mut log: Option<&mut LogRecord>,
+) -> (Response<DownBody>, Reason, Option<ActiveRequest>) {
+    let rt = &*ctx.rt;
+    let start = Instant::now();
+    let deadline = action.timeout.map(|t| start + t);
+
+    // Cluster: one, or a weighted pick.
+    let cluster_name = if action.clusters.len() == 1 {
+        &action.clusters[0].name
+    } else {
+        let mut x = fastrand::u32(0..route.total_weight.max(1));
+        let mut chosen = &action.clusters[0].name;
+        for c in &action.clusters {
+            if x < c.weight {
+                chosen = &c.name;
+                break;
+            }
+            x -= c.weight;
+        }
+        chosen
+    };
+    let snapshot = ctx.shared.snapshot.load();
+    let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
+        return (
+            local_reply(rt, Reason::NoHealthyUpstream, grpc),
+            Reason::NoHealthyUpstream,
+            None,
+        );
+    };
+    drop(snapshot);
+    if let Some(l) = log.as_deref_mut() {
+        l.cluster = Some(cluster.name().to_string());
+    }
+    let hash = if action.hash_policy.is_empty() {
+        None
+    } else {
+        compute_hash(&action.hash_policy, &req, ctx.peer)
+    };
+    let original_dst = if matches!(cluster.config.discovery, Discovery::OriginalDst) {
+        let from_header = req
+            .headers()
+            .get(ORIGINAL_DST_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<SocketAddr>().ok());
+        match from_header.or(ctx.original_dst) {
+            Some(a) => Some(a),
+            None => {
+                return (
+                    local_reply(rt, Reason::NoHealthyUpstream, grpc),
+                    Reason::NoHealthyUpstream,
+                    None,
+                )
+            }
+        }
+    } else {
+        None
+    };
+
+    let upgrade = is_upgrade(&req) && cluster.protocol() == UpstreamProtocol::Http1;
+    let mut req = req;
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+
+    // Headers: hop-by-hop, forwarding, ids, mutations.
+    let down_version = parts.version;
+    let mut headers = std::mem::take(&mut parts.headers);
+    strip_hop_by_hop(&mut headers, upgrade);
+    headers.remove(header::EXPECT);
+    if down_version == Version::HTTP_2 {
+        // `te: trailers` is the one TE value allowed through (gRPC needs it).
+        headers.remove(header::TE);
+    } else if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+    if grpc {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if rt.config.use_remote_address {
+        match headers.get(&X_FORWARDED_FOR) {
+            Some(existing) => {
+                let mut v = existing.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ctx.peer_ip.as_bytes());
+                if let Ok(v) = HeaderValue::from_bytes(&v) {
+                    headers.insert(&X_FORWARDED_FOR, v);
+                }
+            }
+            None => {
+                headers.insert(&X_FORWARDED_FOR, ctx.peer_ip.clone());
+            }
+        }
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if rt.config.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(&X_REQUEST_ID, request_id());
+    }
+    if let Some(v) = &rt.via {
+        headers.append(header::VIA, v.clone());
+    }
+    headers.remove(ORIGINAL_DST_HEADER);
+    rt.routes.mutations.request.apply(&mut headers);
+    vh.mutations.request.apply(&mut headers);
+    route.mutations.request.apply(&mut headers);
+    if let Some(l) = log.as_deref_mut() {
+        l.request_id = headers
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        l.xff = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+    }
+
+    // Authority and path.
+    let mut authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    if let Some(h) = &action.host_rewrite {
+        authority = h.clone();
+    }
+    let mut path_and_query = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    if let Some(new_prefix) = &action.prefix_rewrite {
+        if let Some(matched) = route.rewrite_prefix_len {
+            let rest = path_and_query.get(matched..).unwrap_or("");
+            path_and_query = format!("{new_prefix}{rest}");
+        }
+    }
+
+    let policy = route.retry_policy.as_ref();
+    let body_len = body.size_hint().exact();
+    let mut source = if body.is_end_stream() {
+        BodySource::Replayable(None)
+    } else if policy.is_some_and(|p| p.num_retries > 0) && body_len.is_some_and(|n| n <= RETRY_BUFFER_LIMIT) {
+        match body.collect().await {
+            Ok(c) => BodySource::Replayable(Some(c.to_bytes())),
+            Err(_) => {
+                return (
+                    local_reply(rt, Reason::DownstreamProtocolError, grpc),
+                    Reason::DownstreamProtocolError,
+                    None,
+                )
+            }
+        }
+    } else {
+        BodySource::Stream(Some(body))
+    };
+
+    let mut prepared = Prepared {
+        method: parts.method,
+        uri: Uri::default(),
+        version: Version::HTTP_11,
+        headers,
+    };
+    match cluster.protocol() {
+        UpstreamProtocol::Http1 => {
+            prepared.uri = path_and_query.parse().unwrap_or_default();
+            prepared.version = Version::HTTP_11;
+            if let Ok(v) = HeaderValue::from_str(&authority) {
+                prepared.headers.insert(header::HOST, v);
+            }
+        }
+        UpstreamProtocol::Http2 => {
+            prepared.uri = Uri::builder()
+                .scheme("http")
+                .authority(if authority.is_empty() {
+                    "localhost"
+                } else {
+                    authority.as_str()
+                })
+                .path_and_query(path_and_query.as_str())
+                .build()
+                .unwrap_or_default();
+            prepared.version = Version::HTTP_2;
+            prepared.headers.remove(header::HOST);
+        }
+    }
+
+    let max_tries = 1 + policy.map_or(0, |p| p.num_retries);
+    let mut attempt = 0u32;
+    let mut last_host: Option<Arc<Host>> = None;
+    loop {
+        attempt += 1;
+        if let Some(l) = log.as_deref_mut() {
+            l.attempts = attempt;
+        }
+        let host = match original_dst {
+            Some(a) => cluster.original_dst_host(a),
+            None => match cluster.pick(hash, last_host.as_ref()) {
+                Some(h) => h,
+                None => {
+                    return (
+                        local_reply(rt, Reason::NoHealthyUpstream, grpc),
+                        Reason::NoHealthyUpstream,
+                        None,
+                    )
+                }
+            },
+        };
+        if let Some(l) = log.as_deref_mut() {
+            l.upstream_host = Some(host.address);
+        }
+        let Some(active) = cluster.start_request(&host) else {
+            return (local_reply(rt, Reason::Overflow, grpc), Reason::Overflow, None);
+        };
+        let is_last = attempt >= max_tries;
+        let body = match &mut source {
+            BodySource::Replayable(None) => UpBody::Empty,
+            BodySource::Replayable(Some(b)) => UpBody::Full(Some(b.clone())),
+            BodySource::Stream(s) => match s.take() {
+                Some(b) => UpBody::Stream(b),
+                None => UpBody::Empty, // unreachable: a streamed body is never retried once taken
+            },
+        };
+        let replayable = matches!(source, BodySource::Replayable(_));
+        let request = {
+            let headers = if is_last || (!replayable && !policy.is_some_and(|p| p.retry_on.connect_failure)) {
+                std::mem::take(&mut prepared.headers)
+            } else {
+                prepared.headers.clone()
+            };
+            let mut r = Request::new(body);
+            *r.method_mut() = prepared.method.clone();
+            *r.uri_mut() = prepared.uri.clone();
+            *r.version_mut() = prepared.version;
+            *r.headers_mut() = headers;
+            r
+        };
+        let try_start = Instant::now();
+        let per_try = policy.and_then(|p| p.per_try_timeout);
+        let try_deadline = match (deadline, per_try) {
+            (Some(d), Some(t)) => Some(d.min(try_start + t)),
+            (Some(d), None) => Some(d),
+            (None, Some(t)) => Some(try_start + t),
+            (None, None) => None,
+        };
+        let outcome = send_once(&cluster, &host, request, try_deadline).await;
+        let outcome = match outcome {
+            Err((e, unsent)) => {
+                // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
+                if let (Some(UpBody::Stream(b)), BodySource::Stream(slot)) = (unsent, &mut source) {
+                    *slot = Some(b);
+                }
+                Err(e)
+            }
+            Ok(r) => Ok(r),
+        };
+        match outcome {
+            Ok((resp, pooled)) => {
+                let status = resp.status().as_u16();
+                let up_elapsed = try_start.elapsed();
+                cluster.stats.record(status, up_elapsed);
+                if status >= 500 {
+                    host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let grpc_unavailable = grpc && resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14");
+                let retry = !is_last
+                    && replayable
+                    && policy.is_some_and(|p| retriable_status(p, status, grpc_unavailable))
+                    && cluster.try_start_retry();
+                if retry {
+                    drop(resp);
+                    drop(pooled);
+                    drop(active);
+                    let p = policy.expect("retry implies a policy");
+                    let wait = backoff(p, attempt - 1);
+                    let late = deadline.is_some_and(|d| Instant::now() + wait >= d);
+                    if !late {
+                        tokio::time::sleep(wait).await;
+                    }
+                    cluster.end_retry();
+                    if late {
+                        cluster.stats.rq_timeout.inc();
+                        return (
+                            local_reply(rt, Reason::UpstreamTimeout, grpc),
+                            Reason::UpstreamTimeout,
+                            None,
+                        );
+                    }
+                    last_host = Some(host);
+                    continue;
+                }
+                if let Some(l) = log.as_deref_mut() {
+                    l.upstream_time = Some(up_elapsed);
+                }
+                let resp = finish_response(resp, pooled, down_upgrade, upgrade);
+                return (resp, Reason::DirectResponse, Some(active));
+            }
+            Err(e) => {
+                host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if matches!(e, TryError::Timeout) {
+                    cluster.stats.rq_timeout.inc();
+                }
+                let total_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+                let can_resend = match &source {
+                    BodySource::Replayable(_) => true,
+                    BodySource::Stream(s) => s.is_some(),
+                };
+                let retry = !is_last
+                    && !total_timed_out
+                    && can_resend
+                    && policy.is_some_and(|p| retriable_error(p, &e))
+                    && cluster.try_start_retry();
+                tracing::debug!(cluster = %cluster.name(), host = %host.address, attempt, reason = e.reason().code(), detail = %e.detail(), retry, "upstream try failed");
+                if retry {
+                    drop(active);
+                    let p = policy.expect("retry implies a policy");
+                    tokio::time::sleep(backoff(p, attempt - 1)).await;
+                    cluster.end_retry();
+                    last_host = Some(host);
+                    continue;
+                }
+                let reason = if total_timed_out {
+                    Reason::UpstreamTimeout
+                } else {
+                    e.reason()
+                };
+                return (local_reply(rt, reason, grpc), reason, None);
+            }
+        }
+    }
+}
+
+type TryOk = (Response<Incoming>, Option<crate::cluster::PooledH1>);
+
+/// One try on one host. On failure, hands back the body if it was never sent.
+async fn send_once(
+    cluster: &Arc<ClusterRt>,
+    host: &Arc<Host>,
+    request: Request<UpBody>,
+    deadline: Option<Instant>,
+) -> Result<TryOk, (TryError, Option<UpBody>)> {
+    let fut = async {
+        match cluster.protocol() {
+            UpstreamProtocol::Http1 => {
+                let mut request = request;
+                // A pooled connection may have been closed by the server just now; a request that
+                // was never written is safe to put on another connection.
+                for _ in 0..3 {
+                    let mut pooled = match cluster.checkout_h1(host, deadline).await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let (_, body) = request.into_parts();
+                            return Err((TryError::Connect(e), Some(body)));
+                        }
+                    };
+                    match pooled.sender.try_send_request(request).await {
+                        Ok(resp) => return Ok((resp, Some(pooled))),
+                        Err(mut e) => match e.take_message() {
+                            Some(r) => request = r,
+                            None => return Err((classify(e.into_error()), None)),
+                        },
+                    }
+                }
+                let (_, body) = request.into_parts();
+                Err((TryError::NotSent, Some(body)))
+            }
+            UpstreamProtocol::Http2 => {
+                let mut request = request;
+                for _ in 0..3 {
+                    let mut sender = match cluster.checkout_h2(host).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            let (_, body) = request.into_parts();
+                            return Err((TryError::Connect(e), Some(body)));
+                        }
+                    };
+                    match sender.try_send_request(request).await {
+                        Ok(resp) => return Ok((resp, None)),
+                        Err(mut e) => match e.take_message() {
+                            Some(r) => request = r,
+                            None => return Err((classify(e.into_error()), None)),
+                        },
+                    }
+                }
+                let (_, body) = request.into_parts();
+                Err((TryError::NotSent, Some(body)))
+            }
+        }
+    };
+    match deadline {
+        None => fut.await,
+        Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
+            Ok(r) => r,
+            Err(_) => Err((TryError::Timeout, None)),
+        },
+    }
+}
+
+fn finish_response(
+    mut resp: Response<Incoming>,
+    pooled: Option<crate::cluster::PooledH1>,
+    down_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: bool,
+) -> Response<DownBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let up_upgrade = (switching && down_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade && switching);
+    if switching {
+        if let (Some(down), Some(up)) = (down_upgrade, up_upgrade) {
+            // The upstream connection now belongs to the tunnel, never to the pool.
+            drop(pooled);
+            tokio::spawn(async move {
+                let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+                    return;
+                };
+                let mut down = TokioIo::new(down);
+                let mut up = TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+            return Response::from_parts(parts, DownBody::empty());
+        }
+    }
+    Response::from_parts(parts, DownBody::upstream(body, pooled))
+}

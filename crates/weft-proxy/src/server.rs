@@ -1,0 +1,613 @@
+//! The running proxy: worker threads, listener sockets, the current snapshot, reload and drain.
+//!
+//! Threading model: `concurrency` worker threads, each with its own single-threaded tokio runtime and
+//! its own `SO_REUSEPORT` socket per listener, so the kernel spreads connections and a connection's
+//! whole life (accept, parse, upstream pool, response) stays on one thread with no shared locks.
+//! A control thread runs the admin API, DNS refresh, access-log flushing and signal handling.
+
+use crate::access_log::{AccessLogger, AccessLogs};
+use crate::cluster::{self, ClusterRt};
+use crate::stats::{ListenerStats, Metrics};
+use crate::{http, tcp};
+use arc_swap::ArcSwap;
+use prometheus_client::metrics::counter::Counter;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weft_config::{Config, FilterChainMatch, Listener, NetworkFilter};
+
+/// Everything the request path needs from the process, shared by all workers.
+pub struct Shared {
+    pub metrics: Metrics,
+    pub access_logs: Arc<AccessLogs>,
+    pub snapshot: ArcSwap<Snapshot>,
+    pub draining: AtomicBool,
+    pub workers: usize,
+    pub config_path: Option<PathBuf>,
+    pub last_reload: Mutex<ReloadStatus>,
+    generation: AtomicU64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ReloadStatus {
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<String>,
+}
+
+/// One immutable generation of running configuration.
+pub struct Snapshot {
+    pub generation: u64,
+    pub config: Arc<Config>,
+    pub clusters: HashMap<String, Arc<ClusterRt>>,
+    pub listeners: HashMap<String, Arc<ListenerRt>>,
+}
+
+/// A listener's runtime form for one generation. Connections hold it for their whole life; when a
+/// reload changes the listener, the old one is drained (connections close gracefully).
+pub struct ListenerRt {
+    pub config: Listener,
+    pub chains: Vec<(FilterChainMatch, FilterRt)>,
+    pub stats: Arc<ListenerStats>,
+    drain: watch::Sender<bool>,
+}
+
+impl ListenerRt {
+    pub fn drain_signal(&self) -> watch::Receiver<bool> {
+        self.drain.subscribe()
+    }
+
+    fn start_drain(&self) {
+        let _ = self.drain.send(true);
+    }
+
+    /// The filter chain for a connection: the most specific match wins.
+    pub fn select_chain(&self, local: SocketAddr, peer: SocketAddr) -> Option<&FilterRt> {
+        let mut best: Option<(u8, &FilterRt)> = None;
+        for (m, f) in &self.chains {
+            let mut score = 0;
+            if let Some(p) = m.destination_port {
+                if p != local.port() {
+                    continue;
+                }
+                score += 2;
+            }
+            if !m.source_prefixes.is_empty() {
+                if !m.source_prefixes.iter().any(|r| r.contains(peer.ip())) {
+                    continue;
+                }
+                score += 1;
+            }
+            if best.is_none_or(|(s, _)| score > s) {
+                best = Some((score, f));
+            }
+        }
+        best.map(|(_, f)| f)
+    }
+}
+
+pub enum FilterRt {
+    Http(Arc<http::HttpRt>),
+    Tcp(Arc<tcp::TcpRt>),
+}
+
+/// Per-listener-name state that outlives generations: its sockets and its connection count.
+struct ListenerSlot {
+    address: SocketAddr,
+    bound: SocketAddr,
+    current: Arc<ArcSwap<ListenerRt>>,
+    accept_tasks: Vec<JoinHandle<()>>,
+}
+
+/// Counts a downstream connection against its listener while alive.
+pub struct ConnectionGuard {
+    count: Arc<AtomicU32>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        self.stats.cx_active.dec();
+    }
+}
+
+pub struct ServerOptions {
+    pub config_path: Option<PathBuf>,
+}
+
+/// A running proxy. Dropping it stops the workers.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    workers: Vec<Handle>,
+    worker_stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    control: Handle,
+    control_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    slots: Mutex<HashMap<String, ListenerSlot>>,
+    conn_counts: Mutex<HashMap<String, Arc<AtomicU32>>>,
+    admin_addr: Mutex<Option<SocketAddr>>,
+    apply_lock: Mutex<()>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+fn spawn_runtime(
+    name: String,
+    worker_index: Option<usize>,
+) -> std::io::Result<(Handle, tokio::sync::oneshot::Sender<()>, std::thread::JoinHandle<()>)> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let handle = rt.handle().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let t = std::thread::Builder::new().name(name).spawn(move || {
+        if let Some(i) = worker_index {
+            cluster::set_worker_index(i);
+        }
+        rt.block_on(async move {
+            let _ = rx.await;
+        });
+        // Dropping the runtime cancels its remaining tasks (connections).
+        rt.shutdown_timeout(Duration::from_millis(100));
+    })?;
+    Ok((handle, tx, t))
+}
+
+impl Server {
+    /// Validated config in, running proxy out: binds every listener before returning.
+    pub fn start(config: Config, opts: ServerOptions) -> Result<Arc<Server>, String> {
+        let workers = config
+            .runtime
+            .concurrency
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+            .max(1);
+        let shared = Arc::new(Shared {
+            metrics: Metrics::new(),
+            access_logs: Arc::new(AccessLogs::default()),
+            snapshot: ArcSwap::from_pointee(Snapshot {
+                generation: 0,
+                config: Arc::new(Config {
+                    admin: None,
+                    runtime: config.runtime.clone(),
+                    listeners: vec![],
+                    clusters: vec![],
+                }),
+                clusters: HashMap::new(),
+                listeners: HashMap::new(),
+            }),
+            draining: AtomicBool::new(false),
+            workers,
+            config_path: opts.config_path,
+            last_reload: Mutex::new(ReloadStatus::default()),
+            generation: AtomicU64::new(0),
+        });
+        let mut handles = Vec::new();
+        let mut stops = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..workers {
+            let (h, s, t) = spawn_runtime(format!("weft-worker-{i}"), Some(i)).map_err(|e| e.to_string())?;
+            handles.push(h);
+            stops.push(s);
+            threads.push(t);
+        }
+        let (control, control_stop, t) = spawn_runtime("weft-control".into(), None).map_err(|e| e.to_string())?;
+        threads.push(t);
+        let server = Arc::new(Server {
+            shared: shared.clone(),
+            workers: handles,
+            worker_stops: stops,
+            control: control.clone(),
+            control_stop: Some(control_stop),
+            slots: Mutex::new(HashMap::new()),
+            conn_counts: Mutex::new(HashMap::new()),
+            admin_addr: Mutex::new(None),
+            apply_lock: Mutex::new(()),
+            threads: Mutex::new(threads),
+        });
+        let admin = config.admin.clone();
+        server.apply(config)?;
+        control.spawn(shared.access_logs.clone().flush_periodically());
+        if let Some(admin) = admin {
+            let std_listener = std::net::TcpListener::bind(admin.address)
+                .map_err(|e| format!("admin.address: cannot bind {}: {e}", admin.address))?;
+            std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            *server.admin_addr.lock().unwrap() = std_listener.local_addr().ok();
+            let weak = Arc::downgrade(&server);
+            control.spawn(crate::admin::serve(std_listener, weak));
+        }
+        Ok(server)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        *self.admin_addr.lock().unwrap()
+    }
+
+    /// The bound address of a listener (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.slots.lock().unwrap().get(name).map(|s| s.bound)
+    }
+
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let mut v: Vec<_> = self
+            .slots
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(n, s)| (n.clone(), s.bound))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn control_handle(&self) -> &Handle {
+        &self.control
+    }
+
+    /// Re-reads the config file and applies it. On any error the running config stays.
+    pub fn reload(&self) -> Result<String, String> {
+        let Some(path) = &self.shared.config_path else {
+            return Err("no configuration file to reload (started from the command line)".into());
+        };
+        let result = weft_config::from_file(path)
+            .map_err(|e| e.to_string())
+            .and_then(|c| self.apply(c));
+        let mut status = self.shared.last_reload.lock().unwrap();
+        match &result {
+            Ok(()) => {
+                self.shared.metrics.config_reloads.inc();
+                status.last_success = Some(SystemTime::now());
+                status.last_error = None;
+                tracing::info!(path = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                self.shared.metrics.config_reload_failures.inc();
+                status.last_error = Some(e.clone());
+                tracing::error!(path = %path.display(), error = %e, "configuration reload refused; keeping the running configuration");
+            }
+        }
+        result.map(|()| format!("generation {}", self.shared.snapshot.load().generation))
+    }
+
+    /// Builds the next snapshot from `config`, binds new listeners, then swaps atomically.
+    /// Nothing changes if any step fails.
+    pub fn apply(&self, config: Config) -> Result<(), String> {
+        let _serial = self.apply_lock.lock().unwrap();
+        let shared = &self.shared;
+        let old = shared.snapshot.load_full();
+        let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let slots_n = shared.workers + 1;
+
+        let mut clusters = HashMap::new();
+        let mut new_dns = Vec::new();
+        for c in &config.clusters {
+            let prev = old.clusters.get(&c.name);
+            let rt = match prev {
+                Some(p) if p.config == *c => p.clone(),
+                _ => {
+                    let rt = Arc::new(ClusterRt::new(
+                        c.clone(),
+                        shared.metrics.cluster(&c.name),
+                        slots_n,
+                        prev.map(|p| p.as_ref()),
+                    ));
+                    if matches!(c.discovery, weft_config::Discovery::StrictDns { .. }) {
+                        new_dns.push(Arc::downgrade(&rt));
+                    }
+                    rt
+                }
+            };
+            clusters.insert(c.name.clone(), rt);
+        }
+
+        let mut listeners = HashMap::new();
+        let mut changed = Vec::new();
+        for l in &config.listeners {
+            match old.listeners.get(&l.name) {
+                Some(p) if p.config == *l => {
+                    listeners.insert(l.name.clone(), p.clone());
+                }
+                _ => {
+                    let rt = Arc::new(self.build_listener(l)?);
+                    changed.push(l.name.clone());
+                    listeners.insert(l.name.clone(), rt);
+                }
+            }
+        }
+
+        // Bind sockets for new or moved listeners before anything is swapped.
+        let mut slots = self.slots.lock().unwrap();
+        let mut new_sockets: HashMap<String, (SocketAddr, Vec<std::net::TcpListener>)> = HashMap::new();
+        for l in &config.listeners {
+            let reuse = slots.get(&l.name).is_some_and(|s| s.address == l.address);
+            if !reuse {
+                // Moving a listener to an address another listener holds now is refused by the OS.
+                let socks = bind_reuseport(l.address, shared.workers)
+                    .map_err(|e| format!("listener \"{}\": cannot bind {}: {e}", l.name, l.address))?;
+                let bound = socks[0].local_addr().map_err(|e| e.to_string())?;
+                new_sockets.insert(l.name.clone(), (bound, socks));
+            }
+        }
+
+        // Commit.
+        let snapshot = Arc::new(Snapshot {
+            generation,
+            config: Arc::new(config),
+            clusters,
+            listeners,
+        });
+        shared.snapshot.store(snapshot.clone());
+
+        // Listeners removed or moved: stop accepting, drain their connections.
+        let names: Vec<String> = slots.keys().cloned().collect();
+        for name in names {
+            let keep = snapshot
+                .listeners
+                .get(&name)
+                .is_some_and(|l| !new_sockets.contains_key(&name) && slots[&name].address == l.config.address);
+            if !keep {
+                if let Some(slot) = slots.remove(&name) {
+                    for t in &slot.accept_tasks {
+                        t.abort();
+                    }
+                    slot.current.load().start_drain();
+                }
+            }
+        }
+        // Listeners whose config changed in place: new connections use the new one, old drain.
+        for name in &changed {
+            if let Some(slot) = slots.get(name) {
+                let old_rt = slot.current.swap(snapshot.listeners[name].clone());
+                old_rt.start_drain();
+            }
+        }
+        for (name, (bound, socks)) in new_sockets {
+            let lrt = snapshot.listeners[&name].clone();
+            let current = Arc::new(ArcSwap::new(lrt.clone()));
+            let count = self
+                .conn_counts
+                .lock()
+                .unwrap()
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(AtomicU32::new(0)))
+                .clone();
+            let mut tasks = Vec::new();
+            for (i, sock) in socks.into_iter().enumerate() {
+                let current = current.clone();
+                let shared = self.shared.clone();
+                let count = count.clone();
+                tasks.push(self.workers[i].spawn(accept_loop(sock, current, shared, count)));
+            }
+            slots.insert(
+                name,
+                ListenerSlot {
+                    address: lrt.config.address,
+                    bound,
+                    current,
+                    accept_tasks: tasks,
+                },
+            );
+        }
+        drop(slots);
+        for w in new_dns {
+            self.control.spawn(cluster::refresh_dns(w));
+        }
+        tracing::debug!(generation, "configuration applied");
+        Ok(())
+    }
+
+    fn build_listener(&self, l: &Listener) -> Result<ListenerRt, String> {
+        let shared = &self.shared;
+        let stats = Arc::new(shared.metrics.listener(&l.name));
+        let mut chains = Vec::new();
+        for fc in &l.filter_chains {
+            let f = match &fc.filter {
+                NetworkFilter::Http(h) => {
+                    let log = self.open_log(h.access_log.as_ref())?;
+                    FilterRt::Http(Arc::new(http::HttpRt::new(
+                        h,
+                        &l.name,
+                        stats.clone(),
+                        &shared.metrics,
+                        log,
+                    )))
+                }
+                NetworkFilter::TcpProxy(t) => {
+                    let log = self.open_log(t.access_log.as_ref())?;
+                    FilterRt::Tcp(Arc::new(tcp::TcpRt::new(t, &l.name, stats.clone(), log)))
+                }
+            };
+            chains.push((fc.match_.clone(), f));
+        }
+        Ok(ListenerRt {
+            config: l.clone(),
+            chains,
+            stats,
+            drain: watch::channel(false).0,
+        })
+    }
+
+    fn open_log(&self, log: Option<&weft_config::AccessLog>) -> Result<Option<Arc<AccessLogger>>, String> {
+        match log {
+            None => Ok(None),
+            Some(l) => self
+                .shared
+                .access_logs
+                .get(&l.sink)
+                .map(Some)
+                .map_err(|e| format!("access_log {:?}: {e}", l.sink)),
+        }
+    }
+
+    /// Stops accepting everywhere and asks every connection to close gracefully.
+    pub fn start_drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        let slots = self.slots.lock().unwrap();
+        for slot in slots.values() {
+            for t in &slot.accept_tasks {
+                t.abort();
+            }
+            slot.current.load().start_drain();
+        }
+        for l in self.shared.snapshot.load().listeners.values() {
+            l.start_drain();
+        }
+    }
+
+    /// Open downstream connections across all listeners.
+    pub fn active_connections(&self) -> u32 {
+        self.conn_counts
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Drains, waits for connections to finish (up to `timeout`), then stops the workers.
+    pub fn shutdown(&self, timeout: Duration) {
+        self.start_drain();
+        let deadline = Instant::now() + timeout;
+        while self.active_connections() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.shared.access_logs.flush_all();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for s in self.worker_stops.drain(..) {
+            let _ = s.send(());
+        }
+        if let Some(s) = self.control_stop.take() {
+            let _ = s.send(());
+        }
+        self.shared.access_logs.flush_all();
+        let current = std::thread::current().id();
+        for t in self.threads.lock().unwrap().drain(..) {
+            if t.thread().id() != current {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut target = addr;
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(target), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        if target.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        s.set_nonblocking(true)?;
+        s.bind(&target.into())?;
+        s.listen(4096)?;
+        let l: std::net::TcpListener = s.into();
+        if target.port() == 0 {
+            target = l.local_addr()?;
+        }
+        out.push(l);
+    }
+    Ok(out)
+}
+
+async fn accept_loop(
+    sock: std::net::TcpListener,
+    current: Arc<ArcSwap<ListenerRt>>,
+    shared: Arc<Shared>,
+    count: Arc<AtomicU32>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(sock) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot register listener socket");
+            return;
+        }
+    };
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE/ENFILE/ENOBUFS: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let lrt = current.load_full();
+        lrt.stats.cx_total.inc();
+        if let Some(max) = lrt.config.max_connections {
+            if count.load(Ordering::Relaxed) >= max {
+                lrt.stats.cx_overflow.inc();
+                drop(stream);
+                continue;
+            }
+        }
+        count.fetch_add(1, Ordering::Relaxed);
+        lrt.stats.cx_active.inc();
+        let guard = ConnectionGuard {
+            count: count.clone(),
+            stats: lrt.stats.clone(),
+        };
+        let shared = shared.clone();
+        tokio::spawn(handle_connection(stream, peer, lrt, shared, guard));
+    }
+}
+
+async fn handle_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    lrt: Arc<ListenerRt>,
+    shared: Arc<Shared>,
+    guard: ConnectionGuard,
+) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(lrt.config.address);
+    match lrt.select_chain(local, peer) {
+        Some(FilterRt::Http(h)) => http::serve_connection(stream, peer, local, h.clone(), lrt.clone(), shared).await,
+        Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), shared).await,
+        None => {
+            tracing::debug!(listener = %lrt.config.name, %peer, "no filter chain matched; closing");
+        }
+    }
+    drop(guard);
+}
+
+/// A local-reply counter per reason, pre-resolved for a listener.
+pub struct LocalReplyCounters {
+    counters: Vec<(&'static str, Counter)>,
+}
+
+impl LocalReplyCounters {
+    pub fn new(metrics: &Metrics, listener: &str) -> Self {
+        use crate::flags::Reason::*;
+        let counters = [
+            NoRoute,
+            NoHealthyUpstream,
+            UpstreamConnectFailure,
+            UpstreamReset,
+            UpstreamTimeout,
+            Overflow,
+            UpstreamProtocolError,
+            DownstreamProtocolError,
+            DirectResponse,
+        ]
+        .iter()
+        .map(|r| (r.code(), metrics.local_reply(listener, r.code())))
+        .collect();
+        LocalReplyCounters { counters }
+    }
+
+    pub fn inc(&self, code: &str) {
+        if let Some((_, c)) = self.counters.iter().find(|(c, _)| *c == code) {
+            c.inc();
+        }
+    }
+}

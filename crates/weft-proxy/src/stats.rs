@@ -1,0 +1,376 @@
+//! Metrics. Label lookups happen once, when a snapshot is built: the request path only touches
+//! pre-resolved counters (atomics) and histograms.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerClassLabel {
+    pub listener: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterLabel {
+    pub cluster: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterClassLabel {
+    pub cluster: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub listener: String,
+    pub vhost: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteClassLabel {
+    pub listener: String,
+    pub vhost: String,
+    pub route: String,
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub listener: String,
+    pub reason: &'static str,
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50us .. ~52s in 21 doubling buckets.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 21))
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into per-class counters for a status code.
+pub fn class_index(status: u16) -> usize {
+    ((status / 100).clamp(1, 5) - 1) as usize
+}
+
+/// All metric families, registered once for the life of the process.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    downstream_cx_total: Family<ListenerLabel, Counter>,
+    downstream_cx_active: Family<ListenerLabel, Gauge>,
+    downstream_cx_overflow: Family<ListenerLabel, Counter>,
+    downstream_rq_total: Family<ListenerClassLabel, Counter>,
+    downstream_rq_time: HistFamily<ListenerLabel>,
+    downstream_rq_local: Family<ReasonLabel, Counter>,
+    upstream_rq_total: Family<ClusterClassLabel, Counter>,
+    upstream_rq_time: HistFamily<ClusterLabel>,
+    upstream_rq_active: Family<ClusterLabel, Gauge>,
+    upstream_cx_total: Family<ClusterLabel, Counter>,
+    upstream_cx_active: Family<ClusterLabel, Gauge>,
+    upstream_cx_connect_fail: Family<ClusterLabel, Counter>,
+    upstream_rq_timeout: Family<ClusterLabel, Counter>,
+    upstream_rq_retry: Family<ClusterLabel, Counter>,
+    upstream_rq_retry_overflow: Family<ClusterLabel, Counter>,
+    upstream_rq_overflow: Family<ClusterLabel, Counter>,
+    upstream_cx_tx_bytes: Family<ClusterLabel, Counter>,
+    upstream_cx_rx_bytes: Family<ClusterLabel, Counter>,
+    route_rq_total: Family<RouteClassLabel, Counter>,
+    route_rq_time: HistFamily<RouteLabel>,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("weft");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            downstream_cx_total: Family::default(),
+            downstream_cx_active: Family::default(),
+            downstream_cx_overflow: Family::default(),
+            downstream_rq_total: Family::default(),
+            downstream_rq_time: Family::new_with_constructor(latency_histogram),
+            downstream_rq_local: Family::default(),
+            upstream_rq_total: Family::default(),
+            upstream_rq_time: Family::new_with_constructor(latency_histogram),
+            upstream_rq_active: Family::default(),
+            upstream_cx_total: Family::default(),
+            upstream_cx_active: Family::default(),
+            upstream_cx_connect_fail: Family::default(),
+            upstream_rq_timeout: Family::default(),
+            upstream_rq_retry: Family::default(),
+            upstream_rq_retry_overflow: Family::default(),
+            upstream_rq_overflow: Family::default(),
+            upstream_cx_tx_bytes: Family::default(),
+            upstream_cx_rx_bytes: Family::default(),
+            route_rq_total: Family::default(),
+            route_rq_time: Family::new_with_constructor(latency_histogram),
+            config_reloads: Counter::default(),
+            config_reload_failures: Counter::default(),
+        };
+        r.register(
+            "downstream_cx",
+            "Downstream connections accepted",
+            m.downstream_cx_total.clone(),
+        );
+        r.register(
+            "downstream_cx_active",
+            "Downstream connections open",
+            m.downstream_cx_active.clone(),
+        );
+        r.register(
+            "downstream_cx_overflow",
+            "Downstream connections refused by max_connections",
+            m.downstream_cx_overflow.clone(),
+        );
+        r.register(
+            "downstream_rq",
+            "Downstream requests by response class",
+            m.downstream_rq_total.clone(),
+        );
+        r.register(
+            "downstream_rq_time_seconds",
+            "Downstream request time to response headers",
+            m.downstream_rq_time.clone(),
+        );
+        r.register(
+            "downstream_rq_local",
+            "Responses generated by the proxy itself, by reason code",
+            m.downstream_rq_local.clone(),
+        );
+        r.register(
+            "upstream_rq",
+            "Upstream requests by response class",
+            m.upstream_rq_total.clone(),
+        );
+        r.register(
+            "upstream_rq_time_seconds",
+            "Upstream request time to response headers",
+            m.upstream_rq_time.clone(),
+        );
+        r.register(
+            "upstream_rq_active",
+            "Upstream requests in flight",
+            m.upstream_rq_active.clone(),
+        );
+        r.register(
+            "upstream_cx",
+            "Upstream connections opened",
+            m.upstream_cx_total.clone(),
+        );
+        r.register(
+            "upstream_cx_active",
+            "Upstream connections open",
+            m.upstream_cx_active.clone(),
+        );
+        r.register(
+            "upstream_cx_connect_fail",
+            "Upstream connect failures",
+            m.upstream_cx_connect_fail.clone(),
+        );
+        r.register(
+            "upstream_rq_timeout",
+            "Upstream requests timed out",
+            m.upstream_rq_timeout.clone(),
+        );
+        r.register("upstream_rq_retry", "Upstream retries", m.upstream_rq_retry.clone());
+        r.register(
+            "upstream_rq_retry_overflow",
+            "Retries refused by the retry budget or circuit breaker",
+            m.upstream_rq_retry_overflow.clone(),
+        );
+        r.register(
+            "upstream_rq_overflow",
+            "Requests refused by a circuit breaker",
+            m.upstream_rq_overflow.clone(),
+        );
+        r.register(
+            "upstream_cx_tx_bytes",
+            "Bytes sent upstream (TCP proxy)",
+            m.upstream_cx_tx_bytes.clone(),
+        );
+        r.register(
+            "upstream_cx_rx_bytes",
+            "Bytes received from upstream (TCP proxy)",
+            m.upstream_cx_rx_bytes.clone(),
+        );
+        r.register(
+            "route_rq",
+            "Requests per route by response class",
+            m.route_rq_total.clone(),
+        );
+        r.register(
+            "route_rq_time_seconds",
+            "Request time per route",
+            m.route_rq_time.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Successful configuration reloads",
+            m.config_reloads.clone(),
+        );
+        r.register(
+            "config_reload_failures",
+            "Configuration reloads refused",
+            m.config_reload_failures.clone(),
+        );
+        *m.registry.lock().unwrap() = r;
+        m
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
+    pub fn listener(&self, name: &str) -> ListenerStats {
+        let l = ListenerLabel {
+            listener: name.to_string(),
+        };
+        ListenerStats {
+            cx_total: self.downstream_cx_total.get_or_create(&l).clone(),
+            cx_active: self.downstream_cx_active.get_or_create(&l).clone(),
+            cx_overflow: self.downstream_cx_overflow.get_or_create(&l).clone(),
+            rq: CLASSES.map(|class| {
+                self.downstream_rq_total
+                    .get_or_create(&ListenerClassLabel {
+                        listener: name.to_string(),
+                        class,
+                    })
+                    .clone()
+            }),
+            rq_time: self.downstream_rq_time.get_or_create(&l).clone(),
+            name: name.to_string(),
+        }
+    }
+
+    pub fn local_reply(&self, listener: &str, reason: &'static str) -> Counter {
+        self.downstream_rq_local
+            .get_or_create(&ReasonLabel {
+                listener: listener.to_string(),
+                reason,
+            })
+            .clone()
+    }
+
+    pub fn cluster(&self, name: &str) -> ClusterStats {
+        let l = ClusterLabel {
+            cluster: name.to_string(),
+        };
+        ClusterStats {
+            rq: CLASSES.map(|class| {
+                self.upstream_rq_total
+                    .get_or_create(&ClusterClassLabel {
+                        cluster: name.to_string(),
+                        class,
+                    })
+                    .clone()
+            }),
+            rq_time: self.upstream_rq_time.get_or_create(&l).clone(),
+            rq_active: self.upstream_rq_active.get_or_create(&l).clone(),
+            cx_total: self.upstream_cx_total.get_or_create(&l).clone(),
+            cx_active: self.upstream_cx_active.get_or_create(&l).clone(),
+            cx_connect_fail: self.upstream_cx_connect_fail.get_or_create(&l).clone(),
+            rq_timeout: self.upstream_rq_timeout.get_or_create(&l).clone(),
+            rq_retry: self.upstream_rq_retry.get_or_create(&l).clone(),
+            rq_retry_overflow: self.upstream_rq_retry_overflow.get_or_create(&l).clone(),
+            rq_overflow: self.upstream_rq_overflow.get_or_create(&l).clone(),
+            tx_bytes: self.upstream_cx_tx_bytes.get_or_create(&l).clone(),
+            rx_bytes: self.upstream_cx_rx_bytes.get_or_create(&l).clone(),
+        }
+    }
+
+    pub fn route(&self, listener: &str, vhost: &str, route: &str) -> RouteStats {
+        let l = RouteLabel {
+            listener: listener.to_string(),
+            vhost: vhost.to_string(),
+            route: route.to_string(),
+        };
+        RouteStats {
+            rq: CLASSES.map(|class| {
+                self.route_rq_total
+                    .get_or_create(&RouteClassLabel {
+                        listener: listener.to_string(),
+                        vhost: vhost.to_string(),
+                        route: route.to_string(),
+                        class,
+                    })
+                    .clone()
+            }),
+            rq_time: self.route_rq_time.get_or_create(&l).clone(),
+        }
+    }
+}
+
+pub struct ListenerStats {
+    pub name: String,
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+    pub cx_overflow: Counter,
+    pub rq: [Counter; 5],
+    pub rq_time: Histogram,
+}
+
+impl ListenerStats {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.rq[class_index(status)].inc();
+        self.rq_time.observe(elapsed.as_secs_f64());
+    }
+}
+
+pub struct ClusterStats {
+    pub rq: [Counter; 5],
+    pub rq_time: Histogram,
+    pub rq_active: Gauge,
+    pub cx_total: Counter,
+    pub cx_active: Gauge,
+    pub cx_connect_fail: Counter,
+    pub rq_timeout: Counter,
+    pub rq_retry: Counter,
+    pub rq_retry_overflow: Counter,
+    pub rq_overflow: Counter,
+    pub tx_bytes: Counter,
+    pub rx_bytes: Counter,
+}
+
+impl ClusterStats {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.rq[class_index(status)].inc();
+        self.rq_time.observe(elapsed.as_secs_f64());
+    }
+}
+
+pub struct RouteStats {
+    pub rq: [Counter; 5],
+    pub rq_time: Histogram,
+}
+
+impl RouteStats {
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        self.rq[class_index(status)].inc();
+        self.rq_time.observe(elapsed.as_secs_f64());
+    }
+}

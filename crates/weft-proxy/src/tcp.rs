@@ -1,0 +1,229 @@
+//! L4 TCP proxy: pick an upstream, connect (trying other hosts on failure), then copy both ways with
+//! half-close propagated and an idle timeout.
+
+use crate::access_log::{timestamp, AccessLogger};
+use crate::cluster::Host;
+use crate::server::{ListenerRt, Shared};
+use crate::stats::ListenerStats;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use weft_config::{Discovery, TcpProxy};
+
+const MAX_CONNECT_ATTEMPTS: usize = 3;
+
+pub struct TcpRt {
+    pub config: TcpProxy,
+    pub listener: String,
+    pub stats: Arc<ListenerStats>,
+    pub access_log: Option<Arc<AccessLogger>>,
+}
+
+impl TcpRt {
+    pub fn new(
+        config: &TcpProxy,
+        listener: &str,
+        stats: Arc<ListenerStats>,
+        access_log: Option<Arc<AccessLogger>>,
+    ) -> TcpRt {
+        TcpRt {
+            config: config.clone(),
+            listener: listener.to_string(),
+            stats,
+            access_log,
+        }
+    }
+}
+
+/// The address a connection was sent to before an iptables REDIRECT/TPROXY rule caught it.
+pub fn original_dst(stream: &TcpStream) -> Option<SocketAddr> {
+    let sock = socket2::SockRef::from(stream);
+    let local = stream.local_addr().ok()?;
+    let dst = if local.is_ipv4() {
+        sock.original_dst_v4().ok()?
+    } else {
+        sock.original_dst_v6().ok()?
+    };
+    let dst = dst.as_socket()?;
+    // Without a redirect rule the "original" destination is the listener itself: proxying to it
+    // would loop forever.
+    (dst != local).then_some(dst)
+}
+
+pub async fn serve_connection(
+    down: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<TcpRt>,
+    lrt: Arc<ListenerRt>,
+    shared: Arc<Shared>,
+) {
+    let start = Instant::now();
+    let started_at = SystemTime::now();
+    let snapshot = shared.snapshot.load_full();
+    let Some(cluster) = snapshot.clusters.get(&rt.config.cluster).cloned() else {
+        return;
+    };
+    drop(snapshot);
+    let orig = matches!(cluster.config.discovery, Discovery::OriginalDst)
+        .then(|| original_dst(&down))
+        .flatten();
+    let hash = Some(weft_lb::hash_key(peer.ip().to_string().as_bytes()));
+    let mut tried: Option<Arc<Host>> = None;
+    let mut connected = None;
+    let mut flag = "-";
+    for _ in 0..MAX_CONNECT_ATTEMPTS {
+        let host = match (&cluster.config.discovery, orig) {
+            (Discovery::OriginalDst, Some(a)) => cluster.original_dst_host(a),
+            (Discovery::OriginalDst, None) => {
+                flag = "UH";
+                break;
+            }
+            _ => match cluster.pick(hash, tried.as_ref()) {
+                Some(h) => h,
+                None => {
+                    flag = "UH";
+                    break;
+                }
+            },
+        };
+        let Some(active) = cluster.start_request(&host) else {
+            flag = "UO";
+            break;
+        };
+        match cluster.connect_raw(&host).await {
+            Ok((s, guard)) => {
+                connected = Some((s, guard, host, active));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name(), host = %host.address, error = %e, "TCP upstream connect failed");
+                host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                flag = if matches!(e, crate::cluster::ConnectError::Overflow) {
+                    "UO"
+                } else {
+                    "UF"
+                };
+                tried = Some(host);
+            }
+        }
+    }
+    let Some((up, _cx_guard, host, _active)) = connected else {
+        log(&rt, peer, None, started_at, start, 0, 0, flag);
+        return;
+    };
+    let drain = lrt.drain_signal();
+    let (sent, received) = copy_bidirectional(down, up, rt.config.idle_timeout, drain).await;
+    cluster.stats.tx_bytes.inc_by(sent);
+    cluster.stats.rx_bytes.inc_by(received);
+    log(&rt, peer, Some(host.address), started_at, start, received, sent, "-");
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log(
+    rt: &TcpRt,
+    peer: SocketAddr,
+    upstream: Option<SocketAddr>,
+    started_at: SystemTime,
+    start: Instant,
+    sent: u64,
+    received: u64,
+    flag: &str,
+) {
+    if let Some(l) = &rt.access_log {
+        l.log(&serde_json::json!({
+            "start_time": timestamp(started_at),
+            "listener": rt.listener,
+            "protocol": "tcp",
+            "downstream_remote_address": peer.to_string(),
+            "upstream_cluster": rt.config.cluster,
+            "upstream_host": upstream.map(|a| a.to_string()),
+            "bytes_received": received,
+            "bytes_sent": sent,
+            "duration_ms": start.elapsed().as_secs_f64() * 1000.0,
+            "reason": flag,
+        }));
+    }
+}
+
+/// Copies both directions until both have ended. EOF on one side is propagated as a write shutdown
+/// on the other (half-close), so protocols that "send request, shut down, read reply" work.
+/// Returns (bytes downstream→upstream, bytes upstream→downstream).
+async fn copy_bidirectional(
+    down: TcpStream,
+    up: TcpStream,
+    idle_timeout: Option<Duration>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) -> (u64, u64) {
+    let (dr, dw) = down.into_split();
+    let (ur, uw) = up.into_split();
+    let last = AtomicU64::new(0);
+    let epoch = Instant::now();
+    let a = pipe(dr, uw, &last, epoch);
+    let b = pipe(ur, dw, &last, epoch);
+    tokio::pin!(a, b);
+    let (mut a_done, mut b_done) = (None::<u64>, None::<u64>);
+    let idle_check = async {
+        match idle_timeout {
+            None => std::future::pending::<()>().await,
+            Some(t) => loop {
+                let since = epoch.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                let since = Duration::from_millis(since);
+                if since >= t {
+                    return;
+                }
+                tokio::time::sleep(t - since).await;
+            },
+        }
+    };
+    tokio::pin!(idle_check);
+    let drained = async {
+        // A drained listener lets TCP sessions finish on their own: only a hard stop ends them.
+        let _ = drain.changed().await;
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(drained);
+    loop {
+        tokio::select! {
+            r = &mut a, if a_done.is_none() => {
+                a_done = Some(r.0);
+                if !r.1 { break; }
+            }
+            r = &mut b, if b_done.is_none() => {
+                b_done = Some(r.0);
+                if !r.1 { break; }
+            }
+            _ = &mut idle_check => break,
+            _ = &mut drained => {}
+        }
+        if a_done.is_some() && b_done.is_some() {
+            break;
+        }
+    }
+    (a_done.unwrap_or(0), b_done.unwrap_or(0))
+}
+
+/// One direction: read until EOF (then shut down the writer) or error. Returns (bytes, clean EOF).
+async fn pipe(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, last: &AtomicU64, epoch: Instant) -> (u64, bool) {
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                return (total, true);
+            }
+            Ok(n) => {
+                last.store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if w.write_all(&buf[..n]).await.is_err() {
+                    return (total, false);
+                }
+                total += n as u64;
+            }
+            Err(_) => return (total, false),
+        }
+    }
+}
