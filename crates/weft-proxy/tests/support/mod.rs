@@ -1,0 +1,235 @@
+//! Shared helpers for integration tests: real upstream servers and real clients on 127.0.0.1 with
+//! ephemeral ports, and a proxy started from YAML.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use weft_proxy::{Server, ServerOptions};
+
+/// Starts a proxy from YAML (listeners should use port 0).
+pub fn start_proxy(yaml: &str) -> Arc<Server> {
+    let config = weft_config::from_yaml(yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n{yaml}"));
+    Server::start(config, ServerOptions { config_path: None }).expect("proxy starts")
+}
+
+/// What an upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: http::Method,
+    pub uri: http::Uri,
+    pub version: http::Version,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A real hyper upstream (HTTP/1.1 and h2c) that records every request and answers via `f`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub hits: Arc<AtomicU64>,
+    pub connections: Arc<AtomicU64>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen.lock().unwrap().last().cloned().expect("a request reached the upstream")
+    }
+
+    /// Stops accepting and closes the listener.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub type Reply = Response<Full<Bytes>>;
+
+pub fn text(status: u16, body: &str) -> Reply {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+/// Starts an upstream whose answers come from `f(seen) -> Reply` (may be async).
+pub async fn upstream<F, Fut>(f: F) -> Upstream
+where
+    F: Fn(Seen) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    upstream_on("127.0.0.1:0".parse().unwrap(), f).await
+}
+
+pub async fn upstream_on<F, Fut>(addr: SocketAddr, f: F) -> Upstream
+where
+    F: Fn(Seen) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let hits = Arc::new(AtomicU64::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
+    let f = Arc::new(f);
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let (s2, h2, c2) = (seen.clone(), hits.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                _ = &mut rx => return,
+            };
+            c2.fetch_add(1, Ordering::SeqCst);
+            let (seen, hits, f) = (s2.clone(), h2.clone(), f.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (seen, hits, f) = (seen.clone(), hits.clone(), f.clone());
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        let s = Seen {
+                            method: parts.method,
+                            uri: parts.uri,
+                            version: parts.version,
+                            headers: parts.headers,
+                            body,
+                        };
+                        seen.lock().unwrap().push(s.clone());
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(f(s).await)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        seen,
+        hits,
+        connections,
+        stop: Some(tx),
+    }
+}
+
+/// An upstream answering 200 with its name in `x-upstream` and the body "hello from NAME".
+pub async fn named_upstream(name: &'static str) -> Upstream {
+    upstream(move |_| async move {
+        let mut r = text(200, &format!("hello from {name}"));
+        r.headers_mut().insert("x-upstream", name.parse().unwrap());
+        r
+    })
+    .await
+}
+
+/// A response as the test client saw it.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A keep-alive HTTP/1.1 client connection.
+pub struct H1Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl H1Client {
+    pub async fn connect(addr: SocketAddr) -> H1Client {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        H1Client { sender }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Got {
+        self.try_send(req).await.expect("request succeeds")
+    }
+
+    pub async fn try_send(&mut self, req: Request<Full<Bytes>>) -> Result<Got, hyper::Error> {
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn get(&mut self, path: &str) -> Got {
+        self.send(req("GET", path, "test.local", &[], "")).await
+    }
+}
+
+/// Builds a request with a Host header.
+pub fn req(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
+    let mut b = Request::builder().method(method).uri(path).header("host", host);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// A one-shot GET on a fresh connection.
+pub async fn get(addr: SocketAddr, path: &str) -> Got {
+    H1Client::connect(addr).await.get(path).await
+}
+
+/// Sends raw bytes and returns everything the server sent until it closed or `wait` passed.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    out
+}
+
+/// Fetches an admin endpoint as text.
+pub async fn admin(server: &Server, path: &str) -> Got {
+    get(server.admin_addr().expect("admin configured"), path).await
+}
+
+/// The value of a Prometheus sample line starting with `prefix` (e.g. `weft_upstream_rq_retry_total{cluster="c"}`).
+pub fn metric(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
