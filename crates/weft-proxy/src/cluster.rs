@@ -48,6 +48,8 @@ pub struct Host {
 struct WorkerPool {
     h1_idle: Mutex<Vec<IdleH1>>,
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+    /// Serialises HTTP/2 connection setup so concurrent first requests share one connection.
+    h2_connecting: tokio::sync::Mutex<()>,
 }
 
 struct IdleH1 {
@@ -438,11 +440,13 @@ impl ClusterRt {
     /// The shared HTTP/2 connection to `host` on this worker, connecting if needed.
     pub async fn checkout_h2(self: &Arc<Self>, host: &Arc<Host>) -> Result<http2::SendRequest<UpBody>, ConnectError> {
         let slot = worker_slot(self.slots);
-        let existing = host.pools[slot].h2.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some(mut s) = existing {
-            if !s.is_closed() && s.ready().await.is_ok() {
-                return Ok(s);
-            }
+        let pool = &host.pools[slot];
+        if let Some(s) = Self::live_h2(pool) {
+            return Ok(s);
+        }
+        let _connecting = pool.h2_connecting.lock().await;
+        if let Some(s) = Self::live_h2(pool) {
+            return Ok(s);
         }
         let guard = self.reserve_connection().ok_or_else(|| {
             self.stats.rq_overflow.inc();
@@ -460,8 +464,13 @@ impl ClusterRt {
             let _ = conn.await;
             drop(guard);
         });
-        *host.pools[slot].h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        *pool.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
         Ok(sender)
+    }
+
+    fn live_h2(pool: &WorkerPool) -> Option<http2::SendRequest<UpBody>> {
+        let guard = pool.h2.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
     pub fn protocol(&self) -> UpstreamProtocol {

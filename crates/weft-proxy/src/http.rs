@@ -9,6 +9,7 @@ use crate::access_log::{timestamp, AccessLogger};
 use crate::body::{DownBody, StreamEnd, UpBody};
 use crate::cluster::{ActiveRequest, ClusterRt, ConnectError, Host};
 use crate::flags::{Reason, OVERFLOW_HEADER, REASON_HEADER};
+use crate::h1_framing::{FramingTracker, Sniffed};
 use crate::router::{RouteEntry, RouteTable, VirtualHostEntry};
 use crate::server::{ListenerRt, LocalReplyCounters, Shared};
 use crate::stats::{ListenerStats, Metrics};
@@ -83,6 +84,7 @@ struct ConnCtx {
     peer: SocketAddr,
     peer_ip: HeaderValue,
     original_dst: Option<SocketAddr>,
+    framing: Arc<std::sync::Mutex<FramingTracker>>,
 }
 
 pub async fn serve_connection(
@@ -94,7 +96,9 @@ pub async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     let original_dst = crate::tcp::original_dst(&stream);
+    let (stream, framing) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
+        framing,
         peer_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header value"),
         rt: rt.clone(),
         shared,
@@ -315,7 +319,14 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
         })
     });
 
-    let (mut resp, reason, active, route) = if !smuggling_check(&req) {
+    let ambiguous = req.version() != Version::HTTP_2
+        && ctx
+            .framing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .next_verdict()
+            .unwrap_or(false);
+    let (mut resp, reason, active, route) = if ambiguous || !smuggling_check(&req) {
         (
             local_reply(rt, Reason::DownstreamProtocolError, false),
             Reason::DownstreamProtocolError,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod body;
 pub mod cluster;
 pub mod flags;
+pub mod h1_framing;
 pub mod http;
 pub mod router;
 pub mod server;

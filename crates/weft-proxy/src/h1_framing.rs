@@ -1,0 +1,330 @@
+//! Request-smuggling detection for HTTP/1 downstream connections.
+//!
+//! hyper follows RFC 9112 §6.3 for a request carrying both `Transfer-Encoding` and `Content-Length`:
+//! chunked wins, the `Content-Length` is dropped and the connection closes after the response. That is
+//! safe but silent, and the request still reaches the upstream. We want such requests refused with a
+//! 400 instead, and hyper gives the service no way to see the dropped header. So this wrapper watches
+//! the raw bytes hyper reads, tracks HTTP/1 message framing alongside it, and records one verdict per
+//! request head ("ambiguous framing or not"); the service takes the verdicts in order.
+//!
+//! Written by hand because no maintained crate exposes framing verdicts; it only tracks framing
+//! (head end, Content-Length skip, chunk sizes) and parses heads with `httparse`, which hyper uses too.
+//! If it ever loses track (an unusual head, an upgrade, HTTP/2), it stops and records nothing more, so
+//! the worst case is a missed verdict, never a false one.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_CHUNK_LINE: usize = 4096;
+
+#[derive(Debug, PartialEq)]
+enum State {
+    Head,
+    Fixed(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd(u8),
+    Trailers,
+    Stopped,
+}
+
+/// Tracks framing over the request byte stream; `verdicts` holds one entry per complete head.
+#[derive(Debug)]
+pub struct FramingTracker {
+    state: State,
+    buf: Vec<u8>,
+    verdicts: VecDeque<bool>,
+}
+
+impl Default for FramingTracker {
+    fn default() -> Self {
+        FramingTracker {
+            state: State::Head,
+            buf: Vec::new(),
+            verdicts: VecDeque::new(),
+        }
+    }
+}
+
+impl FramingTracker {
+    /// The verdict for the next request: `Some(true)` if its framing headers conflicted.
+    pub fn next_verdict(&mut self) -> Option<bool> {
+        self.verdicts.pop_front()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.state == State::Stopped
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                State::Stopped => return,
+                State::Head => {
+                    if self.buf.is_empty() {
+                        // Empty lines before a request line are allowed (RFC 9112 §2.2).
+                        let skip = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            return;
+                        }
+                    }
+                    let old = self.buf.len();
+                    // Search for the end of head across the boundary with what was buffered.
+                    let search_from = old.saturating_sub(3);
+                    self.buf.extend_from_slice(data);
+                    match find_head_end(&self.buf[search_from..]) {
+                        Some(end) => {
+                            let end = search_from + end;
+                            let consumed = end - old;
+                            self.buf.truncate(end);
+                            let head = std::mem::take(&mut self.buf);
+                            self.on_head(&head);
+                            data = &data[consumed..];
+                        }
+                        None => {
+                            if self.buf.len() > MAX_HEAD {
+                                self.stop();
+                            }
+                            return;
+                        }
+                    }
+                }
+                State::Fixed(n) => {
+                    let take = (data.len() as u64).min(n);
+                    data = &data[take as usize..];
+                    self.state = if n == take { State::Head } else { State::Fixed(n - take) };
+                }
+                State::ChunkSize | State::Trailers => {
+                    let pos = data.iter().position(|b| *b == b'\n');
+                    let (line_part, rest) = match pos {
+                        Some(p) => (&data[..=p], &data[p + 1..]),
+                        None => (data, &data[data.len()..]),
+                    };
+                    self.buf.extend_from_slice(line_part);
+                    data = rest;
+                    if pos.is_none() {
+                        if self.buf.len() > MAX_CHUNK_LINE {
+                            self.stop();
+                        }
+                        return;
+                    }
+                    let line = std::mem::take(&mut self.buf);
+                    if self.state == State::Trailers {
+                        if line == b"\r\n" || line == b"\n" {
+                            self.state = State::Head;
+                        }
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&line);
+                    let size = text.split(';').next().unwrap_or("").trim();
+                    match u64::from_str_radix(size, 16) {
+                        Ok(0) => self.state = State::Trailers,
+                        Ok(n) => self.state = State::ChunkData(n),
+                        Err(_) => self.stop(),
+                    }
+                }
+                State::ChunkData(n) => {
+                    let take = (data.len() as u64).min(n);
+                    data = &data[take as usize..];
+                    self.state = if n == take {
+                        State::ChunkDataEnd(0)
+                    } else {
+                        State::ChunkData(n - take)
+                    };
+                }
+                State::ChunkDataEnd(seen) => {
+                    // The CRLF after chunk data.
+                    let b = data[0];
+                    data = &data[1..];
+                    match (seen, b) {
+                        (0, b'\r') => self.state = State::ChunkDataEnd(1),
+                        (0, b'\n') | (1, b'\n') => self.state = State::ChunkSize,
+                        _ => self.stop(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        self.state = State::Stopped;
+        self.buf = Vec::new();
+    }
+
+    fn on_head(&mut self, head: &[u8]) {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(head) {
+            Ok(httparse::Status::Complete(_)) => {}
+            _ => return self.stop(),
+        }
+        let mut te = false;
+        let mut cl: Option<u64> = None;
+        let mut cl_count = 0;
+        let mut upgrade = false;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = true;
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                cl_count += 1;
+                cl = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+            } else if h.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        self.verdicts.push_back(te && cl_count > 0);
+        if upgrade || req.method == Some("CONNECT") || req.version != Some(1) {
+            // After a protocol switch the bytes are no longer HTTP/1 messages.
+            return self.stop();
+        }
+        self.state = if te {
+            State::ChunkSize
+        } else if cl_count == 0 {
+            State::Head
+        } else {
+            match cl {
+                Some(0) => State::Head,
+                Some(n) => State::Fixed(n),
+                None => return self.stop(),
+            }
+        };
+    }
+}
+
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// An I/O stream whose reads feed a shared [`FramingTracker`].
+pub struct Sniffed<T> {
+    inner: T,
+    tracker: Arc<Mutex<FramingTracker>>,
+    /// Set once the tracker has stopped: later reads skip it entirely.
+    done: bool,
+}
+
+impl<T> Sniffed<T> {
+    pub fn new(inner: T) -> (Self, Arc<Mutex<FramingTracker>>) {
+        let tracker = Arc::new(Mutex::new(FramingTracker::default()));
+        (
+            Sniffed {
+                inner,
+                tracker: tracker.clone(),
+                done: false,
+            },
+            tracker,
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.done {
+            if let Poll::Ready(Ok(())) = &r {
+                let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                t.feed(&buf.filled()[before..]);
+                let stopped = t.is_stopped();
+                drop(t);
+                self.done = stopped;
+            }
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdicts(input: &[u8], split: usize) -> (Vec<bool>, bool) {
+        let mut t = FramingTracker::default();
+        for chunk in input.chunks(split.max(1)) {
+            t.feed(chunk);
+        }
+        let stopped = t.is_stopped();
+        (std::iter::from_fn(|| t.next_verdict()).collect(), stopped)
+    }
+
+    #[test]
+    fn tracks_keepalive_sequences_at_any_split() {
+        let stream = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
+POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+POST /bad HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+GET /last HTTP/1.1\r\nHost: a\r\n\r\n";
+        for split in [1, 2, 3, 7, 64, 10_000] {
+            let (v, stopped) = verdicts(stream, split);
+            assert_eq!(v, vec![false, false, false, true, false], "split {split}");
+            assert!(!stopped);
+        }
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_heads_are_not_heads() {
+        let body = b"GET /inner HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut stream = format!("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        stream.extend_from_slice(body);
+        stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(verdicts(&stream, 5).0, vec![false, false]);
+    }
+
+    #[test]
+    fn stops_on_upgrade_h2_and_garbage() {
+        assert!(
+            verdicts(
+                b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\nbinary",
+                3
+            )
+            .1
+        );
+        assert!(verdicts(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 4).1);
+        assert!(verdicts(b"\x00\x01garbage\r\n\r\n", 4).1);
+        assert!(verdicts(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 4).1);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut seed = 7u64;
+        for _ in 0..2000 {
+            let len = (seed % 300) as usize;
+            let mut v = Vec::with_capacity(len);
+            for _ in 0..len {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let alphabet = b"GET /HTTP1.\r\n:0a;Content-Length:Transfer-Encoding chunked";
+                v.push(alphabet[(seed >> 33) as usize % alphabet.len()]);
+            }
+            let _ = verdicts(&v, (seed % 13) as usize + 1);
+        }
+    }
+}
