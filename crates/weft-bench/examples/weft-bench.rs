@@ -1,0 +1,18 @@
+//! Stand-alone `weft bench` for trying the crate without the main binary:
+//! `cargo run --release -p weft-bench --example weft-bench -- http://127.0.0.1:8080/ -d 5s`
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "weft-bench",
+    about = "weft bench: open-loop HTTP/gRPC/TCP load generator"
+)]
+struct Cli {
+    #[command(flatten)]
+    args: weft_bench::BenchArgs,
+}
+
+fn main() {
+    std::process::exit(weft_bench::run(Cli::parse().args));
+}

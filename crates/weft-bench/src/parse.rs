@@ -1,0 +1,211 @@
+//! Parsing helpers for command-line values: durations, headers and target URLs.
+
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use http::Uri;
+
+/// Parse a human duration such as `10s`, `500ms`, `1.5s`, `2m`, `1m30s`,
+/// `250us` or a bare number of seconds (`3`).
+pub fn parse_duration(input: &str) -> Result<Duration, String> {
+    let s = input.trim();
+    if s.is_empty() {
+        return Err("empty duration".to_string());
+    }
+    // A bare number means seconds.
+    if let Ok(v) = s.parse::<f64>() {
+        return secs_to_duration(v, input);
+    }
+    let mut total = 0.0f64;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if num_end == 0 {
+            return Err(format!("invalid duration {input:?}: expected a number"));
+        }
+        let (num, tail) = rest.split_at(num_end);
+        let value: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {input:?}: bad number {num:?}"))?;
+        let unit_end = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(unit_end);
+        let mult = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" | "sec" => 1.0,
+            "m" | "min" => 60.0,
+            "h" => 3600.0,
+            "" => {
+                return Err(format!(
+                    "invalid duration {input:?}: missing unit after {num}"
+                ))
+            }
+            other => {
+                return Err(format!(
+                    "invalid duration {input:?}: unknown unit {other:?}"
+                ))
+            }
+        };
+        total += value * mult;
+        rest = next;
+    }
+    secs_to_duration(total, input)
+}
+
+fn secs_to_duration(secs: f64, input: &str) -> Result<Duration, String> {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+        return Err(format!("invalid duration {input:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// One `-H "name: value"` argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderArg {
+    pub name: HeaderName,
+    pub value: HeaderValue,
+}
+
+/// Parse `"name: value"` (whitespace around the value is trimmed).
+pub fn parse_header(input: &str) -> Result<HeaderArg, String> {
+    let (name, value) = input
+        .split_once(':')
+        .ok_or_else(|| format!("invalid header {input:?}: expected \"name: value\""))?;
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(format!("invalid header {input:?}: empty name"));
+    }
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("invalid header name {name:?}"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| format!("invalid header value in {input:?}"))?;
+    Ok(HeaderArg { name, value })
+}
+
+/// Wire protocol used against the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 over cleartext TCP.
+    Http1,
+    /// HTTP/2 cleartext with prior knowledge (h2c).
+    Http2,
+    /// gRPC unary calls over h2c.
+    Grpc,
+    /// Raw TCP echo: write N bytes, read N bytes back.
+    Tcp,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2 (h2c)",
+            Protocol::Grpc => "gRPC (h2c)",
+            Protocol::Tcp => "TCP echo",
+        }
+    }
+}
+
+/// A parsed, validated target.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+    /// `host:port` as written (used for the Host header / :authority).
+    pub authority: String,
+    /// Path and query sent on the wire (for gRPC: the method path).
+    pub path: String,
+}
+
+impl Target {
+    /// URI to put in requests: origin-form for HTTP/1.1, absolute for HTTP/2.
+    pub fn request_uri(&self) -> Result<Uri, String> {
+        let s = match self.protocol {
+            Protocol::Http1 => self.path.clone(),
+            _ => format!("http://{}{}", self.authority, self.path),
+        };
+        s.parse::<Uri>()
+            .map_err(|e| format!("invalid request URI {s:?}: {e}"))
+    }
+}
+
+/// Parse the target URL. `h2` forces HTTP/2 for `http://` URLs;
+/// `grpc_method` (e.g. `/pkg.Service/Method`) selects gRPC mode.
+pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Target, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| format!("invalid URL {url:?}: missing scheme (http://, h2c://, tcp://)"))?
+        .to_ascii_lowercase();
+    let authority = uri
+        .authority()
+        .ok_or_else(|| format!("invalid URL {url:?}: missing host"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("invalid URL {url:?}: missing host"));
+    }
+    let (mut protocol, default_port) = match scheme.as_str() {
+        "http" => (if h2 { Protocol::Http2 } else { Protocol::Http1 }, 80),
+        "h2c" => (Protocol::Http2, 80),
+        "tcp" => (Protocol::Tcp, 0),
+        "https" | "h2" | "grpcs" => {
+            return Err(format!(
+                "{scheme}:// targets are not yet supported (TLS is not built into weft bench yet); use http://, h2c:// or tcp://"
+            ))
+        }
+        "grpc" => (Protocol::Grpc, 80),
+        other => return Err(format!("unsupported URL scheme {other:?} in {url:?}")),
+    };
+    let port = match authority.port_u16() {
+        Some(p) => p,
+        None if default_port != 0 => default_port,
+        None => return Err(format!("invalid URL {url:?}: tcp:// targets need a port")),
+    };
+    let mut path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    if path.is_empty() {
+        path = "/".to_string();
+    }
+    if let Some(method) = grpc_method {
+        if protocol == Protocol::Tcp {
+            return Err("--grpc-method cannot be used with a tcp:// target".to_string());
+        }
+        let trimmed = method.trim();
+        let ok = trimmed.starts_with('/')
+            && trimmed[1..].split('/').count() == 2
+            && trimmed[1..].split('/').all(|p| !p.is_empty());
+        if !ok {
+            return Err(format!(
+                "invalid --grpc-method {method:?}: expected /package.Service/Method"
+            ));
+        }
+        protocol = Protocol::Grpc;
+        path = trimmed.to_string();
+    } else if protocol == Protocol::Grpc {
+        return Err("grpc:// targets need --grpc-method /package.Service/Method".to_string());
+    }
+    if h2 && protocol == Protocol::Tcp {
+        return Err("--h2 cannot be used with a tcp:// target".to_string());
+    }
+    Ok(Target {
+        protocol,
+        host: host.to_string(),
+        port,
+        authority: authority.as_str().to_string(),
+        path,
+    })
+}
