@@ -4,10 +4,7 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    name = "weft-bench",
-    about = "weft bench: open-loop HTTP/gRPC/TCP load generator"
-)]
+#[command(name = "weft-bench", about = "weft bench: open-loop HTTP/gRPC/TCP load generator")]
 struct Cli {
     #[command(flatten)]
     args: weft_bench::BenchArgs,

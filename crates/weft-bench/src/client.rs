@@ -94,10 +94,7 @@ impl H1 {
         let sender = &mut self.sender;
         let fut = async move {
             sender.ready().await.map_err(|_| ErrorKind::Io)?;
-            let resp = sender
-                .send_request(tpl.build())
-                .await
-                .map_err(|_| ErrorKind::Io)?;
+            let resp = sender.send_request(tpl.build()).await.map_err(|_| ErrorKind::Io)?;
             read_response(resp, tpl.protocol).await
         };
         let mut fut = pin!(fut);
@@ -199,10 +196,7 @@ impl<'a> Client<'a> {
     }
 
     pub fn new_h2(shared: &'a H2Shared) -> Client<'a> {
-        Client::H2 {
-            shared,
-            sender: None,
-        }
+        Client::H2 { shared, sender: None }
     }
 
     pub async fn new_tcp(addr: SocketAddr, len: usize) -> Client<'a> {
@@ -261,11 +255,7 @@ impl<'a> Client<'a> {
             }
             Client::Tcp { stream, buf } => {
                 if stream.is_none() {
-                    *stream = Some(
-                        connect_tcp(tpl.addr)
-                            .await
-                            .map_err(|_| ErrorKind::Connect)?,
-                    );
+                    *stream = Some(connect_tcp(tpl.addr).await.map_err(|_| ErrorKind::Connect)?);
                 }
                 let s = stream.as_mut().expect("connected");
                 let io = async {
@@ -290,23 +280,14 @@ impl<'a> Client<'a> {
 }
 
 fn grpc_status_ok(headers: &HeaderMap) -> Option<bool> {
-    headers
-        .get("grpc-status")
-        .map(|v| v.as_bytes().trim_ascii() == b"0")
+    headers.get("grpc-status").map(|v| v.as_bytes().trim_ascii() == b"0")
 }
 
-async fn read_response(
-    resp: hyper::Response<Incoming>,
-    protocol: Protocol,
-) -> Result<Response, ErrorKind> {
+async fn read_response(resp: hyper::Response<Incoming>, protocol: Protocol) -> Result<Response, ErrorKind> {
     let status = resp.status().as_u16();
     let grpc = protocol == Protocol::Grpc;
     // A "trailers-only" gRPC response carries grpc-status in the headers.
-    let mut grpc_ok = if grpc {
-        grpc_status_ok(resp.headers())
-    } else {
-        None
-    };
+    let mut grpc_ok = if grpc { grpc_status_ok(resp.headers()) } else { None };
     let mut body = resp.into_body();
     let mut bytes = 0u64;
     let mut grpc_buf = BytesMut::new();

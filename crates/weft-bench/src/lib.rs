@@ -169,14 +169,10 @@ pub fn run_blocking(args: &BenchArgs) -> Result<Report, String> {
     let threads = match args.threads {
         Some(0) => return Err("--threads must be at least 1".to_string()),
         Some(n) => n,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
     };
     let rt = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
     } else {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -274,8 +270,7 @@ fn build_template(cfg: &BenchArgs, plan: &Plan) -> Result<RequestTemplate, Strin
     let method = if protocol == Protocol::Grpc {
         Method::POST
     } else {
-        Method::from_bytes(cfg.method.as_bytes())
-            .map_err(|_| format!("invalid method {:?}", cfg.method))?
+        Method::from_bytes(cfg.method.as_bytes()).map_err(|_| format!("invalid method {:?}", cfg.method))?
     };
     let mut headers = HeaderMap::new();
     let body = match protocol {
@@ -305,10 +300,7 @@ fn build_template(cfg: &BenchArgs, plan: &Plan) -> Result<RequestTemplate, Strin
             continue; // :authority comes from the URL for HTTP/2
         }
         if is_hop_header(&h.name) && protocol != Protocol::Http1 {
-            return Err(format!(
-                "header {} is not allowed with HTTP/2",
-                h.name.as_str()
-            ));
+            return Err(format!("header {} is not allowed with HTTP/2", h.name.as_str()));
         }
         headers.insert(h.name.clone(), h.value.clone());
     }
@@ -348,29 +340,25 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
     let mut h2_shared = Vec::new();
     match tpl.protocol {
         Protocol::Http1 => {
-            h1_clients =
-                futures_util::future::join_all((0..conns).map(|_| Client::new_h1(plan.addr)))
-                    .await
-                    .into_iter()
-                    .map(Some)
-                    .collect();
+            h1_clients = futures_util::future::join_all((0..conns).map(|_| Client::new_h1(plan.addr)))
+                .await
+                .into_iter()
+                .map(Some)
+                .collect();
         }
         Protocol::Tcp => {
-            h1_clients = futures_util::future::join_all(
-                (0..conns).map(|_| Client::new_tcp(plan.addr, tcp_len)),
-            )
-            .await
-            .into_iter()
-            .map(Some)
-            .collect();
+            h1_clients = futures_util::future::join_all((0..conns).map(|_| Client::new_tcp(plan.addr, tcp_len)))
+                .await
+                .into_iter()
+                .map(Some)
+                .collect();
         }
         Protocol::Http2 | Protocol::Grpc => {
-            h2_shared =
-                futures_util::future::join_all((0..conns).map(|_| H2Shared::connect(plan.addr)))
-                    .await
-                    .into_iter()
-                    .map(Arc::new)
-                    .collect();
+            h2_shared = futures_util::future::join_all((0..conns).map(|_| H2Shared::connect(plan.addr)))
+                .await
+                .into_iter()
+                .map(Arc::new)
+                .collect();
         }
     }
 
@@ -496,12 +484,7 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
 }
 
 /// One request loop (a connection for HTTP/1.1 and TCP, a stream for HTTP/2).
-async fn worker(
-    shared: &Shared,
-    client: &mut Client<'_>,
-    sched: Option<Schedule>,
-    stats: &Mutex<ConnStats>,
-) {
+async fn worker(shared: &Shared, client: &mut Client<'_>, sched: Option<Schedule>, stats: &Mutex<ConnStats>) {
     let mut k: u64 = 0;
     let mut timer = std::pin::pin!(tokio::time::sleep(shared.timeout));
     loop {
@@ -599,10 +582,7 @@ async fn progress_loop(shared: Arc<Shared>, start: Instant) {
     use std::io::Write;
     let mut last_n = 0u64;
     let mut last_t = start;
-    let mut tick = tokio::time::interval_at(
-        (start + Duration::from_secs(1)).into(),
-        Duration::from_secs(1),
-    );
+    let mut tick = tokio::time::interval_at((start + Duration::from_secs(1)).into(), Duration::from_secs(1));
     let mut printed = false;
     while !shared.stop.load(Ordering::Relaxed) {
         tokio::select! {
@@ -613,18 +593,10 @@ async fn progress_loop(shared: Arc<Shared>, start: Instant) {
         let n = shared.live_requests.load(Ordering::Relaxed);
         let e = shared.live_errors.load(Ordering::Relaxed);
         let dt = now.duration_since(last_t).as_secs_f64();
-        let rate = if dt > 0.0 {
-            (n - last_n) as f64 / dt
-        } else {
-            0.0
-        };
+        let rate = if dt > 0.0 { (n - last_n) as f64 / dt } else { 0.0 };
         last_n = n;
         last_t = now;
-        let phase = if now < shared.measure_start {
-            " (warmup)"
-        } else {
-            ""
-        };
+        let phase = if now < shared.measure_start { " (warmup)" } else { "" };
         let mut err = std::io::stderr().lock();
         let _ = write!(
             err,

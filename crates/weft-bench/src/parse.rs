@@ -40,16 +40,8 @@ pub fn parse_duration(input: &str) -> Result<Duration, String> {
             "s" | "sec" => 1.0,
             "m" | "min" => 60.0,
             "h" => 3600.0,
-            "" => {
-                return Err(format!(
-                    "invalid duration {input:?}: missing unit after {num}"
-                ))
-            }
-            other => {
-                return Err(format!(
-                    "invalid duration {input:?}: unknown unit {other:?}"
-                ))
-            }
+            "" => return Err(format!("invalid duration {input:?}: missing unit after {num}")),
+            other => return Err(format!("invalid duration {input:?}: unknown unit {other:?}")),
         };
         total += value * mult;
         rest = next;
@@ -80,10 +72,8 @@ pub fn parse_header(input: &str) -> Result<HeaderArg, String> {
     if name.is_empty() {
         return Err(format!("invalid header {input:?}: empty name"));
     }
-    let name = HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("invalid header name {name:?}"))?;
-    let value = HeaderValue::from_str(value.trim())
-        .map_err(|_| format!("invalid header value in {input:?}"))?;
+    let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))?;
+    let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("invalid header value in {input:?}"))?;
     Ok(HeaderArg { name, value })
 }
 
@@ -131,17 +121,14 @@ impl Target {
             Protocol::Http1 => self.path.clone(),
             _ => format!("http://{}{}", self.authority, self.path),
         };
-        s.parse::<Uri>()
-            .map_err(|e| format!("invalid request URI {s:?}: {e}"))
+        s.parse::<Uri>().map_err(|e| format!("invalid request URI {s:?}: {e}"))
     }
 }
 
 /// Parse the target URL. `h2` forces HTTP/2 for `http://` URLs;
 /// `grpc_method` (e.g. `/pkg.Service/Method`) selects gRPC mode.
 pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Target, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let scheme = uri
         .scheme_str()
         .ok_or_else(|| format!("invalid URL {url:?}: missing scheme (http://, h2c://, tcp://)"))?
@@ -149,10 +136,7 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
     let authority = uri
         .authority()
         .ok_or_else(|| format!("invalid URL {url:?}: missing host"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']');
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("invalid URL {url:?}: missing host"));
     }

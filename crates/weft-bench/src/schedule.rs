@@ -18,10 +18,7 @@ pub struct Schedule {
 impl Schedule {
     /// Schedule for worker `index` of `workers`, sharing `total_rate` requests/s.
     pub fn new(base: Instant, total_rate: f64, workers: usize, index: usize) -> Schedule {
-        assert!(
-            total_rate > 0.0 && total_rate.is_finite(),
-            "rate must be > 0"
-        );
+        assert!(total_rate > 0.0 && total_rate.is_finite(), "rate must be > 0");
         assert!(workers > 0 && index < workers, "bad worker index");
         Schedule {
             base,

@@ -176,12 +176,8 @@ impl ConnStats {
         self.bytes += bytes;
         // `record` (not `saturating_record`) so that auto-resize kicks in;
         // values are already clamped to the 60 s bound.
-        let _ = self
-            .corrected
-            .record(to_us(done.saturating_duration_since(start)));
-        let _ = self
-            .service
-            .record(to_us(done.saturating_duration_since(sent)));
+        let _ = self.corrected.record(to_us(done.saturating_duration_since(start)));
+        let _ = self.service.record(to_us(done.saturating_duration_since(sent)));
         let mut ok = true;
         if let Some(code) = status {
             match code / 100 {

@@ -140,9 +140,7 @@ async fn warmup_is_excluded_and_json_serializes() {
 
 #[tokio::test]
 async fn bad_arguments_and_unreachable_target_fail_early() {
-    let e = weft_bench::run_bench(&args("https://127.0.0.1:1/"))
-        .await
-        .unwrap_err();
+    let e = weft_bench::run_bench(&args("https://127.0.0.1:1/")).await.unwrap_err();
     assert!(e.contains("not yet supported"), "{e}");
     // A port nobody listens on.
     let port = {
@@ -153,11 +151,9 @@ async fn bad_arguments_and_unreachable_target_fail_early() {
         .await
         .unwrap_err();
     assert!(e.contains("cannot connect"), "{e}");
-    assert!(
-        weft_bench::run_bench(&args("http://127.0.0.1:1/ --streams 2"))
-            .await
-            .is_err()
-    );
+    assert!(weft_bench::run_bench(&args("http://127.0.0.1:1/ --streams 2"))
+        .await
+        .is_err());
 }
 
 #[test]
@@ -170,10 +166,7 @@ fn run_returns_zero_on_completed_run() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    assert_eq!(
-        weft_bench::run(args(&format!("tcp://127.0.0.1:{port} -n 1"))),
-        2
-    );
+    assert_eq!(weft_bench::run(args(&format!("tcp://127.0.0.1:{port} -n 1"))), 2);
     assert_eq!(weft_bench::run(args("https://127.0.0.1:1/")), 2);
 }
 
@@ -192,15 +185,11 @@ async fn h1_server_closing_connections_is_not_an_error() {
 async fn timeouts_are_counted() {
     // Every connection's first request stalls for 2 s; a timed-out HTTP/1.1
     // connection is dropped, so each of the 3 requests times out.
-    let server =
-        common::h1_stall_server(std::time::Duration::ZERO, std::time::Duration::from_secs(2));
+    let server = common::h1_stall_server(std::time::Duration::ZERO, std::time::Duration::from_secs(2));
     let t0 = std::time::Instant::now();
-    let r = weft_bench::run_bench(&args(&format!(
-        "http://{}/ -c 1 -n 3 --timeout 200ms",
-        server.addr
-    )))
-    .await
-    .unwrap();
+    let r = weft_bench::run_bench(&args(&format!("http://{}/ -c 1 -n 3 --timeout 200ms", server.addr)))
+        .await
+        .unwrap();
     assert_eq!(r.requests, 3);
     assert_eq!(r.errors.timeout, 3, "{:?}", r.errors);
     assert_eq!(r.responses, 0);

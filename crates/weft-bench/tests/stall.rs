@@ -60,10 +60,7 @@ async fn open_loop_sees_stall_closed_loop_hides_it() {
     // waited at the server.
     assert!(open.service_time.p999_us < open.latency.p999_us);
     // Closed-loop: only one request saw the stall.
-    assert!(
-        closed.latency.max_us >= 900_000,
-        "closed-loop missed the stall"
-    );
+    assert!(closed.latency.max_us >= 900_000, "closed-loop missed the stall");
     assert!(
         open.latency.p999_us > 5 * closed.latency.p999_us,
         "open p99.9 {}us not > 5 x closed p99.9 {}us",

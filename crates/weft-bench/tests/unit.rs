@@ -16,10 +16,7 @@ fn duration_parsing() {
     assert_eq!(parse_duration("250us").unwrap(), Duration::from_micros(250));
     assert_eq!(parse_duration("100ns").unwrap(), Duration::from_nanos(100));
     assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
-    assert_eq!(
-        parse_duration(" 0.25 ").unwrap(),
-        Duration::from_millis(250)
-    );
+    assert_eq!(parse_duration(" 0.25 ").unwrap(), Duration::from_millis(250));
     for bad in ["", "s", "10x", "-1s", "1.2.3s", "ms10", "10 s s", "abc"] {
         assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
     }
@@ -107,10 +104,7 @@ fn target_parsing() {
     let t = parse_target("h2c://127.0.0.1:81", false, None).unwrap();
     assert_eq!((t.protocol, t.path.as_str()), (Protocol::Http2, "/"));
     let t = parse_target("http://127.0.0.1:81", false, Some("/pkg.Svc/Do")).unwrap();
-    assert_eq!(
-        (t.protocol, t.path.as_str()),
-        (Protocol::Grpc, "/pkg.Svc/Do")
-    );
+    assert_eq!((t.protocol, t.path.as_str()), (Protocol::Grpc, "/pkg.Svc/Do"));
     let t = parse_target("tcp://127.0.0.1:7", false, None).unwrap();
     assert_eq!((t.protocol, t.port), (Protocol::Tcp, 7));
     let e = parse_target("https://127.0.0.1/", false, None).unwrap_err();
@@ -127,9 +121,7 @@ fn rate_schedule_arithmetic() {
     let base = Instant::now();
     // 1000 req/s over 4 workers: each worker every 4 ms, staggered by 1 ms.
     let workers = 4;
-    let scheds: Vec<Schedule> = (0..workers)
-        .map(|i| Schedule::new(base, 1000.0, workers, i))
-        .collect();
+    let scheds: Vec<Schedule> = (0..workers).map(|i| Schedule::new(base, 1000.0, workers, i)).collect();
     assert_eq!(scheds[0].interval(), Duration::from_millis(4));
     assert_eq!(scheds[0].at(0), base);
     assert_eq!(scheds[1].at(0), base + Duration::from_millis(1));
@@ -144,10 +136,7 @@ fn rate_schedule_arithmetic() {
         assert_eq!(*d, Duration::from_millis(n as u64));
     }
     // Slots in a window: rate × duration in total.
-    let total: u64 = scheds
-        .iter()
-        .map(|s| s.slots_before(Duration::from_secs(4)))
-        .sum();
+    let total: u64 = scheds.iter().map(|s| s.slots_before(Duration::from_secs(4))).sum();
     assert_eq!(total, 4000);
     assert_eq!(scheds[0].slots_before(Duration::ZERO), 0);
     assert_eq!(scheds[0].slots_before(Duration::from_nanos(1)), 1);
@@ -155,10 +144,7 @@ fn rate_schedule_arithmetic() {
     assert_eq!(scheds[1].slots_before(Duration::from_millis(5)), 1);
     // Fractional rates: 3 req/s over 2 workers for 10 s.
     let s: Vec<Schedule> = (0..2).map(|i| Schedule::new(base, 3.0, 2, i)).collect();
-    let total: u64 = s
-        .iter()
-        .map(|s| s.slots_before(Duration::from_secs(10)))
-        .sum();
+    let total: u64 = s.iter().map(|s| s.slots_before(Duration::from_secs(10))).sum();
     assert_eq!(total, 30);
     assert_eq!(s[1].at(1), base + Duration::from_nanos(1_000_000_000));
     // Large counts stay exact enough.

@@ -120,21 +120,11 @@ impl WeftRunner {
         }
         let exe = std::env::current_exe().unwrap();
         // <target>/debug/deps/wrk_compare-<hash>
-        let target = exe
-            .ancestors()
-            .nth(3)
-            .expect("target dir")
-            .join("weft-bench-release");
+        let target = exe.ancestors().nth(3).expect("target dir").join("weft-bench-release");
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
         eprintln!("building weft-bench (release) into {}", target.display());
         let status = Command::new(env!("CARGO"))
-            .args([
-                "build",
-                "--release",
-                "--example",
-                "weft-bench",
-                "--manifest-path",
-            ])
+            .args(["build", "--release", "--example", "weft-bench", "--manifest-path"])
             .arg(&manifest)
             .env("CARGO_TARGET_DIR", &target)
             .stdin(Stdio::null())
@@ -143,9 +133,7 @@ impl WeftRunner {
         assert!(status.success(), "release build of weft-bench failed");
         let binary = target.join("release/examples/weft-bench");
         assert!(binary.is_file(), "{} missing", binary.display());
-        WeftRunner {
-            binary: Some(binary),
-        }
+        WeftRunner { binary: Some(binary) }
     }
 
     fn run(&self, url: &str) -> serde_json::Value {
@@ -186,11 +174,7 @@ fn throughput_close_to_wrk() {
         eprintln!("SKIPPED throughput_close_to_wrk: {msg}");
         return;
     };
-    let dir = std::env::temp_dir().join(format!(
-        "weft-bench-nginx-{}-{}",
-        std::process::id(),
-        free_port()
-    ));
+    let dir = std::env::temp_dir().join(format!("weft-bench-nginx-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let dir = TempDir(dir);
     let port = free_port();

@@ -344,7 +344,9 @@ fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<Strin
     Some(TcpProxy {
         stat_prefix: t.stat_prefix.clone().unwrap_or_else(|| cluster.clone()),
         cluster,
-        idle_timeout: cx.dur(&format!("{path}.idle_timeout"), &t.idle_timeout),
+        idle_timeout: cx
+            .dur(&format!("{path}.idle_timeout"), &t.idle_timeout)
+            .filter(|d| !d.is_zero()),
         access_log: access_log(cx, &format!("{path}.access_log"), &t.access_log),
     })
 }
@@ -378,9 +380,13 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         stat_prefix: h.stat_prefix.clone().unwrap_or_else(|| "http".into()),
         codec,
         route_config,
-        idle_timeout: cx
-            .dur(&format!("{path}.idle_timeout"), &h.idle_timeout)
-            .or(Some(Duration::from_secs(3600))),
+        // Absent: one hour, like Envoy; "0s" disables it.
+        idle_timeout: match &h.idle_timeout {
+            None => Some(Duration::from_secs(3600)),
+            Some(_) => cx
+                .dur(&format!("{path}.idle_timeout"), &h.idle_timeout)
+                .filter(|d| !d.is_zero()),
+        },
         request_headers_timeout: cx
             .dur(&format!("{path}.request_headers_timeout"), &h.request_headers_timeout)
             .unwrap_or(Duration::from_secs(30)),

@@ -310,8 +310,9 @@ impl ClusterRt {
         })
     }
 
-    /// Whether one more retry fits the retry budget (or `max_retries` breaker). Counts it if so.
-    pub fn try_start_retry(&self) -> bool {
+    /// One more retry if it fits the retry budget (or the `max_retries` breaker). The retry counts
+    /// as active until the returned guard drops.
+    pub fn try_start_retry(self: &Arc<Self>) -> Option<RetryGuard> {
         let limit = match &self.config.retry_budget {
             Some(b) => {
                 let active = self.active_rq.load(Ordering::Relaxed) as f64;
@@ -323,14 +324,10 @@ impl ClusterRt {
         if n >= limit {
             self.active_retries.fetch_sub(1, Ordering::Relaxed);
             self.stats.rq_retry_overflow.inc();
-            return false;
+            return None;
         }
         self.stats.rq_retry.inc();
-        true
-    }
-
-    pub fn end_retry(&self) {
-        self.active_retries.fetch_sub(1, Ordering::Relaxed);
+        Some(RetryGuard { cluster: self.clone() })
     }
 
     async fn connect_tcp(&self, host: &Host) -> Result<TcpStream, ConnectError> {
@@ -473,12 +470,44 @@ impl ClusterRt {
         guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
+    /// The `Host` to send with `auto_host_rewrite`: the DNS name of a `strict_dns` cluster, else the
+    /// endpoint's address.
+    pub fn authority_for(&self, host: &Host) -> String {
+        if let Discovery::StrictDns { .. } = self.config.discovery {
+            if let Some(EndpointAddress::Dns { host: name, port }) = self
+                .config
+                .endpoints
+                .iter()
+                .map(|e| &e.address)
+                .find(|a| matches!(a, EndpointAddress::Dns { .. }))
+            {
+                return if *port == 80 {
+                    name.clone()
+                } else {
+                    format!("{name}:{port}")
+                };
+            }
+        }
+        host.address.to_string()
+    }
+
     pub fn protocol(&self) -> UpstreamProtocol {
         self.config.protocol
     }
 
     pub fn connections(&self) -> u32 {
         self.cx_count.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one slot of the cluster's retry limit while a retry is in progress.
+pub struct RetryGuard {
+    cluster: Arc<ClusterRt>,
+}
+
+impl Drop for RetryGuard {
+    fn drop(&mut self) {
+        self.cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -15,8 +15,10 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -203,23 +205,50 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 }
 
 /// An I/O stream whose reads feed a shared [`FramingTracker`].
+/// Also records when bytes last moved, for the connection idle timeout.
 pub struct Sniffed<T> {
     inner: T,
     tracker: Arc<Mutex<FramingTracker>>,
     /// Set once the tracker has stopped: later reads skip it entirely.
     done: bool,
+    activity: Arc<Activity>,
+}
+
+/// Milliseconds since the connection began at which bytes last moved.
+pub struct Activity {
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been quiet.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
 }
 
 impl<T> Sniffed<T> {
-    pub fn new(inner: T) -> (Self, Arc<Mutex<FramingTracker>>) {
+    pub fn new(inner: T) -> (Self, Arc<Mutex<FramingTracker>>, Arc<Activity>) {
         let tracker = Arc::new(Mutex::new(FramingTracker::default()));
+        let activity = Arc::new(Activity {
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        });
         (
             Sniffed {
                 inner,
                 tracker: tracker.clone(),
                 done: false,
+                activity: activity.clone(),
             },
             tracker,
+            activity,
         )
     }
 }
@@ -228,6 +257,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if r.is_ready() {
+            self.activity.touch();
+        }
         if !self.done {
             if let Poll::Ready(Ok(())) = &r {
                 let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
@@ -243,7 +275,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -256,7 +292,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffed<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if r.is_ready() {
+            self.activity.touch();
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpStream;
@@ -33,6 +34,8 @@ use weft_config::{
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 /// Header naming the upstream for `original_dst` clusters in HTTP.
 const ORIGINAL_DST_HEADER: &str = "x-weft-original-dst-host";
+/// How long a connection asked to close gracefully may take to finish its requests.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -85,6 +88,8 @@ struct ConnCtx {
     peer_ip: HeaderValue,
     original_dst: Option<SocketAddr>,
     framing: Arc<std::sync::Mutex<FramingTracker>>,
+    /// Requests whose handler has not returned yet (the idle timeout never closes under them).
+    in_flight: AtomicU32,
 }
 
 pub async fn serve_connection(
@@ -96,18 +101,25 @@ pub async fn serve_connection(
     shared: Arc<Shared>,
 ) {
     let original_dst = crate::tcp::original_dst(&stream);
-    let (stream, framing) = Sniffed::new(stream);
+    let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
         framing,
+        in_flight: AtomicU32::new(0),
         peer_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header value"),
         rt: rt.clone(),
         shared,
         peer,
         original_dst,
     });
+    let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(handle(&ctx, req).await) }
+        let ctx = svc_ctx.clone();
+        async move {
+            ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+            let resp = handle(&ctx, req).await;
+            ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
+            Ok::<_, Infallible>(resp)
+        }
     });
     let io = TokioIo::new(stream);
     let mut drain = lrt.drain_signal();
@@ -135,16 +147,28 @@ pub async fn serve_connection(
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let idle = cfg.idle_timeout;
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = drain.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = match idle {
-                Some(t) => tokio::time::timeout(t, conn).await.ok(),
-                None => Some(conn.await),
-            };
+    // Closes the connection once no bytes have moved and no request has been in progress for
+    // `idle_timeout` (checked at most every second).
+    let idle_watch = async {
+        let Some(limit) = idle else {
+            return std::future::pending::<()>().await;
+        };
+        loop {
+            let quiet = activity.idle_for();
+            if quiet >= limit && ctx.in_flight.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            tokio::time::sleep(limit.saturating_sub(quiet).max(Duration::from_millis(1000).min(limit))).await;
         }
+    };
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.changed() => {}
+        _ = idle_watch => {}
     }
+    conn.as_mut().graceful_shutdown();
+    // Give in-flight requests a bounded time to finish.
+    let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
 }
 
 /// Per-request facts kept for the access log (only when one is configured).
@@ -329,21 +353,30 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
     let (mut resp, reason, active, route) = if ambiguous || !smuggling_check(&req) {
         (
             local_reply(rt, Reason::DownstreamProtocolError, false),
-            Reason::DownstreamProtocolError,
+            Some(Reason::DownstreamProtocolError),
             None,
             None,
         )
     } else {
         let host = request_host(&req);
         match rt.routes.route(host, req.method(), req.uri(), req.headers()) {
-            None => (local_reply(rt, Reason::NoRoute, grpc), Reason::NoRoute, None, None),
+            None => (
+                local_reply(rt, Reason::NoRoute, grpc),
+                Some(Reason::NoRoute),
+                None,
+                None,
+            ),
             Some((vh, route)) => {
                 if let Some(l) = log.as_deref_mut() {
                     l.route = route.name.clone();
                 }
                 let (mut resp, reason, active) = match &route.action {
                     RouteAction::Forward(f) => forward(ctx, req, vh, route, f, grpc, log.as_deref_mut()).await,
-                    RouteAction::Redirect(r) => (redirect(&req, r), Reason::DirectResponse, None),
+                    RouteAction::Redirect(r) => (
+                        redirect(&req, r, route.rewrite_prefix_len),
+                        Some(Reason::DirectResponse),
+                        None,
+                    ),
                     RouteAction::DirectResponse(d) => {
                         let mut resp = Response::new(DownBody::full(d.body.clone()));
                         *resp.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
@@ -353,7 +386,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                                 HeaderValue::from_static("text/plain; charset=utf-8"),
                             );
                         }
-                        (resp, Reason::DirectResponse, None)
+                        (resp, Some(Reason::DirectResponse), None)
                     }
                 };
                 // Response header mutations: route, then virtual host, then route config.
@@ -382,19 +415,13 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
     }
     if let Some(l) = log.as_deref_mut() {
         l.status = status;
-        if reason != Reason::DirectResponse || l.reason == "-" {
-            l.reason = if resp.headers().contains_key(REASON_HEADER) || reason == Reason::DirectResponse {
-                reason.code()
-            } else {
-                "-"
-            };
-        }
+        l.reason = reason.map_or("-", Reason::code);
     }
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, body.on_end(Some(Box::new(RequestEnd { log, _active: active }))))
 }
 
-fn redirect(req: &Request<Incoming>, r: &weft_config::Redirect) -> Response<DownBody> {
+fn redirect(req: &Request<Incoming>, r: &weft_config::Redirect, matched_prefix: Option<usize>) -> Response<DownBody> {
     let host_full = request_host(req);
     let (orig_host, orig_port) = match host_full.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || host_full.starts_with('[') => (h, Some(p)),
@@ -411,11 +438,7 @@ fn redirect(req: &Request<Incoming>, r: &weft_config::Redirect) -> Response<Down
     let path = req.uri().path();
     let new_path = match (&r.path, &r.prefix_rewrite) {
         (Some(p), _) => p.clone(),
-        (None, Some(prefix)) => {
-            // The matched prefix is unknown here; rewrite the first path segment's prefix heuristically:
-            // Envoy semantics need the route's prefix, handled by callers that set `path` instead.
-            format!("{}{}", prefix.trim_end_matches('/'), path)
-        }
+        (None, Some(prefix)) => format!("{prefix}{}", path.get(matched_prefix.unwrap_or(0)..).unwrap_or("")),
         _ => path.to_string(),
     };
     let mut location = format!("{scheme}://{host}");
@@ -635,7 +658,7 @@ async fn forward(
     action: &ForwardAction,
     grpc: bool,
     mut log: Option<&mut LogRecord>,
-) -> (Response<DownBody>, Reason, Option<ActiveRequest>) {
+) -> (Response<DownBody>, Option<Reason>, Option<ActiveRequest>) {
     let rt = &*ctx.rt;
     let start = Instant::now();
     let deadline = action.timeout.map(|t| start + t);
@@ -659,7 +682,7 @@ async fn forward(
     let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
         return (
             local_reply(rt, Reason::NoHealthyUpstream, grpc),
-            Reason::NoHealthyUpstream,
+            Some(Reason::NoHealthyUpstream),
             None,
         );
     };
@@ -683,7 +706,7 @@ async fn forward(
             None => {
                 return (
                     local_reply(rt, Reason::NoHealthyUpstream, grpc),
-                    Reason::NoHealthyUpstream,
+                    Some(Reason::NoHealthyUpstream),
                     None,
                 )
             }
@@ -789,7 +812,7 @@ async fn forward(
             Err(_) => {
                 return (
                     local_reply(rt, Reason::DownstreamProtocolError, grpc),
-                    Reason::DownstreamProtocolError,
+                    Some(Reason::DownstreamProtocolError),
                     None,
                 )
             }
@@ -831,6 +854,7 @@ async fn forward(
     let max_tries = 1 + policy.map_or(0, |p| p.num_retries);
     let mut attempt = 0u32;
     let mut last_host: Option<Arc<Host>> = None;
+    let mut _retry_guard: Option<crate::cluster::RetryGuard> = None;
     loop {
         attempt += 1;
         if let Some(l) = log.as_deref_mut() {
@@ -843,7 +867,7 @@ async fn forward(
                 None => {
                     return (
                         local_reply(rt, Reason::NoHealthyUpstream, grpc),
-                        Reason::NoHealthyUpstream,
+                        Some(Reason::NoHealthyUpstream),
                         None,
                     )
                 }
@@ -853,7 +877,7 @@ async fn forward(
             l.upstream_host = Some(host.address);
         }
         let Some(active) = cluster.start_request(&host) else {
-            return (local_reply(rt, Reason::Overflow, grpc), Reason::Overflow, None);
+            return (local_reply(rt, Reason::Overflow, grpc), Some(Reason::Overflow), None);
         };
         let is_last = attempt >= max_tries;
         let body = match &mut source {
@@ -866,7 +890,7 @@ async fn forward(
         };
         let replayable = matches!(source, BodySource::Replayable(_));
         let request = {
-            let headers = if is_last || (!replayable && !policy.is_some_and(|p| p.retry_on.connect_failure)) {
+            let headers = if is_last {
                 std::mem::take(&mut prepared.headers)
             } else {
                 prepared.headers.clone()
@@ -876,6 +900,23 @@ async fn forward(
             *r.uri_mut() = prepared.uri.clone();
             *r.version_mut() = prepared.version;
             *r.headers_mut() = headers;
+            if action.auto_host_rewrite {
+                let authority = cluster.authority_for(&host);
+                match prepared.version {
+                    Version::HTTP_2 => {
+                        let mut p = r.uri().clone().into_parts();
+                        p.authority = authority.parse().ok();
+                        if let Ok(u) = Uri::from_parts(p) {
+                            *r.uri_mut() = u;
+                        }
+                    }
+                    _ => {
+                        if let Ok(v) = HeaderValue::from_str(&authority) {
+                            r.headers_mut().insert(header::HOST, v);
+                        }
+                    }
+                }
+            }
             r
         };
         let try_start = Instant::now();
@@ -906,11 +947,11 @@ async fn forward(
                     host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let grpc_unavailable = grpc && resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14");
-                let retry = !is_last
-                    && replayable
-                    && policy.is_some_and(|p| retriable_status(p, status, grpc_unavailable))
-                    && cluster.try_start_retry();
-                if retry {
+                let retry =
+                    (!is_last && replayable && policy.is_some_and(|p| retriable_status(p, status, grpc_unavailable)))
+                        .then(|| cluster.try_start_retry())
+                        .flatten();
+                if let Some(guard) = retry {
                     drop(resp);
                     drop(pooled);
                     drop(active);
@@ -920,12 +961,13 @@ async fn forward(
                     if !late {
                         tokio::time::sleep(wait).await;
                     }
-                    cluster.end_retry();
+                    // The retry stays counted against the cluster until its try completes.
+                    _retry_guard = Some(guard);
                     if late {
                         cluster.stats.rq_timeout.inc();
                         return (
                             local_reply(rt, Reason::UpstreamTimeout, grpc),
-                            Reason::UpstreamTimeout,
+                            Some(Reason::UpstreamTimeout),
                             None,
                         );
                     }
@@ -936,7 +978,7 @@ async fn forward(
                     l.upstream_time = Some(up_elapsed);
                 }
                 let resp = finish_response(resp, pooled, down_upgrade, upgrade);
-                return (resp, Reason::DirectResponse, Some(active));
+                return (resp, None, Some(active));
             }
             Err(e) => {
                 host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -948,17 +990,16 @@ async fn forward(
                     BodySource::Replayable(_) => true,
                     BodySource::Stream(s) => s.is_some(),
                 };
-                let retry = !is_last
-                    && !total_timed_out
-                    && can_resend
-                    && policy.is_some_and(|p| retriable_error(p, &e))
-                    && cluster.try_start_retry();
-                tracing::debug!(cluster = %cluster.name(), host = %host.address, attempt, reason = e.reason().code(), detail = %e.detail(), retry, "upstream try failed");
-                if retry {
+                let retry =
+                    (!is_last && !total_timed_out && can_resend && policy.is_some_and(|p| retriable_error(p, &e)))
+                        .then(|| cluster.try_start_retry())
+                        .flatten();
+                tracing::debug!(cluster = %cluster.name(), host = %host.address, attempt, reason = e.reason().code(), detail = %e.detail(), retry = retry.is_some(), "upstream try failed");
+                if let Some(guard) = retry {
                     drop(active);
                     let p = policy.expect("retry implies a policy");
                     tokio::time::sleep(backoff(p, attempt - 1)).await;
-                    cluster.end_retry();
+                    _retry_guard = Some(guard);
                     last_host = Some(host);
                     continue;
                 }
@@ -967,7 +1008,7 @@ async fn forward(
                 } else {
                     e.reason()
                 };
-                return (local_reply(rt, reason, grpc), reason, None);
+                return (local_reply(rt, reason, grpc), Some(reason), None);
             }
         }
     }

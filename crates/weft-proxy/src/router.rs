@@ -354,16 +354,17 @@ impl RouteTable {
 
     /// Picks the virtual host for a host header value (port ignored, case-insensitive).
     pub fn virtual_host(&self, host: &str) -> Option<&VirtualHostEntry> {
-        let host = strip_port(host);
         let lowered;
-        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        let full = if host.bytes().any(|b| b.is_ascii_uppercase()) {
             lowered = host.to_ascii_lowercase();
             lowered.as_str()
         } else {
             host
         };
+        let host = strip_port(full);
         if !self.exact.is_empty() {
-            if let Some(&i) = self.exact.get(host) {
+            // A domain listed with its port ("example.com:8080") matches first, then the bare name.
+            if let Some(&i) = self.exact.get(full).or_else(|| self.exact.get(host)) {
                 return Some(&self.vhosts[i]);
             }
         }
@@ -458,6 +459,7 @@ mod tests {
         assert_eq!(pick(&t, "www.example.org", "GET", "/", &[]).unwrap().0, "prefix");
         assert_eq!(pick(&t, "other", "GET", "/", &[]).unwrap().0, "any");
         assert_eq!(pick(&t, "[::1]:80", "GET", "/", &[]).unwrap().0, "any");
+        assert_eq!(pick(&t, "api.example.com:9000", "GET", "/", &[]).unwrap().0, "exact");
     }
 
     #[test]

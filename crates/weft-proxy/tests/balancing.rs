@@ -31,7 +31,12 @@ clusters:
 }
 
 /// Sends `n` requests over `conns` keep-alive connections and counts `x-upstream` values.
-async fn spread(addr: std::net::SocketAddr, n: usize, conns: usize, headers: impl Fn(usize) -> Vec<(String, String)>) -> HashMap<String, usize> {
+async fn spread(
+    addr: std::net::SocketAddr,
+    n: usize,
+    conns: usize,
+    headers: impl Fn(usize) -> Vec<(String, String)>,
+) -> HashMap<String, usize> {
     let mut clients = Vec::new();
     for _ in 0..conns {
         clients.push(H1Client::connect(addr).await);
@@ -42,7 +47,9 @@ async fn spread(addr: std::net::SocketAddr, n: usize, conns: usize, headers: imp
         let hs: Vec<(&str, &str)> = hs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let got = clients[i % conns].send(req("GET", "/", "x", &hs, "")).await;
         assert_eq!(got.status, 200, "{}", got.text());
-        *counts.entry(got.header("x-upstream").unwrap_or("?").to_string()).or_insert(0) += 1;
+        *counts
+            .entry(got.header("x-upstream").unwrap_or("?").to_string())
+            .or_insert(0) += 1;
     }
     counts
 }
@@ -87,11 +94,18 @@ async fn round_robin_weights_across_endpoints() {
 #[tokio::test]
 async fn ring_hash_and_maglev_are_sticky() {
     for policy in ["ring_hash", "maglev"] {
-        let ups = [named_upstream("a").await, named_upstream("b").await, named_upstream("c").await];
+        let ups = [
+            named_upstream("a").await,
+            named_upstream("b").await,
+            named_upstream("c").await,
+        ];
         let eps: Vec<String> = ups.iter().map(|u| format!("{{ address: \"{}\" }}", u.addr)).collect();
         let yaml = proxy_yaml(
             "{ cluster: app, hash_policy: [{ header: x-user }] }",
-            &format!("  - {{ name: app, lb_policy: {policy}, endpoints: [{}] }}", eps.join(", ")),
+            &format!(
+                "  - {{ name: app, lb_policy: {policy}, endpoints: [{}] }}",
+                eps.join(", ")
+            ),
         );
         let proxy = start_proxy(&yaml);
         let addr = proxy.listener_addr("web").unwrap();
@@ -100,7 +114,9 @@ async fn ring_hash_and_maglev_are_sticky() {
         let mut per_host: HashMap<String, usize> = HashMap::new();
         for round in 0..5 {
             for user in 0..200 {
-                let got = c.send(req("GET", "/", "x", &[("x-user", &format!("user-{user}"))], "")).await;
+                let got = c
+                    .send(req("GET", "/", "x", &[("x-user", &format!("user-{user}"))], ""))
+                    .await;
                 let host = got.header("x-upstream").unwrap().to_string();
                 if round == 0 {
                     *per_host.entry(host.clone()).or_default() += 1;
@@ -153,7 +169,10 @@ async fn least_request_avoids_the_busy_host() {
     for t in tasks {
         slow_total += t.await.unwrap();
     }
-    assert!(slow_total < 60, "slow host got {slow_total} of 200 (round robin would give 100)");
+    assert!(
+        slow_total < 60,
+        "slow host got {slow_total} of 200 (round robin would give 100)"
+    );
 }
 
 #[tokio::test]
@@ -172,7 +191,10 @@ async fn retries_on_5xx_and_connect_failure_are_counted() {
         }
     })
     .await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let ok = named_upstream("ok").await;
     let yaml = format!(
         r#"
@@ -227,7 +249,11 @@ clusters:
     assert_eq!(ok.hits(), 20);
 
     let stats = admin(&proxy, "/stats/prometheus").await.text();
-    assert_eq!(metric(&stats, "weft_upstream_rq_retry_total{cluster=\"flaky\"}"), Some(2.0), "{stats}");
+    assert_eq!(
+        metric(&stats, "weft_upstream_rq_retry_total{cluster=\"flaky\"}"),
+        Some(2.0),
+        "{stats}"
+    );
     let mixed_retries = metric(&stats, "weft_upstream_rq_retry_total{cluster=\"mixed\"}").unwrap();
     // Without outlier detection the dead host stays in rotation: between half and all requests try it first.
     assert!((8.0..=20.0).contains(&mixed_retries), "{mixed_retries}");
@@ -304,7 +330,12 @@ async fn circuit_breaker_overflow_is_immediate_and_marked() {
         tasks.push(tokio::spawn(async move {
             let t = Instant::now();
             let got = H1Client::connect(addr).await.get("/").await;
-            (got.status.as_u16(), got.header("x-weft-reason").map(str::to_string), got.header("x-weft-overflow").is_some(), t.elapsed())
+            (
+                got.status.as_u16(),
+                got.header("x-weft-reason").map(str::to_string),
+                got.header("x-weft-overflow").is_some(),
+                t.elapsed(),
+            )
         }));
     }
     let mut ok = 0;
@@ -316,7 +347,10 @@ async fn circuit_breaker_overflow_is_immediate_and_marked() {
             503 => {
                 assert_eq!(reason.as_deref(), Some("UO"));
                 assert!(flag);
-                assert!(elapsed < Duration::from_millis(300), "overflow answered at once: {elapsed:?}");
+                assert!(
+                    elapsed < Duration::from_millis(300),
+                    "overflow answered at once: {elapsed:?}"
+                );
                 overflow += 1;
             }
             s => panic!("unexpected {s}"),
@@ -325,5 +359,9 @@ async fn circuit_breaker_overflow_is_immediate_and_marked() {
     assert_eq!(ok, 2);
     assert_eq!(overflow, 4);
     let stats = admin(&proxy, "/stats/prometheus").await.text();
-    assert_eq!(metric(&stats, "weft_upstream_rq_overflow_total{cluster=\"app\"}"), Some(4.0), "{stats}");
+    assert_eq!(
+        metric(&stats, "weft_upstream_rq_overflow_total{cluster=\"app\"}"),
+        Some(4.0),
+        "{stats}"
+    );
 }

@@ -37,11 +37,7 @@ impl Drop for Server {
 }
 
 type Handler = Arc<
-    dyn Fn(
-            Request<Incoming>,
-            ConnCtx,
-        )
-            -> futures_util::future::BoxFuture<'static, Response<BoxBody<Bytes, Infallible>>>
+    dyn Fn(Request<Incoming>, ConnCtx) -> futures_util::future::BoxFuture<'static, Response<BoxBody<Bytes, Infallible>>>
         + Send
         + Sync,
 >;
@@ -135,9 +131,7 @@ pub fn h1_stall_server(stall_after: Duration, stall_for: Duration) -> Server {
         Arc::new(move |req, ctx| {
             Box::pin(async move {
                 drain(req).await;
-                if ctx.server_start.elapsed() >= stall_after
-                    && !ctx.stalled.swap(true, Ordering::Relaxed)
-                {
+                if ctx.server_start.elapsed() >= stall_after && !ctx.stalled.swap(true, Ordering::Relaxed) {
                     tokio::time::sleep(stall_for).await;
                 }
                 Response::new(full("hello"))
