@@ -46,7 +46,12 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().unwrap().last().cloned().expect("a request reached the upstream")
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
     }
 
     /// Stops accepting and closes the listener.
@@ -171,7 +176,9 @@ pub struct H1Client {
 impl H1Client {
     pub async fn connect(addr: SocketAddr) -> H1Client {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         H1Client { sender }
     }
