@@ -479,3 +479,46 @@ async fn upstream_down_yields_unavailable_for_streams() {
     .expect_err("no upstream");
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }
+
+/// Many calls at once on one client connection (multiplexed over weft's upstream HTTP/2 pool),
+/// each getting its own answer, including messages larger than the default HTTP/2 windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_on_one_connection() {
+    let up = grpc_server().await;
+    let (_server, addr, _) = proxy(up);
+    let g = client(addr).await;
+    let mut tasks = Vec::new();
+    for i in 0..40i64 {
+        let mut g = g.clone();
+        tasks.push(tokio::spawn(async move {
+            if i % 4 == 0 {
+                // 1 MiB message each way.
+                let text = "x".repeat(1024 * 1024);
+                let r = unary(&mut g, ECHO, msg(&text, i)).await.expect("big unary");
+                assert_eq!(r.get_ref().text.len(), text.len());
+                assert_eq!(r.get_ref().n, i);
+            } else if i % 4 == 1 {
+                g.ready().await.unwrap();
+                let mut s = g
+                    .server_streaming(Request::new(msg("", i)), PathAndQuery::from_static(COUNT), codec())
+                    .await
+                    .expect("count")
+                    .into_inner();
+                let mut n = 0;
+                for _ in 0..1000 {
+                    match s.message().await.expect("count stream") {
+                        Some(_) => n += 1,
+                        None => break,
+                    }
+                }
+                assert_eq!(n, i);
+            } else {
+                let r = unary(&mut g, ECHO, msg(&format!("call {i}"), i)).await.expect("unary");
+                assert_eq!(r.get_ref(), &msg(&format!("call {i}"), i));
+            }
+        }));
+    }
+    for t in tasks {
+        within("concurrent call", t).await.expect("call task");
+    }
+}

@@ -462,3 +462,141 @@ async fn h2_response_trailers_pass_through() {
         Some(&b"abc123"[..])
     );
 }
+
+/// An HTTP/1.1 upstream that sends response headers and part of the body, then closes the
+/// connection. The response is cut short; the client must see an error, never a clean end.
+async fn truncating_upstream(head: &'static str, partial: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                // Read the request head (bounded) before answering.
+                let mut buf = vec![0u8; 16 * 1024];
+                let mut got = Vec::new();
+                for _ in 0..64 {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(partial).await;
+                let _ = s.flush().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Dropping the socket closes it mid-body.
+            });
+        }
+    });
+    addr
+}
+
+async fn truncated_response_is_an_error(down: Version, head: &'static str, partial: &'static [u8]) {
+    let up = truncating_upstream(head, partial).await;
+    let (_server, addr) = proxy(up, "http1");
+    let result: Result<Bytes, String> = if down == Version::HTTP_2 {
+        let mut c = h2_connect::<Full<Bytes>>(addr).await;
+        let r = Request::get("http://trunc.test/x").body(Full::default()).unwrap();
+        match within(10, "truncated (h2)", c.send_request(r)).await {
+            Err(e) => Err(e.to_string()),
+            Ok(resp) => within(10, "truncated body (h2)", resp.into_body().collect())
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| e.to_string()),
+        }
+    } else {
+        let mut c = h1_connect::<Full<Bytes>>(addr).await;
+        match within(
+            10,
+            "truncated (h1)",
+            c.send_request(req("GET", "/x", "trunc.test", &[], "")),
+        )
+        .await
+        {
+            Err(e) => Err(e.to_string()),
+            Ok(resp) => within(10, "truncated body (h1)", resp.into_body().collect())
+                .await
+                .map(|c| c.to_bytes())
+                .map_err(|e| e.to_string()),
+        }
+    };
+    if let Ok(body) = result {
+        panic!(
+            "a response cut short by the upstream reached the client as complete ({} bytes)",
+            body.len()
+        );
+    }
+}
+
+const TRUNC_CL: &str = "HTTP/1.1 200 OK\r\ncontent-length: 100000\r\ncontent-type: text/plain\r\n\r\n";
+const TRUNC_CHUNKED: &str = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-type: text/plain\r\n\r\n";
+
+#[tokio::test]
+async fn truncated_content_length_response_fails_h1_client() {
+    truncated_response_is_an_error(Version::HTTP_11, TRUNC_CL, &[b'a'; 1000]).await;
+}
+
+#[tokio::test]
+async fn truncated_content_length_response_fails_h2_client() {
+    truncated_response_is_an_error(Version::HTTP_2, TRUNC_CL, &[b'a'; 1000]).await;
+}
+
+#[tokio::test]
+async fn truncated_chunked_response_fails_h1_client() {
+    truncated_response_is_an_error(Version::HTTP_11, TRUNC_CHUNKED, b"5\r\nhello\r\n").await;
+}
+
+#[tokio::test]
+async fn truncated_chunked_response_fails_h2_client() {
+    truncated_response_is_an_error(Version::HTTP_2, TRUNC_CHUNKED, b"5\r\nhello\r\n").await;
+}
+
+type BodyAndTrailers = (Bytes, Option<http::HeaderMap>);
+
+/// Request trailers from an HTTP/2 client reach an HTTP/2 upstream.
+#[tokio::test]
+async fn h2_request_trailers_pass_through() {
+    let seen: Arc<Mutex<Option<BodyAndTrailers>>> = Arc::default();
+    let s2 = seen.clone();
+    let up = streaming_upstream(move |req: Request<hyper::body::Incoming>| {
+        let seen = s2.clone();
+        async move {
+            let c = req.into_body().collect().await.unwrap();
+            let t = c.trailers().cloned();
+            *seen.lock().unwrap() = Some((c.to_bytes(), t));
+            Response::new(any_body(Full::new(Bytes::from_static(b"ok"))))
+        }
+    })
+    .await;
+    let (_server, addr) = proxy(up.addr, "http2");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-sum", "42".parse().unwrap());
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from_static(b"body"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let mut c = h2_connect(addr).await;
+    let r = Request::post("http://t.test/up")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = within(10, "request trailers", c.send_request(r)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let (body, t) = seen.lock().unwrap().clone().expect("the upstream got the request");
+    assert_eq!(&body[..], b"body");
+    assert_eq!(
+        t.as_ref().and_then(|t| t.get("x-sum")).map(|v| v.as_bytes()),
+        Some(&b"42"[..])
+    );
+}
+
+#[tokio::test]
+async fn slow_trickle_h1_down_h2_up() {
+    slow_trickle(Version::HTTP_11, "http2").await;
+}
