@@ -240,3 +240,94 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// A response body for [`streaming_upstream`] (any body: full, streamed, with trailers).
+pub type AnyBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Starts an upstream (HTTP/1.1 and h2c) that hands each request to `f` unread, so the handler can
+/// stream the request body and answer with a streamed body. Counts `hits` and `connections`; does
+/// not record `seen`.
+pub async fn streaming_upstream<F, Fut>(f: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<AnyBody>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let connections = Arc::new(AtomicU64::new(0));
+    let f = Arc::new(f);
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let (h2, c2) = (hits.clone(), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                _ = &mut rx => return,
+            };
+            c2.fetch_add(1, Ordering::SeqCst);
+            let (hits, f) = (h2.clone(), f.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (hits, f) = (hits.clone(), f.clone());
+                    async move {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        Ok::<_, Infallible>(f(req).await)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        seen: Arc::new(Mutex::new(Vec::new())),
+        hits,
+        connections,
+        stop: Some(tx),
+    }
+}
+
+/// Makes an [`AnyBody`] from anything that is a body of `Bytes`.
+pub fn any_body<B>(b: B) -> AnyBody
+where
+    B: http_body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    b.map_err(Into::into).boxed()
+}
+
+/// A 127.0.0.1 port that was free a moment ago (bind to port 0, then close).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The byte at `offset` of the test pattern used for large bodies (period 251, a prime, so chunk
+/// boundaries never line up with it).
+pub fn pattern_byte(offset: u64) -> u8 {
+    (offset % 251) as u8
+}
+
+/// `len` bytes of the test pattern starting at `offset`.
+pub fn pattern(offset: u64, len: usize) -> Bytes {
+    let period: Vec<u8> = (0..251u64).map(pattern_byte).collect();
+    let mut v = Vec::with_capacity(len + 251);
+    v.extend_from_slice(&period[(offset % 251) as usize..]);
+    while v.len() < len {
+        v.extend_from_slice(&period);
+    }
+    v.truncate(len);
+    v.into()
+}
+
+/// Whether `data` is exactly the test pattern starting at `offset`.
+pub fn is_pattern(offset: u64, data: &[u8]) -> bool {
+    data == &pattern(offset, data.len())[..]
+}
