@@ -2,7 +2,7 @@
 //! Bodies stream frame by frame (data and trailers); nothing is buffered whole except small request
 //! bodies kept for retries.
 
-use crate::cluster::PooledH1;
+use crate::cluster::{ActiveRequest, PooledH1};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -58,6 +58,8 @@ pub trait StreamEnd: Send + Sync {
 pub struct DownBody {
     kind: DownKind,
     end: Option<Box<dyn StreamEnd>>,
+    /// The upstream request stays counted (least-request, circuit breakers) until the body ends.
+    active: Option<ActiveRequest>,
     bytes: u64,
 }
 
@@ -72,6 +74,7 @@ impl DownBody {
         DownBody {
             kind: DownKind::Full(if b.is_empty() { None } else { Some(b) }),
             end: None,
+            active: None,
             bytes: 0,
         }
     }
@@ -80,6 +83,7 @@ impl DownBody {
         DownBody {
             kind: DownKind::Full(None),
             end: None,
+            active: None,
             bytes: 0,
         }
     }
@@ -88,13 +92,17 @@ impl DownBody {
         let mut b = DownBody {
             kind: DownKind::Upstream { inner, release },
             end: None,
+            active: None,
             bytes: 0,
         };
         b.release_if_done();
         b
     }
 
-    pub fn on_end(mut self, end: Option<Box<dyn StreamEnd>>) -> DownBody {
+    /// Attaches what must happen when the body ends: releasing the active-request slot and,
+    /// when access logging is on, writing the log line.
+    pub fn on_end(mut self, active: Option<ActiveRequest>, end: Option<Box<dyn StreamEnd>>) -> DownBody {
+        self.active = active;
         self.end = end;
         if self.is_end_stream() {
             self.finish(true);
@@ -113,6 +121,7 @@ impl DownBody {
     }
 
     fn finish(&mut self, completed: bool) {
+        self.active = None;
         if let Some(mut e) = self.end.take() {
             e.finish(self.bytes, completed);
         }

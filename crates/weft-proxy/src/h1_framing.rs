@@ -18,7 +18,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -75,6 +74,14 @@ impl FramingTracker {
                         data = &data[skip..];
                         if data.is_empty() {
                             return;
+                        }
+                    }
+                    if self.buf.is_empty() {
+                        // Fast path: the whole head is in this read; parse it in place.
+                        if let Some(end) = find_head_end(data) {
+                            self.on_head(&data[..end]);
+                            data = &data[end..];
+                            continue;
                         }
                     }
                     let old = self.buf.len();
@@ -214,32 +221,27 @@ pub struct Sniffed<T> {
     activity: Arc<Activity>,
 }
 
-/// Milliseconds since the connection began at which bytes last moved.
+/// Counts I/O events on the connection; the idle timer watches it change. A counter rather than
+/// a timestamp keeps clock reads off the per-read path.
+#[derive(Default)]
 pub struct Activity {
-    epoch: Instant,
-    last_ms: AtomicU64,
+    events: AtomicU64,
 }
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms
-            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.events.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// How long the connection has been quiet.
-    pub fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    pub fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
     }
 }
 
 impl<T> Sniffed<T> {
     pub fn new(inner: T) -> (Self, Arc<Mutex<FramingTracker>>, Arc<Activity>) {
         let tracker = Arc::new(Mutex::new(FramingTracker::default()));
-        let activity = Arc::new(Activity {
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        });
+        let activity = Arc::new(Activity::default());
         (
             Sniffed {
                 inner,

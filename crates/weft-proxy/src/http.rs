@@ -148,17 +148,23 @@ pub async fn serve_connection(
     tokio::pin!(conn);
     let idle = cfg.idle_timeout;
     // Closes the connection once no bytes have moved and no request has been in progress for
-    // `idle_timeout` (checked at most every second).
+    // `idle_timeout` (measured in steps of an eighth of it).
     let idle_watch = async {
         let Some(limit) = idle else {
             return std::future::pending::<()>().await;
         };
+        let step = (limit / 8).max(Duration::from_millis(10));
+        let mut seen = activity.events();
+        let mut quiet_since = Instant::now();
         loop {
-            let quiet = activity.idle_for();
-            if quiet >= limit && ctx.in_flight.load(Ordering::Relaxed) == 0 {
+            tokio::time::sleep(step).await;
+            let now = activity.events();
+            if now != seen || ctx.in_flight.load(Ordering::Relaxed) > 0 {
+                seen = now;
+                quiet_since = Instant::now();
+            } else if quiet_since.elapsed() >= limit {
                 return;
             }
-            tokio::time::sleep(limit.saturating_sub(quiet).max(Duration::from_millis(1000).min(limit))).await;
         }
     };
     tokio::select! {
@@ -194,10 +200,9 @@ struct LogRecord {
     upstream_time: Option<Duration>,
 }
 
-/// Ends the request's bookkeeping when its response body finishes (or is abandoned).
+/// Writes the access log line when the response body finishes (or is abandoned).
 struct RequestEnd {
     log: Option<Box<LogRecord>>,
-    _active: Option<ActiveRequest>,
 }
 
 impl StreamEnd for RequestEnd {
@@ -418,7 +423,8 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
         l.reason = reason.map_or("-", Reason::code);
     }
     let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, body.on_end(Some(Box::new(RequestEnd { log, _active: active }))))
+    let end: Option<Box<dyn StreamEnd>> = log.map(|l| Box::new(RequestEnd { log: Some(l) }) as Box<dyn StreamEnd>);
+    Response::from_parts(parts, body.on_end(active, end))
 }
 
 fn redirect(req: &Request<Incoming>, r: &weft_config::Redirect, matched_prefix: Option<usize>) -> Response<DownBody> {
@@ -503,19 +509,22 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 fn request_id() -> HeaderValue {
-    let n = fastrand::u128(..);
-    // UUID v4 layout.
-    let n = (n & !(0xf << 76)) | (0x4 << 76);
-    let n = (n & !(0x3 << 62)) | (0x2 << 62);
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        (n >> 96) as u32,
-        (n >> 80) as u16,
-        (n >> 64) as u16,
-        (n >> 48) as u16,
-        n & 0xffff_ffff_ffff
-    );
-    HeaderValue::from_str(&s).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    // UUID v4: version nibble 4, variant bits 10.
+    n = (n & !(0xf << 76)) | (0x4 << 76);
+    n = (n & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut shift = 128;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *b = b'-';
+        } else {
+            shift -= 4;
+            *b = HEX[((n >> shift) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
 fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer: SocketAddr) -> Option<u64> {
@@ -775,33 +784,14 @@ async fn forward(
             .map(str::to_string);
     }
 
-    // Authority and path.
-    let mut authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    if let Some(h) = &action.host_rewrite {
-        authority = h.clone();
-    }
-    let mut path_and_query = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into());
-    if let Some(new_prefix) = &action.prefix_rewrite {
-        if let Some(matched) = route.rewrite_prefix_len {
-            let rest = path_and_query.get(matched..).unwrap_or("");
-            path_and_query = format!("{new_prefix}{rest}");
+    // Path: rewritten only when the route asks for it; otherwise the original is reused as is.
+    let rewritten_path = match (&action.prefix_rewrite, route.rewrite_prefix_len) {
+        (Some(new_prefix), Some(matched)) => {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            Some(format!("{new_prefix}{}", pq.get(matched..).unwrap_or("")))
         }
-    }
-
+        _ => None,
+    };
     let policy = route.retry_policy.as_ref();
     let body_len = body.size_hint().exact();
     let mut source = if body.is_end_stream() {
@@ -827,23 +817,46 @@ async fn forward(
         version: Version::HTTP_11,
         headers,
     };
+    let authority_override = action.host_rewrite.as_deref();
     match cluster.protocol() {
         UpstreamProtocol::Http1 => {
-            prepared.uri = path_and_query.parse().unwrap_or_default();
-            prepared.version = Version::HTTP_11;
-            if let Ok(v) = HeaderValue::from_str(&authority) {
-                prepared.headers.insert(header::HOST, v);
+            // Origin-form URI and a Host header, whatever the downstream protocol was.
+            let authority = authority_override
+                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+                .map(str::to_string);
+            prepared.uri = match rewritten_path {
+                Some(p) => p.parse().unwrap_or_default(),
+                None if parts.uri.authority().is_none() => parts.uri,
+                None => parts
+                    .uri
+                    .path_and_query()
+                    .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())),
+            };
+            if let Some(a) = authority {
+                if let Ok(v) = HeaderValue::from_str(&a) {
+                    prepared.headers.insert(header::HOST, v);
+                }
             }
         }
         UpstreamProtocol::Http2 => {
+            let authority = authority_override
+                .map(str::to_string)
+                .or_else(|| parts.uri.authority().map(|a| a.as_str().to_string()))
+                .or_else(|| {
+                    prepared
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "localhost".to_string());
+            let pq =
+                rewritten_path.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string());
             prepared.uri = Uri::builder()
                 .scheme("http")
-                .authority(if authority.is_empty() {
-                    "localhost"
-                } else {
-                    authority.as_str()
-                })
-                .path_and_query(path_and_query.as_str())
+                .authority(authority.as_str())
+                .path_and_query(pq.as_str())
                 .build()
                 .unwrap_or_default();
             prepared.version = Version::HTTP_2;

@@ -2,6 +2,11 @@
 
 mod demo;
 
+// A proxy allocates and frees many small, short-lived buffers per request, across threads;
+// mimalloc's per-thread free lists cost measurably less CPU per request than glibc malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
