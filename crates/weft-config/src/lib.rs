@@ -222,3 +222,16 @@ clusters:
         assert!(all.contains("1.2.3.4".parse().unwrap()));
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    /// The example in the README (kept in weft.example.yaml) must stay valid.
+    #[test]
+    fn readme_example_is_valid() {
+        let text = include_str!("../../../weft.example.yaml");
+        let cfg = crate::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.listeners.len(), 1);
+        let readme = include_str!("../../../README.md");
+        assert!(readme.contains(text.trim_end()), "README's config example must match weft.example.yaml");
+    }
+}
