@@ -463,7 +463,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
-            max_idle_per_endpoint: 128,
+            max_idle_per_endpoint: 1024,
             idle_timeout: Duration::from_secs(60),
         }
     }

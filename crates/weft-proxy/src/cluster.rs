@@ -178,10 +178,19 @@ impl PooledH1 {
             .h1_idle
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // The oldest idle connection sits at the front; drop it once expired so that idle
+        // connections do not linger forever when traffic falls.
+        if idle
+            .first()
+            .is_some_and(|c| now.duration_since(c.since) > self.cluster.config.pool.idle_timeout || c.sender.is_closed())
+        {
+            idle.remove(0);
+        }
         if idle.len() < self.max_idle {
             idle.push(IdleH1 {
                 sender: self.sender,
-                since: Instant::now(),
+                since: now,
             });
         }
         drop(idle);
@@ -453,7 +462,8 @@ impl ClusterRt {
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
-            .adaptive_window(true)
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;

@@ -137,7 +137,9 @@ pub async fn serve_connection(
         .timer(TokioTimer::new())
         .max_header_list_size(max_header as u32)
         .max_concurrent_streams(1024)
-        .adaptive_window(true)
+        // Fixed generous windows: adaptive (BDP-probing) windows cost a ping round per window update.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
         .keep_alive_interval(Some(Duration::from_secs(60)));
     let builder = match cfg.codec {
         Codec::Auto => builder,
@@ -376,7 +378,11 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                     l.route = route.name.clone();
                 }
                 let (mut resp, reason, active) = match &route.action {
-                    RouteAction::Forward(f) => forward(ctx, req, vh, route, f, grpc, log.as_deref_mut()).await,
+                    RouteAction::Forward(f) => {
+                        // Boxed: the forwarding state machine is large, and HTTP/2 moves the
+                        // request future into a new task per stream.
+                        Box::pin(forward(ctx, req, vh, route, f, grpc, log.as_deref_mut())).await
+                    }
                     RouteAction::Redirect(r) => (
                         redirect(&req, r, route.rewrite_prefix_len),
                         Some(Reason::DirectResponse),
