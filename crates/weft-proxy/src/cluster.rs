@@ -181,10 +181,9 @@ impl PooledH1 {
         let now = Instant::now();
         // The oldest idle connection sits at the front; drop it once expired so that idle
         // connections do not linger forever when traffic falls.
-        if idle
-            .first()
-            .is_some_and(|c| now.duration_since(c.since) > self.cluster.config.pool.idle_timeout || c.sender.is_closed())
-        {
+        if idle.first().is_some_and(|c| {
+            now.duration_since(c.since) > self.cluster.config.pool.idle_timeout || c.sender.is_closed()
+        }) {
             idle.remove(0);
         }
         if idle.len() < self.max_idle {

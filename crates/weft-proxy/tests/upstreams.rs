@@ -1,0 +1,217 @@
+//! Upstream discovery and hashing: DNS clusters, original destination, cookie / source-IP hashing,
+//! retry budgets.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::*;
+
+fn listener_yaml(route: &str, clusters: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: {{ prefix: / }}
+                route: {route}
+clusters:
+{clusters}
+"#
+    )
+}
+
+#[tokio::test]
+async fn strict_dns_cluster_resolves_names() {
+    let up = named_upstream("dns").await;
+    let yaml = listener_yaml(
+        "{ cluster: app, auto_host_rewrite: true }",
+        &format!(
+            "  - {{ name: app, type: strict_dns, dns_refresh_rate: 200ms, endpoints: [{{ address: \"localhost:{}\" }}] }}",
+            up.addr.port()
+        ),
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    // The first resolution happens in the background: allow it a moment.
+    let mut got = None;
+    for _ in 0..50 {
+        let g = get(addr, "/").await;
+        if g.status == 200 {
+            got = Some(g);
+            break;
+        }
+        assert_eq!(
+            g.header("x-weft-reason"),
+            Some("UH"),
+            "before resolution the cluster has no host"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = got.expect("DNS cluster resolved localhost within 2.5 s");
+    assert_eq!(got.text(), "hello from dns");
+    assert_eq!(
+        up.last().headers["host"],
+        format!("localhost:{}", up.addr.port()),
+        "auto_host_rewrite uses the DNS name"
+    );
+    let clusters: serde_json::Value = serde_json::from_slice(&admin(&proxy, "/clusters").await.body).unwrap();
+    let hosts = clusters["clusters"][0]["hosts"].as_array().unwrap();
+    assert!(hosts.iter().any(|h| h["address"] == up.addr.to_string()), "{hosts:?}");
+}
+
+#[tokio::test]
+async fn original_dst_cluster_follows_the_header() {
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let yaml = listener_yaml(
+        "{ cluster: passthrough }",
+        "  - { name: passthrough, type: original_dst }",
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut c = H1Client::connect(addr).await;
+    for (up, name) in [(&a, "a"), (&b, "b"), (&a, "a")] {
+        let got = c
+            .send(req(
+                "GET",
+                "/",
+                "x",
+                &[("x-weft-original-dst-host", &up.addr.to_string())],
+                "",
+            ))
+            .await;
+        assert_eq!(got.text(), format!("hello from {name}"));
+        assert!(
+            !up.last().headers.contains_key("x-weft-original-dst-host"),
+            "internal header stripped"
+        );
+    }
+    // Without a header or a redirected connection there is no destination.
+    let got = c.get("/").await;
+    assert_eq!(got.status, 503);
+    assert_eq!(got.header("x-weft-reason"), Some("UH"));
+}
+
+#[tokio::test]
+async fn cookie_and_query_hashing_are_sticky() {
+    let ups = [
+        named_upstream("a").await,
+        named_upstream("b").await,
+        named_upstream("c").await,
+    ];
+    let eps: Vec<String> = ups.iter().map(|u| format!("{{ address: \"{}\" }}", u.addr)).collect();
+    let yaml = listener_yaml(
+        "{ cluster: app, hash_policy: [{ cookie: session }, { query_parameter: user, terminal: true }] }",
+        &format!(
+            "  - {{ name: app, lb_policy: ring_hash, endpoints: [{}] }}",
+            eps.join(", ")
+        ),
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut c = H1Client::connect(addr).await;
+    let mut used = HashSet::new();
+    for s in 0..60 {
+        let cookie = format!("theme=dark; session=s{s}");
+        let first = c.send(req("GET", "/", "x", &[("cookie", &cookie)], "")).await;
+        let host = first.header("x-upstream").unwrap().to_string();
+        used.insert(host.clone());
+        for _ in 0..3 {
+            let again = c.send(req("GET", "/", "x", &[("cookie", &cookie)], "")).await;
+            assert_eq!(again.header("x-upstream"), Some(host.as_str()), "session s{s} moved");
+        }
+        let path = format!("/?user=u{s}");
+        let by_query = c
+            .send(req("GET", &path, "x", &[], ""))
+            .await
+            .header("x-upstream")
+            .unwrap()
+            .to_string();
+        for _ in 0..3 {
+            assert_eq!(
+                c.send(req("GET", &path, "x", &[], ""))
+                    .await
+                    .header("x-upstream")
+                    .unwrap(),
+                by_query
+            );
+        }
+    }
+    assert_eq!(used.len(), 3, "sessions spread over all hosts");
+}
+
+#[tokio::test]
+async fn source_ip_hashing_pins_a_client() {
+    let ups = [
+        named_upstream("a").await,
+        named_upstream("b").await,
+        named_upstream("c").await,
+    ];
+    let eps: Vec<String> = ups.iter().map(|u| format!("{{ address: \"{}\" }}", u.addr)).collect();
+    let yaml = listener_yaml(
+        "{ cluster: app, hash_policy: [{ source_ip: true }] }",
+        &format!(
+            "  - {{ name: app, lb_policy: maglev, endpoints: [{}] }}",
+            eps.join(", ")
+        ),
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        // New connection each time: same source IP, different source ports.
+        seen.insert(get(addr, "/").await.header("x-upstream").unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 1, "one client IP, one host: {seen:?}");
+}
+
+#[tokio::test]
+async fn retry_budget_limits_concurrent_retries() {
+    // Always 503, slowly, so many retries would be in flight at once.
+    let calls = Arc::new(AtomicU64::new(0));
+    let c2 = calls.clone();
+    let up = upstream(move |_| {
+        c2.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            text(503, "busy")
+        }
+    })
+    .await;
+    let yaml = listener_yaml(
+        "{ cluster: app, retry_policy: { retry_on: [5xx], num_retries: 5, retry_back_off: { base_interval: 1ms, max_interval: 2ms } } }",
+        &format!(
+            "  - {{ name: app, retry_budget: {{ budget_percent: 0, min_retry_concurrency: 2 }}, endpoints: [{{ address: \"{}\" }}] }}",
+            up.addr
+        ),
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        tasks.push(tokio::spawn(async move {
+            H1Client::connect(addr).await.get("/").await.status.as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 503);
+    }
+    let stats = admin(&proxy, "/stats/prometheus").await.text();
+    let overflow = metric(&stats, "weft_upstream_rq_retry_overflow_total{cluster=\"app\"}").unwrap();
+    let retries = metric(&stats, "weft_upstream_rq_retry_total{cluster=\"app\"}").unwrap();
+    assert!(overflow >= 1.0, "the budget refused retries: {stats}");
+    // Without a budget 10 requests x 5 retries = 50 retries; the budget keeps it far lower.
+    assert!(retries < 50.0, "retries {retries}");
+    assert_eq!(calls.load(Ordering::SeqCst) as f64, 10.0 + retries);
+}
