@@ -232,6 +232,9 @@ mod example_tests {
         let cfg = crate::from_yaml(text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(cfg.listeners.len(), 1);
         let readme = include_str!("../../../README.md");
-        assert!(readme.contains(text.trim_end()), "README's config example must match weft.example.yaml");
+        assert!(
+            readme.contains(text.trim_end()),
+            "README's config example must match weft.example.yaml"
+        );
     }
 }
