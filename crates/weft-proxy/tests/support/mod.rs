@@ -397,3 +397,12 @@ pub async fn metric_eventually(server: &Server, prefix: &str, wait: Duration, ok
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// POSTs (empty body) to an admin endpoint.
+pub async fn admin_post(server: &Server, path: &str) -> Got {
+    let addr = server.admin_addr().expect("admin configured");
+    H1Client::connect(addr)
+        .await
+        .send(req("POST", path, "admin", &[], ""))
+        .await
+}
