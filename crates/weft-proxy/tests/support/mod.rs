@@ -331,3 +331,78 @@ pub fn pattern(offset: u64, len: usize) -> Bytes {
 pub fn is_pattern(offset: u64, data: &[u8]) -> bool {
     data == &pattern(offset, data.len())[..]
 }
+
+/// A fresh directory under the system temp dir, removed (with its contents) on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "weft-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads a JSON-lines file, waiting (polling every 50 ms, at most `wait`) until it holds at least
+/// `n` complete lines. Returns every complete line parsed, however many there are then.
+pub async fn json_lines(path: &std::path::Path, n: usize, wait: Duration) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let complete = match text.rfind('\n') {
+            Some(i) => &text[..=i],
+            None => "",
+        };
+        let lines: Vec<serde_json::Value> = complete
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}")))
+            .collect();
+        if lines.len() >= n || std::time::Instant::now() >= deadline {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls the admin metrics (every 50 ms, at most `wait`) until the sample `prefix` satisfies `ok`;
+/// returns the last value seen (None if the sample never appeared).
+pub async fn metric_eventually(server: &Server, prefix: &str, wait: Duration, ok: impl Fn(f64) -> bool) -> Option<f64> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let v = metric(&admin(server, "/stats/prometheus").await.text(), prefix);
+        if v.is_some_and(&ok) || std::time::Instant::now() >= deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// POSTs (empty body) to an admin endpoint.
+pub async fn admin_post(server: &Server, path: &str) -> Got {
+    let addr = server.admin_addr().expect("admin configured");
+    H1Client::connect(addr)
+        .await
+        .send(req("POST", path, "admin", &[], ""))
+        .await
+}

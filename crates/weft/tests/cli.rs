@@ -1,0 +1,472 @@
+//! The real `weft` binary driven as a user would: quick start (HTTP and TCP), `--check`, SIGHUP
+//! reload, SIGTERM drain, `weft demo` and `weft bench`. Everything on 127.0.0.1; every child process
+//! is killed by a guard if a test fails.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// A 127.0.0.1 port that was free a moment ago (bind to port 0, then close).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "weft-cli-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `weft` child process, killed (and reaped) on drop. Its stdout and stderr go to files.
+struct Weft {
+    child: Child,
+    dir: TempDir,
+}
+
+impl Weft {
+    fn spawn(args: &[&str]) -> Weft {
+        let dir = TempDir::new("proc");
+        let out = std::fs::File::create(dir.join("stdout")).unwrap();
+        let err = std::fs::File::create(dir.join("stderr")).unwrap();
+        let child = Command::new(WEFT)
+            .args(args)
+            .env_remove("WEFT_LOG")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("weft binary starts");
+        Weft { child, dir }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.pid().to_string()])
+            .status()
+            .expect("kill runs")
+            .success();
+        assert!(ok, "kill {sig} {}", self.pid());
+    }
+
+    /// Waits (polling, at most `wait`) for the process to exit.
+    async fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(s) = self.child.try_wait().expect("try_wait") {
+            panic!("weft exited ({s}); stderr:\n{}", self.stderr());
+        }
+    }
+}
+
+impl Drop for Weft {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a short weft command to completion (at most `wait`), returning (status, stdout, stderr).
+async fn run_weft(args: &[&str], wait: Duration) -> (ExitStatus, String, String) {
+    let mut w = Weft::spawn(args);
+    let status = w
+        .wait_exit(wait)
+        .await
+        .unwrap_or_else(|| panic!("weft {args:?} did not exit within {wait:?}; stdout:\n{}", w.stdout()));
+    (status, w.stdout(), w.stderr())
+}
+
+/// Waits until something accepts TCP connections on `addr` (bounded), checking `w` is alive.
+async fn wait_port(w: &mut Weft, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        w.assert_running();
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} never answered; stderr:\n{}",
+            w.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A hyper upstream answering "hello from NAME" (`/slow` waits 1 s first), counting requests.
+struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicU64>,
+}
+
+async fn upstream(name: &'static str) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicU64::new(0));
+    let h = hits.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let h = h.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let h = h.clone();
+                    async move {
+                        h.fetch_add(1, Ordering::SeqCst);
+                        let body = if req.uri().path() == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            format!("slow {name}")
+                        } else {
+                            format!("hello from {name}")
+                        };
+                        Ok::<_, Infallible>(
+                            http::Response::builder()
+                                .header("x-upstream", name)
+                                .body(Full::new(Bytes::from(body)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, hits }
+}
+
+/// One GET on a fresh connection (bounded to 10 s): (status, body).
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let fut = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri(path)
+            .header("host", "test.local")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// Polls `GET path` (bounded) until the body equals `want`.
+async fn eventually_body(addr: SocketAddr, path: &str, want: &str, wait: Duration) -> String {
+    let deadline = Instant::now() + wait;
+    loop {
+        let got = match http_get(addr, path).await {
+            Ok((_, b)) => b,
+            Err(e) => format!("error: {e}"),
+        };
+        if got == want || Instant::now() >= deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn config_file(listen: SocketAddr, admin: SocketAddr, route_to: &str, clusters: &[(&str, SocketAddr)]) -> String {
+    let clusters: String = clusters
+        .iter()
+        .map(|(n, a)| format!("  - {{ name: {n}, endpoints: [{{ address: \"{a}\" }}] }}\n"))
+        .collect();
+    format!(
+        r#"admin: {{ address: "{admin}" }}
+runtime: {{ concurrency: 1, drain_timeout: 5s }}
+listeners:
+  - name: web
+    address: "{listen}"
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - {{ match: {{ prefix: / }}, route: {{ cluster: {route_to} }} }}
+clusters:
+{clusters}"#
+    )
+}
+
+async fn config_dump(admin: SocketAddr) -> serde_json::Value {
+    let (status, body) = http_get(admin, "/config_dump").await.expect("admin answers");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).expect("config_dump is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_http_proxies_to_upstream() {
+    let up = upstream("up").await;
+    let (from, admin) = (free_addr(), free_addr());
+    let mut w = Weft::spawn(&[
+        "proxy",
+        "--from",
+        &from.to_string(),
+        "--to",
+        &up.addr.to_string(),
+        "--admin",
+        &admin.to_string(),
+        "--concurrency",
+        "1",
+    ]);
+    wait_port(&mut w, from).await;
+    for i in 0..3 {
+        let (status, body) = http_get(from, &format!("/q/{i}")).await.expect("proxied request");
+        assert_eq!((status, body.as_str()), (200, "hello from up"));
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+    wait_port(&mut w, admin).await;
+    assert_eq!(http_get(admin, "/ready").await.unwrap(), (200, "LIVE\n".to_string()));
+    // A quick-start proxy has no file to reload.
+    let dump = config_dump(admin).await;
+    assert!(dump["config_path"].is_null(), "{dump}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_tcp_proxies_bytes_with_half_close() {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                if s.read_to_end(&mut buf).await.is_ok() {
+                    buf.reverse();
+                    let _ = s.write_all(&buf).await;
+                }
+            });
+        }
+    });
+    let from = free_addr();
+    let mut w = Weft::spawn(&[
+        "proxy",
+        "--from",
+        &from.to_string(),
+        "--to",
+        &echo_addr.to_string(),
+        "--tcp",
+        "--concurrency",
+        "1",
+    ]);
+    wait_port(&mut w, from).await;
+    let mut s = TcpStream::connect(from).await.unwrap();
+    s.write_all(b"not http at all").await.unwrap();
+    s.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        .await
+        .expect("reply in time")
+        .unwrap();
+    assert_eq!(got, b"lla ta ptth ton");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_accepts_good_and_rejects_bad_config() {
+    let dir = TempDir::new("check");
+    let good = dir.join("good.yaml");
+    let bad = dir.join("bad.yaml");
+    let text = config_file(free_addr(), free_addr(), "a", &[("a", free_addr())]);
+    std::fs::write(&good, &text).unwrap();
+    std::fs::write(&bad, text.replace("{ name: a,", "{ name: a, lb_policy: rr,")).unwrap();
+
+    let (status, out, err) = run_weft(&["proxy", "-c", path(&good), "--check"], Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("configuration OK: 1 listeners, 1 clusters"), "{out}");
+
+    let (status, out, err) = run_weft(&["proxy", "-c", path(&bad), "--check"], Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("clusters[0].lb_policy"),
+        "stderr names the field path: {err}"
+    );
+    assert!(err.contains("\"rr\""), "{err}");
+    assert!(!out.contains("configuration OK"), "{out}");
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_file_and_keeps_serving_on_a_bad_one() {
+    let dir = TempDir::new("hup");
+    let file = dir.join("weft.yaml");
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let (listen, admin) = (free_addr(), free_addr());
+    let clusters = [("a", a.addr), ("b", b.addr)];
+    std::fs::write(&file, config_file(listen, admin, "a", &clusters)).unwrap();
+    let mut w = Weft::spawn(&["proxy", "-c", path(&file)]);
+    wait_port(&mut w, listen).await;
+    wait_port(&mut w, admin).await;
+    assert_eq!(http_get(listen, "/").await.unwrap().1, "hello from a");
+    let g1 = config_dump(admin).await["generation"].as_u64().unwrap();
+
+    std::fs::write(&file, config_file(listen, admin, "b", &clusters)).unwrap();
+    w.signal("-HUP");
+    assert_eq!(
+        eventually_body(listen, "/", "hello from b", Duration::from_secs(5)).await,
+        "hello from b",
+        "new route after SIGHUP; stderr:\n{}",
+        w.stderr()
+    );
+    let g2 = config_dump(admin).await["generation"].as_u64().unwrap();
+    assert_eq!(g2, g1 + 1);
+
+    // A broken file: the reload is refused, the previous config keeps serving.
+    std::fs::write(&file, "listeners: [ { name: web, address: nope }\n").unwrap();
+    w.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let dump = loop {
+        let d = config_dump(admin).await;
+        if !d["last_reload_error"].is_null() || Instant::now() >= deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!dump["last_reload_error"].is_null(), "refusal recorded: {dump}");
+    assert_eq!(dump["generation"].as_u64(), Some(g2), "still the previous generation");
+    w.assert_running();
+    for _ in 0..3 {
+        assert_eq!(http_get(listen, "/").await.unwrap().1, "hello from b");
+    }
+    let (_, metrics) = http_get(admin, "/stats/prometheus").await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "weft_config_reload_failures_total 1"),
+        "one refused reload counted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_request_then_exits_zero() {
+    let up = upstream("a").await;
+    let dir = TempDir::new("term");
+    let file = dir.join("weft.yaml");
+    let (listen, admin) = (free_addr(), free_addr());
+    std::fs::write(&file, config_file(listen, admin, "a", &[("a", up.addr)])).unwrap();
+    let mut w = Weft::spawn(&["proxy", "-c", path(&file)]);
+    wait_port(&mut w, listen).await;
+
+    let request = tokio::spawn(async move { http_get(listen, "/slow").await });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.hits.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(up.hits.load(Ordering::SeqCst), 1, "slow request reached the upstream");
+    let signalled = Instant::now();
+    w.signal("-TERM");
+
+    let got = tokio::time::timeout(Duration::from_secs(6), request)
+        .await
+        .expect("request finished")
+        .unwrap();
+    assert_eq!(got, Ok((200, "slow a".to_string())), "in-flight request completes");
+    let status = w
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("weft exits within the drain timeout");
+    assert_eq!(status.code(), Some(0), "clean exit; stderr:\n{}", w.stderr());
+    let took = signalled.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}: it should follow the last connection, not the 5 s drain timeout"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_runs_and_prints_rates() {
+    let (status, out, err) = run_weft(&["demo", "--duration", "4s", "--step", "1"], Duration::from_secs(40)).await;
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let per_second = out.lines().filter(|l| l.contains("req/s") && l.contains("p99")).count();
+    assert!(per_second >= 2, "summary lines with req/s:\n{out}");
+    assert!(out.contains("done:"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_json_reports_requests() {
+    let up = upstream("a").await;
+    let url = format!("http://{}/", up.addr);
+    let (status, out, err) = run_weft(
+        &["bench", &url, "-n", "200", "-c", "2", "--json"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let report: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("stdout is JSON ({e}):\n{out}"));
+    let requests = report["requests"].as_u64().expect("requests field");
+    assert!(requests >= 200, "{report}");
+    assert!(report["successes"].as_u64().unwrap_or(0) >= 200, "{report}");
+    assert!(up.hits.load(Ordering::SeqCst) >= 200, "upstream saw the load");
+}
