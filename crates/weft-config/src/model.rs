@@ -21,10 +21,19 @@ fn ser_opt_dur<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Config {
+    pub node: Node,
     pub admin: Option<Admin>,
     pub runtime: Runtime,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+}
+
+/// Who this proxy is: its identity and where it runs (for locality-aware routing, later xDS).
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Node {
+    pub id: String,
+    pub cluster: String,
+    pub locality: Locality,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -357,6 +366,80 @@ pub struct Cluster {
     pub circuit_breakers: CircuitBreakers,
     pub retry_budget: Option<RetryBudget>,
     pub pool: PoolConfig,
+    pub outlier_detection: Option<OutlierDetection>,
+    pub health_checks: Vec<HealthCheck>,
+    /// Percent (0–100) of eligible hosts below which health is ignored (panic mode).
+    pub healthy_panic_threshold: f64,
+    pub locality_aware: bool,
+    pub subsets: Option<Subsets>,
+}
+
+/// Passive health checking (Envoy `OutlierDetection`). A threshold of 0 disables that detector.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct OutlierDetection {
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub consecutive_local_origin_failure: u32,
+    #[serde(serialize_with = "ser_dur")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub base_ejection_time: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub success_rate_minimum_hosts: u32,
+    pub success_rate_request_volume: u32,
+    /// Eject hosts whose success rate is below mean − stdev × factor/1000.
+    pub success_rate_stdev_factor: u32,
+    /// 0 disables failure-percentage ejection.
+    pub failure_percentage_threshold: u32,
+    pub failure_percentage_minimum_hosts: u32,
+    pub failure_percentage_request_volume: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct HealthCheck {
+    #[serde(serialize_with = "ser_dur")]
+    pub interval: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub interval_jitter: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    pub kind: HealthCheckKind,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckKind {
+    Http {
+        path: String,
+        host: Option<String>,
+        /// Inclusive ranges.
+        expected_statuses: Vec<(u16, u16)>,
+    },
+    Tcp,
+    Grpc {
+        service_name: String,
+        authority: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Subsets {
+    pub fallback_policy: SubsetFallback,
+    pub default_subset: BTreeMap<String, String>,
+    pub tag_header: Option<String>,
+    pub tag_label: String,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SubsetFallback {
+    NoFallback,
+    AnyEndpoint,
+    DefaultSubset,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -10,10 +10,21 @@ use std::collections::BTreeMap;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
+    pub node: RawNode,
     pub admin: Option<RawAdmin>,
     pub runtime: RawRuntime,
     pub listeners: Vec<RawListener>,
     pub clusters: Vec<RawCluster>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawNode {
+    pub id: Option<String>,
+    pub cluster: Option<String>,
+    pub region: Option<String>,
+    pub zone: Option<String>,
+    pub sub_zone: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -258,6 +269,75 @@ pub struct RawCluster {
     pub ring_hash: Option<RawRingHash>,
     pub maglev: Option<RawMaglev>,
     pub least_request: Option<RawLeastRequest>,
+    pub outlier_detection: Option<RawOutlierDetection>,
+    pub health_checks: Vec<RawHealthCheck>,
+    /// Percent of hosts that must be healthy before weft ignores health (Envoy `healthy_panic_threshold`).
+    pub healthy_panic_threshold: Option<f64>,
+    /// Prefer endpoints in the proxy's own zone, then region (needs `node.zone`/`node.region`).
+    pub locality_aware: Option<bool>,
+    pub subsets: Option<RawSubsets>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOutlierDetection {
+    pub consecutive_5xx: Option<u64>,
+    pub consecutive_gateway_failure: Option<u64>,
+    pub consecutive_local_origin_failure: Option<u64>,
+    pub interval: Option<String>,
+    pub base_ejection_time: Option<String>,
+    pub max_ejection_time: Option<String>,
+    pub max_ejection_percent: Option<u64>,
+    pub success_rate_minimum_hosts: Option<u64>,
+    pub success_rate_request_volume: Option<u64>,
+    pub success_rate_stdev_factor: Option<u64>,
+    pub failure_percentage_threshold: Option<u64>,
+    pub failure_percentage_minimum_hosts: Option<u64>,
+    pub failure_percentage_request_volume: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHealthCheck {
+    pub interval: Option<String>,
+    pub interval_jitter: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<u64>,
+    pub unhealthy_threshold: Option<u64>,
+    pub http: Option<RawHttpHealthCheck>,
+    pub tcp: Option<RawTcpHealthCheck>,
+    pub grpc: Option<RawGrpcHealthCheck>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawHttpHealthCheck {
+    pub path: Option<String>,
+    pub host: Option<String>,
+    /// Ranges like "200-299" or single codes; default 200.
+    pub expected_statuses: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTcpHealthCheck {}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGrpcHealthCheck {
+    pub service_name: Option<String>,
+    pub authority: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSubsets {
+    /// "no_fallback", "any_endpoint" (default) or "default_subset".
+    pub fallback_policy: Option<String>,
+    pub default_subset: BTreeMap<String, String>,
+    /// Requests carrying this header are routed to endpoints whose `tag_label` equals its value.
+    pub tag_header: Option<String>,
+    pub tag_label: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

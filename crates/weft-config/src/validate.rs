@@ -182,8 +182,27 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
 
+    let node = Node {
+        id: raw.node.id.clone().unwrap_or_default(),
+        cluster: raw.node.cluster.clone().unwrap_or_default(),
+        locality: Locality {
+            region: raw.node.region.clone().unwrap_or_default(),
+            zone: raw.node.zone.clone().unwrap_or_default(),
+            sub_zone: raw.node.sub_zone.clone().unwrap_or_default(),
+        },
+    };
+    for (i, c) in clusters.iter().enumerate() {
+        if c.locality_aware && node.locality.region.is_empty() && node.locality.zone.is_empty() {
+            cx.err(
+                &format!("clusters[{i}].locality_aware"),
+                "needs node.region and/or node.zone to know where this proxy runs",
+            );
+        }
+    }
+
     if cx.errors.is_empty() {
         Ok(Config {
+            node,
             admin,
             runtime,
             listeners,
@@ -1068,7 +1087,215 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         circuit_breakers: cb,
         retry_budget,
         pool,
+        outlier_detection: c
+            .outlier_detection
+            .as_ref()
+            .map(|o| outlier_detection(cx, &format!("{path}.outlier_detection"), o)),
+        health_checks: c
+            .health_checks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| health_check(cx, &format!("{path}.health_checks[{i}]"), h))
+            .collect(),
+        healthy_panic_threshold: match c.healthy_panic_threshold {
+            None => 50.0,
+            Some(p) if (0.0..=100.0).contains(&p) => p,
+            Some(p) => {
+                cx.err(
+                    &format!("{path}.healthy_panic_threshold"),
+                    format!("{p} is out of range [0, 100]"),
+                );
+                50.0
+            }
+        },
+        locality_aware: c.locality_aware.unwrap_or(false),
+        subsets: c.subsets.as_ref().map(|s| subsets(cx, &format!("{path}.subsets"), s)),
     })
+}
+
+fn outlier_detection(cx: &mut Ctx, path: &str, o: &RawOutlierDetection) -> OutlierDetection {
+    let u = |cx: &mut Ctx, field: &str, v: Option<u64>, max: u64, default: u32| {
+        cx.u32_in(&format!("{path}.{field}"), v, 0, max, default)
+    };
+    let base = cx
+        .dur(&format!("{path}.base_ejection_time"), &o.base_ejection_time)
+        .unwrap_or(Duration::from_secs(30));
+    let max = cx
+        .dur(&format!("{path}.max_ejection_time"), &o.max_ejection_time)
+        .unwrap_or(Duration::from_secs(300))
+        .max(base);
+    let interval = cx
+        .dur(&format!("{path}.interval"), &o.interval)
+        .unwrap_or(Duration::from_secs(10));
+    if interval < Duration::from_millis(10) {
+        cx.err(&format!("{path}.interval"), "must be at least 10ms");
+    }
+    OutlierDetection {
+        consecutive_5xx: u(cx, "consecutive_5xx", o.consecutive_5xx, 1_000_000, 5),
+        consecutive_gateway_failure: u(
+            cx,
+            "consecutive_gateway_failure",
+            o.consecutive_gateway_failure,
+            1_000_000,
+            0,
+        ),
+        consecutive_local_origin_failure: u(
+            cx,
+            "consecutive_local_origin_failure",
+            o.consecutive_local_origin_failure,
+            1_000_000,
+            5,
+        ),
+        interval,
+        base_ejection_time: base,
+        max_ejection_time: max,
+        max_ejection_percent: u(cx, "max_ejection_percent", o.max_ejection_percent, 100, 10),
+        success_rate_minimum_hosts: u(
+            cx,
+            "success_rate_minimum_hosts",
+            o.success_rate_minimum_hosts,
+            1_000_000,
+            5,
+        ),
+        success_rate_request_volume: u(
+            cx,
+            "success_rate_request_volume",
+            o.success_rate_request_volume,
+            1_000_000,
+            100,
+        ),
+        success_rate_stdev_factor: u(
+            cx,
+            "success_rate_stdev_factor",
+            o.success_rate_stdev_factor,
+            1_000_000,
+            1900,
+        ),
+        failure_percentage_threshold: u(
+            cx,
+            "failure_percentage_threshold",
+            o.failure_percentage_threshold,
+            100,
+            0,
+        ),
+        failure_percentage_minimum_hosts: u(
+            cx,
+            "failure_percentage_minimum_hosts",
+            o.failure_percentage_minimum_hosts,
+            1_000_000,
+            5,
+        ),
+        failure_percentage_request_volume: u(
+            cx,
+            "failure_percentage_request_volume",
+            o.failure_percentage_request_volume,
+            1_000_000,
+            50,
+        ),
+    }
+}
+
+fn health_check(cx: &mut Ctx, path: &str, h: &RawHealthCheck) -> Option<HealthCheck> {
+    let n = h.http.is_some() as u8 + h.tcp.is_some() as u8 + h.grpc.is_some() as u8;
+    if n != 1 {
+        cx.err(path, "give exactly one of http, tcp, grpc");
+        return None;
+    }
+    let interval = cx
+        .dur(&format!("{path}.interval"), &h.interval)
+        .unwrap_or(Duration::from_secs(5));
+    if interval < Duration::from_millis(10) {
+        cx.err(&format!("{path}.interval"), "must be at least 10ms");
+    }
+    let timeout = cx
+        .dur(&format!("{path}.timeout"), &h.timeout)
+        .unwrap_or(Duration::from_secs(1));
+    if timeout.is_zero() {
+        cx.err(&format!("{path}.timeout"), "must be greater than zero");
+    }
+    let kind = if let Some(http) = &h.http {
+        let p = http.path.clone().unwrap_or_else(|| "/".into());
+        if !p.starts_with('/') {
+            cx.err(&format!("{path}.http.path"), "must start with /");
+        }
+        let mut ranges = Vec::new();
+        for (i, r) in http.expected_statuses.iter().enumerate() {
+            let parsed = match r.split_once('-') {
+                Some((a, b)) => a.trim().parse::<u16>().ok().zip(b.trim().parse::<u16>().ok()),
+                None => r.trim().parse::<u16>().ok().map(|c| (c, c)),
+            };
+            match parsed {
+                Some((a, b)) if (100..=599).contains(&a) && (a..=599).contains(&b) => ranges.push((a, b)),
+                _ => cx.err(
+                    &format!("{path}.http.expected_statuses[{i}]"),
+                    format!("\"{r}\" is not a status or range like 200-299"),
+                ),
+            }
+        }
+        if ranges.is_empty() {
+            ranges.push((200, 200));
+        }
+        HealthCheckKind::Http {
+            path: p,
+            host: http.host.clone(),
+            expected_statuses: ranges,
+        }
+    } else if h.tcp.is_some() {
+        HealthCheckKind::Tcp
+    } else {
+        let g = h.grpc.as_ref()?;
+        HealthCheckKind::Grpc {
+            service_name: g.service_name.clone().unwrap_or_default(),
+            authority: g.authority.clone(),
+        }
+    };
+    Some(HealthCheck {
+        interval,
+        interval_jitter: cx
+            .dur(&format!("{path}.interval_jitter"), &h.interval_jitter)
+            .unwrap_or(Duration::ZERO),
+        timeout,
+        healthy_threshold: cx.u32_in(&format!("{path}.healthy_threshold"), h.healthy_threshold, 1, 1000, 1),
+        unhealthy_threshold: cx.u32_in(
+            &format!("{path}.unhealthy_threshold"),
+            h.unhealthy_threshold,
+            1,
+            1000,
+            3,
+        ),
+        kind,
+    })
+}
+
+fn subsets(cx: &mut Ctx, path: &str, s: &RawSubsets) -> Subsets {
+    let fallback_policy = match s.fallback_policy.as_deref() {
+        None | Some("any_endpoint") => SubsetFallback::AnyEndpoint,
+        Some("no_fallback") => SubsetFallback::NoFallback,
+        Some("default_subset") => SubsetFallback::DefaultSubset,
+        Some(o) => {
+            cx.err(
+                &format!("{path}.fallback_policy"),
+                format!("unknown value \"{o}\" (no_fallback, any_endpoint, default_subset)"),
+            );
+            SubsetFallback::AnyEndpoint
+        }
+    };
+    if fallback_policy == SubsetFallback::DefaultSubset && s.default_subset.is_empty() {
+        cx.err(
+            &format!("{path}.default_subset"),
+            "is required with fallback_policy: default_subset",
+        );
+    }
+    let tag_header = s
+        .tag_header
+        .as_ref()
+        .map(|h| cx.header_name(&format!("{path}.tag_header"), h));
+    Subsets {
+        fallback_policy,
+        default_subset: s.default_subset.clone(),
+        tag_header,
+        tag_label: s.tag_label.clone().unwrap_or_else(|| "tag".into()),
+    }
 }
 
 fn is_prime(n: u64) -> bool {

@@ -102,9 +102,8 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                 .iter()
                 .map(|n| {
                     let c = &snap.clusters[n];
-                    let hosts: Vec<_> = c
-                        .hosts
-                        .load()
+                    let set = c.hosts.load();
+                    let hosts: Vec<_> = set
                         .hosts
                         .iter()
                         .map(|h| {
@@ -112,6 +111,12 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                                 "address": h.address.to_string(),
                                 "weight": h.weight,
                                 "healthy": h.healthy.load(Ordering::Relaxed),
+                                "ejected": h.outlier.ejected.load(Ordering::Relaxed),
+                                "eligible": crate::hostset::is_eligible(h),
+                                "outlier_ejections": h.outlier.ejections.load(Ordering::Relaxed),
+                                "health_checks": { "passed": h.hc.checks_ok.load(Ordering::Relaxed), "failed": h.hc.checks_failed.load(Ordering::Relaxed) },
+                                "priority": h.priority,
+                                "labels": h.labels,
                                 "locality": { "region": h.locality.region, "zone": h.locality.zone, "sub_zone": h.locality.sub_zone },
                                 "active_requests": h.active_rq.load(Ordering::Relaxed),
                                 "requests": h.rq_total.load(Ordering::Relaxed),
@@ -126,6 +131,8 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                         "protocol": c.config.protocol,
                         "active_requests": c.active_rq.load(Ordering::Relaxed),
                         "active_connections": c.connections(),
+                        "eligible_hosts": set.eligible,
+                        "panic": set.panic,
                         "hosts": hosts,
                     })
                 })

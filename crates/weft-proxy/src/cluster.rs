@@ -2,20 +2,20 @@
 //! pools, and circuit-breaker counters.
 
 use crate::body::UpBody;
+use crate::hostset::{HostSet, Labels};
 use crate::stats::ClusterStats;
 use arc_swap::ArcSwap;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use weft_config::{Cluster, Discovery, EndpointAddress, LbPolicy, UpstreamProtocol};
-use weft_lb::{Balancer, HostInfo};
+use weft_config::{Cluster, Discovery, Endpoint, EndpointAddress, Locality, UpstreamProtocol};
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -35,12 +35,17 @@ fn worker_slot(slots: usize) -> usize {
 pub struct Host {
     pub address: SocketAddr,
     pub weight: u32,
+    pub priority: u32,
     pub locality: weft_config::Locality,
+    pub labels: BTreeMap<String, String>,
     pub active_rq: AtomicU32,
     pub rq_total: AtomicU64,
     pub rq_error: AtomicU64,
     pub cx_connect_fail: AtomicU64,
+    /// Active health-check verdict (true when no checks are configured).
     pub healthy: AtomicBool,
+    pub hc: crate::health::HealthState,
+    pub outlier: crate::outlier::OutlierState,
     pools: Box<[WorkerPool]>,
 }
 
@@ -58,56 +63,26 @@ struct IdleH1 {
 }
 
 impl Host {
-    fn new(address: SocketAddr, weight: u32, locality: weft_config::Locality, slots: usize) -> Host {
+    fn new(address: SocketAddr, e: Option<&Endpoint>, slots: usize) -> Host {
         Host {
             address,
-            weight,
-            locality,
+            weight: e.map_or(1, |e| e.weight),
+            priority: e.map_or(0, |e| e.priority),
+            locality: e.map(|e| e.locality.clone()).unwrap_or_default(),
+            labels: e.map(|e| e.labels.clone()).unwrap_or_default(),
             active_rq: AtomicU32::new(0),
             rq_total: AtomicU64::new(0),
             rq_error: AtomicU64::new(0),
             cx_connect_fail: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            hc: Default::default(),
+            outlier: Default::default(),
             pools: (0..slots).map(|_| WorkerPool::default()).collect(),
         }
     }
-}
 
-/// The eligible hosts and the balancer built over them.
-pub struct HostSet {
-    pub hosts: Vec<Arc<Host>>,
-    balancer: Balancer,
-}
-
-impl HostSet {
-    fn new(policy: &LbPolicy, hosts: Vec<Arc<Host>>) -> HostSet {
-        let info: Vec<HostInfo> = hosts
-            .iter()
-            .map(|h| HostInfo {
-                key: h.address.to_string(),
-                weight: h.weight,
-            })
-            .collect();
-        HostSet {
-            balancer: Balancer::new(&lb_policy(policy), &info),
-            hosts,
-        }
-    }
-}
-
-fn lb_policy(p: &LbPolicy) -> weft_lb::LbPolicy {
-    match *p {
-        LbPolicy::RoundRobin => weft_lb::LbPolicy::RoundRobin,
-        LbPolicy::LeastRequest { choice_count } => weft_lb::LbPolicy::LeastRequest { choice_count },
-        LbPolicy::Random => weft_lb::LbPolicy::Random,
-        LbPolicy::RingHash {
-            min_ring_size,
-            max_ring_size,
-        } => weft_lb::LbPolicy::RingHash {
-            min_ring_size,
-            max_ring_size,
-        },
-        LbPolicy::Maglev { table_size } => weft_lb::LbPolicy::Maglev { table_size },
+    fn same_endpoint(&self, e: &Endpoint) -> bool {
+        self.weight == e.weight && self.priority == e.priority && self.locality == e.locality && self.labels == e.labels
     }
 }
 
@@ -143,6 +118,10 @@ pub struct ClusterRt {
     conn_released: Notify,
     original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
     slots: usize,
+    /// Where this proxy runs, for locality-aware routing.
+    local: Locality,
+    /// Serialises host-set rebuilds (health, ejection, DNS) so none is lost.
+    rebuild_lock: Mutex<()>,
 }
 
 /// Keeps a request counted against the cluster and its host until dropped.
@@ -198,36 +177,41 @@ impl PooledH1 {
 }
 
 impl ClusterRt {
-    pub fn new(config: Cluster, stats: ClusterStats, slots: usize, previous: Option<&ClusterRt>) -> ClusterRt {
-        // Keep hosts (and their warm pools) that survive a reload with the same address and weight.
+    pub fn new(
+        config: Cluster,
+        stats: ClusterStats,
+        slots: usize,
+        local: Locality,
+        previous: Option<&ClusterRt>,
+    ) -> ClusterRt {
+        // Keep hosts (their warm pools and health) that survive a reload unchanged.
         let mut old: HashMap<SocketAddr, Arc<Host>> = HashMap::new();
         if let Some(p) = previous {
             for h in &p.hosts.load().hosts {
                 old.insert(h.address, h.clone());
             }
         }
-        let hosts = config
-            .endpoints
-            .iter()
-            .filter_map(|e| match &e.address {
-                EndpointAddress::Socket(a) => Some(match old.get(a) {
-                    Some(h) if h.weight == e.weight && h.locality == e.locality => h.clone(),
-                    _ => Arc::new(Host::new(*a, e.weight, e.locality.clone(), slots)),
-                }),
-                EndpointAddress::Dns { .. } => None,
-            })
-            .collect();
-        // DNS clusters start with what the previous incarnation had resolved, then refresh.
         let hosts = if matches!(config.discovery, Discovery::StrictDns { .. }) {
+            // DNS clusters start with what the previous incarnation had resolved, then refresh.
             previous
                 .filter(|p| p.config.endpoints == config.endpoints)
                 .map(|p| p.hosts.load().hosts.clone())
                 .unwrap_or_default()
         } else {
-            hosts
+            config
+                .endpoints
+                .iter()
+                .filter_map(|e| match &e.address {
+                    EndpointAddress::Socket(a) => Some(match old.get(a) {
+                        Some(h) if h.same_endpoint(e) => h.clone(),
+                        _ => Arc::new(Host::new(*a, Some(e), slots)),
+                    }),
+                    EndpointAddress::Dns { .. } => None,
+                })
+                .collect()
         };
         ClusterRt {
-            hosts: ArcSwap::from_pointee(HostSet::new(&config.lb_policy, hosts)),
+            hosts: ArcSwap::from_pointee(HostSet::new(&config, &local, hosts)),
             config,
             stats,
             active_rq: AtomicU32::new(0),
@@ -237,31 +221,37 @@ impl ClusterRt {
             conn_released: Notify::new(),
             original_dst: Mutex::new(HashMap::new()),
             slots,
+            local,
+            rebuild_lock: Mutex::new(()),
         }
+    }
+
+    /// Recomputes eligibility and load spread after a health, ejection or membership change.
+    pub fn rebuild_hosts(&self) {
+        let _serial = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let hosts = self.hosts.load().hosts.clone();
+        self.replace_hosts(hosts);
+    }
+
+    fn replace_hosts(&self, hosts: Vec<Arc<Host>>) {
+        let set = HostSet::new(&self.config, &self.local, hosts);
+        self.stats.hosts_eligible.set(set.eligible as i64);
+        self.stats.panic.set(set.panic as i64);
+        self.hosts.store(Arc::new(set));
     }
 
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
-    /// Picks a host. `hash` feeds ring hash / maglev; `exclude` avoids a host already tried when others exist.
-    pub fn pick(&self, hash: Option<u64>, exclude: Option<&Arc<Host>>) -> Option<Arc<Host>> {
+    /// Picks a host. `hash` feeds ring hash / maglev; `exclude` avoids a host already tried when
+    /// others exist; `subset` restricts the pick to hosts carrying those labels.
+    pub fn pick(&self, hash: Option<u64>, exclude: Option<&Arc<Host>>, subset: Option<&Labels>) -> Option<Arc<Host>> {
         let set = self.hosts.load();
-        let active = |i: usize| set.hosts[i].active_rq.load(Ordering::Relaxed);
-        let i = set.balancer.pick(hash, &active)?;
-        let h = &set.hosts[i];
-        if let Some(ex) = exclude {
-            if Arc::ptr_eq(h, ex) && set.hosts.len() > 1 {
-                // One more pick (different for RR/random; consistent hashing moves to the next host).
-                let j = set
-                    .balancer
-                    .pick(hash.map(|h| h.wrapping_add(0x9e37_79b9_7f4a_7c15)), &active)
-                    .unwrap_or(i);
-                let j = if j == i { (i + 1) % set.hosts.len() } else { j };
-                return Some(set.hosts[j].clone());
-            }
+        match subset {
+            Some(want) => set.pick_subset(want, hash, exclude),
+            None => set.pick(hash, exclude),
         }
-        Some(h.clone())
     }
 
     /// The host for an original-destination address, created on first use.
@@ -272,21 +262,18 @@ impl ClusterRt {
             map.retain(|_, h| h.active_rq.load(Ordering::Relaxed) > 0);
         }
         map.entry(addr)
-            .or_insert_with(|| Arc::new(Host::new(addr, 1, Default::default(), self.slots)))
+            .or_insert_with(|| Arc::new(Host::new(addr, None, self.slots)))
             .clone()
     }
 
-    /// Replaces the host set (DNS refresh), keeping hosts whose address is unchanged.
+    /// Replaces the members (DNS refresh), keeping hosts whose address is unchanged.
     pub fn set_addresses(&self, addrs: &[SocketAddr]) {
+        let _serial = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.hosts.load();
-        let mut same = current.hosts.len() == addrs.len();
-        if same {
-            same = addrs.iter().all(|a| current.hosts.iter().any(|h| h.address == *a));
-        }
-        if same {
+        if current.hosts.len() == addrs.len() && addrs.iter().all(|a| current.hosts.iter().any(|h| h.address == *a)) {
             return;
         }
-        let weight = self.config.endpoints.first().map(|e| e.weight).unwrap_or(1);
+        let template = self.config.endpoints.first();
         let hosts = addrs
             .iter()
             .map(|a| {
@@ -295,10 +282,11 @@ impl ClusterRt {
                     .iter()
                     .find(|h| h.address == *a)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Host::new(*a, weight, Default::default(), self.slots)))
+                    .unwrap_or_else(|| Arc::new(Host::new(*a, template, self.slots)))
             })
             .collect();
-        self.hosts.store(Arc::new(HostSet::new(&self.config.lb_policy, hosts)));
+        drop(current);
+        self.replace_hosts(hosts);
     }
 
     /// Counts a request against the cluster's `max_requests`; `None` means overflow.

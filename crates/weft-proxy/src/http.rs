@@ -10,6 +10,7 @@ use crate::body::{DownBody, StreamEnd, UpBody};
 use crate::cluster::{ActiveRequest, ClusterRt, ConnectError, Host};
 use crate::flags::{Reason, OVERFLOW_HEADER, REASON_HEADER};
 use crate::h1_framing::{FramingTracker, Sniffed};
+use crate::outlier::Outcome;
 use crate::router::{RouteEntry, RouteTable, VirtualHostEntry};
 use crate::server::{ListenerRt, LocalReplyCounters, Shared};
 use crate::stats::{ListenerStats, Metrics};
@@ -710,6 +711,20 @@ async fn forward(
     } else {
         compute_hash(&action.hash_policy, &req, ctx.peer)
     };
+    // Subset routing: the tag header's value selects hosts labelled with it; untagged requests go to
+    // the default subset when one is configured.
+    let subset: Option<crate::hostset::Labels> = cluster.config.subsets.as_ref().and_then(|s| {
+        let tagged = s
+            .tag_header
+            .as_ref()
+            .and_then(|h| req.headers().get(h.as_str()))
+            .and_then(|v| v.to_str().ok());
+        match tagged {
+            Some(v) => Some([(s.tag_label.clone(), v.to_string())].into_iter().collect()),
+            None if !s.default_subset.is_empty() => Some(s.default_subset.clone()),
+            None => None,
+        }
+    });
     let original_dst = if matches!(cluster.config.discovery, Discovery::OriginalDst) {
         let from_header = req
             .headers()
@@ -881,7 +896,7 @@ async fn forward(
         }
         let host = match original_dst {
             Some(a) => cluster.original_dst_host(a),
-            None => match cluster.pick(hash, last_host.as_ref()) {
+            None => match cluster.pick(hash, last_host.as_ref(), subset.as_ref()) {
                 Some(h) => h,
                 None => {
                     return (
@@ -961,6 +976,7 @@ async fn forward(
             Ok((resp, pooled)) => {
                 let status = resp.status().as_u16();
                 let up_elapsed = try_start.elapsed();
+                cluster.report(&host, Outcome::Status(status));
                 cluster.stats.record(status, up_elapsed);
                 if status >= 500 {
                     host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -1001,6 +1017,9 @@ async fn forward(
             }
             Err(e) => {
                 host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !matches!(e, TryError::Connect(ConnectError::Overflow)) {
+                    cluster.report(&host, Outcome::LocalFailure);
+                }
                 if matches!(e, TryError::Timeout) {
                     cluster.stats.rq_timeout.inc();
                 }

@@ -170,6 +170,7 @@ impl Server {
             snapshot: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
                 config: Arc::new(Config {
+                    node: config.node.clone(),
                     admin: None,
                     runtime: config.runtime.clone(),
                     listeners: vec![],
@@ -281,21 +282,20 @@ impl Server {
         let slots_n = shared.workers + 1;
 
         let mut clusters = HashMap::new();
-        let mut new_dns = Vec::new();
+        let mut new_clusters = Vec::new();
         for c in &config.clusters {
             let prev = old.clusters.get(&c.name);
             let rt = match prev {
-                Some(p) if p.config == *c => p.clone(),
+                Some(p) if p.config == *c && old.config.node == config.node => p.clone(),
                 _ => {
                     let rt = Arc::new(ClusterRt::new(
                         c.clone(),
                         shared.metrics.cluster(&c.name),
                         slots_n,
+                        config.node.locality.clone(),
                         prev.map(|p| p.as_ref()),
                     ));
-                    if matches!(c.discovery, weft_config::Discovery::StrictDns { .. }) {
-                        new_dns.push(Arc::downgrade(&rt));
-                    }
+                    new_clusters.push(Arc::downgrade(&rt));
                     rt
                 }
             };
@@ -391,8 +391,18 @@ impl Server {
             );
         }
         drop(slots);
-        for w in new_dns {
-            self.control.spawn(cluster::refresh_dns(w));
+        // Background work for new clusters; each task ends when its cluster is dropped.
+        for w in new_clusters {
+            let Some(c) = w.upgrade() else { continue };
+            if matches!(c.config.discovery, weft_config::Discovery::StrictDns { .. }) {
+                self.control.spawn(cluster::refresh_dns(w.clone()));
+            }
+            if c.config.outlier_detection.is_some() {
+                self.control.spawn(crate::outlier::run(w.clone()));
+            }
+            for i in 0..c.config.health_checks.len() {
+                self.control.spawn(crate::health::run(w.clone(), i));
+            }
         }
         tracing::debug!(generation, "configuration applied");
         Ok(())

@@ -88,6 +88,12 @@ pub struct Metrics {
     upstream_rq_overflow: Family<ClusterLabel, Counter>,
     upstream_cx_tx_bytes: Family<ClusterLabel, Counter>,
     upstream_cx_rx_bytes: Family<ClusterLabel, Counter>,
+    upstream_hosts_eligible: Family<ClusterLabel, Gauge>,
+    upstream_panic: Family<ClusterLabel, Gauge>,
+    outlier_ejections: Family<ClusterLabel, Counter>,
+    outlier_overflow: Family<ClusterLabel, Counter>,
+    hc_success: Family<ClusterLabel, Counter>,
+    hc_failure: Family<ClusterLabel, Counter>,
     route_rq_total: Family<RouteClassLabel, Counter>,
     route_rq_time: HistFamily<RouteLabel>,
     pub config_reloads: Counter,
@@ -123,6 +129,12 @@ impl Metrics {
             upstream_rq_overflow: Family::default(),
             upstream_cx_tx_bytes: Family::default(),
             upstream_cx_rx_bytes: Family::default(),
+            upstream_hosts_eligible: Family::default(),
+            upstream_panic: Family::default(),
+            outlier_ejections: Family::default(),
+            outlier_overflow: Family::default(),
+            hc_success: Family::default(),
+            hc_failure: Family::default(),
             route_rq_total: Family::default(),
             route_rq_time: Family::new_with_constructor(latency_histogram),
             config_reloads: Counter::default(),
@@ -300,6 +312,12 @@ impl Metrics {
             rq_overflow: self.upstream_rq_overflow.get_or_create(&l).clone(),
             tx_bytes: self.upstream_cx_tx_bytes.get_or_create(&l).clone(),
             rx_bytes: self.upstream_cx_rx_bytes.get_or_create(&l).clone(),
+            hosts_eligible: self.upstream_hosts_eligible.get_or_create(&l).clone(),
+            panic: self.upstream_panic.get_or_create(&l).clone(),
+            outlier_ejections: self.outlier_ejections.get_or_create(&l).clone(),
+            outlier_overflow: self.outlier_overflow.get_or_create(&l).clone(),
+            hc_success: self.hc_success.get_or_create(&l).clone(),
+            hc_failure: self.hc_failure.get_or_create(&l).clone(),
         }
     }
 
@@ -354,6 +372,12 @@ pub struct ClusterStats {
     pub rq_overflow: Counter,
     pub tx_bytes: Counter,
     pub rx_bytes: Counter,
+    pub hosts_eligible: Gauge,
+    pub panic: Gauge,
+    pub outlier_ejections: Counter,
+    pub outlier_overflow: Counter,
+    pub hc_success: Counter,
+    pub hc_failure: Counter,
 }
 
 impl ClusterStats {

@@ -82,7 +82,7 @@ pub async fn serve_connection(
                 flag = "UH";
                 break;
             }
-            _ => match cluster.pick(hash, tried.as_ref()) {
+            _ => match cluster.pick(hash, tried.as_ref(), None) {
                 Some(h) => h,
                 None => {
                     flag = "UH";
@@ -96,12 +96,16 @@ pub async fn serve_connection(
         };
         match cluster.connect_raw(&host).await {
             Ok((s, guard)) => {
+                cluster.report(&host, crate::outlier::Outcome::Status(200));
                 connected = Some((s, guard, host, active));
                 break;
             }
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name(), host = %host.address, error = %e, "TCP upstream connect failed");
                 host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if !matches!(e, crate::cluster::ConnectError::Overflow) {
+                    cluster.report(&host, crate::outlier::Outcome::LocalFailure);
+                }
                 flag = if matches!(e, crate::cluster::ConnectError::Overflow) {
                     "UO"
                 } else {
