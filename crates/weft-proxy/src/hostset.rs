@@ -106,9 +106,8 @@ pub fn is_eligible(h: &Host) -> bool {
 }
 
 fn distance(local: &Locality, h: &Locality) -> u8 {
-    if local.region.is_empty() && local.zone.is_empty() {
-        0
-    } else if h.region == local.region && h.zone == local.zone {
+    let unknown = local.region.is_empty() && local.zone.is_empty();
+    if unknown || (h.region == local.region && h.zone == local.zone) {
         0
     } else if h.region == local.region {
         1
@@ -125,7 +124,9 @@ impl HostSet {
             && (n_eligible == 0 || (n_eligible as f64) * 100.0 / (hosts.len() as f64) < cfg.healthy_panic_threshold);
 
         // Group by (priority, distance).
-        let mut groups: BTreeMap<(u32, u8), (usize, Vec<Arc<Host>>)> = BTreeMap::new();
+        // (priority, distance) -> (members, eligible members)
+        type Groups = BTreeMap<(u32, u8), (usize, Vec<Arc<Host>>)>;
+        let mut groups: Groups = BTreeMap::new();
         for h in &hosts {
             let d = if cfg.locality_aware {
                 distance(local, &h.locality)
