@@ -210,8 +210,11 @@ impl ClusterRt {
                 })
                 .collect()
         };
+        let set = HostSet::new(&config, &local, hosts);
+        stats.hosts_eligible.set(set.eligible as i64);
+        stats.panic.set(set.panic as i64);
         ClusterRt {
-            hosts: ArcSwap::from_pointee(HostSet::new(&config, &local, hosts)),
+            hosts: ArcSwap::from_pointee(set),
             config,
             stats,
             active_rq: AtomicU32::new(0),

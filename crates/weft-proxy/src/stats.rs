@@ -227,6 +227,36 @@ impl Metrics {
             m.upstream_cx_rx_bytes.clone(),
         );
         r.register(
+            "upstream_hosts_eligible",
+            "Hosts passing health checks and not ejected",
+            m.upstream_hosts_eligible.clone(),
+        );
+        r.register(
+            "upstream_panic",
+            "1 while the cluster is in panic mode (health ignored)",
+            m.upstream_panic.clone(),
+        );
+        r.register(
+            "outlier_ejections",
+            "Hosts ejected by outlier detection",
+            m.outlier_ejections.clone(),
+        );
+        r.register(
+            "outlier_ejections_overflow",
+            "Ejections skipped because max_ejection_percent was reached",
+            m.outlier_overflow.clone(),
+        );
+        r.register(
+            "health_check_success",
+            "Active health checks that passed",
+            m.hc_success.clone(),
+        );
+        r.register(
+            "health_check_failure",
+            "Active health checks that failed",
+            m.hc_failure.clone(),
+        );
+        r.register(
             "route_rq",
             "Requests per route by response class",
             m.route_rq_total.clone(),
