@@ -54,7 +54,7 @@ impl Upstream {
             .expect("a request reached the upstream")
     }
 
-    /// Stops accepting and closes the listener.
+    /// Stops like a killed process: closes the listener and every open connection.
     pub fn stop(&mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -101,14 +101,18 @@ where
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
     let (s2, h2, c2) = (seen.clone(), hits.clone(), connections.clone());
     tokio::spawn(async move {
+        // Connection tasks live in this set: stopping the upstream aborts them, closing every
+        // connection, as a killed process would.
+        let mut conns = tokio::task::JoinSet::new();
         loop {
             let (stream, _) = tokio::select! {
                 r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                 _ = &mut rx => return,
+                Some(_) = conns.join_next(), if !conns.is_empty() => continue,
             };
             c2.fetch_add(1, Ordering::SeqCst);
             let (seen, hits, f) = (s2.clone(), h2.clone(), f.clone());
-            tokio::spawn(async move {
+            conns.spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let (seen, hits, f) = (seen.clone(), hits.clone(), f.clone());
                     async move {
