@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -15,9 +17,10 @@ use tokio::net::TcpStream;
 
 use crate::parse::Protocol;
 use crate::stats::ErrorKind;
+use crate::tls::{Negotiated, Stream, TlsClient};
 
 type H1Sender = http1::SendRequest<Full<Bytes>>;
-type H1Conn = Pin<Box<http1::Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
+type H1Conn = Pin<Box<http1::Connection<TokioIo<Stream>, Full<Bytes>>>>;
 type H2Sender = http2::SendRequest<Full<Bytes>>;
 
 /// Everything needed to build requests; built once, cloned cheaply per request.
@@ -29,6 +32,8 @@ pub(crate) struct RequestTemplate {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// TLS client for `https://` targets.
+    pub tls: Option<Arc<TlsClient>>,
 }
 
 impl RequestTemplate {
@@ -58,6 +63,19 @@ async fn connect_tcp(addr: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(stream)
 }
 
+/// TCP connect, then the TLS handshake for TLS targets (timed and counted
+/// by the [`TlsClient`]). Either failing is a connect error.
+async fn connect(tpl: &RequestTemplate) -> Result<Stream, ErrorKind> {
+    let tcp = connect_tcp(tpl.addr).await.map_err(|_| ErrorKind::Connect)?;
+    match &tpl.tls {
+        None => Ok(Stream::Plain(tcp)),
+        Some(tls) => match tls.connect(tcp).await {
+            Ok(s) => Ok(Stream::Tls(Box::new(s))),
+            Err(_) => Err(ErrorKind::Connect),
+        },
+    }
+}
+
 /// An HTTP/1.1 connection whose I/O is driven inside the worker's own task
 /// (no separate connection task, so no cross-task wake-up per request).
 pub(crate) struct H1 {
@@ -65,8 +83,8 @@ pub(crate) struct H1 {
     conn: Option<H1Conn>,
 }
 
-async fn connect_h1(addr: SocketAddr) -> Result<H1, ErrorKind> {
-    let stream = connect_tcp(addr).await.map_err(|_| ErrorKind::Connect)?;
+async fn connect_h1(tpl: &RequestTemplate) -> Result<H1, ErrorKind> {
+    let stream = connect(tpl).await?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -116,8 +134,8 @@ impl H1 {
     }
 }
 
-async fn connect_h2(addr: SocketAddr) -> Result<H2Sender, ErrorKind> {
-    let stream = connect_tcp(addr).await.map_err(|_| ErrorKind::Connect)?;
+async fn connect_h2(tpl: &RequestTemplate) -> Result<H2Sender, ErrorKind> {
+    let stream = connect(tpl).await?;
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
@@ -130,25 +148,29 @@ async fn connect_h2(addr: SocketAddr) -> Result<H2Sender, ErrorKind> {
     Ok(sender)
 }
 
-/// Connect once, to check the target is reachable before a run.
-pub(crate) async fn probe(tpl: &RequestTemplate) -> Result<(), String> {
-    match tpl.protocol {
-        Protocol::Http1 | Protocol::Tcp => connect_tcp(tpl.addr)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("cannot connect to {}: {e}", tpl.addr)),
-        Protocol::Http2 | Protocol::Grpc => {
-            let stream = connect_tcp(tpl.addr)
-                .await
-                .map_err(|e| format!("cannot connect to {}: {e}", tpl.addr))?;
-            let (_sender, conn) = http2::Builder::new(TokioExecutor::new())
-                .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("HTTP/2 handshake with {} failed: {e}", tpl.addr))?;
-            drop(conn);
-            Ok(())
-        }
+/// Connect once, to check the target is reachable before a run. For a TLS
+/// target this is a full handshake (not counted in the statistics), whose
+/// outcome — ALPN protocol and TLS version — is returned.
+pub(crate) async fn probe(
+    addr: SocketAddr,
+    protocol: Protocol,
+    tls: Option<&TlsClient>,
+) -> Result<Option<Negotiated>, String> {
+    let tcp = connect_tcp(addr)
+        .await
+        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+    if let Some(tls) = tls {
+        let (_stream, negotiated) = tls.probe(addr, tcp).await?;
+        return Ok(Some(negotiated));
     }
+    if let Protocol::Http2 | Protocol::Grpc = protocol {
+        let (_sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with {addr} failed: {e}"))?;
+        drop(conn);
+    }
+    Ok(None)
 }
 
 /// An HTTP/2 connection shared by several stream workers.
@@ -157,13 +179,16 @@ pub(crate) struct H2Shared {
 }
 
 impl H2Shared {
-    pub async fn connect(addr: SocketAddr) -> H2Shared {
+    /// Open the connection (within `timeout`); on failure the first request
+    /// reconnects and counts the error.
+    pub async fn connect(tpl: &RequestTemplate, timeout: Duration) -> H2Shared {
+        let sender = tokio::time::timeout(timeout, connect_h2(tpl)).await;
         H2Shared {
-            slot: tokio::sync::Mutex::new(connect_h2(addr).await.ok()),
+            slot: tokio::sync::Mutex::new(sender.ok().and_then(Result::ok)),
         }
     }
 
-    async fn sender(&self, addr: SocketAddr) -> Result<H2Sender, ErrorKind> {
+    async fn sender(&self, tpl: &RequestTemplate) -> Result<H2Sender, ErrorKind> {
         let mut slot = self.slot.lock().await;
         if let Some(s) = slot.as_ref() {
             if !s.is_closed() {
@@ -171,7 +196,7 @@ impl H2Shared {
             }
         }
         *slot = None;
-        let s = connect_h2(addr).await?;
+        let s = connect_h2(tpl).await?;
         *slot = Some(s.clone());
         Ok(s)
     }
@@ -191,8 +216,11 @@ pub(crate) enum Client<'a> {
 }
 
 impl<'a> Client<'a> {
-    pub async fn new_h1(addr: SocketAddr) -> Client<'a> {
-        Client::H1(connect_h1(addr).await.ok())
+    /// Open an HTTP/1.1 connection (within `timeout`); on failure the first
+    /// request reconnects and counts the error.
+    pub async fn new_h1(tpl: &RequestTemplate, timeout: Duration) -> Client<'a> {
+        let conn = tokio::time::timeout(timeout, connect_h1(tpl)).await;
+        Client::H1(conn.ok().and_then(Result::ok))
     }
 
     pub fn new_h2(shared: &'a H2Shared) -> Client<'a> {
@@ -224,7 +252,7 @@ impl<'a> Client<'a> {
                 // meanwhile; that is not this request's fault, so reconnect.
                 if slot.as_mut().is_none_or(|c| c.check_closed()) {
                     *slot = None;
-                    *slot = Some(connect_h1(tpl.addr).await?);
+                    *slot = Some(connect_h1(tpl).await?);
                 }
                 let conn = slot.as_mut().expect("connected");
                 let result = conn.exec(tpl).await;
@@ -236,7 +264,7 @@ impl<'a> Client<'a> {
             Client::H2 { shared, sender } => {
                 if sender.as_ref().is_none_or(|s| s.is_closed()) {
                     *sender = None;
-                    *sender = Some(shared.sender(tpl.addr).await?);
+                    *sender = Some(shared.sender(tpl).await?);
                 }
                 let s = sender.as_mut().expect("connected");
                 if s.ready().await.is_err() {

@@ -1,6 +1,20 @@
 //! `weft bench`: an open-loop (and closed-loop) load generator for HTTP/1.1,
-//! h2c, gRPC unary and raw TCP echo targets, with latency measured from each
-//! request's scheduled send time (coordinated-omission correction).
+//! h2c, gRPC unary and raw TCP echo targets, and for HTTP/1.1, HTTP/2 and
+//! gRPC over TLS (`https://`), with latency measured from each request's
+//! scheduled send time (coordinated-omission correction).
+//!
+//! TLS targets: the protocol is chosen by ALPN — `h2` and `http/1.1` are
+//! offered (only `h2` with `--h2` or `--grpc-method`, only `http/1.1` with
+//! `--http1`) — and the report's `protocol` is what the server selected.
+//! The server is verified against the roots of `--cacert FILE`; there are no
+//! built-in roots, so without `--cacert` the run needs `--insecure` (no
+//! verification at all; for benchmarks against test servers only). `--sni
+//! NAME` replaces the URL host as the server name sent and verified. A
+//! failing handshake (bad certificate, wrong name, no common ALPN protocol)
+//! stops the run before it starts, like an unreachable target; handshakes
+//! that fail later, on reconnects, count as connect errors. The report's
+//! `tls` field has the TLS version, the selected ALPN protocol and the
+//! handshake times of the run's new connections.
 //!
 //! Entry points: [`run`] for the CLI, [`run_bench`] / [`run_blocking`] for
 //! programmatic use.
@@ -21,13 +35,16 @@ mod output;
 pub mod parse;
 pub mod schedule;
 mod stats;
+mod tls;
 
 pub use parse::{parse_duration, parse_header, parse_target, HeaderArg, Protocol, Target};
 pub use schedule::Schedule;
 pub use stats::{ErrorCounts, LatencySummary, Report, StatusClasses};
 
 use client::{Client, H2Shared, RequestTemplate};
+pub use stats::TlsReport;
 use stats::{ConnStats, ErrorKind};
+use tls::{Negotiated, TlsClient, Trust, ALPN_H2, ALPN_HTTP1};
 
 /// Default run length when neither `--duration` nor `--requests` is given.
 const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -42,8 +59,9 @@ const TIMER_SLACK: Duration = Duration::from_millis(1);
 /// Arguments of `weft bench`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Target: http://host:port/path, h2c://host:port/path or tcp://host:port
-    /// (https:// is not supported yet).
+    /// Target: http://host:port/path, https://host:port/path,
+    /// h2c://host:port/path or tcp://host:port. https:// uses HTTP/1.1 or
+    /// HTTP/2 as chosen by ALPN, and needs --cacert or --insecure.
     pub url: String,
 
     /// Number of connections to keep open.
@@ -96,11 +114,34 @@ pub struct BenchArgs {
     #[arg(long)]
     pub threads: Option<usize>,
 
-    /// Use HTTP/2 with prior knowledge (h2c) for http:// targets.
+    /// Use HTTP/2 with prior knowledge (h2c) for http:// targets; offer
+    /// only h2 by ALPN for https:// targets.
     #[arg(long)]
     pub h2: bool,
 
-    /// gRPC unary mode: full method path, e.g. /pkg.Service/Method.
+    /// Offer only http/1.1 by ALPN for https:// targets (HTTP/1.1 is already
+    /// the default for http:// targets).
+    #[arg(long)]
+    pub http1: bool,
+
+    /// https:// only: PEM file of root certificates to verify the server
+    /// against (there are no built-in roots).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+
+    /// https:// only: do not verify the server's certificate at all
+    /// (benchmarks against test servers only: the connection is encrypted
+    /// but not authenticated).
+    #[arg(long)]
+    pub insecure: bool,
+
+    /// https:// only: server name to send (SNI) and verify, instead of the
+    /// URL host.
+    #[arg(long, value_name = "NAME")]
+    pub sni: Option<String>,
+
+    /// gRPC unary mode: full method path, e.g. /pkg.Service/Method. Over
+    /// TLS (offering only h2 by ALPN) with an https:// target.
     #[arg(long)]
     pub grpc_method: Option<String>,
 
@@ -139,8 +180,8 @@ impl BenchArgs {
 }
 
 /// Run `weft bench` as a command: builds its own runtime, prints the report
-/// and returns the exit code (0 when the run completed, 2 on bad arguments or
-/// an unreachable target).
+/// and returns the exit code (0 when the run completed, 2 on bad arguments,
+/// an unreachable target or a failed TLS handshake).
 pub fn run(args: BenchArgs) -> i32 {
     match run_blocking(&args) {
         Ok(report) => {
@@ -204,28 +245,124 @@ struct Shared {
 struct Plan {
     target: Target,
     addr: SocketAddr,
+    tls: Option<TlsPlan>,
     streams: usize,
     warmup: Duration,
     duration: Option<Duration>,
     rate: Option<f64>,
 }
 
+/// TLS settings of an `https://` run.
+struct TlsPlan {
+    trust: Trust,
+    server_name: String,
+    /// ALPN protocols to offer, most preferred first.
+    alpn: Vec<&'static [u8]>,
+}
+
+/// Streams per connection for `protocol`.
+fn streams_for(protocol: Protocol, streams: usize, tls: bool) -> Result<usize, String> {
+    match protocol {
+        Protocol::Http2 | Protocol::Grpc => Ok(streams),
+        Protocol::Http1 | Protocol::Tcp if streams > 1 => Err(if tls {
+            "--streams > 1 needs HTTP/2 or gRPC, but HTTP/1.1 is used over TLS (the server chose it by ALPN, or --http1)"
+                .to_string()
+        } else {
+            "--streams > 1 needs HTTP/2 or gRPC (use --h2)".to_string()
+        }),
+        Protocol::Http1 | Protocol::Tcp => Ok(1),
+    }
+}
+
+fn validate_tls(cfg: &BenchArgs, target: &Target) -> Result<Option<TlsPlan>, String> {
+    if cfg.h2 && cfg.http1 {
+        return Err("--h2 and --http1 cannot be used together".to_string());
+    }
+    if cfg.http1 && target.protocol != Protocol::Http1 {
+        return Err(match target.protocol {
+            Protocol::Grpc => "--http1 cannot be used with gRPC, which needs HTTP/2".to_string(),
+            Protocol::Tcp => "--http1 cannot be used with a tcp:// target".to_string(),
+            _ => "--http1 cannot be used with an h2c:// target".to_string(),
+        });
+    }
+    if !target.tls {
+        if cfg.insecure || cfg.cacert.is_some() || cfg.sni.is_some() {
+            return Err("--cacert, --insecure and --sni need an https:// target".to_string());
+        }
+        return Ok(None);
+    }
+    let trust = match (&cfg.cacert, cfg.insecure) {
+        (Some(_), true) => return Err("--cacert and --insecure cannot be used together".to_string()),
+        (Some(path), false) => Trust::CaFile(path.clone()),
+        (None, true) => Trust::Insecure,
+        (None, false) => {
+            return Err(format!(
+                "{} is a TLS target and weft bench has no built-in trusted roots: \
+                 give --cacert FILE (PEM certificates to verify the server against) \
+                 or --insecure (skip certificate verification; benchmarks only)",
+                cfg.url
+            ))
+        }
+    };
+    let alpn: Vec<&'static [u8]> = if target.protocol == Protocol::Grpc || cfg.h2 {
+        vec![ALPN_H2]
+    } else if cfg.http1 {
+        vec![ALPN_HTTP1]
+    } else {
+        vec![ALPN_H2, ALPN_HTTP1]
+    };
+    Ok(Some(TlsPlan {
+        trust,
+        server_name: cfg.sni.clone().unwrap_or_else(|| target.host.clone()),
+        alpn,
+    }))
+}
+
+/// The protocol of a TLS run, from the ALPN outcome of the probe handshake.
+fn negotiated_protocol(plan: &TlsPlan, target: &Target, n: &Negotiated) -> Result<Protocol, String> {
+    let alpn = n.alpn.as_deref();
+    let offered = |p: &[u8]| plan.alpn.contains(&p);
+    match alpn {
+        Some(p) if p == ALPN_H2 && offered(p) => Ok(if target.protocol == Protocol::Grpc {
+            Protocol::Grpc
+        } else {
+            Protocol::Http2
+        }),
+        Some(p) if p == ALPN_HTTP1 && offered(p) => Ok(Protocol::Http1),
+        // A server without ALPN support speaks HTTP/1.1 over TLS.
+        None if offered(ALPN_HTTP1) => Ok(Protocol::Http1),
+        None => Err(format!(
+            "{} selected no ALPN protocol, but {} needs h2",
+            target.authority,
+            if target.protocol == Protocol::Grpc {
+                "gRPC"
+            } else {
+                "--h2"
+            }
+        )),
+        Some(p) => Err(format!(
+            "{} selected ALPN protocol {:?}, which was not offered",
+            target.authority,
+            String::from_utf8_lossy(p)
+        )),
+    }
+}
+
 fn validate(cfg: &BenchArgs) -> Result<Plan, String> {
     let target = parse_target(&cfg.url, cfg.h2, cfg.grpc_method.as_deref())?;
+    let tls = validate_tls(cfg, &target)?;
     if cfg.connections == 0 {
         return Err("--connections must be at least 1".to_string());
     }
     if cfg.streams == 0 {
         return Err("--streams must be at least 1".to_string());
     }
-    let streams = match target.protocol {
-        Protocol::Http2 | Protocol::Grpc => cfg.streams,
-        Protocol::Http1 | Protocol::Tcp => {
-            if cfg.streams > 1 {
-                return Err("--streams > 1 needs HTTP/2 or gRPC (use --h2)".to_string());
-            }
-            1
-        }
+    // Over TLS without --h2, ALPN decides: checked again after the probe.
+    let known = !target.tls || target.protocol != Protocol::Http1 || cfg.http1;
+    let streams = if known {
+        streams_for(target.protocol, cfg.streams, target.tls)?
+    } else {
+        cfg.streams
     };
     if let Some(r) = cfg.rate {
         if !(r.is_finite() && r > 0.0) {
@@ -249,6 +386,7 @@ fn validate(cfg: &BenchArgs) -> Result<Plan, String> {
     Ok(Plan {
         target,
         addr,
+        tls,
         streams,
         warmup: cfg.warmup.unwrap_or(Duration::ZERO),
         duration,
@@ -265,7 +403,7 @@ fn resolve(target: &Target) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("cannot resolve {}", target.host))
 }
 
-fn build_template(cfg: &BenchArgs, plan: &Plan) -> Result<RequestTemplate, String> {
+fn build_template(cfg: &BenchArgs, plan: &Plan, tls: Option<Arc<TlsClient>>) -> Result<RequestTemplate, String> {
     let protocol = plan.target.protocol;
     let method = if protocol == Protocol::Grpc {
         Method::POST
@@ -312,6 +450,7 @@ fn build_template(cfg: &BenchArgs, plan: &Plan) -> Result<RequestTemplate, Strin
         uri,
         headers,
         body,
+        tls,
     })
 }
 
@@ -324,11 +463,22 @@ fn is_hop_header(name: &HeaderName) -> bool {
 
 /// Run one benchmark inside the current tokio runtime.
 pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
-    let plan = validate(cfg)?;
-    let tpl = build_template(cfg, &plan)?;
-    tokio::time::timeout(cfg.timeout, client::probe(&tpl))
-        .await
-        .map_err(|_| format!("cannot connect to {}: timed out", plan.addr))??;
+    let mut plan = validate(cfg)?;
+    let tls = match &plan.tls {
+        Some(t) => Some(Arc::new(TlsClient::new(&t.trust, &t.server_name, &t.alpn)?)),
+        None => None,
+    };
+    let negotiated = tokio::time::timeout(
+        cfg.timeout,
+        client::probe(plan.addr, plan.target.protocol, tls.as_deref()),
+    )
+    .await
+    .map_err(|_| format!("cannot connect to {}: timed out", plan.addr))??;
+    if let (Some(t), Some(n)) = (&plan.tls, &negotiated) {
+        plan.target.protocol = negotiated_protocol(t, &plan.target, n)?;
+        plan.streams = streams_for(plan.target.protocol, cfg.streams, true)?;
+    }
+    let tpl = build_template(cfg, &plan, tls.clone())?;
 
     let conns = cfg.connections;
     let streams = plan.streams;
@@ -340,7 +490,7 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
     let mut h2_shared = Vec::new();
     match tpl.protocol {
         Protocol::Http1 => {
-            h1_clients = futures_util::future::join_all((0..conns).map(|_| Client::new_h1(plan.addr)))
+            h1_clients = futures_util::future::join_all((0..conns).map(|_| Client::new_h1(&tpl, cfg.timeout)))
                 .await
                 .into_iter()
                 .map(Some)
@@ -354,7 +504,7 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
                 .collect();
         }
         Protocol::Http2 | Protocol::Grpc => {
-            h2_shared = futures_util::future::join_all((0..conns).map(|_| H2Shared::connect(plan.addr)))
+            h2_shared = futures_util::future::join_all((0..conns).map(|_| H2Shared::connect(&tpl, cfg.timeout)))
                 .await
                 .into_iter()
                 .map(Arc::new)
@@ -454,10 +604,26 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
         None => window,
     };
     let secs = window.as_secs_f64();
+    let tls_report = match (&plan.tls, &negotiated, &tls) {
+        (Some(t), Some(n), Some(client)) => {
+            let (handshake, handshake_failures) = client.handshake_stats();
+            Some(TlsReport {
+                version: n.version.clone(),
+                alpn: n.alpn.as_deref().map(|p| String::from_utf8_lossy(p).into_owned()),
+                alpn_offered: t.alpn.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect(),
+                server_name: t.server_name.clone(),
+                verified: matches!(t.trust, Trust::CaFile(_)),
+                handshake,
+                handshake_failures,
+            })
+        }
+        _ => None,
+    };
     let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
     Ok(Report {
         target: cfg.url.clone(),
         protocol: plan.target.protocol,
+        tls: tls_report,
         mode: if plan.rate.is_some() {
             "open-loop".to_string()
         } else {

@@ -47,7 +47,11 @@ pub(crate) fn human(r: &Report) -> String {
         "Running {:.2}s test @ {} ({})",
         r.duration_secs,
         r.target,
-        r.protocol.label()
+        if r.tls.is_some() {
+            r.protocol.tls_label()
+        } else {
+            r.protocol.label()
+        }
     );
     let mode = match r.rate {
         Some(rate) => format!("open-loop at {rate} req/s"),
@@ -63,6 +67,29 @@ pub(crate) fn human(r: &Report) -> String {
         "  {} connections x {} streams, {mode}{warm}",
         r.connections, r.streams
     );
+    if let Some(t) = &r.tls {
+        let h = &t.handshake;
+        let _ = writeln!(
+            out,
+            "  TLS: {}, ALPN {}, server name {}{}",
+            t.version,
+            t.alpn.as_deref().unwrap_or("none"),
+            t.server_name,
+            if t.verified { "" } else { " (NOT verified: --insecure)" }
+        );
+        let failed = if t.handshake_failures > 0 {
+            format!(", {} failed", t.handshake_failures)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "  TLS handshakes: {}, mean {}, p99 {}{failed}",
+            h.count,
+            fmt_us(h.mean_us),
+            fmt_us(h.p99_us as f64)
+        );
+    }
     let _ = writeln!(
         out,
         "    {:<10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",

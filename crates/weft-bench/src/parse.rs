@@ -77,21 +77,27 @@ pub fn parse_header(input: &str) -> Result<HeaderArg, String> {
     Ok(HeaderArg { name, value })
 }
 
-/// Wire protocol used against the target.
+/// Wire protocol used against the target. Serialized (JSON report) with
+/// ALPN-style names: `"http/1.1"`, `"h2"`, `"grpc"`, `"tcp"`; whether it ran
+/// over TLS is in the report's `tls` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Protocol {
-    /// HTTP/1.1 over cleartext TCP.
+    /// HTTP/1.1 over cleartext TCP or TLS.
+    #[serde(rename = "http/1.1")]
     Http1,
-    /// HTTP/2 cleartext with prior knowledge (h2c).
+    /// HTTP/2: cleartext with prior knowledge (h2c), or over TLS via ALPN.
+    #[serde(rename = "h2")]
     Http2,
-    /// gRPC unary calls over h2c.
+    /// gRPC unary calls over HTTP/2 (h2c or TLS).
+    #[serde(rename = "grpc")]
     Grpc,
     /// Raw TCP echo: write N bytes, read N bytes back.
+    #[serde(rename = "tcp")]
     Tcp,
 }
 
 impl Protocol {
+    /// Label for the human-readable report, for cleartext targets.
     pub fn label(self) -> &'static str {
         match self {
             Protocol::Http1 => "HTTP/1.1",
@@ -100,12 +106,26 @@ impl Protocol {
             Protocol::Tcp => "TCP echo",
         }
     }
+
+    /// Label for the human-readable report, for TLS targets.
+    pub fn tls_label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1 over TLS",
+            Protocol::Http2 => "HTTP/2 over TLS",
+            Protocol::Grpc => "gRPC over TLS",
+            Protocol::Tcp => "TCP echo",
+        }
+    }
 }
 
 /// A parsed, validated target.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// For TLS targets without `--grpc-method` this is provisional
+    /// (`Http2` with `--h2`, else `Http1`) until ALPN has picked one.
     pub protocol: Protocol,
+    /// `https://` (or `grpcs://`): TLS over TCP.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// `host:port` as written (used for the Host header / :authority).
@@ -119,19 +139,25 @@ impl Target {
     pub fn request_uri(&self) -> Result<Uri, String> {
         let s = match self.protocol {
             Protocol::Http1 => self.path.clone(),
-            _ => format!("http://{}{}", self.authority, self.path),
+            _ => format!(
+                "{}://{}{}",
+                if self.tls { "https" } else { "http" },
+                self.authority,
+                self.path
+            ),
         };
         s.parse::<Uri>().map_err(|e| format!("invalid request URI {s:?}: {e}"))
     }
 }
 
-/// Parse the target URL. `h2` forces HTTP/2 for `http://` URLs;
-/// `grpc_method` (e.g. `/pkg.Service/Method`) selects gRPC mode.
+/// Parse the target URL. `h2` forces HTTP/2 for `http://` URLs (and makes
+/// `https://` offer only `h2` by ALPN); `grpc_method` (e.g.
+/// `/pkg.Service/Method`) selects gRPC mode, over TLS for `https://`.
 pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Target, String> {
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let scheme = uri
         .scheme_str()
-        .ok_or_else(|| format!("invalid URL {url:?}: missing scheme (http://, h2c://, tcp://)"))?
+        .ok_or_else(|| format!("invalid URL {url:?}: missing scheme (http://, https://, h2c://, tcp://)"))?
         .to_ascii_lowercase();
     let authority = uri
         .authority()
@@ -140,16 +166,19 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
     if host.is_empty() {
         return Err(format!("invalid URL {url:?}: missing host"));
     }
-    let (mut protocol, default_port) = match scheme.as_str() {
-        "http" => (if h2 { Protocol::Http2 } else { Protocol::Http1 }, 80),
-        "h2c" => (Protocol::Http2, 80),
-        "tcp" => (Protocol::Tcp, 0),
-        "https" | "h2" | "grpcs" => {
+    let http = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+    let (mut protocol, default_port, tls) = match scheme.as_str() {
+        "http" => (http, 80, false),
+        "https" => (http, 443, true),
+        "h2c" => (Protocol::Http2, 80, false),
+        "tcp" => (Protocol::Tcp, 0, false),
+        "grpc" => (Protocol::Grpc, 80, false),
+        "grpcs" => (Protocol::Grpc, 443, true),
+        "h2" => {
             return Err(format!(
-                "{scheme}:// targets are not yet supported (TLS is not built into weft bench yet); use http://, h2c:// or tcp://"
+                "unsupported URL scheme \"h2\" in {url:?}: use https:// (with --h2 to offer only h2) or h2c://"
             ))
         }
-        "grpc" => (Protocol::Grpc, 80),
         other => return Err(format!("unsupported URL scheme {other:?} in {url:?}")),
     };
     let port = match authority.port_u16() {
@@ -180,13 +209,16 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
         protocol = Protocol::Grpc;
         path = trimmed.to_string();
     } else if protocol == Protocol::Grpc {
-        return Err("grpc:// targets need --grpc-method /package.Service/Method".to_string());
+        return Err(format!(
+            "{scheme}:// targets need --grpc-method /package.Service/Method"
+        ));
     }
     if h2 && protocol == Protocol::Tcp {
         return Err("--h2 cannot be used with a tcp:// target".to_string());
     }
     Ok(Target {
         protocol,
+        tls,
         host: host.to_string(),
         port,
         authority: authority.as_str().to_string(),

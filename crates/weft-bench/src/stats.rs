@@ -19,7 +19,7 @@ pub enum ErrorKind {
 /// Error counters by kind.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct ErrorCounts {
-    /// TCP connect (or HTTP/2 handshake) failures.
+    /// TCP connect, TLS handshake (or HTTP/2 handshake) failures.
     pub connect: u64,
     /// Requests that did not complete within `--timeout`.
     pub timeout: u64,
@@ -248,8 +248,12 @@ impl ConnStats {
 pub struct Report {
     /// Target URL as given.
     pub target: String,
-    /// Wire protocol used.
+    /// Wire protocol used: `"http/1.1"`, `"h2"`, `"grpc"` or `"tcp"`. For
+    /// TLS targets, the protocol the server selected by ALPN (`"grpc"` for
+    /// gRPC, which runs over `h2`).
     pub protocol: crate::Protocol,
+    /// TLS details for `https://` targets, `null` otherwise.
+    pub tls: Option<TlsReport>,
     /// `"open-loop"` (with `--rate`) or `"closed-loop"`.
     pub mode: String,
     /// Target total rate in requests/s (open-loop only).
@@ -282,4 +286,28 @@ pub struct Report {
     pub latency: LatencySummary,
     /// Latency measured from the actual send time (uncorrected).
     pub service_time: LatencySummary,
+}
+
+/// TLS details of a run against an `https://` target.
+#[derive(Debug, Clone, Serialize)]
+pub struct TlsReport {
+    /// TLS version negotiated ("TLSv1.3" or "TLSv1.2").
+    pub version: String,
+    /// ALPN protocol the server selected ("h2" or "http/1.1"), `null` if it
+    /// selected none (then HTTP/1.1 is spoken).
+    pub alpn: Option<String>,
+    /// ALPN protocols offered, most preferred first.
+    pub alpn_offered: Vec<String>,
+    /// Server name sent (SNI) and verified: `--sni` or the URL host.
+    pub server_name: String,
+    /// False with `--insecure` (certificate not verified).
+    pub verified: bool,
+    /// Handshake time (TCP connect excluded) of every new connection of the
+    /// run — the ones opened before the clock starts and any reconnects,
+    /// warm-up included; the reachability probe is not counted. Only
+    /// `count`, `mean_us`, the percentiles and `max_us` are meaningful.
+    pub handshake: LatencySummary,
+    /// Handshakes that failed during the run (each also counts as a
+    /// connect error when a request was waiting on it).
+    pub handshake_failures: u64,
 }

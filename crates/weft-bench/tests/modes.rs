@@ -141,7 +141,7 @@ async fn warmup_is_excluded_and_json_serializes() {
 #[tokio::test]
 async fn bad_arguments_and_unreachable_target_fail_early() {
     let e = weft_bench::run_bench(&args("https://127.0.0.1:1/")).await.unwrap_err();
-    assert!(e.contains("not yet supported"), "{e}");
+    assert!(e.contains("--cacert") && e.contains("--insecure"), "{e}");
     // A port nobody listens on.
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -81,6 +81,25 @@ fn cli_flags_parse() {
     assert_eq!(a.warmup, Some(Duration::from_secs(1)));
     assert!(a.json && a.h2);
     assert_eq!(a.threads, Some(1));
+    assert!(!a.http1 && !a.insecure && a.cacert.is_none() && a.sni.is_none());
+
+    let t = BenchArgs::try_parse_from([
+        "https://127.0.0.1:8443/",
+        "--http1",
+        "--cacert",
+        "/tmp/ca.pem",
+        "--sni",
+        "api.example",
+    ])
+    .unwrap();
+    assert!(t.http1 && !t.insecure);
+    assert_eq!(t.cacert.as_deref(), Some(std::path::Path::new("/tmp/ca.pem")));
+    assert_eq!(t.sni.as_deref(), Some("api.example"));
+    assert!(
+        BenchArgs::try_parse_from(["https://x/", "--insecure"])
+            .unwrap()
+            .insecure
+    );
 
     let d = BenchArgs::new("tcp://127.0.0.1:9");
     assert_eq!(d.connections, 10);
@@ -107,8 +126,22 @@ fn target_parsing() {
     assert_eq!((t.protocol, t.path.as_str()), (Protocol::Grpc, "/pkg.Svc/Do"));
     let t = parse_target("tcp://127.0.0.1:7", false, None).unwrap();
     assert_eq!((t.protocol, t.port), (Protocol::Tcp, 7));
-    let e = parse_target("https://127.0.0.1/", false, None).unwrap_err();
-    assert!(e.contains("not yet supported"), "{e}");
+    let t = parse_target("https://example.test/x", false, None).unwrap();
+    assert!(t.tls);
+    assert_eq!((t.protocol, t.port), (Protocol::Http1, 443));
+    assert_eq!(t.request_uri().unwrap().to_string(), "/x");
+    let t = parse_target("https://example.test:8443/x", true, None).unwrap();
+    assert_eq!((t.protocol, t.port, t.tls), (Protocol::Http2, 8443, true));
+    assert_eq!(t.request_uri().unwrap().to_string(), "https://example.test:8443/x");
+    let t = parse_target("https://[::1]:8443/", false, Some("/a.B/C")).unwrap();
+    assert_eq!((t.protocol, t.host.as_str(), t.tls), (Protocol::Grpc, "::1", true));
+    assert_eq!(t.request_uri().unwrap().to_string(), "https://[::1]:8443/a.B/C");
+    let t = parse_target("grpcs://example.test", false, Some("/a.B/C")).unwrap();
+    assert_eq!((t.protocol, t.port, t.tls), (Protocol::Grpc, 443, true));
+    assert!(parse_target("grpcs://example.test", false, None).is_err());
+    assert!(!parse_target("http://x/", false, None).unwrap().tls);
+    let e = parse_target("h2://127.0.0.1/", false, None).unwrap_err();
+    assert!(e.contains("https://"), "{e}");
     assert!(parse_target("tcp://127.0.0.1", false, None).is_err());
     assert!(parse_target("ftp://127.0.0.1/", false, None).is_err());
     assert!(parse_target("127.0.0.1:80", false, None).is_err());
