@@ -13,23 +13,39 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     if num.is_empty() {
         return Err(format!("\"{s}\" has no number"));
     }
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("\"{s}\" is not a number followed by a unit"))?;
-    let scale = match unit {
-        "ns" => 1e-9,
-        "us" | "µs" => 1e-6,
-        "ms" => 1e-3,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
+    let unit_nanos: u128 = match unit {
+        "ns" => 1,
+        "us" | "µs" => 1_000,
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
         _ => return Err(format!("\"{s}\" has an unknown unit \"{unit}\" (ns, us, ms, s, m, h)")),
     };
-    let secs = value * scale;
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("\"{s}\" is too large"));
+    // Decimal arithmetic in integers, so "1.1s" is exactly 1100ms and formatting round-trips.
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    if frac.contains('.') || (int.is_empty() && frac.is_empty()) {
+        return Err(format!("\"{s}\" is not a number followed by a unit"));
     }
-    Ok(Duration::from_secs_f64(secs))
+    let too_large = || format!("\"{s}\" is too large");
+    let int: u128 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| too_large())?
+    };
+    let mut nanos = int.checked_mul(unit_nanos).ok_or_else(too_large)?;
+    let mut scale = unit_nanos;
+    for d in frac.bytes() {
+        scale /= 10;
+        if scale == 0 {
+            break; // finer than a nanosecond
+        }
+        nanos += u128::from(d - b'0') * scale;
+    }
+    if nanos > 1_000_000_000 * 1_000_000_000 {
+        return Err(too_large());
+    }
+    Ok(Duration::from_nanos(nanos as u64))
 }
 
 /// Formats a duration in the shortest unit that represents it exactly (ms resolution or finer).
@@ -63,6 +79,10 @@ mod tests {
         assert!(parse("s").is_err());
         assert!(parse("5 parsecs").is_err());
         assert!(parse("1e400s").is_err());
+        assert!(parse("1.2.3s").is_err());
+        assert!(parse(".s").is_err());
+        assert_eq!(parse(".5s").unwrap(), Duration::from_millis(500));
+        assert!(parse("99999999999999999999999999999999999999999h").is_err());
     }
 
     #[test]
@@ -70,5 +90,8 @@ mod tests {
         for s in ["5s", "250ms", "100us", "0s", "1500ms"] {
             assert_eq!(format(parse(s).unwrap()), s);
         }
+        // The fuzzer's reproducer: decimal input must survive format -> parse exactly.
+        let d = parse("2020.071h").unwrap();
+        assert_eq!(parse(&format(d)).unwrap(), d);
     }
 }

@@ -79,6 +79,11 @@ impl FramingTracker {
                     if self.buf.is_empty() {
                         // Fast path: the whole head is in this read; parse it in place.
                         if let Some(end) = find_head_end(data) {
+                            // Limits apply to the complete element, whatever the read sizes were,
+                            // so a client cannot switch the tracker off by choosing its writes.
+                            if end > MAX_HEAD {
+                                return self.stop();
+                            }
                             self.on_head(&data[..end]);
                             data = &data[end..];
                             continue;
@@ -92,6 +97,9 @@ impl FramingTracker {
                         Some(end) => {
                             let end = search_from + end;
                             let consumed = end - old;
+                            if end > MAX_HEAD {
+                                return self.stop();
+                            }
                             self.buf.truncate(end);
                             let head = std::mem::take(&mut self.buf);
                             self.on_head(&head);
@@ -125,6 +133,9 @@ impl FramingTracker {
                         return;
                     }
                     let line = std::mem::take(&mut self.buf);
+                    if line.len() > MAX_CHUNK_LINE {
+                        return self.stop();
+                    }
                     if self.state == State::Trailers {
                         if line == b"\r\n" || line == b"\n" {
                             self.state = State::Head;
@@ -339,6 +350,23 @@ GET /last HTTP/1.1\r\nHost: a\r\n\r\n";
         stream.extend_from_slice(body);
         stream.extend_from_slice(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(verdicts(&stream, 5).0, vec![false, false]);
+    }
+
+    #[test]
+    fn verdicts_do_not_depend_on_read_sizes_at_the_limits() {
+        // The fuzzer's reproducer: a chunk-size line longer than the limit, then an ambiguous request.
+        let input = include_bytes!("../../../fuzz/regressions/h1_framing/long-chunk-ext-split");
+        let whole = verdicts(input, input.len());
+        for split in [1, 7, 128, 1000, 4096] {
+            assert_eq!(verdicts(input, split), whole, "split {split}");
+        }
+        let mut big_head = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        big_head.extend(std::iter::repeat_n(b'a', MAX_HEAD));
+        big_head.extend_from_slice(b"\r\n\r\n");
+        let whole = verdicts(&big_head, big_head.len());
+        for split in [100, 4096, MAX_HEAD - 10] {
+            assert_eq!(verdicts(&big_head, split), whole, "split {split}");
+        }
     }
 
     #[test]
