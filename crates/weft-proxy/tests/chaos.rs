@@ -29,7 +29,7 @@ async fn backend(name: &'static str, b: Arc<Behaviour>, addr: std::net::SocketAd
             if b.slow.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            if b.flaky.load(Ordering::Relaxed) && b.counter.fetch_add(1, Ordering::Relaxed) % 2 == 0 {
+            if b.flaky.load(Ordering::Relaxed) && b.counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(2) {
                 return text(503, "flaky");
             }
             let mut r = text(200, name);
@@ -156,7 +156,7 @@ clusters:
         let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
     }
 
-    let mut stats = stats.lock().unwrap();
+    let mut stats = std::mem::take(&mut *stats.lock().unwrap());
     println!("\nphase              requests   success     p50 ms    p99 ms");
     let mut worst: f64 = 100.0;
     for (name, s) in phases.iter().zip(stats.iter_mut()) {
