@@ -90,6 +90,8 @@ pub struct Metrics {
     upstream_cx_rx_bytes: Family<ClusterLabel, Counter>,
     route_rq_total: Family<RouteClassLabel, Counter>,
     route_rq_time: HistFamily<RouteLabel>,
+    /// Fault injection, mirroring and local rate limiting.
+    pub filters: crate::filters::FilterMetrics,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -125,6 +127,7 @@ impl Metrics {
             upstream_cx_rx_bytes: Family::default(),
             route_rq_total: Family::default(),
             route_rq_time: Family::new_with_constructor(latency_histogram),
+            filters: crate::filters::FilterMetrics::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
         };
@@ -224,6 +227,7 @@ impl Metrics {
             "Request time per route",
             m.route_rq_time.clone(),
         );
+        m.filters.register(&mut r);
         r.register(
             "config_reloads",
             "Successful configuration reloads",
