@@ -394,6 +394,11 @@ impl RouteFilters {
         }
     }
 
+    /// Whether [`Self::before_forward`] has anything to do (a rate limit or a fault).
+    pub fn checks_before_forward(&self) -> bool {
+        self.rate_limit.is_some() || self.fault.is_some()
+    }
+
     /// Rate limit, then fault delay, then fault abort. `Some` answers the request locally.
     pub async fn before_forward(&self, headers: &HeaderMap) -> Option<Stop> {
         if let Some(rl) = &self.rate_limit {

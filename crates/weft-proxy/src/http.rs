@@ -427,8 +427,8 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                         // Rate limit and fault injection, only when the route has them (boxed so
                         // that routes without them do not carry their state in this future).
                         let stop = match route.filters.as_deref() {
-                            Some(fx) => Box::pin(fx.before_forward(req.headers())).await,
-                            None => None,
+                            Some(fx) if fx.checks_before_forward() => Box::pin(fx.before_forward(req.headers())).await,
+                            _ => None,
                         };
                         match stop {
                             Some(stop) => {
