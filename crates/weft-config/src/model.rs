@@ -102,6 +102,8 @@ impl CidrRange {
     }
 }
 
+// Built once per configuration and never moved on the request path, so variant sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkFilter {
@@ -158,6 +160,8 @@ pub struct HttpConnectionManager {
     pub via: Option<String>,
     pub server_name: Option<String>,
     pub access_log: Option<AccessLog>,
+    /// One token bucket for every request through this connection manager (all workers share it).
+    pub local_rate_limit: Option<Box<LocalRateLimit>>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -293,6 +297,68 @@ pub struct ForwardAction {
     pub auto_host_rewrite: bool,
     pub retry_policy: Option<RetryPolicy>,
     pub hash_policy: Vec<HashPolicy>,
+    pub fault: Option<Box<FaultPolicy>>,
+    pub request_mirror_policies: Vec<MirrorPolicy>,
+    pub local_rate_limit: Option<Box<LocalRateLimit>>,
+}
+
+impl ForwardAction {
+    /// Whether any per-route traffic-governance filter (fault, mirror, rate limit) is configured.
+    pub fn has_filters(&self) -> bool {
+        self.fault.is_some() || !self.request_mirror_policies.is_empty() || self.local_rate_limit.is_some()
+    }
+}
+
+/// Fault injection (Envoy `envoy.filters.http.fault`, `HTTPFault`). At least one of `delay`, `abort`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FaultPolicy {
+    pub delay: Option<FaultDelay>,
+    pub abort: Option<FaultAbort>,
+    /// The fault applies only to requests matching all of these (empty: every request).
+    pub headers: Vec<HeaderMatcher>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FaultDelay {
+    #[serde(serialize_with = "ser_dur")]
+    pub fixed: Duration,
+    /// 0–100.
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FaultAbort {
+    pub status: AbortStatus,
+    /// 0–100.
+    pub percent: f64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortStatus {
+    /// 200–599.
+    Http(u16),
+    /// 0–16.
+    Grpc(u8),
+}
+
+/// Traffic mirroring (Envoy `RouteAction.RequestMirrorPolicy`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct MirrorPolicy {
+    pub cluster: String,
+    /// 0–100.
+    pub percent: f64,
+}
+
+/// A token bucket (Envoy `envoy.filters.http.local_ratelimit`, `token_bucket`).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct LocalRateLimit {
+    pub max_tokens: u32,
+    pub tokens_per_fill: u32,
+    #[serde(serialize_with = "ser_dur")]
+    pub fill_interval: Duration,
+    /// Lower-case header name: one bucket per distinct value; requests without it share one bucket.
+    pub descriptor_header: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

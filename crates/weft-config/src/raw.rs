@@ -102,6 +102,8 @@ pub struct RawHttp {
     pub via: Option<String>,
     pub server_name: Option<String>,
     pub access_log: Option<RawAccessLog>,
+    /// Token bucket for every request on this connection manager (Envoy `local_ratelimit`).
+    pub local_rate_limit: Option<RawLocalRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -195,6 +197,53 @@ pub struct RawRouteAction {
     pub auto_host_rewrite: Option<bool>,
     pub retry_policy: Option<RawRetryPolicy>,
     pub hash_policy: Vec<RawHashPolicy>,
+    /// Envoy `envoy.filters.http.fault` as per-route config.
+    pub fault: Option<RawFault>,
+    /// Envoy `RouteAction.request_mirror_policies`.
+    pub request_mirror_policies: Vec<RawMirrorPolicy>,
+    /// Envoy `envoy.filters.http.local_ratelimit` as per-route config.
+    pub local_rate_limit: Option<RawLocalRateLimit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFault {
+    pub delay: Option<RawFaultDelay>,
+    pub abort: Option<RawFaultAbort>,
+    /// The fault applies only to requests matching all of these.
+    pub headers: Vec<RawHeaderMatcher>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFaultDelay {
+    pub fixed: Option<String>,
+    pub percent: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawFaultAbort {
+    pub http_status: Option<u64>,
+    pub grpc_status: Option<u64>,
+    pub percent: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawMirrorPolicy {
+    pub cluster: Option<String>,
+    pub percent: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLocalRateLimit {
+    pub max_tokens: Option<u64>,
+    pub tokens_per_fill: Option<u64>,
+    pub fill_interval: Option<String>,
+    /// One bucket per distinct value of this request header.
+    pub descriptor_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -428,6 +428,10 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         via,
         server_name: h.server_name.clone(),
         access_log: access_log(cx, &format!("{path}.access_log"), &h.access_log),
+        local_rate_limit: h
+            .local_rate_limit
+            .as_ref()
+            .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
     })
 }
 
@@ -596,6 +600,152 @@ fn string_rule(
     }
 }
 
+/// Header matchers as in a route `match` (also used by `fault.headers`).
+fn header_matchers(cx: &mut Ctx, path: &str, list: &[RawHeaderMatcher]) -> Vec<HeaderMatcher> {
+    let mut out = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let hp = format!("{path}[{i}]");
+        let Some(name) = cx.required(&format!("{hp}.name"), &h.name) else {
+            continue;
+        };
+        let name = cx.header_name(&format!("{hp}.name"), name);
+        let rule = string_rule(cx, &hp, &h.exact, &h.prefix, &h.regex, h.present);
+        out.push(HeaderMatcher {
+            name,
+            rule,
+            invert: h.invert.unwrap_or(false),
+        });
+    }
+    out
+}
+
+/// A percentage, 0–100 (fractions allowed); absent means 100.
+fn percent(cx: &mut Ctx, path: &str, v: Option<f64>) -> f64 {
+    match v {
+        None => 100.0,
+        Some(p) if (0.0..=100.0).contains(&p) => p,
+        Some(p) => {
+            cx.err(path, format!("{p} is out of range [0, 100]"));
+            100.0
+        }
+    }
+}
+
+/// The largest token count a bucket can hold (the bucket packs its state into one atomic word).
+pub const MAX_TOKENS: u64 = (1 << 24) - 1;
+
+fn local_rate_limit(cx: &mut Ctx, path: &str, r: &RawLocalRateLimit) -> LocalRateLimit {
+    let max_tokens = match r.max_tokens {
+        None => {
+            cx.err(&format!("{path}.max_tokens"), "is required");
+            1
+        }
+        Some(n) => cx.u32_in(&format!("{path}.max_tokens"), Some(n), 1, MAX_TOKENS, 1),
+    };
+    let tokens_per_fill = cx.u32_in(&format!("{path}.tokens_per_fill"), r.tokens_per_fill, 1, MAX_TOKENS, 1);
+    let fp = format!("{path}.fill_interval");
+    let fill_interval = match &r.fill_interval {
+        None => {
+            cx.err(&fp, "is required");
+            Duration::from_secs(1)
+        }
+        Some(_) => match cx.dur(&fp, &r.fill_interval) {
+            // Envoy's lower bound; the upper one keeps the bucket's clock arithmetic far from overflow.
+            Some(d) if d >= Duration::from_millis(50) && d <= Duration::from_secs(86_400) => d,
+            Some(d) => {
+                cx.err(&fp, format!("{} is out of range [50ms, 24h]", duration::format(d)));
+                Duration::from_secs(1)
+            }
+            None => Duration::from_secs(1),
+        },
+    };
+    let descriptor_header = r
+        .descriptor_header
+        .as_deref()
+        .map(|h| cx.header_name(&format!("{path}.descriptor_header"), h));
+    LocalRateLimit {
+        max_tokens,
+        tokens_per_fill,
+        fill_interval,
+        descriptor_header,
+    }
+}
+
+fn fault(cx: &mut Ctx, path: &str, f: &RawFault) -> FaultPolicy {
+    if f.delay.is_none() && f.abort.is_none() {
+        cx.err(path, "give delay, abort or both");
+    }
+    let delay = f.delay.as_ref().map(|d| {
+        let dp = format!("{path}.delay");
+        let fixed = match &d.fixed {
+            None => {
+                cx.err(&format!("{dp}.fixed"), "is required");
+                Duration::ZERO
+            }
+            Some(_) => cx.dur(&format!("{dp}.fixed"), &d.fixed).unwrap_or_default(),
+        };
+        FaultDelay {
+            fixed,
+            percent: percent(cx, &format!("{dp}.percent"), d.percent),
+        }
+    });
+    let abort = f.abort.as_ref().map(|a| {
+        let ap = format!("{path}.abort");
+        let status = match (a.http_status, a.grpc_status) {
+            (Some(h), None) => {
+                AbortStatus::Http(cx.u32_in(&format!("{ap}.http_status"), Some(h), 200, 599, 503) as u16)
+            }
+            (None, Some(g)) => AbortStatus::Grpc(cx.u32_in(&format!("{ap}.grpc_status"), Some(g), 0, 16, 14) as u8),
+            (Some(_), Some(_)) => {
+                cx.err(&ap, "give only one of http_status, grpc_status");
+                AbortStatus::Http(503)
+            }
+            (None, None) => {
+                cx.err(&format!("{ap}.http_status"), "is required (or grpc_status)");
+                AbortStatus::Http(503)
+            }
+        };
+        FaultAbort {
+            status,
+            percent: percent(cx, &format!("{ap}.percent"), a.percent),
+        }
+    });
+    FaultPolicy {
+        delay,
+        abort,
+        headers: header_matchers(cx, &format!("{path}.headers"), &f.headers),
+    }
+}
+
+/// At most this many mirror policies per route.
+const MAX_MIRRORS: usize = 16;
+
+fn mirror_policies(
+    cx: &mut Ctx,
+    path: &str,
+    list: &[RawMirrorPolicy],
+    clusters: &HashSet<String>,
+) -> Vec<MirrorPolicy> {
+    if list.len() > MAX_MIRRORS {
+        cx.err(path, format!("at most {MAX_MIRRORS} mirror policies per route"));
+    }
+    let mut out = Vec::new();
+    for (i, m) in list.iter().enumerate().take(MAX_MIRRORS) {
+        let mp = format!("{path}[{i}]");
+        let Some(name) = cx.required(&format!("{mp}.cluster"), &m.cluster) else {
+            continue;
+        };
+        if !clusters.contains(name) {
+            cx.err(&format!("{mp}.cluster"), format!("unknown cluster \"{name}\""));
+        }
+        out.push(MirrorPolicy {
+            cluster: name.to_string(),
+            percent: percent(cx, &format!("{mp}.percent"), m.percent),
+        });
+    }
+    out
+}
+
 fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> Option<Route> {
     let mp = format!("{path}.match");
     let default_match = RawRouteMatch {
@@ -632,20 +782,7 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
         }
         methods.push(meth.to_ascii_uppercase());
     }
-    let mut header_matchers = Vec::new();
-    for (i, h) in m.headers.iter().enumerate() {
-        let hp = format!("{mp}.headers[{i}]");
-        let Some(name) = cx.required(&format!("{hp}.name"), &h.name) else {
-            continue;
-        };
-        let name = cx.header_name(&format!("{hp}.name"), name);
-        let rule = string_rule(cx, &hp, &h.exact, &h.prefix, &h.regex, h.present);
-        header_matchers.push(HeaderMatcher {
-            name,
-            rule,
-            invert: h.invert.unwrap_or(false),
-        });
-    }
+    let header_matchers = header_matchers(cx, &format!("{mp}.headers"), &m.headers);
     let mut query = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
         let qp = format!("{mp}.query_parameters[{i}]");
@@ -820,6 +957,20 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
             .as_ref()
             .map(|r| retry_policy(cx, &format!("{path}.retry_policy"), r)),
         hash_policy,
+        fault: a
+            .fault
+            .as_ref()
+            .map(|f| Box::new(fault(cx, &format!("{path}.fault"), f))),
+        request_mirror_policies: mirror_policies(
+            cx,
+            &format!("{path}.request_mirror_policies"),
+            &a.request_mirror_policies,
+            clusters,
+        ),
+        local_rate_limit: a
+            .local_rate_limit
+            .as_ref()
+            .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
     })
 }
 

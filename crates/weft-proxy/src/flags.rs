@@ -30,6 +30,10 @@ pub enum Reason {
     DownstreamProtocolError,
     /// A route answered directly or redirected (not an error; logged for completeness).
     DirectResponse,
+    /// A route's fault injection aborted the request (Envoy's `FI`).
+    FaultInjected,
+    /// A local rate limit (listener or route) refused the request (Envoy's `RL`).
+    RateLimited,
 }
 
 impl Reason {
@@ -45,6 +49,8 @@ impl Reason {
             Reason::UpstreamProtocolError => "UPE",
             Reason::DownstreamProtocolError => "DPE",
             Reason::DirectResponse => "DR",
+            Reason::FaultInjected => "FI",
+            Reason::RateLimited => "RL",
         }
     }
 
@@ -58,6 +64,9 @@ impl Reason {
             Reason::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
             Reason::DownstreamProtocolError => StatusCode::BAD_REQUEST,
             Reason::DirectResponse => StatusCode::OK,
+            // The configured abort status replaces this one.
+            Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
+            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -73,6 +82,8 @@ impl Reason {
             Reason::UpstreamProtocolError => "upstream protocol error (UPE)\n",
             Reason::DownstreamProtocolError => "bad request (DPE)\n",
             Reason::DirectResponse => "",
+            Reason::FaultInjected => "fault filter abort (FI)\n",
+            Reason::RateLimited => "local rate limited (RL)\n",
         }
     }
 }

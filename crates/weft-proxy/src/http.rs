@@ -51,6 +51,8 @@ pub struct HttpRt {
     pub stats: Arc<ListenerStats>,
     pub local_replies: LocalReplyCounters,
     pub access_log: Option<Arc<AccessLogger>>,
+    /// The connection manager's `local_rate_limit`, shared by every worker.
+    pub rate_limit: Option<crate::filters::LocalRateLimiter>,
     via: Option<HeaderValue>,
     server: Option<HeaderValue>,
 }
@@ -70,6 +72,10 @@ impl HttpRt {
             stats,
             local_replies: LocalReplyCounters::new(metrics, listener),
             access_log,
+            rate_limit: config
+                .local_rate_limit
+                .as_ref()
+                .map(|c| crate::filters::LocalRateLimiter::new(c, metrics.filters.rate_limited(listener, "listener"))),
             via: config
                 .via
                 .as_deref()
@@ -257,14 +263,25 @@ fn is_grpc(headers: &HeaderMap) -> bool {
 /// A response made by the proxy itself. gRPC callers get a trailers-only gRPC error instead, which
 /// their client libraries understand.
 fn local_reply(rt: &HttpRt, reason: Reason, grpc: bool) -> Response<DownBody> {
+    let code = match reason {
+        Reason::NoRoute => 12,
+        Reason::UpstreamTimeout => 4,
+        Reason::DownstreamProtocolError => 13,
+        _ => 14,
+    };
+    local_reply_as(rt, reason, grpc, reason.status(), code)
+}
+
+/// `grpc-status` values 0–16 as static header values.
+const GRPC_CODES: [&str; 17] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+];
+
+/// A local reply with an explicit HTTP status (plain requests) and gRPC status (gRPC requests).
+fn local_reply_as(rt: &HttpRt, reason: Reason, grpc: bool, status: StatusCode, grpc_code: u8) -> Response<DownBody> {
     rt.local_replies.inc(reason.code());
     let mut resp = if grpc {
-        let code = match reason {
-            Reason::NoRoute => "12",
-            Reason::UpstreamTimeout => "4",
-            Reason::DownstreamProtocolError => "13",
-            _ => "14",
-        };
+        let code = GRPC_CODES.get(usize::from(grpc_code)).copied().unwrap_or("2");
         let mut r = Response::new(DownBody::empty());
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
@@ -273,7 +290,7 @@ fn local_reply(rt: &HttpRt, reason: Reason, grpc: bool) -> Response<DownBody> {
         r
     } else {
         let mut r = Response::new(DownBody::full(Bytes::from_static(reason.body().as_bytes())));
-        *r.status_mut() = reason.status();
+        *r.status_mut() = status;
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -287,6 +304,31 @@ fn local_reply(rt: &HttpRt, reason: Reason, grpc: bool) -> Response<DownBody> {
             .insert(OVERFLOW_HEADER, HeaderValue::from_static("true"));
     }
     resp
+}
+
+/// The local reply for a request stopped by a rate limit or a fault abort.
+fn stop_reply(rt: &HttpRt, stop: crate::filters::Stop, grpc: bool) -> (Response<DownBody>, Reason) {
+    use crate::filters::{grpc_for_http, http_for_grpc, Stop};
+    match stop {
+        Stop::RateLimited { retry_after_secs } => {
+            let reason = Reason::RateLimited;
+            let mut resp = local_reply_as(rt, reason, grpc, reason.status(), grpc_for_http(429));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            (resp, reason)
+        }
+        Stop::Abort(status) => {
+            let (http, code) = match status {
+                weft_config::AbortStatus::Http(s) => (s, grpc_for_http(s)),
+                weft_config::AbortStatus::Grpc(g) => (http_for_grpc(g), g),
+            };
+            let http = StatusCode::from_u16(http).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            (
+                local_reply_as(rt, Reason::FaultInjected, grpc, http, code),
+                Reason::FaultInjected,
+            )
+        }
+    }
 }
 
 fn request_host(req: &Request<Incoming>) -> &str {
@@ -365,6 +407,9 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
             None,
             None,
         )
+    } else if let Some(retry_after_secs) = rt.rate_limit.as_ref().and_then(|l| l.check(req.headers())) {
+        let (resp, reason) = stop_reply(rt, crate::filters::Stop::RateLimited { retry_after_secs }, grpc);
+        (resp, Some(reason), None, None)
     } else {
         let host = request_host(&req);
         match rt.routes.route(host, req.method(), req.uri(), req.headers()) {
@@ -380,9 +425,21 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                 }
                 let (mut resp, reason, active) = match &route.action {
                     RouteAction::Forward(f) => {
-                        // Boxed: the forwarding state machine is large, and HTTP/2 moves the
-                        // request future into a new task per stream.
-                        Box::pin(forward(ctx, req, vh, route, f, grpc, log.as_deref_mut())).await
+                        // Rate limit and fault injection, only when the route has them (boxed so
+                        // that routes without them do not carry their state in this future).
+                        let stop = match route.filters.as_deref() {
+                            Some(fx) if fx.checks_before_forward() => Box::pin(fx.before_forward(req.headers())).await,
+                            _ => None,
+                        };
+                        match stop {
+                            Some(stop) => {
+                                let (resp, reason) = stop_reply(rt, stop, grpc);
+                                (resp, Some(reason), None)
+                            }
+                            // Boxed: the forwarding state machine is large, and HTTP/2 moves the
+                            // request future into a new task per stream.
+                            None => Box::pin(forward(ctx, req, vh, route, f, grpc, log.as_deref_mut())).await,
+                        }
                     }
                     RouteAction::Redirect(r) => (
                         redirect(&req, r, route.rewrite_prefix_len),
@@ -653,11 +710,85 @@ fn backoff(p: &RetryPolicy, retry: u32) -> Duration {
 }
 
 /// The upstream request before its body: cloned per try when retries are possible.
-struct Prepared {
+pub(crate) struct Prepared {
     method: Method,
     uri: Uri,
     version: Version,
     headers: HeaderMap,
+}
+
+impl Prepared {
+    pub(crate) fn into_request(self, body: UpBody) -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method;
+        *r.uri_mut() = self.uri;
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers;
+        r
+    }
+}
+
+/// Gives a request the shape its cluster's protocol needs. HTTP/1.1: origin-form URI, HTTP/1.1,
+/// and `Host` set to the authority. HTTP/2: absolute URI with the authority, no `Host` header.
+/// The authority is `authority_override`, else the URI's, else (HTTP/2) the `Host` header.
+pub(crate) fn shape_request(
+    protocol: UpstreamProtocol,
+    method: Method,
+    uri: Uri,
+    rewritten_path: Option<String>,
+    authority_override: Option<&str>,
+    headers: HeaderMap,
+) -> Prepared {
+    let mut prepared = Prepared {
+        method,
+        uri: Uri::default(),
+        version: Version::HTTP_11,
+        headers,
+    };
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            // Origin-form URI and a Host header, whatever the downstream protocol was.
+            let authority = authority_override
+                .or_else(|| uri.authority().map(|a| a.as_str()))
+                .map(str::to_string);
+            prepared.uri = match rewritten_path {
+                Some(p) => p.parse().unwrap_or_default(),
+                None if uri.authority().is_none() => uri,
+                None => uri
+                    .path_and_query()
+                    .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())),
+            };
+            if let Some(a) = authority {
+                if let Ok(v) = HeaderValue::from_str(&a) {
+                    prepared.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        UpstreamProtocol::Http2 => {
+            let authority = authority_override
+                .map(str::to_string)
+                .or_else(|| uri.authority().map(|a| a.as_str().to_string()))
+                .or_else(|| {
+                    prepared
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "localhost".to_string());
+            let pq = rewritten_path.unwrap_or_else(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_string());
+            prepared.uri = Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(pq.as_str())
+                .build()
+                .unwrap_or_default();
+            prepared.version = Version::HTTP_2;
+            prepared.headers.remove(header::HOST);
+        }
+    }
+    prepared
 }
 
 enum BodySource {
@@ -814,10 +945,18 @@ async fn forward(
         _ => None,
     };
     let policy = route.retry_policy.as_ref();
+    // Mirror policies this request was sampled into (never for upgrades).
+    let filters = route.filters.as_deref();
+    let mirror_mask = match filters {
+        Some(fx) if !upgrade => fx.sample_mirrors(),
+        _ => 0,
+    };
     let body_len = body.size_hint().exact();
     let mut source = if body.is_end_stream() {
         BodySource::Replayable(None)
-    } else if policy.is_some_and(|p| p.num_retries > 0) && body_len.is_some_and(|n| n <= RETRY_BUFFER_LIMIT) {
+    } else if (mirror_mask != 0 || policy.is_some_and(|p| p.num_retries > 0))
+        && body_len.is_some_and(|n| n <= RETRY_BUFFER_LIMIT.min(crate::filters::MIRROR_BODY_LIMIT))
+    {
         match body.collect().await {
             Ok(c) => BodySource::Replayable(Some(c.to_bytes())),
             Err(_) => {
@@ -831,59 +970,31 @@ async fn forward(
     } else {
         BodySource::Stream(Some(body))
     };
-
-    let mut prepared = Prepared {
-        method: parts.method,
-        uri: Uri::default(),
-        version: Version::HTTP_11,
-        headers,
-    };
-    let authority_override = action.host_rewrite.as_deref();
-    match cluster.protocol() {
-        UpstreamProtocol::Http1 => {
-            // Origin-form URI and a Host header, whatever the downstream protocol was.
-            let authority = authority_override
-                .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-                .map(str::to_string);
-            prepared.uri = match rewritten_path {
-                Some(p) => p.parse().unwrap_or_default(),
-                None if parts.uri.authority().is_none() => parts.uri,
-                None => parts
-                    .uri
-                    .path_and_query()
-                    .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())),
-            };
-            if let Some(a) = authority {
-                if let Ok(v) = HeaderValue::from_str(&a) {
-                    prepared.headers.insert(header::HOST, v);
-                }
-            }
-        }
-        UpstreamProtocol::Http2 => {
-            let authority = authority_override
-                .map(str::to_string)
-                .or_else(|| parts.uri.authority().map(|a| a.as_str().to_string()))
-                .or_else(|| {
-                    prepared
-                        .headers
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_string)
-                })
-                .filter(|a| !a.is_empty())
-                .unwrap_or_else(|| "localhost".to_string());
-            let pq =
-                rewritten_path.unwrap_or_else(|| parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string());
-            prepared.uri = Uri::builder()
-                .scheme("http")
-                .authority(authority.as_str())
-                .path_and_query(pq.as_str())
-                .build()
-                .unwrap_or_default();
-            prepared.version = Version::HTTP_2;
-            prepared.headers.remove(header::HOST);
+    if let (Some(fx), true) = (filters, mirror_mask != 0) {
+        match &source {
+            BodySource::Replayable(b) => fx.spawn_mirrors(
+                mirror_mask,
+                &ctx.shared,
+                &parts.method,
+                &parts.uri,
+                rewritten_path.as_deref(),
+                action.host_rewrite.as_deref(),
+                &headers,
+                b.as_ref(),
+                action.timeout,
+            ),
+            BodySource::Stream(_) => fx.skip_mirrors(mirror_mask),
         }
     }
+
+    let mut prepared = shape_request(
+        cluster.protocol(),
+        parts.method,
+        parts.uri,
+        rewritten_path,
+        action.host_rewrite.as_deref(),
+        headers,
+    );
 
     let max_tries = 1 + policy.map_or(0, |p| p.num_retries);
     let mut attempt = 0u32;
@@ -1116,6 +1227,52 @@ async fn send_once(
             Err(_) => Err((TryError::Timeout, None)),
         },
     }
+}
+
+/// Sends one request to a cluster outside any downstream exchange (mirroring): picks a host,
+/// counts the request against the cluster's circuit breaker, sends it, and reads the response body
+/// to its end so the connection can return to the pool. Everything is bounded by `deadline`.
+pub(crate) async fn send_detached(
+    cluster: Arc<ClusterRt>,
+    request: Request<UpBody>,
+    deadline: Instant,
+) -> Result<u16, Reason> {
+    let host = cluster.pick(None, None).ok_or(Reason::NoHealthyUpstream)?;
+    let active = cluster.start_request(&host).ok_or(Reason::Overflow)?;
+    let start = Instant::now();
+    let (resp, pooled) = match send_once(&cluster, &host, request, Some(deadline)).await {
+        Ok(r) => r,
+        Err((e, _)) => {
+            host.rq_error.fetch_add(1, Ordering::Relaxed);
+            if matches!(e, TryError::Timeout) {
+                cluster.stats.rq_timeout.inc();
+            }
+            return Err(e.reason());
+        }
+    };
+    let status = resp.status().as_u16();
+    cluster.stats.record(status, start.elapsed());
+    if status >= 500 {
+        host.rq_error.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut body = resp.into_body();
+    let drained = tokio::time::timeout_at(deadline.into(), async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if drained {
+        if let Some(p) = pooled {
+            p.release();
+        }
+    }
+    drop(active);
+    Ok(status)
 }
 
 fn finish_response(

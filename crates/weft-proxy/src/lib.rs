@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod body;
 pub mod cluster;
+pub mod filters;
 pub mod flags;
 pub mod h1_framing;
 pub mod health;

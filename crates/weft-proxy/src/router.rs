@@ -115,11 +115,54 @@ enum PathRule {
     Regex(Regex),
 }
 
+/// Compiled header matchers (route `match.headers`, `fault.headers`): all must match.
+#[derive(Default)]
+pub struct HeaderMatchers(Vec<(HeaderName, Rule, bool)>);
+
+impl HeaderMatchers {
+    pub fn new(list: &[weft_config::HeaderMatcher]) -> HeaderMatchers {
+        HeaderMatchers(
+            list.iter()
+                .filter_map(|h| {
+                    Some((
+                        HeaderName::from_bytes(h.name.as_bytes()).ok()?,
+                        Rule::new(&h.rule),
+                        h.invert,
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn matches(&self, headers: &HeaderMap) -> bool {
+        for (name, rule, invert) in &self.0 {
+            // Multiple values are matched as one comma-joined value, as RFC 9110 allows.
+            let mut values = headers.get_all(name).iter();
+            let matched = match (values.next(), values.next()) {
+                (None, _) => rule.matches(None),
+                (Some(v), None) => rule.matches(Some(v.as_bytes())),
+                (Some(first), Some(second)) => {
+                    let mut joined = first.as_bytes().to_vec();
+                    for v in std::iter::once(second).chain(values) {
+                        joined.extend_from_slice(b",");
+                        joined.extend_from_slice(v.as_bytes());
+                    }
+                    rule.matches(Some(&joined))
+                }
+            };
+            if matched == *invert {
+                return false;
+            }
+        }
+        true
+    }
+}
+
 struct Matcher {
     path: PathRule,
     case_sensitive: bool,
     methods: Vec<Method>,
-    headers: Vec<(HeaderName, Rule, bool)>,
+    headers: HeaderMatchers,
     query: Vec<(String, Rule)>,
 }
 
@@ -150,24 +193,8 @@ impl Matcher {
         if !self.methods.is_empty() && !self.methods.contains(method) {
             return false;
         }
-        for (name, rule, invert) in &self.headers {
-            // Multiple values are matched as one comma-joined value, as RFC 9110 allows.
-            let mut values = headers.get_all(name).iter();
-            let matched = match (values.next(), values.next()) {
-                (None, _) => rule.matches(None),
-                (Some(v), None) => rule.matches(Some(v.as_bytes())),
-                (Some(first), Some(second)) => {
-                    let mut joined = first.as_bytes().to_vec();
-                    for v in std::iter::once(second).chain(values) {
-                        joined.extend_from_slice(b",");
-                        joined.extend_from_slice(v.as_bytes());
-                    }
-                    rule.matches(Some(&joined))
-                }
-            };
-            if matched == *invert {
-                return false;
-            }
+        if !self.headers.matches(headers) {
+            return false;
         }
         if !self.query.is_empty() {
             let q = uri.query().unwrap_or("");
@@ -232,6 +259,8 @@ pub struct RouteEntry {
     pub total_weight: u32,
     /// How much of the path `prefix_rewrite` replaces: the matched prefix, or the whole exact path.
     pub rewrite_prefix_len: Option<usize>,
+    /// Fault injection, mirroring and rate limiting; `None` (one pointer test) when none is configured.
+    pub filters: Option<Box<crate::filters::RouteFilters>>,
 }
 
 pub struct VirtualHostEntry {
@@ -297,7 +326,14 @@ impl RouteTable {
                         PathMatch::Prefix(p) | PathMatch::Exact(p) => Some(p.len()),
                         PathMatch::Regex(_) => None,
                     };
+                    let filters = match &r.action {
+                        RouteAction::Forward(f) if f.has_filters() => Some(Box::new(
+                            crate::filters::RouteFilters::new(f, listener, &vh.name, &name, metrics),
+                        )),
+                        _ => None,
+                    };
                     RouteEntry {
+                        filters,
                         rewrite_prefix_len,
                         stats: metrics.route(listener, &vh.name, &name),
                         name,
@@ -309,17 +345,7 @@ impl RouteTable {
                                 .iter()
                                 .filter_map(|s| Method::from_bytes(s.as_bytes()).ok())
                                 .collect(),
-                            headers: m
-                                .headers
-                                .iter()
-                                .filter_map(|h| {
-                                    Some((
-                                        HeaderName::from_bytes(h.name.as_bytes()).ok()?,
-                                        Rule::new(&h.rule),
-                                        h.invert,
-                                    ))
-                                })
-                                .collect(),
+                            headers: HeaderMatchers::new(&m.headers),
                             query: m
                                 .query_parameters
                                 .iter()

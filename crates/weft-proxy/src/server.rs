@@ -608,6 +608,8 @@ impl LocalReplyCounters {
             UpstreamProtocolError,
             DownstreamProtocolError,
             DirectResponse,
+            FaultInjected,
+            RateLimited,
         ]
         .iter()
         .map(|r| (r.code(), metrics.local_reply(listener, r.code())))

@@ -96,6 +96,8 @@ pub struct Metrics {
     hc_failure: Family<ClusterLabel, Counter>,
     route_rq_total: Family<RouteClassLabel, Counter>,
     route_rq_time: HistFamily<RouteLabel>,
+    /// Fault injection, mirroring and local rate limiting.
+    pub filters: crate::filters::FilterMetrics,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -137,6 +139,7 @@ impl Metrics {
             hc_failure: Family::default(),
             route_rq_total: Family::default(),
             route_rq_time: Family::new_with_constructor(latency_histogram),
+            filters: crate::filters::FilterMetrics::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
         };
@@ -266,6 +269,7 @@ impl Metrics {
             "Request time per route",
             m.route_rq_time.clone(),
         );
+        m.filters.register(&mut r);
         r.register(
             "config_reloads",
             "Successful configuration reloads",
