@@ -1237,7 +1237,7 @@ pub(crate) async fn send_detached(
     request: Request<UpBody>,
     deadline: Instant,
 ) -> Result<u16, Reason> {
-    let host = cluster.pick(None, None).ok_or(Reason::NoHealthyUpstream)?;
+    let host = cluster.pick(None, None, None).ok_or(Reason::NoHealthyUpstream)?;
     let active = cluster.start_request(&host).ok_or(Reason::Overflow)?;
     let start = Instant::now();
     let (resp, pooled) = match send_once(&cluster, &host, request, Some(deadline)).await {
