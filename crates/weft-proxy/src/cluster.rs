@@ -172,7 +172,7 @@ impl PooledH1 {
             });
         }
         drop(idle);
-        self.cluster.conn_released.notify_one();
+        self.cluster.wake_pending();
     }
 }
 
@@ -210,6 +210,16 @@ impl ClusterRt {
                 })
                 .collect()
         };
+        // Hosts kept from the previous incarnation keep their verdicts only while the detector that
+        // produced them is still configured.
+        for h in &hosts {
+            if config.health_checks.is_empty() {
+                h.healthy.store(true, Ordering::Relaxed);
+            }
+            if config.outlier_detection.is_none() {
+                h.outlier.clear();
+            }
+        }
         let set = HostSet::new(&config, &local, hosts);
         stats.hosts_eligible.set(set.eligible as i64);
         stats.panic.set(set.panic as i64);
@@ -401,6 +411,14 @@ impl ClusterRt {
         }
     }
 
+    /// Wakes one request waiting for a connection, if any (the common case has none, and then
+    /// touching the `Notify`, which takes a lock, is skipped).
+    fn wake_pending(&self) {
+        if self.pending.load(Ordering::Relaxed) > 0 {
+            self.conn_released.notify_one();
+        }
+    }
+
     /// Waits (as a pending request) for a pooled connection to be released.
     async fn wait_for_connection(&self, deadline: Option<Instant>) -> Result<(), ConnectError> {
         let n = self.pending.fetch_add(1, Ordering::Relaxed);
@@ -520,7 +538,7 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.cluster.cx_count.fetch_sub(1, Ordering::Relaxed);
         self.cluster.stats.cx_active.dec();
-        self.cluster.conn_released.notify_one();
+        self.cluster.wake_pending();
     }
 }
 

@@ -219,7 +219,7 @@ impl FramingTracker {
 }
 
 fn find_head_end(b: &[u8]) -> Option<usize> {
-    b.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    memchr::memmem::find(b, b"\r\n\r\n").map(|p| p + 4)
 }
 
 /// An I/O stream whose reads feed a shared [`FramingTracker`].

@@ -884,6 +884,8 @@ async fn forward(
     // Headers: hop-by-hop, forwarding, ids, mutations.
     let down_version = parts.version;
     let mut headers = std::mem::take(&mut parts.headers);
+    // Room for the forwarding headers added below, so the map grows at most once.
+    headers.reserve(4);
     strip_hop_by_hop(&mut headers, upgrade);
     headers.remove(header::EXPECT);
     if down_version == Version::HTTP_2 {

@@ -74,6 +74,18 @@ impl OutlierState {
         }
     }
 
+    fn reset_interval(&self) {
+        self.interval_success.store(0, Ordering::Relaxed);
+        self.interval_failure.store(0, Ordering::Relaxed);
+    }
+
+    /// Forgets any ejection (used when a reload turns outlier detection off).
+    pub fn clear(&self) {
+        self.ejected.store(false, Ordering::Relaxed);
+        self.reset_consecutive();
+        self.reset_interval();
+    }
+
     fn reset_consecutive(&self) {
         self.consecutive_5xx.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
@@ -119,6 +131,8 @@ impl ClusterRt {
             .store(now_ms() + time.as_millis() as u64, Ordering::Relaxed);
         host.outlier.ejections.fetch_add(1, Ordering::Relaxed);
         host.outlier.reset_consecutive();
+        // Failures before the ejection must not count against the host when it returns.
+        host.outlier.reset_interval();
         self.stats.outlier_ejections.inc();
         tracing::info!(cluster = %self.config.name, host = %host.address, ejection_ms = time.as_millis() as u64, "outlier ejected");
         self.rebuild_hosts();
@@ -137,6 +151,7 @@ impl ClusterRt {
                 if now >= st.ejected_until_ms.load(Ordering::Relaxed) {
                     st.ejected.store(false, Ordering::Relaxed);
                     st.reset_consecutive();
+                    st.reset_interval();
                     changed = true;
                     tracing::info!(cluster = %self.config.name, host = %h.address, "outlier ejection ended");
                 }
