@@ -13,7 +13,12 @@ use std::convert::Infallible;
 type EchoBody = StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, Infallible>>>>;
 
 async fn echo(req: hyper::Request<Incoming>) -> Result<hyper::Response<EchoBody>, Infallible> {
-    let message = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let message = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let mut trailers = http::HeaderMap::new();
     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
     let frames = vec![Ok(Frame::data(message)), Ok(Frame::trailers(trailers))];
@@ -34,7 +39,9 @@ fn main() {
         let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
         eprintln!("grpc-echo listening on {addr}");
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             tokio::spawn(async move {
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

@@ -149,8 +149,9 @@ pub struct HttpConnectionManager {
     pub route_config: RouteConfig,
     #[serde(serialize_with = "ser_opt_dur")]
     pub idle_timeout: Option<Duration>,
-    #[serde(serialize_with = "ser_dur")]
-    pub request_headers_timeout: Duration,
+    /// Limit on receiving a request's headers (HTTP/1.1); `None` disables it.
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub request_headers_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
     /// When true, the peer address is the client address appended to `x-forwarded-for`
     /// (an edge proxy); when false, an existing `x-forwarded-for` is trusted as is.

@@ -406,9 +406,10 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
                 .dur(&format!("{path}.idle_timeout"), &h.idle_timeout)
                 .filter(|d| !d.is_zero()),
         },
+        // Off unless set, as in Envoy: arming a timer per request costs CPU on every request.
         request_headers_timeout: cx
             .dur(&format!("{path}.request_headers_timeout"), &h.request_headers_timeout)
-            .unwrap_or(Duration::from_secs(30)),
+            .filter(|d| !d.is_zero()),
         max_request_headers_kb: cx.u32_in(
             &format!("{path}.max_request_headers_kb"),
             h.max_request_headers_kb,

@@ -34,7 +34,7 @@ use weft_config::{
 /// Request bodies up to this size are buffered when a retry policy exists, so a retry can resend them.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 /// Header naming the upstream for `original_dst` clusters in HTTP.
-const ORIGINAL_DST_HEADER: &str = "x-weft-original-dst-host";
+static ORIGINAL_DST_HEADER: HeaderName = HeaderName::from_static("x-weft-original-dst-host");
 /// How long a connection asked to close gracefully may take to finish its requests.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
 
@@ -133,12 +133,10 @@ pub async fn serve_connection(
     let cfg = &rt.config;
     let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.request_headers_timeout)
-        .max_buf_size(max_header.max(8192))
-        .keep_alive(true);
+    builder.http1().max_buf_size(max_header.max(8192)).keep_alive(true);
+    if let Some(t) = cfg.request_headers_timeout {
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(t);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -438,7 +436,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                             }
                             // Boxed: the forwarding state machine is large, and HTTP/2 moves the
                             // request future into a new task per stream.
-                            None => Box::pin(forward(ctx, req, vh, route, f, grpc, log.as_deref_mut())).await,
+                            None => Box::pin(forward(ctx, req, vh, route, f, grpc, start, log.as_deref_mut())).await,
                         }
                     }
                     RouteAction::Redirect(r) => (
@@ -533,6 +531,21 @@ fn redirect(req: &Request<Incoming>, r: &weft_config::Redirect, matched_prefix: 
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), including any named in `Connection`.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass of cheap name comparisons (standard header
+    // names compare as enum values) avoids nine hash lookups.
+    let hop = |k: &HeaderName| {
+        k == header::CONNECTION
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+            || k == header::TRANSFER_ENCODING
+            || k == header::TRAILER
+            || k == header::PROXY_AUTHENTICATE
+            || k == header::PROXY_AUTHORIZATION
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
     let mut named: Vec<HeaderName> = Vec::new();
     for v in h.get_all(header::CONNECTION) {
         if let Ok(s) = v.to_str() {
@@ -796,7 +809,7 @@ enum BodySource {
     Stream(Option<Incoming>),
 }
 
-#[allow(clippy::too_many_lines)]
+#[allow(clippy::too_many_lines, clippy::too_many_arguments)]
 async fn forward(
     ctx: &ConnCtx,
     req: Request<Incoming>,
@@ -804,10 +817,10 @@ async fn forward(
     route: &RouteEntry,
     action: &ForwardAction,
     grpc: bool,
+    start: Instant,
     mut log: Option<&mut LogRecord>,
 ) -> (Response<DownBody>, Option<Reason>, Option<ActiveRequest>) {
     let rt = &*ctx.rt;
-    let start = Instant::now();
     let deadline = action.timeout.map(|t| start + t);
 
     // Cluster: one, or a weighted pick.
@@ -859,7 +872,7 @@ async fn forward(
     let original_dst = if matches!(cluster.config.discovery, Discovery::OriginalDst) {
         let from_header = req
             .headers()
-            .get(ORIGINAL_DST_HEADER)
+            .get(&ORIGINAL_DST_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<SocketAddr>().ok());
         match from_header.or(ctx.original_dst) {
@@ -923,7 +936,7 @@ async fn forward(
     if let Some(v) = &rt.via {
         headers.append(header::VIA, v.clone());
     }
-    headers.remove(ORIGINAL_DST_HEADER);
+    headers.remove(&ORIGINAL_DST_HEADER);
     rt.routes.mutations.request.apply(&mut headers);
     vh.mutations.request.apply(&mut headers);
     route.mutations.request.apply(&mut headers);
