@@ -8,28 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
 
-fn proxy_yaml(route: &str, clusters: &str) -> String {
-    format!(
-        r#"
-admin: {{ address: "127.0.0.1:0" }}
-runtime: {{ concurrency: 1 }}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-    http:
-      route_config:
-        virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:
-              - match: {{ prefix: / }}
-                route: {route}
-clusters:
-{clusters}
-"#
-    )
-}
-
 /// Sends `n` requests over `conns` keep-alive connections and counts `x-upstream` values.
 async fn spread(
     addr: std::net::SocketAddr,
@@ -59,7 +37,7 @@ async fn weighted_clusters_split_within_tolerance() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
     let c = named_upstream("c").await;
-    let yaml = proxy_yaml(
+    let yaml = one_route_yaml(
         "{ weighted_clusters: [{ name: a, weight: 70 }, { name: b, weight: 20 }, { name: c, weight: 10 }] }",
         &format!(
             "  - {{ name: a, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: b, endpoints: [{{ address: \"{}\" }}] }}\n  - {{ name: c, endpoints: [{{ address: \"{}\" }}] }}",
@@ -78,7 +56,7 @@ async fn weighted_clusters_split_within_tolerance() {
 async fn round_robin_weights_across_endpoints() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let yaml = proxy_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app }",
         &format!(
             "  - {{ name: app, endpoints: [{{ address: \"{}\", weight: 3 }}, {{ address: \"{}\", weight: 1 }}] }}",
@@ -100,7 +78,7 @@ async fn ring_hash_and_maglev_are_sticky() {
             named_upstream("c").await,
         ];
         let eps: Vec<String> = ups.iter().map(|u| format!("{{ address: \"{}\" }}", u.addr)).collect();
-        let yaml = proxy_yaml(
+        let yaml = one_route_yaml(
             "{ cluster: app, hash_policy: [{ header: x-user }] }",
             &format!(
                 "  - {{ name: app, lb_policy: {policy}, endpoints: [{}] }}",
@@ -141,7 +119,7 @@ async fn least_request_avoids_the_busy_host() {
     })
     .await;
     let fast = named_upstream("fast").await;
-    let yaml = proxy_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app }",
         &format!(
             "  - {{ name: app, lb_policy: least_request, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
@@ -267,7 +245,7 @@ async fn per_try_timeout_retries_on_another_host() {
     })
     .await;
     let fast = named_upstream("fast").await;
-    let yaml = proxy_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app, timeout: 2s, retry_policy: { retry_on: [per-try-timeout], num_retries: 1, per_try_timeout: 100ms, retry_back_off: { base_interval: 1ms } } }",
         &format!(
             "  - {{ name: app, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}] }}",
@@ -291,7 +269,7 @@ async fn streamed_bodies_are_not_retried_after_sending() {
     // A request body larger than the retry buffer is streamed; after it has gone upstream a 5xx is
     // returned as is, not retried.
     let up = upstream(|s| async move { text(503, &format!("saw {}", s.body.len())) }).await;
-    let yaml = proxy_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app, retry_policy: { retry_on: [5xx], num_retries: 3 } }",
         &format!("  - {{ name: app, endpoints: [{{ address: \"{}\" }}] }}", up.addr),
     );
@@ -316,7 +294,7 @@ async fn circuit_breaker_overflow_is_immediate_and_marked() {
         text(200, "ok")
     })
     .await;
-    let yaml = proxy_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app }",
         &format!(
             "  - {{ name: app, circuit_breakers: {{ max_requests: 2 }}, endpoints: [{{ address: \"{}\" }}] }}",

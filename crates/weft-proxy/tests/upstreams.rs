@@ -9,32 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
-fn listener_yaml(route: &str, clusters: &str) -> String {
-    format!(
-        r#"
-admin: {{ address: "127.0.0.1:0" }}
-runtime: {{ concurrency: 1 }}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-    http:
-      route_config:
-        virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:
-              - match: {{ prefix: / }}
-                route: {route}
-clusters:
-{clusters}
-"#
-    )
-}
-
 #[tokio::test]
 async fn strict_dns_cluster_resolves_names() {
     let up = named_upstream("dns").await;
-    let yaml = listener_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app, auto_host_rewrite: true }",
         &format!(
             "  - {{ name: app, type: strict_dns, dns_refresh_rate: 200ms, endpoints: [{{ address: \"localhost:{}\" }}] }}",
@@ -74,7 +52,7 @@ async fn strict_dns_cluster_resolves_names() {
 async fn original_dst_cluster_follows_the_header() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
-    let yaml = listener_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: passthrough }",
         "  - { name: passthrough, type: original_dst }",
     );
@@ -111,7 +89,7 @@ async fn cookie_and_query_hashing_are_sticky() {
         named_upstream("c").await,
     ];
     let eps: Vec<String> = ups.iter().map(|u| format!("{{ address: \"{}\" }}", u.addr)).collect();
-    let yaml = listener_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app, hash_policy: [{ cookie: session }, { query_parameter: user, terminal: true }] }",
         &format!(
             "  - {{ name: app, lb_policy: ring_hash, endpoints: [{}] }}",
@@ -159,7 +137,7 @@ async fn source_ip_hashing_pins_a_client() {
         named_upstream("c").await,
     ];
     let eps: Vec<String> = ups.iter().map(|u| format!("{{ address: \"{}\" }}", u.addr)).collect();
-    let yaml = listener_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app, hash_policy: [{ source_ip: true }] }",
         &format!(
             "  - {{ name: app, lb_policy: maglev, endpoints: [{}] }}",
@@ -189,7 +167,7 @@ async fn retry_budget_limits_concurrent_retries() {
         }
     })
     .await;
-    let yaml = listener_yaml(
+    let yaml = one_route_yaml(
         "{ cluster: app, retry_policy: { retry_on: [5xx], num_retries: 5, retry_back_off: { base_interval: 1ms, max_interval: 2ms } } }",
         &format!(
             "  - {{ name: app, retry_budget: {{ budget_percent: 0, min_retry_concurrency: 2 }}, endpoints: [{{ address: \"{}\" }}] }}",

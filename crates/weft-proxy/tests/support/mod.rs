@@ -410,3 +410,27 @@ pub async fn admin_post(server: &Server, path: &str) -> Got {
         .send(req("POST", path, "admin", &[], ""))
         .await
 }
+
+/// A proxy config with an admin port, one worker, one listener `web` on port 0 whose single route
+/// (`/`) has the given `route:` action, and the given `clusters:` list (YAML, indented two spaces).
+pub fn one_route_yaml(route: &str, clusters: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: {{ prefix: / }}
+                route: {route}
+clusters:
+{clusters}
+"#
+    )
+}
