@@ -121,12 +121,14 @@ pub async fn serve_connection(
     let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req| {
         let ctx = svc_ctx.clone();
-        async move {
+        // Boxed once here: the request state machine is large, and hyper moves it (into a new task
+        // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future.
+        Box::pin(async move {
             ctx.in_flight.fetch_add(1, Ordering::Relaxed);
             let resp = handle(&ctx, req).await;
             ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
             Ok::<_, Infallible>(resp)
-        }
+        })
     });
     let io = TokioIo::new(stream);
     let mut drain = lrt.drain_signal();
@@ -434,9 +436,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                                 let (resp, reason) = stop_reply(rt, stop, grpc);
                                 (resp, Some(reason), None)
                             }
-                            // Boxed: the forwarding state machine is large, and HTTP/2 moves the
-                            // request future into a new task per stream.
-                            None => Box::pin(forward(ctx, req, vh, route, f, grpc, start, log.as_deref_mut())).await,
+                            None => forward(ctx, req, vh, route, f, grpc, start, log.as_deref_mut()).await,
                         }
                     }
                     RouteAction::Redirect(r) => (
