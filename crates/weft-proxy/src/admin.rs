@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 
 pub async fn serve(listener: std::net::TcpListener, server: Weak<Server>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -168,6 +168,3 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; GET / lists the endpoints\n"),
     }
 }
-
-/// Keeps `Arc` in scope for callers that hold the server strongly.
-pub type ServerRef = Arc<Server>;

@@ -245,8 +245,4 @@ impl HostSet {
         }
         (!pool.hosts.is_empty()).then_some(pool)
     }
-
-    pub fn has_subsets(&self) -> bool {
-        self.subsets.is_some()
-    }
 }

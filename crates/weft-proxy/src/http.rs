@@ -491,10 +491,9 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
 
 fn redirect(req: &Request<Incoming>, r: &weft_config::Redirect, matched_prefix: Option<usize>) -> Response<DownBody> {
     let host_full = request_host(req);
-    let (orig_host, orig_port) = match host_full.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || host_full.starts_with('[') => (h, Some(p)),
-        _ => (host_full, None),
-    };
+    // The router's host/port split, so IPv6 literals ("[::1]:8080") are handled the same way.
+    let orig_host = crate::router::strip_port(host_full);
+    let orig_port = host_full[orig_host.len()..].strip_prefix(':');
     let scheme = r.scheme.as_deref().unwrap_or("http");
     let host = r.host.as_deref().unwrap_or(orig_host);
     let port = match (r.port, &r.scheme, orig_port) {
@@ -604,7 +603,8 @@ fn request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
-fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer: SocketAddr) -> Option<u64> {
+/// `peer_ip` is the client address as text (already formatted once per connection).
+fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer_ip: &[u8]) -> Option<u64> {
     let mut hash: Option<u64> = None;
     for p in policies {
         let (h, terminal) = match p {
@@ -618,7 +618,7 @@ fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer: SocketAd
                 cookie(req.headers(), name).map(|v| weft_lb::hash_key(v.as_bytes())),
                 *terminal,
             ),
-            HashPolicy::SourceIp { terminal } => (Some(weft_lb::hash_key(peer.ip().to_string().as_bytes())), *terminal),
+            HashPolicy::SourceIp { terminal } => (Some(weft_lb::hash_key(peer_ip)), *terminal),
             HashPolicy::QueryParameter { name, terminal } => (
                 req.uri()
                     .query()
@@ -853,7 +853,7 @@ async fn forward(
     let hash = if action.hash_policy.is_empty() {
         None
     } else {
-        compute_hash(&action.hash_policy, &req, ctx.peer)
+        compute_hash(&action.hash_policy, &req, ctx.peer_ip.as_bytes())
     };
     // Subset routing: the tag header's value selects hosts labelled with it; untagged requests go to
     // the default subset when one is configured.

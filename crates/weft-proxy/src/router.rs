@@ -421,7 +421,8 @@ impl RouteTable {
     }
 }
 
-fn strip_port(host: &str) -> &str {
+/// The host part of a `host[:port]` authority (IPv6 literals keep their brackets).
+pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return match host.find(']') {
