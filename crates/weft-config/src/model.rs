@@ -163,6 +163,41 @@ pub struct HttpConnectionManager {
     pub access_log: Option<AccessLog>,
     /// One token bucket for every request through this connection manager (all workers share it).
     pub local_rate_limit: Option<Box<LocalRateLimit>>,
+    pub rate_limit_service: Option<RateLimitService>,
+}
+
+/// A global rate limit service speaking Envoy's RLS protocol over gRPC.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RateLimitService {
+    pub cluster: String,
+    pub domain: String,
+    #[serde(serialize_with = "ser_dur")]
+    pub timeout: Duration,
+    pub failure_mode_deny: bool,
+}
+
+/// One descriptor to send to the rate limit service (Envoy `RateLimit`): sent only when every
+/// action yields an entry.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RateLimitPolicy {
+    pub actions: Vec<RateLimitAction>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitAction {
+    /// `(descriptor_key, value of header_name)`; no entry when the header is absent.
+    RequestHeaders {
+        header_name: String,
+        descriptor_key: String,
+    },
+    /// `("remote_address", client IP)`.
+    RemoteAddress,
+    /// `(descriptor_key or "generic_key", descriptor_value)`.
+    GenericKey {
+        descriptor_key: String,
+        descriptor_value: String,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -301,12 +336,16 @@ pub struct ForwardAction {
     pub fault: Option<Box<FaultPolicy>>,
     pub request_mirror_policies: Vec<MirrorPolicy>,
     pub local_rate_limit: Option<Box<LocalRateLimit>>,
+    pub rate_limits: Vec<RateLimitPolicy>,
 }
 
 impl ForwardAction {
     /// Whether any per-route traffic-governance filter (fault, mirror, rate limit) is configured.
     pub fn has_filters(&self) -> bool {
-        self.fault.is_some() || !self.request_mirror_policies.is_empty() || self.local_rate_limit.is_some()
+        self.fault.is_some()
+            || !self.request_mirror_policies.is_empty()
+            || self.local_rate_limit.is_some()
+            || !self.rate_limits.is_empty()
     }
 }
 

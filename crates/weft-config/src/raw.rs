@@ -104,7 +104,53 @@ pub struct RawHttp {
     pub access_log: Option<RawAccessLog>,
     /// Token bucket for every request on this connection manager (Envoy `local_ratelimit`).
     pub local_rate_limit: Option<RawLocalRateLimit>,
+    /// Global rate limiting: the gRPC rate limit service routes' `rate_limits` ask (Envoy `ratelimit`).
+    pub rate_limit_service: Option<RawRateLimitService>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimitService {
+    /// Cluster of the rate limit service (Envoy's RLS protocol, `envoy.service.ratelimit.v3`, over gRPC).
+    pub cluster: Option<String>,
+    pub domain: Option<String>,
+    pub timeout: Option<String>,
+    /// Answer 500 when the service fails or times out (default: let the request through).
+    pub failure_mode_deny: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimit {
+    pub actions: Vec<RawRateLimitAction>,
+}
+
+/// One descriptor entry (Envoy `RateLimit.Action`); exactly one field is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRateLimitAction {
+    pub request_headers: Option<RawRequestHeadersAction>,
+    pub remote_address: Option<RawEmpty>,
+    pub generic_key: Option<RawGenericKeyAction>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRequestHeadersAction {
+    pub header_name: Option<String>,
+    pub descriptor_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGenericKeyAction {
+    pub descriptor_value: Option<String>,
+    pub descriptor_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEmpty {}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -203,6 +249,8 @@ pub struct RawRouteAction {
     pub request_mirror_policies: Vec<RawMirrorPolicy>,
     /// Envoy `envoy.filters.http.local_ratelimit` as per-route config.
     pub local_rate_limit: Option<RawLocalRateLimit>,
+    /// Envoy `RouteAction.rate_limits`: descriptors sent to the connection manager's rate limit service.
+    pub rate_limits: Vec<RawRateLimit>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -388,6 +388,22 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         return None;
     };
     let route_config = route_config(cx, &format!("{path}.route_config"), rc, clusters);
+    let rate_limit_service = h
+        .rate_limit_service
+        .as_ref()
+        .and_then(|r| rate_limit_service(cx, &format!("{path}.rate_limit_service"), r, clusters));
+    if h.rate_limit_service.is_none() {
+        for (v, vh) in rc.virtual_hosts.iter().enumerate() {
+            for (r, route) in vh.routes.iter().enumerate() {
+                if route.route.as_ref().is_some_and(|a| !a.rate_limits.is_empty()) {
+                    cx.err(
+                        &format!("{path}.route_config.virtual_hosts[{v}].routes[{r}].route.rate_limits"),
+                        "needs the connection manager's rate_limit_service",
+                    );
+                }
+            }
+        }
+    }
     let via = match &h.via {
         Some(v) if http::HeaderValue::from_str(v).is_err() || v.is_empty() => {
             cx.err(&format!("{path}.via"), "must be a non-empty header value");
@@ -433,7 +449,88 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
             .local_rate_limit
             .as_ref()
             .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
+        rate_limit_service,
     })
+}
+
+fn rate_limit_service(
+    cx: &mut Ctx,
+    path: &str,
+    r: &RawRateLimitService,
+    clusters: &HashSet<String>,
+) -> Option<RateLimitService> {
+    let cluster = cx.required(&format!("{path}.cluster"), &r.cluster)?.to_string();
+    if !clusters.contains(&cluster) {
+        cx.err(&format!("{path}.cluster"), format!("unknown cluster \"{cluster}\""));
+    }
+    let domain = cx.required(&format!("{path}.domain"), &r.domain)?.to_string();
+    // Envoy's default: a slow rate limit service must not add more than this to every request.
+    let timeout = cx
+        .dur(&format!("{path}.timeout"), &r.timeout)
+        .unwrap_or(Duration::from_millis(20));
+    if timeout.is_zero() {
+        cx.err(&format!("{path}.timeout"), "must be greater than 0");
+    }
+    Some(RateLimitService {
+        cluster,
+        domain,
+        timeout,
+        failure_mode_deny: r.failure_mode_deny.unwrap_or(false),
+    })
+}
+
+fn rate_limits(cx: &mut Ctx, path: &str, raw: &[RawRateLimit]) -> Vec<RateLimitPolicy> {
+    let mut out = Vec::new();
+    for (i, rl) in raw.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if rl.actions.is_empty() {
+            cx.err(&format!("{p}.actions"), "needs at least one action");
+        }
+        let mut actions = Vec::new();
+        for (j, a) in rl.actions.iter().enumerate() {
+            let ap = format!("{p}.actions[{j}]");
+            let set = [
+                a.request_headers.is_some(),
+                a.remote_address.is_some(),
+                a.generic_key.is_some(),
+            ]
+            .iter()
+            .filter(|b| **b)
+            .count();
+            if set != 1 {
+                cx.err(&ap, "set exactly one of request_headers, remote_address, generic_key");
+                continue;
+            }
+            if let Some(h) = &a.request_headers {
+                let (Some(name), Some(key)) = (
+                    cx.required(&format!("{ap}.request_headers.header_name"), &h.header_name),
+                    cx.required(&format!("{ap}.request_headers.descriptor_key"), &h.descriptor_key),
+                ) else {
+                    continue;
+                };
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    cx.err(&format!("{ap}.request_headers.header_name"), "not a valid header name");
+                }
+                actions.push(RateLimitAction::RequestHeaders {
+                    header_name: name.to_ascii_lowercase(),
+                    descriptor_key: key.to_string(),
+                });
+            } else if a.remote_address.is_some() {
+                actions.push(RateLimitAction::RemoteAddress);
+            } else if let Some(g) = &a.generic_key {
+                let Some(value) = cx.required(&format!("{ap}.generic_key.descriptor_value"), &g.descriptor_value)
+                else {
+                    continue;
+                };
+                actions.push(RateLimitAction::GenericKey {
+                    descriptor_key: g.descriptor_key.clone().unwrap_or_else(|| "generic_key".into()),
+                    descriptor_value: value.to_string(),
+                });
+            }
+        }
+        out.push(RateLimitPolicy { actions });
+    }
+    out
 }
 
 fn headers(
@@ -972,6 +1069,7 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
             .local_rate_limit
             .as_ref()
             .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
+        rate_limits: rate_limits(cx, &format!("{path}.rate_limits"), &a.rate_limits),
     })
 }
 

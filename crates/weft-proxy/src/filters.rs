@@ -48,6 +48,8 @@ pub struct FilterMetrics {
     mirror_errors: Family<ClusterLabel, Counter>,
     mirror_skipped: Family<ClusterLabel, Counter>,
     rate_limited: Family<ScopeLabel, Counter>,
+    rls_over_limit: Family<ListenerLabel, Counter>,
+    rls_errors: Family<ListenerLabel, Counter>,
 }
 
 impl FilterMetrics {
@@ -82,6 +84,24 @@ impl FilterMetrics {
             "Requests refused by a local rate limit",
             self.rate_limited.clone(),
         );
+        r.register(
+            "http_rate_limit_service_over_limit",
+            "Requests the global rate limit service refused",
+            self.rls_over_limit.clone(),
+        );
+        r.register(
+            "http_rate_limit_service_errors",
+            "Calls to the global rate limit service that failed or timed out",
+            self.rls_errors.clone(),
+        );
+    }
+
+    /// (over-limit, error) counters of a connection manager's rate limit service client.
+    pub fn rate_limit_service(&self, listener: &str) -> (Counter, Counter) {
+        (
+            self.listener(&self.rls_over_limit, listener),
+            self.listener(&self.rls_errors, listener),
+        )
     }
 
     /// The counter of requests refused by the rate limit of `scope` (`listener` or `route:VHOST/ROUTE`).
@@ -343,13 +363,21 @@ struct MirrorRt {
 
 /// Why a request is answered locally before forwarding.
 pub enum Stop {
-    RateLimited { retry_after_secs: u64 },
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    /// The global rate limit service said over limit.
+    GlobalRateLimited,
+    /// The global rate limit service failed and the connection manager fails closed.
+    RateLimitServiceError,
     Abort(AbortStatus),
 }
 
 /// The compiled per-route governance configuration (only built when the route has some).
 pub struct RouteFilters {
     rate_limit: Option<LocalRateLimiter>,
+    /// Descriptors for the connection manager's global rate limit service.
+    rate_limits: Vec<weft_config::RateLimitPolicy>,
     fault: Option<FaultRt>,
     mirrors: Vec<MirrorRt>,
 }
@@ -369,6 +397,7 @@ impl RouteFilters {
     ) -> RouteFilters {
         let m = &metrics.filters;
         RouteFilters {
+            rate_limits: f.rate_limits.clone(),
             rate_limit: f
                 .local_rate_limit
                 .as_ref()
@@ -396,14 +425,34 @@ impl RouteFilters {
 
     /// Whether [`Self::before_forward`] has anything to do (a rate limit or a fault).
     pub fn checks_before_forward(&self) -> bool {
-        self.rate_limit.is_some() || self.fault.is_some()
+        self.rate_limit.is_some() || self.fault.is_some() || !self.rate_limits.is_empty()
     }
 
-    /// Rate limit, then fault delay, then fault abort. `Some` answers the request locally.
-    pub async fn before_forward(&self, headers: &HeaderMap) -> Option<Stop> {
+    /// Local rate limit, global rate limit, then fault delay, then fault abort. `Some` answers the
+    /// request locally.
+    pub async fn before_forward(
+        &self,
+        headers: &HeaderMap,
+        rls: Option<&crate::ratelimit::RateLimitClient>,
+        shared: &Shared,
+        peer: std::net::IpAddr,
+    ) -> Option<Stop> {
         if let Some(rl) = &self.rate_limit {
             if let Some(retry_after_secs) = rl.check(headers) {
                 return Some(Stop::RateLimited { retry_after_secs });
+            }
+        }
+        if let Some(rls) = rls.filter(|_| !self.rate_limits.is_empty()) {
+            let descriptors = crate::ratelimit::descriptors(&self.rate_limits, headers, peer);
+            if !descriptors.is_empty() {
+                match rls.check(shared, descriptors).await {
+                    crate::ratelimit::Verdict::Allow => {}
+                    crate::ratelimit::Verdict::OverLimit => return Some(Stop::GlobalRateLimited),
+                    crate::ratelimit::Verdict::Error(_) if rls.failure_mode_deny() => {
+                        return Some(Stop::RateLimitServiceError)
+                    }
+                    crate::ratelimit::Verdict::Error(_) => {}
+                }
             }
         }
         let f = self.fault.as_ref()?;

@@ -34,6 +34,10 @@ pub enum Reason {
     FaultInjected,
     /// A local rate limit (listener or route) refused the request (Envoy's `RL`).
     RateLimited,
+    /// The global rate limit service said over limit (Envoy's `RL` too).
+    GlobalRateLimited,
+    /// The rate limit service failed and `failure_mode_deny` is set (Envoy's `RLSE`).
+    RateLimitServiceError,
 }
 
 impl Reason {
@@ -50,7 +54,8 @@ impl Reason {
             Reason::DownstreamProtocolError => "DPE",
             Reason::DirectResponse => "DR",
             Reason::FaultInjected => "FI",
-            Reason::RateLimited => "RL",
+            Reason::RateLimited | Reason::GlobalRateLimited => "RL",
+            Reason::RateLimitServiceError => "RLSE",
         }
     }
 
@@ -66,7 +71,8 @@ impl Reason {
             Reason::DirectResponse => StatusCode::OK,
             // The configured abort status replaces this one.
             Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
-            Reason::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::RateLimited | Reason::GlobalRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Reason::RateLimitServiceError => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -84,6 +90,8 @@ impl Reason {
             Reason::DirectResponse => "",
             Reason::FaultInjected => "fault filter abort (FI)\n",
             Reason::RateLimited => "local rate limited (RL)\n",
+            Reason::GlobalRateLimited => "rate limited (RL)\n",
+            Reason::RateLimitServiceError => "rate limit service error (RLSE)\n",
         }
     }
 }

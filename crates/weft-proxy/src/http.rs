@@ -53,6 +53,8 @@ pub struct HttpRt {
     pub access_log: Option<Arc<AccessLogger>>,
     /// The connection manager's `local_rate_limit`, shared by every worker.
     pub rate_limit: Option<crate::filters::LocalRateLimiter>,
+    /// The connection manager's global rate limit service, asked by routes with `rate_limits`.
+    pub rls: Option<crate::ratelimit::RateLimitClient>,
     via: Option<HeaderValue>,
     server: Option<HeaderValue>,
 }
@@ -76,6 +78,10 @@ impl HttpRt {
                 .local_rate_limit
                 .as_ref()
                 .map(|c| crate::filters::LocalRateLimiter::new(c, metrics.filters.rate_limited(listener, "listener"))),
+            rls: config.rate_limit_service.as_ref().map(|c| {
+                let (over, errors) = metrics.filters.rate_limit_service(listener);
+                crate::ratelimit::RateLimitClient::new(c, over, errors)
+            }),
             via: config
                 .via
                 .as_deref()
@@ -317,6 +323,17 @@ fn stop_reply(rt: &HttpRt, stop: crate::filters::Stop, grpc: bool) -> (Response<
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
             (resp, reason)
         }
+        Stop::GlobalRateLimited => {
+            let reason = Reason::GlobalRateLimited;
+            let mut resp = local_reply_as(rt, reason, grpc, reason.status(), grpc_for_http(429));
+            resp.headers_mut()
+                .insert("x-envoy-ratelimited", HeaderValue::from_static("true"));
+            (resp, reason)
+        }
+        Stop::RateLimitServiceError => {
+            let reason = Reason::RateLimitServiceError;
+            (local_reply_as(rt, reason, grpc, reason.status(), 14), reason)
+        }
         Stop::Abort(status) => {
             let (http, code) = match status {
                 weft_config::AbortStatus::Http(s) => (s, grpc_for_http(s)),
@@ -428,7 +445,10 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                         // Rate limit and fault injection, only when the route has them (boxed so
                         // that routes without them do not carry their state in this future).
                         let stop = match route.filters.as_deref() {
-                            Some(fx) if fx.checks_before_forward() => Box::pin(fx.before_forward(req.headers())).await,
+                            Some(fx) if fx.checks_before_forward() => {
+                                Box::pin(fx.before_forward(req.headers(), rt.rls.as_ref(), &ctx.shared, ctx.peer.ip()))
+                                    .await
+                            }
                             _ => None,
                         };
                         match stop {

@@ -15,6 +15,7 @@ pub mod health;
 pub mod hostset;
 pub mod http;
 pub mod outlier;
+pub mod ratelimit;
 pub mod router;
 pub mod server;
 pub mod stats;

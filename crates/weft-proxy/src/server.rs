@@ -610,6 +610,7 @@ impl LocalReplyCounters {
             DirectResponse,
             FaultInjected,
             RateLimited,
+            RateLimitServiceError,
         ]
         .iter()
         .map(|r| (r.code(), metrics.local_reply(listener, r.code())))

@@ -35,7 +35,10 @@ use weft_xds_api::prost::Message;
 use weft_xds_api::type_url;
 
 #[derive(Parser, Debug)]
-#[command(name = "weft-xds-sim", about = "Scale benchmark for weft control: many simulated ADS clients")]
+#[command(
+    name = "weft-xds-sim",
+    about = "Scale benchmark for weft control: many simulated ADS clients"
+)]
 struct Args {
     /// Start `weft control` from this binary on a generated registry (else use --control).
     #[arg(long)]
@@ -110,7 +113,10 @@ fn endpoint_addr(service: usize, ep: usize, port: u32) -> String {
 }
 
 fn write_service(dir: &Path, i: usize, endpoints: usize, moved_port: Option<u32>) -> std::io::Result<()> {
-    let mut s = format!("services:\n  - name: {}\n    port: 8080\n    endpoints:\n", service_name(i));
+    let mut s = format!(
+        "services:\n  - name: {}\n    port: 8080\n    endpoints:\n",
+        service_name(i)
+    );
     for e in 0..endpoints {
         let port = if e == 0 { moved_port.unwrap_or(8080) } else { 8080 };
         s.push_str(&format!(
@@ -138,7 +144,9 @@ fn node(i: usize, services: usize) -> Node {
     Node {
         id: format!("sim-{i}"),
         cluster: service_name(i % services),
-        metadata: Some(Struct { fields: fields.into_iter().collect() }),
+        metadata: Some(Struct {
+            fields: fields.into_iter().collect(),
+        }),
         ..Default::default()
     }
 }
@@ -150,11 +158,15 @@ fn check_probe(shared: &Shared, seen_probe: &mut usize, name: &str, any_value: &
     if p.id == *seen_probe || p.service != name {
         return;
     }
-    let Ok(cla) = ClusterLoadAssignment::decode(any_value) else { return };
+    let Ok(cla) = ClusterLoadAssignment::decode(any_value) else {
+        return;
+    };
     let has = cla.endpoints.iter().flat_map(|l| &l.lb_endpoints).any(|e| {
         use weft_xds_api::pb::envoy::config::core::v3::{address::Address, socket_address::PortSpecifier};
         use weft_xds_api::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
-        let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else { return false };
+        let Some(HostIdentifier::Endpoint(ep)) = &e.host_identifier else {
+            return false;
+        };
         let Some(Address::SocketAddress(sa)) = ep.address.as_ref().and_then(|a| a.address.as_ref()) else {
             return false;
         };
@@ -239,7 +251,10 @@ async fn run_delta(i: usize, services: usize, channel: Channel, shared: Arc<Shar
                 rds_wanted = true;
                 send(DeltaDiscoveryRequest {
                     type_url: type_url::ROUTE.into(),
-                    resource_names_subscribe: vec!["outbound".into(), format!("inbound|{}", service_name(i % services))],
+                    resource_names_subscribe: vec![
+                        "outbound".into(),
+                        format!("inbound|{}", service_name(i % services)),
+                    ],
                     ..Default::default()
                 })?;
             }
@@ -280,7 +295,10 @@ async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Share
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
-    let rds_names = vec!["outbound".to_string(), format!("inbound|{}", service_name(i % services))];
+    let rds_names = vec![
+        "outbound".to_string(),
+        format!("inbound|{}", service_name(i % services)),
+    ];
     let mut eds_names: Vec<String> = Vec::new();
     let mut eds_state = (String::new(), String::new()); // last (version, nonce)
     let mut eds_have: HashSet<String> = HashSet::new();
@@ -344,7 +362,9 @@ async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Share
                 eds_state = (resp.version_info.clone(), resp.nonce.clone());
                 for a in &resp.resources {
                     // SotW carries no names outside the resource: decode just the name's field.
-                    let Ok(cla) = ClusterLoadAssignment::decode(a.value.as_slice()) else { continue };
+                    let Ok(cla) = ClusterLoadAssignment::decode(a.value.as_slice()) else {
+                        continue;
+                    };
                     eds_have.insert(cla.cluster_name.clone());
                     check_probe(&shared, &mut seen_probe, &cla.cluster_name, &a.value);
                 }
@@ -461,7 +481,10 @@ fn main() {
         (xds, args.control_pid)
     };
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let shared = Arc::new(Shared::default());
     let before = pid.and_then(proc_usage);
     let t_start = Instant::now();

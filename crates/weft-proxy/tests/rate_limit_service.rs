@@ -1,0 +1,261 @@
+//! Global rate limiting through a real gRPC rate limit service speaking Envoy's RLS protocol
+//! (`envoy.service.ratelimit.v3.RateLimitService`, served here by tonic with the Envoy API types):
+//! descriptors on the wire, 429 with `x-envoy-ratelimited`, fail-open and fail-closed, and the timeout.
+
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use weft_xds_api::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+
+/// Allows `limit` hits per distinct descriptor set, then says OVER_LIMIT; records every request.
+#[derive(Clone, Default)]
+struct Rls {
+    limit: u32,
+    delay: Duration,
+    hits: Arc<Mutex<HashMap<String, u32>>>,
+    seen: Arc<Mutex<Vec<(String, Vec<Vec<(String, String)>>)>>>,
+}
+
+#[tonic::async_trait]
+impl RateLimitService for Rls {
+    async fn should_rate_limit(
+        &self,
+        request: tonic::Request<RateLimitRequest>,
+    ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+        tokio::time::sleep(self.delay).await;
+        let r = request.into_inner();
+        let descriptors: Vec<Vec<(String, String)>> = r
+            .descriptors
+            .iter()
+            .map(|d| d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect())
+            .collect();
+        let mut over = false;
+        {
+            let mut hits = self.hits.lock().unwrap();
+            for d in &descriptors {
+                let n = hits.entry(format!("{d:?}")).or_insert(0);
+                *n += r.hits_addend.max(1);
+                over |= *n > self.limit;
+            }
+        }
+        self.seen.lock().unwrap().push((r.domain, descriptors));
+        Ok(tonic::Response::new(RateLimitResponse {
+            overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+            ..Default::default()
+        }))
+    }
+}
+
+async fn start_rls(rls: Rls) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let svc = RateLimitServiceServer::new(rls);
+    tokio::spawn(async move {
+        // Connections live in this set: stopping the service drops them all, like a crash.
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = &mut rx => return,
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+                    conns.spawn(async move {
+                        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            }
+        }
+    });
+    (addr, tx)
+}
+
+fn config(app: SocketAddr, rls: SocketAddr, deny: bool, timeout: &str) -> String {
+    format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 2 }}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    http:
+      rate_limit_service: {{ cluster: rls, domain: edge, timeout: {timeout}, failure_mode_deny: {deny} }}
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: {{ prefix: /limited }}
+                route:
+                  cluster: app
+                  rate_limits:
+                    - actions: [{{ request_headers: {{ header_name: x-user, descriptor_key: user }} }}]
+                    - actions: [{{ remote_address: {{}} }}, {{ generic_key: {{ descriptor_value: api }} }}]
+              - match: {{ prefix: / }}
+                route: {{ cluster: app }}
+clusters:
+  - name: app
+    endpoints: [{{ address: "{app}" }}]
+  - name: rls
+    protocol: http2
+    endpoints: [{{ address: "{rls}" }}]
+"#
+    )
+}
+
+async fn call(addr: SocketAddr, path: &str, user: Option<&str>) -> Got {
+    let mut c = H1Client::connect(addr).await;
+    let headers: Vec<(&str, &str)> = user.map(|u| vec![("x-user", u)]).unwrap_or_default();
+    c.send(req("GET", path, "example", &headers, "")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_answers_429_with_envoy_header_and_descriptors_cross_the_wire() {
+    let app = named_upstream("app").await;
+    let rls = Rls {
+        limit: 3,
+        ..Default::default()
+    };
+    let (rls_addr, _stop) = start_rls(rls.clone()).await;
+    let server = start_proxy(&config(app.addr, rls_addr, false, "1s"));
+    let addr = server.listener_addr("web").unwrap();
+
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let got = call(addr, "/limited", Some("alice")).await;
+        if got.status == 429 {
+            assert_eq!(got.header("x-envoy-ratelimited"), Some("true"));
+            assert_eq!(got.header("x-weft-reason"), Some("RL"));
+        }
+        codes.push(got.status);
+    }
+    assert_eq!(codes, [200, 200, 200, 429, 429]);
+    // Another user has its own descriptor; but the shared remote-address descriptor is now over
+    // too (5 hits > 3), so bob is limited by it — exactly Envoy's any-descriptor-over semantics.
+    let bob = call(addr, "/limited", Some("bob")).await;
+    assert_eq!(bob.status, 429);
+    // Routes without rate_limits never ask the service.
+    let before = rls.seen.lock().unwrap().len();
+    assert_eq!(call(addr, "/other", Some("alice")).await.status, 200);
+    assert_eq!(rls.seen.lock().unwrap().len(), before);
+
+    let seen = rls.seen.lock().unwrap().clone();
+    let (domain, descriptors) = &seen[0];
+    assert_eq!(domain, "edge");
+    let pairs = |v: &[(&str, &str)]| {
+        v.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        descriptors,
+        &vec![
+            pairs(&[("user", "alice")]),
+            pairs(&[("remote_address", "127.0.0.1"), ("generic_key", "api")])
+        ]
+    );
+    // A request without x-user sends only the second descriptor.
+    let _ = call(addr, "/limited", None).await;
+    let last = rls.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.1.len(), 1);
+    let stats = admin(&server, "/stats/prometheus").await.text();
+    assert!(
+        metric(
+            &stats,
+            "weft_http_rate_limit_service_over_limit_total{listener=\"web\"}"
+        )
+        .unwrap()
+            >= 3.0,
+        "{stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_service_fails_open_by_default_and_closed_with_failure_mode_deny() {
+    let app = named_upstream("app").await;
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let open = start_proxy(&config(app.addr, dead, false, "200ms"));
+    let got = call(open.listener_addr("web").unwrap(), "/limited", Some("alice")).await;
+    assert_eq!(got.status, 200, "fail open");
+    let stats = admin(&open, "/stats/prometheus").await.text();
+    assert!(metric(&stats, "weft_http_rate_limit_service_errors_total{listener=\"web\"}").unwrap() >= 1.0);
+
+    let closed = start_proxy(&config(app.addr, dead, true, "200ms"));
+    let got = call(closed.listener_addr("web").unwrap(), "/limited", Some("alice")).await;
+    assert_eq!(got.status, 500, "fail closed");
+    assert_eq!(got.header("x-weft-reason"), Some("RLSE"));
+
+    // A service that stops mid-life: the proxy notices and fails open.
+    let rls = Rls {
+        limit: 100,
+        ..Default::default()
+    };
+    let (rls_addr, stop) = start_rls(rls.clone()).await;
+    let server = start_proxy(&config(app.addr, rls_addr, false, "200ms"));
+    let addr = server.listener_addr("web").unwrap();
+    assert_eq!(call(addr, "/limited", Some("alice")).await.status, 200);
+    assert_eq!(rls.seen.lock().unwrap().len(), 1);
+    let _ = stop.send(());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(call(addr, "/limited", Some("alice")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_service_costs_at_most_the_timeout() {
+    let app = named_upstream("app").await;
+    let rls = Rls {
+        limit: 0,
+        delay: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let (rls_addr, _stop) = start_rls(rls).await;
+    let server = start_proxy(&config(app.addr, rls_addr, false, "100ms"));
+    let start = Instant::now();
+    let got = call(server.listener_addr("web").unwrap(), "/limited", Some("alice")).await;
+    assert_eq!(
+        got.status, 200,
+        "fails open after the timeout although the service would say over limit"
+    );
+    assert!(start.elapsed() < Duration::from_millis(1500), "{:?}", start.elapsed());
+}
+
+#[test]
+fn rate_limits_need_a_service_and_valid_actions() {
+    let yaml = r#"
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: { prefix: / }
+                route:
+                  cluster: app
+                  rate_limits:
+                    - actions: [{ request_headers: { header_name: x-user } }, {}]
+clusters:
+  - name: app
+    endpoints: [{ address: "127.0.0.1:1" }]
+"#;
+    let err = weft_config::from_yaml(yaml).unwrap_err().to_string();
+    for needle in [
+        "routes[0].route.rate_limits: needs the connection manager's rate_limit_service",
+        "rate_limits[0].actions[0].request_headers.descriptor_key",
+        "rate_limits[0].actions[1]: set exactly one of",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
