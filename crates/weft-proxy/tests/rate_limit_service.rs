@@ -15,13 +15,16 @@ use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::
 };
 use weft_xds_api::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 
+/// (domain, descriptors as key/value lists) of one call.
+type Call = (String, Vec<Vec<(String, String)>>);
+
 /// Allows `limit` hits per distinct descriptor set, then says OVER_LIMIT; records every request.
 #[derive(Clone, Default)]
 struct Rls {
     limit: u32,
     delay: Duration,
     hits: Arc<Mutex<HashMap<String, u32>>>,
-    seen: Arc<Mutex<Vec<(String, Vec<Vec<(String, String)>>)>>>,
+    seen: Arc<Mutex<Vec<Call>>>,
 }
 
 #[tonic::async_trait]
