@@ -337,6 +337,7 @@ pub struct ForwardAction {
     pub request_mirror_policies: Vec<MirrorPolicy>,
     pub local_rate_limit: Option<Box<LocalRateLimit>>,
     pub rate_limits: Vec<RateLimitPolicy>,
+    pub priority: RoutePriority,
 }
 
 impl ForwardAction {
@@ -615,23 +616,57 @@ impl std::fmt::Display for EndpointAddress {
     }
 }
 
+/// Circuit-breaker thresholds for requests of default priority, with the thresholds of
+/// high-priority requests (routes with `priority: high`) alongside (Envoy's per-`RoutingPriority`
+/// `thresholds`). The two priorities are counted separately.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CircuitBreakers {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
     pub max_retries: u32,
+    /// `None`: Envoy's defaults for the high priority.
+    pub high_priority: Option<Box<CircuitBreakers>>,
+}
+
+impl CircuitBreakers {
+    /// Envoy's defaults, for either priority.
+    pub const ENVOY_DEFAULTS: CircuitBreakers = CircuitBreakers {
+        max_connections: 1024,
+        max_pending_requests: 1024,
+        max_requests: 1024,
+        max_retries: 3,
+        high_priority: None,
+    };
+
+    /// The thresholds that apply to requests of `priority`.
+    pub fn for_priority(&self, priority: RoutePriority) -> &CircuitBreakers {
+        match priority {
+            RoutePriority::Default => self,
+            RoutePriority::High => self.high_priority.as_deref().unwrap_or(&Self::ENVOY_DEFAULTS),
+        }
+    }
 }
 
 impl Default for CircuitBreakers {
     /// Envoy's defaults.
     fn default() -> Self {
-        CircuitBreakers {
-            max_connections: 1024,
-            max_pending_requests: 1024,
-            max_requests: 1024,
-            max_retries: 3,
-        }
+        Self::ENVOY_DEFAULTS
+    }
+}
+
+/// Envoy's `RoutingPriority`: which set of circuit-breaker thresholds a route's requests count against.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RoutePriority {
+    #[default]
+    Default,
+    High,
+}
+
+impl RoutePriority {
+    pub fn index(self) -> usize {
+        self as usize
     }
 }
 

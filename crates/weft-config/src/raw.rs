@@ -251,6 +251,8 @@ pub struct RawRouteAction {
     pub local_rate_limit: Option<RawLocalRateLimit>,
     /// Envoy `RouteAction.rate_limits`: descriptors sent to the connection manager's rate limit service.
     pub rate_limits: Vec<RawRateLimit>,
+    /// "default" or "high": which circuit-breaker thresholds the route's requests count against.
+    pub priority: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -456,6 +458,8 @@ pub struct RawCircuitBreakers {
     pub max_pending_requests: Option<u64>,
     pub max_requests: Option<u64>,
     pub max_retries: Option<u64>,
+    /// Thresholds for routes with `priority: high` (same fields; no further nesting).
+    pub high_priority: Option<Box<RawCircuitBreakers>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1070,7 +1070,53 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
             .as_ref()
             .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
         rate_limits: rate_limits(cx, &format!("{path}.rate_limits"), &a.rate_limits),
+        priority: match a.priority.as_deref() {
+            None | Some("default") => RoutePriority::Default,
+            Some("high") => RoutePriority::High,
+            Some(o) => {
+                cx.err(
+                    &format!("{path}.priority"),
+                    format!("unknown value \"{o}\" (default, high)"),
+                );
+                RoutePriority::Default
+            }
+        },
     })
+}
+
+fn thresholds(cx: &mut Ctx, p: &str, b: &RawCircuitBreakers) -> CircuitBreakers {
+    let d = CircuitBreakers::ENVOY_DEFAULTS;
+    CircuitBreakers {
+        max_connections: cx.u32_in(
+            &format!("{p}.max_connections"),
+            b.max_connections,
+            1,
+            u32::MAX as u64,
+            d.max_connections,
+        ),
+        max_pending_requests: cx.u32_in(
+            &format!("{p}.max_pending_requests"),
+            b.max_pending_requests,
+            0,
+            u32::MAX as u64,
+            d.max_pending_requests,
+        ),
+        max_requests: cx.u32_in(
+            &format!("{p}.max_requests"),
+            b.max_requests,
+            1,
+            u32::MAX as u64,
+            d.max_requests,
+        ),
+        max_retries: cx.u32_in(
+            &format!("{p}.max_retries"),
+            b.max_retries,
+            0,
+            u32::MAX as u64,
+            d.max_retries,
+        ),
+        high_priority: None,
+    }
 }
 
 fn retry_policy(cx: &mut Ctx, path: &str, r: &RawRetryPolicy) -> RetryPolicy {
@@ -1264,34 +1310,13 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
     let mut cb = CircuitBreakers::default();
     if let Some(b) = &c.circuit_breakers {
         let p = format!("{path}.circuit_breakers");
-        cb.max_connections = cx.u32_in(
-            &format!("{p}.max_connections"),
-            b.max_connections,
-            1,
-            u32::MAX as u64,
-            cb.max_connections,
-        );
-        cb.max_pending_requests = cx.u32_in(
-            &format!("{p}.max_pending_requests"),
-            b.max_pending_requests,
-            0,
-            u32::MAX as u64,
-            cb.max_pending_requests,
-        );
-        cb.max_requests = cx.u32_in(
-            &format!("{p}.max_requests"),
-            b.max_requests,
-            1,
-            u32::MAX as u64,
-            cb.max_requests,
-        );
-        cb.max_retries = cx.u32_in(
-            &format!("{p}.max_retries"),
-            b.max_retries,
-            0,
-            u32::MAX as u64,
-            cb.max_retries,
-        );
+        cb = thresholds(cx, &p, b);
+        if let Some(h) = &b.high_priority {
+            if h.high_priority.is_some() {
+                cx.err(&format!("{p}.high_priority.high_priority"), "cannot be nested");
+            }
+            cb.high_priority = Some(Box::new(thresholds(cx, &format!("{p}.high_priority"), h)));
+        }
     }
     let retry_budget = c.retry_budget.as_ref().map(|b| {
         let pct = b.budget_percent.unwrap_or(20.0);

@@ -129,7 +129,7 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                         "name": n,
                         "lb_policy": c.config.lb_policy,
                         "protocol": c.config.protocol,
-                        "active_requests": c.active_rq.load(Ordering::Relaxed),
+                        "active_requests": c.active_requests(),
                         "active_connections": c.connections(),
                         "eligible_hosts": set.eligible,
                         "panic": set.panic,

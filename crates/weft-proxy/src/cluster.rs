@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use weft_config::{Cluster, Discovery, Endpoint, EndpointAddress, Locality, UpstreamProtocol};
+use weft_config::{Cluster, Discovery, Endpoint, EndpointAddress, Locality, RoutePriority, UpstreamProtocol};
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -111,10 +111,11 @@ pub struct ClusterRt {
     pub config: Cluster,
     pub stats: ClusterStats,
     pub hosts: ArcSwap<HostSet>,
-    pub active_rq: AtomicU32,
-    pub active_retries: AtomicU32,
-    cx_count: AtomicU32,
-    pending: AtomicU32,
+    /// Per route priority (default, high): each has its own circuit-breaker thresholds.
+    pub active_rq: [AtomicU32; 2],
+    pub active_retries: [AtomicU32; 2],
+    cx_count: [AtomicU32; 2],
+    pending: [AtomicU32; 2],
     conn_released: Notify,
     original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
     slots: usize,
@@ -128,11 +129,12 @@ pub struct ClusterRt {
 pub struct ActiveRequest {
     cluster: Arc<ClusterRt>,
     host: Arc<Host>,
+    priority: RoutePriority,
 }
 
 impl Drop for ActiveRequest {
     fn drop(&mut self) {
-        self.cluster.active_rq.fetch_sub(1, Ordering::Relaxed);
+        self.cluster.active_rq[self.priority.index()].fetch_sub(1, Ordering::Relaxed);
         self.cluster.stats.rq_active.dec();
         self.host.active_rq.fetch_sub(1, Ordering::Relaxed);
     }
@@ -227,10 +229,10 @@ impl ClusterRt {
             hosts: ArcSwap::from_pointee(set),
             config,
             stats,
-            active_rq: AtomicU32::new(0),
-            active_retries: AtomicU32::new(0),
-            cx_count: AtomicU32::new(0),
-            pending: AtomicU32::new(0),
+            active_rq: Default::default(),
+            active_retries: Default::default(),
+            cx_count: Default::default(),
+            pending: Default::default(),
             conn_released: Notify::new(),
             original_dst: Mutex::new(HashMap::new()),
             slots,
@@ -303,10 +305,11 @@ impl ClusterRt {
     }
 
     /// Counts a request against the cluster's `max_requests`; `None` means overflow.
-    pub fn start_request(self: &Arc<Self>, host: &Arc<Host>) -> Option<ActiveRequest> {
-        let n = self.active_rq.fetch_add(1, Ordering::Relaxed);
-        if n >= self.config.circuit_breakers.max_requests {
-            self.active_rq.fetch_sub(1, Ordering::Relaxed);
+    pub fn start_request(self: &Arc<Self>, host: &Arc<Host>, priority: RoutePriority) -> Option<ActiveRequest> {
+        let active = &self.active_rq[priority.index()];
+        let n = active.fetch_add(1, Ordering::Relaxed);
+        if n >= self.config.circuit_breakers.for_priority(priority).max_requests {
+            active.fetch_sub(1, Ordering::Relaxed);
             self.stats.rq_overflow.inc();
             return None;
         }
@@ -316,27 +319,32 @@ impl ClusterRt {
         Some(ActiveRequest {
             cluster: self.clone(),
             host: host.clone(),
+            priority,
         })
     }
 
     /// One more retry if it fits the retry budget (or the `max_retries` breaker). The retry counts
     /// as active until the returned guard drops.
-    pub fn try_start_retry(self: &Arc<Self>) -> Option<RetryGuard> {
+    pub fn try_start_retry(self: &Arc<Self>, priority: RoutePriority) -> Option<RetryGuard> {
+        let p = priority.index();
         let limit = match &self.config.retry_budget {
             Some(b) => {
-                let active = self.active_rq.load(Ordering::Relaxed) as f64;
+                let active = self.active_rq[p].load(Ordering::Relaxed) as f64;
                 ((active * b.budget_percent / 100.0) as u32).max(b.min_retry_concurrency)
             }
-            None => self.config.circuit_breakers.max_retries,
+            None => self.config.circuit_breakers.for_priority(priority).max_retries,
         };
-        let n = self.active_retries.fetch_add(1, Ordering::Relaxed);
+        let n = self.active_retries[p].fetch_add(1, Ordering::Relaxed);
         if n >= limit {
-            self.active_retries.fetch_sub(1, Ordering::Relaxed);
+            self.active_retries[p].fetch_sub(1, Ordering::Relaxed);
             self.stats.rq_retry_overflow.inc();
             return None;
         }
         self.stats.rq_retry.inc();
-        Some(RetryGuard { cluster: self.clone() })
+        Some(RetryGuard {
+            cluster: self.clone(),
+            priority,
+        })
     }
 
     async fn connect_tcp(&self, host: &Host) -> Result<TcpStream, ConnectError> {
@@ -360,20 +368,28 @@ impl ClusterRt {
 
     /// Opens a raw TCP connection for the TCP proxy, counted against `max_connections`.
     pub async fn connect_raw(self: &Arc<Self>, host: &Arc<Host>) -> Result<(TcpStream, ConnGuard), ConnectError> {
-        let guard = self.reserve_connection().ok_or(ConnectError::Overflow)?;
+        let guard = self
+            .reserve_connection(RoutePriority::Default)
+            .ok_or(ConnectError::Overflow)?;
         let s = self.connect_tcp(host).await?;
         Ok((s, guard))
     }
 
-    fn reserve_connection(self: &Arc<Self>) -> Option<ConnGuard> {
-        let n = self.cx_count.fetch_add(1, Ordering::Relaxed);
-        if n >= self.config.circuit_breakers.max_connections {
-            self.cx_count.fetch_sub(1, Ordering::Relaxed);
+    /// Counts a new connection against `max_connections` of the priority of the request opening it
+    /// (pooled connections are then shared by both priorities).
+    fn reserve_connection(self: &Arc<Self>, priority: RoutePriority) -> Option<ConnGuard> {
+        let count = &self.cx_count[priority.index()];
+        let n = count.fetch_add(1, Ordering::Relaxed);
+        if n >= self.config.circuit_breakers.for_priority(priority).max_connections {
+            count.fetch_sub(1, Ordering::Relaxed);
             return None;
         }
         self.stats.cx_total.inc();
         self.stats.cx_active.inc();
-        Some(ConnGuard { cluster: self.clone() })
+        Some(ConnGuard {
+            cluster: self.clone(),
+            priority,
+        })
     }
 
     /// An HTTP/1.1 connection to `host`: an idle pooled one, or a new one.
@@ -381,6 +397,7 @@ impl ClusterRt {
         self: &Arc<Self>,
         host: &Arc<Host>,
         deadline: Option<Instant>,
+        priority: RoutePriority,
     ) -> Result<PooledH1, ConnectError> {
         let slot = worker_slot(self.slots);
         let idle_timeout = self.config.pool.idle_timeout;
@@ -395,7 +412,7 @@ impl ClusterRt {
                     return Ok(self.pooled(c.sender, host, slot));
                 }
             }
-            if let Some(guard) = self.reserve_connection() {
+            if let Some(guard) = self.reserve_connection(priority) {
                 let stream = self.connect_tcp(host).await?;
                 let (sender, conn) = http1::Builder::new()
                     .handshake(TokioIo::new(stream))
@@ -407,23 +424,28 @@ impl ClusterRt {
                 });
                 return Ok(self.pooled(sender, host, slot));
             }
-            self.wait_for_connection(deadline).await?;
+            self.wait_for_connection(deadline, priority).await?;
         }
     }
 
     /// Wakes one request waiting for a connection, if any (the common case has none, and then
     /// touching the `Notify`, which takes a lock, is skipped).
     fn wake_pending(&self) {
-        if self.pending.load(Ordering::Relaxed) > 0 {
+        if self.pending.iter().any(|p| p.load(Ordering::Relaxed) > 0) {
             self.conn_released.notify_one();
         }
     }
 
     /// Waits (as a pending request) for a pooled connection to be released.
-    async fn wait_for_connection(&self, deadline: Option<Instant>) -> Result<(), ConnectError> {
-        let n = self.pending.fetch_add(1, Ordering::Relaxed);
-        if n >= self.config.circuit_breakers.max_pending_requests {
-            self.pending.fetch_sub(1, Ordering::Relaxed);
+    async fn wait_for_connection(
+        &self,
+        deadline: Option<Instant>,
+        priority: RoutePriority,
+    ) -> Result<(), ConnectError> {
+        let pending = &self.pending[priority.index()];
+        let n = pending.fetch_add(1, Ordering::Relaxed);
+        if n >= self.config.circuit_breakers.for_priority(priority).max_pending_requests {
+            pending.fetch_sub(1, Ordering::Relaxed);
             self.stats.rq_overflow.inc();
             return Err(ConnectError::Overflow);
         }
@@ -433,7 +455,7 @@ impl ClusterRt {
             .unwrap_or(Duration::from_secs(60))
             .min(Duration::from_millis(50));
         let r = tokio::time::timeout(wait, self.conn_released.notified()).await;
-        self.pending.fetch_sub(1, Ordering::Relaxed);
+        pending.fetch_sub(1, Ordering::Relaxed);
         if r.is_err() && deadline.is_some_and(|d| Instant::now() >= d) {
             self.stats.rq_overflow.inc();
             return Err(ConnectError::Overflow);
@@ -452,7 +474,11 @@ impl ClusterRt {
     }
 
     /// The shared HTTP/2 connection to `host` on this worker, connecting if needed.
-    pub async fn checkout_h2(self: &Arc<Self>, host: &Arc<Host>) -> Result<http2::SendRequest<UpBody>, ConnectError> {
+    pub async fn checkout_h2(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        priority: RoutePriority,
+    ) -> Result<http2::SendRequest<UpBody>, ConnectError> {
         let slot = worker_slot(self.slots);
         let pool = &host.pools[slot];
         if let Some(s) = Self::live_h2(pool) {
@@ -462,7 +488,7 @@ impl ClusterRt {
         if let Some(s) = Self::live_h2(pool) {
             return Ok(s);
         }
-        let guard = self.reserve_connection().ok_or_else(|| {
+        let guard = self.reserve_connection(priority).ok_or_else(|| {
             self.stats.rq_overflow.inc();
             ConnectError::Overflow
         })?;
@@ -514,29 +540,35 @@ impl ClusterRt {
     }
 
     pub fn connections(&self) -> u32 {
-        self.cx_count.load(Ordering::Relaxed)
+        self.cx_count.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn active_requests(&self) -> u32 {
+        self.active_rq.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
 
 /// Holds one slot of the cluster's retry limit while a retry is in progress.
 pub struct RetryGuard {
     cluster: Arc<ClusterRt>,
+    priority: RoutePriority,
 }
 
 impl Drop for RetryGuard {
     fn drop(&mut self) {
-        self.cluster.active_retries.fetch_sub(1, Ordering::Relaxed);
+        self.cluster.active_retries[self.priority.index()].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// Holds one slot of the cluster's `max_connections` while a connection lives.
 pub struct ConnGuard {
     cluster: Arc<ClusterRt>,
+    priority: RoutePriority,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.cluster.cx_count.fetch_sub(1, Ordering::Relaxed);
+        self.cluster.cx_count[self.priority.index()].fetch_sub(1, Ordering::Relaxed);
         self.cluster.stats.cx_active.dec();
         self.cluster.wake_pending();
     }

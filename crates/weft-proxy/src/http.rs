@@ -1056,7 +1056,7 @@ async fn forward(
         if let Some(l) = log.as_deref_mut() {
             l.upstream_host = Some(host.address);
         }
-        let Some(active) = cluster.start_request(&host) else {
+        let Some(active) = cluster.start_request(&host, action.priority) else {
             return (local_reply(rt, Reason::Overflow, grpc), Some(Reason::Overflow), None);
         };
         let is_last = attempt >= max_tries;
@@ -1107,7 +1107,7 @@ async fn forward(
             (None, Some(t)) => Some(try_start + t),
             (None, None) => None,
         };
-        let outcome = send_once(&cluster, &host, request, try_deadline).await;
+        let outcome = send_once(&cluster, &host, request, try_deadline, action.priority).await;
         let outcome = match outcome {
             Err((e, unsent)) => {
                 // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
@@ -1130,7 +1130,7 @@ async fn forward(
                 let grpc_unavailable = grpc && resp.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14");
                 let retry =
                     (!is_last && replayable && policy.is_some_and(|p| retriable_status(p, status, grpc_unavailable)))
-                        .then(|| cluster.try_start_retry())
+                        .then(|| cluster.try_start_retry(action.priority))
                         .flatten();
                 if let Some(guard) = retry {
                     drop(resp);
@@ -1176,7 +1176,7 @@ async fn forward(
                 };
                 let retry =
                     (!is_last && !total_timed_out && can_resend && policy.is_some_and(|p| retriable_error(p, &e)))
-                        .then(|| cluster.try_start_retry())
+                        .then(|| cluster.try_start_retry(action.priority))
                         .flatten();
                 tracing::debug!(cluster = %cluster.name(), host = %host.address, attempt, reason = e.reason().code(), detail = %e.detail(), retry = retry.is_some(), "upstream try failed");
                 if let Some(guard) = retry {
@@ -1206,6 +1206,7 @@ async fn send_once(
     host: &Arc<Host>,
     request: Request<UpBody>,
     deadline: Option<Instant>,
+    priority: weft_config::RoutePriority,
 ) -> Result<TryOk, (TryError, Option<UpBody>)> {
     let fut = async {
         match cluster.protocol() {
@@ -1214,7 +1215,7 @@ async fn send_once(
                 // A pooled connection may have been closed by the server just now; a request that
                 // was never written is safe to put on another connection.
                 for _ in 0..3 {
-                    let mut pooled = match cluster.checkout_h1(host, deadline).await {
+                    let mut pooled = match cluster.checkout_h1(host, deadline, priority).await {
                         Ok(p) => p,
                         Err(e) => {
                             let (_, body) = request.into_parts();
@@ -1235,7 +1236,7 @@ async fn send_once(
             UpstreamProtocol::Http2 => {
                 let mut request = request;
                 for _ in 0..3 {
-                    let mut sender = match cluster.checkout_h2(host).await {
+                    let mut sender = match cluster.checkout_h2(host, priority).await {
                         Ok(s) => s,
                         Err(e) => {
                             let (_, body) = request.into_parts();
@@ -1273,9 +1274,11 @@ pub(crate) async fn send_detached(
     deadline: Instant,
 ) -> Result<u16, Reason> {
     let host = cluster.pick(None, None, None).ok_or(Reason::NoHealthyUpstream)?;
-    let active = cluster.start_request(&host).ok_or(Reason::Overflow)?;
+    // Shadow traffic counts as default priority.
+    let priority = weft_config::RoutePriority::Default;
+    let active = cluster.start_request(&host, priority).ok_or(Reason::Overflow)?;
     let start = Instant::now();
-    let (resp, pooled) = match send_once(&cluster, &host, request, Some(deadline)).await {
+    let (resp, pooled) = match send_once(&cluster, &host, request, Some(deadline), priority).await {
         Ok(r) => r,
         Err((e, _)) => {
             host.rq_error.fetch_add(1, Ordering::Relaxed);

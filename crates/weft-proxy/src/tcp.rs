@@ -90,7 +90,7 @@ pub async fn serve_connection(
                 }
             },
         };
-        let Some(active) = cluster.start_request(&host) else {
+        let Some(active) = cluster.start_request(&host, weft_config::RoutePriority::Default) else {
             flag = "UO";
             break;
         };

@@ -343,3 +343,64 @@ async fn circuit_breaker_overflow_is_immediate_and_marked() {
         "{stats}"
     );
 }
+
+#[tokio::test]
+async fn high_priority_routes_have_their_own_circuit_breaker() {
+    let slow = upstream(|_| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        text(200, "ok")
+    })
+    .await;
+    let yaml = format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: {{ prefix: /vip }}
+                route: {{ cluster: app, priority: high }}
+              - match: {{ prefix: / }}
+                route: {{ cluster: app }}
+clusters:
+  - name: app
+    circuit_breakers: {{ max_requests: 1, high_priority: {{ max_requests: 3 }} }}
+    endpoints: [{{ address: "{}" }}]
+"#,
+        slow.addr
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    let fire = |path: &'static str| {
+        tokio::spawn(async move {
+            let got = H1Client::connect(addr).await.get(path).await;
+            (got.status.as_u16(), got.header("x-weft-reason").map(str::to_string))
+        })
+    };
+    // Two default-priority requests: one fits, one overflows.
+    // Four high-priority ones at the same time: three fit their own threshold, one overflows.
+    let mut default = vec![fire("/"), fire("/")];
+    let mut high = vec![fire("/vip"), fire("/vip"), fire("/vip"), fire("/vip")];
+    let count = |tasks: &mut Vec<tokio::task::JoinHandle<(u16, Option<String>)>>| {
+        let tasks = std::mem::take(tasks);
+        async move {
+            let mut ok = 0;
+            let mut uo = 0;
+            for t in tasks {
+                match t.await.unwrap() {
+                    (200, _) => ok += 1,
+                    (503, Some(r)) if r == "UO" => uo += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (ok, uo)
+        }
+    };
+    assert_eq!(count(&mut default).await, (1, 1));
+    assert_eq!(count(&mut high).await, (3, 1));
+}
