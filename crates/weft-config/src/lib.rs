@@ -10,7 +10,7 @@ pub mod raw;
 pub mod validate;
 
 pub use model::*;
-pub use validate::{from_yaml, ConfigError, FieldError};
+pub use validate::{from_yaml, validate_with, ConfigError, FieldError, ValidateOptions};
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -26,6 +26,36 @@ pub struct Config {
     pub runtime: Runtime,
     pub listeners: Vec<Listener>,
     pub clusters: Vec<Cluster>,
+    /// Present when listeners and clusters (also) come from a control plane.
+    pub xds: Option<Xds>,
+}
+
+/// Where and how the proxy fetches dynamic configuration (xDS, Envoy v3 API).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Xds {
+    /// `host:port` of the control plane.
+    pub address: String,
+    pub mode: XdsMode,
+    /// `None`: wait forever for a cluster's endpoints / a listener's routes.
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub initial_fetch_timeout: Option<Duration>,
+    #[serde(serialize_with = "ser_dur")]
+    pub backoff_base: Duration,
+    #[serde(serialize_with = "ser_dur")]
+    pub backoff_max: Duration,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum XdsMode {
+    /// One aggregated (ADS) stream, state of the world.
+    AdsSotw,
+    /// One aggregated (ADS) stream, incremental.
+    AdsDelta,
+    /// One state-of-the-world stream per resource type (LDS, RDS, CDS, EDS services).
+    Sotw,
+    /// One incremental stream per resource type.
+    Delta,
 }
 
 /// Who this proxy is: its identity and where it runs (for locality-aware routing, later xDS).
@@ -34,6 +64,8 @@ pub struct Node {
     pub id: String,
     pub cluster: String,
     pub locality: Locality,
+    /// Sent to a control plane as `node.metadata`.
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     pub node: RawNode,
@@ -15,9 +15,26 @@ pub struct RawConfig {
     pub runtime: RawRuntime,
     pub listeners: Vec<RawListener>,
     pub clusters: Vec<RawCluster>,
+    /// Dynamic configuration from a control plane (the file is then a bootstrap).
+    pub xds: Option<RawXds>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawXds {
+    /// Control plane `host:port` (gRPC over h2c).
+    pub address: Option<String>,
+    /// "ads_delta" (default), "ads_sotw", "delta" or "sotw".
+    pub mode: Option<String>,
+    /// How long a cluster waits for its endpoints (or a listener for its routes) before it is used
+    /// anyway; "0s" waits forever. Default 15s (Envoy's).
+    pub initial_fetch_timeout: Option<String>,
+    /// Reconnect backoff: first delay and ceiling (jittered exponential).
+    pub backoff_base: Option<String>,
+    pub backoff_max: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawNode {
     pub id: Option<String>,
@@ -25,22 +42,24 @@ pub struct RawNode {
     pub region: Option<String>,
     pub zone: Option<String>,
     pub sub_zone: Option<String>,
+    /// Sent to the control plane as `node.metadata` (string values).
+    pub metadata: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     pub address: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRuntime {
     pub concurrency: Option<u64>,
     pub drain_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawListener {
     pub name: Option<String>,
@@ -53,7 +72,7 @@ pub struct RawListener {
     pub tcp_proxy: Option<RawTcpProxy>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawFilterChain {
     pub name: Option<String>,
@@ -63,21 +82,21 @@ pub struct RawFilterChain {
     pub tcp_proxy: Option<RawTcpProxy>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawFilterChainMatch {
     pub destination_port: Option<u64>,
     pub source_prefixes: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAccessLog {
     /// "stdout", "stderr" or a file path.
     pub path: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTcpProxy {
     pub stat_prefix: Option<String>,
@@ -86,7 +105,7 @@ pub struct RawTcpProxy {
     pub access_log: Option<RawAccessLog>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHttp {
     pub stat_prefix: Option<String>,
@@ -108,7 +127,7 @@ pub struct RawHttp {
     pub rate_limit_service: Option<RawRateLimitService>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRateLimitService {
     /// Cluster of the rate limit service (Envoy's RLS protocol, `envoy.service.ratelimit.v3`, over gRPC).
@@ -119,14 +138,14 @@ pub struct RawRateLimitService {
     pub failure_mode_deny: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRateLimit {
     pub actions: Vec<RawRateLimitAction>,
 }
 
 /// One descriptor entry (Envoy `RateLimit.Action`); exactly one field is set.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRateLimitAction {
     pub request_headers: Option<RawRequestHeadersAction>,
@@ -134,25 +153,25 @@ pub struct RawRateLimitAction {
     pub generic_key: Option<RawGenericKeyAction>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRequestHeadersAction {
     pub header_name: Option<String>,
     pub descriptor_key: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawGenericKeyAction {
     pub descriptor_value: Option<String>,
     pub descriptor_key: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawEmpty {}
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRouteConfig {
     pub name: Option<String>,
@@ -163,7 +182,7 @@ pub struct RawRouteConfig {
     pub response_headers_to_remove: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawVirtualHost {
     pub name: Option<String>,
@@ -176,7 +195,7 @@ pub struct RawVirtualHost {
     pub retry_policy: Option<RawRetryPolicy>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHeaderValue {
     pub name: Option<String>,
@@ -185,7 +204,7 @@ pub struct RawHeaderValue {
     pub action: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRoute {
     pub name: Option<String>,
@@ -200,7 +219,7 @@ pub struct RawRoute {
     pub response_headers_to_remove: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRouteMatch {
     pub prefix: Option<String>,
@@ -212,7 +231,7 @@ pub struct RawRouteMatch {
     pub query_parameters: Vec<RawQueryMatcher>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHeaderMatcher {
     pub name: Option<String>,
@@ -223,7 +242,7 @@ pub struct RawHeaderMatcher {
     pub invert: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawQueryMatcher {
     pub name: Option<String>,
@@ -232,7 +251,7 @@ pub struct RawQueryMatcher {
     pub present: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRouteAction {
     pub cluster: Option<String>,
@@ -255,7 +274,7 @@ pub struct RawRouteAction {
     pub priority: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawFault {
     pub delay: Option<RawFaultDelay>,
@@ -264,14 +283,14 @@ pub struct RawFault {
     pub headers: Vec<RawHeaderMatcher>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawFaultDelay {
     pub fixed: Option<String>,
     pub percent: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawFaultAbort {
     pub http_status: Option<u64>,
@@ -279,14 +298,14 @@ pub struct RawFaultAbort {
     pub percent: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMirrorPolicy {
     pub cluster: Option<String>,
     pub percent: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLocalRateLimit {
     pub max_tokens: Option<u64>,
@@ -296,14 +315,14 @@ pub struct RawLocalRateLimit {
     pub descriptor_header: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawWeightedCluster {
     pub name: Option<String>,
     pub weight: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRetryPolicy {
     pub retry_on: Vec<String>,
@@ -313,14 +332,14 @@ pub struct RawRetryPolicy {
     pub retry_back_off: Option<RawBackoff>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawBackoff {
     pub base_interval: Option<String>,
     pub max_interval: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHashPolicy {
     pub header: Option<String>,
@@ -330,7 +349,7 @@ pub struct RawHashPolicy {
     pub terminal: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRedirect {
     pub scheme: Option<String>,
@@ -342,14 +361,14 @@ pub struct RawRedirect {
     pub strip_query: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawDirectResponse {
     pub status: Option<u64>,
     pub body: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCluster {
     pub name: Option<String>,
@@ -377,7 +396,7 @@ pub struct RawCluster {
     pub subsets: Option<RawSubsets>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawOutlierDetection {
     pub consecutive_5xx: Option<u64>,
@@ -395,7 +414,7 @@ pub struct RawOutlierDetection {
     pub failure_percentage_request_volume: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealthCheck {
     pub interval: Option<String>,
@@ -408,7 +427,7 @@ pub struct RawHealthCheck {
     pub grpc: Option<RawGrpcHealthCheck>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHttpHealthCheck {
     pub path: Option<String>,
@@ -417,18 +436,18 @@ pub struct RawHttpHealthCheck {
     pub expected_statuses: Vec<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawTcpHealthCheck {}
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawGrpcHealthCheck {
     pub service_name: Option<String>,
     pub authority: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawSubsets {
     /// "no_fallback", "any_endpoint" (default) or "default_subset".
@@ -439,7 +458,7 @@ pub struct RawSubsets {
     pub tag_label: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawEndpoint {
     pub address: Option<String>,
@@ -451,7 +470,7 @@ pub struct RawEndpoint {
     pub labels: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCircuitBreakers {
     pub max_connections: Option<u64>,
@@ -462,34 +481,34 @@ pub struct RawCircuitBreakers {
     pub high_priority: Option<Box<RawCircuitBreakers>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRetryBudget {
     pub budget_percent: Option<f64>,
     pub min_retry_concurrency: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawPool {
     pub max_idle_per_endpoint: Option<u64>,
     pub idle_timeout: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRingHash {
     pub minimum_ring_size: Option<u64>,
     pub maximum_ring_size: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawMaglev {
     pub table_size: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawLeastRequest {
     pub choice_count: Option<u64>,

@@ -59,6 +59,21 @@ impl std::error::Error for ConfigError {}
 
 struct Ctx {
     errors: Vec<FieldError>,
+    /// See [`ValidateOptions::allow_unknown_clusters`].
+    allow_unknown_clusters: bool,
+    allow_empty_clusters: bool,
+}
+
+/// Knobs for [`validate_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ValidateOptions {
+    /// Routes and TCP proxies may name clusters that are not (yet) defined. Dynamic configuration
+    /// arrives resource by resource, so a route can precede its cluster; like Envoy, the proxy then
+    /// answers 503 with reason `NC` until the cluster exists. Implied by an `xds` section.
+    pub allow_unknown_clusters: bool,
+    /// Static clusters may have no endpoints. An EDS cluster whose assignment is empty (or has not
+    /// arrived within the initial fetch timeout) still exists; requests to it get 503 `UH`.
+    pub allow_empty_clusters: bool,
 }
 
 impl Ctx {
@@ -123,7 +138,17 @@ pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
 
 /// Validates a raw configuration into the runnable model.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let mut cx = Ctx { errors: Vec::new() };
+    validate_with(raw, ValidateOptions::default())
+}
+
+/// [`validate`] with options.
+pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, ConfigError> {
+    let mut cx = Ctx {
+        errors: Vec::new(),
+        allow_unknown_clusters: opts.allow_unknown_clusters || raw.xds.is_some(),
+        allow_empty_clusters: opts.allow_empty_clusters,
+    };
+    let xds = raw.xds.as_ref().and_then(|x| xds(&mut cx, x));
 
     let admin = raw.admin.as_ref().and_then(|a| {
         let addr = cx.required("admin.address", &a.address)?;
@@ -190,6 +215,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             zone: raw.node.zone.clone().unwrap_or_default(),
             sub_zone: raw.node.sub_zone.clone().unwrap_or_default(),
         },
+        metadata: raw.node.metadata.clone(),
     };
     for (i, c) in clusters.iter().enumerate() {
         if c.locality_aware && node.locality.region.is_empty() && node.locality.zone.is_empty() {
@@ -207,10 +233,58 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             runtime,
             listeners,
             clusters,
+            xds,
         })
     } else {
         Err(ConfigError { errors: cx.errors })
     }
+}
+
+fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {
+    let address = cx.required("xds.address", &x.address).map(str::to_string);
+    if let Some(a) = &address {
+        match a.rsplit_once(':') {
+            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {}
+            _ => cx.err("xds.address", format!("\"{a}\" is not a host:port address")),
+        }
+    }
+    let mode = match x.mode.as_deref() {
+        None | Some("ads_delta") => XdsMode::AdsDelta,
+        Some("ads_sotw") => XdsMode::AdsSotw,
+        Some("delta") => XdsMode::Delta,
+        Some("sotw") => XdsMode::Sotw,
+        Some(other) => {
+            cx.err(
+                "xds.mode",
+                format!("unknown value \"{other}\" (ads_delta, ads_sotw, delta, sotw)"),
+            );
+            XdsMode::AdsDelta
+        }
+    };
+    let initial_fetch_timeout = match cx.dur("xds.initial_fetch_timeout", &x.initial_fetch_timeout) {
+        None => Some(Duration::from_secs(15)),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
+    let backoff_base = cx
+        .dur("xds.backoff_base", &x.backoff_base)
+        .unwrap_or(Duration::from_millis(500));
+    let backoff_max = cx
+        .dur("xds.backoff_max", &x.backoff_max)
+        .unwrap_or(Duration::from_secs(30));
+    if backoff_base.is_zero() {
+        cx.err("xds.backoff_base", "must be greater than 0s");
+    }
+    if backoff_max < backoff_base {
+        cx.err("xds.backoff_max", "must not be less than xds.backoff_base");
+    }
+    Some(Xds {
+        address: address?,
+        mode,
+        initial_fetch_timeout,
+        backoff_base,
+        backoff_max,
+    })
 }
 
 fn socket_addr(cx: &mut Ctx, path: &str, s: &str) -> Option<SocketAddr> {
@@ -357,7 +431,7 @@ fn access_log(cx: &mut Ctx, path: &str, a: &Option<RawAccessLog>) -> Option<Acce
 
 fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<String>) -> Option<TcpProxy> {
     let cluster = cx.required(&format!("{path}.cluster"), &t.cluster)?.to_string();
-    if !clusters.contains(&cluster) {
+    if !clusters.contains(&cluster) && !cx.allow_unknown_clusters {
         cx.err(&format!("{path}.cluster"), format!("unknown cluster \"{cluster}\""));
     }
     Some(TcpProxy {
@@ -833,7 +907,7 @@ fn mirror_policies(
         let Some(name) = cx.required(&format!("{mp}.cluster"), &m.cluster) else {
             continue;
         };
-        if !clusters.contains(name) {
+        if !clusters.contains(name) && !cx.allow_unknown_clusters {
             cx.err(&format!("{mp}.cluster"), format!("unknown cluster \"{name}\""));
         }
         out.push(MirrorPolicy {
@@ -971,7 +1045,7 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
             return None;
         }
         (Some(c), true) => {
-            if !clusters.contains(c) {
+            if !clusters.contains(c) && !cx.allow_unknown_clusters {
                 cx.err(&format!("{path}.cluster"), format!("unknown cluster \"{c}\""));
             }
             targets.push(WeightedCluster {
@@ -985,7 +1059,7 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
                 let Some(name) = cx.required(&format!("{wp}.name"), &w.name) else {
                     continue;
                 };
-                if !clusters.contains(name) {
+                if !clusters.contains(name) && !cx.allow_unknown_clusters {
                     cx.err(&format!("{wp}.name"), format!("unknown cluster \"{name}\""));
                 }
                 let weight = cx.u32_in(&format!("{wp}.weight"), w.weight, 0, 1_000_000, 1);
@@ -1304,7 +1378,9 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
             );
         }
         Discovery::OriginalDst => {}
-        _ if c.endpoints.is_empty() => cx.err(&format!("{path}.endpoints"), "at least one endpoint is required"),
+        _ if c.endpoints.is_empty() && !cx.allow_empty_clusters => {
+            cx.err(&format!("{path}.endpoints"), "at least one endpoint is required")
+        }
         _ => {}
     }
     let mut cb = CircuitBreakers::default();

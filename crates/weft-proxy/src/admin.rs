@@ -7,6 +7,7 @@
 //! | GET | `/config_dump` | the running configuration as JSON |
 //! | GET | `/clusters` | endpoints with health and per-endpoint counters, as JSON |
 //! | GET | `/listeners` | listener names and bound addresses, as JSON |
+//! | GET | `/xds` | xDS client state (per type: version, nonce, last NACK; connection), as JSON |
 //! | POST | `/reload` | re-read the configuration file; 400 with the errors if refused |
 //! | POST | `/drain` | stop accepting and close connections gracefully |
 
@@ -68,31 +69,55 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/plain",
-            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  POST /reload\n  POST /drain\n",
+            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  GET  /xds\n  POST /reload\n  POST /drain\n",
         ),
         (&Method::GET, "/ready") => {
             if shared.draining.load(Ordering::Relaxed) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "DRAINING\n")
-            } else if shared.snapshot.load().generation == 0 {
+            } else if shared.snapshot.load().generation == 0 || shared.xds_initializing.load(Ordering::SeqCst) {
                 reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "INITIALIZING\n")
             } else {
                 reply(StatusCode::OK, "text/plain", "LIVE\n")
             }
         }
-        (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
-        ),
+        (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => {
+            let mut text = shared.metrics.encode();
+            let exts = shared.admin_extensions.lock().map(|e| e.clone()).unwrap_or_default();
+            if !exts.is_empty() {
+                // OpenMetrics ends with "# EOF"; extension metrics go before it.
+                let tail = text.rfind("# EOF").unwrap_or(text.len());
+                let mut extra = String::new();
+                for e in &exts {
+                    extra.push_str(&e.prometheus());
+                }
+                text.insert_str(tail, &extra);
+            }
+            reply(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            )
+        }
+        (&Method::GET, "/xds") => {
+            let exts = shared.admin_extensions.lock().map(|e| e.clone()).unwrap_or_default();
+            match exts.iter().find(|e| e.name() == "xds") {
+                Some(e) => json(&e.status_json()),
+                None => reply(StatusCode::NOT_FOUND, "text/plain", "no xds section in the configuration\n"),
+            }
+        }
         (&Method::GET, "/config_dump") => {
             let snap = shared.snapshot.load();
             let status = shared.last_reload.lock().map(|s| s.clone()).unwrap_or_default();
-            json(&serde_json::json!({
+            let mut dump = serde_json::json!({
                 "generation": snap.generation,
                 "config_path": shared.config_path.as_ref().map(|p| p.display().to_string()),
                 "last_reload_error": status.last_error,
                 "config": &*snap.config,
-            }))
+            });
+            for e in shared.admin_extensions.lock().map(|e| e.clone()).unwrap_or_default() {
+                dump[e.name()] = e.status_json();
+            }
+            json(&dump)
         }
         (&Method::GET, "/clusters") => {
             let snap = shared.snapshot.load();

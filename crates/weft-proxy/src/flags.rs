@@ -38,6 +38,9 @@ pub enum Reason {
     GlobalRateLimited,
     /// The rate limit service failed and `failure_mode_deny` is set (Envoy's `RLSE`).
     RateLimitServiceError,
+    /// The route names a cluster that does not exist (yet): with dynamic configuration a route can
+    /// arrive before its cluster (Envoy's `NC`).
+    NoCluster,
 }
 
 impl Reason {
@@ -56,15 +59,18 @@ impl Reason {
             Reason::FaultInjected => "FI",
             Reason::RateLimited | Reason::GlobalRateLimited => "RL",
             Reason::RateLimitServiceError => "RLSE",
+            Reason::NoCluster => "NC",
         }
     }
 
     pub fn status(self) -> StatusCode {
         match self {
             Reason::NoRoute => StatusCode::NOT_FOUND,
-            Reason::NoHealthyUpstream | Reason::UpstreamConnectFailure | Reason::UpstreamReset | Reason::Overflow => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Reason::NoHealthyUpstream
+            | Reason::NoCluster
+            | Reason::UpstreamConnectFailure
+            | Reason::UpstreamReset
+            | Reason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
             Reason::DownstreamProtocolError => StatusCode::BAD_REQUEST,
@@ -92,6 +98,7 @@ impl Reason {
             Reason::RateLimited => "local rate limited (RL)\n",
             Reason::GlobalRateLimited => "rate limited (RL)\n",
             Reason::RateLimitServiceError => "rate limit service error (RLSE)\n",
+            Reason::NoCluster => "no cluster match for the route (NC)\n",
         }
     }
 }

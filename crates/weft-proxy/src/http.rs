@@ -860,11 +860,7 @@ async fn forward(
     };
     let snapshot = ctx.shared.snapshot.load();
     let Some(cluster) = snapshot.clusters.get(cluster_name).cloned() else {
-        return (
-            local_reply(rt, Reason::NoHealthyUpstream, grpc),
-            Some(Reason::NoHealthyUpstream),
-            None,
-        );
+        return (local_reply(rt, Reason::NoCluster, grpc), Some(Reason::NoCluster), None);
     };
     drop(snapshot);
     if let Some(l) = log.as_deref_mut() {

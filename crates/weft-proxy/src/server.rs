@@ -32,7 +32,38 @@ pub struct Shared {
     pub workers: usize,
     pub config_path: Option<PathBuf>,
     pub last_reload: Mutex<ReloadStatus>,
+    /// True while an xDS-configured proxy has not yet applied its first complete configuration:
+    /// `/ready` answers 503 `INITIALIZING` so an orchestrator holds the app until it can route.
+    pub xds_initializing: AtomicBool,
+    /// Extra admin state (the xDS client's) for `/xds`, `/config_dump` and `/stats/prometheus`.
+    pub admin_extensions: Mutex<Vec<Arc<dyn AdminExtension>>>,
+    /// Set by the xDS client: a reloaded file is then only the static part of the configuration,
+    /// which the client merges with the dynamic resources it holds before applying.
+    pub reload_hook: Mutex<Option<ReloadHook>>,
     generation: AtomicU64,
+}
+
+/// Receives a re-read configuration file instead of [`Server::apply`].
+pub type ReloadHook = Arc<dyn Fn(Config) -> Result<(), String> + Send + Sync>;
+
+/// A component outside this crate (the xDS client) that reports on the admin API.
+pub trait AdminExtension: Send + Sync {
+    /// Key in `/config_dump` and path segment (`/xds` for "xds").
+    fn name(&self) -> &'static str;
+    fn status_json(&self) -> serde_json::Value;
+    /// Prometheus text exposition lines (`# TYPE`/samples), without `# EOF`.
+    fn prometheus(&self) -> String;
+}
+
+impl Shared {
+    /// Called once the first complete dynamic configuration has been applied.
+    pub fn set_xds_initialized(&self) {
+        self.xds_initializing.store(false, Ordering::SeqCst);
+    }
+
+    pub fn add_admin_extension(&self, ext: Arc<dyn AdminExtension>) {
+        self.admin_extensions.lock().unwrap().push(ext);
+    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -175,6 +206,7 @@ impl Server {
                     runtime: config.runtime.clone(),
                     listeners: vec![],
                     clusters: vec![],
+                    xds: config.xds.clone(),
                 }),
                 clusters: HashMap::new(),
                 listeners: HashMap::new(),
@@ -183,6 +215,9 @@ impl Server {
             workers,
             config_path: opts.config_path,
             last_reload: Mutex::new(ReloadStatus::default()),
+            xds_initializing: AtomicBool::new(config.xds.is_some()),
+            admin_extensions: Mutex::new(Vec::new()),
+            reload_hook: Mutex::new(None),
             generation: AtomicU64::new(0),
         });
         let mut handles = Vec::new();
@@ -252,9 +287,13 @@ impl Server {
         let Some(path) = &self.shared.config_path else {
             return Err("no configuration file to reload (started from the command line)".into());
         };
+        let hook = self.shared.reload_hook.lock().unwrap().clone();
         let result = weft_config::from_file(path)
             .map_err(|e| e.to_string())
-            .and_then(|c| self.apply(c));
+            .and_then(|c| match &hook {
+                Some(h) => h(c),
+                None => self.apply(c),
+            });
         let mut status = self.shared.last_reload.lock().unwrap();
         match &result {
             Ok(()) => {
@@ -611,6 +650,7 @@ impl LocalReplyCounters {
             FaultInjected,
             RateLimited,
             RateLimitServiceError,
+            NoCluster,
         ]
         .iter()
         .map(|r| (r.code(), metrics.local_reply(listener, r.code())))

@@ -1,6 +1,7 @@
 //! The `weft` binary: `weft proxy`, `weft bench`, `weft demo`.
 
 mod demo;
+mod xds;
 
 // A proxy allocates and frees many small, short-lived buffers per request, across threads;
 // mimalloc's per-thread free lists cost measurably less CPU per request than glibc malloc.
@@ -127,6 +128,7 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         return 0;
     }
     let drain_timeout = config.runtime.drain_timeout;
+    let bootstrap = config.xds.is_some().then(|| config.clone());
     let server = match Server::start(
         config,
         ServerOptions {
@@ -136,6 +138,14 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         Ok(s) => s,
         Err(e) => {
             eprintln!("weft proxy: {e}");
+            return 1;
+        }
+    };
+    // Kept alive until shutdown; the proxy serves its last applied config if the client stops.
+    let _xds = match bootstrap.map(|b| xds::attach(&server, b)).transpose() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("weft proxy: xds: {e}");
             return 1;
         }
     };

@@ -1,0 +1,1595 @@
+//! Envoy v3 resources → weft's raw configuration structs.
+//!
+//! The conversion only maps shapes; value checks (ranges, regexes, durations, header names) are left
+//! to weft-config's validation so that YAML and xDS accept exactly the same things. What cannot be
+//! expressed in weft at all (TLS, scoped routes, unknown non-optional filters, ...) is refused here
+//! with the Envoy field path, so the NACK tells the control plane which field to fix.
+
+// Deprecated Envoy fields (header matcher shorthands, `append`, `http2_protocol_options`,
+// `dns_refresh_rate`) are still sent by real control planes, so they are read on purpose.
+#![allow(deprecated)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+use weft_config::raw::*;
+use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
+use weft_xds_api::pb::envoy::config::core::v3 as core;
+use weft_xds_api::pb::envoy::config::endpoint::v3 as ep;
+use weft_xds_api::pb::envoy::config::listener::v3 as ls;
+use weft_xds_api::pb::envoy::config::route::v3 as rt;
+use weft_xds_api::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
+use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
+use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use weft_xds_api::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
+use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
+use weft_xds_api::pb::envoy::r#type::v3 as typ;
+use weft_xds_api::pb::google::protobuf::{Any, Duration as PbDuration};
+use weft_xds_api::type_url;
+
+/// Collects conversion errors, each prefixed with its Envoy field path.
+#[derive(Default)]
+pub struct Errs(pub Vec<String>);
+
+impl Errs {
+    fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
+        if path.is_empty() {
+            self.0.push(msg.to_string());
+        } else {
+            self.0.push(format!("{path}: {msg}"));
+        }
+    }
+}
+
+pub const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
+pub const TCP_PROXY_NAME: &str = "envoy.filters.network.tcp_proxy";
+pub const ROUTER_NAME: &str = "envoy.filters.http.router";
+pub const FAULT_NAME: &str = "envoy.filters.http.fault";
+pub const LOCAL_RATE_LIMIT_NAME: &str = "envoy.filters.http.local_ratelimit";
+pub const RATE_LIMIT_NAME: &str = "envoy.filters.http.ratelimit";
+pub const RATE_LIMIT_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
+const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
+const UPSTREAM_HTTP_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+/// A listener in weft form. HTTP filter chains that use RDS have `route_config: None` until the
+/// assembler fills in the named route configuration.
+#[derive(Clone, Debug)]
+pub struct XListener {
+    pub raw: RawListener,
+    /// Per filter chain: the RDS route configuration it waits for.
+    pub rds: Vec<Option<String>>,
+}
+
+/// A cluster in weft form; EDS clusters get their endpoints from `eds` when assembled.
+#[derive(Clone, Debug)]
+pub struct XCluster {
+    pub raw: RawCluster,
+    /// The ClusterLoadAssignment name for an EDS cluster.
+    pub eds: Option<String>,
+}
+
+pub fn dur(d: &PbDuration) -> String {
+    let nanos = (d.seconds.max(0) as u128) * 1_000_000_000 + d.nanos.max(0) as u128;
+    weft_config::duration::format(Duration::from_nanos(nanos.min(u64::MAX as u128) as u64))
+}
+
+fn odur(d: &Option<PbDuration>) -> Option<String> {
+    d.as_ref().map(dur)
+}
+
+fn fraction(p: &Option<typ::FractionalPercent>, default: f64) -> Option<f64> {
+    let Some(p) = p else { return Some(default) };
+    let denom = match p.denominator {
+        0 => 100.0,
+        1 => 10_000.0,
+        2 => 1_000_000.0,
+        _ => return None,
+    };
+    Some((f64::from(p.numerator) / denom * 100.0).min(100.0))
+}
+
+fn socket_address(errs: &mut Errs, path: &str, a: &Option<core::Address>, allow_dns: bool) -> Option<String> {
+    let sa = match a.as_ref().and_then(|a| a.address.as_ref()) {
+        Some(core::address::Address::SocketAddress(sa)) => sa,
+        Some(_) => {
+            errs.add(path, "only socket_address is supported");
+            return None;
+        }
+        None => {
+            errs.add(path, "is required");
+            return None;
+        }
+    };
+    let port = match &sa.port_specifier {
+        Some(core::socket_address::PortSpecifier::PortValue(p)) => *p,
+        Some(core::socket_address::PortSpecifier::NamedPort(_)) => {
+            errs.add(&format!("{path}.socket_address.named_port"), "unsupported");
+            return None;
+        }
+        None => 0,
+    };
+    match sa.address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => Some(format!("[{ip}]:{port}")),
+        Ok(ip) => Some(format!("{ip}:{port}")),
+        Err(_) if allow_dns && !sa.address.is_empty() => Some(format!("{}:{port}", sa.address)),
+        Err(_) => {
+            errs.add(
+                &format!("{path}.socket_address.address"),
+                format!("\"{}\" is not an IP address", sa.address),
+            );
+            None
+        }
+    }
+}
+
+fn typed_url(cfg: &Option<Any>) -> &str {
+    cfg.as_ref().map(|a| a.type_url.as_str()).unwrap_or("")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Listener
+
+/// `Ok(None)` for API listeners (proxyless gRPC): they have no socket for weft to bind.
+pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
+    if l.api_listener.is_some() {
+        return Ok(None);
+    }
+    let mut errs = Errs::default();
+    let address = socket_address(&mut errs, "address", &l.address, false);
+    if l.default_filter_chain.is_some() {
+        errs.add("default_filter_chain", "unsupported");
+    }
+    if !l.listener_filters.is_empty() {
+        errs.add("listener_filters", "unsupported");
+    }
+    if l.filter_chains.is_empty() {
+        errs.add("filter_chains", "at least one filter chain is required");
+    }
+    let mut chains = Vec::new();
+    let mut rds = Vec::new();
+    for (i, fc) in l.filter_chains.iter().enumerate() {
+        let path = format!("filter_chains[{i}]");
+        let (chain, r) = filter_chain(&mut errs, &path, fc);
+        chains.push(chain);
+        rds.push(r);
+    }
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    Ok(Some(XListener {
+        raw: RawListener {
+            name: Some(l.name.clone()),
+            address,
+            filter_chains: chains,
+            ..Default::default()
+        },
+        rds,
+    }))
+}
+
+fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilterChain, Option<String>) {
+    let mut out = RawFilterChain {
+        name: (!fc.name.is_empty()).then(|| fc.name.clone()),
+        ..Default::default()
+    };
+    if fc.transport_socket.is_some() {
+        errs.add(&format!("{path}.transport_socket"), "TLS is not supported");
+    }
+    if let Some(m) = &fc.filter_chain_match {
+        let mp = format!("{path}.filter_chain_match");
+        let mut rm = RawFilterChainMatch {
+            destination_port: m.destination_port.as_ref().map(|p| u64::from(p.value)),
+            ..Default::default()
+        };
+        for (j, r) in m.source_prefix_ranges.iter().enumerate() {
+            if r.address_prefix.is_empty() {
+                errs.add(&format!("{mp}.source_prefix_ranges[{j}].address_prefix"), "is required");
+            }
+            let len = r.prefix_len.as_ref().map(|l| l.value).unwrap_or(0);
+            rm.source_prefixes.push(format!("{}/{len}", r.address_prefix));
+        }
+        for (field, set) in [
+            ("prefix_ranges", !m.prefix_ranges.is_empty()),
+            ("direct_source_prefix_ranges", !m.direct_source_prefix_ranges.is_empty()),
+            ("source_ports", !m.source_ports.is_empty()),
+            ("server_names", !m.server_names.is_empty()),
+            ("application_protocols", !m.application_protocols.is_empty()),
+            ("source_type", m.source_type != 0),
+            (
+                "transport_protocol",
+                !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer",
+            ),
+        ] {
+            if set {
+                errs.add(&format!("{mp}.{field}"), "unsupported");
+            }
+        }
+        out.match_ = Some(rm);
+    }
+    let mut rds = None;
+    match fc.filters.len() {
+        0 => errs.add(&format!("{path}.filters"), "one network filter is required"),
+        1 => {}
+        _ => errs.add(
+            &format!("{path}.filters"),
+            "weft supports exactly one (terminal) network filter per chain",
+        ),
+    }
+    if let Some(f) = fc.filters.first() {
+        let fp = format!("{path}.filters[0]");
+        let cfg = match &f.config_type {
+            Some(ls::filter::ConfigType::TypedConfig(a)) => Some(a.clone()),
+            Some(ls::filter::ConfigType::ConfigDiscovery(_)) => {
+                errs.add(&format!("{fp}.config_discovery"), "unsupported");
+                None
+            }
+            None => None,
+        };
+        let url = typed_url(&cfg);
+        if url == type_url::HCM || (url.is_empty() && f.name == HCM_NAME) {
+            let h = match cfg.as_ref() {
+                Some(a) => match weft_xds_api::unpack::<hcm::HttpConnectionManager>(a, type_url::HCM) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        errs.add(&format!("{fp}.typed_config"), e);
+                        return (out, None);
+                    }
+                },
+                None => hcm::HttpConnectionManager::default(),
+            };
+            let (http, r) = http_manager(errs, &format!("{fp}.typed_config"), &h);
+            out.http = Some(http);
+            rds = r;
+        } else if url == type_url::TCP_PROXY || (url.is_empty() && f.name == TCP_PROXY_NAME) {
+            let t = match cfg.as_ref() {
+                Some(a) => match weft_xds_api::unpack::<tcp::TcpProxy>(a, type_url::TCP_PROXY) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        errs.add(&format!("{fp}.typed_config"), e);
+                        return (out, None);
+                    }
+                },
+                None => tcp::TcpProxy::default(),
+            };
+            out.tcp_proxy = Some(tcp_proxy(errs, &format!("{fp}.typed_config"), &t));
+        } else {
+            let what = if url.is_empty() { f.name.as_str() } else { url };
+            errs.add(&fp, format!("unknown filter \"{what}\" (not optional)"));
+        }
+    }
+    (out, rds)
+}
+
+fn access_logs(
+    errs: &mut Errs,
+    path: &str,
+    logs: &[weft_xds_api::pb::envoy::config::accesslog::v3::AccessLog],
+) -> Option<RawAccessLog> {
+    use weft_xds_api::pb::envoy::config::accesslog::v3::access_log::ConfigType;
+    use weft_xds_api::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
+    if logs.len() > 1 {
+        errs.add(path, "weft supports one access log per filter");
+    }
+    let l = logs.first()?;
+    let p = format!("{path}[0]");
+    if l.filter.is_some() {
+        errs.add(&format!("{p}.filter"), "unsupported");
+    }
+    let Some(ConfigType::TypedConfig(a)) = &l.config_type else {
+        errs.add(&format!("{p}.typed_config"), "is required");
+        return None;
+    };
+    match weft_xds_api::unpack::<FileAccessLog>(a, type_url::FILE_ACCESS_LOG) {
+        Ok(f) => {
+            // weft writes its own JSON line format; a custom format is refused rather than ignored.
+            if f.access_log_format.is_some() {
+                errs.add(
+                    &format!("{p}.typed_config.access_log_format"),
+                    "unsupported (weft logs JSON)",
+                );
+            }
+            let path = match f.path.as_str() {
+                "/dev/stdout" => "stdout".to_string(),
+                "/dev/stderr" => "stderr".to_string(),
+                other => other.to_string(),
+            };
+            Some(RawAccessLog { path: Some(path) })
+        }
+        Err(_) => {
+            errs.add(
+                &format!("{p}.typed_config"),
+                format!("unknown access logger \"{}\"", a.type_url),
+            );
+            None
+        }
+    }
+}
+
+fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
+    let cluster = match &t.cluster_specifier {
+        Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(c.clone()),
+        Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
+            errs.add(&format!("{path}.weighted_clusters"), "unsupported");
+            None
+        }
+        None => {
+            errs.add(&format!("{path}.cluster"), "is required");
+            None
+        }
+    };
+    RawTcpProxy {
+        stat_prefix: (!t.stat_prefix.is_empty()).then(|| t.stat_prefix.clone()),
+        cluster,
+        idle_timeout: odur(&t.idle_timeout),
+        access_log: access_logs(errs, &format!("{path}.access_log"), &t.access_log),
+    }
+}
+
+fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> (RawHttp, Option<String>) {
+    use hcm::http_connection_manager::RouteSpecifier;
+    let codec = match h.codec_type {
+        0 => "auto",
+        1 => "http1",
+        2 => "http2",
+        v => {
+            errs.add(&format!("{path}.codec_type"), format!("unsupported value {v}"));
+            "auto"
+        }
+    };
+    let mut rds = None;
+    let mut route_config = None;
+    match &h.route_specifier {
+        Some(RouteSpecifier::Rds(r)) => {
+            if r.route_config_name.is_empty() {
+                errs.add(&format!("{path}.rds.route_config_name"), "is required");
+            } else {
+                rds = Some(r.route_config_name.clone());
+            }
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            route_config = Some(route_configuration(errs, &format!("{path}.route_config"), rc));
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => errs.add(&format!("{path}.scoped_routes"), "unsupported"),
+        None => errs.add(path, "one of rds, route_config is required"),
+    }
+    // Connection idle timeout lives in common_http_protocol_options; stream_idle_timeout is the
+    // nearest weft has when only that is set.
+    let idle_timeout = h
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| odur(&o.idle_timeout))
+        .or_else(|| odur(&h.stream_idle_timeout));
+    let mut out = RawHttp {
+        stat_prefix: (!h.stat_prefix.is_empty()).then(|| h.stat_prefix.clone()),
+        codec: Some(codec.into()),
+        route_config,
+        idle_timeout,
+        request_headers_timeout: odur(&h.request_headers_timeout),
+        max_request_headers_kb: h.max_request_headers_kb.as_ref().map(|v| u64::from(v.value)),
+        // Envoy's default is false (trust x-forwarded-for); say so explicitly since weft's YAML
+        // default is true.
+        use_remote_address: Some(h.use_remote_address.as_ref().is_some_and(|v| v.value)),
+        xff_num_trusted_hops: Some(u64::from(h.xff_num_trusted_hops)),
+        generate_request_id: Some(h.generate_request_id.as_ref().is_none_or(|v| v.value)),
+        via: (!h.via.is_empty()).then(|| h.via.clone()),
+        server_name: (!h.server_name.is_empty()).then(|| h.server_name.clone()),
+        access_log: access_logs(errs, &format!("{path}.access_log"), &h.access_log),
+        local_rate_limit: None,
+        rate_limit_service: None,
+    };
+    let mut router_at = None;
+    for (i, f) in h.http_filters.iter().enumerate() {
+        let fp = format!("{path}.http_filters[{i}]");
+        if f.disabled {
+            continue;
+        }
+        let cfg = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            Some(hcm::http_filter::ConfigType::ConfigDiscovery(_)) => {
+                if !f.is_optional {
+                    errs.add(&format!("{fp}.config_discovery"), "unsupported");
+                }
+                continue;
+            }
+            None => None,
+        };
+        let url = cfg.map(|a| a.type_url.as_str()).unwrap_or("");
+        let is = |u: &str, n: &str| url == u || (url.is_empty() && f.name == n);
+        if is(type_url::ROUTER, ROUTER_NAME) {
+            router_at = Some(i);
+        } else if is(type_url::FAULT, FAULT_NAME) {
+            // Faults are per route in weft; the listener-level filter only has to be present
+            // (weft always runs it when a route configures one). Listener-wide faults are refused.
+            if let Some(a) = cfg {
+                match weft_xds_api::unpack::<fault::HttpFault>(a, type_url::FAULT) {
+                    Ok(fl) if fl.delay.is_some() || fl.abort.is_some() => errs.add(
+                        &format!("{fp}.typed_config"),
+                        "listener-wide faults are unsupported; use typed_per_filter_config on routes",
+                    ),
+                    Ok(_) => {}
+                    Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+                }
+            }
+        } else if is(type_url::LOCAL_RATE_LIMIT, LOCAL_RATE_LIMIT_NAME) {
+            if let Some(a) = cfg {
+                match weft_xds_api::unpack::<lrl::LocalRateLimit>(a, type_url::LOCAL_RATE_LIMIT) {
+                    Ok(l) if l.token_bucket.is_some() => {
+                        out.local_rate_limit = Some(local_rate_limit(errs, &format!("{fp}.typed_config"), &l, None));
+                    }
+                    Ok(_) => {}
+                    Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+                }
+            }
+        } else if is(RATE_LIMIT_URL, RATE_LIMIT_NAME) {
+            match cfg.map(|a| weft_xds_api::unpack::<rl::RateLimit>(a, RATE_LIMIT_URL)) {
+                Some(Ok(r)) => {
+                    out.rate_limit_service = Some(rate_limit_service(errs, &format!("{fp}.typed_config"), &r))
+                }
+                Some(Err(e)) => errs.add(&format!("{fp}.typed_config"), e),
+                None => errs.add(&format!("{fp}.typed_config"), "is required"),
+            }
+        } else if !f.is_optional {
+            let what = if url.is_empty() { f.name.as_str() } else { url };
+            errs.add(&fp, format!("unknown filter \"{what}\" (not optional)"));
+        }
+    }
+    if out.rate_limit_service.is_none() {
+        if let Some(rc) = out.route_config.as_mut() {
+            strip_rate_limits(rc);
+        }
+    }
+    match router_at {
+        None => errs.add(&format!("{path}.http_filters"), "the router filter is required"),
+        Some(i)
+            if i + 1 != h.http_filters.iter().filter(|f| !f.disabled).count()
+                && !h.http_filters[i + 1..].iter().all(|f| f.disabled) =>
+        {
+            errs.add(&format!("{path}.http_filters[{i}]"), "the router filter must be last")
+        }
+        _ => {}
+    }
+    (out, rds)
+}
+
+fn rate_limit_service(errs: &mut Errs, path: &str, r: &rl::RateLimit) -> RawRateLimitService {
+    use core::grpc_service::TargetSpecifier;
+    let cluster = match r
+        .rate_limit_service
+        .as_ref()
+        .and_then(|s| s.grpc_service.as_ref())
+        .and_then(|g| g.target_specifier.as_ref())
+    {
+        Some(TargetSpecifier::EnvoyGrpc(g)) => Some(g.cluster_name.clone()),
+        Some(TargetSpecifier::GoogleGrpc(_)) => {
+            errs.add(
+                &format!("{path}.rate_limit_service.grpc_service.google_grpc"),
+                "unsupported; use envoy_grpc",
+            );
+            None
+        }
+        None => {
+            errs.add(
+                &format!("{path}.rate_limit_service.grpc_service.envoy_grpc"),
+                "is required",
+            );
+            None
+        }
+    };
+    if !r.rate_limits.is_empty() {
+        errs.add(&format!("{path}.rate_limits"), "unsupported; put rate_limits on routes");
+    }
+    RawRateLimitService {
+        cluster,
+        domain: Some(r.domain.clone()),
+        // Envoy's default RLS timeout is 20ms.
+        timeout: Some(r.timeout.as_ref().map(dur).unwrap_or_else(|| "20ms".into())),
+        failure_mode_deny: Some(r.failure_mode_deny),
+    }
+}
+
+/// Route `rate_limits` only matter with a rate limit service on the connection manager; weft
+/// refuses them otherwise, Envoy ignores them, so they are dropped.
+pub fn strip_rate_limits(rc: &mut RawRouteConfig) {
+    for vh in &mut rc.virtual_hosts {
+        for r in &mut vh.routes {
+            if let Some(a) = r.route.as_mut() {
+                a.rate_limits.clear();
+            }
+        }
+    }
+}
+
+/// Envoy `RateLimit` descriptors → weft's. An action weft cannot evaluate becomes an empty action,
+/// which weft's validation refuses only when a rate limit service would use it.
+fn rate_limits(list: &[rt::RateLimit]) -> Vec<RawRateLimit> {
+    use rt::rate_limit::action::ActionSpecifier as A;
+    list.iter()
+        .map(|r| RawRateLimit {
+            actions: r
+                .actions
+                .iter()
+                .map(|a| match &a.action_specifier {
+                    Some(A::RequestHeaders(h)) => RawRateLimitAction {
+                        request_headers: Some(RawRequestHeadersAction {
+                            header_name: Some(h.header_name.clone()),
+                            descriptor_key: Some(h.descriptor_key.clone()),
+                        }),
+                        ..Default::default()
+                    },
+                    Some(A::RemoteAddress(_)) => RawRateLimitAction {
+                        remote_address: Some(RawEmpty {}),
+                        ..Default::default()
+                    },
+                    Some(A::GenericKey(g)) => RawRateLimitAction {
+                        generic_key: Some(RawGenericKeyAction {
+                            descriptor_value: Some(g.descriptor_value.clone()),
+                            descriptor_key: (!g.descriptor_key.is_empty()).then(|| g.descriptor_key.clone()),
+                        }),
+                        ..Default::default()
+                    },
+                    _ => RawRateLimitAction::default(),
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routes
+
+/// Per-filter configs inherited down the tree (route config → virtual host → route).
+#[derive(Clone, Default)]
+struct PerFilter {
+    fault: Option<RawFault>,
+    rate_limit: Option<RawLocalRateLimit>,
+}
+
+fn per_filter(
+    errs: &mut Errs,
+    path: &str,
+    map: &std::collections::HashMap<String, Any>,
+    rate_limits: &[rt::RateLimit],
+    inherited: &PerFilter,
+) -> PerFilter {
+    let mut out = inherited.clone();
+    let mut keys: Vec<_> = map.keys().collect();
+    keys.sort();
+    for k in keys {
+        let kp = format!("{path}[\"{k}\"]");
+        let mut any = map[k].clone();
+        let mut optional = false;
+        if any.type_url == FILTER_CONFIG_URL {
+            match weft_xds_api::unpack::<rt::FilterConfig>(&any, FILTER_CONFIG_URL) {
+                Ok(fc) => {
+                    if fc.disabled {
+                        if k == FAULT_NAME {
+                            out.fault = None;
+                        } else if k == LOCAL_RATE_LIMIT_NAME {
+                            out.rate_limit = None;
+                        }
+                        continue;
+                    }
+                    optional = fc.is_optional;
+                    match fc.config {
+                        Some(c) => any = c,
+                        None => continue,
+                    }
+                }
+                Err(e) => {
+                    errs.add(&kp, e);
+                    continue;
+                }
+            }
+        }
+        if any.type_url == type_url::FAULT {
+            match weft_xds_api::unpack::<fault::HttpFault>(&any, type_url::FAULT) {
+                Ok(f) => out.fault = Some(fault_policy(errs, &kp, &f)),
+                Err(e) => errs.add(&kp, e),
+            }
+        } else if any.type_url == type_url::LOCAL_RATE_LIMIT {
+            match weft_xds_api::unpack::<lrl::LocalRateLimit>(&any, type_url::LOCAL_RATE_LIMIT) {
+                Ok(l) if l.token_bucket.is_none() => out.rate_limit = None,
+                Ok(l) => out.rate_limit = Some(local_rate_limit(errs, &kp, &l, Some(rate_limits))),
+                Err(e) => errs.add(&kp, e),
+            }
+        } else if !optional {
+            errs.add(&kp, format!("unsupported per-filter config type \"{}\"", any.type_url));
+        }
+    }
+    out
+}
+
+fn fault_policy(errs: &mut Errs, path: &str, f: &fault::HttpFault) -> RawFault {
+    use weft_xds_api::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
+    let mut out = RawFault::default();
+    if let Some(d) = &f.delay {
+        let dp = format!("{path}.delay");
+        let fixed = match &d.fault_delay_secifier {
+            Some(FaultDelaySecifier::FixedDelay(x)) => Some(dur(x)),
+            Some(FaultDelaySecifier::HeaderDelay(_)) => {
+                errs.add(&format!("{dp}.header_delay"), "unsupported");
+                None
+            }
+            None => {
+                errs.add(&format!("{dp}.fixed_delay"), "is required");
+                None
+            }
+        };
+        // Envoy: an absent percentage is 0%.
+        let percent = fraction(&d.percentage, 100.0)
+            .filter(|_| d.percentage.is_some())
+            .or(Some(0.0));
+        out.delay = Some(RawFaultDelay { fixed, percent });
+    }
+    if let Some(a) = &f.abort {
+        let ap = format!("{path}.abort");
+        let mut abort = RawFaultAbort {
+            percent: if a.percentage.is_some() {
+                fraction(&a.percentage, 0.0)
+            } else {
+                Some(0.0)
+            },
+            ..Default::default()
+        };
+        match &a.error_type {
+            Some(fault::fault_abort::ErrorType::HttpStatus(s)) => abort.http_status = Some(u64::from(*s)),
+            Some(fault::fault_abort::ErrorType::GrpcStatus(s)) => abort.grpc_status = Some(u64::from(*s)),
+            Some(fault::fault_abort::ErrorType::HeaderAbort(_)) => {
+                errs.add(&format!("{ap}.header_abort"), "unsupported")
+            }
+            None => errs.add(&format!("{ap}.http_status"), "is required"),
+        }
+        out.abort = Some(abort);
+    }
+    for (i, h) in f.headers.iter().enumerate() {
+        if let Some(m) = header_matcher(errs, &format!("{path}.headers[{i}]"), h) {
+            out.headers.push(m);
+        }
+    }
+    if !f.downstream_nodes.is_empty() {
+        errs.add(&format!("{path}.downstream_nodes"), "unsupported");
+    }
+    if !f.upstream_cluster.is_empty() {
+        errs.add(&format!("{path}.upstream_cluster"), "unsupported");
+    }
+    out
+}
+
+/// A token bucket. weft's `descriptor_header` (one bucket per value of a request header) is the
+/// Envoy pattern: the route's `rate_limits[].actions[].request_headers {header_name,
+/// descriptor_key}` plus a `descriptors[]` entry with that key and no value.
+fn local_rate_limit(
+    errs: &mut Errs,
+    path: &str,
+    l: &lrl::LocalRateLimit,
+    rate_limits: Option<&[rt::RateLimit]>,
+) -> RawLocalRateLimit {
+    let Some(tb) = &l.token_bucket else {
+        errs.add(&format!("{path}.token_bucket"), "is required");
+        return RawLocalRateLimit::default();
+    };
+    let mut out = RawLocalRateLimit {
+        max_tokens: Some(u64::from(tb.max_tokens)),
+        tokens_per_fill: Some(tb.tokens_per_fill.as_ref().map(|v| u64::from(v.value)).unwrap_or(1)),
+        fill_interval: odur(&tb.fill_interval),
+        descriptor_header: None,
+    };
+    if out.fill_interval.is_none() {
+        errs.add(&format!("{path}.token_bucket.fill_interval"), "is required");
+    }
+    if !l.descriptors.is_empty() {
+        let keys: Vec<&str> = l
+            .descriptors
+            .iter()
+            .flat_map(|d| d.entries.iter())
+            .filter(|e| e.value.is_empty())
+            .map(|e| e.key.as_str())
+            .collect();
+        let header = rate_limits
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|r| r.actions.iter())
+            .find_map(|a| match &a.action_specifier {
+                Some(rt::rate_limit::action::ActionSpecifier::RequestHeaders(h))
+                    if keys.contains(&h.descriptor_key.as_str()) =>
+                {
+                    Some(h.header_name.clone())
+                }
+                _ => None,
+            });
+        match header {
+            Some(h) => out.descriptor_header = Some(h),
+            None => errs.add(
+                &format!("{path}.descriptors"),
+                "only a per-header descriptor (entry with a key and no value, matched by a route request_headers action) is supported",
+            ),
+        }
+    }
+    out
+}
+
+fn header_values(errs: &mut Errs, path: &str, list: &[core::HeaderValueOption]) -> Vec<RawHeaderValue> {
+    let mut out = Vec::new();
+    for (i, h) in list.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let Some(hv) = &h.header else {
+            errs.add(&format!("{p}.header"), "is required");
+            continue;
+        };
+        let value = if hv.raw_value.is_empty() {
+            hv.value.clone()
+        } else {
+            String::from_utf8_lossy(&hv.raw_value).into_owned()
+        };
+        let action = match (h.append_action, &h.append) {
+            // The deprecated `append: false` means overwrite.
+            (0, Some(a)) if !a.value => "overwrite",
+            (0, _) => "append",
+            (1, _) => "add_if_absent",
+            (2, _) => "overwrite",
+            (v, _) => {
+                errs.add(&format!("{p}.append_action"), format!("unsupported value {v}"));
+                "append"
+            }
+        };
+        out.push(RawHeaderValue {
+            name: Some(hv.key.clone()),
+            value: Some(value),
+            action: Some(action.into()),
+        });
+    }
+    out
+}
+
+/// Escapes regex metacharacters so literal suffix/contains matches can become weft regexes.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A StringMatcher as (exact, prefix, regex) for weft, which matches whole values with a regex.
+fn string_matcher(
+    errs: &mut Errs,
+    path: &str,
+    m: &matcher::StringMatcher,
+) -> (Option<String>, Option<String>, Option<String>) {
+    use matcher::string_matcher::MatchPattern as P;
+    let ci = if m.ignore_case { "(?i)" } else { "" };
+    match &m.match_pattern {
+        Some(P::Exact(s)) if !m.ignore_case => (Some(s.clone()), None, None),
+        Some(P::Prefix(s)) if !m.ignore_case => (None, Some(s.clone()), None),
+        Some(P::Exact(s)) => (None, None, Some(format!("{ci}{}", escape(s)))),
+        Some(P::Prefix(s)) => (None, None, Some(format!("{ci}{}.*", escape(s)))),
+        Some(P::Suffix(s)) => (None, None, Some(format!("{ci}.*{}", escape(s)))),
+        Some(P::Contains(s)) => (None, None, Some(format!("{ci}.*{}.*", escape(s)))),
+        Some(P::SafeRegex(r)) => (None, None, Some(r.regex.clone())),
+        Some(P::Custom(_)) => {
+            errs.add(&format!("{path}.custom"), "unsupported");
+            (None, None, None)
+        }
+        None => {
+            errs.add(path, "a match pattern is required");
+            (None, None, None)
+        }
+    }
+}
+
+fn header_matcher(errs: &mut Errs, path: &str, h: &rt::HeaderMatcher) -> Option<RawHeaderMatcher> {
+    use rt::header_matcher::HeaderMatchSpecifier as S;
+    let mut out = RawHeaderMatcher {
+        name: Some(h.name.clone()),
+        invert: Some(h.invert_match),
+        ..Default::default()
+    };
+    match &h.header_match_specifier {
+        Some(S::ExactMatch(s)) => out.exact = Some(s.clone()),
+        Some(S::PrefixMatch(s)) => out.prefix = Some(s.clone()),
+        Some(S::SuffixMatch(s)) => out.regex = Some(format!(".*{}", escape(s))),
+        Some(S::ContainsMatch(s)) => out.regex = Some(format!(".*{}.*", escape(s))),
+        Some(S::SafeRegexMatch(r)) => out.regex = Some(r.regex.clone()),
+        Some(S::PresentMatch(p)) => out.present = Some(*p),
+        Some(S::StringMatch(m)) => {
+            let (e, p, r) = string_matcher(errs, &format!("{path}.string_match"), m);
+            out.exact = e;
+            out.prefix = p;
+            out.regex = r;
+        }
+        Some(S::RangeMatch(_)) => {
+            errs.add(&format!("{path}.range_match"), "unsupported");
+            return None;
+        }
+        // No specifier: Envoy matches on presence.
+        None => out.present = Some(true),
+    }
+    Some(out)
+}
+
+pub fn route_configuration(errs: &mut Errs, path: &str, rc: &rt::RouteConfiguration) -> RawRouteConfig {
+    let pre = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}.")
+    };
+    if rc.vhds.is_some() {
+        errs.add(&format!("{pre}vhds"), "unsupported");
+    }
+    let inherited = per_filter(
+        errs,
+        &format!("{pre}typed_per_filter_config"),
+        &rc.typed_per_filter_config,
+        &[],
+        &PerFilter::default(),
+    );
+    let mut vhosts = Vec::new();
+    for (i, vh) in rc.virtual_hosts.iter().enumerate() {
+        vhosts.push(virtual_host(
+            errs,
+            &format!("{pre}virtual_hosts[{i}]"),
+            vh,
+            &inherited,
+            &rc.request_mirror_policies,
+        ));
+    }
+    RawRouteConfig {
+        name: Some(rc.name.clone()),
+        virtual_hosts: vhosts,
+        request_headers_to_add: header_values(
+            errs,
+            &format!("{pre}request_headers_to_add"),
+            &rc.request_headers_to_add,
+        ),
+        request_headers_to_remove: rc.request_headers_to_remove.clone(),
+        response_headers_to_add: header_values(
+            errs,
+            &format!("{pre}response_headers_to_add"),
+            &rc.response_headers_to_add,
+        ),
+        response_headers_to_remove: rc.response_headers_to_remove.clone(),
+    }
+}
+
+fn virtual_host(
+    errs: &mut Errs,
+    path: &str,
+    vh: &rt::VirtualHost,
+    inherited: &PerFilter,
+    mirrors: &[rt::route_action::RequestMirrorPolicy],
+) -> RawVirtualHost {
+    if vh.require_tls != 0 {
+        errs.add(
+            &format!("{path}.require_tls"),
+            "unsupported (weft does not terminate TLS)",
+        );
+    }
+    if vh.matcher.is_some() {
+        errs.add(&format!("{path}.matcher"), "unsupported");
+    }
+    let pf = per_filter(
+        errs,
+        &format!("{path}.typed_per_filter_config"),
+        &vh.typed_per_filter_config,
+        &vh.rate_limits,
+        inherited,
+    );
+    let mirrors: Vec<_> = if vh.request_mirror_policies.is_empty() {
+        mirrors.to_vec()
+    } else {
+        vh.request_mirror_policies.clone()
+    };
+    let mut routes = Vec::new();
+    for (i, r) in vh.routes.iter().enumerate() {
+        if let Some(r) = route(errs, &format!("{path}.routes[{i}]"), r, &pf, &vh.rate_limits, &mirrors) {
+            routes.push(r);
+        }
+    }
+    RawVirtualHost {
+        name: Some(vh.name.clone()),
+        domains: vh.domains.clone(),
+        routes,
+        request_headers_to_add: header_values(
+            errs,
+            &format!("{path}.request_headers_to_add"),
+            &vh.request_headers_to_add,
+        ),
+        request_headers_to_remove: vh.request_headers_to_remove.clone(),
+        response_headers_to_add: header_values(
+            errs,
+            &format!("{path}.response_headers_to_add"),
+            &vh.response_headers_to_add,
+        ),
+        response_headers_to_remove: vh.response_headers_to_remove.clone(),
+        retry_policy: vh
+            .retry_policy
+            .as_ref()
+            .map(|r| retry_policy(errs, &format!("{path}.retry_policy"), r)),
+    }
+}
+
+fn route(
+    errs: &mut Errs,
+    path: &str,
+    r: &rt::Route,
+    inherited: &PerFilter,
+    vh_rate_limits: &[rt::RateLimit],
+    mirrors: &[rt::route_action::RequestMirrorPolicy],
+) -> Option<RawRoute> {
+    use rt::route_match::PathSpecifier as PS;
+    let mut out = RawRoute {
+        name: (!r.name.is_empty()).then(|| r.name.clone()),
+        request_headers_to_add: header_values(
+            errs,
+            &format!("{path}.request_headers_to_add"),
+            &r.request_headers_to_add,
+        ),
+        request_headers_to_remove: r.request_headers_to_remove.clone(),
+        response_headers_to_add: header_values(
+            errs,
+            &format!("{path}.response_headers_to_add"),
+            &r.response_headers_to_add,
+        ),
+        response_headers_to_remove: r.response_headers_to_remove.clone(),
+        ..Default::default()
+    };
+    let mp = format!("{path}.match");
+    let Some(m) = &r.r#match else {
+        errs.add(&mp, "is required");
+        return None;
+    };
+    let mut rm = RawRouteMatch {
+        case_sensitive: m.case_sensitive.as_ref().map(|b| b.value),
+        ..Default::default()
+    };
+    match &m.path_specifier {
+        Some(PS::Prefix(p)) => rm.prefix = Some(if p.is_empty() { "/".into() } else { p.clone() }),
+        Some(PS::Path(p)) => rm.path = Some(p.clone()),
+        Some(PS::SafeRegex(re)) => rm.regex = Some(re.regex.clone()),
+        Some(PS::PathSeparatedPrefix(p)) => {
+            // "/a" matches "/a" and "/a/..." but not "/ab".
+            rm.regex = Some(format!("{}(/.*)?", escape(p.trim_end_matches('/'))));
+        }
+        Some(_) => errs.add(&format!("{mp}.path_specifier"), "unsupported"),
+        None => errs.add(&mp, "one of prefix, path, safe_regex is required"),
+    }
+    if m.runtime_fraction.is_some() {
+        errs.add(&format!("{mp}.runtime_fraction"), "unsupported");
+    }
+    if m.grpc.is_some() {
+        rm.headers.push(RawHeaderMatcher {
+            name: Some("content-type".into()),
+            prefix: Some("application/grpc".into()),
+            ..Default::default()
+        });
+    }
+    for (i, h) in m.headers.iter().enumerate() {
+        let hp = format!("{mp}.headers[{i}]");
+        // weft matches methods natively (cheaper than a header matcher): `:method` exact, not inverted.
+        if h.name == ":method" && !h.invert_match {
+            use rt::header_matcher::HeaderMatchSpecifier as S;
+            let exact = match &h.header_match_specifier {
+                Some(S::ExactMatch(s)) => Some(s.clone()),
+                Some(S::StringMatch(sm)) if !sm.ignore_case => match &sm.match_pattern {
+                    Some(matcher::string_matcher::MatchPattern::Exact(s)) => Some(s.clone()),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(method) = exact {
+                if rm.methods.is_empty() {
+                    rm.methods.push(method);
+                    continue;
+                }
+            }
+        }
+        if let Some(x) = header_matcher(errs, &hp, h) {
+            rm.headers.push(x);
+        }
+    }
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        use rt::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+        let qp = format!("{mp}.query_parameters[{i}]");
+        let mut x = RawQueryMatcher {
+            name: Some(q.name.clone()),
+            ..Default::default()
+        };
+        match &q.query_parameter_match_specifier {
+            Some(Q::StringMatch(sm)) => {
+                let (e, p, r) = string_matcher(errs, &format!("{qp}.string_match"), sm);
+                x.exact = e;
+                x.regex = r.or(p.map(|p| format!("{}.*", escape(&p))));
+            }
+            Some(Q::PresentMatch(p)) => x.present = Some(*p),
+            None => x.present = Some(true),
+        }
+        rm.query_parameters.push(x);
+    }
+    for (field, set) in [
+        ("cookies", !m.cookies.is_empty()),
+        ("tls_context", m.tls_context.is_some()),
+        ("dynamic_metadata", !m.dynamic_metadata.is_empty()),
+        ("filter_state", !m.filter_state.is_empty()),
+    ] {
+        if set {
+            errs.add(&format!("{mp}.{field}"), "unsupported");
+        }
+    }
+    out.match_ = Some(rm);
+
+    let mut rate_limits = vh_rate_limits.to_vec();
+    match &r.action {
+        Some(rt::route::Action::Route(a)) => {
+            rate_limits.extend(a.rate_limits.iter().cloned());
+            let pf = per_filter(
+                errs,
+                &format!("{path}.typed_per_filter_config"),
+                &r.typed_per_filter_config,
+                &rate_limits,
+                inherited,
+            );
+            let mut action = route_action(errs, &format!("{path}.route"), a, pf, mirrors);
+            // Envoy: the route's own descriptors, plus the virtual host's when the route has none
+            // or asks for them with include_vh_rate_limits.
+            let include_vh = a.rate_limits.is_empty() || a.include_vh_rate_limits.as_ref().is_some_and(|b| b.value);
+            action.rate_limits = self::rate_limits(&a.rate_limits);
+            if include_vh {
+                action.rate_limits.extend(self::rate_limits(vh_rate_limits));
+            }
+            out.route = Some(action);
+        }
+        Some(rt::route::Action::Redirect(rd)) => out.redirect = Some(redirect(errs, &format!("{path}.redirect"), rd)),
+        Some(rt::route::Action::DirectResponse(d)) => {
+            use core::data_source::Specifier;
+            let body = match d.body.as_ref().and_then(|b| b.specifier.as_ref()) {
+                None => None,
+                Some(Specifier::InlineString(s)) => Some(s.clone()),
+                Some(Specifier::InlineBytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+                Some(_) => {
+                    errs.add(
+                        &format!("{path}.direct_response.body"),
+                        "only inline_string / inline_bytes are supported",
+                    );
+                    None
+                }
+            };
+            out.direct_response = Some(RawDirectResponse {
+                status: Some(u64::from(d.status)),
+                body,
+            });
+        }
+        Some(_) => errs.add(&format!("{path}.action"), "unsupported action"),
+        None => errs.add(path, "one of route, redirect, direct_response is required"),
+    }
+    Some(out)
+}
+
+fn redirect(errs: &mut Errs, path: &str, rd: &rt::RedirectAction) -> RawRedirect {
+    use rt::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
+    let status = match rd.response_code {
+        0 => 301,
+        1 => 302,
+        2 => 303,
+        3 => 307,
+        4 => 308,
+        v => {
+            errs.add(&format!("{path}.response_code"), format!("unsupported value {v}"));
+            301
+        }
+    };
+    let mut out = RawRedirect {
+        host: (!rd.host_redirect.is_empty()).then(|| rd.host_redirect.clone()),
+        port: (rd.port_redirect != 0).then_some(u64::from(rd.port_redirect)),
+        status: Some(status),
+        strip_query: Some(rd.strip_query),
+        ..Default::default()
+    };
+    match &rd.scheme_rewrite_specifier {
+        Some(S::HttpsRedirect(true)) => out.scheme = Some("https".into()),
+        Some(S::SchemeRedirect(s)) => out.scheme = Some(s.clone()),
+        _ => {}
+    }
+    match &rd.path_rewrite_specifier {
+        Some(P::PathRedirect(p)) => out.path = Some(p.clone()),
+        Some(P::PrefixRewrite(p)) => out.prefix_rewrite = Some(p.clone()),
+        Some(_) => errs.add(&format!("{path}.regex_rewrite"), "unsupported"),
+        None => {}
+    }
+    out
+}
+
+fn route_action(
+    errs: &mut Errs,
+    path: &str,
+    a: &rt::RouteAction,
+    pf: PerFilter,
+    mirrors: &[rt::route_action::RequestMirrorPolicy],
+) -> RawRouteAction {
+    use rt::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
+    let mut out = RawRouteAction {
+        // Envoy's default route timeout is 15s; 0 disables it.
+        timeout: Some(a.timeout.as_ref().map(dur).unwrap_or_else(|| "15s".into())),
+        prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
+        fault: pf.fault,
+        local_rate_limit: pf.rate_limit,
+        priority: match a.priority {
+            0 => None,
+            1 => Some("high".into()),
+            v => {
+                errs.add(&format!("{path}.priority"), format!("unsupported value {v}"));
+                None
+            }
+        },
+        ..Default::default()
+    };
+    match &a.cluster_specifier {
+        Some(C::Cluster(c)) => out.cluster = Some(c.clone()),
+        Some(C::WeightedClusters(w)) => {
+            for (i, c) in w.clusters.iter().enumerate() {
+                if !c.cluster_header.is_empty() {
+                    errs.add(
+                        &format!("{path}.weighted_clusters.clusters[{i}].cluster_header"),
+                        "unsupported",
+                    );
+                }
+                out.weighted_clusters.push(RawWeightedCluster {
+                    name: Some(c.name.clone()),
+                    weight: Some(c.weight.as_ref().map(|v| u64::from(v.value)).unwrap_or(0)),
+                });
+            }
+        }
+        Some(_) => errs.add(
+            &format!("{path}.cluster_specifier"),
+            "only cluster and weighted_clusters are supported",
+        ),
+        None => errs.add(path, "one of cluster, weighted_clusters is required"),
+    }
+    match &a.host_rewrite_specifier {
+        Some(H::HostRewriteLiteral(h)) => out.host_rewrite = Some(h.clone()),
+        Some(H::AutoHostRewrite(b)) => out.auto_host_rewrite = Some(b.value),
+        Some(_) => errs.add(
+            &format!("{path}.host_rewrite_specifier"),
+            "only host_rewrite_literal and auto_host_rewrite are supported",
+        ),
+        None => {}
+    }
+    if a.regex_rewrite.is_some() {
+        errs.add(&format!("{path}.regex_rewrite"), "unsupported");
+    }
+    if let Some(r) = &a.retry_policy {
+        out.retry_policy = Some(retry_policy(errs, &format!("{path}.retry_policy"), r));
+    }
+    for (i, h) in a.hash_policy.iter().enumerate() {
+        use rt::route_action::hash_policy::PolicySpecifier as P;
+        let hp = format!("{path}.hash_policy[{i}]");
+        let mut x = RawHashPolicy {
+            terminal: Some(h.terminal),
+            ..Default::default()
+        };
+        match &h.policy_specifier {
+            Some(P::Header(hd)) => x.header = Some(hd.header_name.clone()),
+            Some(P::Cookie(c)) => x.cookie = Some(c.name.clone()),
+            Some(P::ConnectionProperties(c)) if c.source_ip => x.source_ip = Some(true),
+            Some(P::QueryParameter(q)) => x.query_parameter = Some(q.name.clone()),
+            Some(_) => {
+                errs.add(
+                    &hp,
+                    "only header, cookie, connection_properties.source_ip and query_parameter are supported",
+                );
+                continue;
+            }
+            None => {
+                errs.add(&hp, "a policy is required");
+                continue;
+            }
+        }
+        out.hash_policy.push(x);
+    }
+    let mirrors = if a.request_mirror_policies.is_empty() {
+        mirrors
+    } else {
+        &a.request_mirror_policies[..]
+    };
+    for (i, m) in mirrors.iter().enumerate() {
+        let mp = format!("{path}.request_mirror_policies[{i}]");
+        if !m.cluster_header.is_empty() {
+            errs.add(&format!("{mp}.cluster_header"), "unsupported");
+        }
+        let percent = fraction(&m.runtime_fraction.as_ref().and_then(|f| f.default_value), 100.0);
+        if percent.is_none() {
+            errs.add(
+                &format!("{mp}.runtime_fraction.default_value.denominator"),
+                "unknown value",
+            );
+        }
+        out.request_mirror_policies.push(RawMirrorPolicy {
+            cluster: Some(m.cluster.clone()),
+            percent,
+        });
+    }
+    out
+}
+
+fn retry_policy(errs: &mut Errs, path: &str, r: &rt::RetryPolicy) -> RawRetryPolicy {
+    if !r.retriable_headers.is_empty() {
+        errs.add(&format!("{path}.retriable_headers"), "unsupported");
+    }
+    RawRetryPolicy {
+        retry_on: r
+            .retry_on
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if s == "refused-stream" {
+                    "reset".to_string()
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect(),
+        // Envoy's default is one retry.
+        num_retries: Some(r.num_retries.as_ref().map(|v| u64::from(v.value)).unwrap_or(1)),
+        per_try_timeout: odur(&r.per_try_timeout),
+        retriable_status_codes: r.retriable_status_codes.iter().map(|c| u64::from(*c)).collect(),
+        retry_back_off: r.retry_back_off.as_ref().map(|b| RawBackoff {
+            base_interval: odur(&b.base_interval),
+            max_interval: odur(&b.max_interval),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clusters
+
+pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec<String>> {
+    use cl::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig};
+    let mut errs = Errs::default();
+    let mut out = RawCluster {
+        name: Some(c.name.clone()),
+        // Envoy's default connect timeout is 5s.
+        connect_timeout: Some(c.connect_timeout.as_ref().map(dur).unwrap_or_else(|| "5s".into())),
+        dns_refresh_rate: odur(&c.dns_refresh_rate),
+        ..Default::default()
+    };
+    let ty = match &c.cluster_discovery_type {
+        Some(ClusterDiscoveryType::Type(t)) => *t,
+        Some(ClusterDiscoveryType::ClusterType(_)) => {
+            errs.add("cluster_type", "custom cluster types are unsupported");
+            0
+        }
+        None => 0,
+    };
+    let mut eds = None;
+    let mut inline_endpoints = true;
+    match DiscoveryType::try_from(ty) {
+        Ok(DiscoveryType::Static) => out.type_ = Some("static".into()),
+        // LOGICAL_DNS differs only in using the first address; strict DNS is a superset.
+        Ok(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => out.type_ = Some("strict_dns".into()),
+        Ok(DiscoveryType::OriginalDst) => {
+            out.type_ = Some("original_dst".into());
+            inline_endpoints = false;
+        }
+        Ok(DiscoveryType::Eds) => {
+            out.type_ = Some("static".into());
+            let name = c
+                .eds_cluster_config
+                .as_ref()
+                .map(|e| e.service_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| c.name.clone());
+            eds = Some(name);
+            inline_endpoints = false;
+        }
+        Err(_) => errs.add("type", format!("unsupported value {ty}")),
+    }
+    let lb = match c.lb_policy {
+        0 => Some("round_robin"),
+        1 => Some("least_request"),
+        2 => Some("ring_hash"),
+        3 => Some("random"),
+        5 => Some("maglev"),
+        // ORIGINAL_DST clusters must use CLUSTER_PROVIDED in Envoy.
+        6 if out.type_.as_deref() == Some("original_dst") => None,
+        v => {
+            errs.add("lb_policy", format!("unsupported value {v}"));
+            None
+        }
+    };
+    out.lb_policy = lb.map(str::to_string);
+    match &c.lb_config {
+        Some(LbConfig::RingHashLbConfig(r)) => {
+            out.ring_hash = Some(RawRingHash {
+                minimum_ring_size: r.minimum_ring_size.as_ref().map(|v| v.value),
+                maximum_ring_size: r.maximum_ring_size.as_ref().map(|v| v.value),
+            })
+        }
+        Some(LbConfig::MaglevLbConfig(m)) => {
+            out.maglev = Some(RawMaglev {
+                table_size: m.table_size.as_ref().map(|v| v.value),
+            })
+        }
+        Some(LbConfig::LeastRequestLbConfig(l)) => {
+            out.least_request = Some(RawLeastRequest {
+                choice_count: l.choice_count.as_ref().map(|v| u64::from(v.value)),
+            })
+        }
+        _ => {}
+    }
+    if c.transport_socket.is_some() {
+        errs.add("transport_socket", "TLS to upstreams is not supported");
+    }
+    if c.load_balancing_policy.is_some() {
+        errs.add("load_balancing_policy", "unsupported; use lb_policy");
+    }
+    // Upstream protocol: the typed HttpProtocolOptions, or the deprecated http2_protocol_options.
+    if c.http2_protocol_options.is_some() {
+        out.protocol = Some("http2".into());
+    }
+    if let Some(any) = c.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS) {
+        use weft_xds_api::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+            explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
+        };
+        use weft_xds_api::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+        let p = format!("typed_extension_protocol_options[\"{UPSTREAM_HTTP_OPTIONS}\"]");
+        match weft_xds_api::unpack::<HttpProtocolOptions>(any, type_url::HTTP_PROTOCOL_OPTIONS) {
+            Ok(o) => match o.upstream_protocol_options {
+                Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
+                    Some(ProtocolConfig::Http2ProtocolOptions(_)) => out.protocol = Some("http2".into()),
+                    Some(ProtocolConfig::HttpProtocolOptions(_)) | None => out.protocol = Some("http1".into()),
+                    Some(ProtocolConfig::Http3ProtocolOptions(_)) => errs.add(
+                        &format!("{p}.explicit_http_config.http3_protocol_options"),
+                        "unsupported",
+                    ),
+                },
+                Some(_) => errs.add(&p, "only explicit_http_config is supported"),
+                None => {}
+            },
+            Err(e) => errs.add(&p, e),
+        }
+    }
+    if let Some(cb) = &c.circuit_breakers {
+        // DEFAULT and HIGH priorities (routes with priority HIGH count against the latter).
+        let v = |x: &Option<weft_xds_api::pb::google::protobuf::UInt32Value>| x.as_ref().map(|v| u64::from(v.value));
+        let thresholds = |t: &cl::circuit_breakers::Thresholds| RawCircuitBreakers {
+            max_connections: v(&t.max_connections),
+            max_pending_requests: v(&t.max_pending_requests),
+            max_requests: v(&t.max_requests),
+            max_retries: v(&t.max_retries),
+            high_priority: None,
+        };
+        let high = cb
+            .thresholds
+            .iter()
+            .find(|t| t.priority == 1)
+            .map(|t| Box::new(thresholds(t)));
+        if cb.thresholds.iter().any(|t| t.priority > 1) {
+            errs.add(
+                "circuit_breakers.thresholds",
+                "unsupported priority (DEFAULT and HIGH only)",
+            );
+        }
+        let default = cb.thresholds.iter().find(|t| t.priority == 0);
+        if default.is_some() || high.is_some() {
+            out.circuit_breakers = Some(RawCircuitBreakers {
+                high_priority: high,
+                ..default.map(thresholds).unwrap_or_default()
+            });
+        }
+        if let Some(b) = default.and_then(|t| t.retry_budget.as_ref()) {
+            out.retry_budget = Some(RawRetryBudget {
+                budget_percent: b.budget_percent.as_ref().map(|p| p.value),
+                min_retry_concurrency: v(&b.min_retry_concurrency),
+            });
+        }
+    }
+    if let Some(o) = &c.outlier_detection {
+        let v = |x: &Option<weft_xds_api::pb::google::protobuf::UInt32Value>| x.as_ref().map(|v| u64::from(v.value));
+        out.outlier_detection = Some(RawOutlierDetection {
+            consecutive_5xx: v(&o.consecutive_5xx),
+            consecutive_gateway_failure: v(&o.consecutive_gateway_failure),
+            consecutive_local_origin_failure: v(&o.consecutive_local_origin_failure),
+            interval: odur(&o.interval),
+            base_ejection_time: odur(&o.base_ejection_time),
+            max_ejection_time: odur(&o.max_ejection_time),
+            max_ejection_percent: v(&o.max_ejection_percent),
+            success_rate_minimum_hosts: v(&o.success_rate_minimum_hosts),
+            success_rate_request_volume: v(&o.success_rate_request_volume),
+            success_rate_stdev_factor: v(&o.success_rate_stdev_factor),
+            failure_percentage_threshold: v(&o.failure_percentage_threshold),
+            failure_percentage_minimum_hosts: v(&o.failure_percentage_minimum_hosts),
+            failure_percentage_request_volume: v(&o.failure_percentage_request_volume),
+        });
+    }
+    for (i, h) in c.health_checks.iter().enumerate() {
+        if let Some(x) = health_check(&mut errs, &format!("health_checks[{i}]"), h) {
+            out.health_checks.push(x);
+        }
+    }
+    if let Some(cfg) = &c.common_lb_config {
+        out.healthy_panic_threshold = cfg.healthy_panic_threshold.as_ref().map(|p| p.value);
+        // Zone-aware / locality-weighted routing needs to know where this proxy runs; without a
+        // node locality it is a no-op in Envoy too, so it is dropped rather than refused.
+        if cfg.locality_config_specifier.is_some() && node_has_locality {
+            out.locality_aware = Some(true);
+        }
+    }
+    if let Some(s) = &c.lb_subset_config {
+        let fallback = match s.fallback_policy {
+            0 => "no_fallback",
+            1 => "any_endpoint",
+            2 => "default_subset",
+            v => {
+                errs.add("lb_subset_config.fallback_policy", format!("unsupported value {v}"));
+                "any_endpoint"
+            }
+        };
+        out.subsets = Some(RawSubsets {
+            fallback_policy: Some(fallback.into()),
+            default_subset: s.default_subset.as_ref().map(struct_strings).unwrap_or_default(),
+            tag_header: None,
+            tag_label: None,
+        });
+    }
+    if inline_endpoints {
+        if let Some(la) = &c.load_assignment {
+            let dns = out.type_.as_deref() == Some("strict_dns");
+            out.endpoints = endpoints(&mut errs, "load_assignment", la, dns);
+        }
+    }
+    if !errs.0.is_empty() {
+        return Err(errs.0);
+    }
+    Ok(XCluster { raw: out, eds })
+}
+
+fn struct_strings(s: &weft_xds_api::pb::google::protobuf::Struct) -> BTreeMap<String, String> {
+    use weft_xds_api::pb::google::protobuf::value::Kind;
+    s.fields
+        .iter()
+        .filter_map(|(k, v)| {
+            let v = match v.kind.as_ref()? {
+                Kind::StringValue(s) => s.clone(),
+                Kind::BoolValue(b) => b.to_string(),
+                Kind::NumberValue(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((k.clone(), v))
+        })
+        .collect()
+}
+
+fn health_check(errs: &mut Errs, path: &str, h: &core::HealthCheck) -> Option<RawHealthCheck> {
+    use core::health_check::HealthChecker as K;
+    let mut out = RawHealthCheck {
+        interval: odur(&h.interval),
+        interval_jitter: odur(&h.interval_jitter),
+        timeout: odur(&h.timeout),
+        healthy_threshold: h.healthy_threshold.as_ref().map(|v| u64::from(v.value)),
+        unhealthy_threshold: h.unhealthy_threshold.as_ref().map(|v| u64::from(v.value)),
+        ..Default::default()
+    };
+    match &h.health_checker {
+        Some(K::HttpHealthCheck(x)) => {
+            out.http = Some(RawHttpHealthCheck {
+                path: Some(x.path.clone()),
+                host: (!x.host.is_empty()).then(|| x.host.clone()),
+                // Envoy ranges are half-open [start, end); weft's are inclusive.
+                expected_statuses: x
+                    .expected_statuses
+                    .iter()
+                    .map(|r| format!("{}-{}", r.start, r.end - 1))
+                    .collect(),
+            })
+        }
+        Some(K::TcpHealthCheck(x)) => {
+            if x.send.is_some() || !x.receive.is_empty() {
+                errs.add(
+                    &format!("{path}.tcp_health_check"),
+                    "send/receive payloads are unsupported",
+                );
+            }
+            out.tcp = Some(RawTcpHealthCheck {});
+        }
+        Some(K::GrpcHealthCheck(x)) => {
+            out.grpc = Some(RawGrpcHealthCheck {
+                service_name: Some(x.service_name.clone()),
+                authority: (!x.authority.is_empty()).then(|| x.authority.clone()),
+            })
+        }
+        Some(K::CustomHealthCheck(_)) => {
+            errs.add(&format!("{path}.custom_health_check"), "unsupported");
+            return None;
+        }
+        None => {
+            errs.add(
+                path,
+                "one of http_health_check, tcp_health_check, grpc_health_check is required",
+            );
+            return None;
+        }
+    }
+    Some(out)
+}
+
+/// Endpoints of a ClusterLoadAssignment. Unhealthy, draining and timed-out endpoints are left out,
+/// as Envoy never routes to them.
+pub fn endpoints(errs: &mut Errs, path: &str, la: &ep::ClusterLoadAssignment, allow_dns: bool) -> Vec<RawEndpoint> {
+    let pre = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}.")
+    };
+    let mut out = Vec::new();
+    for (i, l) in la.endpoints.iter().enumerate() {
+        let lp = format!("{pre}endpoints[{i}]");
+        let loc = l.locality.clone().unwrap_or_default();
+        if l.load_balancing_weight.as_ref().is_some_and(|w| w.value == 0) {
+            // A zero-weight locality takes no traffic in Envoy.
+            continue;
+        }
+        for (j, e) in l.lb_endpoints.iter().enumerate() {
+            let ep_path = format!("{lp}.lb_endpoints[{j}]");
+            if matches!(e.health_status, 2..=4) {
+                continue;
+            }
+            let addr = match &e.host_identifier {
+                Some(ep::lb_endpoint::HostIdentifier::Endpoint(x)) => {
+                    socket_address(errs, &format!("{ep_path}.endpoint.address"), &x.address, allow_dns)
+                }
+                Some(ep::lb_endpoint::HostIdentifier::EndpointName(_)) => {
+                    errs.add(&format!("{ep_path}.endpoint_name"), "unsupported");
+                    None
+                }
+                None => {
+                    errs.add(&format!("{ep_path}.endpoint"), "is required");
+                    None
+                }
+            };
+            let labels = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get("envoy.lb"))
+                .map(struct_strings)
+                .unwrap_or_default();
+            out.push(RawEndpoint {
+                address: addr,
+                weight: Some(
+                    e.load_balancing_weight
+                        .as_ref()
+                        .map(|w| u64::from(w.value))
+                        .unwrap_or(1),
+                ),
+                priority: Some(u64::from(l.priority)),
+                region: (!loc.region.is_empty()).then(|| loc.region.clone()),
+                zone: (!loc.zone.is_empty()).then(|| loc.zone.clone()),
+                sub_zone: (!loc.sub_zone.is_empty()).then(|| loc.sub_zone.clone()),
+                labels,
+            });
+        }
+    }
+    out
+}
+
+pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<Vec<RawEndpoint>, Vec<String>> {
+    let mut errs = Errs::default();
+    let out = endpoints(&mut errs, "", la, false);
+    if errs.0.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.0)
+    }
+}
+
+pub fn route_config(rc: &rt::RouteConfiguration) -> Result<RawRouteConfig, Vec<String>> {
+    let mut errs = Errs::default();
+    let out = route_configuration(&mut errs, "", rc);
+    if errs.0.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.0)
+    }
+}

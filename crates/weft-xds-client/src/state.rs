@@ -1,0 +1,505 @@
+//! What the client holds from the control plane, and how it becomes one weft `Config`.
+//!
+//! Every response is first applied to a copy of the held resources; the copy is assembled into a
+//! complete configuration (static bootstrap parts + warmed dynamic parts), validated, and applied.
+//! Only when all of that succeeds is the copy committed and the response ACKed, so a NACKed
+//! response changes nothing that is running.
+
+use crate::convert::{self, XCluster, XListener};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use tokio::time::Instant;
+use weft_config::raw::{RawConfig, RawEndpoint, RawNode, RawRouteConfig};
+use weft_config::{Config, ValidateOptions};
+use weft_xds_api::pb::envoy::config::cluster::v3::Cluster;
+use weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use weft_xds_api::pb::envoy::config::listener::v3::Listener;
+use weft_xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use weft_xds_api::pb::google::protobuf::Any;
+use weft_xds_api::type_url;
+
+/// Resource types in weft's index order.
+pub const TYPES: [&str; 4] = [
+    type_url::LISTENER,
+    type_url::ROUTE,
+    type_url::CLUSTER,
+    type_url::ENDPOINT,
+];
+pub const LDS: usize = 0;
+pub const RDS: usize = 1;
+pub const CDS: usize = 2;
+pub const EDS: usize = 3;
+
+pub fn type_index(url: &str) -> Option<usize> {
+    TYPES.iter().position(|t| *t == url)
+}
+
+pub fn kind(t: usize) -> &'static str {
+    ["listener", "route_configuration", "cluster", "cluster_load_assignment"][t]
+}
+
+#[derive(Clone, Debug)]
+pub struct Held<T> {
+    pub version: String,
+    pub value: T,
+}
+
+/// The dynamic resources, keyed by name.
+#[derive(Clone, Debug, Default)]
+pub struct Resources {
+    pub listeners: BTreeMap<String, Held<XListener>>,
+    pub routes: BTreeMap<String, Held<RawRouteConfig>>,
+    pub clusters: BTreeMap<String, Held<XCluster>>,
+    pub endpoints: BTreeMap<String, Held<Vec<RawEndpoint>>>,
+}
+
+/// A converted resource of any type.
+pub enum Converted {
+    /// An API listener (proxyless gRPC) or another resource weft has no use for.
+    Ignored,
+    Listener(XListener),
+    Route(RawRouteConfig),
+    Cluster(XCluster),
+    Endpoints(Vec<RawEndpoint>),
+}
+
+/// A response, decoded to what changes.
+pub struct Change {
+    pub t: usize,
+    /// (name, version, resource)
+    pub upserts: Vec<(String, String, Any)>,
+    pub removed: Vec<String>,
+    /// SotW LDS/CDS: resources absent from the response are deleted.
+    pub full_set: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct TypeStatus {
+    /// Last accepted `version_info` (SotW) or `system_version_info` (Delta).
+    pub version: String,
+    pub nonce: String,
+    pub last_error: Option<String>,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub last_update: Option<std::time::SystemTime>,
+}
+
+pub struct State {
+    pub static_cfg: Config,
+    pub res: Resources,
+    pub types: [TypeStatus; 4],
+    pub got: [bool; 4],
+    /// RDS / EDS names subscribed at, waiting since (for `initial_fetch_timeout`).
+    pub waiting_since: HashMap<(usize, String), Instant>,
+    /// RDS / EDS names whose initial fetch timed out: used empty until they arrive.
+    pub timed_out: BTreeSet<(usize, String)>,
+    pub initial_fetch_timeout: Option<std::time::Duration>,
+    pub last_applied: Option<Config>,
+    pub initialized: bool,
+    pub connected: bool,
+}
+
+impl Resources {
+    /// Route configuration names the listeners wait for.
+    pub fn rds_names(&self) -> BTreeSet<String> {
+        self.listeners
+            .values()
+            .flat_map(|l| l.value.rds.iter().flatten().cloned())
+            .collect()
+    }
+
+    /// ClusterLoadAssignment names the EDS clusters wait for.
+    pub fn eds_names(&self) -> BTreeSet<String> {
+        self.clusters.values().filter_map(|c| c.value.eds.clone()).collect()
+    }
+
+    /// Drops RDS/EDS resources nothing references any more.
+    fn collect_garbage(&mut self) {
+        let rds = self.rds_names();
+        self.routes.retain(|n, _| rds.contains(n));
+        let eds = self.eds_names();
+        self.endpoints.retain(|n, _| eds.contains(n));
+    }
+
+    pub fn names(&self, t: usize) -> Vec<String> {
+        match t {
+            LDS => self.listeners.keys().cloned().collect(),
+            RDS => self.routes.keys().cloned().collect(),
+            CDS => self.clusters.keys().cloned().collect(),
+            _ => self.endpoints.keys().cloned().collect(),
+        }
+    }
+
+    /// name → version of what is held (Delta `initial_resource_versions`).
+    pub fn versions(&self, t: usize) -> HashMap<String, String> {
+        fn v<T>(m: &BTreeMap<String, Held<T>>) -> HashMap<String, String> {
+            m.iter()
+                .filter(|(_, h)| !h.version.is_empty())
+                .map(|(n, h)| (n.clone(), h.version.clone()))
+                .collect()
+        }
+        match t {
+            LDS => v(&self.listeners),
+            RDS => v(&self.routes),
+            CDS => v(&self.clusters),
+            _ => v(&self.endpoints),
+        }
+    }
+}
+
+fn decode(t: usize, any: &Any, node_has_locality: bool) -> Result<(String, Converted), (String, Vec<String>)> {
+    let url = TYPES[t];
+    match t {
+        LDS => {
+            let l: Listener = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            match convert::listener(&l) {
+                Ok(Some(x)) => Ok((l.name, Converted::Listener(x))),
+                Ok(None) => Ok((l.name, Converted::Ignored)),
+                Err(e) => Err((l.name, e)),
+            }
+        }
+        RDS => {
+            let r: RouteConfiguration = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            convert::route_config(&r)
+                .map(|x| (r.name.clone(), Converted::Route(x)))
+                .map_err(|e| (r.name, e))
+        }
+        CDS => {
+            let c: Cluster = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            convert::cluster(&c, node_has_locality)
+                .map(|x| (c.name.clone(), Converted::Cluster(x)))
+                .map_err(|e| (c.name, e))
+        }
+        _ => {
+            let c: ClusterLoadAssignment = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            convert::load_assignment(&c)
+                .map(|x| (c.cluster_name.clone(), Converted::Endpoints(x)))
+                .map_err(|e| (c.cluster_name, e))
+        }
+    }
+}
+
+fn describe(t: usize, name: &str, errs: &[String]) -> String {
+    errs.iter()
+        .map(|e| format!("{} \"{name}\": {e}", kind(t)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl State {
+    pub fn new(static_cfg: Config) -> State {
+        let initial_fetch_timeout = static_cfg.xds.as_ref().and_then(|x| x.initial_fetch_timeout);
+        State {
+            static_cfg,
+            res: Resources::default(),
+            types: Default::default(),
+            got: [false; 4],
+            waiting_since: HashMap::new(),
+            timed_out: BTreeSet::new(),
+            initial_fetch_timeout,
+            last_applied: None,
+            initialized: false,
+            connected: false,
+        }
+    }
+
+    fn node_has_locality(&self) -> bool {
+        let l = &self.static_cfg.node.locality;
+        !l.region.is_empty() || !l.zone.is_empty()
+    }
+
+    /// Validates and applies one response. `Err` is the NACK's error_detail; nothing changed then.
+    pub fn handle(&mut self, change: Change, apply: &crate::ApplyFn) -> Result<(), String> {
+        let t = change.t;
+        let mut cand = self.res.clone();
+        let mut errors = Vec::new();
+        let mut seen = BTreeSet::new();
+        let has_loc = self.node_has_locality();
+        let mut decoded = Vec::new();
+        for (name_hint, version, any) in &change.upserts {
+            match decode(t, any, has_loc) {
+                Ok((name, conv)) => {
+                    let name = if name.is_empty() { name_hint.clone() } else { name };
+                    if !seen.insert(name.clone()) {
+                        errors.push(format!("{} \"{name}\": duplicate resource in one response", kind(t)));
+                    }
+                    decoded.push((name, version.clone(), conv));
+                }
+                Err((name, errs)) => {
+                    let name = if name.is_empty() { name_hint.clone() } else { name };
+                    errors.push(describe(t, &name, &errs));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        if change.full_set {
+            match t {
+                LDS => cand.listeners.clear(),
+                CDS => cand.clusters.clear(),
+                _ => {}
+            }
+        }
+        for name in &change.removed {
+            match t {
+                LDS => {
+                    cand.listeners.remove(name);
+                }
+                CDS => {
+                    cand.clusters.remove(name);
+                }
+                // A removed route configuration / load assignment leaves its user with none (Envoy
+                // keeps the listener / cluster): held empty, not waiting.
+                RDS => {
+                    if let Some(r) = cand.routes.get_mut(name) {
+                        r.version.clear();
+                        r.value.virtual_hosts.clear();
+                    }
+                }
+                _ => {
+                    if let Some(e) = cand.endpoints.get_mut(name) {
+                        e.version.clear();
+                        e.value.clear();
+                    }
+                }
+            }
+        }
+        for (name, version, conv) in decoded {
+            match conv {
+                Converted::Ignored => {}
+                Converted::Listener(x) => {
+                    cand.listeners.insert(name, Held { version, value: x });
+                }
+                Converted::Route(x) => {
+                    cand.routes.insert(name, Held { version, value: x });
+                }
+                Converted::Cluster(x) => {
+                    cand.clusters.insert(name, Held { version, value: x });
+                }
+                Converted::Endpoints(x) => {
+                    cand.endpoints.insert(name, Held { version, value: x });
+                }
+            }
+        }
+        cand.collect_garbage();
+        // Static names win; a dynamic resource may not shadow one.
+        for l in cand.listeners.keys() {
+            if self.static_cfg.listeners.iter().any(|s| &s.name == l) {
+                return Err(format!("listener \"{l}\": name clashes with a static listener"));
+            }
+        }
+        for c in cand.clusters.keys() {
+            if self.static_cfg.clusters.iter().any(|s| &s.name == c) {
+                return Err(format!("cluster \"{c}\": name clashes with a static cluster"));
+            }
+        }
+        let cfg = self.assemble(&cand)?;
+        self.apply_if_changed(cfg, apply)?;
+        self.res = cand;
+        self.got[t] = true;
+        self.track_waiting();
+        Ok(())
+    }
+
+    fn apply_if_changed(&mut self, cfg: Config, apply: &crate::ApplyFn) -> Result<(), String> {
+        if self.last_applied.as_ref() != Some(&cfg) {
+            apply(cfg.clone())?;
+            self.last_applied = Some(cfg);
+        }
+        Ok(())
+    }
+
+    /// Re-applies after the static part changed (file reload) or a warming timeout fired.
+    pub fn reapply(&mut self, apply: &crate::ApplyFn) -> Result<(), String> {
+        let cfg = self.assemble(&self.res.clone())?;
+        self.apply_if_changed(cfg, apply)
+    }
+
+    /// Starts / stops initial-fetch timers for the RDS/EDS names now needed.
+    fn track_waiting(&mut self) {
+        let now = Instant::now();
+        let mut needed = BTreeSet::new();
+        for n in self.res.rds_names() {
+            if !self.res.routes.contains_key(&n) {
+                needed.insert((RDS, n));
+            }
+        }
+        for n in self.res.eds_names() {
+            if !self.res.endpoints.contains_key(&n) {
+                needed.insert((EDS, n));
+            }
+        }
+        self.waiting_since.retain(|k, _| needed.contains(k));
+        self.timed_out.retain(|k| needed.contains(k));
+        for k in needed {
+            self.waiting_since.entry(k).or_insert(now);
+        }
+    }
+
+    /// When the next initial-fetch timeout fires, if any.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let t = self.initial_fetch_timeout?;
+        self.waiting_since
+            .iter()
+            .filter(|(k, _)| !self.timed_out.contains(*k))
+            .map(|(_, since)| *since + t)
+            .min()
+    }
+
+    /// Marks expired waits as timed out; true if anything changed.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let Some(t) = self.initial_fetch_timeout else {
+            return false;
+        };
+        let mut changed = false;
+        for (k, since) in &self.waiting_since {
+            if *since + t <= now && self.timed_out.insert(k.clone()) {
+                tracing::warn!(kind = kind(k.0), name = %k.1, "initial fetch timed out; using it empty");
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// All subscribed resources of the initial responses have arrived (or timed out).
+    pub fn complete(&self) -> bool {
+        self.got[LDS]
+            && self.got[CDS]
+            && self
+                .res
+                .rds_names()
+                .iter()
+                .all(|n| self.res.routes.contains_key(n) || self.timed_out.contains(&(RDS, n.clone())))
+            && self
+                .res
+                .eds_names()
+                .iter()
+                .all(|n| self.res.endpoints.contains_key(n) || self.timed_out.contains(&(EDS, n.clone())))
+    }
+
+    /// Static parts + the warmed dynamic resources → one validated `Config`.
+    fn assemble(&self, res: &Resources) -> Result<Config, String> {
+        let node = &self.static_cfg.node;
+        let mut raw = RawConfig {
+            node: RawNode {
+                id: Some(node.id.clone()),
+                cluster: Some(node.cluster.clone()),
+                region: Some(node.locality.region.clone()),
+                zone: Some(node.locality.zone.clone()),
+                sub_zone: Some(node.locality.sub_zone.clone()),
+                metadata: node.metadata.clone(),
+            },
+            ..Default::default()
+        };
+        // (listener name, per-chain rds) and (cluster name, eds) in RawConfig order, to name the
+        // resource at fault in validation errors.
+        let mut lmap = Vec::new();
+        for (name, l) in &res.listeners {
+            let mut rl = l.value.raw.clone();
+            let mut warm = true;
+            for (i, rds) in l.value.rds.iter().enumerate() {
+                let Some(rds) = rds else { continue };
+                let rc = match res.routes.get(rds) {
+                    Some(r) => r.value.clone(),
+                    None if self.timed_out.contains(&(RDS, rds.clone())) => RawRouteConfig {
+                        name: Some(rds.clone()),
+                        ..Default::default()
+                    },
+                    None => {
+                        warm = false;
+                        break;
+                    }
+                };
+                if let Some(h) = rl.filter_chains[i].http.as_mut() {
+                    let mut rc = rc;
+                    if h.rate_limit_service.is_none() {
+                        convert::strip_rate_limits(&mut rc);
+                    }
+                    h.route_config = Some(rc);
+                }
+            }
+            if warm {
+                raw.listeners.push(rl);
+                lmap.push((name.clone(), l.value.rds.clone()));
+            }
+        }
+        let mut cmap = Vec::new();
+        for (name, c) in &res.clusters {
+            let mut rc = c.value.raw.clone();
+            if let Some(eds) = &c.value.eds {
+                match res.endpoints.get(eds) {
+                    Some(e) => rc.endpoints = e.value.clone(),
+                    None if self.timed_out.contains(&(EDS, eds.clone())) => {}
+                    None => continue,
+                }
+            }
+            raw.clusters.push(rc);
+            cmap.push((name.clone(), c.value.eds.clone()));
+        }
+        let dynamic = weft_config::validate_with(
+            raw,
+            ValidateOptions {
+                allow_unknown_clusters: true,
+                allow_empty_clusters: true,
+            },
+        )
+        .map_err(|e| {
+            e.errors
+                .iter()
+                .map(|fe| map_error(&fe.path, &fe.message, &lmap, &cmap))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        let mut cfg = self.static_cfg.clone();
+        cfg.listeners.extend(dynamic.listeners);
+        cfg.clusters.extend(dynamic.clusters);
+        Ok(cfg)
+    }
+}
+
+/// `listeners[2].filter_chains[0].http.route_config.virtual_hosts[1]...` → the xDS resource and the
+/// rest of the path, with weft's wrapper names replaced by Envoy's where they differ.
+fn map_error(
+    path: &str,
+    msg: &str,
+    lmap: &[(String, Vec<Option<String>>)],
+    cmap: &[(String, Option<String>)],
+) -> String {
+    fn index(s: &str, prefix: &str) -> Option<(usize, String)> {
+        let rest = s.strip_prefix(prefix)?;
+        let (n, rest) = rest.split_once(']')?;
+        Some((n.parse().ok()?, rest.trim_start_matches('.').to_string()))
+    }
+    let envoyish = |p: &str| {
+        p.replace(".http.", ".filters[0].typed_config.")
+            .replace(".tcp_proxy.", ".filters[0].typed_config.")
+            .replace("route.weighted_clusters[", "route.weighted_clusters.clusters[")
+    };
+    if let Some((i, rest)) = index(path, "listeners[") {
+        if let Some((name, rds)) = lmap.get(i) {
+            if let Some((j, after)) = index(&rest, "filter_chains[") {
+                if let Some(r) = after.strip_prefix("http.route_config") {
+                    if let Some(Some(rds)) = rds.get(j) {
+                        let r = r.trim_start_matches('.');
+                        let r = envoyish(&format!(".{r}"));
+                        return format!("route_configuration \"{rds}\": {}: {msg}", r.trim_start_matches('.'));
+                    }
+                }
+            }
+            return format!("listener \"{name}\": {}: {msg}", envoyish(&rest));
+        }
+    }
+    if let Some((i, rest)) = index(path, "clusters[") {
+        if let Some((name, eds)) = cmap.get(i) {
+            if let (Some(eds), true) = (eds, rest.starts_with("endpoints[")) {
+                return format!("cluster \"{name}\" (cluster_load_assignment \"{eds}\"): {rest}: {msg}");
+            }
+            return format!("cluster \"{name}\": {rest}: {msg}");
+        }
+    }
+    if path.is_empty() {
+        msg.to_string()
+    } else {
+        format!("{path}: {msg}")
+    }
+}

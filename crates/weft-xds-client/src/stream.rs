@@ -1,0 +1,499 @@
+//! The gRPC side: connect, subscribe, ACK/NACK, reconnect with jittered exponential backoff.
+
+use crate::state::{Change, State, CDS, EDS, LDS, RDS, TYPES};
+use crate::Inner;
+use futures_util::stream::{BoxStream, SelectAll, StreamExt};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_config::XdsMode;
+use weft_xds_api::pb::envoy::config::core::v3 as core;
+use weft_xds_api::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+use weft_xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use weft_xds_api::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use weft_xds_api::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
+use weft_xds_api::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
+use weft_xds_api::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
+use weft_xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
+use weft_xds_api::pb::google::rpc::Status as RpcStatus;
+
+/// Order of the first requests on a stream: clusters before listeners, so that listeners do not
+/// wait on clusters that are still unknown (Envoy's order).
+const SUBSCRIBE_ORDER: [usize; 4] = [CDS, EDS, LDS, RDS];
+
+enum Incoming {
+    Sotw(DiscoveryResponse),
+    Delta(DeltaDiscoveryResponse),
+}
+
+type Inbound = SelectAll<BoxStream<'static, Result<Incoming, tonic::Status>>>;
+
+/// Per-stream bookkeeping for one resource type.
+#[derive(Default)]
+struct Sub {
+    /// The first request for this type has been sent on this stream.
+    started: bool,
+    /// Names last sent (SotW: the full list; Delta: the subscribed set).
+    names: BTreeSet<String>,
+}
+
+struct Session {
+    delta: bool,
+    sotw_tx: Vec<mpsc::Sender<DiscoveryRequest>>,
+    delta_tx: Vec<mpsc::Sender<DeltaDiscoveryRequest>>,
+    subs: [Sub; 4],
+    /// The node goes on the first request of each stream only.
+    node_sent: Vec<bool>,
+}
+
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let base = inner.xds.backoff_base;
+    let max = inner.xds.backoff_max;
+    let mut backoff = base;
+    loop {
+        match session(&inner).await {
+            Ok(progress) => {
+                tracing::warn!(address = %inner.xds.address, "xDS stream closed by the control plane");
+                if progress {
+                    backoff = base;
+                }
+            }
+            Err((e, progress)) => {
+                tracing::warn!(address = %inner.xds.address, error = %e, "xDS stream failed");
+                if progress {
+                    backoff = base;
+                }
+            }
+        }
+        inner.state.lock().unwrap().connected = false;
+        // Full jitter over [backoff/2, backoff] so that many proxies do not reconnect in lockstep
+        // after a control-plane restart.
+        let half = backoff / 2;
+        let delay = half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos().max(1) as u64));
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+fn node(inner: &Inner) -> core::Node {
+    let n = &inner.node;
+    let fields = n
+        .metadata
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value {
+                    kind: Some(Kind::StringValue(v.clone())),
+                },
+            )
+        })
+        .collect();
+    core::Node {
+        id: n.id.clone(),
+        cluster: n.cluster.clone(),
+        metadata: Some(Struct { fields }),
+        locality: Some(core::Locality {
+            region: n.locality.region.clone(),
+            zone: n.locality.zone.clone(),
+            sub_zone: n.locality.sub_zone.clone(),
+        }),
+        user_agent_name: "weft".into(),
+        user_agent_version_type: Some(core::node::UserAgentVersionType::UserAgentVersion(
+            env!("CARGO_PKG_VERSION").into(),
+        )),
+        ..Default::default()
+    }
+}
+
+/// One connection's life. Returns whether any response was accepted (resets the backoff).
+async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", inner.xds.address))
+        .map_err(|e| (e.to_string(), false))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = endpoint.connect().await.map_err(|e| (e.to_string(), false))?;
+    let mode = inner.xds.mode;
+    let delta = matches!(mode, XdsMode::AdsDelta | XdsMode::Delta);
+    let ads = matches!(mode, XdsMode::AdsDelta | XdsMode::AdsSotw);
+    let streams = if ads { 1 } else { 4 };
+    let mut sess = Session {
+        delta,
+        sotw_tx: Vec::new(),
+        delta_tx: Vec::new(),
+        subs: Default::default(),
+        node_sent: vec![false; streams],
+    };
+    let mut rxs_sotw = Vec::new();
+    let mut rxs_delta = Vec::new();
+    for _ in 0..streams {
+        if delta {
+            let (tx, rx) = mpsc::channel(16);
+            sess.delta_tx.push(tx);
+            rxs_delta.push(rx);
+        } else {
+            let (tx, rx) = mpsc::channel(16);
+            sess.sotw_tx.push(tx);
+            rxs_sotw.push(rx);
+        }
+    }
+    // Queue the subscriptions before opening the streams: some servers send response headers
+    // only after the first request.
+    {
+        let st = inner.state.lock().unwrap();
+        for t in SUBSCRIBE_ORDER {
+            sess.subscribe(inner, &st, t, true);
+        }
+    }
+    let mut inbound: Inbound = SelectAll::new();
+    if delta {
+        let mut rxs = rxs_delta.into_iter();
+        if ads {
+            let mut c = AggregatedDiscoveryServiceClient::new(channel.clone());
+            let s = c
+                .delta_aggregated_resources(ReceiverStream::new(rxs.next().unwrap()))
+                .await
+                .map_err(|e| (e.to_string(), false))?
+                .into_inner();
+            inbound.push(s.map(|r| r.map(Incoming::Delta)).boxed());
+        } else {
+            for (t, rx) in rxs.enumerate() {
+                let req = ReceiverStream::new(rx);
+                let s = match t {
+                    LDS => {
+                        ListenerDiscoveryServiceClient::new(channel.clone())
+                            .delta_listeners(req)
+                            .await
+                    }
+                    RDS => {
+                        RouteDiscoveryServiceClient::new(channel.clone())
+                            .delta_routes(req)
+                            .await
+                    }
+                    CDS => {
+                        ClusterDiscoveryServiceClient::new(channel.clone())
+                            .delta_clusters(req)
+                            .await
+                    }
+                    _ => {
+                        EndpointDiscoveryServiceClient::new(channel.clone())
+                            .delta_endpoints(req)
+                            .await
+                    }
+                }
+                .map_err(|e| (e.to_string(), false))?
+                .into_inner();
+                inbound.push(s.map(|r| r.map(Incoming::Delta)).boxed());
+            }
+        }
+    } else {
+        let mut rxs = rxs_sotw.into_iter();
+        if ads {
+            let mut c = AggregatedDiscoveryServiceClient::new(channel.clone());
+            let s = c
+                .stream_aggregated_resources(ReceiverStream::new(rxs.next().unwrap()))
+                .await
+                .map_err(|e| (e.to_string(), false))?
+                .into_inner();
+            inbound.push(s.map(|r| r.map(Incoming::Sotw)).boxed());
+        } else {
+            for (t, rx) in rxs.enumerate() {
+                let req = ReceiverStream::new(rx);
+                let s = match t {
+                    LDS => {
+                        ListenerDiscoveryServiceClient::new(channel.clone())
+                            .stream_listeners(req)
+                            .await
+                    }
+                    RDS => {
+                        RouteDiscoveryServiceClient::new(channel.clone())
+                            .stream_routes(req)
+                            .await
+                    }
+                    CDS => {
+                        ClusterDiscoveryServiceClient::new(channel.clone())
+                            .stream_clusters(req)
+                            .await
+                    }
+                    _ => {
+                        EndpointDiscoveryServiceClient::new(channel.clone())
+                            .stream_endpoints(req)
+                            .await
+                    }
+                }
+                .map_err(|e| (e.to_string(), false))?
+                .into_inner();
+                inbound.push(s.map(|r| r.map(Incoming::Sotw)).boxed());
+            }
+        }
+    }
+    {
+        inner.state.lock().unwrap().connected = true;
+        inner.metrics.lock().unwrap().connects += 1;
+    }
+    tracing::info!(address = %inner.xds.address, ?mode, "xDS stream up");
+    let mut progress = false;
+    loop {
+        let deadline = inner.state.lock().unwrap().next_deadline();
+        let msg = tokio::select! {
+            m = inbound.next() => m,
+            _ = sleep_until(deadline) => {
+                let mut st = inner.state.lock().unwrap();
+                if st.expire(tokio::time::Instant::now()) {
+                    match st.reapply(&inner.apply) {
+                        Ok(()) => check_initialized(inner, &mut st),
+                        Err(e) => tracing::error!(error = %e, "applying after an initial fetch timeout failed"),
+                    }
+                }
+                continue;
+            }
+        };
+        match msg {
+            None => return Ok(progress),
+            Some(Err(status)) => return Err((format!("{}: {}", status.code(), status.message()), progress)),
+            Some(Ok(m)) => {
+                if sess.handle(inner, m) {
+                    progress = true;
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn check_initialized(inner: &Inner, st: &mut State) {
+    if !st.initialized && st.complete() && st.last_applied.is_some() {
+        st.initialized = true;
+        tracing::info!("xDS: first complete configuration applied");
+        (inner.on_initialized)();
+    }
+}
+
+fn nack_status(msg: &str) -> RpcStatus {
+    RpcStatus {
+        code: 3,
+        message: msg.to_string(),
+        details: Vec::new(),
+    }
+}
+
+impl Session {
+    fn stream_of(&self, t: usize) -> usize {
+        if self.node_sent.len() == 1 {
+            0
+        } else {
+            t
+        }
+    }
+
+    fn take_node(&mut self, inner: &Inner, t: usize) -> Option<core::Node> {
+        let s = self.stream_of(t);
+        if self.node_sent[s] {
+            None
+        } else {
+            self.node_sent[s] = true;
+            Some(node(inner))
+        }
+    }
+
+    /// The names this type should be subscribed to now; `None` means wildcard.
+    fn wanted(st: &State, t: usize) -> Option<BTreeSet<String>> {
+        match t {
+            RDS => Some(st.res.rds_names()),
+            EDS => Some(st.res.eds_names()),
+            _ => None,
+        }
+    }
+
+    fn send_sotw(&self, t: usize, req: DiscoveryRequest) {
+        // The channel is drained by tonic; a full channel means the stream is stuck, and the
+        // reconnect that follows resends everything.
+        if let Err(e) = self.sotw_tx[self.stream_of(t)].try_send(req) {
+            tracing::warn!(error = %e, "xDS request not queued");
+        }
+    }
+
+    fn send_delta(&self, t: usize, req: DeltaDiscoveryRequest) {
+        if let Err(e) = self.delta_tx[self.stream_of(t)].try_send(req) {
+            tracing::warn!(error = %e, "xDS request not queued");
+        }
+    }
+
+    /// Sends the first request for `t`, or a subscription change if the wanted names changed.
+    fn subscribe(&mut self, inner: &Inner, st: &State, t: usize, first: bool) {
+        let wanted = Self::wanted(st, t);
+        let names = wanted.clone().unwrap_or_default();
+        if first {
+            // RDS/EDS with nothing to ask for wait until a listener / cluster names something.
+            if wanted.as_ref().is_some_and(|w| w.is_empty()) {
+                return;
+            }
+        } else if (self.subs[t].started && self.subs[t].names == names) || (!self.subs[t].started && names.is_empty()) {
+            // Unchanged, or nothing to ask for yet.
+            return;
+        }
+        let node = self.take_node(inner, t);
+        if self.delta {
+            let mut req = DeltaDiscoveryRequest {
+                node,
+                type_url: TYPES[t].to_string(),
+                ..Default::default()
+            };
+            if !self.subs[t].started {
+                // Wildcard LDS/CDS: an empty first subscription. On reconnect, tell the server
+                // what we hold so it sends only what changed.
+                req.resource_names_subscribe = names.iter().cloned().collect();
+                req.initial_resource_versions = st.res.versions(t);
+            } else {
+                req.resource_names_subscribe = names.difference(&self.subs[t].names).cloned().collect();
+                req.resource_names_unsubscribe = self.subs[t].names.difference(&names).cloned().collect();
+            }
+            self.send_delta(t, req);
+        } else {
+            let s = &st.types[t];
+            let req = DiscoveryRequest {
+                version_info: s.version.clone(),
+                node,
+                resource_names: names.iter().cloned().collect(),
+                type_url: TYPES[t].to_string(),
+                // The nonce is per stream: a fresh stream starts without one.
+                response_nonce: if self.subs[t].started {
+                    s.nonce.clone()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            };
+            self.send_sotw(t, req);
+        }
+        self.subs[t].started = true;
+        self.subs[t].names = names;
+    }
+
+    /// Handles one response; true if it was accepted.
+    fn handle(&mut self, inner: &Arc<Inner>, m: Incoming) -> bool {
+        let (type_url, nonce, version, change) = match &m {
+            Incoming::Sotw(r) => {
+                let Some(t) = crate::state::type_index(&r.type_url) else {
+                    tracing::warn!(type_url = %r.type_url, "ignoring response of an unknown type");
+                    return false;
+                };
+                let upserts = r
+                    .resources
+                    .iter()
+                    .map(|a| {
+                        // Envoy allows a Resource wrapper in SotW too.
+                        (String::new(), r.version_info.clone(), a.clone())
+                    })
+                    .collect();
+                (
+                    r.type_url.clone(),
+                    r.nonce.clone(),
+                    r.version_info.clone(),
+                    Change {
+                        t,
+                        upserts,
+                        removed: Vec::new(),
+                        full_set: t == LDS || t == CDS,
+                    },
+                )
+            }
+            Incoming::Delta(r) => {
+                let Some(t) = crate::state::type_index(&r.type_url) else {
+                    tracing::warn!(type_url = %r.type_url, "ignoring response of an unknown type");
+                    return false;
+                };
+                let mut upserts = Vec::new();
+                let mut removed = r.removed_resources.clone();
+                for res in &r.resources {
+                    match &res.resource {
+                        Some(a) => upserts.push((res.name.clone(), res.version.clone(), a.clone())),
+                        // A Resource without a body is a removal in Delta xDS.
+                        None => removed.push(res.name.clone()),
+                    }
+                }
+                (
+                    r.type_url.clone(),
+                    r.nonce.clone(),
+                    r.system_version_info.clone(),
+                    Change {
+                        t,
+                        upserts,
+                        removed,
+                        full_set: false,
+                    },
+                )
+            }
+        };
+        let t = change.t;
+        let short = weft_xds_api::type_url::short(&type_url).to_string();
+        let mut st = inner.state.lock().unwrap();
+        let result = st.handle(change, &inner.apply);
+        {
+            let mut mtx = inner.metrics.lock().unwrap();
+            match &result {
+                Ok(()) => mtx.accepted[t] += 1,
+                Err(_) => mtx.rejected[t] += 1,
+            }
+        }
+        let ok = result.is_ok();
+        let s = &mut st.types[t];
+        s.nonce = nonce.clone();
+        s.last_update = Some(std::time::SystemTime::now());
+        match &result {
+            Ok(()) => {
+                s.version = version.clone();
+                tracing::info!(r#type = %short, %version, "xDS update accepted");
+            }
+            Err(e) => {
+                s.last_error = Some(e.clone());
+                tracing::warn!(r#type = %short, %version, error = %e, "xDS update rejected (NACK)");
+            }
+        }
+        let accepted_version = s.version.clone();
+        // ACK / NACK.
+        if self.delta {
+            let req = DeltaDiscoveryRequest {
+                type_url: type_url.clone(),
+                response_nonce: nonce,
+                error_detail: result.as_ref().err().map(|e| nack_status(e)),
+                node: self.take_node(inner, t),
+                ..Default::default()
+            };
+            self.send_delta(t, req);
+        } else {
+            let names = Self::wanted(&st, t).unwrap_or_default();
+            let req = DiscoveryRequest {
+                version_info: accepted_version,
+                node: self.take_node(inner, t),
+                resource_names: names.iter().cloned().collect(),
+                type_url: type_url.clone(),
+                response_nonce: nonce,
+                error_detail: result.as_ref().err().map(|e| nack_status(e)),
+                ..Default::default()
+            };
+            self.subs[t].names = names;
+            self.subs[t].started = true;
+            self.send_sotw(t, req);
+        }
+        if ok {
+            // New listeners / clusters may need route configurations / endpoints.
+            for u in [EDS, RDS] {
+                self.subscribe(inner, &st, u, false);
+            }
+            check_initialized(inner, &mut st);
+        }
+        ok
+    }
+}

@@ -1,0 +1,270 @@
+//! State-of-the-world xDS end to end: a scripted control plane, a real proxy, real upstreams.
+
+mod support;
+
+use support::*;
+use weft_xds_api::type_url::{CLUSTER, ENDPOINT, LISTENER, ROUTE};
+
+/// Brings a SotW proxy to a warmed config: listener "out" (RDS "r") → cluster "c" (EDS) → `up`.
+/// Checks warming, /ready and ACK contents on the way.
+async fn warm_sotw(cp: &Cp, p: &Proxy, up: std::net::SocketAddr) -> std::net::SocketAddr {
+    let cds = cp.sotw_req(0, CLUSTER).await;
+    assert!(cds.resource_names.is_empty(), "CDS is wildcard");
+    assert_eq!(
+        cds.node.as_ref().map(|n| n.id.as_str()),
+        Some("test-1"),
+        "node on the first request"
+    );
+    let lds = cp.sotw_req(0, LISTENER).await;
+    assert!(lds.resource_names.is_empty(), "LDS is wildcard");
+    assert_eq!(p.ready_status().await, 503, "not ready before any config");
+
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("c")]);
+    let ack = cp.reply_to(m, "n1").await;
+    assert_eq!(ack.sotw().version_info, "c1", "ACK carries the accepted version");
+    assert!(ack.error().is_none());
+    let eds = cp
+        .wait_for(m, "EDS subscription", |r| {
+            r.type_url() == ENDPOINT && !r.sotw().resource_names.is_empty()
+        })
+        .await;
+    assert_eq!(eds.sotw().resource_names, vec!["c".to_string()]);
+    // The cluster is warming: not part of the running config yet.
+    assert!(
+        !p.server.shared.snapshot.load().clusters.contains_key("c"),
+        "cluster used before its EDS"
+    );
+    assert_eq!(p.ready_status().await, 503);
+
+    let m = cp.mark();
+    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("c", &[up])]);
+    assert_eq!(cp.reply_to(m, "n2").await.sotw().version_info, "e1");
+    assert!(p.server.shared.snapshot.load().clusters.contains_key("c"));
+
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n3", vec![listener("out", "r")]);
+    assert_eq!(cp.reply_to(m, "n3").await.sotw().version_info, "l1");
+    let rds = cp
+        .wait_for(m, "RDS subscription", |r| {
+            r.type_url() == ROUTE && !r.sotw().resource_names.is_empty()
+        })
+        .await;
+    assert_eq!(rds.sotw().resource_names, vec!["r".to_string()]);
+    assert!(
+        p.server.listener_addr("out").is_none(),
+        "listener bound before its routes"
+    );
+    assert_eq!(p.ready_status().await, 503, "not ready while the listener warms");
+
+    let m = cp.mark();
+    cp.send_sotw(ROUTE, "r1", "n4", vec![route_config("r", "c")]);
+    assert_eq!(cp.reply_to(m, "n4").await.sotw().version_info, "r1");
+    let addr = p.wait_listener("out").await;
+    p.wait_ready().await;
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_end_to_end_warming_ready_and_traffic() {
+    let cp = Cp::start().await;
+    let up = upstream("up1").await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    let addr = warm_sotw(&cp, &p, up).await;
+    let (status, _, body) = get(addr, "svc", "/x").await;
+    assert_eq!((status, body.as_str()), (200, "up1"));
+    assert_eq!(p.client.version("cds").as_deref(), Some("c1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_nack_names_field_keeps_old_config() {
+    let cp = Cp::start().await;
+    let up = upstream("up1").await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    let addr = warm_sotw(&cp, &p, up).await;
+
+    let mut bad = eds_cluster_msg("c");
+    bad.lb_policy = 7;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c2", "n5", vec![weft_xds_api::pack(CLUSTER, &bad)]);
+    let nack = cp.reply_to(m, "n5").await;
+    assert_eq!(nack.sotw().version_info, "c1", "NACK carries the last accepted version");
+    let detail = nack.sotw().error_detail.clone().expect("error_detail");
+    assert_eq!(detail.code, 3);
+    assert!(
+        detail.message.contains("cluster \"c\": lb_policy: unsupported value 7"),
+        "{}",
+        detail.message
+    );
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!((status, body.as_str()), (200, "up1"), "old config keeps serving");
+
+    // A value weft-config rejects is also NACKed, with the resource named.
+    let mut bad = eds_cluster_msg("c");
+    bad.connect_timeout = Some(weft_xds_api::pb::google::protobuf::Duration { seconds: 0, nanos: 0 });
+    bad.circuit_breakers = Some(weft_xds_api::pb::envoy::config::cluster::v3::CircuitBreakers {
+        thresholds: vec![
+            weft_xds_api::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds {
+                max_connections: Some(weft_xds_api::pb::google::protobuf::UInt32Value { value: 0 }),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c3", "n6", vec![weft_xds_api::pack(CLUSTER, &bad)]);
+    let nack = cp.reply_to(m, "n6").await;
+    let msg = nack.error().expect("NACK");
+    assert!(msg.starts_with("cluster \"c\": "), "{msg}");
+    assert_eq!(nack.sotw().version_info, "c1");
+
+    // An unknown, non-optional HTTP filter is refused with its path; an optional one is ignored.
+    let unknown = |optional: bool| {
+        weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter {
+            name: "x".into(),
+            is_optional: optional,
+            ..Default::default()
+        }
+    };
+    let m = cp.mark();
+    let l = listener_with("out", "r", vec![unknown(false), router_filter()]);
+    cp.send_sotw(LISTENER, "l2", "n7", vec![weft_xds_api::pack(LISTENER, &l)]);
+    let msg = cp.reply_to(m, "n7").await.error().expect("NACK");
+    assert!(
+        msg.contains("listener \"out\": filter_chains[0].filters[0].typed_config.http_filters[0]: unknown filter \"x\" (not optional)"),
+        "{msg}"
+    );
+    let m = cp.mark();
+    let l = listener_with("out", "r", vec![unknown(true), router_filter()]);
+    cp.send_sotw(LISTENER, "l3", "n8", vec![weft_xds_api::pack(LISTENER, &l)]);
+    assert!(cp.reply_to(m, "n8").await.error().is_none());
+    let (status, _, body) = get(p.wait_listener("out").await, "svc", "/").await;
+    assert_eq!((status, body.as_str()), (200, "up1"));
+    let status = p.client.status_json();
+    assert!(status["types"]["lds"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("unknown filter"));
+    assert_eq!(status["types"]["cds"]["rejected"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_eds_update_removal_and_missing_cluster() {
+    let cp = Cp::start().await;
+    let up1 = upstream("up1").await;
+    let up2 = upstream("up2").await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    let addr = warm_sotw(&cp, &p, up1).await;
+
+    // EDS update moves traffic.
+    cp.send_sotw(ENDPOINT, "e2", "n10", vec![cla("c", &[up2])]);
+    until_body(addr, "up2").await;
+
+    // A route to a cluster nobody defined: 503 NC, not a NACK.
+    let m = cp.mark();
+    cp.send_sotw(ROUTE, "r2", "n11", vec![route_config("r", "nope")]);
+    assert!(
+        cp.reply_to(m, "n11").await.error().is_none(),
+        "unknown cluster is not a NACK"
+    );
+    let (status, headers, _) = get(addr, "svc", "/").await;
+    assert_eq!(status, 503);
+    assert_eq!(headers.get("x-weft-reason").map(String::as_str), Some("NC"));
+
+    // Cluster removal (absent from a SotW CDS response) — route back to "c", then drop "c".
+    cp.send_sotw(ROUTE, "r3", "n12", vec![route_config("r", "c")]);
+    until_body(addr, "up2").await;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c2", "n13", vec![]);
+    assert!(cp.reply_to(m, "n13").await.error().is_none());
+    let (status, headers, _) = get(addr, "svc", "/").await;
+    assert_eq!(
+        (status, headers.get("x-weft-reason").map(String::as_str)),
+        (503, Some("NC"))
+    );
+    // Its EDS subscription is dropped.
+    cp.wait_for(m, "EDS unsubscribe", |r| {
+        r.type_url() == ENDPOINT && r.sotw().resource_names.is_empty()
+    })
+    .await;
+
+    // Listener removal unbinds it.
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l2", "n14", vec![]);
+    assert!(cp.reply_to(m, "n14").await.error().is_none());
+    assert!(p.server.listener_addr("out").is_none());
+    let (status, _, _) = get(addr, "svc", "/").await;
+    assert_eq!(status, 0, "nothing listens any more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_reconnect_keeps_serving_and_resubscribes() {
+    let cp = Cp::start().await;
+    let up = upstream("up1").await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    let addr = warm_sotw(&cp, &p, up).await;
+
+    // Kill the whole control plane; the proxy keeps serving.
+    let port_addr = cp.addr;
+    cp.shutdown();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while p.client.connected() {
+        assert!(tokio::time::Instant::now() < deadline, "never noticed the disconnect");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "up1"),
+        "serves the last good config while disconnected"
+    );
+
+    // Restart on the same port: the client reconnects and resubscribes with what it holds.
+    let cp2 = Cp::start_on(port_addr).await;
+    let cds = cp2.sotw_req(0, CLUSTER).await;
+    assert_eq!(cds.version_info, "c1", "resubscribes with the last accepted version");
+    assert!(cds.response_nonce.is_empty(), "a new stream has no nonce");
+    let eds = cp2.sotw_req(0, ENDPOINT).await;
+    assert_eq!(eds.resource_names, vec!["c".to_string()]);
+    let rds = cp2.sotw_req(0, ROUTE).await;
+    assert_eq!(rds.resource_names, vec!["r".to_string()]);
+    assert_eq!(rds.version_info, "r1");
+
+    // Resync: the new control plane's state replaces the old.
+    let up2 = upstream("up2").await;
+    cp2.send_sotw(CLUSTER, "c9", "m1", vec![eds_cluster("c")]);
+    cp2.send_sotw(ENDPOINT, "e9", "m2", vec![cla("c", &[up2])]);
+    until_body(addr, "up2").await;
+    assert_eq!(p.ready_status().await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_type_sotw_streams_work() {
+    let cp = Cp::start().await;
+    let up = upstream("up1").await;
+    let p = Proxy::start(&cp, "sotw", "");
+    let addr = warm_sotw(&cp, &p, up).await;
+    assert_eq!(cp.streams_opened(), 4, "one stream per type");
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!((status, body.as_str()), (200, "up1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_fetch_timeout_applies_cluster_without_endpoints() {
+    let cp = Cp::start().await;
+    let p = Proxy::start(&cp, "ads_sotw", "  initial_fetch_timeout: 300ms\n");
+    cp.sotw_req(0, CLUSTER).await;
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("c")]);
+    cp.send_sotw(LISTENER, "l1", "n2", vec![listener("out", "r")]);
+    cp.sotw_req(0, ROUTE).await;
+    cp.send_sotw(ROUTE, "r1", "n3", vec![route_config("r", "c")]);
+    let addr = p.wait_listener("out").await;
+    assert_eq!(p.ready_status().await, 503, "cluster still warming");
+    // No EDS ever comes: after the timeout the cluster is used with no endpoints.
+    p.wait_ready().await;
+    let (status, headers, _) = get(addr, "svc", "/").await;
+    assert_eq!(
+        (status, headers.get("x-weft-reason").map(String::as_str)),
+        (503, Some("UH"))
+    );
+}

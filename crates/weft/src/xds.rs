@@ -1,0 +1,52 @@
+//! Wires the xDS client to a running proxy: applies go to `Server::apply`, the first complete
+//! configuration opens `/ready`, the admin API shows `/xds`, and a reloaded bootstrap file only
+//! replaces the static part.
+
+use std::sync::Arc;
+use weft_config::Config;
+use weft_proxy::server::AdminExtension;
+use weft_proxy::Server;
+use weft_xds_client::XdsClient;
+
+struct AdminXds(Arc<XdsClient>);
+
+impl AdminExtension for AdminXds {
+    fn name(&self) -> &'static str {
+        "xds"
+    }
+    fn status_json(&self) -> serde_json::Value {
+        self.0.status_json()
+    }
+    fn prometheus(&self) -> String {
+        self.0.prometheus()
+    }
+}
+
+/// Starts the xDS client for `server` (started from `bootstrap`, which has an `xds` section).
+pub fn attach(server: &Arc<Server>, bootstrap: Config) -> Result<Arc<XdsClient>, String> {
+    // Weak references: the server owns the client (through the reload hook and admin extension).
+    let s = Arc::downgrade(server);
+    let apply = Arc::new(move |cfg: Config| match s.upgrade() {
+        Some(s) => s.apply(cfg),
+        None => Err("the proxy is stopping".to_string()),
+    });
+    let shared = Arc::downgrade(&server.shared);
+    let on_initialized = Arc::new(move || {
+        if let Some(s) = shared.upgrade() {
+            s.set_xds_initialized();
+        }
+    });
+    let client = Arc::new(XdsClient::start(
+        bootstrap,
+        apply,
+        on_initialized,
+        server.control_handle(),
+    )?);
+    server.shared.add_admin_extension(Arc::new(AdminXds(client.clone())));
+    let c = Arc::downgrade(&client);
+    *server.shared.reload_hook.lock().unwrap() = Some(Arc::new(move |cfg| match c.upgrade() {
+        Some(c) => c.set_static(cfg),
+        None => Err("the xDS client is stopped".to_string()),
+    }));
+    Ok(client)
+}
