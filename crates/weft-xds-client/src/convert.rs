@@ -1329,6 +1329,11 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
     if c.http2_protocol_options.is_some() {
         out.protocol = Some("http2".into());
     }
+    // Upstream connection idle timeout → weft's pool idle_timeout.
+    let mut pool_idle = c
+        .common_http_protocol_options
+        .as_ref()
+        .and_then(|o| odur(&o.idle_timeout));
     if let Some(any) = c.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS) {
         use weft_xds_api::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
             explicit_http_config::ProtocolConfig, UpstreamProtocolOptions,
@@ -1336,20 +1341,35 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
         use weft_xds_api::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
         let p = format!("typed_extension_protocol_options[\"{UPSTREAM_HTTP_OPTIONS}\"]");
         match weft_xds_api::unpack::<HttpProtocolOptions>(any, type_url::HTTP_PROTOCOL_OPTIONS) {
-            Ok(o) => match o.upstream_protocol_options {
-                Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
-                    Some(ProtocolConfig::Http2ProtocolOptions(_)) => out.protocol = Some("http2".into()),
-                    Some(ProtocolConfig::HttpProtocolOptions(_)) | None => out.protocol = Some("http1".into()),
-                    Some(ProtocolConfig::Http3ProtocolOptions(_)) => errs.add(
-                        &format!("{p}.explicit_http_config.http3_protocol_options"),
-                        "unsupported",
-                    ),
-                },
-                Some(_) => errs.add(&p, "only explicit_http_config is supported"),
-                None => {}
-            },
+            Ok(o) => {
+                if let Some(t) = o
+                    .common_http_protocol_options
+                    .as_ref()
+                    .and_then(|o| odur(&o.idle_timeout))
+                {
+                    pool_idle = Some(t);
+                }
+                match o.upstream_protocol_options {
+                    Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
+                        Some(ProtocolConfig::Http2ProtocolOptions(_)) => out.protocol = Some("http2".into()),
+                        Some(ProtocolConfig::HttpProtocolOptions(_)) | None => out.protocol = Some("http1".into()),
+                        Some(ProtocolConfig::Http3ProtocolOptions(_)) => errs.add(
+                            &format!("{p}.explicit_http_config.http3_protocol_options"),
+                            "unsupported",
+                        ),
+                    },
+                    Some(_) => errs.add(&p, "only explicit_http_config is supported"),
+                    None => {}
+                }
+            }
             Err(e) => errs.add(&p, e),
         }
+    }
+    if let Some(t) = pool_idle {
+        out.pool = Some(RawPool {
+            max_idle_per_endpoint: None,
+            idle_timeout: Some(t),
+        });
     }
     if let Some(cb) = &c.circuit_breakers {
         // DEFAULT and HIGH priorities (routes with priority HIGH count against the latter).
