@@ -268,3 +268,33 @@ async fn initial_fetch_timeout_applies_cluster_without_endpoints() {
         (503, Some("UH"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_resources_coexist_and_name_clash_is_nacked() {
+    let cp = Cp::start().await;
+    let fixed = upstream("static").await;
+    let extra = format!("clusters:\n  - name: fixed\n    endpoints: [{{ address: \"{fixed}\" }}]\n");
+    let p = Proxy::start(&cp, "ads_sotw", &extra);
+    cp.sotw_req(0, LISTENER).await;
+    // A dynamic route to the static cluster.
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![]);
+    cp.send_sotw(LISTENER, "l1", "n2", vec![listener("out", "r")]);
+    cp.sotw_req(0, ROUTE).await;
+    cp.send_sotw(ROUTE, "r1", "n3", vec![route_config("r", "fixed")]);
+    let addr = p.wait_listener("out").await;
+    p.wait_ready().await;
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!((status, body.as_str()), (200, "static"));
+
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c2", "n4", vec![eds_cluster("fixed")]);
+    let msg = cp.reply_to(m, "n4").await.error().expect("NACK");
+    assert_eq!(msg, "cluster \"fixed\": name clashes with a static cluster");
+
+    // A reloaded bootstrap replaces the static part and keeps the dynamic one.
+    let other = upstream("other").await;
+    let yaml = format!("clusters:\n  - name: fixed\n    endpoints: [{{ address: \"{other}\" }}]\n");
+    p.client.set_static(weft_config::from_yaml(&yaml).unwrap()).unwrap();
+    until_body(addr, "other").await;
+    assert!(p.server.listener_addr("out").is_some());
+}

@@ -470,3 +470,49 @@ async fn bench_json_reports_requests() {
     assert!(report["successes"].as_u64().unwrap_or(0) >= 200, "{report}");
     assert!(up.hits.load(Ordering::SeqCst) >= 200, "upstream saw the load");
 }
+
+/// A bootstrap with an `xds` section whose control plane is not there: the static part serves at
+/// once, `/ready` holds at INITIALIZING, the admin API shows the xDS state, and SIGHUP reloads the
+/// static part through the xDS client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xds_bootstrap_serves_static_part_and_stays_initializing() {
+    let dir = TempDir::new("xds");
+    let file = dir.join("bootstrap.yaml");
+    let a = upstream("a").await;
+    let b = upstream("b").await;
+    let (listen, admin, cp) = (free_addr(), free_addr(), free_addr());
+    let clusters = [("a", a.addr), ("b", b.addr)];
+    let xds = format!(
+        "node: {{ id: side-1, cluster: app, metadata: {{ weft.role: sidecar }} }}\nxds: {{ address: \"{cp}\", mode: ads_sotw, backoff_base: 50ms, backoff_max: 100ms }}\n"
+    );
+    std::fs::write(&file, config_file(listen, admin, "a", &clusters) + &xds).unwrap();
+    let mut w = Weft::spawn(&["proxy", "-c", path(&file)]);
+    wait_port(&mut w, listen).await;
+    wait_port(&mut w, admin).await;
+    assert_eq!(http_get(listen, "/").await.unwrap().1, "hello from a");
+    assert_eq!(
+        http_get(admin, "/ready").await.unwrap(),
+        (503, "INITIALIZING\n".to_string())
+    );
+    let (status, body) = http_get(admin, "/xds").await.unwrap();
+    assert_eq!(status, 200);
+    let x: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(x["connected"], false);
+    assert_eq!(x["mode"], "ads_sotw");
+    assert!(x["types"]["lds"]["version"].is_string(), "{x}");
+    assert_eq!(config_dump(admin).await["xds"]["initialized"], false);
+    let (_, metrics) = http_get(admin, "/stats/prometheus").await.unwrap();
+    assert!(metrics.lines().any(|l| l == "weft_xds_connected 0"), "{metrics}");
+    assert!(metrics.contains("weft_xds_updates_total{type=\"cds\",result=\"rejected\"} 0"));
+    assert!(metrics.trim_end().ends_with("# EOF"));
+
+    std::fs::write(&file, config_file(listen, admin, "b", &clusters) + &xds).unwrap();
+    w.signal("-HUP");
+    assert_eq!(
+        eventually_body(listen, "/", "hello from b", Duration::from_secs(5)).await,
+        "hello from b",
+        "static part reloaded; stderr:\n{}",
+        w.stderr()
+    );
+    w.assert_running();
+}
