@@ -68,8 +68,16 @@ pub struct Change {
     /// (name, version, resource)
     pub upserts: Vec<(String, String, Any)>,
     pub removed: Vec<String>,
+    /// SotW TTL heartbeats: resources named without a body, unchanged.
+    pub keep: Vec<String>,
     /// SotW LDS/CDS: resources absent from the response are deleted.
     pub full_set: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Applied {
+    listeners: BTreeMap<String, weft_config::raw::RawListener>,
+    clusters: BTreeMap<String, weft_config::raw::RawCluster>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -94,6 +102,9 @@ pub struct State {
     pub timed_out: BTreeSet<(usize, String)>,
     pub initial_fetch_timeout: Option<std::time::Duration>,
     pub last_applied: Option<Config>,
+    /// The dynamic listeners / clusters (routes and endpoints filled in) of the last applied
+    /// config: what keeps running while an update of them warms.
+    applied: Applied,
     pub initialized: bool,
     pub connected: bool,
 }
@@ -197,6 +208,7 @@ impl State {
             timed_out: BTreeSet::new(),
             initial_fetch_timeout,
             last_applied: None,
+            applied: Applied::default(),
             initialized: false,
             connected: false,
         }
@@ -235,8 +247,8 @@ impl State {
         }
         if change.full_set {
             match t {
-                LDS => cand.listeners.clear(),
-                CDS => cand.clusters.clear(),
+                LDS => cand.listeners.retain(|n, _| change.keep.contains(n)),
+                CDS => cand.clusters.retain(|n, _| change.keep.contains(n)),
                 _ => {}
             }
         }
@@ -293,8 +305,9 @@ impl State {
                 return Err(format!("cluster \"{c}\": name clashes with a static cluster"));
             }
         }
-        let cfg = self.assemble(&cand)?;
+        let (cfg, applied) = self.assemble(&cand)?;
         self.apply_if_changed(cfg, apply)?;
+        self.applied = applied;
         self.res = cand;
         self.got[t] = true;
         self.track_waiting();
@@ -311,8 +324,10 @@ impl State {
 
     /// Re-applies after the static part changed (file reload) or a warming timeout fired.
     pub fn reapply(&mut self, apply: &crate::ApplyFn) -> Result<(), String> {
-        let cfg = self.assemble(&self.res.clone())?;
-        self.apply_if_changed(cfg, apply)
+        let (cfg, applied) = self.assemble(&self.res.clone())?;
+        self.apply_if_changed(cfg, apply)?;
+        self.applied = applied;
+        Ok(())
     }
 
     /// Starts / stops initial-fetch timers for the RDS/EDS names now needed.
@@ -378,7 +393,7 @@ impl State {
     }
 
     /// Static parts + the warmed dynamic resources → one validated `Config`.
-    fn assemble(&self, res: &Resources) -> Result<Config, String> {
+    fn assemble(&self, res: &Resources) -> Result<(Config, Applied), String> {
         let node = &self.static_cfg.node;
         let mut raw = RawConfig {
             node: RawNode {
@@ -394,20 +409,24 @@ impl State {
         // (listener name, per-chain rds) and (cluster name, eds) in RawConfig order, to name the
         // resource at fault in validation errors.
         let mut lmap = Vec::new();
+        let mut applied = Applied::default();
         for (name, l) in &res.listeners {
             let mut rl = l.value.raw.clone();
+            // Warm: every route configuration arrived. Timed out: the missing ones waited longer
+            // than initial_fetch_timeout and are used empty.
             let mut warm = true;
+            let mut timed_out = true;
             for (i, rds) in l.value.rds.iter().enumerate() {
                 let Some(rds) = rds else { continue };
                 let rc = match res.routes.get(rds) {
                     Some(r) => r.value.clone(),
-                    None if self.timed_out.contains(&(RDS, rds.clone())) => RawRouteConfig {
-                        name: Some(rds.clone()),
-                        ..Default::default()
-                    },
                     None => {
                         warm = false;
-                        break;
+                        timed_out &= self.timed_out.contains(&(RDS, rds.clone()));
+                        RawRouteConfig {
+                            name: Some(rds.clone()),
+                            ..Default::default()
+                        }
                     }
                 };
                 if let Some(h) = rl.filter_chains[i].http.as_mut() {
@@ -418,7 +437,19 @@ impl State {
                     h.route_config = Some(rc);
                 }
             }
-            if warm {
+            // An updated listener that is still warming: the previous version keeps running
+            // (Envoy's make-before-break).
+            let chosen = if warm {
+                Some(rl)
+            } else if let Some(prev) = self.applied.listeners.get(name) {
+                Some(prev.clone())
+            } else if timed_out {
+                Some(rl)
+            } else {
+                None
+            };
+            if let Some(rl) = chosen {
+                applied.listeners.insert(name.clone(), rl.clone());
                 raw.listeners.push(rl);
                 lmap.push((name.clone(), l.value.rds.clone()));
             }
@@ -426,15 +457,25 @@ impl State {
         let mut cmap = Vec::new();
         for (name, c) in &res.clusters {
             let mut rc = c.value.raw.clone();
-            if let Some(eds) = &c.value.eds {
-                match res.endpoints.get(eds) {
-                    Some(e) => rc.endpoints = e.value.clone(),
-                    None if self.timed_out.contains(&(EDS, eds.clone())) => {}
-                    None => continue,
-                }
+            let chosen = match &c.value.eds {
+                None => Some(rc),
+                Some(eds) => match res.endpoints.get(eds) {
+                    Some(e) => {
+                        rc.endpoints = e.value.clone();
+                        Some(rc)
+                    }
+                    None => match self.applied.clusters.get(name) {
+                        Some(prev) => Some(prev.clone()),
+                        None if self.timed_out.contains(&(EDS, eds.clone())) => Some(rc),
+                        None => None,
+                    },
+                },
+            };
+            if let Some(rc) = chosen {
+                applied.clusters.insert(name.clone(), rc.clone());
+                raw.clusters.push(rc);
+                cmap.push((name.clone(), c.value.eds.clone()));
             }
-            raw.clusters.push(rc);
-            cmap.push((name.clone(), c.value.eds.clone()));
         }
         let dynamic = weft_config::validate_with(
             raw,
@@ -453,7 +494,7 @@ impl State {
         let mut cfg = self.static_cfg.clone();
         cfg.listeners.extend(dynamic.listeners);
         cfg.clusters.extend(dynamic.clusters);
-        Ok(cfg)
+        Ok((cfg, applied))
     }
 }
 

@@ -13,7 +13,7 @@ use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
 use weft_xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use weft_xds_api::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
 };
 use weft_xds_api::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
 use weft_xds_api::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
@@ -24,6 +24,12 @@ use weft_xds_api::pb::google::rpc::Status as RpcStatus;
 /// Order of the first requests on a stream: clusters before listeners, so that listeners do not
 /// wait on clusters that are still unknown (Envoy's order).
 const SUBSCRIBE_ORDER: [usize; 4] = [CDS, EDS, LDS, RDS];
+
+/// Requests queued towards one stream. A response causes at most a few requests and tonic drains
+/// the queue continuously; the bound only guards against a stuck stream (then we reconnect).
+const REQUEST_QUEUE: usize = 256;
+
+const RESOURCE_URL: &str = "type.googleapis.com/envoy.service.discovery.v3.Resource";
 
 enum Incoming {
     Sotw(DiscoveryResponse),
@@ -133,11 +139,11 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
     let mut rxs_delta = Vec::new();
     for _ in 0..streams {
         if delta {
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
             sess.delta_tx.push(tx);
             rxs_delta.push(rx);
         } else {
-            let (tx, rx) = mpsc::channel(16);
+            let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
             sess.sotw_tx.push(tx);
             rxs_sotw.push(rx);
         }
@@ -389,14 +395,25 @@ impl Session {
                     tracing::warn!(type_url = %r.type_url, "ignoring response of an unknown type");
                     return false;
                 };
-                let upserts = r
-                    .resources
-                    .iter()
-                    .map(|a| {
-                        // Envoy allows a Resource wrapper in SotW too.
-                        (String::new(), r.version_info.clone(), a.clone())
-                    })
-                    .collect();
+                let mut upserts = Vec::new();
+                let mut keep = Vec::new();
+                for a in &r.resources {
+                    // SotW resources may come wrapped in a discovery Resource (name, TTL).
+                    if a.type_url == RESOURCE_URL {
+                        match weft_xds_api::unpack::<Resource>(a, RESOURCE_URL) {
+                            Ok(Resource {
+                                name,
+                                resource: Some(inner),
+                                ..
+                            }) => upserts.push((name, r.version_info.clone(), inner)),
+                            // A wrapper without a body is a TTL heartbeat: the resource stays.
+                            Ok(res) => keep.push(res.name),
+                            Err(e) => tracing::warn!(error = %e, "undecodable Resource wrapper"),
+                        }
+                    } else {
+                        upserts.push((String::new(), r.version_info.clone(), a.clone()));
+                    }
+                }
                 (
                     r.type_url.clone(),
                     r.nonce.clone(),
@@ -405,6 +422,7 @@ impl Session {
                         t,
                         upserts,
                         removed: Vec::new(),
+                        keep,
                         full_set: t == LDS || t == CDS,
                     },
                 )
@@ -431,6 +449,7 @@ impl Session {
                         t,
                         upserts,
                         removed,
+                        keep: Vec::new(),
                         full_set: false,
                     },
                 )

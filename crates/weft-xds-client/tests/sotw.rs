@@ -298,3 +298,94 @@ async fn static_resources_coexist_and_name_clash_is_nacked() {
     until_body(addr, "other").await;
     assert!(p.server.listener_addr("out").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_warm_before_they_replace_the_running_version() {
+    let cp = Cp::start().await;
+    let up1 = upstream("up1").await;
+    let up2 = upstream("up2").await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    let addr = warm_sotw(&cp, &p, up1).await;
+
+    // The cluster now takes its endpoints from another assignment: until that arrives, the
+    // running version (with its endpoints) keeps serving.
+    let mut c = eds_cluster_msg("c");
+    c.eds_cluster_config.as_mut().unwrap().service_name = "c-v2".into();
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c2", "n20", vec![weft_xds_api::pack(CLUSTER, &c)]);
+    assert!(cp.reply_to(m, "n20").await.error().is_none());
+    let eds = cp
+        .wait_for(m, "EDS for c-v2", |r| {
+            r.type_url() == ENDPOINT && r.sotw().resource_names == vec!["c-v2".to_string()]
+        })
+        .await;
+    assert_eq!(eds.sotw().version_info, "e1");
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "up1"),
+        "old cluster serves while the update warms"
+    );
+    cp.send_sotw(ENDPOINT, "e2", "n21", vec![cla("c-v2", &[up2])]);
+    until_body(addr, "up2").await;
+
+    // Same for a listener that switches to a route configuration not received yet.
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l2", "n22", vec![listener("out", "r2")]);
+    assert!(cp.reply_to(m, "n22").await.error().is_none());
+    cp.wait_for(m, "RDS for r2", |r| {
+        r.type_url() == ROUTE && r.sotw().resource_names == vec!["r2".to_string()]
+    })
+    .await;
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "up2"),
+        "old listener serves while the update warms"
+    );
+    let direct = weft_xds_api::pack(
+        ROUTE,
+        &route_config_with(
+            "r2",
+            vec![weft_xds_api::pb::envoy::config::route::v3::Route {
+                r#match: Some(weft_xds_api::pb::envoy::config::route::v3::RouteMatch {
+                    path_specifier: Some(
+                        weft_xds_api::pb::envoy::config::route::v3::route_match::PathSpecifier::Prefix("/".into()),
+                    ),
+                    ..Default::default()
+                }),
+                action: Some(
+                    weft_xds_api::pb::envoy::config::route::v3::route::Action::DirectResponse(
+                        weft_xds_api::pb::envoy::config::route::v3::DirectResponseAction {
+                            status: 200,
+                            body: Some(weft_xds_api::pb::envoy::config::core::v3::DataSource {
+                                specifier: Some(
+                                    weft_xds_api::pb::envoy::config::core::v3::data_source::Specifier::InlineString(
+                                        "direct".into(),
+                                    ),
+                                ),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        },
+                    ),
+                ),
+                ..Default::default()
+            }],
+        ),
+    );
+    cp.send_sotw(ROUTE, "r2", "n23", vec![direct]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // A changed listener drains its old connections; new ones get the new routes.
+        let (status, _, body) = get(p.wait_listener("out").await, "svc", "/").await;
+        if (status, body.as_str()) == (200, "direct") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new routes never applied: {status} {body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
