@@ -389,3 +389,36 @@ async fn updates_warm_before_they_replace_the_running_version() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_configuration_errors_name_the_rds_resource() {
+    let cp = Cp::start().await;
+    let up = upstream("up1").await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    let addr = warm_sotw(&cp, &p, up).await;
+    let mut route = route_to("c");
+    if let Some(weft_xds_api::pb::envoy::config::route::v3::route::Action::Route(a)) = &mut route.action {
+        a.retry_policy = Some(weft_xds_api::pb::envoy::config::route::v3::RetryPolicy {
+            retry_on: "5xx,bogus".into(),
+            ..Default::default()
+        });
+    }
+    let m = cp.mark();
+    cp.send_sotw(
+        ROUTE,
+        "r2",
+        "n30",
+        vec![weft_xds_api::pack(ROUTE, &route_config_with("r", vec![route]))],
+    );
+    let nack = cp.reply_to(m, "n30").await;
+    assert_eq!(nack.sotw().version_info, "r1");
+    let msg = nack.error().expect("NACK");
+    assert!(
+        msg.starts_with(
+            "route_configuration \"r\": virtual_hosts[0].routes[0].route.retry_policy.retry_on[1]: unknown value \"bogus\""
+        ),
+        "{msg}"
+    );
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!((status, body.as_str()), (200, "up1"));
+}
