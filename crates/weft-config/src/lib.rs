@@ -208,6 +208,47 @@ clusters:
     }
 
     #[test]
+    fn xds_section_and_node_metadata() {
+        let c = from_yaml(
+            r#"
+node:
+  id: reviews-1
+  cluster: reviews
+  zone: z1
+  metadata: { weft.role: sidecar, weft.outbound: "127.0.0.1:15001" }
+xds: { address: "control.mesh:18000" }
+listeners:
+  - name: out
+    address: 127.0.0.1:15001
+    tcp_proxy: { cluster: defined-later-by-the-control-plane }
+"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let x = c.xds.as_ref().unwrap();
+        assert_eq!(x.address, "control.mesh:18000");
+        assert_eq!(x.mode, XdsMode::AdsDelta);
+        assert_eq!(x.initial_fetch_timeout, Some(std::time::Duration::from_secs(15)));
+        assert_eq!(c.node.metadata.get("weft.role").map(String::as_str), Some("sidecar"));
+
+        let e = from_yaml(
+            "xds: { address: nowhere, mode: grpc, initial_fetch_timeout: 5, backoff_base: 2s, backoff_max: 1s }",
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "xds.address: \"nowhere\" is not a host:port address",
+            "xds.mode: unknown value \"grpc\"",
+            "xds.initial_fetch_timeout: ",
+            "xds.backoff_max: must not be less than xds.backoff_base",
+        ] {
+            assert!(e.contains(want), "{want} missing in:\n{e}");
+        }
+        // Without xds, a missing cluster is still an error.
+        let e = from_yaml("listeners: [{ name: a, address: 127.0.0.1:1, tcp_proxy: { cluster: x } }]").unwrap_err();
+        assert!(e.to_string().contains("unknown cluster \"x\""));
+    }
+
+    #[test]
     fn cidr_contains() {
         let r = CidrRange {
             address: "10.1.0.0".parse().unwrap(),
