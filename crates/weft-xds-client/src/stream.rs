@@ -166,7 +166,7 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
                 .await
                 .map_err(|e| (e.to_string(), false))?
                 .into_inner();
-            inbound.push(s.map(|r| r.map(Incoming::Delta)).boxed());
+            inbound.push(with_end(s.map(|r| r.map(Incoming::Delta))));
         } else {
             for (t, rx) in rxs.enumerate() {
                 let req = ReceiverStream::new(rx);
@@ -194,7 +194,7 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
                 }
                 .map_err(|e| (e.to_string(), false))?
                 .into_inner();
-                inbound.push(s.map(|r| r.map(Incoming::Delta)).boxed());
+                inbound.push(with_end(s.map(|r| r.map(Incoming::Delta))));
             }
         }
     } else {
@@ -206,7 +206,7 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
                 .await
                 .map_err(|e| (e.to_string(), false))?
                 .into_inner();
-            inbound.push(s.map(|r| r.map(Incoming::Sotw)).boxed());
+            inbound.push(with_end(s.map(|r| r.map(Incoming::Sotw))));
         } else {
             for (t, rx) in rxs.enumerate() {
                 let req = ReceiverStream::new(rx);
@@ -234,7 +234,7 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
                 }
                 .map_err(|e| (e.to_string(), false))?
                 .into_inner();
-                inbound.push(s.map(|r| r.map(Incoming::Sotw)).boxed());
+                inbound.push(with_end(s.map(|r| r.map(Incoming::Sotw))));
             }
         }
     }
@@ -269,6 +269,17 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
             }
         }
     }
+}
+
+/// Ends every stream with an error item: with one stream per type, one of them closing must
+/// restart the session (the merged stream would otherwise carry on without that type).
+fn with_end(
+    s: impl futures_util::Stream<Item = Result<Incoming, tonic::Status>> + Send + 'static,
+) -> BoxStream<'static, Result<Incoming, tonic::Status>> {
+    s.chain(futures_util::stream::once(async {
+        Err(tonic::Status::unavailable("stream closed by the control plane"))
+    }))
+    .boxed()
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -247,6 +247,17 @@ async fn per_type_sotw_streams_work() {
     assert_eq!(cp.streams_opened(), 4, "one stream per type");
     let (status, _, body) = get(addr, "svc", "/").await;
     assert_eq!((status, body.as_str()), (200, "up1"));
+
+    // Losing one of the four streams restarts the session: every type resubscribes.
+    let m = cp.mark();
+    cp.kill_stream(CLUSTER);
+    cp.wait_streams(8).await;
+    let cds = cp.sotw_req(m, CLUSTER).await;
+    assert_eq!(cds.version_info, "c1");
+    assert!(cds.node.is_some());
+    assert_eq!(cp.sotw_req(m, ROUTE).await.resource_names, vec!["r".to_string()]);
+    let (status, _, body) = get(addr, "svc", "/").await;
+    assert_eq!((status, body.as_str()), (200, "up1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

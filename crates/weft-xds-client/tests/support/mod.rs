@@ -183,6 +183,17 @@ impl Cp {
         st.delta.clear();
     }
 
+    /// Ends one stream ("ads" or a type URL), as a control plane dropping it would.
+    pub fn kill_stream(&self, key: &str) {
+        let mut st = self.st.lock().unwrap();
+        if let Some(tx) = st.sotw.remove(key) {
+            let _ = tx.try_send(Err(Status::unavailable("going away")));
+        }
+        if let Some(tx) = st.delta.remove(key) {
+            let _ = tx.try_send(Err(Status::unavailable("going away")));
+        }
+    }
+
     pub fn streams_opened(&self) -> usize {
         self.st.lock().unwrap().streams_opened
     }
