@@ -7,19 +7,25 @@
 //! [`XdsClient`] itself to the admin API.
 //!
 //! ```ignore
-//! let server = weft_proxy::Server::start(bootstrap.clone(), opts)?;
-//! let s = server.clone();
-//! let client = weft_xds_client::XdsClient::start(
-//!     bootstrap,
-//!     std::sync::Arc::new(move |cfg| s.apply(cfg)),
-//!     { let s = server.clone(); std::sync::Arc::new(move || s.shared.set_xds_initialized()) },
-//!     server.control_handle(),
-//! )?;
+//! use std::sync::Arc;
+//! let bootstrap = weft_config::from_file(path)?; // has an `xds:` section
+//! let server = weft_proxy::Server::start(bootstrap.clone(), weft_proxy::ServerOptions { config_path: None })?;
+//! // Weak references: the server must not be kept alive by its own client.
+//! let s = Arc::downgrade(&server);
+//! let apply: weft_xds_client::ApplyFn =
+//!     Arc::new(move |cfg| s.upgrade().ok_or("stopped".to_string())?.apply(cfg));
+//! let shared = Arc::downgrade(&server.shared);
+//! let on_init: weft_xds_client::InitializedFn = Arc::new(move || {
+//!     if let Some(s) = shared.upgrade() { s.set_xds_initialized() } // opens /ready
+//! });
+//! let client = weft_xds_client::XdsClient::start(bootstrap, apply, on_init, server.control_handle())?;
+//! // The `weft` binary also registers `/xds` (`AdminExtension`) and the reload hook
+//! // (`client.set_static`): see crates/weft/src/xds.rs.
 //! ```
 #![forbid(unsafe_code)]
 
 pub mod convert;
-pub mod state;
+mod state;
 mod stream;
 
 use state::{State, TYPES};

@@ -86,8 +86,6 @@ pub struct TypeStatus {
     pub version: String,
     pub nonce: String,
     pub last_error: Option<String>,
-    pub accepted: u64,
-    pub rejected: u64,
     pub last_update: Option<std::time::SystemTime>,
 }
 
