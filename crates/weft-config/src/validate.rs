@@ -62,6 +62,7 @@ struct Ctx {
     /// See [`ValidateOptions::allow_unknown_clusters`].
     allow_unknown_clusters: bool,
     allow_empty_clusters: bool,
+    allow_empty_route_configs: bool,
 }
 
 /// Knobs for [`validate_with`].
@@ -74,6 +75,9 @@ pub struct ValidateOptions {
     /// Static clusters may have no endpoints. An EDS cluster whose assignment is empty (or has not
     /// arrived within the initial fetch timeout) still exists; requests to it get 503 `UH`.
     pub allow_empty_clusters: bool,
+    /// Route configurations may have no virtual host (every request gets 404 `NR`): what a listener
+    /// runs with when its RDS resource was removed or did not arrive in time.
+    pub allow_empty_route_configs: bool,
 }
 
 impl Ctx {
@@ -147,6 +151,7 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
         errors: Vec::new(),
         allow_unknown_clusters: opts.allow_unknown_clusters || raw.xds.is_some(),
         allow_empty_clusters: opts.allow_empty_clusters,
+        allow_empty_route_configs: opts.allow_empty_route_configs,
     };
     let xds = raw.xds.as_ref().and_then(|x| xds(&mut cx, x));
 
@@ -665,7 +670,7 @@ fn headers(
 fn route_config(cx: &mut Ctx, path: &str, rc: &RawRouteConfig, clusters: &HashSet<String>) -> RouteConfig {
     let mut vhosts = Vec::new();
     let mut domains_seen = HashSet::new();
-    if rc.virtual_hosts.is_empty() {
+    if rc.virtual_hosts.is_empty() && !cx.allow_empty_route_configs {
         cx.err(
             &format!("{path}.virtual_hosts"),
             "at least one virtual host is required",

@@ -480,6 +480,7 @@ impl State {
             ValidateOptions {
                 allow_unknown_clusters: true,
                 allow_empty_clusters: true,
+                allow_empty_route_configs: true,
             },
         )
         .map_err(|e| {

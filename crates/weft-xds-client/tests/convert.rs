@@ -561,6 +561,7 @@ fn model() -> Config {
         ValidateOptions {
             allow_unknown_clusters: true,
             allow_empty_clusters: true,
+            allow_empty_route_configs: true,
         },
     )
     .unwrap_or_else(|e| panic!("{e}"))

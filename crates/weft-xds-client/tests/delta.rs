@@ -70,6 +70,24 @@ async fn delta_end_to_end_update_and_removal() {
         .contains("cluster \"c\": lb_policy: unsupported value 7"));
     until_body(addr, "up2").await;
 
+    // A route configuration removed while its listener still names it: the listener stays, with
+    // no routes (404 NR), as in Envoy; it is not a NACK.
+    let m = cp.mark();
+    cp.send_delta(ROUTE, "n6b", vec![], vec!["r".into()]);
+    assert!(cp.reply_to(m, "n6b").await.error().is_none());
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, headers, _) = get(p.wait_listener("out").await, "svc", "/").await;
+        if (status, headers.get("x-weft-reason").map(String::as_str)) == (404, Some("NR")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "routes never emptied: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    cp.send_delta(ROUTE, "n6c", vec![("r".into(), route_config("r", "c"))], vec![]);
+    let addr = p.wait_listener("out").await;
+    until_body(addr, "up2").await;
+
     // removed_resources: the cluster goes (NC), its EDS is unsubscribed.
     let m = cp.mark();
     cp.send_delta(CLUSTER, "n7", vec![], vec!["c".into()]);

@@ -433,3 +433,25 @@ async fn route_configuration_errors_name_the_rds_resource() {
     let (status, _, body) = get(addr, "svc", "/").await;
     assert_eq!((status, body.as_str()), (200, "up1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_fetch_timeout_binds_listener_without_routes() {
+    let cp = Cp::start().await;
+    let p = Proxy::start(&cp, "ads_sotw", "  initial_fetch_timeout: 300ms\n");
+    cp.sotw_req(0, LISTENER).await;
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![]);
+    cp.send_sotw(LISTENER, "l1", "n2", vec![listener("out", "r")]);
+    cp.sotw_req(0, ROUTE).await;
+    assert!(p.server.listener_addr("out").is_none());
+    assert_eq!(p.ready_status().await, 503);
+    // The route configuration never comes: the listener is bound with no routes (404 NR).
+    let addr = p.wait_listener("out").await;
+    p.wait_ready().await;
+    let (status, headers, _) = get(addr, "svc", "/").await;
+    assert_eq!(
+        (status, headers.get("x-weft-reason").map(String::as_str)),
+        (404, Some("NR"))
+    );
+    let x = p.client.status_json();
+    assert!(x["warming"][0].as_str().unwrap().contains("(timed out)"), "{x}");
+}
