@@ -66,6 +66,8 @@ pub struct XCluster {
     pub raw: RawCluster,
     /// The ClusterLoadAssignment name for an EDS cluster.
     pub eds: Option<String>,
+    /// `common_lb_config.locality_weighted_lb_config`: use [`XEndpoints::locality_weighted`].
+    pub locality_weighted: bool,
 }
 
 pub fn dur(d: &PbDuration) -> String {
@@ -1429,12 +1431,16 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
             out.health_checks.push(x);
         }
     }
+    let mut locality_weighted = false;
     if let Some(cfg) = &c.common_lb_config {
         out.healthy_panic_threshold = cfg.healthy_panic_threshold.as_ref().map(|p| p.value);
-        // Zone-aware / locality-weighted routing needs to know where this proxy runs; without a
-        // node locality it is a no-op in Envoy too, so it is dropped rather than refused.
-        if cfg.locality_config_specifier.is_some() && node_has_locality {
-            out.locality_aware = Some(true);
+        use cl::cluster::common_lb_config::LocalityConfigSpecifier as L;
+        match &cfg.locality_config_specifier {
+            // Zone-aware routing needs to know where this proxy runs; without a node locality it
+            // is a no-op in Envoy too, so it is dropped rather than refused.
+            Some(L::ZoneAwareLbConfig(_)) => out.locality_aware = Some(node_has_locality),
+            Some(L::LocalityWeightedLbConfig(_)) => locality_weighted = true,
+            None => {}
         }
     }
     if let Some(s) = &c.lb_subset_config {
@@ -1457,13 +1463,17 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
     if inline_endpoints {
         if let Some(la) = &c.load_assignment {
             let dns = out.type_.as_deref() == Some("strict_dns");
-            out.endpoints = endpoints(&mut errs, "load_assignment", la, dns);
+            out.endpoints = endpoints(&mut errs, "load_assignment", la, dns, locality_weighted);
         }
     }
     if !errs.0.is_empty() {
         return Err(errs.0);
     }
-    Ok(XCluster { raw: out, eds })
+    Ok(XCluster {
+        raw: out,
+        eds,
+        locality_weighted,
+    })
 }
 
 fn struct_strings(s: &weft_xds_api::pb::google::protobuf::Struct) -> BTreeMap<String, String> {
@@ -1537,13 +1547,25 @@ fn health_check(errs: &mut Errs, path: &str, h: &core::HealthCheck) -> Option<Ra
 
 /// Endpoints of a ClusterLoadAssignment. Unhealthy, draining and timed-out endpoints are left out,
 /// as Envoy never routes to them.
-pub fn endpoints(errs: &mut Errs, path: &str, la: &ep::ClusterLoadAssignment, allow_dns: bool) -> Vec<RawEndpoint> {
+///
+/// `locality_weighted` (the cluster has `locality_weighted_lb_config`): weft balances over endpoint
+/// weights only, so each endpoint's weight becomes its locality's share of the priority level
+/// times its share within the locality (scaled to integers), which gives Envoy's traffic split.
+pub fn endpoints(
+    errs: &mut Errs,
+    path: &str,
+    la: &ep::ClusterLoadAssignment,
+    allow_dns: bool,
+    locality_weighted: bool,
+) -> Vec<RawEndpoint> {
     let pre = if path.is_empty() {
         String::new()
     } else {
         format!("{path}.")
     };
     let mut out = Vec::new();
+    // Per endpoint: (locality index, locality weight).
+    let mut groups = Vec::new();
     for (i, l) in la.endpoints.iter().enumerate() {
         let lp = format!("{pre}endpoints[{i}]");
         let loc = l.locality.clone().unwrap_or_default();
@@ -1589,16 +1611,54 @@ pub fn endpoints(errs: &mut Errs, path: &str, la: &ep::ClusterLoadAssignment, al
                 sub_zone: (!loc.sub_zone.is_empty()).then(|| loc.sub_zone.clone()),
                 labels,
             });
+            groups.push((i, l.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1)));
         }
+    }
+    if locality_weighted {
+        weigh_localities(&mut out, &groups);
     }
     out
 }
 
-pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<Vec<RawEndpoint>, Vec<String>> {
+/// Scale of the integer weights that emulate locality weighting (weft's weights go to 1,000,000).
+const LOCALITY_SCALE: f64 = 10_000.0;
+
+fn weigh_localities(eps: &mut [RawEndpoint], groups: &[(usize, u32)]) {
+    use std::collections::HashMap;
+    // Per priority: the sum of its localities' weights; per locality: the sum of endpoint weights.
+    let mut lw_sum: HashMap<u64, f64> = HashMap::new();
+    let mut seen: HashMap<usize, ()> = HashMap::new();
+    let mut ew_sum: HashMap<usize, f64> = HashMap::new();
+    for (e, (idx, lw)) in eps.iter().zip(groups) {
+        let prio = e.priority.unwrap_or(0);
+        if seen.insert(*idx, ()).is_none() {
+            *lw_sum.entry(prio).or_default() += f64::from(*lw);
+        }
+        *ew_sum.entry(*idx).or_default() += e.weight.unwrap_or(1) as f64;
+    }
+    for (e, (idx, lw)) in eps.iter_mut().zip(groups) {
+        let prio = e.priority.unwrap_or(0);
+        let share = f64::from(*lw) / lw_sum[&prio] * e.weight.unwrap_or(1) as f64 / ew_sum[idx];
+        e.weight = Some(((share * LOCALITY_SCALE).round() as u64).max(1));
+    }
+}
+
+/// A ClusterLoadAssignment in weft form, for clusters with and without locality weighting.
+#[derive(Clone, Debug, Default)]
+pub struct XEndpoints {
+    pub plain: Vec<RawEndpoint>,
+    pub locality_weighted: Vec<RawEndpoint>,
+}
+
+pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<XEndpoints, Vec<String>> {
     let mut errs = Errs::default();
-    let out = endpoints(&mut errs, "", la, false);
+    let plain = endpoints(&mut errs, "", la, false, false);
+    let locality_weighted = endpoints(&mut Errs::default(), "", la, false, true);
     if errs.0.is_empty() {
-        Ok(out)
+        Ok(XEndpoints {
+            plain,
+            locality_weighted,
+        })
     } else {
         Err(errs.0)
     }

@@ -8,7 +8,7 @@
 use crate::convert::{self, XCluster, XListener};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::time::Instant;
-use weft_config::raw::{RawConfig, RawEndpoint, RawNode, RawRouteConfig};
+use weft_config::raw::{RawConfig, RawNode, RawRouteConfig};
 use weft_config::{Config, ValidateOptions};
 use weft_xds_api::pb::envoy::config::cluster::v3::Cluster;
 use weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -49,7 +49,7 @@ pub struct Resources {
     pub listeners: BTreeMap<String, Held<XListener>>,
     pub routes: BTreeMap<String, Held<RawRouteConfig>>,
     pub clusters: BTreeMap<String, Held<XCluster>>,
-    pub endpoints: BTreeMap<String, Held<Vec<RawEndpoint>>>,
+    pub endpoints: BTreeMap<String, Held<convert::XEndpoints>>,
 }
 
 /// A converted resource of any type.
@@ -59,7 +59,7 @@ pub enum Converted {
     Listener(XListener),
     Route(RawRouteConfig),
     Cluster(XCluster),
-    Endpoints(Vec<RawEndpoint>),
+    Endpoints(convert::XEndpoints),
 }
 
 /// A response, decoded to what changes.
@@ -269,7 +269,7 @@ impl State {
                 _ => {
                     if let Some(e) = cand.endpoints.get_mut(name) {
                         e.version.clear();
-                        e.value.clear();
+                        e.value = convert::XEndpoints::default();
                     }
                 }
             }
@@ -459,7 +459,11 @@ impl State {
                 None => Some(rc),
                 Some(eds) => match res.endpoints.get(eds) {
                     Some(e) => {
-                        rc.endpoints = e.value.clone();
+                        rc.endpoints = if c.value.locality_weighted {
+                            e.value.locality_weighted.clone()
+                        } else {
+                            e.value.plain.clone()
+                        };
                         Some(rc)
                     }
                     None => match self.applied.clusters.get(name) {

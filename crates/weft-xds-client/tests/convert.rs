@@ -544,7 +544,8 @@ fn tcp_listener() -> ls::Listener {
 fn model() -> Config {
     let mut c = convert::cluster(&full_cluster(), true).unwrap();
     assert_eq!(c.eds.as_deref(), Some("reviews-eds"));
-    c.raw.endpoints = convert::load_assignment(&full_cla()).unwrap();
+    assert!(!c.locality_weighted);
+    c.raw.endpoints = convert::load_assignment(&full_cla()).unwrap().plain;
     let l = convert::listener(&full_listener()).unwrap().unwrap();
     let t = convert::listener(&tcp_listener()).unwrap().unwrap();
     let raw = RawConfig {
@@ -776,4 +777,51 @@ fn unsupported_fields_are_refused_with_envoy_paths() {
         ..Default::default()
     };
     assert!(convert::listener(&api).unwrap().is_none());
+}
+
+#[test]
+fn locality_weights_become_endpoint_weights_with_locality_weighted_lb() {
+    let mut c = full_cluster();
+    c.common_lb_config.as_mut().unwrap().locality_config_specifier =
+        Some(cl::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(Default::default()));
+    let x = convert::cluster(&c, true).unwrap();
+    assert!(x.locality_weighted);
+    assert_eq!(x.raw.locality_aware, None, "locality weighting is not zone preference");
+    let ep = |ip: &str| ep::LbEndpoint {
+        host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+            address: sock(ip, 80),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let la = ep::ClusterLoadAssignment {
+        cluster_name: "x".into(),
+        endpoints: vec![
+            ep::LocalityLbEndpoints {
+                locality: Some(core::Locality {
+                    zone: "a".into(),
+                    ..Default::default()
+                }),
+                load_balancing_weight: u32v(1),
+                lb_endpoints: vec![ep("10.0.0.1"), ep("10.0.0.2"), ep("10.0.0.3")],
+                ..Default::default()
+            },
+            ep::LocalityLbEndpoints {
+                locality: Some(core::Locality {
+                    zone: "b".into(),
+                    ..Default::default()
+                }),
+                load_balancing_weight: u32v(1),
+                lb_endpoints: vec![ep("10.0.1.1")],
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    };
+    let e = convert::load_assignment(&la).unwrap();
+    // Without locality weighting: 4 equal endpoints (zone a gets 3/4 of the traffic).
+    assert!(e.plain.iter().all(|x| x.weight == Some(1)));
+    // With it: each zone gets half.
+    let w: Vec<_> = e.locality_weighted.iter().map(|x| x.weight.unwrap()).collect();
+    assert_eq!(w, vec![1667, 1667, 1667, 5000]);
 }
