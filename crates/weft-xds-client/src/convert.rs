@@ -20,6 +20,7 @@ use weft_xds_api::pb::envoy::config::route::v3 as rt;
 use weft_xds_api::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
 use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
+use weft_xds_api::pb::envoy::extensions::filters::network::connection_limit::v3 as connection_limit;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use weft_xds_api::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
@@ -46,6 +47,9 @@ pub const TCP_PROXY_NAME: &str = "envoy.filters.network.tcp_proxy";
 pub const ROUTER_NAME: &str = "envoy.filters.http.router";
 pub const FAULT_NAME: &str = "envoy.filters.http.fault";
 pub const LOCAL_RATE_LIMIT_NAME: &str = "envoy.filters.http.local_ratelimit";
+pub const CONNECTION_LIMIT_NAME: &str = "envoy.filters.network.connection_limit";
+pub const CONNECTION_LIMIT_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.connection_limit.v3.ConnectionLimit";
 pub const RATE_LIMIT_NAME: &str = "envoy.filters.http.ratelimit";
 pub const RATE_LIMIT_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 const FILTER_CONFIG_URL: &str = "type.googleapis.com/envoy.config.route.v3.FilterConfig";
@@ -149,11 +153,22 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
     }
     let mut chains = Vec::new();
     let mut rds = Vec::new();
+    let mut limits = Vec::new();
     for (i, fc) in l.filter_chains.iter().enumerate() {
         let path = format!("filter_chains[{i}]");
-        let (chain, r) = filter_chain(&mut errs, &path, fc);
+        let (chain, r, limit) = filter_chain(&mut errs, &path, fc);
         chains.push(chain);
         rds.push(r);
+        limits.push(limit);
+    }
+    // weft limits connections per listener; Envoy's connection_limit filter is per chain, so the
+    // chains must agree.
+    let max_connections = limits.first().copied().flatten();
+    if limits.iter().any(|l| *l != max_connections) {
+        errs.add(
+            "filter_chains",
+            "every filter chain needs the same connection_limit (weft limits connections per listener)",
+        );
     }
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -163,13 +178,15 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             name: Some(l.name.clone()),
             address,
             filter_chains: chains,
+            max_connections,
             ..Default::default()
         },
         rds,
     }))
 }
 
-fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilterChain, Option<String>) {
+/// A filter chain, the route configuration it waits for, and its connection limit.
+fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilterChain, Option<String>, Option<u64>) {
     let mut out = RawFilterChain {
         name: (!fc.name.is_empty()).then(|| fc.name.clone()),
         ..Default::default()
@@ -209,16 +226,43 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
         out.match_ = Some(rm);
     }
     let mut rds = None;
-    match fc.filters.len() {
-        0 => errs.add(&format!("{path}.filters"), "one network filter is required"),
-        1 => {}
-        _ => errs.add(
-            &format!("{path}.filters"),
-            "weft supports exactly one (terminal) network filter per chain",
-        ),
+    if fc.filters.is_empty() {
+        errs.add(&format!("{path}.filters"), "one network filter is required");
     }
-    if let Some(f) = fc.filters.first() {
-        let fp = format!("{path}.filters[0]");
+    // Before the terminal filter only a connection limit may come (weft's listener max_connections).
+    let last = fc.filters.len().saturating_sub(1);
+    let mut limit = None;
+    for (k, f) in fc.filters.iter().enumerate().take(last) {
+        let fp = format!("{path}.filters[{k}]");
+        let any = match &f.config_type {
+            Some(ls::filter::ConfigType::TypedConfig(a)) if a.type_url == CONNECTION_LIMIT_URL => a,
+            _ => {
+                let what = match &f.config_type {
+                    Some(ls::filter::ConfigType::TypedConfig(a)) => a.type_url.as_str(),
+                    _ => f.name.as_str(),
+                };
+                errs.add(
+                    &fp,
+                    format!("unknown filter \"{what}\" (only {CONNECTION_LIMIT_NAME} may precede the terminal filter)"),
+                );
+                continue;
+            }
+        };
+        match weft_xds_api::unpack::<connection_limit::ConnectionLimit>(any, CONNECTION_LIMIT_URL) {
+            Ok(c) => {
+                if c.delay.as_ref().is_some_and(|d| d.seconds > 0 || d.nanos > 0) {
+                    errs.add(&format!("{fp}.typed_config.delay"), "unsupported (weft closes at once)");
+                }
+                match c.max_connections {
+                    Some(m) => limit = Some(m.value),
+                    None => errs.add(&format!("{fp}.typed_config.max_connections"), "is required"),
+                }
+            }
+            Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+        }
+    }
+    if let Some(f) = fc.filters.last() {
+        let fp = format!("{path}.filters[{last}]");
         let cfg = match &f.config_type {
             Some(ls::filter::ConfigType::TypedConfig(a)) => Some(a.clone()),
             Some(ls::filter::ConfigType::ConfigDiscovery(_)) => {
@@ -234,7 +278,7 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                     Ok(h) => h,
                     Err(e) => {
                         errs.add(&format!("{fp}.typed_config"), e);
-                        return (out, None);
+                        return (out, None, limit);
                     }
                 },
                 None => hcm::HttpConnectionManager::default(),
@@ -248,7 +292,7 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                     Ok(t) => t,
                     Err(e) => {
                         errs.add(&format!("{fp}.typed_config"), e);
-                        return (out, None);
+                        return (out, None, limit);
                     }
                 },
                 None => tcp::TcpProxy::default(),
@@ -259,7 +303,7 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
             errs.add(&fp, format!("unknown filter \"{what}\" (not optional)"));
         }
     }
-    (out, rds)
+    (out, rds, limit)
 }
 
 fn access_logs(
@@ -687,9 +731,11 @@ fn local_rate_limit(
             .filter(|e| e.value.is_empty())
             .map(|e| e.key.as_str())
             .collect();
+        // The route's rate_limits, or the filter's own (Envoy 1.33+).
         let header = rate_limits
             .unwrap_or_default()
             .iter()
+            .chain(l.rate_limits.iter())
             .flat_map(|r| r.actions.iter())
             .find_map(|a| match &a.action_specifier {
                 Some(rt::rate_limit::action::ActionSpecifier::RequestHeaders(h))

@@ -825,3 +825,35 @@ fn locality_weights_become_endpoint_weights_with_locality_weighted_lb() {
     let w: Vec<_> = e.locality_weighted.iter().map(|x| x.weight.unwrap()).collect();
     assert_eq!(w, vec![1667, 1667, 1667, 5000]);
 }
+
+#[test]
+fn connection_limit_filter_is_the_listener_connection_limit() {
+    use weft_xds_api::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+    let mut l = full_listener();
+    let limit = |n: u64| ls::Filter {
+        name: "envoy.filters.network.connection_limit".into(),
+        config_type: Some(ls::filter::ConfigType::TypedConfig(pack(
+            convert::CONNECTION_LIMIT_URL,
+            &ConnectionLimit {
+                stat_prefix: "cl".into(),
+                max_connections: Some(UInt64Value { value: n }),
+                ..Default::default()
+            },
+        ))),
+    };
+    l.filter_chains[0].filters.insert(0, limit(500));
+    let x = convert::listener(&l).unwrap().unwrap();
+    assert_eq!(x.raw.max_connections, Some(500));
+
+    // Anything else before the terminal filter is refused, with its index.
+    let mut l = full_listener();
+    let mut other = limit(1);
+    other.config_type = None;
+    other.name = "envoy.filters.network.rbac".into();
+    l.filter_chains[0].filters.insert(0, other);
+    let e = convert::listener(&l).unwrap_err();
+    assert!(
+        e[0].starts_with("filter_chains[0].filters[0]: unknown filter \"envoy.filters.network.rbac\""),
+        "{e:?}"
+    );
+}
