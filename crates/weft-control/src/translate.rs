@@ -195,8 +195,14 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
             };
             let mut api = ResMap::new();
             for s in world.services.values() {
-                let l = api_listener(&world, s);
-                api.insert(s.name.as_str().into(), Res::new(Kind::Listener, &s.name, &l));
+                // gRPC names the listener after the target's host: `xds:///T` asks for `T`,
+                // `xds:///T:port` for `T:port`.
+                let mut names = vec![s.name.clone()];
+                names.extend(s.port.map(|p| format!("{}:{p}", s.name)));
+                for name in names {
+                    let l = api_listener(&world, s, &name);
+                    api.insert(name.as_str().into(), Res::new(Kind::Listener, &name, &l));
+                }
             }
             (Some(Res::new(Kind::Route, OUTBOUND, &rc)), api)
         }
@@ -341,9 +347,14 @@ pub fn load_assignment<'a>(name: &str, eps: impl Iterator<Item = &'a model::Endp
     for e in eps {
         groups.entry((e.priority, &e.locality)).or_default().push(e);
     }
+    // Envoy and gRPC require priorities to run 0..N without gaps; a subset (or a registry that only
+    // uses priorities 1 and 3) may not, so they are renumbered keeping their order.
+    let mut distinct: Vec<u32> = groups.keys().map(|(p, _)| *p).collect();
+    distinct.dedup();
     let endpoints = groups
         .into_iter()
         .map(|((priority, loc), list)| {
+            let priority = distinct.binary_search(&priority).unwrap_or(0) as u32;
             let total: u64 = list.iter().map(|e| u64::from(e.weight)).sum();
             ep::LocalityLbEndpoints {
                 locality: Some(core::Locality {
@@ -688,7 +699,7 @@ fn sidecar_filters(stat_prefix: &str) -> Vec<hcm::HttpFilter> {
     ]
 }
 
-fn api_listener(world: &World, svc: &model::Service) -> ls::Listener {
+fn api_listener(world: &World, svc: &model::Service, name: &str) -> ls::Listener {
     let manager = hcm::HttpConnectionManager {
         stat_prefix: svc.name.clone(),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
@@ -705,7 +716,7 @@ fn api_listener(world: &World, svc: &model::Service) -> ls::Listener {
         ..Default::default()
     };
     ls::Listener {
-        name: svc.name.clone(),
+        name: name.into(),
         api_listener: Some(ls::ApiListener {
             api_listener: Some(weft_xds_api::pack(type_url::HCM, &manager)),
         }),
