@@ -393,9 +393,10 @@ pub struct DestinationPolicy {
 
 /// What one source (file) contributes, validated in isolation. Order is kept so that error paths
 /// from the cross-reference check (`routes[2]...`) point into the source as written.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Fragment {
-    pub services: Vec<Service>,
+    /// `Arc`: a world of 100k endpoints is merged on every change; services are shared, not copied.
+    pub services: Vec<std::sync::Arc<Service>>,
     pub routes: Vec<RoutePolicy>,
     pub destinations: Vec<DestinationPolicy>,
 }
@@ -524,12 +525,12 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
                 health,
             });
         }
-        frag.services.push(Service {
+        frag.services.push(std::sync::Arc::new(Service {
             name: s.name,
             port: s.port,
             protocol,
             endpoints,
-        });
+        }));
     }
     for (i, r) in raw.routes.into_iter().enumerate() {
         let p = format!("routes[{i}]");
@@ -828,9 +829,9 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
 }
 
 /// The merged, cross-checked registry: what translation works from.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct World {
-    pub services: BTreeMap<String, Service>,
+    pub services: BTreeMap<String, std::sync::Arc<Service>>,
     pub routes: BTreeMap<String, RoutePolicy>,
     pub destinations: BTreeMap<String, DestinationPolicy>,
 }

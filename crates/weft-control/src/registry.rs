@@ -191,7 +191,8 @@ pub struct RegistryStatus {
 
 /// Owns the merged registry state; publishes snapshots on a watch channel (None until first sync).
 pub struct Catalog {
-    pub fragments: BTreeMap<String, Fragment>,
+    /// `Arc`: applying a change copies the map, not the fragments.
+    pub fragments: BTreeMap<String, Arc<Fragment>>,
     pub status: Arc<Mutex<RegistryStatus>>,
     pub out: watch::Sender<Option<Arc<Snapshot>>>,
     pub metrics: Arc<Metrics>,
@@ -209,7 +210,7 @@ impl Catalog {
         for c in changes {
             match c {
                 SourceChange::Upsert { source, fragment } => {
-                    candidate.insert(source.clone(), fragment);
+                    candidate.insert(source.clone(), Arc::new(fragment));
                     changed.push(source);
                 }
                 SourceChange::Remove { source } => {
@@ -227,7 +228,7 @@ impl Catalog {
             }
         }
         for _ in 0..=changed.len() {
-            let (_, errs) = World::build(candidate.iter().map(|(k, v)| (k.as_str(), v)));
+            let (_, errs) = World::build(candidate.iter().map(|(k, v)| (k.as_str(), &**v)));
             let bad: Vec<&String> = changed.iter().filter(|s| errs.contains_key(*s)).collect();
             if bad.is_empty() {
                 break;
@@ -250,7 +251,13 @@ impl Catalog {
         for s in &changed {
             status.errors.remove(s);
         }
-        let differs = candidate != self.fragments;
+        // Compared per source, skipping unchanged Arcs: a deep compare of the world per change would
+        // cost as much as the change itself at 100k endpoints.
+        let differs = candidate.len() != self.fragments.len()
+            || candidate.iter().any(|(k, v)| match self.fragments.get(k) {
+                Some(old) => !Arc::ptr_eq(old, v) && **old != **v,
+                None => true,
+            });
         self.fragments = candidate;
         self.metrics.registry_invalid_sources.set(status.errors.len() as i64);
         differs
@@ -259,7 +266,7 @@ impl Catalog {
     fn publish(&mut self) {
         let prev = self.out.borrow().clone();
         let generation = prev.as_ref().map_or(1, |p| p.generation + 1);
-        let (world, errs) = World::build(self.fragments.iter().map(|(k, v)| (k.as_str(), v)));
+        let (world, errs) = World::build(self.fragments.iter().map(|(k, v)| (k.as_str(), &**v)));
         for (s, e) in errs {
             // Only possible after a deletion broke another source's references: translation drops
             // the dangling references, and the error stays visible.

@@ -216,6 +216,7 @@ fn sotw_respond(
     snap: &Snapshot,
     metrics: &Metrics,
     is_push: bool,
+    incremental: bool,
 ) -> Vec<DiscoveryResponse> {
     let node_res = st.node_res.clone();
     let view = View { snap, node: &node_res };
@@ -223,6 +224,7 @@ fn sotw_respond(
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
     kinds.dedup();
+    let mut cds_changed = false;
     let mut i = 0;
     while i < kinds.len() {
         let kind = kinds[i];
@@ -230,10 +232,21 @@ fn sotw_respond(
         if !st.types[kind as usize].seen {
             continue;
         }
+        if incremental && !(kind == Kind::Endpoint && cds_changed) {
+            // Nothing this client holds or wants changed: skip the full diff.
+            let ts = &st.types[kind as usize];
+            let touched = snap.changed[kind as usize]
+                .iter()
+                .any(|n| ts.sent.contains_key(&**n) || wanted(ts, kind, &view, n).is_some());
+            if !touched {
+                continue;
+            }
+        }
         let Some((version, items, changed)) = sotw_compute(&mut st.types[kind as usize], kind, &view) else {
             continue;
         };
         if kind == Kind::Cluster && !changed.is_empty() {
+            cds_changed = true;
             let eds = &mut st.types[Kind::Endpoint as usize];
             for n in &changed {
                 eds.sent.remove(n);
@@ -308,6 +321,9 @@ async fn run_sotw(
     let mut snaps = shared.snapshots.clone();
     let mut shutdown = shared.shutdown.clone();
     let mut current: Option<Arc<Snapshot>> = snaps.borrow_and_update().clone();
+    if let Some(s) = &current {
+        entry.state.lock().unwrap_or_else(|p| p.into_inner()).generation = s.generation;
+    }
     loop {
         let responses = tokio::select! {
             msg = inbound.message() => {
@@ -317,7 +333,7 @@ async fn run_sotw(
                 };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 match (sotw_request(&mut st, req, &shared.metrics), &current) {
-                    (Some(kind), Some(snap)) => sotw_respond(&mut st, &[kind], snap, &shared.metrics, false),
+                    (Some(kind), Some(snap)) => sotw_respond(&mut st, &[kind], snap, &shared.metrics, false, false),
                     _ => Vec::new(),
                 }
             }
@@ -328,8 +344,10 @@ async fn run_sotw(
                 current = snaps.borrow_and_update().clone();
                 let Some(snap) = &current else { continue };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+                // The watch channel coalesces: if snapshots were skipped, diff in full.
+                let incremental = st.generation != 0 && snap.prev_generation == st.generation;
                 st.generation = snap.generation;
-                sotw_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true)
+                sotw_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
             }
             _ = shutdown.changed() => return,
         };
@@ -393,12 +411,54 @@ fn delta_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> (Vec<Arc<Re
     (send, removed)
 }
 
+/// The resource `n` if this client should hold it: named explicitly, or covered by its wildcard.
+fn wanted<'v>(ts: &TypeState, kind: Kind, view: &'v View<'_>, n: &str) -> Option<&'v Arc<Res>> {
+    if ts.names.contains(n) || (ts.wildcard && view.in_all(kind, n)) {
+        view.get(kind, n)
+    } else {
+        None
+    }
+}
+
+/// Like [`delta_compute`], but only for `candidates` (the names changed since the snapshot this
+/// stream is current with). Same result, a tiny fraction of the work at scale.
+fn delta_compute_incremental(
+    ts: &mut TypeState,
+    kind: Kind,
+    view: &View<'_>,
+    candidates: &[Arc<str>],
+) -> (Vec<Arc<Res>>, Vec<String>) {
+    let mut send = Vec::new();
+    let mut removed = Vec::new();
+    for n in candidates {
+        match wanted(ts, kind, view, n) {
+            Some(r) => {
+                if ts.sent.get(&**n) != Some(&r.version) {
+                    send.push(r.clone());
+                }
+            }
+            None => {
+                if ts.sent.remove(&**n).is_some() {
+                    removed.push(n.to_string());
+                }
+            }
+        }
+    }
+    for r in &send {
+        ts.sent.insert(r.name.clone(), r.version);
+    }
+    (send, removed)
+}
+
+/// `incremental`: the stream is current with `snap.prev_generation`, so only `snap.changed` names
+/// (plus the EDS a CDS response invalidates) need a look.
 fn delta_respond(
     st: &mut StreamState,
     kinds: &[Kind],
     snap: &Snapshot,
     metrics: &Metrics,
     is_push: bool,
+    incremental: bool,
 ) -> Vec<DeltaDiscoveryResponse> {
     let node_res = st.node_res.clone();
     let view = View { snap, node: &node_res };
@@ -406,6 +466,7 @@ fn delta_respond(
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
     kinds.dedup();
+    let mut invalidated: Vec<Arc<str>> = Vec::new();
     let mut i = 0;
     while i < kinds.len() {
         let kind = kinds[i];
@@ -414,7 +475,19 @@ fn delta_respond(
         if !ts.seen {
             continue;
         }
-        let (items, removed) = delta_compute(ts, kind, &view);
+        let (items, removed) = if incremental {
+            if kind == Kind::Endpoint && !invalidated.is_empty() {
+                let mut c: Vec<Arc<str>> = snap.changed[kind as usize].clone();
+                c.append(&mut invalidated);
+                c.sort();
+                c.dedup();
+                delta_compute_incremental(ts, kind, &view, &c)
+            } else {
+                delta_compute_incremental(ts, kind, &view, &snap.changed[kind as usize])
+            }
+        } else {
+            delta_compute(ts, kind, &view)
+        };
         // The first answer to a wildcard subscription is sent even when empty: the client waits for
         // it to finish initialising.
         let must_answer = !ts.responded && ts.wildcard;
@@ -425,6 +498,7 @@ fn delta_respond(
             let eds = &mut st.types[Kind::Endpoint as usize];
             for r in &items {
                 eds.sent.remove(&r.name);
+                invalidated.push(r.name.clone());
             }
             if !kinds.contains(&Kind::Endpoint) {
                 kinds.insert(i, Kind::Endpoint);
@@ -520,6 +594,9 @@ async fn run_delta(
     let mut snaps = shared.snapshots.clone();
     let mut shutdown = shared.shutdown.clone();
     let mut current: Option<Arc<Snapshot>> = snaps.borrow_and_update().clone();
+    if let Some(s) = &current {
+        entry.state.lock().unwrap_or_else(|p| p.into_inner()).generation = s.generation;
+    }
     loop {
         let responses = tokio::select! {
             msg = inbound.message() => {
@@ -529,7 +606,7 @@ async fn run_delta(
                 };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 match (delta_request(&mut st, req, &shared.metrics), &current) {
-                    (Some(kind), Some(snap)) => delta_respond(&mut st, &[kind], snap, &shared.metrics, false),
+                    (Some(kind), Some(snap)) => delta_respond(&mut st, &[kind], snap, &shared.metrics, false, false),
                     _ => Vec::new(),
                 }
             }
@@ -540,8 +617,10 @@ async fn run_delta(
                 current = snaps.borrow_and_update().clone();
                 let Some(snap) = &current else { continue };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+                // The watch channel coalesces: if snapshots were skipped, diff in full.
+                let incremental = st.generation != 0 && snap.prev_generation == st.generation;
                 st.generation = snap.generation;
-                delta_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true)
+                delta_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
             }
             _ = shutdown.changed() => return,
         };

@@ -124,6 +124,12 @@ pub struct Snapshot {
     per_service: HashMap<String, Arc<ServiceOut>>,
     /// API listeners (`T`) are only sent to nodes that ask for them by name.
     pub api_listeners: ResMap,
+    /// The generation this snapshot was diffed against, and the names per type that were added,
+    /// changed or removed since. A stream that is current with `prev_generation` only looks at
+    /// these names: with 1,000 proxies an endpoint change then costs a few lookups per proxy
+    /// instead of a full diff of every subscribed resource.
+    pub prev_generation: u64,
+    pub changed: [Vec<Arc<str>>; 4],
 }
 
 impl Snapshot {
@@ -155,7 +161,12 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
     for (name, svc) in &world.services {
         let dest = world.destinations.get(name);
         let reuse = prev.and_then(|p| {
-            let same = p.world.services.get(name) == Some(svc) && p.world.destinations.get(name) == dest;
+            let same_svc = p
+                .world
+                .services
+                .get(name)
+                .is_some_and(|old| Arc::ptr_eq(old, svc) || **old == **svc);
+            let same = same_svc && p.world.destinations.get(name) == dest;
             if same {
                 p.per_service.get(name).cloned()
             } else {
@@ -220,8 +231,31 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
     for r in api_listeners.values() {
         fnv(&mut type_hash[Kind::Listener as usize], &r.version.to_le_bytes());
     }
+    let mut changed: [Vec<Arc<str>>; 4] = Default::default();
+    if let Some(p) = prev {
+        for kind in Kind::ALL {
+            let (new, old) = if kind == Kind::Listener {
+                (&api_listeners, &p.api_listeners)
+            } else {
+                (&maps[kind as usize], &p.maps[kind as usize])
+            };
+            let out = &mut changed[kind as usize];
+            for (n, r) in new {
+                if old.get(n).is_none_or(|o| o.version != r.version) {
+                    out.push(n.clone());
+                }
+            }
+            for n in old.keys() {
+                if !new.contains_key(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+    }
     Snapshot {
         generation,
+        prev_generation: prev.map_or(0, |p| p.generation),
+        changed,
         built_at: Instant::now(),
         world,
         maps,
@@ -879,7 +913,7 @@ mod tests {
         assert!(e.is_empty());
         let s1 = build_snapshot(1, Arc::new(w.clone()), None);
         let mut w2 = w;
-        w2.services.get_mut("b").unwrap().endpoints[0].weight = 7;
+        Arc::make_mut(w2.services.get_mut("b").unwrap()).endpoints[0].weight = 7;
         let s2 = build_snapshot(2, Arc::new(w2), Some(&s1));
         let ep = |s: &Snapshot, n: &str| s.maps[Kind::Endpoint as usize][n].clone();
         assert!(Arc::ptr_eq(&ep(&s1, "a"), &ep(&s2, "a")));
