@@ -1,4 +1,4 @@
-//! The `weft` binary: `weft proxy`, `weft bench`, `weft demo`.
+//! The `weft` binary: `weft proxy`, `weft control`, `weft bench`, `weft demo`.
 
 mod demo;
 mod xds;
@@ -30,6 +30,8 @@ enum Cmd {
     Bench(weft_bench::BenchArgs),
     /// A whole mesh on loopback with live traffic: the quickest way to see weft work.
     Demo(demo::DemoArgs),
+    /// Run the control plane: watch a registry directory, serve xDS (ADS) to proxies.
+    Control(weft_control::cli::ControlArgs),
 }
 
 #[derive(Args)]
@@ -82,6 +84,10 @@ fn main() {
         Some(Cmd::Proxy(args)) => run_proxy(args),
         Some(Cmd::Bench(args)) => weft_bench::run(args),
         Some(Cmd::Demo(args)) => demo::run(args),
+        Some(Cmd::Control(args)) => {
+            init_logging(&args.log);
+            weft_control::cli::run(args)
+        }
         None => demo::run(demo::DemoArgs::default()),
     };
     std::process::exit(code);

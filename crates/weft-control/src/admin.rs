@@ -1,0 +1,103 @@
+//! The admin HTTP API (HTTP/1.1 and h2c on one port).
+//!
+//! | path | what |
+//! |---|---|
+//! | `/ready` | 200 once the registry's first sync is complete, else 503 |
+//! | `/metrics` | Prometheus text metrics (`weft_control_*`) |
+//! | `/debug/proxies` | connected proxies: node, stream kind, per type ACKed version and last NACK |
+//! | `/debug/config/{node_id}` | names and versions of the resources sent to that node |
+//! | `/debug/registry` | registry sources, rejected sources with their errors, snapshot generation |
+
+use crate::registry::RegistryStatus;
+use crate::server::Shared;
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub shared: Arc<Shared>,
+    pub registry: Arc<Mutex<RegistryStatus>>,
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else {
+            // Out of descriptors or similar: back off instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(body.into()))
+        .expect("static response parts are valid")
+}
+
+fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+    s.push('\n');
+    reply(StatusCode::OK, "application/json", s)
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n");
+    }
+    let path = req.uri().path();
+    match path {
+        "/" => reply(
+            StatusCode::OK,
+            "text/plain",
+            "weft control admin\n  GET /ready\n  GET /metrics\n  GET /debug/proxies\n  GET /debug/config/{node_id}\n  GET /debug/registry\n",
+        ),
+        "/ready" => {
+            if state.shared.snapshots.borrow().is_some() {
+                reply(StatusCode::OK, "text/plain", "READY\n")
+            } else {
+                reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "WAITING FOR REGISTRY SYNC\n")
+            }
+        }
+        "/metrics" | "/stats/prometheus" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.shared.metrics.encode(),
+        ),
+        "/debug/proxies" => json(&crate::server::proxies_json(&state.shared)),
+        "/debug/registry" => {
+            let st = state.registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            json(&serde_json::to_value(&st).unwrap_or_default())
+        }
+        p if p.starts_with("/debug/config/") => {
+            let node = &p["/debug/config/".len()..];
+            match crate::server::config_json(&state.shared, node) {
+                Some(v) => json(&v),
+                None => reply(StatusCode::NOT_FOUND, "text/plain", format!("no proxy with node id \"{node}\"\n")),
+            }
+        }
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; GET / lists the endpoints\n"),
+    }
+}

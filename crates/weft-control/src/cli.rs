@@ -1,0 +1,112 @@
+//! `weft control`: command-line entry point.
+
+use crate::{ControlOptions, ControlPlane};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct ControlArgs {
+    /// Registry directory: every *.yaml / *.yml file in it is watched (see docs/control.md).
+    #[arg(long)]
+    pub registry: PathBuf,
+    /// ADS (gRPC) listen address.
+    #[arg(long, default_value = "127.0.0.1:18000")]
+    pub xds: SocketAddr,
+    /// Admin HTTP listen address (/ready, /metrics, /debug/...).
+    #[arg(long, default_value = "127.0.0.1:18001")]
+    pub admin: SocketAddr,
+    /// Debounce window for registry changes, e.g. 100ms.
+    #[arg(long, default_value = "100ms", value_parser = weft_config::duration::parse)]
+    pub debounce: Duration,
+    /// Validate the registry directory and exit (0 when every file is valid).
+    #[arg(long)]
+    pub check: bool,
+    /// Log filter, e.g. "info" or "weft_control=debug".
+    #[arg(long, env = "WEFT_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Validates every file in `dir` like the running control plane would. Returns the errors.
+pub fn check_dir(dir: &std::path::Path) -> Result<usize, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut frags = std::collections::BTreeMap::new();
+    let rd = std::fs::read_dir(dir).map_err(|e| vec![format!("{}: {e}", dir.display())])?;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.ends_with(".yaml") || name.ends_with(".yml")) || name.starts_with('.') {
+            continue;
+        }
+        match std::fs::read_to_string(e.path()) {
+            Ok(t) => match crate::model::parse_fragment(&name, &t) {
+                Ok(f) => {
+                    frags.insert(name, f);
+                }
+                Err(es) => errors.extend(es),
+            },
+            Err(err) => errors.push(format!("{name}: {err}")),
+        }
+    }
+    let (world, errs) = crate::model::World::build(frags.iter().map(|(k, v)| (k.as_str(), v)));
+    errors.extend(errs.into_values().flatten());
+    if errors.is_empty() {
+        Ok(world.services.len())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
+pub fn run(args: ControlArgs) -> i32 {
+    if args.check {
+        return match check_dir(&args.registry) {
+            Ok(n) => {
+                println!("registry OK: {n} services");
+                0
+            }
+            Err(es) => {
+                for e in es {
+                    eprintln!("{e}");
+                }
+                1
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft control: {e}");
+            return 1;
+        }
+    };
+    rt.block_on(async move {
+        let mut opts = ControlOptions::new(&args.registry);
+        opts.xds = args.xds;
+        opts.admin = Some(args.admin);
+        opts.debounce = args.debounce;
+        let cp = match ControlPlane::start(opts).await {
+            Ok(cp) => cp,
+            Err(e) => {
+                eprintln!("weft control: {e}");
+                return 1;
+            }
+        };
+        tracing::info!(xds = %cp.xds_addr(), admin = ?cp.admin_addr(), "weft control running");
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+        tracing::info!("stopping");
+        cp.stop().await;
+        0
+    })
+}

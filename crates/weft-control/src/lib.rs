@@ -1,0 +1,165 @@
+//! weft control: the control plane.
+//!
+//! It watches a service registry (a directory of YAML files; the [`registry::Registry`] trait lets
+//! Kubernetes, etcd or ZooKeeper slot in), validates services and policies ([`model`]), translates
+//! them into Envoy v3 resources per the contract in `notes/xds-contract.md` ([`translate`]), and
+//! serves them over ADS, State-of-the-World and Delta ([`server`]), with an admin API ([`admin`]).
+//!
+//! In-process use (tests, demos):
+//! ```no_run
+//! # async fn f() -> std::io::Result<()> {
+//! let cp = weft_control::ControlPlane::start(weft_control::ControlOptions::new("/etc/weft/registry")).await?;
+//! println!("xDS on {}, admin on {:?}", cp.xds_addr(), cp.admin_addr());
+//! cp.stop().await;
+//! # Ok(()) }
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod cli;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+pub mod server;
+pub mod translate;
+
+use registry::{Catalog, FileRegistry, Registry, RegistryStatus};
+use server::{Ads, Shared};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use weft_xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+
+pub struct ControlOptions {
+    pub registry: Box<dyn Registry>,
+    /// ADS (gRPC, h2c) address; port 0 picks a free port.
+    pub xds: SocketAddr,
+    /// Admin HTTP address; None disables the admin API.
+    pub admin: Option<SocketAddr>,
+    /// How long registry changes are collected before one push.
+    pub debounce: Duration,
+}
+
+impl ControlOptions {
+    /// A file registry on `dir`, xDS and admin on loopback with ephemeral ports.
+    pub fn new(dir: impl Into<PathBuf>) -> ControlOptions {
+        ControlOptions {
+            registry: Box::new(FileRegistry::new(dir)),
+            xds: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            debounce: Duration::from_millis(100),
+        }
+    }
+}
+
+/// A running control plane. Dropping it without [`ControlPlane::stop`] leaves its tasks running
+/// until the runtime ends.
+pub struct ControlPlane {
+    xds_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    pub shared: Arc<Shared>,
+    pub registry_status: Arc<Mutex<RegistryStatus>>,
+}
+
+impl ControlPlane {
+    /// Binds the ports and starts the registry, catalog, ADS server and admin API on the current
+    /// tokio runtime. Nothing is served to proxies until the registry's first sync completes.
+    pub async fn start(opts: ControlOptions) -> std::io::Result<ControlPlane> {
+        let xds_listener = tokio::net::TcpListener::bind(opts.xds).await?;
+        let xds_addr = xds_listener.local_addr()?;
+        let admin_listener = match opts.admin {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+            None => None,
+        };
+        let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (snap_tx, snap_rx) = watch::channel(None);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let status = Arc::new(Mutex::new(RegistryStatus::default()));
+        let shared = Arc::new(Shared {
+            snapshots: snap_rx,
+            metrics: metrics.clone(),
+            proxies: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+            shutdown: shutdown_rx.clone(),
+        });
+        let mut tasks = Vec::new();
+        let (ev_tx, ev_rx) = mpsc::channel(64);
+        tracing::info!(registry = %opts.registry.describe(), %xds_addr, "weft control starting");
+        tasks.push(tokio::spawn(opts.registry.run(ev_tx, shutdown_rx.clone())));
+        let catalog = Catalog {
+            fragments: BTreeMap::new(),
+            status: status.clone(),
+            out: snap_tx,
+            metrics,
+            debounce: opts.debounce,
+        };
+        tasks.push(tokio::spawn(catalog.run(ev_rx)));
+        let svc = AggregatedDiscoveryServiceServer::new(Ads { shared: shared.clone() })
+            .max_decoding_message_size(16 << 20)
+            .max_encoding_message_size(usize::MAX);
+        let mut sd = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_listener);
+            let res = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .tcp_nodelay(true)
+                // One service, so no router: unknown paths get UNIMPLEMENTED from the generated server.
+                .serve_with_incoming_shutdown(svc, incoming, async move {
+                    let _ = sd.wait_for(|v| *v).await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "ADS server failed");
+            }
+        }));
+        if let Some(l) = admin_listener {
+            let st = admin::AdminState {
+                shared: shared.clone(),
+                registry: status.clone(),
+            };
+            tasks.push(tokio::spawn(admin::serve(l, st, shutdown_rx)));
+        }
+        Ok(ControlPlane {
+            xds_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+            shared,
+            registry_status: status,
+        })
+    }
+
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// True once the registry's first sync is complete and a snapshot is being served.
+    pub fn is_ready(&self) -> bool {
+        self.shared.snapshots.borrow().is_some()
+    }
+
+    /// Closes all ADS streams and stops every task (bounded: tasks still running after 5 s are
+    /// aborted).
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+                abort.abort();
+            }
+        }
+    }
+}

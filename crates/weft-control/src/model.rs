@@ -1,0 +1,982 @@
+//! The registry model: weft's own YAML for services, routing policies and destination policies.
+//!
+//! Parsing happens in two steps. [`parse_fragment`] turns one source (a file, later a Kubernetes
+//! object) into a validated [`Fragment`], collecting every shape error with a field path
+//! (`routes[0].http[1].route[0].weight: must be at least 1`). [`World::build`] then merges all
+//! fragments and checks what only the whole registry can tell: duplicate definitions and references to
+//! unknown services or subsets. Nothing that fails either step ever reaches translation.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+// ---------------------------------------------------------------------------------------------
+// Raw YAML shapes (deny_unknown_fields: a typo must be an error, not a silently ignored policy).
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    services: Vec<RawService>,
+    #[serde(default)]
+    routes: Vec<RawRoutes>,
+    #[serde(default)]
+    destinations: Vec<RawDestination>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    port: Option<u16>,
+    protocol: Option<String>,
+    #[serde(default)]
+    endpoints: Vec<RawEndpoint>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    address: String,
+    weight: Option<u32>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    locality: Option<RawLocality>,
+    priority: Option<u32>,
+    health: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLocality {
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    zone: String,
+    #[serde(default)]
+    sub_zone: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoutes {
+    service: String,
+    #[serde(default)]
+    http: Vec<RawHttpRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpRoute {
+    name: Option<String>,
+    #[serde(default, rename = "match")]
+    matches: Vec<RawMatch>,
+    #[serde(default)]
+    route: Vec<RawDestRef>,
+    retries: Option<RawRetries>,
+    timeout: Option<String>,
+    fault: Option<RawFault>,
+    mirror: Option<RawMirror>,
+    rate_limit: Option<RawRateLimit>,
+    hash: Option<RawHash>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    prefix: Option<String>,
+    path: Option<String>,
+    regex: Option<String>,
+    method: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, RawStringMatch>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStringMatch {
+    exact: Option<String>,
+    prefix: Option<String>,
+    regex: Option<String>,
+    present: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestRef {
+    destination: String,
+    subset: Option<String>,
+    weight: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetries {
+    attempts: u32,
+    per_try_timeout: Option<String>,
+    #[serde(default)]
+    retry_on: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFault {
+    abort: Option<RawAbort>,
+    delay: Option<RawDelay>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAbort {
+    http_status: Option<u32>,
+    grpc_status: Option<u32>,
+    percent: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelay {
+    fixed: String,
+    percent: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMirror {
+    destination: String,
+    subset: Option<String>,
+    percent: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    requests: u32,
+    per: String,
+    burst: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHash {
+    header: Option<String>,
+    #[serde(default)]
+    source_ip: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    service: String,
+    lb: Option<String>,
+    connection_limits: Option<RawLimits>,
+    outlier_detection: Option<RawOutlier>,
+    #[serde(default)]
+    subsets: Vec<RawSubset>,
+    connect_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<u32>,
+    max_pending_requests: Option<u32>,
+    max_requests: Option<u32>,
+    max_retries: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutlier {
+    consecutive_5xx: Option<u32>,
+    interval: Option<String>,
+    base_ejection_time: Option<String>,
+    max_ejection_percent: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSubset {
+    name: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated model.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http,
+    Grpc,
+    Tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    Draining,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Default, serde::Serialize)]
+pub struct Locality {
+    pub region: String,
+    pub zone: String,
+    pub sub_zone: String,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub labels: BTreeMap<String, String>,
+    pub locality: Locality,
+    pub priority: u32,
+    pub health: Health,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Service {
+    pub name: String,
+    pub port: Option<u16>,
+    pub protocol: Protocol,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(String),
+    Present(bool),
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum PathMatch {
+    Prefix(String),
+    Exact(String),
+    Regex(String),
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Match {
+    pub path: PathMatch,
+    pub method: Option<String>,
+    pub headers: BTreeMap<String, StringMatch>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DestRef {
+    pub service: String,
+    pub subset: Option<String>,
+    pub weight: u32,
+}
+
+impl DestRef {
+    /// The xDS cluster this reference points at: `T` or `T|subset`.
+    pub fn cluster_name(&self) -> String {
+        cluster_name(&self.service, self.subset.as_deref())
+    }
+}
+
+pub fn cluster_name(service: &str, subset: Option<&str>) -> String {
+    match subset {
+        Some(s) => format!("{service}|{s}"),
+        None => service.to_string(),
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Retries {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum AbortCode {
+    Http(u32),
+    Grpc(u32),
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Fault {
+    pub abort: Option<(AbortCode, f64)>,
+    pub delay: Option<(Duration, f64)>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Mirror {
+    pub dest: DestRef,
+    pub percent: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RateLimit {
+    pub requests: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum HashOn {
+    Header(String),
+    SourceIp,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HttpRoute {
+    pub name: Option<String>,
+    pub matches: Vec<Match>,
+    pub route: Vec<DestRef>,
+    pub retries: Option<Retries>,
+    pub timeout: Option<Duration>,
+    pub fault: Option<Fault>,
+    pub mirror: Option<Mirror>,
+    pub rate_limit: Option<RateLimit>,
+    pub hash: Option<HashOn>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RoutePolicy {
+    pub service: String,
+    pub http: Vec<HttpRoute>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, serde::Serialize)]
+pub struct Limits {
+    pub max_connections: Option<u32>,
+    pub max_pending_requests: Option<u32>,
+    pub max_requests: Option<u32>,
+    pub max_retries: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Outlier {
+    pub consecutive_5xx: Option<u32>,
+    pub interval: Option<Duration>,
+    pub base_ejection_time: Option<Duration>,
+    pub max_ejection_percent: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Subset {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct DestinationPolicy {
+    pub service: String,
+    pub lb: LbPolicy,
+    pub limits: Option<Limits>,
+    pub outlier: Option<Outlier>,
+    pub subsets: Vec<Subset>,
+    pub connect_timeout: Option<Duration>,
+}
+
+/// What one source (file) contributes, validated in isolation. Order is kept so that error paths
+/// from the cross-reference check (`routes[2]...`) point into the source as written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Fragment {
+    /// `Arc`: a world of 100k endpoints is merged on every change; services are shared, not copied.
+    pub services: Vec<std::sync::Arc<Service>>,
+    pub routes: Vec<RoutePolicy>,
+    pub destinations: Vec<DestinationPolicy>,
+}
+
+struct Errs<'a> {
+    source: &'a str,
+    list: Vec<String>,
+}
+
+impl Errs<'_> {
+    fn push(&mut self, path: impl std::fmt::Display, msg: impl std::fmt::Display) {
+        self.list.push(format!("{}: {path}: {msg}", self.source));
+    }
+}
+
+fn dur(e: &mut Errs<'_>, path: &str, s: &str) -> Option<Duration> {
+    match weft_config::duration::parse(s) {
+        Ok(d) => Some(d),
+        Err(m) => {
+            e.push(path, m);
+            None
+        }
+    }
+}
+
+fn percent(e: &mut Errs<'_>, path: &str, p: f64) -> f64 {
+    if !(0.0..=100.0).contains(&p) || p.is_nan() {
+        e.push(path, format!("{p} is not a percentage between 0 and 100"));
+    }
+    p
+}
+
+/// DNS-label-like names: they become cluster and virtual host names, and `|` is our subset separator.
+fn check_name(e: &mut Errs<'_>, path: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+    if !ok {
+        e.push(
+            path,
+            format!("\"{name}\" is not a valid name (letters, digits, '-', '.', '_')"),
+        );
+    }
+}
+
+/// Parses and validates one YAML source. `source` names it in error messages (a file name).
+pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>> {
+    let raw: RawFile = if text.trim().is_empty() {
+        RawFile::default()
+    } else {
+        serde_saphyr::from_str(text).map_err(|err| vec![format!("{source}: {err}")])?
+    };
+    let mut e = Errs {
+        source,
+        list: Vec::new(),
+    };
+    let mut frag = Fragment::default();
+    for (i, s) in raw.services.into_iter().enumerate() {
+        let p = format!("services[{i}]");
+        check_name(&mut e, &format!("{p}.name"), &s.name);
+        let protocol = match s.protocol.as_deref() {
+            None | Some("http") => Protocol::Http,
+            Some("grpc") | Some("http2") => Protocol::Grpc,
+            Some("tcp") => Protocol::Tcp,
+            Some(other) => {
+                e.push(
+                    format!("{p}.protocol"),
+                    format!("unknown protocol \"{other}\" (http, grpc, tcp)"),
+                );
+                Protocol::Http
+            }
+        };
+        if s.port == Some(0) {
+            e.push(format!("{p}.port"), "must be 1..65535");
+        }
+        let mut endpoints = Vec::with_capacity(s.endpoints.len());
+        let mut seen = std::collections::HashSet::new();
+        for (j, ep) in s.endpoints.into_iter().enumerate() {
+            let ep_path = format!("{p}.endpoints[{j}]");
+            // gRPC clients accept only IP endpoints, so host names are refused here rather than NACKed later.
+            let address = match ep.address.parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 => a,
+                _ => {
+                    e.push(
+                        format!("{ep_path}.address"),
+                        format!("\"{}\" is not IP:port", ep.address),
+                    );
+                    continue;
+                }
+            };
+            if !seen.insert(address) {
+                e.push(format!("{ep_path}.address"), format!("duplicate endpoint {address}"));
+            }
+            let weight = ep.weight.unwrap_or(1);
+            if weight == 0 {
+                e.push(
+                    format!("{ep_path}.weight"),
+                    "must be at least 1 (remove the endpoint or mark it unhealthy instead)",
+                );
+            }
+            let health = match ep.health.as_deref() {
+                None | Some("healthy") => Health::Healthy,
+                Some("unhealthy") => Health::Unhealthy,
+                Some("draining") => Health::Draining,
+                Some(other) => {
+                    e.push(
+                        format!("{ep_path}.health"),
+                        format!("unknown health \"{other}\" (healthy, unhealthy, draining)"),
+                    );
+                    Health::Healthy
+                }
+            };
+            let loc = ep.locality.unwrap_or_default();
+            endpoints.push(Endpoint {
+                address,
+                weight,
+                labels: ep.labels,
+                locality: Locality {
+                    region: loc.region,
+                    zone: loc.zone,
+                    sub_zone: loc.sub_zone,
+                },
+                priority: ep.priority.unwrap_or(0),
+                health,
+            });
+        }
+        frag.services.push(std::sync::Arc::new(Service {
+            name: s.name,
+            port: s.port,
+            protocol,
+            endpoints,
+        }));
+    }
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let p = format!("routes[{i}]");
+        check_name(&mut e, &format!("{p}.service"), &r.service);
+        let mut http = Vec::new();
+        for (j, h) in r.http.into_iter().enumerate() {
+            http.push(http_route(&mut e, &format!("{p}.http[{j}]"), h));
+        }
+        frag.routes.push(RoutePolicy {
+            service: r.service,
+            http,
+        });
+    }
+    for (i, d) in raw.destinations.into_iter().enumerate() {
+        let p = format!("destinations[{i}]");
+        check_name(&mut e, &format!("{p}.service"), &d.service);
+        let lb = match d.lb.as_deref() {
+            None | Some("round_robin") => LbPolicy::RoundRobin,
+            Some("least_request") => LbPolicy::LeastRequest,
+            Some("random") => LbPolicy::Random,
+            Some("ring_hash") => LbPolicy::RingHash,
+            Some("maglev") => LbPolicy::Maglev,
+            Some(other) => {
+                e.push(
+                    format!("{p}.lb"),
+                    format!("unknown lb \"{other}\" (round_robin, least_request, random, ring_hash, maglev)"),
+                );
+                LbPolicy::RoundRobin
+            }
+        };
+        let outlier = d.outlier_detection.map(|o| Outlier {
+            consecutive_5xx: o.consecutive_5xx,
+            interval: o
+                .interval
+                .and_then(|s| dur(&mut e, &format!("{p}.outlier_detection.interval"), &s)),
+            base_ejection_time: o
+                .base_ejection_time
+                .and_then(|s| dur(&mut e, &format!("{p}.outlier_detection.base_ejection_time"), &s)),
+            max_ejection_percent: o.max_ejection_percent,
+        });
+        if let Some(m) = outlier.as_ref().and_then(|o| o.max_ejection_percent) {
+            if m > 100 {
+                e.push(format!("{p}.outlier_detection.max_ejection_percent"), "must be 0..100");
+            }
+        }
+        let mut subsets: Vec<Subset> = Vec::new();
+        for (j, s) in d.subsets.into_iter().enumerate() {
+            check_name(&mut e, &format!("{p}.subsets[{j}].name"), &s.name);
+            if subsets.iter().any(|x| x.name == s.name) {
+                e.push(
+                    format!("{p}.subsets[{j}].name"),
+                    format!("duplicate subset \"{}\"", s.name),
+                );
+            }
+            if s.labels.is_empty() {
+                e.push(format!("{p}.subsets[{j}].labels"), "a subset needs at least one label");
+            }
+            subsets.push(Subset {
+                name: s.name,
+                labels: s.labels,
+            });
+        }
+        let connect_timeout = d
+            .connect_timeout
+            .and_then(|s| dur(&mut e, &format!("{p}.connect_timeout"), &s));
+        frag.destinations.push(DestinationPolicy {
+            service: d.service,
+            lb,
+            limits: d.connection_limits.map(|l| Limits {
+                max_connections: l.max_connections,
+                max_pending_requests: l.max_pending_requests,
+                max_requests: l.max_requests,
+                max_retries: l.max_retries,
+            }),
+            outlier,
+            subsets,
+            connect_timeout,
+        });
+    }
+    if e.list.is_empty() {
+        Ok(frag)
+    } else {
+        Err(e.list)
+    }
+}
+
+fn string_match(e: &mut Errs<'_>, path: &str, m: RawStringMatch) -> StringMatch {
+    let mut out = Vec::new();
+    if let Some(v) = m.exact {
+        out.push(StringMatch::Exact(v));
+    }
+    if let Some(v) = m.prefix {
+        out.push(StringMatch::Prefix(v));
+    }
+    if let Some(v) = m.regex {
+        check_regex(e, path, &v);
+        out.push(StringMatch::Regex(v));
+    }
+    if let Some(v) = m.present {
+        out.push(StringMatch::Present(v));
+    }
+    if out.len() != 1 {
+        e.push(path, "give exactly one of exact, prefix, regex, present");
+    }
+    out.pop().unwrap_or(StringMatch::Present(true))
+}
+
+fn check_regex(e: &mut Errs<'_>, path: &str, re: &str) {
+    // RE2 (Envoy, gRPC) and Rust's regex share the syntax we allow: no look-around, no back-references.
+    if re.is_empty() || re.contains("(?=") || re.contains("(?!") || re.contains("(?<") {
+        e.push(path, format!("\"{re}\" is not an RE2 regular expression"));
+    }
+}
+
+fn dest_ref(e: &mut Errs<'_>, path: &str, service: String, subset: Option<String>, weight: Option<u32>) -> DestRef {
+    check_name(e, &format!("{path}.destination"), &service);
+    if let Some(s) = &subset {
+        check_name(e, &format!("{path}.subset"), s);
+    }
+    DestRef {
+        service,
+        subset,
+        weight: weight.unwrap_or(0),
+    }
+}
+
+fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
+    let mut matches = Vec::new();
+    for (k, m) in h.matches.into_iter().enumerate() {
+        let mp = format!("{p}.match[{k}]");
+        let mut paths = Vec::new();
+        if let Some(v) = m.prefix {
+            if !v.starts_with('/') {
+                e.push(format!("{mp}.prefix"), "must start with '/'");
+            }
+            paths.push(PathMatch::Prefix(v));
+        }
+        if let Some(v) = m.path {
+            if !v.starts_with('/') {
+                e.push(format!("{mp}.path"), "must start with '/'");
+            }
+            paths.push(PathMatch::Exact(v));
+        }
+        if let Some(v) = m.regex {
+            check_regex(e, &format!("{mp}.regex"), &v);
+            paths.push(PathMatch::Regex(v));
+        }
+        if paths.len() > 1 {
+            e.push(&mp, "give at most one of prefix, path, regex");
+        }
+        let mut headers = BTreeMap::new();
+        for (name, sm) in m.headers {
+            if name.is_empty() || name.bytes().any(|b| b.is_ascii_uppercase() || b == b' ') {
+                e.push(format!("{mp}.headers.{name}"), "header names must be lower case");
+            }
+            let v = string_match(e, &format!("{mp}.headers.{name}"), sm);
+            headers.insert(name, v);
+        }
+        matches.push(Match {
+            path: paths.pop().unwrap_or(PathMatch::Prefix("/".into())),
+            method: m.method.map(|s| s.to_ascii_uppercase()),
+            headers,
+        });
+    }
+    if h.route.is_empty() {
+        e.push(format!("{p}.route"), "needs at least one destination");
+    }
+    let many = h.route.len() > 1;
+    let mut route = Vec::new();
+    for (k, r) in h.route.into_iter().enumerate() {
+        let rp = format!("{p}.route[{k}]");
+        if many && r.weight.is_none() {
+            e.push(format!("{rp}.weight"), "required when a route has several destinations");
+        }
+        if r.weight == Some(0) && !many {
+            e.push(format!("{rp}.weight"), "must be at least 1");
+        }
+        route.push(dest_ref(e, &rp, r.destination, r.subset, r.weight));
+    }
+    if many && route.iter().all(|d| d.weight == 0) {
+        e.push(format!("{p}.route"), "the weights add up to 0");
+    }
+    let retries = h.retries.map(|r| {
+        const KNOWN: &[&str] = &[
+            "5xx",
+            "gateway-error",
+            "reset",
+            "connect-failure",
+            "retriable-4xx",
+            "refused-stream",
+            "retriable-status-codes",
+            "retriable-headers",
+            "http3-post-connect-failure",
+            "envoy-ratelimited",
+            "cancelled",
+            "deadline-exceeded",
+            "internal",
+            "resource-exhausted",
+            "unavailable",
+        ];
+        for (k, c) in r.retry_on.iter().enumerate() {
+            if !KNOWN.contains(&c.as_str()) {
+                e.push(
+                    format!("{p}.retries.retry_on[{k}]"),
+                    format!("unknown retry condition \"{c}\""),
+                );
+            }
+        }
+        if r.attempts > 10 {
+            e.push(format!("{p}.retries.attempts"), "at most 10");
+        }
+        Retries {
+            attempts: r.attempts,
+            per_try_timeout: r
+                .per_try_timeout
+                .and_then(|s| dur(e, &format!("{p}.retries.per_try_timeout"), &s)),
+            retry_on: r.retry_on,
+        }
+    });
+    let timeout = h.timeout.and_then(|s| dur(e, &format!("{p}.timeout"), &s));
+    let fault = h.fault.map(|f| {
+        let abort = f.abort.map(|a| {
+            let pc = percent(e, &format!("{p}.fault.abort.percent"), a.percent);
+            let code = match (a.http_status, a.grpc_status) {
+                (Some(s), None) => {
+                    if !(200..600).contains(&s) {
+                        e.push(format!("{p}.fault.abort.http_status"), format!("{s} is not 200..599"));
+                    }
+                    AbortCode::Http(s)
+                }
+                (None, Some(s)) => {
+                    if s > 16 {
+                        e.push(format!("{p}.fault.abort.grpc_status"), format!("{s} is not 0..16"));
+                    }
+                    AbortCode::Grpc(s)
+                }
+                _ => {
+                    e.push(
+                        format!("{p}.fault.abort"),
+                        "give exactly one of http_status, grpc_status",
+                    );
+                    AbortCode::Http(503)
+                }
+            };
+            (code, pc)
+        });
+        let delay = f.delay.and_then(|d| {
+            let pc = percent(e, &format!("{p}.fault.delay.percent"), d.percent);
+            dur(e, &format!("{p}.fault.delay.fixed"), &d.fixed).map(|x| (x, pc))
+        });
+        if abort.is_none() && delay.is_none() {
+            e.push(format!("{p}.fault"), "give abort and/or delay");
+        }
+        Fault { abort, delay }
+    });
+    let mirror = h.mirror.map(|m| Mirror {
+        dest: dest_ref(e, &format!("{p}.mirror"), m.destination, m.subset, None),
+        percent: percent(e, &format!("{p}.mirror.percent"), m.percent.unwrap_or(100.0)),
+    });
+    let rate_limit = h.rate_limit.and_then(|r| {
+        if r.requests == 0 {
+            e.push(format!("{p}.rate_limit.requests"), "must be at least 1");
+        }
+        let per = dur(e, &format!("{p}.rate_limit.per"), &r.per)?;
+        if per < Duration::from_millis(50) {
+            e.push(
+                format!("{p}.rate_limit.per"),
+                "must be at least 50ms (Envoy's minimum fill interval)",
+            );
+        }
+        Some(RateLimit {
+            requests: r.requests,
+            per,
+            burst: r.burst.unwrap_or(r.requests).max(r.requests),
+        })
+    });
+    let hash = h.hash.and_then(|x| match (x.header, x.source_ip) {
+        (Some(hd), false) => Some(HashOn::Header(hd.to_ascii_lowercase())),
+        (None, true) => Some(HashOn::SourceIp),
+        _ => {
+            e.push(format!("{p}.hash"), "give exactly one of header, source_ip: true");
+            None
+        }
+    });
+    HttpRoute {
+        name: h.name,
+        matches,
+        route,
+        retries,
+        timeout,
+        fault,
+        mirror,
+        rate_limit,
+        hash,
+    }
+}
+
+/// The merged, cross-checked registry: what translation works from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct World {
+    pub services: BTreeMap<String, std::sync::Arc<Service>>,
+    pub routes: BTreeMap<String, RoutePolicy>,
+    pub destinations: BTreeMap<String, DestinationPolicy>,
+}
+
+impl World {
+    /// Merges fragments (by source name) and checks the references between them. Returns the world
+    /// and the errors per source; a caller decides which sources to reject.
+    pub fn build<'a>(
+        fragments: impl Iterator<Item = (&'a str, &'a Fragment)> + Clone,
+    ) -> (World, BTreeMap<String, Vec<String>>) {
+        let mut w = World::default();
+        let mut errs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut owner: BTreeMap<(u8, String), String> = BTreeMap::new();
+        for (src, f) in fragments.clone() {
+            let mut dup = |kind: u8, what: &str, path: String, name: &str| -> bool {
+                match owner.get(&(kind, name.to_string())) {
+                    Some(other) => {
+                        errs.entry(src.to_string()).or_default().push(format!(
+                            "{src}: {path}: {what} \"{name}\" is already defined in {other}"
+                        ));
+                        false
+                    }
+                    None => {
+                        owner.insert((kind, name.to_string()), src.to_string());
+                        true
+                    }
+                }
+            };
+            for (i, s) in f.services.iter().enumerate() {
+                if dup(0, "service", format!("services[{i}].name"), &s.name) {
+                    w.services.insert(s.name.clone(), s.clone());
+                }
+            }
+            for (i, r) in f.routes.iter().enumerate() {
+                if dup(1, "routes for service", format!("routes[{i}].service"), &r.service) {
+                    w.routes.insert(r.service.clone(), r.clone());
+                }
+            }
+            for (i, d) in f.destinations.iter().enumerate() {
+                if dup(
+                    2,
+                    "destination policy for service",
+                    format!("destinations[{i}].service"),
+                    &d.service,
+                ) {
+                    w.destinations.insert(d.service.clone(), d.clone());
+                }
+            }
+        }
+        for (src, f) in fragments {
+            let mut e = Errs {
+                source: src,
+                list: Vec::new(),
+            };
+            let check = |e: &mut Errs<'_>, path: String, d: &DestRef| {
+                if !w.services.contains_key(&d.service) {
+                    e.push(
+                        format!("{path}.destination"),
+                        format!("unknown service \"{}\"", d.service),
+                    );
+                } else if let Some(sub) = &d.subset {
+                    let known = w
+                        .destinations
+                        .get(&d.service)
+                        .is_some_and(|dp| dp.subsets.iter().any(|s| &s.name == sub));
+                    if !known {
+                        e.push(
+                            format!("{path}.subset"),
+                            format!("unknown subset \"{sub}\" of service \"{}\"", d.service),
+                        );
+                    }
+                }
+            };
+            for (i, r) in f.routes.iter().enumerate() {
+                if !w.services.contains_key(&r.service) {
+                    e.push(
+                        format!("routes[{i}].service"),
+                        format!("unknown service \"{}\"", r.service),
+                    );
+                }
+                for (j, h) in r.http.iter().enumerate() {
+                    for (k, d) in h.route.iter().enumerate() {
+                        check(&mut e, format!("routes[{i}].http[{j}].route[{k}]"), d);
+                    }
+                    if let Some(m) = &h.mirror {
+                        check(&mut e, format!("routes[{i}].http[{j}].mirror"), &m.dest);
+                    }
+                }
+            }
+            for (i, d) in f.destinations.iter().enumerate() {
+                if !w.services.contains_key(&d.service) {
+                    e.push(
+                        format!("destinations[{i}].service"),
+                        format!("unknown service \"{}\"", d.service),
+                    );
+                }
+            }
+            if !e.list.is_empty() {
+                errs.entry(src.to_string()).or_default().extend(e.list);
+            }
+        }
+        (w, errs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_paths_are_reported_and_collected() {
+        let y = r#"
+services:
+  - name: reviews
+    endpoints: [{address: 127.0.0.1:1, weight: 0}, {address: nope}]
+routes:
+  - service: reviews
+    http:
+      - route: [{destination: reviews, weight: 1}, {destination: reviews}]
+        timeout: 5
+"#;
+        let errs = parse_fragment("reviews.yaml", y).unwrap_err();
+        let all = errs.join("\n");
+        assert!(all.contains("reviews.yaml: services[0].endpoints[0].weight"), "{all}");
+        assert!(all.contains("services[0].endpoints[1].address"), "{all}");
+        assert!(all.contains("routes[0].http[0].route[1].weight"), "{all}");
+        assert!(all.contains("routes[0].http[0].timeout"), "{all}");
+    }
+
+    #[test]
+    fn unknown_references_are_errors() {
+        let a = parse_fragment(
+            "a.yaml",
+            "services: [{name: a, endpoints: []}]\nroutes: [{service: a, http: [{route: [{destination: b}]}, {route: [{destination: a, subset: v9}]}]}]\n",
+        )
+        .unwrap();
+        let (_, errs) = World::build([("a.yaml", &a)].into_iter());
+        let all = errs["a.yaml"].join("\n");
+        assert!(
+            all.contains("routes[0].http[0].route[0].destination: unknown service \"b\""),
+            "{all}"
+        );
+        assert!(
+            all.contains("routes[0].http[1].route[0].subset: unknown subset \"v9\""),
+            "{all}"
+        );
+    }
+}

@@ -1,0 +1,833 @@
+//! The ADS server: State-of-the-World and Delta streams over one gRPC service.
+//!
+//! Each stream is one task owning a [`StreamState`] (behind a mutex only so that the admin API can
+//! read it; the task never holds it across an await). A stream reacts to two things: requests from
+//! its proxy (subscriptions, ACKs, NACKs) and new snapshots from the catalog. Work per snapshot is a
+//! diff of resource versions against what this proxy already holds: nothing is re-translated and
+//! resources are shared, so an endpoint change costs each proxy a few map lookups and one message.
+
+use crate::metrics::{Metrics, StreamLabel, TypeLabel};
+use crate::translate::{fnv, node_resources, Kind, NodeInfo, NodeResources, Res, Snapshot, FNV_INIT};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use weft_xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use weft_xds_api::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
+};
+
+/// State shared by all streams and the admin API.
+pub struct Shared {
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub metrics: Arc<Metrics>,
+    pub proxies: Mutex<BTreeMap<u64, Arc<ProxyEntry>>>,
+    pub next_id: AtomicU64,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub struct ProxyEntry {
+    pub stream_id: u64,
+    pub kind: &'static str,
+    pub connected_at: SystemTime,
+    pub peer: Option<std::net::SocketAddr>,
+    pub state: Mutex<StreamState>,
+}
+
+/// Per-type protocol state of one stream.
+#[derive(Default)]
+pub struct TypeState {
+    /// The client has sent at least one request for this type.
+    pub seen: bool,
+    pub responded: bool,
+    pub wildcard: bool,
+    pub names: BTreeSet<String>,
+    /// What the client holds: name -> version. SotW: what we last sent; Delta: also seeded from
+    /// `initial_resource_versions` on reconnect.
+    pub sent: HashMap<Arc<str>, u64>,
+    /// SotW LDS/CDS: hash of the last full set sent, to send a full set only when it changed.
+    pub full_hash: Option<u64>,
+    /// SotW: the nonce of the latest response (older nonces are stale).
+    pub nonce: String,
+    /// Delta: responses not yet ACKed, (nonce, system version).
+    pub pending: VecDeque<(String, String)>,
+    pub last_sent_version: String,
+    pub acked_version: String,
+    pub acks: u64,
+    pub nacks: u64,
+    pub last_nack: Option<String>,
+}
+
+pub struct StreamState {
+    pub node: Option<NodeInfo>,
+    pub node_res: Arc<NodeResources>,
+    pub types: [TypeState; 4],
+    pub nonce_counter: u64,
+    pub generation: u64,
+}
+
+impl StreamState {
+    fn new() -> StreamState {
+        StreamState {
+            node: None,
+            node_res: Arc::new(NodeResources::default()),
+            types: Default::default(),
+            nonce_counter: 0,
+            generation: 0,
+        }
+    }
+
+    fn next_nonce(&mut self) -> String {
+        self.nonce_counter += 1;
+        self.nonce_counter.to_string()
+    }
+
+    fn set_node(&mut self, node: Option<&weft_xds_api::pb::envoy::config::core::v3::Node>) {
+        if self.node.is_none() {
+            let info = node.map(NodeInfo::from_node).unwrap_or_default();
+            self.node_res = Arc::new(node_resources(&info));
+            self.node = Some(info);
+        }
+    }
+}
+
+/// The resources one proxy can see: the shared snapshot plus its own.
+struct View<'a> {
+    snap: &'a Snapshot,
+    node: &'a NodeResources,
+}
+
+impl View<'_> {
+    fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Res>> {
+        self.node.maps[kind as usize]
+            .get(name)
+            .or_else(|| self.snap.get(kind, name))
+    }
+
+    /// The wildcard set. Listeners are per node only: API listeners go to those who name them.
+    fn all(&self, kind: Kind) -> impl Iterator<Item = &Arc<Res>> {
+        let shared = if kind == Kind::Listener {
+            None
+        } else {
+            Some(self.snap.maps[kind as usize].values())
+        };
+        self.node.maps[kind as usize]
+            .values()
+            .chain(shared.into_iter().flatten())
+    }
+
+    fn in_all(&self, kind: Kind, name: &str) -> bool {
+        self.node.maps[kind as usize].contains_key(name)
+            || (kind != Kind::Listener && self.snap.maps[kind as usize].contains_key(name))
+    }
+}
+
+fn parse_version(v: &str) -> u64 {
+    u64::from_str_radix(v, 16).unwrap_or(0)
+}
+
+fn error_message(s: &weft_xds_api::pb::google::rpc::Status) -> String {
+    format!("code {}: {}", s.code, s.message)
+}
+
+fn record_sent(metrics: &Metrics, kind: Kind, items: &[Arc<Res>], snap: &Snapshot, is_push: bool) {
+    let l = TypeLabel { r#type: kind.short() };
+    metrics.pushes.get_or_create(&l).inc();
+    metrics.resources_sent.get_or_create(&l).inc_by(items.len() as u64);
+    let bytes: usize = items.iter().map(|r| r.any.value.len()).sum();
+    metrics.bytes_sent.get_or_create(&l).inc_by(bytes as u64);
+    if is_push {
+        metrics.push_latency.observe(snap.built_at.elapsed().as_secs_f64());
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// State of the World
+// ------------------------------------------------------------------------------------------------
+
+/// (version_info, resources to send, names of resources whose version changed).
+type SotwOut = (String, Vec<Arc<Res>>, Vec<Arc<str>>);
+
+/// Computes the SotW response for one type, or None when the client already has it all.
+fn sotw_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> Option<SotwOut> {
+    if kind.is_full_state() {
+        // LDS/CDS: the response is the full set; a missing resource means deletion.
+        let items: Vec<Arc<Res>> = if ts.wildcard {
+            let mut v: Vec<Arc<Res>> = view.all(kind).cloned().collect();
+            for n in &ts.names {
+                if !view.in_all(kind, n) {
+                    v.extend(view.get(kind, n).cloned());
+                }
+            }
+            v
+        } else {
+            ts.names.iter().filter_map(|n| view.get(kind, n).cloned()).collect()
+        };
+        let mut h = FNV_INIT;
+        for r in &items {
+            fnv(&mut h, r.name.as_bytes());
+            fnv(&mut h, &r.version.to_le_bytes());
+        }
+        if ts.full_hash == Some(h) {
+            return None;
+        }
+        ts.full_hash = Some(h);
+        let changed: Vec<Arc<str>> = items
+            .iter()
+            .filter(|r| ts.sent.get(&r.name) != Some(&r.version))
+            .map(|r| r.name.clone())
+            .collect();
+        ts.sent = items.iter().map(|r| (r.name.clone(), r.version)).collect();
+        Some((format!("{h:016x}"), items, changed))
+    } else {
+        // RDS/EDS: only requested resources, and only those that changed.
+        ts.sent
+            .retain(|n, _| ts.names.contains(&**n) && view.get(kind, n).is_some());
+        let mut h = FNV_INIT;
+        let mut changed = Vec::new();
+        for n in &ts.names {
+            if let Some(r) = view.get(kind, n) {
+                fnv(&mut h, r.name.as_bytes());
+                fnv(&mut h, &r.version.to_le_bytes());
+                if ts.sent.get(&r.name) != Some(&r.version) {
+                    changed.push(r.clone());
+                }
+            }
+        }
+        if changed.is_empty() {
+            return None;
+        }
+        for r in &changed {
+            ts.sent.insert(r.name.clone(), r.version);
+        }
+        let names = changed.iter().map(|r| r.name.clone()).collect();
+        Some((format!("{h:016x}"), changed, names))
+    }
+}
+
+/// Builds the responses for `kinds` (in push order). A CDS response makes the EDS of the clusters
+/// it changed stale, so that Envoy gets the fresh EDS it needs to warm them.
+fn sotw_respond(
+    st: &mut StreamState,
+    kinds: &[Kind],
+    snap: &Snapshot,
+    metrics: &Metrics,
+    is_push: bool,
+    incremental: bool,
+) -> Vec<DiscoveryResponse> {
+    let node_res = st.node_res.clone();
+    let view = View { snap, node: &node_res };
+    let mut out = Vec::new();
+    let mut kinds: Vec<Kind> = kinds.to_vec();
+    kinds.sort();
+    kinds.dedup();
+    let mut cds_changed = false;
+    let mut i = 0;
+    while i < kinds.len() {
+        let kind = kinds[i];
+        i += 1;
+        if !st.types[kind as usize].seen {
+            continue;
+        }
+        if incremental && !(kind == Kind::Endpoint && cds_changed) {
+            // Nothing this client holds or wants changed: skip the full diff.
+            let ts = &st.types[kind as usize];
+            let touched = snap.changed[kind as usize]
+                .iter()
+                .any(|n| ts.sent.contains_key(&**n) || wanted(ts, kind, &view, n).is_some());
+            if !touched {
+                continue;
+            }
+        }
+        let Some((version, items, changed)) = sotw_compute(&mut st.types[kind as usize], kind, &view) else {
+            continue;
+        };
+        if kind == Kind::Cluster && !changed.is_empty() {
+            cds_changed = true;
+            let eds = &mut st.types[Kind::Endpoint as usize];
+            for n in &changed {
+                eds.sent.remove(n);
+            }
+            if !kinds.contains(&Kind::Endpoint) {
+                kinds.insert(i, Kind::Endpoint);
+            }
+        }
+        let nonce = st.next_nonce();
+        let ts = &mut st.types[kind as usize];
+        ts.nonce = nonce.clone();
+        ts.responded = true;
+        ts.last_sent_version = version.clone();
+        record_sent(metrics, kind, &items, snap, is_push);
+        out.push(DiscoveryResponse {
+            version_info: version,
+            resources: items.iter().map(|r| r.any.clone()).collect(),
+            type_url: kind.url().to_string(),
+            nonce,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// Applies one SotW request to the stream state; returns the kinds that may need a response.
+fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) -> Option<Kind> {
+    st.set_node(req.node.as_ref());
+    let kind = Kind::from_url(&req.type_url)?;
+    let ts = &mut st.types[kind as usize];
+    let label = TypeLabel { r#type: kind.short() };
+    if !req.response_nonce.is_empty() {
+        if req.response_nonce != ts.nonce {
+            // Stale: the client has not seen our latest response for this type yet.
+            return None;
+        }
+        match &req.error_detail {
+            Some(err) => {
+                // Not resent: the same content would be rejected again. The next snapshot that
+                // changes these resources gets sent as usual.
+                ts.nacks += 1;
+                ts.last_nack = Some(format!("version {}: {}", ts.last_sent_version, error_message(err)));
+                metrics.nacks.get_or_create(&label).inc();
+                tracing::warn!(node = ?st.node.as_ref().map(|n| &n.id), r#type = kind.short(), error = %error_message(err), "NACK");
+            }
+            None => {
+                ts.acks += 1;
+                ts.acked_version = req.version_info.clone();
+                metrics.acks.get_or_create(&label).inc();
+            }
+        }
+    }
+    let ts = &mut st.types[kind as usize];
+    let star = req.resource_names.iter().any(|n| n == "*");
+    if !ts.seen {
+        ts.seen = true;
+        ts.wildcard = star || (kind.is_full_state() && req.resource_names.is_empty());
+    } else if kind.is_full_state() && !(ts.wildcard && req.resource_names.is_empty()) {
+        // An empty list is a wildcard only until the client names something.
+        ts.wildcard = star;
+    }
+    ts.names = req.resource_names.into_iter().filter(|n| n != "*").collect();
+    Some(kind)
+}
+
+async fn run_sotw(
+    shared: Arc<Shared>,
+    entry: Arc<ProxyEntry>,
+    mut inbound: Streaming<DiscoveryRequest>,
+    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+) {
+    let mut snaps = shared.snapshots.clone();
+    let mut shutdown = shared.shutdown.clone();
+    let mut current: Option<Arc<Snapshot>> = snaps.borrow_and_update().clone();
+    if let Some(s) = &current {
+        entry.state.lock().unwrap_or_else(|p| p.into_inner()).generation = s.generation;
+    }
+    loop {
+        let responses = tokio::select! {
+            msg = inbound.message() => {
+                let req = match msg {
+                    Ok(Some(r)) => r,
+                    _ => return,
+                };
+                let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+                match (sotw_request(&mut st, req, &shared.metrics), &current) {
+                    (Some(kind), Some(snap)) => sotw_respond(&mut st, &[kind], snap, &shared.metrics, false, false),
+                    _ => Vec::new(),
+                }
+            }
+            r = snaps.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                current = snaps.borrow_and_update().clone();
+                let Some(snap) = &current else { continue };
+                let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+                // The watch channel coalesces: if snapshots were skipped, diff in full.
+                let incremental = st.generation != 0 && snap.prev_generation == st.generation;
+                st.generation = snap.generation;
+                sotw_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
+            }
+            _ = shutdown.changed() => return,
+        };
+        for r in responses {
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Delta
+// ------------------------------------------------------------------------------------------------
+
+fn delta_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> (Vec<Arc<Res>>, Vec<String>) {
+    let mut send: Vec<Arc<Res>> = Vec::new();
+    {
+        let mut check = |r: &Arc<Res>| {
+            if ts.sent.get(&r.name) != Some(&r.version) {
+                send.push(r.clone());
+            }
+        };
+        if ts.wildcard {
+            for r in view.all(kind) {
+                check(r);
+            }
+            for n in &ts.names {
+                if !view.in_all(kind, n) {
+                    if let Some(r) = view.get(kind, n) {
+                        check(r);
+                    }
+                }
+            }
+        } else {
+            for n in &ts.names {
+                if let Some(r) = view.get(kind, n) {
+                    check(r);
+                }
+            }
+        }
+    }
+    let mut removed = Vec::new();
+    let wildcard = ts.wildcard;
+    let names = &ts.names;
+    ts.sent.retain(|n, _| {
+        let exists = if wildcard && !names.contains(&**n) {
+            view.in_all(kind, n)
+        } else {
+            view.get(kind, n).is_some()
+        };
+        let interested = wildcard || names.contains(&**n);
+        if interested && !exists {
+            removed.push(n.to_string());
+        }
+        interested && exists
+    });
+    for r in &send {
+        ts.sent.insert(r.name.clone(), r.version);
+    }
+    (send, removed)
+}
+
+/// The resource `n` if this client should hold it: named explicitly, or covered by its wildcard.
+fn wanted<'v>(ts: &TypeState, kind: Kind, view: &'v View<'_>, n: &str) -> Option<&'v Arc<Res>> {
+    if ts.names.contains(n) || (ts.wildcard && view.in_all(kind, n)) {
+        view.get(kind, n)
+    } else {
+        None
+    }
+}
+
+/// Like [`delta_compute`], but only for `candidates` (the names changed since the snapshot this
+/// stream is current with). Same result, a tiny fraction of the work at scale.
+fn delta_compute_incremental(
+    ts: &mut TypeState,
+    kind: Kind,
+    view: &View<'_>,
+    candidates: &[Arc<str>],
+) -> (Vec<Arc<Res>>, Vec<String>) {
+    let mut send = Vec::new();
+    let mut removed = Vec::new();
+    for n in candidates {
+        match wanted(ts, kind, view, n) {
+            Some(r) => {
+                if ts.sent.get(&**n) != Some(&r.version) {
+                    send.push(r.clone());
+                }
+            }
+            None => {
+                if ts.sent.remove(&**n).is_some() {
+                    removed.push(n.to_string());
+                }
+            }
+        }
+    }
+    for r in &send {
+        ts.sent.insert(r.name.clone(), r.version);
+    }
+    (send, removed)
+}
+
+/// `incremental`: the stream is current with `snap.prev_generation`, so only `snap.changed` names
+/// (plus the EDS a CDS response invalidates) need a look.
+fn delta_respond(
+    st: &mut StreamState,
+    kinds: &[Kind],
+    snap: &Snapshot,
+    metrics: &Metrics,
+    is_push: bool,
+    incremental: bool,
+) -> Vec<DeltaDiscoveryResponse> {
+    let node_res = st.node_res.clone();
+    let view = View { snap, node: &node_res };
+    let mut out = Vec::new();
+    let mut kinds: Vec<Kind> = kinds.to_vec();
+    kinds.sort();
+    kinds.dedup();
+    let mut invalidated: Vec<Arc<str>> = Vec::new();
+    let mut i = 0;
+    while i < kinds.len() {
+        let kind = kinds[i];
+        i += 1;
+        let ts = &mut st.types[kind as usize];
+        if !ts.seen {
+            continue;
+        }
+        let (items, removed) = if incremental {
+            if kind == Kind::Endpoint && !invalidated.is_empty() {
+                let mut c: Vec<Arc<str>> = snap.changed[kind as usize].clone();
+                c.append(&mut invalidated);
+                c.sort();
+                c.dedup();
+                delta_compute_incremental(ts, kind, &view, &c)
+            } else {
+                delta_compute_incremental(ts, kind, &view, &snap.changed[kind as usize])
+            }
+        } else {
+            delta_compute(ts, kind, &view)
+        };
+        // The first answer to a wildcard subscription is sent even when empty: the client waits for
+        // it to finish initialising.
+        let must_answer = !ts.responded && ts.wildcard;
+        if items.is_empty() && removed.is_empty() && !must_answer {
+            continue;
+        }
+        if kind == Kind::Cluster && !items.is_empty() {
+            let eds = &mut st.types[Kind::Endpoint as usize];
+            for r in &items {
+                eds.sent.remove(&r.name);
+                invalidated.push(r.name.clone());
+            }
+            if !kinds.contains(&Kind::Endpoint) {
+                kinds.insert(i, Kind::Endpoint);
+            }
+        }
+        let nonce = st.next_nonce();
+        let version = format!("{:016x}", snap.type_hash[kind as usize]);
+        let ts = &mut st.types[kind as usize];
+        ts.responded = true;
+        ts.last_sent_version = version.clone();
+        ts.pending.push_back((nonce.clone(), version.clone()));
+        if ts.pending.len() > 32 {
+            ts.pending.pop_front();
+        }
+        record_sent(metrics, kind, &items, snap, is_push);
+        out.push(DeltaDiscoveryResponse {
+            system_version_info: version,
+            resources: items
+                .iter()
+                .map(|r| Resource {
+                    name: r.name.to_string(),
+                    version: r.version_string(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: kind.url().to_string(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Metrics) -> Option<Kind> {
+    st.set_node(req.node.as_ref());
+    let kind = Kind::from_url(&req.type_url)?;
+    let node_id = st.node.as_ref().map(|n| n.id.clone()).unwrap_or_default();
+    let ts = &mut st.types[kind as usize];
+    let label = TypeLabel { r#type: kind.short() };
+    if !req.response_nonce.is_empty() {
+        if let Some(pos) = ts.pending.iter().position(|(n, _)| *n == req.response_nonce) {
+            let (_, version) = ts.pending.drain(..=pos).next_back().unwrap_or_default();
+            match &req.error_detail {
+                Some(err) => {
+                    ts.nacks += 1;
+                    ts.last_nack = Some(format!("version {version}: {}", error_message(err)));
+                    metrics.nacks.get_or_create(&label).inc();
+                    tracing::warn!(node = %node_id, r#type = kind.short(), error = %error_message(err), "NACK");
+                }
+                None => {
+                    ts.acks += 1;
+                    ts.acked_version = version;
+                    metrics.acks.get_or_create(&label).inc();
+                }
+            }
+        }
+    }
+    // Delta honours subscription changes even on a stale nonce.
+    if !ts.seen {
+        ts.seen = true;
+        ts.wildcard = kind.is_full_state() && req.resource_names_subscribe.is_empty();
+        for (name, v) in req.initial_resource_versions {
+            ts.sent.insert(name.into(), parse_version(&v));
+        }
+    }
+    for n in req.resource_names_subscribe {
+        if n == "*" {
+            ts.wildcard = true;
+        } else {
+            ts.names.insert(n);
+        }
+    }
+    for n in req.resource_names_unsubscribe {
+        if n == "*" {
+            ts.wildcard = false;
+        } else {
+            // Unsubscribed resources are forgotten, not reported removed: the client dropped them.
+            ts.sent.remove(n.as_str());
+            ts.names.remove(&n);
+        }
+    }
+    Some(kind)
+}
+
+async fn run_delta(
+    shared: Arc<Shared>,
+    entry: Arc<ProxyEntry>,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+) {
+    let mut snaps = shared.snapshots.clone();
+    let mut shutdown = shared.shutdown.clone();
+    let mut current: Option<Arc<Snapshot>> = snaps.borrow_and_update().clone();
+    if let Some(s) = &current {
+        entry.state.lock().unwrap_or_else(|p| p.into_inner()).generation = s.generation;
+    }
+    loop {
+        let responses = tokio::select! {
+            msg = inbound.message() => {
+                let req = match msg {
+                    Ok(Some(r)) => r,
+                    _ => return,
+                };
+                let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+                match (delta_request(&mut st, req, &shared.metrics), &current) {
+                    (Some(kind), Some(snap)) => delta_respond(&mut st, &[kind], snap, &shared.metrics, false, false),
+                    _ => Vec::new(),
+                }
+            }
+            r = snaps.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                current = snaps.borrow_and_update().clone();
+                let Some(snap) = &current else { continue };
+                let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
+                // The watch channel coalesces: if snapshots were skipped, diff in full.
+                let incremental = st.generation != 0 && snap.prev_generation == st.generation;
+                st.generation = snap.generation;
+                delta_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
+            }
+            _ = shutdown.changed() => return,
+        };
+        for r in responses {
+            if tx.send(Ok(r)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// gRPC service
+// ------------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+pub struct Ads {
+    pub shared: Arc<Shared>,
+}
+
+/// Removes the stream from the registry of proxies when its task ends, however it ends.
+struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+    kind: &'static str,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        self.shared
+            .metrics
+            .connected
+            .get_or_create(&StreamLabel { kind: self.kind })
+            .dec();
+    }
+}
+
+impl Ads {
+    fn register(&self, kind: &'static str, peer: Option<std::net::SocketAddr>) -> (Arc<ProxyEntry>, Registration) {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ProxyEntry {
+            stream_id: id,
+            kind,
+            connected_at: SystemTime::now(),
+            peer,
+            state: Mutex::new(StreamState::new()),
+        });
+        self.shared
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, entry.clone());
+        let label = StreamLabel { kind };
+        self.shared.metrics.connected.get_or_create(&label).inc();
+        self.shared.metrics.streams_total.get_or_create(&label).inc();
+        let reg = Registration {
+            shared: self.shared.clone(),
+            id,
+            kind,
+        };
+        (entry, reg)
+    }
+}
+
+// A small queue per stream: backpressure from a slow proxy stops its own task, never the others,
+// and at most a few responses per proxy are held in memory.
+const STREAM_QUEUE: usize = 4;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for Ads {
+    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
+    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+
+    async fn stream_aggregated_resources(
+        &self,
+        request: Request<Streaming<DiscoveryRequest>>,
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (entry, reg) = self.register("sotw", peer);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _reg = reg;
+            run_sotw(shared, entry, request.into_inner(), tx).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        let peer = request.remote_addr();
+        let (entry, reg) = self.register("delta", peer);
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let _reg = reg;
+            run_delta(shared, entry, request.into_inner(), tx).await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// JSON for `/debug/proxies`.
+pub fn proxies_json(shared: &Shared) -> serde_json::Value {
+    let entries: Vec<Arc<ProxyEntry>> = shared
+        .proxies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let list: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
+            let types: serde_json::Map<String, serde_json::Value> = Kind::ALL
+                .iter()
+                .filter(|k| st.types[**k as usize].seen)
+                .map(|k| {
+                    let t = &st.types[*k as usize];
+                    (
+                        k.short().to_string(),
+                        serde_json::json!({
+                            "wildcard": t.wildcard,
+                            "subscribed": t.names.len(),
+                            "resources": t.sent.len(),
+                            "sent_version": t.last_sent_version,
+                            "acked_version": t.acked_version,
+                            "acks": t.acks,
+                            "nacks": t.nacks,
+                            "last_nack": t.last_nack,
+                        }),
+                    )
+                })
+                .collect();
+            let node = st.node.clone().unwrap_or_default();
+            serde_json::json!({
+                "stream_id": e.stream_id,
+                "node_id": node.id,
+                "cluster": node.cluster,
+                "role": node.role,
+                "user_agent": node.user_agent,
+                "stream": e.kind,
+                "peer": e.peer.map(|p| p.to_string()),
+                "connected_at_unix": e.connected_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                "generation": st.generation,
+                "types": types,
+            })
+        })
+        .collect();
+    serde_json::json!({ "proxies": list })
+}
+
+/// JSON for `/debug/config/{node_id}`: the names and versions each stream of that node holds.
+pub fn config_json(shared: &Shared, node_id: &str) -> Option<serde_json::Value> {
+    let entries: Vec<Arc<ProxyEntry>> = shared
+        .proxies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let mut streams = Vec::new();
+    for e in entries {
+        let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.node.as_ref().map(|n| n.id.as_str()) != Some(node_id) {
+            continue;
+        }
+        let mut types = serde_json::Map::new();
+        for k in Kind::ALL {
+            let t = &st.types[k as usize];
+            if !t.seen {
+                continue;
+            }
+            let res: BTreeMap<String, String> = t
+                .sent
+                .iter()
+                .map(|(n, v)| (n.to_string(), format!("{v:016x}")))
+                .collect();
+            types.insert(
+                k.short().to_string(),
+                serde_json::json!({
+                    "wildcard": t.wildcard,
+                    "subscribed": t.names,
+                    "resources": res,
+                    "acked_version": t.acked_version,
+                    "last_nack": t.last_nack,
+                }),
+            );
+        }
+        streams.push(serde_json::json!({
+            "stream_id": e.stream_id,
+            "stream": e.kind,
+            "node": st.node,
+            "types": types,
+        }));
+    }
+    if streams.is_empty() {
+        None
+    } else {
+        Some(serde_json::json!({ "node_id": node_id, "streams": streams }))
+    }
+}

@@ -1,0 +1,926 @@
+//! Translation of the registry model into Envoy v3 resources, per the contract in
+//! `notes/xds-contract.md`.
+//!
+//! The world is split in two parts so that a thousand proxies do not cost a thousand translations:
+//! - [`Snapshot`]: everything that is the same for every proxy (service clusters and subset clusters,
+//!   their ClusterLoadAssignments, the `outbound` route table, API listeners for proxyless clients),
+//!   built once per registry version, encoded once, shared behind `Arc`s. Services whose inputs did
+//!   not change reuse the previous snapshot's encoded resources, so an endpoint change re-encodes one
+//!   service, not a hundred thousand endpoints.
+//! - [`NodeResources`]: the few resources that depend on a proxy's own identity (its listeners, its
+//!   inbound cluster and route table), built once when the proxy connects.
+
+use crate::model::{self, AbortCode, HashOn, Health, LbPolicy, PathMatch, Protocol, StringMatch, World};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
+use weft_xds_api::pb::envoy::config::core::v3 as core;
+use weft_xds_api::pb::envoy::config::endpoint::v3 as ep;
+use weft_xds_api::pb::envoy::config::listener::v3 as ls;
+use weft_xds_api::pb::envoy::config::route::v3 as rt;
+use weft_xds_api::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
+use weft_xds_api::pb::envoy::extensions::filters::http::router::v3 as router;
+use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use weft_xds_api::pb::envoy::extensions::upstreams::http::v3 as uph;
+use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
+use weft_xds_api::pb::envoy::r#type::v3 as typ;
+use weft_xds_api::pb::google::protobuf::{Any, Duration as PbDuration, Struct, UInt32Value, Value};
+use weft_xds_api::prost::Message;
+use weft_xds_api::type_url;
+
+pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
+pub const RATELIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
+pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
+pub const OUTBOUND: &str = "outbound";
+
+/// The four resource types weft control serves, in push order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Cluster = 0,
+    Endpoint = 1,
+    Listener = 2,
+    Route = 3,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Cluster, Kind::Endpoint, Kind::Listener, Kind::Route];
+
+    pub fn from_url(url: &str) -> Option<Kind> {
+        match url {
+            type_url::CLUSTER => Some(Kind::Cluster),
+            type_url::ENDPOINT => Some(Kind::Endpoint),
+            type_url::LISTENER => Some(Kind::Listener),
+            type_url::ROUTE => Some(Kind::Route),
+            _ => None,
+        }
+    }
+
+    pub fn url(self) -> &'static str {
+        match self {
+            Kind::Cluster => type_url::CLUSTER,
+            Kind::Endpoint => type_url::ENDPOINT,
+            Kind::Listener => type_url::LISTENER,
+            Kind::Route => type_url::ROUTE,
+        }
+    }
+
+    pub fn short(self) -> &'static str {
+        type_url::short(self.url())
+    }
+
+    /// LDS and CDS are "full state" types: a SotW response carries all of them and an empty
+    /// subscription is a wildcard.
+    pub fn is_full_state(self) -> bool {
+        matches!(self, Kind::Cluster | Kind::Listener)
+    }
+}
+
+/// One encoded resource. Immutable and shared by every proxy that receives it.
+#[derive(Debug)]
+pub struct Res {
+    pub name: Arc<str>,
+    /// `content_version` of the encoding, as a number (hex in the wire form).
+    pub version: u64,
+    pub any: Any,
+}
+
+impl Res {
+    pub fn new<M: Message>(kind: Kind, name: &str, msg: &M) -> Arc<Res> {
+        let any = weft_xds_api::pack(kind.url(), msg);
+        let version = u64::from_str_radix(&weft_xds_api::content_version(&any.value), 16).unwrap_or(0);
+        Arc::new(Res {
+            name: name.into(),
+            version,
+            any,
+        })
+    }
+
+    pub fn version_string(&self) -> String {
+        format!("{:016x}", self.version)
+    }
+}
+
+pub type ResMap = BTreeMap<Arc<str>, Arc<Res>>;
+
+/// What translating one service produced (its cluster, subset clusters, and their assignments).
+#[derive(Debug, Default)]
+struct ServiceOut {
+    clusters: Vec<Arc<Res>>,
+    endpoints: Vec<Arc<Res>>,
+}
+
+/// The shared part of the xDS world for one registry version.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub built_at: Instant,
+    pub world: Arc<World>,
+    pub maps: [ResMap; 4],
+    /// Hash over (name, version) of all resources of a type: Delta's system_version_info.
+    pub type_hash: [u64; 4],
+    per_service: HashMap<String, Arc<ServiceOut>>,
+    /// API listeners (`T`) are only sent to nodes that ask for them by name.
+    pub api_listeners: ResMap,
+    /// The generation this snapshot was diffed against, and the names per type that were added,
+    /// changed or removed since. A stream that is current with `prev_generation` only looks at
+    /// these names: with 1,000 proxies an endpoint change then costs a few lookups per proxy
+    /// instead of a full diff of every subscribed resource.
+    pub prev_generation: u64,
+    pub changed: [Vec<Arc<str>>; 4],
+}
+
+impl Snapshot {
+    pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Res>> {
+        if kind == Kind::Listener {
+            return self.api_listeners.get(name);
+        }
+        self.maps[kind as usize].get(name)
+    }
+
+    pub fn total(&self) -> usize {
+        self.maps.iter().map(|m| m.len()).sum::<usize>() + self.api_listeners.len()
+    }
+}
+
+pub fn fnv(h: &mut u64, bytes: &[u8]) {
+    for b in bytes {
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+}
+
+pub const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Builds the snapshot for `world`, reusing from `prev` every service whose inputs are unchanged.
+pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot>) -> Snapshot {
+    let mut per_service = HashMap::with_capacity(world.services.len());
+    let mut maps: [ResMap; 4] = Default::default();
+    for (name, svc) in &world.services {
+        let dest = world.destinations.get(name);
+        let reuse = prev.and_then(|p| {
+            let same_svc = p
+                .world
+                .services
+                .get(name)
+                .is_some_and(|old| Arc::ptr_eq(old, svc) || **old == **svc);
+            let same = same_svc && p.world.destinations.get(name) == dest;
+            if same {
+                p.per_service.get(name).cloned()
+            } else {
+                None
+            }
+        });
+        let out = reuse.unwrap_or_else(|| Arc::new(translate_service(svc, dest)));
+        for c in &out.clusters {
+            maps[Kind::Cluster as usize].insert(c.name.clone(), c.clone());
+        }
+        for e in &out.endpoints {
+            maps[Kind::Endpoint as usize].insert(e.name.clone(), e.clone());
+        }
+        per_service.insert(name.clone(), out);
+    }
+    // The outbound table spans every service; rebuilt only when services' names/ports or routes change.
+    let route_inputs_same = prev.is_some_and(|p| {
+        p.world.routes == world.routes
+            && p.world.services.len() == world.services.len()
+            && p.world
+                .services
+                .iter()
+                .zip(world.services.iter())
+                .all(|((a, sa), (b, sb))| a == b && sa.port == sb.port)
+    });
+    let (outbound, api_listeners) = match prev {
+        Some(p) if route_inputs_same => (
+            p.maps[Kind::Route as usize].get(OUTBOUND).cloned(),
+            p.api_listeners.clone(),
+        ),
+        _ => {
+            let vhosts: Vec<rt::VirtualHost> = world.services.values().map(|s| virtual_host(&world, s, true)).collect();
+            let rc = rt::RouteConfiguration {
+                name: OUTBOUND.into(),
+                virtual_hosts: vhosts,
+                ..Default::default()
+            };
+            let mut api = ResMap::new();
+            for s in world.services.values() {
+                // gRPC names the listener after the target's host: `xds:///T` asks for `T`,
+                // `xds:///T:port` for `T:port`.
+                let mut names = vec![s.name.clone()];
+                names.extend(s.port.map(|p| format!("{}:{p}", s.name)));
+                for name in names {
+                    let l = api_listener(&world, s, &name);
+                    api.insert(name.as_str().into(), Res::new(Kind::Listener, &name, &l));
+                }
+            }
+            (Some(Res::new(Kind::Route, OUTBOUND, &rc)), api)
+        }
+    };
+    if let Some(o) = outbound {
+        maps[Kind::Route as usize].insert(o.name.clone(), o);
+    }
+    let mut type_hash = [FNV_INIT; 4];
+    for (i, m) in maps.iter().enumerate() {
+        for r in m.values() {
+            fnv(&mut type_hash[i], r.name.as_bytes());
+            fnv(&mut type_hash[i], &r.version.to_le_bytes());
+        }
+    }
+    for r in api_listeners.values() {
+        fnv(&mut type_hash[Kind::Listener as usize], &r.version.to_le_bytes());
+    }
+    let mut changed: [Vec<Arc<str>>; 4] = Default::default();
+    if let Some(p) = prev {
+        for kind in Kind::ALL {
+            let (new, old) = if kind == Kind::Listener {
+                (&api_listeners, &p.api_listeners)
+            } else {
+                (&maps[kind as usize], &p.maps[kind as usize])
+            };
+            let out = &mut changed[kind as usize];
+            for (n, r) in new {
+                if old.get(n).is_none_or(|o| o.version != r.version) {
+                    out.push(n.clone());
+                }
+            }
+            for n in old.keys() {
+                if !new.contains_key(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+    }
+    Snapshot {
+        generation,
+        prev_generation: prev.map_or(0, |p| p.generation),
+        changed,
+        built_at: Instant::now(),
+        world,
+        maps,
+        type_hash,
+        per_service,
+        api_listeners,
+    }
+}
+
+fn pb_dur(d: Duration) -> PbDuration {
+    PbDuration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn u32v(v: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value: v })
+}
+
+pub fn ads() -> core::ConfigSource {
+    core::ConfigSource {
+        resource_api_version: core::ApiVersion::V3 as i32,
+        config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(
+            core::AggregatedConfigSource {},
+        )),
+        ..Default::default()
+    }
+}
+
+pub fn socket_address(addr: std::net::SocketAddr) -> core::Address {
+    core::Address {
+        address: Some(core::address::Address::SocketAddress(core::SocketAddress {
+            address: addr.ip().to_string(),
+            port_specifier: Some(core::socket_address::PortSpecifier::PortValue(u32::from(addr.port()))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn http2_options() -> HashMap<String, Any> {
+    let opts = uph::HttpProtocolOptions {
+        upstream_protocol_options: Some(uph::http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            uph::http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    uph::http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Default::default(),
+                    ),
+                ),
+            },
+        )),
+        ..Default::default()
+    };
+    HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        weft_xds_api::pack(type_url::HTTP_PROTOCOL_OPTIONS, &opts),
+    )])
+}
+
+fn eds_cluster(name: &str, svc: &model::Service, dest: Option<&model::DestinationPolicy>) -> cl::Cluster {
+    let mut c = cl::Cluster {
+        name: name.into(),
+        cluster_discovery_type: Some(cl::cluster::ClusterDiscoveryType::Type(
+            cl::cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cl::cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: name.into(),
+        }),
+        connect_timeout: Some(pb_dur(
+            dest.and_then(|d| d.connect_timeout).unwrap_or(Duration::from_secs(1)),
+        )),
+        ..Default::default()
+    };
+    if svc.protocol == Protocol::Grpc {
+        c.typed_extension_protocol_options = http2_options();
+    }
+    if let Some(d) = dest {
+        c.lb_policy = match d.lb {
+            LbPolicy::RoundRobin => cl::cluster::LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest => cl::cluster::LbPolicy::LeastRequest,
+            LbPolicy::Random => cl::cluster::LbPolicy::Random,
+            LbPolicy::RingHash => cl::cluster::LbPolicy::RingHash,
+            LbPolicy::Maglev => cl::cluster::LbPolicy::Maglev,
+        } as i32;
+        if let Some(l) = &d.limits {
+            c.circuit_breakers = Some(cl::CircuitBreakers {
+                thresholds: vec![cl::circuit_breakers::Thresholds {
+                    max_connections: l.max_connections.and_then(u32v),
+                    max_pending_requests: l.max_pending_requests.and_then(u32v),
+                    max_requests: l.max_requests.and_then(u32v),
+                    max_retries: l.max_retries.and_then(u32v),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+        }
+        if let Some(o) = &d.outlier {
+            c.outlier_detection = Some(cl::OutlierDetection {
+                consecutive_5xx: o.consecutive_5xx.and_then(u32v),
+                interval: o.interval.map(pb_dur),
+                base_ejection_time: o.base_ejection_time.map(pb_dur),
+                max_ejection_percent: o.max_ejection_percent.and_then(u32v),
+                ..Default::default()
+            });
+        }
+    }
+    c
+}
+
+fn health(h: Health) -> i32 {
+    match h {
+        Health::Healthy => core::HealthStatus::Healthy as i32,
+        Health::Unhealthy => core::HealthStatus::Unhealthy as i32,
+        Health::Draining => core::HealthStatus::Draining as i32,
+    }
+}
+
+/// Groups endpoints by (priority, locality). Locality weights are the sum of their endpoints' weights,
+/// so that locality-weighted balancing (gRPC always does it) keeps the per-endpoint proportions.
+pub fn load_assignment<'a>(name: &str, eps: impl Iterator<Item = &'a model::Endpoint>) -> ep::ClusterLoadAssignment {
+    let mut groups: BTreeMap<(u32, &model::Locality), Vec<&model::Endpoint>> = BTreeMap::new();
+    for e in eps {
+        groups.entry((e.priority, &e.locality)).or_default().push(e);
+    }
+    // Envoy and gRPC require priorities to run 0..N without gaps; a subset (or a registry that only
+    // uses priorities 1 and 3) may not, so they are renumbered keeping their order.
+    let mut distinct: Vec<u32> = groups.keys().map(|(p, _)| *p).collect();
+    distinct.dedup();
+    let endpoints = groups
+        .into_iter()
+        .map(|((priority, loc), list)| {
+            let priority = distinct.binary_search(&priority).unwrap_or(0) as u32;
+            let total: u64 = list.iter().map(|e| u64::from(e.weight)).sum();
+            ep::LocalityLbEndpoints {
+                locality: Some(core::Locality {
+                    region: loc.region.clone(),
+                    zone: loc.zone.clone(),
+                    sub_zone: loc.sub_zone.clone(),
+                }),
+                load_balancing_weight: u32v(total.clamp(1, u64::from(u32::MAX)) as u32),
+                priority,
+                lb_endpoints: list
+                    .into_iter()
+                    .map(|e| ep::LbEndpoint {
+                        health_status: health(e.health),
+                        load_balancing_weight: u32v(e.weight.max(1)),
+                        metadata: labels_metadata(&e.labels),
+                        host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+                            address: Some(socket_address(e.address)),
+                            ..Default::default()
+                        })),
+                    })
+                    .collect(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ep::ClusterLoadAssignment {
+        cluster_name: name.into(),
+        endpoints,
+        ..Default::default()
+    }
+}
+
+fn labels_metadata(labels: &BTreeMap<String, String>) -> Option<core::Metadata> {
+    if labels.is_empty() {
+        return None;
+    }
+    let fields = labels
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                Value {
+                    kind: Some(weft_xds_api::pb::google::protobuf::value::Kind::StringValue(v.clone())),
+                },
+            )
+        })
+        .collect();
+    Some(core::Metadata {
+        filter_metadata: HashMap::from([("envoy.lb".to_string(), Struct { fields })]),
+        ..Default::default()
+    })
+}
+
+fn translate_service(svc: &model::Service, dest: Option<&model::DestinationPolicy>) -> ServiceOut {
+    let mut out = ServiceOut::default();
+    out.clusters
+        .push(Res::new(Kind::Cluster, &svc.name, &eds_cluster(&svc.name, svc, dest)));
+    out.endpoints.push(Res::new(
+        Kind::Endpoint,
+        &svc.name,
+        &load_assignment(&svc.name, svc.endpoints.iter()),
+    ));
+    for sub in dest.map(|d| d.subsets.as_slice()).unwrap_or_default() {
+        let name = model::cluster_name(&svc.name, Some(&sub.name));
+        out.clusters
+            .push(Res::new(Kind::Cluster, &name, &eds_cluster(&name, svc, dest)));
+        let matching = svc
+            .endpoints
+            .iter()
+            .filter(|e| sub.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
+        out.endpoints
+            .push(Res::new(Kind::Endpoint, &name, &load_assignment(&name, matching)));
+    }
+    out
+}
+
+fn fraction(percent: f64) -> typ::FractionalPercent {
+    typ::FractionalPercent {
+        numerator: (percent * 10_000.0).round().clamp(0.0, 1_000_000.0) as u32,
+        denominator: typ::fractional_percent::DenominatorType::Million as i32,
+    }
+}
+
+fn runtime_fraction(percent: f64, key: &str) -> core::RuntimeFractionalPercent {
+    core::RuntimeFractionalPercent {
+        default_value: Some(fraction(percent)),
+        runtime_key: key.into(),
+    }
+}
+
+fn string_matcher(m: &StringMatch) -> matcher::StringMatcher {
+    use matcher::string_matcher::MatchPattern;
+    let p = match m {
+        StringMatch::Exact(v) => MatchPattern::Exact(v.clone()),
+        StringMatch::Prefix(v) => MatchPattern::Prefix(v.clone()),
+        StringMatch::Regex(v) => MatchPattern::SafeRegex(regex(v)),
+        StringMatch::Present(_) => MatchPattern::Prefix(String::new()),
+    };
+    matcher::StringMatcher {
+        match_pattern: Some(p),
+        ..Default::default()
+    }
+}
+
+fn regex(r: &str) -> matcher::RegexMatcher {
+    matcher::RegexMatcher {
+        regex: r.into(),
+        ..Default::default()
+    }
+}
+
+fn header_matcher(name: &str, m: &StringMatch) -> rt::HeaderMatcher {
+    use rt::header_matcher::HeaderMatchSpecifier;
+    let spec = match m {
+        StringMatch::Present(p) => HeaderMatchSpecifier::PresentMatch(*p),
+        other => HeaderMatchSpecifier::StringMatch(string_matcher(other)),
+    };
+    rt::HeaderMatcher {
+        name: name.into(),
+        header_match_specifier: Some(spec),
+        ..Default::default()
+    }
+}
+
+/// Routes of one service `T`, then the catch-all to cluster `T`. `with_ratelimit` is false for API
+/// listeners: gRPC clients reject per-route configs of filters they do not implement.
+fn routes_for(world: &World, svc: &model::Service, with_ratelimit: bool) -> Vec<rt::Route> {
+    let mut out = Vec::new();
+    for (i, h) in world
+        .routes
+        .get(&svc.name)
+        .map(|r| r.http.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let action = route_action(world, h);
+        let mut per_filter = HashMap::new();
+        if let Some(f) = &h.fault {
+            per_filter.insert(
+                FAULT_FILTER.to_string(),
+                weft_xds_api::pack(type_url::FAULT, &fault_config(f)),
+            );
+        }
+        if let (Some(r), true) = (&h.rate_limit, with_ratelimit) {
+            let stat = format!("{}_{i}", svc.name);
+            let cfg = lrl::LocalRateLimit {
+                stat_prefix: stat.clone(),
+                token_bucket: Some(typ::TokenBucket {
+                    max_tokens: r.burst,
+                    tokens_per_fill: u32v(r.requests),
+                    fill_interval: Some(pb_dur(r.per)),
+                }),
+                filter_enabled: Some(runtime_fraction(100.0, "weft.ratelimit_enabled")),
+                filter_enforced: Some(runtime_fraction(100.0, "weft.ratelimit_enforced")),
+                ..Default::default()
+            };
+            per_filter.insert(
+                RATELIMIT_FILTER.to_string(),
+                weft_xds_api::pack(type_url::LOCAL_RATE_LIMIT, &cfg),
+            );
+        }
+        let matches: Vec<Option<&model::Match>> = if h.matches.is_empty() {
+            vec![None]
+        } else {
+            h.matches.iter().map(Some).collect()
+        };
+        // Several matches are OR-ed: one Envoy route per match, all with the same action.
+        for m in matches {
+            out.push(rt::Route {
+                name: h.name.clone().unwrap_or_else(|| format!("{}-{i}", svc.name)),
+                r#match: Some(route_match(m)),
+                action: Some(rt::route::Action::Route(action.clone())),
+                typed_per_filter_config: per_filter.clone(),
+                ..Default::default()
+            });
+        }
+    }
+    out.push(rt::Route {
+        name: format!("{}-default", svc.name),
+        r#match: Some(route_match(None)),
+        action: Some(rt::route::Action::Route(rt::RouteAction {
+            cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(svc.name.clone())),
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
+    out
+}
+
+fn route_match(m: Option<&model::Match>) -> rt::RouteMatch {
+    use rt::route_match::PathSpecifier;
+    let Some(m) = m else {
+        return rt::RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        };
+    };
+    let path = match &m.path {
+        PathMatch::Prefix(p) => PathSpecifier::Prefix(p.clone()),
+        PathMatch::Exact(p) => PathSpecifier::Path(p.clone()),
+        PathMatch::Regex(r) => PathSpecifier::SafeRegex(regex(r)),
+    };
+    let mut headers: Vec<rt::HeaderMatcher> = m.headers.iter().map(|(k, v)| header_matcher(k, v)).collect();
+    if let Some(method) = &m.method {
+        headers.push(header_matcher(":method", &StringMatch::Exact(method.clone())));
+    }
+    rt::RouteMatch {
+        path_specifier: Some(path),
+        headers,
+        ..Default::default()
+    }
+}
+
+fn route_action(world: &World, h: &model::HttpRoute) -> rt::RouteAction {
+    use rt::route_action::ClusterSpecifier;
+    // Validation guarantees references resolve; a dangling one (a file deleted under a policy) is
+    // dropped here rather than sent, so the proxy never sees a cluster that does not exist.
+    let known = |d: &model::DestRef| world.services.contains_key(&d.service);
+    let dests: Vec<&model::DestRef> = h.route.iter().filter(|d| known(d)).collect();
+    let cluster_specifier = if dests.len() == 1 {
+        Some(ClusterSpecifier::Cluster(dests[0].cluster_name()))
+    } else if dests.is_empty() {
+        Some(ClusterSpecifier::Cluster(
+            h.route.first().map(|d| d.service.clone()).unwrap_or_default(),
+        ))
+    } else {
+        Some(ClusterSpecifier::WeightedClusters(rt::WeightedCluster {
+            clusters: dests
+                .iter()
+                .filter(|d| d.weight > 0)
+                .map(|d| rt::weighted_cluster::ClusterWeight {
+                    name: d.cluster_name(),
+                    weight: u32v(d.weight),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }))
+    };
+    let mut a = rt::RouteAction {
+        cluster_specifier,
+        timeout: h.timeout.map(pb_dur),
+        ..Default::default()
+    };
+    if let Some(r) = &h.retries {
+        a.retry_policy = Some(rt::RetryPolicy {
+            retry_on: if r.retry_on.is_empty() {
+                "5xx,connect-failure,refused-stream,unavailable".into()
+            } else {
+                r.retry_on.join(",")
+            },
+            num_retries: u32v(r.attempts),
+            per_try_timeout: r.per_try_timeout.map(pb_dur),
+            ..Default::default()
+        });
+    }
+    if let Some(m) = h.mirror.as_ref().filter(|m| known(&m.dest)) {
+        a.request_mirror_policies = vec![rt::route_action::RequestMirrorPolicy {
+            cluster: m.dest.cluster_name(),
+            runtime_fraction: Some(runtime_fraction(m.percent, "weft.mirror")),
+            ..Default::default()
+        }];
+    }
+    if let Some(hash) = &h.hash {
+        use rt::route_action::hash_policy::{ConnectionProperties, Header, PolicySpecifier};
+        let spec = match hash {
+            HashOn::Header(name) => PolicySpecifier::Header(Header {
+                header_name: name.clone(),
+                ..Default::default()
+            }),
+            HashOn::SourceIp => PolicySpecifier::ConnectionProperties(ConnectionProperties { source_ip: true }),
+        };
+        a.hash_policy = vec![rt::route_action::HashPolicy {
+            policy_specifier: Some(spec),
+            ..Default::default()
+        }];
+    }
+    a
+}
+
+fn fault_config(f: &model::Fault) -> fault::HttpFault {
+    use weft_xds_api::pb::envoy::extensions::filters::common::fault::v3 as cf;
+    fault::HttpFault {
+        delay: f.delay.map(|(d, pc)| cf::FaultDelay {
+            percentage: Some(fraction(pc)),
+            fault_delay_secifier: Some(cf::fault_delay::FaultDelaySecifier::FixedDelay(pb_dur(d))),
+        }),
+        abort: f.abort.as_ref().map(|(code, pc)| fault::FaultAbort {
+            percentage: Some(fraction(*pc)),
+            error_type: Some(match code {
+                AbortCode::Http(s) => fault::fault_abort::ErrorType::HttpStatus(*s),
+                AbortCode::Grpc(s) => fault::fault_abort::ErrorType::GrpcStatus(*s),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn virtual_host(world: &World, svc: &model::Service, with_ratelimit: bool) -> rt::VirtualHost {
+    let mut domains = vec![svc.name.clone()];
+    if let Some(p) = svc.port {
+        domains.push(format!("{}:{p}", svc.name));
+    }
+    rt::VirtualHost {
+        name: svc.name.clone(),
+        domains,
+        routes: routes_for(world, svc, with_ratelimit),
+        ..Default::default()
+    }
+}
+
+fn http_filter(name: &str, url: &str, cfg: &impl Message, optional: bool) -> hcm::HttpFilter {
+    hcm::HttpFilter {
+        name: name.into(),
+        is_optional: optional,
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(weft_xds_api::pack(url, cfg))),
+        ..Default::default()
+    }
+}
+
+fn router_filter() -> hcm::HttpFilter {
+    http_filter(ROUTER_FILTER, type_url::ROUTER, &router::Router::default(), false)
+}
+
+/// Sidecar HCM filters: fault and local rate limit (optional, so proxies without them still accept),
+/// router last.
+fn sidecar_filters(stat_prefix: &str) -> Vec<hcm::HttpFilter> {
+    vec![
+        http_filter(FAULT_FILTER, type_url::FAULT, &fault::HttpFault::default(), true),
+        http_filter(
+            RATELIMIT_FILTER,
+            type_url::LOCAL_RATE_LIMIT,
+            &lrl::LocalRateLimit {
+                stat_prefix: stat_prefix.into(),
+                ..Default::default()
+            },
+            true,
+        ),
+        router_filter(),
+    ]
+}
+
+fn api_listener(world: &World, svc: &model::Service, name: &str) -> ls::Listener {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: svc.name.clone(),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            rt::RouteConfiguration {
+                name: svc.name.clone(),
+                virtual_hosts: vec![virtual_host(world, svc, false)],
+                ..Default::default()
+            },
+        )),
+        http_filters: vec![
+            http_filter(FAULT_FILTER, type_url::FAULT, &fault::HttpFault::default(), true),
+            router_filter(),
+        ],
+        ..Default::default()
+    };
+    ls::Listener {
+        name: name.into(),
+        api_listener: Some(ls::ApiListener {
+            api_listener: Some(weft_xds_api::pack(type_url::HCM, &manager)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn rds_listener(name: &str, addr: std::net::SocketAddr, route: &str) -> ls::Listener {
+    let manager = hcm::HttpConnectionManager {
+        stat_prefix: name.replace('|', "_"),
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(ads()),
+            route_config_name: route.into(),
+        })),
+        http_filters: sidecar_filters(&name.replace('|', "_")),
+        ..Default::default()
+    };
+    ls::Listener {
+        name: name.into(),
+        address: Some(socket_address(addr)),
+        filter_chains: vec![ls::FilterChain {
+            filters: vec![ls::Filter {
+                name: HCM_FILTER.into(),
+                config_type: Some(ls::filter::ConfigType::TypedConfig(weft_xds_api::pack(
+                    type_url::HCM,
+                    &manager,
+                ))),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A proxy's identity as the contract defines it (bootstrap `node`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct NodeInfo {
+    pub id: String,
+    pub cluster: String,
+    pub role: String,
+    pub outbound: Option<std::net::SocketAddr>,
+    pub inbound: Option<std::net::SocketAddr>,
+    pub app: Option<std::net::SocketAddr>,
+    pub user_agent: String,
+}
+
+impl NodeInfo {
+    pub fn from_node(n: &core::Node) -> NodeInfo {
+        let meta = |key: &str| -> Option<String> {
+            let f = n.metadata.as_ref()?.fields.get(key)?;
+            match &f.kind {
+                Some(weft_xds_api::pb::google::protobuf::value::Kind::StringValue(s)) => Some(s.clone()),
+                _ => None,
+            }
+        };
+        let addr = |key: &str| meta(key).and_then(|s| s.parse().ok());
+        NodeInfo {
+            id: n.id.clone(),
+            cluster: n.cluster.clone(),
+            role: meta("weft.role").unwrap_or_else(|| {
+                if n.cluster.is_empty() {
+                    "client".into()
+                } else {
+                    "sidecar".into()
+                }
+            }),
+            outbound: addr("weft.outbound"),
+            inbound: addr("weft.inbound"),
+            app: addr("weft.app"),
+            user_agent: n.user_agent_name.clone(),
+        }
+    }
+}
+
+/// Resources private to one proxy. Built once per stream: they depend only on the node's identity.
+#[derive(Debug, Default)]
+pub struct NodeResources {
+    pub maps: [ResMap; 4],
+}
+
+pub fn node_resources(node: &NodeInfo) -> NodeResources {
+    let mut r = NodeResources::default();
+    let mut put = |kind: Kind, res: Arc<Res>| {
+        r.maps[kind as usize].insert(res.name.clone(), res);
+    };
+    if let Some(addr) = node.outbound {
+        put(
+            Kind::Listener,
+            Res::new(Kind::Listener, OUTBOUND, &rds_listener(OUTBOUND, addr, OUTBOUND)),
+        );
+    }
+    if !node.cluster.is_empty() {
+        let name = format!("inbound|{}", node.cluster);
+        if let Some(addr) = node.inbound {
+            put(
+                Kind::Listener,
+                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name)),
+            );
+            let rc = rt::RouteConfiguration {
+                name: name.clone(),
+                virtual_hosts: vec![rt::VirtualHost {
+                    name: "inbound".into(),
+                    domains: vec!["*".into()],
+                    routes: vec![rt::Route {
+                        name: "inbound".into(),
+                        r#match: Some(route_match(None)),
+                        action: Some(rt::route::Action::Route(rt::RouteAction {
+                            cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(name.clone())),
+                            ..Default::default()
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            };
+            put(Kind::Route, Res::new(Kind::Route, &name, &rc));
+        }
+        if let Some(app) = node.app {
+            let c = cl::Cluster {
+                name: name.clone(),
+                cluster_discovery_type: Some(cl::cluster::ClusterDiscoveryType::Type(
+                    cl::cluster::DiscoveryType::Static as i32,
+                )),
+                connect_timeout: Some(pb_dur(Duration::from_secs(1))),
+                load_assignment: Some(ep::ClusterLoadAssignment {
+                    cluster_name: name.clone(),
+                    endpoints: vec![ep::LocalityLbEndpoints {
+                        lb_endpoints: vec![ep::LbEndpoint {
+                            host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
+                                address: Some(socket_address(app)),
+                                ..Default::default()
+                            })),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            put(Kind::Cluster, Res::new(Kind::Cluster, &name, &c));
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unchanged_services_reuse_encodings() {
+        let f = model::parse_fragment(
+            "a.yaml",
+            "services:\n - {name: a, endpoints: [{address: 127.0.0.1:1}]}\n - {name: b, endpoints: [{address: 127.0.0.1:2}]}\n",
+        )
+        .unwrap();
+        let (w, e) = World::build([("a.yaml", &f)].into_iter());
+        assert!(e.is_empty());
+        let s1 = build_snapshot(1, Arc::new(w.clone()), None);
+        let mut w2 = w;
+        Arc::make_mut(w2.services.get_mut("b").unwrap()).endpoints[0].weight = 7;
+        let s2 = build_snapshot(2, Arc::new(w2), Some(&s1));
+        let ep = |s: &Snapshot, n: &str| s.maps[Kind::Endpoint as usize][n].clone();
+        assert!(Arc::ptr_eq(&ep(&s1, "a"), &ep(&s2, "a")));
+        assert_ne!(ep(&s1, "b").version, ep(&s2, "b").version);
+        assert!(Arc::ptr_eq(
+            &s1.maps[Kind::Route as usize][OUTBOUND],
+            &s2.maps[Kind::Route as usize][OUTBOUND]
+        ));
+    }
+}
