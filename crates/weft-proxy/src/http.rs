@@ -47,7 +47,9 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 pub struct HttpRt {
     pub config: HttpConnectionManager,
     pub listener: String,
-    pub routes: RouteTable,
+    /// Swapped in place when only the route configuration changes (an RDS update), so that open
+    /// connections pick up new routes at their next request instead of being drained.
+    pub routes: arc_swap::ArcSwap<RouteTable>,
     pub stats: Arc<ListenerStats>,
     pub local_replies: LocalReplyCounters,
     pub access_log: Option<Arc<AccessLogger>>,
@@ -68,7 +70,7 @@ impl HttpRt {
         access_log: Option<Arc<AccessLogger>>,
     ) -> HttpRt {
         HttpRt {
-            routes: RouteTable::new(&config.route_config, listener, metrics),
+            routes: arc_swap::ArcSwap::from_pointee(RouteTable::new(&config.route_config, listener, metrics)),
             config: config.clone(),
             listener: listener.to_string(),
             stats,
@@ -376,6 +378,8 @@ fn smuggling_check(req: &Request<Incoming>) -> bool {
 
 async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
     let rt = &*ctx.rt;
+    // One route table for the whole exchange, even if an update swaps it meanwhile.
+    let routes = rt.routes.load_full();
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
     let mut log = rt.access_log.as_ref().map(|logger| {
@@ -429,7 +433,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
         (resp, Some(reason), None, None)
     } else {
         let host = request_host(&req);
-        match rt.routes.route(host, req.method(), req.uri(), req.headers()) {
+        match routes.route(host, req.method(), req.uri(), req.headers()) {
             None => (
                 local_reply(rt, Reason::NoRoute, grpc),
                 Some(Reason::NoRoute),
@@ -456,7 +460,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                                 let (resp, reason) = stop_reply(rt, stop, grpc);
                                 (resp, Some(reason), None)
                             }
-                            None => forward(ctx, req, vh, route, f, grpc, start, log.as_deref_mut()).await,
+                            None => forward(ctx, req, &routes, vh, route, f, grpc, start, log.as_deref_mut()).await,
                         }
                     }
                     RouteAction::Redirect(r) => (
@@ -480,7 +484,7 @@ async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
                 let h = resp.headers_mut();
                 route.mutations.response.apply(h);
                 vh.mutations.response.apply(h);
-                rt.routes.mutations.response.apply(h);
+                routes.mutations.response.apply(h);
                 (resp, reason, active, Some(route))
             }
         }
@@ -833,6 +837,7 @@ enum BodySource {
 async fn forward(
     ctx: &ConnCtx,
     req: Request<Incoming>,
+    route_table: &RouteTable,
     vh: &VirtualHostEntry,
     route: &RouteEntry,
     action: &ForwardAction,
@@ -953,7 +958,7 @@ async fn forward(
         headers.append(header::VIA, v.clone());
     }
     headers.remove(&ORIGINAL_DST_HEADER);
-    rt.routes.mutations.request.apply(&mut headers);
+    route_table.mutations.request.apply(&mut headers);
     vh.mutations.request.apply(&mut headers);
     route.mutations.request.apply(&mut headers);
     if let Some(l) = log.as_deref_mut() {

@@ -86,7 +86,8 @@ pub struct ListenerRt {
     pub config: Listener,
     pub chains: Vec<(FilterChainMatch, FilterRt)>,
     pub stats: Arc<ListenerStats>,
-    drain: watch::Sender<bool>,
+    /// Shared with the generation that replaced this one when only its routes changed.
+    drain: Arc<watch::Sender<bool>>,
 }
 
 impl ListenerRt {
@@ -123,6 +124,7 @@ impl ListenerRt {
     }
 }
 
+#[derive(Clone)]
 pub enum FilterRt {
     Http(Arc<http::HttpRt>),
     Tcp(Arc<tcp::TcpRt>),
@@ -343,10 +345,30 @@ impl Server {
 
         let mut listeners = HashMap::new();
         let mut changed = Vec::new();
+        // Listeners whose route configurations alone changed (an RDS update): their connections
+        // stay open and see the new route tables, stored at commit.
+        let mut rerouted = Vec::new();
+        let mut new_route_tables = Vec::new();
         for l in &config.listeners {
             match old.listeners.get(&l.name) {
                 Some(p) if p.config == *l => {
                     listeners.insert(l.name.clone(), p.clone());
+                }
+                Some(p) if only_routes_changed(&p.config, l) => {
+                    for ((_, f), fc) in p.chains.iter().zip(&l.filter_chains) {
+                        if let (FilterRt::Http(h), NetworkFilter::Http(cfg)) = (f, &fc.filter) {
+                            let table = crate::router::RouteTable::new(&cfg.route_config, &l.name, &shared.metrics);
+                            new_route_tables.push((h.clone(), table));
+                        }
+                    }
+                    let rt = Arc::new(ListenerRt {
+                        config: l.clone(),
+                        chains: p.chains.clone(),
+                        stats: p.stats.clone(),
+                        drain: p.drain.clone(),
+                    });
+                    rerouted.push(l.name.clone());
+                    listeners.insert(l.name.clone(), rt);
                 }
                 _ => {
                     let rt = Arc::new(self.build_listener(l)?);
@@ -393,6 +415,14 @@ impl Server {
                     }
                     slot.current.load().start_drain();
                 }
+            }
+        }
+        for (h, table) in new_route_tables {
+            h.routes.store(Arc::new(table));
+        }
+        for name in &rerouted {
+            if let Some(slot) = slots.get(name) {
+                slot.current.store(snapshot.listeners[name].clone());
             }
         }
         // Listeners whose config changed in place: new connections use the new one, old drain.
@@ -474,7 +504,7 @@ impl Server {
             config: l.clone(),
             chains,
             stats,
-            drain: watch::channel(false).0,
+            drain: Arc::new(watch::channel(false).0),
         })
     }
 
@@ -663,4 +693,28 @@ impl LocalReplyCounters {
             c.inc();
         }
     }
+}
+
+/// Whether `new` differs from `old` only in the route configurations of its HTTP connection
+/// managers. Such a change (an RDS update, or a route edit in the file) swaps route tables in place:
+/// Envoy does the same, and draining every connection on each route update would turn routine
+/// canary shifts into connection churn and lost keep-alive requests.
+fn only_routes_changed(old: &Listener, new: &Listener) -> bool {
+    old.name == new.name
+        && old.address == new.address
+        && old.max_connections == new.max_connections
+        && old.filter_chains.len() == new.filter_chains.len()
+        && old.filter_chains.iter().zip(&new.filter_chains).all(|(a, b)| {
+            a.name == b.name
+                && a.match_ == b.match_
+                && match (&a.filter, &b.filter) {
+                    (NetworkFilter::Http(x), NetworkFilter::Http(y)) => {
+                        let mut same = y.clone();
+                        same.route_config = x.route_config.clone();
+                        *x == same
+                    }
+                    (NetworkFilter::TcpProxy(x), NetworkFilter::TcpProxy(y)) => x == y,
+                    _ => false,
+                }
+        })
 }

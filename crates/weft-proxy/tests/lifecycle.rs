@@ -195,6 +195,36 @@ async fn unchanged_listener_keeps_keepalive_connection_across_cluster_reload() {
 }
 
 #[tokio::test]
+async fn route_only_change_keeps_keepalive_connection_and_applies_at_once() {
+    let a = named_upstream("a").await;
+    let b = named_upstream("b").await;
+    let clusters = [("a", a.addr), ("b", b.addr)];
+    let proxy = start_proxy(&web_yaml("a", &clusters, "", ""));
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut client = H1Client::connect(addr).await;
+    assert_eq!(client.get("/one").await.text(), "hello from a");
+
+    // Only the route changes (an RDS update does this): the route table is swapped in place.
+    proxy.apply(cfg(&web_yaml("b", &clusters, "", ""))).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = client
+        .try_send(req("GET", "/two", "test.local", &[], ""))
+        .await
+        .expect("the connection survives a route-only change");
+    assert_eq!(
+        got.text(),
+        "hello from b",
+        "the open connection routes by the new table"
+    );
+    assert!(got.header("connection").is_none(), "not asked to close");
+    let cx = metric(
+        &admin(&proxy, "/stats/prometheus").await.text(),
+        "weft_downstream_cx_total{listener=\"web\"}",
+    );
+    assert_eq!(cx, Some(1.0));
+}
+
+#[tokio::test]
 async fn changed_listener_drains_keepalive_connection() {
     let a = named_upstream("a").await;
     let b = named_upstream("b").await;
@@ -206,7 +236,8 @@ async fn changed_listener_drains_keepalive_connection() {
     assert_eq!(r.status(), 200);
     r.into_body().collect().await.unwrap();
 
-    proxy.apply(cfg(&web_yaml("b", &clusters, "", ""))).unwrap();
+    // A connection-manager setting changes too, so the listener is rebuilt and the old one drains.
+    proxy.apply(cfg(&web_yaml("b", &clusters, "via: weft", ""))).unwrap();
     // The idle connection is closed by the drain of the old listener generation.
     tokio::time::timeout(Duration::from_secs(2), conn)
         .await

@@ -1,133 +1,333 @@
-//! `weft demo`: sample services behind a weft proxy on loopback, with live traffic and a summary line
-//! per second. On a timer it shifts canary weight and makes one backend flaky, so the user sees
-//! routing and retries react.
+//! `weft demo`: a whole mesh on loopback. It starts `weft control` on a registry directory, four
+//! sample service instances (frontend, reviews v1 and v2, ratings), each behind its own `weft proxy`
+//! sidecar configured over xDS, and a traffic generator; prints where to look and one summary line
+//! per second; and on a timer edits the registry files (a canary weight shift, then a fault
+//! injection) so the user watches the mesh react.
 //!
-//! Everything runs in this process on 127.0.0.1 with ephemeral ports; Ctrl-C stops it cleanly.
+//! The control plane and the sidecars are child processes of this binary (exactly what a user would
+//! run); the sample applications and the traffic generator run in this process. Everything binds
+//! 127.0.0.1. Ctrl-C (or `--duration`) stops the children and removes the temporary directory.
 
 use bytes::Bytes;
 use clap::Args;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use weft_proxy::{Server, ServerOptions};
 
 #[derive(Args, Default, Clone)]
 pub struct DemoArgs {
-    /// Stop after this long (e.g. 30s); default: run until Ctrl-C.
+    /// Stop after this long (e.g. 60s); default: run until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Requests per second the traffic generator sends.
-    #[arg(long, default_value_t = 200)]
+    /// Requests per second the traffic generator sends to the frontend.
+    #[arg(long, default_value_t = 100)]
     pub rate: u32,
-    /// Seconds between scripted events (canary shift, flaky backend, recovery).
+    /// Seconds between scripted events (canary 10%, canary 50%, fault on, fault off + promote).
     #[arg(long, default_value_t = 10)]
     pub step: u64,
+    /// xDS flavour the sidecars use: "delta" or "sotw".
+    #[arg(long, default_value = "delta")]
+    pub xds: String,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     weft_config::duration::parse(s)
 }
 
-/// A sample service: answers with its name; `fail_permille` of requests get a 503.
-struct Sample {
-    name: &'static str,
-    fail_permille: AtomicU32,
+fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
-async fn serve_sample(sample: Arc<Sample>) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let sample = sample.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |_req: hyper::Request<Incoming>| {
-                    let sample = sample.clone();
-                    async move {
-                        let fail = fastrand::u32(0..1000) < sample.fail_permille.load(Ordering::Relaxed);
-                        let (status, body) = if fail {
-                            (503, format!("{} is having a bad moment\n", sample.name))
-                        } else {
-                            (200, format!("hello from {}\n", sample.name))
-                        };
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("x-served-by", sample.name)
-                                .body(Full::new(Bytes::from(body)))
-                                .expect("valid response"),
-                        )
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
-fn config_yaml(
-    proxy: &str,
-    admin: &str,
-    v1: SocketAddr,
-    v2: SocketAddr,
-    catalog: SocketAddr,
-    canary_weight: u32,
-) -> String {
-    format!(
-        r#"
-admin: {{ address: "{admin}" }}
-listeners:
-  - name: mesh
-    address: "{proxy}"
-    http:
-      via: weft
-      route_config:
-        virtual_hosts:
-          - name: demo
-            domains: ["*"]
-            routes:
-              - name: greeter
-                match: {{ prefix: /greeter }}
-                route:
-                  weighted_clusters:
-                    - {{ name: greeter-v1, weight: {v1w} }}
-                    - {{ name: greeter-v2, weight: {canary_weight} }}
-              - name: catalog
-                match: {{ prefix: /catalog }}
-                route:
-                  cluster: catalog
-                  timeout: 2s
-                  retry_policy: {{ retry_on: [5xx, connect-failure], num_retries: 3, per_try_timeout: 500ms }}
-clusters:
-  - {{ name: greeter-v1, endpoints: [{{ address: "{v1}" }}] }}
-  - {{ name: greeter-v2, endpoints: [{{ address: "{v2}" }}] }}
-  - {{ name: catalog, lb_policy: least_request, endpoints: [{{ address: "{catalog}" }}] }}
-"#,
-        v1w = 100 - canary_weight
-    )
-}
+// ---------------------------------------------------------------------------------------------
+// Per-second statistics
 
 #[derive(Default)]
 struct Window {
-    latencies: BTreeMap<&'static str, Vec<u32>>,
-    errors: BTreeMap<&'static str, u64>,
-    by_backend: BTreeMap<String, u64>,
+    ok: u64,
+    errors: u64,
+    latencies_us: Vec<u32>,
+}
+
+#[derive(Default, Clone)]
+struct Stats(Arc<Mutex<BTreeMap<&'static str, Window>>>);
+
+impl Stats {
+    fn record(&self, who: &'static str, ok: bool, took: Duration) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let w = m.entry(who).or_default();
+        if ok {
+            w.ok += 1;
+        } else {
+            w.errors += 1;
+        }
+        w.latencies_us.push(took.as_micros().min(u32::MAX as u128) as u32);
+    }
+
+    fn take(&self) -> BTreeMap<&'static str, Window> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn p99_ms(lat: &mut [u32]) -> f64 {
+    if lat.is_empty() {
+        return 0.0;
+    }
+    lat.sort_unstable();
+    lat[((lat.len() - 1) as f64 * 0.99) as usize] as f64 / 1000.0
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny keep-alive HTTP/1.1 client (apps call their sidecar's outbound listener with it)
+
+type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+#[derive(Clone)]
+struct Client {
+    to: SocketAddr,
+    slots: Arc<Vec<tokio::sync::Mutex<Option<Conn>>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Client {
+    fn new(to: SocketAddr) -> Client {
+        Client {
+            to,
+            slots: Arc::new((0..16).map(|_| tokio::sync::Mutex::new(None)).collect()),
+            next: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// GET `path` with `Host: host`; (status, body) or None on a transport error.
+    async fn get(&self, host: &str, path: &str) -> Option<(u16, String)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            let stream = tokio::net::TcpStream::connect(self.to).await.ok()?;
+            let _ = stream.set_nodelay(true);
+            let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(conn);
+            *slot = Some(s);
+        }
+        let sender = slot.as_mut()?;
+        sender.ready().await.ok()?;
+        let req = hyper::Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .ok()?;
+        let resp = match tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await {
+            Ok(Ok(r)) => r,
+            _ => {
+                *slot = None;
+                return None;
+            }
+        };
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some((status, String::from_utf8_lossy(&body).trim().to_string()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sample applications
+
+/// What an app does with a request: answer by itself, or call a downstream service through its
+/// sidecar and wrap the answer.
+#[derive(Clone)]
+enum Behaviour {
+    Leaf(&'static str),
+    Calls {
+        me: &'static str,
+        service: &'static str,
+        sidecar: Client,
+    },
+}
+
+async fn serve_app(listener: tokio::net::TcpListener, name: &'static str, behaviour: Behaviour, stats: Stats) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let behaviour = behaviour.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req: hyper::Request<Incoming>| {
+                let behaviour = behaviour.clone();
+                let stats = stats.clone();
+                async move {
+                    let start = Instant::now();
+                    let (status, body) = match &behaviour {
+                        Behaviour::Leaf(text) => (200, text.to_string()),
+                        Behaviour::Calls { me, service, sidecar } => match sidecar.get(service, "/").await {
+                            Some((200, b)) => (200, format!("{me} <- {b}")),
+                            Some((s, _)) => (502, format!("{me}: {service} answered {s}")),
+                            None => (502, format!("{me}: {service} unreachable")),
+                        },
+                    };
+                    stats.record(name, status == 200, start.elapsed());
+                    Ok::<_, std::convert::Infallible>(
+                        hyper::Response::builder()
+                            .status(status)
+                            .header("x-served-by", name)
+                            .body(Full::new(Bytes::from(body)))
+                            .expect("valid response"),
+                    )
+                }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mesh: registry files, control plane, sidecars
+
+/// One service instance: its app, and the three addresses of its sidecar.
+struct Instance {
+    id: &'static str,
+    service: &'static str,
+    version: &'static str,
+    app: SocketAddr,
+    inbound: SocketAddr,
+    outbound: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// Children are killed when the demo ends, however it ends.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+        }
+        for (_, c) in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+fn services_yaml(instances: &[Instance]) -> String {
+    let mut s = String::from("# The demo's services: each endpoint is a sidecar's inbound listener.\nservices:\n");
+    for svc in ["frontend", "reviews", "ratings"] {
+        s.push_str(&format!("  - name: {svc}\n    protocol: http\n    endpoints:\n"));
+        for i in instances.iter().filter(|i| i.service == svc) {
+            s.push_str(&format!(
+                "      - address: {}\n        labels: {{version: {}}}\n        locality: {{region: local, zone: a}}\n",
+                i.inbound, i.version
+            ));
+        }
+    }
+    s
+}
+
+fn destinations_yaml() -> String {
+    r#"# Destination policies: subsets by label, connection limits, outlier ejection.
+destinations:
+  - service: reviews
+    lb: least_request
+    connection_limits: {max_requests: 1000, max_pending_requests: 1000}
+    outlier_detection: {consecutive_5xx: 5, interval: 1s, base_ejection_time: 5s, max_ejection_percent: 50}
+    subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"#
+    .to_string()
+}
+
+/// The routing policy at each stage of the timeline.
+fn routes_yaml(v2_weight: u32, ratings_fault_percent: u32) -> String {
+    let mut s = format!(
+        "# Routing rules (edited by the demo's timeline).\nroutes:\n  - service: reviews\n    http:\n      - route:\n          - {{destination: reviews, subset: v1, weight: {}}}\n          - {{destination: reviews, subset: v2, weight: {}}}\n        timeout: 3s\n",
+        100 - v2_weight,
+        v2_weight
+    );
+    if ratings_fault_percent > 0 {
+        s.push_str(&format!(
+            "  - service: ratings\n    http:\n      - route: [{{destination: ratings}}]\n        fault: {{abort: {{http_status: 503, percent: {ratings_fault_percent}}}}}\n"
+        ));
+    }
+    s
+}
+
+fn sidecar_yaml(i: &Instance, xds: SocketAddr, mode: &str) -> String {
+    format!(
+        r#"# Sidecar of {id}: everything but this bootstrap comes from weft control over xDS.
+node:
+  id: {id}
+  cluster: {service}
+  zone: a
+  region: local
+  metadata:
+    weft.role: sidecar
+    weft.inbound: "{inbound}"
+    weft.outbound: "{outbound}"
+    weft.app: "{app}"
+admin:
+  address: "{admin}"
+runtime:
+  concurrency: 1
+xds:
+  address: "{xds}"
+  mode: {mode}
+"#,
+        id = i.id,
+        service = i.service,
+        inbound = i.inbound,
+        outbound = i.outbound,
+        app = i.app,
+        admin = i.admin,
+    )
+}
+
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn wait_ready(name: &str, admin: SocketAddr, children: &mut Children) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        if tokio::task::spawn_blocking(move || http_status(admin, "/ready"))
+            .await
+            .ok()
+            .flatten()
+            == Some(200)
+        {
+            return Ok(());
+        }
+        for (n, c) in &mut children.0 {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Err(format!("{n} exited ({status}) before it was ready"));
+            }
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err(format!("{name} not ready after 30 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 pub fn run(args: DemoArgs) -> i32 {
     let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(2)
         .enable_all()
         .build()
     {
@@ -137,196 +337,233 @@ pub fn run(args: DemoArgs) -> i32 {
             return 1;
         }
     };
-    rt.block_on(demo(args))
+    let dir = std::env::temp_dir().join(format!("weft-demo-{}", std::process::id()));
+    let code = rt.block_on(demo(args, &dir));
+    let _ = std::fs::remove_dir_all(&dir);
+    code
 }
 
-async fn demo(args: DemoArgs) -> i32 {
-    let v1 = Arc::new(Sample {
-        name: "greeter-v1",
-        fail_permille: AtomicU32::new(0),
-    });
-    let v2 = Arc::new(Sample {
-        name: "greeter-v2",
-        fail_permille: AtomicU32::new(0),
-    });
-    let catalog = Arc::new(Sample {
-        name: "catalog",
-        fail_permille: AtomicU32::new(0),
-    });
-    let (Ok(a1), Ok(a2), Ok(a3)) = (
-        serve_sample(v1.clone()).await,
-        serve_sample(v2.clone()).await,
-        serve_sample(catalog.clone()).await,
-    ) else {
-        eprintln!("weft demo: cannot bind sample services on 127.0.0.1");
-        return 1;
-    };
-    let cfg = |w| weft_config::from_yaml(&config_yaml("127.0.0.1:0", "127.0.0.1:0", a1, a2, a3, w));
-    let server = match cfg(10)
-        .map_err(|e| e.to_string())
-        .and_then(|c| Server::start(c, ServerOptions { config_path: None }))
-    {
-        Ok(s) => s,
+async fn demo(args: DemoArgs, dir: &Path) -> i32 {
+    match demo_inner(args, dir).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("weft demo: {e}");
-            return 1;
+            1
         }
+    }
+}
+
+async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
+    let mode = match args.xds.as_str() {
+        "delta" => "ads_delta",
+        "sotw" => "ads_sotw",
+        o => return Err(format!("--xds must be delta or sotw, not {o:?}")),
     };
-    let proxy = server.listener_addr("mesh").expect("listener bound");
-    let admin = server.admin_addr().expect("admin bound");
-    println!("weft demo: three sample services behind a weft proxy, all on loopback.\n");
-    println!("  proxy        http://{proxy}/greeter   http://{proxy}/catalog");
-    println!("  admin        http://{admin}/   (try /clusters, /stats/prometheus, /config_dump)");
-    println!("  services     greeter-v1 {a1}, greeter-v2 {a2}, catalog {a3}");
+    let exe: PathBuf = std::env::current_exe().map_err(|e| e.to_string())?;
+    let registry = dir.join("registry");
+    std::fs::create_dir_all(&registry).map_err(|e| format!("{}: {e}", registry.display()))?;
+    let io = |e: std::io::Error| e.to_string();
+
+    // Apps first (their listeners exist before anyone routes to them).
+    let stats = Stats::default();
+    let mut instances = Vec::new();
+    let mut app_listeners = Vec::new();
+    for (id, service, version) in [
+        ("frontend-1", "frontend", "v1"),
+        ("reviews-v1", "reviews", "v1"),
+        ("reviews-v2", "reviews", "v2"),
+        ("ratings-1", "ratings", "v1"),
+    ] {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+        instances.push(Instance {
+            id,
+            service,
+            version,
+            app: l.local_addr().map_err(io)?,
+            inbound: free_addr().map_err(io)?,
+            outbound: free_addr().map_err(io)?,
+            admin: free_addr().map_err(io)?,
+        });
+        app_listeners.push(l);
+    }
+    for (i, l) in instances.iter().zip(app_listeners) {
+        let behaviour = match i.id {
+            "frontend-1" => Behaviour::Calls {
+                me: "frontend",
+                service: "reviews",
+                sidecar: Client::new(i.outbound),
+            },
+            "reviews-v1" => Behaviour::Leaf("reviews-v1"),
+            "reviews-v2" => Behaviour::Calls {
+                me: "reviews-v2",
+                service: "ratings",
+                sidecar: Client::new(i.outbound),
+            },
+            _ => Behaviour::Leaf("ratings: 4.5 stars"),
+        };
+        tokio::spawn(serve_app(l, i.id, behaviour, stats.clone()));
+    }
+
+    // Registry, then the control plane, then the sidecars.
+    write_atomic(&registry.join("services.yaml"), &services_yaml(&instances)).map_err(io)?;
+    write_atomic(&registry.join("destinations.yaml"), &destinations_yaml()).map_err(io)?;
+    write_atomic(&registry.join("routes.yaml"), &routes_yaml(0, 0)).map_err(io)?;
+    let xds = free_addr().map_err(io)?;
+    let control_admin = free_addr().map_err(io)?;
+    let mut children = Children(Vec::new());
+    let log = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
+    let control = Command::new(&exe)
+        .args(["control", "--registry"])
+        .arg(&registry)
+        .args(["--xds", &xds.to_string(), "--admin", &control_admin.to_string()])
+        .env("WEFT_LOG", &log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start weft control: {e}"))?;
+    children.0.push(("weft control".into(), control));
+    wait_ready("weft control", control_admin, &mut children).await?;
+    for i in &instances {
+        let cfg = dir.join(format!("sidecar-{}.yaml", i.id));
+        write_atomic(&cfg, &sidecar_yaml(i, xds, mode)).map_err(io)?;
+        let child = Command::new(&exe)
+            .args(["proxy", "-c"])
+            .arg(&cfg)
+            .env("WEFT_LOG", &log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the sidecar of {}: {e}", i.id))?;
+        children.0.push((format!("sidecar {}", i.id), child));
+    }
+    for i in &instances {
+        wait_ready(&format!("sidecar {}", i.id), i.admin, &mut children).await?;
+    }
+
+    let frontend = instances[0].inbound;
     println!(
-        "  traffic      {} req/s, half to /greeter, half to /catalog\n",
+        "weft demo: a mesh on loopback. weft control serves xDS ({}) to four sidecars.\n",
+        args.xds
+    );
+    println!("  control plane  xDS {xds}   admin http://{control_admin}/debug/proxies  /metrics");
+    for i in &instances {
+        println!(
+            "  {:<11}    app {}  sidecar in {} out {}  admin http://{}/ (try /clusters, /stats/prometheus, /xds)",
+            i.id, i.app, i.inbound, i.outbound, i.admin
+        );
+    }
+    println!(
+        "  registry       {}  (edit these files: the mesh follows within a second)",
+        registry.display()
+    );
+    println!(
+        "  traffic        {} req/s to the frontend; frontend -> reviews (v1 | v2 -> ratings)\n",
         args.rate
     );
-    println!("  Timeline: t={}s canary greeter-v2 goes 10% -> 50%; t={}s catalog starts failing 30% (retries hide it); t={}s it recovers.\n", args.step, args.step * 2, args.step * 3);
+    let s = args.step;
+    println!(
+        "  Timeline: t={s}s canary reviews-v2 10%; t={}s 50%; t={}s fault: calls to ratings abort 40%; t={}s fault off, v2 promoted to 100%.",
+        2 * s,
+        3 * s,
+        4 * s
+    );
+    println!("Each line: requests/s, error rate and p99 latency seen by the client, then by each service instance.");
     println!("Press Ctrl-C to stop.\n");
 
-    let window = Arc::new(Mutex::new(Window::default()));
     let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(tokio::sync::Notify::new());
-    let gen = tokio::spawn(traffic(proxy, args.rate.max(1), window.clone(), sent.clone()));
-
+    let gen = tokio::spawn(traffic(frontend, args.rate.max(1), stats.clone(), sent.clone()));
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut stage = 0;
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
-    loop {
+    let stages: [(u32, u32, &str); 4] = [
+        (10, 0, "canary: reviews-v2 gets 10% (routes.yaml)"),
+        (50, 0, "canary: reviews-v2 gets 50%"),
+        (
+            50,
+            40,
+            "fault injection: 40% of calls to ratings abort with 503 (injected by the callers' sidecars)",
+        ),
+        (100, 0, "fault removed; reviews-v2 promoted to 100%"),
+    ];
+    let result = loop {
         tokio::select! {
-            _ = &mut ctrl_c => break,
-            _ = stop.notified() => break,
+            _ = &mut ctrl_c => break Ok(()),
             _ = tick.tick() => {}
         }
-        let t = started.elapsed().as_secs();
-        if let Some(d) = args.duration {
-            if started.elapsed() >= d {
-                break;
+        let elapsed = started.elapsed();
+        if args.duration.is_some_and(|d| elapsed >= d) {
+            break Ok(());
+        }
+        let exited = children.0.iter_mut().find_map(|(n, c)| {
+            c.try_wait()
+                .ok()
+                .flatten()
+                .map(|status| format!("{n} exited unexpectedly ({status})"))
+        });
+        if let Some(e) = exited {
+            break Err(e);
+        }
+        let t = elapsed.as_secs();
+        if stage < stages.len() && t >= s * (stage as u64 + 1) {
+            let (v2, fault, what) = stages[stage];
+            stage += 1;
+            match write_atomic(&registry.join("routes.yaml"), &routes_yaml(v2, fault)) {
+                Ok(()) => println!(">>> t={t}s  {what}"),
+                Err(e) => println!(">>> t={t}s  cannot write the registry: {e}"),
             }
         }
-        if stage == 0 && t >= args.step {
-            stage = 1;
-            match cfg(50).map_err(|e| e.to_string()).and_then(|c| server.apply(c)) {
-                Ok(()) => println!(">>> t={t}s  canary: greeter-v2 weight 10% -> 50% (new config applied atomically)"),
-                Err(e) => println!(">>> canary shift refused: {e}"),
-            }
-        } else if stage == 1 && t >= args.step * 2 {
-            stage = 2;
-            catalog.fail_permille.store(300, Ordering::Relaxed);
-            println!(
-                ">>> t={t}s  catalog now fails 30% of requests; weft retries (up to 3) keep the client error rate low"
-            );
-        } else if stage == 2 && t >= args.step * 3 {
-            stage = 3;
-            catalog.fail_permille.store(0, Ordering::Relaxed);
-            println!(">>> t={t}s  catalog recovered");
-        }
-        let w = std::mem::take(&mut *window.lock().unwrap());
+        let mut w = stats.take();
         let mut line = format!("t={t:>3}s");
-        for svc in ["greeter", "catalog"] {
-            let mut lat = w.latencies.get(svc).cloned().unwrap_or_default();
-            lat.sort_unstable();
-            let n = lat.len() as u64;
-            let errs = w.errors.get(svc).copied().unwrap_or(0);
-            let p99 = if lat.is_empty() {
-                0
-            } else {
-                lat[((lat.len() - 1) as f64 * 0.99) as usize]
-            };
-            let total = n + errs;
-            let err_pct = if total == 0 {
+        for (who, label) in [
+            ("client", "client"),
+            ("frontend-1", "frontend"),
+            ("reviews-v1", "reviews-v1"),
+            ("reviews-v2", "reviews-v2"),
+            ("ratings-1", "ratings"),
+        ] {
+            let win = w.entry(who).or_default();
+            let total = win.ok + win.errors;
+            let err = if total == 0 {
                 0.0
             } else {
-                errs as f64 * 100.0 / total as f64
+                win.errors as f64 * 100.0 / total as f64
             };
-            line.push_str(&format!(
-                "  | {svc}: {total:>4} req/s  err {err_pct:>5.1}%  p99 {:>6.2} ms",
-                p99 as f64 / 1000.0
-            ));
+            let p99 = p99_ms(&mut win.latencies_us);
+            if who == "client" {
+                line.push_str(&format!(
+                    "  client {total:>3} req/s err {err:>4.1}% p99 {p99:>5.1}ms ||"
+                ));
+            } else {
+                line.push_str(&format!(" {label} {total:>3} {err:>4.1}% {p99:>4.1}ms |"));
+            }
         }
-        let v1n = w.by_backend.get("greeter-v1").copied().unwrap_or(0);
-        let v2n = w.by_backend.get("greeter-v2").copied().unwrap_or(0);
-        if v1n + v2n > 0 {
-            line.push_str(&format!(
-                "  | v2 share {:>3.0}%",
-                v2n as f64 * 100.0 / (v1n + v2n) as f64
-            ));
-        }
+        line.pop();
         println!("{line}");
-    }
+    };
     gen.abort();
-    println!("\nstopping: draining the proxy...");
-    let s = server.clone();
-    let _ = tokio::task::spawn_blocking(move || s.shutdown(Duration::from_secs(2))).await;
-    drop(server);
+    println!("\nstopping the sidecars and the control plane...");
+    drop(children);
     println!("done: {} requests sent.", sent.load(Ordering::Relaxed));
-    0
+    result
 }
 
-/// Open-loop-ish generator: a fixed schedule, each request on its own task over a small pool of
-/// keep-alive connections.
-async fn traffic(proxy: SocketAddr, rate: u32, window: Arc<Mutex<Window>>, sent: Arc<AtomicU64>) {
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let mut tick = tokio::time::interval(interval);
+/// A fixed-rate schedule; each request on its own task over keep-alive connections.
+async fn traffic(frontend: SocketAddr, rate: u32, stats: Stats, sent: Arc<AtomicU64>) {
+    let client = Client::new(frontend);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let conns: Vec<_> = (0..8).map(|_| Arc::new(tokio::sync::Mutex::new(None))).collect();
-    let mut i = 0usize;
     loop {
         tick.tick().await;
-        i += 1;
-        let path = if i.is_multiple_of(2) { "/greeter" } else { "/catalog" };
-        let svc: &'static str = if i.is_multiple_of(2) { "greeter" } else { "catalog" };
-        let slot = conns[i % conns.len()].clone();
-        let window = window.clone();
         sent.fetch_add(1, Ordering::Relaxed);
+        let client = client.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let start = Instant::now();
-            let result = send(proxy, path, &slot).await;
-            let mut w = window.lock().unwrap();
-            match result {
-                Some((200, backend)) => {
-                    w.latencies
-                        .entry(svc)
-                        .or_default()
-                        .push(start.elapsed().as_micros() as u32);
-                    if let Some(b) = backend {
-                        *w.by_backend.entry(b).or_default() += 1;
-                    }
-                }
-                _ => *w.errors.entry(svc).or_default() += 1,
-            }
+            let ok = matches!(client.get("frontend", "/").await, Some((200, _)));
+            stats.record("client", ok, start.elapsed());
         });
     }
-}
-
-type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn send(proxy: SocketAddr, path: &str, slot: &tokio::sync::Mutex<Option<Conn>>) -> Option<(u16, Option<String>)> {
-    let mut guard = slot.lock().await;
-    if guard.as_ref().is_none_or(|c| c.is_closed()) {
-        let stream = tokio::net::TcpStream::connect(proxy).await.ok()?;
-        let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-        tokio::spawn(conn);
-        *guard = Some(s);
-    }
-    let sender = guard.as_mut()?;
-    sender.ready().await.ok()?;
-    let req = hyper::Request::get(path)
-        .header("host", "demo.local")
-        .body(Full::new(Bytes::new()))
-        .ok()?;
-    let resp = sender.send_request(req).await.ok()?;
-    let status = resp.status().as_u16();
-    let backend = resp
-        .headers()
-        .get("x-served-by")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    use http_body_util::BodyExt;
-    let _ = resp.into_body().collect().await;
-    Some((status, backend))
 }

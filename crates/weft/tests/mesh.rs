@@ -1,0 +1,719 @@
+//! The mesh end to end, with processes nobody here wrote: `weft control` serving xDS from a file
+//! registry to a real Envoy 1.40 (SotW and Delta ADS), to Python grpcio and Node @grpc/grpc-js-xds
+//! proxyless clients (`xds:///` targets), and to `weft proxy` sidecars (SotW and Delta), including a
+//! control plane killed and restarted under traffic.
+//!
+//! Peers come from `interop/install` (run by `scripts/test`). Outside CI a missing peer skips its
+//! test with a message; under `CI=true` it fails.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
+}
+
+/// The peer's path, or None (skip) outside CI; under CI a missing peer is a failure.
+fn peer(rel: &str) -> Option<PathBuf> {
+    let p = interop_dir().join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{} is missing under CI=true: run interop/install", p.display());
+    }
+    eprintln!("skipping: {} is missing (run interop/install)", p.display());
+    None
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "weft-mesh-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed when the test ends, pass or fail.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn http(addr: SocketAddr, method: &str, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nhost: {host}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Registry files (the file registry format of docs/control.md)
+
+struct Ep<'a> {
+    addr: SocketAddr,
+    weight: u32,
+    zone: &'a str,
+    version: &'a str,
+}
+
+fn service_yaml(name: &str, protocol: &str, eps: &[Ep]) -> String {
+    let empty = if eps.is_empty() { " []" } else { "" };
+    let mut s = format!("services:\n  - name: {name}\n    protocol: {protocol}\n    endpoints:{empty}\n");
+    for e in eps {
+        s.push_str(&format!(
+            "      - address: {}\n        weight: {}\n        labels: {{version: {}}}\n        locality: {{region: local, zone: {}}}\n",
+            e.addr, e.weight, e.version, e.zone
+        ));
+    }
+    s
+}
+
+/// Replaces a registry file atomically, so the watcher never reads half of it.
+fn write_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// weft control as a process
+
+struct Control {
+    proc: Option<Proc>,
+    registry: PathBuf,
+    xds: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Control {
+    fn start(registry: &Path) -> Control {
+        let mut c = Control {
+            proc: None,
+            registry: registry.to_path_buf(),
+            xds: free_addr(),
+            admin: free_addr(),
+        };
+        c.spawn();
+        c
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(WEFT)
+            .args(["control", "--registry"])
+            .arg(&self.registry)
+            .args(["--xds", &self.xds.to_string(), "--admin", &self.admin.to_string()])
+            .env("WEFT_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft control");
+        self.proc = Some(Proc(child));
+        let admin = self.admin;
+        wait_until("weft control /ready", Duration::from_secs(20), || {
+            (http(admin, "GET", "x", "/ready")?.0 == 200).then_some(())
+        });
+    }
+
+    fn kill(&mut self) {
+        self.proc = None;
+    }
+
+    fn debug_proxies(&self) -> String {
+        http(self.admin, "GET", "x", "/debug/proxies")
+            .map(|r| r.1)
+            .unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP upstreams that answer with their name
+
+fn name_server(name: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    // Read one request head (no bodies in these tests), answer, keep alive.
+                    let mut line = String::new();
+                    let mut got = false;
+                    loop {
+                        line.clear();
+                        match r.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => got = true,
+                        }
+                    }
+                    if !got {
+                        return;
+                    }
+                    let body = name;
+                    if write!(
+                        s,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `n` requests with `Host: host` to `via`, returns replies per body ("ERR <status>" for others).
+fn spread(via: SocketAddr, host: &str, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for _ in 0..n {
+        let k = match http(via, "GET", host, "/") {
+            Some((200, body)) => body,
+            Some((s, _)) => format!("ERR {s}"),
+            None => "ERR io".into(),
+        };
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
+
+fn share(m: &BTreeMap<String, usize>, k: &str) -> f64 {
+    let total: usize = m.values().sum();
+    *m.get(k).unwrap_or(&0) as f64 / total.max(1) as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Envoy
+
+struct Envoy {
+    _proc: Proc,
+    admin: SocketAddr,
+    outbound: SocketAddr,
+}
+
+fn envoy_binary() -> Option<PathBuf> {
+    let venv = peer(".venv-envoy")?;
+    let lib = venv.join("lib");
+    for entry in std::fs::read_dir(&lib).ok()?.flatten() {
+        let p = entry.path().join("site-packages/envoy/_bin/envoy");
+        if p.exists() {
+            return Some(p);
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("no envoy binary under {}", lib.display());
+    }
+    None
+}
+
+impl Envoy {
+    fn start(bin: &Path, dir: &TempDir, api_type: &str, control: &Control, node_cluster: &str) -> Envoy {
+        let outbound = free_addr();
+        let template = std::fs::read_to_string(interop_dir().join("envoy-ads.yaml")).unwrap();
+        let cfg = template
+            .replace("{{NODE_ID}}", &format!("envoy-{api_type}-{}", std::process::id()))
+            .replace("{{NODE_CLUSTER}}", node_cluster)
+            .replace("{{API_TYPE}}", api_type)
+            .replace("{{OUTBOUND}}", &outbound.to_string())
+            .replace("{{INBOUND}}", &free_addr().to_string())
+            .replace("{{APP}}", &free_addr().to_string())
+            .replace("{{XDS_PORT}}", &control.xds.port().to_string());
+        let cfg_path = dir.join(&format!("envoy-{api_type}.yaml"));
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let admin_path = dir.join(&format!("envoy-{api_type}.admin"));
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&cfg_path)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+            .arg("--admin-address-path")
+            .arg(&admin_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start envoy");
+        let proc = Proc(child);
+        let admin: SocketAddr = wait_until("envoy admin address", Duration::from_secs(20), || {
+            std::fs::read_to_string(&admin_path).ok()?.trim().parse().ok()
+        });
+        Envoy {
+            _proc: proc,
+            admin,
+            outbound,
+        }
+    }
+
+    /// Envoy's counters and gauges, name -> value.
+    fn stats(&self) -> BTreeMap<String, u64> {
+        let body = http(self.admin, "GET", "x", "/stats").map(|r| r.1).unwrap_or_default();
+        body.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+fn assert_envoy_accepted_everything(envoy: &Envoy) {
+    let stats = envoy.stats();
+    let rejected: Vec<_> = stats
+        .iter()
+        .filter(|(k, v)| k.ends_with(".update_rejected") && **v > 0)
+        .collect();
+    assert!(rejected.is_empty(), "Envoy rejected xDS updates: {rejected:?}");
+    for key in [
+        "cluster_manager.cds.update_success",
+        "listener_manager.lds.update_success",
+    ] {
+        assert!(stats.get(key).copied().unwrap_or(0) > 0, "{key} is 0: {stats:?}");
+    }
+    let rds = stats
+        .iter()
+        .filter(|(k, v)| k.contains(".rds.") && k.ends_with(".update_success") && **v > 0)
+        .count();
+    assert!(rds > 0, "no RDS update_success");
+}
+
+fn envoy_follows_registry(api_type: &str) {
+    let Some(bin) = envoy_binary() else { return };
+    let dir = TempDir::new(&format!("envoy-{api_type}"));
+    let reg = TempDir::new("reg");
+    let a = name_server("alpha");
+    let b = name_server("beta");
+    let file = reg.join("echo.yaml");
+    let eps = |wa: u32, wb: Option<u32>| {
+        let mut v = vec![Ep {
+            addr: a,
+            weight: wa,
+            zone: "z1",
+            version: "v1",
+        }];
+        if let Some(wb) = wb {
+            v.push(Ep {
+                addr: b,
+                weight: wb,
+                zone: "z1",
+                version: "v1",
+            });
+        }
+        v
+    };
+    write_file(&file, &service_yaml("echo", "http", &eps(1, Some(1))));
+    write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
+    let control = Control::start(&reg.0);
+    let envoy = Envoy::start(&bin, &dir, api_type, &control, "client");
+
+    // Both backends serve once Envoy has warmed its listener, routes, cluster and endpoints.
+    wait_until(
+        "traffic through Envoy to both backends",
+        Duration::from_secs(20),
+        || {
+            let m = spread(envoy.outbound, "echo", 20);
+            (share(&m, "alpha") > 0.2 && share(&m, "beta") > 0.2).then_some(())
+        },
+    );
+    assert_envoy_accepted_everything(&envoy);
+
+    // A weight change in the registry moves traffic.
+    write_file(&file, &service_yaml("echo", "http", &eps(9, Some(1))));
+    wait_until("Envoy to follow the weight change", Duration::from_secs(10), || {
+        let m = spread(envoy.outbound, "echo", 100);
+        (share(&m, "alpha") > 0.8).then_some(())
+    });
+    // Removing a backend takes it out of rotation.
+    write_file(&file, &service_yaml("echo", "http", &eps(1, None)));
+    wait_until("Envoy to drop the removed backend", Duration::from_secs(10), || {
+        let m = spread(envoy.outbound, "echo", 50);
+        (share(&m, "alpha") == 1.0).then_some(())
+    });
+    assert_envoy_accepted_everything(&envoy);
+    let proxies = control.debug_proxies();
+    assert!(
+        proxies.contains("envoy-"),
+        "control plane does not list Envoy: {proxies}"
+    );
+}
+
+#[test]
+fn envoy_sotw_ads_follows_the_registry() {
+    envoy_follows_registry("GRPC");
+}
+
+#[test]
+fn envoy_delta_ads_follows_the_registry() {
+    envoy_follows_registry("DELTA_GRPC");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxyless gRPC clients
+
+struct GrpcBackend {
+    _proc: Proc,
+    addr: SocketAddr,
+}
+
+fn grpc_backend(python: &Path, name: &str) -> GrpcBackend {
+    let mut child = Command::new(python)
+        .arg(interop_dir().join("grpc_backend.py"))
+        .args(["--name", name])
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start python gRPC backend");
+    let stdout = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let port: u16 = line
+        .trim()
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("backend said {line:?}"));
+    GrpcBackend {
+        _proc: proc,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+/// Reads the client's JSON lines on a thread; each is (replies per backend, errors).
+fn report_lines(stdout: ChildStdout) -> mpsc::Receiver<(BTreeMap<String, u64>, u64, String)> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let counts = v["counts"]
+                .as_object()
+                .map(|o| o.iter().map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0))).collect())
+                .unwrap_or_default();
+            let errors = v["errors"].as_u64().unwrap_or(0);
+            let last = v["last_error"].as_str().unwrap_or("").to_string();
+            if tx.send((counts, errors, last)).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Accumulates client reports until `pred` holds on a window of at least `min` replies.
+fn wait_for_window(
+    rx: &mpsc::Receiver<(BTreeMap<String, u64>, u64, String)>,
+    what: &str,
+    timeout: Duration,
+    min: u64,
+    pred: impl Fn(&BTreeMap<String, u64>) -> bool,
+) {
+    let start = Instant::now();
+    let mut window: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_err = String::new();
+    while start.elapsed() < timeout {
+        let Ok((counts, _errors, err)) = rx.recv_timeout(Duration::from_secs(2)) else {
+            continue;
+        };
+        if !err.is_empty() {
+            last_err = err;
+        }
+        for (k, n) in counts {
+            *window.entry(k).or_insert(0) += n;
+        }
+        if window.values().sum::<u64>() >= min {
+            if pred(&window) {
+                return;
+            }
+            window.clear();
+        }
+    }
+    panic!("timed out waiting for {what}; last window {window:?}, last error {last_err:?}");
+}
+
+fn frac(m: &BTreeMap<String, u64>, k: &str) -> f64 {
+    *m.get(k).unwrap_or(&0) as f64 / m.values().sum::<u64>().max(1) as f64
+}
+
+fn grpc_client_follows_registry(client: &str) {
+    let Some(venv) = peer(".venv-grpc") else { return };
+    let python = venv.join("bin/python");
+    let node_client = interop_dir().join("node/xds_client.js");
+    if client == "node" && peer("node/node_modules/@grpc/grpc-js-xds").is_none() {
+        return;
+    }
+    let dir = TempDir::new(&format!("grpc-{client}"));
+    let reg = TempDir::new("reg");
+    let a = grpc_backend(&python, "alpha");
+    let b = grpc_backend(&python, "beta");
+    // gRPC weights localities (its round_robin ignores endpoint weights), so each backend gets its
+    // own zone and the control plane's locality weight (the sum of its endpoints') carries the split.
+    let eps = |wa: u32, wb: Option<u32>| {
+        let mut v = vec![Ep {
+            addr: a.addr,
+            weight: wa,
+            zone: "z1",
+            version: "v1",
+        }];
+        if let Some(wb) = wb {
+            v.push(Ep {
+                addr: b.addr,
+                weight: wb,
+                zone: "z2",
+                version: "v2",
+            });
+        }
+        v
+    };
+    let file = reg.join("echo.yaml");
+    write_file(&file, &service_yaml("echo", "grpc", &eps(1, Some(1))));
+    let control = Control::start(&reg.0);
+    let bootstrap = dir.join("xds-bootstrap.json");
+    std::fs::write(
+        &bootstrap,
+        serde_json::json!({
+            "xds_servers": [{
+                "server_uri": control.xds.to_string(),
+                "channel_creds": [{"type": "insecure"}],
+                "server_features": ["xds_v3"],
+            }],
+            "node": {"id": format!("{client}-grpc-{}", std::process::id()), "locality": {"zone": "z1"}},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = if client == "python" {
+        let mut c = Command::new(&python);
+        c.arg(interop_dir().join("grpc_xds_client.py"));
+        c
+    } else {
+        let mut c = Command::new("node");
+        c.arg(&node_client);
+        c
+    };
+    let mut child = cmd
+        .args(["--target", "xds:///echo", "--duration", "40", "--interval", "0.25"])
+        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start gRPC xDS client");
+    let rx = report_lines(child.stdout.take().unwrap());
+    let _client = Proc(child);
+
+    wait_for_window(&rx, "calls to reach both backends", Duration::from_secs(20), 200, |m| {
+        frac(m, "alpha") > 0.2 && frac(m, "beta") > 0.2
+    });
+    write_file(&file, &service_yaml("echo", "grpc", &eps(9, Some(1))));
+    wait_for_window(
+        &rx,
+        "the weight change to shift calls",
+        Duration::from_secs(10),
+        300,
+        |m| frac(m, "alpha") > 0.8 && frac(m, "alpha") < 0.97,
+    );
+    write_file(&file, &service_yaml("echo", "grpc", &eps(1, None)));
+    wait_for_window(
+        &rx,
+        "the removed backend to stop getting calls",
+        Duration::from_secs(10),
+        200,
+        |m| frac(m, "alpha") == 1.0,
+    );
+    let proxies = control.debug_proxies();
+    assert!(proxies.contains(&format!("{client}-grpc")), "{proxies}");
+}
+
+#[test]
+fn grpcio_xds_client_follows_the_registry() {
+    grpc_client_follows_registry("python");
+}
+
+#[test]
+fn grpc_js_xds_client_follows_the_registry() {
+    grpc_client_follows_registry("node");
+}
+
+// ---------------------------------------------------------------------------------------------
+// weft proxy sidecars against weft control
+
+struct Sidecar {
+    _proc: Proc,
+    admin: SocketAddr,
+    outbound: SocketAddr,
+}
+
+fn start_sidecar(dir: &TempDir, id: &str, service: &str, control: &Control, mode: &str) -> Sidecar {
+    let admin = free_addr();
+    let outbound = free_addr();
+    let cfg = format!(
+        "node:\n  id: {id}\n  cluster: {service}\n  zone: z1\n  region: local\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{}\"\n  mode: {mode}\n",
+        free_addr(),
+        free_addr(),
+        control.xds
+    );
+    let path = dir.join(&format!("{id}.yaml"));
+    std::fs::write(&path, cfg).unwrap();
+    let child = Command::new(WEFT)
+        .args(["proxy", "-c"])
+        .arg(&path)
+        .env("WEFT_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start weft proxy");
+    Sidecar {
+        _proc: Proc(child),
+        admin,
+        outbound,
+    }
+}
+
+fn weft_sidecar_follows_registry_and_survives_control_restart(mode: &str) {
+    let dir = TempDir::new(&format!("sidecar-{mode}"));
+    let reg = TempDir::new("reg");
+    let a = name_server("alpha");
+    let b = name_server("beta");
+    let file = reg.join("echo.yaml");
+    let eps = |wa: u32, wb: Option<u32>| {
+        let mut v = vec![Ep {
+            addr: a,
+            weight: wa,
+            zone: "z1",
+            version: "v1",
+        }];
+        if let Some(wb) = wb {
+            v.push(Ep {
+                addr: b,
+                weight: wb,
+                zone: "z1",
+                version: "v1",
+            });
+        }
+        v
+    };
+    write_file(&file, &service_yaml("echo", "http", &eps(1, Some(1))));
+    write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
+    let mut control = Control::start(&reg.0);
+    // The sidecar starts before it can have a config: /ready must say so until xDS has warmed.
+    let sidecar = start_sidecar(&dir, &format!("client-{mode}"), "client", &control, mode);
+    wait_until("sidecar /ready", Duration::from_secs(20), || {
+        (http(sidecar.admin, "GET", "x", "/ready")?.0 == 200).then_some(())
+    });
+    let m = spread(sidecar.outbound, "echo", 40);
+    assert!(share(&m, "alpha") > 0.2 && share(&m, "beta") > 0.2, "{m:?}");
+
+    write_file(&file, &service_yaml("echo", "http", &eps(9, Some(1))));
+    wait_until(
+        "the sidecar to follow the weight change",
+        Duration::from_secs(10),
+        || {
+            let m = spread(sidecar.outbound, "echo", 100);
+            (share(&m, "alpha") > 0.8).then_some(())
+        },
+    );
+
+    // The control plane dies: the sidecar keeps serving its last configuration.
+    control.kill();
+    let m = spread(sidecar.outbound, "echo", 100);
+    assert_eq!(m.keys().filter(|k| k.starts_with("ERR")).count(), 0, "{m:?}");
+    // The registry changes while the control plane is down; a new control plane picks it up and
+    // the sidecar, reconnecting, resyncs.
+    write_file(&file, &service_yaml("echo", "http", &eps(1, None)));
+    std::thread::sleep(Duration::from_millis(300));
+    let m = spread(sidecar.outbound, "echo", 50);
+    assert!(
+        share(&m, "beta") > 0.0 || share(&m, "alpha") > 0.95,
+        "still the old config: {m:?}"
+    );
+    control.spawn();
+    wait_until(
+        "the sidecar to resync after the restart",
+        Duration::from_secs(20),
+        || {
+            let m = spread(sidecar.outbound, "echo", 50);
+            (share(&m, "alpha") == 1.0).then_some(())
+        },
+    );
+    assert_eq!(http(sidecar.admin, "GET", "x", "/ready").map(|r| r.0), Some(200));
+}
+
+#[test]
+fn weft_sidecar_delta_follows_the_registry_and_survives_a_control_plane_restart() {
+    weft_sidecar_follows_registry_and_survives_control_restart("ads_delta");
+}
+
+#[test]
+fn weft_sidecar_sotw_follows_the_registry_and_survives_a_control_plane_restart() {
+    weft_sidecar_follows_registry_and_survives_control_restart("ads_sotw");
+}
