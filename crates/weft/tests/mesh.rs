@@ -628,7 +628,7 @@ fn start_sidecar(dir: &TempDir, id: &str, service: &str, control: &Control, mode
     let child = Command::new(WEFT)
         .args(["proxy", "-c"])
         .arg(&path)
-        .env("WEFT_LOG", "warn")
+        .env("WEFT_LOG", "error")
         .stdin(Stdio::null())
         .spawn()
         .expect("start weft proxy");
@@ -716,4 +716,34 @@ fn weft_sidecar_delta_follows_the_registry_and_survives_a_control_plane_restart(
 #[test]
 fn weft_sidecar_sotw_follows_the_registry_and_survives_a_control_plane_restart() {
     weft_sidecar_follows_registry_and_survives_control_restart("ads_sotw");
+}
+
+/// The README's mesh example (registry file and sidecar bootstrap) is valid as written.
+#[test]
+fn readme_mesh_example_is_valid() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let block = |first_line: &str| {
+        let start = readme
+            .find(&format!("```yaml\n{first_line}"))
+            .unwrap_or_else(|| panic!("README has no block starting {first_line:?}"));
+        let body = &readme[start + "```yaml\n".len()..];
+        body[..body.find("```").unwrap()].to_string()
+    };
+    let dir = TempDir::new("readme");
+    let reg = dir.join("registry");
+    std::fs::create_dir_all(&reg).unwrap();
+    std::fs::write(reg.join("reviews.yaml"), block("# registry/reviews.yaml")).unwrap();
+    std::fs::write(dir.join("sidecar.yaml"), block("# sidecar.yaml")).unwrap();
+    let out = Command::new(WEFT)
+        .args(["control", "--check", "--registry"])
+        .arg(&reg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(WEFT)
+        .args(["proxy", "--check", "-c"])
+        .arg(dir.join("sidecar.yaml"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
