@@ -138,6 +138,7 @@ impl Registry for FileRegistry {
         Box::pin(async move {
             let mut known: HashMap<String, Stamp> = HashMap::new();
             let mut synced = false;
+            let mut last_dir_error: Option<String> = None;
             loop {
                 let dir = self.dir.clone();
                 let mut k = std::mem::take(&mut known);
@@ -149,6 +150,9 @@ impl Registry for FileRegistry {
                 match res {
                     Ok((Ok(changes), k)) => {
                         known = k;
+                        if last_dir_error.take().is_some() {
+                            tracing::info!(dir = %self.dir.display(), "registry directory readable again");
+                        }
                         if !changes.is_empty() && events.send(RegistryEvent::Changes(changes)).await.is_err() {
                             return;
                         }
@@ -163,7 +167,11 @@ impl Registry for FileRegistry {
                         // An unreadable directory is not "everything deleted": keep the last state and
                         // do not declare the first sync complete on nothing.
                         known = k;
-                        tracing::warn!(error = %e, "registry directory unreadable");
+                        // Logged once per distinct error, not every poll.
+                        if last_dir_error.as_ref() != Some(&e) {
+                            tracing::warn!(error = %e, synced, "registry directory unreadable; keeping the last state");
+                            last_dir_error = Some(e);
+                        }
                     }
                     Err(_) => return,
                 }

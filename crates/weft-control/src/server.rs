@@ -88,6 +88,7 @@ impl StreamState {
     fn set_node(&mut self, node: Option<&weft_xds_api::pb::envoy::config::core::v3::Node>) {
         if self.node.is_none() {
             let info = node.map(NodeInfo::from_node).unwrap_or_default();
+            tracing::info!(node = %info.id, cluster = %info.cluster, role = %info.role, user_agent = %info.user_agent, "ADS stream opened");
             self.node_res = Arc::new(node_resources(&info));
             self.node = Some(info);
         }
@@ -721,6 +722,17 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if let Some(e) = self
+            .shared
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.id)
+        {
+            let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
+            let node = st.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
+            tracing::info!(stream = self.id, kind = self.kind, node, "ADS stream closed");
+        }
         self.shared
             .proxies
             .lock()
