@@ -448,3 +448,33 @@ async fn delta_subscribe_unsubscribe_and_explicit_wildcard() {
     assert!(format!("{cla:?}").contains("9093"));
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn deleting_a_policy_file_drops_dangling_subset_references() {
+    let dir = TempDir::new();
+    dir.write("services.yaml", SERVICES);
+    dir.write(
+        "routes.yaml",
+        "routes:\n  - service: reviews\n    http:\n      - route: [{destination: reviews, subset: v2}]\n",
+    );
+    dir.write(
+        "dest.yaml",
+        "destinations:\n  - service: reviews\n    subsets: [{name: v2, labels: {version: v2}}]\n",
+    );
+    let cp = start(&dir).await;
+    let mut c = Sotw::connect(cp.xds_addr(), sidecar("pp-1", "productpage")).await;
+    c.request(ROUTE, &["outbound"]).await;
+    let rds = c.expect().await;
+    let rc: RouteConfiguration = unpack(&rds.resources[0], ROUTE).unwrap();
+    assert!(format!("{rc:?}").contains("reviews|v2"));
+    c.ack(&rds, &["outbound"]).await;
+    // A deletion is always accepted; the route that referenced its subset falls back to the service.
+    dir.remove("dest.yaml");
+    let rds = c.expect().await;
+    let rc: RouteConfiguration = unpack(&rds.resources[0], ROUTE).unwrap();
+    assert!(
+        !format!("{rc:?}").contains("reviews|v2"),
+        "no reference to a cluster that no longer exists"
+    );
+    cp.stop().await;
+}
