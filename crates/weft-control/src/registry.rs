@@ -64,6 +64,9 @@ impl FileRegistry {
 struct Stamp {
     mtime: Option<SystemTime>,
     len: u64,
+    /// A swapped-in file (rename, ConfigMap symlink swap) is a new inode even when size and
+    /// coarse mtime match.
+    ino: u64,
     /// A file that failed to parse is re-read every poll: it may have been caught mid-write with a
     /// timestamp that will not move again.
     failed: bool,
@@ -80,7 +83,11 @@ fn scan(dir: &Path, known: &mut HashMap<String, Stamp>) -> Result<Vec<SourceChan
         if !(name.ends_with(".yaml") || name.ends_with(".yml")) || name.starts_with('.') {
             continue;
         }
-        let Ok(meta) = entry.metadata() else { continue };
+        // Follows symlinks: a Kubernetes ConfigMap volume is a directory of symlinks into `..data/`,
+        // which is swapped atomically on update.
+        let Ok(meta) = std::fs::metadata(entry.path()) else {
+            continue;
+        };
         if !meta.is_file() {
             continue;
         }
@@ -88,6 +95,7 @@ fn scan(dir: &Path, known: &mut HashMap<String, Stamp>) -> Result<Vec<SourceChan
         let stamp = Stamp {
             mtime: meta.modified().ok(),
             len: meta.len(),
+            ino: std::os::unix::fs::MetadataExt::ino(&meta),
             failed: false,
         };
         if known.get(&name).is_some_and(|s| !s.failed && *s == stamp) {
@@ -138,6 +146,7 @@ impl Registry for FileRegistry {
         Box::pin(async move {
             let mut known: HashMap<String, Stamp> = HashMap::new();
             let mut synced = false;
+            let mut last_dir_error: Option<String> = None;
             loop {
                 let dir = self.dir.clone();
                 let mut k = std::mem::take(&mut known);
@@ -149,6 +158,9 @@ impl Registry for FileRegistry {
                 match res {
                     Ok((Ok(changes), k)) => {
                         known = k;
+                        if last_dir_error.take().is_some() {
+                            tracing::info!(dir = %self.dir.display(), "registry directory readable again");
+                        }
                         if !changes.is_empty() && events.send(RegistryEvent::Changes(changes)).await.is_err() {
                             return;
                         }
@@ -163,7 +175,11 @@ impl Registry for FileRegistry {
                         // An unreadable directory is not "everything deleted": keep the last state and
                         // do not declare the first sync complete on nothing.
                         known = k;
-                        tracing::warn!(error = %e, "registry directory unreadable");
+                        // Logged once per distinct error, not every poll.
+                        if last_dir_error.as_ref() != Some(&e) {
+                            tracing::warn!(error = %e, synced, "registry directory unreadable; keeping the last state");
+                            last_dir_error = Some(e);
+                        }
                     }
                     Err(_) => return,
                 }

@@ -38,7 +38,7 @@ pub struct ProxyEntry {
 }
 
 /// Per-type protocol state of one stream.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct TypeState {
     /// The client has sent at least one request for this type.
     pub seen: bool,
@@ -88,6 +88,7 @@ impl StreamState {
     fn set_node(&mut self, node: Option<&weft_xds_api::pb::envoy::config::core::v3::Node>) {
         if self.node.is_none() {
             let info = node.map(NodeInfo::from_node).unwrap_or_default();
+            tracing::info!(node = %info.id, cluster = %info.cluster, role = %info.role, user_agent = %info.user_agent, "ADS stream opened");
             self.node_res = Arc::new(node_resources(&info));
             self.node = Some(info);
         }
@@ -141,6 +142,48 @@ fn record_sent(metrics: &Metrics, kind: Kind, items: &[Arc<Res>], snap: &Snapsho
     metrics.bytes_sent.get_or_create(&l).inc_by(bytes as u64);
     if is_push {
         metrics.push_latency.observe(snap.built_at.elapsed().as_secs_f64());
+    }
+}
+
+/// A response decided but not yet built. Holds `Arc`s only: the resource bytes are copied into a
+/// message just before it is queued, so a proxy with a 100 MB backlog costs pointers, not copies.
+struct Out {
+    kind: Kind,
+    nonce: String,
+    version: String,
+    items: Vec<Arc<Res>>,
+    removed: Vec<String>,
+}
+
+impl Out {
+    fn sotw(self) -> DiscoveryResponse {
+        DiscoveryResponse {
+            version_info: self.version,
+            resources: self.items.iter().map(|r| r.any.clone()).collect(),
+            type_url: self.kind.url().to_string(),
+            nonce: self.nonce,
+            ..Default::default()
+        }
+    }
+
+    fn delta(self) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            system_version_info: self.version,
+            resources: self
+                .items
+                .iter()
+                .map(|r| Resource {
+                    name: r.name.to_string(),
+                    version: r.version_string(),
+                    resource: Some(r.any.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: self.kind.url().to_string(),
+            removed_resources: self.removed,
+            nonce: self.nonce,
+            ..Default::default()
+        }
     }
 }
 
@@ -217,7 +260,7 @@ fn sotw_respond(
     metrics: &Metrics,
     is_push: bool,
     incremental: bool,
-) -> Vec<DiscoveryResponse> {
+) -> Vec<Out> {
     let node_res = st.node_res.clone();
     let view = View { snap, node: &node_res };
     let mut out = Vec::new();
@@ -255,19 +298,53 @@ fn sotw_respond(
                 kinds.insert(i, Kind::Endpoint);
             }
         }
-        let nonce = st.next_nonce();
-        let ts = &mut st.types[kind as usize];
-        ts.nonce = nonce.clone();
-        ts.responded = true;
-        ts.last_sent_version = version.clone();
         record_sent(metrics, kind, &items, snap, is_push);
-        out.push(DiscoveryResponse {
-            version_info: version,
-            resources: items.iter().map(|r| r.any.clone()).collect(),
-            type_url: kind.url().to_string(),
-            nonce,
-            ..Default::default()
-        });
+        // LDS/CDS must be one message (the full set); RDS/EDS may be split, which keeps each message
+        // under the 4 MiB default receive limit of gRPC clients.
+        let chunks = if kind.is_full_state() {
+            vec![items]
+        } else {
+            chunk(items)
+        };
+        for part in chunks {
+            let nonce = st.next_nonce();
+            let ts = &mut st.types[kind as usize];
+            ts.nonce = nonce.clone();
+            ts.responded = true;
+            ts.last_sent_version = version.clone();
+            out.push(Out {
+                kind,
+                nonce,
+                version: version.clone(),
+                items: part,
+                removed: Vec::new(),
+            });
+        }
+    }
+    out
+}
+
+/// Largest payload per response before splitting (gRPC clients default to a 4 MiB receive limit).
+///
+/// Also bounds memory: tonic's per-stream encode buffer keeps the capacity of the largest message it
+/// encoded, so with a thousand streams the message size is what the control plane's RSS scales with.
+const MAX_RESPONSE_BYTES: usize = 256 << 10;
+
+/// Splits resources into groups of at most [`MAX_RESPONSE_BYTES`] (a single larger resource goes
+/// alone). Always returns at least one (possibly empty) group.
+fn chunk(items: Vec<Arc<Res>>) -> Vec<Vec<Arc<Res>>> {
+    let mut out = vec![Vec::new()];
+    let mut size = 0;
+    for r in items {
+        let n = r.any.value.len() + r.name.len() + 64;
+        if size + n > MAX_RESPONSE_BYTES && !out.last().is_some_and(|v| v.is_empty()) {
+            out.push(Vec::new());
+            size = 0;
+        }
+        size += n;
+        if let Some(last) = out.last_mut() {
+            last.push(r);
+        }
     }
     out
 }
@@ -352,7 +429,7 @@ async fn run_sotw(
             _ = shutdown.changed() => return,
         };
         for r in responses {
-            if tx.send(Ok(r)).await.is_err() {
+            if tx.send(Ok(r.sotw())).await.is_err() {
                 return;
             }
         }
@@ -459,7 +536,7 @@ fn delta_respond(
     metrics: &Metrics,
     is_push: bool,
     incremental: bool,
-) -> Vec<DeltaDiscoveryResponse> {
+) -> Vec<Out> {
     let node_res = st.node_res.clone();
     let view = View { snap, node: &node_res };
     let mut out = Vec::new();
@@ -504,32 +581,27 @@ fn delta_respond(
                 kinds.insert(i, Kind::Endpoint);
             }
         }
-        let nonce = st.next_nonce();
         let version = format!("{:016x}", snap.type_hash[kind as usize]);
-        let ts = &mut st.types[kind as usize];
-        ts.responded = true;
-        ts.last_sent_version = version.clone();
-        ts.pending.push_back((nonce.clone(), version.clone()));
-        if ts.pending.len() > 32 {
-            ts.pending.pop_front();
-        }
         record_sent(metrics, kind, &items, snap, is_push);
-        out.push(DeltaDiscoveryResponse {
-            system_version_info: version,
-            resources: items
-                .iter()
-                .map(|r| Resource {
-                    name: r.name.to_string(),
-                    version: r.version_string(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: kind.url().to_string(),
-            removed_resources: removed,
-            nonce,
-            ..Default::default()
-        });
+        // Delta responses may carry any subset, so large ones are split for 4 MiB-limited clients.
+        let mut removed = Some(removed);
+        for part in chunk(items) {
+            let nonce = st.next_nonce();
+            let ts = &mut st.types[kind as usize];
+            ts.responded = true;
+            ts.last_sent_version = version.clone();
+            ts.pending.push_back((nonce.clone(), version.clone()));
+            if ts.pending.len() > 64 {
+                ts.pending.pop_front();
+            }
+            out.push(Out {
+                kind,
+                nonce,
+                version: version.clone(),
+                items: part,
+                removed: removed.take().unwrap_or_default(),
+            });
+        }
     }
     out
 }
@@ -625,7 +697,7 @@ async fn run_delta(
             _ = shutdown.changed() => return,
         };
         for r in responses {
-            if tx.send(Ok(r)).await.is_err() {
+            if tx.send(Ok(r.delta())).await.is_err() {
                 return;
             }
         }
@@ -650,6 +722,17 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if let Some(e) = self
+            .shared
+            .proxies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&self.id)
+        {
+            let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
+            let node = st.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
+            tracing::info!(stream = self.id, kind = self.kind, node, "ADS stream closed");
+        }
         self.shared
             .proxies
             .lock()
@@ -690,9 +773,9 @@ impl Ads {
     }
 }
 
-// A small queue per stream: backpressure from a slow proxy stops its own task, never the others,
-// and at most a few responses per proxy are held in memory.
-const STREAM_QUEUE: usize = 4;
+// One queued response per stream: backpressure from a slow proxy stops its own task, never the
+// others, and at most one built response per proxy waits in memory.
+const STREAM_QUEUE: usize = 1;
 
 #[tonic::async_trait]
 impl AggregatedDiscoveryService for Ads {
@@ -829,5 +912,72 @@ pub fn config_json(shared: &Shared, node_id: &str) -> Option<serde_json::Value> 
         None
     } else {
         Some(serde_json::json!({ "node_id": node_id, "streams": streams }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{parse_fragment, World};
+    use crate::translate::build_snapshot;
+
+    fn snap(yaml: &str, prev: Option<&Snapshot>) -> Snapshot {
+        let f = parse_fragment("t.yaml", yaml).unwrap();
+        let (w, e) = World::build([("t.yaml", &f)].into_iter());
+        assert!(e.is_empty(), "{e:?}");
+        build_snapshot(prev.map_or(1, |p| p.generation + 1), Arc::new(w), prev)
+    }
+
+    fn sorted(v: (Vec<Arc<Res>>, Vec<String>)) -> (Vec<(String, u64)>, Vec<String>) {
+        let mut a: Vec<(String, u64)> = v.0.iter().map(|r| (r.name.to_string(), r.version)).collect();
+        let mut b = v.1;
+        a.sort();
+        b.sort();
+        (a, b)
+    }
+
+    /// The incremental diff must give exactly what the full diff gives, for wildcard and named
+    /// subscriptions, across additions, changes and removals.
+    #[test]
+    fn incremental_diff_equals_full_diff() {
+        let s1 = snap(
+            "services:\n - {name: a, endpoints: [{address: 10.0.0.1:1}]}\n - {name: b, endpoints: [{address: 10.0.0.2:1}]}\n - {name: c, endpoints: []}\n",
+            None,
+        );
+        let s2 = snap(
+            "services:\n - {name: a, endpoints: [{address: 10.0.0.1:1}]}\n - {name: b, endpoints: [{address: 10.0.0.3:1}]}\n - {name: d, endpoints: []}\n",
+            Some(&s1),
+        );
+        assert_eq!(s2.prev_generation, s1.generation);
+        let node = NodeResources::default();
+        for (kind, wildcard, names) in [
+            (Kind::Cluster, true, vec![]),
+            (Kind::Endpoint, false, vec!["a", "b", "c", "d"]),
+            (Kind::Endpoint, false, vec!["b", "c"]),
+            (Kind::Route, false, vec!["outbound"]),
+            (Kind::Listener, false, vec!["b", "c", "d"]),
+        ] {
+            let mut ts = TypeState {
+                seen: true,
+                wildcard,
+                names: names.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            };
+            let v1 = View { snap: &s1, node: &node };
+            delta_compute(&mut ts, kind, &v1);
+            let v2 = View { snap: &s2, node: &node };
+            let mut full = ts.clone();
+            let mut inc = ts.clone();
+            let f = sorted(delta_compute(&mut full, kind, &v2));
+            let i = sorted(delta_compute_incremental(
+                &mut inc,
+                kind,
+                &v2,
+                &s2.changed[kind as usize],
+            ));
+            assert_eq!(f, i, "{kind:?} {names:?}");
+            assert_eq!(full.sent, inc.sent, "{kind:?}");
+            assert!(!f.0.is_empty() || !f.1.is_empty(), "{kind:?}: the change is visible");
+        }
     }
 }

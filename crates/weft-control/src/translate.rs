@@ -183,8 +183,17 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
         per_service.insert(name.clone(), out);
     }
     // The outbound table spans every service; rebuilt only when services' names/ports or routes change.
+    // Inputs of the route tables: routes, service names and ports, and subset names (a route to a
+    // subset that no longer exists is dropped).
+    let subsets = |w: &World| -> Vec<(String, Vec<String>)> {
+        w.destinations
+            .values()
+            .map(|d| (d.service.clone(), d.subsets.iter().map(|s| s.name.clone()).collect()))
+            .collect()
+    };
     let route_inputs_same = prev.is_some_and(|p| {
         p.world.routes == world.routes
+            && subsets(&p.world) == subsets(&world)
             && p.world.services.len() == world.services.len()
             && p.world
                 .services
@@ -607,11 +616,21 @@ fn route_action(world: &World, h: &model::HttpRoute) -> rt::RouteAction {
     use rt::route_action::ClusterSpecifier;
     // Validation guarantees references resolve; a dangling one (a file deleted under a policy) is
     // dropped here rather than sent, so the proxy never sees a cluster that does not exist.
-    let known = |d: &model::DestRef| world.services.contains_key(&d.service);
+    let known = |d: &model::DestRef| {
+        world.services.contains_key(&d.service)
+            && d.subset.as_ref().is_none_or(|sub| {
+                world
+                    .destinations
+                    .get(&d.service)
+                    .is_some_and(|dp| dp.subsets.iter().any(|x| &x.name == sub))
+            })
+    };
     let dests: Vec<&model::DestRef> = h.route.iter().filter(|d| known(d)).collect();
     let cluster_specifier = if dests.len() == 1 {
         Some(ClusterSpecifier::Cluster(dests[0].cluster_name()))
     } else if dests.is_empty() {
+        // Everything dangling: fall back to the base cluster of the first destination (it exists if
+        // only its subset went away).
         Some(ClusterSpecifier::Cluster(
             h.route.first().map(|d| d.service.clone()).unwrap_or_default(),
         ))

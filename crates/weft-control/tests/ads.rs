@@ -407,3 +407,74 @@ async fn sotw_cds_change_resends_eds_for_changed_clusters() {
     );
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn delta_subscribe_unsubscribe_and_explicit_wildcard() {
+    let dir = registry();
+    let cp = start(&dir).await;
+    let mut d = Delta::connect(cp.xds_addr(), node("grpc-like", "", &[])).await;
+    // Explicit "*" is a wildcard: every cluster (this node has no inbound cluster).
+    d.subscribe(CLUSTER, &["*"], &[]).await;
+    let cds = d.expect().await;
+    assert_eq!(cds.resources.len(), ALL_CLUSTERS.len());
+    d.ack(&cds).await;
+    d.subscribe(ENDPOINT, &["ratings"], &[]).await;
+    let eds = d.expect().await;
+    assert_eq!(eds.resources.len(), 1);
+    d.ack(&eds).await;
+    // Subscribing more sends only the new one.
+    d.subscribe(ENDPOINT, &["reviews"], &[]).await;
+    let eds = d.expect().await;
+    assert_eq!(
+        eds.resources.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["reviews"]
+    );
+    d.ack(&eds).await;
+    // Unsubscribed resources are forgotten: a change to them sends nothing.
+    d.tx.send(weft_xds_api::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest {
+        type_url: ENDPOINT.into(),
+        resource_names_unsubscribe: vec!["ratings".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    dir.write("services.yaml", &SERVICES.replace("127.0.0.1:9092", "127.0.0.1:9093"));
+    assert!(d.recv(QUIET).await.is_none(), "unsubscribed resource not sent");
+    // Re-subscribing sends the current version.
+    d.subscribe(ENDPOINT, &["ratings"], &[]).await;
+    let eds = d.expect().await;
+    assert_eq!(eds.resources[0].name, "ratings");
+    let cla: ClusterLoadAssignment = unpack(eds.resources[0].resource.as_ref().unwrap(), ENDPOINT).unwrap();
+    assert!(format!("{cla:?}").contains("9093"));
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_policy_file_drops_dangling_subset_references() {
+    let dir = TempDir::new();
+    dir.write("services.yaml", SERVICES);
+    dir.write(
+        "routes.yaml",
+        "routes:\n  - service: reviews\n    http:\n      - route: [{destination: reviews, subset: v2}]\n",
+    );
+    dir.write(
+        "dest.yaml",
+        "destinations:\n  - service: reviews\n    subsets: [{name: v2, labels: {version: v2}}]\n",
+    );
+    let cp = start(&dir).await;
+    let mut c = Sotw::connect(cp.xds_addr(), sidecar("pp-1", "productpage")).await;
+    c.request(ROUTE, &["outbound"]).await;
+    let rds = c.expect().await;
+    let rc: RouteConfiguration = unpack(&rds.resources[0], ROUTE).unwrap();
+    assert!(format!("{rc:?}").contains("reviews|v2"));
+    c.ack(&rds, &["outbound"]).await;
+    // A deletion is always accepted; the route that referenced its subset falls back to the service.
+    dir.remove("dest.yaml");
+    let rds = c.expect().await;
+    let rc: RouteConfiguration = unpack(&rds.resources[0], ROUTE).unwrap();
+    assert!(
+        !format!("{rc:?}").contains("reviews|v2"),
+        "no reference to a cluster that no longer exists"
+    );
+    cp.stop().await;
+}

@@ -35,7 +35,11 @@ fn service_file(i: usize, endpoints: usize, bump: u16) -> String {
 }
 
 fn rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    rss_of("/proc/self/status")
+}
+
+fn rss_of(path: &str) -> u64 {
+    std::fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -57,35 +61,93 @@ async fn scale_one_endpoint_change_reaches_every_delta_client() {
         dir.write(&format!("svc-{i}.yaml"), &service_file(i, endpoints, 0));
     }
     let t0 = Instant::now();
-    let cp = start(&dir).await;
-    for _ in 0..6000 {
-        if cp.is_ready() {
+    // WEFT_CONTROL_BIN (the `control` example or `weft`) runs the control plane in its own process,
+    // so that its RSS is measured without the test clients'.
+    let external = std::env::var("WEFT_CONTROL_BIN").ok().map(|bin| {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let (xds, admin) = (free(), free());
+        let mut cmd = std::process::Command::new(bin);
+        if cmd.get_program().to_string_lossy().ends_with("weft") {
+            cmd.arg("control");
+        }
+        let child = cmd
+            .args(["--registry", &dir.path().display().to_string()])
+            .args([
+                "--xds",
+                &xds.to_string(),
+                "--admin",
+                &admin.to_string(),
+                "--log",
+                "warn",
+            ])
+            .spawn()
+            .unwrap();
+        (child, xds, admin)
+    });
+    let cp = match external {
+        None => Some(start(&dir).await),
+        Some(_) => None,
+    };
+    let (xds_addr, admin_addr) = match (&cp, &external) {
+        (Some(cp), _) => (cp.xds_addr(), cp.admin_addr().unwrap()),
+        (None, Some((_, x, a))) => (*x, *a),
+        _ => unreachable!(),
+    };
+    let child_pid = external.as_ref().map(|(c, _, _)| c.id());
+    let server_rss = || match child_pid {
+        Some(pid) => rss_of(&format!("/proc/{pid}/status")),
+        None => rss_mib(),
+    };
+    let mut ready = false;
+    for _ in 0..600 {
+        if std::net::TcpStream::connect(admin_addr).is_ok() && http_get(admin_addr, "/ready").await.0 == 200 {
+            ready = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(cp.is_ready());
-    println!("first snapshot after {:?}, rss {} MiB", t0.elapsed(), rss_mib());
+    assert!(ready);
+    println!(
+        "first snapshot after {:?}, control plane rss {} MiB",
+        t0.elapsed(),
+        server_rss()
+    );
 
     let names: Vec<String> = (0..services).map(|i| format!("svc-{i}")).collect();
     let name_refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
     let t1 = Instant::now();
     let mut clients = Vec::with_capacity(proxies);
     for p in 0..proxies {
-        let mut d = Delta::connect(cp.xds_addr(), sidecar(&format!("p-{p}"), "svc-0")).await;
+        let mut d = Delta::connect(xds_addr, sidecar(&format!("p-{p}"), "svc-0")).await;
         d.subscribe(CLUSTER, &[], &[]).await;
         let cds = d.expect().await;
         d.ack(&cds).await;
         d.subscribe(ENDPOINT, &name_refs, &[]).await;
-        let eds = d.expect().await;
-        assert_eq!(eds.resources.len(), services);
-        d.ack(&eds).await;
+        // Large EDS responses arrive split in several messages.
+        let mut got = 0;
+        while got < services {
+            let eds = d.expect().await;
+            assert_eq!(eds.type_url, ENDPOINT);
+            got += eds.resources.len();
+            d.ack(&eds).await;
+        }
+        assert_eq!(got, services);
         clients.push(d);
     }
     println!(
-        "{proxies} proxies synced in {:?}, rss {} MiB (clients included)",
+        "{proxies} proxies synced in {:?}, control plane rss {} MiB{}",
         t1.elapsed(),
-        rss_mib()
+        server_rss(),
+        if child_pid.is_some() {
+            ""
+        } else {
+            " (test clients included)"
+        }
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
@@ -113,7 +175,14 @@ async fn scale_one_endpoint_change_reaches_every_delta_client() {
     println!(
         "one endpoint change: last of {proxies} clients had its single CLA after {last:?} (file poll + debounce included)"
     );
+    println!("control plane rss {} MiB", server_rss());
     assert!(last < Duration::from_secs(2), "{last:?}");
     drop(clients);
-    cp.stop().await;
+    if let Some(cp) = cp {
+        cp.stop().await;
+    }
+    if let Some((mut child, _, _)) = external {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

@@ -77,3 +77,36 @@ async fn versions_are_stable_across_restarts() {
     }
     assert_eq!(versions[0], versions[1]);
 }
+
+#[tokio::test]
+async fn symlinked_files_are_followed_like_a_configmap_volume() {
+    let dir = TempDir::new();
+    let data1 = dir.path().join("..2026_1");
+    std::fs::create_dir(&data1).unwrap();
+    std::fs::write(
+        data1.join("s.yaml"),
+        "services: [{name: a, endpoints: [{address: 10.0.0.1:80}]}]\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/s.yaml", dir.path().join("s.yaml")).unwrap();
+    let cp = start(&dir).await;
+    let mut c = Sotw::connect(cp.xds_addr(), sidecar("a-1", "a")).await;
+    c.request(CLUSTER, &[]).await;
+    let cds = c.expect().await;
+    assert_eq!(names_of_any(&cds.resources, CLUSTER), ["a", "inbound|a"]);
+    c.ack(&cds, &[]).await;
+    // Atomic swap of ..data, as the kubelet does.
+    let data2 = dir.path().join("..2026_2");
+    std::fs::create_dir(&data2).unwrap();
+    std::fs::write(
+        data2.join("s.yaml"),
+        "services: [{name: a, endpoints: []}, {name: b, endpoints: [{address: 10.0.0.2:80}]}]\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    let cds = c.expect().await;
+    assert_eq!(names_of_any(&cds.resources, CLUSTER), ["a", "b", "inbound|a"]);
+    cp.stop().await;
+}

@@ -1,0 +1,83 @@
+//! Proxyless gRPC clients nobody here wrote, against weft control. Runs the Python grpcio client when
+//! `python3 -c "import grpc"` works (pip install grpcio), otherwise skips with a note; the Node
+//! client (`tests/interop/grpc_node.js`) is for manual runs.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_xds_client_calls_through_weft_control() {
+    let has_grpc = std::process::Command::new("python3")
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_grpc {
+        eprintln!("skipped: python3 with grpcio not available (pip install grpcio)");
+        return;
+    }
+    let backend = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = TempDir::new();
+    dir.write(
+        "echo.yaml",
+        &format!(
+            r#"
+services:
+  - name: echo
+    port: 50051
+    protocol: grpc
+    endpoints:
+      - {{address: "127.0.0.1:{backend}", labels: {{version: v1}}, locality: {{region: r, zone: z}}}}
+routes:
+  - service: echo
+    http:
+      - match: [{{regex: "^/test\\.Echo/.*", headers: {{x-never: {{present: true}}}}}}]
+        route: [{{destination: echo, subset: v1}}]
+      - match: [{{prefix: /test.Echo/}}]
+        route: [{{destination: echo, subset: v1, weight: 50}}, {{destination: echo, weight: 50}}]
+        retries: {{attempts: 2, retry_on: [unavailable]}}
+        timeout: 3s
+        fault: {{delay: {{fixed: 1ms, percent: 50}}}}
+        hash: {{header: x-user}}
+destinations:
+  - service: echo
+    lb: ring_hash
+    subsets: [{{name: v1, labels: {{version: v1}}}}]
+"#
+        ),
+    );
+    let cp = start(&dir).await;
+    wait_ready(&cp).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/grpc_python.py");
+    let bootstrap = dir.path().join("bootstrap.json");
+    for target in ["xds:///echo", "xds:///echo:50051"] {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.args([
+            script,
+            &cp.xds_addr().to_string(),
+            &backend.to_string(),
+            target,
+            &bootstrap.display().to_string(),
+        ])
+        .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .expect("python client timed out")
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("OK"),
+            "{target}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_, metrics) = http_get(cp.admin_addr().unwrap(), "/metrics").await;
+    assert!(!metrics.contains("weft_control_nacks_total"), "a NACK: {metrics}");
+    assert!(metrics.contains("weft_control_acks_total{type=\"lds\"}"), "{metrics}");
+    cp.stop().await;
+}
