@@ -1,6 +1,7 @@
-//! Proxyless gRPC clients nobody here wrote, against weft control. Runs the Python grpcio client when
-//! `python3 -c "import grpc"` works (pip install grpcio), otherwise skips with a note; the Node
-//! client (`tests/interop/grpc_node.js`) is for manual runs.
+//! Proxyless gRPC clients nobody here wrote, against weft control, with a rich routing policy
+//! (regex and header matches, weighted subsets, retries, timeout, fault, hash, ring hash). The Python
+//! grpcio client comes from `interop/install`; the Node client (`tests/interop/grpc_node.js`) is for
+//! manual runs (crates/weft/tests/mesh.rs runs @grpc/grpc-js-xds in CI).
 
 mod common;
 
@@ -9,14 +10,22 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_xds_client_calls_through_weft_control() {
-    let has_grpc = std::process::Command::new("python3")
+    // grpcio comes from interop/install (run by scripts/test); under CI a missing peer is a failure.
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/.venv-grpc/bin/python");
+    let python = if std::path::Path::new(venv).exists() {
+        venv.to_string()
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{venv} is missing under CI=true: run interop/install");
+    } else if std::process::Command::new("python3")
         .args(["-c", "import grpc"])
         .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_grpc {
-        eprintln!("skipped: python3 with grpcio not available (pip install grpcio)");
+        .is_ok_and(|o| o.status.success())
+    {
+        "python3".to_string()
+    } else {
+        eprintln!("skipped: no grpcio (run interop/install)");
         return;
-    }
+    };
     let backend = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,7 +65,7 @@ destinations:
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/grpc_python.py");
     let bootstrap = dir.path().join("bootstrap.json");
     for target in ["xds:///echo", "xds:///echo:50051"] {
-        let mut cmd = tokio::process::Command::new("python3");
+        let mut cmd = tokio::process::Command::new(&python);
         cmd.args([
             script,
             &cp.xds_addr().to_string(),
