@@ -2,7 +2,7 @@
 //!
 //! It watches a service registry (a directory of YAML files; the [`registry::Registry`] trait lets
 //! Kubernetes, etcd or ZooKeeper slot in), validates services and policies ([`model`]), translates
-//! them into Envoy v3 resources per the contract in `notes/xds-contract.md` ([`translate`]), and
+//! them into Envoy v3 resources per the contract in `docs/xds-contract.md` ([`translate`]), and
 //! serves them over ADS, State-of-the-World and Delta ([`server`]), with an admin API ([`admin`]).
 //!
 //! In-process use (tests, demos):

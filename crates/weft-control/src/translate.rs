@@ -1,5 +1,5 @@
 //! Translation of the registry model into Envoy v3 resources, per the contract in
-//! `notes/xds-contract.md`.
+//! `docs/xds-contract.md`.
 //!
 //! The world is split in two parts so that a thousand proxies do not cost a thousand translations:
 //! - [`Snapshot`]: everything that is the same for every proxy (service clusters and subset clusters,
