@@ -71,6 +71,11 @@ struct Args {
     /// Give up on the initial sync after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
+    /// Write every resource the first simulated proxy receives into this directory, one file each
+    /// (a type byte, 0 listener / 1 route / 2 cluster / 3 endpoints, then the encoded resource):
+    /// seeds for the `xds_resources` fuzz target.
+    #[arg(long)]
+    dump: Option<PathBuf>,
 }
 
 /// One measured registry change: the service whose endpoint 0 moved to `port`.
@@ -85,6 +90,7 @@ struct Probe {
 
 #[derive(Default)]
 struct Shared {
+    dump: Option<PathBuf>,
     synced: AtomicUsize,
     failed: AtomicUsize,
     /// Bytes received per type: CDS, EDS, LDS, RDS.
@@ -218,6 +224,15 @@ async fn run_delta(i: usize, services: usize, channel: Channel, shared: Arc<Shar
     let mut seen_probe = usize::MAX;
     while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
         let resp: DeltaDiscoveryResponse = resp;
+        if i == 0 {
+            if let Some(dir) = &shared.dump {
+                for r in &resp.resources {
+                    if let Some(any) = &r.resource {
+                        dump(dir, &resp.type_url, &r.name, &any.value);
+                    }
+                }
+            }
+        }
         shared.bytes[type_index(&resp.type_url)].fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
         shared.responses.fetch_add(1, Ordering::Relaxed);
         send(DeltaDiscoveryRequest {
@@ -378,6 +393,23 @@ async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Share
     Err("stream ended".into())
 }
 
+fn dump(dir: &Path, type_url: &str, name: &str, value: &[u8]) {
+    let kind = match type_url {
+        type_url::LISTENER => 0u8,
+        type_url::ROUTE => 1,
+        type_url::CLUSTER => 2,
+        _ => 3,
+    };
+    let safe: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut bytes = vec![kind];
+    bytes.extend_from_slice(value);
+    let _ = std::fs::create_dir_all(dir);
+    let _ = std::fs::write(dir.join(format!("{kind}-{safe}")), bytes);
+}
+
 /// `ClusterLoadAssignment.cluster_name` (field 1), read without decoding the endpoints.
 fn cla_name(mut b: &[u8]) -> Option<String> {
     fn varint(b: &mut &[u8]) -> Option<u64> {
@@ -520,7 +552,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        dump: args.dump.clone(),
+        ..Default::default()
+    });
     let before = pid.and_then(proc_usage);
     let t_start = Instant::now();
     rt.block_on(async {
