@@ -780,6 +780,14 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
             }
         });
         let mut health_checks = Vec::new();
+        if d.health_checks.len() > 1 {
+            // Envoy (1.40) requires a name on every check when there are several, a field the
+            // v3 API weft speaks does not have yet.
+            e.push(
+                format!("{p}.health_checks[1]"),
+                "at most one health check per destination",
+            );
+        }
         for (j, h) in d.health_checks.into_iter().enumerate() {
             if let Some(hc) = health_check(&mut e, &format!("{p}.health_checks[{j}]"), h) {
                 health_checks.push(hc);

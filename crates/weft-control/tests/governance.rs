@@ -71,7 +71,8 @@ destinations:
         healthy_threshold: 2
         unhealthy_threshold: 4
         http: {path: /healthz, host: reviews.local, expected_statuses: ["200-299", 418]}
-      - tcp: {}
+  - service: ratelimit
+    health_checks: [{tcp: {}}]
   - service: ratings
     locality_lb: weighted
     health_checks: [{grpc: {service_name: ratings.v1.Ratings}}]
@@ -128,7 +129,7 @@ async fn governance_policies_become_standard_envoy_fields() {
     let cds = d.expect().await;
     d.ack(&cds).await;
     let reviews: Cluster = unpack(&any_of(&cds, "reviews"), CLUSTER).unwrap();
-    assert_eq!(reviews.health_checks.len(), 2);
+    assert_eq!(reviews.health_checks.len(), 1);
     let hc = &reviews.health_checks[0];
     assert_eq!(hc.interval.unwrap().seconds, 2);
     assert_eq!(hc.interval_jitter.unwrap().nanos, 100_000_000);
@@ -141,12 +142,13 @@ async fn governance_policies_become_standard_envoy_fields() {
     assert_eq!((h.path.as_str(), h.host.as_str()), ("/healthz", "reviews.local"));
     let ranges: Vec<(i64, i64)> = h.expected_statuses.iter().map(|r| (r.start, r.end)).collect();
     assert_eq!(ranges, [(200, 300), (418, 419)], "half-open ranges");
+    let rl: Cluster = unpack(&any_of(&cds, "ratelimit"), CLUSTER).unwrap();
     assert!(matches!(
-        reviews.health_checks[1].health_checker,
+        rl.health_checks[0].health_checker,
         Some(HealthChecker::TcpHealthCheck(_))
     ));
     // Envoy requires these four on every health check: defaults fill them in.
-    let tcp = &reviews.health_checks[1];
+    let tcp = &rl.health_checks[0];
     assert!(tcp.interval.is_some() && tcp.timeout.is_some());
     assert_eq!(tcp.unhealthy_threshold.unwrap().value, 3);
     assert_eq!(tcp.healthy_threshold.unwrap().value, 1);
@@ -174,9 +176,10 @@ async fn governance_policies_become_standard_envoy_fields() {
         lb.locality_config_specifier,
         Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
     ));
-    // No policy, no common_lb_config.
+    // No panic threshold or locality policy, no common_lb_config.
+    assert!(rl.common_lb_config.is_none() && rl.circuit_breakers.is_none());
     let pp: Cluster = unpack(&any_of(&cds, "productpage"), CLUSTER).unwrap();
-    assert!(pp.common_lb_config.is_none() && pp.health_checks.is_empty());
+    assert!(pp.health_checks.is_empty());
 
     d.subscribe(LISTENER, &[], &[]).await;
     let lds = d.expect().await;
@@ -371,6 +374,7 @@ destinations:
         "bad.yaml: destinations[0].health_checks[0].http.expected_statuses[1]",
         "bad.yaml: destinations[0].health_checks[0].http.expected_statuses[2]",
         "bad.yaml: destinations[0].health_checks[1]: give exactly one of http, tcp, grpc",
+        "bad.yaml: destinations[0].health_checks[1]: at most one health check per destination",
         "bad.yaml: destinations[0].health_checks[2]: give exactly one of http, tcp, grpc",
         "mesh.yaml: rate_limit_service.domain: must not be empty",
         "mesh.yaml: rate_limit_service.timeout",
