@@ -827,13 +827,16 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
             e.push(format!("{p}.domain"), "must not be empty");
         }
         let timeout = match r.timeout {
-            Some(t) => dur(&mut e, &format!("{p}.timeout"), &t).unwrap_or_default(),
+            Some(t) => {
+                let d = dur(&mut e, &format!("{p}.timeout"), &t);
+                if d.is_some_and(|d| d.is_zero()) {
+                    e.push(format!("{p}.timeout"), "must be more than 0");
+                }
+                d.unwrap_or_default()
+            }
             // Envoy's default.
             None => Duration::from_millis(20),
         };
-        if timeout.is_zero() {
-            e.push(format!("{p}.timeout"), "must be more than 0");
-        }
         frag.rate_limit_service = Some(RateLimitService {
             service: r.service,
             domain: r.domain,
