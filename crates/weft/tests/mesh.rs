@@ -1001,7 +1001,8 @@ fn assert_rate_limited(outbound: SocketAddr, rls: &rls::Server, limit: usize) {
 }
 
 /// Global rate limiting from weft control's policies, through a weft sidecar, against a tonic RLS
-/// server registered in the registry as a gRPC service.
+/// server registered in the registry as a gRPC service. The policies arrive while the sidecar is
+/// connected (SotW): the outbound listener gains the filter and the route its descriptors.
 #[test]
 fn weft_sidecar_global_rate_limit_from_policies() {
     let dir = TempDir::new("rls");
@@ -1009,9 +1010,22 @@ fn weft_sidecar_global_rate_limit_from_policies() {
     let echo = name_server("echo");
     let rls = rls::start(3);
     rate_limited_registry(&reg, echo, rls.addr);
+    let routes = std::fs::read_to_string(reg.join("routes.yaml")).unwrap();
+    let mesh = std::fs::read_to_string(reg.join("mesh.yaml")).unwrap();
+    std::fs::remove_file(reg.join("routes.yaml")).unwrap();
+    std::fs::remove_file(reg.join("mesh.yaml")).unwrap();
     let control = Control::start(&reg.0);
     let sidecar = start_sidecar(&dir, "client-rls", "client", &control, "ads_sotw");
     sidecar_ready(&sidecar);
+    let m = (0..10)
+        .filter_map(|_| http_full(sidecar.outbound, "echo", "/limited", "x-user: bob\r\n"))
+        .filter(|r| r.0 == 200)
+        .count();
+    assert_eq!(m, 10, "no limits before the policies exist");
+    // The service block first (routes with rate_limits need it), then the routes.
+    write_file(&reg.join("mesh.yaml"), &mesh);
+    std::thread::sleep(Duration::from_millis(600));
+    write_file(&reg.join("routes.yaml"), &routes);
     assert_rate_limited(sidecar.outbound, &rls, 3);
     assert_no_nacks(&control.debug_proxies());
 }
@@ -1023,12 +1037,14 @@ fn weft_sidecar_global_rate_limit_from_policies() {
 fn weft_sidecar_high_priority_route_survives_a_full_default_breaker() {
     let dir = TempDir::new("prio");
     let reg = TempDir::new("reg");
-    // An upstream that holds `/slow` for 3 s and answers everything else at once.
+    // An upstream that holds `/slow` for 5 s (saying so on `arrived`) and answers the rest at once.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let slow = l.local_addr().unwrap();
+    let (arrived_tx, arrived) = mpsc::channel::<()>();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let arrived_tx = arrived_tx.clone();
             std::thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let mut r = BufReader::new(s.try_clone().unwrap());
@@ -1045,7 +1061,8 @@ fn weft_sidecar_high_priority_route_survives_a_full_default_breaker() {
                         }
                     }
                     if first.contains(" /slow") {
-                        std::thread::sleep(Duration::from_secs(3));
+                        let _ = arrived_tx.send(());
+                        std::thread::sleep(Duration::from_secs(5));
                     }
                     if write!(s, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
                         return;
@@ -1073,20 +1090,27 @@ fn weft_sidecar_high_priority_route_survives_a_full_default_breaker() {
         (http(sidecar.outbound, "GET", "echo", "/")?.0 == 200).then_some(())
     });
     let outbound = sidecar.outbound;
-    let busy = std::thread::spawn(move || http(outbound, "GET", "echo", "/slow"));
-    // Wait until the slow request holds the default slot: a default request is then refused.
-    let refused = wait_until(
-        "the default-priority breaker to be full",
-        Duration::from_secs(3),
-        || {
-            let s = http(outbound, "GET", "echo", "/")?.0;
-            (s == 503).then_some(s)
-        },
-    );
-    assert_eq!(refused, 503);
+    let busy = std::thread::spawn(move || {
+        let mut s = TcpStream::connect_timeout(&outbound, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET /slow HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n").ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        String::from_utf8_lossy(&buf)
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u16>()
+            .ok()
+    });
+    // Once the slow request holds the only default-priority slot, a default request is refused.
+    arrived
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request to reach the upstream");
+    let refused = http(outbound, "GET", "echo", "/");
+    assert_eq!(refused.as_ref().map(|r| r.0), Some(503), "{refused:?}");
     // The high-priority route counts against its own thresholds.
     assert_eq!(http(outbound, "GET", "echo", "/vip").map(|r| r.0), Some(200));
-    assert_eq!(busy.join().unwrap().map(|r| r.0), Some(200));
+    assert_eq!(busy.join().unwrap(), Some(200));
 }
 
 /// Every governance policy field at once, served to a real Envoy 1.40: nothing is rejected, health
