@@ -24,6 +24,84 @@ struct RawFile {
     routes: Vec<RawRoutes>,
     #[serde(default)]
     destinations: Vec<RawDestination>,
+    rate_limit_service: Option<RawRls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRls {
+    service: String,
+    domain: String,
+    timeout: Option<String>,
+    failure_mode_deny: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmpty {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRlDescriptor {
+    #[serde(default)]
+    actions: Vec<RawRlAction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRlAction {
+    request_headers: Option<RawRlHeader>,
+    remote_address: Option<RawEmpty>,
+    generic_key: Option<RawRlGeneric>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRlHeader {
+    header_name: String,
+    descriptor_key: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRlGeneric {
+    descriptor_value: String,
+    descriptor_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    interval: Option<String>,
+    interval_jitter: Option<String>,
+    timeout: Option<String>,
+    healthy_threshold: Option<u32>,
+    unhealthy_threshold: Option<u32>,
+    http: Option<RawHttpCheck>,
+    tcp: Option<RawEmpty>,
+    grpc: Option<RawGrpcCheck>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpCheck {
+    path: Option<String>,
+    host: Option<String>,
+    #[serde(default)]
+    expected_statuses: Vec<RawStatus>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawStatus {
+    Code(u32),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrpcCheck {
+    service_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -81,6 +159,9 @@ struct RawHttpRoute {
     mirror: Option<RawMirror>,
     rate_limit: Option<RawRateLimit>,
     hash: Option<RawHash>,
+    priority: Option<String>,
+    #[serde(default)]
+    rate_limits: Vec<RawRlDescriptor>,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +257,10 @@ struct RawDestination {
     #[serde(default)]
     subsets: Vec<RawSubset>,
     connect_timeout: Option<String>,
+    #[serde(default)]
+    health_checks: Vec<RawHealthCheck>,
+    panic_threshold: Option<f64>,
+    locality_lb: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +270,7 @@ struct RawLimits {
     max_pending_requests: Option<u32>,
     max_requests: Option<u32>,
     max_retries: Option<u32>,
+    high_priority: Option<Box<RawLimits>>,
 }
 
 #[derive(Deserialize)]
@@ -330,6 +416,36 @@ pub enum HashOn {
     SourceIp,
 }
 
+/// One action of a global rate limit descriptor (Envoy `RateLimit.Action`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum RlAction {
+    RequestHeaders {
+        header_name: String,
+        descriptor_key: String,
+    },
+    RemoteAddress,
+    GenericKey {
+        descriptor_value: String,
+        descriptor_key: Option<String>,
+    },
+}
+
+/// One descriptor sent to the rate limit service (Envoy `RouteAction.rate_limits[]`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RlDescriptor {
+    pub actions: Vec<RlAction>,
+}
+
+/// The global rate limit service (top-level `rate_limit_service`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct RateLimitService {
+    /// A registered service of protocol grpc; its EDS cluster is the filter's `envoy_grpc` cluster.
+    pub service: String,
+    pub domain: String,
+    pub timeout: Duration,
+    pub failure_mode_deny: bool,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct HttpRoute {
     pub name: Option<String>,
@@ -341,6 +457,9 @@ pub struct HttpRoute {
     pub mirror: Option<Mirror>,
     pub rate_limit: Option<RateLimit>,
     pub hash: Option<HashOn>,
+    /// `priority: high` → `RouteAction.priority: HIGH` (the HIGH circuit breaker thresholds).
+    pub high_priority: bool,
+    pub rate_limits: Vec<RlDescriptor>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -365,6 +484,41 @@ pub struct Limits {
     pub max_pending_requests: Option<u32>,
     pub max_requests: Option<u32>,
     pub max_retries: Option<u32>,
+    /// Thresholds of the HIGH routing priority.
+    pub high_priority: Option<Box<Limits>>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub enum CheckKind {
+    /// path, host, expected statuses as half-open [start, end) ranges.
+    Http {
+        path: String,
+        host: Option<String>,
+        expected: Vec<(u32, u32)>,
+    },
+    Tcp,
+    Grpc {
+        service_name: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub interval_jitter: Option<Duration>,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LocalityLb {
+    /// `common_lb_config.zone_aware_lb_config`.
+    ZoneAware,
+    /// `common_lb_config.locality_weighted_lb_config`.
+    Weighted,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -389,6 +543,10 @@ pub struct DestinationPolicy {
     pub outlier: Option<Outlier>,
     pub subsets: Vec<Subset>,
     pub connect_timeout: Option<Duration>,
+    pub health_checks: Vec<HealthCheck>,
+    /// Percent, 0-100.
+    pub panic_threshold: Option<f64>,
+    pub locality_lb: Option<LocalityLb>,
 }
 
 /// What one source (file) contributes, validated in isolation. Order is kept so that error paths
@@ -399,6 +557,7 @@ pub struct Fragment {
     pub services: Vec<std::sync::Arc<Service>>,
     pub routes: Vec<RoutePolicy>,
     pub destinations: Vec<DestinationPolicy>,
+    pub rate_limit_service: Option<RateLimitService>,
 }
 
 struct Errs<'a> {
@@ -596,18 +755,93 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
         let connect_timeout = d
             .connect_timeout
             .and_then(|s| dur(&mut e, &format!("{p}.connect_timeout"), &s));
-        frag.destinations.push(DestinationPolicy {
-            service: d.service,
-            lb,
-            limits: d.connection_limits.map(|l| Limits {
+        let limits = d.connection_limits.map(|l| {
+            let high_priority = l.high_priority.map(|h| {
+                if h.high_priority.is_some() {
+                    e.push(
+                        format!("{p}.connection_limits.high_priority.high_priority"),
+                        "not allowed here",
+                    );
+                }
+                Box::new(Limits {
+                    max_connections: h.max_connections,
+                    max_pending_requests: h.max_pending_requests,
+                    max_requests: h.max_requests,
+                    max_retries: h.max_retries,
+                    high_priority: None,
+                })
+            });
+            Limits {
                 max_connections: l.max_connections,
                 max_pending_requests: l.max_pending_requests,
                 max_requests: l.max_requests,
                 max_retries: l.max_retries,
-            }),
+                high_priority,
+            }
+        });
+        let mut health_checks = Vec::new();
+        if d.health_checks.len() > 1 {
+            // Envoy (1.40) requires a name on every check when there are several, a field the
+            // v3 API weft speaks does not have yet.
+            e.push(
+                format!("{p}.health_checks[1]"),
+                "at most one health check per destination",
+            );
+        }
+        for (j, h) in d.health_checks.into_iter().enumerate() {
+            if let Some(hc) = health_check(&mut e, &format!("{p}.health_checks[{j}]"), h) {
+                health_checks.push(hc);
+            }
+        }
+        let panic_threshold = d
+            .panic_threshold
+            .map(|t| percent(&mut e, &format!("{p}.panic_threshold"), t));
+        let locality_lb = match d.locality_lb.as_deref() {
+            None => None,
+            Some("zone_aware") => Some(LocalityLb::ZoneAware),
+            Some("weighted") => Some(LocalityLb::Weighted),
+            Some(other) => {
+                e.push(
+                    format!("{p}.locality_lb"),
+                    format!("unknown locality_lb \"{other}\" (zone_aware, weighted)"),
+                );
+                None
+            }
+        };
+        frag.destinations.push(DestinationPolicy {
+            service: d.service,
+            lb,
+            limits,
             outlier,
             subsets,
             connect_timeout,
+            health_checks,
+            panic_threshold,
+            locality_lb,
+        });
+    }
+    if let Some(r) = raw.rate_limit_service {
+        let p = "rate_limit_service";
+        check_name(&mut e, &format!("{p}.service"), &r.service);
+        if r.domain.is_empty() {
+            e.push(format!("{p}.domain"), "must not be empty");
+        }
+        let timeout = match r.timeout {
+            Some(t) => {
+                let d = dur(&mut e, &format!("{p}.timeout"), &t);
+                if d.is_some_and(|d| d.is_zero()) {
+                    e.push(format!("{p}.timeout"), "must be more than 0");
+                }
+                d.unwrap_or_default()
+            }
+            // Envoy's default.
+            None => Duration::from_millis(20),
+        };
+        frag.rate_limit_service = Some(RateLimitService {
+            service: r.service,
+            domain: r.domain,
+            timeout,
+            failure_mode_deny: r.failure_mode_deny.unwrap_or(false),
         });
     }
     if e.list.is_empty() {
@@ -615,6 +849,92 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
     } else {
         Err(e.list)
     }
+}
+
+fn health_check(e: &mut Errs<'_>, p: &str, h: RawHealthCheck) -> Option<HealthCheck> {
+    let interval = h
+        .interval
+        .and_then(|s| dur(e, &format!("{p}.interval"), &s))
+        .unwrap_or(Duration::from_secs(5));
+    if interval < Duration::from_millis(10) {
+        e.push(format!("{p}.interval"), "must be at least 10ms");
+    }
+    let timeout = h
+        .timeout
+        .and_then(|s| dur(e, &format!("{p}.timeout"), &s))
+        .unwrap_or(Duration::from_secs(1));
+    if timeout.is_zero() {
+        e.push(format!("{p}.timeout"), "must be more than 0");
+    }
+    let interval_jitter = h
+        .interval_jitter
+        .and_then(|s| dur(e, &format!("{p}.interval_jitter"), &s));
+    let threshold = |e: &mut Errs<'_>, name: &str, v: Option<u32>, default: u32| {
+        let v = v.unwrap_or(default);
+        if !(1..=1000).contains(&v) {
+            e.push(format!("{p}.{name}"), "must be 1..1000");
+        }
+        v
+    };
+    let healthy_threshold = threshold(e, "healthy_threshold", h.healthy_threshold, 1);
+    let unhealthy_threshold = threshold(e, "unhealthy_threshold", h.unhealthy_threshold, 3);
+    let mut kinds = Vec::new();
+    if let Some(x) = h.http {
+        let path = x.path.unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') {
+            e.push(format!("{p}.http.path"), "must start with '/'");
+        }
+        let mut expected = Vec::new();
+        for (k, s) in x.expected_statuses.into_iter().enumerate() {
+            let sp = format!("{p}.http.expected_statuses[{k}]");
+            let text = match s {
+                RawStatus::Code(c) => c.to_string(),
+                RawStatus::Text(t) => t,
+            };
+            let range = match text.split_once('-') {
+                Some((a, b)) => a.trim().parse::<u32>().ok().zip(b.trim().parse::<u32>().ok()),
+                None => text.trim().parse::<u32>().ok().map(|c| (c, c)),
+            };
+            match range {
+                Some((a, b)) if (100..600).contains(&a) && (100..600).contains(&b) && a <= b => {
+                    expected.push((a, b + 1))
+                }
+                _ => e.push(
+                    &sp,
+                    format!("\"{text}\" is not a status (\"204\") or inclusive range (\"200-299\") within 100..599"),
+                ),
+            }
+        }
+        if let Some(host) = &x.host {
+            if host.is_empty() {
+                e.push(format!("{p}.http.host"), "must not be empty");
+            }
+        }
+        kinds.push(CheckKind::Http {
+            path,
+            host: x.host,
+            expected,
+        });
+    }
+    if h.tcp.is_some() {
+        kinds.push(CheckKind::Tcp);
+    }
+    if let Some(g) = h.grpc {
+        kinds.push(CheckKind::Grpc {
+            service_name: g.service_name.unwrap_or_default(),
+        });
+    }
+    if kinds.len() != 1 {
+        e.push(p, "give exactly one of http, tcp, grpc");
+    }
+    Some(HealthCheck {
+        kind: kinds.pop()?,
+        interval,
+        interval_jitter,
+        timeout,
+        healthy_threshold,
+        unhealthy_threshold,
+    })
 }
 
 fn string_match(e: &mut Errs<'_>, path: &str, m: RawStringMatch) -> StringMatch {
@@ -815,6 +1135,61 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
             None
         }
     });
+    let high_priority = match h.priority.as_deref() {
+        None | Some("default") => false,
+        Some("high") => true,
+        Some(other) => {
+            e.push(
+                format!("{p}.priority"),
+                format!("unknown priority \"{other}\" (default, high)"),
+            );
+            false
+        }
+    };
+    let mut rate_limits = Vec::new();
+    for (k, d) in h.rate_limits.into_iter().enumerate() {
+        let dp = format!("{p}.rate_limits[{k}]");
+        if d.actions.is_empty() {
+            e.push(format!("{dp}.actions"), "needs at least one action");
+        }
+        let mut actions = Vec::new();
+        for (a, act) in d.actions.into_iter().enumerate() {
+            let ap = format!("{dp}.actions[{a}]");
+            let mut got = Vec::new();
+            if let Some(r) = act.request_headers {
+                if r.header_name.is_empty() || r.header_name.bytes().any(|b| b.is_ascii_uppercase() || b == b' ') {
+                    e.push(
+                        format!("{ap}.request_headers.header_name"),
+                        "must be a non-empty lower-case header name",
+                    );
+                }
+                if r.descriptor_key.is_empty() {
+                    e.push(format!("{ap}.request_headers.descriptor_key"), "must not be empty");
+                }
+                got.push(RlAction::RequestHeaders {
+                    header_name: r.header_name,
+                    descriptor_key: r.descriptor_key,
+                });
+            }
+            if act.remote_address.is_some() {
+                got.push(RlAction::RemoteAddress);
+            }
+            if let Some(g) = act.generic_key {
+                if g.descriptor_value.is_empty() {
+                    e.push(format!("{ap}.generic_key.descriptor_value"), "must not be empty");
+                }
+                got.push(RlAction::GenericKey {
+                    descriptor_value: g.descriptor_value,
+                    descriptor_key: g.descriptor_key.filter(|k| !k.is_empty()),
+                });
+            }
+            if got.len() != 1 {
+                e.push(&ap, "give exactly one of request_headers, remote_address, generic_key");
+            }
+            actions.extend(got.pop());
+        }
+        rate_limits.push(RlDescriptor { actions });
+    }
     HttpRoute {
         name: h.name,
         matches,
@@ -825,6 +1200,8 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
         mirror,
         rate_limit,
         hash,
+        high_priority,
+        rate_limits,
     }
 }
 
@@ -834,6 +1211,7 @@ pub struct World {
     pub services: BTreeMap<String, std::sync::Arc<Service>>,
     pub routes: BTreeMap<String, RoutePolicy>,
     pub destinations: BTreeMap<String, DestinationPolicy>,
+    pub rate_limit_service: Option<RateLimitService>,
 }
 
 impl World {
@@ -880,6 +1258,11 @@ impl World {
                     w.destinations.insert(d.service.clone(), d.clone());
                 }
             }
+            if let Some(r) = &f.rate_limit_service {
+                if dup(3, "block", "rate_limit_service".into(), "rate_limit_service") {
+                    w.rate_limit_service = Some(r.clone());
+                }
+            }
         }
         for (src, f) in fragments {
             let mut e = Errs {
@@ -919,14 +1302,49 @@ impl World {
                     if let Some(m) = &h.mirror {
                         check(&mut e, format!("routes[{i}].http[{j}].mirror"), &m.dest);
                     }
+                    if !h.rate_limits.is_empty() && w.rate_limit_service.is_none() {
+                        e.push(
+                            format!("routes[{i}].http[{j}].rate_limits"),
+                            "needs a rate_limit_service (a top-level `rate_limit_service: {service, domain}` in some registry file)",
+                        );
+                    }
                 }
             }
             for (i, d) in f.destinations.iter().enumerate() {
-                if !w.services.contains_key(&d.service) {
-                    e.push(
+                match w.services.get(&d.service) {
+                    None => e.push(
                         format!("destinations[{i}].service"),
                         format!("unknown service \"{}\"", d.service),
-                    );
+                    ),
+                    Some(s) => {
+                        for (j, h) in d.health_checks.iter().enumerate() {
+                            if matches!(h.kind, CheckKind::Grpc { .. }) && s.protocol != Protocol::Grpc {
+                                e.push(
+                                    format!("destinations[{i}].health_checks[{j}].grpc"),
+                                    format!(
+                                        "gRPC health checks need an HTTP/2 cluster: service \"{}\" is not protocol grpc",
+                                        d.service
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(r) = &f.rate_limit_service {
+                match w.services.get(&r.service) {
+                    None => e.push(
+                        "rate_limit_service.service",
+                        format!("unknown service \"{}\"", r.service),
+                    ),
+                    Some(s) if s.protocol != Protocol::Grpc => e.push(
+                        "rate_limit_service.service",
+                        format!(
+                            "service \"{}\" must be protocol grpc (the rate limit service is a gRPC server)",
+                            r.service
+                        ),
+                    ),
+                    Some(_) => {}
                 }
             }
             if !e.list.is_empty() {

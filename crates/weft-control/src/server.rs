@@ -64,6 +64,8 @@ pub struct TypeState {
 pub struct StreamState {
     pub node: Option<NodeInfo>,
     pub node_res: Arc<NodeResources>,
+    /// The rate limit service `node_res` was built with (None: not built yet).
+    node_rls: Option<Option<crate::model::RateLimitService>>,
     pub types: [TypeState; 4],
     pub nonce_counter: u64,
     pub generation: u64,
@@ -74,6 +76,7 @@ impl StreamState {
         StreamState {
             node: None,
             node_res: Arc::new(NodeResources::default()),
+            node_rls: None,
             types: Default::default(),
             nonce_counter: 0,
             generation: 0,
@@ -89,9 +92,22 @@ impl StreamState {
         if self.node.is_none() {
             let info = node.map(NodeInfo::from_node).unwrap_or_default();
             tracing::info!(node = %info.id, cluster = %info.cluster, role = %info.role, user_agent = %info.user_agent, "ADS stream opened");
-            self.node_res = Arc::new(node_resources(&info));
             self.node = Some(info);
+            self.node_rls = None;
         }
+    }
+
+    /// (Re)builds the node's own resources when they are missing or the snapshot's rate limit
+    /// service (which the outbound listener's filters depend on) changed. True when rebuilt.
+    fn refresh_node(&mut self, snap: &Snapshot) -> bool {
+        let Some(info) = &self.node else { return false };
+        let rls = crate::translate::active_rls(&snap.world);
+        if self.node_rls.as_ref().is_some_and(|built| built.as_ref() == rls) {
+            return false;
+        }
+        self.node_res = Arc::new(node_resources(info, rls));
+        self.node_rls = Some(rls.cloned());
+        true
     }
 }
 
@@ -412,7 +428,10 @@ async fn run_sotw(
                 };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 match (sotw_request(&mut st, req, &shared.metrics), &current) {
-                    (Some(kind), Some(snap)) => sotw_respond(&mut st, &[kind], snap, &shared.metrics, false, false),
+                    (Some(kind), Some(snap)) => {
+                        st.refresh_node(snap);
+                        sotw_respond(&mut st, &[kind], snap, &shared.metrics, false, false)
+                    }
                     _ => Vec::new(),
                 }
             }
@@ -424,7 +443,9 @@ async fn run_sotw(
                 let Some(snap) = &current else { continue };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 // The watch channel coalesces: if snapshots were skipped, diff in full.
-                let incremental = st.generation != 0 && snap.prev_generation == st.generation;
+                // Rebuilt node resources are not in `snap.changed`: diff in full then too.
+                let rebuilt = st.refresh_node(snap);
+                let incremental = !rebuilt && st.generation != 0 && snap.prev_generation == st.generation;
                 st.generation = snap.generation;
                 sotw_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
             }
@@ -680,7 +701,10 @@ async fn run_delta(
                 };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 match (delta_request(&mut st, req, &shared.metrics), &current) {
-                    (Some(kind), Some(snap)) => delta_respond(&mut st, &[kind], snap, &shared.metrics, false, false),
+                    (Some(kind), Some(snap)) => {
+                        st.refresh_node(snap);
+                        delta_respond(&mut st, &[kind], snap, &shared.metrics, false, false)
+                    }
                     _ => Vec::new(),
                 }
             }
@@ -692,7 +716,9 @@ async fn run_delta(
                 let Some(snap) = &current else { continue };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 // The watch channel coalesces: if snapshots were skipped, diff in full.
-                let incremental = st.generation != 0 && snap.prev_generation == st.generation;
+                // Rebuilt node resources are not in `snap.changed`: diff in full then too.
+                let rebuilt = st.refresh_node(snap);
+                let incremental = !rebuilt && st.generation != 0 && snap.prev_generation == st.generation;
                 st.generation = snap.generation;
                 delta_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
             }

@@ -21,6 +21,7 @@ use weft_xds_api::pb::envoy::config::listener::v3 as ls;
 use weft_xds_api::pb::envoy::config::route::v3 as rt;
 use weft_xds_api::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
+use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as grl;
 use weft_xds_api::pb::envoy::extensions::filters::http::router::v3 as router;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use weft_xds_api::pb::envoy::extensions::upstreams::http::v3 as uph;
@@ -33,6 +34,9 @@ use weft_xds_api::type_url;
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
 pub const RATELIMIT_FILTER: &str = "envoy.filters.http.local_ratelimit";
 pub const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// Global rate limiting (an Envoy RLS server), on sidecar outbound listeners only.
+pub const GLOBAL_RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
+pub const GLOBAL_RATELIMIT_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 pub const OUTBOUND: &str = "outbound";
 
@@ -194,6 +198,7 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
     let route_inputs_same = prev.is_some_and(|p| {
         p.world.routes == world.routes
             && subsets(&p.world) == subsets(&world)
+            && active_rls(&p.world) == active_rls(&world)
             && p.world.services.len() == world.services.len()
             && p.world
                 .services
@@ -351,14 +356,36 @@ fn eds_cluster(name: &str, svc: &model::Service, dest: Option<&model::Destinatio
             LbPolicy::Maglev => cl::cluster::LbPolicy::Maglev,
         } as i32;
         if let Some(l) = &d.limits {
+            let thresholds = |l: &model::Limits, priority: core::RoutingPriority| cl::circuit_breakers::Thresholds {
+                priority: priority as i32,
+                max_connections: l.max_connections.and_then(u32v),
+                max_pending_requests: l.max_pending_requests.and_then(u32v),
+                max_requests: l.max_requests.and_then(u32v),
+                max_retries: l.max_retries.and_then(u32v),
+                ..Default::default()
+            };
+            let mut list = vec![thresholds(l, core::RoutingPriority::Default)];
+            if let Some(h) = &l.high_priority {
+                list.push(thresholds(h, core::RoutingPriority::High));
+            }
             c.circuit_breakers = Some(cl::CircuitBreakers {
-                thresholds: vec![cl::circuit_breakers::Thresholds {
-                    max_connections: l.max_connections.and_then(u32v),
-                    max_pending_requests: l.max_pending_requests.and_then(u32v),
-                    max_requests: l.max_requests.and_then(u32v),
-                    max_retries: l.max_retries.and_then(u32v),
-                    ..Default::default()
-                }],
+                thresholds: list,
+                ..Default::default()
+            });
+        }
+        c.health_checks = d.health_checks.iter().map(health_check).collect();
+        if d.panic_threshold.is_some() || d.locality_lb.is_some() {
+            use cl::cluster::common_lb_config::{LocalityConfigSpecifier, LocalityWeightedLbConfig, ZoneAwareLbConfig};
+            c.common_lb_config = Some(cl::cluster::CommonLbConfig {
+                healthy_panic_threshold: d.panic_threshold.map(|value| typ::Percent { value }),
+                locality_config_specifier: d.locality_lb.map(|l| match l {
+                    model::LocalityLb::ZoneAware => {
+                        LocalityConfigSpecifier::ZoneAwareLbConfig(ZoneAwareLbConfig::default())
+                    }
+                    model::LocalityLb::Weighted => {
+                        LocalityConfigSpecifier::LocalityWeightedLbConfig(LocalityWeightedLbConfig {})
+                    }
+                }),
                 ..Default::default()
             });
         }
@@ -373,6 +400,38 @@ fn eds_cluster(name: &str, svc: &model::Service, dest: Option<&model::Destinatio
         }
     }
     c
+}
+
+fn health_check(h: &model::HealthCheck) -> core::HealthCheck {
+    use core::health_check::{GrpcHealthCheck, HealthChecker, HttpHealthCheck, TcpHealthCheck};
+    let checker = match &h.kind {
+        model::CheckKind::Http { path, host, expected } => HealthChecker::HttpHealthCheck(HttpHealthCheck {
+            path: path.clone(),
+            host: host.clone().unwrap_or_default(),
+            expected_statuses: expected
+                .iter()
+                .map(|(start, end)| typ::Int64Range {
+                    start: i64::from(*start),
+                    end: i64::from(*end),
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        model::CheckKind::Tcp => HealthChecker::TcpHealthCheck(TcpHealthCheck::default()),
+        model::CheckKind::Grpc { service_name } => HealthChecker::GrpcHealthCheck(GrpcHealthCheck {
+            service_name: service_name.clone(),
+            ..Default::default()
+        }),
+    };
+    core::HealthCheck {
+        timeout: Some(pb_dur(h.timeout)),
+        interval: Some(pb_dur(h.interval)),
+        interval_jitter: h.interval_jitter.map(pb_dur),
+        healthy_threshold: u32v(h.healthy_threshold),
+        unhealthy_threshold: u32v(h.unhealthy_threshold),
+        health_checker: Some(checker),
+        ..Default::default()
+    }
 }
 
 fn health(h: Health) -> i32 {
@@ -534,7 +593,7 @@ fn routes_for(world: &World, svc: &model::Service, with_ratelimit: bool) -> Vec<
         .iter()
         .enumerate()
     {
-        let action = route_action(world, h);
+        let action = route_action(world, h, with_ratelimit);
         let mut per_filter = HashMap::new();
         if let Some(f) = &h.fault {
             per_filter.insert(
@@ -612,7 +671,52 @@ fn route_match(m: Option<&model::Match>) -> rt::RouteMatch {
     }
 }
 
-fn route_action(world: &World, h: &model::HttpRoute) -> rt::RouteAction {
+/// The rate limit service in effect: configured, and naming a registered gRPC service (a policy file
+/// deleted under it leaves it dangling; then nothing points at a missing cluster).
+pub fn active_rls(world: &World) -> Option<&model::RateLimitService> {
+    world.rate_limit_service.as_ref().filter(|r| {
+        world
+            .services
+            .get(&r.service)
+            .is_some_and(|s| s.protocol == Protocol::Grpc)
+    })
+}
+
+fn rate_limit_descriptor(d: &model::RlDescriptor) -> rt::RateLimit {
+    use rt::rate_limit::action::{ActionSpecifier, GenericKey, RemoteAddress, RequestHeaders};
+    rt::RateLimit {
+        actions: d
+            .actions
+            .iter()
+            .map(|a| rt::rate_limit::Action {
+                action_specifier: Some(match a {
+                    model::RlAction::RequestHeaders {
+                        header_name,
+                        descriptor_key,
+                    } => ActionSpecifier::RequestHeaders(RequestHeaders {
+                        header_name: header_name.clone(),
+                        descriptor_key: descriptor_key.clone(),
+                        ..Default::default()
+                    }),
+                    model::RlAction::RemoteAddress => ActionSpecifier::RemoteAddress(RemoteAddress {}),
+                    model::RlAction::GenericKey {
+                        descriptor_value,
+                        descriptor_key,
+                    } => ActionSpecifier::GenericKey(GenericKey {
+                        descriptor_value: descriptor_value.clone(),
+                        descriptor_key: descriptor_key.clone().unwrap_or_default(),
+                        ..Default::default()
+                    }),
+                }),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// `sidecar`: false for API listeners (proxyless gRPC), which get neither global rate limits (no
+/// such filter in gRPC) nor routing priorities (gRPC has no priority circuit breakers).
+fn route_action(world: &World, h: &model::HttpRoute, sidecar: bool) -> rt::RouteAction {
     use rt::route_action::ClusterSpecifier;
     // Validation guarantees references resolve; a dangling one (a file deleted under a policy) is
     // dropped here rather than sent, so the proxy never sees a cluster that does not exist.
@@ -653,6 +757,12 @@ fn route_action(world: &World, h: &model::HttpRoute) -> rt::RouteAction {
         timeout: h.timeout.map(pb_dur),
         ..Default::default()
     };
+    if sidecar && h.high_priority {
+        a.priority = core::RoutingPriority::High as i32;
+    }
+    if sidecar && active_rls(world).is_some() {
+        a.rate_limits = h.rate_limits.iter().map(rate_limit_descriptor).collect();
+    }
     if let Some(r) = &h.retries {
         a.retry_policy = Some(rt::RetryPolicy {
             retry_on: if r.retry_on.is_empty() {
@@ -734,10 +844,35 @@ fn router_filter() -> hcm::HttpFilter {
     http_filter(ROUTER_FILTER, type_url::ROUTER, &router::Router::default(), false)
 }
 
+/// The global rate limit filter: asks the rate limit service's EDS cluster (`envoy_grpc`) about the
+/// descriptors of routes with `rate_limits`. Not optional: a proxy that cannot enforce the limits
+/// must refuse the listener rather than silently let everything through.
+fn global_ratelimit_filter(r: &model::RateLimitService) -> hcm::HttpFilter {
+    let cfg = grl::RateLimit {
+        domain: r.domain.clone(),
+        timeout: Some(pb_dur(r.timeout)),
+        failure_mode_deny: r.failure_mode_deny,
+        rate_limit_service: Some(weft_xds_api::pb::envoy::config::ratelimit::v3::RateLimitServiceConfig {
+            grpc_service: Some(core::GrpcService {
+                target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                    core::grpc_service::EnvoyGrpc {
+                        cluster_name: r.service.clone(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }),
+            transport_api_version: core::ApiVersion::V3 as i32,
+        }),
+        ..Default::default()
+    };
+    http_filter(GLOBAL_RATELIMIT_FILTER, GLOBAL_RATELIMIT_URL, &cfg, false)
+}
+
 /// Sidecar HCM filters: fault and local rate limit (optional, so proxies without them still accept),
-/// router last.
-fn sidecar_filters(stat_prefix: &str) -> Vec<hcm::HttpFilter> {
-    vec![
+/// the global rate limit filter when `rls` is given (outbound only), router last.
+fn sidecar_filters(stat_prefix: &str, rls: Option<&model::RateLimitService>) -> Vec<hcm::HttpFilter> {
+    let mut v = vec![
         http_filter(FAULT_FILTER, type_url::FAULT, &fault::HttpFault::default(), true),
         http_filter(
             RATELIMIT_FILTER,
@@ -748,8 +883,10 @@ fn sidecar_filters(stat_prefix: &str) -> Vec<hcm::HttpFilter> {
             },
             true,
         ),
-        router_filter(),
-    ]
+    ];
+    v.extend(rls.map(global_ratelimit_filter));
+    v.push(router_filter());
+    v
 }
 
 fn api_listener(world: &World, svc: &model::Service, name: &str) -> ls::Listener {
@@ -777,14 +914,19 @@ fn api_listener(world: &World, svc: &model::Service, name: &str) -> ls::Listener
     }
 }
 
-fn rds_listener(name: &str, addr: std::net::SocketAddr, route: &str) -> ls::Listener {
+fn rds_listener(
+    name: &str,
+    addr: std::net::SocketAddr,
+    route: &str,
+    rls: Option<&model::RateLimitService>,
+) -> ls::Listener {
     let manager = hcm::HttpConnectionManager {
         stat_prefix: name.replace('|', "_"),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
             config_source: Some(ads()),
             route_config_name: route.into(),
         })),
-        http_filters: sidecar_filters(&name.replace('|', "_")),
+        http_filters: sidecar_filters(&name.replace('|', "_"), rls),
         ..Default::default()
     };
     ls::Listener {
@@ -850,7 +992,9 @@ pub struct NodeResources {
     pub maps: [ResMap; 4],
 }
 
-pub fn node_resources(node: &NodeInfo) -> NodeResources {
+/// `rls`: the rate limit service in effect ([`active_rls`]); it puts the global rate limit filter on
+/// the outbound listener, so these resources are rebuilt when it changes.
+pub fn node_resources(node: &NodeInfo, rls: Option<&model::RateLimitService>) -> NodeResources {
     let mut r = NodeResources::default();
     let mut put = |kind: Kind, res: Arc<Res>| {
         r.maps[kind as usize].insert(res.name.clone(), res);
@@ -858,7 +1002,7 @@ pub fn node_resources(node: &NodeInfo) -> NodeResources {
     if let Some(addr) = node.outbound {
         put(
             Kind::Listener,
-            Res::new(Kind::Listener, OUTBOUND, &rds_listener(OUTBOUND, addr, OUTBOUND)),
+            Res::new(Kind::Listener, OUTBOUND, &rds_listener(OUTBOUND, addr, OUTBOUND, rls)),
         );
     }
     if !node.cluster.is_empty() {
@@ -866,7 +1010,7 @@ pub fn node_resources(node: &NodeInfo) -> NodeResources {
         if let Some(addr) = node.inbound {
             put(
                 Kind::Listener,
-                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name)),
+                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name, None)),
             );
             let rc = rt::RouteConfiguration {
                 name: name.clone(),

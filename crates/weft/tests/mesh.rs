@@ -11,8 +11,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
@@ -196,33 +196,45 @@ impl Control {
 // HTTP upstreams that answer with their name
 
 fn name_server(name: &'static str) -> SocketAddr {
+    name_server_with_health(name, Arc::new(AtomicBool::new(false)))
+}
+
+/// Like [`name_server`], but `GET /healthz` answers 503 while `sick` is set (other paths still 200).
+fn name_server_with_health(name: &'static str, sick: Arc<AtomicBool>) -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let sick = sick.clone();
             std::thread::spawn(move || {
                 let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 loop {
                     // Read one request head (no bodies in these tests), answer, keep alive.
                     let mut line = String::new();
-                    let mut got = false;
+                    let mut first = String::new();
                     loop {
                         line.clear();
                         match r.read_line(&mut line) {
                             Ok(0) | Err(_) => return,
                             Ok(_) if line == "\r\n" => break,
-                            Ok(_) => got = true,
+                            Ok(_) if first.is_empty() => first = line.clone(),
+                            Ok(_) => {}
                         }
                     }
-                    if !got {
+                    if first.is_empty() {
                         return;
                     }
                     let body = name;
+                    let status = if first.starts_with("GET /healthz ") && sick.load(Ordering::SeqCst) {
+                        "503 Service Unavailable"
+                    } else {
+                        "200 OK"
+                    };
                     if write!(
                         s,
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{body}",
+                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{body}",
                         body.len()
                     )
                     .is_err()
@@ -248,6 +260,13 @@ fn spread(via: SocketAddr, host: &str, n: usize) -> BTreeMap<String, usize> {
         *m.entry(k).or_insert(0) += 1;
     }
     m
+}
+
+/// No stream in weft control's `/debug/proxies` ever NACKed.
+fn assert_no_nacks(proxies: &str) {
+    let v: serde_json::Value = serde_json::from_str(proxies).expect("/debug/proxies is JSON");
+    let text = v.to_string();
+    assert!(!text.contains("\"last_nack\":\""), "a NACK: {proxies}");
 }
 
 fn share(m: &BTreeMap<String, usize>, k: &str) -> f64 {
@@ -538,6 +557,20 @@ fn grpc_client_follows_registry(client: &str) {
     };
     let file = reg.join("echo.yaml");
     write_file(&file, &service_yaml("echo", "grpc", &eps(1, Some(1))));
+    // Governance policies on the same service: the clusters gRPC shares with sidecars carry health
+    // checks, a panic threshold, locality weighting and HIGH thresholds, and the sidecars' routes
+    // priorities and rate limits (left out of API listeners); gRPC must accept all of it.
+    write_file(
+        &reg.join("ratelimit.yaml"),
+        &format!(
+            "services:\n  - name: ratelimit\n    protocol: grpc\n    endpoints: [{{address: \"{}\"}}]\nrate_limit_service: {{service: ratelimit, domain: mesh}}\n",
+            free_addr()
+        ),
+    );
+    write_file(
+        &reg.join("governance.yaml"),
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits: [{actions: [{generic_key: {descriptor_value: echo}}]}]\ndestinations:\n  - service: echo\n    panic_threshold: 20\n    locality_lb: weighted\n    connection_limits: {max_requests: 1000, high_priority: {max_requests: 2000}}\n    health_checks: [{interval: 1s, tcp: {}}]\n",
+    );
     let control = Control::start(&reg.0);
     let bootstrap = dir.join("xds-bootstrap.json");
     std::fs::write(
@@ -593,6 +626,7 @@ fn grpc_client_follows_registry(client: &str) {
     );
     let proxies = control.debug_proxies();
     assert!(proxies.contains(&format!("{client}-grpc")), "{proxies}");
+    assert_no_nacks(&proxies);
 }
 
 #[test]
@@ -746,4 +780,423 @@ fn readme_mesh_example_is_valid() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Governance policies (docs/control.md): active health checks, global rate limiting, priorities
+
+/// One HTTP/1.1 request on a fresh connection: (status, the whole response, head included).
+fn http_full(addr: SocketAddr, host: &str, path: &str, extra: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, text))
+}
+
+fn sidecar_ready(sidecar: &Sidecar) {
+    wait_until("sidecar /ready", Duration::from_secs(20), || {
+        (http(sidecar.admin, "GET", "x", "/ready")?.0 == 200).then_some(())
+    });
+}
+
+/// An active HTTP health check from a destination policy takes a failing endpoint out of the
+/// sidecar's rotation (traffic moves to the healthy one) and puts it back once it recovers.
+#[test]
+fn weft_sidecar_health_check_from_destination_policy_moves_traffic() {
+    let dir = TempDir::new("hc");
+    let reg = TempDir::new("reg");
+    let a = name_server("alpha");
+    let sick = Arc::new(AtomicBool::new(false));
+    let b = name_server_with_health("beta", sick.clone());
+    let eps = [
+        Ep {
+            addr: a,
+            weight: 1,
+            zone: "z1",
+            version: "v1",
+        },
+        Ep {
+            addr: b,
+            weight: 1,
+            zone: "z1",
+            version: "v1",
+        },
+    ];
+    write_file(&reg.join("echo.yaml"), &service_yaml("echo", "http", &eps));
+    write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
+    write_file(
+        &reg.join("policy.yaml"),
+        "destinations:\n  - service: echo\n    panic_threshold: 10\n    health_checks:\n      - {interval: 100ms, timeout: 500ms, unhealthy_threshold: 1, healthy_threshold: 1, http: {path: /healthz, expected_statuses: [\"200-299\"]}}\n",
+    );
+    let control = Control::start(&reg.0);
+    let sidecar = start_sidecar(&dir, "client-hc", "client", &control, "ads_delta");
+    sidecar_ready(&sidecar);
+    wait_until("traffic to both backends", Duration::from_secs(10), || {
+        let m = spread(sidecar.outbound, "echo", 40);
+        (share(&m, "alpha") > 0.2 && share(&m, "beta") > 0.2).then_some(())
+    });
+    // beta still serves requests, but its health check fails: only the check can move traffic.
+    sick.store(true, Ordering::SeqCst);
+    wait_until(
+        "the health check to take beta out of rotation",
+        Duration::from_secs(10),
+        || {
+            let m = spread(sidecar.outbound, "echo", 40);
+            (share(&m, "alpha") == 1.0).then_some(())
+        },
+    );
+    let clusters = http(sidecar.admin, "GET", "x", "/clusters")
+        .map(|r| r.1)
+        .unwrap_or_default();
+    assert!(clusters.contains("health_checks"), "{clusters}");
+    sick.store(false, Ordering::SeqCst);
+    wait_until("beta back in rotation", Duration::from_secs(10), || {
+        let m = spread(sidecar.outbound, "echo", 40);
+        (share(&m, "beta") > 0.2).then_some(())
+    });
+}
+
+mod rls {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
+    use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+        RateLimitService, RateLimitServiceServer,
+    };
+    use weft_xds_api::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+
+    /// (domain, descriptors as key/value lists) of one call.
+    pub type Call = (String, Vec<Vec<(String, String)>>);
+
+    /// An Envoy RLS server: allows `limit` hits per distinct descriptor, then says OVER_LIMIT.
+    #[derive(Clone, Default)]
+    struct Rls {
+        limit: u32,
+        hits: Arc<Mutex<HashMap<String, u32>>>,
+        seen: Arc<Mutex<Vec<Call>>>,
+    }
+
+    #[tonic::async_trait]
+    impl RateLimitService for Rls {
+        async fn should_rate_limit(
+            &self,
+            request: tonic::Request<RateLimitRequest>,
+        ) -> Result<tonic::Response<RateLimitResponse>, tonic::Status> {
+            let r = request.into_inner();
+            let descriptors: Vec<Vec<(String, String)>> = r
+                .descriptors
+                .iter()
+                .map(|d| d.entries.iter().map(|e| (e.key.clone(), e.value.clone())).collect())
+                .collect();
+            let mut over = false;
+            {
+                let mut hits = self.hits.lock().unwrap();
+                for d in &descriptors {
+                    let n = hits.entry(format!("{d:?}")).or_insert(0);
+                    *n += r.hits_addend.max(1);
+                    over |= *n > self.limit;
+                }
+            }
+            self.seen.lock().unwrap().push((r.domain, descriptors));
+            Ok(tonic::Response::new(RateLimitResponse {
+                overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
+                ..Default::default()
+            }))
+        }
+    }
+
+    /// The server runs on its own runtime; dropping this stops it.
+    pub struct Server {
+        pub addr: SocketAddr,
+        pub seen: Arc<Mutex<Vec<Call>>>,
+        _rt: tokio::runtime::Runtime,
+    }
+
+    pub fn start(limit: u32) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let rls = Rls {
+            limit,
+            ..Default::default()
+        };
+        let seen = rls.seen.clone();
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let svc = RateLimitServiceServer::new(rls);
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Server { addr, seen, _rt: rt }
+    }
+}
+
+/// The registry of the global rate limit tests: `echo` (HTTP) whose `/limited` route sends a
+/// descriptor to the rate limit service `ratelimit` (a registered gRPC service).
+fn rate_limited_registry(reg: &TempDir, echo: SocketAddr, rls: SocketAddr) {
+    let ep = |addr| Ep {
+        addr,
+        weight: 1,
+        zone: "z1",
+        version: "v1",
+    };
+    write_file(&reg.join("echo.yaml"), &service_yaml("echo", "http", &[ep(echo)]));
+    write_file(
+        &reg.join("ratelimit.yaml"),
+        &service_yaml("ratelimit", "grpc", &[ep(rls)]),
+    );
+    write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
+    write_file(
+        &reg.join("mesh.yaml"),
+        "rate_limit_service: {service: ratelimit, domain: mesh, timeout: 1s, failure_mode_deny: false}\n",
+    );
+    write_file(
+        &reg.join("routes.yaml"),
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n",
+    );
+}
+
+/// Sends requests to `/limited` until one is refused by the rate limit service; checks the answer.
+fn assert_rate_limited(outbound: SocketAddr, rls: &rls::Server, limit: usize) {
+    // The first `limit` requests pass once the route and filter are in place; then 429.
+    let mut ok = 0;
+    let got = wait_until("a 429 from the rate limit service", Duration::from_secs(20), || {
+        let (status, text) = http_full(outbound, "echo", "/limited", "x-user: bob\r\n")?;
+        if status == 200 {
+            ok += 1;
+        }
+        (status == 429).then_some(text)
+    });
+    assert!(got.to_ascii_lowercase().contains("x-envoy-ratelimited: true"), "{got}");
+    assert!(ok >= limit, "only {ok} requests passed before the limit of {limit}");
+    // Routes without rate_limits are not limited.
+    assert_eq!(http_full(outbound, "echo", "/free", "").map(|r| r.0), Some(200));
+    let seen = rls.seen.lock().unwrap().clone();
+    let want = vec![vec![
+        ("generic_key".to_string(), "echo-api".to_string()),
+        ("user".to_string(), "bob".to_string()),
+    ]];
+    assert!(seen.iter().all(|(d, ds)| d == "mesh" && *ds == want), "{seen:?}");
+}
+
+/// Global rate limiting from weft control's policies, through a weft sidecar, against a tonic RLS
+/// server registered in the registry as a gRPC service. The policies arrive while the sidecar is
+/// connected (SotW): the outbound listener gains the filter and the route its descriptors.
+#[test]
+fn weft_sidecar_global_rate_limit_from_policies() {
+    let dir = TempDir::new("rls");
+    let reg = TempDir::new("reg");
+    let echo = name_server("echo");
+    let rls = rls::start(3);
+    rate_limited_registry(&reg, echo, rls.addr);
+    let routes = std::fs::read_to_string(reg.join("routes.yaml")).unwrap();
+    let mesh = std::fs::read_to_string(reg.join("mesh.yaml")).unwrap();
+    std::fs::remove_file(reg.join("routes.yaml")).unwrap();
+    std::fs::remove_file(reg.join("mesh.yaml")).unwrap();
+    let control = Control::start(&reg.0);
+    let sidecar = start_sidecar(&dir, "client-rls", "client", &control, "ads_sotw");
+    sidecar_ready(&sidecar);
+    let m = (0..10)
+        .filter_map(|_| http_full(sidecar.outbound, "echo", "/limited", "x-user: bob\r\n"))
+        .filter(|r| r.0 == 200)
+        .count();
+    assert_eq!(m, 10, "no limits before the policies exist");
+    // The service block first (routes with rate_limits need it), then the routes.
+    write_file(&reg.join("mesh.yaml"), &mesh);
+    std::thread::sleep(Duration::from_millis(600));
+    write_file(&reg.join("routes.yaml"), &routes);
+    assert_rate_limited(sidecar.outbound, &rls, 3);
+    assert_no_nacks(&control.debug_proxies());
+}
+
+/// A slow upstream behind a sidecar whose destination policy allows 1 default-priority request
+/// and 5 high-priority ones: with the default slot busy, a default-priority request is refused
+/// (503) while a `priority: high` route still gets through.
+#[test]
+fn weft_sidecar_high_priority_route_survives_a_full_default_breaker() {
+    let dir = TempDir::new("prio");
+    let reg = TempDir::new("reg");
+    // An upstream that holds `/slow` for 5 s (saying so on `arrived`) and answers the rest at once.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let slow = l.local_addr().unwrap();
+    let (arrived_tx, arrived) = mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let arrived_tx = arrived_tx.clone();
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut first = String::new();
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match r.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) if first.is_empty() => first = line.clone(),
+                            Ok(_) => {}
+                        }
+                    }
+                    if first.contains(" /slow") {
+                        let _ = arrived_tx.send(());
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                    if write!(s, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let ep = Ep {
+        addr: slow,
+        weight: 1,
+        zone: "z1",
+        version: "v1",
+    };
+    write_file(&reg.join("echo.yaml"), &service_yaml("echo", "http", &[ep]));
+    write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
+    write_file(
+        &reg.join("policy.yaml"),
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /vip}]\n        route: [{destination: echo}]\n        priority: high\ndestinations:\n  - service: echo\n    connection_limits:\n      max_requests: 1\n      max_pending_requests: 1\n      max_connections: 1\n      high_priority: {max_requests: 5, max_pending_requests: 5, max_connections: 5}\n",
+    );
+    let control = Control::start(&reg.0);
+    let sidecar = start_sidecar(&dir, "client-prio", "client", &control, "ads_delta");
+    sidecar_ready(&sidecar);
+    wait_until("echo through the sidecar", Duration::from_secs(10), || {
+        (http(sidecar.outbound, "GET", "echo", "/")?.0 == 200).then_some(())
+    });
+    let outbound = sidecar.outbound;
+    let busy = std::thread::spawn(move || {
+        let mut s = TcpStream::connect_timeout(&outbound, Duration::from_millis(500)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(s, "GET /slow HTTP/1.1\r\nhost: echo\r\nconnection: close\r\n\r\n").ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).ok()?;
+        String::from_utf8_lossy(&buf)
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u16>()
+            .ok()
+    });
+    // Once the slow request holds the only default-priority slot, a default request is refused.
+    arrived
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the slow request to reach the upstream");
+    let refused = http(outbound, "GET", "echo", "/");
+    assert_eq!(refused.as_ref().map(|r| r.0), Some(503), "{refused:?}");
+    // The high-priority route counts against its own thresholds.
+    assert_eq!(http(outbound, "GET", "echo", "/vip").map(|r| r.0), Some(200));
+    assert_eq!(busy.join().unwrap(), Some(200));
+}
+
+/// Every governance policy field at once, served to a real Envoy 1.40: nothing is rejected, health
+/// checked endpoints serve, and global rate limiting through the registered RLS server answers 429.
+fn envoy_accepts_every_governance_policy(api_type: &str) {
+    let Some(bin) = envoy_binary() else { return };
+    let dir = TempDir::new(&format!("envoy-gov-{api_type}"));
+    let reg = TempDir::new("reg");
+    let echo = name_server("echo");
+    let rls = rls::start(3);
+    rate_limited_registry(&reg, echo, rls.addr);
+    // A second gRPC service for the gRPC health check (nothing listens there: it stays unhealthy).
+    write_file(
+        &reg.join("ratings.yaml"),
+        &format!(
+            "services:\n  - name: ratings\n    protocol: grpc\n    endpoints: [{{address: \"{}\"}}]\n",
+            free_addr()
+        ),
+    );
+    write_file(
+        &reg.join("routes.yaml"),
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n",
+    );
+    write_file(
+        &reg.join("destinations.yaml"),
+        r#"destinations:
+  - service: echo
+    lb: least_request
+    panic_threshold: 30
+    locality_lb: zone_aware
+    connection_limits:
+      max_connections: 100
+      max_requests: 100
+      high_priority: {max_connections: 200, max_pending_requests: 50, max_requests: 200, max_retries: 5}
+    outlier_detection: {consecutive_5xx: 5, interval: 1s, base_ejection_time: 30s, max_ejection_percent: 50}
+    health_checks:
+      - {interval: 200ms, interval_jitter: 50ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2, http: {path: /healthz, host: echo.local, expected_statuses: ["200-299", 304]}}
+  - service: ratelimit
+    health_checks: [{interval: 1s, tcp: {}}]
+  - service: ratings
+    locality_lb: weighted
+    panic_threshold: 0
+    health_checks: [{interval: 1s, grpc: {service_name: ratings.v1.Ratings}}]
+"#,
+    );
+    let control = Control::start(&reg.0);
+    let envoy = Envoy::start(&bin, &dir, api_type, &control, "client");
+    let start = Instant::now();
+    loop {
+        if http(envoy.outbound, "GET", "echo", "/").is_some_and(|r| r.0 == 200) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let rejected: Vec<_> = envoy
+                .stats()
+                .into_iter()
+                .filter(|(k, v)| *v > 0 && (k.contains("rejected") || k.contains("health_check")))
+                .collect();
+            panic!(
+                "no traffic through Envoy to echo: {rejected:?}\n{}\n{:?}",
+                control.debug_proxies(),
+                http(envoy.outbound, "GET", "echo", "/")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_rate_limited(envoy.outbound, &rls, 3);
+    assert_envoy_accepted_everything(&envoy);
+    let stats = envoy.stats();
+    assert!(
+        stats.get("cluster.echo.health_check.success").copied().unwrap_or(0) > 0,
+        "Envoy runs the health checks: {:?}",
+        stats
+            .iter()
+            .filter(|(k, _)| k.contains("health_check"))
+            .collect::<Vec<_>>()
+    );
+    assert_no_nacks(&control.debug_proxies());
+}
+
+#[test]
+fn envoy_sotw_accepts_every_governance_policy() {
+    envoy_accepts_every_governance_policy("GRPC");
+}
+
+#[test]
+fn envoy_delta_accepts_every_governance_policy() {
+    envoy_accepts_every_governance_policy("DELTA_GRPC");
 }
