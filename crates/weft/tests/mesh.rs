@@ -11,9 +11,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
+
+mod common;
+
+use common::*;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -32,43 +36,6 @@ fn peer(rel: &str) -> Option<PathBuf> {
     }
     eprintln!("skipping: {} is missing (run interop/install)", p.display());
     None
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_addr() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "weft-mesh-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// A child process killed when the test ends, pass or fail.
@@ -134,6 +101,26 @@ fn service_yaml(name: &str, protocol: &str, eps: &[Ep]) -> String {
         ));
     }
     s
+}
+
+/// Backend alpha (zone z1, version v1) and, unless `wb` is None (removed), beta with weight `wb` in
+/// `zone_b` (version v1 when it shares alpha's zone, else v2).
+fn alpha_beta((a, wa): (SocketAddr, u32), b: SocketAddr, wb: Option<u32>, zone_b: &'static str) -> Vec<Ep<'static>> {
+    let mut v = vec![Ep {
+        addr: a,
+        weight: wa,
+        zone: "z1",
+        version: "v1",
+    }];
+    if let Some(wb) = wb {
+        v.push(Ep {
+            addr: b,
+            weight: wb,
+            zone: zone_b,
+            version: if zone_b == "z1" { "v1" } else { "v2" },
+        });
+    }
+    v
 }
 
 /// Replaces a registry file atomically, so the watcher never reads half of it.
@@ -373,23 +360,7 @@ fn envoy_follows_registry(api_type: &str) {
     let a = name_server("alpha");
     let b = name_server("beta");
     let file = reg.join("echo.yaml");
-    let eps = |wa: u32, wb: Option<u32>| {
-        let mut v = vec![Ep {
-            addr: a,
-            weight: wa,
-            zone: "z1",
-            version: "v1",
-        }];
-        if let Some(wb) = wb {
-            v.push(Ep {
-                addr: b,
-                weight: wb,
-                zone: "z1",
-                version: "v1",
-            });
-        }
-        v
-    };
+    let eps = |wa: u32, wb: Option<u32>| alpha_beta((a, wa), b, wb, "z1");
     write_file(&file, &service_yaml("echo", "http", &eps(1, Some(1))));
     write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
     let control = Control::start(&reg.0);
@@ -538,23 +509,7 @@ fn grpc_client_follows_registry(client: &str) {
     let b = grpc_backend(&python, "beta");
     // gRPC weights localities (its round_robin ignores endpoint weights), so each backend gets its
     // own zone and the control plane's locality weight (the sum of its endpoints') carries the split.
-    let eps = |wa: u32, wb: Option<u32>| {
-        let mut v = vec![Ep {
-            addr: a.addr,
-            weight: wa,
-            zone: "z1",
-            version: "v1",
-        }];
-        if let Some(wb) = wb {
-            v.push(Ep {
-                addr: b.addr,
-                weight: wb,
-                zone: "z2",
-                version: "v2",
-            });
-        }
-        v
-    };
+    let eps = |wa: u32, wb: Option<u32>| alpha_beta((a.addr, wa), b.addr, wb, "z2");
     let file = reg.join("echo.yaml");
     write_file(&file, &service_yaml("echo", "grpc", &eps(1, Some(1))));
     // Governance policies on the same service: the clusters gRPC shares with sidecars carry health
@@ -679,23 +634,7 @@ fn weft_sidecar_follows_registry_and_survives_control_restart(mode: &str) {
     let a = name_server("alpha");
     let b = name_server("beta");
     let file = reg.join("echo.yaml");
-    let eps = |wa: u32, wb: Option<u32>| {
-        let mut v = vec![Ep {
-            addr: a,
-            weight: wa,
-            zone: "z1",
-            version: "v1",
-        }];
-        if let Some(wb) = wb {
-            v.push(Ep {
-                addr: b,
-                weight: wb,
-                zone: "z1",
-                version: "v1",
-            });
-        }
-        v
-    };
+    let eps = |wa: u32, wb: Option<u32>| alpha_beta((a, wa), b, wb, "z1");
     write_file(&file, &service_yaml("echo", "http", &eps(1, Some(1))));
     write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
     let mut control = Control::start(&reg.0);
@@ -1199,4 +1138,29 @@ fn envoy_sotw_accepts_every_governance_policy() {
 #[test]
 fn envoy_delta_accepts_every_governance_policy() {
     envoy_accepts_every_governance_policy("DELTA_GRPC");
+}
+
+/// Every YAML example in docs/control.md is valid, all together, as one registry directory.
+#[test]
+fn control_docs_examples_are_valid() {
+    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/control.md")).unwrap();
+    let dir = TempDir::new("control-docs");
+    let mut n = 0;
+    for (i, block) in doc.split("```yaml\n").skip(1).enumerate() {
+        let body = &block[..block.find("```").expect("closed block")];
+        std::fs::write(dir.join(&format!("example{i}.yaml")), body).unwrap();
+        n += 1;
+    }
+    assert!(n >= 3, "found only {n} YAML examples");
+    let out = Command::new(WEFT)
+        .args(["control", "--check", "--registry"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
