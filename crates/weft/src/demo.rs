@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[derive(Args, Default, Clone)]
+#[derive(Args, Clone)]
 pub struct DemoArgs {
     /// Stop after this long (e.g. 60s); default: run until Ctrl-C.
     #[arg(long, value_parser = parse_duration)]
@@ -35,6 +35,18 @@ pub struct DemoArgs {
     /// xDS flavour the sidecars use: "delta" or "sotw".
     #[arg(long, default_value = "delta")]
     pub xds: String,
+}
+
+/// The same defaults as the flags: `weft` with no subcommand runs the demo.
+impl Default for DemoArgs {
+    fn default() -> Self {
+        DemoArgs {
+            duration: None,
+            rate: 100,
+            step: 10,
+            xds: "delta".into(),
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

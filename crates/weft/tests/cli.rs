@@ -480,3 +480,29 @@ async fn xds_bootstrap_serves_static_part_and_stays_initializing() {
     );
     w.assert_running();
 }
+
+/// `weft` with no subcommand is the demo; Ctrl-C (SIGINT) stops it and its children cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_weft_runs_the_demo_until_ctrl_c() {
+    let mut weft = Weft::spawn(&[]);
+    let start = Instant::now();
+    while !weft.stdout().lines().any(|l| l.contains("req/s") && l.contains("p99")) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no summary line:\n{}\n{}",
+            weft.stdout(),
+            weft.stderr()
+        );
+        if let Some(s) = weft.child.try_wait().unwrap() {
+            panic!("demo exited early ({s}):\n{}\n{}", weft.stdout(), weft.stderr());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    weft.signal("-INT");
+    let status = weft
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("demo stops after SIGINT");
+    assert_eq!(status.code(), Some(0), "{}", weft.stderr());
+    assert!(weft.stdout().contains("done:"), "{}", weft.stdout());
+}
