@@ -534,6 +534,8 @@ fn main() {
         while http_get_status(admin, "/ready") != Some(200) {
             if t.elapsed() > Duration::from_secs(120) {
                 eprintln!("weft control not ready after 120 s");
+                // process::exit skips destructors: stop the control plane first.
+                drop(_control_guard.take());
                 std::process::exit(1);
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -587,6 +589,8 @@ fn main() {
                 args.proxies,
                 shared.failed.load(Ordering::SeqCst)
             );
+            // process::exit skips destructors: stop the control plane first.
+            drop(_control_guard.take());
             std::process::exit(1);
         }
         if last_print.elapsed() > Duration::from_secs(5) {
