@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod common;
@@ -188,17 +188,31 @@ fn name_server(name: &'static str) -> SocketAddr {
 
 /// Like [`name_server`], but `GET /healthz` answers 503 while `sick` is set (other paths still 200).
 fn name_server_with_health(name: &'static str, sick: Arc<AtomicBool>) -> SocketAddr {
+    http_server(move |request_line| {
+        let status = if request_line.starts_with("GET /healthz ") && sick.load(Ordering::SeqCst) {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
+        (status, name.to_string())
+    })
+}
+
+/// A keep-alive HTTP/1.1 server on a thread per connection: `answer` gets each request line (the
+/// requests carry no bodies in these tests) and returns the status line's status and the body. It
+/// may block, to make a slow upstream.
+fn http_server(answer: impl Fn(&str) -> (&'static str, String) + Send + Sync + 'static) -> SocketAddr {
+    let answer = Arc::new(answer);
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
-            let sick = sick.clone();
+            let answer = answer.clone();
             std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
                 let mut r = BufReader::new(s.try_clone().unwrap());
                 loop {
-                    // Read one request head (no bodies in these tests), answer, keep alive.
                     let mut line = String::new();
                     let mut first = String::new();
                     loop {
@@ -213,18 +227,11 @@ fn name_server_with_health(name: &'static str, sick: Arc<AtomicBool>) -> SocketA
                     if first.is_empty() {
                         return;
                     }
-                    let body = name;
-                    let status = if first.starts_with("GET /healthz ") && sick.load(Ordering::SeqCst) {
-                        "503 Service Unavailable"
-                    } else {
-                        "200 OK"
-                    };
-                    if write!(
-                        s,
-                        "HTTP/1.1 {status}\r\ncontent-length: {}\r\nx-served-by: {name}\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .is_err()
+                    let (status, body) = answer(&first);
+                    let head = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n", body.len());
+                    if s.write_all(head.as_bytes())
+                        .and_then(|()| s.write_all(body.as_bytes()))
+                        .is_err()
                     {
                         return;
                     }
@@ -977,38 +984,14 @@ fn weft_sidecar_high_priority_route_survives_a_full_default_breaker() {
     let dir = TempDir::new("prio");
     let reg = TempDir::new("reg");
     // An upstream that holds `/slow` for 5 s (saying so on `arrived`) and answers the rest at once.
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let slow = l.local_addr().unwrap();
     let (arrived_tx, arrived) = mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let arrived_tx = arrived_tx.clone();
-            std::thread::spawn(move || {
-                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut r = BufReader::new(s.try_clone().unwrap());
-                loop {
-                    let mut first = String::new();
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        match r.read_line(&mut line) {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) if line == "\r\n" => break,
-                            Ok(_) if first.is_empty() => first = line.clone(),
-                            Ok(_) => {}
-                        }
-                    }
-                    if first.contains(" /slow") {
-                        let _ = arrived_tx.send(());
-                        std::thread::sleep(Duration::from_secs(5));
-                    }
-                    if write!(s, "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").is_err() {
-                        return;
-                    }
-                }
-            });
+    let arrived_tx = Mutex::new(arrived_tx);
+    let slow = http_server(move |request_line| {
+        if request_line.contains(" /slow") {
+            let _ = arrived_tx.lock().unwrap().send(());
+            std::thread::sleep(Duration::from_secs(5));
         }
+        ("200 OK", "ok".to_string())
     });
     let ep = Ep {
         addr: slow,
