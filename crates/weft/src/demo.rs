@@ -53,7 +53,16 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     weft_config::duration::parse(s)
 }
 
+/// An address for a child process to bind, free a moment ago. The children bind these later, so
+/// the port is drawn below the kernel's ephemeral range (32768+ by default): ports there are also
+/// handed out to every outgoing connection and every bind to port 0, and one could take it meanwhile.
 fn free_addr() -> std::io::Result<SocketAddr> {
+    for _ in 0..200 {
+        let port = fastrand::u16(20000..32768);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
@@ -102,7 +111,8 @@ type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 #[derive(Clone)]
 struct Client {
-    to: SocketAddr,
+    /// Movable: a restarted mesh (after a port clash) puts the sidecar elsewhere.
+    to: Arc<Mutex<SocketAddr>>,
     slots: Arc<Vec<tokio::sync::Mutex<Option<Conn>>>>,
     next: Arc<AtomicU64>,
 }
@@ -110,7 +120,7 @@ struct Client {
 impl Client {
     fn new(to: SocketAddr) -> Client {
         Client {
-            to,
+            to: Arc::new(Mutex::new(to)),
             slots: Arc::new((0..16).map(|_| tokio::sync::Mutex::new(None)).collect()),
             next: Arc::new(AtomicU64::new(0)),
         }
@@ -121,7 +131,8 @@ impl Client {
         let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.slots.len();
         let mut slot = self.slots[i].lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            let stream = tokio::net::TcpStream::connect(self.to).await.ok()?;
+            let to = *self.to.lock().unwrap_or_else(|e| e.into_inner());
+            let stream = tokio::net::TcpStream::connect(to).await.ok()?;
             let _ = stream.set_nodelay(true);
             let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
             tokio::spawn(conn);
@@ -314,7 +325,7 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn wait_ready(name: &str, admin: SocketAddr, children: &mut Children) -> Result<(), String> {
+async fn wait_ready(name: &str, admin: SocketAddr, children: &mut Children, limit: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
         if tokio::task::spawn_blocking(move || http_status(admin, "/ready"))
@@ -330,11 +341,62 @@ async fn wait_ready(name: &str, admin: SocketAddr, children: &mut Children) -> R
                 return Err(format!("{n} exited ({status}) before it was ready"));
             }
         }
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err(format!("{name} not ready after 30 s"));
+        if start.elapsed() > limit {
+            return Err(format!("{name} not ready after {limit:?}"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Starts weft control and one sidecar per instance, and waits until all of them are ready.
+#[allow(clippy::too_many_arguments)]
+async fn start_mesh(
+    exe: &Path,
+    dir: &Path,
+    registry: &Path,
+    instances: &[Instance],
+    xds: SocketAddr,
+    control_admin: SocketAddr,
+    mode: &str,
+    log: &str,
+) -> Result<Children, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let mut children = Children(Vec::new());
+    let control = Command::new(exe)
+        .args(["control", "--registry"])
+        .arg(registry)
+        .args(["--xds", &xds.to_string(), "--admin", &control_admin.to_string()])
+        .env("WEFT_LOG", log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start weft control: {e}"))?;
+    children.0.push(("weft control".into(), control));
+    wait_ready("weft control", control_admin, &mut children, Duration::from_secs(30)).await?;
+    for i in instances {
+        let cfg = dir.join(format!("sidecar-{}.yaml", i.id));
+        write_atomic(&cfg, &sidecar_yaml(i, xds, mode)).map_err(io)?;
+        let child = Command::new(exe)
+            .args(["proxy", "-c"])
+            .arg(&cfg)
+            .env("WEFT_LOG", log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the sidecar of {}: {e}", i.id))?;
+        children.0.push((format!("sidecar {}", i.id), child));
+    }
+    for i in instances {
+        // Ready in well under a second normally; a sidecar that cannot bind its listeners never is.
+        wait_ready(
+            &format!("sidecar {}", i.id),
+            i.admin,
+            &mut children,
+            Duration::from_secs(10),
+        )
+        .await?;
+    }
+    Ok(children)
 }
 
 pub fn run(args: DemoArgs) -> i32 {
@@ -398,59 +460,62 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         });
         app_listeners.push(l);
     }
+    // The apps' clients of their own sidecar's outbound listener, by instance.
+    let mut outbound_clients: Vec<Option<Client>> = Vec::new();
     for (i, l) in instances.iter().zip(app_listeners) {
-        let behaviour = match i.id {
-            "frontend-1" => Behaviour::Calls {
-                me: "frontend",
-                service: "reviews",
-                sidecar: Client::new(i.outbound),
-            },
-            "reviews-v1" => Behaviour::Leaf("reviews-v1"),
-            "reviews-v2" => Behaviour::Calls {
-                me: "reviews-v2",
-                service: "ratings",
-                sidecar: Client::new(i.outbound),
-            },
-            _ => Behaviour::Leaf("ratings: 4.5 stars"),
+        let (behaviour, client) = match i.id {
+            "frontend-1" => {
+                let c = Client::new(i.outbound);
+                let b = Behaviour::Calls {
+                    me: "frontend",
+                    service: "reviews",
+                    sidecar: c.clone(),
+                };
+                (b, Some(c))
+            }
+            "reviews-v1" => (Behaviour::Leaf("reviews-v1"), None),
+            "reviews-v2" => {
+                let c = Client::new(i.outbound);
+                let b = Behaviour::Calls {
+                    me: "reviews-v2",
+                    service: "ratings",
+                    sidecar: c.clone(),
+                };
+                (b, Some(c))
+            }
+            _ => (Behaviour::Leaf("ratings: 4.5 stars"), None),
         };
+        outbound_clients.push(client);
         tokio::spawn(serve_app(l, i.id, behaviour, stats.clone()));
     }
 
-    // Registry, then the control plane, then the sidecars.
-    write_atomic(&registry.join("services.yaml"), &services_yaml(&instances)).map_err(io)?;
+    // Registry, then the control plane, then the sidecars. The children bind addresses chosen
+    // here; if another process takes one first (rare), start the mesh again on new ports.
     write_atomic(&registry.join("destinations.yaml"), &destinations_yaml()).map_err(io)?;
     write_atomic(&registry.join("routes.yaml"), &routes_yaml(0, 0)).map_err(io)?;
-    let xds = free_addr().map_err(io)?;
-    let control_admin = free_addr().map_err(io)?;
-    let mut children = Children(Vec::new());
     let log = std::env::var("WEFT_LOG").unwrap_or_else(|_| "warn".into());
-    let control = Command::new(&exe)
-        .args(["control", "--registry"])
-        .arg(&registry)
-        .args(["--xds", &xds.to_string(), "--admin", &control_admin.to_string()])
-        .env("WEFT_LOG", &log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start weft control: {e}"))?;
-    children.0.push(("weft control".into(), control));
-    wait_ready("weft control", control_admin, &mut children).await?;
-    for i in &instances {
-        let cfg = dir.join(format!("sidecar-{}.yaml", i.id));
-        write_atomic(&cfg, &sidecar_yaml(i, xds, mode)).map_err(io)?;
-        let child = Command::new(&exe)
-            .args(["proxy", "-c"])
-            .arg(&cfg)
-            .env("WEFT_LOG", &log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start the sidecar of {}: {e}", i.id))?;
-        children.0.push((format!("sidecar {}", i.id), child));
-    }
-    for i in &instances {
-        wait_ready(&format!("sidecar {}", i.id), i.admin, &mut children).await?;
-    }
+    let mut attempt = 0;
+    let (mut children, xds, control_admin) = loop {
+        attempt += 1;
+        if attempt > 1 {
+            for (i, client) in instances.iter_mut().zip(&outbound_clients) {
+                i.inbound = free_addr().map_err(io)?;
+                i.outbound = free_addr().map_err(io)?;
+                i.admin = free_addr().map_err(io)?;
+                if let Some(c) = client {
+                    *c.to.lock().unwrap_or_else(|e| e.into_inner()) = i.outbound;
+                }
+            }
+        }
+        write_atomic(&registry.join("services.yaml"), &services_yaml(&instances)).map_err(io)?;
+        let xds = free_addr().map_err(io)?;
+        let control_admin = free_addr().map_err(io)?;
+        match start_mesh(&exe, dir, &registry, &instances, xds, control_admin, mode, &log).await {
+            Ok(children) => break (children, xds, control_admin),
+            Err(e) if attempt < 3 => eprintln!("weft demo: {e}; starting again on other ports"),
+            Err(e) => return Err(e),
+        }
+    };
 
     let frontend = instances[0].inbound;
     println!(

@@ -5,8 +5,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// A 127.0.0.1 port that was free a moment ago (bind to port 0, then close).
+/// A 127.0.0.1 port that was free a moment ago, for a child process to bind later. Drawn below the
+/// kernel's ephemeral range (32768+ by default), which every outgoing connection and every bind to
+/// port 0 also draws from: a port from there could be taken before the child binds it.
 pub fn free_port() -> u16 {
+    for _ in 0..200 {
+        let port = fastrand::u16(20000..32768);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
