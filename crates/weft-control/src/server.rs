@@ -11,7 +11,7 @@ use crate::translate::{fnv, node_resources, Kind, NodeInfo, NodeResources, Res, 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -50,8 +50,9 @@ pub struct TypeState {
     pub sent: HashMap<Arc<str>, u64>,
     /// SotW LDS/CDS: hash of the last full set sent, to send a full set only when it changed.
     pub full_hash: Option<u64>,
-    /// SotW: the nonce of the latest response (older nonces are stale).
-    pub nonce: String,
+    /// SotW: the nonces of the latest response, one per chunk when it was split (older nonces are
+    /// stale; an ACK or NACK of any chunk of the latest response counts).
+    pub nonces: Vec<String>,
     /// Delta: responses not yet ACKed, (nonce, system version).
     pub pending: VecDeque<(String, String)>,
     pub last_sent_version: String,
@@ -322,10 +323,11 @@ fn sotw_respond(
         } else {
             chunk(items)
         };
+        st.types[kind as usize].nonces.clear();
         for part in chunks {
             let nonce = st.next_nonce();
             let ts = &mut st.types[kind as usize];
-            ts.nonce = nonce.clone();
+            ts.nonces.push(nonce.clone());
             ts.responded = true;
             ts.last_sent_version = version.clone();
             out.push(Out {
@@ -367,14 +369,16 @@ fn chunk(items: Vec<Arc<Res>>) -> Vec<Vec<Arc<Res>>> {
     out
 }
 
-/// Applies one SotW request to the stream state; returns the kinds that may need a response.
+/// Applies one SotW request to the stream state; returns its kind if it may need a response: the
+/// first request of a type, or a changed subscription. A plain ACK or NACK never does (the snapshot
+/// is unchanged, and rejected content is not resent), so it costs no diff.
 fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) -> Option<Kind> {
     st.set_node(req.node.as_ref());
     let kind = Kind::from_url(&req.type_url)?;
     let ts = &mut st.types[kind as usize];
     let label = TypeLabel { r#type: kind.short() };
     if !req.response_nonce.is_empty() {
-        if req.response_nonce != ts.nonce {
+        if !ts.nonces.contains(&req.response_nonce) {
             // Stale: the client has not seen our latest response for this type yet.
             return None;
         }
@@ -395,6 +399,7 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
         }
     }
     let ts = &mut st.types[kind as usize];
+    let (first, old_wildcard, old_count) = (!ts.seen, ts.wildcard, ts.names.len());
     let star = req.resource_names.iter().any(|n| n == "*");
     if !ts.seen {
         ts.seen = true;
@@ -403,60 +408,10 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
         // An empty list is a wildcard only until the client names something.
         ts.wildcard = star;
     }
-    ts.names = req.resource_names.into_iter().filter(|n| n != "*").collect();
-    Some(kind)
-}
-
-async fn run_sotw(
-    shared: Arc<Shared>,
-    entry: Arc<ProxyEntry>,
-    mut inbound: Streaming<DiscoveryRequest>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-) {
-    let mut snaps = shared.snapshots.clone();
-    let mut shutdown = shared.shutdown.clone();
-    let mut current: Option<Arc<Snapshot>> = snaps.borrow_and_update().clone();
-    if let Some(s) = &current {
-        entry.state.lock().unwrap_or_else(|p| p.into_inner()).generation = s.generation;
-    }
-    loop {
-        let responses = tokio::select! {
-            msg = inbound.message() => {
-                let req = match msg {
-                    Ok(Some(r)) => r,
-                    _ => return,
-                };
-                let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
-                match (sotw_request(&mut st, req, &shared.metrics), &current) {
-                    (Some(kind), Some(snap)) => {
-                        st.refresh_node(snap);
-                        sotw_respond(&mut st, &[kind], snap, &shared.metrics, false, false)
-                    }
-                    _ => Vec::new(),
-                }
-            }
-            r = snaps.changed() => {
-                if r.is_err() {
-                    return;
-                }
-                current = snaps.borrow_and_update().clone();
-                let Some(snap) = &current else { continue };
-                let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
-                // The watch channel coalesces: if snapshots were skipped, diff in full.
-                // Rebuilt node resources are not in `snap.changed`: diff in full then too.
-                let rebuilt = st.refresh_node(snap);
-                let incremental = !rebuilt && st.generation != 0 && snap.prev_generation == st.generation;
-                st.generation = snap.generation;
-                sotw_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
-            }
-            _ = shutdown.changed() => return,
-        };
-        for r in responses {
-            if tx.send(Ok(r.sotw())).await.is_err() {
-                return;
-            }
-        }
-    }
+    let names: BTreeSet<String> = req.resource_names.into_iter().filter(|n| n != "*").collect();
+    let changed = first || ts.wildcard != old_wildcard || names.len() != old_count || names != ts.names;
+    ts.names = names;
+    changed.then_some(kind)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -629,6 +584,8 @@ fn delta_respond(
     out
 }
 
+/// Applies one Delta request to the stream state; returns its kind if it may need a response (the
+/// first request of a type, or a subscription change), not for a plain ACK or NACK.
 fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Metrics) -> Option<Kind> {
     st.set_node(req.node.as_ref());
     let kind = Kind::from_url(&req.type_url)?;
@@ -654,6 +611,8 @@ fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Met
         }
     }
     // Delta honours subscription changes even on a stale nonce.
+    let needs_response =
+        !ts.seen || !req.resource_names_subscribe.is_empty() || !req.resource_names_unsubscribe.is_empty();
     if !ts.seen {
         ts.seen = true;
         ts.wildcard = kind.is_full_state() && req.resource_names_subscribe.is_empty();
@@ -677,14 +636,24 @@ fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Met
             ts.names.remove(&n);
         }
     }
-    Some(kind)
+    needs_response.then_some(kind)
 }
 
-async fn run_delta(
+/// How long a proxy may leave a response unread before its stream is closed: a stalled proxy must
+/// not keep its task (and its place in `/debug/proxies`) forever. It reconnects and resyncs.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One ADS stream, SotW or Delta: requests and snapshot changes in, responses out. `request`
+/// applies a request to the stream state, `respond` diffs, `encode` makes the wire message.
+#[allow(clippy::type_complexity)]
+async fn run_stream<Req, Resp>(
     shared: Arc<Shared>,
     entry: Arc<ProxyEntry>,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
-    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    mut inbound: Streaming<Req>,
+    tx: mpsc::Sender<Result<Resp, Status>>,
+    request: fn(&mut StreamState, Req, &Metrics) -> Option<Kind>,
+    respond: fn(&mut StreamState, &[Kind], &Snapshot, &Metrics, bool, bool) -> Vec<Out>,
+    encode: fn(Out) -> Resp,
 ) {
     let mut snaps = shared.snapshots.clone();
     let mut shutdown = shared.shutdown.clone();
@@ -700,10 +669,10 @@ async fn run_delta(
                     _ => return,
                 };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
-                match (delta_request(&mut st, req, &shared.metrics), &current) {
+                match (request(&mut st, req, &shared.metrics), &current) {
                     (Some(kind), Some(snap)) => {
                         st.refresh_node(snap);
-                        delta_respond(&mut st, &[kind], snap, &shared.metrics, false, false)
+                        respond(&mut st, &[kind], snap, &shared.metrics, false, false)
                     }
                     _ => Vec::new(),
                 }
@@ -720,13 +689,21 @@ async fn run_delta(
                 let rebuilt = st.refresh_node(snap);
                 let incremental = !rebuilt && st.generation != 0 && snap.prev_generation == st.generation;
                 st.generation = snap.generation;
-                delta_respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
+                respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
             }
             _ = shutdown.changed() => return,
         };
         for r in responses {
-            if tx.send(Ok(r.delta())).await.is_err() {
-                return;
+            tokio::select! {
+                sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(encode(r)))) => match sent {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => {
+                        tracing::warn!(stream = entry.stream_id, "proxy read nothing for {SEND_TIMEOUT:?}; closing its stream");
+                        return;
+                    }
+                },
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -750,22 +727,17 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Some(e) = self
+        let removed = self
             .shared
             .proxies
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&self.id)
-        {
+            .remove(&self.id);
+        if let Some(e) = removed {
             let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
             let node = st.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
             tracing::info!(stream = self.id, kind = self.kind, node, "ADS stream closed");
         }
-        self.shared
-            .proxies
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
         self.shared
             .metrics
             .connected
@@ -820,7 +792,16 @@ impl AggregatedDiscoveryService for Ads {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let _reg = reg;
-            run_sotw(shared, entry, request.into_inner(), tx).await;
+            run_stream(
+                shared,
+                entry,
+                request.into_inner(),
+                tx,
+                sotw_request,
+                sotw_respond,
+                Out::sotw,
+            )
+            .await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -835,7 +816,16 @@ impl AggregatedDiscoveryService for Ads {
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let _reg = reg;
-            run_delta(shared, entry, request.into_inner(), tx).await;
+            run_stream(
+                shared,
+                entry,
+                request.into_inner(),
+                tx,
+                delta_request,
+                delta_respond,
+                Out::delta,
+            )
+            .await;
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }

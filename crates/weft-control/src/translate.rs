@@ -94,7 +94,7 @@ pub struct Res {
 impl Res {
     pub fn new<M: Message>(kind: Kind, name: &str, msg: &M) -> Arc<Res> {
         let any = weft_xds_api::pack(kind.url(), msg);
-        let version = u64::from_str_radix(&weft_xds_api::content_version(&any.value), 16).unwrap_or(0);
+        let version = weft_xds_api::content_hash(&any.value);
         Arc::new(Res {
             name: name.into(),
             version,
@@ -149,14 +149,7 @@ impl Snapshot {
     }
 }
 
-pub fn fnv(h: &mut u64, bytes: &[u8]) {
-    for b in bytes {
-        *h ^= u64::from(*b);
-        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-}
-
-pub const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+pub use weft_xds_api::{fnv, FNV_INIT};
 
 /// Builds the snapshot for `world`, reusing from `prev` every service whose inputs are unchanged.
 pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot>) -> Snapshot {

@@ -62,15 +62,29 @@ pub fn unpack<M: Message + Default>(any: &Any, expected: &str) -> Result<M, Stri
     M::decode(any.value.as_slice()).map_err(|e| format!("cannot decode {expected}: {e}"))
 }
 
-/// A stable version string for one resource: FNV-1a over its encoding. Deterministic across
-/// processes and restarts, so a restarted control plane gives unchanged resources the same version.
-pub fn content_version(bytes: &[u8]) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a's offset basis: the state [`fnv`] starts from.
+pub const FNV_INIT: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// Folds `bytes` into an FNV-1a hash state. Deterministic across processes and restarts, unlike
+/// std's `RandomState`, which is what versions need.
+pub fn fnv(h: &mut u64, bytes: &[u8]) {
     for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        *h ^= u64::from(*b);
+        *h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    format!("{h:016x}")
+}
+
+/// A resource's version as a number: FNV-1a over its encoding, so a restarted control plane gives
+/// unchanged resources the same version.
+pub fn content_hash(bytes: &[u8]) -> u64 {
+    let mut h = FNV_INIT;
+    fnv(&mut h, bytes);
+    h
+}
+
+/// [`content_hash`] in its wire form (16 hex digits).
+pub fn content_version(bytes: &[u8]) -> String {
+    format!("{:016x}", content_hash(bytes))
 }
 
 #[cfg(test)]
