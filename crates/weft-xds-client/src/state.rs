@@ -292,17 +292,6 @@ impl State {
             }
         }
         cand.collect_garbage();
-        // Static names win; a dynamic resource may not shadow one.
-        for l in cand.listeners.keys() {
-            if self.static_cfg.listeners.iter().any(|s| &s.name == l) {
-                return Err(format!("listener \"{l}\": name clashes with a static listener"));
-            }
-        }
-        for c in cand.clusters.keys() {
-            if self.static_cfg.clusters.iter().any(|s| &s.name == c) {
-                return Err(format!("cluster \"{c}\": name clashes with a static cluster"));
-            }
-        }
         let (cfg, applied) = self.assemble(&cand)?;
         self.apply_if_changed(cfg, apply)?;
         self.applied = applied;
@@ -392,6 +381,18 @@ impl State {
 
     /// Static parts + the warmed dynamic resources → one validated `Config`.
     fn assemble(&self, res: &Resources) -> Result<(Config, Applied), String> {
+        // Static names win; a dynamic resource may not shadow one (checked here, so that a reload
+        // of the static part is held to it too).
+        for l in res.listeners.keys() {
+            if self.static_cfg.listeners.iter().any(|s| &s.name == l) {
+                return Err(format!("listener \"{l}\": name clashes with a static listener"));
+            }
+        }
+        for c in res.clusters.keys() {
+            if self.static_cfg.clusters.iter().any(|s| &s.name == c) {
+                return Err(format!("cluster \"{c}\": name clashes with a static cluster"));
+            }
+        }
         let node = &self.static_cfg.node;
         let mut raw = RawConfig {
             node: RawNode {

@@ -2,7 +2,7 @@
 
 use crate::state::{Change, State, CDS, EDS, LDS, RDS, TYPES};
 use crate::Inner;
-use futures_util::stream::{BoxStream, SelectAll, StreamExt};
+use futures_util::stream::{BoxStream, SelectAll, StreamExt, TryStreamExt};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +54,8 @@ struct Session {
     subs: [Sub; 4],
     /// The node goes on the first request of each stream only.
     node_sent: Vec<bool>,
+    /// A request could not be queued: the session must restart so nothing is silently missing.
+    broken: bool,
 }
 
 pub(crate) async fn run(inner: Arc<Inner>) {
@@ -61,19 +63,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let max = inner.xds.backoff_max;
     let mut backoff = base;
     loop {
-        match session(&inner).await {
-            Ok(progress) => {
-                tracing::warn!(address = %inner.xds.address, "xDS stream closed by the control plane");
-                if progress {
-                    backoff = base;
-                }
-            }
-            Err((e, progress)) => {
-                tracing::warn!(address = %inner.xds.address, error = %e, "xDS stream failed");
-                if progress {
-                    backoff = base;
-                }
-            }
+        // A session only ends with an error: every stream ends with one (see `with_end`).
+        let Err((e, progress)) = session(&inner).await;
+        tracing::warn!(address = %inner.xds.address, error = %e, "xDS stream failed");
+        if progress {
+            backoff = base;
         }
         inner.state.lock().unwrap().connected = false;
         // Full jitter over [backoff/2, backoff] so that many proxies do not reconnect in lockstep
@@ -117,7 +111,8 @@ fn node(inner: &Inner) -> core::Node {
 }
 
 /// One connection's life. Returns whether any response was accepted (resets the backoff).
-async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
+/// One connection's life; ends only with an error and whether any response was accepted.
+async fn session(inner: &Arc<Inner>) -> Result<std::convert::Infallible, (String, bool)> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", inner.xds.address))
         .map_err(|e| (e.to_string(), false))?
         .connect_timeout(Duration::from_secs(5))
@@ -134,6 +129,7 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
         delta_tx: Vec::new(),
         subs: Default::default(),
         node_sent: vec![false; streams],
+        broken: false,
     };
     let mut rxs_sotw = Vec::new();
     let mut rxs_delta = Vec::new();
@@ -157,86 +153,54 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
         }
     }
     let mut inbound: Inbound = SelectAll::new();
+    // Each call is made lazily inside its stream: awaiting a call waits for the response headers,
+    // which servers built on grpc-go send only with their first response; a per-type RDS or EDS
+    // stream with nothing to ask for yet would then block the whole session. A failed call
+    // surfaces as the stream's error, which restarts the session.
+    macro_rules! open {
+        ($rxs:expr, $wrap:path, $ads:ident, $lds:ident, $rds:ident, $cds:ident, $eds:ident) => {
+            for (t, rx) in $rxs.into_iter().enumerate() {
+                let (ch, req) = (channel.clone(), ReceiverStream::new(rx));
+                let call = async move {
+                    if ads {
+                        AggregatedDiscoveryServiceClient::new(ch).$ads(req).await
+                    } else {
+                        match t {
+                            LDS => ListenerDiscoveryServiceClient::new(ch).$lds(req).await,
+                            RDS => RouteDiscoveryServiceClient::new(ch).$rds(req).await,
+                            CDS => ClusterDiscoveryServiceClient::new(ch).$cds(req).await,
+                            _ => EndpointDiscoveryServiceClient::new(ch).$eds(req).await,
+                        }
+                    }
+                };
+                let responses = futures_util::stream::once(call)
+                    .map_ok(tonic::Response::into_inner)
+                    .try_flatten()
+                    .map_ok($wrap);
+                inbound.push(with_end(responses));
+            }
+        };
+    }
     if delta {
-        let mut rxs = rxs_delta.into_iter();
-        if ads {
-            let mut c = AggregatedDiscoveryServiceClient::new(channel.clone());
-            let s = c
-                .delta_aggregated_resources(ReceiverStream::new(rxs.next().unwrap()))
-                .await
-                .map_err(|e| (e.to_string(), false))?
-                .into_inner();
-            inbound.push(with_end(s.map(|r| r.map(Incoming::Delta))));
-        } else {
-            for (t, rx) in rxs.enumerate() {
-                let req = ReceiverStream::new(rx);
-                let s = match t {
-                    LDS => {
-                        ListenerDiscoveryServiceClient::new(channel.clone())
-                            .delta_listeners(req)
-                            .await
-                    }
-                    RDS => {
-                        RouteDiscoveryServiceClient::new(channel.clone())
-                            .delta_routes(req)
-                            .await
-                    }
-                    CDS => {
-                        ClusterDiscoveryServiceClient::new(channel.clone())
-                            .delta_clusters(req)
-                            .await
-                    }
-                    _ => {
-                        EndpointDiscoveryServiceClient::new(channel.clone())
-                            .delta_endpoints(req)
-                            .await
-                    }
-                }
-                .map_err(|e| (e.to_string(), false))?
-                .into_inner();
-                inbound.push(with_end(s.map(|r| r.map(Incoming::Delta))));
-            }
-        }
+        open!(
+            rxs_delta,
+            Incoming::Delta,
+            delta_aggregated_resources,
+            delta_listeners,
+            delta_routes,
+            delta_clusters,
+            delta_endpoints
+        );
     } else {
-        let mut rxs = rxs_sotw.into_iter();
-        if ads {
-            let mut c = AggregatedDiscoveryServiceClient::new(channel.clone());
-            let s = c
-                .stream_aggregated_resources(ReceiverStream::new(rxs.next().unwrap()))
-                .await
-                .map_err(|e| (e.to_string(), false))?
-                .into_inner();
-            inbound.push(with_end(s.map(|r| r.map(Incoming::Sotw))));
-        } else {
-            for (t, rx) in rxs.enumerate() {
-                let req = ReceiverStream::new(rx);
-                let s = match t {
-                    LDS => {
-                        ListenerDiscoveryServiceClient::new(channel.clone())
-                            .stream_listeners(req)
-                            .await
-                    }
-                    RDS => {
-                        RouteDiscoveryServiceClient::new(channel.clone())
-                            .stream_routes(req)
-                            .await
-                    }
-                    CDS => {
-                        ClusterDiscoveryServiceClient::new(channel.clone())
-                            .stream_clusters(req)
-                            .await
-                    }
-                    _ => {
-                        EndpointDiscoveryServiceClient::new(channel.clone())
-                            .stream_endpoints(req)
-                            .await
-                    }
-                }
-                .map_err(|e| (e.to_string(), false))?
-                .into_inner();
-                inbound.push(with_end(s.map(|r| r.map(Incoming::Sotw))));
-            }
-        }
+        open!(
+            rxs_sotw,
+            Incoming::Sotw,
+            stream_aggregated_resources,
+            stream_listeners,
+            stream_routes,
+            stream_clusters,
+            stream_endpoints
+        );
     }
     {
         inner.state.lock().unwrap().connected = true;
@@ -260,11 +224,14 @@ async fn session(inner: &Arc<Inner>) -> Result<bool, (String, bool)> {
             }
         };
         match msg {
-            None => return Ok(progress),
+            None => return Err(("every xDS stream ended".into(), progress)),
             Some(Err(status)) => return Err((format!("{}: {}", status.code(), status.message()), progress)),
             Some(Ok(m)) => {
                 if sess.handle(inner, m) {
                     progress = true;
+                }
+                if sess.broken {
+                    return Err(("an xDS request could not be queued; reconnecting".into(), progress));
                 }
             }
         }
@@ -333,17 +300,19 @@ impl Session {
         }
     }
 
-    fn send_sotw(&self, t: usize, req: DiscoveryRequest) {
-        // The channel is drained by tonic; a full channel means the stream is stuck, and the
-        // reconnect that follows resends everything.
+    fn send_sotw(&mut self, t: usize, req: DiscoveryRequest) {
+        // The channel is drained by tonic; a full channel means the stream is stuck. The session
+        // then ends (`broken`), and the reconnect that follows resends everything.
         if let Err(e) = self.sotw_tx[self.stream_of(t)].try_send(req) {
             tracing::warn!(error = %e, "xDS request not queued");
+            self.broken = true;
         }
     }
 
-    fn send_delta(&self, t: usize, req: DeltaDiscoveryRequest) {
+    fn send_delta(&mut self, t: usize, req: DeltaDiscoveryRequest) {
         if let Err(e) = self.delta_tx[self.stream_of(t)].try_send(req) {
             tracing::warn!(error = %e, "xDS request not queued");
+            self.broken = true;
         }
     }
 
@@ -443,15 +412,14 @@ impl Session {
                     tracing::warn!(type_url = %r.type_url, "ignoring response of an unknown type");
                     return false;
                 };
-                let mut upserts = Vec::new();
-                let mut removed = r.removed_resources.clone();
-                for res in &r.resources {
-                    match &res.resource {
-                        Some(a) => upserts.push((res.name.clone(), res.version.clone(), a.clone())),
-                        // A Resource without a body is a removal in Delta xDS.
-                        None => removed.push(res.name.clone()),
-                    }
-                }
+                // A Resource without a body is a TTL heartbeat: the resource stays. Delta removes
+                // only through `removed_resources`.
+                let upserts: Vec<_> = r
+                    .resources
+                    .iter()
+                    .filter_map(|res| Some((res.name.clone(), res.version.clone(), res.resource.clone()?)))
+                    .collect();
+                let removed = r.removed_resources.clone();
                 (
                     r.type_url.clone(),
                     r.nonce.clone(),
