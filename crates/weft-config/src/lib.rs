@@ -32,6 +32,8 @@ pub struct QuickStart {
     pub admin: Option<SocketAddr>,
     pub concurrency: Option<usize>,
     pub access_log: bool,
+    /// The route timeout (`--timeout`); `None` keeps the default (15 s), zero disables it.
+    pub route_timeout: Option<std::time::Duration>,
 }
 
 impl QuickStart {
@@ -43,11 +45,15 @@ impl QuickStart {
         } else {
             ""
         };
+        let timeout = match self.route_timeout {
+            None => String::new(),
+            Some(t) => format!(", timeout: {}ms", t.as_millis()),
+        };
         let filter = if self.tcp {
             format!("  tcp_proxy:\n    cluster: upstream{access_log}\n")
         } else {
             format!(
-                "  http:\n    route_config:\n      virtual_hosts:\n        - name: all\n          domains: [\"*\"]\n          routes:\n            - match: {{ prefix: / }}\n              route: {{ cluster: upstream, timeout: 0s }}{access_log}\n"
+                "  http:\n    route_config:\n      virtual_hosts:\n        - name: all\n          domains: [\"*\"]\n          routes:\n            - match: {{ prefix: / }}\n              route: {{ cluster: upstream{timeout} }}{access_log}\n"
             )
         };
         let yaml = format!(
@@ -190,6 +196,7 @@ clusters:
             admin: Some("127.0.0.1:9901".parse().unwrap()),
             concurrency: Some(1),
             access_log: false,
+            route_timeout: None,
         };
         let c = q.to_config().unwrap();
         assert_eq!(c.listeners[0].address.port(), 8080);

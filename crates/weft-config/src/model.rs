@@ -87,8 +87,13 @@ pub struct Listener {
     pub address: SocketAddr,
     /// Connections beyond this are accepted and closed at once (counted as overflow).
     pub max_connections: Option<u32>,
+    /// Bytes buffered per connection and per stream in each direction.
+    pub per_connection_buffer_limit_bytes: u32,
     pub filter_chains: Vec<FilterChain>,
 }
+
+/// The default for `per_connection_buffer_limit_bytes` (listeners and clusters).
+pub const DEFAULT_BUFFER_LIMIT: u32 = 64 * 1024;
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct FilterChain {
@@ -181,9 +186,14 @@ pub struct HttpConnectionManager {
     pub route_config: RouteConfig,
     #[serde(serialize_with = "ser_opt_dur")]
     pub idle_timeout: Option<Duration>,
-    /// Limit on receiving a request's headers (HTTP/1.1); `None` disables it.
+    /// Limit on receiving a request's headers (HTTP/1.1 head, HTTP/2 preface and header
+    /// blocks), and on a new connection's first request; `None` disables it.
     #[serde(serialize_with = "ser_opt_dur")]
     pub request_headers_timeout: Option<Duration>,
+    /// A request in progress (waiting for the upstream, or streaming either way) that moves no
+    /// bytes for this long is reset; `None` disables it.
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub stream_idle_timeout: Option<Duration>,
     pub max_request_headers_kb: u32,
     /// When true, the peer address is the client address appended to `x-forwarded-for`
     /// (an edge proxy); when false, an existing `x-forwarded-for` is trusted as is.
@@ -500,6 +510,8 @@ pub struct Cluster {
     pub lb_policy: LbPolicy,
     #[serde(serialize_with = "ser_dur")]
     pub connect_timeout: Duration,
+    /// Bytes buffered per upstream connection and stream.
+    pub per_connection_buffer_limit_bytes: u32,
     pub protocol: UpstreamProtocol,
     pub endpoints: Vec<Endpoint>,
     pub circuit_breakers: CircuitBreakers,

@@ -65,6 +65,9 @@ pub struct RawListener {
     pub name: Option<String>,
     pub address: Option<String>,
     pub max_connections: Option<u64>,
+    /// Bytes buffered per connection and per stream in each direction (Envoy's
+    /// `per_connection_buffer_limit_bytes`).
+    pub per_connection_buffer_limit_bytes: Option<u64>,
     pub filter_chains: Vec<RawFilterChain>,
     /// Shorthand for a single filter chain holding an HTTP connection manager.
     pub http: Option<RawHttp>,
@@ -114,6 +117,8 @@ pub struct RawHttp {
     pub route_config: Option<RawRouteConfig>,
     pub idle_timeout: Option<String>,
     pub request_headers_timeout: Option<String>,
+    /// A request or response in progress that moves no bytes for this long is closed.
+    pub stream_idle_timeout: Option<String>,
     pub max_request_headers_kb: Option<u64>,
     pub use_remote_address: Option<bool>,
     pub xff_num_trusted_hops: Option<u64>,
@@ -377,6 +382,8 @@ pub struct RawCluster {
     pub type_: Option<String>,
     pub lb_policy: Option<String>,
     pub connect_timeout: Option<String>,
+    /// Bytes buffered per upstream connection and stream (Envoy's `per_connection_buffer_limit_bytes`).
+    pub per_connection_buffer_limit_bytes: Option<u64>,
     /// Upstream HTTP protocol: "http1" or "http2".
     pub protocol: Option<String>,
     pub dns_refresh_rate: Option<String>,

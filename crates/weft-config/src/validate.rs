@@ -310,6 +310,11 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
     let max_connections = l
         .max_connections
         .map(|n| cx.u32_in(&format!("{path}.max_connections"), Some(n), 1, u32::MAX as u64, 1));
+    let per_connection_buffer_limit_bytes = buffer_limit(
+        cx,
+        &format!("{path}.per_connection_buffer_limit_bytes"),
+        l.per_connection_buffer_limit_bytes,
+    );
     let mut chains = Vec::new();
     let shorthand = l.http.is_some() || l.tcp_proxy.is_some();
     if shorthand && !l.filter_chains.is_empty() {
@@ -356,8 +361,15 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         name: name?,
         address: address?,
         max_connections,
+        per_connection_buffer_limit_bytes,
         filter_chains: chains,
     })
+}
+
+/// `per_connection_buffer_limit_bytes`: at least 8 KiB (the smallest buffer the HTTP codec
+/// accepts), at most 1 GiB.
+fn buffer_limit(cx: &mut Ctx, path: &str, v: Option<u64>) -> u32 {
+    cx.u32_in(path, v, 8 * 1024, 1 << 30, crate::model::DEFAULT_BUFFER_LIMIT)
 }
 
 fn filter_chain(
@@ -442,9 +454,8 @@ fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<Strin
     Some(TcpProxy {
         stat_prefix: t.stat_prefix.clone().unwrap_or_else(|| cluster.clone()),
         cluster,
-        idle_timeout: cx
-            .dur(&format!("{path}.idle_timeout"), &t.idle_timeout)
-            .filter(|d| !d.is_zero()),
+        // Absent: one hour, like Envoy's tcp_proxy; "0s" disables it.
+        idle_timeout: default_dur(cx, &format!("{path}.idle_timeout"), &t.idle_timeout, 3600),
         access_log: access_log(cx, &format!("{path}.access_log"), &t.access_log),
     })
 }
@@ -495,16 +506,16 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         codec,
         route_config,
         // Absent: one hour, like Envoy; "0s" disables it.
-        idle_timeout: match &h.idle_timeout {
-            None => Some(Duration::from_secs(3600)),
-            Some(_) => cx
-                .dur(&format!("{path}.idle_timeout"), &h.idle_timeout)
-                .filter(|d| !d.is_zero()),
-        },
-        // Off unless set, as in Envoy: arming a timer per request costs CPU on every request.
-        request_headers_timeout: cx
-            .dur(&format!("{path}.request_headers_timeout"), &h.request_headers_timeout)
-            .filter(|d| !d.is_zero()),
+        idle_timeout: default_dur(cx, &format!("{path}.idle_timeout"), &h.idle_timeout, 3600),
+        // Safe defaults in every mode (docs/config.md, "Timeouts"); "0s" disables each. They
+        // are checked by the connection's own watchdog, so they cost nothing per request.
+        request_headers_timeout: default_dur(
+            cx,
+            &format!("{path}.request_headers_timeout"),
+            &h.request_headers_timeout,
+            10,
+        ),
+        stream_idle_timeout: default_dur(cx, &format!("{path}.stream_idle_timeout"), &h.stream_idle_timeout, 60),
         max_request_headers_kb: cx.u32_in(
             &format!("{path}.max_request_headers_kb"),
             h.max_request_headers_kb,
@@ -530,6 +541,14 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
             .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
         rate_limit_service,
     })
+}
+
+/// A duration that defaults to `default_secs` when absent; an explicit "0s" disables it.
+fn default_dur(cx: &mut Ctx, path: &str, v: &Option<String>, default_secs: u64) -> Option<Duration> {
+    match v {
+        None => Some(Duration::from_secs(default_secs)),
+        Some(_) => cx.dur(path, v).filter(|d| !d.is_zero()),
+    }
 }
 
 fn rate_limit_service(
@@ -1438,6 +1457,11 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         connect_timeout: cx
             .dur(&format!("{path}.connect_timeout"), &c.connect_timeout)
             .unwrap_or(Duration::from_secs(5)),
+        per_connection_buffer_limit_bytes: buffer_limit(
+            cx,
+            &format!("{path}.per_connection_buffer_limit_bytes"),
+            c.per_connection_buffer_limit_bytes,
+        ),
         protocol,
         endpoints,
         circuit_breakers: cb,

@@ -7,6 +7,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -16,8 +18,75 @@ pub enum UpBody {
     Empty,
     /// A buffered body (replayable for retries: clone the `Bytes`).
     Full(Option<Bytes>),
-    /// The downstream body, streamed through.
-    Stream(Incoming),
+    /// The downstream body, streamed through; its fate is recorded in the [`Upload`] so a failed
+    /// try can be blamed on the right party.
+    Stream(Incoming, Arc<Upload>),
+}
+
+/// What happened to a request body streamed from the client. A try that fails because the
+/// *client's* body broke (malformed chunked framing, an aborted upload) is the client's fault:
+/// it is answered as such and never counts against the upstream host.
+#[derive(Default)]
+pub struct Upload {
+    state: AtomicU8,
+}
+
+/// How a streamed upload ended, as far as the proxy has seen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UploadState {
+    /// Still streaming (or never polled).
+    InProgress,
+    /// The client sent the whole body.
+    Complete,
+    /// The client sent bytes that are not a valid body (bad chunk size, bad framing).
+    Malformed,
+    /// The client went away or reset the stream before the body ended.
+    Aborted,
+}
+
+impl Upload {
+    pub fn state(&self) -> UploadState {
+        match self.state.load(Ordering::Acquire) {
+            1 => UploadState::Complete,
+            2 => UploadState::Malformed,
+            3 => UploadState::Aborted,
+            _ => UploadState::InProgress,
+        }
+    }
+
+    /// True when the client broke its own request body.
+    pub fn failed(&self) -> bool {
+        matches!(self.state(), UploadState::Malformed | UploadState::Aborted)
+    }
+
+    fn set(&self, s: UploadState) {
+        let v = match s {
+            UploadState::InProgress => 0,
+            UploadState::Complete => 1,
+            UploadState::Malformed => 2,
+            UploadState::Aborted => 3,
+        };
+        self.state.store(v, Ordering::Release);
+    }
+
+    fn record_error(&self, e: &hyper::Error) {
+        // The body decoder reports bad framing as InvalidData/InvalidInput; anything else (an
+        // early EOF, a closed connection, an HTTP/2 reset) is the client going away.
+        let malformed = std::error::Error::source(e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+                )
+            });
+        let aborted = !malformed;
+        self.set(if aborted {
+            UploadState::Aborted
+        } else {
+            UploadState::Malformed
+        });
+    }
 }
 
 impl Body for UpBody {
@@ -28,7 +97,16 @@ impl Body for UpBody {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            UpBody::Stream(s) => Pin::new(s).poll_frame(cx),
+            UpBody::Stream(s, up) => {
+                let r = Pin::new(&mut *s).poll_frame(cx);
+                match &r {
+                    Poll::Ready(Some(Err(e))) => up.record_error(e),
+                    Poll::Ready(None) => up.set(UploadState::Complete),
+                    Poll::Ready(Some(Ok(_))) if s.is_end_stream() => up.set(UploadState::Complete),
+                    _ => {}
+                }
+                r
+            }
         }
     }
 
@@ -36,7 +114,7 @@ impl Body for UpBody {
         match self {
             UpBody::Empty => true,
             UpBody::Full(b) => b.is_none(),
-            UpBody::Stream(s) => s.is_end_stream(),
+            UpBody::Stream(s, _) => s.is_end_stream(),
         }
     }
 
@@ -44,8 +122,25 @@ impl Body for UpBody {
         match self {
             UpBody::Empty => SizeHint::with_exact(0),
             UpBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            UpBody::Stream(s) => s.size_hint(),
+            UpBody::Stream(s, _) => s.size_hint(),
         }
+    }
+}
+
+/// Counts one exchange on a connection as in progress, from the request's arrival until its
+/// response body ends or is dropped; the connection's timeouts read the count.
+pub struct InFlight(Arc<AtomicU32>);
+
+impl InFlight {
+    pub fn start(count: &Arc<AtomicU32>) -> InFlight {
+        count.fetch_add(1, Ordering::Relaxed);
+        InFlight(count.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -60,6 +155,7 @@ pub struct DownBody {
     end: Option<Box<dyn StreamEnd>>,
     /// The upstream request stays counted (least-request, circuit breakers) until the body ends.
     active: Option<ActiveRequest>,
+    in_flight: Option<InFlight>,
     bytes: u64,
 }
 
@@ -75,6 +171,7 @@ impl DownBody {
             kind: DownKind::Full(if b.is_empty() { None } else { Some(b) }),
             end: None,
             active: None,
+            in_flight: None,
             bytes: 0,
         }
     }
@@ -84,6 +181,7 @@ impl DownBody {
             kind: DownKind::Full(None),
             end: None,
             active: None,
+            in_flight: None,
             bytes: 0,
         }
     }
@@ -93,6 +191,7 @@ impl DownBody {
             kind: DownKind::Upstream { inner, release },
             end: None,
             active: None,
+            in_flight: None,
             bytes: 0,
         };
         b.release_if_done();
@@ -110,6 +209,14 @@ impl DownBody {
         self
     }
 
+    /// Keeps the exchange counted as in progress until this body ends.
+    pub fn hold(mut self, in_flight: InFlight) -> DownBody {
+        if !self.is_end_stream() {
+            self.in_flight = Some(in_flight);
+        }
+        self
+    }
+
     fn release_if_done(&mut self) {
         if let DownKind::Upstream { inner, release } = &mut self.kind {
             if inner.is_end_stream() {
@@ -122,6 +229,7 @@ impl DownBody {
 
     fn finish(&mut self, completed: bool) {
         self.active = None;
+        self.in_flight = None;
         if let Some(mut e) = self.end.take() {
             e.finish(self.bytes, completed);
         }

@@ -414,7 +414,9 @@ impl ClusterRt {
             }
             if let Some(guard) = self.reserve_connection(priority) {
                 let stream = self.connect_tcp(host).await?;
+                // Bounds what a response the client reads slowly can pile up here.
                 let (sender, conn) = http1::Builder::new()
+                    .max_buf_size((self.config.per_connection_buffer_limit_bytes as usize).max(8192))
                     .handshake(TokioIo::new(stream))
                     .await
                     .map_err(ConnectError::Handshake)?;
@@ -498,6 +500,7 @@ impl ClusterRt {
             .keep_alive_interval(Duration::from_secs(30))
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(16 << 20)
+            .max_send_buf_size(self.config.per_connection_buffer_limit_bytes as usize)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(ConnectError::Handshake)?;

@@ -26,8 +26,11 @@ pub enum Reason {
     Overflow,
     /// The upstream sent something that is not valid HTTP.
     UpstreamProtocolError,
-    /// The downstream request was malformed or ambiguous (e.g. smuggling shapes).
+    /// The downstream request was malformed or ambiguous (e.g. smuggling shapes, a bad chunked
+    /// body).
     DownstreamProtocolError,
+    /// The client went away (closed or reset) before its request body ended (Envoy's `DC`).
+    DownstreamDisconnect,
     /// A route answered directly or redirected (not an error; logged for completeness).
     DirectResponse,
     /// A route's fault injection aborted the request (Envoy's `FI`).
@@ -55,6 +58,7 @@ impl Reason {
             Reason::Overflow => "UO",
             Reason::UpstreamProtocolError => "UPE",
             Reason::DownstreamProtocolError => "DPE",
+            Reason::DownstreamDisconnect => "DC",
             Reason::DirectResponse => "DR",
             Reason::FaultInjected => "FI",
             Reason::RateLimited | Reason::GlobalRateLimited => "RL",
@@ -73,7 +77,7 @@ impl Reason {
             | Reason::Overflow => StatusCode::SERVICE_UNAVAILABLE,
             Reason::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Reason::UpstreamProtocolError => StatusCode::BAD_GATEWAY,
-            Reason::DownstreamProtocolError => StatusCode::BAD_REQUEST,
+            Reason::DownstreamProtocolError | Reason::DownstreamDisconnect => StatusCode::BAD_REQUEST,
             Reason::DirectResponse => StatusCode::OK,
             // The configured abort status replaces this one.
             Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +97,7 @@ impl Reason {
             Reason::Overflow => "upstream overflow: circuit breaker open (UO)\n",
             Reason::UpstreamProtocolError => "upstream protocol error (UPE)\n",
             Reason::DownstreamProtocolError => "bad request (DPE)\n",
+            Reason::DownstreamDisconnect => "request body aborted by the client (DC)\n",
             Reason::DirectResponse => "",
             Reason::FaultInjected => "fault filter abort (FI)\n",
             Reason::RateLimited => "local rate limited (RL)\n",

@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -223,29 +223,121 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
 }
 
 /// An I/O stream whose reads feed a shared [`FramingTracker`].
-/// Also records when bytes last moved, for the connection idle timeout.
+/// Also records when bytes last moved, for the connection's timeouts.
 pub struct Sniffed<T> {
     inner: T,
     tracker: Arc<Mutex<FramingTracker>>,
     /// Set once the tracker has stopped: later reads skip it entirely.
     done: bool,
     activity: Arc<Activity>,
+    h2: H2Scan,
 }
 
-/// Counts I/O events on the connection; the idle timer watches it change. A counter rather than
-/// a timestamp keeps clock reads off the per-read path.
+/// What the connection's watchdog sees of its I/O. Counters rather than timestamps keep clock
+/// reads off the per-read path; each has one writer (the connection's I/O), so a plain
+/// load-and-store replaces a locked add.
 #[derive(Default)]
 pub struct Activity {
+    /// Reads and writes that moved bytes or hit the end.
     events: AtomicU64,
+    /// Reads that brought bytes from the client.
+    reads: AtomicU64,
+    /// 0: not known yet; 1: not HTTP/2; 2: HTTP/2 (the preface arrived whole).
+    proto: AtomicU8,
+    /// An HTTP/2 header block was started (HEADERS/PUSH_PROMISE without END_HEADERS) and not
+    /// finished by a CONTINUATION with END_HEADERS.
+    header_block_open: AtomicBool,
 }
 
 impl Activity {
     fn touch(&self) {
-        self.events.fetch_add(1, Ordering::Relaxed);
+        bump(&self.events);
     }
 
     pub fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
+    }
+
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    pub fn is_h2(&self) -> bool {
+        self.proto.load(Ordering::Relaxed) == 2
+    }
+
+    pub fn header_block_open(&self) -> bool {
+        self.header_block_open.load(Ordering::Relaxed)
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+}
+
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Follows HTTP/2 frame boundaries (9-byte headers; payloads skipped unread) just far enough to
+/// know whether a header block is open, so that a client trickling CONTINUATION frames can be
+/// timed out (the HTTP/2 codec has no such timer). Off for any connection that does not start
+/// with the preface, so HTTP/1 pays one branch per read.
+enum H2Scan {
+    Preface(u8),
+    Frames { hdr: [u8; 9], have: u8, skip: u32 },
+    Off,
+}
+
+impl H2Scan {
+    fn feed(&mut self, mut data: &[u8], act: &Activity) {
+        while !data.is_empty() {
+            match self {
+                H2Scan::Off => return,
+                H2Scan::Preface(seen) => {
+                    let at = usize::from(*seen);
+                    let k = data.len().min(24 - at);
+                    if data[..k] != H2_PREFACE[at..at + k] {
+                        act.proto.store(1, Ordering::Relaxed);
+                        *self = H2Scan::Off;
+                        return;
+                    }
+                    data = &data[k..];
+                    *seen += k as u8;
+                    if *seen == 24 {
+                        act.proto.store(2, Ordering::Relaxed);
+                        *self = H2Scan::Frames {
+                            hdr: [0; 9],
+                            have: 0,
+                            skip: 0,
+                        };
+                    }
+                }
+                H2Scan::Frames { hdr, have, skip } => {
+                    if *skip > 0 {
+                        let t = data.len().min(*skip as usize);
+                        data = &data[t..];
+                        *skip -= t as u32;
+                        continue;
+                    }
+                    let t = data.len().min(9 - usize::from(*have));
+                    hdr[usize::from(*have)..usize::from(*have) + t].copy_from_slice(&data[..t]);
+                    *have += t as u8;
+                    data = &data[t..];
+                    if *have < 9 {
+                        return;
+                    }
+                    *have = 0;
+                    *skip = u32::from_be_bytes([0, hdr[0], hdr[1], hdr[2]]);
+                    let end_headers = hdr[4] & 0x4 != 0;
+                    match hdr[3] {
+                        // HEADERS, PUSH_PROMISE: a block opens unless it ends in this frame.
+                        0x1 | 0x5 => act.header_block_open.store(!end_headers, Ordering::Relaxed),
+                        // CONTINUATION
+                        0x9 if end_headers => act.header_block_open.store(false, Ordering::Relaxed),
+                        _ => {}
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -259,6 +351,7 @@ impl<T> Sniffed<T> {
                 tracker: tracker.clone(),
                 done: false,
                 activity: activity.clone(),
+                h2: H2Scan::Preface(0),
             },
             tracker,
             activity,
@@ -272,6 +365,13 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if r.is_ready() {
             self.activity.touch();
+            if buf.filled().len() > before {
+                bump(&self.activity.reads);
+                if !matches!(self.h2, H2Scan::Off) {
+                    let this = &mut *self;
+                    this.h2.feed(&buf.filled()[before..], &this.activity);
+                }
+            }
         }
         if !self.done {
             if let Poll::Ready(Ok(())) = &r {

@@ -6,7 +6,7 @@
 //! rewrite → streamed body → stats and access log when the body ends.
 
 use crate::access_log::{timestamp, AccessLogger};
-use crate::body::{DownBody, StreamEnd, UpBody};
+use crate::body::{DownBody, StreamEnd, UpBody, Upload, UploadState};
 use crate::cluster::{ActiveRequest, ClusterRt, ConnectError, Host};
 use crate::flags::{Reason, OVERFLOW_HEADER, REASON_HEADER};
 use crate::h1_framing::{FramingTracker, Sniffed};
@@ -20,10 +20,10 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpStream;
@@ -103,8 +103,8 @@ struct ConnCtx {
     peer_ip: HeaderValue,
     original_dst: Option<SocketAddr>,
     framing: Arc<std::sync::Mutex<FramingTracker>>,
-    /// Requests whose handler has not returned yet (the idle timeout never closes under them).
-    in_flight: AtomicU32,
+    /// Requests started and in progress (until their response body ends), for the timeouts.
+    exchanges: crate::watchdog::Exchanges,
 }
 
 pub async fn serve_connection(
@@ -119,7 +119,7 @@ pub async fn serve_connection(
     let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
         framing,
-        in_flight: AtomicU32::new(0),
+        exchanges: crate::watchdog::Exchanges::default(),
         peer_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header value"),
         rt: rt.clone(),
         shared,
@@ -132,26 +132,40 @@ pub async fn serve_connection(
         // Boxed once here: the request state machine is large, and hyper moves it (into a new task
         // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future.
         Box::pin(async move {
-            ctx.in_flight.fetch_add(1, Ordering::Relaxed);
+            ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
+            // Counted until the response body ends (or this future is dropped).
+            let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
             let resp = handle(&ctx, req).await;
-            ctx.in_flight.fetch_sub(1, Ordering::Relaxed);
-            Ok::<_, Infallible>(resp)
+            Ok::<_, Infallible>(resp.map(|b| b.hold(in_flight)))
         })
     });
     let io = TokioIo::new(stream);
     let mut drain = lrt.drain_signal();
     let cfg = &rt.config;
     let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(max_header.max(8192)).keep_alive(true);
-    if let Some(t) = cfg.request_headers_timeout {
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(t);
-    }
+    // Bytes hyper may buffer per connection (HTTP/1 read and write buffers) and per HTTP/2 stream
+    // (send buffer); the read buffer must also hold the largest allowed request head.
+    let buffer_limit = lrt.config.per_connection_buffer_limit_bytes as usize;
+    let limits = crate::watchdog::Limits {
+        idle: cfg.idle_timeout,
+        request_headers: cfg.request_headers_timeout,
+        stream_idle: cfg.stream_idle_timeout,
+    };
+    let exec = crate::watchdog::StreamExec {
+        idle: limits.stream_idle,
+        timeouts: rt.stats.rq_idle_timeout.clone(),
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(exec);
+    builder
+        .http1()
+        .max_buf_size(max_header.max(buffer_limit).max(8192))
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(max_header as u32)
         .max_concurrent_streams(1024)
+        .max_send_buf_size(buffer_limit)
         // Fixed generous windows: adaptive (BDP-probing) windows cost a ping round per window update.
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20)
@@ -163,31 +177,30 @@ pub async fn serve_connection(
     };
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    let idle = cfg.idle_timeout;
-    // Closes the connection once no bytes have moved and no request has been in progress for
-    // `idle_timeout` (measured in steps of an eighth of it).
-    let idle_watch = async {
-        let Some(limit) = idle else {
-            return std::future::pending::<()>().await;
-        };
-        let step = (limit / 8).max(Duration::from_millis(10));
-        let mut seen = activity.events();
-        let mut quiet_since = Instant::now();
-        loop {
-            tokio::time::sleep(step).await;
-            let now = activity.events();
-            if now != seen || ctx.in_flight.load(Ordering::Relaxed) > 0 {
-                seen = now;
-                quiet_since = Instant::now();
-            } else if quiet_since.elapsed() >= limit {
+    let verdict = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.changed() => None,
+        v = crate::watchdog::watch(limits, &activity, &ctx.exchanges) => Some(v),
+    };
+    use crate::watchdog::Verdict;
+    match verdict {
+        None => {}
+        Some(Verdict::Idle) => {
+            rt.stats.cx_idle_timeout.inc();
+        }
+        Some(Verdict::HeaderTimeout { graceful }) => {
+            rt.stats.rq_header_timeout.inc();
+            tracing::debug!(peer = %peer, listener = %rt.listener, "request headers timeout: closing the connection");
+            if !graceful {
                 return;
             }
         }
-    };
-    tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = drain.changed() => {}
-        _ = idle_watch => {}
+        Some(Verdict::StreamIdle) => {
+            // The client stopped reading (or sending): nothing graceful can reach it.
+            rt.stats.rq_idle_timeout.inc();
+            tracing::debug!(peer = %peer, listener = %rt.listener, "stream idle timeout: closing the connection");
+            return;
+        }
     }
     conn.as_mut().graceful_shutdown();
     // Give in-flight requests a bounded time to finish.
@@ -830,7 +843,26 @@ pub(crate) fn shape_request(
 
 enum BodySource {
     Replayable(Option<Bytes>),
-    Stream(Option<Incoming>),
+    Stream(Option<Incoming>, Arc<Upload>),
+}
+
+impl BodySource {
+    /// The streamed upload's record, when the body is streamed from the client.
+    fn upload(&self) -> Option<&Arc<Upload>> {
+        match self {
+            BodySource::Stream(_, u) => Some(u),
+            BodySource::Replayable(_) => None,
+        }
+    }
+
+    /// Why the exchange failed on the client's side, if it did: a malformed or aborted upload.
+    fn client_fault(&self) -> Option<Reason> {
+        match self.upload().map(|u| u.state()) {
+            Some(UploadState::Malformed) => Some(Reason::DownstreamProtocolError),
+            Some(UploadState::Aborted) => Some(Reason::DownstreamDisconnect),
+            _ => None,
+        }
+    }
 }
 
 #[allow(clippy::too_many_lines, clippy::too_many_arguments)]
@@ -1004,7 +1036,7 @@ async fn forward(
             }
         }
     } else {
-        BodySource::Stream(Some(body))
+        BodySource::Stream(Some(body), Arc::new(Upload::default()))
     };
     if let (Some(fx), true) = (filters, mirror_mask != 0) {
         match &source {
@@ -1019,7 +1051,7 @@ async fn forward(
                 b.as_ref(),
                 action.timeout,
             ),
-            BodySource::Stream(_) => fx.skip_mirrors(mirror_mask),
+            BodySource::Stream(..) => fx.skip_mirrors(mirror_mask),
         }
     }
 
@@ -1064,8 +1096,8 @@ async fn forward(
         let body = match &mut source {
             BodySource::Replayable(None) => UpBody::Empty,
             BodySource::Replayable(Some(b)) => UpBody::Full(Some(b.clone())),
-            BodySource::Stream(s) => match s.take() {
-                Some(b) => UpBody::Stream(b),
+            BodySource::Stream(s, up) => match s.take() {
+                Some(b) => UpBody::Stream(b, up.clone()),
                 None => UpBody::Empty, // unreachable: a streamed body is never retried once taken
             },
         };
@@ -1108,17 +1140,27 @@ async fn forward(
             (None, Some(t)) => Some(try_start + t),
             (None, None) => None,
         };
-        let outcome = send_once(&cluster, &host, request, try_deadline, action.priority).await;
+        // Like Envoy, the route timeout counts from the end of the client's request: a slow upload
+        // is bounded by the stream idle timeout, not blamed on the upstream as a timeout.
+        let upload = source.upload().cloned().zip(action.timeout);
+        let outcome = send_once(&cluster, &host, request, try_deadline, action.priority, upload).await;
         let outcome = match outcome {
             Err((e, unsent)) => {
                 // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
-                if let (Some(UpBody::Stream(b)), BodySource::Stream(slot)) = (unsent, &mut source) {
+                if let (Some(UpBody::Stream(b, _)), BodySource::Stream(slot, _)) = (unsent, &mut source) {
                     *slot = Some(b);
                 }
                 Err(e)
             }
             Ok(r) => Ok(r),
         };
+        // The client broke its own request (bad chunked framing, an aborted upload): whatever the
+        // upstream did about the truncated request is not its fault. Answer the client, and leave
+        // the host's outlier state, error counts and retry budget alone.
+        if let Some(reason) = source.client_fault() {
+            tracing::debug!(cluster = %cluster.name(), host = %host.address, reason = reason.code(), "request body failed on the client side");
+            return (local_reply(rt, reason, grpc), Some(reason), None);
+        }
         match outcome {
             Ok((resp, pooled)) => {
                 let status = resp.status().as_u16();
@@ -1173,7 +1215,7 @@ async fn forward(
                 let total_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
                 let can_resend = match &source {
                     BodySource::Replayable(_) => true,
-                    BodySource::Stream(s) => s.is_some(),
+                    BodySource::Stream(s, _) => s.is_some(),
                 };
                 let retry =
                     (!is_last && !total_timed_out && can_resend && policy.is_some_and(|p| retriable_error(p, &e)))
@@ -1208,6 +1250,7 @@ async fn send_once(
     request: Request<UpBody>,
     deadline: Option<Instant>,
     priority: weft_config::RoutePriority,
+    upload: Option<(Arc<Upload>, Duration)>,
 ) -> Result<TryOk, (TryError, Option<UpBody>)> {
     let fut = async {
         match cluster.protocol() {
@@ -1257,12 +1300,19 @@ async fn send_once(
             }
         }
     };
-    match deadline {
-        None => fut.await,
-        Some(d) => match tokio::time::timeout_at(d.into(), fut).await {
-            Ok(r) => r,
-            Err(_) => Err((TryError::Timeout, None)),
-        },
+    let Some(mut d) = deadline else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    loop {
+        match tokio::time::timeout_at(d.into(), fut.as_mut()).await {
+            Ok(r) => return r,
+            Err(_) => match &upload {
+                // The client is still sending: the timer restarts when it could have finished.
+                Some((up, t)) if up.state() == UploadState::InProgress => d = Instant::now() + *t,
+                _ => return Err((TryError::Timeout, None)),
+            },
+        }
     }
 }
 
@@ -1279,7 +1329,7 @@ pub(crate) async fn send_detached(
     let priority = weft_config::RoutePriority::Default;
     let active = cluster.start_request(&host, priority).ok_or(Reason::Overflow)?;
     let start = Instant::now();
-    let (resp, pooled) = match send_once(&cluster, &host, request, Some(deadline), priority).await {
+    let (resp, pooled) = match send_once(&cluster, &host, request, Some(deadline), priority, None).await {
         Ok(r) => r,
         Err((e, _)) => {
             host.rq_error.fetch_add(1, Ordering::Relaxed);

@@ -20,5 +20,6 @@ pub mod router;
 pub mod server;
 pub mod stats;
 pub mod tcp;
+pub mod watchdog;
 
 pub use server::{Server, ServerOptions};

@@ -73,6 +73,9 @@ pub struct Metrics {
     downstream_cx_total: Family<ListenerLabel, Counter>,
     downstream_cx_active: Family<ListenerLabel, Gauge>,
     downstream_cx_overflow: Family<ListenerLabel, Counter>,
+    downstream_cx_idle_timeout: Family<ListenerLabel, Counter>,
+    downstream_rq_idle_timeout: Family<ListenerLabel, Counter>,
+    downstream_rq_header_timeout: Family<ListenerLabel, Counter>,
     downstream_rq_total: Family<ListenerClassLabel, Counter>,
     downstream_rq_time: HistFamily<ListenerLabel>,
     downstream_rq_local: Family<ReasonLabel, Counter>,
@@ -116,6 +119,9 @@ impl Metrics {
             downstream_cx_total: Family::default(),
             downstream_cx_active: Family::default(),
             downstream_cx_overflow: Family::default(),
+            downstream_cx_idle_timeout: Family::default(),
+            downstream_rq_idle_timeout: Family::default(),
+            downstream_rq_header_timeout: Family::default(),
             downstream_rq_total: Family::default(),
             downstream_rq_time: Family::new_with_constructor(latency_histogram),
             downstream_rq_local: Family::default(),
@@ -157,6 +163,21 @@ impl Metrics {
             "downstream_cx_overflow",
             "Downstream connections refused by max_connections",
             m.downstream_cx_overflow.clone(),
+        );
+        r.register(
+            "downstream_cx_idle_timeout",
+            "Downstream connections closed by the idle timeout (no request for idle_timeout)",
+            m.downstream_cx_idle_timeout.clone(),
+        );
+        r.register(
+            "downstream_rq_idle_timeout",
+            "Downstream requests reset by the stream idle timeout (no bytes moved while in progress)",
+            m.downstream_rq_idle_timeout.clone(),
+        );
+        r.register(
+            "downstream_rq_header_timeout",
+            "Downstream connections closed by the request headers timeout (slow or missing request head)",
+            m.downstream_rq_header_timeout.clone(),
         );
         r.register(
             "downstream_rq",
@@ -300,6 +321,9 @@ impl Metrics {
             cx_total: self.downstream_cx_total.get_or_create(&l).clone(),
             cx_active: self.downstream_cx_active.get_or_create(&l).clone(),
             cx_overflow: self.downstream_cx_overflow.get_or_create(&l).clone(),
+            cx_idle_timeout: self.downstream_cx_idle_timeout.get_or_create(&l).clone(),
+            rq_idle_timeout: self.downstream_rq_idle_timeout.get_or_create(&l).clone(),
+            rq_header_timeout: self.downstream_rq_header_timeout.get_or_create(&l).clone(),
             rq: CLASSES.map(|class| {
                 self.downstream_rq_total
                     .get_or_create(&ListenerClassLabel {
@@ -382,6 +406,9 @@ pub struct ListenerStats {
     pub cx_total: Counter,
     pub cx_active: Gauge,
     pub cx_overflow: Counter,
+    pub cx_idle_timeout: Counter,
+    pub rq_idle_timeout: Counter,
+    pub rq_header_timeout: Counter,
     pub rq: [Counter; 5],
     pub rq_time: Histogram,
 }

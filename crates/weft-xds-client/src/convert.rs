@@ -179,6 +179,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             address,
             filter_chains: chains,
             max_connections,
+            per_connection_buffer_limit_bytes: l.per_connection_buffer_limit_bytes.as_ref().map(|v| u64::from(v.value)),
             ..Default::default()
         },
         rds,
@@ -398,19 +399,18 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         Some(RouteSpecifier::ScopedRoutes(_)) => errs.add(&format!("{path}.scoped_routes"), "unsupported"),
         None => errs.add(path, "one of rds, route_config is required"),
     }
-    // Connection idle timeout lives in common_http_protocol_options; stream_idle_timeout is the
-    // nearest weft has when only that is set.
+    // Connection idle timeout lives in common_http_protocol_options.
     let idle_timeout = h
         .common_http_protocol_options
         .as_ref()
-        .and_then(|o| odur(&o.idle_timeout))
-        .or_else(|| odur(&h.stream_idle_timeout));
+        .and_then(|o| odur(&o.idle_timeout));
     let mut out = RawHttp {
         stat_prefix: (!h.stat_prefix.is_empty()).then(|| h.stat_prefix.clone()),
         codec: Some(codec.into()),
         route_config,
         idle_timeout,
         request_headers_timeout: odur(&h.request_headers_timeout),
+        stream_idle_timeout: odur(&h.stream_idle_timeout),
         max_request_headers_kb: h.max_request_headers_kb.as_ref().map(|v| u64::from(v.value)),
         // Envoy's default is false (trust x-forwarded-for); say so explicitly since weft's YAML
         // default is true.
@@ -1301,6 +1301,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
         // Envoy's default connect timeout is 5s.
         connect_timeout: Some(c.connect_timeout.as_ref().map(dur).unwrap_or_else(|| "5s".into())),
         dns_refresh_rate: odur(&c.dns_refresh_rate),
+        per_connection_buffer_limit_bytes: c.per_connection_buffer_limit_bytes.as_ref().map(|v| u64::from(v.value)),
         ..Default::default()
     };
     let ty = match &c.cluster_discovery_type {

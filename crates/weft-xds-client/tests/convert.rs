@@ -642,7 +642,9 @@ fn listener_and_routes_map_onto_the_model() {
     let NetworkFilter::Http(h) = &fc.filter else { panic!() };
     assert_eq!(h.stat_prefix, "ingress");
     assert_eq!(h.codec, Codec::Http2);
-    assert_eq!(h.idle_timeout, Some(Duration::from_secs(300)));
+    // stream_idle_timeout maps onto its own field; the connection idle timeout keeps its default.
+    assert_eq!(h.stream_idle_timeout, Some(Duration::from_secs(300)));
+    assert_eq!(h.idle_timeout, Some(Duration::from_secs(3600)));
     assert_eq!(h.request_headers_timeout, Some(Duration::from_secs(10)));
     assert_eq!(h.max_request_headers_kb, 64);
     assert!(h.use_remote_address);

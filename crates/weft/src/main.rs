@@ -54,6 +54,9 @@ struct ProxyArgs {
     /// Quick start: write a JSON access log to stdout.
     #[arg(long)]
     access_log: bool,
+    /// Quick start: the route timeout, e.g. "30s" (default 15s; "0s" disables it).
+    #[arg(long, value_parser = weft_config::duration::parse, requires = "from")]
+    timeout: Option<std::time::Duration>,
     /// Admin API address (overrides the file's admin.address).
     #[arg(long)]
     admin: Option<SocketAddr>,
@@ -105,6 +108,7 @@ fn run_proxy(args: ProxyArgs) -> i32 {
             admin: None,
             concurrency: None,
             access_log: args.access_log,
+            route_timeout: args.timeout,
         }
         .to_config(),
         _ => {

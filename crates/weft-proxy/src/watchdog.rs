@@ -1,0 +1,180 @@
+//! The timeouts that protect a downstream HTTP connection from clients that stall: the request
+//! headers timeout (slowloris heads, HTTP/2 prefaces and header blocks, connections that never
+//! send a request), the stream idle timeout (a request or response in progress that moves no
+//! bytes, e.g. a client that stops reading a download) and the connection idle timeout.
+//!
+//! They are checked by one watchdog per connection that wakes a few times per timeout period and
+//! compares counters the connection's I/O keeps ([`Activity`]), so the request path arms no timer
+//! and reads no clock. HTTP/2 streams each get their own stream idle timer ([`StreamExec`]), since
+//! one stalled stream must not close the connection's other streams.
+
+use crate::h1_framing::Activity;
+use prometheus_client::metrics::counter::Counter;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// The limits one connection enforces (`None`: off).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub idle: Option<Duration>,
+    pub request_headers: Option<Duration>,
+    pub stream_idle: Option<Duration>,
+}
+
+/// Why the watchdog ended a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// No request for the idle timeout: close gracefully.
+    Idle,
+    /// A request head (or an HTTP/2 preface, header block or first request) took too long.
+    /// `graceful`: an HTTP/2 connection with no stream open yet can be sent GOAWAY.
+    HeaderTimeout { graceful: bool },
+    /// An HTTP/1 exchange moved no bytes for the stream idle timeout.
+    StreamIdle,
+}
+
+/// What the connection's request handling reports to the watchdog.
+#[derive(Default)]
+pub struct Exchanges {
+    /// Requests whose response has not ended yet.
+    pub in_flight: Arc<AtomicU32>,
+    /// Requests started on this connection.
+    pub started: AtomicU64,
+}
+
+/// Watches one connection until a limit is hit; pending forever if all limits are off.
+pub async fn watch(limits: Limits, activity: &Activity, ex: &Exchanges) -> Verdict {
+    let Some(tick) = [limits.idle, limits.request_headers, limits.stream_idle]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| (t / 4).clamp(Duration::from_millis(20), Duration::from_secs(5)))
+    else {
+        return std::future::pending().await;
+    };
+    let accepted = Instant::now();
+    let mut events = activity.events();
+    let mut quiet_since = accepted;
+    let mut started = 0u64;
+    let mut reads_at_boundary = 0u64;
+    let mut idle_since = accepted;
+    // The first request's head is due within the headers timeout of the connection's start.
+    let mut head_wait: Option<Instant> = Some(accepted);
+    let mut block_open_since: Option<Instant> = None;
+    loop {
+        tokio::time::sleep(tick).await;
+        let now = Instant::now();
+        let ev = activity.events();
+        if ev != events {
+            events = ev;
+            quiet_since = now;
+        }
+        let busy = ex.in_flight.load(Ordering::Relaxed) > 0;
+        let s = ex.started.load(Ordering::Relaxed);
+        let reads = activity.reads();
+        if busy || s != started {
+            started = s;
+            idle_since = now;
+            head_wait = None;
+            reads_at_boundary = reads;
+        } else if head_wait.is_none() && reads != reads_at_boundary {
+            // Bytes of a next request arrived on an idle connection: its head is now due.
+            head_wait = Some(now);
+        }
+        let h2 = activity.is_h2();
+        if let Some(t) = limits.request_headers {
+            if activity.header_block_open() {
+                if now.duration_since(*block_open_since.get_or_insert(now)) >= t {
+                    return Verdict::HeaderTimeout { graceful: false };
+                }
+            } else {
+                block_open_since = None;
+            }
+            // HTTP/2 keeps a connection open between requests (and may ping meanwhile): only its
+            // first request is due; HTTP/1 owes a whole head once any of it arrived.
+            let waiting = if h2 {
+                head_wait.filter(|_| started == 0)
+            } else {
+                head_wait
+            };
+            if waiting.is_some_and(|w| now.duration_since(w) >= t) {
+                return Verdict::HeaderTimeout { graceful: h2 };
+            }
+        }
+        if let Some(t) = limits.stream_idle {
+            // HTTP/2 streams have their own timers (StreamExec).
+            if !h2 && busy && now.duration_since(quiet_since) >= t {
+                return Verdict::StreamIdle;
+            }
+        }
+        if let Some(t) = limits.idle {
+            if !busy && now.duration_since(idle_since) >= t {
+                return Verdict::Idle;
+            }
+        }
+    }
+}
+
+/// Spawns the HTTP/2 stream tasks of one connection, each under a stream idle timer: a stream
+/// whose task is not woken (no bytes in either direction, no upstream progress) for the stream
+/// idle timeout is dropped, which resets it (RST_STREAM CANCEL) and releases its upstream.
+#[derive(Clone)]
+pub struct StreamExec {
+    pub idle: Option<Duration>,
+    pub timeouts: Counter,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        match self.idle {
+            None => {
+                tokio::spawn(fut);
+            }
+            Some(idle) => {
+                tokio::spawn(IdleTimed {
+                    inner: fut,
+                    sleep: tokio::time::sleep(idle),
+                    idle,
+                    timeouts: self.timeouts.clone(),
+                });
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A task that ends when it has not been woken for `idle`. Every poll pushes the deadline out
+    /// (extending a tokio timer is an atomic store, not a timer-wheel move).
+    struct IdleTimed<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: tokio::time::Sleep,
+        idle: Duration,
+        timeouts: Counter,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for IdleTimed<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut me = self.project();
+        if me.sleep.as_mut().poll(cx).is_ready() {
+            me.timeouts.inc();
+            return Poll::Ready(());
+        }
+        if me.inner.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        me.sleep.as_mut().reset(tokio::time::Instant::now() + *me.idle);
+        Poll::Pending
+    }
+}
