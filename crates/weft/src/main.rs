@@ -69,13 +69,24 @@ struct ProxyArgs {
 }
 
 fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_target(false)
         .init();
+}
+
+/// Colour (ANSI escapes) in the log only on a terminal, and never when `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org/>): a log redirected to a file or a pipe stays plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn main() {
@@ -198,4 +209,26 @@ fn wait_for_signals(server: &Arc<Server>) {
     });
     // Give the signal runtime no chance to hold the process.
     rt.shutdown_timeout(Duration::from_millis(10));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR does not count"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(
+            !use_colour(true, Some(OsStr::new("false"))),
+            "any non-empty value disables colour"
+        );
+        assert!(!use_colour(false, None), "a file or pipe gets no escapes");
+        assert!(!use_colour(false, Some(OsStr::new(""))));
+    }
 }

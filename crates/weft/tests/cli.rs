@@ -30,10 +30,18 @@ struct Weft {
 
 impl Weft {
     fn spawn(args: &[&str]) -> Weft {
+        Weft::spawn_with(args, |_| {})
+    }
+
+    /// [`Weft::spawn`] with the command adjusted first (environment, process group).
+    fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Weft {
         let dir = TempDir::new("proc");
         let out = std::fs::File::create(dir.join("stdout")).unwrap();
         let err = std::fs::File::create(dir.join("stderr")).unwrap();
-        let child = Command::new(WEFT)
+        let mut cmd = Command::new(WEFT);
+        cmd.env_remove("NO_COLOR");
+        adjust(&mut cmd);
+        let child = cmd
             .args(args)
             .env_remove("WEFT_LOG")
             .stdin(Stdio::null())
@@ -505,4 +513,54 @@ async fn bare_weft_runs_the_demo_until_ctrl_c() {
         .expect("demo stops after SIGINT");
     assert_eq!(status.code(), Some(0), "{}", weft.stderr());
     assert!(weft.stdout().contains("done:"), "{}", weft.stdout());
+}
+
+/// Runs a quick-start proxy with `env` and stderr to a file until SIGTERM; returns its stderr.
+async fn proxy_log_to_file(env: &[(&str, &str)]) -> String {
+    let up = upstream("up").await;
+    let from = free_addr();
+    let mut w = Weft::spawn_with(
+        &[
+            "proxy",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &up.addr.to_string(),
+            "--concurrency",
+            "1",
+        ],
+        |c| {
+            c.envs(env.iter().copied());
+        },
+    );
+    wait_port(&mut w, from).await;
+    w.signal("-TERM");
+    let status = w
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("weft exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", w.stderr());
+    let err = std::fs::read(w.dir.join("stderr")).unwrap();
+    let text = String::from_utf8_lossy(&err).into_owned();
+    assert!(
+        text.contains("listening") && text.contains("stopped"),
+        "the log was written:\n{text}"
+    );
+    assert!(
+        !err.contains(&0x1b),
+        "no ANSI escape (ESC byte) in a log written to a file:\n{text:?}"
+    );
+    text
+}
+
+/// stderr redirected to a file is not a terminal: the log has no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_to_a_file_has_no_ansi_escapes() {
+    proxy_log_to_file(&[]).await;
+}
+
+/// `NO_COLOR` (any non-empty value) never breaks plain output either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_with_no_color_has_no_ansi_escapes() {
+    proxy_log_to_file(&[("NO_COLOR", "1")]).await;
 }
