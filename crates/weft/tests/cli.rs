@@ -39,16 +39,14 @@ impl Weft {
         let out = std::fs::File::create(dir.join("stdout")).unwrap();
         let err = std::fs::File::create(dir.join("stderr")).unwrap();
         let mut cmd = Command::new(WEFT);
-        cmd.env_remove("NO_COLOR");
-        adjust(&mut cmd);
-        let child = cmd
-            .args(args)
+        cmd.args(args)
             .env_remove("WEFT_LOG")
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("weft binary starts");
+            .stderr(err);
+        adjust(&mut cmd);
+        let child = cmd.spawn().expect("weft binary starts");
         Weft { child, dir }
     }
 
@@ -489,10 +487,17 @@ async fn xds_bootstrap_serves_static_part_and_stays_initializing() {
     w.assert_running();
 }
 
-/// `weft` with no subcommand is the demo; Ctrl-C (SIGINT) stops it and its children cleanly.
+/// `weft` with no subcommand is the demo; Ctrl-C (SIGINT) stops it and its children cleanly, without
+/// a burst of warnings. The demo runs in its own process group and the SIGINT goes to the whole
+/// group, as a terminal's Ctrl-C does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_weft_runs_the_demo_until_ctrl_c() {
-    let mut weft = Weft::spawn(&[]);
+    use std::os::unix::process::CommandExt;
+    // At INFO the log also shows whether a child ran its own shutdown (it must not: the demo stops
+    // the sidecars, then the control plane).
+    let mut weft = Weft::spawn_with(&[], |c| {
+        c.process_group(0).env("WEFT_LOG", "info");
+    });
     let start = Instant::now();
     while !weft.stdout().lines().any(|l| l.contains("req/s") && l.contains("p99")) {
         assert!(
@@ -506,13 +511,36 @@ async fn bare_weft_runs_the_demo_until_ctrl_c() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    weft.signal("-INT");
+    // Like Ctrl-C in a terminal: SIGINT to every process of the foreground group.
+    let group = format!("-{}", weft.pid());
+    let ok = Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -INT -- {group}");
     let status = weft
         .wait_exit(Duration::from_secs(15))
         .await
         .expect("demo stops after SIGINT");
     assert_eq!(status.code(), Some(0), "{}", weft.stderr());
     assert!(weft.stdout().contains("done:"), "{}", weft.stdout());
+    let err = weft.stderr();
+    let noisy: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(noisy.is_empty(), "warnings on Ctrl-C:\n{}", noisy.join("\n"));
+    // "draining" (a sidecar) and "stopping" (weft control) are logged on a signal of their own.
+    let own_shutdown: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains(" draining") || l.contains(" stopping"))
+        .collect();
+    assert!(
+        own_shutdown.is_empty(),
+        "the children got the terminal's SIGINT:\n{}",
+        own_shutdown.join("\n")
+    );
 }
 
 /// Runs a quick-start proxy with `env` and stderr to a file until SIGTERM; returns its stderr.
