@@ -54,9 +54,13 @@ struct ProxyArgs {
     /// Quick start: write a JSON access log to stdout.
     #[arg(long)]
     access_log: bool,
-    /// Admin API address (overrides the file's admin.address).
+    /// Admin API address (overrides the file's admin.address). Loopback only, unless
+    /// --admin-allow-non-loopback is given too.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Allow a non-loopback --admin address (the admin API has no authentication; see docs/security.md).
+    #[arg(long, requires = "admin")]
+    admin_allow_non_loopback: bool,
     /// Worker threads (default: the cores available to the process).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -131,12 +135,32 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         }
     };
     if let Some(a) = args.admin {
-        config.admin = Some(weft_config::Admin { address: a });
+        let admin = weft_config::Admin {
+            address: a,
+            allow_non_loopback: args.admin_allow_non_loopback,
+        };
+        if let Some(why) =
+            weft_config::admin::loopback_refusal(a, admin.allow_non_loopback, "--admin-allow-non-loopback")
+        {
+            eprintln!("weft proxy: invalid configuration:\n--admin: {why}");
+            return 2;
+        }
+        config.admin = Some(admin);
     }
     if let Some(n) = args.concurrency {
         config.runtime.concurrency = Some(n.max(1));
     }
     if args.check {
+        if let Some(a) = config
+            .admin
+            .as_ref()
+            .filter(|a| !weft_config::admin::is_loopback(a.address.ip()))
+        {
+            eprintln!(
+                "warning: the admin API ({}) is exposed beyond loopback (explicitly allowed); it has no authentication",
+                a.address
+            );
+        }
         println!(
             "configuration OK: {} listeners, {} clusters",
             config.listeners.len(),
