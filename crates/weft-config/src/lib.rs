@@ -4,6 +4,7 @@
 //! Config flows one way: source (YAML file, command-line quick start, later xDS) → [`Config`] →
 //! the proxy's running snapshot, swapped atomically.
 
+pub mod admin;
 pub mod duration;
 pub mod model;
 pub mod raw;
@@ -155,6 +156,29 @@ clusters:
             e.contains("listeners[0].http.route_config.virtual_hosts[0].routes[0].route.retry_policy.per_try_timeout"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn non_loopback_admin_needs_the_explicit_opt_in() {
+        for addr in ["0.0.0.0:9901", "[::]:9901", "192.0.2.10:9901"] {
+            let yaml = GOOD.replace("127.0.0.1:9901", addr);
+            let e = from_yaml(&yaml).expect_err(addr).to_string();
+            assert!(e.starts_with("admin.address: "), "{e}");
+            assert!(
+                e.contains("admin.allow_non_loopback: true"),
+                "the error names the opt-in: {e}"
+            );
+            let opted_in = yaml.replace(
+                &format!("address: \"{addr}\" }}"),
+                &format!("address: \"{addr}\", allow_non_loopback: true }}"),
+            );
+            let c = from_yaml(&opted_in).unwrap_or_else(|e| panic!("{e}\n{opted_in}"));
+            assert!(c.admin.unwrap().allow_non_loopback);
+        }
+        let c = from_yaml(GOOD).unwrap();
+        assert_eq!(c.admin, Some(Admin::new("127.0.0.1:9901".parse().unwrap())));
+        let e = from_yaml(&GOOD.replace("9901\" }", "9901\", allow_non_loopback: yes please }")).unwrap_err();
+        assert!(e.to_string().contains("allow_non_loopback"), "{e}");
     }
 
     #[test]

@@ -71,6 +71,23 @@ pub struct Node {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Admin {
     pub address: SocketAddr,
+    /// The operator's explicit opt-in to a non-loopback `address` (see docs/security.md).
+    pub allow_non_loopback: bool,
+}
+
+impl Admin {
+    /// An admin API on `address`, without the non-loopback opt-in.
+    pub fn new(address: SocketAddr) -> Admin {
+        Admin {
+            address,
+            allow_non_loopback: false,
+        }
+    }
+
+    /// Why this admin address may not be used (non-loopback without the opt-in), or `None`.
+    pub fn refusal(&self) -> Option<String> {
+        crate::admin::loopback_refusal(self.address, self.allow_non_loopback, "admin.allow_non_loopback: true")
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

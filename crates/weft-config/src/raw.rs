@@ -50,6 +50,8 @@ pub struct RawNode {
 #[serde(deny_unknown_fields, default)]
 pub struct RawAdmin {
     pub address: Option<String>,
+    /// Explicit opt-in to serve the admin API on a non-loopback address.
+    pub allow_non_loopback: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

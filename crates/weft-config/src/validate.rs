@@ -157,7 +157,14 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
 
     let admin = raw.admin.as_ref().and_then(|a| {
         let addr = cx.required("admin.address", &a.address)?;
-        socket_addr(&mut cx, "admin.address", addr).map(|address| Admin { address })
+        let admin = Admin {
+            address: socket_addr(&mut cx, "admin.address", addr)?,
+            allow_non_loopback: a.allow_non_loopback.unwrap_or(false),
+        };
+        if let Some(why) = admin.refusal() {
+            cx.err("admin.address", why);
+        }
+        Some(admin)
     });
 
     let concurrency = match raw.runtime.concurrency {

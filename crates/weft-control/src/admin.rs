@@ -7,6 +7,10 @@
 //! | `/debug/proxies` | connected proxies: node, stream kind, per type ACKed version and last NACK |
 //! | `/debug/config/{node_id}` | names and versions of the resources sent to that node |
 //! | `/debug/registry` | registry sources, rejected sources with their errors, snapshot generation |
+//!
+//! Every endpoint is read-only (GET). A mutating request (any method but GET/HEAD/OPTIONS/TRACE) gets
+//! 405, or 403 first if it looks cross-site (foreign `Origin` or `Host`, a form / `text/plain` body;
+//! [`weft_config::admin`]); either way it is logged with its caller. See docs/security.md.
 
 use crate::registry::RegistryStatus;
 use crate::server::Shared;
@@ -16,8 +20,10 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
+use weft_config::admin::{check_mutating, is_loopback, is_mutating, Caller};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -26,21 +32,33 @@ pub struct AdminState {
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
+    if let Ok(a) = listener.local_addr() {
+        if !is_loopback(a.ip()) {
+            tracing::warn!(
+                admin = %a,
+                "the admin API listens beyond loopback (--admin-allow-non-loopback): it has no authentication, \
+                 anyone who can reach {a} can read every proxy's configuration"
+            );
+        }
+    }
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
             _ = shutdown.changed() => return,
         };
-        let Ok((stream, _)) = accepted else {
+        let Ok((stream, peer)) = accepted else {
             // Out of descriptors or similar: back off instead of spinning.
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
             continue;
         };
         let state = state.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req)) }
+                async move { Ok::<_, Infallible>(guarded(&state, req, peer, local)) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -61,6 +79,34 @@ fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     reply(StatusCode::OK, "application/json", s)
+}
+
+/// Mutating requests: none is served (405), but cross-site ones get 403, and each is logged with
+/// its caller, like on the proxy's admin API.
+fn guarded(state: &AdminState, req: Request<Incoming>, peer: SocketAddr, local: SocketAddr) -> Response<Full<Bytes>> {
+    if !is_mutating(req.method()) {
+        return handle(state, req);
+    }
+    let caller = Caller::new(peer, req.uri(), req.headers());
+    let (method, path) = (req.method(), req.uri().path());
+    match check_mutating(req.uri(), req.headers(), local) {
+        Err(why) => {
+            tracing::warn!(
+                %method, %path, peer = %caller.peer, origin = %caller.origin, host = %caller.host,
+                user_agent = %caller.user_agent, status = 403, reason = %why,
+                "admin: refused a cross-site mutating request"
+            );
+            reply(StatusCode::FORBIDDEN, "text/plain", why.body())
+        }
+        Ok(()) => {
+            tracing::info!(
+                %method, %path, peer = %caller.peer, origin = %caller.origin, host = %caller.host,
+                user_agent = %caller.user_agent, status = 405, result = "use GET",
+                "admin: mutating call"
+            );
+            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
+        }
+    }
 }
 
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {

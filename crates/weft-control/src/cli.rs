@@ -13,9 +13,13 @@ pub struct ControlArgs {
     /// ADS (gRPC) listen address.
     #[arg(long, default_value = "127.0.0.1:18000")]
     pub xds: SocketAddr,
-    /// Admin HTTP listen address (/ready, /metrics, /debug/...).
+    /// Admin HTTP listen address (/ready, /metrics, /debug/...). Loopback only, unless
+    /// --admin-allow-non-loopback is given too.
     #[arg(long, default_value = "127.0.0.1:18001")]
     pub admin: SocketAddr,
+    /// Allow a non-loopback --admin address (the admin API has no authentication; see docs/security.md).
+    #[arg(long)]
+    pub admin_allow_non_loopback: bool,
     /// Debounce window for registry changes, e.g. 100ms.
     #[arg(long, default_value = "100ms", value_parser = weft_config::duration::parse)]
     pub debounce: Duration,
@@ -58,7 +62,19 @@ pub fn check_dir(dir: &std::path::Path) -> Result<usize, Vec<String>> {
 
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
 pub fn run(args: ControlArgs) -> i32 {
+    if let Some(why) =
+        weft_config::admin::loopback_refusal(args.admin, args.admin_allow_non_loopback, "--admin-allow-non-loopback")
+    {
+        eprintln!("weft control: --admin: {why}");
+        return 2;
+    }
     if args.check {
+        if !weft_config::admin::is_loopback(args.admin.ip()) {
+            eprintln!(
+                "warning: the admin API ({}) is exposed beyond loopback (explicitly allowed); it has no authentication",
+                args.admin
+            );
+        }
         return match check_dir(&args.registry) {
             Ok(n) => {
                 println!("registry OK: {n} services");

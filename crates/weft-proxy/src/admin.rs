@@ -10,16 +10,22 @@
 //! | GET | `/xds` | xDS client state (per type: version, nonce, last NACK; connection), as JSON |
 //! | POST | `/reload` | re-read the configuration file; 400 with the errors if refused |
 //! | POST | `/drain` | stop accepting and close connections gracefully |
+//!
+//! Mutating requests (any method but GET/HEAD/OPTIONS/TRACE) that look cross-site — a foreign
+//! `Origin` or `Host`, or a form / `text/plain` body — are answered 403 ([`weft_config::admin`]),
+//! and every mutating call is logged with its caller and result. See docs/security.md.
 
 use crate::server::Server;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
+use weft_config::admin::{check_mutating, is_loopback, is_mutating, Caller};
 
 pub async fn serve(listener: std::net::TcpListener, server: Weak<Server>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
@@ -29,15 +35,27 @@ pub async fn serve(listener: std::net::TcpListener, server: Weak<Server>) {
             return;
         }
     };
+    if let Ok(a) = listener.local_addr() {
+        if !is_loopback(a.ip()) {
+            tracing::warn!(
+                admin = %a,
+                "the admin API listens beyond loopback (admin.allow_non_loopback): it has no authentication, \
+                 anyone who can reach {a} can read the configuration and reload or drain this proxy"
+            );
+        }
+    }
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(local) = stream.local_addr() else {
             continue;
         };
         let server = server.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
                 let server = server.clone();
-                async move { Ok::<_, Infallible>(handle(server, req).await) }
+                async move { Ok::<_, Infallible>(guarded(server, req, peer, local).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -58,6 +76,38 @@ fn json(v: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
     s.push('\n');
     reply(StatusCode::OK, "application/json", s)
+}
+
+/// Mutating requests pass the cross-site checks first, and are logged with their caller and result.
+async fn guarded(
+    server: Weak<Server>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> Response<Full<Bytes>> {
+    if !is_mutating(req.method()) {
+        return handle(server, req).await;
+    }
+    let caller = Caller::new(peer, req.uri(), req.headers());
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    if let Err(why) = check_mutating(req.uri(), req.headers(), local) {
+        tracing::warn!(
+            %method, %path, peer = %caller.peer, origin = %caller.origin, host = %caller.host,
+            user_agent = %caller.user_agent, status = 403, reason = %why,
+            "admin: refused a cross-site mutating request"
+        );
+        return reply(StatusCode::FORBIDDEN, "text/plain", why.body());
+    }
+    let resp = handle(server, req).await;
+    // Admin answers are small and already whole: read the body back for the log line.
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let result = String::from_utf8_lossy(&body).trim_end().replace('\n', " | ");
+    tracing::info!(
+        %method, %path, peer = %caller.peer, origin = %caller.origin, host = %caller.host,
+        user_agent = %caller.user_agent, status = parts.status.as_u16(), %result, "admin: mutating call"
+    );
+    Response::from_parts(parts, Full::new(body))
 }
 
 async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<Bytes>> {

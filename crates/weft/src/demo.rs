@@ -6,7 +6,9 @@
 //!
 //! The control plane and the sidecars are child processes of this binary (exactly what a user would
 //! run); the sample applications and the traffic generator run in this process. Everything binds
-//! 127.0.0.1. Ctrl-C (or `--duration`) stops the children and removes the temporary directory.
+//! 127.0.0.1. Ctrl-C (or SIGTERM, SIGHUP, `--duration`) stops the children — sidecars first, then the
+//! control plane, so nothing warns about a lost control plane — and removes the temporary directory.
+//! The children run in process groups of their own: a terminal's Ctrl-C reaches only the demo.
 
 use bytes::Bytes;
 use clap::Args;
@@ -224,18 +226,25 @@ struct Instance {
     admin: SocketAddr,
 }
 
-/// Children are killed when the demo ends, however it ends.
+/// Children are killed when the demo ends, however it ends: last started first, so the sidecars
+/// are gone before the control plane (which starts first) closes their xDS streams — otherwise
+/// each sidecar logs a warning about the lost control plane on the way out.
 struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
+        for (_, c) in self.0.iter_mut().rev() {
             let _ = c.kill();
-        }
-        for (_, c) in &mut self.0 {
             let _ = c.wait();
         }
     }
+}
+
+/// A child in a process group of its own: a terminal's Ctrl-C (SIGINT to the foreground group)
+/// reaches the demo only, which then stops the children in order (see [`Children`]).
+fn own_group(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0)
 }
 
 fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
@@ -362,7 +371,7 @@ async fn start_mesh(
 ) -> Result<Children, String> {
     let io = |e: std::io::Error| e.to_string();
     let mut children = Children(Vec::new());
-    let control = Command::new(exe)
+    let control = own_group(&mut Command::new(exe))
         .args(["control", "--registry"])
         .arg(registry)
         .args(["--xds", &xds.to_string(), "--admin", &control_admin.to_string()])
@@ -376,7 +385,7 @@ async fn start_mesh(
     for i in instances {
         let cfg = dir.join(format!("sidecar-{}.yaml", i.id));
         write_atomic(&cfg, &sidecar_yaml(i, xds, mode)).map_err(io)?;
-        let child = Command::new(exe)
+        let child = own_group(&mut Command::new(exe))
             .args(["proxy", "-c"])
             .arg(&cfg)
             .env("WEFT_LOG", log)
@@ -433,6 +442,9 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         "sotw" => "ads_sotw",
         o => return Err(format!("--xds must be delta or sotw, not {o:?}")),
     };
+    // Ctrl-C, and also SIGTERM and SIGHUP (terminal closed): the children, in their own process
+    // groups, get none of these, so the demo must stop them itself.
+    let stop = stop_signal();
     let exe: PathBuf = std::env::current_exe().map_err(|e| e.to_string())?;
     let registry = dir.join("registry");
     std::fs::create_dir_all(&registry).map_err(|e| format!("{}: {e}", registry.display()))?;
@@ -553,8 +565,7 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut stage = 0;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    tokio::pin!(stop);
     let stages: [(u32, u32, &str); 4] = [
         (10, 0, "canary: reviews-v2 gets 10% (routes.yaml)"),
         (50, 0, "canary: reviews-v2 gets 50%"),
@@ -567,7 +578,7 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
     ];
     let result = loop {
         tokio::select! {
-            _ = &mut ctrl_c => break Ok(()),
+            _ = &mut stop => break Ok(()),
             _ = tick.tick() => {}
         }
         let elapsed = started.elapsed();
@@ -625,6 +636,31 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
     drop(children);
     println!("done: {} requests sent.", sent.load(Ordering::Relaxed));
     result
+}
+
+/// Resolves on SIGINT, SIGTERM or SIGHUP. The handlers are installed at once (not on the first
+/// poll), so a signal during start-up does not kill the demo and leave its children running.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signals = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    );
+    async move {
+        match signals {
+            (Ok(mut int), Ok(mut term), Ok(mut hup)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
 }
 
 /// A fixed-rate schedule; each request on its own task over keep-alive connections.

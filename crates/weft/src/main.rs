@@ -57,9 +57,13 @@ struct ProxyArgs {
     /// Quick start: the route timeout, e.g. "30s" (default 15s; "0s" disables it).
     #[arg(long, value_parser = weft_config::duration::parse, requires = "from")]
     timeout: Option<std::time::Duration>,
-    /// Admin API address (overrides the file's admin.address).
+    /// Admin API address (overrides the file's admin.address). Loopback only, unless
+    /// --admin-allow-non-loopback is given too.
     #[arg(long)]
     admin: Option<SocketAddr>,
+    /// Allow a non-loopback --admin address (the admin API has no authentication; see docs/security.md).
+    #[arg(long, requires = "admin")]
+    admin_allow_non_loopback: bool,
     /// Worker threads (default: the cores available to the process).
     #[arg(long)]
     concurrency: Option<usize>,
@@ -72,13 +76,24 @@ struct ProxyArgs {
 }
 
 fn init_logging(filter: &str) {
+    use std::io::IsTerminal;
     let filter =
         tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(use_colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_target(false)
         .init();
+}
+
+/// Colour (ANSI escapes) in the log only on a terminal, and never when `NO_COLOR` is set to a
+/// non-empty value (<https://no-color.org/>): a log redirected to a file or a pipe stays plain text.
+fn use_colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 fn main() {
@@ -124,12 +139,32 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         }
     };
     if let Some(a) = args.admin {
-        config.admin = Some(weft_config::Admin { address: a });
+        let admin = weft_config::Admin {
+            address: a,
+            allow_non_loopback: args.admin_allow_non_loopback,
+        };
+        if let Some(why) =
+            weft_config::admin::loopback_refusal(a, admin.allow_non_loopback, "--admin-allow-non-loopback")
+        {
+            eprintln!("weft proxy: invalid configuration:\n--admin: {why}");
+            return 2;
+        }
+        config.admin = Some(admin);
     }
     if let Some(n) = args.concurrency {
         config.runtime.concurrency = Some(n.max(1));
     }
     if args.check {
+        if let Some(a) = config
+            .admin
+            .as_ref()
+            .filter(|a| !weft_config::admin::is_loopback(a.address.ip()))
+        {
+            eprintln!(
+                "warning: the admin API ({}) is exposed beyond loopback (explicitly allowed); it has no authentication",
+                a.address
+            );
+        }
         println!(
             "configuration OK: {} listeners, {} clusters",
             config.listeners.len(),
@@ -202,4 +237,26 @@ fn wait_for_signals(server: &Arc<Server>) {
     });
     // Give the signal runtime no chance to hold the process.
     rt.shutdown_timeout(Duration::from_millis(10));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::use_colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR does not count"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(
+            !use_colour(true, Some(OsStr::new("false"))),
+            "any non-empty value disables colour"
+        );
+        assert!(!use_colour(false, None), "a file or pipe gets no escapes");
+        assert!(!use_colour(false, Some(OsStr::new(""))));
+    }
 }

@@ -30,17 +30,23 @@ struct Weft {
 
 impl Weft {
     fn spawn(args: &[&str]) -> Weft {
+        Weft::spawn_with(args, |_| {})
+    }
+
+    /// [`Weft::spawn`] with the command adjusted first (environment, process group).
+    fn spawn_with(args: &[&str], adjust: impl FnOnce(&mut Command)) -> Weft {
         let dir = TempDir::new("proc");
         let out = std::fs::File::create(dir.join("stdout")).unwrap();
         let err = std::fs::File::create(dir.join("stderr")).unwrap();
-        let child = Command::new(WEFT)
-            .args(args)
+        let mut cmd = Command::new(WEFT);
+        cmd.args(args)
             .env_remove("WEFT_LOG")
+            .env_remove("NO_COLOR")
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("weft binary starts");
+            .stderr(err);
+        adjust(&mut cmd);
+        let child = cmd.spawn().expect("weft binary starts");
         Weft { child, dir }
     }
 
@@ -175,6 +181,35 @@ async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String>
             .header("host", "test.local")
             .body(Full::new(Bytes::new()))
             .unwrap();
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
+/// One request with the given method, Host and headers on a fresh connection: (status, body).
+async fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    host: &str,
+    headers: &[(&str, &str)],
+) -> Result<(u16, String), String> {
+    let fut = async {
+        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let mut req = http::Request::builder().method(method).uri(path).header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
@@ -481,10 +516,17 @@ async fn xds_bootstrap_serves_static_part_and_stays_initializing() {
     w.assert_running();
 }
 
-/// `weft` with no subcommand is the demo; Ctrl-C (SIGINT) stops it and its children cleanly.
+/// `weft` with no subcommand is the demo; Ctrl-C (SIGINT) stops it and its children cleanly, without
+/// a burst of warnings. The demo runs in its own process group and the SIGINT goes to the whole
+/// group, as a terminal's Ctrl-C does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_weft_runs_the_demo_until_ctrl_c() {
-    let mut weft = Weft::spawn(&[]);
+    use std::os::unix::process::CommandExt;
+    // At INFO the log also shows whether a child ran its own shutdown (it must not: the demo stops
+    // the sidecars, then the control plane).
+    let mut weft = Weft::spawn_with(&[], |c| {
+        c.process_group(0).env("WEFT_LOG", "info");
+    });
     let start = Instant::now();
     while !weft.stdout().lines().any(|l| l.contains("req/s") && l.contains("p99")) {
         assert!(
@@ -498,11 +540,290 @@ async fn bare_weft_runs_the_demo_until_ctrl_c() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    weft.signal("-INT");
+    // Like Ctrl-C in a terminal: SIGINT to every process of the foreground group.
+    let group = format!("-{}", weft.pid());
+    let ok = Command::new("kill")
+        .args(["-INT", "--", &group])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -INT -- {group}");
     let status = weft
         .wait_exit(Duration::from_secs(15))
         .await
         .expect("demo stops after SIGINT");
     assert_eq!(status.code(), Some(0), "{}", weft.stderr());
     assert!(weft.stdout().contains("done:"), "{}", weft.stdout());
+    let err = weft.stderr();
+    let noisy: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+        .collect();
+    assert!(noisy.is_empty(), "warnings on Ctrl-C:\n{}", noisy.join("\n"));
+    // "draining" (a sidecar) and "stopping" (weft control) are logged on a signal of their own.
+    let own_shutdown: Vec<_> = err
+        .lines()
+        .filter(|l| l.contains(" draining") || l.contains(" stopping"))
+        .collect();
+    assert!(
+        own_shutdown.is_empty(),
+        "the children got the terminal's SIGINT:\n{}",
+        own_shutdown.join("\n")
+    );
+}
+
+/// Runs a quick-start proxy with `env` and stderr to a file until SIGTERM; returns its stderr.
+async fn proxy_log_to_file(env: &[(&str, &str)]) -> String {
+    let up = upstream("up").await;
+    let from = free_addr();
+    let mut w = Weft::spawn_with(
+        &[
+            "proxy",
+            "--from",
+            &from.to_string(),
+            "--to",
+            &up.addr.to_string(),
+            "--concurrency",
+            "1",
+        ],
+        |c| {
+            c.envs(env.iter().copied());
+        },
+    );
+    wait_port(&mut w, from).await;
+    w.signal("-TERM");
+    let status = w
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("weft exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", w.stderr());
+    let err = std::fs::read(w.dir.join("stderr")).unwrap();
+    let text = String::from_utf8_lossy(&err).into_owned();
+    assert!(
+        text.contains("listening") && text.contains("stopped"),
+        "the log was written:\n{text}"
+    );
+    assert!(
+        !err.contains(&0x1b),
+        "no ANSI escape (ESC byte) in a log written to a file:\n{text:?}"
+    );
+    text
+}
+
+/// stderr redirected to a file is not a terminal: the log has no colour codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_to_a_file_has_no_ansi_escapes() {
+    proxy_log_to_file(&[]).await;
+}
+
+/// `NO_COLOR` (any non-empty value) never breaks plain output either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_with_no_color_has_no_ansi_escapes() {
+    proxy_log_to_file(&[("NO_COLOR", "1")]).await;
+}
+
+/// A non-loopback admin address needs the explicit opt-in: without it the configuration is refused
+/// (and `--check` fails) with an error naming the field; with it `--check` passes with a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_non_loopback_admin_without_opt_in() {
+    let dir = TempDir::new("admin-check");
+    let file = dir.join("weft.yaml");
+    let up = free_addr();
+    let port = free_port();
+    let text = config_file(free_addr(), "127.0.0.1:1".parse().unwrap(), "a", &[("a", up)]).replace(
+        "admin: { address: \"127.0.0.1:1\" }",
+        &format!("admin: {{ address: \"0.0.0.0:{port}\" }}"),
+    );
+    assert!(text.contains("0.0.0.0"), "{text}");
+    std::fs::write(&file, &text).unwrap();
+    let (status, out, err) = run_weft(&["proxy", "-c", path(&file), "--check"], Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("admin.address: 0.0.0.0:"), "{err}");
+    assert!(
+        err.contains("admin.allow_non_loopback: true"),
+        "the error names the opt-in: {err}"
+    );
+    assert!(!out.contains("configuration OK"), "{out}");
+    // Running it is refused the same way, before anything binds.
+    let (status, _, err) = run_weft(&["proxy", "-c", path(&file)], Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("admin.allow_non_loopback"), "{err}");
+
+    let opted_in = text.replace(
+        &format!("0.0.0.0:{port}\" }}"),
+        &format!("0.0.0.0:{port}\", allow_non_loopback: true }}"),
+    );
+    assert!(opted_in.contains("allow_non_loopback"), "{opted_in}");
+    std::fs::write(&file, opted_in).unwrap();
+    let (status, out, err) = run_weft(&["proxy", "-c", path(&file), "--check"], Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("configuration OK"), "{out}");
+    assert!(
+        err.contains("warning") && err.contains("no authentication"),
+        "a loud warning: {err}"
+    );
+
+    // The command-line admin address has its own opt-in flag.
+    let any = format!("0.0.0.0:{port}");
+    let quick = [
+        "proxy",
+        "--from",
+        "127.0.0.1:1",
+        "--to",
+        "127.0.0.1:2",
+        "--admin",
+        &any,
+        "--check",
+    ];
+    let (status, out, err) = run_weft(&quick, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(2), "stdout: {out}\nstderr: {err}");
+    assert!(err.contains("--admin-allow-non-loopback"), "{err}");
+    let mut opted_in = quick.to_vec();
+    opted_in.push("--admin-allow-non-loopback");
+    let (status, out, err) = run_weft(&opted_in, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+}
+
+/// `weft control`: the same opt-in, as a flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_refuses_non_loopback_admin_without_opt_in() {
+    let dir = TempDir::new("control-admin");
+    let any = format!("0.0.0.0:{}", free_port());
+    let args = ["control", "--registry", path(&dir.0), "--admin", &any];
+    let mut check = args.to_vec();
+    check.push("--check");
+    let (status, out, err) = run_weft(&check, Duration::from_secs(20)).await;
+    assert_ne!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("--admin-allow-non-loopback"),
+        "the error names the flag: {err}"
+    );
+    assert!(!out.contains("registry OK"), "{out}");
+    let (status, _, err) = run_weft(&args, Duration::from_secs(20)).await;
+    assert_ne!(status.code(), Some(0), "{err}");
+    assert!(err.contains("--admin-allow-non-loopback"), "{err}");
+    check.push("--admin-allow-non-loopback");
+    let (status, out, err) = run_weft(&check, Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0), "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("registry OK"), "{out}");
+    assert!(err.contains("warning"), "{err}");
+}
+
+/// Every mutating admin call is logged with its caller (peer, Origin, User-Agent) and result; a
+/// cross-site one is refused with 403 and logged at WARN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_mutating_calls_are_logged_with_their_caller() {
+    let up = upstream("a").await;
+    let dir = TempDir::new("admin-log");
+    let file = dir.join("weft.yaml");
+    let (listen, admin) = (free_addr(), free_addr());
+    std::fs::write(&file, config_file(listen, admin, "a", &[("a", up.addr)])).unwrap();
+    let mut w = Weft::spawn(&["proxy", "-c", path(&file)]);
+    wait_port(&mut w, admin).await;
+    let evil = [("origin", "https://evil.example"), ("user-agent", "evil-agent/1")];
+    let (status, body) = http_send(admin, "POST", "/drain", "evil.example", &evil).await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(http_get(admin, "/ready").await.unwrap(), (200, "LIVE\n".to_string()));
+    let ops = [("user-agent", "ops-script/2")];
+    let (status, body) = http_send(admin, "POST", "/reload", &admin.to_string(), &ops)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_send(admin, "POST", "/drain", &admin.to_string(), &ops)
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "draining\n"));
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = w.stderr();
+        if log.matches("admin: mutating call").count() >= 2 || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let refused = log
+        .lines()
+        .find(|l| l.contains("admin: refused"))
+        .unwrap_or_else(|| panic!("the refused call is logged:\n{log}"));
+    assert!(refused.contains(" WARN "), "{refused}");
+    for want in [
+        "POST",
+        "/drain",
+        "peer=127.0.0.1:",
+        "https://evil.example",
+        "evil-agent/1",
+        "evil.example",
+        "status=403",
+    ] {
+        assert!(refused.contains(want), "{want:?} in {refused}");
+    }
+    let done: Vec<_> = log.lines().filter(|l| l.contains("admin: mutating call")).collect();
+    assert_eq!(done.len(), 2, "{log}");
+    for (line, path, result) in [(done[0], "/reload", "reloaded"), (done[1], "/drain", "draining")] {
+        for want in ["POST", path, "peer=127.0.0.1:", "ops-script/2", "status=200", result] {
+            assert!(line.contains(want), "{want:?} in {line}");
+        }
+    }
+}
+
+/// `weft control`'s admin API is read-only: a mutating request gets 405, or 403 when it looks
+/// cross-site; both are logged with the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_admin_refuses_cross_site_post_and_logs_it() {
+    let dir = TempDir::new("control-admin-log");
+    let (xds, admin) = (free_addr(), free_addr());
+    let mut w = Weft::spawn(&[
+        "control",
+        "--registry",
+        path(&dir.0),
+        "--xds",
+        &xds.to_string(),
+        "--admin",
+        &admin.to_string(),
+    ]);
+    wait_port(&mut w, admin).await;
+    let evil = [
+        ("origin", "http://evil.example"),
+        ("content-type", "text/plain"),
+        ("user-agent", "evil-agent/1"),
+    ];
+    let (status, body) = http_send(admin, "POST", "/debug/proxies", &admin.to_string(), &evil)
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.starts_with("403 refused: "), "{body}");
+    let (status, body) = http_send(admin, "POST", "/ready", "localhost", &[("user-agent", "ops/1")])
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (405, "use GET\n"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = w.stderr();
+        if log.contains("admin: mutating call") || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let refused = log
+        .lines()
+        .find(|l| l.contains("admin: refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    for want in [
+        " WARN ",
+        "/debug/proxies",
+        "peer=127.0.0.1:",
+        "http://evil.example",
+        "evil-agent/1",
+        "status=403",
+    ] {
+        assert!(refused.contains(want), "{want:?} in {refused}");
+    }
+    let other = log
+        .lines()
+        .find(|l| l.contains("admin: mutating call"))
+        .unwrap_or_else(|| panic!("{log}"));
+    for want in ["/ready", "peer=127.0.0.1:", "ops/1", "status=405"] {
+        assert!(other.contains(want), "{want:?} in {other}");
+    }
 }

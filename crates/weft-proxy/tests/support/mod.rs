@@ -407,7 +407,7 @@ pub async fn admin_post(server: &Server, path: &str) -> Got {
     let addr = server.admin_addr().expect("admin configured");
     H1Client::connect(addr)
         .await
-        .send(req("POST", path, "admin", &[], ""))
+        .send(req("POST", path, &addr.to_string(), &[], ""))
         .await
 }
 
