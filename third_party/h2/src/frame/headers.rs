@@ -97,6 +97,10 @@ struct HeaderBlock {
     /// Set to true if decoding went over the max header list size.
     is_over_size: bool,
 
+    /// Set to true once a fragment of the block made the message malformed;
+    /// kept across CONTINUATION frames (weft patch, see `load`).
+    is_malformed: bool,
+
     /// Pseudo headers, these are broken out as they must be sent as part of the
     /// headers frame.
     pseudo: Pseudo,
@@ -125,6 +129,7 @@ impl Headers {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                is_malformed: false,
                 pseudo,
             },
             flags: HeadersFlag::default(),
@@ -142,6 +147,7 @@ impl Headers {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                is_malformed: false,
                 pseudo: Pseudo::default(),
             },
             flags,
@@ -207,6 +213,7 @@ impl Headers {
                 fields: HeaderMap::new(),
                 field_size: 0,
                 is_over_size: false,
+                is_malformed: false,
                 pseudo: Pseudo::default(),
             },
             flags,
@@ -367,6 +374,7 @@ impl PushPromise {
                 field_size: calculate_headermap_size(&fields),
                 fields,
                 is_over_size: false,
+                is_malformed: false,
                 pseudo,
             },
             promised_id,
@@ -458,6 +466,7 @@ impl PushPromise {
                 fields: HeaderMap::new(),
                 field_size: 0,
                 is_over_size: false,
+                is_malformed: false,
                 pseudo: Pseudo::default(),
             },
             promised_id,
@@ -916,8 +925,22 @@ impl HeaderBlock {
         // the headers. A malformed header frame is a stream level error, but
         // the hpack state is connection level. In order to maintain correct
         // state for other streams, the hpack decoding process must complete.
-        let res = decoder.decode(&mut cursor, |header| {
+        let res = decoder.decode(&mut cursor, |field| {
             use crate::hpack::Header::*;
+
+            let header = match field {
+                Ok(header) => header,
+                Err(invalid) => {
+                    // weft patch: a field that is not a valid HTTP field makes
+                    // the message malformed, a stream error (RFC 9113 §8.1.1,
+                    // §8.2.1); the decoder has kept the HPACK state in sync.
+                    tracing::trace!("load_hpack; header malformed -- invalid field");
+                    malformed = true;
+                    headers_size +=
+                        decoded_header_size(invalid.name().len(), invalid.value().len());
+                    return check_size!();
+                }
+            };
 
             match header {
                 Field { name, value } => {
@@ -968,6 +991,10 @@ impl HeaderBlock {
             ControlFlow::Continue(())
         });
 
+        // A block split over CONTINUATION frames is loaded one fragment at a
+        // time: remember a malformed fragment until the end of the block.
+        self.is_malformed |= malformed;
+
         match res {
             Ok(()) => {}
             Err(e) => {
@@ -981,7 +1008,7 @@ impl HeaderBlock {
             return Err(Error::HeaderListWayTooLarge);
         }
 
-        if malformed {
+        if self.is_malformed {
             tracing::trace!("malformed message");
             return Err(Error::MalformedMessage);
         }

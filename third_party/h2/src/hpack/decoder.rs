@@ -136,9 +136,59 @@ enum Representation {
     SizeUpdate,
 }
 
+/// A header field that is well-formed HPACK but not a valid HTTP field: a
+/// name or value with octets RFC 9113 §8.2.1 forbids (CR, LF, NUL, uppercase
+/// letters in the name, ...), or a pseudo-header that is unknown or has an
+/// unparsable value (§8.3).
+///
+/// weft patch: these used to abort the decoding of the header block with
+/// `DecoderError::InvalidUtf8` & co, a connection error. A message carrying one
+/// is malformed, which is a stream error (§8.1.1), and the HPACK state is shared
+/// by the whole connection, so the decoder finishes the block and hands the
+/// field to the caller as `Err(InvalidField)` instead. With incremental indexing
+/// it is entered into the dynamic table with its real size and can be referred
+/// to (by index, or by name with a new value) later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidField {
+    name: Bytes,
+    value: Bytes,
+}
+
+/// A decoded field: valid, or sized but invalid. See [`InvalidField`].
+pub type Field = Result<Header, InvalidField>;
+
+impl InvalidField {
+    /// The name as sent, possibly not a valid field name.
+    pub fn name(&self) -> &[u8] {
+        &self.name
+    }
+
+    /// The value as sent, possibly not a valid field value.
+    pub fn value(&self) -> &[u8] {
+        &self.value
+    }
+
+    /// Size of the field in the dynamic table (RFC 7541 §4.1).
+    fn len(&self) -> usize {
+        32 + self.name.len() + self.value.len()
+    }
+}
+
+/// Builds a field from decoded octets; what `Header::new` rejects is invalid.
+fn new_field(name: Bytes, value: Bytes) -> Field {
+    Header::new(name.clone(), value.clone()).map_err(|_| InvalidField { name, value })
+}
+
+fn field_len(field: &Field) -> usize {
+    match field {
+        Ok(header) => header.len(),
+        Err(invalid) => invalid.len(),
+    }
+}
+
 #[derive(Debug)]
 struct Table {
-    entries: VecDeque<Header>,
+    entries: VecDeque<Field>,
     size: usize,
     max_size: usize,
 }
@@ -180,7 +230,7 @@ impl Decoder {
         mut f: F,
     ) -> Result<(), DecoderError>
     where
-        F: FnMut(Header) -> ControlFlow<()>,
+        F: FnMut(Field) -> ControlFlow<()>,
     {
         use self::Representation::*;
 
@@ -277,7 +327,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn decode_indexed(&self, buf: &mut Cursor<&mut BytesMut>) -> Result<Header, DecoderError> {
+    fn decode_indexed(&self, buf: &mut Cursor<&mut BytesMut>) -> Result<Field, DecoderError> {
         let index = decode_int(buf, 7)?;
         self.table.get(index)
     }
@@ -286,7 +336,7 @@ impl Decoder {
         &mut self,
         buf: &mut Cursor<&mut BytesMut>,
         index: bool,
-    ) -> Result<Header, DecoderError> {
+    ) -> Result<Field, DecoderError> {
         let prefix = if index { 6 } else { 4 };
 
         // Extract the table index for the name, or 0 if not indexed
@@ -301,12 +351,23 @@ impl Decoder {
             // Read the name as a literal
             let name = name_marker.consume(buf);
             let value = value_marker.consume(buf);
-            Header::new(name, value)
+            Ok(new_field(name, value))
         } else {
             let e = self.table.get(table_idx)?;
             let value = self.decode_string(buf)?;
 
-            e.name().into_entry(value)
+            Ok(match e {
+                Ok(header) => header
+                    .name()
+                    .into_entry(value.clone())
+                    .map_err(|_| InvalidField {
+                        name: Bytes::copy_from_slice(header.name().as_slice()),
+                        value,
+                    }),
+                // The name of an invalid entry may be valid, with an invalid
+                // value: check the pair again.
+                Err(invalid) => new_field(invalid.name, value),
+            })
         }
     }
 
@@ -515,13 +576,13 @@ impl Table {
     ///
     /// This is according to the [HPACK spec, section 2.3.3.]
     /// (http://http2.github.io/http2-spec/compression.html#index.address.space)
-    pub fn get(&self, index: usize) -> Result<Header, DecoderError> {
+    pub fn get(&self, index: usize) -> Result<Field, DecoderError> {
         if index == 0 {
             return Err(DecoderError::InvalidTableIndex);
         }
 
         if index <= 61 {
-            return Ok(get_static(index));
+            return Ok(Ok(get_static(index)));
         }
 
         // Convert the index for lookup in the entries structure.
@@ -531,8 +592,8 @@ impl Table {
         }
     }
 
-    fn insert(&mut self, entry: Header) {
-        let len = entry.len();
+    fn insert(&mut self, entry: Field) {
+        let len = field_len(&entry);
 
         self.reserve(len);
 
@@ -554,7 +615,7 @@ impl Table {
         while self.size + size > self.max_size {
             match self.entries.pop_back() {
                 Some(last) => {
-                    self.size -= last.len();
+                    self.size -= field_len(&last);
                 }
                 None => return,
             }
@@ -573,7 +634,7 @@ impl Table {
                     }
                 };
 
-                self.size -= last.len();
+                self.size -= field_len(last);
             }
 
             self.entries.pop_back();
@@ -885,10 +946,10 @@ mod test {
         assert_eq!(de.table.size(), 0);
 
         match res[0] {
-            Header::Field {
+            Ok(Header::Field {
                 ref name,
                 ref value,
-            } => {
+            }) => {
                 assert_eq!(name, "foo");
                 assert_eq!(value, "bar");
             }
@@ -936,14 +997,163 @@ mod test {
         assert_eq!(de.table.size(), 0);
 
         match res[0] {
-            Header::Field {
+            Ok(Header::Field {
                 ref name,
                 ref value,
-            } => {
+            }) => {
                 assert_eq!(name, "foo");
                 assert_eq!(value, "bar");
             }
             _ => panic!(),
         }
+    }
+
+    // ===== weft patch: invalid fields are sized, not fatal =====
+
+    /// A string literal, not Huffman-coded (length < 127).
+    fn lit(buf: &mut BytesMut, s: &[u8]) {
+        assert!(s.len() < 127);
+        buf.extend([s.len() as u8]);
+        buf.extend(s);
+    }
+
+    fn decode_all(de: &mut Decoder, mut buf: BytesMut) -> Vec<Field> {
+        let mut res = vec![];
+        de.decode(&mut Cursor::new(&mut buf), |f| {
+            res.push(f);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        res
+    }
+
+    fn invalid(name: &[u8], value: &[u8]) -> Field {
+        Err(InvalidField {
+            name: Bytes::copy_from_slice(name),
+            value: Bytes::copy_from_slice(value),
+        })
+    }
+
+    fn field(name: &str, value: &str) -> Field {
+        Ok(Header::Field {
+            name: header::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value: header::HeaderValue::from_str(value).unwrap(),
+        })
+    }
+
+    #[test]
+    fn invalid_fields_do_not_abort_the_block() {
+        let mut de = Decoder::new(4096);
+        let mut buf = BytesMut::new();
+        for (name, value) in [
+            (&b"x-a"[..], &b"a\r\nb"[..]),
+            (b"x-b", b"a\0b"),
+            (b"X-Upper", b"v"),
+            (b":foo", b"v"),
+            (b":method", b"G T"),
+            (b"", b"v"),
+            (b"x-ok", b"fine"),
+        ] {
+            // literal without indexing, new name
+            buf.extend([0]);
+            lit(&mut buf, name);
+            lit(&mut buf, value);
+        }
+        let res = decode_all(&mut de, buf);
+        assert_eq!(
+            res,
+            vec![
+                invalid(b"x-a", b"a\r\nb"),
+                invalid(b"x-b", b"a\0b"),
+                invalid(b"X-Upper", b"v"),
+                invalid(b":foo", b"v"),
+                invalid(b":method", b"G T"),
+                invalid(b"", b"v"),
+                field("x-ok", "fine"),
+            ]
+        );
+        assert_eq!(de.table.size(), 0);
+    }
+
+    #[test]
+    fn invalid_field_with_indexing_occupies_the_table() {
+        let mut de = Decoder::new(4096);
+        let mut buf = BytesMut::new();
+        // literal with incremental indexing, new name: "Foo: bar" -> index 62
+        buf.extend([0x40]);
+        lit(&mut buf, b"Foo");
+        lit(&mut buf, b"bar");
+        // "x-foo: a\nb" -> index 62, "Foo: bar" moves to 63
+        buf.extend([0x40]);
+        lit(&mut buf, b"x-foo");
+        lit(&mut buf, b"a\nb");
+        let res = decode_all(&mut de, buf);
+        assert_eq!(
+            res,
+            vec![invalid(b"Foo", b"bar"), invalid(b"x-foo", b"a\nb")]
+        );
+        assert_eq!(de.table.size(), (32 + 3 + 3) + (32 + 5 + 3));
+
+        // Next block: indexed references, then literals with indexed names.
+        let mut buf = BytesMut::new();
+        buf.extend([0x80 | 63, 0x80 | 62]);
+        // without indexing, name of 63 ("Foo", still invalid)
+        buf.extend([0x0f, 63 - 15]);
+        lit(&mut buf, b"baz");
+        // without indexing, name of 62 ("x-foo", valid) with a valid value
+        buf.extend([0x0f, 62 - 15]);
+        lit(&mut buf, b"ok");
+        // with indexing, name of 62 with a NUL: a third invalid entry
+        buf.extend([0x40 | 62]);
+        lit(&mut buf, b"\0");
+        let res = decode_all(&mut de, buf);
+        assert_eq!(
+            res,
+            vec![
+                invalid(b"Foo", b"bar"),
+                invalid(b"x-foo", b"a\nb"),
+                invalid(b"Foo", b"baz"),
+                field("x-foo", "ok"),
+                invalid(b"x-foo", b"\0"),
+            ]
+        );
+        assert_eq!(de.table.size(), 38 + 40 + (32 + 5 + 1));
+
+        // A valid name from the static table with an invalid value.
+        let mut buf = BytesMut::new();
+        buf.extend([0x40 | 58]); // user-agent
+        lit(&mut buf, b"a\rb");
+        let res = decode_all(&mut de, buf);
+        assert_eq!(res, vec![invalid(b"user-agent", b"a\rb")]);
+        assert_eq!(de.table.size(), 38 + 40 + 38 + (32 + 10 + 3));
+    }
+
+    #[test]
+    fn invalid_fields_are_evicted_by_size() {
+        // Room for two 38-octet entries, not three.
+        let mut de = Decoder::new(80);
+        let mut buf = BytesMut::new();
+        for (name, value) in [
+            (&b"Aaa"[..], &b"bbb"[..]),
+            (b"ccc", b"ddd"),
+            (b"Eee", b"fff"),
+        ] {
+            buf.extend([0x40]);
+            lit(&mut buf, name);
+            lit(&mut buf, value);
+        }
+        decode_all(&mut de, buf);
+        assert_eq!(de.table.size(), 76);
+        let mut buf = BytesMut::new();
+        buf.extend([0x80 | 62, 0x80 | 63]);
+        let res = decode_all(&mut de, buf);
+        assert_eq!(res, vec![invalid(b"Eee", b"fff"), field("ccc", "ddd")]);
+        // "Aaa: bbb" was evicted: index 64 is gone.
+        let mut buf = BytesMut::new();
+        buf.extend([0x80 | 64]);
+        let err = de
+            .decode(&mut Cursor::new(&mut buf), |_| ControlFlow::Continue(()))
+            .unwrap_err();
+        assert_eq!(err, DecoderError::InvalidTableIndex);
     }
 }
