@@ -313,17 +313,15 @@ async fn h2_invalid_header_field_in_continuation_frames() {
 
     c.request(1, Block::get("/slow")).await;
 
-    // Stream 3: the block is split over HEADERS and two CONTINUATION frames. The invalid field
-    // is in the first fragment, which also ends in the middle of a field; the last fragment adds
-    // a valid field with incremental indexing: dynamic table [62] "x-probe: kept".
-    let block = Block::get("/split")
-        .literal(b"x-bad", b"new\nline")
-        .literal_indexed(b"x-probe", b"kept")
-        .0;
-    let cut = block.len() - 7;
-    c.send(&frame(HEADERS, END_STREAM, 3, &block[..cut - 2])).await;
-    c.send(&frame(CONTINUATION, 0, 3, &block[cut - 2..cut])).await;
-    c.send(&frame(CONTINUATION, END_HEADERS, 3, &block[cut..])).await;
+    // Stream 3: the block is split over HEADERS and two CONTINUATION frames. The HEADERS frame
+    // ends right after the invalid field (the message is known to be malformed before the end of
+    // the block); the CONTINUATION frames carry a valid field with incremental indexing, cut in
+    // the middle: dynamic table [62] "x-probe: kept".
+    let first = Block::get("/split").literal(b"x-bad", b"new\nline").0;
+    let rest = Block(Vec::new()).literal_indexed(b"x-probe", b"kept").0;
+    c.send(&frame(HEADERS, END_STREAM, 3, &first)).await;
+    c.send(&frame(CONTINUATION, 0, 3, &rest[..5])).await;
+    c.send(&frame(CONTINUATION, END_HEADERS, 3, &rest[5..])).await;
     // Stream 5 uses the entry added by the malformed block.
     c.request(5, Block::get("/uses-table").indexed(62)).await;
 
