@@ -288,6 +288,7 @@ fn local_reply(rt: &HttpRt, reason: Reason, grpc: bool) -> Response<DownBody> {
         Reason::NoRoute => 12,
         Reason::UpstreamTimeout => 4,
         Reason::DownstreamProtocolError => 13,
+        Reason::DownstreamDisconnect => 1,
         _ => 14,
     };
     local_reply_as(rt, reason, grpc, reason.status(), code)

@@ -676,6 +676,7 @@ impl LocalReplyCounters {
             Overflow,
             UpstreamProtocolError,
             DownstreamProtocolError,
+            DownstreamDisconnect,
             DirectResponse,
             FaultInjected,
             RateLimited,

@@ -108,6 +108,12 @@ async fn an_aborted_upload_is_the_clients_fault() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(ejections(&proxy).await, 0.0, "aborted uploads ejected a healthy host");
     let stats = admin(&proxy, "/stats/prometheus").await.text();
+    // Counted as the client's doing.
+    assert_eq!(
+        metric(&stats, "weft_downstream_rq_local_total{listener=\"web\",reason=\"DC\"}"),
+        Some(12.0),
+        "{stats}"
+    );
     assert!(
         metric(&stats, "weft_upstream_rq_total{cluster=\"app\",class=\"5xx\"}").unwrap_or(0.0) == 0.0,
         "{stats}"
