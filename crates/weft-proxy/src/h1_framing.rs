@@ -279,47 +279,83 @@ const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Follows HTTP/2 frame boundaries (9-byte headers; payloads skipped unread) just far enough to
 /// know whether a header block is open, so that a client trickling CONTINUATION frames can be
-/// timed out (the HTTP/2 codec has no such timer). Off for any connection that does not start
-/// with the preface, so HTTP/1 pays one branch per read.
-enum H2Scan {
+/// timed out (the HTTP/2 codec has no such timer). Written by hand: it reads two fields of the
+/// frame header and nothing else, which no crate offers apart from a whole HTTP/2 codec. Off for
+/// any connection that does not start with the preface, so HTTP/1 pays one branch per read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H2Scan {
+    state: ScanState,
+    open: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ScanState {
     Preface(u8),
     Frames { hdr: [u8; 9], have: u8, skip: u32 },
     Off,
 }
 
+impl Default for H2Scan {
+    fn default() -> Self {
+        H2Scan {
+            state: ScanState::Preface(0),
+            open: false,
+        }
+    }
+}
+
 impl H2Scan {
-    fn feed(&mut self, mut data: &[u8], act: &Activity) {
+    /// `None` until known, then whether the stream began with the HTTP/2 preface.
+    pub fn is_h2(&self) -> Option<bool> {
+        match self.state {
+            ScanState::Preface(_) => None,
+            ScanState::Frames { .. } => Some(true),
+            ScanState::Off => Some(false),
+        }
+    }
+
+    /// True when the last HEADERS/PUSH_PROMISE lacked END_HEADERS and no CONTINUATION with
+    /// END_HEADERS has followed yet.
+    pub fn header_block_open(&self) -> bool {
+        self.open
+    }
+
+    fn is_off(&self) -> bool {
+        self.state == ScanState::Off
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
-            match self {
-                H2Scan::Off => return,
-                H2Scan::Preface(seen) => {
+            match &mut self.state {
+                ScanState::Off => return,
+                ScanState::Preface(seen) => {
                     let at = usize::from(*seen);
                     let k = data.len().min(24 - at);
                     if data[..k] != H2_PREFACE[at..at + k] {
-                        act.proto.store(1, Ordering::Relaxed);
-                        *self = H2Scan::Off;
+                        self.state = ScanState::Off;
                         return;
                     }
                     data = &data[k..];
                     *seen += k as u8;
                     if *seen == 24 {
-                        act.proto.store(2, Ordering::Relaxed);
-                        *self = H2Scan::Frames {
+                        self.state = ScanState::Frames {
                             hdr: [0; 9],
                             have: 0,
                             skip: 0,
                         };
                     }
                 }
-                H2Scan::Frames { hdr, have, skip } => {
+                ScanState::Frames { hdr, have, skip } => {
                     if *skip > 0 {
                         let t = data.len().min(*skip as usize);
                         data = &data[t..];
                         *skip -= t as u32;
                         continue;
                     }
-                    let t = data.len().min(9 - usize::from(*have));
-                    hdr[usize::from(*have)..usize::from(*have) + t].copy_from_slice(&data[..t]);
+                    let at = usize::from(*have);
+                    let t = data.len().min(9 - at);
+                    hdr[at..at + t].copy_from_slice(&data[..t]);
                     *have += t as u8;
                     data = &data[t..];
                     if *have < 9 {
@@ -330,9 +366,9 @@ impl H2Scan {
                     let end_headers = hdr[4] & 0x4 != 0;
                     match hdr[3] {
                         // HEADERS, PUSH_PROMISE: a block opens unless it ends in this frame.
-                        0x1 | 0x5 => act.header_block_open.store(!end_headers, Ordering::Relaxed),
+                        0x1 | 0x5 => self.open = !end_headers,
                         // CONTINUATION
-                        0x9 if end_headers => act.header_block_open.store(false, Ordering::Relaxed),
+                        0x9 if end_headers => self.open = false,
                         _ => {}
                     }
                 }
@@ -351,7 +387,7 @@ impl<T> Sniffed<T> {
                 tracker: tracker.clone(),
                 done: false,
                 activity: activity.clone(),
-                h2: H2Scan::Preface(0),
+                h2: H2Scan::default(),
             },
             tracker,
             activity,
@@ -367,9 +403,18 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
             self.activity.touch();
             if buf.filled().len() > before {
                 bump(&self.activity.reads);
-                if !matches!(self.h2, H2Scan::Off) {
+                if !self.h2.is_off() {
                     let this = &mut *self;
-                    this.h2.feed(&buf.filled()[before..], &this.activity);
+                    this.h2.feed(&buf.filled()[before..]);
+                    let proto = match this.h2.is_h2() {
+                        None => 0,
+                        Some(false) => 1,
+                        Some(true) => 2,
+                    };
+                    this.activity.proto.store(proto, Ordering::Relaxed);
+                    this.activity
+                        .header_block_open
+                        .store(this.h2.header_block_open(), Ordering::Relaxed);
                 }
             }
         }
@@ -496,5 +541,50 @@ GET /last HTTP/1.1\r\nHost: a\r\n\r\n";
             }
             let _ = verdicts(&v, (seed % 13) as usize + 1);
         }
+    }
+
+    fn frame(ty: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, ty, flags, 0, 0, 0, 1];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// Feeds `input` in pieces of `split` bytes and returns the open state after each piece.
+    fn scan(input: &[u8], split: usize) -> H2Scan {
+        let mut s = H2Scan::default();
+        for c in input.chunks(split.max(1)) {
+            s.feed(c);
+        }
+        s
+    }
+
+    #[test]
+    fn h2_scan_follows_header_blocks_in_any_split() {
+        let mut stream = H2_PREFACE.to_vec();
+        stream.extend(frame(0x4, 0, &[0; 6])); // SETTINGS
+        stream.extend(frame(0x1, 0x4 | 0x1, b"\x82\x84")); // HEADERS, END_HEADERS
+        stream.extend(frame(0x0, 0x1, b"body")); // DATA
+        let closed = stream.clone();
+        stream.extend(frame(0x1, 0x1, b"\x82")); // HEADERS without END_HEADERS
+        stream.extend(frame(0x9, 0, b"\x84")); // CONTINUATION
+        let open = stream.clone();
+        stream.extend(frame(0x9, 0x4, b"\x86")); // CONTINUATION, END_HEADERS
+        for split in [1, 2, 3, 7, 9, 10, 64, 4096] {
+            assert_eq!(scan(&closed, split).is_h2(), Some(true));
+            assert!(!scan(&closed, split).header_block_open(), "split {split}");
+            assert!(scan(&open, split).header_block_open(), "split {split}");
+            assert!(!scan(&stream, split).header_block_open(), "split {split}");
+        }
+    }
+
+    #[test]
+    fn h2_scan_is_off_for_http1_and_undecided_on_a_partial_preface() {
+        assert_eq!(scan(b"GET / HTTP/1.1\r\n", 3).is_h2(), Some(false));
+        assert_eq!(scan(b"PRI * HTTP/2.0\r\n", 1).is_h2(), None);
+        assert_eq!(scan(b"PRI * HTTP/1.1\r\n\r\nSM\r\n\r\n", 5).is_h2(), Some(false));
+        let mut open = H2_PREFACE.to_vec();
+        open.extend(frame(0x5, 0, &[0, 0, 0, 2])); // PUSH_PROMISE without END_HEADERS
+        assert!(scan(&open, 1).header_block_open());
     }
 }
