@@ -587,4 +587,23 @@ GET /last HTTP/1.1\r\nHost: a\r\n\r\n";
         open.extend(frame(0x5, 0, &[0, 0, 0, 2])); // PUSH_PROMISE without END_HEADERS
         assert!(scan(&open, 1).header_block_open());
     }
+
+    #[test]
+    fn h2_scan_same_state_whole_or_split_on_random_frames() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..2000 {
+            let mut stream = H2_PREFACE.to_vec();
+            for _ in 0..rng.usize(0..12) {
+                let ty = [0x0, 0x1, 0x4, 0x5, 0x6, 0x8, 0x9, 0xff][rng.usize(0..8)];
+                let payload: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
+                stream.extend(frame(ty, rng.u8(..), &payload));
+            }
+            if rng.bool() {
+                stream.truncate(rng.usize(0..=stream.len()));
+            }
+            let whole = scan(&stream, stream.len());
+            let split = scan(&stream, rng.usize(1..17));
+            assert_eq!(whole, split);
+        }
+    }
 }
