@@ -50,6 +50,10 @@ pub struct TypeState {
     pub sent: HashMap<Arc<str>, u64>,
     /// SotW LDS/CDS: hash of the last full set sent, to send a full set only when it changed.
     pub full_hash: Option<u64>,
+    /// SotW: the `version_info` of the stream's first request for this type (a client that
+    /// reconnects, to this or a restarted control plane, says what it holds). If it equals what
+    /// would be sent, nothing is: versions are content hashes, the same in every process.
+    pub initial_version: Option<String>,
     /// SotW: the nonces of the latest response, one per chunk when it was split (older nonces are
     /// stale; an ACK or NACK of any chunk of the latest response counts).
     pub nonces: Vec<String>,
@@ -213,6 +217,7 @@ type SotwOut = (String, Vec<Arc<Res>>, Vec<Arc<str>>);
 
 /// Computes the SotW response for one type, or None when the client already has it all.
 fn sotw_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> Option<SotwOut> {
+    let initial = ts.initial_version.take();
     if kind.is_full_state() {
         // LDS/CDS: the response is the full set; a missing resource means deletion.
         let items: Vec<Arc<Res>> = if ts.wildcard {
@@ -235,6 +240,12 @@ fn sotw_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> Option<SotwO
             return None;
         }
         ts.full_hash = Some(h);
+        if initial.is_some_and(|v| parse_version(&v) == h) {
+            // A reconnecting client that already holds exactly this set.
+            ts.sent = items.iter().map(|r| (r.name.clone(), r.version)).collect();
+            ts.acked_version = format!("{h:016x}");
+            return None;
+        }
         let changed: Vec<Arc<str>> = items
             .iter()
             .filter(|r| ts.sent.get(&r.name) != Some(&r.version))
@@ -262,6 +273,11 @@ fn sotw_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> Option<SotwO
         }
         for r in &changed {
             ts.sent.insert(r.name.clone(), r.version);
+        }
+        if initial.is_some_and(|v| parse_version(&v) == h) {
+            // A reconnecting client whose last accepted response covered exactly these resources.
+            ts.acked_version = format!("{h:016x}");
+            return None;
         }
         let names = changed.iter().map(|r| r.name.clone()).collect();
         Some((format!("{h:016x}"), changed, names))
@@ -404,6 +420,9 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
     if !ts.seen {
         ts.seen = true;
         ts.wildcard = star || (kind.is_full_state() && req.resource_names.is_empty());
+        if !req.version_info.is_empty() && req.response_nonce.is_empty() {
+            ts.initial_version = Some(req.version_info.clone());
+        }
     } else if kind.is_full_state() && !(ts.wildcard && req.resource_names.is_empty()) {
         // An empty list is a wildcard only until the client names something.
         ts.wildcard = star;

@@ -93,7 +93,9 @@ pub struct Res {
 
 impl Res {
     pub fn new<M: Message>(kind: Kind, name: &str, msg: &M) -> Arc<Res> {
-        let any = weft_xds_api::pack(kind.url(), msg);
+        // Canonical: maps sorted, so the same content has the same version in every process (a
+        // restarted control plane must not resend what proxies already hold).
+        let any = weft_xds_api::pack_canonical(kind.url(), msg);
         let version = weft_xds_api::content_hash(&any.value);
         Arc::new(Res {
             name: name.into(),
