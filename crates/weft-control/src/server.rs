@@ -393,7 +393,9 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
     let kind = Kind::from_url(&req.type_url)?;
     let ts = &mut st.types[kind as usize];
     let label = TypeLabel { r#type: kind.short() };
-    if !req.response_nonce.is_empty() {
+    // A nonce when this stream has sent nothing of this type is one the client kept from an
+    // earlier stream (a reconnect): not an ACK of anything here, but its subscription counts.
+    if !req.response_nonce.is_empty() && !ts.nonces.is_empty() {
         if !ts.nonces.contains(&req.response_nonce) {
             // Stale: the client has not seen our latest response for this type yet.
             return None;

@@ -147,7 +147,13 @@ async fn session(inner: &Arc<Inner>) -> Result<std::convert::Infallible, (String
     // Queue the subscriptions before opening the streams: some servers send response headers
     // only after the first request.
     {
-        let st = inner.state.lock().unwrap();
+        let mut st = inner.state.lock().unwrap();
+        // Nonces belong to the stream that carried them: a new stream starts without any (a
+        // server that sends nothing because we are current must not see an old one on our next
+        // subscription change and take it for stale).
+        for s in st.types.iter_mut() {
+            s.nonce.clear();
+        }
         for t in SUBSCRIBE_ORDER {
             sess.subscribe(inner, &st, t, true);
         }
