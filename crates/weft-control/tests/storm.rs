@@ -23,6 +23,21 @@ async fn start_at(dir: &TempDir, xds: std::net::SocketAddr) -> ControlPlane {
     ControlPlane::start(opts).await.unwrap()
 }
 
+fn below_ephemeral() -> std::net::SocketAddr {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize
+        + std::process::id() as usize * 7919;
+    for k in 0..500 {
+        let port = 20000 + ((seed + k * 104_729) % 12_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().unwrap();
+        }
+    }
+    panic!("no free port below the ephemeral range");
+}
+
 struct Client {
     xds: weft_xds_client::XdsClient,
     applied: Arc<Mutex<Option<weft_config::Config>>>,
@@ -94,7 +109,9 @@ async fn every_client_converges_after_a_control_plane_restart() {
         "s.yaml",
         "services:\n - {name: a, endpoints: [{address: 10.0.0.1:80}]}\n - {name: b, endpoints: [{address: 10.0.0.2:80}]}\n",
     );
-    let cp = start_at(&dir, "127.0.0.1:0".parse().unwrap()).await;
+    // The port must be free again after the stop: drawn below the ephemeral range, where no
+    // reconnecting client's own source port can take it (or connect to itself on it).
+    let cp = start_at(&dir, below_ephemeral()).await;
     let xds = cp.xds_addr();
     wait_ready(&cp).await;
     let clients: Vec<Client> = (0..CLIENTS).map(|i| Client::start(i, xds)).collect();
