@@ -120,13 +120,29 @@ impl StreamState {
 struct View<'a> {
     snap: &'a Snapshot,
     node: &'a NodeResources,
+    /// A proxyless gRPC client: clusters from `snap.grpc_clusters` where they exist.
+    grpc: bool,
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
+    fn new(snap: &'a Snapshot, node: &'a NodeResources, st: &StreamState) -> View<'a> {
+        let grpc = st.node.as_ref().is_some_and(|n| n.proxyless_grpc);
+        View { snap, node, grpc }
+    }
+
+    /// The variant of a shared resource this client gets.
+    fn variant<'r>(&'r self, kind: Kind, r: &'r Arc<Res>) -> &'r Arc<Res> {
+        if self.grpc && kind == Kind::Cluster {
+            self.snap.grpc_clusters.get(&r.name).unwrap_or(r)
+        } else {
+            r
+        }
+    }
+
     fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Res>> {
         self.node.maps[kind as usize]
             .get(name)
-            .or_else(|| self.snap.get(kind, name))
+            .or_else(|| self.snap.get(kind, name).map(|r| self.variant(kind, r)))
     }
 
     /// The wildcard set. Listeners are per node only: API listeners go to those who name them.
@@ -134,7 +150,11 @@ impl View<'_> {
         let shared = if kind == Kind::Listener {
             None
         } else {
-            Some(self.snap.maps[kind as usize].values())
+            Some(
+                self.snap.maps[kind as usize]
+                    .values()
+                    .map(move |r| self.variant(kind, r)),
+            )
         };
         self.node.maps[kind as usize]
             .values()
@@ -295,7 +315,7 @@ fn sotw_respond(
     incremental: bool,
 ) -> Vec<Out> {
     let node_res = st.node_res.clone();
-    let view = View { snap, node: &node_res };
+    let view = View::new(snap, &node_res, st);
     let mut out = Vec::new();
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
@@ -537,7 +557,7 @@ fn delta_respond(
     incremental: bool,
 ) -> Vec<Out> {
     let node_res = st.node_res.clone();
-    let view = View { snap, node: &node_res };
+    let view = View::new(snap, &node_res, st);
     let mut out = Vec::new();
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
@@ -1002,9 +1022,17 @@ mod tests {
                 names: names.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             };
-            let v1 = View { snap: &s1, node: &node };
+            let v1 = View {
+                snap: &s1,
+                node: &node,
+                grpc: false,
+            };
             delta_compute(&mut ts, kind, &v1);
-            let v2 = View { snap: &s2, node: &node };
+            let v2 = View {
+                snap: &s2,
+                node: &node,
+                grpc: false,
+            };
             let mut full = ts.clone();
             let mut inc = ts.clone();
             let f = sorted(delta_compute(&mut full, kind, &v2));
