@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod pgv;
 mod state;
 mod stream;
 

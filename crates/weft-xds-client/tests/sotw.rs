@@ -541,3 +541,29 @@ async fn sotw_listener_on_a_taken_port_is_nacked_in_lds() {
         assert_eq!((status, body.as_str()), (200, "up1"));
     }
 }
+
+/// A connection manager with an empty `stat_prefix` breaks the API's validation rules (Envoy
+/// refuses it): NACKed with the field named, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_api_validation_rule_violation_is_nacked_with_the_field() {
+    let cp = Cp::start().await;
+    let _p = Proxy::start(&cp, "ads_sotw", "");
+    cp.sotw_req(0, LISTENER).await;
+    let mut l = listener_with("out", "r", vec![router_filter()]);
+    let Some(weft_xds_api::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
+        &mut l.filter_chains[0].filters[0].config_type
+    else {
+        panic!("typed config");
+    };
+    use weft_xds_api::prost::Message;
+    let mut h = weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    h.stat_prefix.clear();
+    any.value = h.encode_to_vec();
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n1", vec![weft_xds_api::pack(LISTENER, &l)]);
+    let nack = cp.reply_to(m, "n1").await;
+    assert_eq!(
+        nack.error().as_deref(),
+        Some("listener \"out\": filter_chains[0].filters[0].typed_config.stat_prefix: must not be empty (min_len: 1)")
+    );
+}
