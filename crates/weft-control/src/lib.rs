@@ -73,6 +73,36 @@ pub struct ControlPlane {
 /// (the kernel caps it at net.core.somaxconn).
 pub const LISTEN_BACKLOG: i32 = 4096;
 
+/// How often weft control logs a summary at INFO of what it logged per event at debug: streams
+/// opened and closed, snapshots published, NACKs.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+async fn log_summary(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        let (opened, closed, snapshots, nacks) = shared.metrics.activity.take();
+        if opened + closed + snapshots + nacks == 0 {
+            continue;
+        }
+        let connected = shared.proxies.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let generation = shared.snapshots.borrow().as_ref().map_or(0, |s| s.generation);
+        tracing::info!(
+            streams_opened = opened,
+            streams_closed = closed,
+            connected,
+            snapshots_published = snapshots,
+            generation,
+            nacks,
+            "in the last {}s",
+            every.as_secs()
+        );
+    }
+}
+
 /// Accepted connections waiting for the gRPC server to pick them up.
 const ACCEPT_QUEUE: usize = 4096;
 
@@ -174,6 +204,11 @@ impl ControlPlane {
                 tracing::error!(error = %e, "ADS server failed");
             }
         }));
+        tasks.push(tokio::spawn(log_summary(
+            shared.clone(),
+            shutdown_rx.clone(),
+            SUMMARY_INTERVAL,
+        )));
         if let Some(l) = admin_listener {
             let st = admin::AdminState {
                 shared: shared.clone(),

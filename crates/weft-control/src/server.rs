@@ -96,7 +96,7 @@ impl StreamState {
     fn set_node(&mut self, node: Option<&weft_xds_api::pb::envoy::config::core::v3::Node>) {
         if self.node.is_none() {
             let info = node.map(NodeInfo::from_node).unwrap_or_default();
-            tracing::info!(node = %info.id, cluster = %info.cluster, role = %info.role, user_agent = %info.user_agent, "ADS stream opened");
+            tracing::debug!(node = %info.id, cluster = %info.cluster, role = %info.role, user_agent = %info.user_agent, "ADS stream opened");
             self.node = Some(info);
             self.node_rls = None;
         }
@@ -427,7 +427,12 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
                 ts.nacks += 1;
                 ts.last_nack = Some(format!("version {}: {}", ts.last_sent_version, error_message(err)));
                 metrics.nacks.get_or_create(&label).inc();
-                tracing::warn!(node = ?st.node.as_ref().map(|n| &n.id), r#type = kind.short(), error = %error_message(err), "NACK");
+                let node = st.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
+                if metrics.activity.nack(kind.short(), &err.message) {
+                    tracing::warn!(node, r#type = kind.short(), error = %error_message(err), "NACK (further NACKs with this message are logged at debug until the next summary)");
+                } else {
+                    tracing::debug!(node, r#type = kind.short(), error = %error_message(err), "NACK");
+                }
             }
             None => {
                 ts.acks += 1;
@@ -641,7 +646,11 @@ fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Met
                     ts.nacks += 1;
                     ts.last_nack = Some(format!("version {version}: {}", error_message(err)));
                     metrics.nacks.get_or_create(&label).inc();
-                    tracing::warn!(node = %node_id, r#type = kind.short(), error = %error_message(err), "NACK");
+                    if metrics.activity.nack(kind.short(), &err.message) {
+                        tracing::warn!(node = %node_id, r#type = kind.short(), error = %error_message(err), "NACK (further NACKs with this message are logged at debug until the next summary)");
+                    } else {
+                        tracing::debug!(node = %node_id, r#type = kind.short(), error = %error_message(err), "NACK");
+                    }
                 }
                 None => {
                     ts.acks += 1;
@@ -777,8 +786,13 @@ impl Drop for Registration {
         if let Some(e) = removed {
             let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
             let node = st.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
-            tracing::info!(stream = self.id, kind = self.kind, node, "ADS stream closed");
+            tracing::debug!(stream = self.id, kind = self.kind, node, "ADS stream closed");
         }
+        self.shared
+            .metrics
+            .activity
+            .streams_closed
+            .fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
             .connected
@@ -805,6 +819,11 @@ impl Ads {
         let label = StreamLabel { kind };
         self.shared.metrics.connected.get_or_create(&label).inc();
         self.shared.metrics.streams_total.get_or_create(&label).inc();
+        self.shared
+            .metrics
+            .activity
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
         let reg = Registration {
             shared: self.shared.clone(),
             id,
