@@ -68,14 +68,94 @@ pub struct ControlPlane {
     pub registry_status: Arc<Mutex<RegistryStatus>>,
 }
 
+/// Listen backlog of the xDS and admin sockets. Thousands of proxies reconnect at once when the
+/// control plane restarts; tokio's default (1024) overflows into SYN cookies and resets under that
+/// (the kernel caps it at net.core.somaxconn).
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// How often weft control logs a summary at INFO of what it logged per event at debug: streams
+/// opened and closed, snapshots published, NACKs.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+async fn log_summary(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|v| *v) => return,
+        }
+        let (opened, closed, snapshots, nacks) = shared.metrics.activity.take();
+        if opened + closed + snapshots + nacks == 0 {
+            continue;
+        }
+        let connected = shared.proxies.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let generation = shared.snapshots.borrow().as_ref().map_or(0, |s| s.generation);
+        tracing::info!(
+            streams_opened = opened,
+            streams_closed = closed,
+            connected,
+            snapshots_published = snapshots,
+            generation,
+            nacks,
+            "in the last {}s",
+            every.as_secs()
+        );
+    }
+}
+
+/// Accepted connections waiting for the gRPC server to pick them up.
+const ACCEPT_QUEUE: usize = 4096;
+
+/// A listening socket with [`LISTEN_BACKLOG`] and SO_REUSEADDR (a restarted control plane binds its
+/// port again while the previous one's connections linger in TIME_WAIT).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(LISTEN_BACKLOG)?;
+    tokio::net::TcpListener::from_std(s.into())
+}
+
+/// Accepts connections and hands them to the gRPC server (which serves each in its own task).
+/// Errors such as EMFILE pause accepting briefly instead of ending it.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    out: mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|v| *v) => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                if out.send(Ok(stream)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an xDS connection failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 impl ControlPlane {
     /// Binds the ports and starts the registry, catalog, ADS server and admin API on the current
     /// tokio runtime. Nothing is served to proxies until the registry's first sync completes.
     pub async fn start(opts: ControlOptions) -> std::io::Result<ControlPlane> {
-        let xds_listener = tokio::net::TcpListener::bind(opts.xds).await?;
+        let xds_listener = listen(opts.xds)?;
         let xds_addr = xds_listener.local_addr()?;
         let admin_listener = match opts.admin {
-            Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
+            Some(a) => Some(listen(a)?),
             None => None,
         };
         let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -106,12 +186,15 @@ impl ControlPlane {
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(usize::MAX);
         let mut sd = shutdown_rx.clone();
+        // Accepting is its own task, so that a burst of connections (a reconnect storm after a
+        // restart) is taken off the listen queue as fast as they come, whatever else the server does.
+        let (conn_tx, conn_rx) = mpsc::channel(ACCEPT_QUEUE);
+        tasks.push(tokio::spawn(accept_loop(xds_listener, conn_tx, shutdown_rx.clone())));
         tasks.push(tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_listener);
+            let incoming = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
             let res = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .tcp_nodelay(true)
                 // One service, so no router: unknown paths get UNIMPLEMENTED from the generated server.
                 .serve_with_incoming_shutdown(svc, incoming, async move {
                     let _ = sd.wait_for(|v| *v).await;
@@ -121,6 +204,11 @@ impl ControlPlane {
                 tracing::error!(error = %e, "ADS server failed");
             }
         }));
+        tasks.push(tokio::spawn(log_summary(
+            shared.clone(),
+            shutdown_rx.clone(),
+            SUMMARY_INTERVAL,
+        )));
         if let Some(l) = admin_listener {
             let st = admin::AdminState {
                 shared: shared.clone(),

@@ -33,6 +33,41 @@ pub struct Metrics {
     pub endpoints: Gauge,
     /// From snapshot publication to the response being queued on a stream.
     pub push_latency: Histogram,
+    /// Counts for the periodic log summary (each event itself is logged at debug).
+    pub activity: Activity,
+}
+
+/// What happened since the last log summary ([`Activity::take`]).
+#[derive(Default)]
+pub struct Activity {
+    pub streams_opened: std::sync::atomic::AtomicU64,
+    pub streams_closed: std::sync::atomic::AtomicU64,
+    pub snapshots: std::sync::atomic::AtomicU64,
+    pub nacks: std::sync::atomic::AtomicU64,
+    /// NACK messages already logged at WARN in this period, so that a thousand proxies refusing
+    /// the same resource make one WARN line, not a thousand.
+    nack_messages: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+}
+
+impl Activity {
+    /// Counts a NACK; true if its (type, message) is new in this period (log it at WARN).
+    pub fn nack(&self, r#type: &str, message: &str) -> bool {
+        self.nacks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut seen = self.nack_messages.lock().unwrap_or_else(|p| p.into_inner());
+        seen.len() < 1000 && seen.insert((r#type.to_string(), message.to_string()))
+    }
+
+    /// (streams opened, closed, snapshots published, NACKs) since the last call.
+    pub fn take(&self) -> (u64, u64, u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.nack_messages.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        (
+            self.streams_opened.swap(0, Relaxed),
+            self.streams_closed.swap(0, Relaxed),
+            self.snapshots.swap(0, Relaxed),
+            self.nacks.swap(0, Relaxed),
+        )
+    }
 }
 
 impl Metrics {
@@ -52,6 +87,7 @@ impl Metrics {
             services: Gauge::default(),
             endpoints: Gauge::default(),
             push_latency: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+            activity: Activity::default(),
             registry: Registry::default(),
         };
         registry.register("connected_proxies", "ADS streams currently open", m.connected.clone());
@@ -100,5 +136,18 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_same_nack_is_logged_at_warn_once_per_summary_period() {
+        let a = super::Activity::default();
+        assert!(a.nack("cds", "cluster \"x\": bad"));
+        assert!(!a.nack("cds", "cluster \"x\": bad"));
+        assert!(a.nack("eds", "cluster \"x\": bad"));
+        assert_eq!(a.take(), (0, 0, 0, 3));
+        assert!(a.nack("cds", "cluster \"x\": bad"), "a new period logs it again");
     }
 }

@@ -302,14 +302,31 @@ impl Catalog {
         self.metrics.snapshot_generation.set(generation as i64);
         self.metrics.services.set(snap.world.services.len() as i64);
         self.metrics.endpoints.set(endpoints as i64);
-        tracing::info!(
-            generation,
-            services = snap.world.services.len(),
-            endpoints,
-            resources = snap.total(),
-            took_ms = started.elapsed().as_millis() as u64,
-            "snapshot published"
-        );
+        // The first snapshot at INFO; later ones (one per registry change, many under churn) at
+        // debug, counted in the periodic summary.
+        self.metrics
+            .activity
+            .snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if generation == 1 {
+            tracing::info!(
+                generation,
+                services = snap.world.services.len(),
+                endpoints,
+                resources = snap.total(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "first snapshot published"
+            );
+        } else {
+            tracing::debug!(
+                generation,
+                services = snap.world.services.len(),
+                endpoints,
+                resources = snap.total(),
+                took_ms = started.elapsed().as_millis() as u64,
+                "snapshot published"
+            );
+        }
         self.out.send_replace(Some(Arc::new(snap)));
     }
 

@@ -50,6 +50,10 @@ pub struct TypeState {
     pub sent: HashMap<Arc<str>, u64>,
     /// SotW LDS/CDS: hash of the last full set sent, to send a full set only when it changed.
     pub full_hash: Option<u64>,
+    /// SotW: the `version_info` of the stream's first request for this type (a client that
+    /// reconnects, to this or a restarted control plane, says what it holds). If it equals what
+    /// would be sent, nothing is: versions are content hashes, the same in every process.
+    pub initial_version: Option<String>,
     /// SotW: the nonces of the latest response, one per chunk when it was split (older nonces are
     /// stale; an ACK or NACK of any chunk of the latest response counts).
     pub nonces: Vec<String>,
@@ -92,7 +96,7 @@ impl StreamState {
     fn set_node(&mut self, node: Option<&weft_xds_api::pb::envoy::config::core::v3::Node>) {
         if self.node.is_none() {
             let info = node.map(NodeInfo::from_node).unwrap_or_default();
-            tracing::info!(node = %info.id, cluster = %info.cluster, role = %info.role, user_agent = %info.user_agent, "ADS stream opened");
+            tracing::debug!(node = %info.id, cluster = %info.cluster, role = %info.role, user_agent = %info.user_agent, "ADS stream opened");
             self.node = Some(info);
             self.node_rls = None;
         }
@@ -116,13 +120,29 @@ impl StreamState {
 struct View<'a> {
     snap: &'a Snapshot,
     node: &'a NodeResources,
+    /// A proxyless gRPC client: clusters from `snap.grpc_clusters` where they exist.
+    grpc: bool,
 }
 
-impl View<'_> {
+impl<'a> View<'a> {
+    fn new(snap: &'a Snapshot, node: &'a NodeResources, st: &StreamState) -> View<'a> {
+        let grpc = st.node.as_ref().is_some_and(|n| n.proxyless_grpc);
+        View { snap, node, grpc }
+    }
+
+    /// The variant of a shared resource this client gets.
+    fn variant<'r>(&'r self, kind: Kind, r: &'r Arc<Res>) -> &'r Arc<Res> {
+        if self.grpc && kind == Kind::Cluster {
+            self.snap.grpc_clusters.get(&r.name).unwrap_or(r)
+        } else {
+            r
+        }
+    }
+
     fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Res>> {
         self.node.maps[kind as usize]
             .get(name)
-            .or_else(|| self.snap.get(kind, name))
+            .or_else(|| self.snap.get(kind, name).map(|r| self.variant(kind, r)))
     }
 
     /// The wildcard set. Listeners are per node only: API listeners go to those who name them.
@@ -130,7 +150,11 @@ impl View<'_> {
         let shared = if kind == Kind::Listener {
             None
         } else {
-            Some(self.snap.maps[kind as usize].values())
+            Some(
+                self.snap.maps[kind as usize]
+                    .values()
+                    .map(move |r| self.variant(kind, r)),
+            )
         };
         self.node.maps[kind as usize]
             .values()
@@ -213,6 +237,7 @@ type SotwOut = (String, Vec<Arc<Res>>, Vec<Arc<str>>);
 
 /// Computes the SotW response for one type, or None when the client already has it all.
 fn sotw_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> Option<SotwOut> {
+    let initial = ts.initial_version.take();
     if kind.is_full_state() {
         // LDS/CDS: the response is the full set; a missing resource means deletion.
         let items: Vec<Arc<Res>> = if ts.wildcard {
@@ -235,6 +260,12 @@ fn sotw_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> Option<SotwO
             return None;
         }
         ts.full_hash = Some(h);
+        if initial.is_some_and(|v| parse_version(&v) == h) {
+            // A reconnecting client that already holds exactly this set.
+            ts.sent = items.iter().map(|r| (r.name.clone(), r.version)).collect();
+            ts.acked_version = format!("{h:016x}");
+            return None;
+        }
         let changed: Vec<Arc<str>> = items
             .iter()
             .filter(|r| ts.sent.get(&r.name) != Some(&r.version))
@@ -263,6 +294,11 @@ fn sotw_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> Option<SotwO
         for r in &changed {
             ts.sent.insert(r.name.clone(), r.version);
         }
+        if initial.is_some_and(|v| parse_version(&v) == h) {
+            // A reconnecting client whose last accepted response covered exactly these resources.
+            ts.acked_version = format!("{h:016x}");
+            return None;
+        }
         let names = changed.iter().map(|r| r.name.clone()).collect();
         Some((format!("{h:016x}"), changed, names))
     }
@@ -279,7 +315,7 @@ fn sotw_respond(
     incremental: bool,
 ) -> Vec<Out> {
     let node_res = st.node_res.clone();
-    let view = View { snap, node: &node_res };
+    let view = View::new(snap, &node_res, st);
     let mut out = Vec::new();
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
@@ -377,7 +413,9 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
     let kind = Kind::from_url(&req.type_url)?;
     let ts = &mut st.types[kind as usize];
     let label = TypeLabel { r#type: kind.short() };
-    if !req.response_nonce.is_empty() {
+    // A nonce when this stream has sent nothing of this type is one the client kept from an
+    // earlier stream (a reconnect): not an ACK of anything here, but its subscription counts.
+    if !req.response_nonce.is_empty() && !ts.nonces.is_empty() {
         if !ts.nonces.contains(&req.response_nonce) {
             // Stale: the client has not seen our latest response for this type yet.
             return None;
@@ -389,7 +427,12 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
                 ts.nacks += 1;
                 ts.last_nack = Some(format!("version {}: {}", ts.last_sent_version, error_message(err)));
                 metrics.nacks.get_or_create(&label).inc();
-                tracing::warn!(node = ?st.node.as_ref().map(|n| &n.id), r#type = kind.short(), error = %error_message(err), "NACK");
+                let node = st.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
+                if metrics.activity.nack(kind.short(), &err.message) {
+                    tracing::warn!(node, r#type = kind.short(), error = %error_message(err), "NACK (further NACKs with this message are logged at debug until the next summary)");
+                } else {
+                    tracing::debug!(node, r#type = kind.short(), error = %error_message(err), "NACK");
+                }
             }
             None => {
                 ts.acks += 1;
@@ -404,6 +447,9 @@ fn sotw_request(st: &mut StreamState, req: DiscoveryRequest, metrics: &Metrics) 
     if !ts.seen {
         ts.seen = true;
         ts.wildcard = star || (kind.is_full_state() && req.resource_names.is_empty());
+        if !req.version_info.is_empty() && req.response_nonce.is_empty() {
+            ts.initial_version = Some(req.version_info.clone());
+        }
     } else if kind.is_full_state() && !(ts.wildcard && req.resource_names.is_empty()) {
         // An empty list is a wildcard only until the client names something.
         ts.wildcard = star;
@@ -516,7 +562,7 @@ fn delta_respond(
     incremental: bool,
 ) -> Vec<Out> {
     let node_res = st.node_res.clone();
-    let view = View { snap, node: &node_res };
+    let view = View::new(snap, &node_res, st);
     let mut out = Vec::new();
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
@@ -600,7 +646,11 @@ fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Met
                     ts.nacks += 1;
                     ts.last_nack = Some(format!("version {version}: {}", error_message(err)));
                     metrics.nacks.get_or_create(&label).inc();
-                    tracing::warn!(node = %node_id, r#type = kind.short(), error = %error_message(err), "NACK");
+                    if metrics.activity.nack(kind.short(), &err.message) {
+                        tracing::warn!(node = %node_id, r#type = kind.short(), error = %error_message(err), "NACK (further NACKs with this message are logged at debug until the next summary)");
+                    } else {
+                        tracing::debug!(node = %node_id, r#type = kind.short(), error = %error_message(err), "NACK");
+                    }
                 }
                 None => {
                     ts.acks += 1;
@@ -736,8 +786,13 @@ impl Drop for Registration {
         if let Some(e) = removed {
             let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
             let node = st.node.as_ref().map(|n| n.id.as_str()).unwrap_or("");
-            tracing::info!(stream = self.id, kind = self.kind, node, "ADS stream closed");
+            tracing::debug!(stream = self.id, kind = self.kind, node, "ADS stream closed");
         }
+        self.shared
+            .metrics
+            .activity
+            .streams_closed
+            .fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
             .connected
@@ -764,6 +819,11 @@ impl Ads {
         let label = StreamLabel { kind };
         self.shared.metrics.connected.get_or_create(&label).inc();
         self.shared.metrics.streams_total.get_or_create(&label).inc();
+        self.shared
+            .metrics
+            .activity
+            .streams_opened
+            .fetch_add(1, Ordering::Relaxed);
         let reg = Registration {
             shared: self.shared.clone(),
             id,
@@ -981,9 +1041,17 @@ mod tests {
                 names: names.iter().map(|s| s.to_string()).collect(),
                 ..Default::default()
             };
-            let v1 = View { snap: &s1, node: &node };
+            let v1 = View {
+                snap: &s1,
+                node: &node,
+                grpc: false,
+            };
             delta_compute(&mut ts, kind, &v1);
-            let v2 = View { snap: &s2, node: &node };
+            let v2 = View {
+                snap: &s2,
+                node: &node,
+                grpc: false,
+            };
             let mut full = ts.clone();
             let mut inc = ts.clone();
             let f = sorted(delta_compute(&mut full, kind, &v2));

@@ -93,7 +93,9 @@ pub struct Res {
 
 impl Res {
     pub fn new<M: Message>(kind: Kind, name: &str, msg: &M) -> Arc<Res> {
-        let any = weft_xds_api::pack(kind.url(), msg);
+        // Canonical: maps sorted, so the same content has the same version in every process (a
+        // restarted control plane must not resend what proxies already hold).
+        let any = weft_xds_api::pack_canonical(kind.url(), msg);
         let version = weft_xds_api::content_hash(&any.value);
         Arc::new(Res {
             name: name.into(),
@@ -114,6 +116,9 @@ pub type ResMap = BTreeMap<Arc<str>, Arc<Res>>;
 struct ServiceOut {
     clusters: Vec<Arc<Res>>,
     endpoints: Vec<Arc<Res>>,
+    /// The same clusters as proxyless gRPC clients get them, where that differs (see
+    /// [`grpc_cluster`]).
+    grpc_clusters: Vec<Arc<Res>>,
 }
 
 /// The shared part of the xDS world for one registry version.
@@ -128,6 +133,9 @@ pub struct Snapshot {
     per_service: HashMap<String, Arc<ServiceOut>>,
     /// API listeners (`T`) are only sent to nodes that ask for them by name.
     pub api_listeners: ResMap,
+    /// Clusters as proxyless gRPC clients get them where they differ from `maps` (a load balancing
+    /// policy gRPC lacks: see [`grpc_cluster`]).
+    pub grpc_clusters: ResMap,
     /// The generation this snapshot was diffed against, and the names per type that were added,
     /// changed or removed since. A stream that is current with `prev_generation` only looks at
     /// these names: with 1,000 proxies an endpoint change then costs a few lookups per proxy
@@ -155,6 +163,7 @@ pub use weft_xds_api::{fnv, FNV_INIT};
 pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot>) -> Snapshot {
     let mut per_service = HashMap::with_capacity(world.services.len());
     let mut maps: [ResMap; 4] = Default::default();
+    let mut grpc_clusters = ResMap::new();
     for (name, svc) in &world.services {
         let dest = world.destinations.get(name);
         let reuse = prev.and_then(|p| {
@@ -176,6 +185,9 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
         }
         for e in &out.endpoints {
             maps[Kind::Endpoint as usize].insert(e.name.clone(), e.clone());
+        }
+        for c in &out.grpc_clusters {
+            grpc_clusters.insert(c.name.clone(), c.clone());
         }
         per_service.insert(name.clone(), out);
     }
@@ -269,6 +281,7 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
         type_hash,
         per_service,
         api_listeners,
+        grpc_clusters,
     }
 }
 
@@ -503,10 +516,100 @@ fn labels_metadata(labels: &BTreeMap<String, String>) -> Option<core::Metadata> 
     })
 }
 
+/// Typed load balancing policies (`Cluster.load_balancing_policy` entries).
+fn lb_policy_entry<M: Message>(name: &str, type_url: &str, msg: &M) -> cl::load_balancing_policy::Policy {
+    cl::load_balancing_policy::Policy {
+        typed_extension_config: Some(core::TypedExtensionConfig {
+            name: name.into(),
+            typed_config: Some(weft_xds_api::pack(type_url, msg)),
+        }),
+    }
+}
+
+/// The cluster as proxyless gRPC clients get it, when its `lb_policy` is one they do not
+/// implement: grpcio 1.85 and grpc-js-xds 1.14 know `ROUND_ROBIN` and `RING_HASH` as `lb_policy`
+/// values and NACK `LEAST_REQUEST`, `RANDOM` and `MAGLEV`; as typed `load_balancing_policy` entries
+/// they know round_robin, ring_hash (XX_HASH), wrr_locality (grpcio; grpc-js-xds registers it under
+/// a malformed type URL and so skips it), pick_first and client-side weighted round robin, and none
+/// of least_request, random or maglev. A gRPC client uses the FIRST entry of the list it supports
+/// (gRFC A52), so the list starts with the policy asked for (for clients that have it, e.g.
+/// grpc-java and grpc-go have least_request) and falls back to the nearest one they all have:
+/// round robin (weighted by locality where supported) for least_request and random, ring hash for
+/// maglev (both consistent hashing over the route's hash policy). `None`: the cluster is fine as is.
+pub fn grpc_cluster(base: &cl::Cluster, lb: LbPolicy) -> Option<cl::Cluster> {
+    use weft_xds_api::pb::envoy::extensions::load_balancing_policies as lbp;
+    const P: &str = "type.googleapis.com/envoy.extensions.load_balancing_policies.";
+    let round_robin = || {
+        lb_policy_entry(
+            "envoy.load_balancing_policies.round_robin",
+            &format!("{P}round_robin.v3.RoundRobin"),
+            &lbp::round_robin::v3::RoundRobin::default(),
+        )
+    };
+    let wrr_locality = || {
+        lb_policy_entry(
+            "envoy.load_balancing_policies.wrr_locality",
+            &format!("{P}wrr_locality.v3.WrrLocality"),
+            &lbp::wrr_locality::v3::WrrLocality {
+                endpoint_picking_policy: Some(cl::LoadBalancingPolicy {
+                    policies: vec![round_robin()],
+                }),
+            },
+        )
+    };
+    let policies = match lb {
+        LbPolicy::RoundRobin | LbPolicy::RingHash => return None,
+        LbPolicy::LeastRequest => vec![
+            lb_policy_entry(
+                "envoy.load_balancing_policies.least_request",
+                &format!("{P}least_request.v3.LeastRequest"),
+                &lbp::least_request::v3::LeastRequest::default(),
+            ),
+            wrr_locality(),
+            round_robin(),
+        ],
+        LbPolicy::Random => vec![
+            lb_policy_entry(
+                "envoy.load_balancing_policies.random",
+                &format!("{P}random.v3.Random"),
+                &lbp::random::v3::Random::default(),
+            ),
+            wrr_locality(),
+            round_robin(),
+        ],
+        LbPolicy::Maglev => vec![
+            lb_policy_entry(
+                "envoy.load_balancing_policies.maglev",
+                &format!("{P}maglev.v3.Maglev"),
+                &lbp::maglev::v3::Maglev::default(),
+            ),
+            lb_policy_entry(
+                "envoy.load_balancing_policies.ring_hash",
+                &format!("{P}ring_hash.v3.RingHash"),
+                &lbp::ring_hash::v3::RingHash {
+                    hash_function: lbp::ring_hash::v3::ring_hash::HashFunction::XxHash as i32,
+                    ..Default::default()
+                },
+            ),
+        ],
+    };
+    let mut c = base.clone();
+    // gRPC reads load_balancing_policy first; lb_policy is left at a value it knows anyway.
+    c.lb_policy = cl::cluster::LbPolicy::RoundRobin as i32;
+    c.load_balancing_policy = Some(cl::LoadBalancingPolicy { policies });
+    Some(c)
+}
+
 fn translate_service(svc: &model::Service, dest: Option<&model::DestinationPolicy>) -> ServiceOut {
     let mut out = ServiceOut::default();
-    out.clusters
-        .push(Res::new(Kind::Cluster, &svc.name, &eds_cluster(&svc.name, svc, dest)));
+    let push_cluster = |out: &mut ServiceOut, name: &str| {
+        let c = eds_cluster(name, svc, dest);
+        if let Some(g) = dest.and_then(|d| grpc_cluster(&c, d.lb)) {
+            out.grpc_clusters.push(Res::new(Kind::Cluster, name, &g));
+        }
+        out.clusters.push(Res::new(Kind::Cluster, name, &c));
+    };
+    push_cluster(&mut out, &svc.name);
     out.endpoints.push(Res::new(
         Kind::Endpoint,
         &svc.name,
@@ -514,8 +617,7 @@ fn translate_service(svc: &model::Service, dest: Option<&model::DestinationPolic
     ));
     for sub in dest.map(|d| d.subsets.as_slice()).unwrap_or_default() {
         let name = model::cluster_name(&svc.name, Some(&sub.name));
-        out.clusters
-            .push(Res::new(Kind::Cluster, &name, &eds_cluster(&name, svc, dest)));
+        push_cluster(&mut out, &name);
         let matching = svc
             .endpoints
             .iter()
@@ -949,6 +1051,9 @@ pub struct NodeInfo {
     pub inbound: Option<std::net::SocketAddr>,
     pub app: Option<std::net::SocketAddr>,
     pub user_agent: String,
+    /// A proxyless gRPC client (`user_agent_name` "gRPC C-core ...", "gRPC Node Pure JS",
+    /// "gRPC Java", "gRPC Go"): gets [`Snapshot::grpc_clusters`].
+    pub proxyless_grpc: bool,
 }
 
 impl NodeInfo {
@@ -975,6 +1080,7 @@ impl NodeInfo {
             inbound: addr("weft.inbound"),
             app: addr("weft.app"),
             user_agent: n.user_agent_name.clone(),
+            proxyless_grpc: n.user_agent_name.starts_with("gRPC"),
         }
     }
 }

@@ -478,3 +478,62 @@ async fn deleting_a_policy_file_drops_dangling_subset_references() {
     );
     cp.stop().await;
 }
+
+/// `lb: least_request`: sidecars (weft, Envoy) get `lb_policy: LEAST_REQUEST`; a proxyless gRPC
+/// client (by its user agent) gets a typed `load_balancing_policy` list, least_request first and
+/// round robin after it (gRPC uses the first entry it implements), for the cluster and its subsets.
+#[tokio::test]
+async fn proxyless_grpc_clients_get_a_typed_policy_list_for_least_request() {
+    use weft_xds_api::pb::envoy::config::cluster::v3::cluster::LbPolicy;
+    let dir = registry();
+    let cp = start(&dir).await;
+    wait_ready(&cp).await;
+    let mut grpc_node = node("grpc-1", "", &[]);
+    grpc_node.user_agent_name = "gRPC C-core linux".into();
+    let mut g = Sotw::connect(cp.xds_addr(), grpc_node).await;
+    g.request(CLUSTER, &["reviews", "reviews|v1"]).await;
+    let r = g.expect().await;
+    assert_eq!(r.resources.len(), 2);
+    for any in &r.resources {
+        let c: Cluster = unpack(any, CLUSTER).unwrap();
+        assert_eq!(c.lb_policy, LbPolicy::RoundRobin as i32, "{}", c.name);
+        let urls: Vec<String> = c
+            .load_balancing_policy
+            .expect("load_balancing_policy")
+            .policies
+            .iter()
+            .map(|p| {
+                p.typed_extension_config
+                    .as_ref()
+                    .unwrap()
+                    .typed_config
+                    .as_ref()
+                    .unwrap()
+                    .type_url
+                    .clone()
+            })
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest",
+                "type.googleapis.com/envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
+                "type.googleapis.com/envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin",
+            ],
+            "{}",
+            c.name
+        );
+    }
+    let mut s = Sotw::connect(cp.xds_addr(), sidecar("p-1", "productpage")).await;
+    s.request(CLUSTER, &[]).await;
+    let r = s.expect().await;
+    let reviews = r
+        .resources
+        .iter()
+        .map(|a| unpack::<Cluster>(a, CLUSTER).unwrap())
+        .find(|c| c.name == "reviews")
+        .unwrap();
+    assert_eq!(reviews.lb_policy, LbPolicy::LeastRequest as i32);
+    assert!(reviews.load_balancing_policy.is_none());
+    cp.stop().await;
+}

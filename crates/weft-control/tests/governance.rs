@@ -19,7 +19,7 @@ use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manag
     http_connection_manager::RouteSpecifier, http_filter, HttpConnectionManager,
 };
 use weft_xds_api::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
-use weft_xds_api::type_url::{CLUSTER, HCM, LISTENER, ROUTE};
+use weft_xds_api::type_url::{CLUSTER, ENDPOINT, HCM, LISTENER, ROUTE};
 use weft_xds_api::unpack;
 
 const RLS_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
@@ -435,4 +435,66 @@ fn rate_limits_without_a_rate_limit_service_name_the_field() {
     let (w, errs) = weft_control::model::World::build([("a.yaml", &a), ("b.yaml", &b)].into_iter());
     assert!(errs["b.yaml"][0].contains("rate_limit_service: block \"rate_limit_service\" is already defined in a.yaml"));
     assert_eq!(w.rate_limit_service.unwrap().domain, "d");
+}
+
+/// Every resource weft control emits, for sidecars and proxyless gRPC clients alike, passes the
+/// Envoy API's validation rules as weft's xDS client applies them (`weft_xds_client::pgv`).
+#[test]
+fn every_emitted_resource_passes_the_api_validation_rules() {
+    use weft_control::translate::{build_snapshot, node_resources, Kind, NodeInfo};
+    use weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    use weft_xds_client::pgv;
+    let extra = r#"
+routes:
+  - service: productpage
+    http:
+      - match: [{prefix: /x, headers: {x-a: {exact: b}, x-c: {regex: "^d"}}}]
+        route: [{destination: productpage}]
+        retries: {attempts: 3, per_try_timeout: 1s, retry_on: [5xx]}
+        timeout: 2s
+        fault: {abort: {http_status: 503, percent: 10}, delay: {fixed: 1s, percent: 5}}
+        mirror: {destination: productpage, percent: 10}
+        rate_limit: {requests: 100, per: 1s, burst: 200}
+        hash: {header: x-user}
+destinations:
+  - service: productpage
+    lb: least_request
+    outlier_detection: {consecutive_5xx: 5, interval: 1s, base_ejection_time: 30s, max_ejection_percent: 50}
+"#;
+    let fragments: Vec<(&str, weft_control::model::Fragment)> = [
+        ("services.yaml", SERVICES),
+        ("policies.yaml", POLICIES),
+        ("mesh.yaml", RLS),
+        ("extra.yaml", extra),
+    ]
+    .into_iter()
+    .map(|(n, y)| (n, weft_control::model::parse_fragment(n, y).unwrap()))
+    .collect();
+    let (world, errors) = weft_control::model::World::build(fragments.iter().map(|(n, f)| (*n, f)));
+    assert!(errors.is_empty(), "{errors:?}");
+    let snap = build_snapshot(1, std::sync::Arc::new(world), None);
+    let node = NodeInfo::from_node(&sidecar("pp-1", "productpage"));
+    let own = node_resources(&node, weft_control::translate::active_rls(&snap.world));
+    let mut checked = 0;
+    let all = snap.maps.iter().enumerate().chain(own.maps.iter().enumerate());
+    let all = all.map(|(i, m)| (i, m.values().cloned().collect::<Vec<_>>())).chain([
+        (Kind::Listener as usize, snap.api_listeners.values().cloned().collect()),
+        (Kind::Cluster as usize, snap.grpc_clusters.values().cloned().collect()),
+    ]);
+    for (i, list) in all {
+        for r in list {
+            let errs = if i == Kind::Listener as usize {
+                pgv::listener(&unpack(&r.any, LISTENER).unwrap())
+            } else if i == Kind::Route as usize {
+                pgv::route_configuration(&unpack(&r.any, ROUTE).unwrap())
+            } else if i == Kind::Cluster as usize {
+                pgv::cluster(&unpack(&r.any, CLUSTER).unwrap())
+            } else {
+                pgv::load_assignment(&unpack::<ClusterLoadAssignment>(&r.any, ENDPOINT).unwrap())
+            };
+            assert!(errs.is_empty(), "type {i} {}: {errs:?}", r.name);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 19, "{checked}");
 }

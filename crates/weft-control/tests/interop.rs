@@ -90,3 +90,141 @@ destinations:
     assert!(metrics.contains("weft_control_acks_total{type=\"lds\"}"), "{metrics}");
     cp.stop().await;
 }
+
+fn grpcio_python() -> Option<String> {
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/.venv-grpc/bin/python");
+    if std::path::Path::new(venv).exists() {
+        return Some(venv.to_string());
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{venv} is missing under CI=true: run interop/install");
+    }
+    std::process::Command::new("python3")
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        .then(|| "python3".to_string())
+}
+
+/// A destination with `lb: <lb>` for service `echo` (gRPC) at `backend`.
+fn lb_registry(backend: u16, lb: &str) -> TempDir {
+    let dir = TempDir::new();
+    dir.write(
+        "echo.yaml",
+        &format!(
+            r#"
+services:
+  - name: echo
+    port: 50051
+    protocol: grpc
+    endpoints:
+      - {{address: "127.0.0.1:{backend}", labels: {{version: v1}}, locality: {{region: r, zone: z}}}}
+routes:
+  - service: echo
+    http:
+      - match: [{{prefix: /test.Echo/}}]
+        route: [{{destination: echo, subset: v1, weight: 50}}, {{destination: echo, weight: 50}}]
+        hash: {{header: x-user}}
+destinations:
+  - service: echo
+    lb: {lb}
+    subsets: [{{name: v1, labels: {{version: v1}}}}]
+"#
+        ),
+    );
+    dir
+}
+
+async fn run_client(mut cmd: tokio::process::Command, what: &str) {
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} timed out"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("OK"),
+        "{what}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `lb: least_request`, `random` and `maglev` are policies no proxyless gRPC client implemented
+/// here has (grpcio 1.85: round_robin, ring_hash, wrr_locality, pick_first, weighted round robin;
+/// grpc-js-xds 1.14 the same minus ring_hash's Maglev cousin). Their clusters used to be NACKed and
+/// every call failed; now gRPC clients get a `load_balancing_policy` list whose first entry they
+/// support is used. A fresh client's calls succeed and nothing is NACKed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_calls_a_least_request_random_or_maglev_destination() {
+    let Some(python) = grpcio_python() else {
+        eprintln!("skipped: no grpcio (run interop/install)");
+        return;
+    };
+    for lb in ["least_request", "random", "maglev"] {
+        let backend = free_port();
+        let dir = lb_registry(backend, lb);
+        let cp = start(&dir).await;
+        wait_ready(&cp).await;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/grpc_python.py");
+        let bootstrap = dir.path().join("bootstrap.json");
+        let mut cmd = tokio::process::Command::new(&python);
+        cmd.env("PYTHONDONTWRITEBYTECODE", "1").args([
+            script,
+            &cp.xds_addr().to_string(),
+            &backend.to_string(),
+            "xds:///echo",
+            &bootstrap.display().to_string(),
+        ]);
+        run_client(cmd, &format!("grpcio, lb {lb}")).await;
+        let (_, metrics) = http_get(cp.admin_addr().unwrap(), "/metrics").await;
+        assert!(
+            !metrics.contains("weft_control_nacks_total"),
+            "lb {lb}: a NACK: {metrics}"
+        );
+        cp.stop().await;
+    }
+}
+
+/// The same with Node's @grpc/grpc-js-xds (from interop/install).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_grpc_js_xds_calls_a_least_request_random_or_maglev_destination() {
+    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/node/node_modules");
+    if !std::path::Path::new(modules).join("@grpc/grpc-js-xds").exists() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{modules} is missing under CI=true: run interop/install");
+        }
+        eprintln!("skipped: no @grpc/grpc-js-xds (run interop/install)");
+        return;
+    }
+    for lb in ["least_request", "random", "maglev"] {
+        let backend = free_port();
+        let dir = lb_registry(backend, lb);
+        let cp = start(&dir).await;
+        wait_ready(&cp).await;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/grpc_node.js");
+        let bootstrap = dir.path().join("bootstrap.json");
+        let mut cmd = tokio::process::Command::new("node");
+        cmd.env("NODE_PATH", modules).args([
+            script,
+            &cp.xds_addr().to_string(),
+            &backend.to_string(),
+            "xds:///echo",
+            &bootstrap.display().to_string(),
+        ]);
+        run_client(cmd, &format!("grpc-js-xds, lb {lb}")).await;
+        let (_, metrics) = http_get(cp.admin_addr().unwrap(), "/metrics").await;
+        assert!(
+            !metrics.contains("weft_control_nacks_total"),
+            "lb {lb}: a NACK: {metrics}"
+        );
+        cp.stop().await;
+    }
+}

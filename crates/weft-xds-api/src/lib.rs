@@ -87,6 +87,227 @@ pub fn content_version(bytes: &[u8]) -> String {
     format!("{:016x}", content_hash(bytes))
 }
 
+/// Where a length-delimited field leads, for [`canonical`].
+#[derive(Clone, Copy)]
+enum Child {
+    Msg(Schema),
+    /// A map field: each entry is `{1: key, 2: value}` with values of this schema.
+    Map(Schema),
+}
+
+/// The messages on the paths from the resource types weft control emits to the protobuf map
+/// fields inside them (the only source of nondeterminism in an encoding: prost encodes a map in
+/// `HashMap` order, which differs between maps and between processes).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Schema {
+    Listener,
+    ApiListener,
+    FilterChain,
+    Filter,
+    HttpConnectionManager,
+    HttpFilter,
+    RouteConfiguration,
+    VirtualHost,
+    Route,
+    RouteAction,
+    WeightedCluster,
+    ClusterWeight,
+    Cluster,
+    LbSubsetConfig,
+    ClusterLoadAssignment,
+    LocalityLbEndpoints,
+    LbEndpoint,
+    Metadata,
+    Struct,
+    Value,
+    ListValue,
+    Any,
+    /// Anything else: kept byte for byte.
+    Opaque,
+}
+
+impl Schema {
+    fn of_type_url(url: &str) -> Schema {
+        match url.rsplit('/').next().unwrap_or("") {
+            "envoy.config.listener.v3.Listener" => Schema::Listener,
+            "envoy.config.route.v3.RouteConfiguration" => Schema::RouteConfiguration,
+            "envoy.config.cluster.v3.Cluster" => Schema::Cluster,
+            "envoy.config.endpoint.v3.ClusterLoadAssignment" => Schema::ClusterLoadAssignment,
+            "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" => {
+                Schema::HttpConnectionManager
+            }
+            "google.protobuf.Struct" => Schema::Struct,
+            _ => Schema::Opaque,
+        }
+    }
+
+    fn child(self, field: u64) -> Option<Child> {
+        use Child::{Map, Msg};
+        use Schema::*;
+        Some(match (self, field) {
+            (Listener, 3) => Msg(FilterChain),
+            (Listener, 6) | (FilterChain, 5) => Msg(Metadata),
+            (Listener, 19) => Msg(ApiListener),
+            (ApiListener, 1) | (Filter, 4) | (HttpFilter, 4) => Msg(Any),
+            (FilterChain, 3) => Msg(Filter),
+            (HttpConnectionManager, 4) => Msg(RouteConfiguration),
+            (HttpConnectionManager, 5) => Msg(HttpFilter),
+            (RouteConfiguration, 2) => Msg(VirtualHost),
+            (RouteConfiguration, 16) | (VirtualHost, 15) | (Route, 13) | (ClusterWeight, 10) => Map(Any),
+            (VirtualHost, 3) => Msg(Route),
+            (VirtualHost, 24) | (Route, 4) | (RouteAction, 4) | (ClusterWeight, 3) => Msg(Metadata),
+            (Route, 2) => Msg(RouteAction),
+            (RouteAction, 3) => Msg(WeightedCluster),
+            (WeightedCluster, 1) => Msg(ClusterWeight),
+            (Cluster, 25) | (LocalityLbEndpoints, 9) | (LbEndpoint, 3) => Msg(Metadata),
+            (Cluster, 36) | (Metadata, 2) => Map(Any),
+            (Cluster, 22) => Msg(LbSubsetConfig),
+            (Cluster, 33) => Msg(ClusterLoadAssignment),
+            (LbSubsetConfig, 2) | (Value, 5) => Msg(Struct),
+            (ClusterLoadAssignment, 2) => Msg(LocalityLbEndpoints),
+            (LocalityLbEndpoints, 2) => Msg(LbEndpoint),
+            (Metadata, 1) => Map(Struct),
+            (Struct, 1) => Map(Value),
+            (ListValue, 1) => Msg(Value),
+            (Value, 6) => Msg(ListValue),
+            _ => return None,
+        })
+    }
+}
+
+fn varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// One field: its number, wire type, the whole field's bytes and (length-delimited) its payload.
+fn fields(mut b: &[u8]) -> Option<Vec<(u64, u64, &[u8], &[u8])>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let start = b;
+        let key = varint(&mut b)?;
+        let payload: &[u8] = match key & 7 {
+            0 => {
+                varint(&mut b)?;
+                &[]
+            }
+            1 => {
+                b = b.get(8..)?;
+                &[]
+            }
+            5 => {
+                b = b.get(4..)?;
+                &[]
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut b)?).ok()?;
+                let (p, rest) = (b.get(..len)?, b.get(len..)?);
+                b = rest;
+                p
+            }
+            _ => return None,
+        };
+        let whole = &start[..start.len() - b.len()];
+        out.push((key >> 3, key & 7, whole, payload));
+    }
+    Some(out)
+}
+
+fn put_len_field(out: &mut Vec<u8>, field: u64, payload: &[u8]) {
+    put_varint(out, (field << 3) | 2);
+    put_varint(out, payload.len() as u64);
+    out.extend_from_slice(payload);
+}
+
+fn canon(schema: Schema, b: &[u8]) -> Option<Vec<u8>> {
+    if schema == Schema::Opaque {
+        return Some(b.to_vec());
+    }
+    let fs = fields(b)?;
+    if schema == Schema::Any {
+        let url = fs
+            .iter()
+            .find(|f| f.0 == 1 && f.1 == 2)
+            .map(|f| String::from_utf8_lossy(f.3).into_owned())
+            .unwrap_or_default();
+        let inner = Schema::of_type_url(&url);
+        let mut out = Vec::with_capacity(b.len());
+        for (n, wt, whole, payload) in fs {
+            if n == 2 && wt == 2 {
+                put_len_field(&mut out, 2, &canon(inner, payload)?);
+            } else {
+                out.extend_from_slice(whole);
+            }
+        }
+        return Some(out);
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < fs.len() {
+        let (n, wt, whole, payload) = fs[i];
+        match (wt, schema.child(n)) {
+            (2, Some(Child::Msg(m))) => put_len_field(&mut out, n, &canon(m, payload)?),
+            (2, Some(Child::Map(v))) => {
+                // The entries of one map are adjacent (prost writes fields in number order): sort them.
+                let mut entries = Vec::new();
+                while i < fs.len() && fs[i].0 == n && fs[i].1 == 2 {
+                    let mut e = Vec::new();
+                    for (en, ewt, ewhole, epayload) in fields(fs[i].3)? {
+                        if en == 2 && ewt == 2 {
+                            put_len_field(&mut e, 2, &canon(v, epayload)?);
+                        } else {
+                            e.extend_from_slice(ewhole);
+                        }
+                    }
+                    entries.push(e);
+                    i += 1;
+                }
+                entries.sort();
+                for e in entries {
+                    put_len_field(&mut out, n, &e);
+                }
+                continue;
+            }
+            _ => out.extend_from_slice(whole),
+        }
+        i += 1;
+    }
+    Some(out)
+}
+
+/// The canonical encoding of a resource of type `type_url`: the same bytes for the same content in
+/// every process, with the entries of protobuf maps (metadata, `typed_per_filter_config`, typed
+/// protocol options, `Struct` fields) sorted, nested `Any`s included. It decodes to the same
+/// message. Bytes that do not parse are returned unchanged.
+pub fn canonical(type_url: &str, bytes: &[u8]) -> Vec<u8> {
+    canon(Schema::of_type_url(type_url), bytes).unwrap_or_else(|| bytes.to_vec())
+}
+
+/// Packs `msg` with its canonical encoding (see [`canonical`]), so that its content hash is a
+/// version that survives restarts.
+pub fn pack_canonical<M: Message>(type_url: &str, msg: &M) -> Any {
+    Any {
+        type_url: type_url.to_string(),
+        value: canonical(type_url, &msg.encode_to_vec()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +324,52 @@ mod tests {
         assert_eq!(back.name, "reviews");
         let err = unpack::<Cluster>(&any, type_url::LISTENER).unwrap_err();
         assert!(err.contains("expected type"), "{err}");
+    }
+
+    #[test]
+    fn canonical_encoding_sorts_maps_at_any_depth() {
+        use pb::envoy::config::core::v3::Metadata;
+        use pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment, LbEndpoint, LocalityLbEndpoints};
+        use pb::google::protobuf::{value::Kind, Struct, Value};
+        use std::collections::HashMap;
+        let build = || {
+            let fields: HashMap<String, Value> = (0..12)
+                .map(|i| {
+                    (
+                        format!("k{i}"),
+                        Value {
+                            kind: Some(Kind::StringValue(format!("v{i}"))),
+                        },
+                    )
+                })
+                .collect();
+            ClusterLoadAssignment {
+                cluster_name: "c".into(),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: vec![LbEndpoint {
+                        metadata: Some(Metadata {
+                            filter_metadata: HashMap::from([
+                                ("envoy.lb".to_string(), Struct { fields }),
+                                ("other".to_string(), Struct::default()),
+                            ]),
+                            ..Default::default()
+                        }),
+                        host_identifier: Some(lb_endpoint::HostIdentifier::EndpointName("e".into())),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        };
+        // Maps built separately iterate in different orders (each HashMap has its own seed).
+        let encodings: std::collections::HashSet<Vec<u8>> = (0..20).map(|_| build().encode_to_vec()).collect();
+        assert!(encodings.len() > 1, "the test needs differing encodings");
+        let canon: std::collections::HashSet<Vec<u8>> =
+            encodings.iter().map(|e| canonical(type_url::ENDPOINT, e)).collect();
+        assert_eq!(canon.len(), 1);
+        let c = canon.into_iter().next().unwrap();
+        assert_eq!(ClusterLoadAssignment::decode(c.as_slice()).unwrap(), build());
     }
 
     #[test]

@@ -140,6 +140,11 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
     if l.api_listener.is_some() {
         return Ok(None);
     }
+    // The API's own validation rules first, as Envoy applies them.
+    let invalid = crate::pgv::listener(l);
+    if !invalid.is_empty() {
+        return Err(invalid);
+    }
     let mut errs = Errs::default();
     let address = socket_address(&mut errs, "address", &l.address, false);
     if l.default_filter_chain.is_some() {
@@ -1295,6 +1300,10 @@ fn retry_policy(errs: &mut Errs, path: &str, r: &rt::RetryPolicy) -> RawRetryPol
 
 pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec<String>> {
     use cl::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig};
+    let invalid = crate::pgv::cluster(c);
+    if !invalid.is_empty() {
+        return Err(invalid);
+    }
     let mut errs = Errs::default();
     let mut out = RawCluster {
         name: Some(c.name.clone()),
@@ -1698,6 +1707,10 @@ pub struct XEndpoints {
 }
 
 pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<XEndpoints, Vec<String>> {
+    let invalid = crate::pgv::load_assignment(la);
+    if !invalid.is_empty() {
+        return Err(invalid);
+    }
     let mut errs = Errs::default();
     let plain = endpoints(&mut errs, "", la, false, false);
     let locality_weighted = endpoints(&mut Errs::default(), "", la, false, true);
@@ -1712,6 +1725,10 @@ pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<XEndpoints, Vec
 }
 
 pub fn route_config(rc: &rt::RouteConfiguration) -> Result<RawRouteConfig, Vec<String>> {
+    let invalid = crate::pgv::route_configuration(rc);
+    if !invalid.is_empty() {
+        return Err(invalid);
+    }
     let mut errs = Errs::default();
     let out = route_configuration(&mut errs, "", rc);
     if errs.0.is_empty() {

@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod pgv;
 mod state;
 mod stream;
 
@@ -41,6 +42,7 @@ pub type InitializedFn = Arc<dyn Fn() + Send + Sync>;
 pub struct XdsClient {
     pub(crate) inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    summary: tokio::task::JoinHandle<()>,
 }
 
 pub(crate) struct Inner {
@@ -81,7 +83,8 @@ impl XdsClient {
             metrics: Mutex::new(Counters::default()),
         });
         let task = handle.spawn(stream::run(inner.clone()));
-        Ok(XdsClient { inner, task })
+        let summary = handle.spawn(stream::summary(Arc::downgrade(&inner), stream::SUMMARY_INTERVAL));
+        Ok(XdsClient { inner, task, summary })
     }
 
     /// Replaces the static part (a reloaded bootstrap file) and re-applies with the dynamic
@@ -189,11 +192,13 @@ impl XdsClient {
     /// Stops the client (the proxy keeps its last applied configuration).
     pub fn stop(&self) {
         self.task.abort();
+        self.summary.abort();
     }
 }
 
 impl Drop for XdsClient {
     fn drop(&mut self) {
         self.task.abort();
+        self.summary.abort();
     }
 }

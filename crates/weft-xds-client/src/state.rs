@@ -105,6 +105,33 @@ pub struct State {
     applied: Applied,
     pub initialized: bool,
     pub connected: bool,
+    /// API listeners (proxyless gRPC only) already reported as dropped, so each is logged once.
+    api_listeners_warned: BTreeSet<String>,
+    /// Sockets bound (not listening) for the addresses of held dynamic listeners, as Envoy binds a
+    /// listener when LDS adds it: a listener whose port is taken is refused in its LDS response,
+    /// and its port cannot be taken by someone else while it warms. SO_REUSEPORT lets the proxy
+    /// bind the same address next to it.
+    reservations: HashMap<String, Reservation>,
+}
+
+/// A listener's address, held for it (see [`State::reservations`]).
+pub struct Reservation {
+    addr: std::net::SocketAddr,
+    _socket: socket2::Socket,
+}
+
+/// Binds `addr` with SO_REUSEPORT (which the proxy's own listener sockets also set, so it can bind
+/// next to it) but without SO_REUSEADDR (which would let any other socket bind it too while this
+/// one does not listen), and without listening.
+fn reserve(addr: std::net::SocketAddr) -> std::io::Result<Reservation> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    s.bind(&addr.into())?;
+    Ok(Reservation { addr, _socket: s })
 }
 
 impl Resources {
@@ -209,6 +236,8 @@ impl State {
             applied: Applied::default(),
             initialized: false,
             connected: false,
+            api_listeners_warned: BTreeSet::new(),
+            reservations: HashMap::new(),
         }
     }
 
@@ -274,9 +303,10 @@ impl State {
                 }
             }
         }
+        let mut ignored = Vec::new();
         for (name, version, conv) in decoded {
             match conv {
-                Converted::Ignored => {}
+                Converted::Ignored => ignored.push(name),
                 Converted::Listener(x) => {
                     cand.listeners.insert(name, Held { version, value: x });
                 }
@@ -292,13 +322,69 @@ impl State {
             }
         }
         cand.collect_garbage();
+        let reserved = if t == LDS {
+            Some(self.reserve_listeners(&cand)?)
+        } else {
+            None
+        };
         let (cfg, applied) = self.assemble(&cand)?;
         self.apply_if_changed(cfg, apply)?;
         self.applied = applied;
         self.res = cand;
+        if let Some(new) = reserved {
+            let listeners = &self.res.listeners;
+            self.reservations.retain(|n, r| {
+                !new.contains_key(n)
+                    && listeners
+                        .get(n)
+                        .and_then(|l| l.value.raw.address.as_deref())
+                        .is_some_and(|a| a.parse() == Ok(r.addr))
+            });
+            self.reservations.extend(new);
+        }
+        if t == LDS {
+            for name in ignored {
+                if self.api_listeners_warned.insert(name.clone()) {
+                    tracing::warn!(listener = %name, "xDS: dropping API listener (api_listener is for proxyless gRPC clients; weft has no socket to bind for it)");
+                }
+            }
+        }
         self.got[t] = true;
         self.track_waiting();
         Ok(())
+    }
+
+    /// Reserves the addresses of the listeners of `cand` not reserved yet. Returns the new
+    /// reservations (committed with the response); a listener whose address cannot be bound
+    /// refuses the LDS response, naming the listener (Envoy's `listener_create_failure`).
+    fn reserve_listeners(&self, cand: &Resources) -> Result<HashMap<String, Reservation>, String> {
+        let mut out = HashMap::new();
+        let mut errors = Vec::new();
+        for (name, l) in &cand.listeners {
+            let Some(addr) = l
+                .value
+                .raw
+                .address
+                .as_deref()
+                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            else {
+                continue;
+            };
+            if addr.port() == 0 || self.reservations.get(name).is_some_and(|r| r.addr == addr) {
+                continue;
+            }
+            match reserve(addr) {
+                Ok(r) => {
+                    out.insert(name.clone(), r);
+                }
+                Err(e) => errors.push(format!("listener \"{name}\": address: cannot bind {addr}: {e}")),
+            }
+        }
+        if errors.is_empty() {
+            Ok(out)
+        } else {
+            Err(errors.join("; "))
+        }
     }
 
     fn apply_if_changed(&mut self, cfg: Config, apply: &crate::ApplyFn) -> Result<(), String> {

@@ -147,7 +147,13 @@ async fn session(inner: &Arc<Inner>) -> Result<std::convert::Infallible, (String
     // Queue the subscriptions before opening the streams: some servers send response headers
     // only after the first request.
     {
-        let st = inner.state.lock().unwrap();
+        let mut st = inner.state.lock().unwrap();
+        // Nonces belong to the stream that carried them: a new stream starts without any (a
+        // server that sends nothing because we are current must not see an old one on our next
+        // subscription change and take it for stale).
+        for s in st.types.iter_mut() {
+            s.nonce.clear();
+        }
         for t in SUBSCRIBE_ORDER {
             sess.subscribe(inner, &st, t, true);
         }
@@ -235,6 +241,54 @@ async fn session(inner: &Arc<Inner>) -> Result<std::convert::Infallible, (String
                 }
             }
         }
+    }
+}
+
+/// How often the client logs a summary of the updates it accepted and rejected (at INFO; each
+/// update itself is logged at debug).
+pub(crate) const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Logs, every [`SUMMARY_INTERVAL`] in which anything happened, how many updates were accepted
+/// and rejected per type since the last summary.
+pub(crate) async fn summary(inner: std::sync::Weak<Inner>, every: Duration) {
+    let mut last = ([0u64; 4], [0u64; 4]);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let now = {
+            let m = inner.metrics.lock().unwrap();
+            (m.accepted, m.rejected)
+        };
+        let mut parts = Vec::new();
+        let (mut acc, mut rej) = (0, 0);
+        for (i, t) in TYPES.iter().enumerate() {
+            let (a, r) = (now.0[i] - last.0[i], now.1[i] - last.1[i]);
+            acc += a;
+            rej += r;
+            if a + r > 0 {
+                parts.push(format!("{} {a}/{r}", weft_xds_api::type_url::short(t)));
+            }
+        }
+        if acc + rej > 0 {
+            let versions: Vec<String> = {
+                let st = inner.state.lock().unwrap();
+                TYPES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("{}={}", weft_xds_api::type_url::short(t), st.types[i].version))
+                    .collect()
+            };
+            tracing::info!(
+                accepted = acc,
+                rejected = rej,
+                per_type = %parts.join(", "),
+                versions = %versions.join(" "),
+                "xDS updates in the last {}s (accepted/rejected per type)",
+                every.as_secs()
+            );
+        }
+        last = now;
     }
 }
 
@@ -452,11 +506,18 @@ impl Session {
         match &result {
             Ok(()) => {
                 s.version = version.clone();
-                tracing::info!(r#type = %short, %version, "xDS update accepted");
+                // Per update at debug: under churn these would flood the log. The periodic summary
+                // (`summary`) reports the counts at INFO.
+                tracing::debug!(r#type = %short, %version, "xDS update accepted");
             }
             Err(e) => {
+                // A rejection is worth a WARN, but the same one repeated is not.
+                if s.last_error.as_ref() != Some(e) {
+                    tracing::warn!(r#type = %short, %version, error = %e, "xDS update rejected (NACK)");
+                } else {
+                    tracing::debug!(r#type = %short, %version, error = %e, "xDS update rejected (NACK), same error again");
+                }
                 s.last_error = Some(e.clone());
-                tracing::warn!(r#type = %short, %version, error = %e, "xDS update rejected (NACK)");
             }
         }
         let accepted_version = s.version.clone();

@@ -859,3 +859,84 @@ fn connection_limit_filter_is_the_listener_connection_limit() {
         "{e:?}"
     );
 }
+
+/// The Envoy API's own validation rules (protoc-gen-validate annotations) are applied before the
+/// conversion, as Envoy does, each violation named by its Envoy path.
+#[test]
+fn api_validation_rules_are_applied_with_envoy_paths() {
+    use weft_xds_api::prost::Message;
+    let with_hcm = |f: &dyn Fn(&mut hcm::HttpConnectionManager)| {
+        let mut l = full_listener();
+        let Some(ls::filter::ConfigType::TypedConfig(any)) = &mut l.filter_chains[0].filters[0].config_type else {
+            panic!("the first filter has a typed config");
+        };
+        let mut h = hcm::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        f(&mut h);
+        any.value = h.encode_to_vec();
+        convert::listener(&l).unwrap_err()
+    };
+    let p = "filter_chains[0].filters[0].typed_config";
+    assert_eq!(
+        with_hcm(&|h| h.stat_prefix.clear()),
+        vec![format!("{p}.stat_prefix: must not be empty (min_len: 1)")]
+    );
+    assert_eq!(
+        with_hcm(&|h| h.codec_type = 9),
+        vec![format!("{p}.codec_type: undefined enum value 9 (defined_only)")]
+    );
+    assert_eq!(
+        with_hcm(&|h| h.max_request_headers_kb = u32v(0)),
+        vec![format!("{p}.max_request_headers_kb: 0 is out of range [1, 8192]")]
+    );
+    assert_eq!(
+        with_hcm(&|h| h.http_filters[0].name.clear()),
+        vec![format!("{p}.http_filters[0].name: must not be empty (min_len: 1)")]
+    );
+    assert_eq!(
+        with_hcm(&|h| h.route_specifier = None),
+        vec![format!("{p}.route_specifier: is required")]
+    );
+
+    let mut c = full_cluster();
+    c.connect_timeout = d(0);
+    c.name.clear();
+    assert_eq!(
+        convert::cluster(&c, true).unwrap_err(),
+        vec![
+            "name: must not be empty (min_len: 1)".to_string(),
+            "connect_timeout: must be greater than 0s (gt)".to_string()
+        ]
+    );
+    let mut c = full_cluster();
+    c.health_checks[0].timeout = None;
+    c.outlier_detection.as_mut().unwrap().max_ejection_percent = u32v(101);
+    assert_eq!(
+        convert::cluster(&c, true).unwrap_err(),
+        vec![
+            "outlier_detection.max_ejection_percent: 101 is out of range [0, 100]".to_string(),
+            "health_checks[0].timeout: is required".to_string()
+        ]
+    );
+
+    let mut la = full_cla();
+    la.cluster_name.clear();
+    la.endpoints[0].lb_endpoints[0].load_balancing_weight = u32v(0);
+    assert_eq!(
+        convert::load_assignment(&la).unwrap_err(),
+        vec![
+            "cluster_name: must not be empty (min_len: 1)".to_string(),
+            "endpoints[0].lb_endpoints[0].load_balancing_weight: 0 is out of range [1, 4294967295]".to_string()
+        ]
+    );
+
+    let mut rc = full_routes();
+    rc.virtual_hosts[0].domains.clear();
+    rc.virtual_hosts[0].routes[0].r#match = None;
+    assert_eq!(
+        convert::route_config(&rc).unwrap_err(),
+        vec![
+            "virtual_hosts[0].domains: needs at least 1 item (min_items: 1)".to_string(),
+            "virtual_hosts[0].routes[0].match: is required".to_string()
+        ]
+    );
+}

@@ -455,3 +455,115 @@ async fn initial_fetch_timeout_binds_listener_without_routes() {
     let x = p.client.status_json();
     assert!(x["warming"][0].as_str().unwrap().contains("(timed out)"), "{x}");
 }
+
+/// A listener whose port is taken is refused in its LDS response, naming the listener (Envoy's
+/// `listener_create_failure`), not later in the RDS response of its valid routes. `/ready` does not
+/// claim the listener, not even after the initial fetch timeout, and nothing is served with an
+/// empty route table. Once the port is free, the next LDS response brings the listener up with its
+/// routes; a listener that LDS accepted holds its port while its routes warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_listener_on_a_taken_port_is_nacked_in_lds() {
+    let cp = Cp::start().await;
+    let up = upstream("up1").await;
+    let p = Proxy::start(&cp, "ads_sotw", "  initial_fetch_timeout: 300ms\n");
+    cp.sotw_req(0, CLUSTER).await;
+    cp.sotw_req(0, LISTENER).await;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("c")]);
+    assert!(cp.reply_to(m, "n1").await.error().is_none());
+    let m = cp.mark();
+    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("c", &[up])]);
+    assert!(cp.reply_to(m, "n2").await.error().is_none());
+
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = blocker.local_addr().unwrap();
+    let mut l = listener_with("out", "r", vec![router_filter()]);
+    l.address = Some(socket(taken));
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n3", vec![weft_xds_api::pack(LISTENER, &l)]);
+    let nack = cp.reply_to(m, "n3").await;
+    let msg = nack.error().expect("the listener is refused in LDS");
+    assert!(
+        msg.starts_with(&format!("listener \"out\": address: cannot bind {taken}")),
+        "{msg}"
+    );
+    assert_eq!(nack.sotw().version_info, "", "nothing accepted yet");
+    // Its routes are not asked for; past the initial fetch timeout nothing claims to be live.
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert!(
+        !cp.log()[m..]
+            .iter()
+            .any(|r| r.type_url() == ROUTE && !r.sotw().resource_names.is_empty()),
+        "RDS subscribed for a refused listener"
+    );
+    assert!(
+        cp.log().iter().all(|r| r.type_url() != ROUTE || r.error().is_none()),
+        "no RDS NACK"
+    );
+    assert_eq!(p.ready_status().await, 503, "ready without the listener");
+    assert!(p.server.listener_addr("out").is_none());
+
+    // The port is free now; the control plane sends the listeners again, plus one more.
+    drop(blocker);
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut l2 = listener_with("out2", "r", vec![router_filter()]);
+    l2.address = Some(socket(free));
+    let m = cp.mark();
+    cp.send_sotw(
+        LISTENER,
+        "l2",
+        "n4",
+        vec![weft_xds_api::pack(LISTENER, &l), weft_xds_api::pack(LISTENER, &l2)],
+    );
+    let ack = cp.reply_to(m, "n4").await;
+    assert!(ack.error().is_none(), "{:?}", ack.error());
+    cp.wait_for(m, "RDS subscription", |r| {
+        r.type_url() == ROUTE && r.sotw().resource_names == vec!["r".to_string()]
+    })
+    .await;
+    // Warming: the listeners' ports are held for them.
+    assert!(p.server.listener_addr("out").is_none(), "bound before its routes");
+    assert!(
+        std::net::TcpListener::bind(free).is_err(),
+        "a warming listener's port can be taken by someone else"
+    );
+    let m = cp.mark();
+    cp.send_sotw(ROUTE, "r1", "n5", vec![route_config("r", "c")]);
+    assert!(cp.reply_to(m, "n5").await.error().is_none());
+    assert_eq!(p.wait_listener("out").await, taken);
+    assert_eq!(p.wait_listener("out2").await, free);
+    p.wait_ready().await;
+    for a in [taken, free] {
+        let (status, _, body) = get(a, "svc", "/x").await;
+        assert_eq!((status, body.as_str()), (200, "up1"));
+    }
+}
+
+/// A connection manager with an empty `stat_prefix` breaks the API's validation rules (Envoy
+/// refuses it): NACKed with the field named, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_api_validation_rule_violation_is_nacked_with_the_field() {
+    let cp = Cp::start().await;
+    let _p = Proxy::start(&cp, "ads_sotw", "");
+    cp.sotw_req(0, LISTENER).await;
+    let mut l = listener_with("out", "r", vec![router_filter()]);
+    let Some(weft_xds_api::pb::envoy::config::listener::v3::filter::ConfigType::TypedConfig(any)) =
+        &mut l.filter_chains[0].filters[0].config_type
+    else {
+        panic!("typed config");
+    };
+    use weft_xds_api::prost::Message;
+    let mut h = weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    h.stat_prefix.clear();
+    any.value = h.encode_to_vec();
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n1", vec![weft_xds_api::pack(LISTENER, &l)]);
+    let nack = cp.reply_to(m, "n1").await;
+    assert_eq!(
+        nack.error().as_deref(),
+        Some("listener \"out\": filter_chains[0].filters[0].typed_config.stat_prefix: must not be empty (min_len: 1)")
+    );
+}

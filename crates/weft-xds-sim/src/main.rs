@@ -76,6 +76,21 @@ struct Args {
     /// seeds for the `xds_resources` fuzz target.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// After the changes, restart the control plane (kill it, move one endpoint in the registry
+    /// while it is down, start it again on the same ports) and measure how long until every
+    /// simulated proxy has reconnected and received the change. Needs --weft-bin.
+    #[arg(long)]
+    restart: bool,
+    /// How long the control plane stays down in the restart scenario.
+    #[arg(long, default_value_t = 1000)]
+    down_ms: u64,
+    /// Reconnect backoff of the simulated proxies: first delay and ceiling in ms (jittered
+    /// exponential over [d/2, d], reset after a stream that delivered a response; weft's and
+    /// Envoy's defaults are 500 ms and 30 s).
+    #[arg(long, default_value_t = 500)]
+    backoff_base_ms: u64,
+    #[arg(long, default_value_t = 30000)]
+    backoff_max_ms: u64,
 }
 
 /// One measured registry change: the service whose endpoint 0 moved to `port`.
@@ -92,7 +107,11 @@ struct Probe {
 struct Shared {
     dump: Option<PathBuf>,
     synced: AtomicUsize,
+    /// Streams or connection attempts that failed (each is retried: nobody gives up).
     failed: AtomicUsize,
+    /// Streams opened after the first one of each proxy.
+    reconnects: AtomicUsize,
+    backoff: (Duration, Duration),
     /// Bytes received per type: CDS, EDS, LDS, RDS.
     bytes: [AtomicU64; 4],
     responses: AtomicU64,
@@ -186,44 +205,129 @@ fn check_probe(shared: &Shared, seen_probe: &mut usize, name: &str, any_value: &
 }
 
 async fn connect(addr: SocketAddr) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| e.to_string())?;
-    let mut last = String::new();
-    for _ in 0..50 {
-        match ep.connect().await {
-            Ok(c) => return Ok(c),
-            Err(e) => last = e.to_string(),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Err(last)
+    Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())
 }
 
-async fn run_delta(i: usize, services: usize, channel: Channel, shared: Arc<Shared>) -> Result<(), String> {
+/// What a simulated proxy holds across reconnects (like a real one): per type (CDS, EDS, LDS,
+/// RDS) the last accepted SotW version or the Delta per-resource versions, and its subscriptions.
+#[derive(Default)]
+struct Held {
+    sotw_version: [String; 4],
+    delta_versions: [std::collections::HashMap<String, String>; 4],
+    eds_names: Vec<String>,
+    rds_requested: bool,
+    synced: bool,
+    seen_probe: Option<usize>,
+}
+
+/// One simulated proxy for the whole run: connect, follow the stream, and when it fails retry
+/// after a jittered exponential backoff (reset once a stream delivered something), as weft and
+/// Envoy do. It never gives up.
+async fn proxy_loop(i: usize, services: usize, xds: SocketAddr, delta: bool, shared: Arc<Shared>) {
+    let (base, max) = shared.backoff;
+    let mut backoff = base;
+    let mut held = Held::default();
+    let mut first = true;
+    loop {
+        let mut progress = false;
+        let r = match connect(xds).await {
+            Ok(ch) => {
+                if !first {
+                    shared.reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                first = false;
+                if delta {
+                    run_delta(i, services, ch, &shared, &mut held, &mut progress).await
+                } else {
+                    run_sotw(i, services, ch, &shared, &mut held, &mut progress).await
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            if shared.failed.fetch_add(1, Ordering::Relaxed) < 3 {
+                eprintln!("client {i}: {e} (retrying)");
+            }
+        }
+        if progress {
+            backoff = base;
+        }
+        let half = backoff / 2;
+        let delay = half + Duration::from_nanos(fastrand::u64(0..=half.as_nanos().max(1) as u64));
+        tokio::time::sleep(delay).await;
+        backoff = (backoff * 2).min(max);
+    }
+}
+
+async fn run_delta(
+    i: usize,
+    services: usize,
+    channel: Channel,
+    shared: &Shared,
+    held: &mut Held,
+    progress: &mut bool,
+) -> Result<(), String> {
     let (tx, rx) = mpsc::unbounded_channel::<DeltaDiscoveryRequest>();
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(1 << 30);
     let send = |r: DeltaDiscoveryRequest| tx.send(r).map_err(|e| e.to_string());
+    // On a reconnect: what it holds, so that the server sends only what changed.
     send(DeltaDiscoveryRequest {
         node: Some(node(i, services)),
         type_url: type_url::CLUSTER.into(),
+        initial_resource_versions: held.delta_versions[0].clone(),
         ..Default::default()
     })?;
+    if !held.eds_names.is_empty() {
+        send(DeltaDiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            resource_names_subscribe: held.eds_names.clone(),
+            initial_resource_versions: held.delta_versions[1].clone(),
+            ..Default::default()
+        })?;
+    }
     send(DeltaDiscoveryRequest {
         type_url: type_url::LISTENER.into(),
+        initial_resource_versions: held.delta_versions[2].clone(),
         ..Default::default()
     })?;
+    let rds_names = vec![
+        "outbound".to_string(),
+        format!("inbound|{}", service_name(i % services)),
+    ];
+    if held.rds_requested {
+        send(DeltaDiscoveryRequest {
+            type_url: type_url::ROUTE.into(),
+            resource_names_subscribe: rds_names.clone(),
+            initial_resource_versions: held.delta_versions[3].clone(),
+            ..Default::default()
+        })?;
+    }
     let mut stream = client
         .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
-    let mut eds_wanted: HashSet<String> = HashSet::new();
-    let mut eds_have: HashSet<String> = HashSet::new();
-    let mut rds_wanted = false;
-    let mut rds_have = 0usize;
-    let mut synced = false;
-    let mut seen_probe = usize::MAX;
+    let mut eds_wanted: HashSet<String> = held.eds_names.iter().cloned().collect();
+    let mut eds_have: HashSet<String> = held.delta_versions[1].keys().cloned().collect();
+    let mut rds_wanted = held.rds_requested;
+    let mut rds_have = held.delta_versions[3].len();
+    let mut synced = held.synced;
+    let mut seen_probe = held.seen_probe.unwrap_or(usize::MAX);
     while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
         let resp: DeltaDiscoveryResponse = resp;
+        *progress = true;
+        let t = type_index(&resp.type_url);
+        for r in &resp.resources {
+            held.delta_versions[t].insert(r.name.clone(), r.version.clone());
+        }
+        for r in &resp.removed_resources {
+            held.delta_versions[t].remove(r);
+        }
         if i == 0 {
             if let Some(dir) = &shared.dump {
                 for r in &resp.resources {
@@ -253,6 +357,7 @@ async fn run_delta(i: usize, services: usize, channel: Channel, shared: Arc<Shar
                     eds_wanted.remove(gone);
                     eds_have.remove(gone);
                 }
+                held.eds_names = eds_wanted.iter().cloned().collect();
                 if !new.is_empty() || !resp.removed_resources.is_empty() {
                     send(DeltaDiscoveryRequest {
                         type_url: type_url::ENDPOINT.into(),
@@ -264,12 +369,10 @@ async fn run_delta(i: usize, services: usize, channel: Channel, shared: Arc<Shar
             }
             type_url::LISTENER if !rds_wanted => {
                 rds_wanted = true;
+                held.rds_requested = true;
                 send(DeltaDiscoveryRequest {
                     type_url: type_url::ROUTE.into(),
-                    resource_names_subscribe: vec![
-                        "outbound".into(),
-                        format!("inbound|{}", service_name(i % services)),
-                    ],
+                    resource_names_subscribe: rds_names.clone(),
                     ..Default::default()
                 })?;
             }
@@ -278,7 +381,8 @@ async fn run_delta(i: usize, services: usize, channel: Channel, shared: Arc<Shar
                 for r in &resp.resources {
                     eds_have.insert(r.name.clone());
                     if let Some(any) = &r.resource {
-                        check_probe(&shared, &mut seen_probe, &r.name, &any.value);
+                        check_probe(shared, &mut seen_probe, &r.name, &any.value);
+                        held.seen_probe = Some(seen_probe);
                     }
                 }
             }
@@ -286,43 +390,72 @@ async fn run_delta(i: usize, services: usize, channel: Channel, shared: Arc<Shar
         }
         if !synced && !eds_wanted.is_empty() && eds_have.len() >= eds_wanted.len() && rds_have > 0 {
             synced = true;
+            held.synced = true;
             shared.synced.fetch_add(1, Ordering::SeqCst);
         }
     }
     Err("stream ended".into())
 }
 
-async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Shared>) -> Result<(), String> {
+async fn run_sotw(
+    i: usize,
+    services: usize,
+    channel: Channel,
+    shared: &Shared,
+    held: &mut Held,
+    progress: &mut bool,
+) -> Result<(), String> {
     let (tx, rx) = mpsc::unbounded_channel::<DiscoveryRequest>();
     let mut client = AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(1 << 30);
     let send = |r: DiscoveryRequest| tx.send(r).map_err(|e| e.to_string());
+    let rds_names = vec![
+        "outbound".to_string(),
+        format!("inbound|{}", service_name(i % services)),
+    ];
+    // On a reconnect: the versions it holds (no nonce: those belong to the old stream).
     send(DiscoveryRequest {
         node: Some(node(i, services)),
         type_url: type_url::CLUSTER.into(),
+        version_info: held.sotw_version[0].clone(),
         ..Default::default()
     })?;
+    if !held.eds_names.is_empty() {
+        send(DiscoveryRequest {
+            type_url: type_url::ENDPOINT.into(),
+            version_info: held.sotw_version[1].clone(),
+            resource_names: held.eds_names.clone(),
+            ..Default::default()
+        })?;
+    }
     send(DiscoveryRequest {
         type_url: type_url::LISTENER.into(),
+        version_info: held.sotw_version[2].clone(),
         ..Default::default()
     })?;
+    if held.rds_requested {
+        send(DiscoveryRequest {
+            type_url: type_url::ROUTE.into(),
+            version_info: held.sotw_version[3].clone(),
+            resource_names: rds_names.clone(),
+            ..Default::default()
+        })?;
+    }
     let mut stream = client
         .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
         .await
         .map_err(|e| e.to_string())?
         .into_inner();
-    let rds_names = vec![
-        "outbound".to_string(),
-        format!("inbound|{}", service_name(i % services)),
-    ];
-    let mut eds_names: Vec<String> = Vec::new();
-    let mut eds_state = (String::new(), String::new()); // last (version, nonce)
+    let mut eds_names: Vec<String> = held.eds_names.clone();
+    let mut eds_state = (held.sotw_version[1].clone(), String::new()); // last (version, nonce)
     let mut eds_have: HashSet<String> = HashSet::new();
-    let mut rds_requested = false;
+    let mut rds_requested = held.rds_requested;
     let mut rds_have = 0usize;
-    let mut synced = false;
-    let mut seen_probe = usize::MAX;
+    let mut synced = held.synced;
+    let mut seen_probe = held.seen_probe.unwrap_or(usize::MAX);
     while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
         let resp: DiscoveryResponse = resp;
+        *progress = true;
+        held.sotw_version[type_index(&resp.type_url)] = resp.version_info.clone();
         shared.bytes[type_index(&resp.type_url)].fetch_add(resp.encoded_len() as u64, Ordering::Relaxed);
         shared.responses.fetch_add(1, Ordering::Relaxed);
         let names = match resp.type_url.as_str() {
@@ -355,6 +488,7 @@ async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Share
                 names.sort();
                 if names != eds_names {
                     eds_names = names;
+                    held.eds_names = eds_names.clone();
                     send(DiscoveryRequest {
                         version_info: eds_state.0.clone(),
                         response_nonce: eds_state.1.clone(),
@@ -366,6 +500,7 @@ async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Share
             }
             type_url::LISTENER if !rds_requested => {
                 rds_requested = true;
+                held.rds_requested = true;
                 send(DiscoveryRequest {
                     type_url: type_url::ROUTE.into(),
                     resource_names: rds_names.clone(),
@@ -379,7 +514,8 @@ async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Share
                     // SotW carries no names outside the resource: read just the name's field, so
                     // the simulated proxies stay cheap next to the control plane they measure.
                     let Some(name) = cla_name(&a.value) else { continue };
-                    check_probe(&shared, &mut seen_probe, &name, &a.value);
+                    check_probe(shared, &mut seen_probe, &name, &a.value);
+                    held.seen_probe = Some(seen_probe);
                     eds_have.insert(name);
                 }
             }
@@ -387,6 +523,7 @@ async fn run_sotw(i: usize, services: usize, channel: Channel, shared: Arc<Share
         }
         if !synced && !eds_names.is_empty() && eds_have.len() >= eds_names.len() && rds_have > 0 {
             synced = true;
+            held.synced = true;
             shared.synced.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -474,11 +611,41 @@ fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A port free a moment ago, below the kernel's ephemeral range (32768+): the control plane is
+/// started on it again after a restart, and a port in the ephemeral range could meanwhile be
+/// taken as the source port of one of the thousands of reconnecting clients.
 fn free_port() -> u16 {
+    for _ in 0..500 {
+        let port = fastrand::u16(20000..32768);
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().map(|a| a.port()).unwrap_or(port);
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0")
+}
+
+/// Starts `weft control` on `registry` and waits until it is ready.
+fn start_control(bin: &Path, registry: &Path, xds: SocketAddr, admin: SocketAddr) -> Result<ControlProcess, String> {
+    let child = Command::new(bin)
+        .args(["control", "--registry"])
+        .arg(registry)
+        .args(["--xds", &xds.to_string(), "--admin", &admin.to_string()])
+        .env("WEFT_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start weft control: {e}"))?;
+    let guard = ControlProcess(child);
+    let t = Instant::now();
+    while http_get_status(admin, "/ready") != Some(200) {
+        if t.elapsed() > Duration::from_secs(120) {
+            return Err("weft control not ready after 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(guard)
 }
 
 struct ControlProcess(Child);
@@ -504,6 +671,11 @@ fn main() {
         .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("weft-xds-sim-{}", std::process::id())));
     let mut _control_guard = None;
+    let mut control_addrs = None;
+    if args.restart && args.weft_bin.is_none() {
+        eprintln!("--restart needs --weft-bin");
+        std::process::exit(2);
+    }
     let (xds, pid) = if let Some(bin) = &args.weft_bin {
         let _ = std::fs::remove_dir_all(&registry);
         std::fs::create_dir_all(&registry).expect("create registry dir");
@@ -520,26 +692,14 @@ fn main() {
         );
         let xds: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = Command::new(bin)
-            .args(["control", "--registry"])
-            .arg(&registry)
-            .args(["--xds", &xds.to_string(), "--admin", &admin.to_string()])
-            .env("WEFT_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start weft control");
-        let pid = child.id();
-        _control_guard = Some(ControlProcess(child));
         let t = Instant::now();
-        while http_get_status(admin, "/ready") != Some(200) {
-            if t.elapsed() > Duration::from_secs(120) {
-                eprintln!("weft control not ready after 120 s");
-                // process::exit skips destructors: stop the control plane first.
-                drop(_control_guard.take());
-                std::process::exit(1);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let guard = start_control(bin, &registry, xds, admin).unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(1);
+        });
+        let pid = guard.0.id();
+        _control_guard = Some(guard);
+        control_addrs = Some((xds, admin));
         eprintln!("control plane ready in {:.2}s (pid {pid})", t.elapsed().as_secs_f64());
         (xds, Some(pid))
     } else {
@@ -556,6 +716,10 @@ fn main() {
         .unwrap();
     let shared = Arc::new(Shared {
         dump: args.dump.clone(),
+        backoff: (
+            Duration::from_millis(args.backoff_base_ms.max(1)),
+            Duration::from_millis(args.backoff_max_ms.max(args.backoff_base_ms.max(1))),
+        ),
         ..Default::default()
     });
     let before = pid.and_then(proc_usage);
@@ -565,24 +729,13 @@ fn main() {
             let shared = shared.clone();
             let delta = args.mode == "delta";
             let services = args.services;
-            tokio::spawn(async move {
-                let r = match connect(xds).await {
-                    Ok(ch) if delta => run_delta(i, services, ch, shared.clone()).await,
-                    Ok(ch) => run_sotw(i, services, ch, shared.clone()).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    if shared.failed.fetch_add(1, Ordering::SeqCst) < 5 {
-                        eprintln!("client {i}: {e}");
-                    }
-                }
-            });
+            tokio::spawn(proxy_loop(i, services, xds, delta, shared));
         }
     });
     let deadline = t_start + Duration::from_secs(args.timeout_secs);
     let mut last_print = Instant::now();
     while shared.synced.load(Ordering::SeqCst) < args.proxies {
-        if Instant::now() > deadline || shared.failed.load(Ordering::SeqCst) > 0 {
+        if Instant::now() > deadline {
             eprintln!(
                 "initial sync incomplete: {}/{} synced, {} failed",
                 shared.synced.load(Ordering::SeqCst),
@@ -665,6 +818,16 @@ fn main() {
         }));
     }
     let end = pid.and_then(proc_usage);
+    let storm = match (args.restart, &args.weft_bin, control_addrs) {
+        (true, Some(bin), Some((xds, admin))) => {
+            let r = restart_storm(&args, bin, &registry, xds, admin, &shared, &mut _control_guard);
+            if r.get("reached").and_then(|v| v.as_u64()) != Some(args.proxies as u64) {
+                eprintln!("restart: not every proxy reconverged");
+            }
+            Some(r)
+        }
+        _ => None,
+    };
     let mean_bytes = change_bytes.iter().sum::<u64>() as f64 / change_bytes.len().max(1) as f64;
     let summary = serde_json::json!({
         "mode": args.mode,
@@ -683,10 +846,95 @@ fn main() {
         "bytes_per_change": mean_bytes,
         "bytes_per_change_per_proxy": mean_bytes / args.proxies as f64,
         "changes": per_change,
+        "restart": storm,
     });
     println!("{}", serde_json::to_string_pretty(&summary).unwrap());
     if let Some(p) = &args.json {
         std::fs::write(p, serde_json::to_string_pretty(&summary).unwrap()).expect("write --json");
     }
     rt.shutdown_timeout(Duration::from_millis(200));
+    if storm.is_some_and(|r| r["reached"].as_u64() != Some(args.proxies as u64)) {
+        drop(_control_guard.take());
+        std::process::exit(1);
+    }
+}
+
+/// The reconnect storm: kill the control plane under all connected proxies, move one endpoint
+/// while it is down, start it again on the same ports, and measure until every proxy has
+/// reconnected and received the moved endpoint.
+fn restart_storm(
+    args: &Args,
+    bin: &Path,
+    registry: &Path,
+    xds: SocketAddr,
+    admin: SocketAddr,
+    shared: &Shared,
+    guard: &mut Option<ControlProcess>,
+) -> serde_json::Value {
+    let svc = (args.changes * 7919 + 17) % args.services;
+    let port = 40000;
+    let reconnects_before = shared.reconnects.load(Ordering::SeqCst);
+    let failed_before = shared.failed.load(Ordering::SeqCst);
+    eprintln!(
+        "restart: stopping the control plane under {} connected proxies",
+        args.proxies
+    );
+    drop(guard.take());
+    write_service(registry, svc, args.endpoints, Some(port)).expect("rewrite registry file");
+    std::thread::sleep(Duration::from_millis(args.down_ms));
+    let probe = Arc::new(Probe {
+        id: usize::MAX - 1,
+        service: service_name(svc),
+        port,
+        t0: Instant::now(),
+        seen: AtomicUsize::new(0),
+        latencies_us: Mutex::new(Vec::new()),
+    });
+    *shared.probe.write().unwrap() = Some(probe.clone());
+    let t0 = Instant::now();
+    match start_control(bin, registry, xds, admin) {
+        Ok(g) => *guard = Some(g),
+        Err(e) => {
+            eprintln!("restart: {e}");
+            return serde_json::json!({ "error": e, "reached": 0 });
+        }
+    }
+    let ready_s = t0.elapsed().as_secs_f64();
+    let limit = Duration::from_secs(args.timeout_secs);
+    let mut last_print = Instant::now();
+    while probe.seen.load(Ordering::SeqCst) < args.proxies && t0.elapsed() < limit {
+        if last_print.elapsed() > Duration::from_secs(5) {
+            eprintln!("  reconverged {}/{}", probe.seen.load(Ordering::SeqCst), args.proxies);
+            last_print = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lat = probe.latencies_us.lock().unwrap().clone();
+    let mut h = Histogram::<u64>::new(3).unwrap();
+    for l in &lat {
+        h.record(*l).ok();
+    }
+    let last = lat.iter().copied().max().unwrap_or(0) as f64 / 1e6;
+    let reconnects = shared.reconnects.load(Ordering::SeqCst) - reconnects_before;
+    let failed = shared.failed.load(Ordering::SeqCst) - failed_before;
+    let end = guard.as_ref().and_then(|g| proc_usage(g.0.id()));
+    eprintln!(
+        "restart: ready after {ready_s:.2}s; {}/{} proxies reconverged, last after {last:.2}s (p50 {:.2}s, p99 {:.2}s); {reconnects} reconnects, {failed} failed attempts",
+        lat.len(),
+        args.proxies,
+        percentile(&h, 0.5) / 1000.0,
+        percentile(&h, 0.99) / 1000.0,
+    );
+    serde_json::json!({
+        "down_ms": args.down_ms,
+        "control_ready_s": ready_s,
+        "reached": lat.len(),
+        "reconverge_last_s": last,
+        "reconverge_p50_s": percentile(&h, 0.5) / 1000.0,
+        "reconverge_p99_s": percentile(&h, 0.99) / 1000.0,
+        "reconnects": reconnects,
+        "failed_attempts": failed,
+        "backoff_ms": [args.backoff_base_ms, args.backoff_max_ms],
+        "control_rss_mib": end.map(|u| u.1 as f64 / 1024.0),
+    })
 }

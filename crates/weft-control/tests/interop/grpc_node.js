@@ -1,12 +1,13 @@
 // Proxyless gRPC (Node @grpc/grpc-js-xds) against weft control.
-// usage: node grpc_node.js XDS_ADDR BACKEND_PORT TARGET   (needs @grpc/grpc-js and @grpc/grpc-js-xds installed)
+// usage: node grpc_node.js XDS_ADDR BACKEND_PORT TARGET [BOOTSTRAP_PATH]
+// (needs @grpc/grpc-js and @grpc/grpc-js-xds: NODE_PATH=interop/node/node_modules after interop/install)
 const grpc = require('@grpc/grpc-js');
 const fs = require('fs');
-const [xds, port, target] = process.argv.slice(2);
-fs.writeFileSync('/tmp/nodex/bootstrap.json', JSON.stringify({
+const [xds, port, target, bootstrap = '/tmp/nodex/bootstrap.json'] = process.argv.slice(2);
+fs.writeFileSync(bootstrap, JSON.stringify({
   xds_servers: [{server_uri: xds, channel_creds: [{type: 'insecure'}], server_features: ['xds_v3']}],
   node: {id: 'node-client-1', locality: {zone: 'z'}}}));
-process.env.GRPC_XDS_BOOTSTRAP = '/tmp/nodex/bootstrap.json';
+process.env.GRPC_XDS_BOOTSTRAP = bootstrap;
 require('@grpc/grpc-js-xds').register();
 const id = x => x;
 const server = new grpc.Server();
