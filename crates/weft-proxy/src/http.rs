@@ -138,7 +138,6 @@ pub async fn serve_connection(
             Ok::<_, Infallible>(resp)
         })
     });
-    let io = TokioIo::new(stream);
     let mut drain = lrt.drain_signal();
     let cfg = &rt.config;
     let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
@@ -161,7 +160,8 @@ pub async fn serve_connection(
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
     };
-    let conn = builder.serve_connection_with_upgrades(io, svc);
+    // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
+    let conn = crate::idle::Parking::new(&builder, stream, svc);
     tokio::pin!(conn);
     let idle = cfg.idle_timeout;
     // Closes the connection once no bytes have moved and no request has been in progress for
