@@ -161,7 +161,7 @@ pub async fn serve_connection(
         Codec::Http2 => builder.http2_only(),
     };
     // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
-    let conn = crate::idle::Parking::new(&builder, stream, svc);
+    let conn = crate::idle::Parking::new(&builder, stream, svc, cfg.request_headers_timeout);
     tokio::pin!(conn);
     let idle = cfg.idle_timeout;
     // Closes the connection once no bytes have moved and no request has been in progress for

@@ -3,10 +3,10 @@
 //! hyper's HTTP/1 connection allocates an 8 KiB read buffer and an 8 KiB header write buffer up
 //! front and keeps both (and its dispatcher state) for the connection's whole life; it has no
 //! option to release them between requests. With thousands of idle keep-alive clients that is
-//! most of the proxy's memory. So [`Parking`] drives the hyper connection and *parks* it whenever
-//! it is at rest: the last response was written and flushed, no request is in progress, the
-//! framing tracker has seen only complete messages, and hyper asked the socket for more bytes and
-//! got none. Parking drops the hyper connection (freeing its buffers) but keeps the socket (the
+//! most of the proxy's memory. So [`Parking`] drives the hyper connection and *parks* it once it
+//! has been at rest for [`PARK_AFTER`]: the last response was written and flushed, no request is
+//! in progress, the framing tracker has seen only complete messages, and hyper asked the socket
+//! for more bytes and got none. Parking drops the hyper connection (freeing its buffers) but keeps the socket (the
 //! I/O object hands it back when hyper drops it); when the client sends again, a new hyper
 //! connection is built on the same socket with the same builder and service. The parked state is
 //! the socket and a few pointers.
@@ -29,10 +29,15 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long an HTTP/1 connection must have been at rest before it is parked.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// State shared by a [`Parking`] connection, its I/O object (inside hyper) and its requests.
 pub struct ParkShared {
@@ -224,6 +229,14 @@ pub struct Parking<'a, S> {
     shared: Arc<ParkShared>,
     conn: Option<Pin<Box<dyn ConnFuture + 'a>>>,
     parked: Option<Sniffed<TcpStream>>,
+    /// hyper's header read timeout also runs while a connection waits for its next request;
+    /// a parked connection keeps that promise with `timer` (hyper starts a new one when the
+    /// client speaks again).
+    header_timeout: Option<Duration>,
+    /// Since when the active connection has been at rest.
+    rest_since: Option<Instant>,
+    /// While active: when to park. While parked: the header read deadline, if any.
+    timer: Option<Pin<Box<Sleep>>>,
     closing: bool,
 }
 
@@ -236,7 +249,13 @@ where
     B::Error: Into<BoxError>,
     TokioExecutor: HttpServerConnExec<TrackedFuture<S::Future>, Counted<B>>,
 {
-    pub fn new(builder: &'a Builder<TokioExecutor>, io: Sniffed<TcpStream>, svc: S) -> Self {
+    /// `header_timeout`: the HTTP/1 header read timeout set on `builder`, if any.
+    pub fn new(
+        builder: &'a Builder<TokioExecutor>,
+        io: Sniffed<TcpStream>,
+        svc: S,
+        header_timeout: Option<Duration>,
+    ) -> Self {
         let shared = Arc::new(ParkShared {
             tracker: io.tracker(),
             open: AtomicUsize::new(0),
@@ -252,6 +271,9 @@ where
             shared,
             conn: None,
             parked: None,
+            header_timeout,
+            rest_since: None,
+            timer: None,
             closing: false,
         };
         p.resume(io);
@@ -259,6 +281,7 @@ where
     }
 
     fn resume(&mut self, io: Sniffed<TcpStream>) {
+        self.rest_since = None;
         self.shared.read_pending.store(false, Ordering::Release);
         self.shared.dirty.store(false, Ordering::Release);
         let io = ParkIo {
@@ -307,8 +330,31 @@ where
                     this.conn = None;
                     return Poll::Ready(r);
                 }
-                if this.closing || !this.shared.at_rest() {
+                if this.closing {
                     return Poll::Pending;
+                }
+                if !this.shared.at_rest() {
+                    this.rest_since = None;
+                    return Poll::Pending;
+                }
+                // At rest: park once it has lasted PARK_AFTER. A busy keep-alive connection is
+                // at rest between every two requests; parking each time would cost a new hyper
+                // connection per request.
+                let now = Instant::now();
+                let since = *this.rest_since.get_or_insert(now);
+                let due = since + PARK_AFTER;
+                if now < due {
+                    match this.timer.as_mut() {
+                        // An earlier wake-up is already set: re-checked then.
+                        Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
+                        Some(t) => t.as_mut().reset(due),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                    }
+                    if let Some(t) = this.timer.as_mut() {
+                        if t.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
                 }
                 // Park: drop hyper's connection; its I/O object hands the socket back.
                 this.shared.keep.store(true, Ordering::Release);
@@ -319,6 +365,17 @@ where
                     // hyper no longer held the socket (cannot happen at rest): nothing to serve.
                     return Poll::Ready(Ok(()));
                 }
+                // hyper's header read timer started when the rest began.
+                this.timer = match this.header_timeout {
+                    None => None,
+                    Some(t) => match this.timer.take() {
+                        Some(mut timer) => {
+                            timer.as_mut().reset(since + t);
+                            Some(timer)
+                        }
+                        None => Some(Box::pin(tokio::time::sleep_until(since + t))),
+                    },
+                };
             }
             let Some(io) = this.parked.as_mut() else {
                 return Poll::Ready(Ok(()));
@@ -326,6 +383,12 @@ where
             if this.closing {
                 this.parked = None;
                 return Poll::Ready(Ok(()));
+            }
+            if let Some(d) = this.timer.as_mut() {
+                if d.as_mut().poll(cx).is_ready() {
+                    this.parked = None;
+                    return Poll::Ready(Ok(()));
+                }
             }
             // Wait for the client without reading: a peek leaves the bytes for hyper.
             let mut peek = [0u8; 4];

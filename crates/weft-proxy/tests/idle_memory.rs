@@ -4,7 +4,7 @@
 //! proxy's. One test per binary on purpose: RSS is process-wide.
 //!
 //! The bounds are generous (the test binary uses the system allocator, not weft's mimalloc, and
-//! RSS moves in pages); `bench/idle-memory` measures the release binary precisely.
+//! RSS moves in pages); `bench/idle-memory` measures the release binary as deployed.
 
 mod support;
 
@@ -13,7 +13,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 use support::*;
 
+/// This process's resident memory, after asking the allocator to give free memory back (glibc
+/// keeps freed chunks resident otherwise, so memory freed by parking would not show).
 fn rss_kib() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free memory.
+        unsafe { malloc_trim(0) };
+    }
     let status = std::fs::read_to_string("/proc/self/status").expect("procfs");
     status
         .lines()
@@ -102,7 +112,8 @@ fn per_idle_connection(addr: SocketAddr, n: usize, open: fn(SocketAddr) -> TcpSt
     }
     let before = rss_kib();
     let conns: Vec<_> = (0..n).map(|_| open(addr)).collect();
-    std::thread::sleep(Duration::from_millis(500));
+    // Idle HTTP/1 connections are parked after `weft_proxy::idle::PARK_AFTER` (1 s).
+    std::thread::sleep(Duration::from_millis(1500));
     let after = rss_kib();
     drop(conns);
     std::thread::sleep(Duration::from_millis(200));
