@@ -39,6 +39,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How long an HTTP/1 connection must have been at rest before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Connections parked now, in this process.
+pub fn parked_connections() -> usize {
+    PARKED.load(Ordering::Relaxed)
+}
+
 /// State shared by a [`Parking`] connection, its I/O object (inside hyper) and its requests.
 pub struct ParkShared {
     tracker: Arc<Mutex<FramingTracker>>,
@@ -311,6 +318,20 @@ where
     }
 }
 
+impl<S> Parking<'_, S> {
+    fn close_parked(&mut self) {
+        if self.parked.take().is_some() {
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S> Drop for Parking<'_, S> {
+    fn drop(&mut self) {
+        self.close_parked();
+    }
+}
+
 impl<S, B> Future for Parking<'_, S>
 where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
@@ -365,6 +386,7 @@ where
                     // hyper no longer held the socket (cannot happen at rest): nothing to serve.
                     return Poll::Ready(Ok(()));
                 }
+                PARKED.fetch_add(1, Ordering::Relaxed);
                 // hyper's header read timer started when the rest began.
                 this.timer = match this.header_timeout {
                     None => None,
@@ -381,12 +403,12 @@ where
                 return Poll::Ready(Ok(()));
             };
             if this.closing {
-                this.parked = None;
+                this.close_parked();
                 return Poll::Ready(Ok(()));
             }
             if let Some(d) = this.timer.as_mut() {
                 if d.as_mut().poll(cx).is_ready() {
-                    this.parked = None;
+                    this.close_parked();
                     return Poll::Ready(Ok(()));
                 }
             }
@@ -396,12 +418,12 @@ where
             match io.get_ref().poll_peek(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
-                    this.parked = None;
+                    this.close_parked();
                     return Poll::Ready(Err(e.into()));
                 }
                 // The client closed.
                 Poll::Ready(Ok(0)) => {
-                    this.parked = None;
+                    this.close_parked();
                     return Poll::Ready(Ok(()));
                 }
                 // An HTTP/2 preface after HTTP/1 requests: an HTTP/1 server answers it with an
@@ -409,12 +431,13 @@ where
                 Poll::Ready(Ok(_))
                     if buf.filled().starts_with(b"PRI ") && this.shared.spoke.load(Ordering::Acquire) =>
                 {
-                    this.parked = None;
+                    this.close_parked();
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Ready(Ok(_)) => {}
             }
             let io = this.parked.take().expect("checked above");
+            PARKED.fetch_sub(1, Ordering::Relaxed);
             this.resume(io);
         }
     }
