@@ -311,11 +311,6 @@ where
             c.as_mut().graceful_shutdown();
         }
     }
-
-    /// Whether the connection is parked now (no hyper state held).
-    pub fn is_parked(&self) -> bool {
-        self.parked.is_some()
-    }
 }
 
 impl<S> Parking<'_, S> {
