@@ -72,10 +72,7 @@ async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<String> {
 /// false if it stays open.
 async fn closes_within(s: &mut TcpStream, wait: Duration) -> bool {
     let mut b = Vec::new();
-    match tokio::time::timeout(wait, s.read_to_end(&mut b)).await {
-        Ok(_) => true,
-        Err(_) => false,
-    }
+    tokio::time::timeout(wait, s.read_to_end(&mut b)).await.is_ok()
 }
 
 #[tokio::test]
