@@ -253,7 +253,11 @@ async fn a_partly_received_chunked_sotw_response_is_resent_after_reconnect() {
     while let Some(r) = c.recv(Duration::from_millis(500)).await {
         chunks.push(r);
     }
-    assert!(chunks.len() >= 2, "the test needs a split response, got {}", chunks.len());
+    assert!(
+        chunks.len() >= 2,
+        "the test needs a split response, got {}",
+        chunks.len()
+    );
     let total: usize = chunks.iter().map(|r| r.resources.len()).sum();
     assert_eq!(total, 24);
     let last = chunks.last().unwrap().version_info.clone();
@@ -263,7 +267,8 @@ async fn a_partly_received_chunked_sotw_response_is_resent_after_reconnect() {
     );
     // Reconnect claiming the first chunk's version: everything again.
     let mut c = Sotw::connect(cp.xds_addr(), sidecar("a-1", "s0")).await;
-    c.last.insert(ENDPOINT.into(), (chunks[0].version_info.clone(), String::new()));
+    c.last
+        .insert(ENDPOINT.into(), (chunks[0].version_info.clone(), String::new()));
     c.request(ENDPOINT, &names).await;
     let mut again = 0;
     while let Some(r) = c.recv(Duration::from_millis(500)).await {

@@ -62,6 +62,11 @@ impl FramingTracker {
         self.state == State::Stopped
     }
 
+    /// Between messages with nothing pending: every head seen was complete and its verdict taken.
+    pub fn at_rest(&self) -> bool {
+        self.state == State::Head && self.buf.is_empty() && self.verdicts.is_empty()
+    }
+
     /// Feeds bytes read from the client.
     pub fn feed(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
@@ -392,6 +397,16 @@ impl<T> Sniffed<T> {
             tracker,
             activity,
         )
+    }
+}
+
+impl<T> Sniffed<T> {
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    pub fn tracker(&self) -> Arc<Mutex<FramingTracker>> {
+        self.tracker.clone()
     }
 }
 

@@ -139,7 +139,6 @@ pub async fn serve_connection(
             Ok::<_, Infallible>(resp.map(|b| b.hold(in_flight)))
         })
     });
-    let io = TokioIo::new(stream);
     let mut drain = lrt.drain_signal();
     let cfg = &rt.config;
     let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
@@ -175,7 +174,8 @@ pub async fn serve_connection(
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
     };
-    let conn = builder.serve_connection_with_upgrades(io, svc);
+    // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
+    let conn = crate::idle::Parking::new(&builder, stream, svc);
     tokio::pin!(conn);
     let verdict = tokio::select! {
         _ = conn.as_mut() => return,

@@ -14,6 +14,7 @@ pub mod h1_framing;
 pub mod health;
 pub mod hostset;
 pub mod http;
+pub mod idle;
 pub mod outlier;
 pub mod ratelimit;
 pub mod router;

@@ -1,0 +1,413 @@
+//! Idle HTTP/1 connections without hyper's per-connection state.
+//!
+//! hyper's HTTP/1 connection allocates an 8 KiB read buffer and an 8 KiB header write buffer up
+//! front and keeps both (and its dispatcher state) for the connection's whole life; it has no
+//! option to release them between requests. With thousands of idle keep-alive clients that is
+//! most of the proxy's memory. So [`Parking`] drives the hyper connection and *parks* it once it
+//! has been at rest for [`PARK_AFTER`]: the last response was written and flushed, no request is
+//! in progress, the framing tracker has seen only complete messages, and hyper asked the socket
+//! for more bytes and got none. Parking drops the hyper connection (freeing its buffers) but keeps the socket (the
+//! I/O object hands it back when hyper drops it); when the client sends again, a new hyper
+//! connection is built on the same socket with the same builder and service. The parked state is
+//! the socket and a few pointers.
+//!
+//! HTTP/2 is never parked (its connection state — HPACK tables, stream ids, settings, windows —
+//! cannot be rebuilt), nor is an upgraded connection, nor anything the framing tracker stopped
+//! following (see `h1_framing`): those run exactly as before.
+
+use crate::h1_framing::{FramingTracker, Sniffed};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto::{Builder, HttpServerConnExec, UpgradeableConnection};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long an HTTP/1 connection must have been at rest before it is parked.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
+
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+/// Connections parked now, in this process.
+pub fn parked_connections() -> usize {
+    PARKED.load(Ordering::Relaxed)
+}
+
+/// State shared by a [`Parking`] connection, its I/O object (inside hyper) and its requests.
+pub struct ParkShared {
+    tracker: Arc<Mutex<FramingTracker>>,
+    /// Requests whose response body hyper has not dropped yet.
+    open: AtomicUsize,
+    /// The last read returned `Pending` (hyper wanted bytes, the client had sent none).
+    read_pending: AtomicBool,
+    /// Bytes were written since the last successful flush.
+    dirty: AtomicBool,
+    /// The client has sent something (so the connection is HTTP/1: HTTP/2 is never parked).
+    spoke: AtomicBool,
+    /// Set while a parked hyper connection is dropped: its I/O object returns the socket to
+    /// `slot` instead of closing it.
+    keep: AtomicBool,
+    slot: Mutex<Option<Sniffed<TcpStream>>>,
+}
+
+impl ParkShared {
+    fn at_rest(&self) -> bool {
+        self.read_pending.load(Ordering::Acquire)
+            && !self.dirty.load(Ordering::Acquire)
+            && self.open.load(Ordering::Acquire) == 0
+            && self.tracker.lock().unwrap_or_else(|e| e.into_inner()).at_rest()
+    }
+}
+
+/// The I/O object hyper gets: the sniffed socket, handed back on drop while parking.
+pub struct ParkIo {
+    inner: Option<Sniffed<TcpStream>>,
+    shared: Arc<ParkShared>,
+}
+
+impl ParkIo {
+    fn io(&mut self) -> Pin<&mut Sniffed<TcpStream>> {
+        Pin::new(self.inner.as_mut().expect("the socket is only taken on drop"))
+    }
+}
+
+impl Drop for ParkIo {
+    fn drop(&mut self) {
+        if self.shared.keep.load(Ordering::Acquire) {
+            if let Some(io) = self.inner.take() {
+                *self.shared.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
+            }
+        }
+    }
+}
+
+impl AsyncRead for ParkIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = self.io().poll_read(cx, buf);
+        self.shared.read_pending.store(r.is_pending(), Ordering::Release);
+        if buf.filled().len() > before {
+            self.shared.spoke.store(true, Ordering::Release);
+        }
+        r
+    }
+}
+
+impl AsyncWrite for ParkIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.shared.dirty.store(true, Ordering::Release);
+        self.io().poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.shared.dirty.store(true, Ordering::Release);
+        self.io().poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = self.io().poll_flush(cx);
+        if let Poll::Ready(Ok(())) = r {
+            self.shared.dirty.store(false, Ordering::Release);
+        }
+        r
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.shared.dirty.store(true, Ordering::Release);
+        self.io().poll_shutdown(cx)
+    }
+}
+
+/// Counts a request as open until hyper drops its response body.
+pub struct OpenGuard(Arc<ParkShared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The service wrapper: every request holds an [`OpenGuard`] until its response body is dropped.
+pub struct Tracked<S> {
+    inner: S,
+    shared: Arc<ParkShared>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Unpin,
+{
+    type Response = Response<Counted<B>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.shared.open.fetch_add(1, Ordering::AcqRel);
+        let guard = OpenGuard(self.shared.clone());
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard: Some(guard),
+        }
+    }
+}
+
+pub struct TrackedFuture<F> {
+    inner: F,
+    guard: Option<OpenGuard>,
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>> + Unpin,
+{
+    type Output = Result<Response<Counted<B>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = ready!(Pin::new(&mut self.inner).poll(cx));
+        let guard = self.guard.take();
+        Poll::Ready(r.map(|resp| resp.map(|inner| Counted { inner, _guard: guard })))
+    }
+}
+
+/// A response body that keeps its request counted as open.
+pub struct Counted<B> {
+    inner: B,
+    _guard: Option<OpenGuard>,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The hyper connection being driven, behind a trait object so that the struct needs no bounds.
+trait ConnFuture: Future<Output = Result<(), BoxError>> + Send {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<S, B, E> ConnFuture for UpgradeableConnection<'_, TokioIo<ParkIo>, Tracked<S>, E>
+where
+    E: HttpServerConnExec<TrackedFuture<S::Future>, Counted<B>> + Send + Sync,
+    S: Service<Request<Incoming>, Response = Response<B>> + Send,
+    S::Future: Unpin + Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+/// A downstream connection served by `builder`, parked while idle (see the module docs). Behaves
+/// like the connection future it replaces: poll it to completion; `graceful_shutdown` closes a
+/// parked connection at once.
+pub struct Parking<'a, S, E> {
+    builder: &'a Builder<E>,
+    svc: S,
+    shared: Arc<ParkShared>,
+    conn: Option<Pin<Box<dyn ConnFuture + 'a>>>,
+    parked: Option<Sniffed<TcpStream>>,
+    /// Since when the active connection has been at rest.
+    rest_since: Option<Instant>,
+    /// While active: when to park. (The connection's timeouts, parked or not, are the
+    /// watchdog's: `crate::watchdog`.)
+    timer: Option<Pin<Box<Sleep>>>,
+    closing: bool,
+}
+
+impl<'a, S, B, E> Parking<'a, S, E>
+where
+    E: HttpServerConnExec<TrackedFuture<S::Future>, Counted<B>> + Clone + Send + Sync + 'a,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
+    S::Future: Unpin + Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    pub fn new(builder: &'a Builder<E>, io: Sniffed<TcpStream>, svc: S) -> Self {
+        let shared = Arc::new(ParkShared {
+            tracker: io.tracker(),
+            open: AtomicUsize::new(0),
+            read_pending: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            spoke: AtomicBool::new(false),
+            keep: AtomicBool::new(false),
+            slot: Mutex::new(None),
+        });
+        let mut p = Parking {
+            builder,
+            svc,
+            shared,
+            conn: None,
+            parked: None,
+            rest_since: None,
+            timer: None,
+            closing: false,
+        };
+        p.resume(io);
+        p
+    }
+
+    fn resume(&mut self, io: Sniffed<TcpStream>) {
+        self.rest_since = None;
+        self.shared.read_pending.store(false, Ordering::Release);
+        self.shared.dirty.store(false, Ordering::Release);
+        let io = ParkIo {
+            inner: Some(io),
+            shared: self.shared.clone(),
+        };
+        let svc = Tracked {
+            inner: self.svc.clone(),
+            shared: self.shared.clone(),
+        };
+        self.conn = Some(Box::pin(
+            self.builder.serve_connection_with_upgrades(TokioIo::new(io), svc),
+        ));
+    }
+
+    /// Starts a graceful shutdown: hyper's for an active connection; a parked one just closes.
+    pub fn graceful_shutdown(mut self: Pin<&mut Self>) {
+        self.closing = true;
+        if let Some(c) = self.conn.as_mut() {
+            c.as_mut().graceful_shutdown();
+        }
+    }
+}
+
+impl<S, E> Parking<'_, S, E> {
+    fn close_parked(&mut self) {
+        if self.parked.take().is_some() {
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<S, E> Drop for Parking<'_, S, E> {
+    fn drop(&mut self) {
+        self.close_parked();
+    }
+}
+
+impl<'a, S, B, E> Future for Parking<'a, S, E>
+where
+    E: HttpServerConnExec<TrackedFuture<S::Future>, Counted<B>> + Clone + Send + Sync + 'a,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
+    S::Future: Unpin + Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            if let Some(conn) = this.conn.as_mut() {
+                if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                    this.conn = None;
+                    return Poll::Ready(r);
+                }
+                if this.closing {
+                    return Poll::Pending;
+                }
+                if !this.shared.at_rest() {
+                    this.rest_since = None;
+                    return Poll::Pending;
+                }
+                // At rest: park once it has lasted PARK_AFTER. A busy keep-alive connection is
+                // at rest between every two requests; parking each time would cost a new hyper
+                // connection per request.
+                let now = Instant::now();
+                let since = *this.rest_since.get_or_insert(now);
+                let due = since + PARK_AFTER;
+                if now < due {
+                    match this.timer.as_mut() {
+                        // An earlier wake-up is already set: re-checked then.
+                        Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
+                        Some(t) => t.as_mut().reset(due),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                    }
+                    if let Some(t) = this.timer.as_mut() {
+                        if t.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                // Park: drop hyper's connection; its I/O object hands the socket back.
+                this.shared.keep.store(true, Ordering::Release);
+                this.conn = None;
+                this.shared.keep.store(false, Ordering::Release);
+                this.parked = this.shared.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if this.parked.is_none() {
+                    // hyper no longer held the socket (cannot happen at rest): nothing to serve.
+                    return Poll::Ready(Ok(()));
+                }
+                PARKED.fetch_add(1, Ordering::Relaxed);
+                this.timer = None;
+            }
+            let Some(io) = this.parked.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if this.closing {
+                this.close_parked();
+                return Poll::Ready(Ok(()));
+            }
+            // Wait for the client without reading: a peek leaves the bytes for hyper.
+            let mut peek = [0u8; 4];
+            let mut buf = ReadBuf::new(&mut peek);
+            match io.get_ref().poll_peek(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.close_parked();
+                    return Poll::Ready(Err(e.into()));
+                }
+                // The client closed.
+                Poll::Ready(Ok(0)) => {
+                    this.close_parked();
+                    return Poll::Ready(Ok(()));
+                }
+                // An HTTP/2 preface after HTTP/1 requests: an HTTP/1 server answers it with an
+                // error and a close, but hyper-util's version sniffing would switch protocol.
+                Poll::Ready(Ok(_))
+                    if buf.filled().starts_with(b"PRI ") && this.shared.spoke.load(Ordering::Acquire) =>
+                {
+                    this.close_parked();
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Ok(_)) => {}
+            }
+            let io = this.parked.take().expect("checked above");
+            PARKED.fetch_sub(1, Ordering::Relaxed);
+            this.resume(io);
+        }
+    }
+}
