@@ -228,26 +228,10 @@ async fn slow_upstream() -> Upstream {
     .await
 }
 
-fn proxy_yaml(up: SocketAddr) -> String {
-    format!(
-        r#"
-runtime: {{ concurrency: 1 }}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-    http:
-      route_config:
-        virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ route: {{ cluster: app }} }}] }}]
-clusters:
-  - {{ name: app, endpoints: [{{ address: "{up}" }}] }}
-"#
-    )
-}
-
 #[tokio::test]
 async fn h2_invalid_header_field_resets_only_its_stream() {
     let up = slow_upstream().await;
-    let proxy = start_proxy(&proxy_yaml(up.addr));
+    let proxy = start_proxy(&app_yaml(up.addr, ""));
     let addr = proxy.listener_addr("web").unwrap();
     let mut c = Conn::open(addr).await;
 
@@ -307,7 +291,7 @@ async fn h2_invalid_header_field_resets_only_its_stream() {
 #[tokio::test]
 async fn h2_invalid_header_field_in_continuation_frames() {
     let up = slow_upstream().await;
-    let proxy = start_proxy(&proxy_yaml(up.addr));
+    let proxy = start_proxy(&app_yaml(up.addr, ""));
     let addr = proxy.listener_addr("web").unwrap();
     let mut c = Conn::open(addr).await;
 

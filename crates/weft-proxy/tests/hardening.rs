@@ -184,6 +184,19 @@ async fn a_hanging_upstream_times_out_by_default() {
     assert_eq!(http.request_headers_timeout, Some(Duration::from_secs(10)));
 }
 
+/// An upstream answering each request with `chunks(path)` chunks of 64 KiB, streamed.
+async fn chunked_upstream(chunks: fn(&str) -> usize) -> Upstream {
+    streaming_upstream(move |req| async move {
+        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream =
+            futures_util::stream::iter((0..chunks(req.uri().path())).map(move |_| {
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(chunk.clone()))
+            }));
+        http::Response::new(any_body(http_body_util::StreamBody::new(stream)))
+    })
+    .await
+}
+
 fn http_of(cfg: &weft_config::Config) -> &weft_config::HttpConnectionManager {
     match &cfg.listeners[0].filter_chains[0].filter {
         weft_config::NetworkFilter::Http(h) => h,
@@ -204,20 +217,8 @@ async fn stalled_download(addr: SocketAddr) -> tokio::net::TcpStream {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_by_the_stream_idle_timeout() {
     // An upstream that sends 64 MiB; the client never reads.
-    let up = streaming_upstream(|_req| async move {
-        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
-        let stream =
-            futures_util::stream::iter((0..1024).map(move |_| {
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(chunk.clone()))
-            }));
-        http::Response::new(any_body(http_body_util::StreamBody::new(stream)))
-    })
-    .await;
-    let yaml = one_route_yaml(
-        "{ cluster: app }",
-        &format!("  - name: app\n    endpoints: [{{ address: \"{}\" }}]", up.addr),
-    )
-    .replace("    http:\n", "    http:\n      stream_idle_timeout: 1s\n");
+    let up = chunked_upstream(|_| 1024).await;
+    let yaml = app_yaml(up.addr, "stream_idle_timeout: 1s");
     let proxy = start_proxy(&yaml);
     let addr = proxy.listener_addr("web").unwrap();
     let mut clients = Vec::new();
@@ -248,21 +249,8 @@ async fn a_client_that_stops_reading_is_closed_by_the_stream_idle_timeout() {
 #[tokio::test]
 async fn a_stalled_http2_stream_is_reset_alone() {
     use http_body_util::{BodyExt, Full};
-    let up = streaming_upstream(|req| async move {
-        let n = if req.uri().path() == "/big" { 1024 } else { 1 };
-        let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
-        let stream =
-            futures_util::stream::iter((0..n).map(move |_| {
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(chunk.clone()))
-            }));
-        http::Response::new(any_body(http_body_util::StreamBody::new(stream)))
-    })
-    .await;
-    let yaml = one_route_yaml(
-        "{ cluster: app }",
-        &format!("  - name: app\n    endpoints: [{{ address: \"{}\" }}]", up.addr),
-    )
-    .replace("    http:\n", "    http:\n      stream_idle_timeout: 1s\n");
+    let up = chunked_upstream(|path| if path == "/big" { 1024 } else { 1 }).await;
+    let yaml = app_yaml(up.addr, "stream_idle_timeout: 1s");
     let proxy = start_proxy(&yaml);
     let addr = proxy.listener_addr("web").unwrap();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -310,11 +298,7 @@ async fn a_stalled_http2_stream_is_reset_alone() {
 #[tokio::test]
 async fn slowloris_connections_are_closed_by_the_header_timeout() {
     let up = upstream(|_| async { text(200, "ok") }).await;
-    let yaml = one_route_yaml(
-        "{ cluster: app }",
-        &format!("  - name: app\n    endpoints: [{{ address: \"{}\" }}]", up.addr),
-    )
-    .replace("    http:\n", "    http:\n      request_headers_timeout: 1s\n");
+    let yaml = app_yaml(up.addr, "request_headers_timeout: 1s");
     let proxy = start_proxy(&yaml);
     let addr = proxy.listener_addr("web").unwrap();
     // A client that trickles a head, one that sends nothing, one that trickles an h2 preface,
@@ -396,11 +380,7 @@ fn h2_frame(ty: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn an_http2_header_block_left_open_is_timed_out() {
     let up = upstream(|_| async { text(200, "ok") }).await;
-    let yaml = one_route_yaml(
-        "{ cluster: app }",
-        &format!("  - name: app\n    endpoints: [{{ address: \"{}\" }}]", up.addr),
-    )
-    .replace("    http:\n", "    http:\n      request_headers_timeout: 1s\n");
+    let yaml = app_yaml(up.addr, "request_headers_timeout: 1s");
     let proxy = start_proxy(&yaml);
     let addr = proxy.listener_addr("web").unwrap();
     let s = tokio::net::TcpStream::connect(addr).await.unwrap();

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,28 +11,6 @@ use tokio::net::TcpStream;
 
 /// Longer than `weft_proxy::idle::PARK_AFTER`: the connection is parked after such a pause.
 const PARK: Duration = Duration::from_millis(1300);
-
-fn yaml(addr: SocketAddr, http_extra: &str) -> String {
-    format!(
-        r#"
-runtime: {{ concurrency: 1 }}
-listeners:
-  - name: web
-    address: 127.0.0.1:0
-    http:
-      {http_extra}
-      route_config:
-        virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:
-              - {{ match: {{ prefix: / }}, route: {{ cluster: app }} }}
-clusters:
-  - name: app
-    endpoints: [{{ address: "{addr}" }}]
-"#
-    )
-}
 
 /// Echoes method, path and body length.
 async fn echo() -> Upstream {
@@ -78,7 +55,7 @@ async fn closes_within(s: &mut TcpStream, wait: Duration) -> bool {
 #[tokio::test]
 async fn keepalive_requests_across_idle_pauses_pipelining_and_bodies() {
     let up = echo().await;
-    let proxy = start_proxy(&yaml(up.addr, ""));
+    let proxy = start_proxy(&app_yaml(up.addr, ""));
     let addr = proxy.listener_addr("web").unwrap();
     let mut s = TcpStream::connect(addr).await.unwrap();
     // Nothing sent for a while: the fresh connection is parked before its first request.
@@ -128,7 +105,7 @@ GET /p3 HTTP/1.1\r\nHost: x\r\n\r\n",
 #[tokio::test]
 async fn many_parked_connections_resume() {
     let up = echo().await;
-    let proxy = start_proxy(&yaml(up.addr, ""));
+    let proxy = start_proxy(&app_yaml(up.addr, ""));
     let addr = proxy.listener_addr("web").unwrap();
     let mut conns = Vec::new();
     for i in 0..50 {
@@ -151,7 +128,7 @@ async fn many_parked_connections_resume() {
 #[tokio::test]
 async fn header_timeout_applies_to_a_slow_head_on_a_parked_connection_not_to_idle_ones() {
     let up = echo().await;
-    let proxy = start_proxy(&yaml(up.addr, "request_headers_timeout: 2s"));
+    let proxy = start_proxy(&app_yaml(up.addr, "request_headers_timeout: 2s"));
     let addr = proxy.listener_addr("web").unwrap();
     // Idle between requests (parked meanwhile) for longer than the headers timeout: kept.
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -178,7 +155,7 @@ async fn header_timeout_applies_to_a_slow_head_on_a_parked_connection_not_to_idl
 #[tokio::test]
 async fn h2c_on_a_fresh_connection_but_not_after_http1() {
     let up = echo().await;
-    let proxy = start_proxy(&yaml(up.addr, ""));
+    let proxy = start_proxy(&app_yaml(up.addr, ""));
     let addr = proxy.listener_addr("web").unwrap();
     // A client that connects and waits before its preface (the connection is parked meanwhile).
     let stream = TcpStream::connect(addr).await.unwrap();

@@ -434,3 +434,17 @@ clusters:
 "#
     )
 }
+
+/// [`one_route_yaml`] routing everything to one cluster `app` with a single endpoint `upstream`;
+/// `http_extra` (e.g. `"stream_idle_timeout: 1s"`) goes into the listener's `http` section.
+pub fn app_yaml(upstream: SocketAddr, http_extra: &str) -> String {
+    let yaml = one_route_yaml(
+        "{ cluster: app }",
+        &format!("  - name: app\n    endpoints: [{{ address: \"{upstream}\" }}]"),
+    );
+    if http_extra.is_empty() {
+        yaml
+    } else {
+        yaml.replace("    http:\n", &format!("    http:\n      {http_extra}\n"))
+    }
+}
