@@ -224,3 +224,61 @@ async fn reconnecting_clients_with_current_versions_get_nothing_after_restart() 
     }
     cp.stop().await;
 }
+
+/// A SotW EDS response split into chunks carries the version of the whole only on its last chunk:
+/// a client whose stream broke after the first chunk reconnects with a version that matches
+/// nothing and is sent everything again; one that got them all is sent nothing.
+#[tokio::test]
+async fn a_partly_received_chunked_sotw_response_is_resent_after_reconnect() {
+    let dir = TempDir::new();
+    let mut yaml = String::from("services:\n");
+    for s in 0..24 {
+        yaml.push_str(&format!("  - name: s{s}\n    endpoints:\n"));
+        for e in 0..100 {
+            yaml.push_str(&format!(
+                "      - {{address: 10.{s}.{}.{}:8080, labels: {{version: v{e}}}}}\n",
+                e / 250,
+                e % 250
+            ));
+        }
+    }
+    dir.write("s.yaml", &yaml);
+    let cp = start(&dir).await;
+    wait_ready(&cp).await;
+    let names: Vec<String> = (0..24).map(|s| format!("s{s}")).collect();
+    let names: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
+    let mut c = Sotw::connect(cp.xds_addr(), sidecar("a-1", "s0")).await;
+    c.request(ENDPOINT, &names).await;
+    let mut chunks = Vec::new();
+    while let Some(r) = c.recv(Duration::from_millis(500)).await {
+        chunks.push(r);
+    }
+    assert!(
+        chunks.len() >= 2,
+        "the test needs a split response, got {}",
+        chunks.len()
+    );
+    let total: usize = chunks.iter().map(|r| r.resources.len()).sum();
+    assert_eq!(total, 24);
+    let last = chunks.last().unwrap().version_info.clone();
+    assert!(
+        chunks[..chunks.len() - 1].iter().all(|r| r.version_info != last),
+        "only the last chunk has the version of the whole"
+    );
+    // Reconnect claiming the first chunk's version: everything again.
+    let mut c = Sotw::connect(cp.xds_addr(), sidecar("a-1", "s0")).await;
+    c.last
+        .insert(ENDPOINT.into(), (chunks[0].version_info.clone(), String::new()));
+    c.request(ENDPOINT, &names).await;
+    let mut again = 0;
+    while let Some(r) = c.recv(Duration::from_millis(500)).await {
+        again += r.resources.len();
+    }
+    assert_eq!(again, 24);
+    // Reconnect claiming the whole: nothing.
+    let mut c = Sotw::connect(cp.xds_addr(), sidecar("a-1", "s0")).await;
+    c.last.insert(ENDPOINT.into(), (last, String::new()));
+    c.request(ENDPOINT, &names).await;
+    assert!(c.recv(Duration::from_millis(500)).await.is_none());
+    cp.stop().await;
+}
