@@ -360,16 +360,25 @@ fn sotw_respond(
             chunk(items)
         };
         st.types[kind as usize].nonces.clear();
-        for part in chunks {
+        let n = chunks.len();
+        for (i, part) in chunks.into_iter().enumerate() {
             let nonce = st.next_nonce();
             let ts = &mut st.types[kind as usize];
             ts.nonces.push(nonce.clone());
             ts.responded = true;
             ts.last_sent_version = version.clone();
+            // Only the last chunk carries the version of the whole: a client whose stream broke
+            // after some chunks reconnects with a partial version, which matches nothing, so it
+            // is sent everything again instead of nothing.
+            let version = if i + 1 < n {
+                format!("{version}.{}of{n}", i + 1)
+            } else {
+                version.clone()
+            };
             out.push(Out {
                 kind,
                 nonce,
-                version: version.clone(),
+                version,
                 items: part,
                 removed: Vec::new(),
             });

@@ -45,7 +45,7 @@ struct Client {
 
 impl Client {
     fn start(i: usize, xds: std::net::SocketAddr) -> Client {
-        let mode = if i % 2 == 0 { "ads_delta" } else { "ads_sotw" };
+        let mode = if i.is_multiple_of(2) { "ads_delta" } else { "ads_sotw" };
         // Listener ports 0: nothing is bound for them, so hundreds of clients fit in one process.
         let yaml = format!(
             "node: {{ id: storm-{i}, cluster: a, metadata: {{ weft.role: sidecar, weft.outbound: \"127.0.0.1:0\", weft.inbound: \"127.0.0.1:0\", weft.app: \"127.0.0.1:1\" }} }}\nxds:\n  address: \"{xds}\"\n  mode: {mode}\n  backoff_base: 100ms\n  backoff_max: 2s\n"

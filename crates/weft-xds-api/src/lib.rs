@@ -197,7 +197,9 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// One field: its number, wire type, the whole field's bytes and (length-delimited) its payload.
-fn fields(mut b: &[u8]) -> Option<Vec<(u64, u64, &[u8], &[u8])>> {
+type Field<'a> = (u64, u64, &'a [u8], &'a [u8]);
+
+fn fields(mut b: &[u8]) -> Option<Vec<Field<'_>>> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let start = b;

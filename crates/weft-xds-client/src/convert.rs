@@ -634,11 +634,22 @@ fn per_filter(
         }
         if any.type_url == type_url::FAULT {
             match weft_xds_api::unpack::<fault::HttpFault>(&any, type_url::FAULT) {
-                Ok(f) => out.fault = Some(fault_policy(errs, &kp, &f)),
+                Ok(f) => {
+                    let mut v = crate::pgv::V::default();
+                    crate::pgv::http_fault(&mut v, &kp, &f);
+                    errs.0.extend(v.0);
+                    out.fault = Some(fault_policy(errs, &kp, &f));
+                }
                 Err(e) => errs.add(&kp, e),
             }
         } else if any.type_url == type_url::LOCAL_RATE_LIMIT {
-            match weft_xds_api::unpack::<lrl::LocalRateLimit>(&any, type_url::LOCAL_RATE_LIMIT) {
+            let l = weft_xds_api::unpack::<lrl::LocalRateLimit>(&any, type_url::LOCAL_RATE_LIMIT);
+            if let Ok(l) = &l {
+                let mut v = crate::pgv::V::default();
+                crate::pgv::local_rate_limit(&mut v, &kp, l);
+                errs.0.extend(v.0);
+            }
+            match l {
                 Ok(l) if l.token_bucket.is_none() => out.rate_limit = None,
                 Ok(l) => out.rate_limit = Some(local_rate_limit(errs, &kp, &l, Some(rate_limits))),
                 Err(e) => errs.add(&kp, e),

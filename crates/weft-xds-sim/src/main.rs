@@ -91,6 +91,9 @@ struct Args {
     backoff_base_ms: u64,
     #[arg(long, default_value_t = 30000)]
     backoff_max_ms: u64,
+    /// Busy threads competing for the CPU during the restart scenario ("other load").
+    #[arg(long, default_value_t = 0)]
+    load_threads: usize,
 }
 
 /// One measured registry change: the service whose endpoint 0 moved to `port`.
@@ -220,6 +223,10 @@ struct Held {
     sotw_version: [String; 4],
     delta_versions: [std::collections::HashMap<String, String>; 4],
     eds_names: Vec<String>,
+    /// SotW: the assignments and route configurations received (a server that finds the
+    /// reconnecting client current sends nothing again).
+    sotw_eds_have: HashSet<String>,
+    sotw_rds_have: usize,
     rds_requested: bool,
     synced: bool,
     seen_probe: Option<usize>,
@@ -318,6 +325,11 @@ async fn run_delta(
     let mut rds_have = held.delta_versions[3].len();
     let mut synced = held.synced;
     let mut seen_probe = held.seen_probe.unwrap_or(usize::MAX);
+    if !synced && !eds_wanted.is_empty() && eds_have.len() >= eds_wanted.len() && rds_have > 0 {
+        synced = true;
+        held.synced = true;
+        shared.synced.fetch_add(1, Ordering::SeqCst);
+    }
     while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
         let resp: DeltaDiscoveryResponse = resp;
         *progress = true;
@@ -447,11 +459,17 @@ async fn run_sotw(
         .into_inner();
     let mut eds_names: Vec<String> = held.eds_names.clone();
     let mut eds_state = (held.sotw_version[1].clone(), String::new()); // last (version, nonce)
-    let mut eds_have: HashSet<String> = HashSet::new();
+    let mut eds_have: HashSet<String> = held.sotw_eds_have.clone();
     let mut rds_requested = held.rds_requested;
-    let mut rds_have = 0usize;
+    let mut rds_have = held.sotw_rds_have;
     let mut synced = held.synced;
     let mut seen_probe = held.seen_probe.unwrap_or(usize::MAX);
+    // A reconnected client the server finds current gets nothing: what it holds may complete it.
+    if !synced && !eds_names.is_empty() && eds_have.len() >= eds_names.len() && rds_have > 0 {
+        synced = true;
+        held.synced = true;
+        shared.synced.fetch_add(1, Ordering::SeqCst);
+    }
     while let Some(resp) = stream.message().await.map_err(|e| e.to_string())? {
         let resp: DiscoveryResponse = resp;
         *progress = true;
@@ -507,7 +525,10 @@ async fn run_sotw(
                     ..Default::default()
                 })?;
             }
-            type_url::ROUTE => rds_have += resp.resources.len(),
+            type_url::ROUTE => {
+                rds_have += resp.resources.len();
+                held.sotw_rds_have = rds_have;
+            }
             type_url::ENDPOINT => {
                 eds_state = (resp.version_info.clone(), resp.nonce.clone());
                 for a in &resp.resources {
@@ -516,6 +537,7 @@ async fn run_sotw(
                     let Some(name) = cla_name(&a.value) else { continue };
                     check_probe(shared, &mut seen_probe, &name, &a.value);
                     held.seen_probe = Some(seen_probe);
+                    held.sotw_eds_have.insert(name.clone());
                     eds_have.insert(name);
                 }
             }
@@ -875,6 +897,19 @@ fn restart_storm(
     let port = 40000;
     let reconnects_before = shared.reconnects.load(Ordering::SeqCst);
     let failed_before = shared.failed.load(Ordering::SeqCst);
+    // Other load on the machine while the storm runs.
+    let stop_load = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let burners: Vec<_> = (0..args.load_threads)
+        .map(|_| {
+            let stop = stop_load.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                }
+            })
+        })
+        .collect();
     eprintln!(
         "restart: stopping the control plane under {} connected proxies",
         args.proxies
@@ -909,6 +944,10 @@ fn restart_storm(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    stop_load.store(true, Ordering::Relaxed);
+    for b in burners {
+        let _ = b.join();
+    }
     let lat = probe.latencies_us.lock().unwrap().clone();
     let mut h = Histogram::<u64>::new(3).unwrap();
     for l in &lat {
@@ -927,6 +966,7 @@ fn restart_storm(
     );
     serde_json::json!({
         "down_ms": args.down_ms,
+        "load_threads": args.load_threads,
         "control_ready_s": ready_s,
         "reached": lat.len(),
         "reconverge_last_s": last,
