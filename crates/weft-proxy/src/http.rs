@@ -175,7 +175,7 @@ pub async fn serve_connection(
         Codec::Http2 => builder.http2_only(),
     };
     // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
-    let conn = crate::idle::Parking::new(&builder, stream, svc);
+    let conn = crate::idle::Parking::new(&builder, cfg.codec, stream, svc);
     tokio::pin!(conn);
     let verdict = tokio::select! {
         _ = conn.as_mut() => return,

@@ -232,6 +232,9 @@ where
 /// parked connection at once.
 pub struct Parking<'a, S, E> {
     builder: &'a Builder<E>,
+    /// The listener's codec. hyper-util's upgradeable connection ignores `http1_only` and
+    /// `http2_only`, so the protocol is checked here, on the first bytes of the connection.
+    codec: weft_config::Codec,
     svc: S,
     shared: Arc<ParkShared>,
     conn: Option<Pin<Box<dyn ConnFuture + 'a>>>,
@@ -253,7 +256,9 @@ where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    pub fn new(builder: &'a Builder<E>, io: Sniffed<TcpStream>, svc: S) -> Self {
+    /// A new connection starts parked: no hyper state until the client's first bytes arrive
+    /// (and show a protocol the listener's `codec` accepts).
+    pub fn new(builder: &'a Builder<E>, codec: weft_config::Codec, io: Sniffed<TcpStream>, svc: S) -> Self {
         let shared = Arc::new(ParkShared {
             tracker: io.tracker(),
             open: AtomicUsize::new(0),
@@ -263,18 +268,18 @@ where
             keep: AtomicBool::new(false),
             slot: Mutex::new(None),
         });
-        let mut p = Parking {
+        PARKED.fetch_add(1, Ordering::Relaxed);
+        Parking {
             builder,
+            codec,
             svc,
             shared,
             conn: None,
-            parked: None,
+            parked: Some(io),
             rest_since: None,
             timer: None,
             closing: false,
-        };
-        p.resume(io);
-        p
+        }
     }
 
     fn resume(&mut self, io: Sniffed<TcpStream>) {
@@ -304,6 +309,23 @@ where
 }
 
 impl<S, E> Parking<'_, S, E> {
+    /// Whether the connection may go on with a client whose next bytes start with `first`.
+    fn accepts(&self, first: &[u8]) -> bool {
+        const PREFACE: &[u8] = b"PRI * HTTP/2.0";
+        let n = first.len().min(PREFACE.len());
+        // Too few bytes to tell apart ("P" of "POST"): left to hyper-util's version sniffing.
+        let maybe_h2 = first[..n] == PREFACE[..n];
+        let h2 = maybe_h2 && n >= 4;
+        let h1 = !maybe_h2;
+        let spoke = self.shared.spoke.load(Ordering::Acquire);
+        match self.codec {
+            _ if spoke => !h2,
+            weft_config::Codec::Auto => true,
+            weft_config::Codec::Http1 => !h2,
+            weft_config::Codec::Http2 => !h1,
+        }
+    }
+
     fn close_parked(&mut self) {
         if self.parked.take().is_some() {
             PARKED.fetch_sub(1, Ordering::Relaxed);
@@ -395,11 +417,11 @@ where
                     this.close_parked();
                     return Poll::Ready(Ok(()));
                 }
-                // An HTTP/2 preface after HTTP/1 requests: an HTTP/1 server answers it with an
-                // error and a close, but hyper-util's version sniffing would switch protocol.
-                Poll::Ready(Ok(_))
-                    if buf.filled().starts_with(b"PRI ") && this.shared.spoke.load(Ordering::Acquire) =>
-                {
+                // A protocol this connection may not speak: an HTTP/2 preface after HTTP/1
+                // requests (an HTTP/1 server answers it with an error and a close, but
+                // hyper-util's version sniffing would switch protocol), or a protocol the
+                // listener's `codec` excludes.
+                Poll::Ready(Ok(_)) if !this.accepts(buf.filled()) => {
                     this.close_parked();
                     return Poll::Ready(Ok(()));
                 }

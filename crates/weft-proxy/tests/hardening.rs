@@ -446,3 +446,45 @@ async fn an_http2_header_block_left_open_is_timed_out() {
         "{stats}"
     );
 }
+
+#[tokio::test]
+async fn a_listener_speaks_only_its_codec() {
+    let up = upstream(|_| async { text(200, "ok") }).await;
+    let h2c = |addr: SocketAddr| async move {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let Ok((mut sender, conn)) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await
+        else {
+            return None;
+        };
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .uri(format!("http://{addr}/"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(3), sender.send_request(req)).await;
+        r.ok().and_then(|r| r.ok()).map(|r| r.status().as_u16())
+    };
+    let h1 = |addr: SocketAddr| async move {
+        let resp = raw(
+            addr,
+            b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+            Duration::from_secs(3),
+        )
+        .await;
+        status_of(&resp)
+    };
+
+    let only_h1 = start_proxy(&app_yaml(up.addr, "codec: http1"));
+    let addr = only_h1.listener_addr("web").unwrap();
+    assert!(h1(addr).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(h2c(addr).await, None, "an http1 listener served h2c");
+
+    let only_h2 = start_proxy(&app_yaml(up.addr, "codec: http2"));
+    let addr = only_h2.listener_addr("web").unwrap();
+    assert_eq!(h2c(addr).await, Some(200));
+    assert_eq!(h1(addr).await, "", "an http2 listener answered HTTP/1.1");
+}
