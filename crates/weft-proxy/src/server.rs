@@ -249,9 +249,8 @@ impl Server {
         server.apply(config)?;
         control.spawn(shared.access_logs.clone().flush_periodically());
         if let Some(admin) = admin {
-            let std_listener = std::net::TcpListener::bind(admin.address)
-                .map_err(|e| format!("admin.address: cannot bind {}: {e}", admin.address))?;
-            std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            let std_listener =
+                bind_admin(admin.address).map_err(|e| format!("admin.address: cannot bind {}: {e}", admin.address))?;
             *server.admin_addr.lock().unwrap() = std_listener.local_addr().ok();
             let weak = Arc::downgrade(&server);
             control.spawn(crate::admin::serve(std_listener, weak));
@@ -572,6 +571,18 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// The admin socket: non-blocking, with a listen backlog of 1024 (std's 128 drops connections
+/// when monitoring and probes arrive in bursts).
+fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {

@@ -150,3 +150,22 @@ async fn admin_accepts_curl_style_post() {
     assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "draining\n"));
     assert_eq!(ready(admin).await, (503, "DRAINING\n".into()));
 }
+
+#[tokio::test]
+async fn admin_listen_backlog_is_1024() {
+    let up = upstream(|_| async { text(200, "ok") }).await;
+    let proxy = start_proxy(&app_yaml(up.addr, ""));
+    let port = proxy.admin_addr().unwrap().port();
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2, installed by scripts/install-peers)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // State Recv-Q Send-Q Local Peer: for a listening socket Send-Q is the backlog.
+    let backlog: u32 = text.split_whitespace().nth(2).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    assert_eq!(backlog, somaxconn.min(1024), "{text}");
+}
