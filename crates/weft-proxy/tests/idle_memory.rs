@@ -199,7 +199,8 @@ fn idle_connections_hold_little_memory() {
     assert!(h1 <= 6.0, "idle HTTP/1.1 connection holds {h1:.1} KiB");
     // HTTP/2 connections are not parked: h2 keeps an 8 KiB read buffer, a 16 KiB write buffer
     // and a 4 KiB HPACK buffer per connection for its whole life. A guard against growth only.
-    assert!(h2 <= 64.0, "idle h2c connection holds {h2:.1} KiB");
+    // 45 KiB before h2 released its I/O buffers on idle connections (third_party/h2).
+    assert!(h2 <= 24.0, "idle h2c connection holds {h2:.1} KiB");
     drop(proxy);
     drop(up);
 }

@@ -21,6 +21,9 @@ use tokio_util::codec::{LengthDelimitedCodec, LengthDelimitedCodecError};
 // 16 MB "sane default" taken from golang http2
 const DEFAULT_SETTINGS_MAX_HEADER_LIST_SIZE: usize = 16 << 20;
 
+/// weft patch: the read buffer size after an idle release (tokio-util's initial capacity).
+const READ_BUFFER_CAPACITY: usize = 8 * 1024;
+
 #[derive(Debug)]
 pub struct FramedRead<T> {
     inner: InnerFramedRead<T, LengthDelimitedCodec>,
@@ -59,6 +62,19 @@ enum Continuable {
 }
 
 impl<T> FramedRead<T> {
+    /// weft patch: frees the read buffer and the HPACK decoder's scratch buffer when no frame
+    /// is partly read (a connection with no open stream keeps neither while it idles); the
+    /// next read allocates the read buffer again (`poll_next`).
+    pub fn release_idle_buffers(&mut self) {
+        if self.inner.read_buffer().is_empty()
+            && self.inner.read_buffer().capacity() > 0
+            && self.decoder.partial.is_none()
+        {
+            *self.inner.read_buffer_mut() = BytesMut::new();
+            self.decoder.hpack.release_scratch();
+        }
+    }
+
     pub fn new(inner: InnerFramedRead<T, LengthDelimitedCodec>) -> FramedRead<T> {
         let decoder = FrameDecoder::new(inner.decoder().max_frame_length());
         FramedRead { inner, decoder }
@@ -425,6 +441,11 @@ where
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let span = tracing::trace_span!("FramedRead::poll_next");
         let _e = span.enter();
+        if self.inner.read_buffer().capacity() == 0 {
+            // weft patch: released while idle; read into a whole buffer again, not the few
+            // bytes an empty one would grow by.
+            self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+        }
         loop {
             tracing::trace!("poll");
             let bytes = match ready!(Pin::new(&mut self.inner).poll_next(cx)) {

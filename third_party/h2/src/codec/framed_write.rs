@@ -176,6 +176,17 @@ where
         Poll::Ready(Ok(()))
     }
 
+    /// weft patch: frees the write buffer when nothing is queued in it (a connection with no
+    /// open stream keeps no 16 KiB buffer while it idles); the next frame allocates it again.
+    pub fn release_idle_buffer(&mut self) {
+        if self.encoder.next.is_none()
+            && !self.encoder.buf.has_remaining()
+            && self.encoder.buf.get_ref().capacity() > 0
+        {
+            self.encoder.buf = Cursor::new(BytesMut::new());
+        }
+    }
+
     /// Close the codec
     pub fn shutdown(&mut self, cx: &mut Context) -> Poll<io::Result<()>> {
         if !self.final_flush_done {
@@ -223,6 +234,10 @@ where
     fn buffer(&mut self, item: Frame<B>) -> Result<(), UserError> {
         // Ensure that we have enough capacity to accept the write.
         assert!(self.has_capacity());
+        if self.buf.get_ref().capacity() == 0 {
+            // weft patch: the buffer was released while the connection was idle.
+            self.buf.get_mut().reserve(DEFAULT_BUFFER_CAPACITY);
+        }
         let span = tracing::trace_span!("FramedWrite::buffer", frame = ?item);
         let _e = span.enter();
 
@@ -307,9 +322,12 @@ where
     }
 
     fn has_capacity(&self) -> bool {
+        // weft patch: a capacity of 0 is a buffer released while idle (see
+        // `FramedWrite::release_idle_buffer`); `buffer` allocates it again.
         self.next.is_none()
-            && (self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                >= self.min_buffer_capacity)
+            && (self.buf.get_ref().capacity() == 0
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
+                    >= self.min_buffer_capacity)
     }
 
     fn is_empty(&self) -> bool {

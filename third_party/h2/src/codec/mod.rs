@@ -138,6 +138,13 @@ where
 
     /// Returns whether the codec can buffer a frame without flushing the
     /// underlying I/O object.
+    /// weft patch: frees the codec's read, write and HPACK scratch buffers when they hold
+    /// nothing (called by the connection when it has no open stream and is waiting).
+    pub fn release_idle_buffers(&mut self) {
+        self.inner.release_idle_buffers();
+        self.framed_write().release_idle_buffer();
+    }
+
     pub(crate) fn has_send_capacity(&mut self) -> bool {
         self.framed_write().has_capacity()
     }

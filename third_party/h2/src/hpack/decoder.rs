@@ -202,6 +202,11 @@ struct StringMarker {
 // ===== impl Decoder =====
 
 impl Decoder {
+    /// weft patch: frees the Huffman scratch buffer (it grows again on demand).
+    pub fn release_scratch(&mut self) {
+        self.buffer = BytesMut::new();
+    }
+
     /// Creates a new `Decoder` with all settings set to default values.
     pub fn new(size: usize) -> Decoder {
         Decoder {

@@ -332,6 +332,12 @@ where
                                 continue;
                             }
 
+                            // weft patch: an idle connection (no open stream, everything
+                            // flushed, waiting for the peer) keeps no I/O buffers.
+                            if !self.inner.streams.has_streams() {
+                                self.codec.release_idle_buffers();
+                            }
+
                             return Poll::Pending;
                         }
                     };
