@@ -175,7 +175,8 @@ impl Schema {
     }
 }
 
-fn varint(b: &mut &[u8]) -> Option<u64> {
+/// Reads a protobuf base-128 varint from the front of `b`, advancing it.
+pub fn varint(b: &mut &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         let (&byte, rest) = b.split_first()?;

@@ -571,18 +571,7 @@ fn dump(dir: &Path, type_url: &str, name: &str, value: &[u8]) {
 
 /// `ClusterLoadAssignment.cluster_name` (field 1), read without decoding the endpoints.
 fn cla_name(mut b: &[u8]) -> Option<String> {
-    fn varint(b: &mut &[u8]) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = b.split_first()?;
-            *b = rest;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
+    use weft_xds_api::varint;
     while !b.is_empty() {
         let key = varint(&mut b)?;
         match key & 7 {
