@@ -33,15 +33,16 @@ pub struct Upload {
 
 /// How a streamed upload ended, as far as the proxy has seen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum UploadState {
     /// Still streaming (or never polled).
-    InProgress,
+    InProgress = 0,
     /// The client sent the whole body.
-    Complete,
+    Complete = 1,
     /// The client sent bytes that are not a valid body (bad chunk size, bad framing).
-    Malformed,
+    Malformed = 2,
     /// The client went away or reset the stream before the body ended.
-    Aborted,
+    Aborted = 3,
 }
 
 impl Upload {
@@ -54,19 +55,8 @@ impl Upload {
         }
     }
 
-    /// True when the client broke its own request body.
-    pub fn failed(&self) -> bool {
-        matches!(self.state(), UploadState::Malformed | UploadState::Aborted)
-    }
-
     fn set(&self, s: UploadState) {
-        let v = match s {
-            UploadState::InProgress => 0,
-            UploadState::Complete => 1,
-            UploadState::Malformed => 2,
-            UploadState::Aborted => 3,
-        };
-        self.state.store(v, Ordering::Release);
+        self.state.store(s as u8, Ordering::Release);
     }
 
     fn record_error(&self, e: &hyper::Error) {
@@ -80,11 +70,10 @@ impl Upload {
                     std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
                 )
             });
-        let aborted = !malformed;
-        self.set(if aborted {
-            UploadState::Aborted
-        } else {
+        self.set(if malformed {
             UploadState::Malformed
+        } else {
+            UploadState::Aborted
         });
     }
 }
@@ -127,8 +116,8 @@ impl Body for UpBody {
     }
 }
 
-/// Counts one exchange on a connection as in progress, from the request's arrival until its
-/// response body ends or is dropped; the connection's timeouts read the count.
+/// Counts one exchange on a connection as in progress, from the request's arrival until hyper
+/// drops its response body; the connection's timeouts and idle parking read the count.
 pub struct InFlight(Arc<AtomicU32>);
 
 impl InFlight {
@@ -209,11 +198,10 @@ impl DownBody {
         self
     }
 
-    /// Keeps the exchange counted as in progress until this body ends.
+    /// Keeps the exchange counted as in progress until hyper drops this body (after writing
+    /// its end, or on a reset).
     pub fn hold(mut self, in_flight: InFlight) -> DownBody {
-        if !self.is_end_stream() {
-            self.in_flight = Some(in_flight);
-        }
+        self.in_flight = Some(in_flight);
         self
     }
 
@@ -229,7 +217,6 @@ impl DownBody {
 
     fn finish(&mut self, completed: bool) {
         self.active = None;
-        self.in_flight = None;
         if let Some(mut e) = self.end.take() {
             e.finish(self.bytes, completed);
         }

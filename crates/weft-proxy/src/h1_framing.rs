@@ -408,6 +408,10 @@ impl<T> Sniffed<T> {
     pub fn tracker(&self) -> Arc<Mutex<FramingTracker>> {
         self.tracker.clone()
     }
+
+    pub fn activity(&self) -> Arc<Activity> {
+        self.activity.clone()
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {

@@ -133,7 +133,7 @@ pub async fn serve_connection(
         // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future.
         Box::pin(async move {
             ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
-            // Counted until the response body ends (or this future is dropped).
+            // Counted until hyper drops the response body (or this future is dropped).
             let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
             let resp = handle(&ctx, req).await;
             Ok::<_, Infallible>(resp.map(|b| b.hold(in_flight)))
@@ -175,7 +175,7 @@ pub async fn serve_connection(
         Codec::Http2 => builder.http2_only(),
     };
     // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
-    let conn = crate::idle::Parking::new(&builder, cfg.codec, stream, svc);
+    let conn = crate::idle::Parking::new(&builder, cfg.codec, stream, svc, ctx.exchanges.in_flight.clone());
     tokio::pin!(conn);
     let verdict = tokio::select! {
         _ = conn.as_mut() => return,
@@ -849,7 +849,7 @@ enum BodySource {
 
 impl BodySource {
     /// The streamed upload's record, when the body is streamed from the client.
-    fn upload(&self) -> Option<&Arc<Upload>> {
+    fn upload(&self) -> Option<&Upload> {
         match self {
             BodySource::Stream(_, u) => Some(u),
             BodySource::Replayable(_) => None,
@@ -1143,7 +1143,7 @@ async fn forward(
         };
         // Like Envoy, the route timeout counts from the end of the client's request: a slow upload
         // is bounded by the stream idle timeout, not blamed on the upstream as a timeout.
-        let upload = source.upload().cloned().zip(action.timeout);
+        let upload = source.upload().zip(action.timeout);
         let outcome = send_once(&cluster, &host, request, try_deadline, action.priority, upload).await;
         let outcome = match outcome {
             Err((e, unsent)) => {
@@ -1251,7 +1251,7 @@ async fn send_once(
     request: Request<UpBody>,
     deadline: Option<Instant>,
     priority: weft_config::RoutePriority,
-    upload: Option<(Arc<Upload>, Duration)>,
+    upload: Option<(&Upload, Duration)>,
 ) -> Result<TryOk, (TryError, Option<UpBody>)> {
     let fut = async {
         match cluster.protocol() {

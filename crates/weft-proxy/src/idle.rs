@@ -15,10 +15,10 @@
 //! cannot be rebuilt), nor is an upgraded connection, nor anything the framing tracker stopped
 //! following (see `h1_framing`): those run exactly as before.
 
-use crate::h1_framing::{FramingTracker, Sniffed};
+use crate::h1_framing::{Activity, FramingTracker, Sniffed};
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::TokioIo;
@@ -26,9 +26,9 @@ use hyper_util::server::conn::auto::{Builder, HttpServerConnExec, UpgradeableCon
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -49,14 +49,16 @@ pub fn parked_connections() -> usize {
 /// State shared by a [`Parking`] connection, its I/O object (inside hyper) and its requests.
 pub struct ParkShared {
     tracker: Arc<Mutex<FramingTracker>>,
-    /// Requests whose response body hyper has not dropped yet.
-    open: AtomicUsize,
+    /// Requests whose response body hyper has not dropped yet (the connection's
+    /// `watchdog::Exchanges::in_flight`, kept by `body::InFlight`).
+    in_flight: Arc<AtomicU32>,
+    /// The socket's I/O counters: a connection whose client has sent bytes is past its
+    /// protocol choice.
+    activity: Arc<Activity>,
     /// The last read returned `Pending` (hyper wanted bytes, the client had sent none).
     read_pending: AtomicBool,
     /// Bytes were written since the last successful flush.
     dirty: AtomicBool,
-    /// The client has sent something (so the connection is HTTP/1: HTTP/2 is never parked).
-    spoke: AtomicBool,
     /// Set while a parked hyper connection is dropped: its I/O object returns the socket to
     /// `slot` instead of closing it.
     keep: AtomicBool,
@@ -67,7 +69,7 @@ impl ParkShared {
     fn at_rest(&self) -> bool {
         self.read_pending.load(Ordering::Acquire)
             && !self.dirty.load(Ordering::Acquire)
-            && self.open.load(Ordering::Acquire) == 0
+            && self.in_flight.load(Ordering::Acquire) == 0
             && self.tracker.lock().unwrap_or_else(|e| e.into_inner()).at_rest()
     }
 }
@@ -96,12 +98,8 @@ impl Drop for ParkIo {
 
 impl AsyncRead for ParkIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let r = self.io().poll_read(cx, buf);
         self.shared.read_pending.store(r.is_pending(), Ordering::Release);
-        if buf.filled().len() > before {
-            self.shared.spoke.store(true, Ordering::Release);
-        }
         r
     }
 }
@@ -135,89 +133,16 @@ impl AsyncWrite for ParkIo {
     }
 }
 
-/// Counts a request as open until hyper drops its response body.
-pub struct OpenGuard(Arc<ParkShared>);
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The service wrapper: every request holds an [`OpenGuard`] until its response body is dropped.
-pub struct Tracked<S> {
-    inner: S,
-    shared: Arc<ParkShared>,
-}
-
-impl<S, B> Service<Request<Incoming>> for Tracked<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-    S::Future: Unpin,
-{
-    type Response = Response<Counted<B>>;
-    type Error = S::Error;
-    type Future = TrackedFuture<S::Future>;
-
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        self.shared.open.fetch_add(1, Ordering::AcqRel);
-        let guard = OpenGuard(self.shared.clone());
-        TrackedFuture {
-            inner: self.inner.call(req),
-            guard: Some(guard),
-        }
-    }
-}
-
-pub struct TrackedFuture<F> {
-    inner: F,
-    guard: Option<OpenGuard>,
-}
-
-impl<F, B, E> Future for TrackedFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>> + Unpin,
-{
-    type Output = Result<Response<Counted<B>>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let r = ready!(Pin::new(&mut self.inner).poll(cx));
-        let guard = self.guard.take();
-        Poll::Ready(r.map(|resp| resp.map(|inner| Counted { inner, _guard: guard })))
-    }
-}
-
-/// A response body that keeps its request counted as open.
-pub struct Counted<B> {
-    inner: B,
-    _guard: Option<OpenGuard>,
-}
-
-impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The hyper connection being driven, behind a trait object so that the struct needs no bounds.
 trait ConnFuture: Future<Output = Result<(), BoxError>> + Send {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<S, B, E> ConnFuture for UpgradeableConnection<'_, TokioIo<ParkIo>, Tracked<S>, E>
+impl<S, B, E> ConnFuture for UpgradeableConnection<'_, TokioIo<ParkIo>, S, E>
 where
-    E: HttpServerConnExec<TrackedFuture<S::Future>, Counted<B>> + Send + Sync,
+    E: HttpServerConnExec<S::Future, B> + Send + Sync,
     S: Service<Request<Incoming>, Response = Response<B>> + Send,
-    S::Future: Unpin + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
@@ -249,22 +174,29 @@ pub struct Parking<'a, S, E> {
 
 impl<'a, S, B, E> Parking<'a, S, E>
 where
-    E: HttpServerConnExec<TrackedFuture<S::Future>, Counted<B>> + Clone + Send + Sync + 'a,
+    E: HttpServerConnExec<S::Future, B> + Clone + Send + Sync + 'a,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
-    S::Future: Unpin + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,
 {
     /// A new connection starts parked: no hyper state until the client's first bytes arrive
-    /// (and show a protocol the listener's `codec` accepts).
-    pub fn new(builder: &'a Builder<E>, codec: weft_config::Codec, io: Sniffed<TcpStream>, svc: S) -> Self {
+    /// (and show a protocol the listener's `codec` accepts). `in_flight` counts the requests whose
+    /// response body is still alive (the service holds a `body::InFlight` for each).
+    pub fn new(
+        builder: &'a Builder<E>,
+        codec: weft_config::Codec,
+        io: Sniffed<TcpStream>,
+        svc: S,
+        in_flight: Arc<AtomicU32>,
+    ) -> Self {
         let shared = Arc::new(ParkShared {
             tracker: io.tracker(),
-            open: AtomicUsize::new(0),
+            in_flight,
+            activity: io.activity(),
             read_pending: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
-            spoke: AtomicBool::new(false),
             keep: AtomicBool::new(false),
             slot: Mutex::new(None),
         });
@@ -290,12 +222,9 @@ where
             inner: Some(io),
             shared: self.shared.clone(),
         };
-        let svc = Tracked {
-            inner: self.svc.clone(),
-            shared: self.shared.clone(),
-        };
         self.conn = Some(Box::pin(
-            self.builder.serve_connection_with_upgrades(TokioIo::new(io), svc),
+            self.builder
+                .serve_connection_with_upgrades(TokioIo::new(io), self.svc.clone()),
         ));
     }
 
@@ -317,7 +246,7 @@ impl<S, E> Parking<'_, S, E> {
         let maybe_h2 = first[..n] == PREFACE[..n];
         let h2 = maybe_h2 && n >= 4;
         let h1 = !maybe_h2;
-        let spoke = self.shared.spoke.load(Ordering::Acquire);
+        let spoke = self.shared.activity.reads() > 0;
         match self.codec {
             _ if spoke => !h2,
             weft_config::Codec::Auto => true,
@@ -341,9 +270,9 @@ impl<S, E> Drop for Parking<'_, S, E> {
 
 impl<'a, S, B, E> Future for Parking<'a, S, E>
 where
-    E: HttpServerConnExec<TrackedFuture<S::Future>, Counted<B>> + Clone + Send + Sync + 'a,
+    E: HttpServerConnExec<S::Future, B> + Clone + Send + Sync + 'a,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
-    S::Future: Unpin + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<BoxError>,

@@ -198,7 +198,6 @@ impl XdsClient {
 
 impl Drop for XdsClient {
     fn drop(&mut self) {
-        self.task.abort();
-        self.summary.abort();
+        self.stop();
     }
 }

@@ -24,22 +24,20 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn proxy_memory_settings() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        extern "C" {
-            fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
-        }
-        const PR_SET_THP_DISABLE: std::ffi::c_int = 41;
         // SAFETY: PR_SET_THP_DISABLE takes one integer argument (the rest must be zero) and only
         // changes this process's THP policy for later page faults.
         unsafe {
-            prctl(
-                PR_SET_THP_DISABLE,
-                1 as std::ffi::c_ulong,
-                0 as std::ffi::c_ulong,
-                0 as std::ffi::c_ulong,
-                0 as std::ffi::c_ulong,
+            libc::prctl(
+                libc::PR_SET_THP_DISABLE,
+                1 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
             )
         };
     }
+    // libmimalloc-sys declares it only behind its `extended` feature, which would add a crate
+    // for this one function.
     extern "C" {
         fn mi_collect(force: bool);
     }
