@@ -132,7 +132,7 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         }
         (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => {
             let mut text = shared.metrics.encode();
-            let exts = shared.admin_extensions.lock().map(|e| e.clone()).unwrap_or_default();
+            let exts = shared.admin_extensions.lock().clone();
             if !exts.is_empty() {
                 // OpenMetrics ends with "# EOF"; extension metrics go before it.
                 let tail = text.rfind("# EOF").unwrap_or(text.len());
@@ -149,7 +149,7 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
             )
         }
         (&Method::GET, "/xds") => {
-            let exts = shared.admin_extensions.lock().map(|e| e.clone()).unwrap_or_default();
+            let exts = shared.admin_extensions.lock().clone();
             match exts.iter().find(|e| e.name() == "xds") {
                 Some(e) => json(&e.status_json()),
                 None => reply(StatusCode::NOT_FOUND, "text/plain", "no xds section in the configuration\n"),
@@ -157,14 +157,14 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         }
         (&Method::GET, "/config_dump") => {
             let snap = shared.snapshot.load();
-            let status = shared.last_reload.lock().map(|s| s.clone()).unwrap_or_default();
+            let status = shared.last_reload.lock().clone();
             let mut dump = serde_json::json!({
                 "generation": snap.generation,
                 "config_path": shared.config_path.as_ref().map(|p| p.display().to_string()),
                 "last_reload_error": status.last_error,
                 "config": &*snap.config,
             });
-            for e in shared.admin_extensions.lock().map(|e| e.clone()).unwrap_or_default() {
+            for e in shared.admin_extensions.lock().clone() {
                 dump[e.name()] = e.status_json();
             }
             json(&dump)

@@ -12,11 +12,12 @@
 //! If it ever loses track (an unusual head, an upgrade, HTTP/2), it stops and records nothing more, so
 //! the worst case is a missed verdict, never a false one.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -439,7 +440,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {
         }
         if !self.done {
             if let Poll::Ready(Ok(())) = &r {
-                let mut t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
+                let mut t = self.tracker.lock();
                 t.feed(&buf.filled()[before..]);
                 let stopped = t.is_stopped();
                 drop(t);

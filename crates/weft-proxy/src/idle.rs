@@ -23,11 +23,12 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto::{Builder, HttpServerConnExec, UpgradeableConnection};
+use parking_lot::Mutex;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -70,7 +71,7 @@ impl ParkShared {
         self.read_pending.load(Ordering::Acquire)
             && !self.dirty.load(Ordering::Acquire)
             && self.in_flight.load(Ordering::Acquire) == 0
-            && self.tracker.lock().unwrap_or_else(|e| e.into_inner()).at_rest()
+            && self.tracker.lock().at_rest()
     }
 }
 
@@ -90,7 +91,7 @@ impl Drop for ParkIo {
     fn drop(&mut self) {
         if self.shared.keep.load(Ordering::Acquire) {
             if let Some(io) = self.inner.take() {
-                *self.shared.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(io);
+                *self.shared.slot.lock() = Some(io);
             }
         }
     }
@@ -317,7 +318,7 @@ where
                 this.shared.keep.store(true, Ordering::Release);
                 this.conn = None;
                 this.shared.keep.store(false, Ordering::Release);
-                this.parked = this.shared.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                this.parked = this.shared.slot.lock().take();
                 if this.parked.is_none() {
                     // hyper no longer held the socket (cannot happen at rest): nothing to serve.
                     return Poll::Ready(Ok(()));

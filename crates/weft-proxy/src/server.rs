@@ -10,12 +10,13 @@ use crate::cluster::{self, ClusterRt};
 use crate::stats::{ListenerStats, Metrics};
 use crate::{http, tcp};
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpStream;
 use tokio::runtime::Handle;
@@ -55,6 +56,12 @@ pub trait AdminExtension: Send + Sync {
     fn prometheus(&self) -> String;
 }
 
+impl weft_upstream::ClusterLookup for Shared {
+    fn cluster(&self, name: &str) -> Option<Arc<ClusterRt>> {
+        self.snapshot.load().clusters.get(name).cloned()
+    }
+}
+
 impl Shared {
     /// Called once the first complete dynamic configuration has been applied.
     pub fn set_xds_initialized(&self) {
@@ -62,7 +69,7 @@ impl Shared {
     }
 
     pub fn add_admin_extension(&self, ext: Arc<dyn AdminExtension>) {
-        self.admin_extensions.lock().unwrap().push(ext);
+        self.admin_extensions.lock().push(ext);
     }
 }
 
@@ -251,7 +258,7 @@ impl Server {
         if let Some(admin) = admin {
             let std_listener =
                 bind_admin(admin.address).map_err(|e| format!("admin.address: cannot bind {}: {e}", admin.address))?;
-            *server.admin_addr.lock().unwrap() = std_listener.local_addr().ok();
+            *server.admin_addr.lock() = std_listener.local_addr().ok();
             let weak = Arc::downgrade(&server);
             control.spawn(crate::admin::serve(std_listener, weak));
         }
@@ -259,22 +266,16 @@ impl Server {
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
-        *self.admin_addr.lock().unwrap()
+        *self.admin_addr.lock()
     }
 
     /// The bound address of a listener (useful with port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
-        self.slots.lock().unwrap().get(name).map(|s| s.bound)
+        self.slots.lock().get(name).map(|s| s.bound)
     }
 
     pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
-        let mut v: Vec<_> = self
-            .slots
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(n, s)| (n.clone(), s.bound))
-            .collect();
+        let mut v: Vec<_> = self.slots.lock().iter().map(|(n, s)| (n.clone(), s.bound)).collect();
         v.sort();
         v
     }
@@ -288,14 +289,14 @@ impl Server {
         let Some(path) = &self.shared.config_path else {
             return Err("no configuration file to reload (started from the command line)".into());
         };
-        let hook = self.shared.reload_hook.lock().unwrap().clone();
+        let hook = self.shared.reload_hook.lock().clone();
         let result = weft_config::from_file(path)
             .map_err(|e| e.to_string())
             .and_then(|c| match &hook {
                 Some(h) => h(c),
                 None => self.apply(c),
             });
-        let mut status = self.shared.last_reload.lock().unwrap();
+        let mut status = self.shared.last_reload.lock();
         match &result {
             Ok(()) => {
                 self.shared.metrics.config_reloads.inc();
@@ -315,7 +316,7 @@ impl Server {
     /// Builds the next snapshot from `config`, binds new listeners, then swaps atomically.
     /// Nothing changes if any step fails.
     pub fn apply(&self, config: Config) -> Result<(), String> {
-        let _serial = self.apply_lock.lock().unwrap();
+        let _serial = self.apply_lock.lock();
         let shared = &self.shared;
         let old = shared.snapshot.load_full();
         let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -378,7 +379,7 @@ impl Server {
         }
 
         // Bind sockets for new or moved listeners before anything is swapped.
-        let mut slots = self.slots.lock().unwrap();
+        let mut slots = self.slots.lock();
         let mut new_sockets: HashMap<String, (SocketAddr, Vec<std::net::TcpListener>)> = HashMap::new();
         for l in &config.listeners {
             let reuse = slots.get(&l.name).is_some_and(|s| s.address == l.address);
@@ -437,7 +438,6 @@ impl Server {
             let count = self
                 .conn_counts
                 .lock()
-                .unwrap()
                 .entry(name.clone())
                 .or_insert_with(|| Arc::new(AtomicU32::new(0)))
                 .clone();
@@ -522,7 +522,7 @@ impl Server {
     /// Stops accepting everywhere and asks every connection to close gracefully.
     pub fn start_drain(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
-        let slots = self.slots.lock().unwrap();
+        let slots = self.slots.lock();
         for slot in slots.values() {
             for t in &slot.accept_tasks {
                 t.abort();
@@ -538,7 +538,6 @@ impl Server {
     pub fn active_connections(&self) -> u32 {
         self.conn_counts
             .lock()
-            .unwrap()
             .values()
             .map(|c| c.load(Ordering::Relaxed))
             .sum()
@@ -565,7 +564,7 @@ impl Drop for Server {
         }
         self.shared.access_logs.flush_all();
         let current = std::thread::current().id();
-        for t in self.threads.lock().unwrap().drain(..) {
+        for t in self.threads.lock().drain(..) {
             if t.thread().id() != current {
                 let _ = t.join();
             }
@@ -662,7 +661,7 @@ async fn handle_connection(
     let local = stream.local_addr().unwrap_or(lrt.config.address);
     match lrt.select_chain(local, peer) {
         Some(FilterRt::Http(h)) => http::serve_connection(stream, peer, local, h.clone(), lrt.clone(), shared).await,
-        Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), shared).await,
+        Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), &*shared).await,
         None => {
             tracing::debug!(listener = %lrt.config.name, %peer, "no filter chain matched; closing");
         }

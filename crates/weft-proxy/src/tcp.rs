@@ -3,7 +3,7 @@
 
 use crate::access_log::{timestamp, AccessLogger};
 use crate::cluster::Host;
-use crate::server::{ListenerRt, Shared};
+use crate::server::ListenerRt;
 use crate::stats::ListenerStats;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use weft_config::{Discovery, TcpProxy};
+use weft_upstream::ClusterLookup;
 
 const MAX_CONNECT_ATTEMPTS: usize = 3;
 
@@ -59,15 +60,13 @@ pub async fn serve_connection(
     peer: SocketAddr,
     rt: Arc<TcpRt>,
     lrt: Arc<ListenerRt>,
-    shared: Arc<Shared>,
+    clusters: &dyn ClusterLookup,
 ) {
     let start = Instant::now();
     let started_at = SystemTime::now();
-    let snapshot = shared.snapshot.load_full();
-    let Some(cluster) = snapshot.clusters.get(&rt.config.cluster).cloned() else {
+    let Some(cluster) = clusters.cluster(&rt.config.cluster) else {
         return;
     };
-    drop(snapshot);
     let orig = matches!(cluster.config.discovery, Discovery::OriginalDst)
         .then(|| original_dst(&down))
         .flatten();
@@ -103,14 +102,10 @@ pub async fn serve_connection(
             Err(e) => {
                 tracing::debug!(cluster = %cluster.name(), host = %host.address, error = %e, "TCP upstream connect failed");
                 host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if !matches!(e, crate::cluster::ConnectError::Overflow) {
+                if e.counts_against_host() {
                     cluster.report(&host, crate::outlier::Outcome::LocalFailure);
                 }
-                flag = if matches!(e, crate::cluster::ConnectError::Overflow) {
-                    "UO"
-                } else {
-                    "UF"
-                };
+                flag = e.reason.code();
                 tried = Some(host);
             }
         }

@@ -44,7 +44,7 @@ pub fn attach(server: &Arc<Server>, bootstrap: Config) -> Result<Arc<XdsClient>,
     )?);
     server.shared.add_admin_extension(Arc::new(AdminXds(client.clone())));
     let c = Arc::downgrade(&client);
-    *server.shared.reload_hook.lock().unwrap() = Some(Arc::new(move |cfg| match c.upgrade() {
+    *server.shared.reload_hook.lock() = Some(Arc::new(move |cfg| match c.upgrade() {
         Some(c) => c.set_static(cfg),
         None => Err("the xDS client is stopped".to_string()),
     }));

@@ -3,19 +3,21 @@
 
 use crate::body::UpBody;
 use crate::hostset::{HostSet, Labels};
-use crate::stats::ClusterStats;
 use arc_swap::ArcSwap;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use weft_config::{Cluster, Discovery, Endpoint, EndpointAddress, Locality, RoutePriority, UpstreamProtocol};
+use weft_core::stats::ClusterStats;
+use weft_core::{Error, Reason, Retry};
 
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
@@ -86,25 +88,14 @@ impl Host {
     }
 }
 
-/// Why an upstream connection could not be had.
-#[derive(Debug)]
-pub enum ConnectError {
-    Timeout,
-    Io(std::io::Error),
-    Handshake(hyper::Error),
-    /// `max_connections` reached and the pending queue is full or timed out.
-    Overflow,
+/// What the request path needs from the running configuration: a cluster by name. The server's
+/// shared state implements it; the request path sees nothing else of it.
+pub trait ClusterLookup: Send + Sync {
+    fn cluster(&self, name: &str) -> Option<Arc<ClusterRt>>;
 }
 
-impl std::fmt::Display for ConnectError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectError::Timeout => write!(f, "connect timeout"),
-            ConnectError::Io(e) => write!(f, "{e}"),
-            ConnectError::Handshake(e) => write!(f, "handshake: {e}"),
-            ConnectError::Overflow => write!(f, "connection limit reached"),
-        }
-    }
+fn overflow() -> Error {
+    Error::internal(Reason::Overflow).context("connection limit reached")
 }
 
 pub struct ClusterRt {
@@ -155,10 +146,7 @@ impl PooledH1 {
         if self.sender.is_closed() {
             return;
         }
-        let mut idle = self.host.pools[self.slot]
-            .h1_idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.host.pools[self.slot].h1_idle.lock();
         let now = Instant::now();
         // The oldest idle connection sits at the front; drop it once expired so that idle
         // connections do not linger forever when traffic falls.
@@ -243,7 +231,7 @@ impl ClusterRt {
 
     /// Recomputes eligibility and load spread after a health, ejection or membership change.
     pub fn rebuild_hosts(&self) {
-        let _serial = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.rebuild_lock.lock();
         let hosts = self.hosts.load().hosts.clone();
         self.replace_hosts(hosts);
     }
@@ -271,7 +259,7 @@ impl ClusterRt {
 
     /// The host for an original-destination address, created on first use.
     pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
-        let mut map = self.original_dst.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.original_dst.lock();
         if map.len() > 10_000 {
             // Bounded: forget hosts with no traffic in flight.
             map.retain(|_, h| h.active_rq.load(Ordering::Relaxed) > 0);
@@ -283,7 +271,7 @@ impl ClusterRt {
 
     /// Replaces the members (DNS refresh), keeping hosts whose address is unchanged.
     pub fn set_addresses(&self, addrs: &[SocketAddr]) {
-        let _serial = self.rebuild_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = self.rebuild_lock.lock();
         let current = self.hosts.load();
         if current.hosts.len() == addrs.len() && addrs.iter().all(|a| current.hosts.iter().any(|h| h.address == *a)) {
             return;
@@ -347,19 +335,22 @@ impl ClusterRt {
         })
     }
 
-    async fn connect_tcp(&self, host: &Host) -> Result<TcpStream, ConnectError> {
+    async fn connect_tcp(&self, host: &Host) -> Result<TcpStream, Error> {
         let r = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(host.address)).await;
         let stream = match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.stats.cx_connect_fail.inc();
                 host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                return Err(ConnectError::Io(e));
+                return Err(Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                    .context(format!("connect to {}", host.address))
+                    .cause(e));
             }
             Err(_) => {
                 self.stats.cx_connect_fail.inc();
                 host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
-                return Err(ConnectError::Timeout);
+                return Err(Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                    .context(format!("connect to {}: timeout", host.address)));
             }
         };
         let _ = stream.set_nodelay(true);
@@ -367,10 +358,8 @@ impl ClusterRt {
     }
 
     /// Opens a raw TCP connection for the TCP proxy, counted against `max_connections`.
-    pub async fn connect_raw(self: &Arc<Self>, host: &Arc<Host>) -> Result<(TcpStream, ConnGuard), ConnectError> {
-        let guard = self
-            .reserve_connection(RoutePriority::Default)
-            .ok_or(ConnectError::Overflow)?;
+    pub async fn connect_raw(self: &Arc<Self>, host: &Arc<Host>) -> Result<(TcpStream, ConnGuard), Error> {
+        let guard = self.reserve_connection(RoutePriority::Default).ok_or_else(overflow)?;
         let s = self.connect_tcp(host).await?;
         Ok((s, guard))
     }
@@ -398,12 +387,12 @@ impl ClusterRt {
         host: &Arc<Host>,
         deadline: Option<Instant>,
         priority: RoutePriority,
-    ) -> Result<PooledH1, ConnectError> {
+    ) -> Result<PooledH1, Error> {
         let slot = worker_slot(self.slots);
         let idle_timeout = self.config.pool.idle_timeout;
         loop {
             loop {
-                let idle = host.pools[slot].h1_idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                let idle = host.pools[slot].h1_idle.lock().pop();
                 let Some(mut c) = idle else { break };
                 if c.sender.is_closed() || c.since.elapsed() > idle_timeout {
                     continue;
@@ -419,7 +408,11 @@ impl ClusterRt {
                     .max_buf_size((self.config.per_connection_buffer_limit_bytes as usize).max(8192))
                     .handshake(TokioIo::new(stream))
                     .await
-                    .map_err(ConnectError::Handshake)?;
+                    .map_err(|e| {
+                        Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                            .context("handshake")
+                            .cause(e)
+                    })?;
                 tokio::spawn(async move {
                     let _ = conn.with_upgrades().await;
                     drop(guard);
@@ -439,17 +432,13 @@ impl ClusterRt {
     }
 
     /// Waits (as a pending request) for a pooled connection to be released.
-    async fn wait_for_connection(
-        &self,
-        deadline: Option<Instant>,
-        priority: RoutePriority,
-    ) -> Result<(), ConnectError> {
+    async fn wait_for_connection(&self, deadline: Option<Instant>, priority: RoutePriority) -> Result<(), Error> {
         let pending = &self.pending[priority.index()];
         let n = pending.fetch_add(1, Ordering::Relaxed);
         if n >= self.config.circuit_breakers.for_priority(priority).max_pending_requests {
             pending.fetch_sub(1, Ordering::Relaxed);
             self.stats.rq_overflow.inc();
-            return Err(ConnectError::Overflow);
+            return Err(overflow());
         }
         // Releases on other workers or hosts also wake us; re-check at least every 50 ms.
         let wait = deadline
@@ -460,7 +449,7 @@ impl ClusterRt {
         pending.fetch_sub(1, Ordering::Relaxed);
         if r.is_err() && deadline.is_some_and(|d| Instant::now() >= d) {
             self.stats.rq_overflow.inc();
-            return Err(ConnectError::Overflow);
+            return Err(overflow());
         }
         Ok(())
     }
@@ -480,7 +469,7 @@ impl ClusterRt {
         self: &Arc<Self>,
         host: &Arc<Host>,
         priority: RoutePriority,
-    ) -> Result<http2::SendRequest<UpBody>, ConnectError> {
+    ) -> Result<http2::SendRequest<UpBody>, Error> {
         let slot = worker_slot(self.slots);
         let pool = &host.pools[slot];
         if let Some(s) = Self::live_h2(pool) {
@@ -492,7 +481,7 @@ impl ClusterRt {
         }
         let guard = self.reserve_connection(priority).ok_or_else(|| {
             self.stats.rq_overflow.inc();
-            ConnectError::Overflow
+            overflow()
         })?;
         let stream = self.connect_tcp(host).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
@@ -503,17 +492,21 @@ impl ClusterRt {
             .max_send_buf_size(self.config.per_connection_buffer_limit_bytes as usize)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(ConnectError::Handshake)?;
+            .map_err(|e| {
+                Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                    .context("handshake")
+                    .cause(e)
+            })?;
         tokio::spawn(async move {
             let _ = conn.await;
             drop(guard);
         });
-        *pool.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(sender.clone());
+        *pool.h2.lock() = Some(sender.clone());
         Ok(sender)
     }
 
     fn live_h2(pool: &WorkerPool) -> Option<http2::SendRequest<UpBody>> {
-        let guard = pool.h2.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = pool.h2.lock();
         guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 

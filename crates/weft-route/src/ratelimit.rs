@@ -6,17 +6,17 @@
 //! come from the Envoy API crate; a slow or failed service costs at most the configured timeout and
 //! then fails open, or closed with `failure_mode_deny`.
 
-use crate::server::Shared;
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::Mutex;
 use weft_config::{RateLimitAction, RateLimitPolicy, RateLimitService};
+use weft_upstream::ClusterLookup;
 use weft_xds_api::pb::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
 use weft_xds_api::pb::envoy::service::ratelimit::v3::{rate_limit_response::Code, RateLimitRequest, RateLimitResponse};
 use weft_xds_api::prost::Message;
@@ -85,8 +85,8 @@ impl RateLimitClient {
     }
 
     /// Asks the service about `descriptors`, within the configured timeout.
-    pub async fn check(&self, shared: &Shared, descriptors: Vec<RateLimitDescriptor>) -> Verdict {
-        let verdict = match tokio::time::timeout(self.config.timeout, self.call(shared, descriptors)).await {
+    pub async fn check(&self, clusters: &dyn ClusterLookup, descriptors: Vec<RateLimitDescriptor>) -> Verdict {
+        let verdict = match tokio::time::timeout(self.config.timeout, self.call(clusters, descriptors)).await {
             Ok(Ok(code)) if code == Code::OverLimit as i32 => Verdict::OverLimit,
             Ok(Ok(_)) => Verdict::Allow,
             Ok(Err(e)) => Verdict::Error(e),
@@ -105,12 +105,10 @@ impl RateLimitClient {
         verdict
     }
 
-    async fn call(&self, shared: &Shared, descriptors: Vec<RateLimitDescriptor>) -> Result<i32, String> {
+    async fn call(&self, clusters: &dyn ClusterLookup, descriptors: Vec<RateLimitDescriptor>) -> Result<i32, String> {
         let host = {
-            let snap = shared.snapshot.load();
-            let cluster = snap
-                .clusters
-                .get(&self.config.cluster)
+            let cluster = clusters
+                .cluster(&self.config.cluster)
                 .ok_or_else(|| format!("no cluster \"{}\"", self.config.cluster))?;
             let set = cluster.hosts.load();
             let healthy: Vec<SocketAddr> = set
@@ -148,7 +146,7 @@ impl RateLimitClient {
         let resp = match sender.send_request(req).await {
             Ok(r) => r,
             Err(e) => {
-                self.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&host);
+                self.conns.lock().remove(&host);
                 return Err(format!("{host}: {e}"));
             }
         };
@@ -180,7 +178,7 @@ impl RateLimitClient {
     }
 
     async fn sender(&self, host: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
-        if let Some(s) = self.conns.lock().unwrap_or_else(|e| e.into_inner()).get(&host) {
+        if let Some(s) = self.conns.lock().get(&host) {
             if !s.is_closed() {
                 return Ok(s.clone());
             }
@@ -193,10 +191,7 @@ impl RateLimitClient {
             .await
             .map_err(|e| format!("{host}: {e}"))?;
         tokio::spawn(conn);
-        self.conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host, sender.clone());
+        self.conns.lock().insert(host, sender.clone());
         Ok(sender)
     }
 }

@@ -10,126 +10,21 @@
 //! listener rate limit → route match → route rate limit → fault delay → fault abort → forward, where
 //! forwarding sends the mirrored copies.
 
-use crate::body::UpBody;
 use crate::router::HeaderMatchers;
-use crate::server::Shared;
-use crate::stats::{ClusterLabel, ListenerLabel};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
 use http::{Method, Request, Uri};
-use prometheus_client::encoding::EncodeLabelSet;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use weft_config::{AbortStatus, ForwardAction, LocalRateLimit};
-
-// ---------------------------------------------------------------------------------------------
-// Metrics
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ScopeLabel {
-    pub listener: String,
-    pub scope: String,
-}
-
-/// The metric families of this module, registered with the process registry once.
-#[derive(Default)]
-pub struct FilterMetrics {
-    fault_aborts: Family<ListenerLabel, Counter>,
-    fault_delays: Family<ListenerLabel, Counter>,
-    mirror_requests: Family<ClusterLabel, Counter>,
-    mirror_errors: Family<ClusterLabel, Counter>,
-    mirror_skipped: Family<ClusterLabel, Counter>,
-    rate_limited: Family<ScopeLabel, Counter>,
-    rls_over_limit: Family<ListenerLabel, Counter>,
-    rls_errors: Family<ListenerLabel, Counter>,
-}
-
-impl FilterMetrics {
-    pub(crate) fn register(&self, r: &mut Registry) {
-        r.register(
-            "http_fault_aborts",
-            "Requests aborted by fault injection",
-            self.fault_aborts.clone(),
-        );
-        r.register(
-            "http_fault_delays",
-            "Requests delayed by fault injection",
-            self.fault_delays.clone(),
-        );
-        r.register(
-            "http_mirror_requests",
-            "Mirrored (shadow) requests sent",
-            self.mirror_requests.clone(),
-        );
-        r.register(
-            "http_mirror_errors",
-            "Mirrored requests that failed (no host, overflow, connect/reset/timeout, or 5xx)",
-            self.mirror_errors.clone(),
-        );
-        r.register(
-            "http_mirror_skipped",
-            "Requests chosen for mirroring but not mirrored (body too large or streaming)",
-            self.mirror_skipped.clone(),
-        );
-        r.register(
-            "http_rate_limited",
-            "Requests refused by a local rate limit",
-            self.rate_limited.clone(),
-        );
-        r.register(
-            "http_rate_limit_service_over_limit",
-            "Requests the global rate limit service refused",
-            self.rls_over_limit.clone(),
-        );
-        r.register(
-            "http_rate_limit_service_errors",
-            "Calls to the global rate limit service that failed or timed out",
-            self.rls_errors.clone(),
-        );
-    }
-
-    /// (over-limit, error) counters of a connection manager's rate limit service client.
-    pub fn rate_limit_service(&self, listener: &str) -> (Counter, Counter) {
-        (
-            self.listener(&self.rls_over_limit, listener),
-            self.listener(&self.rls_errors, listener),
-        )
-    }
-
-    /// The counter of requests refused by the rate limit of `scope` (`listener` or `route:VHOST/ROUTE`).
-    pub fn rate_limited(&self, listener: &str, scope: &str) -> Counter {
-        self.rate_limited
-            .get_or_create(&ScopeLabel {
-                listener: listener.to_string(),
-                scope: scope.to_string(),
-            })
-            .clone()
-    }
-
-    fn listener(&self, family: &Family<ListenerLabel, Counter>, listener: &str) -> Counter {
-        family
-            .get_or_create(&ListenerLabel {
-                listener: listener.to_string(),
-            })
-            .clone()
-    }
-
-    fn cluster(&self, family: &Family<ClusterLabel, Counter>, cluster: &str) -> Counter {
-        family
-            .get_or_create(&ClusterLabel {
-                cluster: cluster.to_string(),
-            })
-            .clone()
-    }
-}
+use weft_upstream::body::UpBody;
+use weft_upstream::client::{send_detached, shape_request};
+use weft_upstream::ClusterLookup;
 
 // ---------------------------------------------------------------------------------------------
 // Percentages
@@ -311,9 +206,7 @@ impl LocalRateLimiter {
 
     fn take_keyed(&self, d: &Descriptors, key: u64, now: u64) -> Result<(), u64> {
         let c = &self.config;
-        let mut map = d.shards[(key >> 60) as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = d.shards[(key >> 60) as usize % SHARDS].lock();
         if let Some(b) = map.get(&key) {
             return b.try_take(now, c);
         }
@@ -332,12 +225,9 @@ impl LocalRateLimiter {
 
     #[cfg(test)]
     fn tracked(&self) -> usize {
-        self.descriptor.as_ref().map_or(0, |d| {
-            d.shards
-                .iter()
-                .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
-                .sum()
-        })
+        self.descriptor
+            .as_ref()
+            .map_or(0, |d| d.shards.iter().map(|s| s.lock().len()).sum())
     }
 }
 
@@ -393,7 +283,7 @@ impl RouteFilters {
         listener: &str,
         vhost: &str,
         route: &str,
-        metrics: &crate::stats::Metrics,
+        metrics: &weft_core::stats::Metrics,
     ) -> RouteFilters {
         let m = &metrics.filters;
         RouteFilters {
@@ -434,7 +324,7 @@ impl RouteFilters {
         &self,
         headers: &HeaderMap,
         rls: Option<&crate::ratelimit::RateLimitClient>,
-        shared: &Shared,
+        clusters: &dyn ClusterLookup,
         peer: std::net::IpAddr,
     ) -> Option<Stop> {
         if let Some(rl) = &self.rate_limit {
@@ -445,7 +335,7 @@ impl RouteFilters {
         if let Some(rls) = rls.filter(|_| !self.rate_limits.is_empty()) {
             let descriptors = crate::ratelimit::descriptors(&self.rate_limits, headers, peer);
             if !descriptors.is_empty() {
-                match rls.check(shared, descriptors).await {
+                match rls.check(clusters, descriptors).await {
                     crate::ratelimit::Verdict::Allow => {}
                     crate::ratelimit::Verdict::OverLimit => return Some(Stop::GlobalRateLimited),
                     crate::ratelimit::Verdict::Error(_) if rls.failure_mode_deny() => {
@@ -498,10 +388,10 @@ impl RouteFilters {
     /// in its own task on this worker, and its outcome is only counted. The shadow's authority is
     /// the request's (after `host_rewrite`) with `-shadow` appended to the host part.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn spawn_mirrors(
+    pub fn spawn_mirrors(
         &self,
         mask: u32,
-        shared: &Shared,
+        clusters: &dyn ClusterLookup,
         method: &Method,
         uri: &Uri,
         rewritten_path: Option<&str>,
@@ -516,7 +406,6 @@ impl RouteFilters {
             .unwrap_or("");
         let shadow = shadow_authority(base);
         let valid = !base.is_empty() && shadow.parse::<http::uri::Authority>().is_ok();
-        let snapshot = shared.snapshot.load();
         let deadline = Instant::now() + timeout.unwrap_or(MIRROR_MAX_TIME).min(MIRROR_MAX_TIME);
         for (i, m) in self.mirrors.iter().enumerate().take(32) {
             if mask & (1 << i) == 0 {
@@ -526,12 +415,12 @@ impl RouteFilters {
                 m.skipped.inc();
                 continue;
             }
-            let Some(cluster) = snapshot.clusters.get(&m.cluster).cloned() else {
+            let Some(cluster) = clusters.cluster(&m.cluster) else {
                 // Only possible on a connection that outlived a reload removing the cluster.
                 m.errors.inc();
                 continue;
             };
-            let prepared = crate::http::shape_request(
+            let prepared = shape_request(
                 cluster.protocol(),
                 method.clone(),
                 uri.clone(),
@@ -547,7 +436,7 @@ impl RouteFilters {
             m.requests.inc();
             let errors = m.errors.clone();
             tokio::spawn(async move {
-                match crate::http::send_detached(cluster, request, deadline).await {
+                match send_detached(cluster, request, deadline).await {
                     Ok(status) if status < 500 => {}
                     _ => {
                         errors.inc();

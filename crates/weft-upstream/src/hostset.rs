@@ -9,9 +9,10 @@
 //! hosts are eligible, health is ignored (panic mode) so a mostly-failed cluster still serves.
 
 use crate::cluster::Host;
+use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use weft_config::{Cluster, LbPolicy, Locality, SubsetFallback};
 use weft_lb::{Balancer, HostInfo};
 
@@ -229,7 +230,7 @@ impl HostSet {
 
     /// The eligible hosts carrying all of `want`'s labels (panic mode: all such hosts).
     fn subset(&self, want: &Labels) -> Option<Arc<Pool>> {
-        let mut cache = self.subset_cache.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self.subset_cache.lock();
         if let Some(p) = cache.get(want) {
             return (!p.hosts.is_empty()).then(|| p.clone());
         }

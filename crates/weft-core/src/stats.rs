@@ -1,13 +1,13 @@
 //! Metrics. Label lookups happen once, when a snapshot is built: the request path only touches
 //! pre-resolved counters (atomics) and histograms.
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
 use std::time::Duration;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -100,7 +100,7 @@ pub struct Metrics {
     route_rq_total: Family<RouteClassLabel, Counter>,
     route_rq_time: HistFamily<RouteLabel>,
     /// Fault injection, mirroring and local rate limiting.
-    pub filters: crate::filters::FilterMetrics,
+    pub filters: FilterMetrics,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -145,7 +145,7 @@ impl Metrics {
             hc_failure: Family::default(),
             route_rq_total: Family::default(),
             route_rq_time: Family::new_with_constructor(latency_histogram),
-            filters: crate::filters::FilterMetrics::default(),
+            filters: FilterMetrics::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
         };
@@ -301,14 +301,14 @@ impl Metrics {
             "Configuration reloads refused",
             m.config_reload_failures.clone(),
         );
-        *m.registry.lock().unwrap() = r;
+        *m.registry.lock() = r;
         m
     }
 
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry.lock();
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
         out
     }
@@ -457,5 +457,107 @@ impl RouteStats {
     pub fn record(&self, status: u16, elapsed: Duration) {
         self.rq[class_index(status)].inc();
         self.rq_time.observe(elapsed.as_secs_f64());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Route filter metrics
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ScopeLabel {
+    pub listener: String,
+    pub scope: String,
+}
+
+/// The metric families of route filters (faults, mirrors, rate limits), registered with the process registry once.
+#[derive(Default)]
+pub struct FilterMetrics {
+    pub fault_aborts: Family<ListenerLabel, Counter>,
+    pub fault_delays: Family<ListenerLabel, Counter>,
+    pub mirror_requests: Family<ClusterLabel, Counter>,
+    pub mirror_errors: Family<ClusterLabel, Counter>,
+    pub mirror_skipped: Family<ClusterLabel, Counter>,
+    pub rate_limited: Family<ScopeLabel, Counter>,
+    pub rls_over_limit: Family<ListenerLabel, Counter>,
+    pub rls_errors: Family<ListenerLabel, Counter>,
+}
+
+impl FilterMetrics {
+    pub(crate) fn register(&self, r: &mut Registry) {
+        r.register(
+            "http_fault_aborts",
+            "Requests aborted by fault injection",
+            self.fault_aborts.clone(),
+        );
+        r.register(
+            "http_fault_delays",
+            "Requests delayed by fault injection",
+            self.fault_delays.clone(),
+        );
+        r.register(
+            "http_mirror_requests",
+            "Mirrored (shadow) requests sent",
+            self.mirror_requests.clone(),
+        );
+        r.register(
+            "http_mirror_errors",
+            "Mirrored requests that failed (no host, overflow, connect/reset/timeout, or 5xx)",
+            self.mirror_errors.clone(),
+        );
+        r.register(
+            "http_mirror_skipped",
+            "Requests chosen for mirroring but not mirrored (body too large or streaming)",
+            self.mirror_skipped.clone(),
+        );
+        r.register(
+            "http_rate_limited",
+            "Requests refused by a local rate limit",
+            self.rate_limited.clone(),
+        );
+        r.register(
+            "http_rate_limit_service_over_limit",
+            "Requests the global rate limit service refused",
+            self.rls_over_limit.clone(),
+        );
+        r.register(
+            "http_rate_limit_service_errors",
+            "Calls to the global rate limit service that failed or timed out",
+            self.rls_errors.clone(),
+        );
+    }
+
+    /// (over-limit, error) counters of a connection manager's rate limit service client.
+    pub fn rate_limit_service(&self, listener: &str) -> (Counter, Counter) {
+        (
+            self.listener(&self.rls_over_limit, listener),
+            self.listener(&self.rls_errors, listener),
+        )
+    }
+
+    /// The counter of requests refused by the rate limit of `scope` (`listener` or `route:VHOST/ROUTE`).
+    pub fn rate_limited(&self, listener: &str, scope: &str) -> Counter {
+        self.rate_limited
+            .get_or_create(&ScopeLabel {
+                listener: listener.to_string(),
+                scope: scope.to_string(),
+            })
+            .clone()
+    }
+
+    pub fn listener(&self, family: &Family<ListenerLabel, Counter>, listener: &str) -> Counter {
+        family
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone()
+    }
+
+    pub fn cluster(&self, family: &Family<ClusterLabel, Counter>, cluster: &str) -> Counter {
+        family
+            .get_or_create(&ClusterLabel {
+                cluster: cluster.to_string(),
+            })
+            .clone()
     }
 }

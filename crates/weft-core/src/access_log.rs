@@ -2,10 +2,11 @@
 //! flushes every 250 ms (and whenever it grows past 64 KiB), so logging costs a formatted line and an
 //! uncontended lock per request rather than a syscall.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 use weft_config::LogSink;
 
@@ -31,7 +32,7 @@ impl AccessLogger {
 
     /// Appends one record (a JSON object without the trailing newline).
     pub fn log(&self, record: &serde_json::Value) {
-        let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = self.buf.lock();
         let _ = serde_json::to_writer(&mut *buf, record);
         buf.push(b'\n');
         if buf.len() >= FLUSH_THRESHOLD {
@@ -43,7 +44,7 @@ impl AccessLogger {
 
     pub fn flush(&self) {
         let data = {
-            let mut buf = self.buf.lock().unwrap_or_else(|e| e.into_inner());
+            let mut buf = self.buf.lock();
             if buf.is_empty() {
                 return;
             }
@@ -53,7 +54,7 @@ impl AccessLogger {
     }
 
     fn write_out(&self, data: &[u8]) {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = self.out.lock();
         let _ = out.write_all(data);
         let _ = out.flush();
     }
@@ -67,7 +68,7 @@ pub struct AccessLogs {
 
 impl AccessLogs {
     pub fn get(&self, sink: &LogSink) -> io::Result<Arc<AccessLogger>> {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.open.lock();
         if let Some(l) = open.get(sink).and_then(Weak::upgrade) {
             return Ok(l);
         }
@@ -78,7 +79,7 @@ impl AccessLogs {
 
     pub fn flush_all(&self) {
         let loggers: Vec<_> = {
-            let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+            let mut open = self.open.lock();
             open.retain(|_, w| w.strong_count() > 0);
             open.values().filter_map(Weak::upgrade).collect()
         };

@@ -1,6 +1,5 @@
 //! The compiled route table: virtual host selection by domain, then first-match over routes.
 
-use crate::stats::{Metrics, RouteStats};
 use http::header::HeaderMap;
 use http::{HeaderName, HeaderValue, Method, Uri};
 use regex::Regex;
@@ -8,6 +7,7 @@ use std::collections::HashMap;
 use weft_config::{
     DomainMatch, HeaderAppendAction, HeaderMutations, PathMatch, RetryPolicy, RouteAction, RouteConfig, StringRule,
 };
+use weft_core::stats::{Metrics, RouteStats};
 
 /// Header mutations with names and values parsed once.
 #[derive(Default)]
@@ -422,7 +422,7 @@ impl RouteTable {
 }
 
 /// The host part of a `host[:port]` authority (IPv6 literals keep their brackets).
-pub(crate) fn strip_port(host: &str) -> &str {
+pub fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         // [v6]:port
         return match host.find(']') {

@@ -1,0 +1,18 @@
+//! The data plane's base layer: what every other layer records into and nothing depends on in turn.
+//!
+//! - [`flags`]: reason codes for responses the proxy makes itself.
+//! - [`error`]: the one error type of the request path: reason, blame and retry safety.
+//! - [`stats`]: the Prometheus registry and the per-listener/cluster/route handles.
+//! - [`access_log`]: buffered access-log sinks.
+//!
+//! Layers, each depending only on those before it (enforced by Cargo):
+//! `weft-core` → `weft-upstream` (hosts, pools, the upstream client) → `weft-route` (router, route
+//! filters, rate limits) → `weft-proxy` (downstream HTTP/1, HTTP/2, TCP, the server, admin).
+
+pub mod access_log;
+pub mod error;
+pub mod flags;
+pub mod stats;
+
+pub use error::{Blame, Error, Retry};
+pub use flags::Reason;

@@ -1,0 +1,587 @@
+//! Forwarding one request upstream: the plan (cluster, subset, hash, original destination),
+//! header rewriting, the body policy, and the attempt loop in which every try ends in a
+//! [`Decision`]: deliver the response, retry, or fail with a [`weft_core::Error`].
+
+use super::headers::{
+    compute_hash, is_upgrade, request_id, strip_hop_by_hop, ORIGINAL_DST_HEADER, X_FORWARDED_FOR, X_FORWARDED_PROTO,
+    X_REQUEST_ID,
+};
+use super::log::Facts;
+use super::pipeline::Reply;
+use super::ConnCtx;
+use crate::body::{DownBody, UpBody, Upload, UploadState};
+use crate::client::{send_once, shape_request, Prepared, TryFailure, TryOk};
+use crate::cluster::{ClusterRt, Host, PooledH1, RetryGuard};
+use crate::flags::Reason;
+use crate::hostset::Labels;
+use crate::outlier::Outcome;
+use crate::router::{RouteEntry, RouteTable, VirtualHostEntry};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_config::{Discovery, ForwardAction, RetryPolicy, UpstreamProtocol};
+use weft_core::{Error, Retry};
+
+/// Request bodies up to this size are buffered when a retry policy exists, so a retry can resend them.
+const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
+
+/// Where a request goes: decided once, before the first try.
+struct Plan {
+    cluster: Arc<ClusterRt>,
+    hash: Option<u64>,
+    subset: Option<Labels>,
+    original_dst: Option<SocketAddr>,
+}
+
+impl Plan {
+    fn new(ctx: &ConnCtx, req: &Request<Incoming>, route: &RouteEntry, action: &ForwardAction) -> Result<Plan, Error> {
+        // Cluster: one, or a weighted pick.
+        let cluster_name = if action.clusters.len() == 1 {
+            &action.clusters[0].name
+        } else {
+            let mut x = fastrand::u32(0..route.total_weight.max(1));
+            let mut chosen = &action.clusters[0].name;
+            for c in &action.clusters {
+                if x < c.weight {
+                    chosen = &c.name;
+                    break;
+                }
+                x -= c.weight;
+            }
+            chosen
+        };
+        let cluster = ctx
+            .clusters
+            .cluster(cluster_name)
+            .ok_or_else(|| Error::internal(Reason::NoCluster))?;
+        let hash = if action.hash_policy.is_empty() {
+            None
+        } else {
+            compute_hash(&action.hash_policy, req, ctx.peer_ip.as_bytes())
+        };
+        // Subset routing: the tag header's value selects hosts labelled with it; untagged requests go
+        // to the default subset when one is configured.
+        let subset = cluster.config.subsets.as_ref().and_then(|s| {
+            let tagged = s
+                .tag_header
+                .as_ref()
+                .and_then(|h| req.headers().get(h.as_str()))
+                .and_then(|v| v.to_str().ok());
+            match tagged {
+                Some(v) => Some([(s.tag_label.clone(), v.to_string())].into_iter().collect()),
+                None if !s.default_subset.is_empty() => Some(s.default_subset.clone()),
+                None => None,
+            }
+        });
+        let original_dst = if matches!(cluster.config.discovery, Discovery::OriginalDst) {
+            let from_header = req
+                .headers()
+                .get(&ORIGINAL_DST_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<SocketAddr>().ok());
+            Some(
+                from_header
+                    .or(ctx.original_dst)
+                    .ok_or_else(|| Error::internal(Reason::NoHealthyUpstream))?,
+            )
+        } else {
+            None
+        };
+        Ok(Plan {
+            cluster,
+            hash,
+            subset,
+            original_dst,
+        })
+    }
+
+    /// The host for the next try, avoiding the previous one when others exist.
+    fn pick(&self, last: Option<&Arc<Host>>) -> Result<Arc<Host>, Error> {
+        match self.original_dst {
+            Some(a) => Ok(self.cluster.original_dst_host(a)),
+            None => self
+                .cluster
+                .pick(self.hash, last, self.subset.as_ref())
+                .ok_or_else(|| Error::internal(Reason::NoHealthyUpstream)),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    route_table: &RouteTable,
+    vh: &VirtualHostEntry,
+    route: &RouteEntry,
+    action: &ForwardAction,
+    grpc: bool,
+    start: Instant,
+    facts: &mut Facts,
+) -> Result<Reply, Error> {
+    let plan = Plan::new(ctx, &req, route, action)?;
+    facts.cluster = Some(plan.cluster.clone());
+
+    let upgrade = is_upgrade(&req) && plan.cluster.protocol() == UpstreamProtocol::Http1;
+    let mut req = req;
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let headers = std::mem::take(&mut parts.headers);
+    let headers = rewrite_request_headers(ctx, headers, parts.version, upgrade, grpc, [route_table, vh, route]);
+    if facts.capture_headers {
+        facts.request_id = headers.get(&X_REQUEST_ID).cloned();
+        facts.xff = headers.get(&X_FORWARDED_FOR).cloned();
+    }
+
+    // Path: rewritten only when the route asks for it; otherwise the original is reused as is.
+    let rewritten_path = match (&action.prefix_rewrite, route.rewrite_prefix_len) {
+        (Some(new_prefix), Some(matched)) => {
+            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            Some(format!("{new_prefix}{}", pq.get(matched..).unwrap_or("")))
+        }
+        _ => None,
+    };
+    let policy = route.retry_policy.as_ref();
+    // Mirror policies this request was sampled into (never for upgrades).
+    let filters = route.filters.as_deref();
+    let mirror_mask = match filters {
+        Some(fx) if !upgrade => fx.sample_mirrors(),
+        _ => 0,
+    };
+    let replay_wanted = mirror_mask != 0 || policy.is_some_and(|p| p.num_retries > 0);
+    let source = BodySource::new(body, replay_wanted).await?;
+    if let (Some(fx), true) = (filters, mirror_mask != 0) {
+        match &source {
+            BodySource::Replayable(b) => fx.spawn_mirrors(
+                mirror_mask,
+                &*ctx.clusters,
+                &parts.method,
+                &parts.uri,
+                rewritten_path.as_deref(),
+                action.host_rewrite.as_deref(),
+                &headers,
+                b.as_ref(),
+                action.timeout,
+            ),
+            BodySource::Stream(..) => fx.skip_mirrors(mirror_mask),
+        }
+    }
+    let prepared = shape_request(
+        plan.cluster.protocol(),
+        parts.method,
+        parts.uri,
+        rewritten_path,
+        action.host_rewrite.as_deref(),
+        headers,
+    );
+    let attempts = Attempts {
+        plan: &plan,
+        action,
+        policy,
+        grpc,
+        deadline: action.timeout.map(|t| start + t),
+    };
+    let (resp, pooled, active) = attempts.run(prepared, source, facts).await?;
+    Ok(Reply {
+        resp: finish_response(resp, pooled, down_upgrade, upgrade),
+        reason: None,
+        active: Some(active),
+    })
+}
+
+/// Hop-by-hop removal, forwarding headers, request id, then the header mutations of the route
+/// table, virtual host and route (in that order, so the most specific wins).
+fn rewrite_request_headers(
+    ctx: &ConnCtx,
+    mut headers: HeaderMap,
+    down_version: Version,
+    upgrade: bool,
+    grpc: bool,
+    mutations: [&dyn RequestMutations; 3],
+) -> HeaderMap {
+    let rt = &*ctx.rt;
+    // Room for the forwarding headers added below, so the map grows at most once.
+    headers.reserve(4);
+    strip_hop_by_hop(&mut headers, upgrade);
+    headers.remove(header::EXPECT);
+    if down_version == Version::HTTP_2 {
+        // `te: trailers` is the one TE value allowed through (gRPC needs it).
+        headers.remove(header::TE);
+    } else if let Some(te) = headers.get(header::TE) {
+        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+            headers.remove(header::TE);
+        }
+    }
+    if grpc {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if rt.config.use_remote_address {
+        match headers.get(&X_FORWARDED_FOR) {
+            Some(existing) => {
+                let mut v = existing.as_bytes().to_vec();
+                v.extend_from_slice(b", ");
+                v.extend_from_slice(ctx.peer_ip.as_bytes());
+                if let Ok(v) = HeaderValue::from_bytes(&v) {
+                    headers.insert(&X_FORWARDED_FOR, v);
+                }
+            }
+            None => {
+                headers.insert(&X_FORWARDED_FOR, ctx.peer_ip.clone());
+            }
+        }
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if rt.config.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
+        headers.insert(&X_REQUEST_ID, request_id());
+    }
+    if let Some(v) = &rt.via {
+        headers.append(header::VIA, v.clone());
+    }
+    headers.remove(&ORIGINAL_DST_HEADER);
+    for m in mutations {
+        m.apply_request(&mut headers);
+    }
+    headers
+}
+
+/// The request header mutations of a route table, virtual host or route.
+trait RequestMutations {
+    fn apply_request(&self, h: &mut HeaderMap);
+}
+
+impl RequestMutations for RouteTable {
+    fn apply_request(&self, h: &mut HeaderMap) {
+        self.mutations.request.apply(h);
+    }
+}
+
+impl RequestMutations for VirtualHostEntry {
+    fn apply_request(&self, h: &mut HeaderMap) {
+        self.mutations.request.apply(h);
+    }
+}
+
+impl RequestMutations for RouteEntry {
+    fn apply_request(&self, h: &mut HeaderMap) {
+        self.mutations.request.apply(h);
+    }
+}
+
+/// The request body, as each try will send it.
+enum BodySource {
+    /// Empty, or buffered (small, with a known length) so that retries and mirrors can resend it.
+    Replayable(Option<Bytes>),
+    /// Streamed from the client: sendable once, unless a try hands it back unsent.
+    Stream(Option<Incoming>, Arc<Upload>),
+}
+
+impl BodySource {
+    /// Buffers the body when retries or mirrors want it replayable and it is small enough.
+    async fn new(body: Incoming, replay_wanted: bool) -> Result<BodySource, Error> {
+        if body.is_end_stream() {
+            return Ok(BodySource::Replayable(None));
+        }
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|n| n <= RETRY_BUFFER_LIMIT.min(crate::filters::MIRROR_BODY_LIMIT));
+        if replay_wanted && small {
+            return match body.collect().await {
+                Ok(c) => Ok(BodySource::Replayable(Some(c.to_bytes()))),
+                Err(_) => Err(Error::downstream(Reason::DownstreamProtocolError).context("reading the request body")),
+            };
+        }
+        Ok(BodySource::Stream(Some(body), Arc::new(Upload::default())))
+    }
+
+    /// The body for the next try.
+    fn take(&mut self) -> UpBody {
+        match self {
+            BodySource::Replayable(None) => UpBody::Empty,
+            BodySource::Replayable(Some(b)) => UpBody::Full(Some(b.clone())),
+            BodySource::Stream(s, up) => match s.take() {
+                Some(b) => UpBody::Stream(b, up.clone()),
+                None => UpBody::Empty, // unreachable: a streamed body is never retried once taken
+            },
+        }
+    }
+
+    /// Puts back a streamed body a failed try never sent.
+    fn put_back(&mut self, unsent: Option<UpBody>) {
+        if let (Some(UpBody::Stream(b, _)), BodySource::Stream(slot, _)) = (unsent, self) {
+            *slot = Some(b);
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, BodySource::Replayable(_))
+    }
+
+    /// Whether another try could send the body.
+    fn can_resend(&self) -> bool {
+        match self {
+            BodySource::Replayable(_) => true,
+            BodySource::Stream(s, _) => s.is_some(),
+        }
+    }
+
+    /// The streamed upload's record, when the body is streamed from the client.
+    fn upload(&self) -> Option<&Upload> {
+        match self {
+            BodySource::Stream(_, u) => Some(u),
+            BodySource::Replayable(_) => None,
+        }
+    }
+
+    /// Why the exchange failed on the client's side, if it did: a malformed or aborted upload.
+    fn client_fault(&self) -> Option<Error> {
+        match self.upload().map(|u| u.state()) {
+            Some(UploadState::Malformed) => Some(Error::downstream(Reason::DownstreamProtocolError)),
+            Some(UploadState::Aborted) => Some(Error::downstream(Reason::DownstreamDisconnect)),
+            _ => None,
+        }
+    }
+}
+
+/// How a try ended, and what happens next.
+enum Decision {
+    Deliver(TryOk),
+    Retry { guard: RetryGuard, wait: Duration },
+    Fail(Error),
+}
+
+/// The attempt loop of one forwarded request.
+struct Attempts<'a> {
+    plan: &'a Plan,
+    action: &'a ForwardAction,
+    policy: Option<&'a RetryPolicy>,
+    grpc: bool,
+    /// The route timeout's deadline.
+    deadline: Option<Instant>,
+}
+
+impl Attempts<'_> {
+    async fn run(
+        &self,
+        mut prepared: Prepared,
+        mut source: BodySource,
+        facts: &mut Facts,
+    ) -> Result<(Response<Incoming>, Option<PooledH1>, crate::cluster::ActiveRequest), Error> {
+        let cluster = &self.plan.cluster;
+        let max_tries = 1 + self.policy.map_or(0, |p| p.num_retries);
+        let mut last_host: Option<Arc<Host>> = None;
+        // The retry in progress stays counted against the cluster's retry limit until it completes.
+        let mut _retry_guard: Option<RetryGuard> = None;
+        loop {
+            facts.attempts += 1;
+            let attempt = facts.attempts;
+            let host = self.plan.pick(last_host.as_ref())?;
+            facts.host = Some(host.address);
+            let active = cluster
+                .start_request(&host, self.action.priority)
+                .ok_or_else(|| Error::internal(Reason::Overflow))?;
+            let is_last = attempt >= max_tries;
+            let request = self.request(&mut prepared, source.take(), &host, is_last);
+            let try_start = Instant::now();
+            let per_try = self.policy.and_then(|p| p.per_try_timeout);
+            let try_deadline = match (self.deadline, per_try) {
+                (Some(d), Some(t)) => Some(d.min(try_start + t)),
+                (d, t) => d.or(t.map(|t| try_start + t)),
+            };
+            // Like Envoy, the route timeout counts from the end of the client's request.
+            let upload = source.upload().zip(self.action.timeout);
+            let outcome = send_once(cluster, &host, request, try_deadline, self.action.priority, upload).await;
+            let outcome = outcome.map_err(|TryFailure { error, unsent }| {
+                // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
+                source.put_back(unsent);
+                error
+            });
+            // The client broke its own request (bad chunked framing, an aborted upload): whatever the
+            // upstream did about the truncated request is not its fault. Answer the client, and leave
+            // the host's outlier state, error counts and retry budget alone.
+            if let Some(e) = source.client_fault() {
+                tracing::debug!(cluster = %cluster.name(), host = %host.address, reason = e.reason.code(), "request body failed on the client side");
+                return Err(e);
+            }
+            let retry_allowed = !is_last;
+            let decision = match outcome {
+                Ok(ok) => self.on_response(ok, &host, try_start, retry_allowed && source.replayable(), attempt),
+                Err(e) => self.on_error(e, &host, retry_allowed && source.can_resend(), attempt),
+            };
+            match decision {
+                Decision::Deliver(ok) => {
+                    facts.upstream_time = Some(try_start.elapsed());
+                    return Ok((ok.0, ok.1, active));
+                }
+                Decision::Retry { guard, wait } => {
+                    drop(active);
+                    let late = self.deadline.is_some_and(|d| Instant::now() + wait >= d);
+                    _retry_guard = Some(guard);
+                    if late {
+                        cluster.stats.rq_timeout.inc();
+                        return Err(Error::upstream(Reason::UpstreamTimeout, Retry::Unsafe)
+                            .context("route timeout reached before the next retry"));
+                    }
+                    tokio::time::sleep(wait).await;
+                    last_host = Some(host);
+                }
+                Decision::Fail(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The request for one try: the last try takes the prepared headers, earlier ones clone them.
+    fn request(&self, prepared: &mut Prepared, body: UpBody, host: &Host, is_last: bool) -> Request<UpBody> {
+        let headers = if is_last {
+            std::mem::take(&mut prepared.headers)
+        } else {
+            prepared.headers.clone()
+        };
+        let mut r = Request::new(body);
+        *r.method_mut() = prepared.method.clone();
+        *r.uri_mut() = prepared.uri.clone();
+        *r.version_mut() = prepared.version;
+        *r.headers_mut() = headers;
+        if self.action.auto_host_rewrite {
+            let authority = self.plan.cluster.authority_for(host);
+            match prepared.version {
+                Version::HTTP_2 => {
+                    let mut p = r.uri().clone().into_parts();
+                    p.authority = authority.parse().ok();
+                    if let Ok(u) = Uri::from_parts(p) {
+                        *r.uri_mut() = u;
+                    }
+                }
+                _ => {
+                    if let Ok(v) = HeaderValue::from_str(&authority) {
+                        r.headers_mut().insert(header::HOST, v);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// A response arrived: record it, and retry it if the policy says so and the body can be resent.
+    fn on_response(&self, ok: TryOk, host: &Arc<Host>, try_start: Instant, can_retry: bool, attempt: u32) -> Decision {
+        let cluster = &self.plan.cluster;
+        let status = ok.0.status().as_u16();
+        cluster.report(host, Outcome::Status(status));
+        cluster.stats.record(status, try_start.elapsed());
+        if status >= 500 {
+            host.rq_error.fetch_add(1, Ordering::Relaxed);
+        }
+        let grpc_unavailable = self.grpc && ok.0.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14");
+        let Some(p) = self
+            .policy
+            .filter(|p| can_retry && retriable_status(p, status, grpc_unavailable))
+        else {
+            return Decision::Deliver(ok);
+        };
+        match cluster.try_start_retry(self.action.priority) {
+            Some(guard) => Decision::Retry {
+                guard,
+                wait: backoff(p, attempt - 1),
+            },
+            None => Decision::Deliver(ok),
+        }
+    }
+
+    /// A try failed: count it against the host (only failures that are the upstream's), and retry if
+    /// the policy allows and time remains.
+    fn on_error(&self, e: Error, host: &Arc<Host>, can_retry: bool, attempt: u32) -> Decision {
+        let cluster = &self.plan.cluster;
+        host.rq_error.fetch_add(1, Ordering::Relaxed);
+        if e.counts_against_host() {
+            cluster.report(host, Outcome::LocalFailure);
+        }
+        if e.reason == Reason::UpstreamTimeout {
+            cluster.stats.rq_timeout.inc();
+        }
+        let total_timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
+        let p = self
+            .policy
+            .filter(|p| can_retry && !total_timed_out && retriable_error(p, &e));
+        let guard = p.and_then(|_| cluster.try_start_retry(self.action.priority));
+        tracing::debug!(cluster = %cluster.name(), host = %host.address, attempt, error = %e, retry = guard.is_some(), "upstream try failed");
+        match (p, guard) {
+            (Some(p), Some(guard)) => Decision::Retry {
+                guard,
+                wait: backoff(p, attempt - 1),
+            },
+            _ if total_timed_out => Decision::Fail(Error::upstream(Reason::UpstreamTimeout, Retry::Unsafe)),
+            _ => Decision::Fail(e),
+        }
+    }
+}
+
+/// Whether the retry policy covers this failure. Breaker overflow and client faults never retry.
+fn retriable_error(p: &RetryPolicy, e: &Error) -> bool {
+    let on = &p.retry_on;
+    if e.retry == Retry::Unsafe || !e.counts_against_host() {
+        return false;
+    }
+    match e.reason {
+        Reason::UpstreamConnectFailure => on.connect_failure || on.five_xx || on.gateway_error,
+        Reason::UpstreamReset => on.reset || on.five_xx || on.gateway_error,
+        Reason::UpstreamProtocolError => on.five_xx || on.gateway_error,
+        Reason::UpstreamTimeout => on.per_try_timeout || on.five_xx || on.gateway_error,
+        _ => false,
+    }
+}
+
+fn retriable_status(p: &RetryPolicy, status: u16, grpc_unavailable: bool) -> bool {
+    let on = &p.retry_on;
+    (on.five_xx && status >= 500)
+        || (on.gateway_error && matches!(status, 502..=504))
+        || (on.retriable_status_codes && p.retriable_status_codes.contains(&status))
+        || grpc_unavailable && (on.five_xx || on.gateway_error)
+}
+
+/// Exponential backoff with full jitter.
+fn backoff(p: &RetryPolicy, retry: u32) -> Duration {
+    let base = p.backoff_base.as_micros() as u64;
+    let cap = p.backoff_max.as_micros() as u64;
+    let exp = base.saturating_mul(1u64 << retry.min(20)).min(cap).max(1);
+    Duration::from_micros(fastrand::u64(0..=exp))
+}
+
+/// The response for the client: hop-by-hop headers removed, and for a `101 Switching Protocols`
+/// the two upgraded connections joined in a tunnel.
+fn finish_response(
+    mut resp: Response<Incoming>,
+    pooled: Option<PooledH1>,
+    down_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    upgrade: bool,
+) -> Response<DownBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let up_upgrade = (switching && down_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade && switching);
+    if switching {
+        if let (Some(down), Some(up)) = (down_upgrade, up_upgrade) {
+            // The upstream connection now belongs to the tunnel, never to the pool.
+            drop(pooled);
+            tokio::spawn(async move {
+                let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
+                    return;
+                };
+                let mut down = TokioIo::new(down);
+                let mut up = TokioIo::new(up);
+                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+            });
+            return Response::from_parts(parts, DownBody::empty());
+        }
+    }
+    Response::from_parts(parts, DownBody::upstream(body, pooled))
+}

@@ -1,0 +1,185 @@
+//! Header helpers for the request path: request facts, smuggling checks, hop-by-hop removal,
+//! upgrade detection, request ids and load-balancer hashing.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Version};
+use hyper::body::Incoming;
+use weft_config::HashPolicy;
+
+/// Header naming the upstream for `original_dst` clusters in HTTP.
+pub(super) static ORIGINAL_DST_HEADER: HeaderName = HeaderName::from_static("x-weft-original-dst-host");
+pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+pub(super) fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+pub(super) fn request_host(req: &Request<Incoming>) -> &str {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()))
+        .unwrap_or("")
+}
+
+/// Rejects request shapes that let a front end and a back end disagree about where a request ends.
+pub(super) fn smuggling_check(req: &Request<Incoming>) -> bool {
+    let h = req.headers();
+    if req.version() == Version::HTTP_2 {
+        // h2 frames its own bodies; these headers are connection-specific and forbidden (RFC 9113 8.2.2).
+        return !h.contains_key(header::TRANSFER_ENCODING);
+    }
+    let te = h.get_all(header::TRANSFER_ENCODING).iter().count();
+    let cl: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    if te > 0 && !cl.is_empty() {
+        return false;
+    }
+    if cl.len() > 1 && cl.iter().any(|v| *v != cl[0]) {
+        return false;
+    }
+    true
+}
+
+/// Removes hop-by-hop headers (RFC 9110 7.6.1), including any named in `Connection`.
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass of cheap name comparisons (standard header
+    // names compare as enum values) avoids nine hash lookups.
+    let hop = |k: &HeaderName| {
+        k == header::CONNECTION
+            || k == header::UPGRADE
+            || k == KEEP_ALIVE
+            || k == PROXY_CONNECTION
+            || k == header::TRANSFER_ENCODING
+            || k == header::TRAILER
+            || k == header::PROXY_AUTHENTICATE
+            || k == header::PROXY_AUTHORIZATION
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(header::CONNECTION) {
+        if let Ok(s) = v.to_str() {
+            for token in s.split(',') {
+                let t = token.trim();
+                if t.is_empty() || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")) {
+                    continue;
+                }
+                if let Ok(n) = HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    for n in named {
+        h.remove(n);
+    }
+    if !keep_upgrade {
+        h.remove(header::CONNECTION);
+        h.remove(header::UPGRADE);
+    }
+    h.remove(&KEEP_ALIVE);
+    h.remove(&PROXY_CONNECTION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::TRAILER);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+}
+
+pub(super) fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+                .unwrap_or(false)
+        })
+}
+
+pub(super) fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    // UUID v4: version nibble 4, variant bits 10.
+    n = (n & !(0xf << 76)) | (0x4 << 76);
+    n = (n & !(0x3 << 62)) | (0x2 << 62);
+    let mut out = [0u8; 36];
+    let mut shift = 128;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *b = b'-';
+        } else {
+            shift -= 4;
+            *b = HEX[((n >> shift) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+}
+
+/// `peer_ip` is the client address as text (already formatted once per connection).
+pub(super) fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer_ip: &[u8]) -> Option<u64> {
+    let mut hash: Option<u64> = None;
+    for p in policies {
+        let (h, terminal) = match p {
+            HashPolicy::Header { name, terminal } => (
+                req.headers()
+                    .get(name.as_str())
+                    .map(|v| weft_lb::hash_key(v.as_bytes())),
+                *terminal,
+            ),
+            HashPolicy::Cookie { name, terminal } => (
+                cookie(req.headers(), name).map(|v| weft_lb::hash_key(v.as_bytes())),
+                *terminal,
+            ),
+            HashPolicy::SourceIp { terminal } => (Some(weft_lb::hash_key(peer_ip)), *terminal),
+            HashPolicy::QueryParameter { name, terminal } => (
+                req.uri()
+                    .query()
+                    .and_then(|q| crate::router::query_param(q, name))
+                    .map(|v| weft_lb::hash_key(v.as_bytes())),
+                *terminal,
+            ),
+        };
+        if let Some(h) = h {
+            // Combine like Envoy: rotate-left and xor.
+            hash = Some(match hash {
+                None => h,
+                Some(prev) => prev.rotate_left(1) ^ h,
+            });
+            if terminal {
+                break;
+            }
+        }
+    }
+    hash
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    for v in headers.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for pair in s.split(';') {
+            if let Some((k, val)) = pair.trim().split_once('=') {
+                if k == name {
+                    return Some(val);
+                }
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,203 @@
+//! The HTTP connection manager: serves HTTP/1.1 and HTTP/2 downstream, routes each request, forwards
+//! it upstream with retries and timeouts, and streams the response back.
+//!
+//! One request, in order (each step in its own module):
+//! - [`pipeline`]: smuggling checks, listener rate limit, virtual host and route, then the route's
+//!   action (redirect | direct response | route filters then forward); and the one exit where every
+//!   outcome, success or [`weft_core::Error`], becomes a response, stats and a log record.
+//! - [`forward`]: the request plan (cluster, subset, hash, original destination), header rewriting,
+//!   the body policy (stream or buffer for retries and mirrors), and the attempt loop whose every
+//!   try ends in a retry decision.
+//! - [`reply`]: the local replies (plain or gRPC), redirects and direct responses.
+//! - [`headers`]: header helpers (hop-by-hop, hashing, request ids).
+//! - [`log`]: the access-log record written when the response body ends.
+
+mod forward;
+mod headers;
+mod log;
+mod pipeline;
+mod reply;
+
+use crate::access_log::AccessLogger;
+use crate::h1_framing::{FramingTracker, Sniffed};
+use crate::router::RouteTable;
+use crate::server::{ListenerRt, LocalReplyCounters};
+use crate::stats::{ListenerStats, Metrics};
+use http::header::HeaderValue;
+use hyper_util::rt::TokioTimer;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use weft_config::{Codec, HttpConnectionManager};
+use weft_upstream::ClusterLookup;
+
+/// How long a connection asked to close gracefully may take to finish its requests.
+const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+pub struct HttpRt {
+    pub config: HttpConnectionManager,
+    pub listener: String,
+    /// Swapped in place when only the route configuration changes (an RDS update), so that open
+    /// connections pick up new routes at their next request instead of being drained.
+    pub routes: arc_swap::ArcSwap<RouteTable>,
+    pub stats: Arc<ListenerStats>,
+    pub local_replies: LocalReplyCounters,
+    pub access_log: Option<Arc<AccessLogger>>,
+    /// The connection manager's `local_rate_limit`, shared by every worker.
+    pub rate_limit: Option<crate::filters::LocalRateLimiter>,
+    /// The connection manager's global rate limit service, asked by routes with `rate_limits`.
+    pub rls: Option<crate::ratelimit::RateLimitClient>,
+    via: Option<HeaderValue>,
+    server: Option<HeaderValue>,
+}
+
+impl HttpRt {
+    pub fn new(
+        config: &HttpConnectionManager,
+        listener: &str,
+        stats: Arc<ListenerStats>,
+        metrics: &Metrics,
+        access_log: Option<Arc<AccessLogger>>,
+    ) -> HttpRt {
+        HttpRt {
+            routes: arc_swap::ArcSwap::from_pointee(RouteTable::new(&config.route_config, listener, metrics)),
+            config: config.clone(),
+            listener: listener.to_string(),
+            stats,
+            local_replies: LocalReplyCounters::new(metrics, listener),
+            access_log,
+            rate_limit: config
+                .local_rate_limit
+                .as_ref()
+                .map(|c| crate::filters::LocalRateLimiter::new(c, metrics.filters.rate_limited(listener, "listener"))),
+            rls: config.rate_limit_service.as_ref().map(|c| {
+                let (over, errors) = metrics.filters.rate_limit_service(listener);
+                crate::ratelimit::RateLimitClient::new(c, over, errors)
+            }),
+            via: config
+                .via
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(&format!("1.1 {v}")).ok()),
+            server: config
+                .server_name
+                .as_deref()
+                .and_then(|v| HeaderValue::from_str(v).ok()),
+        }
+    }
+}
+
+/// One downstream connection's context, shared by its requests.
+struct ConnCtx {
+    rt: Arc<HttpRt>,
+    /// The running configuration's clusters: all the request path sees of the process.
+    clusters: Arc<dyn ClusterLookup>,
+    peer: SocketAddr,
+    peer_ip: HeaderValue,
+    original_dst: Option<SocketAddr>,
+    framing: Arc<parking_lot::Mutex<FramingTracker>>,
+    /// Requests started and in progress (until their response body ends), for the timeouts.
+    exchanges: crate::watchdog::Exchanges,
+}
+
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    _local: SocketAddr,
+    rt: Arc<HttpRt>,
+    lrt: Arc<ListenerRt>,
+    clusters: Arc<dyn ClusterLookup>,
+) {
+    let original_dst = crate::tcp::original_dst(&stream);
+    let (stream, framing, activity) = Sniffed::new(stream);
+    let ctx = Arc::new(ConnCtx {
+        framing,
+        exchanges: crate::watchdog::Exchanges::default(),
+        peer_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header value"),
+        rt: rt.clone(),
+        clusters,
+        peer,
+        original_dst,
+    });
+    let svc_ctx = ctx.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let ctx = svc_ctx.clone();
+        // Boxed once here: the request state machine is large, and hyper moves it (into a new task
+        // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future.
+        Box::pin(async move {
+            ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
+            // Counted until hyper drops the response body (or this future is dropped).
+            let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
+            let resp = pipeline::handle(&ctx, req).await;
+            Ok::<_, Infallible>(resp.map(|b| b.hold(in_flight)))
+        })
+    });
+    let mut drain = lrt.drain_signal();
+    let cfg = &rt.config;
+    let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
+    // Bytes hyper may buffer per connection (HTTP/1 read and write buffers) and per HTTP/2 stream
+    // (send buffer); the read buffer must also hold the largest allowed request head.
+    let buffer_limit = lrt.config.per_connection_buffer_limit_bytes as usize;
+    let limits = crate::watchdog::Limits {
+        idle: cfg.idle_timeout,
+        request_headers: cfg.request_headers_timeout,
+        stream_idle: cfg.stream_idle_timeout,
+    };
+    let exec = crate::watchdog::StreamExec {
+        idle: limits.stream_idle,
+        timeouts: rt.stats.rq_idle_timeout.clone(),
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(exec);
+    builder
+        .http1()
+        .max_buf_size(max_header.max(buffer_limit).max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header as u32)
+        .max_concurrent_streams(1024)
+        .max_send_buf_size(buffer_limit)
+        // Fixed generous windows: adaptive (BDP-probing) windows cost a ping round per window update.
+        .initial_stream_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .keep_alive_interval(Some(Duration::from_secs(60)));
+    let builder = match cfg.codec {
+        Codec::Auto => builder,
+        Codec::Http1 => builder.http1_only(),
+        Codec::Http2 => builder.http2_only(),
+    };
+    // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
+    let conn = crate::idle::Parking::new(&builder, cfg.codec, stream, svc, ctx.exchanges.in_flight.clone());
+    tokio::pin!(conn);
+    let verdict = tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.changed() => None,
+        v = crate::watchdog::watch(limits, &activity, &ctx.exchanges) => Some(v),
+    };
+    use crate::watchdog::Verdict;
+    match verdict {
+        None => {}
+        Some(Verdict::Idle) => {
+            rt.stats.cx_idle_timeout.inc();
+        }
+        Some(Verdict::HeaderTimeout { graceful }) => {
+            rt.stats.rq_header_timeout.inc();
+            tracing::debug!(peer = %peer, listener = %rt.listener, "request headers timeout: closing the connection");
+            if !graceful {
+                return;
+            }
+        }
+        Some(Verdict::StreamIdle) => {
+            // The client stopped reading (or sending): nothing graceful can reach it.
+            rt.stats.rq_idle_timeout.inc();
+            tracing::debug!(peer = %peer, listener = %rt.listener, "stream idle timeout: closing the connection");
+            return;
+        }
+    }
+    conn.as_mut().graceful_shutdown();
+    // Give in-flight requests a bounded time to finish.
+    let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
+}

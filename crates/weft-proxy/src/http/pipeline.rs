@@ -1,0 +1,183 @@
+//! One exchange from request to response: checks, route match, the route's action, and the single
+//! exit where every outcome — a forwarded response, a local reply, or a [`weft_core::Error`] from
+//! any step — gets its response headers, stats and access-log record.
+
+use super::forward::forward;
+use super::headers::{is_grpc, request_host, smuggling_check};
+use super::log::{Facts, LogRecord, RequestEnd};
+use super::reply::{local_reply, redirect, stop_reply};
+use super::{ConnCtx, HttpRt};
+use crate::body::{DownBody, StreamEnd};
+use crate::cluster::ActiveRequest;
+use crate::filters::Stop;
+use crate::flags::Reason;
+use crate::router::{RouteEntry, RouteTable, VirtualHostEntry};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use std::time::Instant;
+use weft_config::{DirectResponse, RouteAction};
+use weft_core::Error;
+
+/// A response ready to go back to the client.
+pub(super) struct Reply {
+    pub resp: Response<DownBody>,
+    /// The reason code for the log when the proxy answered by itself.
+    pub reason: Option<Reason>,
+    /// Keeps a forwarded request counted against its cluster and host until the body ends.
+    pub active: Option<ActiveRequest>,
+}
+
+impl Reply {
+    pub(super) fn local(resp: Response<DownBody>, reason: Reason) -> Reply {
+        Reply {
+            resp,
+            reason: Some(reason),
+            active: None,
+        }
+    }
+}
+
+/// The route an exchange matched, for response header mutations and per-route stats.
+type Matched<'r> = Option<(&'r VirtualHostEntry, &'r RouteEntry)>;
+
+pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
+    let rt = &*ctx.rt;
+    // One route table for the whole exchange, even if an update swaps it meanwhile.
+    let routes = rt.routes.load_full();
+    let start = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let log = rt
+        .access_log
+        .as_ref()
+        .map(|l| LogRecord::start(l, &req, start, ctx.peer, &rt.listener));
+    let mut facts = Facts {
+        capture_headers: log.is_some(),
+        ..Facts::default()
+    };
+    let mut matched: Matched = None;
+    let outcome = process(ctx, req, &routes, grpc, start, &mut matched, &mut facts).await;
+    exit(rt, &routes, matched, outcome, grpc, start, facts, log)
+}
+
+/// Checks, route match and the route's action. Every failure is an `Err`, answered at [`exit`].
+async fn process<'r>(
+    ctx: &ConnCtx,
+    req: Request<Incoming>,
+    routes: &'r RouteTable,
+    grpc: bool,
+    start: Instant,
+    matched: &mut Matched<'r>,
+    facts: &mut Facts,
+) -> Result<Reply, Error> {
+    let rt = &*ctx.rt;
+    let ambiguous = req.version() != Version::HTTP_2 && ctx.framing.lock().next_verdict().unwrap_or(false);
+    if ambiguous || !smuggling_check(&req) {
+        // Answered as plain HTTP whatever the content type: the request's framing is in doubt.
+        let reason = Reason::DownstreamProtocolError;
+        return Ok(Reply::local(local_reply(rt, reason, false), reason));
+    }
+    if let Some(retry_after_secs) = rt.rate_limit.as_ref().and_then(|l| l.check(req.headers())) {
+        return Ok(stopped(rt, Stop::RateLimited { retry_after_secs }, grpc));
+    }
+    let Some((vh, route)) = routes.route(request_host(&req), req.method(), req.uri(), req.headers()) else {
+        return Err(Error::internal(Reason::NoRoute));
+    };
+    *matched = Some((vh, route));
+    match &route.action {
+        RouteAction::Forward(action) => {
+            // Rate limits and fault injection, only when the route has them (boxed so that routes
+            // without them do not carry their state in this future).
+            if let Some(fx) = route.filters.as_deref().filter(|fx| fx.checks_before_forward()) {
+                let stop = fx.before_forward(req.headers(), rt.rls.as_ref(), &*ctx.clusters, ctx.peer.ip());
+                if let Some(stop) = Box::pin(stop).await {
+                    return Ok(stopped(rt, stop, grpc));
+                }
+            }
+            forward(ctx, req, routes, vh, route, action, grpc, start, facts).await
+        }
+        RouteAction::Redirect(r) => Ok(Reply::local(
+            redirect(&req, r, route.rewrite_prefix_len),
+            Reason::DirectResponse,
+        )),
+        RouteAction::DirectResponse(d) => Ok(Reply::local(direct_response(d), Reason::DirectResponse)),
+    }
+}
+
+fn stopped(rt: &HttpRt, stop: Stop, grpc: bool) -> Reply {
+    let (resp, reason) = stop_reply(rt, stop, grpc);
+    Reply::local(resp, reason)
+}
+
+fn direct_response(d: &DirectResponse) -> Response<DownBody> {
+    let mut resp = Response::new(DownBody::full(d.body.clone()));
+    *resp.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+    if !d.body.is_empty() {
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+    }
+    resp
+}
+
+/// The exchange's one exit: errors become local replies; response header mutations, `via` and
+/// `server`; listener and route stats; the access-log record, written when the body ends.
+#[allow(clippy::too_many_arguments)]
+fn exit(
+    rt: &HttpRt,
+    routes: &RouteTable,
+    matched: Matched,
+    outcome: Result<Reply, Error>,
+    grpc: bool,
+    start: Instant,
+    facts: Facts,
+    log: Option<Box<LogRecord>>,
+) -> Response<DownBody> {
+    let Reply {
+        mut resp,
+        reason,
+        active,
+    } = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            if e.blame != weft_core::Blame::Internal {
+                tracing::debug!(listener = %rt.listener, error = %e, "exchange failed");
+            }
+            Reply::local(local_reply(rt, e.reason, grpc), e.reason)
+        }
+    };
+    if let Some((vh, route)) = matched {
+        // Response header mutations: route, then virtual host, then route config.
+        let h = resp.headers_mut();
+        route.mutations.response.apply(h);
+        vh.mutations.response.apply(h);
+        routes.mutations.response.apply(h);
+    }
+    if let Some(v) = &rt.via {
+        resp.headers_mut().append(header::VIA, v.clone());
+    }
+    if let Some(s) = &rt.server {
+        resp.headers_mut().insert(header::SERVER, s.clone());
+    }
+    let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    rt.stats.record(status, elapsed);
+    if let Some((_, route)) = matched {
+        route.stats.record(status, elapsed);
+    }
+    if active.is_none() && log.is_none() {
+        return resp;
+    }
+    let end = log.map(|mut l| {
+        l.outcome(
+            matched.map(|(_, r)| r.name.as_str()),
+            status,
+            reason.map_or("-", Reason::code),
+            facts,
+        );
+        Box::new(RequestEnd { log: Some(l) }) as Box<dyn StreamEnd>
+    });
+    let (parts, body) = resp.into_parts();
+    Response::from_parts(parts, body.on_end(active, end))
+}

@@ -1,0 +1,232 @@
+//! The upstream client: gives a request the shape its cluster's protocol needs and sends one try
+//! to one host over the cluster's pools, classifying every failure as a [`weft_core::Error`].
+
+use crate::body::{UpBody, Upload, UploadState};
+use crate::cluster::{ClusterRt, Host, PooledH1};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_config::{RoutePriority, UpstreamProtocol};
+use weft_core::{Error, Reason, Retry};
+
+/// The upstream request before its body: cloned per try when retries are possible.
+pub struct Prepared {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+}
+
+impl Prepared {
+    pub fn into_request(self, body: UpBody) -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.method_mut() = self.method;
+        *r.uri_mut() = self.uri;
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers;
+        r
+    }
+}
+
+/// Gives a request the shape its cluster's protocol needs. HTTP/1.1: origin-form URI, HTTP/1.1,
+/// and `Host` set to the authority. HTTP/2: absolute URI with the authority, no `Host` header.
+/// The authority is `authority_override`, else the URI's, else (HTTP/2) the `Host` header.
+pub fn shape_request(
+    protocol: UpstreamProtocol,
+    method: Method,
+    uri: Uri,
+    rewritten_path: Option<String>,
+    authority_override: Option<&str>,
+    headers: HeaderMap,
+) -> Prepared {
+    let mut prepared = Prepared {
+        method,
+        uri: Uri::default(),
+        version: Version::HTTP_11,
+        headers,
+    };
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            // Origin-form URI and a Host header, whatever the downstream protocol was.
+            let authority = authority_override
+                .or_else(|| uri.authority().map(|a| a.as_str()))
+                .map(str::to_string);
+            prepared.uri = match rewritten_path {
+                Some(p) => p.parse().unwrap_or_default(),
+                None if uri.authority().is_none() => uri,
+                None => uri
+                    .path_and_query()
+                    .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())),
+            };
+            if let Some(a) = authority {
+                if let Ok(v) = HeaderValue::from_str(&a) {
+                    prepared.headers.insert(header::HOST, v);
+                }
+            }
+        }
+        UpstreamProtocol::Http2 => {
+            let authority = authority_override
+                .map(str::to_string)
+                .or_else(|| uri.authority().map(|a| a.as_str().to_string()))
+                .or_else(|| {
+                    prepared
+                        .headers
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_string)
+                })
+                .filter(|a| !a.is_empty())
+                .unwrap_or_else(|| "localhost".to_string());
+            let pq = rewritten_path.unwrap_or_else(|| uri.path_and_query().map_or("/", |p| p.as_str()).to_string());
+            prepared.uri = Uri::builder()
+                .scheme("http")
+                .authority(authority.as_str())
+                .path_and_query(pq.as_str())
+                .build()
+                .unwrap_or_default();
+            prepared.version = Version::HTTP_2;
+            prepared.headers.remove(header::HOST);
+        }
+    }
+    prepared
+}
+
+/// A try's response and, for HTTP/1.1, the pooled connection to release once its body ends.
+pub type TryOk = (Response<Incoming>, Option<PooledH1>);
+
+/// A failed try: the error, and the body when it was never handed to a connection (so a retry can
+/// still send it).
+pub struct TryFailure {
+    pub error: Error,
+    pub unsent: Option<UpBody>,
+}
+
+fn failed(error: Error, unsent: Option<UpBody>) -> TryFailure {
+    TryFailure { error, unsent }
+}
+
+/// A connection failed after (part of) the request was written.
+fn classify(e: hyper::Error) -> Error {
+    let reason = if e.is_parse() || e.is_parse_status() {
+        Reason::UpstreamProtocolError
+    } else {
+        Reason::UpstreamReset
+    };
+    Error::upstream(reason, Retry::Safe).cause(e)
+}
+
+fn timeout() -> Error {
+    Error::upstream(Reason::UpstreamTimeout, Retry::Safe)
+}
+
+/// One try on one host, bounded by `deadline`. While the client's upload (`upload`) is still in
+/// progress the deadline restarts from when it could have finished: like Envoy, a route timeout
+/// counts from the end of the request, so a slow client is not blamed on the upstream.
+pub async fn send_once(
+    cluster: &Arc<ClusterRt>,
+    host: &Arc<Host>,
+    request: Request<UpBody>,
+    deadline: Option<Instant>,
+    priority: RoutePriority,
+    upload: Option<(&Upload, Duration)>,
+) -> Result<TryOk, TryFailure> {
+    let fut = async {
+        let mut request = request;
+        // A pooled connection may have been closed by the server just now; a request that was never
+        // written is safe to put on another connection.
+        for _ in 0..3 {
+            let sent = match cluster.protocol() {
+                UpstreamProtocol::Http1 => {
+                    let mut pooled = match cluster.checkout_h1(host, deadline, priority).await {
+                        Ok(p) => p,
+                        Err(e) => return Err(failed(e, Some(request.into_body()))),
+                    };
+                    pooled.sender.try_send_request(request).await.map(|r| (r, Some(pooled)))
+                }
+                UpstreamProtocol::Http2 => {
+                    let mut sender = match cluster.checkout_h2(host, priority).await {
+                        Ok(s) => s,
+                        Err(e) => return Err(failed(e, Some(request.into_body()))),
+                    };
+                    sender.try_send_request(request).await.map(|r| (r, None))
+                }
+            };
+            match sent {
+                Ok(ok) => return Ok(ok),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => request = r,
+                    None => return Err(failed(classify(e.into_error()), None)),
+                },
+            }
+        }
+        let e = Error::upstream(Reason::UpstreamReset, Retry::NotSent)
+            .context("connection closed before the request was sent");
+        Err(failed(e, Some(request.into_body())))
+    };
+    let Some(mut d) = deadline else {
+        return fut.await;
+    };
+    tokio::pin!(fut);
+    loop {
+        match tokio::time::timeout_at(d.into(), fut.as_mut()).await {
+            Ok(r) => return r,
+            Err(_) => match &upload {
+                // The client is still sending: the timer restarts when it could have finished.
+                Some((up, t)) if up.state() == UploadState::InProgress => d = Instant::now() + *t,
+                _ => return Err(failed(timeout(), None)),
+            },
+        }
+    }
+}
+
+/// Sends one request to a cluster outside any downstream exchange (mirroring): picks a host,
+/// counts the request against the cluster's circuit breaker, sends it, and reads the response body
+/// to its end so the connection can return to the pool. Everything is bounded by `deadline`.
+pub async fn send_detached(cluster: Arc<ClusterRt>, request: Request<UpBody>, deadline: Instant) -> Result<u16, Error> {
+    let host = cluster
+        .pick(None, None, None)
+        .ok_or_else(|| Error::internal(Reason::NoHealthyUpstream))?;
+    // Shadow traffic counts as default priority.
+    let priority = RoutePriority::Default;
+    let active = cluster
+        .start_request(&host, priority)
+        .ok_or_else(|| Error::internal(Reason::Overflow))?;
+    let start = Instant::now();
+    let (resp, pooled) = match send_once(&cluster, &host, request, Some(deadline), priority, None).await {
+        Ok(r) => r,
+        Err(f) => {
+            host.rq_error.fetch_add(1, Ordering::Relaxed);
+            if f.error.reason == Reason::UpstreamTimeout {
+                cluster.stats.rq_timeout.inc();
+            }
+            return Err(f.error);
+        }
+    };
+    let status = resp.status().as_u16();
+    cluster.stats.record(status, start.elapsed());
+    if status >= 500 {
+        host.rq_error.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut body = resp.into_body();
+    let drained = tokio::time::timeout_at(deadline.into(), async {
+        while let Some(frame) = body.frame().await {
+            if frame.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    if drained {
+        if let Some(p) = pooled {
+            p.release();
+        }
+    }
+    drop(active);
+    Ok(status)
+}
