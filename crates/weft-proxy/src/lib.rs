@@ -17,4 +17,4 @@ pub use weft_core::{access_log, error, flags, stats};
 pub use weft_route::{filters, ratelimit, router};
 pub use weft_upstream::{body, client, cluster, health, hostset, outlier};
 
-pub use server::{Server, ServerOptions};
+pub use server::{ApplyError, Server, ServerOptions};

@@ -38,14 +38,68 @@ pub struct Shared {
     pub xds_initializing: AtomicBool,
     /// Extra admin state (the xDS client's) for `/xds`, `/config_dump` and `/stats/prometheus`.
     pub admin_extensions: Mutex<Vec<Arc<dyn AdminExtension>>>,
-    /// Set by the xDS client: a reloaded file is then only the static part of the configuration,
-    /// which the client merges with the dynamic resources it holds before applying.
-    pub reload_hook: Mutex<Option<ReloadHook>>,
     generation: AtomicU64,
 }
 
-/// Receives a re-read configuration file instead of [`Server::apply`].
+/// Receives a re-read configuration file instead of [`Server::apply`]: set by the configuration
+/// source that owns the proxy's configuration (the xDS client, which merges the file's static part
+/// with the dynamic resources it holds). Its error is the reason it refused the file.
 pub type ReloadHook = Arc<dyn Fn(Config) -> Result<(), String> + Send + Sync>;
+
+/// Why a configuration could not be put into effect. The running configuration stays as it was.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// A listener's socket could not be bound (in use, no permission, no such address).
+    Bind {
+        listener: String,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The admin API's address could not be bound.
+    AdminBind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    /// An access-log sink could not be opened.
+    AccessLog { sink: String, source: std::io::Error },
+    /// A worker thread could not be started.
+    Runtime(std::io::Error),
+    /// Reloading: the file could not be read or is invalid (the message names the field).
+    Invalid(String),
+    /// Reloading: the proxy was started from the command line, not from a file.
+    NoConfigFile,
+    /// Reloading: the configuration source ([`ReloadHook`]) refused the file.
+    Refused(String),
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApplyError::Bind {
+                listener,
+                address,
+                source,
+            } => write!(f, "listener \"{listener}\": cannot bind {address}: {source}"),
+            ApplyError::AdminBind { address, source } => write!(f, "admin.address: cannot bind {address}: {source}"),
+            ApplyError::AccessLog { sink, source } => write!(f, "access_log {sink}: {source}"),
+            ApplyError::Runtime(e) => write!(f, "cannot start a worker thread: {e}"),
+            ApplyError::Invalid(e) | ApplyError::Refused(e) => f.write_str(e),
+            ApplyError::NoConfigFile => f.write_str("no configuration file to reload (started from the command line)"),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApplyError::Bind { source, .. }
+            | ApplyError::AdminBind { source, .. }
+            | ApplyError::AccessLog { source, .. }
+            | ApplyError::Runtime(source) => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// A component outside this crate (the xDS client) that reports on the admin API.
 pub trait AdminExtension: Send + Sync {
@@ -173,6 +227,8 @@ pub struct Server {
     conn_counts: Mutex<HashMap<String, Arc<AtomicU32>>>,
     admin_addr: Mutex<Option<SocketAddr>>,
     apply_lock: Mutex<()>,
+    /// What `reload` hands a re-read file to, when not `apply` (see [`ReloadHook`]).
+    reload_hook: Mutex<Option<ReloadHook>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -198,7 +254,7 @@ fn spawn_runtime(
 
 impl Server {
     /// Validated config in, running proxy out: binds every listener before returning.
-    pub fn start(config: Config, opts: ServerOptions) -> Result<Arc<Server>, String> {
+    pub fn start(config: Config, opts: ServerOptions) -> Result<Arc<Server>, ApplyError> {
         let workers = config
             .runtime
             .concurrency
@@ -226,19 +282,18 @@ impl Server {
             last_reload: Mutex::new(ReloadStatus::default()),
             xds_initializing: AtomicBool::new(config.xds.is_some()),
             admin_extensions: Mutex::new(Vec::new()),
-            reload_hook: Mutex::new(None),
             generation: AtomicU64::new(0),
         });
         let mut handles = Vec::new();
         let mut stops = Vec::new();
         let mut threads = Vec::new();
         for i in 0..workers {
-            let (h, s, t) = spawn_runtime(format!("weft-worker-{i}"), Some(i)).map_err(|e| e.to_string())?;
+            let (h, s, t) = spawn_runtime(format!("weft-worker-{i}"), Some(i)).map_err(ApplyError::Runtime)?;
             handles.push(h);
             stops.push(s);
             threads.push(t);
         }
-        let (control, control_stop, t) = spawn_runtime("weft-control".into(), None).map_err(|e| e.to_string())?;
+        let (control, control_stop, t) = spawn_runtime("weft-control".into(), None).map_err(ApplyError::Runtime)?;
         threads.push(t);
         let server = Arc::new(Server {
             shared: shared.clone(),
@@ -250,14 +305,17 @@ impl Server {
             conn_counts: Mutex::new(HashMap::new()),
             admin_addr: Mutex::new(None),
             apply_lock: Mutex::new(()),
+            reload_hook: Mutex::new(None),
             threads: Mutex::new(threads),
         });
         let admin = config.admin.clone();
         server.apply(config)?;
         control.spawn(shared.access_logs.clone().flush_periodically());
         if let Some(admin) = admin {
-            let std_listener =
-                bind_admin(admin.address).map_err(|e| format!("admin.address: cannot bind {}: {e}", admin.address))?;
+            let std_listener = bind_admin(admin.address).map_err(|source| ApplyError::AdminBind {
+                address: admin.address,
+                source,
+            })?;
             *server.admin_addr.lock() = std_listener.local_addr().ok();
             let weak = Arc::downgrade(&server);
             control.spawn(crate::admin::serve(std_listener, weak));
@@ -285,15 +343,15 @@ impl Server {
     }
 
     /// Re-reads the config file and applies it. On any error the running config stays.
-    pub fn reload(&self) -> Result<String, String> {
+    pub fn reload(&self) -> Result<String, ApplyError> {
         let Some(path) = &self.shared.config_path else {
-            return Err("no configuration file to reload (started from the command line)".into());
+            return Err(ApplyError::NoConfigFile);
         };
-        let hook = self.shared.reload_hook.lock().clone();
+        let hook = self.reload_hook.lock().clone();
         let result = weft_config::from_file(path)
-            .map_err(|e| e.to_string())
+            .map_err(|e| ApplyError::Invalid(e.to_string()))
             .and_then(|c| match &hook {
-                Some(h) => h(c),
+                Some(h) => h(c).map_err(ApplyError::Refused),
                 None => self.apply(c),
             });
         let mut status = self.shared.last_reload.lock();
@@ -306,7 +364,7 @@ impl Server {
             }
             Err(e) => {
                 self.shared.metrics.config_reload_failures.inc();
-                status.last_error = Some(e.clone());
+                status.last_error = Some(e.to_string());
                 tracing::error!(path = %path.display(), error = %e, "configuration reload refused; keeping the running configuration");
             }
         }
@@ -315,7 +373,11 @@ impl Server {
 
     /// Builds the next snapshot from `config`, binds new listeners, then swaps atomically.
     /// Nothing changes if any step fails.
-    pub fn apply(&self, config: Config) -> Result<(), String> {
+    pub fn set_reload_hook(&self, hook: ReloadHook) {
+        *self.reload_hook.lock() = Some(hook);
+    }
+
+    pub fn apply(&self, config: Config) -> Result<(), ApplyError> {
         let _serial = self.apply_lock.lock();
         let shared = &self.shared;
         let old = shared.snapshot.load_full();
@@ -386,8 +448,13 @@ impl Server {
             if !reuse {
                 // Moving a listener to an address another listener holds now is refused by the OS.
                 let socks = bind_reuseport(l.address, shared.workers)
-                    .map_err(|e| format!("listener \"{}\": cannot bind {}: {e}", l.name, l.address))?;
-                let bound = socks[0].local_addr().map_err(|e| e.to_string())?;
+                    .and_then(|socks| Ok((socks[0].local_addr()?, socks)))
+                    .map_err(|source| ApplyError::Bind {
+                        listener: l.name.clone(),
+                        address: l.address,
+                        source,
+                    });
+                let (bound, socks) = socks?;
                 new_sockets.insert(l.name.clone(), (bound, socks));
             }
         }
@@ -476,7 +543,7 @@ impl Server {
         Ok(())
     }
 
-    fn build_listener(&self, l: &Listener) -> Result<ListenerRt, String> {
+    fn build_listener(&self, l: &Listener) -> Result<ListenerRt, ApplyError> {
         let shared = &self.shared;
         let stats = Arc::new(shared.metrics.listener(&l.name));
         let mut chains = Vec::new();
@@ -507,7 +574,7 @@ impl Server {
         })
     }
 
-    fn open_log(&self, log: Option<&weft_config::AccessLog>) -> Result<Option<Arc<AccessLogger>>, String> {
+    fn open_log(&self, log: Option<&weft_config::AccessLog>) -> Result<Option<Arc<AccessLogger>>, ApplyError> {
         match log {
             None => Ok(None),
             Some(l) => self
@@ -515,7 +582,10 @@ impl Server {
                 .access_logs
                 .get(&l.sink)
                 .map(Some)
-                .map_err(|e| format!("access_log {:?}: {e}", l.sink)),
+                .map_err(|source| ApplyError::AccessLog {
+                    sink: format!("{:?}", l.sink),
+                    source,
+                }),
         }
     }
 

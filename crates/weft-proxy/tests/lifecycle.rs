@@ -120,7 +120,7 @@ async fn reload_from_file_refuses_invalid_config_and_keeps_serving() {
     let bad = web_yaml("c", &clusters, "", "").replace("{ name: a,", "{ name: a, lb_policy: rr,");
     assert!(bad.contains("lb_policy: rr"));
     std::fs::write(&path, &bad).unwrap();
-    let err = proxy.reload().expect_err("invalid file is refused");
+    let err = proxy.reload().expect_err("invalid file is refused").to_string();
     assert!(
         err.contains("clusters[0].lb_policy"),
         "error names the field path: {err}"

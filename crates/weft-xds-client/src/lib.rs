@@ -13,7 +13,7 @@
 //! // Weak references: the server must not be kept alive by its own client.
 //! let s = Arc::downgrade(&server);
 //! let apply: weft_xds_client::ApplyFn =
-//!     Arc::new(move |cfg| s.upgrade().ok_or("stopped".to_string())?.apply(cfg));
+//!     Arc::new(move |cfg| s.upgrade().ok_or("stopped".to_string())?.apply(cfg).map_err(|e| e.to_string()));
 //! let shared = Arc::downgrade(&server.shared);
 //! let on_init: weft_xds_client::InitializedFn = Arc::new(move || {
 //!     if let Some(s) = shared.upgrade() { s.set_xds_initialized() } // opens /ready

@@ -27,7 +27,7 @@ pub fn attach(server: &Arc<Server>, bootstrap: Config) -> Result<Arc<XdsClient>,
     // Weak references: the server owns the client (through the reload hook and admin extension).
     let s = Arc::downgrade(server);
     let apply = Arc::new(move |cfg: Config| match s.upgrade() {
-        Some(s) => s.apply(cfg),
+        Some(s) => s.apply(cfg).map_err(|e| e.to_string()),
         None => Err("the proxy is stopping".to_string()),
     });
     let shared = Arc::downgrade(&server.shared);
@@ -44,7 +44,7 @@ pub fn attach(server: &Arc<Server>, bootstrap: Config) -> Result<Arc<XdsClient>,
     )?);
     server.shared.add_admin_extension(Arc::new(AdminXds(client.clone())));
     let c = Arc::downgrade(&client);
-    *server.shared.reload_hook.lock() = Some(Arc::new(move |cfg| match c.upgrade() {
+    server.set_reload_hook(Arc::new(move |cfg| match c.upgrade() {
         Some(c) => c.set_static(cfg),
         None => Err("the xDS client is stopped".to_string()),
     }));

@@ -141,14 +141,7 @@ pub(super) async fn forward(
         facts.xff = headers.get(&X_FORWARDED_FOR).cloned();
     }
 
-    // Path: rewritten only when the route asks for it; otherwise the original is reused as is.
-    let rewritten_path = match (&action.prefix_rewrite, route.rewrite_prefix_len) {
-        (Some(new_prefix), Some(matched)) => {
-            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            Some(format!("{new_prefix}{}", pq.get(matched..).unwrap_or("")))
-        }
-        _ => None,
-    };
+    let rewritten_path = rewritten_path(action, route, &parts.uri);
     let policy = route.retry_policy.as_ref();
     // Mirror policies this request was sampled into (never for upgrades).
     let filters = route.filters.as_deref();
@@ -157,24 +150,20 @@ pub(super) async fn forward(
         _ => 0,
     };
     let replay_wanted = mirror_mask != 0 || policy.is_some_and(|p| p.num_retries > 0);
-    let source = BodySource::new(body, replay_wanted).await?;
+    let mut source = BodySource::new(body, replay_wanted).await?;
     if let (Some(fx), true) = (filters, mirror_mask != 0) {
-        match &source {
-            BodySource::Replayable(b) => fx.spawn_mirrors(
-                mirror_mask,
-                &*ctx.clusters,
-                &parts.method,
-                &parts.uri,
-                rewritten_path.as_deref(),
-                action.host_rewrite.as_deref(),
-                &headers,
-                b.as_ref(),
-                action.timeout,
-            ),
-            BodySource::Stream(..) => fx.skip_mirrors(mirror_mask),
-        }
+        let request = (&parts.method, &parts.uri, &headers);
+        mirror(
+            ctx,
+            fx,
+            mirror_mask,
+            request,
+            rewritten_path.as_deref(),
+            action,
+            &source,
+        );
     }
-    let prepared = shape_request(
+    let mut prepared = shape_request(
         plan.cluster.protocol(),
         parts.method,
         parts.uri,
@@ -189,12 +178,106 @@ pub(super) async fn forward(
         grpc,
         deadline: action.timeout.map(|t| start + t),
     };
-    let (resp, pooled, active) = attempts.run(prepared, source, facts).await?;
-    Ok(Reply {
-        resp: finish_response(resp, pooled, down_upgrade, upgrade),
-        reason: None,
-        active: Some(active),
-    })
+    // The attempt loop, here rather than in a nested async fn (each nesting level copies the whole
+    // inner future once more). Every try ends in a `Decision`.
+    let cluster = &plan.cluster;
+    let max_tries = 1 + policy.map_or(0, |p| p.num_retries);
+    let mut last_host: Option<Arc<Host>> = None;
+    // The retry in progress stays counted against the cluster's retry limit until it completes.
+    let mut _retry_guard: Option<RetryGuard> = None;
+    loop {
+        facts.attempts += 1;
+        let attempt = facts.attempts;
+        let host = plan.pick(last_host.as_ref())?;
+        facts.host = Some(host.address);
+        let active = cluster
+            .start_request(&host, action.priority)
+            .ok_or_else(|| Error::internal(Reason::Overflow))?;
+        let is_last = attempt >= max_tries;
+        let request = attempts.request(&mut prepared, source.take(), &host, is_last);
+        let try_start = Instant::now();
+        let try_deadline = attempts.try_deadline(try_start);
+        // Like Envoy, the route timeout counts from the end of the client's request.
+        let upload = source.upload().zip(action.timeout);
+        let outcome = send_once(cluster, &host, request, try_deadline, action.priority, upload).await;
+        let outcome = outcome.map_err(|TryFailure { error, unsent }| {
+            // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
+            source.put_back(unsent);
+            error
+        });
+        // The client broke its own request (bad chunked framing, an aborted upload): whatever the
+        // upstream did about the truncated request is not its fault. Answer the client, and leave
+        // the host's outlier state, error counts and retry budget alone.
+        if let Some(e) = source.client_fault() {
+            tracing::debug!(cluster = %cluster.name(), host = %host.address, reason = e.reason.code(), "request body failed on the client side");
+            return Err(e);
+        }
+        let decision = match outcome {
+            Ok(ok) => attempts.on_response(ok, &host, try_start, !is_last && source.replayable(), attempt),
+            Err(e) => attempts.on_error(e, &host, !is_last && source.can_resend(), attempt),
+        };
+        match decision {
+            Decision::Deliver((resp, pooled)) => {
+                facts.upstream_time = Some(try_start.elapsed());
+                return Ok(Reply {
+                    resp: finish_response(resp, pooled, down_upgrade, upgrade),
+                    reason: None,
+                    active: Some(active),
+                });
+            }
+            Decision::Retry { guard, wait } => {
+                drop(active);
+                let late = attempts.deadline.is_some_and(|d| Instant::now() + wait >= d);
+                _retry_guard = Some(guard);
+                if late {
+                    cluster.stats.rq_timeout.inc();
+                    return Err(Error::upstream(Reason::UpstreamTimeout, Retry::Unsafe)
+                        .context("route timeout reached before the next retry"));
+                }
+                tokio::time::sleep(wait).await;
+                last_host = Some(host);
+            }
+            Decision::Fail(e) => return Err(e),
+        }
+    }
+}
+
+/// The upstream path when the route rewrites its prefix; `None` reuses the original as is.
+fn rewritten_path(action: &ForwardAction, route: &RouteEntry, uri: &Uri) -> Option<String> {
+    match (&action.prefix_rewrite, route.rewrite_prefix_len) {
+        (Some(new_prefix), Some(matched)) => {
+            let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+            Some(format!("{new_prefix}{}", pq.get(matched..).unwrap_or("")))
+        }
+        _ => None,
+    }
+}
+
+/// Sends the sampled mirrors a copy of the request; a streamed body cannot be shared, so they are
+/// counted as skipped.
+fn mirror(
+    ctx: &ConnCtx,
+    fx: &crate::filters::RouteFilters,
+    mask: u32,
+    (method, uri, headers): (&http::Method, &Uri, &HeaderMap),
+    rewritten_path: Option<&str>,
+    action: &ForwardAction,
+    source: &BodySource,
+) {
+    match source {
+        BodySource::Replayable(b) => fx.spawn_mirrors(
+            mask,
+            &*ctx.clusters,
+            method,
+            uri,
+            rewritten_path,
+            action.host_rewrite.as_deref(),
+            headers,
+            b.as_ref(),
+            action.timeout,
+        ),
+        BodySource::Stream(..) => fx.skip_mirrors(mask),
+    }
 }
 
 /// Hop-by-hop removal, forwarding headers, request id, then the header mutations of the route
@@ -360,7 +443,7 @@ enum Decision {
     Fail(Error),
 }
 
-/// The attempt loop of one forwarded request.
+/// The retry policy and deadlines of one forwarded request's attempts.
 struct Attempts<'a> {
     plan: &'a Plan,
     action: &'a ForwardAction,
@@ -371,72 +454,12 @@ struct Attempts<'a> {
 }
 
 impl Attempts<'_> {
-    async fn run(
-        &self,
-        mut prepared: Prepared,
-        mut source: BodySource,
-        facts: &mut Facts,
-    ) -> Result<(Response<Incoming>, Option<PooledH1>, crate::cluster::ActiveRequest), Error> {
-        let cluster = &self.plan.cluster;
-        let max_tries = 1 + self.policy.map_or(0, |p| p.num_retries);
-        let mut last_host: Option<Arc<Host>> = None;
-        // The retry in progress stays counted against the cluster's retry limit until it completes.
-        let mut _retry_guard: Option<RetryGuard> = None;
-        loop {
-            facts.attempts += 1;
-            let attempt = facts.attempts;
-            let host = self.plan.pick(last_host.as_ref())?;
-            facts.host = Some(host.address);
-            let active = cluster
-                .start_request(&host, self.action.priority)
-                .ok_or_else(|| Error::internal(Reason::Overflow))?;
-            let is_last = attempt >= max_tries;
-            let request = self.request(&mut prepared, source.take(), &host, is_last);
-            let try_start = Instant::now();
-            let per_try = self.policy.and_then(|p| p.per_try_timeout);
-            let try_deadline = match (self.deadline, per_try) {
-                (Some(d), Some(t)) => Some(d.min(try_start + t)),
-                (d, t) => d.or(t.map(|t| try_start + t)),
-            };
-            // Like Envoy, the route timeout counts from the end of the client's request.
-            let upload = source.upload().zip(self.action.timeout);
-            let outcome = send_once(cluster, &host, request, try_deadline, self.action.priority, upload).await;
-            let outcome = outcome.map_err(|TryFailure { error, unsent }| {
-                // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
-                source.put_back(unsent);
-                error
-            });
-            // The client broke its own request (bad chunked framing, an aborted upload): whatever the
-            // upstream did about the truncated request is not its fault. Answer the client, and leave
-            // the host's outlier state, error counts and retry budget alone.
-            if let Some(e) = source.client_fault() {
-                tracing::debug!(cluster = %cluster.name(), host = %host.address, reason = e.reason.code(), "request body failed on the client side");
-                return Err(e);
-            }
-            let retry_allowed = !is_last;
-            let decision = match outcome {
-                Ok(ok) => self.on_response(ok, &host, try_start, retry_allowed && source.replayable(), attempt),
-                Err(e) => self.on_error(e, &host, retry_allowed && source.can_resend(), attempt),
-            };
-            match decision {
-                Decision::Deliver(ok) => {
-                    facts.upstream_time = Some(try_start.elapsed());
-                    return Ok((ok.0, ok.1, active));
-                }
-                Decision::Retry { guard, wait } => {
-                    drop(active);
-                    let late = self.deadline.is_some_and(|d| Instant::now() + wait >= d);
-                    _retry_guard = Some(guard);
-                    if late {
-                        cluster.stats.rq_timeout.inc();
-                        return Err(Error::upstream(Reason::UpstreamTimeout, Retry::Unsafe)
-                            .context("route timeout reached before the next retry"));
-                    }
-                    tokio::time::sleep(wait).await;
-                    last_host = Some(host);
-                }
-                Decision::Fail(e) => return Err(e),
-            }
+    /// The deadline of a try starting now: the route's, or the per-try timeout's if sooner.
+    fn try_deadline(&self, try_start: Instant) -> Option<Instant> {
+        let per_try = self.policy.and_then(|p| p.per_try_timeout);
+        match (self.deadline, per_try) {
+            (Some(d), Some(t)) => Some(d.min(try_start + t)),
+            (d, t) => d.or(t.map(|t| try_start + t)),
         }
     }
 

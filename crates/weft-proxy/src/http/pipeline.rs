@@ -56,52 +56,43 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         ..Facts::default()
     };
     let mut matched: Matched = None;
-    let outcome = process(ctx, req, &routes, grpc, start, &mut matched, &mut facts).await;
-    exit(rt, &routes, matched, outcome, grpc, start, facts, log)
-}
-
-/// Checks, route match and the route's action. Every failure is an `Err`, answered at [`exit`].
-async fn process<'r>(
-    ctx: &ConnCtx,
-    req: Request<Incoming>,
-    routes: &'r RouteTable,
-    grpc: bool,
-    start: Instant,
-    matched: &mut Matched<'r>,
-    facts: &mut Facts,
-) -> Result<Reply, Error> {
-    let rt = &*ctx.rt;
-    let ambiguous = req.version() != Version::HTTP_2 && ctx.framing.lock().next_verdict().unwrap_or(false);
-    if ambiguous || !smuggling_check(&req) {
-        // Answered as plain HTTP whatever the content type: the request's framing is in doubt.
-        let reason = Reason::DownstreamProtocolError;
-        return Ok(Reply::local(local_reply(rt, reason, false), reason));
-    }
-    if let Some(retry_after_secs) = rt.rate_limit.as_ref().and_then(|l| l.check(req.headers())) {
-        return Ok(stopped(rt, Stop::RateLimited { retry_after_secs }, grpc));
-    }
-    let Some((vh, route)) = routes.route(request_host(&req), req.method(), req.uri(), req.headers()) else {
-        return Err(Error::internal(Reason::NoRoute));
-    };
-    *matched = Some((vh, route));
-    match &route.action {
-        RouteAction::Forward(action) => {
-            // Rate limits and fault injection, only when the route has them (boxed so that routes
-            // without them do not carry their state in this future).
-            if let Some(fx) = route.filters.as_deref().filter(|fx| fx.checks_before_forward()) {
-                let stop = fx.before_forward(req.headers(), rt.rls.as_ref(), &*ctx.clusters, ctx.peer.ip());
-                if let Some(stop) = Box::pin(stop).await {
-                    return Ok(stopped(rt, stop, grpc));
-                }
-            }
-            forward(ctx, req, routes, vh, route, action, grpc, start, facts).await
+    // Checks, route match and the route's action, in one labelled block (not a nested async fn: each
+    // nesting level copies the whole inner future once more). Every failure is an `Err`, answered at
+    // the exit below.
+    let outcome: Result<Reply, Error> = 'outcome: {
+        let ambiguous = req.version() != Version::HTTP_2 && ctx.framing.lock().next_verdict().unwrap_or(false);
+        if ambiguous || !smuggling_check(&req) {
+            // Answered as plain HTTP whatever the content type: the request's framing is in doubt.
+            let reason = Reason::DownstreamProtocolError;
+            break 'outcome Ok(Reply::local(local_reply(rt, reason, false), reason));
         }
-        RouteAction::Redirect(r) => Ok(Reply::local(
-            redirect(&req, r, route.rewrite_prefix_len),
-            Reason::DirectResponse,
-        )),
-        RouteAction::DirectResponse(d) => Ok(Reply::local(direct_response(d), Reason::DirectResponse)),
-    }
+        if let Some(retry_after_secs) = rt.rate_limit.as_ref().and_then(|l| l.check(req.headers())) {
+            break 'outcome Ok(stopped(rt, Stop::RateLimited { retry_after_secs }, grpc));
+        }
+        let Some((vh, route)) = routes.route(request_host(&req), req.method(), req.uri(), req.headers()) else {
+            break 'outcome Err(Error::internal(Reason::NoRoute));
+        };
+        matched = Some((vh, route));
+        match &route.action {
+            RouteAction::Forward(action) => {
+                // Rate limits and fault injection, only when the route has them (boxed so that routes
+                // without them do not carry their state in this future).
+                if let Some(fx) = route.filters.as_deref().filter(|fx| fx.checks_before_forward()) {
+                    let stop = fx.before_forward(req.headers(), rt.rls.as_ref(), &*ctx.clusters, ctx.peer.ip());
+                    if let Some(stop) = Box::pin(stop).await {
+                        break 'outcome Ok(stopped(rt, stop, grpc));
+                    }
+                }
+                forward(ctx, req, &routes, vh, route, action, grpc, start, &mut facts).await
+            }
+            RouteAction::Redirect(r) => Ok(Reply::local(
+                redirect(&req, r, route.rewrite_prefix_len),
+                Reason::DirectResponse,
+            )),
+            RouteAction::DirectResponse(d) => Ok(Reply::local(direct_response(d), Reason::DirectResponse)),
+        }
+    };
+    exit(rt, &routes, matched, outcome, grpc, start, facts, log)
 }
 
 fn stopped(rt: &HttpRt, stop: Stop, grpc: bool) -> Reply {

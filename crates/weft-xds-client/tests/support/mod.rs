@@ -570,7 +570,7 @@ impl Proxy {
             .expect("proxy starts");
         let s = Arc::downgrade(&server);
         let apply: weft_xds_client::ApplyFn = Arc::new(move |cfg| match s.upgrade() {
-            Some(s) => s.apply(cfg),
+            Some(s) => s.apply(cfg).map_err(|e| e.to_string()),
             None => Err("stopped".into()),
         });
         let shared = Arc::downgrade(&server.shared);
