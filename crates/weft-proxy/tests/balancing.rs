@@ -1,12 +1,10 @@
 //! Load balancing, weighted routing, retries, timeouts and circuit breakers, observed on the wire.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
+use weft_test_support::*;
 
 /// Sends `n` requests over `conns` keep-alive connections and counts `x-upstream` values.
 async fn spread(
@@ -212,7 +210,7 @@ clusters:
     assert_eq!(got.text(), "finally");
     assert_eq!(flaky.hits(), 3, "one try plus two retries");
     // Every try carried the whole (buffered) body.
-    assert!(flaky.seen.lock().unwrap().iter().all(|s| s.body.as_ref() == b"payload"));
+    assert!(flaky.seen.lock().iter().all(|s| s.body.as_ref() == b"payload"));
 
     calls.store(0, Ordering::SeqCst);
     let got = c.get("/flaky-once").await;

@@ -4,12 +4,10 @@
 //!
 //! Bounded: 5 phases of `PHASE` each, at most `RATE` requests/s. Prints a table per phase.
 
-mod support;
-
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::*;
+use weft_test_support::*;
 
 const PHASE: Duration = Duration::from_secs(3);
 const RATE: u32 = 300;

@@ -1,10 +1,8 @@
 //! HTTP proxying observed on the wire: forwarding headers, routing, rewrites, local replies,
 //! smuggling rejection, 100-continue, HEAD.
 
-mod support;
-
 use std::time::Duration;
-use support::*;
+use weft_test_support::*;
 
 fn one_cluster(addr: std::net::SocketAddr, extra_http: &str, routes: &str) -> String {
     format!(

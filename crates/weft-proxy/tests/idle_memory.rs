@@ -9,14 +9,12 @@
 //! RSS of the same workload varied between 7 and 14 KiB per connection from run to run.
 //! `bench/idle-memory` measures the RSS of the release binary as deployed.
 
-mod support;
-
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
-use support::*;
+use weft_test_support::*;
 
 /// The system allocator, counting the bytes currently allocated.
 struct Counting;
@@ -156,14 +154,14 @@ fn per_idle_connection(up: &Upstream, addr: SocketAddr, n: usize, open: fn(Socke
         drop(warm);
         std::thread::sleep(Duration::from_millis(200));
     }
-    up.seen.lock().unwrap().clear();
+    up.seen.lock().clear();
     let mut conns = Vec::with_capacity(n);
     let (live0, rss0) = (LIVE.load(Ordering::Relaxed), rss_kib());
     conns.extend((0..n).map(|_| open(addr)));
     // Idle HTTP/1 connections are parked after `weft_proxy::idle::PARK_AFTER` (1 s).
     std::thread::sleep(Duration::from_millis(1500));
     // The test upstream records every request, and the recorded headers share its read buffers.
-    up.seen.lock().unwrap().clear();
+    up.seen.lock().clear();
     let (live1, rss1) = (LIVE.load(Ordering::Relaxed), rss_kib());
     PARKED_SEEN.store(weft_proxy::idle::parked_connections(), Ordering::Relaxed);
     drop(conns);

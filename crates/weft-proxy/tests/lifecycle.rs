@@ -1,17 +1,15 @@
 //! Proxy lifecycle observed on the wire: reload (API, file, admin), listeners kept across reloads,
 //! graceful drain, connection limits, HTTP idle timeout, and the HTTP access log.
 
-mod support;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use weft_proxy::{Server, ServerOptions};
+use weft_test_support::*;
 
 /// One HTTP listener `web` with a catch-all route to `route_to`, and the given clusters.
 fn web_yaml(route_to: &str, clusters: &[(&str, SocketAddr)], http_extra: &str, listener_extra: &str) -> String {
@@ -175,7 +173,10 @@ async fn unchanged_listener_keeps_keepalive_connection_across_cluster_reload() {
     proxy
         .apply(cfg(&web_yaml("app", &[("app", b.addr)], "via: weft", "")))
         .expect("apply succeeds");
-    // Give a (wrong) drain time to close the idle connection.
+    // Give a (wrong) drain time to close the idle connection. A kept sleep: a drain is a signal
+    // the connection's task reacts to within milliseconds, and no counter marks "a drain would
+    // have finished" (one more connection as a marker would change the connection count asserted
+    // below), so 300 ms, many times that reaction, stands in for it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = client
         .try_send(req("GET", "/two", "test.local", &[], ""))
@@ -206,6 +207,7 @@ async fn route_only_change_keeps_keepalive_connection_and_applies_at_once() {
 
     // Only the route changes (an RDS update does this): the route table is swapped in place.
     proxy.apply(cfg(&web_yaml("b", &clusters, "", ""))).unwrap();
+    // As above: time for a (wrong) drain to close the idle connection; no signal marks its end.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = client
         .try_send(req("GET", "/two", "test.local", &[], ""))
@@ -289,18 +291,19 @@ async fn shutdown_lets_in_flight_request_finish() {
             .try_send(req("GET", "/slow", "x", &[], ""))
             .await
     });
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while up.hits() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    within(Duration::from_secs(3), || async { up.hits() > 0 }).await;
     assert_eq!(up.hits(), 1, "request reached the slow upstream");
 
     let p = proxy.clone();
     let started = Instant::now();
     let shutdown = tokio::task::spawn_blocking(move || p.shutdown(Duration::from_secs(5)));
-    // While the drain runs: not ready, and no new connections.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let ready = admin(&proxy, "/ready").await;
+    // While the drain runs: not ready, and no new connections. The drain has started once /ready
+    // says so.
+    let ready = eventually("/ready to answer 503 once the drain starts", WAIT, || async {
+        let r = admin(&proxy, "/ready").await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.text().trim(), "DRAINING");
     assert!(

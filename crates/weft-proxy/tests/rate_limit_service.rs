@@ -2,13 +2,11 @@
 //! (`envoy.service.ratelimit.v3.RateLimitService`, served here by tonic with the Envoy API types):
 //! descriptors on the wire, 429 with `x-envoy-ratelimited`, fail-open and fail-closed, and the timeout.
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::*;
+use weft_test_support::*;
 use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
@@ -209,7 +207,11 @@ async fn a_failed_service_fails_open_by_default_and_closed_with_failure_mode_den
     assert_eq!(call(addr, "/limited", Some("alice")).await.status, 200);
     assert_eq!(rls.seen.lock().unwrap().len(), 1);
     let _ = stop.send(());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stopped once its port refuses connections (its open connections close at the same moment).
+    eventually("the rate limit service to stop", WAIT, || async {
+        connection_refused(rls_addr, Duration::from_secs(1)).await.then_some(())
+    })
+    .await;
     assert_eq!(call(addr, "/limited", Some("alice")).await.status, 200);
 }
 

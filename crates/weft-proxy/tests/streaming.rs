@@ -5,8 +5,6 @@
 //! of a body until the receiving side has seen a good part of it. A proxy that collects the whole
 //! body before forwarding deadlocks on the gate, which the test reports as a failure.
 
-mod support;
-
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::Frame;
@@ -17,8 +15,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::*;
 use weft_proxy::Server;
+use weft_test_support::*;
 
 const MIB: u64 = 1024 * 1024;
 const BIG: u64 = 64 * MIB;

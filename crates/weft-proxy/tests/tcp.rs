@@ -1,15 +1,13 @@
 //! The L4 (TCP) proxy observed on the wire: half-close, large bidirectional transfers, idle timeout,
 //! connect failover, byte counters and the TCP access log.
 
-mod support;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
+use weft_test_support::*;
 
 /// A raw TCP server on 127.0.0.1:0 running `f` for every accepted connection.
 async fn tcp_server<F, Fut>(f: F) -> SocketAddr

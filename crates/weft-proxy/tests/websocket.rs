@@ -1,14 +1,11 @@
 //! WebSocket through weft (HTTP/1.1 upgrade to an HTTP/1.1 upstream) with a real tokio-tungstenite
 //! client and server.
 
-mod support;
-
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response as WsResponse};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -16,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use weft_proxy::Server;
+use weft_test_support::*;
 
 /// What the echo server saw: the handshake request headers of each connection, and the close frame
 /// each connection received from its peer (`None` in the list means: ended without a close frame).
