@@ -56,7 +56,7 @@ async fn scale_one_endpoint_change_reaches_every_delta_client() {
     let proxies = env("WEFT_SCALE_PROXIES", 100);
     let services = env("WEFT_SCALE_SERVICES", 1000);
     let endpoints = env("WEFT_SCALE_ENDPOINTS", 100);
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     for i in 0..services {
         dir.write(&format!("svc-{i}.yaml"), &service_file(i, endpoints, 0));
     }
