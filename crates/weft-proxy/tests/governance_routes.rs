@@ -431,6 +431,7 @@ async fn route_rate_limit_allows_a_burst_then_refills() {
     assert!(burst[..10].iter().all(|g| g.status == 200), "the first ten pass");
     // Other routes are not limited.
     assert_eq!(c.get("/other").await.status, 200);
+    // A scenario sleep: the bucket refills once a second; let one fill interval pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut again = Vec::new();
     for _ in 0..10 {

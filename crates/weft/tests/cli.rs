@@ -16,9 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-mod common;
-
-use common::*;
+use weft_test_support::{free_addr, free_port, TempDir};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
