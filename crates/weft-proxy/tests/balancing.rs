@@ -167,10 +167,7 @@ async fn retries_on_5xx_and_connect_failure_are_counted() {
         }
     })
     .await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let ok = named_upstream("ok").await;
     let yaml = format!(
         r#"

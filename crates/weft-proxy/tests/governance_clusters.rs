@@ -279,10 +279,7 @@ async fn tcp_and_grpc_health_checks() {
             .unwrap()
     })
     .await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let live = named_upstream("live").await;
     let proxy = start_proxy(&format!(
         r#"

@@ -162,16 +162,10 @@ async fn grpc_server() -> SocketAddr {
     addr
 }
 
-/// A port nothing listens on.
-fn dead_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// weft with listener `grpc` → cluster `echo` (h2 upstream at `up`) and listener `down` → cluster
 /// `down` (an address nobody listens on).
 fn proxy(up: SocketAddr) -> (Arc<Server>, SocketAddr, SocketAddr) {
-    let dead = dead_port();
+    let dead = dead_addr();
     let yaml = format!(
         r#"
 runtime: {{ concurrency: 1 }}

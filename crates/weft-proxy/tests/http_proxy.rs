@@ -189,10 +189,7 @@ clusters:
 #[tokio::test]
 async fn upstream_failures_are_marked() {
     // A port with nothing listening.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = dead_addr();
     let slow = upstream(|_| async {
         tokio::time::sleep(Duration::from_secs(2)).await;
         text(200, "late")

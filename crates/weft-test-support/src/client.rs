@@ -73,6 +73,31 @@ pub fn req(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body:
     b.body(Full::new(Bytes::from(body.to_string()))).expect("valid request")
 }
 
+/// Sends `req` on a fresh HTTP/1.1 connection, bounded to 10 s; a failure to connect, a
+/// protocol error or the timeout is an `Err` describing it (for tests where failing is an answer).
+pub async fn send_once(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Got, String> {
+    let fut = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok(Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()))
+}
+
 /// A one-shot GET (Host `test.local`) on a fresh connection.
 pub async fn get(addr: SocketAddr, path: &str) -> Got {
     H1Client::connect(addr).await.get(path).await

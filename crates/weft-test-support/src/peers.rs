@@ -82,7 +82,10 @@ pub fn envoy_binary() -> Option<PathBuf> {
             return Some(p);
         }
     }
-    missing(&format!("an envoy binary under {}", lib.display()), "run interop/install");
+    missing(
+        &format!("an envoy binary under {}", lib.display()),
+        "run interop/install",
+    );
     None
 }
 

@@ -78,7 +78,9 @@ where
             .expect("runtime");
         rt.block_on(async move {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
-            addr_tx.send(listener.local_addr().expect("local address")).expect("send address");
+            addr_tx
+                .send(listener.local_addr().expect("local address"))
+                .expect("send address");
             serve(listener, rx, hits2).await;
         });
     });

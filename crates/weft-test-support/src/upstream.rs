@@ -47,7 +47,11 @@ impl Upstream {
 
     /// The last request seen; panics if none arrived.
     pub fn last(&self) -> Seen {
-        self.seen.lock().last().cloned().expect("a request reached the upstream")
+        self.seen
+            .lock()
+            .last()
+            .cloned()
+            .expect("a request reached the upstream")
     }
 
     /// Stops like a killed process: closes the listener and every open connection.
@@ -150,7 +154,8 @@ where
 pub async fn named_upstream(name: &'static str) -> Upstream {
     upstream(move |_| async move {
         let mut r = text(200, &format!("hello from {name}"));
-        r.headers_mut().insert("x-upstream", name.parse().expect("header value"));
+        r.headers_mut()
+            .insert("x-upstream", name.parse().expect("header value"));
         r
     })
     .await
@@ -224,4 +229,39 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     b.map_err(Into::into).boxed()
+}
+
+/// A raw TCP server on 127.0.0.1:0 running `f` for every accepted connection; it runs for the
+/// rest of the test.
+pub async fn tcp_server<F, Fut>(f: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local address");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(f(s));
+        }
+    });
+    addr
+}
+
+/// A [`tcp_server`] handler: echoes everything until EOF.
+pub async fn tcp_echo(mut s: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
 }

@@ -504,10 +504,7 @@ async fn sotw_listener_on_a_taken_port_is_nacked_in_lds() {
 
     // The port is free now; the control plane sends the listeners again, plus one more.
     drop(blocker);
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let free = weft_test_support::dead_addr();
     let mut l2 = listener_with("out2", "r", vec![router_filter()]);
     l2.address = Some(socket(free));
     let m = cp.mark();
