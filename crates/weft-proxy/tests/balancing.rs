@@ -234,11 +234,7 @@ clusters:
 
 #[tokio::test]
 async fn per_try_timeout_retries_on_another_host() {
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        text(200, "slow")
-    })
-    .await;
+    let slow = slow_upstream(Duration::from_secs(3), 200, "slow").await;
     let fast = named_upstream("fast").await;
     let yaml = one_route_yaml(
         "{ cluster: app, timeout: 2s, retry_policy: { retry_on: [per-try-timeout], num_retries: 1, per_try_timeout: 100ms, retry_back_off: { base_interval: 1ms } } }",
@@ -284,11 +280,7 @@ async fn streamed_bodies_are_not_retried_after_sending() {
 
 #[tokio::test]
 async fn circuit_breaker_overflow_is_immediate_and_marked() {
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        text(200, "ok")
-    })
-    .await;
+    let slow = slow_upstream(Duration::from_millis(500), 200, "ok").await;
     let yaml = one_route_yaml(
         "{ cluster: app }",
         &format!(
@@ -341,11 +333,7 @@ async fn circuit_breaker_overflow_is_immediate_and_marked() {
 
 #[tokio::test]
 async fn high_priority_routes_have_their_own_circuit_breaker() {
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        text(200, "ok")
-    })
-    .await;
+    let slow = slow_upstream(Duration::from_millis(500), 200, "ok").await;
     let yaml = format!(
         r#"
 admin: {{ address: "127.0.0.1:0" }}

@@ -327,15 +327,13 @@ async fn slow_or_dead_shadow_never_delays_the_primary() {
     }
     assert!(within(Duration::from_secs(3), || async { slow.hits() == 5 }).await);
     // The dead shadow's connects fail in their own tasks; wait for all five to be counted.
-    let mut failed = None;
-    for _ in 0..100 {
-        let s = stats(&proxy).await;
-        failed = metric(&s, "weft_http_mirror_errors_total{cluster=\"dead\"}");
-        if failed == Some(5.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failed = metric_eventually(
+        &proxy,
+        "weft_http_mirror_errors_total{cluster=\"dead\"}",
+        Duration::from_secs(5),
+        |v| v == 5.0,
+    )
+    .await;
     assert_eq!(failed, Some(5.0), "dead shadow failures are counted");
 }
 

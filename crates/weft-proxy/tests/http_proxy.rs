@@ -190,11 +190,7 @@ clusters:
 async fn upstream_failures_are_marked() {
     // A port with nothing listening.
     let dead = dead_addr();
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        text(200, "late")
-    })
-    .await;
+    let slow = slow_upstream(Duration::from_secs(2), 200, "late").await;
     let app503 = upstream(|_| async { text(503, "app says no") }).await;
     let yaml = format!(
         r#"

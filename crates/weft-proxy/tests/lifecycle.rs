@@ -250,14 +250,6 @@ async fn changed_listener_drains_keepalive_connection() {
     assert_eq!(get(addr, "/").await.text(), "hello from b");
 }
 
-async fn slow_upstream(delay: Duration) -> Upstream {
-    upstream(move |_| async move {
-        tokio::time::sleep(delay).await;
-        text(200, "slow but done")
-    })
-    .await
-}
-
 /// Whether a new connection to `addr` is refused (or reset before any answer) within `wait`.
 async fn refuses_connections(addr: SocketAddr, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
@@ -281,7 +273,7 @@ async fn refuses_connections(addr: SocketAddr, wait: Duration) -> bool {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_request_finish() {
-    let up = slow_upstream(Duration::from_secs(1)).await;
+    let up = slow_upstream(Duration::from_secs(1), 200, "slow but done").await;
     let proxy = start_proxy(&web_yaml("app", &[("app", up.addr)], "", ""));
     let addr = proxy.listener_addr("web").unwrap();
 
@@ -383,21 +375,16 @@ async fn max_connections_overflow_closes_third_connection() {
 
     // Once one closes, a new connection is admitted again.
     drop(c1);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut admitted = false;
-    while Instant::now() < deadline {
-        let got = raw(
+    let admitted = within(Duration::from_secs(3), || async {
+        raw(
             addr,
             b"GET /4 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
             Duration::from_secs(1),
         )
-        .await;
-        if got.starts_with(b"HTTP/1.1 200") {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .await
+        .starts_with(b"HTTP/1.1 200")
+    })
+    .await;
     assert!(admitted, "a slot freed by a closed connection is reused");
 }
 

@@ -166,6 +166,15 @@ pub async fn fixed_upstream(body: &'static str) -> Upstream {
     upstream(move |_| async move { text(200, body) }).await
 }
 
+/// A slow backend: waits `delay` before answering `status` with `body`.
+pub async fn slow_upstream(delay: std::time::Duration, status: u16, body: &'static str) -> Upstream {
+    upstream(move |_| async move {
+        tokio::time::sleep(delay).await;
+        text(status, body)
+    })
+    .await
+}
+
 /// An upstream that accepts connections and reads requests but never answers (a hung backend).
 pub async fn hanging_upstream() -> Upstream {
     upstream(|_| std::future::pending()).await
