@@ -5,7 +5,6 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use weft_test_support::*;
@@ -172,11 +171,7 @@ async fn fault_abort_answers_grpc_requests_with_trailers_only_status() {
                 route: { cluster: app, fault: { abort: { grpc_status: 14, percent: 100 } } }"#;
     let proxy = start_proxy(&config(1, app.addr, shadow.addr, "", routes));
     let addr = proxy.listener_addr("web").unwrap();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_connect(addr).await;
     for path in ["/http/svc.Echo/Say", "/grpc/svc.Echo/Say"] {
         let r = http::Request::builder()
             .method("POST")

@@ -368,14 +368,7 @@ clusters:
     let proxy = start_proxy(&yaml);
     let addr = proxy.listener_addr("web").unwrap();
     // HTTP/2 with prior knowledge from the client.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_connect::<http_body_util::Empty<bytes::Bytes>>(addr).await;
     let mut handles = Vec::new();
     for i in 0..20 {
         let mut s = sender.clone();

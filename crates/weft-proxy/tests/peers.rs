@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -437,11 +436,7 @@ async fn nginx_big_file_to_h2_client() {
     }
     let nginx = start_nginx().await;
     let (_server, addr) = proxy(nginx.addr, "nginx");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_connect(addr).await;
     for _ in 0..3 {
         let r = Request::get(format!("http://{addr}/big"))
             .body(Full::<Bytes>::default())

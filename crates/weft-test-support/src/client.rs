@@ -64,6 +64,43 @@ impl H1Client {
     }
 }
 
+/// An HTTP/1.1 client connection to `addr` sending bodies of type `B` (streamed request bodies);
+/// its connection task runs in the background.
+pub async fn h1_connect<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// An HTTP/2 client connection (prior knowledge, h2c) to `addr` sending bodies of type `B`; its
+/// connection task runs in the background. Clone the sender for concurrent streams.
+pub async fn h2_connect<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// Builds a request with a Host header.
 pub fn req(method: &str, path: &str, host: &str, headers: &[(&str, &str)], body: &str) -> Request<Full<Bytes>> {
     let mut b = Request::builder().method(method).uri(path).header("host", host);

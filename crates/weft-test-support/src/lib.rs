@@ -8,10 +8,12 @@
 //!   ([`eventually`], [`eventually_blocking`], [`within`]). Tests wait on an observable signal
 //!   (a counter, a log line, a closed socket) instead of sleeping.
 //! - [`upstream`]: real hyper upstreams (HTTP/1.1 and h2c) recording what they saw
-//!   ([`upstream()`], [`named_upstream`], [`fixed_upstream`], [`streaming_upstream`]), servers on
-//!   their own thread and runtime for code that blocks ([`threaded`]), and a TCP echo server.
-//! - [`client`]: a keep-alive hyper HTTP/1.1 client ([`H1Client`]), raw-socket clients ([`raw`],
-//!   [`http_close`]).
+//!   ([`upstream()`], [`named_upstream`], [`fixed_upstream`], [`slow_upstream`],
+//!   [`hanging_upstream`], [`streaming_upstream`]), raw TCP servers ([`tcp_server`],
+//!   [`tcp_echo`]), and servers on their own thread and runtime for code that blocks
+//!   ([`threaded`]).
+//! - [`client`]: hyper clients ([`H1Client`], [`h1_connect`], [`h2_connect`], [`send_once`]) and
+//!   raw-socket ones ([`raw`], [`http_close`]).
 //! - [`proxy`] (feature `proxy`): `weft proxy` started in-process from YAML ([`start_proxy`]), its
 //!   admin endpoint ([`admin`], [`admin_post`]) and counters ([`stat`], [`wait_stat`]).
 //! - [`peers`]: finding third-party peers (nginx, Envoy, curl, wrk); under `CI=true` a missing
