@@ -7,7 +7,7 @@
 //! - [`wait`]: polling with a deadline and a message that says what never happened
 //!   ([`eventually`], [`eventually_blocking`], [`within`]). Tests wait on an observable signal
 //!   (a counter, a log line, a closed socket) instead of sleeping.
-//! - [`upstream`]: real hyper upstreams (HTTP/1.1 and h2c) recording what they saw
+//! - [`mod@upstream`]: real hyper upstreams (HTTP/1.1 and h2c) recording what they saw
 //!   ([`upstream()`], [`named_upstream`], [`fixed_upstream`], [`slow_upstream`],
 //!   [`hanging_upstream`], [`streaming_upstream`]), raw TCP servers ([`tcp_server`],
 //!   [`tcp_echo`]), and servers on their own thread and runtime for code that blocks
