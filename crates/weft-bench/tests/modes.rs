@@ -143,10 +143,7 @@ async fn bad_arguments_and_unreachable_target_fail_early() {
     let e = weft_bench::run_bench(&args("https://127.0.0.1:1/")).await.unwrap_err();
     assert!(e.contains("--cacert") && e.contains("--insecure"), "{e}");
     // A port nobody listens on.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = weft_test_support::dead_addr().port();
     let e = weft_bench::run_bench(&args(&format!("http://127.0.0.1:{port}/ -n 1")))
         .await
         .unwrap_err();
@@ -162,10 +159,7 @@ fn run_returns_zero_on_completed_run() {
     let mut a = args(&format!("http://{}/ -c 1 -n 5 --threads 1", server.addr));
     a.json = true;
     assert_eq!(weft_bench::run(a), 0);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = weft_test_support::dead_addr().port();
     assert_eq!(weft_bench::run(args(&format!("tcp://127.0.0.1:{port} -n 1"))), 2);
     assert_eq!(weft_bench::run(args("https://127.0.0.1:1/")), 2);
 }

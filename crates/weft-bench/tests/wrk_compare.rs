@@ -4,39 +4,10 @@
 //! under `CI=true`, where a missing peer is a failure.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn on_path(bin: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let mut dirs: Vec<PathBuf> = std::env::split_paths(&path).collect();
-    // nginx often lives in sbin, which is not always on a user's PATH.
-    dirs.extend(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter().map(|d| d.join(bin)).find(|p| p.is_file())
-}
-
-/// Kills the spawned nginx when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+use weft_test_support::peers::{self, ChildGuard};
+use weft_test_support::{free_port, TempDir};
 
 fn start_nginx(nginx: &Path, dir: &Path, port: u16) -> ChildGuard {
     let d = dir.display();
@@ -166,19 +137,12 @@ impl WeftRunner {
 #[test]
 #[ignore = "timing comparison on a shared machine: run by bench/run (cargo test -p weft-bench --test wrk_compare -- --ignored)"]
 fn throughput_close_to_wrk() {
-    let (Some(wrk), Some(nginx)) = (on_path("wrk"), on_path("nginx")) else {
-        let msg = "wrk and/or nginx not found on PATH";
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg} (required in CI)");
-        }
-        eprintln!("SKIPPED throughput_close_to_wrk: {msg}");
+    let (Some(wrk), Some(nginx)) = (peers::tool("wrk"), peers::tool("nginx")) else {
         return;
     };
-    let dir = std::env::temp_dir().join(format!("weft-bench-nginx-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let dir = TempDir(dir);
+    let dir = TempDir::new("bench-nginx");
     let port = free_port();
-    let _nginx = start_nginx(&nginx, &dir.0, port);
+    let _nginx = start_nginx(&nginx, dir.path(), port);
     let url = format!("http://127.0.0.1:{port}/");
 
     // The machine may be shared with other work, so take the best of up to

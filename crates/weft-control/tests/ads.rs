@@ -54,7 +54,7 @@ destinations:
 "#;
 
 fn registry() -> TempDir {
-    let d = TempDir::new();
+    let d = TempDir::new("control");
     d.write("services.yaml", SERVICES);
     d.write("policies.yaml", POLICIES);
     d
@@ -258,13 +258,10 @@ async fn delta_reconnect_with_initial_versions_gets_only_the_difference() {
     dir.write("services.yaml", &SERVICES.replace("127.0.0.1:9001", "127.0.0.1:9002"));
     // Wait until the control plane has published the change.
     let gen0 = cp.registry_status.lock().unwrap().generation;
-    for _ in 0..100 {
-        if cp.registry_status.lock().unwrap().generation > gen0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(cp.registry_status.lock().unwrap().generation > gen0);
+    weft_test_support::eventually("the registry change to be published", T, || async {
+        (cp.registry_status.lock().unwrap().generation > gen0).then_some(())
+    })
+    .await;
 
     let mut d = Delta::connect(cp.xds_addr(), sidecar("pp-1", "productpage")).await;
     d.subscribe(ENDPOINT, &ALL_CLUSTERS, &versions).await;
@@ -319,15 +316,11 @@ async fn invalid_policy_file_is_rejected_reported_and_not_pushed() {
         &POLICIES.replace("subset: v2, weight: 90", "subset: v9, weight: 90"),
     );
     let admin = cp.admin_addr().unwrap();
-    let mut reported = String::new();
-    for _ in 0..100 {
+    let reported = weft_test_support::eventually("the bad subset to be reported", T, || async {
         let (_, body) = http_get(admin, "/debug/registry").await;
-        if body.contains("v9") {
-            reported = body;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        body.contains("v9").then_some(body)
+    })
+    .await;
     assert!(
         reported.contains("policies.yaml: routes[0].http[0].route[0].subset: unknown subset \\\"v9\\\""),
         "{reported}"
@@ -337,7 +330,13 @@ async fn invalid_policy_file_is_rejected_reported_and_not_pushed() {
     assert!(metrics.contains("weft_control_registry_errors_total 1"), "{metrics}");
     // A YAML syntax error is rejected the same way.
     dir.write("policies.yaml", "routes: [unclosed");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The control plane has read and rejected it once it counts a second registry error; only
+    // then does "nothing is pushed" mean something.
+    weft_test_support::eventually("the syntax error to be counted", T, || async {
+        let (_, metrics) = http_get(admin, "/metrics").await;
+        metrics.contains("weft_control_registry_errors_total 2").then_some(())
+    })
+    .await;
     assert!(d.recv(QUIET).await.is_none());
     // Fixing the file applies it.
     dir.write("policies.yaml", &POLICIES.replace("weight: 90", "weight: 80"));
@@ -451,7 +450,7 @@ async fn delta_subscribe_unsubscribe_and_explicit_wildcard() {
 
 #[tokio::test]
 async fn deleting_a_policy_file_drops_dangling_subset_references() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write("services.yaml", SERVICES);
     dir.write(
         "routes.yaml",

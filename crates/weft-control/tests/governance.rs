@@ -118,7 +118,7 @@ fn filter_names(h: &HttpConnectionManager) -> Vec<&str> {
 
 #[tokio::test]
 async fn governance_policies_become_standard_envoy_fields() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write("services.yaml", SERVICES);
     dir.write("policies.yaml", POLICIES);
     dir.write("mesh.yaml", RLS);
@@ -311,7 +311,7 @@ async fn governance_policies_become_standard_envoy_fields() {
 
 #[tokio::test]
 async fn invalid_governance_policies_are_rejected_with_field_paths_and_not_pushed() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write("services.yaml", SERVICES);
     dir.write("policies.yaml", POLICIES);
     dir.write("mesh.yaml", RLS);
@@ -349,14 +349,11 @@ destinations:
     let rls_bad = "rate_limit_service: {service: productpage, domain: \"\", timeout: nope}\n";
     dir.write("mesh.yaml", rls_bad);
     let admin = cp.admin_addr().unwrap();
-    let mut body = String::new();
-    for _ in 0..100 {
-        body = http_get(admin, "/debug/registry").await.1;
-        if body.contains("bad.yaml") && body.contains("mesh.yaml") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let body = weft_test_support::eventually("bad.yaml and mesh.yaml to be reported", T, || async {
+        let body = http_get(admin, "/debug/registry").await.1;
+        (body.contains("bad.yaml") && body.contains("mesh.yaml")).then_some(body)
+    })
+    .await;
     for want in [
         "bad.yaml: routes[0].http[0].priority: unknown priority",
         "bad.yaml: routes[0].http[0].rate_limits[0].actions: needs at least one action",
@@ -393,13 +390,11 @@ destinations:
         "mesh.yaml",
         "rate_limit_service: {service: productpage, domain: mesh}\n",
     );
-    for _ in 0..100 {
-        body = http_get(admin, "/debug/registry").await.1;
-        if body.contains("must be protocol grpc") && body.contains("need an HTTP/2") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let body = weft_test_support::eventually("the rate limit service errors to be reported", T, || async {
+        let body = http_get(admin, "/debug/registry").await.1;
+        (body.contains("must be protocol grpc") && body.contains("need an HTTP/2")).then_some(body)
+    })
+    .await;
     assert!(
         body.contains("mesh.yaml: rate_limit_service.service: service \\\"productpage\\\" must be protocol grpc"),
         "{body}"

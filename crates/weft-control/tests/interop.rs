@@ -5,33 +5,19 @@
 
 mod common;
 
+use weft_test_support::{free_port, peers};
+
 use common::*;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_xds_client_calls_through_weft_control() {
     // grpcio comes from interop/install (run by scripts/test); under CI a missing peer is a failure.
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/.venv-grpc/bin/python");
-    let python = if std::path::Path::new(venv).exists() {
-        venv.to_string()
-    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{venv} is missing under CI=true: run interop/install");
-    } else if std::process::Command::new("python3")
-        .args(["-c", "import grpc"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        "python3".to_string()
-    } else {
-        eprintln!("skipped: no grpcio (run interop/install)");
+    let Some(python) = grpcio_python() else {
         return;
     };
-    let backend = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let dir = TempDir::new();
+    let backend = free_port();
+    let dir = TempDir::new("control");
     dir.write(
         "echo.yaml",
         &format!(
@@ -91,24 +77,29 @@ destinations:
     cp.stop().await;
 }
 
+/// interop/.venv-grpc's Python, else (outside CI only) a `python3` that has grpcio; None after a
+/// skip note when there is neither.
 fn grpcio_python() -> Option<String> {
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/.venv-grpc/bin/python");
-    if std::path::Path::new(venv).exists() {
-        return Some(venv.to_string());
+    let venv = peers::interop_dir().join(".venv-grpc/bin/python");
+    if venv.exists() {
+        return Some(venv.display().to_string());
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{venv} is missing under CI=true: run interop/install");
+    if peers::ci() {
+        peers::missing(&venv.display().to_string(), "run interop/install");
     }
-    std::process::Command::new("python3")
+    let system = std::process::Command::new("python3")
         .args(["-c", "import grpc"])
         .output()
-        .is_ok_and(|o| o.status.success())
-        .then(|| "python3".to_string())
+        .is_ok_and(|o| o.status.success());
+    if !system {
+        peers::missing("grpcio", "run interop/install");
+    }
+    system.then(|| "python3".to_string())
 }
 
 /// A destination with `lb: <lb>` for service `echo` (gRPC) at `backend`.
 fn lb_registry(backend: u16, lb: &str) -> TempDir {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write(
         "echo.yaml",
         &format!(
@@ -149,14 +140,6 @@ async fn run_client(mut cmd: tokio::process::Command, what: &str) {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `lb: least_request`, `random` and `maglev` are policies no proxyless gRPC client implemented
 /// here has (grpcio 1.85: round_robin, ring_hash, wrr_locality, pick_first, weighted round robin;
 /// grpc-js-xds 1.14 the same minus ring_hash's Maglev cousin). Their clusters used to be NACKed and
@@ -165,7 +148,6 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_calls_a_least_request_random_or_maglev_destination() {
     let Some(python) = grpcio_python() else {
-        eprintln!("skipped: no grpcio (run interop/install)");
         return;
     };
     for lb in ["least_request", "random", "maglev"] {
@@ -196,14 +178,14 @@ async fn python_grpcio_calls_a_least_request_random_or_maglev_destination() {
 /// The same with Node's @grpc/grpc-js-xds (from interop/install).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_grpc_js_xds_calls_a_least_request_random_or_maglev_destination() {
-    let modules = concat!(env!("CARGO_MANIFEST_DIR"), "/../../interop/node/node_modules");
-    if !std::path::Path::new(modules).join("@grpc/grpc-js-xds").exists() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{modules} is missing under CI=true: run interop/install");
-        }
-        eprintln!("skipped: no @grpc/grpc-js-xds (run interop/install)");
+    let Some(modules) = peers::interop_peer("node/node_modules/@grpc/grpc-js-xds") else {
         return;
-    }
+    };
+    let modules = modules
+        .parent()
+        .and_then(|p| p.parent())
+        .expect("node_modules")
+        .to_path_buf();
     for lb in ["least_request", "random", "maglev"] {
         let backend = free_port();
         let dir = lb_registry(backend, lb);
@@ -212,7 +194,7 @@ async fn node_grpc_js_xds_calls_a_least_request_random_or_maglev_destination() {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/grpc_node.js");
         let bootstrap = dir.path().join("bootstrap.json");
         let mut cmd = tokio::process::Command::new("node");
-        cmd.env("NODE_PATH", modules).args([
+        cmd.env("NODE_PATH", &modules).args([
             script,
             &cp.xds_addr().to_string(),
             &backend.to_string(),

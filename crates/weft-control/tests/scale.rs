@@ -56,7 +56,7 @@ async fn scale_one_endpoint_change_reaches_every_delta_client() {
     let proxies = env("WEFT_SCALE_PROXIES", 100);
     let services = env("WEFT_SCALE_SERVICES", 1000);
     let endpoints = env("WEFT_SCALE_ENDPOINTS", 100);
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     for i in 0..services {
         dir.write(&format!("svc-{i}.yaml"), &service_file(i, endpoints, 0));
     }
@@ -64,12 +64,7 @@ async fn scale_one_endpoint_change_reaches_every_delta_client() {
     // WEFT_CONTROL_BIN (the `control` example or `weft`) runs the control plane in its own process,
     // so that its RSS is measured without the test clients'.
     let external = std::env::var("WEFT_CONTROL_BIN").ok().map(|bin| {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        };
+        let free = || weft_test_support::dead_addr();
         let (xds, admin) = (free(), free());
         let mut cmd = std::process::Command::new(bin);
         if cmd.get_program().to_string_lossy().ends_with("weft") {

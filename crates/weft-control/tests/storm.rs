@@ -23,21 +23,6 @@ async fn start_at(dir: &TempDir, xds: std::net::SocketAddr) -> ControlPlane {
     ControlPlane::start(opts).await.unwrap()
 }
 
-fn below_ephemeral() -> std::net::SocketAddr {
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as usize
-        + std::process::id() as usize * 7919;
-    for k in 0..500 {
-        let port = 20000 + ((seed + k * 104_729) % 12_000) as u16;
-        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().unwrap();
-        }
-    }
-    panic!("no free port below the ephemeral range");
-}
-
 struct Client {
     xds: weft_xds_client::XdsClient,
     applied: Arc<Mutex<Option<weft_config::Config>>>,
@@ -104,14 +89,14 @@ async fn converge(clients: &[Client], what: &str, cluster: &str, timeout: Durati
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_converges_after_a_control_plane_restart() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write(
         "s.yaml",
         "services:\n - {name: a, endpoints: [{address: 10.0.0.1:80}]}\n - {name: b, endpoints: [{address: 10.0.0.2:80}]}\n",
     );
     // The port must be free again after the stop: drawn below the ephemeral range, where no
     // reconnecting client's own source port can take it (or connect to itself on it).
-    let cp = start_at(&dir, below_ephemeral()).await;
+    let cp = start_at(&dir, weft_test_support::free_addr()).await;
     let xds = cp.xds_addr();
     wait_ready(&cp).await;
     let clients: Vec<Client> = (0..CLIENTS).map(|i| Client::start(i, xds)).collect();
@@ -124,8 +109,11 @@ async fn every_client_converges_after_a_control_plane_restart() {
         "late.yaml",
         "services: [{name: late, endpoints: [{address: 10.0.0.3:80}]}]\n",
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(clients.iter().all(|c| !c.xds.connected()), "streams survived the stop");
+    let all_down = weft_test_support::within(Duration::from_secs(5), || async {
+        clients.iter().all(|c| !c.xds.connected())
+    })
+    .await;
+    assert!(all_down, "streams survived the stop");
 
     let cp = start_at(&dir, xds).await;
     let again = converge(&clients, "after the restart", "late", Duration::from_secs(15)).await;
@@ -138,7 +126,7 @@ async fn every_client_converges_after_a_control_plane_restart() {
 /// reconnecting at once must not overflow it into SYN cookies and resets.
 #[tokio::test]
 async fn xds_listen_backlog_is_4096() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write("s.yaml", "services: []\n");
     let cp = start_at(&dir, "127.0.0.1:0".parse().unwrap()).await;
     let port = cp.xds_addr().port();

@@ -65,7 +65,7 @@ async fn nothing_is_answered_before_first_sync() {
 
 #[tokio::test]
 async fn versions_are_stable_across_restarts() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write("s.yaml", "services: [{name: a, endpoints: [{address: 10.0.0.1:80}]}]\n");
     let mut versions = Vec::new();
     for _ in 0..2 {
@@ -80,7 +80,7 @@ async fn versions_are_stable_across_restarts() {
 
 #[tokio::test]
 async fn symlinked_files_are_followed_like_a_configmap_volume() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     let data1 = dir.path().join("..2026_1");
     std::fs::create_dir(&data1).unwrap();
     std::fs::write(
@@ -138,7 +138,7 @@ destinations:
 #[tokio::test]
 async fn reconnecting_clients_with_current_versions_get_nothing_after_restart() {
     const QUIET: Duration = Duration::from_millis(500);
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     dir.write("s.yaml", MAPS);
     let node = || sidecar("a-1", "a");
     let cp = start(&dir).await;
@@ -230,7 +230,7 @@ async fn reconnecting_clients_with_current_versions_get_nothing_after_restart() 
 /// nothing and is sent everything again; one that got them all is sent nothing.
 #[tokio::test]
 async fn a_partly_received_chunked_sotw_response_is_resent_after_reconnect() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("control");
     let mut yaml = String::from("services:\n");
     for s in 0..24 {
         yaml.push_str(&format!("  - name: s{s}\n    endpoints:\n"));

@@ -2,10 +2,8 @@
 //! types) with 403, requires POST to mutate, and still serves curl-style calls. On the wire, against
 //! a real proxy on 127.0.0.1.
 
-mod support;
-
 use std::net::SocketAddr;
-use support::*;
+use weft_test_support::*;
 
 async fn proxy() -> (std::sync::Arc<weft_proxy::Server>, SocketAddr, Upstream) {
     let up = named_upstream("a").await;

@@ -1,12 +1,10 @@
 //! Load balancing, weighted routing, retries, timeouts and circuit breakers, observed on the wire.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
+use weft_test_support::*;
 
 /// Sends `n` requests over `conns` keep-alive connections and counts `x-upstream` values.
 async fn spread(
@@ -169,10 +167,7 @@ async fn retries_on_5xx_and_connect_failure_are_counted() {
         }
     })
     .await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let ok = named_upstream("ok").await;
     let yaml = format!(
         r#"
@@ -212,7 +207,7 @@ clusters:
     assert_eq!(got.text(), "finally");
     assert_eq!(flaky.hits(), 3, "one try plus two retries");
     // Every try carried the whole (buffered) body.
-    assert!(flaky.seen.lock().unwrap().iter().all(|s| s.body.as_ref() == b"payload"));
+    assert!(flaky.seen.lock().iter().all(|s| s.body.as_ref() == b"payload"));
 
     calls.store(0, Ordering::SeqCst);
     let got = c.get("/flaky-once").await;
@@ -239,11 +234,7 @@ clusters:
 
 #[tokio::test]
 async fn per_try_timeout_retries_on_another_host() {
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        text(200, "slow")
-    })
-    .await;
+    let slow = slow_upstream(Duration::from_secs(3), 200, "slow").await;
     let fast = named_upstream("fast").await;
     let yaml = one_route_yaml(
         "{ cluster: app, timeout: 2s, retry_policy: { retry_on: [per-try-timeout], num_retries: 1, per_try_timeout: 100ms, retry_back_off: { base_interval: 1ms } } }",
@@ -289,11 +280,7 @@ async fn streamed_bodies_are_not_retried_after_sending() {
 
 #[tokio::test]
 async fn circuit_breaker_overflow_is_immediate_and_marked() {
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        text(200, "ok")
-    })
-    .await;
+    let slow = slow_upstream(Duration::from_millis(500), 200, "ok").await;
     let yaml = one_route_yaml(
         "{ cluster: app }",
         &format!(
@@ -346,11 +333,7 @@ async fn circuit_breaker_overflow_is_immediate_and_marked() {
 
 #[tokio::test]
 async fn high_priority_routes_have_their_own_circuit_breaker() {
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        text(200, "ok")
-    })
-    .await;
+    let slow = slow_upstream(Duration::from_millis(500), 200, "ok").await;
     let yaml = format!(
         r#"
 admin: {{ address: "127.0.0.1:0" }}

@@ -4,12 +4,11 @@
 //!
 //! Bounded: 5 phases of `PHASE` each, at most `RATE` requests/s. Prints a table per phase.
 
-mod support;
-
+use parking_lot::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
+use weft_test_support::*;
 
 const PHASE: Duration = Duration::from_secs(3);
 const RATE: u32 = 300;
@@ -122,7 +121,7 @@ clusters:
                 if r.is_err() {
                     c = H1Client::connect(proxy_addr).await;
                 }
-                let mut s = stats.lock().unwrap();
+                let mut s = stats.lock();
                 let ps = &mut s[p];
                 if ok {
                     ps.ok += 1;
@@ -156,7 +155,7 @@ clusters:
         let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
     }
 
-    let mut stats = std::mem::take(&mut *stats.lock().unwrap());
+    let mut stats = std::mem::take(&mut *stats.lock());
     println!("\nphase              requests   success     p50 ms    p99 ms");
     let mut worst: f64 = 100.0;
     for (name, s) in phases.iter().zip(stats.iter_mut()) {

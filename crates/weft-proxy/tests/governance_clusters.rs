@@ -1,13 +1,11 @@
 //! Cluster-side governance observed on the wire: outlier ejection, active health checks, panic
 //! threshold, locality failover, priority spillover, subset / tag routing.
 
-mod support;
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::*;
+use std::time::Duration;
+use weft_test_support::*;
 
 /// An upstream named `name` whose health can be switched: when `failing`, every request (including
 /// health checks on /healthz) gets a 500.
@@ -80,22 +78,6 @@ async fn host_field(proxy: &weft_proxy::Server, addr: std::net::SocketAddr, fiel
         .unwrap_or(serde_json::Value::Null)
 }
 
-/// Polls until `f` holds or `wait` passes.
-async fn eventually<F, Fut>(wait: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        if f().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn consecutive_5xx_ejects_and_the_host_returns() {
     let bad_flag = Arc::new(AtomicBool::new(false));
@@ -131,7 +113,7 @@ async fn consecutive_5xx_ejects_and_the_host_returns() {
     // Fixed; after the ejection time it takes traffic again.
     bad_flag.store(false, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             host_field(&proxy, a.addr, "ejected").await == false
         })
         .await,
@@ -204,7 +186,7 @@ async fn failure_percentage_ejects_a_partly_failing_host() {
     let addr = proxy.listener_addr("web").unwrap();
     count(addr, 60, &[]).await;
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             host_field(&proxy, c.addr, "ejected").await == true
         })
         .await,
@@ -235,7 +217,7 @@ async fn active_http_health_check_marks_a_killed_backend() {
     ));
     let addr = proxy.listener_addr("web").unwrap();
     assert!(
-        eventually(Duration::from_secs(2), || async {
+        within(Duration::from_secs(2), || async {
             host_field(&proxy, b_addr, "health_checks").await["passed"]
                 .as_u64()
                 .unwrap_or(0)
@@ -243,10 +225,10 @@ async fn active_http_health_check_marks_a_killed_backend() {
         })
         .await
     );
-    assert!(a.seen.lock().unwrap().iter().any(|s| s.uri.path() == "/healthz"));
+    assert!(a.seen.lock().iter().any(|s| s.uri.path() == "/healthz"));
     b.stop();
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             host_field(&proxy, b_addr, "healthy").await == false
         })
         .await,
@@ -274,7 +256,7 @@ async fn active_http_health_check_marks_a_killed_backend() {
     })
     .await;
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             host_field(&proxy, b_addr, "healthy").await == true
         })
         .await
@@ -297,10 +279,7 @@ async fn tcp_and_grpc_health_checks() {
             .unwrap()
     })
     .await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = dead_addr();
     let live = named_upstream("live").await;
     let proxy = start_proxy(&format!(
         r#"
@@ -338,7 +317,7 @@ clusters:
             .clone()
     };
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             let j = clusters_json(&proxy).await;
             find(&j, "grpc-bad")["hosts"][0]["healthy"] == false
                 && find(&j, "grpc-good")["hosts"][0]["health_checks"]["passed"]
@@ -356,7 +335,6 @@ clusters:
     assert!(grpc
         .seen
         .lock()
-        .unwrap()
         .iter()
         .all(|s| s.uri.path() == "/grpc.health.v1.Health/Check" && s.version == http::Version::HTTP_2));
     let c = count(addr, 10, &[]).await;
@@ -381,7 +359,7 @@ async fn panic_threshold_serves_when_most_hosts_fail_checks() {
     ));
     let addr = proxy.listener_addr("web").unwrap();
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             clusters_json(&proxy).await["clusters"][0]["panic"] == true
         })
         .await
@@ -435,7 +413,7 @@ async fn locality_aware_routing_fails_over_and_back() {
     flags[0].store(true, Ordering::SeqCst);
     flags[1].store(true, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             clusters_json(&proxy).await["clusters"][0]["eligible_hosts"] == 2
         })
         .await
@@ -446,7 +424,7 @@ async fn locality_aware_routing_fails_over_and_back() {
     // Region lost too: cross-region failover.
     flags[2].store(true, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             clusters_json(&proxy).await["clusters"][0]["eligible_hosts"] == 1
         })
         .await
@@ -459,7 +437,7 @@ async fn locality_aware_routing_fails_over_and_back() {
         f.store(false, Ordering::SeqCst);
     }
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             clusters_json(&proxy).await["clusters"][0]["eligible_hosts"] == 4
         })
         .await
@@ -497,7 +475,7 @@ async fn priority_spillover_follows_health() {
     assert_eq!(c.get("p1").copied().unwrap_or(0), 0, "{c:?}");
     f.store(true, Ordering::SeqCst);
     assert!(
-        eventually(Duration::from_secs(3), || async {
+        within(Duration::from_secs(3), || async {
             clusters_json(&proxy).await["clusters"][0]["eligible_hosts"] == 2
         })
         .await

@@ -3,14 +3,11 @@
 //! bodies) and local rate limiting (burst and refill, per-header buckets, listener scope shared by
 //! workers), plus validation errors for the new fields.
 
-mod support;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
+use weft_test_support::*;
 
 /// One listener `web` with the given `http:` extras and routes, clusters `app` and `shadow`.
 fn config(concurrency: u32, app: SocketAddr, shadow: SocketAddr, http_extra: &str, routes: &str) -> String {
@@ -67,22 +64,6 @@ where
 
 fn get_req(path: &str, headers: &[(&str, &str)]) -> http::Request<Full<Bytes>> {
     req("GET", path, "test.local", headers, "")
-}
-
-/// Polls `f` every 20 ms until it is true, for at most `limit`.
-async fn eventually(limit: Duration, f: impl Fn() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    f()
-}
-
-async fn stats(proxy: &weft_proxy::Server) -> String {
-    admin(proxy, "/stats/prometheus").await.text()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -190,11 +171,7 @@ async fn fault_abort_answers_grpc_requests_with_trailers_only_status() {
                 route: { cluster: app, fault: { abort: { grpc_status: 14, percent: 100 } } }"#;
     let proxy = start_proxy(&config(1, app.addr, shadow.addr, "", routes));
     let addr = proxy.listener_addr("web").unwrap();
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_connect(addr).await;
     for path in ["/http/svc.Echo/Say", "/grpc/svc.Echo/Say"] {
         let r = http::Request::builder()
             .method("POST")
@@ -238,7 +215,7 @@ async fn fault_and_rate_limit_reasons_reach_the_access_log() {
     let limited = c.get("/limited").await;
     assert_eq!(limited.status, 429);
     assert_eq!(limited.header("x-weft-reason"), Some("RL"));
-    let found = eventually(Duration::from_secs(3), || {
+    let found = within(Duration::from_secs(3), || async {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         text.contains(r#""reason":"FI""#) && text.contains(r#""reason":"RL""#)
     })
@@ -279,12 +256,12 @@ async fn mirror_sends_every_request_to_the_shadow_with_shadow_host_and_same_body
     // GETs without a body are mirrored too.
     assert_eq!(c.get("/empty").await.status, 200);
     assert!(
-        eventually(Duration::from_secs(5), || shadow.hits() == 21).await,
+        within(Duration::from_secs(5), || async { shadow.hits() == 21 }).await,
         "{}",
         shadow.hits()
     );
-    let seen = shadow.seen.lock().unwrap().clone();
-    let primary = app.seen.lock().unwrap().clone();
+    let seen = shadow.seen.lock().clone();
+    let primary = app.seen.lock().clone();
     for i in 0..20 {
         let path = format!("/orders/{i}");
         let s = seen.iter().find(|s| s.uri.path() == path).expect("mirrored");
@@ -343,17 +320,15 @@ async fn slow_or_dead_shadow_never_delays_the_primary() {
             assert!(took < Duration::from_millis(200), "{path}: primary took {took:?}");
         }
     }
-    assert!(eventually(Duration::from_secs(3), || slow.hits() == 5).await);
+    assert!(within(Duration::from_secs(3), || async { slow.hits() == 5 }).await);
     // The dead shadow's connects fail in their own tasks; wait for all five to be counted.
-    let mut failed = None;
-    for _ in 0..100 {
-        let s = stats(&proxy).await;
-        failed = metric(&s, "weft_http_mirror_errors_total{cluster=\"dead\"}");
-        if failed == Some(5.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let failed = metric_eventually(
+        &proxy,
+        "weft_http_mirror_errors_total{cluster=\"dead\"}",
+        Duration::from_secs(5),
+        |v| v == 5.0,
+    )
+    .await;
     assert_eq!(failed, Some(5.0), "dead shadow failures are counted");
 }
 
@@ -370,7 +345,7 @@ async fn mirror_percent_samples_requests() {
     let sent = metric(&s, "weft_http_mirror_requests_total{cluster=\"shadow\"}").unwrap() as u64;
     assert!((900..=1100).contains(&sent), "50% ± 5% mirrored, got {sent}");
     assert!(
-        eventually(Duration::from_secs(5), || shadow.hits() == sent).await,
+        within(Duration::from_secs(5), || async { shadow.hits() == sent }).await,
         "shadow received {} of {sent}",
         shadow.hits()
     );
@@ -399,7 +374,7 @@ async fn mirror_skips_large_and_streaming_bodies_but_forwards_them() {
     )
     .await;
     assert!(String::from_utf8_lossy(&raw_resp).contains("got 5 bytes"));
-    assert!(eventually(Duration::from_secs(3), || shadow.hits() == 1).await);
+    assert!(within(Duration::from_secs(3), || async { shadow.hits() == 1 }).await);
     assert_eq!(shadow.last().uri.path(), "/limit");
     assert_eq!(shadow.last().body.len(), limit.len());
     let s = stats(&proxy).await;
@@ -449,6 +424,7 @@ async fn route_rate_limit_allows_a_burst_then_refills() {
     assert!(burst[..10].iter().all(|g| g.status == 200), "the first ten pass");
     // Other routes are not limited.
     assert_eq!(c.get("/other").await.status, 200);
+    // A scenario sleep: the bucket refills once a second; let one fill interval pass.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut again = Vec::new();
     for _ in 0..10 {

@@ -2,8 +2,6 @@
 //! server-streaming, client-streaming and bidi calls, trailers, error statuses, and the proxy's own
 //! trailers-only error when the upstream is down.
 
-mod support;
-
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::uri::PathAndQuery;
 use http_body_util::{BodyExt, Full};
@@ -14,7 +12,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use tokio_stream::StreamExt;
 use tonic::codegen::{BoxFuture, BoxStream};
 use tonic::metadata::MetadataMap;
@@ -23,6 +20,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status, Streaming};
 use tonic_prost::ProstCodec;
 use weft_proxy::Server;
+use weft_test_support::*;
 
 /// The one message type of the `test.Echo` service.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -164,16 +162,10 @@ async fn grpc_server() -> SocketAddr {
     addr
 }
 
-/// A port nothing listens on.
-fn dead_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 /// weft with listener `grpc` → cluster `echo` (h2 upstream at `up`) and listener `down` → cluster
 /// `down` (an address nobody listens on).
 fn proxy(up: SocketAddr) -> (Arc<Server>, SocketAddr, SocketAddr) {
-    let dead = dead_port();
+    let dead = dead_addr();
     let yaml = format!(
         r#"
 runtime: {{ concurrency: 1 }}

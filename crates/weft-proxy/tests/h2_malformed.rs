@@ -5,14 +5,12 @@
 //! because HTTP/2 clients refuse to send invalid fields. (weft carries a patched h2 for this, see
 //! third_party/h2/PATCHED.md.)
 
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use weft_test_support::*;
 
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
@@ -273,13 +271,7 @@ async fn h2_invalid_header_field_resets_only_its_stream() {
     c.until_done(&[15]).await;
     c.assert_ok(15, "/last ");
 
-    let mut paths: Vec<String> = up
-        .seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.uri.path().to_string())
-        .collect();
+    let mut paths: Vec<String> = up.seen.lock().iter().map(|s| s.uri.path().to_string()).collect();
     paths.sort();
     assert_eq!(
         paths,

@@ -1,12 +1,10 @@
 //! Hostile and careless clients: who is blamed for a broken request, clients that stall, and the
 //! timeouts every mode ships with. Each test drives a real proxy over real sockets.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_test_support::*;
 
 /// A proxy whose one cluster has one host with outlier detection that ejects after 3 consecutive
 /// errors of either kind (upstream 5xx or local-origin failures), up to 100% of hosts.
@@ -71,7 +69,9 @@ async fn a_malformed_chunked_body_is_the_clients_fault() {
         );
         assert_eq!(reason.as_deref(), Some("DPE"), "body {body:?}: {answers:#?}");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every broken request has been answered; wait until the proxy has also finished with each
+    // one upstream (nothing in flight), so any blame on the host would have been recorded by now.
+    wait_stat(&proxy, "weft_upstream_rq_active{cluster=\"app\"}", WAIT, |v| v == 0.0).await;
     assert_eq!(
         ejections(&proxy).await,
         0.0,
@@ -105,7 +105,16 @@ async fn an_aborted_upload_is_the_clients_fault() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         drop(s); // the client gives up mid-body
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The proxy has handled all 12 aborts once it has counted them (the test asserts exactly 12
+    // below) and nothing is in flight upstream: any blame on the host would be recorded by now.
+    wait_stat(
+        &proxy,
+        "weft_downstream_rq_local_total{listener=\"web\",reason=\"DC\"}",
+        WAIT,
+        |v| v >= 12.0,
+    )
+    .await;
+    wait_stat(&proxy, "weft_upstream_rq_active{cluster=\"app\"}", WAIT, |v| v == 0.0).await;
     assert_eq!(ejections(&proxy).await, 0.0, "aborted uploads ejected a healthy host");
     let stats = admin(&proxy, "/stats/prometheus").await.text();
     // Counted as the client's doing.

@@ -1,10 +1,8 @@
 //! HTTP proxying observed on the wire: forwarding headers, routing, rewrites, local replies,
 //! smuggling rejection, 100-continue, HEAD.
 
-mod support;
-
 use std::time::Duration;
-use support::*;
+use weft_test_support::*;
 
 fn one_cluster(addr: std::net::SocketAddr, extra_http: &str, routes: &str) -> String {
     format!(
@@ -191,15 +189,8 @@ clusters:
 #[tokio::test]
 async fn upstream_failures_are_marked() {
     // A port with nothing listening.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let slow = upstream(|_| async {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        text(200, "late")
-    })
-    .await;
+    let dead = dead_addr();
+    let slow = slow_upstream(Duration::from_secs(2), 200, "late").await;
     let app503 = upstream(|_| async { text(503, "app says no") }).await;
     let yaml = format!(
         r#"
@@ -377,14 +368,7 @@ clusters:
     let proxy = start_proxy(&yaml);
     let addr = proxy.listener_addr("web").unwrap();
     // HTTP/2 with prior knowledge from the client.
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_connect::<http_body_util::Empty<bytes::Bytes>>(addr).await;
     let mut handles = Vec::new();
     for i in 0..20 {
         let mut s = sender.clone();

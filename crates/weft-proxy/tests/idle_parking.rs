@@ -2,12 +2,10 @@
 //! when the client speaks again: requests across pauses, pipelining, bodies, the header read
 //! timeout on idle keep-alive connections, and h2c on fresh connections still work.
 
-mod support;
-
 use std::time::Duration;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use weft_test_support::*;
 
 /// Longer than `weft_proxy::idle::PARK_AFTER`: the connection is parked after such a pause.
 const PARK: Duration = Duration::from_millis(1300);

@@ -1,17 +1,15 @@
 //! Proxy lifecycle observed on the wire: reload (API, file, admin), listeners kept across reloads,
 //! graceful drain, connection limits, HTTP idle timeout, and the HTTP access log.
 
-mod support;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use weft_proxy::{Server, ServerOptions};
+use weft_test_support::*;
 
 /// One HTTP listener `web` with a catch-all route to `route_to`, and the given clusters.
 fn web_yaml(route_to: &str, clusters: &[(&str, SocketAddr)], http_extra: &str, listener_extra: &str) -> String {
@@ -175,7 +173,10 @@ async fn unchanged_listener_keeps_keepalive_connection_across_cluster_reload() {
     proxy
         .apply(cfg(&web_yaml("app", &[("app", b.addr)], "via: weft", "")))
         .expect("apply succeeds");
-    // Give a (wrong) drain time to close the idle connection.
+    // Give a (wrong) drain time to close the idle connection. A kept sleep: a drain is a signal
+    // the connection's task reacts to within milliseconds, and no counter marks "a drain would
+    // have finished" (one more connection as a marker would change the connection count asserted
+    // below), so 300 ms, many times that reaction, stands in for it.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = client
         .try_send(req("GET", "/two", "test.local", &[], ""))
@@ -206,6 +207,7 @@ async fn route_only_change_keeps_keepalive_connection_and_applies_at_once() {
 
     // Only the route changes (an RDS update does this): the route table is swapped in place.
     proxy.apply(cfg(&web_yaml("b", &clusters, "", ""))).unwrap();
+    // As above: time for a (wrong) drain to close the idle connection; no signal marks its end.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let got = client
         .try_send(req("GET", "/two", "test.local", &[], ""))
@@ -248,14 +250,6 @@ async fn changed_listener_drains_keepalive_connection() {
     assert_eq!(get(addr, "/").await.text(), "hello from b");
 }
 
-async fn slow_upstream(delay: Duration) -> Upstream {
-    upstream(move |_| async move {
-        tokio::time::sleep(delay).await;
-        text(200, "slow but done")
-    })
-    .await
-}
-
 /// Whether a new connection to `addr` is refused (or reset before any answer) within `wait`.
 async fn refuses_connections(addr: SocketAddr, wait: Duration) -> bool {
     let deadline = Instant::now() + wait;
@@ -279,7 +273,7 @@ async fn refuses_connections(addr: SocketAddr, wait: Duration) -> bool {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_request_finish() {
-    let up = slow_upstream(Duration::from_secs(1)).await;
+    let up = slow_upstream(Duration::from_secs(1), 200, "slow but done").await;
     let proxy = start_proxy(&web_yaml("app", &[("app", up.addr)], "", ""));
     let addr = proxy.listener_addr("web").unwrap();
 
@@ -289,18 +283,19 @@ async fn shutdown_lets_in_flight_request_finish() {
             .try_send(req("GET", "/slow", "x", &[], ""))
             .await
     });
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while up.hits() == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    within(Duration::from_secs(3), || async { up.hits() > 0 }).await;
     assert_eq!(up.hits(), 1, "request reached the slow upstream");
 
     let p = proxy.clone();
     let started = Instant::now();
     let shutdown = tokio::task::spawn_blocking(move || p.shutdown(Duration::from_secs(5)));
-    // While the drain runs: not ready, and no new connections.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let ready = admin(&proxy, "/ready").await;
+    // While the drain runs: not ready, and no new connections. The drain has started once /ready
+    // says so.
+    let ready = eventually("/ready to answer 503 once the drain starts", WAIT, || async {
+        let r = admin(&proxy, "/ready").await;
+        (r.status == 503).then_some(r)
+    })
+    .await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.text().trim(), "DRAINING");
     assert!(
@@ -380,21 +375,16 @@ async fn max_connections_overflow_closes_third_connection() {
 
     // Once one closes, a new connection is admitted again.
     drop(c1);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    let mut admitted = false;
-    while Instant::now() < deadline {
-        let got = raw(
+    let admitted = within(Duration::from_secs(3), || async {
+        raw(
             addr,
             b"GET /4 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
             Duration::from_secs(1),
         )
-        .await;
-        if got.starts_with(b"HTTP/1.1 200") {
-            admitted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        .await
+        .starts_with(b"HTTP/1.1 200")
+    })
+    .await;
     assert!(admitted, "a slot freed by a closed connection is reused");
 }
 

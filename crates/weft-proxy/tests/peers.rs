@@ -3,71 +3,20 @@
 //! When `curl` or `nginx` is missing these tests print a skip note and pass, except when the
 //! environment variable `CI` is `true`, where a missing tool is a failure.
 
-mod support;
-
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use weft_proxy::Server;
+use weft_test_support::*;
 
 // ---------------------------------------------------------------------------------------------
-// Tools, temp dirs, processes.
-
-/// Whether `tool` can be run. Missing: panics when `CI=true`, else prints a skip note.
-fn have(tool: &str, version_arg: &str) -> bool {
-    let ok = std::process::Command::new(tool)
-        .arg(version_arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("`{tool}` is required by this test but could not be run (is it installed and on PATH?); CI=true, so this is a failure");
-    }
-    eprintln!("SKIPPED: `{tool}` is not installed or not on PATH; set CI=true to make this a failure");
-    false
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p = std::env::temp_dir().join(format!(
-            "weft-itest-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+// Tools (weft_test_support::peers), temp dirs, processes.
 
 fn write_pattern_file(path: &Path, len: usize) {
     std::fs::write(path, pattern(0, len)).unwrap();
@@ -174,7 +123,7 @@ async fn hello_upstream() -> Upstream {
 
 #[tokio::test]
 async fn curl_http1_through_weft() {
-    if !have("curl", "--version") {
+    if !peers::runs("curl", "--version") {
         return;
     }
     let up = hello_upstream().await;
@@ -197,7 +146,7 @@ async fn curl_http1_through_weft() {
 
 #[tokio::test]
 async fn curl_h2c_prior_knowledge_through_weft() {
-    if !have("curl", "--version") {
+    if !peers::runs("curl", "--version") {
         return;
     }
     let up = hello_upstream().await;
@@ -227,7 +176,7 @@ async fn length_echo() -> (Upstream, Arc<Mutex<Vec<(String, Option<String>, Opti
         let heads = h2.clone();
         async move {
             let get = |n: &str| req.headers().get(n).map(|v| v.to_str().unwrap().to_string());
-            heads.lock().unwrap().push((
+            heads.lock().push((
                 req.method().to_string(),
                 get("content-length"),
                 get("transfer-encoding"),
@@ -255,7 +204,7 @@ const FIVE_MIB: usize = 5 * 1024 * 1024;
 
 #[tokio::test]
 async fn curl_upload_file_5mib() {
-    if !have("curl", "--version") {
+    if !peers::runs("curl", "--version") {
         return;
     }
     let dir = TempDir::new("curl");
@@ -267,7 +216,7 @@ async fn curl_upload_file_5mib() {
     let out = curl(&["-sS", "-T", file.to_str().unwrap(), &url], None).await;
     assert!(out.ok, "curl failed:\n{}", out.stderr);
     assert_eq!(out.body(), format!("{FIVE_MIB} true"));
-    let heads = heads.lock().unwrap().clone();
+    let heads = heads.lock().clone();
     assert_eq!(
         heads,
         vec![("PUT".to_string(), Some(FIVE_MIB.to_string()), None)],
@@ -277,7 +226,7 @@ async fn curl_upload_file_5mib() {
 
 #[tokio::test]
 async fn curl_upload_from_pipe_is_chunked() {
-    if !have("curl", "--version") {
+    if !peers::runs("curl", "--version") {
         return;
     }
     let (up, heads) = length_echo().await;
@@ -286,7 +235,7 @@ async fn curl_upload_from_pipe_is_chunked() {
     let out = curl(&["-sS", "-T", "-", &url], Some(pattern(0, FIVE_MIB))).await;
     assert!(out.ok, "curl failed:\n{}", out.stderr);
     assert_eq!(out.body(), format!("{FIVE_MIB} true"));
-    let heads = heads.lock().unwrap().clone();
+    let heads = heads.lock().clone();
     assert_eq!(heads.len(), 1);
     assert_eq!(heads[0].0, "PUT");
     assert_eq!(heads[0].1, None, "no Content-Length was known");
@@ -295,7 +244,7 @@ async fn curl_upload_from_pipe_is_chunked() {
 
 #[tokio::test]
 async fn curl_upload_file_5mib_over_h2c() {
-    if !have("curl", "--version") {
+    if !peers::runs("curl", "--version") {
         return;
     }
     let dir = TempDir::new("curl-h2");
@@ -319,7 +268,7 @@ async fn curl_upload_file_5mib_over_h2c() {
     assert!(out.ok, "curl failed:\n{}", out.stderr);
     assert!(out.has_response_line("http/2 200"), "{}", out.stderr);
     assert_eq!(out.body(), format!("{FIVE_MIB} true"));
-    assert_eq!(heads.lock().unwrap().len(), 1);
+    assert_eq!(heads.lock().len(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,7 +377,7 @@ fn assert_big(got: &Got) {
 
 #[tokio::test]
 async fn nginx_upstream_small_big_and_keepalive() {
-    if !have("nginx", "-v") {
+    if !peers::runs("nginx", "-v") {
         return;
     }
     let nginx = start_nginx().await;
@@ -483,16 +432,12 @@ async fn nginx_upstream_small_big_and_keepalive() {
 
 #[tokio::test]
 async fn nginx_big_file_to_h2_client() {
-    if !have("nginx", "-v") {
+    if !peers::runs("nginx", "-v") {
         return;
     }
     let nginx = start_nginx().await;
     let (_server, addr) = proxy(nginx.addr, "nginx");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_connect(addr).await;
     for _ in 0..3 {
         let r = Request::get(format!("http://{addr}/big"))
             .body(Full::<Bytes>::default())
@@ -513,7 +458,7 @@ async fn nginx_big_file_to_h2_client() {
 
 #[tokio::test]
 async fn curl_through_weft_to_nginx() {
-    if !have("curl", "--version") || !have("nginx", "-v") {
+    if !peers::runs("curl", "--version") || !peers::runs("nginx", "-v") {
         return;
     }
     let nginx = start_nginx().await;

@@ -2,13 +2,12 @@
 //! (`envoy.service.ratelimit.v3.RateLimitService`, served here by tonic with the Envoy API types):
 //! descriptors on the wire, 429 with `x-envoy-ratelimited`, fail-open and fail-closed, and the timeout.
 
-mod support;
-
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
+use weft_test_support::*;
 use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use weft_xds_api::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
@@ -42,14 +41,14 @@ impl RateLimitService for Rls {
             .collect();
         let mut over = false;
         {
-            let mut hits = self.hits.lock().unwrap();
+            let mut hits = self.hits.lock();
             for d in &descriptors {
                 let n = hits.entry(format!("{d:?}")).or_insert(0);
                 *n += r.hits_addend.max(1);
                 over |= *n > self.limit;
             }
         }
-        self.seen.lock().unwrap().push((r.domain, descriptors));
+        self.seen.lock().push((r.domain, descriptors));
         Ok(tonic::Response::new(RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             ..Default::default()
@@ -148,11 +147,11 @@ async fn over_limit_answers_429_with_envoy_header_and_descriptors_cross_the_wire
     let bob = call(addr, "/limited", Some("bob")).await;
     assert_eq!(bob.status, 429);
     // Routes without rate_limits never ask the service.
-    let before = rls.seen.lock().unwrap().len();
+    let before = rls.seen.lock().len();
     assert_eq!(call(addr, "/other", Some("alice")).await.status, 200);
-    assert_eq!(rls.seen.lock().unwrap().len(), before);
+    assert_eq!(rls.seen.lock().len(), before);
 
-    let seen = rls.seen.lock().unwrap().clone();
+    let seen = rls.seen.lock().clone();
     let (domain, descriptors) = &seen[0];
     assert_eq!(domain, "edge");
     let pairs = |v: &[(&str, &str)]| {
@@ -169,7 +168,7 @@ async fn over_limit_answers_429_with_envoy_header_and_descriptors_cross_the_wire
     );
     // A request without x-user sends only the second descriptor.
     let _ = call(addr, "/limited", None).await;
-    let last = rls.seen.lock().unwrap().last().cloned().unwrap();
+    let last = rls.seen.lock().last().cloned().unwrap();
     assert_eq!(last.1.len(), 1);
     let stats = admin(&server, "/stats/prometheus").await.text();
     assert!(
@@ -207,9 +206,13 @@ async fn a_failed_service_fails_open_by_default_and_closed_with_failure_mode_den
     let server = start_proxy(&config(app.addr, rls_addr, false, "200ms"));
     let addr = server.listener_addr("web").unwrap();
     assert_eq!(call(addr, "/limited", Some("alice")).await.status, 200);
-    assert_eq!(rls.seen.lock().unwrap().len(), 1);
+    assert_eq!(rls.seen.lock().len(), 1);
     let _ = stop.send(());
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stopped once its port refuses connections (its open connections close at the same moment).
+    eventually("the rate limit service to stop", WAIT, || async {
+        connection_refused(rls_addr, Duration::from_secs(1)).await.then_some(())
+    })
+    .await;
     assert_eq!(call(addr, "/limited", Some("alice")).await.status, 200);
 }
 

@@ -5,20 +5,19 @@
 //! of a body until the receiving side has seen a good part of it. A proxy that collects the whole
 //! body before forwarding deadlocks on the gate, which the test reports as a failure.
 
-mod support;
-
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 use weft_proxy::Server;
+use weft_test_support::*;
 
 const MIB: u64 = 1024 * 1024;
 const BIG: u64 = 64 * MIB;
@@ -110,20 +109,6 @@ where
         }
     }
     (n, ok)
-}
-
-async fn h1_connect<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
-where
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
 }
 
 async fn h2_connect<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
@@ -276,7 +261,7 @@ async fn slow_trickle(down: Version, up_protocol: &str) {
                     if i > 0 {
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    sent_at.lock().unwrap().push(Instant::now());
+                    sent_at.lock().push(Instant::now());
                     Some((
                         Ok::<_, Infallible>(Frame::data(Bytes::from(format!("chunk {i}\n")))),
                         i + 1,
@@ -332,7 +317,7 @@ async fn slow_trickle(down: Version, up_protocol: &str) {
         first < Duration::from_millis(300),
         "first chunk took {first:?} after the request"
     );
-    let sent = sent_at.lock().unwrap().clone();
+    let sent = sent_at.lock().clone();
     assert_eq!(sent.len(), 10);
     assert!(
         first_at < sent[9],
@@ -570,7 +555,7 @@ async fn h2_request_trailers_pass_through() {
         async move {
             let c = req.into_body().collect().await.unwrap();
             let t = c.trailers().cloned();
-            *seen.lock().unwrap() = Some((c.to_bytes(), t));
+            *seen.lock() = Some((c.to_bytes(), t));
             Response::new(any_body(Full::new(Bytes::from_static(b"ok"))))
         }
     })
@@ -588,7 +573,7 @@ async fn h2_request_trailers_pass_through() {
         .unwrap();
     let resp = within(10, "request trailers", c.send_request(r)).await.unwrap();
     assert_eq!(resp.status(), 200);
-    let (body, t) = seen.lock().unwrap().clone().expect("the upstream got the request");
+    let (body, t) = seen.lock().clone().expect("the upstream got the request");
     assert_eq!(&body[..], b"body");
     assert_eq!(
         t.as_ref().and_then(|t| t.get("x-sum")).map(|v| v.as_bytes()),

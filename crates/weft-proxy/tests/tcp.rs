@@ -1,52 +1,18 @@
 //! The L4 (TCP) proxy observed on the wire: half-close, large bidirectional transfers, idle timeout,
 //! connect failover, byte counters and the TCP access log.
 
-mod support;
-
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
-
-/// A raw TCP server on 127.0.0.1:0 running `f` for every accepted connection.
-async fn tcp_server<F, Fut>(f: F) -> SocketAddr
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = listener.accept().await {
-            tokio::spawn(f(s));
-        }
-    });
-    addr
-}
+use weft_test_support::*;
 
 /// Reads until EOF, then answers "got N bytes" and closes.
 async fn count_then_reply(mut s: TcpStream) {
     let mut buf = Vec::new();
     if s.read_to_end(&mut buf).await.is_ok() {
         let _ = s.write_all(format!("got {} bytes", buf.len()).as_bytes()).await;
-    }
-}
-
-/// Echoes everything until EOF.
-async fn echo(mut s: TcpStream) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if s.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
     }
 }
 
@@ -163,7 +129,7 @@ async fn bidirectional_32mib_byte_exact() {
 
 #[tokio::test]
 async fn idle_timeout_closes_silent_session_only() {
-    let up = tcp_server(echo).await;
+    let up = tcp_server(tcp_echo).await;
     let proxy = start_proxy(&l4_yaml(&[up], ", idle_timeout: 300ms"));
     let addr = proxy.listener_addr("l4").unwrap();
 
@@ -220,7 +186,7 @@ async fn idle_timeout_closes_silent_session_only() {
 
 #[tokio::test]
 async fn connect_failure_tries_another_host() {
-    let live = tcp_server(echo).await;
+    let live = tcp_server(tcp_echo).await;
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let proxy = start_proxy(&l4_yaml(&[dead, live], ""));
     let addr = proxy.listener_addr("l4").unwrap();

@@ -1,13 +1,11 @@
 //! Upstream discovery and hashing: DNS clusters, original destination, cookie / source-IP hashing,
 //! retry budgets.
 
-mod support;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
+use weft_test_support::*;
 
 #[tokio::test]
 async fn strict_dns_cluster_resolves_names() {

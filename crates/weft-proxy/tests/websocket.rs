@@ -1,14 +1,12 @@
 //! WebSocket through weft (HTTP/1.1 upgrade to an HTTP/1.1 upstream) with a real tokio-tungstenite
 //! client and server.
 
-mod support;
-
 use futures_util::{SinkExt, StreamExt};
 use http::HeaderMap;
+use parking_lot::Mutex;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::server::{Request as WsRequest, Response as WsResponse};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -16,6 +14,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use weft_proxy::Server;
+use weft_test_support::*;
 
 /// What the echo server saw: the handshake request headers of each connection, and the close frame
 /// each connection received from its peer (`None` in the list means: ended without a close frame).
@@ -44,7 +43,7 @@ async fn ws_echo_server() -> (SocketAddr, WsSeen) {
                 let hs = s.handshakes.clone();
                 #[allow(clippy::result_large_err)] // the error type is tungstenite's
                 let cb = move |req: &WsRequest, resp: WsResponse| {
-                    hs.lock().unwrap().push((req.uri().to_string(), req.headers().clone()));
+                    hs.lock().push((req.uri().to_string(), req.headers().clone()));
                     Ok(resp)
                 };
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, cb).await else {
@@ -69,7 +68,7 @@ async fn ws_echo_server() -> (SocketAddr, WsSeen) {
                         // tungstenite queues the close reply; keep polling so it is flushed.
                     }
                 }
-                s.closes.lock().unwrap().push(close);
+                s.closes.lock().push(close);
             });
         }
     });
@@ -183,16 +182,13 @@ async fn websocket_echo_text_binary_and_clean_close() {
 
     // The upstream saw the handshake and our close frame.
     for _ in 0..100 {
-        if !seen.closes.lock().unwrap().is_empty() {
+        if !seen.closes.lock().is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        seen.closes.lock().unwrap().clone(),
-        vec![Some((1000, "bye".to_string()))]
-    );
-    let hs = seen.handshakes.lock().unwrap().clone();
+    assert_eq!(seen.closes.lock().clone(), vec![Some((1000, "bye".to_string()))]);
+    let hs = seen.handshakes.lock().clone();
     assert_eq!(hs.len(), 1);
     let (uri, headers) = &hs[0];
     assert_eq!(uri, "/ws/room?x=1");

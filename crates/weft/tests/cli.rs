@@ -2,23 +2,15 @@
 //! reload, SIGTERM drain, `weft demo` and `weft bench`. Everything on 127.0.0.1; every child process
 //! is killed by a guard if a test fails.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-mod common;
-
-use common::*;
+use weft_test_support::{free_addr, free_port, req, send_once, text, TempDir, Upstream};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -126,69 +118,27 @@ async fn wait_port(w: &mut Weft, addr: SocketAddr) {
     }
 }
 
-/// A hyper upstream answering "hello from NAME" (`/slow` waits 1 s first), counting requests.
-struct Upstream {
-    addr: SocketAddr,
-    hits: Arc<AtomicU64>,
-}
-
+/// An upstream answering "hello from NAME" with `x-upstream: NAME` (`/slow` waits 1 s first);
+/// `hits` counts requests.
 async fn upstream(name: &'static str) -> Upstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let hits = Arc::new(AtomicU64::new(0));
-    let h = hits.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let h = h.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let h = h.clone();
-                    async move {
-                        h.fetch_add(1, Ordering::SeqCst);
-                        let body = if req.uri().path() == "/slow" {
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            format!("slow {name}")
-                        } else {
-                            format!("hello from {name}")
-                        };
-                        Ok::<_, Infallible>(
-                            http::Response::builder()
-                                .header("x-upstream", name)
-                                .body(Full::new(Bytes::from(body)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    Upstream { addr, hits }
+    weft_test_support::upstream(move |seen| async move {
+        let body = if seen.uri.path() == "/slow" {
+            // A scenario sleep: the slow request a drain must let finish.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            format!("slow {name}")
+        } else {
+            format!("hello from {name}")
+        };
+        let mut r = text(200, &body);
+        r.headers_mut().insert("x-upstream", name.parse().unwrap());
+        r
+    })
+    .await
 }
 
 /// One GET on a fresh connection (bounded to 10 s): (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
-    let fut = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let req = http::Request::builder()
-            .uri(path)
-            .header("host", "test.local")
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+    http_send(addr, "GET", path, "test.local", &[]).await
 }
 
 /// One request with the given method, Host and headers on a fresh connection: (status, body).
@@ -199,25 +149,8 @@ async fn http_send(
     host: &str,
     headers: &[(&str, &str)],
 ) -> Result<(u16, String), String> {
-    let fut = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        let mut req = http::Request::builder().method(method).uri(path).header("host", host);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let req = req.body(Full::new(Bytes::new())).unwrap();
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    };
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()))
+    let got = send_once(addr, req(method, path, host, headers, "")).await?;
+    Ok((got.status.as_u16(), got.text()))
 }
 
 /// Polls `GET path` (bounded) until the body equals `want`.
@@ -294,19 +227,15 @@ async fn quick_start_http_proxies_to_upstream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quick_start_tcp_proxies_bytes_with_half_close() {
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = echo.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                if s.read_to_end(&mut buf).await.is_ok() {
-                    buf.reverse();
-                    let _ = s.write_all(&buf).await;
-                }
-            });
+    // Reads to EOF, answers the bytes reversed, closes.
+    let echo_addr = weft_test_support::tcp_server(|mut s| async move {
+        let mut buf = Vec::new();
+        if s.read_to_end(&mut buf).await.is_ok() {
+            buf.reverse();
+            let _ = s.write_all(&buf).await;
         }
-    });
+    })
+    .await;
     let from = free_addr();
     let mut w = Weft::spawn(&[
         "proxy",
@@ -418,10 +347,7 @@ async fn sigterm_drains_in_flight_request_then_exits_zero() {
     wait_port(&mut w, listen).await;
 
     let request = tokio::spawn(async move { http_get(listen, "/slow").await });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while up.hits.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    weft_test_support::within(Duration::from_secs(5), || async { up.hits() > 0 }).await;
     assert_eq!(up.hits.load(Ordering::SeqCst), 1, "slow request reached the upstream");
     let signalled = Instant::now();
     w.signal("-TERM");

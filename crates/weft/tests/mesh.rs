@@ -10,56 +10,15 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod common;
-
-use common::*;
+use weft_test_support::peers::{self, ChildGuard};
+use weft_test_support::{eventually_blocking, free_addr, TempDir};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
-}
-
-/// The peer's path, or None (skip) outside CI; under CI a missing peer is a failure.
-fn peer(rel: &str) -> Option<PathBuf> {
-    let p = interop_dir().join(rel);
-    if p.exists() {
-        return Some(p);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{} is missing under CI=true: run interop/install", p.display());
-    }
-    eprintln!("skipping: {} is missing (run interop/install)", p.display());
-    None
-}
-
-/// A child process killed when the test ends, pass or fail.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
 fn http(addr: SocketAddr, method: &str, host: &str, path: &str) -> Option<(u16, String)> {
@@ -134,7 +93,7 @@ fn write_file(path: &Path, text: &str) {
 // weft control as a process
 
 struct Control {
-    proc: Option<Proc>,
+    proc: Option<ChildGuard>,
     registry: PathBuf,
     xds: SocketAddr,
     admin: SocketAddr,
@@ -161,9 +120,9 @@ impl Control {
             .stdin(Stdio::null())
             .spawn()
             .expect("start weft control");
-        self.proc = Some(Proc(child));
+        self.proc = Some(ChildGuard(child));
         let admin = self.admin;
-        wait_until("weft control /ready", Duration::from_secs(20), || {
+        eventually_blocking("weft control /ready", Duration::from_secs(20), || {
             (http(admin, "GET", "x", "/ready")?.0 == 200).then_some(())
         });
     }
@@ -272,30 +231,15 @@ fn share(m: &BTreeMap<String, usize>, k: &str) -> f64 {
 // Envoy
 
 struct Envoy {
-    _proc: Proc,
+    _proc: ChildGuard,
     admin: SocketAddr,
     outbound: SocketAddr,
-}
-
-fn envoy_binary() -> Option<PathBuf> {
-    let venv = peer(".venv-envoy")?;
-    let lib = venv.join("lib");
-    for entry in std::fs::read_dir(&lib).ok()?.flatten() {
-        let p = entry.path().join("site-packages/envoy/_bin/envoy");
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("no envoy binary under {}", lib.display());
-    }
-    None
 }
 
 impl Envoy {
     fn start(bin: &Path, dir: &TempDir, api_type: &str, control: &Control, node_cluster: &str) -> Envoy {
         let outbound = free_addr();
-        let template = std::fs::read_to_string(interop_dir().join("envoy-ads.yaml")).unwrap();
+        let template = std::fs::read_to_string(peers::interop_dir().join("envoy-ads.yaml")).unwrap();
         let cfg = template
             .replace("{{NODE_ID}}", &format!("envoy-{api_type}-{}", std::process::id()))
             .replace("{{NODE_CLUSTER}}", node_cluster)
@@ -317,8 +261,8 @@ impl Envoy {
             .stdout(Stdio::null())
             .spawn()
             .expect("start envoy");
-        let proc = Proc(child);
-        let admin: SocketAddr = wait_until("envoy admin address", Duration::from_secs(20), || {
+        let proc = ChildGuard(child);
+        let admin: SocketAddr = eventually_blocking("envoy admin address", Duration::from_secs(20), || {
             std::fs::read_to_string(&admin_path).ok()?.trim().parse().ok()
         });
         Envoy {
@@ -361,7 +305,7 @@ fn assert_envoy_accepted_everything(envoy: &Envoy) {
 }
 
 fn envoy_follows_registry(api_type: &str) {
-    let Some(bin) = envoy_binary() else { return };
+    let Some(bin) = peers::envoy_binary() else { return };
     let dir = TempDir::new(&format!("envoy-{api_type}"));
     let reg = TempDir::new("reg");
     let a = name_server("alpha");
@@ -374,7 +318,7 @@ fn envoy_follows_registry(api_type: &str) {
     let envoy = Envoy::start(&bin, &dir, api_type, &control, "client");
 
     // Both backends serve once Envoy has warmed its listener, routes, cluster and endpoints.
-    wait_until(
+    eventually_blocking(
         "traffic through Envoy to both backends",
         Duration::from_secs(20),
         || {
@@ -386,13 +330,13 @@ fn envoy_follows_registry(api_type: &str) {
 
     // A weight change in the registry moves traffic.
     write_file(&file, &service_yaml("echo", "http", &eps(9, Some(1))));
-    wait_until("Envoy to follow the weight change", Duration::from_secs(10), || {
+    eventually_blocking("Envoy to follow the weight change", Duration::from_secs(10), || {
         let m = spread(envoy.outbound, "echo", 100);
         (share(&m, "alpha") > 0.8).then_some(())
     });
     // Removing a backend takes it out of rotation.
     write_file(&file, &service_yaml("echo", "http", &eps(1, None)));
-    wait_until("Envoy to drop the removed backend", Duration::from_secs(10), || {
+    eventually_blocking("Envoy to drop the removed backend", Duration::from_secs(10), || {
         let m = spread(envoy.outbound, "echo", 50);
         (share(&m, "alpha") == 1.0).then_some(())
     });
@@ -418,20 +362,20 @@ fn envoy_delta_ads_follows_the_registry() {
 // Proxyless gRPC clients
 
 struct GrpcBackend {
-    _proc: Proc,
+    _proc: ChildGuard,
     addr: SocketAddr,
 }
 
 fn grpc_backend(python: &Path, name: &str) -> GrpcBackend {
     let mut child = Command::new(python)
-        .arg(interop_dir().join("grpc_backend.py"))
+        .arg(peers::interop_dir().join("grpc_backend.py"))
         .args(["--name", name])
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()
         .expect("start python gRPC backend");
     let stdout = child.stdout.take().unwrap();
-    let proc = Proc(child);
+    let proc = ChildGuard(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
     let port: u16 = line
@@ -504,10 +448,12 @@ fn frac(m: &BTreeMap<String, u64>, k: &str) -> f64 {
 }
 
 fn grpc_client_follows_registry(client: &str) {
-    let Some(venv) = peer(".venv-grpc") else { return };
+    let Some(venv) = peers::interop_peer(".venv-grpc") else {
+        return;
+    };
     let python = venv.join("bin/python");
-    let node_client = interop_dir().join("node/xds_client.js");
-    if client == "node" && peer("node/node_modules/@grpc/grpc-js-xds").is_none() {
+    let node_client = peers::interop_dir().join("node/xds_client.js");
+    if client == "node" && peers::interop_peer("node/node_modules/@grpc/grpc-js-xds").is_none() {
         return;
     }
     let dir = TempDir::new(&format!("grpc-{client}"));
@@ -550,7 +496,7 @@ fn grpc_client_follows_registry(client: &str) {
     .unwrap();
     let mut cmd = if client == "python" {
         let mut c = Command::new(&python);
-        c.arg(interop_dir().join("grpc_xds_client.py"));
+        c.arg(peers::interop_dir().join("grpc_xds_client.py"));
         c
     } else {
         let mut c = Command::new("node");
@@ -565,7 +511,7 @@ fn grpc_client_follows_registry(client: &str) {
         .spawn()
         .expect("start gRPC xDS client");
     let rx = report_lines(child.stdout.take().unwrap());
-    let _client = Proc(child);
+    let _client = ChildGuard(child);
 
     wait_for_window(&rx, "calls to reach both backends", Duration::from_secs(20), 200, |m| {
         frac(m, "alpha") > 0.2 && frac(m, "beta") > 0.2
@@ -605,7 +551,7 @@ fn grpc_js_xds_client_follows_the_registry() {
 // weft proxy sidecars against weft control
 
 struct Sidecar {
-    _proc: Proc,
+    _proc: ChildGuard,
     admin: SocketAddr,
     outbound: SocketAddr,
 }
@@ -629,7 +575,7 @@ fn start_sidecar(dir: &TempDir, id: &str, service: &str, control: &Control, mode
         .spawn()
         .expect("start weft proxy");
     Sidecar {
-        _proc: Proc(child),
+        _proc: ChildGuard(child),
         admin,
         outbound,
     }
@@ -647,14 +593,14 @@ fn weft_sidecar_follows_registry_and_survives_control_restart(mode: &str) {
     let mut control = Control::start(&reg.0);
     // The sidecar starts before it can have a config: /ready must say so until xDS has warmed.
     let sidecar = start_sidecar(&dir, &format!("client-{mode}"), "client", &control, mode);
-    wait_until("sidecar /ready", Duration::from_secs(20), || {
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
         (http(sidecar.admin, "GET", "x", "/ready")?.0 == 200).then_some(())
     });
     let m = spread(sidecar.outbound, "echo", 40);
     assert!(share(&m, "alpha") > 0.2 && share(&m, "beta") > 0.2, "{m:?}");
 
     write_file(&file, &service_yaml("echo", "http", &eps(9, Some(1))));
-    wait_until(
+    eventually_blocking(
         "the sidecar to follow the weight change",
         Duration::from_secs(10),
         || {
@@ -670,6 +616,8 @@ fn weft_sidecar_follows_registry_and_survives_control_restart(mode: &str) {
     // The registry changes while the control plane is down; a new control plane picks it up and
     // the sidecar, reconnecting, resyncs.
     write_file(&file, &service_yaml("echo", "http", &eps(1, None)));
+    // A kept sleep: with the control plane dead, nothing observable marks that the change was
+    // (rightly) not picked up; the sidecar gets a moment before its traffic is sampled.
     std::thread::sleep(Duration::from_millis(300));
     let m = spread(sidecar.outbound, "echo", 50);
     assert!(
@@ -677,7 +625,7 @@ fn weft_sidecar_follows_registry_and_survives_control_restart(mode: &str) {
         "still the old config: {m:?}"
     );
     control.spawn();
-    wait_until(
+    eventually_blocking(
         "the sidecar to resync after the restart",
         Duration::from_secs(20),
         || {
@@ -748,7 +696,7 @@ fn http_full(addr: SocketAddr, host: &str, path: &str, extra: &str) -> Option<(u
 }
 
 fn sidecar_ready(sidecar: &Sidecar) {
-    wait_until("sidecar /ready", Duration::from_secs(20), || {
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
         (http(sidecar.admin, "GET", "x", "/ready")?.0 == 200).then_some(())
     });
 }
@@ -785,13 +733,13 @@ fn weft_sidecar_health_check_from_destination_policy_moves_traffic() {
     let control = Control::start(&reg.0);
     let sidecar = start_sidecar(&dir, "client-hc", "client", &control, "ads_delta");
     sidecar_ready(&sidecar);
-    wait_until("traffic to both backends", Duration::from_secs(10), || {
+    eventually_blocking("traffic to both backends", Duration::from_secs(10), || {
         let m = spread(sidecar.outbound, "echo", 40);
         (share(&m, "alpha") > 0.2 && share(&m, "beta") > 0.2).then_some(())
     });
     // beta still serves requests, but its health check fails: only the check can move traffic.
     sick.store(true, Ordering::SeqCst);
-    wait_until(
+    eventually_blocking(
         "the health check to take beta out of rotation",
         Duration::from_secs(10),
         || {
@@ -804,7 +752,7 @@ fn weft_sidecar_health_check_from_destination_policy_moves_traffic() {
         .unwrap_or_default();
     assert!(clusters.contains("health_checks"), "{clusters}");
     sick.store(false, Ordering::SeqCst);
-    wait_until("beta back in rotation", Duration::from_secs(10), || {
+    eventually_blocking("beta back in rotation", Duration::from_secs(10), || {
         let m = spread(sidecar.outbound, "echo", 40);
         (share(&m, "beta") > 0.2).then_some(())
     });
@@ -927,7 +875,7 @@ fn rate_limited_registry(reg: &TempDir, echo: SocketAddr, rls: SocketAddr) {
 fn assert_rate_limited(outbound: SocketAddr, rls: &rls::Server, limit: usize) {
     // The first `limit` requests pass once the route and filter are in place; then 429.
     let mut ok = 0;
-    let got = wait_until("a 429 from the rate limit service", Duration::from_secs(20), || {
+    let got = eventually_blocking("a 429 from the rate limit service", Duration::from_secs(20), || {
         let (status, text) = http_full(outbound, "echo", "/limited", "x-user: bob\r\n")?;
         if status == 200 {
             ok += 1;
@@ -970,7 +918,10 @@ fn weft_sidecar_global_rate_limit_from_policies() {
     assert_eq!(m, 10, "no limits before the policies exist");
     // The service block first (routes with rate_limits need it), then the routes.
     write_file(&reg.join("mesh.yaml"), &mesh);
-    std::thread::sleep(Duration::from_millis(600));
+    eventually_blocking("weft control to load mesh.yaml", Duration::from_secs(10), || {
+        let body = http(control.admin, "GET", "x", "/debug/registry")?.1;
+        body.contains("mesh.yaml").then_some(())
+    });
     write_file(&reg.join("routes.yaml"), &routes);
     assert_rate_limited(sidecar.outbound, &rls, 3);
     assert_no_nacks(&control.debug_proxies());
@@ -1008,7 +959,7 @@ fn weft_sidecar_high_priority_route_survives_a_full_default_breaker() {
     let control = Control::start(&reg.0);
     let sidecar = start_sidecar(&dir, "client-prio", "client", &control, "ads_delta");
     sidecar_ready(&sidecar);
-    wait_until("echo through the sidecar", Duration::from_secs(10), || {
+    eventually_blocking("echo through the sidecar", Duration::from_secs(10), || {
         (http(sidecar.outbound, "GET", "echo", "/")?.0 == 200).then_some(())
     });
     let outbound = sidecar.outbound;
@@ -1038,7 +989,7 @@ fn weft_sidecar_high_priority_route_survives_a_full_default_breaker() {
 /// Every governance policy field at once, served to a real Envoy 1.40: nothing is rejected, health
 /// checked endpoints serve, and global rate limiting through the registered RLS server answers 429.
 fn envoy_accepts_every_governance_policy(api_type: &str) {
-    let Some(bin) = envoy_binary() else { return };
+    let Some(bin) = peers::envoy_binary() else { return };
     let dir = TempDir::new(&format!("envoy-gov-{api_type}"));
     let reg = TempDir::new("reg");
     let echo = name_server("echo");

@@ -4,10 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use weft_control::{ControlOptions, ControlPlane};
@@ -20,42 +17,7 @@ use weft_xds_api::pb::google::protobuf::{value::Kind as VKind, Struct, Value};
 
 pub const T: Duration = Duration::from_secs(5);
 
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "weft-control-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    /// Atomic write (temp file + rename), as config management tools do.
-    pub fn write(&self, name: &str, text: &str) {
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.0.join(name)).unwrap();
-    }
-
-    pub fn remove(&self, name: &str) {
-        std::fs::remove_file(self.0.join(name)).unwrap();
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use weft_test_support::TempDir;
 
 pub async fn start(dir: &TempDir) -> ControlPlane {
     let mut opts = ControlOptions::new(dir.path());
@@ -68,13 +30,10 @@ pub async fn start(dir: &TempDir) -> ControlPlane {
 }
 
 pub async fn wait_ready(cp: &ControlPlane) {
-    for _ in 0..200 {
-        if cp.is_ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("control plane not ready");
+    weft_test_support::eventually("the control plane to be ready", T, || async {
+        cp.is_ready().then_some(())
+    })
+    .await;
 }
 
 pub fn node(id: &str, cluster: &str, meta: &[(&str, &str)]) -> Node {
@@ -254,21 +213,11 @@ impl Delta {
     }
 }
 
-/// Minimal HTTP/1.1 GET against the admin API: (status, body).
+/// Minimal HTTP/1.1 GET (raw socket, `Connection: close`) against the admin API: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.unwrap();
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status: u16 = text[9..12].parse().unwrap();
-        let body = text.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-        (status, body)
-    };
-    tokio::time::timeout(T, fut).await.expect("admin timeout")
+    let (status, _, body) = weft_test_support::http_close(addr, "x", path).await;
+    assert_ne!(status, 0, "admin GET {path} on {addr} failed or timed out");
+    (status, body)
 }
 
 pub fn names_of_any(resources: &[weft_xds_api::pb::google::protobuf::Any], type_url: &str) -> Vec<String> {

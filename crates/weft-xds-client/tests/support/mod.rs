@@ -1,13 +1,11 @@
-//! A scripted control plane (real gRPC on 127.0.0.1:0), a real weft proxy with the xDS client
-//! attached, plain-TCP upstreams and an HTTP/1.1 client. Every wait is bounded.
+//! A scripted control plane (real gRPC on 127.0.0.1:0) and a real weft proxy with the xDS client
+//! attached. Upstreams, clients and waits come from `weft_test_support`; every wait is bounded.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
@@ -39,7 +37,8 @@ use weft_xds_api::pb::envoy::service::route::v3::route_discovery_service_server:
 use weft_xds_api::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use weft_xds_api::{pack, type_url};
 
-pub const WAIT: Duration = Duration::from_secs(5);
+use weft_test_support::{eventually, eventually_ok, fixed_upstream};
+pub use weft_test_support::{http_close as get, WAIT};
 
 #[derive(Clone, Debug)]
 pub enum Req {
@@ -241,14 +240,10 @@ impl Cp {
     }
 
     pub async fn wait_streams(&self, n: usize) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.streams_opened() < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {n} streams"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(&format!("{n} streams"), WAIT, || async {
+            (self.streams_opened() >= n).then_some(())
+        })
+        .await;
     }
 
     pub fn send_sotw(&self, t: &str, version: &str, nonce: &str, resources: Vec<Any>) {
@@ -595,22 +590,20 @@ impl Proxy {
 
     /// Waits until the listener `name` is bound; returns its address.
     pub async fn wait_listener(&self, name: &str) -> SocketAddr {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(a) = self.server.listener_addr(name) {
-                return a;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "listener {name} never bound");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(&format!("listener {name} to be bound"), WAIT, || async {
+            self.server.listener_addr(name)
+        })
+        .await
     }
 
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.ready_status().await != 200 {
-            assert!(tokio::time::Instant::now() < deadline, "never ready");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually_ok("/ready to answer 200", WAIT, || async {
+            match self.ready_status().await {
+                200 => Ok(()),
+                other => Err(other),
+            }
+        })
+        .await
     }
 }
 
@@ -621,76 +614,27 @@ impl Drop for Proxy {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP over plain TCP
+// Upstreams
 
-/// An HTTP/1.1 upstream answering every request with 200 and `name` as the body.
+/// An upstream (HTTP/1.1 and h2c) answering every request with 200 and `name` as the body; it runs
+/// for the rest of the test.
 pub async fn upstream(name: &'static str) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    // One request per loop: headers only (the tests send no bodies).
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
-                    let resp = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}", name.len());
-                    if s.write_all(resp.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let up = fixed_upstream(name).await;
+    let addr = up.addr;
+    // Kept running until the test's runtime ends (dropping it would stop it).
+    std::mem::forget(up);
     addr
-}
-
-/// GET with `Connection: close`; returns (status, headers lower-cased, body). Status 0 means the
-/// connection failed.
-pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, HashMap<String, String>, String) {
-    let fut = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.ok()?;
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let mut lines = head.lines();
-        let status = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Some((status, headers, body.to_string()))
-    };
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(Some(r)) => r,
-        _ => (0, HashMap::new(), String::new()),
-    }
 }
 
 /// Polls `GET /` on `addr` until the body equals `want` (bounded).
 pub async fn until_body(addr: SocketAddr, want: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually_ok(&format!("body {want:?}"), WAIT, || async {
         let (status, _, body) = get(addr, "svc", "/").await;
         if status == 200 && body == want {
-            return;
+            Ok(())
+        } else {
+            Err((status, body))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never got body {want:?}; last: {status} {body:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }

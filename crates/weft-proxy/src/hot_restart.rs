@@ -1,0 +1,401 @@
+//! Hot restart: a new `weft proxy` process takes the listening sockets of a running one, starts
+//! serving on them, then tells the old one to drain. The kernel's accept queue of each socket is
+//! never closed during the hand-over: both processes hold the same sockets, so a connection waiting
+//! in the queue is accepted by one of them, never reset.
+//!
+//! The two processes talk over a Unix socket whose path derives from a base id
+//! ([`socket_path`]). Frames are a 4-byte big-endian length and a JSON object; file descriptors
+//! travel as `SCM_RIGHTS` on frames of type `fds`. The conversation, version 1:
+//!
+//! 1. new → old `hello {protocol, version, pid}`; an old process that speaks another protocol
+//!    answers `refused {message}` and keeps serving.
+//! 2. old → new `listeners {protocol, version, pid, listeners: [{name, address, sockets}]}`, then
+//!    `fds` frames carrying every socket in that order (at most [`FDS_PER_FRAME`] per frame).
+//! 3. The new process starts with those sockets (binding nothing twice) and only then sends
+//!    `drain`; old → new `draining {pid}`. The old process stops accepting, drains its
+//!    connections and exits.
+//!
+//! If the new process fails or dies before step 3, the old one never hears `drain` and keeps
+//! serving as if nothing happened.
+//!
+//! Written by hand over `nix`'s `sendmsg`/`recvmsg`: no maintained crate implements a listener
+//! hand-over protocol, and this one is small.
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// The hand-over protocol's version. A peer with another version is refused; both keep running.
+pub const PROTOCOL: u64 = 1;
+/// File descriptors per `fds` frame (the kernel's limit is 253).
+pub const FDS_PER_FRAME: usize = 200;
+/// Frames are small JSON objects; anything larger is a protocol error.
+const MAX_FRAME: usize = 1 << 20;
+/// A peer that stops talking mid-hand-over is given up on after this long.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The hand-over socket of the proxy with `base_id`: in `$WEFT_RUNTIME_DIR`, else
+/// `$XDG_RUNTIME_DIR`, else `/tmp`.
+pub fn socket_path(base_id: u32) -> PathBuf {
+    let dir = std::env::var_os("WEFT_RUNTIME_DIR")
+        .or_else(|| std::env::var_os("XDG_RUNTIME_DIR"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    dir.join(format!("weft-hot-restart-{base_id}.sock"))
+}
+
+/// Why a hand-over could not happen. In every case the old process keeps serving.
+#[derive(Debug)]
+pub enum HotRestartError {
+    /// No process serves hand-overs at this path.
+    Missing(PathBuf),
+    /// The socket belongs to another user: refusing to trust or take its sockets.
+    NotOwner { path: PathBuf, uid: u32 },
+    /// Another live process already serves hand-overs at this path.
+    InUse(PathBuf),
+    /// The old process speaks another protocol version.
+    Protocol { ours: u64, theirs: u64, version: String },
+    /// The old process refused the hand-over.
+    Refused(String),
+    /// The peer broke the protocol (bad frame, missing file descriptors).
+    Malformed(String),
+    Io(PathBuf, io::Error),
+}
+
+impl std::fmt::Display for HotRestartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HotRestartError::Missing(p) => write!(
+                f,
+                "no running weft proxy to take over: {} does not exist (start the old proxy with the same --base-id, or start without --hot-restart)",
+                p.display()
+            ),
+            HotRestartError::NotOwner { path, uid } => write!(
+                f,
+                "{} belongs to uid {uid}, not to this user: refusing the hand-over",
+                path.display()
+            ),
+            HotRestartError::InUse(p) => write!(
+                f,
+                "another weft proxy already serves hot restart at {} (use --hot-restart to take it over, or another --base-id)",
+                p.display()
+            ),
+            HotRestartError::Protocol { ours, theirs, version } => write!(
+                f,
+                "the running proxy (weft {version}) speaks hot-restart protocol {theirs}, this one {ours}: refusing the hand-over; the old proxy keeps serving"
+            ),
+            HotRestartError::Refused(m) => write!(f, "the running proxy refused the hand-over: {m}"),
+            HotRestartError::Malformed(m) => write!(f, "hot-restart protocol error: {m}"),
+            HotRestartError::Io(p, e) => write!(f, "{}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for HotRestartError {}
+
+/// Listening sockets received from the old process, by listener name.
+#[derive(Default)]
+pub struct Inherited {
+    listeners: HashMap<String, (SocketAddr, Vec<TcpListener>)>,
+}
+
+impl Inherited {
+    /// The sockets of listener `name` if it listened on `address` (or on the address a port-0
+    /// listener was bound to).
+    pub(crate) fn take(&mut self, name: &str, address: SocketAddr) -> Option<(SocketAddr, Vec<TcpListener>)> {
+        let (bound, _) = self.listeners.get(name)?;
+        let same = *bound == address || (address.port() == 0 && bound.ip() == address.ip());
+        if !same {
+            return None;
+        }
+        self.listeners.remove(name)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.listeners.keys().cloned().collect();
+        v.sort();
+        v
+    }
+}
+
+fn write_frame(s: &mut UnixStream, v: &Value) -> io::Result<()> {
+    let body = serde_json::to_vec(v)?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    s.write_all(&buf)
+}
+
+fn read_frame(s: &mut UnixStream) -> Result<Value, HotRestartError> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).map_err(|e| io_err(Path::new("peer"), e))?;
+    let n = u32::from_be_bytes(len) as usize;
+    if n > MAX_FRAME {
+        return Err(HotRestartError::Malformed(format!("frame of {n} bytes")));
+    }
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).map_err(|e| io_err(Path::new("peer"), e))?;
+    serde_json::from_slice(&body).map_err(|e| HotRestartError::Malformed(format!("bad frame: {e}")))
+}
+
+fn io_err(path: &Path, e: io::Error) -> HotRestartError {
+    HotRestartError::Io(path.to_path_buf(), e)
+}
+
+/// Sends `fds` as one frame `{"type":"fds","count":n}` with the descriptors attached to its first
+/// byte (so they arrive with that frame, not with a later read).
+fn send_fds(s: &mut UnixStream, fds: &[RawFd]) -> io::Result<()> {
+    let body = serde_json::to_vec(&json!({"type": "fds", "count": fds.len()}))?;
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&body);
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let sent = sendmsg::<()>(s.as_raw_fd(), &[IoSlice::new(&buf[..1])], &cmsg, MsgFlags::empty(), None)
+        .map_err(io::Error::from)?;
+    if sent != 1 {
+        return Err(io::Error::other("short sendmsg"));
+    }
+    s.write_all(&buf[1..])
+}
+
+/// Receives one `fds` frame and its descriptors.
+fn recv_fds(s: &mut UnixStream) -> Result<Vec<OwnedFd>, HotRestartError> {
+    let mut first = [0u8; 1];
+    let mut space = nix::cmsg_space!([RawFd; FDS_PER_FRAME]);
+    let mut fds = Vec::new();
+    {
+        let mut iov = [IoSliceMut::new(&mut first)];
+        let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
+            .map_err(|e| io_err(Path::new("peer"), e.into()))?;
+        if msg.bytes != 1 {
+            return Err(HotRestartError::Malformed("connection closed before the sockets".into()));
+        }
+        for c in msg.cmsgs().map_err(|e| io_err(Path::new("peer"), e.into()))? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: the kernel just installed these descriptors in this process for us;
+                // nothing else owns them.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    let mut rest_len = [0u8; 3];
+    s.read_exact(&mut rest_len).map_err(|e| io_err(Path::new("peer"), e))?;
+    let n = u32::from_be_bytes([first[0], rest_len[0], rest_len[1], rest_len[2]]) as usize;
+    if n > MAX_FRAME {
+        return Err(HotRestartError::Malformed(format!("frame of {n} bytes")));
+    }
+    let mut body = vec![0u8; n];
+    s.read_exact(&mut body).map_err(|e| io_err(Path::new("peer"), e))?;
+    let v: Value = serde_json::from_slice(&body).map_err(|e| HotRestartError::Malformed(format!("bad frame: {e}")))?;
+    let count = v["count"].as_u64().unwrap_or(u64::MAX) as usize;
+    if v["type"] != "fds" || count != fds.len() {
+        return Err(HotRestartError::Malformed(format!(
+            "expected {count} file descriptors, received {}",
+            fds.len()
+        )));
+    }
+    Ok(fds)
+}
+
+/// The new process's side, between receiving the sockets and telling the old process to drain.
+pub struct Takeover {
+    stream: UnixStream,
+    path: PathBuf,
+    /// The sockets, to pass to [`crate::Server::start_with`].
+    pub inherited: Inherited,
+    /// The old process's pid and weft version.
+    pub peer_pid: u64,
+    pub peer_version: String,
+}
+
+/// Connects to the running proxy at `path` and receives its listening sockets. The old process
+/// keeps serving until [`Takeover::finish`].
+pub fn take_over(path: &Path) -> Result<Takeover, HotRestartError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(HotRestartError::Missing(path.into())),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(HotRestartError::NotOwner {
+            path: path.into(),
+            uid: meta.uid(),
+        });
+    }
+    let mut s = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return Err(HotRestartError::Missing(path.into())),
+        Err(e) => return Err(io_err(path, e)),
+    };
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    write_frame(
+        &mut s,
+        &json!({"type": "hello", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}),
+    )
+    .map_err(|e| io_err(path, e))?;
+    let answer = read_frame(&mut s)?;
+    match answer["type"].as_str() {
+        Some("listeners") => {}
+        Some("refused") => {
+            return Err(HotRestartError::Refused(
+                answer["message"].as_str().unwrap_or("no reason given").to_string(),
+            ))
+        }
+        _ => return Err(HotRestartError::Malformed(format!("unexpected answer {answer}"))),
+    }
+    let theirs = answer["protocol"].as_u64().unwrap_or(0);
+    let peer_version = answer["version"].as_str().unwrap_or("?").to_string();
+    if theirs != PROTOCOL {
+        return Err(HotRestartError::Protocol {
+            ours: PROTOCOL,
+            theirs,
+            version: peer_version,
+        });
+    }
+    let specs = answer["listeners"]
+        .as_array()
+        .ok_or_else(|| HotRestartError::Malformed("listeners is not a list".into()))?;
+    let total: usize = specs.iter().map(|l| l["sockets"].as_u64().unwrap_or(0) as usize).sum();
+    let mut fds: Vec<OwnedFd> = Vec::with_capacity(total);
+    while fds.len() < total {
+        fds.extend(recv_fds(&mut s)?);
+    }
+    let mut fds = fds.into_iter();
+    let mut inherited = Inherited::default();
+    for l in specs {
+        let name = l["name"].as_str().unwrap_or_default().to_string();
+        let address: SocketAddr = l["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| HotRestartError::Malformed(format!("listener {name}: bad address")))?;
+        let n = l["sockets"].as_u64().unwrap_or(0) as usize;
+        let socks: Vec<TcpListener> = fds.by_ref().take(n).map(TcpListener::from).collect();
+        for s in &socks {
+            s.set_nonblocking(true).map_err(|e| io_err(path, e))?;
+        }
+        inherited.listeners.insert(name, (address, socks));
+    }
+    Ok(Takeover {
+        stream: s,
+        path: path.into(),
+        inherited,
+        peer_pid: answer["pid"].as_u64().unwrap_or(0),
+        peer_version,
+    })
+}
+
+impl Takeover {
+    /// Tells the old process to drain (call once this process serves). Returns the old pid.
+    pub fn finish(mut self) -> Result<u64, HotRestartError> {
+        write_frame(&mut self.stream, &json!({"type": "drain"})).map_err(|e| io_err(&self.path, e))?;
+        let answer = read_frame(&mut self.stream)?;
+        if answer["type"] != "draining" {
+            return Err(HotRestartError::Malformed(format!("unexpected answer {answer}")));
+        }
+        Ok(self.peer_pid)
+    }
+}
+
+/// The old process's side: serves hand-overs at `path` on a thread of its own. `on_drain` runs
+/// when a new process has taken the sockets and asks this one to drain (the binary starts its
+/// shutdown there). Refuses a path where another live proxy serves; replaces a stale one.
+pub fn serve(
+    server: Weak<crate::Server>,
+    path: &Path,
+    replace: bool,
+    on_drain: Arc<dyn Fn() + Send + Sync>,
+) -> Result<(), HotRestartError> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        let live = UnixStream::connect(path).is_ok();
+        if live && !replace {
+            return Err(HotRestartError::InUse(path.into()));
+        }
+        std::fs::remove_file(path).map_err(|e| io_err(path, e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io_err(path, e))?;
+    // Only this user may connect (and so receive the sockets).
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| io_err(path, e))?;
+    let path = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("weft-hot-restart".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let Some(server) = server.upgrade() else { return };
+                match hand_over(&server, &mut conn) {
+                    Ok(true) => {
+                        tracing::info!(path = %path.display(), "hot restart: the new process took the listeners; draining");
+                        on_drain();
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "hot restart: hand-over abandoned; still serving"),
+                }
+            }
+        })
+        .map_err(|e| io_err(Path::new("thread"), e))?;
+    Ok(())
+}
+
+/// One hand-over conversation; `Ok(true)` when the peer asked this process to drain.
+fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRestartError> {
+    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    let hello = read_frame(s)?;
+    let theirs = hello["protocol"].as_u64().unwrap_or(0);
+    let peer = hello["pid"].as_u64().unwrap_or(0);
+    if hello["type"] != "hello" || theirs != PROTOCOL {
+        let message = format!(
+            "this proxy (weft {}) speaks hot-restart protocol {PROTOCOL}, the new process (weft {}) {theirs}",
+            env!("CARGO_PKG_VERSION"),
+            hello["version"].as_str().unwrap_or("?")
+        );
+        tracing::warn!(peer, %message, "hot restart refused; still serving");
+        write_frame(s, &json!({"type": "refused", "message": message})).map_err(|e| io_err(Path::new("peer"), e))?;
+        return Ok(false);
+    }
+    let listeners = server.handover_sockets();
+    let specs: Vec<Value> = listeners
+        .iter()
+        .map(|(name, addr, socks)| json!({"name": name, "address": addr.to_string(), "sockets": socks.len()}))
+        .collect();
+    write_frame(
+        s,
+        &json!({"type": "listeners", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"),
+                "pid": std::process::id(), "listeners": specs}),
+    )
+    .map_err(|e| io_err(Path::new("peer"), e))?;
+    // `listeners` owns duplicates of the sockets until they are sent.
+    let all: Vec<RawFd> = listeners
+        .iter()
+        .flat_map(|(_, _, socks)| socks.iter().map(|l| l.as_raw_fd()))
+        .collect();
+    for chunk in all.chunks(FDS_PER_FRAME) {
+        send_fds(s, chunk).map_err(|e| io_err(Path::new("peer"), e))?;
+    }
+    tracing::info!(peer, sockets = all.len(), "hot restart: listening sockets sent; waiting for the new process");
+    // The new process starts now; it asks us to drain only once it serves. A timeout or a closed
+    // connection means it failed: keep serving.
+    let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
+    let drain = read_frame(s)?;
+    if drain["type"] != "drain" {
+        return Err(HotRestartError::Malformed(format!("unexpected frame {drain}")));
+    }
+    server.start_drain();
+    write_frame(s, &json!({"type": "draining", "pid": std::process::id()})).map_err(|e| io_err(Path::new("peer"), e))?;
+    Ok(true)
+}

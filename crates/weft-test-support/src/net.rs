@@ -1,0 +1,46 @@
+//! Ports and listeners on 127.0.0.1.
+
+use std::net::SocketAddr;
+
+/// A 127.0.0.1 port that was free a moment ago, for something (a child process, a config) to
+/// bind later. Drawn below the kernel's ephemeral range (32768+ by default), which every outgoing
+/// connection and every bind to port 0 also draws from: a port from there could be taken before
+/// the later bind. Prefer [`listener`] (bind port 0 and keep the socket) whenever the code under
+/// test can take a bound socket or report the port it bound.
+pub fn free_port() -> u16 {
+    for _ in 0..200 {
+        let port = fastrand::u16(20000..32768);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// [`free_port`] as a 127.0.0.1 socket address.
+pub fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A listener bound to 127.0.0.1 on an ephemeral port (kept open: nobody else can take it).
+pub fn listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
+}
+
+/// A 127.0.0.1 address on which nothing listens: bound, then closed at once (connecting there is
+/// refused until something else binds the port).
+pub fn dead_addr() -> SocketAddr {
+    listener().local_addr().expect("local address")
+}
+
+/// Whether a TCP connection to `addr` is refused (or fails) within `wait`.
+pub async fn connection_refused(addr: SocketAddr, wait: std::time::Duration) -> bool {
+    matches!(
+        tokio::time::timeout(wait, tokio::net::TcpStream::connect(addr)).await,
+        Ok(Err(_))
+    )
+}
