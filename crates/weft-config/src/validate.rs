@@ -179,7 +179,7 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
         concurrency,
         drain_timeout: cx
             .dur("runtime.drain_timeout", &raw.runtime.drain_timeout)
-            .unwrap_or(Duration::from_secs(10)),
+            .unwrap_or(Duration::from_secs(15)),
     };
 
     let mut clusters = Vec::new();

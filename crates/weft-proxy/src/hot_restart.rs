@@ -58,11 +58,18 @@ pub enum HotRestartError {
     /// No process serves hand-overs at this path.
     Missing(PathBuf),
     /// The socket belongs to another user: refusing to trust or take its sockets.
-    NotOwner { path: PathBuf, uid: u32 },
+    NotOwner {
+        path: PathBuf,
+        uid: u32,
+    },
     /// Another live process already serves hand-overs at this path.
     InUse(PathBuf),
     /// The old process speaks another protocol version.
-    Protocol { ours: u64, theirs: u64, version: String },
+    Protocol {
+        ours: u64,
+        theirs: u64,
+        version: String,
+    },
     /// The old process refused the hand-over.
     Refused(String),
     /// The peer broke the protocol (bad frame, missing file descriptors).
@@ -162,8 +169,14 @@ fn send_fds(s: &mut UnixStream, fds: &[RawFd]) -> io::Result<()> {
     buf.extend_from_slice(&(body.len() as u32).to_be_bytes());
     buf.extend_from_slice(&body);
     let cmsg = [ControlMessage::ScmRights(fds)];
-    let sent = sendmsg::<()>(s.as_raw_fd(), &[IoSlice::new(&buf[..1])], &cmsg, MsgFlags::empty(), None)
-        .map_err(io::Error::from)?;
+    let sent = sendmsg::<()>(
+        s.as_raw_fd(),
+        &[IoSlice::new(&buf[..1])],
+        &cmsg,
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(io::Error::from)?;
     if sent != 1 {
         return Err(io::Error::other("short sendmsg"));
     }
@@ -180,7 +193,9 @@ fn recv_fds(s: &mut UnixStream) -> Result<Vec<OwnedFd>, HotRestartError> {
         let msg = recvmsg::<()>(s.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)
             .map_err(|e| io_err(Path::new("peer"), e.into()))?;
         if msg.bytes != 1 {
-            return Err(HotRestartError::Malformed("connection closed before the sockets".into()));
+            return Err(HotRestartError::Malformed(
+                "connection closed before the sockets".into(),
+            ));
         }
         for c in msg.cmsgs().map_err(|e| io_err(Path::new("peer"), e.into()))? {
             if let ControlMessageOwned::ScmRights(raw) = c {
@@ -310,15 +325,10 @@ impl Takeover {
     }
 }
 
-/// The old process's side: serves hand-overs at `path` on a thread of its own. `on_drain` runs
-/// when a new process has taken the sockets and asks this one to drain (the binary starts its
-/// shutdown there). Refuses a path where another live proxy serves; replaces a stale one.
-pub fn serve(
-    server: Weak<crate::Server>,
-    path: &Path,
-    replace: bool,
-    on_drain: Arc<dyn Fn() + Send + Sync>,
-) -> Result<(), HotRestartError> {
+/// Binds the hand-over socket at `path` (mode 0600: only this user may take the sockets). Refuses a
+/// path where another live proxy serves unless `replace` (the process that just took that proxy
+/// over); a stale socket file is replaced.
+pub fn bind(path: &Path, replace: bool) -> Result<UnixListener, HotRestartError> {
     if std::fs::symlink_metadata(path).is_ok() {
         let live = UnixStream::connect(path).is_ok();
         if live && !replace {
@@ -327,9 +337,18 @@ pub fn serve(
         std::fs::remove_file(path).map_err(|e| io_err(path, e))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| io_err(path, e))?;
-    // Only this user may connect (and so receive the sockets).
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| io_err(path, e))?;
-    let path = path.to_path_buf();
+    Ok(listener)
+}
+
+/// The old process's side: serves hand-overs on `listener` on a thread of its own. `on_drain` runs
+/// when a new process has taken the sockets and asks this one to drain (the binary starts its
+/// shutdown there).
+pub fn serve(
+    listener: UnixListener,
+    server: Weak<crate::Server>,
+    on_drain: Arc<dyn Fn() + Send + Sync>,
+) -> Result<(), HotRestartError> {
     std::thread::Builder::new()
         .name("weft-hot-restart".into())
         .spawn(move || {
@@ -338,7 +357,7 @@ pub fn serve(
                 let Some(server) = server.upgrade() else { return };
                 match hand_over(&server, &mut conn) {
                     Ok(true) => {
-                        tracing::info!(path = %path.display(), "hot restart: the new process took the listeners; draining");
+                        tracing::info!("hot restart: the new process took the listeners; draining");
                         on_drain();
                         return;
                     }
@@ -387,7 +406,11 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     for chunk in all.chunks(FDS_PER_FRAME) {
         send_fds(s, chunk).map_err(|e| io_err(Path::new("peer"), e))?;
     }
-    tracing::info!(peer, sockets = all.len(), "hot restart: listening sockets sent; waiting for the new process");
+    tracing::info!(
+        peer,
+        sockets = all.len(),
+        "hot restart: listening sockets sent; waiting for the new process"
+    );
     // The new process starts now; it asks us to drain only once it serves. A timeout or a closed
     // connection means it failed: keep serving.
     let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
@@ -396,6 +419,7 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
         return Err(HotRestartError::Malformed(format!("unexpected frame {drain}")));
     }
     server.start_drain();
-    write_frame(s, &json!({"type": "draining", "pid": std::process::id()})).map_err(|e| io_err(Path::new("peer"), e))?;
+    write_frame(s, &json!({"type": "draining", "pid": std::process::id()}))
+        .map_err(|e| io_err(Path::new("peer"), e))?;
     Ok(true)
 }

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod h1_framing;
+pub mod hot_restart;
 pub mod http;
 pub mod idle;
 pub mod server;

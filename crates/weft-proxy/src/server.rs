@@ -197,6 +197,8 @@ struct ListenerSlot {
     bound: SocketAddr,
     current: Arc<ArcSwap<ListenerRt>>,
     accept_tasks: Vec<JoinHandle<()>>,
+    /// Duplicates of the listening sockets, kept to hand them to a new process (hot restart).
+    sockets: Vec<std::net::TcpListener>,
 }
 
 /// Counts a downstream connection against its listener while alive.
@@ -227,6 +229,8 @@ pub struct Server {
     conn_counts: Mutex<HashMap<String, Arc<AtomicU32>>>,
     admin_addr: Mutex<Option<SocketAddr>>,
     apply_lock: Mutex<()>,
+    /// Listening sockets inherited from the process this one took over, used instead of binding.
+    inherited: Mutex<crate::hot_restart::Inherited>,
     /// What `reload` hands a re-read file to, when not `apply` (see [`ReloadHook`]).
     reload_hook: Mutex<Option<ReloadHook>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -255,6 +259,16 @@ fn spawn_runtime(
 impl Server {
     /// Validated config in, running proxy out: binds every listener before returning.
     pub fn start(config: Config, opts: ServerOptions) -> Result<Arc<Server>, ApplyError> {
+        Self::start_with(config, opts, crate::hot_restart::Inherited::default())
+    }
+
+    /// Like [`Server::start`], serving on sockets inherited from a running proxy (hot restart)
+    /// where a listener's name and address match, and binding the rest.
+    pub fn start_with(
+        config: Config,
+        opts: ServerOptions,
+        inherited: crate::hot_restart::Inherited,
+    ) -> Result<Arc<Server>, ApplyError> {
         let workers = config
             .runtime
             .concurrency
@@ -306,6 +320,7 @@ impl Server {
             admin_addr: Mutex::new(None),
             apply_lock: Mutex::new(()),
             reload_hook: Mutex::new(None),
+            inherited: Mutex::new(inherited),
             threads: Mutex::new(threads),
         });
         let admin = config.admin.clone();
@@ -321,6 +336,20 @@ impl Server {
             control.spawn(crate::admin::serve(std_listener, weak));
         }
         Ok(server)
+    }
+
+    /// Duplicates of every listening socket, by listener, to hand to a new process.
+    pub fn handover_sockets(&self) -> Vec<(String, SocketAddr, Vec<std::net::TcpListener>)> {
+        let slots = self.slots.lock();
+        let mut v: Vec<_> = slots
+            .iter()
+            .map(|(name, slot)| {
+                let socks = slot.sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
+                (name.clone(), slot.bound, socks)
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -446,14 +475,19 @@ impl Server {
         for l in &config.listeners {
             let reuse = slots.get(&l.name).is_some_and(|s| s.address == l.address);
             if !reuse {
+                let inherited = self.inherited.lock().take(&l.name, l.address);
                 // Moving a listener to an address another listener holds now is refused by the OS.
-                let socks = bind_reuseport(l.address, shared.workers)
-                    .and_then(|socks| Ok((socks[0].local_addr()?, socks)))
-                    .map_err(|source| ApplyError::Bind {
-                        listener: l.name.clone(),
-                        address: l.address,
-                        source,
-                    });
+                let socks = match inherited {
+                    Some((bound, socks)) => Ok((bound, socks)),
+                    None => {
+                        bind_reuseport(l.address, shared.workers).and_then(|socks| Ok((socks[0].local_addr()?, socks)))
+                    }
+                }
+                .map_err(|source| ApplyError::Bind {
+                    listener: l.name.clone(),
+                    address: l.address,
+                    source,
+                });
                 let (bound, socks) = socks?;
                 new_sockets.insert(l.name.clone(), (bound, socks));
             }
@@ -509,11 +543,27 @@ impl Server {
                 .or_insert_with(|| Arc::new(AtomicU32::new(0)))
                 .clone();
             let mut tasks = Vec::new();
+            let mut kept = Vec::new();
+            // Inherited sockets may be more or fewer than this process's workers: spread them over
+            // the workers, and bind more (same SO_REUSEPORT group) for workers without one.
+            let mut socks = socks;
+            if socks.len() < self.workers.len() {
+                match bind_reuseport(bound, self.workers.len() - socks.len()) {
+                    Ok(more) => socks.extend(more),
+                    Err(e) => {
+                        tracing::warn!(listener = %name, error = %e, "cannot bind extra sockets; some workers share")
+                    }
+                }
+            }
             for (i, sock) in socks.into_iter().enumerate() {
+                if let Ok(dup) = sock.try_clone() {
+                    kept.push(dup);
+                }
                 let current = current.clone();
                 let shared = self.shared.clone();
                 let count = count.clone();
-                tasks.push(self.workers[i].spawn(accept_loop(sock, current, shared, count)));
+                let worker = &self.workers[i % self.workers.len()];
+                tasks.push(worker.spawn(accept_loop(sock, current, shared, count)));
             }
             slots.insert(
                 name,
@@ -522,6 +572,7 @@ impl Server {
                     bound,
                     current,
                     accept_tasks: tasks,
+                    sockets: kept,
                 },
             );
         }
@@ -592,11 +643,14 @@ impl Server {
     /// Stops accepting everywhere and asks every connection to close gracefully.
     pub fn start_drain(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
-        let slots = self.slots.lock();
-        for slot in slots.values() {
+        let mut slots = self.slots.lock();
+        for slot in slots.values_mut() {
             for t in &slot.accept_tasks {
                 t.abort();
             }
+            // The kept duplicates too, so the sockets close and new connections are refused
+            // (after a hot restart the new process holds its own descriptors of them).
+            slot.sockets.clear();
             slot.current.load().start_drain();
         }
         for l in self.shared.snapshot.load().listeners.values() {

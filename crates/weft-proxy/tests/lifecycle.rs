@@ -240,10 +240,19 @@ async fn changed_listener_drains_keepalive_connection() {
 
     // A connection-manager setting changes too, so the listener is rebuilt and the old one drains.
     proxy.apply(cfg(&web_yaml("b", &clusters, "via: weft", ""))).unwrap();
-    // The idle connection is closed by the drain of the old listener generation.
+    // The drained keep-alive connection answers its next request (on the old generation's routes)
+    // with `connection: close` instead of being closed under a request the client may be sending.
+    let r = sender.send_request(req("GET", "/", "x", &[], "")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "a draining HTTP/1.1 connection says it closes"
+    );
+    r.into_body().collect().await.unwrap();
     tokio::time::timeout(Duration::from_secs(2), conn)
         .await
-        .expect("drained connection closed within 2 s")
+        .expect("drained connection closed after its response")
         .unwrap()
         .ok();
     // New connections get the new route.

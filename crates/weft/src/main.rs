@@ -116,6 +116,15 @@ struct ProxyArgs {
     /// Log filter, e.g. "info" or "weft_proxy=debug".
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     log: String,
+    /// Serve hot restarts: a later `weft proxy --hot-restart` with the same base id takes this
+    /// proxy's listening sockets over (socket in $WEFT_RUNTIME_DIR, $XDG_RUNTIME_DIR or /tmp).
+    #[arg(long, env = "WEFT_BASE_ID")]
+    base_id: Option<u32>,
+    /// Take over from the running proxy with the same --base-id (default 0): receive its
+    /// listening sockets, start serving, then make it drain and exit. If this process fails to
+    /// start, the old one keeps serving.
+    #[arg(long)]
+    hot_restart: bool,
 }
 
 fn init_logging(filter: &str) {
@@ -218,18 +227,79 @@ fn run_proxy(args: ProxyArgs) -> i32 {
     }
     let drain_timeout = config.runtime.drain_timeout;
     let bootstrap = config.xds.is_some().then(|| config.clone());
-    let server = match Server::start(
+    let handover_path = (args.base_id.is_some() || args.hot_restart)
+        .then(|| weft_proxy::hot_restart::socket_path(args.base_id.unwrap_or(0)));
+    // Hot restart: the old process's sockets, received before anything is bound.
+    let takeover = match (&handover_path, args.hot_restart) {
+        (Some(path), true) => match weft_proxy::hot_restart::take_over(path) {
+            Ok(t) => {
+                tracing::info!(old_pid = t.peer_pid, old_version = %t.peer_version, listeners = ?t.inherited.names(), "hot restart: received the listening sockets");
+                Some(t)
+            }
+            Err(e) => {
+                eprintln!("weft proxy: hot restart: {e}");
+                return 1;
+            }
+        },
+        _ => None,
+    };
+    // Without --hot-restart, claim the hand-over socket before binding anything: a second proxy with
+    // the same base id must not join the running one's listeners (SO_REUSEPORT) and then fail.
+    let mut handover_socket = match (&handover_path, args.hot_restart) {
+        (Some(path), false) => match weft_proxy::hot_restart::bind(path, false) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("weft proxy: hot restart: {e}");
+                return 1;
+            }
+        },
+        _ => None,
+    };
+    let (inherited, takeover) = match takeover {
+        Some(mut t) => (std::mem::take(&mut t.inherited), Some(t)),
+        None => (Default::default(), None),
+    };
+    let server = match Server::start_with(
         config,
         ServerOptions {
             config_path: args.config.clone(),
         },
+        inherited,
     ) {
         Ok(s) => s,
         Err(e) => {
+            // The old process (if any) never hears "drain": it keeps serving.
             eprintln!("weft proxy: {e}");
             return 1;
         }
     };
+    if let Some(t) = takeover {
+        match t.finish() {
+            Ok(pid) => tracing::info!(old_pid = pid, "hot restart: the old process is draining"),
+            Err(e) => tracing::warn!(error = %e, "hot restart: could not tell the old process to drain"),
+        }
+    }
+    if let Some(path) = &handover_path {
+        // A hand-over asks this process to drain as SIGTERM would.
+        let on_drain = std::sync::Arc::new(|| {
+            // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGTERM);
+            }
+        });
+        let socket = match handover_socket.take() {
+            Some(l) => Ok(l),
+            // After a take-over: replace the old process's socket, which now drains.
+            None => weft_proxy::hot_restart::bind(path, true),
+        };
+        if let Err(e) =
+            socket.and_then(|l| weft_proxy::hot_restart::serve(l, std::sync::Arc::downgrade(&server), on_drain))
+        {
+            eprintln!("weft proxy: hot restart: {e}");
+            return 1;
+        }
+        tracing::info!(path = %path.display(), "serving hot restarts");
+    }
     // Kept alive until shutdown; the proxy serves its last applied config if the client stops.
     let _xds = match bootstrap.map(|b| xds::attach(&server, b)).transpose() {
         Ok(c) => c,

@@ -36,6 +36,10 @@ use weft_upstream::ClusterLookup;
 
 /// How long a connection asked to close gracefully may take to finish its requests.
 const DRAIN_GRACE: Duration = Duration::from_secs(30);
+/// When a listener drains, an HTTP/1.1 connection stays open this long for its client's next
+/// request, answered with `connection: close` (closing an idle keep-alive connection at once races
+/// with a request the client may be sending; Envoy's HCM drain timeout has the same default).
+const HTTP1_DRAIN_WINDOW: Duration = Duration::from_secs(5);
 
 pub struct HttpRt {
     pub config: HttpConnectionManager,
@@ -100,6 +104,8 @@ struct ConnCtx {
     framing: Arc<parking_lot::Mutex<FramingTracker>>,
     /// Requests started and in progress (until their response body ends), for the timeouts.
     exchanges: crate::watchdog::Exchanges,
+    /// Set when the listener drains: HTTP/1 responses then carry `connection: close`.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 pub async fn serve_connection(
@@ -115,6 +121,7 @@ pub async fn serve_connection(
     let ctx = Arc::new(ConnCtx {
         framing,
         exchanges: crate::watchdog::Exchanges::default(),
+        draining: std::sync::atomic::AtomicBool::new(false),
         peer_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header value"),
         rt: rt.clone(),
         clusters,
@@ -179,6 +186,16 @@ pub async fn serve_connection(
     };
     use crate::watchdog::Verdict;
     match verdict {
+        None if !activity.is_h2() => {
+            // HTTP/1.1: the next response says `connection: close` and hyper closes after it; a
+            // connection whose client sends nothing more is closed after the window.
+            ctx.draining.store(true, Ordering::Relaxed);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = tokio::time::sleep(HTTP1_DRAIN_WINDOW) => {}
+            }
+        }
+        // HTTP/2: graceful GOAWAY (h2 sends the two-step form), streams in flight finish.
         None => {}
         Some(Verdict::Idle) => {
             rt.stats.cx_idle_timeout.inc();

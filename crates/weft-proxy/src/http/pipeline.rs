@@ -47,6 +47,7 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
     let routes = rt.routes.load_full();
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
+    let version = req.version();
     let log = rt
         .access_log
         .as_ref()
@@ -92,7 +93,8 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
             RouteAction::DirectResponse(d) => Ok(Reply::local(direct_response(d), Reason::DirectResponse)),
         }
     };
-    exit(rt, &routes, matched, outcome, grpc, start, facts, log)
+    let draining = ctx.draining.load(std::sync::atomic::Ordering::Relaxed) && version != Version::HTTP_2;
+    exit(rt, &routes, matched, outcome, grpc, start, facts, log, draining)
 }
 
 fn stopped(rt: &HttpRt, stop: Stop, grpc: bool) -> Reply {
@@ -124,6 +126,7 @@ fn exit(
     start: Instant,
     facts: Facts,
     log: Option<Box<LogRecord>>,
+    draining: bool,
 ) -> Response<DownBody> {
     let Reply {
         mut resp,
@@ -147,6 +150,11 @@ fn exit(
     }
     if let Some(v) = &rt.via {
         resp.headers_mut().append(header::VIA, v.clone());
+    }
+    if draining && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // HTTP/1.1 only (`connection` is forbidden in HTTP/2); hyper closes after this response.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if let Some(s) = &rt.server {
         resp.headers_mut().insert(header::SERVER, s.clone());

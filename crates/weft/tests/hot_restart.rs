@@ -1,0 +1,324 @@
+//! Hot restart with the real binary: a new `weft proxy --hot-restart` takes the listening sockets
+//! of the running one while clients keep sending (keep-alive and new connections), and no request
+//! fails; a failed or refused hand-over leaves the old proxy serving. Everything on 127.0.0.1; each
+//! test has its own runtime directory for the hand-over socket.
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use weft_test_support::{free_addr, text, upstream, TempDir};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// A `weft proxy` child, killed and reaped on drop; its stderr goes to a file.
+struct Proxy {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Proxy {
+    fn start(runtime_dir: &TempDir, config: &std::path::Path, extra: &[&str], tag: &str) -> Proxy {
+        let log = runtime_dir.join(&format!("{tag}.log"));
+        let err = std::fs::File::create(&log).unwrap();
+        let child = Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(config)
+            .args(["--base-id", "7"])
+            .args(extra)
+            .env("WEFT_RUNTIME_DIR", runtime_dir.path())
+            .env("WEFT_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("weft starts");
+        Proxy { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_exit(&mut self, wait: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    async fn wait_log(&self, needle: &str, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn listener_yaml(name: &str, address: SocketAddr) -> String {
+    format!(
+        r#"  - name: {name}
+    address: "{address}"
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - {{ match: {{ prefix: / }}, route: {{ cluster: app }} }}
+"#
+    )
+}
+
+fn config(listen: SocketAddr, upstream: SocketAddr, extra_listener: Option<SocketAddr>) -> String {
+    let extra = extra_listener.map(|a| listener_yaml("extra", a)).unwrap_or_default();
+    format!(
+        "runtime: {{ concurrency: 2, drain_timeout: 3s }}\nlisteners:\n{}{extra}clusters:\n  - {{ name: app, endpoints: [{{ address: \"{upstream}\" }}] }}\n",
+        listener_yaml("web", listen)
+    )
+}
+
+async fn wait_port(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{addr} never accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    closes_announced: AtomicU64,
+    errors: parking_lot::Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn fail(&self, what: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut e = self.errors.lock();
+        if e.len() < 10 {
+            e.push(what);
+        }
+    }
+}
+
+/// A keep-alive client: requests back to back on one connection; a response that says
+/// `connection: close` makes it open a new one (as every HTTP/1.1 client does).
+async fn keepalive_client(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    'connect: while !stop.load(Ordering::Relaxed) {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tally.fail(format!("connect: {e}"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let Ok((mut sender, conn)) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await else {
+            tally.fail("handshake".into());
+            continue;
+        };
+        tokio::spawn(conn);
+        while !stop.load(Ordering::Relaxed) {
+            let req = hyper::Request::get("/ka")
+                .header("host", "web")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            match sender.send_request(req).await {
+                Ok(r) => {
+                    let close = r.headers().get("connection").is_some_and(|v| v == "close");
+                    let status = r.status();
+                    match r.into_body().collect().await {
+                        Ok(_) if status == 200 => {
+                            tally.ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => tally.fail(format!("status {status}")),
+                        Err(e) => tally.fail(format!("body: {e}")),
+                    }
+                    if close {
+                        tally.closes_announced.fetch_add(1, Ordering::Relaxed);
+                        continue 'connect;
+                    }
+                }
+                Err(e) => {
+                    tally.fail(format!("keep-alive request: {e}"));
+                    continue 'connect;
+                }
+            }
+        }
+    }
+}
+
+/// A client that opens a new connection for every request.
+async fn new_connection_client(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    while !stop.load(Ordering::Relaxed) {
+        match weft_test_support::send_once(addr, weft_test_support::req("GET", "/new", "web", &[], "")).await {
+            Ok(g) if g.status == 200 => {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(g) => tally.fail(format!("status {}", g.status)),
+            Err(e) => tally.fail(format!("new connection: {e}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_restarts_under_load_lose_no_request() {
+    let app = upstream(|_| async { text(200, "ok") }).await;
+    let dir = TempDir::new("hot-restart");
+    let listen = free_addr();
+    let cfg = dir.join("weft.yaml");
+    std::fs::write(&cfg, config(listen, app.addr, None)).unwrap();
+    let mut current = Proxy::start(&dir, &cfg, &[], "gen0");
+    wait_port(listen).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(tokio::spawn(keepalive_client(listen, stop.clone(), tally.clone())));
+    }
+    for _ in 0..2 {
+        clients.push(tokio::spawn(new_connection_client(listen, stop.clone(), tally.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    const RESTARTS: usize = 10;
+    for generation in 1..=RESTARTS {
+        let before = tally.ok.load(Ordering::Relaxed);
+        // Alternate the worker count: the sockets are spread over however many workers there are.
+        let workers = if generation % 2 == 0 { "2" } else { "1" };
+        let mut next = Proxy::start(
+            &dir,
+            &cfg,
+            &["--hot-restart", "--concurrency", workers],
+            &format!("gen{generation}"),
+        );
+        assert!(
+            next.wait_log("the old process is draining", Duration::from_secs(20))
+                .await,
+            "generation {generation} took over; its log:\n{}",
+            next.log()
+        );
+        let status = current
+            .wait_exit(Duration::from_secs(15))
+            .await
+            .unwrap_or_else(|| panic!("the old proxy exits after its drain; its log:\n{}", current.log()));
+        assert!(status.success(), "old proxy exit status {status}");
+        assert!(current
+            .log()
+            .contains("hot restart: the new process took the listeners"));
+        assert!(next.running(), "the new proxy serves");
+        // Traffic kept flowing through the hand-over.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while tally.ok.load(Ordering::Relaxed) < before + 50 {
+            assert!(Instant::now() < deadline, "traffic stalled after restart {generation}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        current = next;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
+    }
+    let ok = tally.ok.load(Ordering::Relaxed);
+    let failed = tally.failed.load(Ordering::Relaxed);
+    eprintln!(
+        "{RESTARTS} hot restarts: {ok} requests succeeded, {failed} failed, {} connection: close announced",
+        tally.closes_announced.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed,
+        0,
+        "failed requests across {RESTARTS} hot restarts ({ok} succeeded): {:?}",
+        tally.errors.lock()
+    );
+    assert!(ok > 200, "{ok} requests");
+    assert!(
+        tally.closes_announced.load(Ordering::Relaxed) >= RESTARTS as u64,
+        "each drain told its keep-alive clients to reconnect"
+    );
+    assert_eq!(app.hits(), ok, "every request reached the upstream exactly once");
+}
+
+#[tokio::test]
+async fn a_failed_or_refused_hand_over_leaves_the_old_proxy_serving() {
+    let app = upstream(|_| async { text(200, "ok") }).await;
+    let dir = TempDir::new("hot-restart-fail");
+    let listen = free_addr();
+    let cfg = dir.join("weft.yaml");
+    std::fs::write(&cfg, config(listen, app.addr, None)).unwrap();
+
+    // Nothing to take over yet: a clear refusal.
+    let mut lonely = Proxy::start(&dir, &cfg, &["--hot-restart"], "lonely");
+    let status = lonely.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        lonely.log().contains("no running weft proxy to take over"),
+        "{}",
+        lonely.log()
+    );
+
+    let mut old = Proxy::start(&dir, &cfg, &[], "old");
+    wait_port(listen).await;
+    assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
+
+    // The same base id without --hot-restart: refused, the running proxy untouched.
+    let mut twin = Proxy::start(&dir, &cfg, &[], "twin");
+    let status = twin.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    assert_eq!(status.code(), Some(1));
+    assert!(twin.log().contains("already serves hot restart"), "{}", twin.log());
+
+    // A new process that takes the sockets and then fails to start (a second listener on an address
+    // something else holds): the old process never hears "drain" and keeps serving.
+    let blocker = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, config(listen, app.addr, Some(blocker.local_addr().unwrap()))).unwrap();
+    let mut broken = Proxy::start(&dir, &bad, &["--hot-restart"], "broken");
+    let status = broken.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    assert_eq!(status.code(), Some(1), "{}", broken.log());
+    assert!(broken.log().contains("cannot bind"), "{}", broken.log());
+    assert!(old.running(), "the old proxy keeps running");
+    for _ in 0..20 {
+        assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
+    }
+    assert!(old.log().contains("hand-over abandoned"), "{}", old.log());
+
+    // And a later, good hand-over still works.
+    let mut good = Proxy::start(&dir, &cfg, &["--hot-restart"], "good");
+    assert!(
+        good.wait_log("the old process is draining", Duration::from_secs(20))
+            .await,
+        "{}",
+        good.log()
+    );
+    assert!(old.wait_exit(Duration::from_secs(15)).await.is_some());
+    assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
+    assert!(good.running());
+}
