@@ -1,5 +1,5 @@
 //! Hot restart with the real binary: a new `weft proxy --hot-restart` takes the listening sockets
-//! of the running one while clients keep sending (keep-alive and new connections), and no request
+//! of the running one while clients keep sending (HTTP/1.1 keep-alive, new connections, HTTP/2), and no request
 //! fails; a failed or refused hand-over leaves the old proxy serving. Everything on 127.0.0.1; each
 //! test has its own runtime directory for the hand-over socket.
 
@@ -115,6 +115,7 @@ struct Tally {
     ok: AtomicU64,
     failed: AtomicU64,
     closes_announced: AtomicU64,
+    h2_reconnects: AtomicU64,
     errors: parking_lot::Mutex<Vec<String>>,
 }
 
@@ -175,6 +176,74 @@ async fn keepalive_client(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Ta
     }
 }
 
+/// An HTTP/2 client: 4 concurrent streams at a time on one connection. After the proxy's GOAWAY the
+/// connection refuses new streams; a request it hands back unsent (or that fails before anything
+/// was sent) goes on a new connection, as h2 clients do. A stream that fails after it was sent is a
+/// failure.
+async fn h2_client(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    while !stop.load(Ordering::Relaxed) {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                tally.fail(format!("h2 connect: {e}"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let Ok((sender, conn)) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream)).await
+        else {
+            tally.fail("h2 handshake".into());
+            continue;
+        };
+        tokio::spawn(conn);
+        'streams: while !stop.load(Ordering::Relaxed) {
+            let mut batch = Vec::new();
+            for _ in 0..4 {
+                let mut sender = sender.clone();
+                batch.push(tokio::spawn(async move {
+                    let req = hyper::Request::get("http://web/h2")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    match sender.try_send_request(req).await {
+                        Ok(r) => {
+                            let status = r.status();
+                            match r.into_body().collect().await {
+                                Ok(_) if status == 200 => Ok(true),
+                                Ok(_) => Err(format!("h2 status {status}")),
+                                Err(e) => Err(format!("h2 body: {e}")),
+                            }
+                        }
+                        Err(mut e) => match e.take_message() {
+                            // Never sent (the connection was going away): not a failure, reconnect.
+                            Some(_) => Ok(false),
+                            None => Err(format!("h2 request: {}", e.into_error())),
+                        },
+                    }
+                }));
+            }
+            let mut reconnect = false;
+            for b in batch {
+                match b.await {
+                    Ok(Ok(true)) => {
+                        tally.ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Ok(false)) => reconnect = true,
+                    Ok(Err(e)) => {
+                        tally.fail(e);
+                        reconnect = true;
+                    }
+                    Err(e) => tally.fail(format!("h2 task: {e}")),
+                }
+            }
+            if reconnect || sender.is_closed() {
+                tally.h2_reconnects.fetch_add(1, Ordering::Relaxed);
+                break 'streams;
+            }
+        }
+    }
+}
+
 /// A client that opens a new connection for every request.
 async fn new_connection_client(addr: SocketAddr, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     while !stop.load(Ordering::Relaxed) {
@@ -207,6 +276,7 @@ async fn hot_restarts_under_load_lose_no_request() {
     for _ in 0..2 {
         clients.push(tokio::spawn(new_connection_client(listen, stop.clone(), tally.clone())));
     }
+    clients.push(tokio::spawn(h2_client(listen, stop.clone(), tally.clone())));
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     const RESTARTS: usize = 10;
@@ -250,8 +320,9 @@ async fn hot_restarts_under_load_lose_no_request() {
     let ok = tally.ok.load(Ordering::Relaxed);
     let failed = tally.failed.load(Ordering::Relaxed);
     eprintln!(
-        "{RESTARTS} hot restarts: {ok} requests succeeded, {failed} failed, {} connection: close announced",
-        tally.closes_announced.load(Ordering::Relaxed)
+        "{RESTARTS} hot restarts: {ok} requests succeeded, {failed} failed, {} connection: close announced, {} h2 reconnects",
+        tally.closes_announced.load(Ordering::Relaxed),
+        tally.h2_reconnects.load(Ordering::Relaxed)
     );
     assert_eq!(
         failed,
@@ -263,6 +334,10 @@ async fn hot_restarts_under_load_lose_no_request() {
     assert!(
         tally.closes_announced.load(Ordering::Relaxed) >= RESTARTS as u64,
         "each drain told its keep-alive clients to reconnect"
+    );
+    assert!(
+        tally.h2_reconnects.load(Ordering::Relaxed) >= RESTARTS as u64,
+        "each drain sent the HTTP/2 client a GOAWAY"
     );
     assert_eq!(app.hits(), ok, "every request reached the upstream exactly once");
 }
