@@ -10,6 +10,7 @@
 //! | GET | `/xds` | xDS client state (per type: version, nonce, last NACK; connection), as JSON |
 //! | POST | `/reload` | re-read the configuration file; 400 with the errors if refused |
 //! | POST | `/drain` | stop accepting and close connections gracefully |
+//! | POST | `/quitquitquit` | drain, then exit (as SIGTERM): for Jobs whose app has finished |
 //!
 //! Mutating requests (any method but GET/HEAD/OPTIONS/TRACE) that look cross-site — a foreign
 //! `Origin` or `Host`, or a form / `text/plain` body — are answered 403 ([`weft_config::admin`]),
@@ -119,7 +120,7 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/plain",
-            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  GET  /xds\n  POST /reload\n  POST /drain\n",
+            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  GET  /xds\n  POST /reload\n  POST /drain\n  POST /quitquitquit\n",
         ),
         (&Method::GET, "/ready") => {
             if shared.draining.load(Ordering::Relaxed) {
@@ -239,7 +240,16 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
             server.start_drain();
             reply(StatusCode::OK, "text/plain", "draining\n")
         }
-        (_, "/reload") | (_, "/drain") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n"),
+        (&Method::POST, "/quitquitquit") => {
+            server.start_drain();
+            let exits = server.quit();
+            reply(
+                StatusCode::OK,
+                "text/plain",
+                if exits { "draining, then exiting\n" } else { "draining\n" },
+            )
+        }
+        (_, "/reload") | (_, "/drain") | (_, "/quitquitquit") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; GET / lists the endpoints\n"),
     }
 }

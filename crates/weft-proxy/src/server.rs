@@ -231,6 +231,8 @@ pub struct Server {
     apply_lock: Mutex<()>,
     /// Listening sockets inherited from the process this one took over, used instead of binding.
     inherited: Mutex<crate::hot_restart::Inherited>,
+    /// Makes the process exit after a drain (`POST /quitquitquit`); set by the binary.
+    quit_hook: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
     /// What `reload` hands a re-read file to, when not `apply` (see [`ReloadHook`]).
     reload_hook: Mutex<Option<ReloadHook>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -320,6 +322,7 @@ impl Server {
             admin_addr: Mutex::new(None),
             apply_lock: Mutex::new(()),
             reload_hook: Mutex::new(None),
+            quit_hook: Mutex::new(None),
             inherited: Mutex::new(inherited),
             threads: Mutex::new(threads),
         });
@@ -402,6 +405,18 @@ impl Server {
 
     /// Builds the next snapshot from `config`, binds new listeners, then swaps atomically.
     /// Nothing changes if any step fails.
+    /// What `POST /quitquitquit` runs after starting the drain: the binary makes the process exit
+    /// as on SIGTERM.
+    pub fn set_quit_hook(&self, hook: Arc<dyn Fn() + Send + Sync>) {
+        *self.quit_hook.lock() = Some(hook);
+    }
+
+    /// Runs the quit hook; false if there is none (an embedded server only drains).
+    pub fn quit(&self) -> bool {
+        let hook = self.quit_hook.lock().clone();
+        hook.map(|h| h()).is_some()
+    }
+
     pub fn set_reload_hook(&self, hook: ReloadHook) {
         *self.reload_hook.lock() = Some(hook);
     }

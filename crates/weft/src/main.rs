@@ -1,6 +1,7 @@
 //! The `weft` binary: `weft proxy`, `weft control`, `weft bench`, `weft demo`.
 
 mod demo;
+mod lifecycle;
 mod xds;
 
 // A proxy allocates and frees many small, short-lived buffers per request, across threads;
@@ -75,6 +76,9 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run the control plane: watch a registry directory, serve xDS (ADS) to proxies.
     Control(weft_control::cli::ControlArgs),
+    /// Wait until a proxy is ready (its admin /ready answers 200): for an app's entrypoint or a
+    /// postStart hook, so the app makes no call before its sidecar can route it.
+    WaitReady(lifecycle::WaitReadyArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +158,7 @@ fn main() {
         Some(Cmd::Proxy(args)) => run_proxy(args),
         Some(Cmd::Bench(args)) => weft_bench::run(args),
         Some(Cmd::Demo(args)) => demo::run(args),
+        Some(Cmd::WaitReady(args)) => lifecycle::wait_ready(args),
         Some(Cmd::Control(args)) => {
             init_logging(&args.log);
             weft_control::cli::run(args)
@@ -279,14 +284,10 @@ fn run_proxy(args: ProxyArgs) -> i32 {
             Err(e) => tracing::warn!(error = %e, "hot restart: could not tell the old process to drain"),
         }
     }
+    server.set_quit_hook(std::sync::Arc::new(lifecycle::terminate_self));
     if let Some(path) = &handover_path {
         // A hand-over asks this process to drain as SIGTERM would.
-        let on_drain = std::sync::Arc::new(|| {
-            // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
-            unsafe {
-                libc::kill(libc::getpid(), libc::SIGTERM);
-            }
-        });
+        let on_drain = std::sync::Arc::new(lifecycle::terminate_self);
         let socket = match handover_socket.take() {
             Some(l) => Ok(l),
             // After a take-over: replace the old process's socket, which now drains.
