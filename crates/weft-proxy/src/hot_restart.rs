@@ -224,6 +224,55 @@ fn recv_fds(s: &mut UnixStream) -> Result<Vec<OwnedFd>, HotRestartError> {
     Ok(fds)
 }
 
+/// Sockets one hand-over may carry in all (listeners × workers); more is a protocol error.
+pub const MAX_SOCKETS: usize = 4096;
+
+/// One listener in a `listeners` frame.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub name: String,
+    pub address: SocketAddr,
+    pub sockets: usize,
+}
+
+/// Reads the `listeners` array of a `listeners` frame: every entry needs a unique non-empty name,
+/// an address and a socket count, and the counts add up to at most [`MAX_SOCKETS`].
+pub fn parse_listeners(frame: &Value) -> Result<Vec<ListenerSpec>, HotRestartError> {
+    let bad = |m: String| HotRestartError::Malformed(m);
+    let list = frame["listeners"]
+        .as_array()
+        .ok_or_else(|| bad("listeners is not a list".into()))?;
+    let mut out: Vec<ListenerSpec> = Vec::with_capacity(list.len().min(MAX_SOCKETS));
+    let mut total = 0usize;
+    for (i, l) in list.iter().enumerate() {
+        let name = l["name"]
+            .as_str()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad(format!("listeners[{i}].name missing")))?;
+        let address = l["address"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| bad(format!("listeners[{i}].address is not an address")))?;
+        let sockets = l["sockets"]
+            .as_u64()
+            .filter(|n| *n as usize <= MAX_SOCKETS)
+            .ok_or_else(|| bad(format!("listeners[{i}].sockets is not a count")))? as usize;
+        total += sockets;
+        if total > MAX_SOCKETS {
+            return Err(bad(format!("more than {MAX_SOCKETS} sockets")));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(bad(format!("listeners[{i}].name {name:?} repeated")));
+        }
+        out.push(ListenerSpec {
+            name: name.to_string(),
+            address,
+            sockets,
+        });
+    }
+    Ok(out)
+}
+
 /// The new process's side, between receiving the sockets and telling the old process to drain.
 pub struct Takeover {
     stream: UnixStream,
@@ -281,10 +330,8 @@ pub fn take_over(path: &Path) -> Result<Takeover, HotRestartError> {
             version: peer_version,
         });
     }
-    let specs = answer["listeners"]
-        .as_array()
-        .ok_or_else(|| HotRestartError::Malformed("listeners is not a list".into()))?;
-    let total: usize = specs.iter().map(|l| l["sockets"].as_u64().unwrap_or(0) as usize).sum();
+    let specs = parse_listeners(&answer)?;
+    let total: usize = specs.iter().map(|l| l.sockets).sum();
     let mut fds: Vec<OwnedFd> = Vec::with_capacity(total);
     while fds.len() < total {
         fds.extend(recv_fds(&mut s)?);
@@ -292,17 +339,11 @@ pub fn take_over(path: &Path) -> Result<Takeover, HotRestartError> {
     let mut fds = fds.into_iter();
     let mut inherited = Inherited::default();
     for l in specs {
-        let name = l["name"].as_str().unwrap_or_default().to_string();
-        let address: SocketAddr = l["address"]
-            .as_str()
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| HotRestartError::Malformed(format!("listener {name}: bad address")))?;
-        let n = l["sockets"].as_u64().unwrap_or(0) as usize;
-        let socks: Vec<TcpListener> = fds.by_ref().take(n).map(TcpListener::from).collect();
+        let socks: Vec<TcpListener> = fds.by_ref().take(l.sockets).map(TcpListener::from).collect();
         for s in &socks {
             s.set_nonblocking(true).map_err(|e| io_err(path, e))?;
         }
-        inherited.listeners.insert(name, (address, socks));
+        inherited.listeners.insert(l.name, (l.address, socks));
     }
     Ok(Takeover {
         stream: s,
@@ -422,4 +463,52 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     write_frame(s, &json!({"type": "draining", "pid": std::process::id()}))
         .map_err(|e| io_err(Path::new("peer"), e))?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listeners_frames_are_checked() {
+        let ok = json!({"listeners": [{"name": "web", "address": "127.0.0.1:80", "sockets": 2}]});
+        assert_eq!(
+            parse_listeners(&ok).unwrap(),
+            vec![ListenerSpec {
+                name: "web".into(),
+                address: "127.0.0.1:80".parse().unwrap(),
+                sockets: 2
+            }]
+        );
+        for bad in [
+            json!({}),
+            json!({"listeners": [{"name": "", "address": "127.0.0.1:80", "sockets": 1}]}),
+            json!({"listeners": [{"name": "a", "address": "nowhere", "sockets": 1}]}),
+            json!({"listeners": [{"name": "a", "address": "127.0.0.1:80", "sockets": -1}]}),
+            json!({"listeners": [{"name": "a", "address": "127.0.0.1:80", "sockets": 1u64 << 40}]}),
+            json!({"listeners": [{"name": "a", "address": "127.0.0.1:80", "sockets": 4000},
+                                 {"name": "b", "address": "127.0.0.1:81", "sockets": 4000}]}),
+            json!({"listeners": [{"name": "a", "address": "127.0.0.1:80", "sockets": 1},
+                                 {"name": "a", "address": "127.0.0.1:81", "sockets": 1}]}),
+        ] {
+            assert!(parse_listeners(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sockets_travel_between_processes_as_file_descriptors() {
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        let l1 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        send_fds(&mut a, &[l1.as_raw_fd(), l2.as_raw_fd()]).unwrap();
+        let got = recv_fds(&mut b).unwrap();
+        assert_eq!(got.len(), 2);
+        let got: Vec<TcpListener> = got.into_iter().map(TcpListener::from).collect();
+        assert_eq!(got[0].local_addr().unwrap(), l1.local_addr().unwrap());
+        assert_eq!(got[1].local_addr().unwrap(), l2.local_addr().unwrap());
+        // The same socket: a connection to it can be accepted through the received descriptor.
+        drop(l1);
+        let _c = std::net::TcpStream::connect(got[0].local_addr().unwrap()).unwrap();
+        assert!(got[0].accept().is_ok());
+    }
 }
