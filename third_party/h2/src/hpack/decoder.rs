@@ -179,6 +179,18 @@ fn new_field(name: Bytes, value: Bytes) -> Field {
     Header::new(name.clone(), value.clone()).map_err(|_| InvalidField { name, value })
 }
 
+/// weft patch: a copy of `field` whose bytes are in allocations of their own (see
+/// `Header::into_owned_bytes`), for the dynamic table.
+fn owned_field(field: &Field) -> Field {
+    match field {
+        Ok(header) => Ok(header.clone().into_owned_bytes()),
+        Err(invalid) => Err(InvalidField {
+            name: Bytes::copy_from_slice(&invalid.name),
+            value: Bytes::copy_from_slice(&invalid.value),
+        }),
+    }
+}
+
 fn field_len(field: &Field) -> usize {
     match field {
         Ok(header) => header.len(),
@@ -269,8 +281,10 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table. weft patch: with bytes of
+                    // its own, not a slice of the frame or of the Huffman scratch
+                    // buffer, which the table would keep allocated.
+                    self.table.insert(owned_field(&entry));
                     consume(src);
 
                     if f(entry).is_break() {
