@@ -1175,4 +1175,60 @@ mod test {
             .unwrap_err();
         assert_eq!(err, DecoderError::InvalidTableIndex);
     }
+
+    // ===== weft patch: table entries own their bytes =====
+
+    /// Whether `b` points into `range` (the input buffer's allocation).
+    fn inside(b: &[u8], range: &std::ops::Range<usize>) -> bool {
+        range.contains(&(b.as_ptr() as usize))
+    }
+
+    #[test]
+    fn indexed_fields_do_not_keep_the_input_buffer() {
+        let mut de = Decoder::new(4096);
+        let mut buf = BytesMut::with_capacity(8192);
+        // :authority (static name 1) with incremental indexing, not Huffman-coded
+        buf.extend([0x41]);
+        lit(&mut buf, b"example.com");
+        // an invalid field with incremental indexing
+        buf.extend([0x40]);
+        lit(&mut buf, b"X-Up");
+        lit(&mut buf, b"v");
+        let range = {
+            let p = buf.as_ptr() as usize;
+            p..p + buf.capacity()
+        };
+        let res = decode_all(&mut de, buf);
+        // What the caller gets may share the input; the table's copies must not.
+        match &res[0] {
+            Ok(Header::Authority(v)) => assert!(inside(v.as_ref(), &range)),
+            other => panic!("{:?}", other),
+        }
+        assert_eq!(de.table.entries.len(), 2);
+        for entry in &de.table.entries {
+            match entry {
+                Ok(Header::Authority(v)) => {
+                    assert_eq!(v.as_str(), "example.com");
+                    assert!(!inside(v.as_ref(), &range));
+                }
+                Err(invalid) => {
+                    assert_eq!((invalid.name(), invalid.value()), (&b"X-Up"[..], &b"v"[..]));
+                    assert!(!inside(invalid.name(), &range));
+                    assert!(!inside(invalid.value(), &range));
+                }
+                other => panic!("{:?}", other),
+            }
+        }
+        // The entries still resolve.
+        let mut buf = BytesMut::new();
+        buf.extend([0x80 | 63, 0x80 | 62]);
+        let res = decode_all(&mut de, buf);
+        assert_eq!(
+            res,
+            vec![
+                Ok(Header::Authority(BytesStr::from("example.com"))),
+                invalid(b"X-Up", b"v")
+            ]
+        );
+    }
 }

@@ -1157,11 +1157,7 @@ where
         me.store.release_if_empty();
         me.actions.recv.release_idle_buffer();
         drop(me);
-        self.send_buffer
-            .inner
-            .lock()
-            .unwrap()
-            .release_if_empty();
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
         true
     }
 
