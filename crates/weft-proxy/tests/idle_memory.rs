@@ -109,15 +109,20 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Prior-knowledge h2c: preface, SETTINGS, one GET; ACKs the server's SETTINGS; reads until the
-/// response's END_STREAM.
+/// response's END_STREAM. `:authority` and `user-agent` are sent as literals with incremental
+/// indexing, as nghttp2, curl and browsers do, so that they enter the proxy's HPACK decoder table
+/// (and the response's fields its encoder table).
 fn h2_request(addr: SocketAddr) -> TcpStream {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(h2_frame(0x4, 0, 0, &[]));
-    // HPACK: :method GET, :scheme http, :path / (static indices 2, 6, 4); :authority literal.
-    let mut block = vec![0x82, 0x86, 0x84, 0x01, 10];
+    // HPACK: :method GET, :scheme http, :path / (static indices 2, 6, 4); :authority (static name
+    // 1) and user-agent (static name 58) as literals with incremental indexing (0x40 | index).
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 10];
     block.extend_from_slice(b"test.local");
+    block.extend_from_slice(&[0x40 | 58, 11]);
+    block.extend_from_slice(b"idle-memory");
     out.extend(h2_frame(0x1, 0x5, 1, &block));
     s.write_all(&out).unwrap();
     let mut got = Vec::new();
@@ -212,12 +217,17 @@ fn idle_connections_hold_little_memory() {
     // The assertions use live heap bytes: RSS with the system allocator depends on how freed
     // chunks happen to be laid out (see the module docs). Before parking, an idle HTTP/1.1
     // connection held hyper's 8 KiB read and 8 KiB write buffers and its dispatcher.
+    // 2.5 KiB measured (28.6 KiB before parking).
     assert_eq!(h1_parked, 500, "every idle HTTP/1.1 connection is parked");
-    assert!(h1 <= 6.0, "idle HTTP/1.1 connection holds {h1:.1} KiB");
-    // HTTP/2 connections are not parked: h2 keeps an 8 KiB read buffer, a 16 KiB write buffer
-    // and a 4 KiB HPACK buffer per connection for its whole life. A guard against growth only.
-    // 45 KiB before h2 released its I/O buffers on idle connections (third_party/h2).
-    assert!(h2 <= 24.0, "idle h2c connection holds {h2:.1} KiB");
+    assert!(h1 <= 4.0, "idle HTTP/1.1 connection holds {h1:.1} KiB");
+    // HTTP/2 connections are not parked (their HPACK tables, stream ids and settings must
+    // survive); the patched h2 (third_party/h2) frees what an idle connection does not need.
+    // Measured: 45 KiB with stock h2 (8 KiB read, 16 KiB write and 4 KiB HPACK scratch buffers
+    // for the connection's whole life); 17 KiB once h2 freed those when idle; 6.0 KiB since the
+    // HPACK tables copy what they keep (a response field sliced from the upstream connection's
+    // read buffer kept all 8 KiB of it alive) and the stream store and frame queues are freed
+    // when no stream is open (about 3.5 KiB more in this debug build).
+    assert!(h2 <= 8.0, "idle h2c connection holds {h2:.1} KiB");
     drop(proxy);
     drop(up);
 }

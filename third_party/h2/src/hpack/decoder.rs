@@ -179,6 +179,18 @@ fn new_field(name: Bytes, value: Bytes) -> Field {
     Header::new(name.clone(), value.clone()).map_err(|_| InvalidField { name, value })
 }
 
+/// weft patch: a copy of `field` whose bytes are in allocations of their own (see
+/// `Header::into_owned_bytes`), for the dynamic table.
+fn owned_field(field: &Field) -> Field {
+    match field {
+        Ok(header) => Ok(header.clone().into_owned_bytes()),
+        Err(invalid) => Err(InvalidField {
+            name: Bytes::copy_from_slice(&invalid.name),
+            value: Bytes::copy_from_slice(&invalid.value),
+        }),
+    }
+}
+
 fn field_len(field: &Field) -> usize {
     match field {
         Ok(header) => header.len(),
@@ -269,8 +281,10 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table. weft patch: with bytes of
+                    // its own, not a slice of the frame or of the Huffman scratch
+                    // buffer, which the table would keep allocated.
+                    self.table.insert(owned_field(&entry));
                     consume(src);
 
                     if f(entry).is_break() {
@@ -1160,5 +1174,61 @@ mod test {
             .decode(&mut Cursor::new(&mut buf), |_| ControlFlow::Continue(()))
             .unwrap_err();
         assert_eq!(err, DecoderError::InvalidTableIndex);
+    }
+
+    // ===== weft patch: table entries own their bytes =====
+
+    /// Whether `b` points into `range` (the input buffer's allocation).
+    fn inside(b: &[u8], range: &std::ops::Range<usize>) -> bool {
+        range.contains(&(b.as_ptr() as usize))
+    }
+
+    #[test]
+    fn indexed_fields_do_not_keep_the_input_buffer() {
+        let mut de = Decoder::new(4096);
+        let mut buf = BytesMut::with_capacity(8192);
+        // :authority (static name 1) with incremental indexing, not Huffman-coded
+        buf.extend([0x41]);
+        lit(&mut buf, b"example.com");
+        // an invalid field with incremental indexing
+        buf.extend([0x40]);
+        lit(&mut buf, b"X-Up");
+        lit(&mut buf, b"v");
+        let range = {
+            let p = buf.as_ptr() as usize;
+            p..p + buf.capacity()
+        };
+        let res = decode_all(&mut de, buf);
+        // What the caller gets may share the input; the table's copies must not.
+        match &res[0] {
+            Ok(Header::Authority(v)) => assert!(inside(v.as_ref(), &range)),
+            other => panic!("{:?}", other),
+        }
+        assert_eq!(de.table.entries.len(), 2);
+        for entry in &de.table.entries {
+            match entry {
+                Ok(Header::Authority(v)) => {
+                    assert_eq!(v.as_str(), "example.com");
+                    assert!(!inside(v.as_ref(), &range));
+                }
+                Err(invalid) => {
+                    assert_eq!((invalid.name(), invalid.value()), (&b"X-Up"[..], &b"v"[..]));
+                    assert!(!inside(invalid.name(), &range));
+                    assert!(!inside(invalid.value(), &range));
+                }
+                other => panic!("{:?}", other),
+            }
+        }
+        // The entries still resolve.
+        let mut buf = BytesMut::new();
+        buf.extend([0x80 | 63, 0x80 | 62]);
+        let res = decode_all(&mut de, buf);
+        assert_eq!(
+            res,
+            vec![
+                Ok(Header::Authority(BytesStr::from("example.com"))),
+                invalid(b"X-Up", b"v")
+            ]
+        );
     }
 }

@@ -751,6 +751,35 @@ mod test {
         // Not sure what the best way to do this is.
     }
 
+    // weft patch: the table copies the values it keeps.
+    #[test]
+    fn test_table_does_not_keep_the_value_buffer() {
+        let mut encoder = Encoder::default();
+        // A value sliced from a larger buffer, as hyper parses HTTP/1.1 fields.
+        let big = bytes::Bytes::from(vec![b'a'; 8192]);
+        let range = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+        let value = HeaderValue::from_maybe_shared(big.slice(10..20)).unwrap();
+        let name = HeaderName::from_static("x-upstream");
+        let hdr = Header::Field {
+            name: Some(name.clone()),
+            value,
+        };
+        let first = encode(&mut encoder, vec![hdr.clone()]);
+        assert_eq!(encoder.table.len(), 1);
+        let kept = encoder.table.resolve(&Index::Inserted(0));
+        match kept {
+            Header::Field { value, .. } => {
+                assert_eq!(value.as_bytes(), &b"aaaaaaaaaa"[..]);
+                assert!(!range.contains(&(value.as_bytes().as_ptr() as usize)));
+            }
+            other => panic!("{:?}", other),
+        }
+        // Still found by value: the second time it is a one-octet index.
+        let second = encode(&mut encoder, vec![hdr]);
+        assert!(first.len() > 1);
+        assert_eq!(*second, [0x80 | 62]);
+    }
+
     fn encode(e: &mut Encoder, hdrs: Vec<Header<Option<HeaderName>>>) -> BytesMut {
         let mut dst = BytesMut::with_capacity(1024);
         e.encode(hdrs, &mut dst);

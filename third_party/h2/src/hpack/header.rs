@@ -178,6 +178,33 @@ impl Header {
         }
     }
 
+    /// weft patch: the same header with its value bytes in an allocation of
+    /// their own. A value can be a slice of a much larger buffer (the HPACK
+    /// decoder's input frame or Huffman scratch buffer, or — for a response
+    /// relayed by a proxy — the upstream connection's read buffer); kept in a
+    /// dynamic table for the connection's life, such a slice keeps the whole
+    /// buffer allocated (8 KiB or more per connection). Names are left alone:
+    /// `HeaderName` copies custom names when it parses them.
+    pub fn into_owned_bytes(self) -> Header {
+        match self {
+            Header::Field { name, value } => {
+                let value = match HeaderValue::from_bytes(value.as_bytes()) {
+                    Ok(mut owned) => {
+                        owned.set_sensitive(value.is_sensitive());
+                        owned
+                    }
+                    Err(_) => value,
+                };
+                Header::Field { name, value }
+            }
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            h @ (Header::Method(_) | Header::Status(_)) => h,
+        }
+    }
+
     pub fn is_sensitive(&self) -> bool {
         match *self {
             Header::Field { ref value, .. } => value.is_sensitive(),

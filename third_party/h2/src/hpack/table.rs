@@ -339,7 +339,9 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            // weft patch: the table keeps the header for the connection's life;
+            // it must not keep alive the buffer its value was sliced from.
+            header: header.into_owned_bytes(),
             next: None,
         });
     }

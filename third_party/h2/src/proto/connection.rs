@@ -333,8 +333,9 @@ where
                             }
 
                             // weft patch: an idle connection (no open stream, everything
-                            // flushed, waiting for the peer) keeps no I/O buffers.
-                            if !self.inner.streams.has_streams() {
+                            // flushed, waiting for the peer) keeps no I/O buffers and no
+                            // storage of earlier streams.
+                            if self.inner.streams.release_idle_memory() {
                                 self.codec.release_idle_buffers();
                             }
 

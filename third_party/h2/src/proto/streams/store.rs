@@ -86,6 +86,19 @@ impl Store {
         }
     }
 
+    /// weft patch: frees the stream slab and the id map when no stream is stored
+    /// (both keep their capacity otherwise, for the connection's whole life).
+    pub fn release_if_empty(&mut self) {
+        if self.slab.is_empty() && self.ids.is_empty() {
+            if self.slab.capacity() > 0 {
+                self.slab = slab::Slab::new();
+            }
+            if self.ids.capacity() > 0 {
+                self.ids = IndexMap::new();
+            }
+        }
+    }
+
     pub fn find_mut(&mut self, id: &StreamId) -> Option<Ptr<'_>> {
         let index = {
             let key = self.ids.get(id)?;

@@ -1144,6 +1144,23 @@ where
         me.counts.has_streams()
     }
 
+    /// weft patch: when the connection has no open stream, frees the storage that
+    /// the stream store and the frame buffers keep from earlier streams (each
+    /// keeps its capacity otherwise, for the connection's whole life; together
+    /// about 3 KiB once a single stream has been served) and returns `true`.
+    /// Returns `false`, freeing nothing, while a stream is open.
+    pub fn release_idle_memory(&self) -> bool {
+        let mut me = self.inner.lock().unwrap();
+        if me.counts.has_streams() {
+            return false;
+        }
+        me.store.release_if_empty();
+        me.actions.recv.release_idle_buffer();
+        drop(me);
+        self.send_buffer.inner.lock().unwrap().release_if_empty();
+        true
+    }
+
     pub fn has_streams_or_other_references(&self) -> bool {
         let me = self.inner.lock().unwrap();
         me.counts.has_streams() || me.refs > 1
