@@ -94,11 +94,15 @@ pub fn registry_from_spec(spec: &str) -> Result<Box<dyn crate::registry::Registr
         #[cfg(not(feature = "zookeeper"))]
         {
             let _ = rest;
-            return Err(err("this build has no ZooKeeper support (cargo feature `zookeeper`)".into()));
+            return Err(err(
+                "this build has no ZooKeeper support (cargo feature `zookeeper`)".into()
+            ));
         }
     }
     if let Some((scheme, _)) = spec.split_once("://") {
-        return Err(err(format!("unknown registry scheme \"{scheme}\" (a directory, etcd://, zk://)")));
+        return Err(err(format!(
+            "unknown registry scheme \"{scheme}\" (a directory, etcd://, zk://)"
+        )));
     }
     let dir = spec.strip_prefix("file:").unwrap_or(spec);
     Ok(Box::new(crate::registry::FileRegistry::new(dir)))

@@ -350,7 +350,10 @@ impl Catalog {
     fn effective<'a>(
         &self,
         fragments: &'a BTreeMap<String, Arc<Fragment>>,
-    ) -> (std::borrow::Cow<'a, BTreeMap<String, Arc<Fragment>>>, Vec<merge::Conflict>) {
+    ) -> (
+        std::borrow::Cow<'a, BTreeMap<String, Arc<Fragment>>>,
+        Vec<merge::Conflict>,
+    ) {
         merge::resolve(fragments, &self.precedence)
     }
 
@@ -411,7 +414,10 @@ impl Catalog {
                     tracing::warn!(registry = %r.name, error = ?error, "registry store unreachable; its last known state keeps serving");
                 }
                 let label = Self::label(&st, index);
-                self.metrics.registry_connected.get_or_create(&label).set(connected as i64);
+                self.metrics
+                    .registry_connected
+                    .get_or_create(&label)
+                    .set(connected as i64);
             }
             RegistryEvent::Skipped(map) => {
                 let r = Self::registry_state(&mut st, index);
@@ -426,6 +432,11 @@ impl Catalog {
                 self.metrics.registry_skipped_entries.get_or_create(&label).set(n);
             }
             RegistryEvent::Members(names) => {
+                // A MultiRegistry nested in the one ControlPlane::start wraps every registry in
+                // renames the members: forget the outer names.
+                self.metrics.registry_connected.clear();
+                self.metrics.registry_stale_seconds.clear();
+                self.metrics.registry_skipped_entries.clear();
                 st.registries = names
                     .into_iter()
                     .enumerate()
@@ -459,7 +470,10 @@ impl Catalog {
                 .map_or(0.0, |t| t.elapsed().as_secs_f64());
             st.registries[i].stale_seconds = (stale * 10.0).round() / 10.0;
             let label = Self::label(&st, i);
-            self.metrics.registry_stale_seconds.get_or_create(&label).set(stale as i64);
+            self.metrics
+                .registry_stale_seconds
+                .get_or_create(&label)
+                .set(stale as i64);
         }
     }
 

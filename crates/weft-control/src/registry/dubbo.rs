@@ -31,7 +31,10 @@ pub enum DubboError {
     /// The URL names no interface (empty path).
     NoInterface,
     /// The URL's interface is not the one of the directory it was found in.
-    InterfaceMismatch { url: String, directory: String },
+    InterfaceMismatch {
+        url: String,
+        directory: String,
+    },
     /// `side` is not `provider` (a consumer URL under `providers/`).
     NotProvider(String),
     /// `enabled=false` or `disabled=true`.
@@ -42,7 +45,10 @@ pub enum DubboError {
     /// Application-level instance payload: not JSON of the expected shape.
     Json(String),
     /// Application-level instance: the payload's `name` is not the directory's application.
-    AppMismatch { payload: String, directory: String },
+    AppMismatch {
+        payload: String,
+        directory: String,
+    },
 }
 
 impl fmt::Display for DubboError {
@@ -61,10 +67,16 @@ impl fmt::Display for DubboError {
             DubboError::NotProvider(s) => write!(f, "side={s}, not provider"),
             DubboError::Disabled => write!(f, "provider disabled (enabled=false or disabled=true)"),
             DubboError::BadWeight(w) => write!(f, "weight \"{w}\" is not an integer 1..={MAX_WEIGHT}"),
-            DubboError::BadName(n) => write!(f, "\"{n}\" is not a valid service name (letters, digits, '-', '.', '_')"),
+            DubboError::BadName(n) => write!(
+                f,
+                "\"{n}\" is not a valid service name (letters, digits, '-', '.', '_')"
+            ),
             DubboError::Json(e) => write!(f, "instance payload: {e}"),
             DubboError::AppMismatch { payload, directory } => {
-                write!(f, "instance payload names application \"{payload}\", not the directory's \"{directory}\"")
+                write!(
+                    f,
+                    "instance payload names application \"{payload}\", not the directory's \"{directory}\""
+                )
             }
         }
     }
@@ -139,7 +151,11 @@ pub fn percent_decode(s: &str) -> Result<String, DubboError> {
 /// Parses a decoded Dubbo URL: `protocol://host:port/path?k=v&k=v`. IPv6 hosts in brackets.
 pub fn parse_url(s: &str) -> Result<DubboUrl, DubboError> {
     let (protocol, rest) = s.split_once("://").ok_or(DubboError::NoScheme)?;
-    if protocol.is_empty() || !protocol.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+    if protocol.is_empty()
+        || !protocol
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
         return Err(DubboError::NoScheme);
     }
     let (authority_path, query) = match rest.split_once('?') {
@@ -153,7 +169,9 @@ pub fn parse_url(s: &str) -> Result<DubboUrl, DubboError> {
     // user:password@ is allowed by Dubbo's URL; not used for endpoints.
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let (host, port) = if let Some(r) = authority.strip_prefix('[') {
-        let (h, after) = r.split_once(']').ok_or_else(|| DubboError::HostNotIp(authority.to_string()))?;
+        let (h, after) = r
+            .split_once(']')
+            .ok_or_else(|| DubboError::HostNotIp(authority.to_string()))?;
         let port = after.strip_prefix(':').ok_or(DubboError::MissingPort)?;
         (h, port)
     } else {
@@ -195,7 +213,8 @@ pub fn protocol_of(dubbo_protocol: &str) -> Protocol {
 pub fn valid_name(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 253
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 /// Labels a provider URL contributes to its endpoint (subsets select on them).
@@ -281,7 +300,10 @@ pub fn app_instance(app: &str, data: &[u8]) -> Result<(Endpoint, Protocol), Dubb
             directory: app.to_string(),
         });
     }
-    let host: IpAddr = raw.address.parse().map_err(|_| DubboError::HostNotIp(raw.address.clone()))?;
+    let host: IpAddr = raw
+        .address
+        .parse()
+        .map_err(|_| DubboError::HostNotIp(raw.address.clone()))?;
     let port = match raw.port {
         Some(p @ 1..=65535) => p as u16,
         Some(p) => return Err(DubboError::BadPort(p.to_string())),
@@ -292,8 +314,8 @@ pub fn app_instance(app: &str, data: &[u8]) -> Result<(Endpoint, Protocol), Dubb
     // `dubbo.endpoints`: a JSON string listing the instance's protocol ports.
     let mut protocol = "dubbo".to_string();
     if let Some(eps) = text("dubbo.endpoints") {
-        let list: Vec<RawDubboEndpoint> =
-            serde_json::from_str(&eps).map_err(|e| DubboError::Json(format!("payload.metadata.dubbo.endpoints: {e}")))?;
+        let list: Vec<RawDubboEndpoint> = serde_json::from_str(&eps)
+            .map_err(|e| DubboError::Json(format!("payload.metadata.dubbo.endpoints: {e}")))?;
         if let Some(e) = list.iter().find(|e| e.port == port as u32).or(list.first()) {
             protocol = e.protocol.to_ascii_lowercase();
         }
@@ -370,24 +392,39 @@ mod tests {
             ("dubbo%3A%2F%2Fhost", DubboError::MissingPort),
             ("%ZZ", DubboError::BadPercent(0)),
             ("no-scheme", DubboError::NoScheme),
-            ("dubbo%3A%2F%2Fexample.com%3A20880%2Fx", DubboError::HostNotIp("example.com".into())),
+            (
+                "dubbo%3A%2F%2Fexample.com%3A20880%2Fx",
+                DubboError::HostNotIp("example.com".into()),
+            ),
             ("dubbo%3A%2F%2F10.0.0.1%3A0%2Fx", DubboError::BadPort("0".into())),
-            ("dubbo%3A%2F%2F10.0.0.1%3A99999%2Fx", DubboError::BadPort("99999".into())),
+            (
+                "dubbo%3A%2F%2F10.0.0.1%3A99999%2Fx",
+                DubboError::BadPort("99999".into()),
+            ),
             ("dubbo%3A%2F%2F10.0.0.1%3A1", DubboError::NoInterface),
         ];
         for (node, want) in cases {
             assert_eq!(provider("x", node).unwrap_err(), want, "{node}");
         }
         let other = percent_encode("dubbo://10.0.0.1:1/other.Svc");
-        assert!(matches!(provider("x", &other), Err(DubboError::InterfaceMismatch { .. })));
+        assert!(matches!(
+            provider("x", &other),
+            Err(DubboError::InterfaceMismatch { .. })
+        ));
         let consumer = percent_encode("consumer://10.0.0.1:1/x?side=consumer");
-        assert_eq!(provider("x", &consumer).unwrap_err(), DubboError::NotProvider("consumer".into()));
+        assert_eq!(
+            provider("x", &consumer).unwrap_err(),
+            DubboError::NotProvider("consumer".into())
+        );
         let off = percent_encode("dubbo://10.0.0.1:1/x?enabled=false");
         assert_eq!(provider("x", &off).unwrap_err(), DubboError::Disabled);
         let w = percent_encode("dubbo://10.0.0.1:1/x?weight=0");
         assert_eq!(provider("x", &w).unwrap_err(), DubboError::BadWeight("0".into()));
         let inner = percent_encode("dubbo://10.0.0.1:1/a.B$C");
-        assert_eq!(provider("a.B$C", &inner).unwrap_err(), DubboError::BadName("a.B$C".into()));
+        assert_eq!(
+            provider("a.B$C", &inner).unwrap_err(),
+            DubboError::BadName("a.B$C".into())
+        );
         assert!(DubboError::BadPercent(3).to_string().contains("byte 3"));
     }
 
@@ -407,6 +444,9 @@ mod tests {
             Err(DubboError::AppMismatch { .. })
         ));
         let host = br#"{"name":"shop","address":"shop.local","port":1}"#;
-        assert_eq!(app_instance("shop", host).unwrap_err(), DubboError::HostNotIp("shop.local".into()));
+        assert_eq!(
+            app_instance("shop", host).unwrap_err(),
+            DubboError::HostNotIp("shop.local".into())
+        );
     }
 }

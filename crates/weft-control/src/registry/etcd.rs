@@ -75,7 +75,11 @@ impl EtcdRegistry {
         if endpoints.is_empty() {
             return Err(SpecError::NoEndpoints);
         }
-        let mut prefix = if prefix.is_empty() || prefix == "/" { "/weft/".to_string() } else { prefix.to_string() };
+        let mut prefix = if prefix.is_empty() || prefix == "/" {
+            "/weft/".to_string()
+        } else {
+            prefix.to_string()
+        };
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
@@ -140,7 +144,10 @@ pub fn build_service(
     let mut skipped = BTreeMap::new();
     let def_key = format!("services/{name}");
     let inst_prefix = format!("instances/{name}/");
-    let instances: Vec<(&String, &String)> = kvs.range(inst_prefix.clone()..).take_while(|(k, _)| k.starts_with(&inst_prefix)).collect();
+    let instances: Vec<(&String, &String)> = kvs
+        .range(inst_prefix.clone()..)
+        .take_while(|(k, _)| k.starts_with(&inst_prefix))
+        .collect();
     let def = kvs.get(&def_key);
     if def.is_none() && instances.is_empty() {
         return (SourceChange::Remove { source }, skipped);
@@ -153,18 +160,36 @@ pub fn build_service(
                 for k in ["name", "endpoints"] {
                     if m.contains_key(k) {
                         let e = format!("{full_def_key}: field \"{k}\" is not allowed here (the name is the key's, endpoints are instances/{name}/<id> keys)");
-                        return (SourceChange::Invalid { source, errors: vec![e] }, skipped);
+                        return (
+                            SourceChange::Invalid {
+                                source,
+                                errors: vec![e],
+                            },
+                            skipped,
+                        );
                     }
                 }
                 svc = m;
             }
             Ok(_) => {
                 let e = format!("{full_def_key}: not a JSON object");
-                return (SourceChange::Invalid { source, errors: vec![e] }, skipped);
+                return (
+                    SourceChange::Invalid {
+                        source,
+                        errors: vec![e],
+                    },
+                    skipped,
+                );
             }
             Err(e) => {
                 let e = format!("{full_def_key}: invalid JSON: {e}");
-                return (SourceChange::Invalid { source, errors: vec![e] }, skipped);
+                return (
+                    SourceChange::Invalid {
+                        source,
+                        errors: vec![e],
+                    },
+                    skipped,
+                );
             }
         }
     }
@@ -272,7 +297,13 @@ impl Runner {
         if self.events.send(RegistryEvent::Changes(changes)).await.is_err() {
             return false;
         }
-        if self.skipped != before && self.events.send(RegistryEvent::Skipped(self.skipped.clone())).await.is_err() {
+        if self.skipped != before
+            && self
+                .events
+                .send(RegistryEvent::Skipped(self.skipped.clone()))
+                .await
+                .is_err()
+        {
             return false;
         }
         true
@@ -280,12 +311,16 @@ impl Runner {
 
     /// Replaces the known keys with a full listing; emits only what differs.
     async fn relist(&mut self, client: &mut Client) -> Result<bool, etcd_client::Error> {
-        let resp = client.get(self.reg.prefix.clone(), Some(GetOptions::new().with_prefix())).await?;
+        let resp = client
+            .get(self.reg.prefix.clone(), Some(GetOptions::new().with_prefix()))
+            .await?;
         let rev = resp.header().map_or(0, |h| h.revision());
         let mut fresh = BTreeMap::new();
         for kv in resp.kvs() {
             if let Some(rest) = kv.key().strip_prefix(self.reg.prefix.as_bytes()) {
-                let (Ok(k), v) = (std::str::from_utf8(rest), kv.value()) else { continue };
+                let (Ok(k), v) = (std::str::from_utf8(rest), kv.value()) else {
+                    continue;
+                };
                 fresh.insert(k.to_string(), String::from_utf8_lossy(v).into_owned());
             }
         }
@@ -325,7 +360,9 @@ impl Runner {
     }
 
     fn load(&mut self) -> BTreeSet<String> {
-        let Some(path) = &self.reg.state_file else { return BTreeSet::new() };
+        let Some(path) = &self.reg.state_file else {
+            return BTreeSet::new();
+        };
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return BTreeSet::new(),
@@ -338,7 +375,12 @@ impl Runner {
             Ok(s) if s.prefix == self.reg.prefix => {
                 tracing::info!(file = %path.display(), revision = s.revision, keys = s.kvs.len(), "etcd registry state loaded; resuming the watch");
                 self.state = s;
-                self.state.kvs.keys().filter_map(|k| name_of(k)).map(str::to_string).collect()
+                self.state
+                    .kvs
+                    .keys()
+                    .filter_map(|k| name_of(k))
+                    .map(str::to_string)
+                    .collect()
             }
             Ok(_) => {
                 tracing::warn!(file = %path.display(), "etcd registry state file is for another prefix; listing");
@@ -363,7 +405,10 @@ impl Runner {
             .map_err(|e| e.to_string())?;
         // Where the store is now: the watch has caught up (first sync) once it reports this revision.
         let now = client
-            .get(self.reg.prefix.clone(), Some(GetOptions::new().with_prefix().with_count_only()))
+            .get(
+                self.reg.prefix.clone(),
+                Some(GetOptions::new().with_prefix().with_count_only()),
+            )
             .await
             .map_err(|e| e.to_string())?
             .header()
@@ -383,7 +428,15 @@ impl Runner {
             )
             .await
             .map_err(|e| e.to_string())?;
-        if self.events.send(RegistryEvent::Health { connected: true, error: None }).await.is_err() {
+        if self
+            .events
+            .send(RegistryEvent::Health {
+                connected: true,
+                error: None,
+            })
+            .await
+            .is_err()
+        {
             return Ok(false);
         }
         tracing::debug!(revision = self.state.revision, now, "etcd watch started");
@@ -429,11 +482,15 @@ impl Runner {
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
                 rev = rev.max(kv.mod_revision());
-                let Some(rest) = kv.key().strip_prefix(self.reg.prefix.as_bytes()) else { continue };
+                let Some(rest) = kv.key().strip_prefix(self.reg.prefix.as_bytes()) else {
+                    continue;
+                };
                 let Ok(k) = std::str::from_utf8(rest) else { continue };
                 match ev.event_type() {
                     EventType::Put => {
-                        self.state.kvs.insert(k.to_string(), String::from_utf8_lossy(kv.value()).into_owned());
+                        self.state
+                            .kvs
+                            .insert(k.to_string(), String::from_utf8_lossy(kv.value()).into_owned());
                     }
                     EventType::Delete => {
                         self.state.kvs.remove(k);
@@ -502,7 +559,14 @@ impl Registry for EtcdRegistry {
                         if last_error.as_ref() != Some(&e) {
                             tracing::warn!(registry = %r.reg.describe(), error = %e, revision = r.state.revision, "etcd unreachable; keeping the last state, reconnecting with backoff");
                         }
-                        if r.events.send(RegistryEvent::Health { connected: false, error: Some(e.clone()) }).await.is_err() {
+                        if r.events
+                            .send(RegistryEvent::Health {
+                                connected: false,
+                                error: Some(e.clone()),
+                            })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         last_error = Some(e);
@@ -539,37 +603,74 @@ mod tests {
         assert_eq!(r.state_file, Some(PathBuf::from("/tmp/s.json")));
         assert_eq!(EtcdRegistry::parse("127.0.0.1:2379").unwrap().prefix, "/weft/");
         assert_eq!(EtcdRegistry::parse("").err(), Some(SpecError::NoEndpoints));
-        assert_eq!(EtcdRegistry::parse("host").err(), Some(SpecError::BadEndpoint("host".into())));
-        assert_eq!(EtcdRegistry::parse("h:1?x=y").err(), Some(SpecError::BadOption("x=y".into())));
+        assert_eq!(
+            EtcdRegistry::parse("host").err(),
+            Some(SpecError::BadEndpoint("host".into()))
+        );
+        assert_eq!(
+            EtcdRegistry::parse("h:1?x=y").err(),
+            Some(SpecError::BadOption("x=y".into()))
+        );
     }
 
     #[test]
     fn services_from_keys_skip_bad_instances() {
         let mut kvs = BTreeMap::new();
-        kvs.insert("services/echo".to_string(), r#"{"port": 9080, "protocol": "http"}"#.to_string());
-        kvs.insert("instances/echo/a".to_string(), r#"{"address": "127.0.0.1:1", "labels": {"version": "v1"}}"#.to_string());
+        kvs.insert(
+            "services/echo".to_string(),
+            r#"{"port": 9080, "protocol": "http"}"#.to_string(),
+        );
+        kvs.insert(
+            "instances/echo/a".to_string(),
+            r#"{"address": "127.0.0.1:1", "labels": {"version": "v1"}}"#.to_string(),
+        );
         kvs.insert("instances/echo/b".to_string(), r#"{"address": "nope"}"#.to_string());
         kvs.insert("instances/echo/c".to_string(), "{".to_string());
-        kvs.insert("instances/echo/d".to_string(), r#"{"address": "127.0.0.1:1"}"#.to_string());
-        kvs.insert("instances/echo/e".to_string(), r#"{"address": "127.0.0.1:2", "colour": 1}"#.to_string());
-        kvs.insert("instances/echoes/x".to_string(), r#"{"address": "127.0.0.1:9"}"#.to_string());
+        kvs.insert(
+            "instances/echo/d".to_string(),
+            r#"{"address": "127.0.0.1:1"}"#.to_string(),
+        );
+        kvs.insert(
+            "instances/echo/e".to_string(),
+            r#"{"address": "127.0.0.1:2", "colour": 1}"#.to_string(),
+        );
+        kvs.insert(
+            "instances/echoes/x".to_string(),
+            r#"{"address": "127.0.0.1:9"}"#.to_string(),
+        );
         let (c, skipped) = build_service("/weft/", &kvs, "echo");
-        let SourceChange::Upsert { source, fragment } = c else { panic!("{c:?}") };
+        let SourceChange::Upsert { source, fragment } = c else {
+            panic!("{c:?}")
+        };
         assert_eq!(source, "etcd:echo");
         let s = &fragment.services[0];
         assert_eq!((s.name.as_str(), s.port), ("echo", Some(9080)));
         assert_eq!(s.endpoints.len(), 1, "{skipped:?}");
         assert_eq!(s.endpoints[0].labels["version"], "v1");
-        assert!(skipped["/weft/instances/echo/b"].contains("address: \"nope\" is not IP:port"), "{skipped:?}");
-        assert!(skipped["/weft/instances/echo/c"].contains("invalid JSON"), "{skipped:?}");
-        assert!(skipped["/weft/instances/echo/d"].contains("duplicate endpoint"), "{skipped:?}");
+        assert!(
+            skipped["/weft/instances/echo/b"].contains("address: \"nope\" is not IP:port"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped["/weft/instances/echo/c"].contains("invalid JSON"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped["/weft/instances/echo/d"].contains("duplicate endpoint"),
+            "{skipped:?}"
+        );
         assert!(skipped["/weft/instances/echo/e"].contains("colour"), "{skipped:?}");
         assert_eq!(skipped.len(), 4);
 
         kvs.insert("services/echo".to_string(), r#"{"protocol": "smtp"}"#.to_string());
         let (c, _) = build_service("/weft/", &kvs, "echo");
-        let SourceChange::Invalid { errors, .. } = c else { panic!("{c:?}") };
-        assert!(errors[0].starts_with("/weft/services/echo: protocol: unknown protocol"), "{errors:?}");
+        let SourceChange::Invalid { errors, .. } = c else {
+            panic!("{c:?}")
+        };
+        assert!(
+            errors[0].starts_with("/weft/services/echo: protocol: unknown protocol"),
+            "{errors:?}"
+        );
         let (c, _) = build_service("/weft/", &kvs, "gone");
         assert!(matches!(c, SourceChange::Remove { .. }));
         assert_eq!(classify("instances/a/b/c"), KeyKind::Instance("a", "b/c"));

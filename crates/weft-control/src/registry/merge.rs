@@ -204,7 +204,10 @@ mod tests {
         assert_eq!(conflicts[0].kept, "a.yaml");
         assert_eq!(conflicts[0].dropped, "etcd:echo");
         assert!(eff["etcd:echo"].services.is_empty());
-        assert!(eff["etcd:same"].services.is_empty(), "identical duplicate dropped silently");
+        assert!(
+            eff["etcd:same"].services.is_empty(),
+            "identical duplicate dropped silently"
+        );
         assert_eq!(eff["etcd:only"].services.len(), 1);
         let (w, errs) = crate::model::World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
         assert!(errs.is_empty(), "{errs:?}");

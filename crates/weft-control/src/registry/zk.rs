@@ -142,7 +142,10 @@ async fn children(client: &zkc::Client, path: &str) -> Result<Vec<String>, zkc::
 }
 
 async fn read_interface(client: &zkc::Client, iface: &str) -> Result<BTreeSet<String>, zkc::Error> {
-    Ok(children(client, &format!("/dubbo/{iface}/providers")).await?.into_iter().collect())
+    Ok(children(client, &format!("/dubbo/{iface}/providers"))
+        .await?
+        .into_iter()
+        .collect())
 }
 
 async fn read_app(client: &zkc::Client, app: &str) -> Result<BTreeMap<String, Vec<u8>>, zkc::Error> {
@@ -232,7 +235,13 @@ impl Runner {
         if self.events.send(RegistryEvent::Changes(changes)).await.is_err() {
             return false;
         }
-        if self.skipped != before && self.events.send(RegistryEvent::Skipped(self.skipped.clone())).await.is_err() {
+        if self.skipped != before
+            && self
+                .events
+                .send(RegistryEvent::Skipped(self.skipped.clone()))
+                .await
+                .is_err()
+        {
             return false;
         }
         true
@@ -241,7 +250,10 @@ impl Runner {
     /// Applies one watch event; reads ZooKeeper where the path alone does not tell.
     async fn on_event(&mut self, client: &zkc::Client, ev: &zkc::WatchedEvent) -> Result<bool, zkc::Error> {
         let parts: Vec<&str> = ev.path.trim_start_matches('/').split('/').collect();
-        let created = matches!(ev.event_type, zkc::EventType::NodeCreated | zkc::EventType::NodeDataChanged);
+        let created = matches!(
+            ev.event_type,
+            zkc::EventType::NodeCreated | zkc::EventType::NodeDataChanged
+        );
         let mut keys = BTreeSet::new();
         match parts.as_slice() {
             ["dubbo", iface, "providers", node] => {
@@ -313,7 +325,12 @@ fn terminal(s: zkc::SessionState) -> bool {
 
 impl ZkRegistry {
     /// One ZooKeeper session. Err: it ended (unreachable, expired); Ok(false): stop.
-    async fn session(&self, r: &mut Runner, synced: &mut bool, shutdown: &mut watch::Receiver<bool>) -> Result<bool, String> {
+    async fn session(
+        &self,
+        r: &mut Runner,
+        synced: &mut bool,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<bool, String> {
         let connect = zkc::Client::connector()
             .with_session_timeout(self.session_timeout)
             .with_connection_timeout(Duration::from_secs(2))
@@ -335,7 +352,14 @@ impl ZkRegistry {
         if !r.replace(fresh).await {
             return Ok(false);
         }
-        if r.events.send(RegistryEvent::Health { connected: true, error: None }).await.is_err() {
+        if r.events
+            .send(RegistryEvent::Health {
+                connected: true,
+                error: None,
+            })
+            .await
+            .is_err()
+        {
             return Ok(false);
         }
         if !*synced {
@@ -410,7 +434,14 @@ impl Registry for ZkRegistry {
                         if last_error.as_ref() != Some(&e) {
                             tracing::warn!(registry = %self.describe(), error = %e, "ZooKeeper unreachable; keeping the last state, reconnecting with backoff");
                         }
-                        if r.events.send(RegistryEvent::Health { connected: false, error: Some(e.clone()) }).await.is_err() {
+                        if r.events
+                            .send(RegistryEvent::Health {
+                                connected: false,
+                                error: Some(e.clone()),
+                            })
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                         last_error = Some(e);
@@ -440,12 +471,18 @@ mod tests {
     #[test]
     fn interface_and_app_services() {
         let mut nodes = BTreeSet::new();
-        nodes.insert(dubbo::percent_encode("rest://127.0.0.1:8081/a.B?side=provider&version=1"));
-        nodes.insert(dubbo::percent_encode("rest://127.0.0.1:8082/a.B?side=provider&version=2"));
+        nodes.insert(dubbo::percent_encode(
+            "rest://127.0.0.1:8081/a.B?side=provider&version=1",
+        ));
+        nodes.insert(dubbo::percent_encode(
+            "rest://127.0.0.1:8082/a.B?side=provider&version=2",
+        ));
         nodes.insert(dubbo::percent_encode("dubbo://127.0.0.1:20880/a.B?side=provider"));
         nodes.insert("garbage%".to_string());
         let (c, skipped) = interface_service("a.B", &nodes);
-        let SourceChange::Upsert { source, fragment } = c else { panic!() };
+        let SourceChange::Upsert { source, fragment } = c else {
+            panic!()
+        };
         assert_eq!(source, "zk:dubbo/a.B");
         assert_eq!(fragment.services[0].endpoints.len(), 1, "{skipped:?}");
         assert_eq!(skipped.len(), 3, "{skipped:?}");
@@ -453,10 +490,15 @@ mod tests {
         let (c, _) = interface_service("a.B", &BTreeSet::new());
         assert!(matches!(c, SourceChange::Remove { .. }));
         let mut inst = BTreeMap::new();
-        inst.insert("10.0.0.1:1".to_string(), br#"{"name":"shop","address":"10.0.0.1","port":1}"#.to_vec());
+        inst.insert(
+            "10.0.0.1:1".to_string(),
+            br#"{"name":"shop","address":"10.0.0.1","port":1}"#.to_vec(),
+        );
         let (c, skipped) = app_service("shop", &inst);
         assert!(skipped.is_empty());
-        let SourceChange::Upsert { fragment, .. } = c else { panic!() };
+        let SourceChange::Upsert { fragment, .. } = c else {
+            panic!()
+        };
         assert_eq!(fragment.services[0].protocol, Protocol::Tcp);
         assert!(ZkRegistry::parse("127.0.0.1:2181/x").is_ok());
         assert!(ZkRegistry::parse("").is_err());
