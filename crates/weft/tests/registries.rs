@@ -401,9 +401,13 @@ fn etcd_registry_drives_a_weft_sidecar() {
     etcd.ctl(&["put", "/weft/instances/echo/bad", r#"{"address": "not-an-address"}"#]);
     wait_until("the malformed instance to be listed", Duration::from_secs(5), || {
         let r = registry_state(&control, "etcd");
-        let why = r["skipped"]["/weft/instances/echo/bad"].as_str()?.to_string();
-        Some(assert!(why.contains("\"not-an-address\" is not IP:port"), "{why}"))
+        r["skipped"]["/weft/instances/echo/bad"].as_str().map(str::to_string)
     });
+    let why = registry_state(&control, "etcd")["skipped"]["/weft/instances/echo/bad"].to_string();
+    assert!(
+        why.contains("not-an-address") && why.contains("is not IP:port"),
+        "{why}"
+    );
     assert_eq!(metric(&control, "weft_control_registry_skipped_entries"), Some(1.0));
     let m = spread(sidecar.outbound, "echo", 20);
     assert_eq!(m.keys().filter(|k| k.starts_with("ERR")).count(), 0, "{m:?}");
