@@ -367,12 +367,15 @@ fn etcd_registry_drives_a_weft_sidecar() {
     let long = etcd.lease(60);
     etcd.ctl(&["put", "--lease", &long, "/weft/instances/echo/alpha", &instance(alpha)]);
     let state = dir.join("etcd-state.json");
-    let etcd_spec = format!("etcd://{}/weft/?state={}", etcd.client, state.display());
+    // page=1: the first listing takes one request per key (paging is exercised: 2 keys, 2 pages).
+    let etcd_spec = format!("etcd://{}/weft/?state={}&page=1", etcd.client, state.display());
     let regs = [etcd_spec.clone(), files.0.display().to_string()];
     let control = start_control(&regs, dir.join("control.log"));
     let sidecar = start_sidecar(&dir, "client-etcd", &control);
     let m = spread(sidecar.outbound, "echo", 20);
     assert_eq!(m.get("alpha"), Some(&20), "{m:?}");
+    let text = std::fs::read_to_string(&control.log).unwrap();
+    assert!(text.contains("keys=2 pages=2"), "listed in pages of one key: {text}");
     let v = json(control.admin, "/debug/registry");
     let conflicts = v["conflicts"].as_array().unwrap();
     assert_eq!(conflicts.len(), 1, "{v}");
@@ -460,6 +463,9 @@ fn etcd_registry_drives_a_weft_sidecar() {
     // relist) and catches up with what it missed.
     drop(control);
     etcd.ctl(&["del", "/weft/instances/echo/beta"]);
+    // Later writes outside the prefix: the watch has caught up only once etcd's progress
+    // notification says so (no event under the prefix reaches that revision).
+    etcd.ctl(&["put", "/other/key", "x"]);
     let log2 = dir.join("control2.log");
     let control = start_control(&regs, log2.clone());
     let text = std::fs::read_to_string(&log2).unwrap();
@@ -474,7 +480,6 @@ fn etcd_registry_drives_a_weft_sidecar() {
     let sidecar2 = start_sidecar(&dir, "client-etcd-2", &control);
     let m = spread(sidecar2.outbound, "echo", 20);
     assert_eq!(m.get("alpha"), Some(&20), "{m:?}");
-    let _ = control.log;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,6 +34,8 @@ pub struct EtcdRegistry {
     pub prefix: String,
     /// Where the known keys and revision are kept across restarts (optional).
     pub state_file: Option<PathBuf>,
+    /// Keys per request when listing (`?page=N`, default 2000).
+    pub list_page: i64,
 }
 
 /// Why an `--registry etcd://...` value was refused.
@@ -49,7 +51,7 @@ impl std::fmt::Display for SpecError {
         match self {
             SpecError::NoEndpoints => write!(f, "no etcd endpoint (etcd://HOST:PORT[,HOST:PORT]/PREFIX/)"),
             SpecError::BadEndpoint(e) => write!(f, "etcd endpoint \"{e}\" is not HOST:PORT"),
-            SpecError::BadOption(o) => write!(f, "unknown option \"{o}\" (state=PATH)"),
+            SpecError::BadOption(o) => write!(f, "bad option \"{o}\" (state=PATH, page=1..)"),
         }
     }
 }
@@ -84,9 +86,13 @@ impl EtcdRegistry {
             prefix.push('/');
         }
         let mut state_file = None;
+        let mut list_page = LIST_PAGE;
         for kv in query.split('&').filter(|s| !s.is_empty()) {
             match kv.split_once('=') {
                 Some(("state", p)) if !p.is_empty() => state_file = Some(PathBuf::from(p)),
+                Some(("page", n)) if n.parse::<i64>().is_ok_and(|n| n > 0) => {
+                    list_page = n.parse().unwrap_or(LIST_PAGE)
+                }
                 _ => return Err(SpecError::BadOption(kv.to_string())),
             }
         }
@@ -94,6 +100,7 @@ impl EtcdRegistry {
             endpoints,
             prefix,
             state_file,
+            list_page,
         })
     }
 }
@@ -260,6 +267,21 @@ struct Runner {
     dirty: bool,
 }
 
+/// Keys per page when listing, by default.
+const LIST_PAGE: i64 = 2000;
+
+/// The end of the key range of everything starting with `prefix` (etcd's `--prefix`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 fn name_of(rest: &str) -> Option<&str> {
     match classify(rest) {
         KeyKind::Service(n) | KeyKind::Instance(n, _) => Some(n),
@@ -311,17 +333,37 @@ impl Runner {
 
     /// Replaces the known keys with a full listing; emits only what differs.
     async fn relist(&mut self, client: &mut Client) -> Result<bool, etcd_client::Error> {
-        let resp = client
-            .get(self.reg.prefix.clone(), Some(GetOptions::new().with_prefix()))
-            .await?;
-        let rev = resp.header().map_or(0, |h| h.revision());
+        // In pages, all at the first page's revision: one response for a large registry would
+        // exceed gRPC's 4 MiB message limit.
+        let end = prefix_end(self.reg.prefix.as_bytes());
+        let mut from = self.reg.prefix.as_bytes().to_vec();
+        let mut rev = 0;
         let mut fresh = BTreeMap::new();
-        for kv in resp.kvs() {
-            if let Some(rest) = kv.key().strip_prefix(self.reg.prefix.as_bytes()) {
-                let (Ok(k), v) = (std::str::from_utf8(rest), kv.value()) else {
-                    continue;
-                };
-                fresh.insert(k.to_string(), String::from_utf8_lossy(v).into_owned());
+        let mut pages = 0;
+        loop {
+            pages += 1;
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(self.reg.list_page);
+            if rev != 0 {
+                opts = opts.with_revision(rev);
+            }
+            let resp = client.get(from.clone(), Some(opts)).await?;
+            if rev == 0 {
+                rev = resp.header().map_or(0, |h| h.revision());
+            }
+            for kv in resp.kvs() {
+                if let Some(rest) = kv.key().strip_prefix(self.reg.prefix.as_bytes()) {
+                    let (Ok(k), v) = (std::str::from_utf8(rest), kv.value()) else {
+                        continue;
+                    };
+                    fresh.insert(k.to_string(), String::from_utf8_lossy(v).into_owned());
+                }
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                _ => break,
             }
         }
         let mut names = BTreeSet::new();
@@ -336,7 +378,7 @@ impl Runner {
                 };
             }
         }
-        tracing::info!(prefix = %self.reg.prefix, keys = fresh.len(), revision = rev, changed_services = names.len(), "etcd registry listed");
+        tracing::info!(prefix = %self.reg.prefix, keys = fresh.len(), pages, revision = rev, changed_services = names.len(), "etcd registry listed");
         self.state.kvs = fresh;
         self.state.revision = rev;
         self.dirty = true;
@@ -601,7 +643,15 @@ mod tests {
         assert_eq!(r.endpoints, ["127.0.0.1:2379", "127.0.0.1:2380"]);
         assert_eq!(r.prefix, "/mesh/prod/");
         assert_eq!(r.state_file, Some(PathBuf::from("/tmp/s.json")));
+        assert_eq!(r.list_page, LIST_PAGE);
         assert_eq!(EtcdRegistry::parse("127.0.0.1:2379").unwrap().prefix, "/weft/");
+        assert_eq!(EtcdRegistry::parse("h:1?page=5").unwrap().list_page, 5);
+        assert_eq!(
+            EtcdRegistry::parse("h:1?page=0").err(),
+            Some(SpecError::BadOption("page=0".into()))
+        );
+        assert_eq!(prefix_end(b"/weft/"), b"/weft0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
         assert_eq!(EtcdRegistry::parse("").err(), Some(SpecError::NoEndpoints));
         assert_eq!(
             EtcdRegistry::parse("host").err(),
