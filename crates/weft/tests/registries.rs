@@ -680,7 +680,8 @@ fn zookeeper_dubbo_registry_drives_a_weft_sidecar() {
     let mut c = ZkCli::start(&zk, 1_000);
     c.create("-e", &format!("{providers}/{}", provider(beta, "echo-c")), "");
     time_until_reached(sidecar.outbound, IFACE, "beta", Duration::from_secs(1));
-    drop(c); // SIGKILL: no session close
+    // zkCli.sh is killed and its stdin closed: its JVM exits without closing the session.
+    drop(c);
     let expired = time_until_only(sidecar.outbound, IFACE, "alpha", Duration::from_secs(10));
     eprintln!("zookeeper: provider killed -> out of traffic after {expired:?} (session timeout 1s)");
 
