@@ -716,3 +716,156 @@ fn zookeeper_dubbo_registry_drives_a_weft_sidecar() {
     assert_eq!(m.get("gamma"), Some(&10), "{m:?}");
     drop((a, app, admin_cli));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real Envoy (interop/install) following etcd and ZooKeeper through weft control
+
+fn envoy_binary() -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/.venv-envoy");
+    let p = peer(&venv.display().to_string())?;
+    for entry in std::fs::read_dir(p.join("lib")).ok()?.flatten() {
+        let bin = entry.path().join("site-packages/envoy/_bin/envoy");
+        if bin.exists() {
+            return Some(bin);
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("no envoy binary under {}", venv.display());
+    }
+    None
+}
+
+struct Envoy {
+    _proc: Proc,
+    admin: SocketAddr,
+    outbound: SocketAddr,
+}
+
+fn start_envoy(bin: &Path, dir: &TempDir, control: &Control) -> Envoy {
+    let outbound = free_addr();
+    let template =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop/envoy-ads.yaml")).unwrap();
+    let cfg = template
+        .replace("{{NODE_ID}}", &format!("envoy-registries-{}", std::process::id()))
+        .replace("{{NODE_CLUSTER}}", "client")
+        .replace("{{API_TYPE}}", "DELTA_GRPC")
+        .replace("{{OUTBOUND}}", &outbound.to_string())
+        .replace("{{INBOUND}}", &free_addr().to_string())
+        .replace("{{APP}}", &free_addr().to_string())
+        .replace("{{XDS_PORT}}", &control.xds.port().to_string());
+    let cfg_path = dir.join("envoy.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let admin_path = dir.join("envoy.admin");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&cfg_path)
+        .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start envoy");
+    let proc = Proc(child);
+    let admin: SocketAddr = wait_until("envoy admin address", Duration::from_secs(20), || {
+        std::fs::read_to_string(&admin_path).ok()?.trim().parse().ok()
+    });
+    Envoy {
+        _proc: proc,
+        admin,
+        outbound,
+    }
+}
+
+/// No xDS update rejected by Envoy.
+fn assert_envoy_rejected_nothing(envoy: &Envoy) {
+    let (_, body) = http(envoy.admin, "x", "/stats").unwrap_or_default();
+    let rejected: Vec<&str> = body
+        .lines()
+        .filter(|l| l.contains(".update_rejected: ") && !l.ends_with(": 0"))
+        .collect();
+    assert!(rejected.is_empty(), "Envoy rejected xDS updates: {rejected:?}");
+}
+
+#[test]
+fn envoy_follows_etcd_and_zookeeper_registries() {
+    let Some(bin) = envoy_binary() else { return };
+    if peer("/usr/bin/etcd").is_none() || peer(ZK_JAR).is_none() {
+        return;
+    }
+    let dir = TempDir::new("reg-envoy");
+    let files = TempDir::new("reg-envoy-files");
+    let etcd = Etcd::start(dir.join("etcd-data"));
+    let zk = ZooKeeper::start(&dir.0);
+    let alpha = name_server("alpha");
+    let beta = name_server("beta");
+    let gamma = name_server("gamma");
+    std::fs::write(
+        files.join("client.yaml"),
+        "services:\n  - name: client\n    endpoints: []\n",
+    )
+    .unwrap();
+    let lease = etcd.lease(60);
+    etcd.ctl(&["put", "--lease", &lease, "/weft/instances/echo/alpha", &instance(alpha)]);
+    let mut cli = ZkCli::start(&zk, 10_000);
+    for p in ["/dubbo", "/dubbo/org.weft.Shop", "/dubbo/org.weft.Shop/providers"] {
+        cli.create("", p, "");
+    }
+    let regs = [
+        format!("etcd://{}/weft/", etcd.client),
+        format!("zk://{}", zk.addr),
+        files.0.display().to_string(),
+    ];
+    let control = start_control(&regs, dir.join("control.log"));
+    let envoy = start_envoy(&bin, &dir, &control);
+    wait_until("traffic through Envoy to alpha", Duration::from_secs(20), || {
+        (spread(envoy.outbound, "echo", 5).get("alpha") == Some(&5)).then_some(())
+    });
+
+    etcd.ctl(&["put", "--lease", &lease, "/weft/instances/echo/beta", &instance(beta)]);
+    let t = time_until_reached(envoy.outbound, "echo", "beta", Duration::from_secs(1));
+    eprintln!("envoy: etcd instance put -> traffic through Envoy reaches it: {t:?}");
+    etcd.ctl(&["del", "/weft/instances/echo/beta"]);
+    let t = time_until_only(envoy.outbound, "echo", "alpha", Duration::from_secs(1));
+    eprintln!("envoy: etcd instance deleted -> out of Envoy's traffic after {t:?}");
+
+    let node = |addr: SocketAddr, version: &str| -> String {
+        let url = format!("rest://{addr}/org.weft.Shop?side=provider&application=shop&version={version}");
+        url.bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*') {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect()
+    };
+    // The interface's first provider: a new service, so Envoy also warms a new cluster and route.
+    let mut first = ZkCli::start(&zk, 10_000);
+    first.create(
+        "-e",
+        &format!("/dubbo/org.weft.Shop/providers/{}", node(gamma, "1")),
+        "",
+    );
+    let t = time_until_reached(envoy.outbound, "org.weft.Shop", "gamma", Duration::from_secs(3));
+    eprintln!("envoy: first Dubbo provider of a new interface -> traffic through Envoy reaches it: {t:?}");
+    // A second provider of the same interface: an endpoint change.
+    let mut second = ZkCli::start(&zk, 10_000);
+    writeln!(
+        second.stdin,
+        "create -e /dubbo/org.weft.Shop/providers/{}",
+        node(beta, "2")
+    )
+    .unwrap();
+    second.stdin.flush().unwrap();
+    let t = time_until_reached(envoy.outbound, "org.weft.Shop", "beta", Duration::from_secs(1));
+    eprintln!("envoy: second Dubbo provider node created (zkCli command sent) -> traffic reaches it: {t:?}");
+    writeln!(second.stdin, "quit").unwrap();
+    second.stdin.flush().unwrap();
+    let t = time_until_only(envoy.outbound, "org.weft.Shop", "gamma", Duration::from_secs(1));
+    eprintln!("envoy: second provider's session closed -> out of Envoy's traffic after {t:?}");
+    drop((first, cli));
+    assert_envoy_rejected_nothing(&envoy);
+}
