@@ -7,9 +7,11 @@ use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct ControlArgs {
-    /// Registry directory: every *.yaml / *.yml file in it is watched (see docs/control.md).
-    #[arg(long)]
-    pub registry: PathBuf,
+    /// A registry; repeat the flag for several, merged with the first given winning conflicts:
+    /// DIR (every *.yaml / *.yml file in it), etcd://HOST:PORT[,HOST:PORT][/PREFIX/][?state=FILE],
+    /// zk://HOST:PORT[,HOST:PORT][/CHROOT] (Dubbo). See docs/control.md.
+    #[arg(long, required = true)]
+    pub registry: Vec<String>,
     /// ADS (gRPC) listen address.
     #[arg(long, default_value = "127.0.0.1:18000")]
     pub xds: SocketAddr,
@@ -60,6 +62,64 @@ pub fn check_dir(dir: &std::path::Path) -> Result<usize, Vec<String>> {
     }
 }
 
+/// A `--registry` value that cannot be used.
+#[derive(Debug)]
+pub struct RegistrySpecError {
+    pub spec: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for RegistrySpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--registry {}: {}", self.spec, self.reason)
+    }
+}
+
+/// One `--registry` value: a directory, `etcd://...` or `zk://...`.
+pub fn registry_from_spec(spec: &str) -> Result<Box<dyn crate::registry::Registry>, RegistrySpecError> {
+    let err = |reason: String| RegistrySpecError {
+        spec: spec.to_string(),
+        reason,
+    };
+    if let Some(rest) = spec.strip_prefix("etcd://") {
+        let r = crate::registry::etcd::EtcdRegistry::parse(rest).map_err(|e| err(e.to_string()))?;
+        return Ok(Box::new(r));
+    }
+    if let Some(rest) = spec.strip_prefix("zk://") {
+        #[cfg(feature = "zookeeper")]
+        {
+            let r = crate::registry::zk::ZkRegistry::parse(rest).map_err(err)?;
+            return Ok(Box::new(r));
+        }
+        #[cfg(not(feature = "zookeeper"))]
+        {
+            let _ = rest;
+            return Err(err(
+                "this build has no ZooKeeper support (cargo feature `zookeeper`)".into()
+            ));
+        }
+    }
+    if let Some((scheme, _)) = spec.split_once("://") {
+        return Err(err(format!(
+            "unknown registry scheme \"{scheme}\" (a directory, etcd://, zk://)"
+        )));
+    }
+    let dir = spec.strip_prefix("file:").unwrap_or(spec);
+    Ok(Box::new(crate::registry::FileRegistry::new(dir)))
+}
+
+/// The registries of the `--registry` flags, in precedence order (one, or a MultiRegistry).
+pub fn registries(specs: &[String]) -> Result<Box<dyn crate::registry::Registry>, RegistrySpecError> {
+    let mut members = Vec::new();
+    for s in specs {
+        members.push(registry_from_spec(s)?);
+    }
+    if members.len() == 1 {
+        return Ok(members.remove(0));
+    }
+    Ok(Box::new(crate::registry::MultiRegistry { members }))
+}
+
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
 pub fn run(args: ControlArgs) -> i32 {
     if let Some(why) =
@@ -75,19 +135,36 @@ pub fn run(args: ControlArgs) -> i32 {
                 args.admin
             );
         }
-        return match check_dir(&args.registry) {
-            Ok(n) => {
-                println!("registry OK: {n} services");
-                0
-            }
-            Err(es) => {
-                for e in es {
-                    eprintln!("{e}");
+        let mut code = 0;
+        for spec in &args.registry {
+            if spec.contains("://") {
+                if let Err(e) = registry_from_spec(spec) {
+                    eprintln!("weft control: {e}");
+                    return 2;
                 }
-                1
+                println!("{spec}: not checked (only directories are validated offline; a running control plane lists malformed entries on /debug/registry)");
+                continue;
             }
-        };
+            let dir = PathBuf::from(spec.strip_prefix("file:").unwrap_or(spec));
+            match check_dir(&dir) {
+                Ok(n) => println!("registry OK: {n} services"),
+                Err(es) => {
+                    for e in es {
+                        eprintln!("{e}");
+                    }
+                    code = 1;
+                }
+            }
+        }
+        return code;
     }
+    let registry = match registries(&args.registry) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft control: {e}");
+            return 2;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -96,7 +173,8 @@ pub fn run(args: ControlArgs) -> i32 {
         }
     };
     rt.block_on(async move {
-        let mut opts = ControlOptions::new(&args.registry);
+        let mut opts = ControlOptions::new(".");
+        opts.registry = registry;
         opts.xds = args.xds;
         opts.admin = Some(args.admin);
         opts.debounce = args.debounce;

@@ -23,7 +23,7 @@ pub mod registry;
 pub mod server;
 pub mod translate;
 
-use registry::{Catalog, FileRegistry, Registry, RegistryStatus};
+use registry::{Catalog, FileRegistry, MultiRegistry, Registry, RegistryStatus};
 use server::{Ads, Shared};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -173,14 +173,13 @@ impl ControlPlane {
         let mut tasks = Vec::new();
         let (ev_tx, ev_rx) = mpsc::channel(64);
         tracing::info!(registry = %opts.registry.describe(), %xds_addr, "weft control starting");
-        tasks.push(tokio::spawn(opts.registry.run(ev_tx, shutdown_rx.clone())));
-        let catalog = Catalog {
-            fragments: BTreeMap::new(),
-            status: status.clone(),
-            out: snap_tx,
-            metrics,
-            debounce: opts.debounce,
-        };
+        // Always a MultiRegistry (of one, or of several when given one): it names the registries
+        // on /debug/registry and in metrics.
+        let registry = Box::new(MultiRegistry {
+            members: vec![opts.registry],
+        });
+        tasks.push(tokio::spawn(registry.run(ev_tx, shutdown_rx.clone())));
+        let catalog = Catalog::new(status.clone(), snap_tx, metrics, opts.debounce);
         tasks.push(tokio::spawn(catalog.run(ev_rx)));
         let svc = AggregatedDiscoveryServiceServer::new(Ads { shared: shared.clone() })
             .max_decoding_message_size(16 << 20)

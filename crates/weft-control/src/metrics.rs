@@ -17,8 +17,22 @@ pub struct StreamLabel {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabel {
+    pub registry: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Per registry (`--registry` flag): 1 while its store is reachable.
+    pub registry_connected: Family<RegistryLabel, Gauge>,
+    /// Per registry: seconds since its store was last reachable (0 while connected); its last
+    /// known state keeps serving meanwhile.
+    pub registry_stale_seconds: Family<RegistryLabel, Gauge>,
+    /// Per registry: entries currently skipped as malformed.
+    pub registry_skipped_entries: Family<RegistryLabel, Gauge>,
+    /// Definitions dropped because a registry with precedence defines the same name differently.
+    pub registry_conflicts: Gauge,
     pub connected: Family<StreamLabel, Gauge>,
     pub streams_total: Family<StreamLabel, Counter>,
     pub pushes: Family<TypeLabel, Counter>,
@@ -89,6 +103,10 @@ impl Metrics {
             push_latency: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             activity: Activity::default(),
             registry: Registry::default(),
+            registry_connected: Family::default(),
+            registry_stale_seconds: Family::default(),
+            registry_skipped_entries: Family::default(),
+            registry_conflicts: Gauge::default(),
         };
         registry.register("connected_proxies", "ADS streams currently open", m.connected.clone());
         registry.register("streams", "ADS streams accepted", m.streams_total.clone());
@@ -122,6 +140,26 @@ impl Metrics {
             "push_latency_seconds",
             "Time from snapshot publication to a response queued for a proxy",
             m.push_latency.clone(),
+        );
+        registry.register(
+            "registry_connected",
+            "1 while the registry's store is reachable",
+            m.registry_connected.clone(),
+        );
+        registry.register(
+            "registry_stale_seconds",
+            "Seconds since the registry's store was last reachable (0 while connected)",
+            m.registry_stale_seconds.clone(),
+        );
+        registry.register(
+            "registry_skipped_entries",
+            "Registry entries currently skipped as malformed",
+            m.registry_skipped_entries.clone(),
+        );
+        registry.register(
+            "registry_conflicts",
+            "Definitions dropped because a registry with precedence defines the same name differently",
+            m.registry_conflicts.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -4,6 +4,19 @@
 //! later) as parsed [`Fragment`]s, plus one [`RegistryEvent::Synced`] once it has delivered its
 //! initial state. The [`Catalog`] merges the sources, rejects any change that would make the world
 //! invalid (keeping that source's last good content), debounces bursts, and publishes snapshots.
+//!
+//! Several registries run at once through [`MultiRegistry`]: each one's sources carry its
+//! precedence (the order of the `--registry` flags, first wins). When two registries define the same
+//! service (or routes, destination policy, rate limit service) differently, the one given first wins
+//! and the conflict is listed on `/debug/registry`, counted and logged ([`merge`]). A registry whose
+//! store is unreachable reports [`RegistryEvent::Health`]; its last known state keeps serving and its
+//! staleness is shown. Remote stores: [`etcd`], [`zk`] (ZooKeeper, Dubbo layouts; `zookeeper` feature).
+
+pub mod dubbo;
+pub mod etcd;
+pub mod merge;
+#[cfg(feature = "zookeeper")]
+pub mod zk;
 
 use crate::metrics::Metrics;
 use crate::model::{parse_fragment, Fragment, World};
@@ -34,6 +47,16 @@ pub enum RegistryEvent {
     Changes(Vec<SourceChange>),
     /// The initial state has been delivered in full. Nothing is served before this.
     Synced,
+    /// A registry backed by a remote store reports losing or regaining it. While disconnected its
+    /// last known state keeps serving; the time since it was last connected is its staleness.
+    Health { connected: bool, error: Option<String> },
+    /// The registry's complete current set of skipped (malformed) entries: entry (an etcd key, a
+    /// ZooKeeper path) → the reason. The rest of the registry keeps flowing.
+    Skipped(BTreeMap<String, String>),
+    /// The names of a [`MultiRegistry`]'s members, in precedence order (sent first).
+    Members(Vec<String>),
+    /// An event of member `index` of a [`MultiRegistry`] (0 = highest precedence).
+    Member { index: usize, event: Box<RegistryEvent> },
 }
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -192,9 +215,97 @@ impl Registry for FileRegistry {
     }
 }
 
+/// Runs several registries at once. Sources keep their names (each registry kind names its
+/// sources distinctly: file names, `etcd:<service>`, `zk:dubbo/<interface>`, `zk:app/<app>`); the
+/// catalog learns each source's precedence from the member that reported it. The first sync is
+/// complete when every member has synced once.
+pub struct MultiRegistry {
+    pub members: Vec<Box<dyn Registry>>,
+}
+
+impl Registry for MultiRegistry {
+    fn describe(&self) -> String {
+        self.members.iter().map(|m| m.describe()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn run(self: Box<Self>, events: mpsc::Sender<RegistryEvent>, shutdown: watch::Receiver<bool>) -> BoxFuture {
+        Box::pin(async move {
+            let names: Vec<String> = self.members.iter().map(|m| m.describe()).collect();
+            let n = names.len();
+            if events.send(RegistryEvent::Members(names)).await.is_err() {
+                return;
+            }
+            let (tx, mut rx) = mpsc::channel::<(usize, RegistryEvent)>(64);
+            let mut tasks = Vec::new();
+            for (index, m) in self.members.into_iter().enumerate() {
+                let (mtx, mut mrx) = mpsc::channel(64);
+                tasks.push(tokio::spawn(m.run(mtx, shutdown.clone())));
+                let tx = tx.clone();
+                tasks.push(tokio::spawn(async move {
+                    while let Some(ev) = mrx.recv().await {
+                        if tx.send((index, ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                }));
+            }
+            drop(tx);
+            let mut synced = vec![false; n];
+            let mut all = false;
+            while let Some((index, ev)) = rx.recv().await {
+                let was_sync = matches!(ev, RegistryEvent::Synced);
+                let wrapped = RegistryEvent::Member {
+                    index,
+                    event: Box::new(ev),
+                };
+                if events.send(wrapped).await.is_err() {
+                    break;
+                }
+                if was_sync {
+                    synced[index] = true;
+                    if !all && synced.iter().all(|s| *s) {
+                        all = true;
+                        if events.send(RegistryEvent::Synced).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            for t in tasks {
+                t.abort();
+            }
+        })
+    }
+}
+
+/// One registry's state on `/debug/registry`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RegistryState {
+    /// What it reads (`file registry ./registry`, `etcd registry 127.0.0.1:2379 prefix /weft/`).
+    pub name: String,
+    /// 0 is the highest: the order of the `--registry` flags.
+    pub precedence: usize,
+    pub synced: bool,
+    /// False while its store is unreachable (its last known state keeps serving).
+    pub connected: bool,
+    /// Seconds since the store was last reachable; 0 while connected.
+    pub stale_seconds: f64,
+    pub last_error: Option<String>,
+    /// Sources (services) it currently contributes.
+    pub sources: usize,
+    /// Malformed entries skipped, with the reason.
+    pub skipped: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub disconnected_since: Option<std::time::Instant>,
+}
+
 /// Registry state visible on `/debug/registry`.
 #[derive(Default, Clone, serde::Serialize)]
 pub struct RegistryStatus {
+    /// One entry per registry, in precedence order.
+    pub registries: Vec<RegistryState>,
+    /// Names defined differently by two registries: the one with precedence is served.
+    pub conflicts: Vec<merge::Conflict>,
     pub synced: bool,
     pub generation: u64,
     pub sources: Vec<String>,
@@ -213,9 +324,183 @@ pub struct Catalog {
     pub out: watch::Sender<Option<Arc<Snapshot>>>,
     pub metrics: Arc<Metrics>,
     pub debounce: Duration,
+    /// Source → precedence of the registry that reported it (absent = 0).
+    pub precedence: HashMap<String, usize>,
 }
 
 impl Catalog {
+    pub fn new(
+        status: Arc<Mutex<RegistryStatus>>,
+        out: watch::Sender<Option<Arc<Snapshot>>>,
+        metrics: Arc<Metrics>,
+        debounce: Duration,
+    ) -> Catalog {
+        Catalog {
+            fragments: BTreeMap::new(),
+            status,
+            out,
+            metrics,
+            debounce,
+            precedence: HashMap::new(),
+        }
+    }
+
+    /// The fragments as served: lower-precedence definitions of names a higher-precedence
+    /// registry defines are dropped ([`merge::resolve`]).
+    fn effective<'a>(
+        &self,
+        fragments: &'a BTreeMap<String, Arc<Fragment>>,
+    ) -> (
+        std::borrow::Cow<'a, BTreeMap<String, Arc<Fragment>>>,
+        Vec<merge::Conflict>,
+    ) {
+        merge::resolve(fragments, &self.precedence)
+    }
+
+    fn registry_state(status: &mut RegistryStatus, index: usize) -> &mut RegistryState {
+        while status.registries.len() <= index {
+            let precedence = status.registries.len();
+            status.registries.push(RegistryState {
+                name: format!("registry {precedence}"),
+                precedence,
+                connected: true,
+                ..Default::default()
+            });
+        }
+        &mut status.registries[index]
+    }
+
+    fn label(status: &RegistryStatus, index: usize) -> crate::metrics::RegistryLabel {
+        crate::metrics::RegistryLabel {
+            registry: status
+                .registries
+                .get(index)
+                .map_or_else(|| format!("registry {index}"), |r| r.name.clone()),
+        }
+    }
+
+    /// Registry-level events (health, skipped entries, member sync). Returns the changes to apply.
+    fn member_event(&mut self, index: usize, ev: RegistryEvent) -> Option<Vec<SourceChange>> {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match ev {
+            RegistryEvent::Changes(c) => {
+                for ch in &c {
+                    let source = match ch {
+                        SourceChange::Upsert { source, .. }
+                        | SourceChange::Remove { source }
+                        | SourceChange::Invalid { source, .. } => source,
+                    };
+                    self.precedence.insert(source.clone(), index);
+                }
+                Self::registry_state(&mut st, index);
+                return Some(c);
+            }
+            RegistryEvent::Synced => Self::registry_state(&mut st, index).synced = true,
+            RegistryEvent::Health { connected, error } => {
+                let r = Self::registry_state(&mut st, index);
+                let was = r.connected;
+                r.connected = connected;
+                if let Some(e) = &error {
+                    r.last_error = Some(e.clone());
+                }
+                if connected {
+                    r.disconnected_since = None;
+                    r.stale_seconds = 0.0;
+                    if !was {
+                        tracing::info!(registry = %r.name, "registry store reachable again; resyncing");
+                    }
+                } else if r.disconnected_since.is_none() {
+                    r.disconnected_since = Some(std::time::Instant::now());
+                    tracing::warn!(registry = %r.name, error = ?error, "registry store unreachable; its last known state keeps serving");
+                }
+                let label = Self::label(&st, index);
+                self.metrics
+                    .registry_connected
+                    .get_or_create(&label)
+                    .set(connected as i64);
+            }
+            RegistryEvent::Skipped(map) => {
+                let r = Self::registry_state(&mut st, index);
+                for (k, why) in &map {
+                    if r.skipped.get(k) != Some(why) {
+                        tracing::warn!(registry = %r.name, entry = %k, reason = %why, "registry entry skipped");
+                    }
+                }
+                r.skipped = map;
+                let n = r.skipped.len() as i64;
+                let label = Self::label(&st, index);
+                self.metrics.registry_skipped_entries.get_or_create(&label).set(n);
+            }
+            RegistryEvent::Members(names) => {
+                // A MultiRegistry nested in the one ControlPlane::start wraps every registry in
+                // renames the members: forget the outer names.
+                self.metrics.registry_connected.clear();
+                self.metrics.registry_stale_seconds.clear();
+                self.metrics.registry_skipped_entries.clear();
+                st.registries = names
+                    .into_iter()
+                    .enumerate()
+                    .map(|(precedence, name)| RegistryState {
+                        name,
+                        precedence,
+                        connected: true,
+                        ..Default::default()
+                    })
+                    .collect();
+                for i in 0..st.registries.len() {
+                    let label = Self::label(&st, i);
+                    self.metrics.registry_connected.get_or_create(&label).set(1);
+                    self.metrics.registry_stale_seconds.get_or_create(&label).set(0);
+                }
+            }
+            RegistryEvent::Member { index, event } => {
+                drop(st);
+                return self.member_event(index, *event);
+            }
+        }
+        None
+    }
+
+    /// Once a second: staleness of disconnected registries.
+    fn tick(&mut self) {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        for i in 0..st.registries.len() {
+            let stale = st.registries[i]
+                .disconnected_since
+                .map_or(0.0, |t| t.elapsed().as_secs_f64());
+            st.registries[i].stale_seconds = (stale * 10.0).round() / 10.0;
+            let label = Self::label(&st, i);
+            self.metrics
+                .registry_stale_seconds
+                .get_or_create(&label)
+                .set(stale as i64);
+        }
+    }
+
+    fn record_conflicts(&self, conflicts: Vec<merge::Conflict>) {
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        for c in &conflicts {
+            if !st.conflicts.contains(c) {
+                tracing::warn!(
+                    kind = c.kind,
+                    name = %c.name,
+                    served_from = %c.kept,
+                    dropped_from = %c.dropped,
+                    "registry conflict: the same name is defined differently by two registries; the one given first wins"
+                );
+            }
+        }
+        self.metrics.registry_conflicts.set(conflicts.len() as i64);
+        for (i, r) in st.registries.iter_mut().enumerate() {
+            r.sources = self
+                .fragments
+                .keys()
+                .filter(|k| self.precedence.get(*k).copied().unwrap_or(0) == i)
+                .count();
+        }
+        st.conflicts = conflicts;
+    }
+
     /// Applies a batch: every changed source whose new content breaks the merged world is rejected
     /// (reverted to its previous content) and reported; the rest is accepted. Iterates because
     /// rejecting one source can break a reference from another changed source.
@@ -244,7 +529,8 @@ impl Catalog {
             }
         }
         for _ in 0..=changed.len() {
-            let (_, errs) = World::build(candidate.iter().map(|(k, v)| (k.as_str(), &**v)));
+            let (eff, _) = self.effective(&candidate);
+            let (_, errs) = World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
             let bad: Vec<&String> = changed.iter().filter(|s| errs.contains_key(*s)).collect();
             if bad.is_empty() {
                 break;
@@ -282,7 +568,10 @@ impl Catalog {
     fn publish(&mut self) {
         let prev = self.out.borrow().clone();
         let generation = prev.as_ref().map_or(1, |p| p.generation + 1);
-        let (world, errs) = World::build(self.fragments.iter().map(|(k, v)| (k.as_str(), &**v)));
+        let (eff, conflicts) = self.effective(&self.fragments);
+        let (world, errs) = World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
+        drop(eff);
+        self.record_conflicts(conflicts);
         for (s, e) in errs {
             // Only possible after a deletion broke another source's references: translation drops
             // the dangling references, and the error stays visible.
@@ -336,17 +625,29 @@ impl Catalog {
         // Debounce: the first change arms a deadline, later ones ride along, so a burst (a deploy
         // touching many files) becomes one push, and a steady trickle still publishes on time.
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let ev = match deadline {
-                Some(d) if synced => tokio::select! {
-                    ev = rx.recv() => ev,
-                    _ = tokio::time::sleep_until(d) => {
-                        self.publish();
-                        deadline = None;
-                        continue;
-                    }
+            let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let d = deadline.filter(|_| synced).unwrap_or(far);
+            let ev = tokio::select! {
+                ev = rx.recv() => ev,
+                _ = tokio::time::sleep_until(d), if deadline.is_some() && synced => {
+                    self.publish();
+                    deadline = None;
+                    continue;
+                }
+                _ = tick.tick() => {
+                    self.tick();
+                    continue;
+                }
+            };
+            let ev = match ev {
+                Some(RegistryEvent::Synced) | None => ev,
+                Some(other) => match self.member_event(0, other) {
+                    Some(c) => Some(RegistryEvent::Changes(c)),
+                    None => continue,
                 },
-                _ => rx.recv().await,
             };
             match ev {
                 None => return,
@@ -362,6 +663,7 @@ impl Catalog {
                         deadline = None;
                     }
                 }
+                Some(_) => {}
             }
         }
     }
