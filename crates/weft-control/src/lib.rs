@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod ca;
 pub mod cli;
 pub mod metrics;
 pub mod model;
@@ -43,6 +44,8 @@ pub struct ControlOptions {
     pub admin: Option<SocketAddr>,
     /// How long registry changes are collected before one push.
     pub debounce: Duration,
+    /// The mesh CA, served next to ADS (`istio.v1.auth.IstioCertificateService`); None: no CA.
+    pub ca: Option<Arc<ca::Ca>>,
 }
 
 impl ControlOptions {
@@ -53,6 +56,7 @@ impl ControlOptions {
             xds: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             debounce: Duration::from_millis(100),
+            ca: None,
         }
     }
 }
@@ -185,6 +189,9 @@ impl ControlPlane {
         let svc = AggregatedDiscoveryServiceServer::new(Ads { shared: shared.clone() })
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(usize::MAX);
+        let ca_svc = opts
+            .ca
+            .map(|ca| ca::service::CaService::new(ca, shared.metrics.clone()));
         let mut sd = shutdown_rx.clone();
         // Accepting is its own task, so that a burst of connections (a reconnect storm after a
         // restart) is taken off the listen queue as fast as they come, whatever else the server does.
@@ -195,8 +202,9 @@ impl ControlPlane {
             let res = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                // One service, so no router: unknown paths get UNIMPLEMENTED from the generated server.
-                .serve_with_incoming_shutdown(svc, incoming, async move {
+                // No router: unknown paths get UNIMPLEMENTED from the generated server; the CA's
+                // path goes to the CA (ca::service::WithCa).
+                .serve_with_incoming_shutdown(ca::service::WithCa { inner: svc, ca: ca_svc }, incoming, async move {
                     let _ = sd.wait_for(|v| *v).await;
                 })
                 .await;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub push_latency: Histogram,
     /// Counts for the periodic log summary (each event itself is logged at debug).
     pub activity: Activity,
+    /// The mesh CA's counters (zero when the CA is off).
+    pub ca: crate::ca::service::CaMetrics,
 }
 
 /// What happened since the last log summary ([`Activity::take`]).
@@ -88,8 +90,10 @@ impl Metrics {
             endpoints: Gauge::default(),
             push_latency: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             activity: Activity::default(),
+            ca: Default::default(),
             registry: Registry::default(),
         };
+        m.ca.register(&mut registry);
         registry.register("connected_proxies", "ADS streams currently open", m.connected.clone());
         registry.register("streams", "ADS streams accepted", m.streams_total.clone());
         registry.register("pushes", "xDS responses sent", m.pushes.clone());

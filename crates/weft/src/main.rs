@@ -1,6 +1,7 @@
 //! The `weft` binary: `weft proxy`, `weft control`, `weft bench`, `weft demo`.
 
 mod demo;
+mod identity;
 mod xds;
 
 // A proxy allocates and frees many small, short-lived buffers per request, across threads;
@@ -75,6 +76,10 @@ enum Cmd {
     Demo(demo::DemoArgs),
     /// Run the control plane: watch a registry directory, serve xDS (ADS) to proxies.
     Control(weft_control::cli::ControlArgs),
+    /// Workload certificates from weft control's CA, written to files.
+    Identity(identity::IdentityArgs),
+    /// Serve a workload certificate to an Envoy sidecar over SDS (key generated here, renewed at half-life).
+    SdsAgent(identity::SdsAgentArgs),
 }
 
 #[derive(Args)]
@@ -148,6 +153,14 @@ fn main() {
         Some(Cmd::Control(args)) => {
             init_logging(&args.log);
             weft_control::cli::run(args)
+        }
+        Some(Cmd::Identity(args)) => {
+            init_logging("warn");
+            identity::run_identity(args)
+        }
+        Some(Cmd::SdsAgent(args)) => {
+            init_logging(&args.log);
+            identity::run_sds_agent(args)
         }
         None => demo::run(demo::DemoArgs::default()),
     };
