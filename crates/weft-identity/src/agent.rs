@@ -148,8 +148,10 @@ impl IdentityAgent {
     pub async fn ready(&self, timeout: Duration) -> Option<Arc<Svid>> {
         let mut rx = self.rx.clone();
         let r = tokio::time::timeout(timeout, rx.wait_for(|v| v.is_some())).await;
-        let v = r.ok()?.ok()?.clone();
-        v
+        if let Ok(Ok(v)) = r {
+            return v.clone();
+        }
+        None
     }
 }
 

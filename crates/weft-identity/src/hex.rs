@@ -13,7 +13,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// None unless `s` is an even number of hex digits (either case).
 pub fn decode(s: &str) -> Option<Vec<u8>> {
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     let nib = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
