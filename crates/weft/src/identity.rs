@@ -62,6 +62,10 @@ pub struct SdsAgentArgs {
     /// Requested certificate lifetime, e.g. 24h (default: the CA's --svid-ttl).
     #[arg(long, value_parser = weft_config::duration::parse)]
     ttl: Option<Duration>,
+    /// Serve GET /metrics (weft_identity_*) and GET /ready (200 once a certificate is held) here;
+    /// loopback only.
+    #[arg(long)]
+    metrics: Option<std::net::SocketAddr>,
     /// Log filter.
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
@@ -298,6 +302,22 @@ pub fn run_sds_agent(a: SdsAgentArgs) -> i32 {
                 return 2;
             }
         };
+        if let Some(addr) = a.metrics {
+            if !addr.ip().is_loopback() {
+                eprintln!("weft sds-agent: --metrics {addr}: loopback addresses only");
+                return 2;
+            }
+            let l = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("weft sds-agent: --metrics {addr}: {e}");
+                    return 2;
+                }
+            };
+            let mut reg = prometheus_client::registry::Registry::default();
+            agent.metrics.register(&mut reg);
+            tokio::spawn(serve_metrics(l, Arc::new(reg), agent.subscribe()));
+        }
         let svc = SecretDiscoveryServiceServer::new(Sds {
             svids: agent.subscribe(),
         });
@@ -347,6 +367,51 @@ pub fn run_sds_agent(a: SdsAgentArgs) -> i32 {
             }
         }
     })
+}
+
+/// GET /metrics and GET /ready for the agent.
+async fn serve_metrics(
+    l: tokio::net::TcpListener,
+    reg: Arc<prometheus_client::registry::Registry>,
+    svids: watch::Receiver<Option<Arc<Svid>>>,
+) {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let Ok((stream, _)) = l.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let (reg, svids) = (reg.clone(), svids.clone());
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let (status, body) = match (req.method() == hyper::Method::GET, req.uri().path()) {
+                    (true, "/metrics") => {
+                        let mut s = String::new();
+                        let _ = prometheus_client::encoding::text::encode(&mut s, &reg);
+                        (200, s)
+                    }
+                    (true, "/ready") => match svids.borrow().as_ref() {
+                        Some(s) if s.not_after > weft_identity::unix_now() => {
+                            (200, format!("{} serial={} not_after={}\n", s.id, s.serial, s.not_after))
+                        }
+                        Some(_) => (503, "the workload certificate has expired\n".to_string()),
+                        None => (503, "no workload certificate yet\n".to_string()),
+                    },
+                    (true, _) => (404, "GET /metrics or /ready\n".to_string()),
+                    (false, _) => (405, "use GET\n".to_string()),
+                };
+                let resp = hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .body(Full::new(bytes::Bytes::from(body)));
+                async move { resp }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
 }
 
 async fn shutdown() {

@@ -285,9 +285,10 @@ fn envoy_gets_its_identity_over_sds_serves_mtls_with_it_and_rotates_without_rest
     let (_control, xds) = start_control(&dir, &["--svid-ttl", "20s"]);
     let tok = token(&dir, "default/reviews", "reviews.token");
     let sock = dir.join("sds.sock");
+    let agent_metrics = free_addr();
     let _agent = spawn(
         Command::new(WEFT)
-            .args(["sds-agent", "--listen"])
+            .args(["sds-agent", "--metrics", &agent_metrics.to_string(), "--listen"])
             .arg(format!("unix:{}", sock.display()))
             .args(["--ca-address", &xds.to_string(), "--token-file"])
             .arg(&tok),
@@ -420,6 +421,34 @@ fn envoy_gets_its_identity_over_sds_serves_mtls_with_it_and_rotates_without_rest
     );
     assert!(envoy_stat(admin, "sds.ROOTCA.update_success") >= 1);
     assert_eq!(envoy_stat(admin, "sds.default.update_rejected"), 0);
+    // The agent's own view: ready, and at least two certificates obtained.
+    let get = |path: &str| {
+        let o = Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{agent_metrics}{path}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let ready = get("/ready");
+    assert!(
+        ready.starts_with("spiffe://cluster.local/ns/default/sa/reviews") && ready.ends_with("\n200"),
+        "{ready}"
+    );
+    let metrics = get("/metrics");
+    let issued: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_identity_certificates_issued_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(issued >= 2, "{metrics}");
+    assert!(metrics.contains("weft_identity_consecutive_failures 0"), "{metrics}");
     // The renewal was authenticated by the previous certificate, not the token.
     let log = std::fs::read_to_string(dir.join("control.log")).unwrap();
     assert!(
