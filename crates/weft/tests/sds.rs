@@ -490,6 +490,28 @@ fn weft_control_refuses_to_start_on_bad_ca_files_naming_them() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("root-cert.pem"), "{err}");
+    // A malformed identity or trust domain for a token: exit 2, the flag named.
+    for (args, needle) in [
+        (&["--identity", "no-slash"][..], "--identity"),
+        (&["--identity", "a/b c"][..], "--identity"),
+    ] {
+        let out = Command::new(WEFT)
+            .args(["control", "token", "--ca-dir"])
+            .arg(dir.join("ca"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(needle));
+    }
+    let out = Command::new(WEFT)
+        .args(["control", "token", "--ca-dir"])
+        .arg(dir.join("new-ca"))
+        .args(["--identity", "a/b", "--trust-domain", "Upper.Case"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-domain"));
     let out = run(&["--svid-ttl", "1s"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--svid-ttl"));
