@@ -59,6 +59,10 @@ pub struct CaArgs {
     /// Lifetime of workload certificates when the request names none (at least 10s).
     #[arg(long, default_value = "24h", value_parser = weft_config::duration::parse)]
     pub svid_ttl: Duration,
+    /// Also serve the CA API over TLS on this address, with a certificate the CA issues to itself
+    /// (clients: --ca-root). The --xds port stays plaintext.
+    #[arg(long, requires = "ca_dir")]
+    pub ca_tls: Option<SocketAddr>,
     /// The longest lifetime a request may ask for.
     #[arg(long, default_value = "168h", value_parser = weft_config::duration::parse)]
     pub svid_max_ttl: Duration,
@@ -194,6 +198,7 @@ pub fn run(args: ControlArgs) -> i32 {
     rt.block_on(async move {
         let mut opts = ControlOptions::new(&registry);
         opts.ca = ca;
+        opts.ca_tls = args.ca.ca_tls;
         opts.xds = args.xds;
         opts.admin = Some(args.admin);
         opts.debounce = args.debounce;

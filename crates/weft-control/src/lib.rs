@@ -46,6 +46,8 @@ pub struct ControlOptions {
     pub debounce: Duration,
     /// The mesh CA, served next to ADS (`istio.v1.auth.IstioCertificateService`); None: no CA.
     pub ca: Option<Arc<ca::Ca>>,
+    /// Also serve the CA API over TLS here (`--ca-tls`); needs `ca`.
+    pub ca_tls: Option<SocketAddr>,
 }
 
 impl ControlOptions {
@@ -57,6 +59,7 @@ impl ControlOptions {
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             debounce: Duration::from_millis(100),
             ca: None,
+            ca_tls: None,
         }
     }
 }
@@ -70,6 +73,7 @@ pub struct ControlPlane {
     tasks: Vec<JoinHandle<()>>,
     pub shared: Arc<Shared>,
     pub registry_status: Arc<Mutex<RegistryStatus>>,
+    ca_tls_addr: Option<SocketAddr>,
 }
 
 /// Listen backlog of the xDS and admin sockets. Thousands of proxies reconnect at once when the
@@ -191,7 +195,19 @@ impl ControlPlane {
             .max_encoding_message_size(usize::MAX);
         let ca_svc = opts
             .ca
+            .clone()
             .map(|ca| ca::service::CaService::new(ca, shared.metrics.clone()));
+        let mut ca_tls_addr = None;
+        if let (Some(addr), Some(ca), Some(svc)) = (opts.ca_tls, opts.ca, ca_svc.clone()) {
+            let l = listen(addr)?;
+            ca_tls_addr = Some(l.local_addr()?);
+            let sd = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = ca::tls::serve(l, ca, svc, sd).await {
+                    tracing::error!(error = %e, "the CA's TLS port failed");
+                }
+            }));
+        }
         let mut sd = shutdown_rx.clone();
         // Accepting is its own task, so that a burst of connections (a reconnect storm after a
         // restart) is taken off the listen queue as fast as they come, whatever else the server does.
@@ -231,6 +247,7 @@ impl ControlPlane {
             tasks,
             shared,
             registry_status: status,
+            ca_tls_addr,
         })
     }
 
@@ -240,6 +257,11 @@ impl ControlPlane {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The CA's TLS port (`ControlOptions::ca_tls`), if any.
+    pub fn ca_tls_addr(&self) -> Option<SocketAddr> {
+        self.ca_tls_addr
     }
 
     /// True once the registry's first sync is complete and a snapshot is being served.

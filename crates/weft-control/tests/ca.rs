@@ -583,3 +583,74 @@ async fn the_agent_renews_at_half_life_and_keeps_its_certificate_while_the_ca_is
     assert_eq!(agent.metrics.consecutive_failures.get(), 0);
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ca_over_tls_is_verified_against_the_mesh_root() {
+    let Some(_) = openssl() else { return };
+    let dir = TempDir::new();
+    let reg = TempDir::new();
+    let ca = Arc::new(Ca::load(&CaOptions::new(dir.path().join("ca"))).unwrap());
+    let token = ca.tokens.mint("default/tls", Duration::from_secs(600)).unwrap();
+    let mut o = ControlOptions::new(reg.path());
+    o.ca = Some(ca.clone());
+    o.admin = None;
+    o.ca_tls = Some("127.0.0.1:0".parse().unwrap());
+    let cp = ControlPlane::start(o).await.unwrap();
+    let tls = cp.ca_tls_addr().unwrap().to_string();
+    let who = id("default", "tls");
+    let root = ca.root_pem().to_string();
+
+    // Issuance and renewal over TLS, the server verified against the mesh root.
+    let svid = weft_identity::client::fetch_tls(&tls, &root, &who, Auth::Token(&token), None)
+        .await
+        .unwrap();
+    let renewed = weft_identity::client::fetch_tls(&tls, &root, &who, Auth::Svid(&svid), None)
+        .await
+        .unwrap();
+    assert_ne!(renewed.serial, svid.serial);
+    // A client trusting another root refuses the CA; a plaintext client gets nothing.
+    let other = Ca::load(&CaOptions::new(TempDir::new().path().join("other"))).unwrap();
+    match weft_identity::client::fetch_tls(&tls, other.root_pem(), &who, Auth::Token(&token), None).await {
+        Err(FetchError::Connect(m)) => assert!(m.contains("UnknownIssuer") || m.contains("certificate"), "{m}"),
+        other => panic!("expected a TLS failure, got {other:?}"),
+    }
+    assert!(fetch(&tls, &who, Auth::Token(&token), None).await.is_err());
+    // openssl agrees: the chain verifies to the root, and the certificate names weft control.
+    let out = tokio::process::Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &tls,
+            "-verify_return_error",
+            "-CAfile",
+            "ca/root-cert.pem",
+            "-alpn",
+            "h2",
+        ])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    let leaf = &text[text.find("-----BEGIN CERTIFICATE-----").unwrap()..];
+    let leaf = &leaf[..leaf.find("-----END CERTIFICATE-----").unwrap() + 25];
+    std::fs::write(dir.path().join("server.pem"), leaf).unwrap();
+    let (_, facts) = run_openssl(
+        &["x509", "-in", "server.pem", "-noout", "-ext", "subjectAltName"],
+        dir.path(),
+    );
+    assert!(
+        facts.contains("URI:spiffe://cluster.local/ns/weft-system/sa/weft-control")
+            && facts.contains("IP Address:127.0.0.1"),
+        "{facts}"
+    );
+    // The identity agent over TLS.
+    std::fs::write(dir.path().join("token"), &token).unwrap();
+    let mut cfg = AgentConfig::new(tls.clone(), dir.path().join("token"));
+    cfg.ca_roots_pem = Some(root);
+    let agent = IdentityAgent::start(cfg).unwrap();
+    assert!(agent.ready(Duration::from_secs(10)).await.is_some());
+    cp.stop().await;
+}

@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub token_file: PathBuf,
     /// Requested certificate lifetime; None leaves it to the CA (`--svid-ttl`).
     pub ttl: Option<Duration>,
+    /// Talk TLS to the CA (weft control's `--ca-tls` port), trusting these roots (PEM).
+    pub ca_roots_pem: Option<String>,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -34,6 +36,7 @@ impl AgentConfig {
             ca_address: ca_address.into(),
             token_file: token_file.into(),
             ttl: None,
+            ca_roots_pem: None,
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
         }
@@ -183,10 +186,16 @@ async fn run(
         let cur = current.load_full();
         let now = crate::unix_now();
         let renewing = cur.as_ref().filter(|s| s.not_after > now + 1 && !force_token);
+        let call = |auth| async {
+            match &cfg.ca_roots_pem {
+                Some(r) => crate::client::fetch_tls(&cfg.ca_address, r, &id, auth, cfg.ttl).await,
+                None => fetch(&cfg.ca_address, &id, auth, cfg.ttl).await,
+            }
+        };
         let res = match renewing {
-            Some(s) => fetch(&cfg.ca_address, &id, Auth::Svid(s), cfg.ttl).await,
+            Some(s) => call(Auth::Svid(s)).await,
             None => match std::fs::read_to_string(&cfg.token_file) {
-                Ok(t) => fetch(&cfg.ca_address, &id, Auth::Token(&t), cfg.ttl).await,
+                Ok(t) => call(Auth::Token(&t)).await,
                 Err(e) => Err(FetchError::Local(format!(
                     "token file {}: {e}",
                     cfg.token_file.display()

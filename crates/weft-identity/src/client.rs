@@ -111,7 +111,84 @@ pub fn endpoint_uri(address: &str) -> String {
 }
 
 /// Generates a key, sends a CSR for `id` and returns the SVID. `ttl` None asks for the CA's default.
+/// Plaintext (h2c): the xDS port.
 pub async fn fetch(ca_address: &str, id: &SpiffeId, auth: Auth<'_>, ttl: Option<Duration>) -> Result<Svid, FetchError> {
+    fetch_via(ca_address, None, id, auth, ttl).await
+}
+
+/// Like [`fetch`], over TLS (weft control's `--ca-tls` port): the CA's certificate must chain to
+/// one of `roots_pem` and name the IP address (or `localhost`) dialled.
+pub async fn fetch_tls(
+    ca_address: &str,
+    roots_pem: &str,
+    id: &SpiffeId,
+    auth: Auth<'_>,
+    ttl: Option<Duration>,
+) -> Result<Svid, FetchError> {
+    fetch_via(ca_address, Some(roots_pem), id, auth, ttl).await
+}
+
+/// A TLS connector for tonic: TCP to the URI's host and port, then a rustls handshake (ring,
+/// ALPN h2) verified against the given roots.
+#[derive(Clone)]
+struct TlsConnector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for TlsConnector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+    type Error = std::io::Error;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
+            let host = uri
+                .host()
+                .ok_or_else(|| bad("no host"))?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let _ = tcp.set_nodelay(true);
+            let name = rustls_pki_types::ServerName::try_from(host).map_err(|e| bad(&e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
+}
+
+fn tls_config(roots_pem: &str) -> Result<rustls::ClientConfig, FetchError> {
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = parse_pem_certs(&[roots_pem.to_string()]).map_err(|e| FetchError::Local(format!("CA roots: {e}")))?;
+    for c in certs {
+        roots
+            .add(c.into())
+            .map_err(|e| FetchError::Local(format!("CA roots: {e}")))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FetchError::Local(format!("TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(cfg)
+}
+
+async fn fetch_via(
+    ca_address: &str,
+    roots_pem: Option<&str>,
+    id: &SpiffeId,
+    auth: Auth<'_>,
+    ttl: Option<Duration>,
+) -> Result<Svid, FetchError> {
     let key = crate::csr::new_key().map_err(|e| FetchError::Local(format!("generating a key: {e}")))?;
     let csr = crate::csr::csr_pem(&key, id).map_err(|e| FetchError::Local(format!("building the CSR: {e}")))?;
     let mut req = tonic::Request::new(IstioCertificateRequest {
@@ -144,13 +221,30 @@ pub async fn fetch(ca_address: &str, id: &SpiffeId, auth: Auth<'_>, ttl: Option<
             );
         }
     }
-    let channel = tonic::transport::Endpoint::from_shared(endpoint_uri(ca_address))
+    let endpoint = tonic::transport::Endpoint::from_shared(endpoint_uri(ca_address))
         .map_err(|e| FetchError::Local(format!("CA address {ca_address:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(15))
-        .connect()
-        .await
-        .map_err(|e| FetchError::Connect(format!("{ca_address}: {e}")))?;
+        .timeout(Duration::from_secs(15));
+    let connected = match roots_pem {
+        None => endpoint.connect().await,
+        Some(r) => {
+            endpoint
+                .connect_with_connector(TlsConnector {
+                    config: Arc::new(tls_config(r)?),
+                })
+                .await
+        }
+    };
+    let channel = connected.map_err(|e| {
+        use std::error::Error;
+        let mut msg = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        FetchError::Connect(format!("{ca_address}: {msg}"))
+    })?;
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready()
         .await

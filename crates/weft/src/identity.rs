@@ -40,6 +40,9 @@ struct FetchArgs {
     /// A bootstrap token file from `weft control token`.
     #[arg(long)]
     token_file: PathBuf,
+    /// Talk TLS to the CA (weft control's --ca-tls port), verifying it against this root (PEM).
+    #[arg(long)]
+    ca_root: Option<PathBuf>,
     /// Where to write the files (created if missing).
     #[arg(long)]
     out_dir: PathBuf,
@@ -56,6 +59,9 @@ pub struct SdsAgentArgs {
     /// weft control's xDS address (the CA is served there), host:port.
     #[arg(long)]
     ca_address: String,
+    /// Talk TLS to the CA (weft control's --ca-tls port), verifying it against this root (PEM).
+    #[arg(long)]
+    ca_root: Option<PathBuf>,
     /// A bootstrap token file from `weft control token` (read again whenever it is needed).
     #[arg(long)]
     token_file: PathBuf,
@@ -122,12 +128,20 @@ fn fetch(a: FetchArgs) -> i32 {
             return 1;
         }
     };
-    let res = rt.block_on(weft_identity::client::fetch(
-        &a.ca_address,
-        &id,
-        weft_identity::Auth::Token(&token),
-        a.ttl,
-    ));
+    let roots = match a.ca_root.as_ref().map(std::fs::read_to_string).transpose() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("weft identity fetch: --ca-root: {e}");
+            return 2;
+        }
+    };
+    let auth = weft_identity::Auth::Token(&token);
+    let res = rt.block_on(async {
+        match &roots {
+            Some(r) => weft_identity::client::fetch_tls(&a.ca_address, r, &id, auth, a.ttl).await,
+            None => weft_identity::client::fetch(&a.ca_address, &id, auth, a.ttl).await,
+        }
+    });
     let svid = match res {
         Ok(s) => s,
         Err(e) => {
@@ -295,6 +309,15 @@ pub fn run_sds_agent(a: SdsAgentArgs) -> i32 {
     rt.block_on(async move {
         let mut cfg = AgentConfig::new(a.ca_address.clone(), a.token_file.clone());
         cfg.ttl = a.ttl;
+        if let Some(p) = &a.ca_root {
+            match std::fs::read_to_string(p) {
+                Ok(r) => cfg.ca_roots_pem = Some(r),
+                Err(e) => {
+                    eprintln!("weft sds-agent: --ca-root {}: {e}", p.display());
+                    return 2;
+                }
+            }
+        }
         let agent = match IdentityAgent::start(cfg) {
             Ok(ag) => ag,
             Err(e) => {

@@ -516,3 +516,48 @@ fn weft_control_refuses_to_start_on_bad_ca_files_naming_them() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--svid-ttl"));
 }
+
+#[test]
+fn weft_identity_fetch_over_the_cas_tls_port() {
+    if !have_openssl() {
+        return;
+    }
+    let dir = TempDir::new("catls");
+    let tls = free_addr();
+    let (_control, _xds) = start_control(&dir, &["--ca-tls", &tls.to_string()]);
+    wait_until("the CA's TLS port", Duration::from_secs(10), || {
+        TcpStream::connect(tls).ok()
+    });
+    let tok = token(&dir, "default/reviews", "t");
+    let fetch = |extra: &[&str]| {
+        Command::new(WEFT)
+            .args(["identity", "fetch", "--ca-address", &tls.to_string(), "--token-file"])
+            .arg(&tok)
+            .arg("--out-dir")
+            .arg(dir.join("out"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let root = dir.join("ca/root-cert.pem").display().to_string();
+    let out = fetch(&["--ca-root", &root]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = Command::new("openssl")
+        .args(["verify", "-CAfile", &root])
+        .arg(dir.join("out/cert-chain.pem"))
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    // Plaintext to the TLS port fails, and so does TLS with another root.
+    assert!(!fetch(&[]).status.success());
+    let other = TempDir::new("catls-other");
+    token(&other, "a/b", "t");
+    let _ = start_control(&other, &[]);
+    let out = fetch(&["--ca-root", &other.join("ca/root-cert.pem").display().to_string()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot reach the CA"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -13,6 +13,7 @@
 //! not match its certificate is an error naming the file: weft control does not start.
 
 pub mod service;
+pub mod tls;
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -478,6 +479,36 @@ impl Ca {
             serial: serial_hex,
             ttl: Duration::from_secs((not_after - now).max(0) as u64),
         })
+    }
+
+    /// A TLS server certificate for weft control itself (the `--ca-tls` port): URI SAN
+    /// `spiffe://<td>/ns/weft-system/sa/weft-control`, `ip` (unless unspecified) and `localhost`,
+    /// lifetime `--svid-ttl`. Returns (chain DER, leaf first; PKCS#8 key DER; notAfter).
+    pub fn issue_server(&self, ip: std::net::IpAddr) -> Result<(Vec<Vec<u8>>, Vec<u8>, u64), IssueError> {
+        let internal = |e: rcgen::Error| IssueError::Internal(e.to_string());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
+        let me = SpiffeId::new(self.trust_domain(), "weft-system", "weft-control")
+            .map_err(|e| IssueError::Internal(e.to_string()))?;
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).map_err(internal)?;
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names
+            .push(SanType::URI(me.to_string().try_into().map_err(internal)?));
+        if !ip.is_unspecified() {
+            p.subject_alt_names.push(SanType::IpAddress(ip));
+        }
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = weft_identity::unix_now() as i64;
+        p.not_before = offset_time(now - BACKDATE.as_secs() as i64);
+        let not_after = (now + self.svid_ttl.as_secs() as i64).min(self.issuer_not_after);
+        p.not_after = offset_time(not_after);
+        p.serial_number = Some(random_serial());
+        p.use_authority_key_identifier_extension = true;
+        let leaf = p.signed_by(&key, &self.issuer).map_err(internal)?;
+        let mut chain = vec![leaf.der().to_vec()];
+        chain.extend(parse_pem_certs(&self.chain_pem).map_err(IssueError::Internal)?);
+        Ok((chain, key.serialize_der(), not_after.max(0) as u64))
     }
 
     /// Checks a certificate presented for renewal: issued by this CA, valid now, one SPIFFE ID in
