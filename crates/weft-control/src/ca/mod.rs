@@ -214,6 +214,15 @@ impl fmt::Display for IssueError {
     }
 }
 
+/// weft control's own TLS certificate ([`Ca::issue_server`]).
+pub struct ServerCert {
+    /// DER, leaf first, then intermediates (not the root).
+    pub chain: Vec<Vec<u8>>,
+    pub key_pkcs8: Vec<u8>,
+    /// Unix seconds.
+    pub not_after: u64,
+}
+
 /// A certificate just issued.
 pub struct Issued {
     /// Leaf, intermediates, root (PEM each).
@@ -483,8 +492,8 @@ impl Ca {
 
     /// A TLS server certificate for weft control itself (the `--ca-tls` port): URI SAN
     /// `spiffe://<td>/ns/weft-system/sa/weft-control`, `ip` (unless unspecified) and `localhost`,
-    /// lifetime `--svid-ttl`. Returns (chain DER, leaf first; PKCS#8 key DER; notAfter).
-    pub fn issue_server(&self, ip: std::net::IpAddr) -> Result<(Vec<Vec<u8>>, Vec<u8>, u64), IssueError> {
+    /// lifetime `--svid-ttl`.
+    pub fn issue_server(&self, ip: std::net::IpAddr) -> Result<ServerCert, IssueError> {
         let internal = |e: rcgen::Error| IssueError::Internal(e.to_string());
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
         let me = SpiffeId::new(self.trust_domain(), "weft-system", "weft-control")
@@ -508,7 +517,11 @@ impl Ca {
         let leaf = p.signed_by(&key, &self.issuer).map_err(internal)?;
         let mut chain = vec![leaf.der().to_vec()];
         chain.extend(parse_pem_certs(&self.chain_pem).map_err(IssueError::Internal)?);
-        Ok((chain, key.serialize_der(), not_after.max(0) as u64))
+        Ok(ServerCert {
+            chain,
+            key_pkcs8: key.serialize_der(),
+            not_after: not_after.max(0) as u64,
+        })
     }
 
     /// Checks a certificate presented for renewal: issued by this CA, valid now, one SPIFFE ID in

@@ -69,7 +69,11 @@ impl AsyncWrite for TlsIo {
 }
 
 fn certified_key(ca: &Ca, addr: SocketAddr) -> std::io::Result<(rustls::sign::CertifiedKey, u64)> {
-    let (chain, key, not_after) = ca
+    let super::ServerCert {
+        chain,
+        key_pkcs8: key,
+        not_after,
+    } = ca
         .issue_server(addr.ip())
         .map_err(|e| std::io::Error::other(format!("issuing the CA's own TLS certificate: {e}")))?;
     let provider = rustls::crypto::ring::default_provider();
