@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct ControlArgs {
+    #[command(subcommand)]
+    pub sub: Option<ControlSub>,
     /// A registry; repeat the flag for several, merged with the first given winning conflicts:
     /// DIR (every *.yaml / *.yml file in it), etcd://HOST:PORT[,HOST:PORT][/PREFIX/][?state=FILE],
     /// zk://HOST:PORT[,HOST:PORT][/CHROOT] (Dubbo). See docs/control.md.
@@ -31,6 +34,91 @@ pub struct ControlArgs {
     /// Log filter, e.g. "info" or "weft_control=debug".
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
+    /// The mesh CA (see docs/security.md).
+    #[command(flatten)]
+    pub ca: CaArgs,
+}
+
+/// The mesh CA (docs/security.md). Off unless --ca-dir is given.
+#[derive(clap::Args, Debug)]
+pub struct CaArgs {
+    /// Run the mesh CA: its state lives here (a generated root on first start, the trust domain,
+    /// the bootstrap-token key). Served on the --xds port as istio.v1.auth.IstioCertificateService.
+    #[arg(long)]
+    pub ca_dir: Option<PathBuf>,
+    /// Use this CA certificate (root or intermediate, PEM) instead of a generated root.
+    #[arg(long, requires_all = ["ca_dir", "ca_key"])]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert (PKCS#8 PEM).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// The certificates above --ca-cert up to the root (PEM), when --ca-cert is an intermediate.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_chain: Option<PathBuf>,
+    /// Trust domain of workload identities (fixed at first start; default cluster.local).
+    #[arg(long, requires = "ca_dir")]
+    pub trust_domain: Option<String>,
+    /// Lifetime of workload certificates when the request names none (at least 10s).
+    #[arg(long, default_value = "24h", value_parser = weft_config::duration::parse)]
+    pub svid_ttl: Duration,
+    /// Also serve the CA API over TLS on this address, with a certificate the CA issues to itself
+    /// (clients: --ca-root). The --xds port stays plaintext.
+    #[arg(long, requires = "ca_dir")]
+    pub ca_tls: Option<SocketAddr>,
+    /// The longest lifetime a request may ask for.
+    #[arg(long, default_value = "168h", value_parser = weft_config::duration::parse)]
+    pub svid_max_ttl: Duration,
+}
+
+impl CaArgs {
+    pub fn options(&self) -> Option<crate::ca::CaOptions> {
+        let dir = self.ca_dir.clone()?;
+        let mut o = crate::ca::CaOptions::new(dir);
+        o.cert = self.ca_cert.clone();
+        o.key = self.ca_key.clone();
+        o.chain = self.ca_chain.clone();
+        o.trust_domain = self.trust_domain.clone();
+        o.svid_ttl = self.svid_ttl;
+        o.svid_max_ttl = self.svid_max_ttl;
+        Some(o)
+    }
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ControlSub {
+    /// Mint a bootstrap token bound to one workload identity; prints it on stdout.
+    Token(TokenArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct TokenArgs {
+    /// The CA directory of the weft control that will check the token.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// NAMESPACE/SERVICE_ACCOUNT, e.g. default/reviews.
+    #[arg(long)]
+    pub identity: String,
+    /// How long the token may be used to obtain a first certificate, e.g. 1h.
+    #[arg(long, default_value = "1h", value_parser = weft_config::duration::parse)]
+    pub ttl: Duration,
+    /// Only when the CA directory is new: its trust domain.
+    #[arg(long)]
+    pub trust_domain: Option<String>,
+}
+
+fn run_token(a: &TokenArgs) -> i32 {
+    let minted = crate::ca::TokenKey::load_or_create(&a.ca_dir, a.trust_domain.as_deref())
+        .and_then(|k| k.mint(&a.identity, a.ttl));
+    match minted {
+        Ok(t) => {
+            println!("{t}");
+            0
+        }
+        Err(e) => {
+            eprintln!("weft control token: {e}");
+            2
+        }
+    }
 }
 
 /// Validates every file in `dir` like the running control plane would. Returns the errors.
@@ -122,6 +210,9 @@ pub fn registries(specs: &[String]) -> Result<Box<dyn crate::registry::Registry>
 
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
 pub fn run(args: ControlArgs) -> i32 {
+    if let Some(ControlSub::Token(t)) = &args.sub {
+        return run_token(t);
+    }
     if let Some(why) =
         weft_config::admin::loopback_refusal(args.admin, args.admin_allow_non_loopback, "--admin-allow-non-loopback")
     {
@@ -172,9 +263,19 @@ pub fn run(args: ControlArgs) -> i32 {
             return 1;
         }
     };
+    // The CA is loaded before anything listens: a bad CA file stops weft control here.
+    let ca = match args.ca.options().map(|o| crate::ca::Ca::load(&o)).transpose() {
+        Ok(ca) => ca.map(std::sync::Arc::new),
+        Err(e) => {
+            eprintln!("weft control: CA: {e}");
+            return 1;
+        }
+    };
     rt.block_on(async move {
         let mut opts = ControlOptions::new(".");
         opts.registry = registry;
+        opts.ca = ca;
+        opts.ca_tls = args.ca.ca_tls;
         opts.xds = args.xds;
         opts.admin = Some(args.admin);
         opts.debounce = args.debounce;

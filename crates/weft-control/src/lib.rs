@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod ca;
 pub mod cli;
 pub mod metrics;
 pub mod model;
@@ -43,6 +44,10 @@ pub struct ControlOptions {
     pub admin: Option<SocketAddr>,
     /// How long registry changes are collected before one push.
     pub debounce: Duration,
+    /// The mesh CA, served next to ADS (`istio.v1.auth.IstioCertificateService`); None: no CA.
+    pub ca: Option<Arc<ca::Ca>>,
+    /// Also serve the CA API over TLS here (`--ca-tls`); needs `ca`.
+    pub ca_tls: Option<SocketAddr>,
 }
 
 impl ControlOptions {
@@ -53,6 +58,8 @@ impl ControlOptions {
             xds: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             debounce: Duration::from_millis(100),
+            ca: None,
+            ca_tls: None,
         }
     }
 }
@@ -66,6 +73,7 @@ pub struct ControlPlane {
     tasks: Vec<JoinHandle<()>>,
     pub shared: Arc<Shared>,
     pub registry_status: Arc<Mutex<RegistryStatus>>,
+    ca_tls_addr: Option<SocketAddr>,
 }
 
 /// Listen backlog of the xDS and admin sockets. Thousands of proxies reconnect at once when the
@@ -184,6 +192,21 @@ impl ControlPlane {
         let svc = AggregatedDiscoveryServiceServer::new(Ads { shared: shared.clone() })
             .max_decoding_message_size(16 << 20)
             .max_encoding_message_size(usize::MAX);
+        let ca_svc = opts
+            .ca
+            .clone()
+            .map(|ca| ca::service::CaService::new(ca, shared.metrics.clone()));
+        let mut ca_tls_addr = None;
+        if let (Some(addr), Some(ca), Some(svc)) = (opts.ca_tls, opts.ca, ca_svc.clone()) {
+            let l = listen(addr)?;
+            ca_tls_addr = Some(l.local_addr()?);
+            let sd = shutdown_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = ca::tls::serve(l, ca, svc, sd).await {
+                    tracing::error!(error = %e, "the CA's TLS port failed");
+                }
+            }));
+        }
         let mut sd = shutdown_rx.clone();
         // Accepting is its own task, so that a burst of connections (a reconnect storm after a
         // restart) is taken off the listen queue as fast as they come, whatever else the server does.
@@ -194,8 +217,9 @@ impl ControlPlane {
             let res = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                // One service, so no router: unknown paths get UNIMPLEMENTED from the generated server.
-                .serve_with_incoming_shutdown(svc, incoming, async move {
+                // No router: unknown paths get UNIMPLEMENTED from the generated server; the CA's
+                // path goes to the CA (ca::service::WithCa).
+                .serve_with_incoming_shutdown(ca::service::WithCa { inner: svc, ca: ca_svc }, incoming, async move {
                     let _ = sd.wait_for(|v| *v).await;
                 })
                 .await;
@@ -222,6 +246,7 @@ impl ControlPlane {
             tasks,
             shared,
             registry_status: status,
+            ca_tls_addr,
         })
     }
 
@@ -231,6 +256,11 @@ impl ControlPlane {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The CA's TLS port (`ControlOptions::ca_tls`), if any.
+    pub fn ca_tls_addr(&self) -> Option<SocketAddr> {
+        self.ca_tls_addr
     }
 
     /// True once the registry's first sync is complete and a snapshot is being served.

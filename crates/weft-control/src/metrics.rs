@@ -49,6 +49,8 @@ pub struct Metrics {
     pub push_latency: Histogram,
     /// Counts for the periodic log summary (each event itself is logged at debug).
     pub activity: Activity,
+    /// The mesh CA's counters (zero when the CA is off).
+    pub ca: crate::ca::service::CaMetrics,
 }
 
 /// What happened since the last log summary ([`Activity::take`]).
@@ -102,12 +104,14 @@ impl Metrics {
             endpoints: Gauge::default(),
             push_latency: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             activity: Activity::default(),
+            ca: Default::default(),
             registry: Registry::default(),
             registry_connected: Family::default(),
             registry_stale_seconds: Family::default(),
             registry_skipped_entries: Family::default(),
             registry_conflicts: Gauge::default(),
         };
+        m.ca.register(&mut registry);
         registry.register("connected_proxies", "ADS streams currently open", m.connected.clone());
         registry.register("streams", "ADS streams accepted", m.streams_total.clone());
         registry.register("pushes", "xDS responses sent", m.pushes.clone());

@@ -1,6 +1,7 @@
 //! The `weft` binary: `weft proxy`, `weft control`, `weft bench`, `weft demo`.
 
 mod demo;
+mod identity;
 mod lifecycle;
 mod xds;
 
@@ -79,6 +80,10 @@ enum Cmd {
     /// Wait until a proxy is ready (its admin /ready answers 200): for an app's entrypoint or a
     /// postStart hook, so the app makes no call before its sidecar can route it.
     WaitReady(lifecycle::WaitReadyArgs),
+    /// Workload certificates from weft control's CA, written to files.
+    Identity(identity::IdentityArgs),
+    /// Serve a workload certificate to an Envoy sidecar over SDS (key generated here, renewed at half-life).
+    SdsAgent(identity::SdsAgentArgs),
 }
 
 #[derive(Args)]
@@ -162,6 +167,14 @@ fn main() {
         Some(Cmd::Control(args)) => {
             init_logging(&args.log);
             weft_control::cli::run(args)
+        }
+        Some(Cmd::Identity(args)) => {
+            init_logging("warn");
+            identity::run_identity(args)
+        }
+        Some(Cmd::SdsAgent(args)) => {
+            init_logging(&args.log);
+            identity::run_sds_agent(args)
         }
         None => demo::run(demo::DemoArgs::default()),
     };

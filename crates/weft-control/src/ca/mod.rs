@@ -1,0 +1,579 @@
+//! The mesh CA: a root (or a user-provided intermediate) that signs workload certificates
+//! (X.509 SVIDs, URI SAN `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`), and the bootstrap-token key.
+//!
+//! Files in the CA directory (`--ca-dir`):
+//!
+//! | file | what | mode |
+//! |---|---|---|
+//! | `trust-domain` | the trust domain, fixed at first start | 0644 |
+//! | `root-cert.pem`, `root-key.pem` | the generated root (absent with `--ca-cert`/`--ca-key`) | 0644, 0600 |
+//! | `token-hmac.key` | the key that signs bootstrap tokens | 0600 |
+//!
+//! A file that is missing when its partner exists, unreadable, unparsable, or a key that does
+//! not match its certificate is an error naming the file: weft control does not start.
+
+pub mod service;
+pub mod tls;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use std::fmt;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use weft_identity::client::{parse_pem_certs, pem_block, uri_sans};
+use weft_identity::SpiffeId;
+use x509_parser::prelude::*;
+
+/// The shortest certificate lifetime the CA issues (tests use it; production wants hours).
+pub const MIN_TTL: Duration = Duration::from_secs(10);
+/// Issued certificates start this long before the moment of issue, for clock skew between machines.
+pub const BACKDATE: Duration = Duration::from_secs(60);
+/// Lifetime of a generated root.
+pub const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+/// How the CA is set up (the `weft control` flags).
+#[derive(Clone, Debug)]
+pub struct CaOptions {
+    pub dir: PathBuf,
+    /// A user-provided CA certificate and key (root or intermediate) instead of a generated root.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The certificates above `cert`, up to and including the root (needed when `cert` is not a root).
+    pub chain: Option<PathBuf>,
+    /// None: the one in `dir/trust-domain`, or `cluster.local` at first start.
+    pub trust_domain: Option<String>,
+    /// Lifetime of a certificate when the request does not ask for one.
+    pub svid_ttl: Duration,
+    /// The longest lifetime a request may ask for.
+    pub svid_max_ttl: Duration,
+}
+
+impl CaOptions {
+    pub fn new(dir: impl Into<PathBuf>) -> CaOptions {
+        CaOptions {
+            dir: dir.into(),
+            cert: None,
+            key: None,
+            chain: None,
+            trust_domain: None,
+            svid_ttl: Duration::from_secs(24 * 3600),
+            svid_max_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// A CA set-up error; always names the file or flag at fault.
+#[derive(Debug)]
+pub struct CaError(pub String);
+
+impl fmt::Display for CaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CaError {}
+
+fn err(path: &Path, what: impl fmt::Display) -> CaError {
+    CaError(format!("{}: {what}", path.display()))
+}
+
+fn read(path: &Path) -> Result<String, CaError> {
+    std::fs::read_to_string(path).map_err(|e| err(path, e))
+}
+
+/// Writes a new file with `mode` (create-new, so nothing is overwritten).
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| err(path, e))?;
+    f.write_all(contents)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| err(path, e))
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(m) = std::fs::metadata(path) {
+        if m.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), mode = format!("{:o}", m.permissions().mode() & 0o777), "a CA key file is readable by group or others; chmod 600 it");
+        }
+    }
+}
+
+/// The bootstrap-token key and the trust domain (what `weft control token` needs).
+pub struct TokenKey {
+    pub trust_domain: String,
+    key: Vec<u8>,
+}
+
+impl TokenKey {
+    /// Loads `dir/trust-domain` and `dir/token-hmac.key`, creating them (and `dir`) when absent.
+    pub fn load_or_create(dir: &Path, trust_domain: Option<&str>) -> Result<TokenKey, CaError> {
+        if !dir.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| err(dir, format!("cannot create the CA directory: {e}")))?;
+        }
+        let td_path = dir.join("trust-domain");
+        let trust_domain = if td_path.exists() {
+            let saved = read(&td_path)?.trim().to_string();
+            weft_identity::spiffe::check_trust_domain(&saved).map_err(|e| err(&td_path, e))?;
+            if let Some(flag) = trust_domain.filter(|f| *f != saved) {
+                return Err(err(
+                    &td_path,
+                    format!(
+                        "this CA's trust domain is {saved:?}, not {flag:?} (--trust-domain); changing it would invalidate every issued identity. Drop the flag, or use a new --ca-dir"
+                    ),
+                ));
+            }
+            saved
+        } else {
+            let td = trust_domain.unwrap_or(DEFAULT_TRUST_DOMAIN).to_string();
+            weft_identity::spiffe::check_trust_domain(&td).map_err(|e| CaError(format!("--trust-domain: {e}")))?;
+            write_new(&td_path, format!("{td}\n").as_bytes(), 0o644)?;
+            td
+        };
+        let key_path = dir.join("token-hmac.key");
+        let key = if key_path.exists() {
+            warn_if_readable_by_others(&key_path);
+            let k = weft_identity::hex::decode(read(&key_path)?.trim())
+                .filter(|k| k.len() >= 32)
+                .ok_or_else(|| err(&key_path, "not a token key (expected at least 64 hex digits)"))?;
+            k
+        } else {
+            let mut k = vec![0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+                .map_err(|_| CaError("no system randomness".into()))?;
+            write_new(
+                &key_path,
+                format!("{}\n", weft_identity::hex::encode(&k)).as_bytes(),
+                0o600,
+            )?;
+            k
+        };
+        Ok(TokenKey { trust_domain, key })
+    }
+
+    /// A token for `identity` (`ns/sa`) valid for `ttl`.
+    pub fn mint(&self, identity: &str, ttl: Duration) -> Result<String, CaError> {
+        let id = SpiffeId::from_short(&self.trust_domain, identity).map_err(|e| CaError(format!("--identity: {e}")))?;
+        Ok(weft_identity::token::mint(
+            &self.key,
+            &id,
+            weft_identity::unix_now() + ttl.as_secs().max(1),
+        ))
+    }
+
+    pub fn verify(&self, token: &str) -> Result<SpiffeId, weft_identity::token::TokenError> {
+        let c = weft_identity::token::verify(&self.key, token, weft_identity::unix_now())?;
+        Ok(c.id)
+    }
+}
+
+/// The loaded CA.
+pub struct Ca {
+    pub tokens: TokenKey,
+    issuer: Issuer<'static, KeyPair>,
+    issuer_der: Vec<u8>,
+    /// Issuer first (when it is not the root), then up to the root: appended to every leaf.
+    chain_pem: Vec<String>,
+    root_pem: String,
+    issuer_not_after: i64,
+    pub svid_ttl: Duration,
+    pub svid_max_ttl: Duration,
+}
+
+/// Why a CSR was refused.
+#[derive(Debug)]
+pub enum IssueError {
+    /// Not a usable CSR (tonic INVALID_ARGUMENT).
+    BadCsr(String),
+    /// A CSR for an identity other than the caller's (PERMISSION_DENIED).
+    WrongIdentity(String),
+    /// Signing failed (INTERNAL).
+    Internal(String),
+}
+
+impl fmt::Display for IssueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IssueError::BadCsr(s) | IssueError::WrongIdentity(s) | IssueError::Internal(s) => f.write_str(s),
+        }
+    }
+}
+
+/// weft control's own TLS certificate ([`Ca::issue_server`]).
+pub struct ServerCert {
+    /// DER, leaf first, then intermediates (not the root).
+    pub chain: Vec<Vec<u8>>,
+    pub key_pkcs8: Vec<u8>,
+    /// Unix seconds.
+    pub not_after: u64,
+}
+
+/// A certificate just issued.
+pub struct Issued {
+    /// Leaf, intermediates, root (PEM each).
+    pub cert_chain: Vec<String>,
+    pub serial: String,
+    pub ttl: Duration,
+}
+
+fn load_cert(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
+    let certs = parse_pem_certs(&[read(path)?]).map_err(|e| err(path, e.replace("cert_chain[0]: ", "")))?;
+    if certs.is_empty() {
+        return Err(err(path, "no PEM CERTIFICATE in it"));
+    }
+    for (i, d) in certs.iter().enumerate() {
+        X509Certificate::from_der(d).map_err(|e| err(path, format!("certificate #{}: {e}", i + 1)))?;
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<KeyPair, CaError> {
+    let pem = read(path)?;
+    warn_if_readable_by_others(path);
+    KeyPair::from_pem(&pem).map_err(|e| {
+        err(
+            path,
+            format!("not a usable private key (PKCS#8 PEM, ECDSA P-256/P-384, Ed25519 or RSA): {e}"),
+        )
+    })
+}
+
+fn is_self_signed(c: &X509Certificate<'_>) -> bool {
+    c.subject().as_raw() == c.issuer().as_raw() && c.verify_signature(None).is_ok()
+}
+
+fn random_serial() -> SerialNumber {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    b[0] &= 0x7f;
+    b[0] |= 0x01;
+    SerialNumber::from_slice(&b)
+}
+
+fn offset_time(unix: i64) -> ::time::OffsetDateTime {
+    ::time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(::time::OffsetDateTime::UNIX_EPOCH)
+}
+
+impl Ca {
+    /// Loads the CA described by `opts`, generating a root in `opts.dir` on first start.
+    pub fn load(opts: &CaOptions) -> Result<Ca, CaError> {
+        if opts.svid_ttl < MIN_TTL || opts.svid_max_ttl < opts.svid_ttl {
+            return Err(CaError(format!(
+                "--svid-ttl {:?} must be at least {MIN_TTL:?} and at most --svid-max-ttl {:?}",
+                opts.svid_ttl, opts.svid_max_ttl
+            )));
+        }
+        let tokens = TokenKey::load_or_create(&opts.dir, opts.trust_domain.as_deref())?;
+        let (cert_path, key_path, chain_path) = match (&opts.cert, &opts.key) {
+            (Some(c), Some(k)) => (c.clone(), k.clone(), opts.chain.clone()),
+            (Some(_), None) => return Err(CaError("--ca-cert needs --ca-key".into())),
+            (None, Some(_)) => return Err(CaError("--ca-key needs --ca-cert".into())),
+            (None, None) => {
+                let c = opts.dir.join("root-cert.pem");
+                let k = opts.dir.join("root-key.pem");
+                match (c.exists(), k.exists()) {
+                    (true, true) => {}
+                    (false, false) => generate_root(&c, &k, &tokens.trust_domain)?,
+                    (true, false) => {
+                        return Err(err(&k, "missing (the CA key for root-cert.pem); restore it, or move root-cert.pem away to start a new root (which invalidates every issued certificate)")) }
+                    (false, true) => return Err(err(&c, "missing (the CA certificate for root-key.pem); restore it")),
+                }
+                (c, k, None)
+            }
+        };
+        let certs = load_cert(&cert_path)?;
+        let key = load_key(&key_path)?;
+        let issuer_der = certs[0].clone();
+        let (_, cert) = X509Certificate::from_der(&issuer_der).map_err(|e| err(&cert_path, e))?;
+        if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+            return Err(err(
+                &key_path,
+                format!("this key does not match the CA certificate {}", cert_path.display()),
+            ));
+        }
+        if !cert.is_ca() {
+            return Err(err(
+                &cert_path,
+                "not a CA certificate (basicConstraints CA:TRUE is missing)",
+            ));
+        }
+        if !cert.validity().is_valid() {
+            return Err(err(
+                &cert_path,
+                format!(
+                    "not valid now (valid from {} to {})",
+                    cert.validity().not_before,
+                    cert.validity().not_after
+                ),
+            ));
+        }
+        let issuer_not_after = cert.validity().not_after.timestamp();
+        // The chain: the rest of the --ca-cert file, then --ca-chain.
+        let mut above: Vec<Vec<u8>> = certs[1..].to_vec();
+        if let Some(p) = &chain_path {
+            above.extend(load_cert(p)?);
+        }
+        let mut chain_pem = vec![pem_block(&issuer_der)];
+        let root_der = if above.is_empty() {
+            if !is_self_signed(&cert) {
+                return Err(err(
+                    &cert_path,
+                    "an intermediate (not self-signed): give the certificates above it, up to the root, with --ca-chain",
+                ));
+            }
+            chain_pem.clear();
+            issuer_der.clone()
+        } else {
+            // Each certificate must be signed by the next one, and the last must be a root.
+            let mut prev = issuer_der.clone();
+            let file = chain_path.as_deref().unwrap_or(&cert_path);
+            for (i, d) in above.iter().enumerate() {
+                let (_, up) = X509Certificate::from_der(d).map_err(|e| err(file, e))?;
+                let (_, below) = X509Certificate::from_der(&prev).map_err(|e| err(file, e))?;
+                if below.verify_signature(Some(up.public_key())).is_err() {
+                    return Err(err(
+                        file,
+                        format!("chain certificate #{} did not sign the certificate below it", i + 1),
+                    ));
+                }
+                prev = d.clone();
+            }
+            let (_, top) = X509Certificate::from_der(&prev).map_err(|e| err(file, e))?;
+            if !is_self_signed(&top) {
+                return Err(err(
+                    file,
+                    "the chain does not end with a root (self-signed) certificate",
+                ));
+            }
+            chain_pem.extend(above[..above.len() - 1].iter().map(|d| pem_block(d)));
+            prev
+        };
+        let issuer = Issuer::from_ca_cert_der(&issuer_der.clone().into(), key)
+            .map_err(|e| err(&cert_path, format!("cannot use it as an issuer: {e}")))?;
+        tracing::info!(
+            trust_domain = %tokens.trust_domain,
+            ca_cert = %cert_path.display(),
+            subject = %cert.subject(),
+            expires = %cert.validity().not_after,
+            "mesh CA loaded"
+        );
+        Ok(Ca {
+            tokens,
+            issuer,
+            issuer_der,
+            chain_pem,
+            root_pem: pem_block(&root_der),
+            issuer_not_after,
+            svid_ttl: opts.svid_ttl,
+            svid_max_ttl: opts.svid_max_ttl,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.tokens.trust_domain
+    }
+
+    /// The root that verifies every issued certificate, PEM.
+    pub fn root_pem(&self) -> &str {
+        &self.root_pem
+    }
+
+    /// Checks `csr_pem` (signature, ECDSA P-256 key, exactly one SAN equal to `id`) and signs it.
+    pub fn issue(&self, csr_pem: &str, id: &SpiffeId, ttl: Option<Duration>) -> Result<Issued, IssueError> {
+        let bad = IssueError::BadCsr;
+        let ders = {
+            let mut v = Vec::new();
+            for p in Pem::iter_from_buffer(csr_pem.as_bytes()) {
+                let p = p.map_err(|e| bad(format!("csr is not PEM: {e}")))?;
+                if p.label != "CERTIFICATE REQUEST" && p.label != "NEW CERTIFICATE REQUEST" {
+                    return Err(bad(format!(
+                        "csr is a {:?} PEM block, expected CERTIFICATE REQUEST",
+                        p.label
+                    )));
+                }
+                v.push(p.contents);
+            }
+            v
+        };
+        let [der] = &ders[..] else {
+            return Err(bad(format!(
+                "csr holds {} PEM blocks, expected one CERTIFICATE REQUEST",
+                ders.len()
+            )));
+        };
+        let (_, csr) = X509CertificationRequest::from_der(der).map_err(|e| bad(format!("csr: {e}")))?;
+        csr.verify_signature()
+            .map_err(|_| bad("csr: its signature does not verify with its own public key".into()))?;
+        let spki = &csr.certification_request_info.subject_pki;
+        let p256 = spki.algorithm.algorithm == x509_parser::oid_registry::OID_KEY_TYPE_EC_PUBLIC_KEY
+            && spki
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.as_oid().ok())
+                .is_some_and(|o| o == x509_parser::oid_registry::OID_EC_P256);
+        if !p256 {
+            return Err(bad(format!(
+                "csr: the key must be ECDSA P-256, not {}",
+                x509_parser::objects::oid2sn(&spki.algorithm.algorithm, x509_parser::objects::oid_registry())
+                    .unwrap_or("an unknown algorithm")
+            )));
+        }
+        let mut sans = Vec::new();
+        for ext in csr.requested_extensions().into_iter().flatten() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext {
+                for n in &san.general_names {
+                    sans.push(match n {
+                        GeneralName::URI(u) => u.to_string(),
+                        other => format!("{other}"),
+                    });
+                }
+            }
+        }
+        let want = id.to_string();
+        if sans != [want.clone()] {
+            return Err(IssueError::WrongIdentity(format!(
+                "the CSR asks for SAN {sans:?}, but this credential may only obtain [\"{want}\"]"
+            )));
+        }
+        let public = rcgen::CertificateSigningRequestParams::from_der(&der.clone().into())
+            .map_err(|e| bad(format!("csr: {e}")))?
+            .public_key;
+        let ttl = ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.svid_ttl)
+            .clamp(MIN_TTL, self.svid_max_ttl);
+        let now = weft_identity::unix_now() as i64;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = vec![SanType::URI(
+            want.clone()
+                .try_into()
+                .map_err(|e| IssueError::Internal(format!("{e}")))?,
+        )];
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        p.not_before = offset_time(now - BACKDATE.as_secs() as i64);
+        // Never outlive the issuer.
+        let not_after = (now + ttl.as_secs() as i64).min(self.issuer_not_after);
+        p.not_after = offset_time(not_after);
+        let serial = random_serial();
+        let serial_hex = weft_identity::hex::encode(serial.as_ref());
+        p.serial_number = Some(serial);
+        p.use_authority_key_identifier_extension = true;
+        let leaf = p
+            .signed_by(&public, &self.issuer)
+            .map_err(|e| IssueError::Internal(format!("signing: {e}")))?;
+        let mut cert_chain = vec![leaf.pem()];
+        cert_chain.extend(self.chain_pem.iter().cloned());
+        cert_chain.push(self.root_pem.clone());
+        Ok(Issued {
+            cert_chain,
+            serial: serial_hex,
+            ttl: Duration::from_secs((not_after - now).max(0) as u64),
+        })
+    }
+
+    /// A TLS server certificate for weft control itself (the `--ca-tls` port): URI SAN
+    /// `spiffe://<td>/ns/weft-system/sa/weft-control`, `ip` (unless unspecified) and `localhost`,
+    /// lifetime `--svid-ttl`.
+    pub fn issue_server(&self, ip: std::net::IpAddr) -> Result<ServerCert, IssueError> {
+        let internal = |e: rcgen::Error| IssueError::Internal(e.to_string());
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(internal)?;
+        let me = SpiffeId::new(self.trust_domain(), "weft-system", "weft-control")
+            .map_err(|e| IssueError::Internal(e.to_string()))?;
+        let mut p = CertificateParams::new(vec!["localhost".to_string()]).map_err(internal)?;
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names
+            .push(SanType::URI(me.to_string().try_into().map_err(internal)?));
+        if !ip.is_unspecified() {
+            p.subject_alt_names.push(SanType::IpAddress(ip));
+        }
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let now = weft_identity::unix_now() as i64;
+        p.not_before = offset_time(now - BACKDATE.as_secs() as i64);
+        let not_after = (now + self.svid_ttl.as_secs() as i64).min(self.issuer_not_after);
+        p.not_after = offset_time(not_after);
+        p.serial_number = Some(random_serial());
+        p.use_authority_key_identifier_extension = true;
+        let leaf = p.signed_by(&key, &self.issuer).map_err(internal)?;
+        let mut chain = vec![leaf.der().to_vec()];
+        chain.extend(parse_pem_certs(&self.chain_pem).map_err(IssueError::Internal)?);
+        Ok(ServerCert {
+            chain,
+            key_pkcs8: key.serialize_der(),
+            not_after: not_after.max(0) as u64,
+        })
+    }
+
+    /// Checks a certificate presented for renewal: issued by this CA, valid now, one SPIFFE ID in
+    /// this trust domain. Returns the identity and the leaf's public key (to check the proof with).
+    pub fn check_svid(&self, der: &[u8]) -> Result<(SpiffeId, Vec<u8>), String> {
+        let (_, leaf) = X509Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+        let (_, issuer) = X509Certificate::from_der(&self.issuer_der).map_err(|e| e.to_string())?;
+        if leaf.issuer().as_raw() != issuer.subject().as_raw()
+            || leaf.verify_signature(Some(issuer.public_key())).is_err()
+        {
+            return Err("not issued by this CA".into());
+        }
+        if !leaf.validity().is_valid() {
+            return Err(format!("not valid now (expired {})", leaf.validity().not_after));
+        }
+        let sans = uri_sans(&leaf);
+        let [uri] = &sans[..] else {
+            return Err(format!("expected one URI SAN, found {sans:?}"));
+        };
+        let id = SpiffeId::parse(uri).map_err(|e| e.to_string())?;
+        if id.trust_domain() != self.trust_domain() {
+            return Err(format!("{id} is not in trust domain {}", self.trust_domain()));
+        }
+        Ok((id, leaf.public_key().subject_public_key.data.to_vec()))
+    }
+}
+
+fn generate_root(cert_path: &Path, key_path: &Path, trust_domain: &str) -> Result<(), CaError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| CaError(format!("generating the root key: {e}")))?;
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, "weft mesh root CA");
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let now = weft_identity::unix_now() as i64;
+    p.not_before = offset_time(now - 3600);
+    p.not_after = offset_time(now + ROOT_LIFETIME.as_secs() as i64);
+    p.serial_number = Some(random_serial());
+    let cert = p
+        .self_signed(&key)
+        .map_err(|e| CaError(format!("generating the root certificate: {e}")))?;
+    // The key first: a crash in between leaves a key without a certificate, which is refused
+    // loudly, never a certificate whose key is lost.
+    write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_new(cert_path, cert.pem().as_bytes(), 0o644)?;
+    tracing::info!(cert = %cert_path.display(), key = %key_path.display(), "generated a new mesh root CA");
+    Ok(())
+}
