@@ -244,6 +244,13 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         return 0;
     }
     let drain_timeout = config.runtime.drain_timeout;
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("weft proxy: cannot install signal handlers: {e}");
+            return 1;
+        }
+    };
     let bootstrap = config.xds.is_some().then(|| config.clone());
     let handover_path = (args.base_id.is_some() || args.hot_restart)
         .then(|| weft_proxy::hot_restart::socket_path(args.base_id.unwrap_or(0)));
@@ -328,30 +335,46 @@ fn run_proxy(args: ProxyArgs) -> i32 {
     if let Some(a) = server.admin_addr() {
         tracing::info!(admin = %a, "admin API");
     }
-    wait_for_signals(&server);
+    wait_for_signals(&server, signals);
     tracing::info!(timeout = ?drain_timeout, "draining");
     server.shutdown(drain_timeout);
     tracing::info!("stopped");
     0
 }
 
+/// SIGTERM, SIGINT and SIGHUP handlers, installed before anything listens: a signal that arrives
+/// while the proxy starts is then handled (drain, or reload) instead of killing the process.
+struct Signals {
+    rt: tokio::runtime::Runtime,
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let _enter = rt.enter();
+        let (term, int, hup) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::hangup())?,
+        );
+        drop(_enter);
+        Ok(Signals { rt, term, int, hup })
+    }
+}
+
 /// Blocks until SIGTERM/SIGINT; reloads on SIGHUP.
-fn wait_for_signals(server: &Arc<Server>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("signal runtime");
+fn wait_for_signals(server: &Arc<Server>, signals: Signals) {
+    let Signals {
+        rt,
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     rt.block_on(async {
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            std::future::pending::<()>().await;
-            return;
-        };
         loop {
             tokio::select! {
                 _ = term.recv() => return,
