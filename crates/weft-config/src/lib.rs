@@ -111,6 +111,24 @@ clusters:
 "#;
 
     #[test]
+    fn listener_direction_is_read_and_checked() {
+        let c = from_yaml(&GOOD.replace(
+            "    address: 127.0.0.1:5433\n",
+            "    address: 127.0.0.1:5433\n    direction: outbound\n",
+        ))
+        .unwrap();
+        assert_eq!(c.listeners[0].direction, Direction::Unspecified);
+        assert_eq!(c.listeners[1].direction, Direction::Outbound);
+        let e = from_yaml(&GOOD.replace(
+            "    address: 127.0.0.1:5433\n",
+            "    address: 127.0.0.1:5433\n    direction: sideways\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("listeners[1].direction: unknown value \"sideways\""), "{e}");
+    }
+
+    #[test]
     fn accepts_a_full_config() {
         let c = from_yaml(GOOD).unwrap();
         assert_eq!(c.listeners.len(), 2);

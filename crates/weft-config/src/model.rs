@@ -107,6 +107,21 @@ pub struct Listener {
     /// Bytes buffered per connection and per stream in each direction.
     pub per_connection_buffer_limit_bytes: u32,
     pub filter_chains: Vec<FilterChain>,
+    /// Which way the listener's traffic flows, for a sidecar's shutdown order.
+    pub direction: Direction,
+}
+
+/// A listener's traffic direction (Envoy's `traffic_direction`).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Not said: drained with the inbound listeners on shutdown.
+    #[default]
+    Unspecified,
+    /// Traffic to the local app.
+    Inbound,
+    /// The local app's own calls: on shutdown it keeps serving until the app's connections end.
+    Outbound,
 }
 
 /// The default for `per_connection_buffer_limit_bytes` (listeners and clusters).

@@ -75,6 +75,9 @@ pub struct RawListener {
     pub http: Option<RawHttp>,
     /// Shorthand for a single filter chain holding a TCP proxy.
     pub tcp_proxy: Option<RawTcpProxy>,
+    /// `inbound` (traffic to the app) or `outbound` (the app's own calls); Envoy's
+    /// `traffic_direction`. On shutdown, outbound listeners keep serving while inbound ones drain.
+    pub direction: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -364,12 +364,25 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
             }
         }
     }
+    let direction = match l.direction.as_deref() {
+        None => Direction::Unspecified,
+        Some("inbound") => Direction::Inbound,
+        Some("outbound") => Direction::Outbound,
+        Some(other) => {
+            cx.err(
+                &format!("{path}.direction"),
+                format!("unknown value {other:?} (expected inbound or outbound)"),
+            );
+            Direction::Unspecified
+        }
+    };
     Some(Listener {
         name: name?,
         address: address?,
         max_connections,
         per_connection_buffer_limit_bytes,
         filter_chains: chains,
+        direction,
     })
 }
 

@@ -657,9 +657,15 @@ impl Server {
 
     /// Stops accepting everywhere and asks every connection to close gracefully.
     pub fn start_drain(&self) {
+        self.drain_listeners(|_| true);
+    }
+
+    /// Stops accepting on the listeners `which` selects and drains their connections; `/ready`
+    /// answers 503 from now on.
+    fn drain_listeners(&self, which: impl Fn(&str) -> bool) {
         self.shared.draining.store(true, Ordering::SeqCst);
         let mut slots = self.slots.lock();
-        for slot in slots.values_mut() {
+        for (_, slot) in slots.iter_mut().filter(|(name, _)| which(name)) {
             for t in &slot.accept_tasks {
                 t.abort();
             }
@@ -668,7 +674,14 @@ impl Server {
             slot.sockets.clear();
             slot.current.load().start_drain();
         }
-        for l in self.shared.snapshot.load().listeners.values() {
+        for (_, l) in self
+            .shared
+            .snapshot
+            .load()
+            .listeners
+            .iter()
+            .filter(|(name, _)| which(name))
+        {
             l.start_drain();
         }
     }
@@ -683,9 +696,29 @@ impl Server {
     }
 
     /// Drains, waits for connections to finish (up to `timeout`), then stops the workers.
+    ///
+    /// A sidecar's outbound listeners (`direction: outbound`) go last: while the inbound ones drain,
+    /// they keep accepting and serving the app's own calls (an app finishing its work during its own
+    /// shutdown still reaches its dependencies) until every connection has closed or the timeout
+    /// passes.
     pub fn shutdown(&self, timeout: Duration) {
-        self.start_drain();
         let deadline = Instant::now() + timeout;
+        let outbound: Vec<String> = self
+            .shared
+            .snapshot
+            .load()
+            .listeners
+            .values()
+            .filter(|l| l.config.direction == weft_config::Direction::Outbound)
+            .map(|l| l.config.name.clone())
+            .collect();
+        if !outbound.is_empty() {
+            self.drain_listeners(|name| !outbound.iter().any(|o| o == name));
+            while self.active_connections() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        self.start_drain();
         while self.active_connections() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -540,3 +540,70 @@ clusters:
     assert_eq!(l0["reason"], "-", "{l0}");
     assert_eq!(l1["reason"], "-", "{l1}");
 }
+
+/// A sidecar's shutdown: inbound stops at once, while the outbound listener keeps serving the app's
+/// own calls (new connections included) until the app's connections have closed.
+#[tokio::test]
+async fn shutdown_keeps_outbound_serving_until_the_app_is_done() {
+    let up = named_upstream("a").await;
+    let yaml = format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: inbound
+    address: 127.0.0.1:0
+    direction: inbound
+    http:
+      route_config:
+        virtual_hosts:
+          - {{ name: all, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ] }}
+  - name: outbound
+    address: 127.0.0.1:0
+    direction: outbound
+    http:
+      route_config:
+        virtual_hosts:
+          - {{ name: all, domains: ["*"], routes: [ {{ match: {{ prefix: / }}, route: {{ cluster: app }} }} ] }}
+clusters:
+  - {{ name: app, endpoints: [{{ address: "{}" }}] }}
+"#,
+        up.addr
+    );
+    let proxy = start_proxy(&yaml);
+    let inbound = proxy.listener_addr("inbound").unwrap();
+    let outbound = proxy.listener_addr("outbound").unwrap();
+    // The app holds a keep-alive connection through its sidecar.
+    let mut app = H1Client::connect(outbound).await;
+    assert_eq!(app.get("/").await.status, 200);
+
+    let p = proxy.clone();
+    let started = Instant::now();
+    let shutdown = tokio::task::spawn_blocking(move || p.shutdown(Duration::from_secs(10)));
+    eventually("/ready to answer 503 once the shutdown starts", WAIT, || async {
+        (admin(&proxy, "/ready").await.status == 503).then_some(())
+    })
+    .await;
+    assert!(
+        refuses_connections(inbound, Duration::from_secs(1)).await,
+        "inbound stops accepting at once"
+    );
+    // Outbound still serves the app: on its open connection and on new ones.
+    for _ in 0..3 {
+        assert_eq!(app.get("/").await.status, 200, "the app's keep-alive connection");
+        assert_eq!(get(outbound, "/").await.status, 200, "a new outbound connection");
+    }
+    assert!(!shutdown.is_finished(), "the sidecar waits for the app");
+    // The app is done: its connection closes, and the sidecar finishes well before the timeout.
+    drop(app);
+    tokio::time::timeout(Duration::from_secs(8), shutdown)
+        .await
+        .expect("shutdown returned once the app's connections closed")
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown waited {:?}",
+        started.elapsed()
+    );
+    assert!(refuses_connections(outbound, Duration::from_secs(1)).await);
+}

@@ -185,6 +185,12 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             filter_chains: chains,
             max_connections,
             per_connection_buffer_limit_bytes: l.per_connection_buffer_limit_bytes.as_ref().map(|v| u64::from(v.value)),
+            // envoy.config.core.v3.TrafficDirection: 0 UNSPECIFIED, 1 INBOUND, 2 OUTBOUND.
+            direction: match l.traffic_direction {
+                1 => Some("inbound".into()),
+                2 => Some("outbound".into()),
+                _ => None,
+            },
             ..Default::default()
         },
         rds,
