@@ -940,3 +940,19 @@ fn api_validation_rules_are_applied_with_envoy_paths() {
         ]
     );
 }
+
+#[test]
+fn traffic_direction_is_the_listener_direction() {
+    let mut l = full_listener();
+    assert_eq!(convert::listener(&l).unwrap().unwrap().raw.direction, None);
+    l.traffic_direction = 1;
+    assert_eq!(
+        convert::listener(&l).unwrap().unwrap().raw.direction.as_deref(),
+        Some("inbound")
+    );
+    l.traffic_direction = 2;
+    assert_eq!(
+        convert::listener(&l).unwrap().unwrap().raw.direction.as_deref(),
+        Some("outbound")
+    );
+}
