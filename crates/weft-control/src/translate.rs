@@ -1009,11 +1009,14 @@ fn api_listener(world: &World, svc: &model::Service, name: &str) -> ls::Listener
     }
 }
 
+/// A sidecar listener; `direction` is Envoy's `traffic_direction` (1 inbound, 2 outbound), which
+/// also tells a weft sidecar to keep its outbound listener serving the app during shutdown.
 fn rds_listener(
     name: &str,
     addr: std::net::SocketAddr,
     route: &str,
     rls: Option<&model::RateLimitService>,
+    direction: i32,
 ) -> ls::Listener {
     let manager = hcm::HttpConnectionManager {
         stat_prefix: name.replace('|', "_"),
@@ -1037,6 +1040,7 @@ fn rds_listener(
             }],
             ..Default::default()
         }],
+        traffic_direction: direction,
         ..Default::default()
     }
 }
@@ -1101,7 +1105,11 @@ pub fn node_resources(node: &NodeInfo, rls: Option<&model::RateLimitService>) ->
     if let Some(addr) = node.outbound {
         put(
             Kind::Listener,
-            Res::new(Kind::Listener, OUTBOUND, &rds_listener(OUTBOUND, addr, OUTBOUND, rls)),
+            Res::new(
+                Kind::Listener,
+                OUTBOUND,
+                &rds_listener(OUTBOUND, addr, OUTBOUND, rls, 2),
+            ),
         );
     }
     if !node.cluster.is_empty() {
@@ -1109,7 +1117,7 @@ pub fn node_resources(node: &NodeInfo, rls: Option<&model::RateLimitService>) ->
         if let Some(addr) = node.inbound {
             put(
                 Kind::Listener,
-                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name, None)),
+                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name, None, 1)),
             );
             let rc = rt::RouteConfiguration {
                 name: name.clone(),
