@@ -59,6 +59,20 @@ pub enum RegistryEvent {
     Member { index: usize, event: Box<RegistryEvent> },
 }
 
+/// Sends one batch of changes, then the registry's skipped entries if they differ from `before`.
+/// False when the receiver (the catalog) is gone.
+pub(crate) async fn publish(
+    events: &mpsc::Sender<RegistryEvent>,
+    changes: Vec<SourceChange>,
+    skipped: &BTreeMap<String, String>,
+    before: &BTreeMap<String, String>,
+) -> bool {
+    if events.send(RegistryEvent::Changes(changes)).await.is_err() {
+        return false;
+    }
+    skipped == before || events.send(RegistryEvent::Skipped(skipped.clone())).await.is_ok()
+}
+
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A source of services and policies. Implementations run until `shutdown` turns true.

@@ -316,19 +316,7 @@ impl Runner {
             self.skipped.extend(skipped);
             changes.push(change);
         }
-        if self.events.send(RegistryEvent::Changes(changes)).await.is_err() {
-            return false;
-        }
-        if self.skipped != before
-            && self
-                .events
-                .send(RegistryEvent::Skipped(self.skipped.clone()))
-                .await
-                .is_err()
-        {
-            return false;
-        }
-        true
+        super::publish(&self.events, changes, &self.skipped, &before).await
     }
 
     /// Replaces the known keys with a full listing; emits only what differs.

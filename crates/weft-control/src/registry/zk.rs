@@ -232,19 +232,7 @@ impl Runner {
             self.skipped.extend(skipped);
             changes.push(change);
         }
-        if self.events.send(RegistryEvent::Changes(changes)).await.is_err() {
-            return false;
-        }
-        if self.skipped != before
-            && self
-                .events
-                .send(RegistryEvent::Skipped(self.skipped.clone()))
-                .await
-                .is_err()
-        {
-            return false;
-        }
-        true
+        super::publish(&self.events, changes, &self.skipped, &before).await
     }
 
     /// Applies one watch event; reads ZooKeeper where the path alone does not tell.

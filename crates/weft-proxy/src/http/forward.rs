@@ -15,7 +15,7 @@ use crate::cluster::{ClusterRt, Host, PooledH1, RetryGuard};
 use crate::flags::Reason;
 use crate::hostset::Labels;
 use crate::outlier::Outcome;
-use crate::router::{RouteEntry, RouteTable, VirtualHostEntry};
+use crate::router::{HeaderOps, RouteEntry, RouteTable, VirtualHostEntry};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
@@ -128,15 +128,28 @@ pub(super) async fn forward(
     facts: &mut Facts,
 ) -> Result<Reply, Error> {
     let plan = Plan::new(ctx, &req, route, action)?;
-    facts.cluster = Some(plan.cluster.clone());
+    if facts.logging {
+        facts.cluster = Some(plan.cluster.clone());
+    }
 
     let upgrade = is_upgrade(&req) && plan.cluster.protocol() == UpstreamProtocol::Http1;
     let mut req = req;
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let headers = std::mem::take(&mut parts.headers);
-    let headers = rewrite_request_headers(ctx, headers, parts.version, upgrade, grpc, [route_table, vh, route]);
-    if facts.capture_headers {
+    let headers = rewrite_request_headers(
+        ctx,
+        headers,
+        parts.version,
+        upgrade,
+        grpc,
+        [
+            &route_table.mutations.request,
+            &vh.mutations.request,
+            &route.mutations.request,
+        ],
+    );
+    if facts.logging {
         facts.request_id = headers.get(&X_REQUEST_ID).cloned();
         facts.xff = headers.get(&X_FORWARDED_FOR).cloned();
     }
@@ -288,7 +301,7 @@ fn rewrite_request_headers(
     down_version: Version,
     upgrade: bool,
     grpc: bool,
-    mutations: [&dyn RequestMutations; 3],
+    mutations: [&HeaderOps; 3],
 ) -> HeaderMap {
     let rt = &*ctx.rt;
     // Room for the forwarding headers added below, so the map grows at most once.
@@ -332,32 +345,9 @@ fn rewrite_request_headers(
     }
     headers.remove(&ORIGINAL_DST_HEADER);
     for m in mutations {
-        m.apply_request(&mut headers);
+        m.apply(&mut headers);
     }
     headers
-}
-
-/// The request header mutations of a route table, virtual host or route.
-trait RequestMutations {
-    fn apply_request(&self, h: &mut HeaderMap);
-}
-
-impl RequestMutations for RouteTable {
-    fn apply_request(&self, h: &mut HeaderMap) {
-        self.mutations.request.apply(h);
-    }
-}
-
-impl RequestMutations for VirtualHostEntry {
-    fn apply_request(&self, h: &mut HeaderMap) {
-        self.mutations.request.apply(h);
-    }
-}
-
-impl RequestMutations for RouteEntry {
-    fn apply_request(&self, h: &mut HeaderMap) {
-        self.mutations.request.apply(h);
-    }
 }
 
 /// The request body, as each try will send it.

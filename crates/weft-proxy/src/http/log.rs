@@ -16,8 +16,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// at the exchange's exit. Cheap when nothing logs: a few words and reference counts.
 #[derive(Default)]
 pub(super) struct Facts {
-    /// Capture the request headers below (only when an access log wants them).
-    pub capture_headers: bool,
+    /// Whether an access log reads these facts: the optional ones below (cluster, request id,
+    /// forwarding header) are only captured then, so a request without a log clones nothing.
+    pub logging: bool,
     pub cluster: Option<Arc<ClusterRt>>,
     pub host: Option<SocketAddr>,
     pub attempts: u32,

@@ -53,7 +53,7 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         .as_ref()
         .map(|l| LogRecord::start(l, &req, start, ctx.peer, &rt.listener));
     let mut facts = Facts {
-        capture_headers: log.is_some(),
+        logging: log.is_some(),
         ..Facts::default()
     };
     let mut matched: Matched = None;
