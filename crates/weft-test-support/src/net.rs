@@ -31,10 +31,19 @@ pub fn listener() -> std::net::TcpListener {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")
 }
 
-/// A 127.0.0.1 address on which nothing listens: bound, then closed at once (connecting there is
-/// refused until something else binds the port).
+/// A 127.0.0.1 address on which nothing listens, for the life of the test process: the port stays
+/// bound by a socket that never listens (leaked on purpose), so connecting is always refused and
+/// no other socket of a test running in parallel can be given that port. (Binding and closing at
+/// once left the port free for the next `127.0.0.1:0` bind, which made "dead upstream" tests
+/// flaky.)
 pub fn dead_addr() -> SocketAddr {
-    listener().local_addr().expect("local address")
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind 127.0.0.1:0");
+    let addr = s.local_addr().ok().and_then(|a| a.as_socket()).expect("local address");
+    std::mem::forget(s);
+    addr
 }
 
 /// Whether a TCP connection to `addr` is refused (or fails) within `wait`.
