@@ -64,7 +64,7 @@ async fn scale_one_endpoint_change_reaches_every_delta_client() {
     // WEFT_CONTROL_BIN (the `control` example or `weft`) runs the control plane in its own process,
     // so that its RSS is measured without the test clients'.
     let external = std::env::var("WEFT_CONTROL_BIN").ok().map(|bin| {
-        let free = || weft_test_support::dead_addr();
+        let free = || weft_test_support::free_addr();
         let (xds, admin) = (free(), free());
         let mut cmd = std::process::Command::new(bin);
         if cmd.get_program().to_string_lossy().ends_with("weft") {

@@ -504,7 +504,7 @@ async fn sotw_listener_on_a_taken_port_is_nacked_in_lds() {
 
     // The port is free now; the control plane sends the listeners again, plus one more.
     drop(blocker);
-    let free = weft_test_support::dead_addr();
+    let free = weft_test_support::free_addr();
     let mut l2 = listener_with("out2", "r", vec![router_filter()]);
     l2.address = Some(socket(free));
     let m = cp.mark();
