@@ -28,6 +28,11 @@ pub struct ControlArgs {
     /// Debounce window for registry changes, e.g. 100ms.
     #[arg(long, default_value = "100ms", value_parser = weft_config::duration::parse)]
     pub debounce: Duration,
+    /// Configuration scoping: `declared` (sidecars of a service with `dependencies` get only
+    /// those), `on-demand` (also: weft sidecars of services without them start empty and ask for
+    /// what their traffic needs), `off` (everyone gets the whole mesh). See docs/control.md.
+    #[arg(long, default_value = "declared")]
+    pub scoping: crate::server::Scoping,
     /// Validate the registry directory and exit (0 when every file is valid).
     #[arg(long)]
     pub check: bool,
@@ -279,6 +284,7 @@ pub fn run(args: ControlArgs) -> i32 {
         opts.xds = args.xds;
         opts.admin = Some(args.admin);
         opts.debounce = args.debounce;
+        opts.scoping = args.scoping;
         let cp = match ControlPlane::start(opts).await {
             Ok(cp) => cp,
             Err(e) => {

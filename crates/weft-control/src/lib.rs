@@ -48,6 +48,8 @@ pub struct ControlOptions {
     pub ca: Option<Arc<ca::Ca>>,
     /// Also serve the CA API over TLS here (`--ca-tls`); needs `ca`.
     pub ca_tls: Option<SocketAddr>,
+    /// Which proxies are sent only part of the mesh (`--scoping`).
+    pub scoping: server::Scoping,
 }
 
 impl ControlOptions {
@@ -60,6 +62,7 @@ impl ControlOptions {
             debounce: Duration::from_millis(100),
             ca: None,
             ca_tls: None,
+            scoping: server::Scoping::default(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl ControlPlane {
             proxies: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             shutdown: shutdown_rx.clone(),
+            scoping: opts.scoping,
         });
         let mut tasks = Vec::new();
         let (ev_tx, ev_rx) = mpsc::channel(64);

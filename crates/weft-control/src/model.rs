@@ -112,6 +112,7 @@ struct RawService {
     protocol: Option<String>,
     #[serde(default)]
     endpoints: Vec<RawEndpoint>,
+    dependencies: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +334,10 @@ pub struct Service {
     pub port: Option<u16>,
     pub protocol: Protocol,
     pub endpoints: Vec<Endpoint>,
+    /// The services this service's workloads call (like the egress hosts of an Istio `Sidecar`):
+    /// their sidecars are sent only these (see `docs/control.md`, "Configuration scoping"). None:
+    /// not declared; `*` in the list: everything.
+    pub dependencies: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -684,11 +689,23 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
                 health,
             });
         }
+        if let Some(deps) = &s.dependencies {
+            for (j, d) in deps.iter().enumerate() {
+                if d != "*" {
+                    check_name(&mut e, &format!("{p}.dependencies[{j}]"), d);
+                }
+            }
+        }
         frag.services.push(std::sync::Arc::new(Service {
             name: s.name,
             port: s.port,
             protocol,
             endpoints,
+            dependencies: s.dependencies.map(|mut d| {
+                d.sort();
+                d.dedup();
+                d
+            }),
         }));
     }
     for (i, r) in raw.routes.into_iter().enumerate() {

@@ -7,7 +7,7 @@
 //! resources are shared, so an endpoint change costs each proxy a few map lookups and one message.
 
 use crate::metrics::{Metrics, StreamLabel, TypeLabel};
-use crate::translate::{fnv, node_resources, Kind, NodeInfo, NodeResources, Res, Snapshot, FNV_INIT};
+use crate::translate::{fnv, node_resources, Kind, NodeInfo, NodeResources, Res, Scope, Snapshot, FNV_INIT, OUTBOUND};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,34 @@ pub struct Shared {
     pub proxies: Mutex<BTreeMap<u64, Arc<ProxyEntry>>>,
     pub next_id: AtomicU64,
     pub shutdown: watch::Receiver<bool>,
+    pub scoping: Scoping,
+}
+
+/// Which proxies get only part of the mesh (`--scoping`; see docs/control.md, "Configuration
+/// scoping").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scoping {
+    /// Sidecars of a service that declares `dependencies` get those services only (plus what they
+    /// ask for by name); every other proxy gets the whole mesh.
+    #[default]
+    Declared,
+    /// As `Declared`, and sidecars that can ask on demand (weft proxies) start with nothing when
+    /// their service declares no dependencies: they learn from their traffic.
+    OnDemand,
+    /// Every proxy gets the whole mesh.
+    Off,
+}
+
+impl std::str::FromStr for Scoping {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Scoping, String> {
+        match s {
+            "declared" => Ok(Scoping::Declared),
+            "on-demand" => Ok(Scoping::OnDemand),
+            "off" => Ok(Scoping::Off),
+            other => Err(format!("unknown scoping \"{other}\" (declared, on-demand, off)")),
+        }
+    }
 }
 
 pub struct ProxyEntry {
@@ -74,10 +102,15 @@ pub struct StreamState {
     pub types: [TypeState; 4],
     pub nonce_counter: u64,
     pub generation: u64,
+    scoping: Scoping,
+    /// The services this proxy is sent; None: the whole mesh.
+    pub scope: Option<Arc<Scope>>,
+    /// `outbound` cut to `scope`, from the current snapshot.
+    scoped_rds: Option<Arc<Res>>,
 }
 
 impl StreamState {
-    fn new() -> StreamState {
+    fn new(scoping: Scoping) -> StreamState {
         StreamState {
             node: None,
             node_res: Arc::new(NodeResources::default()),
@@ -85,7 +118,51 @@ impl StreamState {
             types: Default::default(),
             nonce_counter: 0,
             generation: 0,
+            scoping,
+            scope: None,
+            scoped_rds: None,
         }
+    }
+
+    /// The services this proxy should be sent, or None for the whole mesh: its service's declared
+    /// dependencies (or nothing, for an on-demand proxy under `--scoping on-demand`), plus every
+    /// service whose cluster it subscribed to by name (on demand).
+    fn desired_scope(&self, snap: &Snapshot) -> Option<BTreeSet<String>> {
+        let info = self.node.as_ref()?;
+        if self.scoping == Scoping::Off || info.role != "sidecar" || info.cluster.is_empty() {
+            return None;
+        }
+        let declared = snap
+            .world
+            .services
+            .get(&info.cluster)
+            .and_then(|s| s.dependencies.as_ref());
+        let mut set: BTreeSet<String> = match declared {
+            Some(d) if d.iter().any(|x| x == "*") => return None,
+            Some(d) => d.iter().cloned().collect(),
+            None if self.scoping == Scoping::OnDemand && info.on_demand => BTreeSet::new(),
+            None => return None,
+        };
+        for n in &self.types[Kind::Cluster as usize].names {
+            set.insert(crate::translate::service_of(n).to_string());
+        }
+        Some(set)
+    }
+
+    /// Recomputes the scope (and the scoped route table for `snap`); true when the scope changed,
+    /// so that a full diff is needed.
+    fn refresh_scope(&mut self, snap: &Snapshot) -> bool {
+        let want = self.desired_scope(snap);
+        let changed = match (&self.scope, &want) {
+            (None, None) => false,
+            (Some(a), Some(b)) => a.services != *b,
+            _ => true,
+        };
+        if changed {
+            self.scope = want.map(|services| Arc::new(Scope { services }));
+        }
+        self.scoped_rds = self.scope.as_ref().map(|s| snap.scoped_outbound(s));
+        changed
     }
 
     fn next_nonce(&mut self) -> String {
@@ -122,12 +199,49 @@ struct View<'a> {
     node: &'a NodeResources,
     /// A proxyless gRPC client: clusters from `snap.grpc_clusters` where they exist.
     grpc: bool,
+    /// Configuration scoping: shared clusters and endpoints outside the scope are left out of the
+    /// wildcard sets, and `outbound` is `scoped_rds`. Resources named explicitly are still served.
+    scope: Option<&'a Scope>,
+    scoped_rds: Option<&'a Arc<Res>>,
+}
+
+/// What a [`View`] needs from the stream, cloned out so the stream state can be mutated meanwhile.
+struct ViewParts {
+    node_res: Arc<NodeResources>,
+    grpc: bool,
+    scope: Option<Arc<Scope>>,
+    scoped_rds: Option<Arc<Res>>,
+}
+
+impl ViewParts {
+    fn of(st: &StreamState) -> ViewParts {
+        ViewParts {
+            node_res: st.node_res.clone(),
+            grpc: st.node.as_ref().is_some_and(|n| n.proxyless_grpc),
+            scope: st.scope.clone(),
+            scoped_rds: st.scoped_rds.clone(),
+        }
+    }
 }
 
 impl<'a> View<'a> {
-    fn new(snap: &'a Snapshot, node: &'a NodeResources, st: &StreamState) -> View<'a> {
-        let grpc = st.node.as_ref().is_some_and(|n| n.proxyless_grpc);
-        View { snap, node, grpc }
+    fn new(snap: &'a Snapshot, p: &'a ViewParts) -> View<'a> {
+        View {
+            snap,
+            node: &p.node_res,
+            grpc: p.grpc,
+            scope: p.scope.as_deref(),
+            scoped_rds: p.scoped_rds.as_ref(),
+        }
+    }
+
+    /// Whether a shared resource is in this proxy's wildcard set.
+    fn visible(&self, kind: Kind, name: &str) -> bool {
+        match (self.scope, kind) {
+            (None, _) | (Some(_), Kind::Listener) => true,
+            (Some(s), Kind::Cluster | Kind::Endpoint) => s.covers(name),
+            (Some(_), Kind::Route) => name != OUTBOUND,
+        }
     }
 
     /// The variant of a shared resource this client gets.
@@ -140,6 +254,11 @@ impl<'a> View<'a> {
     }
 
     fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Res>> {
+        if kind == Kind::Route && name == OUTBOUND {
+            if let Some(r) = self.scoped_rds {
+                return Some(r);
+            }
+        }
         self.node.maps[kind as usize]
             .get(name)
             .or_else(|| self.snap.get(kind, name).map(|r| self.variant(kind, r)))
@@ -153,17 +272,21 @@ impl<'a> View<'a> {
             Some(
                 self.snap.maps[kind as usize]
                     .values()
+                    .filter(move |r| self.visible(kind, &r.name))
                     .map(move |r| self.variant(kind, r)),
             )
         };
+        let scoped = if kind == Kind::Route { self.scoped_rds } else { None };
         self.node.maps[kind as usize]
             .values()
             .chain(shared.into_iter().flatten())
+            .chain(scoped)
     }
 
     fn in_all(&self, kind: Kind, name: &str) -> bool {
         self.node.maps[kind as usize].contains_key(name)
-            || (kind != Kind::Listener && self.snap.maps[kind as usize].contains_key(name))
+            || (kind != Kind::Listener && self.snap.maps[kind as usize].contains_key(name) && self.visible(kind, name))
+            || (kind == Kind::Route && name == OUTBOUND && self.scoped_rds.is_some())
     }
 }
 
@@ -314,8 +437,8 @@ fn sotw_respond(
     is_push: bool,
     incremental: bool,
 ) -> Vec<Out> {
-    let node_res = st.node_res.clone();
-    let view = View::new(snap, &node_res, st);
+    let parts = ViewParts::of(st);
+    let view = View::new(snap, &parts);
     let mut out = Vec::new();
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
@@ -570,8 +693,8 @@ fn delta_respond(
     is_push: bool,
     incremental: bool,
 ) -> Vec<Out> {
-    let node_res = st.node_res.clone();
-    let view = View::new(snap, &node_res, st);
+    let parts = ViewParts::of(st);
+    let view = View::new(snap, &parts);
     let mut out = Vec::new();
     let mut kinds: Vec<Kind> = kinds.to_vec();
     kinds.sort();
@@ -731,7 +854,13 @@ async fn run_stream<Req, Resp>(
                 match (request(&mut st, req, &shared.metrics), &current) {
                     (Some(kind), Some(snap)) => {
                         st.refresh_node(snap);
-                        respond(&mut st, &[kind], snap, &shared.metrics, false, false)
+                        // A cluster asked for by name widens a scoped proxy's view: send it the
+                        // service's endpoints and virtual host too.
+                        if st.refresh_scope(snap) {
+                            respond(&mut st, &Kind::ALL, snap, &shared.metrics, false, false)
+                        } else {
+                            respond(&mut st, &[kind], snap, &shared.metrics, false, false)
+                        }
                     }
                     _ => Vec::new(),
                 }
@@ -745,7 +874,7 @@ async fn run_stream<Req, Resp>(
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 // The watch channel coalesces: if snapshots were skipped, diff in full.
                 // Rebuilt node resources are not in `snap.changed`: diff in full then too.
-                let rebuilt = st.refresh_node(snap);
+                let rebuilt = st.refresh_node(snap) | st.refresh_scope(snap);
                 let incremental = !rebuilt && st.generation != 0 && snap.prev_generation == st.generation;
                 st.generation = snap.generation;
                 respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)
@@ -818,7 +947,7 @@ impl Ads {
             kind,
             connected_at: SystemTime::now(),
             peer,
-            state: Mutex::new(StreamState::new()),
+            state: Mutex::new(StreamState::new(self.shared.scoping)),
         });
         self.shared
             .proxies
@@ -1054,12 +1183,16 @@ mod tests {
                 snap: &s1,
                 node: &node,
                 grpc: false,
+                scope: None,
+                scoped_rds: None,
             };
             delta_compute(&mut ts, kind, &v1);
             let v2 = View {
                 snap: &s2,
                 node: &node,
                 grpc: false,
+                scope: None,
+                scoped_rds: None,
             };
             let mut full = ts.clone();
             let mut inc = ts.clone();

@@ -11,7 +11,7 @@
 //!   inbound cluster and route table), built once when the proxy connects.
 
 use crate::model::{self, AbortCode, HashOn, Health, LbPolicy, PathMatch, Protocol, StringMatch, World};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
@@ -142,7 +142,34 @@ pub struct Snapshot {
     /// instead of a full diff of every subscribed resource.
     pub prev_generation: u64,
     pub changed: [Vec<Arc<str>>; 4],
+    /// `outbound` route tables cut to one [`Scope`] each, built on first use and shared by every
+    /// proxy with that scope. Carried over to the next snapshot when the route inputs are the same.
+    scoped_outbound: std::sync::Mutex<HashMap<BTreeSet<String>, Arc<Res>>>,
 }
+
+/// The services one proxy is sent when its configuration is scoped (declared dependencies plus
+/// what it asked for on demand). Resources of other services are left out of its wildcard sets
+/// and its `outbound` route table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    pub services: BTreeSet<String>,
+}
+
+impl Scope {
+    /// Whether a shared cluster or ClusterLoadAssignment (`T` or `T|subset`) belongs to a service in
+    /// the scope.
+    pub fn covers(&self, resource_name: &str) -> bool {
+        self.services.contains(service_of(resource_name))
+    }
+}
+
+/// The service a shared cluster or endpoint resource belongs to: `T` for `T` and `T|subset`.
+pub fn service_of(resource_name: &str) -> &str {
+    resource_name.split('|').next().unwrap_or(resource_name)
+}
+
+/// Bound on the cached scoped route tables of one snapshot (each distinct dependency set is one).
+const SCOPED_CACHE_MAX: usize = 16_384;
 
 impl Snapshot {
     pub fn get(&self, kind: Kind, name: &str) -> Option<&Arc<Res>> {
@@ -154,6 +181,32 @@ impl Snapshot {
 
     pub fn total(&self) -> usize {
         self.maps.iter().map(|m| m.len()).sum::<usize>() + self.api_listeners.len()
+    }
+
+    /// The `outbound` route table with only the virtual hosts of `scope`'s services (those that
+    /// exist), encoded once per distinct scope.
+    pub fn scoped_outbound(&self, scope: &Scope) -> Arc<Res> {
+        let mut cache = self.scoped_outbound.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = cache.get(&scope.services) {
+            return r.clone();
+        }
+        let vhosts = scope
+            .services
+            .iter()
+            .filter_map(|n| self.world.services.get(n))
+            .map(|s| virtual_host(&self.world, s, true))
+            .collect();
+        let rc = rt::RouteConfiguration {
+            name: OUTBOUND.into(),
+            virtual_hosts: vhosts,
+            ..Default::default()
+        };
+        let r = Res::new(Kind::Route, OUTBOUND, &rc);
+        if cache.len() >= SCOPED_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(scope.services.clone(), r.clone());
+        r
     }
 }
 
@@ -211,6 +264,10 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
                 .zip(world.services.iter())
                 .all(|((a, sa), (b, sb))| a == b && sa.port == sb.port)
     });
+    let scoped_outbound = match prev {
+        Some(p) if route_inputs_same => p.scoped_outbound.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        _ => HashMap::new(),
+    };
     let (outbound, api_listeners) = match prev {
         Some(p) if route_inputs_same => (
             p.maps[Kind::Route as usize].get(OUTBOUND).cloned(),
@@ -282,6 +339,7 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
         per_service,
         api_listeners,
         grpc_clusters,
+        scoped_outbound: std::sync::Mutex::new(scoped_outbound),
     }
 }
 
@@ -1058,6 +1116,9 @@ pub struct NodeInfo {
     /// A proxyless gRPC client (`user_agent_name` "gRPC C-core ...", "gRPC Node Pure JS",
     /// "gRPC Java", "gRPC Go"): gets [`Snapshot::grpc_clusters`].
     pub proxyless_grpc: bool,
+    /// The proxy asks for services it does not know on demand (node metadata `weft.on_demand`:
+    /// "true"), so its configuration may start empty (`--scoping on-demand`).
+    pub on_demand: bool,
 }
 
 impl NodeInfo {
@@ -1085,6 +1146,7 @@ impl NodeInfo {
             app: addr("weft.app"),
             user_agent: n.user_agent_name.clone(),
             proxyless_grpc: n.user_agent_name.starts_with("gRPC"),
+            on_demand: meta("weft.on_demand").as_deref() == Some("true"),
         }
     }
 }

@@ -123,6 +123,7 @@ fn assemble(
         port: None,
         protocol,
         endpoints,
+        dependencies: None,
     };
     SourceChange::Upsert {
         source,
