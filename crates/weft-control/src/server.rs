@@ -92,6 +92,9 @@ pub struct TypeState {
     pub acks: u64,
     pub nacks: u64,
     pub last_nack: Option<String>,
+    /// Delta CDS: names subscribed explicitly (on demand) that do not exist, already reported in
+    /// `removed_resources` so the client stops waiting for them.
+    pub missing_reported: BTreeSet<String>,
 }
 
 pub struct StreamState {
@@ -640,6 +643,22 @@ fn delta_compute(ts: &mut TypeState, kind: Kind, view: &View<'_>) -> (Vec<Arc<Re
     });
     for r in &send {
         ts.sent.insert(r.name.clone(), r.version);
+    }
+    if kind == Kind::Cluster {
+        // A cluster asked for by name (on-demand discovery) that does not exist: say so once, as
+        // Envoy's on-demand CDS expects, so the client answers its waiting request at once.
+        let mut missing: Vec<String> = Vec::new();
+        for n in &ts.names {
+            if view.get(kind, n).is_none() && !ts.sent.contains_key(n.as_str()) {
+                missing.push(n.clone());
+            }
+        }
+        ts.missing_reported.retain(|n| missing.contains(n));
+        for n in missing {
+            if ts.missing_reported.insert(n.clone()) && !removed.contains(&n) {
+                removed.push(n);
+            }
+        }
     }
     (send, removed)
 }

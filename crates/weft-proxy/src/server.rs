@@ -39,7 +39,14 @@ pub struct Shared {
     /// Extra admin state (the xDS client's) for `/xds`, `/config_dump` and `/stats/prometheus`.
     pub admin_extensions: Mutex<Vec<Arc<dyn AdminExtension>>>,
     generation: AtomicU64,
+    /// On-demand discovery of services no route matches (set by the xDS client, see
+    /// [`Shared::set_discover`]).
+    discover: arc_swap::ArcSwapOption<DiscoverFn>,
 }
+
+/// Asks the configuration source for a service on demand (see
+/// [`weft_upstream::ClusterLookup::discover`]).
+pub type DiscoverFn = Box<dyn Fn(&str) -> Option<weft_upstream::OnDemand> + Send + Sync>;
 
 /// Receives a re-read configuration file instead of [`Server::apply`]: set by the configuration
 /// source that owns the proxy's configuration (the xDS client, which merges the file's static part
@@ -114,12 +121,21 @@ impl weft_upstream::ClusterLookup for Shared {
     fn cluster(&self, name: &str) -> Option<Arc<ClusterRt>> {
         self.snapshot.load().clusters.get(name).cloned()
     }
+
+    fn discover(&self, host: &str) -> Option<weft_upstream::OnDemand> {
+        self.discover.load().as_ref().and_then(|f| f(host))
+    }
 }
 
 impl Shared {
     /// Called once the first complete dynamic configuration has been applied.
     pub fn set_xds_initialized(&self) {
         self.xds_initializing.store(false, Ordering::SeqCst);
+    }
+
+    /// Routes that miss ask `f` for the host's service and wait for it (on-demand scoping).
+    pub fn set_discover(&self, f: DiscoverFn) {
+        self.discover.store(Some(Arc::new(f)));
     }
 
     pub fn add_admin_extension(&self, ext: Arc<dyn AdminExtension>) {
@@ -299,6 +315,7 @@ impl Server {
             xds_initializing: AtomicBool::new(config.xds.is_some()),
             admin_extensions: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
+            discover: arc_swap::ArcSwapOption::empty(),
         });
         let mut handles = Vec::new();
         let mut stops = Vec::new();

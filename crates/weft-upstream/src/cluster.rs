@@ -92,7 +92,18 @@ impl Host {
 /// shared state implements it; the request path sees nothing else of it.
 pub trait ClusterLookup: Send + Sync {
     fn cluster(&self, name: &str) -> Option<Arc<ClusterRt>>;
+
+    /// On-demand discovery: asks the configuration source for the service `host` (a request's
+    /// authority without its port) that no route matched. None: nothing to wait for (no source that
+    /// discovers on demand, or `host` is known to be missing); otherwise a future that resolves when
+    /// the configuration may have changed (true) or the service is known not to exist (false).
+    fn discover(&self, _host: &str) -> Option<OnDemand> {
+        None
+    }
 }
+
+/// See [`ClusterLookup::discover`].
+pub type OnDemand = std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>;
 
 fn overflow() -> Error {
     Error::internal(Reason::Overflow).context("connection limit reached")

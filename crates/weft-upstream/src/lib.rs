@@ -11,4 +11,4 @@ pub mod health;
 pub mod hostset;
 pub mod outlier;
 
-pub use cluster::{set_worker_index, ClusterLookup, ClusterRt, Host};
+pub use cluster::{set_worker_index, ClusterLookup, ClusterRt, Host, OnDemand};

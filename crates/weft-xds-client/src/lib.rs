@@ -52,6 +52,27 @@ pub(crate) struct Inner {
     pub(crate) xds: weft_config::Xds,
     pub(crate) node: weft_config::Node,
     pub(crate) metrics: Mutex<Counters>,
+    /// Wakes the session to update the CDS subscription (on-demand discovery).
+    pub(crate) wake: tokio::sync::Notify,
+    /// Bumped after every response handled: on-demand waiters look at the route table again.
+    pub(crate) changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// Most services one proxy asks for on demand; more are refused (each is a subscription the
+/// control plane keeps, so a client sending random `Host` headers must not grow it forever).
+pub const MAX_ON_DEMAND: usize = 4096;
+/// How long a service the control plane said it does not have is not asked for again.
+pub const ON_DEMAND_MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+/// After this long, a service asked for on demand whose route still misses is not waited for.
+const ON_DEMAND_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A service name as a `Host` header may carry it: a DNS name.
+fn valid_service_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 #[derive(Default)]
@@ -81,6 +102,8 @@ impl XdsClient {
             on_initialized,
             xds,
             metrics: Mutex::new(Counters::default()),
+            wake: tokio::sync::Notify::new(),
+            changed: tokio::sync::watch::Sender::new(0),
         });
         let task = handle.spawn(stream::run(inner.clone()));
         let summary = handle.spawn(stream::summary(Arc::downgrade(&inner), stream::SUMMARY_INTERVAL));
@@ -99,6 +122,69 @@ impl XdsClient {
             st.static_cfg = old;
         }
         r
+    }
+
+    /// On-demand discovery (configuration scoping): subscribes to the cluster `name` by name, in
+    /// addition to the wildcard, and returns a future that resolves when a configuration holding
+    /// that cluster has been applied (true), or false when the control plane says it has no such
+    /// cluster. None when there is
+    /// nothing to wait for: not a service name, known to be missing (for
+    /// [`ON_DEMAND_MISSING_TTL`]), asked for long ago (its route misses for another reason), or
+    /// [`MAX_ON_DEMAND`] names asked for already.
+    pub fn discover(&self, name: &str) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>> {
+        if !valid_service_name(name) {
+            return None;
+        }
+        let mut rx = self.inner.changed.subscribe();
+        {
+            let mut st = self.inner.state.lock().unwrap();
+            if let Some(at) = st.on_demand_missing.get(name) {
+                if at.elapsed() < ON_DEMAND_MISSING_TTL {
+                    return None;
+                }
+                st.on_demand_missing.remove(name);
+            }
+            match st.on_demand.get(name) {
+                Some(at) if at.elapsed() > ON_DEMAND_SETTLE => return None,
+                Some(_) => {}
+                None => {
+                    if st.on_demand.len() >= MAX_ON_DEMAND {
+                        return None;
+                    }
+                    tracing::debug!(service = name, "asking the control plane for a service on demand");
+                    st.on_demand.insert(name.to_string(), tokio::time::Instant::now());
+                    self.inner.wake.notify_one();
+                }
+            }
+        }
+        let inner = Arc::downgrade(&self.inner);
+        let name = name.to_string();
+        Some(Box::pin(async move {
+            // Resolves once the cluster is in an applied configuration (its endpoints arrived, so
+            // a route to it does not fail with "no cluster"), or is known to be missing.
+            loop {
+                if rx.changed().await.is_err() {
+                    return false;
+                }
+                let Some(i) = inner.upgrade() else { return false };
+                let st = i.state.lock().unwrap();
+                if st.on_demand_missing.contains_key(&name) {
+                    return false;
+                }
+                if st
+                    .last_applied
+                    .as_ref()
+                    .is_some_and(|c| c.clusters.iter().any(|c| c.name == name))
+                {
+                    return true;
+                }
+            }
+        }))
+    }
+
+    /// The services asked for on demand so far.
+    pub fn on_demand_names(&self) -> Vec<String> {
+        self.inner.state.lock().unwrap().on_demand.keys().cloned().collect()
     }
 
     /// Whether the first complete configuration has been applied.
@@ -160,6 +246,8 @@ impl XdsClient {
             "initialized": st.initialized,
             "connects": m.connects,
             "warming": waiting,
+            "on_demand": st.on_demand.keys().collect::<Vec<_>>(),
+            "on_demand_missing": st.on_demand_missing.keys().collect::<Vec<_>>(),
             "types": types,
         })
     }

@@ -112,6 +112,11 @@ pub struct State {
     /// and its port cannot be taken by someone else while it warms. SO_REUSEPORT lets the proxy
     /// bind the same address next to it.
     reservations: HashMap<String, Reservation>,
+    /// Clusters asked for by name on demand (a request for a service this proxy was not sent),
+    /// with when they were first asked for. CDS is then a wildcard plus these names.
+    pub on_demand: BTreeMap<String, Instant>,
+    /// On-demand names the control plane said it does not have, with when it said so.
+    pub on_demand_missing: HashMap<String, Instant>,
 }
 
 /// A listener's address, held for it (see [`State::reservations`]).
@@ -238,6 +243,8 @@ impl State {
             connected: false,
             api_listeners_warned: BTreeSet::new(),
             reservations: HashMap::new(),
+            on_demand: BTreeMap::new(),
+            on_demand_missing: HashMap::new(),
         }
     }
 

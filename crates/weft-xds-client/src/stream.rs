@@ -92,6 +92,13 @@ fn node(inner: &Inner) -> core::Node {
                 },
             )
         })
+        // This client asks for clusters it was not sent on demand (see `XdsClient::discover`).
+        .chain(std::iter::once((
+            "weft.on_demand".to_string(),
+            Value {
+                kind: Some(Kind::StringValue("true".into())),
+            },
+        )))
         .collect();
     core::Node {
         id: n.id.clone(),
@@ -218,6 +225,16 @@ async fn session(inner: &Arc<Inner>) -> Result<std::convert::Infallible, (String
         let deadline = inner.state.lock().unwrap().next_deadline();
         let msg = tokio::select! {
             m = inbound.next() => m,
+            _ = inner.wake.notified() => {
+                // A cluster asked for on demand (or one forgotten): update the CDS subscription.
+                let st = inner.state.lock().unwrap();
+                sess.subscribe(inner, &st, CDS, false);
+                drop(st);
+                if sess.broken {
+                    return Err(("an xDS request could not be queued; reconnecting".into(), progress));
+                }
+                continue;
+            }
             _ = sleep_until(deadline) => {
                 let mut st = inner.state.lock().unwrap();
                 if st.expire(tokio::time::Instant::now()) {
@@ -350,6 +367,12 @@ impl Session {
         match t {
             RDS => Some(st.res.rds_names()),
             EDS => Some(st.res.eds_names()),
+            // The wildcard plus the clusters asked for on demand (configuration scoping).
+            CDS if !st.on_demand.is_empty() => Some(
+                std::iter::once("*".to_string())
+                    .chain(st.on_demand.keys().cloned())
+                    .collect(),
+            ),
             _ => None,
         }
     }
@@ -491,6 +514,14 @@ impl Session {
         let t = change.t;
         let short = weft_xds_api::type_url::short(&type_url).to_string();
         let mut st = inner.state.lock().unwrap();
+        if t == CDS {
+            // A cluster asked for on demand that the control plane does not have.
+            for name in &change.removed {
+                if st.on_demand.remove(name).is_some() {
+                    st.on_demand_missing.insert(name.clone(), tokio::time::Instant::now());
+                }
+            }
+        }
         let result = st.handle(change, &inner.apply);
         {
             let mut mtx = inner.metrics.lock().unwrap();
@@ -553,6 +584,8 @@ impl Session {
             }
             check_initialized(inner, &mut st);
         }
+        // Requests waiting for on-demand discovery look at the route table again.
+        inner.changed.send_modify(|n| *n += 1);
         ok
     }
 }

@@ -44,6 +44,10 @@ pub fn attach(server: &Arc<Server>, bootstrap: Config) -> Result<Arc<XdsClient>,
     )?);
     server.shared.add_admin_extension(Arc::new(AdminXds(client.clone())));
     let c = Arc::downgrade(&client);
+    server
+        .shared
+        .set_discover(Box::new(move |host| c.upgrade()?.discover(host)));
+    let c = Arc::downgrade(&client);
     server.set_reload_hook(Arc::new(move |cfg| match c.upgrade() {
         Some(c) => c.set_static(cfg),
         None => Err("the xDS client is stopped".to_string()),

@@ -45,6 +45,8 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
     let rt = &*ctx.rt;
     // One route table for the whole exchange, even if an update swaps it meanwhile.
     let routes = rt.routes.load_full();
+    // The table on-demand discovery found, when `routes` had no route (see `discover`).
+    let mut discovered: Option<std::sync::Arc<RouteTable>> = None;
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
     let version = req.version();
@@ -70,7 +72,15 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         if let Some(retry_after_secs) = rt.rate_limit.as_ref().and_then(|l| l.check(req.headers())) {
             break 'outcome Ok(stopped(rt, Stop::RateLimited { retry_after_secs }, grpc));
         }
-        let Some((vh, route)) = routes.route(request_host(&req), req.method(), req.uri(), req.headers()) else {
+        let mut hit = routes.route(request_host(&req), req.method(), req.uri(), req.headers());
+        if hit.is_none() {
+            // A service this proxy was not sent (configuration scoping): ask for it and wait.
+            discovered = Box::pin(discover(ctx, &req)).await;
+            if let Some(t) = &discovered {
+                hit = t.route(request_host(&req), req.method(), req.uri(), req.headers());
+            }
+        }
+        let Some((vh, route)) = hit else {
             break 'outcome Err(Error::internal(Reason::NoRoute));
         };
         matched = Some((vh, route));
@@ -84,7 +94,18 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
                         break 'outcome Ok(stopped(rt, stop, grpc));
                     }
                 }
-                forward(ctx, req, &routes, vh, route, action, grpc, start, &mut facts).await
+                forward(
+                    ctx,
+                    req,
+                    discovered.as_ref().unwrap_or(&routes),
+                    vh,
+                    route,
+                    action,
+                    grpc,
+                    start,
+                    &mut facts,
+                )
+                .await
             }
             RouteAction::Redirect(r) => Ok(Reply::local(
                 redirect(&req, r, route.rewrite_prefix_len),
@@ -94,7 +115,44 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         }
     };
     let draining = ctx.draining.load(std::sync::atomic::Ordering::Relaxed) && version != Version::HTTP_2;
-    exit(rt, &routes, matched, outcome, grpc, start, facts, log, draining)
+    exit(
+        rt,
+        discovered.as_ref().unwrap_or(&routes),
+        matched,
+        outcome,
+        grpc,
+        start,
+        facts,
+        log,
+        draining,
+    )
+}
+
+/// How long a request for an unknown service waits for on-demand discovery before `NR` (404).
+const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// On-demand discovery after a route miss: asks the configuration source for the host's service
+/// and waits, up to [`DISCOVERY_WAIT`], for a route table that routes the request. None when there
+/// is no such source, the service does not exist, or the wait ran out.
+async fn discover(ctx: &ConnCtx, req: &Request<Incoming>) -> Option<std::sync::Arc<RouteTable>> {
+    let host = request_host(req);
+    // The service name is the authority without its port (`[v6]:port` has no service name).
+    let name = match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    };
+    let deadline = tokio::time::Instant::now() + DISCOVERY_WAIT;
+    loop {
+        let wait = ctx.clusters.discover(name)?;
+        match tokio::time::timeout_at(deadline, wait).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return None,
+        }
+        let t = ctx.rt.routes.load_full();
+        if t.route(host, req.method(), req.uri(), req.headers()).is_some() {
+            return Some(t);
+        }
+    }
 }
 
 fn stopped(rt: &HttpRt, stop: Stop, grpc: bool) -> Reply {

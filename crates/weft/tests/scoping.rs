@@ -1,0 +1,160 @@
+//! Configuration scoping end to end: `weft control --scoping on-demand` sends a real `weft proxy`
+//! sidecar (Delta ADS) nothing of the mesh, and the sidecar learns from its traffic: a request for
+//! a service it was not sent is held while the proxy asks for it by name, then routed; a request for
+//! a service that does not exist is answered 404 at once.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_test_support::peers::ChildGuard;
+use weft_test_support::{eventually_blocking, free_addr, TempDir};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// One HTTP/1.1 request on a fresh connection: (status, body).
+fn http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+/// An HTTP/1.1 server answering every request with `name` (connection: close).
+fn name_server(name: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+fn xds_status(admin: SocketAddr) -> serde_json::Value {
+    let (code, body) = http(admin, "x", "/xds").expect("/xds");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn held(status: &serde_json::Value, t: &str) -> Vec<String> {
+    status["types"][t]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn an_on_demand_sidecar_learns_services_from_its_traffic() {
+    let reg = TempDir::new("scoping-reg");
+    let dir = TempDir::new("scoping");
+    let payments = name_server("payments");
+    let catalog = name_server("catalog");
+    reg.write(
+        "services.yaml",
+        &format!(
+            "services:\n  - name: frontend\n    endpoints: []\n  - name: payments\n    port: 8080\n    endpoints: [{{address: \"{payments}\"}}]\n  - name: catalog\n    endpoints: [{{address: \"{catalog}\"}}]\n"
+        ),
+    );
+    let (xds, cadmin) = (free_addr(), free_addr());
+    let _control = ChildGuard(
+        Command::new(WEFT)
+            .args(["control", "--scoping", "on-demand", "--registry"])
+            .arg(reg.path())
+            .args(["--xds", &xds.to_string(), "--admin", &cadmin.to_string()])
+            .env("WEFT_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft control"),
+    );
+    eventually_blocking("weft control /ready", Duration::from_secs(20), || {
+        (http(cadmin, "x", "/ready")?.0 == 200).then_some(())
+    });
+
+    let (admin, outbound) = (free_addr(), free_addr());
+    let cfg = format!(
+        "node:\n  id: fe-1\n  cluster: frontend\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n",
+        free_addr(),
+        free_addr(),
+    );
+    let path = dir.join("fe.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let _proxy = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(&path)
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+
+    // Nothing of the mesh at start: only its own inbound cluster.
+    let st = xds_status(admin);
+    assert_eq!(held(&st, "cds"), ["inbound|frontend"], "{st}");
+
+    // The first call to payments is held while the sidecar asks for it, then routed.
+    let t = Instant::now();
+    let r = http(outbound, "payments:8080", "/pay");
+    let first = t.elapsed();
+    assert_eq!(r, Some((200, "payments".to_string())), "first call, after {first:?}");
+    assert!(first < Duration::from_secs(2), "on-demand took {first:?}");
+    // Later calls find it at once.
+    let t = Instant::now();
+    assert_eq!(http(outbound, "payments", "/pay"), Some((200, "payments".to_string())));
+    let second = t.elapsed();
+    eprintln!("first call (on demand) {first:?}, second call {second:?}");
+
+    // A service nobody registered: 404 without waiting out the discovery window.
+    let t = Instant::now();
+    let r = http(outbound, "nosuch", "/").expect("a response");
+    assert_eq!(r.0, 404, "{r:?}");
+    assert!(t.elapsed() < Duration::from_millis(1500), "took {:?}", t.elapsed());
+    // Asked again at once: answered from the negative cache.
+    let t = Instant::now();
+    assert_eq!(http(outbound, "nosuch", "/").map(|r| r.0), Some(404));
+    assert!(t.elapsed() < Duration::from_millis(300), "took {:?}", t.elapsed());
+
+    // The sidecar holds payments (learned) and still nothing of catalog.
+    let st = xds_status(admin);
+    let mut cds = held(&st, "cds");
+    cds.sort();
+    assert_eq!(cds, ["inbound|frontend", "payments"], "{st}");
+    assert_eq!(st["on_demand"], serde_json::json!(["payments"]), "{st}");
+
+    // catalog is learned too when called.
+    assert_eq!(http(outbound, "catalog", "/"), Some((200, "catalog".to_string())));
+}
