@@ -43,6 +43,9 @@ pub struct Xds {
     pub backoff_base: Duration,
     #[serde(serialize_with = "ser_dur")]
     pub backoff_max: Duration,
+    /// Services asked for on demand and not called for this long are unsubscribed; `None`: kept.
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub on_demand_idle: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]

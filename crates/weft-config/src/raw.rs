@@ -32,6 +32,9 @@ pub struct RawXds {
     /// Reconnect backoff: first delay and ceiling (jittered exponential).
     pub backoff_base: Option<String>,
     pub backoff_max: Option<String>,
+    /// A service asked for on demand and then not called for this long is forgotten (unsubscribed);
+    /// "0s" keeps them. Default 10m.
+    pub on_demand_idle: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -290,12 +290,18 @@ fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {
     if backoff_max < backoff_base {
         cx.err("xds.backoff_max", "must not be less than xds.backoff_base");
     }
+    let on_demand_idle = match cx.dur("xds.on_demand_idle", &x.on_demand_idle) {
+        None => Some(Duration::from_secs(600)),
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+    };
     Some(Xds {
         address: address?,
         mode,
         initial_fetch_timeout,
         backoff_base,
         backoff_max,
+        on_demand_idle,
     })
 }
 

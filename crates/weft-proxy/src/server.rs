@@ -133,6 +133,21 @@ impl Shared {
         self.xds_initializing.store(false, Ordering::SeqCst);
     }
 
+    /// Requests ever sent to, or in flight on, service `name`'s clusters (`name` and its subsets
+    /// `name|…`); None when the proxy has no such cluster. Changes when the service is used.
+    pub fn cluster_activity(&self, name: &str) -> Option<u64> {
+        let snap = self.snapshot.load();
+        let mut found = false;
+        let mut n = 0u64;
+        for (cname, c) in &snap.clusters {
+            if cname.split('|').next() == Some(name) {
+                found = true;
+                n += c.stats.rq.iter().map(|r| r.get()).sum::<u64>() + c.stats.rq_active.get().max(0) as u64;
+            }
+        }
+        found.then_some(n)
+    }
+
     /// Routes that miss ask `f` for the host's service and wait for it (on-demand scoping).
     pub fn set_discover(&self, f: DiscoverFn) {
         self.discover.store(Some(Arc::new(f)));

@@ -56,7 +56,13 @@ pub(crate) struct Inner {
     pub(crate) wake: tokio::sync::Notify,
     /// Bumped after every response handled: on-demand waiters look at the route table again.
     pub(crate) changed: tokio::sync::watch::Sender<u64>,
+    /// How much a service's clusters were used (see [`XdsClient::set_activity`]).
+    pub(crate) activity: Mutex<Option<ActivityFn>>,
 }
+
+/// Requests sent to a service's clusters so far (any number that changes when the service is
+/// used); None when the proxy has no such cluster.
+pub type ActivityFn = Box<dyn Fn(&str) -> Option<u64> + Send + Sync>;
 
 /// Most services one proxy asks for on demand; more are refused (each is a subscription the
 /// control plane keeps, so a client sending random `Host` headers must not grow it forever).
@@ -65,6 +71,56 @@ pub const MAX_ON_DEMAND: usize = 4096;
 pub const ON_DEMAND_MISSING_TTL: std::time::Duration = std::time::Duration::from_secs(5);
 /// After this long, a service asked for on demand whose route still misses is not waited for.
 const ON_DEMAND_SETTLE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Unsubscribes services asked for on demand whose activity (requests to their clusters) has not
+/// changed for `idle`: the control plane then narrows this proxy's configuration again.
+async fn forget_idle(inner: std::sync::Weak<Inner>, idle: std::time::Duration) {
+    let every = (idle / 4).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+    // name -> (activity last seen, when it last changed)
+    let mut seen: std::collections::HashMap<String, (Option<u64>, tokio::time::Instant)> = Default::default();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        let names: Vec<String> = inner.state.lock().unwrap().on_demand.keys().cloned().collect();
+        seen.retain(|n, _| names.contains(n));
+        let mut forget = Vec::new();
+        {
+            let activity = inner.activity.lock().unwrap();
+            let Some(f) = activity.as_ref() else { continue };
+            let now = tokio::time::Instant::now();
+            for n in names {
+                let a = f(&n);
+                match seen.get_mut(&n) {
+                    Some((last, since)) if *last == a => {
+                        if now.duration_since(*since) >= idle {
+                            forget.push(n);
+                        }
+                    }
+                    Some(e) => *e = (a, now),
+                    None => {
+                        seen.insert(n, (a, now));
+                    }
+                }
+            }
+        }
+        if !forget.is_empty() {
+            let mut st = inner.state.lock().unwrap();
+            for n in &forget {
+                st.on_demand.remove(n);
+                seen.remove(n);
+                // Delta: an unsubscribed resource is dropped by the client, not removed by the
+                // server.
+                st.res.clusters.remove(n);
+            }
+            if let Err(e) = st.reapply(&inner.apply) {
+                tracing::warn!(error = %e, "applying without forgotten on-demand services failed");
+            }
+            drop(st);
+            tracing::info!(services = ?forget, "forgetting services asked for on demand and unused for {idle:?}");
+            inner.wake.notify_one();
+        }
+    }
+}
 
 /// A service name as a `Host` header may carry it: a DNS name.
 fn valid_service_name(name: &str) -> bool {
@@ -104,8 +160,12 @@ impl XdsClient {
             metrics: Mutex::new(Counters::default()),
             wake: tokio::sync::Notify::new(),
             changed: tokio::sync::watch::Sender::new(0),
+            activity: Mutex::new(None),
         });
         let task = handle.spawn(stream::run(inner.clone()));
+        if let Some(idle) = inner.xds.on_demand_idle {
+            handle.spawn(forget_idle(Arc::downgrade(&inner), idle));
+        }
         let summary = handle.spawn(stream::summary(Arc::downgrade(&inner), stream::SUMMARY_INTERVAL));
         Ok(XdsClient { inner, task, summary })
     }
@@ -180,6 +240,12 @@ impl XdsClient {
                 }
             }
         }))
+    }
+
+    /// Lets the client forget services asked for on demand that are no longer called
+    /// (`xds.on_demand_idle`): `f` tells how much a service has been used.
+    pub fn set_activity(&self, f: ActivityFn) {
+        *self.inner.activity.lock().unwrap() = Some(f);
     }
 
     /// The services asked for on demand so far.

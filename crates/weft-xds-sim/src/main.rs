@@ -94,6 +94,21 @@ struct Args {
     /// Busy threads competing for the CPU during the restart scenario ("other load").
     #[arg(long, default_value_t = 0)]
     load_threads: usize,
+    /// Each service declares this many dependencies (the next N services): its sidecars are sent
+    /// only those (configuration scoping), and a change reaches only the proxies that depend on
+    /// the changed service. 0: none declared, every proxy gets the whole mesh.
+    #[arg(long, default_value_t = 0)]
+    deps: usize,
+}
+
+/// `--deps` and `--services`, for [`write_service`].
+static DEPS: AtomicUsize = AtomicUsize::new(0);
+static SERVICES: AtomicUsize = AtomicUsize::new(1);
+
+/// Whether sidecars of service `s` depend on service `svc` (with `--deps`).
+fn depends(s: usize, svc: usize) -> bool {
+    let (deps, services) = (DEPS.load(Ordering::Relaxed), SERVICES.load(Ordering::Relaxed));
+    deps == 0 || (1..=deps).any(|k| (s + k) % services == svc)
 }
 
 /// One measured registry change: the service whose endpoint 0 moved to `port`.
@@ -141,10 +156,13 @@ fn endpoint_addr(service: usize, ep: usize, port: u32) -> String {
 }
 
 fn write_service(dir: &Path, i: usize, endpoints: usize, moved_port: Option<u32>) -> std::io::Result<()> {
-    let mut s = format!(
-        "services:\n  - name: {}\n    port: 8080\n    endpoints:\n",
-        service_name(i)
-    );
+    let mut s = format!("services:\n  - name: {}\n    port: 8080\n", service_name(i));
+    let (deps, services) = (DEPS.load(Ordering::Relaxed), SERVICES.load(Ordering::Relaxed));
+    if deps > 0 {
+        let names: Vec<String> = (1..=deps).map(|k| service_name((i + k) % services)).collect();
+        s.push_str(&format!("    dependencies: [{}]\n", names.join(", ")));
+    }
+    s.push_str("    endpoints:\n");
     for e in 0..endpoints {
         let port = if e == 0 { moved_port.unwrap_or(8080) } else { 8080 };
         s.push_str(&format!(
@@ -673,6 +691,12 @@ fn percentile(h: &Histogram<u64>, q: f64) -> f64 {
 
 fn main() {
     let args = Args::parse();
+    DEPS.store(args.deps, Ordering::Relaxed);
+    SERVICES.store(args.services.max(1), Ordering::Relaxed);
+    if args.deps > 0 && args.restart {
+        eprintln!("--restart measures every proxy reconverging: use it without --deps");
+        std::process::exit(2);
+    }
     if args.mode != "delta" && args.mode != "sotw" {
         eprintln!("--mode must be delta or sotw");
         std::process::exit(2);
@@ -783,6 +807,7 @@ fn main() {
     let mut all_last = Histogram::<u64>::new(3).unwrap();
     let mut all_each = Histogram::<u64>::new(3).unwrap();
     let mut change_bytes = Vec::new();
+    let mut receivers = Vec::new();
     for c in 0..args.changes {
         let svc = (c * 7919 + 13) % args.services;
         let port = 30000 + c as u32;
@@ -796,9 +821,11 @@ fn main() {
             latencies_us: Mutex::new(Vec::new()),
         });
         *shared.probe.write().unwrap() = Some(probe.clone());
+        let expected = (0..args.proxies).filter(|i| depends(i % args.services, svc)).count();
+        receivers.push(expected);
         write_service(&registry, svc, args.endpoints, Some(port)).expect("rewrite registry file");
         let t = Instant::now();
-        while probe.seen.load(Ordering::SeqCst) < args.proxies && t.elapsed() < Duration::from_secs(15) {
+        while probe.seen.load(Ordering::SeqCst) < expected && t.elapsed() < Duration::from_secs(15) {
             std::thread::sleep(Duration::from_millis(5));
         }
         // Let anything else the change triggered arrive before counting bytes.
@@ -817,7 +844,7 @@ fn main() {
             "change {c}: {} reached {}/{} proxies, last after {:.1} ms (p50 {:.1} ms), {} bytes sent in all ({:.0} per proxy)",
             service_name(svc),
             lat.len(),
-            args.proxies,
+            expected,
             last as f64 / 1000.0,
             percentile(&h, 0.5),
             bytes,
@@ -847,6 +874,9 @@ fn main() {
         "endpoints_total": args.services * args.endpoints,
         "initial_sync_s": initial_s,
         "initial_bytes": initial_bytes,
+        "initial_bytes_per_proxy": initial_bytes as f64 / args.proxies.max(1) as f64,
+        "deps": args.deps,
+        "receivers_per_change": receivers.iter().sum::<usize>() as f64 / receivers.len().max(1) as f64,
         "full_push_cpu_s": full_push_cpu,
         "control_rss_mib": end.map(|u| u.1 as f64 / 1024.0),
         "control_peak_rss_mib": end.map(|u| u.2 as f64 / 1024.0),

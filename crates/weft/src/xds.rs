@@ -47,6 +47,8 @@ pub fn attach(server: &Arc<Server>, bootstrap: Config) -> Result<Arc<XdsClient>,
     server
         .shared
         .set_discover(Box::new(move |host| c.upgrade()?.discover(host)));
+    let s = Arc::downgrade(&server.shared);
+    client.set_activity(Box::new(move |name| s.upgrade()?.cluster_activity(name)));
     let c = Arc::downgrade(&client);
     server.set_reload_hook(Arc::new(move |cfg| match c.upgrade() {
         Some(c) => c.set_static(cfg),

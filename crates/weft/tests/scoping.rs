@@ -103,7 +103,7 @@ fn an_on_demand_sidecar_learns_services_from_its_traffic() {
 
     let (admin, outbound) = (free_addr(), free_addr());
     let cfg = format!(
-        "node:\n  id: fe-1\n  cluster: frontend\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n",
+        "node:\n  id: fe-1\n  cluster: frontend\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n  on_demand_idle: 3s\n",
         free_addr(),
         free_addr(),
     );
@@ -157,4 +157,24 @@ fn an_on_demand_sidecar_learns_services_from_its_traffic() {
 
     // catalog is learned too when called.
     assert_eq!(http(outbound, "catalog", "/"), Some((200, "catalog".to_string())));
+
+    // Unused services are forgotten (`on_demand_idle: 3s`): catalog, kept busy, stays; payments,
+    // not called any more, is unsubscribed and its cluster removed.
+    let t = Instant::now();
+    eventually_blocking("payments to be forgotten", Duration::from_secs(15), || {
+        assert_eq!(http(outbound, "catalog", "/"), Some((200, "catalog".to_string())));
+        std::thread::sleep(Duration::from_millis(200));
+        let st = xds_status(admin);
+        (!held(&st, "cds").contains(&"payments".to_string())).then_some(())
+    });
+    assert!(
+        t.elapsed() >= Duration::from_secs(2),
+        "forgotten too early: {:?}",
+        t.elapsed()
+    );
+    let st = xds_status(admin);
+    assert_eq!(st["on_demand"], serde_json::json!(["catalog"]), "{st}");
+    assert!(held(&st, "cds").contains(&"catalog".to_string()), "{st}");
+    // And learned again when called again.
+    assert_eq!(http(outbound, "payments", "/"), Some((200, "payments".to_string())));
 }
