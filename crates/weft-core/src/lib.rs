@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod error;
 pub mod flags;
 pub mod stats;
+pub mod trace;
 
 pub use error::{Blame, Error, Retry};
 pub use flags::Reason;

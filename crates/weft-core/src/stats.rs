@@ -101,6 +101,8 @@ pub struct Metrics {
     route_rq_time: HistFamily<RouteLabel>,
     /// Fault injection, mirroring and local rate limiting.
     pub filters: FilterMetrics,
+    /// Distributed tracing: sampled, forced, dropped and exported spans.
+    pub tracing: crate::trace::TraceMetrics,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -146,6 +148,7 @@ impl Metrics {
             route_rq_total: Family::default(),
             route_rq_time: Family::new_with_constructor(latency_histogram),
             filters: FilterMetrics::default(),
+            tracing: crate::trace::TraceMetrics::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
         };
@@ -291,6 +294,7 @@ impl Metrics {
             m.route_rq_time.clone(),
         );
         m.filters.register(&mut r);
+        m.tracing.register(&mut r);
         r.register(
             "config_reloads",
             "Successful configuration reloads",

@@ -617,13 +617,8 @@ impl Server {
             let f = match &fc.filter {
                 NetworkFilter::Http(h) => {
                     let log = self.open_log(h.access_log.as_ref())?;
-                    FilterRt::Http(Arc::new(http::HttpRt::new(
-                        h,
-                        &l.name,
-                        stats.clone(),
-                        &shared.metrics,
-                        log,
-                    )))
+                    let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
+                    FilterRt::Http(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
                 }
                 NetworkFilter::TcpProxy(t) => {
                     let log = self.open_log(t.access_log.as_ref())?;
@@ -638,6 +633,20 @@ impl Server {
             stats,
             drain: Arc::new(watch::channel(false).0),
         })
+    }
+
+    /// The connection manager's tracer and its exporter task, when it configures tracing.
+    fn tracer(&self, h: &weft_config::HttpConnectionManager, listener: &str) -> Option<Arc<weft_core::trace::Tracer>> {
+        let t = h.tracing.as_deref()?;
+        let shared = Arc::downgrade(&self.shared);
+        let resolve: weft_telemetry::ClusterResolver = Arc::new(move |name: &str| {
+            let shared = shared.upgrade()?;
+            let c = weft_upstream::ClusterLookup::cluster(&*shared, name)?;
+            c.pick(None, None, None).map(|h| h.address)
+        });
+        let node = self.shared.snapshot.load().config.node.id.clone();
+        let counters = self.shared.metrics.tracing.counters(listener);
+        Some(weft_telemetry::start(&self.control, t, &node, counters, resolve))
     }
 
     fn open_log(&self, log: Option<&weft_config::AccessLog>) -> Result<Option<Arc<AccessLogger>>, ApplyError> {

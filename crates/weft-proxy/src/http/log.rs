@@ -25,6 +25,8 @@ pub(super) struct Facts {
     pub upstream_time: Option<Duration>,
     pub request_id: Option<HeaderValue>,
     pub xff: Option<HeaderValue>,
+    /// The exchange's trace record, when the connection manager traces.
+    pub trace: Option<Box<weft_core::trace::TraceExchange>>,
 }
 
 /// Per-request facts kept for the access log (only when one is configured).

@@ -54,6 +54,10 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         .map(|l| LogRecord::start(l, &req, start, ctx.peer, &rt.listener));
     let mut facts = Facts {
         logging: log.is_some(),
+        trace: rt
+            .tracer
+            .as_ref()
+            .map(|t| t.start(req.method(), req.uri(), req.headers(), request_host(&req), ctx.peer)),
         ..Facts::default()
     };
     let mut matched: Matched = None;
@@ -124,7 +128,7 @@ fn exit(
     outcome: Result<Reply, Error>,
     grpc: bool,
     start: Instant,
-    facts: Facts,
+    mut facts: Facts,
     log: Option<Box<LogRecord>>,
     draining: bool,
 ) -> Response<DownBody> {
@@ -164,6 +168,12 @@ fn exit(
     rt.stats.record(status, elapsed);
     if let Some((_, route)) = matched {
         route.stats.record(status, elapsed);
+    }
+    if let (Some(t), Some(mut x)) = (&rt.tracer, facts.trace.take()) {
+        if x.client.as_ref().is_some_and(|c| c.nanos == 0) {
+            x.end_client(facts.host, facts.attempts, None);
+        }
+        t.finish(x, status, reason, matched.map(|(_, r)| r.name.as_str()));
     }
     if active.is_none() && log.is_none() {
         return resp;
