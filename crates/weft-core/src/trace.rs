@@ -66,13 +66,23 @@ pub struct Parent {
 
 /// Extracts the first valid context, trying `propagators` in order. Malformed headers are ignored
 /// (the request starts a new trace), as the W3C recommendation asks.
+/// When another format wins but an `sw8` of the same trace came too, its SkyWalking context is
+/// kept, so that the SkyWalking trace id (any string) travels on unchanged.
 pub fn extract(headers: &HeaderMap, propagators: &[Propagator]) -> Option<Parent> {
-    propagators.iter().find_map(|p| match p {
+    let mut parent = propagators.iter().find_map(|p| match p {
         Propagator::W3c => headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())),
         Propagator::B3 => headers.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())),
         Propagator::B3multi => parse_b3_multi(headers),
         Propagator::Sw8 => headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())),
-    })
+    })?;
+    if parent.sw8.is_none() && propagators.contains(&Propagator::Sw8) {
+        if let Some(sw) = headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())) {
+            if sw.trace_id == parent.trace_id {
+                parent.sw8 = sw.sw8;
+            }
+        }
+    }
+    Some(parent)
 }
 
 fn hex_val(b: u8) -> Option<u8> {
