@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod error;
 pub mod flags;
+pub mod istio;
 pub mod stats;
 pub mod trace;
 

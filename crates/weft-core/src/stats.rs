@@ -103,6 +103,8 @@ pub struct Metrics {
     pub filters: FilterMetrics,
     /// Distributed tracing: sampled, forced, dropped and exported spans.
     pub tracing: crate::trace::TraceMetrics,
+    /// Istio-standard request metrics (their own registry: no `weft_` prefix).
+    pub istio: std::sync::Arc<crate::istio::IstioMetrics>,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -149,6 +151,7 @@ impl Metrics {
             route_rq_time: Family::new_with_constructor(latency_histogram),
             filters: FilterMetrics::default(),
             tracing: crate::trace::TraceMetrics::default(),
+            istio: Default::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
         };
@@ -313,7 +316,9 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        out.push_str(&self.istio.encode());
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 

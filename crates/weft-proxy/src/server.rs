@@ -618,6 +618,7 @@ impl Server {
                 NetworkFilter::Http(h) => {
                     let log = self.open_log(h.access_log.as_ref())?;
                     let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
+                    let rt = rt.with_istio(self.istio(l));
                     FilterRt::Http(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
                 }
                 NetworkFilter::TcpProxy(t) => {
@@ -633,6 +634,22 @@ impl Server {
             stats,
             drain: Arc::new(watch::channel(false).0),
         })
+    }
+
+    /// The Istio-standard metrics reporter of a listener's connection manager: reporter
+    /// `source` on outbound listeners, `destination` otherwise; this proxy's workload from the node.
+    fn istio(&self, l: &Listener) -> Option<Arc<weft_core::istio::IstioReporter>> {
+        let node = &self.shared.snapshot.load().config.node;
+        if !weft_core::istio::enabled(&node.metadata) {
+            return None;
+        }
+        let me = weft_core::istio::Workload::from_node(&node.id, &node.metadata);
+        let inbound = l.direction != weft_config::Direction::Outbound;
+        Some(Arc::new(weft_core::istio::IstioReporter::new(
+            self.shared.metrics.istio.clone(),
+            &me,
+            inbound,
+        )))
     }
 
     /// The connection manager's tracer and its exporter task, when it configures tracing.

@@ -77,11 +77,7 @@ impl Receiver {
     async fn trace(&self, trace: &str, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let got: Vec<Value> = self
-                .spans()
-                .into_iter()
-                .filter(|s| s["trace_id"] == trace)
-                .collect();
+            let got: Vec<Value> = self.spans().into_iter().filter(|s| s["trace_id"] == trace).collect();
             if got.len() >= n || Instant::now() > deadline {
                 return got;
             }
@@ -130,9 +126,20 @@ fn mesh(py: &Path, propagator: &str, protocol: &str) -> Mesh {
     let rx = receiver(py, 0.0);
     let (app_proc, line) = spawn(
         py,
-        &["server", "--otlp", &rx.grpc.to_string(), "--propagator", propagator, "--name", "app-server"],
+        &[
+            "server",
+            "--otlp",
+            &rx.grpc.to_string(),
+            "--propagator",
+            propagator,
+            "--name",
+            "app-server",
+        ],
     );
-    let port: u16 = line.strip_prefix("PORT ").and_then(|p| p.parse().ok()).expect("server port");
+    let port: u16 = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.parse().ok())
+        .expect("server port");
     let app = SocketAddr::from(([127, 0, 0, 1], port));
     let collector = if protocol == "http" { rx.http } else { rx.grpc };
     let tracing = |svc: &str| {
@@ -158,7 +165,10 @@ fn run_client(py: &Path, args: &[&str]) -> Value {
         .output()
         .expect("run python client");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rfind(|l| l.starts_with('{')).unwrap_or_else(|| panic!("client said {text:?}"));
+    let line = text
+        .lines()
+        .rfind(|l| l.starts_with('{'))
+        .unwrap_or_else(|| panic!("client said {text:?}"));
     serde_json::from_str(line).unwrap()
 }
 
@@ -180,11 +190,17 @@ fn assert_chain(spans: &[Value], m: &Mesh, root_parent: &str) {
     let b_srv = by_service(spans, "weft-b", SERVER);
     let b_cli = by_service(spans, "weft-b", CLIENT);
     let app = by_service(spans, "app-server", SERVER);
-    assert_eq!(a_srv["parent_span_id"], root_parent, "A's server span continues the caller's");
+    assert_eq!(
+        a_srv["parent_span_id"], root_parent,
+        "A's server span continues the caller's"
+    );
     assert_eq!(a_cli["parent_span_id"], a_srv["span_id"]);
     assert_eq!(b_srv["parent_span_id"], a_cli["span_id"], "B continues A's client span");
     assert_eq!(b_cli["parent_span_id"], b_srv["span_id"]);
-    assert_eq!(app["parent_span_id"], b_cli["span_id"], "the app continues B's client span");
+    assert_eq!(
+        app["parent_span_id"], b_cli["span_id"],
+        "the app continues B's client span"
+    );
     let b_addr = m.b.listener_addr("web").unwrap();
     for (srv, cli, next) in [(a_srv, a_cli, b_addr), (b_srv, b_cli, m.app)] {
         let at = &srv["attributes"];
@@ -217,7 +233,17 @@ async fn otel_chain(propagator: &str, protocol: &str) {
     let out = tokio::task::spawn_blocking(move || {
         run_client(
             &py2,
-            &["client", "--otlp", &collector, "--propagator", &propagator2, "--name", "app-client", "--url", &url],
+            &[
+                "client",
+                "--otlp",
+                &collector,
+                "--propagator",
+                &propagator2,
+                "--name",
+                "app-client",
+                "--url",
+                &url,
+            ],
         )
     })
     .await
@@ -305,8 +331,7 @@ async fn slowest_of(server: &weft_proxy::Server, n: usize) -> Duration {
 async fn dead_collector_costs_requests_nothing() {
     let up = upstream::fixed_upstream("ok").await;
     let dead = net::dead_addr();
-    let tracing =
-        format!("{{ endpoint: \"{dead}\", max_queue_size: 8, batch_size: 4, export_timeout: 300ms }}");
+    let tracing = format!("{{ endpoint: \"{dead}\", max_queue_size: 8, batch_size: 4, export_timeout: 300ms }}");
     let p = proxy::start_proxy(&proxy_yaml("d", up.addr, &tracing));
     let worst = slowest_of(&p, 300).await;
     assert!(worst < Duration::from_millis(250), "slowest request {worst:?}");
@@ -317,10 +342,17 @@ async fn dead_collector_costs_requests_nothing() {
         |v| v > 0.0,
     )
     .await;
-    let dropped = proxy::stat(&p, "weft_tracing_dropped_total{listener=\"web\"}").await.unwrap_or(0.0);
-    let sampled = proxy::stat(&p, "weft_tracing_sampled_total{listener=\"web\"}").await.unwrap_or(0.0);
+    let dropped = proxy::stat(&p, "weft_tracing_dropped_total{listener=\"web\"}")
+        .await
+        .unwrap_or(0.0);
+    let sampled = proxy::stat(&p, "weft_tracing_sampled_total{listener=\"web\"}")
+        .await
+        .unwrap_or(0.0);
     assert_eq!(sampled, 300.0);
-    assert!(dropped > 0.0, "a queue of 8 behind a dead collector overflows: dropped {dropped}");
+    assert!(
+        dropped > 0.0,
+        "a queue of 8 behind a dead collector overflows: dropped {dropped}"
+    );
     assert!(failed + dropped <= 300.0 * 2.0);
 }
 
@@ -345,7 +377,9 @@ async fn slow_collector_costs_requests_nothing() {
         |v| v > 0.0,
     )
     .await;
-    let dropped = proxy::stat(&p, "weft_tracing_dropped_total{listener=\"web\"}").await.unwrap_or(0.0);
+    let dropped = proxy::stat(&p, "weft_tracing_dropped_total{listener=\"web\"}")
+        .await
+        .unwrap_or(0.0);
     assert!(dropped > 0.0, "dropped {dropped}");
 }
 
@@ -372,7 +406,10 @@ async fn failed_requests_are_exported_at_ratio_zero() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(spans.iter().all(|s| s["attributes"]["url.path"] == "/broken"), "{spans:#?}");
+    assert!(
+        spans.iter().all(|s| s["attributes"]["url.path"] == "/broken"),
+        "{spans:#?}"
+    );
     let srv = spans.iter().find(|s| s["kind"] == SERVER).expect("server span");
     assert_eq!(srv["attributes"]["weft.force_sampled"], true);
     assert_eq!(srv["attributes"]["weft.reason"], "UF");

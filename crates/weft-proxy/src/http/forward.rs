@@ -128,7 +128,7 @@ pub(super) async fn forward(
     facts: &mut Facts,
 ) -> Result<Reply, Error> {
     let plan = Plan::new(ctx, &req, route, action)?;
-    if facts.logging {
+    if facts.logging || ctx.rt.istio.is_some() {
         facts.cluster = Some(plan.cluster.clone());
     }
 

@@ -27,6 +27,8 @@ pub(super) struct Facts {
     pub xff: Option<HeaderValue>,
     /// The exchange's trace record, when the connection manager traces.
     pub trace: Option<Box<weft_core::trace::TraceExchange>>,
+    /// The request's content-length (Istio's request bytes), read only when those metrics are on.
+    pub request_bytes: u64,
 }
 
 /// Per-request facts kept for the access log (only when one is configured).
