@@ -200,12 +200,15 @@ struct Key {
     grpc: u8,
 }
 
+/// A cache entry: the cluster name it was built for and its handles.
+type Cached = (Box<str>, Arc<Handles>);
+
 /// One connection manager's Istio reporter.
 pub struct IstioReporter {
     metrics: Arc<IstioMetrics>,
     base: IstioLabels,
     /// Per key: the cluster name it was built for (checked on every hit) and the handles.
-    cache: RwLock<HashMap<Key, (Box<str>, Arc<Handles>)>>,
+    cache: RwLock<HashMap<Key, Cached>>,
     overflow: Arc<Handles>,
 }
 
