@@ -8,9 +8,11 @@ pub mod admin;
 pub mod duration;
 pub mod model;
 pub mod raw;
+pub mod tracing;
 pub mod validate;
 
 pub use model::*;
+pub use tracing::{OtlpProtocol, Propagator, TraceEndpoint, Tracing};
 pub use validate::{from_yaml, validate_with, ConfigError, FieldError, ValidateOptions};
 
 use std::net::SocketAddr;

@@ -241,6 +241,8 @@ pub struct HttpConnectionManager {
     /// One token bucket for every request through this connection manager (all workers share it).
     pub local_rate_limit: Option<Box<LocalRateLimit>>,
     pub rate_limit_service: Option<RateLimitService>,
+    /// Distributed tracing (spans exported over OTLP); `None` costs nothing per request.
+    pub tracing: Option<Box<crate::tracing::Tracing>>,
 }
 
 /// A global rate limit service speaking Envoy's RLS protocol over gRPC.

@@ -138,6 +138,8 @@ pub struct RawHttp {
     pub local_rate_limit: Option<RawLocalRateLimit>,
     /// Global rate limiting: the gRPC rate limit service routes' `rate_limits` ask (Envoy `ratelimit`).
     pub rate_limit_service: Option<RawRateLimitService>,
+    /// Distributed tracing exported over OTLP (see `crate::tracing`).
+    pub tracing: Option<crate::tracing::RawTracing>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -566,6 +566,14 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
             .as_ref()
             .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
         rate_limit_service,
+        tracing: h.tracing.as_ref().and_then(|t| {
+            let (t, errs) =
+                crate::tracing::validate(&format!("{path}.tracing"), t, clusters, cx.allow_unknown_clusters);
+            for (p, m) in errs {
+                cx.err(&p, m);
+            }
+            t.map(Box::new)
+        }),
     })
 }
 

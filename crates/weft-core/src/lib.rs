@@ -12,7 +12,9 @@
 pub mod access_log;
 pub mod error;
 pub mod flags;
+pub mod istio;
 pub mod stats;
+pub mod trace;
 
 pub use error::{Blame, Error, Retry};
 pub use flags::Reason;

@@ -101,6 +101,10 @@ pub struct Metrics {
     route_rq_time: HistFamily<RouteLabel>,
     /// Fault injection, mirroring and local rate limiting.
     pub filters: FilterMetrics,
+    /// Distributed tracing: sampled, forced, dropped and exported spans.
+    pub tracing: crate::trace::TraceMetrics,
+    /// Istio-standard request metrics (their own registry: no `weft_` prefix).
+    pub istio: std::sync::Arc<crate::istio::IstioMetrics>,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -146,6 +150,8 @@ impl Metrics {
             route_rq_total: Family::default(),
             route_rq_time: Family::new_with_constructor(latency_histogram),
             filters: FilterMetrics::default(),
+            tracing: crate::trace::TraceMetrics::default(),
+            istio: Default::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
         };
@@ -291,6 +297,7 @@ impl Metrics {
             m.route_rq_time.clone(),
         );
         m.filters.register(&mut r);
+        m.tracing.register(&mut r);
         r.register(
             "config_reloads",
             "Successful configuration reloads",
@@ -309,7 +316,9 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         let registry = self.registry.lock();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &registry);
+        out.push_str(&self.istio.encode());
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
     }
 

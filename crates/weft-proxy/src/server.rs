@@ -649,13 +649,9 @@ impl Server {
             let f = match &fc.filter {
                 NetworkFilter::Http(h) => {
                     let log = self.open_log(h.access_log.as_ref())?;
-                    FilterRt::Http(Arc::new(http::HttpRt::new(
-                        h,
-                        &l.name,
-                        stats.clone(),
-                        &shared.metrics,
-                        log,
-                    )))
+                    let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
+                    let rt = rt.with_istio(self.istio(l));
+                    FilterRt::Http(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
                 }
                 NetworkFilter::TcpProxy(t) => {
                     let log = self.open_log(t.access_log.as_ref())?;
@@ -670,6 +666,36 @@ impl Server {
             stats,
             drain: Arc::new(watch::channel(false).0),
         })
+    }
+
+    /// The Istio-standard metrics reporter of a listener's connection manager: reporter
+    /// `source` on outbound listeners, `destination` otherwise; this proxy's workload from the node.
+    fn istio(&self, l: &Listener) -> Option<Arc<weft_core::istio::IstioReporter>> {
+        let node = &self.shared.snapshot.load().config.node;
+        if !weft_core::istio::enabled(&node.metadata) {
+            return None;
+        }
+        let me = weft_core::istio::Workload::from_node(&node.id, &node.metadata);
+        let inbound = l.direction != weft_config::Direction::Outbound;
+        Some(Arc::new(weft_core::istio::IstioReporter::new(
+            self.shared.metrics.istio.clone(),
+            &me,
+            inbound,
+        )))
+    }
+
+    /// The connection manager's tracer and its exporter task, when it configures tracing.
+    fn tracer(&self, h: &weft_config::HttpConnectionManager, listener: &str) -> Option<Arc<weft_core::trace::Tracer>> {
+        let t = h.tracing.as_deref()?;
+        let shared = Arc::downgrade(&self.shared);
+        let resolve: weft_telemetry::ClusterResolver = Arc::new(move |name: &str| {
+            let shared = shared.upgrade()?;
+            let c = weft_upstream::ClusterLookup::cluster(&*shared, name)?;
+            c.pick(None, None, None).map(|h| h.address)
+        });
+        let node = self.shared.snapshot.load().config.node.id.clone();
+        let counters = self.shared.metrics.tracing.counters(listener);
+        Some(weft_telemetry::start(&self.control, t, &node, counters, resolve))
     }
 
     fn open_log(&self, log: Option<&weft_config::AccessLog>) -> Result<Option<Arc<AccessLogger>>, ApplyError> {

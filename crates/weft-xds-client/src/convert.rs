@@ -433,6 +433,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         access_log: access_logs(errs, &format!("{path}.access_log"), &h.access_log),
         local_rate_limit: None,
         rate_limit_service: None,
+        tracing: crate::tracing_xds::from_hcm(errs, &format!("{path}.tracing"), h.tracing.as_ref()),
     };
     let mut router_at = None;
     for (i, f) in h.http_filters.iter().enumerate() {

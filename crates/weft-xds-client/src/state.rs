@@ -52,7 +52,9 @@ pub struct Resources {
     pub endpoints: BTreeMap<String, Held<convert::XEndpoints>>,
 }
 
-/// A converted resource of any type.
+/// A converted resource of any type. Short-lived (one per resource in a response), so the size of
+/// the listener variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Converted {
     /// An API listener (proxyless gRPC) or another resource weft has no use for.
     Ignored,

@@ -128,7 +128,7 @@ pub(super) async fn forward(
     facts: &mut Facts,
 ) -> Result<Reply, Error> {
     let plan = Plan::new(ctx, &req, route, action)?;
-    if facts.logging {
+    if facts.logging || ctx.rt.istio.is_some() {
         facts.cluster = Some(plan.cluster.clone());
     }
 
@@ -149,6 +149,10 @@ pub(super) async fn forward(
             &route.mutations.request,
         ],
     );
+    let mut headers = headers;
+    if let (Some(t), Some(x)) = (&ctx.rt.tracer, facts.trace.as_deref_mut()) {
+        x.start_client(t, plan.cluster.name(), &mut headers);
+    }
     if facts.logging {
         facts.request_id = headers.get(&X_REQUEST_ID).cloned();
         facts.xff = headers.get(&X_FORWARDED_FOR).cloned();
@@ -232,6 +236,9 @@ pub(super) async fn forward(
         match decision {
             Decision::Deliver((resp, pooled)) => {
                 facts.upstream_time = Some(try_start.elapsed());
+                if let Some(x) = facts.trace.as_deref_mut() {
+                    x.end_client(facts.host, attempt, Some(resp.status().as_u16()));
+                }
                 return Ok(Reply {
                     resp: finish_response(resp, pooled, down_upgrade, upgrade),
                     reason: None,

@@ -25,6 +25,10 @@ pub(super) struct Facts {
     pub upstream_time: Option<Duration>,
     pub request_id: Option<HeaderValue>,
     pub xff: Option<HeaderValue>,
+    /// The exchange's trace record, when the connection manager traces.
+    pub trace: Option<Box<weft_core::trace::TraceExchange>>,
+    /// The request's content-length (Istio's request bytes), read only when those metrics are on.
+    pub request_bytes: u64,
 }
 
 /// Per-request facts kept for the access log (only when one is configured).

@@ -54,6 +54,10 @@ pub struct HttpRt {
     pub rate_limit: Option<crate::filters::LocalRateLimiter>,
     /// The connection manager's global rate limit service, asked by routes with `rate_limits`.
     pub rls: Option<crate::ratelimit::RateLimitClient>,
+    /// Distributed tracing, when the connection manager configures it (`None`: one branch per request).
+    pub tracer: Option<Arc<weft_core::trace::Tracer>>,
+    /// Istio-standard request metrics (on unless the node's metadata turns them off).
+    pub istio: Option<Arc<weft_core::istio::IstioReporter>>,
     via: Option<HeaderValue>,
     server: Option<HeaderValue>,
 }
@@ -89,7 +93,19 @@ impl HttpRt {
                 .server_name
                 .as_deref()
                 .and_then(|v| HeaderValue::from_str(v).ok()),
+            tracer: None,
+            istio: None,
         }
+    }
+
+    pub fn with_istio(mut self, istio: Option<Arc<weft_core::istio::IstioReporter>>) -> HttpRt {
+        self.istio = istio;
+        self
+    }
+
+    pub fn with_tracer(mut self, tracer: Option<Arc<weft_core::trace::Tracer>>) -> HttpRt {
+        self.tracer = tracer;
+        self
     }
 }
 

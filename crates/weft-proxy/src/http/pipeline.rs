@@ -56,6 +56,14 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         .map(|l| LogRecord::start(l, &req, start, ctx.peer, &rt.listener));
     let mut facts = Facts {
         logging: log.is_some(),
+        trace: rt
+            .tracer
+            .as_ref()
+            .map(|t| t.start(req.method(), req.uri(), req.headers(), request_host(&req), ctx.peer)),
+        request_bytes: match rt.istio {
+            Some(_) => content_length(req.headers()),
+            None => 0,
+        },
         ..Facts::default()
     };
     let mut matched: Matched = None;
@@ -182,7 +190,7 @@ fn exit(
     outcome: Result<Reply, Error>,
     grpc: bool,
     start: Instant,
-    facts: Facts,
+    mut facts: Facts,
     log: Option<Box<LogRecord>>,
     draining: bool,
 ) -> Response<DownBody> {
@@ -223,6 +231,29 @@ fn exit(
     if let Some((_, route)) = matched {
         route.stats.record(status, elapsed);
     }
+    if let Some(istio) = &rt.istio {
+        let grpc_status = resp
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u8>().ok())
+            .unwrap_or(weft_core::istio::NOT_GRPC);
+        istio.record(
+            facts.cluster.as_ref().map_or("", |c| c.name()),
+            status,
+            reason.map_or("-", Reason::code),
+            grpc,
+            grpc_status,
+            elapsed,
+            facts.request_bytes,
+            content_length(resp.headers()),
+        );
+    }
+    if let (Some(t), Some(mut x)) = (&rt.tracer, facts.trace.take()) {
+        if x.client.as_ref().is_some_and(|c| c.nanos == 0) {
+            x.end_client(facts.host, facts.attempts, None);
+        }
+        t.finish(x, status, reason, matched.map(|(_, r)| r.name.as_str()));
+    }
     if active.is_none() && log.is_none() {
         return resp;
     }
@@ -237,4 +268,11 @@ fn exit(
     });
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, body.on_end(active, end))
+}
+
+/// A message's `content-length`, 0 when absent or invalid.
+fn content_length(h: &http::HeaderMap) -> u64 {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
+        .unwrap_or(0)
 }

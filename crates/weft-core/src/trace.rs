@@ -1,0 +1,853 @@
+//! Distributed tracing on the request path: trace context extraction and injection (W3C
+//! `traceparent`/`tracestate`, B3 single and multi header, SkyWalking `sw8`), the sampling decision,
+//! and the compact record of one traced exchange ([`TraceExchange`]) handed to the exporter.
+//!
+//! Why weft's own record and not the OpenTelemetry SDK's span on the hot path: an SDK span carries a
+//! `Vec<KeyValue>` of attributes built per request (string keys and formatted values), a mutex-guarded
+//! span processor and a `SpanData` copy at end. Here a traced exchange costs one boxed struct of plain
+//! fields (ids, times, the request's method/URI/host handles, which are reference counted, and the
+//! outcome); attribute names, value formatting and the OTLP protobuf are produced by the exporter
+//! task (`weft-telemetry`), off the request path. The record travels through a bounded queue whose
+//! `try_send` never blocks: when the queue is full the record is dropped and counted.
+//!
+//! Sampling is decided at the head, once per exchange: a parent's decision (sampled flag of the
+//! incoming context) is followed; a new trace is sampled when its trace id falls under the ratio
+//! (the same id gives the same answer in every weft of the trace). Force-sample on error: the record
+//! of an unsampled exchange is kept until its exit; if the exchange failed with a weft reason code
+//! (or a 5xx), it is exported anyway, marked `weft.force_sampled=true`. The upstream has already been
+//! told "not sampled", so such a trace holds this proxy's spans only — the failing hop's.
+
+use crate::flags::Reason;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Uri};
+use prometheus_client::metrics::counter::Counter;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use weft_config::{Propagator, Tracing};
+
+pub type TraceId = [u8; 16];
+pub type SpanId = [u8; 8];
+
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub const B3: HeaderName = HeaderName::from_static("b3");
+pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+pub const B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
+pub const SW8: HeaderName = HeaderName::from_static("sw8");
+
+/// The SkyWalking side of a context that arrived in `sw8`: kept to write the next `sw8` upstream
+/// with the same SkyWalking trace id, and exported as span attributes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sw8Context {
+    /// SkyWalking's trace id as sent (any string; mapped to a 16-byte id for OTLP).
+    pub trace_id: String,
+    pub parent_segment: String,
+    pub parent_span: i32,
+    pub parent_service: String,
+    pub parent_instance: String,
+    pub parent_endpoint: String,
+    pub target_address: String,
+}
+
+/// A trace context extracted from a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parent {
+    pub trace_id: TraceId,
+    pub span_id: SpanId,
+    /// The upstream caller's sampling decision, when it made one.
+    pub sampled: Option<bool>,
+    pub format: Propagator,
+    pub sw8: Option<Box<Sw8Context>>,
+}
+
+/// Extracts the first valid context, trying `propagators` in order. Malformed headers are ignored
+/// (the request starts a new trace), as the W3C recommendation asks.
+/// When another format wins but an `sw8` of the same trace came too, its SkyWalking context is
+/// kept, so that the SkyWalking trace id (any string) travels on unchanged.
+pub fn extract(headers: &HeaderMap, propagators: &[Propagator]) -> Option<Parent> {
+    let mut parent = propagators.iter().find_map(|p| match p {
+        Propagator::W3c => headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())),
+        Propagator::B3 => headers.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())),
+        Propagator::B3multi => parse_b3_multi(headers),
+        Propagator::Sw8 => headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())),
+    })?;
+    if parent.sw8.is_none() && propagators.contains(&Propagator::Sw8) {
+        if let Some(sw) = headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())) {
+            if sw.trace_id == parent.trace_id {
+                parent.sw8 = sw.sw8;
+            }
+        }
+    }
+    Some(parent)
+}
+
+fn hex_val(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Lower-case hex of exactly `N` bytes; `None` for any other length or character.
+fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = (hex_val(s[2 * i])? << 4) | hex_val(s[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[(b >> 4) as usize]);
+        out.push(HEX[(b & 15) as usize]);
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    let mut v = Vec::with_capacity(bytes.len() * 2);
+    write_hex(&mut v, bytes);
+    String::from_utf8(v).unwrap_or_default()
+}
+
+/// `version-traceid-parentid-flags` (W3C Trace Context level 1; a higher version may append
+/// fields after another `-`).
+pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
+    if v.len() < 55 {
+        return None;
+    }
+    let version = parse_hex::<1>(&v[0..2])?[0];
+    if version == 0xff || (version == 0 && v.len() != 55) || (v.len() > 55 && v[55] != b'-') {
+        return None;
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let trace_id = parse_hex::<16>(&v[3..35]).filter(|t| *t != [0; 16])?;
+    let span_id = parse_hex::<8>(&v[36..52]).filter(|s| *s != [0; 8])?;
+    let flags = parse_hex::<1>(&v[53..55])?[0];
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled: Some(flags & 1 == 1),
+        format: Propagator::W3c,
+        sw8: None,
+    })
+}
+
+/// A B3 trace id: 16 or 32 hex digits (a 64-bit id is left-padded with zeros).
+fn b3_trace_id(s: &[u8]) -> Option<TraceId> {
+    let id = match s.len() {
+        32 => parse_hex::<16>(s)?,
+        16 => {
+            let low = parse_hex::<8>(s)?;
+            let mut t = [0u8; 16];
+            t[8..].copy_from_slice(&low);
+            t
+        }
+        _ => return None,
+    };
+    (id != [0; 16]).then_some(id)
+}
+
+fn b3_sampled(s: &[u8]) -> Option<Option<bool>> {
+    match s {
+        b"1" | b"d" | b"true" => Some(Some(true)),
+        b"0" | b"false" => Some(Some(false)),
+        _ => None,
+    }
+}
+
+/// `b3: {traceid}-{spanid}[-{sampling}[-{parentspanid}]]`. A sampling-only value (`0`, `1`, `d`)
+/// carries no context to continue and is ignored.
+pub fn parse_b3_single(v: &[u8]) -> Option<Parent> {
+    let mut it = v.split(|b| *b == b'-');
+    let trace_id = b3_trace_id(it.next()?)?;
+    let span_id = parse_hex::<8>(it.next()?).filter(|s| *s != [0; 8])?;
+    let sampled = match it.next() {
+        None => None,
+        Some(s) => b3_sampled(s)?,
+    };
+    if let Some(p) = it.next() {
+        parse_hex::<8>(p)?;
+    }
+    if it.next().is_some() {
+        return None;
+    }
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+        format: Propagator::B3,
+        sw8: None,
+    })
+}
+
+pub fn parse_b3_multi(h: &HeaderMap) -> Option<Parent> {
+    let trace_id = b3_trace_id(h.get(&B3_TRACE_ID)?.as_bytes())?;
+    let span_id = parse_hex::<8>(h.get(&B3_SPAN_ID)?.as_bytes()).filter(|s| *s != [0; 8])?;
+    let debug = h.get(&B3_FLAGS).is_some_and(|v| v.as_bytes() == b"1");
+    let sampled = if debug {
+        Some(true)
+    } else {
+        match h.get(&B3_SAMPLED) {
+            None => None,
+            Some(v) => b3_sampled(v.as_bytes())?,
+        }
+    };
+    Some(Parent {
+        trace_id,
+        span_id,
+        sampled,
+        format: Propagator::B3multi,
+        sw8: None,
+    })
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard Base64 with padding (RFC 4648 §4), what SkyWalking's agents write.
+pub fn base64_encode(input: &[u8], out: &mut Vec<u8>) {
+    for chunk in input.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        out.push(B64[(n >> 18) as usize & 63]);
+        out.push(B64[(n >> 12) as usize & 63]);
+        out.push(if chunk.len() > 1 {
+            B64[(n >> 6) as usize & 63]
+        } else {
+            b'='
+        });
+        out.push(if chunk.len() > 2 { B64[n as usize & 63] } else { b'=' });
+    }
+}
+
+/// Decodes standard Base64 (padding optional); `None` on any invalid character or length.
+pub fn base64_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let trimmed = match input {
+        [rest @ .., b'=', b'='] => rest,
+        [rest @ .., b'='] => rest,
+        all => all,
+    };
+    if trimmed.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    let val = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    for chunk in trimmed.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c)? << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    Some(out)
+}
+
+fn b64_text(s: &[u8]) -> Option<String> {
+    String::from_utf8(base64_decode(s)?).ok()
+}
+
+/// FNV-1a over `s` from `basis`: maps SkyWalking's string ids onto fixed-size OTLP ids.
+fn fnv(basis: u64, s: &[u8]) -> u64 {
+    s.iter()
+        .fold(basis, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// The 16-byte id of a SkyWalking trace id: itself when it is 32 hex digits, else a hash of it.
+pub fn sw8_trace_id(s: &str) -> TraceId {
+    if let Some(t) = parse_hex::<16>(s.as_bytes()) {
+        return t;
+    }
+    let mut t = [0u8; 16];
+    t[..8].copy_from_slice(&fnv(0xcbf2_9ce4_8422_2325, s.as_bytes()).to_be_bytes());
+    t[8..].copy_from_slice(&fnv(0x8422_2325_cbf2_9ce4, s.as_bytes()).to_be_bytes());
+    t
+}
+
+/// The 8-byte id of a SkyWalking span (segment id and span id within it).
+pub fn sw8_span_id(segment: &str, span: i32) -> SpanId {
+    if span == 0 {
+        if let Some(s) = parse_hex::<8>(segment.as_bytes()) {
+            return s;
+        }
+    }
+    let h = fnv(0xcbf2_9ce4_8422_2325, segment.as_bytes());
+    (h ^ (span as u32 as u64)).to_be_bytes()
+}
+
+/// `sw8: sample-traceId-segmentId-spanId-service-instance-endpoint-target`, the ids and names in
+/// Base64 (SkyWalking cross-process propagation headers protocol v3).
+pub fn parse_sw8(v: &[u8]) -> Option<Parent> {
+    let f: Vec<&[u8]> = v.split(|b| *b == b'-').collect();
+    if f.len() != 8 {
+        return None;
+    }
+    let sampled = match f[0] {
+        b"1" => true,
+        b"0" => false,
+        _ => return None,
+    };
+    let trace = b64_text(f[1]).filter(|s| !s.is_empty())?;
+    let segment = b64_text(f[2]).filter(|s| !s.is_empty())?;
+    let span: i32 = std::str::from_utf8(f[3]).ok()?.parse().ok().filter(|s| *s >= 0)?;
+    let sw = Sw8Context {
+        trace_id: trace,
+        parent_segment: segment,
+        parent_span: span,
+        parent_service: b64_text(f[4])?,
+        parent_instance: b64_text(f[5])?,
+        parent_endpoint: b64_text(f[6])?,
+        target_address: b64_text(f[7])?,
+    };
+    Some(Parent {
+        trace_id: sw8_trace_id(&sw.trace_id),
+        span_id: sw8_span_id(&sw.parent_segment, sw.parent_span),
+        sampled: Some(sampled),
+        format: Propagator::Sw8,
+        sw8: Some(Box::new(sw)),
+    })
+}
+
+/// Whether a new trace with this id is sampled at `ratio`: the id's low 8 bytes under the ratio's
+/// share of the 64-bit range (OpenTelemetry's TraceIdRatioBased idea; every weft agrees on an id).
+pub fn ratio_sampled(trace_id: &TraceId, ratio: f64) -> bool {
+    if ratio >= 1.0 {
+        return true;
+    }
+    if ratio <= 0.0 {
+        return false;
+    }
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&trace_id[8..]);
+    let x = u64::from_be_bytes(low) >> 11; // 53 bits: exact in an f64
+    (x as f64) < ratio * (1u64 << 53) as f64
+}
+
+/// Counters of one connection manager's tracer.
+#[derive(Clone, Default)]
+pub struct TraceCounters {
+    /// Exchanges sampled (by the parent's decision or the ratio).
+    pub sampled: Counter,
+    /// Unsampled exchanges exported because they failed.
+    pub forced: Counter,
+    /// Records dropped because the export queue was full.
+    pub dropped: Counter,
+    /// Spans the collector accepted.
+    pub exported: Counter,
+    /// Spans lost to a failed, refused or timed-out export.
+    pub export_failed: Counter,
+}
+
+/// The receiving end of a tracer's queue, for the exporter task.
+pub type TraceReceiver = tokio::sync::mpsc::Receiver<Box<TraceExchange>>;
+
+/// One connection manager's tracing: its settings and the exporter queue.
+pub struct Tracer {
+    pub config: Arc<Tracing>,
+    /// SkyWalking "service instance" written in `sw8` (the node id).
+    pub instance: String,
+    pub counters: TraceCounters,
+    tx: tokio::sync::mpsc::Sender<Box<TraceExchange>>,
+}
+
+impl Tracer {
+    /// A tracer and the receiving end of its queue (bounded by `max_queue_size`).
+    pub fn new(config: Arc<Tracing>, instance: String, counters: TraceCounters) -> (Tracer, TraceReceiver) {
+        let (tx, rx) = tokio::sync::mpsc::channel(config.max_queue_size.max(1) as usize);
+        (
+            Tracer {
+                config,
+                instance,
+                counters,
+                tx,
+            },
+            rx,
+        )
+    }
+
+    /// Starts tracing an exchange: extracts the caller's context and decides sampling.
+    pub fn start(
+        &self,
+        method: &Method,
+        uri: &Uri,
+        headers: &HeaderMap,
+        host: &str,
+        peer: SocketAddr,
+    ) -> Box<TraceExchange> {
+        let parent = extract(headers, &self.config.propagators);
+        let (trace_id, sampled) = match &parent {
+            Some(p) => (
+                p.trace_id,
+                p.sampled
+                    .unwrap_or_else(|| ratio_sampled(&p.trace_id, self.config.sampling_ratio)),
+            ),
+            None => {
+                let t = random_trace_id();
+                (t, ratio_sampled(&t, self.config.sampling_ratio))
+            }
+        };
+        if sampled {
+            self.counters.sampled.inc();
+        }
+        Box::new(TraceExchange {
+            trace_id,
+            server_span: random_span_id(),
+            sampled,
+            forced: false,
+            start_unix_nanos: unix_nanos(SystemTime::now()),
+            start: Instant::now(),
+            server_nanos: 0,
+            method: method.clone(),
+            uri: uri.clone(),
+            host: HeaderValue::from_str(host).ok(),
+            tracestate: headers.get(&TRACESTATE).cloned(),
+            peer,
+            parent,
+            client: None,
+            status: 0,
+            reason: None,
+            route: None,
+            service_name: self.config.service_name.clone(),
+        })
+    }
+
+    /// The exchange's exit: exports it if sampled, or if it failed and force-sampling is on.
+    /// Never blocks: a full queue drops the record and counts it.
+    pub fn finish(&self, mut ex: Box<TraceExchange>, status: u16, reason: Option<Reason>, route: Option<&str>) {
+        let failed = status >= 500 || reason.is_some_and(|r| r != Reason::DirectResponse);
+        if !ex.sampled {
+            if !(failed && self.config.force_sample_on_error) {
+                return;
+            }
+            ex.forced = true;
+            self.counters.forced.inc();
+        }
+        ex.server_nanos = ex.start.elapsed().as_nanos() as u64;
+        ex.status = status;
+        ex.reason = reason.map(Reason::code);
+        ex.route = route.map(str::to_string);
+        if self.tx.try_send(ex).is_err() {
+            self.counters.dropped.inc();
+        }
+    }
+}
+
+/// What an exchange needs for its spans; boxed once per traced request.
+pub struct TraceExchange {
+    pub trace_id: TraceId,
+    pub server_span: SpanId,
+    pub sampled: bool,
+    /// Exported because it failed although not sampled.
+    pub forced: bool,
+    pub start_unix_nanos: u64,
+    pub start: Instant,
+    /// The server span's duration (request received → response headers sent).
+    pub server_nanos: u64,
+    pub method: Method,
+    pub uri: Uri,
+    pub host: Option<HeaderValue>,
+    pub tracestate: Option<HeaderValue>,
+    pub peer: SocketAddr,
+    pub parent: Option<Parent>,
+    pub client: Option<ClientSpan>,
+    pub status: u16,
+    pub reason: Option<&'static str>,
+    pub route: Option<String>,
+    pub service_name: String,
+}
+
+/// The client span: one per forwarded request, covering all of its attempts (retries are counted
+/// in `weft.attempts`, and the host is the last one tried).
+#[derive(Clone, Debug)]
+pub struct ClientSpan {
+    pub span_id: SpanId,
+    pub start_unix_nanos: u64,
+    pub start: Instant,
+    pub nanos: u64,
+    pub cluster: String,
+    pub host: Option<SocketAddr>,
+    pub attempts: u32,
+    /// The upstream's status code, when a response arrived.
+    pub status: Option<u16>,
+}
+
+impl TraceExchange {
+    /// Starts the client span of a request forwarded to `cluster`, and writes its context into the
+    /// upstream request's headers in every configured format.
+    pub fn start_client(&mut self, tracer: &Tracer, cluster: &str, headers: &mut HeaderMap) {
+        let span_id = random_span_id();
+        self.client = Some(ClientSpan {
+            span_id,
+            start_unix_nanos: unix_nanos(SystemTime::now()),
+            start: Instant::now(),
+            nanos: 0,
+            cluster: cluster.to_string(),
+            host: None,
+            attempts: 0,
+            status: None,
+        });
+        for p in &tracer.config.propagators {
+            self.inject(*p, span_id, tracer, cluster, headers);
+        }
+    }
+
+    /// Ends the client span (the response's headers arrived, or the last attempt failed).
+    pub fn end_client(&mut self, host: Option<SocketAddr>, attempts: u32, status: Option<u16>) {
+        if let Some(c) = &mut self.client {
+            c.nanos = c.start.elapsed().as_nanos() as u64;
+            c.host = host;
+            c.attempts = attempts;
+            c.status = status;
+        }
+    }
+
+    fn inject(&self, p: Propagator, span_id: SpanId, tracer: &Tracer, cluster: &str, h: &mut HeaderMap) {
+        let flag = if self.sampled { b'1' } else { b'0' };
+        let mut v = Vec::with_capacity(64);
+        match p {
+            Propagator::W3c => {
+                v.extend_from_slice(b"00-");
+                write_hex(&mut v, &self.trace_id);
+                v.push(b'-');
+                write_hex(&mut v, &span_id);
+                v.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
+                put(h, TRACEPARENT, &v);
+                // `tracestate` passes through as received (weft adds no entry of its own).
+            }
+            Propagator::B3 => {
+                write_hex(&mut v, &self.trace_id);
+                v.push(b'-');
+                write_hex(&mut v, &span_id);
+                v.push(b'-');
+                v.push(flag);
+                v.push(b'-');
+                write_hex(&mut v, &self.server_span);
+                put(h, B3, &v);
+            }
+            Propagator::B3multi => {
+                write_hex(&mut v, &self.trace_id);
+                put(h, B3_TRACE_ID, &v);
+                v.clear();
+                write_hex(&mut v, &span_id);
+                put(h, B3_SPAN_ID, &v);
+                v.clear();
+                write_hex(&mut v, &self.server_span);
+                put(h, B3_PARENT_SPAN_ID, &v);
+                put(h, B3_SAMPLED, &[flag]);
+                h.remove(&B3_FLAGS);
+            }
+            Propagator::Sw8 => {
+                v.push(flag);
+                v.push(b'-');
+                match self.parent.as_ref().and_then(|p| p.sw8.as_ref()) {
+                    Some(sw) => base64_encode(sw.trace_id.as_bytes(), &mut v),
+                    None => base64_encode(hex(&self.trace_id).as_bytes(), &mut v),
+                }
+                v.push(b'-');
+                // This proxy's segment is its server span; the exit span is span 1 in it.
+                base64_encode(hex(&self.server_span).as_bytes(), &mut v);
+                v.extend_from_slice(b"-1-");
+                base64_encode(self.service_name.as_bytes(), &mut v);
+                v.push(b'-');
+                base64_encode(tracer.instance.as_bytes(), &mut v);
+                v.push(b'-');
+                base64_encode(self.uri.path().as_bytes(), &mut v);
+                v.push(b'-');
+                base64_encode(cluster.as_bytes(), &mut v);
+                put(h, SW8, &v);
+            }
+        }
+    }
+}
+
+fn put(h: &mut HeaderMap, name: HeaderName, v: &[u8]) {
+    if let Ok(v) = HeaderValue::from_bytes(v) {
+        h.insert(name, v);
+    }
+}
+
+pub fn unix_nanos(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn random_trace_id() -> TraceId {
+    loop {
+        let t = fastrand::u128(..).to_be_bytes();
+        if t != [0; 16] {
+            return t;
+        }
+    }
+}
+
+fn random_span_id() -> SpanId {
+    loop {
+        let s = fastrand::u64(..).to_be_bytes();
+        if s != [0; 8] {
+            return s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent() {
+        let p = parse_traceparent(TP.as_bytes()).unwrap();
+        assert_eq!(hex(&p.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(hex(&p.span_id), "00f067aa0ba902b7");
+        assert_eq!(p.sampled, Some(true));
+        let unsampled = TP.replace("-01", "-00");
+        assert_eq!(parse_traceparent(unsampled.as_bytes()).unwrap().sampled, Some(false));
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(parse_traceparent(bad.as_bytes()).is_none(), "{bad}");
+        }
+        // A future version may append fields.
+        let future = format!("01{}-abc", &TP[2..]);
+        assert!(parse_traceparent(future.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn b3() {
+        let p = parse_b3_single(b"80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90").unwrap();
+        assert_eq!(hex(&p.trace_id), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(hex(&p.span_id), "e457b5a2e4d86bd1");
+        assert_eq!(p.sampled, Some(true));
+        let p = parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1").unwrap();
+        assert_eq!(hex(&p.trace_id), "000000000000000064fe8b2a57d3eff7");
+        assert_eq!(p.sampled, None);
+        assert_eq!(
+            parse_b3_single(b"64fe8b2a57d3eff7-e457b5a2e4d86bd1-d").unwrap().sampled,
+            Some(true)
+        );
+        for bad in [
+            "0",
+            "1",
+            "d",
+            "abc-def",
+            "64fe8b2a57d3eff7-e457b5a2e4d86bd1-x",
+            "64fe8b2a57d3eff7-e457b5a2e4d86bd1-1-zz",
+        ] {
+            assert!(parse_b3_single(bad.as_bytes()).is_none(), "{bad}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            B3_TRACE_ID,
+            HeaderValue::from_static("463ac35c9f6413ad48485a3953bb6124"),
+        );
+        h.insert(B3_SPAN_ID, HeaderValue::from_static("a2fb4a1d1a96d312"));
+        h.insert(B3_SAMPLED, HeaderValue::from_static("0"));
+        let p = parse_b3_multi(&h).unwrap();
+        assert_eq!(p.sampled, Some(false));
+        h.insert(B3_FLAGS, HeaderValue::from_static("1"));
+        assert_eq!(parse_b3_multi(&h).unwrap().sampled, Some(true));
+    }
+
+    #[test]
+    fn base64_round_trip() {
+        for s in ["", "a", "ab", "abc", "abcd", "service-a", "/path/to?x"] {
+            let mut e = Vec::new();
+            base64_encode(s.as_bytes(), &mut e);
+            assert_eq!(base64_decode(&e).unwrap(), s.as_bytes());
+        }
+        let mut e = Vec::new();
+        base64_encode(b"hello", &mut e);
+        assert_eq!(e, b"aGVsbG8=");
+        assert!(base64_decode(b"a").is_none());
+        assert!(base64_decode(b"a*bc").is_none());
+    }
+
+    fn b64(s: &str) -> String {
+        let mut v = Vec::new();
+        base64_encode(s.as_bytes(), &mut v);
+        String::from_utf8(v).unwrap()
+    }
+
+    #[test]
+    fn sw8() {
+        let h = format!(
+            "1-{}-{}-3-{}-{}-{}-{}",
+            b64("a1b2c3.51.17000000000000001"),
+            b64("seg.1"),
+            b64("frontend"),
+            b64("frontend@host"),
+            b64("/api"),
+            b64("reviews:9080")
+        );
+        let p = parse_sw8(h.as_bytes()).unwrap();
+        let sw = p.sw8.as_ref().unwrap();
+        assert_eq!(sw.trace_id, "a1b2c3.51.17000000000000001");
+        assert_eq!(sw.parent_span, 3);
+        assert_eq!(sw.parent_service, "frontend");
+        assert_eq!(p.trace_id, sw8_trace_id("a1b2c3.51.17000000000000001"));
+        assert_eq!(p.sampled, Some(true));
+        assert!(parse_sw8(b"1-a-b-c").is_none());
+        assert!(parse_sw8(h.replacen('1', "2", 1).as_bytes()).is_none());
+        // A hex trace id maps onto itself.
+        assert_eq!(
+            hex(&sw8_trace_id("4bf92f3577b34da6a3ce929d0e0e4736")),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+    }
+
+    #[test]
+    fn ratio() {
+        let mut hits = 0;
+        for _ in 0..10_000 {
+            if ratio_sampled(&random_trace_id(), 0.1) {
+                hits += 1;
+            }
+        }
+        assert!((700..1300).contains(&hits), "{hits}");
+        assert!(ratio_sampled(&[0; 16], 1.0));
+        assert!(!ratio_sampled(&[0xff; 16], 0.0));
+    }
+
+    fn tracer(ratio: f64, props: Vec<Propagator>) -> (Tracer, TraceReceiver) {
+        let cfg = Tracing {
+            endpoint: weft_config::TraceEndpoint::Address("127.0.0.1:1".into()),
+            protocol: weft_config::OtlpProtocol::Grpc,
+            sampling_ratio: ratio,
+            force_sample_on_error: true,
+            service_name: "svc".into(),
+            propagators: props,
+            max_queue_size: 2,
+            batch_size: 1,
+            export_timeout: std::time::Duration::from_secs(1),
+            http_path: "/v1/traces".into(),
+        };
+        Tracer::new(Arc::new(cfg), "node-1".into(), TraceCounters::default())
+    }
+
+    #[test]
+    fn continue_inject_and_queue() {
+        let all = vec![Propagator::W3c, Propagator::B3, Propagator::B3multi, Propagator::Sw8];
+        let (t, mut rx) = tracer(0.0, all);
+        let mut h = HeaderMap::new();
+        h.insert(TRACEPARENT, HeaderValue::from_static(TP));
+        let peer: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let uri: Uri = "/a/b?c".parse().unwrap();
+        let mut ex = t.start(&Method::GET, &uri, &h, "svc", peer);
+        assert!(ex.sampled, "the parent's decision wins over the ratio");
+        let mut up = HeaderMap::new();
+        ex.start_client(&t, "backend", &mut up);
+        let client = ex.client.as_ref().unwrap().span_id;
+        let p = parse_traceparent(up[&TRACEPARENT].as_bytes()).unwrap();
+        assert_eq!(p.trace_id, ex.trace_id);
+        assert_eq!(p.span_id, client);
+        let b = parse_b3_single(up[&B3].as_bytes()).unwrap();
+        assert_eq!((b.trace_id, b.span_id), (ex.trace_id, client));
+        let m = parse_b3_multi(&up).unwrap();
+        assert_eq!((m.trace_id, m.span_id, m.sampled), (ex.trace_id, client, Some(true)));
+        let s = parse_sw8(up[&SW8].as_bytes()).unwrap();
+        assert_eq!(s.trace_id, ex.trace_id);
+        assert_eq!(s.sw8.unwrap().parent_endpoint, "/a/b");
+        ex.end_client(Some(peer), 1, Some(200));
+        t.finish(ex, 200, None, Some("r"));
+        assert!(rx.try_recv().is_ok());
+
+        // Unsampled and fine: nothing exported; unsampled and failed: forced.
+        let ex = t.start(&Method::GET, &uri, &HeaderMap::new(), "svc", peer);
+        assert!(!ex.sampled);
+        t.finish(ex, 200, None, None);
+        assert!(rx.try_recv().is_err());
+        let ex = t.start(&Method::GET, &uri, &HeaderMap::new(), "svc", peer);
+        t.finish(ex, 503, Some(Reason::UpstreamConnectFailure), None);
+        let got = rx.try_recv().unwrap();
+        assert!(got.forced);
+        assert_eq!(got.reason, Some("UF"));
+        // A full queue drops and counts, never blocks.
+        for _ in 0..5 {
+            let ex = t.start(&Method::GET, &uri, &h, "svc", peer);
+            t.finish(ex, 200, None, None);
+        }
+        assert_eq!(t.counters.dropped.get(), 3);
+    }
+}
+
+/// The tracers' metric families (per listener), registered with the process registry once.
+#[derive(Default)]
+pub struct TraceMetrics {
+    sampled: prometheus_client::metrics::family::Family<crate::stats::ListenerLabel, Counter>,
+    forced: prometheus_client::metrics::family::Family<crate::stats::ListenerLabel, Counter>,
+    dropped: prometheus_client::metrics::family::Family<crate::stats::ListenerLabel, Counter>,
+    exported: prometheus_client::metrics::family::Family<crate::stats::ListenerLabel, Counter>,
+    export_failed: prometheus_client::metrics::family::Family<crate::stats::ListenerLabel, Counter>,
+}
+
+impl TraceMetrics {
+    pub(crate) fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register("tracing_sampled", "Exchanges sampled for tracing", self.sampled.clone());
+        r.register(
+            "tracing_force_sampled",
+            "Unsampled exchanges exported because they failed",
+            self.forced.clone(),
+        );
+        r.register(
+            "tracing_dropped",
+            "Traced exchanges dropped because the export queue was full",
+            self.dropped.clone(),
+        );
+        r.register(
+            "tracing_exported_spans",
+            "Spans the trace collector accepted",
+            self.exported.clone(),
+        );
+        r.register(
+            "tracing_export_failed_spans",
+            "Spans lost to a failed, refused or timed-out export",
+            self.export_failed.clone(),
+        );
+    }
+
+    /// The counters of the tracer of `listener`'s connection manager.
+    pub fn counters(&self, listener: &str) -> TraceCounters {
+        let l = crate::stats::ListenerLabel {
+            listener: listener.to_string(),
+        };
+        TraceCounters {
+            sampled: self.sampled.get_or_create(&l).clone(),
+            forced: self.forced.get_or_create(&l).clone(),
+            dropped: self.dropped.get_or_create(&l).clone(),
+            exported: self.exported.get_or_create(&l).clone(),
+            export_failed: self.export_failed.get_or_create(&l).clone(),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Istio-standard metrics on `/stats/prometheus`: dashboard-style queries (a `sum` over label
+//! matchers, evaluated on the parsed exposition text) return exactly the traffic sent.
+
+use std::collections::HashMap;
+use weft_test_support::*;
+
+/// One parsed sample: metric name, labels, value.
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+/// Parses Prometheus/OpenMetrics text exposition samples (`name{a="b",...} value`).
+fn parse(text: &str) -> Vec<Sample> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (head, value) = line.rsplit_once(' ').expect("sample line");
+        let (name, labels) = match head.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').expect("closing brace")),
+            None => (head, ""),
+        };
+        let mut map = HashMap::new();
+        let mut rest = labels;
+        while !rest.is_empty() {
+            let (k, after) = rest.split_once("=\"").expect("label");
+            let end = after.find('"').expect("label value end");
+            map.insert(k.to_string(), after[..end].to_string());
+            rest = after[end + 1..].trim_start_matches(',');
+        }
+        out.push(Sample {
+            name: name.to_string(),
+            labels: map,
+            value: value.parse().expect("sample value"),
+        });
+    }
+    out
+}
+
+/// `sum(NAME{k="v",...})`.
+fn sum(samples: &[Sample], name: &str, matchers: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == name
+                && matchers
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+fn yaml(up: std::net::SocketAddr, dead: std::net::SocketAddr) -> String {
+    format!(
+        r#"
+node:
+  id: reviews-v1-abc
+  metadata: {{ WORKLOAD_NAME: reviews-v1, NAMESPACE: bookinfo, CANONICAL_SERVICE: reviews, CANONICAL_REVISION: v1 }}
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: inbound
+    address: 127.0.0.1:0
+    direction: inbound
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: {{ prefix: /dead }}
+                route: {{ cluster: gone }}
+              - match: {{ prefix: / }}
+                route: {{ cluster: x }}
+  - name: outbound
+    address: 127.0.0.1:0
+    direction: outbound
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: {{ prefix: / }}
+                route: {{ cluster: ratings }}
+clusters:
+  - name: x
+    endpoints: [{{ address: "{up}" }}]
+  - name: ratings
+    endpoints: [{{ address: "{up}" }}]
+  - name: gone
+    endpoints: [{{ address: "{dead}" }}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_queries_count_the_traffic() {
+    let up = upstream::fixed_upstream("ok").await;
+    let p = proxy::start_proxy(&yaml(up.addr, net::dead_addr()));
+    let inbound = p.listener_addr("inbound").unwrap();
+    let outbound = p.listener_addr("outbound").unwrap();
+    let mut c = H1Client::connect(inbound).await;
+    for i in 0..37 {
+        assert_eq!(c.get(&format!("/item/{i}")).await.status, 200);
+    }
+    for _ in 0..4 {
+        assert_eq!(client::get(inbound, "/dead").await.status, 503);
+    }
+    let mut o = H1Client::connect(outbound).await;
+    for _ in 0..5 {
+        assert_eq!(o.get("/r").await.status, 200);
+    }
+    let text = proxy::stats(&p).await;
+    let s = parse(&text);
+    let dest = [
+        ("reporter", "destination"),
+        ("destination_service_name", "x"),
+        ("response_code", "200"),
+    ];
+    assert_eq!(sum(&s, "istio_requests_total", &dest), 37.0, "{text}");
+    assert_eq!(sum(&s, "istio_request_duration_milliseconds_count", &dest), 37.0);
+    assert_eq!(
+        sum(
+            &s,
+            "istio_requests_total",
+            &[
+                ("reporter", "destination"),
+                ("destination_workload", "reviews-v1"),
+                ("destination_workload_namespace", "bookinfo"),
+                ("destination_canonical_service", "reviews"),
+                ("destination_canonical_revision", "v1"),
+                ("source_workload", "unknown"),
+                ("request_protocol", "http"),
+                ("connection_security_policy", "none"),
+            ]
+        ),
+        41.0
+    );
+    // Failures carry their reason as response_flags.
+    assert_eq!(
+        sum(
+            &s,
+            "istio_requests_total",
+            &[
+                ("destination_service_name", "gone"),
+                ("response_code", "503"),
+                ("response_flags", "UF")
+            ]
+        ),
+        4.0
+    );
+    // The outbound listener reports as the source, with this workload as the source.
+    assert_eq!(
+        sum(
+            &s,
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("source_workload", "reviews-v1"),
+                ("destination_service", "ratings"),
+                ("response_code", "200")
+            ]
+        ),
+        5.0
+    );
+    // Response sizes come from content-length: 5 responses of 2 bytes each ("ok").
+    assert_eq!(
+        sum(
+            &s,
+            "istio_response_bytes_sum",
+            &[("reporter", "source"), ("response_code", "200")]
+        ),
+        10.0
+    );
+    // No path or id became a label value.
+    assert!(!text.contains("/item/"), "paths must not be labels");
+    // Weft's own metrics are still there.
+    assert!(sum(&s, "weft_downstream_rq_total", &[]) >= 46.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_metrics_can_be_turned_off() {
+    let up = upstream::fixed_upstream("ok").await;
+    let y = yaml(up.addr, net::dead_addr()).replace(
+        "CANONICAL_REVISION: v1",
+        "CANONICAL_REVISION: v1, WEFT_ISTIO_METRICS: \"false\"",
+    );
+    let p = proxy::start_proxy(&y);
+    assert_eq!(client::get(p.listener_addr("inbound").unwrap(), "/a").await.status, 200);
+    let text = proxy::stats(&p).await;
+    assert!(!text.contains("istio_requests_total{"), "{text}");
+}
