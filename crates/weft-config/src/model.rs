@@ -109,6 +109,12 @@ pub struct Listener {
     pub filter_chains: Vec<FilterChain>,
     /// Which way the listener's traffic flows, for a sidecar's shutdown order.
     pub direction: Direction,
+    /// Dispatch by the connection's original destination (transparent interception).
+    pub original_destination: bool,
+    /// `IP_TRANSPARENT` on the listening socket (iptables TPROXY).
+    pub transparent: bool,
+    /// False for a virtual listener: not bound, reached through an `original_destination` one.
+    pub bind_to_port: bool,
 }
 
 /// A listener's traffic direction (Envoy's `traffic_direction`).

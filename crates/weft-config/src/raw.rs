@@ -78,6 +78,14 @@ pub struct RawListener {
     /// `inbound` (traffic to the app) or `outbound` (the app's own calls); Envoy's
     /// `traffic_direction`. On shutdown, outbound listeners keep serving while inbound ones drain.
     pub direction: Option<String>,
+    /// Transparent interception: dispatch each connection by its original destination (before an
+    /// iptables REDIRECT/TPROXY rule sent it here). Envoy's `use_original_dst`.
+    pub original_destination: Option<bool>,
+    /// `IP_TRANSPARENT` on the listening socket, for iptables TPROXY (needs CAP_NET_ADMIN).
+    pub transparent: Option<bool>,
+    /// `false`: no socket of its own; it receives connections an `original_destination` listener
+    /// hands over (Envoy's virtual listener). Default true.
+    pub bind_to_port: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

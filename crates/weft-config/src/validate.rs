@@ -383,6 +383,9 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         per_connection_buffer_limit_bytes,
         filter_chains: chains,
         direction,
+        original_destination: l.original_destination.unwrap_or(false),
+        transparent: l.transparent.unwrap_or(false),
+        bind_to_port: l.bind_to_port.unwrap_or(true),
     })
 }
 

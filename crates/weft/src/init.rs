@@ -511,11 +511,14 @@ fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<Stri
     }
 }
 
-/// The line number iptables-restore names in its error ("line 7 failed", "line 7: ...").
+/// The line number iptables-restore names in its error ("line 7 failed", "line 7: ...",
+/// "Error occurred at line: 7").
 fn failed_line(stderr: &str) -> Option<usize> {
-    let at = stderr.find("line ")?;
-    let digits: String = stderr[at + 5..].chars().take_while(|c| c.is_ascii_digit()).collect();
-    digits.parse().ok()
+    stderr.match_indices("line").find_map(|(at, _)| {
+        let rest = stderr[at + 4..].trim_start_matches([':', ' ']);
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        digits.parse().ok()
+    })
 }
 
 fn restore(f: Family, input: &str) -> Result<(), InitError> {
@@ -908,6 +911,10 @@ COMMIT
             failed_line("iptables-restore v1.8.9 (nf_tables): line 12: RULE_APPEND failed"),
             Some(12)
         );
-        assert_eq!(failed_line("oops"), None);
+        assert_eq!(
+            failed_line("owner: Bad value for \"--uid-owner\"\nError occurred at line: 5\nTry `iptables-restore -h'"),
+            Some(5)
+        );
+        assert_eq!(failed_line("oops, a pipeline"), None);
     }
 }
