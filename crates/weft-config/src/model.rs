@@ -28,6 +28,20 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// Present when listeners and clusters (also) come from a control plane.
     pub xds: Option<Xds>,
+    /// The DNS proxy (transparent interception), if configured.
+    pub dns: Option<Dns>,
+}
+
+/// A DNS proxy: answers A/AAAA for `hosts`, forwards every other query to `upstream`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Dns {
+    pub listen: SocketAddr,
+    /// `None`: the first `nameserver` of /etc/resolv.conf, read when the proxy starts.
+    pub upstream: Option<SocketAddr>,
+    /// Lower-case names without the trailing dot.
+    pub hosts: BTreeMap<String, Vec<IpAddr>>,
+    #[serde(serialize_with = "ser_dur")]
+    pub ttl: Duration,
 }
 
 /// Where and how the proxy fetches dynamic configuration (xDS, Envoy v3 API).

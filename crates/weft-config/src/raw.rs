@@ -17,6 +17,22 @@ pub struct RawConfig {
     pub clusters: Vec<RawCluster>,
     /// Dynamic configuration from a control plane (the file is then a bootstrap).
     pub xds: Option<RawXds>,
+    /// A DNS proxy for transparent interception (`weft init --dns-port`).
+    pub dns: Option<RawDns>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// UDP and TCP `IP:port` to answer on, e.g. "127.0.0.1:15053".
+    pub listen: Option<String>,
+    /// `IP:port` (or IP, port 53) to forward other names to; default: the first `nameserver` of
+    /// /etc/resolv.conf.
+    pub upstream: Option<String>,
+    /// Mesh names and their addresses (A and AAAA answers).
+    pub hosts: BTreeMap<String, Vec<String>>,
+    /// TTL of the answers, e.g. "30s" (default).
+    pub ttl: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -288,6 +288,7 @@ impl Server {
                     listeners: vec![],
                     clusters: vec![],
                     xds: config.xds.clone(),
+                    dns: None,
                 }),
                 clusters: HashMap::new(),
                 listeners: HashMap::new(),
@@ -327,7 +328,15 @@ impl Server {
             threads: Mutex::new(threads),
         });
         let admin = config.admin.clone();
+        let dns = config.dns.clone();
         server.apply(config)?;
+        if let Some(d) = dns {
+            crate::dns::start(&d, &control).map_err(|source| ApplyError::Bind {
+                listener: "dns".into(),
+                address: d.listen,
+                source,
+            })?;
+        }
         control.spawn(shared.access_logs.clone().flush_periodically());
         if let Some(admin) = admin {
             let std_listener = bind_admin(admin.address).map_err(|source| ApplyError::AdminBind {

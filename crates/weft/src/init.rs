@@ -65,6 +65,10 @@ pub struct InitArgs {
     /// The routing table holding the `local default dev lo` route for marked packets.
     #[arg(long, default_value_t = 133)]
     pub tproxy_table: u32,
+    /// Capture the app's DNS (UDP and TCP port 53, to any resolver over IPv4) to the sidecar's DNS
+    /// proxy on 127.0.0.1:PORT (`dns.listen` in its configuration), e.g. 15053.
+    #[arg(long)]
+    pub dns_port: Option<u16>,
     /// IPv4 only: leave ip6tables alone.
     #[arg(long)]
     pub no_ipv6: bool,
@@ -239,6 +243,22 @@ pub fn rules(a: &InitArgs, f: Family) -> Vec<TableRules> {
         for (ip, len) in a.include_outbound_cidrs.cidrs.iter().filter(|(ip, _)| f.matches(ip)) {
             nat.rules.push(format!("-A WEFT_OUTPUT -d {ip}/{len} -j WEFT_REDIRECT"));
         }
+    }
+    if let (Some(port), Family::V4) = (a.dns_port, f) {
+        // Before the TCP capture: a TCP query to port 53 goes to the DNS proxy, not the outbound
+        // listener. The sidecar's own queries (its upstream resolver) are not captured.
+        nat.chains.push("WEFT_DNS");
+        nat.rules.extend([
+            format!("-A WEFT_DNS -m owner --uid-owner {uid} -j RETURN"),
+            format!("-A WEFT_DNS -m owner --gid-owner {gid} -j RETURN"),
+            format!("-A WEFT_DNS -p udp -j REDIRECT --to-ports {port}"),
+            format!("-A WEFT_DNS -p tcp -j REDIRECT --to-ports {port}"),
+        ]);
+        // Written as iptables-save prints them, so a second run finds them in place.
+        nat.jumps.extend([
+            "-A OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS".to_string(),
+            "-A OUTPUT -p tcp -m tcp --dport 53 -j WEFT_DNS".to_string(),
+        ]);
     }
     nat.jumps.push("-A OUTPUT -p tcp -j WEFT_OUTPUT".into());
 
@@ -827,6 +847,23 @@ mod tests {
         let divert = m.find("-m socket --transparent -j WEFT_DIVERT").unwrap();
         assert!(divert < m.find("--dport 8080 -j WEFT_TPROXY").unwrap());
         assert!(m.ends_with("-A WEFT_INBOUND -p tcp --dport 9090 -j WEFT_TPROXY"), "{m}");
+    }
+
+    #[test]
+    fn dns_capture_comes_before_the_tcp_capture_and_spares_the_proxy() {
+        let a = args(&["--dns-port", "15053"]);
+        let nat = rules(&a, Family::V4).remove(0);
+        assert_eq!(
+            nat.jumps[..3],
+            [
+                "-A OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS",
+                "-A OUTPUT -p tcp -m tcp --dport 53 -j WEFT_DNS",
+                "-A OUTPUT -p tcp -j WEFT_OUTPUT"
+            ]
+        );
+        let text = nat.rules.join("\n");
+        assert!(text.contains("-A WEFT_DNS -m owner --uid-owner 1337 -j RETURN\n-A WEFT_DNS -m owner --gid-owner 1337 -j RETURN\n-A WEFT_DNS -p udp -j REDIRECT --to-ports 15053"));
+        assert!(!rules(&a, Family::V6).remove(0).chains.contains(&"WEFT_DNS"));
     }
 
     #[test]

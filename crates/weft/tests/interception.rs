@@ -178,6 +178,18 @@ fn normalize_save(save: &str) -> String {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = sh(&["ip", "netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+        // Only if empty (another test's namespace may still use it).
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
+impl Netns {
+    /// The namespace's own /etc/resolv.conf (`ip netns exec` mounts /etc/netns/NAME/resolv.conf).
+    fn set_resolver(&self, nameserver: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\n")).unwrap();
     }
 }
 
@@ -591,4 +603,72 @@ fn dry_run_prints_the_rules_and_changes_nothing() {
         "{text}"
     );
     assert!(text.contains("# ip -6 rule add fwmark 0x539 lookup 133"), "{text}");
+}
+
+/// A DNS query over TCP (2-byte length prefix) for `name` type A, by python3 with no DNS library;
+/// prints the answer's addresses.
+const TCP_DNS_QUERY: &str = r#"
+import socket, struct, sys
+name = sys.argv[1]
+q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.create_connection((sys.argv[2], 53), timeout=5)
+s.sendall(struct.pack(">H", len(q)) + q)
+n = struct.unpack(">H", s.recv(2))[0]
+r = b""
+while len(r) < n:
+    r += s.recv(n - len(r))
+an = struct.unpack(">H", r[6:8])[0]
+at = len(q)
+for _ in range(an):
+    rdlen = struct.unpack(">H", r[at + 10:at + 12])[0]
+    print(socket.inet_ntoa(r[at + 12:at + 12 + rdlen]))
+    at += 12 + rdlen
+"#;
+
+#[test]
+fn dns_capture_answers_mesh_names_and_forwards_the_rest() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-dns");
+    open_dir(&dir);
+    let (a, b) = pair("d", &[]);
+    let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
+    // B's sidecar plays A's upstream resolver: it knows other.mesh.
+    let b_dns = "dns:\n  listen: \"10.213.0.2:5353\"\n  upstream: \"10.213.0.2:9\"\n  hosts: { other.mesh: [\"10.213.0.2\"] }\n";
+    let _pb = start_sidecar(&b, &dir, "b", &sidecar_config(false, "", b_dns), false);
+    let a_dns = "dns:\n  listen: \"127.0.0.1:15053\"\n  upstream: \"10.213.0.2:5353\"\n  ttl: 5s\n  hosts: { reviews.mesh: [\"10.213.0.2\", \"fd00:213::2\"] }\n";
+    let _pa = start_sidecar(&a, &dir, "a", &sidecar_config(false, "", a_dns), false);
+    // The app's resolver is an address where nothing answers: only the capture makes DNS work.
+    a.set_resolver("10.213.0.53");
+    let before = a.exec(&["getent", "ahostsv4", "reviews.mesh"]);
+    assert!(!before.status.success(), "resolved without interception?");
+    init(&a, &["--dns-port", "15053"]);
+
+    // A mesh name, from A's sidecar's table (getaddrinfo, as any app resolves).
+    let v4 = a.run(&["getent", "ahostsv4", "reviews.mesh"]);
+    assert!(v4.starts_with("10.213.0.2 "), "{v4}");
+    let v6 = a.run(&["getent", "ahostsv6", "reviews.mesh"]);
+    assert!(v6.starts_with("fd00:213::2 "), "{v6}");
+    let py = a.run(&[
+        "python3",
+        "-c",
+        "import socket; print(socket.gethostbyname('reviews.mesh'))",
+    ]);
+    assert_eq!(py.trim(), "10.213.0.2");
+    // Any other name: forwarded to the upstream resolver (B's), its answer relayed.
+    let other = a.run(&["getent", "ahostsv4", "other.mesh"]);
+    assert!(other.starts_with("10.213.0.2 "), "{other}");
+    // DNS over TCP is captured too.
+    let tcp = a.run(&["python3", "-c", TCP_DNS_QUERY, "reviews.mesh", "10.213.0.53"]);
+    assert_eq!(tcp.trim(), "10.213.0.2");
+    // And the name works end to end through the outbound capture.
+    // (-4: the name has an IPv6 address too, where B serves nothing.)
+    let out = a.run(&["curl", "-4", "-s", "-m", "10", "http://reviews.mesh:8080/hello.txt"]);
+    assert_eq!(out.trim(), "hello from B");
+    assert_eq!(requests(&a, "outbound"), 1.0);
+
+    init(&a, &["--remove"]);
+    assert!(!a.exec(&["getent", "ahostsv4", "reviews.mesh"]).status.success());
 }
