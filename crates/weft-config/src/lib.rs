@@ -131,6 +131,36 @@ clusters:
     }
 
     #[test]
+    fn interception_fields_and_the_dns_block() {
+        let c = from_yaml(&GOOD.replace(
+            "    address: 127.0.0.1:5433\n",
+            "    address: 127.0.0.1:5433\n    original_destination: true\n    transparent: true\n    bind_to_port: false\n",
+        ))
+        .unwrap();
+        let (l0, l1) = (&c.listeners[0], &c.listeners[1]);
+        assert!(!l0.original_destination && !l0.transparent && l0.bind_to_port);
+        assert!(l1.original_destination && l1.transparent && !l1.bind_to_port);
+        assert!(c.dns.is_none());
+        let dns = "dns:\n  listen: 127.0.0.1:15053\n  upstream: 10.0.0.10\n  hosts: { Reviews.Mesh.: [10.0.0.7, \"fd00::7\"] }\n";
+        let c = from_yaml(&format!("{GOOD}{dns}")).unwrap();
+        let d = c.dns.unwrap();
+        assert_eq!(d.upstream, Some("10.0.0.10:53".parse().unwrap()));
+        assert_eq!(d.hosts["reviews.mesh"].len(), 2);
+        assert_eq!(d.ttl, std::time::Duration::from_secs(30));
+        let bad = "dns:\n  upstream: nope\n  ttl: 5x\n  hosts: { \"a..b\": [1.2.3.4], ok.mesh: [not-an-ip] }\n";
+        let e = from_yaml(&format!("{GOOD}{bad}")).unwrap_err().to_string();
+        for want in [
+            "dns.listen",
+            "dns.upstream: \"nope\" is not an IP:port address",
+            "dns.ttl",
+            "dns.hosts[\"a..b\"]: not a DNS name",
+            "dns.hosts[\"ok.mesh\"]: \"not-an-ip\" is not an IP address",
+        ] {
+            assert!(e.contains(want), "{want} missing in {e}");
+        }
+    }
+
+    #[test]
     fn accepts_a_full_config() {
         let c = from_yaml(GOOD).unwrap();
         assert_eq!(c.listeners.len(), 2);

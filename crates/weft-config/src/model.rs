@@ -28,6 +28,20 @@ pub struct Config {
     pub clusters: Vec<Cluster>,
     /// Present when listeners and clusters (also) come from a control plane.
     pub xds: Option<Xds>,
+    /// The DNS proxy (transparent interception), if configured.
+    pub dns: Option<Dns>,
+}
+
+/// A DNS proxy: answers A/AAAA for `hosts`, forwards every other query to `upstream`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Dns {
+    pub listen: SocketAddr,
+    /// `None`: the first `nameserver` of /etc/resolv.conf, read when the proxy starts.
+    pub upstream: Option<SocketAddr>,
+    /// Lower-case names without the trailing dot.
+    pub hosts: BTreeMap<String, Vec<IpAddr>>,
+    #[serde(serialize_with = "ser_dur")]
+    pub ttl: Duration,
 }
 
 /// Where and how the proxy fetches dynamic configuration (xDS, Envoy v3 API).
@@ -112,6 +126,12 @@ pub struct Listener {
     pub filter_chains: Vec<FilterChain>,
     /// Which way the listener's traffic flows, for a sidecar's shutdown order.
     pub direction: Direction,
+    /// Dispatch by the connection's original destination (transparent interception).
+    pub original_destination: bool,
+    /// `IP_TRANSPARENT` on the listening socket (iptables TPROXY).
+    pub transparent: bool,
+    /// False for a virtual listener: not bound, reached through an `original_destination` one.
+    pub bind_to_port: bool,
 }
 
 /// A listener's traffic direction (Envoy's `traffic_direction`).

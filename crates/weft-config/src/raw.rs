@@ -17,6 +17,22 @@ pub struct RawConfig {
     pub clusters: Vec<RawCluster>,
     /// Dynamic configuration from a control plane (the file is then a bootstrap).
     pub xds: Option<RawXds>,
+    /// A DNS proxy for transparent interception (`weft init --dns-port`).
+    pub dns: Option<RawDns>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDns {
+    /// UDP and TCP `IP:port` to answer on, e.g. "127.0.0.1:15053".
+    pub listen: Option<String>,
+    /// `IP:port` (or IP, port 53) to forward other names to; default: the first `nameserver` of
+    /// /etc/resolv.conf.
+    pub upstream: Option<String>,
+    /// Mesh names and their addresses (A and AAAA answers).
+    pub hosts: BTreeMap<String, Vec<String>>,
+    /// TTL of the answers, e.g. "30s" (default).
+    pub ttl: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -81,6 +97,14 @@ pub struct RawListener {
     /// `inbound` (traffic to the app) or `outbound` (the app's own calls); Envoy's
     /// `traffic_direction`. On shutdown, outbound listeners keep serving while inbound ones drain.
     pub direction: Option<String>,
+    /// Transparent interception: dispatch each connection by its original destination (before an
+    /// iptables REDIRECT/TPROXY rule sent it here). Envoy's `use_original_dst`.
+    pub original_destination: Option<bool>,
+    /// `IP_TRANSPARENT` on the listening socket, for iptables TPROXY (needs CAP_NET_ADMIN).
+    pub transparent: Option<bool>,
+    /// `false`: no socket of its own; it receives connections an `original_destination` listener
+    /// hands over (Envoy's virtual listener). Default true.
+    pub bind_to_port: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

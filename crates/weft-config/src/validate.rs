@@ -238,6 +238,7 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
         }
     }
 
+    let dns = raw.dns.as_ref().and_then(|d| dns(&mut cx, d));
     if cx.errors.is_empty() {
         Ok(Config {
             node,
@@ -246,6 +247,7 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
             listeners,
             clusters,
             xds,
+            dns,
         })
     } else {
         Err(ConfigError { errors: cx.errors })
@@ -302,6 +304,58 @@ fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {
         backoff_base,
         backoff_max,
         on_demand_idle,
+    })
+}
+
+/// The `dns` block: every name a valid DNS name, every address an IP.
+fn dns(cx: &mut Ctx, d: &crate::raw::RawDns) -> Option<crate::model::Dns> {
+    let listen = cx
+        .required("dns.listen", &d.listen)
+        .and_then(|a| socket_addr(cx, "dns.listen", a));
+    let upstream = match d.upstream.as_deref() {
+        None => None,
+        Some(u) => match u.parse::<std::net::IpAddr>() {
+            Ok(ip) => Some(SocketAddr::new(ip, 53)),
+            Err(_) => socket_addr(cx, "dns.upstream", u),
+        },
+    };
+    let ttl = cx.dur("dns.ttl", &d.ttl).unwrap_or(Duration::from_secs(30));
+    if ttl.as_secs() > u32::MAX as u64 {
+        cx.err("dns.ttl", "too long");
+    }
+    let mut hosts = BTreeMap::new();
+    for (name, ips) in &d.hosts {
+        let path = format!("dns.hosts[{name:?}]");
+        let n = name.trim_end_matches('.').to_ascii_lowercase();
+        let valid = !n.is_empty()
+            && n.len() <= 253
+            && n.split('.').all(|l| {
+                !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
+        if !valid {
+            cx.err(
+                &path,
+                "not a DNS name (labels of letters, digits, '-' or '_', at most 63 bytes each)",
+            );
+            continue;
+        }
+        let mut addrs = Vec::new();
+        for ip in ips {
+            match ip.parse::<std::net::IpAddr>() {
+                Ok(a) => addrs.push(a),
+                Err(_) => cx.err(&path, format!("\"{ip}\" is not an IP address")),
+            }
+        }
+        if ips.is_empty() {
+            cx.err(&path, "at least one address is required");
+        }
+        hosts.insert(n, addrs);
+    }
+    Some(crate::model::Dns {
+        listen: listen?,
+        upstream,
+        hosts,
+        ttl,
     })
 }
 
@@ -389,6 +443,9 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         per_connection_buffer_limit_bytes,
         filter_chains: chains,
         direction,
+        original_destination: l.original_destination.unwrap_or(false),
+        transparent: l.transparent.unwrap_or(false),
+        bind_to_port: l.bind_to_port.unwrap_or(true),
     })
 }
 

@@ -5,10 +5,12 @@
 //! clusters, exposes the admin API, and swaps configuration atomically on reload.
 
 pub mod admin;
+pub mod dns;
 pub mod h1_framing;
 pub mod hot_restart;
 pub mod http;
 pub mod idle;
+pub mod interception;
 pub mod server;
 pub mod tcp;
 pub mod watchdog;

@@ -319,6 +319,7 @@ impl Server {
                     listeners: vec![],
                     clusters: vec![],
                     xds: config.xds.clone(),
+                    dns: None,
                 }),
                 clusters: HashMap::new(),
                 listeners: HashMap::new(),
@@ -359,7 +360,15 @@ impl Server {
             threads: Mutex::new(threads),
         });
         let admin = config.admin.clone();
+        let dns = config.dns.clone();
         server.apply(config)?;
+        if let Some(d) = dns {
+            crate::dns::start(&d, &control).map_err(|source| ApplyError::Bind {
+                listener: "dns".into(),
+                address: d.listen,
+                source,
+            })?;
+        }
         control.spawn(shared.access_logs.clone().flush_periodically());
         if let Some(admin) = admin {
             let std_listener = bind_admin(admin.address).map_err(|source| ApplyError::AdminBind {
@@ -521,14 +530,13 @@ impl Server {
         let mut new_sockets: HashMap<String, (SocketAddr, Vec<std::net::TcpListener>)> = HashMap::new();
         for l in &config.listeners {
             let reuse = slots.get(&l.name).is_some_and(|s| s.address == l.address);
-            if !reuse {
+            if !reuse && l.bind_to_port {
                 let inherited = self.inherited.lock().take(&l.name, l.address);
                 // Moving a listener to an address another listener holds now is refused by the OS.
                 let socks = match inherited {
                     Some((bound, socks)) => Ok((bound, socks)),
-                    None => {
-                        bind_reuseport(l.address, shared.workers).and_then(|socks| Ok((socks[0].local_addr()?, socks)))
-                    }
+                    None => bind_reuseport(l.address, shared.workers, l.transparent)
+                        .and_then(|socks| Ok((socks[0].local_addr()?, socks))),
                 }
                 .map_err(|source| ApplyError::Bind {
                     listener: l.name.clone(),
@@ -595,7 +603,7 @@ impl Server {
             // the workers, and bind more (same SO_REUSEPORT group) for workers without one.
             let mut socks = socks;
             if socks.len() < self.workers.len() {
-                match bind_reuseport(bound, self.workers.len() - socks.len()) {
+                match bind_reuseport(bound, self.workers.len() - socks.len(), lrt.config.transparent) {
                     Ok(more) => socks.extend(more),
                     Err(e) => {
                         tracing::warn!(listener = %name, error = %e, "cannot bind extra sockets; some workers share")
@@ -814,7 +822,7 @@ fn bind_admin(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
-fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+fn bind_reuseport(addr: SocketAddr, n: usize, transparent: bool) -> std::io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut target = addr;
@@ -824,6 +832,9 @@ fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::T
         s.set_reuse_port(true)?;
         if target.is_ipv6() {
             s.set_only_v6(true)?;
+        }
+        if transparent {
+            crate::interception::set_transparent(&s, target)?;
         }
         s.set_nonblocking(true)?;
         s.bind(&target.into())?;
@@ -889,7 +900,14 @@ async fn handle_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().unwrap_or(lrt.config.address);
-    match lrt.select_chain(local, peer) {
+    // Transparent interception: the filter chains (of a virtual listener, if one has the address)
+    // match the original destination; the accepting listener still owns the drain.
+    let (chains, local) = if lrt.config.original_destination {
+        crate::interception::dispatch(&stream, &lrt, &shared, local)
+    } else {
+        (lrt.clone(), local)
+    };
+    match chains.select_chain(local, peer) {
         Some(FilterRt::Http(h)) => http::serve_connection(stream, peer, local, h.clone(), lrt.clone(), shared).await,
         Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), &*shared).await,
         None => {

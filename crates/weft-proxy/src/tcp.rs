@@ -68,7 +68,7 @@ pub async fn serve_connection(
         return;
     };
     let orig = matches!(cluster.config.discovery, Discovery::OriginalDst)
-        .then(|| original_dst(&down))
+        .then(|| crate::interception::original_dst(&down, &lrt.config))
         .flatten();
     let hash = Some(weft_lb::hash_key(peer.ip().to_string().as_bytes()));
     let mut tried: Option<Arc<Host>> = None;

@@ -150,8 +150,23 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
     if l.default_filter_chain.is_some() {
         errs.add("default_filter_chain", "unsupported");
     }
-    if !l.listener_filters.is_empty() {
-        errs.add("listener_filters", "unsupported");
+    // Transparent interception: the original_dst listener filter is the only one weft has.
+    let mut original_dst_filter = false;
+    for (i, f) in l.listener_filters.iter().enumerate() {
+        let typed = match &f.config_type {
+            Some(ls::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
+            _ => "",
+        };
+        if f.name == "envoy.filters.listener.original_dst"
+            || typed.ends_with("envoy.extensions.filters.listener.original_dst.v3.OriginalDst")
+        {
+            original_dst_filter = true;
+        } else {
+            errs.add(
+                &format!("listener_filters[{i}]"),
+                "unsupported (weft has envoy.filters.listener.original_dst only)",
+            );
+        }
     }
     if l.filter_chains.is_empty() {
         errs.add("filter_chains", "at least one filter chain is required");
@@ -191,6 +206,10 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
                 2 => Some("outbound".into()),
                 _ => None,
             },
+            original_destination: (original_dst_filter || l.use_original_dst.as_ref().is_some_and(|b| b.value))
+                .then_some(true),
+            transparent: l.transparent.as_ref().map(|b| b.value),
+            bind_to_port: l.bind_to_port.as_ref().map(|b| b.value),
             ..Default::default()
         },
         rds,

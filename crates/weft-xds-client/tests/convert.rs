@@ -956,3 +956,39 @@ fn traffic_direction_is_the_listener_direction() {
         Some("outbound")
     );
 }
+
+#[test]
+fn original_dst_listener_filter_and_interception_fields() {
+    let mut l = full_listener();
+    let raw = convert::listener(&l).unwrap().unwrap().raw;
+    assert_eq!(
+        (raw.original_destination, raw.transparent, raw.bind_to_port),
+        (None, None, None)
+    );
+    l.listener_filters.push(ls::ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        ..Default::default()
+    });
+    l.transparent = Some(BoolValue { value: true });
+    l.bind_to_port = Some(BoolValue { value: false });
+    let raw = convert::listener(&l).unwrap().unwrap().raw;
+    assert_eq!(raw.original_destination, Some(true));
+    assert_eq!((raw.transparent, raw.bind_to_port), (Some(true), Some(false)));
+
+    let mut l = full_listener();
+    l.use_original_dst = Some(BoolValue { value: true });
+    assert_eq!(
+        convert::listener(&l).unwrap().unwrap().raw.original_destination,
+        Some(true)
+    );
+
+    l.listener_filters.push(ls::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        ..Default::default()
+    });
+    let errs = convert::listener(&l).err().unwrap();
+    assert!(
+        errs.iter().any(|e| e.contains("listener_filters[0]: unsupported")),
+        "{errs:?}"
+    );
+}

@@ -2,6 +2,7 @@
 
 mod demo;
 mod identity;
+mod init;
 mod lifecycle;
 mod xds;
 
@@ -82,6 +83,9 @@ enum Cmd {
     WaitReady(lifecycle::WaitReadyArgs),
     /// Workload certificates from weft control's CA, written to files.
     Identity(identity::IdentityArgs),
+    /// Transparent interception: install (or --remove) the iptables rules that send the app's
+    /// TCP to its sidecar, in the current network namespace (istio-init's job).
+    Init(init::InitArgs),
     /// Serve a workload certificate to an Envoy sidecar over SDS (key generated here, renewed at half-life).
     SdsAgent(identity::SdsAgentArgs),
 }
@@ -164,6 +168,7 @@ fn main() {
         Some(Cmd::Bench(args)) => weft_bench::run(args),
         Some(Cmd::Demo(args)) => demo::run(args),
         Some(Cmd::WaitReady(args)) => lifecycle::wait_ready(args),
+        Some(Cmd::Init(args)) => init::run_init(args),
         Some(Cmd::Control(args)) => {
             init_logging(&args.log);
             weft_control::cli::run(args)

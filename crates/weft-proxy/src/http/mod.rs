@@ -132,7 +132,7 @@ pub async fn serve_connection(
     lrt: Arc<ListenerRt>,
     clusters: Arc<dyn ClusterLookup>,
 ) {
-    let original_dst = crate::tcp::original_dst(&stream);
+    let original_dst = crate::interception::original_dst(&stream, &lrt.config);
     let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
         framing,

@@ -1,0 +1,674 @@
+//! Transparent interception in real network namespaces: `weft init` installs iptables rules, an
+//! unmodified client (curl) in namespace A calls an unmodified server (python3 -m http.server) in
+//! namespace B by B's own address, and the two sidecars it does not know about carry the call.
+//!
+//! Needs root, `ip netns`, iptables and python3 (scripts/install-peers). Outside CI a missing piece
+//! skips the test with a message; under `CI=true` it fails.
+//!
+//! The sidecars run as uid/gid 1337 (`setpriv`), the uid `weft init --proxy-uid` excludes, so their
+//! own upstream connections are not intercepted again; the client and servers run as root.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use weft_test_support::TempDir;
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// Why this machine cannot run the tests, if it cannot.
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for (prog, arg) in [
+        ("ip", "-V"),
+        ("iptables-restore", "--version"),
+        ("ip6tables-restore", "--version"),
+        ("python3", "--version"),
+        ("curl", "--version"),
+        ("setpriv", "--version"),
+    ] {
+        if !Command::new(prog)
+            .arg(arg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Some(format!("{prog} is not installed (scripts/install-peers installs it)"));
+        }
+    }
+    let probe = format!("wfprobe{}", std::process::id());
+    if !sh(&["ip", "netns", "add", &probe]).status.success() {
+        return Some("ip netns add is not permitted here".into());
+    }
+    sh(&["ip", "netns", "del", &probe]);
+    None
+}
+
+/// Skips (outside CI) or fails (CI) when the machine cannot run these tests.
+fn prerequisites() -> bool {
+    match missing_prerequisite() {
+        None => true,
+        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("interception tests cannot run under CI=true: {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED: interception tests need root, ip netns, iptables, python3, curl and setpriv: {why}");
+            false
+        }
+    }
+}
+
+fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = sh(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A network namespace, deleted on drop (also on panic), with its veth ends.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!(
+            "wf{tag}{}x{}",
+            std::process::id() % 100_000,
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ok(&["ip", "netns", "add", &name]);
+        let ns = Netns { name };
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args).stdin(Stdio::null());
+        c
+    }
+
+    fn exec(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().unwrap()
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "in {}: {args:?} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn spawn(&self, args: &[&str], log: &Path, dir: Option<&Path>) -> Proc {
+        let f = std::fs::File::create(log).unwrap();
+        let mut c = self.cmd(args);
+        c.stdout(f.try_clone().unwrap()).stderr(f);
+        if let Some(d) = dir {
+            c.current_dir(d);
+        }
+        Proc(c.spawn().unwrap())
+    }
+
+    /// `iptables-save` and `ip6tables-save` without comments, counters and empty built-in tables
+    /// (the nf_tables backend keeps a table it created once, empty), plus the ip rules.
+    fn state(&self) -> String {
+        let mut out = String::new();
+        for save in ["iptables-save", "ip6tables-save"] {
+            out.push_str(&normalize_save(&self.run(&[save])));
+        }
+        for fam in ["-4", "-6"] {
+            out.push_str(&self.run(&["ip", fam, "rule", "show"]));
+            // (An error when the table does not exist: then it is empty.)
+            out.push_str(&String::from_utf8_lossy(
+                &self.exec(&["ip", fam, "route", "show", "table", "133"]).stdout,
+            ));
+        }
+        out
+    }
+}
+
+fn normalize_save(save: &str) -> String {
+    let mut out = String::new();
+    let mut table: Vec<String> = Vec::new();
+    for line in save.lines().filter(|l| !l.starts_with('#')) {
+        let line = match line.find(" [") {
+            Some(i) if line.starts_with(':') => line[..i].to_string(),
+            _ => line.to_string(),
+        };
+        let end = line == "COMMIT";
+        table.push(line);
+        if end {
+            let has_content = table
+                .iter()
+                .any(|l| l.starts_with("-A") || (l.starts_with(':') && !l.ends_with(" ACCEPT")));
+            if has_content {
+                out.push_str(&table.join("\n"));
+                out.push('\n');
+            }
+            table.clear();
+        }
+    }
+    out
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.name]);
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+        // Only if empty (another test's namespace may still use it).
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
+impl Netns {
+    /// The namespace's own /etc/resolv.conf (`ip netns exec` mounts /etc/netns/NAME/resolv.conf).
+    fn set_resolver(&self, nameserver: &str) {
+        let dir = Path::new("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("resolv.conf"), format!("nameserver {nameserver}\n")).unwrap();
+    }
+}
+
+/// A process started in a namespace; killed (by its pid) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the command, so this pid is the process itself.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two namespaces joined by a veth pair: A = 10.213.0.1 / fd00:213::1, B = 10.213.0.2 /
+/// fd00:213::2 (and the extra addresses given for B).
+fn pair(tag: &str, b_extra: &[&str]) -> (Netns, Netns) {
+    let a = Netns::new(&format!("{tag}a"));
+    let b = Netns::new(&format!("{tag}b"));
+    let (va, vb) = (format!("{}v", a.name), format!("{}v", b.name));
+    ok(&[
+        "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+    ]);
+    a.run(&["ip", "addr", "add", "10.213.0.1/24", "dev", &va]);
+    a.run(&["ip", "addr", "add", "fd00:213::1/64", "dev", &va, "nodad"]);
+    a.run(&["ip", "link", "set", &va, "up"]);
+    b.run(&["ip", "addr", "add", "10.213.0.2/24", "dev", &vb]);
+    b.run(&["ip", "addr", "add", "fd00:213::2/64", "dev", &vb, "nodad"]);
+    for extra in b_extra {
+        b.run(&["ip", "addr", "add", extra, "dev", &vb]);
+    }
+    b.run(&["ip", "link", "set", &vb, "up"]);
+    (a, b)
+}
+
+/// Files readable by the sidecar's uid.
+fn open_dir(dir: &TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A sidecar: outbound listeners on 15001 and inbound ones on 15006 (IPv4 and IPv6), both
+/// dispatching by original destination to pass-through clusters, plus `extra` listeners.
+fn sidecar_config(inbound_transparent: bool, extra_listeners: &str, extra_clusters: &str) -> String {
+    let mut listeners = String::new();
+    for (fam, any) in [("", "0.0.0.0"), ("6", "[::]")] {
+        for (name, port, cluster, dir) in [
+            ("outbound", 15001, "passthrough", "outbound"),
+            ("inbound", 15006, "inbound_passthrough", "inbound"),
+        ] {
+            let transparent = inbound_transparent && dir == "inbound";
+            listeners.push_str(&format!(
+                r#"  - name: {name}{fam}
+    address: "{any}:{port}"
+    original_destination: true
+    transparent: {transparent}
+    direction: {dir}
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }}
+"#
+            ));
+        }
+    }
+    format!(
+        r#"admin: {{ address: "127.0.0.1:9901" }}
+runtime: {{ concurrency: 1, drain_timeout: 1s }}
+listeners:
+{listeners}{extra_listeners}clusters:
+  - {{ name: passthrough, type: original_dst }}
+  - {{ name: inbound_passthrough, type: original_dst }}
+{extra_clusters}"#
+    )
+}
+
+fn start_sidecar(ns: &Netns, dir: &TempDir, name: &str, config: &str, caps: bool) -> Proc {
+    dir.write(&format!("{name}.yaml"), config);
+    let cfg = dir.join(&format!("{name}.yaml"));
+    let cfg = cfg.to_str().unwrap();
+    let mut args = vec!["setpriv", "--reuid", "1337", "--regid", "1337", "--clear-groups"];
+    if caps {
+        // TPROXY: IP_TRANSPARENT on the inbound listener needs CAP_NET_ADMIN.
+        args.extend(["--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"]);
+    }
+    args.extend([WEFT, "proxy", "-c", cfg]);
+    let p = ns.spawn(&args, &dir.join(&format!("{name}.log")), None);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ns.exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9901/ready",
+        ]);
+        if String::from_utf8_lossy(&out.stdout) == "200" {
+            return p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sidecar {name} not ready: {}",
+            std::fs::read_to_string(dir.join(&format!("{name}.log"))).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `python3 -m http.server` bound to `ip:port` in `ns`, serving `dir/www` (a file hello.txt); its
+/// request log (with each client's address) goes to `dir/<log>`.
+fn start_server(ns: &Netns, dir: &TempDir, ip: &str, port: u16, log: &str) -> Proc {
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello from B\n").unwrap();
+    let port_s = port.to_string();
+    let p = ns.spawn(
+        &["python3", "-u", "-m", "http.server", "--bind", ip, &port_s],
+        &dir.join(log),
+        Some(&www),
+    );
+    // Ready once it answers (before any interception is installed in ns).
+    let url = format!("http://{}/probe", host_port(ip, port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ns.exec(&["curl", "-s", "-g", "-o", "/dev/null", &url]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "python http.server on {ip}:{port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    p
+}
+
+fn host_port(ip: &str, port: u16) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// The client: curl in `ns` for hello.txt at ip:port; the status and body.
+fn fetch(ns: &Netns, ip: &str, port: u16) -> (String, String) {
+    let url = format!("http://{}/hello.txt", host_port(ip, port));
+    let out = ns.exec(&["curl", "-s", "-g", "-m", "10", "-w", "\n%{http_code}", &url]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_string(), body.trim_end().to_string())
+}
+
+/// A sidecar's count of 2xx requests on one listener, read from its admin API in `ns`.
+fn requests(ns: &Netns, listener: &str) -> f64 {
+    let stats = ns.run(&["curl", "-s", "http://127.0.0.1:9901/stats/prometheus"]);
+    let key = format!("weft_downstream_rq_total{{listener=\"{listener}\",class=\"2xx\"}}");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+/// The client addresses that asked the server for hello.txt.
+fn served_to(dir: &TempDir, log: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(log))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("GET /hello.txt"))
+        .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
+        .collect()
+}
+
+fn init(ns: &Netns, args: &[&str]) {
+    let mut all = vec![WEFT, "init"];
+    all.extend(args);
+    ns.run(&all);
+}
+
+#[test]
+fn redirect_mode_carries_an_unmodified_call_through_both_sidecars() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-redirect");
+    open_dir(&dir);
+    let (a, b) = pair("r", &["10.213.0.3/24", "10.213.0.4/24"]);
+    // B: the app (unmodified servers) on its own addresses.
+    let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
+    let _s2 = start_server(&b, &dir, "10.213.0.2", 8081, "s2.log");
+    let _s3 = start_server(&b, &dir, "10.213.0.3", 8080, "s3.log");
+    let _s4 = start_server(&b, &dir, "10.213.0.4", 8080, "s4.log");
+    let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
+    // A's sidecar knows one service by address (a virtual listener), the rest pass through.
+    let virtual_b = r#"  - name: svc_b
+    address: "10.213.0.2:8080"
+    bind_to_port: false
+    http:
+      route_config:
+        virtual_hosts:
+          - name: b
+            domains: ["*"]
+            routes:
+              - { match: { prefix: / }, route: { cluster: svc_b } }
+"#;
+    let cluster_b = "  - { name: svc_b, endpoints: [{ address: \"10.213.0.2:8080\" }] }\n";
+    let _pa = start_sidecar(&a, &dir, "a", &sidecar_config(false, virtual_b, cluster_b), false);
+    let _pb = start_sidecar(&b, &dir, "b", &sidecar_config(false, "", ""), false);
+    init(
+        &a,
+        &[
+            "--exclude-outbound-ports",
+            "8081",
+            "--exclude-outbound-cidrs",
+            "10.213.0.4/32",
+        ],
+    );
+    init(&b, &["--exclude-inbound-ports", "8081"]);
+
+    // 1. By B's own address: A's virtual listener for it, then B's inbound capture.
+    assert_eq!(fetch(&a, "10.213.0.2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&a, "svc_b"), 1.0, "A's sidecar did not carry the call");
+    assert_eq!(requests(&b, "inbound"), 1.0, "B's sidecar did not carry the call");
+    // B's sidecar connected to the app from B's address, not the client's.
+    assert_eq!(served_to(&dir, "s1.log"), ["10.213.0.2"]);
+
+    // 2. An address A's sidecar has no listener for: the pass-through (original destination).
+    assert_eq!(fetch(&a, "10.213.0.3", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&a, "outbound"), 1.0);
+    assert_eq!(requests(&b, "inbound"), 2.0);
+    assert_eq!(
+        served_to(&dir, "s3.log"),
+        ["10.213.0.2"],
+        "from B's sidecar (B's primary address)"
+    );
+
+    // 3. An excluded port (outbound on A, inbound on B): straight from the client.
+    assert_eq!(fetch(&a, "10.213.0.2", 8081), ("200".into(), "hello from B".into()));
+    assert_eq!(served_to(&dir, "s2.log"), ["10.213.0.1"], "the sidecars were bypassed");
+    assert_eq!(requests(&a, "outbound") + requests(&a, "svc_b"), 2.0);
+    assert_eq!(requests(&b, "inbound"), 2.0);
+
+    // 4. An excluded CIDR on A: A's sidecar is bypassed, B's still captures it.
+    assert_eq!(fetch(&a, "10.213.0.4", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&a, "outbound") + requests(&a, "svc_b"), 2.0);
+    assert_eq!(requests(&b, "inbound"), 3.0);
+
+    // 5. IPv6, through both sidecars' IPv6 listeners.
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&a, "outbound6"), 1.0);
+    assert_eq!(requests(&b, "inbound6"), 1.0);
+    assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::2"]);
+
+    // Removed: the same call goes straight to the server again.
+    init(&a, &["--remove"]);
+    init(&b, &["--remove"]);
+    assert_eq!(fetch(&a, "10.213.0.2", 8080).0, "200");
+    assert_eq!(served_to(&dir, "s1.log"), ["10.213.0.2", "10.213.0.1"]);
+    assert_eq!(requests(&a, "svc_b"), 1.0);
+}
+
+#[test]
+fn tproxy_mode_carries_the_call_without_nat_on_inbound() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-tproxy");
+    open_dir(&dir);
+    let (a, b) = pair("t", &[]);
+    let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
+    let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
+    let _pa = start_sidecar(&a, &dir, "a", &sidecar_config(false, "", ""), false);
+    let _pb = start_sidecar(&b, &dir, "b", &sidecar_config(true, "", ""), true);
+    init(&a, &[]);
+    init(&b, &["--tproxy"]);
+    let rules = b.run(&["iptables-save", "-t", "mangle"]);
+    assert!(rules.contains("-j TPROXY --on-port 15006"), "{rules}");
+    let nat = b.run(&["iptables-save", "-t", "nat"]);
+    assert!(
+        !nat.contains("WEFT_IN_REDIRECT"),
+        "TPROXY mode has no inbound NAT: {nat}"
+    );
+    assert!(b.run(&["ip", "rule", "show"]).contains("fwmark 0x539 lookup 133"));
+
+    assert_eq!(fetch(&a, "10.213.0.2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&a, "outbound"), 1.0);
+    assert_eq!(
+        requests(&b, "inbound"),
+        1.0,
+        "B's transparent inbound listener did not carry it"
+    );
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&b, "inbound6"), 1.0);
+    assert_eq!(served_to(&dir, "s1.log").len(), 1);
+}
+
+#[test]
+fn init_is_idempotent_and_remove_restores_the_namespace() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("i");
+    // Someone else's rules, which weft init must leave alone.
+    ns.run(&[
+        "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "udp", "--dport", "9999", "-j", "ACCEPT",
+    ]);
+    ns.run(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "7", "-j", "DROP"]);
+    ns.run(&["ip6tables", "-t", "nat", "-N", "OTHER"]);
+    let before = ns.state();
+
+    init(&ns, &["--exclude-inbound-ports", "22"]);
+    let once = ns.state();
+    assert_ne!(once, before);
+    assert!(once.contains("-A OUTPUT -p tcp -j WEFT_OUTPUT"), "{once}");
+    assert!(
+        once.contains("-A OUTPUT -p udp -m udp --dport 9999 -j ACCEPT"),
+        "{once}"
+    );
+    init(&ns, &["--exclude-inbound-ports", "22"]);
+    assert_eq!(ns.state(), once, "a second weft init changed the rules");
+
+    // Switching modes replaces ours; a second run is again a no-op.
+    init(&ns, &["--tproxy"]);
+    let tproxy = ns.state();
+    assert!(
+        tproxy.contains("TPROXY") && !tproxy.contains("WEFT_IN_REDIRECT"),
+        "{tproxy}"
+    );
+    init(&ns, &["--tproxy"]);
+    assert_eq!(ns.state(), tproxy);
+
+    init(&ns, &["--remove"]);
+    assert_eq!(ns.state(), before, "--remove did not restore the namespace");
+    let again = ns.exec(&[WEFT, "init", "--remove"]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("nothing to remove"));
+}
+
+#[test]
+fn a_failed_init_leaves_nothing_and_says_why() {
+    if !prerequisites() {
+        return;
+    }
+    let ns = Netns::new("f");
+    let before = ns.state();
+    // With loopback down, TPROXY's `local default dev lo` route cannot be added (IPv6), after
+    // the IPv4 rules were committed: everything must be taken back.
+    ns.run(&["ip", "link", "set", "lo", "down"]);
+    let out = ns.exec(&[WEFT, "init", "--tproxy"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("route replace local default dev lo table 133"), "{err}");
+    assert!(err.contains("nothing was left installed"), "{err}");
+    ns.run(&["ip", "link", "set", "lo", "up"]);
+    assert_eq!(ns.state(), before);
+
+    // A rule iptables refuses (a uid the owner match does not take) is named in the error, and
+    // the transaction it was in left nothing.
+    let out = ns.exec(&[WEFT, "init", "--proxy-uid", "4294967295"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("IPv4 rule refused: `-A WEFT_OUTPUT -o lo -m owner ! --uid-owner 4294967295 -j RETURN`"),
+        "{err}"
+    );
+    assert_eq!(ns.state(), before);
+
+    // Without CAP_NET_ADMIN: a clear refusal before anything is tried.
+    let out = ns.exec(&[
+        "setpriv",
+        "--reuid",
+        "1337",
+        "--regid",
+        "1337",
+        "--clear-groups",
+        WEFT,
+        "init",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(err.contains("lacks CAP_NET_ADMIN"), "{err}");
+    assert_eq!(ns.state(), before);
+}
+
+#[test]
+fn dry_run_prints_the_rules_and_changes_nothing() {
+    // Needs no privilege: the rule set for an empty namespace.
+    let out = Command::new(WEFT)
+        .args([
+            "init",
+            "--dry-run",
+            "--tproxy",
+            "--exclude-outbound-cidrs",
+            "10.0.0.0/8,fd00::/8",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("# IPv4 (iptables-restore --noflush)\n*nat\n:WEFT_OUTPUT - [0:0]"),
+        "{text}"
+    );
+    assert!(text.contains("-A WEFT_OUTPUT -d 10.0.0.0/8 -j RETURN"), "{text}");
+    assert!(text.contains("-A WEFT_OUTPUT -d fd00::/8 -j RETURN"), "{text}");
+    assert!(
+        text.contains("-j TPROXY --on-port 15006 --tproxy-mark 0x539/0xffffffff"),
+        "{text}"
+    );
+    assert!(text.contains("# ip -6 rule add fwmark 0x539 lookup 133"), "{text}");
+}
+
+/// A DNS query over TCP (2-byte length prefix) for `name` type A, by python3 with no DNS library;
+/// prints the answer's addresses.
+const TCP_DNS_QUERY: &str = r#"
+import socket, struct, sys
+name = sys.argv[1]
+q = struct.pack(">HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0)
+q += b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+s = socket.create_connection((sys.argv[2], 53), timeout=5)
+s.sendall(struct.pack(">H", len(q)) + q)
+n = struct.unpack(">H", s.recv(2))[0]
+r = b""
+while len(r) < n:
+    r += s.recv(n - len(r))
+an = struct.unpack(">H", r[6:8])[0]
+at = len(q)
+for _ in range(an):
+    rdlen = struct.unpack(">H", r[at + 10:at + 12])[0]
+    print(socket.inet_ntoa(r[at + 12:at + 12 + rdlen]))
+    at += 12 + rdlen
+"#;
+
+#[test]
+fn dns_capture_answers_mesh_names_and_forwards_the_rest() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-dns");
+    open_dir(&dir);
+    let (a, b) = pair("d", &[]);
+    let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
+    // B's sidecar plays A's upstream resolver: it knows other.mesh.
+    let b_dns = "dns:\n  listen: \"10.213.0.2:5353\"\n  upstream: \"10.213.0.2:9\"\n  hosts: { other.mesh: [\"10.213.0.2\"] }\n";
+    let _pb = start_sidecar(&b, &dir, "b", &sidecar_config(false, "", b_dns), false);
+    let a_dns = "dns:\n  listen: \"127.0.0.1:15053\"\n  upstream: \"10.213.0.2:5353\"\n  ttl: 5s\n  hosts: { reviews.mesh: [\"10.213.0.2\", \"fd00:213::2\"] }\n";
+    let _pa = start_sidecar(&a, &dir, "a", &sidecar_config(false, "", a_dns), false);
+    // The app's resolver is an address where nothing answers: only the capture makes DNS work.
+    a.set_resolver("10.213.0.53");
+    let before = a.exec(&["getent", "ahostsv4", "reviews.mesh"]);
+    assert!(!before.status.success(), "resolved without interception?");
+    init(&a, &["--dns-port", "15053"]);
+
+    // A mesh name, from A's sidecar's table (getaddrinfo, as any app resolves).
+    let v4 = a.run(&["getent", "ahostsv4", "reviews.mesh"]);
+    assert!(v4.starts_with("10.213.0.2 "), "{v4}");
+    let v6 = a.run(&["getent", "ahostsv6", "reviews.mesh"]);
+    assert!(v6.starts_with("fd00:213::2 "), "{v6}");
+    let py = a.run(&[
+        "python3",
+        "-c",
+        "import socket; print(socket.gethostbyname('reviews.mesh'))",
+    ]);
+    assert_eq!(py.trim(), "10.213.0.2");
+    // Any other name: forwarded to the upstream resolver (B's), its answer relayed.
+    let other = a.run(&["getent", "ahostsv4", "other.mesh"]);
+    assert!(other.starts_with("10.213.0.2 "), "{other}");
+    // DNS over TCP is captured too.
+    let tcp = a.run(&["python3", "-c", TCP_DNS_QUERY, "reviews.mesh", "10.213.0.53"]);
+    assert_eq!(tcp.trim(), "10.213.0.2");
+    // And the name works end to end through the outbound capture.
+    // (-4: the name has an IPv6 address too, where B serves nothing.)
+    let out = a.run(&["curl", "-4", "-s", "-m", "10", "http://reviews.mesh:8080/hello.txt"]);
+    assert_eq!(out.trim(), "hello from B");
+    assert_eq!(requests(&a, "outbound"), 1.0);
+
+    init(&a, &["--remove"]);
+    assert!(!a.exec(&["getent", "ahostsv4", "reviews.mesh"]).status.success());
+}
