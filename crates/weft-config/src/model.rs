@@ -49,6 +49,9 @@ pub struct Dns {
 pub struct Xds {
     /// `host:port` of the control plane.
     pub address: String,
+    /// Every control-plane replica, `address` first: a failed stream moves to the next one at
+    /// once; a whole round of failures backs off.
+    pub addresses: Vec<String>,
     pub mode: XdsMode,
     /// `None`: wait forever for a cluster's endpoints / a listener's routes.
     #[serde(serialize_with = "ser_opt_dur")]

@@ -40,6 +40,9 @@ pub struct RawDns {
 pub struct RawXds {
     /// Control plane `host:port` (gRPC over h2c).
     pub address: Option<String>,
+    /// More control-plane replicas (`host:port`), tried in turn after `address` when a stream
+    /// fails.
+    pub addresses: Vec<String>,
     /// "ads_delta" (default), "ads_sotw", "delta" or "sotw".
     pub mode: Option<String>,
     /// How long a cluster waits for its endpoints (or a listener for its routes) before it is used

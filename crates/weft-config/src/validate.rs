@@ -256,10 +256,21 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
 
 fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {
     let address = cx.required("xds.address", &x.address).map(str::to_string);
-    if let Some(a) = &address {
+    let mut addresses: Vec<String> = Vec::new();
+    for (i, a) in address.iter().chain(x.addresses.iter()).enumerate() {
+        let path = if i == 0 && address.is_some() {
+            "xds.address".to_string()
+        } else {
+            format!("xds.addresses[{}]", i - usize::from(address.is_some()))
+        };
         match a.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {}
-            _ => cx.err("xds.address", format!("\"{a}\" is not a host:port address")),
+            _ => cx.err(&path, format!("\"{a}\" is not a host:port address")),
+        }
+        if addresses.contains(a) {
+            cx.err(&path, format!("\"{a}\" is listed twice"));
+        } else {
+            addresses.push(a.clone());
         }
     }
     let mode = match x.mode.as_deref() {
@@ -299,6 +310,7 @@ fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {
     };
     Some(Xds {
         address: address?,
+        addresses,
         mode,
         initial_fetch_timeout,
         backoff_base,

@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) changed: tokio::sync::watch::Sender<u64>,
     /// How much a service's clusters were used (see [`XdsClient::set_activity`]).
     pub(crate) activity: Mutex<Option<ActivityFn>>,
+    /// The control-plane replica of the current (or last) session.
+    pub(crate) current: Mutex<String>,
 }
 
 /// Requests sent to a service's clusters so far (any number that changes when the service is
@@ -162,6 +164,7 @@ impl XdsClient {
             wake: tokio::sync::Notify::new(),
             changed: tokio::sync::watch::Sender::new(0),
             activity: Mutex::new(None),
+            current: Mutex::new(String::new()),
         });
         let task = handle.spawn(stream::run(inner.clone()));
         if let Some(idle) = inner.xds.on_demand_idle {
@@ -307,7 +310,8 @@ impl XdsClient {
             })
             .collect();
         serde_json::json!({
-            "address": self.inner.xds.address,
+            "address": *self.inner.current.lock().unwrap(),
+            "addresses": self.inner.xds.addresses,
             "mode": self.inner.xds.mode,
             "connected": st.connected,
             "initialized": st.initialized,

@@ -62,14 +62,28 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let base = inner.xds.backoff_base;
     let max = inner.xds.backoff_max;
     let mut backoff = base;
+    let addrs = inner.xds.addresses.clone();
+    let (mut next, mut failed_in_a_row) = (0usize, 0usize);
     loop {
+        let address = addrs[next % addrs.len()].clone();
+        *inner.current.lock().unwrap() = address.clone();
         // A session only ends with an error: every stream ends with one (see `with_end`).
-        let Err((e, progress)) = session(&inner).await;
-        tracing::warn!(address = %inner.xds.address, error = %e, "xDS stream failed");
+        let Err((e, progress)) = session(&inner, &address).await;
+        tracing::warn!(%address, error = %e, "xDS stream failed");
         if progress {
             backoff = base;
+            failed_in_a_row = 0;
         }
         inner.state.lock().unwrap().connected = false;
+        next += 1;
+        failed_in_a_row += 1;
+        // Another replica is tried at once (the configuration keeps serving meanwhile); only a
+        // whole round of failures backs off.
+        if failed_in_a_row < addrs.len() {
+            tracing::info!(address = %addrs[next % addrs.len()], "trying the next control-plane replica");
+            continue;
+        }
+        failed_in_a_row = 0;
         // Full jitter over [backoff/2, backoff] so that many proxies do not reconnect in lockstep
         // after a control-plane restart.
         let half = backoff / 2;
@@ -119,8 +133,8 @@ fn node(inner: &Inner) -> core::Node {
 
 /// One connection's life. Returns whether any response was accepted (resets the backoff).
 /// One connection's life; ends only with an error and whether any response was accepted.
-async fn session(inner: &Arc<Inner>) -> Result<std::convert::Infallible, (String, bool)> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", inner.xds.address))
+async fn session(inner: &Arc<Inner>, address: &str) -> Result<std::convert::Infallible, (String, bool)> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| (e.to_string(), false))?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -219,7 +233,7 @@ async fn session(inner: &Arc<Inner>) -> Result<std::convert::Infallible, (String
         inner.state.lock().unwrap().connected = true;
         inner.metrics.lock().unwrap().connects += 1;
     }
-    tracing::info!(address = %inner.xds.address, ?mode, "xDS stream up");
+    tracing::info!(%address, ?mode, "xDS stream up");
     let mut progress = false;
     loop {
         let deadline = inner.state.lock().unwrap().next_deadline();

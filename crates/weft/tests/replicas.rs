@@ -1,0 +1,206 @@
+//! Several control-plane replicas: two `weft control` processes read the same registry; a real
+//! `weft proxy` sidecar is given both addresses. The replica it uses is killed under traffic: the
+//! sidecar moves to the other at once (no request fails meanwhile, it serves its configuration),
+//! and follows registry changes through it.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use weft_test_support::peers::ChildGuard;
+use weft_test_support::{eventually_blocking, free_addr, TempDir};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn name_server(name: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                loop {
+                    line.clear();
+                    match r.read_line(&mut line) {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) if line == "\r\n" => break,
+                        Ok(_) => {}
+                    }
+                }
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{name}",
+                    name.len()
+                );
+            });
+        }
+    });
+    addr
+}
+
+fn control(reg: &TempDir) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let (xds, admin) = (free_addr(), free_addr());
+    let child = ChildGuard(
+        Command::new(WEFT)
+            .args(["control", "--registry"])
+            .arg(reg.path())
+            .args(["--xds", &xds.to_string(), "--admin", &admin.to_string()])
+            .env("WEFT_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft control"),
+    );
+    eventually_blocking("weft control /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+    (child, xds, admin)
+}
+
+fn registry(echo: &[SocketAddr]) -> String {
+    let eps: Vec<String> = echo.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
+    format!(
+        "services:\n  - name: client\n    endpoints: []\n  - name: echo\n    endpoints: [{}]\n",
+        eps.join(", ")
+    )
+}
+
+#[test]
+fn a_sidecar_fails_over_to_another_control_plane_replica_under_traffic() {
+    let reg = TempDir::new("replicas-reg");
+    let dir = TempDir::new("replicas");
+    let (alpha, beta) = (name_server("alpha"), name_server("beta"));
+    reg.write("services.yaml", &registry(&[alpha]));
+    let (a, a_xds, _) = control(&reg);
+    let (_b, b_xds, _) = control(&reg);
+
+    let (admin, outbound) = (free_addr(), free_addr());
+    let cfg = format!(
+        "node:\n  id: client-1\n  cluster: client\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{a_xds}\"\n  addresses: [\"{b_xds}\"]\n  mode: ads_delta\n",
+        free_addr(),
+        free_addr(),
+    );
+    let path = dir.join("client.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let _proxy = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(&path)
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+    let xds_address = || -> String {
+        let (_, body) = http(admin, "x", "/xds").unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["address"].as_str().unwrap_or_default().to_string()
+    };
+    assert_eq!(xds_address(), a_xds.to_string());
+    assert_eq!(http(outbound, "echo", "/"), Some((200, "alpha".to_string())));
+
+    // Traffic through the sidecar for the rest of the test: every failure counted.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                match http(outbound, "echo", "/") {
+                    Some((200, _)) => ok.fetch_add(1, Ordering::SeqCst),
+                    other => {
+                        eprintln!("failed: {other:?}");
+                        failed.fetch_add(1, Ordering::SeqCst)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+
+    // Traffic for a second before and after the kill (the load's duration, not a synchronisation).
+    std::thread::sleep(Duration::from_secs(1));
+    // The replica in use dies.
+    let killed = Instant::now();
+    drop(a);
+    eventually_blocking("the sidecar to move to replica B", Duration::from_secs(10), || {
+        (xds_address() == b_xds.to_string()).then_some(())
+    });
+    eventually_blocking("the stream to replica B to be up", Duration::from_secs(10), || {
+        let (_, body) = http(admin, "x", "/xds")?;
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["connected"] == true).then_some(())
+    });
+    let failover = killed.elapsed();
+
+    // A registry change reaches the sidecar through replica B.
+    reg.write("services.yaml", &registry(&[beta]));
+    let changed = Instant::now();
+    eventually_blocking(
+        "the sidecar to follow the registry through B",
+        Duration::from_secs(10),
+        || (http(outbound, "echo", "/")? == (200, "beta".to_string())).then_some(()),
+    );
+    let followed = changed.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    eprintln!(
+        "failover to replica B connected after {failover:?}; change followed after {followed:?}; {} requests ok, {} failed",
+        ok.load(Ordering::SeqCst),
+        failed.load(Ordering::SeqCst)
+    );
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    assert!(ok.load(Ordering::SeqCst) > 50);
+    assert_eq!(failed.load(Ordering::SeqCst), 0, "requests failed during the failover");
+}
+
+#[test]
+fn duplicate_or_bad_replica_addresses_are_refused_naming_the_field() {
+    let dir = TempDir::new("replicas-bad");
+    let path = dir.join("p.yaml");
+    std::fs::write(
+        &path,
+        "admin: {address: \"127.0.0.1:0\"}\nxds:\n  address: \"127.0.0.1:18000\"\n  addresses: [\"127.0.0.1:18000\", \"nope\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(WEFT)
+        .args(["proxy", "--check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("xds.addresses[0]") && err.contains("listed twice"),
+        "{err}"
+    );
+    assert!(
+        err.contains("xds.addresses[1]") && err.contains("not a host:port"),
+        "{err}"
+    );
+}
