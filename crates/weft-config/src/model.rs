@@ -109,6 +109,8 @@ pub struct Listener {
     pub filter_chains: Vec<FilterChain>,
     /// Which way the listener's traffic flows, for a sidecar's shutdown order.
     pub direction: Direction,
+    /// TLS termination; `None` is plaintext.
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 /// A listener's traffic direction (Envoy's `traffic_direction`).
@@ -555,6 +557,8 @@ pub struct Cluster {
     pub healthy_panic_threshold: f64,
     pub locality_aware: bool,
     pub subsets: Option<Subsets>,
+    /// TLS origination; `None` is plaintext.
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 /// Passive health checking (Envoy `OutlierDetection`). A threshold of 0 disables that detector.

@@ -78,6 +78,8 @@ pub struct RawListener {
     /// `inbound` (traffic to the app) or `outbound` (the app's own calls); Envoy's
     /// `traffic_direction`. On shutdown, outbound listeners keep serving while inbound ones drain.
     pub direction: Option<String>,
+    /// TLS termination (edge certificates or the mesh identity); see [`crate::tls`].
+    pub tls: Option<crate::tls::RawListenerTls>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -406,6 +408,8 @@ pub struct RawCluster {
     /// Prefer endpoints in the proxy's own zone, then region (needs `node.zone`/`node.region`).
     pub locality_aware: Option<bool>,
     pub subsets: Option<RawSubsets>,
+    /// TLS origination to the endpoints; see [`crate::tls`].
+    pub tls: Option<crate::tls::RawClusterTls>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -11,6 +11,7 @@ pub mod http;
 pub mod idle;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 pub mod watchdog;
 
 // The layers below, under their old paths (`weft_proxy::stats`, `weft_proxy::cluster`, …).

@@ -107,15 +107,19 @@ pub fn client_config(
     min_version: TlsVersion,
     field: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
-    let roots = match trust {
-        Trust::Roots(r) => Roots::fixed(r).map_err(|e| TlsError::invalid(format!("{field}trusted_ca_file"), e))?,
-        Trust::Mesh(m) => Roots::Mesh(m),
+    let verifier = match trust {
+        Trust::Roots(r) => NamingVerifier::new(
+            Roots::fixed(r).map_err(|e| TlsError::invalid(format!("{field}trusted_ca_file"), e))?,
+            allowed_sans,
+        ),
+        Trust::Mesh(m) if allowed_sans.is_empty() => NamingVerifier::any_identity(Roots::Mesh(m)),
+        Trust::Mesh(m) => NamingVerifier::new(Roots::Mesh(m), allowed_sans),
     };
     let builder = ClientConfig::builder_with_provider(crate::provider())
         .with_protocol_versions(min_version.versions())
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(NamingVerifier::new(roots, allowed_sans)));
+        .with_custom_certificate_verifier(Arc::new(verifier));
     let mut cfg = match cert {
         ClientCert::None => builder.with_no_client_auth(),
         ClientCert::Static(k) => builder.with_client_cert_resolver(Arc::new(StaticClientCert(k))),
@@ -130,6 +134,7 @@ pub fn client_config(
 pub struct Connector {
     config: Arc<ClientConfig>,
     server_name: ServerName<'static>,
+    counters: Option<Arc<crate::stats::HandshakeCounters>>,
 }
 
 impl Connector {
@@ -137,7 +142,17 @@ impl Connector {
     pub fn new(config: Arc<ClientConfig>, sni: &str, field: &str) -> Result<Connector, TlsError> {
         let server_name = ServerName::try_from(sni.to_string())
             .map_err(|e| TlsError::invalid(format!("{field}sni"), format!("{sni:?}: {e}")))?;
-        Ok(Connector { config, server_name })
+        Ok(Connector {
+            config,
+            server_name,
+            counters: None,
+        })
+    }
+
+    /// Counts this connector's handshakes (and failures by reason) in `counters`.
+    pub fn with_counters(mut self, counters: Arc<crate::stats::HandshakeCounters>) -> Connector {
+        self.counters = Some(counters);
+        self
     }
 
     pub fn config(&self) -> &Arc<ClientConfig> {
@@ -146,8 +161,22 @@ impl Connector {
 
     /// The TLS handshake on a connected socket.
     pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<TlsStream<TcpStream>> {
-        tokio_rustls::TlsConnector::from(self.config.clone())
+        let r = tokio_rustls::TlsConnector::from(self.config.clone())
             .connect(self.server_name.clone(), tcp)
-            .await
+            .await;
+        if let Some(c) = &self.counters {
+            match &r {
+                Ok(_) => {
+                    c.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => c.failed(crate::peer::FailureReason::of_io(e)),
+            }
+        }
+        r
+    }
+
+    /// The ALPN protocol the server chose on `s`.
+    pub fn alpn(s: &TlsStream<TcpStream>) -> Option<&[u8]> {
+        s.get_ref().1.alpn_protocol()
     }
 }

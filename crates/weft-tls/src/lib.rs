@@ -7,6 +7,7 @@
 //! - [`verify`]: the server-certificate verifier with secure naming (allowed SPIFFE IDs / SANs).
 //! - [`config`]: rustls `ServerConfig`/`ClientConfig` builders and the upstream [`config::Connector`].
 //! - [`peer`]: the peer's identity from a finished handshake; handshake failure reasons.
+//! - [`stats`]: handshake counters by outcome.
 //! - [`sniff`]: TLS or plaintext from a connection's first bytes (permissive listeners).
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod peer;
 pub mod pem;
 pub mod resolver;
 pub mod sniff;
+pub mod stats;
 #[cfg(feature = "test-certs")]
 pub mod testcerts;
 pub mod verify;

@@ -12,6 +12,8 @@ pub struct PeerIdentity {
     pub dns: Vec<String>,
     /// The subject, RFC 4514 form.
     pub subject: String,
+    /// SHA-256 of the certificate (DER), lowercase hex.
+    pub sha256: String,
 }
 
 impl PeerIdentity {
@@ -34,8 +36,10 @@ impl PeerIdentity {
     /// Parses a DER certificate; `None` if it is not X.509.
     pub fn from_der(der: &[u8]) -> Option<PeerIdentity> {
         let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let digest = ring::digest::digest(&ring::digest::SHA256, der);
         let mut id = PeerIdentity {
             subject: cert.subject().to_string(),
+            sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
             ..Default::default()
         };
         if let Ok(Some(san)) = cert.subject_alternative_name() {

@@ -51,11 +51,26 @@ impl Roots {
 pub struct NamingVerifier {
     roots: Roots,
     allowed: Vec<String>,
+    /// Accept any identity the roots vouch for (a mesh cluster without a list of identities).
+    any: bool,
 }
 
 impl NamingVerifier {
     pub fn new(roots: Roots, allowed: Vec<String>) -> NamingVerifier {
-        NamingVerifier { roots, allowed }
+        NamingVerifier {
+            roots,
+            allowed,
+            any: false,
+        }
+    }
+
+    /// Chain verification only: any identity the roots vouch for.
+    pub fn any_identity(roots: Roots) -> NamingVerifier {
+        NamingVerifier {
+            roots,
+            allowed: vec![],
+            any: true,
+        }
     }
 
     fn inner(&self) -> Result<Arc<WebPkiServerVerifier>, Error> {
@@ -78,30 +93,17 @@ impl ServerCertVerifier for NamingVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
-        let r = self
-            .inner()?
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
-        if self.allowed.is_empty() {
-            return r;
+        let r = self.check(end_entity, intermediates, server_name, ocsp_response, now);
+        if let Err(e) = &r {
+            let who = PeerIdentity::from_der(end_entity);
+            tracing::warn!(
+                peer = who.as_ref().map_or("-", |p| p.principal()),
+                reason = crate::peer::FailureReason::of(e).as_str(),
+                error = %e,
+                "server certificate refused"
+            );
         }
-        match r {
-            Ok(_)
-            | Err(Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => {}
-            Err(e) => return Err(e),
-        }
-        let id = PeerIdentity::from_der(end_entity).ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;
-        if id.matches_any(&self.allowed) {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(Error::InvalidCertificate(CertificateError::Other(OtherError(
-                Arc::new(WrongIdentity {
-                    presented: id.principal().to_string(),
-                    allowed: self.allowed.clone(),
-                }),
-            ))))
-        }
+        r
     }
 
     fn verify_tls12_signature(
@@ -124,5 +126,44 @@ impl ServerCertVerifier for NamingVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         crate::provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+impl NamingVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, Error> {
+        let r = self
+            .inner()?
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
+        if self.allowed.is_empty() && !self.any {
+            return r;
+        }
+        match r {
+            Ok(_)
+            | Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => {}
+            Err(e) => return Err(e),
+        }
+        if self.any {
+            return Ok(ServerCertVerified::assertion());
+        }
+        let id = PeerIdentity::from_der(end_entity).ok_or(Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        if id.matches_any(&self.allowed) {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(Error::InvalidCertificate(CertificateError::Other(OtherError(
+                Arc::new(WrongIdentity {
+                    presented: id.principal().to_string(),
+                    allowed: self.allowed.clone(),
+                }),
+            ))))
+        }
     }
 }

@@ -137,7 +137,7 @@ pub(super) async fn forward(
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let headers = std::mem::take(&mut parts.headers);
-    let headers = rewrite_request_headers(
+    let mut headers = rewrite_request_headers(
         ctx,
         headers,
         parts.version,
@@ -149,6 +149,9 @@ pub(super) async fn forward(
             &route.mutations.request,
         ],
     );
+    if let Some(t) = &ctx.tls {
+        t.forward_client_cert(&mut headers);
+    }
     if facts.logging {
         facts.request_id = headers.get(&X_REQUEST_ID).cloned();
         facts.xff = headers.get(&X_FORWARDED_FOR).cloned();

@@ -25,6 +25,8 @@ pub(super) struct Facts {
     pub upstream_time: Option<Duration>,
     pub request_id: Option<HeaderValue>,
     pub xff: Option<HeaderValue>,
+    /// The downstream peer's identity (its certificate's SPIFFE ID or first SAN), on TLS.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// Per-request facts kept for the access log (only when one is configured).
@@ -125,6 +127,7 @@ impl StreamEnd for RequestEnd {
                 "x_forwarded_for": text(&f.xff),
                 "user_agent": r.user_agent,
                 "request_id": text(&f.request_id),
+                "downstream_peer_identity": f.peer_identity.as_deref(),
             }));
         }
     }
