@@ -867,7 +867,19 @@ async fn handle_connection(
     match lrt.select_chain(local, peer) {
         Some(FilterRt::Http(h)) => match &lrt.tls {
             None => http::serve_connection(stream, peer, local, h.clone(), lrt.clone(), shared).await,
-            Some(t) => crate::tls::serve_http(stream, peer, h.clone(), lrt.clone(), shared, t.clone()).await,
+            // Boxed: the TLS state machine is large, and an unboxed branch would make every
+            // plaintext connection's task as large as a TLS one.
+            Some(t) => {
+                Box::pin(crate::tls::serve_http(
+                    stream,
+                    peer,
+                    h.clone(),
+                    lrt.clone(),
+                    shared,
+                    t.clone(),
+                ))
+                .await
+            }
         },
         Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), &*shared).await,
         None => {
