@@ -401,3 +401,69 @@ async fn originates_tls_with_a_client_certificate_to_nginx() {
     let got = get(proxy.listener_addr("web").unwrap(), "/x").await;
     assert_eq!(got.status, 400, "{}", got.text());
 }
+
+#[tokio::test]
+async fn curl_with_a_client_certificate_is_named_in_the_log_and_to_the_app() {
+    if peers::tool("curl").is_none() {
+        return;
+    }
+    let c = certs();
+    c.ca.leaf_dns(&["client.example.com"]).write(c.dir.path(), "client");
+    let up = upstream(|s| async move {
+        let xfcc = s
+            .headers
+            .get("x-forwarded-client-cert")
+            .map(|v| v.to_str().unwrap().to_string());
+        text(200, &format!("xfcc={}", xfcc.unwrap_or_default()))
+    })
+    .await;
+    let d = c.dir.path().display().to_string();
+    let log = c.dir.join("access.log");
+    let yaml = edge_yaml(
+        &c,
+        up.addr,
+        &format!(
+            "      require_client_certificate: true\n      trusted_ca_file: {d}/ca.crt\n      forward_client_cert: sanitize_set\n"
+        ),
+    )
+    .replace(
+        "    http:\n      route_config:",
+        &format!("    http:\n      access_log: {{ path: {} }}\n      route_config:", log.display()),
+    );
+    let proxy = start_proxy(&yaml);
+    let port = listener_port(&proxy);
+    let (ok, out, err) = curl(
+        &c,
+        "a.example.com",
+        port,
+        &[
+            "--cert",
+            &format!("{d}/client.crt"),
+            "--key",
+            &format!("{d}/client.key"),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("By=a.example.com;Hash=") && out.contains(";DNS=client.example.com"),
+        "{out}"
+    );
+    // Without a client certificate the handshake is refused and counted.
+    let (ok, _, _) = curl(&c, "a.example.com", port, &[]).await;
+    assert!(!ok);
+    let lines = json_lines(&log, 1, Duration::from_secs(5)).await;
+    assert_eq!(
+        lines[0]["downstream_peer_identity"], "client.example.com",
+        "{}",
+        lines[0]
+    );
+    let n = wait_stat(
+        &proxy,
+        "weft_tls_handshake_failures_total{side=\"downstream\",name=\"web\",reason=\"no_certificate\"}",
+        Duration::from_secs(5),
+        |v| v >= 1.0,
+    )
+    .await;
+    assert!(n >= 1.0);
+}
