@@ -28,6 +28,7 @@ pub mod convert;
 pub mod pgv;
 mod state;
 mod stream;
+pub mod tls;
 
 use state::{State, TYPES};
 use std::sync::{Arc, Mutex};
