@@ -9,6 +9,7 @@ pub mod duration;
 pub mod model;
 pub mod raw;
 pub mod tracing;
+pub mod tls;
 pub mod validate;
 
 pub use model::*;

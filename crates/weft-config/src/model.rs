@@ -135,6 +135,8 @@ pub struct Listener {
     pub transparent: bool,
     /// False for a virtual listener: not bound, reached through an `original_destination` one.
     pub bind_to_port: bool,
+    /// TLS termination; `None` is plaintext.
+    pub tls: Option<crate::tls::ListenerTls>,
 }
 
 /// A listener's traffic direction (Envoy's `traffic_direction`).
@@ -583,6 +585,8 @@ pub struct Cluster {
     pub healthy_panic_threshold: f64,
     pub locality_aware: bool,
     pub subsets: Option<Subsets>,
+    /// TLS origination; `None` is plaintext.
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 /// Passive health checking (Envoy `OutlierDetection`). A threshold of 0 disables that detector.

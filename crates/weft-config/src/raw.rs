@@ -108,6 +108,8 @@ pub struct RawListener {
     /// `false`: no socket of its own; it receives connections an `original_destination` listener
     /// hands over (Envoy's virtual listener). Default true.
     pub bind_to_port: Option<bool>,
+    /// TLS termination (edge certificates or the mesh identity); see [`crate::tls`].
+    pub tls: Option<crate::tls::RawListenerTls>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -438,6 +440,8 @@ pub struct RawCluster {
     /// Prefer endpoints in the proxy's own zone, then region (needs `node.zone`/`node.region`).
     pub locality_aware: Option<bool>,
     pub subsets: Option<RawSubsets>,
+    /// TLS origination to the endpoints; see [`crate::tls`].
+    pub tls: Option<crate::tls::RawClusterTls>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -448,6 +448,16 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
             Direction::Unspecified
         }
     };
+    if l.tls
+        .as_ref()
+        .is_some_and(|t| !t.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("disable")))
+        && chains.iter().any(|c| matches!(c.filter, NetworkFilter::TcpProxy(_)))
+    {
+        cx.err(
+            &format!("{path}.tls"),
+            "TLS termination applies to HTTP filter chains; a tcp_proxy chain cannot have it yet",
+        );
+    }
     Some(Listener {
         name: name?,
         address: address?,
@@ -458,6 +468,10 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         original_destination: l.original_destination.unwrap_or(false),
         transparent: l.transparent.unwrap_or(false),
         bind_to_port: l.bind_to_port.unwrap_or(true),
+        tls: l
+            .tls
+            .as_ref()
+            .map(|t| crate::tls::listener_tls(&format!("{path}.tls"), t, &mut cx.errors)),
     })
 }
 
@@ -1593,6 +1607,20 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         },
         locality_aware: c.locality_aware.unwrap_or(false),
         subsets: c.subsets.as_ref().map(|s| subsets(cx, &format!("{path}.subsets"), s)),
+        tls: c.tls.as_ref().map(|t| {
+            let dns_host = c
+                .endpoints
+                .iter()
+                .find_map(|e| e.address.as_deref()?.rsplit_once(':').map(|(h, _)| h))
+                .filter(|h| h.parse::<IpAddr>().is_err() && !h.starts_with('['));
+            crate::tls::cluster_tls(
+                &format!("{path}.tls"),
+                t,
+                protocol == UpstreamProtocol::Http2,
+                dns_host,
+                &mut cx.errors,
+            )
+        }),
     })
 }
 

@@ -406,6 +406,10 @@ impl<T> Sniffed<T> {
         &self.inner
     }
 
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+
     pub fn tracker(&self) -> Arc<Mutex<FramingTracker>> {
         self.tracker.clone()
     }

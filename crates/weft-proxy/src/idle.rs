@@ -37,6 +37,18 @@ use tokio::time::{Instant, Sleep};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// A downstream connection's byte stream: a TCP socket, or TLS over one (`crate::tls`).
+pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits for bytes from the client without consuming them (they stay for the next read).
+    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>>;
+}
+
+impl ConnIo for TcpStream {
+    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        TcpStream::poll_peek(self, cx, buf)
+    }
+}
+
 /// How long an HTTP/1 connection must have been at rest before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
@@ -48,7 +60,7 @@ pub fn parked_connections() -> usize {
 }
 
 /// State shared by a [`Parking`] connection, its I/O object (inside hyper) and its requests.
-pub struct ParkShared {
+pub struct ParkShared<IO> {
     tracker: Arc<Mutex<FramingTracker>>,
     /// Requests whose response body hyper has not dropped yet (the connection's
     /// `watchdog::Exchanges::in_flight`, kept by `body::InFlight`).
@@ -63,10 +75,10 @@ pub struct ParkShared {
     /// Set while a parked hyper connection is dropped: its I/O object returns the socket to
     /// `slot` instead of closing it.
     keep: AtomicBool,
-    slot: Mutex<Option<Sniffed<TcpStream>>>,
+    slot: Mutex<Option<Sniffed<IO>>>,
 }
 
-impl ParkShared {
+impl<IO> ParkShared<IO> {
     fn at_rest(&self) -> bool {
         self.read_pending.load(Ordering::Acquire)
             && !self.dirty.load(Ordering::Acquire)
@@ -76,18 +88,18 @@ impl ParkShared {
 }
 
 /// The I/O object hyper gets: the sniffed socket, handed back on drop while parking.
-pub struct ParkIo {
-    inner: Option<Sniffed<TcpStream>>,
-    shared: Arc<ParkShared>,
+pub struct ParkIo<IO> {
+    inner: Option<Sniffed<IO>>,
+    shared: Arc<ParkShared<IO>>,
 }
 
-impl ParkIo {
-    fn io(&mut self) -> Pin<&mut Sniffed<TcpStream>> {
+impl<IO: ConnIo> ParkIo<IO> {
+    fn io(&mut self) -> Pin<&mut Sniffed<IO>> {
         Pin::new(self.inner.as_mut().expect("the socket is only taken on drop"))
     }
 }
 
-impl Drop for ParkIo {
+impl<IO> Drop for ParkIo<IO> {
     fn drop(&mut self) {
         if self.shared.keep.load(Ordering::Acquire) {
             if let Some(io) = self.inner.take() {
@@ -97,7 +109,7 @@ impl Drop for ParkIo {
     }
 }
 
-impl AsyncRead for ParkIo {
+impl<IO: ConnIo> AsyncRead for ParkIo<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let r = self.io().poll_read(cx, buf);
         self.shared.read_pending.store(r.is_pending(), Ordering::Release);
@@ -105,7 +117,7 @@ impl AsyncRead for ParkIo {
     }
 }
 
-impl AsyncWrite for ParkIo {
+impl<IO: ConnIo> AsyncWrite for ParkIo<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         self.shared.dirty.store(true, Ordering::Release);
         self.io().poll_write(cx, buf)
@@ -139,7 +151,7 @@ trait ConnFuture: Future<Output = Result<(), BoxError>> + Send {
     fn graceful_shutdown(self: Pin<&mut Self>);
 }
 
-impl<S, B, E> ConnFuture for UpgradeableConnection<'_, TokioIo<ParkIo>, S, E>
+impl<S, B, E, IO: ConnIo> ConnFuture for UpgradeableConnection<'_, TokioIo<ParkIo<IO>>, S, E>
 where
     E: HttpServerConnExec<S::Future, B> + Send + Sync,
     S: Service<Request<Incoming>, Response = Response<B>> + Send,
@@ -156,15 +168,15 @@ where
 /// A downstream connection served by `builder`, parked while idle (see the module docs). Behaves
 /// like the connection future it replaces: poll it to completion; `graceful_shutdown` closes a
 /// parked connection at once.
-pub struct Parking<'a, S, E> {
+pub struct Parking<'a, S, E, IO = TcpStream> {
     builder: &'a Builder<E>,
     /// The listener's codec. hyper-util's upgradeable connection ignores `http1_only` and
     /// `http2_only`, so the protocol is checked here, on the first bytes of the connection.
     codec: weft_config::Codec,
     svc: S,
-    shared: Arc<ParkShared>,
+    shared: Arc<ParkShared<IO>>,
     conn: Option<Pin<Box<dyn ConnFuture + 'a>>>,
-    parked: Option<Sniffed<TcpStream>>,
+    parked: Option<Sniffed<IO>>,
     /// Since when the active connection has been at rest.
     rest_since: Option<Instant>,
     /// While active: when to park. (The connection's timeouts, parked or not, are the
@@ -173,7 +185,7 @@ pub struct Parking<'a, S, E> {
     closing: bool,
 }
 
-impl<'a, S, B, E> Parking<'a, S, E>
+impl<'a, S, B, E, IO: ConnIo> Parking<'a, S, E, IO>
 where
     E: HttpServerConnExec<S::Future, B> + Clone + Send + Sync + 'a,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
@@ -188,7 +200,7 @@ where
     pub fn new(
         builder: &'a Builder<E>,
         codec: weft_config::Codec,
-        io: Sniffed<TcpStream>,
+        io: Sniffed<IO>,
         svc: S,
         in_flight: Arc<AtomicU32>,
     ) -> Self {
@@ -215,7 +227,7 @@ where
         }
     }
 
-    fn resume(&mut self, io: Sniffed<TcpStream>) {
+    fn resume(&mut self, io: Sniffed<IO>) {
         self.rest_since = None;
         self.shared.read_pending.store(false, Ordering::Release);
         self.shared.dirty.store(false, Ordering::Release);
@@ -238,7 +250,7 @@ where
     }
 }
 
-impl<S, E> Parking<'_, S, E> {
+impl<S, E, IO> Parking<'_, S, E, IO> {
     /// Whether the connection may go on with a client whose next bytes start with `first`.
     fn accepts(&self, first: &[u8]) -> bool {
         const PREFACE: &[u8] = b"PRI * HTTP/2.0";
@@ -263,13 +275,13 @@ impl<S, E> Parking<'_, S, E> {
     }
 }
 
-impl<S, E> Drop for Parking<'_, S, E> {
+impl<S, E, IO> Drop for Parking<'_, S, E, IO> {
     fn drop(&mut self) {
         self.close_parked();
     }
 }
 
-impl<'a, S, B, E> Future for Parking<'a, S, E>
+impl<'a, S, B, E, IO: ConnIo> Future for Parking<'a, S, E, IO>
 where
     E: HttpServerConnExec<S::Future, B> + Clone + Send + Sync + 'a,
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Unpin + Send + 'static,
@@ -336,7 +348,7 @@ where
             // Wait for the client without reading: a peek leaves the bytes for hyper.
             let mut peek = [0u8; 4];
             let mut buf = ReadBuf::new(&mut peek);
-            match io.get_ref().poll_peek(cx, &mut buf) {
+            match io.get_mut().poll_peek(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.close_parked();

@@ -13,6 +13,7 @@ pub mod idle;
 pub mod interception;
 pub mod server;
 pub mod tcp;
+pub mod tls;
 pub mod watchdog;
 
 // The layers below, under their old paths (`weft_proxy::stats`, `weft_proxy::cluster`, …).

@@ -38,6 +38,8 @@ pub struct Shared {
     pub xds_initializing: AtomicBool,
     /// Extra admin state (the xDS client's) for `/xds`, `/config_dump` and `/stats/prometheus`.
     pub admin_extensions: Mutex<Vec<Arc<dyn AdminExtension>>>,
+    /// The workload's mesh identity and the TLS handshake counters (see `crate::tls`).
+    pub tls: Arc<crate::tls::TlsState>,
     generation: AtomicU64,
     /// On-demand discovery of services no route matches (set by the xDS client, see
     /// [`Shared::set_discover`]).
@@ -178,6 +180,8 @@ pub struct ListenerRt {
     pub config: Listener,
     pub chains: Vec<(FilterChainMatch, FilterRt)>,
     pub stats: Arc<ListenerStats>,
+    /// TLS termination, when the listener has a `tls` block.
+    pub tls: Option<Arc<crate::tls::ListenerTlsRt>>,
     /// Shared with the generation that replaced this one when only its routes changed.
     drain: Arc<watch::Sender<bool>>,
 }
@@ -307,6 +311,7 @@ impl Server {
             .concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .max(1);
+        let tls = Arc::new(crate::tls::TlsState::default());
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
             access_logs: Arc::new(AccessLogs::default()),
@@ -329,7 +334,8 @@ impl Server {
             config_path: opts.config_path,
             last_reload: Mutex::new(ReloadStatus::default()),
             xds_initializing: AtomicBool::new(config.xds.is_some()),
-            admin_extensions: Mutex::new(Vec::new()),
+            admin_extensions: Mutex::new(vec![tls.clone() as Arc<dyn AdminExtension>]),
+            tls,
             generation: AtomicU64::new(0),
             discover: arc_swap::ArcSwapOption::empty(),
         });
@@ -471,18 +477,28 @@ impl Server {
 
         let mut clusters = HashMap::new();
         let mut new_clusters = Vec::new();
-        for c in &config.clusters {
+        for (i, c) in config.clusters.iter().enumerate() {
             let prev = old.clusters.get(&c.name);
             let rt = match prev {
                 Some(p) if p.config == *c && old.config.node == config.node => p.clone(),
                 _ => {
-                    let rt = Arc::new(ClusterRt::new(
-                        c.clone(),
-                        shared.metrics.cluster(&c.name),
-                        slots_n,
-                        config.node.locality.clone(),
-                        prev.map(|p| p.as_ref()),
-                    ));
+                    let tls = match &c.tls {
+                        None => None,
+                        Some(t) => Some(Arc::new(
+                            crate::tls::cluster_connector(t, &shared.tls, &c.name, &format!("clusters[{i}].tls."))
+                                .map_err(|e| ApplyError::Invalid(e.to_string()))?,
+                        )),
+                    };
+                    let rt = Arc::new(
+                        ClusterRt::new(
+                            c.clone(),
+                            shared.metrics.cluster(&c.name),
+                            slots_n,
+                            config.node.locality.clone(),
+                            prev.map(|p| p.as_ref()),
+                        )
+                        .with_tls(tls),
+                    );
                     new_clusters.push(Arc::downgrade(&rt));
                     rt
                 }
@@ -496,7 +512,7 @@ impl Server {
         // stay open and see the new route tables, stored at commit.
         let mut rerouted = Vec::new();
         let mut new_route_tables = Vec::new();
-        for l in &config.listeners {
+        for (i, l) in config.listeners.iter().enumerate() {
             match old.listeners.get(&l.name) {
                 Some(p) if p.config == *l => {
                     listeners.insert(l.name.clone(), p.clone());
@@ -512,13 +528,14 @@ impl Server {
                         config: l.clone(),
                         chains: p.chains.clone(),
                         stats: p.stats.clone(),
+                        tls: p.tls.clone(),
                         drain: p.drain.clone(),
                     });
                     rerouted.push(l.name.clone());
                     listeners.insert(l.name.clone(), rt);
                 }
                 _ => {
-                    let rt = Arc::new(self.build_listener(l)?);
+                    let rt = Arc::new(self.build_listener(l, i)?);
                     changed.push(l.name.clone());
                     listeners.insert(l.name.clone(), rt);
                 }
@@ -649,7 +666,7 @@ impl Server {
         Ok(())
     }
 
-    fn build_listener(&self, l: &Listener) -> Result<ListenerRt, ApplyError> {
+    fn build_listener(&self, l: &Listener, index: usize) -> Result<ListenerRt, ApplyError> {
         let shared = &self.shared;
         let stats = Arc::new(shared.metrics.listener(&l.name));
         let mut chains = Vec::new();
@@ -668,10 +685,26 @@ impl Server {
             };
             chains.push((fc.match_.clone(), f));
         }
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => {
+                let field = format!("listeners[{index}].tls.");
+                let rt = crate::tls::ListenerTlsRt::new(t, &shared.tls, &l.name, &field)
+                    .map_err(|e| ApplyError::Invalid(e.to_string()))?;
+                if let Some(r) = &rt.resolver {
+                    self.control.spawn(weft_tls::resolver::watch_files(
+                        Arc::downgrade(r),
+                        crate::tls::FILE_POLL,
+                    ));
+                }
+                Some(Arc::new(rt))
+            }
+        };
         Ok(ListenerRt {
             config: l.clone(),
             chains,
             stats,
+            tls,
             drain: Arc::new(watch::channel(false).0),
         })
     }
@@ -908,7 +941,22 @@ async fn handle_connection(
         (lrt.clone(), local)
     };
     match chains.select_chain(local, peer) {
-        Some(FilterRt::Http(h)) => http::serve_connection(stream, peer, local, h.clone(), lrt.clone(), shared).await,
+        Some(FilterRt::Http(h)) => match &chains.tls {
+            None => http::serve_connection(stream, peer, local, h.clone(), lrt.clone(), shared).await,
+            // Boxed: the TLS state machine is large, and an unboxed branch would make every
+            // plaintext connection's task as large as a TLS one.
+            Some(t) => {
+                Box::pin(crate::tls::serve_http(
+                    stream,
+                    peer,
+                    h.clone(),
+                    lrt.clone(),
+                    shared,
+                    t.clone(),
+                ))
+                .await
+            }
+        },
         Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), &*shared).await,
         None => {
             tracing::debug!(listener = %lrt.config.name, %peer, "no filter chain matched; closing");
@@ -962,6 +1010,7 @@ fn only_routes_changed(old: &Listener, new: &Listener) -> bool {
     old.name == new.name
         && old.address == new.address
         && old.max_connections == new.max_connections
+        && old.tls == new.tls
         && old.filter_chains.len() == new.filter_chains.len()
         && old.filter_chains.iter().zip(&new.filter_chains).all(|(a, b)| {
             a.name == b.name

@@ -125,6 +125,8 @@ pub struct ClusterRt {
     local: Locality,
     /// Serialises host-set rebuilds (health, ejection, DNS) so none is lost.
     rebuild_lock: Mutex<()>,
+    /// TLS origination (the cluster's `tls` block), when set.
+    tls: Option<Arc<weft_tls::Connector>>,
 }
 
 /// Keeps a request counted against the cluster and its host until dropped.
@@ -185,7 +187,9 @@ impl ClusterRt {
         local: Locality,
         previous: Option<&ClusterRt>,
     ) -> ClusterRt {
-        // Keep hosts (their warm pools and health) that survive a reload unchanged.
+        // Keep hosts (their warm pools and health) that survive a reload unchanged. A change of TLS
+        // settings starts from new hosts: pooled connections were opened with the old ones.
+        let previous = previous.filter(|p| p.config.tls == config.tls);
         let mut old: HashMap<SocketAddr, Arc<Host>> = HashMap::new();
         if let Some(p) = previous {
             for h in &p.hosts.load().hosts {
@@ -237,6 +241,7 @@ impl ClusterRt {
             slots,
             local,
             rebuild_lock: Mutex::new(()),
+            tls: None,
         }
     }
 
@@ -368,8 +373,91 @@ impl ClusterRt {
         Ok(stream)
     }
 
+    /// Sets the TLS origination of this cluster's connections (built from its `tls` block).
+    pub fn with_tls(mut self, tls: Option<Arc<weft_tls::Connector>>) -> ClusterRt {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS handshake on a new connection to `host`.
+    async fn tls_connect(
+        &self,
+        tls: &weft_tls::Connector,
+        host: &Host,
+        stream: TcpStream,
+    ) -> Result<weft_tls::tokio_rustls::client::TlsStream<TcpStream>, Error> {
+        match tokio::time::timeout(self.config.connect_timeout, tls.connect(stream)).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => {
+                self.stats.cx_connect_fail.inc();
+                host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                let reason = weft_tls::FailureReason::of_io(&e);
+                Err(Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                    .context(format!("TLS handshake with {} ({})", host.address, reason.as_str()))
+                    .cause(e))
+            }
+            Err(_) => {
+                self.stats.cx_connect_fail.inc();
+                host.cx_connect_fail.fetch_add(1, Ordering::Relaxed);
+                Err(Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                    .context(format!("TLS handshake with {}: timeout", host.address)))
+            }
+        }
+    }
+
+    /// An HTTP/1.1 connection over `io`; the connection task holds `guard`.
+    async fn h1_over<IO>(&self, io: IO, guard: ConnGuard) -> Result<http1::SendRequest<UpBody>, Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        // Bounds what a response the client reads slowly can pile up here.
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size((self.config.per_connection_buffer_limit_bytes as usize).max(8192))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| {
+                Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                    .context("handshake")
+                    .cause(e)
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+            drop(guard);
+        });
+        Ok(sender)
+    }
+
+    /// An HTTP/2 connection over `io`; the connection task holds `guard`.
+    async fn h2_over<IO>(&self, io: IO, guard: ConnGuard) -> Result<http2::SendRequest<UpBody>, Error>
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
+            .max_send_buf_size(self.config.per_connection_buffer_limit_bytes as usize)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| {
+                Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                    .context("handshake")
+                    .cause(e)
+            })?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(guard);
+        });
+        Ok(sender)
+    }
+
     /// Opens a raw TCP connection for the TCP proxy, counted against `max_connections`.
     pub async fn connect_raw(self: &Arc<Self>, host: &Arc<Host>) -> Result<(TcpStream, ConnGuard), Error> {
+        if self.tls.is_some() {
+            return Err(Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                .context("TLS origination is for HTTP routes; tcp_proxy cannot use a cluster with a tls block"));
+        }
         let guard = self.reserve_connection(RoutePriority::Default).ok_or_else(overflow)?;
         let s = self.connect_tcp(host).await?;
         Ok((s, guard))
@@ -414,20 +502,10 @@ impl ClusterRt {
             }
             if let Some(guard) = self.reserve_connection(priority) {
                 let stream = self.connect_tcp(host).await?;
-                // Bounds what a response the client reads slowly can pile up here.
-                let (sender, conn) = http1::Builder::new()
-                    .max_buf_size((self.config.per_connection_buffer_limit_bytes as usize).max(8192))
-                    .handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| {
-                        Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
-                            .context("handshake")
-                            .cause(e)
-                    })?;
-                tokio::spawn(async move {
-                    let _ = conn.with_upgrades().await;
-                    drop(guard);
-                });
+                let sender = match &self.tls {
+                    None => self.h1_over(stream, guard).await?,
+                    Some(t) => self.h1_over(self.tls_connect(t, host, stream).await?, guard).await?,
+                };
                 return Ok(self.pooled(sender, host, slot));
             }
             self.wait_for_connection(deadline, priority).await?;
@@ -495,23 +573,10 @@ impl ClusterRt {
             overflow()
         })?;
         let stream = self.connect_tcp(host).await?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(16 << 20)
-            .max_send_buf_size(self.config.per_connection_buffer_limit_bytes as usize)
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| {
-                Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
-                    .context("handshake")
-                    .cause(e)
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-            drop(guard);
-        });
+        let sender = match &self.tls {
+            None => self.h2_over(stream, guard).await?,
+            Some(t) => self.h2_over(self.tls_connect(t, host, stream).await?, guard).await?,
+        };
         *pool.h2.lock() = Some(sender.clone());
         Ok(sender)
     }

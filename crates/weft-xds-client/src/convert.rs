@@ -33,7 +33,7 @@ use weft_xds_api::type_url;
 pub struct Errs(pub Vec<String>);
 
 impl Errs {
-    fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
+    pub(crate) fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
         if path.is_empty() {
             self.0.push(msg.to_string());
         } else {
@@ -1414,8 +1414,8 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
         }
         _ => {}
     }
-    if c.transport_socket.is_some() {
-        errs.add("transport_socket", "TLS to upstreams is not supported");
+    if let Some(ts) = &c.transport_socket {
+        out.tls = crate::tls::cluster_tls(&mut errs, ts);
     }
     if c.load_balancing_policy.is_some() {
         errs.add("load_balancing_policy", "unsupported; use lb_policy");

@@ -29,6 +29,7 @@ pub mod pgv;
 mod state;
 mod stream;
 pub mod tracing_xds;
+pub mod tls;
 
 use state::{State, TYPES};
 use std::sync::{Arc, Mutex};

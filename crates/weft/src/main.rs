@@ -4,6 +4,7 @@ mod demo;
 mod identity;
 mod init;
 mod lifecycle;
+mod mesh_identity;
 mod xds;
 
 // A proxy allocates and frees many small, short-lived buffers per request, across threads;
@@ -138,6 +139,9 @@ struct ProxyArgs {
     /// start, the old one keeps serving.
     #[arg(long)]
     hot_restart: bool,
+    /// The workload identity for mesh mTLS (listener/cluster `tls` blocks without certificates).
+    #[command(flatten)]
+    identity: mesh_identity::IdentityFlags,
 }
 
 fn init_logging(filter: &str) {
@@ -308,6 +312,10 @@ fn run_proxy(args: ProxyArgs) -> i32 {
             Ok(pid) => tracing::info!(old_pid = pid, "hot restart: the old process is draining"),
             Err(e) => tracing::warn!(error = %e, "hot restart: could not tell the old process to drain"),
         }
+    }
+    if let Err(e) = mesh_identity::attach(&server, &args.identity) {
+        eprintln!("weft proxy: {e}");
+        return 2;
     }
     server.set_quit_hook(std::sync::Arc::new(lifecycle::terminate_self));
     if let Some(path) = &handover_path {

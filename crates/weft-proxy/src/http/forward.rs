@@ -137,7 +137,7 @@ pub(super) async fn forward(
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let headers = std::mem::take(&mut parts.headers);
-    let headers = rewrite_request_headers(
+    let mut headers = rewrite_request_headers(
         ctx,
         headers,
         parts.version,
@@ -149,7 +149,9 @@ pub(super) async fn forward(
             &route.mutations.request,
         ],
     );
-    let mut headers = headers;
+    if let Some(t) = &ctx.tls {
+        t.forward_client_cert(&mut headers);
+    }
     if let (Some(t), Some(x)) = (&ctx.rt.tracer, facts.trace.as_deref_mut()) {
         x.start_client(t, plan.cluster.name(), &mut headers);
     }

@@ -29,6 +29,8 @@ pub(super) struct Facts {
     pub trace: Option<Box<weft_core::trace::TraceExchange>>,
     /// The request's content-length (Istio's request bytes), read only when those metrics are on.
     pub request_bytes: u64,
+    /// The downstream peer's identity (its certificate's SPIFFE ID or first SAN), on TLS.
+    pub peer_identity: Option<Arc<str>>,
 }
 
 /// Per-request facts kept for the access log (only when one is configured).
@@ -129,6 +131,7 @@ impl StreamEnd for RequestEnd {
                 "x_forwarded_for": text(&f.xff),
                 "user_agent": r.user_agent,
                 "request_id": text(&f.request_id),
+                "downstream_peer_identity": f.peer_identity.as_deref(),
             }));
         }
     }

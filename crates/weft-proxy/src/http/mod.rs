@@ -122,6 +122,9 @@ struct ConnCtx {
     exchanges: crate::watchdog::Exchanges,
     /// Set when the listener drains: HTTP/1 responses then carry `connection: close`.
     draining: std::sync::atomic::AtomicBool,
+    /// On a TLS listener (including its plaintext connections when permissive): the peer's
+    /// identity and the x-forwarded-client-cert policy. `None` on plaintext listeners.
+    tls: Option<Arc<crate::tls::ConnTls>>,
 }
 
 pub async fn serve_connection(
@@ -133,6 +136,23 @@ pub async fn serve_connection(
     clusters: Arc<dyn ClusterLookup>,
 ) {
     let original_dst = crate::interception::original_dst(&stream, &lrt.config);
+    let codec = rt.config.codec;
+    serve_io(stream, peer, original_dst, rt, lrt, clusters, None, codec).await
+}
+
+/// Serves one connection over any byte stream (TCP, or TLS from `crate::tls`). `codec` is the
+/// listener's, or the one ALPN chose.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
+    stream: IO,
+    peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
+    rt: Arc<HttpRt>,
+    lrt: Arc<ListenerRt>,
+    clusters: Arc<dyn ClusterLookup>,
+    tls: Option<Arc<crate::tls::ConnTls>>,
+    codec: Codec,
+) {
     let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
         framing,
@@ -143,6 +163,7 @@ pub async fn serve_connection(
         clusters,
         peer,
         original_dst,
+        tls,
     });
     let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req| {
@@ -187,13 +208,13 @@ pub async fn serve_connection(
         .initial_stream_window_size(1 << 20)
         .initial_connection_window_size(16 << 20)
         .keep_alive_interval(Some(Duration::from_secs(60)));
-    let builder = match cfg.codec {
+    let builder = match codec {
         Codec::Auto => builder,
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
     };
     // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
-    let conn = crate::idle::Parking::new(&builder, cfg.codec, stream, svc, ctx.exchanges.in_flight.clone());
+    let conn = crate::idle::Parking::new(&builder, codec, stream, svc, ctx.exchanges.in_flight.clone());
     tokio::pin!(conn);
     let verdict = tokio::select! {
         _ = conn.as_mut() => return,

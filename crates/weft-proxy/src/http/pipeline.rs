@@ -66,6 +66,9 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         },
         ..Facts::default()
     };
+    if let (true, Some(t)) = (facts.logging, &ctx.tls) {
+        facts.peer_identity = t.principal.clone();
+    }
     let mut matched: Matched = None;
     // Checks, route match and the route's action, in one labelled block (not a nested async fn: each
     // nesting level copies the whole inner future once more). Every failure is an `Err`, answered at

@@ -1,0 +1,71 @@
+//! The `tls` blocks: accepted forms and errors naming the field.
+
+use weft_config::tls::*;
+
+fn base(listener_tls: &str, cluster_tls: &str) -> String {
+    format!(
+        "listeners:\n  - name: edge\n    address: 127.0.0.1:0\n{listener_tls}    http:\n      route_config:\n        virtual_hosts:\n          - name: all\n            domains: [\"*\"]\n            routes:\n              - match: {{ prefix: / }}\n                route: {{ cluster: app }}\nclusters:\n  - name: app\n    endpoints: [{{ address: 127.0.0.1:1 }}]\n{cluster_tls}"
+    )
+}
+
+#[test]
+fn edge_listener_and_cluster() {
+    let y = base(
+        "    tls:\n      certificates:\n        - { cert_file: a.crt, key_file: a.key, server_names: [a.example.com, \"*.b.example.com\"] }\n      require_client_certificate: true\n      trusted_ca_file: ca.pem\n      min_version: \"1.3\"\n      forward_client_cert: sanitize_set\n",
+        "    tls: { mode: mutual, sni: api.example.com, trusted_ca_file: ca.pem, cert_file: c.crt, key_file: c.key, subject_alt_names: [api.example.com] }\n",
+    );
+    let c = weft_config::from_yaml(&y).unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert_eq!(t.mode, TlsMode::Strict);
+    assert_eq!(t.alpn, vec!["h2", "http/1.1"]);
+    assert_eq!(t.min_version, TlsMinVersion::V13);
+    assert_eq!(t.forward_client_cert, ForwardClientCert::SanitizeSet);
+    assert!(t.require_client_certificate && !t.is_mesh());
+    let ct = c.clusters[0].tls.as_ref().unwrap();
+    assert_eq!((ct.mode, ct.sni.as_str()), (ClusterTlsMode::Mutual, "api.example.com"));
+    assert_eq!(ct.alpn, vec!["http/1.1"]);
+}
+
+#[test]
+fn mesh_forms() {
+    let y = base(
+        "    tls: { mode: PERMISSIVE }\n",
+        "    protocol: http2\n    tls: { mode: ISTIO_MUTUAL, subject_alt_names: [\"spiffe://cluster.local/ns/a/sa/b\"] }\n",
+    );
+    let c = weft_config::from_yaml(&y).unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert!(t.is_mesh() && t.require_client_certificate);
+    assert_eq!(t.mode, TlsMode::Permissive);
+    let ct = c.clusters[0].tls.as_ref().unwrap();
+    assert_eq!((ct.mode, ct.sni.as_str()), (ClusterTlsMode::Mesh, MESH_SNI));
+    assert_eq!(ct.alpn, vec!["h2"]);
+}
+
+#[test]
+fn errors_name_the_field() {
+    let y = base(
+        "    tls:\n      mode: sometimes\n      certificates: [{ cert_file: a.crt }]\n      require_client_certificate: true\n      min_version: \"1.1\"\n      forward_client_cert: maybe\n",
+        "    tls: { mode: mutual }\n",
+    );
+    let e = weft_config::from_yaml(&y).unwrap_err().to_string();
+    for want in [
+        "listeners[0].tls.mode: unknown value \"sometimes\"",
+        "listeners[0].tls.certificates[0].key_file: is required",
+        "listeners[0].tls.trusted_ca_file: is required with require_client_certificate",
+        "listeners[0].tls.min_version: unknown value \"1.1\"",
+        "listeners[0].tls.forward_client_cert: unknown value \"maybe\"",
+        "clusters[0].tls.trusted_ca_file: is required",
+        "clusters[0].tls.cert_file: is required",
+        "clusters[0].tls.key_file: is required",
+        "clusters[0].tls.sni: is required",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn tls_on_tcp_proxy_is_refused() {
+    let y = "listeners:\n  - name: t\n    address: 127.0.0.1:0\n    tls: {}\n    tcp_proxy: { cluster: app }\nclusters:\n  - name: app\n    endpoints: [{ address: 127.0.0.1:1 }]\n";
+    let e = weft_config::from_yaml(y).unwrap_err().to_string();
+    assert!(e.contains("listeners[0].tls: TLS termination applies to HTTP"), "{e}");
+}

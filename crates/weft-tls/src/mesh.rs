@@ -1,0 +1,200 @@
+//! The workload's own mesh identity: its X.509 SVID chain, private key and the mesh trust roots.
+//!
+//! Held in an `ArcSwap` and replaced whole on every rotation (a new certificate, or new roots
+//! during a root rollover — give both roots in the bundle while they overlap). The resolvers and
+//! verifiers below read it at each handshake, so rotation applies to new handshakes with no restart,
+//! and established connections are untouched.
+
+use crate::error::TlsError;
+use crate::peer::PeerIdentity;
+use arc_swap::ArcSwapOption;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, Error, RootCertStore, SignatureScheme};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use std::sync::Arc;
+
+/// One generation of the identity.
+#[derive(Debug)]
+pub struct MeshMaterial {
+    /// The SPIFFE ID in the leaf certificate.
+    pub id: String,
+    pub key: Arc<CertifiedKey>,
+    pub roots: Arc<RootCertStore>,
+    /// The leaf's `notAfter`, seconds since the Unix epoch.
+    pub not_after: u64,
+    pub(crate) client_verifier: Arc<dyn ClientCertVerifier>,
+    pub(crate) server_verifier: Arc<WebPkiServerVerifier>,
+}
+
+/// The current identity, empty until the first one is set.
+#[derive(Debug, Default)]
+pub struct MeshIdentity {
+    current: ArcSwapOption<MeshMaterial>,
+}
+
+impl MeshIdentity {
+    pub fn new() -> Arc<MeshIdentity> {
+        Arc::new(MeshIdentity::default())
+    }
+
+    pub fn current(&self) -> Option<Arc<MeshMaterial>> {
+        self.current.load_full()
+    }
+
+    /// The SPIFFE ID currently held.
+    pub fn id(&self) -> Option<String> {
+        self.current.load().as_ref().map(|m| m.id.clone())
+    }
+
+    /// Replaces the identity from PEM text (chain leaf first, key, root bundle).
+    pub fn set_pem(&self, chain_pem: &str, key_pem: &str, roots_pem: &str) -> Result<(), TlsError> {
+        let chain =
+            crate::pem::certs_from_pem(chain_pem.as_bytes()).map_err(|r| TlsError::invalid("identity.chain", r))?;
+        let key = crate::pem::key_from_pem(key_pem.as_bytes()).map_err(|r| TlsError::invalid("identity.key", r))?;
+        let roots =
+            crate::pem::certs_from_pem(roots_pem.as_bytes()).map_err(|r| TlsError::invalid("identity.roots", r))?;
+        self.set(chain, key, roots)
+    }
+
+    /// Replaces the identity. The leaf must carry a `spiffe://` URI SAN and match the key.
+    pub fn set(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        roots: Vec<CertificateDer<'static>>,
+    ) -> Result<(), TlsError> {
+        let leaf = chain
+            .first()
+            .and_then(|c| PeerIdentity::from_der(c))
+            .ok_or_else(|| TlsError::invalid("identity.chain", "no parseable leaf certificate"))?;
+        let id = leaf
+            .spiffe_id()
+            .ok_or_else(|| TlsError::invalid("identity.chain", "the leaf certificate has no spiffe:// URI SAN"))?
+            .to_string();
+        let not_after = x509_parser::parse_x509_certificate(&chain[0])
+            .map(|(_, c)| c.validity().not_after.timestamp().max(0) as u64)
+            .unwrap_or(0);
+        let key = crate::pem::certified_key(chain, key).map_err(|r| TlsError::invalid("identity.key", r))?;
+        let roots = Arc::new(crate::pem::root_store(&roots).map_err(|r| TlsError::invalid("identity.roots", r))?);
+        let client_verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider())
+            .build()
+            .map_err(|e| TlsError::invalid("identity.roots", e))?;
+        let server_verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), crate::provider())
+            .build()
+            .map_err(|e| TlsError::invalid("identity.roots", e))?;
+        self.current.store(Some(Arc::new(MeshMaterial {
+            id,
+            key,
+            roots,
+            not_after,
+            client_verifier,
+            server_verifier,
+        })));
+        Ok(())
+    }
+}
+
+/// Serves the mesh identity's certificate (whatever the SNI).
+#[derive(Debug)]
+pub struct MeshServerResolver(pub Arc<MeshIdentity>);
+
+impl ResolvesServerCert for MeshServerResolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|m| m.key.clone())
+    }
+}
+
+/// Presents the mesh identity's certificate as a client certificate.
+#[derive(Debug)]
+pub struct MeshClientResolver(pub Arc<MeshIdentity>);
+
+impl ResolvesClientCert for MeshClientResolver {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.0.current().map(|m| m.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Presents one fixed client certificate.
+#[derive(Debug)]
+pub struct StaticClientCert(pub Arc<CertifiedKey>);
+
+impl ResolvesClientCert for StaticClientCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Verifies client certificates against the mesh roots current at each handshake.
+#[derive(Debug)]
+pub struct MeshClientVerifier {
+    pub mesh: Arc<MeshIdentity>,
+    /// Whether a client certificate is required (strict) or only asked for.
+    pub mandatory: bool,
+}
+
+impl ClientCertVerifier for MeshClientVerifier {
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, Error> {
+        let m = self
+            .mesh
+            .current()
+            .ok_or_else(|| Error::General("no mesh identity yet".into()))?;
+        let r = m.client_verifier.verify_client_cert(end_entity, intermediates, now);
+        if let Err(e) = &r {
+            let who = PeerIdentity::from_der(end_entity);
+            tracing::warn!(
+                peer = who.as_ref().map_or("-", |p| p.principal()),
+                reason = crate::peer::FailureReason::of(e).as_str(),
+                error = %e,
+                "client certificate refused"
+            );
+        }
+        r
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &crate::provider().signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        crate::provider().signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,0 +1,137 @@
+//! Server certificates chosen by SNI, each reloaded from its files when they change.
+//!
+//! Every handshake reads the current certificate through an `ArcSwap`, so a rotated certificate
+//! applies to the next handshake without a restart; connections already established keep theirs.
+//! A changed file that does not load (bad PEM, a key that does not match) is refused with a log
+//! line, and the previous certificate keeps serving.
+
+use crate::error::TlsError;
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+/// One certificate of a listener, from files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFiles {
+    /// The field path for errors, e.g. `certificates[0].` (ends with a dot).
+    pub field: String,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// SNI names this certificate serves (exact, or `*.example.com`); empty: the default.
+    pub server_names: Vec<String>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    files: CertFiles,
+    key: ArcSwap<CertifiedKey>,
+    /// Modification times of (cert, key) when last loaded.
+    mtimes: ArcSwap<(Option<SystemTime>, Option<SystemTime>)>,
+}
+
+fn mtimes(f: &CertFiles) -> (Option<SystemTime>, Option<SystemTime>) {
+    let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(&f.cert_file), m(&f.key_file))
+}
+
+/// Picks a certificate by the ClientHello's server name: an exact name, then a wildcard, then the
+/// first certificate without `server_names` (else the first certificate).
+#[derive(Debug)]
+pub struct SniResolver {
+    entries: Vec<Entry>,
+}
+
+impl SniResolver {
+    /// Loads every certificate; the first error (naming its field and file) fails the whole.
+    pub fn from_files(files: &[CertFiles]) -> Result<Arc<SniResolver>, TlsError> {
+        if files.is_empty() {
+            return Err(TlsError::invalid(
+                "certificates",
+                "at least one certificate is required",
+            ));
+        }
+        let mut entries = Vec::new();
+        for f in files {
+            let times = mtimes(f);
+            let key = crate::pem::load_certified_key(&f.field, &f.cert_file, &f.key_file)?;
+            entries.push(Entry {
+                files: f.clone(),
+                key: ArcSwap::new(key),
+                mtimes: ArcSwap::from_pointee(times),
+            });
+        }
+        Ok(Arc::new(SniResolver { entries }))
+    }
+
+    /// Re-reads the certificates whose files changed since they were loaded. Returns how many
+    /// were replaced; a file that fails to load is logged and the old certificate stays.
+    pub fn reload_changed(&self) -> usize {
+        let mut n = 0;
+        for e in &self.entries {
+            let now = mtimes(&e.files);
+            if now == **e.mtimes.load() {
+                continue;
+            }
+            e.mtimes.store(Arc::new(now));
+            match crate::pem::load_certified_key(&e.files.field, &e.files.cert_file, &e.files.key_file) {
+                Ok(k) => {
+                    e.key.store(k);
+                    n += 1;
+                    tracing::info!(cert_file = %e.files.cert_file.display(), "TLS certificate reloaded");
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "TLS certificate change refused; the previous certificate keeps serving");
+                }
+            }
+        }
+        n
+    }
+
+    /// The certificate for `sni`.
+    pub fn select(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = sni {
+            let name = name.trim_end_matches('.');
+            let exact = self.entries.iter().find(|e| {
+                e.files
+                    .server_names
+                    .iter()
+                    .any(|n| !n.starts_with("*.") && n.eq_ignore_ascii_case(name))
+            });
+            let wildcard = || {
+                let parent = name.split_once('.').map(|(_, p)| p)?;
+                self.entries.iter().find(|e| {
+                    e.files
+                        .server_names
+                        .iter()
+                        .any(|n| n.strip_prefix("*.").is_some_and(|s| s.eq_ignore_ascii_case(parent)))
+                })
+            };
+            if let Some(e) = exact.or_else(wildcard) {
+                return Some(e.key.load_full());
+            }
+        }
+        self.entries
+            .iter()
+            .find(|e| e.files.server_names.is_empty())
+            .or(self.entries.first())
+            .map(|e| e.key.load_full())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.select(hello.server_name())
+    }
+}
+
+/// Polls the resolver's files every `every` until the resolver is dropped.
+pub async fn watch_files(resolver: Weak<SniResolver>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(r) = resolver.upgrade() else { return };
+        r.reload_changed();
+    }
+}
