@@ -17,7 +17,9 @@
 //!   response's headers, else empty), `connection_security_policy` (`none`: plaintext).
 //!
 //! Cost per request: one read-locked hash lookup, without allocation, of a pre-built handle set
-//! keyed by (cluster, status, reason, gRPC status); then atomic increments. A label set is built
+//! keyed by (cluster, status, reason, gRPC status); then an atomic counter increment and three
+//! histogram observations (prometheus-client's histograms take a short per-label-set lock, as
+//! weft's own latency histograms do). A label set is built
 //! (and allocated) once, the first time its key is seen. Cardinality is bounded: no path, id or
 //! header value is a label; at most [`MAX_LABEL_SETS`] sets exist per connection manager, and later
 //! new keys share one overflow set whose `response_code` and `destination_service` are `overflow`.

@@ -311,18 +311,29 @@ async fn skywalking_sw8_trace() {
     assert_eq!(b_srv["attributes"]["skywalking.parent.service_instance"], "a-node");
 }
 
-/// Requests through a proxy whose collector is `tracing`, timed; returns the slowest.
-async fn slowest_of(server: &weft_proxy::Server, n: usize) -> Duration {
+/// `n` requests through the proxy, each timed: all succeed, and none waits for the collector (an
+/// export takes up to export_timeout, 200-300 ms here, or seconds for the slow collector). On a
+/// loaded test machine a few requests may be slow for other reasons, so the check is on the
+/// median and on the share of slow requests, not on the single slowest.
+async fn requests_unaffected(server: &weft_proxy::Server, n: usize) {
     let addr = server.listener_addr("web").unwrap();
     let mut c = H1Client::connect(addr).await;
-    let mut worst = Duration::ZERO;
+    let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
         let got = c.get("/x").await;
         assert_eq!(got.status, 200);
-        worst = worst.max(t.elapsed());
+        times.push(t.elapsed());
     }
-    worst
+    times.sort();
+    let median = times[n / 2];
+    let slow = times.iter().filter(|t| **t >= Duration::from_millis(150)).count();
+    assert!(median < Duration::from_millis(50), "median {median:?}");
+    assert!(
+        slow * 50 <= n,
+        "{slow} of {n} requests took 150 ms or more: {:?}",
+        &times[n - slow..]
+    );
 }
 
 /// A collector port that refuses connections: every request still succeeds quickly; the lost
@@ -333,27 +344,34 @@ async fn dead_collector_costs_requests_nothing() {
     let dead = net::dead_addr();
     let tracing = format!("{{ endpoint: \"{dead}\", max_queue_size: 8, batch_size: 4, export_timeout: 300ms }}");
     let p = proxy::start_proxy(&proxy_yaml("d", up.addr, &tracing));
-    let worst = slowest_of(&p, 300).await;
-    assert!(worst < Duration::from_millis(250), "slowest request {worst:?}");
-    let failed = proxy::wait_stat(
-        &p,
-        "weft_tracing_export_failed_spans_total{listener=\"web\"}",
-        Duration::from_secs(10),
-        |v| v > 0.0,
-    )
-    .await;
-    let dropped = proxy::stat(&p, "weft_tracing_dropped_total{listener=\"web\"}")
-        .await
-        .unwrap_or(0.0);
+    requests_unaffected(&p, 300).await;
     let sampled = proxy::stat(&p, "weft_tracing_sampled_total{listener=\"web\"}")
         .await
         .unwrap_or(0.0);
     assert_eq!(sampled, 300.0);
-    assert!(
-        dropped > 0.0,
-        "a queue of 8 behind a dead collector overflows: dropped {dropped}"
-    );
-    assert!(failed + dropped <= 300.0 * 2.0);
+    // Every span is accounted for: lost in a refused export, or dropped (two spans per request)
+    // while the queue was full; none was exported.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let failed = proxy::stat(&p, "weft_tracing_export_failed_spans_total{listener=\"web\"}")
+            .await
+            .unwrap_or(0.0);
+        let dropped = proxy::stat(&p, "weft_tracing_dropped_total{listener=\"web\"}")
+            .await
+            .unwrap_or(0.0);
+        if failed > 0.0 && failed + 2.0 * dropped == 600.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "failed spans {failed} + 2 x dropped {dropped} != 600"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let exported = proxy::stat(&p, "weft_tracing_exported_spans_total{listener=\"web\"}")
+        .await
+        .unwrap_or(0.0);
+    assert_eq!(exported, 0.0);
 }
 
 /// A collector that takes 3 s per export (longer than export_timeout): requests are unaffected,
@@ -368,8 +386,7 @@ async fn slow_collector_costs_requests_nothing() {
         rx.grpc
     );
     let p = proxy::start_proxy(&proxy_yaml("s", up.addr, &tracing));
-    let worst = slowest_of(&p, 300).await;
-    assert!(worst < Duration::from_millis(250), "slowest request {worst:?}");
+    requests_unaffected(&p, 300).await;
     proxy::wait_stat(
         &p,
         "weft_tracing_export_failed_spans_total{listener=\"web\"}",
