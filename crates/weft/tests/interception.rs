@@ -535,7 +535,7 @@ fn init_is_idempotent_and_remove_restores_the_namespace() {
     ns.run(&["ip6tables", "-t", "nat", "-N", "OTHER"]);
     let before = ns.state();
 
-    init(&ns, &["--exclude-inbound-ports", "22"]);
+    init(&ns, &["--exclude-inbound-ports", "22", "--dns-port", "15053"]);
     let once = ns.state();
     assert_ne!(once, before);
     assert!(once.contains("-A OUTPUT -p tcp -j WEFT_OUTPUT"), "{once}");
@@ -543,7 +543,11 @@ fn init_is_idempotent_and_remove_restores_the_namespace() {
         once.contains("-A OUTPUT -p udp -m udp --dport 9999 -j ACCEPT"),
         "{once}"
     );
-    init(&ns, &["--exclude-inbound-ports", "22"]);
+    assert!(
+        once.contains("-A OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS"),
+        "{once}"
+    );
+    init(&ns, &["--exclude-inbound-ports", "22", "--dns-port", "15053"]);
     assert_eq!(ns.state(), once, "a second weft init changed the rules");
 
     // Switching modes replaces ours; a second run is again a no-op.
