@@ -225,6 +225,8 @@ async fn serve_udp(sock: Arc<UdpSocket>, dns: Arc<Dns>) {
     let mut buf = vec![0u8; 65535];
     loop {
         let Ok((n, from)) = sock.recv_from(&mut buf).await else {
+            // (ICMP errors surface here; never spin on a persistent one.)
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         let msg = buf[..n].to_vec();

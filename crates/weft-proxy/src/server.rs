@@ -935,10 +935,13 @@ async fn handle_connection(
     let local = stream.local_addr().unwrap_or(lrt.config.address);
     // Transparent interception: the filter chains (of a virtual listener, if one has the address)
     // match the original destination; the accepting listener still owns the drain.
+    // (Borrowed, not cloned, when the listener does not dispatch: nothing more per connection.)
+    let dispatched;
     let (chains, local) = if lrt.config.original_destination {
-        crate::interception::dispatch(&stream, &lrt, &shared, local)
+        dispatched = crate::interception::dispatch(&stream, &lrt, &shared, local);
+        (&dispatched.0, dispatched.1)
     } else {
-        (lrt.clone(), local)
+        (&lrt, local)
     };
     match chains.select_chain(local, peer) {
         Some(FilterRt::Http(h)) => match &chains.tls {

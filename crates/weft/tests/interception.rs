@@ -232,7 +232,8 @@ fn open_dir(dir: &TempDir) {
 }
 
 /// A sidecar: outbound listeners on 15001 and inbound ones on 15006 (IPv4 and IPv6), both
-/// dispatching by original destination to pass-through clusters, plus `extra` listeners.
+/// dispatching by original destination to pass-through clusters (original port 8082: a TCP proxy
+/// chain, any other: HTTP), plus `extra` listeners.
 fn sidecar_config(inbound_transparent: bool, extra_listeners: &str, extra_clusters: &str) -> String {
     let mut listeners = String::new();
     for (fam, any) in [("", "0.0.0.0"), ("6", "[::]")] {
@@ -247,13 +248,18 @@ fn sidecar_config(inbound_transparent: bool, extra_listeners: &str, extra_cluste
     original_destination: true
     transparent: {transparent}
     direction: {dir}
-    http:
-      route_config:
-        virtual_hosts:
-          - name: all
-            domains: ["*"]
-            routes:
-              - {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }}
+    filter_chains:
+      - name: tcp
+        match: {{ destination_port: 8082 }}
+        tcp_proxy: {{ cluster: tcp_{cluster} }}
+      - name: http
+        http:
+          route_config:
+            virtual_hosts:
+              - name: all
+                domains: ["*"]
+                routes:
+                  - {{ match: {{ prefix: / }}, route: {{ cluster: {cluster} }} }}
 "#
             ));
         }
@@ -265,6 +271,8 @@ listeners:
 {listeners}{extra_listeners}clusters:
   - {{ name: passthrough, type: original_dst }}
   - {{ name: inbound_passthrough, type: original_dst }}
+  - {{ name: tcp_passthrough, type: original_dst }}
+  - {{ name: tcp_inbound_passthrough, type: original_dst }}
 {extra_clusters}"#
     )
 }
@@ -356,6 +364,17 @@ fn requests(ns: &Netns, listener: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A sidecar's count of upstream connections of one cluster.
+fn upstream_connections(ns: &Netns, cluster: &str) -> f64 {
+    let stats = ns.run(&["curl", "-s", "http://127.0.0.1:9901/stats/prometheus"]);
+    let key = format!("weft_upstream_cx_total{{cluster=\"{cluster}\"}}");
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
 /// The client addresses that asked the server for hello.txt.
 fn served_to(dir: &TempDir, log: &str) -> Vec<String> {
     std::fs::read_to_string(dir.join(log))
@@ -386,6 +405,7 @@ fn redirect_mode_carries_an_unmodified_call_through_both_sidecars() {
     let _s3 = start_server(&b, &dir, "10.213.0.3", 8080, "s3.log");
     let _s4 = start_server(&b, &dir, "10.213.0.4", 8080, "s4.log");
     let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
+    let _s7 = start_server(&b, &dir, "10.213.0.2", 8082, "s7.log");
     // A's sidecar knows one service by address (a virtual listener), the rest pass through.
     let virtual_b = r#"  - name: svc_b
     address: "10.213.0.2:8080"
@@ -446,6 +466,18 @@ fn redirect_mode_carries_an_unmodified_call_through_both_sidecars() {
     assert_eq!(requests(&b, "inbound6"), 1.0);
     assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::2"]);
 
+    // 6. Original port 8082: both sidecars' TCP proxy chain (filter chain match on the original
+    // port), pass-through at L4.
+    assert_eq!(fetch(&a, "10.213.0.2", 8082), ("200".into(), "hello from B".into()));
+    assert_eq!(upstream_connections(&a, "tcp_passthrough"), 1.0);
+    assert_eq!(upstream_connections(&b, "tcp_inbound_passthrough"), 1.0);
+    assert_eq!(
+        requests(&a, "outbound") + requests(&a, "svc_b"),
+        2.0,
+        "not through HTTP"
+    );
+    assert_eq!(served_to(&dir, "s7.log"), ["10.213.0.2"]);
+
     // Removed: the same call goes straight to the server again.
     init(&a, &["--remove"]);
     init(&b, &["--remove"]);
@@ -503,7 +535,7 @@ fn init_is_idempotent_and_remove_restores_the_namespace() {
     ns.run(&["ip6tables", "-t", "nat", "-N", "OTHER"]);
     let before = ns.state();
 
-    init(&ns, &["--exclude-inbound-ports", "22"]);
+    init(&ns, &["--exclude-inbound-ports", "22", "--dns-port", "15053"]);
     let once = ns.state();
     assert_ne!(once, before);
     assert!(once.contains("-A OUTPUT -p tcp -j WEFT_OUTPUT"), "{once}");
@@ -511,7 +543,11 @@ fn init_is_idempotent_and_remove_restores_the_namespace() {
         once.contains("-A OUTPUT -p udp -m udp --dport 9999 -j ACCEPT"),
         "{once}"
     );
-    init(&ns, &["--exclude-inbound-ports", "22"]);
+    assert!(
+        once.contains("-A OUTPUT -p udp -m udp --dport 53 -j WEFT_DNS"),
+        "{once}"
+    );
+    init(&ns, &["--exclude-inbound-ports", "22", "--dns-port", "15053"]);
     assert_eq!(ns.state(), once, "a second weft init changed the rules");
 
     // Switching modes replaces ours; a second run is again a no-op.
