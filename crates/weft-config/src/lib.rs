@@ -8,6 +8,7 @@ pub mod admin;
 pub mod duration;
 pub mod model;
 pub mod raw;
+pub mod rpc;
 pub mod validate;
 
 pub use model::*;

@@ -78,6 +78,8 @@ pub struct RawListener {
     /// `inbound` (traffic to the app) or `outbound` (the app's own calls); Envoy's
     /// `traffic_direction`. On shutdown, outbound listeners keep serving while inbound ones drain.
     pub direction: Option<String>,
+    /// Shorthand for a single filter chain holding an RPC proxy (see `rpc.rs`).
+    pub rpc: Option<crate::rpc::RawRpc>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -9,6 +9,7 @@ pub mod h1_framing;
 pub mod hot_restart;
 pub mod http;
 pub mod idle;
+pub mod rpc;
 pub mod server;
 pub mod tcp;
 pub mod watchdog;
