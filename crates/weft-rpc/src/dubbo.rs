@@ -86,9 +86,12 @@ pub fn count_params(desc: &str) -> Option<u32> {
     Some(n)
 }
 
+/// The body's "dubbo version" is free-form in practice (Dubbo 2.x writes "2.0.2", sofa-rpc-node's
+/// dubbo-remoting its own "5.3.0", old clients nothing): anything short and version-like is taken.
 fn is_supported_version(v: &str) -> bool {
-    // 2.x (and 3.x speaking the dubbo protocol) write "2.0.2"-style versions; empty in old clients.
-    v.is_empty() || v.starts_with("2.") || v.starts_with("3.") || v.starts_with("1.")
+    v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
 impl Dubbo {
