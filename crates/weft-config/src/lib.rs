@@ -10,6 +10,7 @@ pub mod model;
 pub mod raw;
 pub mod tracing;
 pub mod tls;
+pub mod rpc;
 pub mod validate;
 
 pub use model::*;

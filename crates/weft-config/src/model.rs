@@ -206,6 +206,8 @@ impl CidrRange {
 pub enum NetworkFilter {
     TcpProxy(TcpProxy),
     Http(HttpConnectionManager),
+    /// RPC proxying (Dubbo2): see `rpc.rs`.
+    Rpc(crate::rpc::RpcProxy),
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

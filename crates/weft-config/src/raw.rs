@@ -110,6 +110,8 @@ pub struct RawListener {
     pub bind_to_port: Option<bool>,
     /// TLS termination (edge certificates or the mesh identity); see [`crate::tls`].
     pub tls: Option<crate::tls::RawListenerTls>,
+    /// Shorthand for a single filter chain holding an RPC proxy (see `rpc.rs`).
+    pub rpc: Option<crate::rpc::RawRpc>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

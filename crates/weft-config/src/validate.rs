@@ -395,14 +395,38 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         l.per_connection_buffer_limit_bytes,
     );
     let mut chains = Vec::new();
-    let shorthand = l.http.is_some() || l.tcp_proxy.is_some();
+    let shorthand = l.http.is_some() || l.tcp_proxy.is_some() || l.rpc.is_some();
     if shorthand && !l.filter_chains.is_empty() {
         cx.err(
             path,
             "give either filter_chains or an http/tcp_proxy shorthand, not both",
         );
     }
-    if shorthand {
+    if let Some(r) = l.rpc.as_ref().filter(|_| l.http.is_none() && l.tcp_proxy.is_none()) {
+        let mut errs = Vec::new();
+        let rpc = crate::rpc::validate(
+            &format!("{path}.rpc"),
+            r,
+            clusters,
+            cx.allow_unknown_clusters,
+            &mut errs,
+        );
+        for (p, m) in errs {
+            cx.err(&p, m);
+        }
+        if let Some(rpc) = rpc {
+            chains.push(FilterChain {
+                name: "default".into(),
+                match_: FilterChainMatch::default(),
+                filter: NetworkFilter::Rpc(rpc),
+            });
+        }
+    } else if l.rpc.is_some() {
+        cx.err(
+            &format!("{path}.rpc"),
+            "give either rpc or an http/tcp_proxy shorthand, not both",
+        );
+    } else if shorthand {
         let raw = RawFilterChain {
             name: Some("default".into()),
             match_: None,

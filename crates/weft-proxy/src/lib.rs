@@ -11,6 +11,7 @@ pub mod hot_restart;
 pub mod http;
 pub mod idle;
 pub mod interception;
+pub mod rpc;
 pub mod server;
 pub mod tcp;
 pub mod tls;

@@ -224,6 +224,7 @@ impl ListenerRt {
 pub enum FilterRt {
     Http(Arc<http::HttpRt>),
     Tcp(Arc<tcp::TcpRt>),
+    Rpc(Arc<weft_rpc::RpcRt>),
 }
 
 /// Per-listener-name state that outlives generations: its sockets and its connection count.
@@ -682,6 +683,11 @@ impl Server {
                     let log = self.open_log(t.access_log.as_ref())?;
                     FilterRt::Tcp(Arc::new(tcp::TcpRt::new(t, &l.name, stats.clone(), log)))
                 }
+                NetworkFilter::Rpc(r) => {
+                    let log = self.open_log(r.access_log.as_ref())?;
+                    crate::rpc::ensure_admin(shared);
+                    FilterRt::Rpc(Arc::new(weft_rpc::RpcRt::new(r, &l.name, log)))
+                }
             };
             chains.push((fc.match_.clone(), f));
         }
@@ -961,6 +967,9 @@ async fn handle_connection(
             }
         },
         Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), &*shared).await,
+        Some(FilterRt::Rpc(r)) => {
+            weft_rpc::serve_connection(stream, peer, r.clone(), &*shared, lrt.drain_signal()).await
+        }
         None => {
             tracing::debug!(listener = %lrt.config.name, %peer, "no filter chain matched; closing");
         }

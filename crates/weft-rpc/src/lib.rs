@@ -1,0 +1,17 @@
+//! RPC as first-class traffic. A protocol plugs in by implementing [`codec::Codec`] (frame
+//! decoding without copying bodies, request ids, routing attributes, local replies, heartbeats,
+//! go-away); the [`proxy`] then gives it per-request routing on service, method, version, group,
+//! attachments and argument values, load balancing over the existing clusters, multiplexed upstream
+//! connections, timeouts, metrics and access logs.
+//!
+//! Protocols: [`dubbo`] (Dubbo2 over hessian2, walked with the [`hessian`] skipper).
+//!
+//! Depends on `weft-core` and `weft-upstream`; `weft-proxy` starts RPC listeners with it.
+
+pub mod codec;
+pub mod dubbo;
+pub mod hessian;
+pub mod metrics;
+pub mod proxy;
+
+pub use proxy::{serve_connection, RpcRt};

@@ -1,0 +1,602 @@
+//! The RPC proxy: per-request routing and load balancing, requests multiplexed over a small pool of
+//! upstream connections per host (request ids rewritten, responses matched back), per-request
+//! timeouts, heartbeats answered locally, graceful close on drain, metrics and access logs.
+//!
+//! A downstream connection is one task reading frames plus one writer task draining a channel of
+//! finished frames (responses from any upstream connection, local replies). An upstream connection
+//! is a reader task (responses, heartbeats, timeouts) plus a writer task. Frames move between them
+//! as `Bytes` split off the read buffer: bodies are never copied.
+
+use crate::codec::{Codec, Frame, FrameKind, LocalReply, RequestInfo};
+use crate::dubbo::Dubbo;
+use crate::metrics::{ListenerRpcStats, MethodStats};
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use weft_config::rpc::{RpcProtocol, RpcProxy, RpcRoute};
+use weft_config::RoutePriority;
+use weft_core::access_log::{timestamp, AccessLogger};
+use weft_upstream::cluster::{ActiveRequest, ConnGuard};
+use weft_upstream::outlier::Outcome;
+use weft_upstream::{ClusterLookup, ClusterRt, Host};
+
+const READ_CHUNK: usize = 8 * 1024;
+const MAX_BATCH: usize = 64;
+
+/// An RPC listener's runtime: its configuration, codec, upstream connection pools and stats.
+pub struct RpcRt {
+    pub config: RpcProxy,
+    pub listener: String,
+    codec: Arc<dyn Codec>,
+    stats: Arc<ListenerRpcStats>,
+    access_log: Option<Arc<AccessLogger>>,
+    pools: Mutex<HashMap<(SocketAddr, Arc<str>), HostSlots>>,
+    /// How often in-flight requests are checked for their deadline.
+    sweep: Duration,
+}
+
+struct HostSlots {
+    slots: Vec<Arc<tokio::sync::Mutex<Option<Arc<UpConn>>>>>,
+    next: usize,
+}
+
+impl RpcRt {
+    pub fn new(config: &RpcProxy, listener: &str, access_log: Option<Arc<AccessLogger>>) -> RpcRt {
+        let codec: Arc<dyn Codec> = match config.protocol {
+            RpcProtocol::Dubbo => Arc::new(Dubbo),
+        };
+        let min_timeout = config
+            .routes
+            .iter()
+            .filter_map(|r| r.timeout)
+            .chain(std::iter::once(config.timeout))
+            .min()
+            .unwrap_or(config.timeout);
+        RpcRt {
+            stats: ListenerRpcStats::new(listener, config.max_method_labels),
+            config: config.clone(),
+            listener: listener.to_string(),
+            codec,
+            access_log,
+            pools: Mutex::new(HashMap::new()),
+            sweep: (min_timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
+        }
+    }
+
+    fn route(&self, frame: &Frame, info: &RequestInfo) -> Option<&RpcRoute> {
+        let c = &*self.codec;
+        self.config.routes.iter().find(|r| {
+            let m = &r.match_;
+            if let Some(want) = &m.interface {
+                let ok = info.service.get(&frame.data).is_some_and(|s| s == want.as_str())
+                    || c.attachment(frame, info, "interface")
+                        .is_some_and(|v| v.matches_text(want));
+                if !ok {
+                    return false;
+                }
+            }
+            if let Some(want) = &m.method {
+                if info.method.get(&frame.data).is_none_or(|s| s != want.as_str()) {
+                    return false;
+                }
+            }
+            if let Some(want) = &m.version {
+                let ok = match info.version.get(&frame.data) {
+                    Some(s) if !s.is_empty() => s == want.as_str(),
+                    _ => c
+                        .attachment(frame, info, "version")
+                        .is_some_and(|v| v.matches_text(want)),
+                };
+                if !ok {
+                    return false;
+                }
+            }
+            if let Some(want) = &m.group {
+                if !c.attachment(frame, info, "group").is_some_and(|v| v.matches_text(want)) {
+                    return false;
+                }
+            }
+            m.attachments
+                .iter()
+                .all(|(k, want)| c.attachment(frame, info, k).is_some_and(|v| v.matches_text(want)))
+                && m.arguments.iter().all(|a| {
+                    c.argument(frame, info, a.index)
+                        .is_some_and(|v| v.matches_text(&a.equals))
+                })
+        })
+    }
+
+    /// An upstream connection to `host` of `cluster`: round robin over the host's slots, each
+    /// connected on first use and reconnected when it has closed.
+    async fn conn(&self, cluster: &Arc<ClusterRt>, host: &Arc<Host>) -> Result<Arc<UpConn>, weft_core::Error> {
+        let slot = {
+            let mut pools = self.pools.lock();
+            let key = (host.address, Arc::<str>::from(cluster.name()));
+            let hs = pools.entry(key).or_insert_with(|| HostSlots {
+                slots: (0..self.config.connections_per_host)
+                    .map(|_| Arc::new(tokio::sync::Mutex::new(None)))
+                    .collect(),
+                next: 0,
+            });
+            hs.next = (hs.next + 1) % hs.slots.len();
+            hs.slots[hs.next].clone()
+        };
+        let mut s = slot.lock().await;
+        if let Some(c) = s.as_ref() {
+            if c.usable() {
+                return Ok(c.clone());
+            }
+        }
+        let (stream, guard) = cluster.connect_raw(host).await?;
+        let c = UpConn::start(stream, guard, self, cluster.clone(), host.clone());
+        *s = Some(c.clone());
+        Ok(c)
+    }
+
+    fn reply(&self, down: &Down, id: u64, r: LocalReply, msg: &str) {
+        self.stats.local_reply(r.reason());
+        let _ = down.tx.send(self.codec.local_reply(id, r, msg));
+    }
+}
+
+/// The downstream side a response goes back to.
+#[derive(Clone)]
+struct Down {
+    tx: mpsc::UnboundedSender<Bytes>,
+    inflight: Arc<AtomicU32>,
+    peer: SocketAddr,
+}
+
+/// A request in flight on an upstream connection.
+struct Pending {
+    down: Down,
+    orig_id: u64,
+    deadline: Instant,
+    started: Instant,
+    stats: MethodStats,
+    _active: ActiveRequest,
+    log: Option<Box<LogInfo>>,
+}
+
+struct LogInfo {
+    started_at: SystemTime,
+    service: String,
+    method: String,
+    route: String,
+}
+
+struct UpConn {
+    tx: mpsc::UnboundedSender<Bytes>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    /// The upstream sent its go-away (Dubbo READONLY): no new requests.
+    readonly: AtomicBool,
+    /// Tells the writer to close the connection (the reader has ended).
+    stop: Arc<tokio::sync::Notify>,
+}
+
+impl UpConn {
+    fn usable(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed) && !self.readonly.load(Ordering::Relaxed)
+    }
+
+    fn start(stream: TcpStream, guard: ConnGuard, rt: &RpcRt, cluster: Arc<ClusterRt>, host: Arc<Host>) -> Arc<UpConn> {
+        let (r, w) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(UpConn {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            readonly: AtomicBool::new(false),
+            stop: Arc::new(tokio::sync::Notify::new()),
+        });
+        tokio::spawn(writer(w, rx, Some(conn.stop.clone())));
+        let ctx = UpCtx {
+            codec: rt.codec.clone(),
+            stats: rt.stats.clone(),
+            access_log: rt.access_log.clone(),
+            listener: rt.listener.clone(),
+            max_frame: rt.config.max_frame_size,
+            sweep: rt.sweep,
+            cluster,
+            host,
+        };
+        tokio::spawn(up_reader(r, conn.clone(), ctx, guard));
+        conn
+    }
+}
+
+struct UpCtx {
+    codec: Arc<dyn Codec>,
+    stats: Arc<ListenerRpcStats>,
+    access_log: Option<Arc<AccessLogger>>,
+    listener: String,
+    max_frame: u32,
+    sweep: Duration,
+    cluster: Arc<ClusterRt>,
+    host: Arc<Host>,
+}
+
+impl UpCtx {
+    fn finish(&self, p: Pending, status: u16, reason: &str) {
+        let elapsed = p.started.elapsed();
+        let ok = self.codec.status_ok(status);
+        if ok { &p.stats.ok } else { &p.stats.error }.inc();
+        p.stats.time.observe(elapsed.as_secs_f64());
+        self.cluster.stats.record(self.codec.status_class(status), elapsed);
+        p.down.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let (Some(l), Some(info)) = (&self.access_log, &p.log) {
+            l.log(&serde_json::json!({
+                "start_time": timestamp(info.started_at),
+                "listener": self.listener,
+                "protocol": self.codec.name(),
+                "downstream_remote_address": p.down.peer.to_string(),
+                "rpc_service": info.service,
+                "rpc_method": info.method,
+                "rpc_route": info.route,
+                "rpc_status": status,
+                "upstream_cluster": self.cluster.name(),
+                "upstream_host": self.host.address.to_string(),
+                "duration_ms": elapsed.as_secs_f64() * 1000.0,
+                "reason": reason,
+            }));
+        }
+    }
+
+    fn fail(&self, p: Pending, r: LocalReply, msg: &str) {
+        self.stats.local_reply(r.reason());
+        let _ = p.down.tx.send(self.codec.local_reply(p.orig_id, r, msg));
+        let status = match r {
+            LocalReply::Timeout => 31,
+            _ => 80,
+        };
+        self.finish(p, status, r.reason());
+    }
+}
+
+async fn up_reader(mut r: tokio::net::tcp::OwnedReadHalf, conn: Arc<UpConn>, ctx: UpCtx, _guard: ConnGuard) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut sweep = tokio::time::interval(ctx.sweep);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let why: &str = 'outer: loop {
+        tokio::select! {
+            n = r.read_buf(&mut buf) => {
+                match n {
+                    Ok(0) => break 'outer "upstream closed the connection",
+                    Err(_) => break 'outer "upstream connection reset",
+                    Ok(n) => { ctx.cluster.stats.rx_bytes.inc_by(n as u64); }
+                }
+                loop {
+                    match ctx.codec.decode(&mut buf, ctx.max_frame) {
+                        Ok(None) => break,
+                        Err(e) => {
+                            ctx.stats.decode_error(e.reason());
+                            break 'outer "upstream sent a malformed frame";
+                        }
+                        Ok(Some(mut f)) => match f.kind {
+                            FrameKind::Response => {
+                                let p = conn.pending.lock().remove(&f.id);
+                                if let Some(p) = p {
+                                    let status = f.status;
+                                    ctx.codec.set_request_id(&mut f, p.orig_id);
+                                    let _ = p.down.tx.send(f.data.freeze());
+                                    let class = ctx.codec.status_class(status);
+                                    ctx.cluster.report(&ctx.host, Outcome::Status(class));
+                                    ctx.finish(p, status, "-");
+                                }
+                            }
+                            FrameKind::Heartbeat => {
+                                let _ = conn.tx.send(ctx.codec.heartbeat_reply(&f));
+                            }
+                            FrameKind::GoAway => conn.readonly.store(true, Ordering::Relaxed),
+                            _ => {}
+                        },
+                    }
+                }
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(READ_CHUNK);
+                }
+            }
+            _ = sweep.tick() => {
+                let now = Instant::now();
+                let expired: Vec<Pending> = {
+                    let mut p = conn.pending.lock();
+                    if p.is_empty() {
+                        Vec::new()
+                    } else {
+                        let ids: Vec<u64> = p.iter().filter(|(_, v)| v.deadline <= now).map(|(k, _)| *k).collect();
+                        ids.iter().filter_map(|id| p.remove(id)).collect()
+                    }
+                };
+                for p in expired {
+                    ctx.cluster.stats.rq_timeout.inc();
+                    ctx.cluster.report(&ctx.host, Outcome::LocalFailure);
+                    ctx.fail(p, LocalReply::Timeout, "upstream request timeout (weft)");
+                }
+                // Nobody can send on it any more (the listener went away), or the upstream asked
+                // for no new requests: close once nothing is in flight.
+                let idle = conn.pending.lock().is_empty();
+                if idle && (Arc::strong_count(&conn) == 1 || conn.readonly.load(Ordering::Relaxed)) {
+                    break 'outer "idle";
+                }
+            }
+        }
+    };
+    conn.closed.store(true, Ordering::Relaxed);
+    conn.stop.notify_one();
+    let left: Vec<Pending> = conn.pending.lock().drain().map(|(_, p)| p).collect();
+    if !left.is_empty() {
+        ctx.cluster.report(&ctx.host, Outcome::LocalFailure);
+        let msg = format!("{why} (weft)");
+        for p in left {
+            ctx.fail(p, LocalReply::UpstreamFailure, &msg);
+        }
+    }
+}
+
+async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>, stop: Option<Arc<tokio::sync::Notify>>) {
+    let mut batch: Vec<Bytes> = Vec::with_capacity(8);
+    loop {
+        let stopped = async {
+            match &stop {
+                Some(s) => s.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let b = tokio::select! {
+            b = rx.recv() => match b {
+                Some(b) => b,
+                None => break,
+            },
+            _ = stopped => break,
+        };
+        batch.push(b);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(b) => batch.push(b),
+                Err(_) => break,
+            }
+        }
+        if write_all_vectored(&mut w, &mut batch).await.is_err() {
+            break;
+        }
+        batch.clear();
+    }
+    let _ = w.shutdown().await;
+}
+
+async fn write_all_vectored(w: &mut OwnedWriteHalf, bufs: &mut [Bytes]) -> std::io::Result<()> {
+    if bufs.len() == 1 {
+        return w.write_all(&bufs[0]).await;
+    }
+    let mut i = 0;
+    while i < bufs.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_BATCH];
+        let n = (bufs.len() - i).min(MAX_BATCH);
+        for (k, b) in bufs[i..i + n].iter().enumerate() {
+            slices[k] = IoSlice::new(b);
+        }
+        let mut written = w.write_vectored(&slices[..n]).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while i < bufs.len() && written >= bufs[i].len() {
+            written -= bufs[i].len();
+            i += 1;
+        }
+        if written > 0 {
+            let _ = bufs[i].split_to(written);
+        }
+    }
+    Ok(())
+}
+
+/// Serves one downstream connection until it closes, a frame is malformed, or (after a drain
+/// signal and the protocol's go-away message) nothing is left in flight.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    rt: Arc<RpcRt>,
+    clusters: &dyn ClusterLookup,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+) {
+    let (mut r, w) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(writer(w, rx, None));
+    let down = Down {
+        tx,
+        inflight: Arc::new(AtomicU32::new(0)),
+        peer,
+    };
+    let mut buf = BytesMut::with_capacity(0);
+    let mut draining = *drain.borrow();
+    if draining {
+        if let Some(g) = rt.codec.goaway() {
+            let _ = down.tx.send(g);
+        }
+    }
+    let mut drain_check = tokio::time::interval(Duration::from_millis(20));
+    let idle = rt.config.idle_timeout;
+    let mut last_read = Instant::now();
+    'outer: loop {
+        if draining && down.inflight.load(Ordering::Relaxed) == 0 {
+            break;
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_CHUNK);
+        }
+        let idle_sleep = async {
+            match idle {
+                Some(t) => tokio::time::sleep_until((last_read + t).into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            n = r.read_buf(&mut buf) => {
+                match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => last_read = Instant::now(),
+                }
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                if let Some(g) = rt.codec.goaway() {
+                    let _ = down.tx.send(g);
+                }
+                continue;
+            }
+            _ = drain_check.tick(), if draining => continue,
+            _ = idle_sleep => {
+                if down.inflight.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                last_read = Instant::now();
+                continue;
+            }
+        }
+        loop {
+            let frame = match rt.codec.decode(&mut buf, rt.config.max_frame_size) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    rt.stats.decode_error(e.reason());
+                    tracing::debug!(listener = %rt.listener, %peer, error = %e, "closing RPC connection");
+                    if let Some(id) = e.reply_to() {
+                        rt.reply(&down, id, LocalReply::BadRequest, &format!("{e} (weft)"));
+                    }
+                    break 'outer;
+                }
+            };
+            if !handle_frame(&rt, clusters, &down, frame).await {
+                break 'outer;
+            }
+        }
+        // Keep an idle connection's buffer small.
+        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
+            buf = BytesMut::with_capacity(0);
+        }
+    }
+    drop(down);
+    let _ = writer.await;
+}
+
+/// Handles one frame; `false` closes the connection.
+async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut frame: Frame) -> bool {
+    let codec = &*rt.codec;
+    match frame.kind {
+        FrameKind::Heartbeat => {
+            rt.stats.heartbeats.inc();
+            let _ = down.tx.send(codec.heartbeat_reply(&frame));
+            return true;
+        }
+        FrameKind::Request | FrameKind::OneWay => {}
+        _ => return true,
+    }
+    let two_way = frame.kind == FrameKind::Request;
+    let info = match codec.request_info(&frame) {
+        Ok(i) => i,
+        Err(e) => {
+            rt.stats.decode_error(e.reason());
+            if let Some(id) = e.reply_to() {
+                rt.reply(down, id, LocalReply::BadRequest, &format!("{e} (weft)"));
+            }
+            return false;
+        }
+    };
+    let id = frame.id;
+    let fail = |r: LocalReply, msg: &str| {
+        if two_way {
+            rt.reply(down, id, r, msg);
+        } else {
+            rt.stats.local_reply(r.reason());
+        }
+    };
+    let Some(route) = rt.route(&frame, &info) else {
+        let svc = info.service.get(&frame.data).unwrap_or_default();
+        let m = info.method.get(&frame.data).unwrap_or_default();
+        fail(LocalReply::NoRoute, &format!("no route for {svc}.{m} (weft)"));
+        return true;
+    };
+    let Some(cluster) = clusters.cluster(&route.cluster) else {
+        fail(
+            LocalReply::NoRoute,
+            &format!("cluster {} not found (weft)", route.cluster),
+        );
+        return true;
+    };
+    let subset = (!route.subset.is_empty()).then_some(&route.subset);
+    let Some(host) = cluster.pick(None, None, subset) else {
+        fail(LocalReply::NoHealthyUpstream, "no healthy upstream (weft)");
+        return true;
+    };
+    let Some(active) = cluster.start_request(&host, RoutePriority::Default) else {
+        fail(LocalReply::Overload, "upstream overloaded (weft)");
+        return true;
+    };
+    let conn = match rt.conn(&cluster, &host).await {
+        Ok(c) => c,
+        Err(e) => {
+            if e.counts_against_host() {
+                cluster.report(&host, Outcome::LocalFailure);
+            }
+            fail(LocalReply::UpstreamFailure, &format!("{e} (weft)"));
+            return true;
+        }
+    };
+    cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
+    if !two_way {
+        let _ = conn.tx.send(frame.data.freeze());
+        return true;
+    }
+    let method = info.method.get(&frame.data).unwrap_or_default();
+    let stats = rt.stats.method(&method);
+    let log = rt.access_log.as_ref().map(|_| {
+        Box::new(LogInfo {
+            started_at: SystemTime::now(),
+            service: info.service.get(&frame.data).unwrap_or_default().into_owned(),
+            method: method.clone().into_owned(),
+            route: route.name.clone(),
+        })
+    });
+    let now = Instant::now();
+    let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+    codec.set_request_id(&mut frame, up_id);
+    down.inflight.fetch_add(1, Ordering::Relaxed);
+    conn.pending.lock().insert(
+        up_id,
+        Pending {
+            down: down.clone(),
+            orig_id: id,
+            deadline: now + route.timeout.unwrap_or(rt.config.timeout),
+            started: now,
+            stats,
+            _active: active,
+            log,
+        },
+    );
+    if conn.tx.send(frame.data.freeze()).is_err() || conn.closed.load(Ordering::Relaxed) {
+        // The connection closed under us: its reader may already have failed what it held.
+        if let Some(p) = conn.pending.lock().remove(&up_id) {
+            down.inflight.fetch_sub(1, Ordering::Relaxed);
+            drop(p);
+            rt.reply(
+                down,
+                id,
+                LocalReply::UpstreamFailure,
+                "upstream connection closed (weft)",
+            );
+        }
+    }
+    true
+}
