@@ -8,9 +8,9 @@ pub mod admin;
 pub mod duration;
 pub mod model;
 pub mod raw;
-pub mod tracing;
-pub mod tls;
 pub mod rpc;
+pub mod tls;
+pub mod tracing;
 pub mod validate;
 
 pub use model::*;

@@ -28,8 +28,8 @@ pub mod convert;
 pub mod pgv;
 mod state;
 mod stream;
-pub mod tracing_xds;
 pub mod tls;
+pub mod tracing_xds;
 
 use state::{State, TYPES};
 use std::sync::{Arc, Mutex};
