@@ -211,7 +211,16 @@ impl Codec for Dubbo {
     }
 
     fn attachment<'a>(&self, frame: &'a Frame, info: &RequestInfo, key: &str) -> Option<Value<'a>> {
-        let mut r = Reader::at(&frame.data, info.attachments_start? as usize);
+        let at = info.attachments_start? as usize;
+        // Walked from the arguments, not from the map: a value in the map may be an object whose
+        // class definition came with an argument, and the reader must have seen it.
+        let mut r = Reader::at(&frame.data, info.args_start as usize);
+        for _ in 0..info.arg_count {
+            r.skip().ok()?;
+        }
+        if r.pos() != at {
+            return None;
+        }
         let mut found = None;
         r.walk_map(|k, v| {
             if k == key {
@@ -349,6 +358,44 @@ pub fn error_message(frame: &Frame) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// The fuzz target's checks on the input that once failed them (fuzz/regressions): an
+    /// attachment appended to a map whose earlier entries have keys that are not strings (or
+    /// values that do not decode) is still found.
+    #[test]
+    fn fuzz_regression_attachment_after_class_defined_in_arguments() {
+        use crate::codec::{Codec, FrameKind};
+        let data: &[u8] =
+            include_bytes!("../../../fuzz/regressions/dubbo_decode/crash-e67e24ed505779395f4de99615c9bae11446385f");
+        let cut = data.first().map_or(0, |b| *b as usize).min(data.len());
+        let mut buf = bytes::BytesMut::from(&data[..cut]);
+        let mut fed = false;
+        for _ in 0..64 {
+            match Dubbo.decode(&mut buf, 1 << 20) {
+                Ok(Some(mut f)) => {
+                    if matches!(f.kind, FrameKind::Request | FrameKind::OneWay) {
+                        if let Ok(info) = Dubbo.request_info(&f) {
+                            for k in ["group", "interface", "version", ""] {
+                                let _ = Dubbo.attachment(&f, &info, k);
+                            }
+                            Dubbo.set_request_id(&mut f, 42);
+                            if Dubbo.add_attachment(&mut f, &info, "k", "v") {
+                                let mut again = f.data.clone();
+                                let g = Dubbo.decode(&mut again, u32::MAX).unwrap().unwrap();
+                                let info = Dubbo.request_info(&g).unwrap();
+                                assert!(Dubbo.attachment(&g, &info, "k").is_some());
+                            }
+                        }
+                    }
+                }
+                Ok(None) if !fed => {
+                    buf.extend_from_slice(&data[cut..]);
+                    fed = true;
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+
     use super::*;
 
     fn decode_one(b: &[u8]) -> Frame {

@@ -440,12 +440,34 @@ impl<'a> Reader<'a> {
             b'M' => self.skip_type_name(0)?,
             _ => return Err(HessianError::BadCode(c)),
         }
+        // An entry whose key is not a string, or whose key or value cannot be decoded (an object,
+        // a string that is not UTF-8), is skipped, not an error: the map is still well formed
+        // (the skipper accepts it), and the entries after it must still be found.
         while self.peek()? != b'Z' {
-            let k = self.read_value()?;
-            let v = self.read_value()?;
-            if let Value::Str(k) = &k {
-                if f(k, v) {
-                    return Ok(());
+            let start = self.pos;
+            let k = match self.read_value() {
+                Ok(Value::Str(k)) => Some(k),
+                Ok(_) => None,
+                Err(_) => {
+                    self.pos = start;
+                    self.skip()?;
+                    None
+                }
+            };
+            let Some(k) = k else {
+                self.skip()?;
+                continue;
+            };
+            let start = self.pos;
+            match self.read_value() {
+                Ok(v) => {
+                    if f(&k, v) {
+                        return Ok(());
+                    }
+                }
+                Err(_) => {
+                    self.pos = start;
+                    self.skip()?;
                 }
             }
         }
