@@ -48,9 +48,12 @@ fn missing_prerequisite() -> Option<String> {
     None
 }
 
-/// Skips (outside CI) or fails (CI) when the machine cannot run these tests.
+/// Skips (outside CI) or fails (CI) when the machine cannot run these tests. Checked once per
+/// process: the tests run in parallel, and two probes adding the same namespace at once would make
+/// one of them fail ("File exists").
 fn prerequisites() -> bool {
-    match missing_prerequisite() {
+    static MISSING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    match MISSING.get_or_init(missing_prerequisite).clone() {
         None => true,
         Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
             panic!("interception tests cannot run under CI=true: {why}")
