@@ -165,13 +165,7 @@ impl ClientCertVerifier for MeshClientVerifier {
             .ok_or_else(|| Error::General("no mesh identity yet".into()))?;
         let r = m.client_verifier.verify_client_cert(end_entity, intermediates, now);
         if let Err(e) = &r {
-            let who = PeerIdentity::from_der(end_entity);
-            tracing::warn!(
-                peer = who.as_ref().map_or("-", |p| p.principal()),
-                reason = crate::peer::FailureReason::of(e).as_str(),
-                error = %e,
-                "client certificate refused"
-            );
+            crate::peer::log_refused(end_entity, e, "client certificate refused");
         }
         r
     }

@@ -68,6 +68,18 @@ impl PeerIdentity {
     }
 }
 
+/// Logs a refused peer certificate with the peer's identity (when it parses) and the reason.
+/// `what`: "client certificate refused", "server certificate refused".
+pub(crate) fn log_refused(end_entity: &CertificateDer<'_>, e: &Error, what: &'static str) {
+    let who = PeerIdentity::from_der(end_entity);
+    tracing::warn!(
+        peer = who.as_ref().map_or("-", |p| p.principal()),
+        reason = FailureReason::of(e).as_str(),
+        error = %e,
+        "{what}"
+    );
+}
+
 /// Why a handshake failed, as counted in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FailureReason {

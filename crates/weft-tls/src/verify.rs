@@ -95,13 +95,7 @@ impl ServerCertVerifier for NamingVerifier {
     ) -> Result<ServerCertVerified, Error> {
         let r = self.check(end_entity, intermediates, server_name, ocsp_response, now);
         if let Err(e) = &r {
-            let who = PeerIdentity::from_der(end_entity);
-            tracing::warn!(
-                peer = who.as_ref().map_or("-", |p| p.principal()),
-                reason = crate::peer::FailureReason::of(e).as_str(),
-                error = %e,
-                "server certificate refused"
-            );
+            crate::peer::log_refused(end_entity, e, "server certificate refused");
         }
         r
     }
