@@ -4,36 +4,17 @@
 //! and follows registry changes through it.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use weft_test_support::peers::ChildGuard;
-use weft_test_support::{eventually_blocking, free_addr, TempDir};
+use weft_test_support::{eventually_blocking, TempDir};
 
 mod blocking;
-use blocking::{http, name_server};
+use blocking::{http, name_server, start_control, start_sidecar};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-fn control(reg: &TempDir) -> (ChildGuard, SocketAddr, SocketAddr) {
-    let (xds, admin) = (free_addr(), free_addr());
-    let child = ChildGuard(
-        Command::new(WEFT)
-            .args(["control", "--registry"])
-            .arg(reg.path())
-            .args(["--xds", &xds.to_string(), "--admin", &admin.to_string()])
-            .env("WEFT_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start weft control"),
-    );
-    eventually_blocking("weft control /ready", Duration::from_secs(20), || {
-        (http(admin, "x", "/ready")?.0 == 200).then_some(())
-    });
-    (child, xds, admin)
-}
 
 fn registry(echo: &[SocketAddr]) -> String {
     let eps: Vec<String> = echo.iter().map(|a| format!("{{address: \"{a}\"}}")).collect();
@@ -49,29 +30,15 @@ fn a_sidecar_fails_over_to_another_control_plane_replica_under_traffic() {
     let dir = TempDir::new("replicas");
     let (alpha, beta) = (name_server("alpha"), name_server("beta"));
     reg.write("services.yaml", &registry(&[alpha]));
-    let (a, a_xds, _) = control(&reg);
-    let (_b, b_xds, _) = control(&reg);
+    let (a, a_xds, _) = start_control(&reg, &[]);
+    let (_b, b_xds, _) = start_control(&reg, &[]);
 
-    let (admin, outbound) = (free_addr(), free_addr());
-    let cfg = format!(
-        "node:\n  id: client-1\n  cluster: client\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{a_xds}\"\n  addresses: [\"{b_xds}\"]\n  mode: ads_delta\n",
-        free_addr(),
-        free_addr(),
+    let (_proxy, admin, outbound) = start_sidecar(
+        &dir,
+        "client-1",
+        "client",
+        &format!("  address: \"{a_xds}\"\n  addresses: [\"{b_xds}\"]\n  mode: ads_delta\n"),
     );
-    let path = dir.join("client.yaml");
-    std::fs::write(&path, cfg).unwrap();
-    let _proxy = ChildGuard(
-        Command::new(WEFT)
-            .args(["proxy", "-c"])
-            .arg(&path)
-            .env("WEFT_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start weft proxy"),
-    );
-    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
-        (http(admin, "x", "/ready")?.0 == 200).then_some(())
-    });
     let xds_address = || -> String {
         let (_, body) = http(admin, "x", "/xds").unwrap_or_default();
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();

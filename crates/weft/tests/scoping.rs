@@ -4,16 +4,12 @@
 //! a service that does not exist is answered 404 at once.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_test_support::peers::ChildGuard;
-use weft_test_support::{eventually_blocking, free_addr, TempDir};
+use weft_test_support::{eventually_blocking, TempDir};
 
 mod blocking;
-use blocking::{http, name_server};
-
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+use blocking::{http, name_server, start_control, start_sidecar};
 
 fn xds_status(admin: SocketAddr) -> serde_json::Value {
     let (code, body) = http(admin, "x", "/xds").expect("/xds");
@@ -42,41 +38,13 @@ fn an_on_demand_sidecar_learns_services_from_its_traffic() {
             "services:\n  - name: frontend\n    endpoints: []\n  - name: payments\n    port: 8080\n    endpoints: [{{address: \"{payments}\"}}]\n  - name: catalog\n    endpoints: [{{address: \"{catalog}\"}}]\n"
         ),
     );
-    let (xds, cadmin) = (free_addr(), free_addr());
-    let _control = ChildGuard(
-        Command::new(WEFT)
-            .args(["control", "--scoping", "on-demand", "--registry"])
-            .arg(reg.path())
-            .args(["--xds", &xds.to_string(), "--admin", &cadmin.to_string()])
-            .env("WEFT_LOG", "warn")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start weft control"),
+    let (_control, xds, _) = start_control(&reg, &["--scoping", "on-demand"]);
+    let (_proxy, admin, outbound) = start_sidecar(
+        &dir,
+        "fe-1",
+        "frontend",
+        &format!("  address: \"{xds}\"\n  mode: ads_delta\n  on_demand_idle: 3s\n"),
     );
-    eventually_blocking("weft control /ready", Duration::from_secs(20), || {
-        (http(cadmin, "x", "/ready")?.0 == 200).then_some(())
-    });
-
-    let (admin, outbound) = (free_addr(), free_addr());
-    let cfg = format!(
-        "node:\n  id: fe-1\n  cluster: frontend\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n  on_demand_idle: 3s\n",
-        free_addr(),
-        free_addr(),
-    );
-    let path = dir.join("fe.yaml");
-    std::fs::write(&path, cfg).unwrap();
-    let _proxy = ChildGuard(
-        Command::new(WEFT)
-            .args(["proxy", "-c"])
-            .arg(&path)
-            .env("WEFT_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start weft proxy"),
-    );
-    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
-        (http(admin, "x", "/ready")?.0 == 200).then_some(())
-    });
 
     // Nothing of the mesh at start: only its own inbound cluster.
     let st = xds_status(admin);

@@ -1,9 +1,16 @@
-//! Blocking HTTP/1.1 helpers shared by the process-level tests (`mod blocking;`).
+//! Blocking helpers shared by the process-level tests (`mod blocking;`): HTTP/1.1 requests, a
+//! named upstream, and `weft control` / `weft proxy` sidecar processes.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use weft_test_support::peers::ChildGuard;
+use weft_test_support::{eventually_blocking, free_addr, TempDir};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
 /// One HTTP/1.1 GET on a fresh connection (`connection: close`): (status, body).
 pub fn http(addr: SocketAddr, host: &str, path: &str) -> Option<(u16, String)> {
@@ -49,4 +56,51 @@ pub fn name_server(name: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// `weft control` on `reg` with `extra` flags, ready: (process, xDS address, admin address).
+pub fn start_control(reg: &TempDir, extra: &[&str]) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let (xds, admin) = (free_addr(), free_addr());
+    let child = ChildGuard(
+        Command::new(WEFT)
+            .arg("control")
+            .args(extra)
+            .arg("--registry")
+            .arg(reg.path())
+            .args(["--xds", &xds.to_string(), "--admin", &admin.to_string()])
+            .env("WEFT_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft control"),
+    );
+    eventually_blocking("weft control /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+    (child, xds, admin)
+}
+
+/// A `weft proxy` sidecar `id` of `service` whose `xds:` section is `xds_yaml` (indented lines),
+/// ready: (process, admin address, outbound address).
+pub fn start_sidecar(dir: &TempDir, id: &str, service: &str, xds_yaml: &str) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let (admin, outbound) = (free_addr(), free_addr());
+    let cfg = format!(
+        "node:\n  id: {id}\n  cluster: {service}\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.inbound: \"{}\"\n    weft.app: \"{}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n{xds_yaml}",
+        free_addr(),
+        free_addr(),
+    );
+    let path = dir.join(&format!("{id}.yaml"));
+    std::fs::write(&path, cfg).unwrap();
+    let child = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(&path)
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+    (child, admin, outbound)
 }
