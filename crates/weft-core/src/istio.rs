@@ -298,21 +298,21 @@ impl IstioReporter {
             flags,
             grpc: if is_grpc { grpc.min(NOT_GRPC - 1) } else { NOT_GRPC },
         };
-        let hit = {
+        let observe = |h: &Handles| {
+            h.requests.inc();
+            h.duration.observe(elapsed.as_secs_f64() * 1000.0);
+            h.request_bytes.observe(request_bytes as f64);
+            h.response_bytes.observe(response_bytes as f64);
+        };
+        // Observed under the read guard: no reference count taken and dropped per request.
+        {
             let cache = self.cache.read();
-            cache
-                .get(&key)
-                .filter(|(name, _)| &**name == cluster)
-                .map(|(_, h)| h.clone())
-        };
-        let h = match hit {
-            Some(h) => h,
-            None => self.insert(key, cluster, is_grpc),
-        };
-        h.requests.inc();
-        h.duration.observe(elapsed.as_secs_f64() * 1000.0);
-        h.request_bytes.observe(request_bytes as f64);
-        h.response_bytes.observe(response_bytes as f64);
+            if let Some((_, h)) = cache.get(&key).filter(|(name, _)| &**name == cluster) {
+                observe(h);
+                return;
+            }
+        }
+        observe(&self.insert(key, cluster, is_grpc));
     }
 
     #[cold]
