@@ -23,6 +23,7 @@ pub mod model;
 pub mod registry;
 pub mod server;
 pub mod translate;
+pub mod wire;
 
 use registry::{Catalog, FileRegistry, MultiRegistry, Registry, RegistryStatus};
 use server::{Ads, Shared};
@@ -34,7 +35,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use weft_xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 
 pub struct ControlOptions {
     pub registry: Box<dyn Registry>,
@@ -193,9 +193,7 @@ impl ControlPlane {
         tasks.push(tokio::spawn(registry.run(ev_tx, shutdown_rx.clone())));
         let catalog = Catalog::new(status.clone(), snap_tx, metrics, opts.debounce);
         tasks.push(tokio::spawn(catalog.run(ev_rx)));
-        let svc = AggregatedDiscoveryServiceServer::new(Ads { shared: shared.clone() })
-            .max_decoding_message_size(16 << 20)
-            .max_encoding_message_size(usize::MAX);
+        let svc = Ads { shared: shared.clone() };
         let ca_svc = opts
             .ca
             .clone()
@@ -221,7 +219,7 @@ impl ControlPlane {
             let res = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                // No router: unknown paths get UNIMPLEMENTED from the generated server; the CA's
+                // No router: unknown paths get UNIMPLEMENTED from the ADS service (wire.rs); the CA's
                 // path goes to the CA (ca::service::WithCa).
                 .serve_with_incoming_shutdown(ca::service::WithCa { inner: svc, ca: ca_svc }, incoming, async move {
                     let _ = sd.wait_for(|v| *v).await;

@@ -8,17 +8,15 @@
 
 use crate::metrics::{Metrics, StreamLabel, TypeLabel};
 use crate::translate::{fnv, node_resources, Kind, NodeInfo, NodeResources, Res, Scope, Snapshot, FNV_INIT, OUTBOUND};
+use crate::wire;
+use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
-use weft_xds_api::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use weft_xds_api::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse, Resource,
-};
+use tonic::{Status, Streaming};
+use weft_xds_api::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 
 /// State shared by all streams and the admin API.
 pub struct Shared {
@@ -312,46 +310,14 @@ fn record_sent(metrics: &Metrics, kind: Kind, items: &[Arc<Res>], snap: &Snapsho
     }
 }
 
-/// A response decided but not yet built. Holds `Arc`s only: the resource bytes are copied into a
-/// message just before it is queued, so a proxy with a 100 MB backlog costs pointers, not copies.
+/// A response decided but not yet built. Holds `Arc`s only: the resource bytes are copied into its
+/// frame ([`wire`]) just before it is queued, so a proxy with a 100 MB backlog costs pointers, not copies.
 struct Out {
     kind: Kind,
     nonce: String,
     version: String,
     items: Vec<Arc<Res>>,
     removed: Vec<String>,
-}
-
-impl Out {
-    fn sotw(self) -> DiscoveryResponse {
-        DiscoveryResponse {
-            version_info: self.version,
-            resources: self.items.iter().map(|r| r.any.clone()).collect(),
-            type_url: self.kind.url().to_string(),
-            nonce: self.nonce,
-            ..Default::default()
-        }
-    }
-
-    fn delta(self) -> DeltaDiscoveryResponse {
-        DeltaDiscoveryResponse {
-            system_version_info: self.version,
-            resources: self
-                .items
-                .iter()
-                .map(|r| Resource {
-                    name: r.name.to_string(),
-                    version: r.version_string(),
-                    resource: Some(r.any.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: self.kind.url().to_string(),
-            removed_resources: self.removed,
-            nonce: self.nonce,
-            ..Default::default()
-        }
-    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -847,14 +813,14 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// One ADS stream, SotW or Delta: requests and snapshot changes in, responses out. `request`
 /// applies a request to the stream state, `respond` diffs, `encode` makes the wire message.
 #[allow(clippy::type_complexity)]
-async fn run_stream<Req, Resp>(
+async fn run_stream<Req>(
     shared: Arc<Shared>,
     entry: Arc<ProxyEntry>,
     mut inbound: Streaming<Req>,
-    tx: mpsc::Sender<Result<Resp, Status>>,
+    tx: mpsc::Sender<Bytes>,
     request: fn(&mut StreamState, Req, &Metrics) -> Option<Kind>,
     respond: fn(&mut StreamState, &[Kind], &Snapshot, &Metrics, bool, bool) -> Vec<Out>,
-    encode: fn(Out) -> Resp,
+    encode: fn(Out) -> Bytes,
 ) {
     let mut snaps = shared.snapshots.clone();
     let mut shutdown = shared.shutdown.clone();
@@ -902,7 +868,7 @@ async fn run_stream<Req, Resp>(
         };
         for r in responses {
             tokio::select! {
-                sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(Ok(encode(r)))) => match sent {
+                sent = tokio::time::timeout(SEND_TIMEOUT, tx.send(encode(r))) => match sent {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => {
@@ -994,57 +960,77 @@ impl Ads {
 // others, and at most one built response per proxy waits in memory.
 const STREAM_QUEUE: usize = 1;
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-    type DeltaAggregatedResourcesStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+fn wire_items(items: &[Arc<Res>]) -> Vec<wire::Item<'_>> {
+    items
+        .iter()
+        .map(|r| wire::Item {
+            name: &r.name,
+            version: r.version,
+            type_url: &r.any.type_url,
+            value: &r.any.value,
+        })
+        .collect()
+}
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (entry, reg) = self.register("sotw", peer);
+fn sotw_frame(o: Out) -> Bytes {
+    wire::sotw_frame(&o.version, o.kind.url(), &o.nonce, &wire_items(&o.items))
+}
+
+fn delta_frame(o: Out) -> Bytes {
+    wire::delta_frame(&o.version, o.kind.url(), &o.nonce, &wire_items(&o.items), &o.removed)
+}
+
+impl Ads {
+    /// Starts the stream's task and answers with its response body.
+    fn open(&self, method: wire::Method, req: http::Request<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+        let peer = req
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|i| i.remote_addr());
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let _reg = reg;
-            run_stream(
-                shared,
-                entry,
-                request.into_inner(),
-                tx,
-                sotw_request,
-                sotw_respond,
-                Out::sotw,
-            )
-            .await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let body = req.into_body();
+        match method {
+            wire::Method::Sotw => {
+                let (entry, reg) = self.register("sotw", peer);
+                let requests = wire::requests::<DiscoveryRequest>(body);
+                tokio::spawn(async move {
+                    let _reg = reg;
+                    run_stream(shared, entry, requests, tx, sotw_request, sotw_respond, sotw_frame).await;
+                });
+            }
+            wire::Method::Delta => {
+                let (entry, reg) = self.register("delta", peer);
+                let requests = wire::requests::<DeltaDiscoveryRequest>(body);
+                tokio::spawn(async move {
+                    let _reg = reg;
+                    run_stream(shared, entry, requests, tx, delta_request, delta_respond, delta_frame).await;
+                });
+            }
+        }
+        wire::response(rx)
+    }
+}
+
+impl tonic::server::NamedService for Ads {
+    const NAME: &'static str = wire::SERVICE;
+}
+
+impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Ads {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.remote_addr();
-        let (entry, reg) = self.register("delta", peer);
-        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-        let shared = self.shared.clone();
-        tokio::spawn(async move {
-            let _reg = reg;
-            run_stream(
-                shared,
-                entry,
-                request.into_inner(),
-                tx,
-                delta_request,
-                delta_respond,
-                Out::delta,
-            )
-            .await;
-        });
-        Ok(Response::new(ReceiverStream::new(rx)))
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let res = match wire::Method::of_path(req.uri().path()) {
+            Some(m) => self.open(m, req),
+            None => wire::error(Status::unimplemented(format!("no such method: {}", req.uri().path()))),
+        };
+        std::future::ready(Ok(res))
     }
 }
 

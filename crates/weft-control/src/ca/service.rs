@@ -267,7 +267,7 @@ where
         }) {
             return ca.call(req);
         }
-        // Both services are always ready (generated servers return Ready from poll_ready).
+        // Both services are always ready (their poll_ready returns Ready).
         let mut inner = self.inner.clone();
         Box::pin(inner.call(req))
     }
