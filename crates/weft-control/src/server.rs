@@ -481,10 +481,10 @@ fn sotw_respond(
 
 /// Largest payload per response before splitting (gRPC clients default to a 4 MiB receive limit).
 ///
-/// Also bounds memory: tonic's per-stream encode buffer keeps the capacity of the largest message it
-/// encoded, so with a thousand streams the message size is what the control plane's RSS scales with.
-/// Measured with bench/xds-scale (1,000 Delta proxies, 100,000 endpoints): 256 KiB gave 1.05 GiB RSS
-/// after the initial push (1.65 GiB peak); 64 KiB gives 0.66 GiB (0.75 GiB peak) for 50% more CPU.
+/// Also bounds the memory a push takes while it is in flight: each response is one allocation of
+/// its size ([`wire`]), held from encoding until HTTP/2 has written it. (With tonic's generated
+/// server the per-stream encode buffer kept its largest size for the stream's life; that is why
+/// the ADS service encodes its own frames now.)
 const MAX_RESPONSE_BYTES: usize = 64 << 10;
 
 /// Splits resources into groups of at most [`MAX_RESPONSE_BYTES`] (a single larger resource goes
