@@ -711,3 +711,242 @@ fn dns_capture_answers_mesh_names_and_forwards_the_rest() {
     init(&a, &["--remove"]);
     assert!(!a.exec(&["getent", "ahostsv4", "reviews.mesh"]).status.success());
 }
+
+/// A veth pair between two existing namespaces: `a_ip` (CIDR) on a's end, `b_ip` on b's.
+fn link(a: &Netns, b: &Netns, a_ip: &str, b_ip: &str) {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let (va, vb) = (
+        format!("wfl{}x{n}a", std::process::id() % 100_000),
+        format!("wfl{}x{n}b", std::process::id() % 100_000),
+    );
+    ok(&[
+        "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+    ]);
+    a.run(&["ip", "addr", "add", a_ip, "dev", &va]);
+    a.run(&["ip", "link", "set", &va, "up"]);
+    b.run(&["ip", "addr", "add", b_ip, "dev", &vb]);
+    b.run(&["ip", "link", "set", &vb, "up"]);
+}
+
+/// Moves the calling thread (only it) into `ns`.
+fn enter(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    // SAFETY: setns on a valid namespace fd; CLONE_NEWNET affects the calling thread only.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns into {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// One GET on a fresh connection (`connection: close`) to `addr` with `host`: the status.
+fn get_status(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text:?}"))
+}
+
+/// The client addresses of every GET /hello.txt the server logged after the first `skip` ones.
+fn served_since(dir: &TempDir, log: &str, skip: usize) -> Vec<String> {
+    served_to(dir, log).into_iter().skip(skip).collect()
+}
+
+fn count(v: &[String], ip: &str) -> usize {
+    v.iter().filter(|a| *a == ip).count()
+}
+
+#[test]
+fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-switch");
+    open_dir(&dir);
+    // C: the caller (app + sidecar under weft control, and weft control itself); B1: the instance
+    // whose interception is switched; B2: the service's other instance.
+    let c = Netns::new("sc");
+    let b1 = Netns::new("sb");
+    let b2 = Netns::new("so");
+    link(&c, &b1, "10.214.1.1/24", "10.214.1.2/24");
+    link(&c, &b2, "10.214.2.1/24", "10.214.2.2/24");
+    let _s1 = start_server(&b1, &dir, "10.214.1.2", 8080, "s1.log");
+    let _s2 = start_server(&b2, &dir, "10.214.2.2", 8080, "s2.log");
+    let _pb = start_sidecar(&b1, &dir, "b1", &sidecar_config(false, "", ""), false);
+
+    let reg = dir.join("registry");
+    std::fs::create_dir_all(&reg).unwrap();
+    std::fs::write(
+        reg.join("services.yaml"),
+        "services:\n  - name: client\n    endpoints: []\n  - name: svc\n    endpoints: [{address: \"10.214.1.2:8080\"}, {address: \"10.214.2.2:8080\"}]\n",
+    )
+    .unwrap();
+    let control_admin = "10.214.1.1:18001";
+    let _control = c.spawn(
+        &[
+            WEFT,
+            "control",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--xds",
+            "127.0.0.1:18000",
+            "--admin",
+            "0.0.0.0:18001",
+            "--admin-allow-non-loopback",
+        ],
+        &dir.join("control.log"),
+        None,
+    );
+    dir.write(
+        "caller.yaml",
+        "node:\n  id: client-1\n  cluster: client\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"127.0.0.1:15001\"\n    weft.inbound: \"127.0.0.1:15006\"\n    weft.app: \"127.0.0.1:8080\"\nadmin:\n  address: \"127.0.0.1:9902\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"127.0.0.1:18000\"\n  mode: ads_delta\n",
+    );
+    let _caller = c.spawn(
+        &[WEFT, "proxy", "-c", dir.join("caller.yaml").to_str().unwrap()],
+        &dir.join("caller.log"),
+        None,
+    );
+    let outbound: std::net::SocketAddr = "127.0.0.1:15001".parse().unwrap();
+    // The caller reaches both instances through its sidecar.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let code = c.exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "host: svc",
+            "http://127.0.0.1:15001/hello.txt",
+        ]);
+        if String::from_utf8_lossy(&code.stdout) == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caller's sidecar does not route svc: {}{}",
+            std::fs::read_to_string(dir.join("control.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("caller.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The caller app: a GET every 5 ms on a new connection, from inside C, until stopped (at most
+    // 120 s); every failure is kept.
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let okc = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let load = {
+        let (stop, okc, failures) = (stop.clone(), okc.clone(), failures.clone());
+        let c_name = c.name.clone();
+        std::thread::spawn(move || {
+            enter(&c_name);
+            let until = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                match get_status(outbound, "svc", "/hello.txt") {
+                    Ok(200) => {
+                        okc.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => failures.lock().push(format!("{:?}: {other:?}", Instant::now())),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let intercept = |switch: &str| -> (Duration, String) {
+        let started = Instant::now();
+        let out = b1.exec(&[
+            WEFT,
+            "intercept",
+            switch,
+            "--control",
+            control_admin,
+            "--instance",
+            "svc/10.214.1.2:8080",
+            "--admin",
+            "127.0.0.1:9901",
+            "--drain-timeout",
+            "20s",
+        ]);
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "weft intercept {switch} failed: {err}");
+        (took, err)
+    };
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = served_to(&dir, "s1.log");
+    assert!(
+        count(&before, "10.214.1.1") > 10,
+        "direct calls before the switch: {before:?}"
+    );
+    assert_eq!(requests(&b1, "inbound"), 0.0);
+
+    // On: from now on B1's app is reached through its sidecar (which connects from B1's address).
+    let (on_took, on_log) = intercept("on");
+    eprintln!("intercept on took {on_took:?}:\n{on_log}");
+    assert!(on_log.contains("all 1 connected proxies ACKed the drain"), "{on_log}");
+    let at_on = served_to(&dir, "s1.log").len();
+    let inbound_at_on = requests(&b1, "inbound");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_on = served_since(&dir, "s1.log", at_on);
+    assert!(
+        count(&after_on, "10.214.1.2") > 10,
+        "through B1's sidecar after on: {after_on:?}"
+    );
+    assert_eq!(
+        count(&after_on, "10.214.1.1"),
+        0,
+        "no direct call after on: {after_on:?}"
+    );
+    let via_sidecar = requests(&b1, "inbound") - inbound_at_on;
+    assert_eq!(
+        via_sidecar as usize,
+        after_on.len(),
+        "B1's sidecar stats count every call after on"
+    );
+
+    // Off: straight to the app again.
+    let (off_took, off_log) = intercept("off");
+    eprintln!("intercept off took {off_took:?}:\n{off_log}");
+    let at_off = served_to(&dir, "s1.log").len();
+    let inbound_at_off = requests(&b1, "inbound");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_off = served_since(&dir, "s1.log", at_off);
+    assert!(count(&after_off, "10.214.1.1") > 10, "direct after off: {after_off:?}");
+    assert_eq!(
+        count(&after_off, "10.214.1.2"),
+        0,
+        "no call through the sidecar after off: {after_off:?}"
+    );
+    assert_eq!(requests(&b1, "inbound"), inbound_at_off);
+
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    let failed = failures.lock().clone();
+    let total = okc.load(Ordering::SeqCst);
+    eprintln!(
+        "switch under load: {total} requests OK, {} failed; on took {on_took:?}, off took {off_took:?}",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        total + failed.len() as u64
+    );
+    assert!(total > 300, "too little load to prove anything: {total}");
+    // Nothing left drained at the control plane.
+    let drains = c.run(&["curl", "-s", "http://127.0.0.1:18001/endpoints/drains"]);
+    assert!(drains.contains("\"drains\": []"), "{drains}");
+}
