@@ -317,15 +317,18 @@ fn start_sidecar(ns: &Netns, dir: &TempDir, name: &str, config: &str, caps: bool
 /// `python3 -m http.server` bound to `ip:port` in `ns`, serving `dir/www` (a file hello.txt); its
 /// request log (with each client's address) goes to `dir/<log>`.
 fn start_server(ns: &Netns, dir: &TempDir, ip: &str, port: u16, log: &str) -> Proc {
+    start_server_with(ns, dir, ip, port, log, &[])
+}
+
+/// [`start_server`] with more http.server flags (e.g. `-p HTTP/1.1` for keep-alive).
+fn start_server_with(ns: &Netns, dir: &TempDir, ip: &str, port: u16, log: &str, extra: &[&str]) -> Proc {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("hello.txt"), "hello from B\n").unwrap();
     let port_s = port.to_string();
-    let p = ns.spawn(
-        &["python3", "-u", "-m", "http.server", "--bind", ip, &port_s],
-        &dir.join(log),
-        Some(&www),
-    );
+    let mut args = vec!["python3", "-u", "-m", "http.server", "--bind", ip, &port_s];
+    args.extend(extra);
+    let p = ns.spawn(&args, &dir.join(log), Some(&www));
     // Ready once it answers (before any interception is installed in ns).
     let url = format!("http://{}/probe", host_port(ip, port));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -949,4 +952,173 @@ fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
     // Nothing left drained at the control plane.
     let drains = c.run(&["curl", "-s", "http://127.0.0.1:18001/endpoints/drains"]);
     assert!(drains.contains("\"drains\": []"), "{drains}");
+}
+
+/// The pod's app: calls http://HOST:PORT/hello.txt every 20 ms on a keep-alive connection
+/// (reconnecting after an error) from its first instant; on SIGTERM it goes on calling for 3 s
+/// (its own graceful shutdown), then prints `RESULT <ok at start> <failed at start> <ok during
+/// shutdown> <failed during shutdown>`. At most 60 s.
+const POD_APP: &str = r#"
+import http.client, signal, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+stop_at = None
+def term(*_):
+    global stop_at
+    stop_at = time.monotonic() + 3.0
+signal.signal(signal.SIGTERM, term)
+ok = {"start": 0, "shutdown": 0}
+failed = {"start": 0, "shutdown": 0}
+conn = None
+print("STARTED", flush=True)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not (stop_at and time.monotonic() >= stop_at):
+    phase = "shutdown" if stop_at else "start"
+    try:
+        if conn is None:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+        conn.request("GET", "/hello.txt")
+        r = conn.getresponse()
+        r.read()
+        if r.status == 200:
+            ok[phase] += 1
+        else:
+            failed[phase] += 1
+            print(phase, "status", r.status, flush=True)
+    except Exception as e:
+        failed[phase] += 1
+        print(phase, "error", repr(e), flush=True)
+        try:
+            conn.close()
+        except Exception:
+            pass
+        conn = None
+    time.sleep(0.02)
+print("RESULT", ok["start"], failed["start"], ok["shutdown"], failed["shutdown"], flush=True)
+"#;
+
+fn sigterm(p: &Proc) {
+    // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+    unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+}
+
+fn wait_exit(p: &mut Proc, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if p.0.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// One pod lifetime in a fresh namespace with interception on: the app starts first (wrapped in
+/// `weft wait-ready` when `lifecycle`), the sidecar later (500 ms later, or once the app without
+/// wait-ready has seen a call fail); 1.5 s after the app started both get SIGTERM.
+/// With `lifecycle` the sidecar drains (10 s timer) and keeps serving the app's outbound; without
+/// it, it exits at once (drain_timeout 0s). Returns the app's RESULT numbers.
+fn pod_lifetime(tag: &str, lifecycle: bool) -> [u64; 4] {
+    let dir = TempDir::new(&format!("interception-pod-{tag}"));
+    open_dir(&dir);
+    let (pod, server) = pair(tag, &[]);
+    // HTTP/1.1 keep-alive: weft answers an HTTP/1.0 upstream's response as HTTP/1.0 and closes the
+    // app's connection, and an app with no connection open lets a draining sidecar exit.
+    let _srv = start_server_with(&server, &dir, "10.213.0.2", 8080, "server.log", &["-p", "HTTP/1.1"]);
+    // Outbound capture only; the sidecar's config comes with the pod (static here).
+    init(&pod, &["--include-inbound-ports", ""]);
+    dir.write("app.py", POD_APP);
+    let app_py = dir.join("app.py");
+    let app_cmd = format!("python3 -u {} 10.213.0.2 8080", app_py.display());
+    let mut app = if lifecycle {
+        let wrapped = format!("{WEFT} wait-ready --admin 127.0.0.1:9901 --timeout 20s && exec {app_cmd}");
+        pod.spawn(&["sh", "-c", &wrapped], &dir.join("app.log"), None)
+    } else {
+        pod.spawn(&["sh", "-c", &format!("exec {app_cmd}")], &dir.join("app.log"), None)
+    };
+    let drain = if lifecycle { "10s" } else { "0s" };
+    let cfg = sidecar_config(false, "", "").replace("drain_timeout: 1s", &format!("drain_timeout: {drain}"));
+    assert!(cfg.contains(&format!("drain_timeout: {drain}")));
+    let app_log = || std::fs::read_to_string(dir.join("app.log")).unwrap_or_default();
+    if lifecycle {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !app_log().contains("STARTED"),
+            "wait-ready let the app start without a sidecar"
+        );
+    } else {
+        // The sidecar container starts later than the app, which is calling already.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !app_log().contains("start error") {
+            assert!(Instant::now() < deadline, "the app made no call: {}", app_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    dir.write("sidecar.yaml", &cfg);
+    let cfg_path = dir.join("sidecar.yaml");
+    let mut sidecar = pod.spawn(
+        &[
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            WEFT,
+            "proxy",
+            "-c",
+            cfg_path.to_str().unwrap(),
+        ],
+        &dir.join("sidecar.log"),
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !app_log().contains("STARTED") {
+        assert!(Instant::now() < deadline, "the app did not start: {}", app_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // Pod deletion: SIGTERM to every container at once.
+    sigterm(&app);
+    sigterm(&sidecar);
+    assert!(
+        wait_exit(&mut app, Duration::from_secs(15)),
+        "the app did not exit: {}",
+        app_log()
+    );
+    assert!(
+        wait_exit(&mut sidecar, Duration::from_secs(15)),
+        "the sidecar did not exit"
+    );
+    let log = app_log();
+    eprintln!("pod {tag} (lifecycle {lifecycle}) app log:\n{log}");
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT in the app's log: {log}"));
+    let n: Vec<u64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    [n[0], n[1], n[2], n[3]]
+}
+
+#[test]
+fn a_pod_with_the_lifecycle_features_loses_no_call_at_start_or_shutdown() {
+    if !prerequisites() {
+        return;
+    }
+    let [ok_start, failed_start, ok_shutdown, failed_shutdown] = pod_lifetime("lw", true);
+    assert!(ok_start >= 5, "calls at start: {ok_start}");
+    assert!(ok_shutdown >= 20, "calls during the app's 3 s shutdown: {ok_shutdown}");
+    assert_eq!(
+        (failed_start, failed_shutdown),
+        (0, 0),
+        "failed calls (start, shutdown)"
+    );
+
+    // The same pod without them (no wait-ready, a sidecar that exits at once): calls fail at both
+    // ends, so the test above proves something.
+    let [_, failed_start, _, failed_shutdown] = pod_lifetime("ln", false);
+    assert!(failed_start > 0, "without wait-ready the first calls fail");
+    assert!(
+        failed_shutdown > 0,
+        "with a sidecar that exits at once, calls during shutdown fail"
+    );
 }
