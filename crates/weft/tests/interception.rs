@@ -524,7 +524,53 @@ fn tproxy_mode_carries_the_call_without_nat_on_inbound() {
     );
     assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
     assert_eq!(requests(&b, "inbound6"), 1.0);
-    assert_eq!(served_to(&dir, "s1.log").len(), 1);
+    // Without `original_source`, the app sees its sidecar's connection (from B's own address).
+    assert_eq!(served_to(&dir, "s1.log"), ["10.213.0.2"]);
+}
+
+#[test]
+fn tproxy_original_source_shows_the_app_the_callers_address() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-origsrc");
+    open_dir(&dir);
+    let (a, b) = pair("o", &[]);
+    let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
+    let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
+    let _s7 = start_server(&b, &dir, "10.213.0.2", 8082, "s7.log");
+    let cfg = sidecar_config(true, "", "")
+        .replace(
+            "{ name: inbound_passthrough, type: original_dst }",
+            "{ name: inbound_passthrough, type: original_dst, original_source: true }",
+        )
+        .replace(
+            "{ name: tcp_inbound_passthrough, type: original_dst }",
+            "{ name: tcp_inbound_passthrough, type: original_dst, original_source: true }",
+        );
+    assert_eq!(cfg.matches("original_source: true").count(), 2);
+    let _pb = start_sidecar(&b, &dir, "b", &cfg, true);
+    init(&b, &["--tproxy"]);
+    // The caller (A, no sidecar) calls B's app by its address; B's sidecar carries it (HTTP chain,
+    // then the TCP chain on 8082) and connects to the app from A's address.
+    for _ in 0..3 {
+        assert_eq!(fetch(&a, "10.213.0.2", 8080), ("200".into(), "hello from B".into()));
+    }
+    assert_eq!(requests(&b, "inbound"), 3.0, "B's sidecar did not carry the calls");
+    assert_eq!(
+        served_to(&dir, "s1.log"),
+        ["10.213.0.1"; 3],
+        "the app saw the caller's address"
+    );
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&b, "inbound6"), 1.0);
+    assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::1"]);
+    assert_eq!(fetch(&a, "10.213.0.2", 8082), ("200".into(), "hello from B".into()));
+    assert_eq!(upstream_connections(&b, "tcp_inbound_passthrough"), 1.0);
+    assert_eq!(served_to(&dir, "s7.log"), ["10.213.0.1"]);
+    // The app's own outbound calls are unaffected (the return-path rules mark only connections
+    // the sidecar opened from a foreign address).
+    assert_eq!(fetch(&b, "10.213.0.2", 8080).0, "200");
 }
 
 #[test]
