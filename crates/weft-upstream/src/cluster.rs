@@ -113,6 +113,9 @@ fn overflow() -> Error {
     Error::internal(Reason::Overflow).context("connection limit reached")
 }
 
+/// An original-destination host: the destination, and the source it is connected to from.
+type OriginalDstKey = (SocketAddr, Option<IpAddr>);
+
 pub struct ClusterRt {
     pub config: Cluster,
     pub stats: ClusterStats,
@@ -123,7 +126,7 @@ pub struct ClusterRt {
     cx_count: [AtomicU32; 2],
     pending: [AtomicU32; 2],
     conn_released: Notify,
-    original_dst: Mutex<HashMap<(SocketAddr, Option<IpAddr>), Arc<Host>>>,
+    original_dst: Mutex<HashMap<OriginalDstKey, Arc<Host>>>,
     slots: usize,
     /// Where this proxy runs, for locality-aware routing.
     local: Locality,
