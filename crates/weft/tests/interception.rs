@@ -994,7 +994,7 @@ fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
         failed.len(),
         total + failed.len() as u64
     );
-    assert!(total > 300, "too little load to prove anything: {total}");
+    assert!(total > 100, "too little load to prove anything: {total}");
     // Nothing left drained at the control plane.
     let drains = c.run(&["curl", "-s", "http://127.0.0.1:18001/endpoints/drains"]);
     assert!(drains.contains("\"drains\": []"), "{drains}");
