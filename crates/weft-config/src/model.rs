@@ -589,6 +589,9 @@ pub struct Cluster {
     pub subsets: Option<Subsets>,
     /// TLS origination; `None` is plaintext.
     pub tls: Option<crate::tls::ClusterTls>,
+    /// Connect to the original destination from the downstream peer's IP (only `original_dst`
+    /// clusters; needs CAP_NET_ADMIN and `weft init --tproxy`'s return-path rules).
+    pub original_source: bool,
 }
 
 /// Passive health checking (Envoy `OutlierDetection`). A threshold of 0 disables that detector.

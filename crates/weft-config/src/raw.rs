@@ -444,6 +444,9 @@ pub struct RawCluster {
     pub subsets: Option<RawSubsets>,
     /// TLS origination to the endpoints; see [`crate::tls`].
     pub tls: Option<crate::tls::RawClusterTls>,
+    /// `original_dst` clusters: connect from the downstream peer's IP (IP_TRANSPARENT), so the app
+    /// behind a TPROXY sidecar sees the caller's address.
+    pub original_source: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -1591,6 +1591,16 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
             pool.idle_timeout = d;
         }
     }
+    let original_source = match c.original_source {
+        Some(true) if !matches!(discovery, Discovery::OriginalDst) => {
+            cx.err(
+                &format!("{path}.original_source"),
+                "only an original_dst cluster can connect from the downstream's address",
+            );
+            false
+        }
+        v => v.unwrap_or(false),
+    };
     Some(Cluster {
         name,
         discovery,
@@ -1630,6 +1640,7 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
             }
         },
         locality_aware: c.locality_aware.unwrap_or(false),
+        original_source,
         subsets: c.subsets.as_ref().map(|s| subsets(cx, &format!("{path}.subsets"), s)),
         tls: c.tls.as_ref().map(|t| {
             let dns_host = c

@@ -7,9 +7,13 @@
 //! | `/debug/proxies` | connected proxies: node, stream kind, per type ACKed version and last NACK |
 //! | `/debug/config/{node_id}` | names and versions of the resources sent to that node |
 //! | `/debug/registry` | registry sources, rejected sources with their errors, snapshot generation |
+//! | `/endpoints/drains[?epoch=E]` | drained endpoints; whether every proxy has ACKed epoch E |
+//! | `POST /endpoints/drain?service=S&address=IP:PORT` | take an endpoint out of rotation ([`crate::drain`]) |
+//! | `POST /endpoints/undrain?service=S&address=IP:PORT` | put it back |
 //!
-//! Every endpoint is read-only (GET). A mutating request (any method but GET/HEAD/OPTIONS/TRACE) gets
-//! 405, or 403 first if it looks cross-site (foreign `Origin` or `Host`, a form / `text/plain` body;
+//! Every other endpoint is read-only (GET). A mutating request (any method but
+//! GET/HEAD/OPTIONS/TRACE) other than the two above gets 405; any mutating request gets 403 first
+//! if it looks cross-site (foreign `Origin` or `Host`, a form / `text/plain` body;
 //! [`weft_config::admin`]); either way it is logged with its caller. See docs/security.md.
 
 use crate::registry::RegistryStatus;
@@ -29,6 +33,7 @@ use weft_config::admin::{check_mutating, is_loopback, is_mutating, Caller};
 pub struct AdminState {
     pub shared: Arc<Shared>,
     pub registry: Arc<Mutex<RegistryStatus>>,
+    pub drains: Arc<crate::drain::Drains>,
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
@@ -98,6 +103,17 @@ fn guarded(state: &AdminState, req: Request<Incoming>, peer: SocketAddr, local: 
             );
             reply(StatusCode::FORBIDDEN, "text/plain", why.body())
         }
+        Ok(()) if method == Method::POST && matches!(path, "/endpoints/drain" | "/endpoints/undrain") => {
+            let (status, body) = drain_call(state, path, req.uri().query().unwrap_or(""));
+            tracing::info!(
+                %method, %path, query = req.uri().query().unwrap_or(""), peer = %caller.peer,
+                user_agent = %caller.user_agent, status = status.as_u16(), "admin: mutating call"
+            );
+            match body {
+                Ok(v) => json(&v),
+                Err(msg) => reply(status, "text/plain", format!("{msg}\n")),
+            }
+        }
         Ok(()) => {
             tracing::info!(
                 %method, %path, peer = %caller.peer, origin = %caller.origin, host = %caller.host,
@@ -106,6 +122,32 @@ fn guarded(state: &AdminState, req: Request<Incoming>, peer: SocketAddr, local: 
             );
             reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use GET\n")
         }
+    }
+}
+
+/// `POST /endpoints/drain` and `/endpoints/undrain`.
+fn drain_call(state: &AdminState, path: &str, query: &str) -> (StatusCode, Result<serde_json::Value, String>) {
+    use crate::drain::{parse_query, DrainError};
+    let (service, address, _) = match parse_query(query) {
+        Ok(q) => q,
+        Err(e) => return (StatusCode::BAD_REQUEST, Err(e.to_string())),
+    };
+    if path == "/endpoints/undrain" {
+        let (epoch, was) = state.drains.remove(&service, address);
+        return (
+            StatusCode::OK,
+            Ok(
+                serde_json::json!({ "service": service, "address": address.to_string(), "epoch": epoch, "was_drained": was }),
+            ),
+        );
+    }
+    match state.drains.add(&state.shared, &service, address) {
+        Ok(epoch) => (
+            StatusCode::OK,
+            Ok(serde_json::json!({ "service": service, "address": address.to_string(), "epoch": epoch })),
+        ),
+        Err(e @ DrainError::NotSynced) => (StatusCode::SERVICE_UNAVAILABLE, Err(e.to_string())),
+        Err(e) => (StatusCode::NOT_FOUND, Err(e.to_string())),
     }
 }
 
@@ -118,7 +160,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "weft control admin\n  GET /ready\n  GET /metrics\n  GET /debug/proxies\n  GET /debug/config/{node_id}\n  GET /debug/registry\n",
+            "weft control admin\n  GET /ready\n  GET /metrics\n  GET /debug/proxies\n  GET /debug/config/{node_id}\n  GET /debug/registry\n  GET /endpoints/drains[?epoch=E]\n  POST /endpoints/drain?service=S&address=IP:PORT\n  POST /endpoints/undrain?service=S&address=IP:PORT\n",
         ),
         "/ready" => {
             if state.shared.snapshots.borrow().is_some() {
@@ -133,6 +175,19 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             state.shared.metrics.encode(),
         ),
         "/debug/proxies" => json(&crate::server::proxies_json(&state.shared)),
+        "/endpoints/drains" => {
+            let epoch = req
+                .uri()
+                .query()
+                .unwrap_or("")
+                .split('&')
+                .find_map(|p| p.strip_prefix("epoch="))
+                .map(|e| e.parse::<u64>());
+            match epoch.transpose() {
+                Ok(e) => json(&state.drains.status(&state.shared, e)),
+                Err(_) => reply(StatusCode::BAD_REQUEST, "text/plain", "query parameter `epoch`: not a number\n"),
+            }
+        }
         "/debug/registry" => {
             let st = state.registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
             json(&serde_json::to_value(&st).unwrap_or_default())

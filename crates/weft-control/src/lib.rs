@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod ca;
 pub mod cli;
+pub mod drain;
 pub mod metrics;
 pub mod model;
 pub mod registry;
@@ -76,6 +77,8 @@ pub struct ControlPlane {
     tasks: Vec<JoinHandle<()>>,
     pub shared: Arc<Shared>,
     pub registry_status: Arc<Mutex<RegistryStatus>>,
+    /// Endpoints taken out of rotation (`POST /endpoints/drain` on the admin API).
+    pub drains: Arc<drain::Drains>,
     ca_tls_addr: Option<SocketAddr>,
 }
 
@@ -192,6 +195,7 @@ impl ControlPlane {
         });
         tasks.push(tokio::spawn(registry.run(ev_tx, shutdown_rx.clone())));
         let catalog = Catalog::new(status.clone(), snap_tx, metrics, opts.debounce);
+        let drains = catalog.drains.clone();
         tasks.push(tokio::spawn(catalog.run(ev_rx)));
         let svc = Ads { shared: shared.clone() };
         let ca_svc = opts
@@ -238,6 +242,7 @@ impl ControlPlane {
             let st = admin::AdminState {
                 shared: shared.clone(),
                 registry: status.clone(),
+                drains: drains.clone(),
             };
             tasks.push(tokio::spawn(admin::serve(l, st, shutdown_rx)));
         }
@@ -248,6 +253,7 @@ impl ControlPlane {
             tasks,
             shared,
             registry_status: status,
+            drains,
             ca_tls_addr,
         })
     }

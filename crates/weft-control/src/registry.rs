@@ -340,6 +340,8 @@ pub struct Catalog {
     pub debounce: Duration,
     /// Source → precedence of the registry that reported it (absent = 0).
     pub precedence: HashMap<String, usize>,
+    /// Endpoints taken out of rotation by the admin API ([`crate::drain`]).
+    pub drains: Arc<crate::drain::Drains>,
 }
 
 impl Catalog {
@@ -356,6 +358,7 @@ impl Catalog {
             metrics,
             debounce,
             precedence: HashMap::new(),
+            drains: crate::drain::Drains::new(),
         }
     }
 
@@ -583,8 +586,9 @@ impl Catalog {
         let prev = self.out.borrow().clone();
         let generation = prev.as_ref().map_or(1, |p| p.generation + 1);
         let (eff, conflicts) = self.effective(&self.fragments);
-        let (world, errs) = World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
+        let (mut world, errs) = World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
         drop(eff);
+        self.drains.apply(&mut world, generation);
         self.record_conflicts(conflicts);
         for (s, e) in errs {
             // Only possible after a deletion broke another source's references: translation drops
@@ -641,6 +645,7 @@ impl Catalog {
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut drains = self.drains.subscribe();
         loop {
             let far = tokio::time::Instant::now() + Duration::from_secs(3600);
             let d = deadline.filter(|_| synced).unwrap_or(far);
@@ -653,6 +658,14 @@ impl Catalog {
                 }
                 _ = tick.tick() => {
                     self.tick();
+                    continue;
+                }
+                Ok(()) = drains.changed() => {
+                    // A drain added or removed: published at once (it is waited for).
+                    if synced {
+                        self.publish();
+                        deadline = None;
+                    }
                     continue;
                 }
             };

@@ -1034,6 +1034,47 @@ impl tonic::codegen::Service<http::Request<tonic::body::Body>> for Ads {
     }
 }
 
+/// Per connected proxy: has it ACKed everything it was sent from snapshot `generation` or later
+/// (`acked`), and if not, why (for [`crate::drain`]). A stream at an older generation has not
+/// processed that snapshot yet; a stream with a response not yet ACKed (or NACKed) has not applied it.
+pub fn ack_progress(shared: &Shared, generation: u64) -> Vec<serde_json::Value> {
+    let entries: Vec<Arc<ProxyEntry>> = shared
+        .proxies
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    entries
+        .iter()
+        .map(|e| {
+            let st = e.state.lock().unwrap_or_else(|p| p.into_inner());
+            let unacked: Vec<&str> = Kind::ALL
+                .iter()
+                .filter(|k| {
+                    let t = &st.types[**k as usize];
+                    t.seen && (!t.pending.is_empty() || t.acked_version != t.last_sent_version)
+                })
+                .map(|k| k.short())
+                .collect();
+            let reason = if st.generation < generation {
+                Some(format!("at snapshot generation {}", st.generation))
+            } else if !unacked.is_empty() {
+                Some(format!("has not ACKed {}", unacked.join(", ")))
+            } else {
+                None
+            };
+            serde_json::json!({
+                "node_id": st.node.as_ref().map(|n| n.id.clone()).unwrap_or_default(),
+                "stream_id": e.stream_id,
+                "generation": st.generation,
+                "acked": reason.is_none(),
+                "waiting": reason,
+            })
+        })
+        .collect()
+}
+
 /// JSON for `/debug/proxies`.
 pub fn proxies_json(shared: &Shared) -> serde_json::Value {
     let entries: Vec<Arc<ProxyEntry>> = shared

@@ -76,7 +76,9 @@ pub async fn serve_connection(
     let mut flag = "-";
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let host = match (&cluster.config.discovery, orig) {
-            (Discovery::OriginalDst, Some(a)) => cluster.original_dst_host(a),
+            (Discovery::OriginalDst, Some(a)) => {
+                cluster.original_dst_host_from(a, cluster.config.original_source.then(|| peer.ip()))
+            }
             (Discovery::OriginalDst, None) => {
                 flag = "UH";
                 break;

@@ -9,7 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,9 @@ pub struct Host {
     pub healthy: AtomicBool,
     pub hc: crate::health::HealthState,
     pub outlier: crate::outlier::OutlierState,
+    /// Connect from this IP, which need not be local (an `original_source` cluster's host: the
+    /// downstream peer's address). None: the kernel chooses.
+    pub source: Option<IpAddr>,
     pools: Box<[WorkerPool]>,
 }
 
@@ -79,6 +82,7 @@ impl Host {
             healthy: AtomicBool::new(true),
             hc: Default::default(),
             outlier: Default::default(),
+            source: None,
             pools: (0..slots).map(|_| WorkerPool::default()).collect(),
         }
     }
@@ -109,6 +113,9 @@ fn overflow() -> Error {
     Error::internal(Reason::Overflow).context("connection limit reached")
 }
 
+/// An original-destination host: the destination, and the source it is connected to from.
+type OriginalDstKey = (SocketAddr, Option<IpAddr>);
+
 pub struct ClusterRt {
     pub config: Cluster,
     pub stats: ClusterStats,
@@ -119,7 +126,7 @@ pub struct ClusterRt {
     cx_count: [AtomicU32; 2],
     pending: [AtomicU32; 2],
     conn_released: Notify,
-    original_dst: Mutex<HashMap<SocketAddr, Arc<Host>>>,
+    original_dst: Mutex<HashMap<OriginalDstKey, Arc<Host>>>,
     slots: usize,
     /// Where this proxy runs, for locality-aware routing.
     local: Locality,
@@ -275,13 +282,23 @@ impl ClusterRt {
 
     /// The host for an original-destination address, created on first use.
     pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
+        self.original_dst_host_from(addr, None)
+    }
+
+    /// The host for an original-destination address connected to from `source` (`original_source`:
+    /// one host, hence one connection pool, per downstream IP), created on first use.
+    pub fn original_dst_host_from(&self, addr: SocketAddr, source: Option<IpAddr>) -> Arc<Host> {
         let mut map = self.original_dst.lock();
         if map.len() > 10_000 {
             // Bounded: forget hosts with no traffic in flight.
             map.retain(|_, h| h.active_rq.load(Ordering::Relaxed) > 0);
         }
-        map.entry(addr)
-            .or_insert_with(|| Arc::new(Host::new(addr, None, self.slots)))
+        map.entry((addr, source))
+            .or_insert_with(|| {
+                let mut h = Host::new(addr, None, self.slots);
+                h.source = source;
+                Arc::new(h)
+            })
             .clone()
     }
 
@@ -352,7 +369,13 @@ impl ClusterRt {
     }
 
     async fn connect_tcp(&self, host: &Host) -> Result<TcpStream, Error> {
-        let r = tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(host.address)).await;
+        let connect = async {
+            match host.source {
+                None => TcpStream::connect(host.address).await,
+                Some(from) => connect_from(from, host.address).await,
+            }
+        };
+        let r = tokio::time::timeout(self.config.connect_timeout, connect).await;
         let stream = match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -647,6 +670,32 @@ impl Drop for ConnGuard {
 }
 
 /// Re-resolves every `strict_dns` cluster's names forever.
+/// A connection to `to` from `from` (any port), which need not be an address of this host:
+/// IP_TRANSPARENT, so the proxy needs CAP_NET_ADMIN. The replies find their way back to this
+/// socket only with the routing rules `weft init --tproxy` installs (docs/operations.md).
+async fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = if to.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    let r = socket2::SockRef::from(&s);
+    let set = if to.is_ipv4() {
+        r.set_ip_transparent_v4(true)
+    } else {
+        r.set_ip_transparent_v6(true)
+    };
+    set.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("original_source: cannot set IP_TRANSPARENT ({e}); the proxy needs CAP_NET_ADMIN"),
+        )
+    })?;
+    s.bind(SocketAddr::new(from, 0))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("original_source: bind to {from}: {e}")))?;
+    s.connect(to).await
+}
+
 pub async fn refresh_dns(cluster: std::sync::Weak<ClusterRt>) {
     loop {
         let Some(c) = cluster.upgrade() else { return };

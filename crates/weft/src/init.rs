@@ -301,6 +301,21 @@ pub fn rules(a: &InitArgs, f: Family) -> Vec<TableRules> {
         let at = last - capture_rule_count(a);
         mangle.rules.insert(at, divert);
         mangle.jumps.push("-A PREROUTING -p tcp -j WEFT_INBOUND".into());
+        // The return path of the sidecar's connections to the app from the caller's address (an
+        // `original_source` cluster): the sidecar's packets with a source that is not an address of
+        // this namespace mark their connection; the app's replies on it get the TPROXY mark, so the
+        // `ip rule` above routes them to the local socket instead of out towards the caller.
+        mangle.chains.push("WEFT_ORIG_SRC");
+        mangle.rules.splice(
+            0..0,
+            [
+                format!(
+                    "-A WEFT_ORIG_SRC -p tcp -m owner --uid-owner {uid} -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark {mark:#x}/0xffffffff"
+                ),
+                format!("-A WEFT_ORIG_SRC -p tcp -m connmark --mark {mark:#x} -j MARK --set-xmark {mark:#x}/0xffffffff"),
+            ],
+        );
+        mangle.jumps.push("-A OUTPUT -p tcp -j WEFT_ORIG_SRC".into());
     }
     vec![nat, mangle]
 }
@@ -847,6 +862,13 @@ mod tests {
         let divert = m.find("-m socket --transparent -j WEFT_DIVERT").unwrap();
         assert!(divert < m.find("--dport 8080 -j WEFT_TPROXY").unwrap());
         assert!(m.ends_with("-A WEFT_INBOUND -p tcp --dport 9090 -j WEFT_TPROXY"), "{m}");
+        // The return path of original-source connections.
+        assert!(m.contains("-A WEFT_ORIG_SRC -p tcp -m owner --uid-owner 1337 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x539/0xffffffff"), "{m}");
+        assert!(
+            m.contains("-A WEFT_ORIG_SRC -p tcp -m connmark --mark 0x539 -j MARK --set-xmark 0x539/0xffffffff"),
+            "{m}"
+        );
+        assert!(t[1].jumps.contains(&"-A OUTPUT -p tcp -j WEFT_ORIG_SRC".to_string()));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 mod demo;
 mod identity;
 mod init;
+mod intercept;
 mod lifecycle;
 mod mesh_identity;
 mod xds;
@@ -87,6 +88,10 @@ enum Cmd {
     /// Transparent interception: install (or --remove) the iptables rules that send the app's
     /// TCP to its sidecar, in the current network namespace (istio-init's job).
     Init(init::InitArgs),
+    /// Switch interception on or off for one instance without losing a request: drain it at weft
+    /// control, wait for every proxy's ACK and for the sidecar's inbound connections to end, run
+    /// `weft init` (or `--remove`), put it back.
+    Intercept(intercept::InterceptArgs),
     /// Serve a workload certificate to an Envoy sidecar over SDS (key generated here, renewed at half-life).
     SdsAgent(identity::SdsAgentArgs),
 }
@@ -173,6 +178,7 @@ fn main() {
         Some(Cmd::Demo(args)) => demo::run(args),
         Some(Cmd::WaitReady(args)) => lifecycle::wait_ready(args),
         Some(Cmd::Init(args)) => init::run_init(args),
+        Some(Cmd::Intercept(args)) => intercept::run(args),
         Some(Cmd::Control(args)) => {
             init_logging(&args.log);
             weft_control::cli::run(args)

@@ -317,15 +317,18 @@ fn start_sidecar(ns: &Netns, dir: &TempDir, name: &str, config: &str, caps: bool
 /// `python3 -m http.server` bound to `ip:port` in `ns`, serving `dir/www` (a file hello.txt); its
 /// request log (with each client's address) goes to `dir/<log>`.
 fn start_server(ns: &Netns, dir: &TempDir, ip: &str, port: u16, log: &str) -> Proc {
+    start_server_with(ns, dir, ip, port, log, &[])
+}
+
+/// [`start_server`] with more http.server flags (e.g. `-p HTTP/1.1` for keep-alive).
+fn start_server_with(ns: &Netns, dir: &TempDir, ip: &str, port: u16, log: &str, extra: &[&str]) -> Proc {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("hello.txt"), "hello from B\n").unwrap();
     let port_s = port.to_string();
-    let p = ns.spawn(
-        &["python3", "-u", "-m", "http.server", "--bind", ip, &port_s],
-        &dir.join(log),
-        Some(&www),
-    );
+    let mut args = vec!["python3", "-u", "-m", "http.server", "--bind", ip, &port_s];
+    args.extend(extra);
+    let p = ns.spawn(&args, &dir.join(log), Some(&www));
     // Ready once it answers (before any interception is installed in ns).
     let url = format!("http://{}/probe", host_port(ip, port));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -521,7 +524,53 @@ fn tproxy_mode_carries_the_call_without_nat_on_inbound() {
     );
     assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
     assert_eq!(requests(&b, "inbound6"), 1.0);
-    assert_eq!(served_to(&dir, "s1.log").len(), 1);
+    // Without `original_source`, the app sees its sidecar's connection (from B's own address).
+    assert_eq!(served_to(&dir, "s1.log"), ["10.213.0.2"]);
+}
+
+#[test]
+fn tproxy_original_source_shows_the_app_the_callers_address() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-origsrc");
+    open_dir(&dir);
+    let (a, b) = pair("o", &[]);
+    let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
+    let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
+    let _s7 = start_server(&b, &dir, "10.213.0.2", 8082, "s7.log");
+    let cfg = sidecar_config(true, "", "")
+        .replace(
+            "{ name: inbound_passthrough, type: original_dst }",
+            "{ name: inbound_passthrough, type: original_dst, original_source: true }",
+        )
+        .replace(
+            "{ name: tcp_inbound_passthrough, type: original_dst }",
+            "{ name: tcp_inbound_passthrough, type: original_dst, original_source: true }",
+        );
+    assert_eq!(cfg.matches("original_source: true").count(), 2);
+    let _pb = start_sidecar(&b, &dir, "b", &cfg, true);
+    init(&b, &["--tproxy"]);
+    // The caller (A, no sidecar) calls B's app by its address; B's sidecar carries it (HTTP chain,
+    // then the TCP chain on 8082) and connects to the app from A's address.
+    for _ in 0..3 {
+        assert_eq!(fetch(&a, "10.213.0.2", 8080), ("200".into(), "hello from B".into()));
+    }
+    assert_eq!(requests(&b, "inbound"), 3.0, "B's sidecar did not carry the calls");
+    assert_eq!(
+        served_to(&dir, "s1.log"),
+        ["10.213.0.1"; 3],
+        "the app saw the caller's address"
+    );
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(requests(&b, "inbound6"), 1.0);
+    assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::1"]);
+    assert_eq!(fetch(&a, "10.213.0.2", 8082), ("200".into(), "hello from B".into()));
+    assert_eq!(upstream_connections(&b, "tcp_inbound_passthrough"), 1.0);
+    assert_eq!(served_to(&dir, "s7.log"), ["10.213.0.1"]);
+    // The app's own outbound calls are unaffected (the return-path rules mark only connections
+    // the sidecar opened from a foreign address).
+    assert_eq!(fetch(&b, "10.213.0.2", 8080).0, "200");
 }
 
 #[test]
@@ -710,4 +759,412 @@ fn dns_capture_answers_mesh_names_and_forwards_the_rest() {
 
     init(&a, &["--remove"]);
     assert!(!a.exec(&["getent", "ahostsv4", "reviews.mesh"]).status.success());
+}
+
+/// A veth pair between two existing namespaces: `a_ip` (CIDR) on a's end, `b_ip` on b's.
+fn link(a: &Netns, b: &Netns, a_ip: &str, b_ip: &str) {
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let (va, vb) = (
+        format!("wfl{}x{n}a", std::process::id() % 100_000),
+        format!("wfl{}x{n}b", std::process::id() % 100_000),
+    );
+    ok(&[
+        "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
+    ]);
+    a.run(&["ip", "addr", "add", a_ip, "dev", &va]);
+    a.run(&["ip", "link", "set", &va, "up"]);
+    b.run(&["ip", "addr", "add", b_ip, "dev", &vb]);
+    b.run(&["ip", "link", "set", &vb, "up"]);
+}
+
+/// Moves the calling thread (only it) into `ns`.
+fn enter(ns: &str) {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    // SAFETY: setns on a valid namespace fd; CLONE_NEWNET affects the calling thread only.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns into {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// One GET on a fresh connection (`connection: close`) to `addr` with `host`: the status.
+fn get_status(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP answer: {text:?}"))
+}
+
+/// The client addresses of every GET /hello.txt the server logged after the first `skip` ones.
+fn served_since(dir: &TempDir, log: &str, skip: usize) -> Vec<String> {
+    served_to(dir, log).into_iter().skip(skip).collect()
+}
+
+fn count(v: &[String], ip: &str) -> usize {
+    v.iter().filter(|a| *a == ip).count()
+}
+
+#[test]
+fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = TempDir::new("interception-switch");
+    open_dir(&dir);
+    // C: the caller (app + sidecar under weft control, and weft control itself); B1: the instance
+    // whose interception is switched; B2: the service's other instance.
+    let c = Netns::new("sc");
+    let b1 = Netns::new("sb");
+    let b2 = Netns::new("so");
+    link(&c, &b1, "10.214.1.1/24", "10.214.1.2/24");
+    link(&c, &b2, "10.214.2.1/24", "10.214.2.2/24");
+    let _s1 = start_server(&b1, &dir, "10.214.1.2", 8080, "s1.log");
+    let _s2 = start_server(&b2, &dir, "10.214.2.2", 8080, "s2.log");
+    let _pb = start_sidecar(&b1, &dir, "b1", &sidecar_config(false, "", ""), false);
+
+    let reg = dir.join("registry");
+    std::fs::create_dir_all(&reg).unwrap();
+    std::fs::write(
+        reg.join("services.yaml"),
+        "services:\n  - name: client\n    endpoints: []\n  - name: svc\n    endpoints: [{address: \"10.214.1.2:8080\"}, {address: \"10.214.2.2:8080\"}]\n",
+    )
+    .unwrap();
+    let control_admin = "10.214.1.1:18001";
+    let _control = c.spawn(
+        &[
+            WEFT,
+            "control",
+            "--registry",
+            reg.to_str().unwrap(),
+            "--xds",
+            "127.0.0.1:18000",
+            "--admin",
+            "0.0.0.0:18001",
+            "--admin-allow-non-loopback",
+        ],
+        &dir.join("control.log"),
+        None,
+    );
+    dir.write(
+        "caller.yaml",
+        "node:\n  id: client-1\n  cluster: client\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"127.0.0.1:15001\"\n    weft.inbound: \"127.0.0.1:15006\"\n    weft.app: \"127.0.0.1:8080\"\nadmin:\n  address: \"127.0.0.1:9902\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"127.0.0.1:18000\"\n  mode: ads_delta\n",
+    );
+    let _caller = c.spawn(
+        &[WEFT, "proxy", "-c", dir.join("caller.yaml").to_str().unwrap()],
+        &dir.join("caller.log"),
+        None,
+    );
+    let outbound: std::net::SocketAddr = "127.0.0.1:15001".parse().unwrap();
+    // The caller reaches both instances through its sidecar.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let code = c.exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "host: svc",
+            "http://127.0.0.1:15001/hello.txt",
+        ]);
+        if String::from_utf8_lossy(&code.stdout) == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the caller's sidecar does not route svc: {}{}",
+            std::fs::read_to_string(dir.join("control.log")).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("caller.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The caller app: a GET every 5 ms on a new connection, from inside C, until stopped (at most
+    // 120 s); every failure is kept.
+    use std::sync::atomic::{AtomicBool, AtomicU64};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let okc = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(parking_lot::Mutex::new(Vec::<String>::new()));
+    let load = {
+        let (stop, okc, failures) = (stop.clone(), okc.clone(), failures.clone());
+        let c_name = c.name.clone();
+        std::thread::spawn(move || {
+            enter(&c_name);
+            let until = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                match get_status(outbound, "svc", "/hello.txt") {
+                    Ok(200) => {
+                        okc.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => failures.lock().push(format!("{:?}: {other:?}", Instant::now())),
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let intercept = |switch: &str| -> (Duration, String) {
+        let started = Instant::now();
+        let out = b1.exec(&[
+            WEFT,
+            "intercept",
+            switch,
+            "--control",
+            control_admin,
+            "--instance",
+            "svc/10.214.1.2:8080",
+            "--admin",
+            "127.0.0.1:9901",
+            "--drain-timeout",
+            "20s",
+        ]);
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "weft intercept {switch} failed: {err}");
+        (took, err)
+    };
+
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = served_to(&dir, "s1.log");
+    assert!(
+        count(&before, "10.214.1.1") > 10,
+        "direct calls before the switch: {before:?}"
+    );
+    assert_eq!(requests(&b1, "inbound"), 0.0);
+
+    // On: from now on B1's app is reached through its sidecar (which connects from B1's address).
+    let (on_took, on_log) = intercept("on");
+    eprintln!("intercept on took {on_took:?}:\n{on_log}");
+    assert!(on_log.contains("all 1 connected proxies ACKed the drain"), "{on_log}");
+    let at_on = served_to(&dir, "s1.log").len();
+    let inbound_at_on = requests(&b1, "inbound");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_on = served_since(&dir, "s1.log", at_on);
+    assert!(
+        count(&after_on, "10.214.1.2") > 10,
+        "through B1's sidecar after on: {after_on:?}"
+    );
+    assert_eq!(
+        count(&after_on, "10.214.1.1"),
+        0,
+        "no direct call after on: {after_on:?}"
+    );
+    // (The log and the stats are read at slightly different moments under load: no exact match.)
+    let via_sidecar = requests(&b1, "inbound") - inbound_at_on;
+    assert!(
+        via_sidecar > 10.0,
+        "B1's sidecar stats count the calls after on: {via_sidecar}"
+    );
+
+    // Off: straight to the app again.
+    let (off_took, off_log) = intercept("off");
+    eprintln!("intercept off took {off_took:?}:\n{off_log}");
+    let at_off = served_to(&dir, "s1.log").len();
+    let inbound_at_off = requests(&b1, "inbound");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_off = served_since(&dir, "s1.log", at_off);
+    assert!(count(&after_off, "10.214.1.1") > 10, "direct after off: {after_off:?}");
+    assert_eq!(
+        count(&after_off, "10.214.1.2"),
+        0,
+        "no call through the sidecar after off: {after_off:?}"
+    );
+    assert_eq!(requests(&b1, "inbound"), inbound_at_off);
+
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    let failed = failures.lock().clone();
+    let total = okc.load(Ordering::SeqCst);
+    eprintln!(
+        "switch under load: {total} requests OK, {} failed; on took {on_took:?}, off took {off_took:?}",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        total + failed.len() as u64
+    );
+    assert!(total > 100, "too little load to prove anything: {total}");
+    // Nothing left drained at the control plane.
+    let drains = c.run(&["curl", "-s", "http://127.0.0.1:18001/endpoints/drains"]);
+    assert!(drains.contains("\"drains\": []"), "{drains}");
+}
+
+/// The pod's app: calls http://HOST:PORT/hello.txt every 20 ms on a keep-alive connection
+/// (reconnecting after an error) from its first instant; on SIGTERM it goes on calling for 3 s
+/// (its own graceful shutdown), then prints `RESULT <ok at start> <failed at start> <ok during
+/// shutdown> <failed during shutdown>`. At most 60 s.
+const POD_APP: &str = r#"
+import http.client, signal, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+stop_at = None
+def term(*_):
+    global stop_at
+    stop_at = time.monotonic() + 3.0
+signal.signal(signal.SIGTERM, term)
+ok = {"start": 0, "shutdown": 0}
+failed = {"start": 0, "shutdown": 0}
+conn = None
+print("STARTED", flush=True)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not (stop_at and time.monotonic() >= stop_at):
+    phase = "shutdown" if stop_at else "start"
+    try:
+        if conn is None:
+            conn = http.client.HTTPConnection(host, port, timeout=2)
+        conn.request("GET", "/hello.txt")
+        r = conn.getresponse()
+        r.read()
+        if r.status == 200:
+            ok[phase] += 1
+        else:
+            failed[phase] += 1
+            print(phase, "status", r.status, flush=True)
+    except Exception as e:
+        failed[phase] += 1
+        print(phase, "error", repr(e), flush=True)
+        try:
+            conn.close()
+        except Exception:
+            pass
+        conn = None
+    time.sleep(0.02)
+print("RESULT", ok["start"], failed["start"], ok["shutdown"], failed["shutdown"], flush=True)
+"#;
+
+fn sigterm(p: &Proc) {
+    // SAFETY: kill(2) on the pid of a child we started and have not reaped.
+    unsafe { libc::kill(p.0.id() as i32, libc::SIGTERM) };
+}
+
+fn wait_exit(p: &mut Proc, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if p.0.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// One pod lifetime in a fresh namespace with interception on: the app starts first (wrapped in
+/// `weft wait-ready` when `lifecycle`), the sidecar later (500 ms later, or once the app without
+/// wait-ready has seen a call fail); 1.5 s after the app started both get SIGTERM.
+/// With `lifecycle` the sidecar drains (10 s timer) and keeps serving the app's outbound; without
+/// it, it exits at once (drain_timeout 0s). Returns the app's RESULT numbers.
+fn pod_lifetime(tag: &str, lifecycle: bool) -> [u64; 4] {
+    let dir = TempDir::new(&format!("interception-pod-{tag}"));
+    open_dir(&dir);
+    let (pod, server) = pair(tag, &[]);
+    // HTTP/1.1 keep-alive: weft answers an HTTP/1.0 upstream's response as HTTP/1.0 and closes the
+    // app's connection, and an app with no connection open lets a draining sidecar exit.
+    let _srv = start_server_with(&server, &dir, "10.213.0.2", 8080, "server.log", &["-p", "HTTP/1.1"]);
+    // Outbound capture only; the sidecar's config comes with the pod (static here).
+    init(&pod, &["--include-inbound-ports", ""]);
+    dir.write("app.py", POD_APP);
+    let app_py = dir.join("app.py");
+    let app_cmd = format!("python3 -u {} 10.213.0.2 8080", app_py.display());
+    let mut app = if lifecycle {
+        let wrapped = format!("{WEFT} wait-ready --admin 127.0.0.1:9901 --timeout 20s && exec {app_cmd}");
+        pod.spawn(&["sh", "-c", &wrapped], &dir.join("app.log"), None)
+    } else {
+        pod.spawn(&["sh", "-c", &format!("exec {app_cmd}")], &dir.join("app.log"), None)
+    };
+    let drain = if lifecycle { "10s" } else { "0s" };
+    let cfg = sidecar_config(false, "", "").replace("drain_timeout: 1s", &format!("drain_timeout: {drain}"));
+    assert!(cfg.contains(&format!("drain_timeout: {drain}")));
+    let app_log = || std::fs::read_to_string(dir.join("app.log")).unwrap_or_default();
+    if lifecycle {
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            !app_log().contains("STARTED"),
+            "wait-ready let the app start without a sidecar"
+        );
+    } else {
+        // The sidecar container starts later than the app, which is calling already.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !app_log().contains("start error") {
+            assert!(Instant::now() < deadline, "the app made no call: {}", app_log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    dir.write("sidecar.yaml", &cfg);
+    let cfg_path = dir.join("sidecar.yaml");
+    let mut sidecar = pod.spawn(
+        &[
+            "setpriv",
+            "--reuid",
+            "1337",
+            "--regid",
+            "1337",
+            "--clear-groups",
+            WEFT,
+            "proxy",
+            "-c",
+            cfg_path.to_str().unwrap(),
+        ],
+        &dir.join("sidecar.log"),
+        None,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !app_log().contains("STARTED") {
+        assert!(Instant::now() < deadline, "the app did not start: {}", app_log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    // Pod deletion: SIGTERM to every container at once.
+    sigterm(&app);
+    sigterm(&sidecar);
+    assert!(
+        wait_exit(&mut app, Duration::from_secs(15)),
+        "the app did not exit: {}",
+        app_log()
+    );
+    assert!(
+        wait_exit(&mut sidecar, Duration::from_secs(15)),
+        "the sidecar did not exit"
+    );
+    let log = app_log();
+    eprintln!("pod {tag} (lifecycle {lifecycle}) app log:\n{log}");
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("no RESULT in the app's log: {log}"));
+    let n: Vec<u64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    [n[0], n[1], n[2], n[3]]
+}
+
+#[test]
+fn a_pod_with_the_lifecycle_features_loses_no_call_at_start_or_shutdown() {
+    if !prerequisites() {
+        return;
+    }
+    let [ok_start, failed_start, ok_shutdown, failed_shutdown] = pod_lifetime("lw", true);
+    assert!(ok_start >= 5, "calls at start: {ok_start}");
+    assert!(ok_shutdown >= 20, "calls during the app's 3 s shutdown: {ok_shutdown}");
+    assert_eq!(
+        (failed_start, failed_shutdown),
+        (0, 0),
+        "failed calls (start, shutdown)"
+    );
+
+    // The same pod without them (no wait-ready, a sidecar that exits at once): calls fail at both
+    // ends, so the test above proves something.
+    let [_, failed_start, _, failed_shutdown] = pod_lifetime("ln", false);
+    assert!(failed_start > 0, "without wait-ready the first calls fail");
+    assert!(
+        failed_shutdown > 0,
+        "with a sidecar that exits at once, calls during shutdown fail"
+    );
 }

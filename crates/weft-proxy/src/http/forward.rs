@@ -38,7 +38,8 @@ struct Plan {
     cluster: Arc<ClusterRt>,
     hash: Option<u64>,
     subset: Option<Labels>,
-    original_dst: Option<SocketAddr>,
+    /// The original destination, and the source to connect from (`original_source`).
+    original_dst: Option<(SocketAddr, Option<std::net::IpAddr>)>,
 }
 
 impl Plan {
@@ -87,11 +88,10 @@ impl Plan {
                 .get(&ORIGINAL_DST_HEADER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|s| s.parse::<SocketAddr>().ok());
-            Some(
-                from_header
-                    .or(ctx.original_dst)
-                    .ok_or_else(|| Error::internal(Reason::NoHealthyUpstream))?,
-            )
+            let dst = from_header
+                .or(ctx.original_dst)
+                .ok_or_else(|| Error::internal(Reason::NoHealthyUpstream))?;
+            Some((dst, cluster.config.original_source.then(|| ctx.peer.ip())))
         } else {
             None
         };
@@ -106,7 +106,7 @@ impl Plan {
     /// The host for the next try, avoiding the previous one when others exist.
     fn pick(&self, last: Option<&Arc<Host>>) -> Result<Arc<Host>, Error> {
         match self.original_dst {
-            Some(a) => Ok(self.cluster.original_dst_host(a)),
+            Some((a, source)) => Ok(self.cluster.original_dst_host_from(a, source)),
             None => self
                 .cluster
                 .pick(self.hash, last, self.subset.as_ref())
