@@ -264,6 +264,8 @@ pub struct Server {
     slots: Mutex<HashMap<String, ListenerSlot>>,
     conn_counts: Mutex<HashMap<String, Arc<AtomicU32>>>,
     admin_addr: Mutex<Option<SocketAddr>>,
+    /// A duplicate of the admin socket (handed over by a hot restart) and its accept task.
+    admin_socket: Mutex<Option<(std::net::TcpListener, tokio::task::AbortHandle)>>,
     apply_lock: Mutex<()>,
     /// Listening sockets inherited from the process this one took over, used instead of binding.
     inherited: Mutex<crate::hot_restart::Inherited>,
@@ -360,6 +362,7 @@ impl Server {
             slots: Mutex::new(HashMap::new()),
             conn_counts: Mutex::new(HashMap::new()),
             admin_addr: Mutex::new(None),
+            admin_socket: Mutex::new(None),
             apply_lock: Mutex::new(()),
             reload_hook: Mutex::new(None),
             quit_hook: Mutex::new(None),
@@ -378,13 +381,25 @@ impl Server {
         }
         control.spawn(shared.access_logs.clone().flush_periodically());
         if let Some(admin) = admin {
-            let std_listener = bind_admin(admin.address).map_err(|source| ApplyError::AdminBind {
-                address: admin.address,
-                source,
-            })?;
+            // After a hot restart, the admin socket of the old process (both serve it until the
+            // old one drains, so a scrape or probe is never refused).
+            let inherited = server
+                .inherited
+                .lock()
+                .take(crate::hot_restart::ADMIN_LISTENER, admin.address)
+                .and_then(|(_, mut socks)| socks.pop());
+            let std_listener = match inherited {
+                Some(l) => l,
+                None => bind_admin(admin.address).map_err(|source| ApplyError::AdminBind {
+                    address: admin.address,
+                    source,
+                })?,
+            };
             *server.admin_addr.lock() = std_listener.local_addr().ok();
+            let dup = std_listener.try_clone().ok();
             let weak = Arc::downgrade(&server);
-            control.spawn(crate::admin::serve(std_listener, weak));
+            let task = control.spawn(crate::admin::serve(std_listener, weak));
+            *server.admin_socket.lock() = dup.map(|d| (d, task.abort_handle()));
         }
         Ok(server)
     }
@@ -400,7 +415,20 @@ impl Server {
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some((sock, _)) = &*self.admin_socket.lock() {
+            if let (Ok(addr), Ok(dup)) = (sock.local_addr(), sock.try_clone()) {
+                v.push((crate::hot_restart::ADMIN_LISTENER.to_string(), addr, vec![dup]));
+            }
+        }
         v
+    }
+
+    /// Stops accepting on the admin socket (a hot restart handed it to the new process, which
+    /// answers from now on); admin requests already accepted are answered.
+    pub fn stop_admin(&self) {
+        if let Some((_, task)) = self.admin_socket.lock().take() {
+            task.abort();
+        }
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -911,6 +939,9 @@ async fn accept_loop(
             }
         };
         let lrt = current.load_full();
+        // The hand-over pause of a hot restart is measured from these (bench/hot-restart); one
+        // branch when the target is off.
+        tracing::debug!(target: "weft::accept", listener = %lrt.config.name, "accepted");
         lrt.stats.cx_total.inc();
         if let Some(max) = lrt.config.max_connections {
             if count.load(Ordering::Relaxed) >= max {

@@ -24,6 +24,16 @@ struct Proxy {
 
 impl Proxy {
     fn start(runtime_dir: &TempDir, config: &std::path::Path, extra: &[&str], tag: &str) -> Proxy {
+        Self::start_env(runtime_dir, config, extra, tag, &[])
+    }
+
+    fn start_env(
+        runtime_dir: &TempDir,
+        config: &std::path::Path,
+        extra: &[&str],
+        tag: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let log = runtime_dir.join(&format!("{tag}.log"));
         let err = std::fs::File::create(&log).unwrap();
         let child = Command::new(WEFT)
@@ -33,6 +43,7 @@ impl Proxy {
             .args(extra)
             .env("WEFT_RUNTIME_DIR", runtime_dir.path())
             .env("WEFT_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -422,4 +433,134 @@ async fn a_failed_or_refused_hand_over_leaves_the_old_proxy_serving() {
     assert!(old.wait_exit(Duration::from_secs(15)).await.is_some());
     assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
     assert!(good.running());
+}
+
+/// A `$NOTIFY_SOCKET` of our own: a real Unix datagram socket that receives what weft tells
+/// systemd.
+struct NotifySocket {
+    sock: std::os::unix::net::UnixDatagram,
+    path: std::path::PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &TempDir) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        NotifySocket { sock, path }
+    }
+
+    /// The next message, waiting up to `wait`.
+    fn next(&self, wait: Duration) -> Option<String> {
+        let deadline = Instant::now() + wait;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = self.sock.recv(&mut buf) {
+                return Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        None
+    }
+}
+
+fn admin_config(listen: SocketAddr, admin: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        "admin: {{ address: \"{admin}\" }}\nruntime: {{ concurrency: 1, drain_timeout: 1s }}\nlisteners:\n{}clusters:\n  - {{ name: app, endpoints: [{{ address: \"{upstream}\" }}] }}\n",
+        listener_yaml("web", listen)
+    )
+}
+
+async fn scrape(admin: SocketAddr) -> String {
+    let got = weft_test_support::get(admin, "/stats/prometheus").await;
+    assert_eq!(got.status, 200);
+    got.text()
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on a child we started and have not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as libc::pid_t, sig) }, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_carry_over_and_systemd_follows_the_new_process() {
+    let app = upstream(|_| async { text(200, "ok") }).await;
+    let dir = TempDir::new("hot-restart-counters");
+    let (listen, admin) = (free_addr(), free_addr());
+    let cfg = dir.join("weft.yaml");
+    std::fs::write(&cfg, admin_config(listen, admin, app.addr)).unwrap();
+    let notify = NotifySocket::bind(&dir);
+    let env = [("NOTIFY_SOCKET", notify.path.to_str().unwrap())];
+    let mut old = Proxy::start_env(&dir, &cfg, &[], "old", &env);
+    assert_eq!(
+        notify.next(Duration::from_secs(20)).as_deref(),
+        Some("READY=1"),
+        "{}",
+        old.log()
+    );
+    for _ in 0..25 {
+        assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
+    }
+    // A reload is bracketed by RELOADING=1 (with the monotonic clock systemd 253 wants) and READY=1.
+    signal(&old.child, libc::SIGHUP);
+    let reloading = notify.next(Duration::from_secs(10)).unwrap_or_default();
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
+    assert_eq!(notify.next(Duration::from_secs(10)).as_deref(), Some("READY=1"));
+
+    let rq = "weft_downstream_rq_total{listener=\"web\",class=\"2xx\"}";
+    let cx = "weft_downstream_cx_total{listener=\"web\"}";
+    let up = "weft_upstream_rq_total{cluster=\"app\",class=\"2xx\"}";
+    let before = scrape(admin).await;
+    let counters_before: Vec<f64> = [rq, cx, up]
+        .iter()
+        .map(|k| weft_test_support::metric(&before, k).unwrap_or_else(|| panic!("{k} in\n{before}")))
+        .collect();
+    assert!(counters_before[0] >= 25.0, "{before}");
+
+    let mut new = Proxy::start_env(&dir, &cfg, &["--hot-restart"], "new", &env);
+    // systemd follows the new process (MAINPID=), which then reports ready; the old one's drain
+    // does not stop the service.
+    let pid = new.child.id();
+    assert_eq!(
+        notify.next(Duration::from_secs(20)).as_deref(),
+        Some(format!("MAINPID={pid}").as_str()),
+        "{}",
+        new.log()
+    );
+    assert_eq!(notify.next(Duration::from_secs(10)).as_deref(), Some("READY=1"));
+    // The admin socket was handed over too: a scrape now reaches the new process, whose totals
+    // start from the old one's.
+    let after = scrape(admin).await;
+    for (k, b) in [rq, cx, up].iter().zip(&counters_before) {
+        let a = weft_test_support::metric(&after, k).unwrap_or_else(|| panic!("{k} in\n{after}"));
+        eprintln!("{k}: {b} before the hot restart, {a} after");
+        assert!(a >= *b, "{k}: {a} after the hot restart < {b} before\n{after}");
+    }
+    // Gauges do not carry: no connection is open on the new process.
+    assert_eq!(
+        weft_test_support::metric(&after, "weft_downstream_cx_active{listener=\"web\"}"),
+        Some(0.0),
+        "{after}"
+    );
+    for _ in 0..5 {
+        assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
+    }
+    assert!(old.wait_exit(Duration::from_secs(10)).await.is_some(), "{}", old.log());
+    assert!(
+        new.wait_log("final counter totals carried over", Duration::from_secs(10))
+            .await,
+        "{}\n{}",
+        old.log(),
+        new.log()
+    );
+    let last = scrape(admin).await;
+    let rq_last = weft_test_support::metric(&last, rq).unwrap();
+    assert!(rq_last >= counters_before[0] + 5.0, "{rq_last} {last}");
+    assert!(
+        notify.next(Duration::from_millis(300)).is_none(),
+        "the old process's drain sent nothing to systemd"
+    );
+
+    signal(&new.child, libc::SIGTERM);
+    assert_eq!(notify.next(Duration::from_secs(10)).as_deref(), Some("STOPPING=1"));
+    assert!(new.wait_exit(Duration::from_secs(10)).await.is_some());
 }
