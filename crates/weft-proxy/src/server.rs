@@ -44,6 +44,8 @@ pub struct Shared {
     /// On-demand discovery of services no route matches (set by the xDS client, see
     /// [`Shared::set_discover`]).
     discover: arc_swap::ArcSwapOption<DiscoverFn>,
+    /// Sent when the drain timer runs out (see [`ListenerRt::stop`]).
+    stop: watch::Sender<bool>,
 }
 
 /// Asks the configuration source for a service on demand (see
@@ -184,6 +186,8 @@ pub struct ListenerRt {
     pub tls: Option<Arc<crate::tls::ListenerTlsRt>>,
     /// Shared with the generation that replaced this one when only its routes changed.
     drain: Arc<watch::Sender<bool>>,
+    /// Becomes true when the drain timer has run out: TCP sessions then close gracefully.
+    pub stop: watch::Receiver<bool>,
 }
 
 impl ListenerRt {
@@ -341,6 +345,7 @@ impl Server {
             tls,
             generation: AtomicU64::new(0),
             discover: arc_swap::ArcSwapOption::empty(),
+            stop: watch::channel(false).0,
         });
         let mut handles = Vec::new();
         let mut stops = Vec::new();
@@ -559,6 +564,7 @@ impl Server {
                         stats: p.stats.clone(),
                         tls: p.tls.clone(),
                         drain: p.drain.clone(),
+                        stop: p.stop.clone(),
                     });
                     rerouted.push(l.name.clone());
                     listeners.insert(l.name.clone(), rt);
@@ -704,7 +710,7 @@ impl Server {
                 NetworkFilter::Http(h) => {
                     let log = self.open_log(h.access_log.as_ref())?;
                     let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
-                    let rt = rt.with_istio(self.istio(l));
+                    let rt = rt.with_istio(self.istio(l)).with_stop(shared.stop.subscribe());
                     FilterRt::Http(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
                 }
                 NetworkFilter::TcpProxy(t) => {
@@ -740,6 +746,7 @@ impl Server {
             stats,
             tls,
             drain: Arc::new(watch::channel(false).0),
+            stop: shared.stop.subscribe(),
         })
     }
 
@@ -855,6 +862,15 @@ impl Server {
         while self.active_connections() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        if self.active_connections() > 0 {
+            // The drain timer is over: TCP sessions end with a FIN both ways (never a reset of
+            // data in flight), given a moment to do so.
+            let _ = self.shared.stop.send(true);
+            let grace = Instant::now() + STOP_GRACE;
+            while self.active_connections() > 0 && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         self.shared.access_logs.flush_all();
     }
 }
@@ -876,6 +892,9 @@ impl Drop for Server {
         }
     }
 }
+
+/// How long sessions get to close after the drain timer (see [`crate::tcp`]).
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The admin socket: non-blocking, with a listen backlog of 1024 (std's 128 drops connections
 /// when monitoring and probes arrive in bursts).
