@@ -34,7 +34,7 @@ impl Num {
             return Some(Num::Int(i));
         }
         let f: f64 = s.parse().ok()?;
-        f.is_finite().then_some(Num::Float(f))
+        (f.is_finite() && f >= 0.0).then_some(Num::Float(f))
     }
 
     fn add(self, other: Num) -> Num {
@@ -150,6 +150,11 @@ fn type_line(line: &str) -> Option<(&str, &str)> {
     Some((name, kind.trim()))
 }
 
+/// A family name as the protocol field accepts it.
+fn family_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(|c: char| c.is_whitespace())
+}
+
 /// The family a comment line (`# HELP`, `# TYPE`, `# UNIT`) describes.
 fn comment_family(line: &str) -> Option<&str> {
     let rest = line
@@ -174,7 +179,7 @@ impl Totals {
                 continue;
             }
             let Some((family, k)) = &kind else { continue };
-            if !additive(k) {
+            if !additive(k) || !family_name(family) {
                 continue;
             }
             let Some((series, value, _)) = split_sample(line) else {
@@ -226,7 +231,7 @@ impl Totals {
         let obj = v.as_object().ok_or("counters is not an object")?;
         let mut count = 0usize;
         for (name, f) in obj {
-            if name.is_empty() || name.contains(|c: char| c.is_whitespace()) {
+            if !family_name(name) {
                 return Err(format!("counters: family name {name:?} is not a metric name"));
             }
             let kind = f["type"]

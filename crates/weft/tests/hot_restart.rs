@@ -1024,3 +1024,84 @@ async fn counters_carry_over_and_systemd_follows_the_new_process() {
     assert_eq!(notify.next(Duration::from_secs(10)).as_deref(), Some("STOPPING=1"));
     assert!(new.wait_exit(Duration::from_secs(10)).await.is_some());
 }
+
+fn write_frame(s: &mut std::os::unix::net::UnixStream, v: &serde_json::Value) {
+    use std::io::Write;
+    let body = serde_json::to_vec(v).unwrap();
+    s.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+}
+
+fn read_frame(s: &mut std::os::unix::net::UnixStream) -> serde_json::Value {
+    use std::io::Read;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).unwrap();
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Another build that speaks another hand-over protocol version, in either role, is refused with
+/// a message naming both versions, and the running proxy keeps serving.
+#[tokio::test]
+async fn a_peer_of_another_protocol_version_is_refused_both_ways() {
+    let app = upstream(|_| async { text(200, "ok") }).await;
+    let dir = TempDir::new("hot-restart-version");
+    let listen = free_addr();
+    let cfg = dir.join("weft.yaml");
+    std::fs::write(&cfg, config(listen, app.addr, None)).unwrap();
+    let mut old = Proxy::start(&dir, &cfg, &[], "old");
+    wait_port(listen).await;
+
+    // A newer build (protocol 99) asks the running proxy for its sockets.
+    let mut s = std::os::unix::net::UnixStream::connect(dir.join("weft-hot-restart-7.sock")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write_frame(
+        &mut s,
+        &serde_json::json!({"type": "hello", "protocol": 99, "version": "9.9.9", "pid": 1, "admin": true}),
+    );
+    let answer = read_frame(&mut s);
+    assert_eq!(answer["type"], "refused", "{answer}");
+    let message = answer["message"].as_str().unwrap();
+    assert!(
+        message.contains("protocol 1") && message.contains("(weft 9.9.9) 99"),
+        "{message}"
+    );
+    drop(s);
+    assert!(old.running());
+    for _ in 0..10 {
+        assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
+    }
+    assert!(
+        old.wait_log("hot restart refused; still serving", Duration::from_secs(5))
+            .await
+    );
+
+    // An older build (protocol 2 here) is the running one: the new process refuses to take over.
+    let other = TempDir::new("hot-restart-version-peer");
+    let fake = std::os::unix::net::UnixListener::bind(other.join("weft-hot-restart-7.sock")).unwrap();
+    let peer = std::thread::spawn(move || {
+        let (mut s, _) = fake.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let hello = read_frame(&mut s);
+        write_frame(
+            &mut s,
+            &serde_json::json!({"type": "listeners", "protocol": 2, "version": "0.0.1", "pid": 1, "listeners": []}),
+        );
+        hello
+    });
+    let mut new = Proxy::start(&other, &cfg, &["--hot-restart"], "new");
+    let status = new.wait_exit(Duration::from_secs(10)).await.expect("exits");
+    assert_eq!(status.code(), Some(1));
+    let hello = peer.join().unwrap();
+    assert_eq!(hello["protocol"], 1, "{hello}");
+    assert!(
+        new.log().contains(
+            "the running proxy (weft 0.0.1) speaks hot-restart protocol 2, this one 1: refusing the hand-over; the old proxy keeps serving"
+        ),
+        "{}",
+        new.log()
+    );
+    assert!(old.running());
+    assert_eq!(weft_test_support::get(listen, "/").await.status, 200);
+}
