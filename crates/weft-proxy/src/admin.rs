@@ -131,24 +131,11 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                 reply(StatusCode::OK, "text/plain", "LIVE\n")
             }
         }
-        (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => {
-            let mut text = shared.metrics.encode();
-            let exts = shared.admin_extensions.lock().clone();
-            if !exts.is_empty() {
-                // OpenMetrics ends with "# EOF"; extension metrics go before it.
-                let tail = text.rfind("# EOF").unwrap_or(text.len());
-                let mut extra = String::new();
-                for e in &exts {
-                    extra.push_str(&e.prometheus());
-                }
-                text.insert_str(tail, &extra);
-            }
-            reply(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            )
-        }
+        (&Method::GET, "/stats/prometheus") | (&Method::GET, "/metrics") => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            prometheus_text(shared),
+        ),
         (&Method::GET, "/xds") => {
             let exts = shared.admin_extensions.lock().clone();
             match exts.iter().find(|e| e.name() == "xds") {
@@ -252,4 +239,21 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         (_, "/reload") | (_, "/drain") | (_, "/quitquitquit") => reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "use POST\n"),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found; GET / lists the endpoints\n"),
     }
+}
+
+/// The `/stats/prometheus` exposition: every registry, the admin extensions' metrics, and the
+/// counter totals carried over a hot restart ([`crate::carry`]).
+pub fn prometheus_text(shared: &crate::server::Shared) -> String {
+    let mut text = shared.metrics.encode();
+    let exts = shared.admin_extensions.lock().clone();
+    if !exts.is_empty() {
+        // OpenMetrics ends with "# EOF"; extension metrics go before it.
+        let tail = text.rfind("# EOF").unwrap_or(text.len());
+        let mut extra = String::new();
+        for e in &exts {
+            extra.push_str(&e.prometheus());
+        }
+        text.insert_str(tail, &extra);
+    }
+    crate::carry::apply(text)
 }

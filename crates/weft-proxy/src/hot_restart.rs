@@ -7,16 +7,22 @@
 //! ([`socket_path`]). Frames are a 4-byte big-endian length and a JSON object; file descriptors
 //! travel as `SCM_RIGHTS` on frames of type `fds`. The conversation, version 1:
 //!
-//! 1. new → old `hello {protocol, version, pid}`; an old process that speaks another protocol
-//!    answers `refused {message}` and keeps serving.
-//! 2. old → new `listeners {protocol, version, pid, listeners: [{name, address, sockets}]}`, then
-//!    `fds` frames carrying every socket in that order (at most [`FDS_PER_FRAME`] per frame).
+//! 1. new → old `hello {protocol, version, pid, admin}`; an old process that speaks another
+//!    protocol answers `refused {message}` and keeps serving.
+//! 2. old → new `listeners {protocol, version, pid, listeners: [{name, address, sockets}],
+//!    counters}`, then `fds` frames carrying every socket in that order (at most
+//!    [`FDS_PER_FRAME`] per frame).
 //! 3. The new process starts with those sockets (binding nothing twice) and only then sends
 //!    `drain`; old → new `draining {pid}`. The old process stops accepting, drains its
-//!    connections and exits.
+//!    connections and, just before it exits, sends `totals {counters}` (its final totals).
 //!
 //! If the new process fails or dies before step 3, the old one never hears `drain` and keeps
 //! serving as if nothing happened.
+//!
+//! Additions within version 1, each optional, so builds before and after them hand over to each
+//! other: `hello.admin` (the new process takes the admin socket too, as listener
+//! [`ADMIN_LISTENER`]; only sent to a peer that says so), `listeners.counters` and the final
+//! `totals` frame (counter totals, see [`crate::carry`]; a peer without them starts from zero).
 //!
 //! Written by hand over `nix`'s `sendmsg`/`recvmsg`: no maintained crate implements a listener
 //! hand-over protocol, and this one is small.
@@ -37,8 +43,16 @@ use std::time::Duration;
 pub const PROTOCOL: u64 = 1;
 /// File descriptors per `fds` frame (the kernel's limit is 253).
 pub const FDS_PER_FRAME: usize = 200;
-/// Frames are small JSON objects; anything larger is a protocol error.
+/// Frames are small JSON objects; anything larger is a protocol error. (Builds before counters
+/// were carried read at most 1 MiB, so `listeners.counters` is left out above [`MAX_COUNTERS_IN_LISTENERS`].)
 const MAX_FRAME: usize = 1 << 20;
+/// The final `totals` frame may carry many series.
+const MAX_TOTALS_FRAME: usize = 64 << 20;
+/// Above this size the counters snapshot stays out of the `listeners` frame (the final totals
+/// still carry them).
+const MAX_COUNTERS_IN_LISTENERS: usize = 768 << 10;
+/// The name under which the admin socket travels in a `listeners` frame.
+pub const ADMIN_LISTENER: &str = "#admin";
 /// A peer that stops talking mid-hand-over is given up on after this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -146,10 +160,14 @@ fn write_frame(s: &mut UnixStream, v: &Value) -> io::Result<()> {
 }
 
 fn read_frame(s: &mut UnixStream) -> Result<Value, HotRestartError> {
+    read_frame_max(s, MAX_FRAME)
+}
+
+fn read_frame_max(s: &mut UnixStream, max: usize) -> Result<Value, HotRestartError> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).map_err(|e| io_err(Path::new("peer"), e))?;
     let n = u32::from_be_bytes(len) as usize;
-    if n > MAX_FRAME {
+    if n > max {
         return Err(HotRestartError::Malformed(format!("frame of {n} bytes")));
     }
     let mut body = vec![0u8; n];
@@ -282,6 +300,8 @@ pub struct Takeover {
     /// The old process's pid and weft version.
     pub peer_pid: u64,
     pub peer_version: String,
+    /// The old process's counter totals at the hand-over (empty from a build that sends none).
+    pub counters: crate::carry::Totals,
 }
 
 /// Connects to the running proxy at `path` and receives its listening sockets. The old process
@@ -308,7 +328,7 @@ pub fn take_over(path: &Path) -> Result<Takeover, HotRestartError> {
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
     write_frame(
         &mut s,
-        &json!({"type": "hello", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id()}),
+        &json!({"type": "hello", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "admin": true}),
     )
     .map_err(|e| io_err(path, e))?;
     let answer = read_frame(&mut s)?;
@@ -345,23 +365,48 @@ pub fn take_over(path: &Path) -> Result<Takeover, HotRestartError> {
         }
         inherited.listeners.insert(l.name, (l.address, socks));
     }
+    let counters = crate::carry::Totals::from_json(&answer["counters"]).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "hot restart: the old process's counters are unreadable; counters start from zero");
+        Default::default()
+    });
     Ok(Takeover {
         stream: s,
         path: path.into(),
         inherited,
         peer_pid: answer["pid"].as_u64().unwrap_or(0),
         peer_version,
+        counters,
     })
 }
 
 impl Takeover {
     /// Tells the old process to drain (call once this process serves). Returns the old pid.
+    /// The old process's final counter totals, sent when it exits, replace the snapshot of the
+    /// hand-over (read on a thread of their own; a peer that sends none leaves the snapshot).
     pub fn finish(mut self) -> Result<u64, HotRestartError> {
         write_frame(&mut self.stream, &json!({"type": "drain"})).map_err(|e| io_err(&self.path, e))?;
         let answer = read_frame(&mut self.stream)?;
         if answer["type"] != "draining" {
             return Err(HotRestartError::Malformed(format!("unexpected answer {answer}")));
         }
+        let mut stream = self.stream;
+        let peer = self.peer_pid;
+        let _ = std::thread::Builder::new()
+            .name("weft-hot-restart-totals".into())
+            .spawn(move || {
+                let _ = stream.set_read_timeout(None);
+                match read_frame_max(&mut stream, MAX_TOTALS_FRAME) {
+                    Ok(v) if v["type"] == "totals" => match crate::carry::Totals::from_json(&v["counters"]) {
+                        Ok(t) => {
+                            tracing::info!(old_pid = peer, series = t.series(), "hot restart: the old process's final counter totals carried over");
+                            crate::carry::set(t);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "hot restart: the old process's final totals are unreadable; keeping its hand-over snapshot"),
+                    },
+                    // A build that sends no final totals closes the connection when it exits.
+                    _ => {}
+                }
+            });
         Ok(self.peer_pid)
     }
 }
@@ -417,6 +462,7 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
     let hello = read_frame(s)?;
     let theirs = hello["protocol"].as_u64().unwrap_or(0);
+    let takes_admin = hello["admin"] == true;
     let peer = hello["pid"].as_u64().unwrap_or(0);
     if hello["type"] != "hello" || theirs != PROTOCOL {
         let message = format!(
@@ -428,7 +474,16 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
         write_frame(s, &json!({"type": "refused", "message": message})).map_err(|e| io_err(Path::new("peer"), e))?;
         return Ok(false);
     }
-    let listeners = server.handover_sockets();
+    let mut listeners = server.handover_sockets();
+    if !takes_admin {
+        // A build that does not know the admin socket would hold it without ever accepting.
+        listeners.retain(|(name, _, _)| name != ADMIN_LISTENER);
+    }
+    let totals = crate::carry::Totals::from_exposition(&crate::admin::prometheus_text(&server.shared)).to_json();
+    let counters = match serde_json::to_vec(&totals) {
+        Ok(b) if b.len() <= MAX_COUNTERS_IN_LISTENERS => totals,
+        _ => Value::Null,
+    };
     let specs: Vec<Value> = listeners
         .iter()
         .map(|(name, addr, socks)| json!({"name": name, "address": addr.to_string(), "sockets": socks.len()}))
@@ -436,7 +491,7 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     write_frame(
         s,
         &json!({"type": "listeners", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(), "listeners": specs}),
+                "pid": std::process::id(), "listeners": specs, "counters": counters}),
     )
     .map_err(|e| io_err(Path::new("peer"), e))?;
     // `listeners` owns duplicates of the sockets until they are sent.
@@ -459,10 +514,50 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     if drain["type"] != "drain" {
         return Err(HotRestartError::Malformed(format!("unexpected frame {drain}")));
     }
+    if takes_admin {
+        server.stop_admin();
+    }
     server.start_drain();
     write_frame(s, &json!({"type": "draining", "pid": std::process::id()}))
         .map_err(|e| io_err(Path::new("peer"), e))?;
+    if let Ok(keep) = s.try_clone() {
+        *SUCCESSOR.lock() = Some(keep);
+    }
     Ok(true)
+}
+
+/// The connection to the process that took this one over, for [`send_final_totals`].
+static SUCCESSOR: parking_lot::Mutex<Option<UnixStream>> = parking_lot::Mutex::new(None);
+
+/// After a hand-over, sends this process's final counter totals to the process that took it over
+/// (call when the drain is over, just before exiting). Does nothing without a hand-over.
+pub fn send_final_totals(server: &crate::Server) {
+    let Some(mut s) = SUCCESSOR.lock().take() else { return };
+    let totals = crate::carry::Totals::from_exposition(&crate::admin::prometheus_text(&server.shared));
+    let series = totals.series();
+    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+    match write_frame(&mut s, &json!({"type": "totals", "counters": totals.to_json()})) {
+        Ok(()) => tracing::info!(series, "hot restart: final counter totals sent to the new process"),
+        Err(e) => tracing::warn!(error = %e, "hot restart: could not send the final counter totals"),
+    }
+}
+
+/// Logs the open downstream connections every 100 ms (at debug, target `weft::drain`) until the
+/// process exits: the drain curve `bench/hot-restart` reads. Costs nothing unless that target is
+/// enabled.
+pub fn trace_drain(server: std::sync::Arc<crate::Server>) {
+    if !tracing::enabled!(target: "weft::drain", tracing::Level::DEBUG) {
+        return;
+    }
+    let server = std::sync::Arc::downgrade(&server);
+    let _ = std::thread::Builder::new()
+        .name("weft-drain-trace".into())
+        .spawn(move || loop {
+            let Some(s) = server.upgrade() else { return };
+            tracing::debug!(target: "weft::drain", open = s.active_connections(), "draining");
+            drop(s);
+            std::thread::sleep(Duration::from_millis(100));
+        });
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! clusters, exposes the admin API, and swaps configuration atomically on reload.
 
 pub mod admin;
+pub mod carry;
 pub mod dns;
 pub mod h1_framing;
 pub mod hot_restart;

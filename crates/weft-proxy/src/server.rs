@@ -44,6 +44,8 @@ pub struct Shared {
     /// On-demand discovery of services no route matches (set by the xDS client, see
     /// [`Shared::set_discover`]).
     discover: arc_swap::ArcSwapOption<DiscoverFn>,
+    /// Sent when the drain timer runs out (see [`ListenerRt::stop`]).
+    stop: watch::Sender<bool>,
 }
 
 /// Asks the configuration source for a service on demand (see
@@ -184,6 +186,8 @@ pub struct ListenerRt {
     pub tls: Option<Arc<crate::tls::ListenerTlsRt>>,
     /// Shared with the generation that replaced this one when only its routes changed.
     drain: Arc<watch::Sender<bool>>,
+    /// Becomes true when the drain timer has run out: TCP sessions then close gracefully.
+    pub stop: watch::Receiver<bool>,
 }
 
 impl ListenerRt {
@@ -264,6 +268,8 @@ pub struct Server {
     slots: Mutex<HashMap<String, ListenerSlot>>,
     conn_counts: Mutex<HashMap<String, Arc<AtomicU32>>>,
     admin_addr: Mutex<Option<SocketAddr>>,
+    /// A duplicate of the admin socket (handed over by a hot restart) and its accept task.
+    admin_socket: Mutex<Option<(std::net::TcpListener, tokio::task::AbortHandle)>>,
     apply_lock: Mutex<()>,
     /// Listening sockets inherited from the process this one took over, used instead of binding.
     inherited: Mutex<crate::hot_restart::Inherited>,
@@ -339,6 +345,7 @@ impl Server {
             tls,
             generation: AtomicU64::new(0),
             discover: arc_swap::ArcSwapOption::empty(),
+            stop: watch::channel(false).0,
         });
         let mut handles = Vec::new();
         let mut stops = Vec::new();
@@ -360,6 +367,7 @@ impl Server {
             slots: Mutex::new(HashMap::new()),
             conn_counts: Mutex::new(HashMap::new()),
             admin_addr: Mutex::new(None),
+            admin_socket: Mutex::new(None),
             apply_lock: Mutex::new(()),
             reload_hook: Mutex::new(None),
             quit_hook: Mutex::new(None),
@@ -378,13 +386,25 @@ impl Server {
         }
         control.spawn(shared.access_logs.clone().flush_periodically());
         if let Some(admin) = admin {
-            let std_listener = bind_admin(admin.address).map_err(|source| ApplyError::AdminBind {
-                address: admin.address,
-                source,
-            })?;
+            // After a hot restart, the admin socket of the old process (both serve it until the
+            // old one drains, so a scrape or probe is never refused).
+            let inherited = server
+                .inherited
+                .lock()
+                .take(crate::hot_restart::ADMIN_LISTENER, admin.address)
+                .and_then(|(_, mut socks)| socks.pop());
+            let std_listener = match inherited {
+                Some(l) => l,
+                None => bind_admin(admin.address).map_err(|source| ApplyError::AdminBind {
+                    address: admin.address,
+                    source,
+                })?,
+            };
             *server.admin_addr.lock() = std_listener.local_addr().ok();
+            let dup = std_listener.try_clone().ok();
             let weak = Arc::downgrade(&server);
-            control.spawn(crate::admin::serve(std_listener, weak));
+            let task = control.spawn(crate::admin::serve(std_listener, weak));
+            *server.admin_socket.lock() = dup.map(|d| (d, task.abort_handle()));
         }
         Ok(server)
     }
@@ -400,7 +420,20 @@ impl Server {
             })
             .collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some((sock, _)) = &*self.admin_socket.lock() {
+            if let (Ok(addr), Ok(dup)) = (sock.local_addr(), sock.try_clone()) {
+                v.push((crate::hot_restart::ADMIN_LISTENER.to_string(), addr, vec![dup]));
+            }
+        }
         v
+    }
+
+    /// Stops accepting on the admin socket (a hot restart handed it to the new process, which
+    /// answers from now on); admin requests already accepted are answered.
+    pub fn stop_admin(&self) {
+        if let Some((_, task)) = self.admin_socket.lock().take() {
+            task.abort();
+        }
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -531,6 +564,7 @@ impl Server {
                         stats: p.stats.clone(),
                         tls: p.tls.clone(),
                         drain: p.drain.clone(),
+                        stop: p.stop.clone(),
                     });
                     rerouted.push(l.name.clone());
                     listeners.insert(l.name.clone(), rt);
@@ -676,7 +710,7 @@ impl Server {
                 NetworkFilter::Http(h) => {
                     let log = self.open_log(h.access_log.as_ref())?;
                     let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
-                    let rt = rt.with_istio(self.istio(l));
+                    let rt = rt.with_istio(self.istio(l)).with_stop(shared.stop.subscribe());
                     FilterRt::Http(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
                 }
                 NetworkFilter::TcpProxy(t) => {
@@ -712,6 +746,7 @@ impl Server {
             stats,
             tls,
             drain: Arc::new(watch::channel(false).0),
+            stop: shared.stop.subscribe(),
         })
     }
 
@@ -827,6 +862,15 @@ impl Server {
         while self.active_connections() > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
+        if self.active_connections() > 0 {
+            // The drain timer is over: TCP sessions end with a FIN both ways (never a reset of
+            // data in flight), given a moment to do so.
+            let _ = self.shared.stop.send(true);
+            let grace = Instant::now() + STOP_GRACE;
+            while self.active_connections() > 0 && Instant::now() < grace {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         self.shared.access_logs.flush_all();
     }
 }
@@ -848,6 +892,9 @@ impl Drop for Server {
         }
     }
 }
+
+/// How long sessions get to close after the drain timer (see [`crate::tcp`]).
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// The admin socket: non-blocking, with a listen backlog of 1024 (std's 128 drops connections
 /// when monitoring and probes arrive in bursts).
@@ -911,6 +958,9 @@ async fn accept_loop(
             }
         };
         let lrt = current.load_full();
+        // The hand-over pause of a hot restart is measured from these (bench/hot-restart); one
+        // branch when the target is off.
+        tracing::debug!(target: "weft::accept", listener = %lrt.config.name, "accepted");
         lrt.stats.cx_total.inc();
         if let Some(max) = lrt.config.max_connections {
             if count.load(Ordering::Relaxed) >= max {

@@ -117,7 +117,7 @@ pub async fn serve_connection(
         return;
     };
     let drain = lrt.drain_signal();
-    let (sent, received) = copy_bidirectional(down, up, rt.config.idle_timeout, drain).await;
+    let (sent, received) = copy_bidirectional(down, up, rt.config.idle_timeout, drain, lrt.stop.clone()).await;
     cluster.stats.tx_bytes.inc_by(sent);
     cluster.stats.rx_bytes.inc_by(received);
     log(&rt, peer, Some(host.address), started_at, start, received, sent, "-");
@@ -153,12 +153,19 @@ fn log(
 /// Copies both directions until both have ended. EOF on one side is propagated as a write shutdown
 /// on the other (half-close), so protocols that "send request, shut down, read reply" work.
 /// Returns (bytes downstream→upstream, bytes upstream→downstream).
+///
+/// A drain lets the session run; when the drain timer is over (`stop`), both sides get a FIN (write
+/// shutdown) and the session ends once both have closed their side: a peer sees a clean close,
+/// never a reset of bytes it had in flight.
 async fn copy_bidirectional(
     down: TcpStream,
     up: TcpStream,
     idle_timeout: Option<Duration>,
     mut drain: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> (u64, u64) {
+    use std::os::fd::AsRawFd;
+    let fds = [down.as_raw_fd(), up.as_raw_fd()];
     let (dr, dw) = down.into_split();
     let (ur, uw) = up.into_split();
     let last = AtomicU64::new(0);
@@ -182,23 +189,32 @@ async fn copy_bidirectional(
     };
     tokio::pin!(idle_check);
     let drained = async {
-        // A drained listener lets TCP sessions finish on their own: only a hard stop ends them.
+        // A drained listener lets TCP sessions finish on their own, until the drain timer ends.
         let _ = drain.changed().await;
-        std::future::pending::<()>().await
+        if stop.wait_for(|s| *s).await.is_err() {
+            std::future::pending::<()>().await
+        }
     };
     tokio::pin!(drained);
+    let mut stopped = false;
     loop {
         tokio::select! {
             r = &mut a, if a_done.is_none() => {
                 a_done = Some(r.0);
-                if !r.1 { break; }
+                if !r.1 && !stopped { break; }
             }
             r = &mut b, if b_done.is_none() => {
                 b_done = Some(r.0);
-                if !r.1 { break; }
+                if !r.1 && !stopped { break; }
             }
-            _ = &mut idle_check => break,
-            _ = &mut drained => {}
+            _ = &mut idle_check, if !stopped => break,
+            _ = &mut drained, if !stopped => {
+                stopped = true;
+                for fd in fds {
+                    // The halves still own the sockets: the descriptors are open.
+                    let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Write);
+                }
+            }
         }
         if a_done.is_some() && b_done.is_some() {
             break;
@@ -206,6 +222,38 @@ async fn copy_bidirectional(
     }
     (a_done.unwrap_or(0), b_done.unwrap_or(0))
 }
+
+/// Joins two upgraded connections (a WebSocket tunnel) until both directions have ended. When the
+/// drain timer is over (`stop`), both sides get a FIN and what they still send is read and dropped
+/// until they close (at most [`TUNNEL_STOP_GRACE`]): a clean close, never a reset.
+pub(crate) async fn tunnel<A, B>(mut a: A, mut b: B, stop: Option<tokio::sync::watch::Receiver<bool>>)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let stopped = async {
+        if let Some(mut s) = stop {
+            if s.wait_for(|v| *v).await.is_ok() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut a, &mut b) => return,
+        _ = stopped => {}
+    }
+    let _ = a.shutdown().await;
+    let _ = b.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let mut sink2 = [0u8; 4096];
+    let drain_a = async { while matches!(a.read(&mut sink).await, Ok(n) if n > 0) {} };
+    let drain_b = async { while matches!(b.read(&mut sink2).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(TUNNEL_STOP_GRACE, futures_util::future::join(drain_a, drain_b)).await;
+}
+
+/// How long a stopped tunnel waits for both sides to close.
+const TUNNEL_STOP_GRACE: Duration = Duration::from_millis(900);
 
 /// One direction: read until EOF (then shut down the writer) or error. Returns (bytes, clean EOF).
 async fn pipe(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, last: &AtomicU64, epoch: Instant) -> (u64, bool) {

@@ -6,6 +6,7 @@ mod init;
 mod intercept;
 mod lifecycle;
 mod mesh_identity;
+mod sd_notify;
 mod xds;
 
 // A proxy allocates and frees many small, short-lived buffers per request, across threads;
@@ -272,7 +273,9 @@ fn run_proxy(args: ProxyArgs) -> i32 {
     // Hot restart: the old process's sockets, received before anything is bound.
     let takeover = match (&handover_path, args.hot_restart) {
         (Some(path), true) => match weft_proxy::hot_restart::take_over(path) {
-            Ok(t) => {
+            Ok(mut t) => {
+                // Counter totals go on from the old process's.
+                weft_proxy::carry::set(std::mem::take(&mut t.counters));
                 tracing::info!(old_pid = t.peer_pid, old_version = %t.peer_version, listeners = ?t.inherited.names(), "hot restart: received the listening sockets");
                 Some(t)
             }
@@ -315,7 +318,11 @@ fn run_proxy(args: ProxyArgs) -> i32 {
     };
     if let Some(t) = takeover {
         match t.finish() {
-            Ok(pid) => tracing::info!(old_pid = pid, "hot restart: the old process is draining"),
+            Ok(pid) => {
+                tracing::info!(old_pid = pid, "hot restart: the old process is draining");
+                // Under systemd (NotifyAccess=all), this process is the service's main one now.
+                sd_notify::report(&format!("MAINPID={}", std::process::id()));
+            }
             Err(e) => tracing::warn!(error = %e, "hot restart: could not tell the old process to drain"),
         }
     }
@@ -326,7 +333,10 @@ fn run_proxy(args: ProxyArgs) -> i32 {
     server.set_quit_hook(std::sync::Arc::new(lifecycle::terminate_self));
     if let Some(path) = &handover_path {
         // A hand-over asks this process to drain as SIGTERM would.
-        let on_drain = std::sync::Arc::new(lifecycle::terminate_self);
+        let on_drain = std::sync::Arc::new(|| {
+            HANDED_OVER.store(true, std::sync::atomic::Ordering::SeqCst);
+            lifecycle::terminate_self();
+        });
         let socket = match handover_socket.take() {
             Some(l) => Ok(l),
             // After a take-over: replace the old process's socket, which now drains.
@@ -354,11 +364,41 @@ fn run_proxy(args: ProxyArgs) -> i32 {
     if let Some(a) = server.admin_addr() {
         tracing::info!(admin = %a, "admin API");
     }
+    report_ready(&server);
     wait_for_signals(&server, signals);
+    if !HANDED_OVER.load(std::sync::atomic::Ordering::SeqCst) {
+        // Not after a hand-over: the service goes on in the new process.
+        sd_notify::report("STOPPING=1");
+    }
     tracing::info!(timeout = ?drain_timeout, "draining");
+    weft_proxy::hot_restart::trace_drain(server.clone());
     server.shutdown(drain_timeout);
+    weft_proxy::hot_restart::send_final_totals(&server);
     tracing::info!("stopped");
     0
+}
+
+/// Set when a hot restart handed this process's listeners over: its drain is not the service's.
+static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `READY=1` to systemd once the listeners serve and the configuration is loaded (for an xDS
+/// configuration, its first complete one).
+fn report_ready(server: &Arc<Server>) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    let server = Arc::downgrade(server);
+    let _ = std::thread::Builder::new()
+        .name("weft-sd-ready".into())
+        .spawn(move || loop {
+            let Some(s) = server.upgrade() else { return };
+            if !s.shared.xds_initializing.load(std::sync::atomic::Ordering::SeqCst) {
+                sd_notify::report("READY=1");
+                return;
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(50));
+        });
 }
 
 /// SIGTERM, SIGINT and SIGHUP handlers, installed before anything listens: a signal that arrives
@@ -399,8 +439,13 @@ fn wait_for_signals(server: &Arc<Server>, signals: Signals) {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
                 _ = hup.recv() => {
+                    sd_notify::report(&sd_notify::reloading());
                     let s = server.clone();
-                    let _ = tokio::task::spawn_blocking(move || s.reload()).await;
+                    let outcome = tokio::task::spawn_blocking(move || s.reload()).await;
+                    match outcome {
+                        Ok(Err(e)) => sd_notify::report(&format!("READY=1\nSTATUS=reload refused: {e}")),
+                        _ => sd_notify::report("READY=1"),
+                    }
                 }
             }
         }

@@ -242,7 +242,7 @@ pub(super) async fn forward(
                     x.end_client(facts.host, attempt, Some(resp.status().as_u16()));
                 }
                 return Ok(Reply {
-                    resp: finish_response(resp, pooled, down_upgrade, upgrade),
+                    resp: finish_response(ctx, resp, pooled, down_upgrade, upgrade),
                     reason: None,
                     active: Some(active),
                 });
@@ -581,6 +581,7 @@ fn backoff(p: &RetryPolicy, retry: u32) -> Duration {
 /// The response for the client: hop-by-hop headers removed, and for a `101 Switching Protocols`
 /// the two upgraded connections joined in a tunnel.
 fn finish_response(
+    ctx: &ConnCtx,
     mut resp: Response<Incoming>,
     pooled: Option<PooledH1>,
     down_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -594,13 +595,17 @@ fn finish_response(
         if let (Some(down), Some(up)) = (down_upgrade, up_upgrade) {
             // The upstream connection now belongs to the tunnel, never to the pool.
             drop(pooled);
+            // The downstream connection stays open (and counted) until the tunnel ends.
+            let (end, ended) = tokio::sync::oneshot::channel::<()>();
+            *ctx.tunnel.lock() = Some(ended);
+            ctx.upgraded.store(true, std::sync::atomic::Ordering::Relaxed);
+            let stop = ctx.rt.stop.clone();
             tokio::spawn(async move {
                 let (Ok(down), Ok(up)) = tokio::join!(down, up) else {
                     return;
                 };
-                let mut down = TokioIo::new(down);
-                let mut up = TokioIo::new(up);
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                crate::tcp::tunnel(TokioIo::new(down), TokioIo::new(up), stop).await;
+                drop(end);
             });
             return Response::from_parts(parts, DownBody::empty());
         }

@@ -58,6 +58,9 @@ pub struct HttpRt {
     pub tracer: Option<Arc<weft_core::trace::Tracer>>,
     /// Istio-standard request metrics (on unless the node's metadata turns them off).
     pub istio: Option<Arc<weft_core::istio::IstioReporter>>,
+    /// The process's end of the drain timer: upgraded connections (WebSocket tunnels) then close
+    /// with a FIN both ways (see [`crate::tcp::tunnel`]).
+    pub stop: Option<tokio::sync::watch::Receiver<bool>>,
     via: Option<HeaderValue>,
     server: Option<HeaderValue>,
 }
@@ -95,7 +98,13 @@ impl HttpRt {
                 .and_then(|v| HeaderValue::from_str(v).ok()),
             tracer: None,
             istio: None,
+            stop: None,
         }
+    }
+
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> HttpRt {
+        self.stop = Some(stop);
+        self
     }
 
     pub fn with_istio(mut self, istio: Option<Arc<weft_core::istio::IstioReporter>>) -> HttpRt {
@@ -125,6 +134,10 @@ struct ConnCtx {
     /// On a TLS listener (including its plaintext connections when permissive): the peer's
     /// identity and the x-forwarded-client-cert policy. `None` on plaintext listeners.
     tls: Option<Arc<crate::tls::ConnTls>>,
+    /// Set when a response upgraded the connection: the tunnel's end, which the connection (and
+    /// its place in the listener's open connections, which a drain waits for) outlives.
+    upgraded: std::sync::atomic::AtomicBool,
+    tunnel: parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 pub async fn serve_connection(
@@ -164,7 +177,27 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
         peer,
         original_dst,
         tls,
+        upgraded: std::sync::atomic::AtomicBool::new(false),
+        tunnel: parking_lot::Mutex::new(None),
     });
+    serve_conn(&ctx, stream, activity, peer, rt, lrt, codec).await;
+    if ctx.upgraded.load(Ordering::Relaxed) {
+        let tunnel = ctx.tunnel.lock().take();
+        if let Some(end) = tunnel {
+            let _ = end.await;
+        }
+    }
+}
+
+async fn serve_conn<IO: crate::idle::ConnIo>(
+    ctx: &Arc<ConnCtx>,
+    stream: Sniffed<IO>,
+    activity: Arc<crate::h1_framing::Activity>,
+    peer: SocketAddr,
+    rt: Arc<HttpRt>,
+    lrt: Arc<ListenerRt>,
+    codec: Codec,
+) {
     let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req| {
         let ctx = svc_ctx.clone();
