@@ -374,6 +374,46 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Positions the reader at field `name` of an object written with its class definition in
+    /// front (`C` name count fields…, then the instance), skipping the fields before it. `Ok(false)`
+    /// when the class has no such field (the whole object is then skipped). The definition is
+    /// remembered, so later values of the body that refer to it can still be skipped.
+    pub fn object_field(&mut self, name: &str) -> R<bool> {
+        if self.byte()? != b'C' {
+            self.pos -= 1;
+            return Err(HessianError::BadCode(self.peek()?));
+        }
+        self.skip_type_name(0)?;
+        let n = self.read_int()?;
+        if !(0..=65_535).contains(&n) {
+            return Err(HessianError::BadLength);
+        }
+        let mut want = None;
+        for i in 0..n {
+            if self.read_opt_string()?.is_some_and(|f| f == name) && want.is_none() {
+                want = Some(i);
+            }
+        }
+        if self.classes.len() >= MAX_CLASS_DEFS {
+            return Err(HessianError::BadLength);
+        }
+        self.classes.push(n as u32);
+        let def = match self.byte()? {
+            b'O' => self.read_int()?,
+            c @ 0x60..=0x6f => i64::from(c - 0x60),
+            c => return Err(HessianError::BadCode(c)),
+        };
+        if def != self.classes.len() as i64 - 1 {
+            return Err(HessianError::UnknownClass);
+        }
+        let Some(want) = want else {
+            self.skip_n(n, 0)?;
+            return Ok(false);
+        };
+        self.skip_n(want, 0)?;
+        Ok(true)
+    }
+
     /// Reads an int (any int encoding).
     pub fn read_int(&mut self) -> R<i64> {
         let c = self.byte()?;

@@ -7,6 +7,7 @@
 //! is a reader task (responses, heartbeats, timeouts) plus a writer task. Frames move between them
 //! as `Bytes` split off the read buffer: bodies are never copied.
 
+use crate::bolt::Bolt;
 use crate::codec::{Codec, Frame, FrameKind, LocalReply, RequestInfo};
 use crate::dubbo::Dubbo;
 use crate::metrics::{ListenerRpcStats, MethodStats};
@@ -53,6 +54,9 @@ impl RpcRt {
     pub fn new(config: &RpcProxy, listener: &str, access_log: Option<Arc<AccessLogger>>) -> RpcRt {
         let codec: Arc<dyn Codec> = match config.protocol {
             RpcProtocol::Dubbo => Arc::new(Dubbo),
+            RpcProtocol::Bolt => Arc::new(Bolt),
+            // A sniffing listener builds one runtime per protocol it found (see `RpcRt::for_protocol`).
+            RpcProtocol::Auto => Arc::new(Dubbo),
         };
         let min_timeout = config
             .routes
@@ -257,10 +261,7 @@ impl UpCtx {
     fn fail(&self, p: Pending, r: LocalReply, msg: &str) {
         self.stats.local_reply(r.reason());
         let _ = p.down.tx.send(self.codec.local_reply(p.orig_id, r, msg));
-        let status = match r {
-            LocalReply::Timeout => 31,
-            _ => 80,
-        };
+        let status = self.codec.local_status(r);
         self.finish(p, status, r.reason());
     }
 }
