@@ -284,15 +284,28 @@ pub fn encode_headers(headers: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// The hessian2 content of an error response: an `RpcServerException` with its message.
+/// The content of an error response: an `RpcServerException` with its message (and a null stack
+/// trace, which makes hessian readers turn it into an exception), in the Hessian 2.0 draft
+/// encoding SOFARPC's hessian 3.x serializers read and write (`O` definition, `o` instance).
 fn error_content(message: &str) -> Vec<u8> {
-    let mut c = Vec::with_capacity(message.len() + 80);
-    c.push(b'C');
-    hessian::write_string(&mut c, ERROR_CLASS);
-    hessian::write_int(&mut c, 1);
+    let mut c = Vec::with_capacity(message.len() + 96);
+    c.push(b'O');
+    hessian::write_int(&mut c, ERROR_CLASS.len() as i32);
+    c.extend_from_slice(ERROR_CLASS.as_bytes());
+    hessian::write_int(&mut c, 2);
     hessian::write_string(&mut c, "detailMessage");
-    c.push(0x60);
-    hessian::write_string(&mut c, message);
+    hessian::write_string(&mut c, "stackTrace");
+    c.push(b'o');
+    hessian::write_int(&mut c, 0);
+    // The draft has no 0x30 medium strings: one `S` chunk (messages are short; cut at 4096 chars).
+    let message = match message.char_indices().nth(4096) {
+        Some((i, _)) => &message[..i],
+        None => message,
+    };
+    c.push(b'S');
+    c.extend_from_slice(&(message.encode_utf16().count() as u16).to_be_bytes());
+    c.extend_from_slice(message.as_bytes());
+    c.push(b'N');
     c
 }
 
@@ -814,5 +827,35 @@ mod tests {
             })
         ));
         assert!(Bolt.attachment(&frame, &RequestInfo::default(), "k").is_none());
+    }
+}
+
+#[cfg(test)]
+mod draft_tests {
+    use super::*;
+
+    /// The content sofa-rpc-node 2.10 (sofa-bolt-node, hessian "3.0") writes for
+    /// `whoami()` with requestProps {service, lane: blue}: the Hessian 2.0 draft encoding.
+    const SOFA_NODE_WHOAMI: &str = "4fbc636f6d2e616c697061792e736f66612e7270632e636f72652e726571756573742e536f666152657175657374950a6d6574686f644e616d650d6d6574686f64417267536967731774617267657453657276696365556e697175654e616d650d7461726765744170704e616d650c7265717565737450726f70736f900677686f616d69567400115b6a6176612e6c616e672e537472696e676e007a196f72672e6578616d706c652e477265657465723a312e302e304e4d0773657276696365196f72672e6578616d706c652e477265657465723a312e302e30046c616e6504626c75657a";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn sofa_rpc_node_content() {
+        let content = unhex(SOFA_NODE_WHOAMI);
+        let f = encode_request(None, 1, true, 1000, &[], &content);
+        let mut buf = BytesMut::from(&f[..]);
+        let frame = Bolt.decode(&mut buf, 1 << 20).unwrap().unwrap();
+        let info = Bolt.request_info(&frame).unwrap();
+        assert_eq!(info.method.get(&frame.data).unwrap(), "whoami");
+        assert_eq!(info.service.get(&frame.data).unwrap(), "org.example.Greeter");
+        assert_eq!(info.version.get(&frame.data).unwrap(), "1.0.0");
+        assert!(Bolt.attachment(&frame, &info, "lane").unwrap().matches_text("blue"));
+        assert!(Bolt.argument(&frame, &info, 0).is_none(), "no arguments");
     }
 }
