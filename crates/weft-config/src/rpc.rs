@@ -57,6 +57,8 @@ pub struct RawRpcRoute {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRpcMatch {
+    /// `dubbo` or `bolt`: only requests of that protocol (for `protocol: auto` listeners).
+    pub protocol: Option<String>,
     /// The service interface (Dubbo's service path or its `interface` attachment), exact.
     pub interface: Option<String>,
     pub method: Option<String>,
@@ -130,6 +132,8 @@ pub struct RpcRoute {
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RpcMatch {
+    /// `dubbo` or `bolt` (the codec's name).
+    pub protocol: Option<String>,
     pub interface: Option<String>,
     pub method: Option<String>,
     pub version: Option<String>,
@@ -274,6 +278,17 @@ pub fn validate(
                     None
                 }
                 other => other.clone(),
+            };
+            m.protocol = match rm.protocol.as_deref() {
+                None => None,
+                Some(p @ ("dubbo" | "bolt")) => Some(p.to_string()),
+                Some(o) => {
+                    err(
+                        format!("{p}.match.protocol"),
+                        format!("unknown value \"{o}\" (dubbo, bolt)"),
+                    );
+                    None
+                }
             };
             m.interface = nonempty("interface", &rm.interface, &mut err);
             m.method = nonempty("method", &rm.method, &mut err);

@@ -15,5 +15,6 @@ pub mod dubbo;
 pub mod hessian;
 pub mod metrics;
 pub mod proxy;
+pub mod sniff;
 
 pub use proxy::{serve_connection, RpcRt};

@@ -80,6 +80,9 @@ impl RpcRt {
         let c = &*self.codec;
         self.config.routes.iter().find(|r| {
             let m = &r.match_;
+            if m.protocol.as_deref().is_some_and(|p| p != c.name()) {
+                return false;
+            }
             if let Some(want) = &m.interface {
                 let ok = info.service.get(&frame.data).is_some_and(|s| s == want.as_str())
                     || c.attachment(frame, info, "interface")
