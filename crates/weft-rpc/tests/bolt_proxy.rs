@@ -2,7 +2,8 @@
 //! with their own name (in the protocol version, and with the CRC switch, of the request), and a raw
 //! Bolt client. Checks routing by method header, no-route and timeout replies with Bolt's own
 //! status codes, heartbeats, v2 frames with CRC32 through id rewriting, pipelined multiplexed calls,
-//! and that a CRC mismatch, an oversized frame and garbage close the connection (after an error
+//! drain (no go-away in Bolt: in-flight answers delivered, then the connection closed), and that a
+//! CRC mismatch, an oversized frame and garbage close the connection (after an error
 //! reply where the header got that far), counted by reason, without touching other connections.
 
 use bytes::BytesMut;
@@ -62,7 +63,11 @@ async fn provider_conn(name: &'static str, s: TcpStream) {
                     let mut body = Vec::new();
                     hessian::write_string(&mut body, &format!("{name}:{k}"));
                     let resp = bolt::encode_response(v2, f.id as u32, status::SUCCESS, &body);
-                    let delay = if method == "slow" { 3000 } else { (f.id % 7) * 3 };
+                    let delay = match method.as_str() {
+                        "slow" => 3000,
+                        "wait300" => 300,
+                        _ => (f.id % 7) * 3,
+                    };
                     let tx = tx.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -284,4 +289,25 @@ async fn bad_frames_close_only_their_connection() {
     ] {
         assert!(m.contains(want), "{want}\n{m}");
     }
+}
+
+#[tokio::test]
+async fn drain_answers_in_flight_then_closes() {
+    let (proxy, addr) = setup("bolt_drain").await;
+    let mut busy = Client::connect(addr).await;
+    let mut idle = Client::connect(addr).await;
+    idle.send(&request(None, 1, "echo", None)).await;
+    assert_eq!(value(&idle.recv().await.unwrap()), "silver:-");
+    busy.send(&request(None, 2, "wait300", None)).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let t0 = std::time::Instant::now();
+    proxy.start_drain();
+    // The idle connection is closed at once (Bolt has no go-away message to send first).
+    assert!(idle.recv().await.is_none(), "idle connection closed on drain");
+    assert!(t0.elapsed() < Duration::from_millis(250), "{:?}", t0.elapsed());
+    // The busy one gets its answer, then is closed.
+    let f = busy.recv().await.unwrap();
+    assert_eq!((f.kind, f.id), (FrameKind::Response, 2));
+    assert_eq!(value(&f), "silver:-");
+    assert!(busy.recv().await.is_none(), "closed once nothing is in flight");
 }
