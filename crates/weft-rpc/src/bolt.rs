@@ -573,6 +573,16 @@ impl Codec for Bolt {
         }
     }
 
+    /// The request's timeout field (milliseconds; 0 or less is none).
+    fn request_timeout(&self, frame: &Frame) -> Option<std::time::Duration> {
+        let l = Layout::read(&frame.data).ok()??;
+        if l.response || frame.data.len() < l.header_len {
+            return None;
+        }
+        let ms = be32(&frame.data, l.status_at()) as i32;
+        (ms > 0).then(|| std::time::Duration::from_millis(ms as u64))
+    }
+
     fn local_status(&self, r: LocalReply) -> u16 {
         reply_status(r)
     }

@@ -175,6 +175,12 @@ pub trait Codec: Send + Sync + 'static {
     /// The message telling a peer to send no new requests on this connection, if the protocol has one.
     fn goaway(&self) -> Option<Bytes>;
 
+    /// The timeout the caller wrote in the request, if the protocol has one (Bolt): weft's
+    /// deadline for the request is the smaller of it and the route's.
+    fn request_timeout(&self, _frame: &Frame) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The status a local reply is counted and logged with (the protocol's own code).
     fn local_status(&self, r: LocalReply) -> u16 {
         match r {

@@ -574,6 +574,10 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         })
     });
     let now = Instant::now();
+    let mut timeout = route.timeout.unwrap_or(rt.config.timeout);
+    if let Some(t) = codec.request_timeout(&frame) {
+        timeout = timeout.min(t);
+    }
     let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
     codec.set_request_id(&mut frame, up_id);
     down.inflight.fetch_add(1, Ordering::Relaxed);
@@ -582,7 +586,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         Pending {
             down: down.clone(),
             orig_id: id,
-            deadline: now + route.timeout.unwrap_or(rt.config.timeout),
+            deadline: now + timeout,
             started: now,
             stats,
             _active: active,

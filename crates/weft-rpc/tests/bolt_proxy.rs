@@ -209,6 +209,14 @@ async fn routes_answers_locally_and_multiplexes() {
     assert_eq!((t.id, t.status), (5, status::TIMEOUT));
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
 
+    // The caller's own timeout field (100ms), shorter than the route's 2s, bounds weft's deadline.
+    let h = [("sofa_head_target_service", SVC), ("sofa_head_method_name", "wait300")];
+    c.send(&bolt::encode_request(None, 6, true, 100, &h, b"")).await;
+    let t0 = std::time::Instant::now();
+    let t = c.recv().await.unwrap();
+    assert_eq!((t.id, t.status), (6, status::TIMEOUT));
+    assert!(t0.elapsed() < Duration::from_millis(290), "{:?}", t0.elapsed());
+
     // 200 calls pipelined from 4 connections (ids overlapping across connections), answered out
     // of order by the provider over one upstream connection: every answer matches its request.
     let mut tasks = Vec::new();
@@ -239,7 +247,7 @@ async fn routes_answers_locally_and_multiplexes() {
     for want in [
         r#"weft_rpc_requests_total{listener="bolt_route",method="echo",outcome="ok"} 203"#,
         r#"weft_rpc_local_replies_total{listener="bolt_route",reason="NR"} 1"#,
-        r#"weft_rpc_local_replies_total{listener="bolt_route",reason="UT"} 1"#,
+        r#"weft_rpc_local_replies_total{listener="bolt_route",reason="UT"} 2"#,
         r#"weft_rpc_heartbeats_total{listener="bolt_route"} 1"#,
     ] {
         assert!(m.contains(want), "{want}\n{m}");
