@@ -420,13 +420,14 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         for (p, m) in errs {
             cx.err(&p, m);
         }
+        let http = (l.http.as_ref().filter(|_| sniffing))
+            .and_then(|h| http_manager(cx, &format!("{path}.http"), h, clusters))
+            .map(Box::new);
+        let fallback = (l.tcp_proxy.as_ref().filter(|_| sniffing))
+            .and_then(|t| tcp_proxy(cx, &format!("{path}.tcp_proxy"), t, clusters));
         if let Some(mut rpc) = rpc {
             if let Some(sniff) = rpc.sniff.as_mut() {
-                sniff.http = (l.http.as_ref())
-                    .and_then(|h| http_manager(cx, &format!("{path}.http"), h, clusters))
-                    .map(Box::new);
-                sniff.fallback =
-                    (l.tcp_proxy.as_ref()).and_then(|t| tcp_proxy(cx, &format!("{path}.tcp_proxy"), t, clusters));
+                (sniff.http, sniff.fallback) = (http, fallback);
             }
             chains.push(FilterChain {
                 name: "default".into(),

@@ -319,3 +319,49 @@ async fn drain_answers_in_flight_then_closes() {
     assert_eq!(value(&f), "silver:-");
     assert!(busy.recv().await.is_none(), "closed once nothing is in flight");
 }
+
+#[test]
+fn config_errors_name_the_field() {
+    let bad = r#"
+listeners:
+  - name: b
+    address: 127.0.0.1:0
+    rpc:
+      protocol: bolt
+      sniff_timeout: 50ms
+      routes:
+        - match: { protocol: thrift }
+          cluster: c
+  - name: a
+    address: 127.0.0.1:0
+    rpc:
+      protocol: auto
+      sniff_timeout: 30s
+      routes: [{ cluster: c }]
+    tcp_proxy: { cluster: nope }
+clusters:
+  - name: c
+    endpoints: [{ address: "127.0.0.1:1" }]
+"#;
+    let e = weft_config::from_yaml(bad).unwrap_err().to_string();
+    for want in [
+        "listeners[0].rpc.sniff_timeout: only applies to protocol: auto",
+        "listeners[0].rpc.routes[0].match.protocol: unknown value \"thrift\"",
+        "listeners[1].rpc.sniff_timeout: must be at most 10s",
+        "listeners[1].tcp_proxy.cluster",
+    ] {
+        assert!(e.contains(want), "missing {want} in:\n{e}");
+    }
+    // A valid auto listener: rpc with http and tcp_proxy next to it.
+    let ok = r#"
+listeners:
+  - name: a
+    address: 127.0.0.1:0
+    rpc: { protocol: auto, routes: [{ cluster: c }] }
+    tcp_proxy: { cluster: c }
+clusters:
+  - name: c
+    endpoints: [{ address: "127.0.0.1:1" }]
+"#;
+    weft_config::from_yaml(ok).unwrap();
+}
