@@ -219,3 +219,72 @@ async fn one_port_dubbo_bolt_http1_h2c_and_tcp_fallback() {
         assert!(m.contains(&want), "{want}\n{m}");
     }
 }
+
+/// TLS on an `auto` listener with `tls`: a ClientHello goes to the HTTP path over TLS (curl
+/// verifies the chain), while plaintext HTTP/1.1 on the same port still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_plaintext_on_one_auto_port() {
+    if tool("curl").is_none() {
+        return;
+    }
+    let dir = TempDir::new("sniff-tls");
+    let ca = weft_tls::testcerts::Ca::new("weft test sniff CA");
+    ca.write(dir.path(), "ca");
+    ca.leaf_dns(&["a.example.com"]).write(dir.path(), "a");
+    let d = dir.path().display();
+    let web = named_upstream("web").await;
+    let proxy = start_proxy(&format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: mixed-tls
+    address: 127.0.0.1:0
+    tls:
+      certificates:
+        - {{ cert_file: {d}/a.crt, key_file: {d}/a.key, server_names: [a.example.com] }}
+    rpc: {{ protocol: auto, routes: [{{ cluster: web }}] }}
+    http:
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes:
+              - match: {{ prefix: / }}
+                route: {{ cluster: web }}
+clusters:
+  - name: web
+    connect_timeout: 1s
+    endpoints: [{{ address: "{web}" }}]
+"#,
+        web = web.addr
+    ));
+    let port = proxy.listener_addr("mixed-tls").unwrap().port();
+    let ca_file = dir.join("ca.crt").display().to_string();
+    let https = tokio::task::spawn_blocking(move || {
+        curl(&[
+            "-i",
+            "--cacert",
+            &ca_file,
+            "--resolve",
+            &format!("a.example.com:{port}:127.0.0.1"),
+            &format!("https://a.example.com:{port}/x"),
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        https.starts_with("HTTP/2 200") || https.starts_with("HTTP/1.1 200"),
+        "{https}"
+    );
+    assert!(https.contains("hello from web"), "{https}");
+    let plain = tokio::task::spawn_blocking(move || curl(&["-i", &format!("http://127.0.0.1:{port}/x")]))
+        .await
+        .unwrap();
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    let m = stats(&proxy).await;
+    for p in ["tls", "http1"] {
+        let want = format!(r#"weft_rpc_sniffed_connections_total{{listener="mixed-tls",protocol="{p}"}} 1"#);
+        assert!(m.contains(&want), "{want}\n{m}");
+    }
+}
