@@ -869,3 +869,25 @@ mod draft_tests {
         assert!(Bolt.argument(&frame, &info, 0).is_none(), "no arguments");
     }
 }
+
+#[cfg(test)]
+mod deep_input_tests {
+    use super::*;
+
+    /// Many draft string chunks in a row are walked in a loop, not by recursion.
+    #[test]
+    fn long_chunk_runs_do_not_recurse() {
+        let mut c = vec![b'O', 0x91, b'X', 0x92, 0x01, b'a', 0x0a];
+        c.extend_from_slice(b"methodName");
+        c.extend_from_slice(&[b'o', 0x90]);
+        for _ in 0..200_000 {
+            c.extend_from_slice(&[b's', 0x00, 0x00]);
+        }
+        c.extend_from_slice(&[0x01, b'z', 0x01, b'm']);
+        let f = encode_request(None, 1, true, 1000, &[], &c);
+        let mut buf = BytesMut::from(&f[..]);
+        let frame = Bolt.decode(&mut buf, 1 << 24).unwrap().unwrap();
+        let info = Bolt.request_info(&frame).unwrap();
+        assert_eq!(info.method.get(&frame.data).unwrap(), "m");
+    }
+}

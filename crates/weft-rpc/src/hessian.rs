@@ -204,15 +204,19 @@ impl<'a> Reader<'a> {
             // A reference (an int32), not a string chunk as in the final encoding.
             b'R' => self.take(5).map(drop),
             // A non-final string chunk.
-            c @ (b's' | b'b') => {
-                self.pos += 1;
-                let n = self.be(2)? as usize;
-                if c == b's' {
-                    self.skip_utf8(n)?;
-                } else {
-                    self.take(n)?;
+            // Non-final string or binary chunks (a loop, not recursion: there may be many), then
+            // the final one.
+            b's' | b'b' => {
+                while let c @ (b's' | b'b') = self.peek()? {
+                    self.pos += 1;
+                    let n = self.be(2)? as usize;
+                    if c == b's' {
+                        self.skip_utf8(n)?;
+                    } else {
+                        self.take(n)?;
+                    }
                 }
-                self.skip_draft(depth)
+                self.skip_depth(depth)
             }
             _ => self.skip_depth(depth),
         }
