@@ -1,4 +1,5 @@
-//! The `rpc` block of a listener: RPC proxying (Dubbo2) with per-request routing on interface,
+//! The `rpc` block of a listener: RPC proxying (Dubbo2, SOFARPC Bolt, or `auto`: sniffed per
+//! connection, next to the listener's `http` and a `tcp_proxy` fallback) with per-request routing on interface,
 //! method, version, group, attachments and argument values. Its YAML shape ([`RawRpc`]), its
 //! validation ([`validate`]) and its model ([`RpcProxy`]) live together here so that the shared
 //! `raw`/`validate`/`model` files only carry one hook each.
@@ -20,8 +21,12 @@ pub const DEFAULT_MAX_METHOD_LABELS: u32 = 200;
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRpc {
-    /// `dubbo` (the only protocol this build proxies; `bolt` and `auto` are refused for now).
+    /// `dubbo` (default), `bolt`, or `auto` (each connection's first bytes decide: Dubbo, Bolt,
+    /// HTTP via the listener's `http`, anything else via its `tcp_proxy`).
     pub protocol: Option<String>,
+    /// `auto` only: how long to wait for a connection's first bytes (default 100ms); a client that
+    /// sends nothing first goes to the fallback.
+    pub sniff_timeout: Option<String>,
     pub stat_prefix: Option<String>,
     pub routes: Vec<RawRpcRoute>,
     /// Per-request timeout when the route gives none (default 5s).
@@ -52,6 +57,8 @@ pub struct RawRpcRoute {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawRpcMatch {
+    /// `dubbo` or `bolt`: only requests of that protocol (for `protocol: auto` listeners).
+    pub protocol: Option<String>,
     /// The service interface (Dubbo's service path or its `interface` attachment), exact.
     pub interface: Option<String>,
     pub method: Option<String>,
@@ -75,6 +82,24 @@ pub struct RawArgMatch {
 #[serde(rename_all = "lowercase")]
 pub enum RpcProtocol {
     Dubbo,
+    Bolt,
+    /// Sniffed per connection (see [`Sniff`]).
+    Auto,
+}
+
+/// The default wait for a sniffing listener's first bytes.
+pub const DEFAULT_SNIFF_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A `protocol: auto` listener's other paths (filled in from the listener's `http` and
+/// `tcp_proxy` shorthands).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Sniff {
+    #[serde(serialize_with = "ser_dur")]
+    pub timeout: Duration,
+    /// Where HTTP/1.x and HTTP/2 (and TLS, when the listener terminates it) go.
+    pub http: Option<Box<crate::model::HttpConnectionManager>>,
+    /// Where everything else goes (including a client that sends nothing first).
+    pub fallback: Option<crate::model::TcpProxy>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -90,6 +115,8 @@ pub struct RpcProxy {
     pub idle_timeout: Option<Duration>,
     pub max_method_labels: u32,
     pub access_log: Option<AccessLog>,
+    /// `protocol: auto` only.
+    pub sniff: Option<Sniff>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -105,6 +132,8 @@ pub struct RpcRoute {
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct RpcMatch {
+    /// `dubbo` or `bolt` (the codec's name).
+    pub protocol: Option<String>,
     pub interface: Option<String>,
     pub method: Option<String>,
     pub version: Option<String>,
@@ -143,15 +172,13 @@ pub fn validate(
     let mut err = |p: String, m: String| errors.push((p, m));
     let protocol = match r.protocol.as_deref() {
         None | Some("dubbo") => RpcProtocol::Dubbo,
-        Some(p @ ("bolt" | "auto")) => {
+        Some("bolt") => RpcProtocol::Bolt,
+        Some("auto") => RpcProtocol::Auto,
+        Some(o) => {
             err(
                 format!("{path}.protocol"),
-                format!("\"{p}\" is not supported by this build yet (dubbo)"),
+                format!("unknown value \"{o}\" (dubbo, bolt, auto)"),
             );
-            RpcProtocol::Dubbo
-        }
-        Some(o) => {
-            err(format!("{path}.protocol"), format!("unknown value \"{o}\" (dubbo)"));
             RpcProtocol::Dubbo
         }
     };
@@ -171,6 +198,23 @@ pub fn validate(
     };
     let timeout = dur(format!("{path}.timeout"), &r.timeout, &mut err).unwrap_or(DEFAULT_TIMEOUT);
     let idle_timeout = dur(format!("{path}.idle_timeout"), &r.idle_timeout, &mut err);
+    let sniff_timeout = dur(format!("{path}.sniff_timeout"), &r.sniff_timeout, &mut err);
+    let sniff = match protocol {
+        RpcProtocol::Auto => Some(Sniff {
+            timeout: sniff_timeout.unwrap_or(DEFAULT_SNIFF_TIMEOUT),
+            http: None,
+            fallback: None,
+        }),
+        _ => {
+            if r.sniff_timeout.is_some() {
+                err(format!("{path}.sniff_timeout"), "only applies to protocol: auto".into());
+            }
+            None
+        }
+    };
+    if sniff_timeout.is_some_and(|t| t > Duration::from_secs(10)) {
+        err(format!("{path}.sniff_timeout"), "must be at most 10s".into());
+    }
     let max_frame_size = match r.max_frame_size {
         None => DEFAULT_MAX_FRAME_SIZE,
         Some(n) if (64..=1 << 30).contains(&n) => n as u32,
@@ -234,6 +278,17 @@ pub fn validate(
                     None
                 }
                 other => other.clone(),
+            };
+            m.protocol = match rm.protocol.as_deref() {
+                None => None,
+                Some(p @ ("dubbo" | "bolt")) => Some(p.to_string()),
+                Some(o) => {
+                    err(
+                        format!("{p}.match.protocol"),
+                        format!("unknown value \"{o}\" (dubbo, bolt)"),
+                    );
+                    None
+                }
             };
             m.interface = nonempty("interface", &rm.interface, &mut err);
             m.method = nonempty("method", &rm.method, &mut err);
@@ -301,5 +356,6 @@ pub fn validate(
         idle_timeout,
         max_method_labels,
         access_log,
+        sniff,
     })
 }

@@ -402,7 +402,13 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
             "give either filter_chains or an http/tcp_proxy shorthand, not both",
         );
     }
-    if let Some(r) = l.rpc.as_ref().filter(|_| l.http.is_none() && l.tcp_proxy.is_none()) {
+    // `rpc.protocol: auto` takes the listener's http and tcp_proxy shorthands as its other paths.
+    let sniffing = l.rpc.as_ref().is_some_and(|r| r.protocol.as_deref() == Some("auto"));
+    if let Some(r) = l
+        .rpc
+        .as_ref()
+        .filter(|_| sniffing || (l.http.is_none() && l.tcp_proxy.is_none()))
+    {
         let mut errs = Vec::new();
         let rpc = crate::rpc::validate(
             &format!("{path}.rpc"),
@@ -414,7 +420,15 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         for (p, m) in errs {
             cx.err(&p, m);
         }
-        if let Some(rpc) = rpc {
+        let http = (l.http.as_ref().filter(|_| sniffing))
+            .and_then(|h| http_manager(cx, &format!("{path}.http"), h, clusters))
+            .map(Box::new);
+        let fallback = (l.tcp_proxy.as_ref().filter(|_| sniffing))
+            .and_then(|t| tcp_proxy(cx, &format!("{path}.tcp_proxy"), t, clusters));
+        if let Some(mut rpc) = rpc {
+            if let Some(sniff) = rpc.sniff.as_mut() {
+                (sniff.http, sniff.fallback) = (http, fallback);
+            }
             chains.push(FilterChain {
                 name: "default".into(),
                 match_: FilterChainMatch::default(),

@@ -24,6 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_config::{Config, FilterChainMatch, Listener, NetworkFilter};
 
+mod sniff;
+
 /// Everything the request path needs from the process, shared by all workers.
 pub struct Shared {
     pub metrics: Metrics,
@@ -229,6 +231,8 @@ pub enum FilterRt {
     Http(Arc<http::HttpRt>),
     Tcp(Arc<tcp::TcpRt>),
     Rpc(Arc<weft_rpc::RpcRt>),
+    /// `rpc.protocol: auto`: the path is picked per connection (see `server/sniff.rs`).
+    Auto(Arc<sniff::AutoRt>),
 }
 
 /// Per-listener-name state that outlives generations: its sockets and its connection count.
@@ -717,6 +721,10 @@ impl Server {
                     let log = self.open_log(t.access_log.as_ref())?;
                     FilterRt::Tcp(Arc::new(tcp::TcpRt::new(t, &l.name, stats.clone(), log)))
                 }
+                NetworkFilter::Rpc(r) if r.sniff.is_some() => {
+                    let sniff = r.sniff.as_ref().expect("checked");
+                    FilterRt::Auto(Arc::new(self.build_auto(r, sniff, l, &stats)?))
+                }
                 NetworkFilter::Rpc(r) => {
                     let log = self.open_log(r.access_log.as_ref())?;
                     crate::rpc::ensure_admin(shared);
@@ -1020,6 +1028,7 @@ async fn handle_connection(
         Some(FilterRt::Rpc(r)) => {
             weft_rpc::serve_connection(stream, peer, r.clone(), &*shared, lrt.drain_signal()).await
         }
+        Some(FilterRt::Auto(a)) => Box::pin(sniff::serve(stream, peer, local, a, lrt.clone(), shared)).await,
         None => {
             tracing::debug!(listener = %lrt.config.name, %peer, "no filter chain matched; closing");
         }

@@ -86,6 +86,8 @@ pub enum DecodeError {
         two_way: bool,
         error: HessianError,
     },
+    /// The frame carries a checksum (Bolt v2's CRC32) that does not match its bytes.
+    Checksum { id: u64, two_way: bool },
 }
 
 impl DecodeError {
@@ -95,6 +97,7 @@ impl DecodeError {
             DecodeError::BadMagic => "bad_magic",
             DecodeError::UnsupportedVersion { .. } => "unsupported_version",
             DecodeError::Malformed { .. } => "malformed",
+            DecodeError::Checksum { .. } => "crc_mismatch",
         }
     }
 
@@ -103,7 +106,8 @@ impl DecodeError {
         match *self {
             DecodeError::TooLarge { id, two_way: true, .. }
             | DecodeError::UnsupportedVersion { id, two_way: true }
-            | DecodeError::Malformed { id, two_way: true, .. } => Some(id),
+            | DecodeError::Malformed { id, two_way: true, .. }
+            | DecodeError::Checksum { id, two_way: true } => Some(id),
             _ => None,
         }
     }
@@ -116,6 +120,7 @@ impl fmt::Display for DecodeError {
             DecodeError::BadMagic => f.write_str("bad magic number"),
             DecodeError::UnsupportedVersion { .. } => f.write_str("unsupported protocol version or serialization"),
             DecodeError::Malformed { error, .. } => write!(f, "malformed frame: {error}"),
+            DecodeError::Checksum { .. } => f.write_str("frame checksum (CRC32) mismatch"),
         }
     }
 }
@@ -169,6 +174,20 @@ pub trait Codec: Send + Sync + 'static {
 
     /// The message telling a peer to send no new requests on this connection, if the protocol has one.
     fn goaway(&self) -> Option<Bytes>;
+
+    /// The timeout the caller wrote in the request, if the protocol has one (Bolt): weft's
+    /// deadline for the request is the smaller of it and the route's.
+    fn request_timeout(&self, _frame: &Frame) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The status a local reply is counted and logged with (the protocol's own code).
+    fn local_status(&self, r: LocalReply) -> u16 {
+        match r {
+            LocalReply::Timeout => 31,
+            _ => 80,
+        }
+    }
 
     /// Whether a response status means success (for outlier detection and metrics).
     fn status_ok(&self, status: u16) -> bool;

@@ -86,6 +86,9 @@ pub struct Reader<'a> {
     pos: usize,
     /// Field counts of the class definitions seen so far.
     classes: Vec<u32>,
+    /// The body is in the Hessian 2.0 draft that hessian 3.x libraries write (`O` definitions,
+    /// `o` instances, `V`/`M` with `t` types ended by `z`), seen by [`Reader::object_field`].
+    draft: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -94,6 +97,7 @@ impl<'a> Reader<'a> {
             buf,
             pos: 0,
             classes: Vec::new(),
+            draft: false,
         }
     }
 
@@ -103,6 +107,7 @@ impl<'a> Reader<'a> {
             buf,
             pos: pos.min(buf.len()),
             classes: Vec::new(),
+            draft: false,
         }
     }
 
@@ -137,7 +142,115 @@ impl<'a> Reader<'a> {
 
     /// Skips one value of any type.
     pub fn skip(&mut self) -> R<()> {
+        // An `O` before any class definition cannot be a final-encoding instance (it would name a
+        // definition not given): it is a draft definition.
+        if self.draft || (self.classes.is_empty() && self.peek()? == b'O') {
+            self.draft = true;
+            return self.skip_draft(0);
+        }
         self.skip_depth(0)
+    }
+
+    /// Skips one value of the Hessian 2.0 draft (hessian 3.x), whose scalars are the final
+    /// encoding's but whose containers and objects are not.
+    fn skip_draft(&mut self, depth: u32) -> R<()> {
+        if depth > MAX_DEPTH {
+            return Err(HessianError::TooDeep);
+        }
+        match self.peek()? {
+            b'V' => {
+                self.pos += 1;
+                self.draft_type()?;
+                match self.peek()? {
+                    b'n' => self.take(2).map(drop)?,
+                    b'l' => self.take(5).map(drop)?,
+                    _ => {}
+                }
+                while self.peek()? != b'z' {
+                    self.skip_draft(depth + 1)?;
+                }
+                self.pos += 1;
+                Ok(())
+            }
+            b'M' => {
+                self.pos += 1;
+                self.draft_type()?;
+                while self.peek()? != b'z' {
+                    self.skip_draft(depth + 1)?;
+                    self.skip_draft(depth + 1)?;
+                }
+                self.pos += 1;
+                Ok(())
+            }
+            b'O' => {
+                self.draft_class()?;
+                self.skip_draft(depth + 1)
+            }
+            b'o' => {
+                self.pos += 1;
+                let def = self.read_int()?;
+                let fields = usize::try_from(def)
+                    .ok()
+                    .and_then(|d| self.classes.get(d).copied())
+                    .ok_or(HessianError::UnknownClass)?;
+                if fields as usize > self.buf.len() - self.pos {
+                    return Err(HessianError::BadLength);
+                }
+                for _ in 0..fields {
+                    self.skip_draft(depth + 1)?;
+                }
+                Ok(())
+            }
+            // A reference (an int32), not a string chunk as in the final encoding.
+            b'R' => self.take(5).map(drop),
+            // A non-final string chunk.
+            // Non-final string or binary chunks (a loop, not recursion: there may be many), then
+            // the final one.
+            b's' | b'b' => {
+                while let c @ (b's' | b'b') = self.peek()? {
+                    self.pos += 1;
+                    let n = self.be(2)? as usize;
+                    if c == b's' {
+                        self.skip_utf8(n)?;
+                    } else {
+                        self.take(n)?;
+                    }
+                }
+                self.skip_depth(depth)
+            }
+            _ => self.skip_depth(depth),
+        }
+    }
+
+    /// A draft list or map's optional type: `t`, a 2-byte length, the name.
+    fn draft_type(&mut self) -> R<()> {
+        if self.peek()? == b't' {
+            self.pos += 1;
+            let n = self.be(2)? as usize;
+            self.take(n)?;
+        }
+        Ok(())
+    }
+
+    /// A draft class definition (`O`, the name's length as an int, the name, the field count, the
+    /// field names); returns the field count.
+    fn draft_class(&mut self) -> R<u32> {
+        self.pos += 1;
+        let len = self.read_int()?;
+        let len = usize::try_from(len).map_err(|_| HessianError::BadLength)?;
+        self.take(len)?;
+        let n = self.read_int()?;
+        if !(0..=65_535).contains(&n) {
+            return Err(HessianError::BadLength);
+        }
+        for _ in 0..n {
+            self.skip_string()?;
+        }
+        if self.classes.len() >= MAX_CLASS_DEFS {
+            return Err(HessianError::BadLength);
+        }
+        self.classes.push(n as u32);
+        Ok(n as u32)
     }
 
     fn skip_depth(&mut self, depth: u32) -> R<()> {
@@ -374,6 +487,57 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Positions the reader at field `name` of an object written with its class definition in
+    /// front (`C` name count fields…, then the instance), skipping the fields before it. `Ok(false)`
+    /// when the class has no such field (the whole object is then skipped). The definition is
+    /// remembered, so later values of the body that refer to it can still be skipped.
+    pub fn object_field(&mut self, name: &str) -> R<bool> {
+        let draft = match self.byte()? {
+            b'C' => {
+                self.skip_type_name(0)?;
+                false
+            }
+            b'O' => {
+                let len = usize::try_from(self.read_int()?).map_err(|_| HessianError::BadLength)?;
+                self.take(len)?;
+                self.draft = true;
+                true
+            }
+            c => return Err(HessianError::BadCode(c)),
+        };
+        let n = self.read_int()?;
+        if !(0..=65_535).contains(&n) {
+            return Err(HessianError::BadLength);
+        }
+        let mut want = None;
+        for i in 0..n {
+            if self.read_opt_string()?.is_some_and(|f| f == name) && want.is_none() {
+                want = Some(i);
+            }
+        }
+        if self.classes.len() >= MAX_CLASS_DEFS {
+            return Err(HessianError::BadLength);
+        }
+        self.classes.push(n as u32);
+        let def = match (self.byte()?, draft) {
+            (b'O', false) | (b'o', true) => self.read_int()?,
+            (c @ 0x60..=0x6f, false) => i64::from(c - 0x60),
+            (c, _) => return Err(HessianError::BadCode(c)),
+        };
+        if def != self.classes.len() as i64 - 1 {
+            return Err(HessianError::UnknownClass);
+        }
+        let before = want.unwrap_or(n);
+        if draft {
+            for _ in 0..before {
+                self.skip_draft(0)?;
+            }
+        } else {
+            self.skip_n(before, 0)?;
+        }
+        Ok(want.is_some())
+    }
+
     /// Reads an int (any int encoding).
     pub fn read_int(&mut self) -> R<i64> {
         let c = self.byte()?;
@@ -437,13 +601,15 @@ impl<'a> Reader<'a> {
         match c {
             b'N' => return Ok(()),
             b'H' => {}
+            b'M' if self.draft => self.draft_type()?,
             b'M' => self.skip_type_name(0)?,
             _ => return Err(HessianError::BadCode(c)),
         }
+        let end = if self.draft { b'z' } else { b'Z' };
         // An entry whose key is not a string, or whose key or value cannot be decoded (an object,
         // a string that is not UTF-8), is skipped, not an error: the map is still well formed
         // (the skipper accepts it), and the entries after it must still be found.
-        while self.peek()? != b'Z' {
+        while self.peek()? != end {
             let start = self.pos;
             let k = match self.read_value() {
                 Ok(Value::Str(k)) => Some(k),

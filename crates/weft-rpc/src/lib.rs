@@ -4,14 +4,17 @@
 //! attachments and argument values, load balancing over the existing clusters, multiplexed upstream
 //! connections, timeouts, metrics and access logs.
 //!
-//! Protocols: [`dubbo`] (Dubbo2 over hessian2, walked with the [`hessian`] skipper).
+//! Protocols: [`dubbo`] (Dubbo2 over hessian2, walked with the [`hessian`] skipper) and [`bolt`]
+//! (SOFARPC Bolt v1 and v2). [`sniff`] tells them (and TLS, HTTP/1.x, HTTP/2) apart on one port.
 //!
 //! Depends on `weft-core` and `weft-upstream`; `weft-proxy` starts RPC listeners with it.
 
+pub mod bolt;
 pub mod codec;
 pub mod dubbo;
 pub mod hessian;
 pub mod metrics;
 pub mod proxy;
+pub mod sniff;
 
 pub use proxy::{serve_connection, RpcRt};

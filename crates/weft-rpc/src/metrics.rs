@@ -48,6 +48,13 @@ pub struct RpcMetrics {
     local_replies: Family<ReasonLabel, Counter>,
     decode_errors: Family<ReasonLabel, Counter>,
     heartbeats: Family<ListenerLabel, Counter>,
+    sniffed: Family<ProtocolLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub listener: String,
+    pub protocol: &'static str,
 }
 
 /// The process-wide RPC metrics.
@@ -65,6 +72,7 @@ impl RpcMetrics {
             local_replies: Family::default(),
             decode_errors: Family::default(),
             heartbeats: Family::default(),
+            sniffed: Family::default(),
         };
         let mut r = Registry::with_prefix("weft_rpc");
         r.register(
@@ -88,8 +96,23 @@ impl RpcMetrics {
             m.decode_errors.clone(),
         );
         r.register("heartbeats", "Heartbeats answered by the proxy", m.heartbeats.clone());
+        r.register(
+            "sniffed_connections",
+            "Connections of protocol: auto listeners, by the protocol their first bytes showed",
+            m.sniffed.clone(),
+        );
         *m.registry.lock() = r;
         m
+    }
+
+    /// Counts a sniffing listener's connection by the protocol found.
+    pub fn sniffed(&self, listener: &str, protocol: &'static str) {
+        self.sniffed
+            .get_or_create(&ProtocolLabel {
+                listener: listener.to_string(),
+                protocol,
+            })
+            .inc();
     }
 
     /// Prometheus text lines, without the trailing `# EOF`.

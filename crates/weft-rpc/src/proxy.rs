@@ -7,6 +7,7 @@
 //! is a reader task (responses, heartbeats, timeouts) plus a writer task. Frames move between them
 //! as `Bytes` split off the read buffer: bodies are never copied.
 
+use crate::bolt::Bolt;
 use crate::codec::{Codec, Frame, FrameKind, LocalReply, RequestInfo};
 use crate::dubbo::Dubbo;
 use crate::metrics::{ListenerRpcStats, MethodStats};
@@ -53,6 +54,9 @@ impl RpcRt {
     pub fn new(config: &RpcProxy, listener: &str, access_log: Option<Arc<AccessLogger>>) -> RpcRt {
         let codec: Arc<dyn Codec> = match config.protocol {
             RpcProtocol::Dubbo => Arc::new(Dubbo),
+            RpcProtocol::Bolt => Arc::new(Bolt),
+            // A sniffing listener builds one runtime per protocol it found (see `RpcRt::for_protocol`).
+            RpcProtocol::Auto => Arc::new(Dubbo),
         };
         let min_timeout = config
             .routes
@@ -76,6 +80,9 @@ impl RpcRt {
         let c = &*self.codec;
         self.config.routes.iter().find(|r| {
             let m = &r.match_;
+            if m.protocol.as_deref().is_some_and(|p| p != c.name()) {
+                return false;
+            }
             if let Some(want) = &m.interface {
                 let ok = info.service.get(&frame.data).is_some_and(|s| s == want.as_str())
                     || c.attachment(frame, info, "interface")
@@ -257,10 +264,7 @@ impl UpCtx {
     fn fail(&self, p: Pending, r: LocalReply, msg: &str) {
         self.stats.local_reply(r.reason());
         let _ = p.down.tx.send(self.codec.local_reply(p.orig_id, r, msg));
-        let status = match r {
-            LocalReply::Timeout => 31,
-            _ => 80,
-        };
+        let status = self.codec.local_status(r);
         self.finish(p, status, r.reason());
     }
 }
@@ -570,6 +574,10 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         })
     });
     let now = Instant::now();
+    let mut timeout = route.timeout.unwrap_or(rt.config.timeout);
+    if let Some(t) = codec.request_timeout(&frame) {
+        timeout = timeout.min(t);
+    }
     let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
     codec.set_request_id(&mut frame, up_id);
     down.inflight.fetch_add(1, Ordering::Relaxed);
@@ -578,7 +586,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         Pending {
             down: down.clone(),
             orig_id: id,
-            deadline: now + route.timeout.unwrap_or(rt.config.timeout),
+            deadline: now + timeout,
             started: now,
             stats,
             _active: active,
