@@ -286,7 +286,7 @@ pub fn validate(
             }
             Some(p) => LogSink::File(p.to_string()),
         };
-        AccessLog { sink }
+        AccessLog { sink, format: None }
     });
     if errors.len() > before {
         return None;

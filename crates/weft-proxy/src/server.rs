@@ -751,7 +751,7 @@ impl Server {
             Some(l) => self
                 .shared
                 .access_logs
-                .get(&l.sink)
+                .get_for(l)
                 .map(Some)
                 .map_err(|source| ApplyError::AccessLog {
                     sink: format!("{:?}", l.sink),

@@ -117,6 +117,8 @@ struct ConnCtx {
     peer: SocketAddr,
     peer_ip: HeaderValue,
     original_dst: Option<SocketAddr>,
+    /// The address the client connected to (its original destination when redirected).
+    local: Option<SocketAddr>,
     framing: Arc<parking_lot::Mutex<FramingTracker>>,
     /// Requests started and in progress (until their response body ends), for the timeouts.
     exchanges: crate::watchdog::Exchanges,
@@ -153,6 +155,7 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     tls: Option<Arc<crate::tls::ConnTls>>,
     codec: Codec,
 ) {
+    let local = original_dst.or_else(|| stream.local_addr());
     let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
         framing,
@@ -163,6 +166,7 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
         clusters,
         peer,
         original_dst,
+        local,
         tls,
     });
     let svc_ctx = ctx.clone();
