@@ -13,6 +13,7 @@ pub mod access_log;
 pub mod error;
 pub mod flags;
 pub mod istio;
+pub mod istio_tcp;
 pub mod log_format;
 pub mod stats;
 pub mod trace;

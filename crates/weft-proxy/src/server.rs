@@ -681,7 +681,8 @@ impl Server {
                 }
                 NetworkFilter::TcpProxy(t) => {
                     let log = self.open_log(t.access_log.as_ref())?;
-                    FilterRt::Tcp(Arc::new(tcp::TcpRt::new(t, &l.name, stats.clone(), log)))
+                    let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log);
+                    FilterRt::Tcp(Arc::new(rt.with_istio(self.istio_tcp(l, &t.cluster))))
                 }
                 NetworkFilter::Rpc(r) => {
                     let log = self.open_log(r.access_log.as_ref())?;
@@ -728,6 +729,22 @@ impl Server {
             self.shared.metrics.istio.clone(),
             &me,
             inbound,
+        )))
+    }
+
+    /// The Istio-standard TCP metrics reporter of a TCP proxy listener (reporter as in [`Self::istio`]).
+    fn istio_tcp(&self, l: &Listener, cluster: &str) -> Option<Arc<weft_core::istio_tcp::IstioTcpReporter>> {
+        let node = &self.shared.snapshot.load().config.node;
+        if !weft_core::istio::enabled(&node.metadata) {
+            return None;
+        }
+        let me = weft_core::istio::Workload::from_node(&node.id, &node.metadata);
+        let inbound = l.direction != weft_config::Direction::Outbound;
+        Some(Arc::new(weft_core::istio_tcp::IstioTcpReporter::new(
+            self.shared.metrics.istio.clone(),
+            &me,
+            inbound,
+            cluster,
         )))
     }
 

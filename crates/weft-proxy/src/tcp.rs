@@ -22,6 +22,8 @@ pub struct TcpRt {
     pub listener: String,
     pub stats: Arc<ListenerStats>,
     pub access_log: Option<Arc<AccessLogger>>,
+    /// Istio-standard TCP metrics (on unless the node's metadata turns them off).
+    pub istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>,
 }
 
 impl TcpRt {
@@ -36,7 +38,13 @@ impl TcpRt {
             listener: listener.to_string(),
             stats,
             access_log,
+            istio: None,
         }
+    }
+
+    pub fn with_istio(mut self, istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>) -> TcpRt {
+        self.istio = istio;
+        self
     }
 }
 
@@ -131,13 +139,23 @@ pub async fn serve_connection(
         attempts,
     };
     let Some((up, _cx_guard, host, _active)) = connected else {
+        if let Some(i) = &rt.istio {
+            i.opened(flag);
+            i.closed(flag, 0, 0);
+        }
         end.log(&rt);
         return;
     };
+    if let Some(i) = &rt.istio {
+        i.opened("-");
+    }
     let drain = lrt.drain_signal();
     let (sent, received) = copy_bidirectional(down, up, rt.config.idle_timeout, drain).await;
     cluster.stats.tx_bytes.inc_by(sent);
     cluster.stats.rx_bytes.inc_by(received);
+    if let Some(i) = &rt.istio {
+        i.closed("-", sent, received);
+    }
     end.upstream = Some(host.address);
     // Logged from the client's side: bytes received from it, bytes sent to it.
     (end.received, end.sent) = (sent, received);
