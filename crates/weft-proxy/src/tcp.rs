@@ -84,7 +84,10 @@ pub async fn serve_connection(
     let mut flag = "-";
     let mut reason = None;
     let mut attempts = 0u32;
-    let local = orig.or_else(|| down.local_addr().ok());
+    let local = match rt.access_log.as_ref().and_then(|l| l.format()) {
+        Some(_) => orig.or_else(|| down.local_addr().ok()),
+        None => None,
+    };
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let host = match (&cluster.config.discovery, orig) {
             (Discovery::OriginalDst, Some(a)) => cluster.original_dst_host(a),

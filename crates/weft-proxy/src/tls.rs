@@ -411,7 +411,13 @@ pub async fn serve_http(
         peer: peer_id,
         own_id,
         mode,
-        sni: c.server_name().map(Arc::from),
+        // Kept only for an Envoy-style access log (%REQUESTED_SERVER_NAME%).
+        sni: h
+            .access_log
+            .as_ref()
+            .and_then(|l| l.format())
+            .and(c.server_name())
+            .map(Arc::from),
     });
     let io = TlsIo {
         inner: s,

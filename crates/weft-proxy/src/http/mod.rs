@@ -155,7 +155,11 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     tls: Option<Arc<crate::tls::ConnTls>>,
     codec: Codec,
 ) {
-    let local = original_dst.or_else(|| stream.local_addr());
+    // Only an Envoy-style access log reads it: no getsockname per connection otherwise.
+    let local = match rt.access_log.as_ref().and_then(|l| l.format()) {
+        Some(_) => original_dst.or_else(|| stream.local_addr()),
+        None => original_dst,
+    };
     let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
         framing,
