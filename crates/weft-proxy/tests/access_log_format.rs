@@ -274,3 +274,27 @@ fn bad_formats_are_refused_with_the_field_named() {
         assert!(e.message.contains(want), "{log}: {e}");
     }
 }
+
+#[test]
+fn rpc_listeners_refuse_a_format_rather_than_ignore_it() {
+    let yaml = r#"
+listeners:
+  - name: dubbo
+    address: 127.0.0.1:0
+    rpc:
+      protocol: dubbo
+      access_log: { path: stdout, format: "%RESPONSE_CODE%" }
+      routes:
+        - { match: { interface: a.B }, cluster: c }
+clusters:
+  - name: c
+    endpoints: [{ address: "127.0.0.1:1" }]
+"#;
+    let err = weft_config::from_yaml(yaml).expect_err("refused");
+    assert!(
+        err.errors
+            .iter()
+            .any(|e| e.path == "listeners[0].rpc.access_log.format" && e.message.contains("not supported")),
+        "{err}"
+    );
+}
