@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod duration;
+pub mod log_format;
 pub mod model;
 pub mod raw;
 pub mod rpc;

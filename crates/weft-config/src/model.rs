@@ -213,6 +213,8 @@ pub enum NetworkFilter {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct AccessLog {
     pub sink: LogSink,
+    /// Text or JSON with Envoy's command operators; `None`: weft's own JSON record.
+    pub format: Option<crate::log_format::LogFormat>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, Hash)]

@@ -136,6 +136,10 @@ pub struct RawFilterChainMatch {
 pub struct RawAccessLog {
     /// "stdout", "stderr" or a file path.
     pub path: Option<String>,
+    /// A text format with Envoy's command operators (`""`: Envoy's default format).
+    pub format: Option<String>,
+    /// One JSON object per line: key → format string with Envoy's command operators.
+    pub json_format: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

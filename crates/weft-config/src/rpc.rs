@@ -341,7 +341,14 @@ pub fn validate(
             }
             Some(p) => LogSink::File(p.to_string()),
         };
-        AccessLog { sink }
+        // RPC listeners write weft's JSON record only: a format is refused rather than ignored.
+        if a.format.is_some() || a.json_format.is_some() {
+            err(
+                format!("{path}.access_log.format"),
+                "not supported on rpc listeners (weft's JSON record only)".into(),
+            );
+        }
+        AccessLog { sink, format: None }
     });
     if errors.len() > before {
         return None;

@@ -590,7 +590,11 @@ fn access_log(cx: &mut Ctx, path: &str, a: &Option<RawAccessLog>) -> Option<Acce
         }
         Some(p) => LogSink::File(p.to_string()),
     };
-    Some(AccessLog { sink })
+    let format = crate::log_format::from_raw(a, path).unwrap_or_else(|e| {
+        cx.err(&e.path, e.message);
+        None
+    });
+    Some(AccessLog { sink, format })
 }
 
 fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<String>) -> Option<TcpProxy> {

@@ -1,4 +1,4 @@
-//! Structured access log: one JSON object per line, written through a buffer that a background task
+//! Access log sinks: one record per line (weft's JSON object, or an Envoy-style format), written through a buffer that a background task
 //! flushes every 250 ms (and whenever it grows past 64 KiB), so logging costs a formatted line and an
 //! uncontended lock per request rather than a syscall.
 
@@ -8,33 +8,34 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
-use weft_config::LogSink;
+use weft_config::log_format::LogFormat;
+use weft_config::{AccessLog, LogSink};
 
 const FLUSH_THRESHOLD: usize = 64 * 1024;
 
-pub struct AccessLogger {
+/// One open sink (file, stdout, stderr) and its buffer, shared by every logger writing to it.
+struct Sink {
     buf: Mutex<Vec<u8>>,
     out: Mutex<Box<dyn Write + Send>>,
 }
 
-impl AccessLogger {
-    fn open(sink: &LogSink) -> io::Result<AccessLogger> {
+impl Sink {
+    fn open(sink: &LogSink) -> io::Result<Sink> {
         let out: Box<dyn Write + Send> = match sink {
             LogSink::Stdout => Box::new(io::stdout()),
             LogSink::Stderr => Box::new(io::stderr()),
             LogSink::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
         };
-        Ok(AccessLogger {
+        Ok(Sink {
             buf: Mutex::new(Vec::with_capacity(FLUSH_THRESHOLD)),
             out: Mutex::new(out),
         })
     }
 
-    /// Appends one record (a JSON object without the trailing newline).
-    pub fn log(&self, record: &serde_json::Value) {
+    /// Appends whatever `fill` writes (one or more whole lines) to the buffer.
+    fn append(&self, fill: impl FnOnce(&mut Vec<u8>)) {
         let mut buf = self.buf.lock();
-        let _ = serde_json::to_writer(&mut *buf, record);
-        buf.push(b'\n');
+        fill(&mut buf);
         if buf.len() >= FLUSH_THRESHOLD {
             let data = std::mem::take(&mut *buf);
             drop(buf);
@@ -42,7 +43,7 @@ impl AccessLogger {
         }
     }
 
-    pub fn flush(&self) {
+    fn flush(&self) {
         let data = {
             let mut buf = self.buf.lock();
             if buf.is_empty() {
@@ -60,31 +61,80 @@ impl AccessLogger {
     }
 }
 
-/// Opens each sink once and hands out shared loggers; flushes them periodically.
+/// One configured access log: a shared sink and the format its lines take.
+pub struct AccessLogger {
+    sink: Arc<Sink>,
+    format: Option<LogFormat>,
+}
+
+impl AccessLogger {
+    /// The Envoy-style format, when the access log configures one (`None`: weft's JSON record).
+    pub fn format(&self) -> Option<&LogFormat> {
+        self.format.as_ref()
+    }
+
+    /// Appends one record (a JSON object without the trailing newline).
+    pub fn log(&self, record: &serde_json::Value) {
+        self.sink.append(|buf| {
+            let _ = serde_json::to_writer(&mut *buf, record);
+            buf.push(b'\n');
+        });
+    }
+
+    /// Appends one entry in the configured format, formatted straight into the sink's buffer
+    /// (nothing when no format is configured: callers then write weft's record with [`Self::log`]).
+    pub fn log_entry(&self, e: &crate::log_format::LogEntry<'_>) {
+        if let Some(f) = &self.format {
+            self.sink.append(|buf| crate::log_format::write(f, e, buf));
+        }
+    }
+
+    pub fn flush(&self) {
+        self.sink.flush();
+    }
+}
+
+/// Opens each sink once and hands out loggers sharing it; flushes them periodically.
 #[derive(Default)]
 pub struct AccessLogs {
-    open: Mutex<HashMap<LogSink, Weak<AccessLogger>>>,
+    open: Mutex<HashMap<LogSink, Weak<Sink>>>,
 }
 
 impl AccessLogs {
-    pub fn get(&self, sink: &LogSink) -> io::Result<Arc<AccessLogger>> {
+    fn sink(&self, sink: &LogSink) -> io::Result<Arc<Sink>> {
         let mut open = self.open.lock();
         if let Some(l) = open.get(sink).and_then(Weak::upgrade) {
             return Ok(l);
         }
-        let l = Arc::new(AccessLogger::open(sink)?);
+        let l = Arc::new(Sink::open(sink)?);
         open.insert(sink.clone(), Arc::downgrade(&l));
         Ok(l)
     }
 
+    /// A logger writing weft's JSON record to `sink`.
+    pub fn get(&self, sink: &LogSink) -> io::Result<Arc<AccessLogger>> {
+        Ok(Arc::new(AccessLogger {
+            sink: self.sink(sink)?,
+            format: None,
+        }))
+    }
+
+    /// The logger an access log's configuration asks for (its sink and format).
+    pub fn get_for(&self, log: &AccessLog) -> io::Result<Arc<AccessLogger>> {
+        Ok(Arc::new(AccessLogger {
+            sink: self.sink(&log.sink)?,
+            format: log.format.clone(),
+        }))
+    }
+
     pub fn flush_all(&self) {
-        let loggers: Vec<_> = {
+        let sinks: Vec<_> = {
             let mut open = self.open.lock();
             open.retain(|_, w| w.strong_count() > 0);
             open.values().filter_map(Weak::upgrade).collect()
         };
-        for l in loggers {
-            l.flush();
+        for s in sinks {
+            s.flush();
         }
     }
 
@@ -99,6 +149,13 @@ impl AccessLogs {
 
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
 pub fn timestamp(t: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_timestamp(&mut out, t);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`timestamp`], appended to a buffer.
+pub fn write_timestamp(out: &mut Vec<u8>, t: SystemTime) {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
@@ -113,13 +170,14 @@ pub fn timestamp(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = if month <= 2 { y + 1 } else { y };
-    format!(
+    let _ = write!(
+        out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
         rem / 3600,
         (rem % 3600) / 60,
         rem % 60,
         d.subsec_millis()
-    )
+    );
 }
 
 #[cfg(test)]

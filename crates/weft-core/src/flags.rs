@@ -67,6 +67,49 @@ impl Reason {
         }
     }
 
+    /// Envoy's `%RESPONSE_FLAGS%` short form; `None` for a direct response (not a failure in
+    /// Envoy's eyes, which logs `-`).
+    pub fn envoy_flag(self) -> Option<&'static str> {
+        match self {
+            Reason::DirectResponse => None,
+            Reason::UpstreamProtocolError => Some("UPE"),
+            r => Some(r.code()),
+        }
+    }
+
+    /// Envoy's `%RESPONSE_CODE_DETAILS%` for a response the proxy made or a failed exchange.
+    pub fn details(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "route_not_found",
+            Reason::NoHealthyUpstream => "no_healthy_upstream",
+            Reason::UpstreamConnectFailure => "upstream_reset_before_response_started{connection_failure}",
+            Reason::UpstreamReset => "upstream_reset_before_response_started{connection_termination}",
+            Reason::UpstreamTimeout => "response_timeout",
+            Reason::Overflow => "upstream_reset_before_response_started{overflow}",
+            Reason::UpstreamProtocolError => "upstream_reset_before_response_started{protocol_error}",
+            Reason::DownstreamProtocolError => "downstream_protocol_error",
+            Reason::DownstreamDisconnect => "downstream_remote_disconnect",
+            Reason::DirectResponse => "direct_response",
+            Reason::FaultInjected => "fault_filter_abort",
+            Reason::RateLimited => "local_rate_limited",
+            Reason::GlobalRateLimited => "request_rate_limited",
+            Reason::RateLimitServiceError => "rate_limiter_error",
+            Reason::NoCluster => "cluster_not_found",
+        }
+    }
+
+    /// A failure on the upstream side that retries may have been spent on (Envoy adds `URX`).
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Reason::UpstreamConnectFailure
+                | Reason::UpstreamReset
+                | Reason::UpstreamTimeout
+                | Reason::UpstreamProtocolError
+                | Reason::Overflow
+        )
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             Reason::NoRoute => StatusCode::NOT_FOUND,

@@ -75,6 +75,8 @@ pub struct IstioLabels {
 /// The families, in their own registry (Istio's names carry no `weft_` prefix).
 pub struct IstioMetrics {
     registry: Registry,
+    /// The `istio_tcp_*` families (TCP proxy listeners).
+    pub tcp: crate::istio_tcp::TcpFamilies,
     requests: Family<IstioLabels, Counter>,
     duration: Family<IstioLabels, Histogram>,
     request_bytes: Family<IstioLabels, Histogram>,
@@ -115,8 +117,10 @@ impl Default for IstioMetrics {
             "Response body sizes (Istio standard metric; from content-length)",
             response_bytes.clone(),
         );
+        let tcp = crate::istio_tcp::TcpFamilies::register(&mut registry);
         IstioMetrics {
             registry,
+            tcp,
             requests,
             duration,
             request_bytes,
@@ -214,55 +218,62 @@ pub struct IstioReporter {
     overflow: Arc<Handles>,
 }
 
+/// The labels of this proxy's side (and `unknown` for the peer's) on a listener reporting as
+/// destination (`inbound`) or source.
+pub(crate) fn base_labels(me: &Workload, inbound: bool) -> IstioLabels {
+    let unknown = || "unknown".to_string();
+    let mut base = IstioLabels {
+        reporter: if inbound { "destination" } else { "source" }.into(),
+        connection_security_policy: if inbound { "none" } else { "unknown" }.into(),
+        ..IstioLabels::default()
+    };
+    let fill = |l: &mut IstioLabels, src: bool, w: Option<&Workload>| {
+        let v = |f: fn(&Workload) -> &String| w.map_or_else(unknown, |w| f(w).clone());
+        let (wl, ns, pr, app, ver, cs, cr, cl) = (
+            v(|w| &w.name),
+            v(|w| &w.namespace),
+            v(|w| &w.principal),
+            v(|w| &w.app),
+            v(|w| &w.version),
+            v(|w| &w.canonical_service),
+            v(|w| &w.canonical_revision),
+            v(|w| &w.cluster),
+        );
+        if src {
+            (l.source_workload, l.source_workload_namespace, l.source_principal) = (wl, ns, pr);
+            (l.source_app, l.source_version) = (app, ver);
+            (
+                l.source_canonical_service,
+                l.source_canonical_revision,
+                l.source_cluster,
+            ) = (cs, cr, cl);
+        } else {
+            (
+                l.destination_workload,
+                l.destination_workload_namespace,
+                l.destination_principal,
+            ) = (wl, ns, pr);
+            (l.destination_app, l.destination_version) = (app, ver);
+            (
+                l.destination_canonical_service,
+                l.destination_canonical_revision,
+                l.destination_cluster,
+            ) = (cs, cr, cl);
+        }
+    };
+    fill(&mut base, inbound, None);
+    fill(&mut base, !inbound, Some(me));
+    base.destination_service_namespace = if inbound { me.namespace.clone() } else { unknown() };
+    base
+}
+
 /// `grpc` value meaning "not gRPC".
 pub const NOT_GRPC: u8 = 255;
 
 impl IstioReporter {
     /// `inbound`: whether this listener takes traffic to the local workload (reporter=destination).
     pub fn new(metrics: Arc<IstioMetrics>, me: &Workload, inbound: bool) -> IstioReporter {
-        let unknown = || "unknown".to_string();
-        let mut base = IstioLabels {
-            reporter: if inbound { "destination" } else { "source" }.into(),
-            connection_security_policy: if inbound { "none" } else { "unknown" }.into(),
-            ..IstioLabels::default()
-        };
-        let fill = |l: &mut IstioLabels, src: bool, w: Option<&Workload>| {
-            let v = |f: fn(&Workload) -> &String| w.map_or_else(unknown, |w| f(w).clone());
-            let (wl, ns, pr, app, ver, cs, cr, cl) = (
-                v(|w| &w.name),
-                v(|w| &w.namespace),
-                v(|w| &w.principal),
-                v(|w| &w.app),
-                v(|w| &w.version),
-                v(|w| &w.canonical_service),
-                v(|w| &w.canonical_revision),
-                v(|w| &w.cluster),
-            );
-            if src {
-                (l.source_workload, l.source_workload_namespace, l.source_principal) = (wl, ns, pr);
-                (l.source_app, l.source_version) = (app, ver);
-                (
-                    l.source_canonical_service,
-                    l.source_canonical_revision,
-                    l.source_cluster,
-                ) = (cs, cr, cl);
-            } else {
-                (
-                    l.destination_workload,
-                    l.destination_workload_namespace,
-                    l.destination_principal,
-                ) = (wl, ns, pr);
-                (l.destination_app, l.destination_version) = (app, ver);
-                (
-                    l.destination_canonical_service,
-                    l.destination_canonical_revision,
-                    l.destination_cluster,
-                ) = (cs, cr, cl);
-            }
-        };
-        fill(&mut base, inbound, None);
-        fill(&mut base, !inbound, Some(me));
-        base.destination_service_namespace = if inbound { me.namespace.clone() } else { unknown() };
+        let base = base_labels(me, inbound);
         let mut o = base.clone();
         o.destination_service = "overflow".into();
         o.destination_service_name = "overflow".into();

@@ -3,7 +3,7 @@
 //! - [`flags`]: reason codes for responses the proxy makes itself.
 //! - [`error`]: the one error type of the request path: reason, blame and retry safety.
 //! - [`stats`]: the Prometheus registry and the per-listener/cluster/route handles.
-//! - [`access_log`]: buffered access-log sinks.
+//! - [`access_log`]: buffered access-log sinks; [`log_format`]: Envoy-style format strings.
 //!
 //! Layers, each depending only on those before it (enforced by Cargo):
 //! `weft-core` → `weft-upstream` (hosts, pools, the upstream client) → `weft-route` (router, route
@@ -13,6 +13,8 @@ pub mod access_log;
 pub mod error;
 pub mod flags;
 pub mod istio;
+pub mod istio_tcp;
+pub mod log_format;
 pub mod stats;
 pub mod trace;
 

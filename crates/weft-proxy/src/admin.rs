@@ -11,6 +11,7 @@
 //! | POST | `/reload` | re-read the configuration file; 400 with the errors if refused |
 //! | POST | `/drain` | stop accepting and close connections gracefully |
 //! | POST | `/quitquitquit` | drain, then exit (as SIGTERM): for Jobs whose app has finished |
+//! | POST | `/explain` | what the proxy would do with a request (JSON in and out; no side effects) |
 //!
 //! Mutating requests (any method but GET/HEAD/OPTIONS/TRACE) that look cross-site — a foreign
 //! `Origin` or `Host`, or a form / `text/plain` body — are answered 403 ([`weft_config::admin`]),
@@ -120,7 +121,7 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/plain",
-            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  GET  /xds\n  POST /reload\n  POST /drain\n  POST /quitquitquit\n",
+            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  GET  /xds\n  POST /reload\n  POST /explain\n  POST /drain\n  POST /quitquitquit\n",
         ),
         (&Method::GET, "/ready") => {
             if shared.draining.load(Ordering::Relaxed) {
@@ -221,6 +222,16 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                     format!("reload refused, still serving the previous configuration:\n{e}\n"),
                 ),
                 Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "reload failed\n"),
+            }
+        }
+        (&Method::POST, "/explain") => {
+            let body = http_body_util::Limited::new(req.into_body(), 64 * 1024).collect().await;
+            let Ok(body) = body.map(|b| b.to_bytes()) else {
+                return reply(StatusCode::BAD_REQUEST, "text/plain", "body unreadable or over 64 KiB\n");
+            };
+            match crate::explain::ExplainRequest::from_json(&body) {
+                Ok(r) => json(&crate::explain::explain(&server, &r)),
+                Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{}\n", e.0)),
             }
         }
         (&Method::POST, "/drain") => {

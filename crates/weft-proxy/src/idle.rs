@@ -41,11 +41,18 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Waits for bytes from the client without consuming them (they stay for the next read).
     fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>>;
+    /// The connection's local address (the access log's `%DOWNSTREAM_LOCAL_ADDRESS%`).
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
 }
 
 impl ConnIo for TcpStream {
     fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
         TcpStream::poll_peek(self, cx, buf)
+    }
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        TcpStream::local_addr(self).ok()
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod carry;
 pub mod dns;
+pub mod explain;
 pub mod h1_framing;
 pub mod hot_restart;
 pub mod http;

@@ -719,7 +719,8 @@ impl Server {
                 }
                 NetworkFilter::TcpProxy(t) => {
                     let log = self.open_log(t.access_log.as_ref())?;
-                    FilterRt::Tcp(Arc::new(tcp::TcpRt::new(t, &l.name, stats.clone(), log)))
+                    let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log);
+                    FilterRt::Tcp(Arc::new(rt.with_istio(self.istio_tcp(l, &t.cluster))))
                 }
                 NetworkFilter::Rpc(r) if r.sniff.is_some() => {
                     let sniff = r.sniff.as_ref().expect("checked");
@@ -774,6 +775,22 @@ impl Server {
         )))
     }
 
+    /// The Istio-standard TCP metrics reporter of a TCP proxy listener (reporter as in [`Self::istio`]).
+    fn istio_tcp(&self, l: &Listener, cluster: &str) -> Option<Arc<weft_core::istio_tcp::IstioTcpReporter>> {
+        let node = &self.shared.snapshot.load().config.node;
+        if !weft_core::istio::enabled(&node.metadata) {
+            return None;
+        }
+        let me = weft_core::istio::Workload::from_node(&node.id, &node.metadata);
+        let inbound = l.direction != weft_config::Direction::Outbound;
+        Some(Arc::new(weft_core::istio_tcp::IstioTcpReporter::new(
+            self.shared.metrics.istio.clone(),
+            &me,
+            inbound,
+            cluster,
+        )))
+    }
+
     /// The connection manager's tracer and its exporter task, when it configures tracing.
     fn tracer(&self, h: &weft_config::HttpConnectionManager, listener: &str) -> Option<Arc<weft_core::trace::Tracer>> {
         let t = h.tracing.as_deref()?;
@@ -794,7 +811,7 @@ impl Server {
             Some(l) => self
                 .shared
                 .access_logs
-                .get(&l.sink)
+                .get_for(l)
                 .map(Some)
                 .map_err(|source| ApplyError::AccessLog {
                     sink: format!("{:?}", l.sink),

@@ -22,6 +22,8 @@ pub struct TcpRt {
     pub listener: String,
     pub stats: Arc<ListenerStats>,
     pub access_log: Option<Arc<AccessLogger>>,
+    /// Istio-standard TCP metrics (on unless the node's metadata turns them off).
+    pub istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>,
 }
 
 impl TcpRt {
@@ -36,7 +38,13 @@ impl TcpRt {
             listener: listener.to_string(),
             stats,
             access_log,
+            istio: None,
         }
+    }
+
+    pub fn with_istio(mut self, istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>) -> TcpRt {
+        self.istio = istio;
+        self
     }
 }
 
@@ -74,6 +82,12 @@ pub async fn serve_connection(
     let mut tried: Option<Arc<Host>> = None;
     let mut connected = None;
     let mut flag = "-";
+    let mut reason = None;
+    let mut attempts = 0u32;
+    let local = match rt.access_log.as_ref().and_then(|l| l.format()) {
+        Some(_) => orig.or_else(|| down.local_addr().ok()),
+        None => None,
+    };
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let host = match (&cluster.config.discovery, orig) {
             (Discovery::OriginalDst, Some(a)) => {
@@ -81,20 +95,24 @@ pub async fn serve_connection(
             }
             (Discovery::OriginalDst, None) => {
                 flag = "UH";
+                reason = Some(crate::flags::Reason::NoHealthyUpstream);
                 break;
             }
             _ => match cluster.pick(hash, tried.as_ref(), None) {
                 Some(h) => h,
                 None => {
                     flag = "UH";
+                    reason = Some(crate::flags::Reason::NoHealthyUpstream);
                     break;
                 }
             },
         };
         let Some(active) = cluster.start_request(&host, weft_config::RoutePriority::Default) else {
             flag = "UO";
+            reason = Some(crate::flags::Reason::Overflow);
             break;
         };
+        attempts += 1;
         match cluster.connect_raw(&host).await {
             Ok((s, guard)) => {
                 cluster.report(&host, crate::outlier::Outcome::Status(200));
@@ -108,33 +126,96 @@ pub async fn serve_connection(
                     cluster.report(&host, crate::outlier::Outcome::LocalFailure);
                 }
                 flag = e.reason.code();
+                reason = Some(e.reason);
                 tried = Some(host);
             }
         }
     }
+    let mut end = TcpEnd {
+        peer,
+        local,
+        upstream: tried.as_ref().map(|h| h.address),
+        started_at,
+        start,
+        sent: 0,
+        received: 0,
+        flag,
+        reason,
+        attempts,
+    };
     let Some((up, _cx_guard, host, _active)) = connected else {
-        log(&rt, peer, None, started_at, start, 0, 0, flag);
+        if let Some(i) = &rt.istio {
+            i.opened(flag);
+            i.closed(flag, 0, 0);
+        }
+        end.log(&rt);
         return;
     };
+    if let Some(i) = &rt.istio {
+        i.opened("-");
+    }
     let drain = lrt.drain_signal();
     let (sent, received) = copy_bidirectional(down, up, rt.config.idle_timeout, drain, lrt.stop.clone()).await;
     cluster.stats.tx_bytes.inc_by(sent);
     cluster.stats.rx_bytes.inc_by(received);
-    log(&rt, peer, Some(host.address), started_at, start, received, sent, "-");
+    if let Some(i) = &rt.istio {
+        i.closed("-", sent, received);
+    }
+    end.upstream = Some(host.address);
+    // Logged from the client's side: bytes received from it, bytes sent to it.
+    (end.received, end.sent) = (sent, received);
+    (end.flag, end.reason) = ("-", None);
+    end.log(&rt);
 }
 
-#[allow(clippy::too_many_arguments)]
-fn log(
-    rt: &TcpRt,
+/// What a TCP session's access-log line says.
+struct TcpEnd {
     peer: SocketAddr,
+    local: Option<SocketAddr>,
     upstream: Option<SocketAddr>,
     started_at: SystemTime,
     start: Instant,
+    /// Bytes sent to the client.
     sent: u64,
+    /// Bytes received from the client.
     received: u64,
-    flag: &str,
-) {
-    if let Some(l) = &rt.access_log {
+    flag: &'static str,
+    reason: Option<crate::flags::Reason>,
+    attempts: u32,
+}
+
+impl TcpEnd {
+    fn log(&self, rt: &TcpRt) {
+        let Some(l) = &rt.access_log else { return };
+        if l.format().is_some() {
+            l.log_entry(&weft_core::log_format::LogEntry {
+                start_time: self.started_at,
+                duration: self.start.elapsed(),
+                protocol: None,
+                method: None,
+                path: None,
+                authority: None,
+                scheme: None,
+                req_headers: &[],
+                resp_headers: &[],
+                response_code: 0,
+                reason: self.reason,
+                attempts: self.attempts,
+                bytes_received: self.received,
+                bytes_sent: self.sent,
+                upstream_host: self.upstream,
+                upstream_cluster: Some(&rt.config.cluster),
+                upstream_local: None,
+                downstream_local: self.local,
+                downstream_remote: self.peer,
+                peer_identity: None,
+                requested_server_name: None,
+                route_name: None,
+            });
+            return;
+        }
+        let (peer, upstream, started_at, start) = (self.peer, self.upstream, self.started_at, self.start);
+        let (sent, received, flag) = (self.sent, self.received, self.flag);
         l.log(&serde_json::json!({
             "start_time": timestamp(started_at),
             "listener": rt.listener,

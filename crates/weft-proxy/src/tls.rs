@@ -188,6 +188,8 @@ pub struct ConnTls {
     /// This proxy's identity on the connection (for `By=`), when x-forwarded-client-cert needs it.
     own_id: Option<String>,
     mode: ForwardClientCert,
+    /// The server name the client asked for (SNI), for the access log.
+    pub sni: Option<Arc<str>>,
 }
 
 impl ConnTls {
@@ -197,6 +199,7 @@ impl ConnTls {
             peer: None,
             own_id: None,
             mode,
+            sni: None,
         }
     }
 
@@ -311,6 +314,9 @@ impl AsyncWrite for TlsIo {
 }
 
 impl ConnIo for TlsIo {
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.get_ref().0.local_addr().ok()
+    }
     fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
         if self.pos >= self.ahead.len() {
             let mut tmp = vec![0u8; 4096];
@@ -405,6 +411,13 @@ pub async fn serve_http(
         peer: peer_id,
         own_id,
         mode,
+        // Kept only for an Envoy-style access log (%REQUESTED_SERVER_NAME%).
+        sni: h
+            .access_log
+            .as_ref()
+            .and_then(|l| l.format())
+            .and(c.server_name())
+            .map(Arc::from),
     });
     let io = TlsIo {
         inner: s,

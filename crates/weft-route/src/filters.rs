@@ -204,6 +204,21 @@ impl LocalRateLimiter {
         }
     }
 
+    /// Tokens a request with these headers would find now, without taking one (for `explain`).
+    pub fn peek_tokens(&self, headers: &HeaderMap) -> u64 {
+        let now = self.base.elapsed().as_millis() as u64;
+        let c = &self.config;
+        let bucket_tokens = |b: &TokenBucket| TokenBucket::refilled(b.state.load(Ordering::Acquire), now, c).0;
+        if let Some(d) = &self.descriptor {
+            if let Some(v) = headers.get(&d.header) {
+                let key = d.hasher.hash_one(v.as_bytes());
+                let map = d.shards[(key >> 60) as usize % SHARDS].lock();
+                return map.get(&key).map_or(c.max, bucket_tokens);
+            }
+        }
+        bucket_tokens(&self.shared)
+    }
+
     fn take_keyed(&self, d: &Descriptors, key: u64, now: u64) -> Result<(), u64> {
         let c = &self.config;
         let mut map = d.shards[(key >> 60) as usize % SHARDS].lock();
@@ -278,6 +293,11 @@ pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
 const MIRROR_MAX_TIME: Duration = Duration::from_secs(30);
 
 impl RouteFilters {
+    /// The route's local rate limiter, for `explain` (which only peeks at it).
+    pub fn local_rate_limiter(&self) -> Option<&LocalRateLimiter> {
+        self.rate_limit.as_ref()
+    }
+
     pub fn new(
         f: &ForwardAction,
         listener: &str,

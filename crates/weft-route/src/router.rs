@@ -9,6 +9,8 @@ use weft_config::{
 };
 use weft_core::stats::{Metrics, RouteStats};
 
+pub mod explain;
+
 /// Header mutations with names and values parsed once.
 #[derive(Default)]
 pub struct HeaderOps {

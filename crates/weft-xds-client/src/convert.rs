@@ -343,7 +343,6 @@ fn access_logs(
     logs: &[weft_xds_api::pb::envoy::config::accesslog::v3::AccessLog],
 ) -> Option<RawAccessLog> {
     use weft_xds_api::pb::envoy::config::accesslog::v3::access_log::ConfigType;
-    use weft_xds_api::pb::envoy::extensions::access_loggers::file::v3::FileAccessLog;
     if logs.len() > 1 {
         errs.add(path, "weft supports one access log per filter");
     }
@@ -356,30 +355,14 @@ fn access_logs(
         errs.add(&format!("{p}.typed_config"), "is required");
         return None;
     };
-    match weft_xds_api::unpack::<FileAccessLog>(a, type_url::FILE_ACCESS_LOG) {
-        Ok(f) => {
-            // weft writes its own JSON line format; a custom format is refused rather than ignored.
-            if f.access_log_format.is_some() {
-                errs.add(
-                    &format!("{p}.typed_config.access_log_format"),
-                    "unsupported (weft logs JSON)",
-                );
-            }
-            let path = match f.path.as_str() {
-                "/dev/stdout" => "stdout".to_string(),
-                "/dev/stderr" => "stderr".to_string(),
-                other => other.to_string(),
-            };
-            Some(RawAccessLog { path: Some(path) })
-        }
-        Err(_) => {
-            errs.add(
-                &format!("{p}.typed_config"),
-                format!("unknown access logger \"{}\"", a.type_url),
-            );
-            None
-        }
+    let raw = crate::access_log_xds::convert(errs, &format!("{p}.typed_config"), a);
+    if raw.is_none() {
+        errs.add(
+            &format!("{p}.typed_config"),
+            format!("unknown access logger \"{}\"", a.type_url),
+        );
     }
+    raw
 }
 
 fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {

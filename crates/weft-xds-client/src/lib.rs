@@ -24,6 +24,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod access_log_xds;
 pub mod convert;
 pub mod pgv;
 mod state;

@@ -1,6 +1,7 @@
 //! The `weft` binary: `weft proxy`, `weft control`, `weft bench`, `weft demo`.
 
 mod demo;
+mod explain;
 mod identity;
 mod init;
 mod intercept;
@@ -95,6 +96,9 @@ enum Cmd {
     Intercept(intercept::InterceptArgs),
     /// Serve a workload certificate to an Envoy sidecar over SDS (key generated here, renewed at half-life).
     SdsAgent(identity::SdsAgentArgs),
+    /// Ask a running proxy what it would do with a request: listener, route (and why others did
+    /// not match), cluster, endpoints, load-balancer pick and policies. No side effects.
+    Explain(explain::ExplainArgs),
 }
 
 #[derive(Args)]
@@ -178,6 +182,7 @@ fn main() {
         Some(Cmd::Bench(args)) => weft_bench::run(args),
         Some(Cmd::Demo(args)) => demo::run(args),
         Some(Cmd::WaitReady(args)) => lifecycle::wait_ready(args),
+        Some(Cmd::Explain(args)) => explain::run(args),
         Some(Cmd::Init(args)) => init::run_init(args),
         Some(Cmd::Intercept(args)) => intercept::run(args),
         Some(Cmd::Control(args)) => {

@@ -47,8 +47,20 @@ pub(super) struct LogRecord {
     listener: String,
     route: String,
     status: u16,
-    reason: &'static str,
+    reason: Option<crate::flags::Reason>,
     facts: Facts,
+    /// What an Envoy-style format needs beyond weft's own record (only when one is configured).
+    envoy: Option<Box<EnvoyFacts>>,
+}
+
+/// The request and connection facts an Envoy-style format reads that weft's record does not.
+struct EnvoyFacts {
+    req_headers: Vec<Option<HeaderValue>>,
+    resp_headers: Vec<Option<HeaderValue>>,
+    scheme: &'static str,
+    local: Option<SocketAddr>,
+    sni: Option<Arc<str>>,
+    bytes_received: u64,
 }
 
 impl LogRecord {
@@ -57,9 +69,28 @@ impl LogRecord {
         logger: &Arc<AccessLogger>,
         req: &Request<Incoming>,
         start: Instant,
-        peer: SocketAddr,
-        listener: &str,
+        ctx: &super::ConnCtx,
     ) -> Box<LogRecord> {
+        let (peer, listener) = (ctx.peer, ctx.rt.listener.as_str());
+        let envoy = logger.format().map(|f| {
+            let h = req.headers();
+            Box::new(EnvoyFacts {
+                req_headers: f.req_headers.iter().map(|n| h.get(n).cloned()).collect(),
+                resp_headers: Vec::new(),
+                scheme: match (req.uri().scheme_str(), &ctx.tls) {
+                    (Some("https"), _) => "https",
+                    (Some(_), _) => "http",
+                    (None, Some(t)) if t.principal.is_some() || t.sni.is_some() => "https",
+                    (None, _) => "http",
+                },
+                local: ctx.local,
+                sni: ctx.tls.as_ref().and_then(|t| t.sni.clone()),
+                bytes_received: h
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
+                    .unwrap_or(0),
+            })
+        });
         Box::new(LogRecord {
             logger: logger.clone(),
             started_at: SystemTime::now(),
@@ -81,19 +112,30 @@ impl LogRecord {
             listener: listener.to_string(),
             route: String::new(),
             status: 0,
-            reason: "-",
+            reason: None,
             facts: Facts::default(),
+            envoy,
         })
     }
 
     /// The exchange's outcome, recorded at its exit.
-    pub(super) fn outcome(&mut self, route: Option<&str>, status: u16, reason: &'static str, facts: Facts) {
+    pub(super) fn outcome(
+        &mut self,
+        route: Option<&str>,
+        status: u16,
+        reason: Option<crate::flags::Reason>,
+        facts: Facts,
+        resp: &http::HeaderMap,
+    ) {
         if let Some(r) = route {
             self.route = r.to_string();
         }
         self.status = status;
         self.reason = reason;
         self.facts = facts;
+        if let (Some(e), Some(f)) = (&mut self.envoy, self.logger.format()) {
+            e.resp_headers = f.resp_headers.iter().map(|n| resp.get(n).cloned()).collect();
+        }
     }
 }
 
@@ -109,8 +151,39 @@ pub(super) struct RequestEnd {
 impl StreamEnd for RequestEnd {
     fn finish(&mut self, bytes_sent: u64, completed: bool) {
         if let Some(r) = self.log.take() {
-            let reason = if !completed && r.reason == "-" { "DC" } else { r.reason };
+            let reason = match r.reason {
+                None if !completed => Some(crate::flags::Reason::DownstreamDisconnect),
+                reason => reason,
+            };
             let f = &r.facts;
+            if let Some(e) = &r.envoy {
+                r.logger.log_entry(&weft_core::log_format::LogEntry {
+                    start_time: r.started_at,
+                    duration: r.start.elapsed(),
+                    protocol: Some(r.protocol),
+                    method: Some(r.method.as_str()),
+                    path: Some(&r.path),
+                    authority: Some(&r.authority),
+                    scheme: Some(e.scheme),
+                    req_headers: &e.req_headers,
+                    resp_headers: &e.resp_headers,
+                    response_code: r.status,
+                    reason,
+                    attempts: f.attempts,
+                    bytes_received: e.bytes_received,
+                    bytes_sent,
+                    upstream_host: f.host,
+                    upstream_cluster: f.cluster.as_ref().map(|c| c.name()),
+                    upstream_local: None,
+                    downstream_local: e.local,
+                    downstream_remote: r.peer,
+                    peer_identity: f.peer_identity.as_deref(),
+                    requested_server_name: e.sni.as_deref(),
+                    route_name: Some(&r.route),
+                });
+                return;
+            }
+            let reason = reason.map_or("-", crate::flags::Reason::code);
             r.logger.log(&serde_json::json!({
                 "start_time": timestamp(r.started_at),
                 "listener": r.listener,

@@ -126,6 +126,8 @@ struct ConnCtx {
     peer: SocketAddr,
     peer_ip: HeaderValue,
     original_dst: Option<SocketAddr>,
+    /// The address the client connected to (its original destination when redirected).
+    local: Option<SocketAddr>,
     framing: Arc<parking_lot::Mutex<FramingTracker>>,
     /// Requests started and in progress (until their response body ends), for the timeouts.
     exchanges: crate::watchdog::Exchanges,
@@ -166,6 +168,11 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     tls: Option<Arc<crate::tls::ConnTls>>,
     codec: Codec,
 ) {
+    // Only an Envoy-style access log reads it: no getsockname per connection otherwise.
+    let local = match rt.access_log.as_ref().and_then(|l| l.format()) {
+        Some(_) => original_dst.or_else(|| stream.local_addr()),
+        None => original_dst,
+    };
     let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {
         framing,
@@ -176,6 +183,7 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
         clusters,
         peer,
         original_dst,
+        local,
         tls,
         upgraded: std::sync::atomic::AtomicBool::new(false),
         tunnel: parking_lot::Mutex::new(None),

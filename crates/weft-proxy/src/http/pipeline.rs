@@ -50,10 +50,7 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
     let version = req.version();
-    let log = rt
-        .access_log
-        .as_ref()
-        .map(|l| LogRecord::start(l, &req, start, ctx.peer, &rt.listener));
+    let log = rt.access_log.as_ref().map(|l| LogRecord::start(l, &req, start, ctx));
     let mut facts = Facts {
         logging: log.is_some(),
         trace: rt
@@ -264,8 +261,9 @@ fn exit(
         l.outcome(
             matched.map(|(_, r)| r.name.as_str()),
             status,
-            reason.map_or("-", Reason::code),
+            reason,
             facts,
+            resp.headers(),
         );
         Box::new(RequestEnd { log: Some(l) }) as Box<dyn StreamEnd>
     });
