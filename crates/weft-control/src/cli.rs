@@ -12,7 +12,8 @@ pub struct ControlArgs {
     pub sub: Option<ControlSub>,
     /// A registry; repeat the flag for several, merged with the first given winning conflicts:
     /// DIR (every *.yaml / *.yml file in it), etcd://HOST:PORT[,HOST:PORT][/PREFIX/][?state=FILE],
-    /// zk://HOST:PORT[,HOST:PORT][/CHROOT] (Dubbo). See docs/control.md.
+    /// zk://HOST:PORT[,HOST:PORT][/CHROOT] (Dubbo),
+    /// kubernetes[?api=URL][&kubeconfig=PATH][&trust-domain=TD]. See docs/control.md.
     #[arg(long, required = true)]
     pub registry: Vec<String>,
     /// ADS (gRPC) listen address.
@@ -192,9 +193,20 @@ pub fn registry_from_spec(spec: &str) -> Result<Box<dyn crate::registry::Registr
             ));
         }
     }
+    if spec == "kubernetes" || spec.starts_with("kubernetes?") || spec.starts_with("kubernetes://") {
+        #[cfg(feature = "kubernetes")]
+        {
+            let r = crate::registry::kubernetes::KubeRegistry::parse(spec).map_err(|e| err(e.to_string()))?;
+            return Ok(Box::new(r));
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        return Err(err(
+            "this build has no Kubernetes support (cargo feature `kubernetes`)".into()
+        ));
+    }
     if let Some((scheme, _)) = spec.split_once("://") {
         return Err(err(format!(
-            "unknown registry scheme \"{scheme}\" (a directory, etcd://, zk://)"
+            "unknown registry scheme \"{scheme}\" (a directory, etcd://, zk://, kubernetes)"
         )));
     }
     let dir = spec.strip_prefix("file:").unwrap_or(spec);
@@ -233,7 +245,7 @@ pub fn run(args: ControlArgs) -> i32 {
         }
         let mut code = 0;
         for spec in &args.registry {
-            if spec.contains("://") {
+            if spec.contains("://") || spec == "kubernetes" || spec.starts_with("kubernetes?") {
                 if let Err(e) = registry_from_spec(spec) {
                     eprintln!("weft control: {e}");
                     return 2;
