@@ -43,6 +43,32 @@ pub struct ControlArgs {
     /// The mesh CA (see docs/security.md).
     #[command(flatten)]
     pub ca: CaArgs,
+    /// The Kubernetes sidecar injector (see docs/control.md).
+    #[command(flatten)]
+    pub injector: InjectorArgs,
+}
+
+/// The sidecar injector (a mutating admission webhook). Off unless --injector-listen is given.
+#[derive(clap::Args, Debug)]
+pub struct InjectorArgs {
+    /// Serve the sidecar injector (`POST /inject`, AdmissionReview v1) over HTTPS here.
+    #[arg(long, requires_all = ["injector_cert", "injector_key"])]
+    pub injector_listen: Option<SocketAddr>,
+    /// The injector's certificate chain (PEM); the webhook configuration's caBundle must verify it.
+    #[arg(long, requires = "injector_listen")]
+    pub injector_cert: Option<PathBuf>,
+    /// The injector's private key (PKCS#8 PEM).
+    #[arg(long, requires = "injector_listen")]
+    pub injector_key: Option<PathBuf>,
+    /// The image holding the `weft` binary, for the injected containers.
+    #[arg(long, default_value = "weft:latest")]
+    pub injector_image: String,
+    /// Where injected sidecars reach weft control's xDS.
+    #[arg(long, default_value = "weft-control.weft-system.svc:18000")]
+    pub injector_xds_address: String,
+    /// Where injected sidecars reach the CA; with --ca-dir, pods also get a bootstrap token.
+    #[arg(long)]
+    pub injector_ca_address: Option<String>,
 }
 
 /// The mesh CA (docs/security.md). Off unless --ca-dir is given.
@@ -225,6 +251,53 @@ pub fn registries(specs: &[String]) -> Result<Box<dyn crate::registry::Registry>
     Ok(Box::new(crate::registry::MultiRegistry { members }))
 }
 
+#[cfg(feature = "kubernetes")]
+type RunningInjector = Option<crate::injector::Injector>;
+#[cfg(not(feature = "kubernetes"))]
+type RunningInjector = Option<()>;
+
+/// Starts the sidecar injector when --injector-listen is given.
+async fn start_injector(a: &InjectorArgs, ca: &CaArgs) -> Result<RunningInjector, String> {
+    let Some(listen) = a.injector_listen else {
+        return Ok(None);
+    };
+    #[cfg(feature = "kubernetes")]
+    {
+        let read = |flag: &str, p: &Option<PathBuf>| -> Result<Vec<u8>, String> {
+            let p = p
+                .as_ref()
+                .ok_or_else(|| format!("{flag} is required with --injector-listen"))?;
+            std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+        };
+        let cert = read("--injector-cert", &a.injector_cert)?;
+        let key = read("--injector-key", &a.injector_key)?;
+        let tokens = match (&ca.ca_dir, &a.injector_ca_address) {
+            (Some(dir), Some(_)) => {
+                let k = crate::ca::TokenKey::load_or_create(dir, ca.trust_domain.as_deref())
+                    .map_err(|e| format!("injector: CA token key: {e}"))?;
+                Some((std::sync::Arc::new(k), Duration::from_secs(3600)))
+            }
+            _ => None,
+        };
+        let cfg = crate::injector::InjectorConfig {
+            image: a.injector_image.clone(),
+            xds_address: a.injector_xds_address.clone(),
+            ca_address: a.injector_ca_address.clone(),
+            tokens,
+            ..Default::default()
+        };
+        let i = crate::injector::start(listen, &cert, &key, cfg)
+            .await
+            .map_err(|e| format!("--injector-listen {listen}: {e}"))?;
+        Ok(Some(i))
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = (listen, ca);
+        Err("--injector-listen: this build has no Kubernetes support (cargo feature `kubernetes`)".into())
+    }
+}
+
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
 pub fn run(args: ControlArgs) -> i32 {
     if let Some(ControlSub::Token(t)) = &args.sub {
@@ -301,6 +374,14 @@ pub fn run(args: ControlArgs) -> i32 {
             Ok(cp) => cp,
             Err(e) => {
                 eprintln!("weft control: {e}");
+                return 1;
+            }
+        };
+        let _injector = match start_injector(&args.injector, &args.ca).await {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("weft control: {e}");
+                cp.stop().await;
                 return 1;
             }
         };

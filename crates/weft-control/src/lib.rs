@@ -18,6 +18,8 @@
 pub mod admin;
 pub mod ca;
 pub mod cli;
+#[cfg(feature = "kubernetes")]
+pub mod injector;
 pub mod metrics;
 pub mod model;
 pub mod registry;
