@@ -43,6 +43,17 @@ pub const IDENTITY_LABEL: &str = "security.weft.dev/identity";
 pub const DISCOVERY_LABEL: &str = "mesh.weft.dev/discovery";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// What the registry reads, as (API group, resource): it lists and watches each, cluster-wide,
+/// and needs no other access (deploy/kubernetes/20-clusterrole.yaml grants exactly this).
+pub const WATCHED: &[(&str, &str)] = &[
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("", "pods"),
+    ("", "namespaces"),
+];
+/// The verbs the registry's watchers use (a list, then watches).
+pub const VERBS: &[&str] = &["list", "watch"];
+
 /// Where the API server is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KubeRegistry {
