@@ -278,3 +278,33 @@ async fn a_namespace_can_opt_out_of_discovery() {
     })
     .await;
 }
+
+#[test]
+fn objects_map_to_the_same_fragments_without_a_server() {
+    // What the fuzz target drives: the mapping alone, from the same fixtures.
+    let objects: Vec<serde_json::Value> = [
+        "namespace-bookinfo.json",
+        "service-reviews.json",
+        "endpointslice-reviews.json",
+        "pod-reviews-v1.json",
+        "service-noports.json",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    let (changes, skipped) = weft_control::registry::kubernetes::changes_for_objects(&objects, "corp.example");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let SourceChange::Upsert { source, fragment } = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(source, REVIEWS);
+    let eps = &fragment.services[0].endpoints;
+    assert_eq!(eps.len(), 3);
+    assert_eq!(
+        eps[0].labels.get("security.weft.dev/identity").map(String::as_str),
+        Some("spiffe://corp.example/ns/bookinfo/sa/bookinfo-reviews")
+    );
+    // The v2 pod is absent here: its endpoint has no labels.
+    assert!(eps[1].labels.is_empty());
+    assert!(skipped.contains_key("Service bookinfo/legacy"), "{skipped:?}");
+}

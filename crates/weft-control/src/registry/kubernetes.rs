@@ -553,6 +553,48 @@ impl KubeState {
     }
 }
 
+/// Builds every Service's change from a set of API objects (Services, EndpointSlices, Pods,
+/// Namespaces as JSON with `kind`; others and undecodable ones are ignored): what the registry
+/// would publish for them, and the skipped objects with their reasons. For the fuzz target and
+/// tests.
+pub fn changes_for_objects(
+    objects: &[serde_json::Value],
+    trust_domain: &str,
+) -> (Vec<SourceChange>, BTreeMap<String, String>) {
+    let mut st = KubeState::new(trust_domain);
+    for m in [
+        Msg::Service(Box::new(Event::InitDone)),
+        Msg::Slice(Event::InitDone),
+        Msg::Pod(Box::new(Event::InitDone)),
+        Msg::Namespace(Event::InitDone),
+    ] {
+        st.apply(m, &mut BTreeSet::new());
+    }
+    let mut dirty = BTreeSet::new();
+    for o in objects {
+        let msg = match o["kind"].as_str() {
+            Some("Service") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Service(Box::new(Event::Apply(x)))),
+            Some("EndpointSlice") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Slice(Event::Apply(x))),
+            Some("Pod") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Pod(Box::new(Event::Apply(x)))),
+            Some("Namespace") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Namespace(Event::Apply(x))),
+            _ => None,
+        };
+        if let Some(m) = msg {
+            st.apply(m, &mut dirty);
+        }
+    }
+    let changes = st.changes(st.all_keys());
+    (changes, st.all_skipped())
+}
+
 fn watch_stream<K>(client: &Client) -> futures_util::stream::BoxStream<'static, Result<Event<K>, watcher::Error>>
 where
     K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
