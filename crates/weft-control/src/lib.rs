@@ -19,6 +19,8 @@ pub mod admin;
 pub mod ca;
 pub mod cli;
 #[cfg(feature = "kubernetes")]
+pub mod crd;
+#[cfg(feature = "kubernetes")]
 pub mod injector;
 pub mod metrics;
 pub mod model;

@@ -308,3 +308,63 @@ fn objects_map_to_the_same_fragments_without_a_server() {
     assert!(eps[1].labels.is_empty());
     assert!(skipped.contains_key("Service bookinfo/legacy"), "{skipped:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    let route = |name: &str, timeout: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+            "metadata": {"name": name, "namespace": "bookinfo"},
+            "spec": {"service": "reviews.bookinfo", "http": [{
+                "match": [{"prefix": "/v2"}],
+                "route": [{"destination": "reviews.bookinfo", "subset": "v2"}],
+                "timeout": timeout
+            }, {"route": [{"destination": "reviews.bookinfo", "subset": "v1"}]}]}
+        })
+    };
+    api.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftDestination",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "lb": "least_request",
+                 "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}
+    }));
+    api.apply(route("reviews", "2s"));
+    api.apply(route("broken", "soon"));
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    let r = h
+        .seen
+        .sources
+        .get("k8s:weftroute/bookinfo/reviews")
+        .expect("the route published");
+    assert_eq!(r.routes[0].service, "reviews.bookinfo");
+    assert_eq!(r.routes[0].http.len(), 2);
+    assert_eq!(r.routes[0].http[0].timeout, Some(Duration::from_secs(2)));
+    let d = h
+        .seen
+        .sources
+        .get("k8s:weftdestination/bookinfo/reviews")
+        .expect("the policy published");
+    assert_eq!(d.destinations[0].subsets.len(), 2);
+    let why = h
+        .seen
+        .skipped
+        .get("WeftRoute bookinfo/broken")
+        .expect("the invalid route skipped");
+    assert!(why.contains("spec.http[0].timeout"), "{why}");
+    assert!(!h.seen.sources.contains_key("k8s:weftroute/bookinfo/broken"));
+
+    // Fixed: published and no longer skipped; deleted: gone.
+    api.apply(route("broken", "3s"));
+    h.until("the fixed route", Duration::from_secs(5), |s| {
+        s.sources.contains_key("k8s:weftroute/bookinfo/broken") && !s.skipped.contains_key("WeftRoute bookinfo/broken")
+    })
+    .await;
+    assert!(api.delete("WeftRoute", "bookinfo", "broken"));
+    h.until("the deleted route", Duration::from_secs(5), |s| {
+        !s.sources.contains_key("k8s:weftroute/bookinfo/broken")
+    })
+    .await;
+}

@@ -154,3 +154,31 @@ fn every_manifest_parses_and_rbac_is_exactly_what_the_registry_watches() {
     let sel = hook.namespace_selector.clone().unwrap().match_labels.unwrap();
     assert_eq!(sel.get("sidecar.weft.dev/inject").map(String::as_str), Some("enabled"));
 }
+
+/// The CRD YAML under deploy/kubernetes/crds/ is what the Rust types generate (regenerate with
+/// `WEFT_BLESS=1 cargo test -p weft-control --features kubernetes --test manifests`).
+#[test]
+fn committed_crds_match_the_rust_types() {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/crds");
+    let bless = std::env::var("WEFT_BLESS").is_ok_and(|v| v == "1");
+    for (file, crd) in weft_control::crd::definitions() {
+        let generated = format!(
+            "# Generated from crates/weft-control/src/crd.rs: do not edit (see tests/manifests.rs).\n{}",
+            serde_saphyr::to_string(&crd).unwrap()
+        );
+        let path = dir.join(file);
+        if bless {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            committed == generated,
+            "{file} differs from what crd.rs generates: regenerate with WEFT_BLESS=1"
+        );
+        let parsed: CustomResourceDefinition = parse(file, &committed);
+        assert_eq!(parsed.spec.group, "weft.dev");
+        assert_eq!(parsed, crd, "{file} does not read back as the generated CRD");
+    }
+}

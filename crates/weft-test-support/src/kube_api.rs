@@ -88,7 +88,7 @@ fn core(plural: &str, kind: &str, namespaced: bool) -> ResourceType {
 }
 
 /// The resource types a weft control's Kubernetes registry reads: Services, EndpointSlices,
-/// Pods, Namespaces (register CRDs with [`KubeApi::resource`]).
+/// Pods, Namespaces, and weft's custom resources (WeftRoute, WeftDestination).
 pub fn standard_types() -> Vec<ResourceType> {
     vec![
         core("services", "Service", true),
@@ -101,7 +101,19 @@ pub fn standard_types() -> Vec<ResourceType> {
             api_version: "discovery.k8s.io/v1".into(),
             namespaced: true,
         },
+        crd("weftroutes", "WeftRoute"),
+        crd("weftdestinations", "WeftDestination"),
     ]
+}
+
+fn crd(plural: &str, kind: &str) -> ResourceType {
+    ResourceType {
+        prefix: "/apis/weft.dev/v1alpha1".into(),
+        plural: plural.into(),
+        kind: kind.into(),
+        api_version: "weft.dev/v1alpha1".into(),
+        namespaced: true,
+    }
 }
 
 /// A recorded fixture from `fixtures/kubernetes/` (this crate's directory), parsed.

@@ -24,6 +24,7 @@
 //! unreachable API server is reported as [`RegistryEvent::Health`]; the last state keeps serving.
 
 use super::{BoxFuture, Registry, RegistryEvent, SourceChange};
+use crate::crd::{WeftDestination, WeftRoute};
 use crate::model::{Endpoint, Fragment, Health, Locality, Protocol, Service};
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KService};
@@ -50,6 +51,8 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("discovery.k8s.io", "endpointslices"),
     ("", "pods"),
     ("", "namespaces"),
+    ("weft.dev", "weftroutes"),
+    ("weft.dev", "weftdestinations"),
 ];
 /// The verbs the registry's watchers use (a list, then watches).
 pub const VERBS: &[&str] = &["list", "watch"];
@@ -211,6 +214,13 @@ pub struct KubeState {
     slices: Cache<EndpointSlice>,
     pods: Cache<Pod>,
     namespaces: Cache<Namespace>,
+    routes: Cache<WeftRoute>,
+    destinations: Cache<WeftDestination>,
+    /// Custom resources changed since the last batch: (kind, key).
+    cr_dirty: BTreeSet<(&'static str, Key)>,
+    /// Invalid custom resources (`WeftRoute ns/name` → why).
+    cr_skipped: BTreeMap<String, String>,
+    cr_published: BTreeSet<(&'static str, Key)>,
     trust_domain: String,
     /// The skipped objects of each Service (`Service ns/name`, `EndpointSlice ns/name` → why).
     skipped: BTreeMap<Key, BTreeMap<String, String>>,
@@ -224,6 +234,8 @@ enum Msg {
     /// Pods and Services boxed: they are several times the size of the others.
     Pod(Box<Event<Pod>>),
     Namespace(Event<Namespace>),
+    Route(Box<Event<WeftRoute>>),
+    Destination(Box<Event<WeftDestination>>),
 }
 
 fn source_of(k: &Key) -> String {
@@ -251,6 +263,11 @@ impl KubeState {
             slices: Cache::new(),
             pods: Cache::new(),
             namespaces: Cache::new(),
+            routes: Cache::new(),
+            destinations: Cache::new(),
+            cr_dirty: BTreeSet::new(),
+            cr_skipped: BTreeMap::new(),
+            cr_published: BTreeSet::new(),
             trust_domain: trust_domain.to_string(),
             skipped: BTreeMap::new(),
             published: BTreeSet::new(),
@@ -258,7 +275,12 @@ impl KubeState {
     }
 
     fn synced(&self) -> bool {
-        self.services.synced && self.slices.synced && self.pods.synced && self.namespaces.synced
+        self.services.synced
+            && self.slices.synced
+            && self.pods.synced
+            && self.namespaces.synced
+            && self.routes.synced
+            && self.destinations.synced
     }
 
     fn slice_service(s: &EndpointSlice) -> Option<Key> {
@@ -298,6 +320,18 @@ impl KubeState {
                             }
                         }
                     }
+                }
+            }
+            Msg::Route(ev) => {
+                for (old, new) in self.routes.apply(*ev) {
+                    self.cr_dirty
+                        .extend(old.iter().chain(new.iter()).map(|r| ("WeftRoute", key(&**r))));
+                }
+            }
+            Msg::Destination(ev) => {
+                for (old, new) in self.destinations.apply(*ev) {
+                    self.cr_dirty
+                        .extend(old.iter().chain(new.iter()).map(|r| ("WeftDestination", key(&**r))));
                 }
             }
             Msg::Namespace(ev) => {
@@ -515,9 +549,39 @@ impl KubeState {
         (SourceChange::Upsert { source, fragment }, skipped)
     }
 
+    /// The change for one custom resource (valid: its policy; invalid or gone: none).
+    fn build_cr(&mut self, kind: &'static str, k: &Key) -> Option<SourceChange> {
+        let what = format!("{kind} {}/{}", k.0, k.1);
+        let source = format!("k8s:{}/{}/{}", kind.to_ascii_lowercase(), k.0, k.1);
+        let built = match kind {
+            "WeftRoute" => self.routes.live.get(k).map(|r| r.to_fragment(&what)),
+            _ => self.destinations.live.get(k).map(|d| d.to_fragment(&what)),
+        };
+        let built = built.filter(|_| self.namespace_enabled(&k.0));
+        let published = self.cr_published.contains(&(kind, k.clone()));
+        match built {
+            Some(Ok(fragment)) => {
+                self.cr_skipped.remove(&what);
+                self.cr_published.insert((kind, k.clone()));
+                Some(SourceChange::Upsert { source, fragment })
+            }
+            other => {
+                match other {
+                    Some(Err(why)) => self.cr_skipped.insert(what.clone(), why),
+                    _ => self.cr_skipped.remove(&what),
+                };
+                self.cr_published.remove(&(kind, k.clone()));
+                published.then_some(SourceChange::Remove { source })
+            }
+        }
+    }
+
     /// Changes for the dirty services, updating what is published and skipped.
     fn changes(&mut self, dirty: BTreeSet<Key>) -> Vec<SourceChange> {
         let mut out = Vec::new();
+        for (kind, k) in std::mem::take(&mut self.cr_dirty) {
+            out.extend(self.build_cr(kind, &k));
+        }
         for k in dirty {
             let (change, skipped) = self.build(&k);
             if skipped.is_empty() {
@@ -540,7 +604,9 @@ impl KubeState {
     fn all_skipped(&self) -> BTreeMap<String, String> {
         self.skipped
             .values()
-            .flat_map(|m| m.iter().map(|(a, b)| (a.clone(), b.clone())))
+            .flat_map(|m| m.iter())
+            .chain(self.cr_skipped.iter())
+            .map(|(a, b)| (a.clone(), b.clone()))
             .collect()
     }
 
@@ -567,6 +633,8 @@ pub fn changes_for_objects(
         Msg::Slice(Event::InitDone),
         Msg::Pod(Box::new(Event::InitDone)),
         Msg::Namespace(Event::InitDone),
+        Msg::Route(Box::new(Event::InitDone)),
+        Msg::Destination(Box::new(Event::InitDone)),
     ] {
         st.apply(m, &mut BTreeSet::new());
     }
@@ -585,6 +653,12 @@ pub fn changes_for_objects(
             Some("Namespace") => serde_json::from_value(o.clone())
                 .ok()
                 .map(|x| Msg::Namespace(Event::Apply(x))),
+            Some("WeftRoute") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Route(Box::new(Event::Apply(x)))),
+            Some("WeftDestination") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Destination(Box::new(Event::Apply(x)))),
             _ => None,
         };
         if let Some(m) = msg {
@@ -655,6 +729,12 @@ impl Registry for KubeRegistry {
                     .boxed(),
                 watch_stream::<Namespace>(&client)
                     .map(|r| r.map(Msg::Namespace))
+                    .boxed(),
+                watch_stream::<WeftRoute>(&client)
+                    .map(|r| r.map(|e| Msg::Route(Box::new(e))))
+                    .boxed(),
+                watch_stream::<WeftDestination>(&client)
+                    .map(|r| r.map(|e| Msg::Destination(Box::new(e))))
                     .boxed(),
             ];
             let mut all = futures_util::stream::select_all(streams);
@@ -740,7 +820,7 @@ impl Registry for KubeRegistry {
                     }
                     continue;
                 }
-                if dirty.is_empty() {
+                if dirty.is_empty() && state.cr_dirty.is_empty() {
                     continue;
                 }
                 let before = state.all_skipped();
