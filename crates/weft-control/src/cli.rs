@@ -43,9 +43,10 @@ pub struct ControlArgs {
     /// The mesh CA (see docs/security.md).
     #[command(flatten)]
     pub ca: CaArgs,
-    /// The Kubernetes sidecar injector (see docs/control.md).
+    /// The Kubernetes sidecar injector (see docs/control.md). Boxed: it keeps the `weft` binary's
+    /// subcommand enum small.
     #[command(flatten)]
-    pub injector: InjectorArgs,
+    pub injector: Box<InjectorArgs>,
 }
 
 /// The sidecar injector (a mutating admission webhook). Off unless --injector-listen is given.
