@@ -12,7 +12,8 @@ pub struct ControlArgs {
     pub sub: Option<ControlSub>,
     /// A registry; repeat the flag for several, merged with the first given winning conflicts:
     /// DIR (every *.yaml / *.yml file in it), etcd://HOST:PORT[,HOST:PORT][/PREFIX/][?state=FILE],
-    /// zk://HOST:PORT[,HOST:PORT][/CHROOT] (Dubbo). See docs/control.md.
+    /// zk://HOST:PORT[,HOST:PORT][/CHROOT] (Dubbo),
+    /// kubernetes[?api=URL][&kubeconfig=PATH][&trust-domain=TD]. See docs/control.md.
     #[arg(long, required = true)]
     pub registry: Vec<String>,
     /// ADS (gRPC) listen address.
@@ -42,6 +43,33 @@ pub struct ControlArgs {
     /// The mesh CA (see docs/security.md).
     #[command(flatten)]
     pub ca: CaArgs,
+    /// The Kubernetes sidecar injector (see docs/control.md). Boxed: it keeps the `weft` binary's
+    /// subcommand enum small.
+    #[command(flatten)]
+    pub injector: Box<InjectorArgs>,
+}
+
+/// The sidecar injector (a mutating admission webhook). Off unless --injector-listen is given.
+#[derive(clap::Args, Debug)]
+pub struct InjectorArgs {
+    /// Serve the sidecar injector (`POST /inject`, AdmissionReview v1) over HTTPS here.
+    #[arg(long, requires_all = ["injector_cert", "injector_key"])]
+    pub injector_listen: Option<SocketAddr>,
+    /// The injector's certificate chain (PEM); the webhook configuration's caBundle must verify it.
+    #[arg(long, requires = "injector_listen")]
+    pub injector_cert: Option<PathBuf>,
+    /// The injector's private key (PKCS#8 PEM).
+    #[arg(long, requires = "injector_listen")]
+    pub injector_key: Option<PathBuf>,
+    /// The image holding the `weft` binary, for the injected containers.
+    #[arg(long, default_value = "weft:latest")]
+    pub injector_image: String,
+    /// Where injected sidecars reach weft control's xDS.
+    #[arg(long, default_value = "weft-control.weft-system.svc:18000")]
+    pub injector_xds_address: String,
+    /// Where injected sidecars reach the CA; with --ca-dir, pods also get a bootstrap token.
+    #[arg(long)]
+    pub injector_ca_address: Option<String>,
 }
 
 /// The mesh CA (docs/security.md). Off unless --ca-dir is given.
@@ -192,9 +220,20 @@ pub fn registry_from_spec(spec: &str) -> Result<Box<dyn crate::registry::Registr
             ));
         }
     }
+    if spec == "kubernetes" || spec.starts_with("kubernetes?") || spec.starts_with("kubernetes://") {
+        #[cfg(feature = "kubernetes")]
+        {
+            let r = crate::registry::kubernetes::KubeRegistry::parse(spec).map_err(|e| err(e.to_string()))?;
+            return Ok(Box::new(r));
+        }
+        #[cfg(not(feature = "kubernetes"))]
+        return Err(err(
+            "this build has no Kubernetes support (cargo feature `kubernetes`)".into()
+        ));
+    }
     if let Some((scheme, _)) = spec.split_once("://") {
         return Err(err(format!(
-            "unknown registry scheme \"{scheme}\" (a directory, etcd://, zk://)"
+            "unknown registry scheme \"{scheme}\" (a directory, etcd://, zk://, kubernetes)"
         )));
     }
     let dir = spec.strip_prefix("file:").unwrap_or(spec);
@@ -211,6 +250,53 @@ pub fn registries(specs: &[String]) -> Result<Box<dyn crate::registry::Registry>
         return Ok(members.remove(0));
     }
     Ok(Box::new(crate::registry::MultiRegistry { members }))
+}
+
+#[cfg(feature = "kubernetes")]
+type RunningInjector = Option<crate::injector::Injector>;
+#[cfg(not(feature = "kubernetes"))]
+type RunningInjector = Option<()>;
+
+/// Starts the sidecar injector when --injector-listen is given.
+async fn start_injector(a: &InjectorArgs, ca: &CaArgs) -> Result<RunningInjector, String> {
+    let Some(listen) = a.injector_listen else {
+        return Ok(None);
+    };
+    #[cfg(feature = "kubernetes")]
+    {
+        let read = |flag: &str, p: &Option<PathBuf>| -> Result<Vec<u8>, String> {
+            let p = p
+                .as_ref()
+                .ok_or_else(|| format!("{flag} is required with --injector-listen"))?;
+            std::fs::read(p).map_err(|e| format!("{flag} {}: {e}", p.display()))
+        };
+        let cert = read("--injector-cert", &a.injector_cert)?;
+        let key = read("--injector-key", &a.injector_key)?;
+        let tokens = match (&ca.ca_dir, &a.injector_ca_address) {
+            (Some(dir), Some(_)) => {
+                let k = crate::ca::TokenKey::load_or_create(dir, ca.trust_domain.as_deref())
+                    .map_err(|e| format!("injector: CA token key: {e}"))?;
+                Some((std::sync::Arc::new(k), Duration::from_secs(3600)))
+            }
+            _ => None,
+        };
+        let cfg = crate::injector::InjectorConfig {
+            image: a.injector_image.clone(),
+            xds_address: a.injector_xds_address.clone(),
+            ca_address: a.injector_ca_address.clone(),
+            tokens,
+            ..Default::default()
+        };
+        let i = crate::injector::start(listen, &cert, &key, cfg)
+            .await
+            .map_err(|e| format!("--injector-listen {listen}: {e}"))?;
+        Ok(Some(i))
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = (listen, ca);
+        Err("--injector-listen: this build has no Kubernetes support (cargo feature `kubernetes`)".into())
+    }
 }
 
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
@@ -233,7 +319,7 @@ pub fn run(args: ControlArgs) -> i32 {
         }
         let mut code = 0;
         for spec in &args.registry {
-            if spec.contains("://") {
+            if spec.contains("://") || spec == "kubernetes" || spec.starts_with("kubernetes?") {
                 if let Err(e) = registry_from_spec(spec) {
                     eprintln!("weft control: {e}");
                     return 2;
@@ -289,6 +375,14 @@ pub fn run(args: ControlArgs) -> i32 {
             Ok(cp) => cp,
             Err(e) => {
                 eprintln!("weft control: {e}");
+                return 1;
+            }
+        };
+        let _injector = match start_injector(&args.injector, &args.ca).await {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("weft control: {e}");
+                cp.stop().await;
                 return 1;
             }
         };

@@ -18,7 +18,11 @@
 pub mod admin;
 pub mod ca;
 pub mod cli;
+#[cfg(feature = "kubernetes")]
+pub mod crd;
 pub mod drain;
+#[cfg(feature = "kubernetes")]
+pub mod injector;
 pub mod metrics;
 pub mod model;
 pub mod registry;

@@ -14,6 +14,8 @@
 
 pub mod dubbo;
 pub mod etcd;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod merge;
 #[cfg(feature = "zookeeper")]
 pub mod zk;

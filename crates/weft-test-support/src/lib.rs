@@ -18,10 +18,13 @@
 //!   admin endpoint ([`admin`], [`admin_post`]) and counters ([`stat`], [`wait_stat`]).
 //! - [`peers`]: finding third-party peers (nginx, Envoy, curl, wrk); under `CI=true` a missing
 //!   peer is a failure, never a skip.
+//! - [`kube_api`]: a stand-in Kubernetes API server (list/watch, bookmarks, 410 Gone) fed from
+//!   recorded JSON fixtures.
 //! - [`fs`]: temporary directories and the large-body test pattern.
 
 pub mod client;
 pub mod fs;
+pub mod kube_api;
 pub mod net;
 pub mod peers;
 #[cfg(feature = "proxy")]

@@ -1,0 +1,863 @@
+//! The Kubernetes registry: Services, EndpointSlices, Pods and Namespaces watched through the API
+//! server (kube-runtime watchers: list, then watch from the list's resourceVersion with bookmarks).
+//!
+//! Each Service becomes one source `k8s:<namespace>/<name>` holding one weft service per Service
+//! port: the first port is `<name>.<namespace>`, further ports `<name>.<namespace>.<port name or
+//! number>`. Its endpoints come from the EndpointSlices labelled `kubernetes.io/service-name:
+//! <name>` in the same namespace, the slice port being the one with the Service port's name:
+//!
+//! | EndpointSlice endpoint | weft endpoint |
+//! |---|---|
+//! | `addresses[0]` + the slice port | `address` |
+//! | `conditions.ready` (absent = ready) | `health: healthy` |
+//! | `serving && terminating` (not ready) | `health: draining` |
+//! | otherwise | `health: unhealthy` |
+//! | `zone` (else the first `hints.forZones`) | `locality.zone`; `nodeName` → `locality.sub_zone` |
+//! | `targetRef` Pod's labels | `labels` (subsets select on them) |
+//! | the Pod's `serviceAccountName` + namespace | label `security.weft.dev/identity: spiffe://TD/ns/NS/sa/SA` |
+//!
+//! Namespaces labelled `mesh.weft.dev/discovery: "disabled"` are left out. A malformed object (a
+//! Service without ports, an EndpointSlice without ports or with FQDN addresses, an endpoint whose
+//! address is not an IP) is skipped with its reason ([`RegistryEvent::Skipped`]); the rest keeps
+//! flowing. A watch that ends with `410 Gone` relists: the new list replaces the cache only once it
+//! is complete and only the differences go out, so the mesh never goes empty in between. An
+//! unreachable API server is reported as [`RegistryEvent::Health`]; the last state keeps serving.
+
+use super::{BoxFuture, Registry, RegistryEvent, SourceChange};
+use crate::crd::{WeftDestination, WeftRoute};
+use crate::model::{Endpoint, Fragment, Health, Locality, Protocol, Service};
+use futures_util::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KService};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+/// The label the endpoint's workload identity is carried in.
+pub const IDENTITY_LABEL: &str = "security.weft.dev/identity";
+/// A namespace with this label set to `disabled` is not part of the mesh.
+pub const DISCOVERY_LABEL: &str = "mesh.weft.dev/discovery";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// What the registry reads, as (API group, resource): it lists and watches each, cluster-wide,
+/// and needs no other access (deploy/kubernetes/20-clusterrole.yaml grants exactly this).
+pub const WATCHED: &[(&str, &str)] = &[
+    ("", "services"),
+    ("discovery.k8s.io", "endpointslices"),
+    ("", "pods"),
+    ("", "namespaces"),
+    ("weft.dev", "weftroutes"),
+    ("weft.dev", "weftdestinations"),
+];
+/// The verbs the registry's watchers use (a list, then watches).
+pub const VERBS: &[&str] = &["list", "watch"];
+
+/// Where the API server is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KubeRegistry {
+    /// `?api=URL`: the API server's URL, no credentials (tests, `kubectl proxy`).
+    pub api: Option<String>,
+    /// `?kubeconfig=PATH`; without it and without `api`: `$KUBECONFIG`, `~/.kube/config`, or the
+    /// in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    /// Trust domain of the SPIFFE identities (`?trust-domain=`, default `cluster.local`).
+    pub trust_domain: String,
+}
+
+/// Why a `--registry kubernetes...` value was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SpecError {
+    BadOption(String),
+    BadUrl(String),
+}
+
+impl std::fmt::Display for SpecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpecError::BadOption(o) => write!(
+                f,
+                "bad option \"{o}\" (api=http(s)://HOST:PORT, kubeconfig=PATH, trust-domain=NAME)"
+            ),
+            SpecError::BadUrl(u) => write!(f, "api=\"{u}\" is not an http:// or https:// URL"),
+        }
+    }
+}
+
+impl KubeRegistry {
+    /// `kubernetes[?api=URL][&kubeconfig=PATH][&trust-domain=TD]` (also `kubernetes://?...`).
+    pub fn parse(spec: &str) -> Result<KubeRegistry, SpecError> {
+        let query = spec
+            .strip_prefix("kubernetes")
+            .unwrap_or(spec)
+            .trim_start_matches("://")
+            .trim_start_matches('?');
+        let mut r = KubeRegistry {
+            trust_domain: "cluster.local".into(),
+            ..Default::default()
+        };
+        for kv in query.split('&').filter(|s| !s.is_empty()) {
+            match kv.split_once('=') {
+                Some(("api", u)) => {
+                    let ok = (u.starts_with("http://") || u.starts_with("https://"))
+                        && u.parse::<http::Uri>().is_ok_and(|x| x.host().is_some());
+                    if !ok {
+                        return Err(SpecError::BadUrl(u.to_string()));
+                    }
+                    r.api = Some(u.to_string());
+                }
+                Some(("kubeconfig", p)) if !p.is_empty() => r.kubeconfig = Some(PathBuf::from(p)),
+                Some(("trust-domain", t)) if !t.is_empty() && !t.contains('/') => r.trust_domain = t.to_string(),
+                _ => return Err(SpecError::BadOption(kv.to_string())),
+            }
+        }
+        Ok(r)
+    }
+
+    /// The API client this registry uses.
+    pub async fn client(&self) -> Result<Client, String> {
+        let config = if let Some(api) = &self.api {
+            let uri: http::Uri = api.parse().map_err(|e| format!("api={api}: {e}"))?;
+            kube::Config::new(uri)
+        } else if let Some(path) = &self.kubeconfig {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).map_err(|e| format!("kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("kubeconfig {}: {e}", path.display()))?
+        } else {
+            kube::Config::infer()
+                .await
+                .map_err(|e| format!("no kubeconfig and not in a cluster: {e}"))?
+        };
+        Client::try_from(config).map_err(|e| format!("Kubernetes client: {e}"))
+    }
+}
+
+type Key = (String, String);
+
+fn key<K: ResourceExt>(o: &K) -> Key {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// One resource type's cache, with the relist buffer.
+struct Cache<K> {
+    live: BTreeMap<Key, Arc<K>>,
+    relist: Option<BTreeMap<Key, Arc<K>>>,
+    synced: bool,
+}
+
+impl<K: PartialEq> Cache<K> {
+    fn new() -> Self {
+        Cache {
+            live: BTreeMap::new(),
+            relist: None,
+            synced: false,
+        }
+    }
+
+    /// Applies one watcher event; returns the (old, new) of every key that changed.
+    #[allow(clippy::type_complexity)]
+    fn apply(&mut self, ev: Event<K>) -> Vec<(Option<Arc<K>>, Option<Arc<K>>)>
+    where
+        K: ResourceExt,
+    {
+        match ev {
+            Event::Init => {
+                self.relist = Some(BTreeMap::new());
+                Vec::new()
+            }
+            Event::InitApply(o) => {
+                let o = Arc::new(o);
+                self.relist.get_or_insert_with(BTreeMap::new).insert(key(&*o), o);
+                Vec::new()
+            }
+            Event::InitDone => {
+                // The complete new list replaces the cache only now: no empty mesh in between.
+                let fresh = self.relist.take().unwrap_or_default();
+                let mut out = Vec::new();
+                for (k, old) in &self.live {
+                    match fresh.get(k) {
+                        Some(new) if **new == **old => {}
+                        new => out.push((Some(old.clone()), new.cloned())),
+                    }
+                }
+                for (k, new) in &fresh {
+                    if !self.live.contains_key(k) {
+                        out.push((None, Some(new.clone())));
+                    }
+                }
+                self.live = fresh;
+                self.synced = true;
+                out
+            }
+            Event::Apply(o) => {
+                let o = Arc::new(o);
+                let old = self.live.insert(key(&*o), o.clone());
+                vec![(old, Some(o))]
+            }
+            Event::Delete(o) => {
+                let old = self.live.remove(&key(&o));
+                vec![(old.or_else(|| Some(Arc::new(o))), None)]
+            }
+        }
+    }
+}
+
+/// What the registry knows; builds fragments.
+pub struct KubeState {
+    services: Cache<KService>,
+    slices: Cache<EndpointSlice>,
+    pods: Cache<Pod>,
+    namespaces: Cache<Namespace>,
+    routes: Cache<WeftRoute>,
+    destinations: Cache<WeftDestination>,
+    /// Custom resources changed since the last batch: (kind, key).
+    cr_dirty: BTreeSet<(&'static str, Key)>,
+    /// Invalid custom resources (`WeftRoute ns/name` → why).
+    cr_skipped: BTreeMap<String, String>,
+    cr_published: BTreeSet<(&'static str, Key)>,
+    trust_domain: String,
+    /// The skipped objects of each Service (`Service ns/name`, `EndpointSlice ns/name` → why).
+    skipped: BTreeMap<Key, BTreeMap<String, String>>,
+    /// Services whose source is currently published.
+    published: BTreeSet<Key>,
+}
+
+enum Msg {
+    Service(Box<Event<KService>>),
+    Slice(Event<EndpointSlice>),
+    /// Pods and Services boxed: they are several times the size of the others.
+    Pod(Box<Event<Pod>>),
+    Namespace(Event<Namespace>),
+    Route(Box<Event<WeftRoute>>),
+    Destination(Box<Event<WeftDestination>>),
+}
+
+fn source_of(k: &Key) -> String {
+    format!("k8s:{}/{}", k.0, k.1)
+}
+
+fn protocol_of(port: &k8s_openapi::api::core::v1::ServicePort) -> Protocol {
+    let by_app = port.app_protocol.as_deref().map(|p| p.to_ascii_lowercase());
+    let hint = by_app.or_else(|| port.name.as_deref().map(|n| n.to_ascii_lowercase()));
+    match hint.as_deref() {
+        Some(p) if p.starts_with("grpc") || p.starts_with("http2") || p == "kubernetes.io/h2c" => Protocol::Grpc,
+        Some(p)
+            if p.starts_with("tcp") || p.starts_with("mongo") || p.starts_with("mysql") || p.starts_with("redis") =>
+        {
+            Protocol::Tcp
+        }
+        _ => Protocol::Http,
+    }
+}
+
+impl KubeState {
+    pub fn new(trust_domain: &str) -> KubeState {
+        KubeState {
+            services: Cache::new(),
+            slices: Cache::new(),
+            pods: Cache::new(),
+            namespaces: Cache::new(),
+            routes: Cache::new(),
+            destinations: Cache::new(),
+            cr_dirty: BTreeSet::new(),
+            cr_skipped: BTreeMap::new(),
+            cr_published: BTreeSet::new(),
+            trust_domain: trust_domain.to_string(),
+            skipped: BTreeMap::new(),
+            published: BTreeSet::new(),
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.services.synced
+            && self.slices.synced
+            && self.pods.synced
+            && self.namespaces.synced
+            && self.routes.synced
+            && self.destinations.synced
+    }
+
+    fn slice_service(s: &EndpointSlice) -> Option<Key> {
+        let name = s.labels().get(SERVICE_NAME_LABEL)?;
+        Some((s.namespace().unwrap_or_default(), name.clone()))
+    }
+
+    /// Services affected by one event.
+    fn apply(&mut self, msg: Msg, dirty: &mut BTreeSet<Key>) {
+        match msg {
+            Msg::Service(ev) => {
+                for (old, new) in self.services.apply(*ev) {
+                    dirty.extend(old.iter().chain(new.iter()).map(|s| key(&**s)));
+                }
+            }
+            Msg::Slice(ev) => {
+                for (old, new) in self.slices.apply(ev) {
+                    dirty.extend(old.iter().chain(new.iter()).filter_map(|s| Self::slice_service(s)));
+                }
+            }
+            Msg::Pod(ev) => {
+                for (old, new) in self.pods.apply(*ev) {
+                    for p in old.iter().chain(new.iter()) {
+                        let (ns, name) = key(&**p);
+                        // The services whose slices name this pod.
+                        for s in self.slices.live.range((ns.clone(), String::new())..) {
+                            if s.0 .0 != ns {
+                                break;
+                            }
+                            let names_it = s.1.endpoints.iter().flatten().any(|e| {
+                                e.target_ref.as_ref().is_some_and(|t| {
+                                    t.kind.as_deref() == Some("Pod") && t.name.as_deref() == Some(name.as_str())
+                                })
+                            });
+                            if names_it {
+                                dirty.extend(Self::slice_service(s.1));
+                            }
+                        }
+                    }
+                }
+            }
+            Msg::Route(ev) => {
+                for (old, new) in self.routes.apply(*ev) {
+                    self.cr_dirty
+                        .extend(old.iter().chain(new.iter()).map(|r| ("WeftRoute", key(&**r))));
+                }
+            }
+            Msg::Destination(ev) => {
+                for (old, new) in self.destinations.apply(*ev) {
+                    self.cr_dirty
+                        .extend(old.iter().chain(new.iter()).map(|r| ("WeftDestination", key(&**r))));
+                }
+            }
+            Msg::Namespace(ev) => {
+                for (old, new) in self.namespaces.apply(ev) {
+                    for n in old.iter().chain(new.iter()) {
+                        let ns = n.name_any();
+                        dirty.extend(
+                            self.services
+                                .live
+                                .range((ns.clone(), String::new())..)
+                                .take_while(|(k, _)| k.0 == ns)
+                                .map(|(k, _)| k.clone()),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn namespace_enabled(&self, ns: &str) -> bool {
+        let n = self.namespaces.live.get(&(String::new(), ns.to_string()));
+        n.is_none_or(|n| n.labels().get(DISCOVERY_LABEL).is_none_or(|v| v != "disabled"))
+    }
+
+    /// The change for one Service and its skipped objects.
+    pub fn build(&self, k: &Key) -> (SourceChange, BTreeMap<String, String>) {
+        let source = source_of(k);
+        let mut skipped = BTreeMap::new();
+        let Some(svc) = self.services.live.get(k) else {
+            return (SourceChange::Remove { source }, skipped);
+        };
+        if !self.namespace_enabled(&k.0) {
+            return (SourceChange::Remove { source }, skipped);
+        }
+        let what = format!("Service {}/{}", k.0, k.1);
+        let spec = svc.spec.clone().unwrap_or_default();
+        if spec.type_.as_deref() == Some("ExternalName") {
+            skipped.insert(
+                what,
+                "type ExternalName has no endpoints (a DNS alias): not served".into(),
+            );
+            return (SourceChange::Remove { source }, skipped);
+        }
+        let ports = spec.ports.unwrap_or_default();
+        if ports.is_empty() {
+            skipped.insert(what, "spec.ports is empty: a Service needs at least one port".into());
+            return (SourceChange::Remove { source }, skipped);
+        }
+        // The slices of this service.
+        let slices: Vec<&Arc<EndpointSlice>> = self
+            .slices
+            .live
+            .range((k.0.clone(), String::new())..)
+            .take_while(|(sk, _)| sk.0 == k.0)
+            .filter(|(_, s)| Self::slice_service(s).as_ref() == Some(k))
+            .map(|(_, s)| s)
+            .collect();
+        let mut good_slices = Vec::new();
+        for s in slices {
+            let sw = format!("EndpointSlice {}/{}", k.0, s.name_any());
+            if s.ports.as_ref().is_none_or(|p| p.is_empty()) {
+                skipped.insert(sw, "ports is empty: no endpoint port to send traffic to".into());
+                continue;
+            }
+            if !matches!(s.address_type.as_str(), "IPv4" | "IPv6") {
+                skipped.insert(
+                    sw,
+                    format!("addressType {} is not served (endpoints are IP:port)", s.address_type),
+                );
+                continue;
+            }
+            good_slices.push(s);
+        }
+        let mut services = Vec::new();
+        for (i, p) in ports.iter().enumerate() {
+            let pw = format!("{what} port {}", p.name.clone().unwrap_or_else(|| p.port.to_string()));
+            if p.protocol.as_deref().is_some_and(|pr| pr != "TCP") {
+                skipped.insert(
+                    pw,
+                    format!(
+                        "protocol {} is not served (TCP only)",
+                        p.protocol.as_deref().unwrap_or("")
+                    ),
+                );
+                continue;
+            }
+            let Ok(port) = u16::try_from(p.port) else {
+                skipped.insert(pw, format!("port {} is not 1..65535", p.port));
+                continue;
+            };
+            if port == 0 {
+                skipped.insert(pw, "port 0 is not 1..65535".into());
+                continue;
+            }
+            let name = if i == 0 {
+                format!("{}.{}", k.1, k.0)
+            } else {
+                format!(
+                    "{}.{}.{}",
+                    k.1,
+                    k.0,
+                    p.name.clone().unwrap_or_else(|| p.port.to_string())
+                )
+            };
+            let mut endpoints: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+            for s in &good_slices {
+                let sw = format!("EndpointSlice {}/{}", k.0, s.name_any());
+                let want = p.name.as_deref().unwrap_or("");
+                let Some(sp) = s
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|sp| sp.name.as_deref().unwrap_or("") == want)
+                else {
+                    continue;
+                };
+                let Some(ep_port) = sp.port.and_then(|x| u16::try_from(x).ok()).filter(|x| *x != 0) else {
+                    skipped.insert(sw.clone(), format!("port \"{want}\" has no port number in 1..65535"));
+                    continue;
+                };
+                for (j, e) in s.endpoints.iter().flatten().enumerate() {
+                    let Some(a) = e.addresses.first() else {
+                        skipped.insert(format!("{sw} endpoints[{j}]"), "no addresses".into());
+                        continue;
+                    };
+                    let Ok(ip) = a.parse::<IpAddr>() else {
+                        skipped.insert(
+                            format!("{sw} endpoints[{j}]"),
+                            format!("address \"{a}\" is not an IP address"),
+                        );
+                        continue;
+                    };
+                    let c = e.conditions.clone().unwrap_or_default();
+                    let ready = c.ready.unwrap_or(true);
+                    let serving = c.serving.unwrap_or(ready);
+                    let terminating = c.terminating.unwrap_or(false);
+                    let health = if ready {
+                        Health::Healthy
+                    } else if serving && terminating {
+                        Health::Draining
+                    } else {
+                        Health::Unhealthy
+                    };
+                    let zone = e.zone.clone().or_else(|| {
+                        e.hints
+                            .as_ref()
+                            .and_then(|h| h.for_zones.as_ref())
+                            .and_then(|z| z.first())
+                            .map(|z| z.name.clone())
+                    });
+                    let mut labels = BTreeMap::new();
+                    if let Some(t) = &e.target_ref {
+                        if t.kind.as_deref() == Some("Pod") {
+                            let pk = (
+                                t.namespace.clone().unwrap_or_else(|| k.0.clone()),
+                                t.name.clone().unwrap_or_default(),
+                            );
+                            if let Some(pod) = self.pods.live.get(&pk) {
+                                labels.extend(pod.labels().iter().map(|(a, b)| (a.clone(), b.clone())));
+                                let sa = pod
+                                    .spec
+                                    .as_ref()
+                                    .and_then(|s| s.service_account_name.clone())
+                                    .unwrap_or_else(|| "default".into());
+                                labels.insert(
+                                    IDENTITY_LABEL.into(),
+                                    format!("spiffe://{}/ns/{}/sa/{sa}", self.trust_domain, pk.0),
+                                );
+                            }
+                        }
+                    }
+                    let address = SocketAddr::new(ip, ep_port);
+                    let ep = Endpoint {
+                        address,
+                        weight: 1,
+                        labels,
+                        locality: Locality {
+                            region: String::new(),
+                            zone: zone.unwrap_or_default(),
+                            sub_zone: e.node_name.clone().unwrap_or_default(),
+                        },
+                        priority: 0,
+                        health,
+                    };
+                    // The same address in two slices (a slice being split): the healthier wins.
+                    let rank = |h: Health| match h {
+                        Health::Healthy => 0,
+                        Health::Draining => 1,
+                        Health::Unhealthy => 2,
+                    };
+                    match endpoints.get(&address) {
+                        Some(prev) if rank(prev.health) <= rank(ep.health) => {}
+                        _ => {
+                            endpoints.insert(address, ep);
+                        }
+                    }
+                }
+            }
+            services.push(Arc::new(Service {
+                name,
+                port: Some(port),
+                protocol: protocol_of(p),
+                // Sorted by address (the BTreeMap): identical content gives identical versions.
+                endpoints: endpoints.into_values().collect(),
+                dependencies: None,
+            }));
+        }
+        if services.is_empty() {
+            return (SourceChange::Remove { source }, skipped);
+        }
+        let fragment = Fragment {
+            services,
+            ..Default::default()
+        };
+        (SourceChange::Upsert { source, fragment }, skipped)
+    }
+
+    /// The change for one custom resource (valid: its policy; invalid or gone: none).
+    fn build_cr(&mut self, kind: &'static str, k: &Key) -> Option<SourceChange> {
+        let what = format!("{kind} {}/{}", k.0, k.1);
+        let source = format!("k8s:{}/{}/{}", kind.to_ascii_lowercase(), k.0, k.1);
+        let built = match kind {
+            "WeftRoute" => self.routes.live.get(k).map(|r| r.to_fragment(&what)),
+            _ => self.destinations.live.get(k).map(|d| d.to_fragment(&what)),
+        };
+        let built = built.filter(|_| self.namespace_enabled(&k.0));
+        let published = self.cr_published.contains(&(kind, k.clone()));
+        match built {
+            Some(Ok(fragment)) => {
+                self.cr_skipped.remove(&what);
+                self.cr_published.insert((kind, k.clone()));
+                Some(SourceChange::Upsert { source, fragment })
+            }
+            other => {
+                match other {
+                    Some(Err(why)) => self.cr_skipped.insert(what.clone(), why),
+                    _ => self.cr_skipped.remove(&what),
+                };
+                self.cr_published.remove(&(kind, k.clone()));
+                published.then_some(SourceChange::Remove { source })
+            }
+        }
+    }
+
+    /// Changes for the dirty services, updating what is published and skipped.
+    fn changes(&mut self, dirty: BTreeSet<Key>) -> Vec<SourceChange> {
+        let mut out = Vec::new();
+        for (kind, k) in std::mem::take(&mut self.cr_dirty) {
+            out.extend(self.build_cr(kind, &k));
+        }
+        for k in dirty {
+            let (change, skipped) = self.build(&k);
+            if skipped.is_empty() {
+                self.skipped.remove(&k);
+            } else {
+                self.skipped.insert(k.clone(), skipped);
+            }
+            match change {
+                SourceChange::Remove { .. } if !self.published.remove(&k) => {}
+                c @ SourceChange::Remove { .. } => out.push(c),
+                c => {
+                    self.published.insert(k);
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    fn all_skipped(&self) -> BTreeMap<String, String> {
+        self.skipped
+            .values()
+            .flat_map(|m| m.iter())
+            .chain(self.cr_skipped.iter())
+            .map(|(a, b)| (a.clone(), b.clone()))
+            .collect()
+    }
+
+    /// Every Service key any cache refers to.
+    fn all_keys(&self) -> BTreeSet<Key> {
+        let mut keys: BTreeSet<Key> = self.services.live.keys().cloned().collect();
+        keys.extend(self.slices.live.values().filter_map(|s| Self::slice_service(s)));
+        keys.extend(self.published.iter().cloned());
+        keys
+    }
+}
+
+/// Builds every Service's change from a set of API objects (Services, EndpointSlices, Pods,
+/// Namespaces as JSON with `kind`; others and undecodable ones are ignored): what the registry
+/// would publish for them, and the skipped objects with their reasons. For the fuzz target and
+/// tests.
+pub fn changes_for_objects(
+    objects: &[serde_json::Value],
+    trust_domain: &str,
+) -> (Vec<SourceChange>, BTreeMap<String, String>) {
+    let mut st = KubeState::new(trust_domain);
+    for m in [
+        Msg::Service(Box::new(Event::InitDone)),
+        Msg::Slice(Event::InitDone),
+        Msg::Pod(Box::new(Event::InitDone)),
+        Msg::Namespace(Event::InitDone),
+        Msg::Route(Box::new(Event::InitDone)),
+        Msg::Destination(Box::new(Event::InitDone)),
+    ] {
+        st.apply(m, &mut BTreeSet::new());
+    }
+    let mut dirty = BTreeSet::new();
+    for o in objects {
+        let msg = match o["kind"].as_str() {
+            Some("Service") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Service(Box::new(Event::Apply(x)))),
+            Some("EndpointSlice") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Slice(Event::Apply(x))),
+            Some("Pod") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Pod(Box::new(Event::Apply(x)))),
+            Some("Namespace") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Namespace(Event::Apply(x))),
+            Some("WeftRoute") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Route(Box::new(Event::Apply(x)))),
+            Some("WeftDestination") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::Destination(Box::new(Event::Apply(x)))),
+            _ => None,
+        };
+        if let Some(m) = msg {
+            st.apply(m, &mut dirty);
+        }
+    }
+    let changes = st.changes(st.all_keys());
+    (changes, st.all_skipped())
+}
+
+fn watch_stream<K>(client: &Client) -> futures_util::stream::BoxStream<'static, Result<Event<K>, watcher::Error>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed()
+}
+
+/// True for the error a 410 Gone watch ends with (a relist follows; the server is reachable).
+fn is_gone(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchError(s) if s.code == 410)
+}
+
+impl Registry for KubeRegistry {
+    fn describe(&self) -> String {
+        match (&self.api, &self.kubeconfig) {
+            (Some(a), _) => format!("kubernetes registry {a}"),
+            (None, Some(p)) => format!("kubernetes registry (kubeconfig {})", p.display()),
+            (None, None) => "kubernetes registry".into(),
+        }
+    }
+
+    fn run(self: Box<Self>, events: mpsc::Sender<RegistryEvent>, mut shutdown: watch::Receiver<bool>) -> BoxFuture {
+        Box::pin(async move {
+            let client = loop {
+                match self.client().await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "kubernetes registry: no API client; retrying");
+                        if events
+                            .send(RegistryEvent::Health {
+                                connected: false,
+                                error: Some(e),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                }
+            };
+            let streams: Vec<futures_util::stream::BoxStream<'static, Result<Msg, watcher::Error>>> = vec![
+                watch_stream::<KService>(&client)
+                    .map(|r| r.map(|e| Msg::Service(Box::new(e))))
+                    .boxed(),
+                watch_stream::<EndpointSlice>(&client)
+                    .map(|r| r.map(Msg::Slice))
+                    .boxed(),
+                watch_stream::<Pod>(&client)
+                    .map(|r| r.map(|e| Msg::Pod(Box::new(e))))
+                    .boxed(),
+                watch_stream::<Namespace>(&client)
+                    .map(|r| r.map(Msg::Namespace))
+                    .boxed(),
+                watch_stream::<WeftRoute>(&client)
+                    .map(|r| r.map(|e| Msg::Route(Box::new(e))))
+                    .boxed(),
+                watch_stream::<WeftDestination>(&client)
+                    .map(|r| r.map(|e| Msg::Destination(Box::new(e))))
+                    .boxed(),
+            ];
+            let mut all = futures_util::stream::select_all(streams);
+            let mut state = KubeState::new(&self.trust_domain);
+            let mut synced = false;
+            let mut connected = true;
+            let mut dirty = BTreeSet::new();
+            loop {
+                let first = tokio::select! {
+                    m = all.next() => m,
+                    _ = shutdown.changed() => return,
+                };
+                let Some(first) = first else { return };
+                // Everything already waiting goes out as one batch.
+                let mut batch = vec![first];
+                while batch.len() < 4096 {
+                    match all.next().now_or_never() {
+                        Some(Some(m)) => batch.push(m),
+                        _ => break,
+                    }
+                }
+                for m in batch {
+                    match m {
+                        Ok(msg) => {
+                            if !connected {
+                                connected = true;
+                                if events
+                                    .send(RegistryEvent::Health {
+                                        connected: true,
+                                        error: None,
+                                    })
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            state.apply(msg, &mut dirty);
+                        }
+                        Err(e) if is_gone(&e) => {
+                            tracing::info!(error = %e, "kubernetes registry: watch expired (410 Gone); relisting, the current state keeps serving");
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "kubernetes registry: API error");
+                            if connected {
+                                connected = false;
+                                if events
+                                    .send(RegistryEvent::Health {
+                                        connected: false,
+                                        error: Some(e.to_string()),
+                                    })
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                }
+                if !synced {
+                    if !state.synced() {
+                        continue;
+                    }
+                    synced = true;
+                    dirty = state.all_keys();
+                    let before = state.all_skipped();
+                    let changes = state.changes(std::mem::take(&mut dirty));
+                    tracing::info!(
+                        services = state.services.live.len(),
+                        endpoint_slices = state.slices.live.len(),
+                        pods = state.pods.live.len(),
+                        namespaces = state.namespaces.live.len(),
+                        "kubernetes registry listed"
+                    );
+                    let skipped = state.all_skipped();
+                    if !super::publish(&events, changes, &skipped, &BTreeMap::new()).await {
+                        return;
+                    }
+                    let _ = before;
+                    if events.send(RegistryEvent::Synced).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                if dirty.is_empty() && state.cr_dirty.is_empty() {
+                    continue;
+                }
+                let before = state.all_skipped();
+                let changes = state.changes(std::mem::take(&mut dirty));
+                let skipped = state.all_skipped();
+                if changes.is_empty() && skipped == before {
+                    continue;
+                }
+                if !super::publish(&events, changes, &skipped, &before).await {
+                    return;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_parses_and_refuses() {
+        let r = KubeRegistry::parse("kubernetes").unwrap();
+        assert_eq!(r.api, None);
+        assert_eq!(r.trust_domain, "cluster.local");
+        let r = KubeRegistry::parse("kubernetes?api=http://127.0.0.1:6443&trust-domain=corp").unwrap();
+        assert_eq!(r.api.as_deref(), Some("http://127.0.0.1:6443"));
+        assert_eq!(r.trust_domain, "corp");
+        let r = KubeRegistry::parse("kubernetes://?kubeconfig=/k/config").unwrap();
+        assert_eq!(r.kubeconfig, Some(PathBuf::from("/k/config")));
+        assert_eq!(
+            KubeRegistry::parse("kubernetes?api=ftp://x"),
+            Err(SpecError::BadUrl("ftp://x".into()))
+        );
+        assert_eq!(
+            KubeRegistry::parse("kubernetes?bogus=1"),
+            Err(SpecError::BadOption("bogus=1".into()))
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! The Kubernetes registry against the stand-in API server (weft-test-support's `kube_api`: real
+//! list/watch HTTP traffic from recorded JSON fixtures; no real API server runs here): the initial
+//! list, watch ADDED/MODIFIED/DELETED, endpoint health from EndpointSlice conditions, pod labels and
+//! identity, malformed objects skipped with their reason, `410 Gone` relisting without an empty
+//! mesh in between, and an unreachable API server reported while the last state keeps serving.
+#![cfg(feature = "kubernetes")]
+
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+use weft_control::model::{Fragment, Health};
+use weft_control::registry::kubernetes::KubeRegistry;
+use weft_control::registry::{Registry, RegistryEvent, SourceChange};
+use weft_test_support::kube_api::{fixture, KubeApi};
+
+/// What the registry has said so far, folded.
+#[derive(Default)]
+struct Seen {
+    sources: BTreeMap<String, Arc<Fragment>>,
+    skipped: BTreeMap<String, String>,
+    synced: bool,
+    connected: Option<bool>,
+    /// Sources that were ever removed or published empty.
+    emptied: Vec<String>,
+    batches: usize,
+}
+
+struct Harness {
+    rx: mpsc::Receiver<RegistryEvent>,
+    seen: Seen,
+    _stop: watch::Sender<bool>,
+}
+
+impl Harness {
+    fn start(api: &KubeApi) -> Harness {
+        let reg = KubeRegistry::parse(&format!("kubernetes?api={}", api.url())).unwrap();
+        let (tx, rx) = mpsc::channel(64);
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(Box::new(reg).run(tx, stop_rx));
+        Harness {
+            rx,
+            seen: Seen::default(),
+            _stop: stop,
+        }
+    }
+
+    /// Folds events until `done` holds (or panics after `timeout`); returns the time it took.
+    async fn until(&mut self, what: &str, timeout: Duration, done: impl Fn(&Seen) -> bool) -> Duration {
+        let start = Instant::now();
+        while !done(&self.seen) {
+            let left = timeout.saturating_sub(start.elapsed());
+            let ev = tokio::time::timeout(left, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("timed out after {timeout:?} waiting for {what}"))
+                .expect("registry ended");
+            self.fold(ev);
+        }
+        start.elapsed()
+    }
+
+    fn fold(&mut self, ev: RegistryEvent) {
+        match ev {
+            RegistryEvent::Changes(c) => {
+                self.seen.batches += 1;
+                for ch in c {
+                    match ch {
+                        SourceChange::Upsert { source, fragment } => {
+                            if fragment.services.iter().all(|s| s.endpoints.is_empty()) {
+                                self.seen.emptied.push(source.clone());
+                            }
+                            self.seen.sources.insert(source, Arc::new(fragment));
+                        }
+                        SourceChange::Remove { source } => {
+                            self.seen.emptied.push(source.clone());
+                            self.seen.sources.remove(&source);
+                        }
+                        SourceChange::Invalid { source, errors } => panic!("{source}: {errors:?}"),
+                    }
+                }
+            }
+            RegistryEvent::Synced => self.seen.synced = true,
+            RegistryEvent::Health { connected, .. } => self.seen.connected = Some(connected),
+            RegistryEvent::Skipped(m) => self.seen.skipped = m,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn endpoints(seen: &Seen, source: &str) -> Vec<(String, Health)> {
+    seen.sources.get(source).map_or_else(Vec::new, |f| {
+        f.services[0]
+            .endpoints
+            .iter()
+            .map(|e| (e.address.to_string(), e.health))
+            .collect()
+    })
+}
+
+const REVIEWS: &str = "k8s:bookinfo/reviews";
+
+fn load_bookinfo(api: &KubeApi) {
+    for f in [
+        "namespace-bookinfo.json",
+        "service-reviews.json",
+        "endpointslice-reviews.json",
+        "pod-reviews-v1.json",
+        "pod-reviews-v2.json",
+        "service-noports.json",
+        "endpointslice-noports.json",
+    ] {
+        api.apply(fixture(f));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_watches_relists_and_survives_an_outage() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    let mut h = Harness::start(&api);
+    let took = h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    eprintln!("initial list → synced in {took:?}");
+
+    // The fixture's three endpoints: ready, serving+terminating, not ready.
+    let f = h.seen.sources.get(REVIEWS).expect("reviews published").clone();
+    assert_eq!(f.services.len(), 1);
+    let svc = &f.services[0];
+    assert_eq!(svc.name, "reviews.bookinfo");
+    assert_eq!(svc.port, Some(9080));
+    assert_eq!(
+        endpoints(&h.seen, REVIEWS),
+        vec![
+            ("10.244.1.12:9080".to_string(), Health::Healthy),
+            ("10.244.2.7:9080".to_string(), Health::Draining),
+            ("10.244.3.9:9080".to_string(), Health::Unhealthy),
+        ]
+    );
+    let v1 = &svc.endpoints[0];
+    assert_eq!(v1.locality.zone, "eu-west-1a");
+    assert_eq!(v1.locality.sub_zone, "node-a");
+    assert_eq!(v1.labels.get("version").map(String::as_str), Some("v1"));
+    assert_eq!(
+        v1.labels.get("security.weft.dev/identity").map(String::as_str),
+        Some("spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews")
+    );
+    assert_eq!(svc.endpoints[1].labels.get("version").map(String::as_str), Some("v2"));
+    assert!(svc.endpoints[2].labels.is_empty(), "no targetRef: no pod labels");
+
+    // Malformed objects: skipped with their reason, nothing else affected.
+    assert_eq!(
+        h.seen.skipped.get("Service bookinfo/legacy").map(String::as_str),
+        Some("spec.ports is empty: a Service needs at least one port")
+    );
+    assert_eq!(
+        h.seen
+            .skipped
+            .get("EndpointSlice bookinfo/reviews-manual")
+            .map(String::as_str),
+        Some("ports is empty: no endpoint port to send traffic to")
+    );
+    assert!(!h.seen.sources.contains_key("k8s:bookinfo/legacy"));
+
+    // Watch: a new slice (ADDED).
+    let mut extra = fixture("endpointslice-reviews.json");
+    extra["metadata"]["name"] = json!("reviews-q9w8e");
+    extra["metadata"].as_object_mut().unwrap().remove("uid");
+    extra["endpoints"] = json!([{"addresses": ["10.244.4.4"], "conditions": {"ready": true}}]);
+    api.apply(extra);
+    let took = h
+        .until("the ADDED slice's endpoint", Duration::from_secs(5), |s| {
+            endpoints(s, REVIEWS).len() == 4
+        })
+        .await;
+    eprintln!("EndpointSlice ADDED → endpoint published in {took:?}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+
+    // MODIFIED pod: the endpoint's labels follow.
+    let mut pod = fixture("pod-reviews-v1.json");
+    pod["metadata"]["labels"]["version"] = json!("v3");
+    api.apply(pod);
+    h.until("the pod's new labels", Duration::from_secs(5), |s| {
+        s.sources[REVIEWS].services[0].endpoints[0]
+            .labels
+            .get("version")
+            .map(String::as_str)
+            == Some("v3")
+    })
+    .await;
+
+    // 410 Gone: every watch ends with an expired Status; the registry relists. A deletion made
+    // meanwhile arrives through the relist's diff; the service never goes empty.
+    let lists_before = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("/apis/discovery.k8s.io/v1/endpointslices") && !r.contains("watch="))
+        .count();
+    api.expire_watches();
+    assert!(api.delete("EndpointSlice", "bookinfo", "reviews-q9w8e"));
+    let took = h
+        .until("the relist to drop the deleted slice", Duration::from_secs(10), |s| {
+            endpoints(s, REVIEWS).len() == 3
+        })
+        .await;
+    eprintln!("410 Gone + DELETE → relisted, endpoint removed in {took:?}");
+    let lists_after = api
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("/apis/discovery.k8s.io/v1/endpointslices") && !r.contains("watch="))
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "410 must force a relist ({lists_before} → {lists_after})"
+    );
+    assert!(h.seen.emptied.is_empty(), "the mesh went empty: {:?}", h.seen.emptied);
+
+    // The API server goes away: reported, the last state keeps serving; it comes back: reported,
+    // and changes flow again.
+    api.set_down(true);
+    let took = h
+        .until(
+            "the registry to report the API unreachable",
+            Duration::from_secs(10),
+            |s| s.connected == Some(false),
+        )
+        .await;
+    eprintln!("API server down → reported in {took:?}");
+    assert_eq!(endpoints(&h.seen, REVIEWS).len(), 3, "last state keeps serving");
+    api.set_down(false);
+    let mut pod = fixture("pod-reviews-v1.json");
+    pod["metadata"]["labels"]["version"] = json!("v4");
+    api.apply(pod);
+    let took = h
+        .until(
+            "reconnection and the change made meanwhile",
+            Duration::from_secs(40),
+            |s| {
+                s.connected == Some(true)
+                    && s.sources[REVIEWS].services[0].endpoints[0]
+                        .labels
+                        .get("version")
+                        .map(String::as_str)
+                        == Some("v4")
+            },
+        )
+        .await;
+    eprintln!("API server back → reconnected and caught up in {took:?}");
+    assert!(h.seen.emptied.is_empty(), "the mesh went empty: {:?}", h.seen.emptied);
+
+    // DELETED Service: its source goes.
+    assert!(api.delete("Service", "bookinfo", "reviews"));
+    h.until("the service's removal", Duration::from_secs(5), |s| {
+        !s.sources.contains_key(REVIEWS)
+    })
+    .await;
+    // And a fixed Service leaves the skipped list.
+    let mut legacy = fixture("service-noports.json");
+    legacy["spec"]["ports"] = json!([{"name": "http", "port": 8080, "protocol": "TCP"}]);
+    api.apply(legacy);
+    h.until("the fixed service", Duration::from_secs(5), |s| {
+        s.sources.contains_key("k8s:bookinfo/legacy") && !s.skipped.contains_key("Service bookinfo/legacy")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_can_opt_out_of_discovery() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    assert!(h.seen.sources.contains_key(REVIEWS));
+    let mut ns = fixture("namespace-bookinfo.json");
+    ns["metadata"]["labels"]["mesh.weft.dev/discovery"] = json!("disabled");
+    api.apply(ns);
+    h.until("the namespace's services to go", Duration::from_secs(5), |s| {
+        s.sources.is_empty()
+    })
+    .await;
+}
+
+#[test]
+fn objects_map_to_the_same_fragments_without_a_server() {
+    // What the fuzz target drives: the mapping alone, from the same fixtures.
+    let objects: Vec<serde_json::Value> = [
+        "namespace-bookinfo.json",
+        "service-reviews.json",
+        "endpointslice-reviews.json",
+        "pod-reviews-v1.json",
+        "service-noports.json",
+    ]
+    .iter()
+    .map(|f| fixture(f))
+    .collect();
+    let (changes, skipped) = weft_control::registry::kubernetes::changes_for_objects(&objects, "corp.example");
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let SourceChange::Upsert { source, fragment } = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(source, REVIEWS);
+    let eps = &fragment.services[0].endpoints;
+    assert_eq!(eps.len(), 3);
+    assert_eq!(
+        eps[0].labels.get("security.weft.dev/identity").map(String::as_str),
+        Some("spiffe://corp.example/ns/bookinfo/sa/bookinfo-reviews")
+    );
+    // The v2 pod is absent here: its endpoint has no labels.
+    assert!(eps[1].labels.is_empty());
+    assert!(skipped.contains_key("Service bookinfo/legacy"), "{skipped:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    let route = |name: &str, timeout: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+            "metadata": {"name": name, "namespace": "bookinfo"},
+            "spec": {"service": "reviews.bookinfo", "http": [{
+                "match": [{"prefix": "/v2"}],
+                "route": [{"destination": "reviews.bookinfo", "subset": "v2"}],
+                "timeout": timeout
+            }, {"route": [{"destination": "reviews.bookinfo", "subset": "v1"}]}]}
+        })
+    };
+    api.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftDestination",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "lb": "least_request",
+                 "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}
+    }));
+    api.apply(route("reviews", "2s"));
+    api.apply(route("broken", "soon"));
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    let r = h
+        .seen
+        .sources
+        .get("k8s:weftroute/bookinfo/reviews")
+        .expect("the route published");
+    assert_eq!(r.routes[0].service, "reviews.bookinfo");
+    assert_eq!(r.routes[0].http.len(), 2);
+    assert_eq!(r.routes[0].http[0].timeout, Some(Duration::from_secs(2)));
+    let d = h
+        .seen
+        .sources
+        .get("k8s:weftdestination/bookinfo/reviews")
+        .expect("the policy published");
+    assert_eq!(d.destinations[0].subsets.len(), 2);
+    let why = h
+        .seen
+        .skipped
+        .get("WeftRoute bookinfo/broken")
+        .expect("the invalid route skipped");
+    assert!(why.contains("spec.http[0].timeout"), "{why}");
+    assert!(!h.seen.sources.contains_key("k8s:weftroute/bookinfo/broken"));
+
+    // Fixed: published and no longer skipped; deleted: gone.
+    api.apply(route("broken", "3s"));
+    h.until("the fixed route", Duration::from_secs(5), |s| {
+        s.sources.contains_key("k8s:weftroute/bookinfo/broken") && !s.skipped.contains_key("WeftRoute bookinfo/broken")
+    })
+    .await;
+    assert!(api.delete("WeftRoute", "bookinfo", "broken"));
+    h.until("the deleted route", Duration::from_secs(5), |s| {
+        !s.sources.contains_key("k8s:weftroute/bookinfo/broken")
+    })
+    .await;
+}

@@ -1,0 +1,606 @@
+//! A stand-in Kubernetes API server for tests (no real API server can run on these machines).
+//!
+//! It serves real list/watch traffic over HTTP/1.1 on 127.0.0.1 in the exact shapes the Kubernetes
+//! API returns, from objects the test loads (recorded JSON fixtures under `fixtures/kubernetes/`)
+//! and then changes:
+//!
+//! - `GET /api/v1/services`, `/api/v1/namespaces/NS/services` (and the same for every resource the
+//!   test registers with [`KubeApi::resource`]): a `…List` with `metadata.resourceVersion` (and
+//!   `metadata.continue` when `limit` cuts it short); list items carry no `kind`/`apiVersion`, as
+//!   on a real server.
+//! - `?watch=true&resourceVersion=N&allowWatchBookmarks=true&timeoutSeconds=S`: newline-delimited
+//!   `WatchEvent`s (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`) after `N`, then live ones; a
+//!   bookmark every [`KubeApi::bookmark_every`]; the stream ends after `timeoutSeconds`.
+//! - A watch from a `resourceVersion` older than the last compaction gets one `ERROR` event whose
+//!   object is a `Status` with `code: 410`, `reason: "Expired"`, `message: "too old resource
+//!   version: N (M)"` (what the API server sends; kube's watcher then relists).
+//!   [`KubeApi::expire_watches`] compacts and sends that to every open watch.
+//! - [`KubeApi::set_down`]: the server stops answering (listener closed, open connections cut),
+//!   and comes back on the same port.
+//!
+//! Every change gets the next cluster-wide `resourceVersion`; created objects get a `uid` and a
+//! `creationTimestamp`.
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// One resource type the server serves.
+#[derive(Clone, Debug)]
+pub struct ResourceType {
+    /// `/api/v1` or `/apis/GROUP/VERSION`.
+    pub prefix: String,
+    /// `services`.
+    pub plural: String,
+    /// `Service`.
+    pub kind: String,
+    /// `v1`, `discovery.k8s.io/v1`.
+    pub api_version: String,
+    pub namespaced: bool,
+}
+
+#[derive(Clone)]
+struct Ev {
+    rv: u64,
+    plural: String,
+    kind: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    types: Vec<ResourceType>,
+    /// plural → (namespace, name) → object.
+    objects: BTreeMap<String, BTreeMap<(String, String), Value>>,
+    log: Vec<Ev>,
+    rv: u64,
+    /// Watches from a resourceVersion below this get 410.
+    compacted: u64,
+    uid: u64,
+    /// Bumped by expire_watches: open watches end with a 410.
+    epoch: u64,
+    requests: Vec<String>,
+}
+
+/// The stand-in API server. Dropping it stops it.
+pub struct KubeApi {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    notify: watch::Sender<u64>,
+    down: watch::Sender<bool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    bookmark: Arc<Mutex<Duration>>,
+}
+
+fn core(plural: &str, kind: &str, namespaced: bool) -> ResourceType {
+    ResourceType {
+        prefix: "/api/v1".into(),
+        plural: plural.into(),
+        kind: kind.into(),
+        api_version: "v1".into(),
+        namespaced,
+    }
+}
+
+/// The resource types a weft control's Kubernetes registry reads: Services, EndpointSlices,
+/// Pods, Namespaces, and weft's custom resources (WeftRoute, WeftDestination).
+pub fn standard_types() -> Vec<ResourceType> {
+    vec![
+        core("services", "Service", true),
+        core("pods", "Pod", true),
+        core("namespaces", "Namespace", false),
+        ResourceType {
+            prefix: "/apis/discovery.k8s.io/v1".into(),
+            plural: "endpointslices".into(),
+            kind: "EndpointSlice".into(),
+            api_version: "discovery.k8s.io/v1".into(),
+            namespaced: true,
+        },
+        crd("weftroutes", "WeftRoute"),
+        crd("weftdestinations", "WeftDestination"),
+    ]
+}
+
+fn crd(plural: &str, kind: &str) -> ResourceType {
+    ResourceType {
+        prefix: "/apis/weft.dev/v1alpha1".into(),
+        plural: plural.into(),
+        kind: kind.into(),
+        api_version: "weft.dev/v1alpha1".into(),
+        namespaced: true,
+    }
+}
+
+/// A recorded fixture from `fixtures/kubernetes/` (this crate's directory), parsed.
+pub fn fixture(name: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kubernetes")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The fixture's text, unparsed (AdmissionReview bodies are sent as recorded).
+pub fn fixture_text(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/kubernetes")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn key_of(obj: &Value) -> (String, String) {
+    let md = &obj["metadata"];
+    (
+        md["namespace"].as_str().unwrap_or("").to_string(),
+        md["name"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+impl KubeApi {
+    /// Starts the server on 127.0.0.1 (ephemeral port) on its own thread and runtime, serving
+    /// [`standard_types`].
+    pub fn start() -> KubeApi {
+        let state = Arc::new(Mutex::new(State {
+            types: standard_types(),
+            rv: 100,
+            ..Default::default()
+        }));
+        let (notify, _) = watch::channel(0u64);
+        let (down, _) = watch::channel(false);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the stand-in API server");
+        let addr = std_listener.local_addr().unwrap();
+        std_listener.set_nonblocking(true).unwrap();
+        let bookmark = Arc::new(Mutex::new(Duration::from_secs(1)));
+        let ctx = Ctx {
+            state: state.clone(),
+            notify: notify.clone(),
+            down: down.clone(),
+            bookmark: bookmark.clone(),
+        };
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(serve(ctx, std_listener, addr, stop_rx));
+        });
+        KubeApi {
+            addr,
+            state,
+            notify,
+            down,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+            bookmark,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig file's text pointing at this server (no credentials: the stand-in takes none).
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: standin\n  cluster:\n    server: {}\ncontexts:\n- name: standin\n  context:\n    cluster: standin\n    user: standin\ncurrent-context: standin\nusers:\n- name: standin\n  user: {{}}\n",
+            self.url()
+        )
+    }
+
+    /// Serves one more resource type (a CRD).
+    pub fn resource(&self, t: ResourceType) {
+        self.state.lock().types.push(t);
+    }
+
+    /// How often open watches get a BOOKMARK (default 1 s).
+    pub fn bookmark_every(&self, d: Duration) {
+        *self.bookmark.lock() = d;
+    }
+
+    /// The current cluster-wide resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.state.lock().rv
+    }
+
+    /// Paths and queries of the requests served so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().requests.clone()
+    }
+
+    /// Creates or replaces an object (ADDED or MODIFIED), giving it the next resourceVersion.
+    /// Returns that version.
+    pub fn apply(&self, mut obj: Value) -> u64 {
+        let mut st = self.state.lock();
+        let kind = obj["kind"].as_str().expect("object without kind").to_string();
+        let plural = st
+            .types
+            .iter()
+            .find(|t| t.kind == kind)
+            .unwrap_or_else(|| panic!("the stand-in API server does not serve kind {kind}"))
+            .plural
+            .clone();
+        st.rv += 1;
+        let rv = st.rv;
+        let key = key_of(&obj);
+        let existing = st.objects.get(&plural).and_then(|m| m.get(&key)).cloned();
+        let md = obj["metadata"].as_object_mut().expect("object without metadata");
+        md.insert("resourceVersion".into(), json!(rv.to_string()));
+        match &existing {
+            Some(old) => {
+                md.insert("uid".into(), old["metadata"]["uid"].clone());
+                md.insert("creationTimestamp".into(), old["metadata"]["creationTimestamp"].clone());
+            }
+            None => {
+                st.uid += 1;
+                let uid = format!("5f8c2a0e-0000-4000-8000-{:012x}", st.uid);
+                let md = obj["metadata"].as_object_mut().unwrap();
+                md.entry("uid").or_insert(json!(uid));
+                md.entry("creationTimestamp").or_insert(json!("2026-12-01T10:00:00Z"));
+            }
+        }
+        let ev_kind = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+        st.objects.entry(plural.clone()).or_default().insert(key, obj.clone());
+        st.log.push(Ev {
+            rv,
+            plural,
+            kind: ev_kind,
+            object: obj,
+        });
+        drop(st);
+        self.notify.send_replace(rv);
+        rv
+    }
+
+    /// Deletes an object (DELETED with its last state at a new resourceVersion). False if absent.
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) -> bool {
+        let mut st = self.state.lock();
+        let Some(plural) = st.types.iter().find(|t| t.kind == kind).map(|t| t.plural.clone()) else {
+            return false;
+        };
+        let Some(mut obj) = st
+            .objects
+            .get_mut(&plural)
+            .and_then(|m| m.remove(&(namespace.to_string(), name.to_string())))
+        else {
+            return false;
+        };
+        st.rv += 1;
+        let rv = st.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        st.log.push(Ev {
+            rv,
+            plural,
+            kind: "DELETED",
+            object: obj,
+        });
+        drop(st);
+        self.notify.send_replace(rv);
+        true
+    }
+
+    /// Compacts history at the current resourceVersion and ends every open watch with an ERROR
+    /// event carrying a 410 Status: watchers must relist.
+    pub fn expire_watches(&self) {
+        let mut st = self.state.lock();
+        st.compacted = st.rv + 1;
+        st.epoch += 1;
+        st.log.clear();
+        let rv = st.rv;
+        drop(st);
+        self.notify.send_replace(rv);
+    }
+
+    /// Takes the server down (listener closed, open connections cut) or brings it back on the same
+    /// port.
+    pub fn set_down(&self, down: bool) {
+        self.down.send_replace(down);
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Ctx {
+    state: Arc<Mutex<State>>,
+    notify: watch::Sender<u64>,
+    down: watch::Sender<bool>,
+    bookmark: Arc<Mutex<Duration>>,
+}
+
+async fn serve(
+    ctx: Ctx,
+    std_listener: std::net::TcpListener,
+    addr: SocketAddr,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut listener = Some(tokio::net::TcpListener::from_std(std_listener).unwrap());
+    let mut down_rx = ctx.down.subscribe();
+    loop {
+        let accepted = async {
+            match &listener {
+                Some(l) => l.accept().await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut stop => return,
+            changed = down_rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let down = *down_rx.borrow_and_update();
+                if down {
+                    listener = None;
+                } else if listener.is_none() {
+                    // The same port: tokio sets SO_REUSEADDR on listeners.
+                    for _ in 0..100 {
+                        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+                            listener = Some(l);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            conn = accepted => {
+                let Some((stream, _)) = conn else { continue };
+                let ctx = ctx.clone();
+                let mut down = ctx.down.subscribe();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let ctx = ctx.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(ctx, req)) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = down.wait_for(|d| *d) => {}
+                    }
+                });
+            }
+        }
+    }
+}
+
+type Body = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+fn full(status: u16, v: Value) -> http::Response<Body> {
+    use http_body_util::BodyExt;
+    http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from(v.to_string())).boxed())
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str, message: String) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    })
+}
+
+/// (type, namespace filter) for a path.
+fn route(types: &[ResourceType], path: &str) -> Option<(ResourceType, Option<String>)> {
+    for t in types {
+        let Some(rest) = path.strip_prefix(t.prefix.as_str()) else {
+            continue;
+        };
+        if rest == format!("/{}", t.plural) {
+            return Some((t.clone(), None));
+        }
+        if let Some(r) = rest.strip_prefix("/namespaces/") {
+            if let Some((ns, p)) = r.split_once('/') {
+                if p == t.plural && t.namespaced {
+                    return Some((t.clone(), Some(ns.to_string())));
+                }
+            }
+        }
+    }
+    None
+}
+
+fn handle(ctx: Ctx, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
+    let path = req.uri().path().to_string();
+    let query: BTreeMap<String, String> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_string(), v.replace("%2F", "/"))
+        })
+        .collect();
+    let types = {
+        let mut st = ctx.state.lock();
+        st.requests.push(req.uri().to_string());
+        st.types.clone()
+    };
+    if req.method() != http::Method::GET {
+        return full(
+            405,
+            status(
+                405,
+                "MethodNotAllowed",
+                format!("{} is not supported here", req.method()),
+            ),
+        );
+    }
+    let Some((t, ns)) = route(&types, &path) else {
+        return full(
+            404,
+            status(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            ),
+        );
+    };
+    let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    if watching {
+        return watch_response(ctx, t, ns, &query);
+    }
+    let st = ctx.state.lock();
+    let mut items: Vec<Value> = st
+        .objects
+        .get(&t.plural)
+        .map(|m| {
+            m.iter()
+                .filter(|((n, _), _)| ns.as_ref().is_none_or(|want| want == n))
+                .map(|(_, v)| {
+                    let mut v = v.clone();
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("kind");
+                        o.remove("apiVersion");
+                    }
+                    v
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let offset: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(usize::MAX);
+    let total = items.len();
+    items = items.into_iter().skip(offset).take(limit).collect();
+    let mut metadata = json!({ "resourceVersion": st.rv.to_string() });
+    if offset + items.len() < total {
+        metadata["continue"] = json!((offset + items.len()).to_string());
+        metadata["remainingItemCount"] = json!(total - offset - items.len());
+    }
+    full(
+        200,
+        json!({
+            "kind": format!("{}List", t.kind),
+            "apiVersion": t.api_version,
+            "metadata": metadata,
+            "items": items,
+        }),
+    )
+}
+
+fn watch_response(
+    ctx: Ctx,
+    t: ResourceType,
+    ns: Option<String>,
+    query: &BTreeMap<String, String>,
+) -> http::Response<Body> {
+    use http_body_util::BodyExt;
+    let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+    let timeout = Duration::from_secs(query.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(1800));
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    tokio::spawn(async move {
+        let line = |v: Value| {
+            let mut s = v.to_string();
+            s.push('\n');
+            bytes::Bytes::from(s)
+        };
+        let mut seen = from;
+        let (epoch, gone) = {
+            let st = ctx.state.lock();
+            if from == 0 {
+                seen = st.rv;
+            }
+            let gone = (from != 0 && from < st.compacted).then(|| {
+                let msg = format!("too old resource version: {from} ({})", st.compacted);
+                json!({"type": "ERROR", "object": status(410, "Expired", msg)})
+            });
+            (st.epoch, gone)
+        };
+        if let Some(ev) = gone {
+            let _ = tx.send(line(ev)).await;
+            return;
+        }
+        let mut changes = ctx.notify.subscribe();
+        let end = tokio::time::Instant::now() + timeout;
+        let every = *ctx.bookmark.lock();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            let (out, expired) = {
+                let st = ctx.state.lock();
+                let expired =
+                    (st.epoch != epoch).then(|| format!("too old resource version: {seen} ({})", st.compacted));
+                let out: Vec<Ev> = st
+                    .log
+                    .iter()
+                    .filter(|e| e.rv > seen && e.plural == t.plural)
+                    .filter(|e| ns.as_ref().is_none_or(|want| key_of(&e.object).0 == *want))
+                    .cloned()
+                    .collect();
+                seen = seen.max(st.log.last().map_or(seen, |e| e.rv.max(seen)));
+                (out, expired)
+            };
+            if let Some(msg) = expired {
+                let _ = tx
+                    .send(line(json!({"type": "ERROR", "object": status(410, "Expired", msg)})))
+                    .await;
+                return;
+            }
+            for e in out {
+                if tx
+                    .send(line(json!({"type": e.kind, "object": e.object})))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = tick.tick() => {
+                    if bookmarks {
+                        // Everything up to `seen` has been sent: a resume from here loses nothing.
+                        let rv = seen;
+                        let bm = json!({"type": "BOOKMARK", "object": {
+                            "kind": t.kind, "apiVersion": t.api_version,
+                            "metadata": {"resourceVersion": rv.to_string()}
+                        }});
+                        if tx.send(line(bm)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(end) => return,
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(http_body::Frame::data(b)), rx))
+    });
+    http::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .body(http_body_util::StreamBody::new(stream).boxed())
+        .unwrap()
+}
