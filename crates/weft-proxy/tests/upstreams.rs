@@ -191,3 +191,112 @@ async fn retry_budget_limits_concurrent_retries() {
     assert!(retries < 50.0, "retries {retries}");
     assert_eq!(calls.load(Ordering::SeqCst) as f64, 10.0 + retries);
 }
+
+/// An upstream that answers every request in HTTP/1.0 and closes the connection after it, the way
+/// Python's `http.server` does by default: with a content-length (`sized`) or delimited by the close.
+async fn http10_upstream(sized: bool) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = if sized {
+                    "HTTP/1.0 200 OK\r\nserver: old\r\ncontent-length: 5\r\n\r\nhello"
+                } else {
+                    "HTTP/1.0 200 OK\r\nserver: old\r\n\r\nhello"
+                };
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one HTTP/1.1 response (head plus a content-length or chunked body) from `s`.
+async fn read_one_response(s: &mut tokio::net::TcpStream, pending: &mut Vec<u8>) -> (String, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&pending[..end]).to_string();
+            let lower = head.to_ascii_lowercase();
+            let rest = &pending[end + 4..];
+            let body_end = if let Some(cl) = lower.lines().find_map(|l| l.strip_prefix("content-length: ")) {
+                let n: usize = cl.trim().parse().unwrap();
+                (rest.len() >= n).then_some((n, rest[..n].to_vec()))
+            } else if lower.contains("transfer-encoding: chunked") {
+                rest.windows(5).position(|w| w == b"0\r\n\r\n").map(|p| {
+                    // Body bytes without the chunk framing.
+                    let mut body = Vec::new();
+                    let mut i = 0;
+                    while i < p {
+                        let line_end = i + rest[i..].windows(2).position(|w| w == b"\r\n").unwrap();
+                        let n = usize::from_str_radix(std::str::from_utf8(&rest[i..line_end]).unwrap(), 16).unwrap();
+                        body.extend_from_slice(&rest[line_end + 2..line_end + 2 + n]);
+                        i = line_end + 2 + n + 2;
+                    }
+                    (p + 5, body)
+                })
+            } else {
+                panic!("no framing the next request could follow: {head}")
+            };
+            if let Some((used, body)) = body_end {
+                pending.drain(..end + 4 + used);
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "the proxy closed the connection: {}",
+            String::from_utf8_lossy(pending)
+        );
+        pending.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn an_http10_upstream_does_not_close_the_clients_keep_alive_connection() {
+    use tokio::io::AsyncWriteExt;
+    for sized in [true, false] {
+        let up = http10_upstream(sized).await;
+        let proxy = start_proxy(&one_route_yaml(
+            "{ cluster: app }",
+            &format!("  - {{ name: app, endpoints: [{{ address: \"{up}\" }}] }}"),
+        ));
+        let addr = proxy.listener_addr("web").unwrap();
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut pending = Vec::new();
+        for i in 0..3 {
+            s.write_all(format!("GET /{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let (head, body) = read_one_response(&mut s, &mut pending).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "sized={sized} request {i}: {head}");
+            assert!(
+                !head.to_ascii_lowercase().contains("connection: close"),
+                "sized={sized} request {i}: {head}"
+            );
+            assert_eq!(body, b"hello", "sized={sized} request {i}");
+        }
+        // An HTTP/1.0 client is still answered in HTTP/1.0.
+        let old = raw(addr, b"GET / HTTP/1.0\r\nhost: x\r\n\r\n", Duration::from_secs(3)).await;
+        let old = String::from_utf8_lossy(&old);
+        assert!(old.starts_with("HTTP/1.0 200"), "sized={sized}: {old}");
+        assert!(old.ends_with("hello"), "sized={sized}: {old}");
+    }
+}

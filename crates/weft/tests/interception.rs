@@ -1067,8 +1067,8 @@ fn pod_lifetime(tag: &str, lifecycle: bool) -> [u64; 4] {
     let dir = TempDir::new(&format!("interception-pod-{tag}"));
     open_dir(&dir);
     let (pod, server) = pair(tag, &[]);
-    // HTTP/1.1 keep-alive: weft answers an HTTP/1.0 upstream's response as HTTP/1.0 and closes the
-    // app's connection, and an app with no connection open lets a draining sidecar exit.
+    // HTTP/1.1 keep-alive on the server too, so the app's connection through the sidecar stays
+    // open across calls: an app with no connection open would let a draining sidecar exit early.
     let _srv = start_server_with(&server, &dir, "10.213.0.2", 8080, "server.log", &["-p", "HTTP/1.1"]);
     // Outbound capture only; the sidecar's config comes with the pod (static here).
     init(&pod, &["--include-inbound-ports", ""]);

@@ -591,6 +591,13 @@ fn finish_response(
     let up_upgrade = (switching && down_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade && switching);
+    // The upstream's HTTP version is a property of that hop only: an HTTP/1.0 upstream (Python's
+    // http.server, old appliances) must not turn the client's HTTP/1.1 keep-alive connection into
+    // a close-after-response one. hyper writes the status line from this field and still answers an
+    // HTTP/1.0 client as HTTP/1.0 on its own.
+    if parts.version == Version::HTTP_10 {
+        parts.version = Version::HTTP_11;
+    }
     if switching {
         if let (Some(down), Some(up)) = (down_upgrade, up_upgrade) {
             // The upstream connection now belongs to the tunnel, never to the pool.
