@@ -300,3 +300,79 @@ async fn an_http10_upstream_does_not_close_the_clients_keep_alive_connection() {
         assert!(old.ends_with("hello"), "sized={sized}: {old}");
     }
 }
+
+/// An HTTP/1.1 keep-alive upstream that answers every request with `ok` and counts the
+/// connections it has open.
+async fn counting_upstream() -> (std::net::SocketAddr, Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicU64::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let open = count.clone();
+            open.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            open.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, open)
+}
+
+/// Envoy drains the connection pools of a host that leaves its cluster; so does weft: an endpoint
+/// removed from the configuration (an EDS update, a drained instance) keeps no idle pooled
+/// connection open, so the instance sees its inbound connections fall to zero.
+#[tokio::test]
+async fn idle_connections_to_a_removed_endpoint_are_closed() {
+    let (a, a_open) = counting_upstream().await;
+    let (b, b_open) = counting_upstream().await;
+    let yaml = |eps: &str| {
+        one_route_yaml(
+            "{ cluster: app }",
+            &format!("  - {{ name: app, lb_policy: round_robin, endpoints: [{eps}] }}"),
+        )
+    };
+    let proxy = start_proxy(&yaml(&format!("{{ address: \"{a}\" }}, {{ address: \"{b}\" }}")));
+    let addr = proxy.listener_addr("web").unwrap();
+    for _ in 0..6 {
+        assert_eq!(get(addr, "/").await.status, 200);
+    }
+    assert!(a_open.load(Ordering::SeqCst) >= 1, "a pooled connection to a");
+    assert!(b_open.load(Ordering::SeqCst) >= 1, "a pooled connection to b");
+    let cfg = weft_config::from_yaml(&yaml(&format!("{{ address: \"{b}\" }}"))).unwrap();
+    proxy.apply(cfg).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while a_open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} idle connections to the removed endpoint still open",
+            a_open.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The endpoint that stays keeps its warm pool and serves.
+    assert!(b_open.load(Ordering::SeqCst) >= 1);
+    for _ in 0..3 {
+        assert_eq!(get(addr, "/").await.status, 200);
+    }
+}

@@ -498,7 +498,8 @@ impl ClusterRt {
         self.stats.cx_total.inc();
         self.stats.cx_active.inc();
         Some(ConnGuard {
-            cluster: self.clone(),
+            cluster: Arc::downgrade(self),
+            cx_active: self.stats.cx_active.clone(),
             priority,
         })
     }
@@ -656,16 +657,25 @@ impl Drop for RetryGuard {
 }
 
 /// Holds one slot of the cluster's `max_connections` while a connection lives.
+///
+/// The connection task holds this guard, and the cluster's hosts hold the connection (its idle
+/// `SendRequest` in a pool): a strong reference here would be a cycle that kept a replaced cluster,
+/// its removed hosts and their idle upstream connections alive until the upstream closed them.
+/// With a weak one, a host that leaves the configuration (EDS update, drained instance, reload) is
+/// dropped with its pools and its idle connections close, as Envoy drains a removed host's pools.
 pub struct ConnGuard {
-    cluster: Arc<ClusterRt>,
+    cluster: std::sync::Weak<ClusterRt>,
+    cx_active: weft_core::stats::Gauge,
     priority: RoutePriority,
 }
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.cluster.cx_count[self.priority.index()].fetch_sub(1, Ordering::Relaxed);
-        self.cluster.stats.cx_active.dec();
-        self.cluster.wake_pending();
+        self.cx_active.dec();
+        if let Some(cluster) = self.cluster.upgrade() {
+            cluster.cx_count[self.priority.index()].fetch_sub(1, Ordering::Relaxed);
+            cluster.wake_pending();
+        }
     }
 }
 

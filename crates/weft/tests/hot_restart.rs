@@ -16,6 +16,13 @@ use weft_test_support::{free_addr, text, upstream, TempDir};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
+/// The proxy binary under test: this build's `weft`, or the one `WEFT_HOT_RESTART_BIN` names (a
+/// release build, to run the mixed-traffic test at the rate issue #13 asks for; see
+/// docs/benchmarks.md).
+fn weft_bin() -> String {
+    std::env::var("WEFT_HOT_RESTART_BIN").unwrap_or_else(|_| WEFT.to_string())
+}
+
 /// A `weft proxy` child, killed and reaped on drop; its stderr goes to a file.
 struct Proxy {
     child: Child,
@@ -36,7 +43,7 @@ impl Proxy {
     ) -> Proxy {
         let log = runtime_dir.join(&format!("{tag}.log"));
         let err = std::fs::File::create(&log).unwrap();
-        let child = Command::new(WEFT)
+        let child = Command::new(weft_bin())
             .args(["proxy", "-c"])
             .arg(config)
             .args(["--base-id", "7"])
