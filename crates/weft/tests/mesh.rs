@@ -1074,18 +1074,38 @@ fn envoy_delta_accepts_every_governance_policy() {
     envoy_accepts_every_governance_policy("DELTA_GRPC");
 }
 
-/// Every YAML example in docs/control.md is valid, all together, as one registry directory.
+/// Every YAML example in docs/control.md is valid: the registry examples all together, as one
+/// registry directory; the Kubernetes resources (WeftRoute, WeftDestination) as their CRD types,
+/// through the same validation the Kubernetes registry applies.
 #[test]
 fn control_docs_examples_are_valid() {
+    use weft_control::crd::{WeftDestination, WeftRoute};
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/control.md")).unwrap();
     let dir = TempDir::new("control-docs");
-    let mut n = 0;
+    let (mut n, mut resources) = (0, 0);
     for (i, block) in doc.split("```yaml\n").skip(1).enumerate() {
         let body = &block[..block.find("```").expect("closed block")];
+        if body.starts_with("apiVersion:") {
+            let checked = if body.contains("\nkind: WeftRoute\n") {
+                serde_saphyr::from_str::<WeftRoute>(body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.to_fragment("docs example").map(|_| ()))
+            } else if body.contains("\nkind: WeftDestination\n") {
+                serde_saphyr::from_str::<WeftDestination>(body)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.to_fragment("docs example").map(|_| ()))
+            } else {
+                Err("a Kubernetes resource of an unknown kind".to_string())
+            };
+            checked.unwrap_or_else(|e| panic!("example {i}: {e}\n{body}"));
+            resources += 1;
+            continue;
+        }
         std::fs::write(dir.join(&format!("example{i}.yaml")), body).unwrap();
         n += 1;
     }
     assert!(n >= 3, "found only {n} YAML examples");
+    assert!(resources >= 1, "found no Kubernetes resource example");
     let out = Command::new(WEFT)
         .args(["control", "--check", "--registry"])
         .arg(&dir.0)
