@@ -3,21 +3,19 @@ built on grpcio and the `xds-protos` package (grpc's own compiled Envoy protos):
 here wrote the protocol code of, for weft's (and Envoy's) `envoy.access_loggers.http_grpc` /
 `tcp_grpc` clients.
 
-  als_receiver.py --out FILE [--stall]
+  als_receiver.py --out FILE [--port N]
       Appends one JSON line per StreamAccessLogsMessage received to FILE:
         {"stream": N, "seq": I, "identifier": {...} | null, "http": [entry, ...], "tcp": [entry, ...]}
       where N numbers the streams in the order they opened, I the message within its stream, and
       each entry is the protobuf JSON mapping with the .proto field names (64-bit integers are
       strings, durations "0.001s", timestamps RFC 3339, enums by name).
-      --stall: accept each stream but never read from it (a collector that is stuck: HTTP/2 flow
-      control then holds the sender back).
       Prints "PORT <n>" once serving. Binds 127.0.0.1 only.
 """
 import argparse
 import itertools
+import json
 import sys
 import threading
-import time
 from concurrent import futures
 
 import grpc
@@ -30,19 +28,13 @@ def _dict(m):
 
 
 class Receiver(als_pb2_grpc.AccessLogServiceServicer):
-    def __init__(self, out, stall):
+    def __init__(self, out):
         self.out = out
-        self.stall = stall
         self.lock = threading.Lock()
         self.streams = itertools.count(1)
 
     def StreamAccessLogs(self, request_iterator, context):
         n = next(self.streams)
-        if self.stall:
-            while context.is_active():
-                time.sleep(0.1)
-            return als_pb2.StreamAccessLogsResponse()
-        import json
         for seq, msg in enumerate(request_iterator):
             line = {
                 "stream": n,
@@ -60,12 +52,11 @@ class Receiver(als_pb2_grpc.AccessLogServiceServicer):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
-    p.add_argument("--stall", action="store_true")
     p.add_argument("--port", type=int, default=0)
     args = p.parse_args()
     out = open(args.out, "a", buffering=1)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-    als_pb2_grpc.add_AccessLogServiceServicer_to_server(Receiver(out, args.stall), server)
+    als_pb2_grpc.add_AccessLogServiceServicer_to_server(Receiver(out), server)
     port = server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     print(f"PORT {port}", flush=True)

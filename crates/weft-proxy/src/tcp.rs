@@ -260,6 +260,7 @@ impl TcpEnd {
                 upstream_cluster: rt.config.cluster.clone(),
                 response_flags: als::response_flags(self.reason, self.attempts),
                 upstream_request_attempt_count: self.attempts,
+                stream_id: als::random_stream_id(),
                 access_log_type: data::AccessLogType::TcpConnectionEnd as i32,
                 ..Default::default()
             }),

@@ -432,3 +432,295 @@ async fn a_stuck_collector_never_slows_requests() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Every leaf field path of an entry (`common_properties.response_flags.no_route_found`, …),
+/// with map keys of request/response headers folded into their map's path.
+fn field_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Value::Object(m) if !prefix.ends_with("_headers") => {
+            for (k, x) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                field_paths(x, &p, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string());
+        }
+    }
+}
+
+/// Entries of one log (by the identifier's `log_name` on each stream's first message).
+fn entries_of(msgs: &[Value], log: &str, kind: &str) -> Vec<Value> {
+    let streams: Vec<&Value> = msgs
+        .iter()
+        .filter(|m| m["identifier"]["log_name"] == log)
+        .map(|m| &m["stream"])
+        .collect();
+    msgs.iter()
+        .filter(|m| streams.contains(&&m["stream"]))
+        .flat_map(|m| m[kind].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Fields Envoy 1.40 fills that weft does not (docs/observability.md, "gRPC access-log service").
+const NOT_FILLED_BY_WEFT: &[&str] = &[
+    "common_properties.time_to_last_rx_byte",
+    "common_properties.time_to_first_upstream_tx_byte",
+    "common_properties.time_to_last_upstream_tx_byte",
+    "common_properties.upstream_local_address.socket_address.address",
+    "common_properties.upstream_local_address.socket_address.port_value",
+    "common_properties.upstream_transport_failure_reason",
+    "common_properties.downstream_wire_bytes_sent",
+    "common_properties.downstream_wire_bytes_received",
+    "common_properties.upstream_wire_bytes_sent",
+    "common_properties.upstream_wire_bytes_received",
+    "request.upstream_header_bytes_sent",
+    "request.downstream_header_bytes_received",
+    "response.upstream_header_bytes_received",
+    "response.downstream_header_bytes_sent",
+];
+
+/// Envoy 1.40 with the same `http_grpc`/`tcp_grpc` configuration (over its bootstrap, the xDS
+/// types weft converts) against the same collector: weft fills every field Envoy fills but the
+/// listed ones, with the same values where they do not depend on timing or ports.
+#[tokio::test]
+async fn envoy_and_weft_fill_the_same_fields() {
+    let Some(py) = python() else { return };
+    let Some(envoy_bin) = peers::envoy_binary() else { return };
+    let rx = collector(&py, 0);
+    let app = app().await;
+    let dead = dead_addr();
+    let echo = tcp_server(tcp_echo).await;
+    let proxy = start_proxy(&yaml(rx.addr, app.addr, dead, echo, ""));
+    let (web, db) = (proxy.listener_addr("web").unwrap(), proxy.listener_addr("db").unwrap());
+
+    let dir = TempDir::new("als-envoy");
+    let (e_web, e_db, e_admin) = (free_port(), free_port(), free_port());
+    let sock = |a: SocketAddr| {
+        format!(
+            "{{ socket_address: {{ address: {}, port_value: {} }} }}",
+            a.ip(),
+            a.port()
+        )
+    };
+    let grpc = |log: &str| {
+        format!(
+            "{{ log_name: {log}, transport_api_version: V3, buffer_flush_interval: 0.1s, grpc_service: {{ envoy_grpc: {{ cluster_name: als }} }} }}"
+        )
+    };
+    let cfg = format!(
+        r#"
+node: {{ id: envoy-node-1, cluster: als-mesh }}
+admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_admin} }} }} }}
+static_resources:
+  listeners:
+  - name: web
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_web} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: web
+          access_log:
+          - name: envoy.access_loggers.http_grpc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+              common_config: {http_common}
+              additional_request_headers_to_log: [x-user, x-absent]
+              additional_response_headers_to_log: [x-cache]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["svc.local"]
+              routes:
+              - name: ok-route
+                match: {{ prefix: /ok }}
+                route: {{ cluster: app }}
+              - name: dead-route
+                match: {{ prefix: /dead }}
+                route: {{ cluster: dead, retry_policy: {{ retry_on: connect-failure, num_retries: 1 }} }}
+  - name: db
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_db} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: db
+          cluster: echo
+          access_log:
+          - name: envoy.access_loggers.tcp_grpc
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig
+              common_config: {tcp_common}
+  clusters:
+  - name: app
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: app, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {app_addr} }} }}] }}] }}
+  - name: dead
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: dead, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {dead_addr} }} }}] }}] }}
+  - name: echo
+    connect_timeout: 1s
+    load_assignment: {{ cluster_name: echo, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {echo_addr} }} }}] }}] }}
+  - name: als
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment: {{ cluster_name: als, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {als_addr} }} }}] }}] }}
+"#,
+        http_common = grpc("envoy-web"),
+        tcp_common = grpc("envoy-tcp"),
+        app_addr = sock(app.addr),
+        dead_addr = sock(dead),
+        echo_addr = sock(echo),
+        als_addr = sock(rx.addr),
+    );
+    let cfg_path = dir.join("envoy.yaml");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let _envoy = peers::ChildGuard(
+        Command::new(envoy_bin)
+            .arg("-c")
+            .arg(&cfg_path)
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start envoy"),
+    );
+    let e_web = SocketAddr::from(([127, 0, 0, 1], e_web));
+    let e_db = SocketAddr::from(([127, 0, 0, 1], e_db));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Ready (its admin says LIVE) without touching the listeners (a probe would be a TCP session).
+    let admin = SocketAddr::from(([127, 0, 0, 1], e_admin));
+    while !send_once(admin, req("GET", "/ready", "admin", &[], ""))
+        .await
+        .is_ok_and(|g| g.status == 200)
+    {
+        assert!(Instant::now() < deadline, "Envoy did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    for addr in [web, e_web] {
+        let h = [
+            ("user-agent", "curl/8.1"),
+            ("x-request-id", "rid-1"),
+            ("x-user", "alice"),
+            ("referer", "http://from.example/"),
+        ];
+        assert_eq!(send(addr, "GET", "/ok/a?x=1", &h, "").await.0, 200);
+        assert_eq!(
+            send(addr, "POST", "/dead", &[("x-request-id", "rid-2")], "12345")
+                .await
+                .0,
+            503
+        );
+        assert_eq!(
+            send(addr, "GET", "/nowhere", &[("x-request-id", "rid-3")], "").await.0,
+            404
+        );
+    }
+    for addr in [db, e_db] {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        c.write_all(b"hello world").await.unwrap();
+        let mut back = [0u8; 11];
+        c.read_exact(&mut back).await.unwrap();
+        c.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = c.read_to_end(&mut rest).await;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let (mut weft_http, mut envoy_http, mut weft_tcp, mut envoy_tcp);
+    loop {
+        let msgs = rx.messages();
+        weft_http = entries_of(&msgs, "web-als", "http");
+        envoy_http = entries_of(&msgs, "envoy-web", "http");
+        weft_tcp = entries_of(&msgs, "tcp-als", "tcp");
+        envoy_tcp = entries_of(&msgs, "envoy-tcp", "tcp");
+        if (weft_http.len(), envoy_http.len(), weft_tcp.len(), envoy_tcp.len()) == (3, 3, 1, 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries: weft {} http {} tcp, envoy {} http {} tcp",
+            weft_http.len(),
+            weft_tcp.len(),
+            envoy_http.len(),
+            envoy_tcp.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut pairs: Vec<(String, Value, Value)> = ["/ok/a?x=1", "/dead", "/nowhere"]
+        .into_iter()
+        .map(|p| {
+            (
+                p.to_string(),
+                by_path(&weft_http, p).cloned().expect("weft entry"),
+                by_path(&envoy_http, p).cloned().expect("envoy entry"),
+            )
+        })
+        .collect();
+    pairs.push(("tcp".into(), weft_tcp[0].clone(), envoy_tcp[0].clone()));
+    for (what, w, e) in &pairs {
+        let (mut wf, mut ef) = (Default::default(), Default::default());
+        field_paths(w, "", &mut wf);
+        field_paths(e, "", &mut ef);
+        let missing: Vec<&String> = ef
+            .difference(&wf)
+            .filter(|f| !NOT_FILLED_BY_WEFT.contains(&f.as_str()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{what}: Envoy fills {missing:?}, weft does not\nweft {w:#}\nenvoy {e:#}"
+        );
+        eprintln!(
+            "{what}: only Envoy: {:?}; only weft: {:?}",
+            ef.difference(&wf).collect::<Vec<_>>(),
+            wf.difference(&ef).collect::<Vec<_>>()
+        );
+        // Same values where they depend on neither timing, ports nor the proxy's own details.
+        for f in [
+            "/protocol_version",
+            "/request/request_method",
+            "/request/scheme",
+            "/request/authority",
+            "/request/path",
+            "/request/user_agent",
+            "/request/referer",
+            "/request/request_headers",
+            "/request/request_body_bytes",
+            "/response/response_code",
+            "/response/response_headers",
+            "/common_properties/upstream_cluster",
+            "/common_properties/route_name",
+            "/common_properties/response_flags",
+            "/common_properties/upstream_request_attempt_count",
+            "/common_properties/access_log_type",
+            "/connection_properties",
+        ] {
+            assert_eq!(w.pointer(f), e.pointer(f), "{what}: {f}\nweft {w:#}\nenvoy {e:#}");
+        }
+        if what != "tcp" {
+            // The request id (a TCP session's is random).
+            let f = "/common_properties/stream_id";
+            assert_eq!(w.pointer(f), e.pointer(f), "{what}: {f}");
+        }
+        if what == "/ok/a?x=1" {
+            // The upstream's body (local replies' bodies differ: weft's are its own).
+            let f = "/response/response_body_bytes";
+            assert_eq!(w.pointer(f), e.pointer(f), "{what}: {f}");
+        }
+    }
+}

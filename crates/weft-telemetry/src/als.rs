@@ -424,6 +424,22 @@ pub fn response_flags(reason: Option<Reason>, attempts: u32) -> Option<ResponseF
     Some(f)
 }
 
+/// A random version 4 UUID: the `stream_id` of a TCP session (Envoy's too; an HTTP entry's is
+/// its request id).
+pub fn random_stream_id() -> String {
+    let (a, b) = (fastrand::u64(..), fastrand::u64(..));
+    let a = (a & 0xffff_ffff_ffff_0fff) | 0x4000;
+    let b = (b & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 /// An `Address` holding `ip:port`.
 pub fn address(a: SocketAddr) -> core::Address {
     core::Address {
@@ -464,5 +480,14 @@ mod tests {
         assert!(f.upstream_connection_failure && f.upstream_retry_limit_exceeded);
         let f = response_flags(Some(Reason::GlobalRateLimited), 0).unwrap();
         assert!(f.rate_limited);
+    }
+
+    #[test]
+    fn stream_ids_are_v4_uuids() {
+        let id = random_stream_id();
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(&id[14..15], "4", "{id}");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(id, random_stream_id());
     }
 }

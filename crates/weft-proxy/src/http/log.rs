@@ -78,6 +78,9 @@ struct GrpcFacts {
     req_headers: Vec<Option<HeaderValue>>,
     resp_headers: Vec<Option<HeaderValue>>,
     referer: Option<HeaderValue>,
+    /// The request's own `x-request-id`, for requests answered before forwarding (those forwarded
+    /// log the one sent upstream, which may have been generated).
+    request_id: Option<HeaderValue>,
     request_headers_bytes: u64,
     response_headers_bytes: u64,
     /// From the request's start to the response headers leaving the exchange.
@@ -121,6 +124,7 @@ impl LogRecord {
                 grpc: grpc.map(|g| GrpcFacts {
                     req_headers: g.request_headers().iter().map(|n| h.get(n).cloned()).collect(),
                     referer: h.get(header::REFERER).cloned(),
+                    request_id: h.get("x-request-id").cloned(),
                     request_headers_bytes: headers_bytes(h),
                     ..GrpcFacts::default()
                 }),
@@ -223,6 +227,10 @@ impl LogRecord {
             _ => RequestMethod::MethodUnspecified,
         };
         let headers_at = g.map(|g| g.headers_at);
+        let request_id = text(match &f.request_id {
+            Some(_) => &f.request_id,
+            None => g.map_or(&None, |g| &g.request_id),
+        });
         let forwarded = f.upstream_time.is_some();
         data::HttpAccessLogEntry {
             common_properties: Some(data::AccessLogCommon {
@@ -259,7 +267,7 @@ impl LogRecord {
                 route_name: self.route.clone(),
                 duration: Some(als::duration(duration)),
                 upstream_request_attempt_count: f.attempts,
-                stream_id: text(&f.request_id),
+                stream_id: request_id.clone(),
                 access_log_type: data::AccessLogType::DownstreamEnd as i32,
                 ..Default::default()
             }),
@@ -278,7 +286,7 @@ impl LogRecord {
                 user_agent: self.user_agent.clone().unwrap_or_default(),
                 referer: g.map(|g| text(&g.referer)).unwrap_or_default(),
                 forwarded_for: text(&f.xff),
-                request_id: text(&f.request_id),
+                request_id,
                 request_headers_bytes: g.map_or(0, |g| g.request_headers_bytes),
                 request_body_bytes: e.map_or(0, |e| e.bytes_received),
                 request_headers: match (grpc, g) {
