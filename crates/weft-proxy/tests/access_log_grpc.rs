@@ -724,3 +724,89 @@ static_resources:
         }
     }
 }
+
+/// On a TLS listener (curl with a client certificate, HTTP/2 by ALPN): the entry carries the SNI,
+/// the client certificate's SANs and subject, `https` and `HTTP2`.
+#[tokio::test]
+async fn tls_properties_of_a_curl_request_with_a_client_certificate() {
+    let Some(py) = python() else { return };
+    if peers::tool("curl").is_none() {
+        return;
+    }
+    let rx = collector(&py, 0);
+    let app = app().await;
+    let dir = TempDir::new("als-tls");
+    let ca = weft_tls::testcerts::Ca::new("weft als test CA");
+    ca.write(dir.path(), "ca");
+    ca.leaf_dns(&["a.example.com"]).write(dir.path(), "a");
+    ca.leaf_dns(&["client.example.com"]).write(dir.path(), "client");
+    let d = dir.path().display().to_string();
+    let proxy = start_proxy(&format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    tls:
+      certificates: [{{ cert_file: {d}/a.crt, key_file: {d}/a.key, server_names: [a.example.com] }}]
+      require_client_certificate: true
+      trusted_ca_file: {d}/ca.crt
+    http:
+      access_log: {{ grpc: {{ cluster: als, log_name: tls-als, buffer_flush_interval: 100ms }} }}
+      route_config:
+        virtual_hosts:
+          - name: all
+            domains: ["*"]
+            routes: [{{ name: all-route, match: {{ prefix: / }}, route: {{ cluster: app }} }}]
+clusters:
+  - name: app
+    endpoints: [{{ address: "{app}" }}]
+  - name: als
+    endpoints: [{{ address: "{als}" }}]
+"#,
+        app = app.addr,
+        als = rx.addr
+    ));
+    let port = proxy.listener_addr("web").unwrap().port();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["--cacert", &format!("{d}/ca.crt"), "--cert", &format!("{d}/client.crt")])
+        .args(["--key", &format!("{d}/client.key"), "--resolve"])
+        .arg(format!("a.example.com:{port}:127.0.0.1"))
+        .arg(format!("https://a.example.com:{port}/secure"))
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let http = rx.wait("http", |e| !e.is_empty()).await;
+    assert_eq!(http.len(), 1, "{http:#?}");
+    let e = &http[0];
+    assert_eq!(e["protocol_version"], "HTTP2");
+    assert_eq!(e["request"]["scheme"], "https");
+    assert_eq!(e["request"]["path"], "/secure");
+    let t = &e["common_properties"]["tls_properties"];
+    assert_eq!(t["tls_sni_hostname"], "a.example.com", "{e:#}");
+    let peer = &t["peer_certificate_properties"];
+    assert_eq!(
+        peer["subject_alt_name"],
+        serde_json::json!([{"dns": "client.example.com"}]),
+        "{e:#}"
+    );
+    assert!(peer["subject"].as_str().is_some_and(|s| !s.is_empty()), "{e:#}");
+}

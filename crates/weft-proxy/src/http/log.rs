@@ -83,8 +83,30 @@ struct GrpcFacts {
     request_id: Option<HeaderValue>,
     request_headers_bytes: u64,
     response_headers_bytes: u64,
+    /// The client certificate (TLS listeners), as Envoy logs it.
+    peer_cert: Option<weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties>,
     /// From the request's start to the response headers leaving the exchange.
     headers_at: Duration,
+}
+
+/// A client certificate's SANs (URIs, then DNS names) and subject, as Envoy logs them.
+fn peer_cert(
+    p: &weft_tls::PeerIdentity,
+) -> weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties {
+    use weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::certificate_properties::{
+        subject_alt_name::San, SubjectAltName,
+    };
+    weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties {
+        subject_alt_name: p
+            .uris
+            .iter()
+            .map(|u| San::Uri(u.clone()))
+            .chain(p.dns.iter().map(|d| San::Dns(d.clone())))
+            .map(|san| SubjectAltName { san: Some(san) })
+            .collect(),
+        subject: p.subject.clone(),
+        issuer: String::new(),
+    }
 }
 
 /// Envoy's header byte count: names and values.
@@ -126,6 +148,7 @@ impl LogRecord {
                     referer: h.get(header::REFERER).cloned(),
                     request_id: h.get("x-request-id").cloned(),
                     request_headers_bytes: headers_bytes(h),
+                    peer_cert: ctx.tls.as_ref().and_then(|t| t.peer()).map(peer_cert),
                     ..GrpcFacts::default()
                 }),
             })
@@ -240,19 +263,10 @@ impl LogRecord {
                 downstream_local_address: e.and_then(|e| e.local).map(als::address),
                 tls_properties: e.and_then(|e| {
                     let sni = e.sni.as_deref();
-                    let peer = f.peer_identity.as_deref();
+                    let peer = g.and_then(|g| g.peer_cert.clone());
                     (sni.is_some() || peer.is_some()).then(|| data::TlsProperties {
                         tls_sni_hostname: sni.unwrap_or_default().to_string(),
-                        peer_certificate_properties: peer.map(|p| data::tls_properties::CertificateProperties {
-                            subject_alt_name: vec![data::tls_properties::certificate_properties::SubjectAltName {
-                                san: Some(
-                                    data::tls_properties::certificate_properties::subject_alt_name::San::Uri(
-                                        p.to_string(),
-                                    ),
-                                ),
-                            }],
-                            ..Default::default()
-                        }),
+                        peer_certificate_properties: peer,
                         ..Default::default()
                     })
                 }),
