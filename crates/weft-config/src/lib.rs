@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod duration;
+pub mod grpc_log;
 pub mod log_format;
 pub mod model;
 pub mod raw;

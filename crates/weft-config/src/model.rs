@@ -232,6 +232,8 @@ pub struct TcpProxy {
     #[serde(serialize_with = "ser_opt_dur")]
     pub idle_timeout: Option<Duration>,
     pub access_log: Option<AccessLog>,
+    /// Entries streamed over Envoy's gRPC access-log service (`TCPAccessLogEntry`).
+    pub grpc_access_log: Option<crate::grpc_log::GrpcAccessLog>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -267,6 +269,8 @@ pub struct HttpConnectionManager {
     pub via: Option<String>,
     pub server_name: Option<String>,
     pub access_log: Option<AccessLog>,
+    /// Entries streamed over Envoy's gRPC access-log service (`HTTPAccessLogEntry`).
+    pub grpc_access_log: Option<crate::grpc_log::GrpcAccessLog>,
     /// One token bucket for every request through this connection manager (all workers share it).
     pub local_rate_limit: Option<Box<LocalRateLimit>>,
     pub rate_limit_service: Option<RateLimitService>,

@@ -140,6 +140,48 @@ pub struct RawAccessLog {
     pub format: Option<String>,
     /// One JSON object per line: key → format string with Envoy's command operators.
     pub json_format: Option<std::collections::BTreeMap<String, String>>,
+    /// Entries streamed to a collector over Envoy's gRPC access-log service instead of a file.
+    pub grpc: Option<crate::grpc_log::RawGrpcAccessLog>,
+}
+
+/// `access_log` of a connection manager or TCP proxy: one entry (a map) or a list of entries (at
+/// most one file/stdout log and one gRPC log).
+#[derive(Clone, Debug, Default)]
+pub struct RawAccessLogs {
+    pub entries: Vec<RawAccessLog>,
+    /// Written as a list: errors then name `access_log[i]`.
+    pub list: bool,
+}
+
+impl From<RawAccessLog> for RawAccessLogs {
+    fn from(a: RawAccessLog) -> RawAccessLogs {
+        RawAccessLogs {
+            entries: vec![a],
+            list: false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawAccessLogs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawAccessLogs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an access log (a map) or a list of access logs")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawAccessLogs, A::Error> {
+                RawAccessLog::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(RawAccessLogs::from)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<RawAccessLogs, A::Error> {
+                Ok(RawAccessLogs {
+                    entries: Vec::<RawAccessLog>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?,
+                    list: true,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -148,7 +190,7 @@ pub struct RawTcpProxy {
     pub stat_prefix: Option<String>,
     pub cluster: Option<String>,
     pub idle_timeout: Option<String>,
-    pub access_log: Option<RawAccessLog>,
+    pub access_log: Option<RawAccessLogs>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -168,7 +210,7 @@ pub struct RawHttp {
     pub generate_request_id: Option<bool>,
     pub via: Option<String>,
     pub server_name: Option<String>,
-    pub access_log: Option<RawAccessLog>,
+    pub access_log: Option<RawAccessLogs>,
     /// Token bucket for every request on this connection manager (Envoy `local_ratelimit`).
     pub local_rate_limit: Option<RawLocalRateLimit>,
     /// Global rate limiting: the gRPC rate limit service routes' `rate_limits` ask (Envoy `ratelimit`).

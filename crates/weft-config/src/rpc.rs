@@ -341,6 +341,12 @@ pub fn validate(
             }
             Some(p) => LogSink::File(p.to_string()),
         };
+        if a.grpc.is_some() {
+            err(
+                format!("{path}.access_log.grpc"),
+                "not supported on rpc listeners (weft's JSON record only)".into(),
+            );
+        }
         // RPC listeners write weft's JSON record only: a format is refused rather than ignored.
         if a.format.is_some() || a.json_format.is_some() {
             err(

@@ -579,8 +579,7 @@ fn cidr(cx: &mut Ctx, path: &str, s: &str) -> Option<CidrRange> {
     Some(CidrRange { address, prefix_len })
 }
 
-fn access_log(cx: &mut Ctx, path: &str, a: &Option<RawAccessLog>) -> Option<AccessLog> {
-    let a = a.as_ref()?;
+fn access_log(cx: &mut Ctx, path: &str, a: &RawAccessLog) -> AccessLog {
     let sink = match a.path.as_deref() {
         None | Some("stdout") | Some("-") => LogSink::Stdout,
         Some("stderr") => LogSink::Stderr,
@@ -594,7 +593,52 @@ fn access_log(cx: &mut Ctx, path: &str, a: &Option<RawAccessLog>) -> Option<Acce
         cx.err(&e.path, e.message);
         None
     });
-    Some(AccessLog { sink, format })
+    AccessLog { sink, format }
+}
+
+/// A connection manager's or TCP proxy's `access_log` (one entry or a list): at most one
+/// file/stdout log and one gRPC log.
+fn access_logs(
+    cx: &mut Ctx,
+    path: &str,
+    a: &Option<RawAccessLogs>,
+    clusters: &HashSet<String>,
+) -> (Option<AccessLog>, Option<crate::grpc_log::GrpcAccessLog>) {
+    let (mut file, mut grpc) = (None, None);
+    let Some(a) = a else { return (file, grpc) };
+    for (i, e) in a.entries.iter().enumerate() {
+        let p = if a.list {
+            format!("{path}[{i}]")
+        } else {
+            path.to_string()
+        };
+        match &e.grpc {
+            Some(g) => {
+                if e.path.is_some() || e.format.is_some() || e.json_format.is_some() {
+                    cx.err(
+                        &format!("{p}.grpc"),
+                        "a grpc access log takes no path, format or json_format (make them another entry of the list)",
+                    );
+                }
+                if grpc.is_some() {
+                    cx.err(&p, "at most one grpc access log per filter");
+                }
+                let (g, errs) = crate::grpc_log::validate(&format!("{p}.grpc"), g, clusters, cx.allow_unknown_clusters);
+                for (f, m) in errs {
+                    cx.err(&f, m);
+                }
+                grpc = grpc.or(g);
+            }
+            None => {
+                if file.is_some() {
+                    cx.err(&p, "at most one file/stdout access log per filter");
+                }
+                let l = access_log(cx, &p, e);
+                file.get_or_insert(l);
+            }
+        }
+    }
+    (file, grpc)
 }
 
 fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<String>) -> Option<TcpProxy> {
@@ -602,12 +646,14 @@ fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<Strin
     if !clusters.contains(&cluster) && !cx.allow_unknown_clusters {
         cx.err(&format!("{path}.cluster"), format!("unknown cluster \"{cluster}\""));
     }
+    let (access_log, grpc_access_log) = access_logs(cx, &format!("{path}.access_log"), &t.access_log, clusters);
     Some(TcpProxy {
         stat_prefix: t.stat_prefix.clone().unwrap_or_else(|| cluster.clone()),
         cluster,
         // Absent: one hour, like Envoy's tcp_proxy; "0s" disables it.
         idle_timeout: default_dur(cx, &format!("{path}.idle_timeout"), &t.idle_timeout, 3600),
-        access_log: access_log(cx, &format!("{path}.access_log"), &t.access_log),
+        access_log,
+        grpc_access_log,
     })
 }
 
@@ -652,6 +698,7 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         }
         v => v.clone(),
     };
+    let (access_log, grpc_access_log) = access_logs(cx, &format!("{path}.access_log"), &h.access_log, clusters);
     Some(HttpConnectionManager {
         stat_prefix: h.stat_prefix.clone().unwrap_or_else(|| "http".into()),
         codec,
@@ -685,7 +732,8 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
         generate_request_id: h.generate_request_id.unwrap_or(true),
         via,
         server_name: h.server_name.clone(),
-        access_log: access_log(cx, &format!("{path}.access_log"), &h.access_log),
+        access_log,
+        grpc_access_log,
         local_rate_limit: h
             .local_rate_limit
             .as_ref()

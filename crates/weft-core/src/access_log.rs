@@ -147,6 +147,76 @@ impl AccessLogs {
     }
 }
 
+/// Label of the gRPC access-log metrics: the log's `log_name` (several filters naming the same
+/// collector and log share one stream) and `kind` (`http` or `tcp`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct GrpcLogLabel {
+    pub log_name: String,
+    pub kind: String,
+}
+
+/// Counters of one gRPC access logger (see `weft_telemetry::als`).
+#[derive(Clone, Default)]
+pub struct GrpcLogCounters {
+    /// Entries handed to an open stream.
+    pub sent: prometheus_client::metrics::counter::Counter,
+    /// Entries lost: the queue was full, no stream could be opened, or the stream was backed up.
+    pub dropped: prometheus_client::metrics::counter::Counter,
+    /// Streams opened to the collector.
+    pub streams: prometheus_client::metrics::counter::Counter,
+    /// Failed attempts to connect to the collector, and streams that ended with an error.
+    pub stream_failures: prometheus_client::metrics::counter::Counter,
+}
+
+/// The gRPC access loggers' metric families, registered with the process registry once.
+#[derive(Default)]
+pub struct GrpcLogMetrics {
+    sent: prometheus_client::metrics::family::Family<GrpcLogLabel, prometheus_client::metrics::counter::Counter>,
+    dropped: prometheus_client::metrics::family::Family<GrpcLogLabel, prometheus_client::metrics::counter::Counter>,
+    streams: prometheus_client::metrics::family::Family<GrpcLogLabel, prometheus_client::metrics::counter::Counter>,
+    stream_failures:
+        prometheus_client::metrics::family::Family<GrpcLogLabel, prometheus_client::metrics::counter::Counter>,
+}
+
+impl GrpcLogMetrics {
+    pub(crate) fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "access_log_grpc_sent",
+            "Access-log entries sent on a stream to the gRPC access-log service",
+            self.sent.clone(),
+        );
+        r.register(
+            "access_log_grpc_dropped",
+            "Access-log entries dropped: queue full, collector unreachable or backed up",
+            self.dropped.clone(),
+        );
+        r.register(
+            "access_log_grpc_streams",
+            "Streams opened to the gRPC access-log service",
+            self.streams.clone(),
+        );
+        r.register(
+            "access_log_grpc_stream_failures",
+            "Failed connects to the gRPC access-log service and streams it ended with an error",
+            self.stream_failures.clone(),
+        );
+    }
+
+    /// The counters of the logger named `log_name` of `kind` (`http`, `tcp`).
+    pub fn counters(&self, log_name: &str, kind: &str) -> GrpcLogCounters {
+        let l = GrpcLogLabel {
+            log_name: log_name.to_string(),
+            kind: kind.to_string(),
+        };
+        GrpcLogCounters {
+            sent: self.sent.get_or_create(&l).clone(),
+            dropped: self.dropped.get_or_create(&l).clone(),
+            streams: self.streams.get_or_create(&l).clone(),
+            stream_failures: self.stream_failures.get_or_create(&l).clone(),
+        }
+    }
+}
+
 /// RFC 3339 UTC timestamp with milliseconds, without pulling in a date crate.
 pub fn timestamp(t: SystemTime) -> String {
     let mut out = Vec::with_capacity(24);

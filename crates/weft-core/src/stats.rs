@@ -103,6 +103,8 @@ pub struct Metrics {
     pub filters: FilterMetrics,
     /// Distributed tracing: sampled, forced, dropped and exported spans.
     pub tracing: crate::trace::TraceMetrics,
+    /// gRPC access-log service clients: entries sent and dropped, streams.
+    pub grpc_logs: crate::access_log::GrpcLogMetrics,
     /// Istio-standard request metrics (their own registry: no `weft_` prefix).
     pub istio: std::sync::Arc<crate::istio::IstioMetrics>,
     pub config_reloads: Counter,
@@ -151,6 +153,7 @@ impl Metrics {
             route_rq_time: Family::new_with_constructor(latency_histogram),
             filters: FilterMetrics::default(),
             tracing: crate::trace::TraceMetrics::default(),
+            grpc_logs: Default::default(),
             istio: Default::default(),
             config_reloads: Counter::default(),
             config_reload_failures: Counter::default(),
@@ -298,6 +301,7 @@ impl Metrics {
         );
         m.filters.register(&mut r);
         m.tracing.register(&mut r);
+        m.grpc_logs.register(&mut r);
         r.register(
             "config_reloads",
             "Successful configuration reloads",

@@ -42,6 +42,9 @@ pub struct Shared {
     pub admin_extensions: Mutex<Vec<Arc<dyn AdminExtension>>>,
     /// The workload's mesh identity and the TLS handshake counters (see `crate::tls`).
     pub tls: Arc<crate::tls::TlsState>,
+    /// gRPC access loggers by configuration: filters (and reloads) with the same collector and
+    /// settings share one logger and its stream; each ends when its last filter is gone.
+    grpc_logs: GrpcLogs,
     generation: AtomicU64,
     /// On-demand discovery of services no route matches (set by the xDS client, see
     /// [`Shared::set_discover`]).
@@ -49,6 +52,13 @@ pub struct Shared {
     /// Sent when the drain timer runs out (see [`ListenerRt::stop`]).
     stop: watch::Sender<bool>,
 }
+
+type GrpcLogs = Mutex<
+    HashMap<
+        (weft_config::grpc_log::GrpcAccessLog, weft_telemetry::als::Kind),
+        std::sync::Weak<weft_telemetry::als::GrpcLogger>,
+    >,
+>;
 
 /// Asks the configuration source for a service on demand (see
 /// [`weft_upstream::ClusterLookup::discover`]).
@@ -326,6 +336,7 @@ impl Server {
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
             access_logs: Arc::new(AccessLogs::default()),
+            grpc_logs: Mutex::default(),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
                 config: Arc::new(Config {
@@ -715,11 +726,14 @@ impl Server {
                     let log = self.open_log(h.access_log.as_ref())?;
                     let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
                     let rt = rt.with_istio(self.istio(l)).with_stop(shared.stop.subscribe());
+                    let rt =
+                        rt.with_grpc_log(self.grpc_log(h.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Http));
                     FilterRt::Http(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
                 }
                 NetworkFilter::TcpProxy(t) => {
                     let log = self.open_log(t.access_log.as_ref())?;
-                    let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log);
+                    let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log)
+                        .with_grpc_log(self.grpc_log(t.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Tcp));
                     FilterRt::Tcp(Arc::new(rt.with_istio(self.istio_tcp(l, &t.cluster))))
                 }
                 NetworkFilter::Rpc(r) if r.sniff.is_some() => {
@@ -803,6 +817,33 @@ impl Server {
         let node = self.shared.snapshot.load().config.node.id.clone();
         let counters = self.shared.metrics.tracing.counters(listener);
         Some(weft_telemetry::start(&self.control, t, &node, counters, resolve))
+    }
+
+    /// The gRPC access logger a filter configures: the running one with the same settings, or a
+    /// new one with its sender task.
+    fn grpc_log(
+        &self,
+        g: Option<&weft_config::grpc_log::GrpcAccessLog>,
+        kind: weft_telemetry::als::Kind,
+    ) -> Option<Arc<weft_telemetry::als::GrpcLogger>> {
+        let g = g?;
+        let mut cache = self.shared.grpc_logs.lock();
+        cache.retain(|_, w| w.strong_count() > 0);
+        let key = (g.clone(), kind);
+        if let Some(l) = cache.get(&key).and_then(std::sync::Weak::upgrade) {
+            return Some(l);
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let resolve: weft_telemetry::ClusterResolver = Arc::new(move |name: &str| {
+            let shared = shared.upgrade()?;
+            let c = weft_upstream::ClusterLookup::cluster(&*shared, name)?;
+            c.pick(None, None, None).map(|h| h.address)
+        });
+        let node = self.shared.snapshot.load().config.node.clone();
+        let counters = self.shared.metrics.grpc_logs.counters(&g.log_name, kind.as_str());
+        let l = weft_telemetry::als::start(&self.control, g, kind, &node, counters, resolve);
+        cache.insert(key, Arc::downgrade(&l));
+        Some(l)
     }
 
     fn open_log(&self, log: Option<&weft_config::AccessLog>) -> Result<Option<Arc<AccessLogger>>, ApplyError> {

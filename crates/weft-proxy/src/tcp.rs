@@ -22,6 +22,8 @@ pub struct TcpRt {
     pub listener: String,
     pub stats: Arc<ListenerStats>,
     pub access_log: Option<Arc<AccessLogger>>,
+    /// Entries for Envoy's gRPC access-log service (`TCPAccessLogEntry`).
+    pub grpc_log: Option<Arc<weft_telemetry::als::GrpcLogger>>,
     /// Istio-standard TCP metrics (on unless the node's metadata turns them off).
     pub istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>,
 }
@@ -38,8 +40,14 @@ impl TcpRt {
             listener: listener.to_string(),
             stats,
             access_log,
+            grpc_log: None,
             istio: None,
         }
+    }
+
+    pub fn with_grpc_log(mut self, l: Option<Arc<weft_telemetry::als::GrpcLogger>>) -> TcpRt {
+        self.grpc_log = l;
+        self
     }
 
     pub fn with_istio(mut self, istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>) -> TcpRt {
@@ -84,9 +92,9 @@ pub async fn serve_connection(
     let mut flag = "-";
     let mut reason = None;
     let mut attempts = 0u32;
-    let local = match rt.access_log.as_ref().and_then(|l| l.format()) {
-        Some(_) => orig.or_else(|| down.local_addr().ok()),
-        None => None,
+    let local = match rt.access_log.as_ref().and_then(|l| l.format()).is_some() || rt.grpc_log.is_some() {
+        true => orig.or_else(|| down.local_addr().ok()),
+        false => None,
     };
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let host = match (&cluster.config.discovery, orig) {
@@ -186,6 +194,9 @@ struct TcpEnd {
 
 impl TcpEnd {
     fn log(&self, rt: &TcpRt) {
+        if let Some(g) = &rt.grpc_log {
+            g.log_tcp(self.grpc_entry(rt));
+        }
         let Some(l) = &rt.access_log else { return };
         if l.format().is_some() {
             l.log_entry(&weft_core::log_format::LogEntry {
@@ -228,6 +239,36 @@ impl TcpEnd {
             "duration_ms": start.elapsed().as_secs_f64() * 1000.0,
             "reason": flag,
         }));
+    }
+}
+
+impl TcpEnd {
+    /// The session as Envoy's `TCPAccessLogEntry` (what `tcp_grpc` sends).
+    fn grpc_entry(&self, rt: &TcpRt) -> weft_xds_api::pb::envoy::data::accesslog::v3::TcpAccessLogEntry {
+        use weft_telemetry::als;
+        use weft_xds_api::pb::envoy::data::accesslog::v3 as data;
+        let duration = self.start.elapsed();
+        data::TcpAccessLogEntry {
+            common_properties: Some(data::AccessLogCommon {
+                sample_rate: 1.0,
+                downstream_remote_address: Some(als::address(self.peer)),
+                downstream_direct_remote_address: Some(als::address(self.peer)),
+                downstream_local_address: self.local.map(als::address),
+                start_time: Some(als::timestamp(self.started_at)),
+                duration: Some(als::duration(duration)),
+                upstream_remote_address: self.upstream.map(als::address),
+                upstream_cluster: rt.config.cluster.clone(),
+                response_flags: als::response_flags(self.reason, self.attempts),
+                upstream_request_attempt_count: self.attempts,
+                stream_id: als::random_stream_id(),
+                access_log_type: data::AccessLogType::TcpConnectionEnd as i32,
+                ..Default::default()
+            }),
+            connection_properties: Some(data::ConnectionProperties {
+                received_bytes: self.received,
+                sent_bytes: self.sent,
+            }),
+        }
     }
 }
 

@@ -193,6 +193,11 @@ pub struct ConnTls {
 }
 
 impl ConnTls {
+    /// The client certificate's identity, when it sent one.
+    pub fn peer(&self) -> Option<&PeerIdentity> {
+        self.peer.as_ref()
+    }
+
     fn plaintext(mode: ForwardClientCert) -> ConnTls {
         ConnTls {
             principal: None,
@@ -411,12 +416,11 @@ pub async fn serve_http(
         peer: peer_id,
         own_id,
         mode,
-        // Kept only for an Envoy-style access log (%REQUESTED_SERVER_NAME%).
-        sni: h
-            .access_log
-            .as_ref()
-            .and_then(|l| l.format())
-            .and(c.server_name())
+        // Kept only for an Envoy-style access log (%REQUESTED_SERVER_NAME%) or the gRPC log
+        // (`tls_properties.tls_sni_hostname`).
+        sni: (h.access_log.as_ref().and_then(|l| l.format()).is_some() || h.grpc_log.is_some())
+            .then(|| c.server_name())
+            .flatten()
             .map(Arc::from),
     });
     let io = TlsIo {

@@ -11,6 +11,8 @@
 //! (`weft_tracing_dropped`); spans of a failed export are counted (`weft_tracing_export_failed_spans`)
 //! and logged at most once per [`LOG_EVERY`].
 
+pub mod als;
+
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};

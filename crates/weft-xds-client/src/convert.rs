@@ -341,28 +341,42 @@ fn access_logs(
     errs: &mut Errs,
     path: &str,
     logs: &[weft_xds_api::pb::envoy::config::accesslog::v3::AccessLog],
-) -> Option<RawAccessLog> {
+    kind: crate::access_log_xds::Kind,
+) -> Option<RawAccessLogs> {
     use weft_xds_api::pb::envoy::config::accesslog::v3::access_log::ConfigType;
-    if logs.len() > 1 {
-        errs.add(path, "weft supports one access log per filter");
-    }
-    let l = logs.first()?;
-    let p = format!("{path}[0]");
-    if l.filter.is_some() {
-        errs.add(&format!("{p}.filter"), "unsupported");
-    }
-    let Some(ConfigType::TypedConfig(a)) = &l.config_type else {
-        errs.add(&format!("{p}.typed_config"), "is required");
-        return None;
+    let mut out = RawAccessLogs {
+        entries: Vec::new(),
+        list: true,
     };
-    let raw = crate::access_log_xds::convert(errs, &format!("{p}.typed_config"), a);
-    if raw.is_none() {
-        errs.add(
-            &format!("{p}.typed_config"),
-            format!("unknown access logger \"{}\"", a.type_url),
-        );
+    let (mut files, mut grpcs) = (0, 0);
+    for (i, l) in logs.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if l.filter.is_some() {
+            errs.add(&format!("{p}.filter"), "unsupported");
+        }
+        let Some(ConfigType::TypedConfig(a)) = &l.config_type else {
+            errs.add(&format!("{p}.typed_config"), "is required");
+            continue;
+        };
+        let Some(raw) = crate::access_log_xds::convert(errs, &format!("{p}.typed_config"), a, kind) else {
+            errs.add(
+                &format!("{p}.typed_config"),
+                format!("unknown access logger \"{}\"", a.type_url),
+            );
+            continue;
+        };
+        let n = if raw.grpc.is_some() { &mut grpcs } else { &mut files };
+        *n += 1;
+        if *n > 1 {
+            errs.add(
+                &p,
+                "weft supports one file/stdout access log and one gRPC access log per filter",
+            );
+            continue;
+        }
+        out.entries.push(raw);
     }
-    raw
+    (!out.entries.is_empty()).then_some(out)
 }
 
 fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
@@ -381,7 +395,12 @@ fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
         stat_prefix: (!t.stat_prefix.is_empty()).then(|| t.stat_prefix.clone()),
         cluster,
         idle_timeout: odur(&t.idle_timeout),
-        access_log: access_logs(errs, &format!("{path}.access_log"), &t.access_log),
+        access_log: access_logs(
+            errs,
+            &format!("{path}.access_log"),
+            &t.access_log,
+            crate::access_log_xds::Kind::Tcp,
+        ),
     }
 }
 
@@ -432,7 +451,12 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         generate_request_id: Some(h.generate_request_id.as_ref().is_none_or(|v| v.value)),
         via: (!h.via.is_empty()).then(|| h.via.clone()),
         server_name: (!h.server_name.is_empty()).then(|| h.server_name.clone()),
-        access_log: access_logs(errs, &format!("{path}.access_log"), &h.access_log),
+        access_log: access_logs(
+            errs,
+            &format!("{path}.access_log"),
+            &h.access_log,
+            crate::access_log_xds::Kind::Http,
+        ),
         local_rate_limit: None,
         rate_limit_service: None,
         tracing: crate::tracing_xds::from_hcm(errs, &format!("{path}.tracing"), h.tracing.as_ref()),

@@ -563,3 +563,95 @@ async fn sotw_api_validation_rule_violation_is_nacked_with_the_field() {
         Some("listener \"out\": filter_chains[0].filters[0].typed_config.stat_prefix: must not be empty (min_len: 1)")
     );
 }
+
+/// Envoy's `http_grpc` access logger over LDS: a valid one is ACKed (the running connection
+/// manager gets the gRPC log), one without `log_name` is NACKed with the field in `error_detail`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sotw_http_grpc_access_logger_acked_and_a_bad_one_nacked_with_the_field() {
+    use weft_xds_api::pb::envoy::config::accesslog::v3 as al;
+    use weft_xds_api::pb::envoy::config::core::v3 as core;
+    use weft_xds_api::pb::envoy::config::listener::v3::filter::ConfigType;
+    use weft_xds_api::pb::envoy::extensions::access_loggers::grpc::v3 as als;
+    use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+    use weft_xds_api::prost::Message;
+    let cp = Cp::start().await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    cp.sotw_req(0, LISTENER).await;
+    let with_log = |log_name: &str| {
+        let mut l = listener_with("out", "r", vec![router_filter()]);
+        let Some(ConfigType::TypedConfig(any)) = &mut l.filter_chains[0].filters[0].config_type else {
+            panic!("typed config");
+        };
+        let mut h = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let g = als::HttpGrpcAccessLogConfig {
+            common_config: Some(als::CommonGrpcAccessLogConfig {
+                log_name: log_name.into(),
+                grpc_service: Some(core::GrpcService {
+                    target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                        core::grpc_service::EnvoyGrpc {
+                            cluster_name: "als".into(),
+                            ..Default::default()
+                        },
+                    )),
+                    ..Default::default()
+                }),
+                transport_api_version: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        h.access_log = vec![al::AccessLog {
+            name: "envoy.access_loggers.http_grpc".into(),
+            config_type: Some(al::access_log::ConfigType::TypedConfig(weft_xds_api::pack(
+                "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+                &g,
+            ))),
+            ..Default::default()
+        }];
+        any.value = h.encode_to_vec();
+        weft_xds_api::pack(LISTENER, &l)
+    };
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n1", vec![with_log("")]);
+    let nack = cp.reply_to(m, "n1").await;
+    assert_eq!(
+        nack.error().as_deref(),
+        Some("listener \"out\": filter_chains[0].filters[0].typed_config.access_log[0].typed_config.common_config.log_name: must not be empty (min_len: 1)")
+    );
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l2", "n2", vec![with_log("istio-als")]);
+    let ack = cp.reply_to(m, "n2").await;
+    assert!(ack.error().is_none(), "{:?}", ack.error());
+    let rds = cp
+        .wait_for(m, "RDS subscription", |r| {
+            r.type_url() == ROUTE && !r.sotw().resource_names.is_empty()
+        })
+        .await;
+    assert_eq!(rds.sotw().resource_names, vec!["r".to_string()]);
+    let m = cp.mark();
+    cp.send_sotw(ROUTE, "r1", "n3", vec![route_config("r", "als")]);
+    assert!(cp.reply_to(m, "n3").await.error().is_none());
+    // The listener is warm: the running connection manager has the gRPC log.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let snap = p.server.shared.snapshot.load();
+        let got =
+            snap.config
+                .listeners
+                .iter()
+                .find(|l| l.name == "out")
+                .and_then(|l| match &l.filter_chains[0].filter {
+                    weft_config::NetworkFilter::Http(h) => h.grpc_access_log.clone(),
+                    _ => None,
+                });
+        if let Some(g) = got {
+            assert_eq!((g.cluster.as_str(), g.log_name.as_str()), ("als", "istio-als"));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the listener with its gRPC log never ran"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use weft_telemetry::als::GrpcLogger;
 
 /// Facts about the upstream side of one exchange, filled in by the forwarding step and read once,
 /// at the exchange's exit. Cheap when nothing logs: a few words and reference counts.
@@ -33,15 +34,19 @@ pub(super) struct Facts {
     pub peer_identity: Option<Arc<str>>,
 }
 
-/// Per-request facts kept for the access log (only when one is configured).
+/// Per-request facts kept for the access logs (only when one is configured).
 pub(super) struct LogRecord {
-    logger: Arc<AccessLogger>,
+    /// The file/stdout log.
+    logger: Option<Arc<AccessLogger>>,
+    /// The gRPC access-log service client.
+    grpc: Option<Arc<GrpcLogger>>,
     started_at: SystemTime,
     start: Instant,
     method: Method,
     path: String,
     authority: String,
     protocol: &'static str,
+    version: http::Version,
     user_agent: Option<String>,
     peer: SocketAddr,
     listener: String,
@@ -49,11 +54,12 @@ pub(super) struct LogRecord {
     status: u16,
     reason: Option<crate::flags::Reason>,
     facts: Facts,
-    /// What an Envoy-style format needs beyond weft's own record (only when one is configured).
+    /// What an Envoy-style format or the gRPC log needs beyond weft's own record (only then).
     envoy: Option<Box<EnvoyFacts>>,
 }
 
-/// The request and connection facts an Envoy-style format reads that weft's record does not.
+/// The request and connection facts an Envoy-style format (or the gRPC log) reads that weft's
+/// record does not.
 struct EnvoyFacts {
     req_headers: Vec<Option<HeaderValue>>,
     resp_headers: Vec<Option<HeaderValue>>,
@@ -61,21 +67,69 @@ struct EnvoyFacts {
     local: Option<SocketAddr>,
     sni: Option<Arc<str>>,
     bytes_received: u64,
+    /// Only for the gRPC log.
+    grpc: Option<GrpcFacts>,
+}
+
+/// What the gRPC log's `HTTPAccessLogEntry` needs beyond the rest.
+#[derive(Default)]
+struct GrpcFacts {
+    /// `additional_request_headers_to_log`, by slot.
+    req_headers: Vec<Option<HeaderValue>>,
+    resp_headers: Vec<Option<HeaderValue>>,
+    referer: Option<HeaderValue>,
+    /// The request's own `x-request-id`, for requests answered before forwarding (those forwarded
+    /// log the one sent upstream, which may have been generated).
+    request_id: Option<HeaderValue>,
+    request_headers_bytes: u64,
+    response_headers_bytes: u64,
+    /// The client certificate (TLS listeners), as Envoy logs it.
+    peer_cert: Option<weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties>,
+    /// From the request's start to the response headers leaving the exchange.
+    headers_at: Duration,
+}
+
+/// A client certificate's SANs (URIs, then DNS names) and subject, as Envoy logs them.
+fn peer_cert(
+    p: &weft_tls::PeerIdentity,
+) -> weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties {
+    use weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::certificate_properties::{
+        subject_alt_name::San, SubjectAltName,
+    };
+    weft_xds_api::pb::envoy::data::accesslog::v3::tls_properties::CertificateProperties {
+        subject_alt_name: p
+            .uris
+            .iter()
+            .map(|u| San::Uri(u.clone()))
+            .chain(p.dns.iter().map(|d| San::Dns(d.clone())))
+            .map(|san| SubjectAltName { san: Some(san) })
+            .collect(),
+        subject: p.subject.clone(),
+        issuer: String::new(),
+    }
+}
+
+/// Envoy's header byte count: names and values.
+fn headers_bytes(h: &http::HeaderMap) -> u64 {
+    h.iter().map(|(k, v)| (k.as_str().len() + v.len()) as u64).sum()
 }
 
 impl LogRecord {
     /// The request's side of the record, taken before the request is consumed.
     pub(super) fn start(
-        logger: &Arc<AccessLogger>,
+        logger: Option<&Arc<AccessLogger>>,
+        grpc: Option<&Arc<GrpcLogger>>,
         req: &Request<Incoming>,
         start: Instant,
         ctx: &super::ConnCtx,
     ) -> Box<LogRecord> {
         let (peer, listener) = (ctx.peer, ctx.rt.listener.as_str());
-        let envoy = logger.format().map(|f| {
+        let format = logger.and_then(|l| l.format());
+        let envoy = (format.is_some() || grpc.is_some()).then(|| {
             let h = req.headers();
             Box::new(EnvoyFacts {
-                req_headers: f.req_headers.iter().map(|n| h.get(n).cloned()).collect(),
+                req_headers: format
+                    .map_or_else(Vec::new, |f| f.req_headers.iter().map(|n| h.get(n).cloned()).collect()),
                 resp_headers: Vec::new(),
                 scheme: match (req.uri().scheme_str(), &ctx.tls) {
                     (Some("https"), _) => "https",
@@ -89,10 +143,19 @@ impl LogRecord {
                     .get(header::CONTENT_LENGTH)
                     .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
                     .unwrap_or(0),
+                grpc: grpc.map(|g| GrpcFacts {
+                    req_headers: g.request_headers().iter().map(|n| h.get(n).cloned()).collect(),
+                    referer: h.get(header::REFERER).cloned(),
+                    request_id: h.get("x-request-id").cloned(),
+                    request_headers_bytes: headers_bytes(h),
+                    peer_cert: ctx.tls.as_ref().and_then(|t| t.peer()).map(peer_cert),
+                    ..GrpcFacts::default()
+                }),
             })
         });
         Box::new(LogRecord {
-            logger: logger.clone(),
+            logger: logger.cloned(),
+            grpc: grpc.cloned(),
             started_at: SystemTime::now(),
             start,
             method: req.method().clone(),
@@ -103,6 +166,7 @@ impl LogRecord {
                 .unwrap_or_default(),
             authority: request_host(req).to_string(),
             protocol: protocol_name(req.version()),
+            version: req.version(),
             user_agent: req
                 .headers()
                 .get(header::USER_AGENT)
@@ -133,8 +197,135 @@ impl LogRecord {
         self.status = status;
         self.reason = reason;
         self.facts = facts;
-        if let (Some(e), Some(f)) = (&mut self.envoy, self.logger.format()) {
-            e.resp_headers = f.resp_headers.iter().map(|n| resp.get(n).cloned()).collect();
+        if let Some(e) = &mut self.envoy {
+            if let Some(f) = self.logger.as_ref().and_then(|l| l.format()) {
+                e.resp_headers = f.resp_headers.iter().map(|n| resp.get(n).cloned()).collect();
+            }
+            if let (Some(g), Some(gf)) = (&self.grpc, &mut e.grpc) {
+                gf.resp_headers = g.response_headers().iter().map(|n| resp.get(n).cloned()).collect();
+                gf.response_headers_bytes = headers_bytes(resp);
+                gf.headers_at = self.start.elapsed();
+            }
+        }
+    }
+
+    /// The exchange as Envoy's `HTTPAccessLogEntry` (what `http_grpc` sends).
+    fn grpc_entry(
+        &self,
+        reason: Option<crate::flags::Reason>,
+        bytes_sent: u64,
+        duration: Duration,
+    ) -> weft_xds_api::pb::envoy::data::accesslog::v3::HttpAccessLogEntry {
+        use weft_telemetry::als;
+        use weft_xds_api::pb::envoy::config::core::v3::RequestMethod;
+        use weft_xds_api::pb::envoy::data::accesslog::v3 as data;
+        let (e, g) = match &self.envoy {
+            Some(e) => (Some(&**e), e.grpc.as_ref()),
+            None => (None, None),
+        };
+        let f = &self.facts;
+        let text = |v: &Option<HeaderValue>| {
+            v.as_ref()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default()
+        };
+        let map = |names: &[http::HeaderName], values: &[Option<HeaderValue>]| {
+            names
+                .iter()
+                .zip(values)
+                .filter_map(|(n, v)| Some((n.as_str().to_string(), text(&Some(v.clone()?)))))
+                .collect()
+        };
+        let grpc = self.grpc.as_ref();
+        let method = match self.method {
+            Method::GET => RequestMethod::Get,
+            Method::HEAD => RequestMethod::Head,
+            Method::POST => RequestMethod::Post,
+            Method::PUT => RequestMethod::Put,
+            Method::DELETE => RequestMethod::Delete,
+            Method::CONNECT => RequestMethod::Connect,
+            Method::OPTIONS => RequestMethod::Options,
+            Method::TRACE => RequestMethod::Trace,
+            Method::PATCH => RequestMethod::Patch,
+            _ => RequestMethod::MethodUnspecified,
+        };
+        let headers_at = g.map(|g| g.headers_at);
+        let request_id = text(match &f.request_id {
+            Some(_) => &f.request_id,
+            None => g.map_or(&None, |g| &g.request_id),
+        });
+        let forwarded = f.upstream_time.is_some();
+        data::HttpAccessLogEntry {
+            common_properties: Some(data::AccessLogCommon {
+                sample_rate: 1.0,
+                downstream_remote_address: Some(als::address(self.peer)),
+                downstream_direct_remote_address: Some(als::address(self.peer)),
+                downstream_local_address: e.and_then(|e| e.local).map(als::address),
+                tls_properties: e.and_then(|e| {
+                    let sni = e.sni.as_deref();
+                    let peer = g.and_then(|g| g.peer_cert.clone());
+                    (sni.is_some() || peer.is_some()).then(|| data::TlsProperties {
+                        tls_sni_hostname: sni.unwrap_or_default().to_string(),
+                        peer_certificate_properties: peer,
+                        ..Default::default()
+                    })
+                }),
+                start_time: Some(als::timestamp(self.started_at)),
+                time_to_first_upstream_rx_byte: headers_at.filter(|_| forwarded).map(als::duration),
+                time_to_last_upstream_rx_byte: forwarded.then(|| als::duration(duration)),
+                time_to_first_downstream_tx_byte: headers_at.map(als::duration),
+                time_to_last_downstream_tx_byte: Some(als::duration(duration)),
+                upstream_remote_address: f.host.map(als::address),
+                upstream_cluster: f.cluster.as_ref().map(|c| c.name().to_string()).unwrap_or_default(),
+                response_flags: als::response_flags(reason, f.attempts),
+                route_name: self.route.clone(),
+                duration: Some(als::duration(duration)),
+                upstream_request_attempt_count: f.attempts,
+                stream_id: request_id.clone(),
+                access_log_type: data::AccessLogType::DownstreamEnd as i32,
+                ..Default::default()
+            }),
+            protocol_version: match self.version {
+                http::Version::HTTP_10 => data::http_access_log_entry::HttpVersion::Http10,
+                http::Version::HTTP_11 => data::http_access_log_entry::HttpVersion::Http11,
+                http::Version::HTTP_2 => data::http_access_log_entry::HttpVersion::Http2,
+                http::Version::HTTP_3 => data::http_access_log_entry::HttpVersion::Http3,
+                _ => data::http_access_log_entry::HttpVersion::ProtocolUnspecified,
+            } as i32,
+            request: Some(data::HttpRequestProperties {
+                request_method: method as i32,
+                scheme: e.map(|e| e.scheme).unwrap_or("http").to_string(),
+                authority: self.authority.clone(),
+                path: self.path.clone(),
+                user_agent: self.user_agent.clone().unwrap_or_default(),
+                referer: g.map(|g| text(&g.referer)).unwrap_or_default(),
+                forwarded_for: text(&f.xff),
+                request_id,
+                request_headers_bytes: g.map_or(0, |g| g.request_headers_bytes),
+                request_body_bytes: e.map_or(0, |e| e.bytes_received),
+                request_headers: match (grpc, g) {
+                    (Some(l), Some(g)) => map(l.request_headers(), &g.req_headers),
+                    _ => Default::default(),
+                },
+                ..Default::default()
+            }),
+            response: Some(data::HttpResponseProperties {
+                response_code: (self.status != 0).then_some(weft_xds_api::pb::google::protobuf::UInt32Value {
+                    value: u32::from(self.status),
+                }),
+                response_headers_bytes: g.map_or(0, |g| g.response_headers_bytes),
+                response_body_bytes: bytes_sent,
+                response_headers: match (grpc, g) {
+                    (Some(l), Some(g)) => map(l.response_headers(), &g.resp_headers),
+                    _ => Default::default(),
+                },
+                response_code_details: match reason {
+                    Some(r) => r.details().to_string(),
+                    None if self.status != 0 => "via_upstream".to_string(),
+                    None => String::new(),
+                },
+                ..Default::default()
+            }),
         }
     }
 }
@@ -155,9 +346,13 @@ impl StreamEnd for RequestEnd {
                 None if !completed => Some(crate::flags::Reason::DownstreamDisconnect),
                 reason => reason,
             };
+            if let Some(g) = &r.grpc {
+                g.log_http(r.grpc_entry(reason, bytes_sent, r.start.elapsed()));
+            }
+            let Some(logger) = &r.logger else { return };
             let f = &r.facts;
-            if let Some(e) = &r.envoy {
-                r.logger.log_entry(&weft_core::log_format::LogEntry {
+            if let (Some(e), Some(_)) = (&r.envoy, logger.format()) {
+                logger.log_entry(&weft_core::log_format::LogEntry {
                     start_time: r.started_at,
                     duration: r.start.elapsed(),
                     protocol: Some(r.protocol),
@@ -184,7 +379,7 @@ impl StreamEnd for RequestEnd {
                 return;
             }
             let reason = reason.map_or("-", crate::flags::Reason::code);
-            r.logger.log(&serde_json::json!({
+            logger.log(&serde_json::json!({
                 "start_time": timestamp(r.started_at),
                 "listener": r.listener,
                 "method": r.method.as_str(),

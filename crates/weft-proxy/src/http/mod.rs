@@ -50,6 +50,8 @@ pub struct HttpRt {
     pub stats: Arc<ListenerStats>,
     pub local_replies: LocalReplyCounters,
     pub access_log: Option<Arc<AccessLogger>>,
+    /// Entries for Envoy's gRPC access-log service, when the connection manager has such a log.
+    pub grpc_log: Option<Arc<weft_telemetry::als::GrpcLogger>>,
     /// The connection manager's `local_rate_limit`, shared by every worker.
     pub rate_limit: Option<crate::filters::LocalRateLimiter>,
     /// The connection manager's global rate limit service, asked by routes with `rate_limits`.
@@ -80,6 +82,7 @@ impl HttpRt {
             stats,
             local_replies: LocalReplyCounters::new(metrics, listener),
             access_log,
+            grpc_log: None,
             rate_limit: config
                 .local_rate_limit
                 .as_ref()
@@ -109,6 +112,11 @@ impl HttpRt {
 
     pub fn with_istio(mut self, istio: Option<Arc<weft_core::istio::IstioReporter>>) -> HttpRt {
         self.istio = istio;
+        self
+    }
+
+    pub fn with_grpc_log(mut self, l: Option<Arc<weft_telemetry::als::GrpcLogger>>) -> HttpRt {
+        self.grpc_log = l;
         self
     }
 
@@ -168,10 +176,10 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     tls: Option<Arc<crate::tls::ConnTls>>,
     codec: Codec,
 ) {
-    // Only an Envoy-style access log reads it: no getsockname per connection otherwise.
-    let local = match rt.access_log.as_ref().and_then(|l| l.format()) {
-        Some(_) => original_dst.or_else(|| stream.local_addr()),
-        None => original_dst,
+    // Only an Envoy-style or gRPC access log reads it: no getsockname per connection otherwise.
+    let local = match rt.access_log.as_ref().and_then(|l| l.format()).is_some() || rt.grpc_log.is_some() {
+        true => original_dst.or_else(|| stream.local_addr()),
+        false => original_dst,
     };
     let (stream, framing, activity) = Sniffed::new(stream);
     let ctx = Arc::new(ConnCtx {

@@ -50,7 +50,8 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
     let version = req.version();
-    let log = rt.access_log.as_ref().map(|l| LogRecord::start(l, &req, start, ctx));
+    let log = (rt.access_log.is_some() || rt.grpc_log.is_some())
+        .then(|| LogRecord::start(rt.access_log.as_ref(), rt.grpc_log.as_ref(), &req, start, ctx));
     let mut facts = Facts {
         logging: log.is_some(),
         trace: rt

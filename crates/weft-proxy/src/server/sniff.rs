@@ -45,6 +45,7 @@ impl Server {
                 let log = self.open_log(h.access_log.as_ref())?;
                 let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
                 let rt = rt.with_istio(self.istio(l));
+                let rt = rt.with_grpc_log(self.grpc_log(h.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Http));
                 Some(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
             }
         };
@@ -52,7 +53,9 @@ impl Server {
             None => None,
             Some(t) => {
                 let log = self.open_log(t.access_log.as_ref())?;
-                Some(Arc::new(tcp::TcpRt::new(t, &l.name, stats.clone(), log)))
+                let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log)
+                    .with_grpc_log(self.grpc_log(t.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Tcp));
+                Some(Arc::new(rt))
             }
         };
         Ok(AutoRt {
