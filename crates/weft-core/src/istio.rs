@@ -43,8 +43,10 @@ const DURATION_BUCKETS: [f64; 19] = [
     600000.0, 1800000.0, 3600000.0,
 ];
 
+/// The labels the request and the TCP metrics share: the reporter and both workloads, in Istio's
+/// order (each metric's own labels follow them).
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct IstioLabels {
+pub struct PeerLabels {
     pub reporter: String,
     pub source_workload: String,
     pub source_workload_namespace: String,
@@ -65,6 +67,20 @@ pub struct IstioLabels {
     pub destination_canonical_service: String,
     pub destination_canonical_revision: String,
     pub destination_cluster: String,
+}
+
+impl PeerLabels {
+    /// `destination_service` and `destination_service_name`: the upstream cluster's name.
+    pub(crate) fn set_service(&mut self, service: &str) {
+        self.destination_service = service.to_string();
+        self.destination_service_name = service.to_string();
+    }
+}
+
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IstioLabels {
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_code: String,
     pub grpc_response_status: String,
@@ -219,15 +235,14 @@ pub struct IstioReporter {
 }
 
 /// The labels of this proxy's side (and `unknown` for the peer's) on a listener reporting as
-/// destination (`inbound`) or source.
-pub(crate) fn base_labels(me: &Workload, inbound: bool) -> IstioLabels {
+/// destination (`inbound`) or source; `destination_service` is left for the caller.
+pub(crate) fn base_labels(me: &Workload, inbound: bool) -> PeerLabels {
     let unknown = || "unknown".to_string();
-    let mut base = IstioLabels {
+    let mut base = PeerLabels {
         reporter: if inbound { "destination" } else { "source" }.into(),
-        connection_security_policy: if inbound { "none" } else { "unknown" }.into(),
-        ..IstioLabels::default()
+        ..PeerLabels::default()
     };
-    let fill = |l: &mut IstioLabels, src: bool, w: Option<&Workload>| {
+    let fill = |l: &mut PeerLabels, src: bool, w: Option<&Workload>| {
         let v = |f: fn(&Workload) -> &String| w.map_or_else(unknown, |w| f(w).clone());
         let (wl, ns, pr, app, ver, cs, cr, cl) = (
             v(|w| &w.name),
@@ -267,16 +282,24 @@ pub(crate) fn base_labels(me: &Workload, inbound: bool) -> IstioLabels {
     base
 }
 
+/// `connection_security_policy` on a listener reporting as destination (`inbound`) or source.
+pub(crate) fn security_policy(inbound: bool) -> String {
+    if inbound { "none" } else { "unknown" }.into()
+}
+
 /// `grpc` value meaning "not gRPC".
 pub const NOT_GRPC: u8 = 255;
 
 impl IstioReporter {
     /// `inbound`: whether this listener takes traffic to the local workload (reporter=destination).
     pub fn new(metrics: Arc<IstioMetrics>, me: &Workload, inbound: bool) -> IstioReporter {
-        let base = base_labels(me, inbound);
+        let base = IstioLabels {
+            peers: base_labels(me, inbound),
+            connection_security_policy: security_policy(inbound),
+            ..IstioLabels::default()
+        };
         let mut o = base.clone();
-        o.destination_service = "overflow".into();
-        o.destination_service_name = "overflow".into();
+        o.peers.set_service("overflow");
         o.response_code = "overflow".into();
         o.response_flags = "overflow".into();
         o.request_protocol = "overflow".into();
@@ -338,9 +361,8 @@ impl IstioReporter {
             return self.overflow.clone();
         }
         let mut l = self.base.clone();
-        let service = if cluster.is_empty() { "unknown" } else { cluster };
-        l.destination_service = service.to_string();
-        l.destination_service_name = service.to_string();
+        l.peers
+            .set_service(if cluster.is_empty() { "unknown" } else { cluster });
         l.request_protocol = if is_grpc { "grpc" } else { "http" }.into();
         l.response_code = key.status.to_string();
         l.response_flags = key.flags.to_string();

@@ -8,7 +8,7 @@
 //! label sets differ only by response flag, so the handles are built on first use per flag and
 //! looked up in a short list afterwards.
 
-use crate::istio::{base_labels, IstioMetrics, Workload};
+use crate::istio::{base_labels, security_policy, IstioMetrics, PeerLabels, Workload};
 use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -18,26 +18,8 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IstioTcpLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub source_workload_namespace: String,
-    pub source_principal: String,
-    pub source_app: String,
-    pub source_version: String,
-    pub source_canonical_service: String,
-    pub source_canonical_revision: String,
-    pub source_cluster: String,
-    pub destination_workload: String,
-    pub destination_workload_namespace: String,
-    pub destination_principal: String,
-    pub destination_app: String,
-    pub destination_version: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub destination_canonical_service: String,
-    pub destination_canonical_revision: String,
-    pub destination_cluster: String,
+    #[prometheus(flatten)]
+    pub peers: PeerLabels,
     pub request_protocol: String,
     pub response_flags: String,
     pub connection_security_policy: String,
@@ -97,31 +79,13 @@ pub struct IstioTcpReporter {
 impl IstioTcpReporter {
     /// `cluster` is the listener's upstream cluster (`destination_service`).
     pub fn new(metrics: Arc<IstioMetrics>, me: &Workload, inbound: bool, cluster: &str) -> IstioTcpReporter {
-        let b = base_labels(me, inbound);
+        let mut peers = base_labels(me, inbound);
+        peers.set_service(cluster);
         let base = IstioTcpLabels {
-            reporter: b.reporter,
-            source_workload: b.source_workload,
-            source_workload_namespace: b.source_workload_namespace,
-            source_principal: b.source_principal,
-            source_app: b.source_app,
-            source_version: b.source_version,
-            source_canonical_service: b.source_canonical_service,
-            source_canonical_revision: b.source_canonical_revision,
-            source_cluster: b.source_cluster,
-            destination_workload: b.destination_workload,
-            destination_workload_namespace: b.destination_workload_namespace,
-            destination_principal: b.destination_principal,
-            destination_app: b.destination_app,
-            destination_version: b.destination_version,
-            destination_service: cluster.to_string(),
-            destination_service_name: cluster.to_string(),
-            destination_service_namespace: b.destination_service_namespace,
-            destination_canonical_service: b.destination_canonical_service,
-            destination_canonical_revision: b.destination_canonical_revision,
-            destination_cluster: b.destination_cluster,
+            peers,
             request_protocol: "tcp".into(),
             response_flags: String::new(),
-            connection_security_policy: b.connection_security_policy,
+            connection_security_policy: security_policy(inbound),
         };
         IstioTcpReporter {
             metrics,
