@@ -6,75 +6,20 @@
 //! and no-route replies as the real client reports them, and Bolt v2 frames with CRC32.
 //! Peers: `interop/install` (interop/rpc-node).
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
-use weft_test_support::peers::{interop_dir, interop_peer, tool, ChildGuard};
+use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
+
+mod common;
+use common::{node_consume, node_provider};
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/sofa-bolt-node/package.json")?;
     interop_peer("rpc-node/node_modules/sofa-rpc-node/package.json")?;
     tool("node")?;
     Some(interop_dir().join("rpc-node/bolt_peer.js"))
-}
-
-fn provider(script: &PathBuf, name: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new("node")
-        .arg(script)
-        .args(["provider", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("provider prints its port");
-    let port: u16 = line
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("provider said {line:?}"));
-    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
-}
-
-/// Runs the consumer with `cmds` (one JSON object per line) and returns its answers by id.
-fn consume(script: &PathBuf, target: SocketAddr, args: &[&str], cmds: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    let mut child = Command::new("node")
-        .arg(script)
-        .arg("consumer")
-        .arg(target.to_string())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for c in cmds {
-            writeln!(stdin, "{c}").unwrap();
-        }
-    }
-    let mut guard = ChildGuard(child);
-    let stdout = guard.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let lines: Vec<serde_json::Value> = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l: String| serde_json::from_str(&l).ok())
-            .collect();
-        let _ = tx.send(lines);
-    });
-    let mut out = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("consumer finishes within 30s");
-    out.sort_by_key(|v| v["id"].as_u64());
-    drop(guard);
-    out
 }
 
 /// The consumer's sidecar: everything for the Greeter to the server sidecar, `slow` with a 300ms
@@ -143,8 +88,8 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sofa_rpc_node_bolt_through_two_sidecars() {
     let Some(script) = peer_script() else { return };
-    let (_a, alpha) = provider(&script, "alpha");
-    let (_b, beta) = provider(&script, "beta");
+    let (_a, alpha) = node_provider(&script, "alpha");
+    let (_b, beta) = node_provider(&script, "beta");
     let server_side = start_proxy(&server_yaml(alpha, beta));
     let inbound = server_side.listener_addr("bolt-in").unwrap();
     let client_side = start_proxy(&client_yaml(inbound));
@@ -169,7 +114,7 @@ async fn sofa_rpc_node_bolt_through_two_sidecars() {
     }
     let s = script.clone();
     let started = std::time::Instant::now();
-    let out = tokio::task::spawn_blocking(move || consume(&s, outbound, &[], &cmds))
+    let out = tokio::task::spawn_blocking(move || node_consume(&s, outbound, &[], &cmds))
         .await
         .unwrap();
     assert_eq!(out.len(), 57, "{out:?}");
@@ -205,7 +150,7 @@ async fn sofa_rpc_node_bolt_through_two_sidecars() {
     }
     cmds.push(serde_json::json!({"id": 20, "method": "whoami"}));
     let s = script.clone();
-    let out = tokio::task::spawn_blocking(move || consume(&s, outbound, &["v2crc"], &cmds))
+    let out = tokio::task::spawn_blocking(move || node_consume(&s, outbound, &["v2crc"], &cmds))
         .await
         .unwrap();
     assert_eq!(out.len(), 21, "{out:?}");
@@ -216,7 +161,7 @@ async fn sofa_rpc_node_bolt_through_two_sidecars() {
 
     // A service neither sidecar routes: the real client reports weft's NO_PROCESSOR message.
     let out = tokio::task::spawn_blocking(move || {
-        consume(
+        node_consume(
             &script,
             outbound,
             &["v1", "org.example.Missing"],

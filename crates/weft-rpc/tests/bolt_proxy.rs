@@ -6,16 +6,17 @@
 //! CRC mismatch, an oversized frame and garbage close the connection (after an error
 //! reply where the header got that far), counted by reason, without touching other connections.
 
-use bytes::BytesMut;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use weft_rpc::bolt::{self, status, Bolt, SWITCH_CRC};
 use weft_rpc::codec::{Codec, Frame, FrameKind};
 use weft_rpc::hessian::{self, Reader};
 use weft_test_support::*;
+
+mod common;
+use common::serve_conn;
 
 const SVC: &str = "org.example.Greeter:1.0.0";
 
@@ -32,89 +33,35 @@ async fn provider(name: &'static str) -> SocketAddr {
 }
 
 async fn provider_conn(name: &'static str, s: TcpStream) {
-    let (mut r, mut w) = s.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if w.write_all(&b).await.is_err() {
-                break;
-            }
+    serve_conn::<Bolt>(s, |f, tx| {
+        if f.kind == FrameKind::Request {
+            let info = Bolt.request_info(&f).unwrap();
+            let method = info.method.get(&f.data).unwrap().into_owned();
+            let k = Bolt
+                .attachment(&f, &info, "k")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "-".into());
+            let v2 = (f.data[0] == 2).then(|| (f.data[1], f.data[11]));
+            let mut body = Vec::new();
+            hessian::write_string(&mut body, &format!("{name}:{k}"));
+            let resp = bolt::encode_response(v2, f.id as u32, status::SUCCESS, &body);
+            let delay = match method.as_str() {
+                "slow" => 3000,
+                "wait300" => 300,
+                _ => (f.id % 7) * 3,
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let _ = tx.send(resp);
+            });
         }
-    });
-    let mut buf = BytesMut::with_capacity(8192);
-    loop {
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        while let Some(f) = Bolt.decode(&mut buf, 1 << 24).unwrap() {
-            match f.kind {
-                FrameKind::Heartbeat => {
-                    let _ = tx.send(Bolt.heartbeat_reply(&f));
-                }
-                FrameKind::Request => {
-                    let info = Bolt.request_info(&f).unwrap();
-                    let method = info.method.get(&f.data).unwrap().into_owned();
-                    let k = Bolt
-                        .attachment(&f, &info, "k")
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_else(|| "-".into());
-                    let v2 = (f.data[0] == 2).then(|| (f.data[1], f.data[11]));
-                    let mut body = Vec::new();
-                    hessian::write_string(&mut body, &format!("{name}:{k}"));
-                    let resp = bolt::encode_response(v2, f.id as u32, status::SUCCESS, &body);
-                    let delay = match method.as_str() {
-                        "slow" => 3000,
-                        "wait300" => 300,
-                        _ => (f.id % 7) * 3,
-                    };
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                        let _ = tx.send(resp);
-                    });
-                }
-                _ => {}
-            }
-        }
-    }
-    writer.abort();
+        ControlFlow::Continue(())
+    })
+    .await
 }
 
-struct Client {
-    s: TcpStream,
-    buf: BytesMut,
-}
-
-impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        Client {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::with_capacity(8192),
-        }
-    }
-
-    async fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).await.unwrap();
-    }
-
-    /// The next frame, or `None` on EOF; panics after 5s.
-    async fn recv(&mut self) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Some(f) = Bolt.decode(&mut self.buf, 1 << 24).unwrap() {
-                    return Some(f);
-                }
-                match self.s.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .expect("a frame within 5s")
-    }
-}
+type Client = common::Client<Bolt>;
 
 fn request(v2: Option<(u8, u8)>, id: u32, method: &str, k: Option<&str>) -> bytes::Bytes {
     let mut h = vec![("sofa_head_target_service", SVC), ("sofa_head_method_name", method)];

@@ -4,82 +4,19 @@
 //! (the consumer's `group`), the no-route error the real client raises, and concurrent calls
 //! multiplexed over weft's upstream connection. Peers: `interop/install` (interop/rpc-node).
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-use weft_test_support::peers::{interop_dir, interop_peer, tool, ChildGuard};
+use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
+
+mod common;
+use common::{node_consume, node_provider};
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;
     interop_peer("rpc-node/node_modules/sofa-rpc-node/package.json")?;
     tool("node")?;
     Some(interop_dir().join("rpc-node/dubbo_peer.js"))
-}
-
-fn provider(script: &PathBuf, name: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new("node")
-        .arg(script)
-        .args(["provider", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("provider prints its port");
-    let port: u16 = line
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("provider said {line:?}"));
-    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
-}
-
-/// Runs the consumer with `cmds` (one JSON object per line) and returns its answers by id.
-fn consume(
-    script: &PathBuf,
-    target: SocketAddr,
-    iface: Option<&str>,
-    cmds: &[serde_json::Value],
-) -> Vec<serde_json::Value> {
-    let mut cmd = Command::new("node");
-    cmd.arg(script).arg("consumer").arg(target.to_string());
-    if let Some(i) = iface {
-        cmd.arg(i);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for c in cmds {
-            writeln!(stdin, "{c}").unwrap();
-        }
-    }
-    let guard = ChildGuard(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let mut guard = guard;
-    let stdout = guard.0.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let lines: Vec<serde_json::Value> = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l: String| serde_json::from_str(&l).ok())
-            .collect();
-        let _ = tx.send(lines);
-    });
-    let mut out = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("consumer finishes within 30s");
-    out.sort_by_key(|v| v["id"].as_u64());
-    drop(guard);
-    out
 }
 
 fn yaml(alpha: SocketAddr, beta: SocketAddr) -> String {
@@ -117,8 +54,8 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sofa_rpc_node_consumer_and_providers_through_weft() {
     let Some(script) = peer_script() else { return };
-    let (_a, alpha) = provider(&script, "alpha");
-    let (_b, beta) = provider(&script, "beta");
+    let (_a, alpha) = node_provider(&script, "alpha");
+    let (_b, beta) = node_provider(&script, "beta");
     let proxy = start_proxy(&yaml(alpha, beta));
     let addr = proxy.listener_addr("dubbo-interop").unwrap();
 
@@ -134,7 +71,7 @@ async fn sofa_rpc_node_consumer_and_providers_through_weft() {
         cmds.push(serde_json::json!({"id": 100 + i, "method": "echo", "args": [arg]}));
     }
     let script2 = script.clone();
-    let out = tokio::task::spawn_blocking(move || consume(&script2, addr, None, &cmds))
+    let out = tokio::task::spawn_blocking(move || node_consume(&script2, addr, &[], &cmds))
         .await
         .unwrap();
     assert_eq!(out.len(), 44, "{out:?}");
@@ -154,10 +91,10 @@ async fn sofa_rpc_node_consumer_and_providers_through_weft() {
 
     // A service weft has no route for: the real client raises weft's SERVICE_NOT_FOUND message.
     let out = tokio::task::spawn_blocking(move || {
-        consume(
+        node_consume(
             &script,
             addr,
-            Some("org.example.Missing"),
+            &["org.example.Missing"],
             &[serde_json::json!({"id": 1, "method": "echo", "args": ["x"]})],
         )
     })

@@ -3,18 +3,19 @@
 //! value, no-route replies, heartbeats, attachments, one-way calls, pipelined multiplexed calls,
 //! timeouts, an upstream dying mid-request, oversized and malformed frames, and drain (READONLY).
 
-use bytes::BytesMut;
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use weft_rpc::codec::{Codec, Frame, FrameKind};
 use weft_rpc::dubbo::{self, Dubbo};
 use weft_rpc::hessian::{self, Reader};
 use weft_test_support::*;
+
+mod common;
+use common::serve_conn;
 
 const SVC: &str = "org.example.Greeter";
 
@@ -43,118 +44,67 @@ async fn provider(name: &'static str) -> Provider {
 }
 
 async fn provider_conn(name: &'static str, s: TcpStream, oneway: Arc<AtomicU64>) {
-    let (mut r, mut w) = s.into_split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<bytes::Bytes>();
-    let writer = tokio::spawn(async move {
-        while let Some(b) = rx.recv().await {
-            if w.write_all(&b).await.is_err() {
-                break;
+    serve_conn::<Dubbo>(s, |f, tx| {
+        if !matches!(f.kind, FrameKind::Request | FrameKind::OneWay) {
+            return ControlFlow::Continue(());
+        }
+        let info = Dubbo.request_info(&f).unwrap();
+        let method = info.method.get(&f.data).unwrap().into_owned();
+        let arg0 = Dubbo
+            .argument(&f, &info, 0)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        let att = Dubbo
+            .attachment(&f, &info, "k")
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "-".into());
+        let id = f.id;
+        let reply = |text: String| {
+            let mut v = Vec::new();
+            hessian::write_string(&mut v, &text);
+            dubbo::encode_response(id, &v)
+        };
+        match method.as_str() {
+            "echo" => {
+                let _ = tx.send(reply(format!("{name}:{arg0}:{att}")));
             }
-        }
-    });
-    let mut buf = BytesMut::with_capacity(8192);
-    'outer: loop {
-        match r.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-        while let Some(f) = Dubbo.decode(&mut buf, 1 << 24).unwrap() {
-            match f.kind {
-                FrameKind::Heartbeat => {
-                    let _ = tx.send(Dubbo.heartbeat_reply(&f));
-                }
-                FrameKind::Request | FrameKind::OneWay => {
-                    let info = Dubbo.request_info(&f).unwrap();
-                    let method = info.method.get(&f.data).unwrap().into_owned();
-                    let arg0 = Dubbo
-                        .argument(&f, &info, 0)
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    let att = Dubbo
-                        .attachment(&f, &info, "k")
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_else(|| "-".into());
-                    let id = f.id;
-                    let reply = |text: String| {
-                        let mut v = Vec::new();
-                        hessian::write_string(&mut v, &text);
-                        dubbo::encode_response(id, &v)
-                    };
-                    match method.as_str() {
-                        "echo" => {
-                            let _ = tx.send(reply(format!("{name}:{arg0}:{att}")));
-                        }
-                        "delay" => {
-                            let ms = match Dubbo.argument(&f, &info, 1) {
-                                Some(hessian::Value::Int(n)) => n as u64,
-                                _ => 0,
-                            };
-                            let tx = tx.clone();
-                            let r = reply(format!("{name}:{arg0}:{att}"));
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_millis(ms)).await;
-                                let _ = tx.send(r);
-                            });
-                        }
-                        "slow" => {
-                            let tx = tx.clone();
-                            let r = reply(format!("{name}:slow"));
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_secs(3)).await;
-                                let _ = tx.send(r);
-                            });
-                        }
-                        "die" => break 'outer,
-                        "note" => {
-                            oneway.fetch_add(1, Ordering::Relaxed);
-                        }
-                        "count" => {
-                            let _ = tx.send(reply(format!("{}", oneway.load(Ordering::Relaxed))));
-                        }
-                        _ => {}
-                    }
-                }
-                _ => {}
+            "delay" => {
+                let ms = match Dubbo.argument(&f, &info, 1) {
+                    Some(hessian::Value::Int(n)) => n as u64,
+                    _ => 0,
+                };
+                let tx = tx.clone();
+                let r = reply(format!("{name}:{arg0}:{att}"));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    let _ = tx.send(r);
+                });
             }
+            "slow" => {
+                let tx = tx.clone();
+                let r = reply(format!("{name}:slow"));
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    let _ = tx.send(r);
+                });
+            }
+            "die" => return ControlFlow::Break(()),
+            "note" => {
+                oneway.fetch_add(1, Ordering::Relaxed);
+            }
+            "count" => {
+                let _ = tx.send(reply(format!("{}", oneway.load(Ordering::Relaxed))));
+            }
+            _ => {}
         }
-    }
-    writer.abort();
+        ControlFlow::Continue(())
+    })
+    .await
 }
 
-struct Client {
-    s: TcpStream,
-    buf: BytesMut,
-}
+type Client = common::Client<Dubbo>;
 
 impl Client {
-    async fn connect(addr: SocketAddr) -> Client {
-        Client {
-            s: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::with_capacity(8192),
-        }
-    }
-
-    async fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).await.unwrap();
-    }
-
-    /// The next frame, or `None` on EOF; panics after 5s.
-    async fn recv(&mut self) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                if let Some(f) = Dubbo.decode(&mut self.buf, 1 << 24).unwrap() {
-                    return Some(f);
-                }
-                match self.s.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await
-        .expect("a frame within 5s")
-    }
-
     async fn call(&mut self, id: u64, method: &str, args: &[u8], att: &[(&str, &str)]) -> Frame {
         let desc = if args.is_empty() { "" } else { "Ljava/lang/String;" };
         self.send(&dubbo::encode_request(id, true, SVC, "1.0.0", method, desc, args, att))

@@ -5,14 +5,16 @@
 //! after the sniff timeout) and one that sends bytes no signature matches.
 //! Peers: `interop/install` (interop/rpc-node), curl (scripts/install-peers).
 
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use weft_test_support::peers::{interop_dir, interop_peer, tool, ChildGuard};
+use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
+
+mod common;
+use common::{node_consume, node_provider};
 
 fn scripts() -> Option<(PathBuf, PathBuf)> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;
@@ -22,60 +24,6 @@ fn scripts() -> Option<(PathBuf, PathBuf)> {
     tool("curl")?;
     let d = interop_dir().join("rpc-node");
     Some((d.join("dubbo_peer.js"), d.join("bolt_peer.js")))
-}
-
-fn provider(script: &PathBuf, name: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new("node")
-        .arg(script)
-        .args(["provider", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("provider prints its port");
-    let port: u16 = line
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("provider said {line:?}"));
-    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
-}
-
-fn consume(script: &PathBuf, target: SocketAddr, cmds: &[serde_json::Value]) -> Vec<serde_json::Value> {
-    let mut child = Command::new("node")
-        .arg(script)
-        .arg("consumer")
-        .arg(target.to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for c in cmds {
-            writeln!(stdin, "{c}").unwrap();
-        }
-    }
-    let mut guard = ChildGuard(child);
-    let stdout = guard.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let lines: Vec<serde_json::Value> = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l: String| serde_json::from_str(&l).ok())
-            .collect();
-        let _ = tx.send(lines);
-    });
-    let mut out = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("consumer finishes within 30s");
-    out.sort_by_key(|v| v["id"].as_u64());
-    drop(guard);
-    out
 }
 
 fn curl(args: &[&str]) -> String {
@@ -140,8 +88,8 @@ clusters:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_port_dubbo_bolt_http1_h2c_and_tcp_fallback() {
     let Some((dubbo_js, bolt_js)) = scripts() else { return };
-    let (_d, dubbo) = provider(&dubbo_js, "dubbo-p");
-    let (_b, bolt) = provider(&bolt_js, "bolt-p");
+    let (_d, dubbo) = node_provider(&dubbo_js, "dubbo-p");
+    let (_b, bolt) = node_provider(&bolt_js, "bolt-p");
     let web = named_upstream("web").await;
     // A server-speaks-first backend: greets, then echoes.
     let legacy = tcp_server(|mut s: tokio::net::TcpStream| async move {
@@ -158,13 +106,13 @@ async fn one_port_dubbo_bolt_http1_h2c_and_tcp_fallback() {
         serde_json::json!({"id": 2, "method": "whoami"}),
     ];
     let (d, c) = (dubbo_js.clone(), cmds.clone());
-    let out = tokio::task::spawn_blocking(move || consume(&d, addr, &c))
+    let out = tokio::task::spawn_blocking(move || node_consume(&d, addr, &[], &c))
         .await
         .unwrap();
     assert_eq!(out[0]["ok"], "dubbo-p:hi", "Dubbo: {out:?}");
     assert_eq!(out[1]["ok"], "dubbo-p", "{out:?}");
     let (b, c) = (bolt_js.clone(), cmds.clone());
-    let out = tokio::task::spawn_blocking(move || consume(&b, addr, &c))
+    let out = tokio::task::spawn_blocking(move || node_consume(&b, addr, &[], &c))
         .await
         .unwrap();
     assert_eq!(out[0]["ok"], "bolt-p:hi", "Bolt: {out:?}");
