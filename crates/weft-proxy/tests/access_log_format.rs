@@ -5,9 +5,12 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use weft_test_support::*;
+
+mod common;
+use common::{doubling_upstream, tcp_session};
 
 const ISTIO: &str = r#"[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%\" %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %CONNECTION_TERMINATION_DETAILS% \"%UPSTREAM_TRANSPORT_FAILURE_REASON%\" %BYTES_RECEIVED% %BYTES_SENT% %DURATION% %RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% \"%REQ(X-FORWARDED-FOR)%\" \"%REQ(USER-AGENT)%\" \"%REQ(X-REQUEST-ID)%\" \"%REQ(:AUTHORITY)%\" \"%UPSTREAM_HOST%\" %UPSTREAM_CLUSTER% %UPSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %DOWNSTREAM_REMOTE_ADDRESS% %REQUESTED_SERVER_NAME% %ROUTE_NAME%\n"#;
 
@@ -182,17 +185,7 @@ async fn json_format_types_and_no_route() {
 async fn tcp_sessions_log_with_the_tcp_operators() {
     let dir = TempDir::new("alog-tcp");
     let log = dir.join("access.log");
-    let up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_addr = up.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = up.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf).await;
-                let _ = s.write_all(&vec![b'x'; buf.len() * 2]).await;
-            });
-        }
-    });
+    let up_addr = doubling_upstream().await;
     let dead = dead_addr();
     let fmt = "%DOWNSTREAM_REMOTE_ADDRESS% %DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% %BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS% %PROTOCOL% %REQ(:PATH)% %RESPONSE_CODE%";
     let proxy = start_proxy(&format!(
@@ -216,16 +209,8 @@ clusters:
         log = log.display()
     ));
     let l4 = proxy.listener_addr("l4").unwrap();
-    let mut c = TcpStream::connect(l4).await.unwrap();
-    let me = c.local_addr().unwrap();
-    c.write_all(&[7u8; 1000]).await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut reply))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(reply.len(), 2000);
+    let (me, reply) = tcp_session(l4, 1000).await;
+    assert_eq!(reply.unwrap(), 2000);
     let lines = text_lines(&log, 1).await;
     assert_eq!(lines, [format!("{me} {l4} {up_addr} backend 1000 2000 - - - 0\n")]);
 

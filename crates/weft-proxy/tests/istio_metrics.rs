@@ -1,55 +1,10 @@
 //! Istio-standard metrics on `/stats/prometheus`: dashboard-style queries (a `sum` over label
 //! matchers, evaluated on the parsed exposition text) return exactly the traffic sent.
 
-use std::collections::HashMap;
 use weft_test_support::*;
 
-/// One parsed sample: metric name, labels, value.
-struct Sample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: f64,
-}
-
-/// Parses Prometheus/OpenMetrics text exposition samples (`name{a="b",...} value`).
-fn parse(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let (head, value) = line.rsplit_once(' ').expect("sample line");
-        let (name, labels) = match head.split_once('{') {
-            Some((n, rest)) => (n, rest.strip_suffix('}').expect("closing brace")),
-            None => (head, ""),
-        };
-        let mut map = HashMap::new();
-        let mut rest = labels;
-        while !rest.is_empty() {
-            let (k, after) = rest.split_once("=\"").expect("label");
-            let end = after.find('"').expect("label value end");
-            map.insert(k.to_string(), after[..end].to_string());
-            rest = after[end + 1..].trim_start_matches(',');
-        }
-        out.push(Sample {
-            name: name.to_string(),
-            labels: map,
-            value: value.parse().expect("sample value"),
-        });
-    }
-    out
-}
-
-/// `sum(NAME{k="v",...})`.
-fn sum(samples: &[Sample], name: &str, matchers: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && matchers
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
+mod common;
+use common::{parse, sum};
 
 fn yaml(up: std::net::SocketAddr, dead: std::net::SocketAddr) -> String {
     format!(

@@ -1,75 +1,12 @@
 //! Istio-standard TCP metrics on `/stats/prometheus` for TCP proxy listeners: dashboard-style sums
 //! over `istio_tcp_*` return exactly the sessions and bytes sent through real connections.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use weft_test_support::*;
 
-/// One parsed sample: metric name, labels, value.
-struct Sample {
-    name: String,
-    labels: HashMap<String, String>,
-    value: f64,
-}
-
-/// Parses Prometheus/OpenMetrics text exposition samples (`name{a="b",...} value`).
-fn parse(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
-        let (head, value) = line.rsplit_once(' ').expect("sample line");
-        let (name, labels) = match head.split_once('{') {
-            Some((n, rest)) => (n, rest.strip_suffix('}').expect("closing brace")),
-            None => (head, ""),
-        };
-        let mut map = HashMap::new();
-        let mut rest = labels;
-        while !rest.is_empty() {
-            let (k, after) = rest.split_once("=\"").expect("label");
-            let end = after.find('"').expect("label value end");
-            map.insert(k.to_string(), after[..end].to_string());
-            rest = after[end + 1..].trim_start_matches(',');
-        }
-        out.push(Sample {
-            name: name.to_string(),
-            labels: map,
-            value: value.parse().expect("sample value"),
-        });
-    }
-    out
-}
-
-/// `sum(NAME{k="v",...})`.
-fn sum(samples: &[Sample], name: &str, matchers: &[(&str, &str)]) -> f64 {
-    samples
-        .iter()
-        .filter(|s| {
-            s.name == name
-                && matchers
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
-/// An upstream that reads until EOF, then answers with twice as many bytes and closes.
-async fn doubling_upstream() -> SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let _ = s.read_to_end(&mut buf).await;
-                let _ = s.write_all(&vec![b'y'; buf.len() * 2]).await;
-            });
-        }
-    });
-    addr
-}
+mod common;
+use common::{doubling_upstream, parse, sum, tcp_session};
 
 fn yaml(up: SocketAddr, dead: SocketAddr, metadata: &str) -> String {
     format!(
@@ -97,17 +34,9 @@ clusters:
     )
 }
 
-/// One session: sends `n` bytes, half-closes, reads the reply to EOF; returns the reply length.
+/// One session of `n` bytes; the reply's length.
 async fn session(addr: SocketAddr, n: usize) -> usize {
-    let mut c = TcpStream::connect(addr).await.unwrap();
-    c.write_all(&vec![b'x'; n]).await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut reply))
-        .await
-        .expect("session ends in time")
-        .unwrap_or_default();
-    reply.len()
+    tcp_session(addr, n).await.1.unwrap_or_default()
 }
 
 #[tokio::test]
