@@ -16,6 +16,9 @@ use weft_test_support::TempDir;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
+/// `setpriv` running what follows as the sidecars' uid/gid 1337, with no supplementary groups.
+const AS_PROXY_UID: [&str; 6] = ["setpriv", "--reuid", "1337", "--regid", "1337", "--clear-groups"];
+
 /// Why this machine cannot run the tests, if it cannot.
 fn missing_prerequisite() -> Option<String> {
     // SAFETY: geteuid has no preconditions.
@@ -212,26 +215,18 @@ impl Drop for Proc {
 fn pair(tag: &str, b_extra: &[&str]) -> (Netns, Netns) {
     let a = Netns::new(&format!("{tag}a"));
     let b = Netns::new(&format!("{tag}b"));
-    let (va, vb) = (format!("{}v", a.name), format!("{}v", b.name));
-    ok(&[
-        "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
-    ]);
-    a.run(&["ip", "addr", "add", "10.213.0.1/24", "dev", &va]);
-    a.run(&["ip", "addr", "add", "fd00:213::1/64", "dev", &va, "nodad"]);
-    a.run(&["ip", "link", "set", &va, "up"]);
-    b.run(&["ip", "addr", "add", "10.213.0.2/24", "dev", &vb]);
-    b.run(&["ip", "addr", "add", "fd00:213::2/64", "dev", &vb, "nodad"]);
-    for extra in b_extra {
-        b.run(&["ip", "addr", "add", extra, "dev", &vb]);
-    }
-    b.run(&["ip", "link", "set", &vb, "up"]);
+    let mut b_ips = vec!["10.213.0.2/24", "fd00:213::2/64"];
+    b_ips.extend(b_extra);
+    link(&a, &b, &["10.213.0.1/24", "fd00:213::1/64"], &b_ips);
     (a, b)
 }
 
-/// Files readable by the sidecar's uid.
-fn open_dir(dir: &TempDir) {
+/// A fresh directory for a test's files, readable by the sidecar's uid.
+fn test_dir(tag: &str) -> TempDir {
     use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new(tag);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// A sidecar: outbound listeners on 15001 and inbound ones on 15006 (IPv4 and IPv6), both
@@ -284,32 +279,30 @@ fn start_sidecar(ns: &Netns, dir: &TempDir, name: &str, config: &str, caps: bool
     dir.write(&format!("{name}.yaml"), config);
     let cfg = dir.join(&format!("{name}.yaml"));
     let cfg = cfg.to_str().unwrap();
-    let mut args = vec!["setpriv", "--reuid", "1337", "--regid", "1337", "--clear-groups"];
+    let mut args = AS_PROXY_UID.to_vec();
     if caps {
         // TPROXY: IP_TRANSPARENT on the inbound listener needs CAP_NET_ADMIN.
         args.extend(["--inh-caps", "+net_admin", "--ambient-caps", "+net_admin"]);
     }
     args.extend([WEFT, "proxy", "-c", cfg]);
     let p = ns.spawn(&args, &dir.join(&format!("{name}.log")), None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = ns.exec(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1:9901/ready",
-        ]);
-        if String::from_utf8_lossy(&out.stdout) == "200" {
-            return p;
-        }
-        assert!(
-            Instant::now() < deadline,
+    wait_200(ns, &["http://127.0.0.1:9901/ready"], Duration::from_secs(20), || {
+        format!(
             "sidecar {name} not ready: {}",
             std::fs::read_to_string(dir.join(&format!("{name}.log"))).unwrap_or_default()
-        );
+        )
+    });
+    p
+}
+
+/// Waits (at most `within`, polling every 100 ms) until curl in `ns` with `args` gets status 200;
+/// then panics with `not_ready()`.
+fn wait_200(ns: &Netns, args: &[&str], within: Duration, not_ready: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    let mut all = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}"];
+    all.extend(args);
+    while String::from_utf8_lossy(&ns.exec(&all).stdout) != "200" {
+        assert!(Instant::now() < deadline, "{}", not_ready());
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -342,6 +335,11 @@ fn start_server_with(ns: &Netns, dir: &TempDir, ip: &str, port: u16, log: &str, 
     p
 }
 
+/// What [`fetch`] returns when the call reached B's app.
+fn hello() -> (String, String) {
+    ("200".into(), "hello from B".into())
+}
+
 fn host_port(ip: &str, port: u16) -> String {
     if ip.contains(':') {
         format!("[{ip}]:{port}")
@@ -361,22 +359,23 @@ fn fetch(ns: &Netns, ip: &str, port: u16) -> (String, String) {
 
 /// A sidecar's count of 2xx requests on one listener, read from its admin API in `ns`.
 fn requests(ns: &Netns, listener: &str) -> f64 {
-    let stats = ns.run(&["curl", "-s", "http://127.0.0.1:9901/stats/prometheus"]);
-    let key = format!("weft_downstream_rq_total{{listener=\"{listener}\",class=\"2xx\"}}");
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&key))
-        .map(|v| v.trim().parse().unwrap())
-        .unwrap_or(0.0)
+    stat(
+        ns,
+        &format!("weft_downstream_rq_total{{listener=\"{listener}\",class=\"2xx\"}}"),
+    )
 }
 
 /// A sidecar's count of upstream connections of one cluster.
 fn upstream_connections(ns: &Netns, cluster: &str) -> f64 {
+    stat(ns, &format!("weft_upstream_cx_total{{cluster=\"{cluster}\"}}"))
+}
+
+/// The value of the sample `key` (name and labels) on the sidecar's admin API in `ns`; 0 if absent.
+fn stat(ns: &Netns, key: &str) -> f64 {
     let stats = ns.run(&["curl", "-s", "http://127.0.0.1:9901/stats/prometheus"]);
-    let key = format!("weft_upstream_cx_total{{cluster=\"{cluster}\"}}");
     stats
         .lines()
-        .find_map(|l| l.strip_prefix(&key))
+        .find_map(|l| l.strip_prefix(key))
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
@@ -402,8 +401,7 @@ fn redirect_mode_carries_an_unmodified_call_through_both_sidecars() {
     if !prerequisites() {
         return;
     }
-    let dir = TempDir::new("interception-redirect");
-    open_dir(&dir);
+    let dir = test_dir("interception-redirect");
     let (a, b) = pair("r", &["10.213.0.3/24", "10.213.0.4/24"]);
     // B: the app (unmodified servers) on its own addresses.
     let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
@@ -439,14 +437,14 @@ fn redirect_mode_carries_an_unmodified_call_through_both_sidecars() {
     init(&b, &["--exclude-inbound-ports", "8081"]);
 
     // 1. By B's own address: A's virtual listener for it, then B's inbound capture.
-    assert_eq!(fetch(&a, "10.213.0.2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "10.213.0.2", 8080), hello());
     assert_eq!(requests(&a, "svc_b"), 1.0, "A's sidecar did not carry the call");
     assert_eq!(requests(&b, "inbound"), 1.0, "B's sidecar did not carry the call");
     // B's sidecar connected to the app from B's address, not the client's.
     assert_eq!(served_to(&dir, "s1.log"), ["10.213.0.2"]);
 
     // 2. An address A's sidecar has no listener for: the pass-through (original destination).
-    assert_eq!(fetch(&a, "10.213.0.3", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "10.213.0.3", 8080), hello());
     assert_eq!(requests(&a, "outbound"), 1.0);
     assert_eq!(requests(&b, "inbound"), 2.0);
     assert_eq!(
@@ -456,25 +454,25 @@ fn redirect_mode_carries_an_unmodified_call_through_both_sidecars() {
     );
 
     // 3. An excluded port (outbound on A, inbound on B): straight from the client.
-    assert_eq!(fetch(&a, "10.213.0.2", 8081), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "10.213.0.2", 8081), hello());
     assert_eq!(served_to(&dir, "s2.log"), ["10.213.0.1"], "the sidecars were bypassed");
     assert_eq!(requests(&a, "outbound") + requests(&a, "svc_b"), 2.0);
     assert_eq!(requests(&b, "inbound"), 2.0);
 
     // 4. An excluded CIDR on A: A's sidecar is bypassed, B's still captures it.
-    assert_eq!(fetch(&a, "10.213.0.4", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "10.213.0.4", 8080), hello());
     assert_eq!(requests(&a, "outbound") + requests(&a, "svc_b"), 2.0);
     assert_eq!(requests(&b, "inbound"), 3.0);
 
     // 5. IPv6, through both sidecars' IPv6 listeners.
-    assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), hello());
     assert_eq!(requests(&a, "outbound6"), 1.0);
     assert_eq!(requests(&b, "inbound6"), 1.0);
     assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::2"]);
 
     // 6. Original port 8082: both sidecars' TCP proxy chain (filter chain match on the original
     // port), pass-through at L4.
-    assert_eq!(fetch(&a, "10.213.0.2", 8082), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "10.213.0.2", 8082), hello());
     assert_eq!(upstream_connections(&a, "tcp_passthrough"), 1.0);
     assert_eq!(upstream_connections(&b, "tcp_inbound_passthrough"), 1.0);
     assert_eq!(
@@ -497,8 +495,7 @@ fn tproxy_mode_carries_the_call_without_nat_on_inbound() {
     if !prerequisites() {
         return;
     }
-    let dir = TempDir::new("interception-tproxy");
-    open_dir(&dir);
+    let dir = test_dir("interception-tproxy");
     let (a, b) = pair("t", &[]);
     let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
     let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
@@ -515,14 +512,14 @@ fn tproxy_mode_carries_the_call_without_nat_on_inbound() {
     );
     assert!(b.run(&["ip", "rule", "show"]).contains("fwmark 0x539 lookup 133"));
 
-    assert_eq!(fetch(&a, "10.213.0.2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "10.213.0.2", 8080), hello());
     assert_eq!(requests(&a, "outbound"), 1.0);
     assert_eq!(
         requests(&b, "inbound"),
         1.0,
         "B's transparent inbound listener did not carry it"
     );
-    assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), hello());
     assert_eq!(requests(&b, "inbound6"), 1.0);
     // Without `original_source`, the app sees its sidecar's connection (from B's own address).
     assert_eq!(served_to(&dir, "s1.log"), ["10.213.0.2"]);
@@ -533,8 +530,7 @@ fn tproxy_original_source_shows_the_app_the_callers_address() {
     if !prerequisites() {
         return;
     }
-    let dir = TempDir::new("interception-origsrc");
-    open_dir(&dir);
+    let dir = test_dir("interception-origsrc");
     let (a, b) = pair("o", &[]);
     let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
     let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
@@ -554,7 +550,7 @@ fn tproxy_original_source_shows_the_app_the_callers_address() {
     // The caller (A, no sidecar) calls B's app by its address; B's sidecar carries it (HTTP chain,
     // then the TCP chain on 8082) and connects to the app from A's address.
     for _ in 0..3 {
-        assert_eq!(fetch(&a, "10.213.0.2", 8080), ("200".into(), "hello from B".into()));
+        assert_eq!(fetch(&a, "10.213.0.2", 8080), hello());
     }
     assert_eq!(requests(&b, "inbound"), 3.0, "B's sidecar did not carry the calls");
     assert_eq!(
@@ -562,10 +558,10 @@ fn tproxy_original_source_shows_the_app_the_callers_address() {
         ["10.213.0.1"; 3],
         "the app saw the caller's address"
     );
-    assert_eq!(fetch(&a, "fd00:213::2", 8080), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), hello());
     assert_eq!(requests(&b, "inbound6"), 1.0);
     assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::1"]);
-    assert_eq!(fetch(&a, "10.213.0.2", 8082), ("200".into(), "hello from B".into()));
+    assert_eq!(fetch(&a, "10.213.0.2", 8082), hello());
     assert_eq!(upstream_connections(&b, "tcp_inbound_passthrough"), 1.0);
     assert_eq!(served_to(&dir, "s7.log"), ["10.213.0.1"]);
     // The app's own outbound calls are unaffected (the return-path rules mark only connections
@@ -649,16 +645,9 @@ fn a_failed_init_leaves_nothing_and_says_why() {
     assert_eq!(ns.state(), before);
 
     // Without CAP_NET_ADMIN: a clear refusal before anything is tried.
-    let out = ns.exec(&[
-        "setpriv",
-        "--reuid",
-        "1337",
-        "--regid",
-        "1337",
-        "--clear-groups",
-        WEFT,
-        "init",
-    ]);
+    let mut args = AS_PROXY_UID.to_vec();
+    args.extend([WEFT, "init"]);
+    let out = ns.exec(&args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(err.contains("lacks CAP_NET_ADMIN"), "{err}");
@@ -719,8 +708,7 @@ fn dns_capture_answers_mesh_names_and_forwards_the_rest() {
     if !prerequisites() {
         return;
     }
-    let dir = TempDir::new("interception-dns");
-    open_dir(&dir);
+    let dir = test_dir("interception-dns");
     let (a, b) = pair("d", &[]);
     let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
     // B's sidecar plays A's upstream resolver: it knows other.mesh.
@@ -761,8 +749,9 @@ fn dns_capture_answers_mesh_names_and_forwards_the_rest() {
     assert!(!a.exec(&["getent", "ahostsv4", "reviews.mesh"]).status.success());
 }
 
-/// A veth pair between two existing namespaces: `a_ip` (CIDR) on a's end, `b_ip` on b's.
-fn link(a: &Netns, b: &Netns, a_ip: &str, b_ip: &str) {
+/// A veth pair between two existing namespaces: `a_ips` (CIDRs) on a's end, `b_ips` on b's (IPv6
+/// ones without duplicate address detection, so they are usable at once).
+fn link(a: &Netns, b: &Netns, a_ips: &[&str], b_ips: &[&str]) {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let (va, vb) = (
         format!("wfl{}x{n}a", std::process::id() % 100_000),
@@ -771,10 +760,16 @@ fn link(a: &Netns, b: &Netns, a_ip: &str, b_ip: &str) {
     ok(&[
         "ip", "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns", &b.name,
     ]);
-    a.run(&["ip", "addr", "add", a_ip, "dev", &va]);
-    a.run(&["ip", "link", "set", &va, "up"]);
-    b.run(&["ip", "addr", "add", b_ip, "dev", &vb]);
-    b.run(&["ip", "link", "set", &vb, "up"]);
+    for (ns, dev, ips) in [(a, &va, a_ips), (b, &vb, b_ips)] {
+        for ip in ips {
+            let mut args = vec!["ip", "addr", "add", ip, "dev", dev];
+            if ip.contains(':') {
+                args.push("nodad");
+            }
+            ns.run(&args);
+        }
+        ns.run(&["ip", "link", "set", dev, "up"]);
+    }
 }
 
 /// Moves the calling thread (only it) into `ns`.
@@ -816,15 +811,14 @@ fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
     if !prerequisites() {
         return;
     }
-    let dir = TempDir::new("interception-switch");
-    open_dir(&dir);
+    let dir = test_dir("interception-switch");
     // C: the caller (app + sidecar under weft control, and weft control itself); B1: the instance
     // whose interception is switched; B2: the service's other instance.
     let c = Netns::new("sc");
     let b1 = Netns::new("sb");
     let b2 = Netns::new("so");
-    link(&c, &b1, "10.214.1.1/24", "10.214.1.2/24");
-    link(&c, &b2, "10.214.2.1/24", "10.214.2.2/24");
+    link(&c, &b1, &["10.214.1.1/24"], &["10.214.1.2/24"]);
+    link(&c, &b2, &["10.214.2.1/24"], &["10.214.2.2/24"]);
     let _s1 = start_server(&b1, &dir, "10.214.1.2", 8080, "s1.log");
     let _s2 = start_server(&b2, &dir, "10.214.2.2", 8080, "s2.log");
     let _pb = start_sidecar(&b1, &dir, "b1", &sidecar_config(false, "", ""), false);
@@ -863,30 +857,18 @@ fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
     );
     let outbound: std::net::SocketAddr = "127.0.0.1:15001".parse().unwrap();
     // The caller reaches both instances through its sidecar.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let code = c.exec(&[
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-H",
-            "host: svc",
-            "http://127.0.0.1:15001/hello.txt",
-        ]);
-        if String::from_utf8_lossy(&code.stdout) == "200" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the caller's sidecar does not route svc: {}{}",
-            std::fs::read_to_string(dir.join("control.log")).unwrap_or_default(),
-            std::fs::read_to_string(dir.join("caller.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_200(
+        &c,
+        &["-H", "host: svc", "http://127.0.0.1:15001/hello.txt"],
+        Duration::from_secs(30),
+        || {
+            format!(
+                "the caller's sidecar does not route svc: {}{}",
+                std::fs::read_to_string(dir.join("control.log")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("caller.log")).unwrap_or_default()
+            )
+        },
+    );
 
     // The caller app: a GET every 5 ms on a new connection, from inside C, until stopped (at most
     // 120 s); every failure is kept.
@@ -1064,8 +1046,7 @@ fn wait_exit(p: &mut Proc, within: Duration) -> bool {
 /// With `lifecycle` the sidecar drains (10 s timer) and keeps serving the app's outbound; without
 /// it, it exits at once (drain_timeout 0s). Returns the app's RESULT numbers.
 fn pod_lifetime(tag: &str, lifecycle: bool) -> [u64; 4] {
-    let dir = TempDir::new(&format!("interception-pod-{tag}"));
-    open_dir(&dir);
+    let dir = test_dir(&format!("interception-pod-{tag}"));
     let (pod, server) = pair(tag, &[]);
     // HTTP/1.1 keep-alive on the server too, so the app's connection through the sidecar stays
     // open across calls: an app with no connection open would let a draining sidecar exit early.
@@ -1101,22 +1082,9 @@ fn pod_lifetime(tag: &str, lifecycle: bool) -> [u64; 4] {
     }
     dir.write("sidecar.yaml", &cfg);
     let cfg_path = dir.join("sidecar.yaml");
-    let mut sidecar = pod.spawn(
-        &[
-            "setpriv",
-            "--reuid",
-            "1337",
-            "--regid",
-            "1337",
-            "--clear-groups",
-            WEFT,
-            "proxy",
-            "-c",
-            cfg_path.to_str().unwrap(),
-        ],
-        &dir.join("sidecar.log"),
-        None,
-    );
+    let mut args = AS_PROXY_UID.to_vec();
+    args.extend([WEFT, "proxy", "-c", cfg_path.to_str().unwrap()]);
+    let mut sidecar = pod.spawn(&args, &dir.join("sidecar.log"), None);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !app_log().contains("STARTED") {
         assert!(Instant::now() < deadline, "the app did not start: {}", app_log());
