@@ -13,7 +13,7 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{node_consume, node_provider};
+use common::{clusters_yaml, node_consume, node_provider};
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/sofa-bolt-node/package.json")?;
@@ -43,11 +43,8 @@ listeners:
         - name: greeter
           match: {{ interface: org.example.Greeter }}
           cluster: remote
-clusters:
-  - name: remote
-    connect_timeout: 1s
-    endpoints: [{{ address: "{remote}" }}]
-"#
+{clusters}"#,
+        clusters = clusters_yaml(&[("remote", remote)])
     )
 }
 
@@ -74,14 +71,8 @@ listeners:
         - name: rest
           match: {{ interface: org.example.Greeter, version: 1.0.0 }}
           cluster: alpha
-clusters:
-  - name: alpha
-    connect_timeout: 1s
-    endpoints: [{{ address: "{alpha}" }}]
-  - name: beta
-    connect_timeout: 1s
-    endpoints: [{{ address: "{beta}" }}]
-"#
+{clusters}"#,
+        clusters = clusters_yaml(&[("alpha", alpha), ("beta", beta)])
     )
 }
 

@@ -16,7 +16,7 @@ use weft_rpc::hessian::{self, Reader};
 use weft_test_support::*;
 
 mod common;
-use common::serve_conn;
+use common::{clusters_yaml, serve_conn};
 
 const SVC: &str = "org.example.Greeter:1.0.0";
 
@@ -100,14 +100,8 @@ listeners:
         - name: greeter
           match: {{ interface: org.example.Greeter, version: 1.0.0 }}
           cluster: silver
-clusters:
-  - name: gold
-    connect_timeout: 1s
-    endpoints: [{{ address: "{gold}" }}]
-  - name: silver
-    connect_timeout: 1s
-    endpoints: [{{ address: "{silver}" }}]
-"#
+{clusters}"#,
+        clusters = clusters_yaml(&[("gold", gold), ("silver", silver)])
     )
 }
 

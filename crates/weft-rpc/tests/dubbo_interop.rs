@@ -10,7 +10,7 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{node_consume, node_provider};
+use common::{clusters_yaml, node_consume, node_provider};
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;
@@ -40,14 +40,8 @@ listeners:
         - name: rest
           match: {{ interface: org.example.Greeter, version: 1.0.0 }}
           cluster: alpha
-clusters:
-  - name: alpha
-    connect_timeout: 1s
-    endpoints: [{{ address: "{alpha}" }}]
-  - name: beta
-    connect_timeout: 1s
-    endpoints: [{{ address: "{beta}" }}]
-"#
+{clusters}"#,
+        clusters = clusters_yaml(&[("alpha", alpha), ("beta", beta)])
     )
 }
 

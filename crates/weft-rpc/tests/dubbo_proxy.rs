@@ -15,7 +15,7 @@ use weft_rpc::hessian::{self, Reader};
 use weft_test_support::*;
 
 mod common;
-use common::serve_conn;
+use common::{clusters_yaml, serve_conn};
 
 const SVC: &str = "org.example.Greeter";
 
@@ -153,14 +153,8 @@ listeners:
         - name: greeter
           match: {{ interface: {SVC}, version: 1.0.0 }}
           cluster: silver
-clusters:
-  - name: gold
-    connect_timeout: 1s
-    endpoints: [{{ address: "{gold}" }}]
-  - name: silver
-    connect_timeout: 1s
-    endpoints: [{{ address: "{silver}" }}]
-"#
+{clusters}"#,
+        clusters = clusters_yaml(&[("gold", gold), ("silver", silver)])
     )
 }
 

@@ -14,7 +14,7 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{node_consume, node_provider};
+use common::{clusters_yaml, node_consume, node_provider};
 
 fn scripts() -> Option<(PathBuf, PathBuf)> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;
@@ -68,20 +68,8 @@ listeners:
               - match: {{ prefix: / }}
                 route: {{ cluster: web }}
     tcp_proxy: {{ cluster: legacy }}
-clusters:
-  - name: dubbo
-    connect_timeout: 1s
-    endpoints: [{{ address: "{dubbo}" }}]
-  - name: bolt
-    connect_timeout: 1s
-    endpoints: [{{ address: "{bolt}" }}]
-  - name: web
-    connect_timeout: 1s
-    endpoints: [{{ address: "{web}" }}]
-  - name: legacy
-    connect_timeout: 1s
-    endpoints: [{{ address: "{legacy}" }}]
-"#
+{clusters}"#,
+        clusters = clusters_yaml(&[("dubbo", dubbo), ("bolt", bolt), ("web", web), ("legacy", legacy)])
     )
 }
 
@@ -200,12 +188,8 @@ listeners:
             routes:
               - match: {{ prefix: / }}
                 route: {{ cluster: web }}
-clusters:
-  - name: web
-    connect_timeout: 1s
-    endpoints: [{{ address: "{web}" }}]
-"#,
-        web = web.addr
+{clusters}"#,
+        clusters = clusters_yaml(&[("web", web.addr)])
     ));
     let port = proxy.listener_addr("mixed-tls").unwrap().port();
     let ca_file = dir.join("ca.crt").display().to_string();

@@ -152,3 +152,13 @@ pub async fn serve_conn<C: Codec + Default>(
     }
     writer.abort();
 }
+
+/// A proxy config's `clusters:` section: per (name, address) a cluster with a 1s connect timeout
+/// and that one endpoint.
+pub fn clusters_yaml(clusters: &[(&str, SocketAddr)]) -> String {
+    let mut out = String::from("clusters:\n");
+    for (name, addr) in clusters {
+        out += &format!("  - name: {name}\n    connect_timeout: 1s\n    endpoints: [{{ address: \"{addr}\" }}]\n");
+    }
+    out
+}
