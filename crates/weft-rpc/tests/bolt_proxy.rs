@@ -16,7 +16,7 @@ use weft_rpc::hessian::{self, Reader};
 use weft_test_support::*;
 
 mod common;
-use common::{clusters_yaml, serve_conn};
+use common::{assert_refused, clusters_yaml, serve_conn};
 
 const SVC: &str = "org.example.Greeter:1.0.0";
 
@@ -284,15 +284,15 @@ clusters:
   - name: c
     endpoints: [{ address: "127.0.0.1:1" }]
 "#;
-    let e = weft_config::from_yaml(bad).unwrap_err().to_string();
-    for want in [
-        "listeners[0].rpc.sniff_timeout: only applies to protocol: auto",
-        "listeners[0].rpc.routes[0].match.protocol: unknown value \"thrift\"",
-        "listeners[1].rpc.sniff_timeout: must be at most 10s",
-        "listeners[1].tcp_proxy.cluster",
-    ] {
-        assert!(e.contains(want), "missing {want} in:\n{e}");
-    }
+    assert_refused(
+        bad,
+        &[
+            "listeners[0].rpc.sniff_timeout: only applies to protocol: auto",
+            "listeners[0].rpc.routes[0].match.protocol: unknown value \"thrift\"",
+            "listeners[1].rpc.sniff_timeout: must be at most 10s",
+            "listeners[1].tcp_proxy.cluster",
+        ],
+    );
     // A valid auto listener: rpc with http and tcp_proxy next to it.
     let ok = r#"
 listeners:

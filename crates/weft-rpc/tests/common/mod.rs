@@ -162,3 +162,12 @@ pub fn clusters_yaml(clusters: &[(&str, SocketAddr)]) -> String {
     }
     out
 }
+
+/// Asserts that `yaml` is refused as a config, with every one of `wants` in the error text.
+#[track_caller]
+pub fn assert_refused(yaml: &str, wants: &[&str]) {
+    let e = weft_config::from_yaml(yaml).unwrap_err().to_string();
+    for want in wants {
+        assert!(e.contains(want), "missing {want} in:\n{e}");
+    }
+}
