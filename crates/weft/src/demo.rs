@@ -541,7 +541,9 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         args.xds
     );
     println!("  control plane  xDS {xds}   admin http://{control_admin}/debug/proxies  /metrics");
-    println!("  service graph  http://{control_admin}/graph  (live: workloads, calls with req/s, error rate, p99)");
+    println!(
+        "  service graph  http://{control_admin}/graph  (live: workloads and their calls with rates, errors, latency)"
+    );
     for i in &instances {
         println!(
             "  {:<11}    app {}  sidecar in {} out {}  admin http://{}/ (try /clusters, /stats/prometheus, /xds)",
