@@ -5,7 +5,7 @@
 //!   (`web` calls `api`); the app behind `api` answers 503 to one request in four. `/graph.json`
 //!   shows the web → api call with a live rate, a 25% error rate (reason `503`) and a p99, the
 //!   drill-down details of each workload, and, when a sidecar is killed, its workload as stale
-//!   (still drawn, "stale since"), not dropped.
+//!   (still drawn, "stale since"), not dropped; a sidecar that comes back is live again.
 //! - `graph_page_in_chromium`: `weft demo`, then Debian's chromium, driven over CDP by
 //!   playwright-core (`interop/browser/graph_check.js`; it downloads no browser), opens the page
 //!   the demo prints and checks that the demo's nodes and edges are drawn with non-zero numbers
@@ -262,6 +262,18 @@ fn graph_json_rates_errors_and_stale_sidecars() {
     assert!(e["stale_since_unix"].as_u64().is_some(), "{e}");
     assert_eq!(node(&g, "wl:web").unwrap()["stale"], true);
     eprintln!("{} requests sent; final edge {e}", sent.load(Ordering::Relaxed));
+
+    // A sidecar coming back (same node id, same inbound address) is live again.
+    let (_api_again, api_admin2, _) = sidecar(&dir, "api-1", "api", "api", api_in, api_app, xds);
+    let g = eventually_blocking("api live again", Duration::from_secs(20), || {
+        let g = graph(control_admin);
+        (node(&g, "wl:api")?["stale"] == false).then_some(g)
+    });
+    let n = node(&g, "wl:api").unwrap();
+    assert_eq!(n["instances"].as_array().unwrap().len(), 1, "{n}");
+    assert_eq!(n["instances"][0]["admin"], api_admin2.to_string(), "{n}");
+    assert_eq!(n["instances"][0]["connected"], true, "{n}");
+    assert_eq!(node(&g, "wl:web").unwrap()["stale"], true, "web is still gone");
 
     // The page itself is served, self-contained (no external script or style).
     let (code, page) = http(control_admin, "x", "/graph").unwrap();
