@@ -285,6 +285,52 @@ fn graph_json_rates_errors_and_stale_sidecars() {
     );
 }
 
+/// A service served by two workloads: the caller's edge goes to the service node, and from there
+/// to each workload with that workload's own inbound numbers.
+#[test]
+fn graph_json_service_of_two_workloads() {
+    let reg = TempDir::new("graph2-reg");
+    let dir = TempDir::new("graph2");
+    let (web_in, v1_in, v2_in) = (free_addr(), free_addr(), free_addr());
+    reg.write(
+        "services.yaml",
+        &format!(
+            "services:\n  - name: web\n    endpoints: [{{address: \"{web_in}\"}}]\n  - name: api\n    endpoints: [{{address: \"{v1_in}\"}}, {{address: \"{v2_in}\"}}]\n"
+        ),
+    );
+    let (_control, xds, control_admin) = start_control(&reg, &["--graph-interval", "300ms"]);
+    let (_web, _, web_out) = sidecar(&dir, "web-1", "web", "web", web_in, status_server(), xds);
+    let _v1 = sidecar(&dir, "api-v1-1", "api-v1", "api", v1_in, status_server(), xds);
+    let _v2 = sidecar(&dir, "api-v2-1", "api-v2", "api", v2_in, status_server(), xds);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                let _ = http(web_out, "api", "/ok");
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        })
+    };
+    let g = eventually_blocking("web -> api -> (api-v1, api-v2)", Duration::from_secs(30), || {
+        let g = graph(control_admin);
+        let live = |from: &str, to: &str| edge(&g, from, to).is_some_and(|e| f(&e["rps"]) > 2.0);
+        // Every sidecar with a full rate window (6 scrapes each), so the rates cover the same time.
+        let full = g["scrapes"].as_u64()? >= 3 * 8;
+        (full && live("wl:web", "svc:api") && live("svc:api", "wl:api-v1") && live("svc:api", "wl:api-v2")).then_some(g)
+    });
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    assert_eq!(node(&g, "svc:api").unwrap()["kind"], "service", "{g}");
+    assert_eq!(g["edges"].as_array().unwrap().len(), 3, "{}", g["edges"]);
+    let total = f(&edge(&g, "wl:web", "svc:api").unwrap()["rps"]);
+    let split =
+        f(&edge(&g, "svc:api", "wl:api-v1").unwrap()["rps"]) + f(&edge(&g, "svc:api", "wl:api-v2").unwrap()["rps"]);
+    eprintln!("web -> api {total} req/s; api-v1 + api-v2 {split} req/s");
+    assert!((split - total).abs() <= total * 0.5 + 2.0, "{}", g["edges"]);
+}
+
 /// `target/test-output` (next to the `weft` binary's `target/debug`).
 fn output_dir() -> PathBuf {
     let exe = Path::new(WEFT);
