@@ -6,6 +6,8 @@
 //!   shows the web → api call with a live rate, a 25% error rate (reason `503`) and a p99, the
 //!   drill-down details of each workload, and, when a sidecar is killed, its workload as stale
 //!   (still drawn, "stale since"), not dropped; a sidecar that comes back is live again.
+//! - `graph_json_service_of_two_workloads`: a service served by two workloads is drawn as
+//!   caller → service node → each workload.
 //! - `graph_page_in_chromium`: `weft demo`, then Debian's chromium, driven over CDP by
 //!   playwright-core (`interop/browser/graph_check.js`; it downloads no browser), opens the page
 //!   the demo prints and checks that the demo's nodes and edges are drawn with non-zero numbers
