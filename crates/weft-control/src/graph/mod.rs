@@ -35,6 +35,8 @@ use tokio::sync::watch;
 pub const RATE_SAMPLES: usize = 6;
 /// Error-by-reason samples kept per proxy ("recent errors": up to 60 intervals).
 pub const ERROR_SAMPLES: usize = 61;
+/// (side, reason) pairs kept per error sample.
+pub const MAX_ERROR_KEYS: usize = 32;
 /// Proxies tracked; past this, the longest-stale ones are forgotten first, and new ones are not
 /// tracked while every tracked one is connected.
 pub const MAX_INSTANCES: usize = 512;
@@ -370,10 +372,18 @@ impl Graph {
         match result {
             Ok(text) => {
                 let scrape = prom::parse(&text);
-                let mut errs = BTreeMap::new();
+                let mut errs: ErrorCounts = BTreeMap::new();
                 for ((rep, _), agg) in &scrape.series {
                     for (r, n) in &agg.reasons {
-                        *errs.entry((*rep, r.clone())).or_default() += n;
+                        let key = (*rep, r.clone());
+                        // Bounded like the series: past MAX_ERROR_KEYS reasons, "other".
+                        let key = if errs.contains_key(&key) || errs.len() < MAX_ERROR_KEYS {
+                            key
+                        } else {
+                            (*rep, "other".to_string())
+                        };
+                        let e = errs.entry(key).or_default();
+                        *e = e.saturating_add(*n);
                     }
                 }
                 inst.samples.push_back((at, Arc::new(scrape)));
