@@ -6,7 +6,8 @@
 // EXPECTED_EDGES_JSON: ["wl:frontend->wl:reviews-v1", ...]. Checks: every expected node and edge
 // is drawn; every expected edge shows a non-zero req/s; the numbers change between two polls of
 // graph.json; clicking DRILL_NODE opens its drill-down (instances, config versions). Saves a
-// screenshot. Prints one JSON line with what it saw; exits non-zero on a failed check.
+// screenshot. With STALE_NODE set: prints {"ready_for_stale":true}, then expects that node to turn
+// stale (greyed, "stale since") and stay drawn; saves a second screenshot (-stale.png). Prints one JSON line with what it saw; exits non-zero on a failed check.
 "use strict";
 const { chromium } = require("playwright-core");
 
@@ -85,6 +86,22 @@ async function edgeNumbers(page) {
     await page.waitForTimeout(300);
     await page.screenshot({ path: shot, fullPage: true });
     out.screenshot = shot;
+    // STALE_NODE: say so on stdout, let the test stop that node's sidecar, then check the page
+    // keeps drawing it, greyed with "stale since", and keeps polling.
+    const staleNode = process.env.STALE_NODE;
+    if (staleNode) {
+      console.log(JSON.stringify({ ready_for_stale: true }));
+      await page.waitForSelector(`g.node.stale[data-node="${staleNode}"]`, { timeout: 30000 });
+      out.stale_text = await page.textContent(`g.node[data-node="${staleNode}"]`);
+      if (!/stale since/.test(out.stale_text)) fail("stale node text: " + out.stale_text);
+      const p = Number(await page.getAttribute("#status", "data-polls"));
+      await page.waitForFunction(p => Number(document.getElementById("status").getAttribute("data-polls")) > p, p, { timeout: 10000 });
+      const still = await page.$(`g.node.stale[data-node="${staleNode}"]`);
+      if (!still) fail("the stale node vanished on the next poll");
+      const staleShot = shot.replace(/\.png$/, "-stale.png");
+      await page.screenshot({ path: staleShot, fullPage: true });
+      out.stale_screenshot = staleShot;
+    }
     out.console_errors = consoleErrors;
     out.foreign_requests = foreign;
     if (foreign.length) fail("the page fetched from elsewhere: " + foreign.join(", "));

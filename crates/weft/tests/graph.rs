@@ -13,6 +13,9 @@
 //!   the demo prints and checks that the demo's nodes and edges are drawn with non-zero numbers
 //!   that change between two polls, that a drill-down opens, and saves a screenshot under
 //!   `target/test-output/service-graph.png`.
+//! - `graph_page_shows_a_stale_sidecar_in_chromium`: the page open while a sidecar is stopped:
+//!   its workload stays drawn, greyed, "stale since", and the page keeps polling
+//!   (`target/test-output/service-graph-sidecar-gone{,-stale}.png`).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -479,6 +482,109 @@ fn graph_page_in_chromium() {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "{} bytes", png.len());
     println!("service graph screenshot: {}", shot.display());
     eprintln!("service graph screenshot: {}", shot.display());
+}
+
+/// The page in chromium while a sidecar goes away: its workload stays drawn, greyed, with "stale
+/// since", and the page keeps polling.
+#[test]
+fn graph_page_shows_a_stale_sidecar_in_chromium() {
+    let Some(chromium) = peers::tool("chromium") else {
+        return;
+    };
+    let Some(node_bin) = peers::tool("node") else {
+        return;
+    };
+    let Some(browser_dir) = peers::interop_peer("browser/node_modules/playwright-core") else {
+        return;
+    };
+    let reg = TempDir::new("graph3-reg");
+    let dir = TempDir::new("graph3");
+    let (web_in, api_in) = (free_addr(), free_addr());
+    reg.write(
+        "services.yaml",
+        &format!(
+            "services:\n  - name: web\n    endpoints: [{{address: \"{web_in}\"}}]\n  - name: api\n    endpoints: [{{address: \"{api_in}\"}}]\n"
+        ),
+    );
+    let (_control, xds, control_admin) = start_control(&reg, &["--graph-interval", "500ms"]);
+    let (_web, _, web_out) = sidecar(&dir, "web-1", "web", "web", web_in, status_server(), xds);
+    let (api, _, _) = sidecar(&dir, "api-1", "api", "api", api_in, status_server(), xds);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(120) {
+                let _ = http(web_out, "api", if i % 5 == 4 { "/fail" } else { "/ok" });
+                i += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    eventually_blocking("web -> api live", Duration::from_secs(30), || {
+        let g = graph(control_admin);
+        (edge(&g, "wl:web", "wl:api").is_some_and(|e| f(&e["rps"]) > 2.0)
+            && node(&g, "wl:api").is_some_and(|n| f(&n["inbound"]["rps"]) > 2.0))
+        .then_some(())
+    });
+    let url = format!("http://{control_admin}/graph");
+    let shot = output_dir().join("service-graph-sidecar-gone.png");
+    let mut check = Command::new(&node_bin)
+        .arg(browser_dir.join("../../graph_check.js"))
+        .arg(&url)
+        .arg(&shot)
+        .arg(r#"["wl:web->wl:api"]"#)
+        .arg("wl:api")
+        .env("WEFT_CHROMIUM", &chromium)
+        .env("STALE_NODE", "wl:api")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run node graph_check.js");
+    let stdout = check.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut api = Some(api);
+    let mut last = String::new();
+    let start = Instant::now();
+    let status = loop {
+        while let Ok(line) = rx.try_recv() {
+            if line.contains("ready_for_stale") {
+                drop(api.take());
+            } else {
+                last = line;
+            }
+        }
+        if let Some(s) = check.try_wait().unwrap() {
+            std::thread::sleep(Duration::from_millis(100));
+            while let Ok(line) = rx.try_recv() {
+                last = line;
+            }
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(150) {
+            let _ = check.kill();
+            let _ = check.wait();
+            panic!("the browser check did not finish within 150 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    eprintln!("browser: {last}");
+    assert!(api.is_none(), "the browser check never asked for the sidecar to stop");
+    assert!(status.success(), "the browser check failed: {last}");
+    let seen: Value = serde_json::from_str(last.trim()).expect("graph_check.js output");
+    assert_eq!(seen["ok"], true, "{seen}");
+    assert!(seen["stale_text"].as_str().unwrap().contains("stale since"), "{seen}");
+    let stale_shot = PathBuf::from(seen["stale_screenshot"].as_str().unwrap());
+    assert!(std::fs::read(&stale_shot).unwrap().starts_with(b"\x89PNG"));
+    println!("service graph screenshots: {} {}", shot.display(), stale_shot.display());
 }
 
 /// The demo process, stopped with SIGTERM (so that it stops its sidecars and control plane) when

@@ -197,10 +197,13 @@ struct Acc {
     reasons: BTreeMap<String, f64>,
     /// Contributing proxies: (stale since, unix), None for a fresh one.
     stale: Vec<Option<u64>>,
+    /// Series added (0: nothing was ever reported, e.g. a workload nobody calls).
+    series: usize,
 }
 
 impl Acc {
     fn add(&mut self, d: &Agg, secs: f64, stale: Option<u64>) {
+        self.series += 1;
         if secs > 0.0 {
             self.rps += d.requests as f64 / secs;
             self.eps += d.errors as f64 / secs;
@@ -620,8 +623,8 @@ impl Graph {
                     "services": services,
                     "stale": stale_all,
                     "stale_since_unix": stale_since,
-                    "inbound": inbound.get(w).map(Acc::json),
-                    "outbound": outbound.get(w).map(Acc::json),
+                    "inbound": inbound.get(w).filter(|a| a.series > 0).map(Acc::json),
+                    "outbound": outbound.get(w).filter(|a| a.series > 0).map(Acc::json),
                     "instances": instances,
                     "identities": identities,
                     "recent_errors": recent_errors,
