@@ -2,8 +2,10 @@
 //! end to end with real processes on 127.0.0.1:
 //!
 //! - `graph_json_rates_errors_and_stale_sidecars`: weft control and two real `weft proxy` sidecars
-//!   (`web` calls `api`); the app behind `api` answers 503 to one request in four. `/graph.json`
-//!   shows the web → api call with a live rate, a 25% error rate (reason `503`) and a p99, the
+//!   (`web` calls `api`); the app behind `api` answers 503 to one request in eight and web's
+//!   sidecar aborts another one in eight (fault injection). `/graph.json` shows the web → api
+//!   call with a live rate, its error rate (reason `503`) and a p99, the aborted calls (reason
+//!   `FI`, never forwarded) on an edge to `unknown`, the
 //!   drill-down details of each workload, and, when a sidecar is killed, its workload as stale
 //!   (still drawn, "stale since"), not dropped; a sidecar that comes back is live again.
 //! - `graph_json_service_of_two_workloads`: a service served by two workloads is drawn as
@@ -137,11 +139,17 @@ fn graph_json_rates_errors_and_stale_sidecars() {
             "services:\n  - name: web\n    endpoints: [{{address: \"{web_in}\"}}]\n  - name: api\n    endpoints: [{{address: \"{api_in}\"}}]\n"
         ),
     );
+    // Requests for /fault are aborted by the calling sidecar (fault injection, reason FI).
+    reg.write(
+        "routes.yaml",
+        "routes:\n  - service: api\n    http:\n      - match: [{prefix: /fault}]\n        route: [{destination: api}]\n        fault: {abort: {http_status: 503, percent: 100}}\n      - route: [{destination: api}]\n",
+    );
     let (_control, xds, control_admin) = start_control(&reg, &["--graph-interval", "300ms"]);
     let (web, web_admin, web_out) = sidecar(&dir, "web-1", "web", "web", web_in, web_app, xds);
     let (api, api_admin, _) = sidecar(&dir, "api-1", "api", "api", api_in, api_app, xds);
 
-    // Traffic: web's app calls api through its sidecar, one request in four fails (503).
+    // Traffic: web's app calls api through its sidecar; one request in eight fails in the app
+    // (503), one in eight is aborted by web's sidecar (fault injection, 503 FI).
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
     let traffic = {
@@ -151,7 +159,11 @@ fn graph_json_rates_errors_and_stale_sidecars() {
             let mut i = 0u64;
             // Bounded: 90 s at most.
             while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(90) {
-                let path = if i % 4 == 3 { "/fail" } else { "/ok" };
+                let path = match i % 8 {
+                    6 => "/fail",
+                    7 => "/fault",
+                    _ => "/ok",
+                };
                 let _ = http(web_out, "api", path);
                 sent.fetch_add(1, Ordering::Relaxed);
                 i += 1;
@@ -167,26 +179,45 @@ fn graph_json_rates_errors_and_stale_sidecars() {
         // Both sidecars scraped a few times: the caller's report (the edge) and the called
         // workload's own.
         let api = node(&g, "wl:api")?;
-        let live = f(&e["rps"]) > 5.0 && !e["p99_ms"].is_null() && f(&e["errors_by_reason"]["503"]) > 0.0;
+        // The aborted requests were never forwarded: weft's Istio metrics report them with
+        // destination_service "unknown", drawn as the `unknown` node.
+        let aborted = edge(&g, "wl:web", "unknown")?;
+        let live = f(&e["rps"]) > 5.0
+            && !e["p99_ms"].is_null()
+            && f(&e["errors_by_reason"]["503"]) > 0.0
+            && f(&aborted["errors_by_reason"]["FI"]) > 0.0;
         let api_live = f(&api["inbound"]["rps"]) > 5.0 && !api["recent_errors"].as_array()?.is_empty();
         (live && api_live && g["scrapes"].as_u64()? >= 8).then_some(g)
     });
     let e = edge(&g, "wl:web", "wl:api").unwrap();
     eprintln!("edge web -> api: {e}");
-    // The only call there is (the test calls web's outbound listener directly).
-    assert_eq!(g["edges"].as_array().unwrap().len(), 1, "{}", g["edges"]);
+    // The only calls there are (the test calls web's outbound listener directly).
+    assert_eq!(g["edges"].as_array().unwrap().len(), 2, "{}", g["edges"]);
+    // Of what reached api, one in seven failed in the app.
     let er = f(&e["error_rate"]);
-    assert!((0.12..=0.38).contains(&er), "error rate {er}, expected about 0.25: {e}");
+    assert!((0.06..=0.25).contains(&er), "error rate {er}, expected about 0.14: {e}");
     assert!(f(&e["p99_ms"]) > 0.0, "{e}");
     assert_eq!(e["stale"], false, "{e}");
-    // Only 503s from the app: no weft reason code.
+    // The app's 503s, without a weft reason code.
     let reasons: Vec<&String> = e["errors_by_reason"].as_object().unwrap().keys().collect();
     assert_eq!(reasons, ["503"], "{e}");
-    // The called workload's own (inbound, destination-reported) numbers agree.
+    // The injected faults: every request on that edge failed, with reason FI, about an eighth of
+    // web's calls.
+    let aborted = edge(&g, "wl:web", "unknown").unwrap();
+    eprintln!("edge web -> unknown: {aborted}");
+    assert_eq!(f(&aborted["error_rate"]), 1.0, "{aborted}");
+    let reasons: Vec<&String> = aborted["errors_by_reason"].as_object().unwrap().keys().collect();
+    assert_eq!(reasons, ["FI"], "{aborted}");
+    let share = f(&aborted["rps"]) / (f(&aborted["rps"]) + f(&e["rps"]));
+    assert!((0.06..=0.25).contains(&share), "aborted share {share}");
+    assert_eq!(node(&g, "unknown").unwrap()["kind"], "unknown");
+    // The called workload's own (inbound, destination-reported) numbers agree: it never saw the
+    // aborted requests.
     let api_node = node(&g, "wl:api").expect("api node");
     let inb = &api_node["inbound"];
     assert!(f(&inb["rps"]) > 5.0, "{api_node}");
-    assert!((0.12..=0.38).contains(&f(&inb["error_rate"])), "{api_node}");
+    assert!((0.06..=0.25).contains(&f(&inb["error_rate"])), "{api_node}");
+    assert!(inb["errors_by_reason"].get("FI").is_none(), "{api_node}");
     // Drill-down: its instance, the admin address scraped, the config versions it ACKed.
     let inst = &api_node["instances"][0];
     assert_eq!(inst["node_id"], "api-1", "{api_node}");
@@ -212,6 +243,14 @@ fn graph_json_rates_errors_and_stale_sidecars() {
             .unwrap()
             .iter()
             .any(|r| r["reason"] == "503" && r["side"] == "outbound"),
+        "{web_node}"
+    );
+    assert!(
+        web_node["recent_errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["reason"] == "FI" && r["side"] == "outbound"),
         "{web_node}"
     );
     assert_eq!(web_node["instances"][0]["admin"], web_admin.to_string());

@@ -449,8 +449,10 @@ impl Graph {
             if let Some(r) = resolved.get(dest) {
                 return r.clone();
             }
+            // Requests the caller's sidecar answered itself before choosing a cluster (no route,
+            // fault abort, rate limit): weft's Istio metrics carry no destination for them.
             let r = if dest.is_empty() || dest == "unknown" {
-                ("unknown".to_string(), "unknown", "unknown (no route)".to_string())
+                ("unknown".to_string(), "unknown", "not forwarded".to_string())
             } else if dest == "overflow" {
                 // The sidecar's shared label set past its cardinality limit (docs/observability.md).
                 (
