@@ -10,6 +10,8 @@
 //! | `/endpoints/drains[?epoch=E]` | drained endpoints; whether every proxy has ACKed epoch E |
 //! | `POST /endpoints/drain?service=S&address=IP:PORT` | take an endpoint out of rotation ([`crate::drain`]) |
 //! | `POST /endpoints/undrain?service=S&address=IP:PORT` | put it back |
+//! | `/graph` | the live service graph, a self-contained page ([`crate::graph`]) |
+//! | `/graph.json` | its data: workloads, calls with req/s, error rate and p99, drill-down details |
 //!
 //! Every other endpoint is read-only (GET). A mutating request (any method but
 //! GET/HEAD/OPTIONS/TRACE) other than the two above gets 405; any mutating request gets 403 first
@@ -34,6 +36,7 @@ pub struct AdminState {
     pub shared: Arc<Shared>,
     pub registry: Arc<Mutex<RegistryStatus>>,
     pub drains: Arc<crate::drain::Drains>,
+    pub graph: Arc<crate::graph::Graph>,
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
@@ -160,7 +163,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "weft control admin\n  GET /ready\n  GET /metrics\n  GET /debug/proxies\n  GET /debug/config/{node_id}\n  GET /debug/registry\n  GET /endpoints/drains[?epoch=E]\n  POST /endpoints/drain?service=S&address=IP:PORT\n  POST /endpoints/undrain?service=S&address=IP:PORT\n",
+            "weft control admin\n  GET /ready\n  GET /metrics\n  GET /debug/proxies\n  GET /debug/config/{node_id}\n  GET /debug/registry\n  GET /endpoints/drains[?epoch=E]\n  GET /graph\n  GET /graph.json\n  POST /endpoints/drain?service=S&address=IP:PORT\n  POST /endpoints/undrain?service=S&address=IP:PORT\n",
         ),
         "/ready" => {
             if state.shared.snapshots.borrow().is_some() {
@@ -175,6 +178,23 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
             state.shared.metrics.encode(),
         ),
         "/debug/proxies" => json(&crate::server::proxies_json(&state.shared)),
+        "/graph" => Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "text/html; charset=utf-8")
+            // Everything is inline; nothing may be loaded from elsewhere.
+            .header(
+                "content-security-policy",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
+            )
+            .header("cache-control", "no-store")
+            .body(Full::new(Bytes::from_static(crate::graph::page::HTML.as_bytes())))
+            .expect("static response parts are valid"),
+        "/graph.json" => {
+            let mut r = json(&state.graph.json(&state.shared));
+            r.headers_mut()
+                .insert("cache-control", http::HeaderValue::from_static("no-store"));
+            r
+        }
         "/endpoints/drains" => {
             let epoch = req
                 .uri()

@@ -34,6 +34,10 @@ pub struct ControlArgs {
     /// what their traffic needs), `off` (everyone gets the whole mesh). See docs/control.md.
     #[arg(long, default_value = "declared")]
     pub scoping: crate::server::Scoping,
+    /// How often the live service graph (`/graph` on the admin API) scrapes every connected
+    /// proxy's /stats/prometheus, e.g. 1s (at least 100ms); `off` scrapes nothing.
+    #[arg(long, default_value = "1s", value_parser = parse_graph_interval)]
+    pub graph_interval: GraphInterval,
     /// Validate the registry directory and exit (0 when every file is valid).
     #[arg(long)]
     pub check: bool,
@@ -47,6 +51,21 @@ pub struct ControlArgs {
     /// subcommand enum small.
     #[command(flatten)]
     pub injector: Box<InjectorArgs>,
+}
+
+/// `--graph-interval`: a duration of at least 100ms, or `off`.
+#[derive(Clone, Copy, Debug)]
+pub struct GraphInterval(pub Option<Duration>);
+
+pub fn parse_graph_interval(s: &str) -> Result<GraphInterval, String> {
+    if s == "off" {
+        return Ok(GraphInterval(None));
+    }
+    let d = weft_config::duration::parse(s).map_err(|e| format!("--graph-interval: {e}"))?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("--graph-interval: {s} is under 100ms (or say `off`)"));
+    }
+    Ok(GraphInterval(Some(d)))
 }
 
 /// The sidecar injector (a mutating admission webhook). Off unless --injector-listen is given.
@@ -371,6 +390,7 @@ pub fn run(args: ControlArgs) -> i32 {
         opts.admin = Some(args.admin);
         opts.debounce = args.debounce;
         opts.scoping = args.scoping;
+        opts.graph.interval = args.graph_interval.0;
         let cp = match ControlPlane::start(opts).await {
             Ok(cp) => cp,
             Err(e) => {

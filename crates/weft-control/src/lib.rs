@@ -21,6 +21,7 @@ pub mod cli;
 #[cfg(feature = "kubernetes")]
 pub mod crd;
 pub mod drain;
+pub mod graph;
 #[cfg(feature = "kubernetes")]
 pub mod injector;
 pub mod metrics;
@@ -55,6 +56,8 @@ pub struct ControlOptions {
     pub ca_tls: Option<SocketAddr>,
     /// Which proxies are sent only part of the mesh (`--scoping`).
     pub scoping: server::Scoping,
+    /// The live service graph's scraping (`--graph-interval`).
+    pub graph: graph::GraphOptions,
 }
 
 impl ControlOptions {
@@ -68,6 +71,7 @@ impl ControlOptions {
             ca: None,
             ca_tls: None,
             scoping: server::Scoping::default(),
+            graph: graph::GraphOptions::default(),
         }
     }
 }
@@ -83,6 +87,8 @@ pub struct ControlPlane {
     pub registry_status: Arc<Mutex<RegistryStatus>>,
     /// Endpoints taken out of rotation (`POST /endpoints/drain` on the admin API).
     pub drains: Arc<drain::Drains>,
+    /// The live service graph (`GET /graph`, `/graph.json` on the admin API).
+    pub graph: Arc<graph::Graph>,
     ca_tls_addr: Option<SocketAddr>,
 }
 
@@ -242,11 +248,21 @@ impl ControlPlane {
             shutdown_rx.clone(),
             SUMMARY_INTERVAL,
         )));
+        let graph = Arc::new(graph::Graph::new(&opts.graph));
+        // The graph is served on the admin API: no admin API, no scraping.
+        if admin_listener.is_some() {
+            tasks.push(tokio::spawn(graph::run(
+                graph.clone(),
+                shared.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         if let Some(l) = admin_listener {
             let st = admin::AdminState {
                 shared: shared.clone(),
                 registry: status.clone(),
                 drains: drains.clone(),
+                graph: graph.clone(),
             };
             tasks.push(tokio::spawn(admin::serve(l, st, shutdown_rx)));
         }
@@ -258,6 +274,7 @@ impl ControlPlane {
             shared,
             registry_status: status,
             drains,
+            graph,
             ca_tls_addr,
         })
     }

@@ -1119,6 +1119,17 @@ pub struct NodeInfo {
     /// The proxy asks for services it does not know on demand (node metadata `weft.on_demand`:
     /// "true"), so its configuration may start empty (`--scoping on-demand`).
     pub on_demand: bool,
+    /// The proxy's admin API (node metadata `weft.admin`, which weft proxies send), scraped for
+    /// the service graph.
+    pub admin: Option<std::net::SocketAddr>,
+    /// The workload the proxy belongs to, as its Istio metrics name it: metadata `WORKLOAD_NAME`,
+    /// else the node id.
+    pub workload: String,
+    /// Metadata `NAMESPACE`, or empty.
+    pub namespace: String,
+    /// The workload identity the proxy declared: metadata `weft.identity` (a weft proxy's SPIFFE
+    /// ID when it has a mesh certificate), else `PRINCIPAL`.
+    pub identity: Option<String>,
 }
 
 impl NodeInfo {
@@ -1147,6 +1158,14 @@ impl NodeInfo {
             user_agent: n.user_agent_name.clone(),
             proxyless_grpc: n.user_agent_name.starts_with("gRPC"),
             on_demand: meta("weft.on_demand").as_deref() == Some("true"),
+            admin: addr("weft.admin"),
+            workload: meta("WORKLOAD_NAME")
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| n.id.clone()),
+            namespace: meta("NAMESPACE").unwrap_or_default(),
+            identity: meta("weft.identity")
+                .or_else(|| meta("PRINCIPAL"))
+                .filter(|i| !i.is_empty()),
         }
     }
 }

@@ -218,6 +218,8 @@ async fn serve_app(listener: tokio::net::TcpListener, name: &'static str, behavi
 /// One service instance: its app, and the three addresses of its sidecar.
 struct Instance {
     id: &'static str,
+    /// The workload it belongs to (Istio's `WORKLOAD_NAME`; a node on the service graph).
+    workload: &'static str,
     service: &'static str,
     version: &'static str,
     app: SocketAddr,
@@ -307,6 +309,8 @@ node:
     weft.inbound: "{inbound}"
     weft.outbound: "{outbound}"
     weft.app: "{app}"
+    WORKLOAD_NAME: {workload}
+    NAMESPACE: demo
 admin:
   address: "{admin}"
 runtime:
@@ -316,6 +320,7 @@ xds:
   mode: {mode}
 "#,
         id = i.id,
+        workload = i.workload,
         service = i.service,
         inbound = i.inbound,
         outbound = i.outbound,
@@ -454,15 +459,16 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
     let stats = Stats::default();
     let mut instances = Vec::new();
     let mut app_listeners = Vec::new();
-    for (id, service, version) in [
-        ("frontend-1", "frontend", "v1"),
-        ("reviews-v1", "reviews", "v1"),
-        ("reviews-v2", "reviews", "v2"),
-        ("ratings-1", "ratings", "v1"),
+    for (id, workload, service, version) in [
+        ("frontend-1", "frontend", "frontend", "v1"),
+        ("reviews-v1", "reviews-v1", "reviews", "v1"),
+        ("reviews-v2", "reviews-v2", "reviews", "v2"),
+        ("ratings-1", "ratings", "ratings", "v1"),
     ] {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
         instances.push(Instance {
             id,
+            workload,
             service,
             version,
             app: l.local_addr().map_err(io)?,
@@ -535,6 +541,9 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         args.xds
     );
     println!("  control plane  xDS {xds}   admin http://{control_admin}/debug/proxies  /metrics");
+    println!(
+        "  service graph  http://{control_admin}/graph  (live: workloads and their calls with rates, errors, latency)"
+    );
     for i in &instances {
         println!(
             "  {:<11}    app {}  sidecar in {} out {}  admin http://{}/ (try /clusters, /stats/prometheus, /xds)",

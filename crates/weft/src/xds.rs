@@ -23,7 +23,16 @@ impl AdminExtension for AdminXds {
 }
 
 /// Starts the xDS client for `server` (started from `bootstrap`, which has an `xds` section).
-pub fn attach(server: &Arc<Server>, bootstrap: Config) -> Result<Arc<XdsClient>, String> {
+pub fn attach(server: &Arc<Server>, mut bootstrap: Config) -> Result<Arc<XdsClient>, String> {
+    // Tell the control plane where this proxy's admin API is (it scrapes /stats/prometheus for
+    // its service graph) and which identity it holds, unless the bootstrap says so itself.
+    let meta = &mut bootstrap.node.metadata;
+    if let Some(admin) = server.admin_addr() {
+        meta.entry("weft.admin".into()).or_insert_with(|| admin.to_string());
+    }
+    if let Some(id) = server.shared.tls.mesh.id() {
+        meta.entry("weft.identity".into()).or_insert(id);
+    }
     // Weak references: the server owns the client (through the reload hook and admin extension).
     let s = Arc::downgrade(server);
     let apply = Arc::new(move |cfg: Config| match s.upgrade() {
