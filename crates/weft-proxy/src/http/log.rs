@@ -1,7 +1,7 @@
 //! What an exchange learned on its way ([`Facts`]) and its access-log record, written when the
 //! response body ends (or is abandoned).
 
-use super::headers::{protocol_name, request_host};
+use super::headers::{grpc_service_method, is_grpc, protocol_name, request_host};
 use crate::access_log::{timestamp, AccessLogger};
 use crate::body::StreamEnd;
 use crate::cluster::ClusterRt;
@@ -51,6 +51,16 @@ pub(super) struct LogRecord {
     facts: Facts,
     /// What an Envoy-style format needs beyond weft's own record (only when one is configured).
     envoy: Option<Box<EnvoyFacts>>,
+    /// A gRPC (or Dubbo3 Triple) request's service, method and, once known, `grpc-status`.
+    grpc: Option<Box<GrpcFacts>>,
+}
+
+/// The per-call fields of a gRPC request's log line.
+struct GrpcFacts {
+    service: String,
+    method: String,
+    /// From the response headers (trailers-only) or the trailers.
+    status: Option<HeaderValue>,
 }
 
 /// The request and connection facts an Envoy-style format reads that weft's record does not.
@@ -91,6 +101,16 @@ impl LogRecord {
                     .unwrap_or(0),
             })
         });
+        let grpc = is_grpc(req.headers())
+            .then(|| grpc_service_method(req.uri().path()))
+            .flatten()
+            .map(|(service, method)| {
+                Box::new(GrpcFacts {
+                    service: service.to_string(),
+                    method: method.to_string(),
+                    status: None,
+                })
+            });
         Box::new(LogRecord {
             logger: logger.clone(),
             started_at: SystemTime::now(),
@@ -115,6 +135,7 @@ impl LogRecord {
             reason: None,
             facts: Facts::default(),
             envoy,
+            grpc,
         })
     }
 
@@ -133,6 +154,9 @@ impl LogRecord {
         self.status = status;
         self.reason = reason;
         self.facts = facts;
+        if let Some(g) = &mut self.grpc {
+            g.status = resp.get("grpc-status").cloned();
+        }
         if let (Some(e), Some(f)) = (&mut self.envoy, self.logger.format()) {
             e.resp_headers = f.resp_headers.iter().map(|n| resp.get(n).cloned()).collect();
         }
@@ -149,6 +173,14 @@ pub(super) struct RequestEnd {
 }
 
 impl StreamEnd for RequestEnd {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        if let Some(g) = self.log.as_mut().and_then(|r| r.grpc.as_mut()) {
+            if let Some(s) = trailers.get("grpc-status") {
+                g.status = Some(s.clone());
+            }
+        }
+    }
+
     fn finish(&mut self, bytes_sent: u64, completed: bool) {
         if let Some(r) = self.log.take() {
             let reason = match r.reason {
@@ -205,6 +237,9 @@ impl StreamEnd for RequestEnd {
                 "user_agent": r.user_agent,
                 "request_id": text(&f.request_id),
                 "downstream_peer_identity": f.peer_identity.as_deref(),
+                "rpc_service": r.grpc.as_ref().map(|g| g.service.as_str()),
+                "rpc_method": r.grpc.as_ref().map(|g| g.method.as_str()),
+                "grpc_status": r.grpc.as_ref().and_then(|g| g.status.as_ref()).and_then(|s| s.to_str().ok()),
             }));
         }
     }
