@@ -20,6 +20,7 @@
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 import threading
 import time
 
@@ -78,39 +79,53 @@ def provider(name, port, service):
 
 def consumer(port, calls):
     clients = {}
+    lock = threading.Lock()
+
+    def client_for(service):
+        with lock:
+            client = clients.get(service)
+            if client is None:
+                ref = ReferenceConfig.from_url(f"tri://127.0.0.1:{port}/{service}")
+                client = clients[service] = dubbo.Client(ref)
+            return client
+
     for c in calls:
-        service = c.get("service", GREETER)
-        client = clients.get(service)
-        if client is None:
-            ref = ReferenceConfig.from_url(f"tri://127.0.0.1:{port}/{service}")
-            client = clients[service] = dubbo.Client(ref)
-        kind = c.get("kind", "unary")
-        method = c["method"]
-        try:
-            if kind == "unary":
-                value = client.unary(method)(c.get("payload", "").encode())
-                out = {"ok": True, "value": value.decode()}
-            elif kind == "server_stream":
-                stream = client.server_stream(method)(c.get("payload", "").encode())
-                out = {"ok": True, "values": [m.decode() for m in stream]}
-            elif kind == "client_stream":
-                call = client.client_stream(method)
-                value = call(iter([p.encode() for p in c["payloads"]]))
-                out = {"ok": True, "value": value.read().decode() if hasattr(value, "read") else value.decode()}
-            elif kind == "bi_stream":
-                stream = client.bi_stream(method)(iter([p.encode() for p in c["payloads"]]))
-                out = {"ok": True, "values": [m.decode() for m in stream]}
-            else:
-                raise SystemExit(f"unknown kind {kind}")
-        except Exception as e:  # noqa: BLE001 -- reported to the test as data
-            status = getattr(e, "status", None)
-            out = {
-                "ok": False,
-                "code": status.code.name if status is not None else None,
-                "message": (status.description or "") if status is not None else "",
-                "error": f"{type(e).__name__}: {e}",
-            }
-        print(json.dumps(out), flush=True)
+        if c.get("kind") == "concurrent":
+            # All of c["calls"] at once from their own threads, on the client's one connection
+            # (HTTP/2 streams in flight together); the results in the order of the calls.
+            with ThreadPoolExecutor(max_workers=len(c["calls"])) as pool:
+                results = list(pool.map(lambda one: call(client_for(one.get("service", GREETER)), one), c["calls"]))
+            print(json.dumps({"ok": True, "results": results}), flush=True)
+        else:
+            print(json.dumps(call(client_for(c.get("service", GREETER)), c)), flush=True)
+
+
+def call(client, c):
+    kind = c.get("kind", "unary")
+    method = c["method"]
+    try:
+        if kind == "unary":
+            value = client.unary(method)(c.get("payload", "").encode())
+            return {"ok": True, "value": value.decode()}
+        if kind == "server_stream":
+            stream = client.server_stream(method)(c.get("payload", "").encode())
+            return {"ok": True, "values": [m.decode() for m in stream]}
+        if kind == "client_stream":
+            # the call returns a stream whose one message is the answer
+            stream = client.client_stream(method)(iter([p.encode() for p in c["payloads"]]))
+            return {"ok": True, "value": stream.read().decode()}
+        if kind == "bi_stream":
+            stream = client.bi_stream(method)(iter([p.encode() for p in c["payloads"]]))
+            return {"ok": True, "values": [m.decode() for m in stream]}
+        raise SystemExit(f"unknown kind {kind}")
+    except Exception as e:  # noqa: BLE001 -- reported to the test as data
+        status = getattr(e, "status", None)
+        return {
+            "ok": False,
+            "code": status.code.name if status is not None else None,
+            "message": (status.description or "") if status is not None else "",
+            "error": f"{type(e).__name__}: {e}",
+        }
 
 
 def main():

@@ -183,6 +183,16 @@ async fn apache_dubbo_triple_consumer_and_providers_through_weft() {
             unary("sayHello", &format!("n{i}"))
         });
     }
+    // 30 calls at once from 30 threads, multiplexed on that connection as concurrent streams:
+    // unary calls alternating between the providers by method, and streams.
+    let concurrent: Vec<serde_json::Value> = (0..30)
+        .map(|i| match i % 3 {
+            0 => unary("whoami", ""),
+            1 => unary("sayHello", &format!("c{i}")),
+            _ => serde_json::json!({ "service": GREETER, "method": "count", "kind": "server_stream", "payload": "4" }),
+        })
+        .collect();
+    calls.push(serde_json::json!({ "kind": "concurrent", "calls": concurrent }));
     let out = consume(&peer, addr, serde_json::Value::Array(calls)).await;
 
     assert_eq!(ok(&out[0]), "p1: hello bob");
@@ -213,13 +223,26 @@ async fn apache_dubbo_triple_consumer_and_providers_through_weft() {
     let (code, msg) = failed(&out[9]);
     assert_eq!(code, "INTERNAL", "the provider's own error passes through: {}", out[9]);
     assert!(msg.contains("boom from p1"), "{}", out[9]);
-    for (i, v) in out[10..].iter().enumerate() {
+    for (i, v) in out[10..20].iter().enumerate() {
         let want = if i % 2 == 0 {
             "p2".to_string()
         } else {
             format!("p1: hello n{}", 2 * (i / 2) + 1)
         };
         assert_eq!(ok(v), want, "call {i}");
+    }
+    let results = out[20]["results"].as_array().unwrap_or_else(|| panic!("{}", out[20]));
+    assert_eq!(results.len(), 30);
+    for (i, v) in results.iter().enumerate() {
+        match i % 3 {
+            0 => assert_eq!(ok(v), "p2", "concurrent call {i}"),
+            1 => assert_eq!(ok(v), format!("p1: hello c{i}"), "concurrent call {i}"),
+            _ => assert_eq!(
+                v["values"],
+                serde_json::json!(["p1 1", "p1 2", "p1 3", "p1 4"]),
+                "concurrent call {i}: {v}"
+            ),
+        }
     }
 
     // Version, group and attachments: a Triple request as Dubbo's Java and Go clients send it
@@ -240,7 +263,8 @@ async fn apache_dubbo_triple_consumer_and_providers_through_weft() {
 
     // The access log: service, method and the gRPC status of each call (from the trailers, or
     // from the headers of weft's own trailers-only replies).
-    let lines = json_lines(&log, out.len() + 4, Duration::from_secs(5)).await;
+    let lines = json_lines(&log, 20 + 30 + 4, Duration::from_secs(5)).await;
+    assert_eq!(lines.len(), 54, "one access log line per call");
     let find = |method: &str, status: &str| {
         lines
             .iter()
