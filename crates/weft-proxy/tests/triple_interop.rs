@@ -282,6 +282,34 @@ async fn apache_dubbo_triple_consumer_and_providers_through_weft() {
     assert_eq!(nr["reason"], "NR");
     assert!(find("boom", "13").is_some(), "{lines:?}");
     assert!(find("count", "0").is_some(), "{lines:?}");
+
+    // Per-method counts on the RPC metric families: ok = grpc-status 0, anything else an error.
+    let calls = |method: &str, outcome: &str| {
+        format!("weft_rpc_requests_total{{listener=\"tri\",method=\"{method}\",outcome=\"{outcome}\"}}")
+    };
+    let greeter = |m: &str| format!("{GREETER}/{m}");
+    for (method, outcome, n) in [
+        (greeter("whoami"), "ok", 16.0),
+        (greeter("sayHello"), "ok", 20.0),
+        (greeter("count"), "ok", 11.0),
+        (greeter("sum"), "ok", 1.0),
+        (greeter("chat"), "ok", 1.0),
+        (greeter("slow"), "ok", 1.0),
+        (greeter("slow"), "error", 1.0),
+        (greeter("boom"), "error", 1.0),
+        ("org.example.Nope/x".to_string(), "error", 1.0),
+        ("org.example.Dead/x".to_string(), "error", 1.0),
+    ] {
+        wait_stat(&proxy, &calls(&method, outcome), Duration::from_secs(5), |v| v == n).await;
+    }
+    assert_eq!(stat(&proxy, &calls(&greeter("whoami"), "error")).await, Some(0.0));
+    let s = stats(&proxy).await;
+    assert!(
+        s.contains(&format!(
+            "weft_rpc_request_duration_seconds_count{{listener=\"tri\",method=\"{GREETER}/whoami\"}} 16"
+        )),
+        "{s}"
+    );
 }
 
 /// A unary Triple call over `h2`: (grpc-status, the one response message).

@@ -167,21 +167,64 @@ fn text(v: &Option<HeaderValue>) -> Option<&str> {
     v.as_ref().and_then(|v| v.to_str().ok())
 }
 
-/// Writes the access log line when the response body finishes (or is abandoned).
+/// Writes the access log line and counts a gRPC call when the response body finishes (or is
+/// abandoned).
 pub(super) struct RequestEnd {
     pub(super) log: Option<Box<LogRecord>>,
+    pub(super) grpc: Option<Box<GrpcCall>>,
+}
+
+/// A gRPC / Triple call's per-method counters, and its status once known.
+pub(super) struct GrpcCall {
+    stats: weft_rpc::metrics::MethodStats,
+    start: Instant,
+    ok: bool,
+}
+
+impl GrpcCall {
+    /// For a gRPC request whose path is `/<service>/<method>`: its method's counters, and
+    /// whether the response headers (a trailers-only response) already say `grpc-status: 0`.
+    pub(super) fn start(
+        rt: &super::HttpRt,
+        path: &str,
+        start: Instant,
+        resp: &http::HeaderMap,
+    ) -> Option<Box<GrpcCall>> {
+        grpc_service_method(path)?;
+        let stats = rt
+            .grpc_stats
+            .get_or_init(|| weft_rpc::metrics::ListenerRpcStats::new(&rt.listener, super::GRPC_METHOD_LABELS));
+        Some(Box::new(GrpcCall {
+            stats: stats.method(&path[1..]),
+            start,
+            ok: resp.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0"),
+        }))
+    }
 }
 
 impl StreamEnd for RequestEnd {
     fn trailers(&mut self, trailers: &http::HeaderMap) {
+        let Some(s) = trailers.get("grpc-status") else {
+            return;
+        };
         if let Some(g) = self.log.as_mut().and_then(|r| r.grpc.as_mut()) {
-            if let Some(s) = trailers.get("grpc-status") {
-                g.status = Some(s.clone());
-            }
+            g.status = Some(s.clone());
+        }
+        if let Some(c) = &mut self.grpc {
+            c.ok = s.as_bytes() == b"0";
         }
     }
 
     fn finish(&mut self, bytes_sent: u64, completed: bool) {
+        if let Some(c) = self.grpc.take() {
+            // A stream cut before its trailers is an error, whatever its headers said.
+            if c.ok && completed {
+                c.stats.ok.inc();
+            } else {
+                c.stats.error.inc();
+            }
+            c.stats.time.observe(c.start.elapsed().as_secs_f64());
+        }
         if let Some(r) = self.log.take() {
             let reason = match r.reason {
                 None if !completed => Some(crate::flags::Reason::DownstreamDisconnect),
