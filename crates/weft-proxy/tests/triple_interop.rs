@@ -137,7 +137,7 @@ listeners:
                 route: {{ cluster: p2 }}
               - name: slow
                 match: {{ grpc: {{ service: {GREETER}, method: slow }} }}
-                route: {{ cluster: p1, timeout: 300ms }}
+                route: {{ cluster: p1, timeout: 1s }}
               - name: greeter
                 match: {{ grpc: {{ service: {GREETER} }} }}
                 route: {{ cluster: p1, timeout: 0s }}
@@ -170,7 +170,7 @@ async fn apache_dubbo_triple_consumer_and_providers_through_weft() {
         serde_json::json!({ "service": GREETER, "method": "sum", "kind": "client_stream", "payloads": ["1", "2", "39"] }),
         serde_json::json!({ "service": GREETER, "method": "chat", "kind": "bi_stream", "payloads": ["a", "b", "c"] }),
         unary("slow", "50"),
-        unary("slow", "2000"),
+        unary("slow", "3000"),
         serde_json::json!({ "service": "org.example.Nope", "method": "x", "payload": "" }),
         serde_json::json!({ "service": "org.example.Dead", "method": "x", "payload": "" }),
         unary("boom", ""),
@@ -210,7 +210,7 @@ async fn apache_dubbo_triple_consumer_and_providers_through_weft() {
         "{}",
         out[4]
     );
-    assert_eq!(ok(&out[5]), "p1", "a slow call within the route's 300 ms");
+    assert_eq!(ok(&out[5]), "p1", "a slow call within the route's 1 s");
     let (code, msg) = failed(&out[6]);
     assert_eq!(code, "DEADLINE_EXCEEDED", "{}", out[6]);
     assert!(msg.contains("(UT)"), "{}", out[6]);
