@@ -321,6 +321,20 @@ pub struct RawRouteMatch {
     pub methods: Vec<String>,
     pub headers: Vec<RawHeaderMatcher>,
     pub query_parameters: Vec<RawQueryMatcher>,
+    /// gRPC / Dubbo3 Triple sugar: service, method, Triple version and group, attachments.
+    pub grpc: Option<RawGrpcMatch>,
+}
+
+/// `match.grpc`: turned into a path match (`/service/method`, or `/service/`) and header matchers
+/// (`tri-service-version`, `tri-service-group`, attachments) by validation.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawGrpcMatch {
+    pub service: Option<String>,
+    pub method: Option<String>,
+    pub version: Option<String>,
+    pub group: Option<String>,
+    pub attachments: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

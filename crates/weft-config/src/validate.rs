@@ -1156,11 +1156,19 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
         ..Default::default()
     };
     let m = r.match_.as_ref().unwrap_or(&default_match);
-    let n = m.prefix.is_some() as u8 + m.path.is_some() as u8 + m.regex.is_some() as u8;
+    let grpc_service = m.grpc.as_ref().is_some_and(|g| g.service.is_some());
+    let n = m.prefix.is_some() as u8 + m.path.is_some() as u8 + m.regex.is_some() as u8 + grpc_service as u8;
     if n > 1 {
-        cx.err(&mp, "give only one of prefix, path, regex");
+        cx.err(&mp, "give only one of prefix, path, regex, grpc.service");
     }
-    let path_match = if let Some(p) = &m.path {
+    let mut grpc_headers = Vec::new();
+    let grpc_path = m
+        .grpc
+        .as_ref()
+        .and_then(|g| grpc_match(cx, &format!("{mp}.grpc"), g, &mut grpc_headers));
+    let path_match = if let Some(p) = grpc_path {
+        p
+    } else if let Some(p) = &m.path {
         if !p.starts_with('/') {
             cx.err(&format!("{mp}.path"), "must start with /");
         }
@@ -1185,7 +1193,8 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
         }
         methods.push(meth.to_ascii_uppercase());
     }
-    let header_matchers = header_matchers(cx, &format!("{mp}.headers"), &m.headers);
+    let mut header_matchers = header_matchers(cx, &format!("{mp}.headers"), &m.headers);
+    header_matchers.extend(grpc_headers);
     let mut query = Vec::new();
     for (i, q) in m.query_parameters.iter().enumerate() {
         let qp = format!("{mp}.query_parameters[{i}]");
@@ -1261,6 +1270,85 @@ fn route(cx: &mut Ctx, path: &str, r: &RawRoute, clusters: &HashSet<String>) -> 
             &r.response_headers_to_add,
             &r.response_headers_to_remove,
         ),
+    })
+}
+
+/// The Triple request headers that carry a service's version and group.
+pub const TRI_SERVICE_VERSION: &str = "tri-service-version";
+pub const TRI_SERVICE_GROUP: &str = "tri-service-group";
+
+/// `match.grpc`: only gRPC requests (`content-type: application/grpc*`, as Envoy's
+/// `RouteMatch.grpc`), and optionally a service, method, and Dubbo3 Triple version, group and
+/// attachments. A gRPC / Triple call is `POST /<service>/<method>`, so the service and method
+/// become a path match (returned; None when no service is given), and the rest exact header
+/// matchers, added to `headers`. The result is the model a route written with `path` and `headers`
+/// (or received over xDS) has.
+fn grpc_match(cx: &mut Ctx, path: &str, g: &RawGrpcMatch, headers: &mut Vec<HeaderMatcher>) -> Option<PathMatch> {
+    // A path segment: no '/', no query or fragment marker, no whitespace or control characters.
+    fn segment(cx: &mut Ctx, path: &str, v: &str) {
+        if v.is_empty() {
+            cx.err(path, "may not be empty");
+        } else if v
+            .bytes()
+            .any(|b| b == b'/' || b == b'?' || b == b'#' || b <= b' ' || b == 0x7f)
+        {
+            cx.err(
+                path,
+                format!("{v:?} may not contain '/', '?', '#', spaces or control characters"),
+            );
+        }
+    }
+    fn value(cx: &mut Ctx, path: &str, v: &str) {
+        if v.is_empty() {
+            cx.err(path, "may not be empty");
+        } else if http::HeaderValue::from_str(v).is_err() {
+            cx.err(path, format!("{v:?} is not a valid header value"));
+        }
+    }
+    let exact = |name: &str, v: &str| HeaderMatcher {
+        name: name.to_string(),
+        rule: StringRule::Exact(v.to_string()),
+        invert: false,
+    };
+    headers.push(HeaderMatcher {
+        name: "content-type".into(),
+        rule: StringRule::Prefix("application/grpc".into()),
+        invert: false,
+    });
+    for (field, header, v) in [
+        ("version", TRI_SERVICE_VERSION, &g.version),
+        ("group", TRI_SERVICE_GROUP, &g.group),
+    ] {
+        if let Some(v) = v {
+            value(cx, &format!("{path}.{field}"), v);
+            headers.push(exact(header, v));
+        }
+    }
+    for (k, v) in &g.attachments {
+        let ap = format!("{path}.attachments.{k}");
+        let name = cx.header_name(&ap, k);
+        if name == TRI_SERVICE_VERSION || name == TRI_SERVICE_GROUP || name == "content-type" {
+            cx.err(
+                &ap,
+                "use grpc.version or grpc.group for this header (content-type is set by grpc)",
+            );
+        }
+        value(cx, &ap, v);
+        headers.push(exact(&name, v));
+    }
+    let Some(service) = &g.service else {
+        if g.method.is_some() {
+            cx.err(&format!("{path}.method"), "needs grpc.service");
+        }
+        return None;
+    };
+    segment(cx, &format!("{path}.service"), service);
+    Some(match &g.method {
+        None => PathMatch::Prefix(format!("/{service}/")),
+        Some(method) => {
+            segment(cx, &format!("{path}.method"), method);
+            PathMatch::Exact(format!("/{service}/{method}"))
+        }
     })
 }
 

@@ -724,6 +724,8 @@ impl Server {
             let f = match &fc.filter {
                 NetworkFilter::Http(h) => {
                     let log = self.open_log(h.access_log.as_ref())?;
+                    // gRPC / Triple calls are counted per method on the RPC metric families.
+                    crate::rpc::ensure_admin(shared);
                     let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
                     let rt = rt.with_istio(self.istio(l)).with_stop(shared.stop.subscribe());
                     let rt =

@@ -136,6 +136,8 @@ impl Drop for InFlight {
 /// Runs when a response stream ends or is abandoned: finishes stats and writes the access log.
 pub trait StreamEnd: Send + Sync {
     fn finish(&mut self, bytes_sent: u64, completed: bool);
+    /// The response's trailers, as they go downstream (before `finish`). gRPC's status is there.
+    fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
 /// A response body on its way downstream.
@@ -264,6 +266,8 @@ impl Body for DownBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     this.bytes += d.len() as u64;
+                } else if let (Some(t), Some(e)) = (f.trailers_ref(), &mut this.end) {
+                    e.trailers(t);
                 }
                 if this.is_end_stream() {
                     this.finish(true);

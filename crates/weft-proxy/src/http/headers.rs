@@ -31,6 +31,13 @@ pub(super) fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
+/// A gRPC (or Dubbo3 Triple) call's service and method from its path, `/<service>/<method>`.
+/// None for any other shape (no leading `/`, an empty part, more than two parts).
+pub(super) fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+}
+
 pub(super) fn request_host(req: &Request<Incoming>) -> &str {
     req.uri()
         .authority()
@@ -182,4 +189,20 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod grpc_path_tests {
+    use super::grpc_service_method;
+
+    #[test]
+    fn service_and_method() {
+        assert_eq!(
+            grpc_service_method("/org.apache.dubbo.samples.Greeter/sayHello"),
+            Some(("org.apache.dubbo.samples.Greeter", "sayHello"))
+        );
+        for bad in ["", "/", "//", "/a", "/a/", "//m", "/a/b/c", "a/b", "/a/b/"] {
+            assert_eq!(grpc_service_method(bad), None, "{bad:?}");
+        }
+    }
 }

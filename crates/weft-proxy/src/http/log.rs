@@ -1,7 +1,7 @@
 //! What an exchange learned on its way ([`Facts`]) and its access-log record, written when the
 //! response body ends (or is abandoned).
 
-use super::headers::{protocol_name, request_host};
+use super::headers::{grpc_service_method, is_grpc, protocol_name, request_host};
 use crate::access_log::{timestamp, AccessLogger};
 use crate::body::StreamEnd;
 use crate::cluster::ClusterRt;
@@ -56,6 +56,16 @@ pub(super) struct LogRecord {
     facts: Facts,
     /// What an Envoy-style format or the gRPC log needs beyond weft's own record (only then).
     envoy: Option<Box<EnvoyFacts>>,
+    /// A gRPC (or Dubbo3 Triple) request's service, method and, once known, `grpc-status`.
+    rpc: Option<Box<RpcFacts>>,
+}
+
+/// The per-call fields of a gRPC request's log line.
+struct RpcFacts {
+    service: String,
+    method: String,
+    /// From the response headers (trailers-only) or the trailers.
+    status: Option<HeaderValue>,
 }
 
 /// The request and connection facts an Envoy-style format (or the gRPC log) reads that weft's
@@ -153,6 +163,16 @@ impl LogRecord {
                 }),
             })
         });
+        let rpc = is_grpc(req.headers())
+            .then(|| grpc_service_method(req.uri().path()))
+            .flatten()
+            .map(|(service, method)| {
+                Box::new(RpcFacts {
+                    service: service.to_string(),
+                    method: method.to_string(),
+                    status: None,
+                })
+            });
         Box::new(LogRecord {
             logger: logger.cloned(),
             grpc: grpc.cloned(),
@@ -179,6 +199,7 @@ impl LogRecord {
             reason: None,
             facts: Facts::default(),
             envoy,
+            rpc,
         })
     }
 
@@ -197,6 +218,9 @@ impl LogRecord {
         self.status = status;
         self.reason = reason;
         self.facts = facts;
+        if let Some(g) = &mut self.rpc {
+            g.status = resp.get("grpc-status").cloned();
+        }
         if let Some(e) = &mut self.envoy {
             if let Some(f) = self.logger.as_ref().and_then(|l| l.format()) {
                 e.resp_headers = f.resp_headers.iter().map(|n| resp.get(n).cloned()).collect();
@@ -334,13 +358,64 @@ fn text(v: &Option<HeaderValue>) -> Option<&str> {
     v.as_ref().and_then(|v| v.to_str().ok())
 }
 
-/// Writes the access log line when the response body finishes (or is abandoned).
+/// Writes the access log line and counts a gRPC call when the response body finishes (or is
+/// abandoned).
 pub(super) struct RequestEnd {
     pub(super) log: Option<Box<LogRecord>>,
+    pub(super) grpc: Option<Box<GrpcCall>>,
+}
+
+/// A gRPC / Triple call's per-method counters, and its status once known.
+pub(super) struct GrpcCall {
+    stats: weft_rpc::metrics::MethodStats,
+    start: Instant,
+    ok: bool,
+}
+
+impl GrpcCall {
+    /// For a gRPC request whose path is `/<service>/<method>`: its method's counters, and
+    /// whether the response headers (a trailers-only response) already say `grpc-status: 0`.
+    pub(super) fn start(
+        rt: &super::HttpRt,
+        path: &str,
+        start: Instant,
+        resp: &http::HeaderMap,
+    ) -> Option<Box<GrpcCall>> {
+        grpc_service_method(path)?;
+        let stats = rt
+            .grpc_stats
+            .get_or_init(|| weft_rpc::metrics::ListenerRpcStats::new(&rt.listener, super::GRPC_METHOD_LABELS));
+        Some(Box::new(GrpcCall {
+            stats: stats.method(&path[1..]),
+            start,
+            ok: resp.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0"),
+        }))
+    }
 }
 
 impl StreamEnd for RequestEnd {
+    fn trailers(&mut self, trailers: &http::HeaderMap) {
+        let Some(s) = trailers.get("grpc-status") else {
+            return;
+        };
+        if let Some(g) = self.log.as_mut().and_then(|r| r.rpc.as_mut()) {
+            g.status = Some(s.clone());
+        }
+        if let Some(c) = &mut self.grpc {
+            c.ok = s.as_bytes() == b"0";
+        }
+    }
+
     fn finish(&mut self, bytes_sent: u64, completed: bool) {
+        if let Some(c) = self.grpc.take() {
+            // A stream cut before its trailers is an error, whatever its headers said.
+            if c.ok && completed {
+                c.stats.ok.inc();
+            } else {
+                c.stats.error.inc();
+            }
+            c.stats.time.observe(c.start.elapsed().as_secs_f64());
+        }
         if let Some(r) = self.log.take() {
             let reason = match r.reason {
                 None if !completed => Some(crate::flags::Reason::DownstreamDisconnect),
@@ -400,6 +475,9 @@ impl StreamEnd for RequestEnd {
                 "user_agent": r.user_agent,
                 "request_id": text(&f.request_id),
                 "downstream_peer_identity": f.peer_identity.as_deref(),
+                "rpc_service": r.rpc.as_ref().map(|g| g.service.as_str()),
+                "rpc_method": r.rpc.as_ref().map(|g| g.method.as_str()),
+                "grpc_status": r.rpc.as_ref().and_then(|g| g.status.as_ref()).and_then(|s| s.to_str().ok()),
             }));
         }
     }

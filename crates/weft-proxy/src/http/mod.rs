@@ -10,7 +10,8 @@
 //!   try ends in a retry decision.
 //! - [`reply`]: the local replies (plain or gRPC), redirects and direct responses.
 //! - [`headers`]: header helpers (hop-by-hop, hashing, request ids).
-//! - [`log`]: the access-log record written when the response body ends.
+//! - [`log`]: the access-log record and the per-method gRPC counts, written when the response
+//!   body ends.
 
 mod forward;
 mod headers;
@@ -63,9 +64,17 @@ pub struct HttpRt {
     /// The process's end of the drain timer: upgraded connections (WebSocket tunnels) then close
     /// with a FIN both ways (see [`crate::tcp::tunnel`]).
     pub stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// Per-method counts of gRPC / Dubbo3 Triple calls, on the RPC proxy's metric families
+    /// (`weft_rpc_requests_total{listener, method}`, method `<service>/<method>`); made at the
+    /// listener's first gRPC call, so HTTP-only listeners add no series.
+    pub grpc_stats: std::sync::OnceLock<Arc<weft_rpc::metrics::ListenerRpcStats>>,
     via: Option<HeaderValue>,
     server: Option<HeaderValue>,
 }
+
+/// Distinct gRPC methods with their own metric label per listener; later ones count as `other`
+/// (as the RPC listeners' default `max_method_labels`).
+pub const GRPC_METHOD_LABELS: u32 = 200;
 
 impl HttpRt {
     pub fn new(
@@ -102,6 +111,7 @@ impl HttpRt {
             tracer: None,
             istio: None,
             stop: None,
+            grpc_stats: std::sync::OnceLock::new(),
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::forward::forward;
 use super::headers::{is_grpc, request_host, smuggling_check};
-use super::log::{Facts, LogRecord, RequestEnd};
+use super::log::{Facts, GrpcCall, LogRecord, RequestEnd};
 use super::reply::{local_reply, redirect, stop_reply};
 use super::{ConnCtx, HttpRt};
 use crate::body::{DownBody, StreamEnd};
@@ -49,6 +49,8 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
     let mut discovered: Option<std::sync::Arc<RouteTable>> = None;
     let start = Instant::now();
     let grpc = is_grpc(req.headers());
+    // The call's path, for its per-method counts (gRPC only: no copy for other requests).
+    let grpc_path = grpc.then(|| req.uri().path().to_string());
     let version = req.version();
     let log = (rt.access_log.is_some() || rt.grpc_log.is_some())
         .then(|| LogRecord::start(rt.access_log.as_ref(), rt.grpc_log.as_ref(), &req, start, ctx));
@@ -129,7 +131,7 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         discovered.as_ref().unwrap_or(&routes),
         matched,
         outcome,
-        grpc,
+        grpc_path.as_deref(),
         start,
         facts,
         log,
@@ -189,12 +191,13 @@ fn exit(
     routes: &RouteTable,
     matched: Matched,
     outcome: Result<Reply, Error>,
-    grpc: bool,
+    grpc_path: Option<&str>,
     start: Instant,
     mut facts: Facts,
     log: Option<Box<LogRecord>>,
     draining: bool,
 ) -> Response<DownBody> {
+    let grpc = grpc_path.is_some();
     let Reply {
         mut resp,
         reason,
@@ -255,10 +258,11 @@ fn exit(
         }
         t.finish(x, status, reason, matched.map(|(_, r)| r.name.as_str()));
     }
-    if active.is_none() && log.is_none() {
+    let grpc_call = grpc_path.and_then(|p| GrpcCall::start(rt, p, start, resp.headers()));
+    if active.is_none() && log.is_none() && grpc_call.is_none() {
         return resp;
     }
-    let end = log.map(|mut l| {
+    let log = log.map(|mut l| {
         l.outcome(
             matched.map(|(_, r)| r.name.as_str()),
             status,
@@ -266,8 +270,10 @@ fn exit(
             facts,
             resp.headers(),
         );
-        Box::new(RequestEnd { log: Some(l) }) as Box<dyn StreamEnd>
+        l
     });
+    let end = (log.is_some() || grpc_call.is_some())
+        .then(|| Box::new(RequestEnd { log, grpc: grpc_call }) as Box<dyn StreamEnd>);
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, body.on_end(active, end))
 }
