@@ -499,7 +499,6 @@ async fn envoy_and_weft_fill_the_same_fields() {
     let (web, db) = (proxy.listener_addr("web").unwrap(), proxy.listener_addr("db").unwrap());
 
     let dir = TempDir::new("als-envoy");
-    let (e_web, e_db, e_admin) = (free_port(), free_port(), free_port());
     let sock = |a: SocketAddr| {
         format!(
             "{{ socket_address: {{ address: {}, port_value: {} }} }}",
@@ -512,104 +511,117 @@ async fn envoy_and_weft_fill_the_same_fields() {
             "{{ log_name: {log}, transport_api_version: V3, buffer_flush_interval: 0.1s, grpc_service: {{ envoy_grpc: {{ cluster_name: als }} }} }}"
         )
     };
-    let cfg = format!(
-        r#"
-node: {{ id: envoy-node-1, cluster: als-mesh }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_admin} }} }} }}
-static_resources:
-  listeners:
-  - name: web
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_web} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: web
-          access_log:
-          - name: envoy.access_loggers.http_grpc
+    let mut attempt = 0;
+    let (_envoy, e_web, e_db) = 'attempt: loop {
+        attempt += 1;
+        assert!(attempt <= 5, "Envoy did not start in 5 attempts");
+        let (e_web, e_db, e_admin) = (free_port(), free_port(), free_port());
+        let cfg = format!(
+            r#"
+    node: {{ id: envoy-node-1, cluster: als-mesh }}
+    admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_admin} }} }} }}
+    static_resources:
+      listeners:
+      - name: web
+        address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_web} }} }}
+        filter_chains:
+        - filters:
+          - name: envoy.filters.network.http_connection_manager
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
-              common_config: {http_common}
-              additional_request_headers_to_log: [x-user, x-absent]
-              additional_response_headers_to_log: [x-cache]
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
-          route_config:
-            virtual_hosts:
-            - name: all
-              domains: ["svc.local"]
-              routes:
-              - name: ok-route
-                match: {{ prefix: /ok }}
-                route: {{ cluster: app }}
-              - name: dead-route
-                match: {{ prefix: /dead }}
-                route: {{ cluster: dead, retry_policy: {{ retry_on: connect-failure, num_retries: 1 }} }}
-  - name: db
-    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_db} }} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.tcp_proxy
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
-          stat_prefix: db
-          cluster: echo
-          access_log:
-          - name: envoy.access_loggers.tcp_grpc
+              "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+              stat_prefix: web
+              access_log:
+              - name: envoy.access_loggers.http_grpc
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig
+                  common_config: {http_common}
+                  additional_request_headers_to_log: [x-user, x-absent]
+                  additional_response_headers_to_log: [x-cache]
+              http_filters:
+              - name: envoy.filters.http.router
+                typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+              route_config:
+                virtual_hosts:
+                - name: all
+                  domains: ["svc.local"]
+                  routes:
+                  - name: ok-route
+                    match: {{ prefix: /ok }}
+                    route: {{ cluster: app }}
+                  - name: dead-route
+                    match: {{ prefix: /dead }}
+                    route: {{ cluster: dead, retry_policy: {{ retry_on: connect-failure, num_retries: 1 }} }}
+      - name: db
+        address: {{ socket_address: {{ address: 127.0.0.1, port_value: {e_db} }} }}
+        filter_chains:
+        - filters:
+          - name: envoy.filters.network.tcp_proxy
             typed_config:
-              "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig
-              common_config: {tcp_common}
-  clusters:
-  - name: app
-    connect_timeout: 1s
-    load_assignment: {{ cluster_name: app, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {app_addr} }} }}] }}] }}
-  - name: dead
-    connect_timeout: 1s
-    load_assignment: {{ cluster_name: dead, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {dead_addr} }} }}] }}] }}
-  - name: echo
-    connect_timeout: 1s
-    load_assignment: {{ cluster_name: echo, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {echo_addr} }} }}] }}] }}
-  - name: als
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment: {{ cluster_name: als, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {als_addr} }} }}] }}] }}
-"#,
-        http_common = grpc("envoy-web"),
-        tcp_common = grpc("envoy-tcp"),
-        app_addr = sock(app.addr),
-        dead_addr = sock(dead),
-        echo_addr = sock(echo),
-        als_addr = sock(rx.addr),
-    );
-    let cfg_path = dir.join("envoy.yaml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let _envoy = peers::ChildGuard(
-        Command::new(envoy_bin)
-            .arg("-c")
-            .arg(&cfg_path)
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start envoy"),
-    );
-    let e_web = SocketAddr::from(([127, 0, 0, 1], e_web));
-    let e_db = SocketAddr::from(([127, 0, 0, 1], e_db));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // Ready (its admin says LIVE) without touching the listeners (a probe would be a TCP session).
-    let admin = SocketAddr::from(([127, 0, 0, 1], e_admin));
-    while !send_once(admin, req("GET", "/ready", "admin", &[], ""))
-        .await
-        .is_ok_and(|g| g.status == 200)
-    {
-        assert!(Instant::now() < deadline, "Envoy did not start");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+              "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+              stat_prefix: db
+              cluster: echo
+              access_log:
+              - name: envoy.access_loggers.tcp_grpc
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.TcpGrpcAccessLogConfig
+                  common_config: {tcp_common}
+      clusters:
+      - name: app
+        connect_timeout: 1s
+        load_assignment: {{ cluster_name: app, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {app_addr} }} }}] }}] }}
+      - name: dead
+        connect_timeout: 1s
+        load_assignment: {{ cluster_name: dead, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {dead_addr} }} }}] }}] }}
+      - name: echo
+        connect_timeout: 1s
+        load_assignment: {{ cluster_name: echo, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {echo_addr} }} }}] }}] }}
+      - name: als
+        connect_timeout: 1s
+        typed_extension_protocol_options:
+          envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+            "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+            explicit_http_config: {{ http2_protocol_options: {{}} }}
+        load_assignment: {{ cluster_name: als, endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {als_addr} }} }}] }}] }}
+    "#,
+            http_common = grpc("envoy-web"),
+            tcp_common = grpc("envoy-tcp"),
+            app_addr = sock(app.addr),
+            dead_addr = sock(dead),
+            echo_addr = sock(echo),
+            als_addr = sock(rx.addr),
+        );
+        let cfg_path = dir.join("envoy.yaml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let mut envoy = peers::ChildGuard(
+            Command::new(&envoy_bin)
+                .arg("-c")
+                .arg(&cfg_path)
+                .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start envoy"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // Ready (its admin says LIVE) without touching the listeners (a probe would be a TCP session).
+        let admin = SocketAddr::from(([127, 0, 0, 1], e_admin));
+        while !send_once(admin, req("GET", "/ready", "admin", &[], ""))
+            .await
+            .is_ok_and(|g| g.status == 200)
+        {
+            if envoy.0.try_wait().ok().flatten().is_some() {
+                // A port picked free was taken by a parallel test before Envoy bound it: new ports.
+                continue 'attempt;
+            }
+            assert!(Instant::now() < deadline, "Envoy did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        break (
+            envoy,
+            SocketAddr::from(([127, 0, 0, 1], e_web)),
+            SocketAddr::from(([127, 0, 0, 1], e_db)),
+        );
+    };
 
     for addr in [web, e_web] {
         let h = [
