@@ -465,17 +465,7 @@ impl Codec for Bolt {
         if !r.object_field("requestProps").ok()? || r.peek().ok()? == b'N' {
             return None;
         }
-        let mut found = None;
-        r.walk_map(|k, v| {
-            if k == key {
-                found = Some(v);
-                true
-            } else {
-                false
-            }
-        })
-        .ok()?;
-        found
+        r.map_value(key)
     }
 
     fn argument<'a>(&self, frame: &'a Frame, _info: &RequestInfo, index: u32) -> Option<Value<'a>> {

@@ -221,17 +221,7 @@ impl Codec for Dubbo {
         if r.pos() != at {
             return None;
         }
-        let mut found = None;
-        r.walk_map(|k, v| {
-            if k == key {
-                found = Some(v);
-                true
-            } else {
-                false
-            }
-        })
-        .ok()?;
-        found
+        r.map_value(key)
     }
 
     fn argument<'a>(&self, frame: &'a Frame, info: &RequestInfo, index: u32) -> Option<Value<'a>> {

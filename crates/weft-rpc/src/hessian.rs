@@ -594,6 +594,22 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// The value under the string key `key` of the map at the cursor (`H`/`M`, or null as
+    /// empty); None when absent or when the map is malformed.
+    pub fn map_value(&mut self, key: &str) -> Option<Value<'a>> {
+        let mut found = None;
+        self.walk_map(|k, v| {
+            if k == key {
+                found = Some(v);
+                true
+            } else {
+                false
+            }
+        })
+        .ok()?;
+        found
+    }
+
     /// Walks a map (`H`/`M`, or null as empty), calling `f` for every (key, value) whose key is a
     /// string; `f` returns `true` to stop. Values are decoded only as far as [`Value`] goes.
     pub fn walk_map(&mut self, mut f: impl FnMut(&str, Value<'a>) -> bool) -> R<()> {
