@@ -1,4 +1,7 @@
-"""A gRPC backend for weft's interop tests: answers /weft.Echo/Call with its own name.
+"""A gRPC backend for weft's interop tests: answers /weft.Echo/Call with its own name, and
+/weft.Echo/Slow (request: milliseconds as ASCII digits) after sleeping that long, with
+"NAME:<deadline>" where <deadline> is the deadline the call arrived with in whole milliseconds
+(from its grpc-timeout header), or "none".
 
 Raw-bytes handlers, so no generated code is needed. Binds 127.0.0.1 only and prints
 "PORT <n>" once serving, so a test can use port 0.
@@ -7,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -22,8 +26,21 @@ def main():
     def call(request, context):
         return name
 
+    def slow(request, context):
+        left = context.time_remaining()
+        ms = int(request.decode() or "0")
+        time.sleep(ms / 1000)
+        # No deadline: None, or (grpcio) a time far in the future.
+        none = left is None or left > 86400
+        deadline = "none" if none else str(int(round(left * 1000)))
+        return name + b":" + deadline.encode()
+
     handler = grpc.method_handlers_generic_handler(
-        "weft.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}
+        "weft.Echo",
+        {
+            "Call": grpc.unary_unary_rpc_method_handler(call),
+            "Slow": grpc.unary_unary_rpc_method_handler(slow),
+        },
     )
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     server.add_generic_rpc_handlers((handler,))

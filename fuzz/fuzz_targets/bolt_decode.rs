@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
                     let mut again = f.data.clone();
                     let g = Bolt.decode(&mut again, u32::MAX).unwrap().unwrap();
                     assert_eq!(g.id, 0x2345_6789);
-                    if Bolt.add_attachment(&mut f, &info, "k", "v") {
+                    if Bolt.set_attachments(&mut f, &info, &[("k", "v")]) {
                         let mut again = f.data.clone();
                         let g = Bolt.decode(&mut again, u32::MAX).unwrap().unwrap();
                         let info = Bolt.request_info(&g).unwrap();

@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
                             let _ = Dubbo.argument(&f, &info, i);
                         }
                         Dubbo.set_request_id(&mut f, 42);
-                        if Dubbo.add_attachment(&mut f, &info, "k", "v") {
+                        if Dubbo.set_attachments(&mut f, &info, &[("k", "v")]) {
                             // What we wrote must decode again.
                             let mut again = f.data.clone();
                             let g = Dubbo.decode(&mut again, u32::MAX).unwrap().unwrap();

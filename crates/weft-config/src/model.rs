@@ -234,6 +234,8 @@ pub struct TcpProxy {
     pub access_log: Option<AccessLog>,
     /// Entries streamed over Envoy's gRPC access-log service (`TCPAccessLogEntry`).
     pub grpc_access_log: Option<crate::grpc_log::GrpcAccessLog>,
+    /// One span per session.
+    pub tracing: Option<Box<crate::tracing::Tracing>>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -440,6 +442,10 @@ pub struct ForwardAction {
     /// Whole-request timeout including retries; `None` disables it.
     #[serde(serialize_with = "ser_opt_dur")]
     pub timeout: Option<Duration>,
+    /// Set: a gRPC request's `grpc-timeout` replaces `timeout`, capped at this (zero: no cap).
+    /// Unset: `grpc-timeout` can only shorten `timeout`.
+    #[serde(serialize_with = "ser_opt_dur")]
+    pub max_grpc_timeout: Option<Duration>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
     pub auto_host_rewrite: bool,
@@ -453,6 +459,19 @@ pub struct ForwardAction {
 }
 
 impl ForwardAction {
+    /// The timeout of one request: the route's, shortened by a gRPC request's `grpc-timeout`
+    /// (`grpc_timeout`), or replaced by it up to `max_grpc_timeout` when the route sets that.
+    pub fn effective_timeout(&self, grpc_timeout: Option<Duration>) -> Option<Duration> {
+        let Some(g) = grpc_timeout else {
+            return self.timeout;
+        };
+        match self.max_grpc_timeout {
+            Some(max) if max.is_zero() => Some(g),
+            Some(max) => Some(g.min(max)),
+            None => Some(self.timeout.map_or(g, |t| t.min(g))),
+        }
+    }
+
     /// Whether any per-route traffic-governance filter (fault, mirror, rate limit) is configured.
     pub fn has_filters(&self) -> bool {
         self.fault.is_some()

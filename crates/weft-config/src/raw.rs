@@ -191,6 +191,8 @@ pub struct RawTcpProxy {
     pub cluster: Option<String>,
     pub idle_timeout: Option<String>,
     pub access_log: Option<RawAccessLogs>,
+    /// One span per session, exported over OTLP (the same block as an `http` listener's).
+    pub tracing: Option<crate::tracing::RawTracing>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -363,6 +365,10 @@ pub struct RawRouteAction {
     pub cluster: Option<String>,
     pub weighted_clusters: Vec<RawWeightedCluster>,
     pub timeout: Option<String>,
+    /// Envoy `RouteAction.max_grpc_timeout` (or `max_stream_duration.grpc_timeout_header_max`): a
+    /// gRPC request's `grpc-timeout` replaces `timeout`, capped at this (`0s`: no cap). Unset, a
+    /// `grpc-timeout` can only shorten `timeout`.
+    pub max_grpc_timeout: Option<String>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
     pub auto_host_rewrite: Option<bool>,

@@ -40,6 +40,8 @@ pub struct RawRpc {
     /// Distinct method names that get their own metric label (default 200); later ones are `other`.
     pub max_method_labels: Option<u64>,
     pub access_log: Option<RawAccessLog>,
+    /// Distributed tracing of the RPC requests (the same block as an `http` listener's).
+    pub tracing: Option<crate::tracing::RawTracing>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -117,6 +119,7 @@ pub struct RpcProxy {
     pub access_log: Option<AccessLog>,
     /// `protocol: auto` only.
     pub sniff: Option<Sniff>,
+    pub tracing: Option<Box<crate::tracing::Tracing>>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -356,6 +359,11 @@ pub fn validate(
         }
         AccessLog { sink, format: None }
     });
+    let tracing = r.tracing.as_ref().and_then(|t| {
+        let (t, errs) = crate::tracing::validate(&format!("{path}.tracing"), t, clusters, allow_unknown_clusters);
+        errors.extend(errs);
+        t.map(Box::new)
+    });
     if errors.len() > before {
         return None;
     }
@@ -370,5 +378,6 @@ pub fn validate(
         max_method_labels,
         access_log,
         sniff,
+        tracing,
     })
 }

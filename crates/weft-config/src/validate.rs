@@ -654,6 +654,14 @@ fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<Strin
         idle_timeout: default_dur(cx, &format!("{path}.idle_timeout"), &t.idle_timeout, 3600),
         access_log,
         grpc_access_log,
+        tracing: t.tracing.as_ref().and_then(|tr| {
+            let (tr, errs) =
+                crate::tracing::validate(&format!("{path}.tracing"), tr, clusters, cx.allow_unknown_clusters);
+            for (p, m) in errs {
+                cx.err(&p, m);
+            }
+            tr.map(Box::new)
+        }),
     })
 }
 
@@ -1396,6 +1404,10 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
         None => Some(Duration::from_secs(15)),
         Some(_) => cx.dur(&format!("{path}.timeout"), &a.timeout).filter(|d| !d.is_zero()),
     };
+    let max_grpc_timeout = a
+        .max_grpc_timeout
+        .as_ref()
+        .and_then(|_| cx.dur(&format!("{path}.max_grpc_timeout"), &a.max_grpc_timeout));
     if let Some(p) = &a.prefix_rewrite {
         if !p.starts_with('/') {
             cx.err(&format!("{path}.prefix_rewrite"), "must start with /");
@@ -1440,6 +1452,7 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
     Some(ForwardAction {
         clusters: targets,
         timeout,
+        max_grpc_timeout,
         prefix_rewrite: a.prefix_rewrite.clone(),
         host_rewrite: a.host_rewrite.clone(),
         auto_host_rewrite: a.auto_host_rewrite.unwrap_or(false),

@@ -85,6 +85,44 @@ pub fn extract(headers: &HeaderMap, propagators: &[Propagator]) -> Option<Parent
     Some(parent)
 }
 
+/// [`extract`] over any key/value carrier (an RPC request's attachments or header map): `get`
+/// returns the value of a lower-case key.
+pub fn extract_by<S: AsRef<str>>(get: impl Fn(&str) -> Option<S>, propagators: &[Propagator]) -> Option<Parent> {
+    let b = |k: &str| get(k);
+    let mut parent = propagators.iter().find_map(|p| match p {
+        Propagator::W3c => b("traceparent").and_then(|v| parse_traceparent(v.as_ref().as_bytes())),
+        Propagator::B3 => b("b3").and_then(|v| parse_b3_single(v.as_ref().as_bytes())),
+        Propagator::B3multi => {
+            let trace_id = b3_trace_id(b("x-b3-traceid")?.as_ref().as_bytes())?;
+            let span_id = parse_hex::<8>(b("x-b3-spanid")?.as_ref().as_bytes()).filter(|s| *s != [0; 8])?;
+            let sampled = if b("x-b3-flags").is_some_and(|v| v.as_ref() == "1") {
+                Some(true)
+            } else {
+                match b("x-b3-sampled") {
+                    None => None,
+                    Some(v) => b3_sampled(v.as_ref().as_bytes())?,
+                }
+            };
+            Some(Parent {
+                trace_id,
+                span_id,
+                sampled,
+                format: Propagator::B3multi,
+                sw8: None,
+            })
+        }
+        Propagator::Sw8 => b("sw8").and_then(|v| parse_sw8(v.as_ref().as_bytes())),
+    })?;
+    if parent.sw8.is_none() && propagators.contains(&Propagator::Sw8) {
+        if let Some(sw) = b("sw8").and_then(|v| parse_sw8(v.as_ref().as_bytes())) {
+            if sw.trace_id == parent.trace_id {
+                parent.sw8 = sw.sw8;
+            }
+        }
+    }
+    Some(parent)
+}
+
 fn hex_val(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
@@ -401,6 +439,43 @@ impl Tracer {
         peer: SocketAddr,
     ) -> Box<TraceExchange> {
         let parent = extract(headers, &self.config.propagators);
+        let mut ex = self.begin(parent, method.clone(), uri.clone(), peer);
+        ex.host = HeaderValue::from_str(host).ok();
+        ex.tracestate = headers.get(&TRACESTATE).cloned();
+        ex
+    }
+
+    /// Starts tracing an RPC request: `get` reads the request's attachments (or header map) for
+    /// the caller's context.
+    pub fn start_rpc<S: AsRef<str>>(
+        &self,
+        get: impl Fn(&str) -> Option<S>,
+        peer: SocketAddr,
+        rpc: RpcSpan,
+    ) -> Box<TraceExchange> {
+        let parent = extract_by(&get, &self.config.propagators);
+        let tracestate = parent
+            .as_ref()
+            .and_then(|_| get("tracestate"))
+            .and_then(|v| HeaderValue::from_str(v.as_ref()).ok());
+        let mut ex = self.begin(parent, Method::POST, Uri::default(), peer);
+        ex.tracestate = tracestate;
+        ex.rpc = Some(Box::new(rpc));
+        ex
+    }
+
+    /// Starts tracing a TCP proxy session (a new trace: TCP carries no context).
+    pub fn start_tcp(&self, peer: SocketAddr) -> Box<TraceExchange> {
+        self.begin(None, Method::GET, Uri::default(), peer)
+    }
+
+    /// A TCP session's end; `reason` set when no upstream connection was made.
+    pub fn finish_tcp(&self, mut ex: Box<TraceExchange>, span: TcpSpan, reason: Option<Reason>) {
+        ex.tcp = Some(Box::new(span));
+        self.export(ex, reason.is_some(), 0, reason.map(Reason::code), None);
+    }
+
+    fn begin(&self, parent: Option<Parent>, method: Method, uri: Uri, peer: SocketAddr) -> Box<TraceExchange> {
         let (trace_id, sampled) = match &parent {
             Some(p) => (
                 p.trace_id,
@@ -423,10 +498,10 @@ impl Tracer {
             start_unix_nanos: unix_nanos(SystemTime::now()),
             start: Instant::now(),
             server_nanos: 0,
-            method: method.clone(),
-            uri: uri.clone(),
-            host: HeaderValue::from_str(host).ok(),
-            tracestate: headers.get(&TRACESTATE).cloned(),
+            method,
+            uri,
+            host: None,
+            tracestate: None,
             peer,
             parent,
             client: None,
@@ -434,13 +509,42 @@ impl Tracer {
             reason: None,
             route: None,
             service_name: self.config.service_name.clone(),
+            rpc: None,
+            tcp: None,
         })
     }
 
     /// The exchange's exit: exports it if sampled, or if it failed and force-sampling is on.
     /// Never blocks: a full queue drops the record and counts it.
-    pub fn finish(&self, mut ex: Box<TraceExchange>, status: u16, reason: Option<Reason>, route: Option<&str>) {
+    pub fn finish(&self, ex: Box<TraceExchange>, status: u16, reason: Option<Reason>, route: Option<&str>) {
         let failed = status >= 500 || reason.is_some_and(|r| r != Reason::DirectResponse);
+        self.export(ex, failed, status, reason.map(Reason::code), route);
+    }
+
+    /// An RPC request's exit: `status` is the protocol's own code (`ok` says whether it means
+    /// success), `reason` weft's reason code of a local reply.
+    pub fn finish_rpc(
+        &self,
+        mut ex: Box<TraceExchange>,
+        ok: bool,
+        status: u16,
+        reason: Option<&'static str>,
+        route: Option<&str>,
+    ) {
+        if let Some(r) = &mut ex.rpc {
+            r.ok = ok;
+        }
+        self.export(ex, !ok || reason.is_some(), status, reason, route);
+    }
+
+    fn export(
+        &self,
+        mut ex: Box<TraceExchange>,
+        failed: bool,
+        status: u16,
+        reason: Option<&'static str>,
+        route: Option<&str>,
+    ) {
         if !ex.sampled {
             if !(failed && self.config.force_sample_on_error) {
                 return;
@@ -450,7 +554,7 @@ impl Tracer {
         }
         ex.server_nanos = ex.start.elapsed().as_nanos() as u64;
         ex.status = status;
-        ex.reason = reason.map(Reason::code);
+        ex.reason = reason;
         ex.route = route.map(str::to_string);
         if self.tx.try_send(ex).is_err() {
             self.counters.dropped.inc();
@@ -480,6 +584,37 @@ pub struct TraceExchange {
     pub reason: Option<&'static str>,
     pub route: Option<String>,
     pub service_name: String,
+    /// Set for an RPC request (Dubbo, Bolt): its spans follow OpenTelemetry's RPC conventions, and
+    /// `method`/`uri`/`host` are unused.
+    pub rpc: Option<Box<RpcSpan>>,
+    /// Set for a TCP proxy session: one span, and `method`/`uri`/`host` are unused.
+    pub tcp: Option<Box<TcpSpan>>,
+}
+
+/// What a TCP proxy session's span says besides the common fields.
+#[derive(Clone, Debug, Default)]
+pub struct TcpSpan {
+    pub cluster: String,
+    /// The upstream host connected to (or the last one tried).
+    pub host: Option<SocketAddr>,
+    /// Bytes received from the client.
+    pub bytes_received: u64,
+    /// Bytes sent to the client.
+    pub bytes_sent: u64,
+    pub attempts: u32,
+}
+
+/// What an RPC request's spans say besides the common fields.
+#[derive(Clone, Debug, Default)]
+pub struct RpcSpan {
+    /// OpenTelemetry's `rpc.system`: `apache_dubbo`, `sofarpc`.
+    pub system: &'static str,
+    pub service: String,
+    pub method: String,
+    /// Whether the final status means success (set at the exit).
+    pub ok: bool,
+    /// Whether the upstream's response meant success (set when it arrived).
+    pub upstream_ok: bool,
 }
 
 /// The client span: one per forwarded request, covering all of its attempts (retries are counted
@@ -512,9 +647,45 @@ impl TraceExchange {
             attempts: 0,
             status: None,
         });
+        let endpoint = self.uri.path().to_string();
         for p in &tracer.config.propagators {
-            self.inject(*p, span_id, tracer, cluster, headers);
+            self.inject(*p, span_id, tracer, cluster, &endpoint, &mut |name, v| match name {
+                Some(name) => put(headers, name, v),
+                None => {
+                    headers.remove(&B3_FLAGS);
+                }
+            });
         }
+    }
+
+    /// Starts the client span of an RPC request forwarded to `cluster`, and returns its context as
+    /// (key, value) pairs to write into the request's attachments (or header map), one per key of
+    /// every configured format.
+    pub fn start_rpc_client(&mut self, tracer: &Tracer, cluster: &str) -> Vec<(HeaderName, String)> {
+        let span_id = random_span_id();
+        self.client = Some(ClientSpan {
+            span_id,
+            start_unix_nanos: unix_nanos(SystemTime::now()),
+            start: Instant::now(),
+            nanos: 0,
+            cluster: cluster.to_string(),
+            host: None,
+            attempts: 0,
+            status: None,
+        });
+        let endpoint = match &self.rpc {
+            Some(r) => format!("{}.{}", r.service, r.method),
+            None => String::new(),
+        };
+        let mut out = Vec::with_capacity(4);
+        for p in &tracer.config.propagators {
+            self.inject(*p, span_id, tracer, cluster, &endpoint, &mut |name, v| {
+                if let (Some(name), Ok(v)) = (name, std::str::from_utf8(v)) {
+                    out.push((name, v.to_string()));
+                }
+            });
+        }
+        out
     }
 
     /// Ends the client span (the response's headers arrived, or the last attempt failed).
@@ -527,7 +698,17 @@ impl TraceExchange {
         }
     }
 
-    fn inject(&self, p: Propagator, span_id: SpanId, tracer: &Tracer, cluster: &str, h: &mut HeaderMap) {
+    /// Writes the context of `span_id` in format `p` through `h` (`None` as the name: remove
+    /// `x-b3-flags`).
+    fn inject(
+        &self,
+        p: Propagator,
+        span_id: SpanId,
+        tracer: &Tracer,
+        cluster: &str,
+        endpoint: &str,
+        h: &mut dyn FnMut(Option<HeaderName>, &[u8]),
+    ) {
         let flag = if self.sampled { b'1' } else { b'0' };
         let mut v = Vec::with_capacity(64);
         match p {
@@ -537,7 +718,7 @@ impl TraceExchange {
                 v.push(b'-');
                 write_hex(&mut v, &span_id);
                 v.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
-                put(h, TRACEPARENT, &v);
+                h(Some(TRACEPARENT), &v);
                 // `tracestate` passes through as received (weft adds no entry of its own).
             }
             Propagator::B3 => {
@@ -548,19 +729,19 @@ impl TraceExchange {
                 v.push(flag);
                 v.push(b'-');
                 write_hex(&mut v, &self.server_span);
-                put(h, B3, &v);
+                h(Some(B3), &v);
             }
             Propagator::B3multi => {
                 write_hex(&mut v, &self.trace_id);
-                put(h, B3_TRACE_ID, &v);
+                h(Some(B3_TRACE_ID), &v);
                 v.clear();
                 write_hex(&mut v, &span_id);
-                put(h, B3_SPAN_ID, &v);
+                h(Some(B3_SPAN_ID), &v);
                 v.clear();
                 write_hex(&mut v, &self.server_span);
-                put(h, B3_PARENT_SPAN_ID, &v);
-                put(h, B3_SAMPLED, &[flag]);
-                h.remove(&B3_FLAGS);
+                h(Some(B3_PARENT_SPAN_ID), &v);
+                h(Some(B3_SAMPLED), &[flag]);
+                h(None, &[]);
             }
             Propagator::Sw8 => {
                 v.push(flag);
@@ -577,10 +758,10 @@ impl TraceExchange {
                 v.push(b'-');
                 base64_encode(tracer.instance.as_bytes(), &mut v);
                 v.push(b'-');
-                base64_encode(self.uri.path().as_bytes(), &mut v);
+                base64_encode(endpoint.as_bytes(), &mut v);
                 v.push(b'-');
                 base64_encode(cluster.as_bytes(), &mut v);
-                put(h, SW8, &v);
+                h(Some(SW8), &v);
             }
         }
     }

@@ -730,12 +730,13 @@ impl Server {
                     let rt = rt.with_istio(self.istio(l)).with_stop(shared.stop.subscribe());
                     let rt =
                         rt.with_grpc_log(self.grpc_log(h.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Http));
-                    FilterRt::Http(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
+                    FilterRt::Http(Arc::new(rt.with_tracer(self.tracer_for(h.tracing.as_deref(), &l.name))))
                 }
                 NetworkFilter::TcpProxy(t) => {
                     let log = self.open_log(t.access_log.as_ref())?;
                     let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log)
                         .with_grpc_log(self.grpc_log(t.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Tcp));
+                    let rt = rt.with_tracer(self.tracer_for(t.tracing.as_deref(), &l.name));
                     FilterRt::Tcp(Arc::new(rt.with_istio(self.istio_tcp(l, &t.cluster))))
                 }
                 NetworkFilter::Rpc(r) if r.sniff.is_some() => {
@@ -745,7 +746,8 @@ impl Server {
                 NetworkFilter::Rpc(r) => {
                     let log = self.open_log(r.access_log.as_ref())?;
                     crate::rpc::ensure_admin(shared);
-                    FilterRt::Rpc(Arc::new(weft_rpc::RpcRt::new(r, &l.name, log)))
+                    let tracer = self.tracer_for(r.tracing.as_deref(), &l.name);
+                    FilterRt::Rpc(Arc::new(weft_rpc::RpcRt::new(r, &l.name, log).with_tracer(tracer)))
                 }
             };
             chains.push((fc.match_.clone(), f));
@@ -807,9 +809,13 @@ impl Server {
         )))
     }
 
-    /// The connection manager's tracer and its exporter task, when it configures tracing.
-    fn tracer(&self, h: &weft_config::HttpConnectionManager, listener: &str) -> Option<Arc<weft_core::trace::Tracer>> {
-        let t = h.tracing.as_deref()?;
+    /// The tracer of a connection manager or RPC listener with a `tracing` block, and its exporter task.
+    pub(crate) fn tracer_for(
+        &self,
+        t: Option<&weft_config::Tracing>,
+        listener: &str,
+    ) -> Option<Arc<weft_core::trace::Tracer>> {
+        let t = t?;
         let shared = Arc::downgrade(&self.shared);
         let resolve: weft_telemetry::ClusterResolver = Arc::new(move |name: &str| {
             let shared = shared.upgrade()?;

@@ -26,6 +26,8 @@ pub struct TcpRt {
     pub grpc_log: Option<Arc<weft_telemetry::als::GrpcLogger>>,
     /// Istio-standard TCP metrics (on unless the node's metadata turns them off).
     pub istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>,
+    /// One span per session, when the filter configures tracing.
+    pub tracer: Option<Arc<weft_core::trace::Tracer>>,
 }
 
 impl TcpRt {
@@ -42,7 +44,13 @@ impl TcpRt {
             access_log,
             grpc_log: None,
             istio: None,
+            tracer: None,
         }
+    }
+
+    pub fn with_tracer(mut self, tracer: Option<Arc<weft_core::trace::Tracer>>) -> TcpRt {
+        self.tracer = tracer;
+        self
     }
 
     pub fn with_grpc_log(mut self, l: Option<Arc<weft_telemetry::als::GrpcLogger>>) -> TcpRt {
@@ -80,6 +88,7 @@ pub async fn serve_connection(
 ) {
     let start = Instant::now();
     let started_at = SystemTime::now();
+    let trace = rt.tracer.as_ref().map(|t| t.start_tcp(peer));
     let Some(cluster) = clusters.cluster(&rt.config.cluster) else {
         return;
     };
@@ -157,6 +166,7 @@ pub async fn serve_connection(
             i.closed(flag, 0, 0);
         }
         end.log(&rt);
+        end.trace(&rt, trace);
         return;
     };
     if let Some(i) = &rt.istio {
@@ -174,6 +184,7 @@ pub async fn serve_connection(
     (end.received, end.sent) = (sent, received);
     (end.flag, end.reason) = ("-", None);
     end.log(&rt);
+    end.trace(&rt, trace);
 }
 
 /// What a TCP session's access-log line says.
@@ -193,6 +204,19 @@ struct TcpEnd {
 }
 
 impl TcpEnd {
+    fn trace(&self, rt: &TcpRt, trace: Option<Box<weft_core::trace::TraceExchange>>) {
+        if let (Some(t), Some(ex)) = (&rt.tracer, trace) {
+            let span = weft_core::trace::TcpSpan {
+                cluster: rt.config.cluster.clone(),
+                host: self.upstream,
+                bytes_received: self.received,
+                bytes_sent: self.sent,
+                attempts: self.attempts,
+            };
+            t.finish_tcp(ex, span, self.reason);
+        }
+    }
+
     fn log(&self, rt: &TcpRt) {
         if let Some(g) = &rt.grpc_log {
             g.log_tcp(self.grpc_entry(rt));

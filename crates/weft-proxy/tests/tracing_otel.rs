@@ -435,3 +435,88 @@ async fn failed_requests_are_exported_at_ratio_zero() {
     let cli = spans.iter().find(|s| s["kind"] == CLIENT).expect("client span");
     assert_eq!(cli["attributes"]["weft.reason"], "UF");
 }
+
+/// TCP proxy sessions: one span each, with the byte counts and the upstream; at ratio 0 only the
+/// failed session (upstream refused) is exported, force-sampled, with its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_sessions_get_one_span_each() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some(py) = python(".venv-otel") else { return };
+    let rx = receiver(&py, 0.0);
+    let echo = upstream::tcp_server(upstream::tcp_echo).await;
+    let dead = net::dead_addr();
+    let yaml = format!(
+        r#"
+node: {{ id: tcp-node }}
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: db
+    address: 127.0.0.1:0
+    tcp_proxy:
+      cluster: echo
+      tracing: {{ endpoint: "{collector}", service_name: weft-tcp }}
+  - name: gone
+    address: 127.0.0.1:0
+    tcp_proxy:
+      cluster: dead
+      tracing: {{ endpoint: "{collector}", service_name: weft-tcp, sampling_ratio: 0.0 }}
+clusters:
+  - name: echo
+    endpoints: [{{ address: "{echo}" }}]
+  - name: dead
+    connect_timeout: 1s
+    endpoints: [{{ address: "{dead}" }}]
+"#,
+        collector = rx.grpc
+    );
+    let p = proxy::start_proxy(&yaml);
+    let mut s = tokio::net::TcpStream::connect(p.listener_addr("db").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"hello weft").await.unwrap();
+    let mut buf = [0u8; 10];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello weft");
+    s.write_all(b"!!").await.unwrap();
+    let mut two = [0u8; 2];
+    s.read_exact(&mut two).await.unwrap();
+    drop(s);
+    // The failed session: connect refused, the client sees the connection closed.
+    let mut g = tokio::net::TcpStream::connect(p.listener_addr("gone").unwrap())
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), g.read_to_end(&mut sink)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let spans = loop {
+        let s = rx.spans();
+        if s.len() >= 2 || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let ok = spans
+        .iter()
+        .find(|s| s["name"] == "tcp echo")
+        .expect("the echo session's span");
+    let a = &ok["attributes"];
+    assert_eq!(ok["kind"], SERVER);
+    assert_eq!(ok["service"], "weft-tcp");
+    assert_eq!(ok["status"], 0, "{ok:#}");
+    assert_eq!(a["weft.bytes_received"], 12, "{ok:#}");
+    assert_eq!(a["weft.bytes_sent"], 12, "{ok:#}");
+    assert_eq!(a["weft.upstream.host"], echo.to_string());
+    assert_eq!(a["network.transport"], "tcp");
+    assert_eq!(a["network.peer.address"], "127.0.0.1");
+    let bad = spans
+        .iter()
+        .find(|s| s["name"] == "tcp dead")
+        .expect("the failed session's span");
+    assert_eq!(bad["status"], 2, "{bad:#}");
+    assert_eq!(bad["attributes"]["weft.force_sampled"], true);
+    assert_eq!(bad["attributes"]["weft.reason"], "UF", "{bad:#}");
+    assert_eq!(bad["attributes"]["weft.bytes_sent"], 0);
+}

@@ -577,18 +577,31 @@ impl Codec for Bolt {
         reply_status(r)
     }
 
-    fn add_attachment(&self, frame: &mut Frame, _info: &RequestInfo, key: &str, value: &str) -> bool {
+    /// Writes into the header map (which weft reads before the SofaRequest's requestProps): the
+    /// content is not touched.
+    fn set_attachments(&self, frame: &mut Frame, _info: &RequestInfo, kvs: &[(&str, &str)]) -> bool {
         let Some(s) = sections(&frame.data) else {
             return false;
         };
-        let extra = encode_headers(&[(key, value)]);
-        let (_, hl, _) = s.layout.lens(&frame.data);
-        let Ok(new_hl) = u16::try_from(hl + extra.len()) else {
+        let d = &frame.data[..];
+        let mut header = Vec::with_capacity(s.content - s.header + 128);
+        let kept = walk_headers(d, s.header, s.content, |(ka, kb), (va, vb)| {
+            if !kvs.iter().any(|(k, _)| k.as_bytes() == &d[ka..kb]) {
+                header.extend_from_slice(&d[ka - 4..kb]);
+                header.extend_from_slice(&d[va - 4..vb]);
+            }
+            false
+        });
+        if kept.is_err() {
+            return false;
+        }
+        header.extend_from_slice(&encode_headers(kvs));
+        let Ok(new_hl) = u16::try_from(header.len()) else {
             return false;
         };
-        let mut out = BytesMut::with_capacity(frame.data.len() + extra.len());
-        out.put_slice(&frame.data[..s.content]);
-        out.put_slice(&extra);
+        let mut out = BytesMut::with_capacity(frame.data.len() + header.len());
+        out.put_slice(&frame.data[..s.header]);
+        out.put_slice(&header);
         out.put_slice(&frame.data[s.content..]);
         let at = s.layout.lens_at() + 2;
         out[at..at + 2].copy_from_slice(&new_hl.to_be_bytes());
@@ -748,7 +761,7 @@ mod tests {
         Bolt.set_request_id(&mut frame, 0x1_0000_0009);
         assert_eq!(frame.id, 9, "ids are 32 bits");
         let info = Bolt.request_info(&frame).unwrap();
-        assert!(Bolt.add_attachment(&mut frame, &info, "traceparent", "00-abc"));
+        assert!(Bolt.set_attachments(&mut frame, &info, &[("traceparent", "00-abc")]));
         // Still a valid frame: the CRC was recomputed after each rewrite.
         let again = decode_one(&frame.data);
         assert_eq!(again.id, 9);
@@ -758,6 +771,22 @@ mod tests {
             .unwrap()
             .matches_text("00-abc"));
         assert_eq!(info.method.get(&again.data).unwrap(), "echo");
+        // Set again: replaced, not duplicated; the other header kept; CRC still right.
+        let mut again = again;
+        assert!(Bolt.set_attachments(&mut again, &info, &[("traceparent", "00-def")]));
+        let third = decode_one(&again.data);
+        let s = sections(&third.data).unwrap();
+        let mut keys = Vec::new();
+        walk_headers(&third.data, s.header, s.content, |(ka, kb), (va, vb)| {
+            keys.push(format!(
+                "{}={}",
+                String::from_utf8_lossy(&third.data[ka..kb]),
+                String::from_utf8_lossy(&third.data[va..vb])
+            ));
+            false
+        })
+        .unwrap();
+        assert_eq!(keys, ["service=S:1.0", "traceparent=00-def"]);
         // One flipped bit in the content: refused, answered.
         let mut bad = f.to_vec();
         let n = bad.len() - 6;

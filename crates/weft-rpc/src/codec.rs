@@ -195,8 +195,11 @@ pub trait Codec: Send + Sync + 'static {
     /// Maps a response status onto an HTTP-like class for the existing per-cluster counters.
     fn status_class(&self, status: u16) -> u16;
 
-    /// Adds an attachment to a request (copies the frame once; used only when configured).
-    fn add_attachment(&self, frame: &mut Frame, info: &RequestInfo, key: &str, value: &str) -> bool;
+    /// Sets attachments of a request (trace context): an entry with one of these keys and a
+    /// string value is replaced, the others are kept as they are; the frame is rebuilt once
+    /// (lengths and any checksum fixed). `false` when the frame's shape does not allow it (it is
+    /// then unchanged).
+    fn set_attachments(&self, frame: &mut Frame, info: &RequestInfo, kvs: &[(&str, &str)]) -> bool;
 }
 
 /// Reads a span of a frame as text.

@@ -272,24 +272,64 @@ impl Codec for Dubbo {
         }
     }
 
-    fn add_attachment(&self, frame: &mut Frame, info: &RequestInfo, key: &str, value: &str) -> bool {
-        // Only an untyped map ('H' ... 'Z') that ends the body can be extended in place.
-        let Some(at) = info.attachments_start else {
+    fn set_attachments(&self, frame: &mut Frame, info: &RequestInfo, kvs: &[(&str, &str)]) -> bool {
+        // Only an untyped map ('H' ... 'Z') that ends the body is rewritten.
+        let Some(at) = info.attachments_start.map(|a| a as usize) else {
             return false;
         };
-        if frame.data.get(at as usize) != Some(&b'H') || frame.data.last() != Some(&b'Z') {
+        if frame.data.get(at) != Some(&b'H') || frame.data.last() != Some(&b'Z') {
             return false;
         }
-        let mut r = Reader::at(&frame.data, at as usize);
-        if r.skip().is_err() || r.pos() != frame.data.len() {
+        // Walked from the arguments: a value in the map may use a class defined in an argument.
+        let mut r = Reader::at(&frame.data, info.args_start as usize);
+        for _ in 0..info.arg_count {
+            if r.skip().is_err() {
+                return false;
+            }
+        }
+        if r.pos() != at {
             return false;
         }
-        let mut extra = Vec::with_capacity(key.len() + value.len() + 6);
-        hessian::write_string(&mut extra, key);
-        hessian::write_string(&mut extra, value);
+        let mut r = Reader::at(&frame.data, at + 1);
+        // Entries to drop: string-valued ones under a key being set (strings are never the
+        // target of a back reference, so dropping them keeps the rest valid).
+        let mut drop: Vec<(usize, usize)> = Vec::new();
+        loop {
+            match r.peek() {
+                Ok(b'Z') => break,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            let start = r.pos();
+            let key = match r.read_value() {
+                Ok(Value::Str(k)) => Some(k),
+                Ok(_) => None,
+                Err(_) => return false,
+            };
+            let string_value = matches!(r.peek(), Ok(0x00..=0x1f | 0x30..=0x33 | b'R' | b'S' | b'N'));
+            if r.skip().is_err() {
+                return false;
+            }
+            if string_value && key.is_some_and(|k| kvs.iter().any(|(want, _)| *want == k)) {
+                drop.push((start, r.pos()));
+            }
+        }
+        if r.pos() != frame.data.len() - 1 {
+            return false;
+        }
+        let mut extra = Vec::with_capacity(kvs.iter().map(|(k, v)| k.len() + v.len() + 6).sum());
+        for (k, v) in kvs {
+            hessian::write_string(&mut extra, k);
+            hessian::write_string(&mut extra, v);
+        }
         let z = frame.data.len() - 1;
         let mut out = BytesMut::with_capacity(frame.data.len() + extra.len());
-        out.put_slice(&frame.data[..z]);
+        let mut from = 0;
+        for (a, b) in drop {
+            out.put_slice(&frame.data[from..a]);
+            from = b;
+        }
+        out.put_slice(&frame.data[from..z]);
         out.put_slice(&extra);
         out.put_u8(b'Z');
         let body_len = (out.len() - HEADER_LEN) as u32;
@@ -368,7 +408,7 @@ mod tests {
                                 let _ = Dubbo.attachment(&f, &info, k);
                             }
                             Dubbo.set_request_id(&mut f, 42);
-                            if Dubbo.add_attachment(&mut f, &info, "k", "v") {
+                            if Dubbo.set_attachments(&mut f, &info, &[("k", "v")]) {
                                 let mut again = f.data.clone();
                                 let g = Dubbo.decode(&mut again, u32::MAX).unwrap().unwrap();
                                 let info = Dubbo.request_info(&g).unwrap();
@@ -432,7 +472,7 @@ mod tests {
         let mut frame = decode_one(&f);
         Dubbo.set_request_id(&mut frame, 99);
         let info = Dubbo.request_info(&frame).unwrap();
-        assert!(Dubbo.add_attachment(&mut frame, &info, "traceparent", "00-abc"));
+        assert!(Dubbo.set_attachments(&mut frame, &info, &[("traceparent", "00-abc")]));
         let again = decode_one(&frame.data);
         assert_eq!(again.id, 99);
         let info = Dubbo.request_info(&again).unwrap();
@@ -441,6 +481,21 @@ mod tests {
             .unwrap()
             .matches_text("00-abc"));
         assert!(Dubbo.attachment(&again, &info, "a").unwrap().matches_text("b"));
+        // Setting it again replaces the entry (one `traceparent`, the new value), keeps the rest.
+        let mut again = again;
+        assert!(Dubbo.set_attachments(&mut again, &info, &[("traceparent", "00-def"), ("sw8", "1-x")]));
+        let third = decode_one(&again.data);
+        let info = Dubbo.request_info(&third).unwrap();
+        let mut r = Reader::at(&third.data, info.attachments_start.unwrap() as usize);
+        let mut seen = Vec::new();
+        r.walk_map(|k, v| {
+            seen.push((k.to_string(), v.as_str().unwrap_or_default().to_string()));
+            false
+        })
+        .unwrap();
+        let want = [("a", "b"), ("traceparent", "00-def"), ("sw8", "1-x")];
+        assert_eq!(seen, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        assert_eq!(r.pos(), third.data.len());
     }
 
     #[test]

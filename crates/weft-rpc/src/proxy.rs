@@ -26,9 +26,19 @@ use tokio::sync::mpsc;
 use weft_config::rpc::{RpcProtocol, RpcProxy, RpcRoute};
 use weft_config::RoutePriority;
 use weft_core::access_log::{timestamp, AccessLogger};
+use weft_core::trace::{RpcSpan, TraceExchange, Tracer};
 use weft_upstream::cluster::{ActiveRequest, ConnGuard};
 use weft_upstream::outlier::Outcome;
 use weft_upstream::{ClusterLookup, ClusterRt, Host};
+
+/// OpenTelemetry's `rpc.system` of a codec.
+fn rpc_system(codec: &str) -> &'static str {
+    match codec {
+        "dubbo" => "apache_dubbo",
+        "bolt" => "sofarpc",
+        _ => "other",
+    }
+}
 
 const READ_CHUNK: usize = 8 * 1024;
 const MAX_BATCH: usize = 64;
@@ -43,6 +53,7 @@ pub struct RpcRt {
     pools: Mutex<HashMap<(SocketAddr, Arc<str>), HostSlots>>,
     /// How often in-flight requests are checked for their deadline.
     sweep: Duration,
+    tracer: Option<Arc<Tracer>>,
 }
 
 struct HostSlots {
@@ -73,7 +84,15 @@ impl RpcRt {
             access_log,
             pools: Mutex::new(HashMap::new()),
             sweep: (min_timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
+            tracer: None,
         }
+    }
+
+    /// Traces the listener's requests (a server span each, and a client span per forwarded one)
+    /// and propagates the context in their attachments.
+    pub fn with_tracer(mut self, tracer: Option<Arc<Tracer>>) -> RpcRt {
+        self.tracer = tracer;
+        self
     }
 
     fn route(&self, frame: &Frame, info: &RequestInfo) -> Option<&RpcRoute> {
@@ -153,6 +172,13 @@ impl RpcRt {
         self.stats.local_reply(r.reason());
         let _ = down.tx.send(self.codec.local_reply(id, r, msg));
     }
+
+    /// Ends a traced request that weft answered itself.
+    fn trace_local(&self, trace: Option<Box<TraceExchange>>, r: LocalReply, route: Option<&str>) {
+        if let (Some(t), Some(ex)) = (&self.tracer, trace) {
+            t.finish_rpc(ex, false, self.codec.local_status(r), Some(r.reason()), route);
+        }
+    }
 }
 
 /// The downstream side a response goes back to.
@@ -172,6 +198,7 @@ struct Pending {
     stats: MethodStats,
     _active: ActiveRequest,
     log: Option<Box<LogInfo>>,
+    trace: Option<Box<TraceExchange>>,
 }
 
 struct LogInfo {
@@ -218,6 +245,7 @@ impl UpConn {
             sweep: rt.sweep,
             cluster,
             host,
+            tracer: rt.tracer.clone(),
         };
         tokio::spawn(up_reader(r, conn.clone(), ctx, guard));
         conn
@@ -233,10 +261,12 @@ struct UpCtx {
     sweep: Duration,
     cluster: Arc<ClusterRt>,
     host: Arc<Host>,
+    tracer: Option<Arc<Tracer>>,
 }
 
 impl UpCtx {
-    fn finish(&self, p: Pending, status: u16, reason: &str) {
+    /// A request's end: `reason` is set when weft answered it itself (no response came).
+    fn finish(&self, mut p: Pending, status: u16, reason: Option<&'static str>) {
         let elapsed = p.started.elapsed();
         let ok = self.codec.status_ok(status);
         if ok { &p.stats.ok } else { &p.stats.error }.inc();
@@ -256,8 +286,17 @@ impl UpCtx {
                 "upstream_cluster": self.cluster.name(),
                 "upstream_host": self.host.address.to_string(),
                 "duration_ms": elapsed.as_secs_f64() * 1000.0,
-                "reason": reason,
+                "reason": reason.unwrap_or("-"),
             }));
+        }
+        if let (Some(t), Some(mut ex)) = (&self.tracer, p.trace.take()) {
+            let answered = reason.is_none();
+            if let Some(r) = &mut ex.rpc {
+                r.upstream_ok = answered && ok;
+            }
+            ex.end_client(Some(self.host.address), 1, answered.then_some(status));
+            let route = ex.route.take();
+            t.finish_rpc(ex, ok, status, reason, route.as_deref());
         }
     }
 
@@ -265,7 +304,7 @@ impl UpCtx {
         self.stats.local_reply(r.reason());
         let _ = p.down.tx.send(self.codec.local_reply(p.orig_id, r, msg));
         let status = self.codec.local_status(r);
-        self.finish(p, status, r.reason());
+        self.finish(p, status, Some(r.reason()));
     }
 }
 
@@ -297,7 +336,7 @@ async fn up_reader(mut r: tokio::net::tcp::OwnedReadHalf, conn: Arc<UpConn>, ctx
                                     let _ = p.down.tx.send(f.data.freeze());
                                     let class = ctx.codec.status_class(status);
                                     ctx.cluster.report(&ctx.host, Outcome::Status(class));
-                                    ctx.finish(p, status, "-");
+                                    ctx.finish(p, status, None);
                                 }
                             }
                             FrameKind::Heartbeat => {
@@ -519,9 +558,31 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         }
     };
     let id = frame.id;
-    let fail = |r: LocalReply, msg: &str| {
+    // Traced: two-way requests (a one-way request has no end to measure).
+    let mut trace = match &rt.tracer {
+        Some(t) if two_way => {
+            let get = |k: &str| {
+                codec
+                    .attachment(&frame, &info, k)
+                    .and_then(|v| v.as_str().map(str::to_string))
+            };
+            Some(t.start_rpc(
+                get,
+                down.peer,
+                RpcSpan {
+                    system: rpc_system(codec.name()),
+                    service: info.service.get(&frame.data).unwrap_or_default().into_owned(),
+                    method: info.method.get(&frame.data).unwrap_or_default().into_owned(),
+                    ..RpcSpan::default()
+                },
+            ))
+        }
+        _ => None,
+    };
+    let fail = |r: LocalReply, msg: &str, route: Option<&str>, trace: Option<Box<TraceExchange>>| {
         if two_way {
             rt.reply(down, id, r, msg);
+            rt.trace_local(trace, r, route);
         } else {
             rt.stats.local_reply(r.reason());
         }
@@ -529,24 +590,46 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
     let Some(route) = rt.route(&frame, &info) else {
         let svc = info.service.get(&frame.data).unwrap_or_default();
         let m = info.method.get(&frame.data).unwrap_or_default();
-        fail(LocalReply::NoRoute, &format!("no route for {svc}.{m} (weft)"));
+        fail(
+            LocalReply::NoRoute,
+            &format!("no route for {svc}.{m} (weft)"),
+            None,
+            trace.take(),
+        );
         return true;
     };
+    let rn = Some(route.name.as_str());
     let Some(cluster) = clusters.cluster(&route.cluster) else {
         fail(
             LocalReply::NoRoute,
             &format!("cluster {} not found (weft)", route.cluster),
+            rn,
+            trace.take(),
         );
         return true;
     };
     let subset = (!route.subset.is_empty()).then_some(&route.subset);
     let Some(host) = cluster.pick(None, None, subset) else {
-        fail(LocalReply::NoHealthyUpstream, "no healthy upstream (weft)");
+        fail(
+            LocalReply::NoHealthyUpstream,
+            "no healthy upstream (weft)",
+            rn,
+            trace.take(),
+        );
         return true;
     };
     let Some(active) = cluster.start_request(&host, RoutePriority::Default) else {
-        fail(LocalReply::Overload, "upstream overloaded (weft)");
+        fail(LocalReply::Overload, "upstream overloaded (weft)", rn, trace.take());
         return true;
+    };
+    // The client span starts before connecting; its context is written into the frame last (the
+    // rewrite moves what `info` points at).
+    let trace_ctx = match (&rt.tracer, trace.as_mut()) {
+        (Some(t), Some(ex)) => {
+            ex.route = Some(route.name.clone());
+            Some(ex.start_rpc_client(t, cluster.name()))
+        }
+        _ => None,
     };
     let conn = match rt.conn(&cluster, &host).await {
         Ok(c) => c,
@@ -554,7 +637,10 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
             if e.counts_against_host() {
                 cluster.report(&host, Outcome::LocalFailure);
             }
-            fail(LocalReply::UpstreamFailure, &format!("{e} (weft)"));
+            if let Some(ex) = trace.as_mut() {
+                ex.end_client(Some(host.address), 1, None);
+            }
+            fail(LocalReply::UpstreamFailure, &format!("{e} (weft)"), rn, trace.take());
             return true;
         }
     };
@@ -578,6 +664,12 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
     if let Some(t) = codec.request_timeout(&frame) {
         timeout = timeout.min(t);
     }
+    if let Some(ctx) = trace_ctx {
+        let kvs: Vec<(&str, &str)> = ctx.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        if !codec.set_attachments(&mut frame, &info, &kvs) {
+            tracing::debug!(listener = %rt.listener, "cannot write trace context into the request");
+        }
+    }
     let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
     codec.set_request_id(&mut frame, up_id);
     down.inflight.fetch_add(1, Ordering::Relaxed);
@@ -591,19 +683,21 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
             stats,
             _active: active,
             log,
+            trace,
         },
     );
     if conn.tx.send(frame.data.freeze()).is_err() || conn.closed.load(Ordering::Relaxed) {
         // The connection closed under us: its reader may already have failed what it held.
-        if let Some(p) = conn.pending.lock().remove(&up_id) {
+        let p = conn.pending.lock().remove(&up_id);
+        if let Some(mut p) = p {
             down.inflight.fetch_sub(1, Ordering::Relaxed);
-            drop(p);
             rt.reply(
                 down,
                 id,
                 LocalReply::UpstreamFailure,
                 "upstream connection closed (weft)",
             );
+            rt.trace_local(p.trace.take(), LocalReply::UpstreamFailure, Some(&route.name));
         }
     }
     true

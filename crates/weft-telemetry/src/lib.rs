@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_config::{OtlpProtocol, TraceEndpoint, Tracing};
-use weft_core::trace::{hex, TraceCounters, TraceExchange, TraceReceiver, Tracer};
+use weft_core::trace::{hex, RpcSpan, TcpSpan, TraceCounters, TraceExchange, TraceReceiver, Tracer};
 
 /// A batch is sent when full or when its oldest record has waited this long.
 pub const BATCH_DELAY: Duration = Duration::from_millis(500);
@@ -111,7 +111,10 @@ impl Exporter {
                     _ = tokio::time::sleep_until(deadline) => break,
                 }
             }
-            let spans = batch.iter().map(|x| 1 + u64::from(x.client.is_some())).sum::<u64>();
+            let spans = batch
+                .iter()
+                .map(|x| 1 + u64::from(x.client.is_some() && x.tcp.is_none()))
+                .sum::<u64>();
             let req = self.request(&batch);
             batch.clear();
             let timeout = self.config.export_timeout;
@@ -282,6 +285,12 @@ fn i(v: i64) -> any_value::Value {
 /// The OTLP spans of one exchange: the server span and, when it was forwarded, the client span.
 /// Attribute names follow OpenTelemetry's HTTP semantic conventions; weft's own are `weft.*`.
 pub fn to_spans(x: &TraceExchange, out: &mut Vec<Span>) {
+    if let Some(rpc) = &x.rpc {
+        return rpc_spans(x, rpc, out);
+    }
+    if let Some(tcp) = &x.tcp {
+        return out.push(tcp_span(x, tcp));
+    }
     let method = x.method.as_str();
     let (host, port) = match x.host.as_ref().and_then(|h| h.to_str().ok()) {
         Some(h) => split_host_port(h),
@@ -387,6 +396,132 @@ pub fn to_spans(x: &TraceExchange, out: &mut Vec<Span>) {
             status: Some(status(client_error, client_reason)),
             ..Default::default()
         });
+    }
+}
+
+/// The OTLP spans of one RPC request (Dubbo, Bolt), after OpenTelemetry's RPC semantic
+/// conventions: named `service/method`, `rpc.system`, `rpc.service`, `rpc.method`, the protocol's
+/// status code in `rpc.response.status_code`, plus weft's own `weft.*`.
+fn rpc_spans(x: &TraceExchange, rpc: &RpcSpan, out: &mut Vec<Span>) {
+    let name = format!("{}/{}", rpc.service, rpc.method);
+    let common = |attrs: &mut Vec<KeyValue>| {
+        attrs.push(kv("rpc.system", s(rpc.system)));
+        attrs.push(kv("rpc.service", s(&rpc.service)));
+        attrs.push(kv("rpc.method", s(&rpc.method)));
+    };
+    let mut attrs = Vec::with_capacity(12);
+    common(&mut attrs);
+    attrs.push(kv("network.peer.address", s(&x.peer.ip().to_string())));
+    attrs.push(kv("network.peer.port", i(i64::from(x.peer.port()))));
+    attrs.push(kv("client.address", s(&x.peer.ip().to_string())));
+    attrs.push(kv("rpc.response.status_code", s(&x.status.to_string())));
+    if let Some(r) = &x.route {
+        attrs.push(kv("weft.route", s(r)));
+    }
+    if let Some(r) = x.reason {
+        attrs.push(kv("weft.reason", s(r)));
+    }
+    if x.forced {
+        attrs.push(kv("weft.force_sampled", any_value::Value::BoolValue(true)));
+    }
+    if let Some(c) = &x.client {
+        attrs.push(kv("weft.upstream.cluster", s(&c.cluster)));
+    }
+    if let Some(sw) = x.parent.as_ref().and_then(|p| p.sw8.as_deref()) {
+        attrs.push(kv("skywalking.trace_id", s(&sw.trace_id)));
+        attrs.push(kv("skywalking.parent.segment_id", s(&sw.parent_segment)));
+        attrs.push(kv("skywalking.parent.span_id", i(i64::from(sw.parent_span))));
+    }
+    let error = !rpc.ok || x.reason.is_some();
+    out.push(Span {
+        trace_id: x.trace_id.to_vec(),
+        span_id: x.server_span.to_vec(),
+        trace_state: x
+            .tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        parent_span_id: x.parent.as_ref().map(|p| p.span_id.to_vec()).unwrap_or_default(),
+        flags: 0x100 | if x.parent.is_some() { 0x200 } else { 0 } | u32::from(x.sampled),
+        name: name.clone(),
+        kind: SpanKind::Server as i32,
+        start_time_unix_nano: x.start_unix_nanos,
+        end_time_unix_nano: x.start_unix_nanos + x.server_nanos,
+        attributes: attrs,
+        status: Some(status(error, x.reason)),
+        ..Default::default()
+    });
+    if let Some(c) = &x.client {
+        let mut attrs = Vec::with_capacity(12);
+        common(&mut attrs);
+        attrs.push(kv("weft.upstream.cluster", s(&c.cluster)));
+        if let Some(h) = c.host {
+            attrs.push(kv("server.address", s(&h.ip().to_string())));
+            attrs.push(kv("server.port", i(i64::from(h.port()))));
+            attrs.push(kv("network.peer.address", s(&h.ip().to_string())));
+            attrs.push(kv("network.peer.port", i(i64::from(h.port()))));
+            attrs.push(kv("weft.upstream.host", s(&h.to_string())));
+        }
+        if let Some(st) = c.status {
+            attrs.push(kv("rpc.response.status_code", s(&st.to_string())));
+        }
+        let client_error = c.status.is_none() || !rpc.upstream_ok;
+        let client_reason = if c.status.is_none() { x.reason } else { None };
+        if let Some(r) = client_reason {
+            attrs.push(kv("weft.reason", s(r)));
+        }
+        out.push(Span {
+            trace_id: x.trace_id.to_vec(),
+            span_id: c.span_id.to_vec(),
+            parent_span_id: x.server_span.to_vec(),
+            flags: 0x100 | 0x200 | u32::from(x.sampled),
+            name,
+            kind: SpanKind::Client as i32,
+            start_time_unix_nano: c.start_unix_nanos,
+            end_time_unix_nano: c.start_unix_nanos + c.nanos,
+            attributes: attrs,
+            status: Some(status(client_error, client_reason)),
+            ..Default::default()
+        });
+    }
+}
+
+/// The one span of a TCP proxy session (kind `SERVER`, from accept to close), named
+/// `tcp CLUSTER`, with its byte counts.
+fn tcp_span(x: &TraceExchange, t: &TcpSpan) -> Span {
+    let mut attrs = vec![
+        kv("network.transport", s("tcp")),
+        kv("network.peer.address", s(&x.peer.ip().to_string())),
+        kv("network.peer.port", i(i64::from(x.peer.port()))),
+        kv("client.address", s(&x.peer.ip().to_string())),
+        kv("weft.upstream.cluster", s(&t.cluster)),
+        kv("weft.bytes_received", i(t.bytes_received as i64)),
+        kv("weft.bytes_sent", i(t.bytes_sent as i64)),
+        kv("weft.attempts", i(i64::from(t.attempts))),
+    ];
+    if let Some(h) = t.host {
+        attrs.push(kv("server.address", s(&h.ip().to_string())));
+        attrs.push(kv("server.port", i(i64::from(h.port()))));
+        attrs.push(kv("weft.upstream.host", s(&h.to_string())));
+    }
+    if let Some(r) = x.reason {
+        attrs.push(kv("weft.reason", s(r)));
+    }
+    if x.forced {
+        attrs.push(kv("weft.force_sampled", any_value::Value::BoolValue(true)));
+    }
+    Span {
+        trace_id: x.trace_id.to_vec(),
+        span_id: x.server_span.to_vec(),
+        flags: 0x100 | u32::from(x.sampled),
+        name: format!("tcp {}", t.cluster),
+        kind: SpanKind::Server as i32,
+        start_time_unix_nano: x.start_unix_nanos,
+        end_time_unix_nano: x.start_unix_nanos + x.server_nanos,
+        attributes: attrs,
+        status: Some(status(x.reason.is_some(), x.reason)),
+        ..Default::default()
     }
 }
 

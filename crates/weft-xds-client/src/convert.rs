@@ -401,6 +401,7 @@ fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
             &t.access_log,
             crate::access_log_xds::Kind::Tcp,
         ),
+        tracing: None,
     }
 }
 
@@ -1209,6 +1210,14 @@ fn route_action(
     let mut out = RawRouteAction {
         // Envoy's default route timeout is 15s; 0 disables it.
         timeout: Some(a.timeout.as_ref().map(dur).unwrap_or_else(|| "15s".into())),
+        // The newer field wins over the deprecated one, as in Envoy.
+        #[allow(deprecated)]
+        max_grpc_timeout: a
+            .max_stream_duration
+            .as_ref()
+            .and_then(|m| m.grpc_timeout_header_max.as_ref())
+            .or(a.max_grpc_timeout.as_ref())
+            .map(dur),
         prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
         fault: pf.fault,
         local_rate_limit: pf.rate_limit,

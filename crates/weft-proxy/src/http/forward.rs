@@ -136,6 +136,15 @@ pub(super) async fn forward(
     let mut req = req;
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let grpc_timeout = if grpc {
+        parts
+            .headers
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+    } else {
+        None
+    };
+    let timeout = action.effective_timeout(grpc_timeout);
     let headers = std::mem::take(&mut parts.headers);
     let mut headers = rewrite_request_headers(
         ctx,
@@ -195,7 +204,7 @@ pub(super) async fn forward(
         action,
         policy,
         grpc,
-        deadline: action.timeout.map(|t| start + t),
+        deadline: timeout.map(|t| start + t),
     };
     // The attempt loop, here rather than in a nested async fn (each nesting level copies the whole
     // inner future once more). Every try ends in a `Decision`.
@@ -217,7 +226,7 @@ pub(super) async fn forward(
         let try_start = Instant::now();
         let try_deadline = attempts.try_deadline(try_start);
         // Like Envoy, the route timeout counts from the end of the client's request.
-        let upload = source.upload().zip(action.timeout);
+        let upload = source.upload().zip(timeout);
         let outcome = send_once(cluster, &host, request, try_deadline, action.priority, upload).await;
         let outcome = outcome.map_err(|TryFailure { error, unsent }| {
             // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
@@ -262,6 +271,27 @@ pub(super) async fn forward(
             Decision::Fail(e) => return Err(e),
         }
     }
+}
+
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`), as in gRPC
+/// over HTTP/2; anything else is ignored (`None`).
+pub(crate) fn parse_grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (unit, digits) = v.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    Some(match unit {
+        b'H' => Duration::from_secs(n * 3600),
+        b'M' => Duration::from_secs(n * 60),
+        b'S' => Duration::from_secs(n),
+        b'm' => Duration::from_millis(n),
+        b'u' => Duration::from_micros(n),
+        b'n' => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// The upstream path when the route rewrites its prefix; `None` reuses the original as is.
@@ -618,4 +648,20 @@ fn finish_response(
         }
     }
     Response::from_parts(parts, DownBody::upstream(body, pooled))
+}
+
+#[cfg(test)]
+mod grpc_timeout_tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeout() {
+        assert_eq!(parse_grpc_timeout(b"300m"), Some(Duration::from_millis(300)));
+        assert_eq!(parse_grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout(b"1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout(b"99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "m", "123456789m", "10x", "-1S", "1.5S", " 1S"] {
+            assert_eq!(parse_grpc_timeout(bad.as_bytes()), None, "{bad}");
+        }
+    }
 }

@@ -34,10 +34,11 @@ impl Server {
         let shared = &self.shared;
         let log = self.open_log(r.access_log.as_ref())?;
         crate::rpc::ensure_admin(shared);
+        let tracer = self.tracer_for(r.tracing.as_deref(), &l.name);
         let rpc = |protocol| {
             let mut c = r.clone();
             c.protocol = protocol;
-            Arc::new(RpcRt::new(&c, &l.name, log.clone()))
+            Arc::new(RpcRt::new(&c, &l.name, log.clone()).with_tracer(tracer.clone()))
         };
         let http = match &sniff.http {
             None => None,
@@ -46,7 +47,7 @@ impl Server {
                 let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
                 let rt = rt.with_istio(self.istio(l));
                 let rt = rt.with_grpc_log(self.grpc_log(h.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Http));
-                Some(Arc::new(rt.with_tracer(self.tracer(h, &l.name))))
+                Some(Arc::new(rt.with_tracer(self.tracer_for(h.tracing.as_deref(), &l.name))))
             }
         };
         let fallback = match &sniff.fallback {
@@ -54,7 +55,8 @@ impl Server {
             Some(t) => {
                 let log = self.open_log(t.access_log.as_ref())?;
                 let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log)
-                    .with_grpc_log(self.grpc_log(t.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Tcp));
+                    .with_grpc_log(self.grpc_log(t.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Tcp))
+                    .with_tracer(self.tracer_for(t.tracing.as_deref(), &l.name));
                 Some(Arc::new(rt))
             }
         };
