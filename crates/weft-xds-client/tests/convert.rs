@@ -327,6 +327,10 @@ fn full_routes() -> rt::RouteConfiguration {
                 },
             )),
             timeout: d(3000),
+            max_stream_duration: Some(rt::route_action::MaxStreamDuration {
+                grpc_timeout_header_max: d(2000),
+                ..Default::default()
+            }),
             prefix_rewrite: "/".into(),
             host_rewrite_specifier: Some(rt::route_action::HostRewriteSpecifier::HostRewriteLiteral(
                 "reviews.internal".into(),
@@ -674,6 +678,17 @@ fn listener_and_routes_map_onto_the_model() {
     let RouteAction::Forward(f) = &r.action else { panic!() };
     assert_eq!(f.clusters.iter().map(|c| c.weight).collect::<Vec<_>>(), vec![90, 10]);
     assert_eq!(f.timeout, Some(Duration::from_secs(3)));
+    // grpc_timeout_header_max: a gRPC request's deadline replaces the timeout, capped at 2s.
+    assert_eq!(f.max_grpc_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(
+        f.effective_timeout(Some(Duration::from_secs(5))),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(
+        f.effective_timeout(Some(Duration::from_millis(100))),
+        Some(Duration::from_millis(100))
+    );
+    assert_eq!(f.effective_timeout(None), Some(Duration::from_secs(3)));
     assert_eq!(f.prefix_rewrite.as_deref(), Some("/"));
     assert_eq!(f.host_rewrite.as_deref(), Some("reviews.internal"));
     let rp = f.retry_policy.as_ref().unwrap();
