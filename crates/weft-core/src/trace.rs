@@ -647,14 +647,20 @@ impl TraceExchange {
             attempts: 0,
             status: None,
         });
-        let endpoint = self.uri.path().to_string();
         for p in &tracer.config.propagators {
-            self.inject(*p, span_id, tracer, cluster, &endpoint, &mut |name, v| match name {
-                Some(name) => put(headers, name, v),
-                None => {
-                    headers.remove(&B3_FLAGS);
-                }
-            });
+            self.inject(
+                *p,
+                span_id,
+                tracer,
+                cluster,
+                self.uri.path(),
+                &mut |name, v| match name {
+                    Some(name) => put(headers, name, v),
+                    None => {
+                        headers.remove(&B3_FLAGS);
+                    }
+                },
+            );
         }
     }
 
@@ -935,6 +941,48 @@ mod tests {
             http_path: "/v1/traces".into(),
         };
         Tracer::new(Arc::new(cfg), "node-1".into(), TraceCounters::default())
+    }
+
+    #[test]
+    fn rpc_context_from_and_into_attachments() {
+        let (t, mut rx) = tracer(0.0, vec![Propagator::W3c, Propagator::B3multi, Propagator::Sw8]);
+        let props: std::collections::HashMap<&str, &str> = [
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+            ("x-b3-sampled", "1"),
+        ]
+        .into();
+        let peer: SocketAddr = "127.0.0.1:5".parse().unwrap();
+        let span = RpcSpan {
+            system: "sofarpc",
+            service: "S".into(),
+            method: "m".into(),
+            ..RpcSpan::default()
+        };
+        let mut ex = t.start_rpc(|k| props.get(k).copied(), peer, span);
+        assert!(ex.sampled, "b3 said sampled (the ratio is 0)");
+        assert_eq!(hex(&ex.trace_id), "463ac35c9f6413ad48485a3953bb6124");
+        assert_eq!(hex(&ex.parent.as_ref().unwrap().span_id), "a2fb4a1d1a96d312");
+        let kvs = ex.start_rpc_client(&t, "c");
+        let get = |k: &str| kvs.iter().find(|(n, _)| n.as_str() == k).map(|(_, v)| v.clone());
+        let client = ex.client.as_ref().unwrap().span_id;
+        let tp = parse_traceparent(get("traceparent").unwrap().as_bytes()).unwrap();
+        assert_eq!((tp.trace_id, tp.span_id), (ex.trace_id, client));
+        assert_eq!(get("x-b3-spanid").unwrap(), hex(&client));
+        assert_eq!(get("x-b3-parentspanid").unwrap(), hex(&ex.server_span));
+        let sw = parse_sw8(get("sw8").unwrap().as_bytes()).unwrap();
+        assert_eq!(sw.sw8.unwrap().parent_endpoint, "S.m");
+        // What a caller's next hop reads back is this context.
+        let again = extract_by(get, &[Propagator::W3c]).unwrap();
+        assert_eq!(again.span_id, client);
+        ex.end_client(Some(peer), 1, None);
+        t.finish_rpc(ex, false, 31, Some("UT"), Some("r"));
+        let got = rx.try_recv().unwrap();
+        assert_eq!(
+            (got.status, got.reason, got.route.as_deref()),
+            (31, Some("UT"), Some("r"))
+        );
+        assert!(!got.rpc.as_ref().unwrap().ok);
     }
 
     #[test]
