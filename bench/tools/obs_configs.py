@@ -18,7 +18,8 @@ ISTIO_LOG_FORMAT = (
     '%REQUESTED_SERVER_NAME% %ROUTE_NAME%\n')
 
 # Issue #14's targets: CPU per request over `plain`, as a fraction.
-TARGETS = {"istio-metrics": 0.05, "trace-1%": 0.05, "trace-100%": 0.25}
+TARGETS = {"istio-metrics": 0.05, "trace-1%": 0.05, "trace-100%": 0.25, "trace-1%-w3c": 0.05,
+           "trace-100%-w3c": 0.25}
 
 # Counters read from the admin API around each measured run (sums over all label sets).
 METRICS = ("weft_tracing_sampled_total", "weft_tracing_dropped_total", "weft_tracing_exported_spans_total",
@@ -26,22 +27,31 @@ METRICS = ("weft_tracing_sampled_total", "weft_tracing_dropped_total", "weft_tra
            "weft_access_log_grpc_dropped_total", "istio_requests_total")
 
 
-def rows(logfile):
+def rows(logfile, only=None):
     """[(row name, Istio metrics on?, `http` keys as YAML lines)]. Every row but `plain` adds one
-    feature to plain (Istio-standard metrics off); the last is what an Istio sidecar typically runs."""
-    def tracing(ratio):
-        return "tracing: " + json.dumps({"endpoint": "collector", "protocol": "grpc", "sampling_ratio": ratio,
-                                         "service_name": "bench"})
+    feature to plain (Istio-standard metrics off); the last is what an Istio sidecar typically runs.
+    only: a comma list of row names to keep (BENCH_OBS_ROWS)."""
+    def tracing(ratio, propagators=None):
+        t = {"endpoint": "collector", "protocol": "grpc", "sampling_ratio": ratio, "service_name": "bench"}
+        if propagators:
+            t["propagators"] = propagators
+        return "tracing: " + json.dumps(t)
     als = "access_log: " + json.dumps({"grpc": {"cluster": "collector", "log_name": "bench"}})
-    return [
+    all_rows = [
         ("plain", False, []),
         ("istio-metrics", True, []),
-        ("trace-1%", False, [tracing(0.01)]),
+        ("trace-1%", False, [tracing(0.01)]),  # default propagators: w3c, b3, b3multi
         ("trace-100%", False, [tracing(1.0)]),
+        ("trace-1%-w3c", False, [tracing(0.01, ["w3c"])]),  # only traceparent written upstream
+        ("trace-100%-w3c", False, [tracing(1.0, ["w3c"])]),
         ("access-log-file", False, ["access_log: " + json.dumps({"path": str(logfile), "format": ISTIO_LOG_FORMAT})]),
         ("access-log-grpc", False, [als]),
         ("istio+trace-1%+als", True, [tracing(0.01), als]),
     ]
+    if only:
+        keep = set(only.split(","))
+        return [r for r in all_rows if r[0] in keep]
+    return all_rows
 
 
 def render(dest, port, admin, upstream, collector, istio, lines):
