@@ -866,7 +866,9 @@ mod tests {
         let divert = m.find("-m socket --transparent -j WEFT_DIVERT").unwrap();
         assert!(divert < m.find("--dport 8080 -j WEFT_TPROXY").unwrap());
         // Replies to connections opened from the namespace are never diverted.
-        let replies = m.find("-A WEFT_INBOUND -p tcp -m conntrack --ctdir REPLY -j RETURN").unwrap();
+        let replies = m
+            .find("-A WEFT_INBOUND -p tcp -m conntrack --ctdir REPLY -j RETURN")
+            .unwrap();
         assert!(replies < divert, "{m}");
         assert!(m.ends_with("-A WEFT_INBOUND -p tcp --dport 9090 -j WEFT_TPROXY"), "{m}");
         // The return path of original-source connections.

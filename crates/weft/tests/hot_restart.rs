@@ -713,7 +713,7 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
     let new_bin = weft_bin();
     let old_bin = old_weft_bin();
     let bin_of = |generation: usize| match &old_bin {
-        Some(old) if generation % 2 == 0 => old.clone(),
+        Some(old) if generation.is_multiple_of(2) => old.clone(),
         _ => new_bin.clone(),
     };
     let new_build = build_of(&new_bin);
