@@ -133,6 +133,9 @@ pub struct Listener {
     pub original_destination: bool,
     /// `IP_TRANSPARENT` on the listening socket (iptables TPROXY).
     pub transparent: bool,
+    /// Upstream connections to `original_dst` clusters made for this listener's connections come
+    /// from the downstream peer's IP (as the cluster's `original_source`).
+    pub original_source: bool,
     /// False for a virtual listener: not bound, reached through an `original_destination` one.
     pub bind_to_port: bool,
     /// TLS termination; `None` is plaintext.

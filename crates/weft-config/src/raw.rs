@@ -105,6 +105,10 @@ pub struct RawListener {
     pub original_destination: Option<bool>,
     /// `IP_TRANSPARENT` on the listening socket, for iptables TPROXY (needs CAP_NET_ADMIN).
     pub transparent: Option<bool>,
+    /// Connections this listener accepts reach `original_dst` clusters from the downstream
+    /// peer's IP, as a cluster's `original_source` does (Envoy's `envoy.filters.listener.original_src`
+    /// listener filter, which is what xDS converts to this).
+    pub original_source: Option<bool>,
     /// `false`: no socket of its own; it receives connections an `original_destination` listener
     /// hands over (Envoy's virtual listener). Default true.
     pub bind_to_port: Option<bool>,

@@ -505,6 +505,7 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         direction,
         original_destination: l.original_destination.unwrap_or(false),
         transparent: l.transparent.unwrap_or(false),
+        original_source: l.original_source.unwrap_or(false),
         bind_to_port: l.bind_to_port.unwrap_or(true),
         tls: l
             .tls

@@ -136,7 +136,10 @@ fn drain_call(state: &AdminState, path: &str, query: &str) -> (StatusCode, Resul
         Err(e) => return (StatusCode::BAD_REQUEST, Err(e.to_string())),
     };
     if path == "/endpoints/undrain" {
-        let (epoch, was) = state.drains.remove(&service, address);
+        let (epoch, was) = match state.drains.remove(&service, address) {
+            Ok(r) => r,
+            Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, Err(e.to_string())),
+        };
         return (
             StatusCode::OK,
             Ok(
@@ -150,6 +153,7 @@ fn drain_call(state: &AdminState, path: &str, query: &str) -> (StatusCode, Resul
             Ok(serde_json::json!({ "service": service, "address": address.to_string(), "epoch": epoch })),
         ),
         Err(e @ DrainError::NotSynced) => (StatusCode::SERVICE_UNAVAILABLE, Err(e.to_string())),
+        Err(e @ DrainError::Persist(_)) => (StatusCode::INTERNAL_SERVER_ERROR, Err(e.to_string())),
         Err(e) => (StatusCode::NOT_FOUND, Err(e.to_string())),
     }
 }

@@ -38,6 +38,11 @@ pub struct ControlArgs {
     /// proxy's /stats/prometheus, e.g. 1s (at least 100ms); `off` scrapes nothing.
     #[arg(long, default_value = "1s", value_parser = parse_graph_interval)]
     pub graph_interval: GraphInterval,
+    /// A directory for state that must outlive a restart: the endpoint drains of
+    /// `POST /endpoints/drain` (`drains.json`, written atomically on every change, read at start).
+    /// Without it, a restarted weft control has no drains.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Validate the registry directory and exit (0 when every file is valid).
     #[arg(long)]
     pub check: bool,
@@ -391,6 +396,7 @@ pub fn run(args: ControlArgs) -> i32 {
         opts.debounce = args.debounce;
         opts.scoping = args.scoping;
         opts.graph.interval = args.graph_interval.0;
+        opts.state_dir = args.state_dir.clone();
         let cp = match ControlPlane::start(opts).await {
             Ok(cp) => cp,
             Err(e) => {

@@ -3,8 +3,10 @@
 //!
 //! Used by `weft intercept` (switching an instance's traffic interception on or off without losing
 //! a request): drain the instance, wait until every connected proxy has ACKed a configuration
-//! without it ([`Drains::status`]), switch, restore. A drain lives in the control plane's memory
-//! only: it is not written to any registry, and a restarted control plane has none.
+//! without it ([`Drains::status`]), switch, restore. A drain is not written to any registry: it
+//! lives in the control plane's memory and, with `--state-dir`, in `drains.json` there
+//! ([`Drains::load`]), written atomically (a temporary file renamed over it) on every change and
+//! read back at start, so a restarted control plane keeps an instance out of rotation.
 //!
 //! Every add or removal bumps an *epoch*; the catalog publishes a snapshot for it and records the
 //! snapshot generation that first reflected that epoch. A caller that made a change at epoch E
@@ -16,6 +18,7 @@ use crate::server::Shared;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 use tokio::sync::watch;
@@ -40,6 +43,8 @@ struct Inner {
 pub struct Drains {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    /// `drains.json` in `--state-dir`: every change is written there.
+    file: Option<PathBuf>,
 }
 
 impl Default for Drains {
@@ -47,9 +52,13 @@ impl Default for Drains {
         Drains {
             inner: Mutex::new(Inner::default()),
             changed: watch::channel(0).0,
+            file: None,
         }
     }
 }
+
+/// The file of the drains in a state directory.
+pub const STATE_FILE: &str = "drains.json";
 
 /// Why a drain request was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,6 +72,8 @@ pub enum DrainError {
     },
     /// No snapshot yet (the registry's first sync is not complete).
     NotSynced,
+    /// The change could not be written to the state file (and was not made).
+    Persist(String),
 }
 
 impl std::fmt::Display for DrainError {
@@ -74,6 +85,7 @@ impl std::fmt::Display for DrainError {
                 write!(f, "service \"{service}\" has no endpoint {address} in the registry")
             }
             DrainError::NotSynced => write!(f, "the registry's first sync is not complete"),
+            DrainError::Persist(why) => write!(f, "{why}"),
         }
     }
 }
@@ -81,6 +93,92 @@ impl std::fmt::Display for DrainError {
 impl Drains {
     pub fn new() -> Arc<Drains> {
         Arc::new(Drains::default())
+    }
+
+    /// The drains kept in `dir` (`--state-dir`): the ones `dir/drains.json` lists (none when it
+    /// does not exist yet; `dir` is created), and every later change written there. A file that
+    /// cannot be read or parsed is an error naming the file and the entry: weft control does not
+    /// start rather than silently put drained instances back.
+    pub fn load(dir: &Path) -> Result<Arc<Drains>, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("--state-dir {}: {e}", dir.display()))?;
+        let file = dir.join(STATE_FILE);
+        let mut inner = Inner::default();
+        match std::fs::read(&file) {
+            Ok(bytes) => {
+                let shown = file.display();
+                let v: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| format!("{shown}: not JSON: {e}"))?;
+                let list = v["drains"]
+                    .as_array()
+                    .ok_or_else(|| format!("{shown}: `drains` is not a list"))?;
+                for (i, d) in list.iter().enumerate() {
+                    let service = d["service"]
+                        .as_str()
+                        .filter(|s| !s.is_empty())
+                        .ok_or_else(|| format!("{shown}: drains[{i}].service: missing"))?;
+                    let address: SocketAddr = d["address"]
+                        .as_str()
+                        .and_then(|a| a.parse().ok())
+                        .ok_or_else(|| format!("{shown}: drains[{i}].address: not IP:port"))?;
+                    let since = d["since_unix"].as_u64().unwrap_or(0);
+                    inner.entries.insert(
+                        (service.to_string(), address),
+                        Entry {
+                            since: SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(since),
+                            registered: true,
+                        },
+                    );
+                }
+                if !inner.entries.is_empty() {
+                    inner.epoch = 1;
+                    tracing::info!(file = %shown, drains = inner.entries.len(), "endpoint drains restored");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        }
+        let epoch = inner.epoch;
+        Ok(Arc::new(Drains {
+            inner: Mutex::new(inner),
+            changed: watch::channel(epoch).0,
+            file: Some(file),
+        }))
+    }
+
+    /// Writes `entries` to the state file, if there is one: a temporary file in the same
+    /// directory, synced, then renamed over the old one, so a crash leaves the old or the new list,
+    /// never half of one.
+    fn persist(&self, entries: &BTreeMap<(String, SocketAddr), Entry>) -> Result<(), DrainError> {
+        let Some(file) = &self.file else { return Ok(()) };
+        let list: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|((service, address), e)| {
+                serde_json::json!({
+                    "service": service,
+                    "address": address.to_string(),
+                    "since_unix": e.since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                })
+            })
+            .collect();
+        let body = serde_json::to_vec_pretty(&serde_json::json!({ "drains": list }))
+            .map_err(|e| DrainError::Persist(e.to_string()))?;
+        let tmp = file.with_extension(format!("json.tmp{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, file)?;
+            if let Some(dir) = file.parent() {
+                // The rename itself survives a crash once the directory is synced.
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            Ok(())
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            DrainError::Persist(format!("cannot write {}: {e}", file.display()))
+        })
     }
 
     /// Changes to the set: the catalog publishes a snapshot for each.
@@ -116,23 +214,33 @@ impl Drains {
             });
         }
         inner.entries.insert(
-            key,
+            key.clone(),
             Entry {
                 since: SystemTime::now(),
                 registered: true,
             },
         );
+        if let Err(e) = self.persist(&inner.entries) {
+            inner.entries.remove(&key);
+            return Err(e);
+        }
         Ok(self.bump(&mut inner))
     }
 
     /// Puts the endpoint back (a no-op when it was not drained). Returns the epoch to wait for and
-    /// whether it was drained.
-    pub fn remove(&self, service: &str, address: SocketAddr) -> (u64, bool) {
+    /// whether it was drained. A state file that cannot be written is an error (the endpoint
+    /// stays drained, in memory and on disk alike).
+    pub fn remove(&self, service: &str, address: SocketAddr) -> Result<(u64, bool), DrainError> {
         let mut inner = self.inner.lock();
-        if inner.entries.remove(&(service.to_string(), address)).is_none() {
-            return (inner.epoch, false);
+        let key = (service.to_string(), address);
+        let Some(entry) = inner.entries.remove(&key) else {
+            return Ok((inner.epoch, false));
+        };
+        if let Err(e) = self.persist(&inner.entries) {
+            inner.entries.insert(key, entry);
+            return Err(e);
         }
-        (self.bump(&mut inner), true)
+        Ok((self.bump(&mut inner), true))
     }
 
     /// Takes the drained endpoints out of `world` (built for snapshot `generation`).

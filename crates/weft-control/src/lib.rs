@@ -58,6 +58,9 @@ pub struct ControlOptions {
     pub scoping: server::Scoping,
     /// The live service graph's scraping (`--graph-interval`).
     pub graph: graph::GraphOptions,
+    /// Where state that outlives a restart is kept (`--state-dir`): the endpoint drains
+    /// (`drains.json`, [`drain::Drains::load`]). None: drains live in memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ControlOptions {
@@ -72,6 +75,7 @@ impl ControlOptions {
             ca_tls: None,
             scoping: server::Scoping::default(),
             graph: graph::GraphOptions::default(),
+            state_dir: None,
         }
     }
 }
@@ -204,7 +208,10 @@ impl ControlPlane {
             members: vec![opts.registry],
         });
         tasks.push(tokio::spawn(registry.run(ev_tx, shutdown_rx.clone())));
-        let catalog = Catalog::new(status.clone(), snap_tx, metrics, opts.debounce);
+        let mut catalog = Catalog::new(status.clone(), snap_tx, metrics, opts.debounce);
+        if let Some(dir) = &opts.state_dir {
+            catalog.drains = drain::Drains::load(dir).map_err(std::io::Error::other)?;
+        }
         let drains = catalog.drains.clone();
         tasks.push(tokio::spawn(catalog.run(ev_rx)));
         let svc = Ads { shared: shared.clone() };

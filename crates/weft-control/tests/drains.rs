@@ -135,3 +135,99 @@ async fn a_drain_leaves_eds_and_converges_only_when_acked() {
     .await;
     cp.stop().await;
 }
+
+/// A control plane on `dir`'s registry that keeps its state in `state`.
+async fn start_with_state(dir: &TempDir, state: &std::path::Path) -> std::io::Result<weft_control::ControlPlane> {
+    let mut opts = weft_control::ControlOptions::new(dir.path());
+    opts.debounce = Duration::from_millis(50);
+    opts.registry = Box::new(weft_control::registry::FileRegistry {
+        dir: dir.path().to_path_buf(),
+        interval: Duration::from_millis(50),
+    });
+    opts.state_dir = Some(state.to_path_buf());
+    weft_control::ControlPlane::start(opts).await
+}
+
+/// A sidecar of `frontend` subscribed to cart's endpoints: the count it is sent first.
+async fn cart_endpoints_seen(cp: &weft_control::ControlPlane, id: &str) -> (Delta, usize) {
+    let meta = [
+        ("weft.outbound", "127.0.0.1:15001"),
+        ("weft.inbound", "127.0.0.1:15006"),
+        ("weft.app", "127.0.0.1:8080"),
+    ];
+    let mut fe = Delta::connect(cp.xds_addr(), node(id, "frontend", &meta)).await;
+    fe.subscribe(CLUSTER, &[], &[]).await;
+    let cds = fe.expect().await;
+    fe.ack(&cds).await;
+    fe.subscribe(ENDPOINT, &["cart"], &[]).await;
+    let eds = fe.expect().await;
+    fe.ack(&eds).await;
+    let n = cart_endpoints(&eds);
+    (fe, n)
+}
+
+#[tokio::test]
+async fn a_drain_survives_a_restart_of_the_control_plane_with_a_state_dir() {
+    let dir = TempDir::new("drains-state");
+    dir.write("services.yaml", SERVICES);
+    let state = dir.join("state");
+    let file = state.join("drains.json");
+
+    let cp = start_with_state(&dir, &state).await.unwrap();
+    wait_ready(&cp).await;
+    let admin = cp.admin_addr().unwrap();
+    let (s, b) = post(admin, "/endpoints/drain?service=cart&address=127.0.0.1:9011", "").await;
+    assert_eq!(s, 200, "{b}");
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(saved["drains"][0]["service"], "cart", "{saved}");
+    assert_eq!(saved["drains"][0]["address"], "127.0.0.1:9011", "{saved}");
+    // Written by rename: no temporary file is left next to it.
+    let names: Vec<String> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["drains.json"]);
+    cp.stop().await;
+
+    // Restarted: the drain is there before any proxy connects, and the first EDS a proxy gets
+    // already leaves the endpoint out.
+    let cp = start_with_state(&dir, &state).await.unwrap();
+    wait_ready(&cp).await;
+    let admin = cp.admin_addr().unwrap();
+    let v = drains(admin, 0).await;
+    assert_eq!(v["drains"][0]["address"], "127.0.0.1:9011", "{v}");
+    assert_eq!(v["drains"][0]["registered"], true, "{v}");
+    assert_eq!(v["drains"][0]["since_unix"], saved["drains"][0]["since_unix"], "{v}");
+    let (_fe, n) = cart_endpoints_seen(&cp, "fe-2").await;
+    assert_eq!(n, 1, "the restarted control plane kept the drain");
+    let (s, b) = post(admin, "/endpoints/undrain?service=cart&address=127.0.0.1:9011", "").await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&b).unwrap()["was_drained"],
+        true
+    );
+    cp.stop().await;
+
+    // Undrained, and restarted again: nothing is drained.
+    let cp = start_with_state(&dir, &state).await.unwrap();
+    wait_ready(&cp).await;
+    let (_fe, n) = cart_endpoints_seen(&cp, "fe-3").await;
+    assert_eq!(n, 2);
+    assert_eq!(
+        drains(cp.admin_addr().unwrap(), 0).await["drains"],
+        serde_json::json!([])
+    );
+    cp.stop().await;
+
+    // A damaged state file stops the control plane at start, naming the file and the entry,
+    // rather than silently putting a drained instance back.
+    std::fs::write(&file, r#"{"drains": [{"service": "cart", "address": "nowhere"}]}"#).unwrap();
+    let err = start_with_state(&dir, &state).await.err().expect("refused");
+    assert!(
+        err.to_string().contains("drains.json: drains[0].address: not IP:port"),
+        "{err}"
+    );
+    std::fs::write(&file, "{").unwrap();
+    let err = start_with_state(&dir, &state).await.err().expect("refused");
+    assert!(err.to_string().contains("drains.json: not JSON"), "{err}");
+}

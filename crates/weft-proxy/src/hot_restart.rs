@@ -22,7 +22,9 @@
 //! Additions within version 1, each optional, so builds before and after them hand over to each
 //! other: `hello.admin` (the new process takes the admin socket too, as listener
 //! [`ADMIN_LISTENER`]; only sent to a peer that says so), `listeners.counters` and the final
-//! `totals` frame (counter totals, see [`crate::carry`]; a peer without them starts from zero).
+//! `totals` frame (counter totals, see [`crate::carry`]; a peer without them starts from zero),
+//! `hello.build` and `listeners.build` (each side's [`build_id`], logged by the other; absent from
+//! a build before them).
 //!
 //! Written by hand over `nix`'s `sendmsg`/`recvmsg`: no maintained crate implements a listener
 //! hand-over protocol, and this one is small.
@@ -55,6 +57,74 @@ const MAX_COUNTERS_IN_LISTENERS: usize = 768 << 10;
 pub const ADMIN_LISTENER: &str = "#admin";
 /// A peer that stops talking mid-hand-over is given up on after this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// This build's identity, sent to the peer of a hand-over and logged by it: the weft version and
+/// the executable's GNU build id (the linker's hash of the binary, different for every build that
+/// differs in any byte of code), e.g. `0.1.0+3f9c0e1a2b4d`; `0.1.0+unknown` when the executable has
+/// no build id note.
+pub fn build_id() -> &'static str {
+    static BUILD: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILD.get_or_init(|| {
+        // /proc/self/exe opens the running executable even after an upgrade replaced the file.
+        let id = executable_build_id(Path::new("/proc/self/exe"))
+            .map(|h| h[..h.len().min(12)].to_string())
+            .unwrap_or_else(|| "unknown".into());
+        format!("{}+{id}", env!("CARGO_PKG_VERSION"))
+    })
+}
+
+/// The GNU build id (hex) of the 64-bit little-endian ELF executable at `path`: the
+/// `NT_GNU_BUILD_ID` note of a `PT_NOTE` segment. None for anything else.
+pub fn executable_build_id(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path).ok()?;
+    let mut h = [0u8; 64];
+    f.read_exact_at(&mut h, 0).ok()?;
+    // ELF magic, 64-bit (class 2), little-endian (data 1).
+    if h[..4] != *b"\x7fELF" || h[4] != 2 || h[5] != 1 {
+        return None;
+    }
+    let u16at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u32at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap_or([0; 4])) as u64;
+    let u64at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap_or([0; 8]));
+    let (phoff, phentsize, phnum) = (u64at(&h, 0x20), u16at(&h, 0x36), u16at(&h, 0x38));
+    if phentsize < 56 || phnum > 256 {
+        return None;
+    }
+    let mut ph = vec![0u8; (phentsize * phnum) as usize];
+    f.read_exact_at(&mut ph, phoff).ok()?;
+    for i in 0..phnum as usize {
+        let p = &ph[i * phentsize as usize..];
+        // PT_NOTE
+        if u32at(p, 0) != 4 {
+            continue;
+        }
+        let (offset, size) = (u64at(p, 0x08), u64at(p, 0x20));
+        if size > 1 << 16 {
+            continue;
+        }
+        let mut notes = vec![0u8; size as usize];
+        f.read_exact_at(&mut notes, offset).ok()?;
+        let mut at = 0usize;
+        let pad = |n: u64| (n as usize + 3) & !3;
+        while at + 12 <= notes.len() {
+            let (namesz, descsz, kind) = (u32at(&notes, at), u32at(&notes, at + 4), u32at(&notes, at + 8));
+            let name_at = at + 12;
+            let desc_at = name_at + pad(namesz);
+            let end = desc_at + pad(descsz);
+            if end > notes.len() {
+                break;
+            }
+            // NT_GNU_BUILD_ID, owner "GNU\0"
+            if kind == 3 && notes[name_at..name_at + namesz as usize] == *b"GNU\0" {
+                let desc = &notes[desc_at..desc_at + descsz as usize];
+                return Some(desc.iter().map(|b| format!("{b:02x}")).collect());
+            }
+            at = end;
+        }
+    }
+    None
+}
 
 /// The hand-over socket of the proxy with `base_id`: in `$WEFT_RUNTIME_DIR`, else
 /// `$XDG_RUNTIME_DIR`, else `/tmp`.
@@ -300,6 +370,8 @@ pub struct Takeover {
     /// The old process's pid and weft version.
     pub peer_pid: u64,
     pub peer_version: String,
+    /// The old process's [`build_id`] (None from a build before build ids were sent).
+    pub peer_build: Option<String>,
     /// The old process's counter totals at the hand-over (empty from a build that sends none).
     pub counters: crate::carry::Totals,
 }
@@ -328,7 +400,7 @@ pub fn take_over(path: &Path) -> Result<Takeover, HotRestartError> {
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
     write_frame(
         &mut s,
-        &json!({"type": "hello", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"), "pid": std::process::id(), "admin": true}),
+        &json!({"type": "hello", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"), "build": build_id(), "pid": std::process::id(), "admin": true}),
     )
     .map_err(|e| io_err(path, e))?;
     let answer = read_frame(&mut s)?;
@@ -375,6 +447,7 @@ pub fn take_over(path: &Path) -> Result<Takeover, HotRestartError> {
         inherited,
         peer_pid: answer["pid"].as_u64().unwrap_or(0),
         peer_version,
+        peer_build: answer["build"].as_str().map(str::to_string),
         counters,
     })
 }
@@ -442,12 +515,12 @@ pub fn serve(
                 let Ok(mut conn) = conn else { continue };
                 let Some(server) = server.upgrade() else { return };
                 match hand_over(&server, &mut conn) {
-                    Ok(true) => {
-                        tracing::info!("hot restart: the new process took the listeners; draining");
+                    Ok(Some(new_build)) => {
+                        tracing::info!(build = %build_id(), %new_build, "hot restart: the new process took the listeners; draining");
                         on_drain();
                         return;
                     }
-                    Ok(false) => {}
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "hot restart: hand-over abandoned; still serving"),
                 }
             }
@@ -456,14 +529,19 @@ pub fn serve(
     Ok(())
 }
 
-/// One hand-over conversation; `Ok(true)` when the peer asked this process to drain.
-fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRestartError> {
+/// One hand-over conversation; `Ok(Some(the peer's build))` when the peer asked this process to
+/// drain.
+fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<Option<String>, HotRestartError> {
     let _ = s.set_read_timeout(Some(IO_TIMEOUT));
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
     let hello = read_frame(s)?;
     let theirs = hello["protocol"].as_u64().unwrap_or(0);
     let takes_admin = hello["admin"] == true;
     let peer = hello["pid"].as_u64().unwrap_or(0);
+    let peer_build = hello["build"]
+        .as_str()
+        .unwrap_or("(not sent: a build before build ids)")
+        .to_string();
     if hello["type"] != "hello" || theirs != PROTOCOL {
         let message = format!(
             "this proxy (weft {}) speaks hot-restart protocol {PROTOCOL}, the new process (weft {}) {theirs}",
@@ -472,7 +550,7 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
         );
         tracing::warn!(peer, %message, "hot restart refused; still serving");
         write_frame(s, &json!({"type": "refused", "message": message})).map_err(|e| io_err(Path::new("peer"), e))?;
-        return Ok(false);
+        return Ok(None);
     }
     let mut listeners = server.handover_sockets();
     if !takes_admin {
@@ -491,7 +569,7 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     write_frame(
         s,
         &json!({"type": "listeners", "protocol": PROTOCOL, "version": env!("CARGO_PKG_VERSION"),
-                "pid": std::process::id(), "listeners": specs, "counters": counters}),
+                "build": build_id(), "pid": std::process::id(), "listeners": specs, "counters": counters}),
     )
     .map_err(|e| io_err(Path::new("peer"), e))?;
     // `listeners` owns duplicates of the sockets until they are sent.
@@ -505,6 +583,8 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     tracing::info!(
         peer,
         sockets = all.len(),
+        build = %build_id(),
+        peer_build = %peer_build,
         "hot restart: listening sockets sent; waiting for the new process"
     );
     // The new process starts now; it asks us to drain only once it serves. A timeout or a closed
@@ -523,7 +603,7 @@ fn hand_over(server: &crate::Server, s: &mut UnixStream) -> Result<bool, HotRest
     if let Ok(keep) = s.try_clone() {
         *SUCCESSOR.lock() = Some(keep);
     }
-    Ok(true)
+    Ok(Some(peer_build))
 }
 
 /// The connection to the process that took this one over, for [`send_final_totals`].
@@ -588,6 +668,21 @@ mod tests {
         ] {
             assert!(parse_listeners(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_build_id_is_the_executables_gnu_build_id() {
+        // This test binary is linked like weft itself: its note is what `build_id` reports.
+        let exe = std::env::current_exe().unwrap();
+        let id = executable_build_id(&exe).expect("a GNU build id note");
+        assert!(id.len() >= 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+        assert_eq!(build_id(), format!("{}+{}", env!("CARGO_PKG_VERSION"), &id[..12]));
+        // Not an ELF file, or no such file: none.
+        let dir = std::env::temp_dir().join(format!("weft-build-id-{}", std::process::id()));
+        std::fs::write(&dir, b"#!/bin/sh\n").unwrap();
+        assert_eq!(executable_build_id(&dir), None);
+        let _ = std::fs::remove_file(&dir);
+        assert_eq!(executable_build_id(Path::new("/nonexistent/weft")), None);
     }
 
     #[test]

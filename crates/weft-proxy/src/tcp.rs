@@ -108,7 +108,8 @@ pub async fn serve_connection(
     for _ in 0..MAX_CONNECT_ATTEMPTS {
         let host = match (&cluster.config.discovery, orig) {
             (Discovery::OriginalDst, Some(a)) => {
-                cluster.original_dst_host_from(a, cluster.config.original_source.then(|| peer.ip()))
+                let from_peer = cluster.config.original_source || lrt.config.original_source;
+                cluster.original_dst_host_from(a, from_peer.then(|| peer.ip()))
             }
             (Discovery::OriginalDst, None) => {
                 flag = "UH";

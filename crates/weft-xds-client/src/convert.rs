@@ -150,21 +150,27 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
     if l.default_filter_chain.is_some() {
         errs.add("default_filter_chain", "unsupported");
     }
-    // Transparent interception: the original_dst listener filter is the only one weft has.
+    // Transparent interception: the original_dst and original_src listener filters are the ones
+    // weft has.
     let mut original_dst_filter = false;
+    let mut original_src_filter = false;
     for (i, f) in l.listener_filters.iter().enumerate() {
-        let typed = match &f.config_type {
-            Some(ls::listener_filter::ConfigType::TypedConfig(any)) => any.type_url.as_str(),
-            _ => "",
+        let any = match &f.config_type {
+            Some(ls::listener_filter::ConfigType::TypedConfig(any)) => Some(any),
+            _ => None,
         };
+        let typed = any.map(|a| a.type_url.as_str()).unwrap_or("");
         if f.name == "envoy.filters.listener.original_dst"
             || typed.ends_with("envoy.extensions.filters.listener.original_dst.v3.OriginalDst")
         {
             original_dst_filter = true;
+        } else if f.name == "envoy.filters.listener.original_src" || typed.ends_with(ORIGINAL_SRC_TYPE) {
+            original_src_filter = true;
+            original_src(&mut errs, &format!("listener_filters[{i}]"), any);
         } else {
             errs.add(
                 &format!("listener_filters[{i}]"),
-                "unsupported (weft has envoy.filters.listener.original_dst only)",
+                "unsupported (weft has envoy.filters.listener.original_dst and envoy.filters.listener.original_src)",
             );
         }
     }
@@ -209,11 +215,48 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             original_destination: (original_dst_filter || l.use_original_dst.as_ref().is_some_and(|b| b.value))
                 .then_some(true),
             transparent: l.transparent.as_ref().map(|b| b.value),
+            original_source: original_src_filter.then_some(true),
             bind_to_port: l.bind_to_port.as_ref().map(|b| b.value),
             ..Default::default()
         },
         rds,
     }))
+}
+
+/// The original source listener filter's message.
+const ORIGINAL_SRC_TYPE: &str = "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
+
+/// Checks an `envoy.filters.listener.original_src` filter's config (`path` is the filter's):
+/// weft connects from the downstream's IP as Envoy does, but neither binds its port (which Envoy
+/// does not implement either) nor sets `SO_MARK` (the `weft init --tproxy` return path marks the
+/// sidecar's connections by its uid instead), so either is refused rather than ignored.
+fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) {
+    use weft_xds_api::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
+    let Some(any) = any else {
+        // By name only: the defaults (no port, no mark).
+        return;
+    };
+    let url = format!("type.googleapis.com/{ORIGINAL_SRC_TYPE}");
+    match weft_xds_api::unpack::<OriginalSrc>(any, &url) {
+        Ok(o) => {
+            if o.bind_port {
+                errs.add(
+                    &format!("{path}.typed_config.bind_port"),
+                    "unsupported (weft connects from the downstream's IP with any port; Envoy does not implement bind_port either)",
+                );
+            }
+            if o.mark != 0 {
+                errs.add(
+                    &format!("{path}.typed_config.mark"),
+                    format!(
+                        "unsupported ({}: weft sets no SO_MARK; `weft init --tproxy` installs the return path by the sidecar's uid, see docs/operations.md)",
+                        o.mark
+                    ),
+                );
+            }
+        }
+        Err(e) => errs.add(&format!("{path}.typed_config"), e),
+    }
 }
 
 /// A filter chain, the route configuration it waits for, and its connection limit.

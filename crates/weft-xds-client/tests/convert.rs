@@ -1007,3 +1007,92 @@ fn original_dst_listener_filter_and_interception_fields() {
         "{errs:?}"
     );
 }
+
+#[test]
+fn original_src_listener_filter_is_the_listeners_original_source() {
+    use weft_xds_api::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
+    const URL: &str = "type.googleapis.com/envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
+    let filter = |o: &OriginalSrc| ls::ListenerFilter {
+        name: "envoy.filters.listener.original_src".into(),
+        config_type: Some(ls::listener_filter::ConfigType::TypedConfig(pack(URL, o))),
+        ..Default::default()
+    };
+    // Istio's TPROXY inbound shape: original_dst, then original_src, on a transparent listener.
+    let mut l = full_listener();
+    l.transparent = Some(BoolValue { value: true });
+    l.listener_filters.push(ls::ListenerFilter {
+        name: "envoy.filters.listener.original_dst".into(),
+        ..Default::default()
+    });
+    l.listener_filters.push(filter(&OriginalSrc::default()));
+    let raw = convert::listener(&l).unwrap().unwrap().raw;
+    assert_eq!(
+        (raw.original_destination, raw.original_source),
+        (Some(true), Some(true))
+    );
+    // Through weft-config's validation into the model the proxy runs.
+    let cfg = validate_with(
+        RawConfig {
+            listeners: vec![raw],
+            ..Default::default()
+        },
+        ValidateOptions {
+            allow_unknown_clusters: true,
+            allow_empty_clusters: true,
+            allow_empty_route_configs: true,
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cfg.listeners[0].original_source && cfg.listeners[0].transparent);
+    // Without the filter: off. By name only (no typed_config): on, with the defaults.
+    assert_eq!(
+        convert::listener(&full_listener())
+            .unwrap()
+            .unwrap()
+            .raw
+            .original_source,
+        None
+    );
+    let mut l = full_listener();
+    l.listener_filters.push(ls::ListenerFilter {
+        name: "envoy.filters.listener.original_src".into(),
+        ..Default::default()
+    });
+    assert_eq!(convert::listener(&l).unwrap().unwrap().raw.original_source, Some(true));
+
+    // What weft does not do is refused (NACKed), naming the field, never ignored.
+    let mut l = full_listener();
+    l.listener_filters.push(filter(&OriginalSrc {
+        bind_port: true,
+        mark: 1337,
+    }));
+    let errs = convert::listener(&l).err().unwrap();
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("listener_filters[0].typed_config.bind_port: unsupported")),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("listener_filters[0].typed_config.mark: unsupported (1337")),
+        "{errs:?}"
+    );
+    // A typed_config that is not an OriginalSrc.
+    let mut l = full_listener();
+    l.listener_filters.push(ls::ListenerFilter {
+        name: "envoy.filters.listener.original_src".into(),
+        config_type: Some(ls::listener_filter::ConfigType::TypedConfig(
+            weft_xds_api::pb::google::protobuf::Any {
+                type_url: URL.into(),
+                value: vec![0xff, 0xff],
+            },
+        )),
+        ..Default::default()
+    });
+    let errs = convert::listener(&l).err().unwrap();
+    assert!(
+        errs.iter()
+            .any(|e| e.starts_with("listener_filters[0].typed_config: cannot decode")),
+        "{errs:?}"
+    );
+}

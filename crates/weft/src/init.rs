@@ -292,6 +292,10 @@ pub fn rules(a: &InitArgs, f: Family) -> Vec<TableRules> {
             // Packets over loopback are local traffic (among them the sidecar's own connection to
             // the app), never inbound from the network.
             "-A WEFT_INBOUND -i lo -j RETURN".to_string(),
+            // Packets answering a connection opened from this namespace (the sidecar's upstream
+            // and xDS connections, the app's bypassed ones) are delivered as usual: TPROXY would
+            // find their socket, see that it is not transparent, and drop them.
+            "-A WEFT_INBOUND -p tcp -m conntrack --ctdir REPLY -j RETURN".to_string(),
         ]);
         inbound_rules(&mut mangle.rules, a, "WEFT_TPROXY");
         // Packets of connections the sidecar already holds go straight to it.
@@ -861,6 +865,11 @@ mod tests {
         );
         let divert = m.find("-m socket --transparent -j WEFT_DIVERT").unwrap();
         assert!(divert < m.find("--dport 8080 -j WEFT_TPROXY").unwrap());
+        // Replies to connections opened from the namespace are never diverted.
+        let replies = m
+            .find("-A WEFT_INBOUND -p tcp -m conntrack --ctdir REPLY -j RETURN")
+            .unwrap();
+        assert!(replies < divert, "{m}");
         assert!(m.ends_with("-A WEFT_INBOUND -p tcp --dport 9090 -j WEFT_TPROXY"), "{m}");
         // The return path of original-source connections.
         assert!(m.contains("-A WEFT_ORIG_SRC -p tcp -m owner --uid-owner 1337 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x539/0xffffffff"), "{m}");

@@ -281,7 +281,10 @@ fn run_proxy(args: ProxyArgs) -> i32 {
             Ok(mut t) => {
                 // Counter totals go on from the old process's.
                 weft_proxy::carry::set(std::mem::take(&mut t.counters));
-                tracing::info!(old_pid = t.peer_pid, old_version = %t.peer_version, listeners = ?t.inherited.names(), "hot restart: received the listening sockets");
+                tracing::info!(old_pid = t.peer_pid, old_version = %t.peer_version,
+                    old_build = %t.peer_build.as_deref().unwrap_or("(not sent: a build before build ids)"),
+                    build = %weft_proxy::hot_restart::build_id(),
+                    listeners = ?t.inherited.names(), "hot restart: received the listening sockets");
                 Some(t)
             }
             Err(e) => {
@@ -322,9 +325,13 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         }
     };
     if let Some(t) = takeover {
+        let old_build = t
+            .peer_build
+            .clone()
+            .unwrap_or_else(|| "(not sent: a build before build ids)".into());
         match t.finish() {
             Ok(pid) => {
-                tracing::info!(old_pid = pid, "hot restart: the old process is draining");
+                tracing::info!(old_pid = pid, %old_build, build = %weft_proxy::hot_restart::build_id(), "hot restart: the old process is draining");
                 // Under systemd (NotifyAccess=all), this process is the service's main one now.
                 sd_notify::report(&format!("MAINPID={}", std::process::id()));
             }

@@ -23,6 +23,24 @@ fn weft_bin() -> String {
     std::env::var("WEFT_HOT_RESTART_BIN").unwrap_or_else(|_| WEFT.to_string())
 }
 
+/// Another build of weft to alternate with [`weft_bin`] in the mixed-traffic test (old → new →
+/// old …): `WEFT_HOT_RESTART_OLD_BIN`, e.g. the `weft` of an older revision (bench/hot-restart
+/// `--old-rev` builds one; docs/benchmarks.md).
+fn old_weft_bin() -> Option<String> {
+    std::env::var("WEFT_HOT_RESTART_OLD_BIN").ok().filter(|s| !s.is_empty())
+}
+
+/// The first 12 hex digits of an executable's GNU build id: what a build reports in a hand-over
+/// (`weft_proxy::hot_restart::build_id`).
+fn build_of(bin: &str) -> String {
+    let id = weft_proxy::hot_restart::executable_build_id(std::path::Path::new(bin))
+        .unwrap_or_else(|| panic!("{bin} has no GNU build id"));
+    id[..12].to_string()
+}
+
+/// What a build before build ids were sent is reported as.
+const NOT_SENT: &str = "(not sent: a build before build ids)";
+
 /// A `weft proxy` child, killed and reaped on drop; its stderr goes to a file.
 struct Proxy {
     child: Child,
@@ -41,9 +59,20 @@ impl Proxy {
         tag: &str,
         env: &[(&str, &str)],
     ) -> Proxy {
+        Self::start_bin(&weft_bin(), runtime_dir, config, extra, tag, env)
+    }
+
+    fn start_bin(
+        bin: &str,
+        runtime_dir: &TempDir,
+        config: &std::path::Path,
+        extra: &[&str],
+        tag: &str,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let log = runtime_dir.join(&format!("{tag}.log"));
         let err = std::fs::File::create(&log).unwrap();
-        let child = Command::new(weft_bin())
+        let child = Command::new(bin)
             .args(["proxy", "-c"])
             .arg(config)
             .args(["--base-id", "7"])
@@ -87,6 +116,15 @@ impl Proxy {
 
     fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The first line of the log that contains `needle` (empty if none).
+    fn log_line(&self, needle: &str) -> String {
+        self.log()
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -670,7 +708,24 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
         ),
     )
     .unwrap();
-    let mut current = Proxy::start(&dir, &cfg, &[], "gen0");
+    // Two builds, when another one is given: generation 0, 2, 4 … run the old build, 1, 3, 5 …
+    // this one, so every hand-over is between different builds (old → new and new → old).
+    let new_bin = weft_bin();
+    let old_bin = old_weft_bin();
+    let bin_of = |generation: usize| match &old_bin {
+        Some(old) if generation.is_multiple_of(2) => old.clone(),
+        _ => new_bin.clone(),
+    };
+    let new_build = build_of(&new_bin);
+    if let Some(old) = &old_bin {
+        let old_build = build_of(old);
+        assert_ne!(
+            old_build, new_build,
+            "WEFT_HOT_RESTART_OLD_BIN ({old}) is the same build as {new_bin}"
+        );
+        eprintln!("alternating two builds: old {old} ({old_build}) and new {new_bin} ({new_build})");
+    }
+    let mut current = Proxy::start_bin(&bin_of(0), &dir, &cfg, &[], "gen0", &[]);
     wait_port(web).await;
     wait_port(tcp).await;
 
@@ -720,11 +775,13 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
         let before = tally.ok.load(Ordering::Relaxed);
         // Alternate the worker count: the sockets are spread over however many workers there are.
         let workers = if generation % 2 == 0 { "2" } else { "1" };
-        let mut next = Proxy::start(
+        let mut next = Proxy::start_bin(
+            &bin_of(generation),
             &dir,
             &cfg,
             &["--hot-restart", "--concurrency", workers],
             &format!("gen{generation}"),
+            &[],
         );
         assert!(
             next.wait_log("the old process is draining", Duration::from_secs(20))
@@ -741,6 +798,31 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
             .log()
             .contains("hot restart: the new process took the listeners"));
         assert!(next.running(), "the new proxy serves");
+        // Each side of the hand-over names the other's build. This build logs it whichever role it
+        // has (an old build may log nothing about builds, or not send its own).
+        let (old_of_pair, new_of_pair) = (build_of(&bin_of(generation - 1)), build_of(&bin_of(generation)));
+        if bin_of(generation) == new_bin {
+            let line = next.log_line("hot restart: received the listening sockets");
+            assert!(
+                line.contains(&new_of_pair) && (line.contains(&old_of_pair) || line.contains(NOT_SENT)),
+                "generation {generation} names both builds ({old_of_pair} → {new_of_pair}): {line}"
+            );
+        }
+        if bin_of(generation - 1) == new_bin {
+            let line = current.log_line("hot restart: the new process took the listeners");
+            assert!(
+                line.contains(&old_of_pair) && (line.contains(&new_of_pair) || line.contains(NOT_SENT)),
+                "generation {} names both builds ({old_of_pair} → {new_of_pair}): {line}",
+                generation - 1
+            );
+        }
+        if old_bin.is_some() {
+            assert_ne!(old_of_pair, new_of_pair, "restart {generation} was between two builds");
+        } else {
+            // One build: its id appears as both the process's and the peer's.
+            let line = next.log_line("hot restart: received the listening sockets");
+            assert!(line.matches(&new_build).count() >= 2, "{line}");
+        }
         // Traffic kept flowing through the hand-over.
         let deadline = Instant::now() + Duration::from_secs(5);
         while tally.ok.load(Ordering::Relaxed) < before + 50 {

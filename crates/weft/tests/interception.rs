@@ -569,6 +569,41 @@ fn tproxy_original_source_shows_the_app_the_callers_address() {
     assert_eq!(fetch(&b, "10.213.0.2", 8080).0, "200");
 }
 
+/// The same on the listener (what Envoy's `envoy.filters.listener.original_src` listener filter
+/// converts to over xDS): the inbound listeners have `original_source`, the clusters do not.
+#[test]
+fn tproxy_original_source_on_the_listener_shows_the_app_the_callers_address() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = test_dir("interception-origsrc-listener");
+    let (a, b) = pair("l", &[]);
+    let _s1 = start_server(&b, &dir, "10.213.0.2", 8080, "s1.log");
+    let _s6 = start_server(&b, &dir, "fd00:213::2", 8080, "s6.log");
+    let _s7 = start_server(&b, &dir, "10.213.0.2", 8082, "s7.log");
+    let cfg = sidecar_config(true, "", "").replace(
+        "    transparent: true\n    direction: inbound\n",
+        "    transparent: true\n    original_source: true\n    direction: inbound\n",
+    );
+    assert_eq!(cfg.matches("original_source: true").count(), 2);
+    let _pb = start_sidecar(&b, &dir, "b", &cfg, true);
+    init(&b, &["--tproxy"]);
+    for _ in 0..2 {
+        assert_eq!(fetch(&a, "10.213.0.2", 8080), hello());
+    }
+    assert_eq!(requests(&b, "inbound"), 2.0, "B's sidecar did not carry the calls");
+    assert_eq!(
+        served_to(&dir, "s1.log"),
+        ["10.213.0.1"; 2],
+        "the app saw the caller's address"
+    );
+    assert_eq!(fetch(&a, "fd00:213::2", 8080), hello());
+    assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::1"]);
+    assert_eq!(fetch(&a, "10.213.0.2", 8082), hello());
+    assert_eq!(upstream_connections(&b, "tcp_inbound_passthrough"), 1.0);
+    assert_eq!(served_to(&dir, "s7.log"), ["10.213.0.1"]);
+}
+
 #[test]
 fn init_is_idempotent_and_remove_restores_the_namespace() {
     if !prerequisites() {
@@ -808,26 +843,77 @@ fn count(v: &[String], ip: &str) -> usize {
 
 #[test]
 fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
+    switch_under_load("s", false, false);
+}
+
+#[test]
+fn intercept_switches_tproxy_interception_under_load_without_losing_a_request() {
+    switch_under_load("p", true, false);
+}
+
+#[test]
+fn intercept_switches_on_and_off_over_ipv6_under_load_without_losing_a_request() {
+    switch_under_load("6", false, true);
+}
+
+#[test]
+fn intercept_switches_tproxy_interception_over_ipv6_under_load_without_losing_a_request() {
+    switch_under_load("q", true, true);
+}
+
+/// `weft intercept on` then `off` on one instance while a caller sends a request every 5 ms
+/// through its sidecar: with `--tproxy` (a transparent inbound listener) or REDIRECT, and with the
+/// service's endpoints (so every call) over IPv6 or IPv4.
+fn switch_under_load(tag: &str, tproxy: bool, v6: bool) {
     if !prerequisites() {
         return;
     }
-    let dir = test_dir("interception-switch");
+    let mode = match (tproxy, v6) {
+        (false, false) => "REDIRECT, IPv4",
+        (true, false) => "TPROXY, IPv4",
+        (false, true) => "REDIRECT, IPv6",
+        (true, true) => "TPROXY, IPv6",
+    };
+    let dir = test_dir(&format!("interception-switch-{tag}"));
     // C: the caller (app + sidecar under weft control, and weft control itself); B1: the instance
-    // whose interception is switched; B2: the service's other instance.
-    let c = Netns::new("sc");
-    let b1 = Netns::new("sb");
-    let b2 = Netns::new("so");
-    link(&c, &b1, &["10.214.1.1/24"], &["10.214.1.2/24"]);
-    link(&c, &b2, &["10.214.2.1/24"], &["10.214.2.2/24"]);
-    let _s1 = start_server(&b1, &dir, "10.214.1.2", 8080, "s1.log");
-    let _s2 = start_server(&b2, &dir, "10.214.2.2", 8080, "s2.log");
-    let _pb = start_sidecar(&b1, &dir, "b1", &sidecar_config(false, "", ""), false);
+    // whose interception is switched; B2: the service's other instance. Every link has IPv4 (weft
+    // control's admin API is reached over it) and IPv6 addresses; the service's endpoints are the
+    // ones of the family under test.
+    let c = Netns::new(&format!("s{tag}c"));
+    let b1 = Netns::new(&format!("s{tag}b"));
+    let b2 = Netns::new(&format!("s{tag}o"));
+    link(
+        &c,
+        &b1,
+        &["10.214.1.1/24", "fd00:214:1::1/64"],
+        &["10.214.1.2/24", "fd00:214:1::2/64"],
+    );
+    link(
+        &c,
+        &b2,
+        &["10.214.2.1/24", "fd00:214:2::1/64"],
+        &["10.214.2.2/24", "fd00:214:2::2/64"],
+    );
+    let (caller_ip, b1_ip, b2_ip) = if v6 {
+        ("fd00:214:1::1", "fd00:214:1::2", "fd00:214:2::2")
+    } else {
+        ("10.214.1.1", "10.214.1.2", "10.214.2.2")
+    };
+    // B1's sidecar's inbound listener for this family.
+    let inbound = if v6 { "inbound6" } else { "inbound" };
+    let _s1 = start_server(&b1, &dir, b1_ip, 8080, "s1.log");
+    let _s2 = start_server(&b2, &dir, b2_ip, 8080, "s2.log");
+    let _pb = start_sidecar(&b1, &dir, "b1", &sidecar_config(tproxy, "", ""), tproxy);
 
     let reg = dir.join("registry");
     std::fs::create_dir_all(&reg).unwrap();
     std::fs::write(
         reg.join("services.yaml"),
-        "services:\n  - name: client\n    endpoints: []\n  - name: svc\n    endpoints: [{address: \"10.214.1.2:8080\"}, {address: \"10.214.2.2:8080\"}]\n",
+        format!(
+            "services:\n  - name: client\n    endpoints: []\n  - name: svc\n    endpoints: [{{address: \"{}\"}}, {{address: \"{}\"}}]\n",
+            host_port(b1_ip, 8080),
+            host_port(b2_ip, 8080)
+        ),
     )
     .unwrap();
     let control_admin = "10.214.1.1:18001";
@@ -894,21 +980,26 @@ fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
             }
         })
     };
+    let instance = format!("svc/{}", host_port(b1_ip, 8080));
     let intercept = |switch: &str| -> (Duration, String) {
         let started = Instant::now();
-        let out = b1.exec(&[
+        let mut args = vec![
             WEFT,
             "intercept",
             switch,
             "--control",
             control_admin,
             "--instance",
-            "svc/10.214.1.2:8080",
+            &instance,
             "--admin",
             "127.0.0.1:9901",
             "--drain-timeout",
             "20s",
-        ]);
+        ];
+        if tproxy {
+            args.push("--tproxy");
+        }
+        let out = b1.exec(&args);
         let took = started.elapsed();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "weft intercept {switch} failed: {err}");
@@ -918,30 +1009,26 @@ fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
     std::thread::sleep(Duration::from_millis(1500));
     let before = served_to(&dir, "s1.log");
     assert!(
-        count(&before, "10.214.1.1") > 10,
+        count(&before, caller_ip) > 10,
         "direct calls before the switch: {before:?}"
     );
-    assert_eq!(requests(&b1, "inbound"), 0.0);
+    assert_eq!(requests(&b1, inbound), 0.0);
 
     // On: from now on B1's app is reached through its sidecar (which connects from B1's address).
     let (on_took, on_log) = intercept("on");
-    eprintln!("intercept on took {on_took:?}:\n{on_log}");
+    eprintln!("[{mode}] intercept on took {on_took:?}:\n{on_log}");
     assert!(on_log.contains("all 1 connected proxies ACKed the drain"), "{on_log}");
     let at_on = served_to(&dir, "s1.log").len();
-    let inbound_at_on = requests(&b1, "inbound");
+    let inbound_at_on = requests(&b1, inbound);
     std::thread::sleep(Duration::from_millis(1500));
     let after_on = served_since(&dir, "s1.log", at_on);
     assert!(
-        count(&after_on, "10.214.1.2") > 10,
+        count(&after_on, b1_ip) > 10,
         "through B1's sidecar after on: {after_on:?}"
     );
-    assert_eq!(
-        count(&after_on, "10.214.1.1"),
-        0,
-        "no direct call after on: {after_on:?}"
-    );
+    assert_eq!(count(&after_on, caller_ip), 0, "no direct call after on: {after_on:?}");
     // (The log and the stats are read at slightly different moments under load: no exact match.)
-    let via_sidecar = requests(&b1, "inbound") - inbound_at_on;
+    let via_sidecar = requests(&b1, inbound) - inbound_at_on;
     assert!(
         via_sidecar > 10.0,
         "B1's sidecar stats count the calls after on: {via_sidecar}"
@@ -949,25 +1036,25 @@ fn intercept_switches_on_and_off_under_load_without_losing_a_request() {
 
     // Off: straight to the app again.
     let (off_took, off_log) = intercept("off");
-    eprintln!("intercept off took {off_took:?}:\n{off_log}");
+    eprintln!("[{mode}] intercept off took {off_took:?}:\n{off_log}");
     let at_off = served_to(&dir, "s1.log").len();
-    let inbound_at_off = requests(&b1, "inbound");
+    let inbound_at_off = requests(&b1, inbound);
     std::thread::sleep(Duration::from_millis(1500));
     let after_off = served_since(&dir, "s1.log", at_off);
-    assert!(count(&after_off, "10.214.1.1") > 10, "direct after off: {after_off:?}");
+    assert!(count(&after_off, caller_ip) > 10, "direct after off: {after_off:?}");
     assert_eq!(
-        count(&after_off, "10.214.1.2"),
+        count(&after_off, b1_ip),
         0,
         "no call through the sidecar after off: {after_off:?}"
     );
-    assert_eq!(requests(&b1, "inbound"), inbound_at_off);
+    assert_eq!(requests(&b1, inbound), inbound_at_off);
 
     stop.store(true, Ordering::SeqCst);
     load.join().unwrap();
     let failed = failures.lock().clone();
     let total = okc.load(Ordering::SeqCst);
     eprintln!(
-        "switch under load: {total} requests OK, {} failed; on took {on_took:?}, off took {off_took:?}",
+        "[{mode}] switch under load: {total} requests OK, {} failed; on took {on_took:?}, off took {off_took:?}",
         failed.len()
     );
     assert!(

@@ -91,7 +91,8 @@ impl Plan {
             let dst = from_header
                 .or(ctx.original_dst)
                 .ok_or_else(|| Error::internal(Reason::NoHealthyUpstream))?;
-            Some((dst, cluster.config.original_source.then(|| ctx.peer.ip())))
+            let from_peer = cluster.config.original_source || ctx.original_source;
+            Some((dst, from_peer.then(|| ctx.peer.ip())))
         } else {
             None
         };

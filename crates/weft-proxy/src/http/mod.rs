@@ -144,6 +144,8 @@ struct ConnCtx {
     peer: SocketAddr,
     peer_ip: HeaderValue,
     original_dst: Option<SocketAddr>,
+    /// The accepting listener's `original_source` (Envoy's original_src listener filter).
+    original_source: bool,
     /// The address the client connected to (its original destination when redirected).
     local: Option<SocketAddr>,
     framing: Arc<parking_lot::Mutex<FramingTracker>>,
@@ -201,6 +203,7 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
         clusters,
         peer,
         original_dst,
+        original_source: lrt.config.original_source,
         local,
         tls,
         upgraded: std::sync::atomic::AtomicBool::new(false),
