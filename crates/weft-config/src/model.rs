@@ -136,6 +136,8 @@ pub struct Listener {
     /// Upstream connections to `original_dst` clusters made for this listener's connections come
     /// from the downstream peer's IP (as the cluster's `original_source`).
     pub original_source: bool,
+    /// `SO_MARK` on those upstream connections (0: none).
+    pub original_source_mark: u32,
     /// False for a virtual listener: not bound, reached through an `original_destination` one.
     pub bind_to_port: bool,
     /// TLS termination; `None` is plaintext.

@@ -109,6 +109,10 @@ pub struct RawListener {
     /// peer's IP, as a cluster's `original_source` does (Envoy's `envoy.filters.listener.original_src`
     /// listener filter, which is what xDS converts to this).
     pub original_source: Option<bool>,
+    /// With `original_source`: `SO_MARK` on those upstream connections (Envoy's original_src
+    /// `mark`; Istio's TPROXY mode sends 1337), for policy routing of the replies. Needs
+    /// CAP_NET_ADMIN. Default: no mark.
+    pub original_source_mark: Option<u32>,
     /// `false`: no socket of its own; it receives connections an `original_destination` listener
     /// hands over (Envoy's virtual listener). Default true.
     pub bind_to_port: Option<bool>,

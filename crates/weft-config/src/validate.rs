@@ -394,6 +394,12 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         &format!("{path}.per_connection_buffer_limit_bytes"),
         l.per_connection_buffer_limit_bytes,
     );
+    if l.original_source_mark.is_some_and(|m| m != 0) && l.original_source != Some(true) {
+        cx.err(
+            &format!("{path}.original_source_mark"),
+            "needs original_source: true (it marks the connections made from the peer's IP)",
+        );
+    }
     let mut chains = Vec::new();
     let shorthand = l.http.is_some() || l.tcp_proxy.is_some() || l.rpc.is_some();
     if shorthand && !l.filter_chains.is_empty() {
@@ -506,6 +512,7 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         original_destination: l.original_destination.unwrap_or(false),
         transparent: l.transparent.unwrap_or(false),
         original_source: l.original_source.unwrap_or(false),
+        original_source_mark: l.original_source_mark.unwrap_or(0),
         bind_to_port: l.bind_to_port.unwrap_or(true),
         tls: l
             .tls

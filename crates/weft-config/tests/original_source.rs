@@ -27,3 +27,24 @@ fn original_source_needs_an_original_dst_cluster() {
         .to_string();
     assert!(e.contains("original_source"), "{e}");
 }
+
+#[test]
+fn original_source_mark_needs_original_source_on_the_listener() {
+    let listener = |extra: &str| {
+        format!(
+            "listeners:\n  - name: in\n    address: \"127.0.0.1:0\"\n    {extra}\n    tcp_proxy: {{ cluster: c }}\nclusters:\n  - {{ name: c, type: original_dst }}\n"
+        )
+    };
+    let ok = weft_config::from_yaml(&listener("original_source: true\n    original_source_mark: 1337")).unwrap();
+    assert!(ok.listeners[0].original_source);
+    assert_eq!(ok.listeners[0].original_source_mark, 1337);
+    let plain = weft_config::from_yaml(&listener("original_source: true")).unwrap();
+    assert_eq!(plain.listeners[0].original_source_mark, 0);
+    let e = weft_config::from_yaml(&listener("original_source_mark: 7"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("listeners[0].original_source_mark") && e.contains("needs original_source: true"),
+        "{e}"
+    );
+}

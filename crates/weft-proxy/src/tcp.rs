@@ -109,7 +109,7 @@ pub async fn serve_connection(
         let host = match (&cluster.config.discovery, orig) {
             (Discovery::OriginalDst, Some(a)) => {
                 let from_peer = cluster.config.original_source || lrt.config.original_source;
-                cluster.original_dst_host_from(a, from_peer.then(|| peer.ip()))
+                cluster.original_dst_host_from(a, from_peer.then(|| (peer.ip(), lrt.config.original_source_mark)))
             }
             (Discovery::OriginalDst, None) => {
                 flag = "UH";

@@ -49,8 +49,8 @@ pub struct Host {
     pub hc: crate::health::HealthState,
     pub outlier: crate::outlier::OutlierState,
     /// Connect from this IP, which need not be local (an `original_source` cluster's host: the
-    /// downstream peer's address). None: the kernel chooses.
-    pub source: Option<IpAddr>,
+    /// downstream peer's address), with this `SO_MARK` (0: none). None: the kernel chooses.
+    pub source: Option<(IpAddr, u32)>,
     pools: Box<[WorkerPool]>,
 }
 
@@ -114,7 +114,7 @@ fn overflow() -> Error {
 }
 
 /// An original-destination host: the destination, and the source it is connected to from.
-type OriginalDstKey = (SocketAddr, Option<IpAddr>);
+type OriginalDstKey = (SocketAddr, Option<(IpAddr, u32)>);
 
 pub struct ClusterRt {
     pub config: Cluster,
@@ -286,8 +286,8 @@ impl ClusterRt {
     }
 
     /// The host for an original-destination address connected to from `source` (`original_source`:
-    /// one host, hence one connection pool, per downstream IP), created on first use.
-    pub fn original_dst_host_from(&self, addr: SocketAddr, source: Option<IpAddr>) -> Arc<Host> {
+    /// one host, hence one connection pool, per downstream IP and mark), created on first use.
+    pub fn original_dst_host_from(&self, addr: SocketAddr, source: Option<(IpAddr, u32)>) -> Arc<Host> {
         let mut map = self.original_dst.lock();
         if map.len() > 10_000 {
             // Bounded: forget hosts with no traffic in flight.
@@ -372,7 +372,7 @@ impl ClusterRt {
         let connect = async {
             match host.source {
                 None => TcpStream::connect(host.address).await,
-                Some(from) => connect_from(from, host.address).await,
+                Some((from, mark)) => connect_from(from, mark, host.address).await,
             }
         };
         let r = tokio::time::timeout(self.config.connect_timeout, connect).await;
@@ -682,8 +682,9 @@ impl Drop for ConnGuard {
 /// Re-resolves every `strict_dns` cluster's names forever.
 /// A connection to `to` from `from` (any port), which need not be an address of this host:
 /// IP_TRANSPARENT, so the proxy needs CAP_NET_ADMIN. The replies find their way back to this
-/// socket only with the routing rules `weft init --tproxy` installs (docs/operations.md).
-async fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+/// socket only with the routing rules `weft init --tproxy` installs (docs/operations.md), or,
+/// with a `mark`, rules that route by it (Istio's `ip rule fwmark 1337`).
+async fn connect_from(from: IpAddr, mark: u32, to: SocketAddr) -> std::io::Result<TcpStream> {
     let s = if to.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -701,6 +702,14 @@ async fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream
             format!("original_source: cannot set IP_TRANSPARENT ({e}); the proxy needs CAP_NET_ADMIN"),
         )
     })?;
+    if mark != 0 {
+        r.set_mark(mark).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("original_source: cannot set SO_MARK {mark} ({e}); the proxy needs CAP_NET_ADMIN"),
+            )
+        })?;
+    }
     s.bind(SocketAddr::new(from, 0))
         .map_err(|e| std::io::Error::new(e.kind(), format!("original_source: bind to {from}: {e}")))?;
     s.connect(to).await

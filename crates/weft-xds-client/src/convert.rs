@@ -154,6 +154,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
     // weft has.
     let mut original_dst_filter = false;
     let mut original_src_filter = false;
+    let mut original_src_mark = 0;
     for (i, f) in l.listener_filters.iter().enumerate() {
         let any = match &f.config_type {
             Some(ls::listener_filter::ConfigType::TypedConfig(any)) => Some(any),
@@ -166,7 +167,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             original_dst_filter = true;
         } else if f.name == "envoy.filters.listener.original_src" || typed.ends_with(ORIGINAL_SRC_TYPE) {
             original_src_filter = true;
-            original_src(&mut errs, &format!("listener_filters[{i}]"), any);
+            original_src_mark = original_src(&mut errs, &format!("listener_filters[{i}]"), any);
         } else {
             errs.add(
                 &format!("listener_filters[{i}]"),
@@ -216,6 +217,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
                 .then_some(true),
             transparent: l.transparent.as_ref().map(|b| b.value),
             original_source: original_src_filter.then_some(true),
+            original_source_mark: (original_src_mark != 0).then_some(original_src_mark),
             bind_to_port: l.bind_to_port.as_ref().map(|b| b.value),
             ..Default::default()
         },
@@ -226,15 +228,16 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
 /// The original source listener filter's message.
 const ORIGINAL_SRC_TYPE: &str = "envoy.extensions.filters.listener.original_src.v3.OriginalSrc";
 
-/// Checks an `envoy.filters.listener.original_src` filter's config (`path` is the filter's):
-/// weft connects from the downstream's IP as Envoy does, but neither binds its port (which Envoy
-/// does not implement either) nor sets `SO_MARK` (the `weft init --tproxy` return path marks the
-/// sidecar's connections by its uid instead), so either is refused rather than ignored.
-fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) {
+/// Checks an `envoy.filters.listener.original_src` filter's config (`path` is the filter's) and
+/// returns its `mark` (0: none). weft connects from the downstream's IP as Envoy does, with
+/// `SO_MARK` set to `mark` when given (Istio's TPROXY mode sends 1337 and routes marked replies
+/// back by an `ip rule`); it does not bind the peer's port, which Envoy does not implement
+/// either, so `bind_port` is refused rather than ignored.
+fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) -> u32 {
     use weft_xds_api::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
     let Some(any) = any else {
         // By name only: the defaults (no port, no mark).
-        return;
+        return 0;
     };
     let url = format!("type.googleapis.com/{ORIGINAL_SRC_TYPE}");
     match weft_xds_api::unpack::<OriginalSrc>(any, &url) {
@@ -245,17 +248,12 @@ fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) {
                     "unsupported (weft connects from the downstream's IP with any port; Envoy does not implement bind_port either)",
                 );
             }
-            if o.mark != 0 {
-                errs.add(
-                    &format!("{path}.typed_config.mark"),
-                    format!(
-                        "unsupported ({}: weft sets no SO_MARK; `weft init --tproxy` installs the return path by the sidecar's uid, see docs/operations.md)",
-                        o.mark
-                    ),
-                );
-            }
+            o.mark
         }
-        Err(e) => errs.add(&format!("{path}.typed_config"), e),
+        Err(e) => {
+            errs.add(&format!("{path}.typed_config"), e);
+            0
+        }
     }
 }
 

@@ -1024,11 +1024,15 @@ fn original_src_listener_filter_is_the_listeners_original_source() {
         name: "envoy.filters.listener.original_dst".into(),
         ..Default::default()
     });
-    l.listener_filters.push(filter(&OriginalSrc::default()));
+    // Istio sends mark 1337 (its TPROXY return path routes marked replies by an ip rule).
+    l.listener_filters.push(filter(&OriginalSrc {
+        bind_port: false,
+        mark: 1337,
+    }));
     let raw = convert::listener(&l).unwrap().unwrap().raw;
     assert_eq!(
-        (raw.original_destination, raw.original_source),
-        (Some(true), Some(true))
+        (raw.original_destination, raw.original_source, raw.original_source_mark),
+        (Some(true), Some(true), Some(1337))
     );
     // Through weft-config's validation into the model the proxy runs.
     let cfg = validate_with(
@@ -1044,6 +1048,7 @@ fn original_src_listener_filter_is_the_listeners_original_source() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert!(cfg.listeners[0].original_source && cfg.listeners[0].transparent);
+    assert_eq!(cfg.listeners[0].original_source_mark, 1337);
     // Without the filter: off. By name only (no typed_config): on, with the defaults.
     assert_eq!(
         convert::listener(&full_listener())
@@ -1070,11 +1075,6 @@ fn original_src_listener_filter_is_the_listeners_original_source() {
     assert!(
         errs.iter()
             .any(|e| e.starts_with("listener_filters[0].typed_config.bind_port: unsupported")),
-        "{errs:?}"
-    );
-    assert!(
-        errs.iter()
-            .any(|e| e.starts_with("listener_filters[0].typed_config.mark: unsupported (1337")),
         "{errs:?}"
     );
     // A typed_config that is not an OriginalSrc.

@@ -570,7 +570,8 @@ fn tproxy_original_source_shows_the_app_the_callers_address() {
 }
 
 /// The same on the listener (what Envoy's `envoy.filters.listener.original_src` listener filter
-/// converts to over xDS): the inbound listeners have `original_source`, the clusters do not.
+/// converts to over xDS): the inbound listeners have `original_source`, the clusters do not, and
+/// the connections to the app carry Istio's `mark: 1337` (`original_source_mark`) as SO_MARK.
 #[test]
 fn tproxy_original_source_on_the_listener_shows_the_app_the_callers_address() {
     if !prerequisites() {
@@ -583,11 +584,40 @@ fn tproxy_original_source_on_the_listener_shows_the_app_the_callers_address() {
     let _s7 = start_server(&b, &dir, "10.213.0.2", 8082, "s7.log");
     let cfg = sidecar_config(true, "", "").replace(
         "    transparent: true\n    direction: inbound\n",
-        "    transparent: true\n    original_source: true\n    direction: inbound\n",
+        "    transparent: true\n    original_source: true\n    original_source_mark: 1337\n    direction: inbound\n",
     );
     assert_eq!(cfg.matches("original_source: true").count(), 2);
     let _pb = start_sidecar(&b, &dir, "b", &cfg, true);
     init(&b, &["--tproxy"]);
+    // Counts (no target: it changes nothing) the SYNs to the app that leave with mark 1337 before
+    // any other mangle rule could set a mark: only the socket's SO_MARK can.
+    let marked_syns = || {
+        let out = b.run(&["iptables", "-t", "mangle", "-L", "OUTPUT", "1", "-v", "-x", "-n"]);
+        out.split_whitespace()
+            .next()
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    b.run(&[
+        "iptables",
+        "-t",
+        "mangle",
+        "-I",
+        "OUTPUT",
+        "1",
+        "-p",
+        "tcp",
+        "--syn",
+        "-d",
+        "10.213.0.2",
+        "--dport",
+        "8080",
+        "-m",
+        "mark",
+        "--mark",
+        "1337",
+    ]);
+    assert_eq!(marked_syns(), 0);
     for _ in 0..2 {
         assert_eq!(fetch(&a, "10.213.0.2", 8080), hello());
     }
@@ -597,6 +627,7 @@ fn tproxy_original_source_on_the_listener_shows_the_app_the_callers_address() {
         ["10.213.0.1"; 2],
         "the app saw the caller's address"
     );
+    assert!(marked_syns() >= 1, "the connection to the app carried no SO_MARK 1337");
     assert_eq!(fetch(&a, "fd00:213::2", 8080), hello());
     assert_eq!(served_to(&dir, "s6.log"), ["fd00:213::1"]);
     assert_eq!(fetch(&a, "10.213.0.2", 8082), hello());

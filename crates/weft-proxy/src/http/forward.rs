@@ -39,7 +39,7 @@ struct Plan {
     hash: Option<u64>,
     subset: Option<Labels>,
     /// The original destination, and the source to connect from (`original_source`).
-    original_dst: Option<(SocketAddr, Option<std::net::IpAddr>)>,
+    original_dst: Option<(SocketAddr, Option<(std::net::IpAddr, u32)>)>,
 }
 
 impl Plan {
@@ -92,7 +92,7 @@ impl Plan {
                 .or(ctx.original_dst)
                 .ok_or_else(|| Error::internal(Reason::NoHealthyUpstream))?;
             let from_peer = cluster.config.original_source || ctx.original_source;
-            Some((dst, from_peer.then(|| ctx.peer.ip())))
+            Some((dst, from_peer.then(|| (ctx.peer.ip(), ctx.original_source_mark))))
         } else {
             None
         };

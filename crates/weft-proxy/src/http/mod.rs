@@ -146,6 +146,8 @@ struct ConnCtx {
     original_dst: Option<SocketAddr>,
     /// The accepting listener's `original_source` (Envoy's original_src listener filter).
     original_source: bool,
+    /// Its `original_source_mark` (SO_MARK on those connections; 0: none).
+    original_source_mark: u32,
     /// The address the client connected to (its original destination when redirected).
     local: Option<SocketAddr>,
     framing: Arc<parking_lot::Mutex<FramingTracker>>,
@@ -204,6 +206,7 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
         peer,
         original_dst,
         original_source: lrt.config.original_source,
+        original_source_mark: lrt.config.original_source_mark,
         local,
         tls,
         upgraded: std::sync::atomic::AtomicBool::new(false),
