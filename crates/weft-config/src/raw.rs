@@ -191,6 +191,8 @@ pub struct RawTcpProxy {
     pub cluster: Option<String>,
     pub idle_timeout: Option<String>,
     pub access_log: Option<RawAccessLogs>,
+    /// Envoy `envoy.filters.network.rbac`: who may connect (see `crate::authz`).
+    pub authorization: Option<crate::authz::RawAuthorization>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -217,6 +219,8 @@ pub struct RawHttp {
     pub rate_limit_service: Option<RawRateLimitService>,
     /// Distributed tracing exported over OTLP (see `crate::tracing`).
     pub tracing: Option<crate::tracing::RawTracing>,
+    /// Envoy `envoy.filters.http.rbac` / Istio AuthorizationPolicy (see `crate::authz`).
+    pub authorization: Option<crate::authz::RawAuthorization>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
