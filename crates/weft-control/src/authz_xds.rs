@@ -191,3 +191,72 @@ fn cidr(c: &CidrRange) -> core::CidrRange {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{parse_fragment, World};
+
+    const REG: &str = r#"authorization:
+  - name: allow-reviews
+    service: ratings
+    rules: [{from: [{principals: ["spiffe://cluster.local/ns/default/sa/reviews"]}]}]
+  - name: no-admin
+    action: DENY
+    rules: [{to: [{paths: ["/admin*"]}]}]
+  - name: elsewhere
+    service: reviews
+    namespace: prod
+    action: DENY
+    rules: [{to: [{methods: [DELETE]}]}]
+"#;
+
+    #[test]
+    fn policies_selecting_a_sidecar_merge_deny_before_allow() {
+        let f = parse_fragment("p.yaml", REG).unwrap();
+        let (w, e) = World::build([("p.yaml", &f)].into_iter());
+        assert!(e.is_empty(), "{e:?}");
+        let a = authorization_for(&w, "ratings", "default").unwrap();
+        let kinds: Vec<_> = a.stages.iter().map(|s| (s.action, s.policies.len())).collect();
+        assert_eq!(kinds, vec![(RbacAction::Deny, 1), (RbacAction::Allow, 1)]);
+        let filters = rbac_filters(&a);
+        assert_eq!(filters.len(), 2);
+        assert!(filters.iter().all(|f| f.name == RBAC_FILTER && !f.is_optional));
+        // `elsewhere` needs namespace prod; `no-admin` applies to every service.
+        let r = authorization_for(&w, "reviews", "default").unwrap();
+        assert_eq!(r.stages.len(), 1);
+        assert_eq!(
+            authorization_for(&w, "reviews", "prod").unwrap().stages[0]
+                .policies
+                .len(),
+            2
+        );
+        let none = parse_fragment("q.yaml", "services: []\n").unwrap();
+        let (w, _) = World::build([("q.yaml", &none)].into_iter());
+        assert!(authorization_for(&w, "ratings", "").is_none());
+    }
+
+    #[test]
+    fn bad_policies_are_refused_naming_the_field() {
+        let e = parse_fragment(
+            "p.yaml",
+            "authorization:\n  - {name: x, rules: [{from: [{ipBlocks: [10.0.0.0/99]}], to: [{ports: [\"http\"]}]}]}\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("p.yaml: authorization[0].rules[0].from[0].ip_blocks[0]:")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("p.yaml: authorization[0].rules[0].to[0].ports[0]:")),
+            "{e:?}"
+        );
+        let e = parse_fragment("p.yaml", "authorization:\n  - {name: x, action: CUSTOM}\n").unwrap_err();
+        assert_eq!(
+            e,
+            vec!["p.yaml: authorization[0].action: unknown action \"CUSTOM\" (ALLOW, DENY, AUDIT)"]
+        );
+    }
+}
