@@ -5,6 +5,7 @@
 //! the proxy's running snapshot, swapped atomically.
 
 pub mod admin;
+pub mod authz;
 pub mod duration;
 pub mod grpc_log;
 pub mod log_format;

@@ -241,6 +241,8 @@ pub struct TcpProxy {
     pub grpc_access_log: Option<crate::grpc_log::GrpcAccessLog>,
     /// One span per session.
     pub tracing: Option<Box<crate::tracing::Tracing>>,
+    /// Who may connect (Envoy's network RBAC); `None`: everyone.
+    pub authorization: Option<Box<crate::authz::Authorization>>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
@@ -283,6 +285,8 @@ pub struct HttpConnectionManager {
     pub rate_limit_service: Option<RateLimitService>,
     /// Distributed tracing (spans exported over OTLP); `None` costs nothing per request.
     pub tracing: Option<Box<crate::tracing::Tracing>>,
+    /// Authorization (Envoy HTTP RBAC); `None` costs one pointer test per request.
+    pub authorization: Option<Box<crate::authz::Authorization>>,
 }
 
 /// A global rate limit service speaking Envoy's RLS protocol over gRPC.

@@ -201,6 +201,8 @@ pub struct RawTcpProxy {
     pub access_log: Option<RawAccessLogs>,
     /// One span per session, exported over OTLP (the same block as an `http` listener's).
     pub tracing: Option<crate::tracing::RawTracing>,
+    /// Envoy `envoy.filters.network.rbac`: who may connect (see `crate::authz`).
+    pub authorization: Option<crate::authz::RawAuthorization>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -227,6 +229,8 @@ pub struct RawHttp {
     pub rate_limit_service: Option<RawRateLimitService>,
     /// Distributed tracing exported over OTLP (see `crate::tracing`).
     pub tracing: Option<crate::tracing::RawTracing>,
+    /// Envoy `envoy.filters.http.rbac` / Istio AuthorizationPolicy (see `crate::authz`).
+    pub authorization: Option<crate::authz::RawAuthorization>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

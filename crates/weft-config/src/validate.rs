@@ -670,7 +670,21 @@ fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<Strin
             }
             tr.map(Box::new)
         }),
+        authorization: authorization(cx, &format!("{path}.authorization"), &t.authorization, true),
     })
+}
+
+fn authorization(
+    cx: &mut Ctx,
+    path: &str,
+    raw: &Option<crate::authz::RawAuthorization>,
+    tcp: bool,
+) -> Option<Box<crate::authz::Authorization>> {
+    let (a, errs) = crate::authz::validate(path, raw.as_ref()?, tcp);
+    for (p, m) in errs {
+        cx.err(&p, m);
+    }
+    a.map(Box::new)
 }
 
 fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String>) -> Option<HttpConnectionManager> {
@@ -763,6 +777,7 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
             }
             t.map(Box::new)
         }),
+        authorization: authorization(cx, &format!("{path}.authorization"), &h.authorization, false),
     })
 }
 

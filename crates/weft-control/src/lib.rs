@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod authz_xds;
 pub mod ca;
 pub mod cli;
 #[cfg(feature = "kubernetes")]

@@ -25,6 +25,28 @@ struct RawFile {
     #[serde(default)]
     destinations: Vec<RawDestination>,
     rate_limit_service: Option<RawRls>,
+    /// Istio-style AuthorizationPolicies, enforced by the selected services' inbound sidecars.
+    #[serde(default)]
+    authorization: Vec<RawMeshAuthz>,
+}
+
+/// One mesh authorization policy: Istio's AuthorizationPolicy with `service` as its selector.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeshAuthz {
+    /// Applies to this service's inbound listeners; absent: every service (in `namespace`).
+    #[serde(alias = "selector")]
+    service: Option<String>,
+    /// Applies only to sidecars whose node metadata NAMESPACE is this one.
+    namespace: Option<String>,
+    name: Option<String>,
+    /// ALLOW (default), DENY or AUDIT.
+    action: Option<String>,
+    /// Only logged and counted (shadow rules).
+    #[serde(alias = "dryRun")]
+    dry_run: Option<bool>,
+    #[serde(default)]
+    rules: Vec<weft_config::authz::RawAuthzRule>,
 }
 
 #[derive(Deserialize)]
@@ -563,6 +585,24 @@ pub struct Fragment {
     pub routes: Vec<RoutePolicy>,
     pub destinations: Vec<DestinationPolicy>,
     pub rate_limit_service: Option<RateLimitService>,
+    pub authorization: Vec<MeshAuthz>,
+}
+
+/// A validated mesh authorization policy.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeshAuthz {
+    pub name: String,
+    pub service: Option<String>,
+    pub namespace: Option<String>,
+    /// The policy compiled alone (its stages); merged per proxy by
+    /// [`crate::translate::authorization_for`].
+    pub compiled: weft_config::authz::Authorization,
+}
+
+impl MeshAuthz {
+    pub fn selects(&self, service: &str, namespace: &str) -> bool {
+        self.service.as_deref().is_none_or(|s| s == service) && self.namespace.as_deref().is_none_or(|n| n == namespace)
+    }
 }
 
 struct Errs<'a> {
@@ -860,6 +900,35 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
             timeout,
             failure_mode_deny: r.failure_mode_deny.unwrap_or(false),
         });
+    }
+    for (i, a) in raw.authorization.into_iter().enumerate() {
+        let p = format!("authorization[{i}]");
+        if let Some(s) = &a.service {
+            check_name(&mut e, &format!("{p}.service"), s);
+        }
+        let name = a.name.clone().unwrap_or_default();
+        let raw = weft_config::authz::RawAuthorization {
+            policies: vec![weft_config::authz::RawAuthzPolicy {
+                name: a.name,
+                action: a.action,
+                dry_run: a.dry_run,
+                rules: a.rules,
+            }],
+            rbac: Vec::new(),
+        };
+        let (compiled, errs) = weft_config::authz::validate(&p, &raw, false);
+        for (path, msg) in errs {
+            // `authorization[i].policies[0].rules…` → `authorization[i].rules…`
+            e.push(path.replacen(".policies[0]", "", 1), msg);
+        }
+        if let Some(compiled) = compiled {
+            frag.authorization.push(MeshAuthz {
+                name,
+                service: a.service,
+                namespace: a.namespace,
+                compiled,
+            });
+        }
     }
     if e.list.is_empty() {
         Ok(frag)
@@ -1229,6 +1298,8 @@ pub struct World {
     pub routes: BTreeMap<String, RoutePolicy>,
     pub destinations: BTreeMap<String, DestinationPolicy>,
     pub rate_limit_service: Option<RateLimitService>,
+    /// Every mesh authorization policy, in source order.
+    pub authorization: Vec<MeshAuthz>,
 }
 
 impl World {
@@ -1278,6 +1349,11 @@ impl World {
             if let Some(r) = &f.rate_limit_service {
                 if dup(3, "block", "rate_limit_service".into(), "rate_limit_service") {
                     w.rate_limit_service = Some(r.clone());
+                }
+            }
+            for (i, a) in f.authorization.iter().enumerate() {
+                if dup(5, "authorization policy", format!("authorization[{i}].name"), &a.name) {
+                    w.authorization.push(a.clone());
                 }
             }
         }

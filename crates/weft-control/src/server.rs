@@ -100,6 +100,8 @@ pub struct StreamState {
     pub node_res: Arc<NodeResources>,
     /// The rate limit service `node_res` was built with (None: not built yet).
     node_rls: Option<Option<crate::model::RateLimitService>>,
+    /// The authorization `node_res` was built with.
+    node_authz: Option<weft_config::authz::Authorization>,
     pub types: [TypeState; 4],
     pub nonce_counter: u64,
     pub generation: u64,
@@ -116,6 +118,7 @@ impl StreamState {
             node: None,
             node_res: Arc::new(NodeResources::default()),
             node_rls: None,
+            node_authz: None,
             types: Default::default(),
             nonce_counter: 0,
             generation: 0,
@@ -185,11 +188,13 @@ impl StreamState {
     fn refresh_node(&mut self, snap: &Snapshot) -> bool {
         let Some(info) = &self.node else { return false };
         let rls = crate::translate::active_rls(&snap.world);
-        if self.node_rls.as_ref().is_some_and(|built| built.as_ref() == rls) {
+        let authz = crate::authz_xds::authorization_for(&snap.world, &info.cluster, &info.namespace);
+        if self.node_rls.as_ref().is_some_and(|built| built.as_ref() == rls) && self.node_authz == authz {
             return false;
         }
-        self.node_res = Arc::new(node_resources(info, rls));
+        self.node_res = Arc::new(node_resources(info, rls, authz.as_ref()));
         self.node_rls = Some(rls.cloned());
+        self.node_authz = authz;
         true
     }
 }

@@ -1075,14 +1075,18 @@ fn rds_listener(
     route: &str,
     rls: Option<&model::RateLimitService>,
     direction: i32,
+    authz: Option<&weft_config::authz::Authorization>,
 ) -> ls::Listener {
+    // Authorization first, as Istio places its RBAC filters.
+    let mut http_filters = authz.map(crate::authz_xds::rbac_filters).unwrap_or_default();
+    http_filters.extend(sidecar_filters(&name.replace('|', "_"), rls));
     let manager = hcm::HttpConnectionManager {
         stat_prefix: name.replace('|', "_"),
         route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
             config_source: Some(ads()),
             route_config_name: route.into(),
         })),
-        http_filters: sidecar_filters(&name.replace('|', "_"), rls),
+        http_filters,
         ..Default::default()
     };
     ls::Listener {
@@ -1178,7 +1182,14 @@ pub struct NodeResources {
 
 /// `rls`: the rate limit service in effect ([`active_rls`]); it puts the global rate limit filter on
 /// the outbound listener, so these resources are rebuilt when it changes.
-pub fn node_resources(node: &NodeInfo, rls: Option<&model::RateLimitService>) -> NodeResources {
+///
+/// `authz`: the authorization policies selecting this proxy's service
+/// ([`crate::authz_xds::authorization_for`]), as RBAC filters on its inbound listener.
+pub fn node_resources(
+    node: &NodeInfo,
+    rls: Option<&model::RateLimitService>,
+    authz: Option<&weft_config::authz::Authorization>,
+) -> NodeResources {
     let mut r = NodeResources::default();
     let mut put = |kind: Kind, res: Arc<Res>| {
         r.maps[kind as usize].insert(res.name.clone(), res);
@@ -1189,7 +1200,7 @@ pub fn node_resources(node: &NodeInfo, rls: Option<&model::RateLimitService>) ->
             Res::new(
                 Kind::Listener,
                 OUTBOUND,
-                &rds_listener(OUTBOUND, addr, OUTBOUND, rls, 2),
+                &rds_listener(OUTBOUND, addr, OUTBOUND, rls, 2, None),
             ),
         );
     }
@@ -1198,7 +1209,7 @@ pub fn node_resources(node: &NodeInfo, rls: Option<&model::RateLimitService>) ->
         if let Some(addr) = node.inbound {
             put(
                 Kind::Listener,
-                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name, None, 1)),
+                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name, None, 1, authz)),
             );
             let rc = rt::RouteConfiguration {
                 name: name.clone(),

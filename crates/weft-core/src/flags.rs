@@ -44,6 +44,8 @@ pub enum Reason {
     /// The route names a cluster that does not exist (yet): with dynamic configuration a route can
     /// arrive before its cluster (Envoy's `NC`).
     NoCluster,
+    /// Authorization (RBAC) denied the request (403) or closed the TCP connection.
+    Rbac,
 }
 
 impl Reason {
@@ -64,6 +66,7 @@ impl Reason {
             Reason::RateLimited | Reason::GlobalRateLimited => "RL",
             Reason::RateLimitServiceError => "RLSE",
             Reason::NoCluster => "NC",
+            Reason::Rbac => "RBAC",
         }
     }
 
@@ -71,7 +74,8 @@ impl Reason {
     /// Envoy's eyes, which logs `-`).
     pub fn envoy_flag(self) -> Option<&'static str> {
         match self {
-            Reason::DirectResponse => None,
+            // Envoy's RBAC filter sets no response flag: its logs show `-` and the details say why.
+            Reason::DirectResponse | Reason::Rbac => None,
             Reason::UpstreamProtocolError => Some("UPE"),
             r => Some(r.code()),
         }
@@ -95,6 +99,8 @@ impl Reason {
             Reason::GlobalRateLimited => "request_rate_limited",
             Reason::RateLimitServiceError => "rate_limiter_error",
             Reason::NoCluster => "cluster_not_found",
+            // The access log carries `rbac_access_denied_matched_policy[<name>]` instead.
+            Reason::Rbac => "rbac_access_denied",
         }
     }
 
@@ -126,6 +132,7 @@ impl Reason {
             Reason::FaultInjected => StatusCode::SERVICE_UNAVAILABLE,
             Reason::RateLimited | Reason::GlobalRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RateLimitServiceError => StatusCode::INTERNAL_SERVER_ERROR,
+            Reason::Rbac => StatusCode::FORBIDDEN,
         }
     }
 
@@ -147,6 +154,8 @@ impl Reason {
             Reason::GlobalRateLimited => "rate limited (RL)\n",
             Reason::RateLimitServiceError => "rate limit service error (RLSE)\n",
             Reason::NoCluster => "no cluster match for the route (NC)\n",
+            // Envoy's body, byte for byte (clients and tests compare it).
+            Reason::Rbac => "RBAC: access denied",
         }
     }
 }

@@ -38,6 +38,9 @@ pub struct LogEntry<'a> {
     pub peer_identity: Option<&'a str>,
     pub requested_server_name: Option<&'a str>,
     pub route_name: Option<&'a str>,
+    /// Replaces the reason's `%RESPONSE_CODE_DETAILS%` when set (an authorization denial names its
+    /// policy: `rbac_access_denied_matched_policy[<name>]`).
+    pub details: Option<&'a str>,
 }
 
 /// Envoy's `%RESPONSE_FLAGS%` for an outcome: the reason's short flag, plus `URX` when the
@@ -55,7 +58,10 @@ pub fn write_flags(out: &mut Vec<u8>, reason: Option<Reason>, attempts: u32) -> 
 }
 
 /// Envoy's `%RESPONSE_CODE_DETAILS%`.
-pub fn details(e: &LogEntry<'_>) -> Option<&'static str> {
+pub fn details<'a>(e: &LogEntry<'a>) -> Option<&'a str> {
+    if let Some(d) = e.details {
+        return Some(d);
+    }
     match e.reason {
         Some(r) => Some(r.details()),
         None if e.response_code != 0 => Some("via_upstream"),
@@ -294,6 +300,7 @@ mod tests {
             peer_identity: None,
             requested_server_name: None,
             route_name: Some("r1"),
+            details: None,
         }
     }
 

@@ -494,6 +494,10 @@ pub struct FilterMetrics {
     pub rate_limited: Family<ScopeLabel, Counter>,
     pub rls_over_limit: Family<ListenerLabel, Counter>,
     pub rls_errors: Family<ListenerLabel, Counter>,
+    pub rbac_allowed: Family<ListenerLabel, Counter>,
+    pub rbac_denied: Family<ListenerLabel, Counter>,
+    pub rbac_shadow_allowed: Family<ListenerLabel, Counter>,
+    pub rbac_shadow_denied: Family<ListenerLabel, Counter>,
 }
 
 impl FilterMetrics {
@@ -538,6 +542,26 @@ impl FilterMetrics {
             "Calls to the global rate limit service that failed or timed out",
             self.rls_errors.clone(),
         );
+        r.register(
+            "rbac_allowed",
+            "Requests (or TCP connections) authorization allowed, on listeners that enforce a policy",
+            self.rbac_allowed.clone(),
+        );
+        r.register(
+            "rbac_denied",
+            "Requests (or TCP connections) authorization denied",
+            self.rbac_denied.clone(),
+        );
+        r.register(
+            "rbac_shadow_allowed",
+            "Requests shadow (dry-run) policies would have allowed",
+            self.rbac_shadow_allowed.clone(),
+        );
+        r.register(
+            "rbac_shadow_denied",
+            "Requests shadow (dry-run) policies would have denied",
+            self.rbac_shadow_denied.clone(),
+        );
     }
 
     /// (over-limit, error) counters of a connection manager's rate limit service client.
@@ -546,6 +570,16 @@ impl FilterMetrics {
             self.listener(&self.rls_over_limit, listener),
             self.listener(&self.rls_errors, listener),
         )
+    }
+
+    /// (allowed, denied, shadow allowed, shadow denied) counters of a listener's authorization.
+    pub fn rbac(&self, listener: &str) -> [Counter; 4] {
+        [
+            self.listener(&self.rbac_allowed, listener),
+            self.listener(&self.rbac_denied, listener),
+            self.listener(&self.rbac_shadow_allowed, listener),
+            self.listener(&self.rbac_shadow_denied, listener),
+        ]
     }
 
     /// The counter of requests refused by the rate limit of `scope` (`listener` or `route:VHOST/ROUTE`).

@@ -19,6 +19,10 @@ pub struct ExplainRequest {
     pub host: String,
     pub headers: HeaderMap,
     pub listener: Option<String>,
+    /// The caller's mTLS identity (SPIFFE ID), for authorization; `None`: a plaintext caller.
+    pub principal: Option<String>,
+    /// The caller's address, for authorization (default 127.0.0.1).
+    pub source: std::net::IpAddr,
 }
 
 /// Why an explain request was refused (the admin answers 400 with it).
@@ -81,6 +85,13 @@ impl ExplainRequest {
             host,
             headers,
             listener: v.get("listener").and_then(Value::as_str).map(str::to_string),
+            principal: v.get("principal").and_then(Value::as_str).map(str::to_string),
+            source: match v.get("source").and_then(Value::as_str) {
+                None => std::net::IpAddr::from([127, 0, 0, 1]),
+                Some(s) => s
+                    .parse()
+                    .map_err(|_| BadRequest(format!("source: \"{s}\" is not an IP address")))?,
+            },
         })
     }
 }
@@ -143,10 +154,60 @@ pub fn explain(server: &Server, req: &ExplainRequest) -> Value {
         "why": if candidates[pick].5 { "the first HTTP listener (by name) whose routes match the request" } else { "no listener routes the request; showing the first" },
     });
     let mut policies = serde_json::Map::new();
-    policies.insert(
-        "authorization".into(),
-        json!("none: weft has no authorization filter, nothing is denied by policy"),
-    );
+    let verdict = |o: &mut Value, outcome: &str, flag: &str, status: u16, detail: String| {
+        if o.get("verdict").is_none() {
+            o["verdict"] = json!({ "outcome": outcome, "response_flags": flag, "status": status, "detail": detail });
+        }
+    };
+    // Authorization runs first on the request path, so its denial is the verdict.
+    match &h.authz {
+        None => {
+            policies.insert(
+                "authorization".into(),
+                json!({ "decision": "allowed", "detail": "no authorization filter: nothing is denied by policy" }),
+            );
+        }
+        Some(a) => {
+            let d = a.evaluate(&weft_route::authz::AuthzInput {
+                http: Some(weft_route::authz::HttpView {
+                    method: &req.method,
+                    path: path_q,
+                    authority: &req.host,
+                    headers: &req.headers,
+                }),
+                principal: req.principal.as_deref(),
+                direct_remote: req.source,
+                remote: req.source,
+                local: Some(*local),
+                sni: None,
+            });
+            let detail = match (d.allowed, d.policy) {
+                (false, Some(p)) => format!("denied by policy {p}"),
+                (false, None) => "denied: ALLOW policies exist and none matches (default deny)".to_string(),
+                (true, Some(p)) => format!("allowed by policy {p}"),
+                (true, None) => "allowed: no DENY policy matches and no ALLOW policy is in force".to_string(),
+            };
+            policies.insert(
+                "authorization".into(),
+                json!({
+                    "decision": if d.allowed { "allowed" } else { "denied" },
+                    "policy": d.policy.map(|p| &**p),
+                    "detail": detail,
+                    "response_code_details": d.details.map(|p| &**p),
+                    "caller": { "principal": req.principal, "source": req.source.to_string() },
+                    "shadow": d.shadow.map(|(ok, p)| json!({
+                        "decision": if ok { "allowed" } else { "denied" },
+                        "policy": p.map(|p| &**p),
+                    })),
+                    "audit_policy": d.audited.map(|p| &**p),
+                    "config": h.config.authorization,
+                }),
+            );
+            if !d.allowed {
+                verdict(&mut out, "denied", "RBAC", 403, detail);
+            }
+        }
+    }
     if let Some(rl) = &h.rate_limit {
         let tokens = rl.peek_tokens(&req.headers);
         policies.insert(
@@ -155,11 +216,6 @@ pub fn explain(server: &Server, req: &ExplainRequest) -> Value {
         );
     }
     let ex = routes.explain(&req.host, &req.method, &req.uri, &req.headers);
-    let verdict = |o: &mut Value, outcome: &str, flag: &str, status: u16, detail: String| {
-        if o.get("verdict").is_none() {
-            o["verdict"] = json!({ "outcome": outcome, "response_flags": flag, "status": status, "detail": detail });
-        }
-    };
     if policies
         .get("listener_local_rate_limit")
         .is_some_and(|p| p["would_limit"] == true)

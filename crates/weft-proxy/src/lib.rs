@@ -21,7 +21,7 @@ pub mod watchdog;
 
 // The layers below, under their old paths (`weft_proxy::stats`, `weft_proxy::cluster`, …).
 pub use weft_core::{access_log, error, flags, stats};
-pub use weft_route::{filters, ratelimit, router};
+pub use weft_route::{authz, filters, ratelimit, router};
 pub use weft_upstream::{body, client, cluster, health, hostset, outlier};
 
 pub use server::{ApplyError, Server, ServerOptions};

@@ -737,6 +737,7 @@ impl Server {
                     let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log)
                         .with_grpc_log(self.grpc_log(t.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Tcp));
                     let rt = rt.with_tracer(self.tracer_for(t.tracing.as_deref(), &l.name));
+                    let rt = rt.with_authz(&shared.metrics);
                     FilterRt::Tcp(Arc::new(rt.with_istio(self.istio_tcp(l, &t.cluster))))
                 }
                 NetworkFilter::Rpc(r) if r.sniff.is_some() => {
@@ -1125,6 +1126,7 @@ impl LocalReplyCounters {
             RateLimited,
             RateLimitServiceError,
             NoCluster,
+            Rbac,
         ]
         .iter()
         .map(|r| (r.code(), metrics.local_reply(listener, r.code())))

@@ -28,6 +28,8 @@ pub struct TcpRt {
     pub istio: Option<Arc<weft_core::istio_tcp::IstioTcpReporter>>,
     /// One span per session, when the filter configures tracing.
     pub tracer: Option<Arc<weft_core::trace::Tracer>>,
+    /// Who may connect (Envoy's network RBAC): a denied connection is closed at once.
+    pub authz: Option<weft_route::authz::Authorizer>,
 }
 
 impl TcpRt {
@@ -38,6 +40,7 @@ impl TcpRt {
         access_log: Option<Arc<AccessLogger>>,
     ) -> TcpRt {
         TcpRt {
+            authz: None,
             config: config.clone(),
             listener: listener.to_string(),
             stats,
@@ -55,6 +58,23 @@ impl TcpRt {
 
     pub fn with_grpc_log(mut self, l: Option<Arc<weft_telemetry::als::GrpcLogger>>) -> TcpRt {
         self.grpc_log = l;
+        self
+    }
+
+    /// Compiles the proxy's `authorization` block with the listener's counters.
+    pub fn with_authz(mut self, metrics: &crate::stats::Metrics) -> TcpRt {
+        self.authz = self.config.authorization.as_ref().map(|a| {
+            let [allowed, denied, shadow_allowed, shadow_denied] = metrics.filters.rbac(&self.listener);
+            weft_route::authz::Authorizer::new(
+                a,
+                Some(weft_route::authz::AuthzCounters {
+                    allowed,
+                    denied,
+                    shadow_allowed,
+                    shadow_denied,
+                }),
+            )
+        });
         self
     }
 
@@ -89,6 +109,38 @@ pub async fn serve_connection(
     let start = Instant::now();
     let started_at = SystemTime::now();
     let trace = rt.tracer.as_ref().map(|t| t.start_tcp(peer));
+    if let Some(a) = &rt.authz {
+        let local = crate::interception::original_dst(&down, &lrt.config).or_else(|| down.local_addr().ok());
+        // Plain TCP: no peer certificate (weft terminates TLS only for HTTP), so `authenticated`
+        // principals never match here.
+        let d = a.check(&weft_route::authz::AuthzInput {
+            http: None,
+            principal: None,
+            direct_remote: peer.ip(),
+            remote: peer.ip(),
+            local,
+            sni: None,
+        });
+        if !d.allowed {
+            tracing::debug!(listener = %rt.listener, %peer, details = ?d.details, "connection denied by authorization");
+            let end = TcpEnd {
+                peer,
+                local,
+                upstream: None,
+                started_at,
+                start,
+                sent: 0,
+                received: 0,
+                flag: "-",
+                reason: Some(crate::flags::Reason::Rbac),
+                attempts: 0,
+            };
+            end.log(&rt);
+            end.trace(&rt, trace);
+            // Dropping the stream closes the connection (a FIN, like Envoy's network RBAC).
+            return;
+        }
+    }
     let Some(cluster) = clusters.cluster(&rt.config.cluster) else {
         return;
     };
@@ -247,6 +299,7 @@ impl TcpEnd {
                 peer_identity: None,
                 requested_server_name: None,
                 route_name: None,
+                details: None,
             });
             return;
         }

@@ -17,6 +17,10 @@ listeners:
   - name: web
     address: 127.0.0.1:0
     http:
+      authorization:
+        policies:
+          - {{ name: deny-private, action: DENY, rules: [{{ to: [{{ paths: ["/private*"] }}] }}] }}
+          - {{ name: allow-local, action: ALLOW, rules: [{{ from: [{{ ip_blocks: [127.0.0.1/32] }}] }}] }}
       route_config:
         name: main
         virtual_hosts:
@@ -285,8 +289,99 @@ async fn routing_cases() {
     assert_eq!(outcome(&v), "direct_response");
     assert_eq!(v["verdict"]["status"], 200);
 
-    // 14. No authorization filter exists: said so, not guessed.
-    assert!(v["policies"]["authorization"].as_str().unwrap().starts_with("none"));
+    // 14. Authorization: a local caller is allowed by the ALLOW policy, and said so.
+    assert_eq!(v["policies"]["authorization"]["decision"], "allowed");
+    assert_eq!(
+        v["policies"]["authorization"]["detail"],
+        "allowed by policy allow-local[0]"
+    );
+}
+
+/// A raw HTTP/1.1 request from a chosen loopback source address: (status, body).
+async fn from_source(source: &str, to: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = sock.connect(to).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+async fn explain_from(e: &Env, url: &str, source: &str) -> Value {
+    let admin = admin_addr(&e.proxy);
+    let body = json!({ "method": "GET", "url": url, "source": source }).to_string();
+    let got = send_once(
+        admin,
+        req(
+            "POST",
+            "/explain",
+            &admin.to_string(),
+            &[("content-type", "application/json")],
+            &body,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got.status, 200, "{}", got.text());
+    serde_json::from_str(&got.text()).unwrap()
+}
+
+#[tokio::test]
+async fn authorization_decisions_match_real_requests() {
+    let e = env().await;
+    let web = e.proxy.listener_addr("web").unwrap();
+
+    // 15. Denied by a DENY policy, before any route is considered.
+    let v = explain(&e, "GET", "http://reviews/private/x", &[]).await;
+    assert_eq!(outcome(&v), "denied", "{v:#}");
+    assert_eq!(v["verdict"]["status"], 403);
+    assert_eq!(v["verdict"]["detail"], "denied by policy deny-private[0]");
+    assert_eq!(
+        v["policies"]["authorization"]["response_code_details"],
+        "rbac_access_denied_matched_policy[deny-private[0]]"
+    );
+    let (status, body) = from_source("127.0.0.1", web, "/private/x").await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+
+    // 16. Allowed by the ALLOW policy: explain says which, and the request goes through.
+    let v = explain(&e, "GET", "http://reviews/api/x", &[]).await;
+    assert_eq!(outcome(&v), "forward", "{v:#}");
+    assert_eq!(v["policies"]["authorization"]["policy"], "allow-local[0]");
+    assert_eq!(from_source("127.0.0.1", web, "/api/x").await.0, 200);
+
+    // 17. Another source: no ALLOW policy matches, so the default is deny.
+    let v = explain_from(&e, "http://reviews/api/x", "127.0.0.2").await;
+    assert_eq!(outcome(&v), "denied", "{v:#}");
+    assert_eq!(
+        v["verdict"]["detail"],
+        "denied: ALLOW policies exist and none matches (default deny)"
+    );
+    assert_eq!(
+        v["policies"]["authorization"]["response_code_details"],
+        "rbac_access_denied_matched_policy[none]"
+    );
+    let (status, body) = from_source("127.0.0.2", web, "/api/x").await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+
+    // Counted: two denials, and the allowed request.
+    let admin = admin_addr(&e.proxy);
+    let m = send_once(admin, req("GET", "/stats/prometheus", &admin.to_string(), &[], ""))
+        .await
+        .unwrap()
+        .text();
+    assert!(m.contains("weft_rbac_denied_total{listener=\"web\"} 2"), "{m}");
+    assert!(m.contains("weft_rbac_allowed_total{listener=\"web\"} 1"), "{m}");
 }
 
 #[tokio::test]

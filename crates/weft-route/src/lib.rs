@@ -5,6 +5,7 @@
 //! Depends on `weft-core` and `weft-upstream` (mirrors are sent with the upstream client); the
 //! downstream connection managers in `weft-proxy` build on it.
 
+pub mod authz;
 pub mod filters;
 pub mod ratelimit;
 pub mod router;

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use weft_config::authz::{RawAuthorization, RawRbac};
 use weft_config::raw::*;
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
@@ -20,8 +21,10 @@ use weft_xds_api::pb::envoy::config::route::v3 as rt;
 use weft_xds_api::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
 use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
+use weft_xds_api::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use weft_xds_api::pb::envoy::extensions::filters::network::connection_limit::v3 as connection_limit;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use weft_xds_api::pb::envoy::extensions::filters::network::rbac::v3 as net_rbac;
 use weft_xds_api::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
 use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
 use weft_xds_api::pb::envoy::r#type::v3 as typ;
@@ -304,10 +307,19 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
     // Before the terminal filter only a connection limit may come (weft's listener max_connections).
     let last = fc.filters.len().saturating_sub(1);
     let mut limit = None;
+    let mut network_rbac: Vec<(String, RawRbac)> = Vec::new();
     for (k, f) in fc.filters.iter().enumerate().take(last) {
         let fp = format!("{path}.filters[{k}]");
         let any = match &f.config_type {
             Some(ls::filter::ConfigType::TypedConfig(a)) if a.type_url == CONNECTION_LIMIT_URL => a,
+            Some(ls::filter::ConfigType::TypedConfig(a)) if a.type_url == crate::rbac_xds::NETWORK_RBAC_URL => {
+                let tp = format!("{fp}.typed_config");
+                match weft_xds_api::unpack::<net_rbac::Rbac>(a, crate::rbac_xds::NETWORK_RBAC_URL) {
+                    Ok(r) => network_rbac.push((fp.clone(), crate::rbac_xds::network(errs, &tp, &r))),
+                    Err(e) => errs.add(&tp, e),
+                }
+                continue;
+            }
             _ => {
                 let what = match &f.config_type {
                     Some(ls::filter::ConfigType::TypedConfig(a)) => a.type_url.as_str(),
@@ -315,7 +327,10 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                 };
                 errs.add(
                     &fp,
-                    format!("unknown filter \"{what}\" (only {CONNECTION_LIMIT_NAME} may precede the terminal filter)"),
+                    format!(
+                        "unknown filter \"{what}\" (only {CONNECTION_LIMIT_NAME} and {} may precede the terminal filter)",
+                        crate::rbac_xds::NETWORK_RBAC_NAME
+                    ),
                 );
                 continue;
             }
@@ -356,6 +371,16 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                 None => hcm::HttpConnectionManager::default(),
             };
             let (http, r) = http_manager(errs, &format!("{fp}.typed_config"), &h);
+            for (rp, _) in &network_rbac {
+                errs.add(
+                    rp,
+                    format!(
+                        "{} before an HTTP connection manager is unsupported; use {} in its http_filters",
+                        crate::rbac_xds::NETWORK_RBAC_NAME,
+                        crate::rbac_xds::HTTP_RBAC_NAME
+                    ),
+                );
+            }
             out.http = Some(http);
             rds = r;
         } else if url == type_url::TCP_PROXY || (url.is_empty() && f.name == TCP_PROXY_NAME) {
@@ -369,7 +394,14 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                 },
                 None => tcp::TcpProxy::default(),
             };
-            out.tcp_proxy = Some(tcp_proxy(errs, &format!("{fp}.typed_config"), &t));
+            let mut tp = tcp_proxy(errs, &format!("{fp}.typed_config"), &t);
+            if !network_rbac.is_empty() {
+                tp.authorization = Some(RawAuthorization {
+                    policies: Vec::new(),
+                    rbac: network_rbac.into_iter().map(|(_, r)| r).collect(),
+                });
+            }
+            out.tcp_proxy = Some(tp);
         } else {
             let what = if url.is_empty() { f.name.as_str() } else { url };
             errs.add(&fp, format!("unknown filter \"{what}\" (not optional)"));
@@ -443,6 +475,7 @@ fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
             crate::access_log_xds::Kind::Tcp,
         ),
         tracing: None,
+        authorization: None,
     }
 }
 
@@ -502,6 +535,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         local_rate_limit: None,
         rate_limit_service: None,
         tracing: crate::tracing_xds::from_hcm(errs, &format!("{path}.tracing"), h.tracing.as_ref()),
+        authorization: None,
     };
     let mut router_at = None;
     for (i, f) in h.http_filters.iter().enumerate() {
@@ -543,6 +577,16 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
                         out.local_rate_limit = Some(local_rate_limit(errs, &format!("{fp}.typed_config"), &l, None));
                     }
                     Ok(_) => {}
+                    Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+                }
+            }
+        } else if is(crate::rbac_xds::HTTP_RBAC_URL, crate::rbac_xds::HTTP_RBAC_NAME) {
+            if let Some(a) = cfg {
+                match weft_xds_api::unpack::<http_rbac::Rbac>(a, crate::rbac_xds::HTTP_RBAC_URL) {
+                    Ok(r) => {
+                        let raw = crate::rbac_xds::http(errs, &format!("{fp}.typed_config"), &r);
+                        out.authorization.get_or_insert_with(Default::default).rbac.push(raw);
+                    }
                     Err(e) => errs.add(&format!("{fp}.typed_config"), e),
                 }
             }

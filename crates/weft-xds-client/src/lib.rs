@@ -27,6 +27,7 @@
 mod access_log_xds;
 pub mod convert;
 pub mod pgv;
+pub mod rbac_xds;
 mod state;
 mod stream;
 pub mod tls;

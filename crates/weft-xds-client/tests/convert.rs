@@ -866,11 +866,11 @@ fn connection_limit_filter_is_the_listener_connection_limit() {
     let mut l = full_listener();
     let mut other = limit(1);
     other.config_type = None;
-    other.name = "envoy.filters.network.rbac".into();
+    other.name = "envoy.filters.network.ext_authz".into();
     l.filter_chains[0].filters.insert(0, other);
     let e = convert::listener(&l).unwrap_err();
     assert!(
-        e[0].starts_with("filter_chains[0].filters[0]: unknown filter \"envoy.filters.network.rbac\""),
+        e[0].starts_with("filter_chains[0].filters[0]: unknown filter \"envoy.filters.network.ext_authz\""),
         "{e:?}"
     );
 }

@@ -22,6 +22,13 @@ pub struct ExplainArgs {
     /// Explain for this listener only (default: the first HTTP listener that routes the request).
     #[arg(long)]
     listener: Option<String>,
+    /// The caller's mTLS identity for authorization, e.g. spiffe://cluster.local/ns/default/sa/reviews
+    /// (default: a plaintext caller with none).
+    #[arg(long)]
+    principal: Option<String>,
+    /// The caller's IP address for authorization (default 127.0.0.1).
+    #[arg(long)]
+    source: Option<String>,
     /// Print the admin API's JSON as is.
     #[arg(long)]
     json: bool,
@@ -43,6 +50,8 @@ pub fn run(args: ExplainArgs) -> i32 {
         "url": args.url,
         "headers": headers,
         "listener": args.listener,
+        "principal": args.principal,
+        "source": args.source,
     })
     .to_string();
     let (status, text) = match post(args.admin, "/explain", &body) {
@@ -177,7 +186,11 @@ pub fn render(v: &Value) -> String {
     }
     if let Some(p) = v["policies"].as_object() {
         for (k, x) in p {
-            o += &format!("policy    {k}: {}\n", s(x));
+            match x.get("detail") {
+                // Authorization: its decision in words (the JSON has the policy and config).
+                Some(d) if k == "authorization" => o += &format!("policy    {k}: {}\n", s(d)),
+                _ => o += &format!("policy    {k}: {}\n", s(x)),
+            }
         }
     }
     o

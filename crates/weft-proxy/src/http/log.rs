@@ -32,6 +32,19 @@ pub(super) struct Facts {
     pub request_bytes: u64,
     /// The downstream peer's identity (its certificate's SPIFFE ID or first SAN), on TLS.
     pub peer_identity: Option<Arc<str>>,
+    /// The authorization decision, when the connection manager has an `authorization` block.
+    pub authz: Option<Box<AuthzFacts>>,
+}
+
+/// What authorization decided, for the access log.
+pub(super) struct AuthzFacts {
+    pub allowed: bool,
+    pub policy: Option<Arc<str>>,
+    /// `rbac_access_denied_matched_policy[<name>]` for a denial.
+    pub details: Option<Arc<str>>,
+    /// What shadow (dry-run) policies would have decided, and which matched.
+    pub shadow: Option<(bool, Option<Arc<str>>)>,
+    pub audited: Option<Arc<str>>,
 }
 
 /// Per-request facts kept for the access logs (only when one is configured).
@@ -343,10 +356,11 @@ impl LogRecord {
                     (Some(l), Some(g)) => map(l.response_headers(), &g.resp_headers),
                     _ => Default::default(),
                 },
-                response_code_details: match reason {
-                    Some(r) => r.details().to_string(),
-                    None if self.status != 0 => "via_upstream".to_string(),
-                    None => String::new(),
+                response_code_details: match (reason, f.authz.as_ref().and_then(|a| a.details.as_deref())) {
+                    (Some(_), Some(d)) => d.to_string(),
+                    (Some(r), None) => r.details().to_string(),
+                    (None, _) if self.status != 0 => "via_upstream".to_string(),
+                    (None, _) => String::new(),
                 },
                 ..Default::default()
             }),
@@ -450,6 +464,7 @@ impl StreamEnd for RequestEnd {
                     peer_identity: f.peer_identity.as_deref(),
                     requested_server_name: e.sni.as_deref(),
                     route_name: Some(&r.route),
+                    details: f.authz.as_ref().and_then(|a| a.details.as_deref()),
                 });
                 return;
             }
@@ -475,6 +490,14 @@ impl StreamEnd for RequestEnd {
                 "user_agent": r.user_agent,
                 "request_id": text(&f.request_id),
                 "downstream_peer_identity": f.peer_identity.as_deref(),
+                "rbac": f.authz.as_ref().map(|a| serde_json::json!({
+                    "decision": if a.allowed { "allowed" } else { "denied" },
+                    "policy": a.policy.as_deref(),
+                    "response_code_details": a.details.as_deref(),
+                    "shadow": a.shadow.as_ref().map(|(ok, _)| if *ok { "allowed" } else { "denied" }),
+                    "shadow_policy": a.shadow.as_ref().and_then(|(_, p)| p.as_deref()),
+                    "audit_policy": a.audited.as_deref(),
+                })),
                 "rpc_service": r.rpc.as_ref().map(|g| g.service.as_str()),
                 "rpc_method": r.rpc.as_ref().map(|g| g.method.as_str()),
                 "grpc_status": r.rpc.as_ref().and_then(|g| g.status.as_ref()).and_then(|s| s.to_str().ok()),

@@ -55,6 +55,8 @@ pub struct HttpRt {
     pub grpc_log: Option<Arc<weft_telemetry::als::GrpcLogger>>,
     /// The connection manager's `local_rate_limit`, shared by every worker.
     pub rate_limit: Option<crate::filters::LocalRateLimiter>,
+    /// The connection manager's authorization (RBAC), evaluated before anything else.
+    pub authz: Option<weft_route::authz::Authorizer>,
     /// The connection manager's global rate limit service, asked by routes with `rate_limits`.
     pub rls: Option<crate::ratelimit::RateLimitClient>,
     /// Distributed tracing, when the connection manager configures it (`None`: one branch per request).
@@ -96,6 +98,18 @@ impl HttpRt {
                 .local_rate_limit
                 .as_ref()
                 .map(|c| crate::filters::LocalRateLimiter::new(c, metrics.filters.rate_limited(listener, "listener"))),
+            authz: config.authorization.as_ref().map(|a| {
+                let [allowed, denied, shadow_allowed, shadow_denied] = metrics.filters.rbac(listener);
+                weft_route::authz::Authorizer::new(
+                    a,
+                    Some(weft_route::authz::AuthzCounters {
+                        allowed,
+                        denied,
+                        shadow_allowed,
+                        shadow_denied,
+                    }),
+                )
+            }),
             rls: config.rate_limit_service.as_ref().map(|c| {
                 let (over, errors) = metrics.filters.rate_limit_service(listener);
                 crate::ratelimit::RateLimitClient::new(c, over, errors)
@@ -191,7 +205,11 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     codec: Codec,
 ) {
     // Only an Envoy-style or gRPC access log reads it: no getsockname per connection otherwise.
-    let local = match rt.access_log.as_ref().and_then(|l| l.format()).is_some() || rt.grpc_log.is_some() {
+    // Authorization reads it too (destination port / IP).
+    let local = match rt.access_log.as_ref().and_then(|l| l.format()).is_some()
+        || rt.grpc_log.is_some()
+        || rt.authz.is_some()
+    {
         true => original_dst.or_else(|| stream.local_addr()),
         false => original_dst,
     };

@@ -80,6 +80,11 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
             let reason = Reason::DownstreamProtocolError;
             break 'outcome Ok(Reply::local(local_reply(rt, reason, false), reason));
         }
+        if let Some(a) = &rt.authz {
+            if let Some(reply) = authorize(ctx, a, &req, grpc, &mut facts) {
+                break 'outcome Ok(reply);
+            }
+        }
         if let Some(retry_after_secs) = rt.rate_limit.as_ref().and_then(|l| l.check(req.headers())) {
             break 'outcome Ok(stopped(rt, Stop::RateLimited { retry_after_secs }, grpc));
         }
@@ -164,6 +169,67 @@ async fn discover(ctx: &ConnCtx, req: &Request<Incoming>) -> Option<std::sync::A
             return Some(t);
         }
     }
+}
+
+/// The client address behind trusted proxies (Envoy's remote address): with `use_remote_address`
+/// and no trusted hop it is the peer; otherwise the `x-forwarded-for` entry that many hops from the
+/// right.
+pub(super) fn remote_ip(ctx: &ConnCtx, headers: &http::HeaderMap) -> std::net::IpAddr {
+    let c = &ctx.rt.config;
+    let skip = match (c.use_remote_address, c.xff_num_trusted_hops) {
+        (true, 0) => return ctx.peer.ip(),
+        (true, n) => n - 1,
+        (false, n) => n,
+    };
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').nth(skip as usize))
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(ctx.peer.ip())
+}
+
+/// Authorization: `None` when the request may go on; else the 403 (`RBAC: access denied`).
+fn authorize(
+    ctx: &ConnCtx,
+    a: &weft_route::authz::Authorizer,
+    req: &Request<Incoming>,
+    grpc: bool,
+    facts: &mut Facts,
+) -> Option<Reply> {
+    let tls = ctx.tls.as_deref();
+    let input = weft_route::authz::AuthzInput {
+        http: Some(weft_route::authz::HttpView {
+            method: req.method(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            authority: request_host(req),
+            headers: req.headers(),
+        }),
+        principal: tls.and_then(|t| t.principal.as_deref()),
+        direct_remote: ctx.peer.ip(),
+        remote: match a.uses_remote_ip() {
+            true => remote_ip(ctx, req.headers()),
+            false => ctx.peer.ip(),
+        },
+        local: ctx.local.or(ctx.original_dst),
+        sni: tls.and_then(|t| t.sni.as_deref()),
+    };
+    let d = a.check(&input);
+    if facts.logging {
+        facts.authz = Some(Box::new(super::log::AuthzFacts {
+            allowed: d.allowed,
+            policy: d.policy.cloned(),
+            details: d.details.cloned(),
+            shadow: d.shadow.map(|(ok, p)| (ok, p.cloned())),
+            audited: d.audited.cloned(),
+        }));
+    }
+    if d.allowed {
+        return None;
+    }
+    // gRPC callers get PERMISSION_DENIED (7), as Envoy's local replies do.
+    let resp = super::reply::local_reply_as(&ctx.rt, Reason::Rbac, grpc, StatusCode::FORBIDDEN, 7);
+    Some(Reply::local(resp, Reason::Rbac))
 }
 
 fn stopped(rt: &HttpRt, stop: Stop, grpc: bool) -> Reply {

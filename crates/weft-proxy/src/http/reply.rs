@@ -30,7 +30,13 @@ const GRPC_CODES: [&str; 17] = [
 ];
 
 /// A local reply with an explicit HTTP status (plain requests) and gRPC status (gRPC requests).
-fn local_reply_as(rt: &HttpRt, reason: Reason, grpc: bool, status: StatusCode, grpc_code: u8) -> Response<DownBody> {
+pub(super) fn local_reply_as(
+    rt: &HttpRt,
+    reason: Reason,
+    grpc: bool,
+    status: StatusCode,
+    grpc_code: u8,
+) -> Response<DownBody> {
     rt.local_replies.inc(reason.code());
     let mut resp = if grpc {
         let code = GRPC_CODES.get(usize::from(grpc_code)).copied().unwrap_or("2");

@@ -56,7 +56,8 @@ impl Server {
                 let log = self.open_log(t.access_log.as_ref())?;
                 let rt = tcp::TcpRt::new(t, &l.name, stats.clone(), log)
                     .with_grpc_log(self.grpc_log(t.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Tcp))
-                    .with_tracer(self.tracer_for(t.tracing.as_deref(), &l.name));
+                    .with_tracer(self.tracer_for(t.tracing.as_deref(), &l.name))
+                    .with_authz(&shared.metrics);
                 Some(Arc::new(rt))
             }
         };
