@@ -149,6 +149,7 @@ pub fn resolve<'a>(
                 .map(|(_, s)| s.clone())
                 .collect(),
             rate_limit_service: if drop_rls { None } else { f.rate_limit_service.clone() },
+            telemetry: f.telemetry.clone(),
         };
         out.insert(src.clone(), Arc::new(g));
     }
