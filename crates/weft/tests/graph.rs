@@ -369,6 +369,106 @@ fn graph_json_service_of_two_workloads() {
     assert!((split - total).abs() <= total * 0.5 + 2.0, "{}", g["edges"]);
 }
 
+/// A TCP echo server (echoes until the client closes).
+fn echo_server() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// TCP proxy traffic (`istio_tcp_*`) is drawn as its own edges (`tcp_edges`), labelled with
+/// sessions/s and bytes/s: web's sidecar, configured by weft control, also has a static outbound
+/// `tcp_proxy` listener to a database; the edge web -> db carries the sessions the test opens.
+#[test]
+fn graph_json_tcp_edges() {
+    use std::io::Read;
+    let reg = TempDir::new("graph-tcp-reg");
+    let dir = TempDir::new("graph-tcp");
+    let web_in = free_addr();
+    reg.write(
+        "services.yaml",
+        &format!("services:\n  - name: web\n    endpoints: [{{address: \"{web_in}\"}}]\n"),
+    );
+    let (_control, xds, control_admin) = start_control(&reg, &["--graph-interval", "300ms"]);
+    let (admin, db_out) = (free_addr(), free_addr());
+    let cfg = format!(
+        "node:\n  id: web-1\n  cluster: web\n  metadata:\n    weft.role: sidecar\n    weft.inbound: \"{web_in}\"\n    weft.app: \"{app}\"\n    WORKLOAD_NAME: web\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\nlisteners:\n  - name: db-out\n    address: \"{db_out}\"\n    direction: outbound\n    tcp_proxy: {{ cluster: db }}\nclusters:\n  - name: db\n    endpoints: [{{ address: \"{db}\" }}]\n",
+        app = status_server(),
+        db = echo_server(),
+    );
+    std::fs::write(dir.join("web.yaml"), cfg).unwrap();
+    let _web = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(dir.join("web.yaml"))
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                if let Ok(mut s) = std::net::TcpStream::connect(db_out) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = s.write_all(&[b'q'; 500]);
+                    let mut got = [0u8; 500];
+                    let _ = s.read_exact(&mut got);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let g = eventually_blocking("the web -> db TCP edge", Duration::from_secs(30), || {
+        let g = graph(control_admin);
+        let e = g["tcp_edges"]
+            .as_array()?
+            .iter()
+            .find(|e| e["from"] == "wl:web" && e["to"] == "svc:db")?
+            .clone();
+        (f(&e["connections_per_s"]) > 5.0 && g["scrapes"].as_u64()? >= 8).then_some(g)
+    });
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    let e = g["tcp_edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["from"] == "wl:web" && e["to"] == "svc:db")
+        .unwrap();
+    eprintln!("TCP edge web -> db: {e}");
+    assert_eq!(e["protocol"], "tcp");
+    assert_eq!(e["stale"], false);
+    assert_eq!(f(&e["failed_per_s"]), 0.0, "{e}");
+    // 1000 bytes a session (500 each way).
+    let per = f(&e["bytes_per_s"]) / f(&e["connections_per_s"]);
+    assert!((500.0..=1500.0).contains(&per), "{per} bytes a session: {e}");
+    assert_eq!(node(&g, "svc:db").unwrap()["kind"], "service", "{g}");
+    // Not an HTTP edge.
+    assert!(edge(&g, "wl:web", "svc:db").is_none(), "{}", g["edges"]);
+}
+
 /// `target/test-output` (next to the `weft` binary's `target/debug`).
 fn output_dir() -> PathBuf {
     let exe = Path::new(WEFT);
