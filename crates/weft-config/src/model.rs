@@ -626,6 +626,18 @@ pub struct Cluster {
     /// Connect to the original destination from the downstream peer's IP (only `original_dst`
     /// clusters; needs CAP_NET_ADMIN and `weft init --tproxy`'s return-path rules).
     pub original_source: bool,
+    /// The service this cluster reaches (Istio's `destination_service`, `_name`, `_namespace`).
+    pub service: Option<ClusterService>,
+}
+
+/// The service a cluster reaches, as Istio's metrics label it: `host` is `destination_service`
+/// (e.g. `reviews.bookinfo.svc.cluster.local`), `name` `destination_service_name`, `namespace`
+/// `destination_service_namespace` (empty: not known).
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ClusterService {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
 }
 
 /// Passive health checking (Envoy `OutlierDetection`). A threshold of 0 disables that detector.

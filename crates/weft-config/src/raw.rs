@@ -525,6 +525,17 @@ pub struct RawCluster {
     /// `original_dst` clusters: connect from the downstream peer's IP (IP_TRANSPARENT), so the app
     /// behind a TPROXY sidecar sees the caller's address.
     pub original_source: Option<bool>,
+    /// The service this cluster reaches, for the Istio-standard metrics' `destination_service*`
+    /// labels (over xDS: Istio's cluster metadata `filter_metadata.istio.services[0]`).
+    pub service: Option<RawClusterService>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClusterService {
+    pub host: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

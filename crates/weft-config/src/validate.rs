@@ -1832,6 +1832,10 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         locality_aware: c.locality_aware.unwrap_or(false),
         original_source,
         subsets: c.subsets.as_ref().map(|s| subsets(cx, &format!("{path}.subsets"), s)),
+        service: c
+            .service
+            .as_ref()
+            .and_then(|s| cluster_service(cx, &format!("{path}.service"), s)),
         tls: c.tls.as_ref().map(|t| {
             let dns_host = c
                 .endpoints
@@ -1846,6 +1850,41 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
                 &mut cx.errors,
             )
         }),
+    })
+}
+
+/// A cluster's `service`: `host` is required; `name` defaults to the host's first label.
+fn cluster_service(
+    cx: &mut Ctx,
+    path: &str,
+    s: &crate::raw::RawClusterService,
+) -> Option<crate::model::ClusterService> {
+    let label_ok = |v: &str| !v.is_empty() && v.len() <= 253 && !v.chars().any(|c| c.is_control() || c == '"');
+    let host = match s.host.as_deref() {
+        Some(h) if label_ok(h) => h.to_string(),
+        Some(h) => {
+            cx.err(&format!("{path}.host"), format!("{h:?} is not a service host"));
+            return None;
+        }
+        None => {
+            cx.err(&format!("{path}.host"), "is required");
+            return None;
+        }
+    };
+    let mut check = |field: &str, v: &Option<String>| match v.as_deref() {
+        None => Some(None),
+        Some(x) if label_ok(x) => Some(Some(x.to_string())),
+        Some(x) => {
+            cx.err(&format!("{path}.{field}"), format!("{x:?} is not a valid value"));
+            None
+        }
+    };
+    let name = check("name", &s.name)?;
+    let namespace = check("namespace", &s.namespace)?;
+    Some(crate::model::ClusterService {
+        name: name.unwrap_or_else(|| host.split('.').next().unwrap_or(&host).to_string()),
+        namespace: namespace.unwrap_or_default(),
+        host,
     })
 }
 

@@ -28,6 +28,25 @@ struct RawFile {
     /// Istio-style AuthorizationPolicies, enforced by the selected services' inbound sidecars.
     #[serde(default)]
     authorization: Vec<RawMeshAuthz>,
+    /// Mesh-wide tracing: every sidecar's HTTP connection managers export spans (OTLP/gRPC).
+    tracing: Option<RawMeshTracing>,
+    /// Mesh-wide access log: every sidecar's HTTP connection managers send Envoy's gRPC access-log
+    /// service entries.
+    access_log: Option<RawMeshAccessLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeshTracing {
+    service: String,
+    sampling_percent: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMeshAccessLog {
+    service: String,
+    log_name: Option<String>,
 }
 
 /// One mesh authorization policy: Istio's AuthorizationPolicy with `service` as its selector.
@@ -463,6 +482,29 @@ pub struct RlDescriptor {
     pub actions: Vec<RlAction>,
 }
 
+/// Mesh-wide telemetry (top-level `tracing` and `access_log`), put in the HTTP connection manager
+/// of every sidecar listener.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Telemetry {
+    pub tracing: Option<MeshTracing>,
+    pub access_log: Option<MeshAccessLog>,
+}
+
+/// `tracing`: spans exported over OTLP/gRPC to a registered gRPC service (the collector).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MeshTracing {
+    pub service: String,
+    /// Percent of new traces sampled (Envoy's `random_sampling`).
+    pub sampling_percent: f64,
+}
+
+/// `access_log`: Envoy's gRPC access-log service on a registered gRPC service.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct MeshAccessLog {
+    pub service: String,
+    pub log_name: String,
+}
+
 /// The global rate limit service (top-level `rate_limit_service`).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RateLimitService {
@@ -585,6 +627,7 @@ pub struct Fragment {
     pub routes: Vec<RoutePolicy>,
     pub destinations: Vec<DestinationPolicy>,
     pub rate_limit_service: Option<RateLimitService>,
+    pub telemetry: Option<Telemetry>,
     pub authorization: Vec<MeshAuthz>,
 }
 
@@ -900,6 +943,32 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
             timeout,
             failure_mode_deny: r.failure_mode_deny.unwrap_or(false),
         });
+    }
+    if raw.tracing.is_some() || raw.access_log.is_some() {
+        let mut t = Telemetry::default();
+        if let Some(r) = raw.tracing {
+            check_name(&mut e, "tracing.service", &r.service);
+            let pct = r.sampling_percent.unwrap_or(100.0);
+            if !(0.0..=100.0).contains(&pct) {
+                e.push("tracing.sampling_percent", format!("{pct} is out of range [0, 100]"));
+            }
+            t.tracing = Some(MeshTracing {
+                service: r.service,
+                sampling_percent: pct,
+            });
+        }
+        if let Some(r) = raw.access_log {
+            check_name(&mut e, "access_log.service", &r.service);
+            let log_name = r.log_name.unwrap_or_else(|| "weft".into());
+            if log_name.is_empty() || log_name.chars().any(char::is_control) {
+                e.push("access_log.log_name", "must be a non-empty name");
+            }
+            t.access_log = Some(MeshAccessLog {
+                service: r.service,
+                log_name,
+            });
+        }
+        frag.telemetry = Some(t);
     }
     for (i, a) in raw.authorization.into_iter().enumerate() {
         let p = format!("authorization[{i}]");
@@ -1300,6 +1369,7 @@ pub struct World {
     pub rate_limit_service: Option<RateLimitService>,
     /// Every mesh authorization policy, in source order.
     pub authorization: Vec<MeshAuthz>,
+    pub telemetry: Option<Telemetry>,
 }
 
 impl World {
@@ -1349,6 +1419,11 @@ impl World {
             if let Some(r) = &f.rate_limit_service {
                 if dup(3, "block", "rate_limit_service".into(), "rate_limit_service") {
                     w.rate_limit_service = Some(r.clone());
+                }
+            }
+            if let Some(t) = &f.telemetry {
+                if dup(3, "block", "tracing/access_log".into(), "telemetry") {
+                    w.telemetry = Some(t.clone());
                 }
             }
             for (i, a) in f.authorization.iter().enumerate() {
@@ -1421,6 +1496,25 @@ impl World {
                                 );
                             }
                         }
+                    }
+                }
+            }
+            if let Some(t) = &f.telemetry {
+                let refs = [
+                    t.tracing
+                        .as_ref()
+                        .map(|x| ("tracing.service", &x.service, "an OTLP/gRPC trace collector")),
+                    t.access_log
+                        .as_ref()
+                        .map(|x| ("access_log.service", &x.service, "a gRPC access-log service")),
+                ];
+                for (path, svc, what) in refs.into_iter().flatten() {
+                    match w.services.get(svc) {
+                        None => e.push(path, format!("unknown service \"{svc}\"")),
+                        Some(s) if s.protocol != Protocol::Grpc => {
+                            e.push(path, format!("service \"{svc}\" must be protocol grpc (it is {what})"))
+                        }
+                        Some(_) => {}
                     }
                 }
             }

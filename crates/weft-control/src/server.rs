@@ -95,11 +95,13 @@ pub struct TypeState {
     pub missing_reported: BTreeSet<String>,
 }
 
+type NodeInputs = (Option<crate::model::RateLimitService>, Option<crate::model::Telemetry>);
+
 pub struct StreamState {
     pub node: Option<NodeInfo>,
     pub node_res: Arc<NodeResources>,
-    /// The rate limit service `node_res` was built with (None: not built yet).
-    node_rls: Option<Option<crate::model::RateLimitService>>,
+    /// The rate limit service and mesh telemetry `node_res` was built with (None: not built yet).
+    node_rls: Option<NodeInputs>,
     /// The authorization `node_res` was built with.
     node_authz: Option<weft_config::authz::Authorization>,
     pub types: [TypeState; 4],
@@ -150,6 +152,11 @@ impl StreamState {
         for n in &self.types[Kind::Cluster as usize].names {
             set.insert(crate::translate::service_of(n).to_string());
         }
+        // The mesh-wide trace and access-log collectors: the listeners name their clusters.
+        if let Some(t) = crate::translate::active_telemetry(&snap.world) {
+            set.extend(t.tracing.map(|x| x.service));
+            set.extend(t.access_log.map(|x| x.service));
+        }
         Some(set)
     }
 
@@ -184,16 +191,23 @@ impl StreamState {
     }
 
     /// (Re)builds the node's own resources when they are missing or the snapshot's rate limit
-    /// service (which the outbound listener's filters depend on) changed. True when rebuilt.
+    /// service (which the outbound listener's filters depend on) or mesh-wide telemetry (which
+    /// both listeners' connection managers carry) changed. True when rebuilt.
     fn refresh_node(&mut self, snap: &Snapshot) -> bool {
         let Some(info) = &self.node else { return false };
         let rls = crate::translate::active_rls(&snap.world);
         let authz = crate::authz_xds::authorization_for(&snap.world, &info.cluster, &info.namespace);
-        if self.node_rls.as_ref().is_some_and(|built| built.as_ref() == rls) && self.node_authz == authz {
+        let telemetry = crate::translate::active_telemetry(&snap.world);
+        if self
+            .node_rls
+            .as_ref()
+            .is_some_and(|(r, t)| r.as_ref() == rls && *t == telemetry)
+            && self.node_authz == authz
+        {
             return false;
         }
-        self.node_res = Arc::new(node_resources(info, rls, authz.as_ref()));
-        self.node_rls = Some(rls.cloned());
+        self.node_res = Arc::new(node_resources(info, rls, authz.as_ref(), telemetry.as_ref()));
+        self.node_rls = Some((rls.cloned(), telemetry));
         self.node_authz = authz;
         true
     }

@@ -406,6 +406,7 @@ fn eds_cluster(name: &str, svc: &model::Service, dest: Option<&model::Destinatio
         connect_timeout: Some(pb_dur(
             dest.and_then(|d| d.connect_timeout).unwrap_or(Duration::from_secs(1)),
         )),
+        metadata: Some(istio_service_metadata(&svc.name)),
         ..Default::default()
     };
     if svc.protocol == Protocol::Grpc {
@@ -572,6 +573,36 @@ fn labels_metadata(labels: &BTreeMap<String, String>) -> Option<core::Metadata> 
         filter_metadata: HashMap::from([("envoy.lb".to_string(), Struct { fields })]),
         ..Default::default()
     })
+}
+
+/// The service a cluster reaches, in Istio's cluster metadata (`filter_metadata.istio.services`:
+/// `host` and `name`; the registry has no namespaces): a sidecar's Istio-standard metrics then say
+/// `destination_service="reviews"` for every cluster of the service (its subsets `reviews|v1`, the
+/// inbound `inbound|reviews`), on the caller's side and the called side alike, as Istio's do.
+fn istio_service_metadata(service: &str) -> core::Metadata {
+    use weft_xds_api::pb::google::protobuf::{value::Kind, ListValue};
+    let s = |v: &str| Value {
+        kind: Some(Kind::StringValue(v.to_string())),
+    };
+    let entry = Struct {
+        fields: [("host".to_string(), s(service)), ("name".to_string(), s(service))].into(),
+    };
+    let services = Value {
+        kind: Some(Kind::ListValue(ListValue {
+            values: vec![Value {
+                kind: Some(Kind::StructValue(entry)),
+            }],
+        })),
+    };
+    core::Metadata {
+        filter_metadata: HashMap::from([(
+            "istio".to_string(),
+            Struct {
+                fields: [("services".to_string(), services)].into(),
+            },
+        )]),
+        ..Default::default()
+    }
 }
 
 /// Typed load balancing policies (`Cluster.load_balancing_policy` entries).
@@ -835,6 +866,77 @@ pub fn active_rls(world: &World) -> Option<&model::RateLimitService> {
     })
 }
 
+/// The mesh-wide telemetry in effect: its parts whose collector is a registered gRPC service (a
+/// registry file deleted under it leaves it dangling; then nothing points at a missing cluster).
+pub fn active_telemetry(world: &World) -> Option<model::Telemetry> {
+    let t = world.telemetry.as_ref()?;
+    let grpc = |svc: &str| world.services.get(svc).is_some_and(|s| s.protocol == Protocol::Grpc);
+    let out = model::Telemetry {
+        tracing: t.tracing.clone().filter(|x| grpc(&x.service)),
+        access_log: t.access_log.clone().filter(|x| grpc(&x.service)),
+    };
+    (out.tracing.is_some() || out.access_log.is_some()).then_some(out)
+}
+
+fn envoy_grpc(cluster: &str) -> core::GrpcService {
+    core::GrpcService {
+        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+            core::grpc_service::EnvoyGrpc {
+                cluster_name: cluster.into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// The HCM's `tracing` (Envoy's `envoy.tracers.opentelemetry`: OTLP/gRPC to the collector's
+/// cluster, `random_sampling`, the sidecar's service as `service_name`).
+fn hcm_tracing(t: &model::MeshTracing, service_name: &str) -> hcm::http_connection_manager::Tracing {
+    use weft_xds_api::pb::envoy::config::trace::v3 as trace;
+    let cfg = trace::OpenTelemetryConfig {
+        grpc_service: Some(envoy_grpc(&t.service)),
+        service_name: service_name.into(),
+        ..Default::default()
+    };
+    hcm::http_connection_manager::Tracing {
+        random_sampling: Some(typ::Percent {
+            value: t.sampling_percent,
+        }),
+        provider: Some(trace::tracing::Http {
+            name: "envoy.tracers.opentelemetry".into(),
+            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(weft_xds_api::pack(
+                "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                &cfg,
+            ))),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The HCM's `access_log`: Envoy's `envoy.access_loggers.http_grpc` to the collector's cluster.
+fn hcm_access_log(a: &model::MeshAccessLog) -> weft_xds_api::pb::envoy::config::accesslog::v3::AccessLog {
+    use weft_xds_api::pb::envoy::config::accesslog::v3 as al;
+    use weft_xds_api::pb::envoy::extensions::access_loggers::grpc::v3 as g;
+    let cfg = g::HttpGrpcAccessLogConfig {
+        common_config: Some(g::CommonGrpcAccessLogConfig {
+            log_name: a.log_name.clone(),
+            grpc_service: Some(envoy_grpc(&a.service)),
+            transport_api_version: core::ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    al::AccessLog {
+        name: "envoy.access_loggers.http_grpc".into(),
+        config_type: Some(al::access_log::ConfigType::TypedConfig(weft_xds_api::pack(
+            "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            &cfg,
+        ))),
+        ..Default::default()
+    }
+}
+
 fn rate_limit_descriptor(d: &model::RlDescriptor) -> rt::RateLimit {
     use rt::rate_limit::action::{ActionSpecifier, GenericKey, RemoteAddress, RequestHeaders};
     rt::RateLimit {
@@ -1076,6 +1178,7 @@ fn rds_listener(
     rls: Option<&model::RateLimitService>,
     direction: i32,
     authz: Option<&weft_config::authz::Authorization>,
+    telemetry: Option<(&model::Telemetry, &str)>,
 ) -> ls::Listener {
     // Authorization first, as Istio places its RBAC filters.
     let mut http_filters = authz.map(crate::authz_xds::rbac_filters).unwrap_or_default();
@@ -1087,6 +1190,11 @@ fn rds_listener(
             route_config_name: route.into(),
         })),
         http_filters,
+        tracing: telemetry.and_then(|(t, svc)| t.tracing.as_ref().map(|x| hcm_tracing(x, svc))),
+        access_log: telemetry
+            .and_then(|(t, _)| t.access_log.as_ref().map(hcm_access_log))
+            .into_iter()
+            .collect(),
         ..Default::default()
     };
     ls::Listener {
@@ -1184,12 +1292,21 @@ pub struct NodeResources {
 /// the outbound listener, so these resources are rebuilt when it changes.
 ///
 /// `authz`: the authorization policies selecting this proxy's service
-/// ([`crate::authz_xds::authorization_for`]), as RBAC filters on its inbound listener.
+/// ([`crate::authz_xds::authorization_for`]), as RBAC filters on its inbound listener;
+/// `telemetry`: the mesh-wide tracing and access log, on every listener's connection manager.
 pub fn node_resources(
     node: &NodeInfo,
     rls: Option<&model::RateLimitService>,
     authz: Option<&weft_config::authz::Authorization>,
+    telemetry: Option<&model::Telemetry>,
 ) -> NodeResources {
+    // The service name spans carry: the sidecar's service, else its node id.
+    let service_name = if node.cluster.is_empty() {
+        &node.id
+    } else {
+        &node.cluster
+    };
+    let telemetry = telemetry.map(|t| (t, service_name.as_str()));
     let mut r = NodeResources::default();
     let mut put = |kind: Kind, res: Arc<Res>| {
         r.maps[kind as usize].insert(res.name.clone(), res);
@@ -1200,7 +1317,7 @@ pub fn node_resources(
             Res::new(
                 Kind::Listener,
                 OUTBOUND,
-                &rds_listener(OUTBOUND, addr, OUTBOUND, rls, 2, None),
+                &rds_listener(OUTBOUND, addr, OUTBOUND, rls, 2, None, telemetry),
             ),
         );
     }
@@ -1209,7 +1326,11 @@ pub fn node_resources(
         if let Some(addr) = node.inbound {
             put(
                 Kind::Listener,
-                Res::new(Kind::Listener, &name, &rds_listener(&name, addr, &name, None, 1, authz)),
+                Res::new(
+                    Kind::Listener,
+                    &name,
+                    &rds_listener(&name, addr, &name, None, 1, authz, telemetry),
+                ),
             );
             let rc = rt::RouteConfiguration {
                 name: name.clone(),
@@ -1238,6 +1359,7 @@ pub fn node_resources(
                     cl::cluster::DiscoveryType::Static as i32,
                 )),
                 connect_timeout: Some(pb_dur(Duration::from_secs(1))),
+                metadata: Some(istio_service_metadata(&node.cluster)),
                 load_assignment: Some(ep::ClusterLoadAssignment {
                     cluster_name: name.clone(),
                     endpoints: vec![ep::LocalityLbEndpoints {

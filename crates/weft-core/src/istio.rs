@@ -75,6 +75,25 @@ impl PeerLabels {
         self.destination_service = service.to_string();
         self.destination_service_name = service.to_string();
     }
+
+    /// The `destination_service*` labels from the service a cluster reaches (Istio's cluster
+    /// metadata); an empty namespace keeps the reporter's default.
+    pub(crate) fn set_service_ref(&mut self, s: ServiceRef<'_>) {
+        self.destination_service = s.host.to_string();
+        self.destination_service_name = s.name.to_string();
+        if !s.namespace.is_empty() {
+            self.destination_service_namespace = s.namespace.to_string();
+        }
+    }
+}
+
+/// The service a cluster reaches, as Istio's cluster metadata says it (`host`, `name`,
+/// `namespace`; an empty namespace is not known).
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceRef<'a> {
+    pub host: &'a str,
+    pub name: &'a str,
+    pub namespace: &'a str,
 }
 
 #[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -231,7 +250,10 @@ pub struct IstioReporter {
     base: IstioLabels,
     /// Per key: the cluster name it was built for (checked on every hit) and the handles.
     cache: RwLock<HashMap<Key, Cached>>,
-    overflow: Arc<Handles>,
+    /// The overflow set's labels, and its handles once first used (created then, so that a
+    /// proxy within its bounds exports no `overflow` series for dashboards to list).
+    overflow_labels: IstioLabels,
+    overflow: std::sync::OnceLock<Arc<Handles>>,
 }
 
 /// The labels of this proxy's side (and `unknown` for the peer's) on a listener reporting as
@@ -303,21 +325,25 @@ impl IstioReporter {
         o.response_code = "overflow".into();
         o.response_flags = "overflow".into();
         o.request_protocol = "overflow".into();
-        let overflow = metrics.handles(&o);
         IstioReporter {
             metrics,
             base,
             cache: RwLock::new(HashMap::new()),
-            overflow,
+            overflow_labels: o,
+            overflow: std::sync::OnceLock::new(),
         }
     }
 
-    /// Records one exchange. `cluster` is empty when nothing was forwarded; `flags` is weft's
+    /// Records one exchange. `cluster` is the cluster the request was for (forwarded to, or the
+    /// matched route's target when the proxy answered by itself), empty when no route matched;
+    /// `service` is that cluster's service metadata (the labels then say its host and name rather
+    /// than the cluster's name; the first one seen for a cluster name is kept); `flags` is weft's
     /// reason code or `-`; `grpc` is the gRPC status seen in the response headers, or [`NOT_GRPC`].
     #[allow(clippy::too_many_arguments)]
     pub fn record(
         &self,
         cluster: &str,
+        service: Option<ServiceRef<'_>>,
         status: u16,
         flags: &'static str,
         is_grpc: bool,
@@ -346,11 +372,11 @@ impl IstioReporter {
                 return;
             }
         }
-        observe(&self.insert(key, cluster, is_grpc));
+        observe(&self.insert(key, cluster, service, is_grpc));
     }
 
     #[cold]
-    fn insert(&self, key: Key, cluster: &str, is_grpc: bool) -> Arc<Handles> {
+    fn insert(&self, key: Key, cluster: &str, service: Option<ServiceRef<'_>>, is_grpc: bool) -> Arc<Handles> {
         let mut cache = self.cache.write();
         if let Some((name, h)) = cache.get(&key) {
             if &**name == cluster {
@@ -358,11 +384,18 @@ impl IstioReporter {
             }
         }
         if cache.len() >= MAX_LABEL_SETS || !(100..=599).contains(&key.status) {
-            return self.overflow.clone();
+            return self
+                .overflow
+                .get_or_init(|| self.metrics.handles(&self.overflow_labels))
+                .clone();
         }
         let mut l = self.base.clone();
-        l.peers
-            .set_service(if cluster.is_empty() { "unknown" } else { cluster });
+        match service {
+            Some(s) if !cluster.is_empty() => l.peers.set_service_ref(s),
+            _ => l
+                .peers
+                .set_service(if cluster.is_empty() { "unknown" } else { cluster }),
+        }
         l.request_protocol = if is_grpc { "grpc" } else { "http" }.into();
         l.response_code = key.status.to_string();
         l.response_flags = key.flags.to_string();
@@ -398,9 +431,29 @@ mod tests {
         let me = Workload::from_node("node-1", &meta);
         let r = IstioReporter::new(m.clone(), &me, true);
         for _ in 0..3 {
-            r.record("reviews", 200, "-", false, NOT_GRPC, Duration::from_millis(3), 10, 100);
+            r.record(
+                "reviews",
+                None,
+                200,
+                "-",
+                false,
+                NOT_GRPC,
+                Duration::from_millis(3),
+                10,
+                100,
+            );
         }
-        r.record("reviews", 503, "UF", false, NOT_GRPC, Duration::from_millis(1), 0, 0);
+        r.record(
+            "reviews",
+            None,
+            503,
+            "UF",
+            false,
+            NOT_GRPC,
+            Duration::from_millis(1),
+            0,
+            0,
+        );
         let text = m.encode();
         let line = text
             .lines()
@@ -418,12 +471,43 @@ mod tests {
             assert!(line.contains(want), "{want} in {line}");
         }
         assert!(text.contains("response_flags=\"UF\""));
+        assert!(
+            !text.contains("overflow"),
+            "no overflow series before it is used: {text}"
+        );
         assert!(text.contains("istio_request_duration_milliseconds_bucket"));
         // Past the bound, new keys share the overflow set.
         for code in 100..(100 + MAX_LABEL_SETS as u16 + 10) {
-            r.record("reviews", code, "-", false, NOT_GRPC, Duration::ZERO, 0, 0);
+            r.record("reviews", None, code, "-", false, NOT_GRPC, Duration::ZERO, 0, 0);
         }
         assert!(m.encode().contains("response_code=\"overflow\""));
         assert!(r.cache.read().len() <= MAX_LABEL_SETS);
+    }
+
+    #[test]
+    fn service_metadata_names_the_destination() {
+        let m = Arc::new(IstioMetrics::default());
+        let me = Workload::from_node("web-1", &BTreeMap::new());
+        let r = IstioReporter::new(m.clone(), &me, false);
+        let svc = ServiceRef {
+            host: "reviews.shop.svc.cluster.local",
+            name: "reviews",
+            namespace: "shop",
+        };
+        r.record("reviews|v2", Some(svc), 200, "-", false, NOT_GRPC, Duration::ZERO, 0, 0);
+        r.record("", None, 404, "NR", false, NOT_GRPC, Duration::ZERO, 0, 0);
+        let text = m.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\""))
+            .unwrap();
+        for want in [
+            "destination_service=\"reviews.shop.svc.cluster.local\"",
+            "destination_service_name=\"reviews\"",
+            "destination_service_namespace=\"shop\"",
+        ] {
+            assert!(line.contains(want), "{want} in {line}");
+        }
+        assert!(text.contains("destination_service=\"unknown\""), "{text}");
     }
 }

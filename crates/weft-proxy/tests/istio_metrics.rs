@@ -147,3 +147,131 @@ async fn istio_metrics_can_be_turned_off() {
     let text = proxy::stats(&p).await;
     assert!(!text.contains("istio_requests_total{"), "{text}");
 }
+
+/// Requests the proxy answers by itself after a route matched (fault abort, the route's rate
+/// limit) are labelled with the route's destination, as Istio labels them (its cluster's service
+/// metadata when it has some, else the cluster's name); only a request that matched no route
+/// (`NR`) says `destination_service="unknown"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_carry_the_routes_destination() {
+    let up = upstream::fixed_upstream("ok").await;
+    let y = format!(
+        r#"
+node:
+  id: productpage-1
+  metadata: {{ WORKLOAD_NAME: productpage-v1, NAMESPACE: bookinfo }}
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: outbound
+    address: 127.0.0.1:0
+    direction: outbound
+    http:
+      route_config:
+        virtual_hosts:
+          - name: ratings
+            domains: ["ratings"]
+            routes:
+              - match: {{ prefix: /fault }}
+                route:
+                  cluster: ratings
+                  fault: {{ abort: {{ http_status: 503, percent: 100 }} }}
+              - match: {{ prefix: /limited }}
+                route:
+                  cluster: ratings
+                  local_rate_limit: {{ max_tokens: 1, tokens_per_fill: 1, fill_interval: 1h }}
+              - match: {{ prefix: / }}
+                route: {{ cluster: ratings }}
+          - name: details
+            domains: ["details"]
+            routes:
+              - match: {{ prefix: /fault }}
+                route:
+                  cluster: details
+                  fault: {{ abort: {{ http_status: 500, percent: 100 }} }}
+clusters:
+  - name: ratings
+    service: {{ host: ratings.bookinfo.svc.cluster.local, name: ratings, namespace: bookinfo }}
+    endpoints: [{{ address: "{up}" }}]
+  - name: details
+    endpoints: [{{ address: "{up}" }}]
+"#,
+        up = up.addr
+    );
+    let p = proxy::start_proxy(&y);
+    let out = p.listener_addr("outbound").unwrap();
+    let get = |host: &'static str, path: &'static str| async move {
+        client::send_once(out, client::req("GET", path, host, &[], ""))
+            .await
+            .unwrap()
+            .status
+            .as_u16()
+    };
+    for _ in 0..3 {
+        assert_eq!(get("ratings", "/ok").await, 200);
+    }
+    for _ in 0..4 {
+        assert_eq!(get("ratings", "/fault").await, 503);
+    }
+    // One token: the first passes, the next two are refused (RL).
+    let limited = [
+        get("ratings", "/limited").await,
+        get("ratings", "/limited").await,
+        get("ratings", "/limited").await,
+    ];
+    assert_eq!(limited, [200, 429, 429]);
+    for _ in 0..2 {
+        assert_eq!(get("details", "/fault").await, 500);
+    }
+    assert_eq!(get("nowhere", "/").await, 404);
+    let text = proxy::stats(&p).await;
+    let s = parse(&text);
+    let ratings = |code: &'static str, flags: &'static str| {
+        sum(
+            &s,
+            "istio_requests_total",
+            &[
+                ("reporter", "source"),
+                ("source_workload", "productpage-v1"),
+                ("destination_service", "ratings.bookinfo.svc.cluster.local"),
+                ("destination_service_name", "ratings"),
+                ("destination_service_namespace", "bookinfo"),
+                ("response_code", code),
+                ("response_flags", flags),
+            ],
+        )
+    };
+    assert_eq!(ratings("200", "-"), 4.0, "{text}");
+    assert_eq!(ratings("503", "FI"), 4.0, "{text}");
+    assert_eq!(ratings("429", "RL"), 2.0, "{text}");
+    // A cluster without service metadata: its name.
+    assert_eq!(
+        sum(
+            &s,
+            "istio_requests_total",
+            &[
+                ("destination_service", "details"),
+                ("destination_service_name", "details"),
+                ("response_code", "500"),
+                ("response_flags", "FI")
+            ]
+        ),
+        2.0,
+        "{text}"
+    );
+    // Nothing matched: unknown.
+    assert_eq!(
+        sum(
+            &s,
+            "istio_requests_total",
+            &[
+                ("destination_service", "unknown"),
+                ("response_code", "404"),
+                ("response_flags", "NR")
+            ]
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(sum(&s, "istio_requests_total", &[]), 13.0, "{text}");
+}

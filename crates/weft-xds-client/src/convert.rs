@@ -1654,6 +1654,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
             tag_label: None,
         });
     }
+    out.service = istio_service(c);
     if inline_endpoints {
         if let Some(la) = &c.load_assignment {
             let dns = out.type_.as_deref() == Some("strict_dns");
@@ -1667,6 +1668,27 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
         raw: out,
         eds,
         locality_weighted,
+    })
+}
+
+/// Istio's cluster metadata, `filter_metadata.istio.services[0]` (`host`, `name`, `namespace`):
+/// the service the cluster reaches, for the Istio-standard metrics' `destination_service*` labels.
+/// Absent or not in that shape: None (the labels then use the cluster's name); its values are
+/// checked like a YAML cluster's `service`.
+fn istio_service(c: &cl::Cluster) -> Option<RawClusterService> {
+    use weft_xds_api::pb::google::protobuf::value::Kind;
+    let istio = c.metadata.as_ref()?.filter_metadata.get("istio")?;
+    let Some(Kind::ListValue(list)) = istio.fields.get("services")?.kind.as_ref() else {
+        return None;
+    };
+    let Some(Kind::StructValue(first)) = list.values.first()?.kind.as_ref() else {
+        return None;
+    };
+    let mut f = struct_strings(first);
+    Some(RawClusterService {
+        host: f.remove("host"),
+        name: f.remove("name"),
+        namespace: f.remove("namespace"),
     })
 }
 

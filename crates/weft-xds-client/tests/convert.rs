@@ -1096,3 +1096,36 @@ fn original_src_listener_filter_is_the_listeners_original_source() {
         "{errs:?}"
     );
 }
+
+/// Istio's cluster metadata `filter_metadata.istio.services[0]` becomes the cluster's `service`
+/// (the Istio metrics' `destination_service*`); without it there is none.
+#[test]
+fn istio_service_metadata_names_the_clusters_service() {
+    let mut c = full_cluster();
+    assert!(convert::cluster(&c, true).unwrap().raw.service.is_none());
+    let entry = strings(&[
+        ("host", "reviews.shop.svc.cluster.local"),
+        ("name", "reviews"),
+        ("namespace", "shop"),
+    ]);
+    let services = Value {
+        kind: Some(Kind::ListValue(weft_xds_api::pb::google::protobuf::ListValue {
+            values: vec![Value {
+                kind: Some(Kind::StructValue(entry)),
+            }],
+        })),
+    };
+    c.metadata = Some(core::Metadata {
+        filter_metadata: HashMap::from([(
+            "istio".to_string(),
+            Struct {
+                fields: [("services".to_string(), services)].into(),
+            },
+        )]),
+        ..Default::default()
+    });
+    let s = convert::cluster(&c, true).unwrap().raw.service.unwrap();
+    assert_eq!(s.host.as_deref(), Some("reviews.shop.svc.cluster.local"));
+    assert_eq!(s.name.as_deref(), Some("reviews"));
+    assert_eq!(s.namespace.as_deref(), Some("shop"));
+}

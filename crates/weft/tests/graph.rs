@@ -4,8 +4,9 @@
 //! - `graph_json_rates_errors_and_stale_sidecars`: weft control and two real `weft proxy` sidecars
 //!   (`web` calls `api`); the app behind `api` answers 503 to one request in eight and web's
 //!   sidecar aborts another one in eight (fault injection). `/graph.json` shows the web → api
-//!   call with a live rate, its error rate (reason `503`) and a p99, the aborted calls (reason
-//!   `FI`, never forwarded) on an edge to `unknown`, the
+//!   call with a live rate, its error rate and a p99, with both failures on it: the app's (reason
+//!   `503`) and the aborted calls (reason `FI`: never forwarded, but drawn to the service they
+//!   were for, as Istio labels them), the
 //!   drill-down details of each workload, and, when a sidecar is killed, its workload as stale
 //!   (still drawn, "stale since"), not dropped; a sidecar that comes back is live again.
 //! - `graph_json_service_of_two_workloads`: a service served by two workloads is drawn as
@@ -179,38 +180,31 @@ fn graph_json_rates_errors_and_stale_sidecars() {
         // Both sidecars scraped a few times: the caller's report (the edge) and the called
         // workload's own.
         let api = node(&g, "wl:api")?;
-        // The aborted requests were never forwarded: weft's Istio metrics report them with
-        // destination_service "unknown", drawn as the `unknown` node.
-        let aborted = edge(&g, "wl:web", "unknown")?;
+        // The aborted requests were never forwarded, but their route was for api: weft's Istio
+        // metrics say destination_service "api", as Istio's do, so they are on the same edge.
         let live = f(&e["rps"]) > 5.0
             && !e["p99_ms"].is_null()
             && f(&e["errors_by_reason"]["503"]) > 0.0
-            && f(&aborted["errors_by_reason"]["FI"]) > 0.0;
+            && f(&e["errors_by_reason"]["FI"]) > 0.0;
         let api_live = f(&api["inbound"]["rps"]) > 5.0 && !api["recent_errors"].as_array()?.is_empty();
         (live && api_live && g["scrapes"].as_u64()? >= 8).then_some(g)
     });
     let e = edge(&g, "wl:web", "wl:api").unwrap();
     eprintln!("edge web -> api: {e}");
-    // The only calls there are (the test calls web's outbound listener directly).
-    assert_eq!(g["edges"].as_array().unwrap().len(), 2, "{}", g["edges"]);
-    // Of what reached api, one in seven failed in the app.
+    // The only call there is (the test calls web's outbound listener directly): no `unknown`
+    // ("not forwarded") node, since every request matched a route.
+    assert_eq!(g["edges"].as_array().unwrap().len(), 1, "{}", g["edges"]);
+    assert!(node(&g, "unknown").is_none(), "{}", g["nodes"]);
+    // Two in eight failed: one in the app (503), one aborted by web's own sidecar (FI).
     let er = f(&e["error_rate"]);
-    assert!((0.06..=0.25).contains(&er), "error rate {er}, expected about 0.14: {e}");
+    assert!((0.15..=0.4).contains(&er), "error rate {er}, expected about 0.25: {e}");
     assert!(f(&e["p99_ms"]) > 0.0, "{e}");
     assert_eq!(e["stale"], false, "{e}");
-    // The app's 503s, without a weft reason code.
     let reasons: Vec<&String> = e["errors_by_reason"].as_object().unwrap().keys().collect();
-    assert_eq!(reasons, ["503"], "{e}");
-    // The injected faults: every request on that edge failed, with reason FI, about an eighth of
-    // web's calls.
-    let aborted = edge(&g, "wl:web", "unknown").unwrap();
-    eprintln!("edge web -> unknown: {aborted}");
-    assert_eq!(f(&aborted["error_rate"]), 1.0, "{aborted}");
-    let reasons: Vec<&String> = aborted["errors_by_reason"].as_object().unwrap().keys().collect();
-    assert_eq!(reasons, ["FI"], "{aborted}");
-    let share = f(&aborted["rps"]) / (f(&aborted["rps"]) + f(&e["rps"]));
-    assert!((0.06..=0.25).contains(&share), "aborted share {share}");
-    assert_eq!(node(&g, "unknown").unwrap()["kind"], "unknown");
+    assert_eq!(reasons, ["503", "FI"], "{e}");
+    // The aborted ones, about an eighth of web's calls.
+    let share = f(&e["errors_by_reason"]["FI"]) / f(&e["rps"]);
+    assert!((0.06..=0.25).contains(&share), "aborted share {share}: {e}");
     // The called workload's own (inbound, destination-reported) numbers agree: it never saw the
     // aborted requests.
     let api_node = node(&g, "wl:api").expect("api node");
@@ -375,6 +369,106 @@ fn graph_json_service_of_two_workloads() {
     assert!((split - total).abs() <= total * 0.5 + 2.0, "{}", g["edges"]);
 }
 
+/// A TCP echo server (echoes until the client closes).
+fn echo_server() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// TCP proxy traffic (`istio_tcp_*`) is drawn as its own edges (`tcp_edges`), labelled with
+/// sessions/s and bytes/s: web's sidecar, configured by weft control, also has a static outbound
+/// `tcp_proxy` listener to a database; the edge web -> db carries the sessions the test opens.
+#[test]
+fn graph_json_tcp_edges() {
+    use std::io::Read;
+    let reg = TempDir::new("graph-tcp-reg");
+    let dir = TempDir::new("graph-tcp");
+    let web_in = free_addr();
+    reg.write(
+        "services.yaml",
+        &format!("services:\n  - name: web\n    endpoints: [{{address: \"{web_in}\"}}]\n"),
+    );
+    let (_control, xds, control_admin) = start_control(&reg, &["--graph-interval", "300ms"]);
+    let (admin, db_out) = (free_addr(), free_addr());
+    let cfg = format!(
+        "node:\n  id: web-1\n  cluster: web\n  metadata:\n    weft.role: sidecar\n    weft.inbound: \"{web_in}\"\n    weft.app: \"{app}\"\n    WORKLOAD_NAME: web\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\nlisteners:\n  - name: db-out\n    address: \"{db_out}\"\n    direction: outbound\n    tcp_proxy: {{ cluster: db }}\nclusters:\n  - name: db\n    endpoints: [{{ address: \"{db}\" }}]\n",
+        app = status_server(),
+        db = echo_server(),
+    );
+    std::fs::write(dir.join("web.yaml"), cfg).unwrap();
+    let _web = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(dir.join("web.yaml"))
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < Duration::from_secs(60) {
+                if let Ok(mut s) = std::net::TcpStream::connect(db_out) {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                    let _ = s.write_all(&[b'q'; 500]);
+                    let mut got = [0u8; 500];
+                    let _ = s.read_exact(&mut got);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let g = eventually_blocking("the web -> db TCP edge", Duration::from_secs(30), || {
+        let g = graph(control_admin);
+        let e = g["tcp_edges"]
+            .as_array()?
+            .iter()
+            .find(|e| e["from"] == "wl:web" && e["to"] == "svc:db")?
+            .clone();
+        (f(&e["connections_per_s"]) > 5.0 && g["scrapes"].as_u64()? >= 8).then_some(g)
+    });
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    let e = g["tcp_edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["from"] == "wl:web" && e["to"] == "svc:db")
+        .unwrap();
+    eprintln!("TCP edge web -> db: {e}");
+    assert_eq!(e["protocol"], "tcp");
+    assert_eq!(e["stale"], false);
+    assert_eq!(f(&e["failed_per_s"]), 0.0, "{e}");
+    // 1000 bytes a session (500 each way).
+    let per = f(&e["bytes_per_s"]) / f(&e["connections_per_s"]);
+    assert!((500.0..=1500.0).contains(&per), "{per} bytes a session: {e}");
+    assert_eq!(node(&g, "svc:db").unwrap()["kind"], "service", "{g}");
+    // Not an HTTP edge.
+    assert!(edge(&g, "wl:web", "svc:db").is_none(), "{}", g["edges"]);
+}
+
 /// `target/test-output` (next to the `weft` binary's `target/debug`).
 fn output_dir() -> PathBuf {
     let exe = Path::new(WEFT);
@@ -452,10 +546,14 @@ fn graph_page_in_chromium() {
         .and_then(|r| r.strip_suffix("/graph"))
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("not a graph URL: {url}"));
+    // frontend calls the service reviews (its v1 and v2 subsets both report
+    // destination_service="reviews", as Istio's metrics do): drawn as frontend -> the service node
+    // -> each version's workload, with that workload's own inbound numbers.
     let expected = [
         "outside->wl:frontend",
-        "wl:frontend->wl:reviews-v1",
-        "wl:frontend->wl:reviews-v2",
+        "wl:frontend->svc:reviews",
+        "svc:reviews->wl:reviews-v1",
+        "svc:reviews->wl:reviews-v2",
         "wl:reviews-v2->wl:ratings",
     ];
     // Wait (in JSON) until every call of the demo has traffic, then look with the browser.

@@ -24,7 +24,7 @@ pub mod prom;
 
 use crate::server::Shared;
 use crate::translate::{service_of, Kind};
-use prom::{Agg, Reporter, Scrape};
+use prom::{Agg, Reporter, Scrape, TcpAgg};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -185,6 +185,44 @@ fn delta(new: &Agg, old: Option<&Agg>) -> Agg {
             .filter(|(_, n)| *n > 0)
             .collect(),
         buckets: new.buckets.iter().map(|(b, c)| (*b, d(*c, old_bucket(*b)))).collect(),
+    }
+}
+
+/// TCP sessions/s, failed sessions/s and bytes/s (both ways) summed over series, with staleness.
+#[derive(Default, Clone)]
+struct TcpAcc {
+    cps: f64,
+    failed: f64,
+    bps: f64,
+    stale: Vec<Option<u64>>,
+}
+
+impl TcpAcc {
+    fn add(&mut self, new: &TcpAgg, old: Option<&TcpAgg>, secs: f64, stale: Option<u64>) {
+        // A counter that went down belongs to a restarted sidecar: count from zero.
+        let old = old.filter(|o| o.opened <= new.opened && o.bytes <= new.bytes);
+        let d = |n: u64, o: Option<u64>| n.saturating_sub(o.unwrap_or(0)) as f64;
+        if secs > 0.0 {
+            self.cps += d(new.opened, old.map(|o| o.opened)) / secs;
+            self.failed += d(new.failed, old.map(|o| o.failed)) / secs;
+            self.bps += d(new.bytes, old.map(|o| o.bytes)) / secs;
+        }
+        self.stale.push(stale);
+    }
+
+    fn json(&self, from: &str, to: &str) -> serde_json::Value {
+        let round = |x: f64| (x * 1000.0).round() / 1000.0;
+        let stale = !self.stale.is_empty() && self.stale.iter().all(Option::is_some);
+        serde_json::json!({
+            "from": from,
+            "to": to,
+            "protocol": "tcp",
+            "connections_per_s": round(self.cps),
+            "failed_per_s": round(self.failed),
+            "bytes_per_s": round(self.bps),
+            "stale": stale,
+            "stale_since_unix": if stale { self.stale.iter().flatten().max().copied() } else { None },
+        })
     }
 }
 
@@ -497,6 +535,10 @@ impl Graph {
         let mut nodes: BTreeMap<String, serde_json::Value> = BTreeMap::new();
         let mut edges: BTreeMap<(String, String), Acc> = BTreeMap::new();
         let mut inbound: BTreeMap<String, Acc> = BTreeMap::new();
+        // TCP proxy sessions: edges from the calling side's reports, and the called side's own
+        // (drawn from outside the mesh when no known caller reported them).
+        let mut tcp_edges: BTreeMap<(String, String), TcpAcc> = BTreeMap::new();
+        let mut tcp_inbound: BTreeMap<String, TcpAcc> = BTreeMap::new();
         let mut outbound: BTreeMap<String, Acc> = BTreeMap::new();
         let mut workloads: BTreeMap<String, Vec<&Inst>> = BTreeMap::new();
         for i in st.instances.values() {
@@ -507,6 +549,28 @@ impl Graph {
                 continue;
             };
             let secs = t_new.duration_since(*t_old).as_secs_f64();
+            for ((rep, dest), t) in &new.tcp {
+                if t.opened == 0 && t.bytes == 0 {
+                    continue;
+                }
+                let old_t = old.tcp.get(&(*rep, dest.clone()));
+                match rep {
+                    Reporter::Destination => tcp_inbound
+                        .entry(i.workload.clone())
+                        .or_default()
+                        .add(t, old_t, secs, stale),
+                    Reporter::Source => {
+                        let (to, kind, name) = resolve(dest);
+                        nodes
+                            .entry(to.clone())
+                            .or_insert_with(|| serde_json::json!({ "id": to, "kind": kind, "name": name }));
+                        tcp_edges
+                            .entry((format!("wl:{}", i.workload), to))
+                            .or_default()
+                            .add(t, old_t, secs, stale);
+                    }
+                }
+            }
             for ((rep, dest), agg) in &new.series {
                 // Label sets that exist but never counted a request (a sidecar's pre-built
                 // overflow set, for one) draw nothing.
@@ -555,6 +619,17 @@ impl Graph {
                 }
             };
             edges.insert((from, id), acc.clone());
+        }
+        let tcp_targeted: BTreeSet<String> = tcp_edges.keys().map(|(_, to)| to.clone()).collect();
+        for (w, acc) in tcp_inbound {
+            let id = format!("wl:{w}");
+            if tcp_targeted.contains(&id) {
+                continue;
+            }
+            nodes.entry("outside".into()).or_insert_with(
+                || serde_json::json!({ "id": "outside", "kind": "external", "name": "outside the mesh" }),
+            );
+            tcp_edges.insert(("outside".to_string(), id), acc);
         }
         for (w, insts) in &workloads {
             let id = format!("wl:{w}");
@@ -650,8 +725,13 @@ impl Graph {
             "rate_window_samples": RATE_SAMPLES,
             "scrapes": st.scrapes,
             "scrape_failures": st.scrape_failures,
-            "nodes": nodes.into_values().collect::<Vec<_>>(),
             "edges": edges,
+            "tcp_edges": tcp_edges
+                .iter()
+                .filter(|((from, to), _)| nodes.contains_key(from) && nodes.contains_key(to))
+                .map(|((from, to), acc)| acc.json(from, to))
+                .collect::<Vec<_>>(),
+            "nodes": nodes.into_values().collect::<Vec<_>>(),
         })
     }
 }

@@ -38,10 +38,22 @@ pub struct Agg {
     pub buckets: Vec<(f64, u64)>,
 }
 
+/// Cumulative TCP counts of one (reporter, destination service) pair (`istio_tcp_*`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TcpAgg {
+    pub opened: u64,
+    /// Sessions whose upstream connection failed (opened with a `response_flags` other than `-`).
+    pub failed: u64,
+    /// Bytes both ways (`istio_tcp_sent_bytes_total` + `istio_tcp_received_bytes_total`).
+    pub bytes: u64,
+}
+
 /// What one scrape holds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Scrape {
     pub series: BTreeMap<(Reporter, String), Agg>,
+    /// TCP proxy sessions, by (reporter, destination service); bounded by [`MAX_SERIES`] too.
+    pub tcp: BTreeMap<(Reporter, String), TcpAgg>,
     /// Series left out because [`MAX_SERIES`] was reached.
     pub dropped_series: u64,
 }
@@ -125,7 +137,9 @@ pub fn parse(text: &str) -> Scrape {
         };
         let is_total = l.name == "istio_requests_total";
         let is_bucket = l.name == "istio_request_duration_milliseconds_bucket";
-        if !is_total && !is_bucket {
+        let tcp_opened = l.name == "istio_tcp_connections_opened_total";
+        let tcp_bytes = l.name == "istio_tcp_sent_bytes_total" || l.name == "istio_tcp_received_bytes_total";
+        if !is_total && !is_bucket && !tcp_opened && !tcp_bytes {
             continue;
         }
         let reporter = match label(&l, "reporter") {
@@ -138,6 +152,22 @@ pub fn parse(text: &str) -> Scrape {
         };
         let dest = label(&l, "destination_service").unwrap_or("unknown").to_string();
         let key = (reporter, dest);
+        if tcp_opened || tcp_bytes {
+            if !out.tcp.contains_key(&key) && out.tcp.len() >= MAX_SERIES {
+                out.dropped_series += 1;
+                continue;
+            }
+            let agg = out.tcp.entry(key).or_default();
+            if tcp_bytes {
+                agg.bytes = agg.bytes.saturating_add(n);
+            } else {
+                agg.opened = agg.opened.saturating_add(n);
+                if label(&l, "response_flags").is_some_and(|f| !f.is_empty() && f != "-") {
+                    agg.failed = agg.failed.saturating_add(n);
+                }
+            }
+            continue;
+        }
         if !out.series.contains_key(&key) && out.series.len() >= MAX_SERIES {
             out.dropped_series += 1;
             continue;
@@ -258,6 +288,20 @@ weft_requests_total{listener="x"} 3
         );
         assert_eq!(s.series.len(), 1);
         assert_eq!(s.series[&(Reporter::Source, "a\"b\\c".to_string())].requests, 2);
+    }
+
+    #[test]
+    fn tcp_sessions_and_bytes() {
+        let s = parse(
+            "istio_tcp_connections_opened_total{reporter=\"source\",destination_service=\"db\",response_flags=\"-\"} 7\n\
+             istio_tcp_connections_opened_total{reporter=\"source\",destination_service=\"db\",response_flags=\"UF\"} 2\n\
+             istio_tcp_sent_bytes_total{reporter=\"source\",destination_service=\"db\",response_flags=\"-\"} 700\n\
+             istio_tcp_received_bytes_total{reporter=\"source\",destination_service=\"db\",response_flags=\"-\"} 300\n\
+             istio_tcp_connections_closed_total{reporter=\"source\",destination_service=\"db\",response_flags=\"-\"} 7\n",
+        );
+        assert!(s.series.is_empty());
+        let t = &s.tcp[&(Reporter::Source, "db".to_string())];
+        assert_eq!((t.opened, t.failed, t.bytes), (9, 2, 1000));
     }
 
     #[test]

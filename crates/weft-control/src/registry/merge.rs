@@ -150,6 +150,7 @@ pub fn resolve<'a>(
                 .collect(),
             rate_limit_service: if drop_rls { None } else { f.rate_limit_service.clone() },
             authorization: f.authorization.clone(),
+            telemetry: f.telemetry.clone(),
         };
         out.insert(src.clone(), Arc::new(g));
     }

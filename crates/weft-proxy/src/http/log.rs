@@ -21,6 +21,10 @@ pub(super) struct Facts {
     /// forwarding header) are only captured then, so a request without a log clones nothing.
     pub logging: bool,
     pub cluster: Option<Arc<ClusterRt>>,
+    /// The matched route's cluster when the proxy answered by itself before forwarding (fault
+    /// abort, route rate limit), for the Istio metrics' `destination_service*` labels; only
+    /// looked up when those metrics are on.
+    pub target: Option<Arc<ClusterRt>>,
     pub host: Option<SocketAddr>,
     pub attempts: u32,
     pub upstream_time: Option<Duration>,

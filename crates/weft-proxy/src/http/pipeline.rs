@@ -107,6 +107,9 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
                 if let Some(fx) = route.filters.as_deref().filter(|fx| fx.checks_before_forward()) {
                     let stop = fx.before_forward(req.headers(), rt.rls.as_ref(), &*ctx.clusters, ctx.peer.ip());
                     if let Some(stop) = Box::pin(stop).await {
+                        if rt.istio.is_some() {
+                            facts.target = route_target(ctx, action);
+                        }
                         break 'outcome Ok(stopped(rt, stop, grpc));
                     }
                 }
@@ -232,6 +235,22 @@ fn authorize(
     Some(Reply::local(resp, Reason::Rbac))
 }
 
+/// The cluster a matched route would have forwarded to (the heaviest of a weighted route's, the
+/// first on a tie), for the Istio labels of a request the proxy answered by itself.
+#[cold]
+fn route_target(
+    ctx: &ConnCtx,
+    action: &weft_config::ForwardAction,
+) -> Option<std::sync::Arc<crate::cluster::ClusterRt>> {
+    let mut best: Option<&weft_config::WeightedCluster> = None;
+    for c in &action.clusters {
+        if best.is_none_or(|b| c.weight > b.weight) {
+            best = Some(c);
+        }
+    }
+    ctx.clusters.cluster(&best?.name)
+}
+
 fn stopped(rt: &HttpRt, stop: Stop, grpc: bool) -> Reply {
     let (resp, reason) = stop_reply(rt, stop, grpc);
     Reply::local(resp, reason)
@@ -307,8 +326,16 @@ fn exit(
             .get("grpc-status")
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u8>().ok())
             .unwrap_or(weft_core::istio::NOT_GRPC);
+        let cluster = facts.cluster.as_ref().or(facts.target.as_ref());
         istio.record(
-            facts.cluster.as_ref().map_or("", |c| c.name()),
+            cluster.map_or("", |c| c.name()),
+            cluster
+                .and_then(|c| c.config.service.as_ref())
+                .map(|s| weft_core::istio::ServiceRef {
+                    host: &s.host,
+                    name: &s.name,
+                    namespace: &s.namespace,
+                }),
             status,
             reason.map_or("-", Reason::code),
             grpc,

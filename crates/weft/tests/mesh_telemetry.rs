@@ -1,0 +1,189 @@
+//! Tracing and access logs set mesh-wide from `weft control`: a registry file's top-level
+//! `tracing:` and `access_log:` put Envoy's `HttpConnectionManager.tracing`
+//! (`envoy.tracers.opentelemetry`) and `access_log` (`envoy.access_loggers.http_grpc`) into every
+//! sidecar listener. A `weft proxy` sidecar whose own file says nothing about tracing or logs then
+//! exports its spans to an OTLP receiver built from the official `opentelemetry-proto` package
+//! (interop/otel_trace.py) and its access-log entries to a grpcio AccessLogService
+//! (interop/als_receiver.py). A bad value is refused with the field named.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use weft_test_support::peers::{self, ChildGuard};
+use weft_test_support::{eventually_blocking, free_addr, TempDir};
+
+mod blocking;
+use blocking::{http, name_server, start_control};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+fn python(venv: &str) -> Option<PathBuf> {
+    peers::interop_peer(venv).map(|v| v.join("bin/python"))
+}
+
+/// Starts a python peer and returns it with its first stdout line.
+fn spawn(py: &PathBuf, args: &[&str]) -> (ChildGuard, String) {
+    let mut child = Command::new(py)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start python peer");
+    let stdout = child.stdout.take().unwrap();
+    let guard = ChildGuard(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    (guard, line.trim().to_string())
+}
+
+fn lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn mesh_wide_tracing_and_access_log_reach_a_sidecar_without_its_own() {
+    let (Some(otel_py), Some(grpc_py)) = (python(".venv-otel"), python(".venv-grpc")) else {
+        return;
+    };
+    let dir = TempDir::new("mesh-telemetry");
+    let reg = TempDir::new("mesh-telemetry-reg");
+    let spans = dir.join("spans.jsonl");
+    let (_otlp, line) = spawn(
+        &otel_py,
+        &[
+            peers::interop_dir().join("otel_trace.py").to_str().unwrap(),
+            "receiver",
+            "--out",
+            spans.to_str().unwrap(),
+        ],
+    );
+    let otlp_grpc: u16 = line
+        .strip_prefix("PORTS ")
+        .and_then(|p| p.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("receiver said {line:?}"));
+    let als_out = dir.join("als.jsonl");
+    let (_als, line) = spawn(
+        &grpc_py,
+        &[
+            peers::interop_dir().join("als_receiver.py").to_str().unwrap(),
+            "--out",
+            als_out.to_str().unwrap(),
+        ],
+    );
+    let als_port: u16 = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("ALS receiver said {line:?}"));
+
+    let app = name_server("web-app");
+    let web_in = free_addr();
+    reg.write(
+        "services.yaml",
+        &format!(
+            "services:\n  - name: web\n    endpoints: [{{address: \"{web_in}\"}}]\n  - name: otel\n    protocol: grpc\n    endpoints: [{{address: \"127.0.0.1:{otlp_grpc}\"}}]\n  - name: als\n    protocol: grpc\n    endpoints: [{{address: \"127.0.0.1:{als_port}\"}}]\n"
+        ),
+    );
+    reg.write(
+        "telemetry.yaml",
+        "tracing: {service: otel, sampling_percent: 100}\naccess_log: {service: als, log_name: mesh}\n",
+    );
+    let (_control, xds, _control_admin) = start_control(&reg, &[]);
+
+    // The sidecar's own file: node, admin, xDS. Nothing about tracing or access logs.
+    let admin = free_addr();
+    let cfg = format!(
+        "node:\n  id: web-1\n  cluster: web\n  metadata:\n    weft.role: sidecar\n    weft.inbound: \"{web_in}\"\n    weft.app: \"{app}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n"
+    );
+    assert!(!cfg.contains("tracing") && !cfg.contains("access_log"));
+    dir.write("web.yaml", &cfg);
+    let _web = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(dir.join("web.yaml"))
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    eventually_blocking("sidecar ready and serving", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200 && http(web_in, "web", "/hello")?.0 == 200).then_some(())
+    });
+    for i in 0..5 {
+        let (code, body) = http(web_in, "web", &format!("/item/{i}")).unwrap();
+        assert_eq!((code, body.as_str()), (200, "web-app"));
+    }
+
+    // Spans of the inbound listener, with the sidecar's service as service.name.
+    let got = eventually_blocking("spans at the OTLP receiver", Duration::from_secs(20), || {
+        let s: Vec<Value> = lines(&spans)
+            .into_iter()
+            // SERVER (2): the inbound listener's span of each request (its CLIENT span, to the
+            // app, is there too).
+            .filter(|s| s["kind"] == 2 && s.to_string().contains("/item/"))
+            .collect();
+        (s.len() >= 5).then_some(s)
+    });
+    eprintln!("first span: {}", got[0]);
+    for span in &got {
+        assert_eq!(span["service"], "web", "service.name: {span}");
+        assert_eq!(span["attributes"]["http.response.status_code"], 200, "{span}");
+    }
+    // Access-log entries at the ALS receiver, under the configured log name.
+    let entries = eventually_blocking("entries at the ALS receiver", Duration::from_secs(20), || {
+        let msgs = lines(&als_out);
+        let n: usize = msgs
+            .iter()
+            .filter_map(|m| m["http"].as_array())
+            .flatten()
+            .filter(|e| e.to_string().contains("/item/"))
+            .count();
+        (n >= 5).then_some(msgs)
+    });
+    let ident = entries
+        .iter()
+        .find(|m| !m["identifier"].is_null())
+        .expect("an identifier");
+    assert_eq!(ident["identifier"]["log_name"], "mesh", "{ident}");
+    assert_eq!(ident["identifier"]["node"]["id"], "web-1", "{ident}");
+}
+
+#[test]
+fn bad_mesh_telemetry_is_refused_with_the_field_named() {
+    let reg = TempDir::new("mesh-telemetry-bad");
+    reg.write(
+        "services.yaml",
+        "services:\n  - name: otel\n    protocol: grpc\n    endpoints: [{address: \"127.0.0.1:4317\"}]\n  - name: web\n    endpoints: [{address: \"127.0.0.1:9\"}]\n",
+    );
+    for (text, field) in [
+        (
+            "tracing: {service: otel, sampling_percent: 150}\n",
+            "tracing.sampling_percent",
+        ),
+        ("tracing: {service: nope}\n", "tracing.service"),
+        ("access_log: {service: web}\n", "access_log.service"),
+        ("access_log: {service: otel, log_name: \"\"}\n", "access_log.log_name"),
+        ("tracing: {service: otel, sample: 3}\n", "sample"),
+    ] {
+        reg.write("telemetry.yaml", text);
+        let out = Command::new(WEFT)
+            .args(["control", "--check", "--registry"])
+            .arg(reg.path())
+            .output()
+            .expect("weft control --check");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("{text:?}: {all}");
+        assert!(!out.status.success(), "{text:?} accepted: {all}");
+        assert!(all.contains(field), "{text:?}: the error names {field}: {all}");
+    }
+}
