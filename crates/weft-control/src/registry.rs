@@ -32,6 +32,9 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 /// One change to one source.
+// Upsert is the common variant and changes are rare (a registry edit), so boxing the fragment
+// would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum SourceChange {
     /// The source now holds this (shape-validated) content.
