@@ -601,10 +601,14 @@ async fn ws_sessions(addr: SocketAddr, stop: Arc<AtomicBool>, t: Arc<Sessions>) 
 /// stream in flight, and only in a run that met a GOAWAY. Every answer must be a 2xx and the
 /// upstream of these requests must have seen exactly the 2xx count (checked by the caller): no
 /// request was forwarded and then lost.
+/// A run that submitted all its requests yet left some unanswered is kept in `late_goaway` for
+/// the caller, who knows when the hand-overs happened: it is the RFC case above only when a
+/// hand-over fell inside the run and no more than the streams in flight (4 × 8) went unanswered.
 fn h2load_loop(h2load: std::path::PathBuf, addr: SocketAddr, stop: Arc<AtomicBool>) -> H2loadTally {
     let mut t = H2loadTally::default();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let run_start = Instant::now();
         let out = Command::new(&h2load)
             .args(["-n", "1000", "-c", "4", "-m", "8"])
             .arg(format!("http://{addr}/h2load"))
@@ -633,8 +637,16 @@ fn h2load_loop(h2load: std::path::PathBuf, addr: SocketAddr, stop: Arc<AtomicBoo
         t.ok += twoxx;
         t.not_answered += unanswered;
         t.unsent += 1000 - started.min(1000);
-        let goaway_race = unanswered > 0 && (started == 1000 || unanswered > 32);
-        if bad_here > 0 || goaway_race || done != started || started == 0 || !line.starts_with("requests: 1000 total") {
+        let all_submitted = unanswered > 0 && unanswered <= 32 && started == 1000;
+        let goaway_race = unanswered > 32;
+        if all_submitted && bad_here == 0 && done == started && line.starts_with("requests: 1000 total") {
+            t.late_goaway.push((run_start, Instant::now(), unanswered, text));
+        } else if bad_here > 0
+            || goaway_race
+            || done != started
+            || started == 0
+            || !line.starts_with("requests: 1000 total")
+        {
             t.failed += bad_here.max(1);
             if t.bad.len() < 5 {
                 t.bad.push(text);
@@ -653,6 +665,9 @@ struct H2loadTally {
     unsent: u64,
     runs: u64,
     bad: Vec<String>,
+    /// Runs that submitted every request and left a few unanswered: (start, end, unanswered,
+    /// h2load's output), classified by the caller against the hand-over times.
+    late_goaway: Vec<(Instant, Instant, u64, String)>,
 }
 
 /// The Python gRPC peer of `interop/hot_restart_grpc.py` (grpcio), with the CI rule.
@@ -771,8 +786,11 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
     let started = Instant::now();
     let ok_at_start = tally.ok.load(Ordering::Relaxed);
     const RESTARTS: usize = 10;
+    // When each old process began to drain (it sends its GOAWAYs then) and when it exited.
+    let mut drains: Vec<(Instant, Instant)> = Vec::new();
     for generation in 1..=RESTARTS {
         let before = tally.ok.load(Ordering::Relaxed);
+        let handing_over = Instant::now();
         // Alternate the worker count: the sockets are spread over however many workers there are.
         let workers = if generation % 2 == 0 { "2" } else { "1" };
         let mut next = Proxy::start_bin(
@@ -794,6 +812,7 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
             .await
             .unwrap_or_else(|| panic!("the old proxy exits after its drain; its log:\n{}", current.log()));
         assert!(status.success(), "old proxy exit status {status}");
+        drains.push((handing_over, Instant::now()));
         assert!(current
             .log()
             .contains("hot restart: the new process took the listeners"));
@@ -837,7 +856,19 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
     for c in clients {
         let _ = tokio::time::timeout(Duration::from_secs(5), c).await;
     }
-    let h2 = h2load_run.join().unwrap();
+    let mut h2 = h2load_run.join().unwrap();
+    // A run that met a draining process's GOAWAY only after submitting all its requests: the few
+    // streams the final GOAWAY declared unprocessed (never forwarded: the upstream check below)
+    // are the RFC 9113 §6.8 case h2load does not retry. Anywhere else, unanswered is a failure.
+    let mut late_goaway_runs = 0;
+    for (from, to, unanswered, text) in std::mem::take(&mut h2.late_goaway) {
+        if drains.iter().any(|(d0, d1)| *d0 <= to && from <= *d1) {
+            late_goaway_runs += 1;
+        } else {
+            h2.failed += unanswered;
+            h2.bad.push(text);
+        }
+    }
     let mut grpc_client = grpc_client;
     let mut report = String::new();
     std::io::BufReader::new(grpc_client.0.stdout.take().unwrap())
@@ -857,7 +888,7 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
     eprintln!(
         "{RESTARTS} hot restarts in {elapsed:.1?} (about {:.0} requests/s in all):\n  \
          hyper HTTP/1.1 + HTTP/2: {ok} ok, {failed} failed ({} connection: close, {} h2 reconnects after GOAWAY, {} h2 streams resent after the final GOAWAY said they were not processed)\n  \
-         h2load: {} ok, {} failed in {} runs (after a GOAWAY, which h2load does not retry: {} requests never submitted, {} submitted and never answered; its upstream saw {} requests)\n  \
+         h2load: {} ok, {} failed in {} runs (after a GOAWAY, which h2load does not retry: {} requests never submitted, {} submitted and never answered, {} runs met it after submitting all; its upstream saw {} requests)\n  \
          gRPC (grpcio): unary {} ok, {} failed; server streaming {} ok, {} failed\n  \
          TCP sessions: {} echoes ok, {} failed, {} closed cleanly at a drain timer, longest {} ms\n  \
          WebSocket sessions: {} echoes ok, {} failed, {} closed cleanly at a drain timer, longest {} ms\n  \
@@ -871,6 +902,7 @@ async fn hot_restarts_under_mixed_traffic_lose_no_request() {
         h2.runs,
         h2.unsent,
         h2.not_answered,
+        late_goaway_runs,
         h2app.hits(),
         n("unary_ok"),
         n("unary_failed"),
