@@ -4,118 +4,13 @@
 //! port; `openssl s_client` with an SVID verifies B's chain and SPIFFE URI SAN; and the SVIDs
 //! rotate at a short TTL under keep-alive and new-connection traffic with no failed request.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use weft_test_support::*;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-const REVIEWS: &str = "spiffe://cluster.local/ns/default/sa/reviews";
-const PRODUCTPAGE: &str = "spiffe://cluster.local/ns/default/sa/productpage";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-    let f = std::fs::File::create(log).unwrap();
-    Proc(
-        cmd.stdin(Stdio::null())
-            .stdout(f.try_clone().unwrap())
-            .stderr(f)
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn token(dir: &Path, identity: &str) -> PathBuf {
-    let out = Command::new(WEFT)
-        .args(["control", "token", "--ca-dir"])
-        .arg(dir.join("ca"))
-        .args(["--identity", identity, "--ttl", "10m"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let p = dir.join(format!("{}.token", identity.replace('/', "_")));
-    std::fs::write(&p, &out.stdout).unwrap();
-    p
-}
-
-struct Sidecar {
-    _p: Proc,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-fn sidecar(dir: &Path, name: &str, yaml: &str, ca: SocketAddr, identity: &str) -> Sidecar {
-    let admin = addr();
-    let cfg = dir.join(format!("{name}.yaml"));
-    std::fs::write(
-        &cfg,
-        format!("admin: {{ address: \"{admin}\" }}\nruntime: {{ concurrency: 1 }}\n{yaml}"),
-    )
-    .unwrap();
-    let tok = token(dir, identity);
-    let log = dir.join(format!("{name}.log"));
-    let p = spawn(
-        Command::new(WEFT)
-            .args(["proxy", "-c"])
-            .arg(&cfg)
-            .args(["--ca-address", &ca.to_string(), "--identity-token-file"])
-            .arg(&tok),
-        &log,
-    );
-    wait_until(&format!("{name}'s identity"), Duration::from_secs(20), || {
-        let dump = http_text(admin, "/config_dump")?;
-        dump.contains("spiffe://").then_some(())
-    });
-    Sidecar { _p: p, admin, log }
-}
-
-/// GET over a fresh plaintext connection; None on any failure.
-fn http_text(a: SocketAddr, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = TcpStream::connect(a).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-fn status_of(resp: &str) -> u16 {
-    resp.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
-}
-
-fn metric_of(text: &str, sample: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0.0)
-}
+mod mesh_support;
+use mesh_support::*;
 
 fn inbound_yaml(strict: SocketAddr, permissive: SocketAddr, app: SocketAddr) -> String {
     let route = r#"    http:
@@ -222,7 +117,7 @@ async fn sidecars_talk_mtls_with_spiffe_identities_and_rotate_without_failures()
     // Secure naming: C is a valid mesh workload, but not reviews.
     let got = get(a_out, "/wrong").await;
     assert_eq!(got.status, 503, "{}", got.text());
-    let stats = http_text(a.admin, "/stats/prometheus").unwrap();
+    let stats = http_text(a.admin, "GET", "/stats/prometheus").unwrap();
     let wrong = metric_of(
         &stats,
         "weft_tls_handshake_failures_total{side=\"upstream\",name=\"ratings-impostor\",reason=\"wrong_identity\"}",
@@ -235,11 +130,14 @@ async fn sidecars_talk_mtls_with_spiffe_identities_and_rotate_without_failures()
     );
 
     // STRICT refuses a plaintext client; PERMISSIVE serves it on the same port as mTLS.
-    assert_eq!(http_text(b_strict, "/plain").map(|r| status_of(&r)).unwrap_or(0), 0);
-    let r = http_text(b_perm, "/plain").unwrap();
+    assert_eq!(
+        http_text(b_strict, "GET", "/plain").map(|r| status_of(&r)).unwrap_or(0),
+        0
+    );
+    let r = http_text(b_perm, "GET", "/plain").unwrap();
     assert_eq!(status_of(&r), 200, "{r}");
     assert!(r.contains("app xfcc=") && !r.contains("By="), "{r}");
-    let stats = http_text(b.admin, "/stats/prometheus").unwrap();
+    let stats = http_text(b.admin, "GET", "/stats/prometheus").unwrap();
     assert!(
         metric_of(
             &stats,
@@ -304,7 +202,7 @@ async fn sidecars_talk_mtls_with_spiffe_identities_and_rotate_without_failures()
     // Rotation under traffic: 10 s SVIDs renew every ~5 s. Keep-alive and new-connection
     // requests for 25 s (bounded in time and count); every one must succeed.
     let identity_of = |admin: SocketAddr| -> String {
-        let d = http_text(admin, "/config_dump").unwrap_or_default();
+        let d = http_text(admin, "GET", "/config_dump").unwrap_or_default();
         let i = d.find("\"not_after\"").unwrap_or(0);
         d[i..].chars().take(30).collect()
     };
