@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_config::{OtlpProtocol, TraceEndpoint, Tracing};
-use weft_core::trace::{hex, RpcSpan, TcpSpan, TraceCounters, TraceExchange, TraceReceiver, Tracer};
+use weft_core::trace::{hex, ClientSpan, RpcSpan, TcpSpan, TraceCounters, TraceExchange, TraceReceiver, Tracer};
 
 /// A batch is sent when full or when its oldest record has waited this long.
 pub const BATCH_DELAY: Duration = Duration::from_millis(500);
@@ -300,11 +300,9 @@ pub fn to_spans(x: &TraceExchange, out: &mut Vec<Span>) {
         kv("http.request.method", s(method)),
         kv("url.path", s(x.uri.path())),
         kv("url.scheme", s("http")),
-        kv("network.peer.address", s(&x.peer.ip().to_string())),
-        kv("network.peer.port", i(i64::from(x.peer.port()))),
-        kv("client.address", s(&x.peer.ip().to_string())),
         kv("http.response.status_code", i(i64::from(x.status))),
     ];
+    peer_attrs(x, &mut attrs);
     if !host.is_empty() {
         attrs.push(kv("server.address", s(host)));
     }
@@ -314,52 +312,14 @@ pub fn to_spans(x: &TraceExchange, out: &mut Vec<Span>) {
     if let Some(q) = x.uri.query() {
         attrs.push(kv("url.query", s(q)));
     }
-    if let Some(r) = &x.route {
-        attrs.push(kv("weft.route", s(r)));
-    }
-    if let Some(r) = x.reason {
-        attrs.push(kv("weft.reason", s(r)));
-    }
-    if x.forced {
-        attrs.push(kv("weft.force_sampled", any_value::Value::BoolValue(true)));
-    }
-    if let Some(c) = &x.client {
-        attrs.push(kv("weft.upstream.cluster", s(&c.cluster)));
-    }
-    if let Some(sw) = x.parent.as_ref().and_then(|p| p.sw8.as_deref()) {
-        attrs.push(kv("skywalking.trace_id", s(&sw.trace_id)));
-        attrs.push(kv("skywalking.parent.segment_id", s(&sw.parent_segment)));
-        attrs.push(kv("skywalking.parent.span_id", i(i64::from(sw.parent_span))));
-        attrs.push(kv("skywalking.parent.service", s(&sw.parent_service)));
-        attrs.push(kv("skywalking.parent.service_instance", s(&sw.parent_instance)));
-        attrs.push(kv("skywalking.parent.endpoint", s(&sw.parent_endpoint)));
-    }
+    weft_attrs(x, &mut attrs);
     // OpenTelemetry: a server span is an error for 5xx only; weft's reason codes for local failures too.
     let error = x.status >= 500 || x.reason.is_some_and(|r| r != "DR");
-    let flags = 0x100 | if x.parent.is_some() { 0x200 } else { 0 } | u32::from(x.sampled);
     let name = match &x.route {
         Some(r) => format!("{method} {r}"),
         None => method.to_string(),
     };
-    out.push(Span {
-        trace_id: x.trace_id.to_vec(),
-        span_id: x.server_span.to_vec(),
-        trace_state: x
-            .tracestate
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        parent_span_id: x.parent.as_ref().map(|p| p.span_id.to_vec()).unwrap_or_default(),
-        flags,
-        name,
-        kind: SpanKind::Server as i32,
-        start_time_unix_nano: x.start_unix_nanos,
-        end_time_unix_nano: x.start_unix_nanos + x.server_nanos,
-        attributes: attrs,
-        status: Some(status(error, x.reason)),
-        ..Default::default()
-    });
+    out.push(server_span(x, name, attrs, error));
     if let Some(c) = &x.client {
         let mut attrs = vec![
             kv("http.request.method", s(method)),
@@ -367,35 +327,13 @@ pub fn to_spans(x: &TraceExchange, out: &mut Vec<Span>) {
             kv("weft.upstream.cluster", s(&c.cluster)),
             kv("weft.attempts", i(i64::from(c.attempts))),
         ];
-        if let Some(h) = c.host {
-            attrs.push(kv("server.address", s(&h.ip().to_string())));
-            attrs.push(kv("server.port", i(i64::from(h.port()))));
-            attrs.push(kv("network.peer.address", s(&h.ip().to_string())));
-            attrs.push(kv("network.peer.port", i(i64::from(h.port()))));
-            attrs.push(kv("weft.upstream.host", s(&h.to_string())));
-        }
+        upstream_attrs(c.host, &mut attrs);
         if let Some(st) = c.status {
             attrs.push(kv("http.response.status_code", i(i64::from(st))));
         }
         // The client span failed when no response came back (the reason says why) or it was a 4xx/5xx.
         let client_error = c.status.is_none_or(|st| st >= 400);
-        let client_reason = if c.status.is_none() { x.reason } else { None };
-        if let Some(r) = client_reason {
-            attrs.push(kv("weft.reason", s(r)));
-        }
-        out.push(Span {
-            trace_id: x.trace_id.to_vec(),
-            span_id: c.span_id.to_vec(),
-            parent_span_id: x.server_span.to_vec(),
-            flags: 0x100 | 0x200 | u32::from(x.sampled),
-            name: method.to_string(),
-            kind: SpanKind::Client as i32,
-            start_time_unix_nano: c.start_unix_nanos,
-            end_time_unix_nano: c.start_unix_nanos + c.nanos,
-            attributes: attrs,
-            status: Some(status(client_error, client_reason)),
-            ..Default::default()
-        });
+        out.push(client_span(x, c, method.to_string(), attrs, client_error));
     }
 }
 
@@ -411,79 +349,21 @@ fn rpc_spans(x: &TraceExchange, rpc: &RpcSpan, out: &mut Vec<Span>) {
     };
     let mut attrs = Vec::with_capacity(12);
     common(&mut attrs);
-    attrs.push(kv("network.peer.address", s(&x.peer.ip().to_string())));
-    attrs.push(kv("network.peer.port", i(i64::from(x.peer.port()))));
-    attrs.push(kv("client.address", s(&x.peer.ip().to_string())));
+    peer_attrs(x, &mut attrs);
     attrs.push(kv("rpc.response.status_code", s(&x.status.to_string())));
-    if let Some(r) = &x.route {
-        attrs.push(kv("weft.route", s(r)));
-    }
-    if let Some(r) = x.reason {
-        attrs.push(kv("weft.reason", s(r)));
-    }
-    if x.forced {
-        attrs.push(kv("weft.force_sampled", any_value::Value::BoolValue(true)));
-    }
-    if let Some(c) = &x.client {
-        attrs.push(kv("weft.upstream.cluster", s(&c.cluster)));
-    }
-    if let Some(sw) = x.parent.as_ref().and_then(|p| p.sw8.as_deref()) {
-        attrs.push(kv("skywalking.trace_id", s(&sw.trace_id)));
-        attrs.push(kv("skywalking.parent.segment_id", s(&sw.parent_segment)));
-        attrs.push(kv("skywalking.parent.span_id", i(i64::from(sw.parent_span))));
-    }
+    weft_attrs(x, &mut attrs);
     let error = !rpc.ok || x.reason.is_some();
-    out.push(Span {
-        trace_id: x.trace_id.to_vec(),
-        span_id: x.server_span.to_vec(),
-        trace_state: x
-            .tracestate
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string(),
-        parent_span_id: x.parent.as_ref().map(|p| p.span_id.to_vec()).unwrap_or_default(),
-        flags: 0x100 | if x.parent.is_some() { 0x200 } else { 0 } | u32::from(x.sampled),
-        name: name.clone(),
-        kind: SpanKind::Server as i32,
-        start_time_unix_nano: x.start_unix_nanos,
-        end_time_unix_nano: x.start_unix_nanos + x.server_nanos,
-        attributes: attrs,
-        status: Some(status(error, x.reason)),
-        ..Default::default()
-    });
+    out.push(server_span(x, name.clone(), attrs, error));
     if let Some(c) = &x.client {
         let mut attrs = Vec::with_capacity(12);
         common(&mut attrs);
         attrs.push(kv("weft.upstream.cluster", s(&c.cluster)));
-        if let Some(h) = c.host {
-            attrs.push(kv("server.address", s(&h.ip().to_string())));
-            attrs.push(kv("server.port", i(i64::from(h.port()))));
-            attrs.push(kv("network.peer.address", s(&h.ip().to_string())));
-            attrs.push(kv("network.peer.port", i(i64::from(h.port()))));
-            attrs.push(kv("weft.upstream.host", s(&h.to_string())));
-        }
+        upstream_attrs(c.host, &mut attrs);
         if let Some(st) = c.status {
             attrs.push(kv("rpc.response.status_code", s(&st.to_string())));
         }
         let client_error = c.status.is_none() || !rpc.upstream_ok;
-        let client_reason = if c.status.is_none() { x.reason } else { None };
-        if let Some(r) = client_reason {
-            attrs.push(kv("weft.reason", s(r)));
-        }
-        out.push(Span {
-            trace_id: x.trace_id.to_vec(),
-            span_id: c.span_id.to_vec(),
-            parent_span_id: x.server_span.to_vec(),
-            flags: 0x100 | 0x200 | u32::from(x.sampled),
-            name,
-            kind: SpanKind::Client as i32,
-            start_time_unix_nano: c.start_unix_nanos,
-            end_time_unix_nano: c.start_unix_nanos + c.nanos,
-            attributes: attrs,
-            status: Some(status(client_error, client_reason)),
-            ..Default::default()
-        });
+        out.push(client_span(x, c, name, attrs, client_error));
     }
 }
 
@@ -492,14 +372,12 @@ fn rpc_spans(x: &TraceExchange, rpc: &RpcSpan, out: &mut Vec<Span>) {
 fn tcp_span(x: &TraceExchange, t: &TcpSpan) -> Span {
     let mut attrs = vec![
         kv("network.transport", s("tcp")),
-        kv("network.peer.address", s(&x.peer.ip().to_string())),
-        kv("network.peer.port", i(i64::from(x.peer.port()))),
-        kv("client.address", s(&x.peer.ip().to_string())),
         kv("weft.upstream.cluster", s(&t.cluster)),
         kv("weft.bytes_received", i(t.bytes_received as i64)),
         kv("weft.bytes_sent", i(t.bytes_sent as i64)),
         kv("weft.attempts", i(i64::from(t.attempts))),
     ];
+    peer_attrs(x, &mut attrs);
     if let Some(h) = t.host {
         attrs.push(kv("server.address", s(&h.ip().to_string())));
         attrs.push(kv("server.port", i(i64::from(h.port()))));
@@ -521,6 +399,96 @@ fn tcp_span(x: &TraceExchange, t: &TcpSpan) -> Span {
         end_time_unix_nano: x.start_unix_nanos + x.server_nanos,
         attributes: attrs,
         status: Some(status(x.reason.is_some(), x.reason)),
+        ..Default::default()
+    }
+}
+
+/// The downstream peer: `network.peer.*` and `client.address`.
+fn peer_attrs(x: &TraceExchange, attrs: &mut Vec<KeyValue>) {
+    let ip = x.peer.ip().to_string();
+    attrs.push(kv("network.peer.address", s(&ip)));
+    attrs.push(kv("network.peer.port", i(i64::from(x.peer.port()))));
+    attrs.push(kv("client.address", s(&ip)));
+}
+
+/// weft's own attributes of a server span: route, reason, forced sampling, the upstream cluster,
+/// and the SkyWalking context it continued.
+fn weft_attrs(x: &TraceExchange, attrs: &mut Vec<KeyValue>) {
+    if let Some(r) = &x.route {
+        attrs.push(kv("weft.route", s(r)));
+    }
+    if let Some(r) = x.reason {
+        attrs.push(kv("weft.reason", s(r)));
+    }
+    if x.forced {
+        attrs.push(kv("weft.force_sampled", any_value::Value::BoolValue(true)));
+    }
+    if let Some(c) = &x.client {
+        attrs.push(kv("weft.upstream.cluster", s(&c.cluster)));
+    }
+    if let Some(sw) = x.parent.as_ref().and_then(|p| p.sw8.as_deref()) {
+        attrs.push(kv("skywalking.trace_id", s(&sw.trace_id)));
+        attrs.push(kv("skywalking.parent.segment_id", s(&sw.parent_segment)));
+        attrs.push(kv("skywalking.parent.span_id", i(i64::from(sw.parent_span))));
+        attrs.push(kv("skywalking.parent.service", s(&sw.parent_service)));
+        attrs.push(kv("skywalking.parent.service_instance", s(&sw.parent_instance)));
+        attrs.push(kv("skywalking.parent.endpoint", s(&sw.parent_endpoint)));
+    }
+}
+
+/// The upstream host a client span reached (none when no connection was made).
+fn upstream_attrs(host: Option<SocketAddr>, attrs: &mut Vec<KeyValue>) {
+    if let Some(h) = host {
+        let ip = h.ip().to_string();
+        attrs.push(kv("server.address", s(&ip)));
+        attrs.push(kv("server.port", i(i64::from(h.port()))));
+        attrs.push(kv("network.peer.address", s(&ip)));
+        attrs.push(kv("network.peer.port", i(i64::from(h.port()))));
+        attrs.push(kv("weft.upstream.host", s(&h.to_string())));
+    }
+}
+
+/// The server span of an exchange (kind `SERVER`, child of the caller's span when there was one).
+fn server_span(x: &TraceExchange, name: String, attrs: Vec<KeyValue>, error: bool) -> Span {
+    Span {
+        trace_id: x.trace_id.to_vec(),
+        span_id: x.server_span.to_vec(),
+        trace_state: x
+            .tracestate
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string(),
+        parent_span_id: x.parent.as_ref().map(|p| p.span_id.to_vec()).unwrap_or_default(),
+        flags: 0x100 | if x.parent.is_some() { 0x200 } else { 0 } | u32::from(x.sampled),
+        name,
+        kind: SpanKind::Server as i32,
+        start_time_unix_nano: x.start_unix_nanos,
+        end_time_unix_nano: x.start_unix_nanos + x.server_nanos,
+        attributes: attrs,
+        status: Some(status(error, x.reason)),
+        ..Default::default()
+    }
+}
+
+/// The client span of a forwarded exchange (child of its server span). When no response came
+/// back, the exchange's reason says why, in `weft.reason` and the status message.
+fn client_span(x: &TraceExchange, c: &ClientSpan, name: String, mut attrs: Vec<KeyValue>, error: bool) -> Span {
+    let reason = if c.status.is_none() { x.reason } else { None };
+    if let Some(r) = reason {
+        attrs.push(kv("weft.reason", s(r)));
+    }
+    Span {
+        trace_id: x.trace_id.to_vec(),
+        span_id: c.span_id.to_vec(),
+        parent_span_id: x.server_span.to_vec(),
+        flags: 0x100 | 0x200 | u32::from(x.sampled),
+        name,
+        kind: SpanKind::Client as i32,
+        start_time_unix_nano: c.start_unix_nanos,
+        end_time_unix_nano: c.start_unix_nanos + c.nanos,
+        attributes: attrs,
+        status: Some(status(error, reason)),
         ..Default::default()
     }
 }
