@@ -53,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
         peer_identity: None,
         requested_server_name: text,
         route_name: text,
+        details: text,
     };
     let mut out = Vec::new();
     write(&f, &e, &mut out);
