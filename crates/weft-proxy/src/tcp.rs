@@ -109,8 +109,12 @@ pub async fn serve_connection(
     let start = Instant::now();
     let started_at = SystemTime::now();
     let trace = rt.tracer.as_ref().map(|t| t.start_tcp(peer));
+    // The original destination (a getsockopt), read at most once: authorization's destination
+    // port and an original_dst cluster's target both use it.
+    let mut dst: Option<Option<SocketAddr>> = None;
     if let Some(a) = &rt.authz {
-        let local = crate::interception::original_dst(&down, &lrt.config).or_else(|| down.local_addr().ok());
+        let orig = *dst.get_or_insert_with(|| crate::interception::original_dst(&down, &lrt.config));
+        let local = orig.or_else(|| down.local_addr().ok());
         // Plain TCP: no peer certificate (weft terminates TLS only for HTTP), so `authenticated`
         // principals never match here.
         let d = a.check(&weft_route::authz::AuthzInput {
@@ -144,9 +148,10 @@ pub async fn serve_connection(
     let Some(cluster) = clusters.cluster(&rt.config.cluster) else {
         return;
     };
-    let orig = matches!(cluster.config.discovery, Discovery::OriginalDst)
-        .then(|| crate::interception::original_dst(&down, &lrt.config))
-        .flatten();
+    let orig = match cluster.config.discovery {
+        Discovery::OriginalDst => *dst.get_or_insert_with(|| crate::interception::original_dst(&down, &lrt.config)),
+        _ => None,
+    };
     let hash = Some(weft_lb::hash_key(peer.ip().to_string().as_bytes()));
     let mut tried: Option<Arc<Host>> = None;
     let mut connected = None;

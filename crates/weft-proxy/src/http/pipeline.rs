@@ -185,7 +185,7 @@ pub(super) fn remote_ip(ctx: &ConnCtx, headers: &http::HeaderMap) -> std::net::I
         (false, n) => n,
     };
     headers
-        .get("x-forwarded-for")
+        .get(&super::headers::X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.rsplit(',').nth(skip as usize))
         .and_then(|ip| ip.trim().parse().ok())
