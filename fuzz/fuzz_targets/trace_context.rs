@@ -2,7 +2,8 @@
 //! and as Base64.
 //!
 //! Checks: no parser panics; an accepted context re-injected by a tracer parses back to the same
-//! trace id; Base64 decode of an encoding gives the input back.
+//! trace id; the header-map and key/value extractors agree; a deny-only decision comes from `0`
+//! alone; Base64 decode of an encoding gives the input back.
 #![no_main]
 
 use http::header::{HeaderMap, HeaderValue};
@@ -32,6 +33,14 @@ fuzz_target!(|data: &[u8]| {
             weft_config::Propagator::B3multi,
             weft_config::Propagator::Sw8,
         ];
-        let _ = extract(&h, &all);
+        let got = extract_decision(&h, &all);
+        // A context wins over a decision; "not sampled" only without one, and only from `0`.
+        if let Err(true) = got {
+            assert_eq!(data, b"0");
+        }
+        let by = extract_decision_by(|k| h.get(k).and_then(|v| v.to_str().ok()), &all);
+        if v.to_str().is_ok() {
+            assert_eq!(got, by);
+        }
     }
 });

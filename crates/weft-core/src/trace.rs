@@ -16,6 +16,13 @@
 //! of an unsampled exchange is kept until its exit; if the exchange failed with a weft reason code
 //! (or a 5xx), it is exported anyway, marked `weft.force_sampled=true`. The upstream has already been
 //! told "not sampled", so such a trace holds this proxy's spans only — the failing hop's.
+//!
+//! An unsampled exchange costs little (most requests, at a 1 % ratio): no wall-clock read (span start
+//! times are derived at export from the monotonic clock), no string copies, and upstream it carries
+//! only the "not sampled" decision: `traceparent` with flags `00` (left exactly as received when the
+//! caller's own `traceparent` already said so), B3 in its deny-only forms `b3: 0` and
+//! `x-b3-sampled: 0` (the B3 specification's "deny" encoding; ids the caller sent in B3 pass
+//! unchanged), and `sw8` with its sample flag `0`.
 
 use crate::flags::Reason;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -69,12 +76,31 @@ pub struct Parent {
 /// When another format wins but an `sw8` of the same trace came too, its SkyWalking context is
 /// kept, so that the SkyWalking trace id (any string) travels on unchanged.
 pub fn extract(headers: &HeaderMap, propagators: &[Propagator]) -> Option<Parent> {
-    let mut parent = propagators.iter().find_map(|p| match p {
+    extract_decision(headers, propagators).ok()
+}
+
+/// [`extract`], or when no context came: `Err(true)` if the caller sent B3's deny-only form (`b3: 0`,
+/// or `x-b3-sampled: 0` without ids) in a configured format — "not sampled", to be followed.
+pub fn extract_decision(headers: &HeaderMap, propagators: &[Propagator]) -> Result<Parent, bool> {
+    let mut deny = false;
+    let found = propagators.iter().find_map(|p| match p {
         Propagator::W3c => headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())),
-        Propagator::B3 => headers.get(&B3).and_then(|v| parse_b3_single(v.as_bytes())),
-        Propagator::B3multi => parse_b3_multi(headers),
+        Propagator::B3 => headers.get(&B3).and_then(|v| {
+            deny |= v.as_bytes() == b"0";
+            parse_b3_single(v.as_bytes())
+        }),
+        Propagator::B3multi => match headers.contains_key(&B3_TRACE_ID) {
+            true => parse_b3_multi(headers),
+            false => {
+                deny |= headers.get(&B3_SAMPLED).is_some_and(|v| v.as_bytes() == b"0");
+                None
+            }
+        },
         Propagator::Sw8 => headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())),
-    })?;
+    });
+    let Some(mut parent) = found else {
+        return Err(deny);
+    };
     if parent.sw8.is_none() && propagators.contains(&Propagator::Sw8) {
         if let Some(sw) = headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())) {
             if sw.trace_id == parent.trace_id {
@@ -82,18 +108,34 @@ pub fn extract(headers: &HeaderMap, propagators: &[Propagator]) -> Option<Parent
             }
         }
     }
-    Some(parent)
+    Ok(parent)
 }
 
 /// [`extract`] over any key/value carrier (an RPC request's attachments or header map): `get`
 /// returns the value of a lower-case key.
 pub fn extract_by<S: AsRef<str>>(get: impl Fn(&str) -> Option<S>, propagators: &[Propagator]) -> Option<Parent> {
+    extract_decision_by(get, propagators).ok()
+}
+
+/// [`extract_decision`] over any key/value carrier.
+pub fn extract_decision_by<S: AsRef<str>>(
+    get: impl Fn(&str) -> Option<S>,
+    propagators: &[Propagator],
+) -> Result<Parent, bool> {
     let b = |k: &str| get(k);
-    let mut parent = propagators.iter().find_map(|p| match p {
+    let mut deny = false;
+    let found = propagators.iter().find_map(|p| match p {
         Propagator::W3c => b("traceparent").and_then(|v| parse_traceparent(v.as_ref().as_bytes())),
-        Propagator::B3 => b("b3").and_then(|v| parse_b3_single(v.as_ref().as_bytes())),
+        Propagator::B3 => b("b3").and_then(|v| {
+            deny |= v.as_ref() == "0";
+            parse_b3_single(v.as_ref().as_bytes())
+        }),
         Propagator::B3multi => {
-            let trace_id = b3_trace_id(b("x-b3-traceid")?.as_ref().as_bytes())?;
+            let Some(t) = b("x-b3-traceid") else {
+                deny |= b("x-b3-sampled").is_some_and(|v| v.as_ref() == "0");
+                return None;
+            };
+            let trace_id = b3_trace_id(t.as_ref().as_bytes())?;
             let span_id = parse_hex::<8>(b("x-b3-spanid")?.as_ref().as_bytes()).filter(|s| *s != [0; 8])?;
             let sampled = if b("x-b3-flags").is_some_and(|v| v.as_ref() == "1") {
                 Some(true)
@@ -112,7 +154,10 @@ pub fn extract_by<S: AsRef<str>>(get: impl Fn(&str) -> Option<S>, propagators: &
             })
         }
         Propagator::Sw8 => b("sw8").and_then(|v| parse_sw8(v.as_ref().as_bytes())),
-    })?;
+    });
+    let Some(mut parent) = found else {
+        return Err(deny);
+    };
     if parent.sw8.is_none() && propagators.contains(&Propagator::Sw8) {
         if let Some(sw) = b("sw8").and_then(|v| parse_sw8(v.as_ref().as_bytes())) {
             if sw.trace_id == parent.trace_id {
@@ -120,7 +165,7 @@ pub fn extract_by<S: AsRef<str>>(get: impl Fn(&str) -> Option<S>, propagators: &
             }
         }
     }
-    Some(parent)
+    Ok(parent)
 }
 
 fn hex_val(b: u8) -> Option<u8> {
@@ -144,12 +189,32 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
     Some(out)
 }
 
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
 fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(HEX[(b >> 4) as usize]);
         out.push(HEX[(b & 15) as usize]);
     }
+}
+
+/// Lower-case hex of `bytes` into `out[at..]` (which must hold `2 * bytes.len()`).
+fn hex_into(out: &mut [u8], at: usize, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        out[at + 2 * i] = HEX[(b >> 4) as usize];
+        out[at + 2 * i + 1] = HEX[(b & 15) as usize];
+    }
+}
+
+/// A W3C `traceparent` value: `00-<trace id>-<span id>-<flags>`.
+pub fn traceparent(trace_id: &TraceId, span_id: &SpanId, sampled: bool) -> [u8; 55] {
+    let mut v = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(&mut v, 3, trace_id);
+    hex_into(&mut v, 36, span_id);
+    if sampled {
+        v[54] = b'1';
+    }
+    v
 }
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -429,19 +494,19 @@ impl Tracer {
         )
     }
 
-    /// Starts tracing an exchange: extracts the caller's context and decides sampling.
-    pub fn start(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        host: &str,
-        peer: SocketAddr,
-    ) -> Box<TraceExchange> {
-        let parent = extract(headers, &self.config.propagators);
+    /// Starts tracing an exchange: extracts the caller's context and decides sampling. The
+    /// request's host is the URI's authority or, without one, its `host` header (a reference-counted
+    /// handle, not a copy).
+    pub fn start(&self, method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Box<TraceExchange> {
+        let parent = extract_decision(headers, &self.config.propagators);
+        let w3c_parent = parent.as_ref().is_ok_and(|p| p.format == Propagator::W3c);
         let mut ex = self.begin(parent, method.clone(), uri.clone(), peer);
-        ex.host = HeaderValue::from_str(host).ok();
-        ex.tracestate = headers.get(&TRACESTATE).cloned();
+        if uri.authority().is_none() {
+            ex.host = headers.get(http::header::HOST).cloned();
+        }
+        if w3c_parent {
+            ex.tracestate = headers.get(&TRACESTATE).cloned();
+        }
         ex
     }
 
@@ -453,9 +518,10 @@ impl Tracer {
         peer: SocketAddr,
         rpc: RpcSpan,
     ) -> Box<TraceExchange> {
-        let parent = extract_by(&get, &self.config.propagators);
+        let parent = extract_decision_by(&get, &self.config.propagators);
         let tracestate = parent
             .as_ref()
+            .ok()
             .and_then(|_| get("tracestate"))
             .and_then(|v| HeaderValue::from_str(v.as_ref()).ok());
         let mut ex = self.begin(parent, Method::POST, Uri::default(), peer);
@@ -466,7 +532,7 @@ impl Tracer {
 
     /// Starts tracing a TCP proxy session (a new trace: TCP carries no context).
     pub fn start_tcp(&self, peer: SocketAddr) -> Box<TraceExchange> {
-        self.begin(None, Method::GET, Uri::default(), peer)
+        self.begin(Err(false), Method::GET, Uri::default(), peer)
     }
 
     /// A TCP session's end; `reason` set when no upstream connection was made.
@@ -475,18 +541,20 @@ impl Tracer {
         self.export(ex, reason.is_some(), 0, reason.map(Reason::code), None);
     }
 
-    fn begin(&self, parent: Option<Parent>, method: Method, uri: Uri, peer: SocketAddr) -> Box<TraceExchange> {
+    /// `parent`: the caller's context, or whether the caller said "not sampled" without one.
+    fn begin(&self, parent: Result<Parent, bool>, method: Method, uri: Uri, peer: SocketAddr) -> Box<TraceExchange> {
         let (trace_id, sampled) = match &parent {
-            Some(p) => (
+            Ok(p) => (
                 p.trace_id,
                 p.sampled
                     .unwrap_or_else(|| ratio_sampled(&p.trace_id, self.config.sampling_ratio)),
             ),
-            None => {
+            Err(deny) => {
                 let t = random_trace_id();
-                (t, ratio_sampled(&t, self.config.sampling_ratio))
+                (t, !deny && ratio_sampled(&t, self.config.sampling_ratio))
             }
         };
+        let parent = parent.ok();
         if sampled {
             self.counters.sampled.inc();
         }
@@ -495,7 +563,7 @@ impl Tracer {
             server_span: random_span_id(),
             sampled,
             forced: false,
-            start_unix_nanos: unix_nanos(SystemTime::now()),
+            start_unix_nanos: 0,
             start: Instant::now(),
             server_nanos: 0,
             method,
@@ -508,7 +576,6 @@ impl Tracer {
             status: 0,
             reason: None,
             route: None,
-            service_name: self.config.service_name.clone(),
             rpc: None,
             tcp: None,
         })
@@ -552,7 +619,14 @@ impl Tracer {
             ex.forced = true;
             self.counters.forced.inc();
         }
-        ex.server_nanos = ex.start.elapsed().as_nanos() as u64;
+        // Wall-clock start times, derived from the monotonic clock now rather than read per request.
+        let now_unix = unix_nanos(SystemTime::now());
+        let now = Instant::now();
+        ex.server_nanos = now.saturating_duration_since(ex.start).as_nanos() as u64;
+        ex.start_unix_nanos = now_unix.saturating_sub(ex.server_nanos);
+        if let Some(c) = &mut ex.client {
+            c.start_unix_nanos = now_unix.saturating_sub(now.saturating_duration_since(c.start).as_nanos() as u64);
+        }
         ex.status = status;
         ex.reason = reason;
         ex.route = route.map(str::to_string);
@@ -569,12 +643,14 @@ pub struct TraceExchange {
     pub sampled: bool,
     /// Exported because it failed although not sampled.
     pub forced: bool,
+    /// Set when the exchange is exported (derived from `start`).
     pub start_unix_nanos: u64,
     pub start: Instant,
     /// The server span's duration (request received → response headers sent).
     pub server_nanos: u64,
     pub method: Method,
     pub uri: Uri,
+    /// The `host` header, kept only when `uri` has no authority (see [`TraceExchange::host`]).
     pub host: Option<HeaderValue>,
     pub tracestate: Option<HeaderValue>,
     pub peer: SocketAddr,
@@ -583,7 +659,6 @@ pub struct TraceExchange {
     pub status: u16,
     pub reason: Option<&'static str>,
     pub route: Option<String>,
-    pub service_name: String,
     /// Set for an RPC request (Dubbo, Bolt): its spans follow OpenTelemetry's RPC conventions, and
     /// `method`/`uri`/`host` are unused.
     pub rpc: Option<Box<RpcSpan>>,
@@ -622,10 +697,11 @@ pub struct RpcSpan {
 #[derive(Clone, Debug)]
 pub struct ClientSpan {
     pub span_id: SpanId,
+    /// Set when the exchange is exported (derived from `start`).
     pub start_unix_nanos: u64,
     pub start: Instant,
     pub nanos: u64,
-    pub cluster: String,
+    pub cluster: Arc<str>,
     pub host: Option<SocketAddr>,
     pub attempts: u32,
     /// The upstream's status code, when a response arrived.
@@ -633,20 +709,36 @@ pub struct ClientSpan {
 }
 
 impl TraceExchange {
-    /// Starts the client span of a request forwarded to `cluster`, and writes its context into the
-    /// upstream request's headers in every configured format.
-    pub fn start_client(&mut self, tracer: &Tracer, cluster: &str, headers: &mut HeaderMap) {
+    /// The request's host (`host:port` or `host`): the URI's authority, else the `host` header.
+    pub fn host(&self) -> Option<&str> {
+        match self.uri.authority() {
+            Some(a) => Some(a.as_str()),
+            None => self.host.as_ref().and_then(|h| h.to_str().ok()),
+        }
+    }
+
+    fn client_span(&mut self, cluster: &Arc<str>) -> SpanId {
         let span_id = random_span_id();
         self.client = Some(ClientSpan {
             span_id,
-            start_unix_nanos: unix_nanos(SystemTime::now()),
+            start_unix_nanos: 0,
             start: Instant::now(),
             nanos: 0,
-            cluster: cluster.to_string(),
+            cluster: cluster.clone(),
             host: None,
             attempts: 0,
             status: None,
         });
+        span_id
+    }
+
+    /// Starts the client span of a request forwarded to `cluster`, and writes its context into the
+    /// upstream request's headers in every configured format.
+    pub fn start_client(&mut self, tracer: &Tracer, cluster: &Arc<str>, headers: &mut HeaderMap) {
+        let span_id = self.client_span(cluster);
+        if !self.sampled {
+            return self.deny(tracer, span_id, cluster, headers);
+        }
         for p in &tracer.config.propagators {
             self.inject(
                 *p,
@@ -667,23 +759,33 @@ impl TraceExchange {
     /// Starts the client span of an RPC request forwarded to `cluster`, and returns its context as
     /// (key, value) pairs to write into the request's attachments (or header map), one per key of
     /// every configured format.
-    pub fn start_rpc_client(&mut self, tracer: &Tracer, cluster: &str) -> Vec<(HeaderName, String)> {
-        let span_id = random_span_id();
-        self.client = Some(ClientSpan {
-            span_id,
-            start_unix_nanos: unix_nanos(SystemTime::now()),
-            start: Instant::now(),
-            nanos: 0,
-            cluster: cluster.to_string(),
-            host: None,
-            attempts: 0,
-            status: None,
-        });
+    pub fn start_rpc_client(&mut self, tracer: &Tracer, cluster: &Arc<str>) -> Vec<(HeaderName, String)> {
+        let span_id = self.client_span(cluster);
         let endpoint = match &self.rpc {
             Some(r) => format!("{}.{}", r.service, r.method),
             None => String::new(),
         };
         let mut out = Vec::with_capacity(4);
+        if !self.sampled {
+            // As `deny` does for HTTP: the decision only.
+            for p in &tracer.config.propagators {
+                match p {
+                    Propagator::W3c if self.w3c_passes() => {}
+                    Propagator::W3c => {
+                        let tp = traceparent(&self.trace_id, &span_id, false);
+                        out.push((TRACEPARENT, String::from_utf8_lossy(&tp).into_owned()));
+                    }
+                    Propagator::B3 => out.push((B3, "0".to_string())),
+                    Propagator::B3multi => out.push((B3_SAMPLED, "0".to_string())),
+                    Propagator::Sw8 => self.inject(*p, span_id, tracer, cluster, &endpoint, &mut |name, v| {
+                        if let (Some(name), Ok(v)) = (name, std::str::from_utf8(v)) {
+                            out.push((name, v.to_string()));
+                        }
+                    }),
+                }
+            }
+            return out;
+        }
         for p in &tracer.config.propagators {
             self.inject(*p, span_id, tracer, cluster, &endpoint, &mut |name, v| {
                 if let (Some(name), Ok(v)) = (name, std::str::from_utf8(v)) {
@@ -692,6 +794,39 @@ impl TraceExchange {
             });
         }
         out
+    }
+
+    /// Whether an unsampled exchange leaves the caller's `traceparent` as it came: it already says
+    /// "not sampled".
+    fn w3c_passes(&self) -> bool {
+        self.parent
+            .as_ref()
+            .is_some_and(|p| p.format == Propagator::W3c && p.sampled == Some(false))
+    }
+
+    /// The upstream context of an unsampled exchange: the "not sampled" decision in each format,
+    /// with as little work as possible (see the module's documentation).
+    fn deny(&self, tracer: &Tracer, span_id: SpanId, cluster: &str, headers: &mut HeaderMap) {
+        for p in &tracer.config.propagators {
+            match p {
+                Propagator::W3c => {
+                    if !self.w3c_passes() {
+                        put(headers, TRACEPARENT, &traceparent(&self.trace_id, &span_id, false));
+                    }
+                }
+                Propagator::B3 => {
+                    headers.insert(B3, HeaderValue::from_static("0"));
+                }
+                Propagator::B3multi => {
+                    headers.insert(B3_SAMPLED, HeaderValue::from_static("0"));
+                }
+                Propagator::Sw8 => self.inject(*p, span_id, tracer, cluster, self.uri.path(), &mut |name, v| {
+                    if let Some(name) = name {
+                        put(headers, name, v)
+                    }
+                }),
+            }
+        }
     }
 
     /// Ends the client span (the response's headers arrived, or the last attempt failed).
@@ -719,12 +854,7 @@ impl TraceExchange {
         let mut v = Vec::with_capacity(64);
         match p {
             Propagator::W3c => {
-                v.extend_from_slice(b"00-");
-                write_hex(&mut v, &self.trace_id);
-                v.push(b'-');
-                write_hex(&mut v, &span_id);
-                v.extend_from_slice(if self.sampled { b"-01" } else { b"-00" });
-                h(Some(TRACEPARENT), &v);
+                h(Some(TRACEPARENT), &traceparent(&self.trace_id, &span_id, self.sampled));
                 // `tracestate` passes through as received (weft adds no entry of its own).
             }
             Propagator::B3 => {
@@ -760,7 +890,7 @@ impl TraceExchange {
                 // This proxy's segment is its server span; the exit span is span 1 in it.
                 base64_encode(hex(&self.server_span).as_bytes(), &mut v);
                 v.extend_from_slice(b"-1-");
-                base64_encode(self.service_name.as_bytes(), &mut v);
+                base64_encode(tracer.config.service_name.as_bytes(), &mut v);
                 v.push(b'-');
                 base64_encode(tracer.instance.as_bytes(), &mut v);
                 v.push(b'-');
@@ -963,7 +1093,7 @@ mod tests {
         assert!(ex.sampled, "b3 said sampled (the ratio is 0)");
         assert_eq!(hex(&ex.trace_id), "463ac35c9f6413ad48485a3953bb6124");
         assert_eq!(hex(&ex.parent.as_ref().unwrap().span_id), "a2fb4a1d1a96d312");
-        let kvs = ex.start_rpc_client(&t, "c");
+        let kvs = ex.start_rpc_client(&t, &Arc::from("c"));
         let get = |k: &str| kvs.iter().find(|(n, _)| n.as_str() == k).map(|(_, v)| v.clone());
         let client = ex.client.as_ref().unwrap().span_id;
         let tp = parse_traceparent(get("traceparent").unwrap().as_bytes()).unwrap();
@@ -993,10 +1123,10 @@ mod tests {
         h.insert(TRACEPARENT, HeaderValue::from_static(TP));
         let peer: SocketAddr = "127.0.0.1:5".parse().unwrap();
         let uri: Uri = "/a/b?c".parse().unwrap();
-        let mut ex = t.start(&Method::GET, &uri, &h, "svc", peer);
+        let mut ex = t.start(&Method::GET, &uri, &h, peer);
         assert!(ex.sampled, "the parent's decision wins over the ratio");
         let mut up = HeaderMap::new();
-        ex.start_client(&t, "backend", &mut up);
+        ex.start_client(&t, &Arc::from("backend"), &mut up);
         let client = ex.client.as_ref().unwrap().span_id;
         let p = parse_traceparent(up[&TRACEPARENT].as_bytes()).unwrap();
         assert_eq!(p.trace_id, ex.trace_id);
@@ -1012,19 +1142,56 @@ mod tests {
         t.finish(ex, 200, None, Some("r"));
         assert!(rx.try_recv().is_ok());
 
+        // Unsampled: upstream hears the decision only, in every format.
+        let mut ex = t.start(&Method::GET, &uri, &HeaderMap::new(), peer);
+        assert!(!ex.sampled);
+        let mut up = HeaderMap::new();
+        ex.start_client(&t, &Arc::from("backend"), &mut up);
+        let p = parse_traceparent(up[&TRACEPARENT].as_bytes()).unwrap();
+        assert_eq!((p.trace_id, p.sampled), (ex.trace_id, Some(false)));
+        assert_eq!((up[&B3].as_bytes(), up[&B3_SAMPLED].as_bytes()), (&b"0"[..], &b"0"[..]));
+        assert!(!up.contains_key(&B3_TRACE_ID) && !up.contains_key(&B3_SPAN_ID));
+        assert_eq!(parse_sw8(up[&SW8].as_bytes()).unwrap().sampled, Some(false));
+        // ... which the next hop follows, whichever format it reads (the ratio here is 1).
+        let (t1, _rx1) = tracer(1.0, vec![Propagator::B3]);
+        assert!(!t1.start(&Method::GET, &uri, &up, peer).sampled, "b3: 0");
+        let (t1, _rx1) = tracer(1.0, vec![Propagator::B3multi]);
+        assert!(!t1.start(&Method::GET, &uri, &up, peer).sampled, "x-b3-sampled: 0");
+        assert!(t1.start(&Method::GET, &uri, &HeaderMap::new(), peer).sampled);
+        let kv = |k: &str| match k {
+            "b3" => Some("0"),
+            _ => None,
+        };
+        let (t1, _rx1) = tracer(1.0, vec![Propagator::W3c, Propagator::B3]);
+        let mut rx_ex = t1.start_rpc(kv, peer, RpcSpan::default());
+        assert!(!rx_ex.sampled, "an RPC attachment b3=0");
+        let kvs = rx_ex.start_rpc_client(&t1, &Arc::from("c"));
+        assert_eq!(kvs.len(), 2);
+        assert!(kvs.iter().any(|(k, v)| *k == B3 && v == "0"));
+        // A caller's own unsampled traceparent passes unchanged.
+        let tp00 = TP.replace("-01", "-00");
+        let mut h0 = HeaderMap::new();
+        h0.insert(TRACEPARENT, HeaderValue::from_str(&tp00).unwrap());
+        let mut ex0 = t.start(&Method::GET, &uri, &h0, peer);
+        assert!(!ex0.sampled);
+        let mut up = h0.clone();
+        ex0.start_client(&t, &Arc::from("backend"), &mut up);
+        assert_eq!(up[&TRACEPARENT], tp00.as_str());
+
         // Unsampled and fine: nothing exported; unsampled and failed: forced.
-        let ex = t.start(&Method::GET, &uri, &HeaderMap::new(), "svc", peer);
+        let ex = t.start(&Method::GET, &uri, &HeaderMap::new(), peer);
         assert!(!ex.sampled);
         t.finish(ex, 200, None, None);
         assert!(rx.try_recv().is_err());
-        let ex = t.start(&Method::GET, &uri, &HeaderMap::new(), "svc", peer);
+        let ex = t.start(&Method::GET, &uri, &HeaderMap::new(), peer);
         t.finish(ex, 503, Some(Reason::UpstreamConnectFailure), None);
         let got = rx.try_recv().unwrap();
         assert!(got.forced);
+        assert!(got.start_unix_nanos > 1_700_000_000_000_000_000, "derived at export");
         assert_eq!(got.reason, Some("UF"));
         // A full queue drops and counts, never blocks.
         for _ in 0..5 {
-            let ex = t.start(&Method::GET, &uri, &h, "svc", peer);
+            let ex = t.start(&Method::GET, &uri, &h, peer);
             t.finish(ex, 200, None, None);
         }
         assert_eq!(t.counters.dropped.get(), 3);

@@ -413,6 +413,33 @@ async fn failed_requests_are_exported_at_ratio_zero() {
     for _ in 0..5 {
         assert_eq!(client::get(ok.listener_addr("web").unwrap(), "/fine").await.status, 200);
     }
+    // Unsampled: the upstream hears the decision only, in each default format.
+    let h = up.last().headers;
+    let tp = h["traceparent"].to_str().unwrap();
+    assert!(tp.len() == 55 && tp.ends_with("-00"), "{tp}");
+    assert_eq!(
+        (h["b3"].as_bytes(), h["x-b3-sampled"].as_bytes()),
+        (&b"0"[..], &b"0"[..]),
+        "{h:?}"
+    );
+    assert!(
+        !h.contains_key("x-b3-traceid") && !h.contains_key("x-b3-spanid"),
+        "{h:?}"
+    );
+    // A caller's unsampled traceparent passes unchanged.
+    let theirs = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+    let req = http::Request::get(format!("http://{}/fine", ok.listener_addr("web").unwrap()))
+        .header("traceparent", theirs)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(
+        client::send_once(ok.listener_addr("web").unwrap(), req)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    assert_eq!(up.last().headers["traceparent"], theirs);
     let got = client::get(bad.listener_addr("web").unwrap(), "/broken").await;
     assert_eq!(got.status, 503);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -627,7 +627,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
     let trace_ctx = match (&rt.tracer, trace.as_mut()) {
         (Some(t), Some(ex)) => {
             ex.route = Some(route.name.clone());
-            Some(ex.start_rpc_client(t, cluster.name()))
+            Some(ex.start_rpc_client(t, cluster.shared_name()))
         }
         _ => None,
     };

@@ -118,6 +118,8 @@ type OriginalDstKey = (SocketAddr, Option<(IpAddr, u32)>);
 
 pub struct ClusterRt {
     pub config: Cluster,
+    /// The cluster's name, shared (a trace span holds it without a copy).
+    name: Arc<str>,
     pub stats: ClusterStats,
     pub hosts: ArcSwap<HostSet>,
     /// Per route priority (default, high): each has its own circuit-breaker thresholds.
@@ -237,6 +239,7 @@ impl ClusterRt {
         stats.panic.set(set.panic as i64);
         ClusterRt {
             hosts: ArcSwap::from_pointee(set),
+            name: Arc::from(config.name.as_str()),
             config,
             stats,
             active_rq: Default::default(),
@@ -268,6 +271,11 @@ impl ClusterRt {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The name as a shared string (cloning it copies nothing).
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.name
     }
 
     /// Picks a host. `hash` feeds ring hash / maglev; `exclude` avoids a host already tried when

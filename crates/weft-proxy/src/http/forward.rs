@@ -163,7 +163,7 @@ pub(super) async fn forward(
         t.forward_client_cert(&mut headers);
     }
     if let (Some(t), Some(x)) = (&ctx.rt.tracer, facts.trace.as_deref_mut()) {
-        x.start_client(t, plan.cluster.name(), &mut headers);
+        x.start_client(t, plan.cluster.shared_name(), &mut headers);
     }
     if facts.logging {
         facts.request_id = headers.get(&X_REQUEST_ID).cloned();

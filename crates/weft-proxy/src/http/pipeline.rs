@@ -59,7 +59,7 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
         trace: rt
             .tracer
             .as_ref()
-            .map(|t| t.start(req.method(), req.uri(), req.headers(), request_host(&req), ctx.peer)),
+            .map(|t| t.start(req.method(), req.uri(), req.headers(), ctx.peer)),
         request_bytes: match rt.istio {
             Some(_) => content_length(req.headers()),
             None => 0,
