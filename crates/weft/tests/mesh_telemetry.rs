@@ -4,7 +4,9 @@
 //! sidecar listener. A `weft proxy` sidecar whose own file says nothing about tracing or logs then
 //! exports its spans to an OTLP receiver built from the official `opentelemetry-proto` package
 //! (interop/otel_trace.py) and its access-log entries to a grpcio AccessLogService
-//! (interop/als_receiver.py). A bad value is refused with the field named.
+//! (interop/als_receiver.py). A bad value is refused with the field named. A real Envoy sidecar
+//! under the same control plane takes the same tracing, and a request it sends to a weft sidecar is
+//! one trace across both.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -152,6 +154,115 @@ fn mesh_wide_tracing_and_access_log_reach_a_sidecar_without_its_own() {
         .expect("an identifier");
     assert_eq!(ident["identifier"]["log_name"], "mesh", "{ident}");
     assert_eq!(ident["identifier"]["node"]["id"], "web-1", "{ident}");
+}
+
+/// Envoy 1.40 as the caller's sidecar and weft as the callee's, both under `weft control` with
+/// mesh-wide tracing at 100 %: Envoy accepts the `envoy.tracers.opentelemetry` tracing weft control
+/// puts in its listeners and exports to the same OTLP receiver, and each request is one trace:
+/// weft's server span continues Envoy's context (W3C `traceparent`), as the child of Envoy's span.
+#[test]
+fn envoy_and_weft_sidecars_share_one_trace() {
+    let (Some(envoy_bin), Some(otel_py)) = (peers::envoy_binary(), python(".venv-otel")) else {
+        return;
+    };
+    let dir = TempDir::new("mesh-telemetry-envoy");
+    let reg = TempDir::new("mesh-telemetry-envoy-reg");
+    let spans = dir.join("spans.jsonl");
+    let (_otlp, line) = spawn(
+        &otel_py,
+        &[
+            peers::interop_dir().join("otel_trace.py").to_str().unwrap(),
+            "receiver",
+            "--out",
+            spans.to_str().unwrap(),
+        ],
+    );
+    let otlp_grpc: u16 = line
+        .strip_prefix("PORTS ")
+        .and_then(|p| p.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("receiver said {line:?}"));
+    let app = name_server("web-app");
+    let web_in = free_addr();
+    reg.write(
+        "services.yaml",
+        &format!(
+            "services:\n  - name: web\n    endpoints: [{{address: \"{web_in}\"}}]\n  - name: front\n    endpoints: []\n  - name: otel\n    protocol: grpc\n    endpoints: [{{address: \"127.0.0.1:{otlp_grpc}\"}}]\n"
+        ),
+    );
+    reg.write("telemetry.yaml", "tracing: {service: otel, sampling_percent: 100}\n");
+    let (_control, xds, _control_admin) = start_control(&reg, &[]);
+
+    // The callee: a weft sidecar whose own file says nothing about tracing.
+    let admin = free_addr();
+    dir.write(
+        "web.yaml",
+        &format!(
+            "node:\n  id: web-1\n  cluster: web\n  metadata:\n    weft.role: sidecar\n    weft.inbound: \"{web_in}\"\n    weft.app: \"{app}\"\nadmin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n"
+        ),
+    );
+    let _web = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(dir.join("web.yaml"))
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    // The caller: Envoy, node cluster `front`, its outbound listener routing by host.
+    let outbound = free_addr();
+    let cfg = std::fs::read_to_string(peers::interop_dir().join("envoy-ads.yaml"))
+        .unwrap()
+        .replace("{{NODE_ID}}", &format!("envoy-front-{}", std::process::id()))
+        .replace("{{NODE_CLUSTER}}", "front")
+        .replace("{{API_TYPE}}", "GRPC")
+        .replace("{{OUTBOUND}}", &outbound.to_string())
+        .replace("{{INBOUND}}", &free_addr().to_string())
+        .replace("{{APP}}", &free_addr().to_string())
+        .replace("{{XDS_PORT}}", &xds.port().to_string());
+    dir.write("envoy.yaml", &cfg);
+    let _envoy = ChildGuard(
+        Command::new(&envoy_bin)
+            .arg("-c")
+            .arg(dir.join("envoy.yaml"))
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("envoy.log")).unwrap())
+            .spawn()
+            .expect("start envoy"),
+    );
+    eventually_blocking("Envoy → weft → app", Duration::from_secs(30), || {
+        (http(outbound, "web", "/warm")? == (200, "web-app".to_string())).then_some(())
+    });
+    for i in 0..5 {
+        let (code, body) = http(outbound, "web", &format!("/chain/{i}")).unwrap();
+        assert_eq!((code, body.as_str()), (200, "web-app"));
+    }
+
+    // For every request: Envoy's span (service `front`) and weft's server span (service `web`),
+    // one trace, weft's the child of Envoy's.
+    let got = eventually_blocking("both sidecars' spans", Duration::from_secs(20), || {
+        let all = lines(&spans);
+        let linked: Vec<(Value, Value)> = all
+            .iter()
+            .filter(|s| s["service"] == "web" && s["kind"] == 2 && s.to_string().contains("/chain/"))
+            .filter_map(|w| {
+                let e = all.iter().find(|e| {
+                    e["service"] == "front" && e["trace_id"] == w["trace_id"] && e["span_id"] == w["parent_span_id"]
+                })?;
+                Some((e.clone(), w.clone()))
+            })
+            .collect();
+        (linked.len() >= 5).then_some(linked)
+    });
+    eprintln!("envoy span: {}\nweft span: {}", got[0].0, got[0].1);
+    let mut traces: Vec<&Value> = got.iter().map(|(_, w)| &w["trace_id"]).collect();
+    traces.dedup();
+    assert_eq!(traces.len(), got.len(), "one trace per request");
+    for (_, w) in &got {
+        assert_eq!(w["attributes"]["http.response.status_code"], 200, "{w}");
+    }
 }
 
 #[test]
