@@ -688,8 +688,12 @@ pub struct RpcSpan {
     pub method: String,
     /// Whether the final status means success (set at the exit).
     pub ok: bool,
-    /// Whether the upstream's response meant success (set when it arrived).
+    /// Whether the upstream's response meant success (set when it arrived; for a one-way request,
+    /// whether it was handed to an upstream connection).
     pub upstream_ok: bool,
+    /// A one-way request: no response comes, so both spans end when it has been sent upstream,
+    /// and carry no status code.
+    pub one_way: bool,
 }
 
 /// The client span: one per forwarded request, covering all of its attempts (retries are counted

@@ -558,9 +558,9 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         }
     };
     let id = frame.id;
-    // Traced: two-way requests (a one-way request has no end to measure).
+    // Traced: every request (a one-way request's spans end when it has been sent upstream).
     let mut trace = match &rt.tracer {
-        Some(t) if two_way => {
+        Some(t) => {
             let get = |k: &str| {
                 codec
                     .attachment(&frame, &info, k)
@@ -573,6 +573,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
                     system: rpc_system(codec.name()),
                     service: info.service.get(&frame.data).unwrap_or_default().into_owned(),
                     method: info.method.get(&frame.data).unwrap_or_default().into_owned(),
+                    one_way: !two_way,
                     ..RpcSpan::default()
                 },
             ))
@@ -582,10 +583,10 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
     let fail = |r: LocalReply, msg: &str, route: Option<&str>, trace: Option<Box<TraceExchange>>| {
         if two_way {
             rt.reply(down, id, r, msg);
-            rt.trace_local(trace, r, route);
         } else {
             rt.stats.local_reply(r.reason());
         }
+        rt.trace_local(trace, r, route);
     };
     let Some(route) = rt.route(&frame, &info) else {
         let svc = info.service.get(&frame.data).unwrap_or_default();
@@ -644,11 +645,24 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
             return true;
         }
     };
-    cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
     if !two_way {
-        let _ = conn.tx.send(frame.data.freeze());
+        if let Some(ctx) = trace_ctx {
+            let kvs: Vec<(&str, &str)> = ctx.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            codec.set_attachments(&mut frame, &info, &kvs);
+        }
+        cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
+        let sent = conn.tx.send(frame.data.freeze()).is_ok();
+        if let (Some(t), Some(mut ex)) = (&rt.tracer, trace.take()) {
+            ex.end_client(Some(host.address), 1, None);
+            if let Some(r) = &mut ex.rpc {
+                r.upstream_ok = sent;
+            }
+            let reason = (!sent).then(|| LocalReply::UpstreamFailure.reason());
+            t.finish_rpc(ex, sent, 0, reason, Some(&route.name));
+        }
         return true;
     }
+    cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
     let method = info.method.get(&frame.data).unwrap_or_default();
     let stats = rt.stats.method(&method);
     let log = rt.access_log.as_ref().map(|_| {

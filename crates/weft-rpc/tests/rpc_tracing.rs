@@ -253,3 +253,68 @@ async fn dubbo_spans_through_two_sidecars() {
     )
     .await;
 }
+
+/// One-way Dubbo calls are traced too: a server and a client span each, marked `weft.one_way`,
+/// with no status code and an unset (ok) status, ending once the call is sent; the provider
+/// receives the client span's context in the call's attachments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_way_dubbo_calls_get_spans() {
+    use parking_lot::Mutex;
+    use std::sync::Arc;
+    use tokio::net::TcpListener;
+    use weft_rpc::codec::{Codec, FrameKind};
+    use weft_rpc::dubbo::{self, Dubbo};
+
+    let Some(py) = otel_python() else { return };
+    let rx = receiver(&py);
+    // A provider that records the `traceparent` of each one-way `note` call.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let provider = l.local_addr().unwrap();
+    let s2 = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let seen = s2.clone();
+            tokio::spawn(common::serve_conn::<Dubbo>(s, move |f, _tx| {
+                if f.kind == FrameKind::OneWay {
+                    let info = Dubbo.request_info(&f).unwrap();
+                    let tp = Dubbo
+                        .attachment(&f, &info, "traceparent")
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    seen.lock().push(tp);
+                }
+                std::ops::ControlFlow::Continue(())
+            }));
+        }
+    });
+    let proxy = start_proxy(&sidecar("dubbo", "weft-a", provider, rx.grpc));
+    let addr = proxy.listener_addr("rpc").unwrap();
+    let mut c = common::Client::<Dubbo>::connect(addr).await;
+    for i in 0..3 {
+        let req = dubbo::encode_request(i, false, "org.example.Greeter", "1.0.0", "note", "", &[], &[]);
+        c.send(&req).await;
+    }
+    let spans = rx.of_method("note", 6).await;
+    assert_eq!(spans.len(), 6, "a server and a client span per call: {spans:#?}");
+    let got = seen.lock().clone();
+    assert_eq!(got.len(), 3, "the provider got every call: {got:?}");
+    for srv in spans.iter().filter(|s| s["kind"] == SERVER) {
+        let cli = spans
+            .iter()
+            .find(|s| s["kind"] == CLIENT && s["parent_span_id"] == srv["span_id"])
+            .unwrap_or_else(|| panic!("the client span of {srv:#}"));
+        for s in [srv, cli] {
+            assert_eq!(s["trace_id"], srv["trace_id"]);
+            assert_eq!(s["status"], 0, "unset (ok): {s:#}");
+            assert_eq!(s["attributes"]["weft.one_way"], true, "{s:#}");
+            assert!(s["attributes"]["rpc.response.status_code"].is_null(), "{s:#}");
+        }
+        let ctx = format!(
+            "00-{}-{}-01",
+            cli["trace_id"].as_str().unwrap(),
+            cli["span_id"].as_str().unwrap()
+        );
+        assert!(got.contains(&ctx), "the provider got {got:?}, not {ctx}");
+    }
+}

@@ -309,6 +309,8 @@ impl Encoder {
 
     fn rpc(&mut self, x: &TraceExchange, rpc: &RpcSpan) {
         let name_len = rpc.service.len() + 1 + rpc.method.len();
+        // A one-way request has no response: no status code, and its client span failed only if
+        // it could not be sent.
         let name = |b: &mut Vec<u8>| {
             tag(b, 5, 2);
             varint(b, name_len as u64);
@@ -320,6 +322,9 @@ impl Encoder {
             attr_str(b, "rpc.system", rpc.system);
             attr_str(b, "rpc.service", &rpc.service);
             attr_str(b, "rpc.method", &rpc.method);
+            if rpc.one_way {
+                attr(b, "weft.one_way", Val::Bool(true));
+            }
         };
         let mut d = [0u8; 20];
         self.span.clear();
@@ -332,8 +337,10 @@ impl Encoder {
         fixed64_field(b, 8, x.start_unix_nanos + x.server_nanos);
         common(b);
         peer(b, x.peer);
-        let at = decimal(&mut d, u64::from(x.status));
-        attr(b, "rpc.response.status_code", Val::Str(&d[at..]));
+        if !rpc.one_way {
+            let at = decimal(&mut d, u64::from(x.status));
+            attr(b, "rpc.response.status_code", Val::Str(&d[at..]));
+        }
         weft_attrs(b, x);
         status(b, !rpc.ok || x.reason.is_some(), x.reason);
         self.flags(x.parent.is_some(), x.sampled);
@@ -357,7 +364,7 @@ impl Encoder {
             if let Some(r) = reason {
                 attr_str(b, "weft.reason", r);
             }
-            status(b, c.status.is_none() || !rpc.upstream_ok, reason);
+            status(b, (c.status.is_none() && !rpc.one_way) || !rpc.upstream_ok, reason);
             self.flags(true, x.sampled);
             self.finish_span();
         }

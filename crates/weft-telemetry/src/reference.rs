@@ -91,11 +91,16 @@ fn rpc_spans(x: &TraceExchange, rpc: &RpcSpan, out: &mut Vec<Span>) {
         attrs.push(kv("rpc.system", s(rpc.system)));
         attrs.push(kv("rpc.service", s(&rpc.service)));
         attrs.push(kv("rpc.method", s(&rpc.method)));
+        if rpc.one_way {
+            attrs.push(kv("weft.one_way", any_value::Value::BoolValue(true)));
+        }
     };
     let mut attrs = Vec::with_capacity(12);
     common(&mut attrs);
     peer_attrs(x, &mut attrs);
-    attrs.push(kv("rpc.response.status_code", s(&x.status.to_string())));
+    if !rpc.one_way {
+        attrs.push(kv("rpc.response.status_code", s(&x.status.to_string())));
+    }
     weft_attrs(x, &mut attrs);
     let error = !rpc.ok || x.reason.is_some();
     out.push(server_span(x, name.clone(), attrs, error));
@@ -107,7 +112,7 @@ fn rpc_spans(x: &TraceExchange, rpc: &RpcSpan, out: &mut Vec<Span>) {
         if let Some(st) = c.status {
             attrs.push(kv("rpc.response.status_code", s(&st.to_string())));
         }
-        let client_error = c.status.is_none() || !rpc.upstream_ok;
+        let client_error = (c.status.is_none() && !rpc.one_way) || !rpc.upstream_ok;
         out.push(client_span(x, c, name, attrs, client_error));
     }
 }
@@ -382,10 +387,24 @@ mod tests {
             method: "sayHello".into(),
             ok: false,
             upstream_ok: false,
+            one_way: false,
         }));
         x.status = 70;
         x.parent = Some(parent(Propagator::B3, true));
         x.client = Some(client(Some("127.0.0.1:20880"), Some(70)));
+        batch.push(Box::new(x));
+        // RPC, one-way, sent.
+        let mut x = exchange("/", "127.0.0.1:7");
+        x.rpc = Some(Box::new(RpcSpan {
+            system: "apache_dubbo",
+            service: "org.apache.dubbo.Greeter".into(),
+            method: "note".into(),
+            ok: true,
+            upstream_ok: true,
+            one_way: true,
+        }));
+        x.status = 0;
+        x.client = Some(client(Some("127.0.0.1:20880"), None));
         batch.push(Box::new(x));
         // RPC, timed out locally.
         let mut x = exchange("/", "127.0.0.1:7");
@@ -395,6 +414,7 @@ mod tests {
             method: "m".into(),
             ok: false,
             upstream_ok: false,
+            one_way: false,
         }));
         x.reason = Some("UT");
         x.client = Some(client(None, None));
@@ -426,7 +446,7 @@ mod tests {
             let want = request("productpage", "node-1", &batch);
             let spans = &want.resource_spans[0].scope_spans[0].spans;
             assert_eq!(n as usize, spans.len(), "round {round}");
-            assert_eq!(spans.len(), 13);
+            assert_eq!(spans.len(), 15);
             for (i, (g, w)) in got.resource_spans[0].scope_spans[0].spans.iter().zip(spans).enumerate() {
                 assert_eq!(g, w, "span {i}");
             }
