@@ -82,33 +82,47 @@ pub fn extract(headers: &HeaderMap, propagators: &[Propagator]) -> Option<Parent
 /// [`extract`], or when no context came: `Err(true)` if the caller sent B3's deny-only form (`b3: 0`,
 /// or `x-b3-sampled: 0` without ids) in a configured format — "not sampled", to be followed.
 pub fn extract_decision(headers: &HeaderMap, propagators: &[Propagator]) -> Result<Parent, bool> {
-    let mut deny = false;
-    let found = propagators.iter().find_map(|p| match p {
-        Propagator::W3c => headers.get(&TRACEPARENT).and_then(|v| parse_traceparent(v.as_bytes())),
-        Propagator::B3 => headers.get(&B3).and_then(|v| {
-            deny |= v.as_bytes() == b"0";
-            parse_b3_single(v.as_bytes())
-        }),
-        Propagator::B3multi => match headers.contains_key(&B3_TRACE_ID) {
-            true => parse_b3_multi(headers),
-            false => {
-                deny |= headers.get(&B3_SAMPLED).is_some_and(|v| v.as_bytes() == b"0");
-                None
-            }
-        },
-        Propagator::Sw8 => headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())),
-    });
-    let Some(mut parent) = found else {
-        return Err(deny);
-    };
-    if parent.sw8.is_none() && propagators.contains(&Propagator::Sw8) {
-        if let Some(sw) = headers.get(&SW8).and_then(|v| parse_sw8(v.as_bytes())) {
-            if sw.trace_id == parent.trace_id {
-                parent.sw8 = sw.sw8;
+    let found = Found::scan(headers);
+    extract_decision_by(|k| found.get(k), propagators)
+}
+
+/// The trace-context headers of a request, found in one pass over its headers (cheaper than a
+/// hashed look-up per name: most requests carry none of them).
+#[derive(Default)]
+struct Found<'a> {
+    /// `traceparent`, `b3`, `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`, `x-b3-flags`, `sw8`,
+    /// `tracestate`: the first value of each.
+    values: [Option<&'a HeaderValue>; 8],
+}
+
+impl<'a> Found<'a> {
+    fn index(name: &str) -> Option<usize> {
+        Some(match name {
+            "traceparent" => 0,
+            "b3" => 1,
+            "x-b3-traceid" => 2,
+            "x-b3-spanid" => 3,
+            "x-b3-sampled" => 4,
+            "x-b3-flags" => 5,
+            "sw8" => 6,
+            "tracestate" => 7,
+            _ => return None,
+        })
+    }
+
+    fn scan(headers: &'a HeaderMap) -> Found<'a> {
+        let mut f = Found::default();
+        for (name, value) in headers {
+            if let Some(i) = Found::index(name.as_str()) {
+                f.values[i].get_or_insert(value);
             }
         }
+        f
     }
-    Ok(parent)
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.values[Found::index(key)?].and_then(|v| v.to_str().ok())
+    }
 }
 
 /// [`extract`] over any key/value carrier (an RPC request's attachments or header map): `get`
@@ -191,6 +205,17 @@ fn parse_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
+/// The two lower-case hex digits of every byte.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
 fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
     for b in bytes {
         out.push(HEX[(b >> 4) as usize]);
@@ -200,10 +225,21 @@ fn write_hex(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Lower-case hex of `bytes` into `out[at..]` (which must hold `2 * bytes.len()`).
 fn hex_into(out: &mut [u8], at: usize, bytes: &[u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        out[at + 2 * i] = HEX[(b >> 4) as usize];
-        out[at + 2 * i + 1] = HEX[(b & 15) as usize];
+    for (pair, b) in out[at..at + 2 * bytes.len()].chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[*b as usize]);
     }
+}
+
+fn hex16(id: &TraceId) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    hex_into(&mut out, 0, id);
+    out
+}
+
+fn hex8(id: &SpanId) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    hex_into(&mut out, 0, id);
+    out
 }
 
 /// A W3C `traceparent` value: `00-<trace id>-<span id>-<flags>`.
@@ -467,8 +503,20 @@ pub struct TraceCounters {
     pub export_failed: Counter,
 }
 
-/// The receiving end of a tracer's queue, for the exporter task.
-pub type TraceReceiver = tokio::sync::mpsc::Receiver<Box<TraceExchange>>;
+/// The receiving end of a tracer's queue, for the exporter task: the records, and a signal raised
+/// once a batch's worth is waiting. The exporter is meant to wake on that signal or on its batch
+/// timer and then drain the queue with `try_recv`, not to await each record: a wake-up per record
+/// cost more than the record's encoding.
+pub struct TraceReceiver {
+    pub rx: tokio::sync::mpsc::Receiver<Box<TraceExchange>>,
+    pub batch_ready: Arc<tokio::sync::Notify>,
+}
+
+impl TraceReceiver {
+    pub fn try_recv(&mut self) -> Result<Box<TraceExchange>, tokio::sync::mpsc::error::TryRecvError> {
+        self.rx.try_recv()
+    }
+}
 
 /// One connection manager's tracing: its settings and the exporter queue.
 pub struct Tracer {
@@ -477,20 +525,28 @@ pub struct Tracer {
     pub instance: String,
     pub counters: TraceCounters,
     tx: tokio::sync::mpsc::Sender<Box<TraceExchange>>,
+    batch_ready: Arc<tokio::sync::Notify>,
+    /// Records that make a batch (`batch_size`, at most the queue's size).
+    batch: usize,
 }
 
 impl Tracer {
     /// A tracer and the receiving end of its queue (bounded by `max_queue_size`).
     pub fn new(config: Arc<Tracing>, instance: String, counters: TraceCounters) -> (Tracer, TraceReceiver) {
-        let (tx, rx) = tokio::sync::mpsc::channel(config.max_queue_size.max(1) as usize);
+        let queue = config.max_queue_size.max(1) as usize;
+        let (tx, rx) = tokio::sync::mpsc::channel(queue);
+        let batch_ready = Arc::new(tokio::sync::Notify::new());
+        let batch = (config.batch_size.max(1) as usize).min(queue);
         (
             Tracer {
                 config,
                 instance,
                 counters,
                 tx,
+                batch_ready: batch_ready.clone(),
+                batch,
             },
-            rx,
+            TraceReceiver { rx, batch_ready },
         )
     }
 
@@ -498,15 +554,17 @@ impl Tracer {
     /// request's host is the URI's authority or, without one, its `host` header (a reference-counted
     /// handle, not a copy).
     pub fn start(&self, method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Box<TraceExchange> {
-        let parent = extract_decision(headers, &self.config.propagators);
+        let found = Found::scan(headers);
+        let parent = extract_decision_by(|k| found.get(k), &self.config.propagators);
         let w3c_parent = parent.as_ref().is_ok_and(|p| p.format == Propagator::W3c);
         let mut ex = self.begin(parent, method.clone(), uri.clone(), peer);
         if uri.authority().is_none() {
             ex.host = headers.get(http::header::HOST).cloned();
         }
         if w3c_parent {
-            ex.tracestate = headers.get(&TRACESTATE).cloned();
+            ex.tracestate = found.values[7].cloned();
         }
+        ex.b3_flags = found.values[5].is_some();
         ex
     }
 
@@ -578,6 +636,7 @@ impl Tracer {
             route: None,
             rpc: None,
             tcp: None,
+            b3_flags: false,
         })
     }
 
@@ -630,8 +689,15 @@ impl Tracer {
         ex.status = status;
         ex.reason = reason;
         ex.route = route.map(str::to_string);
-        if self.tx.try_send(ex).is_err() {
-            self.counters.dropped.inc();
+        match self.tx.try_send(ex) {
+            Ok(()) => {
+                if self.tx.max_capacity() - self.tx.capacity() >= self.batch {
+                    self.batch_ready.notify_one();
+                }
+            }
+            Err(_) => {
+                self.counters.dropped.inc();
+            }
         }
     }
 }
@@ -664,6 +730,8 @@ pub struct TraceExchange {
     pub rpc: Option<Box<RpcSpan>>,
     /// Set for a TCP proxy session: one span, and `method`/`uri`/`host` are unused.
     pub tcp: Option<Box<TcpSpan>>,
+    /// The request carried `x-b3-flags` (removed upstream when B3 multi-header is injected).
+    pub b3_flags: bool,
 }
 
 /// What a TCP proxy session's span says besides the common fields.
@@ -743,6 +811,11 @@ impl TraceExchange {
         if !self.sampled {
             return self.deny(tracer, span_id, cluster, headers);
         }
+        // Every value in one buffer, each header a slice of it: one allocation, not one per header.
+        let mut buf = bytes::BytesMut::with_capacity(256);
+        let mut parts: [Option<(HeaderName, usize, usize)>; 8] = Default::default();
+        let mut n = 0;
+        let mut remove_flags = false;
         for p in &tracer.config.propagators {
             self.inject(
                 *p,
@@ -751,12 +824,26 @@ impl TraceExchange {
                 cluster,
                 self.uri.path(),
                 &mut |name, v| match name {
-                    Some(name) => put(headers, name, v),
-                    None => {
-                        headers.remove(&B3_FLAGS);
+                    Some(name) => {
+                        let start = buf.len();
+                        buf.extend_from_slice(v);
+                        if let Some(slot) = parts.get_mut(n) {
+                            *slot = Some((name, start, buf.len()));
+                            n += 1;
+                        }
                     }
+                    None => remove_flags = true,
                 },
             );
+        }
+        let all = buf.freeze();
+        for (name, start, end) in parts.into_iter().flatten() {
+            if let Ok(v) = HeaderValue::from_maybe_shared(all.slice(start..end)) {
+                headers.insert(name, v);
+            }
+        }
+        if remove_flags {
+            headers.remove(&B3_FLAGS);
         }
     }
 
@@ -855,35 +942,30 @@ impl TraceExchange {
         h: &mut dyn FnMut(Option<HeaderName>, &[u8]),
     ) {
         let flag = if self.sampled { b'1' } else { b'0' };
-        let mut v = Vec::with_capacity(64);
         match p {
             Propagator::W3c => {
                 h(Some(TRACEPARENT), &traceparent(&self.trace_id, &span_id, self.sampled));
                 // `tracestate` passes through as received (weft adds no entry of its own).
             }
             Propagator::B3 => {
-                write_hex(&mut v, &self.trace_id);
-                v.push(b'-');
-                write_hex(&mut v, &span_id);
-                v.push(b'-');
-                v.push(flag);
-                v.push(b'-');
-                write_hex(&mut v, &self.server_span);
-                h(Some(B3), &v);
+                let mut b = [b'-'; 68];
+                b[..32].copy_from_slice(&hex16(&self.trace_id));
+                b[33..49].copy_from_slice(&hex8(&span_id));
+                b[50] = flag;
+                b[52..].copy_from_slice(&hex8(&self.server_span));
+                h(Some(B3), &b);
             }
             Propagator::B3multi => {
-                write_hex(&mut v, &self.trace_id);
-                h(Some(B3_TRACE_ID), &v);
-                v.clear();
-                write_hex(&mut v, &span_id);
-                h(Some(B3_SPAN_ID), &v);
-                v.clear();
-                write_hex(&mut v, &self.server_span);
-                h(Some(B3_PARENT_SPAN_ID), &v);
+                h(Some(B3_TRACE_ID), &hex16(&self.trace_id));
+                h(Some(B3_SPAN_ID), &hex8(&span_id));
+                h(Some(B3_PARENT_SPAN_ID), &hex8(&self.server_span));
                 h(Some(B3_SAMPLED), &[flag]);
-                h(None, &[]);
+                if self.b3_flags {
+                    h(None, &[]);
+                }
             }
             Propagator::Sw8 => {
+                let mut v = Vec::with_capacity(128);
                 v.push(flag);
                 v.push(b'-');
                 match self.parent.as_ref().and_then(|p| p.sw8.as_ref()) {
@@ -1145,6 +1227,13 @@ mod tests {
         ex.end_client(Some(peer), 1, Some(200));
         t.finish(ex, 200, None, Some("r"));
         assert!(rx.try_recv().is_ok());
+
+        // A caller's `x-b3-flags` does not travel on (the debug flag is carried as sampled).
+        let mut hf = h.clone();
+        hf.insert(B3_FLAGS, HeaderValue::from_static("1"));
+        let mut exf = t.start(&Method::GET, &uri, &hf, peer);
+        exf.start_client(&t, &Arc::from("backend"), &mut hf);
+        assert!(!hf.contains_key(&B3_FLAGS) && hf.contains_key(&B3_TRACE_ID));
 
         // Unsampled: upstream hears the decision only, in every format.
         let mut ex = t.start(&Method::GET, &uri, &HeaderMap::new(), peer);

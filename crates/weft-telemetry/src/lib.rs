@@ -26,7 +26,7 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use weft_config::{OtlpProtocol, TraceEndpoint, Tracing};
 use weft_core::trace::{hex, TraceCounters, TraceExchange, TraceReceiver, Tracer};
 
-/// A batch is sent when full or when its oldest record has waited this long.
+/// A batch is sent when full, and whatever is queued at least this often.
 pub const BATCH_DELAY: Duration = Duration::from_millis(500);
 /// At most one warning per this interval about a failing collector.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -96,41 +96,60 @@ impl std::fmt::Display for ExportError {
 }
 
 impl Exporter {
-    async fn run(mut self, mut rx: TraceReceiver) {
+    /// Wakes when a batch's worth is queued or every [`BATCH_DELAY`], drains the queue in batches
+    /// and exports them; ends (after a last export) when the tracer is gone.
+    async fn run(mut self, mut q: TraceReceiver) {
         let batch_size = self.config.batch_size.max(1) as usize;
         let mut batch: Vec<Box<TraceExchange>> = Vec::with_capacity(batch_size);
         loop {
-            let Some(first) = rx.recv().await else { break };
-            batch.push(first);
-            let deadline = tokio::time::Instant::now() + BATCH_DELAY;
-            let mut closed = false;
-            while batch.len() < batch_size {
-                tokio::select! {
-                    r = rx.recv() => match r {
-                        Some(x) => batch.push(x),
-                        None => { closed = true; break; }
-                    },
-                    _ = tokio::time::sleep_until(deadline) => break,
-                }
+            tokio::select! {
+                _ = q.batch_ready.notified() => {}
+                _ = tokio::time::sleep(BATCH_DELAY) => {}
             }
-            let (req, spans) = self.encoder.encode(&batch);
-            batch.clear();
-            let timeout = self.config.export_timeout;
-            match tokio::time::timeout(timeout, self.export(req)).await {
-                Ok(Ok(rejected)) => {
-                    self.counters.exported.inc_by(spans.saturating_sub(rejected));
-                    self.counters.export_failed.inc_by(rejected.min(spans));
+            let mut closed = false;
+            loop {
+                while batch.len() < batch_size {
+                    match q.rx.try_recv() {
+                        Ok(x) => batch.push(x),
+                        Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                            closed = true;
+                            break;
+                        }
+                    }
                 }
-                Ok(Err(e)) => self.failed(spans, e),
-                Err(_) => {
-                    // A half-done call may leave the connection in doubt: start afresh next time.
-                    self.grpc = None;
-                    self.http = None;
-                    self.failed(spans, ExportError::Timeout)
+                if batch.is_empty() {
+                    break;
+                }
+                let full = batch.len() == batch_size;
+                self.send(&mut batch).await;
+                if !full {
+                    break;
                 }
             }
             if closed {
                 break;
+            }
+        }
+    }
+
+    /// Encodes and exports `batch`, then empties it (the boxes come from the queue as they are).
+    #[allow(clippy::vec_box)]
+    async fn send(&mut self, batch: &mut Vec<Box<TraceExchange>>) {
+        let (req, spans) = self.encoder.encode(batch);
+        batch.clear();
+        let timeout = self.config.export_timeout;
+        match tokio::time::timeout(timeout, self.export(req)).await {
+            Ok(Ok(rejected)) => {
+                self.counters.exported.inc_by(spans.saturating_sub(rejected));
+                self.counters.export_failed.inc_by(rejected.min(spans));
+            }
+            Ok(Err(e)) => self.failed(spans, e),
+            Err(_) => {
+                // A half-done call may leave the connection in doubt: start afresh next time.
+                self.grpc = None;
+                self.http = None;
+                self.failed(spans, ExportError::Timeout)
             }
         }
     }

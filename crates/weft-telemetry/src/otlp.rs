@@ -99,13 +99,67 @@ fn kv(buf: &mut Vec<u8>, field: u32, key: &str, v: Val<'_>) {
     }
 }
 
-/// Span attributes (field 9).
-fn attr(buf: &mut Vec<u8>, key: &str, v: Val<'_>) {
-    kv(buf, 9, key, v);
+/// An attribute key as it is written: field 1 of `KeyValue` (tag, length, bytes), padded to a
+/// fixed size so that copying it is a few fixed-size moves, not a `memcpy` call.
+struct Key {
+    b: [u8; 48],
+    n: usize,
 }
 
-fn attr_str(buf: &mut Vec<u8>, key: &str, v: &str) {
-    attr(buf, key, Val::Str(v.as_bytes()));
+const fn key(s: &str) -> Key {
+    let k = s.as_bytes();
+    assert!(k.len() <= 46);
+    let mut b = [0u8; 48];
+    b[0] = (1 << 3) | 2;
+    b[1] = k.len() as u8;
+    let mut i = 0;
+    while i < k.len() {
+        b[2 + i] = k[i];
+        i += 1;
+    }
+    Key { b, n: k.len() + 2 }
+}
+
+/// A span attribute (`Span.attributes`, field 9) with a constant key.
+fn attr_key(buf: &mut Vec<u8>, key: &Key, v: Val<'_>) {
+    let any_len = match v {
+        Val::Str(s) => 1 + varint_len(s.len() as u64) + s.len(),
+        Val::Int(i) => 1 + varint_len(i as u64),
+        Val::Bool(_) => 2,
+    };
+    let kv_len = key.n + 1 + varint_len(any_len as u64) + any_len;
+    buf.reserve(kv_len + 64);
+    buf.push((9 << 3) | 2);
+    varint(buf, kv_len as u64);
+    let at = buf.len();
+    buf.extend_from_slice(&key.b);
+    buf.truncate(at + key.n);
+    buf.push((2 << 3) | 2);
+    varint(buf, any_len as u64);
+    match v {
+        Val::Str(s) => len_field(buf, 1, s),
+        Val::Int(i) => {
+            buf.push(3 << 3);
+            varint(buf, i as u64);
+        }
+        Val::Bool(b) => {
+            buf.push(2 << 3);
+            buf.push(u8::from(b));
+        }
+    }
+}
+
+macro_rules! attr {
+    ($b:expr, $k:literal, $v:expr) => {{
+        const K: Key = key($k);
+        attr_key($b, &K, $v)
+    }};
+}
+
+macro_rules! attr_str {
+    ($b:expr, $k:literal, $v:expr) => {
+        attr!($b, $k, Val::Str($v.as_bytes()))
+    };
 }
 
 /// Decimal digits of `v` at the end of `out`; returns where they start.
@@ -122,6 +176,7 @@ fn decimal(out: &mut [u8; 20], mut v: u64) -> usize {
 }
 
 /// An IP address as text (IPv4 without `core::fmt`; IPv6, rare on this path, through it).
+#[derive(Clone, Copy)]
 struct IpText {
     buf: [u8; 45],
     len: usize,
@@ -158,10 +213,30 @@ impl IpText {
     }
 }
 
+/// The text of the last two addresses seen (a sidecar's spans name the same few hosts).
+#[derive(Default)]
+struct IpCache {
+    slots: [Option<(IpAddr, IpText)>; 2],
+    next: usize,
+}
+
+impl IpCache {
+    fn get(&mut self, ip: IpAddr) -> IpText {
+        for (a, t) in self.slots.iter().flatten() {
+            if *a == ip {
+                return *t;
+            }
+        }
+        let t = IpText::new(ip);
+        self.slots[self.next] = Some((ip, t));
+        self.next = (self.next + 1) % 2;
+        t
+    }
+}
+
 /// `ip:port` (`[ip]:port` for IPv6), as `SocketAddr`'s `Display` writes it.
-fn host_port(addr: SocketAddr, out: &mut Vec<u8>) {
+fn host_port(addr: SocketAddr, ip: &IpText, out: &mut Vec<u8>) {
     out.clear();
-    let ip = IpText::new(addr.ip());
     if addr.is_ipv6() {
         out.push(b'[');
         out.extend_from_slice(ip.as_bytes());
@@ -185,6 +260,7 @@ pub struct Encoder {
     /// One span's body while it is written.
     span: Vec<u8>,
     scratch: Vec<u8>,
+    ips: IpCache,
     /// Spans in the current batch.
     count: u64,
 }
@@ -205,6 +281,7 @@ impl Encoder {
             spans: Vec::new(),
             span: Vec::with_capacity(1024),
             scratch: Vec::with_capacity(64),
+            ips: IpCache::default(),
             count: 0,
         }
     }
@@ -258,22 +335,22 @@ impl Encoder {
         fixed64_field(&mut self.span, 7, x.start_unix_nanos);
         fixed64_field(&mut self.span, 8, x.start_unix_nanos + x.server_nanos);
         let b = &mut self.span;
-        attr_str(b, "http.request.method", method);
-        attr_str(b, "url.path", x.uri.path());
-        attr_str(b, "url.scheme", "http");
-        attr(b, "http.response.status_code", Val::Int(i64::from(x.status)));
-        peer(b, x.peer);
+        attr_str!(b, "http.request.method", method);
+        attr_str!(b, "url.path", x.uri.path());
+        attr_str!(b, "url.scheme", "http");
+        attr!(b, "http.response.status_code", Val::Int(i64::from(x.status)));
+        peer(b, &mut self.ips, x.peer);
         if let Some(h) = x.host() {
             let (host, port) = split_host_port(h);
             if !host.is_empty() {
-                attr_str(b, "server.address", host);
+                attr_str!(b, "server.address", host);
             }
             if let Some(p) = port {
-                attr(b, "server.port", Val::Int(i64::from(p)));
+                attr!(b, "server.port", Val::Int(i64::from(p)));
             }
         }
         if let Some(q) = x.uri.query() {
-            attr_str(b, "url.query", q);
+            attr_str!(b, "url.query", q);
         }
         weft_attrs(b, x);
         status(b, error, x.reason);
@@ -288,18 +365,18 @@ impl Encoder {
             varint(b, SPAN_KIND_CLIENT);
             fixed64_field(b, 7, c.start_unix_nanos);
             fixed64_field(b, 8, c.start_unix_nanos + c.nanos);
-            attr_str(b, "http.request.method", method);
-            attr_str(b, "url.path", x.uri.path());
-            attr_str(b, "weft.upstream.cluster", &c.cluster);
-            attr(b, "weft.attempts", Val::Int(i64::from(c.attempts)));
-            upstream(b, &mut self.scratch, c.host);
+            attr_str!(b, "http.request.method", method);
+            attr_str!(b, "url.path", x.uri.path());
+            attr_str!(b, "weft.upstream.cluster", &c.cluster);
+            attr!(b, "weft.attempts", Val::Int(i64::from(c.attempts)));
+            upstream(b, &mut self.ips, &mut self.scratch, c.host);
             if let Some(st) = c.status {
-                attr(b, "http.response.status_code", Val::Int(i64::from(st)));
+                attr!(b, "http.response.status_code", Val::Int(i64::from(st)));
             }
             // The client span failed when no response came back (the reason says why) or it was a 4xx/5xx.
             let reason = if c.status.is_none() { x.reason } else { None };
             if let Some(r) = reason {
-                attr_str(b, "weft.reason", r);
+                attr_str!(b, "weft.reason", r);
             }
             status(b, c.status.is_none_or(|st| st >= 400), reason);
             self.flags(true, x.sampled);
@@ -319,11 +396,11 @@ impl Encoder {
             b.extend_from_slice(rpc.method.as_bytes());
         };
         let common = |b: &mut Vec<u8>| {
-            attr_str(b, "rpc.system", rpc.system);
-            attr_str(b, "rpc.service", &rpc.service);
-            attr_str(b, "rpc.method", &rpc.method);
+            attr_str!(b, "rpc.system", rpc.system);
+            attr_str!(b, "rpc.service", &rpc.service);
+            attr_str!(b, "rpc.method", &rpc.method);
             if rpc.one_way {
-                attr(b, "weft.one_way", Val::Bool(true));
+                attr!(b, "weft.one_way", Val::Bool(true));
             }
         };
         let mut d = [0u8; 20];
@@ -336,10 +413,10 @@ impl Encoder {
         fixed64_field(b, 7, x.start_unix_nanos);
         fixed64_field(b, 8, x.start_unix_nanos + x.server_nanos);
         common(b);
-        peer(b, x.peer);
+        peer(b, &mut self.ips, x.peer);
         if !rpc.one_way {
             let at = decimal(&mut d, u64::from(x.status));
-            attr(b, "rpc.response.status_code", Val::Str(&d[at..]));
+            attr!(b, "rpc.response.status_code", Val::Str(&d[at..]));
         }
         weft_attrs(b, x);
         status(b, !rpc.ok || x.reason.is_some(), x.reason);
@@ -354,15 +431,15 @@ impl Encoder {
             fixed64_field(b, 7, c.start_unix_nanos);
             fixed64_field(b, 8, c.start_unix_nanos + c.nanos);
             common(b);
-            attr_str(b, "weft.upstream.cluster", &c.cluster);
-            upstream(b, &mut self.scratch, c.host);
+            attr_str!(b, "weft.upstream.cluster", &c.cluster);
+            upstream(b, &mut self.ips, &mut self.scratch, c.host);
             if let Some(st) = c.status {
                 let at = decimal(&mut d, u64::from(st));
-                attr(b, "rpc.response.status_code", Val::Str(&d[at..]));
+                attr!(b, "rpc.response.status_code", Val::Str(&d[at..]));
             }
             let reason = if c.status.is_none() { x.reason } else { None };
             if let Some(r) = reason {
-                attr_str(b, "weft.reason", r);
+                attr_str!(b, "weft.reason", r);
             }
             status(b, (c.status.is_none() && !rpc.one_way) || !rpc.upstream_ok, reason);
             self.flags(true, x.sampled);
@@ -383,23 +460,24 @@ impl Encoder {
         varint(b, SPAN_KIND_SERVER);
         fixed64_field(b, 7, x.start_unix_nanos);
         fixed64_field(b, 8, x.start_unix_nanos + x.server_nanos);
-        attr_str(b, "network.transport", "tcp");
-        attr_str(b, "weft.upstream.cluster", &t.cluster);
-        attr(b, "weft.bytes_received", Val::Int(t.bytes_received as i64));
-        attr(b, "weft.bytes_sent", Val::Int(t.bytes_sent as i64));
-        attr(b, "weft.attempts", Val::Int(i64::from(t.attempts)));
-        peer(b, x.peer);
+        attr_str!(b, "network.transport", "tcp");
+        attr_str!(b, "weft.upstream.cluster", &t.cluster);
+        attr!(b, "weft.bytes_received", Val::Int(t.bytes_received as i64));
+        attr!(b, "weft.bytes_sent", Val::Int(t.bytes_sent as i64));
+        attr!(b, "weft.attempts", Val::Int(i64::from(t.attempts)));
+        peer(b, &mut self.ips, x.peer);
         if let Some(h) = t.host {
-            attr(b, "server.address", Val::Str(IpText::new(h.ip()).as_bytes()));
-            attr(b, "server.port", Val::Int(i64::from(h.port())));
-            host_port(h, &mut self.scratch);
-            attr(b, "weft.upstream.host", Val::Str(&self.scratch));
+            let ip = self.ips.get(h.ip());
+            attr!(b, "server.address", Val::Str(ip.as_bytes()));
+            attr!(b, "server.port", Val::Int(i64::from(h.port())));
+            host_port(h, &ip, &mut self.scratch);
+            attr!(b, "weft.upstream.host", Val::Str(&self.scratch));
         }
         if let Some(r) = x.reason {
-            attr_str(b, "weft.reason", r);
+            attr_str!(b, "weft.reason", r);
         }
         if x.forced {
-            attr(b, "weft.force_sampled", Val::Bool(true));
+            attr!(b, "weft.force_sampled", Val::Bool(true));
         }
         status(b, x.reason.is_some(), x.reason);
         // A TCP session has no caller context: "remote parent" stays unset.
@@ -446,24 +524,23 @@ fn client_ids(b: &mut Vec<u8>, x: &TraceExchange, c: &ClientSpan) {
 }
 
 /// The downstream peer: `network.peer.*` and `client.address`.
-fn peer(b: &mut Vec<u8>, p: SocketAddr) {
-    let ip = IpText::new(p.ip());
-    attr(b, "network.peer.address", Val::Str(ip.as_bytes()));
-    attr(b, "network.peer.port", Val::Int(i64::from(p.port())));
-    attr(b, "client.address", Val::Str(ip.as_bytes()));
+fn peer(b: &mut Vec<u8>, ips: &mut IpCache, p: SocketAddr) {
+    let ip = ips.get(p.ip());
+    attr!(b, "network.peer.address", Val::Str(ip.as_bytes()));
+    attr!(b, "network.peer.port", Val::Int(i64::from(p.port())));
+    attr!(b, "client.address", Val::Str(ip.as_bytes()));
 }
 
 /// The upstream host a client span reached (none when no connection was made).
-fn upstream(b: &mut Vec<u8>, scratch: &mut Vec<u8>, host: Option<SocketAddr>) {
+fn upstream(b: &mut Vec<u8>, ips: &mut IpCache, scratch: &mut Vec<u8>, host: Option<SocketAddr>) {
     if let Some(h) = host {
-        let ip = IpText::new(h.ip());
-        let port = Val::Int(i64::from(h.port()));
-        attr(b, "server.address", Val::Str(ip.as_bytes()));
-        attr(b, "server.port", port);
-        attr(b, "network.peer.address", Val::Str(ip.as_bytes()));
-        attr(b, "network.peer.port", Val::Int(i64::from(h.port())));
-        host_port(h, scratch);
-        attr(b, "weft.upstream.host", Val::Str(scratch));
+        let ip = ips.get(h.ip());
+        attr!(b, "server.address", Val::Str(ip.as_bytes()));
+        attr!(b, "server.port", Val::Int(i64::from(h.port())));
+        attr!(b, "network.peer.address", Val::Str(ip.as_bytes()));
+        attr!(b, "network.peer.port", Val::Int(i64::from(h.port())));
+        host_port(h, &ip, scratch);
+        attr!(b, "weft.upstream.host", Val::Str(scratch));
     }
 }
 
@@ -471,24 +548,24 @@ fn upstream(b: &mut Vec<u8>, scratch: &mut Vec<u8>, host: Option<SocketAddr>) {
 /// and the SkyWalking context it continued.
 fn weft_attrs(b: &mut Vec<u8>, x: &TraceExchange) {
     if let Some(r) = &x.route {
-        attr_str(b, "weft.route", r);
+        attr_str!(b, "weft.route", r);
     }
     if let Some(r) = x.reason {
-        attr_str(b, "weft.reason", r);
+        attr_str!(b, "weft.reason", r);
     }
     if x.forced {
-        attr(b, "weft.force_sampled", Val::Bool(true));
+        attr!(b, "weft.force_sampled", Val::Bool(true));
     }
     if let Some(c) = &x.client {
-        attr_str(b, "weft.upstream.cluster", &c.cluster);
+        attr_str!(b, "weft.upstream.cluster", &c.cluster);
     }
     if let Some(sw) = x.parent.as_ref().and_then(|p| p.sw8.as_deref()) {
-        attr_str(b, "skywalking.trace_id", &sw.trace_id);
-        attr_str(b, "skywalking.parent.segment_id", &sw.parent_segment);
-        attr(b, "skywalking.parent.span_id", Val::Int(i64::from(sw.parent_span)));
-        attr_str(b, "skywalking.parent.service", &sw.parent_service);
-        attr_str(b, "skywalking.parent.service_instance", &sw.parent_instance);
-        attr_str(b, "skywalking.parent.endpoint", &sw.parent_endpoint);
+        attr_str!(b, "skywalking.trace_id", &sw.trace_id);
+        attr_str!(b, "skywalking.parent.segment_id", &sw.parent_segment);
+        attr!(b, "skywalking.parent.span_id", Val::Int(i64::from(sw.parent_span)));
+        attr_str!(b, "skywalking.parent.service", &sw.parent_service);
+        attr_str!(b, "skywalking.parent.service_instance", &sw.parent_instance);
+        attr_str!(b, "skywalking.parent.endpoint", &sw.parent_endpoint);
     }
 }
 

@@ -313,6 +313,7 @@ mod tests {
             route: None,
             rpc: None,
             tcp: None,
+            b3_flags: false,
         }
     }
 
