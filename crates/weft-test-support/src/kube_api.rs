@@ -159,8 +159,14 @@ impl KubeApi {
     /// Starts the server on 127.0.0.1 (ephemeral port) on its own thread and runtime, serving
     /// [`standard_types`].
     pub fn start() -> KubeApi {
+        KubeApi::start_with_types(standard_types())
+    }
+
+    /// Starts the server serving only `types` (others answer 404 NotFound, as on a cluster
+    /// without those CRDs installed).
+    pub fn start_with_types(types: Vec<ResourceType>) -> KubeApi {
         let state = Arc::new(Mutex::new(State {
-            types: standard_types(),
+            types,
             rv: 100,
             ..Default::default()
         }));

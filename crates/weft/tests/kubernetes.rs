@@ -280,6 +280,27 @@ fn istio_virtual_services_and_destination_rules_steer_a_weft_sidecar() {
     let t = tally(outbound, "", 50);
     assert_eq!(t.get("v2"), Some(&50), "{t:?}");
 
+    // A WeftRoute for the same service wins over the VirtualService; the difference is a conflict
+    // on /debug/registry. Deleting it brings the VirtualService back.
+    api.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+        "metadata": {"name": "reviews-weft", "namespace": "shop"},
+        "spec": {"service": "reviews.shop", "http": [{"route": [{"destination": "reviews.shop", "subset": "v1"}]}]}
+    }));
+    time_until("the WeftRoute wins", Duration::from_secs(5), || {
+        tally(outbound, "", 20).get("v1") == Some(&20)
+    });
+    let (_, body) = http(admin, "x", "/debug/registry").unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let c = &v["conflicts"][0];
+    assert_eq!(c["kind"], "routes", "{v}");
+    assert_eq!(c["kept"], "k8s:weftroute/shop/reviews-weft", "{v}");
+    assert_eq!(c["dropped"], "k8s:virtualservice/shop/reviews", "{v}");
+    assert!(api.delete("WeftRoute", "shop", "reviews-weft"));
+    time_until("the VirtualService back", Duration::from_secs(5), || {
+        tally(outbound, "", 20).get("v2") == Some(&20)
+    });
+
     // Refused and reported: the rewrite route, and a VirtualService for an ingress gateway only.
     let mut gw = vs.clone();
     gw["metadata"]["name"] = json!("reviews-ingress");
