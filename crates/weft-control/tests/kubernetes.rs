@@ -440,3 +440,53 @@ async fn istio_resources_become_policies_and_a_cluster_without_istio_still_syncs
     })
     .await;
 }
+
+#[test]
+fn a_destination_rule_consistent_hash_keys_the_virtual_service_routes_to_its_host() {
+    let mut dr = fixture("destinationrule-reviews.json");
+    dr["spec"]["trafficPolicy"]["loadBalancer"] = json!({"consistentHash": {"httpHeaderName": "x-user"}});
+    let mut vs = fixture("virtualservice-reviews.json");
+    // A second port: `port.number` picks its weft service.
+    let mut svc = fixture("service-reviews.json");
+    svc["spec"]["ports"] = json!([
+        {"name": "http", "protocol": "TCP", "port": 9080},
+        {"name": "grpc", "protocol": "TCP", "port": 9090}
+    ]);
+    vs["spec"]["http"][0]["route"][0]["destination"]["port"] = json!({"number": 9080});
+    vs["spec"]["http"][1]["mirror"] = json!({"host": "reviews.bookinfo.svc.cluster.local", "port": {"number": 9090}});
+    vs["spec"]["http"][1]["mirrorPercentage"] = json!({"value": 1.5});
+    let objects = vec![svc, dr, vs];
+    let (changes, skipped) = weft_control::registry::kubernetes::changes_for_objects(&objects, "cluster.local");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let f = changes
+        .iter()
+        .find_map(|c| match c {
+            SourceChange::Upsert { source, fragment } if source == "k8s:virtualservice/bookinfo/reviews" => {
+                Some(fragment)
+            }
+            _ => None,
+        })
+        .expect("the VirtualService published");
+    let http = &f.routes[0].http;
+    assert_eq!(http[0].route[0].service, "reviews.bookinfo");
+    for h in http {
+        assert_eq!(
+            h.hash,
+            Some(weft_control::model::HashOn::Header("x-user".into())),
+            "{h:?}"
+        );
+    }
+    let m = http[1].mirror.as_ref().unwrap();
+    assert_eq!(m.dest.service, "reviews.bookinfo.grpc");
+    assert_eq!(m.percent, 1.5);
+    let d = changes
+        .iter()
+        .find_map(|c| match c {
+            SourceChange::Upsert { source, fragment } if source == "k8s:destinationrule/bookinfo/reviews" => {
+                Some(fragment)
+            }
+            _ => None,
+        })
+        .expect("the DestinationRule published");
+    assert_eq!(d.destinations[0].lb, weft_control::model::LbPolicy::RingHash);
+}

@@ -244,8 +244,9 @@ enum Msg {
     Destination(Box<Event<WeftDestination>>),
     VirtualService(Box<Event<VirtualService>>),
     DestinationRule(Box<Event<DestinationRule>>),
-    /// The API server does not serve this kind (Istio's CRDs not installed): nothing of it.
-    Absent(&'static str),
+    /// The API server does not serve this kind (404: Istio's CRDs not installed) or does not let
+    /// weft read it (403: an older ClusterRole): nothing of it. (kind, HTTP status)
+    Absent(&'static str, u16),
 }
 
 fn source_of(k: &Key) -> String {
@@ -370,12 +371,14 @@ impl KubeState {
                         .extend(old.iter().chain(new.iter()).map(|r| ("DestinationRule", key(&**r))));
                 }
             }
-            Msg::Absent(kind) => {
+            Msg::Absent(kind, code) => {
                 let cache_synced = match kind {
                     "VirtualService" => &mut self.virtual_services.synced,
                     _ => &mut self.destination_rules.synced,
                 };
-                if !*cache_synced {
+                if !*cache_synced && code == 403 {
+                    tracing::warn!(kind, "kubernetes registry: not allowed to list {kind} (grant list/watch on networking.istio.io, deploy/kubernetes/20-clusterrole.yaml); none read");
+                } else if !*cache_synced {
                     tracing::info!(kind, "kubernetes registry: the API server does not serve {kind} (Istio's CRDs are not installed); none read");
                 }
                 *cache_synced = true;
@@ -786,11 +789,15 @@ where
         .boxed()
 }
 
-/// A kind the API server does not serve (404 on its list: Istio's CRDs are not installed) is
-/// read as empty; its watcher keeps retrying with backoff and reads it once it is installed.
+/// A kind the API server does not serve (404 on its list: Istio's CRDs are not installed) or does
+/// not let weft read (403: a ClusterRole from before Istio support) is read as empty, so the rest
+/// of the mesh still syncs; its watcher keeps retrying with backoff and reads it once it can.
 fn absent_if_404(r: Result<Msg, watcher::Error>, kind: &'static str) -> Result<Msg, watcher::Error> {
     match r {
-        Err(watcher::Error::InitialListFailed(kube::Error::Api(s))) if s.code == 404 => Ok(Msg::Absent(kind)),
+        Err(
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
+        ) if s.code == 404 || s.code == 403 => Ok(Msg::Absent(kind, s.code)),
         r => r,
     }
 }
