@@ -25,6 +25,8 @@ pub mod drain;
 pub mod graph;
 #[cfg(feature = "kubernetes")]
 pub mod injector;
+#[cfg(feature = "kubernetes")]
+pub mod istio;
 pub mod metrics;
 pub mod model;
 pub mod registry;

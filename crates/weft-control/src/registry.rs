@@ -502,7 +502,16 @@ impl Catalog {
     fn record_conflicts(&self, conflicts: Vec<merge::Conflict>) {
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         for c in &conflicts {
-            if !st.conflicts.contains(c) {
+            if !st.conflicts.contains(c) && c.kept_precedence == c.dropped_precedence {
+                // Only inside the Kubernetes registry ([`merge::tier`]).
+                tracing::warn!(
+                    kind = c.kind,
+                    name = %c.name,
+                    served_from = %c.kept,
+                    dropped_from = %c.dropped,
+                    "registry conflict: a weft custom resource and an Istio resource define the same name differently; the weft resource wins"
+                );
+            } else if !st.conflicts.contains(c) {
                 tracing::warn!(
                     kind = c.kind,
                     name = %c.name,

@@ -368,3 +368,125 @@ async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_resources_become_policies_and_a_cluster_without_istio_still_syncs() {
+    // Istio's CRDs not installed: their lists answer 404; the registry syncs without them.
+    let bare: Vec<_> = weft_test_support::kube_api::standard_types()
+        .into_iter()
+        .filter(|t| !t.prefix.contains("istio"))
+        .collect();
+    let api = KubeApi::start_with_types(bare);
+    load_bookinfo(&api);
+    let mut h = Harness::start(&api);
+    h.until("the first sync without Istio", Duration::from_secs(10), |s| s.synced)
+        .await;
+    assert_ne!(h.seen.connected, Some(false), "a missing Istio CRD is not an outage");
+    assert!(h.seen.sources.contains_key(REVIEWS));
+
+    // With Istio: the recorded VirtualService and DestinationRule become routes and a policy.
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    api.apply(fixture("virtualservice-reviews.json"));
+    api.apply(fixture("destinationrule-reviews.json"));
+    let mut broken = fixture("destinationrule-reviews.json");
+    broken["metadata"]["name"] = json!("ratings");
+    broken["spec"] = json!({"host": "ratings", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpCookie": {"name": "user", "ttl": "0s"}}}}});
+    api.apply(broken);
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    let vs = h
+        .seen
+        .sources
+        .get("k8s:virtualservice/bookinfo/reviews")
+        .expect("the VirtualService published");
+    assert_eq!(vs.routes[0].service, "reviews.bookinfo");
+    let http = &vs.routes[0].http;
+    assert_eq!(http.len(), 2);
+    assert_eq!(http[1].route[0].subset.as_deref(), Some("v1"));
+    assert_eq!(http[1].route[0].weight, 90);
+    assert_eq!(http[1].timeout, Some(Duration::from_secs(10)));
+    assert_eq!(http[1].retries.as_ref().unwrap().attempts, 3);
+    let dr = h
+        .seen
+        .sources
+        .get("k8s:destinationrule/bookinfo/reviews")
+        .expect("the DestinationRule published");
+    assert_eq!(dr.destinations[0].service, "reviews.bookinfo");
+    assert_eq!(dr.destinations[0].outlier.as_ref().unwrap().consecutive_5xx, Some(5));
+    let why = h
+        .seen
+        .skipped
+        .get("DestinationRule bookinfo/ratings")
+        .expect("the unsupported rule reported");
+    assert!(why.contains("httpCookie is not supported"), "{why}");
+
+    // A malformed object never stops the watch; deleting it clears its report.
+    let mut bad = fixture("virtualservice-reviews.json");
+    bad["metadata"]["name"] = json!("bad");
+    bad["spec"] = json!({"hosts": 42, "http": "nope"});
+    api.apply(bad);
+    h.until("the malformed VirtualService reported", Duration::from_secs(5), |s| {
+        s.skipped
+            .get("VirtualService bookinfo/bad")
+            .is_some_and(|w| w.contains("malformed"))
+    })
+    .await;
+    assert!(api.delete("VirtualService", "bookinfo", "bad"));
+    assert!(api.delete("VirtualService", "bookinfo", "reviews"));
+    h.until("deleted", Duration::from_secs(5), |s| {
+        !s.skipped.contains_key("VirtualService bookinfo/bad")
+            && !s.sources.contains_key("k8s:virtualservice/bookinfo/reviews")
+    })
+    .await;
+}
+
+#[test]
+fn a_destination_rule_consistent_hash_keys_the_virtual_service_routes_to_its_host() {
+    let mut dr = fixture("destinationrule-reviews.json");
+    dr["spec"]["trafficPolicy"]["loadBalancer"] = json!({"consistentHash": {"httpHeaderName": "x-user"}});
+    let mut vs = fixture("virtualservice-reviews.json");
+    // A second port: `port.number` picks its weft service.
+    let mut svc = fixture("service-reviews.json");
+    svc["spec"]["ports"] = json!([
+        {"name": "http", "protocol": "TCP", "port": 9080},
+        {"name": "grpc", "protocol": "TCP", "port": 9090}
+    ]);
+    vs["spec"]["http"][0]["route"][0]["destination"]["port"] = json!({"number": 9080});
+    vs["spec"]["http"][1]["mirror"] = json!({"host": "reviews.bookinfo.svc.cluster.local", "port": {"number": 9090}});
+    vs["spec"]["http"][1]["mirrorPercentage"] = json!({"value": 1.5});
+    let objects = vec![svc, dr, vs];
+    let (changes, skipped) = weft_control::registry::kubernetes::changes_for_objects(&objects, "cluster.local");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let f = changes
+        .iter()
+        .find_map(|c| match c {
+            SourceChange::Upsert { source, fragment } if source == "k8s:virtualservice/bookinfo/reviews" => {
+                Some(fragment)
+            }
+            _ => None,
+        })
+        .expect("the VirtualService published");
+    let http = &f.routes[0].http;
+    assert_eq!(http[0].route[0].service, "reviews.bookinfo");
+    for h in http {
+        assert_eq!(
+            h.hash,
+            Some(weft_control::model::HashOn::Header("x-user".into())),
+            "{h:?}"
+        );
+    }
+    let m = http[1].mirror.as_ref().unwrap();
+    assert_eq!(m.dest.service, "reviews.bookinfo.grpc");
+    assert_eq!(m.percent, 1.5);
+    let d = changes
+        .iter()
+        .find_map(|c| match c {
+            SourceChange::Upsert { source, fragment } if source == "k8s:destinationrule/bookinfo/reviews" => {
+                Some(fragment)
+            }
+            _ => None,
+        })
+        .expect("the DestinationRule published");
+    assert_eq!(d.destinations[0].lb, weft_control::model::LbPolicy::RingHash);
+}

@@ -88,7 +88,8 @@ fn core(plural: &str, kind: &str, namespaced: bool) -> ResourceType {
 }
 
 /// The resource types a weft control's Kubernetes registry reads: Services, EndpointSlices,
-/// Pods, Namespaces, and weft's custom resources (WeftRoute, WeftDestination).
+/// Pods, Namespaces, weft's custom resources (WeftRoute, WeftDestination) and Istio's
+/// VirtualService and DestinationRule.
 pub fn standard_types() -> Vec<ResourceType> {
     vec![
         core("services", "Service", true),
@@ -103,7 +104,20 @@ pub fn standard_types() -> Vec<ResourceType> {
         },
         crd("weftroutes", "WeftRoute"),
         crd("weftdestinations", "WeftDestination"),
+        istio("virtualservices", "VirtualService"),
+        istio("destinationrules", "DestinationRule"),
     ]
+}
+
+/// Istio's `networking.istio.io/v1` kinds, as served by a cluster with Istio's CRDs installed.
+fn istio(plural: &str, kind: &str) -> ResourceType {
+    ResourceType {
+        prefix: "/apis/networking.istio.io/v1".into(),
+        plural: plural.into(),
+        kind: kind.into(),
+        api_version: "networking.istio.io/v1".into(),
+        namespaced: true,
+    }
 }
 
 fn crd(plural: &str, kind: &str) -> ResourceType {
@@ -145,8 +159,14 @@ impl KubeApi {
     /// Starts the server on 127.0.0.1 (ephemeral port) on its own thread and runtime, serving
     /// [`standard_types`].
     pub fn start() -> KubeApi {
+        KubeApi::start_with_types(standard_types())
+    }
+
+    /// Starts the server serving only `types` (others answer 404 NotFound, as on a cluster
+    /// without those CRDs installed).
+    pub fn start_with_types(types: Vec<ResourceType>) -> KubeApi {
         let state = Arc::new(Mutex::new(State {
-            types: standard_types(),
+            types,
             rv: 100,
             ..Default::default()
         }));

@@ -25,6 +25,7 @@
 
 use super::{BoxFuture, Registry, RegistryEvent, SourceChange};
 use crate::crd::{WeftDestination, WeftRoute};
+use crate::istio::{DestinationRule, VirtualService};
 use crate::model::{Endpoint, Fragment, Health, Locality, Protocol, Service};
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KService};
@@ -53,6 +54,8 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("", "namespaces"),
     ("weft.dev", "weftroutes"),
     ("weft.dev", "weftdestinations"),
+    ("networking.istio.io", "virtualservices"),
+    ("networking.istio.io", "destinationrules"),
 ];
 /// The verbs the registry's watchers use (a list, then watches).
 pub const VERBS: &[&str] = &["list", "watch"];
@@ -216,6 +219,9 @@ pub struct KubeState {
     namespaces: Cache<Namespace>,
     routes: Cache<WeftRoute>,
     destinations: Cache<WeftDestination>,
+    /// Istio's VirtualServices and DestinationRules (`networking.istio.io/v1`).
+    virtual_services: Cache<VirtualService>,
+    destination_rules: Cache<DestinationRule>,
     /// Custom resources changed since the last batch: (kind, key).
     cr_dirty: BTreeSet<(&'static str, Key)>,
     /// Invalid custom resources (`WeftRoute ns/name` → why).
@@ -236,6 +242,11 @@ enum Msg {
     Namespace(Event<Namespace>),
     Route(Box<Event<WeftRoute>>),
     Destination(Box<Event<WeftDestination>>),
+    VirtualService(Box<Event<VirtualService>>),
+    DestinationRule(Box<Event<DestinationRule>>),
+    /// The API server does not serve this kind (404: Istio's CRDs not installed) or does not let
+    /// weft read it (403: an older ClusterRole): nothing of it. (kind, HTTP status)
+    Absent(&'static str, u16),
 }
 
 fn source_of(k: &Key) -> String {
@@ -265,6 +276,8 @@ impl KubeState {
             namespaces: Cache::new(),
             routes: Cache::new(),
             destinations: Cache::new(),
+            virtual_services: Cache::new(),
+            destination_rules: Cache::new(),
             cr_dirty: BTreeSet::new(),
             cr_skipped: BTreeMap::new(),
             cr_published: BTreeSet::new(),
@@ -281,6 +294,8 @@ impl KubeState {
             && self.namespaces.synced
             && self.routes.synced
             && self.destinations.synced
+            && self.virtual_services.synced
+            && self.destination_rules.synced
     }
 
     fn slice_service(s: &EndpointSlice) -> Option<Key> {
@@ -292,7 +307,12 @@ impl KubeState {
     fn apply(&mut self, msg: Msg, dirty: &mut BTreeSet<Key>) {
         match msg {
             Msg::Service(ev) => {
-                for (old, new) in self.services.apply(*ev) {
+                let changes = self.services.apply(*ev);
+                if !changes.is_empty() {
+                    // VirtualServices name Service ports.
+                    self.all_virtual_services_dirty();
+                }
+                for (old, new) in changes {
                     dirty.extend(old.iter().chain(new.iter()).map(|s| key(&**s)));
                 }
             }
@@ -334,6 +354,35 @@ impl KubeState {
                         .extend(old.iter().chain(new.iter()).map(|r| ("WeftDestination", key(&**r))));
                 }
             }
+            Msg::VirtualService(ev) => {
+                for (old, new) in self.virtual_services.apply(*ev) {
+                    self.cr_dirty
+                        .extend(old.iter().chain(new.iter()).map(|r| ("VirtualService", key(&**r))));
+                }
+            }
+            Msg::DestinationRule(ev) => {
+                let changes = self.destination_rules.apply(*ev);
+                if !changes.is_empty() {
+                    // A rule's consistent hash is set on the routes to its host.
+                    self.all_virtual_services_dirty();
+                }
+                for (old, new) in changes {
+                    self.cr_dirty
+                        .extend(old.iter().chain(new.iter()).map(|r| ("DestinationRule", key(&**r))));
+                }
+            }
+            Msg::Absent(kind, code) => {
+                let cache_synced = match kind {
+                    "VirtualService" => &mut self.virtual_services.synced,
+                    _ => &mut self.destination_rules.synced,
+                };
+                if !*cache_synced && code == 403 {
+                    tracing::warn!(kind, "kubernetes registry: not allowed to list {kind} (grant list/watch on networking.istio.io, deploy/kubernetes/20-clusterrole.yaml); none read");
+                } else if !*cache_synced {
+                    tracing::info!(kind, "kubernetes registry: the API server does not serve {kind} (Istio's CRDs are not installed); none read");
+                }
+                *cache_synced = true;
+            }
             Msg::Namespace(ev) => {
                 for (old, new) in self.namespaces.apply(ev) {
                     for n in old.iter().chain(new.iter()) {
@@ -349,6 +398,11 @@ impl KubeState {
                 }
             }
         }
+    }
+
+    fn all_virtual_services_dirty(&mut self) {
+        self.cr_dirty
+            .extend(self.virtual_services.live.keys().map(|k| ("VirtualService", k.clone())));
     }
 
     fn namespace_enabled(&self, ns: &str) -> bool {
@@ -553,11 +607,28 @@ impl KubeState {
     fn build_cr(&mut self, kind: &'static str, k: &Key) -> Option<SourceChange> {
         let what = format!("{kind} {}/{}", k.0, k.1);
         let source = format!("k8s:{}/{}/{}", kind.to_ascii_lowercase(), k.0, k.1);
+        // Istio resources: partly served, with the parts weft cannot honour skipped.
+        self.cr_skipped
+            .retain(|s, _| !(s == &what || s.starts_with(&format!("{what} "))));
+        let mut parts = BTreeMap::new();
         let built = match kind {
             "WeftRoute" => self.routes.live.get(k).map(|r| r.to_fragment(&what)),
-            _ => self.destinations.live.get(k).map(|d| d.to_fragment(&what)),
+            "WeftDestination" => self.destinations.live.get(k).map(|d| d.to_fragment(&what)),
+            "VirtualService" => self.virtual_services.live.get(k).map(|v| {
+                let (f, skipped) = crate::istio::virtual_service(&*self, &what, &k.0, &v.spec);
+                parts = skipped;
+                f.ok_or_else(String::new)
+            }),
+            _ => self.destination_rules.live.get(k).map(|d| {
+                let (f, skipped) = crate::istio::destination_rule(&what, &k.0, &d.spec);
+                parts = skipped;
+                f.ok_or_else(String::new)
+            }),
         };
         let built = built.filter(|_| self.namespace_enabled(&k.0));
+        if built.is_some() {
+            self.cr_skipped.extend(parts);
+        }
         let published = self.cr_published.contains(&(kind, k.clone()));
         match built {
             Some(Ok(fragment)) => {
@@ -566,10 +637,14 @@ impl KubeState {
                 Some(SourceChange::Upsert { source, fragment })
             }
             other => {
-                match other {
-                    Some(Err(why)) => self.cr_skipped.insert(what.clone(), why),
-                    _ => self.cr_skipped.remove(&what),
-                };
+                if let Some(Err(why)) = other.filter(|_| self.namespace_enabled(&k.0)) {
+                    if !why.is_empty() {
+                        self.cr_skipped.insert(what.clone(), why);
+                    }
+                } else {
+                    self.cr_skipped
+                        .retain(|s, _| !(s == &what || s.starts_with(&format!("{what} "))));
+                }
                 self.cr_published.remove(&(kind, k.clone()));
                 published.then_some(SourceChange::Remove { source })
             }
@@ -619,6 +694,33 @@ impl KubeState {
     }
 }
 
+impl crate::istio::Lookup for KubeState {
+    fn service_for_port(&self, namespace: &str, name: &str, port: u32) -> Option<String> {
+        let svc = self.services.live.get(&(namespace.to_string(), name.to_string()))?;
+        let ports = svc.spec.as_ref()?.ports.as_ref()?;
+        let i = ports.iter().position(|p| u32::try_from(p.port).ok() == Some(port))?;
+        Some(if i == 0 {
+            format!("{name}.{namespace}")
+        } else {
+            let p = &ports[i];
+            format!(
+                "{name}.{namespace}.{}",
+                p.name.clone().unwrap_or_else(|| p.port.to_string())
+            )
+        })
+    }
+
+    fn hash_for(&self, service: &str) -> Option<serde_json::Value> {
+        self.destination_rules.live.iter().find_map(|((ns, _), d)| {
+            let host = d.spec.raw.get("host")?.as_str()?;
+            let (hns, hname) = crate::istio::resolve_host(host, ns).ok()?;
+            (format!("{hname}.{hns}") == service)
+                .then(|| crate::istio::destination_rule_hash(&d.spec))
+                .flatten()
+        })
+    }
+}
+
 /// Builds every Service's change from a set of API objects (Services, EndpointSlices, Pods,
 /// Namespaces as JSON with `kind`; others and undecodable ones are ignored): what the registry
 /// would publish for them, and the skipped objects with their reasons. For the fuzz target and
@@ -635,6 +737,8 @@ pub fn changes_for_objects(
         Msg::Namespace(Event::InitDone),
         Msg::Route(Box::new(Event::InitDone)),
         Msg::Destination(Box::new(Event::InitDone)),
+        Msg::VirtualService(Box::new(Event::InitDone)),
+        Msg::DestinationRule(Box::new(Event::InitDone)),
     ] {
         st.apply(m, &mut BTreeSet::new());
     }
@@ -659,6 +763,12 @@ pub fn changes_for_objects(
             Some("WeftDestination") => serde_json::from_value(o.clone())
                 .ok()
                 .map(|x| Msg::Destination(Box::new(Event::Apply(x)))),
+            Some("VirtualService") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::VirtualService(Box::new(Event::Apply(x)))),
+            Some("DestinationRule") => serde_json::from_value(o.clone())
+                .ok()
+                .map(|x| Msg::DestinationRule(Box::new(Event::Apply(x)))),
             _ => None,
         };
         if let Some(m) = msg {
@@ -677,6 +787,19 @@ where
     watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed()
+}
+
+/// A kind the API server does not serve (404 on its list: Istio's CRDs are not installed) or does
+/// not let weft read (403: a ClusterRole from before Istio support) is read as empty, so the rest
+/// of the mesh still syncs; its watcher keeps retrying with backoff and reads it once it can.
+fn absent_if_404(r: Result<Msg, watcher::Error>, kind: &'static str) -> Result<Msg, watcher::Error> {
+    match r {
+        Err(
+            watcher::Error::InitialListFailed(kube::Error::Api(s))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
+        ) if s.code == 404 || s.code == 403 => Ok(Msg::Absent(kind, s.code)),
+        r => r,
+    }
 }
 
 /// True for the error a 410 Gone watch ends with (a relist follows; the server is reachable).
@@ -735,6 +858,12 @@ impl Registry for KubeRegistry {
                     .boxed(),
                 watch_stream::<WeftDestination>(&client)
                     .map(|r| r.map(|e| Msg::Destination(Box::new(e))))
+                    .boxed(),
+                watch_stream::<VirtualService>(&client)
+                    .map(|r| absent_if_404(r.map(|e| Msg::VirtualService(Box::new(e))), "VirtualService"))
+                    .boxed(),
+                watch_stream::<DestinationRule>(&client)
+                    .map(|r| absent_if_404(r.map(|e| Msg::DestinationRule(Box::new(e))), "DestinationRule"))
                     .boxed(),
             ];
             let mut all = futures_util::stream::select_all(streams);

@@ -6,7 +6,10 @@
 //! the registry with the highest precedence that defines it is served; definitions of the same name
 //! in registries of lower precedence are dropped. A dropped definition that differs from the served
 //! one is a [`Conflict`] (listed on `/debug/registry`, counted, logged); an identical one is not.
-//! Within one registry a name defined twice stays an error, as before (`World::build`).
+//! Within one registry a name defined twice stays an error, as before (`World::build`), with one
+//! exception: in the Kubernetes registry, Istio's VirtualServices and DestinationRules rank below
+//! weft's own WeftRoutes and WeftDestinations ([`tier`]), so a WeftRoute for a service wins over a
+//! VirtualService for it, and a difference is a conflict like one between two registries.
 
 use crate::model::{Fragment, Service};
 use std::borrow::Cow;
@@ -27,6 +30,15 @@ pub struct Conflict {
     pub dropped_precedence: usize,
 }
 
+/// The rank of a source inside its registry: 1 for sources translated from Istio resources (they
+/// yield to weft's own definitions of the same name in the same registry), 0 for the rest.
+pub fn tier(source: &str) -> usize {
+    usize::from(source.starts_with("k8s:virtualservice/") || source.starts_with("k8s:destinationrule/"))
+}
+
+/// (registry precedence, [`tier`]): lower ranks win.
+type Rank = (usize, usize);
+
 /// Services compare equal regardless of the order endpoints were listed or discovered in.
 fn same_service(a: &Service, b: &Service) -> bool {
     if a.name != b.name || a.port != b.port || a.protocol != b.protocol || a.endpoints.len() != b.endpoints.len() {
@@ -46,7 +58,8 @@ pub fn resolve<'a>(
     precedence: &HashMap<String, usize>,
 ) -> (Cow<'a, BTreeMap<String, Arc<Fragment>>>, Vec<Conflict>) {
     let prec = |s: &str| precedence.get(s).copied().unwrap_or(0);
-    let mut levels: Vec<usize> = fragments.keys().map(|k| prec(k)).collect();
+    let rank = |s: &str| (prec(s), tier(s));
+    let mut levels: Vec<(usize, usize)> = fragments.keys().map(|k| rank(k)).collect();
     levels.sort_unstable();
     levels.dedup();
     if levels.len() <= 1 {
@@ -54,13 +67,13 @@ pub fn resolve<'a>(
     }
     // Sources in precedence order, then by name: the first definition seen of a name wins.
     let mut order: Vec<(&String, &Arc<Fragment>)> = fragments.iter().collect();
-    order.sort_by_key(|(k, _)| (prec(k), k.as_str()));
-    // (kind, name) → (precedence, source, index into that source's list)
-    let mut owner: HashMap<(u8, &str), (usize, &str, usize)> = HashMap::new();
+    order.sort_by_key(|(k, _)| (rank(k), k.as_str()));
+    // (kind, name) → (rank, source, index into that source's list)
+    let mut owner: HashMap<(u8, &str), (Rank, &str, usize)> = HashMap::new();
     let mut conflicts = Vec::new();
     let mut out: BTreeMap<String, Arc<Fragment>> = BTreeMap::new();
     for (src, f) in order {
-        let p = prec(src);
+        let p = rank(src);
         let mut drop_svc = Vec::new();
         let mut drop_route = Vec::new();
         let mut drop_dest = Vec::new();
@@ -70,7 +83,7 @@ pub fn resolve<'a>(
                 Some(&(op, osrc, oi)) if op < p => {
                     drop_svc.push(i);
                     if !same_service(&fragments[osrc].services[oi], s) {
-                        conflicts.push(conflict("service", &s.name, osrc, op, src, p));
+                        conflicts.push(conflict("service", &s.name, osrc, op.0, src, p.0));
                     }
                 }
                 Some(_) => {}
@@ -84,7 +97,7 @@ pub fn resolve<'a>(
                 Some(&(op, osrc, oi)) if op < p => {
                     drop_route.push(i);
                     if fragments[osrc].routes[oi] != *r {
-                        conflicts.push(conflict("routes", &r.service, osrc, op, src, p));
+                        conflicts.push(conflict("routes", &r.service, osrc, op.0, src, p.0));
                     }
                 }
                 Some(_) => {}
@@ -98,7 +111,7 @@ pub fn resolve<'a>(
                 Some(&(op, osrc, oi)) if op < p => {
                     drop_dest.push(i);
                     if fragments[osrc].destinations[oi] != *d {
-                        conflicts.push(conflict("destination", &d.service, osrc, op, src, p));
+                        conflicts.push(conflict("destination", &d.service, osrc, op.0, src, p.0));
                     }
                 }
                 Some(_) => {}
@@ -112,7 +125,14 @@ pub fn resolve<'a>(
                 Some(&(op, osrc, _)) if op < p => {
                     drop_rls = true;
                     if fragments[osrc].rate_limit_service.as_ref() != Some(r) {
-                        conflicts.push(conflict("rate_limit_service", "rate_limit_service", osrc, op, src, p));
+                        conflicts.push(conflict(
+                            "rate_limit_service",
+                            "rate_limit_service",
+                            osrc,
+                            op.0,
+                            src,
+                            p.0,
+                        ));
                     }
                 }
                 Some(_) => {}
@@ -220,6 +240,34 @@ mod tests {
         assert_eq!(conflicts[0].kept, "etcd:echo");
         let (w, _) = crate::model::World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
         assert_eq!(w.services["echo"].endpoints[0].address.port(), 2);
+    }
+
+    #[test]
+    fn a_weft_route_wins_over_an_istio_virtual_service_in_the_same_registry() {
+        let mut f = BTreeMap::new();
+        f.insert(
+            "k8s:shop/echo".to_string(),
+            frag("services: [{name: echo.shop, endpoints: [{address: 127.0.0.1:1}]}]"),
+        );
+        f.insert(
+            "k8s:weftroute/shop/echo".to_string(),
+            frag("routes: [{service: echo.shop, http: [{route: [{destination: echo.shop}], timeout: 1s}]}]"),
+        );
+        f.insert(
+            "k8s:virtualservice/shop/echo".to_string(),
+            frag("routes: [{service: echo.shop, http: [{route: [{destination: echo.shop}], timeout: 2s}]}]"),
+        );
+        let (eff, conflicts) = resolve(&f, &HashMap::new());
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].kind, "routes");
+        assert_eq!(conflicts[0].kept, "k8s:weftroute/shop/echo");
+        assert_eq!(conflicts[0].dropped, "k8s:virtualservice/shop/echo");
+        let (w, errs) = crate::model::World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
+        assert!(errs.is_empty(), "{errs:?}");
+        assert_eq!(
+            w.routes["echo.shop"].http[0].timeout,
+            Some(std::time::Duration::from_secs(1))
+        );
     }
 
     #[test]
