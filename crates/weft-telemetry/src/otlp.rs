@@ -128,7 +128,6 @@ fn attr_key(buf: &mut Vec<u8>, key: &Key, v: Val<'_>) {
         Val::Bool(_) => 2,
     };
     let kv_len = key.n + 1 + varint_len(any_len as u64) + any_len;
-    buf.reserve(kv_len + 64);
     buf.push((9 << 3) | 2);
     varint(buf, kv_len as u64);
     let at = buf.len();
