@@ -62,6 +62,11 @@ pub struct RawAuthzSource {
     pub principals: Vec<String>,
     #[serde(alias = "notPrincipals")]
     pub not_principals: Vec<String>,
+    /// JWT `iss/sub` of the request (Istio `requestPrincipals`); needs `jwt_authn`.
+    #[serde(alias = "requestPrincipals")]
+    pub request_principals: Vec<String>,
+    #[serde(alias = "notRequestPrincipals")]
+    pub not_request_principals: Vec<String>,
     pub namespaces: Vec<String>,
     #[serde(alias = "notNamespaces")]
     pub not_namespaces: Vec<String>,
@@ -273,8 +278,14 @@ pub enum Principal {
     RemoteIp(CidrRange),
     Header(RbacHeader),
     UrlPath(StrMatch),
-    // A `request.auth.claims[...]` (JWT) principal goes here once request authentication exists;
-    // `when` keys of that form are refused until then (see `condition`).
+    /// The validated JWT's `iss/sub` (Istio `request.auth.principal`); `None`: any valid token.
+    RequestPrincipal(Option<StrMatch>),
+    /// A claim of the validated JWT (Istio `request.auth.claims[a][b]`): a string claim matches
+    /// the rule, a list claim when any string element does; `None`: the claim is present.
+    RequestClaim {
+        path: Vec<String>,
+        rule: Option<StrMatch>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -753,6 +764,9 @@ pub fn istio_rule(
         field(&f.not_principals, true, &|v| Some(spiffe(v)));
         field(&f.namespaces, false, &|v| Some(ns(v)));
         field(&f.not_namespaces, true, &|v| Some(ns(v)));
+        let req_principal = |v: &String| Some(Principal::RequestPrincipal(istio_str(v)));
+        field(&f.request_principals, false, &req_principal);
+        field(&f.not_request_principals, true, &req_principal);
         let mut ip = |list: &[String], not: bool, remote: bool, fld: &str| {
             if list.is_empty() {
                 return;
@@ -900,12 +914,30 @@ pub fn istio_rule(
     })
 }
 
+/// `request.auth.claims[a][b]` → `[a, b]` (None: not of that form, or an empty name).
+pub fn claim_keys(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        out.push(name.to_string());
+        rest = &inner[end + 1..];
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// How one `when` value becomes a principal (None: the value is invalid).
 type ValueToPrincipal = dyn Fn(&str) -> Option<Principal>;
 
-/// A `when` condition. Only `request.headers[...]`, `source.ip`, `remote.ip`, `source.principal`,
-/// `source.namespace` and `destination.port` exist today; `request.auth.claims[...]` waits for
-/// request authentication (JWT) and is refused rather than ignored.
+/// A `when` condition: `request.headers[...]`, `source.ip`, `remote.ip`, `source.principal`,
+/// `source.namespace`, and the validated JWT's `request.auth.principal` (`iss/sub`),
+/// `request.auth.audiences`, `request.auth.presenter` and `request.auth.claims[a][b]`; any other
+/// key is refused rather than ignored.
 fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> Option<Principal> {
     let Some(key) = c.key.as_deref() else {
         errs.push((format!("{path}.key"), "is required".into()));
@@ -955,16 +987,44 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
                 })
             }
             k if k.starts_with("request.auth.") => {
-                errs.push((
-                    format!("{path}.key"),
-                    format!("\"{k}\" needs request authentication (JWT), which weft does not have yet"),
-                ));
-                return None;
+                if tcp {
+                    errs.push((
+                        format!("{path}.key"),
+                        "needs an HTTP request (not available on a TCP proxy)".into(),
+                    ));
+                    return None;
+                }
+                let claim_path: Vec<String> = match k {
+                    // Empty: the principal itself, not a claim.
+                    "request.auth.principal" => Vec::new(),
+                    "request.auth.audiences" => vec!["aud".into()],
+                    "request.auth.presenter" => vec!["azp".into()],
+                    k => match claim_keys(k) {
+                        Some(p) => p,
+                        None => {
+                            errs.push((
+                                format!("{path}.key"),
+                                format!("unsupported key \"{k}\" (request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME][NESTED]...)"),
+                            ));
+                            return None;
+                        }
+                    },
+                };
+                if claim_path.is_empty() {
+                    Box::new(|v: &str| Some(Principal::RequestPrincipal(istio_str(v))))
+                } else {
+                    Box::new(move |v: &str| {
+                        Some(Principal::RequestClaim {
+                            path: claim_path.clone(),
+                            rule: istio_str(v),
+                        })
+                    })
+                }
             }
             k => {
                 errs.push((
                     format!("{path}.key"),
-                    format!("unsupported key \"{k}\" (request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace)"),
+                    format!("unsupported key \"{k}\" (request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME])"),
                 ));
                 return None;
             }
@@ -1034,11 +1094,40 @@ mod tests {
             ]
         );
         let (_, e) = parse(
-            "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}]",
+            "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[]', values: [x]}]}]}]",
             false,
+        );
+        assert_eq!(e[0].0, "a.policies[0].rules[0].when[0].key");
+        let (_, e) = parse(
+            "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}]",
+            true,
         );
         assert_eq!(e[0].0, "a.policies[0].rules[0].when[0].key");
         let (_, e) = parse("policies: [{name: t, rules: [{to: [{paths: [/x]}]}]}]", true);
         assert_eq!(e[0].0, "a.policies[0].rules[0].to[0].paths");
+    }
+
+    #[test]
+    fn jwt_claims_and_request_principals() {
+        let (a, e) = parse(
+            "policies: [{name: j, rules: [{from: [{requestPrincipals: ['https://idp/*'], notRequestPrincipals: [x/y]}], when: [{key: 'request.auth.claims[realm][groups]', values: [admin]}, {key: request.auth.audiences, values: [api]}]}]}]",
+            false,
+        );
+        assert!(e.is_empty(), "{e:?}");
+        let p = &a.unwrap().stages[0].policies[0].principals[0];
+        let Principal::And(v) = p else { panic!("{p:?}") };
+        assert!(
+            matches!(&v[0], Principal::And(x) if matches!(&x[0], Principal::RequestPrincipal(Some(m)) if m.kind == StrKind::Prefix))
+        );
+        assert_eq!(
+            v[1],
+            Principal::RequestClaim {
+                path: vec!["realm".into(), "groups".into()],
+                rule: Some(StrMatch::new(StrKind::Exact, "admin")),
+            }
+        );
+        assert_eq!(claim_keys("request.auth.claims[a]"), Some(vec!["a".to_string()]));
+        assert_eq!(claim_keys("request.auth.claims[a]x"), None);
+        assert_eq!(claim_keys("request.auth.claims"), None);
     }
 }

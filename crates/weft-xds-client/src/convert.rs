@@ -536,6 +536,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         rate_limit_service: None,
         tracing: crate::tracing_xds::from_hcm(errs, &format!("{path}.tracing"), h.tracing.as_ref()),
         authorization: None,
+        jwt_authn: None,
     };
     let mut router_at = None;
     for (i, f) in h.http_filters.iter().enumerate() {
