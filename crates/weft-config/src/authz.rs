@@ -186,6 +186,21 @@ pub struct RawPrincipal {
     pub remote_ip: Option<String>,
     pub header: Option<RawRbacHeader>,
     pub url_path: Option<RawStrMatch>,
+    /// weft: the validated JWT's `iss/sub` (over xDS: Istio's `istio_authn` metadata matcher on
+    /// `request.auth.principal`); no `principal_name`: any valid token.
+    pub request_principal: Option<RawAuthenticated>,
+    /// weft: a claim of the validated JWT (over xDS: a metadata matcher on `istio_authn`'s
+    /// `request.auth.claims` or on `envoy.filters.http.jwt_authn`'s payload).
+    pub request_claim: Option<RawRequestClaim>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRequestClaim {
+    /// The claim, then nested keys.
+    pub path: Vec<String>,
+    /// Absent: the claim is present.
+    pub value: Option<RawStrMatch>,
 }
 
 /// Envoy's `StringMatcher`: exactly one of exact, prefix, suffix, contains, safe_regex.
@@ -463,7 +478,7 @@ fn one_of(errs: &mut Errs, path: &str, n: usize, what: &str) -> bool {
 const PERMISSION_FIELDS: &str =
     "any, and_rules, or_rules, not_rule, header, url_path, destination_port, destination_ip, requested_server_name";
 const PRINCIPAL_FIELDS: &str =
-    "any, and_ids, or_ids, not_id, authenticated, direct_remote_ip, remote_ip, header, url_path";
+    "any, and_ids, or_ids, not_id, authenticated, direct_remote_ip, remote_ip, header, url_path, request_principal, request_claim";
 
 fn http_only(errs: &mut Errs, path: &str, tcp: bool) -> bool {
     if tcp {
@@ -552,6 +567,8 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
         p.remote_ip.is_some(),
         p.header.is_some(),
         p.url_path.is_some(),
+        p.request_principal.is_some(),
+        p.request_claim.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -603,6 +620,35 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
             return None;
         }
         Principal::UrlPath(str_match(errs, &hp, m)?)
+    } else if let Some(a) = &p.request_principal {
+        let hp = format!("{path}.request_principal");
+        if !http_only(errs, &hp, tcp) {
+            return None;
+        }
+        match &a.principal_name {
+            None => Principal::RequestPrincipal(None),
+            Some(m) => Principal::RequestPrincipal(Some(str_match(errs, &format!("{hp}.principal_name"), m)?)),
+        }
+    } else if let Some(c) = &p.request_claim {
+        let hp = format!("{path}.request_claim");
+        if !http_only(errs, &hp, tcp) {
+            return None;
+        }
+        if c.path.is_empty() || c.path.iter().any(String::is_empty) {
+            errs.push((
+                format!("{hp}.path"),
+                "needs the claim's name (then nested keys), none empty".into(),
+            ));
+            return None;
+        }
+        let rule = match &c.value {
+            None => None,
+            Some(m) => Some(str_match(errs, &format!("{hp}.value"), m)?),
+        };
+        Principal::RequestClaim {
+            path: c.path.clone(),
+            rule,
+        }
     } else {
         return None;
     })

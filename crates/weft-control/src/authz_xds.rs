@@ -310,4 +310,34 @@ mod tests {
             vec!["p.yaml: authorization[0].action: unknown action \"CUSTOM\" (ALLOW, DENY, AUDIT)"]
         );
     }
+
+    /// JWT conditions go out as Istio's `istio_authn` metadata matchers and come back, through the
+    /// xDS client's RBAC conversion, as the same principals.
+    #[test]
+    fn jwt_conditions_round_trip_through_envoy_rbac() {
+        let f = parse_fragment(
+            "p.yaml",
+            "authorization:\n  - name: admins\n    rules:\n      - from: [{requestPrincipals: ['https://idp/*']}]\n        when: [{key: 'request.auth.claims[realm][roles]', values: [admin]}, {key: request.auth.audiences, notValues: [guest]}]\n",
+        )
+        .unwrap();
+        let (w, e) = World::build([("p.yaml", &f)].into_iter());
+        assert!(e.is_empty(), "{e:?}");
+        let a = authorization_for(&w, "ratings", "default").unwrap();
+        let mut raw = weft_config::authz::RawAuthorization::default();
+        for f in rbac_filters(&a) {
+            let Some(weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                panic!("typed config");
+            };
+            let r: http_rbac::Rbac = weft_xds_api::unpack(any, RBAC_URL).unwrap();
+            let mut errs = weft_xds_client::convert::Errs::default();
+            raw.rbac.push(weft_xds_client::rbac_xds::http(&mut errs, "f", &r));
+            assert!(errs.0.is_empty(), "{:?}", errs.0);
+        }
+        let (back, e) = weft_config::authz::validate("a", &raw, false);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(
+            back.unwrap().stages[0].policies[0].principals,
+            a.stages[0].policies[0].principals
+        );
+    }
 }
