@@ -143,10 +143,21 @@ impl Keys {
             let Ok(key) = DecodingKey::from_jwk(&jwk) else {
                 continue;
             };
-            let alg = jwk
-                .common
-                .key_algorithm
-                .and_then(|a| a.to_string().parse::<Algorithm>().ok());
+            // Encryption keys, and keys bound to an algorithm that is not a signature one, are not
+            // for verifying tokens.
+            if matches!(
+                jwk.common.public_key_use,
+                Some(jsonwebtoken::jwk::PublicKeyUse::Encryption)
+            ) {
+                continue;
+            }
+            let alg = match jwk.common.key_algorithm {
+                None => None,
+                Some(a) => match a.to_string().parse::<Algorithm>() {
+                    Ok(a) => Some(a),
+                    Err(_) => continue,
+                },
+            };
             keys.push(Key {
                 kid: jwk.common.key_id.clone(),
                 alg,

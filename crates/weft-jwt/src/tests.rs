@@ -83,7 +83,12 @@ fn malformed_tokens_never_panic() {
 #[test]
 fn jwks_parsing_skips_unusable_keys() {
     let good = TestKey::es256("k1");
-    let doc = json!({"keys": [{"kty": "EC", "crv": "P-256"}, {"kty": "weird"}, good.jwk()]}).to_string();
+    let mut enc = good.jwk();
+    enc["use"] = json!("enc");
+    enc["alg"] = json!(null);
+    let mut rsa1_5 = good.jwk();
+    rsa1_5["alg"] = json!("RSA1_5");
+    let doc = json!({"keys": [{"kty": "EC", "crv": "P-256"}, {"kty": "weird"}, enc, rsa1_5, good.jwk()]}).to_string();
     assert_eq!(Keys::parse(doc.as_bytes()).unwrap().len(), 1);
     assert!(Keys::parse(br#"{"keys": [{"kty": "weird"}]}"#).is_err());
     assert!(Keys::parse(b"[]").is_err());

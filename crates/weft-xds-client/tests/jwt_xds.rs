@@ -222,3 +222,83 @@ fn unsupported_fields_are_refused_by_name() {
     let e = converted(&listener(&j)).unwrap_err();
     assert!(e.contains("jwt_authn.rules[1].requires.provider_name"), "{e}");
 }
+
+/// RBAC principals on a JWT claim written Envoy's way (`envoy.filters.http.jwt_authn` metadata,
+/// the `payload_in_metadata` key then the claim) become claim principals; other metadata is refused.
+#[test]
+fn rbac_jwt_payload_metadata_principals() {
+    #![allow(deprecated)]
+    use weft_config::authz::{Principal, RawAuthorization, StrKind, StrMatch};
+    use weft_xds_api::pb::envoy::config::rbac::v3 as rbac;
+    use weft_xds_api::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
+    use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
+    let meta = |filter: &str, keys: &[&str], invert: bool| matcher::MetadataMatcher {
+        filter: filter.into(),
+        path: keys
+            .iter()
+            .map(|k| matcher::metadata_matcher::PathSegment {
+                segment: Some(matcher::metadata_matcher::path_segment::Segment::Key(k.to_string())),
+            })
+            .collect(),
+        value: Some(matcher::ValueMatcher {
+            match_pattern: Some(matcher::value_matcher::MatchPattern::StringMatch(
+                matcher::StringMatcher {
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::Exact("admin".into())),
+                    ..Default::default()
+                },
+            )),
+        }),
+        invert,
+    };
+    let policy = |m: matcher::MetadataMatcher| http_rbac::Rbac {
+        rules: Some(rbac::Rbac {
+            action: rbac::rbac::Action::Allow as i32,
+            policies: HashMap::from([(
+                "p".to_string(),
+                rbac::Policy {
+                    permissions: vec![rbac::Permission {
+                        rule: Some(rbac::permission::Rule::Any(true)),
+                    }],
+                    principals: vec![rbac::Principal {
+                        identifier: Some(rbac::principal::Identifier::Metadata(m)),
+                    }],
+                    ..Default::default()
+                },
+            )]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut errs = convert::Errs::default();
+    let raw = weft_xds_client::rbac_xds::http(
+        &mut errs,
+        "f",
+        &policy(meta("envoy.filters.http.jwt_authn", &["payload", "groups"], true)),
+    );
+    assert!(errs.0.is_empty(), "{:?}", errs.0);
+    let (a, e) = weft_config::authz::validate(
+        "a",
+        &RawAuthorization {
+            rbac: vec![raw],
+            ..Default::default()
+        },
+        false,
+    );
+    assert!(e.is_empty(), "{e:?}");
+    assert_eq!(
+        a.unwrap().stages[0].policies[0].principals[0],
+        Principal::Not(Box::new(Principal::RequestClaim {
+            path: vec!["groups".into()],
+            rule: Some(StrMatch::new(StrKind::Exact, "admin")),
+        }))
+    );
+    let mut errs = convert::Errs::default();
+    weft_xds_client::rbac_xds::http(&mut errs, "f", &policy(meta("envoy.lb", &["canary"], false)));
+    assert!(
+        errs.0
+            .iter()
+            .any(|e| e.starts_with("f.rules.policies[p].principals[0].metadata: unsupported")),
+        "{:?}",
+        errs.0
+    );
+}
