@@ -62,6 +62,11 @@ pub struct RawAuthzSource {
     pub principals: Vec<String>,
     #[serde(alias = "notPrincipals")]
     pub not_principals: Vec<String>,
+    /// JWT `iss/sub` of the request (Istio `requestPrincipals`); needs `jwt_authn`.
+    #[serde(alias = "requestPrincipals")]
+    pub request_principals: Vec<String>,
+    #[serde(alias = "notRequestPrincipals")]
+    pub not_request_principals: Vec<String>,
     pub namespaces: Vec<String>,
     #[serde(alias = "notNamespaces")]
     pub not_namespaces: Vec<String>,
@@ -181,6 +186,21 @@ pub struct RawPrincipal {
     pub remote_ip: Option<String>,
     pub header: Option<RawRbacHeader>,
     pub url_path: Option<RawStrMatch>,
+    /// weft: the validated JWT's `iss/sub` (over xDS: Istio's `istio_authn` metadata matcher on
+    /// `request.auth.principal`); no `principal_name`: any valid token.
+    pub request_principal: Option<RawAuthenticated>,
+    /// weft: a claim of the validated JWT (over xDS: a metadata matcher on `istio_authn`'s
+    /// `request.auth.claims` or on `envoy.filters.http.jwt_authn`'s payload).
+    pub request_claim: Option<RawRequestClaim>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRequestClaim {
+    /// The claim, then nested keys.
+    pub path: Vec<String>,
+    /// Absent: the claim is present.
+    pub value: Option<RawStrMatch>,
 }
 
 /// Envoy's `StringMatcher`: exactly one of exact, prefix, suffix, contains, safe_regex.
@@ -273,8 +293,14 @@ pub enum Principal {
     RemoteIp(CidrRange),
     Header(RbacHeader),
     UrlPath(StrMatch),
-    // A `request.auth.claims[...]` (JWT) principal goes here once request authentication exists;
-    // `when` keys of that form are refused until then (see `condition`).
+    /// The validated JWT's `iss/sub` (Istio `request.auth.principal`); `None`: any valid token.
+    RequestPrincipal(Option<StrMatch>),
+    /// A claim of the validated JWT (Istio `request.auth.claims[a][b]`): a string claim matches
+    /// the rule, a list claim when any string element does; `None`: the claim is present.
+    RequestClaim {
+        path: Vec<String>,
+        rule: Option<StrMatch>,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -452,7 +478,7 @@ fn one_of(errs: &mut Errs, path: &str, n: usize, what: &str) -> bool {
 const PERMISSION_FIELDS: &str =
     "any, and_rules, or_rules, not_rule, header, url_path, destination_port, destination_ip, requested_server_name";
 const PRINCIPAL_FIELDS: &str =
-    "any, and_ids, or_ids, not_id, authenticated, direct_remote_ip, remote_ip, header, url_path";
+    "any, and_ids, or_ids, not_id, authenticated, direct_remote_ip, remote_ip, header, url_path, request_principal, request_claim";
 
 fn http_only(errs: &mut Errs, path: &str, tcp: bool) -> bool {
     if tcp {
@@ -541,6 +567,8 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
         p.remote_ip.is_some(),
         p.header.is_some(),
         p.url_path.is_some(),
+        p.request_principal.is_some(),
+        p.request_claim.is_some(),
     ]
     .iter()
     .filter(|b| **b)
@@ -592,6 +620,35 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
             return None;
         }
         Principal::UrlPath(str_match(errs, &hp, m)?)
+    } else if let Some(a) = &p.request_principal {
+        let hp = format!("{path}.request_principal");
+        if !http_only(errs, &hp, tcp) {
+            return None;
+        }
+        match &a.principal_name {
+            None => Principal::RequestPrincipal(None),
+            Some(m) => Principal::RequestPrincipal(Some(str_match(errs, &format!("{hp}.principal_name"), m)?)),
+        }
+    } else if let Some(c) = &p.request_claim {
+        let hp = format!("{path}.request_claim");
+        if !http_only(errs, &hp, tcp) {
+            return None;
+        }
+        if c.path.is_empty() || c.path.iter().any(String::is_empty) {
+            errs.push((
+                format!("{hp}.path"),
+                "needs the claim's name (then nested keys), none empty".into(),
+            ));
+            return None;
+        }
+        let rule = match &c.value {
+            None => None,
+            Some(m) => Some(str_match(errs, &format!("{hp}.value"), m)?),
+        };
+        Principal::RequestClaim {
+            path: c.path.clone(),
+            rule,
+        }
     } else {
         return None;
     })
@@ -753,6 +810,9 @@ pub fn istio_rule(
         field(&f.not_principals, true, &|v| Some(spiffe(v)));
         field(&f.namespaces, false, &|v| Some(ns(v)));
         field(&f.not_namespaces, true, &|v| Some(ns(v)));
+        let req_principal = |v: &String| Some(Principal::RequestPrincipal(istio_str(v)));
+        field(&f.request_principals, false, &req_principal);
+        field(&f.not_request_principals, true, &req_principal);
         let mut ip = |list: &[String], not: bool, remote: bool, fld: &str| {
             if list.is_empty() {
                 return;
@@ -900,12 +960,30 @@ pub fn istio_rule(
     })
 }
 
+/// `request.auth.claims[a][b]` → `[a, b]` (None: not of that form, or an empty name).
+pub fn claim_keys(key: &str) -> Option<Vec<String>> {
+    let mut rest = key.strip_prefix("request.auth.claims")?;
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let end = inner.find(']')?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return None;
+        }
+        out.push(name.to_string());
+        rest = &inner[end + 1..];
+    }
+    (!out.is_empty()).then_some(out)
+}
+
 /// How one `when` value becomes a principal (None: the value is invalid).
 type ValueToPrincipal = dyn Fn(&str) -> Option<Principal>;
 
-/// A `when` condition. Only `request.headers[...]`, `source.ip`, `remote.ip`, `source.principal`,
-/// `source.namespace` and `destination.port` exist today; `request.auth.claims[...]` waits for
-/// request authentication (JWT) and is refused rather than ignored.
+/// A `when` condition: `request.headers[...]`, `source.ip`, `remote.ip`, `source.principal`,
+/// `source.namespace`, and the validated JWT's `request.auth.principal` (`iss/sub`),
+/// `request.auth.audiences`, `request.auth.presenter` and `request.auth.claims[a][b]`; any other
+/// key is refused rather than ignored.
 fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> Option<Principal> {
     let Some(key) = c.key.as_deref() else {
         errs.push((format!("{path}.key"), "is required".into()));
@@ -955,16 +1033,44 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
                 })
             }
             k if k.starts_with("request.auth.") => {
-                errs.push((
-                    format!("{path}.key"),
-                    format!("\"{k}\" needs request authentication (JWT), which weft does not have yet"),
-                ));
-                return None;
+                if tcp {
+                    errs.push((
+                        format!("{path}.key"),
+                        "needs an HTTP request (not available on a TCP proxy)".into(),
+                    ));
+                    return None;
+                }
+                let claim_path: Vec<String> = match k {
+                    // Empty: the principal itself, not a claim.
+                    "request.auth.principal" => Vec::new(),
+                    "request.auth.audiences" => vec!["aud".into()],
+                    "request.auth.presenter" => vec!["azp".into()],
+                    k => match claim_keys(k) {
+                        Some(p) => p,
+                        None => {
+                            errs.push((
+                                format!("{path}.key"),
+                                format!("unsupported key \"{k}\" (request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME][NESTED]...)"),
+                            ));
+                            return None;
+                        }
+                    },
+                };
+                if claim_path.is_empty() {
+                    Box::new(|v: &str| Some(Principal::RequestPrincipal(istio_str(v))))
+                } else {
+                    Box::new(move |v: &str| {
+                        Some(Principal::RequestClaim {
+                            path: claim_path.clone(),
+                            rule: istio_str(v),
+                        })
+                    })
+                }
             }
             k => {
                 errs.push((
                     format!("{path}.key"),
-                    format!("unsupported key \"{k}\" (request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace)"),
+                    format!("unsupported key \"{k}\" (request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME])"),
                 ));
                 return None;
             }
@@ -1034,11 +1140,40 @@ mod tests {
             ]
         );
         let (_, e) = parse(
-            "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}]",
+            "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[]', values: [x]}]}]}]",
             false,
+        );
+        assert_eq!(e[0].0, "a.policies[0].rules[0].when[0].key");
+        let (_, e) = parse(
+            "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}]",
+            true,
         );
         assert_eq!(e[0].0, "a.policies[0].rules[0].when[0].key");
         let (_, e) = parse("policies: [{name: t, rules: [{to: [{paths: [/x]}]}]}]", true);
         assert_eq!(e[0].0, "a.policies[0].rules[0].to[0].paths");
+    }
+
+    #[test]
+    fn jwt_claims_and_request_principals() {
+        let (a, e) = parse(
+            "policies: [{name: j, rules: [{from: [{requestPrincipals: ['https://idp/*'], notRequestPrincipals: [x/y]}], when: [{key: 'request.auth.claims[realm][groups]', values: [admin]}, {key: request.auth.audiences, values: [api]}]}]}]",
+            false,
+        );
+        assert!(e.is_empty(), "{e:?}");
+        let p = &a.unwrap().stages[0].policies[0].principals[0];
+        let Principal::And(v) = p else { panic!("{p:?}") };
+        assert!(
+            matches!(&v[0], Principal::And(x) if matches!(&x[0], Principal::RequestPrincipal(Some(m)) if m.kind == StrKind::Prefix))
+        );
+        assert_eq!(
+            v[1],
+            Principal::RequestClaim {
+                path: vec!["realm".into(), "groups".into()],
+                rule: Some(StrMatch::new(StrKind::Exact, "admin")),
+            }
+        );
+        assert_eq!(claim_keys("request.auth.claims[a]"), Some(vec!["a".to_string()]));
+        assert_eq!(claim_keys("request.auth.claims[a]x"), None);
+        assert_eq!(claim_keys("request.auth.claims"), None);
     }
 }

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod authz;
 pub mod duration;
 pub mod grpc_log;
+pub mod jwt;
 pub mod log_format;
 pub mod model;
 pub mod raw;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::duration::format(*d))
 }
 
@@ -287,6 +287,8 @@ pub struct HttpConnectionManager {
     pub tracing: Option<Box<crate::tracing::Tracing>>,
     /// Authorization (Envoy HTTP RBAC); `None` costs one pointer test per request.
     pub authorization: Option<Box<crate::authz::Authorization>>,
+    /// JWT request authentication (Envoy `jwt_authn`), before authorization and routing.
+    pub jwt_authn: Option<Box<crate::jwt::JwtAuthn>>,
 }
 
 /// A global rate limit service speaking Envoy's RLS protocol over gRPC.

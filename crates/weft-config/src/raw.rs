@@ -231,6 +231,8 @@ pub struct RawHttp {
     pub tracing: Option<crate::tracing::RawTracing>,
     /// Envoy `envoy.filters.http.rbac` / Istio AuthorizationPolicy (see `crate::authz`).
     pub authorization: Option<crate::authz::RawAuthorization>,
+    /// Envoy `envoy.filters.http.jwt_authn`: JWT request authentication (see `crate::jwt`).
+    pub jwt_authn: Option<crate::jwt::RawJwtAuthn>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

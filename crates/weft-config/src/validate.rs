@@ -778,6 +778,13 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
             t.map(Box::new)
         }),
         authorization: authorization(cx, &format!("{path}.authorization"), &h.authorization, false),
+        jwt_authn: h.jwt_authn.as_ref().and_then(|j| {
+            let (j, errs) = crate::jwt::validate(&format!("{path}.jwt_authn"), j, clusters, cx.allow_unknown_clusters);
+            for (p, m) in errs {
+                cx.err(&p, m);
+            }
+            j.map(Box::new)
+        }),
     })
 }
 

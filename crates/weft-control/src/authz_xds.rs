@@ -143,7 +143,58 @@ fn principal(p: &Principal) -> rbac::Principal {
             Principal::RemoteIp(c) => I::RemoteIp(cidr(c)),
             Principal::Header(h) => I::Header(header(h)),
             Principal::UrlPath(m) => I::UrlPath(path(m)),
+            // JWT principals as Istio writes them for its Envoy (the `istio_authn` filter's metadata).
+            Principal::RequestPrincipal(m) => I::SourcedMetadata(jwt_metadata(&[], m.as_ref())),
+            Principal::RequestClaim { path, rule } => I::SourcedMetadata(jwt_metadata(path, rule.as_ref())),
         }),
+    }
+}
+
+/// The filter whose dynamic metadata holds a validated JWT's principal and claims (Istio's).
+pub const ISTIO_AUTHN: &str = "istio_authn";
+
+/// An Istio-style metadata matcher: `request.auth.principal` (empty `claim`), or
+/// `request.auth.claims` then the claim path, matching any element of a list claim.
+fn jwt_metadata(claim: &[String], m: Option<&StrMatch>) -> rbac::SourcedMetadata {
+    use matcher::metadata_matcher::{path_segment::Segment, PathSegment};
+    use matcher::value_matcher::MatchPattern as V;
+    let key = |k: &str| PathSegment {
+        segment: Some(Segment::Key(k.to_string())),
+    };
+    let mut segs = vec![key(if claim.is_empty() {
+        "request.auth.principal"
+    } else {
+        "request.auth.claims"
+    })];
+    segs.extend(claim.iter().map(|k| key(k)));
+    let leaf = match m {
+        None => V::PresentMatch(true),
+        Some(m) => V::StringMatch(string(m)),
+    };
+    let value = if claim.is_empty() {
+        matcher::ValueMatcher {
+            match_pattern: Some(leaf),
+        }
+    } else {
+        matcher::ValueMatcher {
+            match_pattern: Some(V::ListMatch(Box::new(matcher::ListMatcher {
+                match_pattern: Some(matcher::list_matcher::MatchPattern::OneOf(Box::new(
+                    matcher::ValueMatcher {
+                        match_pattern: Some(leaf),
+                    },
+                ))),
+            }))),
+        }
+    };
+    rbac::SourcedMetadata {
+        metadata_matcher: Some(matcher::MetadataMatcher {
+            filter: ISTIO_AUTHN.into(),
+            path: segs,
+            value: Some(value),
+            invert: false,
+        }),
+        // Dynamic metadata (what the authentication filter wrote).
+        metadata_source: 0,
     }
 }
 
@@ -257,6 +308,36 @@ mod tests {
         assert_eq!(
             e,
             vec!["p.yaml: authorization[0].action: unknown action \"CUSTOM\" (ALLOW, DENY, AUDIT)"]
+        );
+    }
+
+    /// JWT conditions go out as Istio's `istio_authn` metadata matchers and come back, through the
+    /// xDS client's RBAC conversion, as the same principals.
+    #[test]
+    fn jwt_conditions_round_trip_through_envoy_rbac() {
+        let f = parse_fragment(
+            "p.yaml",
+            "authorization:\n  - name: admins\n    rules:\n      - from: [{requestPrincipals: ['https://idp/*']}]\n        when: [{key: 'request.auth.claims[realm][roles]', values: [admin]}, {key: request.auth.audiences, notValues: [guest]}]\n",
+        )
+        .unwrap();
+        let (w, e) = World::build([("p.yaml", &f)].into_iter());
+        assert!(e.is_empty(), "{e:?}");
+        let a = authorization_for(&w, "ratings", "default").unwrap();
+        let mut raw = weft_config::authz::RawAuthorization::default();
+        for f in rbac_filters(&a) {
+            let Some(weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+                panic!("typed config");
+            };
+            let r: http_rbac::Rbac = weft_xds_api::unpack(any, RBAC_URL).unwrap();
+            let mut errs = weft_xds_client::convert::Errs::default();
+            raw.rbac.push(weft_xds_client::rbac_xds::http(&mut errs, "f", &r));
+            assert!(errs.0.is_empty(), "{:?}", errs.0);
+        }
+        let (back, e) = weft_config::authz::validate("a", &raw, false);
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(
+            back.unwrap().stages[0].policies[0].principals,
+            a.stages[0].policies[0].principals
         );
     }
 }

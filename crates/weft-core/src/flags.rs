@@ -46,6 +46,9 @@ pub enum Reason {
     NoCluster,
     /// Authorization (RBAC) denied the request (403) or closed the TCP connection.
     Rbac,
+    /// JWT authentication (`jwt_authn`) refused the request: 401, or 403 for a disallowed
+    /// audience; the body is Envoy's status text.
+    JwtAuthn,
 }
 
 impl Reason {
@@ -67,6 +70,7 @@ impl Reason {
             Reason::RateLimitServiceError => "RLSE",
             Reason::NoCluster => "NC",
             Reason::Rbac => "RBAC",
+            Reason::JwtAuthn => "JWT",
         }
     }
 
@@ -75,7 +79,7 @@ impl Reason {
     pub fn envoy_flag(self) -> Option<&'static str> {
         match self {
             // Envoy's RBAC filter sets no response flag: its logs show `-` and the details say why.
-            Reason::DirectResponse | Reason::Rbac => None,
+            Reason::DirectResponse | Reason::Rbac | Reason::JwtAuthn => None,
             Reason::UpstreamProtocolError => Some("UPE"),
             r => Some(r.code()),
         }
@@ -101,6 +105,7 @@ impl Reason {
             Reason::NoCluster => "cluster_not_found",
             // The access log carries `rbac_access_denied_matched_policy[<name>]` instead.
             Reason::Rbac => "rbac_access_denied",
+            Reason::JwtAuthn => "jwt_authn_access_denied",
         }
     }
 
@@ -133,6 +138,7 @@ impl Reason {
             Reason::RateLimited | Reason::GlobalRateLimited => StatusCode::TOO_MANY_REQUESTS,
             Reason::RateLimitServiceError => StatusCode::INTERNAL_SERVER_ERROR,
             Reason::Rbac => StatusCode::FORBIDDEN,
+            Reason::JwtAuthn => StatusCode::UNAUTHORIZED,
         }
     }
 
@@ -156,6 +162,8 @@ impl Reason {
             Reason::NoCluster => "no cluster match for the route (NC)\n",
             // Envoy's body, byte for byte (clients and tests compare it).
             Reason::Rbac => "RBAC: access denied",
+            // Replaced by the exact status text (`weft_jwt::Status::text`).
+            Reason::JwtAuthn => "Jwt verification fails",
         }
     }
 }

@@ -174,6 +174,7 @@ pub fn explain(server: &Server, req: &ExplainRequest) -> Value {
                     path: path_q,
                     authority: &req.host,
                     headers: &req.headers,
+                    jwt: None,
                 }),
                 principal: req.principal.as_deref(),
                 direct_remote: req.source,

@@ -42,6 +42,8 @@ pub struct HttpView<'a> {
     pub path: &'a str,
     pub authority: &'a str,
     pub headers: &'a HeaderMap,
+    /// The claims of the request's validated JWT (`jwt_authn`), if any.
+    pub jwt: Option<&'a serde_json::Map<String, serde_json::Value>>,
 }
 
 /// The outcome of one evaluation.
@@ -128,6 +130,8 @@ enum Princ {
     RemoteIp(CidrRange),
     Header(Header),
     UrlPath(Str),
+    RequestPrincipal(Option<Str>),
+    RequestClaim(Box<[String]>, Option<Str>),
 }
 
 enum HeaderKey {
@@ -283,6 +287,10 @@ impl Princ {
             Principal::RemoteIp(c) => Princ::RemoteIp(*c),
             Principal::Header(h) => Header::new(h).map_or(Princ::Or(Vec::new()), Princ::Header),
             Principal::UrlPath(m) => Princ::UrlPath(Str::new(m)),
+            Principal::RequestPrincipal(m) => Princ::RequestPrincipal(m.as_ref().map(Str::new)),
+            Principal::RequestClaim { path, rule } => {
+                Princ::RequestClaim(path.clone().into_boxed_slice(), rule.as_ref().map(Str::new))
+            }
         }
     }
 
@@ -301,7 +309,63 @@ impl Princ {
             Princ::RemoteIp(c) => c.contains(r.remote),
             Princ::Header(h) => r.http.as_ref().is_some_and(|v| h.matches(v)),
             Princ::UrlPath(m) => r.http.as_ref().is_some_and(|v| m.matches(url_path(v.path))),
+            Princ::RequestPrincipal(m) => {
+                let Some(claims) = r.http.as_ref().and_then(|v| v.jwt) else {
+                    return false;
+                };
+                match m {
+                    None => true,
+                    Some(m) => request_principal(claims).is_some_and(|p| m.matches(p.as_bytes())),
+                }
+            }
+            Princ::RequestClaim(path, m) => {
+                let Some(claims) = r.http.as_ref().and_then(|v| v.jwt) else {
+                    return false;
+                };
+                let Some(v) = claim(claims, path) else {
+                    return false;
+                };
+                match m {
+                    None => true,
+                    Some(m) => claim_matches(v, m),
+                }
+            }
         }
+    }
+}
+
+/// Istio's request principal: `<iss>/<sub>` of the validated token (both must be strings).
+pub fn request_principal(claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let iss = claims.get("iss")?.as_str()?;
+    let sub = claims.get("sub")?.as_str()?;
+    Some(format!("{iss}/{sub}"))
+}
+
+/// A (nested) claim.
+pub fn claim<'a, S: AsRef<str>>(
+    claims: &'a serde_json::Map<String, serde_json::Value>,
+    path: &[S],
+) -> Option<&'a serde_json::Value> {
+    let (first, rest) = path.split_first()?;
+    let mut v = claims.get(first.as_ref())?;
+    for k in rest {
+        v = v.as_object()?.get(k.as_ref())?;
+    }
+    Some(v)
+}
+
+/// A string claim matches its value; a list claim when any of its string elements does (Istio);
+/// numbers and booleans are compared in their JSON text.
+fn claim_matches(v: &serde_json::Value, m: &Str) -> bool {
+    match v {
+        serde_json::Value::String(s) => m.matches(s.as_bytes()),
+        serde_json::Value::Array(items) => items.iter().any(|i| match i {
+            serde_json::Value::String(s) => m.matches(s.as_bytes()),
+            serde_json::Value::Number(_) | serde_json::Value::Bool(_) => m.matches(i.to_string().as_bytes()),
+            _ => false,
+        }),
+        serde_json::Value::Number(_) | serde_json::Value::Bool(_) => m.matches(v.to_string().as_bytes()),
+        _ => false,
     }
 }
 
@@ -458,6 +522,7 @@ mod tests {
                 path,
                 authority: "ratings:9080",
                 headers,
+                jwt: None,
             }),
             principal,
             direct_remote: "10.1.2.3".parse().unwrap(),
@@ -520,5 +585,34 @@ mod tests {
             ..req(None, &get, "/x.php", &h)
         };
         assert!(a.check(&tcp).allowed);
+    }
+
+    #[test]
+    fn jwt_claims_and_request_principals() {
+        let a = authz(
+            "policies:\n- {name: admins, action: ALLOW, rules: [{from: [{requestPrincipals: ['https://idp/*']}], when: [{key: 'request.auth.claims[realm][groups]', values: [admin]}]}]}\n- {name: no-guests, action: DENY, rules: [{when: [{key: request.auth.audiences, values: [guest]}]}]}\n",
+        );
+        let m = Method::GET;
+        let h = HeaderMap::new();
+        let claims = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let check = |c: Option<&serde_json::Map<String, serde_json::Value>>| {
+            let mut r = req(None, &m, "/", &h);
+            r.http.as_mut().unwrap().jwt = c;
+            a.evaluate(&r).allowed
+        };
+        let ok = claims(
+            serde_json::json!({"iss": "https://idp/", "sub": "u1", "aud": ["api"], "realm": {"groups": ["dev", "admin"]}}),
+        );
+        assert!(check(Some(&ok)));
+        assert!(!check(None), "no token: no request principal");
+        let not_admin = claims(serde_json::json!({"iss": "https://idp/", "sub": "u1", "realm": {"groups": "dev"}}));
+        assert!(!check(Some(&not_admin)));
+        let other_iss =
+            claims(serde_json::json!({"iss": "https://evil/", "sub": "u1", "realm": {"groups": ["admin"]}}));
+        assert!(!check(Some(&other_iss)));
+        let guest = claims(
+            serde_json::json!({"iss": "https://idp/", "sub": "u1", "aud": "guest", "realm": {"groups": ["admin"]}}),
+        );
+        assert!(!check(Some(&guest)));
     }
 }

@@ -412,7 +412,7 @@ pub fn response_flags(reason: Option<Reason>, attempts: u32) -> Option<ResponseF
         Reason::UpstreamProtocolError => f.upstream_protocol_error = true,
         Reason::DownstreamProtocolError => f.downstream_protocol_error = true,
         Reason::DownstreamDisconnect => f.downstream_connection_termination = true,
-        Reason::DirectResponse | Reason::Rbac => return None,
+        Reason::DirectResponse | Reason::Rbac | Reason::JwtAuthn => return None,
         Reason::FaultInjected => f.fault_injected = true,
         Reason::RateLimited | Reason::GlobalRateLimited => f.rate_limited = true,
         Reason::RateLimitServiceError => f.rate_limit_service_error = true,

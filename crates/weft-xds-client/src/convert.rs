@@ -19,6 +19,7 @@ use weft_xds_api::pb::envoy::config::endpoint::v3 as ep;
 use weft_xds_api::pb::envoy::config::listener::v3 as ls;
 use weft_xds_api::pb::envoy::config::route::v3 as rt;
 use weft_xds_api::pb::envoy::extensions::filters::http::fault::v3 as fault;
+use weft_xds_api::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt_authn;
 use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
 use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
 use weft_xds_api::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
@@ -536,6 +537,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         rate_limit_service: None,
         tracing: crate::tracing_xds::from_hcm(errs, &format!("{path}.tracing"), h.tracing.as_ref()),
         authorization: None,
+        jwt_authn: None,
     };
     let mut router_at = None;
     for (i, f) in h.http_filters.iter().enumerate() {
@@ -589,6 +591,13 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
                     }
                     Err(e) => errs.add(&format!("{fp}.typed_config"), e),
                 }
+            }
+        } else if is(crate::jwt_xds::JWT_AUTHN_URL, crate::jwt_xds::JWT_AUTHN_NAME) {
+            match cfg.map(|a| weft_xds_api::unpack::<jwt_authn::JwtAuthentication>(a, crate::jwt_xds::JWT_AUTHN_URL)) {
+                Some(Ok(_)) if out.jwt_authn.is_some() => errs.add(&fp, "a second jwt_authn filter is unsupported"),
+                Some(Ok(j)) => out.jwt_authn = Some(crate::jwt_xds::jwt_authn(errs, &format!("{fp}.typed_config"), &j)),
+                Some(Err(e)) => errs.add(&format!("{fp}.typed_config"), e),
+                None => errs.add(&format!("{fp}.typed_config"), "is required"),
             }
         } else if is(RATE_LIMIT_URL, RATE_LIMIT_NAME) {
             match cfg.map(|a| weft_xds_api::unpack::<rl::RateLimit>(a, RATE_LIMIT_URL)) {

@@ -1,7 +1,7 @@
 //! Envoy RBAC filters (`envoy.filters.http.rbac`, `envoy.filters.network.rbac`) → weft's
 //! `authorization` block ([`weft_config::authz::RawAuthorization`]).
 //!
-//! Every matcher kind weft cannot evaluate (metadata, filter state, CEL conditions, matcher trees,
+//! Every matcher kind weft cannot evaluate (metadata other than JWT claims, filter state, CEL conditions, matcher trees,
 //! custom extensions, port ranges, audit loggers…) is refused with its field path: a policy is never
 //! silently weakened.
 
@@ -169,12 +169,98 @@ fn principal(errs: &mut Errs, path: &str, p: &rbac::Principal) -> RawPrincipal {
         Some(I::RemoteIp(c)) => out.remote_ip = Some(cidr(c)),
         Some(I::Header(h)) => out.header = header(errs, &format!("{path}.header"), h),
         Some(I::UrlPath(m)) => out.url_path = path_matcher(errs, &format!("{path}.url_path"), m),
-        Some(I::Metadata(_)) => errs.add(&format!("{path}.metadata"), "unsupported"),
+        Some(I::Metadata(m)) => {
+            if let Some(p) = jwt_metadata(errs, &format!("{path}.metadata"), m) {
+                out = p;
+            }
+        }
         Some(I::FilterState(_)) => errs.add(&format!("{path}.filter_state"), "unsupported"),
-        Some(I::SourcedMetadata(_)) => errs.add(&format!("{path}.sourced_metadata"), "unsupported"),
+        Some(I::SourcedMetadata(s)) => {
+            let sp = format!("{path}.sourced_metadata");
+            match &s.metadata_matcher {
+                // 0: DYNAMIC (what an authentication filter wrote); ROUTE metadata is not kept.
+                Some(m) if s.metadata_source == 0 => {
+                    if let Some(p) = jwt_metadata(errs, &format!("{sp}.metadata_matcher"), m) {
+                        out = p;
+                    }
+                }
+                Some(_) => errs.add(&format!("{sp}.metadata_source"), "only DYNAMIC is supported"),
+                None => errs.add(&format!("{sp}.metadata_matcher"), "is required"),
+            }
+        }
         Some(I::Custom(_)) => errs.add(&format!("{path}.custom"), "unsupported"),
     }
     out
+}
+
+/// JWT metadata principals: Istio's (`istio_authn`: `request.auth.principal`, or
+/// `request.auth.claims` then the claim path) and Envoy's own (`envoy.filters.http.jwt_authn`: the
+/// `payload_in_metadata` key, then the claim path). Any other metadata is refused.
+fn jwt_metadata(errs: &mut Errs, path: &str, m: &matcher::MetadataMatcher) -> Option<RawPrincipal> {
+    use matcher::metadata_matcher::path_segment::Segment;
+    let keys: Vec<&str> = m
+        .path
+        .iter()
+        .map(|s| match &s.segment {
+            Some(Segment::Key(k)) => k.as_str(),
+            None => "",
+        })
+        .collect();
+    let claim: Option<Vec<String>> = match (m.filter.as_str(), keys.as_slice()) {
+        ("istio_authn", ["request.auth.principal"]) => None,
+        ("istio_authn", ["request.auth.claims", rest @ ..]) if !rest.is_empty() => {
+            Some(rest.iter().map(|k| k.to_string()).collect())
+        }
+        ("envoy.filters.http.jwt_authn", [_, rest @ ..]) if !rest.is_empty() => {
+            Some(rest.iter().map(|k| k.to_string()).collect())
+        }
+        _ => {
+            errs.add(
+                path,
+                "unsupported: only JWT metadata (istio_authn request.auth.principal / request.auth.claims, or envoy.filters.http.jwt_authn's payload) is understood",
+            );
+            return None;
+        }
+    };
+    use matcher::value_matcher::MatchPattern as V;
+    let vp = format!("{path}.value");
+    // A claim matcher may wrap its string matcher in a list matcher (Istio does: any element).
+    let mut v = m.value.as_ref().and_then(|v| v.match_pattern.as_ref());
+    if let Some(V::ListMatch(l)) = v {
+        v = match &l.match_pattern {
+            Some(matcher::list_matcher::MatchPattern::OneOf(x)) => x.match_pattern.as_ref(),
+            None => None,
+        };
+    }
+    let value = match v {
+        Some(V::StringMatch(s)) => Some(string_matcher(errs, &vp, s)?),
+        Some(V::PresentMatch(true)) => None,
+        _ => {
+            errs.add(
+                &vp,
+                "only string_match, present_match or list_match.one_of of those are supported",
+            );
+            return None;
+        }
+    };
+    let p = match claim {
+        None => RawPrincipal {
+            request_principal: Some(RawAuthenticated { principal_name: value }),
+            ..Default::default()
+        },
+        Some(path) => RawPrincipal {
+            request_claim: Some(weft_config::authz::RawRequestClaim { path, value }),
+            ..Default::default()
+        },
+    };
+    Some(if m.invert {
+        RawPrincipal {
+            not_id: Some(Box::new(p)),
+            ..Default::default()
+        }
+    } else {
+        p
+    })
 }
 
 fn cidr(c: &core::CidrRange) -> String {

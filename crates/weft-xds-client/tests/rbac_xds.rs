@@ -293,6 +293,7 @@ fn input<'a>(
             path,
             authority: "ratings",
             headers,
+            jwt: None,
         }),
         principal,
         direct_remote: peer.parse().unwrap(),

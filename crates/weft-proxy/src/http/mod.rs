@@ -55,8 +55,11 @@ pub struct HttpRt {
     pub grpc_log: Option<Arc<weft_telemetry::als::GrpcLogger>>,
     /// The connection manager's `local_rate_limit`, shared by every worker.
     pub rate_limit: Option<crate::filters::LocalRateLimiter>,
-    /// The connection manager's authorization (RBAC), evaluated before anything else.
+    /// The connection manager's authorization (RBAC), evaluated before anything else but JWT
+    /// authentication.
     pub authz: Option<weft_route::authz::Authorizer>,
+    /// JWT request authentication (Envoy `jwt_authn`), first of all; its claims feed authorization.
+    pub jwt: Option<weft_jwt::JwtAuthn>,
     /// The connection manager's global rate limit service, asked by routes with `rate_limits`.
     pub rls: Option<crate::ratelimit::RateLimitClient>,
     /// Distributed tracing, when the connection manager configures it (`None`: one branch per request).
@@ -110,6 +113,7 @@ impl HttpRt {
                     }),
                 )
             }),
+            jwt: config.jwt_authn.as_deref().map(weft_jwt::JwtAuthn::new),
             rls: config.rate_limit_service.as_ref().map(|c| {
                 let (over, errors) = metrics.filters.rate_limit_service(listener);
                 crate::ratelimit::RateLimitClient::new(c, over, errors)

@@ -41,7 +41,7 @@ impl Reply {
 /// The route an exchange matched, for response header mutations and per-route stats.
 type Matched<'r> = Option<(&'r VirtualHostEntry, &'r RouteEntry)>;
 
-pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<DownBody> {
+pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<DownBody> {
     let rt = &*ctx.rt;
     // One route table for the whole exchange, even if an update swaps it meanwhile.
     let routes = rt.routes.load_full();
@@ -80,8 +80,19 @@ pub(super) async fn handle(ctx: &ConnCtx, req: Request<Incoming>) -> Response<Do
             let reason = Reason::DownstreamProtocolError;
             break 'outcome Ok(Reply::local(local_reply(rt, reason, false), reason));
         }
+        // JWT authentication first (it may rewrite headers that authorization and routing read).
+        let mut jwt_claims: Option<weft_jwt::Claims> = None;
+        if let Some(j) = &rt.jwt {
+            match Box::pin(j.authenticate(&mut req, &ctx.clusters)).await {
+                weft_jwt::Outcome::Pass(c) => jwt_claims = c,
+                weft_jwt::Outcome::Reject(r) => {
+                    let resp = super::reply::jwt_reply(rt, &r, grpc);
+                    break 'outcome Ok(Reply::local(resp, Reason::JwtAuthn));
+                }
+            }
+        }
         if let Some(a) = &rt.authz {
-            if let Some(reply) = authorize(ctx, a, &req, grpc, &mut facts) {
+            if let Some(reply) = authorize(ctx, a, &req, jwt_claims.as_deref(), grpc, &mut facts) {
                 break 'outcome Ok(reply);
             }
         }
@@ -197,6 +208,7 @@ fn authorize(
     ctx: &ConnCtx,
     a: &weft_route::authz::Authorizer,
     req: &Request<Incoming>,
+    jwt: Option<&serde_json::Map<String, serde_json::Value>>,
     grpc: bool,
     facts: &mut Facts,
 ) -> Option<Reply> {
@@ -207,6 +219,7 @@ fn authorize(
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()),
             authority: request_host(req),
             headers: req.headers(),
+            jwt,
         }),
         principal: tls.and_then(|t| t.principal.as_deref()),
         direct_remote: ctx.peer.ip(),

@@ -64,6 +64,24 @@ pub(super) fn local_reply_as(
     resp
 }
 
+/// Envoy's `jwt_authn` rejection: 401 (403 for a disallowed audience) with the status text as the
+/// body (gRPC: UNAUTHENTICATED / PERMISSION_DENIED) and `www-authenticate`.
+pub(super) fn jwt_reply(rt: &HttpRt, r: &weft_jwt::Rejection, grpc: bool) -> Response<DownBody> {
+    let status = r.status.http_status();
+    let grpc_code = if status == StatusCode::FORBIDDEN { 7 } else { 16 };
+    let mut resp = local_reply_as(rt, Reason::JwtAuthn, grpc, status, grpc_code);
+    let text = r.status.text();
+    if grpc {
+        resp.headers_mut()
+            .insert("grpc-message", HeaderValue::from_static(text));
+    } else {
+        *resp.body_mut() = DownBody::full(Bytes::from_static(text.as_bytes()));
+    }
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, r.www_authenticate.clone());
+    resp
+}
+
 /// The local reply for a request stopped by a rate limit or a fault abort.
 pub(super) fn stop_reply(rt: &HttpRt, stop: crate::filters::Stop, grpc: bool) -> (Response<DownBody>, Reason) {
     use crate::filters::{grpc_for_http, http_for_grpc, Stop};
