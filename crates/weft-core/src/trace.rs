@@ -146,7 +146,10 @@ pub fn extract_decision_by<S: AsRef<str>>(
         }),
         Propagator::B3multi => {
             let Some(t) = b("x-b3-traceid") else {
-                deny |= b("x-b3-sampled").is_some_and(|v| v.as_ref() == "0");
+                // The decision alone: `x-b3-sampled: 0`, or the single-header `b3: 0` that B3
+                // readers look for first (and that weft writes alone when it lists both formats).
+                deny |=
+                    b("x-b3-sampled").is_some_and(|v| v.as_ref() == "0") || b("b3").is_some_and(|v| v.as_ref() == "0");
                 return None;
             };
             let trace_id = b3_trace_id(t.as_ref().as_bytes())?;
@@ -870,6 +873,7 @@ impl TraceExchange {
                         out.push((TRACEPARENT, String::from_utf8_lossy(&tp).into_owned()));
                     }
                     Propagator::B3 => out.push((B3, "0".to_string())),
+                    Propagator::B3multi if tracer.config.propagators.contains(&Propagator::B3) => {}
                     Propagator::B3multi => out.push((B3_SAMPLED, "0".to_string())),
                     Propagator::Sw8 => self.inject(*p, span_id, tracer, cluster, &endpoint, &mut |name, v| {
                         if let (Some(name), Ok(v)) = (name, std::str::from_utf8(v)) {
@@ -911,6 +915,10 @@ impl TraceExchange {
                 Propagator::B3 => {
                     headers.insert(B3, HeaderValue::from_static("0"));
                 }
+                // With `b3` listed too, `b3: 0` alone says it: B3 readers of the multi-header
+                // format (Brave, OpenTelemetry's B3 propagator, Envoy, weft) read the single
+                // header first.
+                Propagator::B3multi if tracer.config.propagators.contains(&Propagator::B3) => {}
                 Propagator::B3multi => {
                     headers.insert(B3_SAMPLED, HeaderValue::from_static("0"));
                 }
@@ -1253,15 +1261,27 @@ mod tests {
         ex.start_client(&t, &Arc::from("backend"), &mut up);
         let p = parse_traceparent(up[&TRACEPARENT].as_bytes()).unwrap();
         assert_eq!((p.trace_id, p.sampled), (ex.trace_id, Some(false)));
-        assert_eq!((up[&B3].as_bytes(), up[&B3_SAMPLED].as_bytes()), (&b"0"[..], &b"0"[..]));
+        assert_eq!(up[&B3].as_bytes(), b"0");
+        assert!(!up.contains_key(&B3_SAMPLED), "b3: 0 says it for both B3 formats");
         assert!(!up.contains_key(&B3_TRACE_ID) && !up.contains_key(&B3_SPAN_ID));
         assert_eq!(parse_sw8(up[&SW8].as_bytes()).unwrap().sampled, Some(false));
         // ... which the next hop follows, whichever format it reads (the ratio here is 1).
         let (t1, _rx1) = tracer(1.0, vec![Propagator::B3]);
         assert!(!t1.start(&Method::GET, &uri, &up, peer).sampled, "b3: 0");
         let (t1, _rx1) = tracer(1.0, vec![Propagator::B3multi]);
-        assert!(!t1.start(&Method::GET, &uri, &up, peer).sampled, "x-b3-sampled: 0");
+        assert!(
+            !t1.start(&Method::GET, &uri, &up, peer).sampled,
+            "b3: 0, read by b3multi"
+        );
+        let mut multi = HeaderMap::new();
+        multi.insert(B3_SAMPLED, HeaderValue::from_static("0"));
+        assert!(!t1.start(&Method::GET, &uri, &multi, peer).sampled, "x-b3-sampled: 0");
         assert!(t1.start(&Method::GET, &uri, &HeaderMap::new(), peer).sampled);
+        // Listed alone, b3multi writes its own deny.
+        let mut ex1 = t1.start(&Method::GET, &uri, &up, peer);
+        let mut up1 = HeaderMap::new();
+        ex1.start_client(&t1, &Arc::from("backend"), &mut up1);
+        assert_eq!(up1[&B3_SAMPLED].as_bytes(), b"0");
         let kv = |k: &str| match k {
             "b3" => Some("0"),
             _ => None,
