@@ -1077,6 +1077,35 @@ fn envoy_delta_accepts_every_governance_policy() {
 /// Every YAML example in docs/control.md is valid: the registry examples all together, as one
 /// registry directory; the Kubernetes resources (WeftRoute, WeftDestination) as their CRD types,
 /// through the same validation the Kubernetes registry applies.
+/// Istio VirtualServices and DestinationRules (documents separated by `---`) map to weft policy
+/// with nothing skipped.
+fn istio_example(body: &str) -> Result<(), String> {
+    use weft_control::istio::{self, DestinationRuleSpec, Lookup, VirtualServiceSpec};
+    struct ByName;
+    impl Lookup for ByName {
+        fn service_for_port(&self, namespace: &str, name: &str, _port: u32) -> Option<String> {
+            Some(format!("{name}.{namespace}"))
+        }
+        fn hash_for(&self, _service: &str) -> Option<serde_json::Value> {
+            None
+        }
+    }
+    for doc in body.split("\n---\n") {
+        let v: serde_json::Value = serde_saphyr::from_str(doc).map_err(|e| e.to_string())?;
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or("default");
+        let raw = v["spec"].as_object().cloned().ok_or("no spec")?;
+        let (fragment, skipped) = match v["kind"].as_str() {
+            Some("VirtualService") => istio::virtual_service(&ByName, "docs example", ns, &VirtualServiceSpec { raw }),
+            Some("DestinationRule") => istio::destination_rule("docs example", ns, &DestinationRuleSpec { raw }),
+            k => return Err(format!("an Istio resource of kind {k:?}")),
+        };
+        if fragment.is_none() || !skipped.is_empty() {
+            return Err(format!("not mapped whole: {skipped:?}"));
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn control_docs_examples_are_valid() {
     use weft_control::crd::{WeftDestination, WeftRoute};
@@ -1094,6 +1123,8 @@ fn control_docs_examples_are_valid() {
                 serde_saphyr::from_str::<WeftDestination>(body)
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.to_fragment("docs example").map(|_| ()))
+            } else if body.starts_with("apiVersion: networking.istio.io/") {
+                istio_example(body)
             } else {
                 Err("a Kubernetes resource of an unknown kind".to_string())
             };
