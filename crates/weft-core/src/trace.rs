@@ -82,8 +82,7 @@ pub fn extract(headers: &HeaderMap, propagators: &[Propagator]) -> Option<Parent
 /// [`extract`], or when no context came: `Err(true)` if the caller sent B3's deny-only form (`b3: 0`,
 /// or `x-b3-sampled: 0` without ids) in a configured format — "not sampled", to be followed.
 pub fn extract_decision(headers: &HeaderMap, propagators: &[Propagator]) -> Result<Parent, bool> {
-    let found = Found::scan(headers);
-    extract_decision_by(|k| found.get(k), propagators)
+    Found::scan(headers).decide(propagators)
 }
 
 /// The trace-context headers of a request, found in one pass over its headers (cheaper than a
@@ -122,6 +121,15 @@ impl<'a> Found<'a> {
 
     fn get(&self, key: &str) -> Option<&'a str> {
         self.values[Found::index(key)?].and_then(|v| v.to_str().ok())
+    }
+
+    /// [`extract_decision`] over what was found; most requests carry no context, and then there
+    /// is nothing to parse.
+    fn decide(&self, propagators: &[Propagator]) -> Result<Parent, bool> {
+        if self.values[..7].iter().all(Option::is_none) {
+            return Err(false);
+        }
+        extract_decision_by(|k| self.get(k), propagators)
     }
 }
 
@@ -558,12 +566,7 @@ impl Tracer {
     /// handle, not a copy).
     pub fn start(&self, method: &Method, uri: &Uri, headers: &HeaderMap, peer: SocketAddr) -> Box<TraceExchange> {
         let found = Found::scan(headers);
-        // Most requests carry no context: then there is nothing to parse.
-        let parent = if found.values[..7].iter().all(Option::is_none) {
-            Err(false)
-        } else {
-            extract_decision_by(|k| found.get(k), &self.config.propagators)
-        };
+        let parent = found.decide(&self.config.propagators);
         let w3c_parent = parent.as_ref().is_ok_and(|p| p.format == Propagator::W3c);
         let mut ex = self.begin(parent, method.clone(), uri.clone(), peer);
         if uri.authority().is_none() {

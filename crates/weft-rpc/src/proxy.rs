@@ -535,6 +535,21 @@ pub async fn serve_connection(
 }
 
 /// Handles one frame; `false` closes the connection.
+/// Writes a client span's context (`start_rpc_client`'s pairs) into the request's attachments.
+/// Last of all on the frame: the rewrite moves what `info` points at.
+fn write_trace_context<K: AsRef<str>>(
+    rt: &RpcRt,
+    codec: &dyn Codec,
+    frame: &mut Frame,
+    info: &RequestInfo,
+    ctx: &[(K, String)],
+) {
+    let kvs: Vec<(&str, &str)> = ctx.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
+    if !codec.set_attachments(frame, info, &kvs) {
+        tracing::debug!(listener = %rt.listener, "cannot write trace context into the request");
+    }
+}
+
 async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut frame: Frame) -> bool {
     let codec = &*rt.codec;
     match frame.kind {
@@ -647,8 +662,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
     };
     if !two_way {
         if let Some(ctx) = trace_ctx {
-            let kvs: Vec<(&str, &str)> = ctx.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            codec.set_attachments(&mut frame, &info, &kvs);
+            write_trace_context(rt, codec, &mut frame, &info, &ctx);
         }
         cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
         let sent = conn.tx.send(frame.data.freeze()).is_ok();
@@ -679,10 +693,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         timeout = timeout.min(t);
     }
     if let Some(ctx) = trace_ctx {
-        let kvs: Vec<(&str, &str)> = ctx.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        if !codec.set_attachments(&mut frame, &info, &kvs) {
-            tracing::debug!(listener = %rt.listener, "cannot write trace context into the request");
-        }
+        write_trace_context(rt, codec, &mut frame, &info, &ctx);
     }
     let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
     codec.set_request_id(&mut frame, up_id);

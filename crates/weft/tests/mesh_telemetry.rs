@@ -41,6 +41,24 @@ fn spawn(py: &PathBuf, args: &[&str]) -> (ChildGuard, String) {
     (guard, line.trim().to_string())
 }
 
+/// The OTLP receiver (interop/otel_trace.py) writing spans to `out`, and its gRPC port.
+fn otlp_receiver(py: &PathBuf, out: &std::path::Path) -> (ChildGuard, u16) {
+    let (guard, line) = spawn(
+        py,
+        &[
+            peers::interop_dir().join("otel_trace.py").to_str().unwrap(),
+            "receiver",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let port = line
+        .strip_prefix("PORTS ")
+        .and_then(|p| p.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("receiver said {line:?}"));
+    (guard, port)
+}
+
 fn lines(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -57,19 +75,7 @@ fn mesh_wide_tracing_and_access_log_reach_a_sidecar_without_its_own() {
     let dir = TempDir::new("mesh-telemetry");
     let reg = TempDir::new("mesh-telemetry-reg");
     let spans = dir.join("spans.jsonl");
-    let (_otlp, line) = spawn(
-        &otel_py,
-        &[
-            peers::interop_dir().join("otel_trace.py").to_str().unwrap(),
-            "receiver",
-            "--out",
-            spans.to_str().unwrap(),
-        ],
-    );
-    let otlp_grpc: u16 = line
-        .strip_prefix("PORTS ")
-        .and_then(|p| p.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("receiver said {line:?}"));
+    let (_otlp, otlp_grpc) = otlp_receiver(&otel_py, &spans);
     let als_out = dir.join("als.jsonl");
     let (_als, line) = spawn(
         &grpc_py,
@@ -168,19 +174,7 @@ fn envoy_and_weft_sidecars_share_one_trace() {
     let dir = TempDir::new("mesh-telemetry-envoy");
     let reg = TempDir::new("mesh-telemetry-envoy-reg");
     let spans = dir.join("spans.jsonl");
-    let (_otlp, line) = spawn(
-        &otel_py,
-        &[
-            peers::interop_dir().join("otel_trace.py").to_str().unwrap(),
-            "receiver",
-            "--out",
-            spans.to_str().unwrap(),
-        ],
-    );
-    let otlp_grpc: u16 = line
-        .strip_prefix("PORTS ")
-        .and_then(|p| p.split(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("receiver said {line:?}"));
+    let (_otlp, otlp_grpc) = otlp_receiver(&otel_py, &spans);
     let app = name_server("web-app");
     let web_in = free_addr();
     reg.write(
