@@ -183,6 +183,10 @@ fn route_match(errs: &mut Errs, path: &str, rm: &dubbo::RouteMatch, m: &mut RawR
             for (index, spec) in params {
                 use dubbo::method_match::parameter_match_specifier::ParameterMatchSpecifier as P;
                 let pp = format!("{path}.method.params_match[{index}]");
+                if *index > 255 {
+                    errs.add(&pp, "argument index out of range [0, 255]");
+                    continue;
+                }
                 match &spec.parameter_match_specifier {
                     Some(P::ExactMatch(v)) => m.arguments.push(RawArgMatch {
                         index: Some(u64::from(*index)),

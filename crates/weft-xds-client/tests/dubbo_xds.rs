@@ -377,6 +377,14 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
             format!("{base}.dubbo_filters[0]: unsupported Dubbo filter \"envoy.filters.dubbo.testing\""),
         ),
         (
+            Box::new(|d| {
+                let rc = route_configs(d);
+                let m = rc[0].routes[0].r#match.as_mut().unwrap().method.as_mut().unwrap();
+                *m = method(exact("echo"), &[(300, "x")]);
+            }),
+            format!("{mrc}[0].routes[0].match.method.params_match[300]: argument index out of range [0, 255]"),
+        ),
+        (
             Box::new(|d| d.protocol_type = 7),
             format!("{base}.protocol_type: unsupported value 7"),
         ),
