@@ -130,6 +130,9 @@ pub struct RawFilterChain {
     pub match_: Option<RawFilterChainMatch>,
     pub http: Option<RawHttp>,
     pub tcp_proxy: Option<RawTcpProxy>,
+    /// An RPC proxy (`protocol: dubbo` or `bolt`; `auto` only as the listener's `rpc` shorthand).
+    /// Envoy's `envoy.filters.network.dubbo_proxy` over xDS becomes this.
+    pub rpc: Option<crate::rpc::RawRpc>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -452,6 +452,7 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
             match_: None,
             http: None,
             tcp_proxy: None,
+            rpc: None,
         };
         if let Some(c) = filter_chain(cx, path, &raw, l.http.as_ref(), l.tcp_proxy.as_ref(), clusters) {
             chains.push(c);
@@ -547,17 +548,33 @@ fn filter_chain(
             }
         }
     }
-    let filter = match (http, tcp) {
-        (Some(_), Some(_)) => {
-            cx.err(path, "a filter chain holds either http or tcp_proxy, not both");
+    let filter = match (http, tcp, fc.rpc.as_ref()) {
+        (None, None, Some(r)) => {
+            let rp = format!("{path}.rpc");
+            if r.protocol.as_deref() == Some("auto") {
+                cx.err(
+                    &format!("{rp}.protocol"),
+                    "auto is only supported in the listener's rpc shorthand (it needs the listener's http and tcp_proxy)",
+                );
+                return None;
+            }
+            let mut errs = Vec::new();
+            let rpc = crate::rpc::validate(&rp, r, clusters, cx.allow_unknown_clusters, &mut errs);
+            for (p, m) in errs {
+                cx.err(&p, m);
+            }
+            NetworkFilter::Rpc(rpc?)
+        }
+        (None, None, None) => {
+            cx.err(path, "a filter chain needs http, tcp_proxy or rpc");
             return None;
         }
-        (None, None) => {
-            cx.err(path, "a filter chain needs http or tcp_proxy");
+        (Some(h), None, None) => NetworkFilter::Http(http_manager(cx, &format!("{path}.http"), h, clusters)?),
+        (None, Some(t), None) => NetworkFilter::TcpProxy(tcp_proxy(cx, &format!("{path}.tcp_proxy"), t, clusters)?),
+        _ => {
+            cx.err(path, "a filter chain holds one of http, tcp_proxy and rpc");
             return None;
         }
-        (Some(h), None) => NetworkFilter::Http(http_manager(cx, &format!("{path}.http"), h, clusters)?),
-        (None, Some(t)) => NetworkFilter::TcpProxy(tcp_proxy(cx, &format!("{path}.tcp_proxy"), t, clusters)?),
     };
     Some(FilterChain {
         name: fc.name.clone().unwrap_or_else(|| "default".into()),

@@ -24,6 +24,7 @@ use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as l
 use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
 use weft_xds_api::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use weft_xds_api::pb::envoy::extensions::filters::network::connection_limit::v3 as connection_limit;
+use weft_xds_api::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_proxy;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use weft_xds_api::pb::envoy::extensions::filters::network::rbac::v3 as net_rbac;
 use weft_xds_api::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
@@ -403,6 +404,28 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                 });
             }
             out.tcp_proxy = Some(tp);
+        } else if url == crate::dubbo_xds::DUBBO_PROXY_URL
+            || (url.is_empty() && f.name == crate::dubbo_xds::DUBBO_PROXY_NAME)
+        {
+            let tp = format!("{fp}.typed_config");
+            let Some(a) = cfg.as_ref() else {
+                errs.add(&tp, "is required (DubboProxy: stat_prefix and routes)");
+                return (out, None, limit);
+            };
+            match weft_xds_api::unpack::<dubbo_proxy::DubboProxy>(a, crate::dubbo_xds::DUBBO_PROXY_URL) {
+                Ok(d) => out.rpc = Some(crate::dubbo_xds::dubbo_proxy(errs, &tp, &d)),
+                Err(e) => errs.add(&tp, e),
+            }
+            for (rp, _) in &network_rbac {
+                errs.add(
+                    rp,
+                    format!(
+                        "{} before {} is unsupported (weft's rpc listeners have no authorization)",
+                        crate::rbac_xds::NETWORK_RBAC_NAME,
+                        crate::dubbo_xds::DUBBO_PROXY_NAME
+                    ),
+                );
+            }
         } else {
             let what = if url.is_empty() { f.name.as_str() } else { url };
             errs.add(&fp, format!("unknown filter \"{what}\" (not optional)"));

@@ -613,6 +613,7 @@ fn map_error(
     let envoyish = |p: &str| {
         p.replace(".http.", ".filters[0].typed_config.")
             .replace(".tcp_proxy.", ".filters[0].typed_config.")
+            .replace(".rpc.", ".filters[0].typed_config.")
             .replace("route.weighted_clusters[", "route.weighted_clusters.clusters[")
     };
     if let Some((i, rest)) = index(path, "listeners[") {
