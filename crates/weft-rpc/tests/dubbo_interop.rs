@@ -1,16 +1,20 @@
 //! Dubbo2 through weft with software nobody here wrote: sofa-rpc-node (with dubbo-remoting as its
-//! protocol) as two providers that answer with their own name, and as the consumer. Checks
-//! responses, routing by method and by argument value (which provider answered), attachments
-//! (the consumer's `group`), the no-route error the real client raises, and concurrent calls
-//! multiplexed over weft's upstream connection. Peers: `interop/install` (interop/rpc-node).
+//! protocol) as two providers that answer with their own name, and three consumers: sofa-rpc-node,
+//! dubbo2.js (npm) and dubbo-ssl-python (PyPI), each connected straight to weft. Checks responses,
+//! routing by method, by argument value and by attachment (which provider answered), attachments
+//! delivered, the errors the real clients raise for weft's own replies (no route, timeout), and
+//! concurrent calls multiplexed over weft's upstream connection. Peers: `interop/install`
+//! (interop/rpc-node, interop/dubbo2-js, interop/.venv-dubbo2).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{clusters_yaml, node_consume, node_provider};
+use common::{clusters_yaml, consume, node_consume, node_provider};
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;
@@ -19,13 +23,14 @@ fn peer_script() -> Option<PathBuf> {
     Some(interop_dir().join("rpc-node/dubbo_peer.js"))
 }
 
-fn yaml(alpha: SocketAddr, beta: SocketAddr) -> String {
+/// Listener `name` (metrics are per process and labelled by listener: one name per test).
+fn yaml(name: &str, alpha: SocketAddr, beta: SocketAddr) -> String {
     format!(
         r#"
 admin: {{ address: "127.0.0.1:0" }}
 runtime: {{ concurrency: 1 }}
 listeners:
-  - name: dubbo-interop
+  - name: {name}
     address: 127.0.0.1:0
     rpc:
       protocol: dubbo
@@ -37,6 +42,13 @@ listeners:
         - name: who
           match: {{ interface: org.example.Greeter, method: whoami, group: HSF }}
           cluster: beta
+        - name: lane-blue
+          match: {{ interface: org.example.Greeter, method: prop, attachments: {{ lane: blue }} }}
+          cluster: beta
+        - name: slow
+          match: {{ interface: org.example.Greeter, method: slow }}
+          cluster: alpha
+          timeout: 300ms
         - name: rest
           match: {{ interface: org.example.Greeter, version: 1.0.0 }}
           cluster: alpha
@@ -50,7 +62,7 @@ async fn sofa_rpc_node_consumer_and_providers_through_weft() {
     let Some(script) = peer_script() else { return };
     let (_a, alpha) = node_provider(&script, "alpha");
     let (_b, beta) = node_provider(&script, "beta");
-    let proxy = start_proxy(&yaml(alpha, beta));
+    let proxy = start_proxy(&yaml("dubbo-interop", alpha, beta));
     let addr = proxy.listener_addr("dubbo-interop").unwrap();
 
     let mut cmds = vec![
@@ -102,4 +114,172 @@ async fn sofa_rpc_node_consumer_and_providers_through_weft() {
         m.contains(r#"weft_rpc_requests_total{listener="dubbo-interop",method="echo",outcome="ok"} 42"#),
         "{m}"
     );
+}
+
+/// The interop/dubbo2-js consumer script, and the providers' script.
+fn dubbo2_js() -> Option<(PathBuf, PathBuf)> {
+    interop_peer("dubbo2-js/node_modules/dubbo2.js/package.json")?;
+    let providers = peer_script()?;
+    Some((interop_dir().join("dubbo2-js/consumer.js"), providers))
+}
+
+/// The `.venv-dubbo2` Python (with dubbo-ssl-python) and the providers' script.
+fn dubbo_ssl_python() -> Option<(PathBuf, PathBuf)> {
+    let python = interop_peer(".venv-dubbo2/bin/python")?;
+    let providers = peer_script()?;
+    Some((python, providers))
+}
+
+/// The calls both consumers make (group `HSF`): ids 1-7 one of each kind, 100-139 at once,
+/// alternating between the providers.
+fn consumer_calls() -> Vec<serde_json::Value> {
+    let mut cmds = vec![
+        serde_json::json!({"id": 1, "method": "echo", "args": ["vip"]}),
+        serde_json::json!({"id": 2, "method": "echo", "args": ["plain"]}),
+        serde_json::json!({"id": 3, "method": "whoami"}),
+        serde_json::json!({"id": 4, "method": "nosuch"}),
+        serde_json::json!({"id": 5, "method": "prop", "args": ["lane"], "props": {"lane": "blue"}}),
+        serde_json::json!({"id": 6, "method": "prop", "args": ["lane"], "props": {"lane": "green"}}),
+        serde_json::json!({"id": 7, "method": "slow", "args": [1500]}),
+    ];
+    for i in 0..40 {
+        let arg = if i % 2 == 0 { "vip".to_string() } else { format!("n{i}") };
+        cmds.push(serde_json::json!({"id": 100 + i, "method": "echo", "args": [arg]}));
+    }
+    cmds
+}
+
+/// Checks the answers to [`consumer_calls`] except the errors' wording (each client words them
+/// its own way): who answered each call.
+#[track_caller]
+fn check_routed(out: &[serde_json::Value]) {
+    assert_eq!(out.len(), 47, "{out:?}");
+    assert_eq!(out[0]["ok"], "beta:vip", "argument routing: {out:?}");
+    assert_eq!(out[1]["ok"], "alpha:plain", "{out:?}");
+    assert_eq!(out[2]["ok"], "beta", "method + group attachment routing: {out:?}");
+    assert_eq!(out[4]["ok"], "beta:blue", "attachment routed on and delivered: {out:?}");
+    assert_eq!(out[5]["ok"], "alpha:green", "attachment delivered: {out:?}");
+    for (k, v) in out[7..].iter().enumerate() {
+        let want = if k % 2 == 0 {
+            "beta:vip".to_string()
+        } else {
+            format!("alpha:n{k}")
+        };
+        assert_eq!(v["ok"], serde_json::Value::String(want), "{v}");
+    }
+}
+
+fn err_of(v: &serde_json::Value) -> &str {
+    v["err"].as_str().unwrap_or_else(|| panic!("an error: {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dubbo2_js_consumer_through_weft() {
+    let Some((consumer, providers)) = dubbo2_js() else {
+        return;
+    };
+    let (_a, alpha) = node_provider(&providers, "alpha");
+    let (_b, beta) = node_provider(&providers, "beta");
+    let proxy = start_proxy(&yaml("dubbo2-js", alpha, beta));
+    let addr = proxy.listener_addr("dubbo2-js").unwrap();
+    let run = move |args: &[&str], cmds: Vec<serde_json::Value>| {
+        let mut cmd = Command::new("node");
+        cmd.arg(&consumer).arg(addr.to_string()).args(args);
+        tokio::task::spawn_blocking(move || consume(cmd, &cmds))
+    };
+
+    let out = run(&[], consumer_calls()).await.unwrap();
+    check_routed(&out);
+    // The provider's own error passes through (dubbo2.js reports an error status's body as text).
+    assert!(err_of(&out[3]).contains("Can not find method"), "{out:?}");
+    assert!(err_of(&out[3]).contains("nosuch"), "{out:?}");
+    // weft's SERVER_TIMEOUT reply after the route's 300ms, not the provider's answer at 1.5s.
+    assert!(err_of(&out[6]).contains("upstream request timeout (weft)"), "{out:?}");
+
+    // No group: the `who` route does not match, `rest` does.
+    let cmds = vec![serde_json::json!({"id": 1, "method": "whoami"})];
+    let out = run(&["org.example.Greeter", "-"], cmds).await.unwrap();
+    assert_eq!(out[0]["ok"], "alpha", "{out:?}");
+
+    // A service weft has no route for: dubbo2.js raises weft's SERVICE_NOT_FOUND message.
+    let cmds = vec![serde_json::json!({"id": 1, "method": "echo", "args": ["x"]})];
+    let out = run(&["org.example.Missing"], cmds).await.unwrap();
+    assert!(
+        err_of(&out[0]).contains("no route for org.example.Missing.echo (weft)"),
+        "{out:?}"
+    );
+
+    let m = stats(&proxy).await;
+    for want in [
+        r#"weft_rpc_requests_total{listener="dubbo2-js",method="echo",outcome="ok"} 42"#,
+        r#"weft_rpc_requests_total{listener="dubbo2-js",method="prop",outcome="ok"} 2"#,
+        r#"weft_rpc_local_replies_total{listener="dubbo2-js",reason="UT"} 1"#,
+        r#"weft_rpc_local_replies_total{listener="dubbo2-js",reason="NR"} 1"#,
+    ] {
+        assert!(m.contains(want), "{want} in\n{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dubbo_ssl_python_consumer_through_weft() {
+    let Some((python, providers)) = dubbo_ssl_python() else {
+        return;
+    };
+    let (_a, alpha) = node_provider(&providers, "alpha");
+    let (_b, beta) = node_provider(&providers, "beta");
+    let proxy = start_proxy(&yaml("dubbo-ssl-python", alpha, beta));
+    let addr = proxy.listener_addr("dubbo-ssl-python").unwrap();
+    let script = interop_dir().join("dubbo_ssl_peer.py");
+    let run = move |args: &[&str], cmds: Vec<serde_json::Value>| {
+        let mut cmd = Command::new(&python);
+        cmd.arg(&script).arg(addr.to_string()).args(args);
+        tokio::task::spawn_blocking(move || consume(cmd, &cmds))
+    };
+
+    let out = run(&[], consumer_calls()).await.unwrap();
+    check_routed(&out);
+    // dubbo-ssl-python raises DubboResponseException with an error status's message.
+    assert!(err_of(&out[3]).starts_with("DubboResponseException"), "{out:?}");
+    assert!(err_of(&out[3]).contains("Can not find method"), "{out:?}");
+    assert!(err_of(&out[6]).contains("upstream request timeout (weft)"), "{out:?}");
+
+    // No group (the library sends a null `group` attachment): `rest`, not `who`.
+    let cmds = vec![serde_json::json!({"id": 1, "method": "whoami"})];
+    let out = run(&["org.example.Greeter", "-"], cmds).await.unwrap();
+    assert_eq!(out[0]["ok"], "alpha", "{out:?}");
+
+    let cmds = vec![serde_json::json!({"id": 1, "method": "echo", "args": ["x"]})];
+    let out = run(&["org.example.Missing"], cmds).await.unwrap();
+    let err = err_of(&out[0]);
+    assert!(err.starts_with("DubboResponseException"), "{out:?}");
+    assert!(err.contains("no route for org.example.Missing.echo (weft)"), "{out:?}");
+
+    // Its heartbeats, sent on a connection idle for 0.3s here (60s by default), are answered by
+    // weft: none left unanswered, and a call after 2s idle still goes through.
+    let cmds = vec![
+        serde_json::json!({"id": 1, "method": "echo", "args": ["before"]}),
+        serde_json::json!({"id": 2, "method": "echo", "args": ["after"], "delay": 2.0}),
+    ];
+    let out = run(&["--heartbeat-idle", "0.3"], cmds).await.unwrap();
+    assert_eq!(out[0]["ok"], "alpha:before", "{out:?}");
+    assert_eq!(out[1]["ok"], "alpha:after", "{out:?}");
+    let misses = out[2]["heartbeat_misses"].as_u64().unwrap_or(99);
+    assert!(misses <= 1, "heartbeats left unanswered: {out:?}");
+    let beats = wait_stat(
+        &proxy,
+        r#"weft_rpc_heartbeats_total{listener="dubbo-ssl-python"}"#,
+        Duration::from_secs(1),
+        |v| v >= 2.0,
+    )
+    .await;
+    assert!(beats >= 2.0);
+
+    let m = stats(&proxy).await;
+    for want in [
+        r#"weft_rpc_requests_total{listener="dubbo-ssl-python",method="echo",outcome="ok"} 44"#,
+        r#"weft_rpc_local_replies_total{listener="dubbo-ssl-python",reason="UT"} 1"#,
+        r#"weft_rpc_local_replies_total{listener="dubbo-ssl-python",reason="NR"} 1"#,
+    ] {
+        assert!(m.contains(want), "{want} in\n{m}");
+    }
 }
