@@ -9,7 +9,10 @@ stdin, one JSON object per line:
     {"id": n, "method": "echo", "args": ["x"], "props": {"k": "v"}, "timeout": s, "delay": s}
 runs each in its own thread, after its "delay" (seconds, default 0), so that they are in flight at
 once on the library's one connection per host, and prints one JSON line per result:
-{"id": n, "ok": value} or {"id": n, "err": "ExceptionType: message"}. "props" are the call's
+{"id": n, "ok": value} or {"id": n, "err": "ExceptionType: message"}. Arguments go to the library
+as they are (a str is a String, an int an int, or a long beyond 32 bits, a float a double, a list a
+typed array), except {"long": n} (n, which must be beyond 32 bits), {"list": [...]} (the list) and
+{"object": CLASS, "fields": {...}} (dubbo_ssl's Object: a class definition and an instance). "props" are the call's
 attachments (the library's `context`); "timeout" is the library's (seconds, default 5).
 
 --heartbeat-idle: the library sends a heartbeat on a connection idle for 60s (its TIMEOUT_IDLE);
@@ -27,12 +30,24 @@ import threading
 import time
 
 from dubbo_ssl.client import DubboClient
+from dubbo_ssl.codec.encoder import Object
 from dubbo_ssl.connection import connections
 
 
 # The library logs each error reply with its traceback; the answers printed here say enough.
 logging.getLogger("dubbo_ssl").addHandler(logging.NullHandler())
 logging.getLogger("dubbo_ssl").propagate = False
+
+
+def arg(v):
+    if isinstance(v, dict):
+        if "long" in v:
+            return v["long"]
+        if "list" in v:
+            return [arg(x) for x in v["list"]]
+        if "object" in v:
+            return Object(v["object"], {k: arg(f) for k, f in v.get("fields", {}).items()})
+    return v
 
 
 def main():
@@ -67,7 +82,7 @@ def main():
             time.sleep(cmd.get("delay", 0))
             v = client.call(
                 method=cmd["method"],
-                args=cmd.get("args", []),
+                args=[arg(a) for a in cmd.get("args", [])],
                 context=cmd.get("props"),
                 timeout=cmd.get("timeout", 5),
             )

@@ -7,8 +7,10 @@
 // none). Reads commands on stdin, one JSON object per line:
 //   {"id": n, "method": "echo", "args": ["x"], "props": {"k": "v"}}
 // invokes them all at once on the client's one connection, and prints one JSON line per result:
-// {"id": n, "ok": value} or {"id": n, "err": message}. Strings are sent as java.lang.String,
-// integers as int, booleans as boolean.
+// {"id": n, "ok": value} or {"id": n, "err": message}. Arguments: a string is sent as
+// java.lang.String, an integer as int, another number as double, a boolean as boolean,
+// {"long": n} as long, {"list": ["a", …]} as String[], {"object": CLASS, "fields": {…}} as an
+// object of class CLASS (its fields converted the same way).
 //
 // Attachments: DirectlyDubbo writes path, interface, version, group, timeout and application on
 // every call, but has no option for more (dubbo2.js's registry client sets `ctx.attachments` in a
@@ -33,6 +35,13 @@ function toJava(v) {
   if (typeof v === 'boolean') return java.boolean(v);
   if (Number.isInteger(v)) return java.int(v);
   if (typeof v === 'number') return java.double(v);
+  if (v && v.long !== undefined) return java.long(v.long);
+  if (v && Array.isArray(v.list)) return java.array.String(v.list);
+  if (v && v.object) {
+    const fields = {};
+    for (const [k, f] of Object.entries(v.fields || {})) fields[k] = toJava(f);
+    return java.combine(v.object, fields);
+  }
   throw new Error(`unsupported argument ${JSON.stringify(v)}`);
 }
 

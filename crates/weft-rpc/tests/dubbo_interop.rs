@@ -42,8 +42,20 @@ listeners:
         - name: who
           match: {{ interface: org.example.Greeter, method: whoami, group: HSF }}
           cluster: beta
+        - name: int
+          match: {{ interface: org.example.Greeter, method: echo, arguments: [{{ index: 0, equals: "42" }}] }}
+          cluster: beta
+        - name: long
+          match: {{ interface: org.example.Greeter, method: echo, arguments: [{{ index: 0, equals: "1099511627776" }}] }}
+          cluster: beta
+        - name: bool
+          match: {{ interface: org.example.Greeter, method: echo, arguments: [{{ index: 0, equals: "true" }}] }}
+          cluster: beta
+        - name: second
+          match: {{ interface: org.example.Greeter, arguments: [{{ index: 1, equals: second }}] }}
+          cluster: beta
         - name: lane-blue
-          match: {{ interface: org.example.Greeter, method: prop, attachments: {{ lane: blue }} }}
+          match: {{ interface: org.example.Greeter, attachments: {{ lane: blue }} }}
           cluster: beta
         - name: slow
           match: {{ interface: org.example.Greeter, method: slow }}
@@ -130,9 +142,12 @@ fn dubbo_ssl_python() -> Option<(PathBuf, PathBuf)> {
     Some((python, providers))
 }
 
-/// The calls both consumers make (group `HSF`): ids 1-7 one of each kind, 100-139 at once,
-/// alternating between the providers.
+/// The calls both consumers make (group `HSF`): ids 1-14 one of each kind, 100-139 at once,
+/// alternating between the providers. Arguments other than strings are written by each client's
+/// own encoder (see the consumer scripts): an int, a long, a boolean, a double, an object with
+/// its class definition, a String[].
 fn consumer_calls() -> Vec<serde_json::Value> {
+    let point = serde_json::json!({"object": "org.example.Point", "fields": {"x": 1, "y": "two"}});
     let mut cmds = vec![
         serde_json::json!({"id": 1, "method": "echo", "args": ["vip"]}),
         serde_json::json!({"id": 2, "method": "echo", "args": ["plain"]}),
@@ -141,6 +156,13 @@ fn consumer_calls() -> Vec<serde_json::Value> {
         serde_json::json!({"id": 5, "method": "prop", "args": ["lane"], "props": {"lane": "blue"}}),
         serde_json::json!({"id": 6, "method": "prop", "args": ["lane"], "props": {"lane": "green"}}),
         serde_json::json!({"id": 7, "method": "slow", "args": [1500]}),
+        serde_json::json!({"id": 8, "method": "echo", "args": [42]}),
+        serde_json::json!({"id": 9, "method": "echo", "args": [{"long": 1_099_511_627_776u64}]}),
+        serde_json::json!({"id": 10, "method": "echo", "args": [true]}),
+        serde_json::json!({"id": 11, "method": "echo", "args": [1.5]}),
+        serde_json::json!({"id": 12, "method": "echo", "args": [point, "second"]}),
+        serde_json::json!({"id": 13, "method": "echo", "args": [{"list": ["a", "b"]}], "props": {"lane": "blue"}}),
+        serde_json::json!({"id": 14, "method": "echo", "args": [point], "props": {"lane": "blue"}}),
     ];
     for i in 0..40 {
         let arg = if i % 2 == 0 { "vip".to_string() } else { format!("n{i}") };
@@ -153,13 +175,27 @@ fn consumer_calls() -> Vec<serde_json::Value> {
 /// its own way): who answered each call.
 #[track_caller]
 fn check_routed(out: &[serde_json::Value]) {
-    assert_eq!(out.len(), 47, "{out:?}");
+    assert_eq!(out.len(), 54, "{out:?}");
     assert_eq!(out[0]["ok"], "beta:vip", "argument routing: {out:?}");
     assert_eq!(out[1]["ok"], "alpha:plain", "{out:?}");
     assert_eq!(out[2]["ok"], "beta", "method + group attachment routing: {out:?}");
     assert_eq!(out[4]["ok"], "beta:blue", "attachment routed on and delivered: {out:?}");
     assert_eq!(out[5]["ok"], "alpha:green", "attachment delivered: {out:?}");
-    for (k, v) in out[7..].iter().enumerate() {
+    assert_eq!(out[7]["ok"], "beta:42", "int argument routing: {out:?}");
+    assert_eq!(out[8]["ok"], "beta:1099511627776", "long argument routing: {out:?}");
+    assert_eq!(out[9]["ok"], "beta:true", "boolean argument routing: {out:?}");
+    assert_eq!(out[10]["ok"], "alpha:1.5", "{out:?}");
+    // Found after skipping an object argument (and its class definition), an array.
+    assert_eq!(
+        out[11]["ok"], "beta:[object Object]",
+        "second argument routing: {out:?}"
+    );
+    assert_eq!(out[12]["ok"], "beta:a,b", "attachment after an array: {out:?}");
+    assert_eq!(
+        out[13]["ok"], "beta:[object Object]",
+        "attachment after an object: {out:?}"
+    );
+    for (k, v) in out[14..].iter().enumerate() {
         let want = if k % 2 == 0 {
             "beta:vip".to_string()
         } else {
@@ -211,7 +247,7 @@ async fn dubbo2_js_consumer_through_weft() {
 
     let m = stats(&proxy).await;
     for want in [
-        r#"weft_rpc_requests_total{listener="dubbo2-js",method="echo",outcome="ok"} 42"#,
+        r#"weft_rpc_requests_total{listener="dubbo2-js",method="echo",outcome="ok"} 49"#,
         r#"weft_rpc_requests_total{listener="dubbo2-js",method="prop",outcome="ok"} 2"#,
         r#"weft_rpc_local_replies_total{listener="dubbo2-js",reason="UT"} 1"#,
         r#"weft_rpc_local_replies_total{listener="dubbo2-js",reason="NR"} 1"#,
@@ -276,7 +312,7 @@ async fn dubbo_ssl_python_consumer_through_weft() {
 
     let m = stats(&proxy).await;
     for want in [
-        r#"weft_rpc_requests_total{listener="dubbo-ssl-python",method="echo",outcome="ok"} 44"#,
+        r#"weft_rpc_requests_total{listener="dubbo-ssl-python",method="echo",outcome="ok"} 51"#,
         r#"weft_rpc_local_replies_total{listener="dubbo-ssl-python",reason="UT"} 1"#,
         r#"weft_rpc_local_replies_total{listener="dubbo-ssl-python",reason="NR"} 1"#,
     ] {
