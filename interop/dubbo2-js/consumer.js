@@ -1,6 +1,6 @@
 // A Dubbo2 consumer built on dubbo2.js (software nobody here wrote), for weft's RPC interop tests.
 //
-//   node consumer.js HOST:PORT [INTERFACE [GROUP]]
+//   node consumer.js HOST:PORT [INTERFACE [GROUP]] [--dubbox]
 //
 // Connects straight to HOST:PORT with dubbo2.js's DirectlyDubbo (no registry), service
 // INTERFACE (default org.example.Greeter) version 1.0.0 and group GROUP (default HSF; "-" for
@@ -16,12 +16,18 @@
 // every call, but has no option for more (dubbo2.js's registry client sets `ctx.attachments` in a
 // middleware). For a command with "props" this script sets that same context field on the call's
 // context, and the library's own encoder writes them.
+//
+// --dubbox: requests in Dubbox's layout (an int -1 between the method and the parameter
+// descriptor), which dubbo2.js writes when a call's context says `isSupportedDubbox` (its registry
+// client sets that from its options); this script sets it on every call's context.
 'use strict';
 
 const readline = require('readline');
 const { DirectlyDubbo, Context, java } = require('dubbo2.js');
 
-const [target, iface = 'org.example.Greeter', groupArg = 'HSF'] = process.argv.slice(2);
+const argv = process.argv.slice(2);
+const dubbox = argv.includes('--dubbox');
+const [target, iface = 'org.example.Greeter', groupArg = 'HSF'] = argv.filter(a => a !== '--dubbox');
 const group = groupArg === '-' ? undefined : groupArg;
 
 const dubbo = DirectlyDubbo.from({
@@ -62,12 +68,13 @@ function proxy(method) {
 
 function invoke(cmd) {
   const call = () => proxy(cmd.method)(...(cmd.args || []));
-  if (!cmd.props) return call();
+  if (!cmd.props && !dubbox) return call();
   // The call's context is created synchronously inside the proxy method.
   const create = Context.create;
   Context.create = () => {
     const ctx = create.call(Context);
-    ctx.attachments = cmd.props;
+    if (cmd.props) ctx.attachments = cmd.props;
+    if (dubbox) ctx.isSupportedDubbox = true;
     return ctx;
   };
   try {

@@ -7,6 +7,7 @@
 //! (interop/rpc-node, interop/dubbo2-js, interop/.venv-dubbo2).
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{clusters_yaml, consume, node_consume, node_provider};
+use common::{clusters_yaml, consume, node_consume, node_provider, serve_conn};
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;
@@ -317,5 +318,80 @@ async fn dubbo_ssl_python_consumer_through_weft() {
         r#"weft_rpc_local_replies_total{listener="dubbo-ssl-python",reason="NR"} 1"#,
     ] {
         assert!(m.contains(want), "{want} in\n{m}");
+    }
+}
+
+/// A provider built on weft's own codec that reads Dubbox's layout (no provider here speaks it):
+/// answers `NAME:dubbox:ARG0` to a request whose method is followed by the int -1 (`0x8f`), and
+/// `NAME:plain:ARG0` to any other.
+async fn dubbox_provider(name: &'static str) -> SocketAddr {
+    use weft_rpc::codec::{Codec, FrameKind};
+    use weft_rpc::dubbo::{self, Dubbo};
+    use weft_rpc::hessian::{self, StrSpan};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve_conn::<Dubbo>(s, move |f, tx| {
+                if f.kind != FrameKind::Request {
+                    return ControlFlow::Continue(());
+                }
+                let info = Dubbo.request_info(&f).unwrap();
+                let layout = match info.method {
+                    StrSpan::Range(_, end) if f.data[end as usize] == 0x8f => "dubbox",
+                    _ => "plain",
+                };
+                let arg0 = Dubbo
+                    .argument(&f, &info, 0)
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let mut v = Vec::new();
+                hessian::write_string(&mut v, &format!("{name}:{layout}:{arg0}"));
+                let _ = tx.send(dubbo::encode_response(f.id, &v));
+                ControlFlow::Continue(())
+            }));
+        }
+    });
+    addr
+}
+
+/// dubbo2.js in its Dubbox mode (an int -1 between the method and the parameter descriptor):
+/// weft reads the request, routes it by argument and by `group` attachment, and forwards it
+/// unchanged; the answers reach the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dubbo2_js_dubbox_layout_through_weft() {
+    let Some((consumer, _)) = dubbo2_js() else { return };
+    let alpha = dubbox_provider("alpha").await;
+    let beta = dubbox_provider("beta").await;
+    let proxy = start_proxy(&yaml("dubbo2-js-dubbox", alpha, beta));
+    let addr = proxy.listener_addr("dubbo2-js-dubbox").unwrap();
+    let mut cmds = vec![
+        serde_json::json!({"id": 1, "method": "echo", "args": ["vip"]}),
+        serde_json::json!({"id": 2, "method": "echo", "args": ["plain"]}),
+        serde_json::json!({"id": 3, "method": "whoami"}),
+        serde_json::json!({"id": 4, "method": "echo", "args": ["x"], "props": {"lane": "blue"}}),
+    ];
+    for i in 0..20 {
+        let arg = if i % 2 == 0 { "vip".to_string() } else { format!("n{i}") };
+        cmds.push(serde_json::json!({"id": 100 + i, "method": "echo", "args": [arg]}));
+    }
+    let mut cmd = Command::new("node");
+    cmd.arg(&consumer).arg(addr.to_string()).arg("--dubbox");
+    let out = tokio::task::spawn_blocking(move || consume(cmd, &cmds)).await.unwrap();
+    assert_eq!(out.len(), 24, "{out:?}");
+    assert_eq!(out[0]["ok"], "beta:dubbox:vip", "{out:?}");
+    assert_eq!(out[1]["ok"], "alpha:dubbox:plain", "{out:?}");
+    assert_eq!(
+        out[2]["ok"], "beta:dubbox:",
+        "method + group attachment routing: {out:?}"
+    );
+    assert_eq!(out[3]["ok"], "beta:dubbox:x", "attachment routing: {out:?}");
+    for (k, v) in out[4..].iter().enumerate() {
+        let want = if k % 2 == 0 {
+            "beta:dubbox:vip".to_string()
+        } else {
+            format!("alpha:dubbox:n{k}")
+        };
+        assert_eq!(v["ok"], serde_json::Value::String(want), "{v}");
     }
 }
