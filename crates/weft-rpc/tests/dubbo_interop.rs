@@ -395,3 +395,65 @@ async fn dubbo2_js_dubbox_layout_through_weft() {
         assert_eq!(v["ok"], serde_json::Value::String(want), "{v}");
     }
 }
+
+/// A drain (`READONLY` to each caller) with a call in flight from a real client: the call still
+/// gets its answer. `consumer` makes the client's command for a target address. Listener and
+/// cluster are named after `name` (metrics are per process).
+async fn drain_with_call_in_flight(name: &str, consumer: impl FnOnce(SocketAddr) -> Command) {
+    let providers = peer_script().expect("checked by the caller");
+    let (_a, alpha) = node_provider(&providers, "alpha");
+    let cluster = format!("{name}-c");
+    let proxy = start_proxy(&format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: {name}
+    address: 127.0.0.1:0
+    rpc:
+      protocol: dubbo
+      timeout: 5s
+      routes: [{{ match: {{ interface: org.example.Greeter }}, cluster: {cluster} }}]
+{clusters}"#,
+        clusters = clusters_yaml(&[(cluster.as_str(), alpha)])
+    ));
+    let addr = proxy.listener_addr(name).unwrap();
+    let cmd = consumer(addr);
+    let cmds = vec![serde_json::json!({"id": 1, "method": "slow", "args": [1000]})];
+    let call = tokio::task::spawn_blocking(move || consume(cmd, &cmds));
+    wait_stat(
+        &proxy,
+        &format!(r#"weft_upstream_rq_active{{cluster="{cluster}"}}"#),
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    )
+    .await;
+    proxy.start_drain();
+    let out = call.await.unwrap();
+    assert_eq!(
+        out[0]["ok"], "alpha:slow",
+        "in-flight call answered after READONLY: {out:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dubbo2_js_drain() {
+    let Some((consumer, _)) = dubbo2_js() else { return };
+    drain_with_call_in_flight("dubbo2-js-drain", |addr| {
+        let mut cmd = Command::new("node");
+        cmd.arg(&consumer).arg(addr.to_string());
+        cmd
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dubbo_ssl_python_drain() {
+    let Some((python, _)) = dubbo_ssl_python() else { return };
+    drain_with_call_in_flight("dubbo-ssl-python-drain", |addr| {
+        let mut cmd = Command::new(&python);
+        cmd.arg(interop_dir().join("dubbo_ssl_peer.py")).arg(addr.to_string());
+        cmd
+    })
+    .await;
+}
