@@ -1,7 +1,7 @@
 """A Dubbo2 consumer built on dubbo-ssl-python (software nobody here wrote), for weft's RPC
 interop tests. Runs in interop/.venv-dubbo2 (interop/install).
 
-    python dubbo_ssl_peer.py HOST:PORT [INTERFACE [GROUP]] [--heartbeat-idle SECONDS]
+    python dubbo_ssl_peer.py HOST:PORT [INTERFACE [GROUP]] [--heartbeat-idle SECONDS] [--ca FILE]
 
 Connects straight to HOST:PORT (DubboClient(host=...), no registry), service INTERFACE (default
 org.example.Greeter) version 1.0.0 and group GROUP (default HSF; "-" for none). Reads commands on
@@ -14,6 +14,9 @@ as they are (a str is a String, an int an int, or a long beyond 32 bits, a float
 typed array), except {"long": n} (n, which must be beyond 32 bits), {"list": [...]} (the list) and
 {"object": CLASS, "fields": {...}} (dubbo_ssl's Object: a class definition and an instance). "props" are the call's
 attachments (the library's `context`); "timeout" is the library's (seconds, default 5).
+
+--ca FILE: over TLS, the server's chain verified against the CA certificate(s) in FILE (the
+library's `verify=FILE`; it checks no host name).
 
 --heartbeat-idle: the library sends a heartbeat on a connection idle for 60s (its TIMEOUT_IDLE);
 this sets that idle time, so that a test sees its heartbeats answered within seconds. (0.9.6 never
@@ -58,6 +61,11 @@ def main():
         idle = float(argv[i + 1])
         del argv[i : i + 2]
         connections.TIMEOUT_IDLE = idle
+    ca = None
+    if "--ca" in argv:
+        i = argv.index("--ca")
+        ca = argv[i + 1]
+        del argv[i : i + 2]
     target = argv[0]
     if idle is not None:
         connections.connection_pool.client_heartbeats[target] = 0
@@ -69,6 +77,7 @@ def main():
         version="1.0.0",
         dubbo_version="2.0.2",
         host=target,
+        verify=ca,
     )
     out = threading.Lock()
 

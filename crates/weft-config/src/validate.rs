@@ -502,20 +502,6 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
             "TLS termination applies to HTTP filter chains; a tcp_proxy chain cannot have it yet",
         );
     }
-    // An `auto` RPC listener hands TLS to its HTTP path; a Dubbo or Bolt one reads plaintext frames.
-    if l.tls
-        .as_ref()
-        .is_some_and(|t| !t.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("disable")))
-        && chains
-            .iter()
-            .any(|c| matches!(&c.filter, NetworkFilter::Rpc(r) if r.protocol != crate::rpc::RpcProtocol::Auto))
-    {
-        cx.err(
-            &format!("{path}.tls"),
-            "TLS termination applies to HTTP filter chains (and the HTTP path of rpc protocol auto); \
-             a dubbo or bolt rpc listener cannot have it yet",
-        );
-    }
     Some(Listener {
         name: name?,
         address: address?,

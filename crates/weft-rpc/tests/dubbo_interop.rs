@@ -457,3 +457,78 @@ async fn dubbo_ssl_python_drain() {
     })
     .await;
 }
+
+/// dubbo-ssl-python in its TLS mode (`verify=` a CA file) to a Dubbo listener that terminates TLS
+/// (`tls` with a certificate; STRICT), then plaintext to the sofa-rpc-node providers: routing,
+/// attachments, weft's own reply and concurrent calls over the TLS connection; and a plaintext
+/// caller on the same port gets nothing served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dubbo_ssl_python_over_tls_through_weft() {
+    let Some((python, providers)) = dubbo_ssl_python() else {
+        return;
+    };
+    let dir = TempDir::new("dubbo-tls");
+    let ca = weft_tls::testcerts::Ca::new("weft test dubbo CA");
+    ca.write(dir.path(), "ca");
+    ca.leaf_dns(&["dubbo.example.com"]).write(dir.path(), "leaf");
+    let d = dir.path().display();
+    let (_a, alpha) = node_provider(&providers, "alpha");
+    let (_b, beta) = node_provider(&providers, "beta");
+    let plain = yaml("dubbo-tls", alpha, beta);
+    let tls = format!("    tls: {{ certificates: [{{ cert_file: {d}/leaf.crt, key_file: {d}/leaf.key }}] }}\n    rpc:");
+    let proxy = start_proxy(&plain.replacen("    rpc:", &tls, 1));
+    let addr = proxy.listener_addr("dubbo-tls").unwrap();
+    let script = interop_dir().join("dubbo_ssl_peer.py");
+    let ca_file = dir.join("ca.crt");
+
+    let mut cmds = vec![
+        serde_json::json!({"id": 1, "method": "echo", "args": ["vip"]}),
+        serde_json::json!({"id": 2, "method": "echo", "args": ["plain"]}),
+        serde_json::json!({"id": 3, "method": "prop", "args": ["lane"], "props": {"lane": "blue"}}),
+    ];
+    for i in 0..20 {
+        let arg = if i % 2 == 0 { "vip".to_string() } else { format!("n{i}") };
+        cmds.push(serde_json::json!({"id": 100 + i, "method": "echo", "args": [arg]}));
+    }
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script).arg(addr.to_string()).arg("--ca").arg(&ca_file);
+    let out = tokio::task::spawn_blocking(move || consume(cmd, &cmds)).await.unwrap();
+    assert_eq!(out.len(), 23, "{out:?}");
+    assert_eq!(out[0]["ok"], "beta:vip", "{out:?}");
+    assert_eq!(out[1]["ok"], "alpha:plain", "{out:?}");
+    assert_eq!(out[2]["ok"], "beta:blue", "{out:?}");
+    for (k, v) in out[3..].iter().enumerate() {
+        let want = if k % 2 == 0 {
+            "beta:vip".to_string()
+        } else {
+            format!("alpha:n{k}")
+        };
+        assert_eq!(v["ok"], serde_json::Value::String(want), "{v}");
+    }
+
+    let cmds = vec![serde_json::json!({"id": 1, "method": "echo", "args": ["x"]})];
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script)
+        .arg(addr.to_string())
+        .arg("org.example.Missing")
+        .arg("--ca")
+        .arg(&ca_file);
+    let out = tokio::task::spawn_blocking(move || consume(cmd, &cmds)).await.unwrap();
+    assert!(
+        err_of(&out[0]).contains("no route for org.example.Missing.echo (weft)"),
+        "{out:?}"
+    );
+
+    // Plaintext Dubbo on the TLS port: no handshake, nothing served.
+    let cmds = vec![serde_json::json!({"id": 1, "method": "echo", "args": ["x"], "timeout": 1})];
+    let mut cmd = Command::new(&python);
+    cmd.arg(&script).arg(addr.to_string());
+    let out = tokio::task::spawn_blocking(move || consume(cmd, &cmds)).await.unwrap();
+    assert!(out[0]["ok"].is_null() && out[0]["err"].is_string(), "{out:?}");
+
+    let m = stats(&proxy).await;
+    assert!(
+        m.contains(r#"weft_rpc_requests_total{listener="dubbo-tls",method="echo",outcome="ok"} 22"#),
+        "{m}"
+    );
+}

@@ -403,43 +403,6 @@ async fn drain_sends_readonly_and_closes_when_idle() {
     assert!(c.recv().await.is_none(), "closed once idle");
 }
 
-/// A `tls` block on a Dubbo or Bolt listener was accepted and ignored (plaintext served; a TLS
-/// client such as dubbo-ssl-python with `verify` set got its connection closed): it is refused.
-/// On `protocol: auto` it still serves the HTTP path over TLS, and `mode: disable` is no TLS.
-#[test]
-fn tls_on_a_dubbo_or_bolt_listener_is_refused() {
-    let yaml = |protocol: &str, mode: &str| {
-        format!(
-            r#"
-listeners:
-  - name: d
-    address: 127.0.0.1:0
-    tls: {{ mode: {mode} }}
-    rpc:
-      protocol: {protocol}
-      routes: [{{ cluster: c }}]
-clusters:
-  - name: c
-    endpoints: [{{ address: "127.0.0.1:1" }}]
-"#
-        )
-    };
-    for protocol in ["dubbo", "bolt"] {
-        assert_refused(
-            &yaml(protocol, "mesh"),
-            &["listeners[0].tls", "a dubbo or bolt rpc listener cannot have it yet"],
-        );
-        weft_config::from_yaml(&yaml(protocol, "disable")).unwrap();
-    }
-    let e = weft_config::from_yaml(&yaml("auto", "mesh"))
-        .err()
-        .map(|e| e.to_string());
-    assert!(
-        !e.as_deref().unwrap_or_default().contains("rpc listener cannot have it"),
-        "{e:?}"
-    );
-}
-
 #[test]
 fn config_errors_name_the_field() {
     let bad = r#"
