@@ -1092,9 +1092,20 @@ async fn handle_connection(
             }
         },
         Some(FilterRt::Tcp(t)) => tcp::serve_connection(stream, peer, t.clone(), lrt.clone(), &*shared).await,
-        Some(FilterRt::Rpc(r)) => {
-            weft_rpc::serve_connection(stream, peer, r.clone(), &*shared, lrt.drain_signal()).await
-        }
+        Some(FilterRt::Rpc(r)) => match &chains.tls {
+            None => weft_rpc::serve_connection(stream, peer, r.clone(), &*shared, lrt.drain_signal()).await,
+            Some(t) => {
+                Box::pin(crate::tls::serve_rpc(
+                    stream,
+                    peer,
+                    r.clone(),
+                    lrt.clone(),
+                    shared,
+                    t.clone(),
+                ))
+                .await
+            }
+        },
         Some(FilterRt::Auto(a)) => Box::pin(sniff::serve(stream, peer, local, a, lrt.clone(), shared)).await,
         None => {
             tracing::debug!(listener = %lrt.config.name, %peer, "no filter chain matched; closing");

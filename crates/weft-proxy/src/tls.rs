@@ -347,6 +347,71 @@ impl ConnIo for TlsIo {
     }
 }
 
+/// The server side of the TLS handshake, counted and logged; None if it failed or timed out.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    lrt: &ListenerRt,
+    tls: &ListenerTlsRt,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await;
+    let s = match accepted {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = FailureReason::of_io(&e);
+            tls.counters.failed(reason);
+            match reason {
+                FailureReason::Io | FailureReason::Protocol | FailureReason::Other => {
+                    tracing::debug!(listener = %lrt.config.name, %peer, reason = reason.as_str(), error = %e, "TLS handshake failed")
+                }
+                _ => {
+                    tracing::warn!(listener = %lrt.config.name, %peer, reason = reason.as_str(), error = %e, "TLS handshake refused")
+                }
+            }
+            return None;
+        }
+        Err(_) => {
+            tls.counters.failed(FailureReason::Io);
+            tracing::debug!(listener = %lrt.config.name, %peer, "TLS handshake timed out");
+            return None;
+        }
+    };
+    tls.counters.ok.fetch_add(1, Ordering::Relaxed);
+    Some(s)
+}
+
+/// Serves a connection accepted on a Dubbo or Bolt `rpc` listener with a `tls` block: the RPC
+/// proxy over the TLS stream (or over the plaintext connection, in `disable` mode and for a
+/// plaintext client in `PERMISSIVE` mode).
+pub async fn serve_rpc(
+    stream: TcpStream,
+    peer: SocketAddr,
+    r: Arc<weft_rpc::RpcRt>,
+    lrt: Arc<ListenerRt>,
+    shared: Arc<Shared>,
+    tls: Arc<ListenerTlsRt>,
+) {
+    let cfg = &tls.config;
+    let plaintext = match cfg.mode {
+        TlsMode::Disable => true,
+        TlsMode::Strict => false,
+        TlsMode::Permissive => !weft_tls::sniff::peek_is_tls(&stream, cfg.detect_timeout)
+            .await
+            .unwrap_or(false),
+    };
+    if plaintext {
+        if cfg.mode == TlsMode::Permissive {
+            tls.counters.plaintext.fetch_add(1, Ordering::Relaxed);
+        }
+        weft_rpc::serve_connection(stream, peer, r, &*shared, lrt.drain_signal()).await;
+        return;
+    }
+    let Some(s) = handshake(stream, peer, &lrt, &tls).await else {
+        return;
+    };
+    weft_rpc::serve_connection(weft_rpc::SplitIo(s), peer, r, &*shared, lrt.drain_signal()).await;
+}
+
 /// Serves a connection accepted on a listener with a `tls` block (HTTP filter chains).
 pub async fn serve_http(
     stream: TcpStream,
@@ -374,29 +439,9 @@ pub async fn serve_http(
         crate::http::serve_io(stream, peer, original_dst, h, lrt, shared, Some(conn), codec).await;
         return;
     }
-    let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await;
-    let s = match accepted {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            let reason = FailureReason::of_io(&e);
-            tls.counters.failed(reason);
-            match reason {
-                FailureReason::Io | FailureReason::Protocol | FailureReason::Other => {
-                    tracing::debug!(listener = %lrt.config.name, %peer, reason = reason.as_str(), error = %e, "TLS handshake failed")
-                }
-                _ => {
-                    tracing::warn!(listener = %lrt.config.name, %peer, reason = reason.as_str(), error = %e, "TLS handshake refused")
-                }
-            }
-            return;
-        }
-        Err(_) => {
-            tls.counters.failed(FailureReason::Io);
-            tracing::debug!(listener = %lrt.config.name, %peer, "TLS handshake timed out");
-            return;
-        }
+    let Some(s) = handshake(stream, peer, &lrt, &tls).await else {
+        return;
     };
-    tls.counters.ok.fetch_add(1, Ordering::Relaxed);
     let c = s.get_ref().1;
     let codec = match c.alpn_protocol() {
         Some(b"h2") => Codec::Http2,

@@ -184,6 +184,12 @@ impl Codec for Dubbo {
         let service = r.read_string_span().map_err(e)?;
         let version = r.read_string_span().map_err(e)?;
         let method = r.read_string_span().map_err(e)?;
+        // Dubbox writes an int between the method and the parameter descriptor: -1 when the
+        // descriptor and hessian2 arguments follow (dubbo2.js too, with `isSupportedDubbox`).
+        // No string starts with an int's code, so it can only be that.
+        if matches!(r.peek().map_err(e)?, 0x80..=0xd7 | b'I') && r.read_int().map_err(e)? != -1 {
+            return Err(e(HessianError::BadLength));
+        }
         let param_types = r.read_string_span().map_err(e)?;
         let desc = param_types.get(&frame.data).unwrap_or_default();
         let arg_count = count_params(&desc).ok_or_else(|| e(HessianError::BadString))?;
@@ -464,6 +470,42 @@ mod tests {
         assert!(Dubbo.argument(&frame, &info, 2).is_none());
         assert!(Dubbo.attachment(&frame, &info, "group").unwrap().matches_text("g1"));
         assert!(Dubbo.attachment(&frame, &info, "nope").is_none());
+    }
+
+    /// The request dubbo2.js 2.3.9 writes with `isSupportedDubbox` (its Dubbox mode: an int -1
+    /// between the method and the parameter descriptor), byte for byte: echo("vip") on
+    /// org.example.Greeter 1.0.0, group HSF.
+    #[test]
+    fn dubbox_request_from_dubbo2_js() {
+        let hex = "dabbc2000000000000000001000000a405322e302e32136f72672e6578616d706c652e477265\
+                   6574657205312e302e30046563686f8f124c6a6176612f6c616e672f537472696e673b037669\
+                   70480b6170706c69636174696f6e09647562626f322e6a730567726f75700348534609696e74\
+                   657266616365136f72672e6578616d706c652e477265657465720470617468136f72672e6578\
+                   616d706c652e477265657465720776657273696f6e05312e302e305a";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let frame = decode_one(&bytes);
+        assert_eq!(frame.kind, FrameKind::Request);
+        let info = Dubbo.request_info(&frame).unwrap();
+        assert_eq!(info.service.get(&frame.data).unwrap(), "org.example.Greeter");
+        assert_eq!(info.method.get(&frame.data).unwrap(), "echo");
+        assert_eq!(info.param_types.get(&frame.data).unwrap(), "Ljava/lang/String;");
+        assert_eq!(info.arg_count, 1);
+        assert!(Dubbo.argument(&frame, &info, 0).unwrap().matches_text("vip"));
+        assert!(Dubbo.attachment(&frame, &info, "group").unwrap().matches_text("HSF"));
+        assert!(Dubbo
+            .attachment(&frame, &info, "application")
+            .unwrap()
+            .matches_text("dubbo2.js"));
+
+        // Any other int there (Dubbox's count of arguments in another serialization) is refused.
+        let mut other = bytes.clone();
+        let at = other.iter().position(|&b| b == 0x8f).unwrap();
+        other[at] = 0x92;
+        let frame = decode_one(&other);
+        assert!(matches!(Dubbo.request_info(&frame), Err(DecodeError::Malformed { .. })));
     }
 
     #[test]

@@ -17,4 +17,4 @@ pub mod metrics;
 pub mod proxy;
 pub mod sniff;
 
-pub use proxy::{serve_connection, RpcRt};
+pub use proxy::{serve_connection, DownstreamIo, RpcRt, SplitIo};

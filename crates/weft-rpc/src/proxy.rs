@@ -19,8 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use weft_config::rpc::{RpcProtocol, RpcProxy, RpcRoute};
@@ -388,7 +387,11 @@ async fn up_reader(mut r: tokio::net::tcp::OwnedReadHalf, conn: Arc<UpConn>, ctx
     }
 }
 
-async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>, stop: Option<Arc<tokio::sync::Notify>>) {
+async fn writer<W: AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<Bytes>,
+    stop: Option<Arc<tokio::sync::Notify>>,
+) {
     let mut batch: Vec<Bytes> = Vec::with_capacity(8);
     loop {
         let stopped = async {
@@ -411,7 +414,8 @@ async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>, s
                 Err(_) => break,
             }
         }
-        if write_all_vectored(&mut w, &mut batch).await.is_err() {
+        // Flushed: a TLS stream may hold the last record until then (a no-op on TCP).
+        if write_all_vectored(&mut w, &mut batch).await.is_err() || w.flush().await.is_err() {
             break;
         }
         batch.clear();
@@ -419,7 +423,7 @@ async fn writer(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>, s
     let _ = w.shutdown().await;
 }
 
-async fn write_all_vectored(w: &mut OwnedWriteHalf, bufs: &mut [Bytes]) -> std::io::Result<()> {
+async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut [Bytes]) -> std::io::Result<()> {
     if bufs.len() == 1 {
         return w.write_all(&bufs[0]).await;
     }
@@ -447,14 +451,42 @@ async fn write_all_vectored(w: &mut OwnedWriteHalf, bufs: &mut [Bytes]) -> std::
 
 /// Serves one downstream connection until it closes, a frame is malformed, or (after a drain
 /// signal and the protocol's go-away message) nothing is left in flight.
-pub async fn serve_connection(
-    stream: TcpStream,
+/// A downstream connection, split into halves for the reading loop and the writer task.
+pub trait DownstreamIo: Send + 'static {
+    type R: AsyncRead + Unpin + Send + 'static;
+    type W: AsyncWrite + Unpin + Send + 'static;
+    fn into_halves(self) -> (Self::R, Self::W);
+}
+
+impl DownstreamIo for TcpStream {
+    type R = tokio::net::tcp::OwnedReadHalf;
+    type W = tokio::net::tcp::OwnedWriteHalf;
+    fn into_halves(self) -> (Self::R, Self::W) {
+        self.into_split()
+    }
+}
+
+/// Any other stream (TLS over TCP): split with `tokio::io::split` (a lock shared by the halves).
+pub struct SplitIo<S>(pub S);
+
+impl<S: AsyncRead + AsyncWrite + Send + 'static> DownstreamIo for SplitIo<S> {
+    type R = tokio::io::ReadHalf<S>;
+    type W = tokio::io::WriteHalf<S>;
+    fn into_halves(self) -> (Self::R, Self::W) {
+        tokio::io::split(self.0)
+    }
+}
+
+/// The stream is a TCP connection, or (in [`SplitIo`]) the TLS stream over one when the listener
+/// terminates TLS.
+pub async fn serve_connection<S: DownstreamIo>(
+    stream: S,
     peer: SocketAddr,
     rt: Arc<RpcRt>,
     clusters: &dyn ClusterLookup,
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
-    let (mut r, w) = stream.into_split();
+    let (mut r, w) = stream.into_halves();
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(writer(w, rx, None));
     let down = Down {

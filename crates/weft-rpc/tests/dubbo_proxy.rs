@@ -403,6 +403,97 @@ async fn drain_sends_readonly_and_closes_when_idle() {
     assert!(c.recv().await.is_none(), "closed once idle");
 }
 
+/// One Dubbo call over any stream (TLS here): the request's bytes, then the first whole frame
+/// back; panics after 5s.
+async fn call_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &mut S, req: &[u8]) -> Frame {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(req).await.unwrap();
+    s.flush().await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(f) = Dubbo.decode(&mut buf, 1 << 20).unwrap() {
+                return f;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "closed before a response");
+        }
+    })
+    .await
+    .expect("a response within 5s")
+}
+
+/// A Dubbo listener with `tls` (PERMISSIVE: TLS and plaintext on one port) terminates TLS: a
+/// TLS caller (chain verified against the test CA) is routed and answered over TLS, heartbeats
+/// included, and a plaintext caller on the same port too. (Before, the block was ignored: the
+/// TLS ClientHello was read as a Dubbo frame and the connection closed.)
+#[tokio::test]
+async fn tls_listener_serves_dubbo_over_tls() {
+    let dir = TempDir::new("dubbo-proxy-tls");
+    let ca = weft_tls::testcerts::Ca::new("weft test dubbo_proxy CA");
+    ca.write(dir.path(), "ca");
+    ca.leaf_dns(&["dubbo.example.com"]).write(dir.path(), "leaf");
+    let d = dir.path().display();
+    let gold = provider("gold").await;
+    let silver = provider("silver").await;
+    let tls = format!(
+        "    tls: {{ mode: PERMISSIVE, certificates: [{{ cert_file: {d}/leaf.crt, key_file: {d}/leaf.key }}] }}\n    rpc:"
+    );
+    let proxy = start_proxy(&yaml("tls", gold.addr, silver.addr, "").replacen("    rpc:", &tls, 1));
+    let addr = proxy.listener_addr("tls").unwrap();
+
+    let mut roots = weft_tls::rustls::RootCertStore::empty();
+    for c in weft_tls::pem::read_certs("ca", &dir.join("ca.crt")).unwrap() {
+        roots.add(c).unwrap();
+    }
+    let config = weft_tls::client_config(
+        weft_tls::Trust::Roots(Arc::new(roots)),
+        vec![],
+        weft_tls::ClientCert::None,
+        vec![],
+        weft_tls::TlsVersion::V12,
+        "test.",
+    )
+    .unwrap();
+    let connector = weft_tls::Connector::new(config, "dubbo.example.com", "test.").unwrap();
+    let mut t = connector
+        .connect(TcpStream::connect(addr).await.unwrap())
+        .await
+        .unwrap();
+    let f = call_over(
+        &mut t,
+        &dubbo::encode_request(1, true, SVC, "1.0.0", "echo", "Ljava/lang/String;", &s("vip"), &[]),
+    )
+    .await;
+    assert_eq!(value(&f), "gold:vip:-");
+    let f = call_over(
+        &mut t,
+        &dubbo::encode_request(
+            2,
+            true,
+            SVC,
+            "1.0.0",
+            "echo",
+            "Ljava/lang/String;",
+            &s("x"),
+            &[("k", "v")],
+        ),
+    )
+    .await;
+    assert_eq!(value(&f), "silver:x:v");
+    let f = call_over(&mut t, &Dubbo.heartbeat(9)).await;
+    assert_eq!((f.kind, f.id), (FrameKind::HeartbeatResponse, 9));
+    let f = call_over(
+        &mut t,
+        &dubbo::encode_request(3, true, "org.example.Nope", "1.0.0", "echo", "", &[], &[]),
+    )
+    .await;
+    assert_eq!(f.status, 60, "{:?}", dubbo::error_message(&f));
+
+    // Plaintext on the same port (PERMISSIVE).
+    let mut c = Client::connect(addr).await;
+    assert_eq!(value(&c.call(4, "echo", &s("vip"), &[]).await), "gold:vip:-");
+}
+
 #[test]
 fn config_errors_name_the_field() {
     let bad = r#"

@@ -46,16 +46,21 @@ pub fn node_consume(
     args: &[&str],
     cmds: &[serde_json::Value],
 ) -> Vec<serde_json::Value> {
-    let mut child = Command::new("node")
-        .arg(script)
-        .arg("consumer")
-        .arg(target.to_string())
-        .args(args)
+    let mut cmd = Command::new("node");
+    cmd.arg(script).arg("consumer").arg(target.to_string()).args(args);
+    consume(cmd, cmds)
+}
+
+/// Runs a consumer process that reads commands on stdin (one JSON object per line) and prints
+/// one JSON object per line; returns those sorted by `id` (lines without one last), and panics if
+/// it takes over 30s.
+pub fn consume(mut cmd: Command, cmds: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("node starts");
+        .unwrap_or_else(|e| panic!("{cmd:?} starts: {e}"));
     {
         let mut stdin = child.stdin.take().unwrap();
         for c in cmds {
@@ -75,8 +80,8 @@ pub fn node_consume(
     });
     let mut out = rx
         .recv_timeout(Duration::from_secs(30))
-        .expect("consumer finishes within 30s");
-    out.sort_by_key(|v| v["id"].as_u64());
+        .unwrap_or_else(|_| panic!("{cmd:?} finishes within 30s"));
+    out.sort_by_key(|v| v["id"].as_u64().unwrap_or(u64::MAX));
     drop(guard);
     out
 }
