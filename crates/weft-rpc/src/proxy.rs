@@ -449,8 +449,6 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut [Bytes]
     Ok(())
 }
 
-/// Serves one downstream connection until it closes, a frame is malformed, or (after a drain
-/// signal and the protocol's go-away message) nothing is left in flight.
 /// A downstream connection, split into halves for the reading loop and the writer task.
 pub trait DownstreamIo: Send + 'static {
     type R: AsyncRead + Unpin + Send + 'static;
@@ -477,8 +475,9 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> DownstreamIo for SplitIo<S> {
     }
 }
 
-/// The stream is a TCP connection, or (in [`SplitIo`]) the TLS stream over one when the listener
-/// terminates TLS.
+/// Serves one downstream connection until it closes, a frame is malformed, or (after a drain
+/// signal and the protocol's go-away message) nothing is left in flight. The stream is a TCP
+/// connection, or (in [`SplitIo`]) the TLS stream over one when the listener terminates TLS.
 pub async fn serve_connection<S: DownstreamIo>(
     stream: S,
     peer: SocketAddr,
