@@ -1,6 +1,6 @@
 //! A fast Dubbo2 + SOFARPC Bolt upstream for benchmarks: one port, the protocol of each connection
 //! told by its first byte; every call's first argument is echoed back as its result (method `fail`:
-//! an error status; `hang`: no answer). One core's worth of work on a single-threaded runtime, like
+//! an error status; `hang`: no answer), and every HTTP/1.1 request's body as its response. One core's worth of work on a single-threaded runtime, like
 //! `grpc-echo` and the nginx origin of the HTTP scenarios. See `weft_bench::provider`.
 //!
 //! Usage: `rpc-echo 127.0.0.1:PORT` (prints `listening on ADDR` on stderr)

@@ -1,6 +1,8 @@
 //! A fast Dubbo2 + Bolt echo provider for benchmarks and tests (the `rpc-echo` example runs it).
 //!
-//! Each connection speaks the protocol of its first byte (`0xda`: Dubbo2, `1`/`2`: Bolt v1/v2). A
+//! Each connection speaks the protocol of its first byte (`0xda`: Dubbo2, `1`/`2`: Bolt v1/v2, an
+//! ASCII letter: HTTP/1.1, whose every request is answered `200` with its own body, so that an
+//! HTTP/1.1 run at the same payload can be compared with the RPC ones on the same upstream). A
 //! call's first argument is echoed back as its result, copied as hessian2 bytes without decoding
 //! it (Dubbo: a `RESPONSE_VALUE`; Bolt: a `SofaResponse` whose `appResponse` is the argument, in
 //! the version and CRC switch of the request). Method `fail` is answered with an error status
@@ -36,16 +38,17 @@ pub async fn spawn(addr: &str) -> std::io::Result<(SocketAddr, tokio::task::Join
 }
 
 async fn connection(mut s: TcpStream) {
-    let mut buf = BytesMut::with_capacity(16 << 10);
-    match s.read_buf(&mut buf).await {
-        Ok(0) | Err(_) => return,
-        Ok(_) => {}
-    }
-    let codec: &dyn Codec = match buf[0] {
-        0xda => &Dubbo,
-        1 | 2 => &Bolt,
+    let mut first = [0u8; 1];
+    let codec: &dyn Codec = match s.peek(&mut first).await {
+        Ok(1) => match first[0] {
+            0xda => &Dubbo,
+            1 | 2 => &Bolt,
+            b'A'..=b'Z' => return http_echo(s).await,
+            _ => return,
+        },
         _ => return,
     };
+    let mut buf = BytesMut::with_capacity(16 << 10);
     let mut out = BytesMut::with_capacity(16 << 10);
     loop {
         loop {
@@ -66,6 +69,18 @@ async fn connection(mut s: TcpStream) {
             Ok(_) => {}
         }
     }
+}
+
+/// HTTP/1.1 keep-alive: every request answered `200` with its body.
+async fn http_echo(s: TcpStream) {
+    use http_body_util::{BodyExt, Full};
+    let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+        .await;
 }
 
 /// The raw hessian2 bytes of the first value at `at`, if any.

@@ -183,3 +183,11 @@ fn rpc_targets_parse_and_refuse_http_flags() {
     assert!(weft_bench::parse_target("dubbo://h:1/a.B/m", true, None).is_err());
     assert!(weft_bench::parse_target("dubbo://h:1/a.B/m", false, Some("/a.B/m")).is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_echoes_http1_bodies_too() {
+    let p = provider().await;
+    let r = bench(&format!("http://{p}/echo -m POST --body-size 300 -c 2 -n 100")).await;
+    assert_eq!((r.successes, r.errors_total), (100, 0), "{r:#?}");
+    assert_eq!(r.bytes_received, 100 * 300);
+}
