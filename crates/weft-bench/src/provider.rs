@@ -75,7 +75,12 @@ async fn connection(mut s: TcpStream) {
 async fn http_echo(s: TcpStream) {
     use http_body_util::{BodyExt, Full};
     let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-        let body = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
     });
     let _ = hyper::server::conn::http1::Builder::new()
