@@ -191,3 +191,67 @@ async fn provider_echoes_http1_bodies_too() {
     assert_eq!((r.successes, r.errors_total), (100, 0), "{r:#?}");
     assert_eq!(r.bytes_received, 100 * 300);
 }
+
+/// A Dubbo provider that answers `per_conn` calls on each connection and then, with `goaway`, sends
+/// a go-away (READONLY) and keeps answering what is in flight, or without it closes the connection
+/// with the next call unanswered. Returns its address and the connections it accepted.
+async fn flaky_dubbo(per_conn: usize, goaway: bool) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weft_rpc::codec::{Codec, FrameKind};
+    use weft_rpc::dubbo::{self, Dubbo};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let conns = std::sync::Arc::new(AtomicU64::new(0));
+    let c = conns.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                let mut answered = 0;
+                loop {
+                    match s.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    while let Some(f) = Dubbo.decode(&mut buf, 1 << 20).unwrap() {
+                        if f.kind != FrameKind::Request {
+                            continue;
+                        }
+                        if answered == per_conn && !goaway {
+                            return; // closed with this call in flight
+                        }
+                        let mut out = dubbo::encode_response(f.id, b"N").to_vec();
+                        answered += 1;
+                        if answered == per_conn && goaway {
+                            out.extend_from_slice(&Dubbo.goaway().unwrap());
+                        }
+                        if s.write_all(&out).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn goaway_moves_new_calls_and_a_closed_connection_fails_its_calls_as_io() {
+    use std::sync::atomic::Ordering;
+    // Go-away after 10 answers: every call still answered, on new connections.
+    let (addr, conns) = flaky_dubbo(10, true).await;
+    let r = bench(&format!("dubbo://{addr}/a.B/m -c 1 -n 50 --timeout 2s")).await;
+    assert_eq!((r.responses, r.successes, r.errors_total), (50, 50, 0), "{r:#?}");
+    // The probe, then a new connection every 10 calls (11 when a call races the go-away).
+    assert!(conns.load(Ordering::Relaxed) >= 5, "{}", conns.load(Ordering::Relaxed));
+
+    // Closed after 10 answers with the 11th call in flight: that call is an I/O error, not a
+    // timeout, and the next calls reconnect.
+    let (addr, _) = flaky_dubbo(10, false).await;
+    let r = bench(&format!("dubbo://{addr}/a.B/m -c 1 -n 33 --timeout 5s")).await;
+    assert_eq!(r.requests, 33, "{r:#?}");
+    assert_eq!((r.successes, r.errors.io, r.errors.timeout), (30, 3, 0), "{r:#?}");
+}
