@@ -136,7 +136,7 @@ pub(crate) fn human(r: &Report) -> String {
     }
     if !r.rpc_statuses.is_empty() {
         let st: Vec<String> = r.rpc_statuses.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-        let _ = writeln!(out, "  RPC status: {}", st.join(", "));
+        let _ = writeln!(out, "  RPC responses by status: {}", st.join(", "));
     }
     let _ = writeln!(out, "Requests/sec: {:>10.2}", r.throughput_rps);
     let _ = writeln!(out, "Transfer/sec: {:>10}", fmt_bytes(r.bytes_per_sec));
