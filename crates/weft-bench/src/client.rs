@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::parse::Protocol;
+use crate::rpc::{RpcClient, RpcShared, RpcTemplate};
 use crate::stats::ErrorKind;
 use crate::tls::{Negotiated, Stream, TlsClient};
 
@@ -34,6 +35,8 @@ pub(crate) struct RequestTemplate {
     pub body: Bytes,
     /// TLS client for `https://` targets.
     pub tls: Option<Arc<TlsClient>>,
+    /// The call of `dubbo://` and `bolt://` targets.
+    pub rpc: Option<RpcTemplate>,
 }
 
 impl RequestTemplate {
@@ -54,6 +57,8 @@ impl RequestTemplate {
 pub(crate) struct Response {
     pub status: Option<u16>,
     pub grpc_ok: Option<bool>,
+    /// Dubbo / Bolt: the response status, and whether it means success.
+    pub rpc: Option<(u16, bool)>,
     pub bytes: u64,
 }
 
@@ -213,6 +218,7 @@ pub(crate) enum Client<'a> {
         stream: Option<TcpStream>,
         buf: Vec<u8>,
     },
+    Rpc(RpcClient<'a>),
 }
 
 impl<'a> Client<'a> {
@@ -225,6 +231,10 @@ impl<'a> Client<'a> {
 
     pub fn new_h2(shared: &'a H2Shared) -> Client<'a> {
         Client::H2 { shared, sender: None }
+    }
+
+    pub fn new_rpc(shared: &'a RpcShared) -> Client<'a> {
+        Client::Rpc(RpcClient::new(shared))
     }
 
     pub async fn new_tcp(addr: SocketAddr, len: usize) -> Client<'a> {
@@ -241,6 +251,8 @@ impl<'a> Client<'a> {
             Client::Tcp { stream, .. } => *stream = None,
             // The stream was reset by dropping it; the connection is fine.
             Client::H2 { .. } => {}
+            // The call is forgotten; the connection is fine.
+            Client::Rpc(c) => c.on_timeout(),
         }
     }
 
@@ -295,6 +307,7 @@ impl<'a> Client<'a> {
                     Ok(()) => Ok(Response {
                         status: None,
                         grpc_ok: None,
+                        rpc: None,
                         bytes: buf.len() as u64,
                     }),
                     Err(_) => {
@@ -302,6 +315,15 @@ impl<'a> Client<'a> {
                         Err(ErrorKind::Io)
                     }
                 }
+            }
+            Client::Rpc(c) => {
+                let a = c.call(tpl.addr, tpl.rpc.as_ref().expect("an RPC template")).await?;
+                Ok(Response {
+                    status: None,
+                    grpc_ok: None,
+                    rpc: Some((a.status, a.ok)),
+                    bytes: a.bytes,
+                })
             }
         }
     }
@@ -345,6 +367,7 @@ async fn read_response(resp: hyper::Response<Incoming>, protocol: Protocol) -> R
     Ok(Response {
         status: Some(status),
         grpc_ok,
+        rpc: None,
         bytes,
     })
 }

@@ -1,7 +1,13 @@
 //! `weft bench`: an open-loop (and closed-loop) load generator for HTTP/1.1,
-//! h2c, gRPC unary and raw TCP echo targets, and for HTTP/1.1, HTTP/2 and
-//! gRPC over TLS (`https://`), with latency measured from each request's
-//! scheduled send time (coordinated-omission correction).
+//! h2c, gRPC unary, raw TCP echo, Dubbo2 and SOFARPC Bolt targets, and for
+//! HTTP/1.1, HTTP/2 and gRPC over TLS (`https://`), with latency measured
+//! from each request's scheduled send time (coordinated-omission correction).
+//!
+//! RPC targets (`dubbo://host:port/<interface>/<method>`,
+//! `bolt://host:port/<interface>/<method>`): two-way calls with one hessian2
+//! string argument of `--body-size` bytes, `--streams` calls in flight per
+//! connection, multiplexed by request id, framed with weft-rpc's codecs. A
+//! response whose status is not success counts as an `rpc` error.
 //!
 //! TLS targets: the protocol is chosen by ALPN — `h2` and `http/1.1` are
 //! offered (only `h2` with `--h2` or `--grpc-method`, only `http/1.1` with
@@ -22,7 +28,9 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -33,15 +41,18 @@ mod client;
 pub mod grpc;
 mod output;
 pub mod parse;
+pub mod provider;
+mod rpc;
 pub mod schedule;
 mod stats;
 mod tls;
 
-pub use parse::{parse_duration, parse_header, parse_target, HeaderArg, Protocol, Target};
+pub use parse::{parse_duration, parse_header, parse_target, BoltVersion, HeaderArg, Protocol, RpcTarget, Target};
 pub use schedule::Schedule;
 pub use stats::{ErrorCounts, LatencySummary, Report, StatusClasses};
 
 use client::{Client, H2Shared, RequestTemplate};
+use rpc::RpcShared;
 pub use stats::TlsReport;
 use stats::{ConnStats, ErrorKind};
 use tls::{Negotiated, TlsClient, Trust, ALPN_H2, ALPN_HTTP1};
@@ -60,15 +71,18 @@ const TIMER_SLACK: Duration = Duration::from_millis(1);
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Target: http://host:port/path, https://host:port/path,
-    /// h2c://host:port/path or tcp://host:port. https:// uses HTTP/1.1 or
-    /// HTTP/2 as chosen by ALPN, and needs --cacert or --insecure.
+    /// h2c://host:port/path, tcp://host:port,
+    /// dubbo://host:port/<interface>/<method>[?version=V&group=G] or
+    /// bolt://host:port/<interface>/<method>[?version=V&group=G&bolt=v1|v2|v2crc].
+    /// https:// uses HTTP/1.1 or HTTP/2 as chosen by ALPN, and needs
+    /// --cacert or --insecure.
     pub url: String,
 
     /// Number of connections to keep open.
     #[arg(short = 'c', long, default_value_t = 10)]
     pub connections: usize,
 
-    /// Concurrent requests per connection (HTTP/2 and gRPC only).
+    /// Concurrent requests per connection (HTTP/2, gRPC, Dubbo and Bolt only).
     #[arg(long, default_value_t = 1)]
     pub streams: usize,
 
@@ -90,11 +104,13 @@ pub struct BenchArgs {
     #[arg(short = 'm', long, default_value = "GET")]
     pub method: String,
 
-    /// Extra request header "name: value" (repeatable).
+    /// Extra request header "name: value" (repeatable). Dubbo: an attachment;
+    /// Bolt: a header.
     #[arg(short = 'H', long = "header", value_parser = parse_header)]
     pub headers: Vec<HeaderArg>,
 
-    /// Request body size in bytes (TCP mode: bytes written and echoed, default 64).
+    /// Request body size in bytes (TCP mode: bytes written and echoed, default
+    /// 64; Dubbo and Bolt: the length of the string argument).
     #[arg(long, default_value_t = 0)]
     pub body_size: usize,
 
@@ -263,12 +279,12 @@ struct TlsPlan {
 /// Streams per connection for `protocol`.
 fn streams_for(protocol: Protocol, streams: usize, tls: bool) -> Result<usize, String> {
     match protocol {
-        Protocol::Http2 | Protocol::Grpc => Ok(streams),
+        Protocol::Http2 | Protocol::Grpc | Protocol::Dubbo | Protocol::Bolt => Ok(streams),
         Protocol::Http1 | Protocol::Tcp if streams > 1 => Err(if tls {
             "--streams > 1 needs HTTP/2 or gRPC, but HTTP/1.1 is used over TLS (the server chose it by ALPN, or --http1)"
                 .to_string()
         } else {
-            "--streams > 1 needs HTTP/2 or gRPC (use --h2)".to_string()
+            "--streams > 1 needs HTTP/2, gRPC, Dubbo or Bolt (use --h2)".to_string()
         }),
         Protocol::Http1 | Protocol::Tcp => Ok(1),
     }
@@ -282,6 +298,7 @@ fn validate_tls(cfg: &BenchArgs, target: &Target) -> Result<Option<TlsPlan>, Str
         return Err(match target.protocol {
             Protocol::Grpc => "--http1 cannot be used with gRPC, which needs HTTP/2".to_string(),
             Protocol::Tcp => "--http1 cannot be used with a tcp:// target".to_string(),
+            Protocol::Dubbo | Protocol::Bolt => "--http1 cannot be used with a dubbo:// or bolt:// target".to_string(),
             _ => "--http1 cannot be used with an h2c:// target".to_string(),
         });
     }
@@ -427,7 +444,39 @@ fn build_template(cfg: &BenchArgs, plan: &Plan, tls: Option<Arc<TlsClient>>) -> 
             Bytes::from(vec![b'x'; n])
         }
         Protocol::Http1 | Protocol::Http2 => Bytes::from(vec![b'x'; cfg.body_size]),
+        Protocol::Dubbo | Protocol::Bolt => Bytes::new(),
     };
+    let rpc = match &plan.target.rpc {
+        Some(t) if protocol.is_rpc() => {
+            let atts: Vec<(String, String)> = cfg
+                .headers
+                .iter()
+                .map(|h| {
+                    h.value
+                        .to_str()
+                        .map(|v| (h.name.as_str().to_string(), v.to_string()))
+                        .map_err(|_| format!("attachment {} is not text", h.name.as_str()))
+                })
+                .collect::<Result<_, _>>()?;
+            if cfg.method != "GET" {
+                return Err("-m/--method cannot be used with a dubbo:// or bolt:// target".to_string());
+            }
+            Some(rpc::RpcTemplate::new(protocol, t, cfg.body_size, &atts, cfg.timeout))
+        }
+        _ => None,
+    };
+    if rpc.is_some() {
+        return Ok(RequestTemplate {
+            protocol,
+            addr: plan.addr,
+            method,
+            uri: http::Uri::from_static("/"),
+            headers,
+            body,
+            tls,
+            rpc,
+        });
+    }
     if protocol == Protocol::Http1 {
         let host = HeaderValue::from_str(&plan.target.authority)
             .map_err(|_| format!("invalid host {:?}", plan.target.authority))?;
@@ -451,6 +500,7 @@ fn build_template(cfg: &BenchArgs, plan: &Plan, tls: Option<Arc<TlsClient>>) -> 
         headers,
         body,
         tls,
+        rpc: None,
     })
 }
 
@@ -488,6 +538,7 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
     // Open every connection before the clock starts.
     let mut h1_clients = Vec::new();
     let mut h2_shared = Vec::new();
+    let mut rpc_shared = Vec::new();
     match tpl.protocol {
         Protocol::Http1 => {
             h1_clients = futures_util::future::join_all((0..conns).map(|_| Client::new_h1(&tpl, cfg.timeout)))
@@ -509,6 +560,15 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
                 .into_iter()
                 .map(Arc::new)
                 .collect();
+        }
+        Protocol::Dubbo | Protocol::Bolt => {
+            let p = tpl.protocol;
+            rpc_shared =
+                futures_util::future::join_all((0..conns).map(|_| RpcShared::connect(plan.addr, p, cfg.timeout)))
+                    .await
+                    .into_iter()
+                    .map(Arc::new)
+                    .collect();
         }
     }
 
@@ -552,7 +612,7 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
                     let stats = Mutex::new(ConnStats::new());
                     let sched = rate.map(|r| Schedule::new(start, r, workers, c));
                     worker(&shared, &mut client, sched, &stats).await;
-                    stats.into_inner().unwrap_or_else(|e| e.into_inner())
+                    stats.into_inner()
                 }));
             }
             Protocol::Http2 | Protocol::Grpc => {
@@ -571,7 +631,26 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
                         }
                     });
                     futures_util::future::join_all(futs).await;
-                    stats.into_inner().unwrap_or_else(|e| e.into_inner())
+                    stats.into_inner()
+                }));
+            }
+            Protocol::Dubbo | Protocol::Bolt => {
+                let conn = rpc_shared[c].clone();
+                handles.push(tokio::spawn(async move {
+                    let stats = Mutex::new(ConnStats::new());
+                    let futs = (0..streams).map(|s| {
+                        let shared = &shared;
+                        let stats = &stats;
+                        let conn = &conn;
+                        async move {
+                            let mut client = Client::new_rpc(conn);
+                            let index = c * streams + s;
+                            let sched = rate.map(|r| Schedule::new(start, r, workers, index));
+                            worker(shared, &mut client, sched, stats).await;
+                        }
+                    });
+                    futures_util::future::join_all(futs).await;
+                    stats.into_inner()
                 }));
             }
         }
@@ -644,6 +723,7 @@ pub async fn run_bench(cfg: &BenchArgs) -> Result<Report, String> {
         errors_total: total.errors.total(),
         errors: total.errors.clone(),
         status_classes: total.status.clone(),
+        rpc_statuses: total.rpc_statuses.clone(),
         latency: LatencySummary::from_histogram(&total.corrected),
         service_time: LatencySummary::from_histogram(&total.service),
     })
@@ -716,9 +796,9 @@ async fn worker(shared: &Shared, client: &mut Client<'_>, sched: Option<Schedule
         let failed = match result {
             Ok(r) => {
                 if measured {
-                    lock(stats).record_response(start, sent, done, r.status, r.grpc_ok, r.bytes);
+                    lock(stats).record_response(start, sent, done, r.status, r.grpc_ok, r.rpc, r.bytes);
                 }
-                r.status.is_some_and(|s| s >= 400) || r.grpc_ok == Some(false)
+                r.status.is_some_and(|s| s >= 400) || r.grpc_ok == Some(false) || r.rpc.is_some_and(|(_, ok)| !ok)
             }
             Err(kind) => {
                 if measured {
@@ -740,8 +820,8 @@ async fn worker(shared: &Shared, client: &mut Client<'_>, sched: Option<Schedule
     }
 }
 
-fn lock(m: &Mutex<ConnStats>) -> std::sync::MutexGuard<'_, ConnStats> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+fn lock(m: &Mutex<ConnStats>) -> parking_lot::MutexGuard<'_, ConnStats> {
+    m.lock()
 }
 
 async fn progress_loop(shared: Arc<Shared>, start: Instant) {

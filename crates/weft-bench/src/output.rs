@@ -112,8 +112,8 @@ pub(crate) fn human(r: &Report) -> String {
         let e = &r.errors;
         let _ = writeln!(
             out,
-            "  Errors: connect {}, timeout {}, io {}, 4xx {}, 5xx {}, grpc {}",
-            e.connect, e.timeout, e.io, e.status_4xx, e.status_5xx, e.grpc
+            "  Errors: connect {}, timeout {}, io {}, 4xx {}, 5xx {}, grpc {}, rpc {}",
+            e.connect, e.timeout, e.io, e.status_4xx, e.status_5xx, e.grpc, e.rpc
         );
     }
     if r.unsent > 0 {
@@ -133,6 +133,10 @@ pub(crate) fn human(r: &Report) -> String {
     .collect();
     if !classes.is_empty() {
         let _ = writeln!(out, "  Status: {}", classes.join(", "));
+    }
+    if !r.rpc_statuses.is_empty() {
+        let st: Vec<String> = r.rpc_statuses.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        let _ = writeln!(out, "  RPC responses by status: {}", st.join(", "));
     }
     let _ = writeln!(out, "Requests/sec: {:>10.2}", r.throughput_rps);
     let _ = writeln!(out, "Transfer/sec: {:>10}", fmt_bytes(r.bytes_per_sec));

@@ -78,8 +78,8 @@ pub fn parse_header(input: &str) -> Result<HeaderArg, String> {
 }
 
 /// Wire protocol used against the target. Serialized (JSON report) with
-/// ALPN-style names: `"http/1.1"`, `"h2"`, `"grpc"`, `"tcp"`; whether it ran
-/// over TLS is in the report's `tls` field.
+/// ALPN-style names: `"http/1.1"`, `"h2"`, `"grpc"`, `"tcp"`, `"dubbo"`,
+/// `"bolt"`; whether it ran over TLS is in the report's `tls` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub enum Protocol {
     /// HTTP/1.1 over cleartext TCP or TLS.
@@ -94,6 +94,12 @@ pub enum Protocol {
     /// Raw TCP echo: write N bytes, read N bytes back.
     #[serde(rename = "tcp")]
     Tcp,
+    /// Dubbo2 two-way calls (hessian2), multiplexed by request id.
+    #[serde(rename = "dubbo")]
+    Dubbo,
+    /// SOFARPC Bolt two-way calls (hessian2 `SofaRequest`), multiplexed by request id.
+    #[serde(rename = "bolt")]
+    Bolt,
 }
 
 impl Protocol {
@@ -104,7 +110,14 @@ impl Protocol {
             Protocol::Http2 => "HTTP/2 (h2c)",
             Protocol::Grpc => "gRPC (h2c)",
             Protocol::Tcp => "TCP echo",
+            Protocol::Dubbo => "Dubbo2",
+            Protocol::Bolt => "SOFARPC Bolt",
         }
+    }
+
+    /// Dubbo2 or Bolt.
+    pub fn is_rpc(self) -> bool {
+        matches!(self, Protocol::Dubbo | Protocol::Bolt)
     }
 
     /// Label for the human-readable report, for TLS targets.
@@ -114,8 +127,92 @@ impl Protocol {
             Protocol::Http2 => "HTTP/2 over TLS",
             Protocol::Grpc => "gRPC over TLS",
             Protocol::Tcp => "TCP echo",
+            Protocol::Dubbo => "Dubbo2",
+            Protocol::Bolt => "SOFARPC Bolt",
         }
     }
+}
+
+/// Bolt framing of a `bolt://` target (`?bolt=v1|v2|v2crc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BoltVersion {
+    #[default]
+    V1,
+    V2,
+    /// Protocol v2 with a CRC32 after every frame.
+    V2Crc,
+}
+
+/// What a `dubbo://` or `bolt://` target calls.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RpcTarget {
+    pub interface: String,
+    pub method: String,
+    /// `?version=` (Dubbo: the body's service version and the `version` attachment; Bolt: the
+    /// unique name's version).
+    pub version: Option<String>,
+    /// `?group=` (Dubbo: the `group` attachment; Bolt: the unique name's uniqueId).
+    pub group: Option<String>,
+    pub bolt: BoltVersion,
+}
+
+impl RpcTarget {
+    /// SOFARPC's unique service name: `interface[:version[:uniqueId]]` (version `1.0` when only a
+    /// group is given).
+    pub fn unique_name(&self) -> String {
+        let mut s = self.interface.clone();
+        if self.version.is_some() || self.group.is_some() {
+            s.push(':');
+            s.push_str(self.version.as_deref().unwrap_or("1.0"));
+        }
+        if let Some(g) = &self.group {
+            s.push(':');
+            s.push_str(g);
+        }
+        s
+    }
+}
+
+/// `/<interface>/<method>` and the query of an RPC target URL.
+fn parse_rpc(url: &str, protocol: Protocol, path: &str, query: Option<&str>) -> Result<RpcTarget, String> {
+    let mut parts = path.trim_start_matches('/').split('/');
+    let (Some(interface), Some(method), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "invalid URL {url:?}: expected /<interface>/<method> after the port"
+        ));
+    };
+    if interface.is_empty() || method.is_empty() {
+        return Err(format!(
+            "invalid URL {url:?}: expected /<interface>/<method> after the port"
+        ));
+    }
+    let mut t = RpcTarget {
+        interface: interface.to_string(),
+        method: method.to_string(),
+        ..RpcTarget::default()
+    };
+    for kv in query.unwrap_or("").split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        match (k, protocol) {
+            ("version", _) if !v.is_empty() => t.version = Some(v.to_string()),
+            ("group", _) if !v.is_empty() => t.group = Some(v.to_string()),
+            ("bolt", Protocol::Bolt) => {
+                t.bolt = match v {
+                    "v1" => BoltVersion::V1,
+                    "v2" => BoltVersion::V2,
+                    "v2crc" => BoltVersion::V2Crc,
+                    _ => return Err(format!("invalid URL {url:?}: bolt= takes v1, v2 or v2crc")),
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "invalid URL {url:?}: unknown or empty query parameter {k:?} (version=, group={})",
+                    if protocol == Protocol::Bolt { ", bolt=" } else { "" }
+                ))
+            }
+        }
+    }
+    Ok(t)
 }
 
 /// A parsed, validated target.
@@ -132,6 +229,8 @@ pub struct Target {
     pub authority: String,
     /// Path and query sent on the wire (for gRPC: the method path).
     pub path: String,
+    /// `dubbo://` and `bolt://` targets: what is called.
+    pub rpc: Option<RpcTarget>,
 }
 
 impl Target {
@@ -157,7 +256,9 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
     let uri: Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
     let scheme = uri
         .scheme_str()
-        .ok_or_else(|| format!("invalid URL {url:?}: missing scheme (http://, https://, h2c://, tcp://)"))?
+        .ok_or_else(|| {
+            format!("invalid URL {url:?}: missing scheme (http://, https://, h2c://, tcp://, dubbo://, bolt://)")
+        })?
         .to_ascii_lowercase();
     let authority = uri
         .authority()
@@ -172,6 +273,8 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
         "https" => (http, 443, true),
         "h2c" => (Protocol::Http2, 80, false),
         "tcp" => (Protocol::Tcp, 0, false),
+        "dubbo" => (Protocol::Dubbo, 20880, false),
+        "bolt" => (Protocol::Bolt, 12200, false),
         "grpc" => (Protocol::Grpc, 80, false),
         "grpcs" => (Protocol::Grpc, 443, true),
         "h2" => {
@@ -193,9 +296,15 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
     if path.is_empty() {
         path = "/".to_string();
     }
+    let rpc = if protocol.is_rpc() {
+        let p = uri.path();
+        Some(parse_rpc(url, protocol, p, uri.query())?)
+    } else {
+        None
+    };
     if let Some(method) = grpc_method {
-        if protocol == Protocol::Tcp {
-            return Err("--grpc-method cannot be used with a tcp:// target".to_string());
+        if protocol == Protocol::Tcp || protocol.is_rpc() {
+            return Err(format!("--grpc-method cannot be used with a {scheme}:// target"));
         }
         let trimmed = method.trim();
         let ok = trimmed.starts_with('/')
@@ -213,8 +322,8 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
             "{scheme}:// targets need --grpc-method /package.Service/Method"
         ));
     }
-    if h2 && protocol == Protocol::Tcp {
-        return Err("--h2 cannot be used with a tcp:// target".to_string());
+    if h2 && (protocol == Protocol::Tcp || protocol.is_rpc()) {
+        return Err(format!("--h2 cannot be used with a {scheme}:// target"));
     }
     Ok(Target {
         protocol,
@@ -223,5 +332,6 @@ pub fn parse_target(url: &str, h2: bool, grpc_method: Option<&str>) -> Result<Ta
         port,
         authority: authority.as_str().to_string(),
         path,
+        rpc,
     })
 }

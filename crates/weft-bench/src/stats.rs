@@ -1,5 +1,6 @@
 //! Per-connection statistics, merging and the final report.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -31,11 +32,14 @@ pub struct ErrorCounts {
     pub status_5xx: u64,
     /// gRPC responses whose grpc-status was missing or not 0 (OK).
     pub grpc: u64,
+    /// Dubbo / Bolt responses whose status is not success (Dubbo 20, Bolt 0); by status in the
+    /// report's `rpc_statuses`.
+    pub rpc: u64,
 }
 
 impl ErrorCounts {
     pub fn total(&self) -> u64 {
-        self.connect + self.timeout + self.io + self.status_4xx + self.status_5xx + self.grpc
+        self.connect + self.timeout + self.io + self.status_4xx + self.status_5xx + self.grpc + self.rpc
     }
 
     fn add(&mut self, o: &ErrorCounts) {
@@ -45,6 +49,7 @@ impl ErrorCounts {
         self.status_4xx += o.status_4xx;
         self.status_5xx += o.status_5xx;
         self.grpc += o.grpc;
+        self.rpc += o.rpc;
     }
 }
 
@@ -129,6 +134,7 @@ pub(crate) struct ConnStats {
     pub bytes: u64,
     pub errors: ErrorCounts,
     pub status: StatusClasses,
+    pub rpc_statuses: BTreeMap<u16, u64>,
     pub first_start: Option<Instant>,
     pub last_done: Option<Instant>,
 }
@@ -145,6 +151,7 @@ impl ConnStats {
             bytes: 0,
             errors: ErrorCounts::default(),
             status: StatusClasses::default(),
+            rpc_statuses: BTreeMap::new(),
             first_start: None,
             last_done: None,
         }
@@ -169,6 +176,7 @@ impl ConnStats {
         done: Instant,
         status: Option<u16>,
         grpc_ok: Option<bool>,
+        rpc: Option<(u16, bool)>,
         bytes: u64,
     ) {
         self.touch(start, done);
@@ -204,6 +212,13 @@ impl ConnStats {
             }
             ok = false;
         }
+        if let Some((status, rpc_ok)) = rpc {
+            *self.rpc_statuses.entry(status).or_default() += 1;
+            if !rpc_ok {
+                self.errors.rpc += 1;
+                ok = false;
+            }
+        }
         if ok {
             self.successes += 1;
         }
@@ -230,6 +245,9 @@ impl ConnStats {
         self.bytes += o.bytes;
         self.errors.add(&o.errors);
         self.status.add(&o.status);
+        for (k, v) in &o.rpc_statuses {
+            *self.rpc_statuses.entry(*k).or_default() += v;
+        }
         if let Some(f) = o.first_start {
             if self.first_start.is_none_or(|s| f < s) {
                 self.first_start = Some(f);
@@ -268,7 +286,8 @@ pub struct Report {
     pub requests: u64,
     /// Requests that got a complete response (any status).
     pub responses: u64,
-    /// Responses that were not errors (status < 400 and, for gRPC, grpc-status 0).
+    /// Responses that were not errors (status < 400 and, for gRPC, grpc-status 0; Dubbo / Bolt:
+    /// the success status).
     pub successes: u64,
     /// Open-loop requests still owed when the run was cut off (not sent).
     pub unsent: u64,
@@ -281,6 +300,10 @@ pub struct Report {
     /// Total of all error counters.
     pub errors_total: u64,
     pub status_classes: StatusClasses,
+    /// Dubbo / Bolt: responses per protocol status (Dubbo: 20 OK, 30/31 timeouts, 60 service not
+    /// found, 70 service error, 80 server error, …; Bolt: 0 success, 6 no processor, 7 timeout, …).
+    /// Empty for the other protocols.
+    pub rpc_statuses: BTreeMap<u16, u64>,
     /// Latency measured from each request's scheduled send time (corrected
     /// for coordinated omission). Equal to `service_time` in closed-loop mode.
     pub latency: LatencySummary,

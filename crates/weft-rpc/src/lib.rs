@@ -7,14 +7,19 @@
 //! Protocols: [`dubbo`] (Dubbo2 over hessian2, walked with the [`hessian`] skipper) and [`bolt`]
 //! (SOFARPC Bolt v1 and v2). [`sniff`] tells them (and TLS, HTTP/1.x, HTTP/2) apart on one port.
 //!
-//! Depends on `weft-core` and `weft-upstream`; `weft-proxy` starts RPC listeners with it.
+//! Depends on `weft-core` and `weft-upstream`; `weft-proxy` starts RPC listeners with it. Without
+//! the default `proxy` feature the crate is the codecs alone (`bytes` and `crc32fast`), which is
+//! what `weft bench` (`dubbo://`, `bolt://` targets) links.
 
 pub mod bolt;
 pub mod codec;
 pub mod dubbo;
 pub mod hessian;
+#[cfg(feature = "proxy")]
 pub mod metrics;
+#[cfg(feature = "proxy")]
 pub mod proxy;
 pub mod sniff;
 
+#[cfg(feature = "proxy")]
 pub use proxy::{serve_connection, DownstreamIo, RpcRt, SplitIo};
