@@ -5,7 +5,10 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "weft-bench", about = "weft bench: open-loop HTTP(S)/gRPC/TCP/Dubbo2/Bolt load generator")]
+#[command(
+    name = "weft-bench",
+    about = "weft bench: open-loop HTTP(S)/gRPC/TCP/Dubbo2/Bolt load generator"
+)]
 struct Cli {
     #[command(flatten)]
     args: weft_bench::BenchArgs,
