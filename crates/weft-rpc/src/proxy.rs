@@ -493,7 +493,9 @@ pub async fn serve_connection<S: DownstreamIo>(
         inflight: Arc::new(AtomicU32::new(0)),
         peer,
     };
-    let mut buf = BytesMut::with_capacity(0);
+    // No read buffer while the connection is at rest: one is taken when the socket is readable
+    // and dropped again once every frame in it has been handed on (`read_frame_bytes`).
+    let mut buf = BytesMut::new();
     let mut draining = *drain.borrow();
     if draining {
         if let Some(g) = rt.codec.goaway() {
@@ -507,9 +509,6 @@ pub async fn serve_connection<S: DownstreamIo>(
         if draining && down.inflight.load(Ordering::Relaxed) == 0 {
             break;
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(READ_CHUNK);
-        }
         let idle_sleep = async {
             match idle {
                 Some(t) => tokio::time::sleep_until((last_read + t).into()).await,
@@ -517,7 +516,7 @@ pub async fn serve_connection<S: DownstreamIo>(
             }
         };
         tokio::select! {
-            n = r.read_buf(&mut buf) => {
+            n = read_frame_bytes(&mut r, &mut buf) => {
                 match n {
                     Ok(0) | Err(_) => break,
                     Ok(_) => last_read = Instant::now(),
@@ -556,13 +555,32 @@ pub async fn serve_connection<S: DownstreamIo>(
                 break 'outer;
             }
         }
-        // Keep an idle connection's buffer small.
-        if buf.is_empty() && buf.capacity() > 4 * READ_CHUNK {
-            buf = BytesMut::with_capacity(0);
+        // An idle connection keeps no read buffer: the frames split off it have their own
+        // references to its allocation, and the rest (up to READ_CHUNK) would stay resident
+        // (about 4 KiB of RSS per idle connection).
+        if buf.is_empty() {
+            buf = BytesMut::new();
         }
     }
     drop(down);
     let _ = writer.await;
+}
+
+/// Reads what the caller sent into `buf`. An empty buffer (a connection at rest) is given up and a
+/// new READ_CHUNK taken only once the socket is readable, so that an idle connection holds none
+/// (also when an earlier call was cancelled after taking it). Cancel-safe: nothing is read until
+/// the final `read_buf`, itself cancel-safe.
+async fn read_frame_bytes(r: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if buf.is_empty() {
+        if buf.capacity() > 0 {
+            *buf = BytesMut::new();
+        }
+        r.readable().await?;
+    }
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(READ_CHUNK);
+    }
+    r.read_buf(buf).await
 }
 
 /// Handles one frame; `false` closes the connection.
