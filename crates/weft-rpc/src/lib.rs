@@ -22,4 +22,4 @@ pub mod proxy;
 pub mod sniff;
 
 #[cfg(feature = "proxy")]
-pub use proxy::{serve_connection, DownstreamIo, RpcRt, SplitIo};
+pub use proxy::{serve_connection, DownstreamIo, DownstreamRead, RpcRt, SplitIo};

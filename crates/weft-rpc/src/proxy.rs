@@ -451,10 +451,29 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut [Bytes]
 
 /// A downstream connection, split into halves for the reading loop and the writer task.
 pub trait DownstreamIo: Send + 'static {
-    type R: AsyncRead + Unpin + Send + 'static;
+    type R: DownstreamRead;
     type W: AsyncWrite + Unpin + Send + 'static;
     fn into_halves(self) -> (Self::R, Self::W);
 }
+
+/// The read half of a downstream connection.
+pub trait DownstreamRead: AsyncRead + Unpin + Send + 'static {
+    /// Waits until the connection has something to read (data, end of stream or an error)
+    /// without reading it, so that an idle connection needs no read buffer. A stream that cannot
+    /// tell (TLS: a record may hold no application data) returns at once, and its idle
+    /// connections keep their buffer.
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        async { Ok(()) }
+    }
+}
+
+impl DownstreamRead for tokio::net::tcp::OwnedReadHalf {
+    async fn ready(&mut self) -> std::io::Result<()> {
+        self.readable().await
+    }
+}
+
+impl<S: AsyncRead + Send + 'static> DownstreamRead for tokio::io::ReadHalf<S> {}
 
 impl DownstreamIo for TcpStream {
     type R = tokio::net::tcp::OwnedReadHalf;
@@ -570,12 +589,12 @@ pub async fn serve_connection<S: DownstreamIo>(
 /// new READ_CHUNK taken only once the socket is readable, so that an idle connection holds none
 /// (also when an earlier call was cancelled after taking it). Cancel-safe: nothing is read until
 /// the final `read_buf`, itself cancel-safe.
-async fn read_frame_bytes(r: &mut tokio::net::tcp::OwnedReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+async fn read_frame_bytes<R: DownstreamRead>(r: &mut R, buf: &mut BytesMut) -> std::io::Result<usize> {
     if buf.is_empty() {
         if buf.capacity() > 0 {
             *buf = BytesMut::new();
         }
-        r.readable().await?;
+        r.ready().await?;
     }
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(READ_CHUNK);
