@@ -380,6 +380,24 @@ async fn handshake(
     Some(s)
 }
 
+/// Whether a connection on a listener with a `tls` block is served in plaintext: always in
+/// `disable` mode, never in `STRICT`, and in `PERMISSIVE` when its first bytes are not a TLS
+/// ClientHello (counted).
+async fn is_plaintext(stream: &TcpStream, tls: &ListenerTlsRt) -> bool {
+    let cfg = &tls.config;
+    let plaintext = match cfg.mode {
+        TlsMode::Disable => true,
+        TlsMode::Strict => false,
+        TlsMode::Permissive => !weft_tls::sniff::peek_is_tls(stream, cfg.detect_timeout)
+            .await
+            .unwrap_or(false),
+    };
+    if plaintext && cfg.mode == TlsMode::Permissive {
+        tls.counters.plaintext.fetch_add(1, Ordering::Relaxed);
+    }
+    plaintext
+}
+
 /// Serves a connection accepted on a Dubbo or Bolt `rpc` listener with a `tls` block: the RPC
 /// proxy over the TLS stream (or over the plaintext connection, in `disable` mode and for a
 /// plaintext client in `PERMISSIVE` mode).
@@ -391,18 +409,7 @@ pub async fn serve_rpc(
     shared: Arc<Shared>,
     tls: Arc<ListenerTlsRt>,
 ) {
-    let cfg = &tls.config;
-    let plaintext = match cfg.mode {
-        TlsMode::Disable => true,
-        TlsMode::Strict => false,
-        TlsMode::Permissive => !weft_tls::sniff::peek_is_tls(&stream, cfg.detect_timeout)
-            .await
-            .unwrap_or(false),
-    };
-    if plaintext {
-        if cfg.mode == TlsMode::Permissive {
-            tls.counters.plaintext.fetch_add(1, Ordering::Relaxed);
-        }
+    if is_plaintext(&stream, &tls).await {
         weft_rpc::serve_connection(stream, peer, r, &*shared, lrt.drain_signal()).await;
         return;
     }
@@ -423,17 +430,7 @@ pub async fn serve_http(
 ) {
     let cfg = &tls.config;
     let original_dst = crate::interception::original_dst(&stream, &lrt.config);
-    let plaintext = match cfg.mode {
-        TlsMode::Disable => true,
-        TlsMode::Strict => false,
-        TlsMode::Permissive => !weft_tls::sniff::peek_is_tls(&stream, cfg.detect_timeout)
-            .await
-            .unwrap_or(false),
-    };
-    if plaintext {
-        if cfg.mode == TlsMode::Permissive {
-            tls.counters.plaintext.fetch_add(1, Ordering::Relaxed);
-        }
+    if is_plaintext(&stream, &tls).await {
         let conn = Arc::new(ConnTls::plaintext(cfg.forward_client_cert));
         let codec = h.config.codec;
         crate::http::serve_io(stream, peer, original_dst, h, lrt, shared, Some(conn), codec).await;
