@@ -26,7 +26,6 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -398,27 +397,11 @@ impl RemoteKeys {
 /// GET the JWKS from one host of the cluster (healthy ones preferred).
 async fn fetch(cfg: &RemoteJwks, clusters: &dyn ClusterLookup) -> Result<Bytes, String> {
     use http_body_util::{BodyExt, Empty, Limited};
-    let host: SocketAddr = {
-        let cluster = clusters
-            .cluster(&cfg.cluster)
-            .ok_or_else(|| format!("no cluster \"{}\"", cfg.cluster))?;
-        let set = cluster.hosts.load();
-        let healthy: Vec<SocketAddr> = set
-            .hosts
-            .iter()
-            .filter(|h| h.healthy.load(Ordering::Relaxed))
-            .map(|h| h.address)
-            .collect();
-        let pool = if healthy.is_empty() {
-            set.hosts.iter().map(|h| h.address).collect()
-        } else {
-            healthy
-        };
-        if pool.is_empty() {
-            return Err(format!("cluster \"{}\" has no hosts", cfg.cluster));
-        }
-        pool[fastrand::usize(..pool.len())]
-    };
+    let host: SocketAddr = clusters
+        .cluster(&cfg.cluster)
+        .ok_or_else(|| format!("no cluster \"{}\"", cfg.cluster))?
+        .any_host_address()
+        .ok_or_else(|| format!("cluster \"{}\" has no hosts", cfg.cluster))?;
     let stream = tokio::net::TcpStream::connect(host)
         .await
         .map_err(|e| format!("{host}: {e}"))?;

@@ -14,7 +14,6 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use weft_config::{RateLimitAction, RateLimitPolicy, RateLimitService};
 use weft_upstream::ClusterLookup;
 use weft_xds_api::pb::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
@@ -106,27 +105,11 @@ impl RateLimitClient {
     }
 
     async fn call(&self, clusters: &dyn ClusterLookup, descriptors: Vec<RateLimitDescriptor>) -> Result<i32, String> {
-        let host = {
-            let cluster = clusters
-                .cluster(&self.config.cluster)
-                .ok_or_else(|| format!("no cluster \"{}\"", self.config.cluster))?;
-            let set = cluster.hosts.load();
-            let healthy: Vec<SocketAddr> = set
-                .hosts
-                .iter()
-                .filter(|h| h.healthy.load(Ordering::Relaxed))
-                .map(|h| h.address)
-                .collect();
-            let pool = if healthy.is_empty() {
-                set.hosts.iter().map(|h| h.address).collect()
-            } else {
-                healthy
-            };
-            if pool.is_empty() {
-                return Err(format!("cluster \"{}\" has no hosts", self.config.cluster));
-            }
-            pool[fastrand::usize(..pool.len())]
-        };
+        let host = clusters
+            .cluster(&self.config.cluster)
+            .ok_or_else(|| format!("no cluster \"{}\"", self.config.cluster))?
+            .any_host_address()
+            .ok_or_else(|| format!("cluster \"{}\" has no hosts", self.config.cluster))?;
         let mut sender = self.sender(host).await?;
         let msg = RateLimitRequest {
             domain: self.config.domain.clone(),

@@ -288,6 +288,19 @@ impl ClusterRt {
         }
     }
 
+    /// The address for a side call to a service cluster (a rate limit service, a JWKS fetch):
+    /// a random healthy host, or any host when none is healthy; None when the cluster has none.
+    /// Allocates nothing.
+    pub fn any_host_address(&self) -> Option<SocketAddr> {
+        let set = self.hosts.load();
+        let healthy = || set.hosts.iter().filter(|h| h.healthy.load(Ordering::Relaxed));
+        match healthy().count() {
+            0 if set.hosts.is_empty() => None,
+            0 => Some(set.hosts[fastrand::usize(..set.hosts.len())].address),
+            n => healthy().nth(fastrand::usize(..n)).map(|h| h.address),
+        }
+    }
+
     /// The host for an original-destination address, created on first use.
     pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
         self.original_dst_host_from(addr, None)
