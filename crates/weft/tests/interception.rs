@@ -104,6 +104,16 @@ impl Netns {
         ok(&["ip", "netns", "add", &name]);
         let ns = Netns { name };
         ns.run(&["ip", "link", "set", "lo", "up"]);
+        // No duplicate address detection on the links this test creates, link-local addresses
+        // included (the global ones are added `nodad`): while a veth's link-local address is
+        // tentative (about a second after the link comes up), the kernel loses the first packets
+        // to a neighbour not resolved yet, and a request sent then timed out connecting (measured:
+        // the first connect within a second of `link up` lost its SYN every time).
+        ns.run(&[
+            "sh",
+            "-c",
+            "echo 0 > /proc/sys/net/ipv6/conf/all/accept_dad && echo 0 > /proc/sys/net/ipv6/conf/default/accept_dad",
+        ]);
         ns
     }
 
@@ -848,7 +858,8 @@ fn enter(ns: &str) {
 }
 
 /// One GET on a fresh connection (`connection: close`) to `addr` with `host`: the status.
-fn get_status(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16, String> {
+/// The status and the whole answer of a GET on a new `connection: close` connection.
+fn get_answer(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -856,11 +867,11 @@ fn get_status(addr: std::net::SocketAddr, host: &str, path: &str) -> Result<u16,
     write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("not an HTTP answer: {text:?}"))
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    match text.split_whitespace().nth(1).and_then(|c| c.parse().ok()) {
+        Some(status) => Ok((status, text)),
+        None => Err(format!("not an HTTP answer: {text:?}")),
+    }
 }
 
 /// The client addresses of every GET /hello.txt the server logged after the first `skip` ones.
@@ -1001,8 +1012,8 @@ fn switch_under_load(tag: &str, tproxy: bool, v6: bool) {
             enter(&c_name);
             let until = Instant::now() + Duration::from_secs(120);
             while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-                match get_status(outbound, "svc", "/hello.txt") {
-                    Ok(200) => {
+                match get_answer(outbound, "svc", "/hello.txt") {
+                    Ok((200, _)) => {
                         okc.fetch_add(1, Ordering::SeqCst);
                     }
                     other => failures.lock().push(format!("{:?}: {other:?}", Instant::now())),
@@ -1046,6 +1057,7 @@ fn switch_under_load(tag: &str, tproxy: bool, v6: bool) {
     assert_eq!(requests(&b1, inbound), 0.0);
 
     // On: from now on B1's app is reached through its sidecar (which connects from B1's address).
+    let on_at = Instant::now();
     let (on_took, on_log) = intercept("on");
     eprintln!("[{mode}] intercept on took {on_took:?}:\n{on_log}");
     assert!(on_log.contains("all 1 connected proxies ACKed the drain"), "{on_log}");
@@ -1066,6 +1078,7 @@ fn switch_under_load(tag: &str, tproxy: bool, v6: bool) {
     );
 
     // Off: straight to the app again.
+    let off_at = Instant::now();
     let (off_took, off_log) = intercept("off");
     eprintln!("[{mode}] intercept off took {off_took:?}:\n{off_log}");
     let at_off = served_to(&dir, "s1.log").len();
@@ -1088,9 +1101,35 @@ fn switch_under_load(tag: &str, tproxy: bool, v6: bool) {
         "[{mode}] switch under load: {total} requests OK, {} failed; on took {on_took:?}, off took {off_took:?}",
         failed.len()
     );
+    if !failed.is_empty() {
+        // What the proxies said about it: the caller's sidecar and B1's.
+        for log in ["caller.log", "b1.log", "control.log"] {
+            let text = std::fs::read_to_string(dir.join(log)).unwrap_or_default();
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains(" 503 ") || l.contains("connect"))
+                .collect();
+            eprintln!("--- {log} (warnings and errors) ---\n{}", lines.join("\n"));
+        }
+        // The kernels' view: SYN retransmissions, listen queue overflows, resets.
+        for ns in [&c, &b1, &b2] {
+            let out = ns.exec(&[
+                "nstat",
+                "-az",
+                "TcpExtListen*",
+                "TcpExtTCPSynRetrans",
+                "TcpRetransSegs",
+                "TcpOutRsts",
+                "TcpExtTW*",
+                "TcpAttemptFails",
+                "TcpExtTCPTimeouts",
+            ]);
+            eprintln!("--- nstat in {} ---\n{}", ns.name, String::from_utf8_lossy(&out.stdout));
+        }
+    }
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed: {failed:?}",
+        "{} of {} requests failed (on at {on_at:?}, off at {off_at:?}): {failed:?}",
         failed.len(),
         total + failed.len() as u64
     );
