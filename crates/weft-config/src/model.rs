@@ -63,6 +63,16 @@ pub struct Xds {
     /// Services asked for on demand and not called for this long are unsubscribed; `None`: kept.
     #[serde(serialize_with = "ser_opt_dur")]
     pub on_demand_idle: Option<Duration>,
+    /// TLS to the control plane; None: plaintext.
+    pub tls: Option<XdsTls>,
+}
+
+/// `xds.tls`: the mesh identity as client certificate, the control plane verified against the mesh
+/// roots and (secure naming) one of `subject_alt_names`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct XdsTls {
+    /// Empty: the control plane's identity in the proxy's own trust domain.
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]

@@ -54,6 +54,19 @@ pub struct RawXds {
     /// A service asked for on demand and then not called for this long is forgotten (unsubscribed);
     /// "0s" keeps them. Default 10m.
     pub on_demand_idle: Option<String>,
+    /// TLS to the control plane (weft control's `--xds-tls` port).
+    pub tls: Option<RawXdsTls>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawXdsTls {
+    /// "mesh": the proxy's mesh identity (`--ca-address` … or `--identity-cert-file` …) is its
+    /// client certificate, and the control plane is verified against the mesh roots.
+    pub mode: Option<String>,
+    /// The identities the control plane may present; default
+    /// `spiffe://<trust domain>/ns/weft-system/sa/weft-control`.
+    pub subject_alt_names: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

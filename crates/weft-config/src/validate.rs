@@ -308,6 +308,24 @@ fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {
         Some(d) if d.is_zero() => None,
         Some(d) => Some(d),
     };
+    let tls = x.tls.as_ref().map(|t| {
+        match t.mode.as_deref() {
+            Some("mesh") => {}
+            None => cx.err("xds.tls.mode", "required (mesh)"),
+            Some(other) => cx.err("xds.tls.mode", format!("unknown value \"{other}\" (mesh)")),
+        }
+        for (i, san) in t.subject_alt_names.iter().enumerate() {
+            if !san.starts_with("spiffe://") {
+                cx.err(
+                    &format!("xds.tls.subject_alt_names[{i}]"),
+                    format!("\"{san}\" is not a SPIFFE ID (spiffe://…)"),
+                );
+            }
+        }
+        XdsTls {
+            subject_alt_names: t.subject_alt_names.clone(),
+        }
+    });
     Some(Xds {
         address: address?,
         addresses,
@@ -316,6 +334,7 @@ fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {
         backoff_base,
         backoff_max,
         on_demand_idle,
+        tls,
     })
 }
 

@@ -17,8 +17,14 @@ pub struct ControlArgs {
     #[arg(long, required = true)]
     pub registry: Vec<String>,
     /// ADS (gRPC) listen address.
+    /// Plaintext ADS (and CA) listen address. Loopback only, unless --insecure-xds is given too:
+    /// anyone who reaches it receives the mesh's configuration. Use --xds-tls beyond one host.
     #[arg(long, default_value = "127.0.0.1:18000")]
     pub xds: SocketAddr,
+    /// Allow a non-loopback --xds address (plaintext, unauthenticated: for local experiments and
+    /// trusted networks only; see docs/security.md).
+    #[arg(long)]
+    pub insecure_xds: bool,
     /// Admin HTTP listen address (/ready, /metrics, /debug/...). Loopback only, unless
     /// --admin-allow-non-loopback is given too.
     #[arg(long, default_value = "127.0.0.1:18001")]
@@ -118,9 +124,10 @@ pub struct CaArgs {
     /// Lifetime of workload certificates when the request names none (at least 10s).
     #[arg(long, default_value = "24h", value_parser = weft_config::duration::parse)]
     pub svid_ttl: Duration,
-    /// Also serve the CA API over TLS on this address, with a certificate the CA issues to itself
-    /// (clients: --ca-root). The --xds port stays plaintext.
-    #[arg(long, requires = "ca_dir")]
+    /// The secure port: ADS and the CA API over TLS on this address, with a certificate the CA
+    /// issues to itself. Proxies verify it against the mesh root and authenticate with their
+    /// workload certificate; each receives only its own service's configuration.
+    #[arg(long = "xds-tls", visible_alias = "ca-tls", requires = "ca_dir")]
     pub ca_tls: Option<SocketAddr>,
     /// The longest lifetime a request may ask for.
     #[arg(long, default_value = "168h", value_parser = weft_config::duration::parse)]
@@ -323,6 +330,12 @@ async fn start_injector(a: &InjectorArgs, ca: &CaArgs) -> Result<RunningInjector
     }
 }
 
+fn tracing_warn_insecure(xds: SocketAddr) {
+    eprintln!(
+        "warning: --insecure-xds: plaintext, unauthenticated xDS on {xds}; anyone who reaches it receives the mesh's configuration"
+    );
+}
+
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
 pub fn run(args: ControlArgs) -> i32 {
     if let Some(ControlSub::Token(t)) = &args.sub {
@@ -333,6 +346,16 @@ pub fn run(args: ControlArgs) -> i32 {
     {
         eprintln!("weft control: --admin: {why}");
         return 2;
+    }
+    if !args.check && !args.insecure_xds && !weft_config::admin::is_loopback(args.xds.ip()) {
+        eprintln!(
+            "weft control: --xds {}: plaintext xDS beyond loopback gives the mesh's configuration to anyone who reaches it; serve proxies on --xds-tls (with --ca-dir), or say --insecure-xds to accept that",
+            args.xds
+        );
+        return 2;
+    }
+    if args.insecure_xds && !weft_config::admin::is_loopback(args.xds.ip()) {
+        tracing_warn_insecure(args.xds);
     }
     if args.check {
         if !weft_config::admin::is_loopback(args.admin.ip()) {

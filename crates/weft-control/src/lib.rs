@@ -223,13 +223,17 @@ impl ControlPlane {
             .clone()
             .map(|ca| ca::service::CaService::new(ca, shared.metrics.clone()));
         let mut ca_tls_addr = None;
-        if let (Some(addr), Some(ca), Some(svc)) = (opts.ca_tls, opts.ca, ca_svc.clone()) {
+        if let (Some(addr), Some(ca)) = (opts.ca_tls, opts.ca) {
             let l = listen(addr)?;
             ca_tls_addr = Some(l.local_addr()?);
             let sd = shutdown_rx.clone();
+            let both = ca::service::WithCa {
+                inner: svc.clone(),
+                ca: ca_svc.clone(),
+            };
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = ca::tls::serve(l, ca, svc, sd).await {
-                    tracing::error!(error = %e, "the CA's TLS port failed");
+                if let Err(e) = ca::tls::serve(l, ca, both, sd).await {
+                    tracing::error!(error = %e, "the secure xDS/CA port failed");
                 }
             }));
         }

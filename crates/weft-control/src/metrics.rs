@@ -35,6 +35,9 @@ pub struct Metrics {
     pub registry_conflicts: Gauge,
     pub connected: Family<StreamLabel, Gauge>,
     pub streams_total: Family<StreamLabel, Counter>,
+    /// ADS streams refused on the secure port: no client certificate, or a node that is not the
+    /// certificate's service.
+    pub streams_refused: Counter,
     pub pushes: Family<TypeLabel, Counter>,
     pub resources_sent: Family<TypeLabel, Counter>,
     pub bytes_sent: Family<TypeLabel, Counter>,
@@ -92,6 +95,7 @@ impl Metrics {
         let m = Metrics {
             connected: Family::default(),
             streams_total: Family::default(),
+            streams_refused: Counter::default(),
             pushes: Family::default(),
             resources_sent: Family::default(),
             bytes_sent: Family::default(),
@@ -114,6 +118,11 @@ impl Metrics {
         m.ca.register(&mut registry);
         registry.register("connected_proxies", "ADS streams currently open", m.connected.clone());
         registry.register("streams", "ADS streams accepted", m.streams_total.clone());
+        registry.register(
+            "streams_refused",
+            "ADS streams refused on the secure port (no client certificate, or a node that is not the certificate's service)",
+            m.streams_refused.clone(),
+        );
         registry.register("pushes", "xDS responses sent", m.pushes.clone());
         registry.register(
             "resources_sent",

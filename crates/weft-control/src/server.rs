@@ -60,6 +60,9 @@ pub struct ProxyEntry {
     pub kind: &'static str,
     pub connected_at: SystemTime,
     pub peer: Option<std::net::SocketAddr>,
+    /// The identity the proxy's client certificate proved (streams on the secure port; None on
+    /// the plaintext one).
+    pub identity: Option<weft_identity::spiffe::SpiffeId>,
     pub state: Mutex<StreamState>,
 }
 
@@ -112,6 +115,8 @@ pub struct StreamState {
     pub scope: Option<Arc<Scope>>,
     /// `outbound` cut to `scope`, from the current snapshot.
     scoped_rds: Option<Arc<Res>>,
+    /// The node was checked against the stream's authenticated identity.
+    node_checked: bool,
 }
 
 impl StreamState {
@@ -127,6 +132,7 @@ impl StreamState {
             scoping,
             scope: None,
             scoped_rds: None,
+            node_checked: false,
         }
     }
 
@@ -829,14 +835,42 @@ fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Met
 /// not keep its task (and its place in `/debug/proxies`) forever. It reconnects and resyncs.
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A proxy authenticated as `spiffe://<td>/ns/<ns>/sa/<sa>` may only ask for the configuration
+/// of its own service: its node's `cluster` must be `<sa>` or `<sa>.<ns>`, and what it declares of
+/// itself (metadata `NAMESPACE`, `weft.identity`) must agree with its certificate. A proxy then
+/// receives only what is meant for its service.
+fn node_matches_identity(node: &NodeInfo, id: &weft_identity::spiffe::SpiffeId) -> Result<(), String> {
+    let (ns, sa) = (id.namespace(), id.service_account());
+    if node.cluster != sa && node.cluster != format!("{sa}.{ns}") {
+        return Err(format!(
+            "node.cluster \"{}\" is not the service of the certificate's identity {id} (expected \"{sa}\" or \"{sa}.{ns}\")",
+            node.cluster
+        ));
+    }
+    if !node.namespace.is_empty() && node.namespace != ns {
+        return Err(format!(
+            "node metadata NAMESPACE \"{}\" differs from the certificate's namespace \"{ns}\"",
+            node.namespace
+        ));
+    }
+    if let Some(declared) = node.identity.as_deref().filter(|d| *d != id.to_string()) {
+        return Err(format!(
+            "node metadata weft.identity \"{declared}\" differs from the certificate's identity {id}"
+        ));
+    }
+    Ok(())
+}
+
 /// One ADS stream, SotW or Delta: requests and snapshot changes in, responses out. `request`
-/// applies a request to the stream state, `respond` diffs, `encode` makes the wire message.
-#[allow(clippy::type_complexity)]
+/// applies a request to the stream state, `respond` diffs, `encode` makes the wire message;
+/// `status` ends the stream with an error (a node refused).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 async fn run_stream<Req>(
     shared: Arc<Shared>,
     entry: Arc<ProxyEntry>,
     mut inbound: Streaming<Req>,
     tx: mpsc::Sender<Bytes>,
+    status: Arc<std::sync::OnceLock<Status>>,
     request: fn(&mut StreamState, Req, &Metrics) -> Option<Kind>,
     respond: fn(&mut StreamState, &[Kind], &Snapshot, &Metrics, bool, bool) -> Vec<Out>,
     encode: fn(Out) -> Bytes,
@@ -855,7 +889,17 @@ async fn run_stream<Req>(
                     _ => return,
                 };
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
-                match (request(&mut st, req, &shared.metrics), &current) {
+                let kind = request(&mut st, req, &shared.metrics);
+                if let (Some(id), Some(node), false) = (&entry.identity, &st.node, st.node_checked) {
+                    if let Err(why) = node_matches_identity(node, id) {
+                        tracing::warn!(node = %node.id, cluster = %node.cluster, identity = %id, peer = ?entry.peer, "ADS stream refused: {why}");
+                        shared.metrics.streams_refused.inc();
+                        let _ = status.set(Status::permission_denied(why));
+                        return;
+                    }
+                    st.node_checked = true;
+                }
+                match (kind, &current) {
                     (Some(kind), Some(snap)) => {
                         st.refresh_node(snap);
                         // A cluster asked for by name widens a scoped proxy's view: send it the
@@ -944,13 +988,19 @@ impl Drop for Registration {
 }
 
 impl Ads {
-    fn register(&self, kind: &'static str, peer: Option<std::net::SocketAddr>) -> (Arc<ProxyEntry>, Registration) {
+    fn register(
+        &self,
+        kind: &'static str,
+        peer: Option<std::net::SocketAddr>,
+        identity: Option<weft_identity::spiffe::SpiffeId>,
+    ) -> (Arc<ProxyEntry>, Registration) {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let entry = Arc::new(ProxyEntry {
             stream_id: id,
             kind,
             connected_at: SystemTime::now(),
             peer,
+            identity,
             state: Mutex::new(StreamState::new(self.shared.scoping)),
         });
         self.shared
@@ -1002,32 +1052,59 @@ fn delta_frame(o: Out) -> Bytes {
 impl Ads {
     /// Starts the stream's task and answers with its response body.
     fn open(&self, method: wire::Method, req: http::Request<tonic::body::Body>) -> http::Response<tonic::body::Body> {
-        let peer = req
-            .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(|i| i.remote_addr());
+        let ext = req.extensions();
+        let (peer, identity) = match ext.get::<crate::ca::tls::MeshConnectInfo>() {
+            // The secure port: a stream needs the proxy's certificate.
+            Some(i) => match &i.peer {
+                Some(id) => (i.tcp.remote_addr(), Some(id.clone())),
+                None => {
+                    tracing::warn!(peer = ?i.tcp.remote_addr(), "ADS over TLS refused: no client certificate");
+                    self.shared.metrics.streams_refused.inc();
+                    return wire::error(Status::unauthenticated(
+                        "ADS over TLS needs a client certificate from the mesh CA (the proxy's workload certificate)",
+                    ));
+                }
+            },
+            None => (
+                ext.get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|i| i.remote_addr()),
+                None,
+            ),
+        };
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let status = Arc::new(std::sync::OnceLock::new());
         let shared = self.shared.clone();
         let body = req.into_body();
+        let st = status.clone();
         match method {
             wire::Method::Sotw => {
-                let (entry, reg) = self.register("sotw", peer);
+                let (entry, reg) = self.register("sotw", peer, identity);
                 let requests = wire::requests::<DiscoveryRequest>(body);
                 tokio::spawn(async move {
                     let _reg = reg;
-                    run_stream(shared, entry, requests, tx, sotw_request, sotw_respond, sotw_frame).await;
+                    run_stream(shared, entry, requests, tx, st, sotw_request, sotw_respond, sotw_frame).await;
                 });
             }
             wire::Method::Delta => {
-                let (entry, reg) = self.register("delta", peer);
+                let (entry, reg) = self.register("delta", peer, identity);
                 let requests = wire::requests::<DeltaDiscoveryRequest>(body);
                 tokio::spawn(async move {
                     let _reg = reg;
-                    run_stream(shared, entry, requests, tx, delta_request, delta_respond, delta_frame).await;
+                    run_stream(
+                        shared,
+                        entry,
+                        requests,
+                        tx,
+                        st,
+                        delta_request,
+                        delta_respond,
+                        delta_frame,
+                    )
+                    .await;
                 });
             }
         }
-        wire::response(rx)
+        wire::response(rx, status)
     }
 }
 
@@ -1136,6 +1213,7 @@ pub fn proxies_json(shared: &Shared) -> serde_json::Value {
                 "user_agent": node.user_agent,
                 "stream": e.kind,
                 "peer": e.peer.map(|p| p.to_string()),
+                "authenticated_identity": e.identity.as_ref().map(|i| i.to_string()),
                 "connected_at_unix": e.connected_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                 "generation": st.generation,
                 "types": types,

@@ -12,6 +12,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::Frame;
 use std::convert::Infallible;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 use tonic::codec::{Codec, Streaming};
@@ -174,8 +175,10 @@ pub fn delta_frame(version: &str, type_url: &str, nonce: &str, items: &[Item<'_>
 
 /// The response: HTTP 200 with gRPC headers, then every frame the stream's task sends, then
 /// `grpc-status: 0` once the task ends (it ends when the proxy goes away or on shutdown).
-pub fn response(rx: mpsc::Receiver<Bytes>) -> http::Response<tonic::body::Body> {
-    let mut res = http::Response::new(tonic::body::Body::new(FrameBody { rx: Some(rx) }));
+/// When the task set `status` before ending, the trailers carry it instead (e.g. a stream refused
+/// after its first request).
+pub fn response(rx: mpsc::Receiver<Bytes>, status: Arc<OnceLock<Status>>) -> http::Response<tonic::body::Body> {
+    let mut res = http::Response::new(tonic::body::Body::new(FrameBody { rx: Some(rx), status }));
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
@@ -191,6 +194,7 @@ pub fn error(status: Status) -> http::Response<tonic::body::Body> {
 struct FrameBody {
     /// `None` once the trailers have been sent.
     rx: Option<mpsc::Receiver<Bytes>>,
+    status: Arc<OnceLock<Status>>,
 }
 
 impl http_body::Body for FrameBody {
@@ -206,7 +210,21 @@ impl http_body::Body for FrameBody {
             Poll::Ready(None) => {
                 self.rx = None;
                 let mut trailers = http::HeaderMap::new();
-                trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                match self.status.get() {
+                    Some(s) => {
+                        // (Status's own header encoding is private; a trailers-only response
+                        // carries the same headers.)
+                        let h = s.clone().into_http::<()>().into_parts().0.headers;
+                        for name in ["grpc-status", "grpc-message"] {
+                            if let Some(v) = h.get(name) {
+                                trailers.insert(name, v.clone());
+                            }
+                        }
+                    }
+                    None => {
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    }
+                }
                 Poll::Ready(Some(Ok(Frame::trailers(trailers))))
             }
             Poll::Pending => Poll::Pending,
@@ -314,11 +332,23 @@ mod tests {
         let (tx, rx) = mpsc::channel(2);
         tx.send(Bytes::from_static(b"\0\0\0\0\0")).await.unwrap();
         drop(tx);
-        let mut body = response(rx).into_body();
+        let mut body = response(rx, Arc::new(OnceLock::new())).into_body();
         let first = body.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap().len(), 5);
         let last = body.frame().await.unwrap().unwrap();
         assert_eq!(last.into_trailers().unwrap()["grpc-status"], "0");
         assert!(body.frame().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_status_set_by_the_task_ends_the_body() {
+        let (tx, rx) = mpsc::channel(2);
+        let status = Arc::new(OnceLock::new());
+        let mut body = response(rx, status.clone()).into_body();
+        status.set(Status::permission_denied("not yours")).unwrap();
+        drop(tx);
+        let t = body.frame().await.unwrap().unwrap().into_trailers().unwrap();
+        assert_eq!(t["grpc-status"], "7");
+        assert_eq!(t["grpc-message"], "not%20yours"); // percent-encoded, as gRPC says
     }
 }

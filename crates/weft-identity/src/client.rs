@@ -128,11 +128,18 @@ pub async fn fetch_tls(
     fetch_via(ca_address, Some(roots_pem), id, auth, ttl).await
 }
 
-/// A TLS connector for tonic: TCP to the URI's host and port, then a rustls handshake (ring,
-/// ALPN h2) verified against the given roots.
+/// A TLS connector for tonic: TCP to the URI's host and port, then a rustls handshake with
+/// `config` (the URI's host as server name). Used for the CA's TLS port here and for ADS over TLS
+/// by weft's xDS client.
 #[derive(Clone)]
-struct TlsConnector {
+pub struct TlsConnector {
     config: Arc<rustls::ClientConfig>,
+}
+
+impl TlsConnector {
+    pub fn new(config: Arc<rustls::ClientConfig>) -> TlsConnector {
+        TlsConnector { config }
+    }
 }
 
 impl tonic::codegen::Service<tonic::codegen::http::Uri> for TlsConnector {

@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     pub(crate) activity: Mutex<Option<ActivityFn>>,
     /// The control-plane replica of the current (or last) session.
     pub(crate) current: Mutex<String>,
+    /// TLS to the control plane (`xds.tls`); None: plaintext h2c.
+    pub(crate) tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
 }
 
 /// Requests sent to a service's clusters so far (any number that changes when the service is
@@ -155,6 +157,22 @@ impl XdsClient {
         on_initialized: InitializedFn,
         handle: &tokio::runtime::Handle,
     ) -> Result<XdsClient, String> {
+        Self::start_with_tls(bootstrap, apply, on_initialized, handle, None)
+    }
+
+    /// [`XdsClient::start`] with TLS to the control plane: `tls` is the client configuration
+    /// (certificate, trust, secure naming; ALPN h2 is set here). Required when the bootstrap has
+    /// `xds.tls`.
+    pub fn start_with_tls(
+        bootstrap: Config,
+        apply: ApplyFn,
+        on_initialized: InitializedFn,
+        handle: &tokio::runtime::Handle,
+        tls: Option<Arc<weft_tls::rustls::ClientConfig>>,
+    ) -> Result<XdsClient, String> {
+        if bootstrap.xds.as_ref().is_some_and(|x| x.tls.is_some()) && tls.is_none() {
+            return Err("xds.tls: no TLS client configuration (the proxy's mesh identity) was given".into());
+        }
         let xds = bootstrap
             .xds
             .clone()
@@ -170,6 +188,7 @@ impl XdsClient {
             changed: tokio::sync::watch::Sender::new(0),
             activity: Mutex::new(None),
             current: Mutex::new(String::new()),
+            tls,
         });
         let task = handle.spawn(stream::run(inner.clone()));
         if let Some(idle) = inner.xds.on_demand_idle {

@@ -139,7 +139,25 @@ async fn session(inner: &Arc<Inner>, address: &str) -> Result<std::convert::Infa
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    let channel = endpoint.connect().await.map_err(|e| (e.to_string(), false))?;
+    let channel = match &inner.tls {
+        None => endpoint.connect().await,
+        Some(cfg) => {
+            endpoint
+                .connect_with_connector(weft_identity::client::TlsConnector::new(cfg.clone()))
+                .await
+        }
+    }
+    .map_err(|e| {
+        // The cause (a refused certificate, say) is in the source chain, not the top error.
+        use std::error::Error;
+        let mut msg = e.to_string();
+        let mut src = e.source();
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        (msg, false)
+    })?;
     let mode = inner.xds.mode;
     let delta = matches!(mode, XdsMode::AdsDelta | XdsMode::Delta);
     let ads = matches!(mode, XdsMode::AdsDelta | XdsMode::AdsSotw);

@@ -363,7 +363,8 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         tracing::info!(path = %path.display(), "serving hot restarts");
     }
     // Kept alive until shutdown; the proxy serves its last applied config if the client stops.
-    let _xds = match bootstrap.map(|b| xds::attach(&server, b)).transpose() {
+    let td_hint = mesh_identity::trust_domain_hint(&args.identity);
+    let _xds = match bootstrap.map(|b| xds::attach(&server, b, td_hint)).transpose() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("weft proxy: xds: {e}");

@@ -60,6 +60,14 @@ fn mtimes(f: &IdentityFlags) -> Vec<Option<std::time::SystemTime>> {
         .collect()
 }
 
+/// The trust domain of the identity named by `--identity-token-file`, if readable (the
+/// certificate itself may not have arrived yet).
+pub fn trust_domain_hint(f: &IdentityFlags) -> Option<String> {
+    let text = std::fs::read_to_string(f.identity_token_file.as_ref()?).ok()?;
+    let claims = weft_identity::token::peek(&text).ok()?;
+    Some(claims.id.trust_domain().to_string())
+}
+
 /// Starts keeping the proxy's mesh identity. Does nothing without identity flags.
 pub fn attach(server: &Arc<Server>, f: &IdentityFlags) -> Result<(), String> {
     let mesh: Arc<MeshIdentity> = server.shared.tls.mesh.clone();

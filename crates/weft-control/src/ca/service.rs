@@ -162,7 +162,14 @@ impl CaService {
         &self,
         req: tonic::Request<IstioCertificateRequest>,
     ) -> Result<tonic::Response<IstioCertificateResponse>, Status> {
-        let peer = req.remote_addr().map_or_else(|| "-".to_string(), |a| a.to_string());
+        let peer = req
+            .remote_addr()
+            .or_else(|| {
+                req.extensions()
+                    .get::<super::tls::MeshConnectInfo>()
+                    .and_then(|i| i.tcp.remote_addr())
+            })
+            .map_or_else(|| "-".to_string(), |a| a.to_string());
         let (id, auth) = self.authenticate(&req, &peer)?;
         let r = req.into_inner();
         let ttl = (r.validity_duration > 0).then(|| Duration::from_secs(r.validity_duration as u64));

@@ -1,9 +1,11 @@
-//! The CA API over TLS on a port of its own (`--ca-tls ADDR`), with a server certificate that the
-//! CA issues to itself (URI SAN `spiffe://<td>/ns/weft-system/sa/weft-control`, the listen IP, and
-//! `localhost`), renewed at half-life. Clients verify it against the mesh root (`--ca-root`).
-//! The xDS port itself stays plaintext for now: the proxy's xDS client does not speak TLS yet.
+//! The secure port (`--xds-tls ADDR`): ADS and the CA API over TLS, with a server certificate
+//! that the CA issues to itself (URI SAN `spiffe://<td>/ns/weft-system/sa/weft-control`, the
+//! listen IP, and `localhost`), renewed at half-life. Clients verify it against the mesh root.
+//!
+//! Client certificates are asked for and, when sent, verified against the mesh root: a proxy's
+//! SVID authenticates its ADS stream (which is refused without one) and its renewals. A proxy
+//! without a certificate yet may still call the CA with its bootstrap token.
 
-use super::service::CaService;
 use super::Ca;
 use arc_swap::ArcSwap;
 use std::net::SocketAddr;
@@ -25,14 +27,28 @@ impl rustls::server::ResolvesServerCert for Resolver {
     }
 }
 
-/// A TLS connection for tonic, reporting the TCP peer address like a plain one.
-pub struct TlsIo(tokio_rustls::server::TlsStream<TcpStream>);
+/// What a request on the secure port knows of its connection: the TCP peer, and the identity
+/// its client certificate proved (None: no certificate was sent).
+#[derive(Clone, Debug)]
+pub struct MeshConnectInfo {
+    pub tcp: TcpConnectInfo,
+    pub peer: Option<weft_identity::spiffe::SpiffeId>,
+}
+
+/// A TLS connection for tonic, with the peer's verified identity.
+pub struct TlsIo(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<weft_identity::spiffe::SpiffeId>,
+);
 
 impl Connected for TlsIo {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = MeshConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.0.get_ref().0.connect_info()
+    fn connect_info(&self) -> MeshConnectInfo {
+        MeshConnectInfo {
+            tcp: self.0.get_ref().0.connect_info(),
+            peer: self.1.clone(),
+        }
     }
 }
 
@@ -87,24 +103,65 @@ fn certified_key(ca: &Ca, addr: SocketAddr) -> std::io::Result<(rustls::sign::Ce
     ))
 }
 
-/// Serves `svc` over TLS on `listener` until `shutdown`.
-pub async fn serve(
+/// Client certificates: asked for, verified against the CA's root when sent, not required at
+/// the handshake (a proxy's first certificate request comes with a token instead).
+fn client_verifier(ca: &Ca) -> std::io::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let ders = weft_identity::client::parse_pem_certs(&[ca.root_pem().to_string()])
+        .map_err(|e| std::io::Error::other(format!("the CA's root: {e}")))?;
+    for der in ders {
+        roots
+            .add(rustls_pki_types::CertificateDer::from(der))
+            .map_err(|e| std::io::Error::other(format!("the CA's root: {e}")))?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::ring::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| std::io::Error::other(format!("client certificate verifier: {e}")))
+}
+
+/// The SPIFFE ID of a verified client certificate (None without one).
+fn peer_identity(
+    ca: &Ca,
+    tls: &tokio_rustls::server::TlsStream<TcpStream>,
+) -> Result<Option<weft_identity::spiffe::SpiffeId>, String> {
+    let Some(leaf) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+        return Ok(None);
+    };
+    ca.check_svid(leaf).map(|(id, _)| Some(id))
+}
+
+/// Serves `svc` (ADS and the CA) over TLS on `listener` until `shutdown`.
+pub async fn serve<S>(
     listener: tokio::net::TcpListener,
     ca: Arc<Ca>,
-    svc: CaService,
+    svc: S,
     mut shutdown: watch::Receiver<bool>,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: tonic::codegen::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let addr = listener.local_addr()?;
     let (ck, mut not_after) = certified_key(&ca, addr)?;
     let resolver = Arc::new(Resolver(ArcSwap::from_pointee(ck)));
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(std::io::Error::other)?
-        .with_no_client_auth()
+        .with_client_cert_verifier(client_verifier(&ca)?)
         .with_cert_resolver(resolver.clone());
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
-    tracing::info!(%addr, "CA API over TLS");
+    tracing::info!(%addr, "ADS and the CA API over TLS");
     // Renew the server certificate at half-life.
     let renew_ca = ca.clone();
     let mut renew_sd = shutdown.clone();
@@ -136,19 +193,24 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, ca) = (acceptor.clone(), tx.clone(), ca.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(TlsIo(tls))).await;
-                    }
-                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "CA: TLS handshake failed"),
-                    Err(_) => tracing::warn!(%peer, "CA: TLS handshake timed out"),
+                    Ok(Ok(tls)) => match peer_identity(&ca, &tls) {
+                        Ok(id) => {
+                            let _ = tx.send(Ok(TlsIo(tls, id))).await;
+                        }
+                        Err(e) => tracing::warn!(%peer, error = %e, "xDS/CA over TLS: client certificate refused"),
+                    },
+                    Ok(Err(e)) => tracing::warn!(%peer, error = %e, "xDS/CA over TLS: handshake failed"),
+                    Err(_) => tracing::warn!(%peer, "xDS/CA over TLS: handshake timed out"),
                 }
             });
         }
     });
     let res = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .serve_with_incoming_shutdown(svc, tokio_stream::wrappers::ReceiverStream::new(rx), async move {
             let _ = shutdown.wait_for(|v| *v).await;
         })
