@@ -19,6 +19,25 @@ fn claims(extra: Value) -> Value {
 }
 
 #[test]
+fn verifies_rs256_and_refuses_another_rsa_key() {
+    let good = TestKey::rs256("r1");
+    let other = TestKey::rs256("r1");
+    let es = TestKey::es256("e1");
+    let keys = Keys::parse(jwks(&[&good, &es]).as_bytes()).unwrap();
+    let c = checks(&["api"]);
+    let ok = verify(&good.sign(&claims(json!({}))), &keys, &c).unwrap();
+    assert_eq!(ok["sub"], "alice");
+    assert_eq!(
+        verify(&other.sign(&claims(json!({}))), &keys, &c),
+        Err(Status::VerificationFail)
+    );
+    // ES256 next to it still verifies; an expired RS256 token does not.
+    assert!(verify(&es.sign(&claims(json!({}))), &keys, &c).is_ok());
+    let expired = good.sign(&claims(json!({"exp": now() - 120})));
+    assert_eq!(verify(&expired, &keys, &c), Err(Status::Expired));
+}
+
+#[test]
 fn verifies_and_refuses() {
     let good = TestKey::es256("k1");
     let other = TestKey::es256("k1");

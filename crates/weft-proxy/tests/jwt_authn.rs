@@ -93,10 +93,13 @@ struct Env {
     jwks_server: Upstream,
     remote_keys: Arc<Mutex<String>>,
     key: TestKey,
+    /// An RS256 key in the same local JWKS.
+    rsa: TestKey,
 }
 
 async fn env(remote: &TestKey) -> Env {
     let key = TestKey::es256("local-1");
+    let rsa = TestKey::rs256("local-rsa");
     let app = upstream(|_| async { text(200, "app") }).await;
     let gold = upstream(|_| async { text(200, "gold") }).await;
     let remote_keys = Arc::new(Mutex::new(jwks(&[remote])));
@@ -111,7 +114,12 @@ async fn env(remote: &TestKey) -> Env {
         }
     })
     .await;
-    let sidecar = start_proxy(&sidecar_yaml(app.addr, gold.addr, jwks_server.addr, &jwks(&[&key])));
+    let sidecar = start_proxy(&sidecar_yaml(
+        app.addr,
+        gold.addr,
+        jwks_server.addr,
+        &jwks(&[&key, &rsa]),
+    ));
     let inbound = sidecar.listener_addr("inbound").unwrap();
     let outbound = start_proxy(&outbound_yaml(inbound));
     let front = outbound.listener_addr("web").unwrap();
@@ -124,6 +132,7 @@ async fn env(remote: &TestKey) -> Env {
         jwks_server,
         remote_keys,
         key,
+        rsa,
     }
 }
 
@@ -183,6 +192,13 @@ async fn jwt_and_claim_authorization_through_a_sidecar_pair() {
         "routed on a claim"
     );
     assert_eq!(e.gold.hits(), 1);
+
+    // RS256 from the same JWKS; another RSA key under the same kid is refused.
+    let g = bearer(e.front, "/books", &e.rsa.sign(&claims(json!({})))).await;
+    assert_eq!((g.status.as_u16(), g.text().as_str()), (200, "app"));
+    assert_eq!(e.app.last().headers["x-jwt-sub"], "alice");
+    let forged = TestKey::rs256("local-rsa").sign(&claims(json!({})));
+    assert_invalid(&bearer(e.front, "/books", &forged).await, 401, "Jwt verification fails");
 
     // A client cannot forge the headers the filter writes.
     let g = call(
