@@ -172,6 +172,9 @@ pub struct RemoteJwks {
     pub authority: String,
     /// The request's path and query (from the URI).
     pub path: String,
+    /// An `https://` URI: the fetch is refused unless the cluster originates TLS (never sent in
+    /// plaintext by mistake).
+    pub https: bool,
     #[serde(serialize_with = "crate::model::ser_dur")]
     pub timeout: Duration,
     #[serde(serialize_with = "crate::model::ser_dur")]
@@ -405,11 +408,16 @@ fn provider(
                             errs.push((format!("{up}.uri"), "is required".into()));
                             None
                         }
-                        Some(Ok(uri)) if uri.scheme_str() == Some("http") && uri.authority().is_some() => Some(uri),
+                        Some(Ok(uri))
+                            if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() =>
+                        {
+                            Some(uri)
+                        }
                         Some(Ok(_)) => {
                             errs.push((
                                 format!("{up}.uri"),
-                                "must be an absolute http:// URI (the cluster carries TLS, if any)".into(),
+                                "must be an absolute http:// or https:// URI (TLS comes from the cluster's tls block)"
+                                    .into(),
                             ));
                             None
                         }
@@ -441,6 +449,7 @@ fn provider(
                             cluster,
                             authority: uri.authority().map(|a| a.to_string()).unwrap_or_default(),
                             path: uri.path_and_query().map_or("/".into(), |p| p.to_string()),
+                            https: uri.scheme_str() == Some("https"),
                             timeout,
                             cache_duration,
                         })),

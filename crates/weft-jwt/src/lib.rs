@@ -394,24 +394,52 @@ impl RemoteKeys {
     }
 }
 
-/// GET the JWKS from one host of the cluster (healthy ones preferred).
+/// An HTTP/1.1 client connection over `io`, its task spawned.
+async fn h1<IO>(io: IO) -> Result<hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>, hyper::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// GET the JWKS from one host of the cluster (healthy ones preferred), over TLS when the cluster
+/// has a `tls` block (its trust, SNI and client certificate; HTTP/1.1 on it).
 async fn fetch(cfg: &RemoteJwks, clusters: &dyn ClusterLookup) -> Result<Bytes, String> {
     use http_body_util::{BodyExt, Empty, Limited};
-    let host: SocketAddr = clusters
+    let cluster = clusters
         .cluster(&cfg.cluster)
-        .ok_or_else(|| format!("no cluster \"{}\"", cfg.cluster))?
+        .ok_or_else(|| format!("no cluster \"{}\"", cfg.cluster))?;
+    let host: SocketAddr = cluster
         .any_host_address()
         .ok_or_else(|| format!("cluster \"{}\" has no hosts", cfg.cluster))?;
     let stream = tokio::net::TcpStream::connect(host)
         .await
         .map_err(|e| format!("{host}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("{host}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let mut sender = match cluster.tls_connector() {
+        None if cfg.https => {
+            return Err(format!(
+                "the URI is https:// but cluster \"{}\" has no tls block; not fetching in plaintext",
+                cfg.cluster
+            ))
+        }
+        None => h1(stream).await,
+        Some(tls) => {
+            let s = tls.connect(stream).await.map_err(|e| format!("{host}: TLS: {e}"))?;
+            if s.get_ref().1.alpn_protocol().is_some_and(|p| p != b"http/1.1") {
+                return Err(format!(
+                    "{host}: the JWKS server chose ALPN {:?}; the fetch speaks HTTP/1.1 (set the cluster's tls alpn to [http/1.1])",
+                    String::from_utf8_lossy(s.get_ref().1.alpn_protocol().unwrap_or_default())
+                ));
+            }
+            h1(s).await
+        }
+    }
+    .map_err(|e| format!("{host}: {e}"))?;
     let req = http::Request::get(cfg.path.as_str())
         .header(http::header::HOST, cfg.authority.as_str())
         .header(http::header::ACCEPT, "application/json")
@@ -427,6 +455,27 @@ async fn fetch(cfg: &RemoteJwks, clusters: &dyn ClusterLookup) -> Result<Bytes, 
         .await
         .map_err(|e| format!("{host}: {e}"))?;
     Ok(body.to_bytes())
+}
+
+/// One proxy's remote key caches, kept across configurations: a reload (or an xDS update) that
+/// keeps a provider's JWKS source reuses the keys the configuration in use fetched, instead of
+/// answering 401 "Jwks remote fetch is failed" until the new configuration's first fetch. (Per
+/// proxy, not per process: several proxies in one process may point the same names elsewhere.)
+#[derive(Default)]
+pub struct JwksCache(Mutex<Vec<std::sync::Weak<RemoteKeys>>>);
+
+impl JwksCache {
+    /// The cache for `cfg`: the one a configuration still in use has, or a new one.
+    fn get(&self, cfg: &RemoteJwks) -> Arc<RemoteKeys> {
+        let mut live = self.0.lock();
+        live.retain(|w| w.strong_count() > 0);
+        if let Some(k) = live.iter().filter_map(std::sync::Weak::upgrade).find(|k| k.cfg == *cfg) {
+            return k;
+        }
+        let k = Arc::new(RemoteKeys::new(cfg.clone()));
+        live.push(Arc::downgrade(&k));
+        k
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -476,7 +525,7 @@ struct Memo {
 impl JwtAuthn {
     /// Compiles a validated configuration. A local JWKS whose keys cannot be decoded (the
     /// configuration check looks only at their members) fails closed: its provider accepts no token.
-    pub fn new(cfg: &Config) -> JwtAuthn {
+    pub fn new(cfg: &Config, cache: &JwksCache) -> JwtAuthn {
         let mut providers = Vec::new();
         let mut written = Vec::new();
         for p in &cfg.providers {
@@ -487,7 +536,7 @@ impl JwtAuthn {
                         Keys::default()
                     },
                 ))),
-                JwksSource::Remote(r) => KeySource::Remote(Arc::new(RemoteKeys::new(r.clone()))),
+                JwksSource::Remote(r) => KeySource::Remote(cache.get(r)),
             };
             // Header names were checked when the configuration was validated.
             let hn = |s: &str| HeaderName::from_bytes(s.as_bytes()).ok();

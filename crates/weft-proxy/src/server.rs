@@ -30,6 +30,8 @@ mod sniff;
 pub struct Shared {
     pub metrics: Metrics,
     pub access_logs: Arc<AccessLogs>,
+    /// Remote JWKS caches, kept across configurations.
+    pub jwks: weft_jwt::JwksCache,
     pub snapshot: ArcSwap<Snapshot>,
     pub draining: AtomicBool,
     pub workers: usize,
@@ -336,6 +338,7 @@ impl Server {
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),
             access_logs: Arc::new(AccessLogs::default()),
+            jwks: weft_jwt::JwksCache::default(),
             grpc_logs: Mutex::default(),
             snapshot: ArcSwap::from_pointee(Snapshot {
                 generation: 0,
@@ -726,7 +729,7 @@ impl Server {
                     let log = self.open_log(h.access_log.as_ref())?;
                     // gRPC / Triple calls are counted per method on the RPC metric families.
                     crate::rpc::ensure_admin(shared);
-                    let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
+                    let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log, &shared.jwks);
                     let rt = rt.with_istio(self.istio(l)).with_stop(shared.stop.subscribe());
                     let rt =
                         rt.with_grpc_log(self.grpc_log(h.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Http));

@@ -95,6 +95,9 @@ struct Env {
     key: TestKey,
     /// An RS256 key in the same local JWKS.
     rsa: TestKey,
+    /// The sidecar's configuration (to reload it), and its inbound listener.
+    sidecar_yaml: String,
+    inbound: SocketAddr,
 }
 
 async fn env(remote: &TestKey) -> Env {
@@ -114,12 +117,8 @@ async fn env(remote: &TestKey) -> Env {
         }
     })
     .await;
-    let sidecar = start_proxy(&sidecar_yaml(
-        app.addr,
-        gold.addr,
-        jwks_server.addr,
-        &jwks(&[&key, &rsa]),
-    ));
+    let yaml = sidecar_yaml(app.addr, gold.addr, jwks_server.addr, &jwks(&[&key, &rsa]));
+    let sidecar = start_proxy(&yaml);
     let inbound = sidecar.listener_addr("inbound").unwrap();
     let outbound = start_proxy(&outbound_yaml(inbound));
     let front = outbound.listener_addr("web").unwrap();
@@ -133,6 +132,8 @@ async fn env(remote: &TestKey) -> Env {
         remote_keys,
         key,
         rsa,
+        sidecar_yaml: yaml,
+        inbound,
     }
 }
 
@@ -300,6 +301,14 @@ async fn jwt_and_claim_authorization_through_a_sidecar_pair() {
         let g = call(e.front, "/remote/c", &[("x-remote-token", &new_token)]).await;
         assert_eq!(g.status, 200, "last good keys kept: {}", g.text());
     }
+    // ... and across a reload of the sidecar's configuration that changes its listener (a new
+    // connection manager, the same JWKS source).
+    let changed = e.sidecar_yaml.replace("name: no-guests", "name: no-guests-2");
+    assert_ne!(changed, e.sidecar_yaml);
+    e._sidecar.apply(weft_config::from_yaml(&changed).unwrap()).unwrap();
+    // (On a new connection: the outbound proxy's pooled ones keep the old listener's filters.)
+    let g = call(e.inbound, "/remote/c", &[("x-remote-token", &new_token)]).await;
+    assert_eq!(g.status, 200, "the cached keys survive a reload: {}", g.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,4 +356,78 @@ fn invalid_jwt_config_is_refused_naming_the_field() {
         e.contains("listeners[0].http.jwt_authn.providers.idp.remote_jwks.http_uri.cluster"),
         "{e}"
     );
+}
+
+/// The remote JWKS over TLS: the `jwks` cluster has a `tls` block, and the identity provider
+/// (here a weft listener terminating TLS with a certificate for idp.test) is verified against it.
+/// A cluster trusting another CA gets nothing: 401, and the keys are never fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_jwks_is_fetched_over_tls_from_a_verified_server() {
+    use weft_tls::testcerts::Ca;
+    let dir = TempDir::new("jwks-tls");
+    let d = dir.path().display();
+    let ca = Ca::new("weft test IdP CA");
+    ca.write(dir.path(), "ca");
+    ca.leaf_dns(&["idp.test"]).write(dir.path(), "idp");
+    Ca::new("another CA").write(dir.path(), "other");
+    let key = TestKey::es256("tls-1");
+    let doc = jwks(&[&key]);
+    let jwks_server = upstream(move |_| {
+        let doc = doc.clone();
+        async move { text(200, &doc) }
+    })
+    .await;
+    let idp = start_proxy(&format!(
+        r#"
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: idp
+    address: 127.0.0.1:0
+    tls: {{ certificates: [{{ cert_file: {d}/idp.crt, key_file: {d}/idp.key }}] }}
+    http:
+      route_config:
+        virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: jwks }} }}] }}]
+clusters:
+  - {{ name: jwks, endpoints: [{{ address: "{}" }}] }}
+"#,
+        jwks_server.addr
+    ));
+    let idp_addr = idp.listener_addr("idp").unwrap();
+    let app = upstream(|_| async { text(200, "app") }).await;
+    let sidecar = |ca_file: &str| {
+        start_proxy(&format!(
+            r#"
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: web
+    address: 127.0.0.1:0
+    http:
+      jwt_authn:
+        providers:
+          idp:
+            remote_jwks: {{ http_uri: {{ uri: "https://idp.test/jwks", cluster: idp, timeout: 2s }} }}
+        rules: [{{ match: {{ prefix: / }}, requires: {{ provider_name: idp }} }}]
+      route_config:
+        virtual_hosts: [{{ name: all, domains: ["*"], routes: [{{ match: {{ prefix: / }}, route: {{ cluster: app }} }}] }}]
+clusters:
+  - {{ name: app, endpoints: [{{ address: "{}" }}] }}
+  - name: idp
+    endpoints: [{{ address: "{idp_addr}" }}]
+    tls: {{ sni: idp.test, trusted_ca_file: {d}/{ca_file}.crt }}
+"#,
+            app.addr
+        ))
+    };
+    let token = key.sign(&json!({"sub": "x", "exp": now() + 300}));
+    let good = sidecar("ca");
+    let g = bearer(good.listener_addr("web").unwrap(), "/", &token).await;
+    assert_eq!((g.status.as_u16(), g.text().as_str()), (200, "app"));
+    assert_eq!(jwks_server.hits(), 1, "fetched once, over TLS");
+    let wrong = sidecar("other");
+    let g = bearer(wrong.listener_addr("web").unwrap(), "/", &token).await;
+    assert_eq!(
+        (g.status.as_u16(), g.text().as_str()),
+        (401, "Jwks remote fetch is failed")
+    );
+    assert_eq!(jwks_server.hits(), 1, "an unverified server is not asked");
 }

@@ -423,6 +423,12 @@ impl ClusterRt {
         self
     }
 
+    /// The cluster's TLS origination, for side calls that open their own connections (a JWKS
+    /// fetch).
+    pub fn tls_connector(&self) -> Option<&Arc<weft_tls::Connector>> {
+        self.tls.as_ref()
+    }
+
     /// The TLS handshake on a new connection to `host`.
     async fn tls_connect(
         &self,

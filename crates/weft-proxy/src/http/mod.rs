@@ -88,6 +88,7 @@ impl HttpRt {
         stats: Arc<ListenerStats>,
         metrics: &Metrics,
         access_log: Option<Arc<AccessLogger>>,
+        jwks: &weft_jwt::JwksCache,
     ) -> HttpRt {
         HttpRt {
             routes: arc_swap::ArcSwap::from_pointee(RouteTable::new(&config.route_config, listener, metrics)),
@@ -113,7 +114,7 @@ impl HttpRt {
                     }),
                 )
             }),
-            jwt: config.jwt_authn.as_deref().map(weft_jwt::JwtAuthn::new),
+            jwt: config.jwt_authn.as_deref().map(|j| weft_jwt::JwtAuthn::new(j, jwks)),
             rls: config.rate_limit_service.as_ref().map(|c| {
                 let (over, errors) = metrics.filters.rate_limit_service(listener);
                 crate::ratelimit::RateLimitClient::new(c, over, errors)

@@ -44,7 +44,7 @@ impl Server {
             None => None,
             Some(h) => {
                 let log = self.open_log(h.access_log.as_ref())?;
-                let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log);
+                let rt = http::HttpRt::new(h, &l.name, stats.clone(), &shared.metrics, log, &shared.jwks);
                 let rt = rt.with_istio(self.istio(l));
                 let rt = rt.with_grpc_log(self.grpc_log(h.grpc_access_log.as_ref(), weft_telemetry::als::Kind::Http));
                 Some(Arc::new(rt.with_tracer(self.tracer_for(h.tracing.as_deref(), &l.name))))
