@@ -230,7 +230,7 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                 return reply(StatusCode::BAD_REQUEST, "text/plain", "body unreadable or over 64 KiB\n");
             };
             match crate::explain::ExplainRequest::from_json(&body) {
-                Ok(r) => json(&crate::explain::explain(&server, &r)),
+                Ok(r) => json(&crate::explain::explain(&server, &r).await),
                 Err(e) => reply(StatusCode::BAD_REQUEST, "text/plain", format!("{}\n", e.0)),
             }
         }

@@ -97,7 +97,7 @@ impl ExplainRequest {
 }
 
 /// The explanation, as JSON.
-pub fn explain(server: &Server, req: &ExplainRequest) -> Value {
+pub async fn explain(server: &Server, req: &ExplainRequest) -> Value {
     let snap = server.shared.snapshot.load();
     let path_q = req.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = json!({
@@ -159,7 +159,44 @@ pub fn explain(server: &Server, req: &ExplainRequest) -> Value {
             o["verdict"] = json!({ "outcome": outcome, "response_flags": flag, "status": status, "detail": detail });
         }
     };
-    // Authorization runs first on the request path, so its denial is the verdict.
+    // JWT authentication runs first on the request path (its claims feed authorization), then
+    // authorization: the first refusal is the verdict. A remote JWKS not cached yet is fetched, as
+    // the first real request would.
+    let mut jwt_claims: Option<weft_jwt::Claims> = None;
+    if let Some(j) = &h.jwt {
+        let mut r = http::Request::new(());
+        *r.method_mut() = req.method.clone();
+        *r.uri_mut() = req.uri.clone();
+        *r.headers_mut() = req.headers.clone();
+        let clusters: std::sync::Arc<dyn weft_upstream::ClusterLookup> = server.shared.clone();
+        match j.authenticate(&mut r, &clusters).await {
+            weft_jwt::Outcome::Pass(c) => {
+                policies.insert(
+                    "jwt_authn".into(),
+                    json!({
+                        "decision": "passed",
+                        "claims": c.as_deref(),
+                        "detail": if c.is_some() { "a valid token: its claims go to authorization" } else { "no token required here, or none given where it is optional" },
+                    }),
+                );
+                jwt_claims = c;
+            }
+            weft_jwt::Outcome::Reject(rej) => {
+                let status = rej.status.http_status().as_u16();
+                policies.insert(
+                    "jwt_authn".into(),
+                    json!({ "decision": "rejected", "status": status, "detail": rej.status.text() }),
+                );
+                verdict(
+                    &mut out,
+                    "unauthenticated",
+                    "JWT",
+                    status,
+                    rej.status.text().to_string(),
+                );
+            }
+        }
+    }
     match &h.authz {
         None => {
             policies.insert(
@@ -174,7 +211,7 @@ pub fn explain(server: &Server, req: &ExplainRequest) -> Value {
                     path: path_q,
                     authority: &req.host,
                     headers: &req.headers,
-                    jwt: None,
+                    jwt: jwt_claims.as_deref(),
                 }),
                 principal: req.principal.as_deref(),
                 direct_remote: req.source,

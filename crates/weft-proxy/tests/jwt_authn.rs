@@ -259,6 +259,52 @@ async fn jwt_and_claim_authorization_through_a_sidecar_pair() {
     assert_invalid(&bearer(e.front, "/public/x", &expired).await, 401, "Jwt is expired");
     assert_eq!(bearer(e.front, "/public/x", &token).await.status, 200);
 
+    // `POST /explain` (what `weft explain -H 'authorization: Bearer …'` asks) runs the same JWT
+    // check and feeds the claims to authorization.
+    let explain = |token: String| {
+        let admin = admin_addr(&e._sidecar);
+        async move {
+            let body = json!({ "method": "GET", "url": "http://bookstore/admin/users", "headers": { "authorization": format!("Bearer {token}") } }).to_string();
+            let got = send_once(
+                admin,
+                req(
+                    "POST",
+                    "/explain",
+                    &admin.to_string(),
+                    &[("content-type", "application/json")],
+                    &body,
+                ),
+            )
+            .await
+            .unwrap();
+            assert_eq!(got.status, 200, "{}", got.text());
+            serde_json::from_str::<Value>(&got.text()).unwrap()
+        }
+    };
+    let admin_token = e.key.sign(&claims(json!({"realm": {"roles": ["admin"]}})));
+    let v = explain(admin_token).await;
+    assert_eq!(v["policies"]["jwt_authn"]["decision"], "passed", "{v}");
+    assert_eq!(v["policies"]["jwt_authn"]["claims"]["sub"], "alice", "{v}");
+    assert_eq!(v["policies"]["authorization"]["decision"], "allowed", "{v}");
+    assert!(
+        v.get("verdict")
+            .is_none_or(|x| x["outcome"] != "denied" && x["outcome"] != "unauthenticated"),
+        "{v}"
+    );
+    let v = explain(token.clone()).await;
+    assert_eq!(
+        v["policies"]["authorization"]["decision"], "denied",
+        "no admin role: {v}"
+    );
+    let v = explain(expired.clone()).await;
+    assert_eq!(v["policies"]["jwt_authn"]["decision"], "rejected", "{v}");
+    assert_eq!(
+        (v["verdict"]["outcome"].as_str(), v["verdict"]["status"].as_u64()),
+        (Some("unauthenticated"), Some(401)),
+        "{v}"
+    );
+    assert_eq!(v["verdict"]["detail"], "Jwt is expired", "{v}");
+
     // Authorization on claims: a DENY on a list claim, an ALLOW on a nested claim + principal.
     let guest = e.key.sign(&claims(json!({"groups": ["readers", "guests"]})));
     let g = bearer(e.front, "/books", &guest).await;
