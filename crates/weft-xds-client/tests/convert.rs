@@ -774,7 +774,7 @@ fn unsupported_fields_are_refused_with_envoy_paths() {
     let e = convert::listener(&l).unwrap_err();
     assert_eq!(
         e,
-        vec!["filter_chains[0].filter_chain_match.server_names: unsupported".to_string()]
+        vec!["filter_chains[0].filter_chain_match.server_names: unsupported without a TLS transport_socket (weft chooses only a certificate by SNI)".to_string()]
     );
 
     let mut rc = full_routes();
