@@ -173,10 +173,15 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
         } else if f.name == "envoy.filters.listener.original_src" || typed.ends_with(ORIGINAL_SRC_TYPE) {
             original_src_filter = true;
             original_src_mark = original_src(&mut errs, &format!("listener_filters[{i}]"), any);
+        } else if f.name == "envoy.filters.listener.tls_inspector"
+            || typed.ends_with("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector")
+        {
+            // Envoy needs it to match `transport_protocol: tls`; weft peeks at the first bytes of
+            // a connection itself (PERMISSIVE) and reads SNI in its own handshake.
         } else {
             errs.add(
                 &format!("listener_filters[{i}]"),
-                "unsupported (weft has envoy.filters.listener.original_dst and envoy.filters.listener.original_src)",
+                "unsupported (weft has envoy.filters.listener.original_dst, original_src and tls_inspector)",
             );
         }
     }

@@ -591,6 +591,8 @@ impl KubeState {
                 // Sorted by address (the BTreeMap): identical content gives identical versions.
                 endpoints: endpoints.into_values().collect(),
                 dependencies: None,
+                mtls: None,
+                identities: Vec::new(),
             }));
         }
         if services.is_empty() {
