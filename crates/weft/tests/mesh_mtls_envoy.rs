@@ -275,6 +275,13 @@ async fn envoy_and_weft_sidecars_talk_mtls_both_ways_under_weft_control() {
     assert!(body.contains(&format!("URI={RATINGS}")), "{body}");
     assert!(body.contains(&format!("By={REVIEWS}")), "{body}");
 
+    // weft's admin page names its identity.
+    let page = get(weft_admin, "/");
+    assert!(
+        page.contains(&format!("identity {RATINGS} (certificate expires in")),
+        "{page}"
+    );
+
     // The hop was TLS on both sidecars' counters.
     let stats = get(weft_admin, "/stats/prometheus");
     let hs = |side: &str, name: &str| {
