@@ -127,8 +127,8 @@ pub struct CaArgs {
     pub svid_max_ttl: Duration,
     /// Mesh mTLS between sidecars, for services whose registry entry sets no `mtls`: PERMISSIVE
     /// (inbound accepts mTLS and plaintext, callers' sidecars send mTLS), STRICT (inbound mTLS
-    /// only) or DISABLE (plaintext). Applies with --ca-dir only.
-    #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls)]
+    /// only) or DISABLE (plaintext). Needs --ca-dir.
+    #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls, requires = "ca_dir")]
     pub mtls: crate::model::MtlsMode,
 }
 
