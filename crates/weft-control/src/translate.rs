@@ -701,7 +701,15 @@ fn translate_service(
         if mtls {
             c.transport_socket = Some(crate::mesh_tls::upstream(svc, subset));
         }
-        if let Some(g) = dest.and_then(|d| grpc_cluster(&c, d.lb)) {
+        let grpc = dest.and_then(|d| grpc_cluster(&c, d.lb));
+        if mtls {
+            // Proxyless gRPC clients take certificates from certificate providers, not from SDS,
+            // and would refuse the cluster: theirs stays plaintext (they reach PERMISSIVE
+            // services only).
+            let mut g = grpc.unwrap_or_else(|| c.clone());
+            g.transport_socket = None;
+            out.grpc_clusters.push(Res::new(Kind::Cluster, name, &g));
+        } else if let Some(g) = grpc {
             out.grpc_clusters.push(Res::new(Kind::Cluster, name, &g));
         }
         out.clusters.push(Res::new(Kind::Cluster, name, &c));

@@ -108,6 +108,11 @@ fn mesh_destinations_get_istio_mutual_clusters_and_disable_stays_plaintext() {
         t.subject_alt_names,
         vec!["spiffe://cluster.local/ns/default/sa/ratings"]
     );
+    // Proxyless gRPC clients get the clusters without TLS (they have no SDS).
+    for name in ["reviews", "reviews|v1", "ratings"] {
+        let g: Cluster = unpack(&s.grpc_clusters[name].any, CLUSTER).unwrap();
+        assert!(g.transport_socket.is_none(), "{name}");
+    }
     // DISABLE: no sidecar there, plaintext. No CA: plaintext everywhere.
     assert!(cluster(&s, "legacy").transport_socket.is_none());
     let plain = snapshot(None);
