@@ -132,6 +132,15 @@ pub struct CaArgs {
     /// The longest lifetime a request may ask for.
     #[arg(long, default_value = "168h", value_parser = weft_config::duration::parse)]
     pub svid_max_ttl: Duration,
+    /// Mesh mTLS between sidecars, for services whose registry entry sets no `mtls`: PERMISSIVE
+    /// (inbound accepts mTLS and plaintext, callers' sidecars send mTLS), STRICT (inbound mTLS
+    /// only) or DISABLE (plaintext). Needs --ca-dir.
+    #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls, requires = "ca_dir")]
+    pub mtls: crate::model::MtlsMode,
+}
+
+fn parse_mtls(s: &str) -> Result<crate::model::MtlsMode, String> {
+    crate::model::MtlsMode::parse(s).ok_or_else(|| format!("unknown mode {s:?} (STRICT, PERMISSIVE, DISABLE)"))
 }
 
 impl CaArgs {
@@ -412,6 +421,9 @@ pub fn run(args: ControlArgs) -> i32 {
     rt.block_on(async move {
         let mut opts = ControlOptions::new(".");
         opts.registry = registry;
+        opts.mesh_tls = ca.is_some().then_some(crate::model::MeshTls {
+            default_mode: args.ca.mtls,
+        });
         opts.ca = ca;
         opts.ca_tls = args.ca.ca_tls;
         opts.xds = args.xds;

@@ -27,6 +27,7 @@ pub mod graph;
 pub mod injector;
 #[cfg(feature = "kubernetes")]
 pub mod istio;
+pub mod mesh_tls;
 pub mod metrics;
 pub mod model;
 pub mod registry;
@@ -64,6 +65,8 @@ pub struct ControlOptions {
     /// Where state that outlives a restart is kept (`--state-dir`): the endpoint drains
     /// (`drains.json`, [`drain::Drains::load`]). None: drains live in memory only.
     pub state_dir: Option<PathBuf>,
+    /// Mesh mTLS in the resources sent (transport sockets with Istio's SDS names); set with the CA.
+    pub mesh_tls: Option<model::MeshTls>,
 }
 
 impl ControlOptions {
@@ -79,6 +82,7 @@ impl ControlOptions {
             scoping: server::Scoping::default(),
             graph: graph::GraphOptions::default(),
             state_dir: None,
+            mesh_tls: None,
         }
     }
 }
@@ -212,6 +216,7 @@ impl ControlPlane {
         });
         tasks.push(tokio::spawn(registry.run(ev_tx, shutdown_rx.clone())));
         let mut catalog = Catalog::new(status.clone(), snap_tx, metrics, opts.debounce);
+        catalog.mesh_tls = opts.mesh_tls.clone();
         if let Some(dir) = &opts.state_dir {
             catalog.drains = drain::Drains::load(dir).map_err(std::io::Error::other)?;
         }

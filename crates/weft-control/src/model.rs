@@ -154,6 +154,13 @@ struct RawService {
     #[serde(default)]
     endpoints: Vec<RawEndpoint>,
     dependencies: Option<Vec<String>>,
+    /// Mesh mTLS for this service's workloads (with `--ca-dir`), like Istio's PeerAuthentication:
+    /// STRICT, PERMISSIVE or DISABLE (no sidecar: callers send plaintext). Default: `--mtls`.
+    mtls: Option<String>,
+    /// The SPIFFE IDs that may serve this service (secure naming): a caller's sidecar refuses a
+    /// server presenting another. Default: the endpoints' `security.weft.dev/identity` labels.
+    #[serde(default)]
+    identities: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -379,6 +386,70 @@ pub struct Service {
     /// their sidecars are sent only these (see `docs/control.md`, "Configuration scoping"). None:
     /// not declared; `*` in the list: everything.
     pub dependencies: Option<Vec<String>>,
+    /// Mesh mTLS mode of the service's workloads; None: the control plane's default (`--mtls`).
+    pub mtls: Option<MtlsMode>,
+    /// The SPIFFE IDs that may serve the service (secure naming), sorted; empty: its endpoints'
+    /// identity labels, else any mesh identity.
+    pub identities: Vec<String>,
+}
+
+/// Istio PeerAuthentication's modes, for a service's workloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MtlsMode {
+    /// Inbound: mTLS only. Callers: mTLS.
+    Strict,
+    /// Inbound: mTLS and plaintext on one port. Callers: mTLS.
+    Permissive,
+    /// No mesh TLS: the workload has no sidecar with an identity; callers send plaintext.
+    Disable,
+}
+
+impl MtlsMode {
+    pub fn parse(s: &str) -> Option<MtlsMode> {
+        match s.to_ascii_uppercase().as_str() {
+            "STRICT" => Some(MtlsMode::Strict),
+            "PERMISSIVE" => Some(MtlsMode::Permissive),
+            "DISABLE" => Some(MtlsMode::Disable),
+            _ => None,
+        }
+    }
+}
+
+/// The endpoint label naming the workload's SPIFFE ID (the Kubernetes registry sets it from the
+/// Pod's service account).
+pub const IDENTITY_LABEL: &str = "security.weft.dev/identity";
+
+impl Service {
+    /// The SPIFFE IDs a caller accepts from this service's servers: `identities`, else the
+    /// endpoints' identity labels (sorted, deduplicated); empty: any mesh identity.
+    pub fn server_identities(&self) -> Vec<String> {
+        if !self.identities.is_empty() {
+            return self.identities.clone();
+        }
+        let mut v: Vec<String> = self
+            .endpoints
+            .iter()
+            .filter_map(|e| e.labels.get(IDENTITY_LABEL).cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+/// Mesh mTLS as weft control applies it (on when it runs the CA).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshTls {
+    /// The mode of services that set none.
+    pub default_mode: MtlsMode,
+}
+
+impl MeshTls {
+    /// A service's effective mode.
+    pub fn mode_of(&self, svc: &Service) -> MtlsMode {
+        svc.mtls.unwrap_or(self.default_mode)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -779,6 +850,29 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
                 }
             }
         }
+        let mtls = s.mtls.as_deref().and_then(|m| {
+            let v = MtlsMode::parse(m);
+            if v.is_none() {
+                e.push(
+                    format!("{p}.mtls"),
+                    format!("unknown mode \"{m}\" (STRICT, PERMISSIVE, DISABLE)"),
+                );
+            }
+            v
+        });
+        for (j, id) in s.identities.iter().enumerate() {
+            if weft_identity::SpiffeId::parse(id).is_err() {
+                e.push(
+                    format!("{p}.identities[{j}]"),
+                    format!(
+                        "\"{id}\" is not a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)"
+                    ),
+                );
+            }
+        }
+        let mut identities = s.identities;
+        identities.sort();
+        identities.dedup();
         frag.services.push(std::sync::Arc::new(Service {
             name: s.name,
             port: s.port,
@@ -789,6 +883,8 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
                 d.dedup();
                 d
             }),
+            mtls,
+            identities,
         }));
     }
     for (i, r) in raw.routes.into_iter().enumerate() {
@@ -1370,6 +1466,8 @@ pub struct World {
     /// Every mesh authorization policy, in source order.
     pub authorization: Vec<MeshAuthz>,
     pub telemetry: Option<Telemetry>,
+    /// Mesh mTLS, when weft control runs the CA (set by the catalog, not by any registry).
+    pub mesh_tls: Option<MeshTls>,
 }
 
 impl World {

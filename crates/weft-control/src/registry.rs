@@ -347,6 +347,8 @@ pub struct Catalog {
     pub precedence: HashMap<String, usize>,
     /// Endpoints taken out of rotation by the admin API ([`crate::drain`]).
     pub drains: Arc<crate::drain::Drains>,
+    /// Mesh mTLS (with the CA), copied into every world built.
+    pub mesh_tls: Option<crate::model::MeshTls>,
 }
 
 impl Catalog {
@@ -364,6 +366,7 @@ impl Catalog {
             debounce,
             precedence: HashMap::new(),
             drains: crate::drain::Drains::new(),
+            mesh_tls: None,
         }
     }
 
@@ -603,6 +606,7 @@ impl Catalog {
         let (mut world, errs) = World::build(eff.iter().map(|(k, v)| (k.as_str(), &**v)));
         drop(eff);
         self.drains.apply(&mut world, generation);
+        world.mesh_tls = self.mesh_tls.clone();
         self.record_conflicts(conflicts);
         for (s, e) in errs {
             // Only possible after a deletion broke another source's references: translation drops

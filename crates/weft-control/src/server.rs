@@ -107,6 +107,8 @@ pub struct StreamState {
     node_rls: Option<NodeInputs>,
     /// The authorization `node_res` was built with.
     node_authz: Option<weft_config::authz::Authorization>,
+    /// The mesh mTLS mode of the node's inbound listener `node_res` was built with.
+    node_mtls: Option<crate::model::MtlsMode>,
     pub types: [TypeState; 4],
     pub nonce_counter: u64,
     pub generation: u64,
@@ -126,6 +128,7 @@ impl StreamState {
             node_res: Arc::new(NodeResources::default()),
             node_rls: None,
             node_authz: None,
+            node_mtls: None,
             types: Default::default(),
             nonce_counter: 0,
             generation: 0,
@@ -204,17 +207,20 @@ impl StreamState {
         let rls = crate::translate::active_rls(&snap.world);
         let authz = crate::authz_xds::authorization_for(&snap.world, &info.cluster, &info.namespace);
         let telemetry = crate::translate::active_telemetry(&snap.world);
+        let mtls = crate::mesh_tls::inbound_mode(&snap.world, &info.cluster);
         if self
             .node_rls
             .as_ref()
             .is_some_and(|(r, t)| r.as_ref() == rls && *t == telemetry)
             && self.node_authz == authz
+            && self.node_mtls == mtls
         {
             return false;
         }
-        self.node_res = Arc::new(node_resources(info, rls, authz.as_ref(), telemetry.as_ref()));
+        self.node_res = Arc::new(node_resources(info, rls, authz.as_ref(), telemetry.as_ref(), mtls));
         self.node_rls = Some((rls.cloned(), telemetry));
         self.node_authz = authz;
+        self.node_mtls = mtls;
         true
     }
 }

@@ -225,14 +225,14 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
                 .services
                 .get(name)
                 .is_some_and(|old| Arc::ptr_eq(old, svc) || **old == **svc);
-            let same = same_svc && p.world.destinations.get(name) == dest;
+            let same = same_svc && p.world.destinations.get(name) == dest && p.world.mesh_tls == world.mesh_tls;
             if same {
                 p.per_service.get(name).cloned()
             } else {
                 None
             }
         });
-        let out = reuse.unwrap_or_else(|| Arc::new(translate_service(svc, dest)));
+        let out = reuse.unwrap_or_else(|| Arc::new(translate_service(svc, dest, world.mesh_tls.as_ref())));
         for c in &out.clusters {
             maps[Kind::Cluster as usize].insert(c.name.clone(), c.clone());
         }
@@ -689,16 +689,32 @@ pub fn grpc_cluster(base: &cl::Cluster, lb: LbPolicy) -> Option<cl::Cluster> {
     Some(c)
 }
 
-fn translate_service(svc: &model::Service, dest: Option<&model::DestinationPolicy>) -> ServiceOut {
+fn translate_service(
+    svc: &model::Service,
+    dest: Option<&model::DestinationPolicy>,
+    mesh: Option<&model::MeshTls>,
+) -> ServiceOut {
     let mut out = ServiceOut::default();
-    let push_cluster = |out: &mut ServiceOut, name: &str| {
-        let c = eds_cluster(name, svc, dest);
-        if let Some(g) = dest.and_then(|d| grpc_cluster(&c, d.lb)) {
+    let mtls = mesh.is_some_and(|m| m.mode_of(svc) != model::MtlsMode::Disable);
+    let push_cluster = |out: &mut ServiceOut, name: &str, subset: Option<&str>| {
+        let mut c = eds_cluster(name, svc, dest);
+        if mtls {
+            c.transport_socket = Some(crate::mesh_tls::upstream(svc, subset));
+        }
+        let grpc = dest.and_then(|d| grpc_cluster(&c, d.lb));
+        if mtls {
+            // Proxyless gRPC clients take certificates from certificate providers, not from SDS,
+            // and would refuse the cluster: theirs stays plaintext (they reach PERMISSIVE
+            // services only).
+            let mut g = grpc.unwrap_or_else(|| c.clone());
+            g.transport_socket = None;
+            out.grpc_clusters.push(Res::new(Kind::Cluster, name, &g));
+        } else if let Some(g) = grpc {
             out.grpc_clusters.push(Res::new(Kind::Cluster, name, &g));
         }
         out.clusters.push(Res::new(Kind::Cluster, name, &c));
     };
-    push_cluster(&mut out, &svc.name);
+    push_cluster(&mut out, &svc.name, None);
     out.endpoints.push(Res::new(
         Kind::Endpoint,
         &svc.name,
@@ -706,7 +722,7 @@ fn translate_service(svc: &model::Service, dest: Option<&model::DestinationPolic
     ));
     for sub in dest.map(|d| d.subsets.as_slice()).unwrap_or_default() {
         let name = model::cluster_name(&svc.name, Some(&sub.name));
-        push_cluster(&mut out, &name);
+        push_cluster(&mut out, &name, Some(&sub.name));
         let matching = svc
             .endpoints
             .iter()
@@ -1169,17 +1185,27 @@ fn api_listener(world: &World, svc: &model::Service, name: &str) -> ls::Listener
     }
 }
 
-/// A sidecar listener; `direction` is Envoy's `traffic_direction` (1 inbound, 2 outbound), which
-/// also tells a weft sidecar to keep its outbound listener serving the app during shutdown.
+/// Which side of the sidecar a listener serves, with what only the inbound side has.
+enum Side<'a> {
+    /// The app's own calls; the global rate limit filter applies there.
+    Outbound(Option<&'a model::RateLimitService>),
+    /// Calls to the app: authorization policies, mesh mTLS termination.
+    Inbound(Option<&'a weft_config::authz::Authorization>, Option<model::MtlsMode>),
+}
+
+/// A sidecar listener. Its Envoy `traffic_direction` (1 inbound, 2 outbound) also tells a weft
+/// sidecar to keep its outbound listener serving the app during shutdown.
 fn rds_listener(
     name: &str,
     addr: std::net::SocketAddr,
     route: &str,
-    rls: Option<&model::RateLimitService>,
-    direction: i32,
-    authz: Option<&weft_config::authz::Authorization>,
+    side: Side<'_>,
     telemetry: Option<(&model::Telemetry, &str)>,
 ) -> ls::Listener {
+    let (rls, direction, authz, mtls) = match side {
+        Side::Outbound(rls) => (rls, 2, None, None),
+        Side::Inbound(authz, mtls) => (None, 1, authz, mtls),
+    };
     // Authorization first, as Istio places its RBAC filters.
     let mut http_filters = authz.map(crate::authz_xds::rbac_filters).unwrap_or_default();
     http_filters.extend(sidecar_filters(&name.replace('|', "_"), rls));
@@ -1197,19 +1223,30 @@ fn rds_listener(
             .collect(),
         ..Default::default()
     };
+    let mtls = mtls.filter(|m| *m != model::MtlsMode::Disable);
+    let mut manager = manager;
+    if mtls.is_some() {
+        // The app learns the caller's verified SPIFFE ID; whatever a caller sent is replaced.
+        manager.forward_client_cert_details =
+            hcm::http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32;
+        manager.set_current_client_cert_details = Some(hcm::http_connection_manager::SetCurrentClientCertDetails {
+            uri: true,
+            ..Default::default()
+        });
+    }
+    let filters = vec![ls::Filter {
+        name: HCM_FILTER.into(),
+        config_type: Some(ls::filter::ConfigType::TypedConfig(weft_xds_api::pack(
+            type_url::HCM,
+            &manager,
+        ))),
+    }];
+    let (filter_chains, listener_filters) = crate::mesh_tls::inbound_chains(filters, mtls);
     ls::Listener {
         name: name.into(),
         address: Some(socket_address(addr)),
-        filter_chains: vec![ls::FilterChain {
-            filters: vec![ls::Filter {
-                name: HCM_FILTER.into(),
-                config_type: Some(ls::filter::ConfigType::TypedConfig(weft_xds_api::pack(
-                    type_url::HCM,
-                    &manager,
-                ))),
-            }],
-            ..Default::default()
-        }],
+        filter_chains,
+        listener_filters,
         traffic_direction: direction,
         ..Default::default()
     }
@@ -1299,6 +1336,7 @@ pub fn node_resources(
     rls: Option<&model::RateLimitService>,
     authz: Option<&weft_config::authz::Authorization>,
     telemetry: Option<&model::Telemetry>,
+    mtls: Option<model::MtlsMode>,
 ) -> NodeResources {
     // The service name spans carry: the sidecar's service, else its node id.
     let service_name = if node.cluster.is_empty() {
@@ -1317,7 +1355,7 @@ pub fn node_resources(
             Res::new(
                 Kind::Listener,
                 OUTBOUND,
-                &rds_listener(OUTBOUND, addr, OUTBOUND, rls, 2, None, telemetry),
+                &rds_listener(OUTBOUND, addr, OUTBOUND, Side::Outbound(rls), telemetry),
             ),
         );
     }
@@ -1329,7 +1367,7 @@ pub fn node_resources(
                 Res::new(
                     Kind::Listener,
                     &name,
-                    &rds_listener(&name, addr, &name, None, 1, authz, telemetry),
+                    &rds_listener(&name, addr, &name, Side::Inbound(authz, mtls), telemetry),
                 ),
             );
             let rc = rt::RouteConfiguration {

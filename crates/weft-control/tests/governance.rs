@@ -469,7 +469,13 @@ destinations:
     assert!(errors.is_empty(), "{errors:?}");
     let snap = build_snapshot(1, std::sync::Arc::new(world), None);
     let node = NodeInfo::from_node(&sidecar("pp-1", "productpage"));
-    let own = node_resources(&node, weft_control::translate::active_rls(&snap.world), None, None);
+    let own = node_resources(
+        &node,
+        weft_control::translate::active_rls(&snap.world),
+        None,
+        None,
+        None,
+    );
     let mut checked = 0;
     let all = snap.maps.iter().enumerate().chain(own.maps.iter().enumerate());
     let all = all.map(|(i, m)| (i, m.values().cloned().collect::<Vec<_>>())).chain([

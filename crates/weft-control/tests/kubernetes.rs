@@ -309,6 +309,64 @@ fn objects_map_to_the_same_fragments_without_a_server() {
     assert!(skipped.contains_key("Service bookinfo/legacy"), "{skipped:?}");
 }
 
+/// Mesh mTLS per Service: pods without a weft sidecar make their Service DISABLE (callers send
+/// plaintext); every pod injected: weft control's default; an annotation decides over both.
+#[test]
+fn services_without_sidecars_are_plaintext_and_annotations_set_the_mode() {
+    use weft_control::model::MtlsMode;
+    let base = [
+        "namespace-bookinfo.json",
+        "service-reviews.json",
+        "endpointslice-reviews.json",
+    ];
+    let mode = |extra: Vec<serde_json::Value>, annotation: Option<&str>| {
+        let mut objects: Vec<serde_json::Value> = base.iter().map(|f| fixture(f)).collect();
+        if let Some(a) = annotation {
+            objects[1]["metadata"]["annotations"] = json!({ "security.weft.dev/mtls": a });
+        }
+        objects.extend(extra);
+        let (changes, skipped) = weft_control::registry::kubernetes::changes_for_objects(&objects, "cluster.local");
+        let SourceChange::Upsert { fragment, .. } = &changes[0] else {
+            panic!("{changes:?}")
+        };
+        (fragment.services[0].mtls, skipped)
+    };
+    let mut injected = fixture("pod-reviews-v1.json");
+    injected["metadata"]["annotations"] = json!({ "sidecar.weft.dev/status": "injected" });
+    // Some endpoints have no Pod, or a Pod without a sidecar: plaintext.
+    assert_eq!(
+        mode(vec![fixture("pod-reviews-v1.json")], None).0,
+        Some(MtlsMode::Disable)
+    );
+    assert_eq!(mode(vec![injected.clone()], None).0, Some(MtlsMode::Disable));
+    // Every endpoint's Pod injected: the default.
+    let mut eps = fixture("endpointslice-reviews.json");
+    let all = eps["endpoints"].as_array().unwrap().len();
+    eps["endpoints"] = json!(eps["endpoints"].as_array().unwrap()[..1]);
+    assert!(all >= 1);
+    let objects = vec![
+        fixture("namespace-bookinfo.json"),
+        fixture("service-reviews.json"),
+        eps,
+        injected.clone(),
+    ];
+    let (changes, _) = weft_control::registry::kubernetes::changes_for_objects(&objects, "cluster.local");
+    let SourceChange::Upsert { fragment, .. } = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    assert_eq!(fragment.services[0].mtls, None, "{:?}", fragment.services[0].endpoints);
+    // The annotation wins; a bad one is reported and ignored.
+    assert_eq!(mode(vec![], Some("STRICT")).0, Some(MtlsMode::Strict));
+    let (m, skipped) = mode(vec![], Some("sometimes"));
+    assert_eq!(m, Some(MtlsMode::Disable));
+    assert!(
+        skipped
+            .get("Service bookinfo/reviews annotation security.weft.dev/mtls")
+            .is_some_and(|r| r.contains("unknown mode \"sometimes\"")),
+        "{skipped:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     let api = KubeApi::start();

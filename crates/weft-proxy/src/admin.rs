@@ -121,7 +121,10 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         (&Method::GET, "/") => reply(
             StatusCode::OK,
             "text/plain",
-            "weft admin\n  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  GET  /xds\n  POST /reload\n  POST /explain\n  POST /drain\n  POST /quitquitquit\n",
+            format!(
+                "weft admin\n{}  GET  /ready\n  GET  /stats/prometheus\n  GET  /config_dump\n  GET  /clusters\n  GET  /listeners\n  GET  /xds\n  POST /reload\n  POST /explain\n  POST /drain\n  POST /quitquitquit\n",
+                identity_line(shared)
+            ),
         ),
         (&Method::GET, "/ready") => {
             if shared.draining.load(Ordering::Relaxed) {
@@ -267,4 +270,22 @@ pub fn prometheus_text(shared: &crate::server::Shared) -> String {
         text.insert_str(tail, &extra);
     }
     crate::carry::apply(text)
+}
+
+/// The admin page's line about the mesh identity: the SPIFFE ID this proxy presents in mesh mTLS
+/// and when its certificate expires.
+fn identity_line(shared: &crate::server::Shared) -> String {
+    match shared.tls.mesh.current() {
+        Some(m) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "  identity {} (certificate expires in {}s)\n\n",
+                m.id,
+                m.not_after.saturating_sub(now)
+            )
+        }
+        None => "  identity none (no mesh certificate: mesh mTLS is off)\n\n".to_string(),
+    }
 }

@@ -173,10 +173,15 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
         } else if f.name == "envoy.filters.listener.original_src" || typed.ends_with(ORIGINAL_SRC_TYPE) {
             original_src_filter = true;
             original_src_mark = original_src(&mut errs, &format!("listener_filters[{i}]"), any);
+        } else if f.name == "envoy.filters.listener.tls_inspector"
+            || typed.ends_with("envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector")
+        {
+            // Envoy needs it to match `transport_protocol: tls`; weft peeks at the first bytes of
+            // a connection itself (PERMISSIVE) and reads SNI in its own handshake.
         } else {
             errs.add(
                 &format!("listener_filters[{i}]"),
-                "unsupported (weft has envoy.filters.listener.original_dst and envoy.filters.listener.original_src)",
+                "unsupported (weft has envoy.filters.listener.original_dst, original_src and tls_inspector)",
             );
         }
     }
@@ -186,13 +191,16 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
     let mut chains = Vec::new();
     let mut rds = Vec::new();
     let mut limits = Vec::new();
+    let mut tls = Vec::new();
     for (i, fc) in l.filter_chains.iter().enumerate() {
         let path = format!("filter_chains[{i}]");
-        let (chain, r, limit) = filter_chain(&mut errs, &path, fc);
+        let (chain, r, limit, t) = filter_chain(&mut errs, &path, fc);
         chains.push(chain);
         rds.push(r);
         limits.push(limit);
+        tls.push(t);
     }
+    let (chains, rds, tls) = listener_tls(&mut errs, chains, rds, tls);
     // weft limits connections per listener; Envoy's connection_limit filter is per chain, so the
     // chains must agree.
     let max_connections = limits.first().copied().flatten();
@@ -224,6 +232,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             original_source: original_src_filter.then_some(true),
             original_source_mark: (original_src_mark != 0).then_some(original_src_mark),
             bind_to_port: l.bind_to_port.as_ref().map(|b| b.value),
+            tls,
             ..Default::default()
         },
         rds,
@@ -263,13 +272,22 @@ fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) -> u32 {
 }
 
 /// A filter chain, the route configuration it waits for, and its connection limit.
-fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilterChain, Option<String>, Option<u64>) {
+fn filter_chain(
+    errs: &mut Errs,
+    path: &str,
+    fc: &ls::FilterChain,
+) -> (RawFilterChain, Option<String>, Option<u64>, ChainTls) {
     let mut out = RawFilterChain {
         name: (!fc.name.is_empty()).then(|| fc.name.clone()),
         ..Default::default()
     };
-    if fc.transport_socket.is_some() {
-        errs.add(&format!("{path}.transport_socket"), "TLS is not supported");
+    let mut tls_in = ChainTls::default();
+    if let Some(m) = &fc.filter_chain_match {
+        tls_in.transport_protocol = m.transport_protocol.clone();
+        tls_in.server_names = m.server_names.clone();
+    }
+    if let Some(ts) = &fc.transport_socket {
+        tls_in.tls = crate::tls::listener_tls(errs, path, ts, &tls_in.server_names);
     }
     if let Some(m) = &fc.filter_chain_match {
         let mp = format!("{path}.filter_chain_match");
@@ -288,17 +306,30 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
             ("prefix_ranges", !m.prefix_ranges.is_empty()),
             ("direct_source_prefix_ranges", !m.direct_source_prefix_ranges.is_empty()),
             ("source_ports", !m.source_ports.is_empty()),
-            ("server_names", !m.server_names.is_empty()),
             ("application_protocols", !m.application_protocols.is_empty()),
             ("source_type", m.source_type != 0),
-            (
-                "transport_protocol",
-                !m.transport_protocol.is_empty() && m.transport_protocol != "raw_buffer",
-            ),
         ] {
             if set {
                 errs.add(&format!("{mp}.{field}"), "unsupported");
             }
+        }
+        match m.transport_protocol.as_str() {
+            "" | "raw_buffer" => {}
+            "tls" if tls_in.tls.is_some() => {}
+            "tls" => errs.add(
+                &format!("{mp}.transport_protocol"),
+                "\"tls\" without a TLS transport_socket (TLS passthrough) is unsupported: weft terminates TLS",
+            ),
+            other => errs.add(
+                &format!("{mp}.transport_protocol"),
+                format!("unsupported value {other:?} (tls or raw_buffer)"),
+            ),
+        }
+        if !m.server_names.is_empty() && fc.transport_socket.is_none() {
+            errs.add(
+                &format!("{mp}.server_names"),
+                "unsupported without a TLS transport_socket (weft chooses only a certificate by SNI)",
+            );
         }
         out.match_ = Some(rm);
     }
@@ -367,12 +398,13 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                     Ok(h) => h,
                     Err(e) => {
                         errs.add(&format!("{fp}.typed_config"), e);
-                        return (out, None, limit);
+                        return (out, None, limit, tls_in);
                     }
                 },
                 None => hcm::HttpConnectionManager::default(),
             };
             let (http, r) = http_manager(errs, &format!("{fp}.typed_config"), &h);
+            tls_in.forward_client_cert = Some(h.forward_client_cert_details);
             for (rp, _) in &network_rbac {
                 errs.add(
                     rp,
@@ -391,7 +423,7 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
                     Ok(t) => t,
                     Err(e) => {
                         errs.add(&format!("{fp}.typed_config"), e);
-                        return (out, None, limit);
+                        return (out, None, limit, tls_in);
                     }
                 },
                 None => tcp::TcpProxy::default(),
@@ -410,7 +442,7 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
             let tp = format!("{fp}.typed_config");
             let Some(a) = cfg.as_ref() else {
                 errs.add(&tp, "is required (DubboProxy: stat_prefix and routes)");
-                return (out, None, limit);
+                return (out, None, limit, tls_in);
             };
             match weft_xds_api::unpack::<dubbo_proxy::DubboProxy>(a, crate::dubbo_xds::DUBBO_PROXY_URL) {
                 Ok(d) => out.rpc = Some(crate::dubbo_xds::dubbo_proxy(errs, &tp, &d)),
@@ -431,7 +463,126 @@ fn filter_chain(errs: &mut Errs, path: &str, fc: &ls::FilterChain) -> (RawFilter
             errs.add(&fp, format!("unknown filter \"{what}\" (not optional)"));
         }
     }
-    (out, rds, limit)
+    (out, rds, limit, tls_in)
+}
+
+/// What a filter chain says about TLS, for [`listener_tls`] to merge.
+#[derive(Default)]
+struct ChainTls {
+    /// `filter_chain_match.transport_protocol`.
+    transport_protocol: String,
+    /// `filter_chain_match.server_names`.
+    server_names: Vec<String>,
+    /// The chain's `DownstreamTlsContext`, converted.
+    tls: Option<weft_config::tls::RawListenerTls>,
+    /// Its HTTP connection manager's `forward_client_cert_details`.
+    forward_client_cert: Option<i32>,
+}
+
+/// weft has one `tls` block per listener, certificates chosen by SNI, and PERMISSIVE mode for TLS
+/// and plaintext on one port. Envoy expresses the same with filter chains: one chain per server
+/// name (`server_names`, each with its certificate), and for PERMISSIVE a `transport_protocol:
+/// tls` chain beside a `raw_buffer` twin with the same filters (Istio's inbound listeners). This
+/// merges such chains into weft's shape and refuses what it cannot express, naming the chain.
+fn listener_tls(
+    errs: &mut Errs,
+    chains: Vec<RawFilterChain>,
+    rds: Vec<Option<String>>,
+    tls: Vec<ChainTls>,
+) -> (
+    Vec<RawFilterChain>,
+    Vec<Option<String>>,
+    Option<weft_config::tls::RawListenerTls>,
+) {
+    if tls.iter().all(|t| t.tls.is_none()) {
+        return (chains, rds, None);
+    }
+    // The chain without its name: twins and per-SNI chains must be equal but for it.
+    let key = |c: &RawFilterChain, r: &Option<String>| {
+        let mut c = c.clone();
+        c.name = None;
+        format!("{c:?} {r:?}")
+    };
+    // The first TLS chain's settings, certificates aside, are the listener's.
+    let settings = |t: &weft_config::tls::RawListenerTls| {
+        let mut t = t.clone();
+        t.certificates.clear();
+        format!("{t:?}")
+    };
+    let first = tls.iter().position(|t| t.tls.is_some()).unwrap_or(0);
+    let mut out = tls[first].tls.clone().unwrap_or_default();
+    out.certificates.clear();
+    let want = settings(&out);
+    let fcc = tls[first].forward_client_cert;
+    let mut keys: Vec<(String, bool, bool)> = Vec::new(); // (key, has a TLS chain, has a plaintext chain)
+    let (mut out_chains, mut out_rds) = (Vec::new(), Vec::new());
+    for (i, ((c, r), t)) in chains.iter().zip(&rds).zip(&tls).enumerate() {
+        let k = key(c, r);
+        let slot = match keys.iter().position(|(x, _, _)| *x == k) {
+            Some(s) => s,
+            None => {
+                keys.push((k, false, false));
+                out_chains.push(c.clone());
+                out_rds.push(r.clone());
+                keys.len() - 1
+            }
+        };
+        match &t.tls {
+            Some(ct) => {
+                if settings(ct) != want {
+                    errs.add(
+                        &format!("filter_chains[{i}].transport_socket"),
+                        format!("differs from filter_chains[{first}]'s TLS settings (weft has one TLS setup per listener; only the certificate may vary, by server name)"),
+                    );
+                }
+                if t.forward_client_cert != fcc {
+                    errs.add(
+                        &format!("filter_chains[{i}]"),
+                        format!("forward_client_cert_details differs from filter_chains[{first}]'s (weft has one per TLS listener)"),
+                    );
+                }
+                keys[slot].1 = true;
+                out.certificates.extend(ct.certificates.iter().cloned());
+            }
+            None => {
+                if t.transport_protocol == "tls" {
+                    // Already refused by the chain's conversion.
+                    continue;
+                }
+                keys[slot].2 = true;
+            }
+        }
+    }
+    // Every chain must come with TLS, or every one with a plaintext twin (PERMISSIVE).
+    let permissive = keys.iter().any(|k| k.2);
+    for (j, (_, has_tls, has_plain)) in keys.iter().enumerate() {
+        if !has_tls {
+            errs.add(
+                "filter_chains",
+                format!("filter chain {j} (by position among distinct chains) is plaintext only while others terminate TLS; weft's PERMISSIVE mode needs a transport_protocol: tls chain and a raw_buffer chain with the same filters"),
+            );
+        } else if permissive && !has_plain {
+            errs.add(
+                "filter_chains",
+                format!("filter chain {j} (by position among distinct chains) terminates TLS without a raw_buffer twin while another chain has one (weft's modes are per listener: STRICT or PERMISSIVE)"),
+            );
+        }
+    }
+    out.mode = Some(if permissive { "PERMISSIVE" } else { "STRICT" }.into());
+    // envoy HttpConnectionManager.ForwardClientCertDetails: 0 SANITIZE, 1 FORWARD_ONLY,
+    // 2 APPEND_FORWARD, 3 SANITIZE_SET, 4 ALWAYS_FORWARD_ONLY.
+    out.forward_client_cert = match fcc {
+        None | Some(0) => None,
+        Some(1) => Some("forward_only".into()),
+        Some(2) => Some("append_forward".into()),
+        Some(3) => Some("sanitize_set".into()),
+        Some(4) => Some("always_forward_only".into()),
+        Some(v) => {
+            errs.add("filter_chains", format!("unknown forward_client_cert_details {v}"));
+            None
+        }
+    };
+    (out_chains, out_rds, Some(out))
 }
 
 fn access_logs(

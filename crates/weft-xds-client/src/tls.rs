@@ -187,3 +187,266 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     }
     Some(out)
 }
+
+// ---- listeners ----
+
+pub const DOWNSTREAM_TLS_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+
+/// A filter chain's `transport_socket` (`path` is the chain's, e.g. `filter_chains[0]`): `None`
+/// for plaintext (absent or raw_buffer) or on error. `server_names` are the chain's
+/// `filter_chain_match.server_names`, which select its certificate. The listener's assembly
+/// ([`crate::convert::listener`]) merges the chains' blocks into the listener's one `tls`.
+pub fn listener_tls(
+    errs: &mut Errs,
+    path: &str,
+    ts: &core::TransportSocket,
+    server_names: &[String],
+) -> Option<weft_config::tls::RawListenerTls> {
+    use core::transport_socket::ConfigType;
+    let tp = format!("{path}.transport_socket");
+    let any = match &ts.config_type {
+        Some(ConfigType::TypedConfig(a)) => a,
+        None if ts.name == RAW_BUFFER => return None,
+        None => {
+            errs.add(&tp, "typed_config is required");
+            return None;
+        }
+    };
+    if any.type_url != DOWNSTREAM_TLS_URL {
+        if ts.name == RAW_BUFFER || any.type_url.ends_with(".RawBuffer") {
+            return None;
+        }
+        errs.add(
+            &format!("{tp}.typed_config"),
+            format!("unsupported transport socket {} ({})", ts.name, any.type_url),
+        );
+        return None;
+    }
+    let ctx: tls::DownstreamTlsContext = match weft_xds_api::unpack(any, DOWNSTREAM_TLS_URL) {
+        Ok(c) => c,
+        Err(e) => {
+            errs.add(&format!("{tp}.typed_config"), e);
+            return None;
+        }
+    };
+    let dp = format!("{tp}.typed_config");
+    if ctx.require_sni.as_ref().is_some_and(|b| b.value) {
+        errs.add(
+            &format!("{dp}.require_sni"),
+            "unsupported (weft serves clients that send no SNI with the first certificate)",
+        );
+    }
+    if ctx.ocsp_staple_policy != 0 {
+        errs.add(
+            &format!("{dp}.ocsp_staple_policy"),
+            "unsupported (weft does not staple OCSP responses)",
+        );
+    }
+    let p = format!("{dp}.common_tls_context");
+    let common = ctx.common_tls_context.unwrap_or_default();
+    let mut out = weft_config::tls::RawListenerTls {
+        alpn: Some(
+            common
+                .alpn_protocols
+                .iter()
+                .filter(|a| *a == "h2" || *a == "http/1.1")
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .filter(|v| !v.is_empty()),
+        ..Default::default()
+    };
+    if let Some(params) = &common.tls_params {
+        // envoy.extensions.transport_sockets.tls.v3.TlsParameters.TlsProtocol: 0 auto, 1 TLSv1_0,
+        // 2 TLSv1_1, 3 TLSv1_2, 4 TLSv1_3.
+        match params.tls_minimum_protocol_version {
+            0..=3 => {}
+            4 => out.min_version = Some("1.3".into()),
+            v => errs.add(
+                &format!("{p}.tls_params.tls_minimum_protocol_version"),
+                format!("unknown value {v}"),
+            ),
+        }
+        if matches!(params.tls_maximum_protocol_version, 1..=3) {
+            errs.add(
+                &format!("{p}.tls_params.tls_maximum_protocol_version"),
+                "unsupported (weft always offers TLS 1.3)",
+            );
+        }
+        for (f, set) in [
+            ("cipher_suites", !params.cipher_suites.is_empty()),
+            ("ecdh_curves", !params.ecdh_curves.is_empty()),
+            ("signature_algorithms", !params.signature_algorithms.is_empty()),
+        ] {
+            if set {
+                errs.add(
+                    &format!("{p}.tls_params.{f}"),
+                    "unsupported (weft's suites, groups and signature schemes are fixed: rustls defaults)",
+                );
+            }
+        }
+    }
+    for (f, set) in [
+        (
+            "tls_certificate_provider_instance",
+            common.tls_certificate_provider_instance.is_some(),
+        ),
+        (
+            "custom_tls_certificate_selector",
+            common.custom_tls_certificate_selector.is_some(),
+        ),
+        ("custom_handshaker", common.custom_handshaker.is_some()),
+        ("key_log", common.key_log.is_some()),
+    ] {
+        if set {
+            errs.add(&format!("{p}.{f}"), "unsupported");
+        }
+    }
+    #[allow(deprecated)]
+    let providers = common.tls_certificate_certificate_provider.is_some()
+        || common.tls_certificate_certificate_provider_instance.is_some();
+    if providers {
+        errs.add(&format!("{p}.tls_certificate_certificate_provider"), "unsupported");
+    }
+    // The certificate: SDS `default` (the mesh identity) or one pair of files.
+    let mut mesh_cert = false;
+    for (i, s) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
+        if s.name == "default" && i == 0 {
+            mesh_cert = true;
+        } else {
+            errs.add(
+                &format!("{p}.tls_certificate_sds_secret_configs[{i}].name"),
+                format!("{:?}: only the proxy's own identity \"default\" is served", s.name),
+            );
+        }
+    }
+    match common.tls_certificates.as_slice() {
+        [] if !mesh_cert => errs.add(
+            &format!("{p}.tls_certificates"),
+            "a certificate is required (tls_certificates, or SDS \"default\")",
+        ),
+        [] => {}
+        [c] if !mesh_cert => {
+            let cert_file = file(
+                errs,
+                &format!("{p}.tls_certificates[0].certificate_chain"),
+                &c.certificate_chain,
+            );
+            let key_file = file(errs, &format!("{p}.tls_certificates[0].private_key"), &c.private_key);
+            out.certificates.push(weft_config::tls::RawCertificate {
+                cert_file,
+                key_file,
+                server_names: server_names.to_vec(),
+            });
+        }
+        _ => errs.add(
+            &format!("{p}.tls_certificates"),
+            "one certificate per filter chain, and not with SDS (give each server name its own filter chain)",
+        ),
+    }
+    // Validation: SDS `ROOTCA` (the mesh roots) or a context with a CA file.
+    use tls::common_tls_context::ValidationContextType as V;
+    let (mut mesh_roots, mut vc) = (false, None);
+    let mut sds_name = |errs: &mut Errs, path: &str, s: &tls::SdsSecretConfig| {
+        if s.name == "ROOTCA" {
+            mesh_roots = true;
+        } else {
+            errs.add(path, format!("{:?}: only the mesh roots \"ROOTCA\" are served", s.name));
+        }
+    };
+    match &common.validation_context_type {
+        None => {}
+        Some(V::ValidationContext(v)) => vc = Some((format!("{p}.validation_context"), v.clone())),
+        Some(V::ValidationContextSdsSecretConfig(s)) => {
+            sds_name(errs, &format!("{p}.validation_context_sds_secret_config.name"), s)
+        }
+        Some(V::CombinedValidationContext(c)) => {
+            vc = c
+                .default_validation_context
+                .clone()
+                .map(|v| (format!("{p}.combined_validation_context.default_validation_context"), v));
+            if let Some(s) = &c.validation_context_sds_secret_config {
+                sds_name(
+                    errs,
+                    &format!("{p}.combined_validation_context.validation_context_sds_secret_config.name"),
+                    s,
+                );
+            }
+        }
+        Some(_) => errs.add(
+            &format!("{p}.validation_context_type"),
+            "unsupported validation context",
+        ),
+    }
+    if let Some((vp, v)) = &vc {
+        if v.trusted_ca.is_some() {
+            out.trusted_ca_file = file(errs, &format!("{vp}.trusted_ca"), &v.trusted_ca);
+        }
+        #[allow(deprecated)]
+        let legacy_sans = !v.match_subject_alt_names.is_empty();
+        for (f, set, why) in [
+            (
+                "match_typed_subject_alt_names",
+                !v.match_typed_subject_alt_names.is_empty(),
+                "a listener accepts every client its roots vouch for; restrict callers with an authorization policy (RBAC principals)",
+            ),
+            (
+                "match_subject_alt_names",
+                legacy_sans,
+                "a listener accepts every client its roots vouch for; restrict callers with an authorization policy (RBAC principals)",
+            ),
+            ("verify_certificate_spki", !v.verify_certificate_spki.is_empty(), "unsupported"),
+            ("verify_certificate_hash", !v.verify_certificate_hash.is_empty(), "unsupported"),
+            ("crl", v.crl.is_some(), "unsupported (no revocation lists)"),
+            ("allow_expired_certificate", v.allow_expired_certificate, "unsupported"),
+            ("trust_chain_verification", v.trust_chain_verification != 0, "unsupported (weft always verifies)"),
+            ("custom_validator_config", v.custom_validator_config.is_some(), "unsupported"),
+            ("ca_certificate_provider_instance", v.ca_certificate_provider_instance.is_some(), "unsupported"),
+            ("system_root_certs", v.system_root_certs.is_some(), "unsupported (weft does not trust the system roots implicitly)"),
+        ] {
+            if set {
+                errs.add(&format!("{vp}.{f}"), why);
+            }
+        }
+    }
+    let require = ctx.require_client_certificate.as_ref().is_some_and(|b| b.value);
+    match (mesh_cert, mesh_roots) {
+        (true, true) => {
+            if out.trusted_ca_file.is_some() {
+                errs.add(
+                    &p,
+                    "the mesh roots (SDS \"ROOTCA\") and a trusted_ca file cannot be combined",
+                );
+            }
+            if !require {
+                errs.add(
+                    &format!("{dp}.require_client_certificate"),
+                    "must be true with the mesh identity (SDS \"default\"/\"ROOTCA\"): weft's mesh listeners always require a client certificate",
+                );
+            }
+            if !server_names.is_empty() {
+                errs.add(
+                    &format!("{path}.filter_chain_match.server_names"),
+                    "unsupported with the mesh identity (a mesh listener serves its one identity whatever the SNI)",
+                );
+            }
+        }
+        (false, false) => {
+            if require {
+                out.require_client_certificate = Some(true);
+                if out.trusted_ca_file.is_none() {
+                    errs.add(
+                        &format!("{dp}.require_client_certificate"),
+                        "needs a validation context with trusted_ca",
+                    );
+                }
+            }
+        }
+        _ => errs.add(
+            &p,
+            "SDS \"default\" and \"ROOTCA\" go together (the mesh identity and its roots)",
+        ),
+    }
+    Some(out)
+}

@@ -774,7 +774,7 @@ fn unsupported_fields_are_refused_with_envoy_paths() {
     let e = convert::listener(&l).unwrap_err();
     assert_eq!(
         e,
-        vec!["filter_chains[0].filter_chain_match.server_names: unsupported".to_string()]
+        vec!["filter_chains[0].filter_chain_match.server_names: unsupported without a TLS transport_socket (weft chooses only a certificate by SNI)".to_string()]
     );
 
     let mut rc = full_routes();
@@ -997,10 +997,13 @@ fn original_dst_listener_filter_and_interception_fields() {
         Some(true)
     );
 
+    // The TLS inspector is accepted (weft peeks at connections itself); others are refused.
     l.listener_filters.push(ls::ListenerFilter {
         name: "envoy.filters.listener.tls_inspector".into(),
         ..Default::default()
     });
+    assert!(convert::listener(&l).is_ok());
+    l.listener_filters[0].name = "envoy.filters.listener.http_inspector".into();
     let errs = convert::listener(&l).err().unwrap();
     assert!(
         errs.iter().any(|e| e.contains("listener_filters[0]: unsupported")),

@@ -37,6 +37,10 @@ pub struct DemoArgs {
     /// xDS flavour the sidecars use: "delta" or "sotw".
     #[arg(long, default_value = "delta")]
     pub xds: String,
+    /// Run the mesh without its CA: plaintext between the sidecars. By default weft control runs
+    /// the mesh CA, every sidecar gets a SPIFFE identity, and calls between sidecars are mTLS.
+    #[arg(long)]
+    pub plaintext: bool,
 }
 
 /// The same defaults as the flags: `weft` with no subcommand runs the demo.
@@ -47,6 +51,7 @@ impl Default for DemoArgs {
             rate: 100,
             step: 10,
             xds: "delta".into(),
+            plaintext: false,
         }
     }
 }
@@ -255,10 +260,25 @@ fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-fn services_yaml(instances: &[Instance]) -> String {
+/// The identity (namespace/service account) of a service's workloads in the demo.
+fn identity_of(service: &str) -> String {
+    format!("demo/{service}")
+}
+
+fn services_yaml(instances: &[Instance], mtls: bool) -> String {
     let mut s = String::from("# The demo's services: each endpoint is a sidecar's inbound listener.\nservices:\n");
     for svc in ["frontend", "reviews", "ratings"] {
-        s.push_str(&format!("  - name: {svc}\n    protocol: http\n    endpoints:\n"));
+        s.push_str(&format!("  - name: {svc}\n    protocol: http\n"));
+        if mtls {
+            // Secure naming: callers' sidecars accept only this identity from the service's
+            // servers. Mode: weft control's default, PERMISSIVE (the traffic generator calls the
+            // frontend's sidecar in plaintext).
+            s.push_str(&format!(
+                "    identities: [\"spiffe://cluster.local/ns/{}\"]\n",
+                identity_of(svc).replace('/', "/sa/")
+            ));
+        }
+        s.push_str("    endpoints:\n");
         for i in instances.iter().filter(|i| i.service == svc) {
             s.push_str(&format!(
                 "      - address: {}\n        labels: {{version: {}}}\n        locality: {{region: local, zone: a}}\n",
@@ -339,6 +359,28 @@ fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     String::from_utf8_lossy(&buf).split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The mTLS handshakes a sidecar's listeners completed (`weft_tls_handshakes_total`, downstream).
+fn mtls_accepted(admin: SocketAddr) -> u64 {
+    use std::io::{Read, Write};
+    let text = (|| {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_millis(300)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        write!(
+            s,
+            "GET /stats/prometheus HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    })()
+    .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("weft_tls_handshakes_total{side=\"downstream\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<u64>().ok()))
+        .sum()
+}
+
 async fn wait_ready(name: &str, admin: SocketAddr, children: &mut Children, limit: Duration) -> Result<(), String> {
     let start = Instant::now();
     loop {
@@ -362,8 +404,17 @@ async fn wait_ready(name: &str, admin: SocketAddr, children: &mut Children, limi
     }
 }
 
+/// How the demo's mesh runs.
+struct MeshOptions<'a> {
+    /// The sidecars' `xds.mode`.
+    xds_mode: &'a str,
+    /// `WEFT_LOG` of the children.
+    log: &'a str,
+    /// weft control runs the mesh CA (in `<dir>/ca`): identities and mTLS between sidecars.
+    mtls: bool,
+}
+
 /// Starts weft control and one sidecar per instance, and waits until all of them are ready.
-#[allow(clippy::too_many_arguments)]
 async fn start_mesh(
     exe: &Path,
     dir: &Path,
@@ -371,15 +422,23 @@ async fn start_mesh(
     instances: &[Instance],
     xds: SocketAddr,
     control_admin: SocketAddr,
-    mode: &str,
-    log: &str,
+    mesh: &MeshOptions<'_>,
 ) -> Result<Children, String> {
+    let (mode, log) = (mesh.xds_mode, mesh.log);
     let io = |e: std::io::Error| e.to_string();
     let mut children = Children(Vec::new());
-    let control = own_group(&mut Command::new(exe))
-        .args(["control", "--registry"])
-        .arg(registry)
-        .args(["--xds", &xds.to_string(), "--admin", &control_admin.to_string()])
+    let ca_dir = dir.join("ca");
+    let mut control_cmd = Command::new(exe);
+    control_cmd.args(["control", "--registry"]).arg(registry).args([
+        "--xds",
+        &xds.to_string(),
+        "--admin",
+        &control_admin.to_string(),
+    ]);
+    if mesh.mtls {
+        control_cmd.arg("--ca-dir").arg(&ca_dir);
+    }
+    let control = own_group(&mut control_cmd)
         .env("WEFT_LOG", log)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -390,9 +449,29 @@ async fn start_mesh(
     for i in instances {
         let cfg = dir.join(format!("sidecar-{}.yaml", i.id));
         write_atomic(&cfg, &sidecar_yaml(i, xds, mode)).map_err(io)?;
-        let child = own_group(&mut Command::new(exe))
-            .args(["proxy", "-c"])
-            .arg(&cfg)
+        let mut cmd = Command::new(exe);
+        cmd.args(["proxy", "-c"]).arg(&cfg);
+        if mesh.mtls {
+            // A bootstrap token for the instance's identity; the sidecar generates its key and
+            // obtains its certificate from weft control's CA (renewed at half-life).
+            let out = Command::new(exe)
+                .args(["control", "token", "--ca-dir"])
+                .arg(&ca_dir)
+                .args(["--identity", &identity_of(i.service), "--ttl", "24h"])
+                .output()
+                .map_err(|e| format!("weft control token: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "weft control token: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let token = dir.join(format!("{}.token", i.id));
+            std::fs::write(&token, &out.stdout).map_err(io)?;
+            cmd.args(["--ca-address", &xds.to_string(), "--identity-token-file"])
+                .arg(&token);
+        }
+        let child = own_group(&mut cmd)
             .env("WEFT_LOG", log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -525,10 +604,19 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
                 }
             }
         }
-        write_atomic(&registry.join("services.yaml"), &services_yaml(&instances)).map_err(io)?;
+        write_atomic(
+            &registry.join("services.yaml"),
+            &services_yaml(&instances, !args.plaintext),
+        )
+        .map_err(io)?;
         let xds = free_addr().map_err(io)?;
         let control_admin = free_addr().map_err(io)?;
-        match start_mesh(&exe, dir, &registry, &instances, xds, control_admin, mode, &log).await {
+        let mesh = MeshOptions {
+            xds_mode: mode,
+            log: &log,
+            mtls: !args.plaintext,
+        };
+        match start_mesh(&exe, dir, &registry, &instances, xds, control_admin, &mesh).await {
             Ok(children) => break (children, xds, control_admin),
             Err(e) if attempt < 3 => eprintln!("weft demo: {e}; starting again on other ports"),
             Err(e) => return Err(e),
@@ -537,9 +625,17 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
 
     let frontend = instances[0].inbound;
     println!(
-        "weft demo: a mesh on loopback. weft control serves xDS ({}) to four sidecars.\n",
+        "weft demo: a mesh on loopback. weft control serves xDS ({}) to four sidecars.",
         args.xds
     );
+    if args.plaintext {
+        println!("  (--plaintext: no CA, calls between sidecars are plaintext)\n");
+    } else {
+        println!(
+            "  weft control is the mesh CA: each sidecar holds a SPIFFE identity (spiffe://cluster.local/ns/demo/sa/<service>,\n  on its admin page) and calls between sidecars are mTLS (PERMISSIVE inbound: the traffic generator calls\n  the frontend in plaintext). Root: {}\n",
+            dir.join("ca/root-cert.pem").display()
+        );
+    }
     println!("  control plane  xDS {xds}   admin http://{control_admin}/debug/proxies  /metrics");
     println!(
         "  service graph  http://{control_admin}/graph  (live: workloads and their calls with rates, errors, latency)"
@@ -641,9 +737,21 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         println!("{line}");
     };
     gen.abort();
+    // How many mTLS connections the sidecars accepted from each other (read before they stop).
+    let admins: Vec<SocketAddr> = instances.iter().map(|i| i.admin).collect();
+    let mtls = tokio::task::spawn_blocking(move || admins.iter().map(|a| mtls_accepted(*a)).sum::<u64>())
+        .await
+        .unwrap_or(0);
     println!("\nstopping the sidecars and the control plane...");
     drop(children);
-    println!("done: {} requests sent.", sent.load(Ordering::Relaxed));
+    if args.plaintext {
+        println!("done: {} requests sent.", sent.load(Ordering::Relaxed));
+    } else {
+        println!(
+            "done: {} requests sent; the sidecars accepted {mtls} mTLS connections from each other.",
+            sent.load(Ordering::Relaxed)
+        );
+    }
     result
 }
 

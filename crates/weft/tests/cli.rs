@@ -376,6 +376,13 @@ async fn demo_runs_and_prints_rates() {
     let per_second = out.lines().filter(|l| l.contains("req/s") && l.contains("p99")).count();
     assert!(per_second >= 2, "summary lines with req/s:\n{out}");
     assert!(out.contains("done:"), "{out}");
+    // mTLS by default: the sidecars accepted mTLS connections from each other.
+    let accepted: u64 = out
+        .lines()
+        .find_map(|l| l.split_once("the sidecars accepted ").map(|(_, r)| r))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(accepted >= 1, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

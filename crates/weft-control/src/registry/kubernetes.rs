@@ -16,6 +16,12 @@
 //! | `targetRef` Pod's labels | `labels` (subsets select on them) |
 //! | the Pod's `serviceAccountName` + namespace | label `security.weft.dev/identity: spiffe://TD/ns/NS/sa/SA` |
 //!
+//! Mesh mTLS (with weft control's CA): a Service annotated `security.weft.dev/mtls` gets that mode;
+//! otherwise a Service with an endpoint whose Pod has no weft sidecar (annotation
+//! `sidecar.weft.dev/status: injected` or a container named `weft-proxy`), or that is not a Pod,
+//! is `DISABLE` (its callers send plaintext: the pod could not answer mTLS), and one whose
+//! endpoints all have sidecars takes weft control's default.
+//!
 //! Namespaces labelled `mesh.weft.dev/discovery: "disabled"` are left out. A malformed object (a
 //! Service without ports, an EndpointSlice without ports or with FQDN addresses, an endpoint whose
 //! address is not an IP) is skipped with its reason ([`RegistryEvent::Skipped`]); the rest keeps
@@ -41,6 +47,9 @@ use tokio::sync::{mpsc, watch};
 
 /// The label the endpoint's workload identity is carried in.
 pub const IDENTITY_LABEL: &str = "security.weft.dev/identity";
+/// A Service annotation setting its mesh mTLS mode (STRICT, PERMISSIVE, DISABLE), like a
+/// PeerAuthentication for its workloads.
+pub const MTLS_ANNOTATION: &str = "security.weft.dev/mtls";
 /// A namespace with this label set to `disabled` is not part of the mesh.
 pub const DISCOVERY_LABEL: &str = "mesh.weft.dev/discovery";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -247,6 +256,17 @@ enum Msg {
     /// The API server does not serve this kind (404: Istio's CRDs not installed) or does not let
     /// weft read it (403: an older ClusterRole): nothing of it. (kind, HTTP status)
     Absent(&'static str, u16),
+}
+
+/// Whether a Pod runs a weft sidecar (it was injected, or carries the container).
+fn has_sidecar(pod: &Pod) -> bool {
+    pod.annotations()
+        .get(crate::injector::STATUS_ANNOTATION)
+        .is_some_and(|v| v == "injected")
+        || pod
+            .spec
+            .as_ref()
+            .is_some_and(|s| s.containers.iter().any(|c| c.name == "weft-proxy"))
 }
 
 fn source_of(k: &Key) -> String {
@@ -459,6 +479,16 @@ impl KubeState {
             }
             good_slices.push(s);
         }
+        let annotated = svc.annotations().get(MTLS_ANNOTATION).and_then(|m| {
+            let v = crate::model::MtlsMode::parse(m);
+            if v.is_none() {
+                skipped.insert(
+                    format!("{what} annotation {MTLS_ANNOTATION}"),
+                    format!("unknown mode \"{m}\" (STRICT, PERMISSIVE, DISABLE): weft control's default applies"),
+                );
+            }
+            v
+        });
         let mut services = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             let pw = format!("{what} port {}", p.name.clone().unwrap_or_else(|| p.port.to_string()));
@@ -491,6 +521,7 @@ impl KubeState {
                 )
             };
             let mut endpoints: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
+            let mut all_meshed = true;
             for s in &good_slices {
                 let sw = format!("EndpointSlice {}/{}", k.0, s.name_any());
                 let want = p.name.as_deref().unwrap_or("");
@@ -537,6 +568,7 @@ impl KubeState {
                             .map(|z| z.name.clone())
                     });
                     let mut labels = BTreeMap::new();
+                    let mut meshed = false;
                     if let Some(t) = &e.target_ref {
                         if t.kind.as_deref() == Some("Pod") {
                             let pk = (
@@ -544,6 +576,7 @@ impl KubeState {
                                 t.name.clone().unwrap_or_default(),
                             );
                             if let Some(pod) = self.pods.live.get(&pk) {
+                                meshed = has_sidecar(pod);
                                 labels.extend(pod.labels().iter().map(|(a, b)| (a.clone(), b.clone())));
                                 let sa = pod
                                     .spec
@@ -557,6 +590,7 @@ impl KubeState {
                             }
                         }
                     }
+                    all_meshed &= meshed;
                     let address = SocketAddr::new(ip, ep_port);
                     let ep = Endpoint {
                         address,
@@ -591,6 +625,8 @@ impl KubeState {
                 // Sorted by address (the BTreeMap): identical content gives identical versions.
                 endpoints: endpoints.into_values().collect(),
                 dependencies: None,
+                mtls: annotated.or((!all_meshed).then_some(crate::model::MtlsMode::Disable)),
+                identities: Vec::new(),
             }));
         }
         if services.is_empty() {

@@ -124,6 +124,8 @@ fn assemble(
         protocol,
         endpoints,
         dependencies: None,
+        mtls: None,
+        identities: Vec::new(),
     };
     SourceChange::Upsert {
         source,

@@ -1,0 +1,204 @@
+//! Mesh mTLS in the resources weft control sends, in Istio's shapes so that a real Envoy sidecar
+//! (its identity from `weft sds-agent`) and a weft sidecar read the same resources:
+//!
+//! - a mesh destination's clusters originate mTLS: an `UpstreamTlsContext` whose certificate is
+//!   the SDS secret `default` (the workload's own SVID) and whose validation is the SDS secret
+//!   `ROOTCA` (the mesh roots), both fetched from the bootstrap cluster `sds-grpc` as
+//!   istio-agent serves them; secure naming by the destination's SPIFFE IDs; SNI
+//!   `outbound_.<port>_.<subset>_.<service>` as Istio's;
+//! - a sidecar's inbound listener terminates it with a `DownstreamTlsContext` (same secrets,
+//!   client certificates required): STRICT is that chain alone, PERMISSIVE adds a `raw_buffer`
+//!   twin with the same filters, told apart by the TLS inspector.
+//!
+//! A destination in mode DISABLE (no sidecar with an identity) is called in plaintext.
+
+use crate::model::{self, MtlsMode, World};
+use weft_xds_api::pb::envoy::config::core::v3 as core;
+use weft_xds_api::pb::envoy::config::listener::v3 as ls;
+use weft_xds_api::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
+use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
+use weft_xds_api::pb::google::protobuf::{BoolValue, Duration as PbDuration};
+
+/// The bootstrap cluster an Envoy sidecar reaches its SDS server by (Istio's name; the
+/// `weft sds-agent` socket). weft sidecars do not use it: `default`/`ROOTCA` name their own
+/// identity.
+pub const SDS_CLUSTER: &str = "sds-grpc";
+pub const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
+pub const UPSTREAM_TLS_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+pub const DOWNSTREAM_TLS_URL: &str =
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
+pub const TLS_INSPECTOR_URL: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+
+/// The inbound mode of the sidecars of `service`; None: no mesh mTLS (no CA).
+pub fn inbound_mode(world: &World, service: &str) -> Option<MtlsMode> {
+    let m = world.mesh_tls.as_ref()?;
+    Some(world.services.get(service).map_or(m.default_mode, |s| m.mode_of(s)))
+}
+
+/// An SDS secret reference as Istio writes it for Envoy.
+fn sds(name: &str) -> tls::SdsSecretConfig {
+    use core::api_config_source::ApiType;
+    tls::SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(core::ConfigSource {
+            config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::ApiConfigSource(
+                core::ApiConfigSource {
+                    api_type: ApiType::Grpc as i32,
+                    transport_api_version: core::ApiVersion::V3 as i32,
+                    set_node_on_first_message_only: true,
+                    grpc_services: vec![core::GrpcService {
+                        target_specifier: Some(core::grpc_service::TargetSpecifier::EnvoyGrpc(
+                            core::grpc_service::EnvoyGrpc {
+                                cluster_name: SDS_CLUSTER.into(),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            )),
+            // Wait for the secret however long it takes, as Istio does.
+            initial_fetch_timeout: Some(PbDuration { seconds: 0, nanos: 0 }),
+            resource_api_version: core::ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+/// The workload's certificate (`default`), the mesh roots (`ROOTCA`), and SAN matchers for
+/// secure naming (none: any identity the roots vouch for).
+fn common(alpn: &[&str], sans: &[String]) -> tls::CommonTlsContext {
+    use tls::common_tls_context::{CombinedCertificateValidationContext, ValidationContextType};
+    let matchers = sans
+        .iter()
+        .map(|s| tls::SubjectAltNameMatcher {
+            san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+            matcher: Some(matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(s.clone())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    tls::CommonTlsContext {
+        tls_certificate_sds_secret_configs: vec![sds("default")],
+        alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
+        validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+            CombinedCertificateValidationContext {
+                default_validation_context: Some(tls::CertificateValidationContext {
+                    match_typed_subject_alt_names: matchers,
+                    ..Default::default()
+                }),
+                validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    }
+}
+
+/// Istio's SNI for a mesh destination: `outbound_.<port>_.<subset>_.<service>`.
+pub fn sni(svc: &model::Service, subset: Option<&str>) -> String {
+    format!(
+        "outbound_.{}_.{}_.{}",
+        svc.port.unwrap_or(80),
+        subset.unwrap_or(""),
+        svc.name
+    )
+}
+
+/// The transport socket of a mesh destination's cluster (or subset cluster).
+pub fn upstream(svc: &model::Service, subset: Option<&str>) -> core::TransportSocket {
+    // The ALPN the cluster's codec speaks: a server that picked h2 for an HTTP/1.1 client (or the
+    // reverse) would break the connection. Istio's own `istio-peer-exchange` is not offered:
+    // weft's server, like any rustls server, refuses a client whose protocols it has none of.
+    let alpn: &[&str] = match svc.protocol {
+        model::Protocol::Grpc => &["h2"],
+        model::Protocol::Http => &["http/1.1"],
+        model::Protocol::Tcp => &[],
+    };
+    let ctx = tls::UpstreamTlsContext {
+        sni: sni(svc, subset),
+        common_tls_context: Some(common(alpn, &svc.server_identities())),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: TLS_SOCKET.into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(weft_xds_api::pack(
+            UPSTREAM_TLS_URL,
+            &ctx,
+        ))),
+    }
+}
+
+/// An inbound listener's filter chains (and listener filters) for `filters` in `mode`: one
+/// plaintext chain without mTLS; the TLS chain alone in STRICT; in PERMISSIVE the TLS chain
+/// (`transport_protocol: tls`) and a `raw_buffer` twin with the same filters, which Envoy tells
+/// apart with its TLS inspector and weft by peeking at the first bytes.
+pub fn inbound_chains(
+    filters: Vec<ls::Filter>,
+    mode: Option<MtlsMode>,
+) -> (Vec<ls::FilterChain>, Vec<ls::ListenerFilter>) {
+    let mode = match mode {
+        Some(m @ (MtlsMode::Strict | MtlsMode::Permissive)) => m,
+        _ => {
+            return (
+                vec![ls::FilterChain {
+                    filters,
+                    ..Default::default()
+                }],
+                Vec::new(),
+            )
+        }
+    };
+    let ctx = tls::DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue { value: true }),
+        common_tls_context: Some(common(&["h2", "http/1.1"], &[])),
+        ..Default::default()
+    };
+    let tls_chain = |transport_protocol: &str| ls::FilterChain {
+        name: "mtls".into(),
+        filter_chain_match: (!transport_protocol.is_empty()).then(|| ls::FilterChainMatch {
+            transport_protocol: transport_protocol.into(),
+            ..Default::default()
+        }),
+        filters: filters.clone(),
+        transport_socket: Some(core::TransportSocket {
+            name: TLS_SOCKET.into(),
+            config_type: Some(core::transport_socket::ConfigType::TypedConfig(weft_xds_api::pack(
+                DOWNSTREAM_TLS_URL,
+                &ctx,
+            ))),
+        }),
+        ..Default::default()
+    };
+    match mode {
+        MtlsMode::Strict => (vec![tls_chain("")], Vec::new()),
+        _ => (
+            vec![
+                tls_chain("tls"),
+                ls::FilterChain {
+                    name: "plaintext".into(),
+                    filter_chain_match: Some(ls::FilterChainMatch {
+                        transport_protocol: "raw_buffer".into(),
+                        ..Default::default()
+                    }),
+                    filters: filters.clone(),
+                    ..Default::default()
+                },
+            ],
+            vec![ls::ListenerFilter {
+                name: TLS_INSPECTOR.into(),
+                config_type: Some(ls::listener_filter::ConfigType::TypedConfig(weft_xds_api::pack(
+                    TLS_INSPECTOR_URL,
+                    &tls_inspector::TlsInspector::default(),
+                ))),
+                ..Default::default()
+            }],
+        ),
+    }
+}

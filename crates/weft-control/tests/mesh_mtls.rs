@@ -1,0 +1,201 @@
+//! With its CA on, weft control sends mesh mTLS in Istio's shapes: mesh destinations' clusters
+//! carry an UpstreamTlsContext (SDS `default` + `ROOTCA` over `sds-grpc`, secure naming, Istio's
+//! SNI), sidecars' inbound listeners a DownstreamTlsContext (PERMISSIVE: a `tls` chain and a
+//! `raw_buffer` twin; STRICT: the TLS chain alone); DISABLE and no CA mean plaintext. weft's own
+//! xDS client reads every one of these back into the same modes.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use weft_control::model::{parse_fragment, MeshTls, MtlsMode, World};
+use weft_control::translate::{build_snapshot, node_resources, Kind, NodeInfo, Snapshot};
+use weft_xds_api::pb::envoy::config::cluster::v3::Cluster;
+use weft_xds_api::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use weft_xds_api::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
+use weft_xds_api::pb::envoy::config::core::v3::transport_socket::ConfigType;
+use weft_xds_api::pb::envoy::config::listener::v3::Listener;
+use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use weft_xds_api::type_url::{CLUSTER, LISTENER};
+use weft_xds_api::unpack;
+
+const REGISTRY: &str = r#"
+services:
+  - name: reviews
+    port: 9080
+    identities: [spiffe://cluster.local/ns/default/sa/reviews]
+    endpoints: [{address: 127.0.0.1:9081, labels: {version: v1}}]
+  - name: ratings
+    protocol: grpc
+    mtls: STRICT
+    endpoints:
+      - {address: 127.0.0.1:9091, labels: {security.weft.dev/identity: spiffe://cluster.local/ns/default/sa/ratings}}
+  - name: legacy
+    mtls: DISABLE
+    endpoints: [{address: 127.0.0.1:9101}]
+destinations:
+  - service: reviews
+    subsets: [{name: v1, labels: {version: v1}}]
+"#;
+
+fn snapshot(mesh: Option<MeshTls>) -> Snapshot {
+    let f = parse_fragment("reg.yaml", REGISTRY).unwrap();
+    let (mut world, errs) = World::build([("reg.yaml", &f)].into_iter());
+    assert!(errs.is_empty(), "{errs:?}");
+    world.mesh_tls = mesh;
+    build_snapshot(1, Arc::new(world), None)
+}
+
+fn permissive() -> Option<MeshTls> {
+    Some(MeshTls {
+        default_mode: MtlsMode::Permissive,
+    })
+}
+
+fn cluster(s: &Snapshot, name: &str) -> Cluster {
+    unpack(&s.maps[Kind::Cluster as usize][name].any, CLUSTER).unwrap()
+}
+
+fn inbound(s: &Snapshot, service: &str) -> Listener {
+    let node = NodeInfo::from_node(&sidecar("n1", service));
+    let mode = weft_control::mesh_tls::inbound_mode(&s.world, service);
+    let own = node_resources(&node, None, None, None, mode);
+    let name = format!("inbound|{service}");
+    unpack(&own.maps[Kind::Listener as usize][name.as_str()].any, LISTENER).unwrap()
+}
+
+#[test]
+fn mesh_destinations_get_istio_mutual_clusters_and_disable_stays_plaintext() {
+    let s = snapshot(permissive());
+    let c = cluster(&s, "reviews");
+    let ts = c.transport_socket.as_ref().expect("mTLS to a mesh destination");
+    assert_eq!(ts.name, "envoy.transport_sockets.tls");
+    let Some(ConfigType::TypedConfig(any)) = &ts.config_type else {
+        panic!()
+    };
+    let ctx: tls::UpstreamTlsContext = unpack(any, weft_control::mesh_tls::UPSTREAM_TLS_URL).unwrap();
+    assert_eq!(ctx.sni, "outbound_.9080_._.reviews");
+    let common = ctx.common_tls_context.as_ref().unwrap();
+    assert_eq!(common.alpn_protocols, vec!["http/1.1"]);
+    let sds = &common.tls_certificate_sds_secret_configs[0];
+    assert_eq!(sds.name, "default");
+    // Istio's sds_config: gRPC to the bootstrap cluster `sds-grpc`, V3.
+    let Some(ConfigSourceSpecifier::ApiConfigSource(api)) =
+        sds.sds_config.as_ref().and_then(|c| c.config_source_specifier.as_ref())
+    else {
+        panic!("{sds:?}")
+    };
+    let Some(TargetSpecifier::EnvoyGrpc(g)) = api.grpc_services[0].target_specifier.as_ref() else {
+        panic!()
+    };
+    assert_eq!(g.cluster_name, "sds-grpc");
+    // What weft's own xDS client makes of it: mode mesh, secure naming, the SNI.
+    let x = weft_xds_client::convert::cluster(&c, false).unwrap();
+    let t = x.raw.tls.unwrap();
+    assert_eq!(t.mode.as_deref(), Some("mesh"));
+    assert_eq!(
+        t.subject_alt_names,
+        vec!["spiffe://cluster.local/ns/default/sa/reviews"]
+    );
+    assert_eq!(t.sni.as_deref(), Some("outbound_.9080_._.reviews"));
+    // The subset's SNI; gRPC's ALPN; identities from endpoint labels.
+    let x = weft_xds_client::convert::cluster(&cluster(&s, "reviews|v1"), false).unwrap();
+    assert_eq!(x.raw.tls.unwrap().sni.as_deref(), Some("outbound_.9080_.v1_.reviews"));
+    let x = weft_xds_client::convert::cluster(&cluster(&s, "ratings"), false).unwrap();
+    let t = x.raw.tls.unwrap();
+    assert_eq!(t.alpn, Some(vec!["h2".to_string()]));
+    assert_eq!(
+        t.subject_alt_names,
+        vec!["spiffe://cluster.local/ns/default/sa/ratings"]
+    );
+    // Proxyless gRPC clients get the clusters without TLS (they have no SDS).
+    for name in ["reviews", "reviews|v1", "ratings"] {
+        let g: Cluster = unpack(&s.grpc_clusters[name].any, CLUSTER).unwrap();
+        assert!(g.transport_socket.is_none(), "{name}");
+    }
+    // DISABLE: no sidecar there, plaintext. No CA: plaintext everywhere.
+    assert!(cluster(&s, "legacy").transport_socket.is_none());
+    let plain = snapshot(None);
+    for name in ["reviews", "reviews|v1", "ratings", "legacy"] {
+        assert!(cluster(&plain, name).transport_socket.is_none(), "{name}");
+    }
+}
+
+#[test]
+fn inbound_listeners_terminate_mtls_by_mode() {
+    let s = snapshot(permissive());
+    // PERMISSIVE (the default): a tls chain, a raw_buffer twin, the TLS inspector.
+    let l = inbound(&s, "reviews");
+    assert_eq!(l.filter_chains.len(), 2);
+    assert_eq!(l.listener_filters[0].name, "envoy.filters.listener.tls_inspector");
+    let m = |i: usize| {
+        l.filter_chains[i]
+            .filter_chain_match
+            .as_ref()
+            .unwrap()
+            .transport_protocol
+            .clone()
+    };
+    assert_eq!((m(0).as_str(), m(1).as_str()), ("tls", "raw_buffer"));
+    assert!(l.filter_chains[0].transport_socket.is_some() && l.filter_chains[1].transport_socket.is_none());
+    let x = weft_xds_client::convert::listener(&l).unwrap().unwrap();
+    let t = x.raw.tls.unwrap();
+    assert_eq!(t.mode.as_deref(), Some("PERMISSIVE"));
+    assert!(t.certificates.is_empty(), "the mesh identity");
+    assert_eq!(t.forward_client_cert.as_deref(), Some("sanitize_set"));
+    assert_eq!(x.raw.filter_chains.len(), 1);
+    // STRICT: the TLS chain alone.
+    let l = inbound(&s, "ratings");
+    assert_eq!(l.filter_chains.len(), 1);
+    assert!(l.listener_filters.is_empty());
+    let x = weft_xds_client::convert::listener(&l).unwrap().unwrap();
+    assert_eq!(x.raw.tls.unwrap().mode.as_deref(), Some("STRICT"));
+    // DISABLE, and no CA: plaintext.
+    for l in [inbound(&s, "legacy"), inbound(&snapshot(None), "reviews")] {
+        assert_eq!(l.filter_chains.len(), 1);
+        assert!(l.filter_chains[0].transport_socket.is_none());
+        assert!(weft_xds_client::convert::listener(&l)
+            .unwrap()
+            .unwrap()
+            .raw
+            .tls
+            .is_none());
+    }
+    // A STRICT default applies to services that set no mode.
+    let strict = snapshot(Some(MeshTls {
+        default_mode: MtlsMode::Strict,
+    }));
+    assert_eq!(inbound(&strict, "reviews").filter_chains.len(), 1);
+    assert_eq!(inbound(&strict, "unknown-service").filter_chains.len(), 1);
+}
+
+/// What weft control sends with mTLS passes the Envoy API's validation rules.
+#[test]
+fn emitted_tls_resources_pass_the_api_validation_rules() {
+    for mode in [MtlsMode::Permissive, MtlsMode::Strict] {
+        let s = snapshot(Some(MeshTls { default_mode: mode }));
+        for name in ["reviews", "reviews|v1", "ratings", "legacy"] {
+            let errs = weft_xds_client::pgv::cluster(&cluster(&s, name));
+            assert!(errs.is_empty(), "{name}: {errs:?}");
+        }
+        for svc in ["reviews", "ratings", "legacy"] {
+            let errs = weft_xds_client::pgv::listener(&inbound(&s, svc));
+            assert!(errs.is_empty(), "{svc}: {errs:?}");
+        }
+    }
+}
+
+#[test]
+fn bad_modes_and_identities_are_refused_naming_the_field() {
+    let e = parse_fragment(
+        "bad.yaml",
+        "services: [{name: a, mtls: MAYBE, identities: [spiffe://x/ns/a/sa/b, not-a-spiffe-id], endpoints: []}]\n",
+    )
+    .unwrap_err()
+    .join("\n");
+    assert!(e.contains("services[0].mtls: unknown mode \"MAYBE\""), "{e}");
+    assert!(
+        e.contains("services[0].identities[1]: \"not-a-spiffe-id\" is not a SPIFFE ID"),
+        "{e}"
+    );
+}

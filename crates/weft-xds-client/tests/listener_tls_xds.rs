@@ -1,0 +1,446 @@
+//! DownstreamTlsContext → a listener's `tls` block: Istio's SDS names as the mesh identity, an
+//! Istio-style inbound listener (a `tls` chain and a `raw_buffer` twin) as PERMISSIVE, per-SNI
+//! certificate chains, refusals naming the field; and over a real ADS stream, a listener delivered
+//! this way terminates mTLS (real handshake, real request, the client's SPIFFE ID to the app) and
+//! still serves plaintext in PERMISSIVE mode.
+
+mod support;
+
+use std::time::Duration;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use weft_xds_api::pb::envoy::config::core::v3 as core;
+use weft_xds_api::pb::envoy::config::listener::v3 as ls;
+use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
+use weft_xds_api::pb::google::protobuf::BoolValue;
+use weft_xds_api::type_url::{CLUSTER, ENDPOINT, LISTENER};
+use weft_xds_api::{pack, type_url};
+use weft_xds_client::convert;
+use weft_xds_client::tls::DOWNSTREAM_TLS_URL;
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/default/sa/productpage";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/default/sa/reviews";
+
+fn sds(name: &str) -> tls::SdsSecretConfig {
+    tls::SdsSecretConfig {
+        name: name.into(),
+        ..Default::default()
+    }
+}
+
+fn file(f: &str) -> Option<core::DataSource> {
+    Some(core::DataSource {
+        specifier: Some(core::data_source::Specifier::Filename(f.into())),
+        ..Default::default()
+    })
+}
+
+fn socket_of(ctx: &tls::DownstreamTlsContext) -> core::TransportSocket {
+    core::TransportSocket {
+        name: "envoy.transport_sockets.tls".into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(pack(
+            DOWNSTREAM_TLS_URL,
+            ctx,
+        ))),
+    }
+}
+
+/// Istio's inbound context for ISTIO_MUTUAL: SDS `default`, validation SDS `ROOTCA`, client
+/// certificates required.
+fn istio_mutual() -> tls::DownstreamTlsContext {
+    use tls::common_tls_context::{CombinedCertificateValidationContext, ValidationContextType};
+    tls::DownstreamTlsContext {
+        require_client_certificate: Some(BoolValue { value: true }),
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("default")],
+            alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+            validation_context_type: Some(ValidationContextType::CombinedValidationContext(
+                CombinedCertificateValidationContext {
+                    default_validation_context: Some(Default::default()),
+                    validation_context_sds_secret_config: Some(sds("ROOTCA")),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An HCM with an inline route to `cluster`; `fcc` is its forward_client_cert_details.
+fn hcm_filter(cluster: &str, fcc: i32) -> ls::Filter {
+    let h = hcm::HttpConnectionManager {
+        stat_prefix: "inbound".into(),
+        forward_client_cert_details: fcc,
+        http_filters: vec![router_filter()],
+        route_specifier: Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            route_config_with("inbound", vec![route_to(cluster)]),
+        )),
+        ..Default::default()
+    };
+    ls::Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(ls::filter::ConfigType::TypedConfig(pack(type_url::HCM, &h))),
+    }
+}
+
+fn chain(
+    name: &str,
+    transport_protocol: &str,
+    server_names: &[&str],
+    ctx: Option<&tls::DownstreamTlsContext>,
+) -> ls::FilterChain {
+    ls::FilterChain {
+        name: name.into(),
+        filter_chain_match: Some(ls::FilterChainMatch {
+            transport_protocol: transport_protocol.into(),
+            server_names: server_names.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }),
+        filters: vec![hcm_filter("app", 3)],
+        transport_socket: ctx.map(socket_of),
+        ..Default::default()
+    }
+}
+
+fn listener_of(chains: Vec<ls::FilterChain>) -> ls::Listener {
+    ls::Listener {
+        name: "inbound".into(),
+        address: Some(socket("127.0.0.1:0".parse().unwrap())),
+        filter_chains: chains,
+        ..Default::default()
+    }
+}
+
+fn converted(l: &ls::Listener) -> Result<weft_config::tls::RawListenerTls, String> {
+    match convert::listener(l) {
+        Ok(Some(x)) => {
+            assert_eq!(x.raw.filter_chains.len(), 1, "the chains merge into one");
+            Ok(x.raw.tls.expect("a tls block"))
+        }
+        Ok(None) => panic!("api listener"),
+        Err(e) => Err(e.join("\n")),
+    }
+}
+
+#[test]
+fn istio_inbound_tls_and_raw_buffer_chains_are_permissive_with_the_mesh_identity() {
+    let ctx = istio_mutual();
+    let l = listener_of(vec![
+        chain("tls", "tls", &[], Some(&ctx)),
+        chain("plaintext", "raw_buffer", &[], None),
+    ]);
+    let t = converted(&l).unwrap();
+    assert_eq!(t.mode.as_deref(), Some("PERMISSIVE"));
+    assert!(t.certificates.is_empty(), "the mesh identity");
+    assert_eq!(t.forward_client_cert.as_deref(), Some("sanitize_set"));
+    assert_eq!(t.alpn, Some(vec!["h2".to_string(), "http/1.1".to_string()]));
+    // Validated as YAML would be: a mesh listener requiring client certificates.
+    let v = weft_config::tls::listener_tls("listeners[0].tls", &t, &mut Vec::new());
+    assert!(v.is_mesh() && v.require_client_certificate);
+    assert_eq!(v.mode, weft_config::tls::TlsMode::Permissive);
+
+    // The TLS chain alone: STRICT.
+    let l = listener_of(vec![chain("tls", "tls", &[], Some(&ctx))]);
+    assert_eq!(converted(&l).unwrap().mode.as_deref(), Some("STRICT"));
+    let l = listener_of(vec![chain("tls", "", &[], Some(&ctx))]);
+    assert_eq!(converted(&l).unwrap().mode.as_deref(), Some("STRICT"));
+}
+
+#[test]
+fn file_certificates_per_server_name_become_sni_selection() {
+    let ctx_for = |c: &str| tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: vec![tls::TlsCertificate {
+                certificate_chain: file(&format!("/etc/{c}.crt")),
+                private_key: file(&format!("/etc/{c}.key")),
+                ..Default::default()
+            }],
+            validation_context_type: Some(tls::common_tls_context::ValidationContextType::ValidationContext(
+                tls::CertificateValidationContext {
+                    trusted_ca: file("/etc/clients.pem"),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        require_client_certificate: Some(BoolValue { value: true }),
+        ..Default::default()
+    };
+    let (a, b) = (ctx_for("a"), ctx_for("b"));
+    let l = listener_of(vec![
+        chain("a", "tls", &["a.example.com"], Some(&a)),
+        chain("b", "tls", &["b.example.com", "*.b.example.com"], Some(&b)),
+    ]);
+    let t = converted(&l).unwrap();
+    assert_eq!(t.mode.as_deref(), Some("STRICT"));
+    assert_eq!(t.require_client_certificate, Some(true));
+    assert_eq!(t.trusted_ca_file.as_deref(), Some("/etc/clients.pem"));
+    let certs: Vec<_> = t
+        .certificates
+        .iter()
+        .map(|c| (c.cert_file.clone().unwrap(), c.server_names.clone()))
+        .collect();
+    assert_eq!(
+        certs,
+        vec![
+            ("/etc/a.crt".to_string(), vec!["a.example.com".to_string()]),
+            (
+                "/etc/b.crt".to_string(),
+                vec!["b.example.com".to_string(), "*.b.example.com".to_string()]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn what_weft_cannot_honour_is_refused_naming_the_field() {
+    let base = istio_mutual();
+    let refused = |chains: Vec<ls::FilterChain>| converted(&listener_of(chains)).unwrap_err();
+
+    // Peer SAN matching on a listener.
+    let mut ctx = base.clone();
+    if let Some(tls::common_tls_context::ValidationContextType::CombinedValidationContext(c)) =
+        &mut ctx.common_tls_context.as_mut().unwrap().validation_context_type
+    {
+        c.default_validation_context = Some(tls::CertificateValidationContext {
+            match_typed_subject_alt_names: vec![tls::SubjectAltNameMatcher {
+                san_type: tls::subject_alt_name_matcher::SanType::Uri as i32,
+                matcher: Some(matcher::StringMatcher {
+                    match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(CLIENT_ID.into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    let e = refused(vec![chain("tls", "tls", &[], Some(&ctx))]);
+    assert!(
+        e.contains("filter_chains[0].transport_socket.typed_config.common_tls_context.combined_validation_context.default_validation_context.match_typed_subject_alt_names: "),
+        "{e}"
+    );
+    // The mesh identity without required client certificates.
+    let mut ctx = base.clone();
+    ctx.require_client_certificate = None;
+    let e = refused(vec![chain("tls", "tls", &[], Some(&ctx))]);
+    assert!(
+        e.contains("filter_chains[0].transport_socket.typed_config.require_client_certificate: must be true"),
+        "{e}"
+    );
+    // Another SDS name; an inline key.
+    let mut ctx = base.clone();
+    ctx.common_tls_context
+        .as_mut()
+        .unwrap()
+        .tls_certificate_sds_secret_configs = vec![sds("kubernetes://my-cert")];
+    let e = refused(vec![chain("tls", "tls", &[], Some(&ctx))]);
+    assert!(
+        e.contains("tls_certificate_sds_secret_configs[0].name: \"kubernetes://my-cert\""),
+        "{e}"
+    );
+    let inline = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: vec![tls::TlsCertificate {
+                certificate_chain: file("/etc/a.crt"),
+                private_key: Some(core::DataSource {
+                    specifier: Some(core::data_source::Specifier::InlineString("KEY".into())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = refused(vec![chain("tls", "tls", &[], Some(&inline))]);
+    assert!(
+        e.contains("tls_certificates[0].private_key: only filename data sources"),
+        "{e}"
+    );
+    // A plaintext chain without a TLS twin beside a TLS chain (different filters).
+    let mut other = chain("plain", "raw_buffer", &[], None);
+    other.filters = vec![hcm_filter("elsewhere", 0)];
+    let e = refused(vec![chain("tls", "tls", &[], Some(&base)), other]);
+    assert!(
+        e.contains("filter_chains: filter chain 1") && e.contains("plaintext only"),
+        "{e}"
+    );
+    // TLS passthrough, and SNI matching without TLS.
+    let e = refused(vec![chain("pass", "tls", &[], None)]);
+    assert!(
+        e.contains("filter_chains[0].filter_chain_match.transport_protocol: \"tls\" without a TLS transport_socket"),
+        "{e}"
+    );
+    let e = refused(vec![chain("sni", "", &["a.example.com"], None)]);
+    assert!(
+        e.contains("filter_chains[0].filter_chain_match.server_names: unsupported without a TLS transport_socket"),
+        "{e}"
+    );
+    // Cipher suites weft cannot restrict.
+    let mut ctx = base.clone();
+    ctx.common_tls_context.as_mut().unwrap().tls_params = Some(tls::TlsParameters {
+        cipher_suites: vec!["ECDHE-ECDSA-AES256-GCM-SHA384".into()],
+        ..Default::default()
+    });
+    let e = refused(vec![chain("tls", "tls", &[], Some(&ctx))]);
+    assert!(
+        e.contains("common_tls_context.tls_params.cipher_suites: unsupported"),
+        "{e}"
+    );
+}
+
+/// An mTLS client with `leaf` as its certificate, trusting `ca` and expecting `server_id`.
+fn mtls_client(ca: &weft_tls::testcerts::Ca, leaf: &weft_tls::testcerts::Leaf) -> weft_tls::Connector {
+    let mesh = weft_tls::mesh::MeshIdentity::new();
+    mesh.set_pem(&leaf.cert_pem, &leaf.key_pem, &ca.cert_pem).unwrap();
+    let cfg = weft_tls::client_config(
+        weft_tls::Trust::Mesh(mesh.clone()),
+        vec![SERVER_ID.to_string()],
+        weft_tls::ClientCert::Mesh(mesh),
+        vec![b"http/1.1".to_vec()],
+        weft_tls::TlsVersion::V12,
+        "",
+    )
+    .unwrap();
+    weft_tls::Connector::new(cfg, "outbound_.9080_._.reviews.default.svc.cluster.local", "").unwrap()
+}
+
+async fn request_over<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) -> String {
+    s.write_all(
+        b"GET /hello HTTP/1.1\r\nhost: reviews\r\nx-forwarded-client-cert: forged\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permissive_mesh_listener_over_ads_terminates_mtls_and_serves_plaintext() {
+    let ca = weft_tls::testcerts::Ca::new("mesh root");
+    let server_leaf = ca.leaf_uri(SERVER_ID);
+    let client_leaf = ca.leaf_uri(CLIENT_ID);
+    let app = weft_test_support::upstream(|s| async move {
+        let xfcc = s
+            .headers
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .to_string();
+        weft_test_support::text(200, &format!("xfcc={xfcc}"))
+    })
+    .await;
+
+    let cp = Cp::start().await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    p.server
+        .shared
+        .tls
+        .mesh
+        .set_pem(&server_leaf.cert_pem, &server_leaf.key_pem, &ca.cert_pem)
+        .unwrap();
+    cp.sotw_req(0, CLUSTER).await;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("app")]);
+    cp.reply_to(m, "n1").await;
+    let m = cp.mark();
+    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("app", &[app.addr])]);
+    cp.reply_to(m, "n2").await;
+    // A listener weft cannot honour is NACKed with the field named.
+    let mut bad = istio_mutual();
+    bad.require_sni = Some(BoolValue { value: true });
+    let m = cp.mark();
+    cp.send_sotw(
+        LISTENER,
+        "l0",
+        "n3",
+        vec![pack(
+            type_url::LISTENER,
+            &listener_of(vec![chain("tls", "tls", &[], Some(&bad))]),
+        )],
+    );
+    let nack = cp.reply_to(m, "n3").await;
+    let e = nack.error().expect("a NACK");
+    assert!(
+        e.contains("filter_chains[0].transport_socket.typed_config.require_sni"),
+        "{e}"
+    );
+    // Istio's inbound shape: PERMISSIVE with the mesh identity.
+    let ctx = istio_mutual();
+    let l = listener_of(vec![
+        chain("tls", "tls", &[], Some(&ctx)),
+        chain("plaintext", "raw_buffer", &[], None),
+    ]);
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n4", vec![pack(type_url::LISTENER, &l)]);
+    let ack = cp.reply_to(m, "n4").await;
+    assert!(ack.error().is_none(), "{:?}", ack.error());
+    let addr = p.wait_listener("inbound").await;
+
+    // mTLS: the server proves SERVER_ID, the app sees the client's SPIFFE ID (sanitize_set).
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = mtls_client(&ca, &client_leaf)
+        .connect(tcp)
+        .await
+        .expect("mTLS handshake");
+    let resp = request_over(tls).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.contains(&format!("By={SERVER_ID};")) && resp.contains(&format!("URI={CLIENT_ID}")),
+        "{resp}"
+    );
+    // Plaintext on the same port (PERMISSIVE): served, the forged header removed.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let resp = request_over(tcp).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.ends_with("xfcc=none"),
+        "{resp}"
+    );
+    // A client certificate from another CA is refused at the handshake.
+    let other = weft_tls::testcerts::Ca::new("other root");
+    let stranger = other.leaf_uri(CLIENT_ID);
+    let mesh = weft_tls::mesh::MeshIdentity::new();
+    mesh.set_pem(&stranger.cert_pem, &stranger.key_pem, &ca.cert_pem)
+        .unwrap();
+    let cfg = weft_tls::client_config(
+        weft_tls::Trust::Mesh(mesh.clone()),
+        vec![],
+        weft_tls::ClientCert::Mesh(mesh),
+        vec![],
+        weft_tls::TlsVersion::V12,
+        "",
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r = weft_tls::Connector::new(cfg, "x.example", "")
+        .unwrap()
+        .connect(tcp)
+        .await;
+    let refused = match r {
+        Err(_) => true,
+        Ok(s) => !request_over(s).await.starts_with("HTTP/1.1 200"),
+    };
+    assert!(refused, "a client from another CA was served");
+
+    // STRICT: the TLS chain alone; plaintext is refused.
+    let l = listener_of(vec![chain("tls", "tls", &[], Some(&ctx))]);
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l2", "n5", vec![pack(type_url::LISTENER, &l)]);
+    assert!(cp.reply_to(m, "n5").await.error().is_none());
+    let addr = p.wait_listener("inbound").await;
+    weft_test_support::eventually("plaintext refused by the STRICT listener", WAIT, || async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+        (!request_over(tcp).await.starts_with("HTTP/1.1 200")).then_some(())
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = mtls_client(&ca, &client_leaf)
+        .connect(tcp)
+        .await
+        .expect("mTLS handshake");
+    assert!(request_over(tls).await.starts_with("HTTP/1.1 200"));
+}
