@@ -72,7 +72,7 @@ async fn proxies_get_their_configuration_over_tls_with_their_own_certificate_onl
     std::fs::write(
         dir.join("reg/services.yaml"),
         format!(
-            "services:\n  - name: productpage\n    endpoints: []\n  - name: reviews\n    endpoints: [{{address: \"{}\"}}]\n",
+            "services:\n  - name: productpage\n    endpoints: []\n  - name: reviews\n    mtls: DISABLE\n    endpoints: [{{address: \"{}\"}}]\n",
             app.addr
         ),
     )
