@@ -275,6 +275,66 @@ async fn envoy_and_weft_sidecars_talk_mtls_both_ways_under_weft_control() {
     assert!(body.contains(&format!("URI={RATINGS}")), "{body}");
     assert!(body.contains(&format!("By={REVIEWS}")), "{body}");
 
+    // openssl, with a mesh client certificate, verifies weft's inbound chain against the mesh
+    // root and sees ratings' SPIFFE ID.
+    if peers::runs("openssl", "version") {
+        let out = Command::new(WEFT)
+            .args(["identity", "fetch", "--ca-address", &xds.to_string(), "--token-file"])
+            .arg(token(&dir, "default/productpage"))
+            .arg("--out-dir")
+            .arg(dir.join("client"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let mut s_client = Command::new("timeout")
+            .args([
+                "10",
+                "openssl",
+                "s_client",
+                "-connect",
+                &weft_in.to_string(),
+                "-verify_return_error",
+                "-ign_eof",
+                "-CAfile",
+            ])
+            .arg(dir.join("ca/root-cert.pem"))
+            .arg("-cert")
+            .arg(dir.join("client/cert-chain.pem"))
+            .arg("-key")
+            .arg(dir.join("client/key.pem"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = s_client.stdin.take().unwrap();
+            let _ = stdin.write_all(b"GET /openssl HTTP/1.1\r\nHost: ratings\r\nConnection: close\r\n\r\n");
+        }
+        let out = s_client.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+        assert!(
+            text.contains("ratings app; xfcc=")
+                && text.contains("URI=spiffe://cluster.local/ns/default/sa/productpage"),
+            "{text}"
+        );
+        let pem = dir.join("served.pem");
+        let start = text
+            .find("-----BEGIN CERTIFICATE-----")
+            .expect("the server's certificate");
+        let end = text[start..].find("-----END CERTIFICATE-----").unwrap() + start + 25;
+        std::fs::write(&pem, format!("{}\n", &text[start..end])).unwrap();
+        let x = Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&pem)
+            .output()
+            .unwrap();
+        let sans = String::from_utf8_lossy(&x.stdout);
+        assert!(sans.contains(&format!("URI:{RATINGS}")), "{sans}");
+    }
+
     // weft's admin page names its identity.
     let page = get(weft_admin, "/");
     assert!(
