@@ -22,7 +22,7 @@ pub mod sign;
 pub mod suite;
 
 pub use kx::{CURVE_SM2, CURVE_SM2_ID};
-pub use sign::{sm2sig_sm3, Sm2KeyProvider, Sm2SigningKey, SM2SIG_SM3_ID, SM2_SM3_CERT, SM2_SM3_TLS13};
+pub use sign::{is_sm2, sm2sig_sm3, Sm2KeyProvider, Sm2SigningKey, SM2SIG_SM3_ID, SM2_SM3_CERT, SM2_SM3_TLS13};
 pub use suite::{TLS13_SM4_GCM_SM3, TLS_SM4_GCM_SM3_ID};
 
 use rustls::crypto::{CryptoProvider, GetRandomFailed, SecureRandom, WebPkiSupportedAlgorithms};
@@ -84,7 +84,18 @@ pub fn with_sm(base: CryptoProvider) -> CryptoProvider {
     }
 }
 
-/// Whether a ClientHello can do ShangMi: it offers `TLS_SM4_GCM_SM3` and `sm2sig_sm3`.
-pub fn client_hello_offers_sm(suites: &[rustls::CipherSuite], schemes: &[SignatureScheme]) -> bool {
-    suites.contains(&rustls::CipherSuite::Unknown(TLS_SM4_GCM_SM3_ID)) && schemes.contains(&sm2sig_sm3())
+/// Whether a ClientHello asks for ShangMi: it offers `sm2sig_sm3`, and `TLS_SM4_GCM_SM3` comes
+/// before every suite of `others` (the server's other suites) in its list, so a server that follows
+/// the client's order negotiates the SM suite and should present its SM2 certificate.
+pub fn client_hello_prefers_sm(
+    suites: &[rustls::CipherSuite],
+    schemes: &[SignatureScheme],
+    others: &[rustls::CipherSuite],
+) -> bool {
+    let sm = rustls::CipherSuite::Unknown(TLS_SM4_GCM_SM3_ID);
+    schemes.contains(&sm2sig_sm3())
+        && suites
+            .iter()
+            .find(|s| **s == sm || others.contains(s))
+            .is_some_and(|s| *s == sm)
 }

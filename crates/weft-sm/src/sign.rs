@@ -140,6 +140,23 @@ pub fn spki(key: &sm2::PublicKey) -> spki::SubjectPublicKeyInfoOwned {
     }
 }
 
+/// Whether `key` (a loaded rustls signing key) is an SM2 key: its SubjectPublicKeyInfo is
+/// id-ecPublicKey on the SM2 curve.
+pub fn is_sm2(key: &dyn SigningKey) -> bool {
+    key.public_key().is_some_and(|spki| is_sm2_spki(spki.as_ref()))
+}
+
+/// Whether a DER SubjectPublicKeyInfo is an SM2 public key.
+pub fn is_sm2_spki(spki_der: &[u8]) -> bool {
+    spki::SubjectPublicKeyInfoRef::from_der(spki_der).is_ok_and(|s| {
+        s.algorithm.oid == ID_EC_PUBLIC_KEY
+            && s.algorithm
+                .parameters
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok())
+                .is_some_and(|o| o == SM2_CURVE)
+    })
+}
+
 /// Signs `message` with SM2-with-SM3 under `id`, DER-encoded.
 pub fn sign_with_id(key: &sm2::SecretKey, id: &str, message: &[u8]) -> Result<Vec<u8>, Error> {
     let signer = dsa::SigningKey::new(id, key).map_err(|e| Error::General(format!("SM2 signing key: {e}")))?;

@@ -3,6 +3,7 @@
 use crate::error::TlsError;
 use crate::mesh::{MeshClientResolver, MeshClientVerifier, MeshIdentity, StaticClientCert};
 use crate::verify::{NamingVerifier, Roots};
+use crate::Suite;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
@@ -20,12 +21,13 @@ pub enum TlsVersion {
 }
 
 impl TlsVersion {
-    fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
+    /// The versions for `suites`: ShangMi alone is TLS 1.3 only (RFC 8998 defines no TLS 1.2 suite).
+    fn versions(self, suites: &[Suite]) -> &'static [&'static SupportedProtocolVersion] {
         static BOTH: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
         static V13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
         match self {
-            TlsVersion::V12 => &BOTH,
-            TlsVersion::V13 => &V13,
+            TlsVersion::V12 if suites.contains(&Suite::Standard) => &BOTH,
+            _ => &V13,
         }
     }
 }
@@ -47,6 +49,8 @@ pub struct ServerSettings {
     pub alpn: Vec<Vec<u8>>,
     pub min_version: TlsVersion,
     pub client_auth: ClientAuth,
+    /// The suite families offered, most preferred first (the client's order decides).
+    pub suites: Vec<Suite>,
 }
 
 /// A listener's server configuration. `field` names the block for errors (`tls`).
@@ -55,8 +59,11 @@ pub fn server_config(
     s: &ServerSettings,
     field: &str,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let builder = ServerConfig::builder_with_provider(crate::provider())
-        .with_protocol_versions(s.min_version.versions())
+    if s.suites.is_empty() {
+        return Err(TlsError::invalid(format!("{field}suites"), "no suite family"));
+    }
+    let builder = ServerConfig::builder_with_provider(crate::provider_for(&s.suites))
+        .with_protocol_versions(s.min_version.versions(&s.suites))
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?;
     let builder = match &s.client_auth {
         ClientAuth::None => builder.with_no_client_auth(),
@@ -98,7 +105,7 @@ pub enum ClientCert {
 }
 
 /// A cluster's client configuration: chain verified against `trust`; identity checked against
-/// `allowed_sans` when non-empty (secure naming), else against the server name.
+/// `allowed_sans` when non-empty (secure naming), else against the server name. Standard suites.
 pub fn client_config(
     trust: Trust,
     allowed_sans: Vec<String>,
@@ -107,6 +114,22 @@ pub fn client_config(
     min_version: TlsVersion,
     field: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_suites(trust, allowed_sans, cert, alpn, min_version, &[Suite::Standard], field)
+}
+
+/// [`client_config`] offering `suites`, most preferred first.
+pub fn client_config_with_suites(
+    trust: Trust,
+    allowed_sans: Vec<String>,
+    cert: ClientCert,
+    alpn: Vec<Vec<u8>>,
+    min_version: TlsVersion,
+    suites: &[Suite],
+    field: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    if suites.is_empty() {
+        return Err(TlsError::invalid(format!("{field}suites"), "no suite family"));
+    }
     let verifier = match trust {
         Trust::Roots(r) => NamingVerifier::new(
             Roots::fixed(r).map_err(|e| TlsError::invalid(format!("{field}trusted_ca_file"), e))?,
@@ -115,8 +138,8 @@ pub fn client_config(
         Trust::Mesh(m) if allowed_sans.is_empty() => NamingVerifier::any_identity(Roots::Mesh(m)),
         Trust::Mesh(m) => NamingVerifier::new(Roots::Mesh(m), allowed_sans),
     };
-    let builder = ClientConfig::builder_with_provider(crate::provider())
-        .with_protocol_versions(min_version.versions())
+    let builder = ClientConfig::builder_with_provider(crate::provider_for(suites))
+        .with_protocol_versions(min_version.versions(suites))
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
