@@ -125,6 +125,10 @@ pub struct CaArgs {
     /// The longest lifetime a request may ask for.
     #[arg(long, default_value = "168h", value_parser = weft_config::duration::parse)]
     pub svid_max_ttl: Duration,
+    /// Also run an SM2 root (ShangMi, generated in --ca-dir at first use) and issue SM2
+    /// certificates for CSRs whose key is SM2.
+    #[arg(long, requires = "ca_dir")]
+    pub ca_sm2: bool,
 }
 
 impl CaArgs {
@@ -137,6 +141,7 @@ impl CaArgs {
         o.trust_domain = self.trust_domain.clone();
         o.svid_ttl = self.svid_ttl;
         o.svid_max_ttl = self.svid_max_ttl;
+        o.sm2 = self.ca_sm2;
         Some(o)
     }
 }

@@ -21,6 +21,8 @@ pub mod kx;
 pub mod sign;
 pub mod suite;
 
+pub use sm2;
+
 pub use kx::{CURVE_SM2, CURVE_SM2_ID};
 pub use sign::{is_sm2, sm2sig_sm3, Sm2KeyProvider, Sm2SigningKey, SM2SIG_SM3_ID, SM2_SM3_CERT, SM2_SM3_TLS13};
 pub use suite::{TLS13_SM4_GCM_SM3, TLS_SM4_GCM_SM3_ID};
