@@ -42,6 +42,7 @@ fn certs() -> Certs {
     p.dns_names = vec!["a.example.com".into(), "sm.example.com".into()];
     let leaf = sm_root.issue(&p).unwrap();
     dir.write("sm-root.crt", &sm_root.cert_pem());
+    dir.write("sm-root.key", &sm_root.key_pem());
     dir.write("sm.crt", &leaf.cert_pem());
     dir.write("sm.key", &leaf.key_pem());
     Certs { dir }
@@ -259,4 +260,90 @@ async fn sm_and_sm2_certificates_go_together() {
         e.starts_with("listeners[0].tls.certificates[1].cert_file:") && e.contains("needs `sm`"),
         "{e}"
     );
+}
+
+/// Mutual TLS on an SM-only listener: Tongsuo with a client certificate from the listener's SM2
+/// root gets through (the app sees its SPIFFE ID in x-forwarded-client-cert); one from another
+/// SM2 root is refused at the handshake and counted as `untrusted`.
+#[tokio::test]
+async fn sm_mutual_tls_with_tongsuo_clients() {
+    let Some(bin) = tongsuo() else { return };
+    let c = certs();
+    let root_pem = std::fs::read_to_string(c.dir.join("sm-root.crt")).unwrap();
+    let root_key = std::fs::read_to_string(c.dir.join("sm-root.key")).unwrap();
+    let root = Sm2Cert::from_parts(
+        weft_tls::pem::certs_from_pem(root_pem.as_bytes()).unwrap()[0].to_vec(),
+        weft_sm::cert::secret_key_from_pem(&root_key).unwrap(),
+    )
+    .unwrap();
+    let mut p = Params::leaf("", DAY);
+    p.uris = vec!["spiffe://sm.test/ns/default/sa/tongsuo".into()];
+    let good = root.issue(&p).unwrap();
+    c.dir.write("good.crt", &good.cert_pem());
+    c.dir.write("good.key", &good.key_pem());
+    let stranger_root = Sm2Cert::self_signed(&Params::ca("stranger SM2 root", DAY)).unwrap();
+    let bad = stranger_root.issue(&p).unwrap();
+    c.dir.write("bad.crt", &bad.cert_pem());
+    c.dir.write("bad.key", &bad.key_pem());
+
+    let up = upstream(|s| async move {
+        let xfcc = s
+            .headers
+            .get("x-forwarded-client-cert")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        text(200, &format!("xfcc={xfcc}"))
+    })
+    .await;
+    let yaml = listener_yaml(&c, up.addr, "[{ cert_file: {d}/sm.crt, key_file: {d}/sm.key }]", "[sm]").replace(
+        "      suites: [sm]\n",
+        &format!(
+            "      suites: [sm]\n      require_client_certificate: true\n      trusted_ca_file: {}\n      forward_client_cert: sanitize_set\n",
+            c.dir.join("sm-root.crt").display()
+        ),
+    );
+    let proxy = start_proxy(&yaml);
+    let port = proxy.listener_addr("web").unwrap().port();
+    let client = |cert: &str, key: &str| -> Vec<String> {
+        [
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "a.example.com",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(SM_FLAGS.iter().map(|s| s.to_string()))
+        .chain([
+            "-CAfile".into(),
+            c.dir.join("sm-root.crt").display().to_string(),
+            "-cert".into(),
+            c.dir.join(cert).display().to_string(),
+            "-key".into(),
+            c.dir.join(key).display().to_string(),
+            "-ign_eof".into(),
+        ])
+        .collect()
+    };
+    let req = b"GET /who HTTP/1.1\r\nHost: a.example.com\r\nConnection: close\r\n\r\n";
+    let (_, out) = run_tongsuo(&bin, &client("good.crt", "good.key"), req).await;
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    assert!(out.contains("URI=spiffe://sm.test/ns/default/sa/tongsuo"), "{out}");
+
+    let (_, out) = run_tongsuo(&bin, &client("bad.crt", "bad.key"), req).await;
+    assert!(!out.contains("HTTP/1.1 200"), "{out}");
+    let mut n = None;
+    for _ in 0..50 {
+        n = stat(
+            &proxy,
+            "weft_tls_handshake_failures_total{side=\"downstream\",name=\"web\",reason=\"untrusted\"}",
+        )
+        .await;
+        if n.unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(n.unwrap_or(0.0) >= 1.0, "{n:?}");
 }

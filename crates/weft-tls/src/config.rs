@@ -2,8 +2,10 @@
 
 use crate::error::TlsError;
 use crate::mesh::{MeshClientResolver, MeshClientVerifier, MeshIdentity, StaticClientCert};
-use crate::verify::{NamingVerifier, Roots};
+use crate::verify::{NamingVerifier, Roots, SmOnlySchemes};
 use crate::Suite;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
@@ -65,22 +67,28 @@ pub fn server_config(
     let builder = ServerConfig::builder_with_provider(crate::provider_for(&s.suites))
         .with_protocol_versions(s.min_version.versions(&s.suites))
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?;
-    let builder = match &s.client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = match &s.client_auth {
+        ClientAuth::None => None,
         ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
             let mut v = WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider());
             if matches!(s.client_auth, ClientAuth::Optional(_)) {
                 v = v.allow_unauthenticated();
             }
-            let v = v
-                .build()
-                .map_err(|e| TlsError::invalid(format!("{field}client_certificate.trusted_ca_file"), e))?;
-            builder.with_client_cert_verifier(v)
+            Some(
+                v.build()
+                    .map_err(|e| TlsError::invalid(format!("{field}client_certificate.trusted_ca_file"), e))?,
+            )
         }
-        ClientAuth::Mesh(mesh) => builder.with_client_cert_verifier(Arc::new(MeshClientVerifier {
+        ClientAuth::Mesh(mesh) => Some(Arc::new(MeshClientVerifier {
             mesh: mesh.clone(),
             mandatory: true,
         })),
+    };
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        // ShangMi alone: the CertificateRequest lists sm2sig_sm3 only (RFC 8998 §3.1).
+        Some(v) if s.suites == [Suite::Sm] => builder.with_client_cert_verifier(Arc::new(SmOnlySchemes(v))),
+        Some(v) => builder.with_client_cert_verifier(v),
     };
     let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = s.alpn.clone();
@@ -142,7 +150,12 @@ pub fn client_config_with_suites(
         .with_protocol_versions(min_version.versions(suites))
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
+        .with_custom_certificate_verifier(if suites == [Suite::Sm] {
+            // ShangMi alone: the ClientHello lists sm2sig_sm3 only (RFC 8998 §3.1).
+            Arc::new(SmOnlySchemes(Arc::new(verifier) as Arc<dyn ServerCertVerifier>))
+        } else {
+            Arc::new(verifier)
+        });
     let mut cfg = match cert {
         ClientCert::None => builder.with_no_client_auth(),
         ClientCert::Static(k) => builder.with_client_cert_resolver(Arc::new(StaticClientCert(k))),
