@@ -32,6 +32,9 @@ pub struct RawListenerTls {
     /// PERMISSIVE: how long to wait for a connection's first bytes before treating it as
     /// plaintext. Default 200ms.
     pub detect_timeout: Option<String>,
+    /// Suite families offered: `standard` (default) and/or `sm` (ShangMi, RFC 8998: needs an SM2
+    /// certificate among `certificates`, served to clients that prefer TLS_SM4_GCM_SM3).
+    pub suites: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -57,6 +60,9 @@ pub struct RawClusterTls {
     /// Default: h2 for protocol http2, http/1.1 for http1.
     pub alpn: Option<Vec<String>>,
     pub min_version: Option<String>,
+    /// Suite families offered, most preferred first: `standard` (default) and/or `sm` (ShangMi,
+    /// RFC 8998).
+    pub suites: Option<Vec<String>>,
 }
 
 // ---- validated ----
@@ -77,6 +83,16 @@ pub enum TlsMinVersion {
     V12,
     #[serde(rename = "1.3")]
     V13,
+}
+
+/// A family of cipher suites.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsSuite {
+    /// AES-GCM and ChaCha20-Poly1305 (TLS 1.3 and 1.2), X25519 and NIST curves, RSA/ECDSA/Ed25519.
+    Standard,
+    /// ShangMi (RFC 8998): TLS 1.3 TLS_SM4_GCM_SM3, curveSM2, sm2sig_sm3.
+    Sm,
 }
 
 /// Envoy's `forward_client_cert_details`.
@@ -115,6 +131,8 @@ pub struct ListenerTls {
     pub forward_client_cert: ForwardClientCert,
     #[serde(serialize_with = "ser_dur")]
     pub detect_timeout: Duration,
+    /// Most preferred first; never empty.
+    pub suites: Vec<TlsSuite>,
 }
 
 impl ListenerTls {
@@ -143,6 +161,8 @@ pub struct ClusterTls {
     pub key_file: Option<PathBuf>,
     pub alpn: Vec<String>,
     pub min_version: TlsMinVersion,
+    /// Most preferred first; never empty.
+    pub suites: Vec<TlsSuite>,
 }
 
 fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -184,6 +204,40 @@ fn min_version(errors: &mut Vec<FieldError>, path: &str, v: &Option<String>) -> 
             TlsMinVersion::V12
         }
     }
+}
+
+fn suites(errors: &mut Vec<FieldError>, path: &str, v: &Option<Vec<String>>) -> Vec<TlsSuite> {
+    let Some(v) = v else {
+        return vec![TlsSuite::Standard];
+    };
+    if v.is_empty() {
+        err(errors, path, "at least one suite family (standard, sm) is required");
+        return vec![TlsSuite::Standard];
+    }
+    let mut out = Vec::new();
+    for (i, name) in v.iter().enumerate() {
+        let s = match name.to_ascii_lowercase().as_str() {
+            "standard" => TlsSuite::Standard,
+            "sm" | "shangmi" => TlsSuite::Sm,
+            _ => {
+                err(
+                    errors,
+                    &format!("{path}[{i}]"),
+                    format!("unknown suite family {name:?} (standard or sm)"),
+                );
+                continue;
+            }
+        };
+        if out.contains(&s) {
+            err(errors, &format!("{path}[{i}]"), format!("{name:?} is listed twice"));
+            continue;
+        }
+        out.push(s);
+    }
+    if out.is_empty() {
+        out.push(TlsSuite::Standard);
+    }
+    out
 }
 
 fn alpn(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> Vec<String> {
@@ -291,7 +345,16 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>
             }
         },
     };
+    let suites = suites(errors, &format!("{path}.suites"), &t.suites);
+    if suites.contains(&TlsSuite::Sm) && t.certificates.is_empty() {
+        err(
+            errors,
+            &format!("{path}.suites"),
+            "sm needs an SM2 certificate in certificates (a mesh listener serves the workload's ECDSA identity)",
+        );
+    }
     ListenerTls {
+        suites,
         mode,
         certificates,
         alpn: match &t.alpn {
@@ -388,7 +451,16 @@ pub fn cluster_tls(
             }
         },
     };
+    let suites = suites(errors, &format!("{path}.suites"), &t.suites);
+    if suites.contains(&TlsSuite::Sm) && mode == ClusterTlsMode::Mesh {
+        err(
+            errors,
+            &format!("{path}.suites"),
+            "sm needs SM2 trust roots (trusted_ca_file); mode mesh uses the workload's ECDSA identity",
+        );
+    }
     ClusterTls {
+        suites,
         mode,
         sni,
         trusted_ca_file,

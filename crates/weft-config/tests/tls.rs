@@ -69,3 +69,40 @@ fn tls_on_tcp_proxy_is_refused() {
     let e = weft_config::from_yaml(y).unwrap_err().to_string();
     assert!(e.contains("listeners[0].tls: TLS termination applies to HTTP"), "{e}");
 }
+
+#[test]
+fn suite_families() {
+    let y = base(
+        "    tls:\n      certificates:\n        - { cert_file: ec.crt, key_file: ec.key }\n        - { cert_file: sm.crt, key_file: sm.key }\n      suites: [standard, sm]\n",
+        "    tls: { sni: api.example.com, trusted_ca_file: sm-root.pem, suites: [SM] }\n",
+    );
+    let c = weft_config::from_yaml(&y).unwrap();
+    assert_eq!(
+        c.listeners[0].tls.as_ref().unwrap().suites,
+        vec![TlsSuite::Standard, TlsSuite::Sm]
+    );
+    assert_eq!(c.clusters[0].tls.as_ref().unwrap().suites, vec![TlsSuite::Sm]);
+    // Default: standard only.
+    let c = weft_config::from_yaml(&base("    tls: { mode: PERMISSIVE }\n", "")).unwrap();
+    assert_eq!(c.listeners[0].tls.as_ref().unwrap().suites, vec![TlsSuite::Standard]);
+}
+
+#[test]
+fn suite_errors_name_the_field() {
+    let y = base(
+        "    tls:\n      suites: [sm, gost, sm]\n",
+        "    tls: { mode: mesh, suites: [] }\n",
+    );
+    let e = weft_config::from_yaml(&y).unwrap_err().to_string();
+    for want in [
+        "listeners[0].tls.suites[1]: unknown suite family \"gost\"",
+        "listeners[0].tls.suites[2]: \"sm\" is listed twice",
+        "listeners[0].tls.suites: sm needs an SM2 certificate in certificates",
+        "clusters[0].tls.suites: at least one suite family",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    let y = base("", "    tls: { mode: mesh, suites: [sm] }\n");
+    let e = weft_config::from_yaml(&y).unwrap_err().to_string();
+    assert!(e.contains("clusters[0].tls.suites: sm needs SM2 trust roots"), "{e}");
+}

@@ -137,6 +137,10 @@ pub struct CaArgs {
     /// only) or DISABLE (plaintext). Needs --ca-dir.
     #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls, requires = "ca_dir")]
     pub mtls: crate::model::MtlsMode,
+    /// Also run an SM2 root (ShangMi, generated in --ca-dir at first use) and issue SM2
+    /// certificates for CSRs whose key is SM2.
+    #[arg(long, requires = "ca_dir")]
+    pub ca_sm2: bool,
 }
 
 fn parse_mtls(s: &str) -> Result<crate::model::MtlsMode, String> {
@@ -153,6 +157,7 @@ impl CaArgs {
         o.trust_domain = self.trust_domain.clone();
         o.svid_ttl = self.svid_ttl;
         o.svid_max_ttl = self.svid_max_ttl;
+        o.sm2 = self.ca_sm2;
         Some(o)
     }
 }

@@ -19,7 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use weft_config::tls::{ForwardClientCert, ListenerTls, TlsMinVersion, TlsMode};
+use weft_config::tls::{ForwardClientCert, ListenerTls, TlsMinVersion, TlsMode, TlsSuite};
 use weft_config::Codec;
 use weft_tls::stats::{HandshakeCounters, Side, TlsStats};
 use weft_tls::{FailureReason, MeshIdentity, PeerIdentity, TlsError};
@@ -67,6 +67,15 @@ fn min_version(v: TlsMinVersion) -> weft_tls::TlsVersion {
     }
 }
 
+fn suites(v: &[TlsSuite]) -> Vec<weft_tls::Suite> {
+    v.iter()
+        .map(|s| match s {
+            TlsSuite::Standard => weft_tls::Suite::Standard,
+            TlsSuite::Sm => weft_tls::Suite::Sm,
+        })
+        .collect()
+}
+
 /// Builds what a cluster's `tls` block asks for: the connector its connections use. `field` is
 /// the block's path for errors (`clusters[0].tls.`).
 pub fn cluster_connector(
@@ -96,12 +105,13 @@ pub fn cluster_connector(
             (weft_tls::Trust::Roots(roots), cert)
         }
     };
-    let cfg = weft_tls::client_config(
+    let cfg = weft_tls::client_config_with_suites(
         trust,
         t.subject_alt_names.clone(),
         cert,
         t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect(),
         min_version(t.min_version),
+        &suites(&t.suites),
         field,
     )?;
     Ok(weft_tls::Connector::new(cfg, &t.sni, field)?.with_counters(state.stats.counters(Side::Upstream, cluster)))
@@ -140,6 +150,20 @@ impl ListenerTlsRt {
                     })
                     .collect();
                 let r = weft_tls::SniResolver::from_files(&files)?;
+                // ShangMi needs an SM2 certificate, and an SM2 certificate needs ShangMi offered.
+                let sm = cfg.suites.contains(&TlsSuite::Sm);
+                if sm && !r.has_sm() {
+                    return Err(TlsError::Invalid {
+                        field: format!("{field}suites"),
+                        reason: "sm is offered but no certificate is an SM2 one".into(),
+                    });
+                }
+                if let Some(f) = r.sm_fields().first().filter(|_| !sm) {
+                    return Err(TlsError::Invalid {
+                        field: format!("{f}cert_file"),
+                        reason: "an SM2 certificate needs `sm` in the listener's tls.suites".into(),
+                    });
+                }
                 let auth = match &cfg.trusted_ca_file {
                     Some(ca) => {
                         let roots = weft_tls::pem::read_roots(&format!("{field}trusted_ca_file"), ca)?;
@@ -157,6 +181,7 @@ impl ListenerTlsRt {
             alpn: cfg.alpn.iter().map(|a| a.as_bytes().to_vec()).collect(),
             min_version: min_version(cfg.min_version),
             client_auth,
+            suites: suites(&cfg.suites),
         };
         let server = weft_tls::server_config(cert_resolver, &settings, field)?;
         Ok(ListenerTlsRt {

@@ -2,7 +2,10 @@
 
 use crate::error::TlsError;
 use crate::mesh::{MeshClientResolver, MeshClientVerifier, MeshIdentity, StaticClientCert};
-use crate::verify::{NamingVerifier, Roots};
+use crate::verify::{NamingVerifier, Roots, SmOnlySchemes};
+use crate::Suite;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
@@ -20,12 +23,13 @@ pub enum TlsVersion {
 }
 
 impl TlsVersion {
-    fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
+    /// The versions for `suites`: ShangMi alone is TLS 1.3 only (RFC 8998 defines no TLS 1.2 suite).
+    fn versions(self, suites: &[Suite]) -> &'static [&'static SupportedProtocolVersion] {
         static BOTH: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
         static V13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
         match self {
-            TlsVersion::V12 => &BOTH,
-            TlsVersion::V13 => &V13,
+            TlsVersion::V12 if suites.contains(&Suite::Standard) => &BOTH,
+            _ => &V13,
         }
     }
 }
@@ -47,6 +51,8 @@ pub struct ServerSettings {
     pub alpn: Vec<Vec<u8>>,
     pub min_version: TlsVersion,
     pub client_auth: ClientAuth,
+    /// The suite families offered, most preferred first (the client's order decides).
+    pub suites: Vec<Suite>,
 }
 
 /// A listener's server configuration. `field` names the block for errors (`tls`).
@@ -55,25 +61,34 @@ pub fn server_config(
     s: &ServerSettings,
     field: &str,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let builder = ServerConfig::builder_with_provider(crate::provider())
-        .with_protocol_versions(s.min_version.versions())
+    if s.suites.is_empty() {
+        return Err(TlsError::invalid(format!("{field}suites"), "no suite family"));
+    }
+    let builder = ServerConfig::builder_with_provider(crate::provider_for(&s.suites))
+        .with_protocol_versions(s.min_version.versions(&s.suites))
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?;
-    let builder = match &s.client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = match &s.client_auth {
+        ClientAuth::None => None,
         ClientAuth::Optional(roots) | ClientAuth::Required(roots) => {
             let mut v = WebPkiClientVerifier::builder_with_provider(roots.clone(), crate::provider());
             if matches!(s.client_auth, ClientAuth::Optional(_)) {
                 v = v.allow_unauthenticated();
             }
-            let v = v
-                .build()
-                .map_err(|e| TlsError::invalid(format!("{field}client_certificate.trusted_ca_file"), e))?;
-            builder.with_client_cert_verifier(v)
+            Some(
+                v.build()
+                    .map_err(|e| TlsError::invalid(format!("{field}client_certificate.trusted_ca_file"), e))?,
+            )
         }
-        ClientAuth::Mesh(mesh) => builder.with_client_cert_verifier(Arc::new(MeshClientVerifier {
+        ClientAuth::Mesh(mesh) => Some(Arc::new(MeshClientVerifier {
             mesh: mesh.clone(),
             mandatory: true,
         })),
+    };
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        // ShangMi alone: the CertificateRequest lists sm2sig_sm3 only (RFC 8998 §3.1).
+        Some(v) if s.suites == [Suite::Sm] => builder.with_client_cert_verifier(Arc::new(SmOnlySchemes(v))),
+        Some(v) => builder.with_client_cert_verifier(v),
     };
     let mut cfg = builder.with_cert_resolver(resolver);
     cfg.alpn_protocols = s.alpn.clone();
@@ -98,7 +113,7 @@ pub enum ClientCert {
 }
 
 /// A cluster's client configuration: chain verified against `trust`; identity checked against
-/// `allowed_sans` when non-empty (secure naming), else against the server name.
+/// `allowed_sans` when non-empty (secure naming), else against the server name. Standard suites.
 pub fn client_config(
     trust: Trust,
     allowed_sans: Vec<String>,
@@ -107,6 +122,22 @@ pub fn client_config(
     min_version: TlsVersion,
     field: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_suites(trust, allowed_sans, cert, alpn, min_version, &[Suite::Standard], field)
+}
+
+/// [`client_config`] offering `suites`, most preferred first.
+pub fn client_config_with_suites(
+    trust: Trust,
+    allowed_sans: Vec<String>,
+    cert: ClientCert,
+    alpn: Vec<Vec<u8>>,
+    min_version: TlsVersion,
+    suites: &[Suite],
+    field: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    if suites.is_empty() {
+        return Err(TlsError::invalid(format!("{field}suites"), "no suite family"));
+    }
     let verifier = match trust {
         Trust::Roots(r) => NamingVerifier::new(
             Roots::fixed(r).map_err(|e| TlsError::invalid(format!("{field}trusted_ca_file"), e))?,
@@ -115,11 +146,16 @@ pub fn client_config(
         Trust::Mesh(m) if allowed_sans.is_empty() => NamingVerifier::any_identity(Roots::Mesh(m)),
         Trust::Mesh(m) => NamingVerifier::new(Roots::Mesh(m), allowed_sans),
     };
-    let builder = ClientConfig::builder_with_provider(crate::provider())
-        .with_protocol_versions(min_version.versions())
+    let builder = ClientConfig::builder_with_provider(crate::provider_for(suites))
+        .with_protocol_versions(min_version.versions(suites))
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier));
+        .with_custom_certificate_verifier(if suites == [Suite::Sm] {
+            // ShangMi alone: the ClientHello lists sm2sig_sm3 only (RFC 8998 §3.1).
+            Arc::new(SmOnlySchemes(Arc::new(verifier) as Arc<dyn ServerCertVerifier>))
+        } else {
+            Arc::new(verifier)
+        });
     let mut cfg = match cert {
         ClientCert::None => builder.with_no_client_auth(),
         ClientCert::Static(k) => builder.with_client_cert_resolver(Arc::new(StaticClientCert(k))),

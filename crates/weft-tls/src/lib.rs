@@ -1,4 +1,5 @@
-//! TLS for weft's data plane, on rustls with the *ring* provider.
+//! TLS for weft's data plane, on rustls with the *ring* provider plus ShangMi (RFC 8998,
+//! `weft-sm`) where a listener or cluster asks for it ([`Suite`]).
 //!
 //! - [`pem`]: certificates, keys and trust roots from PEM files, with errors naming the field.
 //! - [`resolver`]: server certificates chosen by SNI, reloaded from their files when they change.
@@ -23,7 +24,10 @@ pub mod stats;
 pub mod testcerts;
 pub mod verify;
 
-pub use config::{client_config, server_config, ClientAuth, ClientCert, Connector, ServerSettings, TlsVersion, Trust};
+pub use config::{
+    client_config, client_config_with_suites, server_config, ClientAuth, ClientCert, Connector, ServerSettings,
+    TlsVersion, Trust,
+};
 pub use error::TlsError;
 pub use mesh::MeshIdentity;
 pub use peer::{FailureReason, PeerIdentity};
@@ -33,9 +37,53 @@ pub use tokio_rustls;
 
 use std::sync::{Arc, OnceLock};
 
-/// The crypto provider every weft TLS configuration uses (*ring*).
+/// The provider weft verifies certificates and loads keys with: *ring* plus ShangMi (SM2 keys,
+/// SM2 certificate chains, `sm2sig_sm3`). Which suites a configuration negotiates is
+/// [`provider_for`]'s.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static P: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    P.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+    P.get_or_init(|| Arc::new(weft_sm::with_sm(rustls::crypto::ring::default_provider())))
         .clone()
+}
+
+/// A family of cipher suites a listener or cluster offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Suite {
+    /// *ring*'s TLS 1.3 and 1.2 suites (AES-GCM, ChaCha20-Poly1305), X25519 and the NIST curves.
+    Standard,
+    /// RFC 8998: TLS 1.3 `TLS_SM4_GCM_SM3` with `curveSM2` (needs an SM2 certificate on a listener).
+    Sm,
+}
+
+/// [`provider`] negotiating `suites`, in that order of preference (their suites and key exchange
+/// groups; a client sends its first key share for the first family's first group). Verification
+/// and keys are [`provider`]'s whatever the suites.
+pub fn provider_for(suites: &[Suite]) -> Arc<rustls::crypto::CryptoProvider> {
+    type Cache = parking_lot::Mutex<Vec<(Vec<Suite>, Arc<rustls::crypto::CryptoProvider>)>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut cache = cache.lock();
+    if let Some((_, p)) = cache.iter().find(|(s, _)| s == suites) {
+        return p.clone();
+    }
+    let all = provider();
+    let standard = rustls::crypto::ring::default_provider();
+    let mut p = (*all).clone();
+    p.cipher_suites.clear();
+    p.kx_groups.clear();
+    for s in suites {
+        match s {
+            Suite::Standard => {
+                p.cipher_suites.extend(standard.cipher_suites.iter().copied());
+                p.kx_groups.extend(standard.kx_groups.iter().copied());
+            }
+            Suite::Sm => {
+                p.cipher_suites.push(weft_sm::TLS13_SM4_GCM_SM3);
+                p.kx_groups.push(&weft_sm::CURVE_SM2);
+            }
+        }
+    }
+    let p = Arc::new(p);
+    cache.push((suites.to_vec(), p.clone()));
+    p
 }

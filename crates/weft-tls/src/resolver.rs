@@ -27,6 +27,9 @@ pub struct CertFiles {
 #[derive(Debug)]
 struct Entry {
     files: CertFiles,
+    /// An SM2 certificate (ShangMi), served to ClientHellos that prefer `TLS_SM4_GCM_SM3`. Fixed at
+    /// load: a reload that changes the key type is refused.
+    sm: bool,
     key: ArcSwap<CertifiedKey>,
     /// Modification times of (cert, key) when last loaded.
     mtimes: ArcSwap<(Option<SystemTime>, Option<SystemTime>)>,
@@ -38,10 +41,24 @@ fn mtimes(f: &CertFiles) -> (Option<SystemTime>, Option<SystemTime>) {
 }
 
 /// Picks a certificate by the ClientHello's server name: an exact name, then a wildcard, then the
-/// first certificate without `server_names` (else the first certificate).
+/// first certificate without `server_names` (else the first certificate). Among the certificates
+/// of the chosen kind of match, an SM2 one when the ClientHello prefers ShangMi
+/// ([`weft_sm::client_hello_prefers_sm`]), else a standard one (else whichever there is).
 #[derive(Debug)]
 pub struct SniResolver {
     entries: Vec<Entry>,
+}
+
+/// The standard suites' ids (*ring*'s), against which a ClientHello's preference for SM is judged.
+fn standard_suite_ids() -> &'static [rustls::CipherSuite] {
+    static IDS: std::sync::OnceLock<Vec<rustls::CipherSuite>> = std::sync::OnceLock::new();
+    IDS.get_or_init(|| {
+        rustls::crypto::ring::default_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect()
+    })
 }
 
 impl SniResolver {
@@ -59,6 +76,7 @@ impl SniResolver {
             let key = crate::pem::load_certified_key(&f.field, &f.cert_file, &f.key_file)?;
             entries.push(Entry {
                 files: f.clone(),
+                sm: weft_sm::is_sm2(key.key.as_ref()),
                 key: ArcSwap::new(key),
                 mtimes: ArcSwap::from_pointee(times),
             });
@@ -77,6 +95,12 @@ impl SniResolver {
             }
             e.mtimes.store(Arc::new(now));
             match crate::pem::load_certified_key(&e.files.field, &e.files.cert_file, &e.files.key_file) {
+                Ok(k) if weft_sm::is_sm2(k.key.as_ref()) != e.sm => {
+                    tracing::error!(
+                        cert_file = %e.files.cert_file.display(),
+                        "TLS certificate change refused: it changes the key type (SM2 / standard); the previous certificate keeps serving"
+                    );
+                }
                 Ok(k) => {
                     e.key.store(k);
                     n += 1;
@@ -90,11 +114,38 @@ impl SniResolver {
         n
     }
 
-    /// The certificate for `sni`.
+    /// The (standard, when there is one) certificate for `sni`.
     pub fn select(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.select_kind(sni, false)
+    }
+
+    /// Whether any certificate is an SM2 one.
+    pub fn has_sm(&self) -> bool {
+        self.entries.iter().any(|e| e.sm)
+    }
+
+    /// The field paths of the SM2 certificates (`certificates[1].`).
+    pub fn sm_fields(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter(|e| e.sm)
+            .map(|e| e.files.field.clone())
+            .collect()
+    }
+
+    /// The certificate for `sni`, an SM2 one when `sm` and there is one for that name.
+    pub fn select_kind(&self, sni: Option<&str>, sm: bool) -> Option<Arc<CertifiedKey>> {
+        let pick = |matching: &dyn Fn(&Entry) -> bool| -> Option<&Entry> {
+            let mut it = self.entries.iter().filter(|e| matching(e));
+            let first = it.next()?;
+            if first.sm == sm {
+                return Some(first);
+            }
+            Some(it.find(|e| e.sm == sm).unwrap_or(first))
+        };
         if let Some(name) = sni {
             let name = name.trim_end_matches('.');
-            let exact = self.entries.iter().find(|e| {
+            let exact = pick(&|e: &Entry| {
                 e.files
                     .server_names
                     .iter()
@@ -102,7 +153,7 @@ impl SniResolver {
             });
             let wildcard = || {
                 let parent = name.split_once('.').map(|(_, p)| p)?;
-                self.entries.iter().find(|e| {
+                pick(&|e: &Entry| {
                     e.files
                         .server_names
                         .iter()
@@ -113,17 +164,17 @@ impl SniResolver {
                 return Some(e.key.load_full());
             }
         }
-        self.entries
-            .iter()
-            .find(|e| e.files.server_names.is_empty())
-            .or(self.entries.first())
+        pick(&|e: &Entry| e.files.server_names.is_empty())
+            .or_else(|| pick(&|_: &Entry| true))
             .map(|e| e.key.load_full())
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.select(hello.server_name())
+        let sm = self.has_sm()
+            && weft_sm::client_hello_prefers_sm(hello.cipher_suites(), hello.signature_schemes(), standard_suite_ids());
+        self.select_kind(hello.server_name(), sm)
     }
 }
 

@@ -98,6 +98,7 @@ async fn sni_selects_and_files_reload_in_place() {
         alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
         min_version: TlsVersion::V12,
         client_auth: ClientAuth::None,
+        suites: vec![weft_tls::Suite::Standard],
     };
     let cfg = server_config(resolver.clone(), &settings, "tls.").unwrap();
     let (addr, _rx) = serve(cfg).await;
@@ -183,6 +184,7 @@ fn mesh_server(m: &Arc<MeshIdentity>) -> Arc<rustls::ServerConfig> {
         alpn: vec![],
         min_version: TlsVersion::V13,
         client_auth: ClientAuth::Mesh(m.clone()),
+        suites: vec![weft_tls::Suite::Standard],
     };
     server_config(Arc::new(mesh::MeshServerResolver(m.clone())), &settings, "").unwrap()
 }
@@ -273,6 +275,7 @@ async fn expired_server_certificate_is_classified() {
         alpn: vec![],
         min_version: TlsVersion::V12,
         client_auth: ClientAuth::None,
+        suites: vec![weft_tls::Suite::Standard],
     };
     let (addr, _rx) = serve(server_config(resolver, &settings, "").unwrap()).await;
     let err = call(&plain_client(&ca.cert_pem, "old.example.com"), addr)

@@ -13,6 +13,7 @@
 //! not match its certificate is an error naming the file: weft control does not start.
 
 pub mod service;
+pub mod sm;
 pub mod tls;
 
 use rcgen::{
@@ -50,6 +51,8 @@ pub struct CaOptions {
     pub svid_ttl: Duration,
     /// The longest lifetime a request may ask for.
     pub svid_max_ttl: Duration,
+    /// Also run an SM2 root (`sm-root-{cert,key}.pem` in `dir`) and issue SM2 SVIDs for SM2 CSRs.
+    pub sm2: bool,
 }
 
 impl CaOptions {
@@ -62,6 +65,7 @@ impl CaOptions {
             trust_domain: None,
             svid_ttl: Duration::from_secs(24 * 3600),
             svid_max_ttl: Duration::from_secs(7 * 24 * 3600),
+            sm2: false,
         }
     }
 }
@@ -193,6 +197,8 @@ pub struct Ca {
     issuer_not_after: i64,
     pub svid_ttl: Duration,
     pub svid_max_ttl: Duration,
+    /// The SM2 root (`--ca-sm2`).
+    pub sm: Option<sm::SmCa>,
 }
 
 /// Why a CSR was refused.
@@ -365,6 +371,7 @@ impl Ca {
         };
         let issuer = Issuer::from_ca_cert_der(&issuer_der.clone().into(), key)
             .map_err(|e| err(&cert_path, format!("cannot use it as an issuer: {e}")))?;
+        let tokens_td = tokens.trust_domain.clone();
         tracing::info!(
             trust_domain = %tokens.trust_domain,
             ca_cert = %cert_path.display(),
@@ -381,6 +388,11 @@ impl Ca {
             issuer_not_after,
             svid_ttl: opts.svid_ttl,
             svid_max_ttl: opts.svid_max_ttl,
+            sm: if opts.sm2 {
+                Some(sm::SmCa::load_or_create(&opts.dir, &tokens_td)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -417,6 +429,18 @@ impl Ca {
             )));
         };
         let (_, csr) = X509CertificationRequest::from_der(der).map_err(|e| bad(format!("csr: {e}")))?;
+        if weft_sm::sign::is_sm2_spki(csr.certification_request_info.subject_pki.raw) {
+            let Some(sm) = &self.sm else {
+                return Err(bad(
+                    "csr: an SM2 key, but this CA issues no SM2 certificates (start weft control with --ca-sm2)".into(),
+                ));
+            };
+            let ttl = ttl
+                .filter(|t| !t.is_zero())
+                .unwrap_or(self.svid_ttl)
+                .clamp(MIN_TTL, self.svid_max_ttl);
+            return sm.issue(der, id, ttl);
+        }
         csr.verify_signature()
             .map_err(|_| bad("csr: its signature does not verify with its own public key".into()))?;
         let spki = &csr.certification_request_info.subject_pki;
