@@ -27,6 +27,36 @@ fn file(errs: &mut Errs, path: &str, d: &Option<core::DataSource>) -> Option<Str
 }
 
 /// A cluster's `transport_socket`; `None` for plaintext (absent or raw_buffer) or on error.
+/// The ALPN protocols weft speaks, of those offered: Istio's `istio-peer-exchange`/`istio` would
+/// make a weft (or any peer without them) refuse the handshake for want of a common protocol.
+fn weft_alpn(common: &tls::CommonTlsContext) -> Option<Vec<String>> {
+    Some(
+        common
+            .alpn_protocols
+            .iter()
+            .filter(|a| *a == "h2" || *a == "http/1.1")
+            .cloned()
+            .collect::<Vec<_>>(),
+    )
+    .filter(|v| !v.is_empty())
+}
+
+/// `tls_params.tls_minimum_protocol_version` (TlsParameters.TlsProtocol: 0 auto, 1 TLSv1_0,
+/// 2 TLSv1_1, 3 TLSv1_2, 4 TLSv1_3): weft's floor is 1.2, so only 1.3 changes anything.
+fn min_version(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> Option<String> {
+    match params.tls_minimum_protocol_version {
+        0..=3 => None,
+        4 => Some("1.3".into()),
+        v => {
+            errs.add(
+                &format!("{p}.tls_params.tls_minimum_protocol_version"),
+                format!("unknown value {v}"),
+            );
+            None
+        }
+    }
+}
+
 pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClusterTls> {
     use core::transport_socket::ConfigType;
     let any = match &ts.config_type {
@@ -58,29 +88,11 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     let common = ctx.common_tls_context.unwrap_or_default();
     let mut out = RawClusterTls {
         sni: (!ctx.sni.is_empty()).then(|| ctx.sni.clone()),
-        // Only what weft speaks: Istio's `istio-peer-exchange`/`istio` would make a weft (or any
-        // server without them) refuse the handshake for want of a common protocol.
-        alpn: Some(
-            common
-                .alpn_protocols
-                .iter()
-                .filter(|a| *a == "h2" || *a == "http/1.1")
-                .cloned()
-                .collect::<Vec<_>>(),
-        )
-        .filter(|v| !v.is_empty()),
+        alpn: weft_alpn(&common),
         ..Default::default()
     };
     if let Some(params) = &common.tls_params {
-        // envoy.extensions.transport_sockets.tls.v3.TlsParameters.TlsProtocol: 3 TLSv1_2, 4 TLSv1_3.
-        match params.tls_minimum_protocol_version {
-            0..=3 => {}
-            4 => out.min_version = Some("1.3".into()),
-            v => errs.add(
-                &format!("{p}.tls_params.tls_minimum_protocol_version"),
-                format!("unknown value {v}"),
-            ),
-        }
+        out.min_version = min_version(errs, p, params);
     }
     // The certificate: SDS `default` (the mesh identity) or one pair of files.
     let mut mesh_cert = false;
@@ -246,28 +258,11 @@ pub fn listener_tls(
     let p = format!("{dp}.common_tls_context");
     let common = ctx.common_tls_context.unwrap_or_default();
     let mut out = weft_config::tls::RawListenerTls {
-        alpn: Some(
-            common
-                .alpn_protocols
-                .iter()
-                .filter(|a| *a == "h2" || *a == "http/1.1")
-                .cloned()
-                .collect::<Vec<_>>(),
-        )
-        .filter(|v| !v.is_empty()),
+        alpn: weft_alpn(&common),
         ..Default::default()
     };
     if let Some(params) = &common.tls_params {
-        // envoy.extensions.transport_sockets.tls.v3.TlsParameters.TlsProtocol: 0 auto, 1 TLSv1_0,
-        // 2 TLSv1_1, 3 TLSv1_2, 4 TLSv1_3.
-        match params.tls_minimum_protocol_version {
-            0..=3 => {}
-            4 => out.min_version = Some("1.3".into()),
-            v => errs.add(
-                &format!("{p}.tls_params.tls_minimum_protocol_version"),
-                format!("unknown value {v}"),
-            ),
-        }
+        out.min_version = min_version(errs, &p, params);
         if matches!(params.tls_maximum_protocol_version, 1..=3) {
             errs.add(
                 &format!("{p}.tls_params.tls_maximum_protocol_version"),

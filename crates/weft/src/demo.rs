@@ -301,6 +301,22 @@ destinations:
     .to_string()
 }
 
+/// The timeline's authorization stage: ratings refuses reviews (by its mTLS identity, or, in
+/// plaintext, every caller: reviews is its only one). Removing the file lifts it.
+fn deny_reviews_yaml(mtls: bool) -> String {
+    let from = if mtls {
+        format!(
+            "\n        from: [{{principals: [\"spiffe://cluster.local/ns/{}\"]}}]",
+            identity_of("reviews").replace('/', "/sa/")
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "# Authorization (written by the demo's timeline): ratings no longer serves reviews.\nauthorization:\n  - name: ratings-refuses-reviews\n    service: ratings\n    action: DENY\n    rules:\n      - to: [{{methods: [GET]}}]{from}\n"
+    )
+}
+
 /// The routing policy at each stage of the timeline.
 fn routes_yaml(v2_weight: u32, ratings_fault_percent: u32) -> String {
     let mut s = format!(
@@ -656,10 +672,12 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
     );
     let s = args.step;
     println!(
-        "  Timeline: t={s}s canary reviews-v2 10%; t={}s 50%; t={}s fault: calls to ratings abort 40%; t={}s fault off, v2 promoted to 100%.",
+        "  Timeline: t={s}s canary reviews-v2 10%; t={}s 50%; t={}s fault: calls to ratings abort 40%; t={}s fault off, v2 promoted to 100%;\n            t={}s authorization: ratings refuses reviews (403); t={}s lifted.",
         2 * s,
         3 * s,
-        4 * s
+        4 * s,
+        5 * s,
+        6 * s
     );
     println!("Each line: requests/s, error rate and p99 latency seen by the client, then by each service instance.");
     println!("Press Ctrl-C to stop.\n");
@@ -706,6 +724,21 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
             match write_atomic(&registry.join("routes.yaml"), &routes_yaml(v2, fault)) {
                 Ok(()) => println!(">>> t={t}s  {what}"),
                 Err(e) => println!(">>> t={t}s  cannot write the registry: {e}"),
+            }
+        } else if stage == stages.len() && t >= s * (stage as u64 + 1) {
+            stage += 1;
+            let by = if args.plaintext { "" } else { " (by its mTLS identity)" };
+            match write_atomic(&registry.join("authz.yaml"), &deny_reviews_yaml(!args.plaintext)) {
+                Ok(()) => println!(
+                    ">>> t={t}s  authorization: ratings refuses reviews{by}; ratings' sidecar answers 403, reviews-v2 fails (authz.yaml)"
+                ),
+                Err(e) => println!(">>> t={t}s  cannot write the registry: {e}"),
+            }
+        } else if stage == stages.len() + 1 && t >= s * (stage as u64 + 1) {
+            stage += 1;
+            match std::fs::remove_file(registry.join("authz.yaml")) {
+                Ok(()) => println!(">>> t={t}s  authorization lifted (authz.yaml removed)"),
+                Err(e) => println!(">>> t={t}s  cannot change the registry: {e}"),
             }
         }
         let mut w = stats.take();

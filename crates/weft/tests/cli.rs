@@ -385,6 +385,37 @@ async fn demo_runs_and_prints_rates() {
     assert!(accepted >= 1, "{out}");
 }
 
+/// The timeline's authorization step: ratings refuses reviews by its mTLS identity (reviews-v2,
+/// at 100% by then, fails), then the policy is lifted and the errors stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_authorization_step_denies_then_lifts() {
+    let (status, out, err) = run_weft(&["demo", "--duration", "10s", "--step", "1"], Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let deny = lines
+        .iter()
+        .position(|l| l.contains("authorization: ratings refuses reviews (by its mTLS identity)"))
+        .unwrap_or_else(|| panic!("no authorization step:\n{out}"));
+    let lift = lines
+        .iter()
+        .position(|l| l.contains("authorization lifted"))
+        .unwrap_or_else(|| panic!("no lift:\n{out}"));
+    // reviews-v2's error rate in a per-second line ("reviews-v2  N  E% P99ms").
+    let v2_err = |l: &str| -> Option<f64> {
+        let rest = l.split_once("reviews-v2")?.1;
+        rest.split_whitespace().nth(1)?.trim_end_matches('%').parse().ok()
+    };
+    // (Each second prints the stage change first, then the past second's figures: the window
+    // with the policy in force is the line after the lift.)
+    let denied = lines[deny..(lift + 2).min(lines.len())]
+        .iter()
+        .filter_map(|l| v2_err(l))
+        .any(|e| e > 0.0);
+    assert!(denied, "reviews-v2 failed while ratings refused it:\n{out}");
+    let last = lines.iter().rev().find_map(|l| v2_err(l)).unwrap();
+    assert_eq!(last, 0.0, "no errors once lifted:\n{out}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_json_reports_requests() {
     let up = upstream("a").await;
