@@ -243,7 +243,14 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
         }
         (&Method::POST, "/quitquitquit") => {
             server.start_drain();
-            let exits = server.quit();
+            let exits = server.has_quit_hook();
+            // The exit (SIGTERM to ourselves) goes after this answer is written: with nothing to
+            // drain the process may exit at once, and the caller would read a closed connection.
+            let s = server.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                s.quit();
+            });
             reply(
                 StatusCode::OK,
                 "text/plain",

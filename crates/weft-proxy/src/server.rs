@@ -516,6 +516,11 @@ impl Server {
         hook.map(|h| h()).is_some()
     }
 
+    /// Whether [`Server::quit`] would exit the process.
+    pub fn has_quit_hook(&self) -> bool {
+        self.quit_hook.lock().is_some()
+    }
+
     pub fn set_reload_hook(&self, hook: ReloadHook) {
         *self.reload_hook.lock() = Some(hook);
     }
