@@ -7,9 +7,19 @@ use std::net::SocketAddr;
 /// connection and every bind to port 0 also draws from: a port from there could be taken before
 /// the later bind. Prefer [`listener`] (bind port 0 and keep the socket) whenever the code under
 /// test can take a bound socket or report the port it bound.
+///
+/// Within one test process (whose tests run in parallel threads) no port is handed out twice until
+/// the range wraps: the ports come in sequence from a random start, so two tests cannot draw the
+/// same one between the check and their later binds (random draws could, and did: a CI run's
+/// graph test lost its listener to a port another test drew).
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20000;
+    const SPAN: u32 = 32768 - LOW;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(u32::MAX, fastrand::u32(0..SPAN), Ordering::SeqCst, Ordering::SeqCst);
     for _ in 0..200 {
-        let port = fastrand::u16(20000..32768);
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
         if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
