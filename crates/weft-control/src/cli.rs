@@ -344,12 +344,6 @@ async fn start_injector(a: &InjectorArgs, ca: &CaArgs) -> Result<RunningInjector
     }
 }
 
-fn tracing_warn_insecure(xds: SocketAddr) {
-    eprintln!(
-        "warning: --insecure-xds: plaintext, unauthenticated xDS on {xds}; anyone who reaches it receives the mesh's configuration"
-    );
-}
-
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
 pub fn run(args: ControlArgs) -> i32 {
     if let Some(ControlSub::Token(t)) = &args.sub {
@@ -361,15 +355,18 @@ pub fn run(args: ControlArgs) -> i32 {
         eprintln!("weft control: --admin: {why}");
         return 2;
     }
-    if !args.check && !args.insecure_xds && !weft_config::admin::is_loopback(args.xds.ip()) {
+    if !args.check && !weft_config::admin::is_loopback(args.xds.ip()) {
+        if !args.insecure_xds {
+            eprintln!(
+                "weft control: --xds {}: plaintext xDS beyond loopback gives the mesh's configuration to anyone who reaches it; serve proxies on --xds-tls (with --ca-dir), or say --insecure-xds to accept that",
+                args.xds
+            );
+            return 2;
+        }
         eprintln!(
-            "weft control: --xds {}: plaintext xDS beyond loopback gives the mesh's configuration to anyone who reaches it; serve proxies on --xds-tls (with --ca-dir), or say --insecure-xds to accept that",
+            "warning: --insecure-xds: plaintext, unauthenticated xDS on {}; anyone who reaches it receives the mesh's configuration",
             args.xds
         );
-        return 2;
-    }
-    if args.insecure_xds && !weft_config::admin::is_loopback(args.xds.ip()) {
-        tracing_warn_insecure(args.xds);
     }
     if args.check {
         if !weft_config::admin::is_loopback(args.admin.ip()) {
