@@ -105,10 +105,8 @@ impl Netns {
         let ns = Netns { name };
         ns.run(&["ip", "link", "set", "lo", "up"]);
         // No duplicate address detection on the links this test creates, link-local addresses
-        // included (the global ones are added `nodad`): while a veth's link-local address is
-        // tentative (about a second after the link comes up), the kernel loses the first packets
-        // to a neighbour not resolved yet, and a request sent then timed out connecting (measured:
-        // the first connect within a second of `link up` lost its SYN every time).
+        // included (the global ones are added `nodad`): every address is usable at once, and
+        // nothing waits on a tentative one (`link` also waits until each end's carrier is up).
         ns.run(&[
             "sh",
             "-c",
@@ -846,6 +844,25 @@ fn link(a: &Netns, b: &Netns, a_ips: &[&str], b_ips: &[&str]) {
         }
         ns.run(&["ip", "link", "set", dev, "up"]);
     }
+    // Up is not yet usable: the kernel applies a carrier change through its link watcher, which
+    // batches non-urgent events for up to a second, and until then the device's queue drops what
+    // is sent (measured with plain sockets: a connect 0.5 s after `link up` lost its SYN in 3 of 9
+    // tries, none of 10 once both ends reported operstate `up`). Wait for that on both ends.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (ns, dev) in [(a, &va), (b, &vb)] {
+        loop {
+            let state = ns.run(&["cat", &format!("/sys/class/net/{dev}/operstate")]);
+            if state.trim() == "up" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{dev} in {} is still {state:?} after 10 s",
+                ns.name
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Moves the calling thread (only it) into `ns`.
@@ -997,6 +1014,38 @@ fn switch_under_load(tag: &str, tproxy: bool, v6: bool) {
             )
         },
     );
+
+    // Both instances answered through the sidecar before the load starts, so that what is measured
+    // below starts with every neighbour entry and pooled connection warm (two fresh-clone CI runs
+    // lost the load's first request to the instance `wait_200` had not reached yet: its SYN was
+    // sent within a second of `link up`, into a queue the kernel had not activated yet; `link` now
+    // waits for that, and this proves both paths work before the clock starts).
+    let warm_deadline = Instant::now() + Duration::from_secs(30);
+    let mut warm_failures = 0;
+    while served_to(&dir, "s1.log").is_empty() || served_to(&dir, "s2.log").is_empty() {
+        assert!(
+            Instant::now() < warm_deadline,
+            "the caller's sidecar did not reach both instances within 30 s ({warm_failures} failed warm-up calls)"
+        );
+        let code = c.exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "host: svc",
+            "http://127.0.0.1:15001/hello.txt",
+        ]);
+        if String::from_utf8_lossy(&code.stdout) != "200" {
+            warm_failures += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if warm_failures > 0 {
+        println!("[{mode}] warm-up: {warm_failures} call(s) failed before both instances answered");
+    }
 
     // The caller app: a GET every 5 ms on a new connection, from inside C, until stopped (at most
     // 120 s); every failure is kept.
