@@ -573,6 +573,16 @@ pub struct RetryPolicy {
     pub backoff_max: Duration,
 }
 
+impl RetryPolicy {
+    /// Whether a retry can follow a try whose request body was already sent, so the body must be
+    /// kept for a replay. A connect failure is never one: the body stays unsent and is put back.
+    pub fn replays_body(&self) -> bool {
+        let on = &self.retry_on;
+        self.num_retries > 0
+            && (on.five_xx || on.gateway_error || on.reset || on.retriable_status_codes || on.per_try_timeout)
+    }
+}
+
 /// The conditions that make a try retriable (Envoy's `x-envoy-retry-on` names).
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
 pub struct RetryOn {

@@ -840,6 +840,7 @@ fn routes_for(world: &World, svc: &model::Service, with_ratelimit: bool) -> Vec<
         r#match: Some(route_match(None)),
         action: Some(rt::route::Action::Route(rt::RouteAction {
             cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster(svc.name.clone())),
+            retry_policy: with_ratelimit.then(default_retry_policy),
             ..Default::default()
         })),
         ..Default::default()
@@ -985,6 +986,25 @@ fn rate_limit_descriptor(d: &model::RlDescriptor) -> rt::RateLimit {
     }
 }
 
+/// What a sidecar's outbound route retries when the route sets no `retries` (Istio retries by default
+/// too): a try that the app cannot have seen because the connection to its endpoint failed, up to
+/// twice, each time on another endpoint when there is one. A pod that went away a moment before the
+/// registry said so, or a SYN lost on the way, then costs a retry instead of a failed request.
+/// Nothing the app may have received is retried by default (weft reads `refused-stream` as any
+/// reset before a response, broader than HTTP/2's REFUSED_STREAM, so it is left out), and as no
+/// request body is ever sent before a connection exists, none has to be held for a replay.
+/// `retries: {attempts: 0}` on a route turns it off.
+pub const DEFAULT_RETRY_ON: &str = "connect-failure";
+pub const DEFAULT_RETRIES: u32 = 2;
+
+fn default_retry_policy() -> rt::RetryPolicy {
+    rt::RetryPolicy {
+        retry_on: DEFAULT_RETRY_ON.into(),
+        num_retries: u32v(DEFAULT_RETRIES),
+        ..Default::default()
+    }
+}
+
 /// `sidecar`: false for API listeners (proxyless gRPC), which get neither global rate limits (no
 /// such filter in gRPC) nor routing priorities (gRPC has no priority circuit breakers).
 fn route_action(world: &World, h: &model::HttpRoute, sidecar: bool) -> rt::RouteAction {
@@ -1033,6 +1053,9 @@ fn route_action(world: &World, h: &model::HttpRoute, sidecar: bool) -> rt::Route
     }
     if sidecar && active_rls(world).is_some() {
         a.rate_limits = h.rate_limits.iter().map(rate_limit_descriptor).collect();
+    }
+    if h.retries.is_none() && sidecar {
+        a.retry_policy = Some(default_retry_policy());
     }
     if let Some(r) = &h.retries {
         a.retry_policy = Some(rt::RetryPolicy {

@@ -154,6 +154,16 @@ async fn sotw_sidecar_initial_push_and_ack_stops_resends() {
         panic!("route action")
     };
     assert!(a.retry_policy.is_some() && a.timeout.is_some() && !a.request_mirror_policies.is_empty());
+    // Routes without retries of their own (here: the catch-all of a service without routes) retry
+    // what the app cannot have seen: a failed connection, twice.
+    let vh = out.virtual_hosts.iter().find(|v| v.name == "ratings").unwrap();
+    let Some(weft_xds_api::pb::envoy::config::route::v3::route::Action::Route(a)) = &vh.routes.last().unwrap().action
+    else {
+        panic!("route action")
+    };
+    let p = a.retry_policy.as_ref().expect("a default retry policy");
+    assert_eq!(p.retry_on, "connect-failure");
+    assert_eq!(p.num_retries.as_ref().unwrap().value, 2);
     c.ack(&rds, &["outbound", "inbound|productpage"]).await;
 
     // ACKed everything: nothing more is sent.

@@ -646,6 +646,41 @@ fn weft_sidecar_sotw_follows_the_registry_and_survives_a_control_plane_restart()
     weft_sidecar_follows_registry_and_survives_control_restart("ads_sotw");
 }
 
+/// An endpoint that refuses connections (a pod gone before the registry says so) costs no request:
+/// weft control's routes retry a failed connection by default, on the other endpoint.
+#[test]
+fn weft_sidecar_retries_a_refused_connection_on_another_endpoint_by_default() {
+    let dir = TempDir::new("sidecar-default-retry");
+    let reg = TempDir::new("reg");
+    let alpha = name_server("alpha");
+    let gone = weft_test_support::net::dead_addr();
+    let ep = |addr| Ep {
+        addr,
+        weight: 1,
+        zone: "z1",
+        version: "v1",
+    };
+    write_file(
+        &reg.join("echo.yaml"),
+        &service_yaml("echo", "http", &[ep(alpha), ep(gone)]),
+    );
+    write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
+    let control = Control::start(&reg.0);
+    let sidecar = start_sidecar(&dir, "client-retry", "client", &control, "ads_delta");
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+        (http(sidecar.admin, "GET", "x", "/ready")?.0 == 200).then_some(())
+    });
+    let m = spread(sidecar.outbound, "echo", 60);
+    assert_eq!(m, BTreeMap::from([("alpha".to_string(), 60)]));
+    let (_, stats) = http(sidecar.admin, "GET", "x", "/stats/prometheus").unwrap();
+    let retries: f64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("weft_upstream_rq_retry_total{cluster=\"echo\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(retries >= 1.0, "no retry was needed, so nothing was tested:\n{stats}");
+}
+
 /// The README's mesh example (registry file and sidecar bootstrap) is valid as written.
 #[test]
 fn readme_mesh_example_is_valid() {

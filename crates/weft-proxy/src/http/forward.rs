@@ -30,7 +30,8 @@ use std::time::{Duration, Instant};
 use weft_config::{Discovery, ForwardAction, RetryPolicy, UpstreamProtocol};
 use weft_core::{Error, Retry};
 
-/// Request bodies up to this size are buffered when a retry policy exists, so a retry can resend them.
+/// Request bodies up to this size are buffered when the retry policy can retry after a body was sent
+/// (anything but connect failures), so a retry can resend them.
 const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 
 /// Where a request goes: decided once, before the first try.
@@ -178,7 +179,7 @@ pub(super) async fn forward(
         Some(fx) if !upgrade => fx.sample_mirrors(),
         _ => 0,
     };
-    let replay_wanted = mirror_mask != 0 || policy.is_some_and(|p| p.num_retries > 0);
+    let replay_wanted = mirror_mask != 0 || policy.is_some_and(RetryPolicy::replays_body);
     let mut source = BodySource::new(body, replay_wanted).await?;
     if let (Some(fx), true) = (filters, mirror_mask != 0) {
         let request = (&parts.method, &parts.uri, &headers);
