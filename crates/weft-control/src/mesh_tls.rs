@@ -25,12 +25,11 @@ use weft_xds_api::pb::google::protobuf::{BoolValue, Duration as PbDuration};
 /// identity.
 pub const SDS_CLUSTER: &str = "sds-grpc";
 pub const TLS_SOCKET: &str = "envoy.transport_sockets.tls";
-pub const UPSTREAM_TLS_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
-pub const DOWNSTREAM_TLS_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
+pub use weft_xds_api::type_url::{
+    DOWNSTREAM_TLS_CONTEXT as DOWNSTREAM_TLS_URL, TLS_INSPECTOR as TLS_INSPECTOR_URL,
+    UPSTREAM_TLS_CONTEXT as UPSTREAM_TLS_URL,
+};
 pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
-pub const TLS_INSPECTOR_URL: &str =
-    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
 
 /// The inbound mode of the sidecars of `service`; None: no mesh mTLS (no CA).
 pub fn inbound_mode(world: &World, service: &str) -> Option<MtlsMode> {
@@ -187,7 +186,7 @@ pub fn inbound_chains(
                         transport_protocol: "raw_buffer".into(),
                         ..Default::default()
                     }),
-                    filters: filters.clone(),
+                    filters,
                     ..Default::default()
                 },
             ],

@@ -8,7 +8,9 @@ use weft_config::tls::RawClusterTls;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 
-pub const UPSTREAM_TLS_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext";
+pub use weft_xds_api::type_url::{
+    DOWNSTREAM_TLS_CONTEXT as DOWNSTREAM_TLS_URL, UPSTREAM_TLS_CONTEXT as UPSTREAM_TLS_URL,
+};
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
 
 fn file(errs: &mut Errs, path: &str, d: &Option<core::DataSource>) -> Option<String> {
@@ -201,9 +203,6 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
 }
 
 // ---- listeners ----
-
-pub const DOWNSTREAM_TLS_URL: &str =
-    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
 
 /// A filter chain's `transport_socket` (`path` is the chain's, e.g. `filter_chains[0]`): `None`
 /// for plaintext (absent or raw_buffer) or on error. `server_names` are the chain's
