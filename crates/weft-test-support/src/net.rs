@@ -12,10 +12,15 @@ use std::net::SocketAddr;
 /// the range wraps: the ports come in sequence from a random start, so two tests cannot draw the
 /// same one between the check and their later binds (random draws could, and did: a CI run's
 /// graph test lost its listener to a port another test drew).
+///
+/// The range is 20000-25999. Programs that draw their own ports at random while tests run
+/// (`weft demo`, `weft-xds-sim`) draw from 26000-32767 instead: a CI run's graph test lost its
+/// sidecar's listener to a port `weft demo`, started by another test of the same binary, drew
+/// between this check and the sidecar's bind.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20000;
-    const SPAN: u32 = 32768 - LOW;
+    const SPAN: u32 = 26000 - LOW;
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
     let _ = NEXT.compare_exchange(u32::MAX, fastrand::u32(0..SPAN), Ordering::SeqCst, Ordering::SeqCst);
     for _ in 0..200 {

@@ -63,9 +63,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// An address for a child process to bind, free a moment ago. The children bind these later, so
 /// the port is drawn below the kernel's ephemeral range (32768+ by default): ports there are also
 /// handed out to every outgoing connection and every bind to port 0, and one could take it meanwhile.
+/// The draw is from 26000-32767: the test suite hands ports 20000-25999 to the processes it starts
+/// (`weft-test-support`'s `free_port`), and a demo running beside those tests must not take a
+/// port a test has handed out but its child has not bound yet.
 fn free_addr() -> std::io::Result<SocketAddr> {
     for _ in 0..200 {
-        let port = fastrand::u16(20000..32768);
+        let port = fastrand::u16(26000..32768);
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             return l.local_addr();
         }
