@@ -48,6 +48,7 @@ pub struct RpcMetrics {
     local_replies: Family<ReasonLabel, Counter>,
     decode_errors: Family<ReasonLabel, Counter>,
     heartbeats: Family<ListenerLabel, Counter>,
+    parks: Family<ListenerLabel, Counter>,
     sniffed: Family<ProtocolLabel, Counter>,
 }
 
@@ -72,6 +73,7 @@ impl RpcMetrics {
             local_replies: Family::default(),
             decode_errors: Family::default(),
             heartbeats: Family::default(),
+            parks: Family::default(),
             sniffed: Family::default(),
         };
         let mut r = Registry::with_prefix("weft_rpc");
@@ -96,6 +98,11 @@ impl RpcMetrics {
             m.decode_errors.clone(),
         );
         r.register("heartbeats", "Heartbeats answered by the proxy", m.heartbeats.clone());
+        r.register(
+            "connection_parks",
+            "Times a downstream connection at rest gave up its writer task and response channel (made again for its next request)",
+            m.parks.clone(),
+        );
         r.register(
             "sniffed_connections",
             "Connections of protocol: auto listeners, by the protocol their first bytes showed",
@@ -141,6 +148,7 @@ pub struct ListenerRpcStats {
     methods: RwLock<HashMap<String, MethodStats>>,
     other: MethodStats,
     pub heartbeats: Counter,
+    pub parks: Counter,
 }
 
 impl ListenerRpcStats {
@@ -152,7 +160,14 @@ impl ListenerRpcStats {
                 listener: listener.to_string(),
             })
             .clone();
+        let parks = global()
+            .parks
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_string(),
+            })
+            .clone();
         Arc::new(ListenerRpcStats {
+            parks,
             listener: listener.to_string(),
             max_methods: max_methods as usize,
             methods: RwLock::new(HashMap::new()),

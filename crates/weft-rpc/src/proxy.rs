@@ -2,10 +2,14 @@
 //! upstream connections per host (request ids rewritten, responses matched back), per-request
 //! timeouts, heartbeats answered locally, graceful close on drain, metrics and access logs.
 //!
-//! A downstream connection is one task reading frames plus one writer task draining a channel of
-//! finished frames (responses from any upstream connection, local replies). An upstream connection
-//! is a reader task (responses, heartbeats, timeouts) plus a writer task. Frames move between them
-//! as `Bytes` split off the read buffer: bodies are never copied.
+//! A downstream connection is one task reading frames plus, while it is in use, one writer task
+//! draining a channel of finished frames (responses from any upstream connection, local replies).
+//! A connection at rest (nothing in flight, nothing read for [`PARK_AFTER`]) is parked: the writer
+//! task and the channel are dropped and only the socket's halves stay, so that an idle connection
+//! costs little memory (the listener may hold tens of thousands); they are built again for its
+//! next request. An upstream connection is a reader task (responses, heartbeats, timeouts) plus a
+//! writer task. Frames move between them as `Bytes` split off the read buffer: bodies are never
+//! copied.
 
 use crate::bolt::Bolt;
 use crate::codec::{Codec, Frame, FrameKind, LocalReply, RequestInfo};
@@ -41,6 +45,9 @@ fn rpc_system(codec: &str) -> &'static str {
 
 const READ_CHUNK: usize = 8 * 1024;
 const MAX_BATCH: usize = 64;
+/// How long a downstream connection rests (nothing in flight, nothing read) before its writer task
+/// and response channel are dropped (see the module's documentation).
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// An RPC listener's runtime: its configuration, codec, upstream connection pools and stats.
 pub struct RpcRt {
@@ -55,8 +62,10 @@ pub struct RpcRt {
     tracer: Option<Arc<Tracer>>,
 }
 
+type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<UpConn>>>>;
+
 struct HostSlots {
-    slots: Vec<Arc<tokio::sync::Mutex<Option<Arc<UpConn>>>>>,
+    slots: Vec<ConnSlot>,
     next: usize,
 }
 
@@ -141,8 +150,9 @@ impl RpcRt {
     }
 
     /// An upstream connection to `host` of `cluster`: round robin over the host's slots, each
-    /// connected on first use and reconnected when it has closed.
-    async fn conn(&self, cluster: &Arc<ClusterRt>, host: &Arc<Host>) -> Result<Arc<UpConn>, weft_core::Error> {
+    /// connected on first use and reconnected when it has closed. The open connection of the
+    /// slot if it has one (no waiting), or the slot to connect.
+    fn conn_now(&self, cluster: &Arc<ClusterRt>, host: &Arc<Host>) -> Result<Arc<UpConn>, ConnSlot> {
         let slot = {
             let mut pools = self.pools.lock();
             let key = (host.address, Arc::<str>::from(cluster.name()));
@@ -155,6 +165,23 @@ impl RpcRt {
             hs.next = (hs.next + 1) % hs.slots.len();
             hs.slots[hs.next].clone()
         };
+        if let Ok(s) = slot.try_lock() {
+            if let Some(c) = s.as_ref().filter(|c| c.usable()) {
+                return Ok(c.clone());
+            }
+        }
+        Err(slot)
+    }
+
+    /// Connects `slot` (another request may have done so meanwhile). Boxed by the caller: the
+    /// connect future is large, and a connection task's future is as large as its largest await,
+    /// for the whole life of the connection.
+    async fn connect(
+        &self,
+        slot: ConnSlot,
+        cluster: &Arc<ClusterRt>,
+        host: &Arc<Host>,
+    ) -> Result<Arc<UpConn>, weft_core::Error> {
         let mut s = slot.lock().await;
         if let Some(c) = s.as_ref() {
             if c.usable() {
@@ -234,7 +261,12 @@ impl UpConn {
             readonly: AtomicBool::new(false),
             stop: Arc::new(tokio::sync::Notify::new()),
         });
-        tokio::spawn(writer(w, rx, Some(conn.stop.clone())));
+        let stop = conn.stop.clone();
+        tokio::spawn(async move {
+            if let WriterEnd::Closed(mut w) | WriterEnd::Park(mut w, _) = writer(w, rx, Some(stop)).await {
+                let _ = w.shutdown().await;
+            }
+        });
         let ctx = UpCtx {
             codec: rt.codec.clone(),
             stats: rt.stats.clone(),
@@ -271,7 +303,9 @@ impl UpCtx {
         if ok { &p.stats.ok } else { &p.stats.error }.inc();
         p.stats.time.observe(elapsed.as_secs_f64());
         self.cluster.stats.record(self.codec.status_class(status), elapsed);
-        p.down.inflight.fetch_sub(1, Ordering::Relaxed);
+        // Release: the response was sent on the channel before; a connection that sees nothing
+        // in flight (Acquire) finds it there.
+        p.down.inflight.fetch_sub(1, Ordering::Release);
         if let (Some(l), Some(info)) = (&self.access_log, &p.log) {
             l.log(&serde_json::json!({
                 "start_time": timestamp(info.started_at),
@@ -387,12 +421,26 @@ async fn up_reader(mut r: tokio::net::tcp::OwnedReadHalf, conn: Arc<UpConn>, ctx
     }
 }
 
+/// How a writer task ended.
+enum WriterEnd<W> {
+    /// Every sender is gone and everything sent was written (or the writer was told to stop).
+    Closed(W),
+    /// It met the park marker (an empty frame) after writing everything sent before it; the
+    /// channel may hold frames sent after it.
+    Park(W, mpsc::UnboundedReceiver<Bytes>),
+    /// Writing failed: the peer is gone.
+    Failed,
+}
+
+/// Writes the frames sent on `rx`, batched into vectored writes, until `rx` is closed, `stop` is
+/// notified or an empty frame (the park marker, sent only by a downstream connection task) comes.
 async fn writer<W: AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::UnboundedReceiver<Bytes>,
     stop: Option<Arc<tokio::sync::Notify>>,
-) {
+) -> WriterEnd<W> {
     let mut batch: Vec<Bytes> = Vec::with_capacity(8);
+    let mut park = false;
     loop {
         let stopped = async {
             match &stop {
@@ -403,24 +451,33 @@ async fn writer<W: AsyncWrite + Unpin>(
         let b = tokio::select! {
             b = rx.recv() => match b {
                 Some(b) => b,
-                None => break,
+                None => return WriterEnd::Closed(w),
             },
-            _ = stopped => break,
+            _ = stopped => return WriterEnd::Closed(w),
         };
+        if b.is_empty() {
+            return WriterEnd::Park(w, rx);
+        }
         batch.push(b);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
+                Ok(b) if b.is_empty() => {
+                    park = true;
+                    break;
+                }
                 Ok(b) => batch.push(b),
                 Err(_) => break,
             }
         }
         // Flushed: a TLS stream may hold the last record until then (a no-op on TCP).
         if write_all_vectored(&mut w, &mut batch).await.is_err() || w.flush().await.is_err() {
-            break;
+            return WriterEnd::Failed;
+        }
+        if park {
+            return WriterEnd::Park(w, rx);
         }
         batch.clear();
     }
-    let _ = w.shutdown().await;
 }
 
 async fn write_all_vectored<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut [Bytes]) -> std::io::Result<()> {
@@ -494,6 +551,124 @@ impl<S: AsyncRead + AsyncWrite + Send + 'static> DownstreamIo for SplitIo<S> {
     }
 }
 
+/// The write side of a downstream connection: parked (only the write half) while the connection
+/// is at rest, or a writer task and the channel it drains while it is in use.
+enum Out<W> {
+    Parked(W),
+    Active {
+        down: Down,
+        writer: tokio::task::JoinHandle<WriterEnd<W>>,
+        /// The park marker was sent: the writer ends once it has written what came before it.
+        parking: bool,
+    },
+    /// Writing failed.
+    Gone,
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> Out<W> {
+    /// Where responses and local replies are sent; starts a writer on a parked connection.
+    fn down(&mut self, inflight: &Arc<AtomicU32>, peer: SocketAddr) -> Option<&Down> {
+        if let Out::Parked(_) = self {
+            let Out::Parked(w) = std::mem::replace(self, Out::Gone) else {
+                unreachable!("matched above")
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            let down = Down {
+                tx,
+                inflight: inflight.clone(),
+                peer,
+            };
+            let writer = tokio::spawn(writer(w, rx, None));
+            *self = Out::Active {
+                down,
+                writer,
+                parking: false,
+            };
+        }
+        match self {
+            Out::Active { down, .. } => Some(down),
+            _ => None,
+        }
+    }
+
+    fn send(&mut self, frame: Bytes, inflight: &Arc<AtomicU32>, peer: SocketAddr) {
+        if let Some(d) = self.down(inflight, peer) {
+            let _ = d.tx.send(frame);
+        }
+    }
+
+    /// Waits for a parking writer to end (never ends otherwise).
+    async fn parked(&mut self) -> Result<WriterEnd<W>, tokio::task::JoinError> {
+        match self {
+            Out::Active {
+                writer, parking: true, ..
+            } => writer.await,
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// After the writer ended: parked if nothing was sent after the marker and nothing is in
+    /// flight (no response can come, and only this connection's task starts requests); otherwise
+    /// a new writer drains the same channel. False if writing had failed.
+    fn settle(&mut self, end: WriterEnd<W>, inflight: &AtomicU32, stats: &ListenerRpcStats) -> bool {
+        let Out::Active { down, .. } = std::mem::replace(self, Out::Gone) else {
+            return false;
+        };
+        match end {
+            WriterEnd::Park(w, rx) if inflight.load(Ordering::Acquire) == 0 && rx.is_empty() => {
+                stats.parks.inc();
+                *self = Out::Parked(w);
+                true
+            }
+            WriterEnd::Park(w, rx) => {
+                *self = Out::Active {
+                    down,
+                    writer: tokio::spawn(writer(w, rx, None)),
+                    parking: false,
+                };
+                true
+            }
+            // Every sender was gone though this task held one: cannot happen; closing is safe.
+            WriterEnd::Closed(_) | WriterEnd::Failed => false,
+        }
+    }
+
+    /// At the connection's end: everything sent written (responses of requests still in flight
+    /// included, when they come), then the write side shut down.
+    async fn close(self) {
+        let (mut w, mut rx) = match self {
+            Out::Parked(mut w) => {
+                let _ = w.shutdown().await;
+                return;
+            }
+            Out::Gone => return,
+            Out::Active { down, writer, .. } => {
+                drop(down);
+                match writer.await {
+                    Ok(WriterEnd::Closed(mut w)) => {
+                        let _ = w.shutdown().await;
+                        return;
+                    }
+                    Ok(WriterEnd::Park(w, rx)) => (w, rx),
+                    _ => return,
+                }
+            }
+        };
+        // It had reached a park marker: what was sent after it, then the rest (in this task;
+        // boxed, or the writer's future would make every connection task's future larger).
+        loop {
+            match Box::pin(writer(w, rx, None)).await {
+                WriterEnd::Closed(mut last) => {
+                    let _ = last.shutdown().await;
+                    return;
+                }
+                WriterEnd::Park(w2, rx2) => (w, rx) = (w2, rx2),
+                WriterEnd::Failed => return,
+            }
+        }
+    }
+}
+
 /// Serves one downstream connection until it closes, a frame is malformed, or (after a drain
 /// signal and the protocol's go-away message) nothing is left in flight. The stream is a TCP
 /// connection, or (in [`SplitIo`]) the TLS stream over one when the listener terminates TLS.
@@ -505,32 +680,44 @@ pub async fn serve_connection<S: DownstreamIo>(
     mut drain: tokio::sync::watch::Receiver<bool>,
 ) {
     let (mut r, w) = stream.into_halves();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(writer(w, rx, None));
-    let down = Down {
-        tx,
-        inflight: Arc::new(AtomicU32::new(0)),
-        peer,
-    };
+    let inflight = Arc::new(AtomicU32::new(0));
+    let mut out = Out::Parked(w);
     // No read buffer while the connection is at rest: one is taken when the socket is readable
     // and dropped again once every frame in it has been handed on (`read_frame_bytes`).
     let mut buf = BytesMut::new();
     let mut draining = *drain.borrow();
+    // Made when draining starts (a timer is an allocation every idle connection would hold).
+    let mut drain_check = None;
     if draining {
+        drain_check = Some(tokio::time::interval(Duration::from_millis(20)));
         if let Some(g) = rt.codec.goaway() {
-            let _ = down.tx.send(g);
+            out.send(g, &inflight, peer);
         }
     }
-    let mut drain_check = tokio::time::interval(Duration::from_millis(20));
     let idle = rt.config.idle_timeout;
     let mut last_read = Instant::now();
+    // Since when nothing was read and nothing has been found in flight: parked after PARK_AFTER.
+    let mut rest_since = last_read;
     'outer: loop {
-        if draining && down.inflight.load(Ordering::Relaxed) == 0 {
+        if draining && inflight.load(Ordering::Acquire) == 0 {
             break;
         }
-        let idle_sleep = async {
-            match idle {
-                Some(t) => tokio::time::sleep_until((last_read + t).into()).await,
+        let park_at = match &out {
+            Out::Active { parking: false, .. } => Some(rest_since + PARK_AFTER),
+            _ => None,
+        };
+        let wake = [idle.map(|t| last_read + t), park_at].into_iter().flatten().min();
+        let timer = async {
+            match wake {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        let tick = async {
+            match drain_check.as_mut() {
+                Some(i) => {
+                    i.tick().await;
+                }
                 None => std::future::pending().await,
             }
         };
@@ -538,22 +725,46 @@ pub async fn serve_connection<S: DownstreamIo>(
             n = read_frame_bytes(&mut r, &mut buf) => {
                 match n {
                     Ok(0) | Err(_) => break,
-                    Ok(_) => last_read = Instant::now(),
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        rest_since = last_read;
+                    }
                 }
             }
             _ = drain.changed(), if !draining => {
                 draining = true;
+                drain_check = Some(tokio::time::interval(Duration::from_millis(20)));
                 if let Some(g) = rt.codec.goaway() {
-                    let _ = down.tx.send(g);
+                    out.send(g, &inflight, peer);
                 }
                 continue;
             }
-            _ = drain_check.tick(), if draining => continue,
-            _ = idle_sleep => {
-                if down.inflight.load(Ordering::Relaxed) == 0 {
+            _ = tick => continue,
+            end = out.parked() => {
+                let Ok(end) = end else { break };
+                if !out.settle(end, &inflight, &rt.stats) {
                     break;
                 }
-                last_read = Instant::now();
+                continue;
+            }
+            _ = timer => {
+                let now = Instant::now();
+                let busy = inflight.load(Ordering::Acquire) > 0;
+                if park_at.is_some_and(|t| t <= now) {
+                    if busy {
+                        rest_since = now;
+                    } else if let Out::Active { down, parking, .. } = &mut out {
+                        // The park marker: the writer ends after writing what came before it.
+                        let _ = down.tx.send(Bytes::new());
+                        *parking = true;
+                    }
+                }
+                if idle.is_some_and(|t| last_read + t <= now) {
+                    if !busy {
+                        break;
+                    }
+                    last_read = now;
+                }
                 continue;
             }
         }
@@ -565,12 +776,17 @@ pub async fn serve_connection<S: DownstreamIo>(
                     rt.stats.decode_error(e.reason());
                     tracing::debug!(listener = %rt.listener, %peer, error = %e, "closing RPC connection");
                     if let Some(id) = e.reply_to() {
-                        rt.reply(&down, id, LocalReply::BadRequest, &format!("{e} (weft)"));
+                        if let Some(down) = out.down(&inflight, peer) {
+                            rt.reply(down, id, LocalReply::BadRequest, &format!("{e} (weft)"));
+                        }
                     }
                     break 'outer;
                 }
             };
-            if !handle_frame(&rt, clusters, &down, frame).await {
+            let Some(down) = out.down(&inflight, peer) else {
+                break 'outer;
+            };
+            if !handle_frame(&rt, clusters, down, frame).await {
                 break 'outer;
             }
         }
@@ -581,8 +797,7 @@ pub async fn serve_connection<S: DownstreamIo>(
             buf = BytesMut::new();
         }
     }
-    drop(down);
-    let _ = writer.await;
+    out.close().await;
 }
 
 /// Reads what the caller sent into `buf`. An empty buffer (a connection at rest) is given up and a
@@ -715,7 +930,11 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         }
         _ => None,
     };
-    let conn = match rt.conn(&cluster, &host).await {
+    let conn = match rt.conn_now(&cluster, &host) {
+        Ok(c) => Ok(c),
+        Err(slot) => Box::pin(rt.connect(slot, &cluster, &host)).await,
+    };
+    let conn = match conn {
         Ok(c) => c,
         Err(e) => {
             if e.counts_against_host() {

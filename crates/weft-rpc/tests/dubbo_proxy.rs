@@ -214,6 +214,77 @@ async fn routes_by_argument_method_group_and_answers_locally() {
     assert!(m.contains(r#"weft_rpc_heartbeats_total{listener="route"} 1"#), "{m}");
 }
 
+/// A connection at rest (nothing in flight, nothing read for 1 s) gives up its writer task and
+/// response channel (`weft_rpc_connection_parks_total`) and serves its next calls as before. A
+/// call in flight for longer than that is answered (a busy connection is not parked); after a
+/// rest, a heartbeat, a pipelined burst and a call are answered on the same connection.
+#[tokio::test]
+async fn a_connection_at_rest_is_parked_and_serves_again() {
+    let (proxy, addr, _g, _s) = setup("park", "").await;
+    let parks = |p: std::sync::Arc<weft_proxy::Server>| async move {
+        stat(&p, r#"weft_rpc_connection_parks_total{listener="park"}"#)
+            .await
+            .unwrap_or(0.0)
+    };
+    let mut c = Client::connect(addr).await;
+    assert_eq!(value(&c.call(1, "echo", &s("a"), &[]).await), "silver:a:-");
+    // In flight for 1.5 s (the route's timeout is 2 s).
+    let mut args = s("late");
+    hessian::write_int(&mut args, 1500);
+    c.send(&dubbo::encode_request(
+        2,
+        true,
+        SVC,
+        "1.0.0",
+        "delay",
+        "Ljava/lang/String;I",
+        &args,
+        &[],
+    ))
+    .await;
+    let f = c.recv().await.expect("the delayed response");
+    assert_eq!((f.id, value(&f).as_str()), (2, "silver:late:-"));
+    assert_eq!(parks(proxy.clone()).await, 0.0, "parked while a call was in flight");
+
+    eventually("the connection parked", Duration::from_secs(5), || {
+        let p = proxy.clone();
+        async move { (parks(p).await >= 1.0).then_some(()) }
+    })
+    .await;
+    c.send(&Dubbo.heartbeat(77)).await;
+    let hb = c.recv().await.unwrap();
+    assert_eq!((hb.kind, hb.id, hb.status), (FrameKind::HeartbeatResponse, 77, 20));
+    let mut burst = Vec::new();
+    for i in 0..8u64 {
+        burst.extend_from_slice(&dubbo::encode_request(
+            10 + i,
+            true,
+            SVC,
+            "1.0.0",
+            "echo",
+            "Ljava/lang/String;",
+            &s(&format!("b{i}")),
+            &[],
+        ));
+    }
+    c.send(&burst).await;
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        let f = c.recv().await.expect("a response of the burst");
+        got.push((f.id, value(&f)));
+    }
+    got.sort();
+    let want: Vec<(u64, String)> = (0..8u64).map(|i| (10 + i, format!("silver:b{i}:-"))).collect();
+    assert_eq!(got, want);
+
+    eventually("parked again", Duration::from_secs(5), || {
+        let p = proxy.clone();
+        async move { (parks(p).await >= 2.0).then_some(()) }
+    })
+    .await;
+    assert_eq!(value(&c.call(30, "echo", &s("z"), &[]).await), "silver:z:-");
+}
+
 #[tokio::test]
 async fn one_way_calls_and_pipelined_multiplexing() {
     let (_proxy, addr, _g, silver) = setup("mux", "").await;
