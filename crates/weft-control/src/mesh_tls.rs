@@ -118,7 +118,7 @@ pub fn upstream(svc: &model::Service, subset: Option<&str>) -> core::TransportSo
     let alpn: &[&str] = match svc.protocol {
         model::Protocol::Grpc => &["h2"],
         model::Protocol::Http => &["http/1.1"],
-        model::Protocol::Tcp => &[],
+        model::Protocol::Tcp | model::Protocol::Dubbo => &[],
     };
     let ctx = tls::UpstreamTlsContext {
         sni: sni(svc, subset),

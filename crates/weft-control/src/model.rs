@@ -161,6 +161,10 @@ struct RawService {
     /// server presenting another. Default: the endpoints' `security.weft.dev/identity` labels.
     #[serde(default)]
     identities: Vec<String>,
+    /// `protocol: dubbo` only: the Dubbo interfaces the service provides (what callers' sidecars
+    /// route on). Default: the service's name.
+    #[serde(default)]
+    interfaces: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -349,6 +353,8 @@ pub enum Protocol {
     Http,
     Grpc,
     Tcp,
+    /// Dubbo2 (hessian2): sidecars proxy it with `envoy.filters.network.dubbo_proxy`.
+    Dubbo,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -391,6 +397,9 @@ pub struct Service {
     /// The SPIFFE IDs that may serve the service (secure naming), sorted; empty: its endpoints'
     /// identity labels, else any mesh identity.
     pub identities: Vec<String>,
+    /// `Protocol::Dubbo`: the Dubbo interfaces it provides, sorted; empty: its name
+    /// ([`Service::dubbo_interfaces`]).
+    pub interfaces: Vec<String>,
 }
 
 /// Istio PeerAuthentication's modes, for a service's workloads.
@@ -421,6 +430,15 @@ impl MtlsMode {
 pub const IDENTITY_LABEL: &str = "security.weft.dev/identity";
 
 impl Service {
+    /// The Dubbo interfaces a `protocol: dubbo` service provides: `interfaces`, else its name.
+    pub fn dubbo_interfaces(&self) -> Vec<&str> {
+        if self.interfaces.is_empty() {
+            vec![self.name.as_str()]
+        } else {
+            self.interfaces.iter().map(String::as_str).collect()
+        }
+    }
+
     /// The SPIFFE IDs a caller accepts from this service's servers: `identities`, else the
     /// endpoints' identity labels (sorted, deduplicated); empty: any mesh identity.
     pub fn server_identities(&self) -> Vec<String> {
@@ -762,6 +780,25 @@ fn check_name(e: &mut Errs<'_>, path: &str, name: &str) {
     }
 }
 
+/// A Dubbo interface name as sidecars route on it: a Java type name (letters, digits, '_', '$',
+/// '.'-separated, no empty part).
+fn check_interface(e: &mut Errs<'_>, path: &str, name: &str) {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$'))
+        });
+    if !ok {
+        e.push(
+            path,
+            format!("\"{name}\" is not a Dubbo interface name (e.g. org.example.Greeter)"),
+        );
+    }
+}
+
 /// Parses and validates one YAML source. `source` names it in error messages (a file name).
 pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>> {
     let raw: RawFile = if text.trim().is_empty() {
@@ -781,10 +818,11 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
             None | Some("http") => Protocol::Http,
             Some("grpc") | Some("http2") => Protocol::Grpc,
             Some("tcp") => Protocol::Tcp,
+            Some("dubbo") => Protocol::Dubbo,
             Some(other) => {
                 e.push(
                     format!("{p}.protocol"),
-                    format!("unknown protocol \"{other}\" (http, grpc, tcp)"),
+                    format!("unknown protocol \"{other}\" (http, grpc, tcp, dubbo)"),
                 );
                 Protocol::Http
             }
@@ -873,7 +911,23 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
         let mut identities = s.identities;
         identities.sort();
         identities.dedup();
+        if !s.interfaces.is_empty() && protocol != Protocol::Dubbo {
+            e.push(
+                format!("{p}.interfaces"),
+                "only a protocol: dubbo service has interfaces",
+            );
+        }
+        for (j, i) in s.interfaces.iter().enumerate() {
+            check_interface(&mut e, &format!("{p}.interfaces[{j}]"), i);
+        }
+        if protocol == Protocol::Dubbo && s.interfaces.is_empty() {
+            check_interface(&mut e, &format!("{p}.name"), &s.name);
+        }
+        let mut interfaces = s.interfaces;
+        interfaces.sort();
+        interfaces.dedup();
         frag.services.push(std::sync::Arc::new(Service {
+            interfaces,
             name: s.name,
             port: s.port,
             protocol,
@@ -1498,6 +1552,12 @@ impl World {
                 if dup(0, "service", format!("services[{i}].name"), &s.name) {
                     w.services.insert(s.name.clone(), s.clone());
                 }
+                // Callers' sidecars route a Dubbo call by its interface: one service each.
+                if s.protocol == Protocol::Dubbo {
+                    for iface in s.dubbo_interfaces() {
+                        dup(6, "Dubbo interface", format!("services[{i}].interfaces"), iface);
+                    }
+                }
             }
             for (i, r) in f.routes.iter().enumerate() {
                 if dup(1, "routes for service", format!("routes[{i}].service"), &r.service) {
@@ -1679,6 +1739,50 @@ routes:
         );
         assert!(
             all.contains("routes[0].http[1].route[0].subset: unknown subset \"v9\""),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn dubbo_services_and_their_interfaces() {
+        let ok = parse_fragment(
+            "d.yaml",
+            "services:\n  - {name: greeter, protocol: dubbo, interfaces: [org.example.B, org.example.A, org.example.A]}\n  - {name: org.example.Echo, protocol: dubbo}\n",
+        )
+        .unwrap();
+        assert_eq!(ok.services[0].protocol, Protocol::Dubbo);
+        assert_eq!(ok.services[0].dubbo_interfaces(), ["org.example.A", "org.example.B"]);
+        assert_eq!(ok.services[1].dubbo_interfaces(), ["org.example.Echo"]);
+        let errs = parse_fragment(
+            "d.yaml",
+            "services:\n  - {name: web, interfaces: [org.example.A]}\n  - {name: g, protocol: dubbo, interfaces: [\"org..A\", \"a-b\"]}\n  - {name: my-svc, protocol: dubbo}\n",
+        )
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            errs.contains("services[0].interfaces: only a protocol: dubbo service has interfaces"),
+            "{errs}"
+        );
+        assert!(
+            errs.contains("services[1].interfaces[0]: \"org..A\" is not a Dubbo interface name"),
+            "{errs}"
+        );
+        assert!(errs.contains("services[1].interfaces[1]"), "{errs}");
+        assert!(
+            errs.contains("services[2].name: \"my-svc\" is not a Dubbo interface name"),
+            "{errs}"
+        );
+        // Two services cannot provide one interface: callers route by it.
+        let a = parse_fragment(
+            "a.yaml",
+            "services: [{name: a, protocol: dubbo, interfaces: [org.example.X]}]",
+        )
+        .unwrap();
+        let b = parse_fragment("b.yaml", "services: [{name: org.example.X, protocol: dubbo}]").unwrap();
+        let (_, errs) = World::build([("a.yaml", &a), ("b.yaml", &b)].into_iter());
+        let all = errs["b.yaml"].join("\n");
+        assert!(
+            all.contains("services[0].interfaces: Dubbo interface \"org.example.X\" is already defined in a.yaml"),
             "{all}"
         );
     }

@@ -7,7 +7,9 @@
 //! resources are shared, so an endpoint change costs each proxy a few map lookups and one message.
 
 use crate::metrics::{Metrics, StreamLabel, TypeLabel};
-use crate::translate::{fnv, node_resources, Kind, NodeInfo, NodeResources, Res, Scope, Snapshot, FNV_INIT, OUTBOUND};
+use crate::translate::{
+    fnv, node_resources, Kind, NodeDubbo, NodeInfo, NodeResources, Res, Scope, Snapshot, FNV_INIT, OUTBOUND,
+};
 use crate::wire;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -109,6 +111,8 @@ pub struct StreamState {
     node_authz: Option<weft_config::authz::Authorization>,
     /// The mesh mTLS mode of the node's inbound listener `node_res` was built with.
     node_mtls: Option<crate::model::MtlsMode>,
+    /// The Dubbo inputs `node_res` was built from.
+    node_dubbo: NodeDubbo,
     pub types: [TypeState; 4],
     pub nonce_counter: u64,
     pub generation: u64,
@@ -129,6 +133,7 @@ impl StreamState {
             node_rls: None,
             node_authz: None,
             node_mtls: None,
+            node_dubbo: NodeDubbo::default(),
             types: Default::default(),
             nonce_counter: 0,
             generation: 0,
@@ -208,16 +213,26 @@ impl StreamState {
         let authz = crate::authz_xds::authorization_for(&snap.world, &info.cluster, &info.namespace);
         let telemetry = crate::translate::active_telemetry(&snap.world);
         let mtls = crate::mesh_tls::inbound_mode(&snap.world, &info.cluster);
+        let dubbo = NodeDubbo::of(snap, &info.cluster, self.scope.as_deref());
         if self
             .node_rls
             .as_ref()
             .is_some_and(|(r, t)| r.as_ref() == rls && *t == telemetry)
             && self.node_authz == authz
             && self.node_mtls == mtls
+            && self.node_dubbo == dubbo
         {
             return false;
         }
-        self.node_res = Arc::new(node_resources(info, rls, authz.as_ref(), telemetry.as_ref(), mtls));
+        self.node_res = Arc::new(node_resources(
+            info,
+            rls,
+            authz.as_ref(),
+            telemetry.as_ref(),
+            mtls,
+            &dubbo,
+        ));
+        self.node_dubbo = dubbo;
         self.node_rls = Some((rls.cloned(), telemetry));
         self.node_authz = authz;
         self.node_mtls = mtls;
@@ -907,10 +922,12 @@ async fn run_stream<Req>(
                 }
                 match (kind, &current) {
                     (Some(kind), Some(snap)) => {
-                        st.refresh_node(snap);
                         // A cluster asked for by name widens a scoped proxy's view: send it the
-                        // service's endpoints and virtual host too.
-                        if st.refresh_scope(snap) {
+                        // service's endpoints and virtual host too. (The scope first: the node's
+                        // outbound Dubbo routes follow it.)
+                        let widened = st.refresh_scope(snap);
+                        st.refresh_node(snap);
+                        if widened {
                             respond(&mut st, &Kind::ALL, snap, &shared.metrics, false, false)
                         } else {
                             respond(&mut st, &[kind], snap, &shared.metrics, false, false)
@@ -928,7 +945,7 @@ async fn run_stream<Req>(
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 // The watch channel coalesces: if snapshots were skipped, diff in full.
                 // Rebuilt node resources are not in `snap.changed`: diff in full then too.
-                let rebuilt = st.refresh_node(snap) | st.refresh_scope(snap);
+                let rebuilt = st.refresh_scope(snap) | st.refresh_node(snap);
                 let incremental = !rebuilt && st.generation != 0 && snap.prev_generation == st.generation;
                 st.generation = snap.generation;
                 respond(&mut st, &Kind::ALL, snap, &shared.metrics, true, incremental)

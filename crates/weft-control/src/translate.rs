@@ -23,6 +23,7 @@ use weft_xds_api::pb::envoy::extensions::filters::http::fault::v3 as fault;
 use weft_xds_api::pb::envoy::extensions::filters::http::local_ratelimit::v3 as lrl;
 use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as grl;
 use weft_xds_api::pb::envoy::extensions::filters::http::router::v3 as router;
+use weft_xds_api::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use weft_xds_api::pb::envoy::extensions::upstreams::http::v3 as uph;
 use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
@@ -39,6 +40,10 @@ pub const GLOBAL_RATELIMIT_FILTER: &str = "envoy.filters.http.ratelimit";
 pub const GLOBAL_RATELIMIT_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit";
 pub const HCM_FILTER: &str = "envoy.filters.network.http_connection_manager";
 pub const OUTBOUND: &str = "outbound";
+/// The sidecar's outbound Dubbo listener (node metadata `weft.outbound_dubbo`).
+pub const OUTBOUND_DUBBO: &str = "outbound_dubbo";
+/// Envoy's Dubbo proxy filter.
+pub const DUBBO_PROXY_FILTER: &str = "envoy.filters.network.dubbo_proxy";
 
 /// The four resource types weft control serves, in push order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -145,6 +150,33 @@ pub struct Snapshot {
     /// `outbound` route tables cut to one [`Scope`] each, built on first use and shared by every
     /// proxy with that scope. Carried over to the next snapshot when the route inputs are the same.
     scoped_outbound: std::sync::Mutex<HashMap<BTreeSet<String>, Arc<Res>>>,
+    /// Every Dubbo interface of the `protocol: dubbo` services and the service providing it,
+    /// sorted: the routes of sidecars' outbound Dubbo listeners.
+    pub dubbo_routes: Arc<Vec<DubboRoute>>,
+}
+
+/// A Dubbo interface and the service (cluster) that provides it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DubboRoute {
+    pub interface: String,
+    pub service: String,
+}
+
+/// The Dubbo routes of `world` (see [`Snapshot::dubbo_routes`]).
+fn dubbo_routes(world: &World) -> Vec<DubboRoute> {
+    let mut v: Vec<DubboRoute> = world
+        .services
+        .values()
+        .filter(|s| s.protocol == Protocol::Dubbo)
+        .flat_map(|s| {
+            s.dubbo_interfaces().into_iter().map(|i| DubboRoute {
+                interface: i.to_string(),
+                service: s.name.clone(),
+            })
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// The services one proxy is sent when its configuration is scoped (declared dependencies plus
@@ -328,6 +360,13 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
             }
         }
     }
+    let dubbo_routes = {
+        let d = dubbo_routes(&world);
+        match prev {
+            Some(p) if *p.dubbo_routes == d => p.dubbo_routes.clone(),
+            _ => Arc::new(d),
+        }
+    };
     Snapshot {
         generation,
         prev_generation: prev.map_or(0, |p| p.generation),
@@ -340,6 +379,7 @@ pub fn build_snapshot(generation: u64, world: Arc<World>, prev: Option<&Snapshot
         api_listeners,
         grpc_clusters,
         scoped_outbound: std::sync::Mutex::new(scoped_outbound),
+        dubbo_routes,
     }
 }
 
@@ -1275,6 +1315,72 @@ fn rds_listener(
     }
 }
 
+/// A Dubbo listener: Envoy's `dubbo_proxy` (Dubbo2, hessian2) with its routes inline, one route
+/// configuration per `(interface, cluster)` (`*`: any interface) whose one route takes any method
+/// (`safe_regex: ".*"`, as Envoy needs a method matcher). Inbound, the mesh mTLS chains wrap it.
+fn dubbo_listener(
+    name: &str,
+    addr: std::net::SocketAddr,
+    direction: i32,
+    routes: &[(&str, &str)],
+    mtls: Option<model::MtlsMode>,
+) -> ls::Listener {
+    let any_method = dubbo::RouteMatch {
+        method: Some(dubbo::MethodMatch {
+            name: Some(matcher::StringMatcher {
+                match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(regex(".*"))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let route_config = routes
+        .iter()
+        .map(|(iface, cluster)| dubbo::RouteConfiguration {
+            name: (*iface).into(),
+            interface: (*iface).into(),
+            routes: vec![dubbo::Route {
+                r#match: Some(any_method.clone()),
+                route: Some(dubbo::RouteAction {
+                    cluster_specifier: Some(dubbo::route_action::ClusterSpecifier::Cluster((*cluster).into())),
+                    ..Default::default()
+                }),
+            }],
+            ..Default::default()
+        })
+        .collect();
+    let proxy = dubbo::DubboProxy {
+        stat_prefix: name.replace('|', "_"),
+        protocol_type: dubbo::ProtocolType::Dubbo as i32,
+        serialization_type: dubbo::SerializationType::Hessian2 as i32,
+        route_specifier: Some(dubbo::dubbo_proxy::RouteSpecifier::MultipleRouteConfig(
+            dubbo::MultipleRouteConfiguration {
+                name: name.into(),
+                route_config,
+            },
+        )),
+        ..Default::default()
+    };
+    let filters = vec![ls::Filter {
+        name: DUBBO_PROXY_FILTER.into(),
+        config_type: Some(ls::filter::ConfigType::TypedConfig(weft_xds_api::pack(
+            type_url::DUBBO_PROXY,
+            &proxy,
+        ))),
+    }];
+    let mtls = mtls.filter(|m| *m != model::MtlsMode::Disable);
+    let (filter_chains, listener_filters) = crate::mesh_tls::inbound_chains(filters, mtls);
+    ls::Listener {
+        name: name.into(),
+        address: Some(socket_address(addr)),
+        filter_chains,
+        listener_filters,
+        traffic_direction: direction,
+        ..Default::default()
+    }
+}
+
 /// A proxy's identity as the contract defines it (bootstrap `node`).
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct NodeInfo {
@@ -1282,6 +1388,9 @@ pub struct NodeInfo {
     pub cluster: String,
     pub role: String,
     pub outbound: Option<std::net::SocketAddr>,
+    /// The outbound Dubbo listener's address (metadata `weft.outbound_dubbo`): the app's Dubbo
+    /// calls, routed by interface.
+    pub outbound_dubbo: Option<std::net::SocketAddr>,
     pub inbound: Option<std::net::SocketAddr>,
     pub app: Option<std::net::SocketAddr>,
     pub user_agent: String,
@@ -1325,6 +1434,7 @@ impl NodeInfo {
                 }
             }),
             outbound: addr("weft.outbound"),
+            outbound_dubbo: addr("weft.outbound_dubbo"),
             inbound: addr("weft.inbound"),
             app: addr("weft.app"),
             user_agent: n.user_agent_name.clone(),
@@ -1339,6 +1449,36 @@ impl NodeInfo {
                 .or_else(|| meta("PRINCIPAL"))
                 .filter(|i| !i.is_empty()),
         }
+    }
+}
+
+/// What a proxy's Dubbo listeners depend on: the routes of its outbound Dubbo listener (the
+/// snapshot's, cut to its scope) and whether its own service is a Dubbo one (then its inbound
+/// listener proxies Dubbo).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeDubbo {
+    pub routes: Arc<Vec<DubboRoute>>,
+    pub inbound: bool,
+}
+
+impl NodeDubbo {
+    /// For the proxy of service `cluster` (empty: none), with configuration scope `scope`.
+    pub fn of(snap: &Snapshot, cluster: &str, scope: Option<&Scope>) -> NodeDubbo {
+        let routes = match scope {
+            None => snap.dubbo_routes.clone(),
+            Some(s) => Arc::new(
+                (snap.dubbo_routes.iter())
+                    .filter(|r| s.services.contains(&r.service))
+                    .cloned()
+                    .collect(),
+            ),
+        };
+        let inbound = snap
+            .world
+            .services
+            .get(cluster)
+            .is_some_and(|s| s.protocol == Protocol::Dubbo);
+        NodeDubbo { routes, inbound }
     }
 }
 
@@ -1360,6 +1500,7 @@ pub fn node_resources(
     authz: Option<&weft_config::authz::Authorization>,
     telemetry: Option<&model::Telemetry>,
     mtls: Option<model::MtlsMode>,
+    dubbo: &NodeDubbo,
 ) -> NodeResources {
     // The service name spans carry: the sidecar's service, else its node id.
     let service_name = if node.cluster.is_empty() {
@@ -1382,9 +1523,32 @@ pub fn node_resources(
             ),
         );
     }
+    if let Some(addr) = node.outbound_dubbo.filter(|_| !dubbo.routes.is_empty()) {
+        let routes: Vec<(&str, &str)> = (dubbo.routes.iter())
+            .map(|r| (r.interface.as_str(), r.service.as_str()))
+            .collect();
+        put(
+            Kind::Listener,
+            Res::new(
+                Kind::Listener,
+                OUTBOUND_DUBBO,
+                &dubbo_listener(OUTBOUND_DUBBO, addr, 2, &routes, None),
+            ),
+        );
+    }
     if !node.cluster.is_empty() {
         let name = format!("inbound|{}", node.cluster);
-        if let Some(addr) = node.inbound {
+        if let (Some(addr), true) = (node.inbound, dubbo.inbound) {
+            // A Dubbo service: its callers' calls, each one to the app (any interface).
+            put(
+                Kind::Listener,
+                Res::new(
+                    Kind::Listener,
+                    &name,
+                    &dubbo_listener(&name, addr, 1, &[("*", &name)], mtls),
+                ),
+            );
+        } else if let Some(addr) = node.inbound {
             put(
                 Kind::Listener,
                 Res::new(

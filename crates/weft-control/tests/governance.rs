@@ -475,6 +475,7 @@ destinations:
         None,
         None,
         None,
+        &Default::default(),
     );
     let mut checked = 0;
     let all = snap.maps.iter().enumerate().chain(own.maps.iter().enumerate());

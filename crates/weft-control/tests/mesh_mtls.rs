@@ -59,7 +59,7 @@ fn cluster(s: &Snapshot, name: &str) -> Cluster {
 fn inbound(s: &Snapshot, service: &str) -> Listener {
     let node = NodeInfo::from_node(&sidecar("n1", service));
     let mode = weft_control::mesh_tls::inbound_mode(&s.world, service);
-    let own = node_resources(&node, None, None, None, mode);
+    let own = node_resources(&node, None, None, None, mode, &Default::default());
     let name = format!("inbound|{service}");
     unpack(&own.maps[Kind::Listener as usize][name.as_str()].any, LISTENER).unwrap()
 }

@@ -34,6 +34,7 @@ pub mod type_url {
         "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext";
     pub const TLS_INSPECTOR: &str =
         "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+    pub const DUBBO_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy";
 
     /// Order in which a control plane should push types so that clients can warm (Envoy's
     /// "make before break": clusters before their endpoints, listeners before their routes).

@@ -8,7 +8,7 @@
 //! carry interface, group and version next to method, attachments and arguments, so each Envoy
 //! route becomes one weft route with its configuration's conditions added: the same first match.
 //! What weft's route model cannot express (wildcard interfaces other than `*`, method names other
-//! than an exact string, argument ranges, header matchers other than an exact value, weighted
+//! than an exact string or `safe_regex: ".*"` (any method), argument ranges, header matchers other than an exact value, weighted
 //! splits over several clusters, Dubbo filters other than the router, DRDS) is refused with the
 //! Envoy field named.
 
@@ -27,7 +27,7 @@ use weft_xds_api::pb::google::protobuf::Any;
 /// The filter's name.
 pub const DUBBO_PROXY_NAME: &str = "envoy.filters.network.dubbo_proxy";
 /// Its `typed_config` type.
-pub const DUBBO_PROXY_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy";
+pub const DUBBO_PROXY_URL: &str = weft_xds_api::type_url::DUBBO_PROXY;
 /// The one Dubbo filter weft has: the router (Envoy's default when `dubbo_filters` is empty).
 pub const DUBBO_ROUTER_NAME: &str = "envoy.filters.dubbo.router";
 /// The router's config type.
@@ -176,6 +176,7 @@ fn route_match(errs: &mut Errs, path: &str, rm: &dubbo::RouteMatch, m: &mut RawR
             let np = format!("{path}.method.name");
             match &mm.name {
                 None => errs.add(&np, "is required"),
+                Some(s) if any_string(s) => {}
                 Some(s) => m.method = exact(errs, &np, s),
             }
             let mut params: Vec<_> = mm.params_match.iter().collect();
@@ -236,6 +237,13 @@ fn route_match(errs: &mut Errs, path: &str, rm: &dubbo::RouteMatch, m: &mut RawR
             }
         }
     }
+}
+
+/// A matcher that takes any string: `safe_regex` `.*` (how a route for every method is written,
+/// since Envoy requires a method matcher and refuses an empty prefix).
+fn any_string(s: &matcher::StringMatcher) -> bool {
+    use matcher::string_matcher::MatchPattern as M;
+    matches!(&s.match_pattern, Some(M::SafeRegex(r)) if r.regex == ".*")
 }
 
 /// A StringMatcher that weft can honour: an exact, case-sensitive, non-empty string.

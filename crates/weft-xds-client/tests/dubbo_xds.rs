@@ -270,6 +270,47 @@ fn route_configurations_flatten_into_rpc_routes() {
 /// One change to the accepted proxy message.
 type Change = Box<dyn Fn(&mut dp::DubboProxy)>;
 
+/// `safe_regex: ".*"` as the method name is a route for every method (how weft control and
+/// other control planes write one; Envoy needs a method matcher); any other regex is refused.
+#[test]
+fn a_method_regex_of_dot_star_takes_every_method() {
+    let regex = |r: &str| matcher::StringMatcher {
+        match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(
+            matcher::RegexMatcher {
+                regex: r.into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let mut d = proxy_msg(("gold", "silver"));
+    route_configs(&mut d)[2].routes[0]
+        .r#match
+        .as_mut()
+        .unwrap()
+        .method
+        .as_mut()
+        .unwrap()
+        .name = Some(regex(".*"));
+    let routes = converted(&d).unwrap();
+    let last = routes.last().unwrap();
+    assert_eq!(last.match_.interface.as_deref(), Some(OTHER));
+    assert_eq!(last.match_.method, None, "{last:?}");
+    route_configs(&mut d)[2].routes[0]
+        .r#match
+        .as_mut()
+        .unwrap()
+        .method
+        .as_mut()
+        .unwrap()
+        .name = Some(regex("ec.*"));
+    let err = converted(&d).unwrap_err();
+    assert!(
+        err.contains("route_config[2].routes[0].match.method.name.safe_regex: unsupported (exact matching only)"),
+        "{err}"
+    );
+}
+
 #[test]
 fn what_weft_cannot_honour_is_refused_naming_the_field() {
     let base = "filter_chains[0].filters[0].typed_config";

@@ -201,11 +201,13 @@ pub fn parse_url(s: &str) -> Result<DubboUrl, DubboError> {
 }
 
 /// weft's protocol for a Dubbo protocol: Triple and gRPC are HTTP/2 (gRPC-compatible); REST is
-/// HTTP/1.1; everything else (`dubbo`, `hessian`, ...) is opaque TCP.
+/// HTTP/1.1; `dubbo` is Dubbo2 (sidecars proxy it per call); everything else (`hessian`, ...) is
+/// opaque TCP.
 pub fn protocol_of(dubbo_protocol: &str) -> Protocol {
     match dubbo_protocol {
         "tri" | "grpc" => Protocol::Grpc,
         "rest" | "http" => Protocol::Http,
+        "dubbo" => Protocol::Dubbo,
         _ => Protocol::Tcp,
     }
 }
@@ -375,7 +377,7 @@ mod tests {
         let (ep, proto) = provider(IFACE, &percent_encode(&url)).unwrap();
         assert_eq!(ep.address, "192.168.1.7:20880".parse().unwrap());
         assert_eq!(ep.weight, 50);
-        assert_eq!(proto, Protocol::Tcp);
+        assert_eq!(proto, Protocol::Dubbo);
         assert_eq!(ep.labels["version"], "1.0.0");
         assert_eq!(ep.labels["group"], "g1");
         assert_eq!(ep.labels["application"], "demo-provider");

@@ -16,6 +16,10 @@
 //! | `targetRef` Pod's labels | `labels` (subsets select on them) |
 //! | the Pod's `serviceAccountName` + namespace | label `security.weft.dev/identity: spiffe://TD/ns/NS/sa/SA` |
 //!
+//! A port named `tcp-dubbo…` or `dubbo…` (or with appProtocol `dubbo`) is a Dubbo service
+//! (`protocol: dubbo`); the annotation `rpc.weft.dev/dubbo-interfaces: a.B, c.D` lists the Dubbo
+//! interfaces it provides (callers' sidecars route on them).
+//!
 //! Mesh mTLS (with weft control's CA): a Service annotated `security.weft.dev/mtls` gets that mode;
 //! otherwise a Service with an endpoint whose Pod has no weft sidecar (annotation
 //! `sidecar.weft.dev/status: injected` or a container named `weft-proxy`), or that is not a Pod,
@@ -50,6 +54,9 @@ pub const IDENTITY_LABEL: &str = "security.weft.dev/identity";
 /// A Service annotation setting its mesh mTLS mode (STRICT, PERMISSIVE, DISABLE), like a
 /// PeerAuthentication for its workloads.
 pub const MTLS_ANNOTATION: &str = "security.weft.dev/mtls";
+/// The Dubbo interfaces a Dubbo Service provides (comma-separated): what callers' sidecars route
+/// on. Without it, a Dubbo port's weft service name is its interface.
+pub const DUBBO_INTERFACES_ANNOTATION: &str = "rpc.weft.dev/dubbo-interfaces";
 /// A namespace with this label set to `disabled` is not part of the mesh.
 pub const DISCOVERY_LABEL: &str = "mesh.weft.dev/discovery";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -277,6 +284,8 @@ fn protocol_of(port: &k8s_openapi::api::core::v1::ServicePort) -> Protocol {
     let by_app = port.app_protocol.as_deref().map(|p| p.to_ascii_lowercase());
     let hint = by_app.or_else(|| port.name.as_deref().map(|n| n.to_ascii_lowercase()));
     match hint.as_deref() {
+        // Aeraki's and Istio's conventions: port name `tcp-dubbo[-…]`, or appProtocol `dubbo`.
+        Some(p) if p.starts_with("dubbo") || p.starts_with("tcp-dubbo") => Protocol::Dubbo,
         Some(p) if p.starts_with("grpc") || p.starts_with("http2") || p == "kubernetes.io/h2c" => Protocol::Grpc,
         Some(p)
             if p.starts_with("tcp") || p.starts_with("mongo") || p.starts_with("mysql") || p.starts_with("redis") =>
@@ -489,6 +498,19 @@ impl KubeState {
             }
             v
         });
+        let mut interfaces: Vec<String> = svc
+            .annotations()
+            .get(DUBBO_INTERFACES_ANNOTATION)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|i| !i.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        interfaces.sort();
+        interfaces.dedup();
         let mut services = Vec::new();
         for (i, p) in ports.iter().enumerate() {
             let pw = format!("{what} port {}", p.name.clone().unwrap_or_else(|| p.port.to_string()));
@@ -627,6 +649,11 @@ impl KubeState {
                 dependencies: None,
                 mtls: annotated.or((!all_meshed).then_some(crate::model::MtlsMode::Disable)),
                 identities: Vec::new(),
+                interfaces: if protocol_of(p) == Protocol::Dubbo {
+                    interfaces.clone()
+                } else {
+                    Vec::new()
+                },
             }));
         }
         if services.is_empty() {

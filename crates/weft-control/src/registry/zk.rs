@@ -126,6 +126,7 @@ fn assemble(
         dependencies: None,
         mtls: None,
         identities: Vec::new(),
+        interfaces: Vec::new(),
     };
     SourceChange::Upsert {
         source,

@@ -1,0 +1,330 @@
+//! Dubbo2 through the mesh, configured by `weft control`, with software nobody here wrote on both
+//! ends: a registry service with `protocol: dubbo` (interface `org.example.Greeter`) served by two
+//! sofa-rpc-node Dubbo providers (`interop/rpc-node/dubbo_peer.js`), each behind its own weft
+//! sidecar, whose inbound listener weft control makes a `dubbo_proxy` one; and a sofa-rpc-node
+//! consumer calling its own sidecar's outbound Dubbo listener (node metadata
+//! `weft.outbound_dubbo`), which routes by interface: consumer → sidecar → sidecar → provider.
+//!
+//! Checks: calls answered by both providers (per-call load balancing over the consumer's one
+//! connection), attachments delivered, an interface no service provides answered with weft's
+//! SERVICE_NOT_FOUND, the RPC metrics of both hops, and a registry change (one provider removed)
+//! followed with no failed call.
+//!
+//! `envoy_sidecar_takes_weft_controls_dubbo_listener`: Envoy 1.40 as the consumer's sidecar, its
+//! Dubbo listener (`envoy.filters.network.dubbo_proxy`) and clusters from the same weft control:
+//! the consumer's calls go through Envoy to the weft sidecars and their providers. Envoy comes from
+//! `interop/install`; outside CI a missing Envoy skips it, under `CI=true` it fails.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_test_support::peers::{envoy_binary, interop_dir, interop_peer, tool, ChildGuard};
+use weft_test_support::{eventually_blocking, free_addr, metric, TempDir};
+
+mod blocking;
+use blocking::{http, start_control};
+
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+const IFACE: &str = "org.example.Greeter";
+
+fn peer_script() -> Option<PathBuf> {
+    interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;
+    interop_peer("rpc-node/node_modules/sofa-rpc-node/package.json")?;
+    tool("node")?;
+    Some(interop_dir().join("rpc-node/dubbo_peer.js"))
+}
+
+/// A sofa-rpc-node Dubbo provider answering with `name`, and its port.
+fn provider(script: &Path, name: &str) -> (ChildGuard, SocketAddr) {
+    let mut child = Command::new("node")
+        .arg(script)
+        .args(["provider", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the provider prints its port");
+    let port: u16 = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("provider said {line:?}"));
+    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// The sofa-rpc-node consumer on `target` for `iface`: runs `cmds` (one JSON object each) and
+/// returns the answers sorted by id; panics after 30 s.
+fn consume(script: &Path, target: SocketAddr, iface: &str, cmds: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut child = ChildGuard(
+        Command::new("node")
+            .arg(script)
+            .args(["consumer", &target.to_string(), iface])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node starts"),
+    );
+    {
+        let mut stdin = child.0.stdin.take().unwrap();
+        for c in cmds {
+            writeln!(stdin, "{c}").unwrap();
+        }
+    }
+    let out = child.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(out).lines().map_while(Result::ok).collect();
+        let _ = tx.send(lines);
+    });
+    let lines = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the consumer finished within 30 s");
+    let mut v: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    v.sort_by_key(|x| x["id"].as_u64());
+    v
+}
+
+/// A `weft proxy` sidecar of `service`: (process, admin, its outbound Dubbo listener's address).
+/// With `inbound`, its inbound listener is there, in front of `app`.
+fn sidecar(
+    dir: &TempDir,
+    id: &str,
+    service: &str,
+    inbound: Option<(SocketAddr, SocketAddr)>,
+    xds: SocketAddr,
+) -> (ChildGuard, SocketAddr, SocketAddr) {
+    let (admin, outbound, dubbo_out) = (free_addr(), free_addr(), free_addr());
+    let inb = inbound
+        .map(|(i, app)| format!("    weft.inbound: \"{i}\"\n    weft.app: \"{app}\"\n"))
+        .unwrap_or_default();
+    let cfg = format!(
+        "node:\n  id: {id}\n  cluster: {service}\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.outbound_dubbo: \"{dubbo_out}\"\n{inb}admin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n"
+    );
+    let path = dir.join(&format!("{id}.yaml"));
+    std::fs::write(&path, cfg).unwrap();
+    let child = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(&path)
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+        (http(admin, "x", "/ready")?.0 == 200).then_some(())
+    });
+    (child, admin, dubbo_out)
+}
+
+fn stats(admin: SocketAddr) -> String {
+    http(admin, "x", "/stats/prometheus")
+        .map(|(_, b)| b)
+        .unwrap_or_default()
+}
+
+fn registry(reg: &TempDir, endpoints: &[SocketAddr]) {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("{{address: \"{e}\"}}")).collect();
+    reg.write(
+        "services.yaml",
+        &format!(
+            "services:\n  - name: greeter\n    protocol: dubbo\n    interfaces: [{IFACE}]\n    endpoints: [{}]\n",
+            eps.join(", ")
+        ),
+    );
+}
+
+#[test]
+fn dubbo_calls_cross_two_sidecars_configured_by_weft_control() {
+    let Some(script) = peer_script() else { return };
+    let reg = TempDir::new("mesh-dubbo-reg");
+    let dir = TempDir::new("mesh-dubbo");
+    let (_alpha, alpha) = provider(&script, "alpha");
+    let (_beta, beta) = provider(&script, "beta");
+    let (in_a, in_b) = (free_addr(), free_addr());
+    registry(&reg, &[in_a, in_b]);
+    let (_control, xds, _) = start_control(&reg, &[]);
+    let (_pa, admin_a, _) = sidecar(&dir, "greeter-a", "greeter", Some((in_a, alpha)), xds);
+    let (_pb, admin_b, _) = sidecar(&dir, "greeter-b", "greeter", Some((in_b, beta)), xds);
+    let (_c, admin_c, out) = sidecar(&dir, "web-1", "web", None, xds);
+
+    // Echo calls (concurrent on the consumer's one connection), attachments, and a call to an
+    // interface nobody provides.
+    let mut cmds: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({"id": i, "method": "echo", "args": [format!("m{i}")]}))
+        .collect();
+    cmds.push(serde_json::json!({"id": 100, "method": "prop", "args": ["lane"], "props": {"lane": "blue"}}));
+    let got = consume(&script, out, IFACE, &cmds);
+    assert_eq!(got.len(), 21, "{got:?}");
+    let mut by = std::collections::BTreeMap::new();
+    for (i, g) in got[..20].iter().enumerate() {
+        let ok = g["ok"].as_str().unwrap_or_else(|| panic!("call {i}: {g}"));
+        let (who, arg) = ok.split_once(':').unwrap();
+        assert_eq!(arg, format!("m{i}"), "{g}");
+        *by.entry(who.to_string()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        by.keys().collect::<Vec<_>>(),
+        ["alpha", "beta"],
+        "both providers answer: {by:?}"
+    );
+    let prop = got[20]["ok"].as_str().unwrap_or_default();
+    assert!(
+        prop == "alpha:blue" || prop == "beta:blue",
+        "attachment delivered: {}",
+        got[20]
+    );
+
+    let missing = consume(
+        &script,
+        out,
+        "org.example.Missing",
+        &[serde_json::json!({"id": 1, "method": "echo", "args": ["x"]})],
+    );
+    let err = missing[0]["err"].as_str().unwrap_or_default();
+    assert!(err.contains("no route for org.example.Missing.echo"), "{missing:?}");
+
+    // Both hops counted the calls as RPC requests (listener labels: weft control's names).
+    let sample = |admin, listener: &str| {
+        metric(
+            &stats(admin),
+            &format!(r#"weft_rpc_requests_total{{listener="{listener}",method="echo",outcome="ok"}}"#),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(sample(admin_c, "outbound_dubbo"), 20.0, "{}", stats(admin_c));
+    let inbound = sample(admin_a, "inbound|greeter") + sample(admin_b, "inbound|greeter");
+    assert_eq!(inbound, 20.0, "{}\n{}", stats(admin_a), stats(admin_b));
+
+    // One provider leaves the registry: the next calls all reach the other one, none fails.
+    registry(&reg, &[in_a]);
+    let start = Instant::now();
+    eventually_blocking("calls only to alpha", Duration::from_secs(20), || {
+        let cmds: Vec<serde_json::Value> = (0..6)
+            .map(|i| serde_json::json!({"id": i, "method": "whoami"}))
+            .collect();
+        let got = consume(&script, out, IFACE, &cmds);
+        for g in &got {
+            assert!(g["ok"].is_string(), "a call failed during the change: {g}");
+        }
+        got.iter().all(|g| g["ok"] == "alpha").then_some(())
+    });
+    eprintln!("registry change followed in {:?}", start.elapsed());
+}
+
+const ENVOY_BOOTSTRAP: &str = r#"
+node:
+  id: {{NODE_ID}}
+  cluster: web
+  metadata:
+    weft.role: sidecar
+    weft.outbound: "{{OUTBOUND}}"
+    weft.outbound_dubbo: "{{OUTBOUND_DUBBO}}"
+admin:
+  address: { socket_address: { address: 127.0.0.1, port_value: {{ADMIN_PORT}} } }
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{ envoy_grpc: { cluster_name: weft_control } }]
+    set_node_on_first_message_only: true
+  cds_config: { ads: {}, resource_api_version: V3 }
+  lds_config: { ads: {}, resource_api_version: V3 }
+static_resources:
+  clusters:
+  - name: weft_control
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http2_protocol_options: {} }
+    load_assignment:
+      cluster_name: weft_control
+      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{XDS_PORT}} } } } }] }]
+"#;
+
+#[test]
+fn envoy_sidecar_takes_weft_controls_dubbo_listener() {
+    let Some(envoy) = envoy_binary() else { return };
+    let Some(script) = peer_script() else { return };
+    let reg = TempDir::new("mesh-dubbo-envoy-reg");
+    let dir = TempDir::new("mesh-dubbo-envoy");
+    let (_alpha, alpha) = provider(&script, "alpha");
+    let (_beta, beta) = provider(&script, "beta");
+    let (in_a, in_b) = (free_addr(), free_addr());
+    registry(&reg, &[in_a, in_b]);
+    let (_control, xds, _) = start_control(&reg, &[]);
+    let (_pa, admin_a, _) = sidecar(&dir, "greeter-a", "greeter", Some((in_a, alpha)), xds);
+    let (_pb, admin_b, _) = sidecar(&dir, "greeter-b", "greeter", Some((in_b, beta)), xds);
+
+    let (out, out_dubbo, envoy_admin) = (free_addr(), free_addr(), free_addr());
+    let cfg = ENVOY_BOOTSTRAP
+        .replace("{{NODE_ID}}", &format!("envoy-dubbo-{}", std::process::id()))
+        .replace("{{OUTBOUND}}", &out.to_string())
+        .replace("{{OUTBOUND_DUBBO}}", &out_dubbo.to_string())
+        .replace("{{ADMIN_PORT}}", &envoy_admin.port().to_string())
+        .replace("{{XDS_PORT}}", &xds.port().to_string());
+    std::fs::write(dir.join("envoy.yaml"), cfg).unwrap();
+    let log = dir.join("envoy.log");
+    let _envoy = ChildGuard(
+        Command::new(&envoy)
+            .arg("-c")
+            .arg(dir.join("envoy.yaml"))
+            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start envoy"),
+    );
+    let envoy_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Envoy's Dubbo listener is up once it accepted weft control's listener.
+    let t = Instant::now();
+    while std::net::TcpStream::connect(out_dubbo).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "Envoy never opened its Dubbo listener:\n{}",
+            envoy_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let cmds: Vec<serde_json::Value> = (0..20)
+        .map(|i| serde_json::json!({"id": i, "method": "echo", "args": [format!("e{i}")]}))
+        .collect();
+    // Envoy may have the listener a moment before the cluster's endpoints.
+    let got = eventually_blocking("calls through Envoy", Duration::from_secs(20), || {
+        let got = consume(&script, out_dubbo, IFACE, &cmds);
+        got.iter().all(|g| g["ok"].is_string()).then_some(got)
+    });
+    let mut who = std::collections::BTreeSet::new();
+    for (i, g) in got.iter().enumerate() {
+        let (w, arg) = g["ok"].as_str().unwrap().split_once(':').unwrap();
+        assert_eq!(arg, format!("e{i}"), "{g}");
+        who.insert(w.to_string());
+    }
+    assert_eq!(who.len(), 2, "both providers answer through Envoy: {got:?}");
+    // The calls reached the weft sidecars' Dubbo listeners.
+    let inbound = |admin| {
+        metric(
+            &stats(admin),
+            r#"weft_rpc_requests_total{listener="inbound|greeter",method="echo",outcome="ok"}"#,
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(inbound(admin_a) + inbound(admin_b) >= 20.0, "{}", stats(admin_a));
+    // Envoy's own Dubbo counters (stat prefix outbound_dubbo).
+    let es = http(envoy_admin, "x", "/stats?filter=dubbo.outbound_dubbo")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    assert!(es.contains("dubbo.outbound_dubbo.request: "), "{es}");
+}
