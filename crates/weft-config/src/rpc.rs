@@ -5,8 +5,8 @@
 //! `raw`/`validate`/`model` files only carry one hook each.
 
 use crate::duration;
-use crate::model::{AccessLog, LogSink};
-use crate::raw::RawAccessLog;
+use crate::model::{AccessLog, FaultDelay, LocalRateLimit, LogSink};
+use crate::raw::{RawAccessLog, RawFaultDelay, RawLocalRateLimit};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -54,6 +54,49 @@ pub struct RawRpcRoute {
     /// Endpoint labels the chosen host must carry (a subset of the cluster).
     pub subset: BTreeMap<String, String>,
     pub timeout: Option<String>,
+    pub retries: Option<RawRpcRetries>,
+    pub fault: Option<RawRpcFault>,
+    pub rate_limit: Option<RawRpcRateLimit>,
+}
+
+/// Retries of the route's calls, each on another host of the cluster.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRpcRetries {
+    /// Tries after the first (1-5).
+    pub attempts: Option<u64>,
+    /// The route's methods are idempotent: a call is retried also when it was sent and its
+    /// connection closed before the answer. Otherwise only a call that could not be sent (the
+    /// connection to the host failed) is retried.
+    pub idempotent: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRpcFault {
+    /// Hold the call this long before sending it upstream.
+    pub delay: Option<RawFaultDelay>,
+    /// Answer the call with the protocol's service error instead of sending it.
+    pub abort: Option<RawRpcAbort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRpcAbort {
+    /// Share of calls aborted, 0-100 (default 100).
+    pub percent: Option<f64>,
+}
+
+/// A token bucket for the route's calls (the shape of an `http` route's `rate_limit`, with an
+/// attachment instead of a header as the descriptor).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRpcRateLimit {
+    pub max_tokens: Option<u64>,
+    pub tokens_per_fill: Option<u64>,
+    pub fill_interval: Option<String>,
+    /// One bucket per distinct value of this attachment (Dubbo attachment, Bolt header).
+    pub descriptor_attachment: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -131,6 +174,31 @@ pub struct RpcRoute {
     pub subset: BTreeMap<String, String>,
     #[serde(serialize_with = "ser_opt_dur")]
     pub timeout: Option<Duration>,
+    pub retries: Option<RpcRetries>,
+    pub fault: Option<RpcFault>,
+    pub rate_limit: Option<RpcRateLimit>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct RpcRetries {
+    /// Tries after the first.
+    pub attempts: u32,
+    /// Also retry a call that was sent (its connection closed before the answer).
+    pub idempotent: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RpcFault {
+    pub delay: Option<FaultDelay>,
+    /// Share of calls answered with the protocol's service error (0-100).
+    pub abort_percent: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RpcRateLimit {
+    /// `descriptor_header` is unused (none).
+    pub bucket: LocalRateLimit,
+    pub descriptor_attachment: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -255,6 +323,8 @@ pub fn validate(
         err(format!("{path}.routes"), "at least one route is required".into());
     }
     let mut routes = Vec::new();
+    // Errors of the routes' fault and rate limit blocks (collected apart: `err` borrows `errors`).
+    let mut delay_errors: Vec<(String, String)> = Vec::new();
     for (i, rr) in r.routes.iter().enumerate() {
         let p = format!("{path}.routes[{i}]");
         let cluster = match rr.cluster.as_deref() {
@@ -326,12 +396,85 @@ pub fn validate(
                 m.arguments.push(ArgMatch { index, equals });
             }
         }
+        let retries = rr.retries.as_ref().map(|r| RpcRetries {
+            attempts: match r.attempts {
+                Some(n) if (1..=5).contains(&n) => n as u32,
+                Some(n) => {
+                    err(format!("{p}.retries.attempts"), format!("{n} is out of range [1, 5]"));
+                    1
+                }
+                None => {
+                    err(format!("{p}.retries.attempts"), "is required".into());
+                    1
+                }
+            },
+            idempotent: r.idempotent.unwrap_or(false),
+        });
+        let mut percent = |fp: String, v: Option<f64>| match v {
+            None => 100.0,
+            Some(x) if (0.0..=100.0).contains(&x) => x,
+            Some(x) => {
+                err(fp, format!("{x} is out of range [0, 100]"));
+                100.0
+            }
+        };
+        let fault = rr.fault.as_ref().map(|f| {
+            let delay = f.delay.as_ref().map(|d| {
+                let fixed = d.fixed.as_deref().and_then(|s| duration::parse(s).ok());
+                let fixed = match (&d.fixed, fixed) {
+                    (_, Some(x)) => x,
+                    (None, _) => {
+                        delay_errors.push((format!("{p}.fault.delay.fixed"), "is required".into()));
+                        Duration::ZERO
+                    }
+                    (Some(s), None) => {
+                        let e = duration::parse(s).err().map(|e| e.to_string()).unwrap_or_default();
+                        delay_errors.push((format!("{p}.fault.delay.fixed"), e));
+                        Duration::ZERO
+                    }
+                };
+                FaultDelay {
+                    fixed,
+                    percent: percent(format!("{p}.fault.delay.percent"), d.percent),
+                }
+            });
+            let abort_percent = f
+                .abort
+                .as_ref()
+                .map(|a| percent(format!("{p}.fault.abort.percent"), a.percent));
+            if delay.is_none() && abort_percent.is_none() {
+                delay_errors.push((format!("{p}.fault"), "give delay, abort or both".into()));
+            }
+            RpcFault { delay, abort_percent }
+        });
+        let rate_limit = rr.rate_limit.as_ref().map(|r| {
+            let raw = RawLocalRateLimit {
+                max_tokens: r.max_tokens,
+                tokens_per_fill: r.tokens_per_fill,
+                fill_interval: r.fill_interval.clone(),
+                descriptor_header: None,
+            };
+            let bucket = crate::validate::local_rate_limit_pairs(&format!("{p}.rate_limit"), &raw, &mut delay_errors);
+            if r.descriptor_attachment.as_deref() == Some("") {
+                delay_errors.push((
+                    format!("{p}.rate_limit.descriptor_attachment"),
+                    "must not be empty".into(),
+                ));
+            }
+            RpcRateLimit {
+                bucket,
+                descriptor_attachment: r.descriptor_attachment.clone(),
+            }
+        });
         routes.push(RpcRoute {
             name: rr.name.clone().unwrap_or_else(|| format!("route{i}")),
             match_: m,
             cluster,
             subset: rr.subset.clone(),
             timeout: rt,
+            retries,
+            fault,
+            rate_limit,
         });
     }
     let access_log = r.access_log.as_ref().map(|a| {
@@ -364,6 +507,7 @@ pub fn validate(
         errors.extend(errs);
         t.map(Box::new)
     });
+    errors.extend(delay_errors);
     if errors.len() > before {
         return None;
     }

@@ -1111,6 +1111,23 @@ fn percent(cx: &mut Ctx, path: &str, v: Option<f64>) -> f64 {
 /// The largest token count a bucket can hold (the bucket packs its state into one atomic word).
 pub const MAX_TOKENS: u64 = (1 << 24) - 1;
 
+/// [`local_rate_limit`] for the `rpc` block, whose validation collects (path, message) pairs.
+pub(crate) fn local_rate_limit_pairs(
+    path: &str,
+    r: &RawLocalRateLimit,
+    errors: &mut Vec<(String, String)>,
+) -> LocalRateLimit {
+    let mut cx = Ctx {
+        errors: Vec::new(),
+        allow_unknown_clusters: false,
+        allow_empty_clusters: false,
+        allow_empty_route_configs: false,
+    };
+    let v = local_rate_limit(&mut cx, path, r);
+    errors.extend(cx.errors.into_iter().map(|e| (e.path, e.message)));
+    v
+}
+
 fn local_rate_limit(cx: &mut Ctx, path: &str, r: &RawLocalRateLimit) -> LocalRateLimit {
     let max_tokens = match r.max_tokens {
         None => {

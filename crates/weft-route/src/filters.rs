@@ -185,15 +185,41 @@ impl LocalRateLimiter {
         }
     }
 
+    /// A limiter whose descriptor values come from elsewhere than a header ([`check_value`]):
+    /// one bucket per value when `keyed`, else one shared bucket (`c.descriptor_header` unused).
+    ///
+    /// [`check_value`]: Self::check_value
+    pub fn for_values(c: &LocalRateLimit, keyed: bool, limited: Counter) -> LocalRateLimiter {
+        let mut l = LocalRateLimiter::new(
+            &LocalRateLimit {
+                descriptor_header: keyed.then(|| "x-weft-descriptor".to_string()),
+                ..c.clone()
+            },
+            limited,
+        );
+        if !keyed {
+            l.descriptor = None;
+        }
+        l
+    }
+
     /// `None` if the request may pass; otherwise the seconds until a token (for `retry-after`).
     pub fn check(&self, headers: &HeaderMap) -> Option<u64> {
+        let value = self
+            .descriptor
+            .as_ref()
+            .and_then(|d| headers.get(&d.header))
+            .map(|v| v.as_bytes());
+        self.check_value(value)
+    }
+
+    /// [`check`](Self::check) with the descriptor's value given (an RPC attachment, say): one
+    /// bucket per value when the limiter was built with a descriptor, the shared one for `None`.
+    pub fn check_value(&self, value: Option<&[u8]>) -> Option<u64> {
         let now = self.base.elapsed().as_millis() as u64;
-        let r = match &self.descriptor {
-            Some(d) => match headers.get(&d.header) {
-                Some(v) => self.take_keyed(d, d.hasher.hash_one(v.as_bytes()), now),
-                None => self.shared.try_take(now, &self.config),
-            },
-            None => self.shared.try_take(now, &self.config),
+        let r = match (&self.descriptor, value) {
+            (Some(d), Some(v)) => self.take_keyed(d, d.hasher.hash_one(v), now),
+            _ => self.shared.try_take(now, &self.config),
         };
         match r {
             Ok(()) => None,

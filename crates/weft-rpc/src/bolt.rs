@@ -70,7 +70,7 @@ pub fn reply_status(r: LocalReply) -> u16 {
         LocalReply::NoHealthyUpstream => status::ERROR_COMM,
         LocalReply::Timeout => status::TIMEOUT,
         LocalReply::Overload | LocalReply::RateLimited => status::SERVER_THREADPOOL_BUSY,
-        LocalReply::Unauthorized => status::SERVER_EXCEPTION,
+        LocalReply::Unauthorized | LocalReply::Fault => status::SERVER_EXCEPTION,
         LocalReply::UpstreamFailure => status::CONNECTION_CLOSED,
         LocalReply::BadRequest => status::CODEC_EXCEPTION,
     }

@@ -53,6 +53,8 @@ pub enum LocalReply {
     UpstreamFailure,
     /// The request could not be decoded.
     BadRequest,
+    /// Fault injection (the route's `fault.abort`).
+    Fault,
 }
 
 impl LocalReply {
@@ -67,6 +69,7 @@ impl LocalReply {
             LocalReply::Unauthorized => "UAEX",
             LocalReply::UpstreamFailure => "UF",
             LocalReply::BadRequest => "DPE",
+            LocalReply::Fault => "FI",
         }
     }
 }

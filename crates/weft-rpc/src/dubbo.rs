@@ -38,7 +38,7 @@ pub fn reply_status(r: LocalReply) -> u8 {
         LocalReply::NoHealthyUpstream => status::SERVICE_NOT_FOUND,
         LocalReply::Timeout => status::SERVER_TIMEOUT,
         LocalReply::Overload | LocalReply::RateLimited => status::SERVER_THREADPOOL_EXHAUSTED_ERROR,
-        LocalReply::Unauthorized => status::SERVICE_ERROR,
+        LocalReply::Unauthorized | LocalReply::Fault => status::SERVICE_ERROR,
         LocalReply::UpstreamFailure => status::SERVER_ERROR,
         LocalReply::BadRequest => status::BAD_REQUEST,
     }

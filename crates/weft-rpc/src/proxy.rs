@@ -30,6 +30,7 @@ use weft_config::rpc::{RpcProtocol, RpcProxy, RpcRoute};
 use weft_config::RoutePriority;
 use weft_core::access_log::{timestamp, AccessLogger};
 use weft_core::trace::{RpcSpan, TraceExchange, Tracer};
+use weft_route::filters::{Chance, LocalRateLimiter};
 use weft_upstream::cluster::{ActiveRequest, ConnGuard};
 use weft_upstream::outlier::Outcome;
 use weft_upstream::{ClusterLookup, ClusterRt, Host};
@@ -60,6 +61,30 @@ pub struct RpcRt {
     /// How often in-flight requests are checked for their deadline.
     sweep: Duration,
     tracer: Option<Arc<Tracer>>,
+    /// Per route (same order as `config.routes`): its fault injection and rate limit.
+    route_rt: Vec<RouteRt>,
+}
+
+/// A route's governance state.
+struct RouteRt {
+    abort: Option<Chance>,
+    delay: Option<(Duration, Chance)>,
+    limiter: Option<LocalRateLimiter>,
+}
+
+impl RouteRt {
+    fn new(r: &RpcRoute) -> RouteRt {
+        let f = r.fault.as_ref();
+        RouteRt {
+            abort: f.and_then(|f| f.abort_percent).map(Chance::from_percent),
+            delay: f
+                .and_then(|f| f.delay.as_ref())
+                .map(|d| (d.fixed, Chance::from_percent(d.percent))),
+            limiter: r.rate_limit.as_ref().map(|l| {
+                LocalRateLimiter::for_values(&l.bucket, l.descriptor_attachment.is_some(), Default::default())
+            }),
+        }
+    }
 }
 
 type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<UpConn>>>>;
@@ -93,6 +118,7 @@ impl RpcRt {
             pools: Mutex::new(HashMap::new()),
             sweep: (min_timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
             tracer: None,
+            route_rt: config.routes.iter().map(RouteRt::new).collect(),
         }
     }
 
@@ -103,9 +129,9 @@ impl RpcRt {
         self
     }
 
-    fn route(&self, frame: &Frame, info: &RequestInfo) -> Option<&RpcRoute> {
+    fn route(&self, frame: &Frame, info: &RequestInfo) -> Option<(&RpcRoute, &RouteRt)> {
         let c = &*self.codec;
-        self.config.routes.iter().find(|r| {
+        let i = self.config.routes.iter().position(|r| {
             let m = &r.match_;
             if m.protocol.as_deref().is_some_and(|p| p != c.name()) {
                 return false;
@@ -146,7 +172,8 @@ impl RpcRt {
                     c.argument(frame, info, a.index)
                         .is_some_and(|v| v.matches_text(&a.equals))
                 })
-        })
+        })?;
+        Some((&self.config.routes[i], &self.route_rt[i]))
     }
 
     /// An upstream connection to `host` of `cluster`: round robin over the host's slots, each
@@ -225,6 +252,20 @@ struct Pending {
     _active: ActiveRequest,
     log: Option<Box<LogInfo>>,
     trace: Option<Box<TraceExchange>>,
+    /// An idempotent route's call: what a retry on another host needs.
+    retry: Option<Box<Retry>>,
+}
+
+/// A call that may be sent again (its route's methods are idempotent) if its connection closes
+/// before the answer.
+struct Retry {
+    rt: Arc<RpcRt>,
+    cluster: Arc<ClusterRt>,
+    subset: std::collections::BTreeMap<String, String>,
+    /// The request as last sent (its request id is rewritten for the next connection).
+    data: Bytes,
+    /// Tries left.
+    left: u32,
 }
 
 struct LogInfo {
@@ -415,9 +456,79 @@ async fn up_reader(mut r: tokio::net::tcp::OwnedReadHalf, conn: Arc<UpConn>, ctx
     if !left.is_empty() {
         ctx.cluster.report(&ctx.host, Outcome::LocalFailure);
         let msg = format!("{why} (weft)");
-        for p in left {
-            ctx.fail(p, LocalReply::UpstreamFailure, &msg);
+        let ctx = Arc::new(ctx);
+        for mut p in left {
+            match p.retry.take() {
+                Some(r) if Instant::now() < p.deadline => {
+                    tokio::spawn(retry_call(ctx.clone(), p, r, msg.clone()));
+                }
+                _ => ctx.fail(p, LocalReply::UpstreamFailure, &msg),
+            }
         }
+    }
+}
+
+/// Sends an idempotent route's call again, on another host, after its connection closed before
+/// the answer; answers it `UpstreamFailure` (as without a retry) when no try is left, the retry
+/// budget is spent or no host can take it. The call keeps its place: its caller, deadline,
+/// metrics, log and trace.
+async fn retry_call(ctx: Arc<UpCtx>, mut p: Pending, mut r: Box<Retry>, why: String) {
+    let subset_labels = r.subset.clone();
+    let subset = (!subset_labels.is_empty()).then_some(&subset_labels);
+    loop {
+        let guard = match r.left {
+            0 => None,
+            _ => r.cluster.try_start_retry(RoutePriority::Default),
+        };
+        let Some(_guard) = guard else {
+            ctx.fail(p, LocalReply::UpstreamFailure, &why);
+            return;
+        };
+        r.left -= 1;
+        let Some(host) = r.cluster.pick(None, None, subset) else {
+            ctx.fail(p, LocalReply::NoHealthyUpstream, "no healthy upstream (weft)");
+            return;
+        };
+        let Some(active) = r.cluster.start_request(&host, RoutePriority::Default) else {
+            ctx.fail(p, LocalReply::Overload, "upstream overloaded (weft)");
+            return;
+        };
+        let conn = match r.rt.conn_now(&r.cluster, &host) {
+            Ok(c) => Ok(c),
+            Err(slot) => r.rt.connect(slot, &r.cluster, &host).await,
+        };
+        let conn = match conn {
+            Ok(c) => c,
+            Err(e) => {
+                if e.counts_against_host() {
+                    r.cluster.report(&host, Outcome::LocalFailure);
+                }
+                continue;
+            }
+        };
+        let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut frame = Frame {
+            kind: FrameKind::Request,
+            id: 0,
+            status: 0,
+            data: BytesMut::from(&r.data[..]),
+        };
+        ctx.codec.set_request_id(&mut frame, up_id);
+        let data = frame.data.freeze();
+        r.data = data.clone();
+        r.cluster.stats.tx_bytes.inc_by(data.len() as u64);
+        p._active = active;
+        p.retry = Some(r);
+        conn.pending.lock().insert(up_id, p);
+        if conn.tx.send(data).is_ok() && !conn.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        // Closed under us: try again if its reader has not taken the call already.
+        let Some(back) = conn.pending.lock().remove(&up_id) else {
+            return;
+        };
+        p = back;
+        r = p.retry.take().expect("set above");
     }
 }
 
@@ -817,6 +928,24 @@ async fn read_frame_bytes<R: DownstreamRead>(r: &mut R, buf: &mut BytesMut) -> s
     r.read_buf(buf).await
 }
 
+/// Sends a request on an upstream connection, after `delay` (fault injection) if given: the
+/// delayed send is a task of its own, so the caller's connection goes on with its next frames. A
+/// delayed request whose connection closes meanwhile is failed by the connection's reader (it is
+/// in its table) or, if the send finds the connection gone, by its timeout.
+fn send_upstream(conn: &Arc<UpConn>, data: Bytes, delay: Option<Duration>) -> bool {
+    match delay {
+        None => conn.tx.send(data).is_ok(),
+        Some(d) => {
+            let tx = conn.tx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                let _ = tx.send(data);
+            });
+            true
+        }
+    }
+}
+
 /// Handles one frame; `false` closes the connection.
 /// Writes a client span's context (`start_rpc_client`'s pairs) into the request's attachments.
 /// Last of all on the frame: the rewrite moves what `info` points at.
@@ -833,7 +962,7 @@ fn write_trace_context<K: AsRef<str>>(
     }
 }
 
-async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut frame: Frame) -> bool {
+async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down, mut frame: Frame) -> bool {
     let codec = &*rt.codec;
     match frame.kind {
         FrameKind::Heartbeat => {
@@ -886,7 +1015,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         }
         rt.trace_local(trace, r, route);
     };
-    let Some(route) = rt.route(&frame, &info) else {
+    let Some((route, governance)) = rt.route(&frame, &info) else {
         let svc = info.service.get(&frame.data).unwrap_or_default();
         let m = info.method.get(&frame.data).unwrap_or_default();
         fail(
@@ -907,20 +1036,23 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         );
         return true;
     };
+    // The route's governance, in the order of an HTTP route's filters: fault injection, then its
+    // rate limit.
+    if governance.abort.is_some_and(Chance::roll) {
+        fail(LocalReply::Fault, "fault injected: abort (weft)", rn, trace.take());
+        return true;
+    }
+    if let (Some(limiter), Some(rl)) = (&governance.limiter, &route.rate_limit) {
+        let value = (rl.descriptor_attachment.as_deref())
+            .and_then(|k| codec.attachment(&frame, &info, k))
+            .and_then(|v| v.as_str().map(|s| s.as_bytes().to_vec()));
+        if limiter.check_value(value.as_deref()).is_some() {
+            fail(LocalReply::RateLimited, "rate limited (weft)", rn, trace.take());
+            return true;
+        }
+    }
+    let delay = governance.delay.filter(|(_, c)| c.roll()).map(|(d, _)| d);
     let subset = (!route.subset.is_empty()).then_some(&route.subset);
-    let Some(host) = cluster.pick(None, None, subset) else {
-        fail(
-            LocalReply::NoHealthyUpstream,
-            "no healthy upstream (weft)",
-            rn,
-            trace.take(),
-        );
-        return true;
-    };
-    let Some(active) = cluster.start_request(&host, RoutePriority::Default) else {
-        fail(LocalReply::Overload, "upstream overloaded (weft)", rn, trace.take());
-        return true;
-    };
     // The client span starts before connecting; its context is written into the frame last (the
     // rewrite moves what `info` points at).
     let trace_ctx = match (&rt.tracer, trace.as_mut()) {
@@ -930,21 +1062,48 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         }
         _ => None,
     };
-    let conn = match rt.conn_now(&cluster, &host) {
-        Ok(c) => Ok(c),
-        Err(slot) => Box::pin(rt.connect(slot, &cluster, &host)).await,
-    };
-    let conn = match conn {
-        Ok(c) => c,
-        Err(e) => {
-            if e.counts_against_host() {
-                cluster.report(&host, Outcome::LocalFailure);
-            }
-            if let Some(ex) = trace.as_mut() {
-                ex.end_client(Some(host.address), 1, None);
-            }
-            fail(LocalReply::UpstreamFailure, &format!("{e} (weft)"), rn, trace.take());
+    // A call that cannot be sent (the connection to its host failed) goes to another host, as
+    // often as the route's retries allow and the cluster's retry budget lets it: it never reached
+    // a provider, so any method may be retried then.
+    let mut retries_left = route.retries.map_or(0, |r| r.attempts);
+    let mut _retry_guard = None;
+    let (host, active, conn) = loop {
+        let Some(host) = cluster.pick(None, None, subset) else {
+            fail(
+                LocalReply::NoHealthyUpstream,
+                "no healthy upstream (weft)",
+                rn,
+                trace.take(),
+            );
             return true;
+        };
+        let Some(active) = cluster.start_request(&host, RoutePriority::Default) else {
+            fail(LocalReply::Overload, "upstream overloaded (weft)", rn, trace.take());
+            return true;
+        };
+        let conn = match rt.conn_now(&cluster, &host) {
+            Ok(c) => Ok(c),
+            Err(slot) => Box::pin(rt.connect(slot, &cluster, &host)).await,
+        };
+        match conn {
+            Ok(c) => break (host, active, c),
+            Err(e) => {
+                if e.counts_against_host() {
+                    cluster.report(&host, Outcome::LocalFailure);
+                }
+                if retries_left > 0 {
+                    if let Some(g) = cluster.try_start_retry(RoutePriority::Default) {
+                        retries_left -= 1;
+                        _retry_guard = Some(g);
+                        continue;
+                    }
+                }
+                if let Some(ex) = trace.as_mut() {
+                    ex.end_client(Some(host.address), 1, None);
+                }
+                fail(LocalReply::UpstreamFailure, &format!("{e} (weft)"), rn, trace.take());
+                return true;
+            }
         }
     };
     if !two_way {
@@ -952,7 +1111,7 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
             write_trace_context(rt, codec, &mut frame, &info, &ctx);
         }
         cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
-        let sent = conn.tx.send(frame.data.freeze()).is_ok();
+        let sent = send_upstream(&conn, frame.data.freeze(), delay);
         if let (Some(t), Some(mut ex)) = (&rt.tracer, trace.take()) {
             ex.end_client(Some(host.address), 1, None);
             if let Some(r) = &mut ex.rpc {
@@ -975,7 +1134,8 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
         })
     });
     let now = Instant::now();
-    let mut timeout = route.timeout.unwrap_or(rt.config.timeout);
+    // A delayed call's timeout starts when it is sent.
+    let mut timeout = route.timeout.unwrap_or(rt.config.timeout) + delay.unwrap_or_default();
     if let Some(t) = codec.request_timeout(&frame) {
         timeout = timeout.min(t);
     }
@@ -984,6 +1144,19 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
     }
     let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
     codec.set_request_id(&mut frame, up_id);
+    let data = frame.data.freeze();
+    // An idempotent route's call keeps its bytes (a reference, not a copy) for a retry after its
+    // connection closed before the answer.
+    let retry = match route.retries {
+        Some(r) if r.idempotent && retries_left > 0 => Some(Box::new(Retry {
+            rt: rt.clone(),
+            cluster: cluster.clone(),
+            subset: route.subset.clone(),
+            data: data.clone(),
+            left: retries_left,
+        })),
+        _ => None,
+    };
     down.inflight.fetch_add(1, Ordering::Relaxed);
     conn.pending.lock().insert(
         up_id,
@@ -996,9 +1169,10 @@ async fn handle_frame(rt: &RpcRt, clusters: &dyn ClusterLookup, down: &Down, mut
             _active: active,
             log,
             trace,
+            retry,
         },
     );
-    if conn.tx.send(frame.data.freeze()).is_err() || conn.closed.load(Ordering::Relaxed) {
+    if !send_upstream(&conn, data, delay) || conn.closed.load(Ordering::Relaxed) {
         // The connection closed under us: its reader may already have failed what it held.
         let p = conn.pending.lock().remove(&up_id);
         if let Some(mut p) = p {

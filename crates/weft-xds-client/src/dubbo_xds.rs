@@ -163,7 +163,7 @@ fn route_configuration(errs: &mut Errs, path: &str, rc: &dubbo::RouteConfigurati
             match_: Some(m),
             cluster,
             subset,
-            timeout: None,
+            ..Default::default()
         });
     }
 }
