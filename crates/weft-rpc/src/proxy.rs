@@ -31,7 +31,7 @@ use weft_config::RoutePriority;
 use weft_core::access_log::{timestamp, AccessLogger};
 use weft_core::trace::{RpcSpan, TraceExchange, Tracer};
 use weft_route::filters::{Chance, LocalRateLimiter};
-use weft_upstream::cluster::{ActiveRequest, ConnGuard};
+use weft_upstream::cluster::{ActiveRequest, ConnGuard, RawStream};
 use weft_upstream::outlier::Outcome;
 use weft_upstream::{ClusterLookup, ClusterRt, Host};
 
@@ -215,8 +215,12 @@ impl RpcRt {
                 return Ok(c.clone());
             }
         }
-        let (stream, guard) = cluster.connect_raw(host).await?;
-        let c = UpConn::start(stream, guard, self, cluster.clone(), host.clone());
+        let (stream, guard) = cluster.connect_stream(host).await?;
+        let c = match stream {
+            RawStream::Tcp(s) => UpConn::start(s.into_split(), guard, self, cluster.clone(), host.clone()),
+            // Mesh mTLS (or the cluster's own `tls`): the halves share the TLS state.
+            RawStream::Tls(s) => UpConn::start(tokio::io::split(*s), guard, self, cluster.clone(), host.clone()),
+        };
         *s = Some(c.clone());
         Ok(c)
     }
@@ -291,8 +295,17 @@ impl UpConn {
         !self.closed.load(Ordering::Relaxed) && !self.readonly.load(Ordering::Relaxed)
     }
 
-    fn start(stream: TcpStream, guard: ConnGuard, rt: &RpcRt, cluster: Arc<ClusterRt>, host: Arc<Host>) -> Arc<UpConn> {
-        let (r, w) = stream.into_split();
+    fn start<R, W>(
+        (r, w): (R, W),
+        guard: ConnGuard,
+        rt: &RpcRt,
+        cluster: Arc<ClusterRt>,
+        host: Arc<Host>,
+    ) -> Arc<UpConn>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(UpConn {
             tx,
@@ -382,7 +395,7 @@ impl UpCtx {
     }
 }
 
-async fn up_reader(mut r: tokio::net::tcp::OwnedReadHalf, conn: Arc<UpConn>, ctx: UpCtx, _guard: ConnGuard) {
+async fn up_reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<UpConn>, ctx: UpCtx, _guard: ConnGuard) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut sweep = tokio::time::interval(ctx.sweep);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -19,6 +19,12 @@ use weft_config::{Cluster, Discovery, Endpoint, EndpointAddress, Locality, Route
 use weft_core::stats::ClusterStats;
 use weft_core::{Error, Reason, Retry};
 
+/// A connection from [`ClusterRt::connect_stream`].
+pub enum RawStream {
+    Tcp(TcpStream),
+    Tls(Box<weft_tls::tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
 thread_local! {
     static WORKER: Cell<usize> = const { Cell::new(usize::MAX) };
 }
@@ -500,6 +506,19 @@ impl ClusterRt {
             drop(guard);
         });
         Ok(sender)
+    }
+
+    /// Opens a connection for a protocol weft frames itself (RPC), counted against
+    /// `max_connections`: TLS (the cluster's `tls` block, e.g. mesh mTLS from weft control) when
+    /// the cluster originates TLS, else plain TCP.
+    pub async fn connect_stream(self: &Arc<Self>, host: &Arc<Host>) -> Result<(RawStream, ConnGuard), Error> {
+        let guard = self.reserve_connection(RoutePriority::Default).ok_or_else(overflow)?;
+        let s = self.connect_tcp(host).await?;
+        let s = match &self.tls {
+            None => RawStream::Tcp(s),
+            Some(t) => RawStream::Tls(Box::new(self.tls_connect(t, host, s).await?)),
+        };
+        Ok((s, guard))
     }
 
     /// Opens a raw TCP connection for the TCP proxy, counted against `max_connections`.

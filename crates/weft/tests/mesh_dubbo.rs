@@ -10,6 +10,10 @@
 //! SERVICE_NOT_FOUND, the RPC metrics of both hops, and a registry change (one provider removed)
 //! followed with no failed call.
 //!
+//! `dubbo_over_mesh_mtls`: the same hop with weft control as the mesh CA and the service STRICT:
+//! the caller's sidecar opens its upstream Dubbo connections over mTLS (the cluster's TLS from
+//! weft control), the providers' sidecars accept only mTLS, and the calls get through.
+//!
 //! `envoy_sidecar_takes_weft_controls_dubbo_listener`: Envoy 1.40 as the consumer's sidecar, its
 //! Dubbo listener (`envoy.filters.network.dubbo_proxy`) and clusters from the same weft control:
 //! the consumer's calls go through Envoy to the weft sidecars and their providers. Envoy comes from
@@ -102,6 +106,18 @@ fn sidecar(
     inbound: Option<(SocketAddr, SocketAddr)>,
     xds: SocketAddr,
 ) -> (ChildGuard, SocketAddr, SocketAddr) {
+    sidecar_with(dir, id, service, inbound, xds, &[])
+}
+
+/// [`sidecar`] with extra `weft proxy` arguments (an identity token).
+fn sidecar_with(
+    dir: &TempDir,
+    id: &str,
+    service: &str,
+    inbound: Option<(SocketAddr, SocketAddr)>,
+    xds: SocketAddr,
+    extra: &[&std::ffi::OsStr],
+) -> (ChildGuard, SocketAddr, SocketAddr) {
     let (admin, outbound, dubbo_out) = (free_addr(), free_addr(), free_addr());
     let inb = inbound
         .map(|(i, app)| format!("    weft.inbound: \"{i}\"\n    weft.app: \"{app}\"\n"))
@@ -115,6 +131,7 @@ fn sidecar(
         Command::new(WEFT)
             .args(["proxy", "-c"])
             .arg(&path)
+            .args(extra)
             .env("WEFT_LOG", "error")
             .stdin(Stdio::null())
             .spawn()
@@ -133,13 +150,102 @@ fn stats(admin: SocketAddr) -> String {
 }
 
 fn registry(reg: &TempDir, endpoints: &[SocketAddr]) {
+    registry_with(reg, endpoints, "");
+}
+
+/// The registry with `extra` service fields (indented lines).
+fn registry_with(reg: &TempDir, endpoints: &[SocketAddr], extra: &str) {
     let eps: Vec<String> = endpoints.iter().map(|e| format!("{{address: \"{e}\"}}")).collect();
     reg.write(
         "services.yaml",
         &format!(
-            "services:\n  - name: greeter\n    protocol: dubbo\n    interfaces: [{IFACE}]\n    endpoints: [{}]\n",
+            "services:\n  - name: greeter\n    protocol: dubbo\n    interfaces: [{IFACE}]\n{extra}    endpoints: [{}]\n",
             eps.join(", ")
         ),
+    );
+}
+
+/// A bootstrap token for `identity` (namespace/service account) from weft control's CA in `ca`.
+fn token(dir: &TempDir, ca: &Path, identity: &str) -> PathBuf {
+    let out = Command::new(WEFT)
+        .args(["control", "token", "--ca-dir"])
+        .arg(ca)
+        .args(["--identity", identity, "--ttl", "1h"])
+        .output()
+        .expect("weft control token");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = dir.join(&format!("{}.token", identity.replace('/', "-")));
+    std::fs::write(&p, &out.stdout).unwrap();
+    p
+}
+
+/// TLS handshakes a proxy accepted (its inbound side), from its metrics.
+fn handshakes_accepted(admin: SocketAddr) -> f64 {
+    stats(admin)
+        .lines()
+        .filter(|l| l.starts_with("weft_tls_handshakes_total{side=\"downstream\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+        .sum()
+}
+
+#[test]
+fn dubbo_over_mesh_mtls() {
+    let Some(script) = peer_script() else { return };
+    let reg = TempDir::new("mesh-dubbo-mtls-reg");
+    let dir = TempDir::new("mesh-dubbo-mtls");
+    let ca = dir.join("ca");
+    let (_alpha, alpha) = provider(&script, "alpha");
+    let (_beta, beta) = provider(&script, "beta");
+    let (in_a, in_b) = (free_addr(), free_addr());
+    registry_with(&reg, &[in_a, in_b], "    mtls: STRICT\n");
+    let ca_arg = ca.display().to_string();
+    let (_control, xds, _) = start_control(&reg, &["--ca-dir", &ca_arg]);
+    let ca_addr = xds.to_string();
+    let args = |t: &PathBuf| -> Vec<std::ffi::OsString> {
+        vec![
+            "--ca-address".into(),
+            ca_addr.clone().into(),
+            "--identity-token-file".into(),
+            t.clone().into_os_string(),
+        ]
+    };
+    let (tg, tw) = (token(&dir, &ca, "default/greeter"), token(&dir, &ca, "default/web"));
+    let (ag, aw) = (args(&tg), args(&tw));
+    fn os(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
+        v.iter().map(|x| x.as_os_str()).collect()
+    }
+    let (_pa, admin_a, _) = sidecar_with(&dir, "greeter-a", "greeter", Some((in_a, alpha)), xds, &os(&ag));
+    let (_pb, admin_b, _) = sidecar_with(&dir, "greeter-b", "greeter", Some((in_b, beta)), xds, &os(&ag));
+    let (_c, _, out) = sidecar_with(&dir, "web-1", "web", None, xds, &os(&aw));
+
+    let cmds: Vec<serde_json::Value> = (0..12)
+        .map(|i| serde_json::json!({"id": i, "method": "echo", "args": [format!("t{i}")]}))
+        .collect();
+    // The providers' sidecars may take a moment to hold their certificates.
+    let got = eventually_blocking("calls over mTLS", Duration::from_secs(20), || {
+        let got = consume(&script, out, IFACE, &cmds);
+        got.iter().all(|g| g["ok"].is_string()).then_some(got)
+    });
+    let who: std::collections::BTreeSet<&str> = got
+        .iter()
+        .map(|g| g["ok"].as_str().unwrap().split_once(':').unwrap().0)
+        .collect();
+    assert_eq!(who.len(), 2, "{got:?}");
+    assert!(
+        handshakes_accepted(admin_a) >= 1.0 && handshakes_accepted(admin_b) >= 1.0,
+        "the providers' sidecars accepted no mTLS connection:\n{}",
+        stats(admin_a)
+    );
+    // STRICT: a plaintext Dubbo caller straight to a provider's sidecar gets nothing.
+    let direct = consume(
+        &script,
+        in_a,
+        IFACE,
+        &[serde_json::json!({"id": 1, "method": "echo", "args": ["x"], "timeout": 1000})],
+    );
+    assert!(
+        !direct[0]["ok"].is_string(),
+        "plaintext got through a STRICT inbound: {direct:?}"
     );
 }
 
