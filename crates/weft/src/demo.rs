@@ -1,6 +1,7 @@
-//! `weft demo`: a whole mesh on loopback. It starts `weft control` on a registry directory, four
-//! sample service instances (frontend, reviews v1 and v2, ratings), each behind its own `weft proxy`
-//! sidecar configured over xDS, and a traffic generator; prints where to look and one summary line
+//! `weft demo`: a whole mesh on loopback. It starts `weft control` on a registry directory, five
+//! sample service instances (frontend, reviews v1 and v2, ratings over HTTP; details, a Dubbo2
+//! provider the frontend calls over RPC), each behind its own `weft proxy` sidecar configured over
+//! xDS, and a traffic generator; prints where to look and one summary line
 //! per second; and on a timer edits the registry files (a canary weight shift, then a fault
 //! injection) so the user watches the mesh react.
 //!
@@ -168,6 +169,97 @@ impl Client {
 }
 
 // ---------------------------------------------------------------------------------------------
+// A tiny Dubbo2 client (the frontend calls details with it, through its sidecar)
+
+/// The Dubbo interface of the demo's `details` service.
+const DETAILS_INTERFACE: &str = "demo.Details";
+
+/// A connection to the sidecar's Dubbo listener and its read buffer.
+type DubboConn = (tokio::net::TcpStream, bytes::BytesMut);
+
+#[derive(Clone)]
+struct DubboClient {
+    /// Movable, as [`Client::to`].
+    to: Arc<Mutex<SocketAddr>>,
+    /// Connections, one call at a time each (the sidecar multiplexes them upstream).
+    slots: Arc<Vec<tokio::sync::Mutex<Option<DubboConn>>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl DubboClient {
+    fn new(to: SocketAddr) -> DubboClient {
+        DubboClient {
+            to: Arc::new(Mutex::new(to)),
+            slots: Arc::new((0..8).map(|_| tokio::sync::Mutex::new(None)).collect()),
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// `demo.Details.get(arg)`: the provider's answer (it echoes `arg`), or why not. Recorded as
+    /// the `details-1` figures of the per-second line (seen by the frontend).
+    async fn call(&self, arg: &str, stats: &Stats) -> Result<String, String> {
+        let start = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(5), self.call_inner(arg)).await;
+        let r = r.unwrap_or_else(|_| Err("timeout".into()));
+        stats.record("details-1", r.is_ok(), start.elapsed());
+        r
+    }
+
+    async fn call_inner(&self, arg: &str) -> Result<String, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use weft_rpc::codec::Codec;
+        use weft_rpc::dubbo::{self, Dubbo};
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.slots[id as usize % self.slots.len()].lock().await;
+        if slot.is_none() {
+            let to = *self.to.lock().unwrap_or_else(|e| e.into_inner());
+            let s = tokio::net::TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+            let _ = s.set_nodelay(true);
+            *slot = Some((s, bytes::BytesMut::with_capacity(1024)));
+        }
+        let (s, buf) = slot.as_mut().expect("connected");
+        let mut args = Vec::new();
+        weft_rpc::hessian::write_string(&mut args, arg);
+        let req = dubbo::encode_request(id, true, DETAILS_INTERFACE, "", "get", "Ljava/lang/String;", &args, &[]);
+        let frame = async {
+            s.write_all(&req).await.map_err(|e| e.to_string())?;
+            loop {
+                match Dubbo.decode(buf, 1 << 20) {
+                    Ok(Some(f)) if f.id == id => return Ok(f),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+                if s.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                    return Err("connection closed".to_string());
+                }
+            }
+        }
+        .await;
+        let f = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                *slot = None;
+                return Err(e);
+            }
+        };
+        if f.status != 20 {
+            return Err(format!(
+                "status {}: {}",
+                f.status,
+                dubbo::error_message(&f).unwrap_or_default()
+            ));
+        }
+        let mut r = weft_rpc::hessian::Reader::at(&f.data, dubbo::HEADER_LEN);
+        let _kind = r.read_int().map_err(|e| e.to_string())?;
+        Ok(r.read_opt_string()
+            .map_err(|e| e.to_string())?
+            .map(|s| s.into_owned())
+            .unwrap_or_default())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Sample applications
 
 /// What an app does with a request: answer by itself, or call a downstream service through its
@@ -179,6 +271,8 @@ enum Behaviour {
         me: &'static str,
         service: &'static str,
         sidecar: Client,
+        /// Also a Dubbo call (to details) through the sidecar's outbound Dubbo listener.
+        rpc: Option<DubboClient>,
     },
 }
 
@@ -197,11 +291,28 @@ async fn serve_app(listener: tokio::net::TcpListener, name: &'static str, behavi
                     let start = Instant::now();
                     let (status, body) = match &behaviour {
                         Behaviour::Leaf(text) => (200, text.to_string()),
-                        Behaviour::Calls { me, service, sidecar } => match sidecar.get(service, "/").await {
-                            Some((200, b)) => (200, format!("{me} <- {b}")),
-                            Some((s, _)) => (502, format!("{me}: {service} answered {s}")),
-                            None => (502, format!("{me}: {service} unreachable")),
-                        },
+                        Behaviour::Calls {
+                            me,
+                            service,
+                            sidecar,
+                            rpc,
+                        } => {
+                            let http = sidecar.get(service, "/");
+                            let (http, rpc) = match rpc {
+                                Some(d) => {
+                                    let (h, r) = tokio::join!(http, d.call("book-1", &stats));
+                                    (h, Some(r))
+                                }
+                                None => (http.await, None),
+                            };
+                            match (http, rpc) {
+                                (Some((200, b)), None) => (200, format!("{me} <- {b}")),
+                                (Some((200, b)), Some(Ok(d))) => (200, format!("{me} <- {b}; details (dubbo) <- {d}")),
+                                (Some((200, _)), Some(Err(e))) => (502, format!("{me}: details (dubbo): {e}")),
+                                (Some((s, _)), _) => (502, format!("{me}: {service} answered {s}")),
+                                (None, _) => (502, format!("{me}: {service} unreachable")),
+                            }
+                        }
                     };
                     stats.record(name, status == 200, start.elapsed());
                     Ok::<_, std::convert::Infallible>(
@@ -233,6 +344,8 @@ struct Instance {
     app: SocketAddr,
     inbound: SocketAddr,
     outbound: SocketAddr,
+    /// The sidecar's outbound Dubbo listener (the frontend's only): its app's Dubbo calls.
+    dubbo_out: Option<SocketAddr>,
     admin: SocketAddr,
 }
 
@@ -270,8 +383,15 @@ fn identity_of(service: &str) -> String {
 
 fn services_yaml(instances: &[Instance], mtls: bool) -> String {
     let mut s = String::from("# The demo's services: each endpoint is a sidecar's inbound listener.\nservices:\n");
-    for svc in ["frontend", "reviews", "ratings"] {
-        s.push_str(&format!("  - name: {svc}\n    protocol: http\n"));
+    for svc in ["frontend", "reviews", "ratings", "details"] {
+        if svc == "details" {
+            // A Dubbo2 service: its sidecar proxies each call; callers' sidecars route by interface.
+            s.push_str(&format!(
+                "  - name: {svc}\n    protocol: dubbo\n    interfaces: [{DETAILS_INTERFACE}]\n"
+            ));
+        } else {
+            s.push_str(&format!("  - name: {svc}\n    protocol: http\n"));
+        }
         if mtls {
             // Secure naming: callers' sidecars accept only this identity from the service's
             // servers. Mode: weft control's default, PERMISSIVE (the traffic generator calls the
@@ -347,7 +467,7 @@ node:
     weft.role: sidecar
     weft.inbound: "{inbound}"
     weft.outbound: "{outbound}"
-    weft.app: "{app}"
+    weft.app: "{app}"{dubbo}
     WORKLOAD_NAME: {workload}
     NAMESPACE: demo
 admin:
@@ -365,6 +485,10 @@ xds:
         outbound = i.outbound,
         app = i.app,
         admin = i.admin,
+        dubbo = i
+            .dubbo_out
+            .map(|d| format!("\n    weft.outbound_dubbo: \"{d}\""))
+            .unwrap_or_default(),
     )
 }
 
@@ -562,6 +686,7 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         ("reviews-v1", "reviews-v1", "reviews", "v1"),
         ("reviews-v2", "reviews-v2", "reviews", "v2"),
         ("ratings-1", "ratings", "ratings", "v1"),
+        ("details-1", "details", "details", "v1"),
     ] {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
         instances.push(Instance {
@@ -572,22 +697,38 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
             app: l.local_addr().map_err(io)?,
             inbound: free_addr().map_err(io)?,
             outbound: free_addr().map_err(io)?,
+            dubbo_out: if id == "frontend-1" {
+                Some(free_addr().map_err(io)?)
+            } else {
+                None
+            },
             admin: free_addr().map_err(io)?,
         });
         app_listeners.push(l);
     }
     // The apps' clients of their own sidecar's outbound listener, by instance.
     let mut outbound_clients: Vec<Option<Client>> = Vec::new();
+    let mut dubbo_client = None;
     for (i, l) in instances.iter().zip(app_listeners) {
         let (behaviour, client) = match i.id {
             "frontend-1" => {
                 let c = Client::new(i.outbound);
+                let d = i.dubbo_out.map(DubboClient::new);
+                dubbo_client = d.clone();
                 let b = Behaviour::Calls {
                     me: "frontend",
                     service: "reviews",
                     sidecar: c.clone(),
+                    rpc: d,
                 };
                 (b, Some(c))
+            }
+            "details-1" => {
+                // A Dubbo2 provider (weft bench's echo provider: answers each call with its
+                // first argument).
+                tokio::spawn(weft_bench::provider::serve(l));
+                outbound_clients.push(None);
+                continue;
             }
             "reviews-v1" => (Behaviour::Leaf("reviews-v1"), None),
             "reviews-v2" => {
@@ -596,6 +737,7 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
                     me: "reviews-v2",
                     service: "ratings",
                     sidecar: c.clone(),
+                    rpc: None,
                 };
                 (b, Some(c))
             }
@@ -621,6 +763,13 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
                 if let Some(c) = client {
                     *c.to.lock().unwrap_or_else(|e| e.into_inner()) = i.outbound;
                 }
+                if i.dubbo_out.is_some() {
+                    let d = free_addr().map_err(io)?;
+                    i.dubbo_out = Some(d);
+                    if let Some(c) = &dubbo_client {
+                        *c.to.lock().unwrap_or_else(|e| e.into_inner()) = d;
+                    }
+                }
             }
         }
         write_atomic(
@@ -644,7 +793,7 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
 
     let frontend = instances[0].inbound;
     println!(
-        "weft demo: a mesh on loopback. weft control serves xDS ({}) to four sidecars.",
+        "weft demo: a mesh on loopback. weft control serves xDS ({}) to five sidecars.",
         args.xds
     );
     if args.plaintext {
@@ -660,8 +809,9 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         "  service graph  http://{control_admin}/graph  (live: workloads and their calls with rates, errors, latency)"
     );
     for i in &instances {
+        let dubbo = i.dubbo_out.map(|d| format!(" dubbo out {d}")).unwrap_or_default();
         println!(
-            "  {:<11}    app {}  sidecar in {} out {}  admin http://{}/ (try /clusters, /stats/prometheus, /xds)",
+            "  {:<11}    app {}  sidecar in {} out {}{dubbo}  admin http://{}/ (try /clusters, /stats/prometheus, /xds)",
             i.id, i.app, i.inbound, i.outbound, i.admin
         );
     }
@@ -670,7 +820,7 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
         registry.display()
     );
     println!(
-        "  traffic        {} req/s to the frontend; frontend -> reviews (v1 | v2 -> ratings)\n",
+        "  traffic        {} req/s to the frontend; frontend -> reviews (v1 | v2 -> ratings) over HTTP, and frontend -> details\n                 over Dubbo2 (the frontend's sidecar routes the call by interface {DETAILS_INTERFACE}; details' sidecar\n                 proxies each call: weft_rpc_* metrics on both admin pages)\n",
         args.rate
     );
     let s = args.step;
@@ -752,6 +902,7 @@ async fn demo_inner(args: DemoArgs, dir: &Path) -> Result<(), String> {
             ("reviews-v1", "reviews-v1"),
             ("reviews-v2", "reviews-v2"),
             ("ratings-1", "ratings"),
+            ("details-1", "details"),
         ] {
             let win = w.entry(who).or_default();
             let total = win.ok + win.errors;

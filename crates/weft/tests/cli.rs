@@ -376,6 +376,16 @@ async fn demo_runs_and_prints_rates() {
     let per_second = out.lines().filter(|l| l.contains("req/s") && l.contains("p99")).count();
     assert!(per_second >= 2, "summary lines with req/s:\n{out}");
     assert!(out.contains("done:"), "{out}");
+    // The RPC hop: the frontend's Dubbo calls to details ("details N E% P99ms"), answered.
+    let details = |l: &str| -> Option<(u64, f64)> {
+        let mut w = l.split_once("| details ")?.1.split_whitespace();
+        Some((w.next()?.parse().ok()?, w.next()?.trim_end_matches('%').parse().ok()?))
+    };
+    let calls: Vec<(u64, f64)> = out.lines().filter_map(details).collect();
+    assert!(
+        calls.iter().any(|(n, e)| *n > 0 && *e == 0.0),
+        "no Dubbo calls answered by details:\n{out}"
+    );
     // mTLS by default: the sidecars accepted mTLS connections from each other.
     let accepted: u64 = out
         .lines()
