@@ -57,6 +57,16 @@ pub struct RawRpcRoute {
     pub retries: Option<RawRpcRetries>,
     pub fault: Option<RawRpcFault>,
     pub rate_limit: Option<RawRpcRateLimit>,
+    /// A copy of a share of the route's calls goes to this cluster too; its answers are dropped.
+    pub mirror: Option<RawRpcMirror>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRpcMirror {
+    pub cluster: Option<String>,
+    /// Share of calls copied, 0-100 (default 100).
+    pub percent: Option<f64>,
 }
 
 /// Retries of the route's calls, each on another host of the cluster.
@@ -177,6 +187,14 @@ pub struct RpcRoute {
     pub retries: Option<RpcRetries>,
     pub fault: Option<RpcFault>,
     pub rate_limit: Option<RpcRateLimit>,
+    pub mirror: Option<RpcMirror>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RpcMirror {
+    pub cluster: String,
+    /// 0-100.
+    pub percent: f64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -418,6 +436,24 @@ pub fn validate(
                 100.0
             }
         };
+        let mirror = rr.mirror.as_ref().and_then(|m| {
+            let percent = percent(format!("{p}.mirror.percent"), m.percent);
+            match m.cluster.as_deref() {
+                Some(c) if !c.is_empty() => {
+                    if !clusters.contains(c) && !allow_unknown_clusters {
+                        delay_errors.push((format!("{p}.mirror.cluster"), format!("unknown cluster \"{c}\"")));
+                    }
+                    Some(RpcMirror {
+                        cluster: c.to_string(),
+                        percent,
+                    })
+                }
+                _ => {
+                    delay_errors.push((format!("{p}.mirror.cluster"), "is required".into()));
+                    None
+                }
+            }
+        });
         let fault = rr.fault.as_ref().map(|f| {
             let delay = f.delay.as_ref().map(|d| {
                 let fixed = d.fixed.as_deref().and_then(|s| duration::parse(s).ok());
@@ -475,6 +511,7 @@ pub fn validate(
             retries,
             fault,
             rate_limit,
+            mirror,
         });
     }
     let access_log = r.access_log.as_ref().map(|a| {

@@ -70,6 +70,7 @@ struct RouteRt {
     abort: Option<Chance>,
     delay: Option<(Duration, Chance)>,
     limiter: Option<LocalRateLimiter>,
+    mirror: Option<(String, Chance)>,
 }
 
 impl RouteRt {
@@ -80,6 +81,10 @@ impl RouteRt {
             delay: f
                 .and_then(|f| f.delay.as_ref())
                 .map(|d| (d.fixed, Chance::from_percent(d.percent))),
+            mirror: r
+                .mirror
+                .as_ref()
+                .map(|m| (m.cluster.clone(), Chance::from_percent(m.percent))),
             limiter: r.rate_limit.as_ref().map(|l| {
                 LocalRateLimiter::for_values(&l.bucket, l.descriptor_attachment.is_some(), Default::default())
             }),
@@ -941,6 +946,44 @@ async fn read_frame_bytes<R: DownstreamRead>(r: &mut R, buf: &mut BytesMut) -> s
     r.read_buf(buf).await
 }
 
+/// Copies a share of a route's calls to its mirror cluster (its own task: the caller never
+/// waits for it). The copy gets a request id of the mirror's connection that nothing waits for,
+/// so its answer is dropped when it comes; a mirror that is down, overloaded or slow changes
+/// nothing for the call.
+fn mirror(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, g: &RouteRt, data: &Bytes) {
+    let Some((name, chance)) = &g.mirror else { return };
+    if !chance.roll() {
+        return;
+    }
+    let Some(cluster) = clusters.cluster(name) else { return };
+    let (rt, data) = (rt.clone(), data.clone());
+    tokio::spawn(async move {
+        let Some(host) = cluster.pick(None, None, None) else {
+            return;
+        };
+        let Some(_active) = cluster.start_request(&host, RoutePriority::Default) else {
+            return;
+        };
+        let conn = match rt.conn_now(&cluster, &host) {
+            Ok(c) => c,
+            Err(slot) => match rt.connect(slot, &cluster, &host).await {
+                Ok(c) => c,
+                Err(_) => return,
+            },
+        };
+        let mut frame = Frame {
+            kind: FrameKind::Request,
+            id: 0,
+            status: 0,
+            data: BytesMut::from(&data[..]),
+        };
+        rt.codec
+            .set_request_id(&mut frame, conn.next_id.fetch_add(1, Ordering::Relaxed));
+        cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
+        let _ = conn.tx.send(frame.data.freeze());
+    });
+}
+
 /// Sends a request on an upstream connection, after `delay` (fault injection) if given: the
 /// delayed send is a task of its own, so the caller's connection goes on with its next frames. A
 /// delayed request whose connection closes meanwhile is failed by the connection's reader (it is
@@ -1124,7 +1167,9 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
             write_trace_context(rt, codec, &mut frame, &info, &ctx);
         }
         cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
-        let sent = send_upstream(&conn, frame.data.freeze(), delay);
+        let data = frame.data.freeze();
+        mirror(rt, clusters, governance, &data);
+        let sent = send_upstream(&conn, data, delay);
         if let (Some(t), Some(mut ex)) = (&rt.tracer, trace.take()) {
             ex.end_client(Some(host.address), 1, None);
             if let Some(r) = &mut ex.rpc {
@@ -1170,6 +1215,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         })),
         _ => None,
     };
+    mirror(rt, clusters, governance, &data);
     down.inflight.fetch_add(1, Ordering::Relaxed);
     conn.pending.lock().insert(
         up_id,

@@ -1,6 +1,8 @@
 //! The governance of RPC routes on the wire (Dubbo2; Bolt shares the code path): fault injection
 //! (abort with the protocol's service error, delay without holding up the caller's other calls),
-//! local rate limits (shared and per attachment value), and retries on another host: of any call
+//! local rate limits (shared and per attachment value), mirroring (a copy of each call to a
+//! shadow cluster, its answer dropped; an unreachable shadow changes nothing), and retries on
+//! another host: of any call
 //! whose connection could not be made, and of an idempotent route's call whose connection closed
 //! before the answer (a route that is not idempotent answers that call `SERVER_ERROR`).
 
@@ -244,9 +246,39 @@ async fn retries_on_another_host() {
     assert_eq!(retries("flaky"), 1.0, "{m}");
 }
 
+#[tokio::test]
+async fn mirror_copies_calls_and_drops_the_answers() {
+    let main = provider("main").await;
+    let shadow = provider("shadow").await;
+    let dead = dead_addr();
+    let routes = "        - match: { interface: org.example.Gov, method: echo }\n          cluster: c\n          mirror: { cluster: m }\n        - match: { interface: org.example.Gov }\n          cluster: c\n          mirror: { cluster: gone, percent: 100 }\n";
+    let clusters = cluster("c", &[main.addr]) + &cluster("m", &[shadow.addr]) + &cluster("gone", &[dead]);
+    let proxy = start_proxy(&config("mirror", routes, &clusters));
+    let addr = proxy.listener_addr("mirror").unwrap();
+    let mut c = Client::connect(addr).await;
+    for i in 0..10 {
+        let f = call(&mut c, i + 1, "echo", &format!("m{i}"), &[]).await;
+        assert_eq!(
+            answer(&f),
+            Ok(format!("main:m{i}")),
+            "answered by the main cluster only"
+        );
+    }
+    eventually("the shadow got every call", Duration::from_secs(5), || async {
+        (shadow.calls.load(Ordering::Relaxed) == 10).then_some(())
+    })
+    .await;
+    // A mirror that cannot be reached changes nothing for the calls.
+    for i in 0..5 {
+        let f = call(&mut c, 100 + i, "whoami", "", &[]).await;
+        assert_eq!(answer(&f), Ok("main:".to_string()));
+    }
+    assert_eq!(main.calls.load(Ordering::Relaxed), 15);
+}
+
 #[test]
 fn governance_config_errors_name_the_field() {
-    let bad = "        - match: { interface: org.example.Gov }\n          cluster: c\n          retries: { attempts: 9 }\n          fault: {}\n          rate_limit: { max_tokens: 0, fill_interval: 10ms }\n";
+    let bad = "        - match: { interface: org.example.Gov }\n          cluster: c\n          retries: { attempts: 9 }\n          fault: {}\n          rate_limit: { max_tokens: 0, fill_interval: 10ms }\n          mirror: { cluster: nope, percent: 120 }\n";
     common::assert_refused(
         &config("bad", bad, &cluster("c", &["127.0.0.1:1".parse().unwrap()])),
         &[
@@ -254,6 +286,8 @@ fn governance_config_errors_name_the_field() {
             "routes[0].fault: give delay, abort or both",
             "routes[0].rate_limit.max_tokens",
             "routes[0].rate_limit.fill_interval: 10ms is out of range",
+            "routes[0].mirror.cluster: unknown cluster \"nope\"",
+            "routes[0].mirror.percent: 120 is out of range [0, 100]",
         ],
     );
 }
