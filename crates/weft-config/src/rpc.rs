@@ -5,8 +5,10 @@
 //! `raw`/`validate`/`model` files only carry one hook each.
 
 use crate::duration;
-use crate::model::{AccessLog, FaultDelay, LocalRateLimit, LogSink};
-use crate::raw::{RawAccessLog, RawFaultDelay, RawLocalRateLimit};
+use crate::model::{
+    AccessLog, FaultDelay, LocalRateLimit, LogSink, RateLimitAction, RateLimitPolicy, RateLimitService,
+};
+use crate::raw::{RawAccessLog, RawFaultDelay, RawLocalRateLimit, RawRateLimitService};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -42,6 +44,8 @@ pub struct RawRpc {
     pub access_log: Option<RawAccessLog>,
     /// Distributed tracing of the RPC requests (the same block as an `http` listener's).
     pub tracing: Option<crate::tracing::RawTracing>,
+    /// The global rate limit service the routes' `rate_limits` ask (Envoy's RLS protocol).
+    pub rate_limit_service: Option<RawRateLimitService>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -59,6 +63,31 @@ pub struct RawRpcRoute {
     pub rate_limit: Option<RawRpcRateLimit>,
     /// A copy of a share of the route's calls goes to this cluster too; its answers are dropped.
     pub mirror: Option<RawRpcMirror>,
+    /// Descriptors sent to the listener's `rate_limit_service` for each call.
+    pub rate_limits: Vec<RawRpcRateLimitPolicy>,
+}
+
+/// One descriptor (Envoy's `RateLimit`): sent when every action yields an entry.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRpcRateLimitPolicy {
+    pub actions: Vec<RawRpcRateLimitAction>,
+}
+
+/// Exactly one of: an attachment's value (Bolt: a header), the caller's address, a fixed pair.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRpcRateLimitAction {
+    pub attachment: Option<RawAttachmentAction>,
+    pub remote_address: Option<crate::raw::RawEmpty>,
+    pub generic_key: Option<crate::raw::RawGenericKeyAction>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawAttachmentAction {
+    pub name: Option<String>,
+    pub descriptor_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -173,6 +202,7 @@ pub struct RpcProxy {
     /// `protocol: auto` only.
     pub sniff: Option<Sniff>,
     pub tracing: Option<Box<crate::tracing::Tracing>>,
+    pub rate_limit_service: Option<RateLimitService>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -188,6 +218,9 @@ pub struct RpcRoute {
     pub fault: Option<RpcFault>,
     pub rate_limit: Option<RpcRateLimit>,
     pub mirror: Option<RpcMirror>,
+    /// For the listener's rate limit service. `RequestHeaders::header_name` is an attachment's
+    /// name (as written: attachments are case-sensitive).
+    pub rate_limits: Vec<RateLimitPolicy>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -436,6 +469,58 @@ pub fn validate(
                 100.0
             }
         };
+        let mut rate_limits = Vec::new();
+        for (k, rl) in rr.rate_limits.iter().enumerate() {
+            let rp = format!("{p}.rate_limits[{k}]");
+            if rl.actions.is_empty() {
+                delay_errors.push((format!("{rp}.actions"), "needs at least one action".into()));
+            }
+            let mut actions = Vec::new();
+            for (j, a) in rl.actions.iter().enumerate() {
+                let ap = format!("{rp}.actions[{j}]");
+                let set = [
+                    a.attachment.is_some(),
+                    a.remote_address.is_some(),
+                    a.generic_key.is_some(),
+                ];
+                if set.iter().filter(|b| **b).count() != 1 {
+                    delay_errors.push((ap, "set exactly one of attachment, remote_address, generic_key".into()));
+                    continue;
+                }
+                if let Some(at) = &a.attachment {
+                    match (at.name.as_deref(), at.descriptor_key.as_deref()) {
+                        (Some(n), Some(k)) if !n.is_empty() && !k.is_empty() => {
+                            actions.push(RateLimitAction::RequestHeaders {
+                                header_name: n.to_string(),
+                                descriptor_key: k.to_string(),
+                            })
+                        }
+                        (n, _) => {
+                            let f = if n.is_none_or(str::is_empty) {
+                                "name"
+                            } else {
+                                "descriptor_key"
+                            };
+                            delay_errors.push((format!("{ap}.attachment.{f}"), "is required".into()));
+                        }
+                    }
+                } else if a.remote_address.is_some() {
+                    actions.push(RateLimitAction::RemoteAddress);
+                } else if let Some(g) = &a.generic_key {
+                    match g.descriptor_value.as_deref() {
+                        Some(v) if !v.is_empty() => actions.push(RateLimitAction::GenericKey {
+                            descriptor_key: g.descriptor_key.clone().unwrap_or_else(|| "generic_key".into()),
+                            descriptor_value: v.to_string(),
+                        }),
+                        _ => delay_errors.push((format!("{ap}.generic_key.descriptor_value"), "is required".into())),
+                    }
+                }
+            }
+            rate_limits.push(RateLimitPolicy { actions });
+        }
+        if !rate_limits.is_empty() && r.rate_limit_service.is_none() {
+            delay_errors.push((format!("{p}.rate_limits"), format!("needs {path}.rate_limit_service")));
+        }
         let mirror = rr.mirror.as_ref().and_then(|m| {
             let percent = percent(format!("{p}.mirror.percent"), m.percent);
             match m.cluster.as_deref() {
@@ -512,6 +597,7 @@ pub fn validate(
             fault,
             rate_limit,
             mirror,
+            rate_limits,
         });
     }
     let access_log = r.access_log.as_ref().map(|a| {
@@ -544,6 +630,15 @@ pub fn validate(
         errors.extend(errs);
         t.map(Box::new)
     });
+    let rate_limit_service = r.rate_limit_service.as_ref().and_then(|s| {
+        crate::validate::rate_limit_service_pairs(
+            &format!("{path}.rate_limit_service"),
+            s,
+            clusters,
+            allow_unknown_clusters,
+            &mut delay_errors,
+        )
+    });
     errors.extend(delay_errors);
     if errors.len() > before {
         return None;
@@ -560,5 +655,6 @@ pub fn validate(
         access_log,
         sniff,
         tracing,
+        rate_limit_service,
     })
 }

@@ -832,6 +832,25 @@ fn default_dur(cx: &mut Ctx, path: &str, v: &Option<String>, default_secs: u64) 
     }
 }
 
+/// [`rate_limit_service`] for the `rpc` block, whose validation collects (path, message) pairs.
+pub(crate) fn rate_limit_service_pairs(
+    path: &str,
+    r: &RawRateLimitService,
+    clusters: &HashSet<String>,
+    allow_unknown_clusters: bool,
+    errors: &mut Vec<(String, String)>,
+) -> Option<RateLimitService> {
+    let mut cx = Ctx {
+        errors: Vec::new(),
+        allow_unknown_clusters,
+        allow_empty_clusters: false,
+        allow_empty_route_configs: false,
+    };
+    let v = rate_limit_service(&mut cx, path, r, clusters);
+    errors.extend(cx.errors.into_iter().map(|e| (e.path, e.message)));
+    v
+}
+
 fn rate_limit_service(
     cx: &mut Ctx,
     path: &str,
@@ -839,7 +858,7 @@ fn rate_limit_service(
     clusters: &HashSet<String>,
 ) -> Option<RateLimitService> {
     let cluster = cx.required(&format!("{path}.cluster"), &r.cluster)?.to_string();
-    if !clusters.contains(&cluster) {
+    if !clusters.contains(&cluster) && !cx.allow_unknown_clusters {
         cx.err(&format!("{path}.cluster"), format!("unknown cluster \"{cluster}\""));
     }
     let domain = cx.required(&format!("{path}.domain"), &r.domain)?.to_string();

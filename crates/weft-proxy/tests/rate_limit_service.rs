@@ -265,3 +265,128 @@ clusters:
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+/// A Dubbo provider answering every call with "ok" (weft's codec; one connection task each).
+async fn dubbo_provider() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weft_rpc::codec::{Codec, FrameKind};
+    use weft_rpc::dubbo::{self, Dubbo};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = bytes::BytesMut::new();
+                loop {
+                    while let Ok(Some(f)) = Dubbo.decode(&mut buf, 1 << 20) {
+                        if f.kind == FrameKind::Request {
+                            let mut v = Vec::new();
+                            weft_rpc::hessian::write_string(&mut v, "ok");
+                            if s.write_all(&dubbo::encode_response(f.id, &v)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if !matches!(s.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// One Dubbo call's frame (interface org.example.Rl, `method`, attachment `tenant` if given).
+fn dubbo_call(id: u64, method: &str, tenant: Option<&str>) -> bytes::Bytes {
+    let att: Vec<(&str, &str)> = tenant.map(|t| vec![("tenant", t)]).unwrap_or_default();
+    weft_rpc::dubbo::encode_request(id, true, "org.example.Rl", "1.0.0", method, "", &[], &att)
+}
+
+/// RPC routes' `rate_limits`: the calls' descriptors (an attachment's value) go to the rate limit
+/// service, an over-limit answer becomes the protocol's overload status, a call without the
+/// attachment sends no descriptor, and while the service thinks the connection's other calls go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_routes_ask_the_rate_limit_service_without_holding_up_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use weft_rpc::codec::Codec;
+    use weft_rpc::dubbo::Dubbo;
+    let rls = Rls {
+        limit: 2,
+        delay: Duration::from_millis(300),
+        ..Default::default()
+    };
+    let (rls_addr, _stop) = start_rls(rls.clone()).await;
+    let app = dubbo_provider().await;
+    let cfg = format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+runtime: {{ concurrency: 1 }}
+listeners:
+  - name: rpc
+    address: 127.0.0.1:0
+    rpc:
+      protocol: dubbo
+      rate_limit_service: {{ cluster: rls, domain: rpc, timeout: 2s }}
+      routes:
+        - match: {{ interface: org.example.Rl, method: limited }}
+          cluster: app
+          rate_limits:
+            - actions: [{{ attachment: {{ name: tenant, descriptor_key: tenant }} }}]
+        - match: {{ interface: org.example.Rl }}
+          cluster: app
+clusters:
+  - name: app
+    endpoints: [{{ address: "{app}" }}]
+  - name: rls
+    protocol: http2
+    endpoints: [{{ address: "{rls_addr}" }}]
+"#
+    );
+    let proxy = start_proxy(&cfg);
+    let addr = proxy.listener_addr("rpc").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let mut next = async |s: &mut tokio::net::TcpStream| loop {
+        if let Some(f) = Dubbo.decode(&mut buf, 1 << 20).unwrap() {
+            return f;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_buf(&mut buf))
+            .await
+            .expect("an answer within 5s")
+            .unwrap();
+        assert!(n > 0, "closed");
+    };
+    // A limited call (the service takes 300 ms) and an unlimited one: the second is answered first.
+    let mut both = dubbo_call(1, "limited", Some("a")).to_vec();
+    both.extend_from_slice(&dubbo_call(2, "free", None));
+    let t = Instant::now();
+    s.write_all(&both).await.unwrap();
+    let first = next(&mut s).await;
+    assert_eq!((first.id, first.status), (2, 20), "the unlimited call waited");
+    assert!(t.elapsed() < Duration::from_millis(250), "{:?}", t.elapsed());
+    let second = next(&mut s).await;
+    assert_eq!((second.id, second.status), (1, 20));
+    // Tenant a: its second call passes, the third is over the limit; tenant b and a call without
+    // the attachment pass.
+    let mut got = Vec::new();
+    for (id, tenant) in [(3, Some("a")), (4, Some("a")), (5, Some("b")), (6, None)] {
+        s.write_all(&dubbo_call(id, "limited", tenant)).await.unwrap();
+        let f = next(&mut s).await;
+        assert_eq!(f.id, id);
+        got.push(f.status);
+        if f.status != 20 {
+            let msg = weft_rpc::dubbo::error_message(&f).unwrap_or_default();
+            assert!(msg.contains("rate limit service"), "{msg}");
+        }
+    }
+    assert_eq!(
+        got,
+        [20, 100, 20, 20],
+        "SERVER_THREADPOOL_EXHAUSTED_ERROR for the third call of tenant a"
+    );
+    let seen = rls.seen.lock().clone();
+    assert_eq!(seen.len(), 4, "one service call per call with the attachment: {seen:?}");
+    assert!(seen.iter().all(|(d, _)| d == "rpc"), "{seen:?}");
+    assert_eq!(seen[3].1, vec![vec![("tenant".to_string(), "b".to_string())]]);
+}

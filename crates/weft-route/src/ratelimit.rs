@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use weft_config::{RateLimitAction, RateLimitPolicy, RateLimitService};
 use weft_upstream::ClusterLookup;
-use weft_xds_api::pb::envoy::extensions::common::ratelimit::v3::{rate_limit_descriptor::Entry, RateLimitDescriptor};
+pub use weft_xds_api::pb::envoy::extensions::common::ratelimit::v3::{
+    rate_limit_descriptor::Entry, RateLimitDescriptor,
+};
 use weft_xds_api::pb::envoy::service::ratelimit::v3::{rate_limit_response::Code, RateLimitRequest, RateLimitResponse};
 use weft_xds_api::prost::Message;
 

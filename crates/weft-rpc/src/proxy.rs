@@ -31,6 +31,7 @@ use weft_config::RoutePriority;
 use weft_core::access_log::{timestamp, AccessLogger};
 use weft_core::trace::{RpcSpan, TraceExchange, Tracer};
 use weft_route::filters::{Chance, LocalRateLimiter};
+use weft_route::ratelimit::{Entry, RateLimitClient, RateLimitDescriptor, Verdict};
 use weft_upstream::cluster::{ActiveRequest, ConnGuard, RawStream};
 use weft_upstream::outlier::Outcome;
 use weft_upstream::{ClusterLookup, ClusterRt, Host};
@@ -63,6 +64,8 @@ pub struct RpcRt {
     tracer: Option<Arc<Tracer>>,
     /// Per route (same order as `config.routes`): its fault injection and rate limit.
     route_rt: Vec<RouteRt>,
+    /// The global rate limit service the routes' `rate_limits` ask.
+    rls: Option<Arc<RateLimitClient>>,
 }
 
 /// A route's governance state.
@@ -124,6 +127,10 @@ impl RpcRt {
             sweep: (min_timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
             tracer: None,
             route_rt: config.routes.iter().map(RouteRt::new).collect(),
+            rls: config
+                .rate_limit_service
+                .as_ref()
+                .map(|s| Arc::new(RateLimitClient::new(s, Default::default(), Default::default()))),
         }
     }
 
@@ -134,7 +141,7 @@ impl RpcRt {
         self
     }
 
-    fn route(&self, frame: &Frame, info: &RequestInfo) -> Option<(&RpcRoute, &RouteRt)> {
+    fn route(&self, frame: &Frame, info: &RequestInfo) -> Option<usize> {
         let c = &*self.codec;
         let i = self.config.routes.iter().position(|r| {
             let m = &r.match_;
@@ -178,7 +185,7 @@ impl RpcRt {
                         .is_some_and(|v| v.matches_text(&a.equals))
                 })
         })?;
-        Some((&self.config.routes[i], &self.route_rt[i]))
+        Some(i)
     }
 
     /// An upstream connection to `host` of `cluster`: round robin over the host's slots, each
@@ -950,12 +957,8 @@ async fn read_frame_bytes<R: DownstreamRead>(r: &mut R, buf: &mut BytesMut) -> s
 /// waits for it). The copy gets a request id of the mirror's connection that nothing waits for,
 /// so its answer is dropped when it comes; a mirror that is down, overloaded or slow changes
 /// nothing for the call.
-fn mirror(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, g: &RouteRt, data: &Bytes) {
-    let Some((name, chance)) = &g.mirror else { return };
-    if !chance.roll() {
-        return;
-    }
-    let Some(cluster) = clusters.cluster(name) else { return };
+fn mirror(rt: &Arc<RpcRt>, to: Option<Arc<ClusterRt>>, data: &Bytes) {
+    let Some(cluster) = to else { return };
     let (rt, data) = (rt.clone(), data.clone());
     tokio::spawn(async move {
         let Some(host) = cluster.pick(None, None, None) else {
@@ -1018,7 +1021,7 @@ fn write_trace_context<K: AsRef<str>>(
     }
 }
 
-async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down, mut frame: Frame) -> bool {
+async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down, frame: Frame) -> bool {
     let codec = &*rt.codec;
     match frame.kind {
         FrameKind::Heartbeat => {
@@ -1071,7 +1074,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         }
         rt.trace_local(trace, r, route);
     };
-    let Some((route, governance)) = rt.route(&frame, &info) else {
+    let Some(ri) = rt.route(&frame, &info) else {
         let svc = info.service.get(&frame.data).unwrap_or_default();
         let m = info.method.get(&frame.data).unwrap_or_default();
         fail(
@@ -1082,6 +1085,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         );
         return true;
     };
+    let (route, governance) = (&rt.config.routes[ri], &rt.route_rt[ri]);
     let rn = Some(route.name.as_str());
     let Some(cluster) = clusters.cluster(&route.cluster) else {
         fail(
@@ -1107,6 +1111,131 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
             return true;
         }
     }
+    let mirror_to = (governance.mirror.as_ref())
+        .filter(|(_, c)| c.roll())
+        .and_then(|(name, _)| clusters.cluster(name));
+    // The global rate limit: the service's answer is awaited in a task of its own, so that the
+    // connection goes on with its next frames meanwhile.
+    if let (Some(rls), false) = (&rt.rls, route.rate_limits.is_empty()) {
+        let descriptors = rpc_descriptors(&route.rate_limits, codec, &frame, &info, down.peer.ip());
+        if !descriptors.is_empty() {
+            let service =
+                RlsCluster(clusters.cluster(&rt.config.rate_limit_service.as_ref().expect("with rls").cluster));
+            let (rt, rls, down) = (rt.clone(), rls.clone(), down.clone());
+            tokio::spawn(async move {
+                let verdict = rls.check(&service, descriptors).await;
+                let deny = match &verdict {
+                    Verdict::OverLimit => Some("rate limited by the rate limit service (weft)"),
+                    Verdict::Error(_) if rls.failure_mode_deny() => Some("rate limit service unavailable (weft)"),
+                    _ => None,
+                };
+                match deny {
+                    Some(msg) => local_reply(&rt, &down, id, two_way, LocalReply::RateLimited, msg, ri, trace),
+                    None => {
+                        forward(&rt, ri, &down, frame, info, trace, cluster, mirror_to).await;
+                    }
+                }
+            });
+            return true;
+        }
+    }
+    forward(rt, ri, down, frame, info, trace, cluster, mirror_to).await
+}
+
+/// The rate limit service's cluster, looked up before the call's task started.
+struct RlsCluster(Option<Arc<ClusterRt>>);
+
+impl ClusterLookup for RlsCluster {
+    fn cluster(&self, _name: &str) -> Option<Arc<ClusterRt>> {
+        self.0.clone()
+    }
+}
+
+/// A routed call answered by weft itself (the `fail` of [`handle_frame`], for a call's own task).
+#[allow(clippy::too_many_arguments)]
+fn local_reply(
+    rt: &RpcRt,
+    down: &Down,
+    id: u64,
+    two_way: bool,
+    r: LocalReply,
+    msg: &str,
+    ri: usize,
+    trace: Option<Box<TraceExchange>>,
+) {
+    if two_way {
+        rt.reply(down, id, r, msg);
+    } else {
+        rt.stats.local_reply(r.reason());
+    }
+    rt.trace_local(trace, r, Some(&rt.config.routes[ri].name));
+}
+
+/// The descriptors of a call under a route's `rate_limits` (a policy whose action cannot produce
+/// an entry, such as a missing attachment, is skipped, as in Envoy).
+fn rpc_descriptors(
+    policies: &[weft_config::RateLimitPolicy],
+    codec: &dyn Codec,
+    frame: &Frame,
+    info: &RequestInfo,
+    peer: std::net::IpAddr,
+) -> Vec<RateLimitDescriptor> {
+    use weft_config::RateLimitAction as A;
+    let mut out = Vec::new();
+    'policy: for p in policies {
+        let mut entries = Vec::with_capacity(p.actions.len());
+        for a in &p.actions {
+            let (key, value) = match a {
+                A::RequestHeaders {
+                    header_name,
+                    descriptor_key,
+                } => match codec
+                    .attachment(frame, info, header_name)
+                    .and_then(|v| v.as_str().map(str::to_string))
+                {
+                    Some(v) => (descriptor_key.clone(), v),
+                    None => continue 'policy,
+                },
+                A::RemoteAddress => ("remote_address".to_string(), peer.to_string()),
+                A::GenericKey {
+                    descriptor_key,
+                    descriptor_value,
+                } => (descriptor_key.clone(), descriptor_value.clone()),
+            };
+            entries.push(Entry { key, value });
+        }
+        out.push(RateLimitDescriptor {
+            entries,
+            ..Default::default()
+        });
+    }
+    out
+}
+
+/// The rest of a routed call: host, connection (retried on connect failure), and the send.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    rt: &Arc<RpcRt>,
+    ri: usize,
+    down: &Down,
+    mut frame: Frame,
+    info: RequestInfo,
+    mut trace: Option<Box<TraceExchange>>,
+    cluster: Arc<ClusterRt>,
+    mirror_to: Option<Arc<ClusterRt>>,
+) -> bool {
+    let codec = &*rt.codec;
+    let (route, governance) = (&rt.config.routes[ri], &rt.route_rt[ri]);
+    let (id, two_way) = (frame.id, frame.kind == FrameKind::Request);
+    let rn = Some(route.name.as_str());
+    let fail = |r: LocalReply, msg: &str, route: Option<&str>, trace: Option<Box<TraceExchange>>| {
+        if two_way {
+            rt.reply(down, id, r, msg);
+        } else {
+            rt.stats.local_reply(r.reason());
+        }
+        rt.trace_local(trace, r, route);
+    };
     let delay = governance.delay.filter(|(_, c)| c.roll()).map(|(d, _)| d);
     let subset = (!route.subset.is_empty()).then_some(&route.subset);
     // The client span starts before connecting; its context is written into the frame last (the
@@ -1168,7 +1297,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         }
         cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
         let data = frame.data.freeze();
-        mirror(rt, clusters, governance, &data);
+        mirror(rt, mirror_to, &data);
         let sent = send_upstream(&conn, data, delay);
         if let (Some(t), Some(mut ex)) = (&rt.tracer, trace.take()) {
             ex.end_client(Some(host.address), 1, None);
@@ -1215,7 +1344,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         })),
         _ => None,
     };
-    mirror(rt, clusters, governance, &data);
+    mirror(rt, mirror_to, &data);
     down.inflight.fetch_add(1, Ordering::Relaxed);
     conn.pending.lock().insert(
         up_id,

@@ -278,7 +278,7 @@ async fn mirror_copies_calls_and_drops_the_answers() {
 
 #[test]
 fn governance_config_errors_name_the_field() {
-    let bad = "        - match: { interface: org.example.Gov }\n          cluster: c\n          retries: { attempts: 9 }\n          fault: {}\n          rate_limit: { max_tokens: 0, fill_interval: 10ms }\n          mirror: { cluster: nope, percent: 120 }\n";
+    let bad = "        - match: { interface: org.example.Gov }\n          cluster: c\n          retries: { attempts: 9 }\n          fault: {}\n          rate_limit: { max_tokens: 0, fill_interval: 10ms }\n          mirror: { cluster: nope, percent: 120 }\n          rate_limits: [{ actions: [{ attachment: { name: tenant } }, {}] }]\n";
     common::assert_refused(
         &config("bad", bad, &cluster("c", &["127.0.0.1:1".parse().unwrap()])),
         &[
@@ -288,6 +288,9 @@ fn governance_config_errors_name_the_field() {
             "routes[0].rate_limit.fill_interval: 10ms is out of range",
             "routes[0].mirror.cluster: unknown cluster \"nope\"",
             "routes[0].mirror.percent: 120 is out of range [0, 100]",
+            "routes[0].rate_limits[0].actions[0].attachment.descriptor_key: is required",
+            "routes[0].rate_limits[0].actions[1]: set exactly one of attachment, remote_address, generic_key",
+            "routes[0].rate_limits: needs listeners[0].rpc.rate_limit_service",
         ],
     );
 }
