@@ -42,6 +42,20 @@ pub struct RateLimitClient {
 /// The descriptors a request yields under a route's `rate_limits` (a policy whose action cannot
 /// produce an entry, such as a missing header, is skipped, as in Envoy).
 pub fn descriptors(policies: &[RateLimitPolicy], headers: &http::HeaderMap, peer: IpAddr) -> Vec<RateLimitDescriptor> {
+    descriptors_with(
+        policies,
+        |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string),
+        peer,
+    )
+}
+
+/// [`descriptors`] with the values of `request_headers` actions from `value` (an RPC call reads
+/// its attachments there).
+pub fn descriptors_with(
+    policies: &[RateLimitPolicy],
+    value: impl Fn(&str) -> Option<String>,
+    peer: IpAddr,
+) -> Vec<RateLimitDescriptor> {
     let mut out = Vec::new();
     'policy: for p in policies {
         let mut entries = Vec::with_capacity(p.actions.len());
@@ -50,8 +64,8 @@ pub fn descriptors(policies: &[RateLimitPolicy], headers: &http::HeaderMap, peer
                 RateLimitAction::RequestHeaders {
                     header_name,
                     descriptor_key,
-                } => match headers.get(header_name.as_str()).and_then(|v| v.to_str().ok()) {
-                    Some(v) => (descriptor_key.clone(), v.to_string()),
+                } => match value(header_name) {
+                    Some(v) => (descriptor_key.clone(), v),
                     None => continue 'policy,
                 },
                 RateLimitAction::RemoteAddress => ("remote_address".to_string(), peer.to_string()),

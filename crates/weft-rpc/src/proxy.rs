@@ -31,7 +31,7 @@ use weft_config::RoutePriority;
 use weft_core::access_log::{timestamp, AccessLogger};
 use weft_core::trace::{RpcSpan, TraceExchange, Tracer};
 use weft_route::filters::{Chance, LocalRateLimiter};
-use weft_route::ratelimit::{Entry, RateLimitClient, RateLimitDescriptor, Verdict};
+use weft_route::ratelimit::{descriptors_with, RateLimitClient, Verdict};
 use weft_upstream::cluster::{ActiveRequest, ConnGuard, RawStream};
 use weft_upstream::outlier::Outcome;
 use weft_upstream::{ClusterLookup, ClusterRt, Host};
@@ -1117,7 +1117,10 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
     // The global rate limit: the service's answer is awaited in a task of its own, so that the
     // connection goes on with its next frames meanwhile.
     if let (Some(rls), false) = (&rt.rls, route.rate_limits.is_empty()) {
-        let descriptors = rpc_descriptors(&route.rate_limits, codec, &frame, &info, down.peer.ip());
+        // A call without an action's attachment sends no descriptor for that entry, as in Envoy.
+        let attachment =
+            |name: &str| (codec.attachment(&frame, &info, name)).and_then(|v| v.as_str().map(str::to_string));
+        let descriptors = descriptors_with(&route.rate_limits, attachment, down.peer.ip());
         if !descriptors.is_empty() {
             let service =
                 RlsCluster(clusters.cluster(&rt.config.rate_limit_service.as_ref().expect("with rls").cluster));
@@ -1169,47 +1172,6 @@ fn local_reply(
         rt.stats.local_reply(r.reason());
     }
     rt.trace_local(trace, r, Some(&rt.config.routes[ri].name));
-}
-
-/// The descriptors of a call under a route's `rate_limits` (a policy whose action cannot produce
-/// an entry, such as a missing attachment, is skipped, as in Envoy).
-fn rpc_descriptors(
-    policies: &[weft_config::RateLimitPolicy],
-    codec: &dyn Codec,
-    frame: &Frame,
-    info: &RequestInfo,
-    peer: std::net::IpAddr,
-) -> Vec<RateLimitDescriptor> {
-    use weft_config::RateLimitAction as A;
-    let mut out = Vec::new();
-    'policy: for p in policies {
-        let mut entries = Vec::with_capacity(p.actions.len());
-        for a in &p.actions {
-            let (key, value) = match a {
-                A::RequestHeaders {
-                    header_name,
-                    descriptor_key,
-                } => match codec
-                    .attachment(frame, info, header_name)
-                    .and_then(|v| v.as_str().map(str::to_string))
-                {
-                    Some(v) => (descriptor_key.clone(), v),
-                    None => continue 'policy,
-                },
-                A::RemoteAddress => ("remote_address".to_string(), peer.to_string()),
-                A::GenericKey {
-                    descriptor_key,
-                    descriptor_value,
-                } => (descriptor_key.clone(), descriptor_value.clone()),
-            };
-            entries.push(Entry { key, value });
-        }
-        out.push(RateLimitDescriptor {
-            entries,
-            ..Default::default()
-        });
-    }
-    out
 }
 
 /// The rest of a routed call: host, connection (retried on connect failure), and the send.

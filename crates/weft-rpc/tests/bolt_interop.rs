@@ -13,7 +13,8 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{clusters_yaml, node_consume, node_provider};
+use common::{clusters_yaml, node_consume};
+use weft_test_support::peers::node_provider;
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/sofa-bolt-node/package.json")?;

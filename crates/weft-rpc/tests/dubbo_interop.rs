@@ -15,7 +15,8 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{clusters_yaml, consume, node_consume, node_provider, serve_conn};
+use common::{clusters_yaml, consume, node_consume, serve_conn};
+use weft_test_support::peers::node_provider;
 
 fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;

@@ -17,7 +17,8 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool, ChildGuard};
 use weft_test_support::*;
 
 mod common;
-use common::{clusters_yaml, node_consume, node_provider};
+use common::{clusters_yaml, node_consume};
+use weft_test_support::peers::node_provider;
 
 const SERVER: i64 = 2;
 const CLIENT: i64 = 3;

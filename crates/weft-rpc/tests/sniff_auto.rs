@@ -14,7 +14,8 @@ use weft_test_support::peers::{interop_dir, interop_peer, tool};
 use weft_test_support::*;
 
 mod common;
-use common::{clusters_yaml, node_consume, node_provider};
+use common::{clusters_yaml, node_consume};
+use weft_test_support::peers::node_provider;
 
 fn scripts() -> Option<(PathBuf, PathBuf)> {
     interop_peer("rpc-node/node_modules/dubbo-remoting/package.json")?;

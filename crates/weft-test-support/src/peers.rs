@@ -104,3 +104,59 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A `node SCRIPT provider NAME` peer (interop/rpc-node: sofa-rpc-node providers answering with
+/// their own name) and the 127.0.0.1 address it printed (`PORT <n>`).
+pub fn node_provider(script: &Path, name: &str) -> (ChildGuard, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("node")
+        .arg(script)
+        .args(["provider", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("node starts");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("the provider prints its port");
+    let port: u16 = line
+        .strip_prefix("PORT ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("provider said {line:?}"));
+    (ChildGuard(child), std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// An Envoy bootstrap that takes its clusters and listeners over ADS from a control plane on
+/// 127.0.0.1:`xds_port` (the static cluster `weft_control`, HTTP/2): `node` (YAML lines, indented
+/// by two spaces, under `node:`), the admin on `admin_port`, and `extra_clusters` (YAML list items
+/// at the clusters' indentation) appended to the static clusters.
+pub fn envoy_ads_bootstrap(node: &str, admin_port: u16, xds_port: u16, extra_clusters: &str) -> String {
+    format!(
+        r#"node:
+{node}
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin_port} }} }}
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{ envoy_grpc: {{ cluster_name: weft_control }} }}]
+    set_node_on_first_message_only: true
+  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
+  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
+static_resources:
+  clusters:
+  - name: weft_control
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: weft_control
+      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {xds_port} }} }} }} }}] }}]
+{extra_clusters}"#
+    )
+}

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use weft_test_support::peers::{envoy_binary, interop_dir, interop_peer, tool, ChildGuard};
+use weft_test_support::peers::{
+    envoy_ads_bootstrap, envoy_binary, interop_dir, interop_peer, node_provider, tool, ChildGuard,
+};
 use weft_test_support::{eventually_blocking, free_addr, metric, TempDir};
 
 mod blocking;
@@ -39,26 +41,6 @@ fn peer_script() -> Option<PathBuf> {
     interop_peer("rpc-node/node_modules/sofa-rpc-node/package.json")?;
     tool("node")?;
     Some(interop_dir().join("rpc-node/dubbo_peer.js"))
-}
-
-/// A sofa-rpc-node Dubbo provider answering with `name`, and its port.
-fn provider(script: &Path, name: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new("node")
-        .arg(script)
-        .args(["provider", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("the provider prints its port");
-    let port: u16 = line
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("provider said {line:?}"));
-    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 /// The sofa-rpc-node consumer on `target` for `iface`: runs `cmds` (one JSON object each) and
@@ -194,8 +176,8 @@ fn dubbo_over_mesh_mtls() {
     let reg = TempDir::new("mesh-dubbo-mtls-reg");
     let dir = TempDir::new("mesh-dubbo-mtls");
     let ca = dir.join("ca");
-    let (_alpha, alpha) = provider(&script, "alpha");
-    let (_beta, beta) = provider(&script, "beta");
+    let (_alpha, alpha) = node_provider(&script, "alpha");
+    let (_beta, beta) = node_provider(&script, "beta");
     let (in_a, in_b) = (free_addr(), free_addr());
     registry_with(&reg, &[in_a, in_b], "    mtls: STRICT\n");
     let ca_arg = ca.display().to_string();
@@ -254,8 +236,8 @@ fn dubbo_calls_cross_two_sidecars_configured_by_weft_control() {
     let Some(script) = peer_script() else { return };
     let reg = TempDir::new("mesh-dubbo-reg");
     let dir = TempDir::new("mesh-dubbo");
-    let (_alpha, alpha) = provider(&script, "alpha");
-    let (_beta, beta) = provider(&script, "beta");
+    let (_alpha, alpha) = node_provider(&script, "alpha");
+    let (_beta, beta) = node_provider(&script, "beta");
     let (in_a, in_b) = (free_addr(), free_addr());
     registry(&reg, &[in_a, in_b]);
     let (_control, xds, _) = start_control(&reg, &[]);
@@ -327,37 +309,13 @@ fn dubbo_calls_cross_two_sidecars_configured_by_weft_control() {
     eprintln!("registry change followed in {:?}", start.elapsed());
 }
 
-const ENVOY_BOOTSTRAP: &str = r#"
-node:
-  id: {{NODE_ID}}
+/// The consumer's Envoy sidecar's node (the rest: [`envoy_ads_bootstrap`]).
+const ENVOY_NODE: &str = r#"  id: {{NODE_ID}}
   cluster: web
   metadata:
     weft.role: sidecar
     weft.outbound: "{{OUTBOUND}}"
-    weft.outbound_dubbo: "{{OUTBOUND_DUBBO}}"
-admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: {{ADMIN_PORT}} } }
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{ envoy_grpc: { cluster_name: weft_control } }]
-    set_node_on_first_message_only: true
-  cds_config: { ads: {}, resource_api_version: V3 }
-  lds_config: { ads: {}, resource_api_version: V3 }
-static_resources:
-  clusters:
-  - name: weft_control
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }
-    load_assignment:
-      cluster_name: weft_control
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{XDS_PORT}} } } } }] }]
-"#;
+    weft.outbound_dubbo: "{{OUTBOUND_DUBBO}}""#;
 
 #[test]
 fn envoy_sidecar_takes_weft_controls_dubbo_listener() {
@@ -365,8 +323,8 @@ fn envoy_sidecar_takes_weft_controls_dubbo_listener() {
     let Some(script) = peer_script() else { return };
     let reg = TempDir::new("mesh-dubbo-envoy-reg");
     let dir = TempDir::new("mesh-dubbo-envoy");
-    let (_alpha, alpha) = provider(&script, "alpha");
-    let (_beta, beta) = provider(&script, "beta");
+    let (_alpha, alpha) = node_provider(&script, "alpha");
+    let (_beta, beta) = node_provider(&script, "beta");
     let (in_a, in_b) = (free_addr(), free_addr());
     registry(&reg, &[in_a, in_b]);
     let (_control, xds, _) = start_control(&reg, &[]);
@@ -374,12 +332,10 @@ fn envoy_sidecar_takes_weft_controls_dubbo_listener() {
     let (_pb, admin_b, _) = sidecar(&dir, "greeter-b", "greeter", Some((in_b, beta)), xds);
 
     let (out, out_dubbo, envoy_admin) = (free_addr(), free_addr(), free_addr());
-    let cfg = ENVOY_BOOTSTRAP
+    let cfg = envoy_ads_bootstrap(ENVOY_NODE, envoy_admin.port(), xds.port(), "")
         .replace("{{NODE_ID}}", &format!("envoy-dubbo-{}", std::process::id()))
         .replace("{{OUTBOUND}}", &out.to_string())
-        .replace("{{OUTBOUND_DUBBO}}", &out_dubbo.to_string())
-        .replace("{{ADMIN_PORT}}", &envoy_admin.port().to_string())
-        .replace("{{XDS_PORT}}", &xds.port().to_string());
+        .replace("{{OUTBOUND_DUBBO}}", &out_dubbo.to_string());
     std::fs::write(dir.join("envoy.yaml"), cfg).unwrap();
     let log = dir.join("envoy.log");
     let _envoy = ChildGuard(

@@ -108,39 +108,17 @@ fn metric(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-const ENVOY_BOOTSTRAP: &str = r#"
-node:
-  id: {{NODE_ID}}
+/// The node and the SDS cluster of the Envoy sidecar (the rest: [`peers::envoy_ads_bootstrap`]).
+const ENVOY_NODE: &str = r#"  id: {{NODE_ID}}
   cluster: reviews
   locality: { region: local, zone: z1 }
   metadata:
     weft.role: sidecar
     weft.outbound: "{{OUTBOUND}}"
     weft.inbound: "{{INBOUND}}"
-    weft.app: "{{APP}}"
-admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: {{ADMIN_PORT}} } }
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [{ envoy_grpc: { cluster_name: weft_control } }]
-    set_node_on_first_message_only: true
-  cds_config: { ads: {}, resource_api_version: V3 }
-  lds_config: { ads: {}, resource_api_version: V3 }
-static_resources:
-  clusters:
-  - name: weft_control
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }
-    load_assignment:
-      cluster_name: weft_control
-      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: {{XDS_PORT}} } } } }] }]
-  # Istio's name for the SDS server next to Envoy: here `weft sds-agent`.
+    weft.app: "{{APP}}""#;
+
+const SDS_CLUSTER: &str = r#"  # Istio's name for the SDS server next to Envoy: here `weft sds-agent`.
   - name: sds-grpc
     type: STATIC
     connect_timeout: 1s
@@ -201,13 +179,11 @@ async fn envoy_and_weft_sidecars_talk_mtls_both_ways_under_weft_control() {
     );
     eventually_blocking("the SDS agent's socket", WAIT, || sock.exists().then_some(()));
     let envoy_admin = free_addr();
-    let cfg = ENVOY_BOOTSTRAP
+    let cfg = peers::envoy_ads_bootstrap(ENVOY_NODE, envoy_admin.port(), xds.port(), SDS_CLUSTER)
         .replace("{{NODE_ID}}", &format!("envoy-mtls-{}", std::process::id()))
         .replace("{{OUTBOUND}}", &envoy_out.to_string())
         .replace("{{INBOUND}}", &envoy_in.to_string())
         .replace("{{APP}}", &reviews_app.addr.to_string())
-        .replace("{{ADMIN_PORT}}", &envoy_admin.port().to_string())
-        .replace("{{XDS_PORT}}", &xds.port().to_string())
         .replace("{{SDS_SOCK}}", &sock.display().to_string());
     std::fs::write(dir.join("envoy.yaml"), cfg).unwrap();
     let _envoy = spawn(

@@ -17,27 +17,6 @@ use tokio::sync::mpsc;
 use weft_rpc::codec::{Codec, Frame, FrameKind};
 use weft_test_support::peers::ChildGuard;
 
-/// A sofa-rpc-node provider (`node SCRIPT provider NAME`) answering with its own name, and the
-/// port it printed.
-pub fn node_provider(script: &Path, name: &str) -> (ChildGuard, SocketAddr) {
-    let mut child = Command::new("node")
-        .arg(script)
-        .args(["provider", name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("node starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .expect("provider prints its port");
-    let port: u16 = line
-        .strip_prefix("PORT ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("provider said {line:?}"));
-    (ChildGuard(child), SocketAddr::from(([127, 0, 0, 1], port)))
-}
-
 /// Runs a sofa-rpc-node consumer (`node SCRIPT consumer TARGET ARGS…`) with `cmds` (one JSON
 /// object per line) and returns its answers sorted by id; panics if it takes over 30s.
 pub fn node_consume(
