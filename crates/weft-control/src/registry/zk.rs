@@ -491,7 +491,7 @@ mod tests {
         let SourceChange::Upsert { fragment, .. } = c else {
             panic!()
         };
-        assert_eq!(fragment.services[0].protocol, Protocol::Tcp);
+        assert_eq!(fragment.services[0].protocol, Protocol::Dubbo);
         assert!(ZkRegistry::parse("127.0.0.1:2181/x").is_ok());
         assert!(ZkRegistry::parse("").is_err());
         assert!(ZkRegistry::parse("h").is_err());
