@@ -389,4 +389,13 @@ clusters:
     assert_eq!(seen.len(), 4, "one service call per call with the attachment: {seen:?}");
     assert!(seen.iter().all(|(d, _)| d == "rpc"), "{seen:?}");
     assert_eq!(seen[3].1, vec![vec![("tenant".to_string(), "b".to_string())]]);
+    let m = stats(&proxy).await;
+    assert!(
+        m.contains(r#"weft_rpc_ratelimit_service_over_limit_total{listener="rpc"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"weft_rpc_ratelimit_service_errors_total{listener="rpc"} 0"#),
+        "{m}"
+    );
 }

@@ -49,6 +49,8 @@ pub struct RpcMetrics {
     decode_errors: Family<ReasonLabel, Counter>,
     heartbeats: Family<ListenerLabel, Counter>,
     parks: Family<ListenerLabel, Counter>,
+    rls_over_limit: Family<ListenerLabel, Counter>,
+    rls_errors: Family<ListenerLabel, Counter>,
     sniffed: Family<ProtocolLabel, Counter>,
 }
 
@@ -74,6 +76,8 @@ impl RpcMetrics {
             decode_errors: Family::default(),
             heartbeats: Family::default(),
             parks: Family::default(),
+            rls_over_limit: Family::default(),
+            rls_errors: Family::default(),
             sniffed: Family::default(),
         };
         let mut r = Registry::with_prefix("weft_rpc");
@@ -104,12 +108,33 @@ impl RpcMetrics {
             m.parks.clone(),
         );
         r.register(
+            "ratelimit_service_over_limit",
+            "Calls the global rate limit service said were over the limit",
+            m.rls_over_limit.clone(),
+        );
+        r.register(
+            "ratelimit_service_errors",
+            "Calls for which the global rate limit service failed or did not answer in time",
+            m.rls_errors.clone(),
+        );
+        r.register(
             "sniffed_connections",
             "Connections of protocol: auto listeners, by the protocol their first bytes showed",
             m.sniffed.clone(),
         );
         *m.registry.lock() = r;
         m
+    }
+
+    /// The (over limit, errors) counters of a listener's rate limit service client.
+    pub fn rate_limit_service(&self, listener: &str) -> (Counter, Counter) {
+        let l = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        (
+            self.rls_over_limit.get_or_create(&l).clone(),
+            self.rls_errors.get_or_create(&l).clone(),
+        )
     }
 
     /// Counts a sniffing listener's connection by the protocol found.

@@ -127,10 +127,10 @@ impl RpcRt {
             sweep: (min_timeout / 10).clamp(Duration::from_millis(5), Duration::from_millis(100)),
             tracer: None,
             route_rt: config.routes.iter().map(RouteRt::new).collect(),
-            rls: config
-                .rate_limit_service
-                .as_ref()
-                .map(|s| Arc::new(RateLimitClient::new(s, Default::default(), Default::default()))),
+            rls: config.rate_limit_service.as_ref().map(|s| {
+                let (over, errors) = crate::metrics::global().rate_limit_service(listener);
+                Arc::new(RateLimitClient::new(s, over, errors))
+            }),
         }
     }
 
