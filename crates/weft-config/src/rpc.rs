@@ -374,8 +374,9 @@ pub fn validate(
         err(format!("{path}.routes"), "at least one route is required".into());
     }
     let mut routes = Vec::new();
-    // Errors of the routes' fault and rate limit blocks (collected apart: `err` borrows `errors`).
-    let mut delay_errors: Vec<(String, String)> = Vec::new();
+    // Errors of the routes' governance blocks and of the rate limit service, collected apart (`err`
+    // borrows `errors`) and added at the end.
+    let mut later_errors: Vec<(String, String)> = Vec::new();
     for (i, rr) in r.routes.iter().enumerate() {
         let p = format!("{path}.routes[{i}]");
         let cluster = match rr.cluster.as_deref() {
@@ -473,7 +474,7 @@ pub fn validate(
         for (k, rl) in rr.rate_limits.iter().enumerate() {
             let rp = format!("{p}.rate_limits[{k}]");
             if rl.actions.is_empty() {
-                delay_errors.push((format!("{rp}.actions"), "needs at least one action".into()));
+                later_errors.push((format!("{rp}.actions"), "needs at least one action".into()));
             }
             let mut actions = Vec::new();
             for (j, a) in rl.actions.iter().enumerate() {
@@ -484,7 +485,7 @@ pub fn validate(
                     a.generic_key.is_some(),
                 ];
                 if set.iter().filter(|b| **b).count() != 1 {
-                    delay_errors.push((ap, "set exactly one of attachment, remote_address, generic_key".into()));
+                    later_errors.push((ap, "set exactly one of attachment, remote_address, generic_key".into()));
                     continue;
                 }
                 if let Some(at) = &a.attachment {
@@ -501,7 +502,7 @@ pub fn validate(
                             } else {
                                 "descriptor_key"
                             };
-                            delay_errors.push((format!("{ap}.attachment.{f}"), "is required".into()));
+                            later_errors.push((format!("{ap}.attachment.{f}"), "is required".into()));
                         }
                     }
                 } else if a.remote_address.is_some() {
@@ -512,21 +513,21 @@ pub fn validate(
                             descriptor_key: g.descriptor_key.clone().unwrap_or_else(|| "generic_key".into()),
                             descriptor_value: v.to_string(),
                         }),
-                        _ => delay_errors.push((format!("{ap}.generic_key.descriptor_value"), "is required".into())),
+                        _ => later_errors.push((format!("{ap}.generic_key.descriptor_value"), "is required".into())),
                     }
                 }
             }
             rate_limits.push(RateLimitPolicy { actions });
         }
         if !rate_limits.is_empty() && r.rate_limit_service.is_none() {
-            delay_errors.push((format!("{p}.rate_limits"), format!("needs {path}.rate_limit_service")));
+            later_errors.push((format!("{p}.rate_limits"), format!("needs {path}.rate_limit_service")));
         }
         let mirror = rr.mirror.as_ref().and_then(|m| {
             let percent = percent(format!("{p}.mirror.percent"), m.percent);
             match m.cluster.as_deref() {
                 Some(c) if !c.is_empty() => {
                     if !clusters.contains(c) && !allow_unknown_clusters {
-                        delay_errors.push((format!("{p}.mirror.cluster"), format!("unknown cluster \"{c}\"")));
+                        later_errors.push((format!("{p}.mirror.cluster"), format!("unknown cluster \"{c}\"")));
                     }
                     Some(RpcMirror {
                         cluster: c.to_string(),
@@ -534,23 +535,21 @@ pub fn validate(
                     })
                 }
                 _ => {
-                    delay_errors.push((format!("{p}.mirror.cluster"), "is required".into()));
+                    later_errors.push((format!("{p}.mirror.cluster"), "is required".into()));
                     None
                 }
             }
         });
         let fault = rr.fault.as_ref().map(|f| {
             let delay = f.delay.as_ref().map(|d| {
-                let fixed = d.fixed.as_deref().and_then(|s| duration::parse(s).ok());
-                let fixed = match (&d.fixed, fixed) {
-                    (_, Some(x)) => x,
-                    (None, _) => {
-                        delay_errors.push((format!("{p}.fault.delay.fixed"), "is required".into()));
+                let fixed = match d.fixed.as_deref().map(duration::parse) {
+                    Some(Ok(x)) => x,
+                    Some(Err(e)) => {
+                        later_errors.push((format!("{p}.fault.delay.fixed"), e.to_string()));
                         Duration::ZERO
                     }
-                    (Some(s), None) => {
-                        let e = duration::parse(s).err().map(|e| e.to_string()).unwrap_or_default();
-                        delay_errors.push((format!("{p}.fault.delay.fixed"), e));
+                    None => {
+                        later_errors.push((format!("{p}.fault.delay.fixed"), "is required".into()));
                         Duration::ZERO
                     }
                 };
@@ -564,7 +563,7 @@ pub fn validate(
                 .as_ref()
                 .map(|a| percent(format!("{p}.fault.abort.percent"), a.percent));
             if delay.is_none() && abort_percent.is_none() {
-                delay_errors.push((format!("{p}.fault"), "give delay, abort or both".into()));
+                later_errors.push((format!("{p}.fault"), "give delay, abort or both".into()));
             }
             RpcFault { delay, abort_percent }
         });
@@ -575,9 +574,9 @@ pub fn validate(
                 fill_interval: r.fill_interval.clone(),
                 descriptor_header: None,
             };
-            let bucket = crate::validate::local_rate_limit_pairs(&format!("{p}.rate_limit"), &raw, &mut delay_errors);
+            let bucket = crate::validate::local_rate_limit_pairs(&format!("{p}.rate_limit"), &raw, &mut later_errors);
             if r.descriptor_attachment.as_deref() == Some("") {
-                delay_errors.push((
+                later_errors.push((
                     format!("{p}.rate_limit.descriptor_attachment"),
                     "must not be empty".into(),
                 ));
@@ -636,10 +635,10 @@ pub fn validate(
             s,
             clusters,
             allow_unknown_clusters,
-            &mut delay_errors,
+            &mut later_errors,
         )
     });
-    errors.extend(delay_errors);
+    errors.extend(later_errors);
     if errors.len() > before {
         return None;
     }

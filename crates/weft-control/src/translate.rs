@@ -1304,15 +1304,7 @@ fn rds_listener(
             &manager,
         ))),
     }];
-    let (filter_chains, listener_filters) = crate::mesh_tls::inbound_chains(filters, mtls);
-    ls::Listener {
-        name: name.into(),
-        address: Some(socket_address(addr)),
-        filter_chains,
-        listener_filters,
-        traffic_direction: direction,
-        ..Default::default()
-    }
+    sidecar_listener(name, addr, direction, filters, mtls)
 }
 
 /// A Dubbo listener: Envoy's `dubbo_proxy` (Dubbo2, hessian2) with its routes inline, one route
@@ -1369,6 +1361,18 @@ fn dubbo_listener(
             &proxy,
         ))),
     }];
+    sidecar_listener(name, addr, direction, filters, mtls)
+}
+
+/// A sidecar listener around its network `filters`: in the mesh mTLS chains when `mtls` is on
+/// (not `DISABLE`), else one plaintext chain.
+fn sidecar_listener(
+    name: &str,
+    addr: std::net::SocketAddr,
+    direction: i32,
+    filters: Vec<ls::Filter>,
+    mtls: Option<model::MtlsMode>,
+) -> ls::Listener {
     let mtls = mtls.filter(|m| *m != model::MtlsMode::Disable);
     let (filter_chains, listener_filters) = crate::mesh_tls::inbound_chains(filters, mtls);
     ls::Listener {

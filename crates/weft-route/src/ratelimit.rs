@@ -95,6 +95,11 @@ impl RateLimitClient {
         }
     }
 
+    /// The rate limit service's cluster.
+    pub fn cluster(&self) -> &str {
+        &self.config.cluster
+    }
+
     pub fn failure_mode_deny(&self) -> bool {
         self.config.failure_mode_deny
     }

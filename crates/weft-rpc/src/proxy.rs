@@ -212,6 +212,15 @@ impl RpcRt {
         Err(slot)
     }
 
+    /// [`conn_now`](Self::conn_now), else [`connect`](Self::connect). For tasks of their own (a
+    /// retry, a mirror); a connection's task boxes the connect (see there).
+    async fn conn(&self, cluster: &Arc<ClusterRt>, host: &Arc<Host>) -> Result<Arc<UpConn>, weft_core::Error> {
+        match self.conn_now(cluster, host) {
+            Ok(c) => Ok(c),
+            Err(slot) => self.connect(slot, cluster, host).await,
+        }
+    }
+
     /// Connects `slot` (another request may have done so meanwhile). Boxed by the caller: the
     /// connect future is large, and a connection task's future is as large as its largest await,
     /// for the whole life of the connection.
@@ -277,7 +286,8 @@ struct Pending {
 struct Retry {
     rt: Arc<RpcRt>,
     cluster: Arc<ClusterRt>,
-    subset: std::collections::BTreeMap<String, String>,
+    /// Its route (in `rt.config.routes`): the subset the hosts are picked from.
+    route: usize,
     /// The request as last sent (its request id is rewritten for the next connection).
     data: Bytes,
     /// Tries left.
@@ -498,8 +508,9 @@ async fn up_reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<UpConn>, ctx: UpCtx
 /// budget is spent or no host can take it. The call keeps its place: its caller, deadline,
 /// metrics, log and trace.
 async fn retry_call(ctx: Arc<UpCtx>, mut p: Pending, mut r: Box<Retry>, why: String) {
-    let subset_labels = r.subset.clone();
-    let subset = (!subset_labels.is_empty()).then_some(&subset_labels);
+    let rt = r.rt.clone();
+    let labels = &rt.config.routes[r.route].subset;
+    let subset = (!labels.is_empty()).then_some(labels);
     loop {
         let guard = match r.left {
             0 => None,
@@ -518,11 +529,7 @@ async fn retry_call(ctx: Arc<UpCtx>, mut p: Pending, mut r: Box<Retry>, why: Str
             ctx.fail(p, LocalReply::Overload, "upstream overloaded (weft)");
             return;
         };
-        let conn = match r.rt.conn_now(&r.cluster, &host) {
-            Ok(c) => Ok(c),
-            Err(slot) => r.rt.connect(slot, &r.cluster, &host).await,
-        };
-        let conn = match conn {
+        let conn = match rt.conn(&r.cluster, &host).await {
             Ok(c) => c,
             Err(e) => {
                 if e.counts_against_host() {
@@ -532,14 +539,7 @@ async fn retry_call(ctx: Arc<UpCtx>, mut p: Pending, mut r: Box<Retry>, why: Str
             }
         };
         let up_id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut frame = Frame {
-            kind: FrameKind::Request,
-            id: 0,
-            status: 0,
-            data: BytesMut::from(&r.data[..]),
-        };
-        ctx.codec.set_request_id(&mut frame, up_id);
-        let data = frame.data.freeze();
+        let data = with_request_id(&*ctx.codec, &r.data, up_id);
         r.data = data.clone();
         r.cluster.stats.tx_bytes.inc_by(data.len() as u64);
         p._active = active;
@@ -967,24 +967,26 @@ fn mirror(rt: &Arc<RpcRt>, to: Option<Arc<ClusterRt>>, data: &Bytes) {
         let Some(_active) = cluster.start_request(&host, RoutePriority::Default) else {
             return;
         };
-        let conn = match rt.conn_now(&cluster, &host) {
-            Ok(c) => c,
-            Err(slot) => match rt.connect(slot, &cluster, &host).await {
-                Ok(c) => c,
-                Err(_) => return,
-            },
+        let Ok(conn) = rt.conn(&cluster, &host).await else {
+            return;
         };
-        let mut frame = Frame {
-            kind: FrameKind::Request,
-            id: 0,
-            status: 0,
-            data: BytesMut::from(&data[..]),
-        };
-        rt.codec
-            .set_request_id(&mut frame, conn.next_id.fetch_add(1, Ordering::Relaxed));
-        cluster.stats.tx_bytes.inc_by(frame.data.len() as u64);
-        let _ = conn.tx.send(frame.data.freeze());
+        let data = with_request_id(&*rt.codec, &data, conn.next_id.fetch_add(1, Ordering::Relaxed));
+        cluster.stats.tx_bytes.inc_by(data.len() as u64);
+        let _ = conn.tx.send(data);
     });
+}
+
+/// A copy of a request already sent (`data`) with request id `id`, for another connection (a
+/// retry, a mirror). The frame's kind is not read back: only its id is rewritten.
+fn with_request_id(codec: &dyn Codec, data: &Bytes, id: u64) -> Bytes {
+    let mut frame = Frame {
+        kind: FrameKind::Request,
+        id: 0,
+        status: 0,
+        data: BytesMut::from(&data[..]),
+    };
+    codec.set_request_id(&mut frame, id);
+    frame.data.freeze()
 }
 
 /// Sends a request on an upstream connection, after `delay` (fault injection) if given: the
@@ -1067,12 +1069,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         _ => None,
     };
     let fail = |r: LocalReply, msg: &str, route: Option<&str>, trace: Option<Box<TraceExchange>>| {
-        if two_way {
-            rt.reply(down, id, r, msg);
-        } else {
-            rt.stats.local_reply(r.reason());
-        }
-        rt.trace_local(trace, r, route);
+        local_reply(rt, down, id, two_way, r, msg, route, trace)
     };
     let Some(ri) = rt.route(&frame, &info) else {
         let svc = info.service.get(&frame.data).unwrap_or_default();
@@ -1103,10 +1100,9 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         return true;
     }
     if let (Some(limiter), Some(rl)) = (&governance.limiter, &route.rate_limit) {
-        let value = (rl.descriptor_attachment.as_deref())
-            .and_then(|k| codec.attachment(&frame, &info, k))
-            .and_then(|v| v.as_str().map(|s| s.as_bytes().to_vec()));
-        if limiter.check_value(value.as_deref()).is_some() {
+        let value = (rl.descriptor_attachment.as_deref()).and_then(|k| codec.attachment(&frame, &info, k));
+        let key = value.as_ref().and_then(|v| v.as_str()).map(str::as_bytes);
+        if limiter.check_value(key).is_some() {
             fail(LocalReply::RateLimited, "rate limited (weft)", rn, trace.take());
             return true;
         }
@@ -1122,8 +1118,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
             |name: &str| (codec.attachment(&frame, &info, name)).and_then(|v| v.as_str().map(str::to_string));
         let descriptors = descriptors_with(&route.rate_limits, attachment, down.peer.ip());
         if !descriptors.is_empty() {
-            let service =
-                RlsCluster(clusters.cluster(&rt.config.rate_limit_service.as_ref().expect("with rls").cluster));
+            let service = RlsCluster(clusters.cluster(rls.cluster()));
             let (rt, rls, down) = (rt.clone(), rls.clone(), down.clone());
             tokio::spawn(async move {
                 let verdict = rls.check(&service, descriptors).await;
@@ -1133,7 +1128,10 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
                     _ => None,
                 };
                 match deny {
-                    Some(msg) => local_reply(&rt, &down, id, two_way, LocalReply::RateLimited, msg, ri, trace),
+                    Some(msg) => {
+                        let route = Some(rt.config.routes[ri].name.as_str());
+                        local_reply(&rt, &down, id, two_way, LocalReply::RateLimited, msg, route, trace)
+                    }
                     None => {
                         forward(&rt, ri, &down, frame, info, trace, cluster, mirror_to).await;
                     }
@@ -1154,7 +1152,8 @@ impl ClusterLookup for RlsCluster {
     }
 }
 
-/// A routed call answered by weft itself (the `fail` of [`handle_frame`], for a call's own task).
+/// A call answered by weft itself (`route`: the route it matched, if any): a two-way call gets
+/// the reply, a one-way call is only counted.
 #[allow(clippy::too_many_arguments)]
 fn local_reply(
     rt: &RpcRt,
@@ -1163,7 +1162,7 @@ fn local_reply(
     two_way: bool,
     r: LocalReply,
     msg: &str,
-    ri: usize,
+    route: Option<&str>,
     trace: Option<Box<TraceExchange>>,
 ) {
     if two_way {
@@ -1171,7 +1170,7 @@ fn local_reply(
     } else {
         rt.stats.local_reply(r.reason());
     }
-    rt.trace_local(trace, r, Some(&rt.config.routes[ri].name));
+    rt.trace_local(trace, r, route);
 }
 
 /// The rest of a routed call: host, connection (retried on connect failure), and the send.
@@ -1191,12 +1190,7 @@ async fn forward(
     let (id, two_way) = (frame.id, frame.kind == FrameKind::Request);
     let rn = Some(route.name.as_str());
     let fail = |r: LocalReply, msg: &str, route: Option<&str>, trace: Option<Box<TraceExchange>>| {
-        if two_way {
-            rt.reply(down, id, r, msg);
-        } else {
-            rt.stats.local_reply(r.reason());
-        }
-        rt.trace_local(trace, r, route);
+        local_reply(rt, down, id, two_way, r, msg, route, trace)
     };
     let delay = governance.delay.filter(|(_, c)| c.roll()).map(|(d, _)| d);
     let subset = (!route.subset.is_empty()).then_some(&route.subset);
@@ -1300,7 +1294,7 @@ async fn forward(
         Some(r) if r.idempotent && retries_left > 0 => Some(Box::new(Retry {
             rt: rt.clone(),
             cluster: cluster.clone(),
-            subset: route.subset.clone(),
+            route: ri,
             data: data.clone(),
             left: retries_left,
         })),

@@ -672,32 +672,7 @@ async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
     let cp = Cp::start().await;
     let dir = weft_test_support::TempDir::new("dubbo-envoy");
     let listen = weft_test_support::free_addr();
-    let bootstrap = format!(
-        r#"node: {{ id: envoy-dubbo-1, cluster: dubbo-test }}
-admin: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }} }}
-dynamic_resources:
-  ads_config:
-    api_type: GRPC
-    transport_api_version: V3
-    grpc_services: [ {{ envoy_grpc: {{ cluster_name: xds }} }} ]
-    set_node_on_first_message_only: true
-  cds_config: {{ ads: {{}}, resource_api_version: V3 }}
-  lds_config: {{ ads: {{}}, resource_api_version: V3 }}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {{ http2_protocol_options: {{}} }}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [ {{ lb_endpoints: [ {{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }} }} ] }} ]
-"#,
-        port = cp.addr.port()
-    );
+    let bootstrap = peers::envoy_ads_bootstrap("  id: envoy-dubbo-1\n  cluster: dubbo-test", 0, cp.addr.port(), "");
     dir.write("envoy.yaml", &bootstrap);
     let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
     let _envoy = peers::ChildGuard(

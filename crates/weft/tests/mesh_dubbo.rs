@@ -32,6 +32,8 @@ use weft_test_support::{eventually_blocking, free_addr, metric, TempDir};
 
 mod blocking;
 use blocking::{http, start_control};
+mod mesh_support;
+use mesh_support::token;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const IFACE: &str = "org.example.Greeter";
@@ -147,20 +149,6 @@ fn registry_with(reg: &TempDir, endpoints: &[SocketAddr], extra: &str) {
     );
 }
 
-/// A bootstrap token for `identity` (namespace/service account) from weft control's CA in `ca`.
-fn token(dir: &TempDir, ca: &Path, identity: &str) -> PathBuf {
-    let out = Command::new(WEFT)
-        .args(["control", "token", "--ca-dir"])
-        .arg(ca)
-        .args(["--identity", identity, "--ttl", "1h"])
-        .output()
-        .expect("weft control token");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let p = dir.join(&format!("{}.token", identity.replace('/', "-")));
-    std::fs::write(&p, &out.stdout).unwrap();
-    p
-}
-
 /// TLS handshakes a proxy accepted (its inbound side), from its metrics.
 fn handshakes_accepted(admin: SocketAddr) -> f64 {
     stats(admin)
@@ -191,7 +179,7 @@ fn dubbo_over_mesh_mtls() {
             t.clone().into_os_string(),
         ]
     };
-    let (tg, tw) = (token(&dir, &ca, "default/greeter"), token(&dir, &ca, "default/web"));
+    let (tg, tw) = (token(&dir.0, "default/greeter"), token(&dir.0, "default/web"));
     let (ag, aw) = (args(&tg), args(&tw));
     fn os(v: &[std::ffi::OsString]) -> Vec<&std::ffi::OsStr> {
         v.iter().map(|x| x.as_os_str()).collect()
