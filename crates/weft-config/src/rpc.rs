@@ -65,6 +65,10 @@ pub struct RawRpcRoute {
     pub mirror: Option<RawRpcMirror>,
     /// Descriptors sent to the listener's `rate_limit_service` for each call.
     pub rate_limits: Vec<RawRpcRateLimitPolicy>,
+    /// Answer the matched calls with the protocol's "no route" reply instead of sending them on
+    /// (Dubbo `SERVICE_NOT_FOUND`, Bolt `NO_PROCESSOR`): ends one interface's routes before a
+    /// catch-all that must not take its calls. Excludes `cluster` and the route's other actions.
+    pub no_route: Option<bool>,
 }
 
 /// One descriptor (Envoy's `RateLimit`): sent when every action yields an entry.
@@ -221,6 +225,8 @@ pub struct RpcRoute {
     /// For the listener's rate limit service. `RequestHeaders::header_name` is an attachment's
     /// name (as written: attachments are case-sensitive).
     pub rate_limits: Vec<RateLimitPolicy>,
+    /// Answer matched calls "no route" (`cluster` is empty).
+    pub no_route: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -379,7 +385,26 @@ pub fn validate(
     let mut later_errors: Vec<(String, String)> = Vec::new();
     for (i, rr) in r.routes.iter().enumerate() {
         let p = format!("{path}.routes[{i}]");
+        let no_route = rr.no_route == Some(true);
+        if no_route {
+            let actions = [
+                ("cluster", rr.cluster.is_some()),
+                ("subset", !rr.subset.is_empty()),
+                ("timeout", rr.timeout.is_some()),
+                ("retries", rr.retries.is_some()),
+                ("fault", rr.fault.is_some()),
+                ("rate_limit", rr.rate_limit.is_some()),
+                ("mirror", rr.mirror.is_some()),
+                ("rate_limits", !rr.rate_limits.is_empty()),
+            ];
+            for (f, set) in actions {
+                if set {
+                    err(format!("{p}.{f}"), "cannot be given with no_route".into());
+                }
+            }
+        }
         let cluster = match rr.cluster.as_deref() {
+            _ if no_route => String::new(),
             Some(c) if !c.is_empty() => {
                 if !clusters.contains(c) && !allow_unknown_clusters {
                     err(format!("{p}.cluster"), format!("unknown cluster \"{c}\""));
@@ -597,6 +622,7 @@ pub fn validate(
             rate_limit,
             mirror,
             rate_limits,
+            no_route,
         });
     }
     let access_log = r.access_log.as_ref().map(|a| {

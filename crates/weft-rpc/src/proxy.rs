@@ -1084,6 +1084,17 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
     };
     let (route, governance) = (&rt.config.routes[ri], &rt.route_rt[ri]);
     let rn = Some(route.name.as_str());
+    if route.no_route {
+        let svc = info.service.get(&frame.data).unwrap_or_default();
+        let m = info.method.get(&frame.data).unwrap_or_default();
+        fail(
+            LocalReply::NoRoute,
+            &format!("no route for {svc}.{m} (weft)"),
+            rn,
+            trace.take(),
+        );
+        return true;
+    }
     let Some(cluster) = clusters.cluster(&route.cluster) else {
         fail(
             LocalReply::NoRoute,

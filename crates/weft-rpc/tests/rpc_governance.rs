@@ -294,3 +294,54 @@ fn governance_config_errors_name_the_field() {
         ],
     );
 }
+
+/// `no_route` ends one interface's routes before a catch-all: its calls are answered Dubbo
+/// `SERVICE_NOT_FOUND` and never reach a provider, counted as no-route local replies; the other
+/// interfaces still reach the catch-all.
+#[tokio::test]
+async fn no_route_keeps_an_interface_from_the_catch_all() {
+    let p = provider("p").await;
+    let routes = "        - match: { interface: org.example.Gov, method: echo }\n          cluster: c\n        - name: gov-closed\n          match: { interface: org.example.Gov }\n          no_route: true\n        - cluster: c\n";
+    let proxy = start_proxy(&config("closed", routes, &cluster("c", &[p.addr])));
+    let addr = proxy.listener_addr("closed").unwrap();
+    let mut c = Client::connect(addr).await;
+    assert_eq!(answer(&call(&mut c, 1, "echo", "x", &[]).await), Ok("p:x".to_string()));
+    let before = p.calls.load(Ordering::Relaxed);
+    let (status, msg) = answer(&call(&mut c, 2, "whoami", "", &[]).await).unwrap_err();
+    assert_eq!(status, 60, "SERVICE_NOT_FOUND: {msg}");
+    assert!(msg.contains("no route for org.example.Gov.whoami"), "{msg}");
+    assert_eq!(
+        p.calls.load(Ordering::Relaxed),
+        before,
+        "the closed call reached the provider"
+    );
+    let m = stats(&proxy).await;
+    assert!(
+        m.contains(r#"weft_rpc_local_replies_total{listener="closed",reason="NR"} 1"#),
+        "{m}"
+    );
+    // Another interface takes the catch-all.
+    let mut args = Vec::new();
+    hessian::write_string(&mut args, "y");
+    let req = dubbo::encode_request(
+        3,
+        true,
+        "org.example.Else",
+        "",
+        "echo",
+        "Ljava/lang/String;",
+        &args,
+        &[],
+    );
+    c.send(&req).await;
+    assert_eq!(answer(&c.recv().await.unwrap()), Ok("p:y".to_string()));
+
+    let bad = "        - match: { interface: org.example.Gov }\n          no_route: true\n          cluster: c\n          timeout: 1s\n";
+    common::assert_refused(
+        &config("bad", bad, &cluster("c", &[p.addr])),
+        &[
+            "routes[0].cluster: cannot be given with no_route",
+            "routes[0].timeout: cannot be given with no_route",
+        ],
+    );
+}

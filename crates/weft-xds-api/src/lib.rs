@@ -35,6 +35,8 @@ pub mod type_url {
     pub const TLS_INSPECTOR: &str =
         "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
     pub const DUBBO_PROXY: &str = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.v3.DubboProxy";
+    pub const GENERIC_PROXY: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.generic_proxy.v3.GenericProxy";
 
     /// Order in which a control plane should push types so that clients can warm (Envoy's
     /// "make before break": clusters before their endpoints, listeners before their routes).

@@ -25,6 +25,7 @@ use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3 as rl;
 use weft_xds_api::pb::envoy::extensions::filters::http::rbac::v3 as http_rbac;
 use weft_xds_api::pb::envoy::extensions::filters::network::connection_limit::v3 as connection_limit;
 use weft_xds_api::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo_proxy;
+use weft_xds_api::pb::envoy::extensions::filters::network::generic_proxy::v3 as generic_proxy;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use weft_xds_api::pb::envoy::extensions::filters::network::rbac::v3 as net_rbac;
 use weft_xds_api::pb::envoy::extensions::filters::network::tcp_proxy::v3 as tcp;
@@ -455,6 +456,31 @@ fn filter_chain(
                         "{} before {} is unsupported (weft's rpc listeners have no authorization)",
                         crate::rbac_xds::NETWORK_RBAC_NAME,
                         crate::dubbo_xds::DUBBO_PROXY_NAME
+                    ),
+                );
+            }
+        } else if url == crate::generic_xds::GENERIC_PROXY_URL
+            || (url.is_empty() && f.name == crate::generic_xds::GENERIC_PROXY_NAME)
+        {
+            let tp = format!("{fp}.typed_config");
+            let Some(a) = cfg.as_ref() else {
+                errs.add(
+                    &tp,
+                    "is required (GenericProxy: stat_prefix, codec_config, filters and route_config)",
+                );
+                return (out, None, limit, tls_in);
+            };
+            match weft_xds_api::unpack::<generic_proxy::GenericProxy>(a, crate::generic_xds::GENERIC_PROXY_URL) {
+                Ok(g) => out.rpc = Some(crate::generic_xds::generic_proxy(errs, &tp, &g)),
+                Err(e) => errs.add(&tp, e),
+            }
+            for (rp, _) in &network_rbac {
+                errs.add(
+                    rp,
+                    format!(
+                        "{} before {} is unsupported (weft's rpc listeners have no authorization)",
+                        crate::rbac_xds::NETWORK_RBAC_NAME,
+                        crate::generic_xds::GENERIC_PROXY_NAME
                     ),
                 );
             }

@@ -27,6 +27,7 @@
 mod access_log_xds;
 pub mod convert;
 pub mod dubbo_xds;
+pub mod generic_xds;
 pub mod jwt_xds;
 pub mod pgv;
 pub mod rbac_xds;

@@ -9,19 +9,13 @@
 
 mod support;
 
-use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use support::dubbo::{call, provider, Envoy};
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 use weft_config::raw::RawConfig;
 use weft_config::rpc::{ArgMatch, RpcRoute};
 use weft_config::*;
-use weft_rpc::codec::{Codec, Frame, FrameKind};
-use weft_rpc::dubbo::{self, Dubbo};
-use weft_rpc::hessian::{self, Reader};
 use weft_xds_api::pack;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::listener::v3 as ls;
@@ -478,83 +472,6 @@ fn route_configs(d: &mut dp::DubboProxy) -> &mut Vec<dp::RouteConfiguration> {
 // ---------------------------------------------------------------------------------------------
 // End to end
 
-/// A Dubbo provider answering every two-way call with `name:method:arg0`.
-async fn provider(name: &'static str) -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(provider_conn(name, s));
-        }
-    });
-    addr
-}
-
-async fn provider_conn(name: &'static str, mut s: TcpStream) {
-    let mut buf = BytesMut::with_capacity(8192);
-    loop {
-        match s.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        while let Some(f) = Dubbo.decode(&mut buf, 1 << 20).unwrap() {
-            let reply = match f.kind {
-                FrameKind::Heartbeat => Dubbo.heartbeat_reply(&f),
-                FrameKind::Request => {
-                    let info = Dubbo.request_info(&f).unwrap();
-                    let m = info.method.get(&f.data).unwrap().into_owned();
-                    let arg0 = Dubbo
-                        .argument(&f, &info, 0)
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    let mut v = Vec::new();
-                    hessian::write_string(&mut v, &format!("{name}:{m}:{arg0}"));
-                    dubbo::encode_response(f.id, &v)
-                }
-                _ => continue,
-            };
-            if s.write_all(&reply).await.is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// One two-way call on a fresh connection: the provider's answer, or the status and message of
-/// weft's own reply.
-async fn call(
-    addr: SocketAddr,
-    svc: &str,
-    version: &str,
-    m: &str,
-    arg: &str,
-    att: &[(&str, &str)],
-) -> Result<String, (u16, String)> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut args = Vec::new();
-    hessian::write_string(&mut args, arg);
-    let req = dubbo::encode_request(7, true, svc, version, m, "Ljava/lang/String;", &args, att);
-    s.write_all(&req).await.unwrap();
-    let f: Frame = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = BytesMut::new();
-        loop {
-            if let Some(f) = Dubbo.decode(&mut buf, 1 << 20).unwrap() {
-                return f;
-            }
-            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "connection closed");
-        }
-    })
-    .await
-    .expect("an answer within 5s");
-    assert_eq!(f.id, 7);
-    if f.status != 20 {
-        return Err((f.status, dubbo::error_message(&f).unwrap_or_default()));
-    }
-    let mut r = Reader::at(&f.data, dubbo::HEADER_LEN);
-    assert_eq!(r.read_int().unwrap(), 1, "RESPONSE_VALUE");
-    Ok(r.read_opt_string().unwrap().unwrap().into_owned())
-}
-
 /// `d` with an argument range on `Greeter`'s attachment route: valid for Envoy, which weft's RPC
 /// routes cannot express.
 fn with_range(mut d: dp::DubboProxy) -> dp::DubboProxy {
@@ -665,35 +582,12 @@ async fn dubbo_proxy_pushed_over_xds_routes_calls_and_invalid_updates_are_nacked
 /// Under `CI=true` a missing Envoy fails the test.
 #[tokio::test]
 async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
-    use std::process::{Command, Stdio};
-    use weft_test_support::peers;
-    let Some(envoy_bin) = peers::envoy_binary() else { return };
     let (gold, silver) = (provider("gold").await, provider("silver").await);
     let cp = Cp::start().await;
-    let dir = weft_test_support::TempDir::new("dubbo-envoy");
+    let Some(envoy) = Envoy::start(&cp, "envoy-dubbo-1").await else {
+        return;
+    };
     let listen = weft_test_support::free_addr();
-    let bootstrap = peers::envoy_ads_bootstrap("  id: envoy-dubbo-1\n  cluster: dubbo-test", 0, cp.addr.port(), "");
-    dir.write("envoy.yaml", &bootstrap);
-    let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
-    let _envoy = peers::ChildGuard(
-        Command::new(&envoy_bin)
-            .arg("-c")
-            .arg(dir.join("envoy.yaml"))
-            .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start envoy"),
-    );
-    let envoy_log = || std::fs::read_to_string(dir.join("envoy.log")).unwrap_or_default();
-
-    // Envoy takes a few seconds to start on a busy machine.
-    let started = weft_test_support::within(Duration::from_secs(30), || async {
-        cp.log().iter().any(|r| r.type_url() == CLUSTER)
-    })
-    .await;
-    assert!(started, "Envoy did not ask for clusters; its log:\n{}", envoy_log());
     let m = cp.mark();
     cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("gold"), eds_cluster("silver")]);
     cp.wait_for(m, "EDS request", |r| {
@@ -716,15 +610,11 @@ async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
         ack.error().is_none(),
         "Envoy NACKed: {:?}\n{}",
         ack.error(),
-        envoy_log()
+        envoy.log()
     );
     assert_eq!(ack.sotw().version_info, "l1", "Envoy ACKs the listener");
 
-    // The listener is bound by Envoy's worker shortly after the ACK.
-    weft_test_support::eventually("Envoy's listener to accept", WAIT, || async {
-        TcpStream::connect(listen).await.ok().map(|_| ())
-    })
-    .await;
+    envoy.wait_bound(listen).await;
     check(listen).await;
 
     // The variant weft NACKs (an argument range) is valid for Envoy: one that weft refuses
@@ -738,6 +628,6 @@ async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
         ack.error().is_none(),
         "Envoy NACKed: {:?}\n{}",
         ack.error(),
-        envoy_log()
+        envoy.log()
     );
 }

@@ -2,6 +2,8 @@
 //! attached. Upstreams, clients and waits come from `weft_test_support`; every wait is bounded.
 #![allow(dead_code)]
 
+pub mod dubbo;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;

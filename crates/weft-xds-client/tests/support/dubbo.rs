@@ -1,0 +1,142 @@
+//! Dubbo peers for the RPC-over-xDS tests: providers that say who answered, a one-call client,
+//! and Envoy 1.40 (with its contrib Dubbo and generic proxies) attached to the scripted control
+//! plane.
+
+use super::{Cp, WAIT};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_rpc::codec::{Codec, Frame, FrameKind};
+use weft_rpc::dubbo::{self, Dubbo};
+use weft_rpc::hessian::{self, Reader};
+use weft_xds_api::type_url::CLUSTER;
+
+/// A Dubbo provider answering every two-way call with `name:method:arg0`.
+pub async fn provider(name: &'static str) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(provider_conn(name, s));
+        }
+    });
+    addr
+}
+
+async fn provider_conn(name: &'static str, mut s: TcpStream) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        match s.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while let Some(f) = Dubbo.decode(&mut buf, 1 << 20).unwrap() {
+            let reply = match f.kind {
+                FrameKind::Heartbeat => Dubbo.heartbeat_reply(&f),
+                FrameKind::Request => {
+                    let info = Dubbo.request_info(&f).unwrap();
+                    let m = info.method.get(&f.data).unwrap().into_owned();
+                    let arg0 = Dubbo
+                        .argument(&f, &info, 0)
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    let mut v = Vec::new();
+                    hessian::write_string(&mut v, &format!("{name}:{m}:{arg0}"));
+                    dubbo::encode_response(f.id, &v)
+                }
+                _ => continue,
+            };
+            if s.write_all(&reply).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One two-way call on a fresh connection: the provider's answer, or the status and message of
+/// the proxy's own reply.
+pub async fn call(
+    addr: SocketAddr,
+    svc: &str,
+    version: &str,
+    m: &str,
+    arg: &str,
+    att: &[(&str, &str)],
+) -> Result<String, (u16, String)> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut args = Vec::new();
+    hessian::write_string(&mut args, arg);
+    let req = dubbo::encode_request(7, true, svc, version, m, "Ljava/lang/String;", &args, att);
+    s.write_all(&req).await.unwrap();
+    let f: Frame = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = BytesMut::new();
+        loop {
+            if let Some(f) = Dubbo.decode(&mut buf, 1 << 20).unwrap() {
+                return f;
+            }
+            assert!(s.read_buf(&mut buf).await.unwrap() > 0, "connection closed");
+        }
+    })
+    .await
+    .expect("an answer within 5s");
+    assert_eq!(f.id, 7);
+    if f.status != 20 {
+        return Err((f.status, dubbo::error_message(&f).unwrap_or_default()));
+    }
+    let mut r = Reader::at(&f.data, dubbo::HEADER_LEN);
+    assert_eq!(r.read_int().unwrap(), 1, "RESPONSE_VALUE");
+    Ok(r.read_opt_string().unwrap().unwrap().into_owned())
+}
+
+/// Envoy 1.40 (`interop/.venv-envoy`) on ADS from `cp`; `None` when it is not installed (outside
+/// CI: under `CI=true` a missing Envoy fails the test).
+pub struct Envoy {
+    _child: weft_test_support::peers::ChildGuard,
+    dir: weft_test_support::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy and waits until it asks `cp` for clusters.
+    pub async fn start(cp: &Cp, id: &str) -> Option<Envoy> {
+        use std::process::{Command, Stdio};
+        use weft_test_support::peers;
+        let envoy_bin = peers::envoy_binary()?;
+        let dir = weft_test_support::TempDir::new("rpc-envoy");
+        let bootstrap = peers::envoy_ads_bootstrap(&format!("  id: {id}\n  cluster: rpc-test"), 0, cp.addr.port(), "");
+        dir.write("envoy.yaml", &bootstrap);
+        let log = std::fs::File::create(dir.join("envoy.log")).unwrap();
+        let child = peers::ChildGuard(
+            Command::new(&envoy_bin)
+                .arg("-c")
+                .arg(dir.join("envoy.yaml"))
+                .args(["--concurrency", "1", "--disable-hot-restart", "-l", "warn"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start envoy"),
+        );
+        let envoy = Envoy { _child: child, dir };
+        // Envoy takes a few seconds to start on a busy machine.
+        let started = weft_test_support::within(Duration::from_secs(30), || async {
+            cp.log().iter().any(|r| r.type_url() == CLUSTER)
+        })
+        .await;
+        assert!(started, "Envoy did not ask for clusters; its log:\n{}", envoy.log());
+        Some(envoy)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// Waits until Envoy's worker accepts on `addr` (it binds shortly after the ACK).
+    pub async fn wait_bound(&self, addr: SocketAddr) {
+        weft_test_support::eventually("Envoy's listener to accept", WAIT, || async {
+            TcpStream::connect(addr).await.ok().map(|_| ())
+        })
+        .await;
+    }
+}
