@@ -196,6 +196,42 @@ struct RawRoutes {
     service: String,
     #[serde(default)]
     http: Vec<RawHttpRoute>,
+    #[serde(default)]
+    dubbo: Vec<RawDubboRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDubboRoute {
+    name: Option<String>,
+    #[serde(default, rename = "match")]
+    matches: RawDubboMatch,
+    route: RawDubboDest,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDubboMatch {
+    interface: Option<String>,
+    method: Option<String>,
+    #[serde(default)]
+    arguments: Vec<RawDubboArg>,
+    #[serde(default)]
+    attachments: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDubboArg {
+    index: u32,
+    equals: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDubboDest {
+    destination: String,
+    subset: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -620,10 +656,26 @@ pub struct HttpRoute {
     pub rate_limits: Vec<RlDescriptor>,
 }
 
+/// A rule for the calls to a Dubbo service (`routes[].dubbo[]`): all its conditions must hold.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DubboRule {
+    pub name: Option<String>,
+    /// One of the service's interfaces; none: all of them.
+    pub interface: Option<String>,
+    pub method: Option<String>,
+    /// `(index, value)`: the argument at `index`, as a string (integers in decimal).
+    pub arguments: Vec<(u32, String)>,
+    pub attachments: BTreeMap<String, String>,
+    /// Where the matched calls go: a Dubbo service and optionally one of its subsets.
+    pub service: String,
+    pub subset: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct RoutePolicy {
     pub service: String,
     pub http: Vec<HttpRoute>,
+    pub dubbo: Vec<DubboRule>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -948,9 +1000,13 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
         for (j, h) in r.http.into_iter().enumerate() {
             http.push(http_route(&mut e, &format!("{p}.http[{j}]"), h));
         }
+        let dubbo = (r.dubbo.into_iter().enumerate())
+            .map(|(j, d)| dubbo_rule(&mut e, &format!("{p}.dubbo[{j}]"), d))
+            .collect();
         frag.routes.push(RoutePolicy {
             service: r.service,
             http,
+            dubbo,
         });
     }
     for (i, d) in raw.destinations.into_iter().enumerate() {
@@ -1279,6 +1335,51 @@ fn dest_ref(e: &mut Errs<'_>, path: &str, service: String, subset: Option<String
         service,
         subset,
         weight: weight.unwrap_or(0),
+    }
+}
+
+fn dubbo_rule(e: &mut Errs<'_>, p: &str, d: RawDubboRoute) -> DubboRule {
+    let m = d.matches;
+    for (f, v) in [("interface", &m.interface), ("method", &m.method)] {
+        if v.as_deref() == Some("") {
+            e.push(
+                format!("{p}.match.{f}"),
+                "must not be empty (leave it out to match any)",
+            );
+        }
+    }
+    let mut arguments = Vec::new();
+    for (k, a) in m.arguments.into_iter().enumerate() {
+        if a.index > 255 {
+            e.push(
+                format!("{p}.match.arguments[{k}].index"),
+                format!("{} is out of range [0, 255]", a.index),
+            );
+        } else if arguments.iter().any(|(i, _)| *i == a.index) {
+            e.push(
+                format!("{p}.match.arguments[{k}].index"),
+                format!("argument {} is matched twice", a.index),
+            );
+        } else {
+            arguments.push((a.index, a.equals));
+        }
+    }
+    arguments.sort();
+    if m.attachments.keys().any(|k| k.is_empty()) {
+        e.push(format!("{p}.match.attachments"), "an attachment name must not be empty");
+    }
+    if let Some(n) = &d.name {
+        check_name(e, &format!("{p}.name"), n);
+    }
+    check_name(e, &format!("{p}.route.destination"), &d.route.destination);
+    DubboRule {
+        name: d.name,
+        interface: m.interface,
+        method: m.method,
+        arguments,
+        attachments: m.attachments,
+        service: d.route.destination,
+        subset: d.route.subset,
     }
 }
 
@@ -1615,11 +1716,44 @@ impl World {
                 }
             };
             for (i, r) in f.routes.iter().enumerate() {
-                if !w.services.contains_key(&r.service) {
+                let target = w.services.get(&r.service);
+                if target.is_none() {
                     e.push(
                         format!("routes[{i}].service"),
                         format!("unknown service \"{}\"", r.service),
                     );
+                }
+                if let Some(s) = target.filter(|s| s.protocol != Protocol::Dubbo && !r.dubbo.is_empty()) {
+                    e.push(
+                        format!("routes[{i}].dubbo"),
+                        format!("service \"{}\" is not a Dubbo service (protocol: dubbo)", s.name),
+                    );
+                }
+                for (j, d) in r.dubbo.iter().enumerate() {
+                    let p = format!("routes[{i}].dubbo[{j}]");
+                    if let (Some(s), Some(want)) = (target, &d.interface) {
+                        if s.protocol == Protocol::Dubbo && !s.dubbo_interfaces().contains(&want.as_str()) {
+                            e.push(
+                                format!("{p}.match.interface"),
+                                format!("\"{want}\" is not an interface of service \"{}\"", s.name),
+                            );
+                        }
+                    }
+                    let dest = DestRef {
+                        service: d.service.clone(),
+                        subset: d.subset.clone(),
+                        weight: 1,
+                    };
+                    check(&mut e, format!("{p}.route"), &dest);
+                    if w.services
+                        .get(&d.service)
+                        .is_some_and(|s| s.protocol != Protocol::Dubbo)
+                    {
+                        e.push(
+                            format!("{p}.route.destination"),
+                            format!("service \"{}\" is not a Dubbo service (protocol: dubbo)", d.service),
+                        );
+                    }
                 }
                 for (j, h) in r.http.iter().enumerate() {
                     for (k, d) in h.route.iter().enumerate() {
@@ -1785,5 +1919,90 @@ routes:
             all.contains("services[0].interfaces: Dubbo interface \"org.example.X\" is already defined in a.yaml"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn dubbo_routing_rules_are_checked_and_become_routes_per_interface() {
+        let f = parse_fragment(
+            "r.yaml",
+            r#"services:
+  - {name: greeter, protocol: dubbo, interfaces: [org.example.A, org.example.B], endpoints: [{address: "127.0.0.1:1", labels: {v: "2"}}]}
+  - {name: web, endpoints: [{address: "127.0.0.1:2"}]}
+destinations:
+  - service: greeter
+    subsets: [{name: v2, labels: {v: "2"}}]
+routes:
+  - service: greeter
+    dubbo:
+      - name: vip
+        match: {method: echo, arguments: [{index: 1, equals: "7"}, {index: 0, equals: vip}], attachments: {t: x}}
+        route: {destination: greeter, subset: v2}
+      - match: {interface: org.example.B}
+        route: {destination: greeter}
+"#,
+        )
+        .unwrap();
+        let (w, errs) = World::build([("r.yaml", &f)].into_iter());
+        assert!(errs.is_empty(), "{errs:?}");
+        let rules = &w.routes["greeter"].dubbo;
+        assert_eq!(rules[0].arguments, [(0, "vip".to_string()), (1, "7".to_string())]);
+        assert_eq!(rules[0].subset.as_deref(), Some("v2"));
+
+        let bad = parse_fragment(
+            "b.yaml",
+            "routes:
+  - service: greeter
+    dubbo:
+      - match: {method: \"\", arguments: [{index: 300, equals: x}, {index: 1, equals: a}, {index: 1, equals: b}]}
+        route: {destination: greeter}
+",
+        )
+        .unwrap_err()
+        .join("\n");
+        assert!(
+            bad.contains("routes[0].dubbo[0].match.method: must not be empty"),
+            "{bad}"
+        );
+        assert!(
+            bad.contains("routes[0].dubbo[0].match.arguments[0].index: 300 is out of range [0, 255]"),
+            "{bad}"
+        );
+        assert!(
+            bad.contains("routes[0].dubbo[0].match.arguments[2].index: argument 1 is matched twice"),
+            "{bad}"
+        );
+
+        let refs = parse_fragment(
+            "c.yaml",
+            "routes:
+  - service: greeter
+    dubbo:
+      - match: {interface: org.example.C}
+        route: {destination: web}
+      - route: {destination: greeter, subset: v9}
+  - service: web
+    dubbo:
+      - route: {destination: greeter}
+",
+        )
+        .unwrap();
+        let svc = parse_fragment(
+            "s.yaml",
+            "services:
+  - {name: greeter, protocol: dubbo}
+  - {name: web}
+",
+        )
+        .unwrap();
+        let (_, errs) = World::build([("s.yaml", &svc), ("c.yaml", &refs)].into_iter());
+        let all = errs["c.yaml"].join("\n");
+        for want in [
+            "routes[0].dubbo[0].match.interface: \"org.example.C\" is not an interface of service \"greeter\"",
+            "routes[0].dubbo[0].route.destination: service \"web\" is not a Dubbo service",
+            "routes[0].dubbo[1].route.subset: unknown subset \"v9\"",
+            "routes[1].dubbo: service \"web\" is not a Dubbo service (protocol: dubbo)",
+        ] {
+            assert!(all.contains(want), "want {want:?} in\n{all}");
+        }
     }
 }

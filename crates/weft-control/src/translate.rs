@@ -155,11 +155,24 @@ pub struct Snapshot {
     pub dubbo_routes: Arc<Vec<DubboRoute>>,
 }
 
-/// A Dubbo interface and the service (cluster) that provides it.
+/// A Dubbo interface, the service (cluster) that provides it, and the routing rules of that
+/// service that apply to it (tried in order before the service's own cluster).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DubboRoute {
     pub interface: String,
     pub service: String,
+    pub rules: Vec<DubboRuleRoute>,
+}
+
+/// One `routes[].dubbo[]` rule, for one interface.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DubboRuleRoute {
+    pub name: String,
+    pub method: Option<String>,
+    pub arguments: Vec<(u32, String)>,
+    pub attachments: BTreeMap<String, String>,
+    /// `T` or `T|subset`.
+    pub cluster: String,
 }
 
 /// The Dubbo routes of `world` (see [`Snapshot::dubbo_routes`]).
@@ -169,9 +182,22 @@ fn dubbo_routes(world: &World) -> Vec<DubboRoute> {
         .values()
         .filter(|s| s.protocol == Protocol::Dubbo)
         .flat_map(|s| {
-            s.dubbo_interfaces().into_iter().map(|i| DubboRoute {
+            let policy = world.routes.get(&s.name);
+            s.dubbo_interfaces().into_iter().map(move |i| DubboRoute {
                 interface: i.to_string(),
                 service: s.name.clone(),
+                rules: policy
+                    .iter()
+                    .flat_map(|p| p.dubbo.iter().enumerate())
+                    .filter(|(_, r)| r.interface.as_deref().is_none_or(|want| want == i))
+                    .map(|(j, r)| DubboRuleRoute {
+                        name: r.name.clone().unwrap_or_else(|| format!("{}/dubbo[{j}]", s.name)),
+                        method: r.method.clone(),
+                        arguments: r.arguments.clone(),
+                        attachments: r.attachments.clone(),
+                        cluster: model::cluster_name(&r.service, r.subset.as_deref()),
+                    })
+                    .collect(),
             })
         })
         .collect();
@@ -1308,37 +1334,82 @@ fn rds_listener(
 }
 
 /// A Dubbo listener: Envoy's `dubbo_proxy` (Dubbo2, hessian2) with its routes inline, one route
-/// configuration per `(interface, cluster)` (`*`: any interface) whose one route takes any method
-/// (`safe_regex: ".*"`, as Envoy needs a method matcher). Inbound, the mesh mTLS chains wrap it.
+/// configuration per `(interface, cluster, rules)` (`*`: any interface): the rules' routes in
+/// order (method exact or any, arguments and attachments exact), then one that takes any method
+/// to the cluster (`safe_regex: ".*"`, as Envoy needs a method matcher). Inbound, the mesh mTLS
+/// chains wrap it.
 fn dubbo_listener(
     name: &str,
     addr: std::net::SocketAddr,
     direction: i32,
-    routes: &[(&str, &str)],
+    routes: &[(&str, &str, &[DubboRuleRoute])],
     mtls: Option<model::MtlsMode>,
 ) -> ls::Listener {
-    let any_method = dubbo::RouteMatch {
-        method: Some(dubbo::MethodMatch {
+    let method = |m: Option<&str>| {
+        let p = match m {
+            Some(m) => matcher::string_matcher::MatchPattern::Exact(m.into()),
+            None => matcher::string_matcher::MatchPattern::SafeRegex(regex(".*")),
+        };
+        Some(dubbo::MethodMatch {
             name: Some(matcher::StringMatcher {
-                match_pattern: Some(matcher::string_matcher::MatchPattern::SafeRegex(regex(".*"))),
+                match_pattern: Some(p),
                 ..Default::default()
             }),
             ..Default::default()
-        }),
-        ..Default::default()
+        })
+    };
+    let to = |cluster: &str| {
+        Some(dubbo::RouteAction {
+            cluster_specifier: Some(dubbo::route_action::ClusterSpecifier::Cluster(cluster.into())),
+            ..Default::default()
+        })
+    };
+    let rule = |r: &DubboRuleRoute| {
+        use dubbo::method_match::parameter_match_specifier::ParameterMatchSpecifier as P;
+        let mut m = method(r.method.as_deref());
+        if let Some(mm) = m.as_mut() {
+            mm.params_match = (r.arguments.iter())
+                .map(|(i, v)| {
+                    let spec = dubbo::method_match::ParameterMatchSpecifier {
+                        parameter_match_specifier: Some(P::ExactMatch(v.clone())),
+                    };
+                    (*i, spec)
+                })
+                .collect();
+        }
+        dubbo::Route {
+            r#match: Some(dubbo::RouteMatch {
+                method: m,
+                headers: (r.attachments.iter())
+                    .map(|(k, v)| rt::HeaderMatcher {
+                        name: k.clone(),
+                        header_match_specifier: Some(rt::header_matcher::HeaderMatchSpecifier::StringMatch(
+                            matcher::StringMatcher {
+                                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(v.clone())),
+                                ..Default::default()
+                            },
+                        )),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            route: to(&r.cluster),
+        }
     };
     let route_config = routes
         .iter()
-        .map(|(iface, cluster)| dubbo::RouteConfiguration {
+        .map(|(iface, cluster, rules)| dubbo::RouteConfiguration {
             name: (*iface).into(),
             interface: (*iface).into(),
-            routes: vec![dubbo::Route {
-                r#match: Some(any_method.clone()),
-                route: Some(dubbo::RouteAction {
-                    cluster_specifier: Some(dubbo::route_action::ClusterSpecifier::Cluster((*cluster).into())),
-                    ..Default::default()
-                }),
-            }],
+            routes: (rules.iter().map(rule))
+                .chain(std::iter::once(dubbo::Route {
+                    r#match: Some(dubbo::RouteMatch {
+                        method: method(None),
+                        ..Default::default()
+                    }),
+                    route: to(cluster),
+                }))
+                .collect(),
             ..Default::default()
         })
         .collect();
@@ -1528,8 +1599,8 @@ pub fn node_resources(
         );
     }
     if let Some(addr) = node.outbound_dubbo.filter(|_| !dubbo.routes.is_empty()) {
-        let routes: Vec<(&str, &str)> = (dubbo.routes.iter())
-            .map(|r| (r.interface.as_str(), r.service.as_str()))
+        let routes: Vec<(&str, &str, &[DubboRuleRoute])> = (dubbo.routes.iter())
+            .map(|r| (r.interface.as_str(), r.service.as_str(), r.rules.as_slice()))
             .collect();
         put(
             Kind::Listener,
@@ -1549,7 +1620,7 @@ pub fn node_resources(
                 Res::new(
                     Kind::Listener,
                     &name,
-                    &dubbo_listener(&name, addr, 1, &[("*", &name)], mtls),
+                    &dubbo_listener(&name, addr, 1, &[("*", &name, &[])], mtls),
                 ),
             );
         } else if let Some(addr) = node.inbound {

@@ -14,6 +14,9 @@
 //! the caller's sidecar opens its upstream Dubbo connections over mTLS (the cluster's TLS from
 //! weft control), the providers' sidecars accept only mTLS, and the calls get through.
 //!
+//! `dubbo_routing_rules_from_the_registry_pick_the_provider`: the registry's `routes[].dubbo[]`
+//! rules (by method, argument value and attachment, to subsets) decide which provider answers.
+//!
 //! `envoy_sidecar_takes_weft_controls_dubbo_listener`: Envoy 1.40 as the consumer's sidecar, its
 //! Dubbo listener (`envoy.filters.network.dubbo_proxy`) and clusters from the same weft control:
 //! the consumer's calls go through Envoy to the weft sidecars and their providers. Envoy comes from
@@ -295,6 +298,91 @@ fn dubbo_calls_cross_two_sidecars_configured_by_weft_control() {
         got.iter().all(|g| g["ok"] == "alpha").then_some(())
     });
     eprintln!("registry change followed in {:?}", start.elapsed());
+}
+
+/// `routes[].dubbo[]` from the registry: calls routed by method, by argument value and by
+/// attachment to a subset of the service's providers, checked by which provider answered; the
+/// other calls load balanced over both; a rule changed in the registry followed.
+#[test]
+fn dubbo_routing_rules_from_the_registry_pick_the_provider() {
+    let Some(script) = peer_script() else { return };
+    let reg = TempDir::new("mesh-dubbo-rules-reg");
+    let dir = TempDir::new("mesh-dubbo-rules");
+    let (_alpha, alpha) = node_provider(&script, "alpha");
+    let (_beta, beta) = node_provider(&script, "beta");
+    let (in_a, in_b) = (free_addr(), free_addr());
+    let write = |vip: &str| {
+        reg.write(
+            "services.yaml",
+            &format!(
+                r#"services:
+  - name: greeter
+    protocol: dubbo
+    interfaces: [{IFACE}]
+    endpoints:
+      - {{address: "{in_a}", labels: {{who: alpha}}}}
+      - {{address: "{in_b}", labels: {{who: beta}}}}
+destinations:
+  - service: greeter
+    subsets:
+      - {{name: alpha, labels: {{who: alpha}}}}
+      - {{name: beta, labels: {{who: beta}}}}
+routes:
+  - service: greeter
+    dubbo:
+      - name: vip
+        match: {{method: echo, arguments: [{{index: 0, equals: vip}}]}}
+        route: {{destination: greeter, subset: {vip}}}
+      - match: {{interface: {IFACE}, method: whoami}}
+        route: {{destination: greeter, subset: beta}}
+      - match: {{attachments: {{lane: blue}}}}
+        route: {{destination: greeter, subset: alpha}}
+"#
+            ),
+        )
+    };
+    write("alpha");
+    let (_control, xds, _) = start_control(&reg, &[]);
+    let (_pa, _, _) = sidecar(&dir, "greeter-a", "greeter", Some((in_a, alpha)), xds);
+    let (_pb, _, _) = sidecar(&dir, "greeter-b", "greeter", Some((in_b, beta)), xds);
+    let (_c, _, out) = sidecar(&dir, "web-1", "web", None, xds);
+
+    let mut cmds = Vec::new();
+    for i in 0..6 {
+        cmds.push(serde_json::json!({"id": i, "method": "echo", "args": ["vip"]}));
+        cmds.push(serde_json::json!({"id": 10 + i, "method": "whoami"}));
+        cmds.push(serde_json::json!({"id": 20 + i, "method": "prop", "args": ["lane"], "props": {"lane": "blue"}}));
+    }
+    for i in 0..12 {
+        cmds.push(serde_json::json!({"id": 30 + i, "method": "echo", "args": [format!("x{i}")]}));
+    }
+    let got = consume(&script, out, IFACE, &cmds);
+    assert_eq!(got.len(), 30, "{got:?}");
+    let ok = |g: &serde_json::Value| g["ok"].as_str().unwrap_or_else(|| panic!("{g}")).to_string();
+    for g in &got {
+        let id = g["id"].as_u64().unwrap();
+        match id {
+            0..=9 => assert_eq!(ok(g), "alpha:vip", "by argument value: {g}"),
+            10..=19 => assert_eq!(ok(g), "beta", "by method: {g}"),
+            20..=29 => assert_eq!(ok(g), "alpha:blue", "by attachment: {g}"),
+            _ => {}
+        }
+    }
+    let rest: std::collections::BTreeSet<String> = (got.iter())
+        .filter(|g| g["id"].as_u64().unwrap() >= 30)
+        .map(|g| ok(g).split_once(':').unwrap().0.to_string())
+        .collect();
+    assert_eq!(rest.len(), 2, "the other calls go to both providers: {got:?}");
+
+    // The rule changes in the registry: `echo("vip")` now goes to beta.
+    write("beta");
+    eventually_blocking("the vip calls to move to beta", Duration::from_secs(20), || {
+        let cmds: Vec<serde_json::Value> = (0..4)
+            .map(|i| serde_json::json!({"id": i, "method": "echo", "args": ["vip"]}))
+            .collect();
+        let got = consume(&script, out, IFACE, &cmds);
+        got.iter().all(|g| g["ok"] == "beta:vip").then_some(())
+    });
 }
 
 /// The consumer's Envoy sidecar's node (the rest: [`envoy_ads_bootstrap`]).
