@@ -254,6 +254,9 @@ pub struct IstioReporter {
     /// proxy within its bounds exports no `overflow` series for dashboards to list).
     overflow_labels: IstioLabels,
     overflow: std::sync::OnceLock<Arc<Handles>>,
+    /// `request_protocol` for every exchange (an RPC listener's codec name); `None`: `http` or
+    /// `grpc` per exchange.
+    protocol: Option<&'static str>,
 }
 
 /// The labels of this proxy's side (and `unknown` for the peer's) on a listener reporting as
@@ -331,7 +334,15 @@ impl IstioReporter {
             cache: RwLock::new(HashMap::new()),
             overflow_labels: o,
             overflow: std::sync::OnceLock::new(),
+            protocol: None,
         }
+    }
+
+    /// An RPC listener's reporter: `request_protocol` is `protocol` (`dubbo`, `bolt`) and
+    /// `response_code` the HTTP-like class of the RPC status the caller passes.
+    pub fn with_protocol(mut self, protocol: &'static str) -> IstioReporter {
+        self.protocol = Some(protocol);
+        self
     }
 
     /// Records one exchange. `cluster` is the cluster the request was for (forwarded to, or the
@@ -396,7 +407,12 @@ impl IstioReporter {
                 .peers
                 .set_service(if cluster.is_empty() { "unknown" } else { cluster }),
         }
-        l.request_protocol = if is_grpc { "grpc" } else { "http" }.into();
+        l.request_protocol = match self.protocol {
+            Some(p) => p,
+            None if is_grpc => "grpc",
+            None => "http",
+        }
+        .into();
         l.response_code = key.status.to_string();
         l.response_flags = key.flags.to_string();
         l.grpc_response_status = if key.grpc == NOT_GRPC {

@@ -756,7 +756,8 @@ impl Server {
                     let log = self.open_log(r.access_log.as_ref())?;
                     crate::rpc::ensure_admin(shared);
                     let tracer = self.tracer_for(r.tracing.as_deref(), &l.name);
-                    FilterRt::Rpc(Arc::new(weft_rpc::RpcRt::new(r, &l.name, log).with_tracer(tracer)))
+                    let rt = weft_rpc::RpcRt::new(r, &l.name, log).with_tracer(tracer);
+                    FilterRt::Rpc(Arc::new(rt.with_istio(self.istio_reporter(l))))
                 }
             };
             chains.push((fc.match_.clone(), f));
@@ -789,17 +790,22 @@ impl Server {
     /// The Istio-standard metrics reporter of a listener's connection manager: reporter
     /// `source` on outbound listeners, `destination` otherwise; this proxy's workload from the node.
     fn istio(&self, l: &Listener) -> Option<Arc<weft_core::istio::IstioReporter>> {
+        self.istio_reporter(l).map(Arc::new)
+    }
+
+    /// [`Self::istio`], unshared (an RPC listener sets its protocol on it first).
+    pub(crate) fn istio_reporter(&self, l: &Listener) -> Option<weft_core::istio::IstioReporter> {
         let node = &self.shared.snapshot.load().config.node;
         if !weft_core::istio::enabled(&node.metadata) {
             return None;
         }
         let me = weft_core::istio::Workload::from_node(&node.id, &node.metadata);
         let inbound = l.direction != weft_config::Direction::Outbound;
-        Some(Arc::new(weft_core::istio::IstioReporter::new(
+        Some(weft_core::istio::IstioReporter::new(
             self.shared.metrics.istio.clone(),
             &me,
             inbound,
-        )))
+        ))
     }
 
     /// The Istio-standard TCP metrics reporter of a TCP proxy listener (reporter as in [`Self::istio`]).

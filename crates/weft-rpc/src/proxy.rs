@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use weft_config::rpc::{RpcProtocol, RpcProxy, RpcRoute};
 use weft_config::RoutePriority;
 use weft_core::access_log::{timestamp, AccessLogger};
+use weft_core::istio::{IstioReporter, ServiceRef, NOT_GRPC};
 use weft_core::trace::{RpcSpan, TraceExchange, Tracer};
 use weft_route::filters::{Chance, LocalRateLimiter};
 use weft_route::ratelimit::{descriptors_with, RateLimitClient, Verdict};
@@ -66,6 +67,8 @@ pub struct RpcRt {
     route_rt: Vec<RouteRt>,
     /// The global rate limit service the routes' `rate_limits` ask.
     rls: Option<Arc<RateLimitClient>>,
+    /// Istio-standard request metrics (`istio_requests_total`, …), when the node asks for them.
+    istio: Option<Arc<IstioReporter>>,
 }
 
 /// A route's governance state.
@@ -131,7 +134,16 @@ impl RpcRt {
                 let (over, errors) = crate::metrics::global().rate_limit_service(listener);
                 Arc::new(RateLimitClient::new(s, over, errors))
             }),
+            istio: None,
         }
+    }
+
+    /// Reports every call in the Istio-standard request metrics too (`request_protocol` the
+    /// codec's name, `response_code` the RPC status's HTTP-like class), so the service graph and
+    /// Istio dashboards show RPC traffic.
+    pub fn with_istio(mut self, istio: Option<IstioReporter>) -> RpcRt {
+        self.istio = istio.map(|i| Arc::new(i.with_protocol(self.codec.name())));
+        self
     }
 
     /// Traces the listener's requests (a server span each, and a client span per forwarded one)
@@ -251,6 +263,16 @@ impl RpcRt {
         let _ = down.tx.send(self.codec.local_reply(id, r, msg));
     }
 
+    /// Records a call weft answered itself (or dropped, one-way) in the Istio metrics: for the
+    /// cluster of the route named `route`, or none when no route matched.
+    fn istio_local(&self, r: LocalReply, route: Option<&str>) {
+        let Some(istio) = &self.istio else { return };
+        let cluster =
+            (route.and_then(|n| self.config.routes.iter().find(|x| x.name == n))).map_or("", |x| x.cluster.as_str());
+        let class = self.codec.status_class(self.codec.local_status(r));
+        istio.record(cluster, None, class, r.reason(), false, NOT_GRPC, Duration::ZERO, 0, 0);
+    }
+
     /// Ends a traced request that weft answered itself.
     fn trace_local(&self, trace: Option<Box<TraceExchange>>, r: LocalReply, route: Option<&str>) {
         if let (Some(t), Some(ex)) = (&self.tracer, trace) {
@@ -279,6 +301,8 @@ struct Pending {
     trace: Option<Box<TraceExchange>>,
     /// An idempotent route's call: what a retry on another host needs.
     retry: Option<Box<Retry>>,
+    /// The request's size on the wire (Istio's `istio_request_bytes`).
+    request_bytes: u32,
 }
 
 /// A call that may be sent again (its route's methods are idempotent) if its connection closes
@@ -353,6 +377,7 @@ impl UpConn {
             cluster,
             host,
             tracer: rt.tracer.clone(),
+            istio: rt.istio.clone(),
         };
         tokio::spawn(up_reader(r, conn.clone(), ctx, guard));
         conn
@@ -369,16 +394,39 @@ struct UpCtx {
     cluster: Arc<ClusterRt>,
     host: Arc<Host>,
     tracer: Option<Arc<Tracer>>,
+    istio: Option<Arc<IstioReporter>>,
 }
 
 impl UpCtx {
-    /// A request's end: `reason` is set when weft answered it itself (no response came).
-    fn finish(&self, mut p: Pending, status: u16, reason: Option<&'static str>) {
+    /// A request's end: `reason` is set when weft answered it itself (no response came);
+    /// `response_bytes` is the size of the answer the caller got.
+    fn finish(&self, mut p: Pending, status: u16, reason: Option<&'static str>, response_bytes: usize) {
         let elapsed = p.started.elapsed();
         let ok = self.codec.status_ok(status);
         if ok { &p.stats.ok } else { &p.stats.error }.inc();
         p.stats.time.observe(elapsed.as_secs_f64());
-        self.cluster.stats.record(self.codec.status_class(status), elapsed);
+        let class = self.codec.status_class(status);
+        self.cluster.stats.record(class, elapsed);
+        if let Some(istio) = &self.istio {
+            let flags = reason.unwrap_or("-");
+            let (req, resp) = (u64::from(p.request_bytes), response_bytes as u64);
+            let service = (self.cluster.config.service.as_ref()).map(|s| ServiceRef {
+                host: &s.host,
+                name: &s.name,
+                namespace: &s.namespace,
+            });
+            istio.record(
+                self.cluster.name(),
+                service,
+                class,
+                flags,
+                false,
+                NOT_GRPC,
+                elapsed,
+                req,
+                resp,
+            );
+        }
         // Release: the response was sent on the channel before; a connection that sees nothing
         // in flight (Acquire) finds it there.
         p.down.inflight.fetch_sub(1, Ordering::Release);
@@ -411,9 +459,11 @@ impl UpCtx {
 
     fn fail(&self, p: Pending, r: LocalReply, msg: &str) {
         self.stats.local_reply(r.reason());
-        let _ = p.down.tx.send(self.codec.local_reply(p.orig_id, r, msg));
+        let reply = self.codec.local_reply(p.orig_id, r, msg);
+        let n = reply.len();
+        let _ = p.down.tx.send(reply);
         let status = self.codec.local_status(r);
-        self.finish(p, status, Some(r.reason()));
+        self.finish(p, status, Some(r.reason()), n);
     }
 }
 
@@ -442,10 +492,11 @@ async fn up_reader<R: AsyncRead + Unpin>(mut r: R, conn: Arc<UpConn>, ctx: UpCtx
                                 if let Some(p) = p {
                                     let status = f.status;
                                     ctx.codec.set_request_id(&mut f, p.orig_id);
+                                    let n = f.data.len();
                                     let _ = p.down.tx.send(f.data.freeze());
                                     let class = ctx.codec.status_class(status);
                                     ctx.cluster.report(&ctx.host, Outcome::Status(class));
-                                    ctx.finish(p, status, None);
+                                    ctx.finish(p, status, None, n);
                                 }
                             }
                             FrameKind::Heartbeat => {
@@ -1181,6 +1232,7 @@ fn local_reply(
     } else {
         rt.stats.local_reply(r.reason());
     }
+    rt.istio_local(r, route);
     rt.trace_local(trace, r, route);
 }
 
@@ -1325,6 +1377,7 @@ async fn forward(
             log,
             trace,
             retry,
+            request_bytes: data.len() as u32,
         },
     );
     if !send_upstream(&conn, data, delay) || conn.closed.load(Ordering::Relaxed) {
@@ -1338,6 +1391,7 @@ async fn forward(
                 LocalReply::UpstreamFailure,
                 "upstream connection closed (weft)",
             );
+            rt.istio_local(LocalReply::UpstreamFailure, Some(&route.name));
             rt.trace_local(p.trace.take(), LocalReply::UpstreamFailure, Some(&route.name));
         }
     }

@@ -555,6 +555,8 @@ fn graph_page_in_chromium() {
         "svc:reviews->wl:reviews-v1",
         "svc:reviews->wl:reviews-v2",
         "wl:reviews-v2->wl:ratings",
+        // The demo's Dubbo hop (frontend's outbound Dubbo listener to the details provider).
+        "wl:frontend->wl:details",
     ];
     // Wait (in JSON) until every call of the demo has traffic, then look with the browser.
     eventually_blocking("every demo edge live in /graph.json", Duration::from_secs(60), || {

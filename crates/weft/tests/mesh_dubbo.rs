@@ -231,7 +231,7 @@ fn dubbo_calls_cross_two_sidecars_configured_by_weft_control() {
     let (_beta, beta) = node_provider(&script, "beta");
     let (in_a, in_b) = (free_addr(), free_addr());
     registry(&reg, &[in_a, in_b]);
-    let (_control, xds, _) = start_control(&reg, &[]);
+    let (_control, xds, control_admin) = start_control(&reg, &["--graph-interval", "300ms"]);
     let (_pa, admin_a, _) = sidecar(&dir, "greeter-a", "greeter", Some((in_a, alpha)), xds);
     let (_pb, admin_b, _) = sidecar(&dir, "greeter-b", "greeter", Some((in_b, beta)), xds);
     let (_c, admin_c, out) = sidecar(&dir, "web-1", "web", None, xds);
@@ -283,6 +283,31 @@ fn dubbo_calls_cross_two_sidecars_configured_by_weft_control() {
     assert_eq!(sample(admin_c, "outbound_dubbo"), 20.0, "{}", stats(admin_c));
     let inbound = sample(admin_a, "inbound|greeter") + sample(admin_b, "inbound|greeter");
     assert_eq!(inbound, 20.0, "{}\n{}", stats(admin_a), stats(admin_b));
+    // And in the Istio-standard metrics, as Dubbo: the caller's sidecar reports as source to the
+    // service's cluster, the providers' as destination.
+    let istio = |admin, reporter: &str, service: &str| {
+        (stats(admin).lines())
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| l.contains(&format!("reporter=\"{reporter}\"")))
+            .filter(|l| l.contains(&format!("destination_service=\"{service}\"")))
+            .filter(|l| l.contains("request_protocol=\"dubbo\"") && l.contains("response_code=\"200\""))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.trim().parse::<f64>().ok()))
+            .sum::<f64>()
+    };
+    assert!(istio(admin_c, "source", "greeter") >= 20.0, "{}", stats(admin_c));
+    // weft control's service metadata on the inbound cluster names the service, as Istio's does.
+    let dest = istio(admin_a, "destination", "greeter") + istio(admin_b, "destination", "greeter");
+    assert!(dest >= 20.0, "{}", stats(admin_a));
+    // So the service graph of weft control shows the Dubbo edge web -> greeter.
+    let edge = eventually_blocking("the web -> greeter Dubbo edge", Duration::from_secs(30), || {
+        let (_, body) = http(control_admin, "x", "/graph.json")?;
+        let g: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let e = (g["edges"].as_array()?.iter())
+            .find(|e| e["to"] == "svc:greeter" && e["from"].as_str().is_some_and(|f| f.contains("web")))?
+            .clone();
+        (e["protocols"] == serde_json::json!(["dubbo"])).then_some(e)
+    });
+    eprintln!("graph edge: {edge}");
 
     // One provider leaves the registry: the next calls all reach the other one, none fails.
     registry(&reg, &[in_a]);

@@ -185,6 +185,7 @@ fn delta(new: &Agg, old: Option<&Agg>) -> Agg {
             .filter(|(_, n)| *n > 0)
             .collect(),
         buckets: new.buckets.iter().map(|(b, c)| (*b, d(*c, old_bucket(*b)))).collect(),
+        protocols: new.protocols.clone(),
     }
 }
 
@@ -237,6 +238,8 @@ struct Acc {
     stale: Vec<Option<u64>>,
     /// Series added (0: nothing was ever reported, e.g. a workload nobody calls).
     series: usize,
+    /// Request protocols of the series (`http`, `grpc`, `dubbo`, `bolt`).
+    protocols: std::collections::BTreeSet<String>,
 }
 
 impl Acc {
@@ -252,6 +255,7 @@ impl Acc {
         for (b, c) in &d.buckets {
             *self.buckets.entry(b.to_bits()).or_default() += c;
         }
+        self.protocols.extend(d.protocols.iter().cloned());
         self.stale.push(stale);
     }
 
@@ -272,6 +276,7 @@ impl Acc {
             "errors_per_s": round(self.eps),
             "p99_ms": p99.map(round),
             "errors_by_reason": self.reasons.iter().map(|(r, v)| (r.clone(), serde_json::json!(round(*v)))).collect::<serde_json::Map<_, _>>(),
+            "protocols": self.protocols,
             "stale": stale,
             "stale_since_unix": stale_since,
         })
@@ -799,6 +804,7 @@ mod tests {
             errors: e,
             reasons: [("UF".to_string(), e)].into_iter().collect(),
             buckets: vec![(1.0, r), (f64::INFINITY, r)],
+            protocols: Default::default(),
         };
         let d = delta(&agg(30, 5), Some(&agg(10, 2)));
         assert_eq!((d.requests, d.errors, d.reasons["UF"]), (20, 3, 3));

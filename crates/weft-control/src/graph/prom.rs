@@ -36,6 +36,8 @@ pub struct Agg {
     pub reasons: BTreeMap<String, u64>,
     /// Cumulative duration histogram: (upper bound in ms, count), ascending, `+Inf` last.
     pub buckets: Vec<(f64, u64)>,
+    /// The `request_protocol` values seen with requests (`http`, `grpc`, `dubbo`, `bolt`).
+    pub protocols: std::collections::BTreeSet<String>,
 }
 
 /// Cumulative TCP counts of one (reporter, destination service) pair (`istio_tcp_*`).
@@ -177,6 +179,11 @@ pub fn parse(text: &str) -> Scrape {
             let flags = label(&l, "response_flags").unwrap_or("-");
             let agg = out.series.entry(key).or_default();
             agg.requests = agg.requests.saturating_add(n);
+            if let Some(p) = label(&l, "request_protocol").filter(|p| n > 0 && !p.is_empty()) {
+                if agg.protocols.len() < 8 && !agg.protocols.contains(p) {
+                    agg.protocols.insert(p.to_string());
+                }
+            }
             let reason = if !flags.is_empty() && flags != "-" {
                 Some(flags.to_string())
             } else if code >= 500 {

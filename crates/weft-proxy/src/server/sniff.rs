@@ -38,7 +38,8 @@ impl Server {
         let rpc = |protocol| {
             let mut c = r.clone();
             c.protocol = protocol;
-            Arc::new(RpcRt::new(&c, &l.name, log.clone()).with_tracer(tracer.clone()))
+            let rt = RpcRt::new(&c, &l.name, log.clone()).with_tracer(tracer.clone());
+            Arc::new(rt.with_istio(self.istio_reporter(l)))
         };
         let http = match &sniff.http {
             None => None,
