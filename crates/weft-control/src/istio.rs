@@ -85,6 +85,39 @@ struct VsHttp {
     mirror: Option<VsDest>,
     mirror_percentage: Option<Percent>,
     mirror_percent: Option<f64>,
+    rewrite: Option<VsRewrite>,
+    headers: Option<VsHeaders>,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VsRewrite {
+    uri: Option<String>,
+    authority: Option<String>,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VsHeaders {
+    request: Option<VsHeaderOp>,
+    response: Option<VsHeaderOp>,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct VsHeaderOp {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
     #[serde(flatten)]
     other: Other,
 }
@@ -451,6 +484,35 @@ fn http_route(l: &dyn Lookup, h: VsHttp, namespace: &str) -> Result<Value, Strin
         o.insert("percent".into(), json!(pc));
         out.insert("mirror".into(), Value::Object(o));
     }
+    if let Some(r) = h.rewrite {
+        unsupported(&r.other, "rewrite.")?;
+        let mut o = Map::new();
+        if let Some(u) = r.uri {
+            o.insert("uri".into(), json!(u));
+        }
+        if let Some(a) = r.authority {
+            o.insert("authority".into(), json!(a));
+        }
+        out.insert("rewrite".into(), Value::Object(o));
+    }
+    if let Some(hs) = h.headers {
+        unsupported(&hs.other, "headers.")?;
+        let mut o = Map::new();
+        for (side, op) in [("request", hs.request), ("response", hs.response)] {
+            let Some(op) = op else { continue };
+            unsupported(&op.other, &format!("headers.{side}."))?;
+            // HTTP header names are case-insensitive; weft writes them in lower case.
+            let lower = |m: BTreeMap<String, String>| -> Map<String, Value> {
+                m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), json!(v))).collect()
+            };
+            let remove: Vec<String> = op.remove.iter().map(|k| k.to_ascii_lowercase()).collect();
+            o.insert(
+                side.into(),
+                json!({ "set": lower(op.set), "add": lower(op.add), "remove": remove }),
+            );
+        }
+        out.insert("headers".into(), Value::Object(o));
+    }
     // A DestinationRule's consistent hash applies to the routes to its host.
     let first = &services[0];
     if services.iter().all(|s| s == first) {
@@ -729,12 +791,17 @@ mod tests {
             "http": [
                 {"match": [{"headers": {"end-user": {"exact": "jason"}}, "uri": {"prefix": "/api"}}],
                  "route": [{"destination": {"host": "reviews", "subset": "v2", "port": {"number": 9080}}}]},
-                {"rewrite": {"uri": "/x"}, "route": [{"destination": {"host": "reviews"}}]},
+                {"match": [{"uri": {"prefix": "/old"}}],
+                 "rewrite": {"uri": "/new", "authority": "reviews.internal"},
+                 "headers": {"request": {"set": {"X-Lane": "blue"}, "add": {"x-tag": "a"}, "remove": ["X-Debug"]},
+                             "response": {"set": {"x-served-by": "weft"}}},
+                 "route": [{"destination": {"host": "reviews"}}]},
                 {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 90},
                            {"destination": {"host": "reviews.shop.svc.cluster.local", "subset": "v2"}, "weight": 10}],
                  "timeout": "2s", "retries": {"attempts": 3, "perTryTimeout": "500ms", "retryOn": "5xx,connect-failure"},
                  "fault": {"delay": {"fixedDelay": "1s", "percentage": {"value": 0.5}}},
-                 "mirror": {"host": "ratings"}, "mirrorPercentage": {"value": 5.0}}
+                 "mirror": {"host": "ratings"}, "mirrorPercentage": {"value": 5.0}},
+                {"rewrite": {"uriRegexRewrite": {"match": "^/a", "rewrite": "/b"}}, "route": [{"destination": {"host": "reviews"}}]}
             ],
             "tcp": [{"route": []}]
         }));
@@ -743,13 +810,25 @@ mod tests {
         assert_eq!(f.routes.len(), 1);
         assert_eq!(f.routes[0].service, "reviews.shop");
         let http = &f.routes[0].http;
-        assert_eq!(http.len(), 2, "{http:?}");
-        assert_eq!(http[1].route[0].weight, 90);
-        assert_eq!(http[1].route[1].service, "reviews.shop");
-        assert_eq!(http[1].retries.as_ref().unwrap().attempts, 3);
-        assert_eq!(http[1].timeout, Some(std::time::Duration::from_secs(2)));
-        assert_eq!(http[1].mirror.as_ref().unwrap().percent, 5.0);
-        assert!(skipped["VirtualService shop/r http[1]"].contains("rewrite is not supported"));
+        assert_eq!(http.len(), 3, "{http:?}");
+        let rw = http[1].rewrite.as_ref().unwrap();
+        assert_eq!(
+            (rw.uri.as_deref(), rw.authority.as_deref()),
+            (Some("/new"), Some("reviews.internal"))
+        );
+        assert_eq!(http[1].request_headers.set["x-lane"], "blue");
+        assert_eq!(http[1].request_headers.add["x-tag"], "a");
+        assert_eq!(http[1].request_headers.remove, ["x-debug"]);
+        assert_eq!(http[1].response_headers.set["x-served-by"], "weft");
+        assert_eq!(http[2].route[0].weight, 90);
+        assert_eq!(http[2].route[1].service, "reviews.shop");
+        assert_eq!(http[2].retries.as_ref().unwrap().attempts, 3);
+        assert_eq!(http[2].timeout, Some(std::time::Duration::from_secs(2)));
+        assert_eq!(http[2].mirror.as_ref().unwrap().percent, 5.0);
+        assert!(
+            skipped["VirtualService shop/r http[3]"].contains("rewrite.uriRegexRewrite is not supported"),
+            "{skipped:?}"
+        );
         assert!(skipped.contains_key("VirtualService shop/r tcp"));
 
         let gw = spec(json!({"hosts": ["reviews"], "gateways": ["ingress"], "http": []}));

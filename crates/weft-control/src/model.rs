@@ -251,6 +251,35 @@ struct RawHttpRoute {
     priority: Option<String>,
     #[serde(default)]
     rate_limits: Vec<RawRlDescriptor>,
+    rewrite: Option<RawRewrite>,
+    headers: Option<RawHeaderOps>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRewrite {
+    uri: Option<String>,
+    authority: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderOps {
+    #[serde(default)]
+    request: RawHeaderOp,
+    #[serde(default)]
+    response: RawHeaderOp,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderOp {
+    #[serde(default)]
+    set: BTreeMap<String, String>,
+    #[serde(default)]
+    add: BTreeMap<String, String>,
+    #[serde(default)]
+    remove: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -654,6 +683,33 @@ pub struct HttpRoute {
     /// `priority: high` → `RouteAction.priority: HIGH` (the HIGH circuit breaker thresholds).
     pub high_priority: bool,
     pub rate_limits: Vec<RlDescriptor>,
+    pub rewrite: Option<Rewrite>,
+    /// Header changes on the way to the destination (`request`) and back (`response`).
+    pub request_headers: HeaderOp,
+    pub response_headers: HeaderOp,
+}
+
+/// `rewrite` of an HTTP route (Istio's `HTTPRewrite`): the matched path prefix (the whole path of
+/// an exact match) becomes `uri`; the `Host`/`:authority` becomes `authority`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Rewrite {
+    pub uri: Option<String>,
+    pub authority: Option<String>,
+}
+
+/// Header changes (Istio's `Headers.HeaderOperations`): `set` replaces (or adds), `add` appends,
+/// `remove` removes.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct HeaderOp {
+    pub set: BTreeMap<String, String>,
+    pub add: BTreeMap<String, String>,
+    pub remove: Vec<String>,
+}
+
+impl HeaderOp {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
 }
 
 /// A rule for the calls to a Dubbo service (`routes[].dubbo[]`): all its conditions must hold.
@@ -1596,6 +1652,37 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
         }
         rate_limits.push(RlDescriptor { actions });
     }
+    let rewrite = h.rewrite.map(|r| {
+        if let Some(u) = &r.uri {
+            if !u.starts_with('/') {
+                e.push(format!("{p}.rewrite.uri"), "must start with '/'");
+            }
+            if let Some(i) = matches.iter().position(|m| matches!(m.path, PathMatch::Regex(_))) {
+                e.push(
+                    format!("{p}.rewrite.uri"),
+                    format!("cannot rewrite the path of a regex match (match[{i}].regex): it has no prefix to replace"),
+                );
+            }
+        }
+        if let Some(a) = &r.authority {
+            if a.is_empty() || a.bytes().any(|b| b.is_ascii_whitespace() || b == b'/') {
+                e.push(
+                    format!("{p}.rewrite.authority"),
+                    format!("\"{a}\" is not a host[:port]"),
+                );
+            }
+        }
+        if r.uri.is_none() && r.authority.is_none() {
+            e.push(format!("{p}.rewrite"), "give uri, authority or both");
+        }
+        Rewrite {
+            uri: r.uri,
+            authority: r.authority,
+        }
+    });
+    let ops = h.headers.unwrap_or_default();
+    let request_headers = header_op(e, &format!("{p}.headers.request"), ops.request);
+    let response_headers = header_op(e, &format!("{p}.headers.response"), ops.response);
     HttpRoute {
         name: h.name,
         matches,
@@ -1608,6 +1695,40 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
         hash,
         high_priority,
         rate_limits,
+        rewrite,
+        request_headers,
+        response_headers,
+    }
+}
+
+/// Header names are lower case; pseudo-headers and `host` cannot be changed this way (`host`:
+/// use `rewrite.authority`).
+fn header_op(e: &mut Errs<'_>, p: &str, o: RawHeaderOp) -> HeaderOp {
+    let mut check = |what: &str, name: &str| {
+        let at = format!("{p}.{what}");
+        if name.is_empty()
+            || name
+                .bytes()
+                .any(|b| b.is_ascii_uppercase() || !b.is_ascii_graphic() || b == b':')
+        {
+            e.push(&at, format!("\"{name}\" is not a lower-case header name"));
+        } else if name == "host" {
+            e.push(&at, "the host header is changed with rewrite.authority");
+        }
+    };
+    for k in o.set.keys() {
+        check("set", k);
+    }
+    for k in o.add.keys() {
+        check("add", k);
+    }
+    for k in &o.remove {
+        check("remove", k);
+    }
+    HeaderOp {
+        set: o.set,
+        add: o.add,
+        remove: o.remove,
     }
 }
 
@@ -2003,6 +2124,37 @@ routes:
             "routes[1].dubbo: service \"web\" is not a Dubbo service (protocol: dubbo)",
         ] {
             assert!(all.contains(want), "want {want:?} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn rewrite_and_header_changes_are_checked() {
+        let errs = parse_fragment(
+            "h.yaml",
+            r#"routes:
+  - service: web
+    http:
+      - match: [{regex: "^/a"}]
+        route: [{destination: web}]
+        rewrite: {uri: "x", authority: "a b"}
+        headers:
+          request: {set: {X-Up: "1", host: h}, remove: [":path"]}
+      - route: [{destination: web}]
+        rewrite: {}
+"#,
+        )
+        .unwrap_err()
+        .join("\n");
+        for want in [
+            "routes[0].http[0].rewrite.uri: must start with '/'",
+            "routes[0].http[0].rewrite.uri: cannot rewrite the path of a regex match (match[0].regex)",
+            "routes[0].http[0].rewrite.authority: \"a b\" is not a host[:port]",
+            "routes[0].http[0].headers.request.set: \"X-Up\" is not a lower-case header name",
+            "routes[0].http[0].headers.request.set: the host header is changed with rewrite.authority",
+            "routes[0].http[0].headers.request.remove: \":path\" is not a lower-case header name",
+            "routes[0].http[1].rewrite: give uri, authority or both",
+        ] {
+            assert!(errs.contains(want), "want {want:?} in\n{errs}");
         }
     }
 }

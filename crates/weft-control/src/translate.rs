@@ -847,6 +847,23 @@ fn header_matcher(name: &str, m: &StringMatch) -> rt::HeaderMatcher {
     }
 }
 
+/// Envoy's header additions for a route's `set` (replace or add) and `add` (append) entries.
+fn header_values(o: &model::HeaderOp) -> Vec<core::HeaderValueOption> {
+    use core::header_value_option::HeaderAppendAction as A;
+    let entry = |(k, v): (&String, &String), action: A| core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: k.clone(),
+            value: v.clone(),
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    };
+    (o.set.iter().map(|kv| entry(kv, A::OverwriteIfExistsOrAdd)))
+        .chain(o.add.iter().map(|kv| entry(kv, A::AppendIfExistsOrAdd)))
+        .collect()
+}
+
 /// Routes of one service `T`, then the catch-all to cluster `T`. `with_ratelimit` is false for API
 /// listeners: gRPC clients reject per-route configs of filters they do not implement.
 fn routes_for(world: &World, svc: &model::Service, with_ratelimit: bool) -> Vec<rt::Route> {
@@ -891,12 +908,17 @@ fn routes_for(world: &World, svc: &model::Service, with_ratelimit: bool) -> Vec<
             h.matches.iter().map(Some).collect()
         };
         // Several matches are OR-ed: one Envoy route per match, all with the same action.
+        let (req_add, resp_add) = (header_values(&h.request_headers), header_values(&h.response_headers));
         for m in matches {
             out.push(rt::Route {
                 name: h.name.clone().unwrap_or_else(|| format!("{}-{i}", svc.name)),
                 r#match: Some(route_match(m)),
                 action: Some(rt::route::Action::Route(action.clone())),
                 typed_per_filter_config: per_filter.clone(),
+                request_headers_to_add: req_add.clone(),
+                request_headers_to_remove: h.request_headers.remove.clone(),
+                response_headers_to_add: resp_add.clone(),
+                response_headers_to_remove: h.response_headers.remove.clone(),
                 ..Default::default()
             });
         }
@@ -1114,6 +1136,14 @@ fn route_action(world: &World, h: &model::HttpRoute, sidecar: bool) -> rt::Route
         timeout: h.timeout.map(pb_dur),
         ..Default::default()
     };
+    if let Some(r) = &h.rewrite {
+        if let Some(u) = &r.uri {
+            a.prefix_rewrite = u.clone();
+        }
+        if let Some(host) = &r.authority {
+            a.host_rewrite_specifier = Some(rt::route_action::HostRewriteSpecifier::HostRewriteLiteral(host.clone()));
+        }
+    }
     if sidecar && h.high_priority {
         a.priority = core::RoutingPriority::High as i32;
     }

@@ -616,7 +616,9 @@ fn graph_page_in_chromium() {
     let mut want = expected.to_vec();
     want.sort();
     assert_eq!(drawn, want, "{seen}");
-    let dubbo = seen["first"]["wl:frontend->wl:details"]["text"].as_str().unwrap_or_default();
+    let dubbo = seen["first"]["wl:frontend->wl:details"]["text"]
+        .as_str()
+        .unwrap_or_default();
     assert!(dubbo.starts_with("dubbo · "), "the Dubbo edge is labelled: {seen}");
     assert_eq!(seen["drill_instances"], serde_json::json!(["reviews-v2"]), "{seen}");
     let png = std::fs::read(&shot).expect("screenshot");

@@ -1040,7 +1040,7 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
     );
     write_file(
         &reg.join("routes.yaml"),
-        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n",
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n      - match: [{prefix: /old/}]\n        route: [{destination: echo}]\n        rewrite: {uri: /new/, authority: echo.internal}\n        headers: {request: {set: {x-lane: blue}, add: {x-via: weft}, remove: [x-debug]}, response: {set: {x-served-by: weft}, remove: [server]}}\n",
     );
     write_file(
         &reg.join("destinations.yaml"),
@@ -1183,4 +1183,102 @@ fn control_docs_examples_are_valid() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// An HTTP/1.1 upstream that answers every request with its whole head (lower-cased) as the body
+/// and a response header `x-upstream: 1`.
+fn head_echo_server() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut head = String::new();
+                    loop {
+                        let mut line = String::new();
+                        match r.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => head.push_str(&line),
+                        }
+                    }
+                    let body = head.to_ascii_lowercase();
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\nx-upstream: 1\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
+                    if s.write_all(resp.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A routing policy's `rewrite` and `headers` (docs/control.md): the destination sees the new
+/// path and authority and the changed request headers; the caller sees the changed response
+/// headers; a request the route does not match is left as it was.
+#[test]
+fn weft_sidecar_rewrites_and_changes_headers_from_a_routing_policy() {
+    let dir = TempDir::new("sidecar-rewrite");
+    let reg = TempDir::new("reg-rewrite");
+    let up = head_echo_server();
+    write_file(
+        &reg.join("echo.yaml"),
+        &format!(
+            r#"services:
+  - name: echo
+    endpoints: [{{address: "{up}"}}]
+  - name: client
+routes:
+  - service: echo
+    http:
+      - match: [{{prefix: /old/}}]
+        route: [{{destination: echo}}]
+        rewrite: {{uri: /new/, authority: echo.internal}}
+        headers:
+          request: {{set: {{x-lane: blue}}, add: {{x-via: weft}}, remove: [x-debug]}}
+          response: {{set: {{x-served-by: weft}}, remove: [x-upstream]}}
+"#
+        ),
+    );
+    let control = Control::start(&reg.0);
+    let sidecar = start_sidecar(&dir, "client-rw", "client", &control, "ads_delta");
+    sidecar_ready(&sidecar);
+    let extra = "x-lane: red\r\nx-debug: 1\r\nx-via: client\r\n";
+    let text = eventually_blocking("the rewritten request", Duration::from_secs(20), || {
+        let (status, text) = http_full(sidecar.outbound, "echo", "/old/x?q=1", extra)?;
+        (status == 200).then_some(text)
+    });
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let head = head.to_ascii_lowercase();
+    assert!(body.starts_with("get /new/x?q=1 http/1.1\r\n"), "{body}");
+    assert!(body.contains("\r\nhost: echo.internal\r\n"), "{body}");
+    assert!(
+        body.contains("\r\nx-lane: blue\r\n") && !body.contains("x-lane: red"),
+        "{body}"
+    );
+    assert!(!body.contains("x-debug"), "{body}");
+    let vias: Vec<&str> = (body.lines())
+        .filter_map(|l| l.strip_prefix("x-via: "))
+        .flat_map(|v| v.split(',').map(str::trim))
+        .collect();
+    assert_eq!(vias, ["client", "weft"], "{body}");
+    assert!(head.contains("\r\nx-served-by: weft"), "{head}");
+    assert!(!head.contains("x-upstream"), "{head}");
+    // Another path takes the service's catch-all route: nothing changed.
+    let (status, text) = http_full(sidecar.outbound, "echo", "/other", extra).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(
+        body.starts_with("get /other http/1.1\r\n") && body.contains("x-lane: red"),
+        "{body}"
+    );
+    assert!(head.to_ascii_lowercase().contains("x-upstream: 1"), "{head}");
 }
