@@ -437,50 +437,30 @@ fn filter_chain(
                 });
             }
             out.tcp_proxy = Some(tp);
-        } else if url == crate::dubbo_xds::DUBBO_PROXY_URL
-            || (url.is_empty() && f.name == crate::dubbo_xds::DUBBO_PROXY_NAME)
-        {
+        } else if let Some((name, url, needs)) = rpc_filter(url, &f.name) {
+            // Envoy's Dubbo proxy or generic proxy: an `rpc` listener.
             let tp = format!("{fp}.typed_config");
             let Some(a) = cfg.as_ref() else {
-                errs.add(&tp, "is required (DubboProxy: stat_prefix and routes)");
+                errs.add(&tp, format!("is required ({needs})"));
                 return (out, None, limit, tls_in);
             };
-            match weft_xds_api::unpack::<dubbo_proxy::DubboProxy>(a, crate::dubbo_xds::DUBBO_PROXY_URL) {
-                Ok(d) => out.rpc = Some(crate::dubbo_xds::dubbo_proxy(errs, &tp, &d)),
+            let rpc = if name == crate::dubbo_xds::DUBBO_PROXY_NAME {
+                weft_xds_api::unpack::<dubbo_proxy::DubboProxy>(a, url)
+                    .map(|d| crate::dubbo_xds::dubbo_proxy(errs, &tp, &d))
+            } else {
+                weft_xds_api::unpack::<generic_proxy::GenericProxy>(a, url)
+                    .map(|g| crate::generic_xds::generic_proxy(errs, &tp, &g))
+            };
+            match rpc {
+                Ok(r) => out.rpc = Some(r),
                 Err(e) => errs.add(&tp, e),
             }
             for (rp, _) in &network_rbac {
                 errs.add(
                     rp,
                     format!(
-                        "{} before {} is unsupported (weft's rpc listeners have no authorization)",
+                        "{} before {name} is unsupported (weft's rpc listeners have no authorization)",
                         crate::rbac_xds::NETWORK_RBAC_NAME,
-                        crate::dubbo_xds::DUBBO_PROXY_NAME
-                    ),
-                );
-            }
-        } else if url == crate::generic_xds::GENERIC_PROXY_URL
-            || (url.is_empty() && f.name == crate::generic_xds::GENERIC_PROXY_NAME)
-        {
-            let tp = format!("{fp}.typed_config");
-            let Some(a) = cfg.as_ref() else {
-                errs.add(
-                    &tp,
-                    "is required (GenericProxy: stat_prefix, codec_config, filters and route_config)",
-                );
-                return (out, None, limit, tls_in);
-            };
-            match weft_xds_api::unpack::<generic_proxy::GenericProxy>(a, crate::generic_xds::GENERIC_PROXY_URL) {
-                Ok(g) => out.rpc = Some(crate::generic_xds::generic_proxy(errs, &tp, &g)),
-                Err(e) => errs.add(&tp, e),
-            }
-            for (rp, _) in &network_rbac {
-                errs.add(
-                    rp,
-                    format!(
-                        "{} before {} is unsupported (weft's rpc listeners have no authorization)",
-                        crate::rbac_xds::NETWORK_RBAC_NAME,
-                        crate::generic_xds::GENERIC_PROXY_NAME
                     ),
                 );
             }
@@ -490,6 +470,27 @@ fn filter_chain(
         }
     }
     (out, rds, limit, tls_in)
+}
+
+/// An RPC network filter by its `typed_config` type (or, untyped, its name): its name, its type
+/// URL, and what its config must give.
+fn rpc_filter(url: &str, name: &str) -> Option<(&'static str, &'static str, &'static str)> {
+    use crate::{dubbo_xds as d, generic_xds as g};
+    let filters = [
+        (
+            d::DUBBO_PROXY_NAME,
+            d::DUBBO_PROXY_URL,
+            "DubboProxy: stat_prefix and routes",
+        ),
+        (
+            g::GENERIC_PROXY_NAME,
+            g::GENERIC_PROXY_URL,
+            "GenericProxy: stat_prefix, codec_config, filters and route_config",
+        ),
+    ];
+    filters
+        .into_iter()
+        .find(|(n, u, _)| url == *u || (url.is_empty() && name == *n))
 }
 
 /// What a filter chain says about TLS, for [`listener_tls`] to merge.

@@ -621,33 +621,32 @@ fn request_matcher(errs: &mut Errs, path: &str, rm: &gm::RequestMatcher) -> Opti
     c
 }
 
+/// `(kind, exact value, is safe_regex ".*")` of a string matcher: xDS and Envoy each define one,
+/// of the same shape, under their own names.
+macro_rules! pattern {
+    ($sm:expr, $($m:ident)::+) => {{
+        use $($m)::+::string_matcher::MatchPattern as M;
+        match &$sm.match_pattern {
+            Some(M::Exact(v)) => ("exact", Some(v.as_str()), false),
+            Some(M::SafeRegex(r)) => ("safe_regex", None, r.regex == ".*"),
+            Some(M::Prefix(_)) => ("prefix", None, false),
+            Some(M::Suffix(_)) => ("suffix", None, false),
+            Some(M::Contains(_)) => ("contains", None, false),
+            Some(M::Custom(_)) => ("custom", None, false),
+            None => ("", None, false),
+        }
+    }};
+}
+
 /// An `xds.type.matcher.v3.StringMatcher` weft can honour for `field`.
 fn xds_val(errs: &mut Errs, path: &str, sm: &xm::StringMatcher, field: &Field) -> Option<Val> {
-    use xm::string_matcher::MatchPattern as M;
-    let (kind, exact, any) = match &sm.match_pattern {
-        Some(M::Exact(v)) => ("exact", Some(v.as_str()), false),
-        Some(M::SafeRegex(r)) => ("safe_regex", None, r.regex == ".*"),
-        Some(M::Prefix(_)) => ("prefix", None, false),
-        Some(M::Suffix(_)) => ("suffix", None, false),
-        Some(M::Contains(_)) => ("contains", None, false),
-        Some(M::Custom(_)) => ("custom", None, false),
-        None => ("", None, false),
-    };
+    let (kind, exact, any) = pattern!(sm, xm);
     val(errs, path, kind, exact, any, sm.ignore_case, field)
 }
 
 /// An `envoy.type.matcher.v3.StringMatcher` weft can honour for `field`.
 fn envoy_val(errs: &mut Errs, path: &str, sm: &em::StringMatcher, field: &Field) -> Option<Val> {
-    use em::string_matcher::MatchPattern as M;
-    let (kind, exact, any) = match &sm.match_pattern {
-        Some(M::Exact(v)) => ("exact", Some(v.as_str()), false),
-        Some(M::SafeRegex(r)) => ("safe_regex", None, r.regex == ".*"),
-        Some(M::Prefix(_)) => ("prefix", None, false),
-        Some(M::Suffix(_)) => ("suffix", None, false),
-        Some(M::Contains(_)) => ("contains", None, false),
-        Some(M::Custom(_)) => ("custom", None, false),
-        None => ("", None, false),
-    };
+    let (kind, exact, any) = pattern!(sm, em);
     val(errs, path, kind, exact, any, sm.ignore_case, field)
 }
 

@@ -11,11 +11,9 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use support::dubbo::{call, provider, Envoy};
+use support::dubbo::{call, dubbo_routes, provider, rpc_listener, Envoy};
 use support::*;
-use weft_config::raw::RawConfig;
 use weft_config::rpc::{ArgMatch, RpcRoute};
-use weft_config::*;
 use weft_xds_api::pack;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::listener::v3 as ls;
@@ -25,7 +23,6 @@ use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
 use weft_xds_api::pb::envoy::r#type::v3 as typ;
 use weft_xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
 use weft_xds_api::type_url::{CLUSTER, ENDPOINT, LISTENER};
-use weft_xds_client::convert;
 use weft_xds_client::dubbo_xds::{DUBBO_PROXY_URL, DUBBO_ROUTER_NAME, DUBBO_ROUTER_URL};
 
 const SVC: &str = "org.example.Greeter";
@@ -126,43 +123,12 @@ fn proxy_msg(clusters: (&str, &str)) -> dp::DubboProxy {
 }
 
 fn listener_msg(name: &str, d: &dp::DubboProxy) -> ls::Listener {
-    ls::Listener {
-        name: name.into(),
-        address: Some(socket("127.0.0.1:0".parse().unwrap())),
-        filter_chains: vec![ls::FilterChain {
-            filters: vec![ls::Filter {
-                name: "envoy.filters.network.dubbo_proxy".into(),
-                config_type: Some(ls::filter::ConfigType::TypedConfig(pack(DUBBO_PROXY_URL, d))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    rpc_listener(name, "envoy.filters.network.dubbo_proxy", pack(DUBBO_PROXY_URL, d))
 }
 
 /// Converts and validates as the xDS client does: the listener's RPC routes.
 fn converted(d: &dp::DubboProxy) -> Result<Vec<RpcRoute>, String> {
-    let x = convert::listener(&listener_msg("dubbo", d))
-        .map_err(|e| e.join("; "))?
-        .unwrap();
-    let raw = RawConfig {
-        listeners: vec![x.raw],
-        ..Default::default()
-    };
-    let opts = ValidateOptions {
-        allow_unknown_clusters: true,
-        allow_empty_clusters: true,
-        allow_empty_route_configs: true,
-    };
-    let cfg = validate_with(raw, opts).map_err(|e| e.to_string())?;
-    match &cfg.listeners[0].filter_chains[0].filter {
-        NetworkFilter::Rpc(r) => {
-            assert_eq!(r.protocol, weft_config::rpc::RpcProtocol::Dubbo);
-            assert_eq!(r.stat_prefix, d.stat_prefix);
-            Ok(r.routes.clone())
-        }
-        other => panic!("not an rpc filter: {other:?}"),
-    }
+    dubbo_routes(&listener_msg("dubbo", d), &d.stat_prefix)
 }
 
 #[test]

@@ -8,11 +8,9 @@
 mod support;
 
 use std::collections::HashMap;
-use support::dubbo::{call, provider, Envoy};
+use support::dubbo::{call, dubbo_routes, provider, rpc_listener, Envoy};
 use support::*;
-use weft_config::raw::RawConfig;
 use weft_config::rpc::RpcRoute;
-use weft_config::*;
 use weft_xds_api::pack;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::listener::v3 as ls;
@@ -26,7 +24,6 @@ use weft_xds_api::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use weft_xds_api::pb::xds::core::v3::TypedExtensionConfig as XdsExt;
 use weft_xds_api::pb::xds::r#type::matcher::v3 as xm;
 use weft_xds_api::type_url::{CLUSTER, ENDPOINT, LISTENER};
-use weft_xds_client::convert;
 use weft_xds_client::generic_xds::{DUBBO_CODEC_URL, GENERIC_PROXY_URL, ROUTER_URL, ROUTE_ACTION_URL};
 
 use xm::matcher::matcher_list::predicate::{self as pred, single_predicate as sp};
@@ -247,43 +244,12 @@ fn proxy_msg(clusters: (&str, &str)) -> gp::GenericProxy {
 }
 
 fn listener_msg(name: &str, g: &gp::GenericProxy) -> ls::Listener {
-    ls::Listener {
-        name: name.into(),
-        address: Some(socket("127.0.0.1:0".parse().unwrap())),
-        filter_chains: vec![ls::FilterChain {
-            filters: vec![ls::Filter {
-                name: "envoy.filters.network.generic_proxy".into(),
-                config_type: Some(ls::filter::ConfigType::TypedConfig(pack(GENERIC_PROXY_URL, g))),
-            }],
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
+    rpc_listener(name, "envoy.filters.network.generic_proxy", pack(GENERIC_PROXY_URL, g))
 }
 
 /// Converts and validates as the xDS client does: the listener's RPC routes.
 fn converted(g: &gp::GenericProxy) -> Result<Vec<RpcRoute>, String> {
-    let x = convert::listener(&listener_msg("generic", g))
-        .map_err(|e| e.join("; "))?
-        .unwrap();
-    let raw = RawConfig {
-        listeners: vec![x.raw],
-        ..Default::default()
-    };
-    let opts = ValidateOptions {
-        allow_unknown_clusters: true,
-        allow_empty_clusters: true,
-        allow_empty_route_configs: true,
-    };
-    let cfg = validate_with(raw, opts).map_err(|e| e.to_string())?;
-    match &cfg.listeners[0].filter_chains[0].filter {
-        NetworkFilter::Rpc(r) => {
-            assert_eq!(r.protocol, weft_config::rpc::RpcProtocol::Dubbo);
-            assert_eq!(r.stat_prefix, g.stat_prefix);
-            Ok(r.routes.clone())
-        }
-        other => panic!("not an rpc filter: {other:?}"),
-    }
+    dubbo_routes(&listener_msg("generic", g), &g.stat_prefix)
 }
 
 fn route_config(g: &mut gp::GenericProxy) -> &mut gp::RouteConfiguration {

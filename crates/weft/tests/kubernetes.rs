@@ -264,12 +264,13 @@ fn istio_virtual_services_and_destination_rules_steer_a_weft_sidecar() {
         assert!(compact.contains(want), "{want} not in {body}");
     }
 
-    // A live edit: all to v2, behind a route weft cannot honour (a rewrite catching every path);
-    // that route is skipped and reported, not served without its rewrite.
+    // A live edit: all to v2, behind a route weft cannot honour (a regex rewrite catching every
+    // path); that route is skipped and reported, not served without its rewrite.
     let mut edited = vs.clone();
     edited["spec"]["http"][1]["route"][0]["weight"] = json!(0);
     edited["spec"]["http"][1]["route"][1]["weight"] = json!(100);
-    let rewrite = json!({"match": [{"uri": {"prefix": "/"}}], "rewrite": {"uri": "/v1"},
+    let rewrite = json!({"match": [{"uri": {"prefix": "/"}}],
+        "rewrite": {"uriRegexRewrite": {"match": "^/", "rewrite": "/v1/"}},
         "route": [{"destination": {"host": "reviews", "subset": "v1"}}]});
     edited["spec"]["http"].as_array_mut().unwrap().insert(0, rewrite);
     api.apply(edited);
@@ -318,7 +319,7 @@ fn istio_virtual_services_and_destination_rules_steer_a_weft_sidecar() {
     assert!(skipped["VirtualService shop/reviews http[0]"]
         .as_str()
         .unwrap()
-        .contains("rewrite is not supported"));
+        .contains("rewrite.uriRegexRewrite is not supported"));
     assert!(skipped["VirtualService shop/reviews-ingress"]
         .as_str()
         .unwrap()

@@ -140,3 +140,54 @@ impl Envoy {
         .await;
     }
 }
+
+/// A listener on 127.0.0.1:0 with one network filter, `name`d `filter`, configured by `typed`.
+pub fn rpc_listener(
+    name: &str,
+    filter: &str,
+    typed: weft_xds_api::pb::google::protobuf::Any,
+) -> weft_xds_api::pb::envoy::config::listener::v3::Listener {
+    use weft_xds_api::pb::envoy::config::listener::v3 as ls;
+    ls::Listener {
+        name: name.into(),
+        address: Some(super::socket("127.0.0.1:0".parse().unwrap())),
+        filter_chains: vec![ls::FilterChain {
+            filters: vec![ls::Filter {
+                name: filter.into(),
+                config_type: Some(ls::filter::ConfigType::TypedConfig(typed)),
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Converts and validates `l` as the xDS client does: its Dubbo listener's RPC routes (its
+/// `stat_prefix` checked), or the errors joined.
+pub fn dubbo_routes(
+    l: &weft_xds_api::pb::envoy::config::listener::v3::Listener,
+    stat_prefix: &str,
+) -> Result<Vec<weft_config::rpc::RpcRoute>, String> {
+    use weft_config::{validate_with, NetworkFilter, ValidateOptions};
+    let x = weft_xds_client::convert::listener(l)
+        .map_err(|e| e.join("; "))?
+        .unwrap();
+    let raw = weft_config::raw::RawConfig {
+        listeners: vec![x.raw],
+        ..Default::default()
+    };
+    let opts = ValidateOptions {
+        allow_unknown_clusters: true,
+        allow_empty_clusters: true,
+        allow_empty_route_configs: true,
+    };
+    let cfg = validate_with(raw, opts).map_err(|e| e.to_string())?;
+    match &cfg.listeners[0].filter_chains[0].filter {
+        NetworkFilter::Rpc(r) => {
+            assert_eq!(r.protocol, weft_config::rpc::RpcProtocol::Dubbo);
+            assert_eq!(r.stat_prefix, stat_prefix);
+            Ok(r.routes.clone())
+        }
+        other => panic!("not an rpc filter: {other:?}"),
+    }
+}
