@@ -11,7 +11,7 @@ mod support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use support::dubbo::{call, dubbo_routes, provider, rpc_listener, Envoy};
+use support::dubbo::{call, dubbo_routes, push_gold_and_silver, rpc_listener, Envoy};
 use support::*;
 use weft_config::rpc::{ArgMatch, RpcRoute};
 use weft_xds_api::pack;
@@ -22,7 +22,7 @@ use weft_xds_api::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dp
 use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
 use weft_xds_api::pb::envoy::r#type::v3 as typ;
 use weft_xds_api::pb::google::protobuf::{value::Kind, Struct, Value};
-use weft_xds_api::type_url::{CLUSTER, ENDPOINT, LISTENER};
+use weft_xds_api::type_url::LISTENER;
 use weft_xds_client::dubbo_xds::{DUBBO_PROXY_URL, DUBBO_ROUTER_NAME, DUBBO_ROUTER_URL};
 
 const SVC: &str = "org.example.Greeter";
@@ -478,20 +478,9 @@ async fn check(addr: SocketAddr) {
 
 #[tokio::test]
 async fn dubbo_proxy_pushed_over_xds_routes_calls_and_invalid_updates_are_nacked() {
-    let (gold, silver) = (provider("gold").await, provider("silver").await);
     let cp = Cp::start().await;
     let p = Proxy::start(&cp, "ads_sotw", "");
-    cp.sotw_req(0, LISTENER).await;
-
-    let m = cp.mark();
-    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("gold"), eds_cluster("silver")]);
-    assert!(cp.reply_to(m, "n1").await.error().is_none());
-    cp.send_sotw(
-        ENDPOINT,
-        "e1",
-        "n2",
-        vec![cla("gold", &[gold]), cla("silver", &[silver])],
-    );
+    push_gold_and_silver(&cp).await;
     let m = cp.mark();
     let good = listener_msg("dubbo", &proxy_msg(("gold", "silver")));
     cp.send_sotw(LISTENER, "l1", "n3", vec![pack(LISTENER, &good)]);
@@ -548,25 +537,12 @@ async fn dubbo_proxy_pushed_over_xds_routes_calls_and_invalid_updates_are_nacked
 /// Under `CI=true` a missing Envoy fails the test.
 #[tokio::test]
 async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
-    let (gold, silver) = (provider("gold").await, provider("silver").await);
     let cp = Cp::start().await;
     let Some(envoy) = Envoy::start(&cp, "envoy-dubbo-1").await else {
         return;
     };
     let listen = weft_test_support::free_addr();
-    let m = cp.mark();
-    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("gold"), eds_cluster("silver")]);
-    cp.wait_for(m, "EDS request", |r| {
-        r.type_url() == ENDPOINT && r.sotw().resource_names.len() == 2
-    })
-    .await;
-    cp.send_sotw(
-        ENDPOINT,
-        "e1",
-        "n2",
-        vec![cla("gold", &[gold]), cla("silver", &[silver])],
-    );
-    cp.sotw_req(0, LISTENER).await;
+    push_gold_and_silver(&cp).await;
     let mut l = listener_msg("dubbo", &proxy_msg(("gold", "silver")));
     l.address = Some(socket(listen));
     let m = cp.mark();

@@ -8,7 +8,7 @@
 mod support;
 
 use std::collections::HashMap;
-use support::dubbo::{call, dubbo_routes, provider, rpc_listener, Envoy};
+use support::dubbo::{call, dubbo_routes, push_gold_and_silver, rpc_listener, Envoy};
 use support::*;
 use weft_config::rpc::RpcRoute;
 use weft_xds_api::pack;
@@ -23,7 +23,7 @@ use weft_xds_api::pb::envoy::r#type::matcher::v3 as em;
 use weft_xds_api::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use weft_xds_api::pb::xds::core::v3::TypedExtensionConfig as XdsExt;
 use weft_xds_api::pb::xds::r#type::matcher::v3 as xm;
-use weft_xds_api::type_url::{CLUSTER, ENDPOINT, LISTENER};
+use weft_xds_api::type_url::LISTENER;
 use weft_xds_client::generic_xds::{DUBBO_CODEC_URL, GENERIC_PROXY_URL, ROUTER_URL, ROUTE_ACTION_URL};
 
 use xm::matcher::matcher_list::predicate::{self as pred, single_predicate as sp};
@@ -568,20 +568,9 @@ async fn check(addr: std::net::SocketAddr, no_route: Option<u16>) {
 
 #[tokio::test]
 async fn generic_proxy_pushed_over_xds_routes_calls_and_invalid_updates_are_nacked() {
-    let (gold, silver) = (provider("gold").await, provider("silver").await);
     let cp = Cp::start().await;
     let p = Proxy::start(&cp, "ads_sotw", "");
-    cp.sotw_req(0, LISTENER).await;
-
-    let m = cp.mark();
-    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("gold"), eds_cluster("silver")]);
-    assert!(cp.reply_to(m, "n1").await.error().is_none());
-    cp.send_sotw(
-        ENDPOINT,
-        "e1",
-        "n2",
-        vec![cla("gold", &[gold]), cla("silver", &[silver])],
-    );
+    push_gold_and_silver(&cp).await;
     let m = cp.mark();
     let good = listener_msg("generic", &proxy_msg(("gold", "silver")));
     cp.send_sotw(LISTENER, "l1", "n3", vec![pack(LISTENER, &good)]);
@@ -626,25 +615,12 @@ async fn generic_proxy_pushed_over_xds_routes_calls_and_invalid_updates_are_nack
 /// and ACKs the variant weft refuses. Under `CI=true` a missing Envoy fails the test.
 #[tokio::test]
 async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
-    let (gold, silver) = (provider("gold").await, provider("silver").await);
     let cp = Cp::start().await;
     let Some(envoy) = Envoy::start(&cp, "envoy-generic-1").await else {
         return;
     };
     let listen = weft_test_support::free_addr();
-    let m = cp.mark();
-    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("gold"), eds_cluster("silver")]);
-    cp.wait_for(m, "EDS request", |r| {
-        r.type_url() == ENDPOINT && r.sotw().resource_names.len() == 2
-    })
-    .await;
-    cp.send_sotw(
-        ENDPOINT,
-        "e1",
-        "n2",
-        vec![cla("gold", &[gold]), cla("silver", &[silver])],
-    );
-    cp.sotw_req(0, LISTENER).await;
+    push_gold_and_silver(&cp).await;
     let mut l = listener_msg("generic", &proxy_msg(("gold", "silver")));
     l.address = Some(socket(listen));
     let m = cp.mark();

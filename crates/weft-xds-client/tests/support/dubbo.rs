@@ -191,3 +191,27 @@ pub fn dubbo_routes(
         other => panic!("not an rpc filter: {other:?}"),
     }
 }
+
+/// Starts the providers `gold` and `silver` and pushes their EDS clusters (version `c1`) and
+/// endpoints (`e1`) to `cp`'s client, weft or Envoy, waiting for its EDS request in between and
+/// for its first listener request after.
+pub async fn push_gold_and_silver(cp: &Cp) {
+    use super::{cla, eds_cluster};
+    use weft_xds_api::type_url::{ENDPOINT, LISTENER};
+    let (gold, silver) = (provider("gold").await, provider("silver").await);
+    // The client's stream is open once it has asked for clusters.
+    cp.sotw_req(0, CLUSTER).await;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("gold"), eds_cluster("silver")]);
+    cp.wait_for(m, "EDS request", |r| {
+        r.type_url() == ENDPOINT && r.sotw().resource_names.len() == 2
+    })
+    .await;
+    cp.send_sotw(
+        ENDPOINT,
+        "e1",
+        "n2",
+        vec![cla("gold", &[gold]), cla("silver", &[silver])],
+    );
+    cp.sotw_req(0, LISTENER).await;
+}
