@@ -543,33 +543,14 @@ async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
     };
     let listen = weft_test_support::free_addr();
     push_gold_and_silver(&cp).await;
-    let mut l = listener_msg("dubbo", &proxy_msg(("gold", "silver")));
-    l.address = Some(socket(listen));
-    let m = cp.mark();
-    cp.send_sotw(LISTENER, "l1", "n3", vec![pack(LISTENER, &l)]);
-    let ack = cp.reply_to(m, "n3").await;
-    assert!(
-        ack.error().is_none(),
-        "Envoy NACKed: {:?}\n{}",
-        ack.error(),
-        envoy.log()
-    );
-    assert_eq!(ack.sotw().version_info, "l1", "Envoy ACKs the listener");
+    let l = listener_msg("dubbo", &proxy_msg(("gold", "silver")));
+    envoy.accepts(&cp, l, listen, "l1").await;
 
     envoy.wait_bound(listen).await;
     check(listen).await;
 
     // The variant weft NACKs (an argument range) is valid for Envoy: one that weft refuses
     // rather than half-honours.
-    let mut l = listener_msg("dubbo", &with_range(proxy_msg(("gold", "silver"))));
-    l.address = Some(socket(listen));
-    let m = cp.mark();
-    cp.send_sotw(LISTENER, "l2", "n4", vec![pack(LISTENER, &l)]);
-    let ack = cp.reply_to(m, "n4").await;
-    assert!(
-        ack.error().is_none(),
-        "Envoy NACKed: {:?}\n{}",
-        ack.error(),
-        envoy.log()
-    );
+    let l = listener_msg("dubbo", &with_range(proxy_msg(("gold", "silver"))));
+    envoy.accepts(&cp, l, listen, "l2").await;
 }

@@ -621,30 +621,11 @@ async fn envoy_accepts_the_same_listener_and_routes_the_same_calls() {
     };
     let listen = weft_test_support::free_addr();
     push_gold_and_silver(&cp).await;
-    let mut l = listener_msg("generic", &proxy_msg(("gold", "silver")));
-    l.address = Some(socket(listen));
-    let m = cp.mark();
-    cp.send_sotw(LISTENER, "l1", "n3", vec![pack(LISTENER, &l)]);
-    let ack = cp.reply_to(m, "n3").await;
-    assert!(
-        ack.error().is_none(),
-        "Envoy NACKed: {:?}\n{}",
-        ack.error(),
-        envoy.log()
-    );
-    assert_eq!(ack.sotw().version_info, "l1", "Envoy ACKs the listener");
+    let l = listener_msg("generic", &proxy_msg(("gold", "silver")));
+    envoy.accepts(&cp, l, listen, "l1").await;
     envoy.wait_bound(listen).await;
     check(listen, None).await;
 
-    let mut l = listener_msg("generic", &with_not(proxy_msg(("gold", "silver"))));
-    l.address = Some(socket(listen));
-    let m = cp.mark();
-    cp.send_sotw(LISTENER, "l2", "n4", vec![pack(LISTENER, &l)]);
-    let ack = cp.reply_to(m, "n4").await;
-    assert!(
-        ack.error().is_none(),
-        "Envoy NACKed: {:?}\n{}",
-        ack.error(),
-        envoy.log()
-    );
+    let l = listener_msg("generic", &with_not(proxy_msg(("gold", "silver"))));
+    envoy.accepts(&cp, l, listen, "l2").await;
 }

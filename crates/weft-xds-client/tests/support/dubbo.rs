@@ -132,6 +132,24 @@ impl Envoy {
         std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
     }
 
+    /// Pushes listener `l`, moved to `addr`, as version `version` and asserts Envoy ACKs it.
+    pub async fn accepts(
+        &self,
+        cp: &Cp,
+        mut l: weft_xds_api::pb::envoy::config::listener::v3::Listener,
+        addr: SocketAddr,
+        version: &str,
+    ) {
+        use weft_xds_api::type_url::LISTENER;
+        l.address = Some(super::socket(addr));
+        let nonce = format!("n-{version}");
+        let m = cp.mark();
+        cp.send_sotw(LISTENER, version, &nonce, vec![weft_xds_api::pack(LISTENER, &l)]);
+        let ack = cp.reply_to(m, &nonce).await;
+        assert!(ack.error().is_none(), "Envoy NACKed: {:?}\n{}", ack.error(), self.log());
+        assert_eq!(ack.sotw().version_info, version, "Envoy ACKs the listener");
+    }
+
     /// Waits until Envoy's worker accepts on `addr` (it binds shortly after the ACK).
     pub async fn wait_bound(&self, addr: SocketAddr) {
         weft_test_support::eventually("Envoy's listener to accept", WAIT, || async {
