@@ -130,6 +130,8 @@ struct VsMatch {
     uri: Option<StrMatch>,
     #[serde(default)]
     headers: BTreeMap<String, StrMatch>,
+    #[serde(default)]
+    query_params: BTreeMap<String, StrMatch>,
     method: Option<StrMatch>,
     #[serde(flatten)]
     other: Other,
@@ -407,6 +409,13 @@ fn http_route(l: &dyn Lookup, h: VsHttp, namespace: &str) -> Result<Value, Strin
                 hs.insert(name.clone(), string_match(sm, &format!("{at}headers.{name}"))?);
             }
             o.insert("headers".into(), Value::Object(hs));
+        }
+        if !m.query_params.is_empty() {
+            let mut qs = Map::new();
+            for (name, sm) in &m.query_params {
+                qs.insert(name.clone(), string_match(sm, &format!("{at}queryParams.{name}"))?);
+            }
+            o.insert("query_params".into(), Value::Object(qs));
         }
         matches.push(Value::Object(o));
     }
@@ -791,7 +800,7 @@ mod tests {
             "http": [
                 {"match": [{"headers": {"end-user": {"exact": "jason"}}, "uri": {"prefix": "/api"}}],
                  "route": [{"destination": {"host": "reviews", "subset": "v2", "port": {"number": 9080}}}]},
-                {"match": [{"uri": {"prefix": "/old"}}],
+                {"match": [{"uri": {"prefix": "/old"}, "queryParams": {"lang": {"exact": "en"}}}],
                  "rewrite": {"uri": "/new", "authority": "reviews.internal"},
                  "headers": {"request": {"set": {"X-Lane": "blue"}, "add": {"x-tag": "a"}, "remove": ["X-Debug"]},
                              "response": {"set": {"x-served-by": "weft"}}},
@@ -820,6 +829,10 @@ mod tests {
         assert_eq!(http[1].request_headers.add["x-tag"], "a");
         assert_eq!(http[1].request_headers.remove, ["x-debug"]);
         assert_eq!(http[1].response_headers.set["x-served-by"], "weft");
+        assert_eq!(
+            http[1].matches[0].query_params["lang"],
+            crate::model::StringMatch::Exact("en".into())
+        );
         assert_eq!(http[2].route[0].weight, 90);
         assert_eq!(http[2].route[1].service, "reviews.shop");
         assert_eq!(http[2].retries.as_ref().unwrap().attempts, 3);

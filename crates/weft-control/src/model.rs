@@ -291,6 +291,8 @@ struct RawMatch {
     method: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, RawStringMatch>,
+    #[serde(default)]
+    query_params: BTreeMap<String, RawStringMatch>,
 }
 
 #[derive(Deserialize)]
@@ -555,6 +557,9 @@ pub struct Match {
     pub path: PathMatch,
     pub method: Option<String>,
     pub headers: BTreeMap<String, StringMatch>,
+    /// Query parameters by name (case-sensitive; `present: false` is refused: Envoy cannot say
+    /// "absent" for them).
+    pub query_params: BTreeMap<String, StringMatch>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -1471,10 +1476,23 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
             let v = string_match(e, &format!("{mp}.headers.{name}"), sm);
             headers.insert(name, v);
         }
+        let mut query_params = BTreeMap::new();
+        for (name, sm) in m.query_params {
+            let qp = format!("{mp}.query_params.{name}");
+            if name.is_empty() {
+                e.push(&qp, "a query parameter name must not be empty");
+            }
+            let v = string_match(e, &qp, sm);
+            if v == StringMatch::Present(false) {
+                e.push(&qp, "present: false is not supported for query parameters");
+            }
+            query_params.insert(name, v);
+        }
         matches.push(Match {
             path: paths.pop().unwrap_or(PathMatch::Prefix("/".into())),
             method: m.method.map(|s| s.to_ascii_uppercase()),
             headers,
+            query_params,
         });
     }
     if h.route.is_empty() {
@@ -2134,7 +2152,7 @@ routes:
             r#"routes:
   - service: web
     http:
-      - match: [{regex: "^/a"}]
+      - match: [{regex: "^/a", query_params: {gone: {present: false}, "": {exact: x}}}]
         route: [{destination: web}]
         rewrite: {uri: "x", authority: "a b"}
         headers:
@@ -2153,6 +2171,8 @@ routes:
             "routes[0].http[0].headers.request.set: the host header is changed with rewrite.authority",
             "routes[0].http[0].headers.request.remove: \":path\" is not a lower-case header name",
             "routes[0].http[1].rewrite: give uri, authority or both",
+            "routes[0].http[0].match[0].query_params.gone: present: false is not supported for query parameters",
+            "routes[0].http[0].match[0].query_params.: a query parameter name must not be empty",
         ] {
             assert!(errs.contains(want), "want {want:?} in\n{errs}");
         }

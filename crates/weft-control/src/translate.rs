@@ -953,9 +953,23 @@ fn route_match(m: Option<&model::Match>) -> rt::RouteMatch {
     if let Some(method) = &m.method {
         headers.push(header_matcher(":method", &StringMatch::Exact(method.clone())));
     }
+    let query_parameters = (m.query_params.iter())
+        .map(|(name, v)| {
+            use rt::query_parameter_matcher::QueryParameterMatchSpecifier as Q;
+            let spec = match v {
+                StringMatch::Present(_) => Q::PresentMatch(true),
+                other => Q::StringMatch(string_matcher(other)),
+            };
+            rt::QueryParameterMatcher {
+                name: name.clone(),
+                query_parameter_match_specifier: Some(spec),
+            }
+        })
+        .collect();
     rt::RouteMatch {
         path_specifier: Some(path),
         headers,
+        query_parameters,
         ..Default::default()
     }
 }

@@ -1040,7 +1040,7 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
     );
     write_file(
         &reg.join("routes.yaml"),
-        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n      - match: [{prefix: /old/}]\n        route: [{destination: echo}]\n        rewrite: {uri: /new/, authority: echo.internal}\n        headers: {request: {set: {x-lane: blue}, add: {x-via: weft}, remove: [x-debug]}, response: {set: {x-served-by: weft}, remove: [server]}}\n",
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n      - match: [{prefix: /old/, query_params: {lang: {exact: en}, debug: {present: true}}}]\n        route: [{destination: echo}]\n        rewrite: {uri: /new/, authority: echo.internal}\n        headers: {request: {set: {x-lane: blue}, add: {x-via: weft}, remove: [x-debug]}, response: {set: {x-served-by: weft}, remove: [server]}}\n",
     );
     write_file(
         &reg.join("destinations.yaml"),
@@ -1239,7 +1239,7 @@ fn weft_sidecar_rewrites_and_changes_headers_from_a_routing_policy() {
 routes:
   - service: echo
     http:
-      - match: [{{prefix: /old/}}]
+      - match: [{{prefix: /old/, query_params: {{lang: {{exact: en}}}}}}]
         route: [{{destination: echo}}]
         rewrite: {{uri: /new/, authority: echo.internal}}
         headers:
@@ -1253,12 +1253,12 @@ routes:
     sidecar_ready(&sidecar);
     let extra = "x-lane: red\r\nx-debug: 1\r\nx-via: client\r\n";
     let text = eventually_blocking("the rewritten request", Duration::from_secs(20), || {
-        let (status, text) = http_full(sidecar.outbound, "echo", "/old/x?q=1", extra)?;
+        let (status, text) = http_full(sidecar.outbound, "echo", "/old/x?q=1&lang=en", extra)?;
         (status == 200).then_some(text)
     });
     let (head, body) = text.split_once("\r\n\r\n").unwrap();
     let head = head.to_ascii_lowercase();
-    assert!(body.starts_with("get /new/x?q=1 http/1.1\r\n"), "{body}");
+    assert!(body.starts_with("get /new/x?q=1&lang=en http/1.1\r\n"), "{body}");
     assert!(body.contains("\r\nhost: echo.internal\r\n"), "{body}");
     assert!(
         body.contains("\r\nx-lane: blue\r\n") && !body.contains("x-lane: red"),
@@ -1272,13 +1272,14 @@ routes:
     assert_eq!(vias, ["client", "weft"], "{body}");
     assert!(head.contains("\r\nx-served-by: weft"), "{head}");
     assert!(!head.contains("x-upstream"), "{head}");
-    // Another path takes the service's catch-all route: nothing changed.
-    let (status, text) = http_full(sidecar.outbound, "echo", "/other", extra).unwrap();
-    assert_eq!(status, 200, "{text}");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(
-        body.starts_with("get /other http/1.1\r\n") && body.contains("x-lane: red"),
-        "{body}"
-    );
-    assert!(head.to_ascii_lowercase().contains("x-upstream: 1"), "{head}");
+    // Another path, or the same one with another `lang`, takes the service's catch-all route:
+    // nothing changed.
+    for path in ["/other", "/old/x?lang=fr"] {
+        let (status, text) = http_full(sidecar.outbound, "echo", path, extra).unwrap();
+        assert_eq!(status, 200, "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let line = format!("get {path} http/1.1\r\n");
+        assert!(body.starts_with(&line) && body.contains("x-lane: red"), "{body}");
+        assert!(head.to_ascii_lowercase().contains("x-upstream: 1"), "{head}");
+    }
 }
