@@ -203,7 +203,6 @@ struct RawRoutes {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDubboRoute {
-    name: Option<String>,
     #[serde(default, rename = "match")]
     matches: RawDubboMatch,
     route: RawDubboDest,
@@ -711,16 +710,9 @@ pub struct HeaderOp {
     pub remove: Vec<String>,
 }
 
-impl HeaderOp {
-    pub fn is_empty(&self) -> bool {
-        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
-    }
-}
-
 /// A rule for the calls to a Dubbo service (`routes[].dubbo[]`): all its conditions must hold.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct DubboRule {
-    pub name: Option<String>,
     /// One of the service's interfaces; none: all of them.
     pub interface: Option<String>,
     pub method: Option<String>,
@@ -1429,12 +1421,8 @@ fn dubbo_rule(e: &mut Errs<'_>, p: &str, d: RawDubboRoute) -> DubboRule {
     if m.attachments.keys().any(|k| k.is_empty()) {
         e.push(format!("{p}.match.attachments"), "an attachment name must not be empty");
     }
-    if let Some(n) = &d.name {
-        check_name(e, &format!("{p}.name"), n);
-    }
     check_name(e, &format!("{p}.route.destination"), &d.route.destination);
     DubboRule {
-        name: d.name,
         interface: m.interface,
         method: m.method,
         arguments,
@@ -2073,8 +2061,7 @@ destinations:
 routes:
   - service: greeter
     dubbo:
-      - name: vip
-        match: {method: echo, arguments: [{index: 1, equals: "7"}, {index: 0, equals: vip}], attachments: {t: x}}
+      - match: {method: echo, arguments: [{index: 1, equals: "7"}, {index: 0, equals: vip}], attachments: {t: x}}
         route: {destination: greeter, subset: v2}
       - match: {interface: org.example.B}
         route: {destination: greeter}

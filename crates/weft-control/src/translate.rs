@@ -167,7 +167,6 @@ pub struct DubboRoute {
 /// One `routes[].dubbo[]` rule, for one interface.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DubboRuleRoute {
-    pub name: String,
     pub method: Option<String>,
     pub arguments: Vec<(u32, String)>,
     pub attachments: BTreeMap<String, String>,
@@ -188,10 +187,9 @@ fn dubbo_routes(world: &World) -> Vec<DubboRoute> {
                 service: s.name.clone(),
                 rules: policy
                     .iter()
-                    .flat_map(|p| p.dubbo.iter().enumerate())
-                    .filter(|(_, r)| r.interface.as_deref().is_none_or(|want| want == i))
-                    .map(|(j, r)| DubboRuleRoute {
-                        name: r.name.clone().unwrap_or_else(|| format!("{}/dubbo[{j}]", s.name)),
+                    .flat_map(|p| p.dubbo.iter())
+                    .filter(|r| r.interface.as_deref().is_none_or(|want| want == i))
+                    .map(|r| DubboRuleRoute {
                         method: r.method.clone(),
                         arguments: r.arguments.clone(),
                         attachments: r.attachments.clone(),
@@ -1389,17 +1387,15 @@ fn dubbo_listener(
     routes: &[(&str, &str, &[DubboRuleRoute])],
     mtls: Option<model::MtlsMode>,
 ) -> ls::Listener {
-    let method = |m: Option<&str>| {
-        let p = match m {
-            Some(m) => matcher::string_matcher::MatchPattern::Exact(m.into()),
-            None => matcher::string_matcher::MatchPattern::SafeRegex(regex(".*")),
+    // The method exact, or any (`.*`: Envoy needs a method matcher).
+    let method = |m: Option<&str>, params| {
+        let m = match m {
+            Some(m) => StringMatch::Exact(m.into()),
+            None => StringMatch::Regex(".*".into()),
         };
         Some(dubbo::MethodMatch {
-            name: Some(matcher::StringMatcher {
-                match_pattern: Some(p),
-                ..Default::default()
-            }),
-            ..Default::default()
+            name: Some(string_matcher(&m)),
+            params_match: params,
         })
     };
     let to = |cluster: &str| {
@@ -1410,31 +1406,19 @@ fn dubbo_listener(
     };
     let rule = |r: &DubboRuleRoute| {
         use dubbo::method_match::parameter_match_specifier::ParameterMatchSpecifier as P;
-        let mut m = method(r.method.as_deref());
-        if let Some(mm) = m.as_mut() {
-            mm.params_match = (r.arguments.iter())
-                .map(|(i, v)| {
-                    let spec = dubbo::method_match::ParameterMatchSpecifier {
-                        parameter_match_specifier: Some(P::ExactMatch(v.clone())),
-                    };
-                    (*i, spec)
-                })
-                .collect();
-        }
+        let params = (r.arguments.iter())
+            .map(|(i, v)| {
+                let spec = dubbo::method_match::ParameterMatchSpecifier {
+                    parameter_match_specifier: Some(P::ExactMatch(v.clone())),
+                };
+                (*i, spec)
+            })
+            .collect();
         dubbo::Route {
             r#match: Some(dubbo::RouteMatch {
-                method: m,
+                method: method(r.method.as_deref(), params),
                 headers: (r.attachments.iter())
-                    .map(|(k, v)| rt::HeaderMatcher {
-                        name: k.clone(),
-                        header_match_specifier: Some(rt::header_matcher::HeaderMatchSpecifier::StringMatch(
-                            matcher::StringMatcher {
-                                match_pattern: Some(matcher::string_matcher::MatchPattern::Exact(v.clone())),
-                                ..Default::default()
-                            },
-                        )),
-                        ..Default::default()
-                    })
+                    .map(|(k, v)| header_matcher(k, &StringMatch::Exact(v.clone())))
                     .collect(),
             }),
             route: to(&r.cluster),
@@ -1448,7 +1432,7 @@ fn dubbo_listener(
             routes: (rules.iter().map(rule))
                 .chain(std::iter::once(dubbo::Route {
                     r#match: Some(dubbo::RouteMatch {
-                        method: method(None),
+                        method: method(None, Default::default()),
                         ..Default::default()
                     }),
                     route: to(cluster),

@@ -156,33 +156,16 @@ pub struct LocalRateLimiter {
 /// nobody can craft two values that share a bucket. The map is split into shards, each behind a
 /// mutex held only for one lookup and one compare-and-swap.
 struct Descriptors {
-    header: HeaderName,
+    /// The header the values come from (HTTP); `None` when the caller gives them (RPC).
+    header: Option<HeaderName>,
     hasher: RandomState,
     shards: Box<[Mutex<HashMap<u64, TokenBucket>>]>,
 }
 
 impl LocalRateLimiter {
     pub fn new(c: &LocalRateLimit, limited: Counter) -> LocalRateLimiter {
-        let config = BucketConfig {
-            max: u64::from(c.max_tokens).min(TOKEN_MASK),
-            per_fill: u64::from(c.tokens_per_fill),
-            interval_ms: (c.fill_interval.as_millis() as u64).max(1),
-        };
-        LocalRateLimiter {
-            shared: TokenBucket::full(&config),
-            descriptor: c
-                .descriptor_header
-                .as_deref()
-                .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok())
-                .map(|header| Descriptors {
-                    header,
-                    hasher: RandomState::new(),
-                    shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-                }),
-            config,
-            base: Instant::now(),
-            limited,
-        }
+        let header = (c.descriptor_header.as_deref()).and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        LocalRateLimiter::build(c, header.is_some(), header, limited)
     }
 
     /// A limiter whose descriptor values come from elsewhere than a header ([`check_value`]):
@@ -190,25 +173,33 @@ impl LocalRateLimiter {
     ///
     /// [`check_value`]: Self::check_value
     pub fn for_values(c: &LocalRateLimit, keyed: bool, limited: Counter) -> LocalRateLimiter {
-        let mut l = LocalRateLimiter::new(
-            &LocalRateLimit {
-                descriptor_header: keyed.then(|| "x-weft-descriptor".to_string()),
-                ..c.clone()
-            },
+        LocalRateLimiter::build(c, keyed, None, limited)
+    }
+
+    fn build(c: &LocalRateLimit, keyed: bool, header: Option<HeaderName>, limited: Counter) -> LocalRateLimiter {
+        let config = BucketConfig {
+            max: u64::from(c.max_tokens).min(TOKEN_MASK),
+            per_fill: u64::from(c.tokens_per_fill),
+            interval_ms: (c.fill_interval.as_millis() as u64).max(1),
+        };
+        LocalRateLimiter {
+            shared: TokenBucket::full(&config),
+            descriptor: keyed.then(|| Descriptors {
+                header,
+                hasher: RandomState::new(),
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            }),
+            config,
+            base: Instant::now(),
             limited,
-        );
-        if !keyed {
-            l.descriptor = None;
         }
-        l
     }
 
     /// `None` if the request may pass; otherwise the seconds until a token (for `retry-after`).
     pub fn check(&self, headers: &HeaderMap) -> Option<u64> {
-        let value = self
-            .descriptor
-            .as_ref()
-            .and_then(|d| headers.get(&d.header))
+        let value = (self.descriptor.as_ref())
+            .and_then(|d| d.header.as_ref())
+            .and_then(|h| headers.get(h))
             .map(|v| v.as_bytes());
         self.check_value(value)
     }
@@ -236,7 +227,7 @@ impl LocalRateLimiter {
         let c = &self.config;
         let bucket_tokens = |b: &TokenBucket| TokenBucket::refilled(b.state.load(Ordering::Acquire), now, c).0;
         if let Some(d) = &self.descriptor {
-            if let Some(v) = headers.get(&d.header) {
+            if let Some(v) = d.header.as_ref().and_then(|h| headers.get(h)) {
                 let key = d.hasher.hash_one(v.as_bytes());
                 let map = d.shards[(key >> 60) as usize % SHARDS].lock();
                 return map.get(&key).map_or(c.max, bucket_tokens);

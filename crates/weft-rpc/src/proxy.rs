@@ -264,17 +264,17 @@ impl RpcRt {
     }
 
     /// Records a call weft answered itself (or dropped, one-way) in the Istio metrics: for the
-    /// cluster of the route named `route`, or none when no route matched.
-    fn istio_local(&self, r: LocalReply, route: Option<&str>) {
+    /// cluster of the route it matched, or none when no route matched.
+    fn istio_local(&self, r: LocalReply, route: Option<&RpcRoute>) {
         let Some(istio) = &self.istio else { return };
-        let cluster =
-            (route.and_then(|n| self.config.routes.iter().find(|x| x.name == n))).map_or("", |x| x.cluster.as_str());
+        let cluster = route.map_or("", |x| x.cluster.as_str());
         let class = self.codec.status_class(self.codec.local_status(r));
         istio.record(cluster, None, class, r.reason(), false, NOT_GRPC, Duration::ZERO, 0, 0);
     }
 
     /// Ends a traced request that weft answered itself.
-    fn trace_local(&self, trace: Option<Box<TraceExchange>>, r: LocalReply, route: Option<&str>) {
+    fn trace_local(&self, trace: Option<Box<TraceExchange>>, r: LocalReply, route: Option<&RpcRoute>) {
+        let route = route.map(|x| x.name.as_str());
         if let (Some(t), Some(ex)) = (&self.tracer, trace) {
             t.finish_rpc(ex, false, self.codec.local_status(r), Some(r.reason()), route);
         }
@@ -600,11 +600,16 @@ async fn retry_call(ctx: Arc<UpCtx>, mut p: Pending, mut r: Box<Retry>, why: Str
             return;
         }
         // Closed under us: try again if its reader has not taken the call already.
-        let Some(back) = conn.pending.lock().remove(&up_id) else {
+        let Some(mut back) = conn.pending.lock().remove(&up_id) else {
             return;
         };
-        p = back;
-        r = p.retry.take().expect("set above");
+        match back.retry.take() {
+            Some(next) => (p, r) = (back, next),
+            None => {
+                ctx.fail(back, LocalReply::UpstreamFailure, &why);
+                return;
+            }
+        }
     }
 }
 
@@ -1119,7 +1124,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         }
         _ => None,
     };
-    let fail = |r: LocalReply, msg: &str, route: Option<&str>, trace: Option<Box<TraceExchange>>| {
+    let fail = |r: LocalReply, msg: &str, route: Option<&RpcRoute>, trace: Option<Box<TraceExchange>>| {
         local_reply(rt, down, id, two_way, r, msg, route, trace)
     };
     let Some(ri) = rt.route(&frame, &info) else {
@@ -1134,7 +1139,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
         return true;
     };
     let (route, governance) = (&rt.config.routes[ri], &rt.route_rt[ri]);
-    let rn = Some(route.name.as_str());
+    let rn = Some(route);
     if route.no_route {
         let svc = info.service.get(&frame.data).unwrap_or_default();
         let m = info.method.get(&frame.data).unwrap_or_default();
@@ -1191,7 +1196,7 @@ async fn handle_frame(rt: &Arc<RpcRt>, clusters: &dyn ClusterLookup, down: &Down
                 };
                 match deny {
                     Some(msg) => {
-                        let route = Some(rt.config.routes[ri].name.as_str());
+                        let route = Some(&rt.config.routes[ri]);
                         local_reply(&rt, &down, id, two_way, LocalReply::RateLimited, msg, route, trace)
                     }
                     None => {
@@ -1224,7 +1229,7 @@ fn local_reply(
     two_way: bool,
     r: LocalReply,
     msg: &str,
-    route: Option<&str>,
+    route: Option<&RpcRoute>,
     trace: Option<Box<TraceExchange>>,
 ) {
     if two_way {
@@ -1251,8 +1256,8 @@ async fn forward(
     let codec = &*rt.codec;
     let (route, governance) = (&rt.config.routes[ri], &rt.route_rt[ri]);
     let (id, two_way) = (frame.id, frame.kind == FrameKind::Request);
-    let rn = Some(route.name.as_str());
-    let fail = |r: LocalReply, msg: &str, route: Option<&str>, trace: Option<Box<TraceExchange>>| {
+    let rn = Some(route);
+    let fail = |r: LocalReply, msg: &str, route: Option<&RpcRoute>, trace: Option<Box<TraceExchange>>| {
         local_reply(rt, down, id, two_way, r, msg, route, trace)
     };
     let delay = governance.delay.filter(|(_, c)| c.roll()).map(|(d, _)| d);
@@ -1391,8 +1396,8 @@ async fn forward(
                 LocalReply::UpstreamFailure,
                 "upstream connection closed (weft)",
             );
-            rt.istio_local(LocalReply::UpstreamFailure, Some(&route.name));
-            rt.trace_local(p.trace.take(), LocalReply::UpstreamFailure, Some(&route.name));
+            rt.istio_local(LocalReply::UpstreamFailure, Some(route));
+            rt.trace_local(p.trace.take(), LocalReply::UpstreamFailure, Some(route));
         }
     }
     true

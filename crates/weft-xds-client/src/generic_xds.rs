@@ -332,6 +332,12 @@ fn route_configuration(errs: &mut Errs, path: &str, rc: &gp::RouteConfiguration,
         };
         f.matcher(&dp, m, &Cond::default(), 0);
     }
+    if out.len() > MAX_ROUTES {
+        errs.add(
+            path,
+            format!("the match trees flatten into more than {MAX_ROUTES} routes"),
+        );
+    }
 }
 
 /// Flattening state: where routes go and how they are named.
@@ -426,11 +432,8 @@ impl Flat<'_> {
             Some(O::Action(a)) => {
                 let route = action(self.errs, &format!("{path}.action"), a);
                 for c in conds {
-                    if self.out.len() >= MAX_ROUTES {
-                        self.errs.add(
-                            path,
-                            format!("the match tree flattens into more than {MAX_ROUTES} routes"),
-                        );
+                    // One past the limit is enough for `route_configuration` to refuse the lot.
+                    if self.out.len() > MAX_ROUTES {
                         return;
                     }
                     let mut r = route.clone();

@@ -502,6 +502,13 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
             }),
             format!("{rc}.routes.matcher_tree.prefix_match_map: unsupported"),
         ),
+        (
+            Box::new(|g| {
+                let many = (0..1100).map(|i| is(input("MethodMatchInput"), &format!("m{i}"))).collect();
+                route_config(g).routes = Some(list(vec![(or(many), to(route_action("gold")))]))
+            }),
+            format!("{rc}: the match trees flatten into more than 1024 routes"),
+        ),
     ];
     for (i, (edit, want)) in cases.iter().enumerate() {
         let mut g = proxy_msg(("gold", "silver"));

@@ -211,13 +211,15 @@ impl DubboClient {
         use weft_rpc::dubbo::{self, Dubbo};
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let mut slot = self.slots[id as usize % self.slots.len()].lock().await;
-        if slot.is_none() {
-            let to = *self.to.lock().unwrap_or_else(|e| e.into_inner());
-            let s = tokio::net::TcpStream::connect(to).await.map_err(|e| e.to_string())?;
-            let _ = s.set_nodelay(true);
-            *slot = Some((s, bytes::BytesMut::with_capacity(1024)));
-        }
-        let (s, buf) = slot.as_mut().expect("connected");
+        let (s, buf) = match &mut *slot {
+            Some(c) => c,
+            none => {
+                let to = *self.to.lock().unwrap_or_else(|e| e.into_inner());
+                let s = tokio::net::TcpStream::connect(to).await.map_err(|e| e.to_string())?;
+                let _ = s.set_nodelay(true);
+                none.insert((s, bytes::BytesMut::with_capacity(1024)))
+            }
+        };
         let mut args = Vec::new();
         weft_rpc::hessian::write_string(&mut args, arg);
         let req = dubbo::encode_request(id, true, DETAILS_INTERFACE, "", "get", "Ljava/lang/String;", &args, &[]);

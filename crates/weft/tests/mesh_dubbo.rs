@@ -355,8 +355,7 @@ destinations:
 routes:
   - service: greeter
     dubbo:
-      - name: vip
-        match: {{method: echo, arguments: [{{index: 0, equals: vip}}]}}
+      - match: {{method: echo, arguments: [{{index: 0, equals: vip}}]}}
         route: {{destination: greeter, subset: {vip}}}
       - match: {{interface: {IFACE}, method: whoami}}
         route: {{destination: greeter, subset: beta}}
