@@ -218,6 +218,16 @@ async fn quick_start_http_proxies_to_upstream() {
         assert_eq!((status, body.as_str()), (200, "hello from up"));
     }
     assert_eq!(up.hits.load(Ordering::SeqCst), 3);
+    // Transparent huge pages are off from the proxy's first allocation: no 2 MiB page of the
+    // allocator's arena is resident (each would add 2 MiB to an idle sidecar's memory).
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", w.pid())).unwrap();
+        assert!(status.contains("THP_enabled:\t0"), "{status}");
+        let rollup = std::fs::read_to_string(format!("/proc/{}/smaps_rollup", w.pid())).unwrap();
+        let huge = rollup.lines().find(|l| l.starts_with("AnonHugePages:")).unwrap();
+        assert_eq!(huge.split_whitespace().nth(1), Some("0"), "{rollup}");
+    }
     wait_port(&mut w, admin).await;
     assert_eq!(http_get(admin, "/ready").await.unwrap(), (200, "LIVE\n".to_string()));
     // A quick-start proxy has no file to reload.
