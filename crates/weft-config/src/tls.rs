@@ -3,10 +3,13 @@
 //!
 //! Files are named here and read when the configuration is put into effect (and again when they
 //! change): an unreadable or invalid file refuses the configuration there, naming the same field.
+//! Each file field has an inline twin (`cert_pem` beside `cert_file`, ...) holding the PEM itself,
+//! which is what xDS `inline_bytes`/`inline_string` data sources become.
 
 use crate::validate::FieldError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 // ---- YAML ----
@@ -24,6 +27,8 @@ pub struct RawListenerTls {
     /// Ask clients for a certificate and verify it against `trusted_ca_file`.
     pub require_client_certificate: Option<bool>,
     pub trusted_ca_file: Option<String>,
+    /// The client CAs as PEM, instead of `trusted_ca_file`.
+    pub trusted_ca_pem: Option<String>,
     /// "1.2" (default) or "1.3".
     pub min_version: Option<String>,
     /// x-forwarded-client-cert handling: sanitize (default), forward_only, append_forward,
@@ -37,15 +42,18 @@ pub struct RawListenerTls {
     pub suites: Option<Vec<String>>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawCertificate {
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
+    /// The chain (leaf first) and key as PEM, instead of the files.
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
     pub server_names: Vec<String>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawClusterTls {
     /// simple (default: verify the server), mutual (also present a client certificate), or mesh
@@ -53,16 +61,56 @@ pub struct RawClusterTls {
     pub mode: Option<String>,
     pub sni: Option<String>,
     pub trusted_ca_file: Option<String>,
+    pub trusted_ca_pem: Option<String>,
     /// The server's certificate must carry one of these SANs (URI or DNS; SPIFFE IDs for mesh).
     pub subject_alt_names: Vec<String>,
     pub cert_file: Option<String>,
     pub key_file: Option<String>,
+    /// The client certificate chain and key as PEM, instead of the files.
+    pub cert_pem: Option<String>,
+    pub key_pem: Option<String>,
     /// Default: h2 for protocol http2, http/1.1 for http1.
     pub alpn: Option<Vec<String>>,
     pub min_version: Option<String>,
     /// Suite families offered, most preferred first: `standard` (default) and/or `sm` (ShangMi,
     /// RFC 8998).
     pub suites: Option<Vec<String>>,
+}
+
+/// A private key's length instead of the key, for `Debug`.
+fn redacted(v: &Option<String>) -> Option<String> {
+    v.as_ref().map(|k| format!("({} bytes)", k.len()))
+}
+
+impl std::fmt::Debug for RawCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawCertificate")
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &redacted(&self.key_pem))
+            .field("server_names", &self.server_names)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for RawClusterTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawClusterTls")
+            .field("mode", &self.mode)
+            .field("sni", &self.sni)
+            .field("trusted_ca_file", &self.trusted_ca_file)
+            .field("trusted_ca_pem", &self.trusted_ca_pem)
+            .field("subject_alt_names", &self.subject_alt_names)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &redacted(&self.key_pem))
+            .field("alpn", &self.alpn)
+            .field("min_version", &self.min_version)
+            .field("suites", &self.suites)
+            .finish()
+    }
 }
 
 // ---- validated ----
@@ -112,10 +160,34 @@ pub enum ForwardClientCert {
     AlwaysForwardOnly,
 }
 
+/// PEM data: a file, or the PEM itself (a `*_pem` field, an xDS inline data source).
+#[derive(Clone, PartialEq, Eq)]
+pub enum Pem {
+    File(PathBuf),
+    Inline(Arc<str>),
+}
+
+/// Never shows inline data (it may be a private key): `(inline PEM, 1234 bytes)`.
+impl std::fmt::Debug for Pem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pem::File(p) => write!(f, "{}", p.display()),
+            Pem::Inline(s) => write!(f, "(inline PEM, {} bytes)", s.len()),
+        }
+    }
+}
+
+/// As in `Debug`: the path, or `(inline PEM, N bytes)` (what /config_dump shows).
+impl Serialize for Pem {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{self:?}"))
+    }
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct CertificateFiles {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    pub cert: Pem,
+    pub key: Pem,
     pub server_names: Vec<String>,
 }
 
@@ -126,7 +198,7 @@ pub struct ListenerTls {
     pub certificates: Vec<CertificateFiles>,
     pub alpn: Vec<String>,
     pub require_client_certificate: bool,
-    pub trusted_ca_file: Option<PathBuf>,
+    pub trusted_ca: Option<Pem>,
     pub min_version: TlsMinVersion,
     pub forward_client_cert: ForwardClientCert,
     #[serde(serialize_with = "ser_dur")]
@@ -155,10 +227,10 @@ pub enum ClusterTlsMode {
 pub struct ClusterTls {
     pub mode: ClusterTlsMode,
     pub sni: String,
-    pub trusted_ca_file: Option<PathBuf>,
+    pub trusted_ca: Option<Pem>,
     pub subject_alt_names: Vec<String>,
-    pub cert_file: Option<PathBuf>,
-    pub key_file: Option<PathBuf>,
+    pub cert: Option<Pem>,
+    pub key: Option<Pem>,
     pub alpn: Vec<String>,
     pub min_version: TlsMinVersion,
     /// Most preferred first; never empty.
@@ -181,11 +253,38 @@ fn err(errors: &mut Vec<FieldError>, path: &str, message: impl Into<String>) {
     });
 }
 
-fn file(errors: &mut Vec<FieldError>, path: &str, v: &Option<String>) -> Option<PathBuf> {
-    match v.as_deref() {
-        Some(s) if !s.is_empty() => Some(PathBuf::from(s)),
-        _ => {
-            err(errors, path, "is required");
+/// `<prefix><stem>_file` or `<prefix><stem>_pem` (not both); `required`: one of them must be given.
+fn pem(
+    errors: &mut Vec<FieldError>,
+    prefix: &str,
+    stem: &str,
+    file: &Option<String>,
+    inline: &Option<String>,
+    required: bool,
+) -> Option<Pem> {
+    match (file.as_deref().filter(|s| !s.is_empty()), inline.as_deref()) {
+        (Some(_), Some(_)) => {
+            err(
+                errors,
+                &format!("{prefix}{stem}_pem"),
+                format!("give {stem}_file or {stem}_pem, not both"),
+            );
+            None
+        }
+        (Some(f), None) => Some(Pem::File(PathBuf::from(f))),
+        (None, Some(p)) if p.contains("-----BEGIN ") => Some(Pem::Inline(Arc::from(p))),
+        (None, Some(_)) => {
+            err(
+                errors,
+                &format!("{prefix}{stem}_pem"),
+                "is not PEM (no -----BEGIN line)",
+            );
+            None
+        }
+        (None, None) => {
+            if required {
+                err(errors, &format!("{prefix}{stem}_file"), "is required");
+            }
             None
         }
     }
@@ -279,8 +378,8 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>
     let mut certificates = Vec::new();
     for (i, c) in t.certificates.iter().enumerate() {
         let p = format!("{path}.certificates[{i}]");
-        let cert = file(errors, &format!("{p}.cert_file"), &c.cert_file);
-        let key = file(errors, &format!("{p}.key_file"), &c.key_file);
+        let cert = pem(errors, &format!("{p}."), "cert", &c.cert_file, &c.cert_pem, true);
+        let key = pem(errors, &format!("{p}."), "key", &c.key_file, &c.key_pem, true);
         for (j, n) in c.server_names.iter().enumerate() {
             if !server_name_ok(n) {
                 err(
@@ -290,24 +389,31 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>
                 );
             }
         }
-        if let (Some(cert_file), Some(key_file)) = (cert, key) {
+        if let (Some(cert), Some(key)) = (cert, key) {
             certificates.push(CertificateFiles {
-                cert_file,
-                key_file,
+                cert,
+                key,
                 server_names: c.server_names.clone(),
             });
         }
     }
     let require = t.require_client_certificate.unwrap_or(false);
-    let trusted_ca_file = t.trusted_ca_file.as_ref().filter(|s| !s.is_empty()).map(PathBuf::from);
-    if require && trusted_ca_file.is_none() && !t.certificates.is_empty() {
+    let trusted_ca = pem(
+        errors,
+        &format!("{path}."),
+        "trusted_ca",
+        &t.trusted_ca_file,
+        &t.trusted_ca_pem,
+        false,
+    );
+    if require && trusted_ca.is_none() && !t.certificates.is_empty() {
         err(
             errors,
             &format!("{path}.trusted_ca_file"),
             "is required with require_client_certificate",
         );
     }
-    if t.certificates.is_empty() && trusted_ca_file.is_some() {
+    if t.certificates.is_empty() && trusted_ca.is_some() {
         err(
             errors,
             &format!("{path}.trusted_ca_file"),
@@ -362,7 +468,7 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>
             Some(v) => alpn(errors, &format!("{path}.alpn"), v),
         },
         require_client_certificate: require || t.certificates.is_empty(),
-        trusted_ca_file,
+        trusted_ca,
         min_version: min_version(errors, &format!("{path}.min_version"), &t.min_version),
         forward_client_cert,
         detect_timeout,
@@ -391,11 +497,15 @@ pub fn cluster_tls(
             ClusterTlsMode::Simple
         }
     };
-    let trusted_ca_file = t.trusted_ca_file.as_ref().filter(|s| !s.is_empty()).map(PathBuf::from);
-    let (mut cert_file, mut key_file) = (None, None);
+    let p = format!("{path}.");
+    let trusted_ca = match mode {
+        ClusterTlsMode::Mesh => None,
+        _ => pem(errors, &p, "trusted_ca", &t.trusted_ca_file, &t.trusted_ca_pem, false),
+    };
+    let (mut cert, mut key) = (None, None);
     match mode {
         ClusterTlsMode::Simple | ClusterTlsMode::Mutual => {
-            if trusted_ca_file.is_none() {
+            if trusted_ca.is_none() && t.trusted_ca_pem.is_none() {
                 err(
                     errors,
                     &format!("{path}.trusted_ca_file"),
@@ -403,9 +513,9 @@ pub fn cluster_tls(
                 );
             }
             if mode == ClusterTlsMode::Mutual {
-                cert_file = file(errors, &format!("{path}.cert_file"), &t.cert_file);
-                key_file = file(errors, &format!("{path}.key_file"), &t.key_file);
-            } else if t.cert_file.is_some() || t.key_file.is_some() {
+                cert = pem(errors, &p, "cert", &t.cert_file, &t.cert_pem, true);
+                key = pem(errors, &p, "key", &t.key_file, &t.key_pem, true);
+            } else if t.cert_file.is_some() || t.key_file.is_some() || t.cert_pem.is_some() || t.key_pem.is_some() {
                 err(
                     errors,
                     &format!("{path}.cert_file"),
@@ -416,8 +526,11 @@ pub fn cluster_tls(
         ClusterTlsMode::Mesh => {
             for (f, v) in [
                 ("trusted_ca_file", &t.trusted_ca_file),
+                ("trusted_ca_pem", &t.trusted_ca_pem),
                 ("cert_file", &t.cert_file),
+                ("cert_pem", &t.cert_pem),
                 ("key_file", &t.key_file),
+                ("key_pem", &t.key_pem),
             ] {
                 if v.is_some() {
                     err(
@@ -463,10 +576,10 @@ pub fn cluster_tls(
         suites,
         mode,
         sni,
-        trusted_ca_file,
+        trusted_ca,
         subject_alt_names: t.subject_alt_names.clone(),
-        cert_file,
-        key_file,
+        cert,
+        key,
         alpn: match &t.alpn {
             None if http2 => vec!["h2".into()],
             None => vec!["http/1.1".into()],

@@ -106,3 +106,40 @@ fn suite_errors_name_the_field() {
     let e = weft_config::from_yaml(&y).unwrap_err().to_string();
     assert!(e.contains("clusters[0].tls.suites: sm needs SM2 trust roots"), "{e}");
 }
+
+#[test]
+fn inline_pem_fields() {
+    let cert = "\"-----BEGIN CERTIFICATE-----\\nA\\n-----END CERTIFICATE-----\\n\"";
+    let key = "\"-----BEGIN PRIVATE KEY-----\\nSECRET\\n-----END PRIVATE KEY-----\\n\"";
+    let y = base(
+        &format!("    tls:\n      certificates:\n        - {{ cert_pem: {cert}, key_pem: {key} }}\n      require_client_certificate: true\n      trusted_ca_pem: {cert}\n"),
+        &format!("    tls: {{ mode: mutual, sni: api.example.com, trusted_ca_pem: {cert}, cert_pem: {cert}, key_pem: {key} }}\n"),
+    );
+    let c = weft_config::from_yaml(&y).unwrap();
+    let t = c.listeners[0].tls.as_ref().unwrap();
+    assert!(matches!(&t.certificates[0].key, Pem::Inline(k) if k.contains("SECRET")));
+    assert!(matches!(t.trusted_ca, Some(Pem::Inline(_))));
+    let ct = c.clusters[0].tls.as_ref().unwrap();
+    assert!(matches!(
+        (&ct.cert, &ct.key, &ct.trusted_ca),
+        (Some(Pem::Inline(_)), Some(Pem::Inline(_)), Some(Pem::Inline(_)))
+    ));
+    // What /config_dump shows: never the key.
+    let dump = serde_json::to_string(&c).unwrap();
+    assert!(!dump.contains("SECRET") && dump.contains("(inline PEM, "), "{dump}");
+
+    let y = base(
+        &format!("    tls:\n      certificates:\n        - {{ cert_file: a.crt, cert_pem: {cert}, key_pem: \"not pem\" }}\n"),
+        "    tls: { mode: mutual, sni: api.example.com, trusted_ca_pem: \"x\", cert_pem: \"-----BEGIN CERTIFICATE-----\" }\n",
+    );
+    let e = weft_config::from_yaml(&y).unwrap_err().to_string();
+    for want in [
+        "listeners[0].tls.certificates[0].cert_pem: give cert_file or cert_pem, not both",
+        "listeners[0].tls.certificates[0].key_pem: is not PEM (no -----BEGIN line)",
+        "clusters[0].tls.trusted_ca_pem: is not PEM",
+        "clusters[0].tls.key_file: is required",
+    ] {
+        assert!(e.contains(want), "missing {want:?} in:\n{e}");
+    }
+    assert!(!e.contains("clusters[0].tls.trusted_ca_file: is required"), "{e}");
+}

@@ -91,15 +91,15 @@ pub fn cluster_connector(
             weft_tls::ClientCert::Mesh(state.mesh.clone()),
         ),
         mode => {
-            let ca = t.trusted_ca_file.as_deref().ok_or_else(|| TlsError::Invalid {
+            let ca = t.trusted_ca.as_ref().map(pem_source).ok_or_else(|| TlsError::Invalid {
                 field: format!("{field}trusted_ca_file"),
                 reason: "is required".into(),
             })?;
-            let roots = weft_tls::pem::read_roots(&format!("{field}trusted_ca_file"), ca)?;
-            let cert = match (mode, &t.cert_file, &t.key_file) {
-                (ClusterTlsMode::Mutual, Some(c), Some(k)) => {
-                    weft_tls::ClientCert::Static(weft_tls::pem::load_certified_key(field, c, k)?)
-                }
+            let roots = weft_tls::pem::roots(&ca.field(field, "trusted_ca"), &ca)?;
+            let cert = match (mode, &t.cert, &t.key) {
+                (ClusterTlsMode::Mutual, Some(c), Some(k)) => weft_tls::ClientCert::Static(
+                    weft_tls::pem::load_certified_key(field, &pem_source(c), &pem_source(k))?,
+                ),
                 _ => weft_tls::ClientCert::None,
             };
             (weft_tls::Trust::Roots(roots), cert)
@@ -115,6 +115,14 @@ pub fn cluster_connector(
         field,
     )?;
     Ok(weft_tls::Connector::new(cfg, &t.sni, field)?.with_counters(state.stats.counters(Side::Upstream, cluster)))
+}
+
+/// The model's PEM (a file or inline) as the TLS layer reads it.
+fn pem_source(p: &weft_config::tls::Pem) -> weft_tls::PemSource {
+    match p {
+        weft_config::tls::Pem::File(f) => weft_tls::PemSource::File(f.clone()),
+        weft_config::tls::Pem::Inline(s) => weft_tls::PemSource::Inline(s.clone()),
+    }
 }
 
 /// A listener's TLS for one configuration generation.
@@ -144,8 +152,8 @@ impl ListenerTlsRt {
                     .enumerate()
                     .map(|(i, c)| weft_tls::CertFiles {
                         field: format!("{field}certificates[{i}]."),
-                        cert_file: c.cert_file.clone(),
-                        key_file: c.key_file.clone(),
+                        cert: pem_source(&c.cert),
+                        key: pem_source(&c.key),
                         server_names: c.server_names.clone(),
                     })
                     .collect();
@@ -160,13 +168,13 @@ impl ListenerTlsRt {
                 }
                 if let Some(f) = r.sm_fields().first().filter(|_| !sm) {
                     return Err(TlsError::Invalid {
-                        field: format!("{f}cert_file"),
+                        field: f.clone(),
                         reason: "an SM2 certificate needs `sm` in the listener's tls.suites".into(),
                     });
                 }
-                let auth = match &cfg.trusted_ca_file {
+                let auth = match cfg.trusted_ca.as_ref().map(pem_source) {
                     Some(ca) => {
-                        let roots = weft_tls::pem::read_roots(&format!("{field}trusted_ca_file"), ca)?;
+                        let roots = weft_tls::pem::roots(&ca.field(field, "trusted_ca"), &ca)?;
                         if cfg.require_client_certificate {
                             weft_tls::ClientAuth::Required(roots)
                         } else {

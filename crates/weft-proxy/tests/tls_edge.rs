@@ -372,6 +372,28 @@ async fn originates_tls_with_a_client_certificate_to_nginx() {
         assert_eq!(hs, Some(1.0), "{protocol}");
     }
 
+    // The same with the CA, certificate and key given inline (`*_pem`) instead of as files.
+    let pem = |f: &str| serde_json::to_string(&std::fs::read_to_string(c.dir.join(f)).unwrap()).unwrap();
+    let yaml = origination_yaml(
+        &c,
+        nginx.port,
+        "http1",
+        &format!(
+            "{{ mode: mutual, sni: upstream.example.com, trusted_ca_pem: {}, cert_pem: {}, key_pem: {} }}",
+            pem("ca.crt"),
+            pem("client.crt"),
+            pem("client.key")
+        ),
+    );
+    let proxy = start_proxy(&yaml);
+    let got = get(proxy.listener_addr("web").unwrap(), "/x").await;
+    let body = got.text();
+    assert_eq!(got.status, 200, "inline: {body}");
+    assert!(
+        body.contains("client=CN=weft-client.example.com") && body.contains("verify=SUCCESS"),
+        "inline: {body}"
+    );
+
     // Secure naming against nginx: a SAN list the server's certificate does not match fails the
     // handshake (counted as wrong_identity), and the client gets 503.
     let yaml = origination_yaml(

@@ -31,6 +31,7 @@ pub use config::{
 pub use error::TlsError;
 pub use mesh::MeshIdentity;
 pub use peer::{FailureReason, PeerIdentity};
+pub use pem::PemSource;
 pub use resolver::{CertFiles, SniResolver};
 pub use rustls;
 pub use tokio_rustls;

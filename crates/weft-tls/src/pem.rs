@@ -5,8 +5,61 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use std::path::Path;
+use std::borrow::Cow;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Where PEM data comes from: a file (listener certificates are re-read when it changes), or
+/// memory: a configuration's `*_pem` fields, xDS `inline_bytes`/`inline_string`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PemSource {
+    File(PathBuf),
+    Inline(Arc<str>),
+}
+
+/// Never prints inline data: it may be a private key.
+impl fmt::Debug for PemSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(p) => write!(f, "File({})", p.display()),
+            PemSource::Inline(s) => write!(f, "Inline({} bytes)", s.len()),
+        }
+    }
+}
+
+impl PemSource {
+    /// The configuration field this source came from: `<prefix><stem>_file` or `<prefix><stem>_pem`.
+    pub fn field(&self, prefix: &str, stem: &str) -> String {
+        match self {
+            PemSource::File(_) => format!("{prefix}{stem}_file"),
+            PemSource::Inline(_) => format!("{prefix}{stem}_pem"),
+        }
+    }
+
+    /// The file, if it is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            PemSource::File(p) => Some(p),
+            PemSource::Inline(_) => None,
+        }
+    }
+
+    /// What errors name as the origin of the data: the file, or `(inline PEM)`.
+    fn origin(&self) -> PathBuf {
+        match self {
+            PemSource::File(p) => p.clone(),
+            PemSource::Inline(_) => PathBuf::from("(inline PEM)"),
+        }
+    }
+
+    fn bytes(&self, field: &str) -> Result<Cow<'_, [u8]>, TlsError> {
+        match self {
+            PemSource::File(p) => read(field, p).map(Cow::Owned),
+            PemSource::Inline(s) => Ok(Cow::Borrowed(s.as_bytes())),
+        }
+    }
+}
 
 fn read(field: &str, path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
@@ -42,18 +95,23 @@ pub fn key_from_pem(pem: &[u8]) -> Result<PrivateKeyDer<'static>, String> {
 
 /// The certificate chain (leaf first) in the file `path`, read for configuration field `field`.
 pub fn read_certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    certs_from_pem(&read(field, path)?).map_err(|reason| TlsError::Pem {
+    certs(field, &PemSource::File(path.to_path_buf()))
+}
+
+/// The certificate chain (leaf first) from `src`, read for configuration field `field`.
+pub fn certs(field: &str, src: &PemSource) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    certs_from_pem(&src.bytes(field)?).map_err(|reason| TlsError::Pem {
         field: field.to_string(),
-        path: path.to_path_buf(),
+        path: src.origin(),
         reason,
     })
 }
 
-/// The private key in the file `path`.
-pub fn read_key(field: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    key_from_pem(&read(field, path)?).map_err(|reason| TlsError::Pem {
+/// The private key from `src`.
+pub fn key(field: &str, src: &PemSource) -> Result<PrivateKeyDer<'static>, TlsError> {
+    key_from_pem(&src.bytes(field)?).map_err(|reason| TlsError::Pem {
         field: field.to_string(),
-        path: path.to_path_buf(),
+        path: src.origin(),
         reason,
     })
 }
@@ -76,13 +134,15 @@ pub fn certified_key(
     }
 }
 
-/// Certificate chain and key from two files (`<field>.cert_file`, `<field>.key_file`).
-pub fn load_certified_key(field: &str, cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
-    let chain = read_certs(&format!("{field}cert_file"), cert_file)?;
-    let key = read_key(&format!("{field}key_file"), key_file)?;
+/// Certificate chain and key from two sources (fields `<field>cert_file` or `<field>cert_pem`,
+/// and `<field>key_file` or `<field>key_pem`).
+pub fn load_certified_key(field: &str, cert: &PemSource, key_src: &PemSource) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = certs(&cert.field(field, "cert"), cert)?;
+    let key_field = key_src.field(field, "key");
+    let key = key(&key_field, key_src)?;
     certified_key(chain, key).map_err(|reason| TlsError::Key {
-        field: format!("{field}key_file"),
-        path: key_file.to_path_buf(),
+        field: key_field,
+        path: key_src.origin(),
         reason,
     })
 }
@@ -99,10 +159,15 @@ pub fn root_store(certs: &[CertificateDer<'static>]) -> Result<RootCertStore, St
 
 /// The trust roots in the file `path`.
 pub fn read_roots(field: &str, path: &Path) -> Result<Arc<RootCertStore>, TlsError> {
-    let certs = read_certs(field, path)?;
+    roots(field, &PemSource::File(path.to_path_buf()))
+}
+
+/// The trust roots from `src`.
+pub fn roots(field: &str, src: &PemSource) -> Result<Arc<RootCertStore>, TlsError> {
+    let certs = certs(field, src)?;
     root_store(&certs).map(Arc::new).map_err(|reason| TlsError::Pem {
         field: field.to_string(),
-        path: path.to_path_buf(),
+        path: src.origin(),
         reason,
     })
 }

@@ -6,20 +6,20 @@
 //! line, and the previous certificate keeps serving.
 
 use crate::error::TlsError;
+use crate::pem::PemSource;
 use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-/// One certificate of a listener, from files.
+/// One certificate of a listener, from files (re-read when they change) or inline PEM (fixed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertFiles {
     /// The field path for errors, e.g. `certificates[0].` (ends with a dot).
     pub field: String,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    pub cert: PemSource,
+    pub key: PemSource,
     /// SNI names this certificate serves (exact, or `*.example.com`); empty: the default.
     pub server_names: Vec<String>,
 }
@@ -35,9 +35,13 @@ struct Entry {
     mtimes: ArcSwap<(Option<SystemTime>, Option<SystemTime>)>,
 }
 
+/// Inline PEM has no modification time, so it never reloads.
 fn mtimes(f: &CertFiles) -> (Option<SystemTime>, Option<SystemTime>) {
-    let m = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    (m(&f.cert_file), m(&f.key_file))
+    let m = |s: &PemSource| {
+        s.path()
+            .and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    (m(&f.cert), m(&f.key))
 }
 
 /// Picks a certificate by the ClientHello's server name: an exact name, then a wildcard, then the
@@ -73,7 +77,7 @@ impl SniResolver {
         let mut entries = Vec::new();
         for f in files {
             let times = mtimes(f);
-            let key = crate::pem::load_certified_key(&f.field, &f.cert_file, &f.key_file)?;
+            let key = crate::pem::load_certified_key(&f.field, &f.cert, &f.key)?;
             entries.push(Entry {
                 files: f.clone(),
                 sm: weft_sm::is_sm2(key.key.as_ref()),
@@ -94,17 +98,17 @@ impl SniResolver {
                 continue;
             }
             e.mtimes.store(Arc::new(now));
-            match crate::pem::load_certified_key(&e.files.field, &e.files.cert_file, &e.files.key_file) {
+            match crate::pem::load_certified_key(&e.files.field, &e.files.cert, &e.files.key) {
                 Ok(k) if weft_sm::is_sm2(k.key.as_ref()) != e.sm => {
                     tracing::error!(
-                        cert_file = %e.files.cert_file.display(),
+                        cert = ?e.files.cert,
                         "TLS certificate change refused: it changes the key type (SM2 / standard); the previous certificate keeps serving"
                     );
                 }
                 Ok(k) => {
                     e.key.store(k);
                     n += 1;
-                    tracing::info!(cert_file = %e.files.cert_file.display(), "TLS certificate reloaded");
+                    tracing::info!(cert = ?e.files.cert, "TLS certificate reloaded");
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "TLS certificate change refused; the previous certificate keeps serving");
@@ -124,12 +128,12 @@ impl SniResolver {
         self.entries.iter().any(|e| e.sm)
     }
 
-    /// The field paths of the SM2 certificates (`certificates[1].`).
+    /// The certificate fields of the SM2 certificates (`certificates[1].cert_file`, or `cert_pem`).
     pub fn sm_fields(&self) -> Vec<String> {
         self.entries
             .iter()
             .filter(|e| e.sm)
-            .map(|e| e.files.field.clone())
+            .map(|e| e.files.cert.field(&e.files.field, "cert"))
             .collect()
     }
 

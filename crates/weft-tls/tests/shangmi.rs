@@ -54,20 +54,20 @@ async fn listener(suites: Vec<Suite>) -> Setup {
     let files = vec![
         CertFiles {
             field: "certificates[0].".into(),
-            cert_file: ec,
-            key_file: ek,
+            cert: PemSource::File(ec),
+            key: PemSource::File(ek),
             server_names: vec!["sm.test".into()],
         },
         CertFiles {
             field: "certificates[1].".into(),
-            cert_file: dir.join("sm.crt"),
-            key_file: dir.join("sm.key"),
+            cert: PemSource::File(dir.join("sm.crt")),
+            key: PemSource::File(dir.join("sm.key")),
             server_names: vec!["sm.test".into()],
         },
     ];
     let resolver = SniResolver::from_files(&files).unwrap();
     assert!(resolver.has_sm());
-    assert_eq!(resolver.sm_fields(), vec!["certificates[1].".to_string()]);
+    assert_eq!(resolver.sm_fields(), vec!["certificates[1].cert_file".to_string()]);
     let settings = ServerSettings {
         alpn: vec![],
         min_version: TlsVersion::V12,

@@ -82,14 +82,14 @@ async fn sni_selects_and_files_reload_in_place() {
     let files = vec![
         CertFiles {
             field: "certificates[0].".into(),
-            cert_file: ac.clone(),
-            key_file: ak.clone(),
+            cert: PemSource::File(ac.clone()),
+            key: PemSource::File(ak.clone()),
             server_names: vec!["a.example.com".into()],
         },
         CertFiles {
             field: "certificates[1].".into(),
-            cert_file: bc,
-            key_file: bk,
+            cert: PemSource::File(bc),
+            key: PemSource::File(bk),
             server_names: vec!["*.b.example.com".into()],
         },
     ];
@@ -142,8 +142,8 @@ fn bad_files_name_the_field() {
     let f = |cert: &std::path::Path, key: &std::path::Path| {
         SniResolver::from_files(&[CertFiles {
             field: "certificates[0].".into(),
-            cert_file: cert.to_path_buf(),
-            key_file: key.to_path_buf(),
+            cert: PemSource::File(cert.to_path_buf()),
+            key: PemSource::File(key.to_path_buf()),
             server_names: vec![],
         }])
         .unwrap_err()
@@ -170,6 +170,48 @@ fn bad_files_name_the_field() {
         e.starts_with("certificates[0].key_file:") && e.contains("does not match"),
         "{e}"
     );
+}
+
+#[test]
+fn inline_pem_serves_and_its_errors_name_the_pem_fields() {
+    let ca = Ca::new("CA");
+    let a = ca.leaf_dns(&["a.example.com"]);
+    let inline = |s: &str| PemSource::Inline(Arc::from(s));
+    let r = SniResolver::from_files(&[CertFiles {
+        field: "certificates[0].".into(),
+        cert: inline(&a.cert_pem),
+        key: inline(&a.key_pem),
+        server_names: vec![],
+    }])
+    .unwrap();
+    let picked = r.select(Some("a.example.com")).unwrap();
+    let leaf = CertificateDer::from_pem_slice(a.cert_pem.as_bytes()).unwrap();
+    assert_eq!(picked.cert[0], leaf);
+    // Nothing to poll: inline PEM never reloads.
+    assert_eq!(r.reload_changed(), 0);
+    let err = |cert: &str, key: &str| {
+        SniResolver::from_files(&[CertFiles {
+            field: "certificates[0].".into(),
+            cert: inline(cert),
+            key: inline(key),
+            server_names: vec![],
+        }])
+        .unwrap_err()
+        .to_string()
+    };
+    let e = err(&a.key_pem, &a.key_pem);
+    assert_eq!(e, "certificates[0].cert_pem: (inline PEM): no CERTIFICATE block");
+    let other = ca.leaf_dns(&["b.example.com"]);
+    let e = err(&a.cert_pem, &other.key_pem);
+    assert!(
+        e.starts_with("certificates[0].key_pem: (inline PEM):") && e.contains("does not match"),
+        "{e}"
+    );
+    // The key never appears in a Debug rendering.
+    let dbg = format!("{:?}", inline(&a.key_pem));
+    assert!(!dbg.contains("PRIVATE KEY"), "{dbg}");
+    let roots = weft_tls::pem::roots("trusted_ca_pem", &inline(&ca.cert_pem)).unwrap();
+    assert_eq!(roots.len(), 1);
 }
 
 fn mesh(ca: &Ca, id: &str) -> Arc<MeshIdentity> {
@@ -266,8 +308,8 @@ async fn expired_server_certificate_is_classified() {
     let (c, k) = ca.leaf_expired("old.example.com").write(&dir, "old");
     let resolver = SniResolver::from_files(&[CertFiles {
         field: String::new(),
-        cert_file: c,
-        key_file: k,
+        cert: PemSource::File(c),
+        key: PemSource::File(k),
         server_names: vec![],
     }])
     .unwrap();

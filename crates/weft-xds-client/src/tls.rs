@@ -13,17 +13,29 @@ pub use weft_xds_api::type_url::{
 };
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
 
-fn file(errs: &mut Errs, path: &str, d: &Option<core::DataSource>) -> Option<String> {
+/// A PEM data source: `(file, inline PEM)`, one of them set (both None on error).
+fn pem(errs: &mut Errs, path: &str, d: &Option<core::DataSource>) -> (Option<String>, Option<String>) {
     use core::data_source::Specifier;
     match d.as_ref().and_then(|d| d.specifier.as_ref()) {
-        Some(Specifier::Filename(f)) if !f.is_empty() => Some(f.clone()),
-        Some(_) => {
-            errs.add(path, "only filename data sources are supported (or SDS default/ROOTCA)");
-            None
+        Some(Specifier::Filename(f)) if !f.is_empty() => (Some(f.clone()), None),
+        Some(Specifier::InlineString(s)) if !s.is_empty() => (None, Some(s.clone())),
+        Some(Specifier::InlineBytes(b)) if !b.is_empty() => match String::from_utf8(b.clone()) {
+            Ok(s) => (None, Some(s)),
+            Err(_) => {
+                errs.add(&format!("{path}.inline_bytes"), "is not PEM text (not UTF-8)");
+                (None, None)
+            }
+        },
+        Some(Specifier::EnvironmentVariable(_)) => {
+            errs.add(
+                &format!("{path}.environment_variable"),
+                "unsupported (give filename, inline_bytes or inline_string; or SDS default/ROOTCA)",
+            );
+            (None, None)
         }
-        None => {
+        _ => {
             errs.add(path, "is required");
-            None
+            (None, None)
         }
     }
 }
@@ -111,12 +123,12 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     match common.tls_certificates.as_slice() {
         [] => {}
         [c] if !mesh_cert => {
-            out.cert_file = file(
+            (out.cert_file, out.cert_pem) = pem(
                 errs,
                 &format!("{p}.tls_certificates[0].certificate_chain"),
                 &c.certificate_chain,
             );
-            out.key_file = file(errs, &format!("{p}.tls_certificates[0].private_key"), &c.private_key);
+            (out.key_file, out.key_pem) = pem(errs, &format!("{p}.tls_certificates[0].private_key"), &c.private_key);
         }
         _ => errs.add(
             &format!("{p}.tls_certificates"),
@@ -157,7 +169,7 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     if let Some(v) = &vc {
         let vp = format!("{p}.validation_context");
         if v.trusted_ca.is_some() {
-            out.trusted_ca_file = file(errs, &format!("{vp}.trusted_ca"), &v.trusted_ca);
+            (out.trusted_ca_file, out.trusted_ca_pem) = pem(errs, &format!("{vp}.trusted_ca"), &v.trusted_ca);
         }
         use weft_xds_api::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
         for (i, m) in v.match_typed_subject_alt_names.iter().enumerate() {
@@ -184,7 +196,7 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     out.mode = Some(
         match (mesh_cert, mesh_roots) {
             (true, true) => "mesh",
-            (false, false) if out.cert_file.is_some() => "mutual",
+            (false, false) if out.cert_file.is_some() || out.cert_pem.is_some() => "mutual",
             (false, false) => "simple",
             _ => {
                 errs.add(
@@ -197,7 +209,7 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
         .into(),
     );
     if mesh_cert && mesh_roots {
-        out.trusted_ca_file = None;
+        (out.trusted_ca_file, out.trusted_ca_pem) = (None, None);
     }
     Some(out)
 }
@@ -322,15 +334,17 @@ pub fn listener_tls(
         ),
         [] => {}
         [c] if !mesh_cert => {
-            let cert_file = file(
+            let (cert_file, cert_pem) = pem(
                 errs,
                 &format!("{p}.tls_certificates[0].certificate_chain"),
                 &c.certificate_chain,
             );
-            let key_file = file(errs, &format!("{p}.tls_certificates[0].private_key"), &c.private_key);
+            let (key_file, key_pem) = pem(errs, &format!("{p}.tls_certificates[0].private_key"), &c.private_key);
             out.certificates.push(weft_config::tls::RawCertificate {
                 cert_file,
                 key_file,
+                cert_pem,
+                key_pem,
                 server_names: server_names.to_vec(),
             });
         }
@@ -375,7 +389,7 @@ pub fn listener_tls(
     }
     if let Some((vp, v)) = &vc {
         if v.trusted_ca.is_some() {
-            out.trusted_ca_file = file(errs, &format!("{vp}.trusted_ca"), &v.trusted_ca);
+            (out.trusted_ca_file, out.trusted_ca_pem) = pem(errs, &format!("{vp}.trusted_ca"), &v.trusted_ca);
         }
         #[allow(deprecated)]
         let legacy_sans = !v.match_subject_alt_names.is_empty();
@@ -407,10 +421,10 @@ pub fn listener_tls(
     let require = ctx.require_client_certificate.as_ref().is_some_and(|b| b.value);
     match (mesh_cert, mesh_roots) {
         (true, true) => {
-            if out.trusted_ca_file.is_some() {
+            if out.trusted_ca_file.is_some() || out.trusted_ca_pem.is_some() {
                 errs.add(
                     &p,
-                    "the mesh roots (SDS \"ROOTCA\") and a trusted_ca file cannot be combined",
+                    "the mesh roots (SDS \"ROOTCA\") and a trusted_ca cannot be combined",
                 );
             }
             if !require {
@@ -429,7 +443,7 @@ pub fn listener_tls(
         (false, false) => {
             if require {
                 out.require_client_certificate = Some(true);
-                if out.trusted_ca_file.is_none() {
+                if out.trusted_ca_file.is_none() && out.trusted_ca_pem.is_none() {
                     errs.add(
                         &format!("{dp}.require_client_certificate"),
                         "needs a validation context with trusted_ca",

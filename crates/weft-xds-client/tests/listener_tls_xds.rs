@@ -230,7 +230,7 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
         e.contains("filter_chains[0].transport_socket.typed_config.require_client_certificate: must be true"),
         "{e}"
     );
-    // Another SDS name; an inline key.
+    // Another SDS name; a key from an environment variable.
     let mut ctx = base.clone();
     ctx.common_tls_context
         .as_mut()
@@ -246,7 +246,7 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
             tls_certificates: vec![tls::TlsCertificate {
                 certificate_chain: file("/etc/a.crt"),
                 private_key: Some(core::DataSource {
-                    specifier: Some(core::data_source::Specifier::InlineString("KEY".into())),
+                    specifier: Some(core::data_source::Specifier::EnvironmentVariable("KEY".into())),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -257,7 +257,7 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
     };
     let e = refused(vec![chain("tls", "tls", &[], Some(&inline))]);
     assert!(
-        e.contains("tls_certificates[0].private_key: only filename data sources"),
+        e.contains("tls_certificates[0].private_key.environment_variable: unsupported"),
         "{e}"
     );
     // A plaintext chain without a TLS twin beside a TLS chain (different filters).
@@ -443,4 +443,172 @@ async fn a_permissive_mesh_listener_over_ads_terminates_mtls_and_serves_plaintex
         .await
         .expect("mTLS handshake");
     assert!(request_over(tls).await.starts_with("HTTP/1.1 200"));
+}
+
+fn inline_bytes(pem: &str) -> Option<core::DataSource> {
+    Some(core::DataSource {
+        specifier: Some(core::data_source::Specifier::InlineBytes(pem.as_bytes().to_vec())),
+        ..Default::default()
+    })
+}
+
+fn inline_string(pem: &str) -> Option<core::DataSource> {
+    Some(core::DataSource {
+        specifier: Some(core::data_source::Specifier::InlineString(pem.into())),
+        ..Default::default()
+    })
+}
+
+/// An edge certificate given inline (what go-control-plane and most xDS servers send).
+fn inline_ctx(chain: Option<core::DataSource>, key: Option<core::DataSource>) -> tls::DownstreamTlsContext {
+    tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: vec![tls::TlsCertificate {
+                certificate_chain: chain,
+                private_key: key,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A TLS client trusting `ca`, sending `sni`.
+fn edge_client(ca: &weft_tls::testcerts::Ca, sni: &str) -> weft_tls::Connector {
+    let roots = weft_tls::pem::roots("ca", &weft_tls::PemSource::Inline(ca.cert_pem.as_str().into())).unwrap();
+    let cfg = weft_tls::client_config(
+        weft_tls::Trust::Roots(roots),
+        vec![],
+        weft_tls::ClientCert::None,
+        vec![b"http/1.1".to_vec()],
+        weft_tls::TlsVersion::V12,
+        "",
+    )
+    .unwrap();
+    weft_tls::Connector::new(cfg, sni, "").unwrap()
+}
+
+#[test]
+fn inline_data_sources_become_pem_fields_and_env_vars_are_refused() {
+    let ca = weft_tls::testcerts::Ca::new("edge root");
+    let leaf = ca.leaf_dns(&["a.example.com"]);
+    let mut ctx = inline_ctx(inline_bytes(&leaf.cert_pem), inline_string(&leaf.key_pem));
+    if let Some(c) = ctx.common_tls_context.as_mut() {
+        c.validation_context_type = Some(tls::common_tls_context::ValidationContextType::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca: inline_string(&ca.cert_pem),
+                ..Default::default()
+            },
+        ));
+    }
+    let t = converted(&listener_of(vec![chain("a", "tls", &["a.example.com"], Some(&ctx))])).unwrap();
+    let c = &t.certificates[0];
+    assert_eq!((c.cert_file.as_deref(), c.key_file.as_deref()), (None, None));
+    assert_eq!(c.cert_pem.as_deref(), Some(leaf.cert_pem.as_str()));
+    assert_eq!(c.key_pem.as_deref(), Some(leaf.key_pem.as_str()));
+    assert_eq!(t.trusted_ca_pem.as_deref(), Some(ca.cert_pem.as_str()));
+    // The private key never shows in a Debug rendering of the converted block.
+    assert!(!format!("{t:?}").contains("PRIVATE KEY"), "{t:?}");
+
+    let env = Some(core::DataSource {
+        specifier: Some(core::data_source::Specifier::EnvironmentVariable("KEY".into())),
+        ..Default::default()
+    });
+    let e = converted(&listener_of(vec![chain(
+        "a",
+        "tls",
+        &[],
+        Some(&inline_ctx(inline_bytes(&leaf.cert_pem), env)),
+    )]))
+    .unwrap_err();
+    assert!(
+        e.contains("tls_certificates[0].private_key.environment_variable: unsupported"),
+        "{e}"
+    );
+    let e = converted(&listener_of(vec![chain(
+        "a",
+        "tls",
+        &[],
+        Some(&inline_ctx(
+            inline_bytes(&leaf.cert_pem),
+            Some(core::DataSource {
+                specifier: Some(core::data_source::Specifier::InlineBytes(vec![0xff, 0xfe])),
+                ..Default::default()
+            }),
+        )),
+    )]))
+    .unwrap_err();
+    assert!(e.contains("private_key.inline_bytes: is not PEM text"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_certificates_over_ads_are_served_by_sni_and_a_bad_one_is_nacked() {
+    let ca = weft_tls::testcerts::Ca::new("edge root");
+    let a = ca.leaf_dns(&["a.example.com"]);
+    let b = ca.leaf_dns(&["b.example.com"]);
+    let app = weft_test_support::upstream(|_| async move { weft_test_support::text(200, "edge app") }).await;
+    let cp = Cp::start().await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    cp.sotw_req(0, CLUSTER).await;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("app")]);
+    cp.reply_to(m, "n1").await;
+    let m = cp.mark();
+    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("app", &[app.addr])]);
+    cp.reply_to(m, "n2").await;
+
+    // Two chains, each with its certificate inline (bytes for one, a string for the other).
+    let l = listener_of(vec![
+        chain(
+            "a",
+            "tls",
+            &["a.example.com"],
+            Some(&inline_ctx(inline_bytes(&a.cert_pem), inline_bytes(&a.key_pem))),
+        ),
+        chain(
+            "b",
+            "tls",
+            &["b.example.com"],
+            Some(&inline_ctx(inline_string(&b.cert_pem), inline_string(&b.key_pem))),
+        ),
+    ]);
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n3", vec![pack(type_url::LISTENER, &l)]);
+    let ack = cp.reply_to(m, "n3").await;
+    assert!(ack.error().is_none(), "{:?}", ack.error());
+    let addr = p.wait_listener("inbound").await;
+    for (sni, leaf) in [("a.example.com", &a), ("b.example.com", &b)] {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let s = edge_client(&ca, sni).connect(tcp).await.expect("TLS handshake");
+        let served = s.get_ref().1.peer_certificates().unwrap()[0].clone();
+        let want = weft_tls::pem::certs("x", &weft_tls::PemSource::Inline(leaf.cert_pem.as_str().into())).unwrap();
+        assert_eq!(served, want[0], "the certificate for {sni}");
+        let resp = request_over(s).await;
+        assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("edge app"), "{resp}");
+    }
+
+    // A key that does not match its certificate: NACKed naming the inline field, and the
+    // listener keeps serving its previous certificates.
+    let bad = listener_of(vec![chain(
+        "a",
+        "tls",
+        &["a.example.com"],
+        Some(&inline_ctx(inline_bytes(&a.cert_pem), inline_bytes(&b.key_pem))),
+    )]);
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l2", "n4", vec![pack(type_url::LISTENER, &bad)]);
+    let nack = cp.reply_to(m, "n4").await;
+    let e = nack.error().expect("a NACK");
+    assert!(
+        e.contains("certificates[0].key_pem") && e.contains("does not match"),
+        "{e}"
+    );
+    assert!(!e.contains("PRIVATE KEY"), "the key leaked into the NACK: {e}");
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let s = edge_client(&ca, "b.example.com")
+        .connect(tcp)
+        .await
+        .expect("still served");
+    assert!(request_over(s).await.starts_with("HTTP/1.1 200"));
 }

@@ -116,13 +116,55 @@ fn files_are_simple_or_mutual() {
 }
 
 #[test]
+fn inline_pem_is_mutual_with_pem_fields() {
+    use tls::common_tls_context::ValidationContextType;
+    let inline = |s: &str| {
+        Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::InlineBytes(s.as_bytes().to_vec())),
+            ..Default::default()
+        })
+    };
+    let (chain, key, ca) = (
+        "-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----\n",
+        "-----BEGIN PRIVATE KEY-----\nB\n-----END PRIVATE KEY-----\n",
+        "-----BEGIN CERTIFICATE-----\nC\n-----END CERTIFICATE-----\n",
+    );
+    let ctx = tls::UpstreamTlsContext {
+        sni: "api.example.com".into(),
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: vec![tls::TlsCertificate {
+                certificate_chain: inline(chain),
+                private_key: inline(key),
+                ..Default::default()
+            }],
+            validation_context_type: Some(ValidationContextType::ValidationContext(
+                tls::CertificateValidationContext {
+                    trusted_ca: inline(ca),
+                    ..Default::default()
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut errs = Errs::default();
+    let t = cluster_tls(&mut errs, &socket(ctx)).unwrap();
+    assert!(errs.0.is_empty(), "{:?}", errs.0);
+    assert_eq!(t.mode.as_deref(), Some("mutual"));
+    assert_eq!((t.cert_file.as_deref(), t.cert_pem.as_deref()), (None, Some(chain)));
+    assert_eq!(t.key_pem.as_deref(), Some(key));
+    assert_eq!(t.trusted_ca_pem.as_deref(), Some(ca));
+    assert!(!format!("{t:?}").contains("PRIVATE KEY"), "the key in Debug: {t:?}");
+}
+
+#[test]
 fn unsupported_contexts_are_refused_naming_the_field() {
     let ctx = tls::UpstreamTlsContext {
         common_tls_context: Some(tls::CommonTlsContext {
             tls_certificate_sds_secret_configs: vec![sds("file-cert:/x")],
             tls_certificates: vec![tls::TlsCertificate {
                 certificate_chain: Some(core::DataSource {
-                    specifier: Some(core::data_source::Specifier::InlineString("PEM".into())),
+                    specifier: Some(core::data_source::Specifier::EnvironmentVariable("CHAIN".into())),
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -139,7 +181,7 @@ fn unsupported_contexts_are_refused_naming_the_field() {
         "{all}"
     );
     assert!(
-        all.contains("common_tls_context.tls_certificates[0].certificate_chain: only filename data sources"),
+        all.contains("common_tls_context.tls_certificates[0].certificate_chain.environment_variable: unsupported"),
         "{all}"
     );
     // A plaintext socket is no TLS at all.
