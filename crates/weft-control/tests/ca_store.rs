@@ -1,0 +1,234 @@
+//! The mesh CA shared by replicas through a real etcd (`--ca-store etcd://...`): two control planes
+//! started together over an empty etcd end up with one CA (same root, trust domain and token key);
+//! what one issues the other renews; the private keys in etcd are sealed; a wrong key file, another
+//! trust domain or another --ca-cert stop the start with a message naming both sides.
+
+mod common;
+
+use common::TempDir;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use weft_control::ca::store::{load_shared, load_tokens, CaStore, Kek};
+use weft_control::ca::{Ca, CaOptions};
+use weft_control::{ControlOptions, ControlPlane};
+use weft_identity::client::{fetch, parse_pem_certs, Auth};
+use weft_identity::SpiffeId;
+use weft_test_support::{eventually_blocking, free_addr};
+
+/// A throwaway single-member etcd (Debian's `etcd` server) on ephemeral loopback ports.
+struct Etcd {
+    child: Child,
+    client: SocketAddr,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Etcd {
+    fn start(data: &std::path::Path) -> Option<Etcd> {
+        if weft_test_support::peers::on_path("etcd").is_none() || weft_test_support::peers::on_path("etcdctl").is_none()
+        {
+            weft_test_support::peers::missing("etcd and etcdctl", "scripts/install-peers installs them");
+            return None;
+        }
+        let (client, peer) = (free_addr(), free_addr());
+        let c = format!("http://{client}");
+        let p = format!("http://{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(data)
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
+            .args(["--initial-cluster", &format!("t={p}"), "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start etcd");
+        let e = Etcd { child, client };
+        eventually_blocking("etcd healthy", Duration::from_secs(20), || {
+            e.ctl(&["endpoint", "health"]).map(|_| ())
+        });
+        Some(e)
+    }
+
+    /// etcdctl's stdout, None when it failed.
+    fn ctl(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.client.to_string(), "--command-timeout", "3s"])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+async fn start_cp(reg: &TempDir, ca: Arc<Ca>) -> ControlPlane {
+    let mut o = ControlOptions::new(reg.path());
+    o.ca = Some(ca);
+    o.admin = None;
+    ControlPlane::start(o).await.unwrap()
+}
+
+fn last_cert(chain_pem: &str) -> Vec<u8> {
+    parse_pem_certs(&[chain_pem.to_string()]).unwrap().pop().unwrap()
+}
+
+fn opts() -> CaOptions {
+    // The directory is not used with a store.
+    CaOptions::new("")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_started_together_over_an_empty_etcd_share_one_sealed_ca() {
+    let dir = TempDir::new("ca-store");
+    let Some(etcd) = Etcd::start(&dir.join("etcd-data")) else {
+        return;
+    };
+    let reg = TempDir::new("ca-store-reg");
+    // The key file: 32 raw random bytes (`head -c 32 /dev/urandom`).
+    let mut kek_bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut kek_bytes).unwrap();
+    let kek_file = dir.join("ca-store.key");
+    std::fs::write(&kek_file, kek_bytes).unwrap();
+    let store = CaStore::parse(&format!("etcd://{}/mesh/ca/", etcd.client)).unwrap();
+    let (kek_a, kek_b) = (Kek::load(&kek_file).unwrap(), Kek::load(&kek_file).unwrap());
+
+    // Both replicas start at once over the empty store: one creates the CA, the other reads it.
+    let started = Instant::now();
+    let (o_a, o_b) = (opts(), opts());
+    let (a, b) = tokio::join!(load_shared(&o_a, &store, &kek_a), load_shared(&o_b, &store, &kek_b));
+    let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+    eprintln!("two replicas loaded the shared CA in {:?}", started.elapsed());
+    assert_eq!(a.root_pem(), b.root_pem());
+    assert_eq!(a.trust_domain(), "cluster.local");
+    assert_eq!(b.trust_domain(), "cluster.local");
+
+    // The record in etcd: the certificate in clear, the keys sealed (no PEM key, no token key).
+    let value = etcd.ctl(&["get", "/mesh/ca/ca", "--print-value-only"]).unwrap();
+    let rec: serde_json::Value = serde_json::from_str(value.trim()).unwrap();
+    assert!(!value.contains("PRIVATE KEY"), "{value}");
+    assert!(rec["key"].as_str().unwrap().starts_with("v1:"), "{rec}");
+    assert!(rec["token_key"].as_str().unwrap().starts_with("v1:"), "{rec}");
+    assert_eq!(
+        parse_pem_certs(&[rec["cert"].as_str().unwrap().to_string()]).unwrap()[0],
+        last_cert(a.root_pem())
+    );
+    // Only one record was written: one creation won.
+    let keys = etcd.ctl(&["get", "/mesh/ca/", "--prefix", "--keys-only"]).unwrap();
+    assert_eq!(keys.split_whitespace().collect::<Vec<_>>(), ["/mesh/ca/ca"]);
+
+    let cp_a = start_cp(&reg, a.clone()).await;
+    let cp_b = start_cp(&reg, b.clone()).await;
+    let (addr_a, addr_b) = (cp_a.xds_addr().to_string(), cp_b.xds_addr().to_string());
+
+    // A token minted against the shared state (what `weft control token --ca-store` does) is
+    // accepted by both replicas; both serve the same root at the end of the chain.
+    let tokens = load_tokens(&store, &Kek::load(&kek_file).unwrap()).await.unwrap();
+    let token = tokens.mint("default/reviews", Duration::from_secs(600)).unwrap();
+    let id = SpiffeId::new("cluster.local", "default", "reviews").unwrap();
+    let from_a = fetch(&addr_a, &id, Auth::Token(&token), None).await.unwrap();
+    let from_b = fetch(&addr_b, &id, Auth::Token(&token), None).await.unwrap();
+    assert_eq!(last_cert(&from_a.roots_pem), last_cert(&from_b.roots_pem));
+    assert_eq!(last_cert(&from_a.roots_pem), last_cert(a.root_pem()));
+
+    // A certificate issued by replica A is renewed by replica B (B checks it against its issuer),
+    // and the other way round.
+    let renewed_by_b = fetch(&addr_b, &id, Auth::Svid(&from_a), None).await.unwrap();
+    assert_eq!(renewed_by_b.id, id);
+    fetch(&addr_a, &id, Auth::Svid(&from_b), None).await.unwrap();
+    b.check_svid(&from_a.leaf_der).unwrap();
+
+    // A third replica, later, loads the same CA.
+    let c = load_shared(&opts(), &store, &Kek::load(&kek_file).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(c.root_pem(), a.root_pem());
+
+    // A wrong key file: refused, naming the file.
+    let wrong = dir.join("wrong.key");
+    std::fs::write(&wrong, [9u8; 32]).unwrap();
+    let e = load_shared(&opts(), &store, &Kek::load(&wrong).unwrap())
+        .await
+        .err()
+        .unwrap()
+        .0;
+    assert!(e.starts_with("cannot decrypt the CA in etcd: wrong key file?"), "{e}");
+    assert!(e.contains(&wrong.display().to_string()), "{e}");
+    let e = load_tokens(&store, &Kek::load(&wrong).unwrap()).await.err().unwrap().0;
+    assert!(e.starts_with("cannot decrypt the CA in etcd: wrong key file?"), "{e}");
+
+    // Another trust domain than the stored one: refused, naming both.
+    let mut o = opts();
+    o.trust_domain = Some("corp.example".into());
+    let e = load_shared(&o, &store, &kek_a).await.err().unwrap().0;
+    assert!(
+        e.contains("\"corp.example\"") && e.contains("\"cluster.local\"") && e.contains("etcd key /mesh/ca/ca"),
+        "{e}"
+    );
+
+    // Another --ca-cert than the stored CA: refused, naming both.
+    let other = TempDir::new("ca-store-other");
+    Ca::load(&CaOptions::new(other.join("ca"))).unwrap();
+    let mut o = opts();
+    o.cert = Some(other.join("ca/root-cert.pem"));
+    o.key = Some(other.join("ca/root-key.pem"));
+    let e = load_shared(&o, &store, &kek_a).await.err().unwrap().0;
+    assert!(
+        e.contains(&other.join("ca/root-cert.pem").display().to_string()) && e.contains("etcd key /mesh/ca/ca"),
+        "{e}"
+    );
+
+    cp_a.stop().await;
+    cp_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_provided_ca_is_stored_once_and_used_by_every_replica() {
+    let dir = TempDir::new("ca-store-user");
+    let Some(etcd) = Etcd::start(&dir.join("etcd-data")) else {
+        return;
+    };
+    // A CA made elsewhere (a --ca-dir root): given with --ca-cert/--ca-key to the first replica.
+    let src = TempDir::new("ca-store-src");
+    let local = Ca::load(&CaOptions::new(src.join("ca"))).unwrap();
+    let kek_file = dir.join("k.b64");
+    std::fs::write(&kek_file, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
+    let kek = Kek::load(&kek_file).unwrap();
+    let store = CaStore::parse(&format!("etcd://{}", etcd.client)).unwrap();
+    let mut o = opts();
+    o.cert = Some(src.join("ca/root-cert.pem"));
+    o.key = Some(src.join("ca/root-key.pem"));
+    o.trust_domain = Some("corp.example".into());
+    o.sm2 = true;
+    let first = load_shared(&o, &store, &kek).await.unwrap();
+    assert_eq!(first.root_pem(), local.root_pem());
+    assert_eq!(first.trust_domain(), "corp.example");
+    // A second replica without the files gets the same CA, SM2 root included.
+    let mut o2 = opts();
+    o2.sm2 = true;
+    let second = load_shared(&o2, &store, &kek).await.unwrap();
+    assert_eq!(second.root_pem(), local.root_pem());
+    assert_eq!(second.trust_domain(), "corp.example");
+    assert_eq!(
+        first.sm.as_ref().unwrap().root_pem(),
+        second.sm.as_ref().unwrap().root_pem()
+    );
+    // Same token key: a token minted by one verifies with the other.
+    let t = first.tokens.mint("default/a", Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        second.tokens.verify(&t).unwrap().to_string(),
+        "spiffe://corp.example/ns/default/sa/a"
+    );
+    let sm = etcd.ctl(&["get", "/weft/ca/ca-sm2", "--print-value-only"]).unwrap();
+    assert!(!sm.contains("PRIVATE KEY") && sm.contains("\"key\":\"v1:"), "{sm}");
+}
