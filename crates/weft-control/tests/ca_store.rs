@@ -232,3 +232,96 @@ async fn a_user_provided_ca_is_stored_once_and_used_by_every_replica() {
     let sm = etcd.ctl(&["get", "/weft/ca/ca-sm2", "--print-value-only"]).unwrap();
     assert!(!sm.contains("PRIVATE KEY") && sm.contains("\"key\":\"v1:"), "{sm}");
 }
+
+/// The same against the stand-in Kubernetes API server: the CA in a Secret, created once (the
+/// second replica's create gets 409 AlreadyExists and reads the winner's), only `get` by name and
+/// `create` used (what the documented RBAC grants).
+#[cfg(feature = "kubernetes")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_ca_through_a_kubernetes_secret() {
+    use weft_test_support::kube_api::KubeApi;
+    let api = KubeApi::start();
+    let dir = TempDir::new("ca-store-kube");
+    let reg = TempDir::new("ca-store-kube-reg");
+    let kek_file = dir.join("k");
+    std::fs::write(&kek_file, [3u8; 32]).unwrap();
+    let store = CaStore::parse(&format!("kubernetes?namespace=weft-system&api={}", api.url())).unwrap();
+    let (ka, kb) = (Kek::load(&kek_file).unwrap(), Kek::load(&kek_file).unwrap());
+    let (o_a, o_b) = (opts(), opts());
+    // Two loads at once: both may find no Secret; one create wins, the other gets 409.
+    let (a, b) = tokio::join!(load_shared(&o_a, &store, &ka), load_shared(&o_b, &store, &kb));
+    let (a, b) = (Arc::new(a.unwrap()), Arc::new(b.unwrap()));
+    assert_eq!(a.root_pem(), b.root_pem());
+    let reqs = api.secret_requests();
+    eprintln!("Secret requests: {reqs:?}");
+    let creates = reqs.iter().filter(|r| r.starts_with("POST ")).count();
+    assert!((1..=2).contains(&creates), "{reqs:?}");
+    for r in &reqs {
+        assert!(
+            r == "GET /api/v1/namespaces/weft-system/secrets/weft-ca"
+                || r == "POST /api/v1/namespaces/weft-system/secrets",
+            "a request the documented RBAC does not grant: {r}"
+        );
+    }
+    // The Secret: type Opaque, the record base64 in data, keys sealed.
+    let secret = api.secret("weft-system", "weft-ca").unwrap();
+    assert_eq!(secret["type"], "Opaque");
+    let b64 = secret["data"]["ca.json"].as_str().unwrap();
+    let json = base64_decode(b64);
+    let rec: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert!(!String::from_utf8_lossy(&json).contains("PRIVATE KEY"));
+    assert!(rec["key"].as_str().unwrap().starts_with("v1:"));
+
+    // Both replicas serve it: a token from the shared state works on both, A's certificate renews on B.
+    let cp_a = start_cp(&reg, a.clone()).await;
+    let cp_b = start_cp(&reg, b.clone()).await;
+    let token = load_tokens(&store, &ka)
+        .await
+        .unwrap()
+        .mint("default/reviews", Duration::from_secs(600))
+        .unwrap();
+    let id = SpiffeId::new("cluster.local", "default", "reviews").unwrap();
+    let from_a = fetch(&cp_a.xds_addr().to_string(), &id, Auth::Token(&token), None)
+        .await
+        .unwrap();
+    fetch(&cp_b.xds_addr().to_string(), &id, Auth::Token(&token), None)
+        .await
+        .unwrap();
+    fetch(&cp_b.xds_addr().to_string(), &id, Auth::Svid(&from_a), None)
+        .await
+        .unwrap();
+
+    // A wrong key file: refused with the message.
+    let wrong = Kek::from_bytes(&[4u8; 32], "wrong.key").unwrap();
+    let e = load_shared(&opts(), &store, &wrong).await.err().unwrap().0;
+    assert!(
+        e.starts_with("cannot decrypt the CA in Kubernetes Secret weft-system/weft-ca: wrong key file?"),
+        "{e}"
+    );
+    cp_a.stop().await;
+    cp_b.stop().await;
+}
+
+#[cfg(feature = "kubernetes")]
+fn base64_decode(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in s.trim_end_matches('=').bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("not base64: {c}"),
+        } as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
