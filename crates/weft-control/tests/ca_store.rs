@@ -229,7 +229,7 @@ async fn a_user_provided_ca_is_stored_once_and_used_by_every_replica() {
         second.tokens.verify(&t).unwrap().to_string(),
         "spiffe://corp.example/ns/default/sa/a"
     );
-    let sm = etcd.ctl(&["get", "/weft/ca/ca-sm2", "--print-value-only"]).unwrap();
+    let sm = etcd.ctl(&["get", "/weft-ca/ca-sm2", "--print-value-only"]).unwrap();
     assert!(!sm.contains("PRIVATE KEY") && sm.contains("\"key\":\"v1:"), "{sm}");
 }
 

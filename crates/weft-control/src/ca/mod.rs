@@ -11,6 +11,9 @@
 //!
 //! A file that is missing when its partner exists, unreadable, unparsable, or a key that does
 //! not match its certificate is an error naming the file: weft control does not start.
+//!
+//! With `--ca-store` the same state lives in etcd or a Kubernetes Secret instead, shared by the
+//! replicas, private keys sealed ([`store`]).
 
 pub mod service;
 pub mod sm;

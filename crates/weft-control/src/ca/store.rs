@@ -8,7 +8,8 @@
 //! | `ca` | `version` (1), `trust_domain`, `cert` (the issuing certificate, PEM, then any certificates above it), `chain` (`--ca-chain`, or null), `key` (sealed), `token_key` (sealed) |
 //! | `ca-sm2` | `version` (1), `cert` (PEM), `key` (sealed) |
 //!
-//! In etcd the records are the keys `<prefix>ca` and `<prefix>ca-sm2` (prefix default `/weft/ca/`);
+//! In etcd the records are the keys `<prefix>ca` and `<prefix>ca-sm2` (prefix default `/weft-ca/`,
+//! outside the registry's default `/weft/`, so etcd RBAC can grant the two apart);
 //! in Kubernetes, the Secrets `<name>` and `<name>-sm2` (type Opaque, default `weft-ca`), data key
 //! `ca.json`.
 //!
@@ -29,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The default etcd key prefix of the CA records.
-pub const DEFAULT_PREFIX: &str = "/weft/ca/";
+pub const DEFAULT_PREFIX: &str = "/weft-ca/";
 /// The default Secret name (Kubernetes).
 pub const DEFAULT_SECRET: &str = "weft-ca";
 /// The data key of the record in a Secret.
@@ -142,7 +143,7 @@ impl CaStore {
         ))
     }
 
-    /// Where a record is, for messages: `etcd key /weft/ca/ca`, `Kubernetes Secret ns/weft-ca`.
+    /// Where a record is, for messages: `etcd key /weft-ca/ca`, `Kubernetes Secret ns/weft-ca`.
     fn record_label(&self, record: &str) -> String {
         match self {
             CaStore::Etcd { prefix, .. } => format!("etcd key {prefix}{record}"),
