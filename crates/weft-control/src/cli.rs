@@ -55,9 +55,10 @@ pub struct ControlArgs {
     /// Log filter, e.g. "info" or "weft_control=debug".
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
-    /// The mesh CA (see docs/security.md).
+    /// The mesh CA (see docs/security.md). Boxed, like the injector's: it keeps the `weft`
+    /// binary's subcommand enum small.
     #[command(flatten)]
-    pub ca: CaArgs,
+    pub ca: Box<CaArgs>,
     /// The Kubernetes sidecar injector (see docs/control.md). Boxed: it keeps the `weft` binary's
     /// subcommand enum small.
     #[command(flatten)]

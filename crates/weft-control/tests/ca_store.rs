@@ -6,8 +6,6 @@
 mod common;
 
 use common::TempDir;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_control::ca::store::{load_shared, load_tokens, CaStore, Kek};
@@ -15,62 +13,7 @@ use weft_control::ca::{Ca, CaOptions};
 use weft_control::{ControlOptions, ControlPlane};
 use weft_identity::client::{fetch, parse_pem_certs, Auth};
 use weft_identity::SpiffeId;
-use weft_test_support::{eventually_blocking, free_addr};
-
-/// A throwaway single-member etcd (Debian's `etcd` server) on ephemeral loopback ports.
-struct Etcd {
-    child: Child,
-    client: SocketAddr,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Etcd {
-    fn start(data: &std::path::Path) -> Option<Etcd> {
-        if weft_test_support::peers::on_path("etcd").is_none() || weft_test_support::peers::on_path("etcdctl").is_none()
-        {
-            weft_test_support::peers::missing("etcd and etcdctl", "scripts/install-peers installs them");
-            return None;
-        }
-        let (client, peer) = (free_addr(), free_addr());
-        let c = format!("http://{client}");
-        let p = format!("http://{peer}");
-        let child = Command::new("etcd")
-            .args(["--name", "t", "--data-dir"])
-            .arg(data)
-            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
-            .args(["--listen-peer-urls", &p, "--initial-advertise-peer-urls", &p])
-            .args(["--initial-cluster", &format!("t={p}"), "--log-level", "error"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let e = Etcd { child, client };
-        eventually_blocking("etcd healthy", Duration::from_secs(20), || {
-            e.ctl(&["endpoint", "health"]).map(|_| ())
-        });
-        Some(e)
-    }
-
-    /// etcdctl's stdout, None when it failed.
-    fn ctl(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.client.to_string(), "--command-timeout", "3s"])
-            .args(args)
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
+use weft_test_support::etcd::Etcd;
 
 async fn start_cp(reg: &TempDir, ca: Arc<Ca>) -> ControlPlane {
     let mut o = ControlOptions::new(reg.path());
@@ -324,4 +267,70 @@ fn base64_decode(s: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// etcd with authentication on, set up as docs/security.md says: a `weft-control` user whose role
+/// grants read-write on `/weft-ca/` only. That user creates and loads the CA; a user without the
+/// role is refused by etcd, and the message says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_authentication_and_a_role_on_the_ca_prefix_only() {
+    let dir = TempDir::new("ca-store-auth");
+    let Some(etcd) = Etcd::start(&dir.join("etcd-data")) else {
+        return;
+    };
+    let ctl = |args: &[&str]| etcd.ctl(args).unwrap_or_else(|| panic!("etcdctl {args:?} failed"));
+    ctl(&["user", "add", "root", "--new-user-password=rootpw"]);
+    ctl(&["user", "add", "weft-control", "--new-user-password=s3cret"]);
+    ctl(&["user", "add", "other", "--new-user-password=otherpw"]);
+    ctl(&["role", "add", "weft-ca"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "weft-ca",
+        "readwrite",
+        "/weft-ca/",
+        "--prefix=true",
+    ]);
+    ctl(&["user", "grant-role", "weft-control", "weft-ca"]);
+    ctl(&["auth", "enable"]);
+    let pass = dir.join("etcd.pass");
+    std::fs::write(&pass, "s3cret\n").unwrap();
+    let other_pass = dir.join("other.pass");
+    std::fs::write(&other_pass, "otherpw\n").unwrap();
+    let kek = Kek::from_bytes(&[5u8; 32], "k").unwrap();
+
+    let spec = |user: &str, p: &std::path::Path| {
+        CaStore::parse(&format!(
+            "etcd://{}?user={user}&password-file={}",
+            etcd.client,
+            p.display()
+        ))
+        .unwrap()
+    };
+    // Without credentials: refused.
+    let anon = CaStore::parse(&format!("etcd://{}", etcd.client)).unwrap();
+    let e = load_shared(&opts(), &anon, &kek).await.err().unwrap().0;
+    assert!(e.contains("etcd key /weft-ca/ca"), "{e}");
+    // A user without the role: refused (permission denied), nothing created.
+    let e = load_shared(&opts(), &spec("other", &other_pass), &kek)
+        .await
+        .err()
+        .unwrap()
+        .0;
+    assert!(
+        e.contains("permission denied") && e.contains("etcd key /weft-ca/ca"),
+        "{e}"
+    );
+    // The control plane's user: creates, then loads the same CA.
+    let first = load_shared(&opts(), &spec("weft-control", &pass), &kek).await.unwrap();
+    let again = load_shared(&opts(), &spec("weft-control", &pass), &kek).await.unwrap();
+    assert_eq!(first.root_pem(), again.root_pem());
+    // A wrong password: refused, naming the store.
+    std::fs::write(&other_pass, "nope\n").unwrap();
+    let e = load_shared(&opts(), &spec("weft-control", &other_pass), &kek)
+        .await
+        .err()
+        .unwrap()
+        .0;
+    assert!(e.starts_with("--ca-store: etcd "), "{e}");
 }
