@@ -98,7 +98,8 @@ pub struct InjectorArgs {
     /// Where injected sidecars reach weft control's xDS.
     #[arg(long, default_value = "weft-control.weft-system.svc:18000")]
     pub injector_xds_address: String,
-    /// Where injected sidecars reach the CA; with --ca-dir, pods also get a bootstrap token.
+    /// Where injected sidecars reach the CA; with the CA on (--ca-dir or --ca-store), pods also get a
+    /// bootstrap token.
     #[arg(long)]
     pub injector_ca_address: Option<String>,
 }
@@ -146,7 +147,7 @@ pub struct CaArgs {
     pub svid_max_ttl: Duration,
     /// Mesh mTLS between sidecars, for services whose registry entry sets no `mtls`: PERMISSIVE
     /// (inbound accepts mTLS and plaintext, callers' sidecars send mTLS), STRICT (inbound mTLS
-    /// only) or DISABLE (plaintext). Needs --ca-dir.
+    /// only) or DISABLE (plaintext). Needs --ca-dir or --ca-store.
     #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls, requires = "ca_on")]
     pub mtls: crate::model::MtlsMode,
     /// Also run an SM2 root (ShangMi, generated in --ca-dir at first use) and issue SM2
