@@ -55,9 +55,10 @@ pub struct ControlArgs {
     /// Log filter, e.g. "info" or "weft_control=debug".
     #[arg(long, env = "WEFT_LOG", default_value = "info")]
     pub log: String,
-    /// The mesh CA (see docs/security.md).
+    /// The mesh CA (see docs/security.md). Boxed, like the injector's: it keeps the `weft`
+    /// binary's subcommand enum small.
     #[command(flatten)]
-    pub ca: CaArgs,
+    pub ca: Box<CaArgs>,
     /// The Kubernetes sidecar injector (see docs/control.md). Boxed: it keeps the `weft` binary's
     /// subcommand enum small.
     #[command(flatten)]
@@ -97,20 +98,32 @@ pub struct InjectorArgs {
     /// Where injected sidecars reach weft control's xDS.
     #[arg(long, default_value = "weft-control.weft-system.svc:18000")]
     pub injector_xds_address: String,
-    /// Where injected sidecars reach the CA; with --ca-dir, pods also get a bootstrap token.
+    /// Where injected sidecars reach the CA; with the CA on (--ca-dir or --ca-store), pods also get a
+    /// bootstrap token.
     #[arg(long)]
     pub injector_ca_address: Option<String>,
 }
 
-/// The mesh CA (docs/security.md). Off unless --ca-dir is given.
+/// The mesh CA (docs/security.md). Off unless --ca-dir or --ca-store is given.
 #[derive(clap::Args, Debug)]
+#[command(group = clap::ArgGroup::new("ca_on").multiple(false).args(["ca_dir", "ca_store"]))]
 pub struct CaArgs {
     /// Run the mesh CA: its state lives here (a generated root on first start, the trust domain,
     /// the bootstrap-token key). Served on the --xds port as istio.v1.auth.IstioCertificateService.
     #[arg(long)]
     pub ca_dir: Option<PathBuf>,
+    /// Run the mesh CA with its state in a store shared by several replicas instead of --ca-dir:
+    /// etcd://HOST:PORT[,HOST:PORT][/PREFIX/][?user=NAME&password-file=PATH] or
+    /// kubernetes[?namespace=NS][&secret=NAME][&api=URL][&kubeconfig=PATH]. Created there at
+    /// first start; private keys sealed with --ca-store-key. See docs/control.md.
+    #[arg(long, requires = "ca_store_key")]
+    pub ca_store: Option<String>,
+    /// The key that seals the CA's private keys in --ca-store: a file of 32 random bytes, or
+    /// their base64 (`head -c 32 /dev/urandom | base64`). The same file on every replica.
+    #[arg(long, requires = "ca_store")]
+    pub ca_store_key: Option<PathBuf>,
     /// Use this CA certificate (root or intermediate, PEM) instead of a generated root.
-    #[arg(long, requires_all = ["ca_dir", "ca_key"])]
+    #[arg(long, requires_all = ["ca_on", "ca_key"])]
     pub ca_cert: Option<PathBuf>,
     /// The private key of --ca-cert (PKCS#8 PEM).
     #[arg(long, requires = "ca_cert")]
@@ -119,7 +132,7 @@ pub struct CaArgs {
     #[arg(long, requires = "ca_cert")]
     pub ca_chain: Option<PathBuf>,
     /// Trust domain of workload identities (fixed at first start; default cluster.local).
-    #[arg(long, requires = "ca_dir")]
+    #[arg(long, requires = "ca_on")]
     pub trust_domain: Option<String>,
     /// Lifetime of workload certificates when the request names none (at least 10s).
     #[arg(long, default_value = "24h", value_parser = weft_config::duration::parse)]
@@ -127,19 +140,19 @@ pub struct CaArgs {
     /// The secure port: ADS and the CA API over TLS on this address, with a certificate the CA
     /// issues to itself. Proxies verify it against the mesh root and authenticate with their
     /// workload certificate; each receives only its own service's configuration.
-    #[arg(long = "xds-tls", visible_alias = "ca-tls", requires = "ca_dir")]
+    #[arg(long = "xds-tls", visible_alias = "ca-tls", requires = "ca_on")]
     pub ca_tls: Option<SocketAddr>,
     /// The longest lifetime a request may ask for.
     #[arg(long, default_value = "168h", value_parser = weft_config::duration::parse)]
     pub svid_max_ttl: Duration,
     /// Mesh mTLS between sidecars, for services whose registry entry sets no `mtls`: PERMISSIVE
     /// (inbound accepts mTLS and plaintext, callers' sidecars send mTLS), STRICT (inbound mTLS
-    /// only) or DISABLE (plaintext). Needs --ca-dir.
-    #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls, requires = "ca_dir")]
+    /// only) or DISABLE (plaintext). Needs --ca-dir or --ca-store.
+    #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls, requires = "ca_on")]
     pub mtls: crate::model::MtlsMode,
     /// Also run an SM2 root (ShangMi, generated in --ca-dir at first use) and issue SM2
     /// certificates for CSRs whose key is SM2.
-    #[arg(long, requires = "ca_dir")]
+    #[arg(long, requires = "ca_on")]
     pub ca_sm2: bool,
 }
 
@@ -148,9 +161,12 @@ fn parse_mtls(s: &str) -> Result<crate::model::MtlsMode, String> {
 }
 
 impl CaArgs {
+    /// The CA's options (None: no CA). With --ca-store, `dir` is empty and unused.
     pub fn options(&self) -> Option<crate::ca::CaOptions> {
-        let dir = self.ca_dir.clone()?;
-        let mut o = crate::ca::CaOptions::new(dir);
+        if self.ca_dir.is_none() && self.ca_store.is_none() {
+            return None;
+        }
+        let mut o = crate::ca::CaOptions::new(self.ca_dir.clone().unwrap_or_default());
         o.cert = self.ca_cert.clone();
         o.key = self.ca_key.clone();
         o.chain = self.ca_chain.clone();
@@ -159,6 +175,20 @@ impl CaArgs {
         o.svid_max_ttl = self.svid_max_ttl;
         o.sm2 = self.ca_sm2;
         Some(o)
+    }
+}
+
+/// Loads the CA of `args`: from --ca-dir, or from --ca-store (created there at first start).
+pub async fn load_ca(args: &CaArgs) -> Result<Option<crate::ca::Ca>, crate::ca::CaError> {
+    let Some(o) = args.options() else { return Ok(None) };
+    match (&args.ca_store, &args.ca_store_key) {
+        (Some(spec), Some(key)) => {
+            let store = crate::ca::store::CaStore::parse(spec)?;
+            let kek = crate::ca::store::Kek::load(key)?;
+            crate::ca::store::load_shared(&o, &store, &kek).await.map(Some)
+        }
+        (Some(_), None) => Err(crate::ca::CaError("--ca-store needs --ca-store-key".into())),
+        _ => crate::ca::Ca::load(&o).map(Some),
     }
 }
 
@@ -171,8 +201,14 @@ pub enum ControlSub {
 #[derive(clap::Args, Debug)]
 pub struct TokenArgs {
     /// The CA directory of the weft control that will check the token.
-    #[arg(long)]
-    pub ca_dir: PathBuf,
+    #[arg(long, required_unless_present = "ca_store", conflicts_with = "ca_store")]
+    pub ca_dir: Option<PathBuf>,
+    /// Or the --ca-store of the weft control replicas (the CA must exist there).
+    #[arg(long, requires = "ca_store_key")]
+    pub ca_store: Option<String>,
+    /// The --ca-store-key of the replicas.
+    #[arg(long, requires = "ca_store")]
+    pub ca_store_key: Option<PathBuf>,
     /// NAMESPACE/SERVICE_ACCOUNT, e.g. default/reviews.
     #[arg(long)]
     pub identity: String,
@@ -185,8 +221,20 @@ pub struct TokenArgs {
 }
 
 fn run_token(a: &TokenArgs) -> i32 {
-    let minted = crate::ca::TokenKey::load_or_create(&a.ca_dir, a.trust_domain.as_deref())
-        .and_then(|k| k.mint(&a.identity, a.ttl));
+    let key = match (&a.ca_dir, &a.ca_store, &a.ca_store_key) {
+        (Some(dir), _, _) => crate::ca::TokenKey::load_or_create(dir, a.trust_domain.as_deref()),
+        (None, Some(spec), Some(kek)) => (|| {
+            let store = crate::ca::store::CaStore::parse(spec)?;
+            let kek = crate::ca::store::Kek::load(kek)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| crate::ca::CaError(e.to_string()))?;
+            rt.block_on(crate::ca::store::load_tokens(&store, &kek))
+        })(),
+        _ => Err(crate::ca::CaError("--ca-dir, or --ca-store with --ca-store-key".into())),
+    };
+    let minted = key.and_then(|k| k.mint(&a.identity, a.ttl));
     match minted {
         Ok(t) => {
             println!("{t}");
@@ -303,7 +351,10 @@ type RunningInjector = Option<crate::injector::Injector>;
 type RunningInjector = Option<()>;
 
 /// Starts the sidecar injector when --injector-listen is given.
-async fn start_injector(a: &InjectorArgs, ca: &CaArgs) -> Result<RunningInjector, String> {
+async fn start_injector(
+    a: &InjectorArgs,
+    ca: Option<&std::sync::Arc<crate::ca::Ca>>,
+) -> Result<RunningInjector, String> {
     let Some(listen) = a.injector_listen else {
         return Ok(None);
     };
@@ -317,12 +368,8 @@ async fn start_injector(a: &InjectorArgs, ca: &CaArgs) -> Result<RunningInjector
         };
         let cert = read("--injector-cert", &a.injector_cert)?;
         let key = read("--injector-key", &a.injector_key)?;
-        let tokens = match (&ca.ca_dir, &a.injector_ca_address) {
-            (Some(dir), Some(_)) => {
-                let k = crate::ca::TokenKey::load_or_create(dir, ca.trust_domain.as_deref())
-                    .map_err(|e| format!("injector: CA token key: {e}"))?;
-                Some((std::sync::Arc::new(k), Duration::from_secs(3600)))
-            }
+        let tokens = match (ca, &a.injector_ca_address) {
+            (Some(ca), Some(_)) => Some((std::sync::Arc::new(ca.tokens.clone()), Duration::from_secs(3600))),
             _ => None,
         };
         let cfg = crate::injector::InjectorConfig {
@@ -412,21 +459,21 @@ pub fn run(args: ControlArgs) -> i32 {
             return 1;
         }
     };
-    // The CA is loaded before anything listens: a bad CA file stops weft control here.
-    let ca = match args.ca.options().map(|o| crate::ca::Ca::load(&o)).transpose() {
-        Ok(ca) => ca.map(std::sync::Arc::new),
-        Err(e) => {
-            eprintln!("weft control: CA: {e}");
-            return 1;
-        }
-    };
     rt.block_on(async move {
+        // The CA is loaded before anything listens: a bad CA file (or store) stops weft control here.
+        let ca = match load_ca(&args.ca).await {
+            Ok(ca) => ca.map(std::sync::Arc::new),
+            Err(e) => {
+                eprintln!("weft control: CA: {e}");
+                return 1;
+            }
+        };
         let mut opts = ControlOptions::new(".");
         opts.registry = registry;
         opts.mesh_tls = ca.is_some().then_some(crate::model::MeshTls {
             default_mode: args.ca.mtls,
         });
-        opts.ca = ca;
+        opts.ca = ca.clone();
         opts.ca_tls = args.ca.ca_tls;
         opts.xds = args.xds;
         opts.admin = Some(args.admin);
@@ -441,7 +488,7 @@ pub fn run(args: ControlArgs) -> i32 {
                 return 1;
             }
         };
-        let _injector = match start_injector(&args.injector, &args.ca).await {
+        let _injector = match start_injector(&args.injector, ca.as_ref()).await {
             Ok(i) => i,
             Err(e) => {
                 eprintln!("weft control: {e}");

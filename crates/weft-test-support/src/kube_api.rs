@@ -64,6 +64,8 @@ struct State {
     /// Bumped by expire_watches: open watches end with a 410.
     epoch: u64,
     requests: Vec<String>,
+    /// `METHOD PATH` of the Secret requests (see the Secrets section).
+    secret_requests: Vec<String>,
 }
 
 /// The stand-in API server. Dropping it stops it.
@@ -389,7 +391,14 @@ async fn serve(
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let ctx = ctx.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(ctx, req)) }
+                        async move {
+                            // Secrets by name (GET, POST): their own section below.
+                            let req = match secret_request(&ctx, req).await {
+                                Ok(resp) => return Ok::<_, std::convert::Infallible>(resp),
+                                Err(req) => req,
+                            };
+                            Ok::<_, std::convert::Infallible>(handle(ctx, req))
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc);
@@ -623,4 +632,162 @@ fn watch_response(
         .header("content-type", "application/json")
         .body(http_body_util::StreamBody::new(stream).boxed())
         .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Secrets: what weft control's shared CA (`--ca-store kubernetes`) needs, in the core v1 shapes.
+//
+// - `GET /api/v1/namespaces/NS/secrets/NAME`: the Secret (`kind`, `apiVersion` included), or 404
+//   with a `Status` (`reason: NotFound`, `message: secrets "NAME" not found`, `details`).
+// - `POST /api/v1/namespaces/NS/secrets` with a Secret: 201 and the stored object (namespace,
+//   `uid`, `resourceVersion`, `creationTimestamp` filled in), or 409 with a `Status`
+//   (`reason: AlreadyExists`, `message: secrets "NAME" already exists`) when the name is taken;
+//   400 when the body is not a Secret or its namespace differs from the path's; 422 without a name.
+//
+// Secrets live with the other objects (plural `secrets`), so [`KubeApi::apply`] works for them once
+// the `secrets` type is registered; creations are logged as ADDED events.
+
+impl KubeApi {
+    /// A stored Secret (as the API server would return it), None if absent.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.state
+            .lock()
+            .objects
+            .get("secrets")
+            .and_then(|m| m.get(&(namespace.to_string(), name.to_string())))
+            .cloned()
+    }
+
+    /// `METHOD PATH` of every Secret request served so far.
+    pub fn secret_requests(&self) -> Vec<String> {
+        self.state.lock().secret_requests.clone()
+    }
+}
+
+fn secret_status(code: u16, reason: &str, message: String, name: &str) -> Value {
+    let mut v = status(code, reason, message);
+    v["details"] = json!({ "name": name, "kind": "secrets" });
+    v
+}
+
+/// (namespace, name) of `/api/v1/namespaces/NS/secrets[/NAME]`.
+fn secret_path(path: &str) -> Option<(String, Option<String>)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let (ns, rest) = rest.split_once('/')?;
+    let rest = rest.strip_prefix("secrets")?;
+    match rest {
+        "" => Some((ns.to_string(), None)),
+        r => {
+            let name = r.strip_prefix('/')?;
+            (!name.is_empty() && !name.contains('/')).then(|| (ns.to_string(), Some(name.to_string())))
+        }
+    }
+}
+
+/// Answers a Secret GET-by-name or POST; hands any other request back.
+async fn secret_request(
+    ctx: &Ctx,
+    req: http::Request<hyper::body::Incoming>,
+) -> Result<http::Response<Body>, http::Request<hyper::body::Incoming>> {
+    use http_body_util::BodyExt;
+    let Some((ns, name)) = secret_path(req.uri().path()) else {
+        return Err(req);
+    };
+    if *ctx.down.borrow() {
+        return Err(req);
+    }
+    let method = req.method().as_str().to_string();
+    match (method.as_str(), name) {
+        ("GET", Some(name)) => {
+            let mut st = ctx.state.lock();
+            st.secret_requests.push(format!("GET {}", req.uri().path()));
+            let found = st
+                .objects
+                .get("secrets")
+                .and_then(|m| m.get(&(ns.clone(), name.clone())))
+                .cloned();
+            Ok(match found {
+                Some(s) => full(200, s),
+                None => full(
+                    404,
+                    secret_status(404, "NotFound", format!("secrets \"{name}\" not found"), &name),
+                ),
+            })
+        }
+        ("POST", None) => {
+            let path = req.uri().path().to_string();
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return Ok(full(400, status(400, "BadRequest", e.to_string()))),
+            };
+            let mut st = ctx.state.lock();
+            st.secret_requests.push(format!("POST {path}"));
+            let mut obj: Value = match serde_json::from_slice(&body) {
+                Ok(v @ Value::Object(_)) if v["kind"] == "Secret" || v["kind"].is_null() => v,
+                _ => return Ok(full(400, status(400, "BadRequest", "the body is not a Secret".into()))),
+            };
+            let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+                return Ok(full(
+                    422,
+                    status(
+                        422,
+                        "Invalid",
+                        "Secret \"\" is invalid: metadata.name: Required value: name or generateName is required"
+                            .into(),
+                    ),
+                ));
+            };
+            match obj["metadata"]["namespace"].as_str() {
+                Some(n) if n != ns => {
+                    return Ok(full(
+                        400,
+                        status(
+                            400,
+                            "BadRequest",
+                            "the namespace of the provided object does not match the namespace sent on the request"
+                                .into(),
+                        ),
+                    ))
+                }
+                _ => {}
+            }
+            let key = (ns.clone(), name.clone());
+            if st.objects.get("secrets").is_some_and(|m| m.contains_key(&key)) {
+                return Ok(full(
+                    409,
+                    secret_status(
+                        409,
+                        "AlreadyExists",
+                        format!("secrets \"{name}\" already exists"),
+                        &name,
+                    ),
+                ));
+            }
+            st.rv += 1;
+            st.uid += 1;
+            let rv = st.rv;
+            let uid = format!("5f8c2a0e-0000-4000-8000-{:012x}", st.uid);
+            obj["kind"] = json!("Secret");
+            obj["apiVersion"] = json!("v1");
+            let md = obj["metadata"].as_object_mut().expect("metadata is an object");
+            md.insert("namespace".into(), json!(ns));
+            md.insert("uid".into(), json!(uid));
+            md.insert("resourceVersion".into(), json!(rv.to_string()));
+            md.insert("creationTimestamp".into(), json!("2026-12-01T10:00:00Z"));
+            if obj.get("type").is_none() {
+                obj["type"] = json!("Opaque");
+            }
+            st.objects.entry("secrets".into()).or_default().insert(key, obj.clone());
+            st.log.push(Ev {
+                rv,
+                plural: "secrets".into(),
+                kind: "ADDED",
+                object: obj.clone(),
+            });
+            drop(st);
+            ctx.notify.send_replace(rv);
+            Ok(full(201, obj))
+        }
+        _ => Err(req),
+    }
 }

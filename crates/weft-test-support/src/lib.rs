@@ -20,9 +20,11 @@
 //!   peer is a failure, never a skip.
 //! - [`kube_api`]: a stand-in Kubernetes API server (list/watch, bookmarks, 410 Gone) fed from
 //!   recorded JSON fixtures.
+//! - [`etcd`]: a throwaway etcd server (Debian's) and `etcdctl`.
 //! - [`fs`]: temporary directories and the large-body test pattern.
 
 pub mod client;
+pub mod etcd;
 pub mod fs;
 pub mod kube_api;
 pub mod net;

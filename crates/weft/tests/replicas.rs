@@ -134,3 +134,132 @@ fn duplicate_or_bad_replica_addresses_are_refused_naming_the_field() {
         "{err}"
     );
 }
+
+/// Two `weft control` processes started at once over one empty etcd with `--ca-store`: one creates
+/// the CA there, the other reads it; a token minted with `weft control token --ca-store` gets a
+/// certificate from both (`weft identity fetch`) under the same root, and each certificate verifies
+/// against the root the other replica served (`openssl verify`). A wrong or missing key file stops
+/// a replica with exit 1 and the message.
+#[test]
+fn replicas_share_the_mesh_ca_through_etcd() {
+    use std::process::Stdio;
+    use weft_test_support::etcd::Etcd;
+    use weft_test_support::free_addr;
+    use weft_test_support::peers::ChildGuard;
+    let dir = TempDir::new("replicas-ca");
+    let Some(etcd) = Etcd::start(&dir.join("etcd-data")) else {
+        return;
+    };
+    let reg = TempDir::new("replicas-ca-reg");
+    reg.write("services.yaml", &registry(&[]));
+    let key = dir.join("ca-store.key");
+    // `head -c 32 /dev/urandom | base64`, as docs/control.md says.
+    std::fs::write(&key, "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=\n").unwrap();
+    let store = format!("etcd://{}/weft-ca/", etcd.client);
+    let ca_flags = |k: &std::path::Path| -> Vec<String> {
+        vec![
+            "--ca-store".into(),
+            store.clone(),
+            "--ca-store-key".into(),
+            k.display().to_string(),
+        ]
+    };
+    let spawn = |k: &std::path::Path, stderr: Stdio| {
+        let (xds, admin) = (free_addr(), free_addr());
+        let child = Command::new(WEFT)
+            .arg("control")
+            .args(ca_flags(k))
+            .arg("--registry")
+            .arg(reg.path())
+            .args(["--xds", &xds.to_string(), "--admin", &admin.to_string()])
+            .env("WEFT_LOG", "warn")
+            .stdin(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("start weft control");
+        (ChildGuard(child), xds, admin)
+    };
+    // Both at once.
+    let started = Instant::now();
+    let (a, a_xds, a_admin) = spawn(&key, Stdio::inherit());
+    let (b, b_xds, b_admin) = spawn(&key, Stdio::inherit());
+    for admin in [a_admin, b_admin] {
+        eventually_blocking("weft control /ready", Duration::from_secs(20), || {
+            (http(admin, "x", "/ready")?.0 == 200).then_some(())
+        });
+    }
+    eprintln!("two replicas over an empty etcd ready in {:?}", started.elapsed());
+    let record = etcd.ctl(&["get", "/weft-ca/ca", "--print-value-only"]).unwrap();
+    assert!(
+        record.contains("BEGIN CERTIFICATE") && !record.contains("PRIVATE KEY"),
+        "{record}"
+    );
+
+    let out = Command::new(WEFT)
+        .args(["control", "token"])
+        .args(ca_flags(&key))
+        .args(["--identity", "default/reviews", "--ttl", "10m"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let token = dir.join("reviews.token");
+    std::fs::write(&token, &out.stdout).unwrap();
+    let fetch = |xds: SocketAddr, name: &str| {
+        let out = Command::new(WEFT)
+            .args(["identity", "fetch", "--ca-address", &xds.to_string(), "--token-file"])
+            .arg(&token)
+            .arg("--out-dir")
+            .arg(dir.join(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(dir.join(name).join("root-cert.pem")).unwrap()
+    };
+    let (root_a, root_b) = (fetch(a_xds, "from-a"), fetch(b_xds, "from-b"));
+    assert_eq!(root_a, root_b);
+    if weft_test_support::peers::tool("openssl").is_some() {
+        for (leaf, root) in [("from-a", "from-b"), ("from-b", "from-a")] {
+            let out = Command::new("openssl")
+                .arg("verify")
+                .arg("-CAfile")
+                .arg(dir.join(root).join("root-cert.pem"))
+                .arg(dir.join(leaf).join("cert-chain.pem"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{leaf} against {root}'s root: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+
+    // A wrong key file, then a missing one: exit 1 with the message, before serving.
+    let wrong = dir.join("wrong.key");
+    std::fs::write(&wrong, [7u8; 32]).unwrap();
+    let refused = |k: &std::path::Path| {
+        use std::io::Read;
+        let (mut c, _, _) = spawn(k, Stdio::piped());
+        let status = eventually_blocking("weft control to exit", Duration::from_secs(20), || {
+            c.0.try_wait().unwrap()
+        });
+        let mut err = String::new();
+        c.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status.code(), err)
+    };
+    let (code, err) = refused(&wrong);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("weft control: CA: cannot decrypt the CA in etcd: wrong key file? (--ca-store-key")
+            && err.contains("wrong.key"),
+        "{err}"
+    );
+    let missing = dir.join("missing.key");
+    let (code, err) = refused(&missing);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("weft control: CA: --ca-store-key {}: ", missing.display())),
+        "{err}"
+    );
+    drop((a, b));
+}

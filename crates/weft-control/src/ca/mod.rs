@@ -11,9 +11,13 @@
 //!
 //! A file that is missing when its partner exists, unreadable, unparsable, or a key that does
 //! not match its certificate is an error naming the file: weft control does not start.
+//!
+//! With `--ca-store` the same state lives in etcd or a Kubernetes Secret instead, shared by the
+//! replicas, private keys sealed ([`store`]).
 
 pub mod service;
 pub mod sm;
+pub mod store;
 pub mod tls;
 
 use rcgen::{
@@ -86,6 +90,11 @@ fn err(path: &Path, what: impl fmt::Display) -> CaError {
     CaError(format!("{}: {what}", path.display()))
 }
 
+/// An error about something named by `label` (a file, or a key in the store).
+fn err_at(label: &str, what: impl fmt::Display) -> CaError {
+    CaError(format!("{label}: {what}"))
+}
+
 fn read(path: &Path) -> Result<String, CaError> {
     std::fs::read_to_string(path).map_err(|e| err(path, e))
 }
@@ -114,6 +123,7 @@ fn warn_if_readable_by_others(path: &Path) {
 }
 
 /// The bootstrap-token key and the trust domain (what `weft control token` needs).
+#[derive(Clone)]
 pub struct TokenKey {
     pub trust_domain: String,
     key: Vec<u8>,
@@ -168,6 +178,26 @@ impl TokenKey {
             k
         };
         Ok(TokenKey { trust_domain, key })
+    }
+
+    /// A new random key for `trust_domain` (checked).
+    pub(crate) fn generate(trust_domain: &str) -> Result<TokenKey, CaError> {
+        weft_identity::spiffe::check_trust_domain(trust_domain).map_err(|e| CaError(format!("--trust-domain: {e}")))?;
+        let mut key = vec![0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+            .map_err(|_| CaError("no system randomness".into()))?;
+        Ok(TokenKey {
+            trust_domain: trust_domain.to_string(),
+            key,
+        })
+    }
+
+    pub(crate) fn from_parts(trust_domain: String, key: Vec<u8>) -> TokenKey {
+        TokenKey { trust_domain, key }
+    }
+
+    pub(crate) fn key_bytes(&self) -> &[u8] {
+        &self.key
     }
 
     /// A token for `identity` (`ns/sa`) valid for `ttl`.
@@ -237,23 +267,49 @@ pub struct Issued {
     pub ttl: Duration,
 }
 
-fn load_cert(path: &Path) -> Result<Vec<Vec<u8>>, CaError> {
-    let certs = parse_pem_certs(&[read(path)?]).map_err(|e| err(path, e.replace("cert_chain[0]: ", "")))?;
+/// PEM text and where it came from (a file, or a key in the CA store), for error messages.
+#[derive(Clone)]
+pub(crate) struct Named {
+    pub label: String,
+    pub text: String,
+}
+
+impl Named {
+    fn file(path: &Path) -> Result<Named, CaError> {
+        Ok(Named {
+            label: path.display().to_string(),
+            text: read(path)?,
+        })
+    }
+}
+
+/// The CA's state in memory, wherever it was read from: what [`Ca::from_material`] checks and uses.
+pub(crate) struct Material {
+    pub tokens: TokenKey,
+    /// The issuing certificate (then, optionally, the certificates above it).
+    pub cert: Named,
+    pub key: Named,
+    /// The certificates above `cert` up to the root (`--ca-chain`).
+    pub chain: Option<Named>,
+}
+
+fn parse_cert(n: &Named) -> Result<Vec<Vec<u8>>, CaError> {
+    let path = n.label.as_str();
+    let certs =
+        parse_pem_certs(std::slice::from_ref(&n.text)).map_err(|e| err_at(path, e.replace("cert_chain[0]: ", "")))?;
     if certs.is_empty() {
-        return Err(err(path, "no PEM CERTIFICATE in it"));
+        return Err(err_at(path, "no PEM CERTIFICATE in it"));
     }
     for (i, d) in certs.iter().enumerate() {
-        X509Certificate::from_der(d).map_err(|e| err(path, format!("certificate #{}: {e}", i + 1)))?;
+        X509Certificate::from_der(d).map_err(|e| err_at(path, format!("certificate #{}: {e}", i + 1)))?;
     }
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<KeyPair, CaError> {
-    let pem = read(path)?;
-    warn_if_readable_by_others(path);
-    KeyPair::from_pem(&pem).map_err(|e| {
-        err(
-            path,
+fn parse_key(n: &Named) -> Result<KeyPair, CaError> {
+    KeyPair::from_pem(&n.text).map_err(|e| {
+        err_at(
+            &n.label,
             format!("not a usable private key (PKCS#8 PEM, ECDSA P-256/P-384, Ed25519 or RSA): {e}"),
         )
     })
@@ -278,12 +334,7 @@ fn offset_time(unix: i64) -> ::time::OffsetDateTime {
 impl Ca {
     /// Loads the CA described by `opts`, generating a root in `opts.dir` on first start.
     pub fn load(opts: &CaOptions) -> Result<Ca, CaError> {
-        if opts.svid_ttl < MIN_TTL || opts.svid_max_ttl < opts.svid_ttl {
-            return Err(CaError(format!(
-                "--svid-ttl {:?} must be at least {MIN_TTL:?} and at most --svid-max-ttl {:?}",
-                opts.svid_ttl, opts.svid_max_ttl
-            )));
-        }
+        Ca::check_ttls(opts)?;
         let tokens = TokenKey::load_or_create(&opts.dir, opts.trust_domain.as_deref())?;
         let (cert_path, key_path, chain_path) = match (&opts.cert, &opts.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone(), opts.chain.clone()),
@@ -294,7 +345,14 @@ impl Ca {
                 let k = opts.dir.join("root-key.pem");
                 match (c.exists(), k.exists()) {
                     (true, true) => {}
-                    (false, false) => generate_root(&c, &k, &tokens.trust_domain)?,
+                    (false, false) => {
+                        let (cert, key) = generate_root(&tokens.trust_domain)?;
+                        // The key first: a crash in between leaves a key without a certificate,
+                        // which is refused loudly, never a certificate whose key is lost.
+                        write_new(&k, key.as_bytes(), 0o600)?;
+                        write_new(&c, cert.as_bytes(), 0o644)?;
+                        tracing::info!(cert = %c.display(), key = %k.display(), "generated a new mesh root CA");
+                    }
                     (true, false) => {
                         return Err(err(&k, "missing (the CA key for root-cert.pem); restore it, or move root-cert.pem away to start a new root (which invalidates every issued certificate)")) }
                     (false, true) => return Err(err(&c, "missing (the CA certificate for root-key.pem); restore it")),
@@ -302,25 +360,66 @@ impl Ca {
                 (c, k, None)
             }
         };
-        let certs = load_cert(&cert_path)?;
-        let key = load_key(&key_path)?;
+        let cert = Named::file(&cert_path)?;
+        let key = Named::file(&key_path)?;
+        warn_if_readable_by_others(&key_path);
+        let chain = chain_path.as_deref().map(Named::file).transpose()?;
+        let sm = if opts.sm2 {
+            Some(sm::SmCa::load_or_create(&opts.dir, &tokens.trust_domain)?)
+        } else {
+            None
+        };
+        Ca::from_material(
+            Material {
+                tokens,
+                cert,
+                key,
+                chain,
+            },
+            opts,
+            sm,
+        )
+    }
+
+    fn check_ttls(opts: &CaOptions) -> Result<(), CaError> {
+        if opts.svid_ttl < MIN_TTL || opts.svid_max_ttl < opts.svid_ttl {
+            return Err(CaError(format!(
+                "--svid-ttl {:?} must be at least {MIN_TTL:?} and at most --svid-max-ttl {:?}",
+                opts.svid_ttl, opts.svid_max_ttl
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the CA state `m` (key matches certificate, a CA, valid now, a chain up to a root) and
+    /// builds the CA from it. Errors name the file or store key at fault.
+    pub(crate) fn from_material(m: Material, opts: &CaOptions, sm: Option<sm::SmCa>) -> Result<Ca, CaError> {
+        let Material {
+            tokens,
+            cert: cert_src,
+            key: key_src,
+            chain: chain_src,
+        } = m;
+        let cert_label = cert_src.label.as_str();
+        let certs = parse_cert(&cert_src)?;
+        let key = parse_key(&key_src)?;
         let issuer_der = certs[0].clone();
-        let (_, cert) = X509Certificate::from_der(&issuer_der).map_err(|e| err(&cert_path, e))?;
+        let (_, cert) = X509Certificate::from_der(&issuer_der).map_err(|e| err_at(cert_label, e))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
-            return Err(err(
-                &key_path,
-                format!("this key does not match the CA certificate {}", cert_path.display()),
+            return Err(err_at(
+                &key_src.label,
+                format!("this key does not match the CA certificate {cert_label}"),
             ));
         }
         if !cert.is_ca() {
-            return Err(err(
-                &cert_path,
+            return Err(err_at(
+                cert_label,
                 "not a CA certificate (basicConstraints CA:TRUE is missing)",
             ));
         }
         if !cert.validity().is_valid() {
-            return Err(err(
-                &cert_path,
+            return Err(err_at(
+                cert_label,
                 format!(
                     "not valid now (valid from {} to {})",
                     cert.validity().not_before,
@@ -331,14 +430,14 @@ impl Ca {
         let issuer_not_after = cert.validity().not_after.timestamp();
         // The chain: the rest of the --ca-cert file, then --ca-chain.
         let mut above: Vec<Vec<u8>> = certs[1..].to_vec();
-        if let Some(p) = &chain_path {
-            above.extend(load_cert(p)?);
+        if let Some(c) = &chain_src {
+            above.extend(parse_cert(c)?);
         }
         let mut chain_pem = vec![pem_block(&issuer_der)];
         let root_der = if above.is_empty() {
             if !is_self_signed(&cert) {
-                return Err(err(
-                    &cert_path,
+                return Err(err_at(
+                    cert_label,
                     "an intermediate (not self-signed): give the certificates above it, up to the root, with --ca-chain",
                 ));
             }
@@ -347,21 +446,21 @@ impl Ca {
         } else {
             // Each certificate must be signed by the next one, and the last must be a root.
             let mut prev = issuer_der.clone();
-            let file = chain_path.as_deref().unwrap_or(&cert_path);
+            let file = chain_src.as_ref().map(|c| c.label.as_str()).unwrap_or(cert_label);
             for (i, d) in above.iter().enumerate() {
-                let (_, up) = X509Certificate::from_der(d).map_err(|e| err(file, e))?;
-                let (_, below) = X509Certificate::from_der(&prev).map_err(|e| err(file, e))?;
+                let (_, up) = X509Certificate::from_der(d).map_err(|e| err_at(file, e))?;
+                let (_, below) = X509Certificate::from_der(&prev).map_err(|e| err_at(file, e))?;
                 if below.verify_signature(Some(up.public_key())).is_err() {
-                    return Err(err(
+                    return Err(err_at(
                         file,
                         format!("chain certificate #{} did not sign the certificate below it", i + 1),
                     ));
                 }
                 prev = d.clone();
             }
-            let (_, top) = X509Certificate::from_der(&prev).map_err(|e| err(file, e))?;
+            let (_, top) = X509Certificate::from_der(&prev).map_err(|e| err_at(file, e))?;
             if !is_self_signed(&top) {
-                return Err(err(
+                return Err(err_at(
                     file,
                     "the chain does not end with a root (self-signed) certificate",
                 ));
@@ -370,11 +469,10 @@ impl Ca {
             prev
         };
         let issuer = Issuer::from_ca_cert_der(&issuer_der.clone().into(), key)
-            .map_err(|e| err(&cert_path, format!("cannot use it as an issuer: {e}")))?;
-        let tokens_td = tokens.trust_domain.clone();
+            .map_err(|e| err_at(cert_label, format!("cannot use it as an issuer: {e}")))?;
         tracing::info!(
             trust_domain = %tokens.trust_domain,
-            ca_cert = %cert_path.display(),
+            ca_cert = %cert_label,
             subject = %cert.subject(),
             expires = %cert.validity().not_after,
             "mesh CA loaded"
@@ -388,11 +486,7 @@ impl Ca {
             issuer_not_after,
             svid_ttl: opts.svid_ttl,
             svid_max_ttl: opts.svid_max_ttl,
-            sm: if opts.sm2 {
-                Some(sm::SmCa::load_or_create(&opts.dir, &tokens_td)?)
-            } else {
-                None
-            },
+            sm,
         })
     }
 
@@ -573,7 +667,8 @@ impl Ca {
     }
 }
 
-fn generate_root(cert_path: &Path, key_path: &Path, trust_domain: &str) -> Result<(), CaError> {
+/// A new self-signed root for `trust_domain`: (certificate PEM, PKCS#8 key PEM).
+fn generate_root(trust_domain: &str) -> Result<(String, String), CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CaError(format!("generating the root key: {e}")))?;
     let mut p = CertificateParams::default();
@@ -594,10 +689,5 @@ fn generate_root(cert_path: &Path, key_path: &Path, trust_domain: &str) -> Resul
     let cert = p
         .self_signed(&key)
         .map_err(|e| CaError(format!("generating the root certificate: {e}")))?;
-    // The key first: a crash in between leaves a key without a certificate, which is refused
-    // loudly, never a certificate whose key is lost.
-    write_new(key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_new(cert_path, cert.pem().as_bytes(), 0o644)?;
-    tracing::info!(cert = %cert_path.display(), key = %key_path.display(), "generated a new mesh root CA");
-    Ok(())
+    Ok((cert.pem(), key.serialize_pem()))
 }

@@ -6,7 +6,7 @@
 //! `1234567812345678`); the CSR's own SM2 signature is verified there too (x509-parser, which checks
 //! the ECDSA CSRs, knows no SM2).
 
-use super::{err, read, write_new, CaError, IssueError, Issued, BACKDATE, MIN_TTL, ROOT_LIFETIME};
+use super::{err, err_at, write_new, CaError, IssueError, Issued, Named, BACKDATE, MIN_TTL, ROOT_LIFETIME};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 use weft_identity::SpiffeId;
@@ -32,28 +32,38 @@ impl SmCa {
         match (c.exists(), k.exists()) {
             (true, true) => {}
             (false, false) => {
-                let mut p = Params::ca(&format!("weft mesh SM2 root CA {trust_domain}"), ROOT_LIFETIME);
-                p.not_before = SystemTime::now() - Duration::from_secs(3600);
-                let root = Sm2Cert::self_signed(&p).map_err(|e| CaError(format!("generating the SM2 root: {e}")))?;
+                let (cert, key) = SmCa::generate(trust_domain)?;
                 // The key first, as for the ECDSA root.
-                write_new(&k, root.key_pem().as_bytes(), 0o600)?;
-                write_new(&c, root.cert_pem().as_bytes(), 0o644)?;
+                write_new(&k, key.as_bytes(), 0o600)?;
+                write_new(&c, cert.as_bytes(), 0o644)?;
                 tracing::info!(cert = %c.display(), "generated a new mesh SM2 root CA");
             }
             (true, false) => return Err(err(&k, "missing (the key for sm-root-cert.pem); restore it")),
             (false, true) => return Err(err(&c, "missing (the certificate for sm-root-key.pem); restore it")),
         }
         super::warn_if_readable_by_others(&k);
-        let cert_pem = read(&c)?;
-        let der = super::parse_pem_certs(std::slice::from_ref(&cert_pem))
-            .map_err(|e| err(&c, e))?
+        SmCa::from_pem(&Named::file(&c)?, &Named::file(&k)?)
+    }
+
+    /// A new SM2 root: (certificate PEM, key PEM).
+    pub(crate) fn generate(trust_domain: &str) -> Result<(String, String), CaError> {
+        let mut p = Params::ca(&format!("weft mesh SM2 root CA {trust_domain}"), ROOT_LIFETIME);
+        p.not_before = SystemTime::now() - Duration::from_secs(3600);
+        let root = Sm2Cert::self_signed(&p).map_err(|e| CaError(format!("generating the SM2 root: {e}")))?;
+        Ok((root.cert_pem(), root.key_pem()))
+    }
+
+    /// The SM2 root from its certificate and key. Errors name where each came from.
+    pub(crate) fn from_pem(cert: &Named, key: &Named) -> Result<SmCa, CaError> {
+        let der = super::parse_pem_certs(std::slice::from_ref(&cert.text))
+            .map_err(|e| err_at(&cert.label, e))?
             .into_iter()
             .next()
-            .ok_or_else(|| err(&c, "no certificate"))?;
-        let key = weft_sm::cert::secret_key_from_pem(&read(&k)?).map_err(|e| err(&k, e))?;
-        let root = Sm2Cert::from_parts(der, key).map_err(|e| err(&k, format!("{e} ({})", c.display())))?;
+            .ok_or_else(|| err_at(&cert.label, "no certificate"))?;
+        let secret = weft_sm::cert::secret_key_from_pem(&key.text).map_err(|e| err_at(&key.label, e))?;
+        let root = Sm2Cert::from_parts(der, secret).map_err(|e| err_at(&key.label, format!("{e} ({})", cert.label)))?;
         if root.not_after() < SystemTime::now() {
-            return Err(err(&c, "expired"));
+            return Err(err_at(&cert.label, "expired"));
         }
         Ok(SmCa {
             root_pem: weft_sm::cert::pem("CERTIFICATE", &root.der),
