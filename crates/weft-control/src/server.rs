@@ -857,14 +857,25 @@ fn delta_request(st: &mut StreamState, req: DeltaDiscoveryRequest, metrics: &Met
 const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A proxy authenticated as `spiffe://<td>/ns/<ns>/sa/<sa>` may only ask for the configuration
-/// of its own service: its node's `cluster` must be `<sa>` or `<sa>.<ns>`, and what it declares of
-/// itself (metadata `NAMESPACE`, `weft.identity`) must agree with its certificate. A proxy then
-/// receives only what is meant for its service.
-fn node_matches_identity(node: &NodeInfo, id: &weft_identity::spiffe::SpiffeId) -> Result<(), String> {
+/// of its own service: its node's `cluster` must be `<sa>` or `<sa>.<ns>`, or a service whose
+/// servers the registry says have that identity (its `identities`, else its endpoints'
+/// `security.weft.dev/identity` labels: in Kubernetes, a pod's service account need not be named
+/// after its service). What it declares of itself (metadata `NAMESPACE`, `weft.identity`) must
+/// agree with its certificate. A proxy then receives only what is meant for its service.
+fn node_matches_identity(
+    node: &NodeInfo,
+    id: &weft_identity::spiffe::SpiffeId,
+    world: Option<&crate::model::World>,
+) -> Result<(), String> {
     let (ns, sa) = (id.namespace(), id.service_account());
-    if node.cluster != sa && node.cluster != format!("{sa}.{ns}") {
+    let served_by_it = || {
+        world
+            .and_then(|w| w.services.get(&node.cluster))
+            .is_some_and(|svc| svc.server_identities().contains(&id.to_string()))
+    };
+    if node.cluster != sa && node.cluster != format!("{sa}.{ns}") && !served_by_it() {
         return Err(format!(
-            "node.cluster \"{}\" is not the service of the certificate's identity {id} (expected \"{sa}\" or \"{sa}.{ns}\")",
+            "node.cluster \"{}\" is not the service of the certificate's identity {id} (expected \"{sa}\", \"{sa}.{ns}\", or a service whose endpoints have that identity)",
             node.cluster
         ));
     }
@@ -912,7 +923,7 @@ async fn run_stream<Req>(
                 let mut st = entry.state.lock().unwrap_or_else(|p| p.into_inner());
                 let kind = request(&mut st, req, &shared.metrics);
                 if let (Some(id), Some(node), false) = (&entry.identity, &st.node, st.node_checked) {
-                    if let Err(why) = node_matches_identity(node, id) {
+                    if let Err(why) = node_matches_identity(node, id, current.as_ref().map(|c| &*c.world)) {
                         tracing::warn!(node = %node.id, cluster = %node.cluster, identity = %id, peer = ?entry.peer, "ADS stream refused: {why}");
                         shared.metrics.streams_refused.inc();
                         let _ = status.set(Status::permission_denied(why));

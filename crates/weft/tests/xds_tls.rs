@@ -72,7 +72,7 @@ async fn proxies_get_their_configuration_over_tls_with_their_own_certificate_onl
     std::fs::write(
         dir.join("reg/services.yaml"),
         format!(
-            "services:\n  - name: productpage\n    endpoints: []\n  - name: reviews\n    mtls: DISABLE\n    endpoints: [{{address: \"{}\"}}]\n",
+            "services:\n  - name: productpage\n    endpoints: []\n  - name: reviews\n    mtls: DISABLE\n    endpoints: [{{address: \"{}\"}}]\n  - name: details\n    endpoints: [{{address: \"127.0.0.1:9\", labels: {{security.weft.dev/identity: \"spiffe://cluster.local/ns/default/sa/bookinfo-details\"}}}}]\n",
             app.addr
         ),
     )
@@ -152,6 +152,22 @@ async fn proxies_get_their_configuration_over_tls_with_their_own_certificate_onl
     );
     let proxies = http_text(control_admin, "GET", "/debug/proxies").unwrap();
     assert!(!proxies.contains("\"node_id\": \"impostor\""), "{proxies}");
+
+    // A service account not named after its service (Kubernetes: `bookinfo-details` runs
+    // `details`): accepted because the registry says details' endpoints have that identity.
+    let (_det, det_admin, det_log) = tls_sidecar(
+        dir.path(),
+        "details-1",
+        "details",
+        secure,
+        "default/bookinfo-details",
+        addr(),
+    );
+    wait_until("details' sidecar ready", Duration::from_secs(30), || {
+        http_text(det_admin, "GET", "/ready").filter(|r| status_of(r) == 200)
+    });
+    let log = std::fs::read_to_string(&det_log).unwrap_or_default();
+    assert!(!log.contains("is not the service"), "{log}");
 
     // A client without a certificate: the TLS handshake succeeds (the CA takes tokens there), ADS
     // does not.
