@@ -102,6 +102,12 @@ pub struct InjectorArgs {
     /// bootstrap token.
     #[arg(long)]
     pub injector_ca_address: Option<String>,
+    /// Where injected sidecars reach weft control's TLS port (--xds-tls), e.g.
+    /// `weft-control.weft-system.svc:15012`: they get their certificate and their configuration
+    /// there, verifying weft control against the mesh root (given to each pod) and authenticating
+    /// with their workload certificate. Replaces --injector-xds-address and --injector-ca-address.
+    #[arg(long, requires_all = ["injector_listen", "ca_tls"], conflicts_with = "injector_ca_address")]
+    pub injector_xds_tls_address: Option<String>,
 }
 
 /// The mesh CA (docs/security.md). Off unless --ca-dir or --ca-store is given.
@@ -368,8 +374,18 @@ async fn start_injector(
         };
         let cert = read("--injector-cert", &a.injector_cert)?;
         let key = read("--injector-key", &a.injector_key)?;
-        let tokens = match (ca, &a.injector_ca_address) {
-            (Some(ca), Some(_)) => Some((std::sync::Arc::new(ca.tokens.clone()), Duration::from_secs(3600))),
+        let secure_xds = match (&a.injector_xds_tls_address, ca) {
+            (Some(address), Some(ca)) => Some(crate::injector::SecureXds {
+                address: address.clone(),
+                root_pem: ca.root_pem().to_string(),
+            }),
+            (Some(_), None) => {
+                return Err("--injector-xds-tls-address needs the CA (--ca-dir or --ca-store) and --xds-tls".into())
+            }
+            (None, _) => None,
+        };
+        let tokens = match (ca, a.injector_ca_address.is_some() || secure_xds.is_some()) {
+            (Some(ca), true) => Some((std::sync::Arc::new(ca.tokens.clone()), Duration::from_secs(3600))),
             _ => None,
         };
         let cfg = crate::injector::InjectorConfig {
@@ -377,6 +393,7 @@ async fn start_injector(
             xds_address: a.injector_xds_address.clone(),
             ca_address: a.injector_ca_address.clone(),
             tokens,
+            secure_xds,
             ..Default::default()
         };
         let i = crate::injector::start(listen, &cert, &key, cfg)

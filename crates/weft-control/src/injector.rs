@@ -7,7 +7,9 @@
 //! - annotation `sidecar.weft.dev/bootstrap`: the sidecar's bootstrap YAML (node, admin, xDS
 //!   address), mounted into the sidecar as a file through a downward-API volume (`weft-bootstrap`);
 //!   with a CA, also `sidecar.weft.dev/identity-token`, a bootstrap token for the pod's
-//!   `namespace/serviceAccount` (mounted the same way);
+//!   `namespace/serviceAccount` (mounted the same way); with the secure xDS port
+//!   ([`SecureXds`]), also `sidecar.weft.dev/ca-root`, the mesh root the sidecar verifies weft
+//!   control with (public), and the sidecar gets its certificate and its configuration over TLS;
 //! - init container `weft-init` (first): `weft init` with `NET_ADMIN` and `NET_RAW`, installing
 //!   the iptables redirection to the sidecar's ports;
 //! - container `weft-proxy` (first, so the app starts after it): `weft proxy -c
@@ -30,6 +32,7 @@ pub const INJECT_ANNOTATION: &str = "sidecar.weft.dev/inject";
 pub const STATUS_ANNOTATION: &str = "sidecar.weft.dev/status";
 pub const BOOTSTRAP_ANNOTATION: &str = "sidecar.weft.dev/bootstrap";
 pub const TOKEN_ANNOTATION: &str = "sidecar.weft.dev/identity-token";
+pub const ROOT_ANNOTATION: &str = "sidecar.weft.dev/ca-root";
 /// Names the weft service a pod belongs to (default: its `app` label, `.`, its namespace).
 pub const SERVICE_ANNOTATION: &str = "sidecar.weft.dev/service";
 pub const PROXY_CONTAINER: &str = "weft-proxy";
@@ -46,6 +49,9 @@ pub struct InjectorConfig {
     pub ca_address: Option<String>,
     /// Mints the bootstrap tokens (the CA's token key), with their lifetime.
     pub tokens: Option<(Arc<crate::ca::TokenKey>, Duration)>,
+    /// Sidecars use weft control's TLS port (`--xds-tls`) for both the CA and ADS, instead of
+    /// `xds_address` and `ca_address`.
+    pub secure_xds: Option<SecureXds>,
     pub proxy_uid: i64,
     pub outbound_port: u16,
     pub inbound_port: u16,
@@ -59,12 +65,22 @@ impl Default for InjectorConfig {
             xds_address: "weft-control.weft-system.svc:18000".into(),
             ca_address: None,
             tokens: None,
+            secure_xds: None,
             proxy_uid: 1337,
             outbound_port: 15001,
             inbound_port: 15006,
             admin_port: 15000,
         }
     }
+}
+
+/// weft control's TLS port as injected sidecars reach it.
+#[derive(Clone)]
+pub struct SecureXds {
+    /// `weft-control.weft-system.svc:15012`.
+    pub address: String,
+    /// The mesh root (PEM) the sidecars verify weft control's certificate with.
+    pub root_pem: String,
 }
 
 /// Why a review could not be answered at all (a request that is answered — allowed or not —
@@ -207,10 +223,15 @@ pub fn patch_for(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) ->
     if let Some(p) = app_port {
         bootstrap.push_str(&format!("    weft.app: \"127.0.0.1:{p}\"\n"));
     }
+    let xds_address = cfg.secure_xds.as_ref().map_or(&cfg.xds_address, |s| &s.address);
     bootstrap.push_str(&format!(
-        "admin:\n  address: \"127.0.0.1:{}\"\nxds:\n  address: \"{}\"\n  mode: ads_delta\n",
-        cfg.admin_port, cfg.xds_address
+        "admin:\n  address: \"127.0.0.1:{}\"\nxds:\n  address: \"{xds_address}\"\n  mode: ads_delta\n",
+        cfg.admin_port
     ));
+    if cfg.secure_xds.is_some() {
+        // Verify weft control against the mesh root, authenticate with the workload certificate.
+        bootstrap.push_str("  tls: { mode: mesh }\n");
+    }
     let token = match &cfg.tokens {
         Some((key, ttl)) => Some(
             key.mint(&format!("{namespace}/{sa}"), *ttl)
@@ -225,13 +246,13 @@ pub fn patch_for(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) ->
     };
     let admin = format!("127.0.0.1:{}", cfg.admin_port);
     let mut proxy_args = vec![json!("proxy"), json!("-c"), json!("/etc/weft/bootstrap.yaml")];
-    if let (Some(ca), Some(_)) = (&cfg.ca_address, &token) {
-        proxy_args.extend([
-            json!("--ca-address"),
-            json!(ca),
-            json!("--identity-token-file"),
-            json!("/etc/weft/identity-token"),
-        ]);
+    let ca_address = cfg.secure_xds.as_ref().map(|s| &s.address).or(cfg.ca_address.as_ref());
+    if let (Some(ca), Some(_)) = (ca_address, &token) {
+        proxy_args.extend([json!("--ca-address"), json!(ca)]);
+        if cfg.secure_xds.is_some() {
+            proxy_args.extend([json!("--ca-root-file"), json!("/etc/weft/ca-root.pem")]);
+        }
+        proxy_args.extend([json!("--identity-token-file"), json!("/etc/weft/identity-token")]);
     }
     let proxy = json!({
         "name": PROXY_CONTAINER,
@@ -284,6 +305,9 @@ pub fn patch_for(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) ->
     if token.is_some() {
         items.push(json!({"path": "identity-token", "fieldRef": {"fieldPath": format!("metadata.annotations['{TOKEN_ANNOTATION}']")}}));
     }
+    if cfg.secure_xds.is_some() {
+        items.push(json!({"path": "ca-root.pem", "fieldRef": {"fieldPath": format!("metadata.annotations['{ROOT_ANNOTATION}']")}}));
+    }
     let volume = json!({"name": "weft-bootstrap", "downwardAPI": {"items": items}});
 
     let mut ops = Vec::new();
@@ -293,6 +317,9 @@ pub fn patch_for(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) ->
     ];
     if let Some(t) = token {
         new_ann.push((TOKEN_ANNOTATION, json!(t)));
+    }
+    if let Some(s) = &cfg.secure_xds {
+        new_ann.push((ROOT_ANNOTATION, json!(s.root_pem)));
     }
     if annotations.is_none() {
         let m: serde_json::Map<String, Value> = new_ann.into_iter().map(|(k, v)| (k.to_string(), v)).collect();

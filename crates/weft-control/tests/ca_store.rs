@@ -210,7 +210,7 @@ async fn two_replicas_share_one_ca_through_a_kubernetes_secret() {
     let secret = api.secret("weft-system", "weft-ca").unwrap();
     assert_eq!(secret["type"], "Opaque");
     let b64 = secret["data"]["ca.json"].as_str().unwrap();
-    let json = base64_decode(b64);
+    let json = weft_test_support::base64_decode(b64);
     let rec: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert!(!String::from_utf8_lossy(&json).contains("PRIVATE KEY"));
     assert!(rec["key"].as_str().unwrap().starts_with("v1:"));
@@ -243,30 +243,6 @@ async fn two_replicas_share_one_ca_through_a_kubernetes_secret() {
     );
     cp_a.stop().await;
     cp_b.stop().await;
-}
-
-#[cfg(feature = "kubernetes")]
-fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        } as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
 }
 
 /// etcd with authentication on, set up as docs/security.md says: a `weft-control` user whose role

@@ -70,35 +70,11 @@ fn patched(review: &Value, resp: &Value) -> Option<Value> {
     assert_eq!(r["allowed"], true);
     let b64 = r["patch"].as_str()?;
     assert_eq!(r["patchType"], "JSONPatch");
-    let bytes = decode_b64(b64);
+    let bytes = weft_test_support::base64_decode(b64);
     let patch: json_patch::Patch = serde_json::from_slice(&bytes).expect("the patch is a JSON patch");
     let mut pod = review["request"]["object"].clone();
     json_patch::patch(&mut pod, &patch).expect("the patch applies to the pod");
     Some(pod)
-}
-
-fn decode_b64(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        }
-    };
-    let clean: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
-    let mut out = Vec::new();
-    for chunk in clean.chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= val(*c) << (18 - 6 * i);
-        }
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..chunk.len() - 1]);
-    }
-    out
 }
 
 fn container<'a>(pod: &'a Value, list: &str, name: &str) -> &'a Value {

@@ -216,3 +216,113 @@ fn plaintext_xds_beyond_loopback_needs_insecure_xds() {
         "{err}"
     );
 }
+
+/// The injector's answer, taken apart: the pod's new annotations and the sidecar container.
+fn injected(resp: &serde_json::Value) -> (serde_json::Map<String, serde_json::Value>, serde_json::Value) {
+    let b64 = resp["response"]["patch"].as_str().expect("a patch");
+    let ops: Vec<serde_json::Value> = serde_json::from_slice(&base64_decode(b64)).unwrap();
+    let (mut ann, mut proxy) = (serde_json::Map::new(), serde_json::Value::Null);
+    for op in ops {
+        let path = op["path"].as_str().unwrap();
+        if path == "/metadata/annotations" {
+            ann.extend(op["value"].as_object().unwrap().clone());
+        } else if let Some(key) = path.strip_prefix("/metadata/annotations/") {
+            ann.insert(key.replace("~1", "/").replace("~0", "~"), op["value"].clone());
+        } else if path.starts_with("/spec/containers") && op["value"]["name"] == "weft-proxy" {
+            proxy = op["value"].clone();
+        }
+    }
+    (ann, proxy)
+}
+
+/// A pod injected for the secure port (`--injector-xds-tls-address`) runs as injected: its sidecar
+/// gets its certificate with the injected token, verifies weft control with the injected root and
+/// gets its configuration over TLS, although its service account (`bookinfo-reviews`) is not
+/// named after its service (`reviews.bookinfo`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_injected_sidecar_uses_the_tls_port_with_what_the_injector_gave_it() {
+    let dir = TempDir::new("xds-tls-injected");
+    std::fs::create_dir_all(dir.join("reg")).unwrap();
+    std::fs::write(
+        dir.join("reg/services.yaml"),
+        "services:\n  - name: reviews.bookinfo\n    endpoints: [{address: \"127.0.0.1:9\", labels: {security.weft.dev/identity: \"spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews\"}}]\n",
+    )
+    .unwrap();
+    let (secure, control_admin) = (addr(), addr());
+    let _control = spawn(
+        Command::new(WEFT)
+            .args(["control", "--registry"])
+            .arg(dir.join("reg"))
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .args([
+                "--xds",
+                &addr().to_string(),
+                "--xds-tls",
+                &secure.to_string(),
+                "--admin",
+                &control_admin.to_string(),
+            ]),
+        &dir.join("control.log"),
+    );
+    wait_until("weft control's TLS port", Duration::from_secs(10), || {
+        TcpStream::connect(secure).ok()
+    });
+
+    // The injector as weft control runs it with --injector-xds-tls-address (its token key and
+    // root are the CA's), answering the recorded review of a bookinfo reviews-v1 pod.
+    let (admin_port, outbound, inbound) = (addr().port(), addr().port(), addr().port());
+    let cfg = weft_control::injector::InjectorConfig {
+        tokens: Some((
+            std::sync::Arc::new(weft_control::ca::TokenKey::load_or_create(&dir.join("ca"), None).unwrap()),
+            Duration::from_secs(600),
+        )),
+        secure_xds: Some(weft_control::injector::SecureXds {
+            address: secure.to_string(),
+            root_pem: std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap(),
+        }),
+        admin_port,
+        outbound_port: outbound,
+        inbound_port: inbound,
+        ..Default::default()
+    };
+    let review = kube_api::fixture_text("admissionreview-create-pod.json");
+    let resp = weft_control::injector::review(review.as_bytes(), &cfg).unwrap();
+    let (ann, proxy) = injected(&resp);
+    let bootstrap = ann["sidecar.weft.dev/bootstrap"].as_str().unwrap();
+    assert!(
+        bootstrap.contains(&format!("address: \"{secure}\"")) && bootstrap.contains("tls: { mode: mesh }"),
+        "{bootstrap}"
+    );
+    // The pod's files, as its downward-API volume would hold them (listening on loopback here).
+    let etc = dir.join("etc-weft");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("bootstrap.yaml"), bootstrap.replace("0.0.0.0:", "127.0.0.1:")).unwrap();
+    for (file, key) in [
+        ("identity-token", "sidecar.weft.dev/identity-token"),
+        ("ca-root.pem", "sidecar.weft.dev/ca-root"),
+    ] {
+        std::fs::write(etc.join(file), ann[key].as_str().unwrap()).unwrap();
+    }
+    let args: Vec<String> = proxy["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("/etc/weft/", &format!("{}/", etc.display()))
+        })
+        .collect();
+    assert!(args.contains(&"--ca-root-file".to_string()), "{args:?}");
+    let _sidecar = spawn(Command::new(WEFT).args(&args), &dir.join("sidecar.log"));
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_until("the injected sidecar ready", Duration::from_secs(30), || {
+        http_text(admin, "GET", "/ready").filter(|r| status_of(r) == 200)
+    });
+    let proxies = http_text(control_admin, "GET", "/debug/proxies").unwrap();
+    assert!(
+        proxies.contains("\"authenticated_identity\": \"spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews\""),
+        "{proxies}"
+    );
+}
