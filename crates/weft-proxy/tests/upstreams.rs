@@ -105,14 +105,14 @@ async fn generated_hash_cookie(lb: &str) {
     let yaml = one_route_yaml(
         &format!("{{ cluster: app, hash_policy: [{{ cookie: {generating} }}] }}"),
         &format!(
-            "  - {{ name: app, lb_policy: {lb}, endpoints: [{}] }}\n  - {{ name: down, lb_policy: {lb}, endpoints: [{{ address: \"{closed}\" }}] }}",
-            eps.join(", ")
+            "  - {{ name: app, lb_policy: {lb}, endpoints: [{eps}] }}\n  - {{ name: rr, endpoints: [{eps}] }}\n  - {{ name: down, lb_policy: {lb}, endpoints: [{{ address: \"{closed}\" }}] }}",
+            eps = eps.join(", ")
         ),
     )
     .replace(
         "              - match: { prefix: / }\n",
         &format!(
-            "              - match: {{ prefix: /plain }}\n                route: {{ cluster: app, hash_policy: [{{ cookie: {{ name: sticky }} }}] }}\n              - match: {{ prefix: /down }}\n                route: {{ cluster: down, hash_policy: [{{ cookie: {generating} }}] }}\n              - match: {{ prefix: / }}\n"
+            "              - match: {{ prefix: /rr }}\n                route: {{ cluster: rr, hash_policy: [{{ cookie: {generating} }}] }}\n              - match: {{ prefix: /plain }}\n                route: {{ cluster: app, hash_policy: [{{ cookie: {{ name: sticky }} }}] }}\n              - match: {{ prefix: /down }}\n                route: {{ cluster: down, hash_policy: [{{ cookie: {generating} }}] }}\n              - match: {{ prefix: / }}\n"
         ),
     )
     // Generated cookies are added after the response header mutations, which cannot remove them.
@@ -177,6 +177,11 @@ async fn generated_hash_cookie(lb: &str) {
         assert_eq!(got.status, 200);
         assert!(got.headers.get("set-cookie").is_none(), "{lb}: no ttl, no cookie");
     }
+    // A cluster that does not hash (round robin) gets no cookie either, as in Envoy, where only
+    // the consistent-hash balancers ask for the hash.
+    let got = c.get("/rr").await;
+    assert_eq!(got.status, 200);
+    assert!(got.headers.get("set-cookie").is_none(), "{lb}: round robin, no cookie");
     // A local reply (here: the only host refuses connections) carries no cookie, as Envoy's.
     let got = c.get("/down").await;
     assert_eq!(got.status, 503);

@@ -70,11 +70,18 @@ impl Plan {
         let hash = if action.hash_policy.is_empty() {
             None
         } else {
+            // As Envoy, where only the consistent-hash balancers ask for the hash: cookies are
+            // generated only for clusters that will stick to them.
+            let generate = matches!(
+                cluster.config.lb_policy,
+                weft_config::LbPolicy::RingHash { .. } | weft_config::LbPolicy::Maglev { .. }
+            )
+            .then_some((ctx.peer, ctx.local));
             compute_hash(
                 &action.hash_policy,
                 req,
                 ctx.peer_ip.as_bytes(),
-                (ctx.peer, ctx.local),
+                generate,
                 &mut set_cookies,
             )
         };

@@ -140,15 +140,16 @@ pub(super) fn request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
-/// `peer_ip` is the client address as text (already formatted once per connection). A cookie
-/// policy with a ttl whose cookie the request lacks generates one (see [`generated_cookie`]): the
-/// hash is that of the generated value, and its `Set-Cookie` is pushed on `set_cookies` for the
-/// response.
+/// `peer_ip` is the client address as text (already formatted once per connection). With
+/// `conn` (the connection's remote and local addresses; `None` when the cluster does not hash),
+/// a cookie policy with a ttl whose cookie the request lacks generates one (see
+/// [`generated_cookie`]): the hash is that of the generated value, and its `Set-Cookie` is pushed
+/// on `set_cookies` for the response.
 pub(super) fn compute_hash(
     policies: &[HashPolicy],
     req: &Request<Incoming>,
     peer_ip: &[u8],
-    conn: (SocketAddr, Option<SocketAddr>),
+    conn: Option<(SocketAddr, Option<SocketAddr>)>,
     set_cookies: &mut Vec<HeaderValue>,
 ) -> Option<u64> {
     let mut hash: Option<u64> = None;
@@ -164,10 +165,10 @@ pub(super) fn compute_hash(
                 name,
                 terminal,
                 generate,
-            } => match (cookie(req.headers(), name), generate) {
+            } => match (cookie(req.headers(), name), generate.as_deref().zip(conn)) {
                 (Some(v), _) => (Some(weft_lb::hash_key(v.as_bytes())), *terminal),
-                (None, Some(g)) => {
-                    let value = generated_cookie(conn.0, conn.1);
+                (None, Some((g, (remote, local)))) => {
+                    let value = generated_cookie(remote, local);
                     if let Ok(v) = HeaderValue::from_str(&g.set_cookie(name, &value)) {
                         set_cookies.push(v);
                     }
