@@ -40,6 +40,19 @@ fn http(addr: SocketAddr, method: &str, host: &str, path: &str) -> Option<(u16, 
     Some((status, body))
 }
 
+/// The status line and headers of a GET, and the client's address.
+fn response_head(addr: SocketAddr, host: &str, path: &str) -> (String, SocketAddr) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).expect("connect");
+    let me = s.local_addr().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let head = text.split_once("\r\n\r\n").map_or(text.clone(), |(h, _)| h.to_string());
+    (head, me)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Registry files (the file registry format of docs/control.md)
 
@@ -1040,7 +1053,22 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
     );
     write_file(
         &reg.join("routes.yaml"),
-        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n      - match: [{prefix: /old/, query_params: {lang: {exact: en}, debug: {present: true}}}]\n        route: [{destination: echo}]\n        rewrite: {uri: /new/, authority: echo.internal}\n        headers: {request: {set: {x-lane: blue}, add: {x-via: weft}, remove: [x-debug]}, response: {set: {x-served-by: weft}, remove: [server]}}\n",
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n      - match: [{prefix: /old/, query_params: {lang: {exact: en}, debug: {present: true}}}]\n        route: [{destination: echo}]\n        rewrite: {uri: /new/, authority: echo.internal}\n        headers: {request: {set: {x-lane: blue}, add: {x-via: weft}, remove: [x-debug]}, response: {set: {x-served-by: weft}, remove: [server]}}\n      - match: [{prefix: /sticky}]\n        route: [{destination: sticky}]\n        hash: {cookie: {name: sticky, ttl: 1h, path: /}}\n",
+    );
+    // The same echo server as a ring_hash service, for the cookie hash (Envoy generates cookies
+    // only for consistent-hash clusters).
+    write_file(
+        &reg.join("sticky.yaml"),
+        &service_yaml(
+            "sticky",
+            "http",
+            &[Ep {
+                addr: echo,
+                weight: 1,
+                zone: "z1",
+                version: "v1",
+            }],
+        ),
     );
     write_file(
         &reg.join("destinations.yaml"),
@@ -1058,6 +1086,8 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
       - {interval: 200ms, interval_jitter: 50ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2, http: {path: /healthz, host: echo.local, expected_statuses: ["200-299", 304]}}
   - service: ratelimit
     health_checks: [{interval: 1s, tcp: {}}]
+  - service: sticky
+    lb: ring_hash
   - service: ratings
     locality_lb: weighted
     panic_threshold: 0
@@ -1087,6 +1117,36 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
     }
     assert_rate_limited(envoy.outbound, &rls, 3);
     assert_envoy_accepted_everything(&envoy);
+    // The route's cookie hash: Envoy generates the cookie as weft does (docs/config.md).
+    let (head, me) = response_head(envoy.outbound, "echo", "/sticky");
+    let set_cookie = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .expect("Envoy sets the generated cookie");
+    let value = set_cookie
+        .strip_prefix("sticky=\"")
+        .and_then(|r| r.split_once('"'))
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_else(|| panic!("{set_cookie}"));
+    assert!(
+        value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{set_cookie}"
+    );
+    assert_eq!(
+        set_cookie,
+        format!("sticky=\"{value}\"; Max-Age=3600; Path=/; HttpOnly")
+    );
+    // Its value: xxHash64 of the connection's remote then local address, as weft makes it.
+    let addrs = format!("{me}{}", envoy.outbound);
+    assert_eq!(
+        value,
+        format!("{:016x}", weft_lb::hash_key(addrs.as_bytes())),
+        "{addrs}"
+    );
     let stats = envoy.stats();
     assert!(
         stats.get("cluster.echo.health_check.success").copied().unwrap_or(0) > 0,
