@@ -165,6 +165,38 @@ async fn generated_hash_cookie(lb: &str) {
         values.insert(value);
     }
     assert_eq!(values.len(), 12, "{lb}: one cookie per connection");
+
+    // Concurrent HTTP/2 streams of one connection all get the same cookie and the same endpoint.
+    let h2 = h2_connect::<http_body_util::Full<bytes::Bytes>>(addr).await;
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let mut h2 = h2.clone();
+            tokio::spawn(async move {
+                let mut r = req("GET", "http://x/", "x", &[], "");
+                *r.version_mut() = http::Version::HTTP_2;
+                let resp = h2.send_request(r).await.expect("HTTP/2 response");
+                let h = resp.headers();
+                (
+                    h.get("set-cookie").map(|v| v.to_str().unwrap().to_string()),
+                    h.get("x-upstream").map(|v| v.to_str().unwrap().to_string()),
+                )
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for s in streams {
+        let (cookie, upstream) = s.await.unwrap();
+        assert!(
+            cookie.as_deref().is_some_and(|c| c.starts_with("sticky=\"")),
+            "{lb}: {cookie:?}"
+        );
+        seen.insert((cookie, upstream));
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "{lb}: one cookie and one endpoint per connection: {seen:?}"
+    );
     assert!(
         used.len() >= 2,
         "{lb}: generated cookies spread over the hosts: {used:?}"
