@@ -213,7 +213,7 @@ pub(super) fn generated_cookie(remote: SocketAddr, local: Option<SocketAddr>) ->
 }
 
 /// The value of cookie `name` (compared case-sensitively), without the double quotes that may
-/// surround it (as Envoy: `s="abc"` hashes like `s=abc`).
+/// surround it (as Envoy: `s="abc"` hashes like `s=abc`); an empty value counts as absent.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     for v in headers.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
@@ -221,7 +221,7 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
             if let Some((k, val)) = pair.trim().split_once('=') {
                 if k == name {
                     let unquoted = val.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(val);
-                    return Some(unquoted);
+                    return Some(unquoted).filter(|v| !v.is_empty());
                 }
             }
         }
@@ -241,6 +241,10 @@ mod cookie_tests {
         assert_eq!(cookie(&h, "s"), Some("00ff"));
         assert_eq!(cookie(&h, "a"), Some("1"));
         assert_eq!(cookie(&h, "S"), None);
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("s=\"\"; e="));
+        assert_eq!(cookie(&h, "s"), None, "empty: absent, as Envoy");
+        assert_eq!(cookie(&h, "e"), None);
     }
 
     #[test]
