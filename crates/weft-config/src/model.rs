@@ -600,10 +600,70 @@ pub struct RetryOn {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum HashPolicy {
-    Header { name: String, terminal: bool },
-    Cookie { name: String, terminal: bool },
-    SourceIp { terminal: bool },
-    QueryParameter { name: String, terminal: bool },
+    Header {
+        name: String,
+        terminal: bool,
+    },
+    /// `generate`: when the request has no such cookie, the proxy makes one up, hashes on it and
+    /// sends it to the client in a `Set-Cookie` (Envoy's `cookie.ttl`); `None`: never generated.
+    Cookie {
+        name: String,
+        terminal: bool,
+        generate: Option<Box<CookieGen>>,
+    },
+    SourceIp {
+        terminal: bool,
+    },
+    QueryParameter {
+        name: String,
+        terminal: bool,
+    },
+}
+
+/// How a generated hash cookie is written: `Set-Cookie: NAME="VALUE"; Max-Age=TTL; Path=PATH;
+/// ATTRIBUTES; HttpOnly` (as Envoy, the value quoted; no `Max-Age` when the ttl is under 1s: a
+/// session cookie).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CookieGen {
+    #[serde(serialize_with = "ser_dur")]
+    pub ttl: Duration,
+    pub path: Option<String>,
+    pub attributes: Vec<CookieAttribute>,
+}
+
+/// One extra attribute of a generated cookie: `NAME` alone or `NAME=VALUE`.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct CookieAttribute {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl CookieGen {
+    /// The `Set-Cookie` value for cookie `name` with value `value`.
+    pub fn set_cookie(&self, name: &str, value: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(name.len() + value.len() + 64);
+        let _ = write!(out, "{name}=\"{value}\"");
+        let secs = self.ttl.as_secs();
+        if secs != 0 {
+            let _ = write!(out, "; Max-Age={secs}");
+        }
+        if let Some(p) = self.path.as_deref().filter(|p| !p.is_empty()) {
+            let _ = write!(out, "; Path={p}");
+        }
+        for a in &self.attributes {
+            match a.value.as_deref().filter(|v| !v.is_empty()) {
+                Some(v) => {
+                    let _ = write!(out, "; {}={v}", a.name);
+                }
+                None => {
+                    let _ = write!(out, "; {}", a.name);
+                }
+            }
+        }
+        out.push_str("; HttpOnly");
+        out
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -485,10 +485,72 @@ pub struct RawBackoff {
 #[serde(deny_unknown_fields, default)]
 pub struct RawHashPolicy {
     pub header: Option<String>,
-    pub cookie: Option<String>,
+    /// `cookie: NAME`, or `cookie: {name, ttl, path, attributes}`.
+    pub cookie: Option<RawCookie>,
     pub source_ip: Option<bool>,
     pub query_parameter: Option<String>,
     pub terminal: Option<bool>,
+}
+
+/// A cookie hash policy (Envoy `RouteAction.HashPolicy.Cookie`): written as the cookie's name
+/// alone, or as a map that can ask the proxy to generate the cookie (`ttl`).
+#[derive(Clone, Debug, Default)]
+pub struct RawCookie {
+    pub name: Option<String>,
+    pub ttl: Option<String>,
+    pub path: Option<String>,
+    pub attributes: Vec<RawCookieAttribute>,
+}
+
+/// The map form of [`RawCookie`].
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCookieMap {
+    name: Option<String>,
+    ttl: Option<String>,
+    path: Option<String>,
+    attributes: Vec<RawCookieAttribute>,
+}
+
+impl From<String> for RawCookie {
+    fn from(name: String) -> RawCookie {
+        RawCookie {
+            name: Some(name),
+            ..Default::default()
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RawCookie {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawCookie;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a cookie name, or a map with name, ttl, path, attributes")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawCookie, E> {
+                Ok(RawCookie::from(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawCookie, A::Error> {
+                let m = RawCookieMap::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawCookie {
+                    name: m.name,
+                    ttl: m.ttl,
+                    path: m.path,
+                    attributes: m.attributes,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawCookieAttribute {
+    pub name: Option<String>,
+    pub value: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

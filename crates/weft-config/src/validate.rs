@@ -1537,10 +1537,14 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
                 name: cx.header_name(&format!("{hp}.header"), name),
                 terminal,
             }
-        } else if let Some(name) = &h.cookie {
+        } else if let Some(c) = &h.cookie {
+            let Some((name, generate)) = cookie_policy(cx, &format!("{hp}.cookie"), c) else {
+                continue;
+            };
             HashPolicy::Cookie {
-                name: name.clone(),
+                name,
                 terminal,
+                generate,
             }
         } else if let Some(name) = &h.query_parameter {
             HashPolicy::QueryParameter {
@@ -1625,6 +1629,83 @@ fn thresholds(cx: &mut Ctx, p: &str, b: &RawCircuitBreakers) -> CircuitBreakers 
         ),
         high_priority: None,
     }
+}
+
+/// RFC 7230 `token`: what a cookie or attribute name may be.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A cookie path or attribute value: printable ASCII without `;` (RFC 6265 `path-value`).
+fn is_cookie_av(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';')
+}
+
+/// A cookie hash policy: its name, and how the proxy generates the cookie when `ttl` is set.
+fn cookie_policy(cx: &mut Ctx, path: &str, c: &RawCookie) -> Option<(String, Option<Box<CookieGen>>)> {
+    let name = cx.required(&format!("{path}.name"), &c.name)?.to_string();
+    let Some(ttl) = &c.ttl else {
+        // Without a ttl nothing is generated: path and attributes would mean nothing.
+        if c.path.is_some() {
+            cx.err(
+                &format!("{path}.path"),
+                "has no effect without ttl (no cookie is generated)",
+            );
+        }
+        if !c.attributes.is_empty() {
+            cx.err(
+                &format!("{path}.attributes"),
+                "have no effect without ttl (no cookie is generated)",
+            );
+        }
+        return Some((name, None));
+    };
+    if !is_token(&name) {
+        cx.err(
+            &format!("{path}.name"),
+            format!("\"{name}\" is not a valid cookie name (an HTTP token)"),
+        );
+    }
+    let ttl = cx.dur(&format!("{path}.ttl"), &Some(ttl.clone()));
+    if let Some(p) = &c.path {
+        if p.is_empty() || !is_cookie_av(p) {
+            cx.err(&format!("{path}.path"), "must be non-empty printable ASCII without ';'");
+        }
+    }
+    let mut attributes = Vec::with_capacity(c.attributes.len());
+    for (i, a) in c.attributes.iter().enumerate() {
+        let ap = format!("{path}.attributes[{i}]");
+        let Some(n) = cx.required(&format!("{ap}.name"), &a.name) else {
+            continue;
+        };
+        if !is_token(n) {
+            cx.err(
+                &format!("{ap}.name"),
+                format!("\"{n}\" is not a valid attribute name (an HTTP token)"),
+            );
+        }
+        if let Some(v) = &a.value {
+            if !is_cookie_av(v) {
+                cx.err(&format!("{ap}.value"), "must be printable ASCII without ';'");
+            }
+        }
+        attributes.push(CookieAttribute {
+            name: n.to_string(),
+            value: a.value.clone().filter(|v| !v.is_empty()),
+        });
+    }
+    Some((
+        name,
+        ttl.map(|ttl| {
+            Box::new(CookieGen {
+                ttl,
+                path: c.path.clone(),
+                attributes,
+            })
+        }),
+    ))
 }
 
 fn retry_policy(cx: &mut Ctx, path: &str, r: &RawRetryPolicy) -> RetryPolicy {

@@ -252,6 +252,17 @@ struct LoadBalancer {
 struct ConsistentHash {
     http_header_name: Option<String>,
     use_source_ip: Option<bool>,
+    http_cookie: Option<HttpCookie>,
+    #[serde(flatten)]
+    other: Other,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpCookie {
+    name: Option<String>,
+    path: Option<String>,
+    ttl: Option<String>,
     #[serde(flatten)]
     other: Other,
 }
@@ -634,7 +645,33 @@ pub fn destination_rule_hash(spec: &DestinationRuleSpec) -> Option<Value> {
     if let Some(h) = ch.get("httpHeaderName").and_then(Value::as_str) {
         return Some(json!({ "header": h }));
     }
+    if let Some(c) = ch.get("httpCookie") {
+        let mut cookie = Map::new();
+        cookie.insert("name".into(), json!(c.get("name")?.as_str()?));
+        for k in ["ttl", "path"] {
+            if let Some(v) = c.get(k).and_then(Value::as_str) {
+                cookie.insert(k.into(), json!(v));
+            }
+        }
+        return Some(json!({ "cookie": cookie }));
+    }
     (ch.get("useSourceIp") == Some(&Value::Bool(true))).then(|| json!({ "source_ip": true }))
+}
+
+/// Checks a DestinationRule's `consistentHash.httpCookie` (the routes to its host get it as their
+/// `hash.cookie`, validated again there).
+fn http_cookie(c: &HttpCookie) -> Result<(), String> {
+    const AT: &str = "trafficPolicy.loadBalancer.consistentHash.httpCookie";
+    unsupported(&c.other, &format!("{AT}."))?;
+    if c.name.as_deref().is_none_or(str::is_empty) {
+        return Err(format!("{AT}.name is required"));
+    }
+    if let Some(t) = &c.ttl {
+        weft_config::duration::parse(t).map_err(|e| format!("{AT}.ttl: {e}"))?;
+    } else if c.path.is_some() {
+        return Err(format!("{AT}.path has no effect without ttl (no cookie is generated)"));
+    }
+    Ok(())
 }
 
 fn traffic_policy(t: TrafficPolicy, out: &mut Map<String, Value>) -> Result<(), String> {
@@ -655,11 +692,16 @@ fn traffic_policy(t: TrafficPolicy, out: &mut Map<String, Value>) -> Result<(), 
             },
             (None, Some(ch)) => {
                 unsupported(&ch.other, "trafficPolicy.loadBalancer.consistentHash.")?;
-                match (ch.http_header_name, ch.use_source_ip) {
-                    (Some(_), None | Some(false)) | (None, Some(true)) => "ring_hash",
+                match (ch.http_header_name, ch.use_source_ip, ch.http_cookie) {
+                    (Some(_), None | Some(false), None) | (None, Some(true), None) => "ring_hash",
+                    (None, None | Some(false), Some(c)) => {
+                        http_cookie(&c)?;
+                        "ring_hash"
+                    }
                     _ => {
                         return Err(
-                            "trafficPolicy.loadBalancer.consistentHash: give httpHeaderName or useSourceIp".into(),
+                            "trafficPolicy.loadBalancer.consistentHash: give one of httpHeaderName, httpCookie, useSourceIp"
+                                .into(),
                         )
                     }
                 }
@@ -879,13 +921,41 @@ mod tests {
         assert_eq!(d.outlier.as_ref().unwrap().consecutive_5xx, Some(3));
         assert_eq!(d.limits.as_ref().unwrap().max_connections, Some(10));
         assert_eq!(d.subsets[0].labels["version"], "v1");
-        let mut bad = dr.clone();
-        bad.raw.insert(
+        // consistentHash.httpCookie: ring_hash, and the routes to the host hash on the cookie,
+        // generated with ttl and path.
+        let mut cookie = dr.clone();
+        cookie.raw.insert(
             "trafficPolicy".into(),
-            json!({"loadBalancer": {"consistentHash": {"httpCookie": {"name": "u"}}}}),
+            json!({"loadBalancer": {"consistentHash": {"httpCookie": {"name": "u", "path": "/", "ttl": "3600s"}}}}),
         );
-        let (f, skipped) = destination_rule("DestinationRule shop/r", "shop", &bad);
-        assert!(f.is_none());
-        assert!(skipped["DestinationRule shop/r"].contains("httpCookie is not supported"));
+        let (f, skipped) = destination_rule("DestinationRule shop/r", "shop", &cookie);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(f.unwrap().destinations[0].lb, crate::model::LbPolicy::RingHash);
+        assert_eq!(
+            destination_rule_hash(&cookie),
+            Some(json!({"cookie": {"name": "u", "path": "/", "ttl": "3600s"}}))
+        );
+        // Refused, naming the field: attributes (not mapped), no name, a bad ttl, path without ttl.
+        for (c, why) in [
+            (
+                json!({"name": "u", "ttl": "0s", "attributes": [{"name": "Secure"}]}),
+                "httpCookie.attributes is not supported",
+            ),
+            (json!({"ttl": "0s"}), "httpCookie.name is required"),
+            (json!({"name": "u", "ttl": "soon"}), "httpCookie.ttl"),
+            (
+                json!({"name": "u", "path": "/"}),
+                "httpCookie.path has no effect without ttl",
+            ),
+        ] {
+            let mut bad = dr.clone();
+            bad.raw.insert(
+                "trafficPolicy".into(),
+                json!({"loadBalancer": {"consistentHash": {"httpCookie": c}}}),
+            );
+            let (f, skipped) = destination_rule("DestinationRule shop/r", "shop", &bad);
+            assert!(f.is_none());
+            assert!(skipped["DestinationRule shop/r"].contains(why), "{skipped:?}");
+        }
     }
 }

@@ -364,6 +364,15 @@ struct RawHash {
     header: Option<String>,
     #[serde(default)]
     source_ip: bool,
+    cookie: Option<RawHashCookie>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHashCookie {
+    name: String,
+    ttl: Option<String>,
+    path: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -618,6 +627,13 @@ pub struct RateLimit {
 pub enum HashOn {
     Header(String),
     SourceIp,
+    /// Envoy's `hash_policy.cookie`: with a `ttl` the proxy generates the cookie when the request
+    /// has none (ttl 0: a session cookie) and sets it, with `path`, on the response.
+    Cookie {
+        name: String,
+        ttl: Option<Duration>,
+        path: Option<String>,
+    },
 }
 
 /// One action of a global rate limit descriptor (Envoy `RateLimit.Action`).
@@ -861,6 +877,49 @@ fn dur(e: &mut Errs<'_>, path: &str, s: &str) -> Option<Duration> {
             None
         }
     }
+}
+
+/// A route's `hash.cookie`: the same rules as the proxy's `hash_policy[].cookie`, so what Envoy
+/// and weft are sent is valid for both.
+fn hash_cookie(e: &mut Errs<'_>, path: &str, c: RawHashCookie) -> Option<HashOn> {
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut ok = true;
+    if !token(&c.name) {
+        e.push(
+            format!("{path}.name"),
+            format!("\"{}\" is not a valid cookie name (an HTTP token)", c.name),
+        );
+        ok = false;
+    }
+    let ttl = match &c.ttl {
+        Some(t) => {
+            let d = dur(e, &format!("{path}.ttl"), t);
+            ok &= d.is_some();
+            d
+        }
+        None => None,
+    };
+    if let Some(p) = &c.path {
+        if c.ttl.is_none() {
+            e.push(
+                format!("{path}.path"),
+                "has no effect without ttl (no cookie is generated)",
+            );
+            ok = false;
+        } else if p.is_empty() || !p.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b';') {
+            e.push(format!("{path}.path"), "must be non-empty printable ASCII without ';'");
+            ok = false;
+        }
+    }
+    ok.then_some(HashOn::Cookie {
+        name: c.name,
+        ttl,
+        path: c.path,
+    })
 }
 
 fn percent(e: &mut Errs<'_>, path: &str, p: f64) -> f64 {
@@ -1595,11 +1654,15 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
             burst: r.burst.unwrap_or(r.requests).max(r.requests),
         })
     });
-    let hash = h.hash.and_then(|x| match (x.header, x.source_ip) {
-        (Some(hd), false) => Some(HashOn::Header(hd.to_ascii_lowercase())),
-        (None, true) => Some(HashOn::SourceIp),
+    let hash = h.hash.and_then(|x| match (x.header, x.source_ip, x.cookie) {
+        (Some(hd), false, None) => Some(HashOn::Header(hd.to_ascii_lowercase())),
+        (None, true, None) => Some(HashOn::SourceIp),
+        (None, false, Some(c)) => hash_cookie(e, &format!("{p}.hash.cookie"), c),
         _ => {
-            e.push(format!("{p}.hash"), "give exactly one of header, source_ip: true");
+            e.push(
+                format!("{p}.hash"),
+                "give exactly one of header, source_ip: true, cookie",
+            );
             None
         }
     });
@@ -2129,6 +2192,49 @@ routes:
             "routes[1].dubbo: service \"web\" is not a Dubbo service (protocol: dubbo)",
         ] {
             assert!(all.contains(want), "want {want:?} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn hash_cookies_are_checked() {
+        let ok = parse_fragment(
+            "h.yaml",
+            "routes:\n  - service: web\n    http:\n      - route: [{destination: web}]\n        hash: {cookie: {name: s, ttl: 0s}}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ok.routes[0].http[0].hash,
+            Some(HashOn::Cookie {
+                name: "s".into(),
+                ttl: Some(Duration::ZERO),
+                path: None
+            })
+        );
+        let errs = parse_fragment(
+            "h.yaml",
+            r#"routes:
+  - service: web
+    http:
+      - route: [{destination: web}]
+        hash: {cookie: {name: "a b", ttl: soon}}
+      - route: [{destination: web}]
+        hash: {cookie: {name: s, path: /}}
+      - route: [{destination: web}]
+        hash: {cookie: {name: s, ttl: 1h, path: "/a;b"}}
+      - route: [{destination: web}]
+        hash: {cookie: {name: s}, header: x-user}
+"#,
+        )
+        .unwrap_err()
+        .join("\n");
+        for want in [
+            "routes[0].http[0].hash.cookie.name: \"a b\" is not a valid cookie name",
+            "routes[0].http[0].hash.cookie.ttl: ",
+            "routes[0].http[1].hash.cookie.path: has no effect without ttl",
+            "routes[0].http[2].hash.cookie.path: must be non-empty printable ASCII without ';'",
+            "routes[0].http[3].hash: give exactly one of header, source_ip: true, cookie",
+        ] {
+            assert!(errs.contains(want), "want {want:?} in\n{errs}");
         }
     }
 

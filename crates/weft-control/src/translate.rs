@@ -1185,8 +1185,14 @@ fn route_action(world: &World, h: &model::HttpRoute, sidecar: bool) -> rt::Route
         }];
     }
     if let Some(hash) = &h.hash {
-        use rt::route_action::hash_policy::{ConnectionProperties, Header, PolicySpecifier};
+        use rt::route_action::hash_policy::{ConnectionProperties, Cookie, Header, PolicySpecifier};
         let spec = match hash {
+            HashOn::Cookie { name, ttl, path } => PolicySpecifier::Cookie(Cookie {
+                name: name.clone(),
+                ttl: ttl.map(pb_dur),
+                path: path.clone().unwrap_or_default(),
+                ..Default::default()
+            }),
             HashOn::Header(name) => PolicySpecifier::Header(Header {
                 header_name: name.clone(),
                 ..Default::default()

@@ -12,7 +12,8 @@ use weft_xds_api::pb::envoy::config::core::v3::{
 };
 use weft_xds_api::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
 use weft_xds_api::pb::envoy::config::route::v3::{
-    rate_limit::action::ActionSpecifier, route::Action, RouteAction, RouteConfiguration,
+    rate_limit::action::ActionSpecifier, route::Action, route_action::hash_policy::PolicySpecifier, RouteAction,
+    RouteConfiguration,
 };
 use weft_xds_api::pb::envoy::extensions::filters::http::ratelimit::v3::RateLimit as RateLimitFilter;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -52,6 +53,9 @@ routes:
         rate_limits:
           - actions: [{request_headers: {header_name: x-user, descriptor_key: user}}]
           - actions: [{remote_address: {}}, {generic_key: {descriptor_value: reviews-api}}]
+      - match: [{prefix: /sticky}]
+        route: [{destination: reviews}]
+        hash: {cookie: {name: sticky, ttl: 1h, path: /}}
   - service: ratings
     http:
       - route: [{destination: ratings}]
@@ -240,8 +244,19 @@ async fn governance_policies_become_standard_envoy_fields() {
         }
         other => panic!("{other:?}"),
     }
+    // A cookie hash: Envoy's hash_policy.cookie with its ttl and path.
+    let sticky = action(&rc, "reviews", 1);
+    let [hp] = &sticky.hash_policy[..] else {
+        panic!("{:?}", sticky.hash_policy)
+    };
+    let Some(PolicySpecifier::Cookie(c)) = &hp.policy_specifier else {
+        panic!("{hp:?}")
+    };
+    assert_eq!((c.name.as_str(), c.path.as_str()), ("sticky", "/"));
+    assert_eq!(c.ttl.unwrap().seconds, 3600);
+    assert!(c.attributes.is_empty());
     // The catch-all route stays at default priority without limits.
-    let last = action(&rc, "reviews", 1);
+    let last = action(&rc, "reviews", 2);
     assert!(last.priority == 0 && last.rate_limits.is_empty());
 
     // A proxyless gRPC client: its API listener gets neither the filter nor the route fields.

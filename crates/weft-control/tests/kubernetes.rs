@@ -449,7 +449,7 @@ async fn istio_resources_become_policies_and_a_cluster_without_istio_still_syncs
     api.apply(fixture("destinationrule-reviews.json"));
     let mut broken = fixture("destinationrule-reviews.json");
     broken["metadata"]["name"] = json!("ratings");
-    broken["spec"] = json!({"host": "ratings", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpCookie": {"name": "user", "ttl": "0s"}}}}});
+    broken["spec"] = json!({"host": "ratings", "trafficPolicy": {"loadBalancer": {"consistentHash": {"httpQueryParameterName": "user"}}}});
     api.apply(broken);
     let mut h = Harness::start(&api);
     h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
@@ -477,7 +477,7 @@ async fn istio_resources_become_policies_and_a_cluster_without_istio_still_syncs
         .skipped
         .get("DestinationRule bookinfo/ratings")
         .expect("the unsupported rule reported");
-    assert!(why.contains("httpCookie is not supported"), "{why}");
+    assert!(why.contains("httpQueryParameterName is not supported"), "{why}");
 
     // A malformed object never stops the watch; deleting it clears its report.
     let mut bad = fixture("virtualservice-reviews.json");
@@ -497,6 +497,42 @@ async fn istio_resources_become_policies_and_a_cluster_without_istio_still_syncs
             && !s.sources.contains_key("k8s:virtualservice/bookinfo/reviews")
     })
     .await;
+}
+
+#[test]
+fn a_destination_rule_http_cookie_hashes_the_virtual_service_routes_on_a_generated_cookie() {
+    let mut dr = fixture("destinationrule-reviews.json");
+    dr["spec"]["trafficPolicy"]["loadBalancer"] =
+        json!({"consistentHash": {"httpCookie": {"name": "user", "path": "/", "ttl": "0s"}}});
+    let objects = vec![
+        fixture("service-reviews.json"),
+        dr,
+        fixture("virtualservice-reviews.json"),
+    ];
+    let (changes, skipped) = weft_control::registry::kubernetes::changes_for_objects(&objects, "cluster.local");
+    assert!(skipped.is_empty(), "{skipped:?}");
+    let fragment = |name: &str| {
+        changes
+            .iter()
+            .find_map(|c| match c {
+                SourceChange::Upsert { source, fragment } if source == name => Some(fragment),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{name} published"))
+    };
+    let d = &fragment("k8s:destinationrule/bookinfo/reviews").destinations[0];
+    assert_eq!(d.lb, weft_control::model::LbPolicy::RingHash);
+    for h in &fragment("k8s:virtualservice/bookinfo/reviews").routes[0].http {
+        assert_eq!(
+            h.hash,
+            Some(weft_control::model::HashOn::Cookie {
+                name: "user".into(),
+                ttl: Some(Duration::ZERO),
+                path: Some("/".into())
+            }),
+            "{h:?}"
+        );
+    }
 }
 
 #[test]

@@ -79,6 +79,150 @@ async fn original_dst_cluster_follows_the_header() {
     assert_eq!(got.header("x-weft-reason"), Some("UH"));
 }
 
+/// A cookie hash policy with a ttl: a request without the cookie gets one generated (Envoy's
+/// format), is sent where that cookie hashes, and the cookie keeps later requests there.
+#[tokio::test]
+async fn generated_hash_cookies_are_set_and_sticky() {
+    for lb in ["ring_hash", "maglev"] {
+        generated_hash_cookie(lb).await;
+    }
+}
+
+async fn generated_hash_cookie(lb: &str) {
+    let ups = [
+        named_upstream("a").await,
+        named_upstream("b").await,
+        named_upstream("c").await,
+    ];
+    let eps: Vec<String> = ups.iter().map(|u| format!("{{ address: \"{}\" }}", u.addr)).collect();
+    // A port nothing listens on: the route to it ends in a local reply.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let generating =
+        "{ name: sticky, ttl: 1h, path: /, attributes: [{ name: SameSite, value: Lax }, { name: Secure }] }";
+    let yaml = one_route_yaml(
+        &format!("{{ cluster: app, hash_policy: [{{ cookie: {generating} }}] }}"),
+        &format!(
+            "  - {{ name: app, lb_policy: {lb}, endpoints: [{eps}] }}\n  - {{ name: rr, endpoints: [{eps}] }}\n  - {{ name: down, lb_policy: {lb}, endpoints: [{{ address: \"{closed}\" }}] }}",
+            eps = eps.join(", ")
+        ),
+    )
+    .replace(
+        "              - match: { prefix: / }\n",
+        &format!(
+            "              - match: {{ prefix: /rr }}\n                route: {{ cluster: rr, hash_policy: [{{ cookie: {generating} }}] }}\n              - match: {{ prefix: /plain }}\n                route: {{ cluster: app, hash_policy: [{{ cookie: {{ name: sticky }} }}] }}\n              - match: {{ prefix: /down }}\n                route: {{ cluster: down, hash_policy: [{{ cookie: {generating} }}] }}\n              - match: {{ prefix: / }}\n"
+        ),
+    )
+    // Generated cookies are added after the response header mutations, which cannot remove them.
+    .replace(
+        "            domains: [\"*\"]\n",
+        "            domains: [\"*\"]\n            response_headers_to_remove: [set-cookie]\n",
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+
+    let mut used = HashSet::new();
+    let mut values = HashSet::new();
+    for conn in 0..12 {
+        let mut c = H1Client::connect(addr).await;
+        let first = c.get("/").await;
+        assert_eq!(first.status, 200);
+        let picked = first.header("x-upstream").unwrap().to_string();
+        let set: Vec<_> = first.headers.get_all("set-cookie").iter().collect();
+        assert_eq!(set.len(), 1, "{lb}: one generated cookie: {set:?}");
+        let set = set[0].to_str().unwrap();
+        let value = set
+            .strip_prefix("sticky=\"")
+            .and_then(|r| r.split_once('"'))
+            .map(|(v, _)| v.to_string())
+            .unwrap_or_else(|| panic!("{lb}: {set}"));
+        assert_eq!(value.len(), 16, "{set}");
+        assert!(value.bytes().all(|b| b.is_ascii_hexdigit()), "{set}");
+        assert_eq!(
+            set,
+            format!("sticky=\"{value}\"; Max-Age=3600; Path=/; SameSite=Lax; Secure; HttpOnly")
+        );
+        // The same connection gets the same cookie (its value comes from the connection's addresses).
+        let again = c.get("/").await;
+        assert_eq!(again.header("set-cookie"), Some(set));
+        assert_eq!(again.header("x-upstream"), Some(picked.as_str()));
+        // The cookie sent back as a browser would (quoted), on new connections: same endpoint, no
+        // new cookie.
+        let cookie = format!("theme=dark; sticky=\"{value}\"");
+        for i in 0..20 {
+            let mut c = H1Client::connect(addr).await;
+            let got = c.send(req("GET", "/", "x", &[("cookie", &cookie)], "")).await;
+            assert_eq!(
+                got.header("x-upstream"),
+                Some(picked.as_str()),
+                "{lb}: conn {conn} request {i}"
+            );
+            assert!(got.headers.get("set-cookie").is_none(), "{lb}: the cookie was sent");
+        }
+        used.insert(picked);
+        values.insert(value);
+    }
+    assert_eq!(values.len(), 12, "{lb}: one cookie per connection");
+
+    // Concurrent HTTP/2 streams of one connection all get the same cookie and the same endpoint.
+    let h2 = h2_connect::<http_body_util::Full<bytes::Bytes>>(addr).await;
+    let streams: Vec<_> = (0..8)
+        .map(|_| {
+            let mut h2 = h2.clone();
+            tokio::spawn(async move {
+                let mut r = req("GET", "http://x/", "x", &[], "");
+                *r.version_mut() = http::Version::HTTP_2;
+                let resp = h2.send_request(r).await.expect("HTTP/2 response");
+                let h = resp.headers();
+                (
+                    h.get("set-cookie").map(|v| v.to_str().unwrap().to_string()),
+                    h.get("x-upstream").map(|v| v.to_str().unwrap().to_string()),
+                )
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for s in streams {
+        let (cookie, upstream) = s.await.unwrap();
+        assert!(
+            cookie.as_deref().is_some_and(|c| c.starts_with("sticky=\"")),
+            "{lb}: {cookie:?}"
+        );
+        seen.insert((cookie, upstream));
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "{lb}: one cookie and one endpoint per connection: {seen:?}"
+    );
+    assert!(
+        used.len() >= 2,
+        "{lb}: generated cookies spread over the hosts: {used:?}"
+    );
+
+    // Without a ttl nothing is generated (and requests without the cookie are not hashed).
+    let mut c = H1Client::connect(addr).await;
+    for _ in 0..5 {
+        let got = c.get("/plain").await;
+        assert_eq!(got.status, 200);
+        assert!(got.headers.get("set-cookie").is_none(), "{lb}: no ttl, no cookie");
+    }
+    // A cluster that does not hash (round robin) gets no cookie either, as in Envoy, where only
+    // the consistent-hash balancers ask for the hash.
+    let got = c.get("/rr").await;
+    assert_eq!(got.status, 200);
+    assert!(got.headers.get("set-cookie").is_none(), "{lb}: round robin, no cookie");
+    // A local reply (here: the only host refuses connections) carries no cookie, as Envoy's.
+    let got = c.get("/down").await;
+    assert_eq!(got.status, 503);
+    assert!(
+        got.headers.get("set-cookie").is_none(),
+        "{lb}: local reply without a cookie"
+    );
+}
+
 #[tokio::test]
 async fn cookie_and_query_hashing_are_sticky() {
     let ups = [

@@ -281,6 +281,9 @@ pub struct RouteTable {
     prefixes: Vec<(String, usize)>,
     any: Option<usize>,
     pub mutations: Mutations,
+    /// Some route generates hash cookies (a cookie hash policy with a ttl): connections then learn
+    /// their local address, which the generated value is made from.
+    pub generates_cookies: bool,
 }
 
 impl RouteTable {
@@ -377,6 +380,17 @@ impl RouteTable {
             prefixes,
             any,
             mutations: Mutations::new(&rc.headers),
+            generates_cookies: rc
+                .virtual_hosts
+                .iter()
+                .flat_map(|v| &v.routes)
+                .any(|r| match &r.action {
+                    RouteAction::Forward(f) => f
+                        .hash_policy
+                        .iter()
+                        .any(|h| matches!(h, weft_config::HashPolicy::Cookie { generate: Some(_), .. })),
+                    _ => false,
+                }),
         }
     }
 

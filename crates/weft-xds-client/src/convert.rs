@@ -1572,7 +1572,23 @@ fn route_action(
         };
         match &h.policy_specifier {
             Some(P::Header(hd)) => x.header = Some(hd.header_name.clone()),
-            Some(P::Cookie(c)) => x.cookie = Some(c.name.clone()),
+            Some(P::Cookie(c)) => {
+                // ttl, path and attributes go to the validator, which refuses path / attributes
+                // without a ttl (nothing is generated) instead of dropping them.
+                x.cookie = Some(weft_config::raw::RawCookie {
+                    name: Some(c.name.clone()),
+                    ttl: odur(&c.ttl),
+                    path: (!c.path.is_empty()).then(|| c.path.clone()),
+                    attributes: c
+                        .attributes
+                        .iter()
+                        .map(|a| weft_config::raw::RawCookieAttribute {
+                            name: Some(a.name.clone()),
+                            value: (!a.value.is_empty()).then(|| a.value.clone()),
+                        })
+                        .collect(),
+                })
+            }
             Some(P::ConnectionProperties(c)) if c.source_ip => x.source_ip = Some(true),
             Some(P::QueryParameter(q)) => x.query_parameter = Some(q.name.clone()),
             Some(_) => {

@@ -214,6 +214,25 @@ fn full_cla() -> ep::ClusterLoadAssignment {
     }
 }
 
+/// A generating cookie hash policy: ttl 1h, path `/`, attributes `SameSite=Lax` and `Secure`.
+fn cookie_policy() -> rt::route_action::hash_policy::Cookie {
+    rt::route_action::hash_policy::Cookie {
+        name: "sticky".into(),
+        ttl: d(3_600_000),
+        path: "/".into(),
+        attributes: vec![
+            rt::route_action::hash_policy::CookieAttribute {
+                name: "SameSite".into(),
+                value: "Lax".into(),
+            },
+            rt::route_action::hash_policy::CookieAttribute {
+                name: "Secure".into(),
+                value: String::new(),
+            },
+        ],
+    }
+}
+
 fn full_routes() -> rt::RouteConfiguration {
     use rt::header_matcher::HeaderMatchSpecifier as H;
     let fault_cfg = fault::HttpFault {
@@ -361,6 +380,10 @@ fn full_routes() -> rt::RouteConfiguration {
                     policy_specifier: Some(rt::route_action::hash_policy::PolicySpecifier::ConnectionProperties(
                         rt::route_action::hash_policy::ConnectionProperties { source_ip: true },
                     )),
+                },
+                rt::route_action::HashPolicy {
+                    terminal: false,
+                    policy_specifier: Some(rt::route_action::hash_policy::PolicySpecifier::Cookie(cookie_policy())),
                 },
             ],
             request_mirror_policies: vec![rt::route_action::RequestMirrorPolicy {
@@ -707,7 +730,25 @@ fn listener_and_routes_map_onto_the_model() {
                 name: "x-user".into(),
                 terminal: true
             },
-            HashPolicy::SourceIp { terminal: false }
+            HashPolicy::SourceIp { terminal: false },
+            HashPolicy::Cookie {
+                name: "sticky".into(),
+                terminal: false,
+                generate: Some(Box::new(CookieGen {
+                    ttl: Duration::from_secs(3600),
+                    path: Some("/".into()),
+                    attributes: vec![
+                        CookieAttribute {
+                            name: "SameSite".into(),
+                            value: Some("Lax".into())
+                        },
+                        CookieAttribute {
+                            name: "Secure".into(),
+                            value: None
+                        },
+                    ],
+                })),
+            },
         ]
     );
     assert_eq!(f.request_mirror_policies[0].cluster, "shadow");
@@ -794,6 +835,107 @@ fn unsupported_fields_are_refused_with_envoy_paths() {
         ..Default::default()
     };
     assert!(convert::listener(&api).unwrap().is_none());
+}
+
+/// The weft model of a route configuration alone (as RDS delivers it), or the refusal.
+fn route_model(rc: &rt::RouteConfiguration) -> Result<Config, String> {
+    let raw_rc = convert::route_config(rc).map_err(|e| e.join("; "))?;
+    let raw = RawConfig {
+        listeners: vec![weft_config::raw::RawListener {
+            name: Some("web".into()),
+            address: Some("127.0.0.1:0".into()),
+            http: Some(weft_config::raw::RawHttp {
+                route_config: Some(raw_rc),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let opts = ValidateOptions {
+        allow_unknown_clusters: true,
+        allow_empty_clusters: true,
+        allow_empty_route_configs: true,
+    };
+    validate_with(raw, opts).map_err(|e| e.to_string())
+}
+
+/// One route to cluster `c` hashing on cookie `c`.
+fn cookie_routes(c: rt::route_action::hash_policy::Cookie) -> rt::RouteConfiguration {
+    rt::RouteConfiguration {
+        name: "r".into(),
+        virtual_hosts: vec![rt::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: vec![rt::Route {
+                r#match: Some(rt::RouteMatch {
+                    path_specifier: Some(rt::route_match::PathSpecifier::Prefix("/".into())),
+                    ..Default::default()
+                }),
+                action: Some(rt::route::Action::Route(rt::RouteAction {
+                    cluster_specifier: Some(rt::route_action::ClusterSpecifier::Cluster("c".into())),
+                    hash_policy: vec![rt::route_action::HashPolicy {
+                        terminal: false,
+                        policy_specifier: Some(rt::route_action::hash_policy::PolicySpecifier::Cookie(c)),
+                    }],
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn cookie_hash_policy_path_and_attributes_need_a_ttl() {
+    // Without ttl Envoy generates nothing, so path / attributes would be dropped: refused instead.
+    type Edit = fn(&mut rt::route_action::hash_policy::Cookie);
+    let edits: [(&str, Edit); 3] = [
+        ("path", |c| c.ttl = None),
+        ("attributes", |c| {
+            c.ttl = None;
+            c.path = String::new();
+        }),
+        ("attributes[0].name", |c| c.attributes[0].name = "Same Site".into()),
+    ];
+    for (field, edit) in edits {
+        let mut c = cookie_policy();
+        edit(&mut c);
+        let e = route_model(&cookie_routes(c)).unwrap_err();
+        assert!(e.contains(&format!("hash_policy[0].cookie.{field}")), "{field}: {e}");
+    }
+    // Without ttl, path and attributes: a cookie that is only read.
+    let read_only = rt::route_action::hash_policy::Cookie {
+        name: "sticky".into(),
+        ..Default::default()
+    };
+    let m = route_model(&cookie_routes(read_only)).unwrap_or_else(|e| panic!("{e}"));
+    let NetworkFilter::Http(h) = &m.listeners[0].filter_chains[0].filter else {
+        panic!()
+    };
+    let RouteAction::Forward(f) = &h.route_config.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    assert!(matches!(&f.hash_policy[0], HashPolicy::Cookie { generate: None, name, .. } if name == "sticky"));
+    // ttl 0: generated as a session cookie.
+    let session = rt::route_action::hash_policy::Cookie {
+        name: "sticky".into(),
+        ttl: d(0),
+        ..Default::default()
+    };
+    let m = route_model(&cookie_routes(session)).unwrap_or_else(|e| panic!("{e}"));
+    let NetworkFilter::Http(h) = &m.listeners[0].filter_chains[0].filter else {
+        panic!()
+    };
+    let RouteAction::Forward(f) = &h.route_config.virtual_hosts[0].routes[0].action else {
+        panic!()
+    };
+    let HashPolicy::Cookie { generate: Some(g), .. } = &f.hash_policy[0] else {
+        panic!("{:?}", f.hash_policy)
+    };
+    assert_eq!(g.ttl, Duration::ZERO);
 }
 
 #[test]

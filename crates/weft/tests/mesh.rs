@@ -40,6 +40,17 @@ fn http(addr: SocketAddr, method: &str, host: &str, path: &str) -> Option<(u16, 
     Some((status, body))
 }
 
+/// The whole response to a GET on a fresh connection, and the client's address.
+fn response_from(addr: SocketAddr, host: &str, path: &str) -> (String, SocketAddr) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).expect("connect");
+    let me = s.local_addr().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    (String::from_utf8_lossy(&buf).to_string(), me)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Registry files (the file registry format of docs/control.md)
 
@@ -681,6 +692,71 @@ fn weft_sidecar_retries_a_refused_connection_on_another_endpoint_by_default() {
     assert!(retries >= 1.0, "no retry was needed, so nothing was tested:\n{stats}");
 }
 
+/// A route's cookie hash with a ttl, from weft control to a weft sidecar over a ring_hash
+/// destination: a request without the cookie gets one (Envoy's value and format), and the cookie
+/// sent back keeps every later request on the endpoint the first one reached.
+#[test]
+fn weft_sidecar_generates_hash_cookies_that_stick() {
+    let dir = TempDir::new("sidecar-cookie");
+    let reg = TempDir::new("reg");
+    let ep = |addr| Ep {
+        addr,
+        weight: 1,
+        zone: "z1",
+        version: "v1",
+    };
+    let eps = [name_server("alpha"), name_server("beta"), name_server("gamma")].map(ep);
+    write_file(&reg.join("echo.yaml"), &service_yaml("echo", "http", &eps));
+    write_file(&reg.join("client.yaml"), &service_yaml("client", "http", &[]));
+    write_file(
+        &reg.join("policy.yaml"),
+        "destinations:\n  - service: echo\n    lb: ring_hash\nroutes:\n  - service: echo\n    http:\n      - route: [{destination: echo}]\n        hash: {cookie: {name: sticky, ttl: 30m, path: /}}\n",
+    );
+    let control = Control::start(&reg.0);
+    let sidecar = start_sidecar(&dir, "client-cookie", "client", &control, "ads_delta");
+    sidecar_ready(&sidecar);
+    let set_cookie = |text: &str| {
+        text.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+    };
+    let body = |text: &str| {
+        text.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    };
+    let mut reached = BTreeMap::new();
+    for conn in 0..12 {
+        let (generating, me) = response_from(sidecar.outbound, "echo", "/");
+        let sc = set_cookie(&generating).unwrap_or_else(|| panic!("no cookie generated:\n{generating}"));
+        let value = format!(
+            "{:016x}",
+            weft_lb::hash_key(format!("{me}{}", sidecar.outbound).as_bytes())
+        );
+        assert_eq!(sc, format!("sticky=\"{value}\"; Max-Age=1800; Path=/; HttpOnly"));
+        // The request that generated the cookie went where the cookie hashes.
+        let mut first = Some(body(&generating));
+        for i in 0..20 {
+            let (status, text) = http_full(
+                sidecar.outbound,
+                "echo",
+                "/",
+                &format!("cookie: sticky=\"{value}\"\r\n"),
+            )
+            .unwrap();
+            assert_eq!(status, 200, "{text}");
+            assert_eq!(set_cookie(&text), None, "the cookie was sent: none is generated");
+            let b = body(&text);
+            assert_eq!(first.get_or_insert(b.clone()), &b, "connection {conn}, request {i}");
+        }
+        *reached.entry(first.unwrap()).or_insert(0) += 1;
+    }
+    assert!(reached.len() >= 2, "the cookies spread over the endpoints: {reached:?}");
+    assert_no_nacks(&control.debug_proxies());
+}
+
 /// The README's mesh example (registry file and sidecar bootstrap) is valid as written.
 #[test]
 fn readme_mesh_example_is_valid() {
@@ -1040,7 +1116,22 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
     );
     write_file(
         &reg.join("routes.yaml"),
-        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n      - match: [{prefix: /old/, query_params: {lang: {exact: en}, debug: {present: true}}}]\n        route: [{destination: echo}]\n        rewrite: {uri: /new/, authority: echo.internal}\n        headers: {request: {set: {x-lane: blue}, add: {x-via: weft}, remove: [x-debug]}, response: {set: {x-served-by: weft}, remove: [server]}}\n",
+        "routes:\n  - service: echo\n    http:\n      - match: [{prefix: /limited}]\n        route: [{destination: echo}]\n        priority: high\n        rate_limits:\n          - actions: [{generic_key: {descriptor_value: echo-api}}, {request_headers: {header_name: x-user, descriptor_key: user}}]\n      - match: [{prefix: /other}]\n        route: [{destination: echo}]\n        rate_limits:\n          - actions: [{remote_address: {}}]\n          - actions: [{generic_key: {descriptor_value: other, descriptor_key: kind}}]\n      - match: [{prefix: /old/, query_params: {lang: {exact: en}, debug: {present: true}}}]\n        route: [{destination: echo}]\n        rewrite: {uri: /new/, authority: echo.internal}\n        headers: {request: {set: {x-lane: blue}, add: {x-via: weft}, remove: [x-debug]}, response: {set: {x-served-by: weft}, remove: [server]}}\n      - match: [{prefix: /sticky}]\n        route: [{destination: sticky}]\n        hash: {cookie: {name: sticky, ttl: 1h, path: /}}\n",
+    );
+    // The same echo server as a ring_hash service, for the cookie hash (Envoy generates cookies
+    // only for consistent-hash clusters).
+    write_file(
+        &reg.join("sticky.yaml"),
+        &service_yaml(
+            "sticky",
+            "http",
+            &[Ep {
+                addr: echo,
+                weight: 1,
+                zone: "z1",
+                version: "v1",
+            }],
+        ),
     );
     write_file(
         &reg.join("destinations.yaml"),
@@ -1058,6 +1149,8 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
       - {interval: 200ms, interval_jitter: 50ms, timeout: 1s, healthy_threshold: 1, unhealthy_threshold: 2, http: {path: /healthz, host: echo.local, expected_statuses: ["200-299", 304]}}
   - service: ratelimit
     health_checks: [{interval: 1s, tcp: {}}]
+  - service: sticky
+    lb: ring_hash
   - service: ratings
     locality_lb: weighted
     panic_threshold: 0
@@ -1087,6 +1180,36 @@ fn envoy_accepts_every_governance_policy(api_type: &str) {
     }
     assert_rate_limited(envoy.outbound, &rls, 3);
     assert_envoy_accepted_everything(&envoy);
+    // The route's cookie hash: Envoy generates the cookie as weft does (docs/config.md).
+    let (head, me) = response_from(envoy.outbound, "echo", "/sticky");
+    let set_cookie = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .expect("Envoy sets the generated cookie");
+    let value = set_cookie
+        .strip_prefix("sticky=\"")
+        .and_then(|r| r.split_once('"'))
+        .map(|(v, _)| v.to_string())
+        .unwrap_or_else(|| panic!("{set_cookie}"));
+    assert!(
+        value.len() == 16 && value.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{set_cookie}"
+    );
+    assert_eq!(
+        set_cookie,
+        format!("sticky=\"{value}\"; Max-Age=3600; Path=/; HttpOnly")
+    );
+    // Its value: xxHash64 of the connection's remote then local address, as weft makes it.
+    let addrs = format!("{me}{}", envoy.outbound);
+    assert_eq!(
+        value,
+        format!("{:016x}", weft_lb::hash_key(addrs.as_bytes())),
+        "{addrs}"
+    );
     let stats = envoy.stats();
     assert!(
         stats.get("cluster.echo.health_check.success").copied().unwrap_or(0) > 0,

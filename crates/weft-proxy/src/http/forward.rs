@@ -38,6 +38,8 @@ const RETRY_BUFFER_LIMIT: u64 = 64 * 1024;
 struct Plan {
     cluster: Arc<ClusterRt>,
     hash: Option<u64>,
+    /// `Set-Cookie` values of hash cookies generated for this request, for its response.
+    set_cookies: Vec<HeaderValue>,
     subset: Option<Labels>,
     /// The original destination, and the source to connect from (`original_source`).
     original_dst: Option<(SocketAddr, Option<(std::net::IpAddr, u32)>)>,
@@ -64,10 +66,24 @@ impl Plan {
             .clusters
             .cluster(cluster_name)
             .ok_or_else(|| Error::internal(Reason::NoCluster))?;
+        let mut set_cookies = Vec::new();
         let hash = if action.hash_policy.is_empty() {
             None
         } else {
-            compute_hash(&action.hash_policy, req, ctx.peer_ip.as_bytes())
+            // As Envoy, where only the consistent-hash balancers ask for the hash: cookies are
+            // generated only for clusters that will stick to them.
+            let generate = matches!(
+                cluster.config.lb_policy,
+                weft_config::LbPolicy::RingHash { .. } | weft_config::LbPolicy::Maglev { .. }
+            )
+            .then_some((ctx.peer, ctx.local));
+            compute_hash(
+                &action.hash_policy,
+                req,
+                ctx.peer_ip.as_bytes(),
+                generate,
+                &mut set_cookies,
+            )
         };
         // Subset routing: the tag header's value selects hosts labelled with it; untagged requests go
         // to the default subset when one is configured.
@@ -100,6 +116,7 @@ impl Plan {
         Ok(Plan {
             cluster,
             hash,
+            set_cookies,
             subset,
             original_dst,
         })
@@ -254,6 +271,9 @@ pub(super) async fn forward(
                 }
                 return Ok(Reply {
                     resp: finish_response(ctx, resp, pooled, down_upgrade, upgrade),
+                    // Generated hash cookies ride on the upstream's response only (as Envoy's
+                    // router: a local reply picked no endpoint to stick to).
+                    set_cookies: plan.set_cookies,
                     reason: None,
                     active: Some(active),
                 });

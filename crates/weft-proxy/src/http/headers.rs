@@ -4,6 +4,7 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 use hyper::body::Incoming;
+use std::net::SocketAddr;
 use weft_config::HashPolicy;
 
 /// Header naming the upstream for `original_dst` clusters in HTTP.
@@ -139,8 +140,18 @@ pub(super) fn request_id() -> HeaderValue {
     HeaderValue::from_bytes(&out).expect("hex is a valid header value")
 }
 
-/// `peer_ip` is the client address as text (already formatted once per connection).
-pub(super) fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, peer_ip: &[u8]) -> Option<u64> {
+/// `peer_ip` is the client address as text (already formatted once per connection). With
+/// `conn` (the connection's remote and local addresses; `None` when the cluster does not hash),
+/// a cookie policy with a ttl whose cookie the request lacks generates one (see
+/// [`generated_cookie`]): the hash is that of the generated value, and its `Set-Cookie` is pushed
+/// on `set_cookies` for the response.
+pub(super) fn compute_hash(
+    policies: &[HashPolicy],
+    req: &Request<Incoming>,
+    peer_ip: &[u8],
+    conn: Option<(SocketAddr, Option<SocketAddr>)>,
+    set_cookies: &mut Vec<HeaderValue>,
+) -> Option<u64> {
     let mut hash: Option<u64> = None;
     for p in policies {
         let (h, terminal) = match p {
@@ -150,10 +161,21 @@ pub(super) fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, pee
                     .map(|v| weft_lb::hash_key(v.as_bytes())),
                 *terminal,
             ),
-            HashPolicy::Cookie { name, terminal } => (
-                cookie(req.headers(), name).map(|v| weft_lb::hash_key(v.as_bytes())),
-                *terminal,
-            ),
+            HashPolicy::Cookie {
+                name,
+                terminal,
+                generate,
+            } => match (cookie(req.headers(), name), generate.as_deref().zip(conn)) {
+                (Some(v), _) => (Some(weft_lb::hash_key(v.as_bytes())), *terminal),
+                (None, Some((g, (remote, local)))) => {
+                    let value = generated_cookie(remote, local);
+                    if let Ok(v) = HeaderValue::from_str(&g.set_cookie(name, &value)) {
+                        set_cookies.push(v);
+                    }
+                    (Some(weft_lb::hash_key(value.as_bytes())), *terminal)
+                }
+                (None, None) => (None, *terminal),
+            },
             HashPolicy::SourceIp { terminal } => (Some(weft_lb::hash_key(peer_ip)), *terminal),
             HashPolicy::QueryParameter { name, terminal } => (
                 req.uri()
@@ -177,18 +199,69 @@ pub(super) fn compute_hash(policies: &[HashPolicy], req: &Request<Incoming>, pee
     hash
 }
 
+/// A generated hash cookie's value, as Envoy's router makes it: the hex of xxHash64 over the
+/// downstream connection's remote then local address (`"127.0.0.1:50000127.0.0.1:8080"`), so every
+/// request of one connection gets the same cookie.
+pub(super) fn generated_cookie(remote: SocketAddr, local: Option<SocketAddr>) -> String {
+    use std::fmt::Write as _;
+    let mut addrs = String::with_capacity(96);
+    let _ = write!(addrs, "{remote}");
+    if let Some(l) = local {
+        let _ = write!(addrs, "{l}");
+    }
+    format!("{:016x}", weft_lb::hash_key(addrs.as_bytes()))
+}
+
+/// The value of cookie `name` (compared case-sensitively), without the double quotes that may
+/// surround it (as Envoy: `s="abc"` hashes like `s=abc`); an empty value counts as absent.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     for v in headers.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
         for pair in s.split(';') {
             if let Some((k, val)) = pair.trim().split_once('=') {
                 if k == name {
-                    return Some(val);
+                    let unquoted = val.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(val);
+                    return Some(unquoted).filter(|v| !v.is_empty());
                 }
             }
         }
     }
     None
+}
+
+#[cfg(test)]
+mod cookie_tests {
+    use super::{cookie, generated_cookie};
+    use http::header::{HeaderMap, HeaderValue, COOKIE};
+
+    #[test]
+    fn quoted_values_are_unquoted() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; s=\"00ff\""));
+        assert_eq!(cookie(&h, "s"), Some("00ff"));
+        assert_eq!(cookie(&h, "a"), Some("1"));
+        assert_eq!(cookie(&h, "S"), None);
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("s=\"\"; e="));
+        assert_eq!(cookie(&h, "s"), None, "empty: absent, as Envoy");
+        assert_eq!(cookie(&h, "e"), None);
+    }
+
+    #[test]
+    fn generated_values_are_16_hex_digits_per_connection() {
+        let a = "127.0.0.1:40000".parse().unwrap();
+        let b = "127.0.0.1:40001".parse().unwrap();
+        let l = Some("127.0.0.1:8080".parse().unwrap());
+        let v = generated_cookie(a, l);
+        assert_eq!(v.len(), 16);
+        assert!(v.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(v, generated_cookie(a, l));
+        assert_ne!(v, generated_cookie(b, l));
+        assert_eq!(
+            v,
+            format!("{:016x}", weft_lb::hash_key(b"127.0.0.1:40000127.0.0.1:8080"))
+        );
+    }
 }
 
 #[cfg(test)]

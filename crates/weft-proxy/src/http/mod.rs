@@ -210,10 +210,11 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     codec: Codec,
 ) {
     // Only an Envoy-style or gRPC access log reads it: no getsockname per connection otherwise.
-    // Authorization reads it too (destination port / IP).
+    // Authorization reads it too (destination port / IP), and generated hash cookies.
     let local = match rt.access_log.as_ref().and_then(|l| l.format()).is_some()
         || rt.grpc_log.is_some()
         || rt.authz.is_some()
+        || rt.routes.load().generates_cookies
     {
         true => original_dst.or_else(|| stream.local_addr()),
         false => original_dst,

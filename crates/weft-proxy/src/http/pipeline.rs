@@ -26,12 +26,16 @@ pub(super) struct Reply {
     pub reason: Option<Reason>,
     /// Keeps a forwarded request counted against its cluster and host until the body ends.
     pub active: Option<ActiveRequest>,
+    /// `Set-Cookie` values of hash cookies generated for the request, added after the response
+    /// header mutations (as Envoy's router); empty for local replies.
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 impl Reply {
     pub(super) fn local(resp: Response<DownBody>, reason: Reason) -> Reply {
         Reply {
             resp,
+            set_cookies: Vec::new(),
             reason: Some(reason),
             active: None,
         }
@@ -300,6 +304,7 @@ fn exit(
         mut resp,
         reason,
         active,
+        set_cookies,
     } = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -315,6 +320,9 @@ fn exit(
         route.mutations.response.apply(h);
         vh.mutations.response.apply(h);
         routes.mutations.response.apply(h);
+    }
+    for c in set_cookies {
+        resp.headers_mut().append(header::SET_COOKIE, c);
     }
     if let Some(v) = &rt.via {
         resp.headers_mut().append(header::VIA, v.clone());
