@@ -152,60 +152,17 @@ pub async fn serve_connection(
         Discovery::OriginalDst => *dst.get_or_insert_with(|| crate::interception::original_dst(&down, &lrt.config)),
         _ => None,
     };
-    let hash = Some(weft_lb::hash_key(peer.ip().to_string().as_bytes()));
-    let mut tried: Option<Arc<Host>> = None;
-    let mut connected = None;
-    let mut flag = "-";
-    let mut reason = None;
-    let mut attempts = 0u32;
     let local = match rt.access_log.as_ref().and_then(|l| l.format()).is_some() || rt.grpc_log.is_some() {
         true => orig.or_else(|| down.local_addr().ok()),
         false => None,
     };
-    for _ in 0..MAX_CONNECT_ATTEMPTS {
-        let host = match (&cluster.config.discovery, orig) {
-            (Discovery::OriginalDst, Some(a)) => {
-                let from_peer = cluster.config.original_source || lrt.config.original_source;
-                cluster.original_dst_host_from(a, from_peer.then(|| (peer.ip(), lrt.config.original_source_mark)))
-            }
-            (Discovery::OriginalDst, None) => {
-                flag = "UH";
-                reason = Some(crate::flags::Reason::NoHealthyUpstream);
-                break;
-            }
-            _ => match cluster.pick(hash, tried.as_ref(), None) {
-                Some(h) => h,
-                None => {
-                    flag = "UH";
-                    reason = Some(crate::flags::Reason::NoHealthyUpstream);
-                    break;
-                }
-            },
-        };
-        let Some(active) = cluster.start_request(&host, weft_config::RoutePriority::Default) else {
-            flag = "UO";
-            reason = Some(crate::flags::Reason::Overflow);
-            break;
-        };
-        attempts += 1;
-        match cluster.connect_raw(&host).await {
-            Ok((s, guard)) => {
-                cluster.report(&host, crate::outlier::Outcome::Status(200));
-                connected = Some((s, guard, host, active));
-                break;
-            }
-            Err(e) => {
-                tracing::debug!(cluster = %cluster.name(), host = %host.address, error = %e, "TCP upstream connect failed");
-                host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if e.counts_against_host() {
-                    cluster.report(&host, crate::outlier::Outcome::LocalFailure);
-                }
-                flag = e.reason.code();
-                reason = Some(e.reason);
-                tried = Some(host);
-            }
-        }
-    }
+    let Connect {
+        connected,
+        tried,
+        flag,
+        reason,
+        attempts,
+    } = connect(&cluster, peer, orig, &lrt).await;
     let mut end = TcpEnd {
         peer,
         local,
@@ -243,6 +200,80 @@ pub async fn serve_connection(
     (end.flag, end.reason) = ("-", None);
     end.log(&rt);
     end.trace(&rt, trace);
+}
+
+/// How connecting upstream went: the connection (with its guards and host), else the last host
+/// tried and why it failed.
+struct Connect {
+    connected: Option<(
+        TcpStream,
+        weft_upstream::cluster::ConnGuard,
+        Arc<Host>,
+        crate::cluster::ActiveRequest,
+    )>,
+    tried: Option<Arc<Host>>,
+    flag: &'static str,
+    reason: Option<crate::flags::Reason>,
+    attempts: u32,
+}
+
+/// Up to [`MAX_CONNECT_ATTEMPTS`] connection attempts, each to another host (by the client's IP
+/// hash), or to the original destination for an `original_dst` cluster.
+async fn connect(
+    cluster: &Arc<weft_upstream::ClusterRt>,
+    peer: SocketAddr,
+    orig: Option<SocketAddr>,
+    lrt: &ListenerRt,
+) -> Connect {
+    let hash = Some(weft_lb::hash_key(peer.ip().to_string().as_bytes()));
+    let mut out = Connect {
+        connected: None,
+        tried: None,
+        flag: "-",
+        reason: None,
+        attempts: 0,
+    };
+    for _ in 0..MAX_CONNECT_ATTEMPTS {
+        let host = match (&cluster.config.discovery, orig) {
+            (Discovery::OriginalDst, Some(a)) => {
+                let from_peer = cluster.config.original_source || lrt.config.original_source;
+                cluster.original_dst_host_from(a, from_peer.then(|| (peer.ip(), lrt.config.original_source_mark)))
+            }
+            (Discovery::OriginalDst, None) => {
+                (out.flag, out.reason) = ("UH", Some(crate::flags::Reason::NoHealthyUpstream));
+                break;
+            }
+            _ => match cluster.pick(hash, out.tried.as_ref(), None) {
+                Some(h) => h,
+                None => {
+                    (out.flag, out.reason) = ("UH", Some(crate::flags::Reason::NoHealthyUpstream));
+                    break;
+                }
+            },
+        };
+        let Some(active) = cluster.start_request(&host, weft_config::RoutePriority::Default) else {
+            (out.flag, out.reason) = ("UO", Some(crate::flags::Reason::Overflow));
+            break;
+        };
+        out.attempts += 1;
+        match cluster.connect_raw(&host).await {
+            Ok((s, guard)) => {
+                cluster.report(&host, crate::outlier::Outcome::Status(200));
+                out.connected = Some((s, guard, host, active));
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(cluster = %cluster.name(), host = %host.address, error = %e, "TCP upstream connect failed");
+                host.rq_error.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if e.counts_against_host() {
+                    cluster.report(&host, crate::outlier::Outcome::LocalFailure);
+                }
+                (out.flag, out.reason) = (e.reason.code(), Some(e.reason));
+                out.tried = Some(host);
+            }
+        }
+    }
+    out
 }
 
 /// What a TCP session's access-log line says.

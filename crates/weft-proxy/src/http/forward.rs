@@ -155,38 +155,21 @@ pub(super) async fn forward(
     let mut req = req;
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
-    let grpc_timeout = if grpc {
-        parts
-            .headers
-            .get(GRPC_TIMEOUT)
-            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
-    } else {
-        None
-    };
+    let grpc_timeout = grpc
+        .then(|| {
+            parts
+                .headers
+                .get(GRPC_TIMEOUT)
+                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+        })
+        .flatten();
     let timeout = action.effective_timeout(grpc_timeout);
-    let headers = std::mem::take(&mut parts.headers);
-    let mut headers = rewrite_request_headers(
-        ctx,
-        headers,
-        parts.version,
-        upgrade,
-        grpc,
-        [
-            &route_table.mutations.request,
-            &vh.mutations.request,
-            &route.mutations.request,
-        ],
-    );
-    if let Some(t) = &ctx.tls {
-        t.forward_client_cert(&mut headers);
-    }
-    if let (Some(t), Some(x)) = (&ctx.rt.tracer, facts.trace.as_deref_mut()) {
-        x.start_client(t, plan.cluster.shared_name(), &mut headers);
-    }
-    if facts.logging {
-        facts.request_id = headers.get(&X_REQUEST_ID).cloned();
-        facts.xff = headers.get(&X_FORWARDED_FOR).cloned();
-    }
+    let mutations = [
+        &route_table.mutations.request,
+        &vh.mutations.request,
+        &route.mutations.request,
+    ];
+    let headers = upstream_headers(ctx, &mut parts, upgrade, grpc, mutations, &plan, facts);
 
     let rewritten_path = rewritten_path(action, route, &parts.uri);
     let policy = route.retry_policy.as_ref();
@@ -269,13 +252,15 @@ pub(super) async fn forward(
                 if let Some(x) = facts.trace.as_deref_mut() {
                     x.end_client(facts.host, attempt, Some(resp.status().as_u16()));
                 }
+                let resp = finish_response(ctx, resp, pooled, down_upgrade, upgrade);
+                // Generated hash cookies ride on the upstream's response only (as Envoy's
+                // router: a local reply picked no endpoint to stick to).
+                let (set_cookies, active) = (plan.set_cookies, Some(active));
                 return Ok(Reply {
-                    resp: finish_response(ctx, resp, pooled, down_upgrade, upgrade),
-                    // Generated hash cookies ride on the upstream's response only (as Envoy's
-                    // router: a local reply picked no endpoint to stick to).
-                    set_cookies: plan.set_cookies,
+                    resp,
+                    set_cookies,
                     reason: None,
-                    active: Some(active),
+                    active,
                 });
             }
             Decision::Retry { guard, wait } => {
@@ -293,6 +278,33 @@ pub(super) async fn forward(
             Decision::Fail(e) => return Err(e),
         }
     }
+}
+
+/// The request headers as they go upstream: the client's, rewritten (hop-by-hop removed, the
+/// proxy's own added, the route's mutations in `mutations` order), with the client certificate
+/// forwarded and the trace's client span started; what the log needs of them is noted in `facts`.
+fn upstream_headers(
+    ctx: &ConnCtx,
+    parts: &mut http::request::Parts,
+    upgrade: bool,
+    grpc: bool,
+    mutations: [&HeaderOps; 3],
+    plan: &Plan,
+    facts: &mut Facts,
+) -> HeaderMap {
+    let headers = std::mem::take(&mut parts.headers);
+    let mut headers = rewrite_request_headers(ctx, headers, parts.version, upgrade, grpc, mutations);
+    if let Some(t) = &ctx.tls {
+        t.forward_client_cert(&mut headers);
+    }
+    if let (Some(t), Some(x)) = (&ctx.rt.tracer, facts.trace.as_deref_mut()) {
+        x.start_client(t, plan.cluster.shared_name(), &mut headers);
+    }
+    if facts.logging {
+        facts.request_id = headers.get(&X_REQUEST_ID).cloned();
+        facts.xff = headers.get(&X_FORWARDED_FOR).cloned();
+    }
+    headers
 }
 
 const GRPC_TIMEOUT: &str = "grpc-timeout";
