@@ -2,7 +2,9 @@
 //! file registry's `routes` entry) and `WeftDestination` (destination policy, a subset of the file
 //! registry's `destinations` entry). The CRD YAML under `deploy/kubernetes/crds/` is generated from
 //! these types (`tests/manifests.rs` fails when it differs). A resource is validated exactly like
-//! the same entry in a registry file; an invalid one is skipped with the reason.
+//! the same entry in a registry file; an invalid one is skipped with the reason. Every kind has a
+//! status subresource: the Kubernetes registry writes the outcome of that validation into it
+//! ([`WeftStatus`]).
 
 use crate::model::{parse_fragment, Fragment};
 use kube::CustomResource;
@@ -19,6 +21,7 @@ use std::collections::BTreeMap;
     plural = "weftroutes",
     shortname = "wroute",
     namespaced,
+    status = "WeftStatus",
     derive = "PartialEq"
 )]
 pub struct WeftRouteSpec {
@@ -99,6 +102,7 @@ pub struct RetriesSpec {
     plural = "weftdestinations",
     shortname = "wdest",
     namespaced,
+    status = "WeftStatus",
     derive = "PartialEq"
 )]
 pub struct WeftDestinationSpec {
@@ -135,10 +139,86 @@ pub struct OutlierSpec {
     pub max_ejection_percent: Option<u32>,
 }
 
-/// Validates a spec as the file registry's `section` entry; errors name the resource (`what`).
-fn to_fragment<T: Serialize>(what: &str, section: &str, spec: &T) -> Result<Fragment, String> {
-    let v = serde_json::to_value(spec).map_err(|e| format!("{what}: {e}"))?;
-    let doc = serde_json::json!({ section: [v] });
+/// What the Kubernetes registry writes into a weft resource's status: the outcome of validating
+/// its `spec`, as the usual Kubernetes condition list.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WeftStatus {
+    /// The `metadata.generation` last validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted`: `True` (published) or `False` (reason `Invalid`, the message says why).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<WeftCondition>,
+}
+
+/// One condition, in the shape of Kubernetes' `metav1.Condition`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WeftCondition {
+    /// `Accepted`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// `Accepted` or `Invalid`.
+    #[serde(default)]
+    pub reason: String,
+    /// Why (for `Invalid`: every error with its field path, `spec.http[0].timeout: …`).
+    #[serde(default)]
+    pub message: String,
+    /// The `metadata.generation` the condition is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed (RFC 3339).
+    #[serde(default)]
+    pub last_transition_time: String,
+}
+
+/// The condition type the registry writes.
+pub const ACCEPTED: &str = "Accepted";
+
+impl WeftStatus {
+    /// The status a resource should carry after validation at `generation` (`Ok`: published;
+    /// `Err`: the reason), starting from the one it `carries`: other conditions are kept, and so is
+    /// `lastTransitionTime` while `status` does not change. `now`: the time to stamp a transition.
+    pub fn after_validation(
+        carries: Option<&WeftStatus>,
+        generation: Option<i64>,
+        outcome: Result<(), &str>,
+        now: impl FnOnce() -> String,
+    ) -> WeftStatus {
+        let mut s = carries.cloned().unwrap_or_default();
+        let (status, reason, message) = match outcome {
+            Ok(()) => ("True", "Accepted", "valid: published".to_string()),
+            Err(why) => ("False", "Invalid", why.to_string()),
+        };
+        let old = s.conditions.iter().position(|c| c.type_ == ACCEPTED);
+        let last_transition_time = match old.map(|i| &s.conditions[i]) {
+            Some(c) if c.status == status && !c.last_transition_time.is_empty() => c.last_transition_time.clone(),
+            _ => now(),
+        };
+        let c = WeftCondition {
+            type_: ACCEPTED.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        };
+        match old {
+            Some(i) => s.conditions[i] = c,
+            None => s.conditions.push(c),
+        }
+        s.observed_generation = generation;
+        s
+    }
+}
+
+/// Validates a spec (JSON) as the file registry's `section` entry; errors name the resource
+/// (`what`), their paths start at `spec.`.
+pub fn validate(what: &str, section: &str, spec: &serde_json::Value) -> Result<Fragment, String> {
+    let doc = serde_json::json!({ section: [spec] });
     // JSON is YAML: the same parser and checks as a registry file.
     parse_fragment(what, &doc.to_string()).map_err(|errors| {
         errors
@@ -147,6 +227,11 @@ fn to_fragment<T: Serialize>(what: &str, section: &str, spec: &T) -> Result<Frag
             .collect::<Vec<_>>()
             .join("; ")
     })
+}
+
+fn to_fragment<T: Serialize>(what: &str, section: &str, spec: &T) -> Result<Fragment, String> {
+    let v = serde_json::to_value(spec).map_err(|e| format!("{what}: {e}"))?;
+    validate(what, section, &v)
 }
 
 impl WeftRoute {
@@ -161,14 +246,112 @@ impl WeftDestination {
     }
 }
 
+type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// One weft custom resource kind: what the Kubernetes registry watches, validates (as an entry of
+/// the registry file's `section`) and writes the status of.
+pub struct WeftKind {
+    /// `WeftRoute`.
+    pub kind: &'static str,
+    /// The registry file's section its spec is an entry of (`routes`).
+    pub section: &'static str,
+    /// Its CRD (generated from the Rust type).
+    pub crd: fn() -> Crd,
+    /// Group, version, plural: what its API paths are made of.
+    pub resource: fn() -> kube::core::ApiResource,
+}
+
+macro_rules! weft_kind {
+    ($t:ty, $section:literal) => {
+        WeftKind {
+            kind: stringify!($t),
+            section: $section,
+            crd: <$t as kube::CustomResourceExt>::crd,
+            resource: <$t as kube::CustomResourceExt>::api_resource,
+        }
+    };
+}
+
+/// Every weft kind: adding one is one line here (and its list/watch in the registry's RBAC).
+pub const KINDS: &[WeftKind] = &[
+    weft_kind!(WeftRoute, "routes"),
+    weft_kind!(WeftDestination, "destinations"),
+];
+
+impl WeftKind {
+    /// `weftroutes`.
+    pub fn plural(&self) -> String {
+        (self.resource)().plural
+    }
+}
+
+/// The kind named `kind`.
+pub fn kind(kind: &str) -> Option<&'static WeftKind> {
+    KINDS.iter().find(|k| k.kind == kind)
+}
+
+/// Validates a weft resource as JSON (any kind in [`KINDS`]): its spec as the registry file's
+/// entry. Errors name the resource (`what`).
+pub fn validate_object(what: &str, obj: &serde_json::Value) -> Result<Fragment, String> {
+    let k = obj["kind"]
+        .as_str()
+        .and_then(kind)
+        .ok_or_else(|| format!("{what}: kind {} is not a weft kind", obj["kind"]))?;
+    validate(what, k.section, &obj["spec"])
+}
+
 /// The CRDs, as (file name under `deploy/kubernetes/crds/`, CustomResourceDefinition).
-pub fn definitions() -> Vec<(
-    &'static str,
-    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-)> {
-    use kube::CustomResourceExt;
-    vec![
-        ("weftroutes.weft.dev.yaml", WeftRoute::crd()),
-        ("weftdestinations.weft.dev.yaml", WeftDestination::crd()),
-    ]
+pub fn definitions() -> Vec<(String, Crd)> {
+    KINDS
+        .iter()
+        .map(|k| {
+            let crd = (k.crd)();
+            (format!("{}.yaml", crd.metadata.name.clone().unwrap_or_default()), crd)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_name_their_types() {
+        for k in KINDS {
+            let r = (k.resource)();
+            assert_eq!(r.kind, k.kind);
+            assert_eq!(r.group, "weft.dev");
+            let crd = (k.crd)();
+            let v = &crd.spec.versions[0];
+            assert!(
+                v.subresources.as_ref().is_some_and(|s| s.status.is_some()),
+                "{}: no status subresource",
+                k.kind
+            );
+        }
+    }
+
+    #[test]
+    fn status_keeps_the_transition_time_while_the_outcome_holds() {
+        let now = || "2026-12-05T10:00:00Z".to_string();
+        let later = || "2026-12-05T11:00:00Z".to_string();
+        let bad = WeftStatus::after_validation(None, Some(1), Err("spec.http[0].timeout: bad"), now);
+        assert_eq!(bad.observed_generation, Some(1));
+        let c = &bad.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str(), c.reason.as_str()),
+            ("Accepted", "False", "Invalid")
+        );
+        assert_eq!(c.message, "spec.http[0].timeout: bad");
+        // The same outcome again: nothing changes, not even the time.
+        assert_eq!(
+            WeftStatus::after_validation(Some(&bad), Some(1), Err("spec.http[0].timeout: bad"), later),
+            bad
+        );
+        let good = WeftStatus::after_validation(Some(&bad), Some(2), Ok(()), later);
+        assert_eq!(good.conditions.len(), 1);
+        assert_eq!(good.conditions[0].status, "True");
+        assert_eq!(good.conditions[0].observed_generation, Some(2));
+        assert_eq!(good.conditions[0].last_transition_time, "2026-12-05T11:00:00Z");
+    }
 }

@@ -367,6 +367,45 @@ fn services_without_sidecars_are_plaintext_and_annotations_set_the_mode() {
     );
 }
 
+/// The `Accepted` condition of a weft resource as the stand-in API server stores it: (status,
+/// reason, message, condition's observedGeneration), and the status's observedGeneration.
+type Accepted = (String, String, String, Option<i64>, Option<i64>);
+
+fn accepted(api: &KubeApi, kind: &str, name: &str) -> Option<Accepted> {
+    let o = api.get(kind, "bookinfo", name)?;
+    let s = o.get("status")?;
+    let c = s["conditions"].as_array()?.iter().find(|c| c["type"] == "Accepted")?;
+    assert!(
+        c["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{c}"
+    );
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str()?.to_string(),
+        c["observedGeneration"].as_i64(),
+        s["observedGeneration"].as_i64(),
+    ))
+}
+
+/// Waits (polling the stand-in's store) until `done` holds.
+async fn eventually(what: &str, timeout: Duration, done: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+fn status_patches(api: &KubeApi, kind_plural: &str, name: &str) -> usize {
+    let path = format!("PATCH /apis/weft.dev/v1alpha1/namespaces/bookinfo/{kind_plural}/{name}/status");
+    api.status_writes().iter().filter(|(p, _)| *p == path).count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     let api = KubeApi::start();
@@ -390,6 +429,8 @@ async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     }));
     api.apply(route("reviews", "2s"));
     api.apply(route("broken", "soon"));
+    // No RBAC on the status subresource at first: the mesh must not wait for it.
+    api.refuse_status_writes(true);
     let mut h = Harness::start(&api);
     h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
     let r = h
@@ -414,12 +455,79 @@ async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     assert!(why.contains("spec.http[0].timeout"), "{why}");
     assert!(!h.seen.sources.contains_key("k8s:weftroute/bookinfo/broken"));
 
-    // Fixed: published and no longer skipped; deleted: gone.
+    // The status writes were refused (403) and are retried: once allowed, they land.
+    eventually("a refused status write", Duration::from_secs(5), || {
+        status_patches(&api, "weftroutes", "broken") >= 1
+    })
+    .await;
+    assert!(accepted(&api, "WeftRoute", "broken").is_none());
+    api.refuse_status_writes(false);
+    let took = eventually("the statuses written after the retry", Duration::from_secs(10), || {
+        accepted(&api, "WeftRoute", "broken").is_some()
+            && accepted(&api, "WeftRoute", "reviews").is_some()
+            && accepted(&api, "WeftDestination", "reviews").is_some()
+    })
+    .await;
+    eprintln!("status subresource allowed again → statuses written in {took:?}");
+    let (status, reason, message, cond_gen, gen) = accepted(&api, "WeftRoute", "broken").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(message.starts_with("spec.http[0].timeout: "), "{message}");
+    assert_eq!((cond_gen, gen), (Some(1), Some(1)));
+    let (status, reason, ..) = accepted(&api, "WeftRoute", "reviews").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"));
+    assert_eq!(accepted(&api, "WeftDestination", "reviews").unwrap().0, "True");
+    // Written as merge patches of `status` alone.
+    let (_, body) = api
+        .status_writes()
+        .into_iter()
+        .rfind(|(p, _)| p.ends_with("/weftroutes/broken/status"))
+        .unwrap();
+    assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["status"]);
+
+    // Fixed: published and no longer skipped, and the status follows with the new generation.
     api.apply(route("broken", "3s"));
     h.until("the fixed route", Duration::from_secs(5), |s| {
         s.sources.contains_key("k8s:weftroute/bookinfo/broken") && !s.skipped.contains_key("WeftRoute bookinfo/broken")
     })
     .await;
+    let took = eventually("the fixed route's status", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "broken").is_some_and(|a| a.0 == "True")
+    })
+    .await;
+    eprintln!("WeftRoute fixed → Accepted=True written in {took:?}");
+    let (_, reason, _, cond_gen, gen) = accepted(&api, "WeftRoute", "broken").unwrap();
+    assert_eq!((reason.as_str(), cond_gen, gen), ("Accepted", Some(2), Some(2)));
+
+    // Nothing changed: a relist (410 Gone) writes no status. A new route's status, written after
+    // the relist, shows the registry has been through it.
+    let patches = |api: &KubeApi| {
+        (
+            status_patches(api, "weftroutes", "broken"),
+            status_patches(api, "weftroutes", "reviews"),
+            status_patches(api, "weftdestinations", "reviews"),
+        )
+    };
+    let before = patches(&api);
+    let lists = |api: &KubeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("/apis/weft.dev/v1alpha1/weftroutes") && !r.contains("watch="))
+            .count()
+    };
+    let lists_before = lists(&api);
+    api.expire_watches();
+    eventually("the WeftRoutes relisted", Duration::from_secs(10), || {
+        lists(&api) > lists_before
+    })
+    .await;
+    api.apply(route("probe", "1s"));
+    eventually("the new route's status", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "probe").is_some()
+    })
+    .await;
+    assert_eq!(patches(&api), before, "an unchanged resource's status is not rewritten");
+    eprintln!("status PATCHes after relist: {before:?} → {:?}", patches(&api));
+
     assert!(api.delete("WeftRoute", "bookinfo", "broken"));
     h.until("the deleted route", Duration::from_secs(5), |s| {
         !s.sources.contains_key("k8s:weftroute/bookinfo/broken")
