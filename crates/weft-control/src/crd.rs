@@ -1,12 +1,16 @@
 //! weft's custom resources, `weft.dev/v1alpha1`: `WeftRoute` (routing policy of one service, the
-//! file registry's `routes` entry) and `WeftDestination` (destination policy, a subset of the file
-//! registry's `destinations` entry). The CRD YAML under `deploy/kubernetes/crds/` is generated from
-//! these types (`tests/manifests.rs` fails when it differs). A resource is validated exactly like
-//! the same entry in a registry file; an invalid one is skipped with the reason. Every kind has a
-//! status subresource: the Kubernetes registry writes the outcome of that validation into it
-//! ([`WeftStatus`]).
+//! file registry's `routes` entry, a subset), `WeftDestination` (destination policy, a subset of
+//! the file registry's `destinations` entry) and `WeftAuthorization` (an `authorization` entry,
+//! every field: its spec is the file parser's own type). The CRD YAML under
+//! `deploy/kubernetes/crds/` is generated from these types (`tests/manifests.rs` fails when it
+//! differs). A resource is validated exactly like the same entry in a registry file; an invalid one
+//! is skipped with the reason. Every kind has a status subresource: the Kubernetes registry writes
+//! the outcome of that validation into it ([`WeftStatus`]).
 
 use crate::model::{parse_fragment, Fragment};
+/// Authorization policy: a registry file's `authorization` entry (kind `WeftAuthorization`, short
+/// name `wauthz`); the type is the file parser's own.
+pub use crate::model::{RawMeshAuthz as WeftAuthorizationSpec, WeftAuthorization};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -223,27 +227,56 @@ pub fn validate(what: &str, section: &str, spec: &serde_json::Value) -> Result<F
     parse_fragment(what, &doc.to_string()).map_err(|errors| {
         errors
             .into_iter()
-            .map(|e| e.replace(&format!("{section}[0]."), "spec."))
+            .map(|e| locate_unknown_field(&e.replace(&format!("{section}[0]."), "spec."), spec))
             .collect::<Vec<_>>()
             .join("; ")
     })
 }
 
-fn to_fragment<T: Serialize>(what: &str, section: &str, spec: &T) -> Result<Fragment, String> {
-    let v = serde_json::to_value(spec).map_err(|e| format!("{what}: {e}"))?;
-    validate(what, section, &v)
-}
-
-impl WeftRoute {
-    pub fn to_fragment(&self, what: &str) -> Result<Fragment, String> {
-        to_fragment(what, "routes", &self.spec)
+/// A parse error of the one-line JSON (`error: line 1 column 84: unknown field `ipBlock`, …`)
+/// says where by column, which means nothing to whoever wrote the resource: name the field's
+/// path in the spec instead (`spec.rules[0].from[0].ipBlock: unknown field …`).
+fn locate_unknown_field(e: &str, spec: &serde_json::Value) -> String {
+    fn find(v: &serde_json::Value, key: &str, path: String, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, c) in o {
+                    let p = format!("{path}.{k}");
+                    if k == key {
+                        out.push(p.clone());
+                    }
+                    find(c, key, p, out);
+                }
+            }
+            serde_json::Value::Array(a) => {
+                for (i, c) in a.iter().enumerate() {
+                    find(c, key, format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
     }
-}
-
-impl WeftDestination {
-    pub fn to_fragment(&self, what: &str) -> Result<Fragment, String> {
-        to_fragment(what, "destinations", &self.spec)
+    let Some(at) = e.find("error: line 1 column ") else {
+        return e.to_string();
+    };
+    let rest = &e[at..];
+    let Some(msg_at) = rest
+        .find(": ")
+        .and_then(|i| rest[i + 2..].find(": ").map(|j| i + 2 + j + 2))
+    else {
+        return e.to_string();
+    };
+    // The message's first line (then comes a snippet of the JSON, pointing at the column).
+    let msg = rest[msg_at..].lines().next().unwrap_or_default();
+    let Some(field) = msg.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) else {
+        return e.to_string();
+    };
+    let mut paths = Vec::new();
+    find(spec, field, "spec".into(), &mut paths);
+    if paths.is_empty() {
+        return e.to_string();
     }
+    format!("{}{}: {msg}", &e[..at], paths.join(", "))
 }
 
 type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -266,7 +299,7 @@ macro_rules! weft_kind {
         WeftKind {
             kind: stringify!($t),
             section: $section,
-            crd: <$t as kube::CustomResourceExt>::crd,
+            crd: crd_of::<$t>,
             resource: <$t as kube::CustomResourceExt>::api_resource,
         }
     };
@@ -276,7 +309,56 @@ macro_rules! weft_kind {
 pub const KINDS: &[WeftKind] = &[
     weft_kind!(WeftRoute, "routes"),
     weft_kind!(WeftDestination, "destinations"),
+    weft_kind!(WeftAuthorization, "authorization"),
 ];
+
+/// The CRD of `K`, its schema made to keep every field: each object node of `spec` gets
+/// `x-kubernetes-preserve-unknown-fields`, so the API server stores what was written (a field
+/// spelled another accepted way, `dryRun`, `ipBlocks`, or a typo) and weft's validation, not the
+/// API server's pruning, decides: an unknown field is refused with its path in the resource's
+/// status instead of silently dropped (an authorization rule losing a condition would match
+/// more). `additionalProperties: false` (from `deny_unknown_fields`) is not allowed in a CRD
+/// schema and goes.
+fn crd_of<K: kube::CustomResourceExt>() -> Crd {
+    /// One schema node of the spec (and, through `properties`, `items`, `additionalProperties`,
+    /// `anyOf`/`oneOf`/`allOf`, all below it).
+    fn walk(v: &mut serde_json::Value) {
+        let Some(o) = v.as_object_mut() else { return };
+        if o.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
+            o.remove("additionalProperties");
+        }
+        // No defaults: the API server would add `ip_blocks: []` beside a written `ipBlocks`, a
+        // duplicate field to weft's parser. weft applies its own defaults.
+        o.remove("default");
+        if o.get("type").and_then(|t| t.as_str()) == Some("object") && !o.contains_key("additionalProperties") {
+            o.insert("x-kubernetes-preserve-unknown-fields".into(), true.into());
+        }
+        if let Some(p) = o.get_mut("properties").and_then(|p| p.as_object_mut()) {
+            p.values_mut().for_each(walk);
+        }
+        for k in ["items", "additionalProperties"] {
+            if let Some(c) = o.get_mut(k) {
+                walk(c);
+            }
+        }
+        for k in ["anyOf", "oneOf", "allOf"] {
+            if let Some(a) = o.get_mut(k).and_then(|a| a.as_array_mut()) {
+                a.iter_mut().for_each(walk);
+            }
+        }
+    }
+    let mut crd = K::crd();
+    for v in &mut crd.spec.versions {
+        if let Some(schema) = v.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
+            let mut json = serde_json::to_value(&*schema).expect("a schema is JSON");
+            if let Some(spec) = json.pointer_mut("/properties/spec") {
+                walk(spec);
+            }
+            *schema = serde_json::from_value(json).expect("still a schema");
+        }
+    }
+    crd
+}
 
 impl WeftKind {
     /// `weftroutes`.
@@ -326,6 +408,41 @@ mod tests {
             assert!(
                 v.subresources.as_ref().is_some_and(|s| s.status.is_some()),
                 "{}: no status subresource",
+                k.kind
+            );
+            // A structural schema: no references, every node typed, no `additionalProperties: false`.
+            let schema = serde_json::to_value(v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
+            fn check(kind: &str, path: &str, v: &serde_json::Value) {
+                let o = v.as_object().unwrap();
+                assert!(!o.contains_key("$ref"), "{kind}: {path}: $ref");
+                assert_ne!(o.get("additionalProperties"), Some(&false.into()), "{kind}: {path}");
+                assert!(
+                    o.contains_key("type")
+                        || o.contains_key("x-kubernetes-int-or-string")
+                        || o.contains_key("x-kubernetes-preserve-unknown-fields"),
+                    "{kind}: {path}: no type: {v}"
+                );
+                for (k, child) in o.get("properties").and_then(|p| p.as_object()).into_iter().flatten() {
+                    check(kind, &format!("{path}.{k}"), child);
+                }
+                if let Some(items) = o.get("items") {
+                    check(kind, &format!("{path}[]"), items);
+                }
+                if let Some(a) = o.get("additionalProperties").filter(|a| a.is_object()) {
+                    check(kind, &format!("{path}{{}}"), a);
+                }
+            }
+            check(k.kind, "", &schema);
+            assert_eq!(
+                schema["properties"]["spec"]["x-kubernetes-preserve-unknown-fields"], true,
+                "{}",
+                k.kind
+            );
+            assert!(
+                !serde_json::to_string(&schema["properties"]["spec"])
+                    .unwrap()
+                    .contains("\"default\""),
+                "{}: a default in the spec",
                 k.kind
             );
         }

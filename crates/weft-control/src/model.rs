@@ -49,22 +49,47 @@ struct RawMeshAccessLog {
     log_name: Option<String>,
 }
 
-/// One mesh authorization policy: Istio's AuthorizationPolicy with `service` as its selector.
-#[derive(Deserialize)]
+/// One mesh authorization policy, like a registry file's `authorization` entry: Istio's
+/// AuthorizationPolicy with `service` as its selector (also the spec of a WeftAuthorization).
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(serde::Serialize, schemars::JsonSchema, kube::CustomResource)
+)]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "weft.dev",
+        version = "v1alpha1",
+        kind = "WeftAuthorization",
+        plural = "weftauthorizations",
+        shortname = "wauthz",
+        namespaced,
+        status = "crate::crd::WeftStatus",
+        doc = "weft authorization policy: the spec is a registry file's `authorization` entry (docs/control.md)"
+    )
+)]
 #[serde(deny_unknown_fields)]
-struct RawMeshAuthz {
-    /// Applies to this service's inbound listeners; absent: every service (in `namespace`).
-    #[serde(alias = "selector")]
+pub struct RawMeshAuthz {
+    /// Applies to this service's inbound listeners (`reviews.bookinfo`); absent: every service
+    /// (in `namespace`).
+    #[serde(alias = "selector", skip_serializing_if = "Option::is_none")]
     service: Option<String>,
     /// Applies only to sidecars whose node metadata NAMESPACE is this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<String>,
+    /// The policy's name (unique in the mesh).
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     /// ALLOW (default), DENY or AUDIT.
+    #[serde(skip_serializing_if = "Option::is_none")]
     action: Option<String>,
     /// Only logged and counted (shadow rules).
-    #[serde(alias = "dryRun")]
+    #[serde(alias = "dryRun", skip_serializing_if = "Option::is_none")]
     dry_run: Option<bool>,
-    #[serde(default)]
+    /// Istio's rules: `from` (sources), `to` (operations), `when` (conditions); none: the
+    /// policy matches nothing (ALLOW) or everything (DENY).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rules: Vec<weft_config::authz::RawAuthzRule>,
 }
 

@@ -656,3 +656,76 @@ fn a_destination_rule_consistent_hash_keys_the_virtual_service_routes_to_its_hos
         .expect("the DestinationRule published");
     assert_eq!(d.destinations[0].lb, weft_control::model::LbPolicy::RingHash);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_authorizations_become_mesh_policies_and_invalid_ones_say_why_in_their_status() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    let authz = |name: &str, action: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "WeftAuthorization",
+            "metadata": {"name": name, "namespace": "bookinfo"},
+            "spec": {"name": name, "service": "reviews.bookinfo", "action": action, "dryRun": false,
+                     "rules": [{"from": [{"ipBlocks": ["10.0.0.0/8"]}],
+                                "to": [{"methods": ["POST"], "paths": ["/admin/*"], "ports": ["9080", 9081]}]}]}
+        })
+    };
+    api.apply(authz("no-admin", "DENY"));
+    api.apply(authz("typo", "DENIED"));
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    let f = h
+        .seen
+        .sources
+        .get("k8s:weftauthorization/bookinfo/no-admin")
+        .expect("the policy published");
+    assert_eq!(f.authorization.len(), 1);
+    let a = &f.authorization[0];
+    assert_eq!(a.name, "no-admin");
+    assert_eq!(a.service.as_deref(), Some("reviews.bookinfo"));
+    let why = h
+        .seen
+        .skipped
+        .get("WeftAuthorization bookinfo/typo")
+        .expect("the invalid policy skipped")
+        .clone();
+    assert!(why.contains("spec.action"), "{why}");
+    assert!(!h.seen.sources.contains_key("k8s:weftauthorization/bookinfo/typo"));
+    eventually("both statuses", Duration::from_secs(5), || {
+        accepted(&api, "WeftAuthorization", "typo").is_some()
+            && accepted(&api, "WeftAuthorization", "no-admin").is_some()
+    })
+    .await;
+    let (status, reason, message, ..) = accepted(&api, "WeftAuthorization", "typo").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(message.starts_with("spec.action: "), "{message}");
+    assert_eq!(accepted(&api, "WeftAuthorization", "no-admin").unwrap().0, "True");
+
+    // A field no authorization entry has: refused with its path, not dropped.
+    let mut extra = authz("typo", "DENY");
+    extra["spec"]["rules"][0]["from"][0]["ipBlock"] = json!(["10.0.0.0/8"]);
+    api.apply(extra);
+    eventually("the unknown field's reason", Duration::from_secs(5), || {
+        accepted(&api, "WeftAuthorization", "typo").is_some_and(|a| a.3 == Some(2))
+    })
+    .await;
+    let (status, _, message, ..) = accepted(&api, "WeftAuthorization", "typo").unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("spec.rules[0].from[0].ipBlock: unknown field"),
+        "{message}"
+    );
+    eprintln!("unknown field → status message: {message}");
+
+    api.apply(authz("typo", "DENY"));
+    h.until("the fixed policy", Duration::from_secs(5), |s| {
+        s.sources.contains_key("k8s:weftauthorization/bookinfo/typo")
+            && !s.skipped.contains_key("WeftAuthorization bookinfo/typo")
+    })
+    .await;
+    assert!(api.delete("WeftAuthorization", "bookinfo", "no-admin"));
+    h.until("the deleted policy", Duration::from_secs(5), |s| {
+        !s.sources.contains_key("k8s:weftauthorization/bookinfo/no-admin")
+    })
+    .await;
+}

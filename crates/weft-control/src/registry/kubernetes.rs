@@ -78,6 +78,7 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("", "namespaces"),
     ("weft.dev", "weftroutes"),
     ("weft.dev", "weftdestinations"),
+    ("weft.dev", "weftauthorizations"),
     ("networking.istio.io", "virtualservices"),
     ("networking.istio.io", "destinationrules"),
 ];
