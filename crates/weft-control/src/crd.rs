@@ -1,147 +1,25 @@
 //! weft's custom resources, `weft.dev/v1alpha1`: `WeftRoute` (routing policy of one service, the
-//! file registry's `routes` entry, a subset), `WeftDestination` (destination policy, a subset of
-//! the file registry's `destinations` entry) and `WeftAuthorization` (an `authorization` entry,
-//! every field: its spec is the file parser's own type). The CRD YAML under
+//! file registry's `routes` entry), `WeftDestination` (destination policy, a `destinations`
+//! entry) and `WeftAuthorization` (an `authorization` entry). Their specs are the file parser's own
+//! types (`model.rs`'s `RawRoutes`, `RawDestination`, `RawMeshAuthz`), so they carry every field of
+//! those entries and cannot drift from the file format. The CRD YAML under
 //! `deploy/kubernetes/crds/` is generated from these types (`tests/manifests.rs` fails when it
 //! differs). A resource is validated exactly like the same entry in a registry file; an invalid one
 //! is skipped with the reason. Every kind has a status subresource: the Kubernetes registry writes
 //! the outcome of that validation into it ([`WeftStatus`]).
 
 use crate::model::{parse_fragment, Fragment};
+/// Destination policy for one service: a registry file's `destinations` entry, every field of it
+/// (kind `WeftDestination`, short name `wdest`); the type is the file parser's own.
+pub use crate::model::{RawDestination as WeftDestinationSpec, WeftDestination};
 /// Authorization policy: a registry file's `authorization` entry (kind `WeftAuthorization`, short
 /// name `wauthz`); the type is the file parser's own.
 pub use crate::model::{RawMeshAuthz as WeftAuthorizationSpec, WeftAuthorization};
-use kube::CustomResource;
+/// Routing policy for one service: a registry file's `routes` entry, every field of it (kind
+/// `WeftRoute`, short name `wroute`); the type is the file parser's own.
+pub use crate::model::{RawRoutes as WeftRouteSpec, WeftRoute};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-/// Routing policy for one service: like a registry file's `routes` entry.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "weft.dev",
-    version = "v1alpha1",
-    kind = "WeftRoute",
-    plural = "weftroutes",
-    shortname = "wroute",
-    namespaced,
-    status = "WeftStatus",
-    derive = "PartialEq"
-)]
-pub struct WeftRouteSpec {
-    /// The weft service these routes apply to (`reviews.bookinfo`).
-    pub service: String,
-    /// Routes, first match wins.
-    #[serde(default)]
-    pub http: Vec<HttpRouteSpec>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct HttpRouteSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Any of these matches selects the route (none: every request).
-    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
-    pub matches: Vec<MatchSpec>,
-    /// Weighted destinations.
-    #[serde(default)]
-    pub route: Vec<DestinationRefSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub retries: Option<RetriesSpec>,
-    /// A duration such as `2s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct MatchSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub headers: BTreeMap<String, StringMatchSpec>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct StringMatchSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exact: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub regex: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct DestinationRefSpec {
-    /// A weft service name.
-    pub destination: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subset: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub weight: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct RetriesSpec {
-    pub attempts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_try_timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub retry_on: Vec<String>,
-}
-
-/// Destination policy for one service: like a registry file's `destinations` entry (load
-/// balancing, subsets, outlier detection, connect timeout).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "weft.dev",
-    version = "v1alpha1",
-    kind = "WeftDestination",
-    plural = "weftdestinations",
-    shortname = "wdest",
-    namespaced,
-    status = "WeftStatus",
-    derive = "PartialEq"
-)]
-pub struct WeftDestinationSpec {
-    /// The weft service this policy applies to (`reviews.bookinfo`).
-    pub service: String,
-    /// `round_robin`, `least_request`, `random`, ... (docs/control.md).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lb: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub subsets: Vec<SubsetSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outlier_detection: Option<OutlierSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct SubsetSpec {
-    pub name: String,
-    /// Endpoint (pod) labels the subset selects.
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-pub struct OutlierSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub consecutive_5xx: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub base_ejection_time: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_ejection_percent: Option<u32>,
-}
 
 /// What the Kubernetes registry writes into a weft resource's status: the outcome of validating
 /// its `spec`, as the usual Kubernetes condition list.

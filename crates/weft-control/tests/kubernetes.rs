@@ -729,3 +729,104 @@ async fn weft_authorizations_become_mesh_policies_and_invalid_ones_say_why_in_th
     })
     .await;
 }
+
+/// WeftRoute and WeftDestination carry every field of their registry-file entries: fields beyond
+/// the first hand-written subset (fault, mirror, rewrite, hash, headers, query params, rate
+/// limits, priority, Dubbo rules; connection limits, health checks, locality) are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_routes_and_destinations_carry_every_field_of_their_entries() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    api.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "http": [{
+            "name": "v2-users",
+            "match": [{"prefix": "/v2", "query_params": {"debug": {"exact": "1"}}, "headers": {"x-user": {"present": true}}}],
+            "route": [{"destination": "reviews.bookinfo", "subset": "v2"}],
+            "fault": {"abort": {"http_status": 503, "percent": 10.0}, "delay": {"fixed": "100ms", "percent": 5.0}},
+            "mirror": {"destination": "reviews.bookinfo", "subset": "v1", "percent": 50.0},
+            "rewrite": {"uri": "/", "authority": "reviews-v2"},
+            "hash": {"header": "x-user"},
+            "headers": {"request": {"set": {"x-weft": "1"}}, "response": {"remove": ["server"]}},
+            "rate_limit": {"requests": 10, "per": "1s", "burst": 20},
+            "rate_limits": [{"actions": [{"remote_address": {}}]}],
+            "priority": "high",
+            "retries": {"attempts": 2, "per_try_timeout": "1s", "retry_on": ["5xx"]},
+            "timeout": "3s"
+        }]}
+    }));
+    api.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftDestination",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "lb": "least_request",
+                 "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+                 "connection_limits": {"max_connections": 100, "high_priority": {"max_connections": 200}},
+                 "health_checks": [{"interval": "1s", "http": {"path": "/healthz", "expected_statuses": [200, "200-299"]}}],
+                 "panic_threshold": 50.0,
+                 "locality_lb": "weighted"}
+    }));
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    assert!(
+        h.seen.skipped.is_empty() || !h.seen.skipped.keys().any(|k| k.starts_with("Weft")),
+        "{:?}",
+        h.seen.skipped
+    );
+    let r = &h.seen.sources["k8s:weftroute/bookinfo/reviews"].routes[0].http[0];
+    assert_eq!(r.name.as_deref(), Some("v2-users"));
+    assert_eq!(r.matches[0].query_params.len(), 1);
+    let fault = r.fault.as_ref().expect("fault");
+    assert!(fault.abort.is_some() && fault.delay.is_some());
+    assert_eq!(r.mirror.as_ref().expect("mirror").percent, 50.0);
+    let rw = r.rewrite.as_ref().expect("rewrite");
+    assert_eq!(
+        (rw.uri.as_deref(), rw.authority.as_deref()),
+        (Some("/"), Some("reviews-v2"))
+    );
+    assert!(r.hash.is_some(), "hash");
+    assert_eq!(r.request_headers.set.get("x-weft").map(String::as_str), Some("1"));
+    assert_eq!(r.response_headers.remove, vec!["server".to_string()]);
+    assert!(r.rate_limit.is_some(), "rate_limit");
+    assert_eq!(r.rate_limits.len(), 1);
+    assert!(r.high_priority);
+    assert_eq!(r.retries.as_ref().expect("retries").attempts, 2);
+    let d = &h.seen.sources["k8s:weftdestination/bookinfo/reviews"].destinations[0];
+    assert!(d.limits.is_some(), "connection_limits");
+    assert_eq!(d.health_checks.len(), 1);
+    assert_eq!(d.panic_threshold, Some(50.0));
+    assert!(d.locality_lb.is_some());
+    eventually("the statuses", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "reviews").is_some_and(|a| a.0 == "True")
+            && accepted(&api, "WeftDestination", "reviews").is_some_and(|a| a.0 == "True")
+    })
+    .await;
+}
+
+/// The typed CRD structs are the file parser's: a resource read into them and written back is the
+/// resource (nothing dropped, nothing added).
+#[test]
+fn weft_resources_round_trip_through_their_types() {
+    use weft_control::crd::{WeftDestination, WeftRoute};
+    let route = json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo",
+            "http": [{"match": [{"prefix": "/v2", "query_params": {"q": {"regex": "a.*"}}}],
+                      "route": [{"destination": "reviews.bookinfo", "subset": "v2", "weight": 100}],
+                      "fault": {"abort": {"grpc_status": 14, "percent": 1.5}},
+                      "hash": {"source_ip": true}}],
+            "dubbo": [{"match": {"interface": "a.B", "method": "get", "arguments": [{"index": 0, "equals": "x"}]},
+                       "route": {"destination": "b.default"}}]}
+    });
+    let typed: WeftRoute = serde_json::from_value(route.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), route);
+    let dest = json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftDestination",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "outlier_detection": {"consecutive_5xx": 3},
+                 "health_checks": [{"tcp": {}}, {"grpc": {"service_name": "x"}, "timeout": "1s"}]}
+    });
+    let typed: WeftDestination = serde_json::from_value(dest.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), dest);
+}
