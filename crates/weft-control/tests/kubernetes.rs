@@ -528,6 +528,32 @@ async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     assert_eq!(patches(&api), before, "an unchanged resource's status is not rewritten");
     eprintln!("status PATCHes after relist: {before:?} → {:?}", patches(&api));
 
+    // A second weft control replica: it reads the statuses the first wrote and agrees with them,
+    // so it writes none of them (no fight); a new resource's status lands once both have seen it.
+    let mut h2 = Harness::start(&api);
+    h2.until("the second replica's sync", Duration::from_secs(10), |s| s.synced)
+        .await;
+    api.apply(route("probe2", "soon"));
+    h.until("the first replica skips probe2", Duration::from_secs(5), |s| {
+        s.skipped.contains_key("WeftRoute bookinfo/probe2")
+    })
+    .await;
+    h2.until("the second replica skips probe2", Duration::from_secs(5), |s| {
+        s.skipped.contains_key("WeftRoute bookinfo/probe2")
+    })
+    .await;
+    eventually("probe2's status", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "probe2").is_some_and(|a| a.0 == "False")
+    })
+    .await;
+    assert_eq!(patches(&api), before, "a second replica rewrites no status");
+    let probe2 = status_patches(&api, "weftroutes", "probe2");
+    assert!(
+        (1..=2).contains(&probe2),
+        "{probe2} writes of one new status by two replicas"
+    );
+    eprintln!("two replicas: {probe2} PATCH(es) for a new resource, none for the others");
+
     assert!(api.delete("WeftRoute", "bookinfo", "broken"));
     h.until("the deleted route", Duration::from_secs(5), |s| {
         !s.sources.contains_key("k8s:weftroute/bookinfo/broken")
