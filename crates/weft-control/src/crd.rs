@@ -243,6 +243,19 @@ impl WeftKind {
     pub fn plural(&self) -> String {
         (self.resource)().plural
     }
+
+    /// The registry entry a resource `namespace/name` with this spec stands for: its spec, and
+    /// for an authorization policy without `name` the resource's, `<name>.<namespace>` (policy
+    /// names are unique in the mesh, and two unnamed ones would collide).
+    pub fn spec_of(&self, namespace: &str, name: &str, spec: &serde_json::Value) -> serde_json::Value {
+        let mut spec = spec.clone();
+        if self.section == "authorization" {
+            if let Some(o) = spec.as_object_mut() {
+                o.entry("name").or_insert_with(|| format!("{name}.{namespace}").into());
+            }
+        }
+        spec
+    }
 }
 
 /// The kind named `kind`.
@@ -257,7 +270,13 @@ pub fn validate_object(what: &str, obj: &serde_json::Value) -> Result<Fragment, 
         .as_str()
         .and_then(kind)
         .ok_or_else(|| format!("{what}: kind {} is not a weft kind", obj["kind"]))?;
-    validate(what, k.section, &obj["spec"])
+    let md = &obj["metadata"];
+    let spec = k.spec_of(
+        md["namespace"].as_str().unwrap_or("default"),
+        md["name"].as_str().unwrap_or_default(),
+        &obj["spec"],
+    );
+    validate(what, k.section, &spec)
 }
 
 /// The CRDs, as (file name under `deploy/kubernetes/crds/`, CustomResourceDefinition).

@@ -698,6 +698,12 @@ async fn weft_authorizations_become_mesh_policies_and_invalid_ones_say_why_in_th
     };
     api.apply(authz("no-admin", "DENY"));
     api.apply(authz("typo", "DENIED"));
+    // Without `spec.name`: named after the resource, so two unnamed ones do not collide.
+    for n in ["unnamed-a", "unnamed-b"] {
+        let mut a = authz(n, "AUDIT");
+        a["spec"].as_object_mut().unwrap().remove("name");
+        api.apply(a);
+    }
     let mut h = Harness::start(&api);
     h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
     let f = h
@@ -709,6 +715,14 @@ async fn weft_authorizations_become_mesh_policies_and_invalid_ones_say_why_in_th
     let a = &f.authorization[0];
     assert_eq!(a.name, "no-admin");
     assert_eq!(a.service.as_deref(), Some("reviews.bookinfo"));
+    for n in ["unnamed-a", "unnamed-b"] {
+        let f = h
+            .seen
+            .sources
+            .get(&format!("k8s:weftauthorization/bookinfo/{n}"))
+            .expect("an unnamed policy published");
+        assert_eq!(f.authorization[0].name, format!("{n}.bookinfo"));
+    }
     let why = h
         .seen
         .skipped

@@ -695,11 +695,8 @@ impl KubeState {
                 let i = weft.unwrap_or_default();
                 self.status_check.insert((i, k.clone()));
                 self.weft[i].live.get(k).map(|o| {
-                    crate::crd::validate(
-                        &what,
-                        KINDS[i].section,
-                        o.data.get("spec").unwrap_or(&serde_json::Value::Null),
-                    )
+                    let spec = o.data.get("spec").unwrap_or(&serde_json::Value::Null);
+                    crate::crd::validate(&what, KINDS[i].section, &KINDS[i].spec_of(&k.0, &k.1, spec))
                 })
             }
             "VirtualService" => self.virtual_services.live.get(k).map(|v| {
