@@ -870,3 +870,54 @@ fn weft_resources_round_trip_through_their_types() {
     let typed: WeftDestination = serde_json::from_value(dest.clone()).unwrap();
     assert_eq!(serde_json::to_value(&typed).unwrap(), dest);
 }
+
+/// The stand-in API server's status subresource, driven by kube-rs like the registry drives it:
+/// only `status` changes, `resourceVersion` bumps only on a change, JSON patches apply, an
+/// unknown object is 404, and an update of the main resource keeps the status and counts spec
+/// changes in `metadata.generation`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stand_in_serves_the_status_subresource_like_the_api_server() {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    let api = KubeApi::start();
+    let route = |timeout: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+            "metadata": {"name": "r", "namespace": "bookinfo"},
+            "spec": {"service": "reviews.bookinfo", "http": [{"route": [{"destination": "reviews.bookinfo"}], "timeout": timeout}]}
+        })
+    };
+    api.apply(route("1s"));
+    let client = kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
+    let routes: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(client, "bookinfo", &(weft_control::crd::KINDS[0].resource)());
+    let pp = PatchParams::default();
+    let rv = api.resource_version();
+    let patch = json!({"status": {"observedGeneration": 1}, "spec": {"service": "other"}});
+    let o = routes.patch_status("r", &pp, &Patch::Merge(&patch)).await.unwrap();
+    assert_eq!(o.data["status"]["observedGeneration"], 1);
+    assert_eq!(o.data["spec"]["service"], "reviews.bookinfo", "only status changes");
+    assert_eq!(api.resource_version(), rv + 1);
+    routes.patch_status("r", &pp, &Patch::Merge(&patch)).await.unwrap();
+    assert_eq!(api.resource_version(), rv + 1, "an identical status changes nothing");
+    let jp: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/status/observedGeneration", "value": 2}])).unwrap();
+    let o = routes.patch_status("r", &pp, &Patch::<()>::Json(jp)).await.unwrap();
+    assert_eq!(o.data["status"]["observedGeneration"], 2);
+    match routes.patch_status("nope", &pp, &Patch::Merge(&patch)).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        other => panic!("{other:?}"),
+    }
+    api.apply(route("1s"));
+    let o = api.get("WeftRoute", "bookinfo", "r").unwrap();
+    assert_eq!(
+        (
+            o["metadata"]["generation"].as_i64(),
+            o["status"]["observedGeneration"].as_i64()
+        ),
+        (Some(1), Some(2))
+    );
+    api.apply(route("2s"));
+    let o = api.get("WeftRoute", "bookinfo", "r").unwrap();
+    assert_eq!(o["metadata"]["generation"], 2);
+    assert_eq!(o["status"]["observedGeneration"], 2, "an update keeps the status");
+}

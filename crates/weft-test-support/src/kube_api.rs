@@ -18,8 +18,9 @@
 //! - [`KubeApi::set_down`]: the server stops answering (listener closed, open connections cut),
 //!   and comes back on the same port.
 //! - The status subresource of the types that have one (weft's CRDs): `PATCH
-//!   …/namespaces/NS/PLURAL/NAME/status` (merge patch, `application/merge-patch+json`; server-side
-//!   apply, `application/apply-patch+yaml`, merged the same way) and `PUT` on it change only the
+//!   …/namespaces/NS/PLURAL/NAME/status` (merge patch, `application/merge-patch+json`; JSON patch,
+//!   `application/json-patch+json`; server-side apply, `application/apply-patch+yaml`, merged like
+//!   a merge patch) and `PUT` on it change only the
 //!   object's `status`: a change bumps `resourceVersion` and emits `MODIFIED`, an identical status
 //!   changes nothing (as on a real server), an unknown object gets 404, another patch type 415.
 //!   [`KubeApi::refuse_status_writes`] answers them 403 (missing RBAC). [`KubeApi::status_writes`]
@@ -595,11 +596,19 @@ fn write_status(ctx: &Ctx, method: &http::Method, content_type: &str, path: &str
     let mut patched = existing.clone();
     match (method.as_str(), content_type) {
         ("PATCH", "application/merge-patch+json" | "application/apply-patch+yaml") => merge_patch(&mut patched, &body),
+        ("PATCH", "application/json-patch+json") => {
+            let applied = serde_json::from_value::<json_patch::Patch>(body.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|p| json_patch::patch(&mut patched, &p).map_err(|e| e.to_string()));
+            if let Err(e) = applied {
+                return full(422, status(422, "Invalid", format!("the JSON patch does not apply: {e}")));
+            }
+        }
         ("PUT", _) => patched = body,
         _ => {
             return full(
                 415,
-                status(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/merge-patch+json, application/apply-patch+yaml (not {content_type})")),
+                status(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (not {content_type})")),
             )
         }
     }
