@@ -134,6 +134,11 @@ fn locate_unknown_field(e: &str, spec: &serde_json::Value) -> String {
             _ => {}
         }
     }
+    if !e.contains("error: line 1 column ") {
+        return e.to_string();
+    }
+    // A parse error's first line (then comes a snippet of the JSON, pointing at the column).
+    let e = e.lines().next().unwrap_or_default();
     let Some(at) = e.find("error: line 1 column ") else {
         return e.to_string();
     };
@@ -144,8 +149,7 @@ fn locate_unknown_field(e: &str, spec: &serde_json::Value) -> String {
     else {
         return e.to_string();
     };
-    // The message's first line (then comes a snippet of the JSON, pointing at the column).
-    let msg = rest[msg_at..].lines().next().unwrap_or_default();
+    let msg = &rest[msg_at..];
     let Some(field) = msg.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) else {
         return e.to_string();
     };
@@ -343,6 +347,23 @@ mod tests {
                 k.kind
             );
         }
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_path_in_one_line() {
+        let spec = serde_json::json!({"service": "a.b", "http": [{"route": [{"destination": "a.b"}], "timout": "1s"}]});
+        let e = validate("WeftRoute ns/x", "routes", &spec).unwrap_err();
+        assert!(
+            e.starts_with("WeftRoute ns/x: spec.http[0].timout: unknown field `timout`"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let spec = serde_json::json!({"service": "a.b", "http": "all"});
+        let e = validate("WeftRoute ns/x", "routes", &spec).unwrap_err();
+        assert!(e.contains("expected sequence") && !e.contains('\n'), "{e}");
+        let spec = serde_json::json!({"service": "a.b", "http": [{"timeout": "soon"}]});
+        let e = validate("WeftRoute ns/x", "routes", &spec).unwrap_err();
+        assert!(e.contains("WeftRoute ns/x: spec.http[0].timeout: \"soon\""), "{e}");
     }
 
     #[test]
