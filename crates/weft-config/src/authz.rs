@@ -49,6 +49,7 @@ pub struct RawAuthzPolicy {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuthzRule {
     pub from: Vec<RawAuthzSource>,
@@ -57,6 +58,7 @@ pub struct RawAuthzRule {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuthzSource {
     pub principals: Vec<String>,
@@ -83,6 +85,7 @@ pub struct RawAuthzSource {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuthzOperation {
     pub hosts: Vec<String>,
@@ -101,13 +104,27 @@ pub struct RawAuthzOperation {
 
 /// A port as Istio writes it (`"9080"`) or as a number.
 #[derive(Clone, Debug, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(Serialize))]
 #[serde(untagged)]
 pub enum RawPort {
     Number(u64),
     Text(String),
 }
 
+/// A number or a string: Kubernetes' `int-or-string`.
+#[cfg(feature = "schemars")]
+impl schemars::JsonSchema for RawPort {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RawPort".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct RawAuthzCondition {
     pub key: Option<String>,

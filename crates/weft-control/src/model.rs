@@ -49,22 +49,47 @@ struct RawMeshAccessLog {
     log_name: Option<String>,
 }
 
-/// One mesh authorization policy: Istio's AuthorizationPolicy with `service` as its selector.
-#[derive(Deserialize)]
+/// One mesh authorization policy, like a registry file's `authorization` entry: Istio's
+/// AuthorizationPolicy with `service` as its selector (also the spec of a WeftAuthorization).
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(serde::Serialize, schemars::JsonSchema, kube::CustomResource)
+)]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "weft.dev",
+        version = "v1alpha1",
+        kind = "WeftAuthorization",
+        plural = "weftauthorizations",
+        shortname = "wauthz",
+        namespaced,
+        status = "crate::crd::WeftStatus",
+        doc = "weft authorization policy: the spec is a registry file's `authorization` entry (docs/control.md)"
+    )
+)]
 #[serde(deny_unknown_fields)]
-struct RawMeshAuthz {
-    /// Applies to this service's inbound listeners; absent: every service (in `namespace`).
-    #[serde(alias = "selector")]
+pub struct RawMeshAuthz {
+    /// Applies to this service's inbound listeners (`reviews.bookinfo`); absent: every service
+    /// (in `namespace`).
+    #[serde(alias = "selector", skip_serializing_if = "Option::is_none")]
     service: Option<String>,
     /// Applies only to sidecars whose node metadata NAMESPACE is this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<String>,
+    /// The policy's name (unique in the mesh).
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     /// ALLOW (default), DENY or AUDIT.
+    #[serde(skip_serializing_if = "Option::is_none")]
     action: Option<String>,
     /// Only logged and counted (shadow rules).
-    #[serde(alias = "dryRun")]
+    #[serde(alias = "dryRun", skip_serializing_if = "Option::is_none")]
     dry_run: Option<bool>,
-    #[serde(default)]
+    /// Istio's rules: `from` (sources), `to` (operations), `when` (conditions); none: the
+    /// policy matches nothing (ALLOW) or everything (DENY).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rules: Vec<weft_config::authz::RawAuthzRule>,
 }
 
@@ -77,71 +102,107 @@ struct RawRls {
     failure_mode_deny: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawEmpty {}
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRlDescriptor {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     actions: Vec<RawRlAction>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRlAction {
+    #[serde(skip_serializing_if = "Option::is_none")]
     request_headers: Option<RawRlHeader>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     remote_address: Option<RawEmpty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     generic_key: Option<RawRlGeneric>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRlHeader {
     header_name: String,
     descriptor_key: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRlGeneric {
     descriptor_value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     descriptor_key: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHealthCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
     interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     interval_jitter: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     healthy_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     unhealthy_threshold: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     http: Option<RawHttpCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     tcp: Option<RawEmpty>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     grpc: Option<RawGrpcCheck>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHttpCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     host: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     expected_statuses: Vec<RawStatus>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize))]
 #[serde(untagged)]
 enum RawStatus {
     Code(u32),
     Text(String),
 }
 
-#[derive(Deserialize)]
+/// A status code or a range (`"200-299"`): Kubernetes' `int-or-string`.
+#[cfg(feature = "kubernetes")]
+impl schemars::JsonSchema for RawStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RawStatus".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "x-kubernetes-int-or-string": true })
+    }
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawGrpcCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
     service_name: Option<String>,
 }
 
@@ -190,17 +251,40 @@ struct RawLocality {
     sub_zone: String,
 }
 
-#[derive(Deserialize)]
+/// Routing policy for one service, like a registry file's `routes` entry (also the spec of a
+/// WeftRoute).
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(serde::Serialize, schemars::JsonSchema, kube::CustomResource)
+)]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "weft.dev",
+        version = "v1alpha1",
+        kind = "WeftRoute",
+        plural = "weftroutes",
+        shortname = "wroute",
+        namespaced,
+        status = "crate::crd::WeftStatus",
+        doc = "weft routing policy: the spec is a registry file's `routes` entry (docs/control.md)"
+    )
+)]
 #[serde(deny_unknown_fields)]
-struct RawRoutes {
+pub struct RawRoutes {
+    /// The weft service these routes apply to (`reviews.bookinfo`).
     service: String,
-    #[serde(default)]
+    /// HTTP routes, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     http: Vec<RawHttpRoute>,
-    #[serde(default)]
+    /// Dubbo rules (a `protocol: dubbo` service), first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     dubbo: Vec<RawDubboRoute>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDubboRoute {
     #[serde(default, rename = "match")]
@@ -208,60 +292,81 @@ struct RawDubboRoute {
     route: RawDubboDest,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDubboMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     arguments: Vec<RawDubboArg>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     attachments: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDubboArg {
     index: u32,
     equals: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDubboDest {
     destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     subset: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHttpRoute {
+    #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
-    #[serde(default, rename = "match")]
+    #[serde(default, rename = "match", skip_serializing_if = "Vec::is_empty")]
     matches: Vec<RawMatch>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     route: Vec<RawDestRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     retries: Option<RawRetries>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     fault: Option<RawFault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     mirror: Option<RawMirror>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RawRateLimit>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     hash: Option<RawHash>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     priority: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rate_limits: Vec<RawRlDescriptor>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     rewrite: Option<RawRewrite>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     headers: Option<RawHeaderOps>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRewrite {
+    #[serde(skip_serializing_if = "Option::is_none")]
     uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     authority: Option<String>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderOps {
     #[serde(default)]
@@ -270,151 +375,236 @@ struct RawHeaderOps {
     response: RawHeaderOp,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHeaderOp {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     set: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     add: BTreeMap<String, String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     remove: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     regex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     method: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     headers: BTreeMap<String, RawStringMatch>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     query_params: BTreeMap<String, RawStringMatch>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawStringMatch {
+    #[serde(skip_serializing_if = "Option::is_none")]
     exact: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     prefix: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     regex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     present: Option<bool>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDestRef {
     destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     subset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     weight: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRetries {
     attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     per_try_timeout: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     retry_on: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawFault {
+    #[serde(skip_serializing_if = "Option::is_none")]
     abort: Option<RawAbort>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     delay: Option<RawDelay>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawAbort {
+    #[serde(skip_serializing_if = "Option::is_none")]
     http_status: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     grpc_status: Option<u32>,
     percent: f64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawDelay {
     fixed: String,
     percent: f64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawMirror {
     destination: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     subset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     percent: Option<f64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     requests: u32,
     per: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     burst: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHash {
+    #[serde(skip_serializing_if = "Option::is_none")]
     header: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     source_ip: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
     cookie: Option<RawHashCookie>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawHashCookie {
     name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     ttl: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     path: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// Destination policy for one service, like a registry file's `destinations` entry (also the
+/// spec of a WeftDestination).
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(
+    feature = "kubernetes",
+    derive(serde::Serialize, schemars::JsonSchema, kube::CustomResource)
+)]
+#[cfg_attr(
+    feature = "kubernetes",
+    kube(
+        group = "weft.dev",
+        version = "v1alpha1",
+        kind = "WeftDestination",
+        plural = "weftdestinations",
+        shortname = "wdest",
+        namespaced,
+        status = "crate::crd::WeftStatus",
+        doc = "weft destination policy: the spec is a registry file's `destinations` entry (docs/control.md)"
+    )
+)]
 #[serde(deny_unknown_fields)]
-struct RawDestination {
+pub struct RawDestination {
+    /// The weft service this policy applies to (`reviews.bookinfo`).
     service: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     lb: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     connection_limits: Option<RawLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     outlier_detection: Option<RawOutlier>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     subsets: Vec<RawSubset>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     connect_timeout: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     health_checks: Vec<RawHealthCheck>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     panic_threshold: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     locality_lb: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawLimits {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_connections: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_pending_requests: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_requests: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_retries: Option<u32>,
+    /// The same limits for high-priority routes (one level: a CRD schema cannot recurse).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "kubernetes", schemars(with = "Option<RawLimitsLeaf>"))]
+    high_priority: Option<Box<RawLimits>>,
+}
+
+/// [`RawLimits`] without `high_priority`: its schema, one level down.
+#[cfg(feature = "kubernetes")]
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+struct RawLimitsLeaf {
     max_connections: Option<u32>,
     max_pending_requests: Option<u32>,
     max_requests: Option<u32>,
     max_retries: Option<u32>,
-    high_priority: Option<Box<RawLimits>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawOutlier {
+    #[serde(skip_serializing_if = "Option::is_none")]
     consecutive_5xx: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     interval: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     base_ejection_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     max_ejection_percent: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Clone, Debug)]
+#[cfg_attr(feature = "kubernetes", derive(serde::Serialize, schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSubset {
     name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     labels: BTreeMap<String, String>,
 }
 

@@ -367,6 +367,45 @@ fn services_without_sidecars_are_plaintext_and_annotations_set_the_mode() {
     );
 }
 
+/// The `Accepted` condition of a weft resource as the stand-in API server stores it: (status,
+/// reason, message, condition's observedGeneration), and the status's observedGeneration.
+type Accepted = (String, String, String, Option<i64>, Option<i64>);
+
+fn accepted(api: &KubeApi, kind: &str, name: &str) -> Option<Accepted> {
+    let o = api.get(kind, "bookinfo", name)?;
+    let s = o.get("status")?;
+    let c = s["conditions"].as_array()?.iter().find(|c| c["type"] == "Accepted")?;
+    assert!(
+        c["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{c}"
+    );
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+        c["message"].as_str()?.to_string(),
+        c["observedGeneration"].as_i64(),
+        s["observedGeneration"].as_i64(),
+    ))
+}
+
+/// Waits (polling the stand-in's store) until `done` holds.
+async fn eventually(what: &str, timeout: Duration, done: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+fn status_patches(api: &KubeApi, kind_plural: &str, name: &str) -> usize {
+    let path = format!("PATCH /apis/weft.dev/v1alpha1/namespaces/bookinfo/{kind_plural}/{name}/status");
+    api.status_writes().iter().filter(|(p, _)| *p == path).count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     let api = KubeApi::start();
@@ -390,6 +429,8 @@ async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     }));
     api.apply(route("reviews", "2s"));
     api.apply(route("broken", "soon"));
+    // No RBAC on the status subresource at first: the mesh must not wait for it.
+    api.refuse_status_writes(true);
     let mut h = Harness::start(&api);
     h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
     let r = h
@@ -414,12 +455,105 @@ async fn weft_custom_resources_become_policies_and_invalid_ones_are_skipped() {
     assert!(why.contains("spec.http[0].timeout"), "{why}");
     assert!(!h.seen.sources.contains_key("k8s:weftroute/bookinfo/broken"));
 
-    // Fixed: published and no longer skipped; deleted: gone.
+    // The status writes were refused (403) and are retried: once allowed, they land.
+    eventually("a refused status write", Duration::from_secs(5), || {
+        status_patches(&api, "weftroutes", "broken") >= 1
+    })
+    .await;
+    assert!(accepted(&api, "WeftRoute", "broken").is_none());
+    api.refuse_status_writes(false);
+    let took = eventually("the statuses written after the retry", Duration::from_secs(10), || {
+        accepted(&api, "WeftRoute", "broken").is_some()
+            && accepted(&api, "WeftRoute", "reviews").is_some()
+            && accepted(&api, "WeftDestination", "reviews").is_some()
+    })
+    .await;
+    eprintln!("status subresource allowed again → statuses written in {took:?}");
+    let (status, reason, message, cond_gen, gen) = accepted(&api, "WeftRoute", "broken").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(message.starts_with("spec.http[0].timeout: "), "{message}");
+    assert_eq!((cond_gen, gen), (Some(1), Some(1)));
+    let (status, reason, ..) = accepted(&api, "WeftRoute", "reviews").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("True", "Accepted"));
+    assert_eq!(accepted(&api, "WeftDestination", "reviews").unwrap().0, "True");
+    // Written as merge patches of `status` alone.
+    let (_, body) = api
+        .status_writes()
+        .into_iter()
+        .rfind(|(p, _)| p.ends_with("/weftroutes/broken/status"))
+        .unwrap();
+    assert_eq!(body.as_object().unwrap().keys().collect::<Vec<_>>(), vec!["status"]);
+
+    // Fixed: published and no longer skipped, and the status follows with the new generation.
     api.apply(route("broken", "3s"));
     h.until("the fixed route", Duration::from_secs(5), |s| {
         s.sources.contains_key("k8s:weftroute/bookinfo/broken") && !s.skipped.contains_key("WeftRoute bookinfo/broken")
     })
     .await;
+    let took = eventually("the fixed route's status", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "broken").is_some_and(|a| a.0 == "True")
+    })
+    .await;
+    eprintln!("WeftRoute fixed → Accepted=True written in {took:?}");
+    let (_, reason, _, cond_gen, gen) = accepted(&api, "WeftRoute", "broken").unwrap();
+    assert_eq!((reason.as_str(), cond_gen, gen), ("Accepted", Some(2), Some(2)));
+
+    // Nothing changed: a relist (410 Gone) writes no status. A new route's status, written after
+    // the relist, shows the registry has been through it.
+    let patches = |api: &KubeApi| {
+        (
+            status_patches(api, "weftroutes", "broken"),
+            status_patches(api, "weftroutes", "reviews"),
+            status_patches(api, "weftdestinations", "reviews"),
+        )
+    };
+    let before = patches(&api);
+    let lists = |api: &KubeApi| {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("/apis/weft.dev/v1alpha1/weftroutes") && !r.contains("watch="))
+            .count()
+    };
+    let lists_before = lists(&api);
+    api.expire_watches();
+    eventually("the WeftRoutes relisted", Duration::from_secs(10), || {
+        lists(&api) > lists_before
+    })
+    .await;
+    api.apply(route("probe", "1s"));
+    eventually("the new route's status", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "probe").is_some()
+    })
+    .await;
+    assert_eq!(patches(&api), before, "an unchanged resource's status is not rewritten");
+    eprintln!("status PATCHes after relist: {before:?} → {:?}", patches(&api));
+
+    // A second weft control replica: it reads the statuses the first wrote and agrees with them,
+    // so it writes none of them (no fight); a new resource's status lands once both have seen it.
+    let mut h2 = Harness::start(&api);
+    h2.until("the second replica's sync", Duration::from_secs(10), |s| s.synced)
+        .await;
+    api.apply(route("probe2", "soon"));
+    h.until("the first replica skips probe2", Duration::from_secs(5), |s| {
+        s.skipped.contains_key("WeftRoute bookinfo/probe2")
+    })
+    .await;
+    h2.until("the second replica skips probe2", Duration::from_secs(5), |s| {
+        s.skipped.contains_key("WeftRoute bookinfo/probe2")
+    })
+    .await;
+    eventually("probe2's status", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "probe2").is_some_and(|a| a.0 == "False")
+    })
+    .await;
+    assert_eq!(patches(&api), before, "a second replica rewrites no status");
+    let probe2 = status_patches(&api, "weftroutes", "probe2");
+    assert!(
+        (1..=2).contains(&probe2),
+        "{probe2} writes of one new status by two replicas"
+    );
+    eprintln!("two replicas: {probe2} PATCH(es) for a new resource, none for the others");
+
     assert!(api.delete("WeftRoute", "bookinfo", "broken"));
     h.until("the deleted route", Duration::from_secs(5), |s| {
         !s.sources.contains_key("k8s:weftroute/bookinfo/broken")
@@ -583,4 +717,243 @@ fn a_destination_rule_consistent_hash_keys_the_virtual_service_routes_to_its_hos
         })
         .expect("the DestinationRule published");
     assert_eq!(d.destinations[0].lb, weft_control::model::LbPolicy::RingHash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_authorizations_become_mesh_policies_and_invalid_ones_say_why_in_their_status() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    let authz = |name: &str, action: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "WeftAuthorization",
+            "metadata": {"name": name, "namespace": "bookinfo"},
+            "spec": {"name": name, "service": "reviews.bookinfo", "action": action, "dryRun": false,
+                     "rules": [{"from": [{"ipBlocks": ["10.0.0.0/8"]}],
+                                "to": [{"methods": ["POST"], "paths": ["/admin/*"], "ports": ["9080", 9081]}]}]}
+        })
+    };
+    api.apply(authz("no-admin", "DENY"));
+    api.apply(authz("typo", "DENIED"));
+    // Without `spec.name`: named after the resource, so two unnamed ones do not collide.
+    for n in ["unnamed-a", "unnamed-b"] {
+        let mut a = authz(n, "AUDIT");
+        a["spec"].as_object_mut().unwrap().remove("name");
+        api.apply(a);
+    }
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    let f = h
+        .seen
+        .sources
+        .get("k8s:weftauthorization/bookinfo/no-admin")
+        .expect("the policy published");
+    assert_eq!(f.authorization.len(), 1);
+    let a = &f.authorization[0];
+    assert_eq!(a.name, "no-admin");
+    assert_eq!(a.service.as_deref(), Some("reviews.bookinfo"));
+    for n in ["unnamed-a", "unnamed-b"] {
+        let f = h
+            .seen
+            .sources
+            .get(&format!("k8s:weftauthorization/bookinfo/{n}"))
+            .expect("an unnamed policy published");
+        assert_eq!(f.authorization[0].name, format!("{n}.bookinfo"));
+    }
+    let why = h
+        .seen
+        .skipped
+        .get("WeftAuthorization bookinfo/typo")
+        .expect("the invalid policy skipped")
+        .clone();
+    assert!(why.contains("spec.action"), "{why}");
+    assert!(!h.seen.sources.contains_key("k8s:weftauthorization/bookinfo/typo"));
+    eventually("both statuses", Duration::from_secs(5), || {
+        accepted(&api, "WeftAuthorization", "typo").is_some()
+            && accepted(&api, "WeftAuthorization", "no-admin").is_some()
+    })
+    .await;
+    let (status, reason, message, ..) = accepted(&api, "WeftAuthorization", "typo").unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Invalid"));
+    assert!(message.starts_with("spec.action: "), "{message}");
+    assert_eq!(accepted(&api, "WeftAuthorization", "no-admin").unwrap().0, "True");
+
+    // A field no authorization entry has: refused with its path, not dropped.
+    let mut extra = authz("typo", "DENY");
+    extra["spec"]["rules"][0]["from"][0]["ipBlock"] = json!(["10.0.0.0/8"]);
+    api.apply(extra);
+    eventually("the unknown field's reason", Duration::from_secs(5), || {
+        accepted(&api, "WeftAuthorization", "typo").is_some_and(|a| a.3 == Some(2))
+    })
+    .await;
+    let (status, _, message, ..) = accepted(&api, "WeftAuthorization", "typo").unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with("spec.rules[0].from[0].ipBlock: unknown field"),
+        "{message}"
+    );
+    eprintln!("unknown field → status message: {message}");
+
+    api.apply(authz("typo", "DENY"));
+    h.until("the fixed policy", Duration::from_secs(5), |s| {
+        s.sources.contains_key("k8s:weftauthorization/bookinfo/typo")
+            && !s.skipped.contains_key("WeftAuthorization bookinfo/typo")
+    })
+    .await;
+    assert!(api.delete("WeftAuthorization", "bookinfo", "no-admin"));
+    h.until("the deleted policy", Duration::from_secs(5), |s| {
+        !s.sources.contains_key("k8s:weftauthorization/bookinfo/no-admin")
+    })
+    .await;
+}
+
+/// WeftRoute and WeftDestination carry every field of their registry-file entries: fields beyond
+/// the first hand-written subset (fault, mirror, rewrite, hash, headers, query params, rate
+/// limits, priority, Dubbo rules; connection limits, health checks, locality) are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weft_routes_and_destinations_carry_every_field_of_their_entries() {
+    let api = KubeApi::start();
+    load_bookinfo(&api);
+    api.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "http": [{
+            "name": "v2-users",
+            "match": [{"prefix": "/v2", "query_params": {"debug": {"exact": "1"}}, "headers": {"x-user": {"present": true}}}],
+            "route": [{"destination": "reviews.bookinfo", "subset": "v2"}],
+            "fault": {"abort": {"http_status": 503, "percent": 10.0}, "delay": {"fixed": "100ms", "percent": 5.0}},
+            "mirror": {"destination": "reviews.bookinfo", "subset": "v1", "percent": 50.0},
+            "rewrite": {"uri": "/", "authority": "reviews-v2"},
+            "hash": {"header": "x-user"},
+            "headers": {"request": {"set": {"x-weft": "1"}}, "response": {"remove": ["server"]}},
+            "rate_limit": {"requests": 10, "per": "1s", "burst": 20},
+            "rate_limits": [{"actions": [{"remote_address": {}}]}],
+            "priority": "high",
+            "retries": {"attempts": 2, "per_try_timeout": "1s", "retry_on": ["5xx"]},
+            "timeout": "3s"
+        }]}
+    }));
+    api.apply(json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftDestination",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "lb": "least_request",
+                 "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}],
+                 "connection_limits": {"max_connections": 100, "high_priority": {"max_connections": 200}},
+                 "health_checks": [{"interval": "1s", "http": {"path": "/healthz", "expected_statuses": [200, "200-299"]}}],
+                 "panic_threshold": 50.0,
+                 "locality_lb": "weighted"}
+    }));
+    let mut h = Harness::start(&api);
+    h.until("the first sync", Duration::from_secs(10), |s| s.synced).await;
+    assert!(
+        h.seen.skipped.is_empty() || !h.seen.skipped.keys().any(|k| k.starts_with("Weft")),
+        "{:?}",
+        h.seen.skipped
+    );
+    let r = &h.seen.sources["k8s:weftroute/bookinfo/reviews"].routes[0].http[0];
+    assert_eq!(r.name.as_deref(), Some("v2-users"));
+    assert_eq!(r.matches[0].query_params.len(), 1);
+    let fault = r.fault.as_ref().expect("fault");
+    assert!(fault.abort.is_some() && fault.delay.is_some());
+    assert_eq!(r.mirror.as_ref().expect("mirror").percent, 50.0);
+    let rw = r.rewrite.as_ref().expect("rewrite");
+    assert_eq!(
+        (rw.uri.as_deref(), rw.authority.as_deref()),
+        (Some("/"), Some("reviews-v2"))
+    );
+    assert!(r.hash.is_some(), "hash");
+    assert_eq!(r.request_headers.set.get("x-weft").map(String::as_str), Some("1"));
+    assert_eq!(r.response_headers.remove, vec!["server".to_string()]);
+    assert!(r.rate_limit.is_some(), "rate_limit");
+    assert_eq!(r.rate_limits.len(), 1);
+    assert!(r.high_priority);
+    assert_eq!(r.retries.as_ref().expect("retries").attempts, 2);
+    let d = &h.seen.sources["k8s:weftdestination/bookinfo/reviews"].destinations[0];
+    assert!(d.limits.is_some(), "connection_limits");
+    assert_eq!(d.health_checks.len(), 1);
+    assert_eq!(d.panic_threshold, Some(50.0));
+    assert!(d.locality_lb.is_some());
+    eventually("the statuses", Duration::from_secs(5), || {
+        accepted(&api, "WeftRoute", "reviews").is_some_and(|a| a.0 == "True")
+            && accepted(&api, "WeftDestination", "reviews").is_some_and(|a| a.0 == "True")
+    })
+    .await;
+}
+
+/// The typed CRD structs are the file parser's: a resource read into them and written back is the
+/// resource (nothing dropped, nothing added).
+#[test]
+fn weft_resources_round_trip_through_their_types() {
+    use weft_control::crd::{WeftDestination, WeftRoute};
+    let route = json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo",
+            "http": [{"match": [{"prefix": "/v2", "query_params": {"q": {"regex": "a.*"}}}],
+                      "route": [{"destination": "reviews.bookinfo", "subset": "v2", "weight": 100}],
+                      "fault": {"abort": {"grpc_status": 14, "percent": 1.5}},
+                      "hash": {"source_ip": true}}],
+            "dubbo": [{"match": {"interface": "a.B", "method": "get", "arguments": [{"index": 0, "equals": "x"}]},
+                       "route": {"destination": "b.default"}}]}
+    });
+    let typed: WeftRoute = serde_json::from_value(route.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), route);
+    let dest = json!({
+        "apiVersion": "weft.dev/v1alpha1", "kind": "WeftDestination",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"service": "reviews.bookinfo", "outlier_detection": {"consecutive_5xx": 3},
+                 "health_checks": [{"tcp": {}}, {"grpc": {"service_name": "x"}, "timeout": "1s"}]}
+    });
+    let typed: WeftDestination = serde_json::from_value(dest.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&typed).unwrap(), dest);
+}
+
+/// The stand-in API server's status subresource, driven by kube-rs like the registry drives it:
+/// only `status` changes, `resourceVersion` bumps only on a change, JSON patches apply, an
+/// unknown object is 404, and an update of the main resource keeps the status and counts spec
+/// changes in `metadata.generation`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stand_in_serves_the_status_subresource_like_the_api_server() {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    let api = KubeApi::start();
+    let route = |timeout: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "WeftRoute",
+            "metadata": {"name": "r", "namespace": "bookinfo"},
+            "spec": {"service": "reviews.bookinfo", "http": [{"route": [{"destination": "reviews.bookinfo"}], "timeout": timeout}]}
+        })
+    };
+    api.apply(route("1s"));
+    let client = kube::Client::try_from(kube::Config::new(api.url().parse().unwrap())).unwrap();
+    let routes: kube::Api<DynamicObject> =
+        kube::Api::namespaced_with(client, "bookinfo", &(weft_control::crd::KINDS[0].resource)());
+    let pp = PatchParams::default();
+    let rv = api.resource_version();
+    let patch = json!({"status": {"observedGeneration": 1}, "spec": {"service": "other"}});
+    let o = routes.patch_status("r", &pp, &Patch::Merge(&patch)).await.unwrap();
+    assert_eq!(o.data["status"]["observedGeneration"], 1);
+    assert_eq!(o.data["spec"]["service"], "reviews.bookinfo", "only status changes");
+    assert_eq!(api.resource_version(), rv + 1);
+    routes.patch_status("r", &pp, &Patch::Merge(&patch)).await.unwrap();
+    assert_eq!(api.resource_version(), rv + 1, "an identical status changes nothing");
+    let jp: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/status/observedGeneration", "value": 2}])).unwrap();
+    let o = routes.patch_status("r", &pp, &Patch::<()>::Json(jp)).await.unwrap();
+    assert_eq!(o.data["status"]["observedGeneration"], 2);
+    match routes.patch_status("nope", &pp, &Patch::Merge(&patch)).await {
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        other => panic!("{other:?}"),
+    }
+    api.apply(route("1s"));
+    let o = api.get("WeftRoute", "bookinfo", "r").unwrap();
+    assert_eq!(
+        (
+            o["metadata"]["generation"].as_i64(),
+            o["status"]["observedGeneration"].as_i64()
+        ),
+        (Some(1), Some(2))
+    );
+    api.apply(route("2s"));
+    let o = api.get("WeftRoute", "bookinfo", "r").unwrap();
+    assert_eq!(o["metadata"]["generation"], 2);
+    assert_eq!(o["status"]["observedGeneration"], 2, "an update keeps the status");
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
-use weft_control::registry::kubernetes::{VERBS, WATCHED};
+use weft_control::registry::kubernetes::{STATUS_VERBS, VERBS, WATCHED};
 
 fn manifests() -> BTreeMap<String, String> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes");
@@ -75,13 +75,24 @@ fn every_manifest_parses_and_rbac_is_exactly_what_the_registry_watches() {
         }
     }
     let verbs: BTreeSet<String> = VERBS.iter().map(|s| s.to_string()).collect();
-    let wanted: BTreeMap<(String, String), BTreeSet<String>> = WATCHED
+    let mut wanted: BTreeMap<(String, String), BTreeSet<String>> = WATCHED
         .iter()
         .map(|(g, r)| ((g.to_string(), r.to_string()), verbs.clone()))
         .collect();
+    // Every weft kind: watched, and its status written.
+    let status_verbs: BTreeSet<String> = STATUS_VERBS.iter().map(|s| s.to_string()).collect();
+    for k in weft_control::crd::KINDS {
+        let plural = k.plural();
+        assert!(
+            WATCHED.contains(&("weft.dev", plural.as_str())),
+            "{}: not in the registry's WATCHED",
+            k.kind
+        );
+        wanted.insert(("weft.dev".into(), format!("{plural}/status")), status_verbs.clone());
+    }
     assert_eq!(
         granted, wanted,
-        "the ClusterRole must grant exactly list/watch on what the registry watches"
+        "the ClusterRole must grant exactly list/watch on what the registry watches and get/patch/update on weft kinds' status"
     );
 
     // The binding gives that role to the Deployment's service account.
@@ -167,7 +178,7 @@ fn committed_crds_match_the_rust_types() {
             "# Generated from crates/weft-control/src/crd.rs: do not edit (see tests/manifests.rs).\n{}",
             serde_saphyr::to_string(&crd).unwrap()
         );
-        let path = dir.join(file);
+        let path = dir.join(&file);
         if bless {
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::write(&path, &generated).unwrap();
@@ -177,7 +188,7 @@ fn committed_crds_match_the_rust_types() {
             committed == generated,
             "{file} differs from what crd.rs generates: regenerate with WEFT_BLESS=1"
         );
-        let parsed: CustomResourceDefinition = parse(file, &committed);
+        let parsed: CustomResourceDefinition = parse(&file, &committed);
         assert_eq!(parsed.spec.group, "weft.dev");
         assert_eq!(parsed, crd, "{file} does not read back as the generated CRD");
     }

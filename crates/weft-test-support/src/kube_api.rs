@@ -17,6 +17,15 @@
 //!   [`KubeApi::expire_watches`] compacts and sends that to every open watch.
 //! - [`KubeApi::set_down`]: the server stops answering (listener closed, open connections cut),
 //!   and comes back on the same port.
+//! - The status subresource of the types that have one (weft's CRDs): `PATCH
+//!   …/namespaces/NS/PLURAL/NAME/status` (merge patch, `application/merge-patch+json`; JSON patch,
+//!   `application/json-patch+json`; server-side apply, `application/apply-patch+yaml`, merged like
+//!   a merge patch) and `PUT` on it change only the
+//!   object's `status`: a change bumps `resourceVersion` and emits `MODIFIED`, an identical status
+//!   changes nothing (as on a real server), an unknown object gets 404, another patch type 415.
+//!   [`KubeApi::refuse_status_writes`] answers them 403 (missing RBAC). [`KubeApi::status_writes`]
+//!   lists them. On such types, [`KubeApi::apply`] keeps the stored status (a real update of the
+//!   main resource ignores `status`) and keeps `metadata.generation`, bumped when `spec` changes.
 //!
 //! Every change gets the next cluster-wide `resourceVersion`; created objects get a `uid` and a
 //! `creationTimestamp`.
@@ -41,6 +50,8 @@ pub struct ResourceType {
     /// `v1`, `discovery.k8s.io/v1`.
     pub api_version: String,
     pub namespaced: bool,
+    /// Has a status subresource (`…/NAME/status`), with `metadata.generation` kept.
+    pub status: bool,
 }
 
 #[derive(Clone)]
@@ -66,6 +77,10 @@ struct State {
     requests: Vec<String>,
     /// `METHOD PATH` of the Secret requests (see the Secrets section).
     secret_requests: Vec<String>,
+    /// Status subresource writes: (method and path, body).
+    status_writes: Vec<(String, Value)>,
+    /// Status writes answer 403.
+    refuse_status: bool,
 }
 
 /// The stand-in API server. Dropping it stops it.
@@ -86,11 +101,13 @@ fn core(plural: &str, kind: &str, namespaced: bool) -> ResourceType {
         kind: kind.into(),
         api_version: "v1".into(),
         namespaced,
+        status: false,
     }
 }
 
 /// The resource types a weft control's Kubernetes registry reads: Services, EndpointSlices,
-/// Pods, Namespaces, weft's custom resources (WeftRoute, WeftDestination) and Istio's
+/// Pods, Namespaces, weft's custom resources (WeftRoute, WeftDestination, WeftAuthorization, with
+/// a status subresource) and Istio's
 /// VirtualService and DestinationRule.
 pub fn standard_types() -> Vec<ResourceType> {
     vec![
@@ -103,9 +120,11 @@ pub fn standard_types() -> Vec<ResourceType> {
             kind: "EndpointSlice".into(),
             api_version: "discovery.k8s.io/v1".into(),
             namespaced: true,
+            status: false,
         },
         crd("weftroutes", "WeftRoute"),
         crd("weftdestinations", "WeftDestination"),
+        crd("weftauthorizations", "WeftAuthorization"),
         istio("virtualservices", "VirtualService"),
         istio("destinationrules", "DestinationRule"),
     ]
@@ -119,6 +138,7 @@ fn istio(plural: &str, kind: &str) -> ResourceType {
         kind: kind.into(),
         api_version: "networking.istio.io/v1".into(),
         namespaced: true,
+        status: false,
     }
 }
 
@@ -129,6 +149,7 @@ fn crd(plural: &str, kind: &str) -> ResourceType {
         kind: kind.into(),
         api_version: "weft.dev/v1alpha1".into(),
         namespaced: true,
+        status: true,
     }
 }
 
@@ -235,9 +256,31 @@ impl KubeApi {
         self.state.lock().rv
     }
 
-    /// Paths and queries of the requests served so far.
+    /// Paths and queries of the requests served so far (other methods than GET: `PATCH /apis/…`).
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().requests.clone()
+    }
+
+    /// The status subresource writes received so far, accepted or not: (`PATCH /apis/…/status`,
+    /// body).
+    pub fn status_writes(&self) -> Vec<(String, Value)> {
+        self.state.lock().status_writes.clone()
+    }
+
+    /// Answers status writes with 403 Forbidden (a ClusterRole without `…/status`), or accepts them
+    /// again.
+    pub fn refuse_status_writes(&self, refuse: bool) {
+        self.state.lock().refuse_status = refuse;
+    }
+
+    /// The stored object, as a GET of it would return it.
+    pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let st = self.state.lock();
+        let plural = &st.types.iter().find(|t| t.kind == kind)?.plural;
+        st.objects
+            .get(plural)?
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED), giving it the next resourceVersion.
@@ -245,17 +288,33 @@ impl KubeApi {
     pub fn apply(&self, mut obj: Value) -> u64 {
         let mut st = self.state.lock();
         let kind = obj["kind"].as_str().expect("object without kind").to_string();
-        let plural = st
+        let t = st
             .types
             .iter()
             .find(|t| t.kind == kind)
             .unwrap_or_else(|| panic!("the stand-in API server does not serve kind {kind}"))
-            .plural
             .clone();
+        let plural = t.plural.clone();
         st.rv += 1;
         let rv = st.rv;
         let key = key_of(&obj);
         let existing = st.objects.get(&plural).and_then(|m| m.get(&key)).cloned();
+        if t.status {
+            // An update of the main resource ignores `status`; `generation` counts spec changes.
+            let o = obj.as_object_mut().expect("object is not an object");
+            let generation = match &existing {
+                Some(old) => {
+                    let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                    g + i64::from(old.get("spec") != o.get("spec"))
+                }
+                None => 1,
+            };
+            match existing.as_ref().and_then(|old| old.get("status")) {
+                Some(s) => o.insert("status".into(), s.clone()),
+                None => o.remove("status"),
+            };
+            obj["metadata"]["generation"] = json!(generation);
+        }
         let md = obj["metadata"].as_object_mut().expect("object without metadata");
         md.insert("resourceVersion".into(), json!(rv.to_string()));
         match &existing {
@@ -397,7 +456,7 @@ async fn serve(
                                 Ok(resp) => return Ok::<_, std::convert::Infallible>(resp),
                                 Err(req) => req,
                             };
-                            Ok::<_, std::convert::Infallible>(handle(ctx, req))
+                            Ok::<_, std::convert::Infallible>(handle(ctx, req).await)
                         }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
@@ -455,7 +514,163 @@ fn route(types: &[ResourceType], path: &str) -> Option<(ResourceType, Option<Str
     None
 }
 
-fn handle(ctx: Ctx, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
+/// (type, namespace, name) for a status subresource path `…/namespaces/NS/PLURAL/NAME/status`.
+fn status_route(types: &[ResourceType], path: &str) -> Option<(ResourceType, String, String)> {
+    let rest = path.strip_suffix("/status")?;
+    for t in types.iter().filter(|t| t.status) {
+        let Some(r) = rest.strip_prefix(t.prefix.as_str()) else {
+            continue;
+        };
+        let (ns, r) = match r.strip_prefix("/namespaces/") {
+            Some(r) if t.namespaced => r.split_once('/')?,
+            None if !t.namespaced => ("", r.strip_prefix('/')?),
+            _ => continue,
+        };
+        if let Some((p, name)) = r.split_once('/') {
+            if p == t.plural && !name.is_empty() && !name.contains('/') {
+                return Some((t.clone(), ns.to_string(), name.to_string()));
+            }
+        }
+    }
+    None
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().unwrap();
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+/// A write of the status subresource: only `status` changes.
+fn write_status(ctx: &Ctx, method: &http::Method, content_type: &str, path: &str, body: &[u8]) -> http::Response<Body> {
+    let mut st = ctx.state.lock();
+    let Some((t, ns, name)) = status_route(&st.types, path) else {
+        return full(
+            404,
+            status(
+                404,
+                "NotFound",
+                format!("the server could not find the requested resource ({path})"),
+            ),
+        );
+    };
+    let body: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return full(400, status(400, "BadRequest", format!("the body is not JSON: {e}"))),
+    };
+    st.status_writes.push((format!("{method} {path}"), body.clone()));
+    if st.refuse_status {
+        let msg = format!(
+            "{} \"{name}\" is forbidden: User \"system:serviceaccount:weft-system:weft-control\" cannot {} resource \"{}/status\" in API group \"{}\" in the namespace \"{ns}\"",
+            t.plural,
+            method.as_str().to_ascii_lowercase(),
+            t.plural,
+            t.api_version.split('/').next().unwrap_or(""),
+        );
+        return full(403, status(403, "Forbidden", msg));
+    }
+    let Some(existing) = st
+        .objects
+        .get(&t.plural)
+        .and_then(|m| m.get(&(ns.clone(), name.clone())))
+        .cloned()
+    else {
+        return full(
+            404,
+            status(
+                404,
+                "NotFound",
+                format!(
+                    "{}.{} \"{name}\" not found",
+                    t.plural,
+                    t.api_version.split('/').next().unwrap_or("")
+                ),
+            ),
+        );
+    };
+    let mut patched = existing.clone();
+    match (method.as_str(), content_type) {
+        ("PATCH", "application/merge-patch+json" | "application/apply-patch+yaml") => merge_patch(&mut patched, &body),
+        ("PATCH", "application/json-patch+json") => {
+            let applied = serde_json::from_value::<json_patch::Patch>(body.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|p| json_patch::patch(&mut patched, &p).map_err(|e| e.to_string()));
+            if let Err(e) = applied {
+                return full(422, status(422, "Invalid", format!("the JSON patch does not apply: {e}")));
+            }
+        }
+        ("PUT", _) => patched = body,
+        _ => {
+            return full(
+                415,
+                status(415, "UnsupportedMediaType", format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (not {content_type})")),
+            )
+        }
+    }
+    let mut obj = existing.clone();
+    match patched.get("status") {
+        Some(s) if !s.is_null() => obj["status"] = s.clone(),
+        _ => {
+            obj.as_object_mut().unwrap().remove("status");
+        }
+    }
+    if obj == existing {
+        return full(200, obj);
+    }
+    st.rv += 1;
+    let rv = st.rv;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    st.objects
+        .entry(t.plural.clone())
+        .or_default()
+        .insert((ns, name), obj.clone());
+    st.log.push(Ev {
+        rv,
+        plural: t.plural.clone(),
+        kind: "MODIFIED",
+        object: obj.clone(),
+    });
+    drop(st);
+    ctx.notify.send_replace(rv);
+    full(200, obj)
+}
+
+async fn handle(ctx: Ctx, req: http::Request<hyper::body::Incoming>) -> http::Response<Body> {
+    if req.method() == http::Method::PATCH || req.method() == http::Method::PUT {
+        use http_body_util::BodyExt;
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        ctx.state.lock().requests.push(format!("{method} {}", req.uri()));
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return full(400, status(400, "BadRequest", format!("reading the body: {e}"))),
+        };
+        return write_status(&ctx, &method, &content_type, &path, &body);
+    }
     let path = req.uri().path().to_string();
     let query: BTreeMap<String, String> = req
         .uri()

@@ -334,3 +334,71 @@ fn istio_virtual_services_and_destination_rules_steer_a_weft_sidecar() {
     let (_, body) = http(admin, "x", "/debug/registry").unwrap();
     assert!(!body.contains("VirtualService shop/reviews http[0]"), "{body}");
 }
+
+/// A WeftAuthorization reaches the inbound listener of the selected service's sidecar: a DENY on
+/// `/admin*` answers 403 there, the rest goes through; deleting it lets `/admin` through again.
+/// An invalid one is skipped and says why in its status.
+#[test]
+fn a_weft_authorization_deny_is_enforced_by_the_sidecar_and_lifted_when_deleted() {
+    let api = KubeApi::start();
+    let mut ns = fixture("namespace-bookinfo.json");
+    ns["metadata"]["name"] = json!("shop");
+    api.apply(ns);
+    let (_control, xds, _admin) = start_control(&format!("kubernetes?api={}", api.url()));
+
+    // The `web.shop` workload's sidecar: its inbound listener leads to the app.
+    let app = name_server("web-app");
+    let (sadmin, inbound) = (free_addr(), free_addr());
+    let dir = TempDir::new("weft-k8s-authz");
+    let cfg = format!(
+        "node:\n  id: web-1\n  cluster: web.shop\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{}\"\n    weft.inbound: \"{inbound}\"\n    weft.app: \"{app}\"\nadmin:\n  address: \"{sadmin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n",
+        free_addr()
+    );
+    let path = dir.join("web-1.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let _sidecar = ChildGuard(
+        Command::new(WEFT)
+            .args(["proxy", "-c"])
+            .arg(&path)
+            .env("WEFT_LOG", "error")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start weft proxy"),
+    );
+    time_until("the inbound listener serves", Duration::from_secs(20), || {
+        http(inbound, "web.shop", "/admin/users").is_some_and(|(s, b)| s == 200 && b == "web-app")
+    });
+
+    let policy = |name: &str, action: &str| {
+        json!({
+            "apiVersion": "weft.dev/v1alpha1", "kind": "WeftAuthorization",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"name": name, "service": "web.shop", "action": action,
+                     "rules": [{"to": [{"paths": ["/admin*"]}]}]}
+        })
+    };
+    api.apply(policy("bad", "FORBID"));
+    api.apply(policy("no-admin", "DENY"));
+    let took = time_until("the DENY enforced", Duration::from_secs(5), || {
+        http(inbound, "web.shop", "/admin/users").is_some_and(|(s, _)| s == 403)
+    });
+    eprintln!("kubernetes: WeftAuthorization ADDED → 403 at the sidecar after {took:?}");
+    assert_eq!(http(inbound, "web.shop", "/"), Some((200, "web-app".to_string())));
+    let status = |name: &str| {
+        api.get("WeftAuthorization", "shop", name)
+            .and_then(|o| o["status"]["conditions"][0].as_object().cloned())
+    };
+    time_until("both statuses written", Duration::from_secs(5), || {
+        status("bad").is_some() && status("no-admin").is_some()
+    });
+    let bad = status("bad").unwrap();
+    assert_eq!(bad["status"], "False");
+    assert!(bad["message"].as_str().unwrap().starts_with("spec.action: "), "{bad:?}");
+    assert_eq!(status("no-admin").unwrap()["status"], "True");
+
+    assert!(api.delete("WeftAuthorization", "shop", "no-admin"));
+    let took = time_until("the DENY lifted", Duration::from_secs(5), || {
+        http(inbound, "web.shop", "/admin/users").is_some_and(|(s, b)| s == 200 && b == "web-app")
+    });
+    eprintln!("kubernetes: WeftAuthorization DELETED → 200 again after {took:?}");
+}

@@ -32,14 +32,22 @@
 //! flowing. A watch that ends with `410 Gone` relists: the new list replaces the cache only once it
 //! is complete and only the differences go out, so the mesh never goes empty in between. An
 //! unreachable API server is reported as [`RegistryEvent::Health`]; the last state keeps serving.
+//!
+//! weft's own custom resources ([`crate::crd::KINDS`]) are watched as JSON and validated like the
+//! registry file's entries; the outcome goes into each resource's `status` (the `Accepted`
+//! condition, [`WeftStatus`]) through the status subresource, written only when it differs from
+//! what the resource carries, by a task of its own: a failing write (RBAC, API server down) is
+//! logged and retried with backoff, never holding up the mesh.
 
 use super::{BoxFuture, Registry, RegistryEvent, SourceChange};
-use crate::crd::{WeftDestination, WeftRoute};
+use crate::crd::{WeftStatus, KINDS};
 use crate::istio::{DestinationRule, VirtualService};
 use crate::model::{Endpoint, Fragment, Health, Locality, Protocol, Service};
 use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service as KService};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::core::ApiResource;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
@@ -70,11 +78,14 @@ pub const WATCHED: &[(&str, &str)] = &[
     ("", "namespaces"),
     ("weft.dev", "weftroutes"),
     ("weft.dev", "weftdestinations"),
+    ("weft.dev", "weftauthorizations"),
     ("networking.istio.io", "virtualservices"),
     ("networking.istio.io", "destinationrules"),
 ];
 /// The verbs the registry's watchers use (a list, then watches).
 pub const VERBS: &[&str] = &["list", "watch"];
+/// The verbs it uses on the status subresource of each weft kind (`weftroutes/status`, ...).
+pub const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
 /// Where the API server is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -233,8 +244,8 @@ pub struct KubeState {
     slices: Cache<EndpointSlice>,
     pods: Cache<Pod>,
     namespaces: Cache<Namespace>,
-    routes: Cache<WeftRoute>,
-    destinations: Cache<WeftDestination>,
+    /// weft's custom resources, one cache per [`KINDS`] entry (same index), as JSON.
+    weft: Vec<Cache<DynamicObject>>,
     /// Istio's VirtualServices and DestinationRules (`networking.istio.io/v1`).
     virtual_services: Cache<VirtualService>,
     destination_rules: Cache<DestinationRule>,
@@ -243,6 +254,10 @@ pub struct KubeState {
     /// Invalid custom resources (`WeftRoute ns/name` → why).
     cr_skipped: BTreeMap<String, String>,
     cr_published: BTreeSet<(&'static str, Key)>,
+    /// The last validation outcome of each weft resource (Err: the reason, paths from `spec.`).
+    cr_outcome: BTreeMap<(&'static str, Key), Result<(), String>>,
+    /// weft resources whose status may need writing: ([`KINDS`] index, key).
+    status_check: BTreeSet<(usize, Key)>,
     trust_domain: String,
     /// The skipped objects of each Service (`Service ns/name`, `EndpointSlice ns/name` → why).
     skipped: BTreeMap<Key, BTreeMap<String, String>>,
@@ -256,8 +271,8 @@ enum Msg {
     /// Pods and Services boxed: they are several times the size of the others.
     Pod(Box<Event<Pod>>),
     Namespace(Event<Namespace>),
-    Route(Box<Event<WeftRoute>>),
-    Destination(Box<Event<WeftDestination>>),
+    /// A weft custom resource: ([`KINDS`] index, event).
+    Weft(usize, Box<Event<DynamicObject>>),
     VirtualService(Box<Event<VirtualService>>),
     DestinationRule(Box<Event<DestinationRule>>),
     /// The API server does not serve this kind (404: Istio's CRDs not installed) or does not let
@@ -303,13 +318,14 @@ impl KubeState {
             slices: Cache::new(),
             pods: Cache::new(),
             namespaces: Cache::new(),
-            routes: Cache::new(),
-            destinations: Cache::new(),
+            weft: KINDS.iter().map(|_| Cache::new()).collect(),
             virtual_services: Cache::new(),
             destination_rules: Cache::new(),
             cr_dirty: BTreeSet::new(),
             cr_skipped: BTreeMap::new(),
             cr_published: BTreeSet::new(),
+            cr_outcome: BTreeMap::new(),
+            status_check: BTreeSet::new(),
             trust_domain: trust_domain.to_string(),
             skipped: BTreeMap::new(),
             published: BTreeSet::new(),
@@ -321,8 +337,7 @@ impl KubeState {
             && self.slices.synced
             && self.pods.synced
             && self.namespaces.synced
-            && self.routes.synced
-            && self.destinations.synced
+            && self.weft.iter().all(|c| c.synced)
             && self.virtual_services.synced
             && self.destination_rules.synced
     }
@@ -371,16 +386,16 @@ impl KubeState {
                     }
                 }
             }
-            Msg::Route(ev) => {
-                for (old, new) in self.routes.apply(*ev) {
-                    self.cr_dirty
-                        .extend(old.iter().chain(new.iter()).map(|r| ("WeftRoute", key(&**r))));
-                }
-            }
-            Msg::Destination(ev) => {
-                for (old, new) in self.destinations.apply(*ev) {
-                    self.cr_dirty
-                        .extend(old.iter().chain(new.iter()).map(|r| ("WeftDestination", key(&**r))));
+            Msg::Weft(i, ev) => {
+                for (old, new) in self.weft[i].apply(*ev) {
+                    let k = key(&**old.as_ref().or(new.as_ref()).expect("a change has a side"));
+                    // Only a new spec is a new policy: the status the registry writes comes back
+                    // as a MODIFIED event too, and must not republish anything.
+                    let spec = |o: &Option<Arc<DynamicObject>>| o.as_ref().map(|o| o.data.get("spec").cloned());
+                    if spec(&old) != spec(&new) {
+                        self.cr_dirty.insert((KINDS[i].kind, k.clone()));
+                    }
+                    self.status_check.insert((i, k));
                 }
             }
             Msg::VirtualService(ev) => {
@@ -674,9 +689,16 @@ impl KubeState {
         self.cr_skipped
             .retain(|s, _| !(s == &what || s.starts_with(&format!("{what} "))));
         let mut parts = BTreeMap::new();
+        let weft = KINDS.iter().position(|w| w.kind == kind);
         let built = match kind {
-            "WeftRoute" => self.routes.live.get(k).map(|r| r.to_fragment(&what)),
-            "WeftDestination" => self.destinations.live.get(k).map(|d| d.to_fragment(&what)),
+            _ if weft.is_some() => {
+                let i = weft.unwrap_or_default();
+                self.status_check.insert((i, k.clone()));
+                self.weft[i].live.get(k).map(|o| {
+                    let spec = o.data.get("spec").unwrap_or(&serde_json::Value::Null);
+                    crate::crd::validate(&what, KINDS[i].section, &KINDS[i].spec_of(&k.0, &k.1, spec))
+                })
+            }
             "VirtualService" => self.virtual_services.live.get(k).map(|v| {
                 let (f, skipped) = crate::istio::virtual_service(&*self, &what, &k.0, &v.spec);
                 parts = skipped;
@@ -691,6 +713,26 @@ impl KubeState {
         let built = built.filter(|_| self.namespace_enabled(&k.0));
         if built.is_some() {
             self.cr_skipped.extend(parts);
+        }
+        if weft.is_some() {
+            let prefix = format!("{what}: ");
+            match &built {
+                Some(Ok(_)) => {
+                    self.cr_outcome.insert((kind, k.clone()), Ok(()));
+                }
+                Some(Err(why)) => {
+                    // The status says it of this resource: no `WeftRoute ns/name: ` before each error.
+                    let why = why
+                        .split("; ")
+                        .map(|e| e.strip_prefix(&prefix).unwrap_or(e))
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    self.cr_outcome.insert((kind, k.clone()), Err(why));
+                }
+                None => {
+                    self.cr_outcome.remove(&(kind, k.clone()));
+                }
+            }
         }
         let published = self.cr_published.contains(&(kind, k.clone()));
         match built {
@@ -734,6 +776,37 @@ impl KubeState {
                     self.published.insert(k);
                     out.push(c);
                 }
+            }
+        }
+        out
+    }
+
+    /// The status writes the checked weft resources need: those whose validated outcome differs
+    /// from the status they carry.
+    fn status_writes(&mut self) -> Vec<StatusWrite> {
+        let mut out = Vec::new();
+        for (i, k) in std::mem::take(&mut self.status_check) {
+            let Some(obj) = self.weft[i].live.get(&k) else { continue };
+            let Some(outcome) = self.cr_outcome.get(&(KINDS[i].kind, k.clone())) else {
+                continue;
+            };
+            let carries: Option<WeftStatus> = obj
+                .data
+                .get("status")
+                .and_then(|s| serde_json::from_value(s.clone()).ok());
+            let want = WeftStatus::after_validation(
+                carries.as_ref(),
+                obj.metadata.generation,
+                outcome.as_ref().map(|_| ()).map_err(String::as_str),
+                now_rfc3339,
+            );
+            if carries.as_ref() != Some(&want) {
+                out.push(StatusWrite {
+                    kind: i,
+                    namespace: k.0.clone(),
+                    name: k.1.clone(),
+                    status: want,
+                });
             }
         }
         out
@@ -798,11 +871,12 @@ pub fn changes_for_objects(
         Msg::Slice(Event::InitDone),
         Msg::Pod(Box::new(Event::InitDone)),
         Msg::Namespace(Event::InitDone),
-        Msg::Route(Box::new(Event::InitDone)),
-        Msg::Destination(Box::new(Event::InitDone)),
         Msg::VirtualService(Box::new(Event::InitDone)),
         Msg::DestinationRule(Box::new(Event::InitDone)),
-    ] {
+    ]
+    .into_iter()
+    .chain((0..KINDS.len()).map(|i| Msg::Weft(i, Box::new(Event::InitDone))))
+    {
         st.apply(m, &mut BTreeSet::new());
     }
     let mut dirty = BTreeSet::new();
@@ -820,12 +894,12 @@ pub fn changes_for_objects(
             Some("Namespace") => serde_json::from_value(o.clone())
                 .ok()
                 .map(|x| Msg::Namespace(Event::Apply(x))),
-            Some("WeftRoute") => serde_json::from_value(o.clone())
-                .ok()
-                .map(|x| Msg::Route(Box::new(Event::Apply(x)))),
-            Some("WeftDestination") => serde_json::from_value(o.clone())
-                .ok()
-                .map(|x| Msg::Destination(Box::new(Event::Apply(x)))),
+            Some(k) if KINDS.iter().any(|w| w.kind == k) => serde_json::from_value(o.clone()).ok().map(|x| {
+                Msg::Weft(
+                    KINDS.iter().position(|w| w.kind == k).unwrap_or_default(),
+                    Box::new(Event::Apply(x)),
+                )
+            }),
             Some("VirtualService") => serde_json::from_value(o.clone())
                 .ok()
                 .map(|x| Msg::VirtualService(Box::new(Event::Apply(x)))),
@@ -862,6 +936,80 @@ fn absent_if_404(r: Result<Msg, watcher::Error>, kind: &'static str) -> Result<M
             | watcher::Error::WatchStartFailed(kube::Error::Api(s)),
         ) if s.code == 404 || s.code == 403 => Ok(Msg::Absent(kind, s.code)),
         r => r,
+    }
+}
+
+/// A status the registry wants written.
+struct StatusWrite {
+    /// [`KINDS`] index.
+    kind: usize,
+    namespace: String,
+    name: String,
+    status: WeftStatus,
+}
+
+/// Now, as Kubernetes writes times (`2026-12-05T10:00:00Z`).
+fn now_rfc3339() -> String {
+    let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    serde_json::to_value(t)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+/// Writes weft resources' statuses (merge patches of the status subresource), the newest wanted
+/// status of each resource; a failed write is logged and retried with backoff (0.5 s doubling to
+/// 30 s) until it succeeds, the resource is gone (404) or a newer status replaces it. Ends when
+/// the registry drops its sender.
+async fn write_statuses(client: Client, mut rx: mpsc::UnboundedReceiver<StatusWrite>) {
+    let resources: Vec<ApiResource> = KINDS.iter().map(|k| (k.resource)()).collect();
+    let mut pending: BTreeMap<(usize, String, String), WeftStatus> = BTreeMap::new();
+    let min = std::time::Duration::from_millis(500);
+    let mut backoff = min;
+    loop {
+        if pending.is_empty() {
+            let Some(w) = rx.recv().await else { return };
+            pending.insert((w.kind, w.namespace, w.name), w.status);
+        }
+        while let Ok(w) = rx.try_recv() {
+            pending.insert((w.kind, w.namespace, w.name), w.status);
+        }
+        let mut failed = 0;
+        for ((i, ns, name), status) in std::mem::take(&mut pending) {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resources[i]);
+            let patch = serde_json::json!({ "status": status });
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    tracing::debug!(kind = KINDS[i].kind, namespace = %ns, name = %name, "kubernetes registry: status written");
+                }
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(kind = KINDS[i].kind, namespace = %ns, name = %name, error = %e,
+                        "kubernetes registry: writing the status failed (needs get/patch/update on {}/status, deploy/kubernetes/20-clusterrole.yaml); retrying in {backoff:?}",
+                        resources[i].plural);
+                    // Unless a newer one has come meanwhile.
+                    pending.entry((i, ns, name)).or_insert(status);
+                }
+            }
+        }
+        if failed == 0 {
+            backoff = min;
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            w = rx.recv() => match w {
+                Some(w) => {
+                    pending.insert((w.kind, w.namespace, w.name), w.status);
+                }
+                None => return,
+            },
+        }
+        backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
 }
 
@@ -916,12 +1064,6 @@ impl Registry for KubeRegistry {
                 watch_stream::<Namespace>(&client)
                     .map(|r| r.map(Msg::Namespace))
                     .boxed(),
-                watch_stream::<WeftRoute>(&client)
-                    .map(|r| r.map(|e| Msg::Route(Box::new(e))))
-                    .boxed(),
-                watch_stream::<WeftDestination>(&client)
-                    .map(|r| r.map(|e| Msg::Destination(Box::new(e))))
-                    .boxed(),
                 watch_stream::<VirtualService>(&client)
                     .map(|r| absent_if_404(r.map(|e| Msg::VirtualService(Box::new(e))), "VirtualService"))
                     .boxed(),
@@ -929,7 +1071,19 @@ impl Registry for KubeRegistry {
                     .map(|r| absent_if_404(r.map(|e| Msg::DestinationRule(Box::new(e))), "DestinationRule"))
                     .boxed(),
             ];
+            let mut streams = streams;
+            for (i, k) in KINDS.iter().enumerate() {
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &(k.resource)());
+                streams.push(
+                    watcher::watcher(api, watcher::Config::default())
+                        .default_backoff()
+                        .map(move |r| r.map(|e| Msg::Weft(i, Box::new(e))))
+                        .boxed(),
+                );
+            }
             let mut all = futures_util::stream::select_all(streams);
+            let (status_tx, status_rx) = mpsc::unbounded_channel();
+            tokio::spawn(write_statuses(client.clone(), status_rx));
             let mut state = KubeState::new(&self.trust_domain);
             let mut synced = false;
             let mut connected = true;
@@ -1010,13 +1164,19 @@ impl Registry for KubeRegistry {
                     if events.send(RegistryEvent::Synced).await.is_err() {
                         return;
                     }
+                    for w in state.status_writes() {
+                        let _ = status_tx.send(w);
+                    }
                     continue;
                 }
-                if dirty.is_empty() && state.cr_dirty.is_empty() {
+                if dirty.is_empty() && state.cr_dirty.is_empty() && state.status_check.is_empty() {
                     continue;
                 }
                 let before = state.all_skipped();
                 let changes = state.changes(std::mem::take(&mut dirty));
+                for w in state.status_writes() {
+                    let _ = status_tx.send(w);
+                }
                 let skipped = state.all_skipped();
                 if changes.is_empty() && skipped == before {
                     continue;
