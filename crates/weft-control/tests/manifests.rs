@@ -39,6 +39,7 @@ fn every_manifest_parses_and_rbac_is_exactly_what_the_registry_watches() {
     let mut deployment = None;
     let mut service = None;
     let mut webhook = None;
+    let (mut ca_role, mut ca_binding) = (None, None);
     for (file, text) in &files {
         let v: serde_json::Value = parse(file, text);
         let kind = v["kind"]
@@ -52,6 +53,8 @@ fn every_manifest_parses_and_rbac_is_exactly_what_the_registry_watches() {
             "ServiceAccount" => drop(parse::<ServiceAccount>(file, text)),
             "ClusterRole" => role = Some(parse::<ClusterRole>(file, text)),
             "ClusterRoleBinding" => binding = Some(parse::<ClusterRoleBinding>(file, text)),
+            "Role" => ca_role = Some(parse::<k8s_openapi::api::rbac::v1::Role>(file, text)),
+            "RoleBinding" => ca_binding = Some(parse::<k8s_openapi::api::rbac::v1::RoleBinding>(file, text)),
             "Deployment" => deployment = Some(parse::<Deployment>(file, text)),
             "Service" => service = Some(parse::<Service>(file, text)),
             "MutatingWebhookConfiguration" => webhook = Some(parse::<MutatingWebhookConfiguration>(file, text)),
@@ -138,13 +141,11 @@ fn every_manifest_parses_and_rbac_is_exactly_what_the_registry_watches() {
     assert_eq!(target.name, svc.metadata.name.clone().unwrap());
     assert_eq!(target.namespace, svc.metadata.namespace.clone().unwrap());
     assert_eq!(target.path.as_deref(), Some("/inject"));
-    let port = svc
-        .spec
-        .unwrap()
-        .ports
-        .unwrap()
-        .into_iter()
+    let svc_ports = svc.spec.clone().unwrap().ports.unwrap();
+    let port = svc_ports
+        .iter()
         .find(|p| Some(p.port) == target.port)
+        .cloned()
         .expect("the webhook's port is a Service port");
     let named = port.target_port.unwrap();
     let container_port = c
@@ -161,6 +162,69 @@ fn every_manifest_parses_and_rbac_is_exactly_what_the_registry_watches() {
         .expect("the Service's target port is a container port");
     assert_eq!(container_port.container_port, injector_port);
     assert_eq!(hook.admission_review_versions, vec!["v1".to_string()]);
+
+    // Secure by default: no plaintext xDS beyond loopback; the CA in the Secret the Role names,
+    // its key file from a mounted Secret; injected sidecars sent to the TLS port, through a
+    // Service port that leads to it.
+    assert!(!args.iter().any(|a| a == "--insecure-xds"), "{args:?}");
+    let store = flag("--ca-store").expect("the CA in a shared store");
+    let secret = store
+        .split("secret=")
+        .nth(1)
+        .expect("the store names its Secret")
+        .to_string();
+    let key = flag("--ca-store-key").unwrap();
+    assert!(
+        mounts.iter().any(|m| key.starts_with(&m.mount_path)),
+        "{key} not under a mount"
+    );
+    let ca_role = ca_role.expect("a Role for the CA's Secret");
+    let rules = ca_role.rules.unwrap_or_default();
+    let rule_of = |verb: &str| {
+        rules
+            .iter()
+            .find(|r| r.verbs == [verb.to_string()])
+            .unwrap_or_else(|| panic!("no {verb} rule"))
+    };
+    assert_eq!(
+        rule_of("get").resource_names.as_deref(),
+        Some(&[secret.clone()][..]),
+        "get on the CA's Secret only"
+    );
+    assert_eq!(rules.len(), 2, "only get (by name) and create on secrets: {rules:?}");
+    for r in &rules {
+        assert_eq!(r.resources.as_deref(), Some(&["secrets".to_string()][..]));
+    }
+    assert_eq!(ca_role.metadata.namespace.as_deref(), Some(ns.as_str()));
+    let ca_binding = ca_binding.expect("a RoleBinding for the CA's Role");
+    assert_eq!(ca_binding.role_ref.name, ca_role.metadata.name.clone().unwrap());
+    assert!(ca_binding
+        .subjects
+        .unwrap_or_default()
+        .iter()
+        .any(|s| s.kind == "ServiceAccount" && s.name == sa && s.namespace.as_deref() == Some(&ns)));
+    let tls_port: i32 = flag("--xds-tls").unwrap().rsplit(':').next().unwrap().parse().unwrap();
+    let sidecars_to = flag("--injector-xds-tls-address").expect("injected sidecars use the TLS port");
+    let (host, port) = sidecars_to.rsplit_once(':').unwrap();
+    let svc_name = svc.metadata.name.clone().unwrap();
+    assert_eq!(host, format!("{svc_name}.{ns}.svc"));
+    let svc_port = svc_ports
+        .iter()
+        .find(|p| p.port.to_string() == port)
+        .expect("the TLS address's port is a Service port");
+    let target = match svc_port.target_port.clone().unwrap() {
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(n) => {
+            c.ports
+                .clone()
+                .unwrap()
+                .into_iter()
+                .find(|p| p.name.as_deref() == Some(n.as_str()))
+                .unwrap()
+                .container_port
+        }
+        k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(i) => i,
+    };
+    assert_eq!(target, tls_port, "the Service's TLS port leads to --xds-tls");
     assert_eq!(hook.side_effects, "None");
     let sel = hook.namespace_selector.clone().unwrap().match_labels.unwrap();
     assert_eq!(sel.get("sidecar.weft.dev/inject").map(String::as_str), Some("enabled"));
