@@ -68,6 +68,8 @@ pub struct XListener {
     pub raw: RawListener,
     /// Per filter chain: the RDS route configuration it waits for.
     pub rds: Vec<Option<String>>,
+    /// The SDS secrets its TLS block waits for (certificates by index into `tls.certificates`).
+    pub secrets: Vec<crate::tls::SecretRef>,
 }
 
 /// A cluster in weft form; EDS clusters get their endpoints from `eds` when assembled.
@@ -76,6 +78,8 @@ pub struct XCluster {
     pub raw: RawCluster,
     /// The ClusterLoadAssignment name for an EDS cluster.
     pub eds: Option<String>,
+    /// The SDS secrets its TLS block waits for.
+    pub secrets: Vec<crate::tls::SecretRef>,
     /// `common_lb_config.locality_weighted_lb_config`: use [`XEndpoints::locality_weighted`].
     pub locality_weighted: bool,
 }
@@ -201,7 +205,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
         limits.push(limit);
         tls.push(t);
     }
-    let (chains, rds, tls) = listener_tls(&mut errs, chains, rds, tls);
+    let (chains, rds, tls, secrets) = listener_tls(&mut errs, chains, rds, tls);
     // weft limits connections per listener; Envoy's connection_limit filter is per chain, so the
     // chains must agree.
     let max_connections = limits.first().copied().flatten();
@@ -237,6 +241,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             ..Default::default()
         },
         rds,
+        secrets,
     }))
 }
 
@@ -288,7 +293,7 @@ fn filter_chain(
         tls_in.server_names = m.server_names.clone();
     }
     if let Some(ts) = &fc.transport_socket {
-        tls_in.tls = crate::tls::listener_tls(errs, path, ts, &tls_in.server_names);
+        tls_in.tls = crate::tls::listener_tls(errs, path, ts, &tls_in.server_names, &mut tls_in.secrets);
     }
     if let Some(m) = &fc.filter_chain_match {
         let mp = format!("{path}.filter_chain_match");
@@ -504,6 +509,8 @@ struct ChainTls {
     tls: Option<weft_config::tls::RawListenerTls>,
     /// Its HTTP connection manager's `forward_client_cert_details`.
     forward_client_cert: Option<i32>,
+    /// The SDS secrets of its `DownstreamTlsContext` (its certificate is `Cert(0)`).
+    secrets: Vec<crate::tls::SecretRef>,
 }
 
 /// weft has one `tls` block per listener, certificates chosen by SNI, and PERMISSIVE mode for TLS
@@ -520,10 +527,15 @@ fn listener_tls(
     Vec<RawFilterChain>,
     Vec<Option<String>>,
     Option<weft_config::tls::RawListenerTls>,
+    Vec<crate::tls::SecretRef>,
 ) {
+    use crate::tls::{SecretRef, Slot};
     if tls.iter().all(|t| t.tls.is_none()) {
-        return (chains, rds, None);
+        return (chains, rds, None, Vec::new());
     }
+    // The roots are the listener's: every TLS chain must take them from the same secret.
+    let ca_of = |t: &ChainTls| t.secrets.iter().find(|r| r.slot == Slot::Ca).map(|r| r.name.clone());
+    let mut secrets: Vec<SecretRef> = Vec::new();
     // The chain without its name: twins and per-SNI chains must be equal but for it.
     let key = |c: &RawFilterChain, r: &Option<String>| {
         let mut c = c.clone();
@@ -568,7 +580,22 @@ fn listener_tls(
                         format!("forward_client_cert_details differs from filter_chains[{first}]'s (weft has one per TLS listener)"),
                     );
                 }
+                if ca_of(t) != ca_of(&tls[first]) {
+                    errs.add(
+                        &format!("filter_chains[{i}].transport_socket"),
+                        format!("its validation context's SDS secret differs from filter_chains[{first}]'s (weft has one set of client CAs per listener)"),
+                    );
+                }
                 keys[slot].1 = true;
+                let base = out.certificates.len();
+                for r in &t.secrets {
+                    if let Slot::Cert(j) = r.slot {
+                        secrets.push(SecretRef {
+                            name: r.name.clone(),
+                            slot: Slot::Cert(base + j),
+                        });
+                    }
+                }
                 out.certificates.extend(ct.certificates.iter().cloned());
             }
             None => {
@@ -609,7 +636,10 @@ fn listener_tls(
             None
         }
     };
-    (out_chains, out_rds, Some(out))
+    if let Some(name) = ca_of(&tls[first]) {
+        secrets.push(SecretRef { name, slot: Slot::Ca });
+    }
+    (out_chains, out_rds, Some(out), secrets)
 }
 
 fn access_logs(
@@ -1669,6 +1699,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
         return Err(invalid);
     }
     let mut errs = Errs::default();
+    let mut secrets = Vec::new();
     let mut out = RawCluster {
         name: Some(c.name.clone()),
         // Envoy's default connect timeout is 5s.
@@ -1742,7 +1773,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
         _ => {}
     }
     if let Some(ts) = &c.transport_socket {
-        out.tls = crate::tls::cluster_tls(&mut errs, ts);
+        out.tls = crate::tls::cluster_tls_with_secrets(&mut errs, ts, &mut secrets);
     }
     if c.load_balancing_policy.is_some() {
         errs.add("load_balancing_policy", "unsupported; use lb_policy");
@@ -1893,6 +1924,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
     Ok(XCluster {
         raw: out,
         eds,
+        secrets,
         locality_weighted,
     })
 }

@@ -144,8 +144,8 @@ fn valid_service_name(name: &str) -> bool {
 
 #[derive(Default)]
 pub(crate) struct Counters {
-    pub(crate) accepted: [u64; 4],
-    pub(crate) rejected: [u64; 4],
+    pub(crate) accepted: [u64; 5],
+    pub(crate) rejected: [u64; 5],
     pub(crate) connects: u64,
 }
 

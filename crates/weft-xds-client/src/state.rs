@@ -14,27 +14,37 @@ use weft_xds_api::pb::envoy::config::cluster::v3::Cluster;
 use weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use weft_xds_api::pb::envoy::config::listener::v3::Listener;
 use weft_xds_api::pb::envoy::config::route::v3::RouteConfiguration;
+use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use weft_xds_api::pb::google::protobuf::Any;
 use weft_xds_api::type_url;
 
 /// Resource types in weft's index order.
-pub const TYPES: [&str; 4] = [
+pub const TYPES: [&str; 5] = [
     type_url::LISTENER,
     type_url::ROUTE,
     type_url::CLUSTER,
     type_url::ENDPOINT,
+    type_url::SECRET,
 ];
 pub const LDS: usize = 0;
 pub const RDS: usize = 1;
 pub const CDS: usize = 2;
 pub const EDS: usize = 3;
+/// Secrets, on the ADS stream only (named by listeners' and clusters' `sds_config: { ads: {} }`).
+pub const SDS: usize = 4;
 
 pub fn type_index(url: &str) -> Option<usize> {
     TYPES.iter().position(|t| *t == url)
 }
 
 pub fn kind(t: usize) -> &'static str {
-    ["listener", "route_configuration", "cluster", "cluster_load_assignment"][t]
+    [
+        "listener",
+        "route_configuration",
+        "cluster",
+        "cluster_load_assignment",
+        "secret",
+    ][t]
 }
 
 #[derive(Clone, Debug)]
@@ -50,6 +60,7 @@ pub struct Resources {
     pub routes: BTreeMap<String, Held<RawRouteConfig>>,
     pub clusters: BTreeMap<String, Held<XCluster>>,
     pub endpoints: BTreeMap<String, Held<convert::XEndpoints>>,
+    pub secrets: BTreeMap<String, Held<crate::tls::XSecret>>,
 }
 
 /// A converted resource of any type. Short-lived (one per resource in a response), so the size of
@@ -62,6 +73,7 @@ pub enum Converted {
     Route(RawRouteConfig),
     Cluster(XCluster),
     Endpoints(convert::XEndpoints),
+    Secret(crate::tls::XSecret),
 }
 
 /// A response, decoded to what changes.
@@ -94,8 +106,8 @@ pub struct TypeStatus {
 pub struct State {
     pub static_cfg: Config,
     pub res: Resources,
-    pub types: [TypeStatus; 4],
-    pub got: [bool; 4],
+    pub types: [TypeStatus; 5],
+    pub got: [bool; 5],
     /// RDS / EDS names subscribed at, waiting since (for `initial_fetch_timeout`).
     pub waiting_since: HashMap<(usize, String), Instant>,
     /// RDS / EDS names whose initial fetch timed out: used empty until they arrive.
@@ -155,12 +167,21 @@ impl Resources {
         self.clusters.values().filter_map(|c| c.value.eds.clone()).collect()
     }
 
-    /// Drops RDS/EDS resources nothing references any more.
+    /// Secret names the listeners and clusters wait for.
+    pub fn sds_names(&self) -> BTreeSet<String> {
+        let l = self.listeners.values().flat_map(|l| &l.value.secrets);
+        let c = self.clusters.values().flat_map(|c| &c.value.secrets);
+        l.chain(c).map(|r| r.name.clone()).collect()
+    }
+
+    /// Drops RDS/EDS/SDS resources nothing references any more.
     fn collect_garbage(&mut self) {
         let rds = self.rds_names();
         self.routes.retain(|n, _| rds.contains(n));
         let eds = self.eds_names();
         self.endpoints.retain(|n, _| eds.contains(n));
+        let sds = self.sds_names();
+        self.secrets.retain(|n, _| sds.contains(n));
     }
 
     pub fn names(&self, t: usize) -> Vec<String> {
@@ -168,7 +189,8 @@ impl Resources {
             LDS => self.listeners.keys().cloned().collect(),
             RDS => self.routes.keys().cloned().collect(),
             CDS => self.clusters.keys().cloned().collect(),
-            _ => self.endpoints.keys().cloned().collect(),
+            EDS => self.endpoints.keys().cloned().collect(),
+            _ => self.secrets.keys().cloned().collect(),
         }
     }
 
@@ -184,7 +206,8 @@ impl Resources {
             LDS => v(&self.listeners),
             RDS => v(&self.routes),
             CDS => v(&self.clusters),
-            _ => v(&self.endpoints),
+            EDS => v(&self.endpoints),
+            _ => v(&self.secrets),
         }
     }
 }
@@ -212,11 +235,17 @@ fn decode(t: usize, any: &Any, node_has_locality: bool) -> Result<(String, Conve
                 .map(|x| (c.name.clone(), Converted::Cluster(x)))
                 .map_err(|e| (c.name, e))
         }
-        _ => {
+        EDS => {
             let c: ClusterLoadAssignment = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
             convert::load_assignment(&c)
                 .map(|x| (c.cluster_name.clone(), Converted::Endpoints(x)))
                 .map_err(|e| (c.cluster_name, e))
+        }
+        _ => {
+            let s: Secret = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            crate::tls::secret(&s)
+                .map(|x| (s.name.clone(), Converted::Secret(x)))
+                .map_err(|e| (s.name, e))
         }
     }
 }
@@ -235,7 +264,7 @@ impl State {
             static_cfg,
             res: Resources::default(),
             types: Default::default(),
-            got: [false; 4],
+            got: [false; 5],
             waiting_since: HashMap::new(),
             timed_out: BTreeSet::new(),
             initial_fetch_timeout,
@@ -304,6 +333,11 @@ impl State {
                         r.value.virtual_hosts.clear();
                     }
                 }
+                // A removed secret: its users keep the certificates they have (they wait for it
+                // as for a new one; nothing runs without its certificate).
+                SDS => {
+                    cand.secrets.remove(name);
+                }
                 _ => {
                     if let Some(e) = cand.endpoints.get_mut(name) {
                         e.version.clear();
@@ -327,6 +361,9 @@ impl State {
                 }
                 Converted::Endpoints(x) => {
                     cand.endpoints.insert(name, Held { version, value: x });
+                }
+                Converted::Secret(x) => {
+                    cand.secrets.insert(name, Held { version, value: x });
                 }
             }
         }
@@ -426,6 +463,11 @@ impl State {
                 needed.insert((EDS, n));
             }
         }
+        for n in self.res.sds_names() {
+            if !self.res.secrets.contains_key(&n) {
+                needed.insert((SDS, n));
+            }
+        }
         self.waiting_since.retain(|k, _| needed.contains(k));
         self.timed_out.retain(|k| needed.contains(k));
         for k in needed {
@@ -472,6 +514,59 @@ impl State {
                 .eds_names()
                 .iter()
                 .all(|n| self.res.endpoints.contains_key(n) || self.timed_out.contains(&(EDS, n.clone())))
+            && self
+                .res
+                .sds_names()
+                .iter()
+                .all(|n| self.res.secrets.contains_key(n) || self.timed_out.contains(&(SDS, n.clone())))
+    }
+
+    /// Puts the SDS secrets `refs` into a TLS block. `Ok(false)`: one has not arrived yet. A
+    /// secret of the wrong kind, or secrets on a stream that is not ADS, is an error naming
+    /// `what`.
+    fn fill_secrets(
+        &self,
+        what: &str,
+        refs: &[crate::tls::SecretRef],
+        res: &Resources,
+        mut tls: Option<Slots<'_>>,
+    ) -> Result<bool, String> {
+        use crate::tls::Slot;
+        use weft_config::XdsMode;
+        if refs.is_empty() {
+            return Ok(true);
+        }
+        let ads = self
+            .static_cfg
+            .xds
+            .as_ref()
+            .is_some_and(|x| matches!(x.mode, XdsMode::AdsSotw | XdsMode::AdsDelta));
+        if !ads {
+            return Err(format!(
+                "{what}: SDS secret \"{}\": secrets come over the ADS stream only (xds.mode ads_sotw or ads_delta)",
+                refs[0].name
+            ));
+        }
+        let mut all = true;
+        for r in refs {
+            let Some(sec) = res.secrets.get(&r.name) else {
+                all = false;
+                continue;
+            };
+            let wrong = |kind: &str| format!("{what}: secret \"{}\" is not a {kind}", r.name);
+            match (r.slot, tls.as_mut()) {
+                (Slot::Cert(i), Some(t)) => {
+                    let ((cf, cp), (kf, kp)) = sec.value.cert.clone().ok_or_else(|| wrong("tls_certificate"))?;
+                    t.set_cert(i, cf, cp, kf, kp);
+                }
+                (Slot::Ca, Some(t)) => {
+                    let (f, p) = sec.value.ca.clone().ok_or_else(|| wrong("validation_context"))?;
+                    t.set_ca(f, p);
+                }
+                (_, None) => {}
+            }
+        }
+        Ok(all)
     }
 
     /// Static parts + the warmed dynamic resources → one validated `Config`.
@@ -531,13 +626,17 @@ impl State {
                     h.route_config = Some(rc);
                 }
             }
+            // Its SDS secrets: never run without its certificate, so a missing secret keeps it
+            // warming even past initial_fetch_timeout.
+            let what = format!("listener \"{name}\"");
+            let secrets_in = self.fill_secrets(&what, &l.value.secrets, res, rl.tls.as_mut().map(Slots::Listener))?;
             // An updated listener that is still warming: the previous version keeps running
             // (Envoy's make-before-break).
-            let chosen = if warm {
+            let chosen = if warm && secrets_in {
                 Some(rl)
             } else if let Some(prev) = self.applied.listeners.get(name) {
                 Some(prev.clone())
-            } else if timed_out {
+            } else if timed_out && secrets_in {
                 Some(rl)
             } else {
                 None
@@ -551,6 +650,16 @@ impl State {
         let mut cmap = Vec::new();
         for (name, c) in &res.clusters {
             let mut rc = c.value.raw.clone();
+            let what = format!("cluster \"{name}\"");
+            if !self.fill_secrets(&what, &c.value.secrets, res, rc.tls.as_mut().map(Slots::Cluster))? {
+                // Waiting for a secret: the previous version runs, or nothing yet.
+                if let Some(prev) = self.applied.clusters.get(name) {
+                    applied.clusters.insert(name.clone(), prev.clone());
+                    raw.clusters.push(prev.clone());
+                    cmap.push((name.clone(), c.value.eds.clone()));
+                }
+                continue;
+            }
             let chosen = match &c.value.eds {
                 None => Some(rc),
                 Some(eds) => match res.endpoints.get(eds) {
@@ -594,6 +703,32 @@ impl State {
         cfg.listeners.extend(dynamic.listeners);
         cfg.clusters.extend(dynamic.clusters);
         Ok((cfg, applied))
+    }
+}
+
+/// Where a secret goes: a listener's or a cluster's TLS block.
+enum Slots<'a> {
+    Listener(&'a mut weft_config::tls::RawListenerTls),
+    Cluster(&'a mut weft_config::tls::RawClusterTls),
+}
+
+impl Slots<'_> {
+    fn set_cert(&mut self, i: usize, cf: Option<String>, cp: Option<String>, kf: Option<String>, kp: Option<String>) {
+        match self {
+            Slots::Listener(t) => {
+                if let Some(c) = t.certificates.get_mut(i) {
+                    (c.cert_file, c.cert_pem, c.key_file, c.key_pem) = (cf, cp, kf, kp);
+                }
+            }
+            Slots::Cluster(t) => (t.cert_file, t.cert_pem, t.key_file, t.key_pem) = (cf, cp, kf, kp),
+        }
+    }
+
+    fn set_ca(&mut self, f: Option<String>, p: Option<String>) {
+        match self {
+            Slots::Listener(t) => (t.trusted_ca_file, t.trusted_ca_pem) = (f, p),
+            Slots::Cluster(t) => (t.trusted_ca_file, t.trusted_ca_pem) = (f, p),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The gRPC side: connect, subscribe, ACK/NACK, reconnect with jittered exponential backoff.
 
-use crate::state::{Change, State, CDS, EDS, LDS, RDS, TYPES};
+use crate::state::{Change, State, CDS, EDS, LDS, RDS, SDS, TYPES};
 use crate::Inner;
 use futures_util::stream::{BoxStream, SelectAll, StreamExt, TryStreamExt};
 use std::collections::BTreeSet;
@@ -23,7 +23,7 @@ use weft_xds_api::pb::google::rpc::Status as RpcStatus;
 
 /// Order of the first requests on a stream: clusters before listeners, so that listeners do not
 /// wait on clusters that are still unknown (Envoy's order).
-const SUBSCRIBE_ORDER: [usize; 4] = [CDS, EDS, LDS, RDS];
+const SUBSCRIBE_ORDER: [usize; 5] = [CDS, EDS, LDS, RDS, SDS];
 
 /// Requests queued towards one stream. A response causes at most a few requests and tonic drains
 /// the queue continuously; the bound only guards against a stuck stream (then we reconnect).
@@ -51,7 +51,7 @@ struct Session {
     delta: bool,
     sotw_tx: Vec<mpsc::Sender<DiscoveryRequest>>,
     delta_tx: Vec<mpsc::Sender<DeltaDiscoveryRequest>>,
-    subs: [Sub; 4],
+    subs: [Sub; 5],
     /// The node goes on the first request of each stream only.
     node_sent: Vec<bool>,
     /// A request could not be queued: the session must restart so nothing is silently missing.
@@ -300,7 +300,7 @@ pub(crate) const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// Logs, every [`SUMMARY_INTERVAL`] in which anything happened, how many updates were accepted
 /// and rejected per type since the last summary.
 pub(crate) async fn summary(inner: std::sync::Weak<Inner>, every: Duration) {
-    let mut last = ([0u64; 4], [0u64; 4]);
+    let mut last = ([0u64; 5], [0u64; 5]);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
@@ -399,6 +399,7 @@ impl Session {
         match t {
             RDS => Some(st.res.rds_names()),
             EDS => Some(st.res.eds_names()),
+            SDS => Some(st.res.sds_names()),
             // The wildcard plus the clusters asked for on demand (configuration scoping).
             CDS if !st.on_demand.is_empty() => Some(
                 std::iter::once("*".to_string())
@@ -427,6 +428,11 @@ impl Session {
 
     /// Sends the first request for `t`, or a subscription change if the wanted names changed.
     fn subscribe(&mut self, inner: &Inner, st: &State, t: usize, first: bool) {
+        // Secrets come on the ADS stream only (there is no per-type SDS stream; resources that
+        // name a secret are refused on other streams).
+        if t == SDS && self.node_sent.len() != 1 {
+            return;
+        }
         let wanted = Self::wanted(st, t);
         let names = wanted.clone().unwrap_or_default();
         if first {
@@ -611,7 +617,7 @@ impl Session {
         }
         if ok {
             // New listeners / clusters may need route configurations / endpoints.
-            for u in [EDS, RDS] {
+            for u in [EDS, RDS, SDS] {
                 self.subscribe(inner, &st, u, false);
             }
             check_initialized(inner, &mut st);

@@ -13,6 +13,34 @@ pub use weft_xds_api::type_url::{
 };
 const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
 
+/// A secret a listener or cluster takes from SDS over the ADS stream (`sds_config: { ads: {} }`):
+/// a certificate and its key, or trust roots. Filled in when the listener or cluster is assembled;
+/// until the secret has arrived the resource is warming.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRef {
+    pub name: String,
+    pub slot: Slot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// The listener's certificate at this index (a cluster's client certificate: 0).
+    Cert(usize),
+    /// The trust roots (a listener's client CAs, a cluster's server CAs).
+    Ca,
+}
+
+/// An SDS reference weft can follow: a secret on the ADS stream. (Istio's `default` and `ROOTCA`
+/// are the mesh identity, handled apart; secrets from another config source are not followed.)
+fn over_ads(s: &tls::SdsSecretConfig) -> bool {
+    matches!(
+        s.sds_config.as_ref().and_then(|c| c.config_source_specifier.as_ref()),
+        Some(core::config_source::ConfigSourceSpecifier::Ads(_))
+    )
+}
+
+const SDS_HINT: &str = "or a secret over ADS (sds_config: { ads: {} })";
+
 /// A PEM data source: `(file, inline PEM)`, one of them set (both None on error).
 fn pem(errs: &mut Errs, path: &str, d: &Option<core::DataSource>) -> (Option<String>, Option<String>) {
     use core::data_source::Specifier;
@@ -72,6 +100,15 @@ fn min_version(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> Option<
 }
 
 pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClusterTls> {
+    cluster_tls_with_secrets(errs, ts, &mut Vec::new())
+}
+
+/// [`cluster_tls`], with the SDS secrets it needs pushed on `secrets`.
+pub fn cluster_tls_with_secrets(
+    errs: &mut Errs,
+    ts: &core::TransportSocket,
+    secrets: &mut Vec<SecretRef>,
+) -> Option<RawClusterTls> {
     use core::transport_socket::ConfigType;
     let any = match &ts.config_type {
         Some(ConfigType::TypedConfig(a)) => a,
@@ -108,21 +145,30 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     if let Some(params) = &common.tls_params {
         out.min_version = min_version(errs, p, params);
     }
-    // The certificate: SDS `default` (the mesh identity) or one pair of files.
-    let mut mesh_cert = false;
+    // The certificate: SDS `default` (the mesh identity), a secret over ADS, or one pair of files.
+    let (mut mesh_cert, mut sds_cert) = (false, false);
     for (i, s) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
         if s.name == "default" && i == 0 {
             mesh_cert = true;
+        } else if i == 0 && !s.name.is_empty() && over_ads(s) {
+            sds_cert = true;
+            secrets.push(SecretRef {
+                name: s.name.clone(),
+                slot: Slot::Cert(0),
+            });
         } else {
             errs.add(
                 &format!("{p}.tls_certificate_sds_secret_configs[{i}].name"),
-                format!("{:?}: only the proxy's own identity \"default\" is served", s.name),
+                format!(
+                    "{:?}: only the proxy's own identity \"default\" is served, {SDS_HINT}, one of them",
+                    s.name
+                ),
             );
         }
     }
     match common.tls_certificates.as_slice() {
         [] => {}
-        [c] if !mesh_cert => {
+        [c] if !mesh_cert && !sds_cert => {
             (out.cert_file, out.cert_pem) = pem(
                 errs,
                 &format!("{p}.tls_certificates[0].certificate_chain"),
@@ -138,11 +184,21 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     // Validation: SDS `ROOTCA` (the mesh roots) and/or a context with a CA file and SAN matchers.
     use tls::common_tls_context::ValidationContextType as V;
     let (mut mesh_roots, mut vc) = (false, None);
+    let mut sds_ca = false;
     let mut sds_name = |errs: &mut Errs, path: &str, s: &tls::SdsSecretConfig| {
         if s.name == "ROOTCA" {
             mesh_roots = true;
+        } else if !s.name.is_empty() && over_ads(s) {
+            sds_ca = true;
+            secrets.push(SecretRef {
+                name: s.name.clone(),
+                slot: Slot::Ca,
+            });
         } else {
-            errs.add(path, format!("{:?}: only the mesh roots \"ROOTCA\" are served", s.name));
+            errs.add(
+                path,
+                format!("{:?}: only the mesh roots \"ROOTCA\" are served, {SDS_HINT}", s.name),
+            );
         }
     };
     match &common.validation_context_type {
@@ -196,7 +252,7 @@ pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClu
     out.mode = Some(
         match (mesh_cert, mesh_roots) {
             (true, true) => "mesh",
-            (false, false) if out.cert_file.is_some() || out.cert_pem.is_some() => "mutual",
+            (false, false) if out.cert_file.is_some() || out.cert_pem.is_some() || sds_cert => "mutual",
             (false, false) => "simple",
             _ => {
                 errs.add(
@@ -225,6 +281,7 @@ pub fn listener_tls(
     path: &str,
     ts: &core::TransportSocket,
     server_names: &[String],
+    secrets: &mut Vec<SecretRef>,
 ) -> Option<weft_config::tls::RawListenerTls> {
     use core::transport_socket::ConfigType;
     let tp = format!("{path}.transport_socket");
@@ -315,25 +372,39 @@ pub fn listener_tls(
     if providers {
         errs.add(&format!("{p}.tls_certificate_certificate_provider"), "unsupported");
     }
-    // The certificate: SDS `default` (the mesh identity) or one pair of files.
-    let mut mesh_cert = false;
+    // The certificate: SDS `default` (the mesh identity), a secret over ADS, or one pair of files.
+    let (mut mesh_cert, mut sds_cert) = (false, false);
     for (i, s) in common.tls_certificate_sds_secret_configs.iter().enumerate() {
         if s.name == "default" && i == 0 {
             mesh_cert = true;
+        } else if i == 0 && !s.name.is_empty() && over_ads(s) {
+            sds_cert = true;
+            secrets.push(SecretRef {
+                name: s.name.clone(),
+                slot: Slot::Cert(0),
+            });
+            // Filled in from the secret when the listener is assembled.
+            out.certificates.push(weft_config::tls::RawCertificate {
+                server_names: server_names.to_vec(),
+                ..Default::default()
+            });
         } else {
             errs.add(
                 &format!("{p}.tls_certificate_sds_secret_configs[{i}].name"),
-                format!("{:?}: only the proxy's own identity \"default\" is served", s.name),
+                format!(
+                    "{:?}: only the proxy's own identity \"default\" is served, {SDS_HINT}, one of them",
+                    s.name
+                ),
             );
         }
     }
     match common.tls_certificates.as_slice() {
-        [] if !mesh_cert => errs.add(
+        [] if !mesh_cert && !sds_cert => errs.add(
             &format!("{p}.tls_certificates"),
-            "a certificate is required (tls_certificates, or SDS \"default\")",
+            "a certificate is required (tls_certificates, SDS \"default\", or a secret over ADS)",
         ),
         [] => {}
-        [c] if !mesh_cert => {
+        [c] if !mesh_cert && !sds_cert => {
             let (cert_file, cert_pem) = pem(
                 errs,
                 &format!("{p}.tls_certificates[0].certificate_chain"),
@@ -356,11 +427,21 @@ pub fn listener_tls(
     // Validation: SDS `ROOTCA` (the mesh roots) or a context with a CA file.
     use tls::common_tls_context::ValidationContextType as V;
     let (mut mesh_roots, mut vc) = (false, None);
+    let mut sds_ca = false;
     let mut sds_name = |errs: &mut Errs, path: &str, s: &tls::SdsSecretConfig| {
         if s.name == "ROOTCA" {
             mesh_roots = true;
+        } else if !s.name.is_empty() && over_ads(s) {
+            sds_ca = true;
+            secrets.push(SecretRef {
+                name: s.name.clone(),
+                slot: Slot::Ca,
+            });
         } else {
-            errs.add(path, format!("{:?}: only the mesh roots \"ROOTCA\" are served", s.name));
+            errs.add(
+                path,
+                format!("{:?}: only the mesh roots \"ROOTCA\" are served, {SDS_HINT}", s.name),
+            );
         }
     };
     match &common.validation_context_type {
@@ -443,7 +524,7 @@ pub fn listener_tls(
         (false, false) => {
             if require {
                 out.require_client_certificate = Some(true);
-                if out.trusted_ca_file.is_none() && out.trusted_ca_pem.is_none() {
+                if out.trusted_ca_file.is_none() && out.trusted_ca_pem.is_none() && !sds_ca {
                     errs.add(
                         &format!("{dp}.require_client_certificate"),
                         "needs a validation context with trusted_ca",
@@ -457,4 +538,85 @@ pub fn listener_tls(
         ),
     }
     Some(out)
+}
+
+// ---- secrets (SDS over ADS) ----
+
+/// (file, inline PEM): one of them set.
+pub type PemPair = (Option<String>, Option<String>);
+
+/// An SDS `Secret` as weft uses it: a certificate chain and key, or trust roots.
+#[derive(Clone, Default, PartialEq)]
+pub struct XSecret {
+    /// The chain and the key of a `tls_certificate` secret.
+    pub cert: Option<(PemPair, PemPair)>,
+    /// The roots of a `validation_context` secret.
+    pub ca: Option<PemPair>,
+}
+
+/// Never shows a private key.
+impl std::fmt::Debug for XSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XSecret")
+            .field("cert", &self.cert.as_ref().map(|(c, _)| c))
+            .field("ca", &self.ca)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A `Secret` resource; refusals name the field.
+pub fn secret(s: &tls::Secret) -> Result<XSecret, Vec<String>> {
+    use tls::secret::Type;
+    let mut errs = Errs::default();
+    let mut out = XSecret::default();
+    match &s.r#type {
+        Some(Type::TlsCertificate(c)) => {
+            let chain = pem(&mut errs, "tls_certificate.certificate_chain", &c.certificate_chain);
+            let key = pem(&mut errs, "tls_certificate.private_key", &c.private_key);
+            for (f, set) in [
+                ("password", c.password.is_some()),
+                ("ocsp_staple", c.ocsp_staple.is_some()),
+                ("private_key_provider", c.private_key_provider.is_some()),
+                ("watched_directory", c.watched_directory.is_some()),
+                ("pkcs12", c.pkcs12.is_some()),
+                (
+                    "signed_certificate_timestamp",
+                    !c.signed_certificate_timestamp.is_empty(),
+                ),
+            ] {
+                if set {
+                    errs.add(&format!("tls_certificate.{f}"), "unsupported");
+                }
+            }
+            out.cert = Some((chain, key));
+        }
+        Some(Type::ValidationContext(v)) => {
+            out.ca = Some(pem(&mut errs, "validation_context.trusted_ca", &v.trusted_ca));
+            #[allow(deprecated)]
+            let sans = !v.match_typed_subject_alt_names.is_empty() || !v.match_subject_alt_names.is_empty();
+            for (f, set) in [
+                ("match_typed_subject_alt_names", sans),
+                ("verify_certificate_spki", !v.verify_certificate_spki.is_empty()),
+                ("verify_certificate_hash", !v.verify_certificate_hash.is_empty()),
+                ("crl", v.crl.is_some()),
+                ("allow_expired_certificate", v.allow_expired_certificate),
+                ("custom_validator_config", v.custom_validator_config.is_some()),
+            ] {
+                if set {
+                    errs.add(
+                        &format!("validation_context.{f}"),
+                        "unsupported in a secret (weft reads only trusted_ca from it; give SAN matchers in the cluster's default_validation_context)",
+                    );
+                }
+            }
+        }
+        Some(Type::SessionTicketKeys(_)) => errs.add("session_ticket_keys", "unsupported"),
+        Some(Type::GenericSecret(_)) => errs.add("generic_secret", "unsupported (weft has no use for it)"),
+        None => errs.add("type", "a tls_certificate or a validation_context is required"),
+    }
+    if errs.0.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs.0)
+    }
 }

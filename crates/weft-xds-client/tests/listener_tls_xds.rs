@@ -612,3 +612,157 @@ async fn inline_certificates_over_ads_are_served_by_sni_and_a_bad_one_is_nacked(
         .expect("still served");
     assert!(request_over(s).await.starts_with("HTTP/1.1 200"));
 }
+
+fn sds_over_ads(name: &str) -> tls::SdsSecretConfig {
+    tls::SdsSecretConfig {
+        name: name.into(),
+        sds_config: Some(core::ConfigSource {
+            config_source_specifier: Some(core::config_source::ConfigSourceSpecifier::Ads(Default::default())),
+            resource_api_version: core::ApiVersion::V3 as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+fn cert_secret(name: &str, leaf: &weft_tls::testcerts::Leaf) -> weft_xds_api::pb::google::protobuf::Any {
+    pack(
+        type_url::SECRET,
+        &tls::Secret {
+            name: name.into(),
+            r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+                certificate_chain: inline_bytes(&leaf.cert_pem),
+                private_key: inline_bytes(&leaf.key_pem),
+                ..Default::default()
+            })),
+        },
+    )
+}
+
+/// The certificate a TLS client sees at `addr` for `sni`, and whether a request then succeeds.
+async fn served(ca: &weft_tls::testcerts::Ca, addr: std::net::SocketAddr, sni: &str) -> Option<Vec<u8>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let s = edge_client(ca, sni).connect(tcp).await.ok()?;
+    let cert = s.get_ref().1.peer_certificates()?[0].to_vec();
+    request_over(s).await.starts_with("HTTP/1.1 200").then_some(cert)
+}
+
+fn der(leaf: &weft_tls::testcerts::Leaf) -> Vec<u8> {
+    weft_tls::pem::certs("x", &weft_tls::PemSource::Inline(leaf.cert_pem.as_str().into())).unwrap()[0].to_vec()
+}
+
+/// A listener whose certificate is an SDS secret on the ADS stream: the proxy asks for the secret
+/// by name, the listener starts serving once it arrives, a new version of the secret is served to
+/// new handshakes without touching the listener, and a secret whose key does not match is NACKed
+/// while the previous certificate keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sds_secrets_over_ads_serve_and_rotate_a_listener_certificate() {
+    let ca = weft_tls::testcerts::Ca::new("edge root");
+    let (one, two) = (ca.leaf_dns(&["a.example.com"]), ca.leaf_dns(&["a.example.com"]));
+    let app = weft_test_support::upstream(|_| async move { weft_test_support::text(200, "edge app") }).await;
+    let cp = Cp::start().await;
+    let p = Proxy::start(&cp, "ads_sotw", "");
+    cp.sotw_req(0, CLUSTER).await;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("app")]);
+    cp.reply_to(m, "n1").await;
+    let m = cp.mark();
+    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("app", &[app.addr])]);
+    cp.reply_to(m, "n2").await;
+
+    let ctx = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds_over_ads("edge-cert")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let l = listener_of(vec![chain("a", "tls", &["a.example.com"], Some(&ctx))]);
+    let m = cp.mark();
+    cp.send_sotw(LISTENER, "l1", "n3", vec![pack(type_url::LISTENER, &l)]);
+    assert!(cp.reply_to(m, "n3").await.error().is_none());
+    // The listener waits for its certificate: the proxy asks for the secret by name.
+    let req = cp.sotw_req(m, type_url::SECRET).await;
+    assert_eq!(req.resource_names, vec!["edge-cert".to_string()]);
+    assert!(
+        p.server.listener_addr("inbound").is_none(),
+        "a listener ran without its certificate"
+    );
+
+    let m = cp.mark();
+    cp.send_sotw(type_url::SECRET, "s1", "n4", vec![cert_secret("edge-cert", &one)]);
+    let ack = cp.reply_to(m, "n4").await;
+    assert!(ack.error().is_none(), "{:?}", ack.error());
+    let addr = p.wait_listener("inbound").await;
+    assert_eq!(served(&ca, addr, "a.example.com").await, Some(der(&one)));
+
+    // Rotation: a new version of the secret.
+    let m = cp.mark();
+    cp.send_sotw(type_url::SECRET, "s2", "n5", vec![cert_secret("edge-cert", &two)]);
+    assert!(cp.reply_to(m, "n5").await.error().is_none());
+    weft_test_support::eventually("the rotated certificate served", WAIT, || async {
+        (served(&ca, p.server.listener_addr("inbound")?, "a.example.com").await? == der(&two)).then_some(())
+    })
+    .await;
+
+    // A key that does not match: NACKed, the last good certificate keeps serving.
+    let bad = pack(
+        type_url::SECRET,
+        &tls::Secret {
+            name: "edge-cert".into(),
+            r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+                certificate_chain: inline_bytes(&one.cert_pem),
+                private_key: inline_bytes(&two.key_pem),
+                ..Default::default()
+            })),
+        },
+    );
+    let m = cp.mark();
+    cp.send_sotw(type_url::SECRET, "s3", "n6", vec![bad]);
+    let nack = cp.reply_to(m, "n6").await;
+    let e = nack.error().expect("a NACK");
+    assert!(e.contains("key_pem") && e.contains("does not match"), "{e}");
+    assert!(!e.contains("PRIVATE KEY"), "{e}");
+    let addr = p.server.listener_addr("inbound").unwrap();
+    assert_eq!(served(&ca, addr, "a.example.com").await, Some(der(&two)));
+}
+
+#[test]
+fn secrets_convert_and_refuse_what_weft_cannot_use() {
+    let ca = weft_tls::testcerts::Ca::new("r");
+    let leaf = ca.leaf_dns(&["a.example.com"]);
+    let s = weft_xds_client::tls::secret(&tls::Secret {
+        name: "c".into(),
+        r#type: Some(tls::secret::Type::TlsCertificate(tls::TlsCertificate {
+            certificate_chain: file("/etc/c.crt"),
+            private_key: inline_string(&leaf.key_pem),
+            ..Default::default()
+        })),
+    })
+    .unwrap();
+    let ((cf, _), (_, kp)) = s.cert.clone().unwrap();
+    assert_eq!(
+        (cf.as_deref(), kp.as_deref()),
+        (Some("/etc/c.crt"), Some(leaf.key_pem.as_str()))
+    );
+    assert!(!format!("{s:?}").contains("PRIVATE KEY"), "{s:?}");
+    let e = weft_xds_client::tls::secret(&tls::Secret {
+        name: "g".into(),
+        r#type: Some(tls::secret::Type::GenericSecret(Default::default())),
+    })
+    .unwrap_err();
+    assert!(e[0].starts_with("generic_secret: unsupported"), "{e:?}");
+    // A secret from another config source than ADS is not followed: refused naming the field.
+    let ctx = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificate_sds_secret_configs: vec![sds("edge-cert")],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let e = converted(&listener_of(vec![chain("a", "tls", &[], Some(&ctx))])).unwrap_err();
+    assert!(
+        e.contains("tls_certificate_sds_secret_configs[0].name: \"edge-cert\"")
+            && e.contains("sds_config: { ads: {} }"),
+        "{e}"
+    );
+}
