@@ -248,19 +248,52 @@ impl WeftKind {
         (self.resource)().plural
     }
 
-    /// The registry entry a resource `namespace/name` with this spec stands for: its spec, and
-    /// for an authorization policy without `name` the resource's, `<name>.<namespace>` (policy
-    /// names are unique in the mesh, and two unnamed ones would collide).
-    pub fn spec_of(&self, namespace: &str, name: &str, spec: &serde_json::Value) -> serde_json::Value {
+    /// The registry entry a resource `namespace/name` with this spec stands for. A resource
+    /// speaks for its own namespace's services only — otherwise anyone allowed to create one in
+    /// their namespace could re-route, mirror or open up another team's service — except in
+    /// [`ROOT_NAMESPACE`], whose resources may apply mesh-wide (Istio's root namespace):
+    /// `spec.service` must be a service of the namespace (`<name>.<namespace>`), and an
+    /// authorization policy's `namespace` is the resource's. Authorization policy names are
+    /// `<spec.name, else the resource's name>.<namespace>`: unique in the mesh, so that no
+    /// namespace can take another's policy name first.
+    pub fn spec_of(&self, namespace: &str, name: &str, spec: &serde_json::Value) -> Result<serde_json::Value, String> {
         let mut spec = spec.clone();
-        if self.section == "authorization" {
-            if let Some(o) = spec.as_object_mut() {
-                o.entry("name").or_insert_with(|| format!("{name}.{namespace}").into());
+        let Some(o) = spec.as_object_mut() else {
+            return Ok(spec); // validation says what is wrong with it
+        };
+        if namespace != ROOT_NAMESPACE {
+            if let Some(svc) = o.get("service").and_then(|v| v.as_str()) {
+                if !svc.ends_with(&format!(".{namespace}")) {
+                    return Err(format!(
+                        "spec.service: {svc:?} is not a service of namespace {namespace} (a {} applies to its own namespace's services; mesh-wide ones go in {ROOT_NAMESPACE})",
+                        self.kind
+                    ));
+                }
+            }
+            if self.section == "authorization" {
+                match o.get("namespace").and_then(|v| v.as_str()) {
+                    Some(ns) if ns != namespace => {
+                        return Err(format!(
+                            "spec.namespace: {ns:?} is not the resource's namespace {namespace} (mesh-wide policies go in {ROOT_NAMESPACE})"
+                        ))
+                    }
+                    _ => {
+                        o.insert("namespace".into(), namespace.into());
+                    }
+                }
             }
         }
-        spec
+        if self.section == "authorization" {
+            let base = o.get("name").and_then(|v| v.as_str()).unwrap_or(name).to_string();
+            o.insert("name".into(), format!("{base}.{namespace}").into());
+        }
+        Ok(spec)
     }
 }
+
+/// The namespace whose weft resources may apply to any service, or mesh-wide (where weft
+/// control runs, as Istio's root namespace).
+pub const ROOT_NAMESPACE: &str = "weft-system";
 
 /// The kind named `kind`.
 pub fn kind(kind: &str) -> Option<&'static WeftKind> {
@@ -275,11 +308,13 @@ pub fn validate_object(what: &str, obj: &serde_json::Value) -> Result<Fragment, 
         .and_then(kind)
         .ok_or_else(|| format!("{what}: kind {} is not a weft kind", obj["kind"]))?;
     let md = &obj["metadata"];
-    let spec = k.spec_of(
-        md["namespace"].as_str().unwrap_or("default"),
-        md["name"].as_str().unwrap_or_default(),
-        &obj["spec"],
-    );
+    let spec = k
+        .spec_of(
+            md["namespace"].as_str().unwrap_or("default"),
+            md["name"].as_str().unwrap_or_default(),
+            &obj["spec"],
+        )
+        .map_err(|e| format!("{what}: {e}"))?;
     validate(what, k.section, &spec)
 }
 

@@ -217,7 +217,7 @@ pub fn patch_for(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) ->
         .filter_map(|p| p["containerPort"].as_u64())
         .next();
     let mut bootstrap = format!(
-        "node:\n  id: \"sidecar~{namespace}~{pod_name}\"\n  cluster: \"{service}\"\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"0.0.0.0:{}\"\n    weft.inbound: \"0.0.0.0:{}\"\n",
+        "node:\n  id: \"sidecar~{namespace}~{pod_name}\"\n  cluster: \"{service}\"\n  metadata:\n    NAMESPACE: \"{namespace}\"\n    weft.role: sidecar\n    weft.outbound: \"0.0.0.0:{}\"\n    weft.inbound: \"0.0.0.0:{}\"\n",
         cfg.outbound_port, cfg.inbound_port
     );
     if let Some(p) = app_port {

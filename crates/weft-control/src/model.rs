@@ -1043,7 +1043,15 @@ pub struct MeshAuthz {
 }
 
 impl MeshAuthz {
+    /// Whether the policy applies to the sidecar of `service` whose node says it runs in
+    /// `namespace`. A node that does not say (no `NAMESPACE` metadata) is taken to run in its
+    /// service's namespace when the service is named `<name>.<namespace>` (the Kubernetes
+    /// registry's names), so a namespace's policies reach its sidecars either way.
     pub fn selects(&self, service: &str, namespace: &str) -> bool {
+        let namespace = match namespace {
+            "" => service.rsplit_once('.').map_or("", |(_, ns)| ns),
+            ns => ns,
+        };
         self.service.as_deref().is_none_or(|s| s == service) && self.namespace.as_deref().is_none_or(|n| n == namespace)
     }
 }

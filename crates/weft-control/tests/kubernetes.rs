@@ -734,6 +734,10 @@ async fn weft_authorizations_become_mesh_policies_and_invalid_ones_say_why_in_th
     };
     api.apply(authz("no-admin", "DENY"));
     api.apply(authz("typo", "DENIED"));
+    // A policy for another namespace's service: refused (only weft-system's may apply elsewhere).
+    let mut foreign = authz("foreign", "ALLOW");
+    foreign["spec"]["service"] = json!("ratings.other");
+    api.apply(foreign);
     // Without `spec.name`: named after the resource, so two unnamed ones do not collide.
     for n in ["unnamed-a", "unnamed-b"] {
         let mut a = authz(n, "AUDIT");
@@ -749,8 +753,21 @@ async fn weft_authorizations_become_mesh_policies_and_invalid_ones_say_why_in_th
         .expect("the policy published");
     assert_eq!(f.authorization.len(), 1);
     let a = &f.authorization[0];
-    assert_eq!(a.name, "no-admin");
+    // Names are per namespace (no namespace can take another's), and a namespace's policy
+    // applies to its own namespace only.
+    assert_eq!(a.name, "no-admin.bookinfo");
     assert_eq!(a.service.as_deref(), Some("reviews.bookinfo"));
+    assert_eq!(a.namespace.as_deref(), Some("bookinfo"));
+    let why = h
+        .seen
+        .skipped
+        .get("WeftAuthorization bookinfo/foreign")
+        .expect("the foreign policy skipped")
+        .clone();
+    assert!(
+        why.contains("spec.service: \"ratings.other\" is not a service of namespace bookinfo"),
+        "{why}"
+    );
     for n in ["unnamed-a", "unnamed-b"] {
         let f = h
             .seen

@@ -1264,6 +1264,34 @@ fn istio_example(body: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An RBAC example (what weft control needs granted): a Role or binding with what each must have.
+fn rbac_example(body: &str) -> Result<(), String> {
+    let v: serde_json::Value = serde_saphyr::from_str(body).map_err(|e| e.to_string())?;
+    v["metadata"]["name"].as_str().ok_or("no metadata.name")?;
+    match v["kind"].as_str() {
+        Some("Role" | "ClusterRole") => {
+            let rules = v["rules"].as_array().filter(|r| !r.is_empty()).ok_or("no rules")?;
+            for r in rules {
+                for f in ["apiGroups", "resources", "verbs"] {
+                    r[f].as_array()
+                        .filter(|a| !a.is_empty())
+                        .ok_or(format!("a rule without {f}"))?;
+                }
+            }
+            Ok(())
+        }
+        Some("RoleBinding" | "ClusterRoleBinding") => {
+            v["roleRef"]["name"].as_str().ok_or("no roleRef.name")?;
+            v["subjects"]
+                .as_array()
+                .filter(|s| !s.is_empty())
+                .ok_or("no subjects")?;
+            Ok(())
+        }
+        k => Err(format!("an RBAC resource of kind {k:?}")),
+    }
+}
+
 #[test]
 fn control_docs_examples_are_valid() {
     let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/control.md")).unwrap();
@@ -1278,6 +1306,8 @@ fn control_docs_examples_are_valid() {
                     .and_then(|r| weft_control::crd::validate_object("docs example", &r).map(|_| ()))
             } else if body.starts_with("apiVersion: networking.istio.io/") {
                 istio_example(body)
+            } else if body.starts_with("apiVersion: rbac.authorization.k8s.io/") {
+                rbac_example(body)
             } else {
                 Err("a Kubernetes resource of an unknown kind".to_string())
             };

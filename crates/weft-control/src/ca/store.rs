@@ -370,7 +370,9 @@ impl Kek {
         })
     }
 
-    fn seal(&self, field: &str, plain: &[u8]) -> Result<String, CaError> {
+    /// Seals `plain` for `field` of a record whose public part is summed up by `context`
+    /// ([`binding`]): the ciphertext opens only as that field of that record.
+    fn seal(&self, field: &str, context: &str, plain: &[u8]) -> Result<String, CaError> {
         let mut nonce = [0u8; NONCE_LEN];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
             .map_err(|_| CaError("no system randomness".into()))?;
@@ -378,7 +380,7 @@ impl Kek {
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(field).as_bytes()),
+                Aad::from(aad(field, context).as_bytes()),
                 &mut buf,
             )
             .map_err(|_| CaError(format!("sealing {field}")))?;
@@ -387,7 +389,14 @@ impl Kek {
         Ok(format!("v1:{}", weft_identity::hex::encode(&out)))
     }
 
-    fn open(&self, store: &CaStore, record: &str, field: &str, sealed: &str) -> Result<Vec<u8>, CaError> {
+    fn open(
+        &self,
+        store: &CaStore,
+        record: &str,
+        field: &str,
+        context: &str,
+        sealed: &str,
+    ) -> Result<Vec<u8>, CaError> {
         let label = store.record_label(record);
         let bytes = sealed
             .strip_prefix("v1:")
@@ -400,10 +409,10 @@ impl Kek {
         let mut buf = ct.to_vec();
         let plain = self
             .key
-            .open_in_place(nonce, Aad::from(aad(field).as_bytes()), &mut buf)
+            .open_in_place(nonce, Aad::from(aad(field, context).as_bytes()), &mut buf)
             .map_err(|_| {
                 CaError(format!(
-                    "cannot decrypt the CA in {}: wrong key file? (--ca-store-key {}; {label}, field {field})",
+                    "cannot decrypt the CA in {}: wrong key file? (--ca-store-key {}; {label}, field {field}; or the record was changed by someone without the key)",
                     store.kind(),
                     self.file
                 ))
@@ -412,8 +421,19 @@ impl Kek {
     }
 }
 
-fn aad(field: &str) -> String {
-    format!("weft-ca v1 {field}")
+fn aad(field: &str, context: &str) -> String {
+    format!("weft-ca v1 {field}\n{context}")
+}
+
+/// What a sealed value is bound to: the record's trust domain and the SHA-256 of its certificates.
+/// Someone who can write the store but has no key file cannot change the trust domain, swap in
+/// another certificate, or move a sealed key from another record, without the open failing.
+fn binding(trust_domain: &str, cert: &str, chain: Option<&str>) -> String {
+    let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+    h.update(cert.as_bytes());
+    h.update(b"\n--chain--\n");
+    h.update(chain.unwrap_or_default().as_bytes());
+    format!("{trust_domain}\n{}", weft_identity::hex::encode(h.finish().as_ref()))
 }
 
 /// The `ca` record.
@@ -499,13 +519,14 @@ fn fresh_record(opts: &CaOptions, kek: &Kek) -> Result<CaRecord, CaError> {
         opts,
         None,
     )?;
+    let ctx = binding(td, &cert.text, chain.as_ref().map(|c| c.text.as_str()));
     Ok(CaRecord {
         version: 1,
         trust_domain: td.to_string(),
         cert: cert.text,
         chain: chain.map(|c| c.text),
-        key: kek.seal("key", key.text.as_bytes())?,
-        token_key: kek.seal("token_key", tokens.key_bytes())?,
+        key: kek.seal("key", &ctx, key.text.as_bytes())?,
+        token_key: kek.seal("token_key", &ctx, tokens.key_bytes())?,
     })
 }
 
@@ -539,25 +560,24 @@ pub async fn load_shared(opts: &CaOptions, store: &CaStore, kek: &Kek) -> Result
             )));
         }
     }
-    let key = kek.open(store, "ca", "key", &rec.key)?;
-    let token_key = kek.open(store, "ca", "token_key", &rec.token_key)?;
-    if token_key.len() < 32 {
-        return Err(CaError(format!("{label}: token_key is shorter than 32 bytes")));
-    }
+    let ctx = binding(&rec.trust_domain, &rec.cert, rec.chain.as_deref());
+    let key = kek.open(store, "ca", "key", &ctx, &rec.key)?;
+    let token_key = open_token_key(store, kek, &rec)?;
     let key_pem = String::from_utf8(key).map_err(|_| CaError(format!("{label}: key is not PEM")))?;
     let sm = if opts.sm2 {
         let td = rec.trust_domain.clone();
         let s: SmRecord = get_or_create(&mut conn, store, "ca-sm2", || {
             let (cert, key) = sm::SmCa::generate(&td)?;
+            let ctx = binding(&td, &cert, None);
             Ok(SmRecord {
                 version: 1,
+                key: kek.seal("sm2_key", &ctx, key.as_bytes())?,
                 cert,
-                key: kek.seal("sm2_key", key.as_bytes())?,
             })
         })
         .await?;
         let sm_label = store.record_label("ca-sm2");
-        let key = kek.open(store, "ca-sm2", "sm2_key", &s.key)?;
+        let key = kek.open(store, "ca-sm2", "sm2_key", &binding(&td, &s.cert, None), &s.key)?;
         Some(sm::SmCa::from_pem(
             &Named {
                 label: format!("{sm_label} (cert)"),
@@ -601,8 +621,27 @@ pub async fn load_tokens(store: &CaStore, kek: &Kek) -> Result<TokenKey, CaError
     })?;
     let rec: CaRecord =
         serde_json::from_slice(&v).map_err(|e| CaError(format!("{label}: not a weft CA record: {e}")))?;
-    let key = kek.open(store, "ca", "token_key", &rec.token_key)?;
+    if rec.version != 1 {
+        return Err(CaError(format!(
+            "{label}: record version {} (this weft knows 1)",
+            rec.version
+        )));
+    }
+    let key = open_token_key(store, kek, &rec)?;
     Ok(TokenKey::from_parts(rec.trust_domain, key))
+}
+
+/// The record's token key, checked as `weft control` and `weft control token` both need it.
+fn open_token_key(store: &CaStore, kek: &Kek, rec: &CaRecord) -> Result<Vec<u8>, CaError> {
+    let ctx = binding(&rec.trust_domain, &rec.cert, rec.chain.as_deref());
+    let key = kek.open(store, "ca", "token_key", &ctx, &rec.token_key)?;
+    if key.len() < 32 {
+        return Err(CaError(format!(
+            "{}: token_key is shorter than 32 bytes",
+            store.record_label("ca")
+        )));
+    }
+    Ok(key)
 }
 
 #[cfg(test)]
@@ -650,13 +689,15 @@ mod tests {
     fn sealed_values_open_only_with_the_same_key_and_field() {
         let store = CaStore::parse("etcd://127.0.0.1:1").unwrap();
         let k = Kek::from_bytes(&[7u8; 32], "k1").unwrap();
-        let sealed = k.seal("key", b"secret pem").unwrap();
+        let sealed = k.seal("key", "td\nabc", b"secret pem").unwrap();
         assert!(!sealed.contains(&weft_identity::hex::encode(b"secret pem")));
-        assert_eq!(k.open(&store, "ca", "key", &sealed).unwrap(), b"secret pem");
+        assert_eq!(k.open(&store, "ca", "key", "td\nabc", &sealed).unwrap(), b"secret pem");
+        // Bound to its record: another trust domain or certificate does not open it.
+        assert!(k.open(&store, "ca", "key", "evil\nabc", &sealed).is_err());
         // Another field's associated data: refused.
-        assert!(k.open(&store, "ca", "token_key", &sealed).is_err());
+        assert!(k.open(&store, "ca", "token_key", "td\nabc", &sealed).is_err());
         let other = Kek::from_bytes(&[8u8; 32], "k2").unwrap();
-        let e = other.open(&store, "ca", "key", &sealed).unwrap_err().0;
+        let e = other.open(&store, "ca", "key", "td\nabc", &sealed).unwrap_err().0;
         assert!(
             e.starts_with("cannot decrypt the CA in etcd: wrong key file? (--ca-store-key k2"),
             "{e}"

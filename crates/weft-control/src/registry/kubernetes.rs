@@ -416,14 +416,26 @@ impl KubeState {
                 }
             }
             Msg::Absent(kind, code) => {
-                let cache_synced = match kind {
-                    "VirtualService" => &mut self.virtual_services.synced,
+                let weft = KINDS.iter().position(|k| k.kind == kind);
+                let cache_synced = match (kind, weft) {
+                    (_, Some(i)) => &mut self.weft[i].synced,
+                    ("VirtualService", None) => &mut self.virtual_services.synced,
                     _ => &mut self.destination_rules.synced,
                 };
+                let (group, crds) = match weft {
+                    Some(_) => (
+                        "weft.dev",
+                        "weft's CRDs are not installed: kubectl apply -f deploy/kubernetes/crds/",
+                    ),
+                    None => ("networking.istio.io", "Istio's CRDs are not installed"),
+                };
                 if !*cache_synced && code == 403 {
-                    tracing::warn!(kind, "kubernetes registry: not allowed to list {kind} (grant list/watch on networking.istio.io, deploy/kubernetes/20-clusterrole.yaml); none read");
+                    tracing::warn!(kind, "kubernetes registry: not allowed to list {kind} (grant list/watch on {group}, deploy/kubernetes/20-clusterrole.yaml); none read");
                 } else if !*cache_synced {
-                    tracing::info!(kind, "kubernetes registry: the API server does not serve {kind} (Istio's CRDs are not installed); none read");
+                    tracing::warn!(
+                        kind,
+                        "kubernetes registry: the API server does not serve {kind} ({crds}); none read"
+                    );
                 }
                 *cache_synced = true;
             }
@@ -696,7 +708,10 @@ impl KubeState {
                 self.status_check.insert((i, k.clone()));
                 self.weft[i].live.get(k).map(|o| {
                     let spec = o.data.get("spec").unwrap_or(&serde_json::Value::Null);
-                    crate::crd::validate(&what, KINDS[i].section, &KINDS[i].spec_of(&k.0, &k.1, spec))
+                    KINDS[i]
+                        .spec_of(&k.0, &k.1, spec)
+                        .map_err(|e| format!("{what}: {e}"))
+                        .and_then(|spec| crate::crd::validate(&what, KINDS[i].section, &spec))
                 })
             }
             "VirtualService" => self.virtual_services.live.get(k).map(|v| {
@@ -800,7 +815,24 @@ impl KubeState {
                 outcome.as_ref().map(|_| ()).map_err(String::as_str),
                 now_rfc3339,
             );
-            if carries.as_ref() != Some(&want) {
+            // Written only when the verdict differs (generation, status, reason): two replicas of
+            // different versions, wording a message differently, do not rewrite each other's.
+            let verdict = |s: &WeftStatus| {
+                let c: Vec<_> = s
+                    .conditions
+                    .iter()
+                    .map(|c| {
+                        (
+                            c.type_.clone(),
+                            c.status.clone(),
+                            c.reason.clone(),
+                            c.observed_generation,
+                        )
+                    })
+                    .collect();
+                (s.observed_generation, c)
+            };
+            if carries.as_ref().map(verdict) != Some(verdict(&want)) {
                 out.push(StatusWrite {
                     kind: i,
                     namespace: k.0.clone(),
@@ -926,9 +958,10 @@ where
         .boxed()
 }
 
-/// A kind the API server does not serve (404 on its list: Istio's CRDs are not installed) or does
-/// not let weft read (403: a ClusterRole from before Istio support) is read as empty, so the rest
-/// of the mesh still syncs; its watcher keeps retrying with backoff and reads it once it can.
+/// A kind the API server does not serve (404 on its list: Istio's or weft's CRDs are not
+/// installed, e.g. a newer weft control before its new CRD is applied) or does not let weft read
+/// (403: an older ClusterRole) is read as empty, so the rest of the mesh still syncs; its watcher
+/// keeps retrying with backoff and reads it once it can.
 fn absent_if_404(r: Result<Msg, watcher::Error>, kind: &'static str) -> Result<Msg, watcher::Error> {
     match r {
         Err(
@@ -1077,7 +1110,7 @@ impl Registry for KubeRegistry {
                 streams.push(
                     watcher::watcher(api, watcher::Config::default())
                         .default_backoff()
-                        .map(move |r| r.map(|e| Msg::Weft(i, Box::new(e))))
+                        .map(move |r| absent_if_404(r.map(|e| Msg::Weft(i, Box::new(e))), KINDS[i].kind))
                         .boxed(),
                 );
             }

@@ -314,15 +314,18 @@ fn exit(
             Reply::local(local_reply(rt, e.reason, grpc), e.reason)
         }
     };
+    // Generated hash cookies first, then the response header mutations (as Envoy's router, whose
+    // finalizeResponseHeaders comes after them: `response_headers_to_remove: [set-cookie]` removes
+    // them too).
+    for c in set_cookies {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
     if let Some((vh, route)) = matched {
         // Response header mutations: route, then virtual host, then route config.
         let h = resp.headers_mut();
         route.mutations.response.apply(h);
         vh.mutations.response.apply(h);
         routes.mutations.response.apply(h);
-    }
-    for c in set_cookies {
-        resp.headers_mut().append(header::SET_COOKIE, c);
     }
     if let Some(v) = &rt.via {
         resp.headers_mut().append(header::VIA, v.clone());
