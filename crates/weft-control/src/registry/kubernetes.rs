@@ -1033,14 +1033,20 @@ async fn write_statuses(client: Client, mut rx: mpsc::UnboundedReceiver<StatusWr
             backoff = min;
             continue;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            w = rx.recv() => match w {
-                Some(w) => {
-                    pending.insert((w.kind, w.namespace, w.name), w.status);
-                }
-                None => return,
-            },
+        // Wait out the backoff in full: writes that come meanwhile join the pending set, they do
+        // not cut the wait short (a missing RBAC rule must not turn every event into a retry and
+        // a warning).
+        let until = tokio::time::Instant::now() + backoff;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                w = rx.recv() => match w {
+                    Some(w) => {
+                        pending.insert((w.kind, w.namespace, w.name), w.status);
+                    }
+                    None => return,
+                },
+            }
         }
         backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
     }
