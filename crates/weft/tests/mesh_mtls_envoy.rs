@@ -401,6 +401,127 @@ async fn envoy_and_weft_sidecars_talk_mtls_both_ways_under_weft_control() {
 }
 
 /// Polls `f` every 200 ms until it is true or `timeout` passes.
+/// Envoy's ADS cluster over weft control's TLS port: its client certificate is the `default`
+/// secret from the SDS agent, the server is verified against `ROOTCA` and must be weft control's
+/// SPIFFE ID.
+const TLS_ADS: &str = r#"    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        common_tls_context:
+          alpn_protocols: [h2]
+          tls_certificate_sds_secret_configs:
+            - name: default
+              sds_config: { api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: sds-grpc } }] }, resource_api_version: V3 }
+          combined_validation_context:
+            default_validation_context:
+              match_typed_subject_alt_names:
+                - san_type: URI
+                  matcher: { exact: "spiffe://cluster.local/ns/weft-system/sa/weft-control" }
+            validation_context_sds_secret_config:
+              name: ROOTCA
+              sds_config: { api_config_source: { api_type: GRPC, transport_api_version: V3, grpc_services: [{ envoy_grpc: { cluster_name: sds-grpc } }] }, resource_api_version: V3 }
+"#;
+
+/// An Envoy sidecar under weft control with nothing in plaintext: `weft sds-agent` gets the
+/// workload certificate from the CA on the TLS port (verifying it with the mesh root), and Envoy
+/// opens ADS on that same port with it (weft control verifies Envoy's certificate and gives it
+/// its service's configuration only). Envoy then routes through what it received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_gets_its_configuration_over_the_tls_xds_port() {
+    let Some(envoy) = peers::envoy_binary() else { return };
+    let dir = TempDir::new("mtls-envoy-ads-tls");
+    std::fs::create_dir_all(dir.join("reg")).unwrap();
+    let ratings_app = upstream(|_| async move { text(200, "ratings app") }).await;
+    let (envoy_in, envoy_out) = (free_addr(), free_addr());
+    write_file(
+        &dir.join("reg/services.yaml"),
+        &format!(
+            "services:\n  - name: reviews\n    identities: [{REVIEWS}]\n    endpoints: [{{address: \"{envoy_in}\"}}]\n  - name: ratings\n    mtls: DISABLE\n    endpoints: [{{address: \"{}\"}}]\n",
+            ratings_app.addr
+        ),
+    );
+    let (xds, secure) = (free_addr(), free_addr());
+    let _control = spawn(
+        Command::new(WEFT)
+            .args(["control", "--registry"])
+            .arg(dir.join("reg"))
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .args([
+                "--xds",
+                &xds.to_string(),
+                "--xds-tls",
+                &secure.to_string(),
+                "--admin",
+                &free_addr().to_string(),
+            ]),
+        &dir.join("control.log"),
+    );
+    eventually_blocking("weft control's TLS port", WAIT, || TcpStream::connect(secure).ok());
+    let sock = dir.join("sds.sock");
+    let _agent = spawn(
+        Command::new(WEFT)
+            .args(["sds-agent", "--listen"])
+            .arg(format!("unix:{}", sock.display()))
+            .args(["--ca-address", &secure.to_string(), "--ca-root"])
+            .arg(dir.join("ca/root-cert.pem"))
+            .arg("--token-file")
+            .arg(token(&dir, "default/reviews")),
+        &dir.join("agent.log"),
+    );
+    eventually_blocking("the SDS agent's socket", WAIT, || sock.exists().then_some(()));
+    let envoy_admin = free_addr();
+    let cfg = peers::envoy_ads_bootstrap(ENVOY_NODE, envoy_admin.port(), secure.port(), SDS_CLUSTER)
+        .replace(
+            "      endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: PORT } } } }] }]\n"
+                .replace("PORT", &secure.port().to_string())
+                .as_str(),
+            &format!(
+                "      endpoints: [{{ lb_endpoints: [{{ endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }} }}] }}]\n{TLS_ADS}",
+                secure.port()
+            ),
+        )
+        .replace("{{NODE_ID}}", &format!("envoy-ads-tls-{}", std::process::id()))
+        .replace("{{OUTBOUND}}", &envoy_out.to_string())
+        .replace("{{INBOUND}}", &envoy_in.to_string())
+        .replace("{{APP}}", &free_addr().to_string())
+        .replace("{{SDS_SOCK}}", &sock.display().to_string());
+    assert!(cfg.contains("UpstreamTlsContext"), "the ADS cluster has TLS:\n{cfg}");
+    std::fs::write(dir.join("envoy.yaml"), cfg).unwrap();
+    let _envoy = spawn(
+        Command::new(&envoy).arg("-c").arg(dir.join("envoy.yaml")).args([
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "-l",
+            "warn",
+        ]),
+        &dir.join("envoy.log"),
+    );
+    let logs = || {
+        ["control.log", "agent.log", "envoy.log"]
+            .iter()
+            .map(|f| format!("--- {f}\n{}", std::fs::read_to_string(dir.join(f)).unwrap_or_default()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let mut last = (0, String::new());
+    let ok = wait_for(WAIT, || {
+        last = curl(envoy_out, "ratings");
+        last.0 == 200
+    });
+    assert!(
+        ok,
+        "Envoy never routed with a configuration from the TLS port: {last:?}\n{}",
+        logs()
+    );
+    assert_eq!(last.1, "ratings app");
+    // weft control saw Envoy's certificate: the stream is authenticated as reviews.
+    let clog = std::fs::read_to_string(dir.join("control.log")).unwrap_or_default();
+    assert!(!clog.contains("ADS stream refused"), "{clog}");
+}
+
 fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
     loop {
