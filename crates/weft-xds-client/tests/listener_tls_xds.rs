@@ -292,6 +292,17 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
     );
 }
 
+/// Sends the cluster `app` (EDS) and its one endpoint `addr`, each ACKed (nonces n1, n2).
+async fn send_app_cluster(cp: &Cp, addr: std::net::SocketAddr) {
+    cp.sotw_req(0, CLUSTER).await;
+    let m = cp.mark();
+    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("app")]);
+    cp.reply_to(m, "n1").await;
+    let m = cp.mark();
+    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("app", &[addr])]);
+    cp.reply_to(m, "n2").await;
+}
+
 /// An mTLS client with `leaf` as its certificate, trusting `ca` and expecting `server_id`.
 fn mtls_client(ca: &weft_tls::testcerts::Ca, leaf: &weft_tls::testcerts::Leaf) -> weft_tls::Connector {
     let mesh = weft_tls::mesh::MeshIdentity::new();
@@ -343,13 +354,7 @@ async fn a_permissive_mesh_listener_over_ads_terminates_mtls_and_serves_plaintex
         .mesh
         .set_pem(&server_leaf.cert_pem, &server_leaf.key_pem, &ca.cert_pem)
         .unwrap();
-    cp.sotw_req(0, CLUSTER).await;
-    let m = cp.mark();
-    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("app")]);
-    cp.reply_to(m, "n1").await;
-    let m = cp.mark();
-    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("app", &[app.addr])]);
-    cp.reply_to(m, "n2").await;
+    send_app_cluster(&cp, app.addr).await;
     // A listener weft cannot honour is NACKed with the field named.
     let mut bad = istio_mutual();
     bad.require_sni = Some(BoolValue { value: true });
@@ -550,13 +555,7 @@ async fn inline_certificates_over_ads_are_served_by_sni_and_a_bad_one_is_nacked(
     let app = weft_test_support::upstream(|_| async move { weft_test_support::text(200, "edge app") }).await;
     let cp = Cp::start().await;
     let p = Proxy::start(&cp, "ads_sotw", "");
-    cp.sotw_req(0, CLUSTER).await;
-    let m = cp.mark();
-    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("app")]);
-    cp.reply_to(m, "n1").await;
-    let m = cp.mark();
-    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("app", &[app.addr])]);
-    cp.reply_to(m, "n2").await;
+    send_app_cluster(&cp, app.addr).await;
 
     // Two chains, each with its certificate inline (bytes for one, a string for the other).
     let l = listener_of(vec![
@@ -661,13 +660,7 @@ async fn sds_secrets_over_ads_serve_and_rotate_a_listener_certificate() {
     let app = weft_test_support::upstream(|_| async move { weft_test_support::text(200, "edge app") }).await;
     let cp = Cp::start().await;
     let p = Proxy::start(&cp, "ads_sotw", "");
-    cp.sotw_req(0, CLUSTER).await;
-    let m = cp.mark();
-    cp.send_sotw(CLUSTER, "c1", "n1", vec![eds_cluster("app")]);
-    cp.reply_to(m, "n1").await;
-    let m = cp.mark();
-    cp.send_sotw(ENDPOINT, "e1", "n2", vec![cla("app", &[app.addr])]);
-    cp.reply_to(m, "n2").await;
+    send_app_cluster(&cp, app.addr).await;
 
     let ctx = tls::DownstreamTlsContext {
         common_tls_context: Some(tls::CommonTlsContext {
