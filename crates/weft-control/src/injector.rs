@@ -144,20 +144,9 @@ pub fn review(body: &[u8], cfg: &InjectorConfig) -> Result<Value, InjectError> {
 
 /// Standard base64 with padding (RFC 4648 §4).
 fn base64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    let mut out = Vec::with_capacity(data.len().div_ceil(3) * 4);
+    weft_core::trace::base64_encode(data, &mut out);
+    String::from_utf8(out).expect("base64 is ASCII")
 }
 
 /// The JSON patch for one request: None when nothing is to be done (not a pod creation, opted

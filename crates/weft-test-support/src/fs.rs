@@ -94,26 +94,7 @@ pub async fn json_lines(path: &Path, n: usize, wait: std::time::Duration) -> Vec
 }
 
 /// Standard base64 (with or without `=` padding) to bytes: what the Kubernetes API puts in a
-/// Secret's `data` and an AdmissionReview's `patch`. Panics on other characters (a test input).
+/// Secret's `data` and an AdmissionReview's `patch`. Panics on anything else (a test input).
 pub fn base64_decode(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {c}"),
-        } as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    weft_core::trace::base64_decode(s.trim().as_bytes()).unwrap_or_else(|| panic!("not base64: {s:?}"))
 }

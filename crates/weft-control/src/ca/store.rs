@@ -311,30 +311,6 @@ pub struct Kek {
     file: String,
 }
 
-/// Standard base64 (with or without padding) to bytes; None when not base64.
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        } as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
-}
-
 impl Kek {
     /// Reads the key file: 32 bytes, or the base64 of 32 bytes. Errors name the file.
     pub fn load(path: &Path) -> Result<Kek, CaError> {
@@ -347,7 +323,7 @@ impl Kek {
         } else {
             std::str::from_utf8(&raw)
                 .ok()
-                .and_then(|t| base64_decode(t.trim()))
+                .and_then(|t| weft_core::trace::base64_decode(t.trim().as_bytes()))
                 .filter(|b| b.len() == 32)
                 .ok_or_else(|| {
                     e(format!(
@@ -716,7 +692,7 @@ mod tests {
         std::fs::write(&b64, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
         Kek::load(&b64).unwrap();
         assert_eq!(
-            base64_decode("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap(),
+            weft_core::trace::base64_decode(b"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap(),
             vec![1u8; 32]
         );
         let short = dir.join("short");

@@ -26,7 +26,7 @@ pub(super) struct Reply {
     pub reason: Option<Reason>,
     /// Keeps a forwarded request counted against its cluster and host until the body ends.
     pub active: Option<ActiveRequest>,
-    /// `Set-Cookie` values of hash cookies generated for the request, added after the response
+    /// `Set-Cookie` values of hash cookies generated for the request, added before the response
     /// header mutations (as Envoy's router); empty for local replies.
     pub set_cookies: Vec<HeaderValue>,
 }
