@@ -651,16 +651,10 @@ impl State {
         for (name, c) in &res.clusters {
             let mut rc = c.value.raw.clone();
             let what = format!("cluster \"{name}\"");
-            if !self.fill_secrets(&what, &c.value.secrets, res, rc.tls.as_mut().map(Slots::Cluster))? {
-                // Waiting for a secret: the previous version runs, or nothing yet.
-                if let Some(prev) = self.applied.clusters.get(name) {
-                    applied.clusters.insert(name.clone(), prev.clone());
-                    raw.clusters.push(prev.clone());
-                    cmap.push((name.clone(), c.value.eds.clone()));
-                }
-                continue;
-            }
+            let secrets_in = self.fill_secrets(&what, &c.value.secrets, res, rc.tls.as_mut().map(Slots::Cluster))?;
             let chosen = match &c.value.eds {
+                // Waiting for a secret: the previous version runs, or nothing yet.
+                _ if !secrets_in => self.applied.clusters.get(name).cloned(),
                 None => Some(rc),
                 Some(eds) => match res.endpoints.get(eds) {
                     Some(e) => {
