@@ -271,7 +271,9 @@ async fn an_injected_sidecar_uses_the_tls_port_with_what_the_injector_gave_it() 
 
     // The injector as weft control runs it with --injector-xds-tls-address (its token key and
     // root are the CA's), answering the recorded review of a bookinfo reviews-v1 pod.
-    let (admin_port, outbound, inbound) = (addr().port(), addr().port(), addr().port());
+    // Ports outside the ephemeral range (`free_port`): a port from binding `127.0.0.1:0` and
+    // closing can be handed to an outgoing connection of a test running meanwhile.
+    let (admin_port, outbound, inbound) = (free_port(), free_port(), free_port());
     let cfg = weft_control::injector::InjectorConfig {
         tokens: Some((
             std::sync::Arc::new(weft_control::ca::TokenKey::load_or_create(&dir.join("ca"), None).unwrap()),
@@ -317,9 +319,20 @@ async fn an_injected_sidecar_uses_the_tls_port_with_what_the_injector_gave_it() 
     assert!(args.contains(&"--ca-root-file".to_string()), "{args:?}");
     let _sidecar = spawn(Command::new(WEFT).args(&args), &dir.join("sidecar.log"));
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
-    wait_until("the injected sidecar ready", Duration::from_secs(30), || {
-        http_text(admin, "GET", "/ready").filter(|r| status_of(r) == 200)
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http_text(admin, "GET", "/ready")
+        .filter(|r| status_of(r) == 200)
+        .is_none()
+    {
+        let log = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the injected sidecar never became ready:\n--- sidecar.log\n{}\n--- control.log\n{}",
+            log("sidecar.log"),
+            log("control.log")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let proxies = http_text(control_admin, "GET", "/debug/proxies").unwrap();
     assert!(
         proxies.contains("\"authenticated_identity\": \"spiffe://cluster.local/ns/bookinfo/sa/bookinfo-reviews\""),
