@@ -461,6 +461,24 @@ impl ClusterRt {
         }
     }
 
+    /// A new HTTP/1.1 connection to `host` (TCP, then TLS if the cluster originates it).
+    async fn connect_h1(&self, host: &Host, guard: ConnGuard) -> Result<http1::SendRequest<UpBody>, Error> {
+        let stream = self.connect_tcp(host).await?;
+        match &self.tls {
+            None => self.h1_over(stream, guard).await,
+            Some(t) => self.h1_over(self.tls_connect(t, host, stream).await?, guard).await,
+        }
+    }
+
+    /// A new HTTP/2 connection to `host` (TCP, then TLS if the cluster originates it).
+    async fn connect_h2(&self, host: &Host, guard: ConnGuard) -> Result<http2::SendRequest<UpBody>, Error> {
+        let stream = self.connect_tcp(host).await?;
+        match &self.tls {
+            None => self.h2_over(stream, guard).await,
+            Some(t) => self.h2_over(self.tls_connect(t, host, stream).await?, guard).await,
+        }
+    }
+
     /// An HTTP/1.1 connection over `io`; the connection task holds `guard`.
     async fn h1_over<IO>(&self, io: IO, guard: ConnGuard) -> Result<http1::SendRequest<UpBody>, Error>
     where
@@ -571,11 +589,9 @@ impl ClusterRt {
                 }
             }
             if let Some(guard) = self.reserve_connection(priority) {
-                let stream = self.connect_tcp(host).await?;
-                let sender = match &self.tls {
-                    None => self.h1_over(stream, guard).await?,
-                    Some(t) => self.h1_over(self.tls_connect(t, host, stream).await?, guard).await?,
-                };
+                // Boxed: connecting (TCP, TLS, the HTTP handshake) is the rare case, and its state
+                // would otherwise sit inline in every request's future, copied with it.
+                let sender = Box::pin(self.connect_h1(host, guard)).await?;
                 return Ok(self.pooled(sender, host, slot));
             }
             self.wait_for_connection(deadline, priority).await?;
@@ -642,11 +658,7 @@ impl ClusterRt {
             self.stats.rq_overflow.inc();
             overflow()
         })?;
-        let stream = self.connect_tcp(host).await?;
-        let sender = match &self.tls {
-            None => self.h2_over(stream, guard).await?,
-            Some(t) => self.h2_over(self.tls_connect(t, host, stream).await?, guard).await?,
-        };
+        let sender = Box::pin(self.connect_h2(host, guard)).await?;
         *pool.h2.lock() = Some(sender.clone());
         Ok(sender)
     }

@@ -12,8 +12,6 @@ pub(super) static ORIGINAL_DST_HEADER: HeaderName = HeaderName::from_static("x-w
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 pub(super) fn protocol_name(v: Version) -> &'static str {
     match v {
@@ -67,48 +65,64 @@ pub(super) fn smuggling_check(req: &Request<Incoming>) -> bool {
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), including any named in `Connection`.
 pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of these: one pass of cheap name comparisons (standard header
-    // names compare as enum values) avoids nine hash lookups.
-    let hop = |k: &HeaderName| {
-        k == header::CONNECTION
-            || k == header::UPGRADE
-            || k == KEEP_ALIVE
-            || k == PROXY_CONNECTION
-            || k == header::TRANSFER_ENCODING
-            || k == header::TRAILER
-            || k == header::PROXY_AUTHENTICATE
-            || k == header::PROXY_AUTHORIZATION
-    };
-    if !h.keys().any(hop) {
+    // Most messages carry none of these, and most others only `connection`: one pass of cheap name
+    // comparisons (standard header names compare as enum values) finds which are present, and only
+    // those are removed (each removal hashes the name).
+    let found = h.keys().fold(0u8, |m, k| m | hop_bit(k));
+    if found == 0 {
         return;
     }
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in h.get_all(header::CONNECTION) {
-        if let Ok(s) = v.to_str() {
-            for token in s.split(',') {
-                let t = token.trim();
-                if t.is_empty() || (keep_upgrade && t.eq_ignore_ascii_case("upgrade")) {
-                    continue;
-                }
-                if let Ok(n) = HeaderName::from_bytes(t.to_ascii_lowercase().as_bytes()) {
-                    named.push(n);
+    if found & HOP_CONNECTION != 0 {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            if let Ok(s) = v.to_str() {
+                for token in s.split(',') {
+                    let t = token.trim();
+                    // `keep-alive` is removed below if present (its bit); nothing to look up.
+                    if t.is_empty()
+                        || t.eq_ignore_ascii_case("keep-alive")
+                        || (keep_upgrade && t.eq_ignore_ascii_case("upgrade"))
+                    {
+                        continue;
+                    }
+                    // `from_bytes` lower-cases the name itself.
+                    if let Ok(n) = HeaderName::from_bytes(t.as_bytes()) {
+                        named.push(n);
+                    }
                 }
             }
         }
+        for n in named {
+            h.remove(n);
+        }
     }
-    for n in named {
-        h.remove(n);
+    let removable = match keep_upgrade {
+        true => found & !(HOP_CONNECTION | HOP_UPGRADE),
+        false => found,
+    };
+    for (bit, name) in HOP_NAMES.iter().enumerate() {
+        if removable & (1 << bit) != 0 {
+            h.remove(name);
+        }
     }
-    if !keep_upgrade {
-        h.remove(header::CONNECTION);
-        h.remove(header::UPGRADE);
-    }
-    h.remove(&KEEP_ALIVE);
-    h.remove(&PROXY_CONNECTION);
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::TRAILER);
-    h.remove(header::PROXY_AUTHENTICATE);
-    h.remove(header::PROXY_AUTHORIZATION);
+}
+
+const HOP_CONNECTION: u8 = 1;
+const HOP_UPGRADE: u8 = 2;
+/// The hop-by-hop headers, bit `i` of [`hop_bit`]'s mask standing for entry `i`.
+static HOP_NAMES: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+fn hop_bit(k: &HeaderName) -> u8 {
+    HOP_NAMES.iter().position(|n| n == k).map_or(0, |i| 1 << i)
 }
 
 pub(super) fn is_upgrade(req: &Request<Incoming>) -> bool {
