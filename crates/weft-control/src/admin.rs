@@ -7,6 +7,7 @@
 //! | `/debug/proxies` | connected proxies: node, stream kind, per type ACKed version and last NACK |
 //! | `/debug/config/{node_id}` | names and versions of the resources sent to that node |
 //! | `/debug/registry` | registry sources, rejected sources with their errors, snapshot generation |
+//! | `/debug/ca` | the mesh CA: root rollover phase, since when, when the next step is allowed, roots |
 //! | `/endpoints/drains[?epoch=E]` | drained endpoints; whether every proxy has ACKed epoch E |
 //! | `POST /endpoints/drain?service=S&address=IP:PORT` | take an endpoint out of rotation ([`crate::drain`]) |
 //! | `POST /endpoints/undrain?service=S&address=IP:PORT` | put it back |

@@ -8,6 +8,8 @@
 //! | `trust-domain` | the trust domain, fixed at first start | 0644 |
 //! | `root-cert.pem`, `root-key.pem` | the generated root (absent with `--ca-cert`/`--ca-key`) | 0644, 0600 |
 //! | `token-hmac.key` | the key that signs bootstrap tokens | 0600 |
+//! | `trust-bundle.pem`, `svid-max-ttl` | the trusted roots, and `--svid-max-ttl` (written at start) | 0644 |
+//! | `rollover.json`, `ca-<n>-{cert,key,chain}.pem` | a root rollover's phase and next CA ([`rollover`]) | 0644, key 0600 |
 //!
 //! A file that is missing when its partner exists, unreadable, unparsable, or a key that does
 //! not match its certificate is an error naming the file: weft control does not start.
