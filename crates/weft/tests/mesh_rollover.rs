@@ -4,7 +4,8 @@
 //! requests crossing the mTLS hop throughout; none may fail. The unsafe steps are refused with
 //! their reasons until the timing rule allows them; after `activate` new SVIDs chain to the new
 //! root (openssl verify); after `retire` the bundle holds only the new root and B refuses a
-//! client certificate from the old one (`untrusted`).
+//! client certificate from the old one (`untrusted`). `weft sds-agent` (Envoy's SDS) serves both
+//! roots in `ROOTCA` during the rollover, and only the new one after.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -16,6 +17,50 @@ use weft_test_support::*;
 
 mod mesh_support;
 use mesh_support::*;
+
+/// The roots (DER) in the `ROOTCA` secret `weft sds-agent` serves at `sds`: what Envoy trusts.
+async fn rootca(sds: SocketAddr) -> Option<Vec<Vec<u8>>> {
+    use weft_xds_api::pb::envoy::config::core::v3::data_source::Specifier;
+    use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+    use weft_xds_api::pb::envoy::service::discovery::v3::DiscoveryRequest;
+    use weft_xds_api::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    use weft_xds_api::prost::Message;
+    let mut client = SecretDiscoveryServiceClient::connect(format!("http://{sds}"))
+        .await
+        .ok()?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(DiscoveryRequest {
+        resource_names: vec!["ROOTCA".into()],
+        type_url: weft_xds_api::type_url::SECRET.into(),
+        ..Default::default()
+    })
+    .await
+    .ok()?;
+    let mut answers = client
+        .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .ok()?
+        .into_inner();
+    let answer = tokio::time::timeout(Duration::from_secs(5), answers.message())
+        .await
+        .ok()?
+        .ok()??;
+    drop(tx);
+    let secret = Secret::decode(answer.resources.first()?.value.as_slice()).ok()?;
+    let Some(secret::Type::ValidationContext(vc)) = secret.r#type else {
+        return None;
+    };
+    let Some(Specifier::InlineBytes(pem)) = vc.trusted_ca?.specifier else {
+        return None;
+    };
+    weft_identity::client::parse_pem_certs(&[String::from_utf8(pem).ok()?]).ok()
+}
+
+fn der(pem_file: &Path) -> Vec<u8> {
+    weft_identity::client::parse_pem_certs(&[std::fs::read_to_string(pem_file).unwrap()])
+        .unwrap()
+        .remove(0)
+}
 
 fn rollover(ca_dir: &Path, step: &str) -> (bool, String) {
     let out = Command::new(WEFT)
@@ -191,6 +236,31 @@ clusters:
     );
     assert_eq!(get(a_out, "/keep").await.status, 200);
     assert_eq!(get(a_out, "/new").await.status, 200);
+    // An SDS agent (for an Envoy sidecar), renewing its 10 s certificate like the sidecars.
+    let sds = addr();
+    let _sds_agent = spawn(
+        Command::new(WEFT)
+            .args([
+                "sds-agent",
+                "--listen",
+                &sds.to_string(),
+                "--ca-address",
+                &xds.to_string(),
+                "--token-file",
+            ])
+            .arg(token(dir.path(), "default/details")),
+        &dir.join("sds-agent.log"),
+    );
+    let root1 = der(&dir.join("root1.pem"));
+    let mut seen = None;
+    for _ in 0..100 {
+        seen = rootca(sds).await;
+        if seen.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, Some(vec![root1.clone()]), "ROOTCA before the rollover");
 
     // Traffic for the whole rollover: keep-alive requests on one connection to A (its pooled
     // mTLS connections to B), and every 10th a new connection to A on /new, whose cluster keeps
@@ -250,6 +320,17 @@ clusters:
     wait_until("phase prepared", Duration::from_secs(10), || {
         phase_is(control_admin, "prepared").then_some(())
     });
+    // The SDS agent's next renewal (~5 s) brings both roots to ROOTCA.
+    let root2 = der(&ca_dir.join("ca-2-cert.pem"));
+    let mut both = None;
+    for _ in 0..150 {
+        both = rootca(sds).await.filter(|r| r.len() == 2);
+        if both.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(both, Some(vec![root1.clone(), root2.clone()]), "ROOTCA while prepared");
     let waited = step_when_allowed(
         &ca_dir,
         "activate",
@@ -297,6 +378,15 @@ clusters:
     fetch_identity(dir.path(), xds, "default/details");
     let bundle = std::fs::read_to_string(dir.join("id/root-cert.pem")).unwrap();
     assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1, "{bundle}");
+    let mut only_new = None;
+    for _ in 0..150 {
+        only_new = rootca(sds).await.filter(|r| r.len() == 1);
+        if only_new.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(only_new, Some(vec![root2.clone()]), "ROOTCA after retire");
 
     // A client certificate from the old root (signed with its retired key, valid in time): B
     // refuses it as untrusted once its own bundle lost the old root (at its next renewal).
