@@ -273,6 +273,13 @@ async fn a_root_rollover_applies_each_step_live_refuses_unsafe_steps_and_survive
     flagged.key = Some(ca_dir.join("ca-2-key.pem"));
     let e = Ca::load(&flagged).err().unwrap().to_string();
     assert!(e.contains("names the CA in use since a root rollover"), "{e}");
+    // Losing rollover.json does not make weft control generate a root over the rolled one.
+    std::fs::rename(ca_dir.join("rollover.json"), dir.path().join("rollover.json.bak")).unwrap();
+    let e = Ca::load(&o).err().unwrap().to_string();
+    assert!(
+        e.contains("rollover.json: missing, but ca-2-cert.pem from a root rollover is here"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -557,6 +557,14 @@ impl Ca {
             match (c.exists(), k.exists()) {
                 (true, true) => {}
                 (false, false) => {
+                    // A directory that went through a rollover but lost rollover.json: its CA is
+                    // in a ca-<n> file; a new root would invalidate every certificate.
+                    if let Some(n) = rollover::made_ca_file(&opts.dir) {
+                        return Err(err(
+                            &opts.dir.join(rollover::STATE_FILE),
+                            format!("missing, but {n} from a root rollover is here: restore {} (it names the CA in use); weft control does not generate a new root over it", rollover::STATE_FILE),
+                        ));
+                    }
                     let (cert, key) = generate_root(&tokens.trust_domain)?;
                     // The key first: a crash in between leaves a key without a certificate,
                     // which is refused loudly, never a certificate whose key is lost.

@@ -189,6 +189,14 @@ pub fn write_bundle(dir: &Path, bundle_pem: &str) {
     }
 }
 
+/// A `ca-<n>-cert.pem` made by `prepare` in `dir`, if any.
+pub(crate) fn made_ca_file(dir: &Path) -> Option<String> {
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let n = e.file_name().to_string_lossy().into_owned();
+        (n.starts_with("ca-") && n.ends_with("-cert.pem")).then_some(n)
+    })
+}
+
 fn read_max_ttl(dir: &Path) -> u64 {
     std::fs::read_to_string(dir.join(MAX_TTL_FILE))
         .ok()
