@@ -559,7 +559,7 @@ impl Ca {
                 (false, false) => {
                     // A directory that went through a rollover but lost rollover.json: its CA is
                     // in a ca-<n> file; a new root would invalidate every certificate.
-                    if let Some(n) = rollover::made_ca_file(&opts.dir) {
+                    if let Some(n) = rollover::made_ca_file(&opts.dir).filter(|_| state_text.trim().is_empty()) {
                         return Err(err(
                             &opts.dir.join(rollover::STATE_FILE),
                             format!("missing, but {n} from a root rollover is here: restore {} (it names the CA in use); weft control does not generate a new root over it", rollover::STATE_FILE),
