@@ -7,6 +7,7 @@
 //! | `/debug/proxies` | connected proxies: node, stream kind, per type ACKed version and last NACK |
 //! | `/debug/config/{node_id}` | names and versions of the resources sent to that node |
 //! | `/debug/registry` | registry sources, rejected sources with their errors, snapshot generation |
+//! | `/debug/ca` | the mesh CA: root rollover phase, since when, when the next step is allowed, roots |
 //! | `/endpoints/drains[?epoch=E]` | drained endpoints; whether every proxy has ACKed epoch E |
 //! | `POST /endpoints/drain?service=S&address=IP:PORT` | take an endpoint out of rotation ([`crate::drain`]) |
 //! | `POST /endpoints/undrain?service=S&address=IP:PORT` | put it back |
@@ -37,6 +38,8 @@ pub struct AdminState {
     pub registry: Arc<Mutex<RegistryStatus>>,
     pub drains: Arc<crate::drain::Drains>,
     pub graph: Arc<crate::graph::Graph>,
+    /// The mesh CA, for `/debug/ca` (None: no CA).
+    pub ca: Option<Arc<crate::ca::Ca>>,
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
@@ -167,7 +170,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => reply(
             StatusCode::OK,
             "text/plain",
-            "weft control admin\n  GET /ready\n  GET /metrics\n  GET /debug/proxies\n  GET /debug/config/{node_id}\n  GET /debug/registry\n  GET /endpoints/drains[?epoch=E]\n  GET /graph\n  GET /graph.json\n  POST /endpoints/drain?service=S&address=IP:PORT\n  POST /endpoints/undrain?service=S&address=IP:PORT\n",
+            "weft control admin\n  GET /ready\n  GET /metrics\n  GET /debug/proxies\n  GET /debug/config/{node_id}\n  GET /debug/registry\n  GET /debug/ca\n  GET /endpoints/drains[?epoch=E]\n  GET /graph\n  GET /graph.json\n  POST /endpoints/drain?service=S&address=IP:PORT\n  POST /endpoints/undrain?service=S&address=IP:PORT\n",
         ),
         "/ready" => {
             if state.shared.snapshots.borrow().is_some() {
@@ -212,6 +215,10 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 Err(_) => reply(StatusCode::BAD_REQUEST, "text/plain", "query parameter `epoch`: not a number\n"),
             }
         }
+        "/debug/ca" => match &state.ca {
+            Some(ca) => json(&crate::ca::rollover::status_json(ca)),
+            None => reply(StatusCode::NOT_FOUND, "text/plain", "no mesh CA (--ca-dir or --ca-store)\n"),
+        },
         "/debug/registry" => {
             let st = state.registry.lock().unwrap_or_else(|p| p.into_inner()).clone();
             json(&serde_json::to_value(&st).unwrap_or_default())

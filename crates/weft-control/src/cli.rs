@@ -202,6 +202,74 @@ pub async fn load_ca(args: &CaArgs) -> Result<Option<crate::ca::Ca>, crate::ca::
 pub enum ControlSub {
     /// Mint a bootstrap token bound to one workload identity; prints it on stdout.
     Token(TokenArgs),
+    /// Operate the mesh CA (root rollover).
+    #[command(subcommand)]
+    Ca(CaSub),
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum CaSub {
+    /// Replace the CA's root with both roots trusted side by side: `prepare` (the next root joins
+    /// the trust bundle), `activate` (it signs), `retire` (the previous root leaves the bundle),
+    /// or `status`. The running weft control applies each step within a second. See
+    /// docs/security.md, "Root rollover".
+    Rollover(RolloverArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RolloverArgs {
+    #[arg(value_enum)]
+    pub step: crate::ca::rollover::Step,
+    /// The CA directory of the weft control (its --ca-dir).
+    #[arg(long, required_unless_present = "ca_store", conflicts_with = "ca_store")]
+    pub ca_dir: Option<PathBuf>,
+    /// A --ca-store CA: refused (root rollover works on a CA directory only, for now).
+    #[arg(long)]
+    pub ca_store: Option<String>,
+    /// With `prepare`: the next CA's certificate (root or intermediate, PEM) instead of a generated
+    /// root. Copied into the CA directory.
+    #[arg(long, requires = "ca_key")]
+    pub ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert (PKCS#8 PEM). Copied into the CA directory (mode 0600).
+    #[arg(long, requires = "ca_cert")]
+    pub ca_key: Option<PathBuf>,
+    /// The certificates above --ca-cert up to its root, when it is an intermediate.
+    #[arg(long, requires = "ca_cert")]
+    pub ca_chain: Option<PathBuf>,
+    /// Take `activate` or `retire` although certificates that would break may still be valid.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn run_rollover(a: &RolloverArgs) -> i32 {
+    let Some(dir) = &a.ca_dir else {
+        eprintln!(
+            "weft control ca rollover: --ca-store: root rollover of a CA kept in a store is not supported yet (it works on a --ca-dir CA); see docs/security.md"
+        );
+        return 2;
+    };
+    let next = a
+        .ca_cert
+        .as_ref()
+        .zip(a.ca_key.as_ref())
+        .map(|(c, k)| crate::ca::rollover::NextCa {
+            cert: c.clone(),
+            key: k.clone(),
+            chain: a.ca_chain.clone(),
+        });
+    match crate::ca::rollover::step(dir, a.step, next.as_ref(), a.force, weft_identity::unix_now()) {
+        Ok(msg) => {
+            println!("{msg}");
+            0
+        }
+        Err(e) => {
+            eprintln!(
+                "weft control ca rollover {}: {e}",
+                format!("{:?}", a.step).to_lowercase()
+            );
+            1
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -377,7 +445,8 @@ async fn start_injector(
         let secure_xds = match (&a.injector_xds_tls_address, ca) {
             (Some(address), Some(ca)) => Some(crate::injector::SecureXds {
                 address: address.clone(),
-                root_pem: ca.root_pem().to_string(),
+                root_pem: ca.root_pem(),
+                ca: Some(ca.clone()),
             }),
             (Some(_), None) => {
                 return Err("--injector-xds-tls-address needs the CA (--ca-dir or --ca-store) and --xds-tls".into())
@@ -410,8 +479,10 @@ async fn start_injector(
 
 /// Runs the control plane until SIGINT/SIGTERM. Returns the process exit code.
 pub fn run(args: ControlArgs) -> i32 {
-    if let Some(ControlSub::Token(t)) = &args.sub {
-        return run_token(t);
+    match &args.sub {
+        Some(ControlSub::Token(t)) => return run_token(t),
+        Some(ControlSub::Ca(CaSub::Rollover(r))) => return run_rollover(r),
+        None => {}
     }
     if let Some(why) =
         weft_config::admin::loopback_refusal(args.admin, args.admin_allow_non_loopback, "--admin-allow-non-loopback")

@@ -81,6 +81,9 @@ pub struct SecureXds {
     pub address: String,
     /// The mesh root (PEM) the sidecars verify weft control's certificate with.
     pub root_pem: String,
+    /// When set, its trust bundle at the time of each injection instead of `root_pem` (a root
+    /// rollover changes it while weft control runs).
+    pub ca: Option<std::sync::Arc<crate::ca::Ca>>,
 }
 
 /// Why a review could not be answered at all (a request that is answered — allowed or not —
@@ -308,7 +311,8 @@ pub fn patch_for(req: &AdmissionRequest<DynamicObject>, cfg: &InjectorConfig) ->
         new_ann.push((TOKEN_ANNOTATION, json!(t)));
     }
     if let Some(s) = &cfg.secure_xds {
-        new_ann.push((ROOT_ANNOTATION, json!(s.root_pem)));
+        let roots = s.ca.as_ref().map_or_else(|| s.root_pem.clone(), |ca| ca.root_pem());
+        new_ann.push((ROOT_ANNOTATION, json!(roots)));
     }
     if annotations.is_none() {
         let m: serde_json::Map<String, Value> = new_ann.into_iter().map(|(k, v)| (k.to_string(), v)).collect();

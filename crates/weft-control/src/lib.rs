@@ -227,6 +227,15 @@ impl ControlPlane {
             .ca
             .clone()
             .map(|ca| ca::service::CaService::new(ca, shared.metrics.clone()));
+        if let Some(ca) = &opts.ca {
+            shared.metrics.ca.set_roots(ca);
+            tasks.push(tokio::spawn(ca::rollover::watch(
+                ca.clone(),
+                shared.metrics.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
+        let admin_ca = opts.ca.clone();
         let mut ca_tls_addr = None;
         if let (Some(addr), Some(ca)) = (opts.ca_tls, opts.ca) {
             let l = listen(addr)?;
@@ -282,6 +291,7 @@ impl ControlPlane {
                 registry: status.clone(),
                 drains: drains.clone(),
                 graph: graph.clone(),
+                ca: admin_ca,
             };
             tasks.push(tokio::spawn(admin::serve(l, st, shutdown_rx)));
         }

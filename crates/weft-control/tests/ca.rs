@@ -610,7 +610,7 @@ async fn the_ca_over_tls_is_verified_against_the_mesh_root() {
     assert_ne!(renewed.serial, svid.serial);
     // A client trusting another root refuses the CA; a plaintext client gets nothing.
     let other = Ca::load(&CaOptions::new(TempDir::new("ca").path().join("other"))).unwrap();
-    match weft_identity::client::fetch_tls(&tls, other.root_pem(), &who, Auth::Token(&token), None).await {
+    match weft_identity::client::fetch_tls(&tls, &other.root_pem(), &who, Auth::Token(&token), None).await {
         Err(FetchError::Connect(m)) => assert!(m.contains("UnknownIssuer") || m.contains("certificate"), "{m}"),
         other => panic!("expected a TLS failure, got {other:?}"),
     }

@@ -66,7 +66,7 @@ fn issues_sm2_svids_and_keeps_its_root_across_restarts() {
     let ec_key = weft_identity::csr::new_key().unwrap();
     let ec_csr = weft_identity::csr::csr_pem(&ec_key, &id()).unwrap();
     let ec = ca.issue(&ec_csr, &id(), None).unwrap();
-    assert_eq!(ec.cert_chain.last().unwrap(), ca.root_pem());
+    assert_eq!(ec.cert_chain.last().unwrap(), &ca.root_pem());
 
     // Restart: the same SM2 root.
     drop(ca);

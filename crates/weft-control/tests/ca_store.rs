@@ -64,7 +64,7 @@ async fn two_replicas_started_together_over_an_empty_etcd_share_one_sealed_ca() 
     assert!(rec["token_key"].as_str().unwrap().starts_with("v1:"), "{rec}");
     assert_eq!(
         parse_pem_certs(&[rec["cert"].as_str().unwrap().to_string()]).unwrap()[0],
-        last_cert(a.root_pem())
+        last_cert(&a.root_pem())
     );
     // Only one record was written: one creation won.
     let keys = etcd.ctl(&["get", "/mesh/ca/", "--prefix", "--keys-only"]).unwrap();
@@ -82,7 +82,7 @@ async fn two_replicas_started_together_over_an_empty_etcd_share_one_sealed_ca() 
     let from_a = fetch(&addr_a, &id, Auth::Token(&token), None).await.unwrap();
     let from_b = fetch(&addr_b, &id, Auth::Token(&token), None).await.unwrap();
     assert_eq!(last_cert(&from_a.roots_pem), last_cert(&from_b.roots_pem));
-    assert_eq!(last_cert(&from_a.roots_pem), last_cert(a.root_pem()));
+    assert_eq!(last_cert(&from_a.roots_pem), last_cert(&a.root_pem()));
 
     // A certificate issued by replica A is renewed by replica B (B checks it against its issuer),
     // and the other way round.

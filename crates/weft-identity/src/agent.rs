@@ -186,8 +186,15 @@ async fn run(
         let cur = current.load_full();
         let now = crate::unix_now();
         let renewing = cur.as_ref().filter(|s| s.not_after > now + 1 && !force_token);
+        // Over TLS, the CA is verified against the configured roots and, once a certificate was
+        // obtained, the trust bundle that came with it: during a root rollover weft control's
+        // certificate moves to the next root, which a --ca-root-file from before may not hold.
+        let roots = cfg.ca_roots_pem.as_ref().map(|r| match &cur {
+            Some(s) => format!("{}\n{}", r.trim_end(), s.roots_pem),
+            None => r.clone(),
+        });
         let call = |auth| async {
-            match &cfg.ca_roots_pem {
+            match &roots {
                 Some(r) => crate::client::fetch_tls(&cfg.ca_address, r, &id, auth, cfg.ttl).await,
                 None => fetch(&cfg.ca_address, &id, auth, cfg.ttl).await,
             }

@@ -330,6 +330,24 @@ fn from_response(id: &SpiffeId, key: KeyPair, chain: &[String]) -> Result<Svid, 
             ders.len()
         )));
     }
+    // The last element is the trust bundle: one root, or several during a root rollover (Istio's
+    // layout). When everything comes in one element, its last certificate is the root.
+    let (chain_ders, root_ders) = match chain {
+        [.., last] if chain.len() >= 2 => {
+            let roots = parse_pem_certs(std::slice::from_ref(last)).map_err(bad)?;
+            if roots.is_empty() {
+                return Err(bad(
+                    "the last cert_chain element (the trust bundle) holds no certificate".into(),
+                ));
+            }
+            let n = ders.len() - roots.len();
+            if n == 0 {
+                return Err(bad("no leaf certificate before the trust bundle in cert_chain".into()));
+            }
+            (ders[..n].to_vec(), roots)
+        }
+        _ => (ders[..ders.len() - 1].to_vec(), ders[ders.len() - 1..].to_vec()),
+    };
     let (_, leaf) = X509Certificate::from_der(&ders[0]).map_err(|e| bad(format!("leaf: {e}")))?;
     if leaf.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
         return Err(bad("the leaf certificate is not for the key this CSR carried".into()));
@@ -341,11 +359,10 @@ fn from_response(id: &SpiffeId, key: KeyPair, chain: &[String]) -> Result<Svid, 
     let not_before = leaf.validity().not_before.timestamp().max(0) as u64;
     let not_after = leaf.validity().not_after.timestamp().max(0) as u64;
     let serial = crate::hex::encode(leaf.raw_serial());
-    let n = ders.len();
     Ok(Svid {
         id: id.clone(),
-        chain_pem: ders[..n - 1].iter().map(|d| pem_block(d)).collect(),
-        roots_pem: pem_block(&ders[n - 1]),
+        chain_pem: chain_ders.iter().map(|d| pem_block(d)).collect(),
+        roots_pem: root_ders.iter().map(|d| pem_block(d)).collect(),
         leaf_der: ders[0].clone(),
         not_before,
         not_after,

@@ -282,6 +282,7 @@ async fn an_injected_sidecar_uses_the_tls_port_with_what_the_injector_gave_it() 
         secure_xds: Some(weft_control::injector::SecureXds {
             address: secure.to_string(),
             root_pem: std::fs::read_to_string(dir.join("ca/root-cert.pem")).unwrap(),
+            ca: None,
         }),
         admin_port,
         outbound_port: outbound,

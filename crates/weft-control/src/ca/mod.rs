@@ -8,6 +8,8 @@
 //! | `trust-domain` | the trust domain, fixed at first start | 0644 |
 //! | `root-cert.pem`, `root-key.pem` | the generated root (absent with `--ca-cert`/`--ca-key`) | 0644, 0600 |
 //! | `token-hmac.key` | the key that signs bootstrap tokens | 0600 |
+//! | `trust-bundle.pem`, `svid-max-ttl` | the trusted roots, and `--svid-max-ttl` (written at start) | 0644 |
+//! | `rollover.json`, `ca-<n>-{cert,key,chain}.pem` | a root rollover's phase and next CA ([`rollover`]) | 0644, key 0600 |
 //!
 //! A file that is missing when its partner exists, unreadable, unparsable, or a key that does
 //! not match its certificate is an error naming the file: weft control does not start.
@@ -15,11 +17,13 @@
 //! With `--ca-store` the same state lives in etcd or a Kubernetes Secret instead, shared by the
 //! replicas, private keys sealed ([`store`]).
 
+pub mod rollover;
 pub mod service;
 pub mod sm;
 pub mod store;
 pub mod tls;
 
+use arc_swap::ArcSwap;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType, SerialNumber,
@@ -27,6 +31,7 @@ use rcgen::{
 use std::fmt;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use weft_identity::client::{parse_pem_certs, pem_block, uri_sans};
 use weft_identity::SpiffeId;
@@ -219,16 +224,82 @@ impl TokenKey {
 /// The loaded CA.
 pub struct Ca {
     pub tokens: TokenKey,
-    issuer: Issuer<'static, KeyPair>,
-    issuer_der: Vec<u8>,
-    /// Issuer first (when it is not the root), then up to the root: appended to every leaf.
-    chain_pem: Vec<String>,
-    root_pem: String,
-    issuer_not_after: i64,
+    /// Who signs, who is trusted: replaced whole by a root rollover ([`rollover`]).
+    active: ArcSwap<Active>,
+    /// The options it was loaded with, when its state is in a CA directory (reloadable); None
+    /// with `--ca-store`.
+    source: Option<CaOptions>,
+    /// The text of `rollover.json` last applied ("" when absent).
+    applied: parking_lot::Mutex<String>,
+    /// Bumped at each applied change (the TLS port re-issues its certificate and verifier).
+    changed: tokio::sync::watch::Sender<u64>,
     pub svid_ttl: Duration,
     pub svid_max_ttl: Duration,
     /// The SM2 root (`--ca-sm2`).
     pub sm: Option<sm::SmCa>,
+}
+
+/// One CA certificate with its key, able to sign.
+pub(crate) struct Signer {
+    issuer: Issuer<'static, KeyPair>,
+    issuer_der: Vec<u8>,
+    /// Issuer first (when it is not the root), then up to the root (excluded): appended to every leaf.
+    chain_pem: Vec<String>,
+    root_der: Vec<u8>,
+    not_after: i64,
+}
+
+/// What the CA does now: the signer, the other CA of a rollover in progress, and the trust bundle.
+pub(crate) struct Active {
+    signer: Signer,
+    /// During a rollover: the next CA (phase prepared) or the previous one (phase active).
+    other: Option<Signer>,
+    /// Every trusted root, PEM, the signing one first.
+    bundle_pem: String,
+    pub(crate) phase: rollover::Phase,
+    /// When the phase began (Unix seconds; 0 when idle and never rolled over).
+    pub(crate) since: u64,
+}
+
+/// A root in the trust bundle, for metrics and `/debug/ca`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RootInfo {
+    /// SHA-256 of the DER, lower-case hex.
+    pub sha256: String,
+    pub subject: String,
+    /// Unix seconds.
+    pub not_after: i64,
+    /// True for the root above the certificate that signs new SVIDs.
+    pub signing: bool,
+}
+
+impl Active {
+    fn new(current: Signer, next: Option<Signer>, phase: rollover::Phase, since: u64) -> Active {
+        let (signer, other) = match (phase, next) {
+            (rollover::Phase::Active, Some(n)) => (n, Some(current)),
+            (_, n) => (current, n),
+        };
+        let mut bundle_pem = pem_block(&signer.root_der);
+        if let Some(o) = other.as_ref().filter(|o| o.root_der != signer.root_der) {
+            bundle_pem.push_str(&pem_block(&o.root_der));
+        }
+        Active {
+            signer,
+            other,
+            bundle_pem,
+            phase,
+            since,
+        }
+    }
+
+    fn signers(&self) -> impl Iterator<Item = &Signer> {
+        std::iter::once(&self.signer).chain(self.other.as_ref())
+    }
+}
+
+/// SHA-256 of `der`, lower-case hex (how roots are named in metrics and `/debug/ca`).
+pub fn sha256_hex(der: &[u8]) -> String {
+    weft_identity::hex::encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
 }
 
 /// Why a CSR was refused.
@@ -331,78 +402,13 @@ fn offset_time(unix: i64) -> ::time::OffsetDateTime {
     ::time::OffsetDateTime::from_unix_timestamp(unix).unwrap_or(::time::OffsetDateTime::UNIX_EPOCH)
 }
 
-impl Ca {
-    /// Loads the CA described by `opts`, generating a root in `opts.dir` on first start.
-    pub fn load(opts: &CaOptions) -> Result<Ca, CaError> {
-        Ca::check_ttls(opts)?;
-        let tokens = TokenKey::load_or_create(&opts.dir, opts.trust_domain.as_deref())?;
-        let (cert_path, key_path, chain_path) = match (&opts.cert, &opts.key) {
-            (Some(c), Some(k)) => (c.clone(), k.clone(), opts.chain.clone()),
-            (Some(_), None) => return Err(CaError("--ca-cert needs --ca-key".into())),
-            (None, Some(_)) => return Err(CaError("--ca-key needs --ca-cert".into())),
-            (None, None) => {
-                let c = opts.dir.join("root-cert.pem");
-                let k = opts.dir.join("root-key.pem");
-                match (c.exists(), k.exists()) {
-                    (true, true) => {}
-                    (false, false) => {
-                        let (cert, key) = generate_root(&tokens.trust_domain)?;
-                        // The key first: a crash in between leaves a key without a certificate,
-                        // which is refused loudly, never a certificate whose key is lost.
-                        write_new(&k, key.as_bytes(), 0o600)?;
-                        write_new(&c, cert.as_bytes(), 0o644)?;
-                        tracing::info!(cert = %c.display(), key = %k.display(), "generated a new mesh root CA");
-                    }
-                    (true, false) => {
-                        return Err(err(&k, "missing (the CA key for root-cert.pem); restore it, or move root-cert.pem away to start a new root (which invalidates every issued certificate)")) }
-                    (false, true) => return Err(err(&c, "missing (the CA certificate for root-key.pem); restore it")),
-                }
-                (c, k, None)
-            }
-        };
-        let cert = Named::file(&cert_path)?;
-        let key = Named::file(&key_path)?;
-        warn_if_readable_by_others(&key_path);
-        let chain = chain_path.as_deref().map(Named::file).transpose()?;
-        let sm = if opts.sm2 {
-            Some(sm::SmCa::load_or_create(&opts.dir, &tokens.trust_domain)?)
-        } else {
-            None
-        };
-        Ca::from_material(
-            Material {
-                tokens,
-                cert,
-                key,
-                chain,
-            },
-            opts,
-            sm,
-        )
-    }
-
-    fn check_ttls(opts: &CaOptions) -> Result<(), CaError> {
-        if opts.svid_ttl < MIN_TTL || opts.svid_max_ttl < opts.svid_ttl {
-            return Err(CaError(format!(
-                "--svid-ttl {:?} must be at least {MIN_TTL:?} and at most --svid-max-ttl {:?}",
-                opts.svid_ttl, opts.svid_max_ttl
-            )));
-        }
-        Ok(())
-    }
-
-    /// Checks the CA state `m` (key matches certificate, a CA, valid now, a chain up to a root) and
-    /// builds the CA from it. Errors name the file or store key at fault.
-    pub(crate) fn from_material(m: Material, opts: &CaOptions, sm: Option<sm::SmCa>) -> Result<Ca, CaError> {
-        let Material {
-            tokens,
-            cert: cert_src,
-            key: key_src,
-            chain: chain_src,
-        } = m;
+impl Signer {
+    /// Checks a CA certificate `cert_src` (key matches, a CA, valid now, a chain up to a root) and
+    /// makes a signer of it. Errors name the file or store key at fault.
+    pub(crate) fn from_named(cert_src: &Named, key_src: &Named, chain_src: Option<&Named>) -> Result<Signer, CaError> {
         let cert_label = cert_src.label.as_str();
-        let certs = parse_cert(&cert_src)?;
-        let key = parse_key(&key_src)?;
+        let certs = parse_cert(cert_src)?;
+        let key = parse_key(key_src)?;
         let issuer_der = certs[0].clone();
         let (_, cert) = X509Certificate::from_der(&issuer_der).map_err(|e| err_at(cert_label, e))?;
         if cert.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
@@ -427,10 +433,10 @@ impl Ca {
                 ),
             ));
         }
-        let issuer_not_after = cert.validity().not_after.timestamp();
+        let not_after = cert.validity().not_after.timestamp();
         // The chain: the rest of the --ca-cert file, then --ca-chain.
         let mut above: Vec<Vec<u8>> = certs[1..].to_vec();
-        if let Some(c) = &chain_src {
+        if let Some(c) = chain_src {
             above.extend(parse_cert(c)?);
         }
         let mut chain_pem = vec![pem_block(&issuer_der)];
@@ -446,7 +452,7 @@ impl Ca {
         } else {
             // Each certificate must be signed by the next one, and the last must be a root.
             let mut prev = issuer_der.clone();
-            let file = chain_src.as_ref().map(|c| c.label.as_str()).unwrap_or(cert_label);
+            let file = chain_src.map(|c| c.label.as_str()).unwrap_or(cert_label);
             for (i, d) in above.iter().enumerate() {
                 let (_, up) = X509Certificate::from_der(d).map_err(|e| err_at(file, e))?;
                 let (_, below) = X509Certificate::from_der(&prev).map_err(|e| err_at(file, e))?;
@@ -470,33 +476,238 @@ impl Ca {
         };
         let issuer = Issuer::from_ca_cert_der(&issuer_der.clone().into(), key)
             .map_err(|e| err_at(cert_label, format!("cannot use it as an issuer: {e}")))?;
-        tracing::info!(
-            trust_domain = %tokens.trust_domain,
-            ca_cert = %cert_label,
-            subject = %cert.subject(),
-            expires = %cert.validity().not_after,
-            "mesh CA loaded"
-        );
-        Ok(Ca {
-            tokens,
+        Ok(Signer {
             issuer,
             issuer_der,
             chain_pem,
-            root_pem: pem_block(&root_der),
-            issuer_not_after,
+            root_der,
+            not_after,
+        })
+    }
+}
+
+/// The certificate, key and chain files of the CA that signs today (before any rollover step):
+/// `rollover.json`'s `current` after a completed rollover, else the flags, else the generated root.
+///
+/// At start (`at_start`), `--ca-cert` next to a `current` CA is refused: the flag names a CA that a
+/// rollover replaced. A running weft control applying `retire` moves on from its flag.
+fn current_files(
+    opts: &CaOptions,
+    state: &rollover::State,
+    at_start: bool,
+) -> Result<(PathBuf, PathBuf, Option<PathBuf>), CaError> {
+    if let Some(f) = &state.current {
+        if let Some(c) = opts.cert.as_ref().filter(|_| at_start) {
+            return Err(CaError(format!(
+                "--ca-cert {}: this CA directory's {} names the CA in use since a root rollover ({}); drop --ca-cert/--ca-key/--ca-chain",
+                c.display(),
+                rollover::STATE_FILE,
+                f.cert
+            )));
+        }
+        return Ok(f.paths(&opts.dir));
+    }
+    match (&opts.cert, &opts.key) {
+        (Some(c), Some(k)) => Ok((c.clone(), k.clone(), opts.chain.clone())),
+        (Some(_), None) => Err(CaError("--ca-cert needs --ca-key".into())),
+        (None, Some(_)) => Err(CaError("--ca-key needs --ca-cert".into())),
+        (None, None) => Ok((opts.dir.join("root-cert.pem"), opts.dir.join("root-key.pem"), None)),
+    }
+}
+
+fn signer_of(cert: &Path, key: &Path, chain: Option<&Path>) -> Result<Signer, CaError> {
+    let c = Named::file(cert)?;
+    let k = Named::file(key)?;
+    warn_if_readable_by_others(key);
+    let ch = chain.map(Named::file).transpose()?;
+    Signer::from_named(&c, &k, ch.as_ref())
+}
+
+/// The CA's state as `opts.dir` and its `rollover.json` (already read: `state`) describe it.
+fn active_from(opts: &CaOptions, state: &rollover::State, at_start: bool) -> Result<Active, CaError> {
+    let (c, k, ch) = current_files(opts, state, at_start)?;
+    let current = signer_of(&c, &k, ch.as_deref())?;
+    let next = match (state.phase, &state.next) {
+        (rollover::Phase::Idle, _) => None,
+        (_, Some(f)) => {
+            let (c, k, ch) = f.paths(&opts.dir);
+            Some(signer_of(&c, &k, ch.as_deref())?)
+        }
+        (p, None) => {
+            return Err(err(
+                &opts.dir.join(rollover::STATE_FILE),
+                format!("phase {} without a \"next\" CA", p.name()),
+            ))
+        }
+    };
+    Ok(Active::new(current, next, state.phase, state.since))
+}
+
+impl Ca {
+    /// Loads the CA described by `opts`, generating a root in `opts.dir` on first start. A root
+    /// rollover in progress (`rollover.json`) is resumed.
+    pub fn load(opts: &CaOptions) -> Result<Ca, CaError> {
+        Ca::check_ttls(opts)?;
+        let tokens = TokenKey::load_or_create(&opts.dir, opts.trust_domain.as_deref())?;
+        let state_text = rollover::read_state_text(&opts.dir)?;
+        let state = rollover::State::parse(&opts.dir, &state_text)?;
+        if state.current.is_none() && opts.cert.is_none() && opts.key.is_none() {
+            let c = opts.dir.join("root-cert.pem");
+            let k = opts.dir.join("root-key.pem");
+            match (c.exists(), k.exists()) {
+                (true, true) => {}
+                (false, false) => {
+                    // A directory that went through a rollover but lost rollover.json: its CA is
+                    // in a ca-<n> file; a new root would invalidate every certificate.
+                    if let Some(n) = rollover::made_ca_file(&opts.dir).filter(|_| state_text.trim().is_empty()) {
+                        return Err(err(
+                            &opts.dir.join(rollover::STATE_FILE),
+                            format!("missing, but {n} from a root rollover is here: restore {} (it names the CA in use); weft control does not generate a new root over it", rollover::STATE_FILE),
+                        ));
+                    }
+                    let (cert, key) = generate_root(&tokens.trust_domain)?;
+                    // The key first: a crash in between leaves a key without a certificate,
+                    // which is refused loudly, never a certificate whose key is lost.
+                    write_new(&k, key.as_bytes(), 0o600)?;
+                    write_new(&c, cert.as_bytes(), 0o644)?;
+                    tracing::info!(cert = %c.display(), key = %k.display(), "generated a new mesh root CA");
+                }
+                (true, false) => {
+                    return Err(err(&k, "missing (the CA key for root-cert.pem); restore it, or move root-cert.pem away to start a new root (which invalidates every issued certificate)")) }
+                (false, true) => return Err(err(&c, "missing (the CA certificate for root-key.pem); restore it")),
+            }
+        }
+        let active = active_from(opts, &state, true)?;
+        let sm = if opts.sm2 {
+            Some(sm::SmCa::load_or_create(&opts.dir, &tokens.trust_domain)?)
+        } else {
+            None
+        };
+        rollover::record_max_ttl(&opts.dir, opts.svid_max_ttl);
+        rollover::write_bundle(&opts.dir, &active.bundle_pem);
+        let ca = Ca::new(tokens, active, Some(opts.clone()), opts, sm);
+        *ca.applied.lock() = state_text;
+        ca.log_loaded();
+        Ok(ca)
+    }
+
+    fn new(tokens: TokenKey, active: Active, source: Option<CaOptions>, opts: &CaOptions, sm: Option<sm::SmCa>) -> Ca {
+        Ca {
+            tokens,
+            active: ArcSwap::from_pointee(active),
+            source,
+            applied: parking_lot::Mutex::new(String::new()),
+            changed: tokio::sync::watch::channel(0).0,
             svid_ttl: opts.svid_ttl,
             svid_max_ttl: opts.svid_max_ttl,
             sm,
-        })
+        }
+    }
+
+    fn log_loaded(&self) {
+        let a = self.active.load();
+        let roots = self.roots();
+        tracing::info!(
+            trust_domain = %self.tokens.trust_domain,
+            phase = a.phase.name(),
+            roots = ?roots.iter().map(|r| format!("{} {} (expires {})", &r.sha256[..16], r.subject, r.not_after)).collect::<Vec<_>>(),
+            "mesh CA loaded"
+        );
+    }
+
+    fn check_ttls(opts: &CaOptions) -> Result<(), CaError> {
+        if opts.svid_ttl < MIN_TTL || opts.svid_max_ttl < opts.svid_ttl {
+            return Err(CaError(format!(
+                "--svid-ttl {:?} must be at least {MIN_TTL:?} and at most --svid-max-ttl {:?}",
+                opts.svid_ttl, opts.svid_max_ttl
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the CA state `m` (key matches certificate, a CA, valid now, a chain up to a root) and
+    /// builds the CA from it (the `--ca-store` case: no rollover). Errors name the file or store key
+    /// at fault.
+    pub(crate) fn from_material(m: Material, opts: &CaOptions, sm: Option<sm::SmCa>) -> Result<Ca, CaError> {
+        let signer = Signer::from_named(&m.cert, &m.key, m.chain.as_ref())?;
+        let ca = Ca::new(
+            m.tokens,
+            Active::new(signer, None, rollover::Phase::Idle, 0),
+            None,
+            opts,
+            sm,
+        );
+        ca.log_loaded();
+        Ok(ca)
+    }
+
+    /// Applies a change of the CA directory's `rollover.json` (a rollover step taken by
+    /// `weft control ca rollover`). Ok(true) when something changed; an error leaves the current
+    /// state in use. Nothing to do with `--ca-store`.
+    pub fn reload(&self) -> Result<bool, CaError> {
+        let Some(opts) = &self.source else { return Ok(false) };
+        let text = rollover::read_state_text(&opts.dir)?;
+        let mut applied = self.applied.lock();
+        if *applied == text {
+            return Ok(false);
+        }
+        // Not retried until the file changes again: one error per change in the log.
+        *applied = text.clone();
+        let state = rollover::State::parse(&opts.dir, &text)?;
+        let active = active_from(opts, &state, false)?;
+        self.active.store(Arc::new(active));
+        drop(applied);
+        self.changed.send_modify(|g| *g += 1);
+        self.log_loaded();
+        Ok(true)
+    }
+
+    /// A receiver that sees every applied rollover step.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The rollover phase and since when (Unix seconds).
+    pub fn phase(&self) -> (rollover::Phase, u64) {
+        let a = self.active.load();
+        (a.phase, a.since)
+    }
+
+    /// The CA directory (None with `--ca-store`).
+    pub fn dir(&self) -> Option<&Path> {
+        self.source.as_ref().map(|o| o.dir.as_path())
+    }
+
+    /// The roots in the trust bundle, the signing one first.
+    pub fn roots(&self) -> Vec<RootInfo> {
+        let a = self.active.load();
+        let mut out: Vec<RootInfo> = Vec::new();
+        for (i, s) in a.signers().enumerate() {
+            let sha256 = sha256_hex(&s.root_der);
+            if out.iter().any(|r| r.sha256 == sha256) {
+                continue;
+            }
+            let (subject, not_after) = X509Certificate::from_der(&s.root_der)
+                .map(|(_, c)| (c.subject().to_string(), c.validity().not_after.timestamp()))
+                .unwrap_or_default();
+            out.push(RootInfo {
+                sha256,
+                subject,
+                not_after,
+                signing: i == 0,
+            });
+        }
+        out
     }
 
     pub fn trust_domain(&self) -> &str {
         &self.tokens.trust_domain
     }
 
-    /// The root that verifies every issued certificate, PEM.
-    pub fn root_pem(&self) -> &str {
-        &self.root_pem
+    /// The trust bundle: every root that verifies certificates of this CA (two during a root
+    /// rollover), PEM, the signing one first.
+    pub fn root_pem(&self) -> String {
+        self.active.load().bundle_pem.clone()
     }
 
     /// Checks `csr_pem` (signature, ECDSA P-256 key, exactly one SAN equal to `id`) and signs it.
@@ -589,18 +800,22 @@ impl Ca {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         p.not_before = offset_time(now - BACKDATE.as_secs() as i64);
         // Never outlive the issuer.
-        let not_after = (now + ttl.as_secs() as i64).min(self.issuer_not_after);
+        let active = self.active.load();
+        let signer = &active.signer;
+        let not_after = (now + ttl.as_secs() as i64).min(signer.not_after);
         p.not_after = offset_time(not_after);
         let serial = random_serial();
         let serial_hex = weft_identity::hex::encode(serial.as_ref());
         p.serial_number = Some(serial);
         p.use_authority_key_identifier_extension = true;
         let leaf = p
-            .signed_by(&public, &self.issuer)
+            .signed_by(&public, &signer.issuer)
             .map_err(|e| IssueError::Internal(format!("signing: {e}")))?;
         let mut cert_chain = vec![leaf.pem()];
-        cert_chain.extend(self.chain_pem.iter().cloned());
-        cert_chain.push(self.root_pem.clone());
+        cert_chain.extend(signer.chain_pem.iter().cloned());
+        // The last element is the whole trust bundle (both roots during a rollover), as Istio's
+        // agents read it: the leaf's own root is in it.
+        cert_chain.push(active.bundle_pem.clone());
         Ok(Issued {
             cert_chain,
             serial: serial_hex,
@@ -628,13 +843,15 @@ impl Ca {
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let now = weft_identity::unix_now() as i64;
         p.not_before = offset_time(now - BACKDATE.as_secs() as i64);
-        let not_after = (now + self.svid_ttl.as_secs() as i64).min(self.issuer_not_after);
+        let active = self.active.load();
+        let signer = &active.signer;
+        let not_after = (now + self.svid_ttl.as_secs() as i64).min(signer.not_after);
         p.not_after = offset_time(not_after);
         p.serial_number = Some(random_serial());
         p.use_authority_key_identifier_extension = true;
-        let leaf = p.signed_by(&key, &self.issuer).map_err(internal)?;
+        let leaf = p.signed_by(&key, &signer.issuer).map_err(internal)?;
         let mut chain = vec![leaf.der().to_vec()];
-        chain.extend(parse_pem_certs(&self.chain_pem).map_err(IssueError::Internal)?);
+        chain.extend(parse_pem_certs(&signer.chain_pem).map_err(IssueError::Internal)?);
         Ok(ServerCert {
             chain,
             key_pkcs8: key.serialize_der(),
@@ -646,10 +863,15 @@ impl Ca {
     /// this trust domain. Returns the identity and the leaf's public key (to check the proof with).
     pub fn check_svid(&self, der: &[u8]) -> Result<(SpiffeId, Vec<u8>), String> {
         let (_, leaf) = X509Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
-        let (_, issuer) = X509Certificate::from_der(&self.issuer_der).map_err(|e| e.to_string())?;
-        if leaf.issuer().as_raw() != issuer.subject().as_raw()
-            || leaf.verify_signature(Some(issuer.public_key())).is_err()
-        {
+        // Either CA of a rollover in progress: SVIDs of the previous root renew until they expire.
+        let active = self.active.load();
+        let issued_here = active.signers().any(|s| {
+            X509Certificate::from_der(&s.issuer_der).is_ok_and(|(_, issuer)| {
+                leaf.issuer().as_raw() == issuer.subject().as_raw()
+                    && leaf.verify_signature(Some(issuer.public_key())).is_ok()
+            })
+        });
+        if !issued_here {
             return Err("not issued by this CA".into());
         }
         if !leaf.validity().is_valid() {
@@ -669,12 +891,18 @@ impl Ca {
 
 /// A new self-signed root for `trust_domain`: (certificate PEM, PKCS#8 key PEM).
 fn generate_root(trust_domain: &str) -> Result<(String, String), CaError> {
+    generate_root_named(trust_domain, "weft mesh root CA")
+}
+
+/// Like [`generate_root`], with another common name (the roots of a rollover differ by name, so
+/// that tools which pick an issuer by name alone see two).
+pub(crate) fn generate_root_named(trust_domain: &str, common_name: &str) -> Result<(String, String), CaError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|e| CaError(format!("generating the root key: {e}")))?;
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, trust_domain);
-    dn.push(DnType::CommonName, "weft mesh root CA");
+    dn.push(DnType::CommonName, common_name);
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![

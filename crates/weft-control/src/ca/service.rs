@@ -12,6 +12,7 @@ use super::{Ca, IssueError};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::codegen::{http, Body, BoxFuture, Context, Poll, Service, StdError};
@@ -32,11 +33,24 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RootLabel {
+    /// The first 16 hex digits of the root's SHA-256.
+    pub root: String,
+    /// "true" for the root whose CA signs new certificates.
+    pub signing: &'static str,
+}
+
 /// `weft_control_ca_*` metrics.
 #[derive(Default)]
 pub struct CaMetrics {
     pub issued: Family<AuthLabel, Counter>,
     pub denied: Family<ReasonLabel, Counter>,
+    /// Expiry (Unix seconds) of each root in the trust bundle.
+    pub roots: Family<RootLabel, Gauge>,
+    /// 0 idle, 1 prepared, 2 active.
+    pub rollover_phase: Gauge,
+    pub rollover_phase_since: Gauge,
 }
 
 impl CaMetrics {
@@ -51,6 +65,37 @@ impl CaMetrics {
             "Certificate requests refused, by reason",
             self.denied.clone(),
         );
+        reg.register(
+            "ca_root_expiry_timestamp_seconds",
+            "Expiry of each root in the CA's trust bundle (two during a root rollover), by SHA-256 prefix; signing=\"true\" for the one that signs",
+            self.roots.clone(),
+        );
+        reg.register(
+            "ca_rollover_phase",
+            "Root rollover phase: 0 idle (one root), 1 prepared (next root trusted), 2 active (next root signs)",
+            self.rollover_phase.clone(),
+        );
+        reg.register(
+            "ca_rollover_phase_since_timestamp_seconds",
+            "When the current root rollover phase began (Unix time; 0 if never)",
+            self.rollover_phase_since.clone(),
+        );
+    }
+
+    /// Sets the root and phase gauges from `ca`.
+    pub fn set_roots(&self, ca: &Ca) {
+        self.roots.clear();
+        for r in ca.roots() {
+            self.roots
+                .get_or_create(&RootLabel {
+                    root: r.sha256[..16].to_string(),
+                    signing: if r.signing { "true" } else { "false" },
+                })
+                .set(r.not_after);
+        }
+        let (phase, since) = ca.phase();
+        self.rollover_phase.set(phase.number());
+        self.rollover_phase_since.set(since as i64);
     }
 }
 

@@ -107,7 +107,7 @@ fn certified_key(ca: &Ca, addr: SocketAddr) -> std::io::Result<(rustls::sign::Ce
 /// the handshake (a proxy's first certificate request comes with a token instead).
 fn client_verifier(ca: &Ca) -> std::io::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
     let mut roots = rustls::RootCertStore::empty();
-    let ders = weft_identity::client::parse_pem_certs(&[ca.root_pem().to_string()])
+    let ders = weft_identity::client::parse_pem_certs(&[ca.root_pem()])
         .map_err(|e| std::io::Error::other(format!("the CA's root: {e}")))?;
     for der in ders {
         roots
@@ -121,6 +121,17 @@ fn client_verifier(ca: &Ca) -> std::io::Result<Arc<dyn rustls::server::danger::C
     .allow_unauthenticated()
     .build()
     .map_err(|e| std::io::Error::other(format!("client certificate verifier: {e}")))
+}
+
+/// A TLS acceptor serving `resolver`'s certificate and verifying clients against `ca`'s bundle.
+fn acceptor_of(ca: &Ca, resolver: Arc<Resolver>) -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_client_cert_verifier(client_verifier(ca)?)
+        .with_cert_resolver(resolver);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
 }
 
 /// The SPIFFE ID of a verified client certificate (None without one).
@@ -154,30 +165,37 @@ where
     let addr = listener.local_addr()?;
     let (ck, mut not_after) = certified_key(&ca, addr)?;
     let resolver = Arc::new(Resolver(ArcSwap::from_pointee(ck)));
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .with_client_cert_verifier(client_verifier(&ca)?)
-        .with_cert_resolver(resolver.clone());
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = Arc::new(ArcSwap::from_pointee(acceptor_of(&ca, resolver.clone())?));
     tracing::info!(%addr, "ADS and the CA API over TLS");
-    // Renew the server certificate at half-life.
+    // Renew the server certificate at half-life, and at once when a root rollover step changes
+    // the signing CA or the trust bundle (with a new client verifier for the latter).
     let renew_ca = ca.clone();
+    let renew_acceptor = acceptor.clone();
     let mut renew_sd = shutdown.clone();
+    let mut changed = ca.subscribe();
     let renew = tokio::spawn(async move {
         loop {
             let wait = not_after.saturating_sub(weft_identity::unix_now()) / 2;
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(wait.max(1))) => {}
+            let rollover = tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(wait.max(1))) => false,
+                r = changed.changed() => r.is_ok(),
                 _ = renew_sd.wait_for(|v| *v) => return,
-            }
+            };
             match certified_key(&renew_ca, addr) {
                 Ok((ck, na)) => {
                     resolver.0.store(Arc::new(ck));
                     not_after = na;
                 }
                 Err(e) => tracing::error!(error = %e, "cannot renew the CA's own TLS certificate"),
+            }
+            if rollover {
+                match acceptor_of(&renew_ca, resolver.clone()) {
+                    Ok(a) => {
+                        renew_acceptor.store(Arc::new(a));
+                        tracing::info!(%addr, "xDS/CA over TLS: new certificate and trust bundle after a root rollover step");
+                    }
+                    Err(e) => tracing::error!(error = %e, "xDS/CA over TLS: cannot apply the new trust bundle"),
+                }
             }
         }
     });
@@ -193,7 +211,7 @@ where
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 continue;
             };
-            let (acceptor, tx, ca) = (acceptor.clone(), tx.clone(), ca.clone());
+            let (acceptor, tx, ca) = (acceptor.load_full(), tx.clone(), ca.clone());
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => match peer_identity(&ca, &tls) {
