@@ -175,6 +175,45 @@ async fn one_cluster_reaches_an_mtls_endpoint_and_a_plaintext_one() {
     assert_eq!(seen.get("plain-backend"), Some(&2), "{seen:?}");
 }
 
+/// An endpoint whose TLS choice changes on reload starts with a fresh pool: a pooled mTLS
+/// connection is never used for the plaintext choice (and the reverse).
+#[tokio::test]
+async fn a_changed_tls_choice_does_not_reuse_pooled_connections() {
+    let c = certs();
+    let app = upstream(|_| async { text(200, "tls-backend") }).await;
+    let server = tls_server(&c, app.addr);
+    let tls_addr = server.listener_addr("web").unwrap();
+    let yaml = |mark: &str| {
+        front(
+            &c,
+            &format!(
+                r#"    endpoints: [{{ address: "{tls_addr}"{mark} }}]
+    tls_matches:
+      - {{ name: tlsMode-istio, match: {{ tlsMode: istio }}, tls: {MUTUAL} }}"#
+            ),
+        )
+    };
+    let marked = yaml(", tls_match: { tlsMode: istio }");
+    let proxy = start_proxy(&marked);
+    let addr = proxy.listener_addr("web").unwrap();
+    // Keep-alive: the first request leaves an idle mTLS connection in the pool.
+    let mut client = H1Client::connect(addr).await;
+    let got = client.get("/x").await;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "tls-backend"));
+    let hs = stat(&proxy, "weft_tls_handshakes_total{side=\"upstream\",name=\"mixed\"}").await;
+    assert_eq!(hs, Some(1.0));
+    // The same address without the mark: plaintext, which the TLS server refuses.
+    proxy.apply(weft_config::from_yaml(&yaml("")).unwrap()).unwrap();
+    let got = get(addr, "/x").await;
+    assert!(got.status.as_u16() >= 500, "{} {}", got.status, got.text());
+    // Marked again: mTLS on a new connection.
+    proxy.apply(weft_config::from_yaml(&marked).unwrap()).unwrap();
+    let got = get(addr, "/x").await;
+    assert_eq!((got.status.as_u16(), got.text().as_str()), (200, "tls-backend"));
+    let hs = stat(&proxy, "weft_tls_handshakes_total{side=\"upstream\",name=\"mixed\"}").await;
+    assert_eq!(hs, Some(2.0));
+}
+
 #[test]
 fn tls_matches_are_validated_naming_the_field() {
     let yaml = r#"
