@@ -2,7 +2,8 @@
 //! metadata `envoy.transport_socket_match`, the shapes Istio sends) and cipher suites
 //! (`tls_params.cipher_suites`): conversion and refusals naming the field, then over a real ADS
 //! stream a cluster whose mTLS endpoint (a weft TLS listener requiring client certificates) and
-//! plaintext endpoint are both answered, and an SM-only cluster reaching a weft ShangMi server.
+//! plaintext endpoint are both answered, and an SM-only cluster reaching a weft ShangMi server and
+//! Tongsuo's `s_server`.
 
 mod support;
 
@@ -382,7 +383,7 @@ clusters:
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_sm_only_cluster_over_ads_reaches_a_weft_shangmi_server() {
+async fn an_sm_only_cluster_over_ads_reaches_a_weft_shangmi_server_and_tongsuo() {
     const DAY: std::time::Duration = std::time::Duration::from_secs(86400);
     let dir = weft_test_support::TempDir::new("sm-xds");
     let root = Sm2Cert::self_signed(&Params::ca("weft test SM2 root", DAY)).unwrap();
@@ -470,6 +471,57 @@ clusters:
     let snapshot = p.server.shared.snapshot.load();
     let t = snapshot.clusters["app"].config.tls.clone().unwrap();
     assert_eq!(t.suites, vec![weft_config::tls::TlsSuite::Sm]);
+
+    // The same cluster to Tongsuo's `s_server` in strict RFC 8998 mode (interop/install-tongsuo;
+    // skipped without it, except under CI=true): its page names the negotiated suite.
+    if let Some(bin) = weft_test_support::peers::interop_peer(".tongsuo/bin/openssl") {
+        let port = weft_test_support::net::free_port();
+        let log = dir.join("s_server.out");
+        let f = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(&bin)
+            .env("OPENSSL_CONF", "/dev/null")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}"), "-www"])
+            .args([
+                "-tls1_3",
+                "-ciphersuites",
+                "TLS_SM4_GCM_SM3",
+                "-groups",
+                "SM2",
+                "-sigalgs",
+                "sm2sig_sm3",
+                "-enable_sm_tls13_strict",
+            ])
+            .arg("-cert")
+            .arg(dir.join("sm.crt"))
+            .arg("-key")
+            .arg(dir.join("sm.key"))
+            .stdin(std::process::Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .unwrap();
+        let _s_server = weft_test_support::peers::ChildGuard(child);
+        weft_test_support::eventually("s_server to accept", WAIT, || async {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("ACCEPT")
+                .then_some(())
+        })
+        .await;
+        let tongsuo: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let m = cp.mark();
+        cp.send_sotw(ENDPOINT, "e2", "n5", vec![cla("app", &[tongsuo])]);
+        assert!(cp.reply_to(m, "n5").await.error().is_none());
+        let body = weft_test_support::eventually("Tongsuo's page", WAIT, || async {
+            let (status, _, body) = get(addr, "svc", "/").await;
+            (status == 200 && body.contains("TLS_SM4_GCM_SM3")).then_some(body)
+        })
+        .await;
+        assert!(body.contains("TLSv1.3"), "{body}");
+        let m = cp.mark();
+        cp.send_sotw(ENDPOINT, "e3", "n6", vec![cla("app", &[sm_addr])]);
+        assert!(cp.reply_to(m, "n6").await.error().is_none());
+    }
 
     // Standard suites only: the SM-only server and this client share no suite (503).
     let m = cp.mark();
