@@ -321,6 +321,20 @@ impl ClusterRt {
         }
     }
 
+    /// For a side call that opens its own connection (a JWKS fetch): a host as
+    /// [`ClusterRt::any_host_address`] picks it, with that host's TLS origination
+    /// ([`ClusterRt::tls_for`]: the cluster's `tls`, or its `tls_matches` entry's).
+    pub fn any_host_with_tls(&self) -> Option<(SocketAddr, Option<Arc<weft_tls::Connector>>)> {
+        let set = self.hosts.load();
+        let healthy = || set.hosts.iter().filter(|h| h.healthy.load(Ordering::Relaxed));
+        let host = match healthy().count() {
+            0 if set.hosts.is_empty() => return None,
+            0 => &set.hosts[fastrand::usize(..set.hosts.len())],
+            n => healthy().nth(fastrand::usize(..n))?,
+        };
+        Some((host.address, self.tls_for(host).cloned()))
+    }
+
     /// The host for an original-destination address, created on first use.
     pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
         self.original_dst_host_from(addr, None)
