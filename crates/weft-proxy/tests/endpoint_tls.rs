@@ -119,6 +119,26 @@ async fn one_cluster_reaches_an_mtls_endpoint_and_a_plaintext_one() {
     // The TLS server saw a verified client certificate on every connection it accepted.
     let down = stat(&server, "weft_tls_handshakes_total{side=\"downstream\",name=\"web\"}").await;
     assert!(down.unwrap_or(0.0) >= 1.0, "{down:?}");
+    // /clusters shows each host's TLS and the entry that chose it.
+    let clusters: serde_json::Value = serde_json::from_str(&admin(&proxy, "/clusters").await.text()).unwrap();
+    let hosts = &clusters["clusters"][0]["hosts"];
+    let by_addr = |a: SocketAddr| {
+        hosts
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["address"] == a.to_string())
+            .cloned()
+            .unwrap()
+    };
+    let h = by_addr(tls_addr);
+    assert_eq!(
+        (h["tls"].as_str(), h["tls_match"].as_str()),
+        (Some("mutual"), Some("tlsMode-istio")),
+        "{h}"
+    );
+    let h = by_addr(plain.addr);
+    assert!(h["tls"].is_null() && h["tls_match"].is_null(), "{h}");
 
     // Istio's shape: no cluster-wide socket chosen (here a default that would fail: no client
     // certificate), a tlsMode-istio entry, and a tlsMode-disabled entry with an empty match that
