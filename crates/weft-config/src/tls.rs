@@ -414,10 +414,14 @@ fn not_implemented(name: &str) -> bool {
         || n.contains("PSK")
         || n.starts_with("AES")
         || n.starts_with("DES")
+        || n.starts_with("DHE-")
+        || n.starts_with("TLS_DHE_")
+        || (n.contains("AES") && !n.contains("GCM"))
         || n.contains("_CBC_")
-        || n.contains("_WITH_AES_128_CBC")
         || n.starts_with("TLS_RSA_")
-        || n.contains("_CCM")
+        || n.contains("CCM")
+        || n.contains("CAMELLIA")
+        || n.contains("ARIA")
 }
 
 /// The IANA id of a canonical cipher suite name (as in a validated `cipher_suites`).
@@ -441,7 +445,9 @@ pub fn cipher_suites(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> 
         let entry = entry.trim();
         let members: Vec<&str> = match entry.strip_prefix('[') {
             Some(rest) => match rest.strip_suffix(']') {
-                Some(inner) if !inner.trim().is_empty() => inner.split('|').map(str::trim).collect(),
+                Some(inner) if inner.split('|').all(|m| !m.trim().is_empty()) => {
+                    inner.split('|').map(str::trim).collect()
+                }
                 _ => {
                     err(errors, &p, format!("{entry:?}: an equal-preference group is [A|B|...]"));
                     continue;
