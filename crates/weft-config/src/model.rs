@@ -703,13 +703,61 @@ pub struct Cluster {
     pub healthy_panic_threshold: f64,
     pub locality_aware: bool,
     pub subsets: Option<Subsets>,
-    /// TLS origination; `None` is plaintext.
+    /// TLS origination; `None` is plaintext. The default of endpoints no `tls_matches` entry
+    /// matches.
     pub tls: Option<crate::tls::ClusterTls>,
+    /// TLS per endpoint (Envoy's `transport_socket_matches`); see [`Cluster::tls_choice`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tls_matches: Vec<TlsMatch>,
     /// Connect to the original destination from the downstream peer's IP (only `original_dst`
     /// clusters; needs CAP_NET_ADMIN and `weft init --tproxy`'s return-path rules).
     pub original_source: bool,
     /// The service this cluster reaches (Istio's `destination_service`, `_name`, `_namespace`).
     pub service: Option<ClusterService>,
+}
+
+/// One of a cluster's `tls_matches`: endpoints whose `tls_match` carries every key/value of
+/// `match_` (empty: every endpoint) connect with `tls` (`None`: plaintext).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct TlsMatch {
+    pub name: String,
+    #[serde(rename = "match")]
+    pub match_: BTreeMap<String, String>,
+    pub tls: Option<crate::tls::ClusterTls>,
+}
+
+/// Whether every key/value of `want` is in `have`.
+fn subset(want: &BTreeMap<String, String>, have: &BTreeMap<String, String>) -> bool {
+    want.iter().all(|(k, v)| have.get(k) == Some(v))
+}
+
+impl Cluster {
+    /// Which TLS an endpoint uses (Envoy's transport socket matching): `i + 1` for the first
+    /// `tls_matches[i]` whose `match` is a subset of the endpoint's `tls_match`, else of its
+    /// `locality_tls_match`; 0 (the cluster's `tls`) when none matches or there is no endpoint
+    /// (an original-destination host).
+    pub fn tls_choice(&self, e: Option<&Endpoint>) -> usize {
+        let Some(e) = e else {
+            return 0;
+        };
+        let first = |have: &BTreeMap<String, String>| self.tls_matches.iter().position(|m| subset(&m.match_, have));
+        first(&e.tls_match)
+            .or_else(|| first(&e.locality_tls_match))
+            .map_or(0, |i| i + 1)
+    }
+
+    /// The TLS of choice `i` ([`Cluster::tls_choice`]).
+    pub fn tls_of(&self, i: usize) -> Option<&crate::tls::ClusterTls> {
+        match i {
+            0 => self.tls.as_ref(),
+            i => self.tls_matches.get(i - 1).and_then(|m| m.tls.as_ref()),
+        }
+    }
+
+    /// Whether any endpoint may connect with TLS.
+    pub fn any_tls(&self) -> bool {
+        self.tls.is_some() || self.tls_matches.iter().any(|m| m.tls.is_some())
+    }
 }
 
 /// The service a cluster reaches, as Istio's metrics label it: `host` is `destination_service`
@@ -828,6 +876,12 @@ pub struct Endpoint {
     pub priority: u32,
     pub locality: Locality,
     pub labels: BTreeMap<String, String>,
+    /// Matched by the cluster's `tls_matches` (Envoy: `envoy.transport_socket_match` metadata).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub tls_match: BTreeMap<String, String>,
+    /// The locality's, consulted when nothing matches `tls_match`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub locality_tls_match: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq, Hash)]

@@ -602,6 +602,10 @@ pub struct RawCluster {
     pub subsets: Option<RawSubsets>,
     /// TLS origination to the endpoints; see [`crate::tls`].
     pub tls: Option<crate::tls::RawClusterTls>,
+    /// TLS chosen per endpoint (Envoy's `transport_socket_matches`): the first entry whose `match`
+    /// is a subset of an endpoint's `tls_match` (else of its `locality_tls_match`) decides that
+    /// endpoint's TLS; endpoints no entry matches use `tls`.
+    pub tls_matches: Vec<RawTlsMatch>,
     /// `original_dst` clusters: connect from the downstream peer's IP (IP_TRANSPARENT), so the app
     /// behind a TPROXY sidecar sees the caller's address.
     pub original_source: Option<bool>,
@@ -690,6 +694,24 @@ pub struct RawEndpoint {
     pub zone: Option<String>,
     pub sub_zone: Option<String>,
     pub labels: BTreeMap<String, String>,
+    /// What the cluster's `tls_matches` match against (Envoy: the endpoint's
+    /// `envoy.transport_socket_match` metadata, e.g. Istio's `{tlsMode: istio}`).
+    pub tls_match: BTreeMap<String, String>,
+    /// The same for the endpoint's locality, consulted when no entry matches `tls_match`.
+    pub locality_tls_match: BTreeMap<String, String>,
+}
+
+/// One of a cluster's `tls_matches`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawTlsMatch {
+    /// For stats and errors.
+    pub name: Option<String>,
+    /// Key/values the endpoint's `tls_match` must all carry; empty matches every endpoint.
+    #[serde(rename = "match")]
+    pub match_: BTreeMap<String, String>,
+    /// The TLS of matching endpoints; absent: plaintext.
+    pub tls: Option<crate::tls::RawClusterTls>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -40,6 +40,9 @@ pub struct RawListenerTls {
     /// Suite families offered: `standard` (default) and/or `sm` (ShangMi, RFC 8998: needs an SM2
     /// certificate among `certificates`, served to clients that prefer TLS_SM4_GCM_SM3).
     pub suites: Option<Vec<String>>,
+    /// The cipher suites offered, by OpenSSL/BoringSSL or IANA name (Envoy's `cipher_suites`),
+    /// instead of `suites`: see [`cipher_suites`].
+    pub cipher_suites: Option<Vec<String>>,
 }
 
 #[derive(Clone, Default, Deserialize)]
@@ -75,6 +78,8 @@ pub struct RawClusterTls {
     /// Suite families offered, most preferred first: `standard` (default) and/or `sm` (ShangMi,
     /// RFC 8998).
     pub suites: Option<Vec<String>>,
+    /// The cipher suites offered, by name, instead of `suites`: see [`cipher_suites`].
+    pub cipher_suites: Option<Vec<String>>,
 }
 
 /// A private key's length instead of the key, for `Debug`.
@@ -109,6 +114,7 @@ impl std::fmt::Debug for RawClusterTls {
             .field("alpn", &self.alpn)
             .field("min_version", &self.min_version)
             .field("suites", &self.suites)
+            .field("cipher_suites", &self.cipher_suites)
             .finish()
     }
 }
@@ -205,6 +211,10 @@ pub struct ListenerTls {
     pub detect_timeout: Duration,
     /// Most preferred first; never empty.
     pub suites: Vec<TlsSuite>,
+    /// The suites offered when restricted by `cipher_suites` (canonical names, most preferred
+    /// first, `TLS_SM4_GCM_SM3` included); empty: every suite of `suites`' families.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
 }
 
 impl ListenerTls {
@@ -235,6 +245,9 @@ pub struct ClusterTls {
     pub min_version: TlsMinVersion,
     /// Most preferred first; never empty.
     pub suites: Vec<TlsSuite>,
+    /// As [`ListenerTls::cipher_suites`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cipher_suites: Vec<String>,
 }
 
 fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -337,6 +350,180 @@ fn suites(errors: &mut Vec<FieldError>, path: &str, v: &Option<Vec<String>>) -> 
         out.push(TlsSuite::Standard);
     }
     out
+}
+
+/// The cipher suites weft implements: (canonical name, IANA id, TLS 1.3, other accepted names).
+/// Canonical names are Envoy's: OpenSSL/BoringSSL names for TLS 1.2, IANA names for TLS 1.3.
+const CIPHERS: &[(&str, u16, bool, &[&str])] = &[
+    ("TLS_AES_256_GCM_SHA384", 0x1302, true, &["TLS13_AES_256_GCM_SHA384"]),
+    ("TLS_AES_128_GCM_SHA256", 0x1301, true, &["TLS13_AES_128_GCM_SHA256"]),
+    (
+        "TLS_CHACHA20_POLY1305_SHA256",
+        0x1303,
+        true,
+        &["TLS13_CHACHA20_POLY1305_SHA256"],
+    ),
+    ("TLS_SM4_GCM_SM3", 0x00c6, true, &["TLS13_SM4_GCM_SM3"]),
+    (
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        0xc02c,
+        false,
+        &["TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384"],
+    ),
+    (
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        0xc02b,
+        false,
+        &["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"],
+    ),
+    (
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        0xcca9,
+        false,
+        &["TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"],
+    ),
+    (
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        0xc030,
+        false,
+        &["TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"],
+    ),
+    (
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        0xc02f,
+        false,
+        &["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+    ),
+    (
+        "ECDHE-RSA-CHACHA20-POLY1305",
+        0xcca8,
+        false,
+        &["TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"],
+    ),
+];
+
+/// The canonical name of the ShangMi suite.
+pub const SM_CIPHER: &str = "TLS_SM4_GCM_SM3";
+
+/// BoringSSL names weft (rustls) does not implement: refused like unknown names, with a clearer
+/// message (no forward secrecy, CBC, 3DES, PSK).
+fn not_implemented(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    n.contains("-CBC")
+        || n.ends_with("-SHA")
+        || n.contains("PSK")
+        || n.starts_with("AES")
+        || n.starts_with("DES")
+        || n.starts_with("DHE-")
+        || n.starts_with("TLS_DHE_")
+        || (n.contains("AES") && !n.contains("GCM"))
+        || n.contains("_CBC_")
+        || n.starts_with("TLS_RSA_")
+        || n.contains("CCM")
+        || n.contains("CAMELLIA")
+        || n.contains("ARIA")
+}
+
+/// The IANA id of a canonical cipher suite name (as in a validated `cipher_suites`).
+pub fn cipher_suite_id(canonical: &str) -> Option<u16> {
+    CIPHERS.iter().find(|c| c.0 == canonical).map(|c| c.1)
+}
+
+/// A `cipher_suites` list (Envoy's `tls_params.cipher_suites` semantics, on what rustls
+/// implements): names are OpenSSL/BoringSSL (`ECDHE-ECDSA-AES128-GCM-SHA256`) or IANA
+/// (`TLS_AES_128_GCM_SHA256`, `TLS_ECDHE_..._WITH_...`), case-insensitive; `[A|B]` is an
+/// equal-preference group (rustls has no such notion: its members are offered in that order);
+/// `TLS_SM4_GCM_SM3` is the `sm` family. As in Envoy (BoringSSL), a list that names no standard
+/// TLS 1.3 suite leaves the standard TLS 1.3 suites on (the list restricts TLS 1.2); one that names
+/// some offers only those; one that names only TLS 1.3 suites turns TLS 1.2 off. An unknown or
+/// unimplemented name is an error naming it. Returns the families in order of first appearance
+/// and the suites offered, canonical names, most preferred first.
+pub fn cipher_suites(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> (Vec<TlsSuite>, Vec<String>) {
+    let mut named: Vec<&'static (&'static str, u16, bool, &'static [&'static str])> = Vec::new();
+    for (i, entry) in v.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let entry = entry.trim();
+        let members: Vec<&str> = match entry.strip_prefix('[') {
+            Some(rest) => match rest.strip_suffix(']') {
+                Some(inner) if inner.split('|').all(|m| !m.trim().is_empty()) => {
+                    inner.split('|').map(str::trim).collect()
+                }
+                _ => {
+                    err(errors, &p, format!("{entry:?}: an equal-preference group is [A|B|...]"));
+                    continue;
+                }
+            },
+            None => vec![entry],
+        };
+        for m in members {
+            let found = CIPHERS
+                .iter()
+                .find(|c| c.0.eq_ignore_ascii_case(m) || c.3.iter().any(|a| a.eq_ignore_ascii_case(m)));
+            match found {
+                Some(c) => {
+                    if !named.iter().any(|n| n.0 == c.0) {
+                        named.push(c);
+                    }
+                }
+                None if !m.is_empty() && not_implemented(m) => err(
+                    errors,
+                    &p,
+                    format!("cipher suite {m:?} is not implemented by weft (rustls: ECDHE with AES-GCM or ChaCha20-Poly1305, TLS 1.3 suites, TLS_SM4_GCM_SM3)"),
+                ),
+                None => err(errors, &p, format!("unknown cipher suite {m:?}")),
+            }
+        }
+    }
+    if v.is_empty() {
+        err(errors, path, "at least one cipher suite is required");
+    }
+    let mut families = Vec::new();
+    let mut out: Vec<String> = Vec::new();
+    let standard13_named = named.iter().any(|c| c.2 && c.0 != SM_CIPHER);
+    for c in &named {
+        let family = if c.0 == SM_CIPHER {
+            TlsSuite::Sm
+        } else {
+            TlsSuite::Standard
+        };
+        if !families.contains(&family) {
+            families.push(family);
+            if family == TlsSuite::Standard && !standard13_named {
+                out.extend(
+                    CIPHERS
+                        .iter()
+                        .filter(|d| d.2 && d.0 != SM_CIPHER)
+                        .map(|d| d.0.to_string()),
+                );
+            }
+        }
+        out.push(c.0.to_string());
+    }
+    if families.is_empty() {
+        families.push(TlsSuite::Standard);
+    }
+    (families, out)
+}
+
+/// `suites` or `cipher_suites` (not both) at `path` (the block's, e.g. `clusters[0].tls`).
+fn suites_or_ciphers(
+    errors: &mut Vec<FieldError>,
+    path: &str,
+    s: &Option<Vec<String>>,
+    c: &Option<Vec<String>>,
+) -> (Vec<TlsSuite>, Vec<String>) {
+    match c {
+        None => (suites(errors, &format!("{path}.suites"), s), Vec::new()),
+        Some(_) if s.is_some() => {
+            err(
+                errors,
+                &format!("{path}.cipher_suites"),
+                "give suites or cipher_suites, not both (TLS_SM4_GCM_SM3 in cipher_suites is the sm family)",
+            );
+            (suites(errors, &format!("{path}.suites"), s), Vec::new())
+        }
+        Some(c) => cipher_suites(errors, &format!("{path}.cipher_suites"), c),
+    }
 }
 
 fn alpn(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> Vec<String> {
@@ -451,7 +638,7 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>
             }
         },
     };
-    let suites = suites(errors, &format!("{path}.suites"), &t.suites);
+    let (suites, cipher_suites) = suites_or_ciphers(errors, path, &t.suites, &t.cipher_suites);
     if suites.contains(&TlsSuite::Sm) && t.certificates.is_empty() {
         err(
             errors,
@@ -461,6 +648,7 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>
     }
     ListenerTls {
         suites,
+        cipher_suites,
         mode,
         certificates,
         alpn: match &t.alpn {
@@ -564,7 +752,7 @@ pub fn cluster_tls(
             }
         },
     };
-    let suites = suites(errors, &format!("{path}.suites"), &t.suites);
+    let (suites, cipher_suites) = suites_or_ciphers(errors, path, &t.suites, &t.cipher_suites);
     if suites.contains(&TlsSuite::Sm) && mode == ClusterTlsMode::Mesh {
         err(
             errors,
@@ -574,6 +762,7 @@ pub fn cluster_tls(
     }
     ClusterTls {
         suites,
+        cipher_suites,
         mode,
         sni,
         trusted_ca,

@@ -1883,6 +1883,8 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
                 sub_zone: e.sub_zone.clone().unwrap_or_default(),
             },
             labels: e.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
+            tls_match: e.tls_match.clone(),
+            locality_tls_match: e.locality_tls_match.clone(),
         });
     }
     match discovery {
@@ -1951,6 +1953,11 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
         }
         v => v.unwrap_or(false),
     };
+    let dns_host = c
+        .endpoints
+        .iter()
+        .find_map(|e| e.address.as_deref()?.rsplit_once(':').map(|(h, _)| h))
+        .filter(|h| h.parse::<IpAddr>().is_err() && !h.starts_with('['));
     Some(Cluster {
         name,
         discovery,
@@ -1997,11 +2004,6 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
             .as_ref()
             .and_then(|s| cluster_service(cx, &format!("{path}.service"), s)),
         tls: c.tls.as_ref().map(|t| {
-            let dns_host = c
-                .endpoints
-                .iter()
-                .find_map(|e| e.address.as_deref()?.rsplit_once(':').map(|(h, _)| h))
-                .filter(|h| h.parse::<IpAddr>().is_err() && !h.starts_with('['));
             crate::tls::cluster_tls(
                 &format!("{path}.tls"),
                 t,
@@ -2010,6 +2012,24 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
                 &mut cx.errors,
             )
         }),
+        tls_matches: c
+            .tls_matches
+            .iter()
+            .enumerate()
+            .map(|(j, m)| crate::model::TlsMatch {
+                name: m.name.clone().unwrap_or_default(),
+                match_: m.match_.clone(),
+                tls: m.tls.as_ref().map(|t| {
+                    crate::tls::cluster_tls(
+                        &format!("{path}.tls_matches[{j}].tls"),
+                        t,
+                        protocol == UpstreamProtocol::Http2,
+                        dns_host,
+                        &mut cx.errors,
+                    )
+                }),
+            })
+            .collect(),
     })
 }
 

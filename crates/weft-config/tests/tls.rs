@@ -143,3 +143,96 @@ fn inline_pem_fields() {
     }
     assert!(!e.contains("clusters[0].tls.trusted_ca_file: is required"), "{e}");
 }
+
+#[test]
+fn cipher_suites_follow_envoys_names_and_rules() {
+    let run = |v: &[&str]| {
+        let mut errors = Vec::new();
+        let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        let out = cipher_suites(&mut errors, "tls.cipher_suites", &v);
+        (out, errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+    };
+    // TLS 1.2 names only: the three TLS 1.3 suites stay on (BoringSSL's cipher_suites governs
+    // TLS 1.2), before the named ones; IANA spellings and any case are accepted.
+    let ((families, list), e) = run(&[
+        "ecdhe-ecdsa-aes128-gcm-sha256",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ]);
+    assert!(e.is_empty(), "{e}");
+    assert_eq!(families, vec![TlsSuite::Standard]);
+    assert_eq!(
+        list,
+        vec![
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_CHACHA20_POLY1305_SHA256",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-RSA-CHACHA20-POLY1305"
+        ]
+    );
+    // A TLS 1.3 name restricts TLS 1.3; an equal-preference group keeps its order; SM first makes
+    // the families [sm, standard]; duplicates are dropped.
+    let ((families, list), e) = run(&[
+        "TLS_SM4_GCM_SM3",
+        "[TLS_AES_128_GCM_SHA256|ECDHE-ECDSA-AES256-GCM-SHA384]",
+        "TLS_AES_128_GCM_SHA256",
+    ]);
+    assert!(e.is_empty(), "{e}");
+    assert_eq!(families, vec![TlsSuite::Sm, TlsSuite::Standard]);
+    assert_eq!(
+        list,
+        vec![
+            "TLS_SM4_GCM_SM3",
+            "TLS_AES_128_GCM_SHA256",
+            "ECDHE-ECDSA-AES256-GCM-SHA384"
+        ]
+    );
+    assert_eq!(run(&["TLS_SM4_GCM_SM3"]).0 .0, vec![TlsSuite::Sm]);
+    // Unknown and unimplemented names, malformed groups, an empty list.
+    let (_, e) = run(&[
+        "RC4-MD5",
+        "AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-SHA256",
+        "[|]",
+        "[ECDHE-RSA-AES128-GCM-SHA256",
+    ]);
+    assert!(
+        e.contains("tls.cipher_suites[0]: unknown cipher suite \"RC4-MD5\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("tls.cipher_suites[1]: cipher suite \"AES128-GCM-SHA256\" is not implemented"),
+        "{e}"
+    );
+    assert!(
+        e.contains("tls.cipher_suites[2]: cipher suite \"ECDHE-RSA-AES128-SHA256\" is not implemented"),
+        "{e}"
+    );
+    assert!(
+        e.contains("tls.cipher_suites[3]: \"[|]\": an equal-preference group"),
+        "{e}"
+    );
+    assert!(e.contains("tls.cipher_suites[4]"), "{e}");
+    assert!(run(&[])
+        .1
+        .contains("tls.cipher_suites: at least one cipher suite is required"));
+    // In a block: not with `suites`; an SM-only cluster; the validated list in the model.
+    let y = base(
+        "",
+        "    tls: { sni: a.example.com, trusted_ca_file: ca.pem, suites: [sm], cipher_suites: [TLS_SM4_GCM_SM3] }\n",
+    );
+    let e = weft_config::from_yaml(&y).unwrap_err().to_string();
+    assert!(
+        e.contains("clusters[0].tls.cipher_suites: give suites or cipher_suites, not both"),
+        "{e}"
+    );
+    let y = base(
+        "",
+        "    tls: { sni: a.example.com, trusted_ca_file: ca.pem, cipher_suites: [TLS_SM4_GCM_SM3] }\n",
+    );
+    let c = weft_config::from_yaml(&y).unwrap();
+    let ct = c.clusters[0].tls.as_ref().unwrap();
+    assert_eq!(ct.suites, vec![TlsSuite::Sm]);
+    assert_eq!(ct.cipher_suites, vec!["TLS_SM4_GCM_SM3"]);
+    assert_eq!(cipher_suite_id("TLS_SM4_GCM_SM3"), Some(0x00c6));
+}

@@ -10,9 +10,15 @@
 //!   client certificates required): STRICT is that chain alone, PERMISSIVE adds a `raw_buffer`
 //!   twin with the same filters, told apart by the TLS inspector.
 //!
-//! A destination in mode DISABLE (no sidecar with an identity) is called in plaintext.
+//! A destination in mode DISABLE (no sidecar with an identity) is called in plaintext. A mesh
+//! destination some of whose endpoints have no sidecar ([`model::Endpoint::sidecar`]) is called as
+//! Istio calls it: its endpoints with a sidecar carry the metadata
+//! `envoy.transport_socket_match: {tlsMode: istio}` ([`TLS_MODE_KEY`]), and its clusters have no
+//! `transport_socket` but `transport_socket_matches`: `tlsMode-istio` (that metadata → the mTLS
+//! socket) and `tlsMode-disabled` (an empty match, which every other endpoint matches → plaintext).
 
 use crate::model::{self, MtlsMode, World};
+use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::listener::v3 as ls;
 use weft_xds_api::pb::envoy::extensions::filters::listener::tls_inspector::v3 as tls_inspector;
@@ -132,6 +138,54 @@ pub fn upstream(svc: &model::Service, subset: Option<&str>) -> core::TransportSo
             &ctx,
         ))),
     }
+}
+
+/// The endpoint metadata key transport socket matching reads, and what marks an endpoint with a
+/// sidecar (Istio's).
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+pub const TLS_MODE_KEY: &str = "tlsMode";
+pub const TLS_MODE_ISTIO: &str = "istio";
+const RAW_BUFFER: &str = "envoy.transport_sockets.raw_buffer";
+const RAW_BUFFER_URL: &str = "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer";
+
+/// Whether `svc`'s endpoints mix workloads with and without a sidecar: its clusters then choose
+/// the transport socket per endpoint ([`per_endpoint`]).
+pub fn mixed(svc: &model::Service) -> bool {
+    svc.endpoints.iter().any(|e| !e.sidecar) && svc.endpoints.iter().any(|e| e.sidecar)
+}
+
+/// Istio's `transport_socket_matches` for a mesh destination with mixed endpoints: mTLS to the
+/// endpoints marked `tlsMode: istio`, plaintext to the others.
+pub fn per_endpoint(svc: &model::Service, subset: Option<&str>) -> Vec<cl::cluster::TransportSocketMatch> {
+    use weft_xds_api::pb::google::protobuf::{value::Kind, Any, Struct, Value};
+    let tls_mode = Struct {
+        fields: [(
+            TLS_MODE_KEY.to_string(),
+            Value {
+                kind: Some(Kind::StringValue(TLS_MODE_ISTIO.into())),
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    vec![
+        cl::cluster::TransportSocketMatch {
+            name: "tlsMode-istio".into(),
+            r#match: Some(tls_mode),
+            transport_socket: Some(upstream(svc, subset)),
+        },
+        cl::cluster::TransportSocketMatch {
+            name: "tlsMode-disabled".into(),
+            r#match: Some(Struct::default()),
+            transport_socket: Some(core::TransportSocket {
+                name: RAW_BUFFER.into(),
+                config_type: Some(core::transport_socket::ConfigType::TypedConfig(Any {
+                    type_url: RAW_BUFFER_URL.into(),
+                    value: Vec::new(),
+                })),
+            }),
+        },
+    ]
 }
 
 /// An inbound listener's filter chains (and listener filters) for `filters` in `mode`: one

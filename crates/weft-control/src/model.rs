@@ -238,6 +238,9 @@ struct RawEndpoint {
     locality: Option<RawLocality>,
     priority: Option<u32>,
     health: Option<String>,
+    /// false: the endpoint's workload has no sidecar, so callers reach it in plaintext while the
+    /// service's other endpoints get mesh mTLS (Istio's `tlsMode`). Default true.
+    sidecar: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -645,6 +648,10 @@ pub struct Endpoint {
     pub locality: Locality,
     pub priority: u32,
     pub health: Health,
+    /// The workload runs a sidecar that answers mesh mTLS. When some of a service's endpoints do
+    /// not, those are called in plaintext and the others with mTLS (Istio's `tlsMode`, see
+    /// `mesh_tls`).
+    pub sidecar: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -1241,6 +1248,7 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
                 },
                 priority: ep.priority.unwrap_or(0),
                 health,
+                sidecar: ep.sidecar.unwrap_or(true),
             });
         }
         if let Some(deps) = &s.dependencies {

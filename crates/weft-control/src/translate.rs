@@ -574,6 +574,16 @@ fn health(h: Health) -> i32 {
 /// Groups endpoints by (priority, locality). Locality weights are the sum of their endpoints' weights,
 /// so that locality-weighted balancing (gRPC always does it) keeps the per-endpoint proportions.
 pub fn load_assignment<'a>(name: &str, eps: impl Iterator<Item = &'a model::Endpoint>) -> ep::ClusterLoadAssignment {
+    load_assignment_marked(name, eps, false)
+}
+
+/// [`load_assignment`]; `tls_mode`: endpoints with a sidecar carry Istio's
+/// `envoy.transport_socket_match: {tlsMode: istio}` (see `mesh_tls::per_endpoint`).
+pub fn load_assignment_marked<'a>(
+    name: &str,
+    eps: impl Iterator<Item = &'a model::Endpoint>,
+    tls_mode: bool,
+) -> ep::ClusterLoadAssignment {
     let mut groups: BTreeMap<(u32, &model::Locality), Vec<&model::Endpoint>> = BTreeMap::new();
     for e in eps {
         groups.entry((e.priority, &e.locality)).or_default().push(e);
@@ -600,7 +610,7 @@ pub fn load_assignment<'a>(name: &str, eps: impl Iterator<Item = &'a model::Endp
                     .map(|e| ep::LbEndpoint {
                         health_status: health(e.health),
                         load_balancing_weight: u32v(e.weight.max(1)),
-                        metadata: labels_metadata(&e.labels),
+                        metadata: endpoint_metadata(&e.labels, tls_mode && e.sidecar),
                         host_identifier: Some(ep::lb_endpoint::HostIdentifier::Endpoint(ep::Endpoint {
                             address: Some(socket_address(e.address)),
                             ..Default::default()
@@ -616,6 +626,27 @@ pub fn load_assignment<'a>(name: &str, eps: impl Iterator<Item = &'a model::Endp
         endpoints,
         ..Default::default()
     }
+}
+
+/// An endpoint's metadata: its labels (`envoy.lb`), and `tlsMode: istio` when `tls_mode`.
+fn endpoint_metadata(labels: &BTreeMap<String, String>, tls_mode: bool) -> Option<core::Metadata> {
+    let mut m = labels_metadata(labels);
+    if tls_mode {
+        let fields = [(
+            crate::mesh_tls::TLS_MODE_KEY.to_string(),
+            Value {
+                kind: Some(weft_xds_api::pb::google::protobuf::value::Kind::StringValue(
+                    crate::mesh_tls::TLS_MODE_ISTIO.into(),
+                )),
+            },
+        )]
+        .into_iter()
+        .collect();
+        m.get_or_insert_with(Default::default)
+            .filter_metadata
+            .insert(crate::mesh_tls::TRANSPORT_SOCKET_MATCH.to_string(), Struct { fields });
+    }
+    m
 }
 
 fn labels_metadata(labels: &BTreeMap<String, String>) -> Option<core::Metadata> {
@@ -760,9 +791,13 @@ fn translate_service(
 ) -> ServiceOut {
     let mut out = ServiceOut::default();
     let mtls = mesh.is_some_and(|m| m.mode_of(svc) != model::MtlsMode::Disable);
+    // Endpoints with and without sidecars: mTLS chosen per endpoint, by its tlsMode metadata.
+    let per_endpoint = mtls && crate::mesh_tls::mixed(svc);
     let push_cluster = |out: &mut ServiceOut, name: &str, subset: Option<&str>| {
         let mut c = eds_cluster(name, svc, dest);
-        if mtls {
+        if mtls && per_endpoint {
+            c.transport_socket_matches = crate::mesh_tls::per_endpoint(svc, subset);
+        } else if mtls {
             c.transport_socket = Some(crate::mesh_tls::upstream(svc, subset));
         }
         let grpc = dest.and_then(|d| grpc_cluster(&c, d.lb));
@@ -772,6 +807,7 @@ fn translate_service(
             // services only).
             let mut g = grpc.unwrap_or_else(|| c.clone());
             g.transport_socket = None;
+            g.transport_socket_matches.clear();
             out.grpc_clusters.push(Res::new(Kind::Cluster, name, &g));
         } else if let Some(g) = grpc {
             out.grpc_clusters.push(Res::new(Kind::Cluster, name, &g));
@@ -782,7 +818,7 @@ fn translate_service(
     out.endpoints.push(Res::new(
         Kind::Endpoint,
         &svc.name,
-        &load_assignment(&svc.name, svc.endpoints.iter()),
+        &load_assignment_marked(&svc.name, svc.endpoints.iter(), per_endpoint),
     ));
     for sub in dest.map(|d| d.subsets.as_slice()).unwrap_or_default() {
         let name = model::cluster_name(&svc.name, Some(&sub.name));
@@ -791,8 +827,11 @@ fn translate_service(
             .endpoints
             .iter()
             .filter(|e| sub.labels.iter().all(|(k, v)| e.labels.get(k) == Some(v)));
-        out.endpoints
-            .push(Res::new(Kind::Endpoint, &name, &load_assignment(&name, matching)));
+        out.endpoints.push(Res::new(
+            Kind::Endpoint,
+            &name,
+            &load_assignment_marked(&name, matching, per_endpoint),
+        ));
     }
     out
 }

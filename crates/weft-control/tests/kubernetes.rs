@@ -309,8 +309,9 @@ fn objects_map_to_the_same_fragments_without_a_server() {
     assert!(skipped.contains_key("Service bookinfo/legacy"), "{skipped:?}");
 }
 
-/// Mesh mTLS per Service: pods without a weft sidecar make their Service DISABLE (callers send
-/// plaintext); every pod injected: weft control's default; an annotation decides over both.
+/// Mesh mTLS per Service: no pod with a weft sidecar makes the Service DISABLE (callers send
+/// plaintext); some pods injected: weft control's default, each endpoint marked with whether its
+/// pod has a sidecar (callers reach the others in plaintext); an annotation decides over both.
 #[test]
 fn services_without_sidecars_are_plaintext_and_annotations_set_the_mode() {
     use weft_control::model::MtlsMode;
@@ -333,12 +334,22 @@ fn services_without_sidecars_are_plaintext_and_annotations_set_the_mode() {
     };
     let mut injected = fixture("pod-reviews-v1.json");
     injected["metadata"]["annotations"] = json!({ "sidecar.weft.dev/status": "injected" });
-    // Some endpoints have no Pod, or a Pod without a sidecar: plaintext.
+    // No endpoint's Pod has a sidecar (no Pod, or one without): plaintext.
     assert_eq!(
         mode(vec![fixture("pod-reviews-v1.json")], None).0,
         Some(MtlsMode::Disable)
     );
-    assert_eq!(mode(vec![injected.clone()], None).0, Some(MtlsMode::Disable));
+    // One injected Pod among others: the default, TLS chosen per endpoint.
+    assert_eq!(mode(vec![injected.clone()], None).0, None);
+    let mut objects: Vec<serde_json::Value> = base.iter().map(|f| fixture(f)).collect();
+    objects.push(injected.clone());
+    let (changes, _) = weft_control::registry::kubernetes::changes_for_objects(&objects, "cluster.local");
+    let SourceChange::Upsert { fragment, .. } = &changes[0] else {
+        panic!("{changes:?}")
+    };
+    let eps = &fragment.services[0].endpoints;
+    assert_eq!(eps.iter().filter(|e| e.sidecar).count(), 1, "{eps:?}");
+    assert!(eps.iter().any(|e| !e.sidecar), "{eps:?}");
     // Every endpoint's Pod injected: the default.
     let mut eps = fixture("endpointslice-reviews.json");
     let all = eps["endpoints"].as_array().unwrap().len();

@@ -199,3 +199,111 @@ fn bad_modes_and_identities_are_refused_naming_the_field() {
         "{e}"
     );
 }
+
+/// A mesh destination whose endpoints mix workloads with and without a sidecar (`sidecar: false`
+/// in the registry; a Kubernetes Pod without weft's sidecar) is sent as Istio sends it: its
+/// clusters have `transport_socket_matches` (`tlsMode-istio` → mTLS, `tlsMode-disabled` `{}` →
+/// plaintext) and no `transport_socket`, its sidecar endpoints carry `tlsMode: istio`; weft's own
+/// xDS client reads it back into per-endpoint TLS.
+#[test]
+fn mixed_endpoints_get_tls_per_endpoint_like_istio() {
+    use weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+    let reg = r#"
+services:
+  - name: reviews
+    port: 9080
+    identities: [spiffe://cluster.local/ns/default/sa/reviews]
+    endpoints:
+      - {address: 127.0.0.1:9081, labels: {version: v1}}
+      - {address: 127.0.0.1:9082, labels: {version: v1}, sidecar: false}
+  - name: ratings
+    endpoints: [{address: 127.0.0.1:9091}]
+destinations:
+  - service: reviews
+    subsets: [{name: v1, labels: {version: v1}}]
+"#;
+    let f = parse_fragment("reg.yaml", reg).unwrap();
+    let (mut world, errs) = World::build([("reg.yaml", &f)].into_iter());
+    assert!(errs.is_empty(), "{errs:?}");
+    assert!(!world.services["reviews"].endpoints[1].sidecar);
+    world.mesh_tls = permissive();
+    let s = build_snapshot(1, Arc::new(world.clone()), None);
+    for name in ["reviews", "reviews|v1"] {
+        let c = cluster(&s, name);
+        assert!(c.transport_socket.is_none(), "{name}");
+        let m = &c.transport_socket_matches;
+        assert_eq!(m.len(), 2, "{name}");
+        assert_eq!(
+            (m[0].name.as_str(), m[1].name.as_str()),
+            ("tlsMode-istio", "tlsMode-disabled")
+        );
+        assert!(m[1].r#match.as_ref().unwrap().fields.is_empty());
+        assert_eq!(
+            m[1].transport_socket.as_ref().unwrap().name,
+            "envoy.transport_sockets.raw_buffer"
+        );
+        assert!(weft_xds_client::pgv::cluster(&c).is_empty(), "{name}");
+        let x = weft_xds_client::convert::cluster(&c, false).unwrap();
+        assert!(x.raw.tls.is_none());
+        let t = x.raw.tls_matches[0].tls.as_ref().unwrap();
+        assert_eq!(t.mode.as_deref(), Some("mesh"));
+        assert_eq!(
+            t.subject_alt_names,
+            vec!["spiffe://cluster.local/ns/default/sa/reviews"]
+        );
+        assert!(x.raw.tls_matches[1].tls.is_none());
+        // Proxyless gRPC: plaintext, no matches.
+        let g: Cluster = unpack(&s.grpc_clusters[name].any, CLUSTER).unwrap();
+        assert!(
+            g.transport_socket.is_none() && g.transport_socket_matches.is_empty(),
+            "{name}"
+        );
+        // The endpoints: tlsMode on the one with a sidecar only.
+        let la: ClusterLoadAssignment = unpack(
+            &s.maps[Kind::Endpoint as usize][name].any,
+            weft_xds_api::type_url::ENDPOINT,
+        )
+        .unwrap();
+        let eps = convert_eps(&la);
+        assert_eq!(eps.len(), 2);
+        assert_eq!(
+            eps[0].tls_match.get("tlsMode").map(String::as_str),
+            Some("istio"),
+            "{name}"
+        );
+        assert!(eps[1].tls_match.is_empty(), "{name}");
+    }
+    // Every endpoint with a sidecar (ratings), DISABLE, or no CA: one socket for all, no marks.
+    let c = cluster(&s, "ratings");
+    assert!(c.transport_socket.is_some() && c.transport_socket_matches.is_empty());
+    let plain = build_snapshot(
+        1,
+        Arc::new(World {
+            mesh_tls: None,
+            ..world
+        }),
+        None,
+    );
+    let c = cluster(&plain, "reviews");
+    assert!(c.transport_socket.is_none() && c.transport_socket_matches.is_empty());
+    let la: ClusterLoadAssignment = unpack(
+        &plain.maps[Kind::Endpoint as usize]["reviews"].any,
+        weft_xds_api::type_url::ENDPOINT,
+    )
+    .unwrap();
+    assert!(convert_eps(&la).iter().all(|e| e.tls_match.is_empty()));
+    // A bad value is refused naming the field.
+    let e = parse_fragment(
+        "bad.yaml",
+        "services: [{name: a, endpoints: [{address: 127.0.0.1:1, sidecar: maybe}]}]\n",
+    )
+    .unwrap_err()
+    .join("\n");
+    assert!(e.contains("sidecar"), "{e}");
+}
+
+fn convert_eps(
+    la: &weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
+) -> Vec<weft_config::raw::RawEndpoint> {
+    weft_xds_client::convert::load_assignment(la).unwrap().plain
+}

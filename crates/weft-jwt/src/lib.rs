@@ -406,21 +406,22 @@ where
     Ok(sender)
 }
 
-/// GET the JWKS from one host of the cluster (healthy ones preferred), over TLS when the cluster
-/// has a `tls` block (its trust, SNI and client certificate; HTTP/1.1 on it).
+/// GET the JWKS from one host of the cluster (healthy ones preferred), over TLS when that host's
+/// TLS is (the cluster's `tls` block, or its `tls_matches` entry's: trust, SNI and client
+/// certificate; HTTP/1.1 on it).
 async fn fetch(cfg: &RemoteJwks, clusters: &dyn ClusterLookup) -> Result<Bytes, String> {
     use http_body_util::{BodyExt, Empty, Limited};
     let cluster = clusters
         .cluster(&cfg.cluster)
         .ok_or_else(|| format!("no cluster \"{}\"", cfg.cluster))?;
-    let host: SocketAddr = cluster
-        .any_host_address()
+    let (host, tls): (SocketAddr, _) = cluster
+        .any_host_with_tls()
         .ok_or_else(|| format!("cluster \"{}\" has no hosts", cfg.cluster))?;
     let stream = tokio::net::TcpStream::connect(host)
         .await
         .map_err(|e| format!("{host}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let mut sender = match cluster.tls_connector() {
+    let mut sender = match tls {
         None if cfg.https => {
             return Err(format!(
                 "the URI is https:// but cluster \"{}\" has no tls block; not fetching in plaintext",

@@ -189,6 +189,8 @@ async fn handle(server: Weak<Server>, req: Request<Incoming>) -> Response<Full<B
                                 "requests": h.rq_total.load(Ordering::Relaxed),
                                 "errors": h.rq_error.load(Ordering::Relaxed),
                                 "connect_failures": h.cx_connect_fail.load(Ordering::Relaxed),
+                                "tls": c.config.tls_of(h.tls_choice).map(|t| t.mode),
+                                "tls_match": h.tls_choice.checked_sub(1).and_then(|i| c.config.tls_matches.get(i)).map(|m| m.name.as_str()),
                             })
                         })
                         .collect();

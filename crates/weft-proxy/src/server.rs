@@ -539,13 +539,19 @@ impl Server {
             let rt = match prev {
                 Some(p) if p.config == *c && old.config.node == config.node => p.clone(),
                 _ => {
-                    let tls = match &c.tls {
-                        None => None,
-                        Some(t) => Some(Arc::new(
-                            crate::tls::cluster_connector(t, &shared.tls, &c.name, &format!("clusters[{i}].tls."))
-                                .map_err(|e| ApplyError::Invalid(e.to_string()))?,
-                        )),
+                    let connector = |t: &Option<weft_config::tls::ClusterTls>, field: String| match t {
+                        None => Ok(None),
+                        Some(t) => crate::tls::cluster_connector(t, &shared.tls, &c.name, &field)
+                            .map(|c| Some(Arc::new(c)))
+                            .map_err(|e| ApplyError::Invalid(e.to_string())),
                     };
+                    let tls = connector(&c.tls, format!("clusters[{i}].tls."))?;
+                    let tls_matches = c
+                        .tls_matches
+                        .iter()
+                        .enumerate()
+                        .map(|(j, m)| connector(&m.tls, format!("clusters[{i}].tls_matches[{j}].tls.")))
+                        .collect::<Result<Vec<_>, _>>()?;
                     let rt = Arc::new(
                         ClusterRt::new(
                             c.clone(),
@@ -554,7 +560,8 @@ impl Server {
                             config.node.locality.clone(),
                             prev.map(|p| p.as_ref()),
                         )
-                        .with_tls(tls),
+                        .with_tls(tls)
+                        .with_tls_matches(tls_matches),
                     );
                     new_clusters.push(Arc::downgrade(&rt));
                     rt

@@ -76,6 +76,11 @@ fn suites(v: &[TlsSuite]) -> Vec<weft_tls::Suite> {
         .collect()
 }
 
+/// The IANA ids of validated `cipher_suites` (canonical names).
+fn cipher_ids(v: &[String]) -> Vec<u16> {
+    v.iter().filter_map(|n| weft_config::tls::cipher_suite_id(n)).collect()
+}
+
 /// Builds what a cluster's `tls` block asks for: the connector its connections use. `field` is
 /// the block's path for errors (`clusters[0].tls.`).
 pub fn cluster_connector(
@@ -105,13 +110,14 @@ pub fn cluster_connector(
             (weft_tls::Trust::Roots(roots), cert)
         }
     };
-    let cfg = weft_tls::client_config_with_suites(
+    let cfg = weft_tls::client_config_with_ciphers(
         trust,
         t.subject_alt_names.clone(),
         cert,
         t.alpn.iter().map(|a| a.as_bytes().to_vec()).collect(),
         min_version(t.min_version),
         &suites(&t.suites),
+        &cipher_ids(&t.cipher_suites),
         field,
     )?;
     Ok(weft_tls::Connector::new(cfg, &t.sni, field)?.with_counters(state.stats.counters(Side::Upstream, cluster)))
@@ -190,6 +196,7 @@ impl ListenerTlsRt {
             min_version: min_version(cfg.min_version),
             client_auth,
             suites: suites(&cfg.suites),
+            cipher_suites: cipher_ids(&cfg.cipher_suites),
         };
         let server = weft_tls::server_config(cert_resolver, &settings, field)?;
         Ok(ListenerTlsRt {

@@ -23,14 +23,28 @@ pub enum TlsVersion {
 }
 
 impl TlsVersion {
-    /// The versions for `suites`: ShangMi alone is TLS 1.3 only (RFC 8998 defines no TLS 1.2 suite).
-    fn versions(self, suites: &[Suite]) -> &'static [&'static SupportedProtocolVersion] {
+    /// The versions for `provider`'s suites: TLS 1.2 only when one of them is a TLS 1.2 suite
+    /// (ShangMi alone is TLS 1.3 only: RFC 8998 defines no TLS 1.2 suite).
+    fn versions(self, provider: &rustls::crypto::CryptoProvider) -> &'static [&'static SupportedProtocolVersion] {
         static BOTH: [&SupportedProtocolVersion; 2] = [&rustls::version::TLS13, &rustls::version::TLS12];
         static V13: [&SupportedProtocolVersion; 1] = [&rustls::version::TLS13];
+        let has12 = provider
+            .cipher_suites
+            .iter()
+            .any(|s| s.version() == &rustls::version::TLS12);
         match self {
-            TlsVersion::V12 if suites.contains(&Suite::Standard) => &BOTH,
+            TlsVersion::V12 if has12 => &BOTH,
             _ => &V13,
         }
+    }
+}
+
+/// The field for cipher-suite errors: `cipher_suites` when they are restricted, else `suites`.
+fn suites_field(field: &str, ciphers: &[u16]) -> String {
+    if ciphers.is_empty() {
+        format!("{field}suites")
+    } else {
+        format!("{field}cipher_suites")
     }
 }
 
@@ -53,6 +67,8 @@ pub struct ServerSettings {
     pub client_auth: ClientAuth,
     /// The suite families offered, most preferred first (the client's order decides).
     pub suites: Vec<Suite>,
+    /// The cipher suites offered (IANA ids, most preferred first); empty: all of `suites`'.
+    pub cipher_suites: Vec<u16>,
 }
 
 /// A listener's server configuration. `field` names the block for errors (`tls`).
@@ -64,8 +80,16 @@ pub fn server_config(
     if s.suites.is_empty() {
         return Err(TlsError::invalid(format!("{field}suites"), "no suite family"));
     }
-    let builder = ServerConfig::builder_with_provider(crate::provider_for(&s.suites))
-        .with_protocol_versions(s.min_version.versions(&s.suites))
+    let provider = crate::provider_for_ciphers(&s.suites, &s.cipher_suites);
+    if provider.cipher_suites.is_empty() {
+        return Err(TlsError::invalid(
+            suites_field(field, &s.cipher_suites),
+            "no cipher suite",
+        ));
+    }
+    let versions = s.min_version.versions(&provider);
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?;
     let verifier: Option<Arc<dyn ClientCertVerifier>> = match &s.client_auth {
         ClientAuth::None => None,
@@ -135,9 +159,30 @@ pub fn client_config_with_suites(
     suites: &[Suite],
     field: &str,
 ) -> Result<Arc<ClientConfig>, TlsError> {
+    client_config_with_ciphers(trust, allowed_sans, cert, alpn, min_version, suites, &[], field)
+}
+
+/// [`client_config_with_suites`] offering only the cipher suites `ciphers` (IANA ids, most
+/// preferred first; empty: all of `suites`').
+#[allow(clippy::too_many_arguments)]
+pub fn client_config_with_ciphers(
+    trust: Trust,
+    allowed_sans: Vec<String>,
+    cert: ClientCert,
+    alpn: Vec<Vec<u8>>,
+    min_version: TlsVersion,
+    suites: &[Suite],
+    ciphers: &[u16],
+    field: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
     if suites.is_empty() {
         return Err(TlsError::invalid(format!("{field}suites"), "no suite family"));
     }
+    let provider = crate::provider_for_ciphers(suites, ciphers);
+    if provider.cipher_suites.is_empty() {
+        return Err(TlsError::invalid(suites_field(field, ciphers), "no cipher suite"));
+    }
+    let versions = min_version.versions(&provider);
     let verifier = match trust {
         Trust::Roots(r) => NamingVerifier::new(
             Roots::fixed(r).map_err(|e| TlsError::invalid(format!("{field}trusted_ca_file"), e))?,
@@ -146,8 +191,8 @@ pub fn client_config_with_suites(
         Trust::Mesh(m) if allowed_sans.is_empty() => NamingVerifier::any_identity(Roots::Mesh(m)),
         Trust::Mesh(m) => NamingVerifier::new(Roots::Mesh(m), allowed_sans),
     };
-    let builder = ClientConfig::builder_with_provider(crate::provider_for(suites))
-        .with_protocol_versions(min_version.versions(suites))
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .map_err(|e| TlsError::invalid(format!("{field}min_version"), e))?
         .dangerous()
         .with_custom_certificate_verifier(if suites == [Suite::Sm] {

@@ -25,8 +25,8 @@ pub mod testcerts;
 pub mod verify;
 
 pub use config::{
-    client_config, client_config_with_suites, server_config, ClientAuth, ClientCert, Connector, ServerSettings,
-    TlsVersion, Trust,
+    client_config, client_config_with_ciphers, client_config_with_suites, server_config, ClientAuth, ClientCert,
+    Connector, ServerSettings, TlsVersion, Trust,
 };
 pub use error::TlsError;
 pub use mesh::MeshIdentity;
@@ -60,11 +60,19 @@ pub enum Suite {
 /// groups; a client sends its first key share for the first family's first group). Verification
 /// and keys are [`provider`]'s whatever the suites.
 pub fn provider_for(suites: &[Suite]) -> Arc<rustls::crypto::CryptoProvider> {
-    type Cache = parking_lot::Mutex<Vec<(Vec<Suite>, Arc<rustls::crypto::CryptoProvider>)>>;
+    provider_for_ciphers(suites, &[])
+}
+
+/// [`provider_for`] offering only the cipher suites `ciphers` (IANA ids, most preferred first;
+/// `TLS_SM4_GCM_SM3` among them for [`Suite::Sm`]); empty: every suite of `suites`' families.
+/// Ids of suites outside `suites`' families, or not implemented, are left out.
+pub fn provider_for_ciphers(suites: &[Suite], ciphers: &[u16]) -> Arc<rustls::crypto::CryptoProvider> {
+    type Key = (Vec<Suite>, Vec<u16>);
+    type Cache = parking_lot::Mutex<Vec<(Key, Arc<rustls::crypto::CryptoProvider>)>>;
     static CACHE: OnceLock<Cache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     let mut cache = cache.lock();
-    if let Some((_, p)) = cache.iter().find(|(s, _)| s == suites) {
+    if let Some((_, p)) = cache.iter().find(|(k, _)| k.0 == suites && k.1 == ciphers) {
         return p.clone();
     }
     let all = provider();
@@ -84,7 +92,14 @@ pub fn provider_for(suites: &[Suite]) -> Arc<rustls::crypto::CryptoProvider> {
             }
         }
     }
+    if !ciphers.is_empty() {
+        let family = std::mem::take(&mut p.cipher_suites);
+        p.cipher_suites = ciphers
+            .iter()
+            .filter_map(|id| family.iter().find(|s| u16::from(s.suite()) == *id).copied())
+            .collect();
+    }
     let p = Arc::new(p);
-    cache.push((suites.to_vec(), p.clone()));
+    cache.push(((suites.to_vec(), ciphers.to_vec()), p.clone()));
     p
 }

@@ -73,6 +73,7 @@ async fn listener(suites: Vec<Suite>) -> Setup {
         min_version: TlsVersion::V12,
         client_auth: ClientAuth::None,
         suites,
+        cipher_suites: Vec::new(),
     };
     let cfg = server_config(resolver, &settings, "tls.").unwrap();
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -99,6 +99,7 @@ async fn sni_selects_and_files_reload_in_place() {
         min_version: TlsVersion::V12,
         client_auth: ClientAuth::None,
         suites: vec![weft_tls::Suite::Standard],
+        cipher_suites: Vec::new(),
     };
     let cfg = server_config(resolver.clone(), &settings, "tls.").unwrap();
     let (addr, _rx) = serve(cfg).await;
@@ -227,6 +228,7 @@ fn mesh_server(m: &Arc<MeshIdentity>) -> Arc<rustls::ServerConfig> {
         min_version: TlsVersion::V13,
         client_auth: ClientAuth::Mesh(m.clone()),
         suites: vec![weft_tls::Suite::Standard],
+        cipher_suites: Vec::new(),
     };
     server_config(Arc::new(mesh::MeshServerResolver(m.clone())), &settings, "").unwrap()
 }
@@ -318,6 +320,7 @@ async fn expired_server_certificate_is_classified() {
         min_version: TlsVersion::V12,
         client_auth: ClientAuth::None,
         suites: vec![weft_tls::Suite::Standard],
+        cipher_suites: Vec::new(),
     };
     let (addr, _rx) = serve(server_config(resolver, &settings, "").unwrap()).await;
     let err = call(&plain_client(&ca.cert_pem, "old.example.com"), addr)

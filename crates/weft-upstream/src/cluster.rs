@@ -57,6 +57,9 @@ pub struct Host {
     /// Connect from this IP, which need not be local (an `original_source` cluster's host: the
     /// downstream peer's address), with this `SO_MARK` (0: none). None: the kernel chooses.
     pub source: Option<(IpAddr, u32)>,
+    /// Which of the cluster's TLS settings this host's connections use
+    /// ([`weft_config::Cluster::tls_choice`]): its pools hold connections of that TLS only.
+    pub tls_choice: usize,
     pools: Box<[WorkerPool]>,
 }
 
@@ -74,8 +77,9 @@ struct IdleH1 {
 }
 
 impl Host {
-    fn new(address: SocketAddr, e: Option<&Endpoint>, slots: usize) -> Host {
+    fn new(address: SocketAddr, e: Option<&Endpoint>, tls_choice: usize, slots: usize) -> Host {
         Host {
+            tls_choice,
             address,
             weight: e.map_or(1, |e| e.weight),
             priority: e.map_or(0, |e| e.priority),
@@ -93,8 +97,12 @@ impl Host {
         }
     }
 
-    fn same_endpoint(&self, e: &Endpoint) -> bool {
-        self.weight == e.weight && self.priority == e.priority && self.locality == e.locality && self.labels == e.labels
+    fn same_endpoint(&self, e: &Endpoint, tls_choice: usize) -> bool {
+        self.weight == e.weight
+            && self.priority == e.priority
+            && self.locality == e.locality
+            && self.labels == e.labels
+            && self.tls_choice == tls_choice
     }
 }
 
@@ -142,6 +150,8 @@ pub struct ClusterRt {
     rebuild_lock: Mutex<()>,
     /// TLS origination (the cluster's `tls` block), when set.
     tls: Option<Arc<weft_tls::Connector>>,
+    /// Per `tls_matches` entry: its TLS origination (None: plaintext).
+    tls_matches: Vec<Option<Arc<weft_tls::Connector>>>,
 }
 
 /// Keeps a request counted against the cluster and its host until dropped.
@@ -204,7 +214,7 @@ impl ClusterRt {
     ) -> ClusterRt {
         // Keep hosts (their warm pools and health) that survive a reload unchanged. A change of TLS
         // settings starts from new hosts: pooled connections were opened with the old ones.
-        let previous = previous.filter(|p| p.config.tls == config.tls);
+        let previous = previous.filter(|p| p.config.tls == config.tls && p.config.tls_matches == config.tls_matches);
         let mut old: HashMap<SocketAddr, Arc<Host>> = HashMap::new();
         if let Some(p) = previous {
             for h in &p.hosts.load().hosts {
@@ -222,10 +232,13 @@ impl ClusterRt {
                 .endpoints
                 .iter()
                 .filter_map(|e| match &e.address {
-                    EndpointAddress::Socket(a) => Some(match old.get(a) {
-                        Some(h) if h.same_endpoint(e) => h.clone(),
-                        _ => Arc::new(Host::new(*a, Some(e), slots)),
-                    }),
+                    EndpointAddress::Socket(a) => {
+                        let choice = config.tls_choice(Some(e));
+                        Some(match old.get(a) {
+                            Some(h) if h.same_endpoint(e, choice) => h.clone(),
+                            _ => Arc::new(Host::new(*a, Some(e), choice, slots)),
+                        })
+                    }
                     EndpointAddress::Dns { .. } => None,
                 })
                 .collect()
@@ -258,6 +271,7 @@ impl ClusterRt {
             local,
             rebuild_lock: Mutex::new(()),
             tls: None,
+            tls_matches: Vec::new(),
         }
     }
 
@@ -307,6 +321,20 @@ impl ClusterRt {
         }
     }
 
+    /// For a side call that opens its own connection (a JWKS fetch): a host as
+    /// [`ClusterRt::any_host_address`] picks it, with that host's TLS origination
+    /// ([`ClusterRt::tls_for`]: the cluster's `tls`, or its `tls_matches` entry's).
+    pub fn any_host_with_tls(&self) -> Option<(SocketAddr, Option<Arc<weft_tls::Connector>>)> {
+        let set = self.hosts.load();
+        let healthy = || set.hosts.iter().filter(|h| h.healthy.load(Ordering::Relaxed));
+        let host = match healthy().count() {
+            0 if set.hosts.is_empty() => return None,
+            0 => &set.hosts[fastrand::usize(..set.hosts.len())],
+            n => healthy().nth(fastrand::usize(..n))?,
+        };
+        Some((host.address, self.tls_for(host).cloned()))
+    }
+
     /// The host for an original-destination address, created on first use.
     pub fn original_dst_host(&self, addr: SocketAddr) -> Arc<Host> {
         self.original_dst_host_from(addr, None)
@@ -322,7 +350,7 @@ impl ClusterRt {
         }
         map.entry((addr, source))
             .or_insert_with(|| {
-                let mut h = Host::new(addr, None, self.slots);
+                let mut h = Host::new(addr, None, 0, self.slots);
                 h.source = source;
                 Arc::new(h)
             })
@@ -345,7 +373,7 @@ impl ClusterRt {
                     .iter()
                     .find(|h| h.address == *a)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Host::new(*a, template, self.slots)))
+                    .unwrap_or_else(|| Arc::new(Host::new(*a, template, self.config.tls_choice(template), self.slots)))
             })
             .collect();
         drop(current);
@@ -429,6 +457,21 @@ impl ClusterRt {
         self
     }
 
+    /// Sets the TLS origination of the hosts that `tls_matches` choose, one per entry (None:
+    /// plaintext).
+    pub fn with_tls_matches(mut self, tls: Vec<Option<Arc<weft_tls::Connector>>>) -> ClusterRt {
+        self.tls_matches = tls;
+        self
+    }
+
+    /// The TLS origination of `host`'s connections: the cluster's, or its `tls_matches` entry's.
+    pub fn tls_for(&self, host: &Host) -> Option<&Arc<weft_tls::Connector>> {
+        match host.tls_choice {
+            0 => self.tls.as_ref(),
+            i => self.tls_matches.get(i - 1).and_then(Option::as_ref),
+        }
+    }
+
     /// The cluster's TLS origination, for side calls that open their own connections (a JWKS
     /// fetch).
     pub fn tls_connector(&self) -> Option<&Arc<weft_tls::Connector>> {
@@ -464,7 +507,7 @@ impl ClusterRt {
     /// A new HTTP/1.1 connection to `host` (TCP, then TLS if the cluster originates it).
     async fn connect_h1(&self, host: &Host, guard: ConnGuard) -> Result<http1::SendRequest<UpBody>, Error> {
         let stream = self.connect_tcp(host).await?;
-        match &self.tls {
+        match self.tls_for(host) {
             None => self.h1_over(stream, guard).await,
             Some(t) => self.h1_over(self.tls_connect(t, host, stream).await?, guard).await,
         }
@@ -473,7 +516,7 @@ impl ClusterRt {
     /// A new HTTP/2 connection to `host` (TCP, then TLS if the cluster originates it).
     async fn connect_h2(&self, host: &Host, guard: ConnGuard) -> Result<http2::SendRequest<UpBody>, Error> {
         let stream = self.connect_tcp(host).await?;
-        match &self.tls {
+        match self.tls_for(host) {
             None => self.h2_over(stream, guard).await,
             Some(t) => self.h2_over(self.tls_connect(t, host, stream).await?, guard).await,
         }
@@ -532,7 +575,7 @@ impl ClusterRt {
     pub async fn connect_stream(self: &Arc<Self>, host: &Arc<Host>) -> Result<(RawStream, ConnGuard), Error> {
         let guard = self.reserve_connection(RoutePriority::Default).ok_or_else(overflow)?;
         let s = self.connect_tcp(host).await?;
-        let s = match &self.tls {
+        let s = match self.tls_for(host) {
             None => RawStream::Tcp(s),
             Some(t) => RawStream::Tls(Box::new(self.tls_connect(t, host, s).await?)),
         };
@@ -541,7 +584,7 @@ impl ClusterRt {
 
     /// Opens a raw TCP connection for the TCP proxy, counted against `max_connections`.
     pub async fn connect_raw(self: &Arc<Self>, host: &Arc<Host>) -> Result<(TcpStream, ConnGuard), Error> {
-        if self.tls.is_some() {
+        if self.tls_for(host).is_some() {
             return Err(Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
                 .context("TLS origination is for HTTP routes; tcp_proxy cannot use a cluster with a tls block"));
         }

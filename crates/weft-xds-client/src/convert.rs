@@ -1775,6 +1775,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
     if let Some(ts) = &c.transport_socket {
         out.tls = crate::tls::cluster_tls_with_secrets(&mut errs, ts, &mut secrets);
     }
+    out.tls_matches = transport_socket_matches(&mut errs, c);
     if c.load_balancing_policy.is_some() {
         errs.add("load_balancing_policy", "unsupported; use lb_policy");
     }
@@ -1950,6 +1951,66 @@ fn istio_service(c: &cl::Cluster) -> Option<RawClusterService> {
     })
 }
 
+/// Which metadata key transport socket matching reads (an endpoint's, a locality's).
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// `Cluster.transport_socket_matches` (Istio's `tlsMode-istio` / `tlsMode-disabled` entries).
+/// A match's values must be strings, booleans or numbers (compared as text); a match's TLS takes
+/// the mesh identity (SDS `default`/`ROOTCA`) or files, not secrets over ADS; a missing
+/// `transport_socket` is plaintext. `transport_socket_matcher` is refused.
+fn transport_socket_matches(errs: &mut Errs, c: &cl::Cluster) -> Vec<RawTlsMatch> {
+    use weft_xds_api::pb::google::protobuf::value::Kind;
+    if c.transport_socket_matcher.is_some() {
+        errs.add(
+            "transport_socket_matcher",
+            "unsupported (weft selects by transport_socket_matches on endpoint and locality metadata)",
+        );
+    }
+    let mut out = Vec::new();
+    for (j, m) in c.transport_socket_matches.iter().enumerate() {
+        let mp = format!("transport_socket_matches[{j}]");
+        let mut match_ = BTreeMap::new();
+        for (k, v) in m.r#match.iter().flat_map(|s| s.fields.iter()) {
+            let v = match v.kind.as_ref() {
+                Some(Kind::StringValue(s)) => s.clone(),
+                Some(Kind::BoolValue(b)) => b.to_string(),
+                Some(Kind::NumberValue(n)) => n.to_string(),
+                _ => {
+                    errs.add(
+                        &format!("{mp}.match.{k}"),
+                        "unsupported value (weft matches strings, booleans and numbers)",
+                    );
+                    continue;
+                }
+            };
+            match_.insert(k.clone(), v);
+        }
+        let tls = match &m.transport_socket {
+            None => None,
+            Some(ts) => {
+                let (mut e, mut secrets) = (Errs::default(), Vec::new());
+                let tls = crate::tls::cluster_tls_with_secrets(&mut e, ts, &mut secrets);
+                for msg in e.0 {
+                    errs.0.push(format!("{mp}.{msg}"));
+                }
+                if !secrets.is_empty() {
+                    errs.add(
+                        &format!("{mp}.transport_socket"),
+                        "SDS secrets over ADS are followed on the cluster's transport_socket only (a match takes the mesh identity, SDS default/ROOTCA, or files)",
+                    );
+                }
+                tls
+            }
+        };
+        out.push(RawTlsMatch {
+            name: (!m.name.is_empty()).then(|| m.name.clone()),
+            match_,
+            tls,
+        });
+    }
+    out
+}
+
 fn struct_strings(s: &weft_xds_api::pb::google::protobuf::Struct) -> BTreeMap<String, String> {
     use weft_xds_api::pb::google::protobuf::value::Kind;
     s.fields
@@ -2071,6 +2132,18 @@ pub fn endpoints(
                 .and_then(|m| m.filter_metadata.get("envoy.lb"))
                 .map(struct_strings)
                 .unwrap_or_default();
+            let tls_match = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
+                .map(struct_strings)
+                .unwrap_or_default();
+            let locality_tls_match = l
+                .metadata
+                .as_ref()
+                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
+                .map(struct_strings)
+                .unwrap_or_default();
             out.push(RawEndpoint {
                 address: addr,
                 weight: Some(
@@ -2084,6 +2157,8 @@ pub fn endpoints(
                 zone: (!loc.zone.is_empty()).then(|| loc.zone.clone()),
                 sub_zone: (!loc.sub_zone.is_empty()).then(|| loc.sub_zone.clone()),
                 labels,
+                tls_match,
+                locality_tls_match,
             });
             groups.push((i, l.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1)));
         }

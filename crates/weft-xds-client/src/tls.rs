@@ -99,6 +99,51 @@ fn min_version(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> Option<
     }
 }
 
+/// `common_tls_context.tls_params` (`p` is the context's path): the minimum version and the
+/// cipher suites (Envoy's names, checked here so that a NACK names the xDS field; see
+/// [`weft_config::tls::cipher_suites`]). A maximum below TLS 1.3, `ecdh_curves`,
+/// `signature_algorithms` and `compliance_policies` are refused (weft's groups and signature
+/// schemes follow the suite families).
+fn tls_params(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> (Option<String>, Option<Vec<String>>) {
+    let min = min_version(errs, p, params);
+    if matches!(params.tls_maximum_protocol_version, 1..=3) {
+        errs.add(
+            &format!("{p}.tls_params.tls_maximum_protocol_version"),
+            "unsupported (weft always offers TLS 1.3)",
+        );
+    } else if params.tls_maximum_protocol_version > 4 {
+        errs.add(
+            &format!("{p}.tls_params.tls_maximum_protocol_version"),
+            format!("unknown value {}", params.tls_maximum_protocol_version),
+        );
+    }
+    for (f, set) in [
+        ("ecdh_curves", !params.ecdh_curves.is_empty()),
+        ("signature_algorithms", !params.signature_algorithms.is_empty()),
+        ("compliance_policies", !params.compliance_policies.is_empty()),
+    ] {
+        if set {
+            errs.add(
+                &format!("{p}.tls_params.{f}"),
+                "unsupported (weft's key exchange groups and signature schemes follow the suite families: X25519, P-256, P-384 and RSA/ECDSA/Ed25519 for the standard suites, curveSM2 and sm2sig_sm3 for TLS_SM4_GCM_SM3)",
+            );
+        }
+    }
+    if params.cipher_suites.is_empty() {
+        return (min, None);
+    }
+    let mut bad = Vec::new();
+    weft_config::tls::cipher_suites(
+        &mut bad,
+        &format!("{p}.tls_params.cipher_suites"),
+        &params.cipher_suites,
+    );
+    for e in bad {
+        errs.add(&e.path, e.message);
+    }
+    (min, Some(params.cipher_suites.clone()))
+}
+
 pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClusterTls> {
     cluster_tls_with_secrets(errs, ts, &mut Vec::new())
 }
@@ -143,7 +188,7 @@ pub fn cluster_tls_with_secrets(
         ..Default::default()
     };
     if let Some(params) = &common.tls_params {
-        out.min_version = min_version(errs, p, params);
+        (out.min_version, out.cipher_suites) = tls_params(errs, p, params);
     }
     // The certificate: SDS `default` (the mesh identity), a secret over ADS, or one pair of files.
     let (mut mesh_cert, mut sds_cert) = (false, false);
@@ -330,25 +375,7 @@ pub fn listener_tls(
         ..Default::default()
     };
     if let Some(params) = &common.tls_params {
-        out.min_version = min_version(errs, &p, params);
-        if matches!(params.tls_maximum_protocol_version, 1..=3) {
-            errs.add(
-                &format!("{p}.tls_params.tls_maximum_protocol_version"),
-                "unsupported (weft always offers TLS 1.3)",
-            );
-        }
-        for (f, set) in [
-            ("cipher_suites", !params.cipher_suites.is_empty()),
-            ("ecdh_curves", !params.ecdh_curves.is_empty()),
-            ("signature_algorithms", !params.signature_algorithms.is_empty()),
-        ] {
-            if set {
-                errs.add(
-                    &format!("{p}.tls_params.{f}"),
-                    "unsupported (weft's suites, groups and signature schemes are fixed: rustls defaults)",
-                );
-            }
-        }
+        (out.min_version, out.cipher_suites) = tls_params(errs, &p, params);
     }
     for (f, set) in [
         (

@@ -279,16 +279,45 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
         e.contains("filter_chains[0].filter_chain_match.server_names: unsupported without a TLS transport_socket"),
         "{e}"
     );
-    // Cipher suites weft cannot restrict.
+    // Cipher suites rustls does not implement, or nobody knows; curves weft cannot restrict.
     let mut ctx = base.clone();
     ctx.common_tls_context.as_mut().unwrap().tls_params = Some(tls::TlsParameters {
-        cipher_suites: vec!["ECDHE-ECDSA-AES256-GCM-SHA384".into()],
+        cipher_suites: vec![
+            "ECDHE-ECDSA-AES256-GCM-SHA384".into(),
+            "[AES128-GCM-SHA256|ECDHE-RSA-AES128-GCM-SHA256]".into(),
+            "NO-SUCH-CIPHER".into(),
+        ],
+        ecdh_curves: vec!["P-256".into()],
         ..Default::default()
     });
     let e = refused(vec![chain("tls", "tls", &[], Some(&ctx))]);
     assert!(
-        e.contains("common_tls_context.tls_params.cipher_suites: unsupported"),
+        e.contains(
+            "common_tls_context.tls_params.cipher_suites[1]: cipher suite \"AES128-GCM-SHA256\" is not implemented"
+        ),
         "{e}"
+    );
+    assert!(
+        e.contains("common_tls_context.tls_params.cipher_suites[2]: unknown cipher suite \"NO-SUCH-CIPHER\""),
+        "{e}"
+    );
+    assert!(!e.contains("cipher_suites[0]"), "{e}");
+    assert!(
+        e.contains("common_tls_context.tls_params.ecdh_curves: unsupported"),
+        "{e}"
+    );
+    // Known names become the listener's cipher_suites, SM included.
+    let mut ctx = base.clone();
+    ctx.common_tls_context.as_mut().unwrap().tls_params = Some(tls::TlsParameters {
+        cipher_suites: vec!["[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]".into()],
+        ..Default::default()
+    });
+    let t = converted(&listener_of(vec![chain("tls", "tls", &[], Some(&ctx))])).unwrap();
+    assert_eq!(
+        t.cipher_suites,
+        Some(vec![
+            "[ECDHE-ECDSA-AES128-GCM-SHA256|ECDHE-ECDSA-CHACHA20-POLY1305]".to_string()
+        ])
     );
 }
 

@@ -264,6 +264,7 @@ pub fn provider(interface: &str, node_name: &str) -> Result<(Endpoint, Protocol)
             locality: Locality::default(),
             priority: 0,
             health: Health::Healthy,
+            sidecar: true,
         },
         protocol_of(&url.protocol),
     ))
@@ -347,6 +348,7 @@ pub fn app_instance(app: &str, data: &[u8]) -> Result<(Endpoint, Protocol), Dubb
             locality: Locality::default(),
             priority: 0,
             health: Health::Healthy,
+            sidecar: true,
         },
         protocol_of(&protocol),
     ))

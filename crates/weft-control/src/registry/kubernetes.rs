@@ -21,10 +21,12 @@
 //! interfaces it provides (callers' sidecars route on them).
 //!
 //! Mesh mTLS (with weft control's CA): a Service annotated `security.weft.dev/mtls` gets that mode;
-//! otherwise a Service with an endpoint whose Pod has no weft sidecar (annotation
-//! `sidecar.weft.dev/status: injected` or a container named `weft-proxy`), or that is not a Pod,
-//! is `DISABLE` (its callers send plaintext: the pod could not answer mTLS), and one whose
-//! endpoints all have sidecars takes weft control's default.
+//! otherwise one whose endpoints all lack a weft sidecar (annotation `sidecar.weft.dev/status:
+//! injected` or a container named `weft-proxy`; an endpoint that is not a Pod has none) is
+//! `DISABLE`, and any other takes weft control's default. Each endpoint records whether its Pod has
+//! a sidecar ([`Endpoint::sidecar`]): when they are mixed, callers reach the ones without in
+//! plaintext and the others with mTLS (Istio's `tlsMode` endpoint metadata and
+//! `transport_socket_matches`).
 //!
 //! Namespaces labelled `mesh.weft.dev/discovery: "disabled"` are left out. A malformed object (a
 //! Service without ports, an EndpointSlice without ports or with FQDN addresses, an endpoint whose
@@ -570,7 +572,7 @@ impl KubeState {
                 )
             };
             let mut endpoints: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
-            let mut all_meshed = true;
+            let mut any_meshed = false;
             for s in &good_slices {
                 let sw = format!("EndpointSlice {}/{}", k.0, s.name_any());
                 let want = p.name.as_deref().unwrap_or("");
@@ -639,7 +641,7 @@ impl KubeState {
                             }
                         }
                     }
-                    all_meshed &= meshed;
+                    any_meshed |= meshed;
                     let address = SocketAddr::new(ip, ep_port);
                     let ep = Endpoint {
                         address,
@@ -652,6 +654,7 @@ impl KubeState {
                         },
                         priority: 0,
                         health,
+                        sidecar: meshed,
                     };
                     // The same address in two slices (a slice being split): the healthier wins.
                     let rank = |h: Health| match h {
@@ -667,6 +670,7 @@ impl KubeState {
                     }
                 }
             }
+            let no_sidecar = !any_meshed && !endpoints.is_empty();
             services.push(Arc::new(Service {
                 name,
                 port: Some(port),
@@ -674,7 +678,9 @@ impl KubeState {
                 // Sorted by address (the BTreeMap): identical content gives identical versions.
                 endpoints: endpoints.into_values().collect(),
                 dependencies: None,
-                mtls: annotated.or((!all_meshed).then_some(crate::model::MtlsMode::Disable)),
+                // No endpoint with a sidecar: nobody answers mTLS. Mixed endpoints keep the mode:
+                // callers reach those without a sidecar in plaintext (`Endpoint::sidecar`).
+                mtls: annotated.or(no_sidecar.then_some(crate::model::MtlsMode::Disable)),
                 identities: Vec::new(),
                 interfaces: if protocol_of(p) == Protocol::Dubbo {
                     interfaces.clone()
