@@ -435,11 +435,13 @@ pub fn cipher_suite_id(canonical: &str) -> Option<u16> {
 /// equal-preference group (rustls has no such notion: its members are offered in that order);
 /// `TLS_SM4_GCM_SM3` is the `sm` family. As in Envoy (BoringSSL), a list that names no standard
 /// TLS 1.3 suite leaves the standard TLS 1.3 suites on (the list restricts TLS 1.2); one that names
-/// some offers only those; one that names only TLS 1.3 suites turns TLS 1.2 off. An unknown or
-/// unimplemented name is an error naming it. Returns the families in order of first appearance
+/// some offers only those; one that names only TLS 1.3 suites turns TLS 1.2 off. An unknown name is
+/// an error naming it; a name weft knows but does not implement is left out, or an error naming it
+/// when the list names nothing weft implements. Returns the families in order of first appearance
 /// and the suites offered, canonical names, most preferred first.
 pub fn cipher_suites(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> (Vec<TlsSuite>, Vec<String>) {
     let mut named: Vec<&'static (&'static str, u16, bool, &'static [&'static str])> = Vec::new();
+    let mut unimplemented: Vec<(String, String)> = Vec::new();
     for (i, entry) in v.iter().enumerate() {
         let p = format!("{path}[{i}]");
         let entry = entry.trim();
@@ -465,17 +467,26 @@ pub fn cipher_suites(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> 
                         named.push(c);
                     }
                 }
-                None if !m.is_empty() && not_implemented(m) => err(
-                    errors,
-                    &p,
-                    format!("cipher suite {m:?} is not implemented by weft (rustls: ECDHE with AES-GCM or ChaCha20-Poly1305, TLS 1.3 suites, TLS_SM4_GCM_SM3)"),
-                ),
+                None if !m.is_empty() && not_implemented(m) => unimplemented.push((p.clone(), m.to_string())),
                 None => err(errors, &p, format!("unknown cipher suite {m:?}")),
             }
         }
     }
     if v.is_empty() {
         err(errors, path, "at least one cipher suite is required");
+    }
+    // Names weft knows but does not implement are left out, as OpenSSL leaves out what it cannot
+    // offer, when the list names something weft does implement: Istio's default inbound list
+    // names `AES256-GCM-SHA384` and `AES128-GCM-SHA256` beside its ECDHE suites. A list of only
+    // such names is refused (nothing would be offered).
+    if named.is_empty() {
+        for (p, m) in unimplemented {
+            err(
+                errors,
+                &p,
+                format!("cipher suite {m:?} is not implemented by weft (rustls: ECDHE with AES-GCM or ChaCha20-Poly1305, TLS 1.3 suites, TLS_SM4_GCM_SM3), and the list names no suite weft implements"),
+            );
+        }
     }
     let mut families = Vec::new();
     let mut out: Vec<String> = Vec::new();
