@@ -791,8 +791,14 @@ fn translate_service(
 ) -> ServiceOut {
     let mut out = ServiceOut::default();
     let mtls = mesh.is_some_and(|m| m.mode_of(svc) != model::MtlsMode::Disable);
-    // Endpoints with and without sidecars: mTLS chosen per endpoint, by its tlsMode metadata.
-    let per_endpoint = mtls && crate::mesh_tls::mixed(svc);
+    // Endpoints with and without sidecars: mTLS chosen per endpoint, by its tlsMode metadata;
+    // except for a service explicitly STRICT, whose callers use mTLS (and secure naming) to every
+    // endpoint: a workload without a sidecar that joins it is refused, not sent plaintext.
+    let per_endpoint = mtls && crate::mesh_tls::mixed(svc) && svc.mtls != Some(model::MtlsMode::Strict);
+    // Sidecar endpoints of a mesh service are always marked (as Istio does), so the endpoints a
+    // caller holds already say which get mTLS when a cluster switches to per-endpoint choice:
+    // a cluster update applied before its endpoints' never sends plaintext to a sidecar.
+    let mark = mtls;
     let push_cluster = |out: &mut ServiceOut, name: &str, subset: Option<&str>| {
         let mut c = eds_cluster(name, svc, dest);
         if mtls && per_endpoint {
@@ -818,7 +824,7 @@ fn translate_service(
     out.endpoints.push(Res::new(
         Kind::Endpoint,
         &svc.name,
-        &load_assignment_marked(&svc.name, svc.endpoints.iter(), per_endpoint),
+        &load_assignment_marked(&svc.name, svc.endpoints.iter(), mark),
     ));
     for sub in dest.map(|d| d.subsets.as_slice()).unwrap_or_default() {
         let name = model::cluster_name(&svc.name, Some(&sub.name));
@@ -830,7 +836,7 @@ fn translate_service(
         out.endpoints.push(Res::new(
             Kind::Endpoint,
             &name,
-            &load_assignment_marked(&name, matching, per_endpoint),
+            &load_assignment_marked(&name, matching, mark),
         ));
     }
     out

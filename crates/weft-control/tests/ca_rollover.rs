@@ -333,6 +333,12 @@ async fn a_user_provided_next_ca_is_checked_and_copied_in() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o600);
+    // No weft control has loaded the prepared CA yet: activate is refused however late it is.
+    let e = refused(rollover::step(&ca_dir, Step::Activate, None, false, now + 1_000_000));
+    assert!(
+        e.contains("activate refused: weft control has not applied `prepare` yet"),
+        "{e}"
+    );
     let ca = Ca::load(&o).unwrap();
     assert_eq!(ca.phase().0, Phase::Prepared);
     assert_eq!(ca.roots().len(), 2);
@@ -346,4 +352,32 @@ async fn a_user_provided_next_ca_is_checked_and_copied_in() {
         ca.roots()[0].sha256,
         weft_control::ca::sha256_hex(&der_of(&other.path().join("ca/root-cert.pem")))
     );
+}
+
+#[tokio::test]
+async fn a_lowered_svid_max_ttl_keeps_the_larger_one_in_the_timing_rule_until_it_has_run_out() {
+    let dir = TempDir::new("roll");
+    let mut o = opts(dir.path());
+    o.svid_max_ttl = Duration::from_secs(100);
+    Ca::load(&o).unwrap();
+    // Restarted with a lower --svid-max-ttl: certificates issued under 100 s may still be valid.
+    let o = opts(dir.path());
+    Ca::load(&o).unwrap();
+    let ca_dir = o.dir.clone();
+    let recorded = std::fs::read_to_string(ca_dir.join(rollover::MAX_TTL_FILE)).unwrap();
+    assert!(recorded.starts_with("10\nlowered-from 100 until "), "{recorded}");
+    let now = weft_identity::unix_now();
+    rollover::step(&ca_dir, Step::Prepare, None, false, now).unwrap();
+    Ca::load(&o).unwrap(); // weft control applies the step
+    let e = refused(rollover::step(&ca_dir, Step::Activate, None, false, now + 20));
+    assert!(e.contains("(--svid-max-ttl 100s)"), "{e}");
+    let msg = rollover::step(
+        &ca_dir,
+        Step::Activate,
+        None,
+        false,
+        now + 100 + rollover::SLACK.as_secs(),
+    )
+    .unwrap();
+    assert!(msg.starts_with("activated:"), "{msg}");
 }

@@ -273,9 +273,28 @@ destinations:
         );
         assert!(eps[1].tls_match.is_empty(), "{name}");
     }
-    // Every endpoint with a sidecar (ratings), DISABLE, or no CA: one socket for all, no marks.
+    // Every endpoint with a sidecar (ratings): one socket for all; its endpoints are marked anyway,
+    // so that a cluster switching to per-endpoint choice before its endpoints arrive never sends
+    // plaintext to a sidecar.
     let c = cluster(&s, "ratings");
     assert!(c.transport_socket.is_some() && c.transport_socket_matches.is_empty());
+    let la: ClusterLoadAssignment = unpack(
+        &s.maps[Kind::Endpoint as usize]["ratings"].any,
+        weft_xds_api::type_url::ENDPOINT,
+    )
+    .unwrap();
+    assert_eq!(
+        convert_eps(&la)[0].tls_match.get("tlsMode").map(String::as_str),
+        Some("istio")
+    );
+    // A service explicitly STRICT: mTLS (and secure naming) to every endpoint, even one without a
+    // sidecar, which is then refused rather than sent plaintext.
+    let mut strict = world.clone();
+    Arc::make_mut(strict.services.get_mut("reviews").unwrap()).mtls = Some(MtlsMode::Strict);
+    let st = build_snapshot(1, Arc::new(strict), None);
+    let c = cluster(&st, "reviews");
+    assert!(c.transport_socket.is_some() && c.transport_socket_matches.is_empty());
+    // DISABLE, or no CA: no socket, no marks.
     let plain = build_snapshot(
         1,
         Arc::new(World {

@@ -585,6 +585,7 @@ impl Ca {
         };
         rollover::record_max_ttl(&opts.dir, opts.svid_max_ttl);
         rollover::write_bundle(&opts.dir, &active.bundle_pem);
+        rollover::record_applied(&opts.dir, &state);
         let ca = Ca::new(tokens, active, Some(opts.clone()), opts, sm);
         *ca.applied.lock() = state_text;
         ca.log_loaded();
@@ -651,12 +652,13 @@ impl Ca {
         if *applied == text {
             return Ok(false);
         }
-        // Not retried until the file changes again: one error per change in the log.
-        *applied = text.clone();
+        // An error leaves `applied` alone: the change is tried again at the next poll.
         let state = rollover::State::parse(&opts.dir, &text)?;
         let active = active_from(opts, &state, false)?;
         self.active.store(Arc::new(active));
+        *applied = text;
         drop(applied);
+        rollover::record_applied(&opts.dir, &state);
         self.changed.send_modify(|g| *g += 1);
         self.log_loaded();
         Ok(true)

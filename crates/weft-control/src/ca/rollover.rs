@@ -21,8 +21,15 @@ pub const STATE_FILE: &str = "rollover.json";
 /// The current trust bundle (every trusted root, PEM), written by weft control when it loads the
 /// CA and when it applies a step: the file to distribute as `--ca-root-file`.
 pub const BUNDLE_FILE: &str = "trust-bundle.pem";
-/// weft control's `--svid-max-ttl` in seconds, written at start: the command's timing rule.
+/// weft control's `--svid-max-ttl` in seconds, written at start: the command's timing rule. A
+/// second line `lowered-from <s> until <unix>` keeps a larger previous value in force until every
+/// certificate issued under it has expired.
 pub const MAX_TTL_FILE: &str = "svid-max-ttl";
+/// What weft control last applied of `rollover.json` (phase, since, when), written by weft
+/// control: a step is allowed only after weft control applied the one before it.
+pub const APPLIED_FILE: &str = "rollover-applied.json";
+/// Taken (`flock`) by the command for a whole step, so two steps never interleave.
+const LOCK_FILE: &str = "rollover.lock";
 /// How often weft control looks at `rollover.json`.
 pub const POLL: Duration = Duration::from_secs(1);
 /// Added to the longest SVID lifetime in the timing rule: the poll interval, and clock skew.
@@ -152,8 +159,11 @@ pub fn read_state_text(dir: &Path) -> Result<String, CaError> {
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
+    // A name of its own per writer: two writers never share (or delete) a temporary file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -169,7 +179,25 @@ fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> 
 /// Records weft control's `--svid-max-ttl` for the command's timing rule (a WARN if it cannot).
 pub fn record_max_ttl(dir: &Path, max_ttl: Duration) {
     let p = dir.join(MAX_TTL_FILE);
-    let text = format!("{}\n", max_ttl.as_secs());
+    let now = weft_identity::unix_now();
+    let new = max_ttl.as_secs();
+    // Lowered since the last start: certificates issued under the larger value stay valid for up
+    // to that long, so the timing rule keeps using it until then.
+    let old = std::fs::read_to_string(&p)
+        .ok()
+        .map(|t| MaxTtl::parse(&t))
+        .unwrap_or_default();
+    let kept = [
+        (old.current, now.saturating_add(old.current)),
+        old.lowered.unwrap_or_default(),
+    ]
+    .into_iter()
+    .filter(|&(ttl, until)| ttl > new && until > now)
+    .max_by_key(|&(ttl, _)| ttl);
+    let text = match kept {
+        Some((ttl, until)) => format!("{new}\nlowered-from {ttl} until {until}\n"),
+        None => format!("{new}\n"),
+    };
     if std::fs::read_to_string(&p).ok().as_deref() == Some(text.as_str()) {
         return;
     }
@@ -197,11 +225,111 @@ pub(crate) fn made_ca_file(dir: &Path) -> Option<String> {
     })
 }
 
-fn read_max_ttl(dir: &Path) -> u64 {
-    std::fs::read_to_string(dir.join(MAX_TTL_FILE))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or(DEFAULT_MAX_TTL_S)
+/// [`MAX_TTL_FILE`]'s contents.
+#[derive(Default)]
+struct MaxTtl {
+    current: u64,
+    /// A larger value in force before, and until when certificates issued under it may live.
+    lowered: Option<(u64, u64)>,
+}
+
+impl MaxTtl {
+    fn parse(text: &str) -> MaxTtl {
+        let mut lines = text.lines();
+        let current = lines
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(DEFAULT_MAX_TTL_S);
+        let lowered = lines.next().and_then(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next(), w.next(), w.next()) {
+                (Some("lowered-from"), Some(ttl), Some("until"), Some(until)) => {
+                    Some((ttl.parse().ok()?, until.parse().ok()?))
+                }
+                _ => None,
+            }
+        });
+        MaxTtl { current, lowered }
+    }
+}
+
+/// The longest lifetime an unexpired certificate may have been issued with, at `now`: weft
+/// control's `--svid-max-ttl`, or a larger one it had before while certificates issued under it
+/// may still be valid. Values beyond ten years are taken as ten years (a corrupt file must not
+/// make the rule wrap around).
+fn read_max_ttl(dir: &Path, now: u64) -> u64 {
+    const CAP: u64 = 10 * 365 * 24 * 3600;
+    let m = std::fs::read_to_string(dir.join(MAX_TTL_FILE))
+        .map(|t| MaxTtl::parse(&t))
+        .unwrap_or(MaxTtl {
+            current: DEFAULT_MAX_TTL_S,
+            lowered: None,
+        });
+    let lowered = m.lowered.filter(|&(_, until)| until > now).map_or(0, |(ttl, _)| ttl);
+    m.current.max(lowered).min(CAP)
+}
+
+/// [`APPLIED_FILE`]: what weft control applied, and when.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Applied {
+    pub phase: Phase,
+    pub since: u64,
+    pub applied_at: u64,
+}
+
+/// Records that weft control applied `state` (a WARN if it cannot: the command then refuses the
+/// next step until forced).
+pub fn record_applied(dir: &Path, state: &State) {
+    let p = dir.join(APPLIED_FILE);
+    if read_applied(dir).is_some_and(|a| a.phase == state.phase && a.since == state.since) {
+        return;
+    }
+    let a = Applied {
+        phase: state.phase,
+        since: state.since,
+        applied_at: weft_identity::unix_now(),
+    };
+    let text = serde_json::to_string(&a).unwrap_or_default();
+    if let Err(e) = write_atomic(&p, format!("{text}\n").as_bytes(), 0o644) {
+        tracing::warn!(error = %e, "cannot record the applied rollover phase for `weft control ca rollover`");
+    }
+}
+
+fn read_applied(dir: &Path) -> Option<Applied> {
+    let t = std::fs::read_to_string(dir.join(APPLIED_FILE)).ok()?;
+    serde_json::from_str(&t).ok()
+}
+
+/// When weft control applied the current phase (Unix seconds), or an error saying it has not.
+fn applied_at(dir: &Path, state: &State) -> Result<u64, String> {
+    match read_applied(dir) {
+        Some(a) if a.phase == state.phase && a.since == state.since => Ok(a.applied_at),
+        _ => Err(format!(
+            "weft control has not applied `{}` yet (is it running with --ca-dir {}, a version that follows {STATE_FILE}, and able to read the next CA's files? Its log says why not)",
+            match state.phase {
+                Phase::Prepared => "prepare",
+                _ => "activate",
+            },
+            dir.display()
+        )),
+    }
+}
+
+/// When the step after the current phase becomes safe, counting from when weft control applied
+/// the phase if that was later than the command's time plus [`SLACK`] (it could not apply it at
+/// once: an unreadable key, weft control down).
+fn allowed_at(dir: &Path, state: &State, max_ttl: u64) -> Result<u64, String> {
+    let applied = applied_at(dir, state)?;
+    let from = if applied > state.since.saturating_add(SLACK.as_secs()) {
+        applied
+    } else {
+        state.since
+    };
+    let shifted = State {
+        since: from,
+        ..state.clone()
+    };
+    Ok(next_step_at(&shifted, max_ttl).unwrap_or(from))
 }
 
 /// A rollover step.
@@ -234,7 +362,12 @@ fn utc(unix: u64) -> String {
 /// When the step after the current phase becomes safe (Unix seconds): every SVID issued before
 /// the phase began has expired by then. None when idle.
 pub fn next_step_at(state: &State, max_ttl_now: u64) -> Option<u64> {
-    (state.phase != Phase::Idle).then(|| state.since + state.max_ttl_s.max(max_ttl_now) + SLACK.as_secs())
+    (state.phase != Phase::Idle).then(|| {
+        state
+            .since
+            .saturating_add(state.max_ttl_s.max(max_ttl_now))
+            .saturating_add(SLACK.as_secs())
+    })
 }
 
 /// Takes `step` on the CA directory `dir` at time `now` (Unix seconds). Returns what to tell the
@@ -248,8 +381,17 @@ pub fn step(dir: &Path, step: Step, next: Option<&NextCa>, force: bool, now: u64
         ));
     }
     let trust_domain = read(&td_path)?.trim().to_string();
+    // One step at a time: held until this function returns.
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| err(&lock_path, e))?;
+    lock.lock().map_err(|e| err(&lock_path, e))?;
     let mut state = State::parse(dir, &read_state_text(dir)?)?;
-    let max_ttl = read_max_ttl(dir);
+    let max_ttl = read_max_ttl(dir, now);
     if next.is_some() && step != Step::Prepare {
         return Err(CaError("--ca-cert/--ca-key only go with `prepare`".into()));
     }
@@ -266,7 +408,14 @@ pub fn step(dir: &Path, step: Step, next: Option<&NextCa>, force: bool, now: u64
             if let Some(c) = &state.current {
                 s.push_str(&format!("\ncurrent CA: {}", c.cert));
             }
+            if state.phase != Phase::Idle {
+                match applied_at(dir, &state) {
+                    Ok(t) => s.push_str(&format!("\napplied by weft control at {}", utc(t))),
+                    Err(e) => s.push_str(&format!("\nnot applied: {e}")),
+                }
+            }
             if let Some(at) = next_step_at(&state, max_ttl) {
+                let at = allowed_at(dir, &state, max_ttl).unwrap_or(at);
                 let what = if state.phase == Phase::Prepared {
                     "activate"
                 } else {
@@ -367,13 +516,17 @@ pub fn step(dir: &Path, step: Step, next: Option<&NextCa>, force: bool, now: u64
                     )))
                 }
             }
-            let at = next_step_at(&state, max_ttl).unwrap_or(now);
+            let at = match allowed_at(dir, &state, max_ttl) {
+                Ok(at) => at,
+                Err(e) if !force => return Err(CaError(format!("activate refused: {e}; or say --force"))),
+                Err(_) => now,
+            };
             if now < at && !force {
                 return Err(CaError(format!(
                     "activate refused: certificates issued before `prepare` ({}) may be valid until {} (--svid-max-ttl {}s), and their holders may trust only the current root, so they would refuse peers with certificates from the next one; {}",
                     utc(state.since),
                     utc(at.saturating_sub(SLACK.as_secs())),
-                    at - SLACK.as_secs() - state.since,
+                    max_ttl.max(state.max_ttl_s),
                     wait_msg(at)
                 )));
             }
@@ -397,7 +550,11 @@ pub fn step(dir: &Path, step: Step, next: Option<&NextCa>, force: bool, now: u64
                         .into(),
                 )),
             }
-            let at = next_step_at(&state, max_ttl).unwrap_or(now);
+            let at = match allowed_at(dir, &state, max_ttl) {
+                Ok(at) => at,
+                Err(e) if !force => return Err(CaError(format!("retire refused: {e}; or say --force"))),
+                Err(_) => now,
+            };
             if now < at && !force {
                 return Err(CaError(format!(
                     "retire refused: certificates signed by the previous root before `activate` ({}) may be unexpired until {}; peers would refuse them once the root leaves the bundle; {}",
@@ -471,24 +628,41 @@ pub async fn watch(
     let Some(dir) = ca.dir().map(Path::to_path_buf) else {
         return;
     };
-    write_bundle(&dir, &ca.root_pem());
+    {
+        let (c, d) = (ca.clone(), dir.clone());
+        let _ = tokio::task::spawn_blocking(move || write_bundle(&d, &c.root_pem())).await;
+    }
     metrics.ca.set_roots(&ca);
+    // A change that cannot be applied is tried again at every poll, logged once per distinct error.
+    let mut last_error = String::new();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
-        let c = ca.clone();
-        match tokio::task::spawn_blocking(move || c.reload()).await {
+        let (c, d) = (ca.clone(), dir.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            let r = c.reload();
+            if let Ok(true) = r {
+                write_bundle(&d, &c.root_pem());
+            }
+            r
+        })
+        .await;
+        match r {
             Ok(Ok(true)) => {
+                last_error.clear();
                 let (phase, since) = ca.phase();
                 tracing::info!(phase = phase.name(), since, "CA: root rollover step applied");
-                write_bundle(&dir, &ca.root_pem());
                 metrics.ca.set_roots(&ca);
             }
-            Ok(Ok(false)) => {}
+            Ok(Ok(false)) => last_error.clear(),
             Ok(Err(e)) => {
-                tracing::error!(error = %e, "CA: cannot apply the change of rollover.json; the current CA state stays in use")
+                let e = e.to_string();
+                if e != last_error {
+                    tracing::error!(error = %e, "CA: cannot apply the change of rollover.json (tried again every second); the current CA state stays in use");
+                    last_error = e;
+                }
             }
             Err(e) => tracing::error!(error = %e, "CA: reload task failed"),
         }
