@@ -4,7 +4,8 @@
 //! `tlsMode-disabled` → plaintext) and `tlsMode: istio` on the endpoint that has a sidecar.
 //!
 //! A real Envoy 1.40 sidecar (productpage, its identity from `weft sds-agent`) and a weft sidecar
-//! (reviews, STRICT inbound) both call `reviews` and reach both endpoints: the weft sidecar's
+//! (reviews, the mesh's default PERMISSIVE inbound: a service set `mtls: STRICT` explicitly gets
+//! mTLS to every endpoint instead) both call `reviews` and reach both endpoints: the weft sidecar's
 //! inbound over mTLS (its app sees the caller's SPIFFE ID in `x-forwarded-client-cert`), the
 //! plaintext app directly (no client certificate, nothing forwarded).
 //!
@@ -145,7 +146,7 @@ async fn envoy_and_weft_reach_a_sidecar_endpoint_with_mtls_and_a_plain_one_witho
     std::fs::write(
         dir.join("reg/services.yaml"),
         format!(
-            "services:\n  - name: productpage\n    identities: [{PRODUCTPAGE}]\n    endpoints: [{{address: \"{envoy_in}\"}}]\n  - name: reviews\n    mtls: STRICT\n    identities: [{REVIEWS}]\n    endpoints:\n      - {{address: \"{weft_in}\"}}\n      - {{address: \"{}\", sidecar: false}}\n",
+            "services:\n  - name: productpage\n    identities: [{PRODUCTPAGE}]\n    endpoints: [{{address: \"{envoy_in}\"}}]\n  - name: reviews\n    identities: [{REVIEWS}]\n    endpoints:\n      - {{address: \"{weft_in}\"}}\n      - {{address: \"{}\", sidecar: false}}\n",
             plain_app.addr
         ),
     )
@@ -194,7 +195,7 @@ async fn envoy_and_weft_reach_a_sidecar_endpoint_with_mtls_and_a_plain_one_witho
         &dir.join("envoy.log"),
     );
 
-    // weft (reviews): STRICT inbound, and a caller of reviews itself.
+    // weft (reviews): the inbound sidecar, and a caller of reviews itself.
     let weft_admin = free_addr();
     std::fs::write(
         dir.join("weft.yaml"),
