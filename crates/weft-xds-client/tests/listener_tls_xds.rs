@@ -279,7 +279,7 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
         e.contains("filter_chains[0].filter_chain_match.server_names: unsupported without a TLS transport_socket"),
         "{e}"
     );
-    // Cipher suites rustls does not implement, or nobody knows; curves weft cannot restrict.
+    // Cipher suites nobody knows; curves weft cannot restrict.
     let mut ctx = base.clone();
     ctx.common_tls_context.as_mut().unwrap().tls_params = Some(tls::TlsParameters {
         cipher_suites: vec![
@@ -291,12 +291,8 @@ fn what_weft_cannot_honour_is_refused_naming_the_field() {
         ..Default::default()
     });
     let e = refused(vec![chain("tls", "tls", &[], Some(&ctx))]);
-    assert!(
-        e.contains(
-            "common_tls_context.tls_params.cipher_suites[1]: cipher suite \"AES128-GCM-SHA256\" is not implemented"
-        ),
-        "{e}"
-    );
+    // AES128-GCM-SHA256 (not implemented) is left out beside the implemented names.
+    assert!(!e.contains("AES128-GCM-SHA256"), "{e}");
     assert!(
         e.contains("common_tls_context.tls_params.cipher_suites[2]: unknown cipher suite \"NO-SUCH-CIPHER\""),
         "{e}"
