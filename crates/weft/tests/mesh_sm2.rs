@@ -4,7 +4,9 @@
 //! renew (with the SM2 renewal proof) at a short TTL with no failed request; a `both` sidecar serves
 //! an ECDSA-only and an SM-only caller on the same mesh listener; an ECDSA-only proxy refuses a mesh
 //! cluster with `suites: [sm]` naming the field and the flag; Tongsuo `s_client` with an SM2 SVID
-//! from the CA reaches the SM mesh listener.
+//! from the CA reaches the SM mesh listener. And over xDS: `weft control --mtls-suites sm` makes
+//! the mesh TLS contexts it sends SM-only, and two SM2 sidecars configured by it alone talk
+//! TLS_SM4_GCM_SM3.
 
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
@@ -402,4 +404,93 @@ clusters:
         "renewals: B {b_seen:?} A {a_seen:?}"
     );
     assert!(renewed >= 2, "renewals with the current SM2 SVID:\n{control_log}");
+}
+
+/// One HTTP/1.1 request with a Host header on a fresh connection: the whole response text.
+fn http_host(a: SocketAddr, host: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(a).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_suites_sm_over_xds_makes_sm2_sidecars_talk_sm() {
+    let dir = TempDir::new("mesh-sm2-xds");
+    std::fs::create_dir_all(dir.join("reg")).unwrap();
+    let app = upstream(|s| async move {
+        let xfcc = s
+            .headers
+            .get("x-forwarded-client-cert")
+            .map(|v| v.to_str().unwrap().to_string());
+        text(200, &format!("app xfcc={}", xfcc.unwrap_or_default()))
+    })
+    .await;
+    let (b_in, a_out) = (addr(), addr());
+    std::fs::write(
+        dir.join("reg/services.yaml"),
+        format!(
+            "services:\n  - name: reviews\n    mtls: STRICT\n    identities: [{REVIEWS}]\n    endpoints: [{{address: \"{b_in}\"}}]\n  - name: productpage\n    endpoints: []\n"
+        ),
+    )
+    .unwrap();
+    let xds = addr();
+    let _control = spawn(
+        Command::new(WEFT)
+            .args(["control", "--ca-sm2", "--mtls-suites", "sm", "--registry"])
+            .arg(dir.join("reg"))
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .args(["--xds", &xds.to_string(), "--admin", &addr().to_string()]),
+        &dir.join("control.log"),
+    );
+    wait_until("weft control", Duration::from_secs(10), || TcpStream::connect(xds).ok());
+    let sm2 = ["--identity-key-type", "sm2"];
+    let node = |id: &str, cluster: &str, meta: &str| {
+        format!("node:\n  id: {id}\n  cluster: {cluster}\n  metadata:\n    weft.role: sidecar\n{meta}xds:\n  address: \"{xds}\"\n")
+    };
+    let b = sidecar_with(
+        dir.path(),
+        "b",
+        &node(
+            "reviews-1",
+            "reviews",
+            &format!("    weft.inbound: \"{b_in}\"\n    weft.app: \"{}\"\n", app.addr),
+        ),
+        xds,
+        "default/reviews",
+        &sm2,
+    );
+    let _a = sidecar_with(
+        dir.path(),
+        "a",
+        &node(
+            "productpage-1",
+            "productpage",
+            &format!("    weft.outbound: \"{a_out}\"\n"),
+        ),
+        xds,
+        "default/productpage",
+        &sm2,
+    );
+    let r = wait_until("A → SM mTLS → B → app", Duration::from_secs(20), || {
+        http_host(a_out, "reviews", "/hello").filter(|r| status_of(r) == 200)
+    });
+    assert!(r.contains(&format!(";URI={PRODUCTPAGE}")), "{r}");
+    let stats = http_text(b.admin, "GET", "/stats/prometheus").unwrap();
+    let all = metric_of(
+        &stats,
+        "weft_tls_handshakes_total{side=\"downstream\",name=\"inbound|reviews\"}",
+    );
+    let sm = metric_of(
+        &stats,
+        "weft_tls_sm_handshakes_total{side=\"downstream\",name=\"inbound|reviews\"}",
+    );
+    assert!(
+        all >= 1.0 && sm == all,
+        "every handshake on B's inbound is TLS_SM4_GCM_SM3:\n{stats}"
+    );
 }
