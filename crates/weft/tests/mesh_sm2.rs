@@ -419,6 +419,16 @@ fn http_host(a: SocketAddr, host: &str, path: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_suites_sm_over_xds_makes_sm2_sidecars_talk_sm() {
+    sidecars_configured_over_xds_talk_sm("sm", "sm2").await;
+}
+
+/// `--mtls-suites both` with `both` sidecars: SM first in every context, so SM is negotiated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_suites_both_over_xds_makes_both_sidecars_talk_sm() {
+    sidecars_configured_over_xds_talk_sm("both", "both").await;
+}
+
+async fn sidecars_configured_over_xds_talk_sm(mtls_suites: &str, key_type: &str) {
     let dir = TempDir::new("mesh-sm2-xds");
     std::fs::create_dir_all(dir.join("reg")).unwrap();
     let app = upstream(|s| async move {
@@ -440,7 +450,7 @@ async fn mtls_suites_sm_over_xds_makes_sm2_sidecars_talk_sm() {
     let xds = addr();
     let _control = spawn(
         Command::new(WEFT)
-            .args(["control", "--ca-sm2", "--mtls-suites", "sm", "--registry"])
+            .args(["control", "--ca-sm2", "--mtls-suites", mtls_suites, "--registry"])
             .arg(dir.join("reg"))
             .arg("--ca-dir")
             .arg(dir.join("ca"))
@@ -448,7 +458,7 @@ async fn mtls_suites_sm_over_xds_makes_sm2_sidecars_talk_sm() {
         &dir.join("control.log"),
     );
     wait_until("weft control", Duration::from_secs(10), || TcpStream::connect(xds).ok());
-    let sm2 = ["--identity-key-type", "sm2"];
+    let sm2 = ["--identity-key-type", key_type];
     let node = |id: &str, cluster: &str, meta: &str| {
         format!("node:\n  id: {id}\n  cluster: {cluster}\n  metadata:\n    weft.role: sidecar\n{meta}xds:\n  address: \"{xds}\"\n")
     };
@@ -493,4 +503,35 @@ async fn mtls_suites_sm_over_xds_makes_sm2_sidecars_talk_sm() {
         all >= 1.0 && sm == all,
         "every handshake on B's inbound is TLS_SM4_GCM_SM3:\n{stats}"
     );
+    if mtls_suites == "sm" {
+        // An ECDSA-only sidecar refuses (NACKs) the SM-only inbound listener, naming the flag.
+        let c = sidecar_with(
+            dir.path(),
+            "c",
+            &node(
+                "reviews-2",
+                "reviews",
+                &format!("    weft.inbound: \"{}\"\n    weft.app: \"{}\"\n", addr(), app.addr),
+            ),
+            xds,
+            "default/reviews",
+            &[],
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let line = loop {
+            let log = std::fs::read_to_string(&c.log).unwrap_or_default();
+            if let Some(l) = log
+                .lines()
+                .find(|l| l.contains("NACK") && l.contains("listeners[0].tls.cipher_suites"))
+            {
+                break l.to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "C did not refuse the SM-only listener:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(line.contains("--identity-key-type sm2"), "{line}");
+    }
 }
