@@ -650,13 +650,8 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>
         },
     };
     let (suites, cipher_suites) = suites_or_ciphers(errors, path, &t.suites, &t.cipher_suites);
-    if suites.contains(&TlsSuite::Sm) && t.certificates.is_empty() {
-        err(
-            errors,
-            &format!("{path}.suites"),
-            "sm needs an SM2 certificate in certificates (a mesh listener serves the workload's ECDSA identity)",
-        );
-    }
+    // A mesh listener (no certificates) may offer sm: whether the workload's identity holds an SM2
+    // SVID is checked where the listener is built (weft proxy --identity-key-type sm2 or both).
     ListenerTls {
         suites,
         cipher_suites,
@@ -764,13 +759,7 @@ pub fn cluster_tls(
         },
     };
     let (suites, cipher_suites) = suites_or_ciphers(errors, path, &t.suites, &t.cipher_suites);
-    if suites.contains(&TlsSuite::Sm) && mode == ClusterTlsMode::Mesh {
-        err(
-            errors,
-            &format!("{path}.suites"),
-            "sm needs SM2 trust roots (trusted_ca_file); mode mesh uses the workload's ECDSA identity",
-        );
-    }
+    // mode mesh with sm: checked against the workload's identity where the cluster is built.
     ClusterTls {
         suites,
         cipher_suites,

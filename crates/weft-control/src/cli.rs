@@ -156,6 +156,11 @@ pub struct CaArgs {
     /// only) or DISABLE (plaintext). Needs --ca-dir or --ca-store.
     #[arg(long, default_value = "PERMISSIVE", value_parser = parse_mtls, requires = "ca_on")]
     pub mtls: crate::model::MtlsMode,
+    /// Cipher suite families of the mesh mTLS contexts sent to sidecars: standard (default, no
+    /// tls_params), sm (TLS_SM4_GCM_SM3 only: sidecars need --identity-key-type sm2 or both) or
+    /// both (SM first, then the standard suites: sidecars need --identity-key-type both).
+    #[arg(long, value_enum, default_value_t = crate::model::MtlsSuites::Standard, requires = "ca_on")]
+    pub mtls_suites: crate::model::MtlsSuites,
     /// Also run an SM2 root (ShangMi, generated in --ca-dir at first use) and issue SM2
     /// certificates for CSRs whose key is SM2.
     #[arg(long, requires = "ca_on")]
@@ -560,6 +565,7 @@ pub fn run(args: ControlArgs) -> i32 {
         opts.registry = registry;
         opts.mesh_tls = ca.is_some().then_some(crate::model::MeshTls {
             default_mode: args.ca.mtls,
+            suites: args.ca.mtls_suites,
         });
         opts.ca = ca.clone();
         opts.ca_tls = args.ca.ca_tls;

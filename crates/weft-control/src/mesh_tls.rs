@@ -17,7 +17,7 @@
 //! `transport_socket` but `transport_socket_matches`: `tlsMode-istio` (that metadata → the mTLS
 //! socket) and `tlsMode-disabled` (an empty match, which every other endpoint matches → plaintext).
 
-use crate::model::{self, MtlsMode, World};
+use crate::model::{self, MtlsMode, MtlsSuites, World};
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::listener::v3 as ls;
@@ -41,6 +41,34 @@ pub const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 pub fn inbound_mode(world: &World, service: &str) -> Option<MtlsMode> {
     let m = world.mesh_tls.as_ref()?;
     Some(world.services.get(service).map_or(m.default_mode, |s| m.mode_of(s)))
+}
+
+/// The suite families of the mesh TLS contexts (`--mtls-suites`; standard without a CA).
+pub fn suites(world: &World) -> MtlsSuites {
+    world.mesh_tls.as_ref().map_or(MtlsSuites::Standard, |m| m.suites)
+}
+
+/// `tls_params` for `suites`: none for standard (as Istio), else `cipher_suites` naming
+/// `TLS_SM4_GCM_SM3` (weft's `sm` family), first, then for `both` the standard TLS 1.3 suites and
+/// the ECDHE-ECDSA TLS 1.2 ones (mesh SVIDs are ECDSA).
+fn tls_params(suites: MtlsSuites) -> Option<tls::TlsParameters> {
+    let names: &[&str] = match suites {
+        MtlsSuites::Standard => return None,
+        MtlsSuites::Sm => &["TLS_SM4_GCM_SM3"],
+        MtlsSuites::Both => &[
+            "TLS_SM4_GCM_SM3",
+            "TLS_AES_128_GCM_SHA256",
+            "TLS_AES_256_GCM_SHA384",
+            "TLS_CHACHA20_POLY1305_SHA256",
+            "ECDHE-ECDSA-AES128-GCM-SHA256",
+            "ECDHE-ECDSA-AES256-GCM-SHA384",
+            "ECDHE-ECDSA-CHACHA20-POLY1305",
+        ],
+    };
+    Some(tls::TlsParameters {
+        cipher_suites: names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    })
 }
 
 /// An SDS secret reference as Istio writes it for Envoy.
@@ -76,7 +104,7 @@ fn sds(name: &str) -> tls::SdsSecretConfig {
 
 /// The workload's certificate (`default`), the mesh roots (`ROOTCA`), and SAN matchers for
 /// secure naming (none: any identity the roots vouch for).
-fn common(alpn: &[&str], sans: &[String]) -> tls::CommonTlsContext {
+fn common(alpn: &[&str], sans: &[String], suites: MtlsSuites) -> tls::CommonTlsContext {
     use tls::common_tls_context::{CombinedCertificateValidationContext, ValidationContextType};
     let matchers = sans
         .iter()
@@ -91,6 +119,7 @@ fn common(alpn: &[&str], sans: &[String]) -> tls::CommonTlsContext {
         .collect();
     tls::CommonTlsContext {
         tls_certificate_sds_secret_configs: vec![sds("default")],
+        tls_params: tls_params(suites),
         alpn_protocols: alpn.iter().map(|a| a.to_string()).collect(),
         validation_context_type: Some(ValidationContextType::CombinedValidationContext(
             CombinedCertificateValidationContext {
@@ -117,7 +146,7 @@ pub fn sni(svc: &model::Service, subset: Option<&str>) -> String {
 }
 
 /// The transport socket of a mesh destination's cluster (or subset cluster).
-pub fn upstream(svc: &model::Service, subset: Option<&str>) -> core::TransportSocket {
+pub fn upstream(svc: &model::Service, subset: Option<&str>, suites: MtlsSuites) -> core::TransportSocket {
     // The ALPN the cluster's codec speaks: a server that picked h2 for an HTTP/1.1 client (or the
     // reverse) would break the connection. Istio's own `istio-peer-exchange` is not offered:
     // weft's server, like any rustls server, refuses a client whose protocols it has none of.
@@ -128,7 +157,7 @@ pub fn upstream(svc: &model::Service, subset: Option<&str>) -> core::TransportSo
     };
     let ctx = tls::UpstreamTlsContext {
         sni: sni(svc, subset),
-        common_tls_context: Some(common(alpn, &svc.server_identities())),
+        common_tls_context: Some(common(alpn, &svc.server_identities(), suites)),
         ..Default::default()
     };
     core::TransportSocket {
@@ -156,7 +185,11 @@ pub fn mixed(svc: &model::Service) -> bool {
 
 /// Istio's `transport_socket_matches` for a mesh destination with mixed endpoints: mTLS to the
 /// endpoints marked `tlsMode: istio`, plaintext to the others.
-pub fn per_endpoint(svc: &model::Service, subset: Option<&str>) -> Vec<cl::cluster::TransportSocketMatch> {
+pub fn per_endpoint(
+    svc: &model::Service,
+    subset: Option<&str>,
+    suites: MtlsSuites,
+) -> Vec<cl::cluster::TransportSocketMatch> {
     use weft_xds_api::pb::google::protobuf::{value::Kind, Any, Struct, Value};
     let tls_mode = Struct {
         fields: [(
@@ -172,7 +205,7 @@ pub fn per_endpoint(svc: &model::Service, subset: Option<&str>) -> Vec<cl::clust
         cl::cluster::TransportSocketMatch {
             name: "tlsMode-istio".into(),
             r#match: Some(tls_mode),
-            transport_socket: Some(upstream(svc, subset)),
+            transport_socket: Some(upstream(svc, subset, suites)),
         },
         cl::cluster::TransportSocketMatch {
             name: "tlsMode-disabled".into(),
@@ -195,6 +228,7 @@ pub fn per_endpoint(svc: &model::Service, subset: Option<&str>) -> Vec<cl::clust
 pub fn inbound_chains(
     filters: Vec<ls::Filter>,
     mode: Option<MtlsMode>,
+    suites: MtlsSuites,
 ) -> (Vec<ls::FilterChain>, Vec<ls::ListenerFilter>) {
     let mode = match mode {
         Some(m @ (MtlsMode::Strict | MtlsMode::Permissive)) => m,
@@ -210,7 +244,7 @@ pub fn inbound_chains(
     };
     let ctx = tls::DownstreamTlsContext {
         require_client_certificate: Some(BoolValue { value: true }),
-        common_tls_context: Some(common(&["h2", "http/1.1"], &[])),
+        common_tls_context: Some(common(&["h2", "http/1.1"], &[], suites)),
         ..Default::default()
     };
     let tls_chain = |transport_protocol: &str| ls::FilterChain {

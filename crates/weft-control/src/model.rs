@@ -733,6 +733,22 @@ impl Service {
 pub struct MeshTls {
     /// The mode of services that set none.
     pub default_mode: MtlsMode,
+    /// The cipher suite families the mesh TLS contexts offer (`--mtls-suites`).
+    pub suites: MtlsSuites,
+}
+
+/// `weft control --mtls-suites`: the suite families of the mesh TLS contexts sent to sidecars.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MtlsSuites {
+    /// No `tls_params` (the proxy's defaults: standard suites), as Istio sends.
+    #[default]
+    Standard,
+    /// `tls_params.cipher_suites: [TLS_SM4_GCM_SM3]`: ShangMi only (sidecars with
+    /// `--identity-key-type sm2` or `both`).
+    Sm,
+    /// `TLS_SM4_GCM_SM3` first, then the standard TLS 1.3 and ECDHE-ECDSA suites (sidecars with
+    /// `--identity-key-type both`).
+    Both,
 }
 
 impl MeshTls {

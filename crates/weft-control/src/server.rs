@@ -230,6 +230,7 @@ impl StreamState {
             authz.as_ref(),
             telemetry.as_ref(),
             mtls,
+            crate::mesh_tls::suites(&snap.world),
             &dubbo,
         ));
         self.node_dubbo = dubbo;

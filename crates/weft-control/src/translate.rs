@@ -791,6 +791,7 @@ fn translate_service(
 ) -> ServiceOut {
     let mut out = ServiceOut::default();
     let mtls = mesh.is_some_and(|m| m.mode_of(svc) != model::MtlsMode::Disable);
+    let suites = mesh.map_or(model::MtlsSuites::Standard, |m| m.suites);
     // Endpoints with and without sidecars: mTLS chosen per endpoint, by its tlsMode metadata;
     // except for a service explicitly STRICT, whose callers use mTLS (and secure naming) to every
     // endpoint: a workload without a sidecar that joins it is refused, not sent plaintext.
@@ -802,9 +803,9 @@ fn translate_service(
     let push_cluster = |out: &mut ServiceOut, name: &str, subset: Option<&str>| {
         let mut c = eds_cluster(name, svc, dest);
         if mtls && per_endpoint {
-            c.transport_socket_matches = crate::mesh_tls::per_endpoint(svc, subset);
+            c.transport_socket_matches = crate::mesh_tls::per_endpoint(svc, subset, suites);
         } else if mtls {
-            c.transport_socket = Some(crate::mesh_tls::upstream(svc, subset));
+            c.transport_socket = Some(crate::mesh_tls::upstream(svc, subset, suites));
         }
         let grpc = dest.and_then(|d| grpc_cluster(&c, d.lb));
         if mtls {
@@ -1372,7 +1373,11 @@ enum Side<'a> {
     /// The app's own calls; the global rate limit filter applies there.
     Outbound(Option<&'a model::RateLimitService>),
     /// Calls to the app: authorization policies, mesh mTLS termination.
-    Inbound(Option<&'a weft_config::authz::Authorization>, Option<model::MtlsMode>),
+    Inbound(
+        Option<&'a weft_config::authz::Authorization>,
+        Option<model::MtlsMode>,
+        model::MtlsSuites,
+    ),
 }
 
 /// A sidecar listener. Its Envoy `traffic_direction` (1 inbound, 2 outbound) also tells a weft
@@ -1384,9 +1389,9 @@ fn rds_listener(
     side: Side<'_>,
     telemetry: Option<(&model::Telemetry, &str)>,
 ) -> ls::Listener {
-    let (rls, direction, authz, mtls) = match side {
-        Side::Outbound(rls) => (rls, 2, None, None),
-        Side::Inbound(authz, mtls) => (None, 1, authz, mtls),
+    let (rls, direction, authz, mtls, suites) = match side {
+        Side::Outbound(rls) => (rls, 2, None, None, model::MtlsSuites::Standard),
+        Side::Inbound(authz, mtls, suites) => (None, 1, authz, mtls, suites),
     };
     // Authorization first, as Istio places its RBAC filters.
     let mut http_filters = authz.map(crate::authz_xds::rbac_filters).unwrap_or_default();
@@ -1423,7 +1428,7 @@ fn rds_listener(
             &manager,
         ))),
     }];
-    sidecar_listener(name, addr, direction, filters, mtls)
+    sidecar_listener(name, addr, direction, filters, mtls, suites)
 }
 
 /// A Dubbo listener: Envoy's `dubbo_proxy` (Dubbo2, hessian2) with its routes inline, one route
@@ -1437,6 +1442,7 @@ fn dubbo_listener(
     direction: i32,
     routes: &[(&str, &str, &[DubboRuleRoute])],
     mtls: Option<model::MtlsMode>,
+    suites: model::MtlsSuites,
 ) -> ls::Listener {
     // The method exact, or any (`.*`: Envoy needs a method matcher).
     let method = |m: Option<&str>, params| {
@@ -1511,7 +1517,7 @@ fn dubbo_listener(
             &proxy,
         ))),
     }];
-    sidecar_listener(name, addr, direction, filters, mtls)
+    sidecar_listener(name, addr, direction, filters, mtls, suites)
 }
 
 /// A sidecar listener around its network `filters`: in the mesh mTLS chains when `mtls` is on
@@ -1522,9 +1528,10 @@ fn sidecar_listener(
     direction: i32,
     filters: Vec<ls::Filter>,
     mtls: Option<model::MtlsMode>,
+    suites: model::MtlsSuites,
 ) -> ls::Listener {
     let mtls = mtls.filter(|m| *m != model::MtlsMode::Disable);
-    let (filter_chains, listener_filters) = crate::mesh_tls::inbound_chains(filters, mtls);
+    let (filter_chains, listener_filters) = crate::mesh_tls::inbound_chains(filters, mtls, suites);
     ls::Listener {
         name: name.into(),
         address: Some(socket_address(addr)),
@@ -1654,6 +1661,7 @@ pub fn node_resources(
     authz: Option<&weft_config::authz::Authorization>,
     telemetry: Option<&model::Telemetry>,
     mtls: Option<model::MtlsMode>,
+    suites: model::MtlsSuites,
     dubbo: &NodeDubbo,
 ) -> NodeResources {
     // The service name spans carry: the sidecar's service, else its node id.
@@ -1686,7 +1694,7 @@ pub fn node_resources(
             Res::new(
                 Kind::Listener,
                 OUTBOUND_DUBBO,
-                &dubbo_listener(OUTBOUND_DUBBO, addr, 2, &routes, None),
+                &dubbo_listener(OUTBOUND_DUBBO, addr, 2, &routes, None, model::MtlsSuites::Standard),
             ),
         );
     }
@@ -1699,7 +1707,7 @@ pub fn node_resources(
                 Res::new(
                     Kind::Listener,
                     &name,
-                    &dubbo_listener(&name, addr, 1, &[("*", &name, &[])], mtls),
+                    &dubbo_listener(&name, addr, 1, &[("*", &name, &[])], mtls, suites),
                 ),
             );
         } else if let Some(addr) = node.inbound {
@@ -1708,7 +1716,7 @@ pub fn node_resources(
                 Res::new(
                     Kind::Listener,
                     &name,
-                    &rds_listener(&name, addr, &name, Side::Inbound(authz, mtls), telemetry),
+                    &rds_listener(&name, addr, &name, Side::Inbound(authz, mtls, suites), telemetry),
                 ),
             );
             let rc = rt::RouteConfiguration {

@@ -182,3 +182,44 @@ fn x509_parser_leaf(pem_text: &str) -> ((), Vec<String>) {
     let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
     ((), weft_identity::client::uri_sans(&c))
 }
+
+/// Renewal with the current SM2 SVID: the CA recognises an SM2 leaf of its SM2 root (and says it
+/// is SM2, so the proof is checked as SM2-with-SM3), and refuses one of another SM2 root, or any SM2
+/// leaf when it runs no SM2 root.
+#[test]
+fn sm2_svids_authenticate_renewals() {
+    let dir = TempDir::new("ca-sm2-renewal");
+    let ca = Ca::load(&sm_options(dir.path())).unwrap();
+    let key = weft_sm::cert::new_key();
+    let csr = pem(
+        "CERTIFICATE REQUEST",
+        &weft_sm::cert::csr(&key, &[id().to_string()]).unwrap(),
+    );
+    let issued = ca.issue(&csr, &id(), Some(Duration::from_secs(600))).unwrap();
+    let leaf = der_of(&issued.cert_chain[0]);
+    let (who, public, sm2) = ca.check_svid_key(&leaf).unwrap();
+    assert_eq!(who, id());
+    assert!(sm2);
+    // The proof the identity client signs with the SM2 key verifies with the key the CA extracted.
+    use rustls::pki_types::SignatureVerificationAlgorithm;
+    let msg = weft_identity::proto::renewal_message(1, &csr);
+    let proof = weft_identity::WorkloadKey::Sm2(key).sign(&msg).unwrap();
+    weft_sm::SM2_SM3_CERT.verify_signature(&public, &msg, &proof).unwrap();
+    assert!(weft_sm::SM2_SM3_CERT
+        .verify_signature(&public, b"another message", &proof)
+        .is_err());
+
+    // An SM2 leaf with the same SPIFFE ID from another SM2 root.
+    let rogue =
+        weft_sm::cert::Sm2Cert::self_signed(&weft_sm::cert::Params::ca("rogue", Duration::from_secs(600))).unwrap();
+    let mut p = weft_sm::cert::Params::leaf("", Duration::from_secs(600));
+    p.uris = vec![id().to_string()];
+    let forged = rogue.issue(&p).unwrap();
+    let e = ca.check_svid_key(&forged.der).unwrap_err();
+    assert!(e.contains("not issued by this CA"), "{e}");
+
+    // A CA without --ca-sm2 knows no SM2 SVID.
+    let plain = Ca::load(&CaOptions::new(dir.path().join("plain"))).unwrap();
+    let e = plain.check_svid_key(&leaf).unwrap_err();
+    assert!(e.contains("not issued by this CA"), "{e}");
+}

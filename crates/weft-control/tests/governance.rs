@@ -490,6 +490,7 @@ destinations:
         None,
         None,
         None,
+        Default::default(),
         &Default::default(),
     );
     let mut checked = 0;

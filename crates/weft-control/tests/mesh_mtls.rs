@@ -49,6 +49,7 @@ fn snapshot(mesh: Option<MeshTls>) -> Snapshot {
 fn permissive() -> Option<MeshTls> {
     Some(MeshTls {
         default_mode: MtlsMode::Permissive,
+        suites: Default::default(),
     })
 }
 
@@ -59,7 +60,7 @@ fn cluster(s: &Snapshot, name: &str) -> Cluster {
 fn inbound(s: &Snapshot, service: &str) -> Listener {
     let node = NodeInfo::from_node(&sidecar("n1", service));
     let mode = weft_control::mesh_tls::inbound_mode(&s.world, service);
-    let own = node_resources(&node, None, None, None, mode, &Default::default());
+    let own = node_resources(&node, None, None, None, mode, Default::default(), &Default::default());
     let name = format!("inbound|{service}");
     unpack(&own.maps[Kind::Listener as usize][name.as_str()].any, LISTENER).unwrap()
 }
@@ -164,6 +165,7 @@ fn inbound_listeners_terminate_mtls_by_mode() {
     // A STRICT default applies to services that set no mode.
     let strict = snapshot(Some(MeshTls {
         default_mode: MtlsMode::Strict,
+        suites: Default::default(),
     }));
     assert_eq!(inbound(&strict, "reviews").filter_chains.len(), 1);
     assert_eq!(inbound(&strict, "unknown-service").filter_chains.len(), 1);
@@ -173,7 +175,10 @@ fn inbound_listeners_terminate_mtls_by_mode() {
 #[test]
 fn emitted_tls_resources_pass_the_api_validation_rules() {
     for mode in [MtlsMode::Permissive, MtlsMode::Strict] {
-        let s = snapshot(Some(MeshTls { default_mode: mode }));
+        let s = snapshot(Some(MeshTls {
+            default_mode: mode,
+            suites: Default::default(),
+        }));
         for name in ["reviews", "reviews|v1", "ratings", "legacy"] {
             let errs = weft_xds_client::pgv::cluster(&cluster(&s, name));
             assert!(errs.is_empty(), "{name}: {errs:?}");
@@ -325,4 +330,50 @@ fn convert_eps(
     la: &weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment,
 ) -> Vec<weft_config::raw::RawEndpoint> {
     weft_xds_client::convert::load_assignment(la).unwrap().plain
+}
+
+/// `--mtls-suites`: the mesh TLS contexts carry `tls_params.cipher_suites` (SM only, or SM first
+/// then the standard suites), which weft's xDS client reads back as the listener's and cluster's
+/// `cipher_suites`; standard (the default) sends none, as Istio.
+#[test]
+fn mtls_suites_set_the_cipher_suites_of_mesh_contexts() {
+    use weft_control::model::MtlsSuites;
+    let with = |suites| {
+        snapshot(Some(MeshTls {
+            default_mode: MtlsMode::Strict,
+            suites,
+        }))
+    };
+    let inbound_with = |s: &Snapshot, suites| -> Listener {
+        let node = NodeInfo::from_node(&sidecar("n1", "reviews"));
+        let mode = weft_control::mesh_tls::inbound_mode(&s.world, "reviews");
+        let own = node_resources(&node, None, None, None, mode, suites, &Default::default());
+        unpack(&own.maps[Kind::Listener as usize]["inbound|reviews"].any, LISTENER).unwrap()
+    };
+    for (suites, want) in [
+        (MtlsSuites::Standard, None),
+        (MtlsSuites::Sm, Some(vec!["TLS_SM4_GCM_SM3".to_string()])),
+    ] {
+        let s = with(suites);
+        let c = weft_xds_client::convert::cluster(&cluster(&s, "reviews"), false).unwrap();
+        assert_eq!(c.raw.tls.unwrap().cipher_suites, want, "{suites:?}");
+        let l = weft_xds_client::convert::listener(&inbound_with(&s, suites))
+            .unwrap()
+            .unwrap();
+        assert_eq!(l.raw.tls.unwrap().cipher_suites, want, "{suites:?}");
+    }
+    let s = with(MtlsSuites::Both);
+    let c = weft_xds_client::convert::cluster(&cluster(&s, "reviews"), false).unwrap();
+    let got = c.raw.tls.unwrap().cipher_suites.unwrap();
+    assert_eq!(got[0], "TLS_SM4_GCM_SM3");
+    assert!(got.contains(&"TLS_AES_128_GCM_SHA256".to_string()), "{got:?}");
+    // What the proxy's model makes of it: sm first, then standard.
+    let yaml = format!(
+        "listeners: []\nclusters:\n  - name: x\n    endpoints: [{{ address: 127.0.0.1:1 }}]\n    tls: {{ mode: mesh, cipher_suites: {got:?} }}\n"
+    );
+    let cfg = weft_config::from_yaml(&yaml).unwrap();
+    assert_eq!(
+        cfg.clusters[0].tls.as_ref().unwrap().suites,
+        vec![weft_config::tls::TlsSuite::Sm, weft_config::tls::TlsSuite::Standard]
+    );
 }

@@ -4,7 +4,8 @@
 //! counted), and publication of each new SVID through an [`ArcSwapOption`] (cheap reads on every
 //! new TLS handshake) and a watch channel (for pushing it, e.g. over SDS).
 
-use crate::client::{fetch, Auth, FetchError, Svid};
+use crate::client::{Auth, FetchError, Svid};
+use crate::csr::KeyType;
 use crate::spiffe::SpiffeId;
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
@@ -26,6 +27,8 @@ pub struct AgentConfig {
     pub ttl: Option<Duration>,
     /// Talk TLS to the CA (weft control's `--ca-tls` port), trusting these roots (PEM).
     pub ca_roots_pem: Option<String>,
+    /// The key generated for each certificate (a new one at every renewal): ECDSA P-256 or SM2.
+    pub key_type: KeyType,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -37,6 +40,7 @@ impl AgentConfig {
             token_file: token_file.into(),
             ttl: None,
             ca_roots_pem: None,
+            key_type: KeyType::Ecdsa,
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
         }
@@ -194,10 +198,7 @@ async fn run(
             None => r.clone(),
         });
         let call = |auth| async {
-            match &roots {
-                Some(r) => crate::client::fetch_tls(&cfg.ca_address, r, &id, auth, cfg.ttl).await,
-                None => fetch(&cfg.ca_address, &id, auth, cfg.ttl).await,
-            }
+            crate::client::fetch_key(&cfg.ca_address, roots.as_deref(), &id, auth, cfg.ttl, cfg.key_type).await
         };
         let res = match renewing {
             Some(s) => call(Auth::Svid(s)).await,
@@ -214,6 +215,7 @@ async fn run(
                 let svid = Arc::new(svid);
                 tracing::info!(
                     id = %id,
+                    key = %cfg.key_type,
                     serial = %svid.serial,
                     expires_in_s = svid.not_after.saturating_sub(crate::unix_now()),
                     renewal = renewing.is_some(),
@@ -241,6 +243,7 @@ async fn run(
                 match &cur {
                     Some(c) if c.not_after > now => tracing::error!(
                         id = %id,
+                        key = %cfg.key_type,
                         error = %e,
                         failures,
                         expires_in_s = c.not_after - now,

@@ -1,8 +1,8 @@
 //! One `CreateCertificate` call to the mesh CA.
 
+use crate::csr::{KeyType, WorkloadKey};
 use crate::proto::{self, IstioCertificateRequest, IstioCertificateResponse};
 use crate::spiffe::SpiffeId;
-use rcgen::{KeyPair, SigningKey};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +32,7 @@ pub struct Svid {
     pub serial: String,
     /// When this process received it, Unix seconds.
     pub received: u64,
-    key: Arc<KeyPair>,
+    key: Arc<WorkloadKey>,
 }
 
 impl fmt::Debug for Svid {
@@ -55,6 +55,11 @@ impl Svid {
     /// The private key, PKCS#8 DER.
     pub fn key_der(&self) -> Vec<u8> {
         self.key.serialize_der()
+    }
+
+    /// The key's type (ECDSA P-256 or SM2).
+    pub fn key_type(&self) -> KeyType {
+        self.key.key_type()
     }
 
     /// When to renew: half-way between receipt and expiry.
@@ -113,7 +118,19 @@ pub fn endpoint_uri(address: &str) -> String {
 /// Generates a key, sends a CSR for `id` and returns the SVID. `ttl` None asks for the CA's default.
 /// Plaintext (h2c): the xDS port.
 pub async fn fetch(ca_address: &str, id: &SpiffeId, auth: Auth<'_>, ttl: Option<Duration>) -> Result<Svid, FetchError> {
-    fetch_via(ca_address, None, id, auth, ttl).await
+    fetch_via(ca_address, None, id, auth, ttl, KeyType::Ecdsa).await
+}
+
+/// Like [`fetch`] (plaintext) or [`fetch_tls`] (`roots_pem` given), with a new key of `kind`.
+pub async fn fetch_key(
+    ca_address: &str,
+    roots_pem: Option<&str>,
+    id: &SpiffeId,
+    auth: Auth<'_>,
+    ttl: Option<Duration>,
+    kind: KeyType,
+) -> Result<Svid, FetchError> {
+    fetch_via(ca_address, roots_pem, id, auth, ttl, kind).await
 }
 
 /// Like [`fetch`], over TLS (weft control's `--ca-tls` port): the CA's certificate must chain to
@@ -125,7 +142,7 @@ pub async fn fetch_tls(
     auth: Auth<'_>,
     ttl: Option<Duration>,
 ) -> Result<Svid, FetchError> {
-    fetch_via(ca_address, Some(roots_pem), id, auth, ttl).await
+    fetch_via(ca_address, Some(roots_pem), id, auth, ttl, KeyType::Ecdsa).await
 }
 
 /// A TLS connector for tonic: TCP to the URI's host and port, then a rustls handshake with
@@ -195,9 +212,12 @@ async fn fetch_via(
     id: &SpiffeId,
     auth: Auth<'_>,
     ttl: Option<Duration>,
+    kind: KeyType,
 ) -> Result<Svid, FetchError> {
-    let key = crate::csr::new_key().map_err(|e| FetchError::Local(format!("generating a key: {e}")))?;
-    let csr = crate::csr::csr_pem(&key, id).map_err(|e| FetchError::Local(format!("building the CSR: {e}")))?;
+    let key = WorkloadKey::generate(kind).map_err(|e| FetchError::Local(format!("generating a {kind} key: {e}")))?;
+    let csr = key
+        .csr_pem(id)
+        .map_err(|e| FetchError::Local(format!("building the CSR: {e}")))?;
     let mut req = tonic::Request::new(IstioCertificateRequest {
         csr: csr.clone(),
         validity_duration: ttl.map_or(0, |t| t.as_secs() as i64),
@@ -321,7 +341,7 @@ pub fn uri_sans(cert: &X509Certificate<'_>) -> Vec<String> {
     v
 }
 
-fn from_response(id: &SpiffeId, key: KeyPair, chain: &[String]) -> Result<Svid, FetchError> {
+fn from_response(id: &SpiffeId, key: WorkloadKey, chain: &[String]) -> Result<Svid, FetchError> {
     let bad = FetchError::BadResponse;
     let ders = parse_pem_certs(chain).map_err(bad)?;
     if ders.len() < 2 {
@@ -349,7 +369,7 @@ fn from_response(id: &SpiffeId, key: KeyPair, chain: &[String]) -> Result<Svid, 
         _ => (ders[..ders.len() - 1].to_vec(), ders[ders.len() - 1..].to_vec()),
     };
     let (_, leaf) = X509Certificate::from_der(&ders[0]).map_err(|e| bad(format!("leaf: {e}")))?;
-    if leaf.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+    if leaf.public_key().subject_public_key.data.as_ref() != key.public_key_raw().as_slice() {
         return Err(bad("the leaf certificate is not for the key this CSR carried".into()));
     }
     let sans = uri_sans(&leaf);

@@ -19,6 +19,7 @@ pub mod token;
 
 pub use agent::{AgentConfig, IdentityAgent, IdentityMetrics};
 pub use client::{Auth, FetchError, Svid};
+pub use csr::{KeyType, WorkloadKey};
 pub use spiffe::SpiffeId;
 
 /// Seconds since the Unix epoch.

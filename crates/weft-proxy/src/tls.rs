@@ -44,10 +44,17 @@ impl AdminExtension for TlsState {
     }
 
     fn status_json(&self) -> serde_json::Value {
-        match self.mesh.current() {
+        let mut v = match self.mesh.current_standard() {
             Some(m) => serde_json::json!({ "identity": m.id, "not_after": m.not_after }),
             None => serde_json::json!({ "identity": null }),
+        };
+        if let Some(m) = self.mesh.current_sm() {
+            if v["identity"].is_null() {
+                v["identity"] = m.id.clone().into();
+            }
+            v["sm2"] = serde_json::json!({ "identity": m.id, "not_after": m.not_after });
         }
+        v
     }
 
     fn prometheus(&self) -> String {
@@ -76,6 +83,33 @@ fn suites(v: &[TlsSuite]) -> Vec<weft_tls::Suite> {
         .collect()
 }
 
+/// A mesh listener or cluster may offer a suite family only when the workload identity declared
+/// at start (`weft proxy --identity-key-type`) holds a certificate for it: `sm` needs an SM2 SVID,
+/// `standard` an ECDSA one. Nothing declared (identity from files or SDS): not checked here.
+fn check_mesh_suites(suites_: &[TlsSuite], ciphers: &[String], field: &str) -> Result<(), TlsError> {
+    let Some((standard, sm2)) = weft_tls::mesh::declared_key_types() else {
+        return Ok(());
+    };
+    let field = if ciphers.is_empty() {
+        format!("{field}suites")
+    } else {
+        format!("{field}cipher_suites")
+    };
+    if suites_.contains(&TlsSuite::Sm) && !sm2 {
+        return Err(TlsError::Invalid {
+            field,
+            reason: "sm (TLS_SM4_GCM_SM3) needs an SM2 mesh identity, and this proxy's is ECDSA only: start weft proxy with --identity-key-type sm2 (or both)".into(),
+        });
+    }
+    if suites_.contains(&TlsSuite::Standard) && !standard {
+        return Err(TlsError::Invalid {
+            field,
+            reason: "standard suites need an ECDSA mesh identity, and this proxy's is SM2 only: offer only sm (suites: [sm]) or start weft proxy with --identity-key-type both".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The IANA ids of validated `cipher_suites` (canonical names).
 fn cipher_ids(v: &[String]) -> Vec<u16> {
     v.iter().filter_map(|n| weft_config::tls::cipher_suite_id(n)).collect()
@@ -91,10 +125,13 @@ pub fn cluster_connector(
 ) -> Result<weft_tls::Connector, TlsError> {
     use weft_config::tls::ClusterTlsMode;
     let (trust, cert) = match t.mode {
-        ClusterTlsMode::Mesh => (
-            weft_tls::Trust::Mesh(state.mesh.clone()),
-            weft_tls::ClientCert::Mesh(state.mesh.clone()),
-        ),
+        ClusterTlsMode::Mesh => {
+            check_mesh_suites(&t.suites, &t.cipher_suites, field)?;
+            (
+                weft_tls::Trust::Mesh(state.mesh.clone()),
+                weft_tls::ClientCert::Mesh(state.mesh.clone()),
+            )
+        }
         mode => {
             let ca = t.trusted_ca.as_ref().map(pem_source).ok_or_else(|| TlsError::Invalid {
                 field: format!("{field}trusted_ca_file"),
@@ -146,6 +183,7 @@ impl ListenerTlsRt {
     pub fn new(cfg: &ListenerTls, state: &TlsState, listener: &str, field: &str) -> Result<ListenerTlsRt, TlsError> {
         let (resolver, cert_resolver, client_auth): (_, Arc<dyn rustls::server::ResolvesServerCert>, _) =
             if cfg.is_mesh() {
+                check_mesh_suites(&cfg.suites, &cfg.cipher_suites, field)?;
                 (
                     None,
                     Arc::new(weft_tls::mesh::MeshServerResolver(state.mesh.clone())),
@@ -416,7 +454,8 @@ async fn handshake(
             return None;
         }
     };
-    tls.counters.ok.fetch_add(1, Ordering::Relaxed);
+    tls.counters
+        .completed(s.get_ref().1.negotiated_cipher_suite().map(|c| c.suite()));
     Some(s)
 }
 

@@ -204,7 +204,10 @@ pub fn client_config_with_ciphers(
     let mut cfg = match cert {
         ClientCert::None => builder.with_no_client_auth(),
         ClientCert::Static(k) => builder.with_client_cert_resolver(Arc::new(StaticClientCert(k))),
-        ClientCert::Mesh(m) => builder.with_client_cert_resolver(Arc::new(MeshClientResolver(m))),
+        ClientCert::Mesh(m) => builder.with_client_cert_resolver(Arc::new(MeshClientResolver {
+            mesh: m,
+            sm_first: suites.first() == Some(&Suite::Sm),
+        })),
     };
     cfg.alpn_protocols = alpn;
     Ok(Arc::new(cfg))
@@ -247,9 +250,7 @@ impl Connector {
             .await;
         if let Some(c) = &self.counters {
             match &r {
-                Ok(_) => {
-                    c.ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
+                Ok(s) => c.completed(s.get_ref().1.negotiated_cipher_suite().map(|s| s.suite())),
                 Err(e) => c.failed(crate::peer::FailureReason::of_io(e)),
             }
         }

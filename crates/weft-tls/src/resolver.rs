@@ -54,7 +54,7 @@ pub struct SniResolver {
 }
 
 /// The standard suites' ids (*ring*'s), against which a ClientHello's preference for SM is judged.
-fn standard_suite_ids() -> &'static [rustls::CipherSuite] {
+pub(crate) fn standard_suite_ids() -> &'static [rustls::CipherSuite] {
     static IDS: std::sync::OnceLock<Vec<rustls::CipherSuite>> = std::sync::OnceLock::new();
     IDS.get_or_init(|| {
         rustls::crypto::ring::default_provider()

@@ -28,12 +28,22 @@ impl Side {
 #[derive(Debug, Default)]
 pub struct HandshakeCounters {
     pub ok: AtomicU64,
+    /// Of `ok`, the handshakes that negotiated ShangMi (`TLS_SM4_GCM_SM3`).
+    pub sm: AtomicU64,
     /// Plaintext connections accepted by a permissive listener.
     pub plaintext: AtomicU64,
     failures: [AtomicU64; FailureReason::ALL.len()],
 }
 
 impl HandshakeCounters {
+    /// Counts a completed handshake that negotiated `suite`.
+    pub fn completed(&self, suite: Option<rustls::CipherSuite>) {
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        if suite == Some(rustls::CipherSuite::Unknown(weft_sm::TLS_SM4_GCM_SM3_ID)) {
+            self.sm.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn failed(&self, r: FailureReason) {
         let i = FailureReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
         self.failures[i].fetch_add(1, Ordering::Relaxed);
@@ -74,6 +84,16 @@ impl TlsStats {
                 side.as_str(),
                 escape(name),
                 c.ok.load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# TYPE weft_tls_sm_handshakes_total counter\n");
+        for (side, name, c) in e.iter() {
+            let _ = writeln!(
+                out,
+                "weft_tls_sm_handshakes_total{{side=\"{}\",name=\"{}\"}} {}",
+                side.as_str(),
+                escape(name),
+                c.sm.load(Ordering::Relaxed)
             );
         }
         out.push_str("# TYPE weft_tls_plaintext_connections_total counter\n");

@@ -74,11 +74,11 @@ impl NamingVerifier {
         }
     }
 
-    fn inner(&self) -> Result<Arc<WebPkiServerVerifier>, Error> {
+    fn inner(&self, end_entity: &[u8]) -> Result<Arc<WebPkiServerVerifier>, Error> {
         match &self.roots {
             Roots::Fixed(v) => Ok(v.clone()),
             Roots::Mesh(m) => m
-                .current()
+                .for_peer(end_entity)
                 .map(|c| c.server_verifier.clone())
                 .ok_or_else(|| Error::General("no mesh identity yet".into())),
         }
@@ -134,7 +134,7 @@ impl NamingVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, Error> {
         let r = self
-            .inner()?
+            .inner(end_entity)?
             .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now);
         if self.allowed.is_empty() && !self.any {
             return r;

@@ -49,6 +49,15 @@ struct FetchArgs {
     /// Requested certificate lifetime, e.g. 1h (default: the CA's --svid-ttl).
     #[arg(long, value_parser = weft_config::duration::parse)]
     ttl: Option<Duration>,
+    /// The key generated here: ecdsa (P-256) or sm2 (needs weft control --ca-sm2).
+    #[arg(long, value_enum, default_value_t = FetchKeyType::Ecdsa)]
+    key_type: FetchKeyType,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum FetchKeyType {
+    Ecdsa,
+    Sm2,
 }
 
 #[derive(clap::Args)]
@@ -136,12 +145,18 @@ fn fetch(a: FetchArgs) -> i32 {
         }
     };
     let auth = weft_identity::Auth::Token(&token);
-    let res = rt.block_on(async {
-        match &roots {
-            Some(r) => weft_identity::client::fetch_tls(&a.ca_address, r, &id, auth, a.ttl).await,
-            None => weft_identity::client::fetch(&a.ca_address, &id, auth, a.ttl).await,
-        }
-    });
+    let kind = match a.key_type {
+        FetchKeyType::Ecdsa => weft_identity::KeyType::Ecdsa,
+        FetchKeyType::Sm2 => weft_identity::KeyType::Sm2,
+    };
+    let res = rt.block_on(weft_identity::client::fetch_key(
+        &a.ca_address,
+        roots.as_deref(),
+        &id,
+        auth,
+        a.ttl,
+        kind,
+    ));
     let svid = match res {
         Ok(s) => s,
         Err(e) => {

@@ -389,6 +389,7 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         Some(mut t) => (std::mem::take(&mut t.inherited), Some(t)),
         None => (Default::default(), None),
     };
+    mesh_identity::declare(&args.identity);
     let server = match Server::start_with(
         config,
         ServerOptions {

@@ -9,6 +9,37 @@ use std::time::Duration;
 use weft_proxy::Server;
 use weft_tls::MeshIdentity;
 
+/// `--identity-key-type`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum KeyTypes {
+    #[default]
+    Ecdsa,
+    Sm2,
+    Both,
+}
+
+impl KeyTypes {
+    fn list(self) -> Vec<weft_identity::KeyType> {
+        match self {
+            KeyTypes::Ecdsa => vec![weft_identity::KeyType::Ecdsa],
+            KeyTypes::Sm2 => vec![weft_identity::KeyType::Sm2],
+            KeyTypes::Both => vec![weft_identity::KeyType::Ecdsa, weft_identity::KeyType::Sm2],
+        }
+    }
+}
+
+/// Before the configuration loads: tells the TLS layer which SVIDs the CA identity will hold, so a
+/// mesh listener or cluster offering a suite family it cannot serve is refused naming its field.
+pub fn declare(f: &IdentityFlags) {
+    if f.ca_address.is_some() {
+        let l = f.identity_key_type.list();
+        weft_tls::mesh::declare_key_types(
+            l.contains(&weft_identity::KeyType::Ecdsa),
+            l.contains(&weft_identity::KeyType::Sm2),
+        );
+    }
+}
+
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct IdentityFlags {
     /// Mesh identity from weft control's CA at this address (host:port, its xDS port).
@@ -23,6 +54,11 @@ pub struct IdentityFlags {
     /// Requested certificate lifetime, e.g. 1h (default: the CA's --svid-ttl).
     #[arg(long, value_parser = weft_config::duration::parse, requires = "ca_address")]
     pub identity_ttl: Option<Duration>,
+    /// Which workload certificates to keep from the CA: ecdsa (P-256, default), sm2 (an SM2 SVID
+    /// from weft control --ca-sm2, for mesh listeners/clusters with tls.suites: [sm]) or both (two
+    /// keys and certificates, renewed independently; a mesh listener serves either by ClientHello).
+    #[arg(long, value_enum, default_value_t = KeyTypes::Ecdsa, requires = "ca_address")]
+    pub identity_key_type: KeyTypes,
     /// Mesh identity from files instead: the SVID chain (PEM, leaf first)...
     #[arg(long, conflicts_with = "ca_address", requires_all = ["identity_key_file", "identity_roots_file"])]
     pub identity_cert_file: Option<PathBuf>,
@@ -115,35 +151,50 @@ pub fn attach(server: &Arc<Server>, f: &IdentityFlags) -> Result<(), String> {
     // Fail now (exit 2) on an unreadable or invalid token, not in the background.
     let text = std::fs::read_to_string(token).map_err(|e| format!("--identity-token-file {}: {e}", token.display()))?;
     weft_identity::token::peek(&text).map_err(|e| format!("--identity-token-file {}: {e}", token.display()))?;
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
-    let m = mesh.clone();
-    server.control_handle().spawn(async move {
-        let agent = match weft_identity::IdentityAgent::start(cfg) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(error = %e, "mesh identity: cannot start");
-                return;
-            }
-        };
-        let mut rx = agent.subscribe();
-        loop {
-            let svid = rx.borrow_and_update().clone();
-            if let Some(s) = svid {
-                match m.set_pem(&s.chain_pem, &s.key_pem(), &s.roots_pem) {
-                    Ok(()) => {
-                        tracing::info!(identity = %s.id, serial = %s.serial, not_after = s.not_after, "mesh identity installed");
-                        let _ = ready_tx.send(());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<weft_identity::KeyType>();
+    let kinds = f.identity_key_type.list();
+    for kind in kinds.iter().copied() {
+        let mut cfg = cfg.clone();
+        cfg.key_type = kind;
+        let m = mesh.clone();
+        let ready_tx = ready_tx.clone();
+        server.control_handle().spawn(async move {
+            let agent = match weft_identity::IdentityAgent::start(cfg) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, key = %kind, "mesh identity: cannot start");
+                    return;
+                }
+            };
+            let mut rx = agent.subscribe();
+            loop {
+                let svid = rx.borrow_and_update().clone();
+                if let Some(s) = svid {
+                    match m.set_pem(&s.chain_pem, &s.key_pem(), &s.roots_pem) {
+                        Ok(()) => {
+                            tracing::info!(identity = %s.id, key = %kind, serial = %s.serial, not_after = s.not_after, "mesh identity installed");
+                            let _ = ready_tx.send(kind);
+                        }
+                        Err(e) => tracing::error!(error = %e, key = %kind, "mesh identity from the CA refused; the current one keeps serving"),
                     }
-                    Err(e) => tracing::error!(error = %e, "mesh identity from the CA refused; the current one keeps serving"),
+                }
+                if rx.changed().await.is_err() {
+                    return;
                 }
             }
-            if rx.changed().await.is_err() {
-                return;
-            }
+        });
+    }
+    drop(ready_tx);
+    let deadline = std::time::Instant::now() + FIRST_CERT_WAIT;
+    let mut waiting = kinds;
+    while !waiting.is_empty() {
+        match ready_rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(k) => waiting.retain(|w| *w != k),
+            Err(_) => break,
         }
-    });
-    if ready_rx.recv_timeout(FIRST_CERT_WAIT).is_err() {
-        tracing::warn!(ca = %addr, "no mesh certificate yet; mesh handshakes fail until one arrives (still retrying)");
+    }
+    if !waiting.is_empty() {
+        tracing::warn!(ca = %addr, missing = ?waiting, "no mesh certificate yet; mesh handshakes fail until one arrives (still retrying)");
     }
     Ok(())
 }

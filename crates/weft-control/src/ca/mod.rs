@@ -864,15 +864,26 @@ impl Ca {
     /// Checks a certificate presented for renewal: issued by this CA, valid now, one SPIFFE ID in
     /// this trust domain. Returns the identity and the leaf's public key (to check the proof with).
     pub fn check_svid(&self, der: &[u8]) -> Result<(SpiffeId, Vec<u8>), String> {
+        self.check_svid_key(der).map(|(id, public, _)| (id, public))
+    }
+
+    /// Like [`Ca::check_svid`], also for SM2 SVIDs of the `--ca-sm2` root; the bool says the key
+    /// is SM2 (a renewal proof is then an SM2-with-SM3 signature).
+    pub fn check_svid_key(&self, der: &[u8]) -> Result<(SpiffeId, Vec<u8>, bool), String> {
         let (_, leaf) = X509Certificate::from_der(der).map_err(|e| format!("not a certificate: {e}"))?;
+        let sm2 = weft_sm::sign::is_sm2_spki(leaf.tbs_certificate.subject_pki.raw);
         // Either CA of a rollover in progress: SVIDs of the previous root renew until they expire.
         let active = self.active.load();
-        let issued_here = active.signers().any(|s| {
-            X509Certificate::from_der(&s.issuer_der).is_ok_and(|(_, issuer)| {
-                leaf.issuer().as_raw() == issuer.subject().as_raw()
-                    && leaf.verify_signature(Some(issuer.public_key())).is_ok()
+        let issued_here = if sm2 {
+            self.sm.as_ref().is_some_and(|sm| sm.issued(&leaf))
+        } else {
+            active.signers().any(|s| {
+                X509Certificate::from_der(&s.issuer_der).is_ok_and(|(_, issuer)| {
+                    leaf.issuer().as_raw() == issuer.subject().as_raw()
+                        && leaf.verify_signature(Some(issuer.public_key())).is_ok()
+                })
             })
-        });
+        };
         if !issued_here {
             return Err("not issued by this CA".into());
         }
@@ -887,7 +898,7 @@ impl Ca {
         if id.trust_domain() != self.trust_domain() {
             return Err(format!("{id} is not in trust domain {}", self.trust_domain()));
         }
-        Ok((id, leaf.public_key().subject_public_key.data.to_vec()))
+        Ok((id, leaf.public_key().subject_public_key.data.to_vec(), sm2))
     }
 }
 

@@ -165,9 +165,9 @@ impl CaService {
             let der = v
                 .to_bytes()
                 .map_err(|_| bad(format!("{}: not base64", proto::SVID_METADATA)))?;
-            let (id, public) = self
+            let (id, public, sm2) = self
                 .ca
-                .check_svid(&der)
+                .check_svid_key(&der)
                 .map_err(|e| bad(format!("renewal certificate: {e}")))?;
             let proof = md
                 .get_bin(proto::PROOF_METADATA)
@@ -185,13 +185,19 @@ impl CaService {
                 )));
             }
             let msg = proto::renewal_message(t, &req.get_ref().csr);
-            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &public)
-                .verify(&msg, &proof)
-                .map_err(|_| {
-                    bad(format!(
-                        "renewal proof for {id} does not verify with that certificate's key"
-                    ))
-                })?;
+            let verified = if sm2 {
+                use rustls_pki_types::SignatureVerificationAlgorithm;
+                weft_sm::SM2_SM3_CERT.verify_signature(&public, &msg, &proof).is_ok()
+            } else {
+                ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &public)
+                    .verify(&msg, &proof)
+                    .is_ok()
+            };
+            verified.then_some(()).ok_or_else(|| {
+                bad(format!(
+                    "renewal proof for {id} does not verify with that certificate's key"
+                ))
+            })?;
             return Ok((id, "svid"));
         }
         Err(self.deny(

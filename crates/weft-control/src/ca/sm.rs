@@ -71,6 +71,22 @@ impl SmCa {
         })
     }
 
+    /// Whether `leaf` was signed by this SM2 root (issuer name and SM2-with-SM3 signature).
+    pub fn issued(&self, leaf: &x509_parser::certificate::X509Certificate<'_>) -> bool {
+        use rustls_pki_types::SignatureVerificationAlgorithm;
+        let Ok((_, root)) = x509_parser::parse_x509_certificate(&self.root.der) else {
+            return false;
+        };
+        leaf.issuer().as_raw() == root.subject().as_raw()
+            && weft_sm::SM2_SM3_CERT
+                .verify_signature(
+                    &root.public_key().subject_public_key.data,
+                    leaf.tbs_certificate.as_ref(),
+                    &leaf.signature_value.data,
+                )
+                .is_ok()
+    }
+
     /// The SM2 root, PEM.
     pub fn root_pem(&self) -> &str {
         &self.root_pem

@@ -71,6 +71,11 @@ pub struct Sidecar {
 }
 
 pub fn sidecar(dir: &Path, name: &str, yaml: &str, ca: SocketAddr, identity: &str) -> Sidecar {
+    sidecar_with(dir, name, yaml, ca, identity, &[])
+}
+
+/// [`sidecar`] with more `weft proxy` arguments (e.g. `--identity-key-type sm2`).
+pub fn sidecar_with(dir: &Path, name: &str, yaml: &str, ca: SocketAddr, identity: &str, extra: &[&str]) -> Sidecar {
     let admin = addr();
     let cfg = dir.join(format!("{name}.yaml"));
     std::fs::write(
@@ -85,7 +90,8 @@ pub fn sidecar(dir: &Path, name: &str, yaml: &str, ca: SocketAddr, identity: &st
             .args(["proxy", "-c"])
             .arg(&cfg)
             .args(["--ca-address", &ca.to_string(), "--identity-token-file"])
-            .arg(&tok),
+            .arg(&tok)
+            .args(extra),
         &log,
     );
     wait_until(&format!("{name}'s identity"), Duration::from_secs(30), || {
