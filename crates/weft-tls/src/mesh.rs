@@ -95,8 +95,12 @@ impl MeshIdentity {
     }
 
     /// The SVID whose roots verify a peer presenting `end_entity`: the SM2 one for an SM2 peer.
+    /// The certificate is parsed only when there is an SM2 SVID to choose.
     pub fn for_peer(&self, end_entity: &[u8]) -> Option<Arc<MeshMaterial>> {
-        self.select(cert_is_sm2(end_entity))
+        match self.sm.load().is_some() {
+            true => self.select(cert_is_sm2(end_entity)),
+            false => self.current.load_full(),
+        }
     }
 
     /// The SPIFFE ID currently held.

@@ -308,31 +308,29 @@ impl ClusterRt {
         }
     }
 
-    /// The address for a side call to a service cluster (a rate limit service, a JWKS fetch):
-    /// a random healthy host, or any host when none is healthy; None when the cluster has none.
+    /// The host for a side call to a service cluster (a rate limit service, a JWKS fetch): a
+    /// random healthy host, or any host when none is healthy; None when the cluster has none.
     /// Allocates nothing.
-    pub fn any_host_address(&self) -> Option<SocketAddr> {
+    fn any_host(&self) -> Option<Arc<Host>> {
         let set = self.hosts.load();
         let healthy = || set.hosts.iter().filter(|h| h.healthy.load(Ordering::Relaxed));
         match healthy().count() {
             0 if set.hosts.is_empty() => None,
-            0 => Some(set.hosts[fastrand::usize(..set.hosts.len())].address),
-            n => healthy().nth(fastrand::usize(..n)).map(|h| h.address),
+            0 => Some(set.hosts[fastrand::usize(..set.hosts.len())].clone()),
+            n => healthy().nth(fastrand::usize(..n)).cloned(),
         }
     }
 
-    /// For a side call that opens its own connection (a JWKS fetch): a host as
-    /// [`ClusterRt::any_host_address`] picks it, with that host's TLS origination
-    /// ([`ClusterRt::tls_for`]: the cluster's `tls`, or its `tls_matches` entry's).
+    /// The address of [`ClusterRt::any_host`]'s pick, for a side call in plaintext.
+    pub fn any_host_address(&self) -> Option<SocketAddr> {
+        self.any_host().map(|h| h.address)
+    }
+
+    /// [`ClusterRt::any_host`]'s pick for a side call that opens its own connection (a JWKS
+    /// fetch), with that host's TLS origination ([`ClusterRt::tls_for`]).
     pub fn any_host_with_tls(&self) -> Option<(SocketAddr, Option<Arc<weft_tls::Connector>>)> {
-        let set = self.hosts.load();
-        let healthy = || set.hosts.iter().filter(|h| h.healthy.load(Ordering::Relaxed));
-        let host = match healthy().count() {
-            0 if set.hosts.is_empty() => return None,
-            0 => &set.hosts[fastrand::usize(..set.hosts.len())],
-            n => healthy().nth(fastrand::usize(..n))?,
-        };
-        Some((host.address, self.tls_for(host).cloned()))
+        let host = self.any_host()?;
+        Some((host.address, self.tls_for(&host).cloned()))
     }
 
     /// The host for an original-destination address, created on first use.
@@ -470,12 +468,6 @@ impl ClusterRt {
             0 => self.tls.as_ref(),
             i => self.tls_matches.get(i - 1).and_then(Option::as_ref),
         }
-    }
-
-    /// The cluster's TLS origination, for side calls that open their own connections (a JWKS
-    /// fetch).
-    pub fn tls_connector(&self) -> Option<&Arc<weft_tls::Connector>> {
-        self.tls.as_ref()
     }
 
     /// The TLS handshake on a new connection to `host`.
