@@ -1959,7 +1959,6 @@ const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 /// the mesh identity (SDS `default`/`ROOTCA`) or files, not secrets over ADS; a missing
 /// `transport_socket` is plaintext. `transport_socket_matcher` is refused.
 fn transport_socket_matches(errs: &mut Errs, c: &cl::Cluster) -> Vec<RawTlsMatch> {
-    use weft_xds_api::pb::google::protobuf::value::Kind;
     if c.transport_socket_matcher.is_some() {
         errs.add(
             "transport_socket_matcher",
@@ -1971,17 +1970,12 @@ fn transport_socket_matches(errs: &mut Errs, c: &cl::Cluster) -> Vec<RawTlsMatch
         let mp = format!("transport_socket_matches[{j}]");
         let mut match_ = BTreeMap::new();
         for (k, v) in m.r#match.iter().flat_map(|s| s.fields.iter()) {
-            let v = match v.kind.as_ref() {
-                Some(Kind::StringValue(s)) => s.clone(),
-                Some(Kind::BoolValue(b)) => b.to_string(),
-                Some(Kind::NumberValue(n)) => n.to_string(),
-                _ => {
-                    errs.add(
-                        &format!("{mp}.match.{k}"),
-                        "unsupported value (weft matches strings, booleans and numbers)",
-                    );
-                    continue;
-                }
+            let Some(v) = value_text(v) else {
+                errs.add(
+                    &format!("{mp}.match.{k}"),
+                    "unsupported value (weft matches strings, booleans and numbers)",
+                );
+                continue;
             };
             match_.insert(k.clone(), v);
         }
@@ -2011,20 +2005,30 @@ fn transport_socket_matches(errs: &mut Errs, c: &cl::Cluster) -> Vec<RawTlsMatch
     out
 }
 
-fn struct_strings(s: &weft_xds_api::pb::google::protobuf::Struct) -> BTreeMap<String, String> {
+/// A metadata value as text: strings, booleans and numbers; None for lists, structs and nulls.
+pub(crate) fn value_text(v: &weft_xds_api::pb::google::protobuf::Value) -> Option<String> {
     use weft_xds_api::pb::google::protobuf::value::Kind;
+    match v.kind.as_ref()? {
+        Kind::StringValue(s) => Some(s.clone()),
+        Kind::BoolValue(b) => Some(b.to_string()),
+        Kind::NumberValue(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn struct_strings(s: &weft_xds_api::pb::google::protobuf::Struct) -> BTreeMap<String, String> {
     s.fields
         .iter()
-        .filter_map(|(k, v)| {
-            let v = match v.kind.as_ref()? {
-                Kind::StringValue(s) => s.clone(),
-                Kind::BoolValue(b) => b.to_string(),
-                Kind::NumberValue(n) => n.to_string(),
-                _ => return None,
-            };
-            Some((k.clone(), v))
-        })
+        .filter_map(|(k, v)| Some((k.clone(), value_text(v)?)))
         .collect()
+}
+
+/// The text values of `metadata`'s `filter_metadata[key]` (empty when absent).
+fn filter_metadata_strings(metadata: Option<&core::Metadata>, key: &str) -> BTreeMap<String, String> {
+    metadata
+        .and_then(|m| m.filter_metadata.get(key))
+        .map(struct_strings)
+        .unwrap_or_default()
 }
 
 fn health_check(errs: &mut Errs, path: &str, h: &core::HealthCheck) -> Option<RawHealthCheck> {
@@ -2108,6 +2112,7 @@ pub fn endpoints(
             // A zero-weight locality takes no traffic in Envoy.
             continue;
         }
+        let locality_tls_match = filter_metadata_strings(l.metadata.as_ref(), TRANSPORT_SOCKET_MATCH);
         for (j, e) in l.lb_endpoints.iter().enumerate() {
             let ep_path = format!("{lp}.lb_endpoints[{j}]");
             if matches!(e.health_status, 2..=4) {
@@ -2126,24 +2131,8 @@ pub fn endpoints(
                     None
                 }
             };
-            let labels = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.filter_metadata.get("envoy.lb"))
-                .map(struct_strings)
-                .unwrap_or_default();
-            let tls_match = e
-                .metadata
-                .as_ref()
-                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
-                .map(struct_strings)
-                .unwrap_or_default();
-            let locality_tls_match = l
-                .metadata
-                .as_ref()
-                .and_then(|m| m.filter_metadata.get(TRANSPORT_SOCKET_MATCH))
-                .map(struct_strings)
-                .unwrap_or_default();
+            let labels = filter_metadata_strings(e.metadata.as_ref(), "envoy.lb");
+            let tls_match = filter_metadata_strings(e.metadata.as_ref(), TRANSPORT_SOCKET_MATCH);
             out.push(RawEndpoint {
                 address: addr,
                 weight: Some(
@@ -2158,7 +2147,7 @@ pub fn endpoints(
                 sub_zone: (!loc.sub_zone.is_empty()).then(|| loc.sub_zone.clone()),
                 labels,
                 tls_match,
-                locality_tls_match,
+                locality_tls_match: locality_tls_match.clone(),
             });
             groups.push((i, l.load_balancing_weight.as_ref().map(|w| w.value).unwrap_or(1)));
         }

@@ -325,19 +325,13 @@ fn route_action(errs: &mut Errs, path: &str, a: &dubbo::RouteAction) -> (Option<
                 );
                 continue;
             }
-            use weft_xds_api::pb::google::protobuf::value::Kind;
             for (name, v) in &s.fields {
-                let v = match v.kind.as_ref() {
-                    Some(Kind::StringValue(s)) => s.clone(),
-                    Some(Kind::BoolValue(b)) => b.to_string(),
-                    Some(Kind::NumberValue(n)) => n.to_string(),
-                    _ => {
-                        errs.add(
-                            &format!("{mp}.filter_metadata[\"envoy.lb\"].{name}"),
-                            "only string, bool and number values are supported",
-                        );
-                        continue;
-                    }
+                let Some(v) = crate::convert::value_text(v) else {
+                    errs.add(
+                        &format!("{mp}.filter_metadata[\"envoy.lb\"].{name}"),
+                        "only string, bool and number values are supported",
+                    );
+                    continue;
                 };
                 subset.insert(name.clone(), v);
             }
