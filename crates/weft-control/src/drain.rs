@@ -162,23 +162,8 @@ impl Drains {
             .collect();
         let body = serde_json::to_vec_pretty(&serde_json::json!({ "drains": list }))
             .map_err(|e| DrainError::Persist(e.to_string()))?;
-        let tmp = file.with_extension(format!("json.tmp{}", std::process::id()));
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, file)?;
-            if let Some(dir) = file.parent() {
-                // The rename itself survives a crash once the directory is synced.
-                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-            }
-            Ok(())
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            DrainError::Persist(format!("cannot write {}: {e}", file.display()))
-        })
+        crate::files::write_atomic(file, &body, 0o644)
+            .map_err(|e| DrainError::Persist(format!("cannot write {}: {e}", file.display())))
     }
 
     /// Changes to the set: the catalog publishes a snapshot for each.

@@ -22,6 +22,7 @@ pub mod cli;
 #[cfg(feature = "kubernetes")]
 pub mod crd;
 pub mod drain;
+mod files;
 pub mod graph;
 #[cfg(feature = "kubernetes")]
 pub mod injector;

@@ -154,26 +154,9 @@ pub fn read_state_text(dir: &Path) -> Result<String, CaError> {
     }
 }
 
-/// Writes `path` whole (a temporary file renamed over it), so that readers see the old or the new
-/// contents, never a part.
+/// [`crate::files::write_atomic`], its error naming the file.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // A name of its own per writer: two writers never share (or delete) a temporary file.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| err(&tmp, e))?;
-    f.write_all(contents)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| err(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(path, e))
+    crate::files::write_atomic(path, contents, mode).map_err(|e| err(path, e))
 }
 
 /// Records weft control's `--svid-max-ttl` for the command's timing rule (a WARN if it cannot).

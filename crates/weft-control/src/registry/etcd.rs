@@ -379,11 +379,9 @@ impl Runner {
         }
         let Some(path) = &self.reg.state_file else { return };
         self.dirty = false;
-        let tmp = path.with_extension("tmp");
         let res = serde_json::to_vec(&self.state)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
-            .and_then(|()| std::fs::rename(&tmp, path));
+            .and_then(|b| crate::files::write_atomic(path, &b, 0o644));
         if let Err(e) = res {
             tracing::warn!(file = %path.display(), error = %e, "cannot write the etcd registry state file");
         }
