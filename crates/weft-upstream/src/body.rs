@@ -140,6 +140,13 @@ pub trait StreamEnd: Send + Sync {
     fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
+/// An upstream response's body as a try returns it: read by hyper's client, or by weft's own
+/// HTTP/1.1 client ([`crate::h1`]).
+pub enum RespBody {
+    Hyper(Incoming),
+    Raw(crate::h1::RawBody),
+}
+
 /// A response body on its way downstream.
 pub struct DownBody {
     kind: DownKind,
@@ -153,6 +160,7 @@ pub struct DownBody {
 enum DownKind {
     Full(Option<Bytes>),
     Upstream { inner: Incoming, release: Option<PooledH1> },
+    Raw(crate::h1::RawBody),
 }
 
 impl DownBody {
@@ -177,9 +185,13 @@ impl DownBody {
         }
     }
 
-    pub fn upstream(inner: Incoming, release: Option<PooledH1>) -> DownBody {
+    pub fn upstream(body: RespBody, release: Option<PooledH1>) -> DownBody {
+        let kind = match body {
+            RespBody::Hyper(inner) => DownKind::Upstream { inner, release },
+            RespBody::Raw(raw) => DownKind::Raw(raw),
+        };
         let mut b = DownBody {
-            kind: DownKind::Upstream { inner, release },
+            kind,
             end: None,
             active: None,
             in_flight: None,
@@ -261,6 +273,10 @@ impl Body for DownBody {
                     Poll::Ready(Some(Err(e.into())))
                 }
             },
+            DownKind::Raw(raw) => match Pin::new(&mut *raw).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                r => r,
+            },
         };
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -284,6 +300,7 @@ impl Body for DownBody {
         match &self.kind {
             DownKind::Full(b) => b.is_none(),
             DownKind::Upstream { inner, .. } => inner.is_end_stream(),
+            DownKind::Raw(raw) => raw.is_end_stream(),
         }
     }
 
@@ -291,6 +308,7 @@ impl Body for DownBody {
         match &self.kind {
             DownKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             DownKind::Upstream { inner, .. } => inner.size_hint(),
+            DownKind::Raw(raw) => raw.size_hint(),
         }
     }
 }

@@ -1,12 +1,11 @@
 //! The upstream client: gives a request the shape its cluster's protocol needs and sends one try
 //! to one host over the cluster's pools, classifying every failure as a [`weft_core::Error`].
 
-use crate::body::{UpBody, Upload, UploadState};
+use crate::body::{DownBody, RespBody, UpBody, Upload, UploadState};
 use crate::cluster::{ClusterRt, Host, PooledH1};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -95,8 +94,9 @@ pub fn shape_request(
     prepared
 }
 
-/// A try's response and, for HTTP/1.1, the pooled connection to release once its body ends.
-pub type TryOk = (Response<Incoming>, Option<PooledH1>);
+/// A try's response and, for HTTP/1.1 through hyper, the pooled connection to release once its
+/// body ends (weft's own client's body returns its connection itself).
+pub type TryOk = (Response<RespBody>, Option<PooledH1>);
 
 /// A failed try: the error, and the body when it was never handed to a connection (so a retry can
 /// still send it).
@@ -140,19 +140,31 @@ pub async fn send_once(
         // written is safe to put on another connection.
         for _ in 0..3 {
             let sent = match cluster.protocol() {
+                UpstreamProtocol::Http1 if in_task(&request) => {
+                    match raw_try(cluster, host, &mut request, deadline, priority).await {
+                        Ok(resp) => return Ok((resp, None)),
+                        Err(RawFailure::Again) => continue,
+                        Err(RawFailure::Failed(e, unsent)) => {
+                            let body = unsent.then(|| std::mem::replace(request.body_mut(), UpBody::Empty));
+                            return Err(failed(e, body));
+                        }
+                    }
+                }
                 UpstreamProtocol::Http1 => {
                     let mut pooled = match cluster.checkout_h1(host, deadline, priority).await {
                         Ok(p) => p,
                         Err(e) => return Err(failed(e, Some(request.into_body()))),
                     };
-                    pooled.sender.try_send_request(request).await.map(|r| (r, Some(pooled)))
+                    let sent = pooled.sender.try_send_request(request).await;
+                    sent.map(|r| (r.map(RespBody::Hyper), Some(pooled)))
                 }
                 UpstreamProtocol::Http2 => {
                     let mut sender = match cluster.checkout_h2(host, priority).await {
                         Ok(s) => s,
                         Err(e) => return Err(failed(e, Some(request.into_body()))),
                     };
-                    sender.try_send_request(request).await.map(|r| (r, None))
+                    let sent = sender.try_send_request(request).await;
+                    sent.map(|r| (r.map(RespBody::Hyper), None))
                 }
             };
             match sent {
@@ -180,6 +192,66 @@ pub async fn send_once(
                 _ => return Err(failed(timeout(), None)),
             },
         }
+    }
+}
+
+/// Whether weft's own HTTP/1.1 client ([`crate::h1`]) takes the request: anything but a protocol
+/// switch (an upgrade or CONNECT), which hyper's client handles.
+fn in_task(request: &Request<UpBody>) -> bool {
+    request.method() != Method::CONNECT && !request.headers().contains_key(header::UPGRADE)
+}
+
+enum RawFailure {
+    /// A reused connection turned out closed before the request could be answered, and nothing of
+    /// the body was taken: the request goes on another connection.
+    Again,
+    /// The try failed; true: its body was never taken and is still in the request.
+    Failed(Error, bool),
+}
+
+/// One round trip with weft's own client.
+async fn raw_try(
+    cluster: &Arc<ClusterRt>,
+    host: &Arc<Host>,
+    request: &mut Request<UpBody>,
+    deadline: Option<Instant>,
+    priority: RoutePriority,
+) -> Result<Response<RespBody>, RawFailure> {
+    use crate::h1::{round_trip, RawBody, RoundTripError};
+    let (mut conn, reused, home) = match cluster.checkout_raw(host, deadline, priority).await {
+        Ok(c) => c,
+        Err(e) => return Err(RawFailure::Failed(e, true)),
+    };
+    // The body leaves the request for the round trip, and comes back if it was never started.
+    let mut body = std::mem::replace(request.body_mut(), UpBody::Empty);
+    let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+    let r = round_trip(&mut conn, method, uri, headers, &mut body, reused).await;
+    let untouched = !matches!(body, UpBody::Empty);
+    *request.body_mut() = body;
+    match r {
+        Ok(answer) => {
+            let head = answer.head;
+            let body = RawBody::new(conn, &head, answer.pump, home);
+            let mut resp = Response::new(RespBody::Raw(body));
+            *resp.status_mut() = head.status;
+            *resp.version_mut() = head.version;
+            *resp.headers_mut() = head.headers;
+            Ok(resp)
+        }
+        // `round_trip` hands the body back whole when it reports a stale connection.
+        Err(RoundTripError::Stale(_)) => Err(RawFailure::Again),
+        Err(RoundTripError::Io(e)) => Err(RawFailure::Failed(
+            Error::upstream(Reason::UpstreamReset, Retry::Safe).cause(e),
+            untouched,
+        )),
+        Err(RoundTripError::Parse(e)) => Err(RawFailure::Failed(
+            Error::upstream(Reason::UpstreamProtocolError, Retry::Safe).cause(e),
+            untouched,
+        )),
+        Err(RoundTripError::Body) => Err(RawFailure::Failed(
+            Error::upstream(Reason::UpstreamReset, Retry::Unsafe).context("the request body failed"),
+            false,
+        )),
     }
 }
 
@@ -211,22 +283,16 @@ pub async fn send_detached(cluster: Arc<ClusterRt>, request: Request<UpBody>, de
     if status >= 500 {
         host.rq_error.fetch_add(1, Ordering::Relaxed);
     }
-    let mut body = resp.into_body();
-    let drained = tokio::time::timeout_at(deadline.into(), async {
+    let mut body = DownBody::upstream(resp.into_body(), pooled);
+    // Read to the end: the body returns its connection to the pool when it ends.
+    let _ = tokio::time::timeout_at(deadline.into(), async {
         while let Some(frame) = body.frame().await {
             if frame.is_err() {
-                return false;
+                break;
             }
         }
-        true
     })
-    .await
-    .unwrap_or(false);
-    if drained {
-        if let Some(p) = pooled {
-            p.release();
-        }
-    }
+    .await;
     drop(active);
     Ok(status)
 }

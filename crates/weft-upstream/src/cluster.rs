@@ -66,6 +66,8 @@ pub struct Host {
 #[derive(Default)]
 struct WorkerPool {
     h1_idle: Mutex<Vec<IdleH1>>,
+    /// Idle connections of weft's own HTTP/1.1 client ([`crate::h1`]).
+    raw_idle: Mutex<Vec<IdleRaw>>,
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
     /// Serialises HTTP/2 connection setup so concurrent first requests share one connection.
     h2_connecting: tokio::sync::Mutex<()>,
@@ -74,6 +76,37 @@ struct WorkerPool {
 struct IdleH1 {
     sender: http1::SendRequest<UpBody>,
     since: Instant,
+}
+
+struct IdleRaw {
+    conn: Box<crate::h1::Conn>,
+    since: Instant,
+}
+
+/// Where a connection of weft's own HTTP/1.1 client returns when its response has been read.
+pub struct RawHome {
+    cluster: Arc<ClusterRt>,
+    host: Arc<Host>,
+    slot: usize,
+}
+
+impl RawHome {
+    /// Puts `conn` back in its pool (dropping the oldest idle connection once it has expired).
+    pub fn put(self, conn: Box<crate::h1::Conn>) {
+        let mut idle = self.host.pools[self.slot].raw_idle.lock();
+        let now = Instant::now();
+        if idle
+            .first()
+            .is_some_and(|c| now.duration_since(c.since) > self.cluster.config.pool.idle_timeout)
+        {
+            idle.remove(0);
+        }
+        if idle.len() < self.cluster.config.pool.max_idle_per_endpoint as usize {
+            idle.push(IdleRaw { conn, since: now });
+            drop(idle);
+            self.cluster.wake_pending();
+        }
+    }
 }
 
 impl Host {
@@ -631,6 +664,49 @@ impl ClusterRt {
             }
             self.wait_for_connection(deadline, priority).await?;
         }
+    }
+
+    /// A connection for weft's own HTTP/1.1 client ([`crate::h1`]) to `host`: an idle pooled one
+    /// (true: reused), or a new one.
+    pub async fn checkout_raw(
+        self: &Arc<Self>,
+        host: &Arc<Host>,
+        deadline: Option<Instant>,
+        priority: RoutePriority,
+    ) -> Result<(Box<crate::h1::Conn>, bool, RawHome), Error> {
+        let slot = worker_slot(self.slots);
+        let idle_timeout = self.config.pool.idle_timeout;
+        let home = || RawHome {
+            cluster: self.clone(),
+            host: host.clone(),
+            slot,
+        };
+        loop {
+            loop {
+                let idle = host.pools[slot].raw_idle.lock().pop();
+                let Some(mut c) = idle else { break };
+                if c.since.elapsed() <= idle_timeout && c.conn.still_idle() {
+                    return Ok((c.conn, true, home()));
+                }
+            }
+            if let Some(guard) = self.reserve_connection(priority) {
+                // Boxed, as in `checkout_h1`: the rare case's state stays out of every request's.
+                let conn = Box::pin(self.connect_raw_h1(host, guard)).await?;
+                return Ok((conn, false, home()));
+            }
+            self.wait_for_connection(deadline, priority).await?;
+        }
+    }
+
+    async fn connect_raw_h1(&self, host: &Host, guard: ConnGuard) -> Result<Box<crate::h1::Conn>, Error> {
+        let s = self.connect_tcp(host).await?;
+        let s = match self.tls_for(host) {
+            None => RawStream::Tcp(s),
+            Some(t) => RawStream::Tls(Box::new(self.tls_connect(t, host, s).await?)),
+        };
+        let max_buf = self.config.per_connection_buffer_limit_bytes as usize;
+        // Boxed once for its whole life: the request path moves only a pointer.
+        Ok(Box::new(crate::h1::Conn::new(s, guard, max_buf)))
     }
 
     /// Wakes one request waiting for a connection, if any (the common case has none, and then

@@ -7,6 +7,7 @@
 pub mod body;
 pub mod client;
 pub mod cluster;
+pub mod h1;
 pub mod health;
 pub mod hostset;
 pub mod outlier;

@@ -9,7 +9,7 @@ use super::headers::{
 use super::log::Facts;
 use super::pipeline::Reply;
 use super::ConnCtx;
-use crate::body::{DownBody, UpBody, Upload, UploadState};
+use crate::body::{DownBody, RespBody, UpBody, Upload, UploadState};
 use crate::client::{send_once, shape_request, Prepared, TryFailure, TryOk};
 use crate::cluster::{ClusterRt, Host, PooledH1, RetryGuard};
 use crate::flags::Reason;
@@ -646,13 +646,17 @@ fn backoff(p: &RetryPolicy, retry: u32) -> Duration {
 /// the two upgraded connections joined in a tunnel.
 fn finish_response(
     ctx: &ConnCtx,
-    mut resp: Response<Incoming>,
+    mut resp: Response<RespBody>,
     pooled: Option<PooledH1>,
     down_upgrade: Option<hyper::upgrade::OnUpgrade>,
     upgrade: bool,
 ) -> Response<DownBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let up_upgrade = (switching && down_upgrade.is_some()).then(|| hyper::upgrade::on(&mut resp));
+    // hyper keeps a connection's upgrade in the response's extensions (`hyper::upgrade::on`);
+    // only hyper's client handles upgrades (weft's own client never sends one).
+    let up_upgrade = (switching && down_upgrade.is_some())
+        .then(|| resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>())
+        .flatten();
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade && switching);
     // The upstream's HTTP version is a property of that hop only: an HTTP/1.0 upstream (Python's

@@ -1,0 +1,1102 @@
+//! weft's own HTTP/1.1 client for what a sidecar does most: a keep-alive request whose body is
+//! empty or buffered, on a pooled connection driven inside the request's own task.
+//!
+//! hyper's client runs every connection as a task of its own that a request reaches through
+//! channels (a dispatch queue, a oneshot for the response, a want/give signal): in a profile of a
+//! proxied HTTP/1.1 request that task was ~15,600 instructions of ~46,000 (docs/benchmarks.md).
+//! Here the request's task writes the head and reads the response head itself, and the response
+//! body reads the connection as the downstream side polls it, handing the connection back to its
+//! pool when a correctly framed body has ended. Requests that stream a body or ask for an upgrade
+//! keep using hyper, which handles a response that arrives while the request body is still being
+//! sent, `100-continue` and protocol switches.
+//!
+//! Written by hand because no maintained crate offers an HTTP/1 client codec without a connection
+//! task of its own. Heads are parsed by `httparse` (hyper's parser), and the message framing
+//! follows RFC 9112 §6.3 strictly: conflicting or malformed lengths are refused, not guessed.
+//!
+//! The codec ([`parse_head`], [`Decoder`], [`encode_request`]) does no I/O, so the fuzz target
+//! `h1_response` drives it directly.
+
+use crate::body::{BoxError, UpBody};
+use crate::cluster::{ConnGuard, RawHome, RawStream};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// At most this many header fields in a response head (hyper's client default).
+pub const MAX_HEADERS: usize = 100;
+/// At most this long a chunk-size line (with its extensions).
+const MAX_CHUNK_LINE: usize = 4096;
+/// At most this long a chunked body's trailer section.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why a response could not be read: the upstream broke HTTP/1.1 framing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseError(pub &'static str);
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a response to HEAD, a 1xx, 204 or 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Read until the upstream closes the connection.
+    Close,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The connection may carry another request once this response's body has ended.
+    pub keep_alive: bool,
+}
+
+/// Parses the response head at the start of `buf` and splits it off. `Ok(None)`: the head is not
+/// complete yet. `head_request`: the request was HEAD (its response has no body whatever its
+/// headers say). Header values share the head's bytes; nothing is copied.
+pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ParseError> {
+    // Uninitialised slots: zeroing 100 of them would cost more than parsing a typical head.
+    let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    let (len, code, minor, fields) =
+        match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
+            Ok(httparse::Status::Complete(len)) => {
+                let mut fields = Vec::with_capacity(resp.headers.len());
+                for h in resp.headers.iter() {
+                    let name = HeaderName::from_bytes(h.name.as_bytes())
+                        .map_err(|_| ParseError("invalid header name in the response"))?;
+                    let start = h.value.as_ptr() as usize - base;
+                    fields.push((name, start, start + h.value.len()));
+                }
+                (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), fields)
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ParseError("too many header fields in the response")),
+            Err(_) => return Err(ParseError("malformed response head")),
+        };
+    let status = StatusCode::from_u16(code).map_err(|_| ParseError("invalid status code"))?;
+    let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for (name, start, end) in fields {
+        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
+            .map_err(|_| ParseError("invalid header value in the response"))?;
+        headers.append(name, value);
+    }
+    let (framing, mut keep_alive) = framing(status, version, &mut headers, head_request)?;
+    keep_alive &= framing != Framing::Close && wants_keep_alive(version, &headers);
+    Ok(Some(Head {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+/// The body's framing, and whether it still allows the connection to be reused. A response with
+/// both `Transfer-Encoding` and `Content-Length` is read as chunked, its `Content-Length` dropped,
+/// and its connection closed afterwards (RFC 9112 §6.3 item 3).
+fn framing(
+    status: StatusCode,
+    version: Version,
+    headers: &mut HeaderMap,
+    head_request: bool,
+) -> Result<(Framing, bool), ParseError> {
+    let code = status.as_u16();
+    let te = headers.contains_key(header::TRANSFER_ENCODING);
+    if te && version == Version::HTTP_10 {
+        return Err(ParseError("transfer-encoding in an HTTP/1.0 response"));
+    }
+    if head_request || status.is_informational() || code == 204 || code == 304 {
+        return Ok((Framing::Empty, true));
+    }
+    if te {
+        let chunked_last = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
+            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        if !chunked_last {
+            return Ok((Framing::Close, false));
+        }
+        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
+        return Ok((Framing::Chunked, !had_length));
+    }
+    let mut length: Option<u64> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for part in v.as_bytes().split(|b| *b == b',') {
+            let n = parse_length(part.trim_ascii()).ok_or(ParseError("invalid content-length in the response"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ParseError("conflicting content-length values in the response"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), true),
+        None => (Framing::Close, false),
+    })
+}
+
+/// A Content-Length value: 1 to 19 decimal digits (fits a u64), nothing else.
+fn parse_length(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// Whether the `Connection` header (and the version's default) keeps the connection open.
+fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &[u8]| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    if version == Version::HTTP_10 {
+        has(b"keep-alive")
+    } else {
+        !has(b"close")
+    }
+}
+
+/// What [`Decoder::decode`] found in the buffer.
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body has ended.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length(u64),
+    Close,
+    ChunkSize,
+    ChunkData(u64),
+    ChunkDataEnd,
+    Trailers,
+    Done,
+}
+
+/// Decodes a response body from the bytes read after its head.
+#[derive(Debug)]
+pub struct Decoder {
+    state: State,
+}
+
+impl Decoder {
+    pub fn new(framing: Framing) -> Decoder {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::ChunkSize,
+            Framing::Close => State::Close,
+        };
+        Decoder { state }
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// The bytes still to come, when the body has a known length.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Length(n) => Some(n),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Takes the next piece of the body out of `buf`. `eof`: the upstream has closed its side, so
+    /// `buf` holds all that will ever come.
+    pub fn decode(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Step, ParseError> {
+        const TRUNCATED: ParseError = ParseError("the upstream closed the connection before the body ended");
+        loop {
+            match self.state {
+                State::Done => return Ok(Step::End),
+                State::Length(n) | State::ChunkData(n) => {
+                    if buf.is_empty() {
+                        return if eof { Err(TRUNCATED) } else { Ok(Step::More) };
+                    }
+                    let take = (buf.len() as u64).min(n);
+                    let data = buf.split_to(take as usize).freeze();
+                    self.state = match self.state {
+                        State::Length(_) if take == n => State::Done,
+                        State::Length(_) => State::Length(n - take),
+                        _ if take == n => State::ChunkDataEnd,
+                        _ => State::ChunkData(n - take),
+                    };
+                    return Ok(Step::Data(data));
+                }
+                State::Close => {
+                    if buf.is_empty() {
+                        if eof {
+                            self.state = State::Done;
+                            return Ok(Step::End);
+                        }
+                        return Ok(Step::More);
+                    }
+                    return Ok(Step::Data(buf.split().freeze()));
+                }
+                State::ChunkSize => {
+                    let Some(lf) = memchr::memchr(b'\n', buf) else {
+                        if buf.len() > MAX_CHUNK_LINE {
+                            return Err(ParseError("chunk-size line too long"));
+                        }
+                        return if eof { Err(TRUNCATED) } else { Ok(Step::More) };
+                    };
+                    if lf > MAX_CHUNK_LINE {
+                        return Err(ParseError("chunk-size line too long"));
+                    }
+                    if lf == 0 || buf[lf - 1] != b'\r' {
+                        return Err(ParseError("chunk-size line not ended by CRLF"));
+                    }
+                    let size = chunk_size(&buf[..lf - 1])?;
+                    buf.advance(lf + 1);
+                    self.state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                State::ChunkDataEnd => {
+                    if buf.len() < 2 {
+                        if buf.first().is_some_and(|b| *b != b'\r') {
+                            return Err(ParseError("chunk data not followed by CRLF"));
+                        }
+                        return if eof { Err(TRUNCATED) } else { Ok(Step::More) };
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ParseError("chunk data not followed by CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = State::ChunkSize;
+                }
+                State::Trailers => return self.trailers(buf, eof),
+            }
+        }
+    }
+
+    /// The trailer section after the last chunk, up to its empty line.
+    fn trailers(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Step, ParseError> {
+        let need_more = |buf: &BytesMut| {
+            if buf.len() > MAX_TRAILERS {
+                Err(ParseError("trailer section too long"))
+            } else if eof {
+                Err(ParseError("the upstream closed the connection in the trailer section"))
+            } else {
+                Ok(Step::More)
+            }
+        };
+        if buf.len() < 2 {
+            if buf.first().is_some_and(|b| *b != b'\r' && !is_token(*b)) {
+                return Err(ParseError("malformed trailer section"));
+            }
+            return need_more(buf);
+        }
+        if &buf[..2] == b"\r\n" {
+            buf.advance(2);
+            self.state = State::Done;
+            return Ok(Step::End);
+        }
+        let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n").map(|p| p + 4) else {
+            return need_more(buf);
+        };
+        if end > MAX_TRAILERS {
+            return Err(ParseError("trailer section too long"));
+        }
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let fields = match httparse::parse_headers(&buf[..end], &mut slots) {
+            Ok(httparse::Status::Complete((_, fields))) => fields,
+            _ => return Err(ParseError("malformed trailer section")),
+        };
+        let mut trailers = HeaderMap::with_capacity(fields.len());
+        for f in fields.iter() {
+            let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(f.name.as_bytes()),
+                HeaderValue::from_bytes(f.value),
+            ) else {
+                return Err(ParseError("malformed trailer section"));
+            };
+            // Framing and routing fields are not allowed in trailers (RFC 9110 §6.5.1).
+            if !matches!(
+                name,
+                header::TRANSFER_ENCODING | header::CONTENT_LENGTH | header::HOST | header::CONNECTION | header::TE
+            ) {
+                trailers.append(name, value);
+            }
+        }
+        buf.advance(end);
+        self.state = State::Done;
+        Ok(if trailers.is_empty() {
+            Step::End
+        } else {
+            Step::Trailers(trailers)
+        })
+    }
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A chunk-size line without its CRLF: hex digits, then optional extensions (`;name[=value]`,
+/// with optional whitespace before the `;`), which are ignored.
+fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(ParseError("invalid chunk size"));
+    }
+    // Leading zeros are allowed; the value must fit a u64.
+    let significant = line[..digits].iter().skip_while(|b| **b == b'0').count();
+    if significant > 16 {
+        return Err(ParseError("chunk size too large"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, b| {
+        let d = (*b as char).to_digit(16).unwrap_or(0);
+        (n << 4) | u64::from(d)
+    });
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    let ok = match ext.first() {
+        None => rest.is_empty(),
+        Some(b';') => ext
+            .iter()
+            .all(|b| *b == b'\t' || (b' '..=b'~').contains(b) || *b >= 0x80),
+        Some(_) => false,
+    };
+    if !ok {
+        return Err(ParseError("invalid chunk-size line"));
+    }
+    Ok(size)
+}
+
+/// Whether a request to an upstream that closed the connection without a byte of response may be
+/// sent again on another connection: methods RFC 9110 §9.2.2 calls idempotent.
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The request body, as far as the head is concerned.
+#[derive(Clone, Copy)]
+pub enum BodyKind<'a> {
+    /// Empty, or buffered whole (sent right after the head).
+    Buffered(Option<&'a Bytes>),
+    /// Streamed after the head: with its `Content-Length` if the headers carry one, else chunked.
+    Streamed,
+}
+
+/// Writes a request head (and a buffered body) into `out`: origin-form target, HTTP/1.1, the
+/// headers as they are except `Transfer-Encoding` (framing is this hop's own), plus the framing
+/// header the body needs: a `Content-Length` for a buffered body (when the method implies a body
+/// or there is one) and `Transfer-Encoding: chunked` for a streamed body of unknown length.
+/// Returns whether a streamed body is to be sent chunked.
+pub fn encode_request(out: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &HeaderMap, body: BodyKind<'_>) -> bool {
+    out.clear();
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    match uri.path_and_query() {
+        Some(pq) if !pq.as_str().is_empty() => out.extend_from_slice(pq.as_str().as_bytes()),
+        _ => out.push(b'/'),
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let has_length = headers.contains_key(header::CONTENT_LENGTH);
+    let chunked = match body {
+        BodyKind::Buffered(b) => {
+            let len = b.map_or(0, Bytes::len);
+            let payload_method = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+            if !has_length && (len > 0 || payload_method) {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa_u64(len as u64, &mut [0u8; 20]));
+                out.extend_from_slice(b"\r\n");
+            }
+            false
+        }
+        BodyKind::Streamed if has_length => false,
+        BodyKind::Streamed => {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            true
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    if let BodyKind::Buffered(Some(b)) = body {
+        out.extend_from_slice(b);
+    }
+    chunked
+}
+
+/// Sends a streamed request body after its head, frame by frame as the client sends it
+/// (chunk-encoded when its length is unknown, trailers included), while the response is read.
+pub struct Pump {
+    body: UpBody,
+    chunked: bool,
+    out: Vec<u8>,
+    pos: usize,
+    unflushed: bool,
+    done: bool,
+    /// A frame has been taken from the body: it can no longer be sent again.
+    pub(crate) started: bool,
+}
+
+/// Why a [`Pump`] stopped.
+pub enum PumpError {
+    /// The client's body failed (its [`crate::body::Upload`] says how).
+    Body,
+    /// The upstream connection failed while the body was being written.
+    Write(io::Error),
+}
+
+impl Pump {
+    pub fn new(body: UpBody, chunked: bool) -> Pump {
+        Pump {
+            body,
+            chunked,
+            out: Vec::new(),
+            pos: 0,
+            unflushed: false,
+            done: false,
+            started: false,
+        }
+    }
+
+    /// Sends what the body has; `Ready(Ok)` once all of it is written and flushed.
+    pub fn poll_send<W: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), PumpError>> {
+        loop {
+            while self.pos < self.out.len() {
+                match Pin::new(&mut *io).poll_write(cx, &self.out[self.pos..]) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(PumpError::Write(io::ErrorKind::WriteZero.into()))),
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.unflushed = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Write(e))),
+                }
+            }
+            self.out.clear();
+            self.pos = 0;
+            if self.done || self.unflushed {
+                // TLS may hold written bytes back until flushed; before waiting on the client,
+                // everything so far goes out.
+                match Pin::new(&mut *io).poll_flush(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(PumpError::Write(e))),
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                }
+                if self.done {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let frame = match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => None,
+                Poll::Ready(Some(Ok(f))) => Some(f),
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(PumpError::Body)),
+            };
+            self.started = true;
+            match frame {
+                None => self.finish(None),
+                Some(f) => match f.into_data() {
+                    Ok(d) => {
+                        if !d.is_empty() {
+                            if self.chunked {
+                                self.out.extend_from_slice(hex_u64(d.len() as u64, &mut [0u8; 16]));
+                                self.out.extend_from_slice(b"\r\n");
+                            }
+                            self.out.extend_from_slice(&d);
+                            if self.chunked {
+                                self.out.extend_from_slice(b"\r\n");
+                            }
+                        }
+                        if self.body.is_end_stream() {
+                            self.finish(None);
+                        }
+                    }
+                    Err(f) => self.finish(f.into_trailers().ok().as_ref()),
+                },
+            }
+        }
+    }
+
+    /// The body has ended (with `trailers`, which only a chunked body can carry).
+    fn finish(&mut self, trailers: Option<&HeaderMap>) {
+        self.done = true;
+        if !self.chunked {
+            return;
+        }
+        self.out.extend_from_slice(b"0\r\n");
+        for (name, value) in trailers.into_iter().flatten() {
+            if matches!(
+                name,
+                &header::TRANSFER_ENCODING | &header::CONTENT_LENGTH | &header::HOST
+            ) {
+                continue;
+            }
+            self.out.extend_from_slice(name.as_str().as_bytes());
+            self.out.extend_from_slice(b": ");
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn hex_u64(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(n & 15) as usize];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
+/// One upstream HTTP/1.1 connection weft drives itself: the stream, what has been read from it
+/// but not yet consumed, and the slot it holds in the cluster's `max_connections`.
+pub struct Conn {
+    io: RawStream,
+    pub(crate) buf: BytesMut,
+    wbuf: Vec<u8>,
+    read_size: usize,
+    max_buf: usize,
+    _guard: ConnGuard,
+}
+
+const FIRST_READ: usize = 8 * 1024;
+
+impl Conn {
+    pub(crate) fn new(io: RawStream, guard: ConnGuard, max_buf: usize) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            wbuf: Vec::new(),
+            read_size: FIRST_READ,
+            max_buf: max_buf.max(FIRST_READ),
+            _guard: guard,
+        }
+    }
+
+    /// Reads once into the buffer: the number of bytes read (0: the upstream closed its side).
+    /// The read size adapts: it doubles, up to the cluster's per-connection buffer limit, each
+    /// time a read fills it.
+    pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
+        }
+        let spare = self.buf.spare_capacity_mut();
+        let room = spare.len();
+        let mut rb = ReadBuf::uninit(spare);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity (the
+                // `ReadBuf` was built over it and a reader may not swap its buffer).
+                unsafe { self.buf.set_len(self.buf.len() + n) };
+                if n == room {
+                    self.read_size = (self.read_size * 2).min(self.max_buf);
+                }
+                Poll::Ready(Ok(n))
+            }
+        }
+    }
+
+    /// An idle connection is fit for another request if the upstream has sent nothing since
+    /// (neither bytes, which no request asked for, nor a close).
+    pub(crate) fn still_idle(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.buf.is_empty() && self.poll_fill(&mut cx).is_pending()
+    }
+
+    async fn write_request(&mut self) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.io.write_all(&self.wbuf).await?;
+        self.io.flush().await
+    }
+}
+
+/// How a round trip on a connection failed.
+pub enum RoundTripError {
+    /// The request can go on another connection: writing its head failed, or the upstream closed
+    /// a reused connection before a byte of the response to an idempotent request whose body was
+    /// not yet started.
+    Stale(io::Error),
+    Io(io::Error),
+    Parse(ParseError),
+    /// The client's request body failed.
+    Body,
+}
+
+/// A response head, and the rest of a streamed request body when the upstream answered before
+/// it ended (full duplex: the response body's reader keeps sending it).
+pub struct Answer {
+    pub head: Head,
+    pub pump: Option<Box<Pump>>,
+}
+
+/// Writes the request and reads the response head (skipping `1xx` interim responses). A
+/// streamed body (`body` is [`UpBody::Stream`]) is sent while the response is awaited.
+pub async fn round_trip(
+    conn: &mut Conn,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &mut UpBody,
+    reused: bool,
+) -> Result<Answer, RoundTripError> {
+    let kind = match &*body {
+        UpBody::Empty => BodyKind::Buffered(None),
+        UpBody::Full(b) => BodyKind::Buffered(b.as_ref()),
+        UpBody::Stream(..) => BodyKind::Streamed,
+    };
+    let chunked = encode_request(&mut conn.wbuf, method, uri, headers, kind);
+    // A write that fails never delivered a whole request: always safe to resend.
+    conn.write_request().await.map_err(RoundTripError::Stale)?;
+    let mut pump = match kind {
+        BodyKind::Streamed => Some(Box::new(Pump::new(std::mem::replace(body, UpBody::Empty), chunked))),
+        BodyKind::Buffered(_) => None,
+    };
+    let head_request = *method == Method::HEAD;
+    // Closed before a byte of the response on a reused connection: the upstream most likely
+    // closed it as idle while the request was on its way, and did not process it.
+    let stale = reused && idempotent(method);
+    let mut got_any = false;
+    let head = std::future::poll_fn(|cx| loop {
+        if let Some(p) = pump.as_mut() {
+            match p.poll_send(&mut conn.io, cx) {
+                Poll::Ready(Ok(())) => pump = None,
+                Poll::Ready(Err(PumpError::Body)) => return Poll::Ready(Err(RoundTripError::Body)),
+                // The upstream stopped reading (it may be answering early, as with a 413).
+                Poll::Ready(Err(PumpError::Write(_))) => pump = None,
+                Poll::Pending => {}
+            }
+        }
+        if !conn.buf.is_empty() {
+            got_any = true;
+            match parse_head(&mut conn.buf, head_request) {
+                Err(e) => return Poll::Ready(Err(RoundTripError::Parse(e))),
+                Ok(Some(h)) if h.status == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Poll::Ready(Err(RoundTripError::Parse(ParseError(
+                        "101 Switching Protocols to a request that asked for no upgrade",
+                    ))))
+                }
+                Ok(Some(h)) if h.status.is_informational() => continue,
+                Ok(Some(h)) => return Poll::Ready(Ok(h)),
+                Ok(None) if conn.buf.len() >= conn.max_buf => {
+                    return Poll::Ready(Err(RoundTripError::Parse(ParseError("response head too large"))))
+                }
+                Ok(None) => {}
+            }
+        }
+        let resend = stale && !got_any && !pump.as_ref().is_some_and(|p| p.started);
+        match conn.poll_fill(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) if resend => {
+                return Poll::Ready(Err(RoundTripError::Stale(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before the response",
+                ))))
+            }
+            Poll::Ready(Ok(0)) => {
+                return Poll::Ready(Err(RoundTripError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the upstream closed the connection before a complete response head",
+                ))))
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) if resend => return Poll::Ready(Err(RoundTripError::Stale(e))),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(RoundTripError::Io(e))),
+        }
+    })
+    .await;
+    match head {
+        Ok(head) => Ok(Answer { head, pump }),
+        Err(RoundTripError::Stale(e)) => {
+            // Hand a body never started back for the next try.
+            if let Some(p) = pump {
+                *body = p.body;
+            }
+            Err(RoundTripError::Stale(e))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A response body read straight from its connection as the downstream side polls it; the
+/// connection returns to its pool once a body framed by length or chunks has ended and nothing
+/// more was sent after it.
+pub struct RawBody {
+    conn: Option<Box<Conn>>,
+    decoder: Decoder,
+    keep_alive: bool,
+    eof: bool,
+    home: Option<RawHome>,
+    /// The rest of a streamed request body, still being sent (full duplex).
+    pump: Option<Box<Pump>>,
+}
+
+impl RawBody {
+    pub(crate) fn new(conn: Box<Conn>, head: &Head, pump: Option<Box<Pump>>, home: RawHome) -> RawBody {
+        let mut b = RawBody {
+            conn: Some(conn),
+            decoder: Decoder::new(head.framing),
+            keep_alive: head.keep_alive,
+            eof: false,
+            home: Some(home),
+            pump,
+        };
+        if b.decoder.is_done() {
+            b.release();
+        }
+        b
+    }
+
+    /// The body has ended: the connection goes back to its pool if it can carry another request.
+    fn release(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        // A request body still being sent leaves the connection mid-message: it is closed.
+        if self.keep_alive && !self.eof && conn.buf.is_empty() && self.pump.is_none() {
+            if let Some(home) = self.home.take() {
+                home.put(conn);
+            }
+        }
+    }
+}
+
+impl Body for RawBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            if let Some(p) = this.pump.as_mut() {
+                match p.poll_send(&mut conn.io, cx) {
+                    Poll::Ready(Ok(())) => this.pump = None,
+                    Poll::Ready(Err(PumpError::Body)) => {
+                        this.conn = None;
+                        let e = io::Error::other("the client's request body failed");
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                    // The upstream stopped reading the request; its response may still be whole.
+                    Poll::Ready(Err(PumpError::Write(_))) => {
+                        this.pump = None;
+                        this.keep_alive = false;
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            match this.decoder.decode(&mut conn.buf, this.eof) {
+                Err(e) => {
+                    // The connection is out of step: never reused.
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Ok(Step::Data(b)) => {
+                    if this.decoder.is_done() {
+                        this.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Ok(Step::Trailers(t)) => {
+                    this.release();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Step::End) => {
+                    this.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => match conn.poll_fill(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(0)) => this.eof = true,
+                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Err(e)) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(Box::new(e))));
+                    }
+                },
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl AsyncRead for RawStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RawStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, head_request: bool) -> Result<Option<Head>, ParseError> {
+        parse_head(&mut BytesMut::from(raw), head_request)
+    }
+
+    fn body(framing: Framing, wire: &[u8], split: usize) -> Result<(Vec<u8>, Option<HeaderMap>), ParseError> {
+        let mut d = Decoder::new(framing);
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut trailers = None;
+        let mut pos = 0;
+        loop {
+            let eof = pos >= wire.len();
+            match d.decode(&mut buf, eof)? {
+                Step::Data(b) => out.extend_from_slice(&b),
+                Step::Trailers(t) => trailers = Some(t),
+                Step::End => return Ok((out, trailers)),
+                Step::More => {
+                    let n = split.min(wire.len() - pos);
+                    buf.extend_from_slice(&wire[pos..pos + n]);
+                    pos += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Length(5), true));
+        let h = head(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(h.framing, Framing::Length(5));
+        for bad in ["5, 6", "-5", "+5", "0x5", "5 5", "", "99999999999999999999"] {
+            let raw = format!("HTTP/1.1 200 OK\r\nContent-Length: {bad}\r\n\r\n");
+            assert!(head(&raw, false).is_err(), "{bad:?}");
+        }
+        let h = head(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Chunked, false));
+        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+        let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        assert!(head("HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", false).is_err());
+        let h = head("HTTP/1.1 200 OK\r\n\r\n", false).unwrap().unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Close, false));
+        let h = head("HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.framing, h.keep_alive), (Framing::Empty, true));
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.framing, Framing::Empty);
+        let h = head("HTTP/1.0 200 OK\r\ncontent-length: 5\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        let h = head(
+            "HTTP/1.0 200 OK\r\ncontent-length: 5\r\nConnection: Keep-Alive\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.keep_alive);
+        let h = head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nConnection: foo, close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!h.keep_alive);
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n", false)
+            .unwrap()
+            .is_none());
+        assert!(head("HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
+        assert!(head("HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn bodies_decode_in_any_split() {
+        let chunked = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-checksum: 7\r\n\r\n";
+        for split in [1, 2, 3, 7, 1000] {
+            let (b, t) = body(Framing::Chunked, chunked, split).unwrap();
+            assert_eq!(b, b"hello world");
+            assert_eq!(t.unwrap()["x-checksum"], "7");
+            let (b, t) = body(Framing::Chunked, b"3\r\nabc\r\n0\r\n\r\n", split).unwrap();
+            assert_eq!((b.as_slice(), t), (&b"abc"[..], None));
+            assert_eq!(body(Framing::Length(3), b"abc", split).unwrap().0, b"abc");
+            assert_eq!(body(Framing::Close, b"abcdef", split).unwrap().0, b"abcdef");
+            assert!(body(Framing::Length(4), b"abc", split).is_err());
+            assert!(body(Framing::Chunked, b"5\r\nhel", split).is_err());
+        }
+        for bad in [
+            &b"zz\r\nhello\r\n0\r\n\r\n"[..],
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"5 junk\r\nhello\r\n0\r\n\r\n",
+            b"5\nhello\r\n0\r\n\r\n",
+            b"5\r\nhelloXX0\r\n\r\n",
+        ] {
+            assert!(
+                body(Framing::Chunked, bad, 1000).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn requests_encode_with_their_length() {
+        let mut out = Vec::new();
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("svc"));
+        encode_request(
+            &mut out,
+            &Method::GET,
+            &"/a?b".parse().unwrap(),
+            &h,
+            BodyKind::Buffered(None),
+        );
+        assert_eq!(out, b"GET /a?b HTTP/1.1\r\nhost: svc\r\n\r\n");
+        encode_request(&mut out, &Method::POST, &Uri::default(), &h, BodyKind::Buffered(None));
+        assert_eq!(out, b"POST / HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\r\n");
+        let hi = Bytes::from_static(b"hi");
+        encode_request(
+            &mut out,
+            &Method::PUT,
+            &"/x".parse().unwrap(),
+            &h,
+            BodyKind::Buffered(Some(&hi)),
+        );
+        assert_eq!(out, b"PUT /x HTTP/1.1\r\nhost: svc\r\ncontent-length: 2\r\n\r\nhi");
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(encode_request(
+            &mut out,
+            &Method::POST,
+            &"/x".parse().unwrap(),
+            &h,
+            BodyKind::Streamed
+        ));
+        assert_eq!(
+            out,
+            b"POST /x HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("7"));
+        assert!(!encode_request(
+            &mut out,
+            &Method::POST,
+            &"/x".parse().unwrap(),
+            &h,
+            BodyKind::Streamed
+        ));
+        assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: svc\r\ncontent-length: 7\r\n\r\n");
+    }
+}
