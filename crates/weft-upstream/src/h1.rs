@@ -78,6 +78,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let base = buf.as_ptr() as usize;
+    let mut facts = Facts::default();
     let (len, code, minor, fields) =
         match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => {
@@ -85,6 +86,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
                 for h in resp.headers.iter() {
                     let name = HeaderName::from_bytes(h.name.as_bytes())
                         .map_err(|_| ParseError("invalid header name in the response"))?;
+                    facts.note(&name, h.value);
                     let start = h.value.as_ptr() as usize - base;
                     fields.push((name, start, start + h.value.len()));
                 }
@@ -99,12 +101,17 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, start, end) in fields {
-        let value = HeaderValue::from_maybe_shared(head.slice(start..end))
-            .map_err(|_| ParseError("invalid header value in the response"))?;
+        // SAFETY (of the contract: valid header-value bytes): httparse accepted these bytes as a
+        // field value, which allows exactly what `HeaderValue` does (HTAB, SP, visible ASCII,
+        // obs-text; no other control byte and no DEL).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(start..end)) };
         headers.append(name, value);
     }
-    let (framing, mut keep_alive) = framing(status, version, &mut headers, head_request)?;
-    keep_alive &= framing != Framing::Close && wants_keep_alive(version, &headers);
+    let (framing, mut keep_alive) = facts.framing(status, version, head_request)?;
+    if framing == Framing::Chunked && facts.seen_length {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    keep_alive &= framing != Framing::Close && facts.keep_alive(version);
     Ok(Some(Head {
         status,
         version,
@@ -114,50 +121,76 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     }))
 }
 
-/// The body's framing, and whether it still allows the connection to be reused. A response with
-/// both `Transfer-Encoding` and `Content-Length` is read as chunked, its `Content-Length` dropped,
-/// and its connection closed afterwards (RFC 9112 §6.3 item 3).
-fn framing(
-    status: StatusCode,
-    version: Version,
-    headers: &mut HeaderMap,
-    head_request: bool,
-) -> Result<(Framing, bool), ParseError> {
-    let code = status.as_u16();
-    let te = headers.contains_key(header::TRANSFER_ENCODING);
-    if te && version == Version::HTTP_10 {
-        return Err(ParseError("transfer-encoding in an HTTP/1.0 response"));
-    }
-    if head_request || status.is_informational() || code == 204 || code == 304 {
-        return Ok((Framing::Empty, true));
-    }
-    if te {
-        let chunked_last = headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .next_back()
-            .and_then(|v| v.as_bytes().rsplit(|b| *b == b',').next())
-            .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        if !chunked_last {
-            return Ok((Framing::Close, false));
-        }
-        let had_length = headers.remove(header::CONTENT_LENGTH).is_some();
-        return Ok((Framing::Chunked, !had_length));
-    }
-    let mut length: Option<u64> = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.as_bytes().split(|b| *b == b',') {
-            let n = parse_length(part.trim_ascii()).ok_or(ParseError("invalid content-length in the response"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ParseError("conflicting content-length values in the response"));
+/// What a response head's fields say about its framing, noted as the fields are read.
+#[derive(Default)]
+struct Facts {
+    /// Transfer-Encoding seen; whether the last coding of the last one is `chunked`.
+    te: Option<bool>,
+    seen_length: bool,
+    length: Option<u64>,
+    /// A Content-Length that is not a number, or several different ones.
+    length_error: Option<ParseError>,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Facts {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            self.seen_length = true;
+            for part in value.split(|b| *b == b',') {
+                match parse_length(part.trim_ascii()) {
+                    None => self.length_error = Some(ParseError("invalid content-length in the response")),
+                    Some(n) if self.length.is_some_and(|l| l != n) => {
+                        self.length_error = Some(ParseError("conflicting content-length values in the response"))
+                    }
+                    Some(n) => self.length = Some(n),
+                }
             }
-            length = Some(n);
+        } else if *name == header::TRANSFER_ENCODING {
+            let last = value.rsplit(|b| *b == b',').next().unwrap_or_default();
+            self.te = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if *name == header::CONNECTION {
+            for t in value.split(|b| *b == b',') {
+                let t = t.trim_ascii();
+                self.close |= t.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
     }
-    Ok(match length {
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::Close, false),
-    })
+
+    /// The body's framing, and whether it still allows the connection to be reused. A response
+    /// with both `Transfer-Encoding` and `Content-Length` is read as chunked, its `Content-Length`
+    /// dropped, and its connection closed afterwards (RFC 9112 §6.3 item 3).
+    fn framing(&self, status: StatusCode, version: Version, head_request: bool) -> Result<(Framing, bool), ParseError> {
+        let code = status.as_u16();
+        if self.te.is_some() && version == Version::HTTP_10 {
+            return Err(ParseError("transfer-encoding in an HTTP/1.0 response"));
+        }
+        if head_request || status.is_informational() || code == 204 || code == 304 {
+            return Ok((Framing::Empty, true));
+        }
+        match self.te {
+            Some(true) => return Ok((Framing::Chunked, !self.seen_length)),
+            Some(false) => return Ok((Framing::Close, false)),
+            None => {}
+        }
+        if let Some(e) = self.length_error {
+            return Err(e);
+        }
+        Ok(match self.length {
+            Some(n) => (Framing::Length(n), true),
+            None => (Framing::Close, false),
+        })
+    }
+
+    /// Whether the `Connection` header (and the version's default) keeps the connection open.
+    fn keep_alive(&self, version: Version) -> bool {
+        match version {
+            Version::HTTP_10 => self.keep_alive && !self.close,
+            _ => !self.close,
+        }
+    }
 }
 
 /// A Content-Length value: 1 to 19 decimal digits (fits a u64), nothing else.
@@ -166,22 +199,6 @@ fn parse_length(s: &[u8]) -> Option<u64> {
         return None;
     }
     Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Whether the `Connection` header (and the version's default) keeps the connection open.
-fn wants_keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &[u8]| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
-    if version == Version::HTTP_10 {
-        has(b"keep-alive")
-    } else {
-        !has(b"close")
-    }
 }
 
 /// What [`Decoder::decode`] found in the buffer.
@@ -335,8 +352,10 @@ impl Decoder {
             return Err(ParseError("trailer section too long"));
         }
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        // The whole section, to its CRLF CRLF, must be fields (httparse would stop early at a
+        // bare LF).
         let fields = match httparse::parse_headers(&buf[..end], &mut slots) {
-            Ok(httparse::Status::Complete((_, fields))) => fields,
+            Ok(httparse::Status::Complete((n, fields))) if n == end => fields,
             _ => return Err(ParseError("malformed trailer section")),
         };
         let mut trailers = HeaderMap::with_capacity(fields.len());
