@@ -720,6 +720,9 @@ impl Server {
             if matches!(c.config.discovery, weft_config::Discovery::StrictDns { .. }) {
                 self.control.spawn(cluster::refresh_dns(w.clone()));
             }
+            if c.protocol() == weft_config::UpstreamProtocol::Http1 {
+                self.control.spawn(cluster::sweep_idle(w.clone()));
+            }
             if c.config.outlier_detection.is_some() {
                 self.control.spawn(crate::outlier::run(w.clone()));
             }

@@ -524,3 +524,59 @@ async fn idle_connections_to_a_removed_endpoint_are_closed() {
         assert_eq!(get(addr, "/").await.status, 200);
     }
 }
+
+/// An upstream that closes a keep-alive connection soon after answering (its own idle timeout)
+/// gets the proxy's side closed too without waiting for another request: weft's own HTTP/1.1
+/// client has no connection task to notice the close, so the pool sweep does. The upstream
+/// half-closes (sends FIN, keeps reading) and counts the connections the proxy then closes.
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closes_is_closed_by_the_pool_sweep() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let closed_by_proxy = Arc::new(AtomicU64::new(0));
+    let closed = closed_by_proxy.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let closed = closed.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                s.shutdown().await.unwrap();
+                // Bounded: the proxy has 10 s to close its side.
+                let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await;
+                if matches!(r, Ok(Ok(0))) {
+                    closed.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let yaml = one_route_yaml(
+        "{ cluster: app }",
+        &format!("  - {{ name: app, pool: {{ idle_timeout: 2s }}, endpoints: [{{ address: \"{up}\" }}] }}"),
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    assert_eq!(get(addr, "/").await.status, 200);
+    // The sweep runs every second here (half the idle timeout); no request arrives meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed_by_proxy.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the proxy kept its side of a connection the upstream closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The next request opens a fresh connection and succeeds.
+    assert_eq!(get(addr, "/").await.status, 200);
+}

@@ -698,6 +698,23 @@ impl ClusterRt {
         }
     }
 
+    /// Closes the idle connections of weft's own HTTP/1.1 client that expired or on which the
+    /// upstream has sent something (a close, usually): a hyper connection notices a close in its
+    /// own task, these have none, and would otherwise hold a socket until their next checkout.
+    pub fn sweep_idle(&self) {
+        let idle_timeout = self.config.pool.idle_timeout;
+        let now = Instant::now();
+        let mut hosts: Vec<Arc<Host>> = self.hosts.load().hosts.clone();
+        hosts.extend(self.original_dst.lock().values().cloned());
+        for h in &hosts {
+            for pool in h.pools.iter() {
+                pool.raw_idle
+                    .lock()
+                    .retain_mut(|c| now.duration_since(c.since) <= idle_timeout && c.conn.still_idle());
+            }
+        }
+    }
+
     async fn connect_raw_h1(&self, host: &Host, guard: ConnGuard) -> Result<Box<crate::h1::Conn>, Error> {
         let s = self.connect_tcp(host).await?;
         let s = match self.tls_for(host) {
@@ -848,7 +865,6 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Re-resolves every `strict_dns` cluster's names forever.
 /// A connection to `to` from `from` (any port), which need not be an address of this host:
 /// IP_TRANSPARENT, so the proxy needs CAP_NET_ADMIN. The replies find their way back to this
 /// socket only with the routing rules `weft init --tproxy` installs (docs/operations.md), or,
@@ -884,6 +900,21 @@ async fn connect_from(from: IpAddr, mark: u32, to: SocketAddr) -> std::io::Resul
     s.connect(to).await
 }
 
+/// Runs [`ClusterRt::sweep_idle`] every half `pool.idle_timeout` (1 to 15 s) until the cluster is
+/// dropped.
+pub async fn sweep_idle(cluster: std::sync::Weak<ClusterRt>) {
+    loop {
+        let period = match cluster.upgrade() {
+            Some(c) => (c.config.pool.idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(c) = cluster.upgrade() else { return };
+        c.sweep_idle();
+    }
+}
+
+/// Re-resolves every `strict_dns` cluster's names forever.
 pub async fn refresh_dns(cluster: std::sync::Weak<ClusterRt>) {
     loop {
         let Some(c) = cluster.upgrade() else { return };
