@@ -30,6 +30,8 @@ struct Outcome {
     keep_alive: bool,
     body: Vec<u8>,
     trailers: Vec<(String, Vec<u8>)>,
+    /// After a message that ended: the bytes after it (read or not yet fed).
+    rest: Vec<u8>,
     ok: bool,
 }
 
@@ -89,6 +91,10 @@ fn run(stream: &[u8], sizes: &[usize], head_request: bool) -> Outcome {
     if let Framing::Length(n) = head.framing {
         assert_eq!(out.body.len() as u64, n, "a Content-Length body of the wrong length");
     }
+    assert!(!(head.keep_alive && head.framing == Framing::Close), "keep-alive with a close-delimited body");
+    // Nothing of what follows the message may be eaten: it belongs to the next response.
+    out.rest = buf.to_vec();
+    out.rest.extend_from_slice(&stream[pos.min(stream.len())..]);
     out.ok = true;
     out
 }

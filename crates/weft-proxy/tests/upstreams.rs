@@ -580,3 +580,142 @@ async fn an_idle_connection_the_upstream_closes_is_closed_by_the_pool_sweep() {
     // The next request opens a fresh connection and succeeds.
     assert_eq!(get(addr, "/").await.status, 200);
 }
+
+/// Reads one request head and its `content-length` body from `s` (`buf` keeps what follows):
+/// the head, and how many body bytes arrived before the connection ended or `len` was reached.
+async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<(String, usize)> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 16384];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    buf.drain(..end + 4);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    while buf.len() < len {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let got = buf.len().min(len);
+    buf.drain(..got);
+    Some((head, got))
+}
+
+/// An upstream may answer before the request body has arrived (a full-duplex service, or an early
+/// `200` to an upload): like hyper's client, weft keeps sending the body after the response has
+/// ended, and the upstream receives all of it.
+#[tokio::test]
+async fn a_request_body_is_still_sent_after_an_early_response() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LEN: usize = 200_000;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let received = Arc::new(AtomicU64::new(0));
+    let seen = received.clone();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 16384];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let mut got = buf.len() - at;
+        while got < LEN {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+        seen.store(got as u64, Ordering::SeqCst);
+    });
+    let proxy = start_proxy(&app_yaml(up, ""));
+    let addr = proxy.listener_addr("web").unwrap();
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: {LEN}\r\n\r\n");
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&vec![b'a'; LEN / 2]).await.unwrap();
+    // The response arrives while half the body is still to come.
+    let mut resp = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !resp.ends_with(b"ok") {
+        let n = tokio::time::timeout(Duration::from_secs(5), c.read(&mut chunk))
+            .await
+            .expect("the early response in time")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&resp));
+        resp.extend_from_slice(&chunk[..n]);
+    }
+    assert!(
+        resp.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&resp)
+    );
+    c.write_all(&vec![b'b'; LEN - LEN / 2]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while received.load(Ordering::SeqCst) < LEN as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream got {} of {LEN} body bytes",
+            received.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A reused connection that the upstream closes after reading a whole streamed request, without
+/// answering, must not make weft send the request again: its body is gone (it streamed from the
+/// client), and a resend would go out empty. The client gets an error; the upstream sees the
+/// request once.
+#[tokio::test]
+async fn a_streamed_request_is_not_resent_after_its_body_was_taken() {
+    use tokio::io::AsyncWriteExt;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let heads = Arc::new(AtomicU64::new(0));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while let Some((head, _)) = read_request(&mut s, &mut buf).await {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    if head.starts_with("put") {
+                        // Read it all, answer nothing, close.
+                        return;
+                    }
+                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let proxy = start_proxy(&app_yaml(up, ""));
+    let addr = proxy.listener_addr("web").unwrap();
+    assert_eq!(get(addr, "/").await.status, 200);
+    // The PUT goes on the pooled connection.
+    let put = b"PUT /doc HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello";
+    let resp = raw(addr, put, Duration::from_secs(10)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 50"), "{resp}");
+    assert_eq!(heads.load(Ordering::SeqCst), 2, "the PUT was sent again: {resp}");
+}

@@ -175,8 +175,14 @@ pub async fn send_once(
                 },
             }
         }
-        let e = Error::upstream(Reason::UpstreamReset, Retry::NotSent)
-            .context("connection closed before the request was sent");
+        // hyper hands back only requests it never wrote; weft's own client also resends an
+        // idempotent request the upstream may have seen before closing.
+        let retry = match cluster.protocol() {
+            UpstreamProtocol::Http1 if in_task(&request) => Retry::Safe,
+            _ => Retry::NotSent,
+        };
+        let e =
+            Error::upstream(Reason::UpstreamReset, retry).context("connection closed before the request was answered");
         Err(failed(e, Some(request.into_body())))
     };
     let Some(mut d) = deadline else {
@@ -224,6 +230,7 @@ async fn raw_try(
     };
     // The body leaves the request for the round trip, and comes back if it was never started.
     let mut body = std::mem::replace(request.body_mut(), UpBody::Empty);
+    let was_stream = matches!(body, UpBody::Stream(..));
     let (method, uri, headers) = (request.method(), request.uri(), request.headers());
     let r = round_trip(&mut conn, method, uri, headers, &mut body, reused).await;
     let untouched = !matches!(body, UpBody::Empty);
@@ -231,14 +238,19 @@ async fn raw_try(
     match r {
         Ok(answer) => {
             let head = answer.head;
-            let body = RawBody::new(conn, &head, answer.pump, home);
+            let body = RawBody::new(conn, &head, answer.pump, answer.poisoned, home);
             let mut resp = Response::new(RespBody::Raw(body));
             *resp.status_mut() = head.status;
             *resp.version_mut() = head.version;
             *resp.headers_mut() = head.headers;
             Ok(resp)
         }
-        // `round_trip` hands the body back whole when it reports a stale connection.
+        // `round_trip` hands a streamed body back whole when it reports a stale connection; one
+        // that did not come back cannot be sent again.
+        Err(RoundTripError::Stale(e)) if was_stream && !untouched => Err(RawFailure::Failed(
+            Error::upstream(Reason::UpstreamReset, Retry::Safe).cause(e),
+            false,
+        )),
         Err(RoundTripError::Stale(_)) => Err(RawFailure::Again),
         Err(RoundTripError::Io(e)) => Err(RawFailure::Failed(
             Error::upstream(Reason::UpstreamReset, Retry::Safe).cause(e),

@@ -130,6 +130,16 @@ impl Host {
         }
     }
 
+    /// Closes one idle HTTP/1.1 connection to this host, of weft's own client (`raw`) or of
+    /// hyper's, on any worker: when `max_connections` is reached, idle connections of one client
+    /// must not keep the other waiting. Whether one was closed.
+    fn evict_idle(&self, raw: bool) -> bool {
+        self.pools.iter().any(|p| match raw {
+            true => p.raw_idle.lock().pop().is_some(),
+            false => p.h1_idle.lock().pop().is_some(),
+        })
+    }
+
     fn same_endpoint(&self, e: &Endpoint, tls_choice: usize) -> bool {
         self.weight == e.weight
             && self.priority == e.priority
@@ -662,6 +672,10 @@ impl ClusterRt {
                 let sender = Box::pin(self.connect_h1(host, guard)).await?;
                 return Ok(self.pooled(sender, host, slot));
             }
+            // An idle connection of the other client to this host gives up its slot.
+            if host.evict_idle(true) {
+                continue;
+            }
             self.wait_for_connection(deadline, priority).await?;
         }
     }
@@ -693,6 +707,10 @@ impl ClusterRt {
                 // Boxed, as in `checkout_h1`: the rare case's state stays out of every request's.
                 let conn = Box::pin(self.connect_raw_h1(host, guard)).await?;
                 return Ok((conn, false, home()));
+            }
+            // An idle connection of the other client (hyper's, for upgrades) gives up its slot.
+            if host.evict_idle(false) {
+                continue;
             }
             self.wait_for_connection(deadline, priority).await?;
         }

@@ -35,6 +35,9 @@ pub const MAX_HEADERS: usize = 100;
 const MAX_CHUNK_LINE: usize = 4096;
 /// At most this long a chunked body's trailer section.
 const MAX_TRAILERS: usize = 16 * 1024;
+/// At most this many bytes of chunk-size lines (extensions, mostly) in one body, as hyper's
+/// client: a body of one-byte chunks with 4 KiB of extensions each is refused.
+const MAX_CHUNK_LINES_TOTAL: usize = 16 * 1024;
 
 /// Why a response could not be read: the upstream broke HTTP/1.1 framing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,6 +230,8 @@ enum State {
 #[derive(Debug)]
 pub struct Decoder {
     state: State,
+    /// What remains of [`MAX_CHUNK_LINES_TOTAL`] for chunk-size lines beyond their digits.
+    line_budget: usize,
 }
 
 impl Decoder {
@@ -237,7 +242,10 @@ impl Decoder {
             Framing::Chunked => State::ChunkSize,
             Framing::Close => State::Close,
         };
-        Decoder { state }
+        Decoder {
+            state,
+            line_budget: MAX_CHUNK_LINES_TOTAL,
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -298,6 +306,13 @@ impl Decoder {
                         return Err(ParseError("chunk-size line not ended by CRLF"));
                     }
                     let size = chunk_size(&buf[..lf - 1])?;
+                    // Digits and CRLF are free; what else the lines carry is bounded per body.
+                    let extra =
+                        (lf - 1).saturating_sub(buf[..lf - 1].iter().take_while(|b| b.is_ascii_hexdigit()).count());
+                    self.line_budget = self
+                        .line_budget
+                        .checked_sub(extra)
+                        .ok_or(ParseError("too many chunk extensions"))?;
                     buf.advance(lf + 1);
                     self.state = if size == 0 {
                         State::Trailers
@@ -323,41 +338,39 @@ impl Decoder {
         }
     }
 
-    /// The trailer section after the last chunk, up to its empty line.
+    /// The trailer section after the last chunk, up to its empty line. Lines must end in CRLF.
     fn trailers(&mut self, buf: &mut BytesMut, eof: bool) -> Result<Step, ParseError> {
-        let need_more = |buf: &BytesMut| {
-            if buf.len() > MAX_TRAILERS {
-                Err(ParseError("trailer section too long"))
-            } else if eof {
-                Err(ParseError("the upstream closed the connection in the trailer section"))
-            } else {
-                Ok(Step::More)
-            }
-        };
-        if buf.len() < 2 {
-            if buf.first().is_some_and(|b| *b != b'\r' && !is_token(*b)) {
-                return Err(ParseError("malformed trailer section"));
-            }
-            return need_more(buf);
-        }
-        if &buf[..2] == b"\r\n" {
+        if buf.starts_with(b"\r\n") {
             buf.advance(2);
             self.state = State::Done;
             return Ok(Step::End);
         }
-        let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n").map(|p| p + 4) else {
-            return need_more(buf);
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let (end, fields) = match httparse::parse_headers(buf, &mut slots) {
+            Ok(httparse::Status::Complete((end, fields))) => (end, fields),
+            Ok(httparse::Status::Partial) => {
+                return if buf.len() > MAX_TRAILERS {
+                    Err(ParseError("trailer section too long"))
+                } else if eof {
+                    Err(ParseError("the upstream closed the connection in the trailer section"))
+                } else {
+                    Ok(Step::More)
+                };
+            }
+            Err(_) => return Err(ParseError("malformed trailer section")),
         };
+        // httparse also ends lines at a bare LF; this hop insists on CRLF, as for chunk lines.
+        let section = &buf[..end];
+        let bare_lf = section
+            .iter()
+            .enumerate()
+            .any(|(i, b)| *b == b'\n' && (i == 0 || section[i - 1] != b'\r'));
+        if bare_lf {
+            return Err(ParseError("trailer line not ended by CRLF"));
+        }
         if end > MAX_TRAILERS {
             return Err(ParseError("trailer section too long"));
         }
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        // The whole section, to its CRLF CRLF, must be fields (httparse would stop early at a
-        // bare LF).
-        let fields = match httparse::parse_headers(&buf[..end], &mut slots) {
-            Ok(httparse::Status::Complete((n, fields))) if n == end => fields,
-            _ => return Err(ParseError("malformed trailer section")),
-        };
         let mut trailers = HeaderMap::with_capacity(fields.len());
         for f in fields.iter() {
             let (Ok(name), Ok(value)) = (
@@ -384,10 +397,6 @@ impl Decoder {
     }
 }
 
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// A chunk-size line without its CRLF: hex digits, then optional extensions (`;name[=value]`,
 /// with optional whitespace before the `;`), which are ignored.
 fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
@@ -405,7 +414,9 @@ fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
         (n << 4) | u64::from(d)
     });
     let rest = &line[digits..];
-    let ext = rest.trim_ascii_start();
+    // Only SP and HTAB may come before the `;` (BWS); a stray CR or FF is refused, as another hop
+    // might read the line differently.
+    let ext = &rest[rest.iter().take_while(|b| **b == b' ' || **b == b'\t').count()..];
     let ok = match ext.first() {
         None => rest.is_empty(),
         Some(b';') => ext
@@ -665,14 +676,18 @@ impl Conn {
         }
         let spare = self.buf.spare_capacity_mut();
         let room = spare.len();
+        let start = spare.as_ptr();
         let mut rb = ReadBuf::uninit(spare);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
-                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity (the
-                // `ReadBuf` was built over it and a reader may not swap its buffer).
+                // A reader could replace the `ReadBuf` with another buffer; then the bytes did not
+                // land in ours (tokio-util's `poll_read_buf` checks the same).
+                assert_eq!(rb.filled().as_ptr(), start.cast(), "the reader swapped its buffer");
+                // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity: the
+                // `ReadBuf` was built over it, and (checked above) is still that buffer.
                 unsafe { self.buf.set_len(self.buf.len() + n) };
                 if n == room {
                     self.read_size = (self.read_size * 2).min(self.max_buf);
@@ -689,10 +704,18 @@ impl Conn {
         self.buf.is_empty() && self.poll_fill(&mut cx).is_pending()
     }
 
-    async fn write_request(&mut self) -> io::Result<()> {
+    /// Writes the encoded request head; on failure, also whether any of it was written.
+    async fn write_request(&mut self) -> Result<(), (io::Error, bool)> {
         use tokio::io::AsyncWriteExt;
-        self.io.write_all(&self.wbuf).await?;
-        self.io.flush().await
+        let mut written = 0;
+        while written < self.wbuf.len() {
+            match self.io.write(&self.wbuf[written..]).await {
+                Ok(0) => return Err((io::ErrorKind::WriteZero.into(), written > 0)),
+                Ok(n) => written += n,
+                Err(e) => return Err((e, written > 0)),
+            }
+        }
+        self.io.flush().await.map_err(|e| (e, true))
     }
 }
 
@@ -713,6 +736,8 @@ pub enum RoundTripError {
 pub struct Answer {
     pub head: Head,
     pub pump: Option<Box<Pump>>,
+    /// Writing the request body failed: the connection is out of step and is never reused.
+    pub poisoned: bool,
 }
 
 /// Writes the request and reads the response head (skipping `1xx` interim responses). A
@@ -731,24 +756,40 @@ pub async fn round_trip(
         UpBody::Stream(..) => BodyKind::Streamed,
     };
     let chunked = encode_request(&mut conn.wbuf, method, uri, headers, kind);
-    // A write that fails never delivered a whole request: always safe to resend.
-    conn.write_request().await.map_err(RoundTripError::Stale)?;
+    // Closed before a byte of the response on a reused connection: the upstream most likely
+    // closed it as idle while the request was on its way, and did not process it.
+    let stale = reused && idempotent(method);
+    // A head that failed before a byte of it was written can go on another connection whatever
+    // the method; one partly written only if the upstream may have closed an idle connection.
+    if let Err((e, any_written)) = conn.write_request().await {
+        return Err(match !any_written || stale {
+            true => RoundTripError::Stale(e),
+            false => RoundTripError::Io(e),
+        });
+    }
     let mut pump = match kind {
         BodyKind::Streamed => Some(Box::new(Pump::new(std::mem::replace(body, UpBody::Empty), chunked))),
         BodyKind::Buffered(_) => None,
     };
     let head_request = *method == Method::HEAD;
-    // Closed before a byte of the response on a reused connection: the upstream most likely
-    // closed it as idle while the request was on its way, and did not process it.
-    let stale = reused && idempotent(method);
     let mut got_any = false;
+    // Some of a streamed body has been taken from the client: this request cannot be sent again.
+    let mut taken = false;
+    let mut poisoned = false;
     let head = std::future::poll_fn(|cx| loop {
         if let Some(p) = pump.as_mut() {
             match p.poll_send(&mut conn.io, cx) {
-                Poll::Ready(Ok(())) => pump = None,
+                Poll::Ready(Ok(())) => {
+                    taken = true;
+                    pump = None;
+                }
                 Poll::Ready(Err(PumpError::Body)) => return Poll::Ready(Err(RoundTripError::Body)),
                 // The upstream stopped reading (it may be answering early, as with a 413).
-                Poll::Ready(Err(PumpError::Write(_))) => pump = None,
+                Poll::Ready(Err(PumpError::Write(_))) => {
+                    taken |= p.started;
+                    poisoned = true;
+                    pump = None;
+                }
                 Poll::Pending => {}
             }
         }
@@ -769,7 +810,7 @@ pub async fn round_trip(
                 Ok(None) => {}
             }
         }
-        let resend = stale && !got_any && !pump.as_ref().is_some_and(|p| p.started);
+        let resend = stale && !got_any && !taken && !pump.as_ref().is_some_and(|p| p.started);
         match conn.poll_fill(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) if resend => {
@@ -791,7 +832,7 @@ pub async fn round_trip(
     })
     .await;
     match head {
-        Ok(head) => Ok(Answer { head, pump }),
+        Ok(head) => Ok(Answer { head, pump, poisoned }),
         Err(RoundTripError::Stale(e)) => {
             // Hand a body never started back for the next try.
             if let Some(p) = pump {
@@ -817,11 +858,11 @@ pub struct RawBody {
 }
 
 impl RawBody {
-    pub(crate) fn new(conn: Box<Conn>, head: &Head, pump: Option<Box<Pump>>, home: RawHome) -> RawBody {
+    pub(crate) fn new(conn: Box<Conn>, head: &Head, pump: Option<Box<Pump>>, poisoned: bool, home: RawHome) -> RawBody {
         let mut b = RawBody {
             conn: Some(conn),
             decoder: Decoder::new(head.framing),
-            keep_alive: head.keep_alive,
+            keep_alive: head.keep_alive && !poisoned,
             eof: false,
             home: Some(home),
             pump,
@@ -833,13 +874,33 @@ impl RawBody {
     }
 
     /// The body has ended: the connection goes back to its pool if it can carry another request.
+    /// A request body still being sent is finished first, as hyper's connection task did (the
+    /// upstream may still be reading it), in a task of its own bounded by [`UPLOAD_AFTER_RESPONSE`].
     fn release(&mut self) {
         let Some(conn) = self.conn.take() else { return };
-        // A request body still being sent leaves the connection mid-message: it is closed.
-        if self.keep_alive && !self.eof && conn.buf.is_empty() && self.pump.is_none() {
-            if let Some(home) = self.home.take() {
+        let reusable = self.keep_alive && !self.eof;
+        let home = self.home.take();
+        if let Some(pump) = self.pump.take() {
+            tokio::spawn(finish_upload(conn, pump, reusable, home));
+            return;
+        }
+        if reusable && conn.buf.is_empty() {
+            if let Some(home) = home {
                 home.put(conn);
             }
+        }
+    }
+}
+
+/// How long a request body may still take to send once its response has ended.
+const UPLOAD_AFTER_RESPONSE: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn finish_upload(mut conn: Box<Conn>, mut pump: Box<Pump>, reusable: bool, home: Option<RawHome>) {
+    let send = std::future::poll_fn(|cx| pump.poll_send(&mut conn.io, cx));
+    let sent = tokio::time::timeout(UPLOAD_AFTER_RESPONSE, send).await;
+    if matches!(sent, Ok(Ok(()))) && reusable && conn.buf.is_empty() {
+        if let Some(home) = home {
+            home.put(conn);
         }
     }
 }
@@ -1063,6 +1124,10 @@ mod tests {
             b"5 junk\r\nhello\r\n0\r\n\r\n",
             b"5\nhello\r\n0\r\n\r\n",
             b"5\r\nhelloXX0\r\n\r\n",
+            b"5\r;x\r\nhello\r\n0\r\n\r\n",
+            b"5\x0c;x\r\nhello\r\n0\r\n\r\n",
+            b"3\r\nabc\r\n0\r\nx: 1\n\n",
+            b"3\r\nabc\r\n0\r\n\n",
         ] {
             assert!(
                 body(Framing::Chunked, bad, 1000).is_err(),
@@ -1070,6 +1135,19 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    #[test]
+    fn chunk_extensions_are_bounded_per_body() {
+        let ext = format!(";{}", "e".repeat(1000));
+        let mut wire = Vec::new();
+        for _ in 0..20 {
+            wire.extend_from_slice(format!("1{ext}\r\nx\r\n").as_bytes());
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        assert!(body(Framing::Chunked, &wire, 1000).is_err());
+        let small: Vec<u8> = wire.iter().copied().filter(|b| *b != b'e').collect();
+        assert_eq!(body(Framing::Chunked, &small, 1000).unwrap().0, b"x".repeat(20));
     }
 
     #[test]
