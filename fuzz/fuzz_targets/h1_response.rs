@@ -5,7 +5,8 @@
 //! Input layout: byte 0: bit 7 = the request was HEAD; low 4 bits = `n`, the number of split-size
 //! bytes that follow (`n == 0`: one byte per piece). Everything after them is the response stream.
 //!
-//! Checks: no panic; the decoder never asks for more bytes after the close and never yields an
+//! Checks: no panic; no fixed hop-by-hop field is left in the parsed head (a `Connection` naming
+//! other fields aside); the decoder never asks for more bytes after the close and never yields an
 //! empty data frame; a body framed by Content-Length is exactly that long; and the outcome
 //! (status, framing, body, trailers, success) is the same whether the bytes arrive in one piece
 //! or in the chosen pieces.
@@ -13,7 +14,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use weft_upstream::h1::{parse_head, Decoder, Framing, Step};
+use weft_upstream::h1::{is_hop_by_hop, parse_head, Decoder, Framing, Step};
 
 fn piece_len(b: u8) -> usize {
     if b < 128 {
@@ -62,6 +63,12 @@ fn run(stream: &[u8], sizes: &[usize], head_request: bool) -> Outcome {
             Err(_) => return out,
         }
     };
+    for k in head.headers.keys() {
+        assert!(
+            !is_hop_by_hop(k) || (k == http::header::CONNECTION && head.connection_options),
+            "hop-by-hop field {k} left in the head"
+        );
+    }
     out.status = Some(head.status.as_u16());
     out.framing = Some(head.framing);
     out.keep_alive = head.keep_alive;

@@ -71,11 +71,17 @@ pub struct Head {
     pub framing: Framing,
     /// The connection may carry another request once this response's body has ended.
     pub keep_alive: bool,
+    /// `Connection` named fields besides `close` and `keep-alive`: they are hop-by-hop too, and
+    /// still in `headers` (the fixed hop-by-hop fields are not: see [`parse_head`]).
+    pub connection_options: bool,
 }
 
 /// Parses the response head at the start of `buf` and splits it off. `Ok(None)`: the head is not
 /// complete yet. `head_request`: the request was HEAD (its response has no body whatever its
-/// headers say). Header values share the head's bytes; nothing is copied.
+/// headers say). Header values share the head's bytes; nothing is copied. The fixed hop-by-hop
+/// fields (RFC 9110 §7.6.1: `Connection`, `Keep-Alive`, `Proxy-Connection`, `Transfer-Encoding`,
+/// `Upgrade`, `Trailer`, `Proxy-Authenticate`, `Proxy-Authorization`) are read for framing and left
+/// out of `headers`: they are this hop's, and a proxy would only remove them again.
 pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>, ParseError> {
     // Uninitialised slots: zeroing 100 of them would cost more than parsing a typical head.
     let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
@@ -90,6 +96,10 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
                     let name = HeaderName::from_bytes(h.name.as_bytes())
                         .map_err(|_| ParseError("invalid header name in the response"))?;
                     facts.note(&name, h.value);
+                    // A `Connection` that names other fields stays, for the caller to remove them.
+                    if is_hop_by_hop(&name) && !(name == header::CONNECTION && facts.options) {
+                        continue;
+                    }
                     let start = h.value.as_ptr() as usize - base;
                     fields.push((name, start, start + h.value.len()));
                 }
@@ -121,7 +131,23 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         headers,
         framing,
         keep_alive,
+        connection_options: facts.options,
     }))
+}
+
+/// The hop-by-hop fields every message may carry (those a `Connection` header names aside).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "trailer"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
 }
 
 /// What a response head's fields say about its framing, noted as the fields are read.
@@ -135,6 +161,8 @@ struct Facts {
     length_error: Option<ParseError>,
     close: bool,
     keep_alive: bool,
+    /// `Connection` names other fields.
+    options: bool,
 }
 
 impl Facts {
@@ -156,8 +184,11 @@ impl Facts {
         } else if *name == header::CONNECTION {
             for t in value.split(|b| *b == b',') {
                 let t = t.trim_ascii();
-                self.close |= t.eq_ignore_ascii_case(b"close");
-                self.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+                let close = t.eq_ignore_ascii_case(b"close");
+                let keep_alive = t.eq_ignore_ascii_case(b"keep-alive");
+                self.close |= close;
+                self.keep_alive |= keep_alive;
+                self.options |= !(close || keep_alive || t.is_empty());
             }
         }
     }
@@ -855,6 +886,8 @@ pub struct RawBody {
     home: Option<RawHome>,
     /// The rest of a streamed request body, still being sent (full duplex).
     pump: Option<Box<Pump>>,
+    /// See [`Head::connection_options`].
+    connection_options: bool,
 }
 
 impl RawBody {
@@ -866,11 +899,17 @@ impl RawBody {
             eof: false,
             home: Some(home),
             pump,
+            connection_options: head.connection_options,
         };
         if b.decoder.is_done() {
             b.release();
         }
         b
+    }
+
+    /// Whether the response's headers still hold hop-by-hop fields (named by its `Connection`).
+    pub fn connection_options(&self) -> bool {
+        self.connection_options
     }
 
     /// The body has ended: the connection goes back to its pool if it can carry another request.
@@ -1100,6 +1139,24 @@ mod tests {
             .is_none());
         assert!(head("HTTP/1.1 2000 OK\r\n\r\n", false).is_err());
         assert!(head("HTTP/1.1 200 OK\r\nbad header\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_left_out() {
+        let raw = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+                   Transfer-Encoding: chunked\r\nTrailer: x\r\nx-app: 1\r\n\r\n";
+        let h = head(raw, false).unwrap().unwrap();
+        assert_eq!(
+            (h.framing, h.keep_alive, h.connection_options),
+            (Framing::Chunked, true, false)
+        );
+        assert_eq!(h.headers.len(), 1, "{:?}", h.headers);
+        assert_eq!(h.headers["x-app"], "1");
+        let raw = "HTTP/1.1 200 OK\r\nConnection: close, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n";
+        let h = head(raw, false).unwrap().unwrap();
+        assert_eq!((h.keep_alive, h.connection_options), (false, true));
+        assert_eq!(h.headers[header::CONNECTION], "close, x-hop");
+        assert!(h.headers.contains_key("x-hop"));
     }
 
     #[test]

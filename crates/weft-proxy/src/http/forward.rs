@@ -658,7 +658,11 @@ fn finish_response(
         .then(|| resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, upgrade && switching);
+    // weft's own client leaves the fixed hop-by-hop fields out as it parses the head.
+    match &body {
+        RespBody::Raw(raw) if !raw.connection_options() => {}
+        _ => strip_hop_by_hop(&mut parts.headers, upgrade && switching),
+    }
     // The upstream's HTTP version is a property of that hop only: an HTTP/1.0 upstream (Python's
     // http.server, old appliances) must not turn the client's HTTP/1.1 keep-alive connection into
     // a close-after-response one. hyper writes the status line from this field and still answers an
