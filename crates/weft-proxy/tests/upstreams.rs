@@ -525,6 +525,58 @@ async fn idle_connections_to_a_removed_endpoint_are_closed() {
     }
 }
 
+/// A raw TCP upstream on 127.0.0.1: each accepted connection runs `serve` with the test's counter
+/// (its observable signal).
+async fn raw_upstream<F, Fut>(serve: F) -> (std::net::SocketAddr, Arc<AtomicU64>)
+where
+    F: Fn(tokio::net::TcpStream, Arc<AtomicU64>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let counter = Arc::new(AtomicU64::new(0));
+    let c = counter.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(serve(s, c.clone()));
+        }
+    });
+    (addr, counter)
+}
+
+/// Reads one request head and its `content-length` body from `s` (`buf` keeps what follows):
+/// the head (lower-cased), and how many body bytes arrived, up to `limit` of them (the rest stay
+/// unread), before the connection ended or the body was complete.
+async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, limit: usize) -> Option<(String, usize)> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 16384];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    buf.drain(..end + 4);
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let want = len.min(limit);
+    let mut got = buf.len().min(want);
+    buf.drain(..got);
+    while got < want {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    Some((head, got))
+}
+
 /// An upstream that closes a keep-alive connection soon after answering (its own idle timeout)
 /// gets the proxy's side closed too without waiting for another request: weft's own HTTP/1.1
 /// client has no connection task to notice the close, so the pool sweep does. The upstream
@@ -532,35 +584,22 @@ async fn idle_connections_to_a_removed_endpoint_are_closed() {
 #[tokio::test]
 async fn an_idle_connection_the_upstream_closes_is_closed_by_the_pool_sweep() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let closed_by_proxy = Arc::new(AtomicU64::new(0));
-    let closed = closed_by_proxy.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let closed = closed.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await
-                    .unwrap();
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                s.shutdown().await.unwrap();
-                // Bounded: the proxy has 10 s to close its side.
-                let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk)).await;
-                if matches!(r, Ok(Ok(0))) {
-                    closed.fetch_add(1, Ordering::SeqCst);
-                }
-            });
+    let (up, closed_by_proxy) = raw_upstream(|mut s, closed| async move {
+        if read_request(&mut s, &mut Vec::new(), 0).await.is_none() {
+            return;
         }
-    });
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.shutdown().await.unwrap();
+        // Bounded: the proxy has 10 s to close its side.
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut [0u8; 64])).await;
+        if matches!(r, Ok(Ok(0))) {
+            closed.fetch_add(1, Ordering::SeqCst);
+        }
+    })
+    .await;
     let yaml = one_route_yaml(
         "{ cluster: app }",
         &format!("  - {{ name: app, pool: {{ idle_timeout: 2s }}, endpoints: [{{ address: \"{up}\" }}] }}"),
@@ -581,37 +620,6 @@ async fn an_idle_connection_the_upstream_closes_is_closed_by_the_pool_sweep() {
     assert_eq!(get(addr, "/").await.status, 200);
 }
 
-/// Reads one request head and its `content-length` body from `s` (`buf` keeps what follows):
-/// the head, and how many body bytes arrived before the connection ended or `len` was reached.
-async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<(String, usize)> {
-    use tokio::io::AsyncReadExt;
-    let mut chunk = [0u8; 16384];
-    let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
-        }
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-    buf.drain(..end + 4);
-    let len: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    while buf.len() < len {
-        match s.read(&mut chunk).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
-    let got = buf.len().min(len);
-    buf.drain(..got);
-    Some((head, got))
-}
-
 /// An upstream may answer before the request body has arrived (a full-duplex service, or an early
 /// `200` to an upload): like hyper's client, weft keeps sending the body after the response has
 /// ended, and the upstream receives all of it.
@@ -619,33 +627,26 @@ async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Optio
 async fn a_request_body_is_still_sent_after_an_early_response() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const LEN: usize = 200_000;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let received = Arc::new(AtomicU64::new(0));
-    let seen = received.clone();
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
+    let (up, received) = raw_upstream(|mut s, received| async move {
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 16384];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
+        // The head only: the answer goes out before the body is read.
+        if read_request(&mut s, &mut buf, 0).await.is_none() {
+            return;
         }
         s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
             .await
             .unwrap();
-        let at = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-        let mut got = buf.len() - at;
+        let mut got = buf.len();
+        let mut chunk = [0u8; 16384];
         while got < LEN {
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => got += n,
             }
         }
-        seen.store(got as u64, Ordering::SeqCst);
-    });
+        received.store(got as u64, Ordering::SeqCst);
+    })
+    .await;
     let proxy = start_proxy(&app_yaml(up, ""));
     let addr = proxy.listener_addr("web").unwrap();
     let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -687,28 +688,20 @@ async fn a_request_body_is_still_sent_after_an_early_response() {
 #[tokio::test]
 async fn a_streamed_request_is_not_resent_after_its_body_was_taken() {
     use tokio::io::AsyncWriteExt;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    let heads = Arc::new(AtomicU64::new(0));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                while let Some((head, _)) = read_request(&mut s, &mut buf).await {
-                    seen.fetch_add(1, Ordering::SeqCst);
-                    if head.starts_with("put") {
-                        // Read it all, answer nothing, close.
-                        return;
-                    }
-                    s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await
-                        .unwrap();
-                }
-            });
+    let (up, heads) = raw_upstream(|mut s, heads| async move {
+        let mut buf = Vec::new();
+        while let Some((head, _)) = read_request(&mut s, &mut buf, usize::MAX).await {
+            heads.fetch_add(1, Ordering::SeqCst);
+            if head.starts_with("put") {
+                // Read it all, answer nothing, close.
+                return;
+            }
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
         }
-    });
+    })
+    .await;
     let proxy = start_proxy(&app_yaml(up, ""));
     let addr = proxy.listener_addr("web").unwrap();
     assert_eq!(get(addr, "/").await.status, 200);

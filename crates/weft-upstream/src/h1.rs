@@ -732,7 +732,11 @@ impl Conn {
     /// (neither bytes, which no request asked for, nor a close).
     pub(crate) fn still_idle(&mut self) -> bool {
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        self.buf.is_empty() && self.poll_fill(&mut cx).is_pending()
+        // A byte on the stack is enough to tell: the connection is dropped if anything arrives.
+        // (Reading into the connection's buffer could allocate it for an idle connection.)
+        let mut probe = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut probe);
+        self.buf.is_empty() && Pin::new(&mut self.io).poll_read(&mut cx, &mut rb).is_pending()
     }
 
     /// Writes the encoded request head; on failure, also whether any of it was written.
