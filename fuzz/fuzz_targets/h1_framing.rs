@@ -8,18 +8,11 @@
 //! or in the chosen pieces (with verdicts drained between reads, as the service does).
 #![no_main]
 
+#[path = "pieces.rs"]
+mod pieces;
+
 use libfuzzer_sys::fuzz_target;
 use weft_proxy::h1_framing::FramingTracker;
-
-/// Maps a size byte to a piece length: 1..=128 byte by byte, then coarser steps up to ~8 KiB so
-/// pieces can also straddle the tracker's 4 KiB chunk-line limit.
-fn piece_len(b: u8) -> usize {
-    if b < 128 {
-        b as usize + 1
-    } else {
-        (b as usize - 127) * 64
-    }
-}
 
 fn drain(t: &mut FramingTracker, out: &mut Vec<bool>) {
     while let Some(v) = t.next_verdict() {
@@ -28,18 +21,8 @@ fn drain(t: &mut FramingTracker, out: &mut Vec<bool>) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else {
+    let Some((_, sizes, stream)) = pieces::split(data) else {
         return;
-    };
-    let n = (first & 0x0f) as usize;
-    if rest.len() < n {
-        return;
-    }
-    let (sizes, stream) = rest.split_at(n);
-    let sizes: Vec<usize> = if sizes.is_empty() {
-        vec![1]
-    } else {
-        sizes.iter().map(|&b| piece_len(b)).collect()
     };
 
     // One piece.

@@ -12,17 +12,12 @@
 //! or in the chosen pieces.
 #![no_main]
 
+#[path = "pieces.rs"]
+mod pieces;
+
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use weft_upstream::h1::{is_hop_by_hop, parse_head, Decoder, Framing, Step};
-
-fn piece_len(b: u8) -> usize {
-    if b < 128 {
-        b as usize + 1
-    } else {
-        (b as usize - 127) * 64
-    }
-}
 
 #[derive(Debug, PartialEq, Default)]
 struct Outcome {
@@ -107,20 +102,10 @@ fn run(stream: &[u8], sizes: &[usize], head_request: bool) -> Outcome {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&first, rest)) = data.split_first() else {
+    let Some((first, sizes, stream)) = pieces::split(data) else {
         return;
     };
     let head_request = first & 0x80 != 0;
-    let n = (first & 0x0f) as usize;
-    if rest.len() < n {
-        return;
-    }
-    let (sizes, stream) = rest.split_at(n);
-    let sizes: Vec<usize> = if sizes.is_empty() {
-        vec![1]
-    } else {
-        sizes.iter().map(|&b| piece_len(b)).collect()
-    };
     let whole = run(stream, &[usize::MAX], head_request);
     let split = run(stream, &sizes, head_request);
     assert_eq!(whole, split, "outcomes differ between one-piece and split feeding (piece sizes {sizes:?})");
