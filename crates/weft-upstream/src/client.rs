@@ -238,7 +238,7 @@ async fn raw_try(
     match r {
         Ok(answer) => {
             let head = answer.head;
-            let body = RawBody::new(conn, &head, answer.pump, answer.poisoned, home);
+            let body = RawBody::new(conn, &head, answer.pump, home);
             let mut resp = Response::new(RespBody::Raw(body));
             *resp.status_mut() = head.status;
             *resp.version_mut() = head.version;

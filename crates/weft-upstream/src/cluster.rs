@@ -10,9 +10,12 @@ use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use weft_config::{Cluster, Discovery, Endpoint, EndpointAddress, Locality, RoutePriority, UpstreamProtocol};
@@ -23,6 +26,38 @@ use weft_core::{Error, Reason, Retry};
 pub enum RawStream {
     Tcp(TcpStream),
     Tls(Box<weft_tls::tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for RawStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for RawStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
 }
 
 thread_local! {
@@ -65,22 +100,35 @@ pub struct Host {
 
 #[derive(Default)]
 struct WorkerPool {
-    h1_idle: Mutex<Vec<IdleH1>>,
+    h1_idle: Mutex<Vec<Idle<http1::SendRequest<UpBody>>>>,
     /// Idle connections of weft's own HTTP/1.1 client ([`crate::h1`]).
-    raw_idle: Mutex<Vec<IdleRaw>>,
+    raw_idle: Mutex<Vec<Idle<Box<crate::h1::Conn>>>>,
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
     /// Serialises HTTP/2 connection setup so concurrent first requests share one connection.
     h2_connecting: tokio::sync::Mutex<()>,
 }
 
-struct IdleH1 {
-    sender: http1::SendRequest<UpBody>,
+/// An idle pooled connection, and since when.
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
-struct IdleRaw {
-    conn: Box<crate::h1::Conn>,
-    since: Instant,
+/// Parks `conn` at the back of an idle list. The oldest idle connection sits at the front; it is
+/// dropped once expired (or `dead`) so that idle connections do not linger forever when traffic
+/// falls. `conn` joins if the list has fewer than `max`; otherwise it is dropped (closed).
+fn park_idle<C>(idle: &Mutex<Vec<Idle<C>>>, conn: C, timeout: Duration, max: usize, dead: impl Fn(&C) -> bool) {
+    let mut idle = idle.lock();
+    let now = Instant::now();
+    if idle
+        .first()
+        .is_some_and(|c| now.duration_since(c.since) > timeout || dead(&c.conn))
+    {
+        idle.remove(0);
+    }
+    if idle.len() < max {
+        idle.push(Idle { conn, since: now });
+    }
 }
 
 /// Where a connection of weft's own HTTP/1.1 client returns when its response has been read.
@@ -93,19 +141,16 @@ pub struct RawHome {
 impl RawHome {
     /// Puts `conn` back in its pool (dropping the oldest idle connection once it has expired).
     pub fn put(self, conn: Box<crate::h1::Conn>) {
-        let mut idle = self.host.pools[self.slot].raw_idle.lock();
-        let now = Instant::now();
-        if idle
-            .first()
-            .is_some_and(|c| now.duration_since(c.since) > self.cluster.config.pool.idle_timeout)
-        {
-            idle.remove(0);
-        }
-        if idle.len() < self.cluster.config.pool.max_idle_per_endpoint as usize {
-            idle.push(IdleRaw { conn, since: now });
-            drop(idle);
-            self.cluster.wake_pending();
-        }
+        let pool = &self.cluster.config.pool;
+        let max = pool.max_idle_per_endpoint as usize;
+        park_idle(
+            &self.host.pools[self.slot].raw_idle,
+            conn,
+            pool.idle_timeout,
+            max,
+            |_| false,
+        );
+        self.cluster.wake_pending();
     }
 }
 
@@ -227,22 +272,9 @@ impl PooledH1 {
         if self.sender.is_closed() {
             return;
         }
-        let mut idle = self.host.pools[self.slot].h1_idle.lock();
-        let now = Instant::now();
-        // The oldest idle connection sits at the front; drop it once expired so that idle
-        // connections do not linger forever when traffic falls.
-        if idle.first().is_some_and(|c| {
-            now.duration_since(c.since) > self.cluster.config.pool.idle_timeout || c.sender.is_closed()
-        }) {
-            idle.remove(0);
-        }
-        if idle.len() < self.max_idle {
-            idle.push(IdleH1 {
-                sender: self.sender,
-                since: now,
-            });
-        }
-        drop(idle);
+        let idle = &self.host.pools[self.slot].h1_idle;
+        let timeout = self.cluster.config.pool.idle_timeout;
+        park_idle(idle, self.sender, timeout, self.max_idle, |s| s.is_closed());
         self.cluster.wake_pending();
     }
 }
@@ -539,22 +571,23 @@ impl ClusterRt {
         }
     }
 
-    /// A new HTTP/1.1 connection to `host` (TCP, then TLS if the cluster originates it).
-    async fn connect_h1(&self, host: &Host, guard: ConnGuard) -> Result<http1::SendRequest<UpBody>, Error> {
-        let stream = self.connect_tcp(host).await?;
-        match self.tls_for(host) {
-            None => self.h1_over(stream, guard).await,
-            Some(t) => self.h1_over(self.tls_connect(t, host, stream).await?, guard).await,
-        }
+    /// A new connection to `host`: TCP, then TLS if the host's cluster originates it.
+    async fn open_stream(&self, host: &Host) -> Result<RawStream, Error> {
+        let s = self.connect_tcp(host).await?;
+        Ok(match self.tls_for(host) {
+            None => RawStream::Tcp(s),
+            Some(t) => RawStream::Tls(Box::new(self.tls_connect(t, host, s).await?)),
+        })
     }
 
-    /// A new HTTP/2 connection to `host` (TCP, then TLS if the cluster originates it).
+    /// A new HTTP/1.1 connection to `host` through hyper's client (upgrades, CONNECT).
+    async fn connect_h1(&self, host: &Host, guard: ConnGuard) -> Result<http1::SendRequest<UpBody>, Error> {
+        self.h1_over(self.open_stream(host).await?, guard).await
+    }
+
+    /// A new HTTP/2 connection to `host`.
     async fn connect_h2(&self, host: &Host, guard: ConnGuard) -> Result<http2::SendRequest<UpBody>, Error> {
-        let stream = self.connect_tcp(host).await?;
-        match self.tls_for(host) {
-            None => self.h2_over(stream, guard).await,
-            Some(t) => self.h2_over(self.tls_connect(t, host, stream).await?, guard).await,
-        }
+        self.h2_over(self.open_stream(host).await?, guard).await
     }
 
     /// An HTTP/1.1 connection over `io`; the connection task holds `guard`.
@@ -609,12 +642,7 @@ impl ClusterRt {
     /// the cluster originates TLS, else plain TCP.
     pub async fn connect_stream(self: &Arc<Self>, host: &Arc<Host>) -> Result<(RawStream, ConnGuard), Error> {
         let guard = self.reserve_connection(RoutePriority::Default).ok_or_else(overflow)?;
-        let s = self.connect_tcp(host).await?;
-        let s = match self.tls_for(host) {
-            None => RawStream::Tcp(s),
-            Some(t) => RawStream::Tls(Box::new(self.tls_connect(t, host, s).await?)),
-        };
-        Ok((s, guard))
+        Ok((self.open_stream(host).await?, guard))
     }
 
     /// Opens a raw TCP connection for the TCP proxy, counted against `max_connections`.
@@ -659,11 +687,11 @@ impl ClusterRt {
             loop {
                 let idle = host.pools[slot].h1_idle.lock().pop();
                 let Some(mut c) = idle else { break };
-                if c.sender.is_closed() || c.since.elapsed() > idle_timeout {
+                if c.conn.is_closed() || c.since.elapsed() > idle_timeout {
                     continue;
                 }
-                if c.sender.ready().await.is_ok() {
-                    return Ok(self.pooled(c.sender, host, slot));
+                if c.conn.ready().await.is_ok() {
+                    return Ok(self.pooled(c.conn, host, slot));
                 }
             }
             if let Some(guard) = self.reserve_connection(priority) {
@@ -734,11 +762,7 @@ impl ClusterRt {
     }
 
     async fn connect_raw_h1(&self, host: &Host, guard: ConnGuard) -> Result<Box<crate::h1::Conn>, Error> {
-        let s = self.connect_tcp(host).await?;
-        let s = match self.tls_for(host) {
-            None => RawStream::Tcp(s),
-            Some(t) => RawStream::Tls(Box::new(self.tls_connect(t, host, s).await?)),
-        };
+        let s = self.open_stream(host).await?;
         let max_buf = self.config.per_connection_buffer_limit_bytes as usize;
         // Boxed once for its whole life: the request path moves only a pointer.
         Ok(Box::new(crate::h1::Conn::new(s, guard, max_buf)))

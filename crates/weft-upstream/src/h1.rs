@@ -1,14 +1,13 @@
-//! weft's own HTTP/1.1 client for what a sidecar does most: a keep-alive request whose body is
-//! empty or buffered, on a pooled connection driven inside the request's own task.
+//! weft's own HTTP/1.1 client, for what a sidecar does most: a keep-alive request on a pooled
+//! connection driven inside the request's own task.
 //!
 //! hyper's client runs every connection as a task of its own that a request reaches through
 //! channels (a dispatch queue, a oneshot for the response, a want/give signal): in a profile of a
 //! proxied HTTP/1.1 request that task was ~15,600 instructions of ~46,000 (docs/benchmarks.md).
-//! Here the request's task writes the head and reads the response head itself, and the response
-//! body reads the connection as the downstream side polls it, handing the connection back to its
-//! pool when a correctly framed body has ended. Requests that stream a body or ask for an upgrade
-//! keep using hyper, which handles a response that arrives while the request body is still being
-//! sent, `100-continue` and protocol switches.
+//! Here the request's task writes the head (and sends a streamed body while it waits) and reads
+//! the response head itself, and the response body reads the connection as the downstream side
+//! polls it, handing the connection back to its pool when a correctly framed body has ended.
+//! Requests that ask for a protocol switch (an upgrade, CONNECT) keep using hyper's client.
 //!
 //! Written by hand because no maintained crate offers an HTTP/1 client codec without a connection
 //! task of its own. Heads are parsed by `httparse` (hyper's parser), and the message framing
@@ -23,7 +22,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
-use std::io;
+use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -135,19 +134,38 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     }))
 }
 
-/// The hop-by-hop fields every message may carry (those a `Connection` header names aside).
+/// The hop-by-hop fields every message may carry (RFC 9110 §7.6.1), those a `Connection`
+/// header names aside. Order matters: [`hop_by_hop_index`] gives positions in it.
+pub static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::TRAILER,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// The position of `name` in [`HOP_BY_HOP`]: one match on the name's text (a length switch, then
+/// one comparison) rather than eight comparisons, as it runs for every field of every message.
+pub fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "upgrade" => 1,
+        "keep-alive" => 2,
+        "proxy-connection" => 3,
+        "transfer-encoding" => 4,
+        "trailer" => 5,
+        "proxy-authenticate" => 6,
+        "proxy-authorization" => 7,
+        _ => return None,
+    })
+}
+
+/// Whether `name` is one of [`HOP_BY_HOP`].
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "upgrade"
-            | "trailer"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-    )
+    hop_by_hop_index(name).is_some()
 }
 
 /// What a response head's fields say about its framing, noted as the fields are read.
@@ -336,10 +354,8 @@ impl Decoder {
                     if lf == 0 || buf[lf - 1] != b'\r' {
                         return Err(ParseError("chunk-size line not ended by CRLF"));
                     }
-                    let size = chunk_size(&buf[..lf - 1])?;
+                    let (size, extra) = chunk_size(&buf[..lf - 1])?;
                     // Digits and CRLF are free; what else the lines carry is bounded per body.
-                    let extra =
-                        (lf - 1).saturating_sub(buf[..lf - 1].iter().take_while(|b| b.is_ascii_hexdigit()).count());
                     self.line_budget = self
                         .line_budget
                         .checked_sub(extra)
@@ -410,11 +426,7 @@ impl Decoder {
             ) else {
                 return Err(ParseError("malformed trailer section"));
             };
-            // Framing and routing fields are not allowed in trailers (RFC 9110 §6.5.1).
-            if !matches!(
-                name,
-                header::TRANSFER_ENCODING | header::CONTENT_LENGTH | header::HOST | header::CONNECTION | header::TE
-            ) {
+            if allowed_in_trailers(&name) {
                 trailers.append(name, value);
             }
         }
@@ -428,9 +440,19 @@ impl Decoder {
     }
 }
 
+/// Framing, routing and connection fields are not allowed in trailers (RFC 9110 §6.5.1): they
+/// are dropped, both ways.
+fn allowed_in_trailers(name: &HeaderName) -> bool {
+    !matches!(
+        *name,
+        header::TRANSFER_ENCODING | header::CONTENT_LENGTH | header::HOST | header::CONNECTION | header::TE
+    )
+}
+
 /// A chunk-size line without its CRLF: hex digits, then optional extensions (`;name[=value]`,
-/// with optional whitespace before the `;`), which are ignored.
-fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
+/// with optional whitespace before the `;`), which are ignored. The size, and how many bytes
+/// follow the digits.
+fn chunk_size(line: &[u8]) -> Result<(u64, usize), ParseError> {
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 {
         return Err(ParseError("invalid chunk size"));
@@ -458,7 +480,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, ParseError> {
     if !ok {
         return Err(ParseError("invalid chunk-size line"));
     }
-    Ok(size)
+    Ok((size, rest.len()))
 }
 
 /// Whether a request to an upstream that closed the connection without a byte of response may be
@@ -494,13 +516,9 @@ pub fn encode_request(out: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &H
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers {
-        if name == header::TRANSFER_ENCODING {
-            continue;
+        if name != header::TRANSFER_ENCODING {
+            put_field(out, name, value);
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
     }
     let has_length = headers.contains_key(header::CONTENT_LENGTH);
     let chunked = match body {
@@ -508,9 +526,7 @@ pub fn encode_request(out: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &H
             let len = b.map_or(0, Bytes::len);
             let payload_method = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
             if !has_length && (len > 0 || payload_method) {
-                out.extend_from_slice(b"content-length: ");
-                out.extend_from_slice(itoa_u64(len as u64, &mut [0u8; 20]));
-                out.extend_from_slice(b"\r\n");
+                let _ = write!(out, "content-length: {len}\r\n");
             }
             false
         }
@@ -606,8 +622,7 @@ impl Pump {
                     Ok(d) => {
                         if !d.is_empty() {
                             if self.chunked {
-                                self.out.extend_from_slice(hex_u64(d.len() as u64, &mut [0u8; 16]));
-                                self.out.extend_from_slice(b"\r\n");
+                                let _ = write!(self.out, "{:x}\r\n", d.len());
                             }
                             self.out.extend_from_slice(&d);
                             if self.chunked {
@@ -632,45 +647,20 @@ impl Pump {
         }
         self.out.extend_from_slice(b"0\r\n");
         for (name, value) in trailers.into_iter().flatten() {
-            if matches!(
-                name,
-                &header::TRANSFER_ENCODING | &header::CONTENT_LENGTH | &header::HOST
-            ) {
-                continue;
+            if allowed_in_trailers(name) {
+                put_field(&mut self.out, name, value);
             }
-            self.out.extend_from_slice(name.as_str().as_bytes());
-            self.out.extend_from_slice(b": ");
-            self.out.extend_from_slice(value.as_bytes());
-            self.out.extend_from_slice(b"\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
     }
 }
 
-fn hex_u64(mut n: u64, buf: &mut [u8; 16]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[(n & 15) as usize];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
-fn itoa_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
+/// One field line, `name: value` CRLF.
+fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// One upstream HTTP/1.1 connection weft drives itself: the stream, what has been read from it
@@ -754,6 +744,39 @@ impl Conn {
     }
 }
 
+/// Drives the streamed request body still to send, if any, as far as it goes now. It is dropped
+/// once sent whole, or once the upstream stops reading it (then [`Driven::poisoned`]: a response
+/// may still come, but the connection is never reused). `Err`: the client's body failed.
+fn drive(pump: &mut Option<Box<Pump>>, io: &mut RawStream, cx: &mut Context<'_>) -> Result<Driven, ()> {
+    let Some(p) = pump.as_mut() else {
+        return Ok(Driven::default());
+    };
+    let started = p.started;
+    let poisoned = match p.poll_send(io, cx) {
+        Poll::Pending => {
+            return Ok(Driven {
+                started,
+                poisoned: false,
+            })
+        }
+        Poll::Ready(Ok(())) => false,
+        Poll::Ready(Err(PumpError::Body)) => return Err(()),
+        // The upstream stopped reading (it may be answering early, as with a 413).
+        Poll::Ready(Err(PumpError::Write(_))) => true,
+    };
+    let started = pump.take().is_some_and(|p| p.started);
+    Ok(Driven { started, poisoned })
+}
+
+/// What [`drive`] did.
+#[derive(Default)]
+struct Driven {
+    /// Some of the body has been taken from the client (it can no longer be sent again).
+    started: bool,
+    /// Writing it failed: the connection is out of step.
+    poisoned: bool,
+}
+
 /// How a round trip on a connection failed.
 pub enum RoundTripError {
     /// The request can go on another connection: writing its head failed, or the upstream closed
@@ -766,13 +789,12 @@ pub enum RoundTripError {
     Body,
 }
 
-/// A response head, and the rest of a streamed request body when the upstream answered before
-/// it ended (full duplex: the response body's reader keeps sending it).
+/// A response head (its `keep_alive` false if writing the request body failed), and the rest of
+/// a streamed request body when the upstream answered before it ended (full duplex: the response
+/// body's reader keeps sending it).
 pub struct Answer {
     pub head: Head,
     pub pump: Option<Box<Pump>>,
-    /// Writing the request body failed: the connection is out of step and is never reused.
-    pub poisoned: bool,
 }
 
 /// Writes the request and reads the response head (skipping `1xx` interim responses). A
@@ -812,21 +834,12 @@ pub async fn round_trip(
     let mut taken = false;
     let mut poisoned = false;
     let head = std::future::poll_fn(|cx| loop {
-        if let Some(p) = pump.as_mut() {
-            match p.poll_send(&mut conn.io, cx) {
-                Poll::Ready(Ok(())) => {
-                    taken = true;
-                    pump = None;
-                }
-                Poll::Ready(Err(PumpError::Body)) => return Poll::Ready(Err(RoundTripError::Body)),
-                // The upstream stopped reading (it may be answering early, as with a 413).
-                Poll::Ready(Err(PumpError::Write(_))) => {
-                    taken |= p.started;
-                    poisoned = true;
-                    pump = None;
-                }
-                Poll::Pending => {}
+        match drive(&mut pump, &mut conn.io, cx) {
+            Ok(d) => {
+                taken |= d.started;
+                poisoned |= d.poisoned;
             }
+            Err(()) => return Poll::Ready(Err(RoundTripError::Body)),
         }
         if !conn.buf.is_empty() {
             got_any = true;
@@ -845,7 +858,7 @@ pub async fn round_trip(
                 Ok(None) => {}
             }
         }
-        let resend = stale && !got_any && !taken && !pump.as_ref().is_some_and(|p| p.started);
+        let resend = stale && !got_any && !taken;
         match conn.poll_fill(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) if resend => {
@@ -867,7 +880,10 @@ pub async fn round_trip(
     })
     .await;
     match head {
-        Ok(head) => Ok(Answer { head, pump, poisoned }),
+        Ok(mut head) => {
+            head.keep_alive &= !poisoned;
+            Ok(Answer { head, pump })
+        }
         Err(RoundTripError::Stale(e)) => {
             // Hand a body never started back for the next try.
             if let Some(p) = pump {
@@ -895,11 +911,11 @@ pub struct RawBody {
 }
 
 impl RawBody {
-    pub(crate) fn new(conn: Box<Conn>, head: &Head, pump: Option<Box<Pump>>, poisoned: bool, home: RawHome) -> RawBody {
+    pub(crate) fn new(conn: Box<Conn>, head: &Head, pump: Option<Box<Pump>>, home: RawHome) -> RawBody {
         let mut b = RawBody {
             conn: Some(conn),
             decoder: Decoder::new(head.framing),
-            keep_alive: head.keep_alive && !poisoned,
+            keep_alive: head.keep_alive,
             eof: false,
             home: Some(home),
             pump,
@@ -923,14 +939,9 @@ impl RawBody {
         let Some(conn) = self.conn.take() else { return };
         let reusable = self.keep_alive && !self.eof;
         let home = self.home.take();
-        if let Some(pump) = self.pump.take() {
-            tokio::spawn(finish_upload(conn, pump, reusable, home));
-            return;
-        }
-        if reusable && conn.buf.is_empty() {
-            if let Some(home) = home {
-                home.put(conn);
-            }
+        match self.pump.take() {
+            Some(pump) => drop(tokio::spawn(finish_upload(conn, pump, reusable, home))),
+            None => park(conn, reusable, home),
         }
     }
 }
@@ -941,10 +952,14 @@ const UPLOAD_AFTER_RESPONSE: std::time::Duration = std::time::Duration::from_sec
 async fn finish_upload(mut conn: Box<Conn>, mut pump: Box<Pump>, reusable: bool, home: Option<RawHome>) {
     let send = std::future::poll_fn(|cx| pump.poll_send(&mut conn.io, cx));
     let sent = tokio::time::timeout(UPLOAD_AFTER_RESPONSE, send).await;
-    if matches!(sent, Ok(Ok(()))) && reusable && conn.buf.is_empty() {
-        if let Some(home) = home {
-            home.put(conn);
-        }
+    park(conn, reusable && matches!(sent, Ok(Ok(()))), home);
+}
+
+/// Returns a connection whose exchange has ended to its pool if it can carry another request:
+/// `reusable`, and nothing was sent after the response.
+fn park(conn: Box<Conn>, reusable: bool, home: Option<RawHome>) {
+    if let (true, true, Some(home)) = (reusable, conn.buf.is_empty(), home) {
+        home.put(conn);
     }
 }
 
@@ -958,20 +973,12 @@ impl Body for RawBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            if let Some(p) = this.pump.as_mut() {
-                match p.poll_send(&mut conn.io, cx) {
-                    Poll::Ready(Ok(())) => this.pump = None,
-                    Poll::Ready(Err(PumpError::Body)) => {
-                        this.conn = None;
-                        let e = io::Error::other("the client's request body failed");
-                        return Poll::Ready(Some(Err(Box::new(e))));
-                    }
-                    // The upstream stopped reading the request; its response may still be whole.
-                    Poll::Ready(Err(PumpError::Write(_))) => {
-                        this.pump = None;
-                        this.keep_alive = false;
-                    }
-                    Poll::Pending => {}
+            match drive(&mut this.pump, &mut conn.io, cx) {
+                Ok(d) => this.keep_alive &= !d.poisoned,
+                Err(()) => {
+                    this.conn = None;
+                    let e = io::Error::other("the client's request body failed");
+                    return Poll::Ready(Some(Err(Box::new(e))));
                 }
             }
             match this.decoder.decode(&mut conn.buf, this.eof) {
@@ -1015,38 +1022,6 @@ impl Body for RawBody {
         match self.decoder.remaining() {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
-        }
-    }
-}
-
-impl AsyncRead for RawStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            RawStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for RawStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            RawStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            RawStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            RawStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            RawStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }

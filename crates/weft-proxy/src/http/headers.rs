@@ -6,6 +6,7 @@ use http::{Request, Version};
 use hyper::body::Incoming;
 use std::net::SocketAddr;
 use weft_config::HashPolicy;
+use weft_upstream::h1::{hop_by_hop_index, HOP_BY_HOP};
 
 /// Header naming the upstream for `original_dst` clusters in HTTP.
 pub(super) static ORIGINAL_DST_HEADER: HeaderName = HeaderName::from_static("x-weft-original-dst-host");
@@ -100,7 +101,7 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         true => found & !(HOP_CONNECTION | HOP_UPGRADE),
         false => found,
     };
-    for (bit, name) in HOP_NAMES.iter().enumerate() {
+    for (bit, name) in HOP_BY_HOP.iter().enumerate() {
         if removable & (1 << bit) != 0 {
             h.remove(name);
         }
@@ -109,32 +110,9 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 
 const HOP_CONNECTION: u8 = 1;
 const HOP_UPGRADE: u8 = 2;
-/// The hop-by-hop headers, bit `i` of [`hop_bit`]'s mask standing for entry `i`.
-static HOP_NAMES: [HeaderName; 8] = [
-    header::CONNECTION,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TRANSFER_ENCODING,
-    header::TRAILER,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-];
-
+/// Bit `i` of the mask stands for entry `i` of [`HOP_BY_HOP`].
 fn hop_bit(k: &HeaderName) -> u8 {
-    // One match on the name's text (a length switch, then one comparison) instead of comparing
-    // against the eight names in turn: this runs for every header of every request and response.
-    match k.as_str() {
-        "connection" => 1 << 0,
-        "upgrade" => 1 << 1,
-        "keep-alive" => 1 << 2,
-        "proxy-connection" => 1 << 3,
-        "transfer-encoding" => 1 << 4,
-        "trailer" => 1 << 5,
-        "proxy-authenticate" => 1 << 6,
-        "proxy-authorization" => 1 << 7,
-        _ => 0,
-    }
+    hop_by_hop_index(k).map_or(0, |i| 1 << i)
 }
 
 pub(super) fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -314,7 +292,7 @@ mod tests {
 
     #[test]
     fn hop_bits_match_the_names() {
-        for (i, name) in HOP_NAMES.iter().enumerate() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
             assert_eq!(hop_bit(name), 1 << i, "{name}");
         }
         assert_eq!(hop_bit(&header::CONTENT_LENGTH), 0);
