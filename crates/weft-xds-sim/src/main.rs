@@ -644,17 +644,27 @@ fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
 /// started on it again after a restart, and a port in the ephemeral range could meanwhile be
 /// taken as the source port of one of the thousands of reconnecting clients. Drawn from
 /// 26000-32767, apart from the ports the test suite hands out (20000-25999).
+/// Never the same port twice in one run (the xDS and admin ports are drawn together).
 fn free_port() -> u16 {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..500 {
         let port = fastrand::u16(26000..32768);
+        if handed.contains(&port) {
+            continue;
+        }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            return l.local_addr().map(|a| a.port()).unwrap_or(port);
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(port);
+            handed.push(port);
+            return port;
         }
     }
-    std::net::TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("bind 127.0.0.1:0")
+        .expect("bind 127.0.0.1:0");
+    handed.push(port);
+    port
 }
 
 /// Starts `weft control` on `registry` and waits until it is ready.

@@ -67,14 +67,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The draw is from 26000-32767: the test suite hands ports 20000-25999 to the processes it starts
 /// (`weft-test-support`'s `free_port`), and a demo running beside those tests must not take a
 /// port a test has handed out but its child has not bound yet.
+/// A port is never handed out twice by one demo: two children given the same free port would
+/// race for it, and the loser exits.
 fn free_addr() -> std::io::Result<SocketAddr> {
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..200 {
         let port = fastrand::u16(26000..32768);
+        if handed.contains(&port) {
+            continue;
+        }
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            handed.push(port);
             return l.local_addr();
         }
     }
-    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    handed.push(addr.port());
+    Ok(addr)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -633,6 +643,14 @@ async fn start_mesh(
             Duration::from_secs(10),
         )
         .await?;
+    }
+    // A /ready answered by another process that holds the port (one a child failed to bind) looks
+    // like readiness; the child that lost the port exits at once, so look again a moment later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (n, c) in &mut children.0 {
+        if let Ok(Some(status)) = c.try_wait() {
+            return Err(format!("{n} exited ({status}) at start"));
+        }
     }
     Ok(children)
 }

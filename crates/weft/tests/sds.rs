@@ -3,7 +3,7 @@
 //! against the mesh root and reads the SPIFFE ID, and a short TTL rotates the certificate under
 //! the running Envoy. Also: `weft control` refuses to start on a bad CA file, naming it.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -81,8 +81,10 @@ impl Drop for Proc {
     }
 }
 
+/// Ports for the children to bind: the suite's allocator (never the same port twice in one
+/// process, and outside the kernel's ephemeral range).
 fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    weft_test_support::net::free_addr()
 }
 
 fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
