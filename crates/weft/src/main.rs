@@ -8,6 +8,7 @@ mod intercept;
 mod lifecycle;
 mod mesh_identity;
 mod sd_notify;
+mod startup_pages;
 mod xds;
 
 // A proxy allocates and frees many small, short-lived buffers per request, across threads;
@@ -458,6 +459,7 @@ fn run_proxy(args: ProxyArgs) -> i32 {
         tracing::info!(admin = %a, "admin API");
     }
     report_ready(&server);
+    release_startup_pages(&server);
     wait_for_signals(&server, signals);
     if !HANDED_OVER.load(std::sync::atomic::Ordering::SeqCst) {
         // Not after a hand-over: the service goes on in the new process.
@@ -487,6 +489,30 @@ fn report_ready(server: &Arc<Server>) {
             let Some(s) = server.upgrade() else { return };
             if !s.shared.xds_initializing.load(std::sync::atomic::Ordering::SeqCst) {
                 sd_notify::report("READY=1");
+                return;
+            }
+            drop(s);
+            std::thread::sleep(Duration::from_millis(50));
+        });
+}
+
+/// Once the proxy is ready (for an xDS configuration, its first complete one), the code and
+/// constants only starting it needed leave its resident memory ([`startup_pages`]).
+/// `WEFT_KEEP_STARTUP_PAGES` set keeps them.
+fn release_startup_pages(server: &Arc<Server>) {
+    if std::env::var_os("WEFT_KEEP_STARTUP_PAGES").is_some() {
+        return;
+    }
+    let server = Arc::downgrade(server);
+    let _ = std::thread::Builder::new()
+        .name("weft-startup-pages".into())
+        .stack_size(64 * 1024)
+        .spawn(move || loop {
+            let Some(s) = server.upgrade() else { return };
+            if !s.shared.xds_initializing.load(std::sync::atomic::Ordering::SeqCst) {
+                drop(s);
+                let kib = startup_pages::release();
+                tracing::debug!(kib, "released the startup pages of read-only file mappings");
                 return;
             }
             drop(s);
