@@ -410,6 +410,26 @@ mod test {
         assert_eq!(encoder.table.len(), 1);
     }
 
+    /// (weft patch) A request id is sent as a literal and never enters the table: the fields
+    /// that repeat stay indexed however many ids went by.
+    #[test]
+    fn request_ids_are_not_indexed() {
+        let mut encoder = Encoder::default();
+        encode(&mut encoder, vec![header("content-type", "application/grpc")]);
+        assert_eq!(encoder.table.len(), 1);
+        for i in 0..200 {
+            let id = format!("6f1c3a0e-2b7d-4c1a-9e8f-{i:012}");
+            let res = encode(&mut encoder, vec![header("x-request-id", &id), header("content-type", "application/grpc")]);
+            // Literal without indexing, new name (RFC 7541 §6.2.2), then the indexed content-type.
+            assert_eq!(res[0], 0);
+            assert_eq!(*res.last().unwrap(), 0x80 | 62);
+        }
+        assert_eq!(encoder.table.len(), 1);
+        let res = encode(&mut encoder, vec![header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]);
+        assert_eq!(res[0], 0);
+        assert_eq!(encoder.table.len(), 1);
+    }
+
     #[test]
     fn test_evicting_headers() {
         let mut encoder = Encoder::default();

@@ -213,6 +213,36 @@ impl Header {
         }
     }
 
+    /// (weft patch) Fields whose value is new in (almost) every message: request and trace ids.
+    /// Indexing one fills the dynamic table with an entry that is never referenced again; each
+    /// evicts entries that would have been (`content-type`, `user-agent`, ...), which are then
+    /// Huffman-coded and inserted again, and every later lookup of the name walks the chain of
+    /// such entries still in the table (a proxy that adds `x-request-id` to each request did both
+    /// on every request). They are sent as literals without indexing, as nghttp2's encoder does
+    /// for `:path` or `etag`.
+    pub fn unique_per_message(&self) -> bool {
+        match *self {
+            Header::Field { ref name, .. } => matches!(
+                name.as_str(),
+                "x-request-id"
+                    | "x-client-trace-id"
+                    | "traceparent"
+                    | "b3"
+                    | "x-b3-traceid"
+                    | "x-b3-spanid"
+                    | "x-b3-parentspanid"
+                    | "x-amzn-trace-id"
+                    | "x-cloud-trace-context"
+                    | "uber-trace-id"
+                    | "x-datadog-trace-id"
+                    | "x-datadog-parent-id"
+                    | "sw8"
+                    | "grpc-trace-bin"
+            ),
+            _ => false,
+        }
+    }
+
     pub fn skip_value_index(&self) -> bool {
         use http::header;
 

@@ -149,8 +149,8 @@ impl Table {
             return Index::Indexed(n, header);
         }
 
-        // Don't index large headers
-        if header.len() * 4 > self.max_size * 3 {
+        // Don't index large headers, nor (weft patch) request and trace ids.
+        if header.len() * 4 > self.max_size * 3 || header.unique_per_message() {
             return Index::new(statik, header);
         }
 
