@@ -479,40 +479,34 @@ static HANDED_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBoo
 /// `READY=1` to systemd once the listeners serve and the configuration is loaded (for an xDS
 /// configuration, its first complete one).
 fn report_ready(server: &Arc<Server>) {
-    if std::env::var_os("NOTIFY_SOCKET").is_none() {
-        return;
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        once_configured(server, "weft-sd-ready", || sd_notify::report("READY=1"));
     }
-    let server = Arc::downgrade(server);
-    let _ = std::thread::Builder::new()
-        .name("weft-sd-ready".into())
-        .spawn(move || loop {
-            let Some(s) = server.upgrade() else { return };
-            if !s.shared.xds_initializing.load(std::sync::atomic::Ordering::SeqCst) {
-                sd_notify::report("READY=1");
-                return;
-            }
-            drop(s);
-            std::thread::sleep(Duration::from_millis(50));
-        });
 }
 
-/// Once the proxy is ready (for an xDS configuration, its first complete one), the code and
-/// constants only starting it needed leave its resident memory ([`startup_pages`]).
-/// `WEFT_KEEP_STARTUP_PAGES` set keeps them.
+/// Once the proxy is ready, the code and constants only starting it needed leave its resident
+/// memory ([`startup_pages`]). `WEFT_KEEP_STARTUP_PAGES` set keeps them.
 fn release_startup_pages(server: &Arc<Server>) {
-    if std::env::var_os("WEFT_KEEP_STARTUP_PAGES").is_some() {
-        return;
+    if std::env::var_os("WEFT_KEEP_STARTUP_PAGES").is_none() {
+        once_configured(server, "weft-startup-pages", || {
+            let kib = startup_pages::release();
+            tracing::debug!(kib, "released the startup pages of read-only segments");
+        });
     }
+}
+
+/// Runs `f` on a thread of its own once the proxy serves its configuration (for an xDS
+/// configuration, its first complete one); not at all if the server goes away first.
+fn once_configured(server: &Arc<Server>, name: &str, f: impl FnOnce() + Send + 'static) {
     let server = Arc::downgrade(server);
     let _ = std::thread::Builder::new()
-        .name("weft-startup-pages".into())
-        .stack_size(64 * 1024)
+        .name(name.into())
+        .stack_size(256 * 1024)
         .spawn(move || loop {
             let Some(s) = server.upgrade() else { return };
             if !s.shared.xds_initializing.load(std::sync::atomic::Ordering::SeqCst) {
                 drop(s);
-                let kib = startup_pages::release();
-                tracing::debug!(kib, "released the startup pages of read-only file mappings");
+                f();
                 return;
             }
             drop(s);
