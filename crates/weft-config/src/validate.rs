@@ -949,6 +949,13 @@ fn headers(
             let name = cx.header_name(&format!("{p}.name"), name);
             if name.starts_with(':') || name == "host" && field.starts_with("response") {
                 cx.err(&format!("{p}.name"), format!("\"{name}\" cannot be set this way"));
+            } else if name == "content-length" || name == "transfer-encoding" {
+                // A message's framing is the proxy's own: a length that is not the body's would
+                // make the next hop read the body as another message (request smuggling).
+                cx.err(
+                    &format!("{p}.name"),
+                    format!("\"{name}\" cannot be set this way: the proxy frames each message itself"),
+                );
             }
             let value = h.value.clone().unwrap_or_default();
             if http::HeaderValue::from_str(&value).is_err() {

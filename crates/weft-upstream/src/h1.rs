@@ -503,9 +503,10 @@ pub enum BodyKind<'a> {
 
 /// Writes a request head (and a buffered body) into `out`: origin-form target, HTTP/1.1, the
 /// headers as they are except `Transfer-Encoding` (framing is this hop's own), plus the framing
-/// header the body needs: a `Content-Length` for a buffered body (when the method implies a body
-/// or there is one) and `Transfer-Encoding: chunked` for a streamed body of unknown length.
-/// Returns whether a streamed body is to be sent chunked.
+/// header the body needs: for a buffered body, its own `Content-Length` in place of any in the
+/// headers (when the method implies a body, there is one, or the headers had one), so the head
+/// can never announce another length than the bytes that follow; `Transfer-Encoding: chunked`
+/// for a streamed body of unknown length. Returns whether a streamed body is to be sent chunked.
 pub fn encode_request(out: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &HeaderMap, body: BodyKind<'_>) -> bool {
     out.clear();
     out.extend_from_slice(method.as_str().as_bytes());
@@ -515,8 +516,9 @@ pub fn encode_request(out: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &H
         _ => out.push(b'/'),
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let buffered = matches!(body, BodyKind::Buffered(_));
     for (name, value) in headers {
-        if name != header::TRANSFER_ENCODING {
+        if name != header::TRANSFER_ENCODING && !(buffered && name == header::CONTENT_LENGTH) {
             put_field(out, name, value);
         }
     }
@@ -525,7 +527,7 @@ pub fn encode_request(out: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &H
         BodyKind::Buffered(b) => {
             let len = b.map_or(0, Bytes::len);
             let payload_method = matches!(*method, Method::POST | Method::PUT | Method::PATCH);
-            if !has_length && (len > 0 || payload_method) {
+            if has_length || len > 0 || payload_method {
                 let _ = write!(out, "content-length: {len}\r\n");
             }
             false
@@ -1231,5 +1233,23 @@ mod tests {
             BodyKind::Streamed
         ));
         assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: svc\r\ncontent-length: 7\r\n\r\n");
+        // A buffered body announces its own length, whatever `Content-Length` the headers carry
+        // (a header mutation, say): the head never frames other bytes than those that follow.
+        encode_request(
+            &mut out,
+            &Method::POST,
+            &"/x".parse().unwrap(),
+            &h,
+            BodyKind::Buffered(Some(&hi)),
+        );
+        assert_eq!(out, b"POST /x HTTP/1.1\r\nhost: svc\r\ncontent-length: 2\r\n\r\nhi");
+        encode_request(
+            &mut out,
+            &Method::GET,
+            &"/x".parse().unwrap(),
+            &h,
+            BodyKind::Buffered(None),
+        );
+        assert_eq!(out, b"GET /x HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\r\n");
     }
 }
