@@ -67,6 +67,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The draw is from 26000-32767: the test suite hands ports 20000-25999 to the processes it starts
 /// (`weft-test-support`'s `free_port`), and a demo running beside those tests must not take a
 /// port a test has handed out but its child has not bound yet.
+///
 /// A port is never handed out twice by one demo: two children given the same free port would
 /// race for it, and the loser exits.
 fn free_addr() -> std::io::Result<SocketAddr> {

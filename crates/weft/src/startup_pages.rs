@@ -22,7 +22,7 @@
 //! it and written). The loader never writes into a read-only segment, except for an object with
 //! text relocations: those objects are skipped. A segment is only released when
 //! `/proc/self/smaps`, read just before, shows its mapping with no page of its own (`Anonymous`
-//! and `Swap` 0: no breakpoint or uprobe copied a page) and with 4 KiB pages (not hugetlbfs).
+//! and `Swap` 0: no breakpoint or uprobe copied a page) and with base pages (not hugetlbfs).
 //!
 //! No crate does this (it is a few lines over `dl_iterate_phdr`, `/proc/self/smaps` and one
 //! system call).
@@ -34,8 +34,11 @@ pub fn release() -> u64 {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let mut ctx = Walk {
-        clean: clean_mappings(&smaps),
+        clean: clean_mappings(&smaps, page as u64 / 1024),
+        page,
         released_kib: 0,
     };
     // SAFETY: the callback only reads the program headers glibc hands it and calls madvise on
@@ -53,6 +56,8 @@ pub fn release() -> u64 {
 struct Walk {
     /// Read-only private file mappings with no page of their own: (start, end, resident KiB).
     clean: Vec<(usize, usize, u64)>,
+    /// The base page size (segments are released in whole pages of it).
+    page: usize,
     released_kib: u64,
 }
 
@@ -79,7 +84,7 @@ unsafe extern "C" fn release_segments(
             return 0;
         }
     }
-    let page = 4096usize;
+    let page = walk.page;
     for h in headers {
         if h.p_type != libc::PT_LOAD || h.p_flags & libc::PF_W != 0 || h.p_memsz == 0 {
             continue;
@@ -93,7 +98,7 @@ unsafe extern "C" fn release_segments(
         };
         // SAFETY: a read-only segment of a loaded object without text relocations (the loader
         // never writes into it), inside a private file mapping that held no anonymous (copied)
-        // or swapped page and uses 4 KiB pages: MADV_DONTNEED drops only page-table entries of
+        // or swapped page and uses base pages: MADV_DONTNEED drops only page-table entries of
         // pages the page cache still holds, and later accesses fault the same bytes back in. The
         // loader's lock (held during this callback) keeps the objects' mappings as they are.
         if unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) } == 0 {
@@ -135,14 +140,14 @@ unsafe fn has_text_relocations(dynamic: usize) -> bool {
     true
 }
 
-/// The mappings of `/proc/self/smaps` that are private, read-only, file-backed, with 4 KiB pages
-/// and no anonymous or swapped page: (start, end, resident KiB).
+/// The mappings of `/proc/self/smaps` that are private, read-only, file-backed, with base pages
+/// of `page_kib` (not huge pages) and no anonymous or swapped page: (start, end, resident KiB).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn clean_mappings(smaps: &str) -> Vec<(usize, usize, u64)> {
+fn clean_mappings(smaps: &str, page_kib: u64) -> Vec<(usize, usize, u64)> {
     let mut out = Vec::new();
     let mut current: Option<Mapping> = None;
     let mut flush = |m: Option<Mapping>| {
-        if let Some(m) = m.filter(Mapping::clean) {
+        if let Some(m) = m.filter(|m| m.clean(page_kib)) {
             out.push((m.start, m.end, m.rss_kib));
         }
     };
@@ -215,11 +220,11 @@ impl Mapping {
         })
     }
 
-    fn clean(&self) -> bool {
+    fn clean(&self, page_kib: u64) -> bool {
         self.candidate
             && self.anonymous == Some(0)
             && self.swap == Some(0)
-            && self.page_kib == Some(4)
+            && self.page_kib == Some(page_kib)
             && self.hugetlb == 0
     }
 }
@@ -283,7 +288,7 @@ Swap:                  0 kB
 ";
         // The code mapping with a copied page (a breakpoint, a text relocation) and the RELRO
         // data are kept, as are hugetlbfs and device mappings.
-        assert_eq!(clean_mappings(smaps), vec![(0x55d000000000, 0x55d000100000, 300)]);
+        assert_eq!(clean_mappings(smaps, 4), vec![(0x55d000000000, 0x55d000100000, 300)]);
     }
 
     #[test]
