@@ -1,4 +1,9 @@
-//! Request-smuggling detection for HTTP/1 downstream connections.
+//! Request-smuggling detection for HTTP/1 downstream connections served by hyper.
+//!
+//! weft's own HTTP/1 server (`crate::h1_server`) frames requests itself and hands both framing
+//! headers on, so the pipeline's checks refuse an ambiguous request; the tracker runs only on the
+//! connections hyper's server takes over (after a request that switches protocols), fed from the
+//! first byte hyper reads.
 //!
 //! hyper follows RFC 9112 §6.3 for a request carrying both `Transfer-Encoding` and `Content-Length`:
 //! chunked wins, the `Content-Length` is dropped and the connection closes after the response. That is
@@ -413,6 +418,20 @@ impl<T> Sniffed<T> {
 
     pub fn tracker(&self) -> Arc<Mutex<FramingTracker>> {
         self.tracker.clone()
+    }
+
+    /// Stops feeding the framing tracker: weft's own HTTP/1 server frames the requests itself.
+    pub fn untracked(mut self) -> Self {
+        self.done = true;
+        self
+    }
+
+    /// Resumes the framing tracker (when hyper's server takes the connection over), first
+    /// feeding it `read`: the bytes already read from the connection and handed back to hyper.
+    pub fn track_from(&mut self, read: &[u8]) {
+        let mut t = self.tracker.lock();
+        t.feed(read);
+        self.done = t.is_stopped();
     }
 
     pub fn activity(&self) -> Arc<Activity> {

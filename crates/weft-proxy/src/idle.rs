@@ -1,5 +1,9 @@
 //! Idle HTTP/1 connections without hyper's per-connection state.
 //!
+//! HTTP/1 is served by weft's own server (`crate::h1_server`), which releases its buffers
+//! between requests by itself; what follows applies to the connections hyper's server takes over
+//! from it (a request that switches protocols) and to HTTP/2.
+//!
 //! hyper's HTTP/1 connection allocates an 8 KiB read buffer and an 8 KiB header write buffer up
 //! front and keeps both (and its dispatcher state) for the connection's whole life; it has no
 //! option to release them between requests. With thousands of idle keep-alive clients that is
@@ -56,14 +60,110 @@ impl ConnIo for TcpStream {
     }
 }
 
+impl<T: ConnIo> ConnIo for Sniffed<T> {
+    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_peek(cx, buf)
+    }
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.get_ref().local_addr()
+    }
+}
+
+/// A downstream connection's byte stream with bytes put back in front: what weft's own HTTP/1
+/// server had read when it handed the connection to hyper's (an HTTP/2 preface, a request that
+/// switches protocols). Empty otherwise: then reads go straight through.
+pub struct Rewind<T> {
+    pre: Bytes,
+    inner: T,
+}
+
+impl<T> Rewind<T> {
+    pub fn new(inner: T) -> Rewind<T> {
+        Rewind {
+            pre: Bytes::new(),
+            inner,
+        }
+    }
+
+    /// Puts `bytes` back: the next reads return them first.
+    pub fn rewind(&mut self, bytes: Bytes) {
+        debug_assert!(self.pre.is_empty());
+        self.pre = bytes;
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.inner
+    }
+}
+
+impl<T: ConnIo> AsyncRead for Rewind<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            bytes::Buf::advance(&mut self.pre, n);
+            if self.pre.is_empty() {
+                // Not an empty view into the buffer it came from: that would keep it allocated.
+                self.pre = Bytes::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: ConnIo> AsyncWrite for Rewind<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: ConnIo> ConnIo for Rewind<T> {
+    fn poll_peek(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<usize>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            buf.put_slice(&self.pre[..n]);
+            return Poll::Ready(Ok(n));
+        }
+        self.inner.poll_peek(cx, buf)
+    }
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// The stream hyper's server gets: the sniffed socket, with what weft's own server read put back.
+pub type HyperIo<IO> = Rewind<Sniffed<IO>>;
+
 /// How long an HTTP/1 connection must have been at rest before it is parked.
 pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 static PARKED: AtomicUsize = AtomicUsize::new(0);
 
-/// Connections parked now, in this process.
+/// Connections parked now, in this process: hyper's, and those weft's own HTTP/1 server holds
+/// idle without buffers.
 pub fn parked_connections() -> usize {
-    PARKED.load(Ordering::Relaxed)
+    PARKED.load(Ordering::Relaxed) + crate::h1_server::idle_connections()
 }
 
 /// State shared by a [`Parking`] connection, its I/O object (inside hyper) and its requests.
@@ -82,7 +182,7 @@ pub struct ParkShared<IO> {
     /// Set while a parked hyper connection is dropped: its I/O object returns the socket to
     /// `slot` instead of closing it.
     keep: AtomicBool,
-    slot: Mutex<Option<Sniffed<IO>>>,
+    slot: Mutex<Option<HyperIo<IO>>>,
 }
 
 impl<IO> ParkShared<IO> {
@@ -96,12 +196,12 @@ impl<IO> ParkShared<IO> {
 
 /// The I/O object hyper gets: the sniffed socket, handed back on drop while parking.
 pub struct ParkIo<IO> {
-    inner: Option<Sniffed<IO>>,
+    inner: Option<HyperIo<IO>>,
     shared: Arc<ParkShared<IO>>,
 }
 
 impl<IO: ConnIo> ParkIo<IO> {
-    fn io(&mut self) -> Pin<&mut Sniffed<IO>> {
+    fn io(&mut self) -> Pin<&mut HyperIo<IO>> {
         Pin::new(self.inner.as_mut().expect("the socket is only taken on drop"))
     }
 }
@@ -183,7 +283,12 @@ pub struct Parking<'a, S, E, IO = TcpStream> {
     svc: S,
     shared: Arc<ParkShared<IO>>,
     conn: Option<Pin<Box<dyn ConnFuture + 'a>>>,
-    parked: Option<Sniffed<IO>>,
+    parked: Option<HyperIo<IO>>,
+    /// The client's reads before this connection was handed over (`None`: it has spoken HTTP/1
+    /// with weft's own server): a client that spoke may not switch to HTTP/2.
+    fresh_reads: Option<u64>,
+    /// Set by the connection's owner for a graceful shutdown (checked at every poll).
+    shutdown: &'a AtomicBool,
     /// Since when the active connection has been at rest.
     rest_since: Option<Instant>,
     /// While active: when to park. (The connection's timeouts, parked or not, are the
@@ -203,18 +308,22 @@ where
 {
     /// A new connection starts parked: no hyper state until the client's first bytes arrive
     /// (and show a protocol the listener's `codec` accepts). `in_flight` counts the requests whose
-    /// response body is still alive (the service holds a `body::InFlight` for each).
+    /// response body is still alive (the service holds a `body::InFlight` for each). `fresh`:
+    /// no request was served on the connection before (by weft's own HTTP/1 server).
     pub fn new(
         builder: &'a Builder<E>,
         codec: weft_config::Codec,
-        io: Sniffed<IO>,
+        io: HyperIo<IO>,
         svc: S,
         in_flight: Arc<AtomicU32>,
+        fresh: bool,
+        shutdown: &'a AtomicBool,
     ) -> Self {
+        let fresh_reads = fresh.then(|| io.get_ref().activity().reads());
         let shared = Arc::new(ParkShared {
-            tracker: io.tracker(),
+            tracker: io.get_ref().tracker(),
             in_flight,
-            activity: io.activity(),
+            activity: io.get_ref().activity(),
             read_pending: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             keep: AtomicBool::new(false),
@@ -228,13 +337,15 @@ where
             shared,
             conn: None,
             parked: Some(io),
+            fresh_reads,
+            shutdown,
             rest_since: None,
             timer: None,
             closing: false,
         }
     }
 
-    fn resume(&mut self, io: Sniffed<IO>) {
+    fn resume(&mut self, io: HyperIo<IO>) {
         self.rest_since = None;
         self.shared.read_pending.store(false, Ordering::Release);
         self.shared.dirty.store(false, Ordering::Release);
@@ -249,7 +360,7 @@ where
     }
 
     /// Starts a graceful shutdown: hyper's for an active connection; a parked one just closes.
-    pub fn graceful_shutdown(mut self: Pin<&mut Self>) {
+    fn graceful_shutdown(&mut self) {
         self.closing = true;
         if let Some(c) = self.conn.as_mut() {
             c.as_mut().graceful_shutdown();
@@ -266,7 +377,7 @@ impl<S, E, IO> Parking<'_, S, E, IO> {
         let maybe_h2 = first[..n] == PREFACE[..n];
         let h2 = maybe_h2 && n >= 4;
         let h1 = !maybe_h2;
-        let spoke = self.shared.activity.reads() > 0;
+        let spoke = self.fresh_reads.is_none_or(|r| self.shared.activity.reads() > r);
         match self.codec {
             _ if spoke => !h2,
             weft_config::Codec::Auto => true,
@@ -301,6 +412,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if !this.closing && this.shutdown.load(Ordering::Relaxed) {
+            this.graceful_shutdown();
+        }
         loop {
             if let Some(conn) = this.conn.as_mut() {
                 if let Poll::Ready(r) = conn.as_mut().poll(cx) {
@@ -355,7 +469,7 @@ where
             // Wait for the client without reading: a peek leaves the bytes for hyper.
             let mut peek = [0u8; 4];
             let mut buf = ReadBuf::new(&mut peek);
-            match io.get_mut().poll_peek(cx, &mut buf) {
+            match io.poll_peek(cx, &mut buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.close_parked();

@@ -20,7 +20,228 @@ pub enum UpBody {
     Full(Option<Bytes>),
     /// The downstream body, streamed through; its fate is recorded in the [`Upload`] so a failed
     /// try can be blamed on the right party.
-    Stream(Incoming, Arc<Upload>),
+    Stream(RequestBody, Arc<Upload>),
+}
+
+/// A request body as the downstream side hands it over: read by hyper's server (HTTP/2, and the
+/// HTTP/1 connections hyper serves), or fed by weft's own HTTP/1 server through a [`feed`].
+pub enum RequestBody {
+    Hyper(Incoming),
+    Fed(FedBody),
+}
+
+impl RequestBody {
+    pub fn empty() -> RequestBody {
+        RequestBody::Fed(FedBody {
+            feed: None,
+            hint: SizeHint::with_exact(0),
+            done: true,
+        })
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            RequestBody::Fed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Fed(b) => b.done,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Hyper(b) => b.size_hint(),
+            RequestBody::Fed(b) => b.hint,
+        }
+    }
+}
+
+/// Why a body fed by the downstream server ended early: the [`UploadState`] it leaves.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyFault(pub UploadState);
+
+impl std::fmt::Display for BodyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            UploadState::Malformed => "the client sent a malformed request body",
+            _ => "the client went away before the request body ended",
+        })
+    }
+}
+
+impl std::error::Error for BodyFault {}
+
+/// A request body handed from the task that reads the client's connection to whoever consumes it,
+/// one piece at a time: the reader reads the socket only when the consumer asks for more (so a
+/// slow upstream slows the client down, and `Expect: 100-continue` is answered only when the body
+/// is wanted). Both ends usually live in the same task, so a hand-off costs an uncontended lock.
+pub fn feed(hint: SizeHint) -> (Feeder, FedBody) {
+    let shared = Arc::new(parking_lot::Mutex::new(FeedState::default()));
+    (
+        Feeder { shared: shared.clone() },
+        FedBody {
+            feed: Some(shared),
+            hint,
+            done: false,
+        },
+    )
+}
+
+#[derive(Default)]
+struct FeedState {
+    data: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
+    /// How the body ended: `Ok`: complete; `Err`: how it failed.
+    end: Option<Result<(), UploadState>>,
+    /// The consumer is waiting for the next piece.
+    wanted: bool,
+    consumer: Option<std::task::Waker>,
+    producer: Option<std::task::Waker>,
+    /// The consumer dropped the body.
+    gone: bool,
+}
+
+/// The consuming end of a [`feed`].
+pub struct FedBody {
+    feed: Option<Arc<parking_lot::Mutex<FeedState>>>,
+    hint: SizeHint,
+    done: bool,
+}
+
+impl Body for FedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(feed) = this.feed.as_ref().filter(|_| !this.done) else {
+            return Poll::Ready(None);
+        };
+        let mut s = feed.lock();
+        if let Some(d) = s.data.take() {
+            if let Some(n) = this.hint.exact() {
+                let n = n.saturating_sub(d.len() as u64);
+                this.hint = SizeHint::with_exact(n);
+            }
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        if let Some(t) = s.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+        }
+        match s.end {
+            Some(Ok(())) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Some(Err(state)) => {
+                this.done = true;
+                Poll::Ready(Some(Err(Box::new(BodyFault(state)))))
+            }
+            None => {
+                s.wanted = true;
+                match &s.consumer {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => s.consumer = Some(cx.waker().clone()),
+                }
+                if let Some(p) = s.producer.take() {
+                    p.wake();
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.hint.exact() == Some(0) && self.feed.as_ref().is_some_and(|f| f.lock().end == Some(Ok(())))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.hint
+    }
+}
+
+impl Drop for FedBody {
+    fn drop(&mut self) {
+        if let Some(f) = &self.feed {
+            let mut s = f.lock();
+            s.gone = true;
+            if let Some(p) = s.producer.take() {
+                p.wake();
+            }
+        }
+    }
+}
+
+/// The producing end of a [`feed`].
+pub struct Feeder {
+    shared: Arc<parking_lot::Mutex<FeedState>>,
+}
+
+impl Feeder {
+    /// `Ready(true)`: the consumer waits for a piece (and none is pending); `Ready(false)`: it
+    /// dropped the body. `Pending`: wakes the task when either happens.
+    pub fn poll_want(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut s = self.shared.lock();
+        if s.gone {
+            return Poll::Ready(false);
+        }
+        if s.wanted && s.data.is_none() && s.trailers.is_none() && s.end.is_none() {
+            return Poll::Ready(true);
+        }
+        match &s.producer {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => s.producer = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Whether the consumer dropped the body.
+    pub fn is_gone(&self) -> bool {
+        self.shared.lock().gone
+    }
+
+    fn hand(&self, f: impl FnOnce(&mut FeedState)) {
+        let mut s = self.shared.lock();
+        f(&mut s);
+        s.wanted = false;
+        if let Some(c) = s.consumer.take() {
+            c.wake();
+        }
+    }
+
+    pub fn data(&self, d: Bytes) {
+        self.hand(|s| s.data = Some(d));
+    }
+
+    /// The last piece of the body: the body ends after it.
+    pub fn data_end(&self, d: Bytes) {
+        self.hand(|s| {
+            s.data = Some(d);
+            s.end = Some(Ok(()));
+        });
+    }
+
+    /// The body ended (after its trailers, if it had any).
+    pub fn end(&self, trailers: Option<http::HeaderMap>) {
+        self.hand(|s| {
+            s.trailers = trailers;
+            s.end = Some(Ok(()));
+        });
+    }
+
+    pub fn fail(&self, state: UploadState) {
+        self.hand(|s| s.end = Some(Err(state)));
+    }
 }
 
 /// What happened to a request body streamed from the client. A try that fails because the
@@ -59,10 +280,15 @@ impl Upload {
         self.state.store(s as u8, Ordering::Release);
     }
 
-    fn record_error(&self, e: &hyper::Error) {
-        // The body decoder reports bad framing as InvalidData/InvalidInput; anything else (an
+    fn record_error(&self, e: &BoxError) {
+        if let Some(f) = e.downcast_ref::<BodyFault>() {
+            return self.set(f.0);
+        }
+        // hyper's body decoder reports bad framing as InvalidData/InvalidInput; anything else (an
         // early EOF, a closed connection, an HTTP/2 reset) is the client going away.
-        let malformed = std::error::Error::source(e)
+        let malformed = e
+            .downcast_ref::<hyper::Error>()
+            .and_then(std::error::Error::source)
             .and_then(|s| s.downcast_ref::<std::io::Error>())
             .is_some_and(|io| {
                 matches!(
@@ -80,9 +306,9 @@ impl Upload {
 
 impl Body for UpBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpBody::Empty => Poll::Ready(None),
             UpBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),

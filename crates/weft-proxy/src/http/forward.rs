@@ -21,7 +21,6 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -29,6 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use weft_config::{Discovery, ForwardAction, RetryPolicy, UpstreamProtocol};
 use weft_core::{Error, Retry};
+use weft_upstream::body::RequestBody;
 
 /// Request bodies up to this size are buffered when the retry policy can retry after a body was sent
 /// (anything but connect failures), so a retry can resend them.
@@ -46,7 +46,12 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(ctx: &ConnCtx, req: &Request<Incoming>, route: &RouteEntry, action: &ForwardAction) -> Result<Plan, Error> {
+    fn new(
+        ctx: &ConnCtx,
+        req: &Request<RequestBody>,
+        route: &RouteEntry,
+        action: &ForwardAction,
+    ) -> Result<Plan, Error> {
         // Cluster: one, or a weighted pick.
         let cluster_name = if action.clusters.len() == 1 {
             &action.clusters[0].name
@@ -137,7 +142,7 @@ impl Plan {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     ctx: &ConnCtx,
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     route_table: &RouteTable,
     vh: &VirtualHostEntry,
     route: &RouteEntry,
@@ -428,12 +433,12 @@ enum BodySource {
     /// Empty, or buffered (small, with a known length) so that retries and mirrors can resend it.
     Replayable(Option<Bytes>),
     /// Streamed from the client: sendable once, unless a try hands it back unsent.
-    Stream(Option<Incoming>, Arc<Upload>),
+    Stream(Option<RequestBody>, Arc<Upload>),
 }
 
 impl BodySource {
     /// Buffers the body when retries or mirrors want it replayable and it is small enough.
-    async fn new(body: Incoming, replay_wanted: bool) -> Result<BodySource, Error> {
+    async fn new(body: RequestBody, replay_wanted: bool) -> Result<BodySource, Error> {
         if body.is_end_stream() {
             return Ok(BodySource::Replayable(None));
         }

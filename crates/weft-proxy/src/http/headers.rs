@@ -3,9 +3,9 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use weft_config::HashPolicy;
+use weft_upstream::body::RequestBody;
 use weft_upstream::h1::{hop_by_hop_index, HOP_BY_HOP};
 
 /// Header naming the upstream for `original_dst` clusters in HTTP.
@@ -38,7 +38,7 @@ pub(super) fn grpc_service_method(path: &str) -> Option<(&str, &str)> {
     (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
 }
 
-pub(super) fn request_host(req: &Request<Incoming>) -> &str {
+pub(super) fn request_host(req: &Request<RequestBody>) -> &str {
     req.uri()
         .authority()
         .map(|a| a.as_str())
@@ -47,21 +47,17 @@ pub(super) fn request_host(req: &Request<Incoming>) -> &str {
 }
 
 /// Rejects request shapes that let a front end and a back end disagree about where a request ends.
-pub(super) fn smuggling_check(req: &Request<Incoming>) -> bool {
+pub(super) fn smuggling_check(req: &Request<RequestBody>) -> bool {
     let h = req.headers();
     if req.version() == Version::HTTP_2 {
         // h2 frames its own bodies; these headers are connection-specific and forbidden (RFC 9113 8.2.2).
         return !h.contains_key(header::TRANSFER_ENCODING);
     }
-    let te = h.get_all(header::TRANSFER_ENCODING).iter().count();
-    let cl: Vec<&HeaderValue> = h.get_all(header::CONTENT_LENGTH).iter().collect();
-    if te > 0 && !cl.is_empty() {
-        return false;
-    }
-    if cl.len() > 1 && cl.iter().any(|v| *v != cl[0]) {
-        return false;
-    }
-    true
+    let mut cl = h.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = cl.next() else {
+        return true;
+    };
+    !h.contains_key(header::TRANSFER_ENCODING) && cl.all(|v| v == first)
 }
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1), including any named in `Connection`.
@@ -115,7 +111,7 @@ fn hop_bit(k: &HeaderName) -> u8 {
     hop_by_hop_index(k).map_or(0, |i| 1 << i)
 }
 
-pub(super) fn is_upgrade(req: &Request<Incoming>) -> bool {
+pub(super) fn is_upgrade(req: &Request<RequestBody>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
@@ -143,7 +139,8 @@ pub(super) fn request_id() -> HeaderValue {
         out[j + 1] = HEX[usize::from(b & 0xf)];
         j += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex is a valid header value")
+    // SAFETY (of the contract: valid header-value bytes): lower-case hex digits and dashes only.
+    unsafe { HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::copy_from_slice(&out)) }
 }
 
 /// `peer_ip` is the client address as text (already formatted once per connection). With
@@ -153,7 +150,7 @@ pub(super) fn request_id() -> HeaderValue {
 /// on `set_cookies` for the response.
 pub(super) fn compute_hash(
     policies: &[HashPolicy],
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     peer_ip: &[u8],
     conn: Option<(SocketAddr, Option<SocketAddr>)>,
     set_cookies: &mut Vec<HeaderValue>,

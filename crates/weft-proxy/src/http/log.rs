@@ -7,11 +7,11 @@ use crate::body::StreamEnd;
 use crate::cluster::ClusterRt;
 use http::header::{self, HeaderValue};
 use http::{Method, Request};
-use hyper::body::Incoming;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use weft_telemetry::als::GrpcLogger;
+use weft_upstream::body::RequestBody;
 
 /// Facts about the upstream side of one exchange, filled in by the forwarding step and read once,
 /// at the exchange's exit. Cheap when nothing logs: a few words and reference counts.
@@ -146,7 +146,7 @@ impl LogRecord {
     pub(super) fn start(
         logger: Option<&Arc<AccessLogger>>,
         grpc: Option<&Arc<GrpcLogger>>,
-        req: &Request<Incoming>,
+        req: &Request<RequestBody>,
         start: Instant,
         ctx: &super::ConnCtx,
     ) -> Box<LogRecord> {

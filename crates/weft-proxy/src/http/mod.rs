@@ -174,6 +174,9 @@ struct ConnCtx {
     exchanges: crate::watchdog::Exchanges,
     /// Set when the listener drains: HTTP/1 responses then carry `connection: close`.
     draining: std::sync::atomic::AtomicBool,
+    /// Set for a graceful shutdown: an HTTP/1 connection closes at its next request boundary,
+    /// an HTTP/2 one sends GOAWAY.
+    closing: std::sync::atomic::AtomicBool,
     /// On a TLS listener (including its plaintext connections when permissive): the peer's
     /// identity and the x-forwarded-client-cert policy. `None` on plaintext listeners.
     tls: Option<Arc<crate::tls::ConnTls>>,
@@ -220,10 +223,17 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
         false => original_dst,
     };
     let (stream, framing, activity) = Sniffed::new(stream);
+    // weft's own HTTP/1 server frames requests itself; the tracker resumes if hyper's server
+    // takes the connection over.
+    let stream = match codec {
+        Codec::Http2 => stream,
+        _ => stream.untracked(),
+    };
     let ctx = Arc::new(ConnCtx {
         framing,
         exchanges: crate::watchdog::Exchanges::default(),
         draining: std::sync::atomic::AtomicBool::new(false),
+        closing: std::sync::atomic::AtomicBool::new(false),
         peer_ip: HeaderValue::from_str(&peer.ip().to_string()).expect("an IP is a valid header value"),
         rt: rt.clone(),
         clusters,
@@ -245,18 +255,21 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     }
 }
 
-async fn serve_conn<IO: crate::idle::ConnIo>(
+/// Serves a connection with hyper's server (HTTP/2, and HTTP/1 from a protocol switch on).
+/// `fresh`: no request was served on it before.
+async fn serve_hyper<IO: crate::idle::ConnIo>(
     ctx: &Arc<ConnCtx>,
-    stream: Sniffed<IO>,
-    activity: Arc<crate::h1_framing::Activity>,
-    peer: SocketAddr,
-    rt: Arc<HttpRt>,
-    lrt: Arc<ListenerRt>,
+    io: crate::idle::HyperIo<IO>,
+    rt: &HttpRt,
+    lrt: &ListenerRt,
+    limits: crate::watchdog::Limits,
     codec: Codec,
+    fresh: bool,
 ) {
     let svc_ctx = ctx.clone();
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = svc_ctx.clone();
+        let req = req.map(weft_upstream::body::RequestBody::Hyper);
         // Boxed once here: the request state machine is large, and hyper moves it (into a new task
         // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future.
         Box::pin(async move {
@@ -267,17 +280,10 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
             Ok::<_, Infallible>(resp.map(|b| b.hold(in_flight)))
         })
     });
-    let mut drain = lrt.drain_signal();
-    let cfg = &rt.config;
-    let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
+    let max_header = (rt.config.max_request_headers_kb as usize * 1024).max(8192);
     // Bytes hyper may buffer per connection (HTTP/1 read and write buffers) and per HTTP/2 stream
     // (send buffer); the read buffer must also hold the largest allowed request head.
     let buffer_limit = lrt.config.per_connection_buffer_limit_bytes as usize;
-    let limits = crate::watchdog::Limits {
-        idle: cfg.idle_timeout,
-        request_headers: cfg.request_headers_timeout,
-        stream_idle: cfg.stream_idle_timeout,
-    };
     let exec = crate::watchdog::StreamExec {
         idle: limits.stream_idle,
         timeouts: rt.stats.rq_idle_timeout.clone(),
@@ -302,8 +308,61 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
         Codec::Http1 => builder.http1_only(),
         Codec::Http2 => builder.http2_only(),
     };
-    // Parked (hyper's buffers dropped) whenever an HTTP/1 connection is idle: see `idle`.
-    let conn = crate::idle::Parking::new(&builder, codec, stream, svc, ctx.exchanges.in_flight.clone());
+    let in_flight = ctx.exchanges.in_flight.clone();
+    let _ = crate::idle::Parking::new(&builder, codec, io, svc, in_flight, fresh, &ctx.closing).await;
+}
+
+/// One exchange on weft's own HTTP/1 server: counted for the watchdog, then the pipeline.
+async fn exchange(
+    ctx: &ConnCtx,
+    req: http::Request<weft_upstream::body::RequestBody>,
+) -> http::Response<crate::body::DownBody> {
+    ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
+    // Counted until the server drops the response body (or this future is dropped).
+    let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
+    pipeline::handle(ctx, req).await.map(|b| b.hold(in_flight))
+}
+
+async fn serve_conn<IO: crate::idle::ConnIo>(
+    ctx: &Arc<ConnCtx>,
+    stream: Sniffed<IO>,
+    activity: Arc<crate::h1_framing::Activity>,
+    peer: SocketAddr,
+    rt: Arc<HttpRt>,
+    lrt: Arc<ListenerRt>,
+    codec: Codec,
+) {
+    let mut drain = lrt.drain_signal();
+    let cfg = &rt.config;
+    let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
+    let limits = crate::watchdog::Limits {
+        idle: cfg.idle_timeout,
+        request_headers: cfg.request_headers_timeout,
+        stream_idle: cfg.stream_idle_timeout,
+    };
+    // HTTP/1 is served by weft's own server (`h1_server`), which hands the connection to hyper's
+    // for protocol switches and an HTTP/2 preface; hyper's connections are parked (their buffers
+    // dropped) whenever idle: see `idle`.
+    let conn = async {
+        let mut io = crate::idle::Rewind::new(stream);
+        let mut fresh = true;
+        if codec != Codec::Http2 {
+            let opts = crate::h1_server::Options {
+                max_head: max_header,
+                h2_handoff: codec == Codec::Auto,
+                closing: &ctx.closing,
+            };
+            match crate::h1_server::serve(io, opts, |req| exchange(ctx, req)).await {
+                crate::h1_server::Ending::Closed => return,
+                crate::h1_server::Ending::Handoff { io: handed, fresh: f } => {
+                    io = handed;
+                    fresh = f;
+                }
+            }
+        }
+        // Boxed: only connections hyper serves carry its state.
+        Box::pin(serve_hyper(ctx, io, &rt, &lrt, limits, codec, fresh)).await;
+    };
     tokio::pin!(conn);
     let verdict = tokio::select! {
         _ = conn.as_mut() => return,
@@ -340,7 +399,7 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
             return;
         }
     }
-    conn.as_mut().graceful_shutdown();
+    ctx.closing.store(true, Ordering::Relaxed);
     // Give in-flight requests a bounded time to finish.
     let _ = tokio::time::timeout(DRAIN_GRACE, conn).await;
 }

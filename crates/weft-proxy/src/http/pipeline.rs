@@ -14,10 +14,10 @@ use crate::flags::Reason;
 use crate::router::{RouteEntry, RouteTable, VirtualHostEntry};
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 use std::time::Instant;
 use weft_config::{DirectResponse, RouteAction};
 use weft_core::Error;
+use weft_upstream::body::RequestBody;
 
 /// A response ready to go back to the client.
 pub(super) struct Reply {
@@ -45,7 +45,7 @@ impl Reply {
 /// The route an exchange matched, for response header mutations and per-route stats.
 type Matched<'r> = Option<(&'r VirtualHostEntry, &'r RouteEntry)>;
 
-pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<Incoming>) -> Response<DownBody> {
+pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<RequestBody>) -> Response<DownBody> {
     let rt = &*ctx.rt;
     // One route table for the whole exchange, even if an update swaps it meanwhile.
     let routes = rt.routes.load_full();
@@ -168,7 +168,7 @@ const DISCOVERY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// On-demand discovery after a route miss: asks the configuration source for the host's service
 /// and waits, up to [`DISCOVERY_WAIT`], for a route table that routes the request. None when there
 /// is no such source, the service does not exist, or the wait ran out.
-async fn discover(ctx: &ConnCtx, req: &Request<Incoming>) -> Option<std::sync::Arc<RouteTable>> {
+async fn discover(ctx: &ConnCtx, req: &Request<RequestBody>) -> Option<std::sync::Arc<RouteTable>> {
     let host = request_host(req);
     // The service name is the authority without its port (`[v6]:port` has no service name).
     let name = match host.rsplit_once(':') {
@@ -211,7 +211,7 @@ pub(super) fn remote_ip(ctx: &ConnCtx, headers: &http::HeaderMap) -> std::net::I
 fn authorize(
     ctx: &ConnCtx,
     a: &weft_route::authz::Authorizer,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     jwt: Option<&serde_json::Map<String, serde_json::Value>>,
     grpc: bool,
     facts: &mut Facts,

@@ -9,7 +9,7 @@ use crate::flags::{Reason, OVERFLOW_HEADER, REASON_HEADER};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use weft_upstream::body::RequestBody;
 
 /// A response made by the proxy itself. gRPC callers get a trailers-only gRPC error instead, which
 /// their client libraries understand.
@@ -119,7 +119,7 @@ pub(super) fn stop_reply(rt: &HttpRt, stop: crate::filters::Stop, grpc: bool) ->
 }
 
 pub(super) fn redirect(
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     r: &weft_config::Redirect,
     matched_prefix: Option<usize>,
 ) -> Response<DownBody> {

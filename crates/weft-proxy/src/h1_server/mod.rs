@@ -1,0 +1,554 @@
+//! weft's own HTTP/1.1 server for downstream connections: what a sidecar does most, a keep-alive
+//! exchange, driven in the connection's task with no per-request task, channel or timer.
+//!
+//! hyper's server parsed each head into its own structures, ran a dispatcher around the service
+//! and re-encoded the response through generic buffers; with the framing tracker that watched its
+//! reads (for smuggling verdicts hyper does not expose) and the parking wrapper that released its
+//! buffers between requests, that was ~11,000 of ~36,000 instructions per proxied request
+//! (docs/benchmarks.md). Here the connection's task parses the head once (httparse, as hyper),
+//! hands the request to the pipeline, feeds a request body to it as it asks, and writes the
+//! response head and body itself, the head and a small body in one write. Between requests the
+//! read buffer is released: an idle connection holds the socket and a few words.
+//!
+//! What it does not do, hyper's server still does: a request that switches protocols (WebSocket
+//! upgrades, CONNECT) and HTTP/2 (prior knowledge on a listener that accepts both) hand the
+//! connection, with the bytes already read, to hyper (`crate::idle::Parking`) for the rest of its
+//! life. Written by hand because no maintained crate offers an HTTP/1 server codec without a
+//! dispatcher of its own; the codec ([`codec`]) does no I/O and has a fuzz target (`h1_server`).
+
+pub mod codec;
+
+use crate::idle::{ConnIo, HyperIo};
+use bytes::{Buf, Bytes, BytesMut};
+use codec::{BodyOut, HeadError, Parsed, ReqFacts};
+use http::{Request, Response};
+use http_body::Body;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use weft_upstream::body::{feed, DownBody, Feeder, RequestBody, UploadState};
+use weft_upstream::h1::{Decoder, Framing, Step};
+
+/// Bytes read at a time (the buffer grows to the head limit for a larger head).
+const READ_SIZE: usize = 8 * 1024;
+/// Body data up to this size is copied behind the head (one write); larger pieces are written
+/// from their own buffer (a vectored write).
+const COPY_MAX: usize = 16 * 1024;
+/// A response body is not polled further while this much is waiting to be written.
+const HIGH_WATER: usize = 64 * 1024;
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+static IDLE: AtomicUsize = AtomicUsize::new(0);
+
+/// Connections this server holds idle with no buffer, in this process (counted with hyper's
+/// parked connections: `crate::idle::parked_connections`).
+pub fn idle_connections() -> usize {
+    IDLE.load(Ordering::Relaxed)
+}
+
+/// How the connection's life with this server ended.
+pub enum Ending<IO> {
+    Closed,
+    /// Hand the connection to hyper's server: the bytes read and not consumed were put back in
+    /// the stream. `fresh`: no request was served before.
+    Handoff {
+        io: HyperIo<IO>,
+        fresh: bool,
+    },
+}
+
+/// What the server needs from its connection manager.
+pub struct Options<'a> {
+    /// The largest request head accepted (larger: 431).
+    pub max_head: usize,
+    /// An HTTP/2 preface hands the connection to hyper (the listener accepts both protocols);
+    /// otherwise it is a malformed HTTP/1 request.
+    pub h2_handoff: bool,
+    /// Set to end the connection at its next request boundary (a graceful shutdown): checked
+    /// whenever the server waits for a head with nothing buffered.
+    pub closing: &'a AtomicBool,
+}
+
+/// The connection's buffers and I/O state.
+struct Conn<IO> {
+    io: Option<HyperIo<IO>>,
+    buf: BytesMut,
+    out: Out,
+    idle: bool,
+}
+
+impl<IO> Drop for Conn<IO> {
+    fn drop(&mut self) {
+        if self.idle {
+            IDLE.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Serves HTTP/1 requests on `io` with `svc` until the connection closes or must go to hyper.
+pub async fn serve<IO, F, Fut>(io: HyperIo<IO>, opts: Options<'_>, svc: F) -> Ending<IO>
+where
+    IO: ConnIo,
+    F: Fn(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<DownBody>>,
+{
+    let mut c = Conn {
+        io: Some(io),
+        buf: BytesMut::new(),
+        out: Out::default(),
+        idle: false,
+    };
+    let mut served = 0u64;
+    loop {
+        let head = match poll_fn(|cx| c.poll_head(cx, &opts, served == 0)).await {
+            Head::Parsed(Parsed::Request(h)) => h,
+            Head::Parsed(Parsed::Switch) => return c.handoff(served == 0),
+            Head::End => return Ending::Closed,
+            // On a listener that serves only HTTP/1, an HTTP/2 client is closed on.
+            Head::Preface if opts.h2_handoff => return c.handoff(true),
+            Head::Preface => return Ending::Closed,
+            Head::Refused(e) => {
+                tracing::debug!(status = e.status.as_u16(), why = e.why, "refused a request head");
+                codec::error_reply(&mut c.out.buf, e);
+                let _ = poll_fn(|cx| c.poll_close(cx)).await;
+                return Ending::Closed;
+            }
+        };
+        served += 1;
+        // Boxed: the exchange (the pipeline's state above all) is large, and an idle connection
+        // should not carry it.
+        if !Box::pin(exchange(&mut c, head, &svc)).await {
+            let _ = poll_fn(|cx| c.poll_close(cx)).await;
+            return Ending::Closed;
+        }
+    }
+}
+
+/// One exchange: the request to the pipeline, its body fed as the pipeline asks, the response
+/// written. Whether the connection may carry another request.
+async fn exchange<IO, F, Fut>(c: &mut Conn<IO>, head: codec::RequestHead, svc: &F) -> bool
+where
+    IO: ConnIo,
+    F: Fn(Request<RequestBody>) -> Fut,
+    Fut: Future<Output = Response<DownBody>>,
+{
+    let facts = ReqFacts {
+        head: head.method == http::Method::HEAD,
+        version: head.version,
+        keep_alive: head.keep_alive,
+    };
+    let te_trailers = head.te_trailers;
+    let (body, mut upload) = match head.framing {
+        Framing::Length(n) => {
+            let (feeder, body) = feed(http_body::SizeHint::with_exact(n));
+            (
+                RequestBody::Fed(body),
+                Some(Upload::new(feeder, head.framing, head.expect_continue)),
+            )
+        }
+        Framing::Chunked => {
+            let (feeder, body) = feed(http_body::SizeHint::default());
+            (
+                RequestBody::Fed(body),
+                Some(Upload::new(feeder, head.framing, head.expect_continue)),
+            )
+        }
+        _ => (RequestBody::empty(), None),
+    };
+    let mut req = Request::new(body);
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head.uri;
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers;
+    let mut handler = std::pin::pin!(svc(req));
+    // Until the response head: the pipeline runs, the upload is fed as it asks, and a client
+    // that goes away cancels the exchange (as hyper's server without half-close support).
+    let resp = poll_fn(|cx| loop {
+        if let Poll::Ready(r) = handler.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        match upload.as_mut() {
+            Some(up) if !up.done => {
+                if c.pump(cx, up) {
+                    continue;
+                }
+            }
+            _ => {
+                if c.poll_gone(cx) {
+                    return Poll::Ready(None);
+                }
+            }
+        }
+        return Poll::Pending;
+    })
+    .await;
+    let Some(resp) = resp else {
+        return false;
+    };
+    let (parts, mut body) = resp.into_parts();
+    let resp = Response::from_parts(parts, ());
+    let small = body.size_hint().exact().filter(|n| *n <= COPY_MAX as u64).unwrap_or(0);
+    c.out.buf.reserve(512 + small as usize);
+    let (framing, keep_alive) = codec::encode_response(&mut c.out.buf, &resp, body.size_hint().exact(), facts);
+    drop(resp);
+    let mut trailers = None;
+    let written = poll_fn(|cx| loop {
+        let progress = match upload.as_mut() {
+            Some(up) if !up.done => c.pump(cx, up),
+            _ => false,
+        };
+        match c.poll_body(cx, &mut body, framing, te_trailers, &mut trailers) {
+            Poll::Ready(r) => return Poll::Ready(r),
+            Poll::Pending if progress => continue,
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await;
+    drop(body);
+    // A response may end before its request body (an early answer to an upload): the body keeps
+    // going to whoever still reads it, as long as they do.
+    if let (Ok(()), Some(up)) = (written, upload.as_mut().filter(|u| !u.done)) {
+        poll_fn(|cx| loop {
+            if c.pump(cx, up) {
+                if up.done {
+                    return Poll::Ready(());
+                }
+                continue;
+            }
+            if up.feeder.is_gone() {
+                return Poll::Ready(());
+            }
+            return Poll::Pending;
+        })
+        .await;
+    }
+    let upload_done = upload.as_ref().is_none_or(|u| u.done && !u.broken);
+    written.is_ok() && keep_alive && upload_done && framing != BodyOut::Close
+}
+
+impl<IO: ConnIo> Conn<IO> {
+    fn io(&mut self) -> &mut HyperIo<IO> {
+        self.io.as_mut().expect("the stream is only taken by a handoff")
+    }
+
+    /// Writes what waits in the write buffer.
+    fn flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let io = self.io.as_mut().expect("the stream is only taken by a handoff");
+        self.out.poll_flush(io, cx)
+    }
+
+    /// Reads once into the buffer: the number of bytes read (0: the client closed its side).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
+            self.buf.reserve(READ_SIZE);
+        }
+        if self.idle {
+            self.idle = false;
+            IDLE.fetch_sub(1, Ordering::Relaxed);
+        }
+        let io = self.io.as_mut().expect("the stream is only taken by a handoff");
+        let spare = self.buf.spare_capacity_mut();
+        let start = spare.as_ptr();
+        let mut rb = ReadBuf::uninit(spare);
+        ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+        let n = rb.filled().len();
+        // A reader could replace the `ReadBuf` with another buffer; then the bytes did not land in
+        // ours (tokio-util's `poll_read_buf` checks the same).
+        assert_eq!(rb.filled().as_ptr(), start.cast(), "the reader swapped its buffer");
+        // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity: the `ReadBuf`
+        // was built over it, and (checked above) is still that buffer.
+        unsafe { self.buf.set_len(self.buf.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits for a complete request head, or the connection's end: the client closed (or closed
+    /// mid-head), or a graceful shutdown at a request boundary. `first`: nothing was served yet
+    /// (an HTTP/2 preface is recognised then).
+    fn poll_head(&mut self, cx: &mut Context<'_>, opts: &Options<'_>, first: bool) -> Poll<Head> {
+        loop {
+            if !self.buf.is_empty() {
+                let n = self.buf.len().min(PREFACE.len());
+                // "P", "PR", "PRI": not told apart from a POST or PRI request yet.
+                let preface = first && self.buf[..n] == PREFACE[..n];
+                if preface && n >= 4 {
+                    return Poll::Ready(Head::Preface);
+                }
+                if !preface {
+                    match codec::parse_request(&mut self.buf) {
+                        Ok(Some(p)) => return Poll::Ready(Head::Parsed(p)),
+                        Ok(None) => {}
+                        Err(e) => return Poll::Ready(Head::Refused(e)),
+                    }
+                }
+                if self.buf.len() >= opts.max_head {
+                    return Poll::Ready(Head::Refused(HeadError {
+                        status: http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        why: "request head too large",
+                    }));
+                }
+            } else if opts.closing.load(Ordering::Relaxed) {
+                return Poll::Ready(Head::End);
+            }
+            match self.poll_fill(cx) {
+                Poll::Pending => {
+                    if self.buf.is_empty() {
+                        self.rest();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Head::End),
+                Poll::Ready(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Between requests: releases the buffers (the next request allocates them again).
+    fn rest(&mut self) {
+        if !self.idle {
+            self.buf = BytesMut::new();
+            self.out = Out::default();
+            self.idle = true;
+            IDLE.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// While a request without a body waits for its response: whether the client went away.
+    /// Bytes it sends meanwhile (a pipelined request) are kept, up to one read buffer.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.buf.len() >= READ_SIZE {
+            return false;
+        }
+        matches!(self.poll_fill(cx), Poll::Ready(Ok(0)) | Poll::Ready(Err(_)))
+    }
+
+    /// Feeds the upload as far as its consumer wants and the client has sent. `true`: progress
+    /// (a piece handed over, or the upload ended).
+    fn pump(&mut self, cx: &mut Context<'_>, up: &mut Upload) -> bool {
+        loop {
+            match up.feeder.poll_want(cx) {
+                Poll::Pending => return false,
+                // The consumer dropped the body: the rest is never read (the connection closes).
+                Poll::Ready(false) => return false,
+                Poll::Ready(true) => {}
+            }
+            if up.continue_due {
+                up.continue_due = false;
+                self.out.buf.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            }
+            if !self.out.is_empty() {
+                match self.flush(cx) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Err(_)) => return up.fail(UploadState::Aborted),
+                    Poll::Ready(Ok(())) => {}
+                }
+            }
+            match up.decoder.decode(&mut self.buf, false) {
+                Ok(Step::Data(d)) => {
+                    if up.decoder.is_done() {
+                        up.done = true;
+                        up.feeder.data_end(d);
+                    } else {
+                        up.feeder.data(d);
+                    }
+                    return true;
+                }
+                Ok(Step::Trailers(t)) => {
+                    up.done = true;
+                    up.feeder.end(Some(t));
+                    return true;
+                }
+                Ok(Step::End) => {
+                    up.done = true;
+                    up.feeder.end(None);
+                    return true;
+                }
+                Ok(Step::More) => match self.poll_fill(cx) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return up.fail(UploadState::Aborted),
+                    Poll::Ready(Ok(_)) => {}
+                },
+                Err(_) => return up.fail(UploadState::Malformed),
+            }
+        }
+    }
+
+    /// Writes the response body (the head is already in the write buffer). `Err`: the body
+    /// failed or the client went away; the connection must close.
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+        body: &mut DownBody,
+        framing: BodyOut,
+        te_trailers: bool,
+        trailers: &mut Option<http::HeaderMap>,
+    ) -> Poll<Result<(), ()>> {
+        loop {
+            if self.out.big.is_some() || self.out.len() >= HIGH_WATER {
+                ready!(self.flush(cx)).map_err(|_| ())?;
+            }
+            let end = if body.is_end_stream() {
+                true
+            } else {
+                match Pin::new(&mut *body).poll_frame(cx) {
+                    Poll::Pending => {
+                        ready!(self.flush(cx)).map_err(|_| ())?;
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Err(_))) => return Poll::Ready(Err(())),
+                    Poll::Ready(Some(Ok(frame))) => {
+                        match frame.into_data() {
+                            Ok(d) => self.out.push(d, framing),
+                            Err(f) => {
+                                if let Ok(t) = f.into_trailers() {
+                                    *trailers = Some(t);
+                                }
+                            }
+                        }
+                        body.is_end_stream()
+                    }
+                }
+            };
+            if end {
+                if framing == BodyOut::Chunked {
+                    if self.out.big.is_some() {
+                        ready!(self.flush(cx)).map_err(|_| ())?;
+                    }
+                    let t = trailers.take().filter(|_| te_trailers);
+                    codec::put_last_chunk(&mut self.out.buf, t.as_ref());
+                }
+                return self.flush(cx).map_err(|_| ());
+            }
+        }
+    }
+
+    /// Writes what is buffered, then closes the connection (FIN).
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.flush(cx))?;
+        Pin::new(self.io()).poll_shutdown(cx)
+    }
+
+    /// Hands the connection to hyper's server with the unconsumed bytes put back.
+    fn handoff(&mut self, fresh: bool) -> Ending<IO> {
+        let read = self.buf.split().freeze();
+        let mut io = self.io.take().expect("the stream is only taken by a handoff");
+        io.get_mut().track_from(&read);
+        io.rewind(read);
+        Ending::Handoff { io, fresh }
+    }
+}
+
+/// A request body being read from the client and fed to the pipeline.
+struct Upload {
+    feeder: Feeder,
+    decoder: Decoder,
+    /// `Expect: 100-continue`: "100 Continue" goes out when the body is first wanted.
+    continue_due: bool,
+    done: bool,
+    /// The body failed (malformed, or the client went away).
+    broken: bool,
+}
+
+impl Upload {
+    fn new(feeder: Feeder, framing: Framing, expect_continue: bool) -> Upload {
+        Upload {
+            feeder,
+            decoder: Decoder::new(framing),
+            continue_due: expect_continue,
+            done: false,
+            broken: false,
+        }
+    }
+
+    fn fail(&mut self, state: UploadState) -> bool {
+        self.feeder.fail(state);
+        self.done = true;
+        self.broken = true;
+        true
+    }
+}
+
+/// What waits to be written: `buf` from `pos`, then a large body piece, then `\r\n` when that
+/// piece is a chunk.
+#[derive(Default)]
+struct Out {
+    buf: Vec<u8>,
+    pos: usize,
+    big: Option<Bytes>,
+    crlf: usize,
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        self.buf.len() - self.pos + self.big.as_ref().map_or(0, Bytes::len) + self.crlf
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a piece of body data, framed. A previous large piece must have been written.
+    fn push(&mut self, d: Bytes, framing: BodyOut) {
+        if d.is_empty() || framing == BodyOut::Empty {
+            return;
+        }
+        let chunked = framing == BodyOut::Chunked;
+        if chunked {
+            codec::put_chunk_size(&mut self.buf, d.len());
+        }
+        if d.len() <= COPY_MAX {
+            self.buf.extend_from_slice(&d);
+            if chunked {
+                self.buf.extend_from_slice(b"\r\n");
+            }
+        } else {
+            self.big = Some(d);
+            self.crlf = if chunked { 2 } else { 0 };
+        }
+    }
+
+    fn poll_flush<T: AsyncWrite + Unpin>(&mut self, io: &mut T, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let crlf: &[u8] = &b"\r\n"[2 - self.crlf..];
+            let bufs = [
+                io::IoSlice::new(&self.buf[self.pos..]),
+                io::IoSlice::new(self.big.as_deref().unwrap_or_default()),
+                io::IoSlice::new(crlf),
+            ];
+            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let head = (self.buf.len() - self.pos).min(n);
+            self.pos += head;
+            n -= head;
+            if let Some(b) = self.big.as_mut() {
+                let k = b.len().min(n);
+                b.advance(k);
+                n -= k;
+                if b.is_empty() {
+                    self.big = None;
+                }
+            }
+            self.crlf -= n.min(self.crlf);
+        }
+        self.buf.clear();
+        self.pos = 0;
+        Pin::new(io).poll_flush(cx)
+    }
+}
+
+/// What waiting for a request head found.
+#[allow(clippy::large_enum_variant)] // one per request, moved once: boxing would allocate
+enum Head {
+    Parsed(Parsed),
+    /// An HTTP/2 connection preface, on a fresh connection.
+    Preface,
+    Refused(HeadError),
+    /// The connection ends.
+    End,
+}
