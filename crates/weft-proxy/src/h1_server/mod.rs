@@ -120,8 +120,10 @@ where
         };
         served += 1;
         // Boxed: the exchange (the pipeline's state above all) is large, and an idle connection
-        // should not carry it.
-        if !Box::pin(exchange(&mut c, head, &svc)).await {
+        // should not carry it. Built in the allocation (not on the stack and then copied into
+        // it, as `Box::pin` would: several KiB per request).
+        let exchange = Box::write(Box::new_uninit(), exchange(&mut c, head, &svc));
+        if !Box::into_pin(exchange).await {
             let _ = poll_fn(|cx| c.poll_close(cx)).await;
             return Ending::Closed;
         }

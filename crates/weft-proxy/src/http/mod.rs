@@ -271,14 +271,16 @@ async fn serve_hyper<IO: crate::idle::ConnIo>(
         let ctx = svc_ctx.clone();
         let req = req.map(weft_upstream::body::RequestBody::Hyper);
         // Boxed once here: the request state machine is large, and hyper moves it (into a new task
-        // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future.
-        Box::pin(async move {
+        // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future. Built in
+        // the allocation, not copied into it (see `h1_server::serve`).
+        let fut = Box::write(Box::new_uninit(), async move {
             ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
             // Counted until hyper drops the response body (or this future is dropped).
             let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
             let resp = pipeline::handle(&ctx, req).await;
             Ok::<_, Infallible>(resp.map(|b| b.hold(in_flight)))
-        })
+        });
+        Box::into_pin(fut)
     });
     let max_header = (rt.config.max_request_headers_kb as usize * 1024).max(8192);
     // Bytes hyper may buffer per connection (HTTP/1 read and write buffers) and per HTTP/2 stream
