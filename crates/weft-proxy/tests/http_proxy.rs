@@ -411,3 +411,60 @@ async fn upstream_keepalive_pool_reuses_connections() {
         "sequential requests share one pooled connection"
     );
 }
+
+/// weft's own HTTP/1.1 server: heads it refuses get their precise status and a close (the upstream
+/// sees none of them); requests pipelined in one write are answered in order on one connection; a
+/// chunked upload with extensions and trailers reaches the upstream whole; an HTTP/1.0 request
+/// without keep-alive is answered in HTTP/1.0 and closed.
+#[tokio::test]
+async fn own_server_refusals_pipelining_and_chunked_uploads() {
+    let up = upstream(|s| async move { text(200, &format!("{} {} {}", s.method, s.uri.path(), s.body.len())) }).await;
+    let proxy = start_proxy(&one_cluster(up.addr, "max_request_headers_kb: 2", DEFAULT_ROUTE));
+    let addr = proxy.listener_addr("web").unwrap();
+    let wait = Duration::from_secs(3);
+    let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(4096));
+    let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+    let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+    let cases: [(&[u8], &str); 5] = [
+        (big.as_bytes(), "HTTP/1.1 431"),
+        (many.as_bytes(), "HTTP/1.1 431"),
+        (b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", "HTTP/1.1 505"),
+        (b"GET /\x7f HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 400"),
+        (
+            b"POST / HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (case, status) in cases {
+        let out = raw(addr, case, wait).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with(status), "{status} expected, got {text:?}");
+        assert!(text.to_ascii_lowercase().contains("connection: close"), "{text:?}");
+    }
+    assert_eq!(up.hits(), 0, "no refused head reached the upstream");
+
+    // Three requests in one write, the last one closing: three answers in order, then the close.
+    let out = raw(
+        addr,
+        b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=a\r\nabc\r\n4\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n\
+GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        wait,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    let bodies: Vec<&str> = ["GET /1 0", "POST /2 7", "GET /3 0"]
+        .into_iter()
+        .filter(|b| text.contains(b))
+        .collect();
+    assert_eq!(bodies.len(), 3, "{text:?}");
+    assert!(text.find("GET /1 0") < text.find("POST /2 7") && text.find("POST /2 7") < text.find("GET /3 0"));
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 3, "{text:?}");
+    assert_eq!(up.hits(), 3);
+
+    // HTTP/1.0 without keep-alive: answered in HTTP/1.0, then closed.
+    let out = raw(addr, b"GET /old HTTP/1.0\r\nHost: x\r\n\r\n", wait).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.0 200"), "{text:?}");
+    assert!(text.ends_with("GET /old 0"), "{text:?}");
+}

@@ -76,15 +76,19 @@ impl Facts {
                 }
             }
         } else if *name == header::TRANSFER_ENCODING {
+            // A field with no coding at all counts as one that does not end in chunked: refused
+            // (never read as "no body", which would frame the body as the next request).
+            let mut last = None;
             for coding in value.split(|b| *b == b',') {
                 let coding = coding.trim_ascii();
                 if coding.is_empty() {
                     continue;
                 }
                 let chunked = coding.eq_ignore_ascii_case(b"chunked");
-                self.chunked_twice |= chunked && self.te == Some(true);
-                self.te = Some(chunked);
+                self.chunked_twice |= chunked && (last == Some(true) || (last.is_none() && self.te == Some(true)));
+                last = Some(chunked);
             }
+            self.te = Some(last.unwrap_or(false));
         } else if *name == header::CONNECTION {
             for t in value.split(|b| *b == b',') {
                 let t = t.trim_ascii();
@@ -467,6 +471,9 @@ mod tests {
             "POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
             "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n",
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: ,\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /\x7f HTTP/1.1\r\n\r\n",
         ] {
@@ -474,6 +481,16 @@ mod tests {
         }
         assert_eq!(head("GET / HTTP/2.0\r\n\r\n").unwrap_err().status, 505);
         assert!(head("GET / HTTP/1.1\r\nHost: a\r\n").unwrap().is_none());
+    }
+
+    /// The input the fuzz target `h1_server` once failed on (fuzz/regressions): a
+    /// `Transfer-Encoding` with no coding was read as "no body".
+    #[test]
+    fn fuzz_regression_empty_transfer_encoding() {
+        let input = include_bytes!("../../../../fuzz/regressions/h1_server/empty-transfer-encoding");
+        let rest = &input[3..];
+        let end = rest.windows(2).position(|w| w == [0xfe, 0xfe]).unwrap();
+        assert_eq!(parse_all(&rest[..end]).unwrap_err().status, 400);
     }
 
     #[test]

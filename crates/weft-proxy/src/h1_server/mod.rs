@@ -37,8 +37,6 @@ const READ_SIZE: usize = 8 * 1024;
 /// Body data up to this size is copied behind the head (one write); larger pieces are written
 /// from their own buffer (a vectored write).
 const COPY_MAX: usize = 16 * 1024;
-/// A response body is not polled further while this much is waiting to be written.
-const HIGH_WATER: usize = 64 * 1024;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -68,6 +66,9 @@ pub struct Options<'a> {
     /// An HTTP/2 preface hands the connection to hyper (the listener accepts both protocols);
     /// otherwise it is a malformed HTTP/1 request.
     pub h2_handoff: bool,
+    /// A response body is not polled further while this many bytes wait to be written (the
+    /// listener's `per_connection_buffer_limit_bytes`).
+    pub write_limit: usize,
     /// Set to end the connection at its next request boundary (a graceful shutdown): checked
     /// whenever the server waits for a head with nothing buffered.
     pub closing: &'a AtomicBool,
@@ -122,7 +123,7 @@ where
         // Boxed: the exchange (the pipeline's state above all) is large, and an idle connection
         // should not carry it. Built in the allocation (not on the stack and then copied into
         // it, as `Box::pin` would: several KiB per request).
-        let exchange = Box::write(Box::new_uninit(), exchange(&mut c, head, &svc));
+        let exchange = Box::write(Box::new_uninit(), exchange(&mut c, head, &svc, opts.write_limit));
         if !Box::into_pin(exchange).await {
             let _ = poll_fn(|cx| c.poll_close(cx)).await;
             return Ending::Closed;
@@ -132,7 +133,7 @@ where
 
 /// One exchange: the request to the pipeline, its body fed as the pipeline asks, the response
 /// written. Whether the connection may carry another request.
-async fn exchange<IO, F, Fut>(c: &mut Conn<IO>, head: codec::RequestHead, svc: &F) -> bool
+async fn exchange<IO, F, Fut>(c: &mut Conn<IO>, head: codec::RequestHead, svc: &F, write_limit: usize) -> bool
 where
     IO: ConnIo,
     F: Fn(Request<RequestBody>) -> Fut,
@@ -203,7 +204,7 @@ where
             Some(up) if !up.done => c.pump(cx, up),
             _ => false,
         };
-        match c.poll_body(cx, &mut body, framing, te_trailers, &mut trailers) {
+        match c.poll_body(cx, &mut body, framing, te_trailers, &mut trailers, write_limit) {
             Poll::Ready(r) => return Poll::Ready(r),
             Poll::Pending if progress => continue,
             Poll::Pending => return Poll::Pending,
@@ -280,7 +281,14 @@ impl<IO: ConnIo> Conn<IO> {
                     return Poll::Ready(Head::Preface);
                 }
                 if !preface {
+                    let before = self.buf.len();
                     match codec::parse_request(&mut self.buf) {
+                        Ok(Some(_)) if before - self.buf.len() > opts.max_head => {
+                            return Poll::Ready(Head::Refused(HeadError {
+                                status: http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                                why: "request head too large",
+                            }))
+                        }
                         Ok(Some(p)) => return Poll::Ready(Head::Parsed(p)),
                         Ok(None) => {}
                         Err(e) => return Poll::Ready(Head::Refused(e)),
@@ -387,9 +395,10 @@ impl<IO: ConnIo> Conn<IO> {
         framing: BodyOut,
         te_trailers: bool,
         trailers: &mut Option<http::HeaderMap>,
+        write_limit: usize,
     ) -> Poll<Result<(), ()>> {
         loop {
-            if self.out.big.is_some() || self.out.len() >= HIGH_WATER {
+            if self.out.big.is_some() || self.out.len() >= write_limit {
                 ready!(self.flush(cx)).map_err(|_| ())?;
             }
             let end = if body.is_end_stream() {

@@ -336,7 +336,9 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
 ) {
     let mut drain = lrt.drain_signal();
     let cfg = &rt.config;
-    let max_header = (cfg.max_request_headers_kb as usize * 1024).max(8192);
+    // weft's own server holds a head to exactly the configured limit (hyper's buffer, below,
+    // cannot be smaller than 8 KiB).
+    let max_header = cfg.max_request_headers_kb as usize * 1024;
     let limits = crate::watchdog::Limits {
         idle: cfg.idle_timeout,
         request_headers: cfg.request_headers_timeout,
@@ -351,6 +353,7 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
         if codec != Codec::Http2 {
             let opts = crate::h1_server::Options {
                 max_head: max_header,
+                write_limit: lrt.config.per_connection_buffer_limit_bytes as usize,
                 h2_handoff: codec == Codec::Auto,
                 closing: &ctx.closing,
             };
