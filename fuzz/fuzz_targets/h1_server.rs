@@ -16,7 +16,7 @@
 //! panics on what follows. For a response head: httparse reads it whole, its status is the one
 //! given, it carries the response's `date` fields or one of its own, at most one framing field (`content-length` equal to the
 //! body length, or `transfer-encoding: chunked` only when the length is unknown on HTTP/1.1), and
-//! never one for 1xx/204 (nor for HEAD unless the response had its own).
+//! never one for 1xx/204 (nor for HEAD unless the response had its own or the body's length is known and not 0).
 #![no_main]
 
 use bytes::BytesMut;
@@ -98,6 +98,9 @@ fn check_response(flags: u8, len: u8, fields: &[u8]) {
             resp.headers_mut().append(n, v);
         }
     }
+    if resp.headers().len() > 250 {
+        return; // more than the reading parser below has slots for
+    }
     let body_len = (len != 0xff).then_some(u64::from(len));
     let req = ReqFacts {
         head: flags & 64 != 0,
@@ -137,7 +140,8 @@ fn check_response(flags: u8, len: u8, fields: &[u8]) {
             assert!(req.head || no_body || status == StatusCode::NOT_MODIFIED);
             assert_eq!(count("transfer-encoding"), 0);
             if count("content-length") == 1 {
-                assert!(resp.headers().contains_key(http::header::CONTENT_LENGTH));
+                // The response's own, or (HEAD) the length of the body a GET would have had.
+                assert!(resp.headers().contains_key(http::header::CONTENT_LENGTH) || (req.head && body_len.is_some_and(|n| n > 0)));
             }
         }
     }

@@ -468,3 +468,41 @@ GET /3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     assert!(text.starts_with("HTTP/1.0 200"), "{text:?}");
     assert!(text.ends_with("GET /old 0"), "{text:?}");
 }
+
+/// A request body the pipeline never reads (a local reply): the part already received is skipped
+/// and the connection stays usable; a body still to come closes it, and the reply says so.
+#[tokio::test]
+async fn an_unread_request_body_keeps_or_closes_the_connection_explicitly() {
+    let up = upstream(|s| async move { text(200, &format!("{} {}", s.uri.path(), s.body.len())) }).await;
+    let routes = "              - { match: { prefix: /app }, route: { cluster: app } }";
+    let proxy = start_proxy(&one_cluster(up.addr, "", routes));
+    let addr = proxy.listener_addr("web").unwrap();
+    let wait = Duration::from_secs(3);
+    let out = raw(
+        addr,
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /app HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        wait,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text:?}");
+    let second = text
+        .find("HTTP/1.1 200")
+        .unwrap_or_else(|| panic!("no second answer: {text:?}"));
+    assert!(
+        !text[..second].to_ascii_lowercase().contains("connection: close"),
+        "{text:?}"
+    );
+    assert!(text.ends_with("/app 0"), "{text:?}");
+    // The body has not arrived when the reply goes out: the reply closes the connection.
+    let out = raw(
+        addr,
+        b"POST /nope HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+        wait,
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 404"), "{text:?}");
+    assert!(text.contains("connection: close"), "{text:?}");
+}

@@ -187,6 +187,20 @@ pub struct Feeder {
     shared: Arc<parking_lot::Mutex<FeedState>>,
 }
 
+impl Drop for Feeder {
+    /// A body whose producer goes away before its end (the client's connection was dropped)
+    /// ends as aborted: its consumer is never left waiting.
+    fn drop(&mut self) {
+        let mut s = self.shared.lock();
+        if s.end.is_none() {
+            s.end = Some(Err(UploadState::Aborted));
+            if let Some(c) = s.consumer.take() {
+                c.wake();
+            }
+        }
+    }
+}
+
 impl Feeder {
     /// `Ready(true)`: the consumer waits for a piece (and none is pending); `Ready(false)`: it
     /// dropped the body. `Pending`: wakes the task when either happens.

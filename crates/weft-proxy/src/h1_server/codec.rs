@@ -315,8 +315,11 @@ pub fn encode_response<B>(
     let framing = if req.head || no_body_status {
         // The length of the body it would have had, when the response says (never for 1xx/204).
         if !(status.is_informational() || code == 204) {
-            if let Some(Some(n)) = length_field {
-                put_length(out, n);
+            match (length_field, body_len) {
+                (Some(Some(n)), _) => put_length(out, n),
+                // A local reply to HEAD: the length of the body a GET would have had.
+                (None, Some(n)) if n > 0 => put_length(out, n),
+                _ => {}
             }
         }
         BodyOut::Empty
@@ -542,6 +545,12 @@ mod tests {
         let (b, f, _) = response_head(&r, Some(0), ReqFacts { head: true, ..req });
         assert_eq!(&b[..], b"HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 99\r\n\r\n");
         assert_eq!(f, BodyOut::Empty);
+        let mut bare = Response::new(());
+        bare.headers_mut().insert(header::DATE, HeaderValue::from_static("x"));
+        let (b, _, _) = response_head(&bare, Some(3), ReqFacts { head: true, ..req });
+        assert_eq!(&b[..], b"HTTP/1.1 200 OK\r\ndate: x\r\ncontent-length: 3\r\n\r\n");
+        let (b, _, _) = response_head(&bare, Some(0), ReqFacts { head: true, ..req });
+        assert_eq!(&b[..], b"HTTP/1.1 200 OK\r\ndate: x\r\n\r\n");
         *r.status_mut() = StatusCode::NO_CONTENT;
         let (b, f, _) = response_head(&r, Some(0), req);
         assert_eq!(&b[..], b"HTTP/1.1 204 No Content\r\ndate: x\r\n\r\n");

@@ -192,6 +192,24 @@ where
     let Some(resp) = resp else {
         return false;
     };
+    let mut facts = facts;
+    // Not answered with "100 Continue" before its final response: the client may still be
+    // waiting to send the body (RFC 9110 §10.1.1), so the rest of it is never read.
+    let mut abandoned = false;
+    if let Some(up) = upload.as_mut().filter(|u| !u.done) {
+        if up.continue_due {
+            up.continue_due = false;
+            abandoned = true;
+            up.fail(UploadState::Aborted);
+        } else if up.feeder.is_gone() {
+            // The pipeline answered without the body (a local reply): what the client already
+            // sent is skipped; a body still to come closes the connection, said in the head.
+            c.skip_buffered(up);
+        }
+        if abandoned || !up.done {
+            facts.keep_alive = false;
+        }
+    }
     let (parts, mut body) = resp.into_parts();
     let resp = Response::from_parts(parts, ());
     let small = body.size_hint().exact().filter(|n| *n <= COPY_MAX as u64).unwrap_or(0);
@@ -214,7 +232,7 @@ where
     drop(body);
     // A response may end before its request body (an early answer to an upload): the body keeps
     // going to whoever still reads it, as long as they do.
-    if let (Ok(()), Some(up)) = (written, upload.as_mut().filter(|u| !u.done)) {
+    if let (Ok(()), false, Some(up)) = (written, abandoned, upload.as_mut().filter(|u| !u.done)) {
         poll_fn(|cx| loop {
             if c.pump(cx, up) {
                 if up.done {
@@ -273,6 +291,12 @@ impl<IO: ConnIo> Conn<IO> {
     /// (an HTTP/2 preface is recognised then).
     fn poll_head(&mut self, cx: &mut Context<'_>, opts: &Options<'_>, first: bool) -> Poll<Head> {
         loop {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2): some clients send a
+            // CRLF after a body.
+            let blank = self.buf.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
+            if blank > 0 {
+                self.buf.advance(blank);
+            }
             if !self.buf.is_empty() {
                 let n = self.buf.len().min(PREFACE.len());
                 // "P", "PR", "PRI": not told apart from a POST or PRI request yet.
@@ -382,6 +406,25 @@ impl<IO: ConnIo> Conn<IO> {
                     Poll::Ready(Ok(_)) => {}
                 },
                 Err(_) => return up.fail(UploadState::Malformed),
+            }
+        }
+    }
+
+    /// Skips the part of an unread request body the client already sent; `up.done` when that was
+    /// all of it.
+    fn skip_buffered(&mut self, up: &mut Upload) {
+        loop {
+            match up.decoder.decode(&mut self.buf, false) {
+                Ok(Step::Data(_)) => continue,
+                Ok(Step::Trailers(_)) | Ok(Step::End) => {
+                    up.done = true;
+                    return;
+                }
+                Ok(Step::More) => return,
+                Err(_) => {
+                    up.fail(UploadState::Malformed);
+                    return;
+                }
             }
         }
     }
@@ -546,6 +589,14 @@ impl Out {
                 }
             }
             self.crlf -= n.min(self.crlf);
+            if self.big.is_none() && self.crlf > 0 {
+                // `buf` was written whole before `big`: what is left of the chunk's CRLF goes
+                // first in it, so that pieces queued next cannot overtake it.
+                self.buf.clear();
+                self.pos = 0;
+                self.buf.extend_from_slice(&b"\r\n"[2 - self.crlf..]);
+                self.crlf = 0;
+            }
         }
         self.buf.clear();
         self.pos = 0;
@@ -562,4 +613,84 @@ enum Head {
     Refused(HeadError),
     /// The connection ends.
     End,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `max` bytes per write, and `budget` bytes in all before it
+    /// stops taking any (`Pending`) until the budget is raised.
+    struct Trickle {
+        max: usize,
+        budget: usize,
+        got: Vec<u8>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.max).min(self.budget);
+            if n == 0 && !buf.is_empty() {
+                return Poll::Pending;
+            }
+            self.budget -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Chunks queued after a large piece stay behind its CRLF, whatever the writes' sizes (a
+    /// client that stops reading right after the piece, before its CRLF, once let the next chunk
+    /// overtake it).
+    #[test]
+    fn chunked_pieces_stay_in_order_across_partial_writes() {
+        let big = Bytes::from(vec![b'x'; COPY_MAX + 5]);
+        let line = format!("{:x}\r\n", big.len()).len();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        for stop in [0, 1, line, line + big.len() - 1, line + big.len(), line + big.len() + 1] {
+            let max = 7000;
+            let mut w = Trickle {
+                max,
+                budget: stop,
+                got: Vec::new(),
+            };
+            let mut out = Out::default();
+            out.push(big.clone(), BodyOut::Chunked);
+            assert!(out.poll_flush(&mut w, &mut cx).is_pending(), "stopped after {stop}");
+            // More is queued while the client is not reading, then it reads everything.
+            if out.big.is_some() {
+                assert!(out.poll_flush(&mut w, &mut cx).is_pending());
+            } else {
+                out.push(Bytes::from_static(b"abc"), BodyOut::Chunked);
+            }
+            w.budget = usize::MAX;
+            while out.poll_flush(&mut w, &mut cx).is_pending() {}
+            if !w.got.ends_with(b"abc\r\n") {
+                out.push(Bytes::from_static(b"abc"), BodyOut::Chunked);
+            }
+            codec::put_last_chunk(&mut out.buf, None);
+            while out.poll_flush(&mut w, &mut cx).is_pending() {}
+            let mut buf = BytesMut::from(&w.got[..]);
+            let mut d = Decoder::new(Framing::Chunked);
+            let mut body = Vec::new();
+            loop {
+                match d
+                    .decode(&mut buf, true)
+                    .unwrap_or_else(|e| panic!("stopped after {stop}: {e}"))
+                {
+                    Step::Data(b) => body.extend_from_slice(&b),
+                    Step::End => break,
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(body.len(), COPY_MAX + 5 + 3, "stopped after {stop}");
+            assert!(buf.is_empty(), "stopped after {stop}");
+        }
+    }
 }
