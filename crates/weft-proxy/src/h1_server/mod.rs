@@ -205,10 +205,10 @@ where
             // The pipeline answered without the body (a local reply): what the client already
             // sent is skipped; a body still to come closes the connection, said in the head.
             c.skip_buffered(up);
+            facts.keep_alive &= up.done;
         }
-        if abandoned || !up.done {
-            facts.keep_alive = false;
-        }
+        // (A body whose reader still reads it goes on after the response: below.)
+        facts.keep_alive &= !abandoned;
     }
     let (parts, mut body) = resp.into_parts();
     let resp = Response::from_parts(parts, ());
