@@ -105,29 +105,37 @@ fn sidecar_with(
     xds: SocketAddr,
     extra: &[&std::ffi::OsStr],
 ) -> (ChildGuard, SocketAddr, SocketAddr) {
-    let (admin, outbound, dubbo_out) = (free_addr(), free_addr(), free_addr());
     let inb = inbound
         .map(|(i, app)| format!("    weft.inbound: \"{i}\"\n    weft.app: \"{app}\"\n"))
         .unwrap_or_default();
-    let cfg = format!(
-        "node:\n  id: {id}\n  cluster: {service}\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.outbound_dubbo: \"{dubbo_out}\"\n{inb}admin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n"
-    );
-    let path = dir.join(&format!("{id}.yaml"));
-    std::fs::write(&path, cfg).unwrap();
-    let child = ChildGuard(
-        Command::new(WEFT)
-            .args(["proxy", "-c"])
-            .arg(&path)
-            .args(extra)
-            .env("WEFT_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start weft proxy"),
-    );
-    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
-        (http(admin, "x", "/ready")?.0 == 200).then_some(())
-    });
-    (child, admin, dubbo_out)
+    // The ports are drawn free but bound later, by the sidecar: one taken in between (a CI run's
+    // sidecar NACKed its Dubbo listener with "Address already in use") is retried with fresh ones.
+    for _ in 0..3 {
+        let (admin, outbound, dubbo_out) = (free_addr(), free_addr(), free_addr());
+        let cfg = format!(
+            "node:\n  id: {id}\n  cluster: {service}\n  metadata:\n    weft.role: sidecar\n    weft.outbound: \"{outbound}\"\n    weft.outbound_dubbo: \"{dubbo_out}\"\n{inb}admin:\n  address: \"{admin}\"\nruntime:\n  concurrency: 1\nxds:\n  address: \"{xds}\"\n  mode: ads_delta\n"
+        );
+        let path = dir.join(&format!("{id}.yaml"));
+        std::fs::write(&path, cfg).unwrap();
+        let child = ChildGuard(
+            Command::new(WEFT)
+                .args(["proxy", "-c"])
+                .arg(&path)
+                .args(extra)
+                .env("WEFT_LOG", "error")
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("start weft proxy"),
+        );
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if http(admin, "x", "/ready").is_some_and(|(status, _)| status == 200) {
+                return (child, admin, dubbo_out);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("sidecar {id} never became ready (3 tries with fresh ports, 20 s each)");
 }
 
 fn stats(admin: SocketAddr) -> String {
