@@ -246,7 +246,7 @@ impl Facts {
 }
 
 /// A Content-Length value: 1 to 19 decimal digits (fits a u64), nothing else.
-fn parse_length(s: &[u8]) -> Option<u64> {
+pub fn parse_length(s: &[u8]) -> Option<u64> {
     if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -658,7 +658,7 @@ impl Pump {
 }
 
 /// One field line, `name: value` CRLF.
-fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+pub fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());

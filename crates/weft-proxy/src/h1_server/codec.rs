@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode, Uri, Version};
 use std::mem::MaybeUninit;
-use weft_upstream::h1::Framing;
+use weft_upstream::h1::{parse_length, put_field, Framing};
 
 /// At most this many header fields in a request head (hyper's server default).
 pub const MAX_HEADERS: usize = 100;
@@ -110,14 +110,6 @@ impl Facts {
             });
         }
     }
-}
-
-/// A Content-Length value: 1 to 19 decimal digits (fits a u64), nothing else.
-fn parse_length(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(s.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// What [`parse_request`] found at the start of the buffer.
@@ -310,7 +302,7 @@ pub fn encode_response<B>(
             continue;
         }
         date |= *name == header::DATE;
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        put_field(out, name, value);
     }
     let framing = if req.head || no_body_status {
         // The length of the body it would have had, when the response says (never for 1xx/204).
@@ -345,13 +337,6 @@ pub fn encode_response<B>(
     }
     out.extend_from_slice(b"\r\n");
     (framing, keep_alive)
-}
-
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn put_length(out: &mut Vec<u8>, n: u64) {
@@ -392,7 +377,7 @@ pub fn put_chunk_size(out: &mut Vec<u8>, n: usize) {
 pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
     out.extend_from_slice(b"0\r\n");
     for (name, value) in trailers.into_iter().flatten() {
-        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        put_field(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
