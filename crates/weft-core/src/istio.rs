@@ -30,7 +30,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,7 +249,7 @@ pub struct IstioReporter {
     metrics: Arc<IstioMetrics>,
     base: IstioLabels,
     /// Per key: the cluster name it was built for (checked on every hit) and the handles.
-    cache: RwLock<HashMap<Key, Cached>>,
+    cache: RwLock<crate::FastMap<Key, Cached>>,
     /// The overflow set's labels, and its handles once first used (created then, so that a
     /// proxy within its bounds exports no `overflow` series for dashboards to list).
     overflow_labels: IstioLabels,
@@ -331,7 +331,7 @@ impl IstioReporter {
         IstioReporter {
             metrics,
             base,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(crate::FastMap::default()),
             overflow_labels: o,
             overflow: std::sync::OnceLock::new(),
             protocol: None,

@@ -186,7 +186,7 @@ pub struct ReloadStatus {
 pub struct Snapshot {
     pub generation: u64,
     pub config: Arc<Config>,
-    pub clusters: HashMap<String, Arc<ClusterRt>>,
+    pub clusters: weft_core::FastMap<String, Arc<ClusterRt>>,
     pub listeners: HashMap<String, Arc<ListenerRt>>,
 }
 
@@ -351,7 +351,7 @@ impl Server {
                     xds: config.xds.clone(),
                     dns: None,
                 }),
-                clusters: HashMap::new(),
+                clusters: weft_core::FastMap::default(),
                 listeners: HashMap::new(),
             }),
             draining: AtomicBool::new(false),
@@ -532,7 +532,7 @@ impl Server {
         let generation = shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let slots_n = shared.workers + 1;
 
-        let mut clusters = HashMap::new();
+        let mut clusters = weft_core::FastMap::default();
         let mut new_clusters = Vec::new();
         for (i, c) in config.clusters.iter().enumerate() {
             let prev = old.clusters.get(&c.name);

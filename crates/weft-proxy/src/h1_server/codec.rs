@@ -137,7 +137,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
         Ok(httparse::Status::Complete(len)) => {
             let mut fields = Vec::with_capacity(req.headers.len());
             for h in req.headers.iter() {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
+                let name = weft_upstream::h1::header_name(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
                 facts.note(&name, h.value);
                 let start = h.value.as_ptr() as usize - base;
                 fields.push((name, start, start + h.value.len()));
