@@ -24,11 +24,11 @@
 //! header value is a label; at most [`MAX_LABEL_SETS`] sets exist per connection manager, and later
 //! new keys share one overflow set whose `response_code` and `destination_service` are `overflow`.
 
+use crate::hist::Histogram;
 use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::Arc;

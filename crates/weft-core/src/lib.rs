@@ -12,6 +12,7 @@
 pub mod access_log;
 pub mod error;
 pub mod flags;
+pub mod hist;
 pub mod istio;
 pub mod istio_tcp;
 pub mod log_format;

@@ -1,12 +1,13 @@
 //! Metrics. Label lookups happen once, when a snapshot is built: the request path only touches
 //! pre-resolved counters (atomics) and histograms.
 
+use crate::hist::Histogram;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use std::time::Duration;
 
