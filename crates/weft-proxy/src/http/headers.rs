@@ -122,25 +122,46 @@ pub(super) fn is_upgrade(req: &Request<RequestBody>) -> bool {
 }
 
 pub(super) fn request_id() -> HeaderValue {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut n = fastrand::u128(..);
     // UUID v4: version nibble 4, variant bits 10.
     n = (n & !(0xf << 76)) | (0x4 << 76);
     n = (n & !(0x3 << 62)) | (0x2 << 62);
-    // Byte by byte (a shift of a u128 by a varying amount costs a dozen instructions a nibble).
-    let mut out = [0u8; 36];
-    let mut j = 0;
-    for (i, b) in n.to_be_bytes().into_iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[j] = b'-';
-            j += 1;
-        }
-        out[j] = HEX[usize::from(b >> 4)];
-        out[j + 1] = HEX[usize::from(b & 0xf)];
-        j += 2;
-    }
+    let out = uuid_text(n);
     // SAFETY (of the contract: valid header-value bytes): lower-case hex digits and dashes only.
     unsafe { HeaderValue::from_maybe_shared_unchecked(bytes::Bytes::copy_from_slice(&out)) }
+}
+
+/// `n` as a UUID's text (8-4-4-4-12 lower-case hex digits), without a loop: see [`hex16`].
+fn uuid_text(n: u128) -> [u8; 36] {
+    let (hi, lo) = (hex16((n >> 64) as u64), hex16(n as u64));
+    let mut out = [b'-'; 36];
+    out[..8].copy_from_slice(&hi[..8]);
+    out[9..13].copy_from_slice(&hi[8..12]);
+    out[14..18].copy_from_slice(&hi[12..]);
+    out[19..23].copy_from_slice(&lo[..4]);
+    out[24..].copy_from_slice(&lo[4..]);
+    out
+}
+
+/// The 16 lower-case hex digits of `x`, most significant first. Each nibble is spread into a byte
+/// of its own and mapped to its digit eight bytes at a time (SWAR): ~30 instructions, against
+/// ~150 for a table lookup per nibble.
+fn hex16(x: u64) -> [u8; 16] {
+    // Nibble k of a 32-bit value into byte k.
+    fn spread(x: u64) -> u64 {
+        let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+        let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+        (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f
+    }
+    // Every byte 0..=15 to '0'..='9' or 'a'..='f' (b + 6 carries into bit 4 exactly when b > 9).
+    fn digits(b: u64) -> u64 {
+        let above_9 = ((b + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+        b + 0x3030_3030_3030_3030 + above_9 * (u64::from(b'a') - u64::from(b'0') - 10)
+    }
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&digits(spread(x >> 32)).to_be_bytes());
+    out[8..].copy_from_slice(&digits(spread(x & 0xffff_ffff)).to_be_bytes());
+    out
 }
 
 /// `peer_ip` is the client address as text (already formatted once per connection). With
@@ -294,6 +315,26 @@ mod tests {
         }
         assert_eq!(hop_bit(&header::CONTENT_LENGTH), 0);
         assert_eq!(hop_bit(&HeaderName::from_static("x-upgrade")), 0);
+    }
+
+    #[test]
+    fn uuid_text_is_the_hex_of_the_number() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for n in [0, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210]
+            .into_iter()
+            .chain((0..1000).map(|_| rng.u128(..)))
+        {
+            let hex = format!("{n:032x}");
+            let want = format!(
+                "{}-{}-{}-{}-{}",
+                &hex[..8],
+                &hex[8..12],
+                &hex[12..16],
+                &hex[16..20],
+                &hex[20..]
+            );
+            assert_eq!(std::str::from_utf8(&uuid_text(n)).unwrap(), want);
+        }
     }
 
     #[test]
