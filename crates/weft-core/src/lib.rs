@@ -20,9 +20,9 @@ pub mod stats;
 pub mod trace;
 
 pub use error::{Blame, Error, Retry};
+pub use flags::Reason;
 
 /// A hash map for lookups on the request path: foldhash (randomly seeded per map, as std's) instead
 /// of std's SipHash-1-3, which cost ~150 instructions per lookup of a short key
 /// (`bench/instructions`). Its keys are names from the configuration and small label sets.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-pub use flags::Reason;

@@ -81,15 +81,21 @@ where
 }
 
 /// [`eventually`] for blocking code (tests that drive child processes from a plain thread).
-pub fn eventually_blocking<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn eventually_blocking<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    within_blocking(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Polls `f` until it returns a value, for at most `timeout` (blocking); `None` if it never did,
+/// for tests that act on a timeout themselves.
+pub fn within_blocking<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let start = Instant::now();
     let mut attempt = 0;
     loop {
         if let Some(v) = f() {
-            return v;
+            return Some(v);
         }
         if start.elapsed() >= timeout {
-            panic!("timed out after {timeout:?} waiting for {what} ({attempt} polls)");
+            return None;
         }
         std::thread::sleep(backoff(attempt));
         attempt += 1;

@@ -145,50 +145,50 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
 #[inline]
 pub fn header_name(raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
     macro_rules! pick {
-        ($($title:literal $lower:literal => $name:expr),* $(,)?) => {
+        ($($($spelling:literal)|+ => $name:expr),* $(,)?) => {
             {
-                $(if raw == $title || raw == $lower {
+                $(if $(raw == $spelling)||+ {
                     return Ok($name);
                 })*
             }
         };
     }
     match raw.len() {
-        4 => pick!(b"Host" b"host" => header::HOST, b"Date" b"date" => header::DATE,
-                   b"ETag" b"etag" => header::ETAG, b"Vary" b"vary" => header::VARY),
-        6 => pick!(b"Accept" b"accept" => header::ACCEPT, b"Server" b"server" => header::SERVER,
-                   b"Cookie" b"cookie" => header::COOKIE, b"Origin" b"origin" => header::ORIGIN),
-        7 => pick!(b"Expires" b"expires" => header::EXPIRES, b"Referer" b"referer" => header::REFERER,
-                   b"Upgrade" b"upgrade" => header::UPGRADE),
-        8 => pick!(b"Location" b"location" => header::LOCATION),
-        10 => pick!(b"Connection" b"connection" => header::CONNECTION,
-                    b"User-Agent" b"user-agent" => header::USER_AGENT,
-                    b"Set-Cookie" b"set-cookie" => header::SET_COOKIE,
-                    b"Keep-Alive" b"keep-alive" => KEEP_ALIVE),
-        11 => pick!(b"Traceparent" b"traceparent" => TRACEPARENT),
-        12 => pick!(b"Content-Type" b"content-type" => header::CONTENT_TYPE,
-                    b"X-Request-Id" b"x-request-id" => X_REQUEST_ID, b"X-Request-ID" b"X-Request-ID" => X_REQUEST_ID),
-        13 => pick!(b"Last-Modified" b"last-modified" => header::LAST_MODIFIED,
-                    b"Accept-Ranges" b"accept-ranges" => header::ACCEPT_RANGES,
-                    b"Cache-Control" b"cache-control" => header::CACHE_CONTROL,
-                    b"Authorization" b"authorization" => header::AUTHORIZATION),
-        14 => pick!(b"Content-Length" b"content-length" => header::CONTENT_LENGTH),
-        15 => pick!(b"Accept-Encoding" b"accept-encoding" => header::ACCEPT_ENCODING,
-                    b"Accept-Language" b"accept-language" => header::ACCEPT_LANGUAGE,
-                    b"X-Forwarded-For" b"x-forwarded-for" => X_FORWARDED_FOR),
-        16 => pick!(b"Content-Encoding" b"content-encoding" => header::CONTENT_ENCODING),
-        17 => pick!(b"Transfer-Encoding" b"transfer-encoding" => header::TRANSFER_ENCODING,
-                    b"X-Forwarded-Proto" b"x-forwarded-proto" => X_FORWARDED_PROTO),
+        4 => pick!(b"Host" | b"host" => header::HOST, b"Date" | b"date" => header::DATE,
+                   b"ETag" | b"etag" => header::ETAG, b"Vary" | b"vary" => header::VARY),
+        6 => pick!(b"Accept" | b"accept" => header::ACCEPT, b"Server" | b"server" => header::SERVER,
+                   b"Cookie" | b"cookie" => header::COOKIE, b"Origin" | b"origin" => header::ORIGIN),
+        7 => pick!(b"Expires" | b"expires" => header::EXPIRES, b"Referer" | b"referer" => header::REFERER,
+                   b"Upgrade" | b"upgrade" => header::UPGRADE),
+        8 => pick!(b"Location" | b"location" => header::LOCATION),
+        10 => pick!(b"Connection" | b"connection" => header::CONNECTION,
+                    b"User-Agent" | b"user-agent" => header::USER_AGENT,
+                    b"Set-Cookie" | b"set-cookie" => header::SET_COOKIE,
+                    b"Keep-Alive" | b"keep-alive" => KEEP_ALIVE),
+        11 => pick!(b"Traceparent" | b"traceparent" => weft_core::trace::TRACEPARENT),
+        12 => pick!(b"Content-Type" | b"content-type" => header::CONTENT_TYPE,
+                    b"X-Request-Id" | b"x-request-id" | b"X-Request-ID" => X_REQUEST_ID.clone()),
+        13 => pick!(b"Last-Modified" | b"last-modified" => header::LAST_MODIFIED,
+                    b"Accept-Ranges" | b"accept-ranges" => header::ACCEPT_RANGES,
+                    b"Cache-Control" | b"cache-control" => header::CACHE_CONTROL,
+                    b"Authorization" | b"authorization" => header::AUTHORIZATION),
+        14 => pick!(b"Content-Length" | b"content-length" => header::CONTENT_LENGTH),
+        15 => pick!(b"Accept-Encoding" | b"accept-encoding" => header::ACCEPT_ENCODING,
+                    b"Accept-Language" | b"accept-language" => header::ACCEPT_LANGUAGE,
+                    b"X-Forwarded-For" | b"x-forwarded-for" => X_FORWARDED_FOR.clone()),
+        16 => pick!(b"Content-Encoding" | b"content-encoding" => header::CONTENT_ENCODING),
+        17 => pick!(b"Transfer-Encoding" | b"transfer-encoding" => header::TRANSFER_ENCODING,
+                    b"X-Forwarded-Proto" | b"x-forwarded-proto" => X_FORWARDED_PROTO.clone()),
         _ => {}
     }
     HeaderName::from_bytes(raw)
 }
 
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// Fields a proxy reads and writes on every request (the request path's names for them).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The hop-by-hop fields every message may carry (RFC 9110 §7.6.1), those a `Connection`
 /// header names aside. Order matters: [`hop_by_hop_index`] gives positions in it.

@@ -33,7 +33,7 @@ use weft_test_support::peers::{self, ChildGuard};
 use weft_test_support::{eventually_blocking, free_addr, TempDir};
 
 mod blocking;
-use blocking::{http, start_control};
+use blocking::{http, start_control, start_proxy};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -91,18 +91,7 @@ fn sidecar(
     );
     let path = dir.join(&format!("{id}.yaml"));
     std::fs::write(&path, cfg).unwrap();
-    let child = ChildGuard(
-        Command::new(WEFT)
-            .args(["proxy", "-c"])
-            .arg(&path)
-            .env("WEFT_LOG", "error")
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start weft proxy"),
-    );
-    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
-        (http(admin, "x", "/ready")?.0 == 200).then_some(())
-    });
+    let child = start_proxy(&path, &[], admin).unwrap_or_else(|| panic!("sidecar {id} never became ready"));
     (child, admin, outbound)
 }
 

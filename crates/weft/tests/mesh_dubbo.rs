@@ -34,11 +34,10 @@ use weft_test_support::peers::{
 use weft_test_support::{eventually_blocking, free_addr, metric, TempDir};
 
 mod blocking;
-use blocking::{http, start_control};
+use blocking::{http, start_control, start_proxy};
 mod mesh_support;
 use mesh_support::token;
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const IFACE: &str = "org.example.Greeter";
 
 fn peer_script() -> Option<PathBuf> {
@@ -117,22 +116,8 @@ fn sidecar_with(
         );
         let path = dir.join(&format!("{id}.yaml"));
         std::fs::write(&path, cfg).unwrap();
-        let child = ChildGuard(
-            Command::new(WEFT)
-                .args(["proxy", "-c"])
-                .arg(&path)
-                .args(extra)
-                .env("WEFT_LOG", "error")
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("start weft proxy"),
-        );
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(20) {
-            if http(admin, "x", "/ready").is_some_and(|(status, _)| status == 200) {
-                return (child, admin, dubbo_out);
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(child) = start_proxy(&path, extra, admin) {
+            return (child, admin, dubbo_out);
         }
     }
     panic!("sidecar {id} never became ready (3 tries with fresh ports, 20 s each)");

@@ -7,12 +7,10 @@ use std::net::SocketAddr;
 use weft_config::HashPolicy;
 use weft_upstream::body::RequestBody;
 use weft_upstream::h1::{hop_by_hop_index, HOP_BY_HOP};
+pub(super) use weft_upstream::h1::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 
 /// Header naming the upstream for `original_dst` clusters in HTTP.
 pub(super) static ORIGINAL_DST_HEADER: HeaderName = HeaderName::from_static("x-weft-original-dst-host");
-pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub(super) fn protocol_name(v: Version) -> &'static str {
     match v {

@@ -2,13 +2,15 @@
 //! named upstream, and `weft control` / `weft proxy` sidecar processes.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weft_test_support::peers::ChildGuard;
-use weft_test_support::{eventually_blocking, free_addr, TempDir};
+use weft_test_support::{eventually_blocking, free_addr, within_blocking, TempDir};
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
@@ -90,17 +92,25 @@ pub fn start_sidecar(dir: &TempDir, id: &str, service: &str, xds_yaml: &str) -> 
     );
     let path = dir.join(&format!("{id}.yaml"));
     std::fs::write(&path, cfg).unwrap();
+    let child = start_proxy(&path, &[], admin).unwrap_or_else(|| panic!("sidecar {id} never became ready"));
+    (child, admin, outbound)
+}
+
+/// `weft proxy -c PATH EXTRA...` (errors-only log), once its admin `/ready` answers 200 (20 s at
+/// most; `None` then, and the process is ended).
+pub fn start_proxy(path: &Path, extra: &[&OsStr], admin: SocketAddr) -> Option<ChildGuard> {
     let child = ChildGuard(
         Command::new(WEFT)
             .args(["proxy", "-c"])
-            .arg(&path)
+            .arg(path)
+            .args(extra)
             .env("WEFT_LOG", "error")
             .stdin(Stdio::null())
             .spawn()
             .expect("start weft proxy"),
     );
-    eventually_blocking("sidecar /ready", Duration::from_secs(20), || {
+    within_blocking(Duration::from_secs(20), || {
         (http(admin, "x", "/ready")?.0 == 200).then_some(())
-    });
-    (child, admin, outbound)
+    })?;
+    Some(child)
 }
