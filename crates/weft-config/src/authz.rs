@@ -361,11 +361,11 @@ pub struct RbacHeader {
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-type Errs = Vec<(String, String)>;
+use crate::errors::ConfigError;
 
 /// Validates an `authorization` block; `tcp` refuses HTTP-only matchers.
-pub fn validate(path: &str, raw: &RawAuthorization, tcp: bool) -> (Option<Authorization>, Errs) {
-    let mut errs = Errs::new();
+pub fn validate(path: &str, raw: &RawAuthorization, tcp: bool) -> (Option<Authorization>, ConfigError) {
+    let mut errs = ConfigError::default();
     let mut stages = Vec::new();
     // Istio form: shadow stages first (they never decide), then DENY, ALLOW, AUDIT.
     let mut by_kind: BTreeMap<(bool, u8), Vec<RbacPolicy>> = BTreeMap::new();
@@ -374,7 +374,7 @@ pub fn validate(path: &str, raw: &RawAuthorization, tcp: bool) -> (Option<Author
         let name = match p.name.as_deref() {
             Some(n) if !n.is_empty() => n.to_string(),
             _ => {
-                errs.push((format!("{pp}.name"), "is required".into()));
+                errs.add(format!("{pp}.name"), "is required");
                 continue;
             }
         };
@@ -383,10 +383,10 @@ pub fn validate(path: &str, raw: &RawAuthorization, tcp: bool) -> (Option<Author
             "DENY" | "deny" => (RbacAction::Deny, 0),
             "AUDIT" | "audit" | "LOG" | "log" => (RbacAction::Log, 2),
             o => {
-                errs.push((
+                errs.add(
                     format!("{pp}.action"),
                     format!("unknown action \"{o}\" (ALLOW, DENY, AUDIT)"),
-                ));
+                );
                 continue;
             }
         };
@@ -437,16 +437,16 @@ pub fn validate(path: &str, raw: &RawAuthorization, tcp: bool) -> (Option<Author
     (errs.is_empty().then_some(Authorization { stages }), errs)
 }
 
-fn rbac_rules(errs: &mut Errs, path: &str, r: &RawRbacRules, shadow: bool, tcp: bool) -> Option<RbacStage> {
+fn rbac_rules(errs: &mut ConfigError, path: &str, r: &RawRbacRules, shadow: bool, tcp: bool) -> Option<RbacStage> {
     let action = match r.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => RbacAction::Allow,
         "DENY" => RbacAction::Deny,
         "LOG" => RbacAction::Log,
         o => {
-            errs.push((
+            errs.add(
                 format!("{path}.action"),
                 format!("unknown action \"{o}\" (ALLOW, DENY, LOG)"),
-            ));
+            );
             return None;
         }
     };
@@ -454,10 +454,10 @@ fn rbac_rules(errs: &mut Errs, path: &str, r: &RawRbacRules, shadow: bool, tcp: 
     for (name, p) in &r.policies {
         let pp = format!("{path}.policies[{name}]");
         if p.permissions.is_empty() {
-            errs.push((format!("{pp}.permissions"), "at least one is required".into()));
+            errs.add(format!("{pp}.permissions"), "at least one is required");
         }
         if p.principals.is_empty() {
-            errs.push((format!("{pp}.principals"), "at least one is required".into()));
+            errs.add(format!("{pp}.principals"), "at least one is required");
         }
         let permissions = p
             .permissions
@@ -484,9 +484,9 @@ fn rbac_rules(errs: &mut Errs, path: &str, r: &RawRbacRules, shadow: bool, tcp: 
     })
 }
 
-fn one_of(errs: &mut Errs, path: &str, n: usize, what: &str) -> bool {
+fn one_of(errs: &mut ConfigError, path: &str, n: usize, what: &str) -> bool {
     if n != 1 {
-        errs.push((path.to_string(), format!("exactly one of {what} must be set")));
+        errs.add(path.to_string(), format!("exactly one of {what} must be set"));
         return false;
     }
     true
@@ -497,17 +497,14 @@ const PERMISSION_FIELDS: &str =
 const PRINCIPAL_FIELDS: &str =
     "any, and_ids, or_ids, not_id, authenticated, direct_remote_ip, remote_ip, header, url_path, request_principal, request_claim";
 
-fn http_only(errs: &mut Errs, path: &str, tcp: bool) -> bool {
+fn http_only(errs: &mut ConfigError, path: &str, tcp: bool) -> bool {
     if tcp {
-        errs.push((
-            path.to_string(),
-            "needs an HTTP request (not available on a TCP proxy)".into(),
-        ));
+        errs.add(path.to_string(), "needs an HTTP request (not available on a TCP proxy)");
     }
     !tcp
 }
 
-fn permission(errs: &mut Errs, path: &str, p: &RawPermission, tcp: bool) -> Option<Permission> {
+fn permission(errs: &mut ConfigError, path: &str, p: &RawPermission, tcp: bool) -> Option<Permission> {
     let n = [
         p.any.is_some(),
         p.and_rules.is_some(),
@@ -525,7 +522,7 @@ fn permission(errs: &mut Errs, path: &str, p: &RawPermission, tcp: bool) -> Opti
     if !one_of(errs, path, n, PERMISSION_FIELDS) {
         return None;
     }
-    let set = |errs: &mut Errs, f: &str, s: &RawPermissionSet| {
+    let set = |errs: &mut ConfigError, f: &str, s: &RawPermissionSet| {
         s.rules
             .iter()
             .enumerate()
@@ -534,7 +531,7 @@ fn permission(errs: &mut Errs, path: &str, p: &RawPermission, tcp: bool) -> Opti
     };
     Some(if let Some(a) = p.any {
         if !a {
-            errs.push((format!("{path}.any"), "must be true".into()));
+            errs.add(format!("{path}.any"), "must be true");
             return None;
         }
         Permission::Any
@@ -560,7 +557,7 @@ fn permission(errs: &mut Errs, path: &str, p: &RawPermission, tcp: bool) -> Opti
         match u16::try_from(port) {
             Ok(v) => Permission::DestinationPort(v),
             Err(_) => {
-                errs.push((format!("{path}.destination_port"), "must be at most 65535".into()));
+                errs.add(format!("{path}.destination_port"), "must be at most 65535");
                 return None;
             }
         }
@@ -573,7 +570,7 @@ fn permission(errs: &mut Errs, path: &str, p: &RawPermission, tcp: bool) -> Opti
     })
 }
 
-fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option<Principal> {
+fn principal(errs: &mut ConfigError, path: &str, p: &RawPrincipal, tcp: bool) -> Option<Principal> {
     let n = [
         p.any.is_some(),
         p.and_ids.is_some(),
@@ -593,7 +590,7 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
     if !one_of(errs, path, n, PRINCIPAL_FIELDS) {
         return None;
     }
-    let set = |errs: &mut Errs, f: &str, s: &RawPrincipalSet| {
+    let set = |errs: &mut ConfigError, f: &str, s: &RawPrincipalSet| {
         s.ids
             .iter()
             .enumerate()
@@ -602,7 +599,7 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
     };
     Some(if let Some(a) = p.any {
         if !a {
-            errs.push((format!("{path}.any"), "must be true".into()));
+            errs.add(format!("{path}.any"), "must be true");
             return None;
         }
         Principal::Any
@@ -652,10 +649,10 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
             return None;
         }
         if c.path.is_empty() || c.path.iter().any(String::is_empty) {
-            errs.push((
+            errs.add(
                 format!("{hp}.path"),
-                "needs the claim's name (then nested keys), none empty".into(),
-            ));
+                "needs the claim's name (then nested keys), none empty",
+            );
             return None;
         }
         let rule = match &c.value {
@@ -671,7 +668,7 @@ fn principal(errs: &mut Errs, path: &str, p: &RawPrincipal, tcp: bool) -> Option
     })
 }
 
-fn str_match(errs: &mut Errs, path: &str, m: &RawStrMatch) -> Option<StrMatch> {
+fn str_match(errs: &mut ConfigError, path: &str, m: &RawStrMatch) -> Option<StrMatch> {
     let set: Vec<(StrKind, &String)> = [
         (StrKind::Exact, &m.exact),
         (StrKind::Prefix, &m.prefix),
@@ -688,7 +685,7 @@ fn str_match(errs: &mut Errs, path: &str, m: &RawStrMatch) -> Option<StrMatch> {
     let (kind, value) = set.into_iter().next()?;
     if kind == StrKind::Regex {
         if let Err(e) = regex::Regex::new(&format!("^(?:{value})$")) {
-            errs.push((format!("{path}.safe_regex"), format!("invalid regex: {e}")));
+            errs.add(format!("{path}.safe_regex"), format!("invalid regex: {e}"));
             return None;
         }
     }
@@ -699,17 +696,17 @@ fn str_match(errs: &mut Errs, path: &str, m: &RawStrMatch) -> Option<StrMatch> {
     })
 }
 
-fn header(errs: &mut Errs, path: &str, h: &RawRbacHeader) -> Option<RbacHeader> {
+fn header(errs: &mut ConfigError, path: &str, h: &RawRbacHeader) -> Option<RbacHeader> {
     let name = match h.name.as_deref() {
         Some(n) if !n.is_empty() && http::HeaderName::from_bytes(n.trim_start_matches(':').as_bytes()).is_ok() => {
             n.to_ascii_lowercase()
         }
         Some(n) => {
-            errs.push((format!("{path}.name"), format!("\"{n}\" is not a header name")));
+            errs.add(format!("{path}.name"), format!("\"{n}\" is not a header name"));
             return None;
         }
         None => {
-            errs.push((format!("{path}.name"), "is required".into()));
+            errs.add(format!("{path}.name"), "is required");
             return None;
         }
     };
@@ -721,7 +718,7 @@ fn header(errs: &mut Errs, path: &str, h: &RawRbacHeader) -> Option<RbacHeader> 
             || h.contains.is_some()
             || h.safe_regex.is_some()
         {
-            errs.push((path.to_string(), "present cannot be combined with a value match".into()));
+            errs.add(path.to_string(), "present cannot be combined with a value match");
             return None;
         }
         return Some(RbacHeader {
@@ -746,16 +743,16 @@ fn header(errs: &mut Errs, path: &str, h: &RawRbacHeader) -> Option<RbacHeader> 
 }
 
 /// `10.0.0.0/8`, or an address alone (a host).
-pub fn cidr(errs: &mut Errs, path: &str, s: &str) -> Option<CidrRange> {
+pub fn cidr(errs: &mut ConfigError, path: &str, s: &str) -> Option<CidrRange> {
     let (addr, len) = match s.split_once('/') {
         Some((a, l)) => (a, Some(l)),
         None => (s, None),
     };
     let Ok(address) = addr.parse::<IpAddr>() else {
-        errs.push((
+        errs.add(
             path.to_string(),
             format!("\"{s}\" is not an IP prefix (e.g. 10.0.0.0/8)"),
-        ));
+        );
         return None;
     };
     let max = if address.is_ipv4() { 32 } else { 128 };
@@ -763,7 +760,7 @@ pub fn cidr(errs: &mut Errs, path: &str, s: &str) -> Option<CidrRange> {
         None => max,
         Some(Ok(n)) if n <= max => n,
         _ => {
-            errs.push((path.to_string(), format!("\"{s}\" has an invalid prefix length")));
+            errs.add(path.to_string(), format!("\"{s}\" has an invalid prefix length"));
             return None;
         }
     };
@@ -797,7 +794,7 @@ fn any_of<T>(mut v: Vec<T>, or: fn(Vec<T>) -> T) -> T {
 
 /// The RBAC policy of one Istio rule: named `<policy>[<rule>]` (Istio: `ns[..]-policy[..]-rule[..]`).
 pub fn istio_rule(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     name: &str,
     index: usize,
@@ -857,7 +854,7 @@ pub fn istio_rule(
         ip(&f.remote_ip_blocks, false, true, "remote_ip_blocks");
         ip(&f.not_remote_ip_blocks, true, true, "not_remote_ip_blocks");
         if and.is_empty() {
-            errs.push((fp, "needs at least one field".into()));
+            errs.add(fp, "needs at least one field");
             continue;
         }
         principals.push(any_of(and, Principal::And));
@@ -897,10 +894,10 @@ pub fn istio_rule(
         if tcp {
             for (l, f) in http_fields {
                 if !l.is_empty() {
-                    errs.push((
+                    errs.add(
                         format!("{tp}.{f}"),
-                        "needs an HTTP request (not available on a TCP proxy)".into(),
-                    ));
+                        "needs an HTTP request (not available on a TCP proxy)",
+                    );
                 }
             }
         }
@@ -950,7 +947,7 @@ pub fn istio_rule(
                 };
                 match n {
                     Some(v) if v > 0 => ps.push(Permission::DestinationPort(v)),
-                    _ => errs.push((format!("{tp}.{fld}[{i}]"), "must be a port (1-65535)".into())),
+                    _ => errs.add(format!("{tp}.{fld}[{i}]"), "must be a port (1-65535)"),
                 }
             }
             if ps.is_empty() {
@@ -962,7 +959,7 @@ pub fn istio_rule(
         port(&t.ports, false, "ports");
         port(&t.not_ports, true, "not_ports");
         if and.is_empty() {
-            errs.push((tp, "needs at least one field".into()));
+            errs.add(tp, "needs at least one field");
             continue;
         }
         permissions.push(any_of(and, Permission::And));
@@ -1001,23 +998,23 @@ type ValueToPrincipal = dyn Fn(&str) -> Option<Principal>;
 /// `source.namespace`, and the validated JWT's `request.auth.principal` (`iss/sub`),
 /// `request.auth.audiences`, `request.auth.presenter` and `request.auth.claims[a][b]`; any other
 /// key is refused rather than ignored.
-fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> Option<Principal> {
+fn condition(errs: &mut ConfigError, path: &str, c: &RawAuthzCondition, tcp: bool) -> Option<Principal> {
     let Some(key) = c.key.as_deref() else {
-        errs.push((format!("{path}.key"), "is required".into()));
+        errs.add(format!("{path}.key"), "is required");
         return None;
     };
     if c.values.is_empty() && c.not_values.is_empty() {
-        errs.push((path.to_string(), "values or not_values is required".into()));
+        errs.add(path.to_string(), "values or not_values is required");
         return None;
     }
     let one: Box<ValueToPrincipal> = if let Some(h) =
         key.strip_prefix("request.headers[").and_then(|k| k.strip_suffix(']'))
     {
         if tcp {
-            errs.push((
+            errs.add(
                 format!("{path}.key"),
-                "needs an HTTP request (not available on a TCP proxy)".into(),
-            ));
+                "needs an HTTP request (not available on a TCP proxy)",
+            );
             return None;
         }
         let name = h.to_ascii_lowercase();
@@ -1040,7 +1037,7 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
             "source.ip" | "remote.ip" => {
                 let remote = key == "remote.ip";
                 Box::new(move |v: &str| {
-                    cidr(&mut Errs::new(), "", v).map(|c| {
+                    cidr(&mut ConfigError::default(), "", v).map(|c| {
                         if remote {
                             Principal::RemoteIp(c)
                         } else {
@@ -1051,10 +1048,10 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
             }
             k if k.starts_with("request.auth.") => {
                 if tcp {
-                    errs.push((
+                    errs.add(
                         format!("{path}.key"),
-                        "needs an HTTP request (not available on a TCP proxy)".into(),
-                    ));
+                        "needs an HTTP request (not available on a TCP proxy)",
+                    );
                     return None;
                 }
                 let claim_path: Vec<String> = match k {
@@ -1065,10 +1062,7 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
                     k => match claim_keys(k) {
                         Some(p) => p,
                         None => {
-                            errs.push((
-                                format!("{path}.key"),
-                                format!("unsupported key \"{k}\" (request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME][NESTED]...)"),
-                            ));
+                            errs.add(format!("{path}.key"), format!("unsupported key \"{k}\" (request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME][NESTED]...)"));
                             return None;
                         }
                     },
@@ -1085,10 +1079,7 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
                 }
             }
             k => {
-                errs.push((
-                    format!("{path}.key"),
-                    format!("unsupported key \"{k}\" (request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME])"),
-                ));
+                errs.add(format!("{path}.key"), format!("unsupported key \"{k}\" (request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME])"));
                 return None;
             }
         }
@@ -1097,7 +1088,7 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
     if !c.values.is_empty() {
         let vs: Vec<Principal> = c.values.iter().filter_map(|v| one(v)).collect();
         if vs.len() != c.values.len() {
-            errs.push((format!("{path}.values"), "invalid value".into()));
+            errs.add(format!("{path}.values"), "invalid value");
             return None;
         }
         and.push(any_of(vs, Principal::Or));
@@ -1105,7 +1096,7 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
     if !c.not_values.is_empty() {
         let vs: Vec<Principal> = c.not_values.iter().filter_map(|v| one(v)).collect();
         if vs.len() != c.not_values.len() {
-            errs.push((format!("{path}.not_values"), "invalid value".into()));
+            errs.add(format!("{path}.not_values"), "invalid value");
             return None;
         }
         and.push(Principal::Not(Box::new(any_of(vs, Principal::Or))));
@@ -1117,7 +1108,7 @@ fn condition(errs: &mut Errs, path: &str, c: &RawAuthzCondition, tcp: bool) -> O
 mod tests {
     use super::*;
 
-    fn parse(yaml: &str, tcp: bool) -> (Option<Authorization>, Errs) {
+    fn parse(yaml: &str, tcp: bool) -> (Option<Authorization>, ConfigError) {
         let raw: RawAuthorization = serde_saphyr::from_str(yaml).unwrap();
         validate("a", &raw, tcp)
     }
@@ -1148,7 +1139,7 @@ mod tests {
             "rbac:\n- rules: {action: ALLOW, policies: {p: {permissions: [{any: true, url_path: {exact: /}}], principals: [{remote_ip: 10.0.0.0/99}]}}}\n",
             false,
         );
-        let paths: Vec<_> = e.iter().map(|(p, _)| p.as_str()).collect();
+        let paths: Vec<_> = e.errors.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
             [
@@ -1160,14 +1151,14 @@ mod tests {
             "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[]', values: [x]}]}]}]",
             false,
         );
-        assert_eq!(e[0].0, "a.policies[0].rules[0].when[0].key");
+        assert_eq!(e.errors[0].path, "a.policies[0].rules[0].when[0].key");
         let (_, e) = parse(
             "policies: [{name: j, rules: [{when: [{key: 'request.auth.claims[iss]', values: [x]}]}]}]",
             true,
         );
-        assert_eq!(e[0].0, "a.policies[0].rules[0].when[0].key");
+        assert_eq!(e.errors[0].path, "a.policies[0].rules[0].when[0].key");
         let (_, e) = parse("policies: [{name: t, rules: [{to: [{paths: [/x]}]}]}]", true);
-        assert_eq!(e[0].0, "a.policies[0].rules[0].to[0].paths");
+        assert_eq!(e.errors[0].path, "a.policies[0].rules[0].to[0].paths");
     }
 
     #[test]

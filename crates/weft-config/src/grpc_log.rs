@@ -66,15 +66,16 @@ fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
 }
 
 /// Validates a `grpc` block at `path` (e.g. `listeners[0].filter_chains[0].http.access_log[1].grpc`).
-/// Problems are returned as (field path, message) pairs.
+/// Problems are added to `errors`.
 pub fn validate(
     path: &str,
     raw: &RawGrpcAccessLog,
     clusters: &HashSet<String>,
     allow_unknown_clusters: bool,
-) -> (Option<GrpcAccessLog>, Vec<(String, String)>) {
-    let mut errs: Vec<(String, String)> = Vec::new();
-    let mut err = |field: &str, msg: String| errs.push((format!("{path}.{field}"), msg));
+    errors: &mut crate::errors::ConfigError,
+) -> Option<GrpcAccessLog> {
+    let before = errors.len();
+    let mut err = |field: &str, msg: String| errors.add(format!("{path}.{field}"), msg);
     let cluster = match raw.cluster.as_deref() {
         None | Some("") => {
             err("cluster", "is required (the collector's cluster)".into());
@@ -151,8 +152,8 @@ pub fn validate(
         "additional_response_headers_to_log",
         &raw.additional_response_headers_to_log,
     );
-    let out = match (cluster, log_name) {
-        (Some(cluster), Some(log_name)) if errs.is_empty() => Some(GrpcAccessLog {
+    match (cluster, log_name) {
+        (Some(cluster), Some(log_name)) if errors.len() == before => Some(GrpcAccessLog {
             cluster,
             log_name,
             buffer_flush_interval,
@@ -162,6 +163,5 @@ pub fn validate(
             additional_response_headers_to_log,
         }),
         _ => None,
-    };
-    (out, errs)
+    }
 }

@@ -239,7 +239,7 @@ pub const DEFAULT_CACHE_DURATION: Duration = Duration::from_secs(600);
 // Validation
 // ---------------------------------------------------------------------------------------------
 
-type Errs = Vec<(String, String)>;
+use crate::errors::ConfigError;
 
 /// Validates a `jwt_authn` block. Local JWKS files are read here: a missing or malformed one
 /// refuses the configuration, naming the field.
@@ -248,11 +248,11 @@ pub fn validate(
     raw: &RawJwtAuthn,
     clusters: &HashSet<String>,
     allow_unknown_clusters: bool,
-) -> (Option<JwtAuthn>, Errs) {
-    let mut errs = Errs::new();
+) -> (Option<JwtAuthn>, ConfigError) {
+    let mut errs = ConfigError::default();
     let mut providers = Vec::new();
     if raw.providers.is_empty() {
-        errs.push((format!("{path}.providers"), "needs at least one provider".into()));
+        errs.add(format!("{path}.providers"), "needs at least one provider");
     }
     for (name, p) in &raw.providers {
         let pp = format!("{path}.providers.{name}");
@@ -266,25 +266,25 @@ pub fn validate(
         let rp = format!("{path}.rules[{i}]");
         let matcher = match &r.matcher {
             None => {
-                errs.push((format!("{rp}.match"), "is required".into()));
+                errs.add(format!("{rp}.match"), "is required");
                 None
             }
             Some(m) => match (&m.prefix, &m.path) {
                 (Some(p), None) if p.starts_with('/') => Some(JwtMatch::Prefix(p.clone())),
                 (None, Some(p)) if p.starts_with('/') => Some(JwtMatch::Path(p.clone())),
                 (Some(_), Some(_)) | (None, None) => {
-                    errs.push((format!("{rp}.match"), "needs exactly one of prefix, path".into()));
+                    errs.add(format!("{rp}.match"), "needs exactly one of prefix, path");
                     None
                 }
                 _ => {
-                    errs.push((format!("{rp}.match"), "must start with '/'".into()));
+                    errs.add(format!("{rp}.match"), "must start with '/'");
                     None
                 }
             },
         };
         let requires = match &r.requires {
             None => {
-                errs.push((format!("{rp}.requires"), "is required".into()));
+                errs.add(format!("{rp}.requires"), "is required");
                 None
             }
             Some(q) => requirement(&mut errs, &format!("{rp}.requires"), q, &names),
@@ -300,27 +300,27 @@ pub fn validate(
     }
 }
 
-fn header_name(errs: &mut Errs, path: &str, v: &str) -> Option<String> {
+fn header_name(errs: &mut ConfigError, path: &str, v: &str) -> Option<String> {
     match http::HeaderName::from_bytes(v.as_bytes()) {
         Ok(h) if !v.starts_with(':') => Some(h.as_str().to_string()),
         _ => {
-            errs.push((path.to_string(), format!("\"{v}\" is not a valid header name")));
+            errs.add(path.to_string(), format!("\"{v}\" is not a valid header name"));
             None
         }
     }
 }
 
-fn dur(errs: &mut Errs, path: &str, v: &Option<String>, default: Duration) -> Duration {
+fn dur(errs: &mut ConfigError, path: &str, v: &Option<String>, default: Duration) -> Duration {
     match v {
         None => default,
         Some(s) => match crate::duration::parse(s) {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
-                errs.push((path.to_string(), "must be greater than zero".into()));
+                errs.add(path.to_string(), "must be greater than zero");
                 default
             }
             Err(e) => {
-                errs.push((path.to_string(), e));
+                errs.add(path.to_string(), e);
                 default
             }
         },
@@ -357,7 +357,7 @@ pub fn check_jwks(text: &str) -> Result<(), String> {
 }
 
 fn provider(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     pp: &str,
     name: &str,
     p: &RawJwtProvider,
@@ -367,7 +367,7 @@ fn provider(
     let before = errs.len();
     let jwks = match (&p.local_jwks, &p.remote_jwks) {
         (Some(_), Some(_)) | (None, None) => {
-            errs.push((pp.to_string(), "needs exactly one of local_jwks, remote_jwks".into()));
+            errs.add(pp.to_string(), "needs exactly one of local_jwks, remote_jwks");
             None
         }
         (Some(l), None) => {
@@ -376,20 +376,20 @@ fn provider(
                 (Some(f), None) => match std::fs::read_to_string(f) {
                     Ok(t) => Some((t, format!("{lp}.filename"))),
                     Err(e) => {
-                        errs.push((format!("{lp}.filename"), format!("cannot read {f}: {e}")));
+                        errs.add(format!("{lp}.filename"), format!("cannot read {f}: {e}"));
                         None
                     }
                 },
                 (None, Some(s)) => Some((s.clone(), format!("{lp}.inline_string"))),
                 _ => {
-                    errs.push((lp, "needs exactly one of filename, inline_string".into()));
+                    errs.add(lp, "needs exactly one of filename, inline_string");
                     None
                 }
             };
             text.and_then(|(t, fp)| match check_jwks(&t) {
                 Ok(()) => Some(JwksSource::Local(t)),
                 Err(e) => {
-                    errs.push((fp, e));
+                    errs.add(fp, e);
                     None
                 }
             })
@@ -398,14 +398,14 @@ fn provider(
             let rp = format!("{pp}.remote_jwks");
             match &r.http_uri {
                 None => {
-                    errs.push((format!("{rp}.http_uri"), "is required".into()));
+                    errs.add(format!("{rp}.http_uri"), "is required");
                     None
                 }
                 Some(u) => {
                     let up = format!("{rp}.http_uri");
                     let uri = match u.uri.as_deref().map(str::parse::<http::Uri>) {
                         None => {
-                            errs.push((format!("{up}.uri"), "is required".into()));
+                            errs.add(format!("{up}.uri"), "is required");
                             None
                         }
                         Some(Ok(uri))
@@ -414,25 +414,24 @@ fn provider(
                             Some(uri)
                         }
                         Some(Ok(_)) => {
-                            errs.push((
+                            errs.add(
                                 format!("{up}.uri"),
-                                "must be an absolute http:// or https:// URI (TLS comes from the cluster's tls block)"
-                                    .into(),
-                            ));
+                                "must be an absolute http:// or https:// URI (TLS comes from the cluster's tls block)",
+                            );
                             None
                         }
                         Some(Err(e)) => {
-                            errs.push((format!("{up}.uri"), format!("invalid URI: {e}")));
+                            errs.add(format!("{up}.uri"), format!("invalid URI: {e}"));
                             None
                         }
                     };
                     let cluster = match &u.cluster {
                         None => {
-                            errs.push((format!("{up}.cluster"), "is required".into()));
+                            errs.add(format!("{up}.cluster"), "is required");
                             None
                         }
                         Some(c) if !allow_unknown_clusters && !clusters.contains(c) => {
-                            errs.push((format!("{up}.cluster"), format!("unknown cluster \"{c}\"")));
+                            errs.add(format!("{up}.cluster"), format!("unknown cluster \"{c}\""));
                             None
                         }
                         Some(c) => Some(c.clone()),
@@ -463,7 +462,7 @@ fn provider(
     for (i, h) in p.from_headers.iter().enumerate() {
         let hp = format!("{pp}.from_headers[{i}]");
         match &h.name {
-            None => errs.push((format!("{hp}.name"), "is required".into())),
+            None => errs.add(format!("{hp}.name"), "is required"),
             Some(n) => {
                 if let Some(name) = header_name(errs, &format!("{hp}.name"), n) {
                     from_headers.push(JwtHeader {
@@ -477,7 +476,7 @@ fn provider(
     let mut from_params = p.from_params.clone();
     for (i, q) in from_params.iter().enumerate() {
         if q.is_empty() || q.contains(['&', '=', '#']) {
-            errs.push((format!("{pp}.from_params[{i}]"), "is not a query parameter name".into()));
+            errs.add(format!("{pp}.from_params[{i}]"), "is not a query parameter name");
         }
     }
     if from_headers.is_empty() && from_params.is_empty() {
@@ -497,14 +496,14 @@ fn provider(
         let cp = format!("{pp}.claim_to_headers[{i}]");
         let h = match &c.header_name {
             None => {
-                errs.push((format!("{cp}.header_name"), "is required".into()));
+                errs.add(format!("{cp}.header_name"), "is required");
                 None
             }
             Some(h) => header_name(errs, &format!("{cp}.header_name"), h),
         };
         let claim = match c.claim_name.as_deref() {
             None | Some("") => {
-                errs.push((format!("{cp}.claim_name"), "is required".into()));
+                errs.add(format!("{cp}.claim_name"), "is required");
                 None
             }
             Some(c) => Some(c.to_string()),
@@ -520,15 +519,15 @@ fn provider(
         None => DEFAULT_CLOCK_SKEW_SECONDS,
         Some(s) if s <= 3600 => s,
         Some(_) => {
-            errs.push((format!("{pp}.clock_skew_seconds"), "must be at most 3600".into()));
+            errs.add(format!("{pp}.clock_skew_seconds"), "must be at most 3600");
             0
         }
     };
     if p.audiences.iter().any(String::is_empty) {
-        errs.push((format!("{pp}.audiences"), "must not contain an empty audience".into()));
+        errs.add(format!("{pp}.audiences"), "must not contain an empty audience");
     }
     if p.issuer.as_deref() == Some("") {
-        errs.push((format!("{pp}.issuer"), "must not be empty".into()));
+        errs.add(format!("{pp}.issuer"), "must not be empty");
     }
     if errs.len() != before {
         return None;
@@ -547,7 +546,7 @@ fn provider(
     })
 }
 
-fn requirement(errs: &mut Errs, path: &str, r: &RawJwtRequirement, names: &[&str]) -> Option<JwtRequirement> {
+fn requirement(errs: &mut ConfigError, path: &str, r: &RawJwtRequirement, names: &[&str]) -> Option<JwtRequirement> {
     let set = [
         r.provider_name.is_some(),
         r.requires_any.is_some(),
@@ -556,19 +555,15 @@ fn requirement(errs: &mut Errs, path: &str, r: &RawJwtRequirement, names: &[&str
         r.allow_missing_or_failed.is_some(),
     ];
     if set.iter().filter(|s| **s).count() != 1 {
-        errs.push((
+        errs.add(
             path.to_string(),
-            "needs exactly one of provider_name, requires_any, requires_all, allow_missing, allow_missing_or_failed"
-                .into(),
-        ));
+            "needs exactly one of provider_name, requires_any, requires_all, allow_missing, allow_missing_or_failed",
+        );
         return None;
     }
-    let list = |errs: &mut Errs, f: &str, l: &RawJwtRequirements| -> Option<Vec<JwtRequirement>> {
+    let list = |errs: &mut ConfigError, f: &str, l: &RawJwtRequirements| -> Option<Vec<JwtRequirement>> {
         if l.requirements.len() < 2 {
-            errs.push((
-                format!("{path}.{f}.requirements"),
-                "needs at least two requirements".into(),
-            ));
+            errs.add(format!("{path}.{f}.requirements"), "needs at least two requirements");
             return None;
         }
         let before = errs.len();
@@ -584,7 +579,7 @@ fn requirement(errs: &mut Errs, path: &str, r: &RawJwtRequirement, names: &[&str
         match names.iter().position(|p| p == n) {
             Some(i) => Some(JwtRequirement::Provider(i)),
             None => {
-                errs.push((format!("{path}.provider_name"), format!("unknown provider \"{n}\"")));
+                errs.add(format!("{path}.provider_name"), format!("unknown provider \"{n}\""));
                 None
             }
         }
@@ -605,7 +600,7 @@ mod tests {
 
     const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","x":"a","y":"b"}]}"#;
 
-    fn parse(yaml: &str) -> (Option<JwtAuthn>, Errs) {
+    fn parse(yaml: &str) -> (Option<JwtAuthn>, ConfigError) {
         let raw: RawJwtAuthn = serde_saphyr::from_str(yaml).unwrap();
         let clusters: HashSet<String> = ["idp".to_string()].into();
         validate("j", &raw, &clusters, false)
@@ -667,7 +662,7 @@ mod tests {
         for (y, field) in cases {
             let (j, errs) = parse(y);
             assert!(j.is_none(), "{y}");
-            assert!(errs.iter().any(|(p, _)| p == field), "{y}: {errs:?}");
+            assert!(errs.errors.iter().any(|e| e.path == field), "{y}: {errs:?}");
         }
     }
 }

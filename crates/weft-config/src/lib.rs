@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod authz;
 pub mod duration;
+pub mod errors;
 pub mod grpc_log;
 pub mod jwt;
 pub mod log_format;

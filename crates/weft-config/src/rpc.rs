@@ -5,6 +5,7 @@
 //! `raw`/`validate`/`model` files only carry one hook each.
 
 use crate::duration;
+use crate::errors::ConfigError;
 use crate::model::{
     AccessLog, FaultDelay, LocalRateLimit, LogSink, RateLimitAction, RateLimitPolicy, RateLimitService,
 };
@@ -287,17 +288,16 @@ fn ser_opt_dur<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok
     }
 }
 
-/// Validates an `rpc` block. Errors are (field path, message) pairs; `None` when the block is
-/// unusable.
+/// Validates an `rpc` block into `errors`; `None` when the block is unusable.
 pub fn validate(
     path: &str,
     r: &RawRpc,
     clusters: &HashSet<String>,
     allow_unknown_clusters: bool,
-    errors: &mut Vec<(String, String)>,
+    errors: &mut ConfigError,
 ) -> Option<RpcProxy> {
     let before = errors.len();
-    let mut err = |p: String, m: String| errors.push((p, m));
+    let mut err = |p: String, m: String| errors.add(p, m);
     let protocol = match r.protocol.as_deref() {
         None | Some("dubbo") => RpcProtocol::Dubbo,
         Some("bolt") => RpcProtocol::Bolt,
@@ -382,7 +382,7 @@ pub fn validate(
     let mut routes = Vec::new();
     // Errors of the routes' governance blocks and of the rate limit service, collected apart (`err`
     // borrows `errors`) and added at the end.
-    let mut later_errors: Vec<(String, String)> = Vec::new();
+    let mut later_errors = ConfigError::default();
     for (i, rr) in r.routes.iter().enumerate() {
         let p = format!("{path}.routes[{i}]");
         let no_route = rr.no_route == Some(true);
@@ -499,7 +499,7 @@ pub fn validate(
         for (k, rl) in rr.rate_limits.iter().enumerate() {
             let rp = format!("{p}.rate_limits[{k}]");
             if rl.actions.is_empty() {
-                later_errors.push((format!("{rp}.actions"), "needs at least one action".into()));
+                later_errors.add(format!("{rp}.actions"), "needs at least one action");
             }
             let mut actions = Vec::new();
             for (j, a) in rl.actions.iter().enumerate() {
@@ -510,7 +510,7 @@ pub fn validate(
                     a.generic_key.is_some(),
                 ];
                 if set.iter().filter(|b| **b).count() != 1 {
-                    later_errors.push((ap, "set exactly one of attachment, remote_address, generic_key".into()));
+                    later_errors.add(ap, "set exactly one of attachment, remote_address, generic_key");
                     continue;
                 }
                 if let Some(at) = &a.attachment {
@@ -527,7 +527,7 @@ pub fn validate(
                             } else {
                                 "descriptor_key"
                             };
-                            later_errors.push((format!("{ap}.attachment.{f}"), "is required".into()));
+                            later_errors.add(format!("{ap}.attachment.{f}"), "is required");
                         }
                     }
                 } else if a.remote_address.is_some() {
@@ -538,21 +538,21 @@ pub fn validate(
                             descriptor_key: g.descriptor_key.clone().unwrap_or_else(|| "generic_key".into()),
                             descriptor_value: v.to_string(),
                         }),
-                        _ => later_errors.push((format!("{ap}.generic_key.descriptor_value"), "is required".into())),
+                        _ => later_errors.add(format!("{ap}.generic_key.descriptor_value"), "is required"),
                     }
                 }
             }
             rate_limits.push(RateLimitPolicy { actions });
         }
         if !rate_limits.is_empty() && r.rate_limit_service.is_none() {
-            later_errors.push((format!("{p}.rate_limits"), format!("needs {path}.rate_limit_service")));
+            later_errors.add(format!("{p}.rate_limits"), format!("needs {path}.rate_limit_service"));
         }
         let mirror = rr.mirror.as_ref().and_then(|m| {
             let percent = percent(format!("{p}.mirror.percent"), m.percent);
             match m.cluster.as_deref() {
                 Some(c) if !c.is_empty() => {
                     if !clusters.contains(c) && !allow_unknown_clusters {
-                        later_errors.push((format!("{p}.mirror.cluster"), format!("unknown cluster \"{c}\"")));
+                        later_errors.add(format!("{p}.mirror.cluster"), format!("unknown cluster \"{c}\""));
                     }
                     Some(RpcMirror {
                         cluster: c.to_string(),
@@ -560,7 +560,7 @@ pub fn validate(
                     })
                 }
                 _ => {
-                    later_errors.push((format!("{p}.mirror.cluster"), "is required".into()));
+                    later_errors.add(format!("{p}.mirror.cluster"), "is required");
                     None
                 }
             }
@@ -570,11 +570,11 @@ pub fn validate(
                 let fixed = match d.fixed.as_deref().map(duration::parse) {
                     Some(Ok(x)) => x,
                     Some(Err(e)) => {
-                        later_errors.push((format!("{p}.fault.delay.fixed"), e.to_string()));
+                        later_errors.add(format!("{p}.fault.delay.fixed"), e.to_string());
                         Duration::ZERO
                     }
                     None => {
-                        later_errors.push((format!("{p}.fault.delay.fixed"), "is required".into()));
+                        later_errors.add(format!("{p}.fault.delay.fixed"), "is required");
                         Duration::ZERO
                     }
                 };
@@ -588,7 +588,7 @@ pub fn validate(
                 .as_ref()
                 .map(|a| percent(format!("{p}.fault.abort.percent"), a.percent));
             if delay.is_none() && abort_percent.is_none() {
-                later_errors.push((format!("{p}.fault"), "give delay, abort or both".into()));
+                later_errors.add(format!("{p}.fault"), "give delay, abort or both");
             }
             RpcFault { delay, abort_percent }
         });
@@ -599,12 +599,9 @@ pub fn validate(
                 fill_interval: r.fill_interval.clone(),
                 descriptor_header: None,
             };
-            let bucket = crate::validate::local_rate_limit_pairs(&format!("{p}.rate_limit"), &raw, &mut later_errors);
+            let bucket = crate::validate::local_rate_limit_into(&format!("{p}.rate_limit"), &raw, &mut later_errors);
             if r.descriptor_attachment.as_deref() == Some("") {
-                later_errors.push((
-                    format!("{p}.rate_limit.descriptor_attachment"),
-                    "must not be empty".into(),
-                ));
+                later_errors.add(format!("{p}.rate_limit.descriptor_attachment"), "must not be empty");
             }
             RpcRateLimit {
                 bucket,
@@ -651,12 +648,10 @@ pub fn validate(
         AccessLog { sink, format: None }
     });
     let tracing = r.tracing.as_ref().and_then(|t| {
-        let (t, errs) = crate::tracing::validate(&format!("{path}.tracing"), t, clusters, allow_unknown_clusters);
-        errors.extend(errs);
-        t.map(Box::new)
+        crate::tracing::validate(&format!("{path}.tracing"), t, clusters, allow_unknown_clusters, errors).map(Box::new)
     });
     let rate_limit_service = r.rate_limit_service.as_ref().and_then(|s| {
-        crate::validate::rate_limit_service_pairs(
+        crate::validate::rate_limit_service_into(
             &format!("{path}.rate_limit_service"),
             s,
             clusters,

@@ -6,7 +6,7 @@
 //! Each file field has an inline twin (`cert_pem` beside `cert_file`, ...) holding the PEM itself,
 //! which is what xDS `inline_bytes`/`inline_string` data sources become.
 
-use crate::validate::FieldError;
+use crate::errors::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -259,16 +259,13 @@ pub const MESH_SNI: &str = "mesh.weft.internal";
 
 // ---- validation ----
 
-fn err(errors: &mut Vec<FieldError>, path: &str, message: impl Into<String>) {
-    errors.push(FieldError {
-        path: path.to_string(),
-        message: message.into(),
-    });
+fn err(errors: &mut ConfigError, path: &str, message: impl Into<String>) {
+    errors.add(path, message.into());
 }
 
 /// `<prefix><stem>_file` or `<prefix><stem>_pem` (not both); `required`: one of them must be given.
 fn pem(
-    errors: &mut Vec<FieldError>,
+    errors: &mut ConfigError,
     prefix: &str,
     stem: &str,
     file: &Option<String>,
@@ -303,7 +300,7 @@ fn pem(
     }
 }
 
-fn min_version(errors: &mut Vec<FieldError>, path: &str, v: &Option<String>) -> TlsMinVersion {
+fn min_version(errors: &mut ConfigError, path: &str, v: &Option<String>) -> TlsMinVersion {
     match v.as_deref() {
         None | Some("1.2") | Some("TLSv1_2") => TlsMinVersion::V12,
         Some("1.3") | Some("TLSv1_3") => TlsMinVersion::V13,
@@ -318,7 +315,7 @@ fn min_version(errors: &mut Vec<FieldError>, path: &str, v: &Option<String>) -> 
     }
 }
 
-fn suites(errors: &mut Vec<FieldError>, path: &str, v: &Option<Vec<String>>) -> Vec<TlsSuite> {
+fn suites(errors: &mut ConfigError, path: &str, v: &Option<Vec<String>>) -> Vec<TlsSuite> {
     let Some(v) = v else {
         return vec![TlsSuite::Standard];
     };
@@ -439,7 +436,7 @@ pub fn cipher_suite_id(canonical: &str) -> Option<u16> {
 /// an error naming it; a name weft knows but does not implement is left out, or an error naming it
 /// when the list names nothing weft implements. Returns the families in order of first appearance
 /// and the suites offered, canonical names, most preferred first.
-pub fn cipher_suites(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> (Vec<TlsSuite>, Vec<String>) {
+pub fn cipher_suites(errors: &mut ConfigError, path: &str, v: &[String]) -> (Vec<TlsSuite>, Vec<String>) {
     let mut named: Vec<&'static (&'static str, u16, bool, &'static [&'static str])> = Vec::new();
     let mut unimplemented: Vec<(String, String)> = Vec::new();
     for (i, entry) in v.iter().enumerate() {
@@ -518,7 +515,7 @@ pub fn cipher_suites(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> 
 
 /// `suites` or `cipher_suites` (not both) at `path` (the block's, e.g. `clusters[0].tls`).
 fn suites_or_ciphers(
-    errors: &mut Vec<FieldError>,
+    errors: &mut ConfigError,
     path: &str,
     s: &Option<Vec<String>>,
     c: &Option<Vec<String>>,
@@ -537,7 +534,7 @@ fn suites_or_ciphers(
     }
 }
 
-fn alpn(errors: &mut Vec<FieldError>, path: &str, v: &[String]) -> Vec<String> {
+fn alpn(errors: &mut ConfigError, path: &str, v: &[String]) -> Vec<String> {
     for (i, p) in v.iter().enumerate() {
         if p.is_empty() || p.len() > 255 {
             err(errors, &format!("{path}[{i}]"), "an ALPN protocol id is 1 to 255 bytes");
@@ -556,7 +553,7 @@ fn server_name_ok(n: &str) -> bool {
 }
 
 /// A listener's `tls` block at `path` (e.g. `listeners[0].tls`).
-pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut Vec<FieldError>) -> ListenerTls {
+pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut ConfigError) -> ListenerTls {
     let mode = match t.mode.as_deref().map(str::to_ascii_uppercase).as_deref() {
         None | Some("STRICT") => TlsMode::Strict,
         Some("PERMISSIVE") => TlsMode::Permissive,
@@ -676,7 +673,7 @@ pub fn cluster_tls(
     t: &RawClusterTls,
     http2: bool,
     dns_host: Option<&str>,
-    errors: &mut Vec<FieldError>,
+    errors: &mut ConfigError,
 ) -> ClusterTls {
     let mode = match t.mode.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("simple") => ClusterTlsMode::Simple,

@@ -16,6 +16,7 @@
 //!
 //! Raw (YAML/xDS) form, its validation (errors name the field), and the model the proxy runs.
 
+use crate::errors::ConfigError;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -104,15 +105,16 @@ fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_str(&format!("{}ms", d.as_millis()))
 }
 
-/// Validates a `tracing` block at `path`. Problems are returned as (field path, message) pairs.
+/// Validates a `tracing` block at `path`. Problems are added to `errors`.
 pub fn validate(
     path: &str,
     raw: &RawTracing,
     clusters: &HashSet<String>,
     allow_unknown_clusters: bool,
-) -> (Option<Tracing>, Vec<(String, String)>) {
-    let mut errs: Vec<(String, String)> = Vec::new();
-    let mut err = |field: &str, msg: String| errs.push((format!("{path}.{field}"), msg));
+    errors: &mut ConfigError,
+) -> Option<Tracing> {
+    let before = errors.len();
+    let mut err = |field: &str, msg: String| errors.add(format!("{path}.{field}"), msg);
     match raw.provider.as_deref() {
         None | Some("otlp") | Some("opentelemetry") => {}
         Some(o) => err("provider", format!("unknown provider \"{o}\" (otlp)")),
@@ -220,10 +222,10 @@ pub fn validate(
         export_timeout,
         http_path,
     });
-    if errs.is_empty() {
-        (out, errs)
+    if errors.len() == before {
+        out
     } else {
-        (None, errs)
+        None
     }
 }
 
@@ -245,6 +247,11 @@ fn looks_like_host_port(s: &str) -> bool {
 mod tests {
     use super::*;
 
+    fn check(path: &str, raw: &RawTracing, clusters: &HashSet<String>, allow: bool) -> (Option<Tracing>, ConfigError) {
+        let mut e = ConfigError::default();
+        (validate(path, raw, clusters, allow, &mut e), e)
+    }
+
     fn raw(endpoint: &str) -> RawTracing {
         RawTracing {
             endpoint: Some(endpoint.into()),
@@ -255,7 +262,7 @@ mod tests {
     #[test]
     fn defaults_and_endpoint_kinds() {
         let clusters: HashSet<String> = ["otel".to_string()].into();
-        let (t, e) = validate("t", &raw("otel"), &clusters, false);
+        let (t, e) = check("t", &raw("otel"), &clusters, false);
         assert!(e.is_empty(), "{e:?}");
         let t = t.unwrap();
         assert_eq!(t.endpoint, TraceEndpoint::Cluster("otel".into()));
@@ -265,9 +272,9 @@ mod tests {
             t.propagators,
             vec![Propagator::W3c, Propagator::B3, Propagator::B3multi]
         );
-        let (t, _) = validate("t", &raw("127.0.0.1:4317"), &clusters, false);
+        let (t, _) = check("t", &raw("127.0.0.1:4317"), &clusters, false);
         assert_eq!(t.unwrap().endpoint, TraceEndpoint::Address("127.0.0.1:4317".into()));
-        let (t, _) = validate("t", &raw("collector.local:4317"), &clusters, false);
+        let (t, _) = check("t", &raw("collector.local:4317"), &clusters, false);
         assert!(t.is_some());
     }
 
@@ -283,9 +290,9 @@ mod tests {
             provider: Some("zipkin".into()),
             ..RawTracing::default()
         };
-        let (t, e) = validate("listeners[0].http.tracing", &r, &HashSet::new(), false);
+        let (t, e) = check("listeners[0].http.tracing", &r, &HashSet::new(), false);
         assert!(t.is_none());
-        let fields: Vec<&str> = e.iter().map(|(p, _)| p.as_str()).collect();
+        let fields: Vec<&str> = e.errors.iter().map(|f| f.path.as_str()).collect();
         for f in [
             "provider",
             "endpoint",

@@ -5,60 +5,13 @@ use crate::duration;
 use crate::model::*;
 use crate::raw::*;
 use std::collections::{BTreeMap, HashSet};
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-/// One problem in a configuration, with the path of the field at fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    pub path: String,
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Every problem found in a configuration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConfigError {
-    pub errors: Vec<FieldError>,
-}
-
-impl ConfigError {
-    pub fn single(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            errors: vec![FieldError {
-                path: path.into(),
-                message: message.into(),
-            }],
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.errors.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
+pub use crate::errors::{ConfigError, FieldError};
 
 struct Ctx {
-    errors: Vec<FieldError>,
+    errors: ConfigError,
     /// See [`ValidateOptions::allow_unknown_clusters`].
     allow_unknown_clusters: bool,
     allow_empty_clusters: bool,
@@ -82,10 +35,7 @@ pub struct ValidateOptions {
 
 impl Ctx {
     fn err(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(FieldError {
-            path: path.to_string(),
-            message: message.into(),
-        });
+        self.errors.add(path, message.into());
     }
 
     fn dur(&mut self, path: &str, v: &Option<String>) -> Option<Duration> {
@@ -148,7 +98,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 /// [`validate`] with options.
 pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, ConfigError> {
     let mut cx = Ctx {
-        errors: Vec::new(),
+        errors: ConfigError::default(),
         allow_unknown_clusters: opts.allow_unknown_clusters || raw.xds.is_some(),
         allow_empty_clusters: opts.allow_empty_clusters,
         allow_empty_route_configs: opts.allow_empty_route_configs,
@@ -250,7 +200,7 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
             dns,
         })
     } else {
-        Err(ConfigError { errors: cx.errors })
+        Err(cx.errors)
     }
 }
 
@@ -434,17 +384,13 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
         .as_ref()
         .filter(|_| sniffing || (l.http.is_none() && l.tcp_proxy.is_none()))
     {
-        let mut errs = Vec::new();
         let rpc = crate::rpc::validate(
             &format!("{path}.rpc"),
             r,
             clusters,
             cx.allow_unknown_clusters,
-            &mut errs,
+            &mut cx.errors,
         );
-        for (p, m) in errs {
-            cx.err(&p, m);
-        }
         let http = (l.http.as_ref().filter(|_| sniffing))
             .and_then(|h| http_manager(cx, &format!("{path}.http"), h, clusters))
             .map(Box::new);
@@ -577,11 +523,7 @@ fn filter_chain(
                 );
                 return None;
             }
-            let mut errs = Vec::new();
-            let rpc = crate::rpc::validate(&rp, r, clusters, cx.allow_unknown_clusters, &mut errs);
-            for (p, m) in errs {
-                cx.err(&p, m);
-            }
+            let rpc = crate::rpc::validate(&rp, r, clusters, cx.allow_unknown_clusters, &mut cx.errors);
             NetworkFilter::Rpc(rpc?)
         }
         (None, None, None) => {
@@ -667,10 +609,13 @@ fn access_logs(
                 if grpc.is_some() {
                     cx.err(&p, "at most one grpc access log per filter");
                 }
-                let (g, errs) = crate::grpc_log::validate(&format!("{p}.grpc"), g, clusters, cx.allow_unknown_clusters);
-                for (f, m) in errs {
-                    cx.err(&f, m);
-                }
+                let g = crate::grpc_log::validate(
+                    &format!("{p}.grpc"),
+                    g,
+                    clusters,
+                    cx.allow_unknown_clusters,
+                    &mut cx.errors,
+                );
                 grpc = grpc.or(g);
             }
             None => {
@@ -699,12 +644,14 @@ fn tcp_proxy(cx: &mut Ctx, path: &str, t: &RawTcpProxy, clusters: &HashSet<Strin
         access_log,
         grpc_access_log,
         tracing: t.tracing.as_ref().and_then(|tr| {
-            let (tr, errs) =
-                crate::tracing::validate(&format!("{path}.tracing"), tr, clusters, cx.allow_unknown_clusters);
-            for (p, m) in errs {
-                cx.err(&p, m);
-            }
-            tr.map(Box::new)
+            crate::tracing::validate(
+                &format!("{path}.tracing"),
+                tr,
+                clusters,
+                cx.allow_unknown_clusters,
+                &mut cx.errors,
+            )
+            .map(Box::new)
         }),
         authorization: authorization(cx, &format!("{path}.authorization"), &t.authorization, true),
     })
@@ -717,9 +664,7 @@ fn authorization(
     tcp: bool,
 ) -> Option<Box<crate::authz::Authorization>> {
     let (a, errs) = crate::authz::validate(path, raw.as_ref()?, tcp);
-    for (p, m) in errs {
-        cx.err(&p, m);
-    }
+    cx.errors.extend(errs);
     a.map(Box::new)
 }
 
@@ -806,19 +751,19 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
             .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
         rate_limit_service,
         tracing: h.tracing.as_ref().and_then(|t| {
-            let (t, errs) =
-                crate::tracing::validate(&format!("{path}.tracing"), t, clusters, cx.allow_unknown_clusters);
-            for (p, m) in errs {
-                cx.err(&p, m);
-            }
-            t.map(Box::new)
+            crate::tracing::validate(
+                &format!("{path}.tracing"),
+                t,
+                clusters,
+                cx.allow_unknown_clusters,
+                &mut cx.errors,
+            )
+            .map(Box::new)
         }),
         authorization: authorization(cx, &format!("{path}.authorization"), &h.authorization, false),
         jwt_authn: h.jwt_authn.as_ref().and_then(|j| {
             let (j, errs) = crate::jwt::validate(&format!("{path}.jwt_authn"), j, clusters, cx.allow_unknown_clusters);
-            for (p, m) in errs {
-                cx.err(&p, m);
-            }
+            cx.errors.extend(errs);
             j.map(Box::new)
         }),
     })
@@ -832,22 +777,22 @@ fn default_dur(cx: &mut Ctx, path: &str, v: &Option<String>, default_secs: u64) 
     }
 }
 
-/// [`rate_limit_service`] for the `rpc` block, whose validation collects (path, message) pairs.
-pub(crate) fn rate_limit_service_pairs(
+/// [`rate_limit_service`] for the `rpc` block's validation.
+pub(crate) fn rate_limit_service_into(
     path: &str,
     r: &RawRateLimitService,
     clusters: &HashSet<String>,
     allow_unknown_clusters: bool,
-    errors: &mut Vec<(String, String)>,
+    errors: &mut ConfigError,
 ) -> Option<RateLimitService> {
     let mut cx = Ctx {
-        errors: Vec::new(),
+        errors: std::mem::take(errors),
         allow_unknown_clusters,
         allow_empty_clusters: false,
         allow_empty_route_configs: false,
     };
     let v = rate_limit_service(&mut cx, path, r, clusters);
-    errors.extend(cx.errors.into_iter().map(|e| (e.path, e.message)));
+    *errors = cx.errors;
     v
 }
 
@@ -1137,20 +1082,16 @@ fn percent(cx: &mut Ctx, path: &str, v: Option<f64>) -> f64 {
 /// The largest token count a bucket can hold (the bucket packs its state into one atomic word).
 pub const MAX_TOKENS: u64 = (1 << 24) - 1;
 
-/// [`local_rate_limit`] for the `rpc` block, whose validation collects (path, message) pairs.
-pub(crate) fn local_rate_limit_pairs(
-    path: &str,
-    r: &RawLocalRateLimit,
-    errors: &mut Vec<(String, String)>,
-) -> LocalRateLimit {
+/// [`local_rate_limit`] for the `rpc` block's validation.
+pub(crate) fn local_rate_limit_into(path: &str, r: &RawLocalRateLimit, errors: &mut ConfigError) -> LocalRateLimit {
     let mut cx = Ctx {
-        errors: Vec::new(),
+        errors: std::mem::take(errors),
         allow_unknown_clusters: false,
         allow_empty_clusters: false,
         allow_empty_route_configs: false,
     };
     let v = local_rate_limit(&mut cx, path, r);
-    errors.extend(cx.errors.into_iter().map(|e| (e.path, e.message)));
+    *errors = cx.errors;
     v
 }
 

@@ -146,10 +146,10 @@ fn inline_pem_fields() {
 #[test]
 fn cipher_suites_follow_envoys_names_and_rules() {
     let run = |v: &[&str]| {
-        let mut errors = Vec::new();
+        let mut errors = weft_config::ConfigError::default();
         let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
         let out = cipher_suites(&mut errors, "tls.cipher_suites", &v);
-        (out, errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))
+        (out, errors.to_string())
     };
     // TLS 1.2 names only: the three TLS 1.3 suites stay on (BoringSSL's cipher_suites governs
     // TLS 1.2), before the named ones; IANA spellings and any case are accepted.

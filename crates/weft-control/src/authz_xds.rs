@@ -329,9 +329,9 @@ mod tests {
                 panic!("typed config");
             };
             let r: http_rbac::Rbac = weft_xds_api::unpack(any, RBAC_URL).unwrap();
-            let mut errs = weft_xds_client::convert::Errs::default();
+            let mut errs = weft_config::ConfigError::default();
             raw.rbac.push(weft_xds_client::rbac_xds::http(&mut errs, "f", &r));
-            assert!(errs.0.is_empty(), "{:?}", errs.0);
+            assert!(errs.is_empty(), "{errs}");
         }
         let (back, e) = weft_config::authz::validate("a", &raw, false);
         assert!(e.is_empty(), "{e:?}");

@@ -1079,14 +1079,15 @@ impl MeshAuthz {
     }
 }
 
+/// weft-config's field-error collector, each path prefixed with the source (a file name).
 struct Errs<'a> {
     source: &'a str,
-    list: Vec<String>,
+    list: weft_config::ConfigError,
 }
 
 impl Errs<'_> {
     fn push(&mut self, path: impl std::fmt::Display, msg: impl std::fmt::Display) {
-        self.list.push(format!("{}: {path}: {msg}", self.source));
+        self.list.add(format!("{}: {path}", self.source), msg);
     }
 }
 
@@ -1193,7 +1194,7 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
     };
     let mut e = Errs {
         source,
-        list: Vec::new(),
+        list: Default::default(),
     };
     let mut frag = Fragment::default();
     for (i, s) in raw.services.into_iter().enumerate() {
@@ -1526,9 +1527,9 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
             rbac: Vec::new(),
         };
         let (compiled, errs) = weft_config::authz::validate(&p, &raw, false);
-        for (path, msg) in errs {
+        for f in errs.errors {
             // `authorization[i].policies[0].rules…` → `authorization[i].rules…`
-            e.push(path.replacen(".policies[0]", "", 1), msg);
+            e.push(f.path.replacen(".policies[0]", "", 1), f.message);
         }
         if let Some(compiled) = compiled {
             frag.authorization.push(MeshAuthz {
@@ -1542,7 +1543,7 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
     if e.list.is_empty() {
         Ok(frag)
     } else {
-        Err(e.list)
+        Err(e.list.lines())
     }
 }
 
@@ -2106,7 +2107,7 @@ impl World {
         for (src, f) in fragments {
             let mut e = Errs {
                 source: src,
-                list: Vec::new(),
+                list: Default::default(),
             };
             let check = |e: &mut Errs<'_>, path: String, d: &DestRef| {
                 if !w.services.contains_key(&d.service) {
@@ -2239,7 +2240,7 @@ impl World {
                 }
             }
             if !e.list.is_empty() {
-                errs.entry(src.to_string()).or_default().extend(e.list);
+                errs.entry(src.to_string()).or_default().extend(e.list.lines());
             }
         }
         (w, errs)

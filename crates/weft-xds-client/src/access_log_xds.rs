@@ -2,10 +2,10 @@
 //! their `log_format` (`SubstitutionFormatString`), and the gRPC access-log service clients
 //! `envoy.access_loggers.http_grpc` / `tcp_grpc`) in weft's raw form.
 
-use crate::convert::Errs;
 use std::collections::BTreeMap;
 use weft_config::grpc_log::RawGrpcAccessLog;
 use weft_config::raw::RawAccessLog;
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3::{data_source, substitution_format_string, SubstitutionFormatString};
 use weft_xds_api::pb::envoy::extensions::access_loggers::file::v3::{file_access_log, FileAccessLog};
 use weft_xds_api::pb::envoy::extensions::access_loggers::grpc::v3::{
@@ -28,7 +28,7 @@ pub enum Kind {
 
 /// One access logger's typed config (`p` is its path, e.g. `…access_log[0].typed_config`);
 /// `None` when its type is not one of these (the caller reports it).
-pub fn convert(errs: &mut Errs, p: &str, a: &Any, kind: Kind) -> Option<RawAccessLog> {
+pub fn convert(errs: &mut ConfigError, p: &str, a: &Any, kind: Kind) -> Option<RawAccessLog> {
     if a.type_url == HTTP_GRPC_URL {
         if kind == Kind::Tcp {
             errs.add(p, "envoy.access_loggers.http_grpc logs HTTP requests; use envoy.access_loggers.tcp_grpc (TcpGrpcAccessLogConfig) on a tcp_proxy");
@@ -42,7 +42,7 @@ pub fn convert(errs: &mut Errs, p: &str, a: &Any, kind: Kind) -> Option<RawAcces
             }
         };
         if !g.additional_response_trailers_to_log.is_empty() {
-            errs.add(&format!("{p}.additional_response_trailers_to_log"), "unsupported");
+            errs.add(format!("{p}.additional_response_trailers_to_log"), "unsupported");
         }
         let mut raw = grpc_common(errs, p, g.common_config.as_ref());
         raw.additional_request_headers_to_log = g.additional_request_headers_to_log;
@@ -122,7 +122,7 @@ pub fn convert(errs: &mut Errs, p: &str, a: &Any, kind: Kind) -> Option<RawAcces
 /// `common_config` of `http_grpc`/`tcp_grpc`: the Envoy API's own rules (`log_name` min_len 1,
 /// `grpc_service` required, `transport_api_version` defined, `buffer_flush_interval` > 0), then
 /// what weft can do (`envoy_grpc` only; fields that would change what is sent are refused).
-fn grpc_common(errs: &mut Errs, p: &str, c: Option<&CommonGrpcAccessLogConfig>) -> RawGrpcAccessLog {
+fn grpc_common(errs: &mut ConfigError, p: &str, c: Option<&CommonGrpcAccessLogConfig>) -> RawGrpcAccessLog {
     use weft_xds_api::pb::envoy::config::core::v3::grpc_service::TargetSpecifier;
     let p = format!("{p}.common_config");
     let Some(c) = c else {
@@ -130,32 +130,32 @@ fn grpc_common(errs: &mut Errs, p: &str, c: Option<&CommonGrpcAccessLogConfig>) 
         return RawGrpcAccessLog::default();
     };
     if c.log_name.is_empty() {
-        errs.add(&format!("{p}.log_name"), "must not be empty (min_len: 1)");
+        errs.add(format!("{p}.log_name"), "must not be empty (min_len: 1)");
     }
     let cluster = match c.grpc_service.as_ref() {
         None => {
-            errs.add(&format!("{p}.grpc_service"), "is required");
+            errs.add(format!("{p}.grpc_service"), "is required");
             None
         }
         Some(g) => {
             if !g.initial_metadata.is_empty() {
-                errs.add(&format!("{p}.grpc_service.initial_metadata"), "unsupported");
+                errs.add(format!("{p}.grpc_service.initial_metadata"), "unsupported");
             }
             match &g.target_specifier {
                 Some(TargetSpecifier::EnvoyGrpc(e)) if !e.cluster_name.is_empty() => Some(e.cluster_name.clone()),
                 Some(TargetSpecifier::EnvoyGrpc(_)) => {
                     errs.add(
-                        &format!("{p}.grpc_service.envoy_grpc.cluster_name"),
+                        format!("{p}.grpc_service.envoy_grpc.cluster_name"),
                         "must not be empty (min_len: 1)",
                     );
                     None
                 }
                 Some(TargetSpecifier::GoogleGrpc(_)) => {
-                    errs.add(&format!("{p}.grpc_service.google_grpc"), "unsupported; use envoy_grpc");
+                    errs.add(format!("{p}.grpc_service.google_grpc"), "unsupported; use envoy_grpc");
                     None
                 }
                 None => {
-                    errs.add(&format!("{p}.grpc_service.envoy_grpc"), "is required");
+                    errs.add(format!("{p}.grpc_service.envoy_grpc"), "is required");
                     None
                 }
             }
@@ -164,9 +164,9 @@ fn grpc_common(errs: &mut Errs, p: &str, c: Option<&CommonGrpcAccessLogConfig>) 
     // ApiVersion: AUTO (0) and V3 (2) are v3; V2 (1) is gone from Envoy too.
     match c.transport_api_version {
         0 | 2 => {}
-        1 => errs.add(&format!("{p}.transport_api_version"), "V2 is not supported; use V3"),
+        1 => errs.add(format!("{p}.transport_api_version"), "V2 is not supported; use V3"),
         v => errs.add(
-            &format!("{p}.transport_api_version"),
+            format!("{p}.transport_api_version"),
             format!("unsupported value {v} (defined_only)"),
         ),
     }
@@ -174,15 +174,12 @@ fn grpc_common(errs: &mut Errs, p: &str, c: Option<&CommonGrpcAccessLogConfig>) 
         None => None,
         Some(d) if d.seconds > 0 || (d.seconds == 0 && d.nanos > 0) => Some(crate::convert::dur(d)),
         Some(_) => {
-            errs.add(
-                &format!("{p}.buffer_flush_interval"),
-                "must be greater than 0s (gt: 0s)",
-            );
+            errs.add(format!("{p}.buffer_flush_interval"), "must be greater than 0s (gt: 0s)");
             None
         }
     };
     if !c.custom_tags.is_empty() {
-        errs.add(&format!("{p}.custom_tags"), "unsupported");
+        errs.add(format!("{p}.custom_tags"), "unsupported");
     }
     // `filter_state_objects_to_log` names objects weft never has (nothing to log), and
     // `grpc_stream_retry_policy` is what weft does anyway (reconnect with backoff): both ignored.
@@ -199,12 +196,12 @@ fn grpc_common(errs: &mut Errs, p: &str, c: Option<&CommonGrpcAccessLogConfig>) 
 
 /// `log_format`: text (inline or `text_format`) or a flat JSON map of strings. Envoy's default
 /// format when no format is set, like Envoy.
-fn format(errs: &mut Errs, p: &str, s: &SubstitutionFormatString, raw: &mut RawAccessLog) {
+fn format(errs: &mut ConfigError, p: &str, s: &SubstitutionFormatString, raw: &mut RawAccessLog) {
     if !s.formatters.is_empty() {
-        errs.add(&format!("{p}.formatters"), "unsupported");
+        errs.add(format!("{p}.formatters"), "unsupported");
     }
     if s.omit_empty_values {
-        errs.add(&format!("{p}.omit_empty_values"), "unsupported");
+        errs.add(format!("{p}.omit_empty_values"), "unsupported");
     }
     #[allow(deprecated)]
     match &s.format {
@@ -214,10 +211,10 @@ fn format(errs: &mut Errs, p: &str, s: &SubstitutionFormatString, raw: &mut RawA
             Some(data_source::Specifier::InlineString(t)) => raw.format = Some(t.clone()),
             Some(data_source::Specifier::InlineBytes(b)) => match std::str::from_utf8(b) {
                 Ok(t) => raw.format = Some(t.to_string()),
-                Err(_) => errs.add(&format!("{p}.text_format_source.inline_bytes"), "is not UTF-8"),
+                Err(_) => errs.add(format!("{p}.text_format_source.inline_bytes"), "is not UTF-8"),
             },
             _ => errs.add(
-                &format!("{p}.text_format_source"),
+                format!("{p}.text_format_source"),
                 "only inline_string and inline_bytes are supported",
             ),
         },
@@ -227,14 +224,14 @@ fn format(errs: &mut Errs, p: &str, s: &SubstitutionFormatString, raw: &mut RawA
     }
 }
 
-fn json(errs: &mut Errs, p: &str, s: &Struct) -> Option<BTreeMap<String, String>> {
+fn json(errs: &mut ConfigError, p: &str, s: &Struct) -> Option<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for (k, v) in &s.fields {
         match &v.kind {
             Some(ValueKind::StringValue(t)) => {
                 out.insert(k.clone(), t.clone());
             }
-            _ => errs.add(&format!("{p}.{k}"), "only string values (format strings) are supported"),
+            _ => errs.add(format!("{p}.{k}"), "only string values (format strings) are supported"),
         }
     }
     Some(out)

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_config::authz::{RawAuthorization, RawRbac};
 use weft_config::raw::*;
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::endpoint::v3 as ep;
@@ -33,20 +34,6 @@ use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
 use weft_xds_api::pb::envoy::r#type::v3 as typ;
 use weft_xds_api::pb::google::protobuf::{Any, Duration as PbDuration};
 use weft_xds_api::type_url;
-
-/// Collects conversion errors, each prefixed with its Envoy field path.
-#[derive(Default)]
-pub struct Errs(pub Vec<String>);
-
-impl Errs {
-    pub(crate) fn add(&mut self, path: &str, msg: impl std::fmt::Display) {
-        if path.is_empty() {
-            self.0.push(msg.to_string());
-        } else {
-            self.0.push(format!("{path}: {msg}"));
-        }
-    }
-}
 
 pub const HCM_NAME: &str = "envoy.filters.network.http_connection_manager";
 pub const TCP_PROXY_NAME: &str = "envoy.filters.network.tcp_proxy";
@@ -104,7 +91,7 @@ fn fraction(p: &Option<typ::FractionalPercent>, default: f64) -> Option<f64> {
     Some((f64::from(p.numerator) / denom * 100.0).min(100.0))
 }
 
-fn socket_address(errs: &mut Errs, path: &str, a: &Option<core::Address>, allow_dns: bool) -> Option<String> {
+fn socket_address(errs: &mut ConfigError, path: &str, a: &Option<core::Address>, allow_dns: bool) -> Option<String> {
     let sa = match a.as_ref().and_then(|a| a.address.as_ref()) {
         Some(core::address::Address::SocketAddress(sa)) => sa,
         Some(_) => {
@@ -119,7 +106,7 @@ fn socket_address(errs: &mut Errs, path: &str, a: &Option<core::Address>, allow_
     let port = match &sa.port_specifier {
         Some(core::socket_address::PortSpecifier::PortValue(p)) => *p,
         Some(core::socket_address::PortSpecifier::NamedPort(_)) => {
-            errs.add(&format!("{path}.socket_address.named_port"), "unsupported");
+            errs.add(format!("{path}.socket_address.named_port"), "unsupported");
             return None;
         }
         None => 0,
@@ -130,7 +117,7 @@ fn socket_address(errs: &mut Errs, path: &str, a: &Option<core::Address>, allow_
         Err(_) if allow_dns && !sa.address.is_empty() => Some(format!("{}:{port}", sa.address)),
         Err(_) => {
             errs.add(
-                &format!("{path}.socket_address.address"),
+                format!("{path}.socket_address.address"),
                 format!("\"{}\" is not an IP address", sa.address),
             );
             None
@@ -146,7 +133,7 @@ fn typed_url(cfg: &Option<Any>) -> &str {
 // Listener
 
 /// `Ok(None)` for API listeners (proxyless gRPC): they have no socket for weft to bind.
-pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
+pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, ConfigError> {
     if l.api_listener.is_some() {
         return Ok(None);
     }
@@ -155,7 +142,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
     if !invalid.is_empty() {
         return Err(invalid);
     }
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let address = socket_address(&mut errs, "address", &l.address, false);
     if l.default_filter_chain.is_some() {
         errs.add("default_filter_chain", "unsupported");
@@ -185,7 +172,7 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             // a connection itself (PERMISSIVE) and reads SNI in its own handshake.
         } else {
             errs.add(
-                &format!("listener_filters[{i}]"),
+                format!("listener_filters[{i}]"),
                 "unsupported (weft has envoy.filters.listener.original_dst, original_src and tls_inspector)",
             );
         }
@@ -215,8 +202,8 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, Vec<String>> {
             "every filter chain needs the same connection_limit (weft limits connections per listener)",
         );
     }
-    if !errs.0.is_empty() {
-        return Err(errs.0);
+    if !errs.is_empty() {
+        return Err(errs);
     }
     Ok(Some(XListener {
         raw: RawListener {
@@ -253,7 +240,7 @@ const ORIGINAL_SRC_TYPE: &str = "envoy.extensions.filters.listener.original_src.
 /// `SO_MARK` set to `mark` when given (Istio's TPROXY mode sends 1337 and routes marked replies
 /// back by an `ip rule`); it does not bind the peer's port, which Envoy does not implement
 /// either, so `bind_port` is refused rather than ignored.
-fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) -> u32 {
+fn original_src(errs: &mut ConfigError, path: &str, any: Option<&Any>) -> u32 {
     use weft_xds_api::pb::envoy::extensions::filters::listener::original_src::v3::OriginalSrc;
     let Some(any) = any else {
         // By name only: the defaults (no port, no mark).
@@ -264,14 +251,14 @@ fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) -> u32 {
         Ok(o) => {
             if o.bind_port {
                 errs.add(
-                    &format!("{path}.typed_config.bind_port"),
+                    format!("{path}.typed_config.bind_port"),
                     "unsupported (weft connects from the downstream's IP with any port; Envoy does not implement bind_port either)",
                 );
             }
             o.mark
         }
         Err(e) => {
-            errs.add(&format!("{path}.typed_config"), e);
+            errs.add(format!("{path}.typed_config"), e);
             0
         }
     }
@@ -279,7 +266,7 @@ fn original_src(errs: &mut Errs, path: &str, any: Option<&Any>) -> u32 {
 
 /// A filter chain, the route configuration it waits for, and its connection limit.
 fn filter_chain(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     fc: &ls::FilterChain,
 ) -> (RawFilterChain, Option<String>, Option<u64>, ChainTls) {
@@ -303,7 +290,7 @@ fn filter_chain(
         };
         for (j, r) in m.source_prefix_ranges.iter().enumerate() {
             if r.address_prefix.is_empty() {
-                errs.add(&format!("{mp}.source_prefix_ranges[{j}].address_prefix"), "is required");
+                errs.add(format!("{mp}.source_prefix_ranges[{j}].address_prefix"), "is required");
             }
             let len = r.prefix_len.as_ref().map(|l| l.value).unwrap_or(0);
             rm.source_prefixes.push(format!("{}/{len}", r.address_prefix));
@@ -316,24 +303,24 @@ fn filter_chain(
             ("source_type", m.source_type != 0),
         ] {
             if set {
-                errs.add(&format!("{mp}.{field}"), "unsupported");
+                errs.add(format!("{mp}.{field}"), "unsupported");
             }
         }
         match m.transport_protocol.as_str() {
             "" | "raw_buffer" => {}
             "tls" if tls_in.tls.is_some() => {}
             "tls" => errs.add(
-                &format!("{mp}.transport_protocol"),
+                format!("{mp}.transport_protocol"),
                 "\"tls\" without a TLS transport_socket (TLS passthrough) is unsupported: weft terminates TLS",
             ),
             other => errs.add(
-                &format!("{mp}.transport_protocol"),
+                format!("{mp}.transport_protocol"),
                 format!("unsupported value {other:?} (tls or raw_buffer)"),
             ),
         }
         if !m.server_names.is_empty() && fc.transport_socket.is_none() {
             errs.add(
-                &format!("{mp}.server_names"),
+                format!("{mp}.server_names"),
                 "unsupported without a TLS transport_socket (weft chooses only a certificate by SNI)",
             );
         }
@@ -341,7 +328,7 @@ fn filter_chain(
     }
     let mut rds = None;
     if fc.filters.is_empty() {
-        errs.add(&format!("{path}.filters"), "one network filter is required");
+        errs.add(format!("{path}.filters"), "one network filter is required");
     }
     // Before the terminal filter only a connection limit may come (weft's listener max_connections).
     let last = fc.filters.len().saturating_sub(1);
@@ -377,14 +364,14 @@ fn filter_chain(
         match weft_xds_api::unpack::<connection_limit::ConnectionLimit>(any, CONNECTION_LIMIT_URL) {
             Ok(c) => {
                 if c.delay.as_ref().is_some_and(|d| d.seconds > 0 || d.nanos > 0) {
-                    errs.add(&format!("{fp}.typed_config.delay"), "unsupported (weft closes at once)");
+                    errs.add(format!("{fp}.typed_config.delay"), "unsupported (weft closes at once)");
                 }
                 match c.max_connections {
                     Some(m) => limit = Some(m.value),
-                    None => errs.add(&format!("{fp}.typed_config.max_connections"), "is required"),
+                    None => errs.add(format!("{fp}.typed_config.max_connections"), "is required"),
                 }
             }
-            Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+            Err(e) => errs.add(format!("{fp}.typed_config"), e),
         }
     }
     if let Some(f) = fc.filters.last() {
@@ -392,7 +379,7 @@ fn filter_chain(
         let cfg = match &f.config_type {
             Some(ls::filter::ConfigType::TypedConfig(a)) => Some(a.clone()),
             Some(ls::filter::ConfigType::ConfigDiscovery(_)) => {
-                errs.add(&format!("{fp}.config_discovery"), "unsupported");
+                errs.add(format!("{fp}.config_discovery"), "unsupported");
                 None
             }
             None => None,
@@ -403,7 +390,7 @@ fn filter_chain(
                 Some(a) => match weft_xds_api::unpack::<hcm::HttpConnectionManager>(a, type_url::HCM) {
                     Ok(h) => h,
                     Err(e) => {
-                        errs.add(&format!("{fp}.typed_config"), e);
+                        errs.add(format!("{fp}.typed_config"), e);
                         return (out, None, limit, tls_in);
                     }
                 },
@@ -428,7 +415,7 @@ fn filter_chain(
                 Some(a) => match weft_xds_api::unpack::<tcp::TcpProxy>(a, type_url::TCP_PROXY) {
                     Ok(t) => t,
                     Err(e) => {
-                        errs.add(&format!("{fp}.typed_config"), e);
+                        errs.add(format!("{fp}.typed_config"), e);
                         return (out, None, limit, tls_in);
                     }
                 },
@@ -519,7 +506,7 @@ struct ChainTls {
 /// tls` chain beside a `raw_buffer` twin with the same filters (Istio's inbound listeners). This
 /// merges such chains into weft's shape and refuses what it cannot express, naming the chain.
 fn listener_tls(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     chains: Vec<RawFilterChain>,
     rds: Vec<Option<String>>,
     tls: Vec<ChainTls>,
@@ -570,19 +557,19 @@ fn listener_tls(
             Some(ct) => {
                 if settings(ct) != want {
                     errs.add(
-                        &format!("filter_chains[{i}].transport_socket"),
+                        format!("filter_chains[{i}].transport_socket"),
                         format!("differs from filter_chains[{first}]'s TLS settings (weft has one TLS setup per listener; only the certificate may vary, by server name)"),
                     );
                 }
                 if t.forward_client_cert != fcc {
                     errs.add(
-                        &format!("filter_chains[{i}]"),
+                        format!("filter_chains[{i}]"),
                         format!("forward_client_cert_details differs from filter_chains[{first}]'s (weft has one per TLS listener)"),
                     );
                 }
                 if ca_of(t) != ca_of(&tls[first]) {
                     errs.add(
-                        &format!("filter_chains[{i}].transport_socket"),
+                        format!("filter_chains[{i}].transport_socket"),
                         format!("its validation context's SDS secret differs from filter_chains[{first}]'s (weft has one set of client CAs per listener)"),
                     );
                 }
@@ -643,7 +630,7 @@ fn listener_tls(
 }
 
 fn access_logs(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     logs: &[weft_xds_api::pb::envoy::config::accesslog::v3::AccessLog],
     kind: crate::access_log_xds::Kind,
@@ -657,15 +644,15 @@ fn access_logs(
     for (i, l) in logs.iter().enumerate() {
         let p = format!("{path}[{i}]");
         if l.filter.is_some() {
-            errs.add(&format!("{p}.filter"), "unsupported");
+            errs.add(format!("{p}.filter"), "unsupported");
         }
         let Some(ConfigType::TypedConfig(a)) = &l.config_type else {
-            errs.add(&format!("{p}.typed_config"), "is required");
+            errs.add(format!("{p}.typed_config"), "is required");
             continue;
         };
         let Some(raw) = crate::access_log_xds::convert(errs, &format!("{p}.typed_config"), a, kind) else {
             errs.add(
-                &format!("{p}.typed_config"),
+                format!("{p}.typed_config"),
                 format!("unknown access logger \"{}\"", a.type_url),
             );
             continue;
@@ -684,15 +671,15 @@ fn access_logs(
     (!out.entries.is_empty()).then_some(out)
 }
 
-fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
+fn tcp_proxy(errs: &mut ConfigError, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
     let cluster = match &t.cluster_specifier {
         Some(tcp::tcp_proxy::ClusterSpecifier::Cluster(c)) => Some(c.clone()),
         Some(tcp::tcp_proxy::ClusterSpecifier::WeightedClusters(_)) => {
-            errs.add(&format!("{path}.weighted_clusters"), "unsupported");
+            errs.add(format!("{path}.weighted_clusters"), "unsupported");
             None
         }
         None => {
-            errs.add(&format!("{path}.cluster"), "is required");
+            errs.add(format!("{path}.cluster"), "is required");
             None
         }
     };
@@ -711,14 +698,14 @@ fn tcp_proxy(errs: &mut Errs, path: &str, t: &tcp::TcpProxy) -> RawTcpProxy {
     }
 }
 
-fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> (RawHttp, Option<String>) {
+fn http_manager(errs: &mut ConfigError, path: &str, h: &hcm::HttpConnectionManager) -> (RawHttp, Option<String>) {
     use hcm::http_connection_manager::RouteSpecifier;
     let codec = match h.codec_type {
         0 => "auto",
         1 => "http1",
         2 => "http2",
         v => {
-            errs.add(&format!("{path}.codec_type"), format!("unsupported value {v}"));
+            errs.add(format!("{path}.codec_type"), format!("unsupported value {v}"));
             "auto"
         }
     };
@@ -727,7 +714,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
     match &h.route_specifier {
         Some(RouteSpecifier::Rds(r)) => {
             if r.route_config_name.is_empty() {
-                errs.add(&format!("{path}.rds.route_config_name"), "is required");
+                errs.add(format!("{path}.rds.route_config_name"), "is required");
             } else {
                 rds = Some(r.route_config_name.clone());
             }
@@ -735,7 +722,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         Some(RouteSpecifier::RouteConfig(rc)) => {
             route_config = Some(route_configuration(errs, &format!("{path}.route_config"), rc));
         }
-        Some(RouteSpecifier::ScopedRoutes(_)) => errs.add(&format!("{path}.scoped_routes"), "unsupported"),
+        Some(RouteSpecifier::ScopedRoutes(_)) => errs.add(format!("{path}.scoped_routes"), "unsupported"),
         None => errs.add(path, "one of rds, route_config is required"),
     }
     // Connection idle timeout lives in common_http_protocol_options.
@@ -780,7 +767,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
             Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(a),
             Some(hcm::http_filter::ConfigType::ConfigDiscovery(_)) => {
                 if !f.is_optional {
-                    errs.add(&format!("{fp}.config_discovery"), "unsupported");
+                    errs.add(format!("{fp}.config_discovery"), "unsupported");
                 }
                 continue;
             }
@@ -796,11 +783,11 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
             if let Some(a) = cfg {
                 match weft_xds_api::unpack::<fault::HttpFault>(a, type_url::FAULT) {
                     Ok(fl) if fl.delay.is_some() || fl.abort.is_some() => errs.add(
-                        &format!("{fp}.typed_config"),
+                        format!("{fp}.typed_config"),
                         "listener-wide faults are unsupported; use typed_per_filter_config on routes",
                     ),
                     Ok(_) => {}
-                    Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+                    Err(e) => errs.add(format!("{fp}.typed_config"), e),
                 }
             }
         } else if is(type_url::LOCAL_RATE_LIMIT, LOCAL_RATE_LIMIT_NAME) {
@@ -810,7 +797,7 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
                         out.local_rate_limit = Some(local_rate_limit(errs, &format!("{fp}.typed_config"), &l, None));
                     }
                     Ok(_) => {}
-                    Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+                    Err(e) => errs.add(format!("{fp}.typed_config"), e),
                 }
             }
         } else if is(crate::rbac_xds::HTTP_RBAC_URL, crate::rbac_xds::HTTP_RBAC_NAME) {
@@ -820,23 +807,23 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
                         let raw = crate::rbac_xds::http(errs, &format!("{fp}.typed_config"), &r);
                         out.authorization.get_or_insert_with(Default::default).rbac.push(raw);
                     }
-                    Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+                    Err(e) => errs.add(format!("{fp}.typed_config"), e),
                 }
             }
         } else if is(crate::jwt_xds::JWT_AUTHN_URL, crate::jwt_xds::JWT_AUTHN_NAME) {
             match cfg.map(|a| weft_xds_api::unpack::<jwt_authn::JwtAuthentication>(a, crate::jwt_xds::JWT_AUTHN_URL)) {
                 Some(Ok(_)) if out.jwt_authn.is_some() => errs.add(&fp, "a second jwt_authn filter is unsupported"),
                 Some(Ok(j)) => out.jwt_authn = Some(crate::jwt_xds::jwt_authn(errs, &format!("{fp}.typed_config"), &j)),
-                Some(Err(e)) => errs.add(&format!("{fp}.typed_config"), e),
-                None => errs.add(&format!("{fp}.typed_config"), "is required"),
+                Some(Err(e)) => errs.add(format!("{fp}.typed_config"), e),
+                None => errs.add(format!("{fp}.typed_config"), "is required"),
             }
         } else if is(RATE_LIMIT_URL, RATE_LIMIT_NAME) {
             match cfg.map(|a| weft_xds_api::unpack::<rl::RateLimit>(a, RATE_LIMIT_URL)) {
                 Some(Ok(r)) => {
                     out.rate_limit_service = Some(rate_limit_service(errs, &format!("{fp}.typed_config"), &r))
                 }
-                Some(Err(e)) => errs.add(&format!("{fp}.typed_config"), e),
-                None => errs.add(&format!("{fp}.typed_config"), "is required"),
+                Some(Err(e)) => errs.add(format!("{fp}.typed_config"), e),
+                None => errs.add(format!("{fp}.typed_config"), "is required"),
             }
         } else if !f.is_optional {
             let what = if url.is_empty() { f.name.as_str() } else { url };
@@ -849,19 +836,19 @@ fn http_manager(errs: &mut Errs, path: &str, h: &hcm::HttpConnectionManager) -> 
         }
     }
     match router_at {
-        None => errs.add(&format!("{path}.http_filters"), "the router filter is required"),
+        None => errs.add(format!("{path}.http_filters"), "the router filter is required"),
         Some(i)
             if i + 1 != h.http_filters.iter().filter(|f| !f.disabled).count()
                 && !h.http_filters[i + 1..].iter().all(|f| f.disabled) =>
         {
-            errs.add(&format!("{path}.http_filters[{i}]"), "the router filter must be last")
+            errs.add(format!("{path}.http_filters[{i}]"), "the router filter must be last")
         }
         _ => {}
     }
     (out, rds)
 }
 
-fn rate_limit_service(errs: &mut Errs, path: &str, r: &rl::RateLimit) -> RawRateLimitService {
+fn rate_limit_service(errs: &mut ConfigError, path: &str, r: &rl::RateLimit) -> RawRateLimitService {
     use core::grpc_service::TargetSpecifier;
     let cluster = match r
         .rate_limit_service
@@ -872,21 +859,21 @@ fn rate_limit_service(errs: &mut Errs, path: &str, r: &rl::RateLimit) -> RawRate
         Some(TargetSpecifier::EnvoyGrpc(g)) => Some(g.cluster_name.clone()),
         Some(TargetSpecifier::GoogleGrpc(_)) => {
             errs.add(
-                &format!("{path}.rate_limit_service.grpc_service.google_grpc"),
+                format!("{path}.rate_limit_service.grpc_service.google_grpc"),
                 "unsupported; use envoy_grpc",
             );
             None
         }
         None => {
             errs.add(
-                &format!("{path}.rate_limit_service.grpc_service.envoy_grpc"),
+                format!("{path}.rate_limit_service.grpc_service.envoy_grpc"),
                 "is required",
             );
             None
         }
     };
     if !r.rate_limits.is_empty() {
-        errs.add(&format!("{path}.rate_limits"), "unsupported; put rate_limits on routes");
+        errs.add(format!("{path}.rate_limits"), "unsupported; put rate_limits on routes");
     }
     RawRateLimitService {
         cluster,
@@ -955,7 +942,7 @@ struct PerFilter {
 }
 
 fn per_filter(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     map: &std::collections::HashMap<String, Any>,
     rate_limits: &[rt::RateLimit],
@@ -996,7 +983,7 @@ fn per_filter(
                 Ok(f) => {
                     let mut v = crate::pgv::V::default();
                     crate::pgv::http_fault(&mut v, &kp, &f);
-                    errs.0.extend(v.0);
+                    errs.extend(v.0);
                     out.fault = Some(fault_policy(errs, &kp, &f));
                 }
                 Err(e) => errs.add(&kp, e),
@@ -1006,7 +993,7 @@ fn per_filter(
             if let Ok(l) = &l {
                 let mut v = crate::pgv::V::default();
                 crate::pgv::local_rate_limit(&mut v, &kp, l);
-                errs.0.extend(v.0);
+                errs.extend(v.0);
             }
             match l {
                 Ok(l) if l.token_bucket.is_none() => out.rate_limit = None,
@@ -1020,7 +1007,7 @@ fn per_filter(
     out
 }
 
-fn fault_policy(errs: &mut Errs, path: &str, f: &fault::HttpFault) -> RawFault {
+fn fault_policy(errs: &mut ConfigError, path: &str, f: &fault::HttpFault) -> RawFault {
     use weft_xds_api::pb::envoy::extensions::filters::common::fault::v3::fault_delay::FaultDelaySecifier;
     let mut out = RawFault::default();
     if let Some(d) = &f.delay {
@@ -1028,11 +1015,11 @@ fn fault_policy(errs: &mut Errs, path: &str, f: &fault::HttpFault) -> RawFault {
         let fixed = match &d.fault_delay_secifier {
             Some(FaultDelaySecifier::FixedDelay(x)) => Some(dur(x)),
             Some(FaultDelaySecifier::HeaderDelay(_)) => {
-                errs.add(&format!("{dp}.header_delay"), "unsupported");
+                errs.add(format!("{dp}.header_delay"), "unsupported");
                 None
             }
             None => {
-                errs.add(&format!("{dp}.fixed_delay"), "is required");
+                errs.add(format!("{dp}.fixed_delay"), "is required");
                 None
             }
         };
@@ -1056,9 +1043,9 @@ fn fault_policy(errs: &mut Errs, path: &str, f: &fault::HttpFault) -> RawFault {
             Some(fault::fault_abort::ErrorType::HttpStatus(s)) => abort.http_status = Some(u64::from(*s)),
             Some(fault::fault_abort::ErrorType::GrpcStatus(s)) => abort.grpc_status = Some(u64::from(*s)),
             Some(fault::fault_abort::ErrorType::HeaderAbort(_)) => {
-                errs.add(&format!("{ap}.header_abort"), "unsupported")
+                errs.add(format!("{ap}.header_abort"), "unsupported")
             }
-            None => errs.add(&format!("{ap}.http_status"), "is required"),
+            None => errs.add(format!("{ap}.http_status"), "is required"),
         }
         out.abort = Some(abort);
     }
@@ -1068,10 +1055,10 @@ fn fault_policy(errs: &mut Errs, path: &str, f: &fault::HttpFault) -> RawFault {
         }
     }
     if !f.downstream_nodes.is_empty() {
-        errs.add(&format!("{path}.downstream_nodes"), "unsupported");
+        errs.add(format!("{path}.downstream_nodes"), "unsupported");
     }
     if !f.upstream_cluster.is_empty() {
-        errs.add(&format!("{path}.upstream_cluster"), "unsupported");
+        errs.add(format!("{path}.upstream_cluster"), "unsupported");
     }
     out
 }
@@ -1080,13 +1067,13 @@ fn fault_policy(errs: &mut Errs, path: &str, f: &fault::HttpFault) -> RawFault {
 /// Envoy pattern: the route's `rate_limits[].actions[].request_headers {header_name,
 /// descriptor_key}` plus a `descriptors[]` entry with that key and no value.
 fn local_rate_limit(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     l: &lrl::LocalRateLimit,
     rate_limits: Option<&[rt::RateLimit]>,
 ) -> RawLocalRateLimit {
     let Some(tb) = &l.token_bucket else {
-        errs.add(&format!("{path}.token_bucket"), "is required");
+        errs.add(format!("{path}.token_bucket"), "is required");
         return RawLocalRateLimit::default();
     };
     let mut out = RawLocalRateLimit {
@@ -1096,7 +1083,7 @@ fn local_rate_limit(
         descriptor_header: None,
     };
     if out.fill_interval.is_none() {
-        errs.add(&format!("{path}.token_bucket.fill_interval"), "is required");
+        errs.add(format!("{path}.token_bucket.fill_interval"), "is required");
     }
     if !l.descriptors.is_empty() {
         let keys: Vec<&str> = l
@@ -1123,7 +1110,7 @@ fn local_rate_limit(
         match header {
             Some(h) => out.descriptor_header = Some(h),
             None => errs.add(
-                &format!("{path}.descriptors"),
+                format!("{path}.descriptors"),
                 "only a per-header descriptor (entry with a key and no value, matched by a route request_headers action) is supported",
             ),
         }
@@ -1131,12 +1118,12 @@ fn local_rate_limit(
     out
 }
 
-fn header_values(errs: &mut Errs, path: &str, list: &[core::HeaderValueOption]) -> Vec<RawHeaderValue> {
+fn header_values(errs: &mut ConfigError, path: &str, list: &[core::HeaderValueOption]) -> Vec<RawHeaderValue> {
     let mut out = Vec::new();
     for (i, h) in list.iter().enumerate() {
         let p = format!("{path}[{i}]");
         let Some(hv) = &h.header else {
-            errs.add(&format!("{p}.header"), "is required");
+            errs.add(format!("{p}.header"), "is required");
             continue;
         };
         let value = if hv.raw_value.is_empty() {
@@ -1151,7 +1138,7 @@ fn header_values(errs: &mut Errs, path: &str, list: &[core::HeaderValueOption]) 
             (1, _) => "add_if_absent",
             (2, _) => "overwrite",
             (v, _) => {
-                errs.add(&format!("{p}.append_action"), format!("unsupported value {v}"));
+                errs.add(format!("{p}.append_action"), format!("unsupported value {v}"));
                 "append"
             }
         };
@@ -1178,7 +1165,7 @@ fn escape(s: &str) -> String {
 
 /// A StringMatcher as (exact, prefix, regex) for weft, which matches whole values with a regex.
 fn string_matcher(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     m: &matcher::StringMatcher,
 ) -> (Option<String>, Option<String>, Option<String>) {
@@ -1193,7 +1180,7 @@ fn string_matcher(
         Some(P::Contains(s)) => (None, None, Some(format!("{ci}.*{}.*", escape(s)))),
         Some(P::SafeRegex(r)) => (None, None, Some(r.regex.clone())),
         Some(P::Custom(_)) => {
-            errs.add(&format!("{path}.custom"), "unsupported");
+            errs.add(format!("{path}.custom"), "unsupported");
             (None, None, None)
         }
         None => {
@@ -1203,7 +1190,7 @@ fn string_matcher(
     }
 }
 
-fn header_matcher(errs: &mut Errs, path: &str, h: &rt::HeaderMatcher) -> Option<RawHeaderMatcher> {
+fn header_matcher(errs: &mut ConfigError, path: &str, h: &rt::HeaderMatcher) -> Option<RawHeaderMatcher> {
     use rt::header_matcher::HeaderMatchSpecifier as S;
     let mut out = RawHeaderMatcher {
         name: Some(h.name.clone()),
@@ -1224,7 +1211,7 @@ fn header_matcher(errs: &mut Errs, path: &str, h: &rt::HeaderMatcher) -> Option<
             out.regex = r;
         }
         Some(S::RangeMatch(_)) => {
-            errs.add(&format!("{path}.range_match"), "unsupported");
+            errs.add(format!("{path}.range_match"), "unsupported");
             return None;
         }
         // No specifier: Envoy matches on presence.
@@ -1233,14 +1220,14 @@ fn header_matcher(errs: &mut Errs, path: &str, h: &rt::HeaderMatcher) -> Option<
     Some(out)
 }
 
-pub fn route_configuration(errs: &mut Errs, path: &str, rc: &rt::RouteConfiguration) -> RawRouteConfig {
+pub fn route_configuration(errs: &mut ConfigError, path: &str, rc: &rt::RouteConfiguration) -> RawRouteConfig {
     let pre = if path.is_empty() {
         String::new()
     } else {
         format!("{path}.")
     };
     if rc.vhds.is_some() {
-        errs.add(&format!("{pre}vhds"), "unsupported");
+        errs.add(format!("{pre}vhds"), "unsupported");
     }
     let inherited = per_filter(
         errs,
@@ -1278,7 +1265,7 @@ pub fn route_configuration(errs: &mut Errs, path: &str, rc: &rt::RouteConfigurat
 }
 
 fn virtual_host(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     vh: &rt::VirtualHost,
     inherited: &PerFilter,
@@ -1286,12 +1273,12 @@ fn virtual_host(
 ) -> RawVirtualHost {
     if vh.require_tls != 0 {
         errs.add(
-            &format!("{path}.require_tls"),
+            format!("{path}.require_tls"),
             "unsupported (weft does not terminate TLS)",
         );
     }
     if vh.matcher.is_some() {
-        errs.add(&format!("{path}.matcher"), "unsupported");
+        errs.add(format!("{path}.matcher"), "unsupported");
     }
     let pf = per_filter(
         errs,
@@ -1335,7 +1322,7 @@ fn virtual_host(
 }
 
 fn route(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     r: &rt::Route,
     inherited: &PerFilter,
@@ -1376,11 +1363,11 @@ fn route(
             // "/a" matches "/a" and "/a/..." but not "/ab".
             rm.regex = Some(format!("{}(/.*)?", escape(p.trim_end_matches('/'))));
         }
-        Some(_) => errs.add(&format!("{mp}.path_specifier"), "unsupported"),
+        Some(_) => errs.add(format!("{mp}.path_specifier"), "unsupported"),
         None => errs.add(&mp, "one of prefix, path, safe_regex is required"),
     }
     if m.runtime_fraction.is_some() {
-        errs.add(&format!("{mp}.runtime_fraction"), "unsupported");
+        errs.add(format!("{mp}.runtime_fraction"), "unsupported");
     }
     if m.grpc.is_some() {
         rm.headers.push(RawHeaderMatcher {
@@ -1438,7 +1425,7 @@ fn route(
         ("filter_state", !m.filter_state.is_empty()),
     ] {
         if set {
-            errs.add(&format!("{mp}.{field}"), "unsupported");
+            errs.add(format!("{mp}.{field}"), "unsupported");
         }
     }
     out.match_ = Some(rm);
@@ -1473,7 +1460,7 @@ fn route(
                 Some(Specifier::InlineBytes(b)) => Some(String::from_utf8_lossy(b).into_owned()),
                 Some(_) => {
                     errs.add(
-                        &format!("{path}.direct_response.body"),
+                        format!("{path}.direct_response.body"),
                         "only inline_string / inline_bytes are supported",
                     );
                     None
@@ -1484,13 +1471,13 @@ fn route(
                 body,
             });
         }
-        Some(_) => errs.add(&format!("{path}.action"), "unsupported action"),
+        Some(_) => errs.add(format!("{path}.action"), "unsupported action"),
         None => errs.add(path, "one of route, redirect, direct_response is required"),
     }
     Some(out)
 }
 
-fn redirect(errs: &mut Errs, path: &str, rd: &rt::RedirectAction) -> RawRedirect {
+fn redirect(errs: &mut ConfigError, path: &str, rd: &rt::RedirectAction) -> RawRedirect {
     use rt::redirect_action::{PathRewriteSpecifier as P, SchemeRewriteSpecifier as S};
     let status = match rd.response_code {
         0 => 301,
@@ -1499,7 +1486,7 @@ fn redirect(errs: &mut Errs, path: &str, rd: &rt::RedirectAction) -> RawRedirect
         3 => 307,
         4 => 308,
         v => {
-            errs.add(&format!("{path}.response_code"), format!("unsupported value {v}"));
+            errs.add(format!("{path}.response_code"), format!("unsupported value {v}"));
             301
         }
     };
@@ -1518,14 +1505,14 @@ fn redirect(errs: &mut Errs, path: &str, rd: &rt::RedirectAction) -> RawRedirect
     match &rd.path_rewrite_specifier {
         Some(P::PathRedirect(p)) => out.path = Some(p.clone()),
         Some(P::PrefixRewrite(p)) => out.prefix_rewrite = Some(p.clone()),
-        Some(_) => errs.add(&format!("{path}.regex_rewrite"), "unsupported"),
+        Some(_) => errs.add(format!("{path}.regex_rewrite"), "unsupported"),
         None => {}
     }
     out
 }
 
 fn route_action(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     a: &rt::RouteAction,
     pf: PerFilter,
@@ -1550,7 +1537,7 @@ fn route_action(
             0 => None,
             1 => Some("high".into()),
             v => {
-                errs.add(&format!("{path}.priority"), format!("unsupported value {v}"));
+                errs.add(format!("{path}.priority"), format!("unsupported value {v}"));
                 None
             }
         },
@@ -1562,7 +1549,7 @@ fn route_action(
             for (i, c) in w.clusters.iter().enumerate() {
                 if !c.cluster_header.is_empty() {
                     errs.add(
-                        &format!("{path}.weighted_clusters.clusters[{i}].cluster_header"),
+                        format!("{path}.weighted_clusters.clusters[{i}].cluster_header"),
                         "unsupported",
                     );
                 }
@@ -1573,7 +1560,7 @@ fn route_action(
             }
         }
         Some(_) => errs.add(
-            &format!("{path}.cluster_specifier"),
+            format!("{path}.cluster_specifier"),
             "only cluster and weighted_clusters are supported",
         ),
         None => errs.add(path, "one of cluster, weighted_clusters is required"),
@@ -1582,13 +1569,13 @@ fn route_action(
         Some(H::HostRewriteLiteral(h)) => out.host_rewrite = Some(h.clone()),
         Some(H::AutoHostRewrite(b)) => out.auto_host_rewrite = Some(b.value),
         Some(_) => errs.add(
-            &format!("{path}.host_rewrite_specifier"),
+            format!("{path}.host_rewrite_specifier"),
             "only host_rewrite_literal and auto_host_rewrite are supported",
         ),
         None => {}
     }
     if a.regex_rewrite.is_some() {
-        errs.add(&format!("{path}.regex_rewrite"), "unsupported");
+        errs.add(format!("{path}.regex_rewrite"), "unsupported");
     }
     if let Some(r) = &a.retry_policy {
         out.retry_policy = Some(retry_policy(errs, &format!("{path}.retry_policy"), r));
@@ -1643,12 +1630,12 @@ fn route_action(
     for (i, m) in mirrors.iter().enumerate() {
         let mp = format!("{path}.request_mirror_policies[{i}]");
         if !m.cluster_header.is_empty() {
-            errs.add(&format!("{mp}.cluster_header"), "unsupported");
+            errs.add(format!("{mp}.cluster_header"), "unsupported");
         }
         let percent = fraction(&m.runtime_fraction.as_ref().and_then(|f| f.default_value), 100.0);
         if percent.is_none() {
             errs.add(
-                &format!("{mp}.runtime_fraction.default_value.denominator"),
+                format!("{mp}.runtime_fraction.default_value.denominator"),
                 "unknown value",
             );
         }
@@ -1660,9 +1647,9 @@ fn route_action(
     out
 }
 
-fn retry_policy(errs: &mut Errs, path: &str, r: &rt::RetryPolicy) -> RawRetryPolicy {
+fn retry_policy(errs: &mut ConfigError, path: &str, r: &rt::RetryPolicy) -> RawRetryPolicy {
     if !r.retriable_headers.is_empty() {
-        errs.add(&format!("{path}.retriable_headers"), "unsupported");
+        errs.add(format!("{path}.retriable_headers"), "unsupported");
     }
     RawRetryPolicy {
         retry_on: r
@@ -1692,13 +1679,13 @@ fn retry_policy(errs: &mut Errs, path: &str, r: &rt::RetryPolicy) -> RawRetryPol
 // ---------------------------------------------------------------------------------------------
 // Clusters
 
-pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec<String>> {
+pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, ConfigError> {
     use cl::cluster::{ClusterDiscoveryType, DiscoveryType, LbConfig};
     let invalid = crate::pgv::cluster(c);
     if !invalid.is_empty() {
         return Err(invalid);
     }
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let mut secrets = Vec::new();
     let mut out = RawCluster {
         name: Some(c.name.clone()),
@@ -1808,7 +1795,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
                         Some(ProtocolConfig::Http2ProtocolOptions(_)) => out.protocol = Some("http2".into()),
                         Some(ProtocolConfig::HttpProtocolOptions(_)) | None => out.protocol = Some("http1".into()),
                         Some(ProtocolConfig::Http3ProtocolOptions(_)) => errs.add(
-                            &format!("{p}.explicit_http_config.http3_protocol_options"),
+                            format!("{p}.explicit_http_config.http3_protocol_options"),
                             "unsupported",
                         ),
                     },
@@ -1919,8 +1906,8 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Vec
             out.endpoints = endpoints(&mut errs, "load_assignment", la, dns, locality_weighted);
         }
     }
-    if !errs.0.is_empty() {
-        return Err(errs.0);
+    if !errs.is_empty() {
+        return Err(errs);
     }
     Ok(XCluster {
         raw: out,
@@ -1958,7 +1945,7 @@ const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 /// A match's values must be strings, booleans or numbers (compared as text); a match's TLS takes
 /// the mesh identity (SDS `default`/`ROOTCA`) or files, not secrets over ADS; a missing
 /// `transport_socket` is plaintext. `transport_socket_matcher` is refused.
-fn transport_socket_matches(errs: &mut Errs, c: &cl::Cluster) -> Vec<RawTlsMatch> {
+fn transport_socket_matches(errs: &mut ConfigError, c: &cl::Cluster) -> Vec<RawTlsMatch> {
     if c.transport_socket_matcher.is_some() {
         errs.add(
             "transport_socket_matcher",
@@ -1972,7 +1959,7 @@ fn transport_socket_matches(errs: &mut Errs, c: &cl::Cluster) -> Vec<RawTlsMatch
         for (k, v) in m.r#match.iter().flat_map(|s| s.fields.iter()) {
             let Some(v) = value_text(v) else {
                 errs.add(
-                    &format!("{mp}.match.{k}"),
+                    format!("{mp}.match.{k}"),
                     "unsupported value (weft matches strings, booleans and numbers)",
                 );
                 continue;
@@ -1982,14 +1969,12 @@ fn transport_socket_matches(errs: &mut Errs, c: &cl::Cluster) -> Vec<RawTlsMatch
         let tls = match &m.transport_socket {
             None => None,
             Some(ts) => {
-                let (mut e, mut secrets) = (Errs::default(), Vec::new());
+                let (mut e, mut secrets) = (ConfigError::default(), Vec::new());
                 let tls = crate::tls::cluster_tls_with_secrets(&mut e, ts, &mut secrets);
-                for msg in e.0 {
-                    errs.0.push(format!("{mp}.{msg}"));
-                }
+                errs.extend_under(&mp, e);
                 if !secrets.is_empty() {
                     errs.add(
-                        &format!("{mp}.transport_socket"),
+                        format!("{mp}.transport_socket"),
                         "SDS secrets over ADS are followed on the cluster's transport_socket only (a match takes the mesh identity, SDS default/ROOTCA, or files)",
                     );
                 }
@@ -2031,7 +2016,7 @@ fn filter_metadata_strings(metadata: Option<&core::Metadata>, key: &str) -> BTre
         .unwrap_or_default()
 }
 
-fn health_check(errs: &mut Errs, path: &str, h: &core::HealthCheck) -> Option<RawHealthCheck> {
+fn health_check(errs: &mut ConfigError, path: &str, h: &core::HealthCheck) -> Option<RawHealthCheck> {
     use core::health_check::HealthChecker as K;
     let mut out = RawHealthCheck {
         interval: odur(&h.interval),
@@ -2057,7 +2042,7 @@ fn health_check(errs: &mut Errs, path: &str, h: &core::HealthCheck) -> Option<Ra
         Some(K::TcpHealthCheck(x)) => {
             if x.send.is_some() || !x.receive.is_empty() {
                 errs.add(
-                    &format!("{path}.tcp_health_check"),
+                    format!("{path}.tcp_health_check"),
                     "send/receive payloads are unsupported",
                 );
             }
@@ -2070,7 +2055,7 @@ fn health_check(errs: &mut Errs, path: &str, h: &core::HealthCheck) -> Option<Ra
             })
         }
         Some(K::CustomHealthCheck(_)) => {
-            errs.add(&format!("{path}.custom_health_check"), "unsupported");
+            errs.add(format!("{path}.custom_health_check"), "unsupported");
             return None;
         }
         None => {
@@ -2091,7 +2076,7 @@ fn health_check(errs: &mut Errs, path: &str, h: &core::HealthCheck) -> Option<Ra
 /// weights only, so each endpoint's weight becomes its locality's share of the priority level
 /// times its share within the locality (scaled to integers), which gives Envoy's traffic split.
 pub fn endpoints(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     la: &ep::ClusterLoadAssignment,
     allow_dns: bool,
@@ -2123,11 +2108,11 @@ pub fn endpoints(
                     socket_address(errs, &format!("{ep_path}.endpoint.address"), &x.address, allow_dns)
                 }
                 Some(ep::lb_endpoint::HostIdentifier::EndpointName(_)) => {
-                    errs.add(&format!("{ep_path}.endpoint_name"), "unsupported");
+                    errs.add(format!("{ep_path}.endpoint_name"), "unsupported");
                     None
                 }
                 None => {
-                    errs.add(&format!("{ep_path}.endpoint"), "is required");
+                    errs.add(format!("{ep_path}.endpoint"), "is required");
                     None
                 }
             };
@@ -2188,34 +2173,34 @@ pub struct XEndpoints {
     pub locality_weighted: Vec<RawEndpoint>,
 }
 
-pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<XEndpoints, Vec<String>> {
+pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<XEndpoints, ConfigError> {
     let invalid = crate::pgv::load_assignment(la);
     if !invalid.is_empty() {
         return Err(invalid);
     }
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let plain = endpoints(&mut errs, "", la, false, false);
-    let locality_weighted = endpoints(&mut Errs::default(), "", la, false, true);
-    if errs.0.is_empty() {
+    let locality_weighted = endpoints(&mut ConfigError::default(), "", la, false, true);
+    if errs.is_empty() {
         Ok(XEndpoints {
             plain,
             locality_weighted,
         })
     } else {
-        Err(errs.0)
+        Err(errs)
     }
 }
 
-pub fn route_config(rc: &rt::RouteConfiguration) -> Result<RawRouteConfig, Vec<String>> {
+pub fn route_config(rc: &rt::RouteConfiguration) -> Result<RawRouteConfig, ConfigError> {
     let invalid = crate::pgv::route_configuration(rc);
     if !invalid.is_empty() {
         return Err(invalid);
     }
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let out = route_configuration(&mut errs, "", rc);
-    if errs.0.is_empty() {
+    if errs.is_empty() {
         Ok(out)
     } else {
-        Err(errs.0)
+        Err(errs)
     }
 }

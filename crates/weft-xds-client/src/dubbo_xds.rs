@@ -16,9 +16,9 @@
 // `exact_match` are still what control planes send, so they are read on purpose.
 #![allow(deprecated)]
 
-use crate::convert::Errs;
 use std::collections::BTreeMap;
 use weft_config::rpc::{RawArgMatch, RawRpc, RawRpcMatch, RawRpcRoute};
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::route::v3 as rt;
 use weft_xds_api::pb::envoy::extensions::filters::network::dubbo_proxy::v3 as dubbo;
 use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
@@ -34,20 +34,20 @@ pub const DUBBO_ROUTER_NAME: &str = "envoy.filters.dubbo.router";
 pub const DUBBO_ROUTER_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.dubbo_proxy.router.v3.Router";
 
 /// Converts a `DubboProxy` (`path` is its `typed_config`).
-pub fn dubbo_proxy(errs: &mut Errs, path: &str, d: &dubbo::DubboProxy) -> RawRpc {
+pub fn dubbo_proxy(errs: &mut ConfigError, path: &str, d: &dubbo::DubboProxy) -> RawRpc {
     // The API's own rules (protoc-gen-validate): stat_prefix min_len 1, enums defined_only.
     if d.stat_prefix.is_empty() {
-        errs.add(&format!("{path}.stat_prefix"), "must not be empty (min_len: 1)");
+        errs.add(format!("{path}.stat_prefix"), "must not be empty (min_len: 1)");
     }
     if d.protocol_type != dubbo::ProtocolType::Dubbo as i32 {
         errs.add(
-            &format!("{path}.protocol_type"),
+            format!("{path}.protocol_type"),
             format!("unsupported value {} (Dubbo only)", d.protocol_type),
         );
     }
     if d.serialization_type != dubbo::SerializationType::Hessian2 as i32 {
         errs.add(
-            &format!("{path}.serialization_type"),
+            format!("{path}.serialization_type"),
             format!("unsupported value {} (Hessian2 only)", d.serialization_type),
         );
     }
@@ -55,7 +55,7 @@ pub fn dubbo_proxy(errs: &mut Errs, path: &str, d: &dubbo::DubboProxy) -> RawRpc
     let configs: Vec<(String, &dubbo::RouteConfiguration)> = match &d.route_specifier {
         Some(dubbo::dubbo_proxy::RouteSpecifier::Drds(_)) => {
             errs.add(
-                &format!("{path}.drds"),
+                format!("{path}.drds"),
                 "unsupported (give the routes inline in multiple_route_config or route_config)",
             );
             Vec::new()
@@ -63,7 +63,7 @@ pub fn dubbo_proxy(errs: &mut Errs, path: &str, d: &dubbo::DubboProxy) -> RawRpc
         Some(dubbo::dubbo_proxy::RouteSpecifier::MultipleRouteConfig(m)) => {
             if !d.route_config.is_empty() {
                 errs.add(
-                    &format!("{path}.route_config"),
+                    format!("{path}.route_config"),
                     "give route_config or multiple_route_config, not both",
                 );
             }
@@ -81,12 +81,12 @@ pub fn dubbo_proxy(errs: &mut Errs, path: &str, d: &dubbo::DubboProxy) -> RawRpc
     }
     if configs.is_empty() && !matches!(d.route_specifier, Some(dubbo::dubbo_proxy::RouteSpecifier::Drds(_))) {
         errs.add(
-            &format!("{path}.route_config"),
+            format!("{path}.route_config"),
             "at least one route configuration is required (weft has no DRDS)",
         );
     } else if routes.is_empty() && !configs.is_empty() {
         // weft's rpc block needs a route; Envoy would answer every call "no route".
-        errs.add(&format!("{}.routes", configs[0].0), "at least one route is required");
+        errs.add(format!("{}.routes", configs[0].0), "at least one route is required");
     }
     RawRpc {
         protocol: Some("dubbo".into()),
@@ -96,7 +96,7 @@ pub fn dubbo_proxy(errs: &mut Errs, path: &str, d: &dubbo::DubboProxy) -> RawRpc
     }
 }
 
-fn dubbo_filters(errs: &mut Errs, path: &str, filters: &[dubbo::DubboFilter]) {
+fn dubbo_filters(errs: &mut ConfigError, path: &str, filters: &[dubbo::DubboFilter]) {
     for (i, f) in filters.iter().enumerate() {
         let fp = format!("{path}.dubbo_filters[{i}]");
         let typed = f.config.as_ref().map(|a: &Any| a.type_url.as_str()).unwrap_or("");
@@ -113,19 +113,19 @@ fn dubbo_filters(errs: &mut Errs, path: &str, filters: &[dubbo::DubboFilter]) {
     }
 }
 
-fn route_configuration(errs: &mut Errs, path: &str, rc: &dubbo::RouteConfiguration, out: &mut Vec<RawRpcRoute>) {
+fn route_configuration(errs: &mut ConfigError, path: &str, rc: &dubbo::RouteConfiguration, out: &mut Vec<RawRpcRoute>) {
     let interface = match rc.interface.as_str() {
         "*" => None,
         "" => {
             errs.add(
-                &format!("{path}.interface"),
+                format!("{path}.interface"),
                 "must not be empty (\"*\" matches any interface)",
             );
             None
         }
         i if i.contains('*') => {
             errs.add(
-                &format!("{path}.interface"),
+                format!("{path}.interface"),
                 format!("wildcard \"{i}\" is not supported (an exact interface or \"*\")"),
             );
             None
@@ -148,12 +148,12 @@ fn route_configuration(errs: &mut Errs, path: &str, rc: &dubbo::RouteConfigurati
             ..Default::default()
         };
         match &r.r#match {
-            None => errs.add(&format!("{p}.match"), "is required"),
+            None => errs.add(format!("{p}.match"), "is required"),
             Some(rm) => route_match(errs, &format!("{p}.match"), rm, &mut m),
         }
         let (cluster, subset) = match &r.route {
             None => {
-                errs.add(&format!("{p}.route"), "is required");
+                errs.add(format!("{p}.route"), "is required");
                 (None, BTreeMap::new())
             }
             Some(a) => route_action(errs, &format!("{p}.route"), a),
@@ -168,10 +168,10 @@ fn route_configuration(errs: &mut Errs, path: &str, rc: &dubbo::RouteConfigurati
     }
 }
 
-fn route_match(errs: &mut Errs, path: &str, rm: &dubbo::RouteMatch, m: &mut RawRpcMatch) {
+fn route_match(errs: &mut ConfigError, path: &str, rm: &dubbo::RouteMatch, m: &mut RawRpcMatch) {
     match &rm.method {
         // Envoy needs a method matcher (an empty StringMatcher fails its validation).
-        None => errs.add(&format!("{path}.method"), "is required"),
+        None => errs.add(format!("{path}.method"), "is required"),
         Some(mm) => {
             let np = format!("{path}.method.name");
             match &mm.name {
@@ -202,19 +202,19 @@ fn route_match(errs: &mut Errs, path: &str, rm: &dubbo::RouteMatch, m: &mut RawR
     for (k, h) in rm.headers.iter().enumerate() {
         let hp = format!("{path}.headers[{k}]");
         if h.name.is_empty() {
-            errs.add(&format!("{hp}.name"), "must not be empty (min_len: 1)");
+            errs.add(format!("{hp}.name"), "must not be empty (min_len: 1)");
             continue;
         }
         if h.invert_match {
             errs.add(
-                &format!("{hp}.invert_match"),
+                format!("{hp}.invert_match"),
                 "unsupported (attachments match by equal value)",
             );
             continue;
         }
         if h.treat_missing_header_as_empty {
             errs.add(
-                &format!("{hp}.treat_missing_header_as_empty"),
+                format!("{hp}.treat_missing_header_as_empty"),
                 "unsupported (attachments match by equal value)",
             );
             continue;
@@ -233,7 +233,7 @@ fn route_match(errs: &mut Errs, path: &str, rm: &dubbo::RouteMatch, m: &mut RawR
         };
         if let Some(v) = value {
             if m.attachments.insert(h.name.clone(), v).is_some() {
-                errs.add(&format!("{hp}.name"), format!("\"{}\" is matched twice", h.name));
+                errs.add(format!("{hp}.name"), format!("\"{}\" is matched twice", h.name));
             }
         }
     }
@@ -247,18 +247,18 @@ fn any_string(s: &matcher::StringMatcher) -> bool {
 }
 
 /// A StringMatcher that weft can honour: an exact, case-sensitive, non-empty string.
-fn exact(errs: &mut Errs, path: &str, s: &matcher::StringMatcher) -> Option<String> {
+fn exact(errs: &mut ConfigError, path: &str, s: &matcher::StringMatcher) -> Option<String> {
     use matcher::string_matcher::MatchPattern as M;
     match &s.match_pattern {
         Some(M::Exact(_)) if s.ignore_case => {
             errs.add(
-                &format!("{path}.ignore_case"),
+                format!("{path}.ignore_case"),
                 "unsupported (exact, case-sensitive matching only)",
             );
             None
         }
         Some(M::Exact(v)) if v.is_empty() => {
-            errs.add(&format!("{path}.exact"), "must not be empty");
+            errs.add(format!("{path}.exact"), "must not be empty");
             None
         }
         Some(M::Exact(v)) => Some(v.clone()),
@@ -271,7 +271,7 @@ fn exact(errs: &mut Errs, path: &str, s: &matcher::StringMatcher) -> Option<Stri
                 M::Custom(_) => "custom",
                 M::Exact(_) => unreachable!(),
             };
-            errs.add(&format!("{path}.{what}"), "unsupported (exact matching only)");
+            errs.add(format!("{path}.{what}"), "unsupported (exact matching only)");
             None
         }
         None => {
@@ -281,11 +281,15 @@ fn exact(errs: &mut Errs, path: &str, s: &matcher::StringMatcher) -> Option<Stri
     }
 }
 
-fn route_action(errs: &mut Errs, path: &str, a: &dubbo::RouteAction) -> (Option<String>, BTreeMap<String, String>) {
+fn route_action(
+    errs: &mut ConfigError,
+    path: &str,
+    a: &dubbo::RouteAction,
+) -> (Option<String>, BTreeMap<String, String>) {
     use dubbo::route_action::ClusterSpecifier as C;
     let cluster = match &a.cluster_specifier {
         Some(C::Cluster(c)) if c.is_empty() => {
-            errs.add(&format!("{path}.cluster"), "must not be empty (min_len: 1)");
+            errs.add(format!("{path}.cluster"), "must not be empty (min_len: 1)");
             None
         }
         Some(C::Cluster(c)) => Some(c.clone()),
@@ -293,21 +297,21 @@ fn route_action(errs: &mut Errs, path: &str, a: &dubbo::RouteAction) -> (Option<
             [one] if !one.name.is_empty() => Some(one.name.clone()),
             [] => {
                 errs.add(
-                    &format!("{path}.weighted_clusters.clusters"),
+                    format!("{path}.weighted_clusters.clusters"),
                     "must have at least one item",
                 );
                 None
             }
             _ => {
                 errs.add(
-                    &format!("{path}.weighted_clusters"),
+                    format!("{path}.weighted_clusters"),
                     "a split over several clusters is not supported (a weft rpc route names one cluster)",
                 );
                 None
             }
         },
         None => {
-            errs.add(&format!("{path}.cluster"), "is required");
+            errs.add(format!("{path}.cluster"), "is required");
             None
         }
     };
@@ -315,12 +319,12 @@ fn route_action(errs: &mut Errs, path: &str, a: &dubbo::RouteAction) -> (Option<
     if let Some(md) = &a.metadata_match {
         let mp = format!("{path}.metadata_match");
         if !md.typed_filter_metadata.is_empty() {
-            errs.add(&format!("{mp}.typed_filter_metadata"), "unsupported");
+            errs.add(format!("{mp}.typed_filter_metadata"), "unsupported");
         }
         for (k, s) in &md.filter_metadata {
             if k != "envoy.lb" {
                 errs.add(
-                    &format!("{mp}.filter_metadata[\"{k}\"]"),
+                    format!("{mp}.filter_metadata[\"{k}\"]"),
                     "unsupported (only \"envoy.lb\" selects endpoints)",
                 );
                 continue;
@@ -328,7 +332,7 @@ fn route_action(errs: &mut Errs, path: &str, a: &dubbo::RouteAction) -> (Option<
             for (name, v) in &s.fields {
                 let Some(v) = crate::convert::value_text(v) else {
                     errs.add(
-                        &format!("{mp}.filter_metadata[\"envoy.lb\"].{name}"),
+                        format!("{mp}.filter_metadata[\"envoy.lb\"].{name}"),
                         "only string, bool and number values are supported",
                     );
                     continue;

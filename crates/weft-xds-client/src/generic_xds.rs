@@ -32,9 +32,9 @@
 //! string matches other than exact (and `.*` where it means any), a route's `per_filter_config`,
 //! a timeout of 0 (no timeout) and weighted splits over several clusters.
 
-use crate::convert::Errs;
 use std::collections::BTreeMap;
 use weft_config::rpc::{RawRpc, RawRpcMatch, RawRpcRetries, RawRpcRoute};
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3::TypedExtensionConfig;
 use weft_xds_api::pb::envoy::extensions::filters::network::generic_proxy::action::v3 as action;
 use weft_xds_api::pb::envoy::extensions::filters::network::generic_proxy::matcher::v3 as gm;
@@ -67,17 +67,17 @@ const MAX_DEPTH: usize = 16;
 const DEFAULT_TIMEOUT: &str = "15s";
 
 /// Converts a `GenericProxy` (`path` is its `typed_config`).
-pub fn generic_proxy(errs: &mut Errs, path: &str, g: &gp::GenericProxy) -> RawRpc {
+pub fn generic_proxy(errs: &mut ConfigError, path: &str, g: &gp::GenericProxy) -> RawRpc {
     if g.stat_prefix.is_empty() {
-        errs.add(&format!("{path}.stat_prefix"), "must not be empty (min_len: 1)");
+        errs.add(format!("{path}.stat_prefix"), "must not be empty (min_len: 1)");
     }
     match &g.codec_config {
-        None => errs.add(&format!("{path}.codec_config"), "is required"),
+        None => errs.add(format!("{path}.codec_config"), "is required"),
         Some(c) => {
             let url = c.typed_config.as_ref().map(|a| a.type_url.as_str()).unwrap_or("");
             if url != DUBBO_CODEC_URL {
                 errs.add(
-                    &format!("{path}.codec_config"),
+                    format!("{path}.codec_config"),
                     format!("unsupported codec \"{url}\" (weft takes the Dubbo codec, DubboCodecConfig)"),
                 );
             }
@@ -86,7 +86,7 @@ pub fn generic_proxy(errs: &mut Errs, path: &str, g: &gp::GenericProxy) -> RawRp
     filters(errs, path, &g.filters);
     if !g.access_log.is_empty() {
         errs.add(
-            &format!("{path}.access_log"),
+            format!("{path}.access_log"),
             "unsupported over xDS (give the rpc listener's access_log in the YAML file)",
         );
     }
@@ -94,19 +94,19 @@ pub fn generic_proxy(errs: &mut Errs, path: &str, g: &gp::GenericProxy) -> RawRp
     let mut routes = Vec::new();
     match &g.route_specifier {
         Some(gp::generic_proxy::RouteSpecifier::GenericRds(_)) => errs.add(
-            &format!("{path}.generic_rds"),
+            format!("{path}.generic_rds"),
             "unsupported (give the routes inline in route_config)",
         ),
         Some(gp::generic_proxy::RouteSpecifier::RouteConfig(rc)) => {
             route_configuration(errs, &format!("{path}.route_config"), rc, &mut routes);
             if routes.is_empty() {
                 errs.add(
-                    &format!("{path}.route_config"),
+                    format!("{path}.route_config"),
                     "has no route (weft's rpc listener needs at least one)",
                 );
             }
         }
-        None => errs.add(&format!("{path}.route_config"), "is required"),
+        None => errs.add(format!("{path}.route_config"), "is required"),
     }
     RawRpc {
         protocol: Some("dubbo".into()),
@@ -117,10 +117,10 @@ pub fn generic_proxy(errs: &mut Errs, path: &str, g: &gp::GenericProxy) -> RawRp
     }
 }
 
-fn filters(errs: &mut Errs, path: &str, filters: &[TypedExtensionConfig]) {
+fn filters(errs: &mut ConfigError, path: &str, filters: &[TypedExtensionConfig]) {
     if filters.is_empty() {
         errs.add(
-            &format!("{path}.filters"),
+            format!("{path}.filters"),
             "a terminal filter is required (the router, Router)",
         );
     }
@@ -139,11 +139,11 @@ fn filters(errs: &mut Errs, path: &str, filters: &[TypedExtensionConfig]) {
         };
         match weft_xds_api::unpack::<router::Router>(a, ROUTER_URL) {
             Ok(r) if r.bind_upstream_connection => errs.add(
-                &format!("{fp}.typed_config.bind_upstream_connection"),
+                format!("{fp}.typed_config.bind_upstream_connection"),
                 "unsupported (weft multiplexes calls over shared upstream connections)",
             ),
             Ok(_) => {}
-            Err(e) => errs.add(&format!("{fp}.typed_config"), e),
+            Err(e) => errs.add(format!("{fp}.typed_config"), e),
         }
         if i + 1 != filters.len() {
             errs.add(&fp, "the router is terminal: it must be the last filter");
@@ -235,7 +235,7 @@ impl Cond {
 }
 
 /// Flattens the virtual hosts and default routes of a route configuration.
-fn route_configuration(errs: &mut Errs, path: &str, rc: &gp::RouteConfiguration, out: &mut Vec<RawRpcRoute>) {
+fn route_configuration(errs: &mut ConfigError, path: &str, rc: &gp::RouteConfiguration, out: &mut Vec<RawRpcRoute>) {
     let base_name = if rc.name.is_empty() {
         "generic"
     } else {
@@ -247,10 +247,10 @@ fn route_configuration(errs: &mut Errs, path: &str, rc: &gp::RouteConfiguration,
     for (i, vh) in rc.virtual_hosts.iter().enumerate() {
         let vp = format!("{path}.virtual_hosts[{i}]");
         if vh.hosts.is_empty() {
-            errs.add(&format!("{vp}.hosts"), "must have at least one item");
+            errs.add(format!("{vp}.hosts"), "must have at least one item");
         }
         if vh.routes.is_none() {
-            errs.add(&format!("{vp}.routes"), "is required");
+            errs.add(format!("{vp}.routes"), "is required");
         }
         for (j, h) in vh.hosts.iter().enumerate() {
             let hp = format!("{vp}.hosts[{j}]");
@@ -282,7 +282,7 @@ fn route_configuration(errs: &mut Errs, path: &str, rc: &gp::RouteConfiguration,
     if let Some(m) = &rc.routes {
         if default.is_some() {
             errs.add(
-                &format!("{path}.routes"),
+                format!("{path}.routes"),
                 "cannot be given with a \"*\" virtual host (both would be the default)",
             );
         } else {
@@ -342,7 +342,7 @@ fn route_configuration(errs: &mut Errs, path: &str, rc: &gp::RouteConfiguration,
 
 /// Flattening state: where routes go and how they are named.
 struct Flat<'a> {
-    errs: &'a mut Errs,
+    errs: &'a mut ConfigError,
     out: &'a mut Vec<RawRpcRoute>,
     /// The virtual host's name, for routes whose action has none.
     name: &'a str,
@@ -363,19 +363,19 @@ impl Flat<'_> {
             Some(T::MatcherList(l)) => {
                 if l.matchers.is_empty() {
                     self.errs
-                        .add(&format!("{path}.matcher_list.matchers"), "must have at least one item");
+                        .add(format!("{path}.matcher_list.matchers"), "must have at least one item");
                 }
                 for (i, fm) in l.matchers.iter().enumerate() {
                     let fp = format!("{path}.matcher_list.matchers[{i}]");
                     let alts = match &fm.predicate {
                         None => {
-                            self.errs.add(&format!("{fp}.predicate"), "is required");
+                            self.errs.add(format!("{fp}.predicate"), "is required");
                             continue;
                         }
                         Some(p) => self.predicate(&format!("{fp}.predicate"), p),
                     };
                     let Some(om) = &fm.on_match else {
-                        self.errs.add(&format!("{fp}.on_match"), "is required");
+                        self.errs.add(format!("{fp}.on_match"), "is required");
                         continue;
                     };
                     let conds: Vec<Cond> = alts.iter().filter_map(|a| base.and(a)).collect();
@@ -386,7 +386,7 @@ impl Flat<'_> {
                 let tp = format!("{path}.matcher_tree");
                 let field = match &t.input {
                     None => {
-                        self.errs.add(&format!("{tp}.input"), "is required");
+                        self.errs.add(format!("{tp}.input"), "is required");
                         None
                     }
                     Some(i) => self.input(&format!("{tp}.input"), i),
@@ -406,10 +406,10 @@ impl Flat<'_> {
                         }
                     }
                     Some(TreeType::PrefixMatchMap(_)) => self.errs.add(
-                        &format!("{tp}.prefix_match_map"),
+                        format!("{tp}.prefix_match_map"),
                         "unsupported (weft matches exact values: use exact_match_map)",
                     ),
-                    Some(TreeType::CustomMatch(_)) => self.errs.add(&format!("{tp}.custom_match"), "unsupported"),
+                    Some(TreeType::CustomMatch(_)) => self.errs.add(format!("{tp}.custom_match"), "unsupported"),
                     None => self.errs.add(&tp, "exact_match_map is required"),
                 }
             }
@@ -423,7 +423,7 @@ impl Flat<'_> {
     fn on_match(&mut self, path: &str, om: &xm::matcher::OnMatch, conds: &[Cond], depth: usize) {
         if om.keep_matching {
             self.errs.add(
-                &format!("{path}.keep_matching"),
+                format!("{path}.keep_matching"),
                 "unsupported (a call takes the first route that matches)",
             );
         }
@@ -490,7 +490,7 @@ impl Flat<'_> {
             }
             Some(P::NotMatcher(_)) => {
                 self.errs.add(
-                    &format!("{path}.not_matcher"),
+                    format!("{path}.not_matcher"),
                     "unsupported (weft's routes match by equal values)",
                 );
                 Vec::new()
@@ -505,7 +505,7 @@ impl Flat<'_> {
     fn single(&mut self, path: &str, sp: &xm::matcher::matcher_list::predicate::SinglePredicate) -> Vec<Cond> {
         use xm::matcher::matcher_list::predicate::single_predicate::Matcher as M;
         let Some(input) = &sp.input else {
-            self.errs.add(&format!("{path}.input"), "is required");
+            self.errs.add(format!("{path}.input"), "is required");
             return Vec::new();
         };
         match &sp.matcher {
@@ -529,7 +529,7 @@ impl Flat<'_> {
                 };
                 if url != format!("{MATCHER_PKG}RequestMatchInput") {
                     self.errs
-                        .add(&format!("{path}.input"), "a RequestMatcher reads RequestMatchInput");
+                        .add(format!("{path}.input"), "a RequestMatcher reads RequestMatchInput");
                     return Vec::new();
                 }
                 match weft_xds_api::unpack::<gm::RequestMatcher>(a, &want) {
@@ -537,7 +537,7 @@ impl Flat<'_> {
                         .into_iter()
                         .collect(),
                     Err(e) => {
-                        self.errs.add(&format!("{cp}.typed_config"), e);
+                        self.errs.add(format!("{cp}.typed_config"), e);
                         Vec::new()
                     }
                 }
@@ -552,7 +552,7 @@ impl Flat<'_> {
     /// The field an input reads; `None` (and an error) for an input weft has no field for.
     fn input(&mut self, path: &str, i: &XdsExtension) -> Option<Field> {
         let Some(a) = &i.typed_config else {
-            self.errs.add(&format!("{path}.typed_config"), "is required");
+            self.errs.add(format!("{path}.typed_config"), "is required");
             return None;
         };
         match a.type_url.strip_prefix(MATCHER_PKG) {
@@ -561,12 +561,12 @@ impl Flat<'_> {
             Some("PropertyMatchInput") => match weft_xds_api::unpack::<gm::PropertyMatchInput>(a, &a.type_url) {
                 Ok(p) if p.property_name.is_empty() => {
                     self.errs
-                        .add(&format!("{path}.typed_config.property_name"), "must not be empty");
+                        .add(format!("{path}.typed_config.property_name"), "must not be empty");
                     None
                 }
                 Ok(p) => Some(Field::Property(p.property_name)),
                 Err(e) => {
-                    self.errs.add(&format!("{path}.typed_config"), e);
+                    self.errs.add(format!("{path}.typed_config"), e);
                     None
                 }
             },
@@ -577,7 +577,7 @@ impl Flat<'_> {
             }
             _ => {
                 self.errs.add(
-                    &format!("{path}.typed_config"),
+                    format!("{path}.typed_config"),
                     format!("unsupported input \"{}\"", a.type_url),
                 );
                 None
@@ -587,7 +587,7 @@ impl Flat<'_> {
 }
 
 /// A `RequestMatcher`: the conjunction of its fields (`None` when they contradict or fail).
-fn request_matcher(errs: &mut Errs, path: &str, rm: &gm::RequestMatcher) -> Option<Cond> {
+fn request_matcher(errs: &mut ConfigError, path: &str, rm: &gm::RequestMatcher) -> Option<Cond> {
     let mut c = Some(Cond::default());
     let fields = [
         ("host", &rm.host, Field::Interface),
@@ -605,14 +605,14 @@ fn request_matcher(errs: &mut Errs, path: &str, rm: &gm::RequestMatcher) -> Opti
     for (i, kv) in rm.properties.iter().enumerate() {
         let kp = format!("{path}.properties[{i}]");
         if kv.name.is_empty() {
-            errs.add(&format!("{kp}.name"), "must not be empty");
+            errs.add(format!("{kp}.name"), "must not be empty");
             c = None;
             continue;
         }
         let field = Field::Property(kv.name.clone());
         match kv.string_match.as_ref() {
             None => {
-                errs.add(&format!("{kp}.string_match"), "is required");
+                errs.add(format!("{kp}.string_match"), "is required");
                 c = None;
             }
             Some(sm) => match envoy_val(errs, &format!("{kp}.string_match"), sm, &field) {
@@ -642,19 +642,19 @@ macro_rules! pattern {
 }
 
 /// An `xds.type.matcher.v3.StringMatcher` weft can honour for `field`.
-fn xds_val(errs: &mut Errs, path: &str, sm: &xm::StringMatcher, field: &Field) -> Option<Val> {
+fn xds_val(errs: &mut ConfigError, path: &str, sm: &xm::StringMatcher, field: &Field) -> Option<Val> {
     let (kind, exact, any) = pattern!(sm, xm);
     val(errs, path, kind, exact, any, sm.ignore_case, field)
 }
 
 /// An `envoy.type.matcher.v3.StringMatcher` weft can honour for `field`.
-fn envoy_val(errs: &mut Errs, path: &str, sm: &em::StringMatcher, field: &Field) -> Option<Val> {
+fn envoy_val(errs: &mut ConfigError, path: &str, sm: &em::StringMatcher, field: &Field) -> Option<Val> {
     let (kind, exact, any) = pattern!(sm, em);
     val(errs, path, kind, exact, any, sm.ignore_case, field)
 }
 
 fn val(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     kind: &str,
     exact: Option<&str>,
@@ -668,14 +668,14 @@ fn val(
     }
     if ignore_case {
         errs.add(
-            &format!("{path}.ignore_case"),
+            format!("{path}.ignore_case"),
             "unsupported (exact, case-sensitive matching only)",
         );
         return None;
     }
     match (exact, any, field) {
         (Some(""), _, _) => {
-            errs.add(&format!("{path}.exact"), "must not be empty");
+            errs.add(format!("{path}.exact"), "must not be empty");
             None
         }
         (Some(v), _, _) => Some(Val::Exact(v.to_string())),
@@ -688,19 +688,19 @@ fn val(
             } else {
                 "unsupported (exact matching only; safe_regex \".*\" for any interface or method)".to_string()
             };
-            errs.add(&format!("{path}.{kind}"), what);
+            errs.add(format!("{path}.{kind}"), what);
             None
         }
     }
 }
 
 /// A `RouteAction`: everything of the weft route but its match.
-fn action(errs: &mut Errs, path: &str, a: &XdsExtension) -> RawRpcRoute {
+fn action(errs: &mut ConfigError, path: &str, a: &XdsExtension) -> RawRpcRoute {
     let mut r = RawRpcRoute::default();
     let Some(any) = a.typed_config.as_ref().filter(|t| t.type_url == ROUTE_ACTION_URL) else {
         let url = a.typed_config.as_ref().map(|t| t.type_url.as_str()).unwrap_or("");
         errs.add(
-            &format!("{path}.typed_config"),
+            format!("{path}.typed_config"),
             format!("unsupported action \"{url}\" (RouteAction only)"),
         );
         return r;
@@ -708,7 +708,7 @@ fn action(errs: &mut Errs, path: &str, a: &XdsExtension) -> RawRpcRoute {
     let ra = match weft_xds_api::unpack::<action::RouteAction>(any, ROUTE_ACTION_URL) {
         Ok(ra) => ra,
         Err(e) => {
-            errs.add(&format!("{path}.typed_config"), e);
+            errs.add(format!("{path}.typed_config"), e);
             return r;
         }
     };
@@ -720,28 +720,25 @@ fn action(errs: &mut Errs, path: &str, a: &XdsExtension) -> RawRpcRoute {
     r.cluster = match &ra.cluster_specifier {
         Some(C::Cluster(c)) if !c.is_empty() => Some(c.clone()),
         Some(C::Cluster(_)) => {
-            errs.add(&format!("{p}.cluster"), "must not be empty (min_len: 1)");
+            errs.add(format!("{p}.cluster"), "must not be empty (min_len: 1)");
             None
         }
         Some(C::WeightedClusters(w)) => match w.clusters.as_slice() {
             [one] if !one.name.is_empty() => Some(one.name.clone()),
             [] => {
-                errs.add(
-                    &format!("{p}.weighted_clusters.clusters"),
-                    "must have at least one item",
-                );
+                errs.add(format!("{p}.weighted_clusters.clusters"), "must have at least one item");
                 None
             }
             _ => {
                 errs.add(
-                    &format!("{p}.weighted_clusters"),
+                    format!("{p}.weighted_clusters"),
                     "a split over several clusters is not supported (a weft rpc route names one cluster)",
                 );
                 None
             }
         },
         None => {
-            errs.add(&format!("{p}.cluster"), "is required");
+            errs.add(format!("{p}.cluster"), "is required");
             None
         }
     };
@@ -749,7 +746,7 @@ fn action(errs: &mut Errs, path: &str, a: &XdsExtension) -> RawRpcRoute {
         None => Some(DEFAULT_TIMEOUT.into()),
         Some(d) if d.seconds == 0 && d.nanos == 0 => {
             errs.add(
-                &format!("{p}.timeout"),
+                format!("{p}.timeout"),
                 "0 (no timeout) is unsupported: weft answers every call within a timeout",
             );
             None
@@ -768,14 +765,14 @@ fn action(errs: &mut Errs, path: &str, a: &XdsExtension) -> RawRpcRoute {
                 })
             }
             n => errs.add(
-                &format!("{p}.retry_policy.num_retries"),
+                format!("{p}.retry_policy.num_retries"),
                 format!("{n} is out of range [1, 6] (weft tries a call at most 6 times)"),
             ),
         }
     }
     if !ra.per_filter_config.is_empty() {
         errs.add(
-            &format!("{p}.per_filter_config"),
+            format!("{p}.per_filter_config"),
             "unsupported (weft has the router only)",
         );
     }

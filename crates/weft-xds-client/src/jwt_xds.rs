@@ -6,8 +6,9 @@
 //! check is never weakened. Metadata outputs (`payload_in_metadata`, `header_in_metadata`, …) and
 //! cache tuning have no effect in weft and are accepted.
 
-use crate::convert::{dur, Errs};
+use crate::convert::dur;
 use weft_config::jwt::*;
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::route::v3 as rt;
 use weft_xds_api::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt;
@@ -15,17 +16,17 @@ use weft_xds_api::pb::envoy::extensions::filters::http::jwt_authn::v3 as jwt;
 pub const JWT_AUTHN_NAME: &str = "envoy.filters.http.jwt_authn";
 pub const JWT_AUTHN_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication";
 
-pub fn jwt_authn(errs: &mut Errs, path: &str, j: &jwt::JwtAuthentication) -> RawJwtAuthn {
+pub fn jwt_authn(errs: &mut ConfigError, path: &str, j: &jwt::JwtAuthentication) -> RawJwtAuthn {
     let mut out = RawJwtAuthn::default();
     if j.filter_state_rules.is_some() {
-        errs.add(&format!("{path}.filter_state_rules"), "unsupported");
+        errs.add(format!("{path}.filter_state_rules"), "unsupported");
     }
     if j.bypass_cors_preflight {
-        errs.add(&format!("{path}.bypass_cors_preflight"), "unsupported");
+        errs.add(format!("{path}.bypass_cors_preflight"), "unsupported");
     }
     if !j.requirement_map.is_empty() {
         errs.add(
-            &format!("{path}.requirement_map"),
+            format!("{path}.requirement_map"),
             "unsupported (per-route requirements)",
         );
     }
@@ -47,7 +48,7 @@ pub fn jwt_authn(errs: &mut Errs, path: &str, j: &jwt::JwtAuthentication) -> Raw
                 Some(requirement(errs, &format!("{rp}.requires"), q))
             }
             Some(jwt::requirement_rule::RequirementType::RequirementName(_)) => {
-                errs.add(&format!("{rp}.requirement_name"), "unsupported");
+                errs.add(format!("{rp}.requirement_name"), "unsupported");
                 None
             }
             // Envoy: a rule without a requirement means no check for what it matches.
@@ -61,13 +62,13 @@ pub fn jwt_authn(errs: &mut Errs, path: &str, j: &jwt::JwtAuthentication) -> Raw
     out
 }
 
-fn route_match(errs: &mut Errs, path: &str, m: &rt::RouteMatch) -> Option<RawJwtMatch> {
+fn route_match(errs: &mut ConfigError, path: &str, m: &rt::RouteMatch) -> Option<RawJwtMatch> {
     use rt::route_match::PathSpecifier as P;
     if !m.headers.is_empty() || !m.query_parameters.is_empty() || m.grpc.is_some() {
         errs.add(path, "only prefix and path are supported");
     }
     if m.case_sensitive.as_ref().is_some_and(|c| !c.value) {
-        errs.add(&format!("{path}.case_sensitive"), "unsupported");
+        errs.add(format!("{path}.case_sensitive"), "unsupported");
     }
     match &m.path_specifier {
         Some(P::Prefix(p)) => Some(RawJwtMatch {
@@ -85,12 +86,12 @@ fn route_match(errs: &mut Errs, path: &str, m: &rt::RouteMatch) -> Option<RawJwt
     }
 }
 
-fn requirement(errs: &mut Errs, path: &str, q: &jwt::JwtRequirement) -> RawJwtRequirement {
+fn requirement(errs: &mut ConfigError, path: &str, q: &jwt::JwtRequirement) -> RawJwtRequirement {
     use jwt::jwt_requirement::RequiresType as T;
     let mut out = RawJwtRequirement::default();
     match &q.requires_type {
         Some(T::ProviderName(n)) => out.provider_name = Some(n.clone()),
-        Some(T::ProviderAndAudiences(_)) => errs.add(&format!("{path}.provider_and_audiences"), "unsupported"),
+        Some(T::ProviderAndAudiences(_)) => errs.add(format!("{path}.provider_and_audiences"), "unsupported"),
         Some(T::RequiresAny(l)) => {
             out.requires_any = Some(RawJwtRequirements {
                 requirements: l
@@ -114,34 +115,34 @@ fn requirement(errs: &mut Errs, path: &str, q: &jwt::JwtRequirement) -> RawJwtRe
         Some(T::AllowMissing(_)) => out.allow_missing = Some(RawEmpty {}),
         Some(T::AllowMissingOrFailed(_)) => out.allow_missing_or_failed = Some(RawEmpty {}),
         Some(T::ExtractOnlyWithoutValidation(_)) => {
-            errs.add(&format!("{path}.extract_only_without_validation"), "unsupported")
+            errs.add(format!("{path}.extract_only_without_validation"), "unsupported")
         }
         None => errs.add(path, "a requirement is required"),
     }
     out
 }
 
-fn provider(errs: &mut Errs, path: &str, p: &jwt::JwtProvider) -> RawJwtProvider {
+fn provider(errs: &mut ConfigError, path: &str, p: &jwt::JwtProvider) -> RawJwtProvider {
     use jwt::jwt_provider::JwksSourceSpecifier as S;
     if p.subjects.is_some() {
-        errs.add(&format!("{path}.subjects"), "unsupported");
+        errs.add(format!("{path}.subjects"), "unsupported");
     }
     if p.require_expiration {
-        errs.add(&format!("{path}.require_expiration"), "unsupported");
+        errs.add(format!("{path}.require_expiration"), "unsupported");
     }
     if p.max_lifetime.is_some() {
-        errs.add(&format!("{path}.max_lifetime"), "unsupported");
+        errs.add(format!("{path}.max_lifetime"), "unsupported");
     }
     if !p.from_cookies.is_empty() {
-        errs.add(&format!("{path}.from_cookies"), "unsupported");
+        errs.add(format!("{path}.from_cookies"), "unsupported");
     }
     if p.pad_forward_payload_header {
-        errs.add(&format!("{path}.pad_forward_payload_header"), "unsupported");
+        errs.add(format!("{path}.pad_forward_payload_header"), "unsupported");
     }
     for (i, c) in p.claim_to_headers.iter().enumerate() {
         if !c.claim_path.is_empty() {
             errs.add(
-                &format!("{path}.claim_to_headers[{i}].claim_path"),
+                format!("{path}.claim_to_headers[{i}].claim_path"),
                 "unsupported; use claim_name",
             );
         }
@@ -190,7 +191,7 @@ fn provider(errs: &mut Errs, path: &str, p: &jwt::JwtProvider) -> RawJwtProvider
                 },
                 _ => {
                     errs.add(
-                        &format!("{path}.local_jwks"),
+                        format!("{path}.local_jwks"),
                         "needs filename, inline_string or inline_bytes",
                     );
                     RawDataSource::default()

@@ -8,6 +8,8 @@
 // they are validated too.
 #![allow(deprecated)]
 
+use weft_config::errors::join;
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::endpoint::v3 as ep;
@@ -26,21 +28,13 @@ use weft_xds_api::pb::envoy::r#type::v3 as typ;
 use weft_xds_api::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use weft_xds_api::type_url;
 
-/// Collected violations, each `path: message`.
+/// The rules, checked into the configuration's one field-error collector.
 #[derive(Default)]
-pub struct V(pub Vec<String>);
-
-fn join(path: &str, field: &str) -> String {
-    if path.is_empty() {
-        field.to_string()
-    } else {
-        format!("{path}.{field}")
-    }
-}
+pub struct V(pub ConfigError);
 
 impl V {
     fn err(&mut self, path: &str, field: &str, msg: impl std::fmt::Display) {
-        self.0.push(format!("{}: {msg}", join(path, field)));
+        self.0.add_at(path, field, msg);
     }
 
     fn min_len(&mut self, path: &str, field: &str, s: &str) {
@@ -126,7 +120,7 @@ fn decode<M: weft_xds_api::prost::Message + Default>(any: &Any) -> Option<M> {
 // ---------------------------------------------------------------------------------------------
 // Listener
 
-pub fn listener(l: &ls::Listener) -> Vec<String> {
+pub fn listener(l: &ls::Listener) -> ConfigError {
     let mut v = V::default();
     socket_address(&mut v, "address", &l.address);
     for (i, fc) in l.filter_chains.iter().enumerate() {
@@ -290,7 +284,7 @@ pub(crate) fn local_rate_limit(v: &mut V, path: &str, l: &lrl::LocalRateLimit) {
 // ---------------------------------------------------------------------------------------------
 // RouteConfiguration
 
-pub fn route_configuration(rc: &rt::RouteConfiguration) -> Vec<String> {
+pub fn route_configuration(rc: &rt::RouteConfiguration) -> ConfigError {
     let mut v = V::default();
     route_configuration_into(&mut v, "", rc);
     v.0
@@ -475,7 +469,7 @@ fn rate_limit(v: &mut V, path: &str, r: &rt::RateLimit) {
 // ---------------------------------------------------------------------------------------------
 // Cluster
 
-pub fn cluster(c: &cl::Cluster) -> Vec<String> {
+pub fn cluster(c: &cl::Cluster) -> ConfigError {
     let mut v = V::default();
     v.min_len("", "name", &c.name);
     if let Some(cl::cluster::ClusterDiscoveryType::Type(t)) = &c.cluster_discovery_type {
@@ -585,7 +579,7 @@ pub fn cluster(c: &cl::Cluster) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // ClusterLoadAssignment
 
-pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Vec<String> {
+pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> ConfigError {
     let mut v = V::default();
     load_assignment_into(&mut v, "", la);
     v.0

@@ -9,8 +9,8 @@
 // real control planes, so they are read on purpose.
 #![allow(deprecated)]
 
-use crate::convert::Errs;
 use weft_config::authz::*;
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::rbac::v3 as rbac;
 use weft_xds_api::pb::envoy::config::route::v3 as rt;
@@ -24,12 +24,12 @@ pub const NETWORK_RBAC_NAME: &str = "envoy.filters.network.rbac";
 pub const NETWORK_RBAC_URL: &str = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC";
 
 /// One HTTP RBAC filter, as one more entry of `authorization.rbac`.
-pub fn http(errs: &mut Errs, path: &str, r: &http_rbac::Rbac) -> RawRbac {
+pub fn http(errs: &mut ConfigError, path: &str, r: &http_rbac::Rbac) -> RawRbac {
     if r.matcher.is_some() {
-        errs.add(&format!("{path}.matcher"), "unsupported (use rules)");
+        errs.add(format!("{path}.matcher"), "unsupported (use rules)");
     }
     if r.shadow_matcher.is_some() {
-        errs.add(&format!("{path}.shadow_matcher"), "unsupported (use shadow_rules)");
+        errs.add(format!("{path}.shadow_matcher"), "unsupported (use shadow_rules)");
     }
     RawRbac {
         rules: r.rules.as_ref().map(|x| rules(errs, &format!("{path}.rules"), x)),
@@ -41,15 +41,15 @@ pub fn http(errs: &mut Errs, path: &str, r: &http_rbac::Rbac) -> RawRbac {
 }
 
 /// One network RBAC filter (before a tcp_proxy).
-pub fn network(errs: &mut Errs, path: &str, r: &net_rbac::Rbac) -> RawRbac {
+pub fn network(errs: &mut ConfigError, path: &str, r: &net_rbac::Rbac) -> RawRbac {
     if r.matcher.is_some() {
-        errs.add(&format!("{path}.matcher"), "unsupported (use rules)");
+        errs.add(format!("{path}.matcher"), "unsupported (use rules)");
     }
     if r.shadow_matcher.is_some() {
-        errs.add(&format!("{path}.shadow_matcher"), "unsupported (use shadow_rules)");
+        errs.add(format!("{path}.shadow_matcher"), "unsupported (use shadow_rules)");
     }
     if r.delay_deny.as_ref().is_some_and(|d| d.seconds > 0 || d.nanos > 0) {
-        errs.add(&format!("{path}.delay_deny"), "unsupported (weft closes at once)");
+        errs.add(format!("{path}.delay_deny"), "unsupported (weft closes at once)");
     }
     RawRbac {
         rules: r.rules.as_ref().map(|x| rules(errs, &format!("{path}.rules"), x)),
@@ -60,16 +60,16 @@ pub fn network(errs: &mut Errs, path: &str, r: &net_rbac::Rbac) -> RawRbac {
     }
 }
 
-fn rules(errs: &mut Errs, path: &str, r: &rbac::Rbac) -> RawRbacRules {
+fn rules(errs: &mut ConfigError, path: &str, r: &rbac::Rbac) -> RawRbacRules {
     if r.audit_logging_options.is_some() {
-        errs.add(&format!("{path}.audit_logging_options"), "unsupported");
+        errs.add(format!("{path}.audit_logging_options"), "unsupported");
     }
     let action = match r.action {
         0 => "ALLOW",
         1 => "DENY",
         2 => "LOG",
         v => {
-            errs.add(&format!("{path}.action"), format!("unknown value {v}"));
+            errs.add(format!("{path}.action"), format!("unknown value {v}"));
             "DENY"
         }
     };
@@ -77,10 +77,10 @@ fn rules(errs: &mut Errs, path: &str, r: &rbac::Rbac) -> RawRbacRules {
     for (name, p) in &r.policies {
         let pp = format!("{path}.policies[{name}]");
         if p.condition.is_some() {
-            errs.add(&format!("{pp}.condition"), "unsupported (CEL)");
+            errs.add(format!("{pp}.condition"), "unsupported (CEL)");
         }
         if p.checked_condition.is_some() {
-            errs.add(&format!("{pp}.checked_condition"), "unsupported (CEL)");
+            errs.add(format!("{pp}.checked_condition"), "unsupported (CEL)");
         }
         policies.insert(
             name.clone(),
@@ -106,10 +106,10 @@ fn rules(errs: &mut Errs, path: &str, r: &rbac::Rbac) -> RawRbacRules {
     }
 }
 
-fn permission(errs: &mut Errs, path: &str, p: &rbac::Permission) -> RawPermission {
+fn permission(errs: &mut ConfigError, path: &str, p: &rbac::Permission) -> RawPermission {
     use rbac::permission::Rule as R;
     let mut out = RawPermission::default();
-    let set = |errs: &mut Errs, f: &str, s: &rbac::permission::Set| RawPermissionSet {
+    let set = |errs: &mut ConfigError, f: &str, s: &rbac::permission::Set| RawPermissionSet {
         rules: s
             .rules
             .iter()
@@ -130,19 +130,19 @@ fn permission(errs: &mut Errs, path: &str, p: &rbac::Permission) -> RawPermissio
         Some(R::RequestedServerName(m)) => {
             out.requested_server_name = string_matcher(errs, &format!("{path}.requested_server_name"), m)
         }
-        Some(R::DestinationPortRange(_)) => errs.add(&format!("{path}.destination_port_range"), "unsupported"),
-        Some(R::Metadata(_)) => errs.add(&format!("{path}.metadata"), "unsupported"),
-        Some(R::Matcher(_)) => errs.add(&format!("{path}.matcher"), "unsupported"),
-        Some(R::UriTemplate(_)) => errs.add(&format!("{path}.uri_template"), "unsupported"),
-        Some(R::SourcedMetadata(_)) => errs.add(&format!("{path}.sourced_metadata"), "unsupported"),
+        Some(R::DestinationPortRange(_)) => errs.add(format!("{path}.destination_port_range"), "unsupported"),
+        Some(R::Metadata(_)) => errs.add(format!("{path}.metadata"), "unsupported"),
+        Some(R::Matcher(_)) => errs.add(format!("{path}.matcher"), "unsupported"),
+        Some(R::UriTemplate(_)) => errs.add(format!("{path}.uri_template"), "unsupported"),
+        Some(R::SourcedMetadata(_)) => errs.add(format!("{path}.sourced_metadata"), "unsupported"),
     }
     out
 }
 
-fn principal(errs: &mut Errs, path: &str, p: &rbac::Principal) -> RawPrincipal {
+fn principal(errs: &mut ConfigError, path: &str, p: &rbac::Principal) -> RawPrincipal {
     use rbac::principal::Identifier as I;
     let mut out = RawPrincipal::default();
-    let set = |errs: &mut Errs, f: &str, s: &rbac::principal::Set| RawPrincipalSet {
+    let set = |errs: &mut ConfigError, f: &str, s: &rbac::principal::Set| RawPrincipalSet {
         ids: s
             .ids
             .iter()
@@ -174,7 +174,7 @@ fn principal(errs: &mut Errs, path: &str, p: &rbac::Principal) -> RawPrincipal {
                 out = p;
             }
         }
-        Some(I::FilterState(_)) => errs.add(&format!("{path}.filter_state"), "unsupported"),
+        Some(I::FilterState(_)) => errs.add(format!("{path}.filter_state"), "unsupported"),
         Some(I::SourcedMetadata(s)) => {
             let sp = format!("{path}.sourced_metadata");
             match &s.metadata_matcher {
@@ -184,11 +184,11 @@ fn principal(errs: &mut Errs, path: &str, p: &rbac::Principal) -> RawPrincipal {
                         out = p;
                     }
                 }
-                Some(_) => errs.add(&format!("{sp}.metadata_source"), "only DYNAMIC is supported"),
-                None => errs.add(&format!("{sp}.metadata_matcher"), "is required"),
+                Some(_) => errs.add(format!("{sp}.metadata_source"), "only DYNAMIC is supported"),
+                None => errs.add(format!("{sp}.metadata_matcher"), "is required"),
             }
         }
-        Some(I::Custom(_)) => errs.add(&format!("{path}.custom"), "unsupported"),
+        Some(I::Custom(_)) => errs.add(format!("{path}.custom"), "unsupported"),
     }
     out
 }
@@ -196,7 +196,7 @@ fn principal(errs: &mut Errs, path: &str, p: &rbac::Principal) -> RawPrincipal {
 /// JWT metadata principals: Istio's (`istio_authn`: `request.auth.principal`, or
 /// `request.auth.claims` then the claim path) and Envoy's own (`envoy.filters.http.jwt_authn`: the
 /// `payload_in_metadata` key, then the claim path). Any other metadata is refused.
-fn jwt_metadata(errs: &mut Errs, path: &str, m: &matcher::MetadataMatcher) -> Option<RawPrincipal> {
+fn jwt_metadata(errs: &mut ConfigError, path: &str, m: &matcher::MetadataMatcher) -> Option<RawPrincipal> {
     use matcher::metadata_matcher::path_segment::Segment;
     let keys: Vec<&str> = m
         .path
@@ -270,7 +270,7 @@ fn cidr(c: &core::CidrRange) -> String {
     }
 }
 
-fn string_matcher(errs: &mut Errs, path: &str, m: &matcher::StringMatcher) -> Option<RawStrMatch> {
+fn string_matcher(errs: &mut ConfigError, path: &str, m: &matcher::StringMatcher) -> Option<RawStrMatch> {
     use matcher::string_matcher::MatchPattern as P;
     let mut out = RawStrMatch {
         ignore_case: Some(m.ignore_case),
@@ -283,7 +283,7 @@ fn string_matcher(errs: &mut Errs, path: &str, m: &matcher::StringMatcher) -> Op
         Some(P::Contains(v)) => out.contains = Some(v.clone()),
         Some(P::SafeRegex(r)) => out.safe_regex = Some(r.regex.clone()),
         Some(P::Custom(_)) => {
-            errs.add(&format!("{path}.custom"), "unsupported");
+            errs.add(format!("{path}.custom"), "unsupported");
             return None;
         }
         None => {
@@ -294,20 +294,20 @@ fn string_matcher(errs: &mut Errs, path: &str, m: &matcher::StringMatcher) -> Op
     Some(out)
 }
 
-fn path_matcher(errs: &mut Errs, path: &str, m: &matcher::PathMatcher) -> Option<RawStrMatch> {
+fn path_matcher(errs: &mut ConfigError, path: &str, m: &matcher::PathMatcher) -> Option<RawStrMatch> {
     match &m.rule {
         Some(matcher::path_matcher::Rule::Path(s)) => string_matcher(errs, &format!("{path}.path"), s),
         None => {
-            errs.add(&format!("{path}.path"), "is required");
+            errs.add(format!("{path}.path"), "is required");
             None
         }
     }
 }
 
-fn header(errs: &mut Errs, path: &str, h: &rt::HeaderMatcher) -> Option<RawRbacHeader> {
+fn header(errs: &mut ConfigError, path: &str, h: &rt::HeaderMatcher) -> Option<RawRbacHeader> {
     use rt::header_matcher::HeaderMatchSpecifier as S;
     if h.treat_missing_header_as_empty {
-        errs.add(&format!("{path}.treat_missing_header_as_empty"), "unsupported");
+        errs.add(format!("{path}.treat_missing_header_as_empty"), "unsupported");
     }
     let mut out = RawRbacHeader {
         name: Some(h.name.clone()),
@@ -331,7 +331,7 @@ fn header(errs: &mut Errs, path: &str, h: &rt::HeaderMatcher) -> Option<RawRbacH
             out.ignore_case = s.ignore_case;
         }
         Some(S::RangeMatch(_)) => {
-            errs.add(&format!("{path}.range_match"), "unsupported");
+            errs.add(format!("{path}.range_match"), "unsupported");
             return None;
         }
         // Envoy: no specifier means "present".

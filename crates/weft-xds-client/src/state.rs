@@ -9,6 +9,7 @@ use crate::convert::{self, XCluster, XListener};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use tokio::time::Instant;
 use weft_config::raw::{RawConfig, RawNode, RawRouteConfig};
+use weft_config::ConfigError;
 use weft_config::{Config, ValidateOptions};
 use weft_xds_api::pb::envoy::config::cluster::v3::Cluster;
 use weft_xds_api::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -212,11 +213,12 @@ impl Resources {
     }
 }
 
-fn decode(t: usize, any: &Any, node_has_locality: bool) -> Result<(String, Converted), (String, Vec<String>)> {
+fn decode(t: usize, any: &Any, node_has_locality: bool) -> Result<(String, Converted), (String, ConfigError)> {
     let url = TYPES[t];
     match t {
         LDS => {
-            let l: Listener = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            let l: Listener =
+                weft_xds_api::unpack(any, url).map_err(|e| (String::new(), ConfigError::single("", e)))?;
             match convert::listener(&l) {
                 Ok(Some(x)) => Ok((l.name, Converted::Listener(x))),
                 Ok(None) => Ok((l.name, Converted::Ignored)),
@@ -224,25 +226,27 @@ fn decode(t: usize, any: &Any, node_has_locality: bool) -> Result<(String, Conve
             }
         }
         RDS => {
-            let r: RouteConfiguration = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            let r: RouteConfiguration =
+                weft_xds_api::unpack(any, url).map_err(|e| (String::new(), ConfigError::single("", e)))?;
             convert::route_config(&r)
                 .map(|x| (r.name.clone(), Converted::Route(x)))
                 .map_err(|e| (r.name, e))
         }
         CDS => {
-            let c: Cluster = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            let c: Cluster = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), ConfigError::single("", e)))?;
             convert::cluster(&c, node_has_locality)
                 .map(|x| (c.name.clone(), Converted::Cluster(x)))
                 .map_err(|e| (c.name, e))
         }
         EDS => {
-            let c: ClusterLoadAssignment = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            let c: ClusterLoadAssignment =
+                weft_xds_api::unpack(any, url).map_err(|e| (String::new(), ConfigError::single("", e)))?;
             convert::load_assignment(&c)
                 .map(|x| (c.cluster_name.clone(), Converted::Endpoints(x)))
                 .map_err(|e| (c.cluster_name, e))
         }
         _ => {
-            let s: Secret = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), vec![e]))?;
+            let s: Secret = weft_xds_api::unpack(any, url).map_err(|e| (String::new(), ConfigError::single("", e)))?;
             crate::tls::secret(&s)
                 .map(|x| (s.name.clone(), Converted::Secret(x)))
                 .map_err(|e| (s.name, e))
@@ -250,8 +254,9 @@ fn decode(t: usize, any: &Any, node_has_locality: bool) -> Result<(String, Conve
     }
 }
 
-fn describe(t: usize, name: &str, errs: &[String]) -> String {
-    errs.iter()
+fn describe(t: usize, name: &str, errs: &ConfigError) -> String {
+    errs.errors
+        .iter()
         .map(|e| format!("{} \"{name}\": {e}", kind(t)))
         .collect::<Vec<_>>()
         .join("; ")

@@ -3,8 +3,8 @@
 //! names istio-agent serves, mean the proxy's own mesh identity (`mode: mesh`); certificates and CA
 //! given as files become `mutual`/`simple`. Everything else is refused with the field named.
 
-use crate::convert::Errs;
 use weft_config::tls::RawClusterTls;
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 
@@ -42,7 +42,7 @@ fn over_ads(s: &tls::SdsSecretConfig) -> bool {
 const SDS_HINT: &str = "or a secret over ADS (sds_config: { ads: {} })";
 
 /// A PEM data source: `(file, inline PEM)`, one of them set (both None on error).
-fn pem(errs: &mut Errs, path: &str, d: &Option<core::DataSource>) -> (Option<String>, Option<String>) {
+fn pem(errs: &mut ConfigError, path: &str, d: &Option<core::DataSource>) -> (Option<String>, Option<String>) {
     use core::data_source::Specifier;
     match d.as_ref().and_then(|d| d.specifier.as_ref()) {
         Some(Specifier::Filename(f)) if !f.is_empty() => (Some(f.clone()), None),
@@ -50,13 +50,13 @@ fn pem(errs: &mut Errs, path: &str, d: &Option<core::DataSource>) -> (Option<Str
         Some(Specifier::InlineBytes(b)) if !b.is_empty() => match String::from_utf8(b.clone()) {
             Ok(s) => (None, Some(s)),
             Err(_) => {
-                errs.add(&format!("{path}.inline_bytes"), "is not PEM text (not UTF-8)");
+                errs.add(format!("{path}.inline_bytes"), "is not PEM text (not UTF-8)");
                 (None, None)
             }
         },
         Some(Specifier::EnvironmentVariable(_)) => {
             errs.add(
-                &format!("{path}.environment_variable"),
+                format!("{path}.environment_variable"),
                 "unsupported (give filename, inline_bytes or inline_string; or SDS default/ROOTCA)",
             );
             (None, None)
@@ -85,13 +85,13 @@ fn weft_alpn(common: &tls::CommonTlsContext) -> Option<Vec<String>> {
 
 /// `tls_params.tls_minimum_protocol_version` (TlsParameters.TlsProtocol: 0 auto, 1 TLSv1_0,
 /// 2 TLSv1_1, 3 TLSv1_2, 4 TLSv1_3): weft's floor is 1.2, so only 1.3 changes anything.
-fn min_version(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> Option<String> {
+fn min_version(errs: &mut ConfigError, p: &str, params: &tls::TlsParameters) -> Option<String> {
     match params.tls_minimum_protocol_version {
         0..=3 => None,
         4 => Some("1.3".into()),
         v => {
             errs.add(
-                &format!("{p}.tls_params.tls_minimum_protocol_version"),
+                format!("{p}.tls_params.tls_minimum_protocol_version"),
                 format!("unknown value {v}"),
             );
             None
@@ -104,16 +104,16 @@ fn min_version(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> Option<
 /// [`weft_config::tls::cipher_suites`]). A maximum below TLS 1.3, `ecdh_curves`,
 /// `signature_algorithms` and `compliance_policies` are refused (weft's groups and signature
 /// schemes follow the suite families).
-fn tls_params(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> (Option<String>, Option<Vec<String>>) {
+fn tls_params(errs: &mut ConfigError, p: &str, params: &tls::TlsParameters) -> (Option<String>, Option<Vec<String>>) {
     let min = min_version(errs, p, params);
     if matches!(params.tls_maximum_protocol_version, 1..=3) {
         errs.add(
-            &format!("{p}.tls_params.tls_maximum_protocol_version"),
+            format!("{p}.tls_params.tls_maximum_protocol_version"),
             "unsupported (weft always offers TLS 1.3)",
         );
     } else if params.tls_maximum_protocol_version > 4 {
         errs.add(
-            &format!("{p}.tls_params.tls_maximum_protocol_version"),
+            format!("{p}.tls_params.tls_maximum_protocol_version"),
             format!("unknown value {}", params.tls_maximum_protocol_version),
         );
     }
@@ -124,7 +124,7 @@ fn tls_params(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> (Option<
     ] {
         if set {
             errs.add(
-                &format!("{p}.tls_params.{f}"),
+                format!("{p}.tls_params.{f}"),
                 "unsupported (weft's key exchange groups and signature schemes follow the suite families: X25519, P-256, P-384 and RSA/ECDSA/Ed25519 for the standard suites, curveSM2 and sm2sig_sm3 for TLS_SM4_GCM_SM3)",
             );
         }
@@ -132,25 +132,17 @@ fn tls_params(errs: &mut Errs, p: &str, params: &tls::TlsParameters) -> (Option<
     if params.cipher_suites.is_empty() {
         return (min, None);
     }
-    let mut bad = Vec::new();
-    weft_config::tls::cipher_suites(
-        &mut bad,
-        &format!("{p}.tls_params.cipher_suites"),
-        &params.cipher_suites,
-    );
-    for e in bad {
-        errs.add(&e.path, e.message);
-    }
+    weft_config::tls::cipher_suites(errs, &format!("{p}.tls_params.cipher_suites"), &params.cipher_suites);
     (min, Some(params.cipher_suites.clone()))
 }
 
-pub fn cluster_tls(errs: &mut Errs, ts: &core::TransportSocket) -> Option<RawClusterTls> {
+pub fn cluster_tls(errs: &mut ConfigError, ts: &core::TransportSocket) -> Option<RawClusterTls> {
     cluster_tls_with_secrets(errs, ts, &mut Vec::new())
 }
 
 /// [`cluster_tls`], with the SDS secrets it needs pushed on `secrets`.
 pub fn cluster_tls_with_secrets(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     ts: &core::TransportSocket,
     secrets: &mut Vec<SecretRef>,
 ) -> Option<RawClusterTls> {
@@ -203,7 +195,7 @@ pub fn cluster_tls_with_secrets(
             });
         } else {
             errs.add(
-                &format!("{p}.tls_certificate_sds_secret_configs[{i}].name"),
+                format!("{p}.tls_certificate_sds_secret_configs[{i}].name"),
                 format!(
                     "{:?}: only the proxy's own identity \"default\" is served, {SDS_HINT}, one of them",
                     s.name
@@ -222,7 +214,7 @@ pub fn cluster_tls_with_secrets(
             (out.key_file, out.key_pem) = pem(errs, &format!("{p}.tls_certificates[0].private_key"), &c.private_key);
         }
         _ => errs.add(
-            &format!("{p}.tls_certificates"),
+            format!("{p}.tls_certificates"),
             "at most one certificate, and not with SDS",
         ),
     }
@@ -230,7 +222,7 @@ pub fn cluster_tls_with_secrets(
     use tls::common_tls_context::ValidationContextType as V;
     let (mut mesh_roots, mut vc) = (false, None);
     let mut sds_ca = false;
-    let mut sds_name = |errs: &mut Errs, path: &str, s: &tls::SdsSecretConfig| {
+    let mut sds_name = |errs: &mut ConfigError, path: &str, s: &tls::SdsSecretConfig| {
         if s.name == "ROOTCA" {
             mesh_roots = true;
         } else if !s.name.is_empty() && over_ads(s) {
@@ -262,10 +254,7 @@ pub fn cluster_tls_with_secrets(
                 );
             }
         }
-        Some(_) => errs.add(
-            &format!("{p}.validation_context_type"),
-            "unsupported validation context",
-        ),
+        Some(_) => errs.add(format!("{p}.validation_context_type"), "unsupported validation context"),
     }
     if let Some(v) = &vc {
         let vp = format!("{p}.validation_context");
@@ -277,7 +266,7 @@ pub fn cluster_tls_with_secrets(
             match m.matcher.as_ref().and_then(|m| m.match_pattern.as_ref()) {
                 Some(MatchPattern::Exact(s)) => out.subject_alt_names.push(s.clone()),
                 _ => errs.add(
-                    &format!("{vp}.match_typed_subject_alt_names[{i}].matcher"),
+                    format!("{vp}.match_typed_subject_alt_names[{i}].matcher"),
                     "only exact matchers are supported",
                 ),
             }
@@ -288,7 +277,7 @@ pub fn cluster_tls_with_secrets(
             match &m.match_pattern {
                 Some(MatchPattern::Exact(s)) => out.subject_alt_names.push(s.clone()),
                 _ => errs.add(
-                    &format!("{vp}.match_subject_alt_names[{i}]"),
+                    format!("{vp}.match_subject_alt_names[{i}]"),
                     "only exact matchers are supported",
                 ),
             }
@@ -322,7 +311,7 @@ pub fn cluster_tls_with_secrets(
 /// `filter_chain_match.server_names`, which select its certificate. The listener's assembly
 /// ([`crate::convert::listener`]) merges the chains' blocks into the listener's one `tls`.
 pub fn listener_tls(
-    errs: &mut Errs,
+    errs: &mut ConfigError,
     path: &str,
     ts: &core::TransportSocket,
     server_names: &[String],
@@ -343,7 +332,7 @@ pub fn listener_tls(
             return None;
         }
         errs.add(
-            &format!("{tp}.typed_config"),
+            format!("{tp}.typed_config"),
             format!("unsupported transport socket {} ({})", ts.name, any.type_url),
         );
         return None;
@@ -351,20 +340,20 @@ pub fn listener_tls(
     let ctx: tls::DownstreamTlsContext = match weft_xds_api::unpack(any, DOWNSTREAM_TLS_URL) {
         Ok(c) => c,
         Err(e) => {
-            errs.add(&format!("{tp}.typed_config"), e);
+            errs.add(format!("{tp}.typed_config"), e);
             return None;
         }
     };
     let dp = format!("{tp}.typed_config");
     if ctx.require_sni.as_ref().is_some_and(|b| b.value) {
         errs.add(
-            &format!("{dp}.require_sni"),
+            format!("{dp}.require_sni"),
             "unsupported (weft serves clients that send no SNI with the first certificate)",
         );
     }
     if ctx.ocsp_staple_policy != 0 {
         errs.add(
-            &format!("{dp}.ocsp_staple_policy"),
+            format!("{dp}.ocsp_staple_policy"),
             "unsupported (weft does not staple OCSP responses)",
         );
     }
@@ -390,14 +379,14 @@ pub fn listener_tls(
         ("key_log", common.key_log.is_some()),
     ] {
         if set {
-            errs.add(&format!("{p}.{f}"), "unsupported");
+            errs.add(format!("{p}.{f}"), "unsupported");
         }
     }
     #[allow(deprecated)]
     let providers = common.tls_certificate_certificate_provider.is_some()
         || common.tls_certificate_certificate_provider_instance.is_some();
     if providers {
-        errs.add(&format!("{p}.tls_certificate_certificate_provider"), "unsupported");
+        errs.add(format!("{p}.tls_certificate_certificate_provider"), "unsupported");
     }
     // The certificate: SDS `default` (the mesh identity), a secret over ADS, or one pair of files.
     let (mut mesh_cert, mut sds_cert) = (false, false);
@@ -417,7 +406,7 @@ pub fn listener_tls(
             });
         } else {
             errs.add(
-                &format!("{p}.tls_certificate_sds_secret_configs[{i}].name"),
+                format!("{p}.tls_certificate_sds_secret_configs[{i}].name"),
                 format!(
                     "{:?}: only the proxy's own identity \"default\" is served, {SDS_HINT}, one of them",
                     s.name
@@ -427,7 +416,7 @@ pub fn listener_tls(
     }
     match common.tls_certificates.as_slice() {
         [] if !mesh_cert && !sds_cert => errs.add(
-            &format!("{p}.tls_certificates"),
+            format!("{p}.tls_certificates"),
             "a certificate is required (tls_certificates, SDS \"default\", or a secret over ADS)",
         ),
         [] => {}
@@ -447,7 +436,7 @@ pub fn listener_tls(
             });
         }
         _ => errs.add(
-            &format!("{p}.tls_certificates"),
+            format!("{p}.tls_certificates"),
             "one certificate per filter chain, and not with SDS (give each server name its own filter chain)",
         ),
     }
@@ -455,7 +444,7 @@ pub fn listener_tls(
     use tls::common_tls_context::ValidationContextType as V;
     let (mut mesh_roots, mut vc) = (false, None);
     let mut sds_ca = false;
-    let mut sds_name = |errs: &mut Errs, path: &str, s: &tls::SdsSecretConfig| {
+    let mut sds_name = |errs: &mut ConfigError, path: &str, s: &tls::SdsSecretConfig| {
         if s.name == "ROOTCA" {
             mesh_roots = true;
         } else if !s.name.is_empty() && over_ads(s) {
@@ -490,10 +479,7 @@ pub fn listener_tls(
                 );
             }
         }
-        Some(_) => errs.add(
-            &format!("{p}.validation_context_type"),
-            "unsupported validation context",
-        ),
+        Some(_) => errs.add(format!("{p}.validation_context_type"), "unsupported validation context"),
     }
     if let Some((vp, v)) = &vc {
         if v.trusted_ca.is_some() {
@@ -522,7 +508,7 @@ pub fn listener_tls(
             ("system_root_certs", v.system_root_certs.is_some(), "unsupported (weft does not trust the system roots implicitly)"),
         ] {
             if set {
-                errs.add(&format!("{vp}.{f}"), why);
+                errs.add(format!("{vp}.{f}"), why);
             }
         }
     }
@@ -537,13 +523,13 @@ pub fn listener_tls(
             }
             if !require {
                 errs.add(
-                    &format!("{dp}.require_client_certificate"),
+                    format!("{dp}.require_client_certificate"),
                     "must be true with the mesh identity (SDS \"default\"/\"ROOTCA\"): weft's mesh listeners always require a client certificate",
                 );
             }
             if !server_names.is_empty() {
                 errs.add(
-                    &format!("{path}.filter_chain_match.server_names"),
+                    format!("{path}.filter_chain_match.server_names"),
                     "unsupported with the mesh identity (a mesh listener serves its one identity whatever the SNI)",
                 );
             }
@@ -553,7 +539,7 @@ pub fn listener_tls(
                 out.require_client_certificate = Some(true);
                 if out.trusted_ca_file.is_none() && out.trusted_ca_pem.is_none() && !sds_ca {
                     errs.add(
-                        &format!("{dp}.require_client_certificate"),
+                        format!("{dp}.require_client_certificate"),
                         "needs a validation context with trusted_ca",
                     );
                 }
@@ -592,9 +578,9 @@ impl std::fmt::Debug for XSecret {
 }
 
 /// A `Secret` resource; refusals name the field.
-pub fn secret(s: &tls::Secret) -> Result<XSecret, Vec<String>> {
+pub fn secret(s: &tls::Secret) -> Result<XSecret, ConfigError> {
     use tls::secret::Type;
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let mut out = XSecret::default();
     match &s.r#type {
         Some(Type::TlsCertificate(c)) => {
@@ -612,7 +598,7 @@ pub fn secret(s: &tls::Secret) -> Result<XSecret, Vec<String>> {
                 ),
             ] {
                 if set {
-                    errs.add(&format!("tls_certificate.{f}"), "unsupported");
+                    errs.add(format!("tls_certificate.{f}"), "unsupported");
                 }
             }
             out.cert = Some((chain, key));
@@ -631,7 +617,7 @@ pub fn secret(s: &tls::Secret) -> Result<XSecret, Vec<String>> {
             ] {
                 if set {
                     errs.add(
-                        &format!("validation_context.{f}"),
+                        format!("validation_context.{f}"),
                         "unsupported in a secret (weft reads only trusted_ca from it; give SAN matchers in the cluster's default_validation_context)",
                     );
                 }
@@ -641,9 +627,9 @@ pub fn secret(s: &tls::Secret) -> Result<XSecret, Vec<String>> {
         Some(Type::GenericSecret(_)) => errs.add("generic_secret", "unsupported (weft has no use for it)"),
         None => errs.add("type", "a tls_certificate or a validation_context is required"),
     }
-    if errs.0.is_empty() {
+    if errs.is_empty() {
         Ok(out)
     } else {
-        Err(errs.0)
+        Err(errs)
     }
 }

@@ -7,8 +7,8 @@
 //! `verbose`, `custom_tags`, resource detectors and samplers are ignored; other providers are
 //! refused with the field named.
 
-use crate::convert::Errs;
 use weft_config::tracing::RawTracing;
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::trace::v3 as trace;
 use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
@@ -16,13 +16,17 @@ use weft_xds_api::pb::envoy::extensions::filters::network::http_connection_manag
 pub const OPENTELEMETRY_NAME: &str = "envoy.tracers.opentelemetry";
 pub const OPENTELEMETRY_URL: &str = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig";
 
-fn add(errs: &mut Errs, path: &str, msg: impl std::fmt::Display) {
-    errs.0.push(format!("{path}: {msg}"));
+fn add(errs: &mut ConfigError, path: &str, msg: impl std::fmt::Display) {
+    errs.add(path, msg);
 }
 
 /// The raw tracing block for an HCM's `tracing`, or `None` when it has none (or no provider: Envoy
 /// then only samples for its own stats, which weft does not do).
-pub fn from_hcm(errs: &mut Errs, path: &str, t: Option<&hcm::http_connection_manager::Tracing>) -> Option<RawTracing> {
+pub fn from_hcm(
+    errs: &mut ConfigError,
+    path: &str,
+    t: Option<&hcm::http_connection_manager::Tracing>,
+) -> Option<RawTracing> {
     let t = t?;
     let provider = t.provider.as_ref()?;
     let ppath = format!("{path}.provider");
@@ -153,9 +157,9 @@ mod tests {
             service_name: "front".into(),
             ..Default::default()
         };
-        let mut errs = Errs::default();
+        let mut errs = ConfigError::default();
         let raw = from_hcm(&mut errs, "hcm.tracing", Some(&hcm_tracing(g, Some(25.0)))).unwrap();
-        assert!(errs.0.is_empty(), "{:?}", errs.0);
+        assert!(errs.is_empty(), "{errs}");
         assert_eq!(raw.endpoint.as_deref(), Some("otel"));
         assert_eq!(raw.protocol.as_deref(), Some("grpc"));
         assert_eq!(raw.sampling_ratio, Some(0.25));
@@ -173,7 +177,7 @@ mod tests {
             ..Default::default()
         };
         let raw = from_hcm(&mut errs, "hcm.tracing", Some(&hcm_tracing(h, None))).unwrap();
-        assert!(errs.0.is_empty(), "{:?}", errs.0);
+        assert!(errs.is_empty(), "{errs}");
         assert_eq!(raw.protocol.as_deref(), Some("http"));
         assert_eq!(raw.http_path.as_deref(), Some("/otlp/v1/traces"));
         assert_eq!(raw.sampling_ratio, Some(1.0));
@@ -188,12 +192,11 @@ mod tests {
                 value: vec![],
             }));
         }
-        let mut errs = Errs::default();
+        let mut errs = ConfigError::default();
         assert!(from_hcm(&mut errs, "hcm.tracing", Some(&t)).is_none());
         assert!(
-            errs.0[0].starts_with("hcm.tracing.provider.typed_config: unsupported tracer"),
-            "{:?}",
-            errs.0
+            errs.lines()[0].starts_with("hcm.tracing.provider.typed_config: unsupported tracer"),
+            "{errs}"
         );
     }
 }

@@ -46,7 +46,7 @@ fn tcp_listener(log: Any) -> ls::Listener {
 
 fn model(log: Any) -> Result<Config, String> {
     let l = convert::listener(&tcp_listener(log))
-        .map_err(|e| e.join("; "))?
+        .map_err(|e| e.lines().join("; "))?
         .unwrap();
     let raw = RawConfig {
         listeners: vec![l.raw],
@@ -259,7 +259,7 @@ fn hcm_model(logs: Vec<al::AccessLog>) -> Result<Config, String> {
         name: "envoy.filters.network.http_connection_manager".into(),
         config_type: Some(ls::filter::ConfigType::TypedConfig(pack(type_url::HCM, &h))),
     };
-    let l = convert::listener(&l).map_err(|e| e.join("; "))?.unwrap();
+    let l = convert::listener(&l).map_err(|e| e.lines().join("; "))?.unwrap();
     let raw = RawConfig {
         listeners: vec![l.raw],
         ..Default::default()

@@ -793,18 +793,18 @@ fn listener_and_routes_map_onto_the_model() {
 fn unsupported_fields_are_refused_with_envoy_paths() {
     let mut c = full_cluster();
     c.lb_policy = 7;
-    let e = convert::cluster(&c, true).unwrap_err();
+    let e = convert::cluster(&c, true).unwrap_err().lines();
     assert!(e.contains(&"lb_policy: unsupported value 7".to_string()), "{e:?}");
 
     let mut c = full_cluster();
     c.transport_socket = Some(Default::default());
-    let e = convert::cluster(&c, true).unwrap_err();
+    let e = convert::cluster(&c, true).unwrap_err().lines();
     assert!(e[0].starts_with("transport_socket: "), "{e:?}");
 
     let mut l = full_listener();
     l.filter_chains[0].filters[0].name = "x".into();
     l.filter_chains[0].filters[0].config_type = None;
-    let e = convert::listener(&l).unwrap_err();
+    let e = convert::listener(&l).unwrap_err().lines();
     assert_eq!(
         e,
         vec!["filter_chains[0].filters[0]: unknown filter \"x\" (not optional)".to_string()]
@@ -812,7 +812,7 @@ fn unsupported_fields_are_refused_with_envoy_paths() {
 
     let mut l = full_listener();
     l.filter_chains[0].filter_chain_match.as_mut().unwrap().server_names = vec!["a".into()];
-    let e = convert::listener(&l).unwrap_err();
+    let e = convert::listener(&l).unwrap_err().lines();
     assert_eq!(
         e,
         vec!["filter_chains[0].filter_chain_match.server_names: unsupported without a TLS transport_socket (weft chooses only a certificate by SNI)".to_string()]
@@ -822,7 +822,7 @@ fn unsupported_fields_are_refused_with_envoy_paths() {
     if let Some(rt::route::Action::Route(a)) = &mut rc.virtual_hosts[0].routes[0].action {
         a.cluster_specifier = Some(rt::route_action::ClusterSpecifier::ClusterHeader("x".into()));
     }
-    let e = convert::route_config(&rc).unwrap_err();
+    let e = convert::route_config(&rc).unwrap_err().lines();
     assert!(
         e[0].starts_with("virtual_hosts[0].routes[0].route.cluster_specifier: "),
         "{e:?}"
@@ -839,7 +839,7 @@ fn unsupported_fields_are_refused_with_envoy_paths() {
 
 /// The weft model of a route configuration alone (as RDS delivers it), or the refusal.
 fn route_model(rc: &rt::RouteConfiguration) -> Result<Config, String> {
-    let raw_rc = convert::route_config(rc).map_err(|e| e.join("; "))?;
+    let raw_rc = convert::route_config(rc).map_err(|e| e.lines().join("; "))?;
     let raw = RawConfig {
         listeners: vec![weft_config::raw::RawListener {
             name: Some("web".into()),
@@ -1010,7 +1010,7 @@ fn connection_limit_filter_is_the_listener_connection_limit() {
     other.config_type = None;
     other.name = "envoy.filters.network.ext_authz".into();
     l.filter_chains[0].filters.insert(0, other);
-    let e = convert::listener(&l).unwrap_err();
+    let e = convert::listener(&l).unwrap_err().lines();
     assert!(
         e[0].starts_with("filter_chains[0].filters[0]: unknown filter \"envoy.filters.network.ext_authz\""),
         "{e:?}"
@@ -1030,7 +1030,7 @@ fn api_validation_rules_are_applied_with_envoy_paths() {
         let mut h = hcm::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
         f(&mut h);
         any.value = h.encode_to_vec();
-        convert::listener(&l).unwrap_err()
+        convert::listener(&l).unwrap_err().lines()
     };
     let p = "filter_chains[0].filters[0].typed_config";
     assert_eq!(
@@ -1058,7 +1058,7 @@ fn api_validation_rules_are_applied_with_envoy_paths() {
     c.connect_timeout = d(0);
     c.name.clear();
     assert_eq!(
-        convert::cluster(&c, true).unwrap_err(),
+        convert::cluster(&c, true).unwrap_err().lines(),
         vec![
             "name: must not be empty (min_len: 1)".to_string(),
             "connect_timeout: must be greater than 0s (gt)".to_string()
@@ -1068,7 +1068,7 @@ fn api_validation_rules_are_applied_with_envoy_paths() {
     c.health_checks[0].timeout = None;
     c.outlier_detection.as_mut().unwrap().max_ejection_percent = u32v(101);
     assert_eq!(
-        convert::cluster(&c, true).unwrap_err(),
+        convert::cluster(&c, true).unwrap_err().lines(),
         vec![
             "outlier_detection.max_ejection_percent: 101 is out of range [0, 100]".to_string(),
             "health_checks[0].timeout: is required".to_string()
@@ -1079,7 +1079,7 @@ fn api_validation_rules_are_applied_with_envoy_paths() {
     la.cluster_name.clear();
     la.endpoints[0].lb_endpoints[0].load_balancing_weight = u32v(0);
     assert_eq!(
-        convert::load_assignment(&la).unwrap_err(),
+        convert::load_assignment(&la).unwrap_err().lines(),
         vec![
             "cluster_name: must not be empty (min_len: 1)".to_string(),
             "endpoints[0].lb_endpoints[0].load_balancing_weight: 0 is out of range [1, 4294967295]".to_string()
@@ -1090,7 +1090,7 @@ fn api_validation_rules_are_applied_with_envoy_paths() {
     rc.virtual_hosts[0].domains.clear();
     rc.virtual_hosts[0].routes[0].r#match = None;
     assert_eq!(
-        convert::route_config(&rc).unwrap_err(),
+        convert::route_config(&rc).unwrap_err().lines(),
         vec![
             "virtual_hosts[0].domains: needs at least 1 item (min_items: 1)".to_string(),
             "virtual_hosts[0].routes[0].match: is required".to_string()
@@ -1146,7 +1146,7 @@ fn original_dst_listener_filter_and_interception_fields() {
     });
     assert!(convert::listener(&l).is_ok());
     l.listener_filters[0].name = "envoy.filters.listener.http_inspector".into();
-    let errs = convert::listener(&l).err().unwrap();
+    let errs = convert::listener(&l).err().unwrap().lines();
     assert!(
         errs.iter().any(|e| e.contains("listener_filters[0]: unsupported")),
         "{errs:?}"
@@ -1216,7 +1216,7 @@ fn original_src_listener_filter_is_the_listeners_original_source() {
         bind_port: true,
         mark: 1337,
     }));
-    let errs = convert::listener(&l).err().unwrap();
+    let errs = convert::listener(&l).err().unwrap().lines();
     assert!(
         errs.iter()
             .any(|e| e.starts_with("listener_filters[0].typed_config.bind_port: unsupported")),
@@ -1234,7 +1234,7 @@ fn original_src_listener_filter_is_the_listeners_original_source() {
         )),
         ..Default::default()
     });
-    let errs = convert::listener(&l).err().unwrap();
+    let errs = convert::listener(&l).err().unwrap().lines();
     assert!(
         errs.iter()
             .any(|e| e.starts_with("listener_filters[0].typed_config: cannot decode")),

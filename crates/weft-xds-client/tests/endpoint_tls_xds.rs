@@ -212,7 +212,7 @@ fn what_weft_cannot_match_on_is_refused_naming_the_field() {
         .into_iter()
         .collect(),
     });
-    let e = convert::cluster(&c, false).unwrap_err().join("\n");
+    let e = convert::cluster(&c, false).unwrap_err().lines().join("\n");
     assert!(
         e.contains("transport_socket_matches[0].match.tlsMode: unsupported value"),
         "{e}"
@@ -228,7 +228,7 @@ fn what_weft_cannot_match_on_is_refused_naming_the_field() {
         sds_config: Some(ads()),
     }];
     c.transport_socket_matches[0].transport_socket = Some(socket_of(&ctx));
-    let e = convert::cluster(&c, false).unwrap_err().join("\n");
+    let e = convert::cluster(&c, false).unwrap_err().lines().join("\n");
     assert!(
         e.contains("transport_socket_matches[0].transport_socket: SDS secrets over ADS"),
         "{e}"
@@ -242,7 +242,7 @@ fn what_weft_cannot_match_on_is_refused_naming_the_field() {
         ..Default::default()
     });
     c.transport_socket_matches[0].transport_socket = Some(socket_of(&ctx));
-    let e = convert::cluster(&c, false).unwrap_err().join("\n");
+    let e = convert::cluster(&c, false).unwrap_err().lines().join("\n");
     assert!(
         e.contains("transport_socket_matches[0].transport_socket.typed_config.common_tls_context.tls_params.cipher_suites[1]: unknown cipher suite \"RC4-MD5\""),
         "{e}"
@@ -254,7 +254,7 @@ fn what_weft_cannot_match_on_is_refused_naming_the_field() {
     // The generic matcher.
     let mut c = istio_cluster("reviews");
     c.transport_socket_matcher = Some(Default::default());
-    let e = convert::cluster(&c, false).unwrap_err().join("\n");
+    let e = convert::cluster(&c, false).unwrap_err().lines().join("\n");
     assert!(e.contains("transport_socket_matcher: unsupported"), "{e}");
 }
 

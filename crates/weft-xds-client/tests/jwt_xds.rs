@@ -77,7 +77,7 @@ fn listener(j: &jwt::JwtAuthentication) -> ls::Listener {
 }
 
 fn converted(l: &ls::Listener) -> Result<JwtAuthn, String> {
-    let x = convert::listener(l).map_err(|e| e.join("\n"))?.unwrap();
+    let x = convert::listener(l).map_err(|e| e.lines().join("\n"))?.unwrap();
     let raw = RawConfig {
         listeners: vec![x.raw],
         ..Default::default()
@@ -269,13 +269,13 @@ fn rbac_jwt_payload_metadata_principals() {
         }),
         ..Default::default()
     };
-    let mut errs = convert::Errs::default();
+    let mut errs = weft_config::ConfigError::default();
     let raw = weft_xds_client::rbac_xds::http(
         &mut errs,
         "f",
         &policy(meta("envoy.filters.http.jwt_authn", &["payload", "groups"], true)),
     );
-    assert!(errs.0.is_empty(), "{:?}", errs.0);
+    assert!(errs.lines().is_empty(), "{:?}", errs.lines());
     let (a, e) = weft_config::authz::validate(
         "a",
         &RawAuthorization {
@@ -292,13 +292,13 @@ fn rbac_jwt_payload_metadata_principals() {
             rule: Some(StrMatch::new(StrKind::Exact, "admin")),
         }))
     );
-    let mut errs = convert::Errs::default();
+    let mut errs = weft_config::ConfigError::default();
     weft_xds_client::rbac_xds::http(&mut errs, "f", &policy(meta("envoy.lb", &["canary"], false)));
     assert!(
-        errs.0
+        errs.lines()
             .iter()
             .any(|e| e.starts_with("f.rules.policies[p].principals[0].metadata: unsupported")),
         "{:?}",
-        errs.0
+        errs.lines()
     );
 }

@@ -121,7 +121,7 @@ fn converted(l: &ls::Listener) -> Result<weft_config::tls::RawListenerTls, Strin
             Ok(x.raw.tls.expect("a tls block"))
         }
         Ok(None) => panic!("api listener"),
-        Err(e) => Err(e.join("\n")),
+        Err(e) => Err(e.lines().join("\n")),
     }
 }
 
@@ -138,7 +138,7 @@ fn istio_inbound_tls_and_raw_buffer_chains_are_permissive_with_the_mesh_identity
     assert_eq!(t.forward_client_cert.as_deref(), Some("sanitize_set"));
     assert_eq!(t.alpn, Some(vec!["h2".to_string(), "http/1.1".to_string()]));
     // Validated as YAML would be: a mesh listener requiring client certificates.
-    let v = weft_config::tls::listener_tls("listeners[0].tls", &t, &mut Vec::new());
+    let v = weft_config::tls::listener_tls("listeners[0].tls", &t, &mut Default::default());
     assert!(v.is_mesh() && v.require_client_certificate);
     assert_eq!(v.mode, weft_config::tls::TlsMode::Permissive);
 
@@ -768,7 +768,7 @@ fn secrets_convert_and_refuse_what_weft_cannot_use() {
         r#type: Some(tls::secret::Type::GenericSecret(Default::default())),
     })
     .unwrap_err();
-    assert!(e[0].starts_with("generic_secret: unsupported"), "{e:?}");
+    assert!(e.lines()[0].starts_with("generic_secret: unsupported"), "{e:?}");
     // A secret from another config source than ADS is not followed: refused naming the field.
     let ctx = tls::DownstreamTlsContext {
         common_tls_context: Some(tls::CommonTlsContext {

@@ -257,7 +257,7 @@ fn tcp_listener(r: Option<&net_rbac::Rbac>) -> ls::Listener {
 
 /// Converts and validates as the xDS client does; the listener's authorization block.
 fn converted(l: &ls::Listener) -> Result<Authorization, String> {
-    let x = convert::listener(l).map_err(|e| e.join("\n"))?.unwrap();
+    let x = convert::listener(l).map_err(|e| e.lines().join("\n"))?.unwrap();
     let raw = RawConfig {
         listeners: vec![x.raw],
         ..Default::default()
@@ -420,7 +420,7 @@ fn network_rbac_guards_a_tcp_proxy() {
             config_type: Some(ls::filter::ConfigType::TypedConfig(pack(NETWORK_RBAC_URL, &r))),
         },
     );
-    let e = convert::listener(&l).unwrap_err();
+    let e = convert::listener(&l).unwrap_err().lines();
     assert!(
         e[0].starts_with(
             "filter_chains[0].filters[0]: envoy.filters.network.rbac before an HTTP connection manager is unsupported"
@@ -450,7 +450,7 @@ fn unsupported_matchers_are_nacked_naming_the_field() {
             ..Default::default()
         };
         f(&mut r);
-        convert::listener(&http_listener(&[r])).unwrap_err()
+        convert::listener(&http_listener(&[r])).unwrap_err().lines()
     };
     let none = |_: &mut http_rbac::Rbac| {};
     let cases: Vec<(Vec<String>, String)> = vec![

@@ -1,12 +1,12 @@
 //! UpstreamTlsContext → a cluster's `tls` block: Istio's SDS names as the mesh identity, files,
 //! and refusals that name the field.
 
+use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use weft_xds_api::pb::envoy::r#type::matcher::v3 as matcher;
 use weft_xds_api::pb::google::protobuf::Any;
 use weft_xds_api::prost::Message;
-use weft_xds_client::convert::Errs;
 use weft_xds_client::tls::{cluster_tls, UPSTREAM_TLS_URL};
 
 fn socket(ctx: tls::UpstreamTlsContext) -> core::TransportSocket {
@@ -66,9 +66,9 @@ fn istio_mutual_is_the_mesh_identity_with_secure_naming() {
         }),
         ..Default::default()
     };
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let t = cluster_tls(&mut errs, &socket(ctx)).unwrap();
-    assert!(errs.0.is_empty(), "{:?}", errs.0);
+    assert!(errs.lines().is_empty(), "{:?}", errs.lines());
     assert_eq!(t.mode.as_deref(), Some("mesh"));
     assert_eq!(t.alpn, None, "istio ALPN ids are dropped");
     assert_eq!(
@@ -80,7 +80,7 @@ fn istio_mutual_is_the_mesh_identity_with_secure_naming() {
         Some("outbound_.9080_._.reviews.default.svc.cluster.local")
     );
     // And it validates as a weft cluster tls block.
-    let mut fe = Vec::new();
+    let mut fe = weft_config::ConfigError::default();
     let v = weft_config::tls::cluster_tls("clusters[0].tls", &t, false, None, &mut fe);
     assert!(fe.is_empty(), "{fe:?}");
     assert_eq!(v.mode, weft_config::tls::ClusterTlsMode::Mesh);
@@ -107,9 +107,9 @@ fn files_are_simple_or_mutual() {
         }),
         ..Default::default()
     };
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let t = cluster_tls(&mut errs, &socket(ctx)).unwrap();
-    assert!(errs.0.is_empty(), "{:?}", errs.0);
+    assert!(errs.lines().is_empty(), "{:?}", errs.lines());
     assert_eq!(t.mode.as_deref(), Some("mutual"));
     assert_eq!(t.cert_file.as_deref(), Some("/etc/c.crt"));
     assert_eq!(t.trusted_ca_file.as_deref(), Some("/etc/ca.pem"));
@@ -147,9 +147,9 @@ fn inline_pem_is_mutual_with_pem_fields() {
         }),
         ..Default::default()
     };
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     let t = cluster_tls(&mut errs, &socket(ctx)).unwrap();
-    assert!(errs.0.is_empty(), "{:?}", errs.0);
+    assert!(errs.lines().is_empty(), "{:?}", errs.lines());
     assert_eq!(t.mode.as_deref(), Some("mutual"));
     assert_eq!((t.cert_file.as_deref(), t.cert_pem.as_deref()), (None, Some(chain)));
     assert_eq!(t.key_pem.as_deref(), Some(key));
@@ -173,9 +173,9 @@ fn unsupported_contexts_are_refused_naming_the_field() {
         }),
         ..Default::default()
     };
-    let mut errs = Errs::default();
+    let mut errs = ConfigError::default();
     cluster_tls(&mut errs, &socket(ctx));
-    let all = errs.0.join("\n");
+    let all = errs.lines().join("\n");
     assert!(
         all.contains("transport_socket.typed_config.common_tls_context.tls_certificate_sds_secret_configs[0].name: \"file-cert:/x\""),
         "{all}"
@@ -189,6 +189,6 @@ fn unsupported_contexts_are_refused_naming_the_field() {
         name: "envoy.transport_sockets.raw_buffer".into(),
         config_type: None,
     };
-    let mut errs = Errs::default();
-    assert!(cluster_tls(&mut errs, &raw).is_none() && errs.0.is_empty());
+    let mut errs = ConfigError::default();
+    assert!(cluster_tls(&mut errs, &raw).is_none() && errs.lines().is_empty());
 }

@@ -188,7 +188,7 @@ pub fn dubbo_routes(
 ) -> Result<Vec<weft_config::rpc::RpcRoute>, String> {
     use weft_config::{validate_with, NetworkFilter, ValidateOptions};
     let x = weft_xds_client::convert::listener(l)
-        .map_err(|e| e.join("; "))?
+        .map_err(|e| e.lines().join("; "))?
         .unwrap();
     let raw = weft_config::raw::RawConfig {
         listeners: vec![x.raw],
