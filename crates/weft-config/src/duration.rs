@@ -42,10 +42,22 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         }
         nanos += u128::from(d - b'0') * scale;
     }
-    if nanos > 1_000_000_000 * 1_000_000_000 {
+    if nanos > MAX_NANOS {
         return Err(too_large());
     }
     Ok(Duration::from_nanos(nanos as u64))
+}
+
+/// The longest duration weft accepts (10^9 seconds, ~31 years).
+const MAX_NANOS: u128 = 1_000_000_000 * 1_000_000_000;
+
+/// The bound [`parse`] applies, for a duration that arrived typed (over xDS).
+pub fn check(d: Duration) -> Result<Duration, String> {
+    if d.as_nanos() > MAX_NANOS {
+        Err(format!("\"{}\" is too large", format(d)))
+    } else {
+        Ok(d)
+    }
 }
 
 /// Formats a duration in the shortest unit that represents it exactly (ms resolution or finer).

@@ -27,7 +27,7 @@ use std::time::Duration;
 pub struct RawGrpcAccessLog {
     pub cluster: Option<String>,
     pub log_name: Option<String>,
-    pub buffer_flush_interval: Option<String>,
+    pub buffer_flush_interval: Option<crate::typed::RawDuration>,
     pub buffer_size_bytes: Option<u64>,
     pub max_queue_size: Option<u64>,
     pub additional_request_headers_to_log: Vec<String>,
@@ -94,9 +94,9 @@ pub fn validate(
         }
         Some(n) => Some(n.to_string()),
     };
-    let buffer_flush_interval = match raw.buffer_flush_interval.as_deref() {
+    let buffer_flush_interval = match raw.buffer_flush_interval.as_ref() {
         None => DEFAULT_FLUSH_INTERVAL,
-        Some(s) => match crate::duration::parse(s) {
+        Some(s) => match s.get() {
             Ok(d) if d >= Duration::from_millis(1) && d <= Duration::from_secs(3600) => d,
             Ok(_) => {
                 err("buffer_flush_interval", "must be between 1ms and 1h".into());

@@ -70,7 +70,7 @@ pub struct RawDataSource {
 #[serde(deny_unknown_fields, default)]
 pub struct RawRemoteJwks {
     pub http_uri: Option<RawHttpUri>,
-    pub cache_duration: Option<String>,
+    pub cache_duration: Option<crate::typed::RawDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -78,7 +78,7 @@ pub struct RawRemoteJwks {
 pub struct RawHttpUri {
     pub uri: Option<String>,
     pub cluster: Option<String>,
-    pub timeout: Option<String>,
+    pub timeout: Option<crate::typed::RawDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -310,10 +310,10 @@ fn header_name(errs: &mut ConfigError, path: &str, v: &str) -> Option<String> {
     }
 }
 
-fn dur(errs: &mut ConfigError, path: &str, v: &Option<String>, default: Duration) -> Duration {
+fn dur(errs: &mut ConfigError, path: &str, v: &Option<crate::typed::RawDuration>, default: Duration) -> Duration {
     match v {
         None => default,
-        Some(s) => match crate::duration::parse(s) {
+        Some(s) => match s.get() {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 errs.add(path.to_string(), "must be greater than zero");

@@ -16,6 +16,7 @@ pub mod raw;
 pub mod rpc;
 pub mod tls;
 pub mod tracing;
+pub mod typed;
 pub mod validate;
 
 pub use model::*;

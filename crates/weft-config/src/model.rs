@@ -167,6 +167,12 @@ pub enum Direction {
     Outbound,
 }
 
+impl Direction {
+    /// `Unspecified` has no name: it is what an absent `direction` means.
+    pub const NAMES: &'static [(&'static str, Direction)] =
+        &[("inbound", Direction::Inbound), ("outbound", Direction::Outbound)];
+}
+
 /// The default for `per_connection_buffer_limit_bytes` (listeners and clusters).
 pub const DEFAULT_BUFFER_LIMIT: u32 = 64 * 1024;
 
@@ -262,6 +268,11 @@ pub enum Codec {
     Auto,
     Http1,
     Http2,
+}
+
+impl Codec {
+    pub const NAMES: &'static [(&'static str, Codec)] =
+        &[("auto", Codec::Auto), ("http1", Codec::Http1), ("http2", Codec::Http2)];
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -869,6 +880,11 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+impl UpstreamProtocol {
+    pub const NAMES: &'static [(&'static str, UpstreamProtocol)] =
+        &[("http1", UpstreamProtocol::Http1), ("http2", UpstreamProtocol::Http2)];
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Endpoint {
     pub address: EndpointAddress,
@@ -957,6 +973,11 @@ pub enum RoutePriority {
     #[default]
     Default,
     High,
+}
+
+impl RoutePriority {
+    pub const NAMES: &'static [(&'static str, RoutePriority)] =
+        &[("default", RoutePriority::Default), ("high", RoutePriority::High)];
 }
 
 impl RoutePriority {

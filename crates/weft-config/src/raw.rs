@@ -4,6 +4,43 @@
 //! [`crate::validate`] can name the offending field path in its errors instead of relying on a
 //! generic deserializer message. Unknown fields are rejected by serde, which reports line/column.
 
+pub use crate::typed::{RawDuration, Typed};
+
+/// A cluster's `type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterType {
+    Static,
+    StrictDns,
+    OriginalDst,
+}
+
+impl ClusterType {
+    pub const NAMES: &'static [(&'static str, ClusterType)] = &[
+        ("static", ClusterType::Static),
+        ("strict_dns", ClusterType::StrictDns),
+        ("original_dst", ClusterType::OriginalDst),
+    ];
+}
+
+/// A cluster's `lb_policy` (its parameters are fields of their own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbKind {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+impl LbKind {
+    pub const NAMES: &'static [(&'static str, LbKind)] = &[
+        ("round_robin", LbKind::RoundRobin),
+        ("least_request", LbKind::LeastRequest),
+        ("random", LbKind::Random),
+        ("ring_hash", LbKind::RingHash),
+        ("maglev", LbKind::Maglev),
+    ];
+}
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
@@ -32,7 +69,7 @@ pub struct RawDns {
     /// Mesh names and their addresses (A and AAAA answers).
     pub hosts: BTreeMap<String, Vec<String>>,
     /// TTL of the answers, e.g. "30s" (default).
-    pub ttl: Option<String>,
+    pub ttl: Option<RawDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -47,13 +84,13 @@ pub struct RawXds {
     pub mode: Option<String>,
     /// How long a cluster waits for its endpoints (or a listener for its routes) before it is used
     /// anyway; "0s" waits forever. Default 15s (Envoy's).
-    pub initial_fetch_timeout: Option<String>,
+    pub initial_fetch_timeout: Option<RawDuration>,
     /// Reconnect backoff: first delay and ceiling (jittered exponential).
-    pub backoff_base: Option<String>,
-    pub backoff_max: Option<String>,
+    pub backoff_base: Option<RawDuration>,
+    pub backoff_max: Option<RawDuration>,
     /// A service asked for on demand and then not called for this long is forgotten (unsubscribed);
     /// "0s" keeps them. Default 10m.
-    pub on_demand_idle: Option<String>,
+    pub on_demand_idle: Option<RawDuration>,
     /// TLS to the control plane (weft control's `--xds-tls` port).
     pub tls: Option<RawXdsTls>,
 }
@@ -93,7 +130,7 @@ pub struct RawAdmin {
 #[serde(deny_unknown_fields, default)]
 pub struct RawRuntime {
     pub concurrency: Option<u64>,
-    pub drain_timeout: Option<String>,
+    pub drain_timeout: Option<RawDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -112,7 +149,7 @@ pub struct RawListener {
     pub tcp_proxy: Option<RawTcpProxy>,
     /// `inbound` (traffic to the app) or `outbound` (the app's own calls); Envoy's
     /// `traffic_direction`. On shutdown, outbound listeners keep serving while inbound ones drain.
-    pub direction: Option<String>,
+    pub direction: Option<Typed<crate::model::Direction>>,
     /// Transparent interception: dispatch each connection by its original destination (before an
     /// iptables REDIRECT/TPROXY rule sent it here). Envoy's `use_original_dst`.
     pub original_destination: Option<bool>,
@@ -213,7 +250,7 @@ impl<'de> Deserialize<'de> for RawAccessLogs {
 pub struct RawTcpProxy {
     pub stat_prefix: Option<String>,
     pub cluster: Option<String>,
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Option<RawDuration>,
     pub access_log: Option<RawAccessLogs>,
     /// One span per session, exported over OTLP (the same block as an `http` listener's).
     pub tracing: Option<crate::tracing::RawTracing>,
@@ -226,12 +263,12 @@ pub struct RawTcpProxy {
 pub struct RawHttp {
     pub stat_prefix: Option<String>,
     /// "auto" (HTTP/1.1 and h2c prior knowledge), "http1" or "http2".
-    pub codec: Option<String>,
+    pub codec: Option<Typed<crate::model::Codec>>,
     pub route_config: Option<RawRouteConfig>,
-    pub idle_timeout: Option<String>,
-    pub request_headers_timeout: Option<String>,
+    pub idle_timeout: Option<RawDuration>,
+    pub request_headers_timeout: Option<RawDuration>,
     /// A request or response in progress that moves no bytes for this long is closed.
-    pub stream_idle_timeout: Option<String>,
+    pub stream_idle_timeout: Option<RawDuration>,
     pub max_request_headers_kb: Option<u64>,
     pub use_remote_address: Option<bool>,
     pub xff_num_trusted_hops: Option<u64>,
@@ -257,7 +294,7 @@ pub struct RawRateLimitService {
     /// Cluster of the rate limit service (Envoy's RLS protocol, `envoy.service.ratelimit.v3`, over gRPC).
     pub cluster: Option<String>,
     pub domain: Option<String>,
-    pub timeout: Option<String>,
+    pub timeout: Option<RawDuration>,
     /// Answer 500 when the service fails or times out (default: let the request through).
     pub failure_mode_deny: Option<bool>,
 }
@@ -394,11 +431,11 @@ pub struct RawQueryMatcher {
 pub struct RawRouteAction {
     pub cluster: Option<String>,
     pub weighted_clusters: Vec<RawWeightedCluster>,
-    pub timeout: Option<String>,
+    pub timeout: Option<RawDuration>,
     /// Envoy `RouteAction.max_grpc_timeout` (or `max_stream_duration.grpc_timeout_header_max`): a
     /// gRPC request's `grpc-timeout` replaces `timeout`, capped at this (`0s`: no cap). Unset, a
     /// `grpc-timeout` can only shorten `timeout`.
-    pub max_grpc_timeout: Option<String>,
+    pub max_grpc_timeout: Option<RawDuration>,
     pub prefix_rewrite: Option<String>,
     pub host_rewrite: Option<String>,
     pub auto_host_rewrite: Option<bool>,
@@ -413,7 +450,7 @@ pub struct RawRouteAction {
     /// Envoy `RouteAction.rate_limits`: descriptors sent to the connection manager's rate limit service.
     pub rate_limits: Vec<RawRateLimit>,
     /// "default" or "high": which circuit-breaker thresholds the route's requests count against.
-    pub priority: Option<String>,
+    pub priority: Option<Typed<crate::model::RoutePriority>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -428,7 +465,7 @@ pub struct RawFault {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawFaultDelay {
-    pub fixed: Option<String>,
+    pub fixed: Option<RawDuration>,
     pub percent: Option<f64>,
 }
 
@@ -452,7 +489,7 @@ pub struct RawMirrorPolicy {
 pub struct RawLocalRateLimit {
     pub max_tokens: Option<u64>,
     pub tokens_per_fill: Option<u64>,
-    pub fill_interval: Option<String>,
+    pub fill_interval: Option<RawDuration>,
     /// One bucket per distinct value of this request header.
     pub descriptor_header: Option<String>,
 }
@@ -469,7 +506,7 @@ pub struct RawWeightedCluster {
 pub struct RawRetryPolicy {
     pub retry_on: Vec<String>,
     pub num_retries: Option<u64>,
-    pub per_try_timeout: Option<String>,
+    pub per_try_timeout: Option<RawDuration>,
     pub retriable_status_codes: Vec<u64>,
     pub retry_back_off: Option<RawBackoff>,
 }
@@ -477,8 +514,8 @@ pub struct RawRetryPolicy {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawBackoff {
-    pub base_interval: Option<String>,
-    pub max_interval: Option<String>,
+    pub base_interval: Option<RawDuration>,
+    pub max_interval: Option<RawDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -497,7 +534,7 @@ pub struct RawHashPolicy {
 #[derive(Clone, Debug, Default)]
 pub struct RawCookie {
     pub name: Option<String>,
-    pub ttl: Option<String>,
+    pub ttl: Option<RawDuration>,
     pub path: Option<String>,
     pub attributes: Vec<RawCookieAttribute>,
 }
@@ -507,7 +544,7 @@ pub struct RawCookie {
 #[serde(deny_unknown_fields, default)]
 struct RawCookieMap {
     name: Option<String>,
-    ttl: Option<String>,
+    ttl: Option<RawDuration>,
     path: Option<String>,
     attributes: Vec<RawCookieAttribute>,
 }
@@ -578,14 +615,14 @@ pub struct RawCluster {
     pub name: Option<String>,
     /// "static", "strict_dns" or "original_dst".
     #[serde(rename = "type")]
-    pub type_: Option<String>,
-    pub lb_policy: Option<String>,
-    pub connect_timeout: Option<String>,
+    pub type_: Option<Typed<ClusterType>>,
+    pub lb_policy: Option<Typed<LbKind>>,
+    pub connect_timeout: Option<RawDuration>,
     /// Bytes buffered per upstream connection and stream (Envoy's `per_connection_buffer_limit_bytes`).
     pub per_connection_buffer_limit_bytes: Option<u64>,
     /// Upstream HTTP protocol: "http1" or "http2".
-    pub protocol: Option<String>,
-    pub dns_refresh_rate: Option<String>,
+    pub protocol: Option<Typed<crate::model::UpstreamProtocol>>,
+    pub dns_refresh_rate: Option<RawDuration>,
     pub endpoints: Vec<RawEndpoint>,
     pub circuit_breakers: Option<RawCircuitBreakers>,
     pub retry_budget: Option<RawRetryBudget>,
@@ -628,9 +665,9 @@ pub struct RawOutlierDetection {
     pub consecutive_5xx: Option<u64>,
     pub consecutive_gateway_failure: Option<u64>,
     pub consecutive_local_origin_failure: Option<u64>,
-    pub interval: Option<String>,
-    pub base_ejection_time: Option<String>,
-    pub max_ejection_time: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub base_ejection_time: Option<RawDuration>,
+    pub max_ejection_time: Option<RawDuration>,
     pub max_ejection_percent: Option<u64>,
     pub success_rate_minimum_hosts: Option<u64>,
     pub success_rate_request_volume: Option<u64>,
@@ -643,9 +680,9 @@ pub struct RawOutlierDetection {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawHealthCheck {
-    pub interval: Option<String>,
-    pub interval_jitter: Option<String>,
-    pub timeout: Option<String>,
+    pub interval: Option<RawDuration>,
+    pub interval_jitter: Option<RawDuration>,
+    pub timeout: Option<RawDuration>,
     pub healthy_threshold: Option<u64>,
     pub unhealthy_threshold: Option<u64>,
     pub http: Option<RawHttpHealthCheck>,
@@ -736,7 +773,7 @@ pub struct RawRetryBudget {
 #[serde(deny_unknown_fields, default)]
 pub struct RawPool {
     pub max_idle_per_endpoint: Option<u64>,
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Option<RawDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -9,7 +9,7 @@ use crate::errors::ConfigError;
 use crate::model::{
     AccessLog, FaultDelay, LocalRateLimit, LogSink, RateLimitAction, RateLimitPolicy, RateLimitService,
 };
-use crate::raw::{RawAccessLog, RawFaultDelay, RawLocalRateLimit, RawRateLimitService};
+use crate::raw::{RawAccessLog, RawDuration, RawFaultDelay, RawLocalRateLimit, RawRateLimitService};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -29,17 +29,17 @@ pub struct RawRpc {
     pub protocol: Option<String>,
     /// `auto` only: how long to wait for a connection's first bytes (default 100ms); a client that
     /// sends nothing first goes to the fallback.
-    pub sniff_timeout: Option<String>,
+    pub sniff_timeout: Option<RawDuration>,
     pub stat_prefix: Option<String>,
     pub routes: Vec<RawRpcRoute>,
     /// Per-request timeout when the route gives none (default 5s).
-    pub timeout: Option<String>,
+    pub timeout: Option<RawDuration>,
     /// Largest frame accepted from either side, header included (default 8 MiB).
     pub max_frame_size: Option<u64>,
     /// Upstream connections per host over which requests are multiplexed (default 1).
     pub connections_per_host: Option<u64>,
     /// A downstream connection with no request in flight and no bytes for this long is closed.
-    pub idle_timeout: Option<String>,
+    pub idle_timeout: Option<RawDuration>,
     /// Distinct method names that get their own metric label (default 200); later ones are `other`.
     pub max_method_labels: Option<u64>,
     pub access_log: Option<RawAccessLog>,
@@ -58,7 +58,7 @@ pub struct RawRpcRoute {
     pub cluster: Option<String>,
     /// Endpoint labels the chosen host must carry (a subset of the cluster).
     pub subset: BTreeMap<String, String>,
-    pub timeout: Option<String>,
+    pub timeout: Option<RawDuration>,
     pub retries: Option<RawRpcRetries>,
     pub fault: Option<RawRpcFault>,
     pub rate_limit: Option<RawRpcRateLimit>,
@@ -138,7 +138,7 @@ pub struct RawRpcAbort {
 pub struct RawRpcRateLimit {
     pub max_tokens: Option<u64>,
     pub tokens_per_fill: Option<u64>,
-    pub fill_interval: Option<String>,
+    pub fill_interval: Option<RawDuration>,
     /// One bucket per distinct value of this attachment (Dubbo attachment, Bolt header).
     pub descriptor_attachment: Option<String>,
 }
@@ -310,9 +310,8 @@ pub fn validate(
             RpcProtocol::Dubbo
         }
     };
-    let dur = |p: String, v: &Option<String>, err: &mut dyn FnMut(String, String)| -> Option<Duration> {
-        let s = v.as_ref()?;
-        match duration::parse(s) {
+    let dur = |p: String, v: &Option<RawDuration>, err: &mut dyn FnMut(String, String)| -> Option<Duration> {
+        match v.as_ref()?.get() {
             Ok(d) if d.is_zero() => {
                 err(p, "must be greater than zero".into());
                 None
@@ -567,7 +566,7 @@ pub fn validate(
         });
         let fault = rr.fault.as_ref().map(|f| {
             let delay = f.delay.as_ref().map(|d| {
-                let fixed = match d.fixed.as_deref().map(duration::parse) {
+                let fixed = match d.fixed.as_ref().map(RawDuration::get) {
                     Some(Ok(x)) => x,
                     Some(Err(e)) => {
                         later_errors.add(format!("{p}.fault.delay.fixed"), e.to_string());

@@ -36,7 +36,7 @@ pub struct RawListenerTls {
     pub forward_client_cert: Option<String>,
     /// PERMISSIVE: how long to wait for a connection's first bytes before treating it as
     /// plaintext. Default 200ms.
-    pub detect_timeout: Option<String>,
+    pub detect_timeout: Option<crate::typed::RawDuration>,
     /// Suite families offered: `standard` (default) and/or `sm` (ShangMi, RFC 8998: needs an SM2
     /// certificate among `certificates`, served to clients that prefer TLS_SM4_GCM_SM3).
     pub suites: Option<Vec<String>>,
@@ -632,9 +632,9 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut ConfigError) ->
             ForwardClientCert::Sanitize
         }
     };
-    let detect_timeout = match t.detect_timeout.as_deref() {
+    let detect_timeout = match t.detect_timeout.as_ref() {
         None => Duration::from_millis(200),
-        Some(s) => match crate::duration::parse(s) {
+        Some(s) => match s.get() {
             Ok(d) if d > Duration::ZERO && d <= Duration::from_secs(60) => d,
             Ok(_) => {
                 err(errors, &format!("{path}.detect_timeout"), "must be in (0s, 60s]");

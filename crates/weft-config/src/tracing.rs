@@ -35,7 +35,7 @@ pub struct RawTracing {
     pub propagators: Option<Vec<String>>,
     pub max_queue_size: Option<u64>,
     pub batch_size: Option<u64>,
-    pub export_timeout: Option<String>,
+    pub export_timeout: Option<crate::typed::RawDuration>,
     /// OTLP/HTTP only: the request path (default `/v1/traces`).
     pub http_path: Option<String>,
 }
@@ -188,9 +188,9 @@ pub fn validate(
     };
     let max_queue_size = bounded("max_queue_size", raw.max_queue_size, 1, 1 << 20, 2048);
     let batch_size = bounded("batch_size", raw.batch_size, 1, 1 << 16, 512);
-    let export_timeout = match raw.export_timeout.as_deref() {
+    let export_timeout = match raw.export_timeout.as_ref() {
         None => Duration::from_secs(2),
-        Some(s) => match crate::duration::parse(s) {
+        Some(s) => match s.get() {
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 err("export_timeout", "must be greater than 0".into());

@@ -38,9 +38,19 @@ impl Ctx {
         self.errors.add(path, message.into());
     }
 
-    fn dur(&mut self, path: &str, v: &Option<String>) -> Option<Duration> {
-        let s = v.as_ref()?;
-        match duration::parse(s) {
+    /// A [`Typed`] field's value; `None` when absent or (with an error naming `path`) invalid.
+    fn typed<T: crate::typed::FromText>(&mut self, path: &str, v: &Option<Typed<T>>) -> Option<T> {
+        match v.as_ref()?.get() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.err(path, e);
+                None
+            }
+        }
+    }
+
+    fn dur(&mut self, path: &str, v: &Option<RawDuration>) -> Option<Duration> {
+        match v.as_ref()?.get() {
             Ok(d) => Some(d),
             Err(e) => {
                 self.err(path, e);
@@ -446,18 +456,7 @@ fn listener(cx: &mut Ctx, path: &str, l: &RawListener, clusters: &HashSet<String
             }
         }
     }
-    let direction = match l.direction.as_deref() {
-        None => Direction::Unspecified,
-        Some("inbound") => Direction::Inbound,
-        Some("outbound") => Direction::Outbound,
-        Some(other) => {
-            cx.err(
-                &format!("{path}.direction"),
-                format!("unknown value {other:?} (expected inbound or outbound)"),
-            );
-            Direction::Unspecified
-        }
-    };
+    let direction = cx.typed(&format!("{path}.direction"), &l.direction).unwrap_or_default();
     if l.tls
         .as_ref()
         .is_some_and(|t| !t.mode.as_deref().is_some_and(|m| m.eq_ignore_ascii_case("disable")))
@@ -669,18 +668,7 @@ fn authorization(
 }
 
 fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String>) -> Option<HttpConnectionManager> {
-    let codec = match h.codec.as_deref() {
-        None | Some("auto") => Codec::Auto,
-        Some("http1") => Codec::Http1,
-        Some("http2") => Codec::Http2,
-        Some(o) => {
-            cx.err(
-                &format!("{path}.codec"),
-                format!("unknown value \"{o}\" (auto, http1, http2)"),
-            );
-            Codec::Auto
-        }
-    };
+    let codec = cx.typed(&format!("{path}.codec"), &h.codec).unwrap_or(Codec::Auto);
     let Some(rc) = &h.route_config else {
         cx.err(&format!("{path}.route_config"), "is required");
         return None;
@@ -770,7 +758,7 @@ fn http_manager(cx: &mut Ctx, path: &str, h: &RawHttp, clusters: &HashSet<String
 }
 
 /// A duration that defaults to `default_secs` when absent; an explicit "0s" disables it.
-fn default_dur(cx: &mut Ctx, path: &str, v: &Option<String>, default_secs: u64) -> Option<Duration> {
+fn default_dur(cx: &mut Ctx, path: &str, v: &Option<RawDuration>, default_secs: u64) -> Option<Duration> {
     match v {
         None => Some(Duration::from_secs(default_secs)),
         Some(_) => cx.dur(path, v).filter(|d| !d.is_zero()),
@@ -1530,17 +1518,7 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
             .as_ref()
             .map(|r| Box::new(local_rate_limit(cx, &format!("{path}.local_rate_limit"), r))),
         rate_limits: rate_limits(cx, &format!("{path}.rate_limits"), &a.rate_limits),
-        priority: match a.priority.as_deref() {
-            None | Some("default") => RoutePriority::Default,
-            Some("high") => RoutePriority::High,
-            Some(o) => {
-                cx.err(
-                    &format!("{path}.priority"),
-                    format!("unknown value \"{o}\" (default, high)"),
-                );
-                RoutePriority::Default
-            }
-        },
+        priority: cx.typed(&format!("{path}.priority"), &a.priority).unwrap_or_default(),
     })
 }
 
@@ -1719,26 +1697,19 @@ fn retry_policy(cx: &mut Ctx, path: &str, r: &RawRetryPolicy) -> RetryPolicy {
 
 fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
     let name = cx.required(&format!("{path}.name"), &c.name)?.to_string();
-    let discovery = match c.type_.as_deref() {
-        None | Some("static") => Discovery::Static,
-        Some("strict_dns") => Discovery::StrictDns {
+    let discovery = match cx.typed(&format!("{path}.type"), &c.type_) {
+        None | Some(ClusterType::Static) => Discovery::Static,
+        Some(ClusterType::StrictDns) => Discovery::StrictDns {
             refresh: cx
                 .dur(&format!("{path}.dns_refresh_rate"), &c.dns_refresh_rate)
                 .unwrap_or(Duration::from_secs(5))
                 .max(Duration::from_millis(100)),
         },
-        Some("original_dst") => Discovery::OriginalDst,
-        Some(o) => {
-            cx.err(
-                &format!("{path}.type"),
-                format!("unknown value \"{o}\" (static, strict_dns, original_dst)"),
-            );
-            Discovery::Static
-        }
+        Some(ClusterType::OriginalDst) => Discovery::OriginalDst,
     };
-    let lb_policy = match c.lb_policy.as_deref() {
-        None | Some("round_robin") => LbPolicy::RoundRobin,
-        Some("least_request") => LbPolicy::LeastRequest {
+    let lb_policy = match cx.typed(&format!("{path}.lb_policy"), &c.lb_policy) {
+        None | Some(LbKind::RoundRobin) => LbPolicy::RoundRobin,
+        Some(LbKind::LeastRequest) => LbPolicy::LeastRequest {
             choice_count: cx.u32_in(
                 &format!("{path}.least_request.choice_count"),
                 c.least_request.as_ref().and_then(|l| l.choice_count),
@@ -1747,8 +1718,8 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
                 2,
             ),
         },
-        Some("random") => LbPolicy::Random,
-        Some("ring_hash") => {
+        Some(LbKind::Random) => LbPolicy::Random,
+        Some(LbKind::RingHash) => {
             let min = c.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).unwrap_or(1024);
             let max = c
                 .ring_hash
@@ -1766,7 +1737,7 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
                 max_ring_size: max,
             }
         }
-        Some("maglev") => {
+        Some(LbKind::Maglev) => {
             let size = c.maglev.as_ref().and_then(|m| m.table_size).unwrap_or(65537);
             if !is_prime(size) || size > 5_000_011 {
                 cx.err(
@@ -1776,25 +1747,10 @@ fn cluster(cx: &mut Ctx, path: &str, c: &RawCluster) -> Option<Cluster> {
             }
             LbPolicy::Maglev { table_size: size }
         }
-        Some(o) => {
-            cx.err(
-                &format!("{path}.lb_policy"),
-                format!("unknown value \"{o}\" (round_robin, least_request, random, ring_hash, maglev)"),
-            );
-            LbPolicy::RoundRobin
-        }
     };
-    let protocol = match c.protocol.as_deref() {
-        None | Some("http1") => UpstreamProtocol::Http1,
-        Some("http2") => UpstreamProtocol::Http2,
-        Some(o) => {
-            cx.err(
-                &format!("{path}.protocol"),
-                format!("unknown value \"{o}\" (http1, http2)"),
-            );
-            UpstreamProtocol::Http1
-        }
-    };
+    let protocol = cx
+        .typed(&format!("{path}.protocol"), &c.protocol)
+        .unwrap_or(UpstreamProtocol::Http1);
     let mut endpoints = Vec::new();
     for (i, e) in c.endpoints.iter().enumerate() {
         let ep = format!("{path}.endpoints[{i}]");

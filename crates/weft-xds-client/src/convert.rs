@@ -12,6 +12,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_config::authz::{RawAuthorization, RawRbac};
+use weft_config::model::{Codec, Direction, RoutePriority, UpstreamProtocol};
 use weft_config::raw::*;
 use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
@@ -71,12 +72,16 @@ pub struct XCluster {
     pub locality_weighted: bool,
 }
 
-pub fn dur(d: &PbDuration) -> String {
-    let nanos = (d.seconds.max(0) as u128) * 1_000_000_000 + d.nanos.max(0) as u128;
-    weft_config::duration::format(Duration::from_nanos(nanos.min(u64::MAX as u128) as u64))
+/// A protobuf duration, typed (validation bounds it as it bounds YAML's text). Negative parts are
+/// refused by the API's own rules (pgv) before conversion; they count as zero here.
+pub fn dur(d: &PbDuration) -> RawDuration {
+    RawDuration::Value(Duration::new(
+        d.seconds.max(0) as u64,
+        d.nanos.clamp(0, 999_999_999) as u32,
+    ))
 }
 
-fn odur(d: &Option<PbDuration>) -> Option<String> {
+fn odur(d: &Option<PbDuration>) -> Option<RawDuration> {
     d.as_ref().map(dur)
 }
 
@@ -214,8 +219,8 @@ pub fn listener(l: &ls::Listener) -> Result<Option<XListener>, ConfigError> {
             per_connection_buffer_limit_bytes: l.per_connection_buffer_limit_bytes.as_ref().map(|v| u64::from(v.value)),
             // envoy.config.core.v3.TrafficDirection: 0 UNSPECIFIED, 1 INBOUND, 2 OUTBOUND.
             direction: match l.traffic_direction {
-                1 => Some("inbound".into()),
-                2 => Some("outbound".into()),
+                1 => Some(Typed::Value(Direction::Inbound)),
+                2 => Some(Typed::Value(Direction::Outbound)),
                 _ => None,
             },
             original_destination: (original_dst_filter || l.use_original_dst.as_ref().is_some_and(|b| b.value))
@@ -701,12 +706,12 @@ fn tcp_proxy(errs: &mut ConfigError, path: &str, t: &tcp::TcpProxy) -> RawTcpPro
 fn http_manager(errs: &mut ConfigError, path: &str, h: &hcm::HttpConnectionManager) -> (RawHttp, Option<String>) {
     use hcm::http_connection_manager::RouteSpecifier;
     let codec = match h.codec_type {
-        0 => "auto",
-        1 => "http1",
-        2 => "http2",
+        0 => Codec::Auto,
+        1 => Codec::Http1,
+        2 => Codec::Http2,
         v => {
             errs.add(format!("{path}.codec_type"), format!("unsupported value {v}"));
-            "auto"
+            Codec::Auto
         }
     };
     let mut rds = None;
@@ -732,7 +737,7 @@ fn http_manager(errs: &mut ConfigError, path: &str, h: &hcm::HttpConnectionManag
         .and_then(|o| odur(&o.idle_timeout));
     let mut out = RawHttp {
         stat_prefix: (!h.stat_prefix.is_empty()).then(|| h.stat_prefix.clone()),
-        codec: Some(codec.into()),
+        codec: Some(Typed::Value(codec)),
         route_config,
         idle_timeout,
         request_headers_timeout: odur(&h.request_headers_timeout),
@@ -879,7 +884,12 @@ fn rate_limit_service(errs: &mut ConfigError, path: &str, r: &rl::RateLimit) -> 
         cluster,
         domain: Some(r.domain.clone()),
         // Envoy's default RLS timeout is 20ms.
-        timeout: Some(r.timeout.as_ref().map(dur).unwrap_or_else(|| "20ms".into())),
+        timeout: Some(
+            r.timeout
+                .as_ref()
+                .map(dur)
+                .unwrap_or(RawDuration::Value(Duration::from_millis(20))),
+        ),
         failure_mode_deny: Some(r.failure_mode_deny),
     }
 }
@@ -1521,7 +1531,12 @@ fn route_action(
     use rt::route_action::{ClusterSpecifier as C, HostRewriteSpecifier as H};
     let mut out = RawRouteAction {
         // Envoy's default route timeout is 15s; 0 disables it.
-        timeout: Some(a.timeout.as_ref().map(dur).unwrap_or_else(|| "15s".into())),
+        timeout: Some(
+            a.timeout
+                .as_ref()
+                .map(dur)
+                .unwrap_or(RawDuration::Value(Duration::from_secs(15))),
+        ),
         // The newer field wins over the deprecated one, as in Envoy.
         #[allow(deprecated)]
         max_grpc_timeout: a
@@ -1535,7 +1550,7 @@ fn route_action(
         local_rate_limit: pf.rate_limit,
         priority: match a.priority {
             0 => None,
-            1 => Some("high".into()),
+            1 => Some(Typed::Value(RoutePriority::High)),
             v => {
                 errs.add(format!("{path}.priority"), format!("unsupported value {v}"));
                 None
@@ -1690,7 +1705,12 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Con
     let mut out = RawCluster {
         name: Some(c.name.clone()),
         // Envoy's default connect timeout is 5s.
-        connect_timeout: Some(c.connect_timeout.as_ref().map(dur).unwrap_or_else(|| "5s".into())),
+        connect_timeout: Some(
+            c.connect_timeout
+                .as_ref()
+                .map(dur)
+                .unwrap_or(RawDuration::Value(Duration::from_secs(5))),
+        ),
         dns_refresh_rate: odur(&c.dns_refresh_rate),
         per_connection_buffer_limit_bytes: c.per_connection_buffer_limit_bytes.as_ref().map(|v| u64::from(v.value)),
         ..Default::default()
@@ -1706,15 +1726,17 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Con
     let mut eds = None;
     let mut inline_endpoints = true;
     match DiscoveryType::try_from(ty) {
-        Ok(DiscoveryType::Static) => out.type_ = Some("static".into()),
+        Ok(DiscoveryType::Static) => out.type_ = Some(Typed::Value(ClusterType::Static)),
         // LOGICAL_DNS differs only in using the first address; strict DNS is a superset.
-        Ok(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => out.type_ = Some("strict_dns".into()),
+        Ok(DiscoveryType::StrictDns | DiscoveryType::LogicalDns) => {
+            out.type_ = Some(Typed::Value(ClusterType::StrictDns))
+        }
         Ok(DiscoveryType::OriginalDst) => {
-            out.type_ = Some("original_dst".into());
+            out.type_ = Some(Typed::Value(ClusterType::OriginalDst));
             inline_endpoints = false;
         }
         Ok(DiscoveryType::Eds) => {
-            out.type_ = Some("static".into());
+            out.type_ = Some(Typed::Value(ClusterType::Static));
             let name = c
                 .eds_cluster_config
                 .as_ref()
@@ -1727,19 +1749,19 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Con
         Err(_) => errs.add("type", format!("unsupported value {ty}")),
     }
     let lb = match c.lb_policy {
-        0 => Some("round_robin"),
-        1 => Some("least_request"),
-        2 => Some("ring_hash"),
-        3 => Some("random"),
-        5 => Some("maglev"),
+        0 => Some(LbKind::RoundRobin),
+        1 => Some(LbKind::LeastRequest),
+        2 => Some(LbKind::RingHash),
+        3 => Some(LbKind::Random),
+        5 => Some(LbKind::Maglev),
         // ORIGINAL_DST clusters must use CLUSTER_PROVIDED in Envoy.
-        6 if out.type_.as_deref() == Some("original_dst") => None,
+        6 if out.type_ == Some(Typed::Value(ClusterType::OriginalDst)) => None,
         v => {
             errs.add("lb_policy", format!("unsupported value {v}"));
             None
         }
     };
-    out.lb_policy = lb.map(str::to_string);
+    out.lb_policy = lb.map(Typed::Value);
     match &c.lb_config {
         Some(LbConfig::RingHashLbConfig(r)) => {
             out.ring_hash = Some(RawRingHash {
@@ -1768,7 +1790,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Con
     }
     // Upstream protocol: the typed HttpProtocolOptions, or the deprecated http2_protocol_options.
     if c.http2_protocol_options.is_some() {
-        out.protocol = Some("http2".into());
+        out.protocol = Some(Typed::Value(UpstreamProtocol::Http2));
     }
     // Upstream connection idle timeout → weft's pool idle_timeout.
     let mut pool_idle = c
@@ -1792,8 +1814,12 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Con
                 }
                 match o.upstream_protocol_options {
                     Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match e.protocol_config {
-                        Some(ProtocolConfig::Http2ProtocolOptions(_)) => out.protocol = Some("http2".into()),
-                        Some(ProtocolConfig::HttpProtocolOptions(_)) | None => out.protocol = Some("http1".into()),
+                        Some(ProtocolConfig::Http2ProtocolOptions(_)) => {
+                            out.protocol = Some(Typed::Value(UpstreamProtocol::Http2))
+                        }
+                        Some(ProtocolConfig::HttpProtocolOptions(_)) | None => {
+                            out.protocol = Some(Typed::Value(UpstreamProtocol::Http1))
+                        }
                         Some(ProtocolConfig::Http3ProtocolOptions(_)) => errs.add(
                             format!("{p}.explicit_http_config.http3_protocol_options"),
                             "unsupported",
@@ -1902,7 +1928,7 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Con
     out.service = istio_service(c);
     if inline_endpoints {
         if let Some(la) = &c.load_assignment {
-            let dns = out.type_.as_deref() == Some("strict_dns");
+            let dns = out.type_ == Some(Typed::Value(ClusterType::StrictDns));
             out.endpoints = endpoints(&mut errs, "load_assignment", la, dns, locality_weighted);
         }
     }

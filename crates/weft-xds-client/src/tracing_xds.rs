@@ -82,7 +82,7 @@ pub fn from_hcm(
             }
             raw.protocol = Some("grpc".into());
             if let Some(d) = &g.timeout {
-                raw.export_timeout = Some(format!("{}ms", d.seconds * 1000 + i64::from(d.nanos / 1_000_000)));
+                raw.export_timeout = Some(crate::convert::dur(d));
             }
         }
         (None, Some(h)) => {
@@ -98,7 +98,7 @@ pub fn from_hcm(
                     }
                     raw.http_path = Some(uri_path(&u.uri));
                     if let Some(d) = &u.timeout {
-                        raw.export_timeout = Some(format!("{}ms", d.seconds * 1000 + i64::from(d.nanos / 1_000_000)));
+                        raw.export_timeout = Some(crate::convert::dur(d));
                     }
                 }
                 None => add(errs, &upath, "is required"),

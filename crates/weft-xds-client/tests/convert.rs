@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
-use weft_config::raw::{RawConfig, RawNode};
+use weft_config::raw::{self, RawConfig, RawNode};
 use weft_config::*;
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
@@ -1104,13 +1104,13 @@ fn traffic_direction_is_the_listener_direction() {
     assert_eq!(convert::listener(&l).unwrap().unwrap().raw.direction, None);
     l.traffic_direction = 1;
     assert_eq!(
-        convert::listener(&l).unwrap().unwrap().raw.direction.as_deref(),
-        Some("inbound")
+        convert::listener(&l).unwrap().unwrap().raw.direction,
+        Some(raw::Typed::Value(Direction::Inbound))
     );
     l.traffic_direction = 2;
     assert_eq!(
-        convert::listener(&l).unwrap().unwrap().raw.direction.as_deref(),
-        Some("outbound")
+        convert::listener(&l).unwrap().unwrap().raw.direction,
+        Some(raw::Typed::Value(Direction::Outbound))
     );
 }
 
@@ -1273,4 +1273,60 @@ fn istio_service_metadata_names_the_clusters_service() {
     assert_eq!(s.host.as_deref(), Some("reviews.shop.svc.cluster.local"));
     assert_eq!(s.name.as_deref(), Some("reviews"));
     assert_eq!(s.namespace.as_deref(), Some("shop"));
+}
+
+/// Durations arrive typed: kept to the nanosecond (not rounded through text), and bounded by the
+/// same rule as YAML's text, the NACK naming the weft field.
+#[test]
+fn durations_arrive_typed_and_meet_the_yaml_bounds() {
+    let mut c = full_cluster();
+    c.connect_timeout = Some(PbDuration {
+        seconds: 0,
+        nanos: 1_500,
+    });
+    let x = convert::cluster(&c, true).unwrap();
+    assert_eq!(
+        x.raw.connect_timeout,
+        Some(raw::RawDuration::Value(Duration::from_nanos(1_500)))
+    );
+    let opts = ValidateOptions {
+        allow_unknown_clusters: true,
+        allow_empty_clusters: true,
+        allow_empty_route_configs: true,
+    };
+    let cfg = validate_with(
+        RawConfig {
+            node: RawNode {
+                zone: Some("eu-1".into()),
+                ..Default::default()
+            },
+            clusters: vec![x.raw],
+            ..Default::default()
+        },
+        opts,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.clusters[0].connect_timeout, Duration::from_nanos(1_500));
+
+    c.connect_timeout = Some(PbDuration {
+        seconds: 20_000_000_000,
+        nanos: 0,
+    });
+    let x = convert::cluster(&c, true).unwrap();
+    let e = validate_with(
+        RawConfig {
+            node: RawNode {
+                zone: Some("eu-1".into()),
+                ..Default::default()
+            },
+            clusters: vec![x.raw],
+            ..Default::default()
+        },
+        opts,
+    )
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "clusters[0].connect_timeout: \"20000000000s\" is too large"
+    );
 }
