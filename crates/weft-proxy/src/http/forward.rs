@@ -156,63 +156,26 @@ pub(super) async fn forward(
         facts.cluster = Some(plan.cluster.clone());
     }
 
-    let upgrade = is_upgrade(&req) && plan.cluster.protocol() == UpstreamProtocol::Http1;
-    let mut req = req;
-    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
-    let grpc_timeout = grpc
-        .then(|| {
-            parts
-                .headers
-                .get(GRPC_TIMEOUT)
-                .and_then(|v| parse_grpc_timeout(v.as_bytes()))
-        })
-        .flatten();
-    let timeout = action.effective_timeout(grpc_timeout);
-    let mutations = [
-        &route_table.mutations.request,
-        &vh.mutations.request,
-        &route.mutations.request,
-    ];
-    let headers = upstream_headers(ctx, &mut parts, upgrade, grpc, mutations, &plan, facts);
-
-    let rewritten_path = rewritten_path(action, route, &parts.uri);
+    let o = outgoing(ctx, req, (route_table, vh, route), action, grpc, &plan, facts);
+    let (upgrade, mirror_mask, path) = (o.upgrade, o.mirror_mask, o.rewritten_path);
     let policy = route.retry_policy.as_ref();
-    // Mirror policies this request was sampled into (never for upgrades).
-    let filters = route.filters.as_deref();
-    let mirror_mask = match filters {
-        Some(fx) if !upgrade => fx.sample_mirrors(),
-        _ => 0,
-    };
     let replay_wanted = mirror_mask != 0 || policy.is_some_and(RetryPolicy::replays_body);
-    let mut source = BodySource::new(body, replay_wanted).await?;
-    if let (Some(fx), true) = (filters, mirror_mask != 0) {
-        let request = (&parts.method, &parts.uri, &headers);
-        mirror(
-            ctx,
-            fx,
-            mirror_mask,
-            request,
-            rewritten_path.as_deref(),
-            action,
-            &source,
-        );
+    let mut source = BodySource::new(o.body, replay_wanted).await?;
+    if let (Some(fx), true) = (route.filters.as_deref(), mirror_mask != 0) {
+        let request = (&o.parts.method, &o.parts.uri, &o.headers);
+        mirror(ctx, fx, mirror_mask, request, path.as_deref(), action, &source);
     }
-    let mut prepared = shape_request(
-        plan.cluster.protocol(),
-        parts.method,
-        parts.uri,
-        rewritten_path,
-        action.host_rewrite.as_deref(),
-        headers,
-    );
+    let host_rewrite = action.host_rewrite.as_deref();
+    let (method, uri, protocol) = (o.parts.method, o.parts.uri, plan.cluster.protocol());
+    let mut prepared = shape_request(protocol, method, uri, path, host_rewrite, o.headers);
     let attempts = Attempts {
         plan: &plan,
         action,
         policy,
         grpc,
-        deadline: timeout.map(|t| start + t),
+        deadline: o.timeout.map(|t| start + t),
     };
+    let down_upgrade = o.down_upgrade;
     // The attempt loop, here rather than in a nested async fn (each nesting level copies the whole
     // inner future once more). Every try ends in a `Decision`.
     let cluster = &plan.cluster;
@@ -233,7 +196,7 @@ pub(super) async fn forward(
         let try_start = Instant::now();
         let try_deadline = attempts.try_deadline(try_start);
         // Like Envoy, the route timeout counts from the end of the client's request.
-        let upload = source.upload().zip(timeout);
+        let upload = source.upload().zip(o.timeout);
         let outcome = send_once(cluster, &host, request, try_deadline, action.priority, upload).await;
         let outcome = outcome.map_err(|TryFailure { error, unsent }| {
             // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
@@ -260,11 +223,11 @@ pub(super) async fn forward(
                 let resp = finish_response(ctx, resp, pooled, down_upgrade, upgrade);
                 // Generated hash cookies ride on the upstream's response only (as Envoy's
                 // router: a local reply picked no endpoint to stick to).
-                let (set_cookies, active) = (plan.set_cookies, Some(active));
+                let (set_cookies, active, reason) = (plan.set_cookies, Some(active), None);
                 return Ok(Reply {
                     resp,
                     set_cookies,
-                    reason: None,
+                    reason,
                     active,
                 });
             }
@@ -282,6 +245,58 @@ pub(super) async fn forward(
             }
             Decision::Fail(e) => return Err(e),
         }
+    }
+}
+
+/// What [`forward`] sends upstream, before the body is read.
+struct Outgoing {
+    upgrade: bool,
+    down_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    parts: http::request::Parts,
+    body: RequestBody,
+    timeout: Option<std::time::Duration>,
+    headers: HeaderMap,
+    rewritten_path: Option<String>,
+    /// Mirror policies this request was sampled into (never for upgrades).
+    mirror_mask: u32,
+}
+
+/// The request's upstream form: its headers rewritten (mutations of the route table, the virtual
+/// host and the route, in that order), its path rewritten, its timeout (gRPC's own when allowed).
+fn outgoing(
+    ctx: &ConnCtx,
+    mut req: Request<RequestBody>,
+    (route_table, vh, route): (&RouteTable, &VirtualHostEntry, &RouteEntry),
+    action: &ForwardAction,
+    grpc: bool,
+    plan: &Plan,
+    facts: &mut Facts,
+) -> Outgoing {
+    let upgrade = is_upgrade(&req) && plan.cluster.protocol() == UpstreamProtocol::Http1;
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let grpc_timeout = grpc.then(|| parts.headers.get(GRPC_TIMEOUT)).flatten();
+    let timeout = action.effective_timeout(grpc_timeout.and_then(|v| parse_grpc_timeout(v.as_bytes())));
+    let mutations = [
+        &route_table.mutations.request,
+        &vh.mutations.request,
+        &route.mutations.request,
+    ];
+    let headers = upstream_headers(ctx, &mut parts, upgrade, grpc, mutations, plan, facts);
+    let rewritten_path = rewritten_path(action, route, &parts.uri);
+    let mirror_mask = match route.filters.as_deref() {
+        Some(fx) if !upgrade => fx.sample_mirrors(),
+        _ => 0,
+    };
+    Outgoing {
+        upgrade,
+        down_upgrade,
+        parts,
+        body,
+        timeout,
+        headers,
+        rewritten_path,
+        mirror_mask,
     }
 }
 
