@@ -378,6 +378,14 @@ pub enum HeaderAppendAction {
     AddIfAbsent,
 }
 
+impl HeaderAppendAction {
+    pub const NAMES: &'static [(&'static str, HeaderAppendAction)] = &[
+        ("append", HeaderAppendAction::Append),
+        ("overwrite", HeaderAppendAction::Overwrite),
+        ("add_if_absent", HeaderAppendAction::AddIfAbsent),
+    ];
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct HeaderValueOption {
     /// Lower-case header name.
@@ -847,6 +855,14 @@ pub enum SubsetFallback {
     NoFallback,
     AnyEndpoint,
     DefaultSubset,
+}
+
+impl SubsetFallback {
+    pub const NAMES: &'static [(&'static str, SubsetFallback)] = &[
+        ("no_fallback", SubsetFallback::NoFallback),
+        ("any_endpoint", SubsetFallback::AnyEndpoint),
+        ("default_subset", SubsetFallback::DefaultSubset),
+    ];
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -362,7 +362,7 @@ pub struct RawHeaderValue {
     pub name: Option<String>,
     pub value: Option<String>,
     /// "append" (default) or "overwrite" / "add_if_absent".
-    pub action: Option<String>,
+    pub action: Option<Typed<crate::model::HeaderAppendAction>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -714,7 +714,7 @@ pub struct RawGrpcHealthCheck {
 #[serde(deny_unknown_fields, default)]
 pub struct RawSubsets {
     /// "no_fallback", "any_endpoint" (default) or "default_subset".
-    pub fallback_policy: Option<String>,
+    pub fallback_policy: Option<Typed<crate::model::SubsetFallback>>,
     pub default_subset: BTreeMap<String, String>,
     /// Requests carrying this header are routed to endpoints whose `tag_label` equals its value.
     pub tag_header: Option<String>,

@@ -33,7 +33,7 @@ pub struct RawListenerTls {
     pub min_version: Option<String>,
     /// x-forwarded-client-cert handling: sanitize (default), forward_only, append_forward,
     /// sanitize_set, always_forward_only.
-    pub forward_client_cert: Option<String>,
+    pub forward_client_cert: Option<crate::typed::Typed<ForwardClientCert>>,
     /// PERMISSIVE: how long to wait for a connection's first bytes before treating it as
     /// plaintext. Default 200ms.
     pub detect_timeout: Option<crate::typed::RawDuration>,
@@ -615,20 +615,11 @@ pub fn listener_tls(path: &str, t: &RawListenerTls, errors: &mut ConfigError) ->
             "a mesh listener (no certificates) verifies clients against the mesh roots",
         );
     }
-    let forward_client_cert = match t.forward_client_cert.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("sanitize") => ForwardClientCert::Sanitize,
-        Some("forward_only") => ForwardClientCert::ForwardOnly,
-        Some("append_forward") => ForwardClientCert::AppendForward,
-        Some("sanitize_set") => ForwardClientCert::SanitizeSet,
-        Some("always_forward_only") => ForwardClientCert::AlwaysForwardOnly,
-        Some(o) => {
-            err(
-                errors,
-                &format!("{path}.forward_client_cert"),
-                format!(
-                    "unknown value {o:?} (sanitize, forward_only, append_forward, sanitize_set, always_forward_only)"
-                ),
-            );
+    let forward_client_cert = match t.forward_client_cert.as_ref().map(|f| f.get()) {
+        None => ForwardClientCert::Sanitize,
+        Some(Ok(f)) => f,
+        Some(Err(e)) => {
+            err(errors, &format!("{path}.forward_client_cert"), e);
             ForwardClientCert::Sanitize
         }
     };

@@ -28,7 +28,7 @@ use std::time::Duration;
 pub struct RawTracing {
     pub provider: Option<String>,
     pub endpoint: Option<String>,
-    pub protocol: Option<String>,
+    pub protocol: Option<crate::typed::Typed<OtlpProtocol>>,
     pub sampling_ratio: Option<f64>,
     pub force_sample_on_error: Option<bool>,
     pub service_name: Option<String>,
@@ -137,11 +137,11 @@ pub fn validate(
             None
         }
     };
-    let protocol = match raw.protocol.as_deref() {
-        None | Some("grpc") => OtlpProtocol::Grpc,
-        Some("http") | Some("http/protobuf") => OtlpProtocol::Http,
-        Some(o) => {
-            err("protocol", format!("unknown value \"{o}\" (grpc, http)"));
+    let protocol = match raw.protocol.as_ref().map(|p| p.get()) {
+        None => OtlpProtocol::Grpc,
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
+            err("protocol", e);
             OtlpProtocol::Grpc
         }
     };

@@ -80,7 +80,35 @@ named!(
     crate::model::Direction,
     crate::model::RoutePriority,
     crate::model::Codec,
+    crate::model::HeaderAppendAction,
+    crate::model::SubsetFallback,
 );
+
+/// Written in any case (as Envoy's enum names, upper case, are often copied).
+impl FromText for crate::tls::ForwardClientCert {
+    fn from_text(s: &str) -> Result<Self, String> {
+        use crate::tls::ForwardClientCert as F;
+        let names = [
+            ("sanitize", F::Sanitize),
+            ("forward_only", F::ForwardOnly),
+            ("append_forward", F::AppendForward),
+            ("sanitize_set", F::SanitizeSet),
+            ("always_forward_only", F::AlwaysForwardOnly),
+        ];
+        by_name(&s.to_ascii_lowercase(), &names)
+    }
+}
+
+/// `http/protobuf` (the OpenTelemetry spelling) is `http`.
+impl FromText for crate::tracing::OtlpProtocol {
+    fn from_text(s: &str) -> Result<Self, String> {
+        use crate::tracing::OtlpProtocol as P;
+        match s {
+            "http/protobuf" => Ok(P::Http),
+            _ => by_name(s, &[("grpc", P::Grpc), ("http", P::Http)]),
+        }
+    }
+}
 
 impl<T: FromText> Typed<T> {
     /// The value, parsed from text or checked as given: the same rules for both sources.

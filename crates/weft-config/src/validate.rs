@@ -894,18 +894,7 @@ fn headers(
             if http::HeaderValue::from_str(&value).is_err() {
                 cx.err(&format!("{p}.value"), "is not a valid header value");
             }
-            let action = match h.action.as_deref() {
-                None | Some("append") => HeaderAppendAction::Append,
-                Some("overwrite") => HeaderAppendAction::Overwrite,
-                Some("add_if_absent") => HeaderAppendAction::AddIfAbsent,
-                Some(o) => {
-                    cx.err(
-                        &format!("{p}.action"),
-                        format!("unknown value \"{o}\" (append, overwrite, add_if_absent)"),
-                    );
-                    HeaderAppendAction::Append
-                }
-            };
+            let action = (cx.typed(&format!("{p}.action"), &h.action)).unwrap_or(HeaderAppendAction::Append);
             out.push(HeaderValueOption { name, value, action });
         }
         out
@@ -2127,18 +2116,8 @@ fn health_check(cx: &mut Ctx, path: &str, h: &RawHealthCheck) -> Option<HealthCh
 }
 
 fn subsets(cx: &mut Ctx, path: &str, s: &RawSubsets) -> Subsets {
-    let fallback_policy = match s.fallback_policy.as_deref() {
-        None | Some("any_endpoint") => SubsetFallback::AnyEndpoint,
-        Some("no_fallback") => SubsetFallback::NoFallback,
-        Some("default_subset") => SubsetFallback::DefaultSubset,
-        Some(o) => {
-            cx.err(
-                &format!("{path}.fallback_policy"),
-                format!("unknown value \"{o}\" (no_fallback, any_endpoint, default_subset)"),
-            );
-            SubsetFallback::AnyEndpoint
-        }
-    };
+    let fallback_policy =
+        (cx.typed(&format!("{path}.fallback_policy"), &s.fallback_policy)).unwrap_or(SubsetFallback::AnyEndpoint);
     if fallback_policy == SubsetFallback::DefaultSubset && s.default_subset.is_empty() {
         cx.err(
             &format!("{path}.default_subset"),

@@ -143,7 +143,12 @@ fn inbound_listeners_terminate_mtls_by_mode() {
     let t = x.raw.tls.unwrap();
     assert_eq!(t.mode.as_deref(), Some("PERMISSIVE"));
     assert!(t.certificates.is_empty(), "the mesh identity");
-    assert_eq!(t.forward_client_cert.as_deref(), Some("sanitize_set"));
+    assert_eq!(
+        t.forward_client_cert,
+        Some(weft_config::typed::Typed::Value(
+            weft_config::tls::ForwardClientCert::SanitizeSet
+        ))
+    );
     assert_eq!(x.raw.filter_chains.len(), 1);
     // STRICT: the TLS chain alone.
     let l = inbound(&s, "ratings");

@@ -12,8 +12,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 use weft_config::authz::{RawAuthorization, RawRbac};
-use weft_config::model::{Codec, Direction, RoutePriority, UpstreamProtocol};
+use weft_config::model::{Codec, Direction, HeaderAppendAction, RoutePriority, SubsetFallback, UpstreamProtocol};
 use weft_config::raw::*;
+use weft_config::tls::ForwardClientCert;
 use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::cluster::v3 as cl;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
@@ -619,10 +620,10 @@ fn listener_tls(
     // 2 APPEND_FORWARD, 3 SANITIZE_SET, 4 ALWAYS_FORWARD_ONLY.
     out.forward_client_cert = match fcc {
         None | Some(0) => None,
-        Some(1) => Some("forward_only".into()),
-        Some(2) => Some("append_forward".into()),
-        Some(3) => Some("sanitize_set".into()),
-        Some(4) => Some("always_forward_only".into()),
+        Some(1) => Some(Typed::Value(ForwardClientCert::ForwardOnly)),
+        Some(2) => Some(Typed::Value(ForwardClientCert::AppendForward)),
+        Some(3) => Some(Typed::Value(ForwardClientCert::SanitizeSet)),
+        Some(4) => Some(Typed::Value(ForwardClientCert::AlwaysForwardOnly)),
         Some(v) => {
             errs.add("filter_chains", format!("unknown forward_client_cert_details {v}"));
             None
@@ -1143,19 +1144,19 @@ fn header_values(errs: &mut ConfigError, path: &str, list: &[core::HeaderValueOp
         };
         let action = match (h.append_action, &h.append) {
             // The deprecated `append: false` means overwrite.
-            (0, Some(a)) if !a.value => "overwrite",
-            (0, _) => "append",
-            (1, _) => "add_if_absent",
-            (2, _) => "overwrite",
+            (0, Some(a)) if !a.value => HeaderAppendAction::Overwrite,
+            (0, _) => HeaderAppendAction::Append,
+            (1, _) => HeaderAppendAction::AddIfAbsent,
+            (2, _) => HeaderAppendAction::Overwrite,
             (v, _) => {
                 errs.add(format!("{p}.append_action"), format!("unsupported value {v}"));
-                "append"
+                HeaderAppendAction::Append
             }
         };
         out.push(RawHeaderValue {
             name: Some(hv.key.clone()),
             value: Some(value),
-            action: Some(action.into()),
+            action: Some(Typed::Value(action)),
         });
     }
     out
@@ -1910,16 +1911,16 @@ pub fn cluster(c: &cl::Cluster, node_has_locality: bool) -> Result<XCluster, Con
     }
     if let Some(s) = &c.lb_subset_config {
         let fallback = match s.fallback_policy {
-            0 => "no_fallback",
-            1 => "any_endpoint",
-            2 => "default_subset",
+            0 => SubsetFallback::NoFallback,
+            1 => SubsetFallback::AnyEndpoint,
+            2 => SubsetFallback::DefaultSubset,
             v => {
                 errs.add("lb_subset_config.fallback_policy", format!("unsupported value {v}"));
-                "any_endpoint"
+                SubsetFallback::AnyEndpoint
             }
         };
         out.subsets = Some(RawSubsets {
-            fallback_policy: Some(fallback.into()),
+            fallback_policy: Some(Typed::Value(fallback)),
             default_subset: s.default_subset.as_ref().map(struct_strings).unwrap_or_default(),
             tag_header: None,
             tag_label: None,

@@ -7,7 +7,8 @@
 //! `verbose`, `custom_tags`, resource detectors and samplers are ignored; other providers are
 //! refused with the field named.
 
-use weft_config::tracing::RawTracing;
+use weft_config::tracing::{OtlpProtocol, RawTracing};
+use weft_config::typed::Typed;
 use weft_config::ConfigError;
 use weft_xds_api::pb::envoy::config::core::v3 as core;
 use weft_xds_api::pb::envoy::config::trace::v3 as trace;
@@ -80,13 +81,13 @@ pub fn from_hcm(
                     "is required",
                 ),
             }
-            raw.protocol = Some("grpc".into());
+            raw.protocol = Some(Typed::Value(OtlpProtocol::Grpc));
             if let Some(d) = &g.timeout {
                 raw.export_timeout = Some(crate::convert::dur(d));
             }
         }
         (None, Some(h)) => {
-            raw.protocol = Some("http".into());
+            raw.protocol = Some(Typed::Value(OtlpProtocol::Http));
             let upath = format!("{cpath}.http_service.http_uri");
             match &h.http_uri {
                 Some(u) => {
@@ -161,7 +162,7 @@ mod tests {
         let raw = from_hcm(&mut errs, "hcm.tracing", Some(&hcm_tracing(g, Some(25.0)))).unwrap();
         assert!(errs.is_empty(), "{errs}");
         assert_eq!(raw.endpoint.as_deref(), Some("otel"));
-        assert_eq!(raw.protocol.as_deref(), Some("grpc"));
+        assert_eq!(raw.protocol, Some(Typed::Value(OtlpProtocol::Grpc)));
         assert_eq!(raw.sampling_ratio, Some(0.25));
         assert_eq!(raw.service_name.as_deref(), Some("front"));
 
@@ -178,7 +179,7 @@ mod tests {
         };
         let raw = from_hcm(&mut errs, "hcm.tracing", Some(&hcm_tracing(h, None))).unwrap();
         assert!(errs.is_empty(), "{errs}");
-        assert_eq!(raw.protocol.as_deref(), Some("http"));
+        assert_eq!(raw.protocol, Some(Typed::Value(OtlpProtocol::Http)));
         assert_eq!(raw.http_path.as_deref(), Some("/otlp/v1/traces"));
         assert_eq!(raw.sampling_ratio, Some(1.0));
     }

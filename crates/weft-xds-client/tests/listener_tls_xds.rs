@@ -135,7 +135,12 @@ fn istio_inbound_tls_and_raw_buffer_chains_are_permissive_with_the_mesh_identity
     let t = converted(&l).unwrap();
     assert_eq!(t.mode.as_deref(), Some("PERMISSIVE"));
     assert!(t.certificates.is_empty(), "the mesh identity");
-    assert_eq!(t.forward_client_cert.as_deref(), Some("sanitize_set"));
+    assert_eq!(
+        t.forward_client_cert,
+        Some(weft_config::typed::Typed::Value(
+            weft_config::tls::ForwardClientCert::SanitizeSet
+        ))
+    );
     assert_eq!(t.alpn, Some(vec!["h2".to_string(), "http/1.1".to_string()]));
     // Validated as YAML would be: a mesh listener requiring client certificates.
     let v = weft_config::tls::listener_tls("listeners[0].tls", &t, &mut Default::default());
