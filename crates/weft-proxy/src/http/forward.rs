@@ -156,26 +156,29 @@ pub(super) async fn forward(
         facts.cluster = Some(plan.cluster.clone());
     }
 
-    let o = outgoing(ctx, req, (route_table, vh, route), action, grpc, &plan, facts);
-    let (upgrade, mirror_mask, path) = (o.upgrade, o.mirror_mask, o.rewritten_path);
+    let upgrade = is_upgrade(&req) && plan.cluster.protocol() == UpstreamProtocol::Http1;
+    let mut req = req;
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let levels = (route_table, vh, route);
+    let (headers, path, timeout, mirror_mask) = outgoing(ctx, &mut parts, levels, action, grpc, upgrade, &plan, facts);
     let policy = route.retry_policy.as_ref();
     let replay_wanted = mirror_mask != 0 || policy.is_some_and(RetryPolicy::replays_body);
-    let mut source = BodySource::new(o.body, replay_wanted).await?;
+    let mut source = BodySource::new(body, replay_wanted).await?;
     if let (Some(fx), true) = (route.filters.as_deref(), mirror_mask != 0) {
-        let request = (&o.parts.method, &o.parts.uri, &o.headers);
+        let request = (&parts.method, &parts.uri, &headers);
         mirror(ctx, fx, mirror_mask, request, path.as_deref(), action, &source);
     }
     let host_rewrite = action.host_rewrite.as_deref();
-    let (method, uri, protocol) = (o.parts.method, o.parts.uri, plan.cluster.protocol());
-    let mut prepared = shape_request(protocol, method, uri, path, host_rewrite, o.headers);
+    let (method, uri, protocol) = (parts.method, parts.uri, plan.cluster.protocol());
+    let mut prepared = shape_request(protocol, method, uri, path, host_rewrite, headers);
     let attempts = Attempts {
         plan: &plan,
         action,
         policy,
         grpc,
-        deadline: o.timeout.map(|t| start + t),
+        deadline: timeout.map(|t| start + t),
     };
-    let down_upgrade = o.down_upgrade;
     // The attempt loop, here rather than in a nested async fn (each nesting level copies the whole
     // inner future once more). Every try ends in a `Decision`.
     let cluster = &plan.cluster;
@@ -196,7 +199,7 @@ pub(super) async fn forward(
         let try_start = Instant::now();
         let try_deadline = attempts.try_deadline(try_start);
         // Like Envoy, the route timeout counts from the end of the client's request.
-        let upload = source.upload().zip(o.timeout);
+        let upload = source.upload().zip(timeout);
         let outcome = send_once(cluster, &host, request, try_deadline, action.priority, upload).await;
         let outcome = outcome.map_err(|TryFailure { error, unsent }| {
             // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
@@ -248,33 +251,20 @@ pub(super) async fn forward(
     }
 }
 
-/// What [`forward`] sends upstream, before the body is read.
-struct Outgoing {
-    upgrade: bool,
-    down_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    parts: http::request::Parts,
-    body: RequestBody,
-    timeout: Option<std::time::Duration>,
-    headers: HeaderMap,
-    rewritten_path: Option<String>,
-    /// Mirror policies this request was sampled into (never for upgrades).
-    mirror_mask: u32,
-}
-
-/// The request's upstream form: its headers rewritten (mutations of the route table, the virtual
-/// host and the route, in that order), its path rewritten, its timeout (gRPC's own when allowed).
+/// The request's upstream headers (mutations of the route table, the virtual host and the route,
+/// in that order), its rewritten path, its timeout (gRPC's own when allowed), and the mirror
+/// policies it was sampled into (never for upgrades).
+#[allow(clippy::too_many_arguments)]
 fn outgoing(
     ctx: &ConnCtx,
-    mut req: Request<RequestBody>,
+    parts: &mut http::request::Parts,
     (route_table, vh, route): (&RouteTable, &VirtualHostEntry, &RouteEntry),
     action: &ForwardAction,
     grpc: bool,
+    upgrade: bool,
     plan: &Plan,
     facts: &mut Facts,
-) -> Outgoing {
-    let upgrade = is_upgrade(&req) && plan.cluster.protocol() == UpstreamProtocol::Http1;
-    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, body) = req.into_parts();
+) -> (HeaderMap, Option<String>, Option<std::time::Duration>, u32) {
     let grpc_timeout = grpc.then(|| parts.headers.get(GRPC_TIMEOUT)).flatten();
     let timeout = action.effective_timeout(grpc_timeout.and_then(|v| parse_grpc_timeout(v.as_bytes())));
     let mutations = [
@@ -282,22 +272,13 @@ fn outgoing(
         &vh.mutations.request,
         &route.mutations.request,
     ];
-    let headers = upstream_headers(ctx, &mut parts, upgrade, grpc, mutations, plan, facts);
+    let headers = upstream_headers(ctx, parts, upgrade, grpc, mutations, plan, facts);
     let rewritten_path = rewritten_path(action, route, &parts.uri);
     let mirror_mask = match route.filters.as_deref() {
         Some(fx) if !upgrade => fx.sample_mirrors(),
         _ => 0,
     };
-    Outgoing {
-        upgrade,
-        down_upgrade,
-        parts,
-        body,
-        timeout,
-        headers,
-        rewritten_path,
-        mirror_mask,
-    }
+    (headers, rewritten_path, timeout, mirror_mask)
 }
 
 /// The request headers as they go upstream: the client's, rewritten (hop-by-hop removed, the
