@@ -10,6 +10,9 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
+use weft_config::model::RoutePriority;
+use weft_config::raw::LbKind;
+use weft_config::typed::FromText;
 
 // ---------------------------------------------------------------------------------------------
 // Raw YAML shapes (deny_unknown_fields: a typo must be an error, not a silently ignored policy).
@@ -1347,17 +1350,15 @@ pub fn parse_fragment(source: &str, text: &str) -> Result<Fragment, Vec<String>>
     for (i, d) in raw.destinations.into_iter().enumerate() {
         let p = format!("destinations[{i}]");
         check_name(&mut e, &format!("{p}.service"), &d.service);
-        let lb = match d.lb.as_deref() {
-            None | Some("round_robin") => LbPolicy::RoundRobin,
-            Some("least_request") => LbPolicy::LeastRequest,
-            Some("random") => LbPolicy::Random,
-            Some("ring_hash") => LbPolicy::RingHash,
-            Some("maglev") => LbPolicy::Maglev,
-            Some(other) => {
-                e.push(
-                    format!("{p}.lb"),
-                    format!("unknown lb \"{other}\" (round_robin, least_request, random, ring_hash, maglev)"),
-                );
+        // The proxy's own names (weft_config's table), so a destination's `lb` reads as a cluster's.
+        let lb = match d.lb.as_deref().map(LbKind::from_text) {
+            None | Some(Ok(LbKind::RoundRobin)) => LbPolicy::RoundRobin,
+            Some(Ok(LbKind::LeastRequest)) => LbPolicy::LeastRequest,
+            Some(Ok(LbKind::Random)) => LbPolicy::Random,
+            Some(Ok(LbKind::RingHash)) => LbPolicy::RingHash,
+            Some(Ok(LbKind::Maglev)) => LbPolicy::Maglev,
+            Some(Err(m)) => {
+                e.push(format!("{p}.lb"), m);
                 LbPolicy::RoundRobin
             }
         };
@@ -1889,14 +1890,11 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
             None
         }
     });
-    let high_priority = match h.priority.as_deref() {
-        None | Some("default") => false,
-        Some("high") => true,
-        Some(other) => {
-            e.push(
-                format!("{p}.priority"),
-                format!("unknown priority \"{other}\" (default, high)"),
-            );
+    let high_priority = match h.priority.as_deref().map(RoutePriority::from_text) {
+        None => false,
+        Some(Ok(p)) => p == RoutePriority::High,
+        Some(Err(m)) => {
+            e.push(format!("{p}.priority"), m);
             false
         }
     };

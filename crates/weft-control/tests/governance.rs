@@ -370,7 +370,7 @@ destinations:
     })
     .await;
     for want in [
-        "bad.yaml: routes[0].http[0].priority: unknown priority",
+        "bad.yaml: routes[0].http[0].priority: unknown value",
         "bad.yaml: routes[0].http[0].rate_limits[0].actions: needs at least one action",
         "bad.yaml: routes[0].http[0].rate_limits[1].actions[0]: give exactly one of",
         "bad.yaml: routes[0].http[0].rate_limits[2].actions[0].request_headers.header_name",
