@@ -1279,52 +1279,39 @@ fn istio_service_metadata_names_the_clusters_service() {
 /// same rule as YAML's text, the NACK naming the weft field.
 #[test]
 fn durations_arrive_typed_and_meet_the_yaml_bounds() {
+    let validated = |c: &cl::Cluster| {
+        let raw = RawConfig {
+            node: RawNode {
+                zone: Some("eu-1".into()),
+                ..Default::default()
+            },
+            clusters: vec![convert::cluster(c, true).unwrap().raw],
+            ..Default::default()
+        };
+        let opts = ValidateOptions {
+            allow_unknown_clusters: true,
+            allow_empty_clusters: true,
+            allow_empty_route_configs: true,
+        };
+        validate_with(raw, opts)
+    };
     let mut c = full_cluster();
     c.connect_timeout = Some(PbDuration {
         seconds: 0,
         nanos: 1_500,
     });
-    let x = convert::cluster(&c, true).unwrap();
     assert_eq!(
-        x.raw.connect_timeout,
+        convert::cluster(&c, true).unwrap().raw.connect_timeout,
         Some(raw::RawDuration::Value(Duration::from_nanos(1_500)))
     );
-    let opts = ValidateOptions {
-        allow_unknown_clusters: true,
-        allow_empty_clusters: true,
-        allow_empty_route_configs: true,
-    };
-    let cfg = validate_with(
-        RawConfig {
-            node: RawNode {
-                zone: Some("eu-1".into()),
-                ..Default::default()
-            },
-            clusters: vec![x.raw],
-            ..Default::default()
-        },
-        opts,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = validated(&c).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.clusters[0].connect_timeout, Duration::from_nanos(1_500));
 
     c.connect_timeout = Some(PbDuration {
         seconds: 20_000_000_000,
         nanos: 0,
     });
-    let x = convert::cluster(&c, true).unwrap();
-    let e = validate_with(
-        RawConfig {
-            node: RawNode {
-                zone: Some("eu-1".into()),
-                ..Default::default()
-            },
-            clusters: vec![x.raw],
-            ..Default::default()
-        },
-        opts,
-    )
-    .unwrap_err();
+    let e = validated(&c).unwrap_err();
     assert_eq!(
         e.to_string(),
         "clusters[0].connect_timeout: \"20000000000s\" is too large"
