@@ -1,10 +1,13 @@
 //! The YAML source format, exactly as a user writes it.
 //!
-//! Everything here is deliberately loose (enumerations are strings, most fields optional) so that
-//! [`crate::validate`] can name the offending field path in its errors instead of relying on a
-//! generic deserializer message. Unknown fields are rejected by serde, which reports line/column.
+//! Everything here is deliberately loose (most fields optional; enumerations and durations are text,
+//! or typed values from the xDS conversion: see [`crate::typed`]) so that [`crate::validate`] can name
+//! the offending field path in its errors instead of relying on a generic deserializer message.
+//! Unknown fields are rejected by serde, which reports line/column.
 
 pub use crate::typed::{RawDuration, Typed};
+use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// A cluster's `type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,8 +44,6 @@ impl LbKind {
         ("maglev", LbKind::Maglev),
     ];
 }
-use serde::Deserialize;
-use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]

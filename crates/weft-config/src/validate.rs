@@ -50,13 +50,7 @@ impl Ctx {
     }
 
     fn dur(&mut self, path: &str, v: &Option<RawDuration>) -> Option<Duration> {
-        match v.as_ref()?.get() {
-            Ok(d) => Some(d),
-            Err(e) => {
-                self.err(path, e);
-                None
-            }
-        }
+        self.typed(path, v)
     }
 
     fn required<'a>(&mut self, path: &str, v: &'a Option<String>) -> Option<&'a str> {
@@ -894,7 +888,9 @@ fn headers(
             if http::HeaderValue::from_str(&value).is_err() {
                 cx.err(&format!("{p}.value"), "is not a valid header value");
             }
-            let action = (cx.typed(&format!("{p}.action"), &h.action)).unwrap_or(HeaderAppendAction::Append);
+            let action = cx
+                .typed(&format!("{p}.action"), &h.action)
+                .unwrap_or(HeaderAppendAction::Append);
             out.push(HeaderValueOption { name, value, action });
         }
         out
@@ -2116,8 +2112,9 @@ fn health_check(cx: &mut Ctx, path: &str, h: &RawHealthCheck) -> Option<HealthCh
 }
 
 fn subsets(cx: &mut Ctx, path: &str, s: &RawSubsets) -> Subsets {
-    let fallback_policy =
-        (cx.typed(&format!("{path}.fallback_policy"), &s.fallback_policy)).unwrap_or(SubsetFallback::AnyEndpoint);
+    let fallback_policy = cx
+        .typed(&format!("{path}.fallback_policy"), &s.fallback_policy)
+        .unwrap_or(SubsetFallback::AnyEndpoint);
     if fallback_policy == SubsetFallback::DefaultSubset && s.default_subset.is_empty() {
         cx.err(
             &format!("{path}.default_subset"),

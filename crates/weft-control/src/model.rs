@@ -1892,7 +1892,7 @@ fn http_route(e: &mut Errs<'_>, p: &str, h: RawHttpRoute) -> HttpRoute {
     });
     let high_priority = match h.priority.as_deref().map(RoutePriority::from_text) {
         None => false,
-        Some(Ok(p)) => p == RoutePriority::High,
+        Some(Ok(priority)) => priority == RoutePriority::High,
         Some(Err(m)) => {
             e.push(format!("{p}.priority"), m);
             false

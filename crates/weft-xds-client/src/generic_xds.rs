@@ -64,7 +64,7 @@ const MAX_ROUTES: usize = 1024;
 /// Nesting of matchers (Envoy's own limit is 16 by default as well).
 const MAX_DEPTH: usize = 16;
 /// Envoy's route timeout when the action gives none.
-const DEFAULT_TIMEOUT: &str = "15s";
+const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Converts a `GenericProxy` (`path` is its `typed_config`).
 pub fn generic_proxy(errs: &mut ConfigError, path: &str, g: &gp::GenericProxy) -> RawRpc {
@@ -743,7 +743,7 @@ fn action(errs: &mut ConfigError, path: &str, a: &XdsExtension) -> RawRpcRoute {
         }
     };
     r.timeout = match &ra.timeout {
-        None => Some(DEFAULT_TIMEOUT.into()),
+        None => Some(weft_config::typed::Typed::Value(DEFAULT_TIMEOUT)),
         Some(d) if d.seconds == 0 && d.nanos == 0 => {
             errs.add(
                 format!("{p}.timeout"),

@@ -226,11 +226,11 @@ pub(super) async fn forward(
                 let resp = finish_response(ctx, resp, pooled, down_upgrade, upgrade);
                 // Generated hash cookies ride on the upstream's response only (as Envoy's
                 // router: a local reply picked no endpoint to stick to).
-                let (set_cookies, active, reason) = (plan.set_cookies, Some(active), None);
+                let (set_cookies, active) = (plan.set_cookies, Some(active));
                 return Ok(Reply {
                     resp,
                     set_cookies,
-                    reason,
+                    reason: None,
                     active,
                 });
             }
