@@ -41,6 +41,24 @@ pub fn free_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
 }
 
+/// A 127.0.0.1 address held for a proxy the test starts later (a listener it will be told about):
+/// the returned socket is bound with SO_REUSEADDR and SO_REUSEPORT and never listens, so another
+/// process's plain bind cannot take the port in between, while weft, which binds its listeners
+/// with SO_REUSEPORT, can. Keep the socket until the proxy holds the port.
+pub fn reserved_addr() -> (socket2::Socket, SocketAddr) {
+    use socket2::{Domain, Socket, Type};
+    for _ in 0..50 {
+        let addr = free_addr();
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+        s.set_reuse_address(true).expect("SO_REUSEADDR");
+        s.set_reuse_port(true).expect("SO_REUSEPORT");
+        if s.bind(&addr.into()).is_ok() {
+            return (s, addr);
+        }
+    }
+    panic!("no free 127.0.0.1 port to reserve");
+}
+
 /// A listener bound to 127.0.0.1 on an ephemeral port (kept open: nobody else can take it).
 pub fn listener() -> std::net::TcpListener {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")

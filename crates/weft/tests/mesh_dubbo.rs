@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use weft_test_support::peers::{
     envoy_ads_bootstrap, envoy_binary, interop_dir, interop_peer, node_provider, tool, ChildGuard,
 };
-use weft_test_support::{eventually_blocking, free_addr, metric, TempDir};
+use weft_test_support::{eventually_blocking, free_addr, metric, reserved_addr, TempDir};
 
 mod blocking;
 use blocking::{http, start_control, start_proxy};
@@ -162,7 +162,8 @@ fn dubbo_over_mesh_mtls() {
     let ca = dir.join("ca");
     let (_alpha, alpha) = node_provider(&script, "alpha");
     let (_beta, beta) = node_provider(&script, "beta");
-    let (in_a, in_b) = (free_addr(), free_addr());
+    // The inbound ports are named in the registry before the sidecars bind them: held meanwhile.
+    let ((_hold_a, in_a), (_hold_b, in_b)) = (reserved_addr(), reserved_addr());
     registry_with(&reg, &[in_a, in_b], "    mtls: STRICT\n");
     let ca_arg = ca.display().to_string();
     let (_control, xds, _) = start_control(&reg, &["--ca-dir", &ca_arg]);
@@ -222,7 +223,7 @@ fn dubbo_calls_cross_two_sidecars_configured_by_weft_control() {
     let dir = TempDir::new("mesh-dubbo");
     let (_alpha, alpha) = node_provider(&script, "alpha");
     let (_beta, beta) = node_provider(&script, "beta");
-    let (in_a, in_b) = (free_addr(), free_addr());
+    let ((_hold_a, in_a), (_hold_b, in_b)) = (reserved_addr(), reserved_addr());
     registry(&reg, &[in_a, in_b]);
     let (_control, xds, control_admin) = start_control(&reg, &["--graph-interval", "300ms"]);
     let (_pa, admin_a, _) = sidecar(&dir, "greeter-a", "greeter", Some((in_a, alpha)), xds);
@@ -328,7 +329,7 @@ fn dubbo_routing_rules_from_the_registry_pick_the_provider() {
     let dir = TempDir::new("mesh-dubbo-rules");
     let (_alpha, alpha) = node_provider(&script, "alpha");
     let (_beta, beta) = node_provider(&script, "beta");
-    let (in_a, in_b) = (free_addr(), free_addr());
+    let ((_hold_a, in_a), (_hold_b, in_b)) = (reserved_addr(), reserved_addr());
     let write = |vip: &str| {
         reg.write(
             "services.yaml",
