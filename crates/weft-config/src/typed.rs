@@ -51,23 +51,12 @@ pub fn by_name<T: Copy>(s: &str, names: &[(&'static str, T)]) -> Result<T, Strin
     }
 }
 
-/// The name of `v` in `names`.
-pub fn name_of<T: Copy + PartialEq>(v: T, names: &[(&'static str, T)]) -> &'static str {
-    names.iter().find(|(_, x)| *x == v).map_or("", |(n, _)| n)
-}
-
 /// Enumerations written by name implement [`FromText`] through their `NAMES` table.
 macro_rules! named {
     ($($t:ty),+ $(,)?) => {$(
         impl FromText for $t {
             fn from_text(s: &str) -> Result<Self, String> {
                 by_name(s, <$t>::NAMES)
-            }
-        }
-        impl $t {
-            /// The name YAML uses for this value.
-            pub fn name(self) -> &'static str {
-                name_of(self, <$t>::NAMES)
             }
         }
     )+};
@@ -120,16 +109,6 @@ impl<T: FromText> Typed<T> {
     }
 }
 
-impl<T> Typed<T> {
-    /// The text, if the value came as text.
-    pub fn text(&self) -> Option<&str> {
-        match self {
-            Typed::Text(s) => Some(s),
-            Typed::Value(_) => None,
-        }
-    }
-}
-
 impl<T> From<&str> for Typed<T> {
     fn from(s: &str) -> Self {
         Typed::Text(s.to_string())
@@ -145,13 +124,6 @@ impl<T> From<String> for Typed<T> {
 impl From<Duration> for Typed<Duration> {
     fn from(d: Duration) -> Self {
         Typed::Value(d)
-    }
-}
-
-impl<T: FromText> Typed<T> {
-    /// A typed value (what the xDS conversion stores).
-    pub fn value(v: T) -> Self {
-        Typed::Value(v)
     }
 }
 
@@ -184,15 +156,12 @@ mod tests {
             t.get(),
             Err("unknown value \"rr\" (round_robin, least_request, random, ring_hash, maglev)".to_string())
         );
-        assert_eq!(t.text(), Some("rr"));
         let t: Typed<crate::raw::LbKind> = "ring_hash".into();
         assert_eq!(t.get(), Ok(crate::raw::LbKind::RingHash));
         assert_eq!(
-            Typed::value(crate::raw::LbKind::Maglev).get(),
+            Typed::Value(crate::raw::LbKind::Maglev).get(),
             Ok(crate::raw::LbKind::Maglev)
         );
-        assert_eq!(crate::raw::LbKind::Maglev.name(), "maglev");
-        assert_eq!(crate::model::Direction::Inbound.name(), "inbound");
     }
 
     #[test]

@@ -193,19 +193,15 @@ pub fn validate_with(raw: RawConfig, opts: ValidateOptions) -> Result<Config, Co
     }
 
     let dns = raw.dns.as_ref().and_then(|d| dns(&mut cx, d));
-    if cx.errors.is_empty() {
-        Ok(Config {
-            node,
-            admin,
-            runtime,
-            listeners,
-            clusters,
-            xds,
-            dns,
-        })
-    } else {
-        Err(cx.errors)
-    }
+    cx.errors.or(Config {
+        node,
+        admin,
+        runtime,
+        listeners,
+        clusters,
+        xds,
+        dns,
+    })
 }
 
 fn xds(cx: &mut Ctx, x: &RawXds) -> Option<Xds> {

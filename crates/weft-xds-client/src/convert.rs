@@ -2208,14 +2208,10 @@ pub fn load_assignment(la: &ep::ClusterLoadAssignment) -> Result<XEndpoints, Con
     let mut errs = ConfigError::default();
     let plain = endpoints(&mut errs, "", la, false, false);
     let locality_weighted = endpoints(&mut ConfigError::default(), "", la, false, true);
-    if errs.is_empty() {
-        Ok(XEndpoints {
-            plain,
-            locality_weighted,
-        })
-    } else {
-        Err(errs)
-    }
+    errs.or(XEndpoints {
+        plain,
+        locality_weighted,
+    })
 }
 
 pub fn route_config(rc: &rt::RouteConfiguration) -> Result<RawRouteConfig, ConfigError> {
@@ -2225,9 +2221,5 @@ pub fn route_config(rc: &rt::RouteConfiguration) -> Result<RawRouteConfig, Confi
     }
     let mut errs = ConfigError::default();
     let out = route_configuration(&mut errs, "", rc);
-    if errs.is_empty() {
-        Ok(out)
-    } else {
-        Err(errs)
-    }
+    errs.or(out)
 }

@@ -627,9 +627,5 @@ pub fn secret(s: &tls::Secret) -> Result<XSecret, ConfigError> {
         Some(Type::GenericSecret(_)) => errs.add("generic_secret", "unsupported (weft has no use for it)"),
         None => errs.add("type", "a tls_certificate or a validation_context is required"),
     }
-    if errs.is_empty() {
-        Ok(out)
-    } else {
-        Err(errs)
-    }
+    errs.or(out)
 }
