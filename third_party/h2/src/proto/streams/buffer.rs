@@ -4,6 +4,10 @@ use slab::Slab;
 #[derive(Debug)]
 pub struct Buffer<T> {
     slab: Slab<Slot<T>>,
+    /// weft patch: the capacity the slab had when `release_if_empty` freed it;
+    /// the next frame reserves it at once (one allocation, no copy) instead of
+    /// growing the slab again by doubling (a reallocation and copy per step).
+    released: usize,
 }
 
 /// A sequence of frames in a `Buffer`
@@ -27,7 +31,10 @@ struct Slot<T> {
 
 impl<T> Buffer<T> {
     pub fn new() -> Self {
-        Buffer { slab: Slab::new() }
+        Buffer {
+            slab: Slab::new(),
+            released: 0,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -38,8 +45,20 @@ impl<T> Buffer<T> {
     /// capacity otherwise, for the connection's whole life).
     pub fn release_if_empty(&mut self) {
         if self.slab.is_empty() && self.slab.capacity() > 0 {
+            // Up to 4 frames, the first insertion allocates as much anyway.
+            if self.slab.capacity() > 4 {
+                self.released = self.slab.capacity();
+            }
             self.slab = Slab::new();
         }
+    }
+
+    /// weft patch: inserts a slot, first reserving the capacity released while idle.
+    fn insert(&mut self, slot: Slot<T>) -> usize {
+        if self.released > 0 && self.slab.capacity() == 0 {
+            self.slab.reserve(std::mem::take(&mut self.released));
+        }
+        self.slab.insert(slot)
     }
 }
 
@@ -53,7 +72,7 @@ impl Deque {
     }
 
     pub fn push_back<T>(&mut self, buf: &mut Buffer<T>, value: T) {
-        let key = buf.slab.insert(Slot { value, next: None });
+        let key = buf.insert(Slot { value, next: None });
 
         match self.indices {
             Some(ref mut idxs) => {
@@ -70,7 +89,7 @@ impl Deque {
     }
 
     pub fn push_front<T>(&mut self, buf: &mut Buffer<T>, value: T) {
-        let key = buf.slab.insert(Slot { value, next: None });
+        let key = buf.insert(Slot { value, next: None });
 
         match self.indices {
             Some(ref mut idxs) => {
@@ -103,5 +122,29 @@ impl Deque {
             }
             None => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// weft patch: an idle connection frees the frame slab; its first frame after
+    /// that reserves the earlier capacity in one step.
+    #[test]
+    fn released_capacity_is_reserved_again_at_once() {
+        let mut buf = Buffer::new();
+        let mut queue = Deque::new();
+        for i in 0..100 {
+            queue.push_back(&mut buf, i);
+        }
+        let busy = buf.slab.capacity();
+        while queue.pop_front(&mut buf).is_some() {}
+        buf.release_if_empty();
+        assert_eq!(buf.slab.capacity(), 0, "an empty buffer keeps no storage");
+        buf.release_if_empty();
+        queue.push_back(&mut buf, 1);
+        assert!(buf.slab.capacity() >= busy, "{} < {busy}", buf.slab.capacity());
+        assert_eq!(queue.pop_front(&mut buf), Some(1));
     }
 }

@@ -12,6 +12,10 @@ use std::ops;
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
     ids: IndexMap<StreamId, SlabIndex>,
+    /// weft patch: the capacities the slab and the id map had when
+    /// `release_if_empty` freed them; the next stream reserves them at once (one
+    /// allocation each, no copy) instead of growing both again by doubling.
+    released: (usize, usize),
 }
 
 /// "Pointer" to an entry in the store
@@ -83,6 +87,7 @@ impl Store {
         Store {
             slab: slab::Slab::new(),
             ids: IndexMap::new(),
+            released: (0, 0),
         }
     }
 
@@ -90,6 +95,10 @@ impl Store {
     /// (both keep their capacity otherwise, for the connection's whole life).
     pub fn release_if_empty(&mut self) {
         if self.slab.is_empty() && self.ids.is_empty() {
+            // Up to 4 streams, the first insertion allocates as much anyway.
+            if self.slab.capacity() > 4 {
+                self.released = (self.slab.capacity(), self.ids.capacity());
+            }
             if self.slab.capacity() > 0 {
                 self.slab = slab::Slab::new();
             }
@@ -114,7 +123,18 @@ impl Store {
         })
     }
 
+    /// weft patch: before a stream is added, reserves the capacity released
+    /// while the connection was idle.
+    fn regrow(&mut self) {
+        if self.released != (0, 0) && self.slab.capacity() == 0 {
+            let (slab, ids) = std::mem::take(&mut self.released);
+            self.slab.reserve(slab);
+            self.ids.reserve(ids);
+        }
+    }
+
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
+        self.regrow();
         let index = SlabIndex(self.slab.insert(val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
@@ -130,6 +150,7 @@ impl Store {
     pub fn find_entry(&mut self, id: StreamId) -> Entry<'_> {
         use self::indexmap::map::Entry::*;
 
+        self.regrow();
         match self.ids.entry(id) {
             Occupied(e) => Entry::Occupied(OccupiedEntry { ids: e }),
             Vacant(e) => Entry::Vacant(VacantEntry {
