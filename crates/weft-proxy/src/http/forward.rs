@@ -265,7 +265,7 @@ fn outgoing(
     plan: &Plan,
     facts: &mut Facts,
 ) -> (HeaderMap, Option<String>, Option<std::time::Duration>, u32) {
-    let grpc_timeout = grpc.then(|| parts.headers.get(GRPC_TIMEOUT)).flatten();
+    let grpc_timeout = grpc.then(|| parts.headers.get(&super::headers::GRPC_TIMEOUT)).flatten();
     let timeout = action.effective_timeout(grpc_timeout.and_then(|v| parse_grpc_timeout(v.as_bytes())));
     let mutations = [
         &route_table.mutations.request,
@@ -307,8 +307,6 @@ fn upstream_headers(
     }
     headers
 }
-
-const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// A `grpc-timeout` value: 1 to 8 digits and a unit (`H`, `M`, `S`, `m`, `u`, `n`), as in gRPC
 /// over HTTP/2; anything else is ignored (`None`).
@@ -568,7 +566,12 @@ impl Attempts<'_> {
         if status >= 500 {
             host.rq_error.fetch_add(1, Ordering::Relaxed);
         }
-        let grpc_unavailable = self.grpc && ok.0.headers().get("grpc-status").is_some_and(|v| v.as_bytes() == b"14");
+        let grpc_unavailable = self.grpc
+            && ok
+                .0
+                .headers()
+                .get(&super::headers::GRPC_STATUS)
+                .is_some_and(|v| v.as_bytes() == b"14");
         let Some(p) = self
             .policy
             .filter(|p| can_retry && retriable_status(p, status, grpc_unavailable))

@@ -9,6 +9,11 @@ use weft_upstream::body::RequestBody;
 use weft_upstream::h1::{hop_by_hop_index, HOP_BY_HOP};
 pub(super) use weft_upstream::h1::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID};
 
+/// gRPC's fields, looked up as constants: a `&str` key is parsed into a header name on every lookup.
+pub(super) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(super) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub(super) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 /// Header naming the upstream for `original_dst` clusters in HTTP.
 pub(super) static ORIGINAL_DST_HEADER: HeaderName = HeaderName::from_static("x-weft-original-dst-host");
 

@@ -1,7 +1,7 @@
 //! What an exchange learned on its way ([`Facts`]) and its access-log record, written when the
 //! response body ends (or is abandoned).
 
-use super::headers::{grpc_service_method, is_grpc, protocol_name, request_host};
+use super::headers::{grpc_service_method, is_grpc, protocol_name, request_host, GRPC_STATUS, X_REQUEST_ID};
 use crate::access_log::{timestamp, AccessLogger};
 use crate::body::StreamEnd;
 use crate::cluster::ClusterRt;
@@ -173,7 +173,7 @@ impl LogRecord {
                 grpc: grpc.map(|g| GrpcFacts {
                     req_headers: g.request_headers().iter().map(|n| h.get(n).cloned()).collect(),
                     referer: h.get(header::REFERER).cloned(),
-                    request_id: h.get("x-request-id").cloned(),
+                    request_id: h.get(&X_REQUEST_ID).cloned(),
                     request_headers_bytes: headers_bytes(h),
                     peer_cert: ctx.tls.as_ref().and_then(|t| t.peer()).map(peer_cert),
                     ..GrpcFacts::default()
@@ -236,7 +236,7 @@ impl LogRecord {
         self.reason = reason;
         self.facts = facts;
         if let Some(g) = &mut self.rpc {
-            g.status = resp.get("grpc-status").cloned();
+            g.status = resp.get(&GRPC_STATUS).cloned();
         }
         if let Some(e) = &mut self.envoy {
             if let Some(f) = self.logger.as_ref().and_then(|l| l.format()) {
@@ -406,14 +406,14 @@ impl GrpcCall {
         Some(Box::new(GrpcCall {
             stats: stats.method(&path[1..]),
             start,
-            ok: resp.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0"),
+            ok: resp.get(&GRPC_STATUS).is_some_and(|v| v.as_bytes() == b"0"),
         }))
     }
 }
 
 impl StreamEnd for RequestEnd {
     fn trailers(&mut self, trailers: &http::HeaderMap) {
-        let Some(s) = trailers.get("grpc-status") else {
+        let Some(s) = trailers.get(&GRPC_STATUS) else {
             return;
         };
         if let Some(g) = self.log.as_mut().and_then(|r| r.rpc.as_mut()) {

@@ -345,11 +345,9 @@ fn exit(
         route.stats.record(status, elapsed);
     }
     if let Some(istio) = &rt.istio {
-        // Looked up only for gRPC requests (the label is unused otherwise), by a constant name: a
-        // `&str` key is parsed into a header name on every lookup.
-        const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+        // Looked up only for gRPC requests (the label is unused otherwise).
         let grpc_status = grpc
-            .then(|| resp.headers().get(&GRPC_STATUS))
+            .then(|| resp.headers().get(&super::headers::GRPC_STATUS))
             .flatten()
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u8>().ok())
             .unwrap_or(weft_core::istio::NOT_GRPC);

@@ -2,7 +2,7 @@
 //! error for gRPC callers), replies for requests stopped by a route filter, redirects and direct
 //! responses.
 
-use super::headers::request_host;
+use super::headers::{request_host, GRPC_MESSAGE, GRPC_STATUS};
 use super::HttpRt;
 use crate::body::DownBody;
 use crate::flags::{Reason, OVERFLOW_HEADER, REASON_HEADER};
@@ -43,8 +43,8 @@ pub(super) fn local_reply_as(
         let mut r = Response::new(DownBody::empty());
         let h = r.headers_mut();
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        h.insert("grpc-status", HeaderValue::from_static(code));
-        h.insert("grpc-message", HeaderValue::from_static(reason.body().trim_end()));
+        h.insert(GRPC_STATUS.clone(), HeaderValue::from_static(code));
+        h.insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(reason.body().trim_end()));
         r
     } else {
         let mut r = Response::new(DownBody::full(Bytes::from_static(reason.body().as_bytes())));
@@ -73,7 +73,7 @@ pub(super) fn jwt_reply(rt: &HttpRt, r: &weft_jwt::Rejection, grpc: bool) -> Res
     let text = r.status.text();
     if grpc {
         resp.headers_mut()
-            .insert("grpc-message", HeaderValue::from_static(text));
+            .insert(GRPC_MESSAGE.clone(), HeaderValue::from_static(text));
     } else {
         *resp.body_mut() = DownBody::full(Bytes::from_static(text.as_bytes()));
     }
