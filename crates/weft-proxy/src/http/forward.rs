@@ -3,8 +3,8 @@
 //! [`Decision`]: deliver the response, retry, or fail with a [`weft_core::Error`].
 
 use super::headers::{
-    compute_hash, is_upgrade, request_id, strip_hop_by_hop, ORIGINAL_DST_HEADER, X_FORWARDED_FOR, X_FORWARDED_PROTO,
-    X_REQUEST_ID,
+    compute_hash, is_upgrade, request_id, strip_hop_by_hop, GRPC_STATUS, GRPC_TIMEOUT, ORIGINAL_DST_HEADER,
+    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use super::log::Facts;
 use super::pipeline::Reply;
@@ -265,7 +265,7 @@ fn outgoing(
     plan: &Plan,
     facts: &mut Facts,
 ) -> (HeaderMap, Option<String>, Option<std::time::Duration>, u32) {
-    let grpc_timeout = grpc.then(|| parts.headers.get(&super::headers::GRPC_TIMEOUT)).flatten();
+    let grpc_timeout = grpc.then(|| parts.headers.get(&GRPC_TIMEOUT)).flatten();
     let timeout = action.effective_timeout(grpc_timeout.and_then(|v| parse_grpc_timeout(v.as_bytes())));
     let mutations = [
         &route_table.mutations.request,
@@ -566,12 +566,7 @@ impl Attempts<'_> {
         if status >= 500 {
             host.rq_error.fetch_add(1, Ordering::Relaxed);
         }
-        let grpc_unavailable = self.grpc
-            && ok
-                .0
-                .headers()
-                .get(&super::headers::GRPC_STATUS)
-                .is_some_and(|v| v.as_bytes() == b"14");
+        let grpc_unavailable = self.grpc && ok.0.headers().get(&GRPC_STATUS).is_some_and(|v| v.as_bytes() == b"14");
         let Some(p) = self
             .policy
             .filter(|p| can_retry && retriable_status(p, status, grpc_unavailable))

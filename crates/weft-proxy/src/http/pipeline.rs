@@ -3,7 +3,7 @@
 //! any step — gets its response headers, stats and access-log record.
 
 use super::forward::forward;
-use super::headers::{is_grpc, request_host, smuggling_check};
+use super::headers::{is_grpc, request_host, smuggling_check, GRPC_STATUS};
 use super::log::{Facts, GrpcCall, LogRecord, RequestEnd};
 use super::reply::{local_reply, redirect, stop_reply};
 use super::{ConnCtx, HttpRt};
@@ -347,7 +347,7 @@ fn exit(
     if let Some(istio) = &rt.istio {
         // Looked up only for gRPC requests (the label is unused otherwise).
         let grpc_status = grpc
-            .then(|| resp.headers().get(&super::headers::GRPC_STATUS))
+            .then(|| resp.headers().get(&GRPC_STATUS))
             .flatten()
             .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u8>().ok())
             .unwrap_or(weft_core::istio::NOT_GRPC);

@@ -4,7 +4,8 @@ use slab::Slab;
 #[derive(Debug)]
 pub struct Buffer<T> {
     slab: Slab<Slot<T>>,
-    /// weft patch: the capacity the slab had when `release_if_empty` freed it;
+    /// weft patch: the capacity the slab had when `release_if_empty` freed it
+    /// (at most `store::REUSE_MAX`);
     /// the next frame reserves it at once (one allocation, no copy) instead of
     /// growing the slab again by doubling (a reallocation and copy per step).
     released: usize,
@@ -47,7 +48,7 @@ impl<T> Buffer<T> {
         if self.slab.is_empty() && self.slab.capacity() > 0 {
             // Up to 4 frames, the first insertion allocates as much anyway.
             if self.slab.capacity() > 4 {
-                self.released = self.slab.capacity();
+                self.released = self.slab.capacity().min(super::store::REUSE_MAX);
             }
             self.slab = Slab::new();
         }

@@ -13,10 +13,17 @@ pub(super) struct Store {
     slab: slab::Slab<Stream>,
     ids: IndexMap<StreamId, SlabIndex>,
     /// weft patch: the capacities the slab and the id map had when
-    /// `release_if_empty` freed them; the next stream reserves them at once (one
-    /// allocation each, no copy) instead of growing both again by doubling.
+    /// `release_if_empty` freed them (at most `REUSE_MAX` each); the next stream
+    /// reserves them at once (one allocation each, no copy) instead of growing
+    /// both again by doubling.
     released: (usize, usize),
 }
+
+/// weft patch: the most entries a store or frame buffer reserves again after a
+/// rest. Enough for the streams a busy connection usually has open at once; a
+/// rare larger burst grows past it by doubling as before, and is not reserved
+/// again for every later stream.
+pub(super) const REUSE_MAX: usize = 128;
 
 /// "Pointer" to an entry in the store
 pub(super) struct Ptr<'a> {
@@ -74,6 +81,7 @@ pub(super) struct OccupiedEntry<'a> {
 pub(super) struct VacantEntry<'a> {
     ids: indexmap::map::VacantEntry<'a, StreamId, SlabIndex>,
     slab: &'a mut slab::Slab<Stream>,
+    released: &'a mut (usize, usize),
 }
 
 pub(super) trait Resolve {
@@ -97,7 +105,10 @@ impl Store {
         if self.slab.is_empty() && self.ids.is_empty() {
             // Up to 4 streams, the first insertion allocates as much anyway.
             if self.slab.capacity() > 4 {
-                self.released = (self.slab.capacity(), self.ids.capacity());
+                self.released = (
+                    self.slab.capacity().min(REUSE_MAX),
+                    self.ids.capacity().min(REUSE_MAX),
+                );
             }
             if self.slab.capacity() > 0 {
                 self.slab = slab::Slab::new();
@@ -124,7 +135,8 @@ impl Store {
     }
 
     /// weft patch: before a stream is added, reserves the capacity released
-    /// while the connection was idle.
+    /// while the connection was idle (`VacantEntry::insert` reserves the slab's;
+    /// its id map then grows by doubling).
     fn regrow(&mut self) {
         if self.released != (0, 0) && self.slab.capacity() == 0 {
             let (slab, ids) = std::mem::take(&mut self.released);
@@ -150,12 +162,12 @@ impl Store {
     pub fn find_entry(&mut self, id: StreamId) -> Entry<'_> {
         use self::indexmap::map::Entry::*;
 
-        self.regrow();
         match self.ids.entry(id) {
             Occupied(e) => Entry::Occupied(OccupiedEntry { ids: e }),
             Vacant(e) => Entry::Vacant(VacantEntry {
                 ids: e,
                 slab: &mut self.slab,
+                released: &mut self.released,
             }),
         }
     }
@@ -498,11 +510,98 @@ impl<'a> VacantEntry<'a> {
     pub fn insert(self, value: Stream) -> Key {
         // Insert the value in the slab
         let stream_id = value.id;
+        // weft patch: reserved here, not in `find_entry`, whose vacant entry may
+        // be dropped without an insertion (a refused or forgotten stream).
+        if self.released.0 > 0 && self.slab.capacity() == 0 {
+            self.slab.reserve(self.released.0);
+        }
+        *self.released = (0, 0);
         let index = SlabIndex(self.slab.insert(value) as u32);
 
         // Insert the handle in the ID map
         self.ids.insert(index);
 
         Key { index, stream_id }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(id: u32) -> Stream {
+        Stream::new(StreamId::from(id), 65_535, 65_535)
+    }
+
+    /// weft patch: a store emptied and released reserves its earlier capacity
+    /// (at most `REUSE_MAX`) for the next stream, by either insertion path.
+    #[test]
+    fn released_capacity_is_reserved_again_at_once() {
+        for via_entry in [false, true] {
+            let mut store = Store::new();
+            let mut keys = Vec::new();
+            for i in 0..40u32 {
+                keys.push(store.insert(StreamId::from(2 * i + 1), stream(2 * i + 1)).key());
+            }
+            let busy = store.slab.capacity();
+            for key in keys {
+                let mut ptr = store.resolve(key);
+                ptr.unlink();
+                ptr.remove();
+            }
+            store.release_if_empty();
+            assert_eq!(store.slab.capacity(), 0, "an empty store keeps no storage");
+            let id = StreamId::from(101);
+            if via_entry {
+                match store.find_entry(id) {
+                    Entry::Vacant(e) => {
+                        e.insert(stream(101));
+                    }
+                    Entry::Occupied(_) => unreachable!(),
+                }
+            } else {
+                store.insert(id, stream(101));
+            }
+            assert!(store.slab.capacity() >= busy, "{} < {busy}", store.slab.capacity());
+        }
+    }
+
+    /// A lookup that inserts nothing reserves nothing; the capacity stays
+    /// remembered for the next insertion.
+    #[test]
+    fn a_lookup_alone_reserves_nothing() {
+        let mut store = Store::new();
+        let mut keys = Vec::new();
+        for i in 0..40u32 {
+            keys.push(store.insert(StreamId::from(2 * i + 1), stream(2 * i + 1)).key());
+        }
+        for key in keys {
+            let mut ptr = store.resolve(key);
+            ptr.unlink();
+            ptr.remove();
+        }
+        store.release_if_empty();
+        assert!(matches!(store.find_entry(StreamId::from(101)), Entry::Vacant(_)));
+        assert_eq!(store.slab.capacity(), 0);
+        store.insert(StreamId::from(103), stream(103));
+        assert!(store.slab.capacity() >= 40);
+    }
+
+    /// A burst larger than `REUSE_MAX` is not reserved again in full.
+    #[test]
+    fn reserved_capacity_is_bounded() {
+        let mut store = Store::new();
+        let mut keys = Vec::new();
+        for i in 0..600u32 {
+            keys.push(store.insert(StreamId::from(2 * i + 1), stream(2 * i + 1)).key());
+        }
+        for key in keys {
+            let mut ptr = store.resolve(key);
+            ptr.unlink();
+            ptr.remove();
+        }
+        store.release_if_empty();
+        store.insert(StreamId::from(5001), stream(5001));
+        assert!(store.slab.capacity() <= 2 * REUSE_MAX, "{}", store.slab.capacity());
     }
 }
