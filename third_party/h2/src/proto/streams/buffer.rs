@@ -4,11 +4,40 @@ use slab::Slab;
 #[derive(Debug)]
 pub struct Buffer<T> {
     slab: Slab<Slot<T>>,
-    /// weft patch: the capacity the slab had when `release_if_empty` freed it
-    /// (at most `store::REUSE_MAX`);
-    /// the next frame reserves it at once (one allocation, no copy) instead of
-    /// growing the slab again by doubling (a reallocation and copy per step).
-    released: usize,
+    released: Released,
+}
+
+/// weft patch: the most entries a frame buffer or stream store reserves again
+/// after a rest. Enough for the streams a busy connection usually has open at
+/// once; a rare larger burst grows past it by doubling as before, and is not
+/// reserved again for every later stream.
+pub(super) const REUSE_MAX: usize = 128;
+
+/// weft patch: the capacity a slab had when it was freed at rest (at most
+/// `REUSE_MAX`), reserved again in one step by its next insertion instead of
+/// regrowing by doubling (a reallocation and a copy of every entry per step).
+#[derive(Debug, Default)]
+pub(super) struct Released(usize);
+
+impl Released {
+    /// Frees `slab` if it is empty, remembering its capacity.
+    pub(super) fn free<T>(&mut self, slab: &mut Slab<T>) {
+        if slab.is_empty() && slab.capacity() > 0 {
+            // Up to 4 entries, the first insertion allocates as much anyway.
+            if slab.capacity() > 4 {
+                self.0 = slab.capacity().min(REUSE_MAX);
+            }
+            *slab = Slab::new();
+        }
+    }
+
+    /// Inserts into `slab`, first reserving the capacity remembered at rest.
+    pub(super) fn insert<T>(&mut self, slab: &mut Slab<T>, value: T) -> usize {
+        if self.0 > 0 && slab.capacity() == 0 {
+            slab.reserve(std::mem::take(&mut self.0));
+        }
+        slab.insert(value)
+    }
 }
 
 /// A sequence of frames in a `Buffer`
@@ -34,7 +63,7 @@ impl<T> Buffer<T> {
     pub fn new() -> Self {
         Buffer {
             slab: Slab::new(),
-            released: 0,
+            released: Released::default(),
         }
     }
 
@@ -45,21 +74,11 @@ impl<T> Buffer<T> {
     /// weft patch: frees the slab's storage when it holds no frame (it keeps its
     /// capacity otherwise, for the connection's whole life).
     pub fn release_if_empty(&mut self) {
-        if self.slab.is_empty() && self.slab.capacity() > 0 {
-            // Up to 4 frames, the first insertion allocates as much anyway.
-            if self.slab.capacity() > 4 {
-                self.released = self.slab.capacity().min(super::store::REUSE_MAX);
-            }
-            self.slab = Slab::new();
-        }
+        self.released.free(&mut self.slab);
     }
 
-    /// weft patch: inserts a slot, first reserving the capacity released while idle.
     fn insert(&mut self, slot: Slot<T>) -> usize {
-        if self.released > 0 && self.slab.capacity() == 0 {
-            self.slab.reserve(std::mem::take(&mut self.released));
-        }
-        self.slab.insert(slot)
+        self.released.insert(&mut self.slab, slot)
     }
 }
 

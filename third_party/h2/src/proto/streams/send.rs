@@ -97,13 +97,10 @@ impl Send {
             }
             te |= name == TE;
         }
-        if te {
-            if let Some(te) = fields.get(TE) {
-                if te != "trailers" {
-                    tracing::debug!("illegal connection-specific headers found");
-                    return Err(UserError::MalformedHeaders);
-                }
-            }
+        // The first `te` value decides, as before.
+        if te && fields.get(TE).is_some_and(|v| v != "trailers") {
+            tracing::debug!("illegal connection-specific headers found");
+            return Err(UserError::MalformedHeaders);
         }
         Ok(())
     }

@@ -1,4 +1,5 @@
 use super::*;
+use super::buffer::Released;
 
 use indexmap::{self, IndexMap};
 
@@ -12,18 +13,10 @@ use std::ops;
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
     ids: IndexMap<StreamId, SlabIndex>,
-    /// weft patch: the capacities the slab and the id map had when
-    /// `release_if_empty` freed them (at most `REUSE_MAX` each); the next stream
-    /// reserves them at once (one allocation each, no copy) instead of growing
-    /// both again by doubling.
-    released: (usize, usize),
+    /// weft patch: the slab's capacity when it was freed at rest (the id map's
+    /// small entries regrow by doubling).
+    released: Released,
 }
-
-/// weft patch: the most entries a store or frame buffer reserves again after a
-/// rest. Enough for the streams a busy connection usually has open at once; a
-/// rare larger burst grows past it by doubling as before, and is not reserved
-/// again for every later stream.
-pub(super) const REUSE_MAX: usize = 128;
 
 /// "Pointer" to an entry in the store
 pub(super) struct Ptr<'a> {
@@ -81,7 +74,7 @@ pub(super) struct OccupiedEntry<'a> {
 pub(super) struct VacantEntry<'a> {
     ids: indexmap::map::VacantEntry<'a, StreamId, SlabIndex>,
     slab: &'a mut slab::Slab<Stream>,
-    released: &'a mut (usize, usize),
+    released: &'a mut Released,
 }
 
 pub(super) trait Resolve {
@@ -95,7 +88,7 @@ impl Store {
         Store {
             slab: slab::Slab::new(),
             ids: IndexMap::new(),
-            released: (0, 0),
+            released: Released::default(),
         }
     }
 
@@ -103,16 +96,7 @@ impl Store {
     /// (both keep their capacity otherwise, for the connection's whole life).
     pub fn release_if_empty(&mut self) {
         if self.slab.is_empty() && self.ids.is_empty() {
-            // Up to 4 streams, the first insertion allocates as much anyway.
-            if self.slab.capacity() > 4 {
-                self.released = (
-                    self.slab.capacity().min(REUSE_MAX),
-                    self.ids.capacity().min(REUSE_MAX),
-                );
-            }
-            if self.slab.capacity() > 0 {
-                self.slab = slab::Slab::new();
-            }
+            self.released.free(&mut self.slab);
             if self.ids.capacity() > 0 {
                 self.ids = IndexMap::new();
             }
@@ -134,20 +118,8 @@ impl Store {
         })
     }
 
-    /// weft patch: before a stream is added, reserves the capacity released
-    /// while the connection was idle (`VacantEntry::insert` reserves the slab's;
-    /// its id map then grows by doubling).
-    fn regrow(&mut self) {
-        if self.released != (0, 0) && self.slab.capacity() == 0 {
-            let (slab, ids) = std::mem::take(&mut self.released);
-            self.slab.reserve(slab);
-            self.ids.reserve(ids);
-        }
-    }
-
     pub fn insert(&mut self, id: StreamId, val: Stream) -> Ptr<'_> {
-        self.regrow();
-        let index = SlabIndex(self.slab.insert(val) as u32);
+        let index = SlabIndex(self.released.insert(&mut self.slab, val) as u32);
         assert!(self.ids.insert(id, index).is_none());
 
         Ptr {
@@ -512,11 +484,7 @@ impl<'a> VacantEntry<'a> {
         let stream_id = value.id;
         // weft patch: reserved here, not in `find_entry`, whose vacant entry may
         // be dropped without an insertion (a refused or forgotten stream).
-        if self.released.0 > 0 && self.slab.capacity() == 0 {
-            self.slab.reserve(self.released.0);
-        }
-        *self.released = (0, 0);
-        let index = SlabIndex(self.slab.insert(value) as u32);
+        let index = SlabIndex(self.released.insert(self.slab, value) as u32);
 
         // Insert the handle in the ID map
         self.ids.insert(index);
@@ -527,6 +495,7 @@ impl<'a> VacantEntry<'a> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::buffer::REUSE_MAX;
     use super::*;
 
     fn stream(id: u32) -> Stream {
