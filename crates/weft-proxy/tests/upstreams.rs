@@ -712,3 +712,81 @@ async fn a_streamed_request_is_not_resent_after_its_body_was_taken() {
     assert!(resp.starts_with("HTTP/1.1 50"), "{resp}");
     assert_eq!(heads.load(Ordering::SeqCst), 2, "the PUT was sent again: {resp}");
 }
+
+/// An h2c upstream that, on each connection, starts a graceful shutdown (GOAWAY, as a server does
+/// when it restarts) as soon as a request for `/` arrives, and answers that request 50 ms later
+/// (so the GOAWAY is on the wire before the answer). `/slow` is answered after 1 s, keeping its
+/// connection open that long. Counts its connections and the requests it has seen.
+async fn going_away_h2_upstream() -> (std::net::SocketAddr, Arc<AtomicU64>, Arc<AtomicU64>) {
+    use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, seen) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (count, seen_by_server) = (conns.clone(), seen.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen_by_server.clone();
+            tokio::spawn(async move {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+                let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let slow = req.uri().path() == "/slow";
+                    if !slow {
+                        let _ = tx.send(());
+                    }
+                    async move {
+                        let wait = if slow { 1000 } else { 50 };
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(bytes::Bytes::from("ok"))))
+                    }
+                });
+                let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                let mut rx = rx;
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = rx.recv() => conn.as_mut().graceful_shutdown(),
+                }
+                let _ = conn.await;
+            });
+        }
+    });
+    (addr, conns, seen)
+}
+
+/// An HTTP/2 upstream connection that was told to go away takes no new request: the next one goes
+/// on a new connection and succeeds, without a retry policy (nothing was sent on the old one),
+/// while the old connection finishes what it had.
+#[tokio::test]
+async fn requests_after_an_upstream_goaway_go_on_a_new_connection() {
+    let (up, conns, seen) = going_away_h2_upstream().await;
+    let yaml = one_route_yaml(
+        "{ cluster: app }",
+        &format!("  - name: app\n    protocol: http2\n    endpoints: [{{ address: \"{up}\" }}]"),
+    );
+    let proxy = start_proxy(&yaml);
+    let addr = proxy.listener_addr("web").unwrap();
+    // A slow request keeps the first connection open through its graceful shutdown.
+    let slow = tokio::spawn(get(addr, "/slow"));
+    assert!(
+        within(Duration::from_secs(5), || async { seen.load(Ordering::SeqCst) == 1 }).await,
+        "the slow request reached the upstream"
+    );
+    for n in 1..=3 {
+        let r = tokio::time::timeout(Duration::from_secs(10), get(addr, "/"))
+            .await
+            .expect("answered within 10 s");
+        assert_eq!(r.status, 200, "request {n}: {:?}", r.header("x-weft-reason"));
+        assert_eq!(r.text(), "ok");
+        // The first shares the slow request's connection; each later one needs a new one.
+        assert_eq!(conns.load(Ordering::SeqCst), n, "request {n}");
+    }
+    let slow = tokio::time::timeout(Duration::from_secs(10), slow)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(slow.status, 200, "the going-away connection finished its request");
+}

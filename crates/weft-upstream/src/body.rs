@@ -380,11 +380,12 @@ pub trait StreamEnd: Send + Sync {
     fn trailers(&mut self, _trailers: &http::HeaderMap) {}
 }
 
-/// An upstream response's body as a try returns it: read by hyper's client, or by weft's own
-/// HTTP/1.1 client ([`crate::h1`]).
+/// An upstream response's body as a try returns it: read by hyper's client (upgrades), by weft's
+/// own HTTP/1.1 client ([`crate::h1`]), or by its HTTP/2 client ([`crate::h2_client`]).
 pub enum RespBody {
     Hyper(Incoming),
     Raw(crate::h1::RawBody),
+    H2(crate::h2_client::RecvBody),
 }
 
 /// A response body on its way downstream.
@@ -401,6 +402,7 @@ enum DownKind {
     Full(Option<Bytes>),
     Upstream { inner: Incoming, release: Option<PooledH1> },
     Raw(crate::h1::RawBody),
+    H2(crate::h2_client::RecvBody),
 }
 
 impl DownBody {
@@ -429,6 +431,7 @@ impl DownBody {
         let kind = match body {
             RespBody::Hyper(inner) => DownKind::Upstream { inner, release },
             RespBody::Raw(raw) => DownKind::Raw(raw),
+            RespBody::H2(h2) => DownKind::H2(h2),
         };
         let mut b = DownBody {
             kind,
@@ -517,6 +520,10 @@ impl Body for DownBody {
                 Poll::Pending => return Poll::Pending,
                 r => r,
             },
+            DownKind::H2(h2) => match Pin::new(&mut *h2).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                r => r,
+            },
         };
         match &r {
             Poll::Ready(Some(Ok(f))) => {
@@ -541,6 +548,7 @@ impl Body for DownBody {
             DownKind::Full(b) => b.is_none(),
             DownKind::Upstream { inner, .. } => inner.is_end_stream(),
             DownKind::Raw(raw) => raw.is_end_stream(),
+            DownKind::H2(h2) => h2.is_end_stream(),
         }
     }
 
@@ -549,6 +557,7 @@ impl Body for DownBody {
             DownKind::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             DownKind::Upstream { inner, .. } => inner.size_hint(),
             DownKind::Raw(raw) => raw.size_hint(),
+            DownKind::H2(h2) => h2.size_hint(),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::body::{DownBody, RespBody, UpBody, Upload, UploadState};
 use crate::cluster::{ClusterRt, Host, PooledH1};
+use crate::h2_client::{self, H2Conn, H2Failure};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::BodyExt;
@@ -159,12 +160,15 @@ pub async fn send_once(
                     sent.map(|r| (r.map(RespBody::Hyper), Some(pooled)))
                 }
                 UpstreamProtocol::Http2 => {
-                    let mut sender = match cluster.checkout_h2(host, priority).await {
-                        Ok(s) => s,
+                    let conn = match cluster.checkout_h2(host, priority).await {
+                        Ok(c) => c,
                         Err(e) => return Err(failed(e, Some(request.into_body()))),
                     };
-                    let sent = sender.try_send_request(request).await;
-                    sent.map(|r| (r.map(RespBody::Hyper), None))
+                    match h2_try(&conn, &mut request).await {
+                        Ok(resp) => return Ok((resp, None)),
+                        Err(None) => continue,
+                        Err(Some(f)) => return Err(f),
+                    }
                 }
             };
             match sent {
@@ -205,6 +209,33 @@ pub async fn send_once(
 /// switch (an upgrade or CONNECT), which hyper's client handles.
 fn in_task(request: &Request<UpBody>) -> bool {
     request.method() != Method::CONNECT && !request.headers().contains_key(header::UPGRADE)
+}
+
+/// One round trip on an HTTP/2 connection. `Err(None)`: the connection could take no new stream
+/// and the request is intact, for another connection.
+async fn h2_try(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<Response<RespBody>, Option<TryFailure>> {
+    match h2_client::round_trip(conn, request).await {
+        Ok(resp) => Ok(resp.map(RespBody::H2)),
+        Err(H2Failure::Again) => Err(None),
+        Err(H2Failure::NotOpened(e)) => {
+            let body = std::mem::replace(request.body_mut(), UpBody::Empty);
+            Err(Some(failed(
+                Error::upstream(Reason::UpstreamReset, Retry::NotSent).cause(e),
+                Some(body),
+            )))
+        }
+        // As with hyper's client before: the upstream may have seen the request.
+        Err(H2Failure::Failed(e)) => Err(Some(failed(
+            Error::upstream(Reason::UpstreamReset, Retry::Safe).cause(e),
+            None,
+        ))),
+        Err(H2Failure::Body(e)) => Err(Some(failed(
+            Error::upstream(Reason::UpstreamReset, Retry::Unsafe)
+                .context("the request body failed")
+                .cause(e),
+            None,
+        ))),
+    }
 }
 
 enum RawFailure {

@@ -2,10 +2,11 @@
 //! pools, and circuit-breaker counters.
 
 use crate::body::UpBody;
+use crate::h2_client::H2Conn;
 use crate::hostset::{HostSet, Labels};
 use arc_swap::ArcSwap;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -103,7 +104,7 @@ struct WorkerPool {
     h1_idle: Mutex<Vec<Idle<http1::SendRequest<UpBody>>>>,
     /// Idle connections of weft's own HTTP/1.1 client ([`crate::h1`]).
     raw_idle: Mutex<Vec<Idle<Box<crate::h1::Conn>>>>,
-    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+    h2: Mutex<Option<H2Conn>>,
     /// Serialises HTTP/2 connection setup so concurrent first requests share one connection.
     h2_connecting: tokio::sync::Mutex<()>,
 }
@@ -586,8 +587,18 @@ impl ClusterRt {
     }
 
     /// A new HTTP/2 connection to `host`.
-    async fn connect_h2(&self, host: &Host, guard: ConnGuard) -> Result<http2::SendRequest<UpBody>, Error> {
-        self.h2_over(self.open_stream(host).await?, guard).await
+    async fn connect_h2(&self, host: &Host, guard: ConnGuard) -> Result<H2Conn, Error> {
+        let io = self.open_stream(host).await?;
+        let settings = crate::h2_client::Settings {
+            max_send_buffer: self.config.per_connection_buffer_limit_bytes as usize,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+        };
+        crate::h2_client::handshake(io, settings, guard).await.map_err(|e| {
+            Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
+                .context("handshake")
+                .cause(e)
+        })
     }
 
     /// An HTTP/1.1 connection over `io`; the connection task holds `guard`.
@@ -607,31 +618,6 @@ impl ClusterRt {
             })?;
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
-            drop(guard);
-        });
-        Ok(sender)
-    }
-
-    /// An HTTP/2 connection over `io`; the connection task holds `guard`.
-    async fn h2_over<IO>(&self, io: IO, guard: ConnGuard) -> Result<http2::SendRequest<UpBody>, Error>
-    where
-        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    {
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(30))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(16 << 20)
-            .max_send_buf_size(self.config.per_connection_buffer_limit_bytes as usize)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| {
-                Error::upstream(Reason::UpstreamConnectFailure, Retry::NotSent)
-                    .context("handshake")
-                    .cause(e)
-            })?;
-        tokio::spawn(async move {
-            let _ = conn.await;
             drop(guard);
         });
         Ok(sender)
@@ -810,11 +796,7 @@ impl ClusterRt {
     }
 
     /// The shared HTTP/2 connection to `host` on this worker, connecting if needed.
-    pub async fn checkout_h2(
-        self: &Arc<Self>,
-        host: &Arc<Host>,
-        priority: RoutePriority,
-    ) -> Result<http2::SendRequest<UpBody>, Error> {
+    pub async fn checkout_h2(self: &Arc<Self>, host: &Arc<Host>, priority: RoutePriority) -> Result<H2Conn, Error> {
         let slot = worker_slot(self.slots);
         let pool = &host.pools[slot];
         if let Some(s) = Self::live_h2(pool) {
@@ -833,7 +815,7 @@ impl ClusterRt {
         Ok(sender)
     }
 
-    fn live_h2(pool: &WorkerPool) -> Option<http2::SendRequest<UpBody>> {
+    fn live_h2(pool: &WorkerPool) -> Option<H2Conn> {
         let guard = pool.h2.lock();
         guard.as_ref().filter(|s| !s.is_closed()).cloned()
     }

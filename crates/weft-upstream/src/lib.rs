@@ -8,6 +8,7 @@ pub mod body;
 pub mod client;
 pub mod cluster;
 pub mod h1;
+pub mod h2_client;
 pub mod health;
 pub mod hostset;
 pub mod outlier;

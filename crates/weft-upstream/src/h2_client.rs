@@ -1,0 +1,387 @@
+//! weft's HTTP/2 upstream client: the `h2` crate's client driven from the request's own task.
+//!
+//! Why not hyper's HTTP/2 client (which weft used before): hyper hands every request over a
+//! channel to a dispatch task that owns the connection's `SendRequest`, answers through a oneshot,
+//! and spawns two more tasks per request (one pipes the request body, one awaits the response) —
+//! three task hand-offs per call on the path of every proxied gRPC call. Here the request's task
+//! opens the stream itself (h2's `SendRequest` is a shared handle), sends what it has of the body
+//! while it waits for the response head, and spawns a task only for a body that is still streaming
+//! when the response head arrives (client streaming, bidirectional streaming). One task per
+//! connection still drives the socket, as in hyper, and sends keep-alive pings.
+
+use crate::body::{BoxError, UpBody};
+use crate::h1::hop_by_hop_index;
+use bytes::Bytes;
+use h2::client::SendRequest;
+use h2::{RecvStream, SendStream};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Settings of an upstream HTTP/2 connection.
+pub struct Settings {
+    /// What the connection may buffer of request bodies the upstream does not take yet.
+    pub max_send_buffer: usize,
+    /// Send a PING this often while requests are in flight; no PONG within `keep_alive_timeout`
+    /// closes the connection (its requests fail and are retried on a new one if allowed).
+    pub keep_alive_interval: Duration,
+    pub keep_alive_timeout: Duration,
+}
+
+/// One upstream HTTP/2 connection, as the pool hands it to a request: a handle to open streams.
+#[derive(Clone)]
+pub struct H2Conn {
+    send: SendRequest<Bytes>,
+    shared: Arc<ConnShared>,
+}
+
+/// What the connection's task and its users share. Every request holds a clone of the `Arc` until
+/// its response body is dropped, so the task knows whether requests are in flight (it pings only
+/// then, as an idle connection's pings are refused by some servers, e.g. gRPC's default policy).
+struct ConnShared {
+    closed: AtomicBool,
+}
+
+/// The connection's task and the pool each hold one reference; more means requests in flight.
+const IDLE_REFS: usize = 2;
+
+impl H2Conn {
+    /// Whether the connection can take no more requests (closed, or told to go away).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    fn mark_closed(&self) {
+        self.shared.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// HTTP/2 handshake over `io`; the connection's task (spawned here) holds `guard` until the
+/// connection ends.
+pub async fn handshake<IO, G>(io: IO, settings: Settings, guard: G) -> Result<H2Conn, h2::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
+{
+    let (send, conn) = h2::client::Builder::new()
+        // As hyper's client did: streams the server has not yet allowed are queued, not refused.
+        .initial_max_send_streams(100)
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_header_list_size(16 << 10)
+        .max_send_buffer_size(settings.max_send_buffer)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let shared = Arc::new(ConnShared {
+        closed: AtomicBool::new(false),
+    });
+    let task_shared = shared.clone();
+    tokio::spawn(async move {
+        drive(conn, &task_shared, &settings).await;
+        task_shared.closed.store(true, Ordering::Relaxed);
+        drop(guard);
+    });
+    Ok(H2Conn { send, shared })
+}
+
+/// Runs the connection until it ends, pinging it while requests are in flight.
+async fn drive<IO>(mut conn: h2::client::Connection<IO, Bytes>, shared: &Arc<ConnShared>, settings: &Settings)
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let Some(mut pings) = conn.ping_pong() else {
+        let _ = conn.await;
+        return;
+    };
+    let every = settings.keep_alive_interval;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            _ = tick.tick() => {}
+        }
+        if Arc::strong_count(shared) <= IDLE_REFS {
+            continue;
+        }
+        let pong = tokio::time::timeout(settings.keep_alive_timeout, pings.ping(h2::Ping::opaque()));
+        tokio::select! {
+            _ = &mut conn => return,
+            r = pong => if !matches!(r, Ok(Ok(_))) {
+                tracing::debug!("upstream HTTP/2 connection closed: no PONG in time");
+                // Dropping the connection fails its streams.
+                return;
+            }
+        }
+    }
+}
+
+/// Why a try on an HTTP/2 connection failed.
+pub enum H2Failure {
+    /// The connection could take no new stream (closed, or going away); nothing was sent and the
+    /// request is intact: it goes on another connection.
+    Again,
+    /// The stream could not be opened; nothing was sent, the body is still in the request.
+    NotOpened(h2::Error),
+    /// The stream failed after it was opened; the body is gone.
+    Failed(h2::Error),
+    /// The client's request body failed (the [`crate::body::Upload`] records how).
+    Body(BoxError),
+}
+
+/// One request on `conn`: opens a stream, sends the body while waiting for the response head,
+/// and leaves a body that is still streaming to a task of its own.
+pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<Response<RecvBody>, H2Failure> {
+    let mut send = conn.send.clone();
+    if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
+        conn.mark_closed();
+        return Err(H2Failure::Again);
+    }
+    let (parts, body) = std::mem::replace(request, Request::new(UpBody::Empty)).into_parts();
+    let mut head = Request::from_parts(parts, ());
+    strip_connection_fields(head.headers_mut());
+    if let Some(len) = body.size_hint().exact() {
+        // As hyper's client: a body's known length is announced unless the message says it.
+        if (len != 0 || has_payload_semantics(head.method())) && !head.headers().contains_key(header::CONTENT_LENGTH) {
+            head.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    let eos = body.is_end_stream();
+    let (mut response, tx) = match send.send_request(head, eos) {
+        Ok(r) => r,
+        Err(e) => {
+            *request.body_mut() = body;
+            return Err(H2Failure::NotOpened(e));
+        }
+    };
+    let head = if eos {
+        (&mut response).await
+    } else {
+        let mut pump = Pump { body, tx };
+        let mut pumped = false;
+        let head = poll_fn(|cx| {
+            if !pumped {
+                if let Poll::Ready(r) = pump.poll_send(cx) {
+                    if let Err(PumpError::Body(e)) = r {
+                        // The stream was reset; a response is of no use to the client.
+                        return Poll::Ready(Err(e));
+                    }
+                    pumped = true;
+                }
+            }
+            Pin::new(&mut response).poll(cx).map(Ok)
+        })
+        .await
+        .map_err(H2Failure::Body)?;
+        if !pumped && head.is_ok() {
+            // The body is still streaming: it goes on beside the response.
+            tokio::spawn(async move {
+                let _ = poll_fn(|cx| pump.poll_send(cx)).await;
+            });
+        }
+        head
+    };
+    match head {
+        Ok(resp) => {
+            let (parts, recv) = resp.into_parts();
+            let remaining = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let body = RecvBody {
+                recv,
+                data_done: false,
+                remaining,
+                _conn: conn.shared.clone(),
+            };
+            Ok(Response::from_parts(parts, body))
+        }
+        Err(e) => Err(H2Failure::Failed(e)),
+    }
+}
+
+/// Methods whose requests have defined payload semantics (RFC 9110 §9.3): their empty body is
+/// announced as `content-length: 0`.
+fn has_payload_semantics(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2): the connection-specific ones, and `te`
+/// unless it is `trailers` (weft adds that one to a gRPC request). weft's request path has already removed them, except those an upgrade
+/// keeps (HTTP/2 has no upgrade: the request goes as a plain one) and what a route's header
+/// mutations added; h2 refuses a request that has any. One pass over the names finds them.
+fn strip_connection_fields(h: &mut HeaderMap) {
+    // Bits of `HOP_BY_HOP`: connection, upgrade, keep-alive, proxy-connection, transfer-encoding.
+    const FORBIDDEN: u8 = 0b1_1111;
+    let mut found = 0u8;
+    let mut te = false;
+    for name in h.keys() {
+        match hop_by_hop_index(name) {
+            Some(i) => found |= 1 << i,
+            None => te |= name == header::TE,
+        }
+    }
+    for (bit, name) in crate::h1::HOP_BY_HOP.iter().enumerate() {
+        if found & FORBIDDEN & (1 << bit) != 0 {
+            h.remove(name);
+        }
+    }
+    if te
+        && h.get_all(header::TE)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        h.remove(header::TE);
+    }
+}
+
+enum PumpError {
+    /// The client's body failed: the upstream stream was reset.
+    Body(BoxError),
+    /// The upstream stream failed or was reset.
+    Stream,
+}
+
+/// Sends a request body on its stream, reading the client only as fast as the upstream takes it.
+struct Pump {
+    body: UpBody,
+    tx: SendStream<Bytes>,
+}
+
+impl Pump {
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        loop {
+            // Room for at least one byte before reading the client: h2 buffers a whole frame
+            // beyond it, and the next one waits until the window has taken that.
+            self.tx.reserve_capacity(1);
+            if self.tx.capacity() == 0 {
+                loop {
+                    match ready!(self.tx.poll_capacity(cx)) {
+                        Some(Ok(0)) => {}
+                        Some(Ok(_)) => break,
+                        Some(Err(_)) | None => return Poll::Ready(Err(PumpError::Stream)),
+                    }
+                }
+            } else if self.tx.poll_reset(cx).is_ready() {
+                // The upstream reset the stream: nothing more of the body is wanted.
+                return Poll::Ready(Err(PumpError::Stream));
+            }
+            let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(Ok(f)) => f,
+                Some(Err(e)) => {
+                    self.tx.send_reset(h2::Reason::CANCEL);
+                    return Poll::Ready(Err(PumpError::Body(e)));
+                }
+                None => {
+                    self.tx.reserve_capacity(0);
+                    return Poll::Ready(self.tx.send_data(Bytes::new(), true).map_err(|_| PumpError::Stream));
+                }
+            };
+            let frame = match frame.into_data() {
+                Ok(data) => {
+                    let eos = self.body.is_end_stream();
+                    if self.tx.send_data(data, eos).is_err() {
+                        return Poll::Ready(Err(PumpError::Stream));
+                    }
+                    if eos {
+                        return Poll::Ready(Ok(()));
+                    }
+                    continue;
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(trailers) = frame.into_trailers() {
+                self.tx.reserve_capacity(0);
+                return Poll::Ready(self.tx.send_trailers(trailers).map_err(|_| PumpError::Stream));
+            }
+        }
+    }
+}
+
+/// An upstream HTTP/2 response body: data frames (their flow-control window released as they are
+/// handed on, so the upstream is read only as fast as the client takes it) and trailers.
+pub struct RecvBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `content-length` says is still to come (h2 itself checks the length).
+    remaining: Option<u64>,
+    _conn: Arc<ConnShared>,
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(r) = &mut this.remaining {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_fields_are_removed_and_te_kept_only_as_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_connection_fields(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["trailer", "x-kept"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_connection_fields(&mut h);
+        assert_eq!(h[header::TE], "trailers");
+    }
+}
