@@ -68,6 +68,18 @@ pub fn shape_request(
                 }
             }
         }
+        // An absolute `http` URI with an authority that nothing rewrites (what an HTTP/2 client
+        // sends) goes as it came: no copy, no parse.
+        UpstreamProtocol::Http2
+            if authority_override.is_none()
+                && rewritten_path.is_none()
+                && uri.scheme() == Some(&http::uri::Scheme::HTTP)
+                && uri.authority().is_some_and(|a| !a.as_str().is_empty()) =>
+        {
+            prepared.uri = uri;
+            prepared.version = Version::HTTP_2;
+            prepared.headers.remove(header::HOST);
+        }
         UpstreamProtocol::Http2 => {
             let authority = authority_override
                 .map(str::to_string)
@@ -338,4 +350,45 @@ pub async fn send_detached(cluster: Arc<ClusterRt>, request: Request<UpBody>, de
     .await;
     drop(active);
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shaped(uri: &str, path: Option<&str>, authority: Option<&str>, host: Option<&str>) -> Prepared {
+        let mut headers = HeaderMap::new();
+        if let Some(h) = host {
+            headers.insert(header::HOST, HeaderValue::from_str(h).unwrap());
+        }
+        let uri: Uri = uri.parse().unwrap();
+        shape_request(
+            UpstreamProtocol::Http2,
+            Method::GET,
+            uri,
+            path.map(String::from),
+            authority,
+            headers,
+        )
+    }
+
+    #[test]
+    fn http2_requests_carry_an_absolute_http_uri_and_no_host() {
+        // As an HTTP/2 client sent it: kept.
+        let p = shaped("http://svc:8080/a?b=1", None, None, None);
+        assert_eq!(p.uri, "http://svc:8080/a?b=1");
+        assert_eq!(p.version, Version::HTTP_2);
+        // From HTTP/1.1: origin form and a Host header.
+        let p = shaped("/a?b=1", None, None, Some("svc:8080"));
+        assert_eq!(p.uri, "http://svc:8080/a?b=1");
+        assert!(!p.headers.contains_key(header::HOST));
+        // Rewritten path, authority override, another scheme, no authority at all.
+        assert_eq!(shaped("http://svc/a", Some("/z"), None, None).uri, "http://svc/z");
+        assert_eq!(
+            shaped("http://svc/a", None, Some("other:1"), None).uri,
+            "http://other:1/a"
+        );
+        assert_eq!(shaped("https://svc/a", None, None, None).uri, "http://svc/a");
+        assert_eq!(shaped("/a", None, None, None).uri, "http://localhost/a");
+    }
 }
