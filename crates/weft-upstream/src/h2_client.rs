@@ -19,7 +19,7 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -42,15 +42,36 @@ pub struct H2Conn {
     shared: Arc<ConnShared>,
 }
 
-/// What the connection's task and its users share. Every request holds a clone of the `Arc` until
-/// its response body is dropped, so the task knows whether requests are in flight (it pings only
-/// then, as an idle connection's pings are refused by some servers, e.g. gRPC's default policy).
+/// What the connection's task and its users share.
 struct ConnShared {
     closed: AtomicBool,
+    /// Streams in flight (an [`InFlight`] each): the task pings only while there are some, as an
+    /// idle connection's pings are refused by some servers (gRPC's default policy).
+    in_flight: AtomicUsize,
+    /// Held by a request from before its stream is opened until h2 has opened it. When the
+    /// upstream's stream limit is reached, h2 queues a new stream ("pending open") until another
+    /// ends; holding this keeps that queue to one stream per connection, as hyper's client did:
+    /// the requests behind it wait here unsent, so that if the connection goes away meanwhile they
+    /// go on another one, and one abandoned while it waits is never sent at all.
+    opening: tokio::sync::Mutex<()>,
 }
 
-/// The connection's task and the pool each hold one reference; more means requests in flight.
-const IDLE_REFS: usize = 2;
+/// Counts a stream as in flight while it lives (the request, then its response body or the
+/// upload still streaming).
+struct InFlight(Arc<ConnShared>);
+
+impl InFlight {
+    fn new(shared: &Arc<ConnShared>) -> InFlight {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 impl H2Conn {
     /// Whether the connection can take no more requests (closed, or told to go away).
@@ -83,6 +104,8 @@ where
         .await?;
     let shared = Arc::new(ConnShared {
         closed: AtomicBool::new(false),
+        in_flight: AtomicUsize::new(0),
+        opening: tokio::sync::Mutex::new(()),
     });
     let task_shared = shared.clone();
     tokio::spawn(async move {
@@ -109,7 +132,7 @@ where
             _ = &mut conn => return,
             _ = tick.tick() => {}
         }
-        if Arc::strong_count(shared) <= IDLE_REFS {
+        if shared.in_flight.load(Ordering::Relaxed) == 0 {
             continue;
         }
         let pong = tokio::time::timeout(settings.keep_alive_timeout, pings.ping(h2::Ping::opaque()));
@@ -125,6 +148,7 @@ where
 }
 
 /// Why a try on an HTTP/2 connection failed.
+#[derive(Debug)]
 pub enum H2Failure {
     /// The connection could take no new stream (closed, or going away); nothing was sent and the
     /// request is intact: it goes on another connection.
@@ -140,6 +164,10 @@ pub enum H2Failure {
 /// One request on `conn`: opens a stream, sends the body while waiting for the response head,
 /// and leaves a body that is still streaming to a task of its own.
 pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<Response<RecvBody>, H2Failure> {
+    let opening = match conn.shared.opening.try_lock() {
+        Ok(g) => g,
+        Err(_) => conn.shared.opening.lock().await,
+    };
     let mut send = conn.send.clone();
     if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
         conn.mark_closed();
@@ -159,10 +187,18 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
     let (mut response, tx) = match send.send_request(head, eos) {
         Ok(r) => r,
         Err(e) => {
+            if e.is_go_away() || e.is_io() {
+                conn.mark_closed();
+            }
             *request.body_mut() = body;
             return Err(H2Failure::NotOpened(e));
         }
     };
+    let in_flight = InFlight::new(&conn.shared);
+    // Ready again once this stream is open (at once, unless the upstream's stream limit is
+    // reached). An error here (the connection went away first) reaches the response too.
+    let _ = poll_fn(|cx| send.poll_ready(cx)).await;
+    drop(opening);
     let head = if eos {
         (&mut response).await
     } else {
@@ -184,8 +220,10 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
         .map_err(H2Failure::Body)?;
         if !pumped && head.is_ok() {
             // The body is still streaming: it goes on beside the response.
+            let in_flight = InFlight::new(&conn.shared);
             tokio::spawn(async move {
                 let _ = poll_fn(|cx| pump.poll_send(cx)).await;
+                drop(in_flight);
             });
         }
         head
@@ -197,12 +235,15 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
                 .headers
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
+                .and_then(|v| v.parse::<u64>().ok())
+                // A response that ended with its head has no body, whatever its length says
+                // (HEAD) — or says nothing.
+                .or_else(|| recv.is_end_stream().then_some(0));
             let body = RecvBody {
                 recv,
                 data_done: false,
                 remaining,
-                _conn: conn.shared.clone(),
+                _in_flight: in_flight,
             };
             Ok(Response::from_parts(parts, body))
         }
@@ -318,7 +359,7 @@ pub struct RecvBody {
     data_done: bool,
     /// What `content-length` says is still to come (h2 itself checks the length).
     remaining: Option<u64>,
-    _conn: Arc<ConnShared>,
+    _in_flight: InFlight,
 }
 
 impl Body for RecvBody {
@@ -362,6 +403,151 @@ impl Body for RecvBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::body::{feed, RequestBody, Upload};
+    use http_body_util::BodyExt;
+
+    /// An h2c server on 127.0.0.1 (the `h2` crate's) whose every stream `answer` handles.
+    async fn server<F, Fut>(max_streams: u32, answer: F) -> std::net::SocketAddr
+    where
+        F: Fn(Request<RecvStream>, h2::server::SendResponse<Bytes>) -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::Builder::new()
+                        .max_concurrent_streams(max_streams)
+                        .handshake::<_, Bytes>(io)
+                        .await
+                        .unwrap();
+                    while let Some(Ok((req, tx))) = conn.accept().await {
+                        tokio::spawn(answer.clone()(req, tx));
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn connect(addr: std::net::SocketAddr) -> H2Conn {
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let settings = Settings {
+            max_send_buffer: 1 << 20,
+            keep_alive_interval: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(20),
+        };
+        handshake(io, settings, ()).await.unwrap()
+    }
+
+    fn get(body: UpBody) -> Request<UpBody> {
+        let mut r = Request::new(body);
+        *r.uri_mut() = "http://svc/x".parse().unwrap();
+        *r.version_mut() = http::Version::HTTP_2;
+        r
+    }
+
+    #[tokio::test]
+    async fn a_response_ending_with_its_head_has_an_exact_empty_length() {
+        let addr = server(100, |_req, mut tx| async move {
+            let resp = http::Response::builder()
+                .status(302)
+                .header("location", "/y")
+                .body(())
+                .unwrap();
+            tx.send_response(resp, true).unwrap();
+        })
+        .await;
+        let conn = connect(addr).await;
+        let resp = round_trip(&conn, &mut get(UpBody::Empty)).await.expect("a response");
+        assert_eq!(resp.status(), 302);
+        assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
+        assert!(resp.body().is_end_stream());
+        // weft's HTTP/1 server frames a response by this: `content-length: 0`, not chunked.
+        assert_eq!(resp.body().size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_complete_response_then_reset_no_error_ends_cleanly_while_the_upload_stops() {
+        // The server answers at once, and once the client has read the answer resets the
+        // request's upload with NO_ERROR (RFC 9113 §8.1).
+        let (reset_tx, reset_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let reset_rx = Arc::new(tokio::sync::Mutex::new(reset_rx));
+        let addr = server(100, move |_req, mut tx| {
+            let reset_rx = reset_rx.clone();
+            async move {
+                let resp = http::Response::builder().status(413).body(()).unwrap();
+                let mut body = tx.send_response(resp, false).unwrap();
+                body.send_data(Bytes::from_static(b"too big"), true).unwrap();
+                reset_rx.lock().await.recv().await;
+                tx.send_reset(h2::Reason::NO_ERROR);
+            }
+        })
+        .await;
+        let conn = connect(addr).await;
+        // A client body that never ends.
+        let (feeder, fed) = feed(SizeHint::default());
+        let up = Arc::new(Upload::default());
+        let mut req = get(UpBody::Stream(RequestBody::Fed(fed), up));
+        *req.method_mut() = Method::POST;
+        let resp = round_trip(&conn, &mut req).await.expect("a response");
+        assert_eq!(resp.status(), 413);
+        let mut body = resp.into_body();
+        let data = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(data.into_data().unwrap(), "too big");
+        reset_tx.send(()).unwrap();
+        // The pump sees the reset and drops the client's body.
+        let gone = tokio::time::timeout(Duration::from_secs(5), async {
+            while !feeder.is_gone() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        assert!(gone.await.is_ok(), "the upload stopped");
+        // The stream is reset by now; the body still ends cleanly (h2 keeps a reset that follows
+        // the response's end apart from one that truncates it, which stays an error).
+        assert!(
+            body.frame().await.is_none(),
+            "a reset with NO_ERROR after the whole response is a clean end"
+        );
+    }
+
+    #[tokio::test]
+    async fn streams_beyond_the_upstreams_limit_wait_and_all_complete() {
+        let active = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (a, m) = (active.clone(), most.clone());
+        let addr = server(1, move |_req, mut tx| {
+            let (active, most) = (a.clone(), m.clone());
+            async move {
+                let now = active.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                active.fetch_sub(1, Ordering::SeqCst);
+                tx.send_response(http::Response::new(()), true).unwrap();
+            }
+        })
+        .await;
+        let conn = connect(addr).await;
+        // Let the server's SETTINGS (one stream at a time) arrive.
+        let first = round_trip(&conn, &mut get(UpBody::Empty)).await.expect("a response");
+        assert_eq!(first.status(), 200);
+        let calls = (0..4).map(|_| {
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                round_trip(&conn, &mut get(UpBody::Empty))
+                    .await
+                    .ok()
+                    .map(|r| r.status())
+            })
+        });
+        for c in calls {
+            let status = tokio::time::timeout(Duration::from_secs(10), c).await.unwrap().unwrap();
+            assert_eq!(status, Some(http::StatusCode::OK));
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 1, "the upstream's limit was kept");
+    }
 
     #[test]
     fn connection_fields_are_removed_and_te_kept_only_as_trailers() {
