@@ -8,6 +8,17 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+fn ser_header_name<S: serde::Serializer>(n: &http::HeaderName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(n.as_str())
+}
+
+fn ser_opt_header_name<S: serde::Serializer>(n: &Option<http::HeaderName>, s: S) -> Result<S::Ok, S::Error> {
+    match n {
+        Some(n) => s.serialize_str(n.as_str()),
+        None => s.serialize_none(),
+    }
+}
+
 pub(crate) fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&crate::duration::format(*d))
 }
@@ -619,8 +630,10 @@ pub struct RetryOn {
 #[derive(Clone, Debug, Serialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum HashPolicy {
+    /// The name is parsed once, here, not per request.
     Header {
-        name: String,
+        #[serde(serialize_with = "ser_header_name")]
+        name: http::HeaderName,
         terminal: bool,
     },
     /// `generate`: when the request has no such cookie, the proxy makes one up, hashes on it and
@@ -845,7 +858,8 @@ pub enum HealthCheckKind {
 pub struct Subsets {
     pub fallback_policy: SubsetFallback,
     pub default_subset: BTreeMap<String, String>,
-    pub tag_header: Option<String>,
+    #[serde(serialize_with = "ser_opt_header_name")]
+    pub tag_header: Option<http::HeaderName>,
     pub tag_label: String,
 }
 

@@ -86,6 +86,15 @@ impl Ctx {
         }
         name.to_ascii_lowercase()
     }
+
+    /// [`Self::header_name`], parsed (a placeholder once an error is recorded: the configuration
+    /// is refused then).
+    fn header_name_parsed(&mut self, path: &str, name: &str) -> http::HeaderName {
+        http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
+            self.err(path, format!("\"{name}\" is not a valid header name"));
+            http::HeaderName::from_static("x-invalid")
+        })
+    }
 }
 
 /// Parses YAML text and validates it.
@@ -1451,7 +1460,7 @@ fn forward(cx: &mut Ctx, path: &str, a: &RawRouteAction, clusters: &HashSet<Stri
         }
         hash_policy.push(if let Some(name) = &h.header {
             HashPolicy::Header {
-                name: cx.header_name(&format!("{hp}.header"), name),
+                name: cx.header_name_parsed(&format!("{hp}.header"), name),
                 terminal,
             }
         } else if let Some(c) = &h.cookie {
@@ -2120,7 +2129,7 @@ fn subsets(cx: &mut Ctx, path: &str, s: &RawSubsets) -> Subsets {
     let tag_header = s
         .tag_header
         .as_ref()
-        .map(|h| cx.header_name(&format!("{path}.tag_header"), h));
+        .map(|h| cx.header_name_parsed(&format!("{path}.tag_header"), h));
     Subsets {
         fallback_policy,
         default_subset: s.default_subset.clone(),

@@ -100,3 +100,52 @@ fn bad_cookie_policies_name_the_field() {
     let e = refused("{ name: s, max_age: 1h }");
     assert!(e.contains("max_age"), "{e}");
 }
+
+/// A header hash policy's name and a subset `tag_header` are parsed once, into header names
+/// (lower-cased), and a name that is not one is refused naming the field.
+#[test]
+fn header_names_are_parsed_once_and_refused_when_invalid() {
+    let with = |policy: &str, subsets: &str| {
+        yaml("x")
+            .replace("[{ cookie: x }]", policy)
+            .replace("endpoints:", &format!("{subsets}endpoints:"))
+    };
+    let c = weft_config::from_yaml(&with(
+        "[{ header: X-User }]",
+        "subsets: { tag_header: X-Tag, tag_label: tag }, ",
+    ))
+    .unwrap();
+    let NetworkFilter::Http(h) = &c.listeners[0].filter_chains[0].filter else {
+        panic!("an http listener")
+    };
+    let RouteAction::Forward(f) = &h.route_config.virtual_hosts[0].routes[0].action else {
+        panic!("a forward route")
+    };
+    assert_eq!(
+        f.hash_policy,
+        vec![HashPolicy::Header {
+            name: http::HeaderName::from_static("x-user"),
+            terminal: false
+        }]
+    );
+    let tag = c.clusters[0].subsets.as_ref().and_then(|s| s.tag_header.clone());
+    assert_eq!(tag, Some(http::HeaderName::from_static("x-tag")));
+
+    let e = weft_config::from_yaml(&with("[{ header: \"bad name\" }]", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("hash_policy[0].header: \"bad name\" is not a valid header name"),
+        "{e}"
+    );
+    let e = weft_config::from_yaml(&with(
+        "[{ header: x-user }]",
+        "subsets: { tag_header: \"a b\", tag_label: tag }, ",
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("subsets.tag_header: \"a b\" is not a valid header name"),
+        "{e}"
+    );
+}

@@ -446,7 +446,7 @@ fn cluster_view(c: &ClusterRt, req: &ExplainRequest, local: &Locality) -> Value 
         let tagged = s
             .tag_header
             .as_ref()
-            .and_then(|h| req.headers.get(h.as_str()))
+            .and_then(|h| req.headers.get(h))
             .and_then(|v| v.to_str().ok());
         match tagged {
             Some(v) => Some([(s.tag_label.clone(), v.to_string())].into_iter().collect()),

@@ -727,7 +727,7 @@ fn listener_and_routes_map_onto_the_model() {
         f.hash_policy,
         vec![
             HashPolicy::Header {
-                name: "x-user".into(),
+                name: http::HeaderName::from_static("x-user"),
                 terminal: true
             },
             HashPolicy::SourceIp { terminal: false },

@@ -183,9 +183,7 @@ pub(super) fn compute_hash(
     for p in policies {
         let (h, terminal) = match p {
             HashPolicy::Header { name, terminal } => (
-                req.headers()
-                    .get(name.as_str())
-                    .map(|v| weft_lb::hash_key(v.as_bytes())),
+                req.headers().get(name).map(|v| weft_lb::hash_key(v.as_bytes())),
                 *terminal,
             ),
             HashPolicy::Cookie {
