@@ -236,8 +236,8 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
-                // A response that ended with its head has no body, whatever its length says
-                // (HEAD) — or says nothing.
+                // A response that ended with its head and gives no length has none (as hyper's
+                // body said): `content-length: 0` to an HTTP/1 client, not chunked framing.
                 .or_else(|| recv.is_end_stream().then_some(0));
             let body = RecvBody {
                 recv,
