@@ -449,6 +449,38 @@ mod tests {
         r
     }
 
+    /// A peer that completes the HTTP/2 handshake (its SETTINGS) and then never answers anything,
+    /// PINGs included: a connection to a host that died without closing it.
+    #[tokio::test]
+    async fn a_connection_whose_peer_stops_answering_pings_is_closed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut io, _) = listener.accept().await.unwrap();
+            // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+            io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut sink = [0u8; 4096];
+            while matches!(io.read(&mut sink).await, Ok(n) if n > 0) {}
+        });
+        let io = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let settings = Settings {
+            max_send_buffer: 1 << 20,
+            keep_alive_interval: Duration::from_millis(100),
+            keep_alive_timeout: Duration::from_millis(100),
+        };
+        let conn = handshake(io, settings, ()).await.unwrap();
+        // The request is never answered; the unanswered PING ends the connection and the request.
+        let r = tokio::time::timeout(Duration::from_secs(5), round_trip(&conn, &mut get(UpBody::Empty))).await;
+        match r {
+            Ok(Err(H2Failure::Failed(_))) => {}
+            Ok(Err(other)) => panic!("failed otherwise: {other:?}"),
+            Ok(Ok(resp)) => panic!("answered: {}", resp.status()),
+            Err(_) => panic!("still waiting after 5 s"),
+        }
+        assert!(conn.is_closed(), "the pool no longer hands the connection out");
+    }
+
     #[tokio::test]
     async fn a_response_ending_with_its_head_has_an_exact_empty_length() {
         let addr = server(100, |_req, mut tx| async move {
