@@ -90,10 +90,8 @@ impl Ctx {
     /// [`Self::header_name`], parsed (a placeholder once an error is recorded: the configuration
     /// is refused then).
     fn header_name_parsed(&mut self, path: &str, name: &str) -> http::HeaderName {
-        http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| {
-            self.err(path, format!("\"{name}\" is not a valid header name"));
-            http::HeaderName::from_static("x-invalid")
-        })
+        let name = self.header_name(path, name);
+        http::HeaderName::from_bytes(name.as_bytes()).unwrap_or_else(|_| http::HeaderName::from_static("x-invalid"))
     }
 }
 

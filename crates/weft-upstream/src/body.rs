@@ -356,8 +356,10 @@ impl Body for UpBody {
     }
 }
 
-/// Counts one exchange on a connection as in progress, from the request's arrival until hyper
-/// drops its response body; the connection's timeouts and idle parking read the count.
+/// Counts one exchange as in progress while it lives: on a downstream connection from the
+/// request's arrival until hyper drops its response body (the connection's timeouts and idle
+/// parking read the count); on an upstream HTTP/2 connection while its stream is in use (the
+/// keep-alive pings read it).
 pub struct InFlight(Arc<AtomicU32>);
 
 impl InFlight {

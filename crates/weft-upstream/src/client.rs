@@ -77,8 +77,6 @@ pub fn shape_request(
                 && uri.authority().is_some_and(|a| !a.as_str().is_empty()) =>
         {
             prepared.uri = uri;
-            prepared.version = Version::HTTP_2;
-            prepared.headers.remove(header::HOST);
         }
         UpstreamProtocol::Http2 => {
             let authority = authority_override
@@ -100,9 +98,11 @@ pub fn shape_request(
                 .path_and_query(pq.as_str())
                 .build()
                 .unwrap_or_default();
-            prepared.version = Version::HTTP_2;
-            prepared.headers.remove(header::HOST);
         }
+    }
+    if protocol == UpstreamProtocol::Http2 {
+        prepared.version = Version::HTTP_2;
+        prepared.headers.remove(header::HOST);
     }
     prepared
 }

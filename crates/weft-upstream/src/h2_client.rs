@@ -9,7 +9,7 @@
 //! when the response head arrives (client streaming, bidirectional streaming). One task per
 //! connection still drives the socket, as in hyper, and sends keep-alive pings.
 
-use crate::body::{BoxError, UpBody};
+use crate::body::{BoxError, InFlight, UpBody};
 use crate::h1::hop_by_hop_index;
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -19,7 +19,7 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -45,32 +45,16 @@ pub struct H2Conn {
 /// What the connection's task and its users share.
 struct ConnShared {
     closed: AtomicBool,
-    /// Streams in flight (an [`InFlight`] each): the task pings only while there are some, as an
-    /// idle connection's pings are refused by some servers (gRPC's default policy).
-    in_flight: AtomicUsize,
+    /// Streams in flight (an [`InFlight`] each, held by the request, then by its response body or
+    /// its upload still streaming): the task pings only while there are some, as an idle
+    /// connection's pings are refused by some servers (gRPC's default policy).
+    in_flight: Arc<AtomicU32>,
     /// Held by a request from before its stream is opened until h2 has opened it. When the
     /// upstream's stream limit is reached, h2 queues a new stream ("pending open") until another
     /// ends; holding this keeps that queue to one stream per connection, as hyper's client did:
     /// the requests behind it wait here unsent, so that if the connection goes away meanwhile they
     /// go on another one, and one abandoned while it waits is never sent at all.
     opening: tokio::sync::Mutex<()>,
-}
-
-/// Counts a stream as in flight while it lives (the request, then its response body or the
-/// upload still streaming).
-struct InFlight(Arc<ConnShared>);
-
-impl InFlight {
-    fn new(shared: &Arc<ConnShared>) -> InFlight {
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(shared.clone())
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl H2Conn {
@@ -104,7 +88,7 @@ where
         .await?;
     let shared = Arc::new(ConnShared {
         closed: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
+        in_flight: Arc::default(),
         opening: tokio::sync::Mutex::new(()),
     });
     let task_shared = shared.clone();
@@ -194,7 +178,7 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
             return Err(H2Failure::NotOpened(e));
         }
     };
-    let in_flight = InFlight::new(&conn.shared);
+    let in_flight = InFlight::start(&conn.shared.in_flight);
     // Ready again once this stream is open (at once, unless the upstream's stream limit is
     // reached). An error here (the connection went away first) reaches the response too.
     let _ = poll_fn(|cx| send.poll_ready(cx)).await;
@@ -220,7 +204,7 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
         .map_err(H2Failure::Body)?;
         if !pumped && head.is_ok() {
             // The body is still streaming: it goes on beside the response.
-            let in_flight = InFlight::new(&conn.shared);
+            let in_flight = InFlight::start(&conn.shared.in_flight);
             tokio::spawn(async move {
                 let _ = poll_fn(|cx| pump.poll_send(cx)).await;
                 drop(in_flight);
@@ -261,9 +245,10 @@ fn has_payload_semantics(m: &Method) -> bool {
 }
 
 /// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2): the connection-specific ones, and `te`
-/// unless it is `trailers` (weft adds that one to a gRPC request). weft's request path has already removed them, except those an upgrade
-/// keeps (HTTP/2 has no upgrade: the request goes as a plain one) and what a route's header
-/// mutations added; h2 refuses a request that has any. One pass over the names finds them.
+/// unless it is `trailers` (weft adds that one to a gRPC request). weft's request path has
+/// already removed them, except those an upgrade keeps (HTTP/2 has no upgrade: the request goes
+/// as a plain one) and what a route's header mutations added; h2 refuses a request that has any.
+/// One pass over the names finds them.
 fn strip_connection_fields(h: &mut HeaderMap) {
     // Bits of `HOP_BY_HOP`: connection, upgrade, keep-alive, proxy-connection, transfer-encoding.
     const FORBIDDEN: u8 = 0b1_1111;
@@ -405,6 +390,7 @@ mod tests {
     use super::*;
     use crate::body::{feed, RequestBody, Upload};
     use http_body_util::BodyExt;
+    use std::sync::atomic::AtomicUsize;
 
     /// An h2c server on 127.0.0.1 (the `h2` crate's) whose every stream `answer` handles.
     async fn server<F, Fut>(max_streams: u32, answer: F) -> std::net::SocketAddr
