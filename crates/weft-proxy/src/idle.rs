@@ -1,8 +1,9 @@
 //! Idle HTTP/1 connections without hyper's per-connection state.
 //!
 //! HTTP/1 is served by weft's own server (`crate::h1_server`), which releases its buffers
-//! between requests by itself; what follows applies to the connections hyper's server takes over
-//! from it (a request that switches protocols) and to HTTP/2.
+//! between requests by itself, and HTTP/2 by weft's HTTP/2 server (`crate::h2_server`); what
+//! follows applies to the connections hyper's server takes over from the HTTP/1 server (a request
+//! that switches protocols).
 //!
 //! hyper's HTTP/1 connection allocates an 8 KiB read buffer and an 8 KiB header write buffer up
 //! front and keeps both (and its dispatcher state) for the connection's whole life; it has no
@@ -15,9 +16,10 @@
 //! connection is built on the same socket with the same builder and service. The parked state is
 //! the socket and a few pointers.
 //!
-//! HTTP/2 is never parked (its connection state — HPACK tables, stream ids, settings, windows —
-//! cannot be rebuilt), nor is an upgraded connection, nor anything the framing tracker stopped
-//! following (see `h1_framing`): those run exactly as before.
+//! An upgraded connection is never parked, nor anything the framing tracker stopped following
+//! (see `h1_framing`): those run exactly as before. (HTTP/2 connections are not parked either:
+//! their state — HPACK tables, stream ids, settings, windows — cannot be rebuilt; the patched h2
+//! frees an idle connection's buffers itself.)
 
 use crate::h1_framing::{Activity, FramingTracker, Sniffed};
 use bytes::Bytes;

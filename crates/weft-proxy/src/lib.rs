@@ -10,6 +10,7 @@ pub mod dns;
 pub mod explain;
 pub mod h1_framing;
 pub mod h1_server;
+pub mod h2_server;
 pub mod hot_restart;
 pub mod http;
 pub mod idle;

@@ -5,7 +5,7 @@
 //!
 //! They are checked by one watchdog per connection that wakes a few times per timeout period and
 //! compares counters the connection's I/O keeps ([`Activity`]), so the request path arms no timer
-//! and reads no clock. HTTP/2 streams each get their own stream idle timer ([`StreamExec`]), since
+//! and reads no clock. HTTP/2 streams each get their own stream idle timer ([`IdleTimed`]), since
 //! one stalled stream must not close the connection's other streams.
 
 use crate::h1_framing::Activity;
@@ -106,7 +106,7 @@ pub async fn watch(limits: Limits, activity: &Activity, ex: &Exchanges) -> Verdi
             }
         }
         if let Some(t) = limits.stream_idle {
-            // HTTP/2 streams have their own timers (StreamExec).
+            // HTTP/2 streams have their own timers (IdleTimed).
             if !h2 && busy && now.duration_since(quiet_since) >= t {
                 return Verdict::StreamIdle;
             }
@@ -119,46 +119,29 @@ pub async fn watch(limits: Limits, activity: &Activity, ex: &Exchanges) -> Verdi
     }
 }
 
-/// Spawns the HTTP/2 stream tasks of one connection, each under a stream idle timer: a stream
-/// whose task is not woken (no bytes in either direction, no upstream progress) for the stream
-/// idle timeout is dropped, which resets it (RST_STREAM CANCEL) and releases its upstream.
-#[derive(Clone)]
-pub struct StreamExec {
-    pub idle: Option<Duration>,
-    pub timeouts: Counter,
-}
-
-impl<F> hyper::rt::Executor<F> for StreamExec
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        match self.idle {
-            None => {
-                tokio::spawn(fut);
-            }
-            Some(idle) => {
-                tokio::spawn(IdleTimed {
-                    inner: fut,
-                    sleep: tokio::time::sleep(idle),
-                    idle,
-                    timeouts: self.timeouts.clone(),
-                });
-            }
-        }
-    }
-}
-
 pin_project_lite::pin_project! {
-    /// A task that ends when it has not been woken for `idle`. Every poll pushes the deadline out
-    /// (extending a tokio timer is an atomic store, not a timer-wheel move).
-    struct IdleTimed<F> {
+    /// An HTTP/2 stream's future (`crate::h2_server`) that ends when it has not been woken for
+    /// `idle`: dropping it resets the stream (RST_STREAM CANCEL) and releases its upstream. One
+    /// stalled stream must not close the connection's other streams. Every poll pushes the
+    /// deadline out (extending a tokio timer is an atomic store, not a timer-wheel move).
+    pub struct IdleTimed<F> {
         #[pin]
         inner: F,
         #[pin]
         sleep: tokio::time::Sleep,
         idle: Duration,
         timeouts: Counter,
+    }
+}
+
+impl<F> IdleTimed<F> {
+    pub fn new(inner: F, idle: Duration, timeouts: Counter) -> IdleTimed<F> {
+        IdleTimed {
+            inner,
+            sleep: tokio::time::sleep(idle),
+            idle,
+            timeouts,
+        }
     }
 }
 

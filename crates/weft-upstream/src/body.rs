@@ -23,11 +23,13 @@ pub enum UpBody {
     Stream(RequestBody, Arc<Upload>),
 }
 
-/// A request body as the downstream side hands it over: read by hyper's server (HTTP/2, and the
-/// HTTP/1 connections hyper serves), or fed by weft's own HTTP/1 server through a [`feed`].
+/// A request body as the downstream side hands it over: read by hyper's server (the HTTP/1
+/// connections hyper serves after a protocol switch), fed by weft's own HTTP/1 server through a
+/// [`feed`], or received on a stream of weft's own HTTP/2 server.
 pub enum RequestBody {
     Hyper(Incoming),
     Fed(FedBody),
+    H2(crate::h2_client::RecvBody),
 }
 
 impl RequestBody {
@@ -48,6 +50,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             RequestBody::Fed(b) => Pin::new(b).poll_frame(cx),
+            RequestBody::H2(b) => Pin::new(b).poll_frame(cx),
         }
     }
 
@@ -55,6 +58,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::Fed(b) => b.done,
+            RequestBody::H2(b) => b.is_end_stream(),
         }
     }
 
@@ -62,6 +66,7 @@ impl Body for RequestBody {
         match self {
             RequestBody::Hyper(b) => b.size_hint(),
             RequestBody::Fed(b) => b.hint,
+            RequestBody::H2(b) => b.size_hint(),
         }
     }
 }

@@ -159,7 +159,7 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
     }
     let (parts, body) = std::mem::replace(request, Request::new(UpBody::Empty)).into_parts();
     let mut head = Request::from_parts(parts, ());
-    strip_connection_fields(head.headers_mut());
+    strip_connection_fields(head.headers_mut(), Message::Request);
     if let Some(len) = body.size_hint().exact() {
         // As hyper's client: a body's known length is announced unless the message says it.
         if (len != 0 || has_payload_semantics(head.method())) && !head.headers().contains_key(header::CONTENT_LENGTH) {
@@ -186,13 +186,15 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
     let head = if eos {
         (&mut response).await
     } else {
-        let mut pump = Pump { body, tx };
+        let mut pump = Pump::new(body, tx);
         let mut pumped = false;
         let head = poll_fn(|cx| {
             if !pumped {
                 if let Poll::Ready(r) = pump.poll_send(cx) {
                     if let Err(PumpError::Body(e)) = r {
-                        // The stream was reset; a response is of no use to the client.
+                        // The client's body failed: the upstream stream is reset, and a response
+                        // is of no use to the client.
+                        pump.stream().send_reset(h2::Reason::CANCEL);
                         return Poll::Ready(Err(e));
                     }
                     pumped = true;
@@ -206,7 +208,9 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
             // The body is still streaming: it goes on beside the response.
             let in_flight = InFlight::start(&conn.shared.in_flight);
             tokio::spawn(async move {
-                let _ = poll_fn(|cx| pump.poll_send(cx)).await;
+                if let Err(PumpError::Body(_)) = poll_fn(|cx| pump.poll_send(cx)).await {
+                    pump.stream().send_reset(h2::Reason::CANCEL);
+                }
                 drop(in_flight);
             });
         }
@@ -223,12 +227,7 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
                 // A response that ended with its head and gives no length has none (as hyper's
                 // body said): `content-length: 0` to an HTTP/1 client, not chunked framing.
                 .or_else(|| recv.is_end_stream().then_some(0));
-            let body = RecvBody {
-                recv,
-                data_done: false,
-                remaining,
-                _in_flight: in_flight,
-            };
+            let body = RecvBody::new(recv, remaining, Some(in_flight));
             Ok(Response::from_parts(parts, body))
         }
         Err(e) => Err(H2Failure::Failed(e)),
@@ -244,12 +243,19 @@ fn has_payload_semantics(m: &Method) -> bool {
     )
 }
 
+/// Which HTTP/2 message [`strip_connection_fields`] cleans.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    Request,
+    Response,
+}
+
 /// Removes the fields HTTP/2 forbids (RFC 9113 §8.2.2): the connection-specific ones, and `te`
-/// unless it is `trailers` (weft adds that one to a gRPC request). weft's request path has
-/// already removed them, except those an upgrade keeps (HTTP/2 has no upgrade: the request goes
-/// as a plain one) and what a route's header mutations added; h2 refuses a request that has any.
-/// One pass over the names finds them.
-fn strip_connection_fields(h: &mut HeaderMap) {
+/// (in a request unless it is `trailers`: weft adds that one to a gRPC request). weft's request
+/// path has already removed them, except those an upgrade keeps (HTTP/2 has no upgrade: the
+/// request goes as a plain one) and what a route's header mutations or a local reply added; h2
+/// refuses a message that has any. One pass over the names finds them.
+pub fn strip_connection_fields(h: &mut HeaderMap, kind: Message) {
     // Bits of `HOP_BY_HOP`: connection, upgrade, keep-alive, proxy-connection, transfer-encoding.
     const FORBIDDEN: u8 = 0b1_1111;
     let mut found = 0u8;
@@ -266,51 +272,71 @@ fn strip_connection_fields(h: &mut HeaderMap) {
         }
     }
     if te
-        && h.get_all(header::TE)
-            .iter()
-            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        && (kind == Message::Response
+            || h.get_all(header::TE)
+                .iter()
+                .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers")))
     {
         h.remove(header::TE);
     }
 }
 
-enum PumpError {
-    /// The client's body failed: the upstream stream was reset.
+/// Why a [`Pump`] stopped before the body's end.
+pub enum PumpError {
+    /// The body being sent failed; the stream is left for the caller to reset (with the reason
+    /// its side calls for).
     Body(BoxError),
-    /// The upstream stream failed or was reset.
+    /// The stream failed or was reset by the peer: nothing more of the body is wanted.
     Stream,
 }
 
-/// Sends a request body on its stream, reading the client only as fast as the upstream takes it.
-struct Pump {
-    body: UpBody,
+/// Sends a body on an HTTP/2 stream, reading it only as fast as the peer's window takes it: a
+/// request body upstream (this client) or a response body downstream (weft's HTTP/2 server).
+/// One piece is read ahead and held until the stream has room for it; capacity is claimed only
+/// for a piece in hand (a claim made before reading could pin the connection's window on a body
+/// that sends nothing, and stall the connection's other streams, hyper#4003).
+pub struct Pump<B> {
+    body: B,
     tx: SendStream<Bytes>,
+    held: Option<(Bytes, bool)>,
 }
 
-impl Pump {
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Pump<B> {
+    pub fn new(body: B, tx: SendStream<Bytes>) -> Pump<B> {
+        Pump { body, tx, held: None }
+    }
+
+    /// The stream, to reset it after a [`PumpError::Body`].
+    pub fn stream(&mut self) -> &mut SendStream<Bytes> {
+        &mut self.tx
+    }
+
+    /// Sends until the body's end (`Ok`), or until it or the stream fails.
+    pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
         loop {
-            // Room for at least one byte before reading the client: h2 buffers a whole frame
-            // beyond it, and the next one waits until the window has taken that.
-            self.tx.reserve_capacity(1);
-            if self.tx.capacity() == 0 {
-                loop {
+            // Registers for the peer's RST_STREAM while waiting for the body or for room.
+            if self.tx.poll_reset(cx).is_ready() {
+                return Poll::Ready(Err(PumpError::Stream));
+            }
+            if let Some((_, eos)) = self.held {
+                while self.tx.capacity() == 0 {
                     match ready!(self.tx.poll_capacity(cx)) {
-                        Some(Ok(0)) => {}
-                        Some(Ok(_)) => break,
+                        Some(Ok(_)) => {}
                         Some(Err(_)) | None => return Poll::Ready(Err(PumpError::Stream)),
                     }
                 }
-            } else if self.tx.poll_reset(cx).is_ready() {
-                // The upstream reset the stream: nothing more of the body is wanted.
-                return Poll::Ready(Err(PumpError::Stream));
+                let (data, _) = self.held.take().expect("checked above");
+                if self.tx.send_data(data, eos).is_err() {
+                    return Poll::Ready(Err(PumpError::Stream));
+                }
+                if eos {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(f)) => f,
-                Some(Err(e)) => {
-                    self.tx.send_reset(h2::Reason::CANCEL);
-                    return Poll::Ready(Err(PumpError::Body(e)));
-                }
+                Some(Err(e)) => return Poll::Ready(Err(PumpError::Body(e))),
                 None => {
                     self.tx.reserve_capacity(0);
                     return Poll::Ready(self.tx.send_data(Bytes::new(), true).map_err(|_| PumpError::Stream));
@@ -319,12 +345,20 @@ impl Pump {
             let frame = match frame.into_data() {
                 Ok(data) => {
                     let eos = self.body.is_end_stream();
-                    if self.tx.send_data(data, eos).is_err() {
-                        return Poll::Ready(Err(PumpError::Stream));
+                    if data.is_empty() {
+                        // Needs no room (an empty piece, perhaps the end of the stream).
+                        if self.tx.send_data(data, eos).is_err() {
+                            return Poll::Ready(Err(PumpError::Stream));
+                        }
+                        if eos {
+                            return Poll::Ready(Ok(()));
+                        }
+                        continue;
                     }
-                    if eos {
-                        return Poll::Ready(Ok(()));
-                    }
+                    // A claim of one byte: h2 raises it to what is buffered when the piece is
+                    // sent; a whole piece's claim per waiting stream would crowd the window.
+                    self.tx.reserve_capacity(1);
+                    self.held = Some((data, eos));
                     continue;
                 }
                 Err(frame) => frame,
@@ -337,14 +371,28 @@ impl Pump {
     }
 }
 
-/// An upstream HTTP/2 response body: data frames (their flow-control window released as they are
-/// handed on, so the upstream is read only as fast as the client takes it) and trailers.
+/// A body received on an HTTP/2 stream — an upstream's response, or a client's request on weft's
+/// HTTP/2 server: data frames (their flow-control window released as they are handed on, so the
+/// sender is read only as fast as the receiver takes it) and trailers.
 pub struct RecvBody {
     recv: RecvStream,
     data_done: bool,
     /// What `content-length` says is still to come (h2 itself checks the length).
     remaining: Option<u64>,
-    _in_flight: InFlight,
+    _in_flight: Option<InFlight>,
+}
+
+impl RecvBody {
+    /// `remaining`: the message's `content-length`, if any; `in_flight`: held until the body is
+    /// dropped (an upstream stream counted for its connection's keep-alive).
+    pub fn new(recv: RecvStream, remaining: Option<u64>, in_flight: Option<InFlight>) -> RecvBody {
+        RecvBody {
+            recv,
+            data_done: false,
+            remaining,
+            _in_flight: in_flight,
+        }
+    }
 }
 
 impl Body for RecvBody {
@@ -578,14 +626,17 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("gzip"));
         h.insert(header::TRAILER, HeaderValue::from_static("grpc-status"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_connection_fields(&mut h);
+        strip_connection_fields(&mut h, Message::Request);
         let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["trailer", "x-kept"]);
 
         let mut h = HeaderMap::new();
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        strip_connection_fields(&mut h);
+        strip_connection_fields(&mut h, Message::Request);
         assert_eq!(h[header::TE], "trailers");
+        // A response may not carry `te` at all.
+        strip_connection_fields(&mut h, Message::Response);
+        assert!(h.is_empty());
     }
 }

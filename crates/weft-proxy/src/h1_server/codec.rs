@@ -383,7 +383,7 @@ pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
 }
 
 /// The `Date` value for now, formatted once per second per thread.
-fn with_date(f: impl FnOnce(&[u8])) {
+pub(crate) fn with_date(f: impl FnOnce(&[u8])) {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
     }

@@ -10,10 +10,10 @@
 //! response head and body itself, the head and a small body in one write. Between requests the
 //! read buffer is released: an idle connection holds the socket and a few words.
 //!
-//! What it does not do, hyper's server still does: a request that switches protocols (WebSocket
-//! upgrades, CONNECT) and HTTP/2 (prior knowledge on a listener that accepts both) hand the
-//! connection, with the bytes already read, to hyper (`crate::idle::Parking`) for the rest of its
-//! life. Written by hand because no maintained crate offers an HTTP/1 server codec without a
+//! A request that switches protocols (WebSocket upgrades, CONNECT) hands the connection, with the
+//! bytes already read, to hyper's server (`crate::idle::Parking`) for the rest of its life; an
+//! HTTP/2 preface (prior knowledge on a listener that accepts both) hands it to weft's HTTP/2
+//! server (`crate::h2_server`). Written by hand because no maintained crate offers an HTTP/1 server codec without a
 //! dispatcher of its own; the codec ([`codec`]) does no I/O and has a fuzz target (`h1_server`).
 
 pub mod codec;
@@ -51,6 +51,11 @@ pub fn idle_connections() -> usize {
 /// How the connection's life with this server ended.
 pub enum Ending<IO> {
     Closed,
+    /// An HTTP/2 preface opened the connection: it goes to weft's HTTP/2 server
+    /// (`crate::h2_server`) with the bytes read put back.
+    H2 {
+        io: HyperIo<IO>,
+    },
     /// Hand the connection to hyper's server: the bytes read and not consumed were put back in
     /// the stream. `fresh`: no request was served before.
     Handoff {
@@ -63,8 +68,8 @@ pub enum Ending<IO> {
 pub struct Options<'a> {
     /// The largest request head accepted (larger: 431).
     pub max_head: usize,
-    /// An HTTP/2 preface hands the connection to hyper (the listener accepts both protocols);
-    /// otherwise it is a malformed HTTP/1 request.
+    /// An HTTP/2 preface hands the connection to the HTTP/2 server (the listener accepts both
+    /// protocols); otherwise it is a malformed HTTP/1 request.
     pub h2_handoff: bool,
     /// A response body is not polled further while this many bytes wait to be written (the
     /// listener's `per_connection_buffer_limit_bytes`).
@@ -110,7 +115,7 @@ where
             Head::Parsed(Parsed::Switch) => return c.handoff(served == 0),
             Head::End => return Ending::Closed,
             // On a listener that serves only HTTP/1, an HTTP/2 client is closed on.
-            Head::Preface if opts.h2_handoff => return c.handoff(true),
+            Head::Preface if opts.h2_handoff => return Ending::H2 { io: c.rewound() },
             Head::Preface => return Ending::Closed,
             Head::Refused(e) => {
                 tracing::debug!(status = e.status.as_u16(), why = e.why, "refused a request head");
@@ -488,11 +493,19 @@ impl<IO: ConnIo> Conn<IO> {
 
     /// Hands the connection to hyper's server with the unconsumed bytes put back.
     fn handoff(&mut self, fresh: bool) -> Ending<IO> {
+        Ending::Handoff {
+            io: self.rewound(),
+            fresh,
+        }
+    }
+
+    /// The stream, with the bytes read and not consumed put back in front.
+    fn rewound(&mut self) -> HyperIo<IO> {
         let read = self.buf.split().freeze();
         let mut io = self.io.take().expect("the stream is only taken by a handoff");
         io.get_mut().track_from(&read);
         io.rewind(read);
-        Ending::Handoff { io, fresh }
+        io
     }
 }
 

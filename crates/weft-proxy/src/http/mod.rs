@@ -25,7 +25,6 @@ use crate::router::RouteTable;
 use crate::server::{ListenerRt, LocalReplyCounters};
 use crate::stats::{ListenerStats, Metrics};
 use http::header::HeaderValue;
-use hyper_util::rt::TokioTimer;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -255,66 +254,63 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
     }
 }
 
-/// Serves a connection with hyper's server (HTTP/2, and HTTP/1 from a protocol switch on).
-/// `fresh`: no request was served on it before.
+/// Serves a connection with hyper's HTTP/1 server, from a protocol switch on (WebSocket
+/// upgrades, CONNECT). `fresh`: no request was served on it before.
 async fn serve_hyper<IO: crate::idle::ConnIo>(
     ctx: &Arc<ConnCtx>,
     io: crate::idle::HyperIo<IO>,
     rt: &HttpRt,
     lrt: &ListenerRt,
-    limits: crate::watchdog::Limits,
-    codec: Codec,
     fresh: bool,
 ) {
     let svc_ctx = ctx.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let ctx = svc_ctx.clone();
         let req = req.map(weft_upstream::body::RequestBody::Hyper);
-        // Boxed once here: the request state machine is large, and hyper moves it (into a new task
-        // per HTTP/2 stream); moving a pointer is cheaper than copying the whole future. Built in
-        // the allocation, not copied into it (see `h1_server::serve`).
+        // Boxed once here: the request state machine is large, and hyper moves it; moving a
+        // pointer is cheaper than copying the whole future. Built in the allocation, not copied
+        // into it (see `h1_server::serve`).
         let fut = Box::write(Box::new_uninit(), async move {
-            ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
-            // Counted until hyper drops the response body (or this future is dropped).
-            let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
-            let resp = pipeline::handle(&ctx, req).await;
-            Ok::<_, Infallible>(resp.map(|b| b.hold(in_flight)))
+            Ok::<_, Infallible>(exchange(&ctx, req).await)
         });
         Box::into_pin(fut)
     });
     let max_header = (rt.config.max_request_headers_kb as usize * 1024).max(8192);
-    // Bytes hyper may buffer per connection (HTTP/1 read and write buffers) and per HTTP/2 stream
-    // (send buffer); the read buffer must also hold the largest allowed request head.
+    // Bytes hyper may buffer per connection (read and write buffers); the read buffer must also
+    // hold the largest allowed request head.
     let buffer_limit = lrt.config.per_connection_buffer_limit_bytes as usize;
-    let exec = crate::watchdog::StreamExec {
-        idle: limits.stream_idle,
-        timeouts: rt.stats.rq_idle_timeout.clone(),
-    };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(exec);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .http1()
         .max_buf_size(max_header.max(buffer_limit).max(8192))
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header as u32)
-        .max_concurrent_streams(1024)
-        .max_send_buf_size(buffer_limit)
-        // Fixed generous windows: adaptive (BDP-probing) windows cost a ping round per window update.
-        .initial_stream_window_size(1 << 20)
-        .initial_connection_window_size(16 << 20)
-        .keep_alive_interval(Some(Duration::from_secs(60)));
-    let builder = match codec {
-        Codec::Auto => builder,
-        Codec::Http1 => builder.http1_only(),
-        Codec::Http2 => builder.http2_only(),
-    };
+    let builder = builder.http1_only();
     let in_flight = ctx.exchanges.in_flight.clone();
-    let _ = crate::idle::Parking::new(&builder, codec, io, svc, in_flight, fresh, &ctx.closing).await;
+    let _ = crate::idle::Parking::new(&builder, Codec::Http1, io, svc, in_flight, fresh, &ctx.closing).await;
 }
 
-/// One exchange on weft's own HTTP/1 server: counted for the watchdog, then the pipeline.
+/// Serves a connection with weft's own HTTP/2 server (`crate::h2_server`).
+async fn serve_h2<IO: crate::idle::ConnIo>(
+    ctx: &Arc<ConnCtx>,
+    io: crate::idle::HyperIo<IO>,
+    rt: &HttpRt,
+    lrt: &ListenerRt,
+    limits: crate::watchdog::Limits,
+) {
+    let max_header = (rt.config.max_request_headers_kb as usize * 1024).max(8192);
+    let opts = crate::h2_server::Options {
+        max_header_list: max_header as u32,
+        max_send_buffer: lrt.config.per_connection_buffer_limit_bytes as usize,
+        stream_idle: limits.stream_idle,
+        stream_idle_timeouts: rt.stats.rq_idle_timeout.clone(),
+        keep_alive: crate::h2_server::KEEP_ALIVE,
+        keep_alive_timeout: crate::h2_server::KEEP_ALIVE_TIMEOUT,
+        closing: &ctx.closing,
+    };
+    crate::h2_server::serve(io, opts, |req| exchange(ctx, req)).await;
+}
+
+/// One exchange, on any of the servers: counted for the watchdog, then the pipeline.
 async fn exchange(
     ctx: &ConnCtx,
     req: http::Request<weft_upstream::body::RequestBody>,
@@ -344,29 +340,30 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
         request_headers: cfg.request_headers_timeout,
         stream_idle: cfg.stream_idle_timeout,
     };
-    // HTTP/1 is served by weft's own server (`h1_server`), which hands the connection to hyper's
-    // for protocol switches and an HTTP/2 preface; hyper's connections are parked (their buffers
-    // dropped) whenever idle: see `idle`.
+    // HTTP/1 is served by weft's own server (`h1_server`), which hands the connection to weft's
+    // HTTP/2 server on an HTTP/2 preface and to hyper's for protocol switches; hyper's
+    // connections are parked (their buffers dropped) whenever idle: see `idle`.
     let conn = async {
         let mut io = crate::idle::Rewind::new(stream);
-        let mut fresh = true;
-        if codec != Codec::Http2 {
-            let opts = crate::h1_server::Options {
-                max_head: max_header,
-                write_limit: lrt.config.per_connection_buffer_limit_bytes as usize,
-                h2_handoff: codec == Codec::Auto,
-                closing: &ctx.closing,
-            };
-            match crate::h1_server::serve(io, opts, |req| exchange(ctx, req)).await {
-                crate::h1_server::Ending::Closed => return,
-                crate::h1_server::Ending::Handoff { io: handed, fresh: f } => {
-                    io = handed;
-                    fresh = f;
-                }
+        if codec == Codec::Http2 {
+            if crate::h2_server::preface_follows(&mut io).await {
+                // Boxed, as below: only HTTP/2 connections carry the HTTP/2 state.
+                Box::pin(serve_h2(ctx, io, &rt, &lrt, limits)).await;
             }
+            return;
         }
-        // Boxed: only connections hyper serves carry its state.
-        Box::pin(serve_hyper(ctx, io, &rt, &lrt, limits, codec, fresh)).await;
+        let opts = crate::h1_server::Options {
+            max_head: max_header,
+            write_limit: lrt.config.per_connection_buffer_limit_bytes as usize,
+            h2_handoff: codec == Codec::Auto,
+            closing: &ctx.closing,
+        };
+        match crate::h1_server::serve(io, opts, |req| exchange(ctx, req)).await {
+            crate::h1_server::Ending::Closed => {}
+            crate::h1_server::Ending::H2 { io } => Box::pin(serve_h2(ctx, io, &rt, &lrt, limits)).await,
+            // Boxed: only connections hyper serves carry its state.
+            crate::h1_server::Ending::Handoff { io, fresh } => Box::pin(serve_hyper(ctx, io, &rt, &lrt, fresh)).await,
+        }
     };
     tokio::pin!(conn);
     let verdict = tokio::select! {
