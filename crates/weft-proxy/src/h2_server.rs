@@ -96,19 +96,39 @@ where
         activity,
         timer: Box::pin(tokio::time::sleep(opts.keep_alive)),
         pinging: false,
+        armed: false,
     };
     let (svc, opts) = (&svc, &opts);
     let mut streams = FuturesUnordered::new();
     let mut shutting = false;
+    let wakes = Wakes::default();
+    let (conn_waker, streams_waker) = wakes.wakers();
     poll_fn(|cx| {
         if !shutting && opts.closing.load(Ordering::Relaxed) {
             shutting = true;
             conn.graceful_shutdown();
         }
+        wakes.register(cx.waker());
+        let mut conn_cx = Context::from_waker(&conn_waker);
+        let mut streams_cx = Context::from_waker(&streams_waker);
         loop {
             // The streams first: what they send is queued before the connection writes.
-            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
-            match conn.poll_accept(cx) {
+            for pass in 0..2 {
+                wakes.hold();
+                while let Poll::Ready(Some(())) = streams.poll_next_unpin(&mut streams_cx) {}
+                // The connection's wake-up, if a stream queued a frame, is the poll below.
+                let (_, again) = wakes.release();
+                if !again {
+                    break;
+                }
+                // The set of streams wakes itself whenever it has polled each of its streams
+                // once (to yield): a second pass finds nothing then. A stream still ready after
+                // it waits for the task's next turn.
+                if pass == 1 {
+                    cx.waker().wake_by_ref();
+                }
+            }
+            match conn.poll_accept(&mut conn_cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     let s = stream(req, respond, svc);
                     let s = match opts.stream_idle {
@@ -127,12 +147,85 @@ where
                 // Closed: no stream is left (h2 waits for them), or the connection failed and
                 // none can be answered.
                 Poll::Ready(None) => return Poll::Ready(()),
-                Poll::Pending if keep_alive.poll(cx, &mut conn, opts) => {}
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // A PING it queued woke the task: it is written on the next turn.
+                    keep_alive.poll(&mut conn_cx, &mut conn, opts);
+                    return Poll::Pending;
+                }
             }
         }
     })
     .await;
+}
+
+/// The wakers the connection hands to h2 (`conn`) and to its set of streams (`streams`). While
+/// the streams are polled, a wake-up only marks its flag: a stream that queued a frame wakes the
+/// connection, whose poll follows at once anyway, and the set of streams wakes itself to yield
+/// after polling each of its streams once. Scheduling the task again for either would cost a
+/// whole connection poll for nothing. Any other wake-up (I/O, timers, h2 handing data to a
+/// stream, other tasks) wakes the task: a stream woken that way waits for the task's next turn,
+/// when more work has usually gathered.
+#[derive(Default)]
+struct Wakes {
+    conn: Arc<Rewake>,
+    streams: Arc<Rewake>,
+}
+
+impl Wakes {
+    fn wakers(&self) -> (std::task::Waker, std::task::Waker) {
+        (self.conn.clone().into(), self.streams.clone().into())
+    }
+
+    fn register(&self, task: &std::task::Waker) {
+        self.conn.task.register(task);
+        self.streams.task.register(task);
+    }
+
+    /// Wake-ups only mark their flags, until [`Wakes::release`].
+    fn hold(&self) {
+        for r in [&self.conn, &self.streams] {
+            r.woken.store(false, Ordering::SeqCst);
+            r.polling.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Wake-ups wake the task again; whether the connection and the streams were woken since
+    /// [`Wakes::hold`].
+    fn release(&self) -> (bool, bool) {
+        (self.conn.end(), self.streams.end())
+    }
+}
+
+/// One of [`Wakes`].
+#[derive(Default)]
+struct Rewake {
+    task: futures_util::task::AtomicWaker,
+    polling: AtomicBool,
+    woken: AtomicBool,
+}
+
+impl Rewake {
+    fn end(&self) -> bool {
+        self.polling.store(false, Ordering::SeqCst);
+        self.woken.swap(false, Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for Rewake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.polling.load(Ordering::SeqCst) {
+            self.woken.store(true, Ordering::SeqCst);
+            // The poll may have ended between the two steps (another thread's wake-up).
+            if self.polling.load(Ordering::SeqCst) {
+                return;
+            }
+        }
+        self.task.wake();
+    }
 }
 
 /// Waits for the client's first bytes (without consuming them) and tells whether they can begin
@@ -260,19 +353,22 @@ struct KeepAlive {
     timer: Pin<Box<Sleep>>,
     /// A PING is out: the timer is its deadline.
     pinging: bool,
+    /// The timer was polled since it was last set: it will wake the connection when it elapses
+    /// and need not be polled again before (a poll costs more than the check).
+    armed: bool,
 }
 
 impl KeepAlive {
-    /// Whether it acted on the connection (a PING queued, or the connection shut down): the
-    /// connection must then be polled again to write.
-    fn poll<T, B>(&mut self, cx: &mut Context<'_>, conn: &mut h2::server::Connection<T, B>, opts: &Options<'_>) -> bool
+    /// Sends a PING, or shuts the connection down, when due; either wakes the connection, which
+    /// writes it on its next poll.
+    fn poll<T, B>(&mut self, cx: &mut Context<'_>, conn: &mut h2::server::Connection<T, B>, opts: &Options<'_>)
     where
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         B: bytes::Buf,
     {
         loop {
             let Some(pings) = self.pings.as_mut() else {
-                return false;
+                return;
             };
             if self.pinging {
                 match pings.poll_pong(cx) {
@@ -283,41 +379,48 @@ impl KeepAlive {
                     }
                     Poll::Ready(Err(_)) => {
                         self.pings = None;
-                        return false;
+                        return;
                     }
                     Poll::Pending => {}
                 }
             }
+            if !self.pinging && self.armed && !self.timer.is_elapsed() {
+                return;
+            }
             if self.timer.as_mut().poll(cx).is_pending() {
-                return false;
+                self.armed = true;
+                return;
             }
             if self.pinging {
                 tracing::debug!("HTTP/2 client sent no PONG in time: closing the connection");
                 conn.abrupt_shutdown(Reason::NO_ERROR);
+                // The GOAWAY goes out, and the connection ends, on the connection's next poll.
+                cx.waker().wake_by_ref();
                 self.pings = None;
-                return true;
+                return;
             }
             if self.activity.reads() != self.reads {
                 self.rearm(opts.keep_alive);
                 continue;
             }
             let Some(pings) = self.pings.as_mut() else {
-                return false;
+                return;
             };
             if pings.send_ping(h2::Ping::opaque()).is_err() {
                 self.pings = None;
-                return false;
+                return;
             }
             self.pinging = true;
             self.timer.as_mut().reset(Instant::now() + opts.keep_alive_timeout);
-            let _ = self.timer.as_mut().poll(cx);
-            return true;
+            self.armed = self.timer.as_mut().poll(cx).is_pending();
+            return;
         }
     }
 
     fn rearm(&mut self, interval: Duration) {
         self.reads = self.activity.reads();
         self.timer.as_mut().reset(Instant::now() + interval);
+        self.armed = false;
     }
 }
 
