@@ -247,14 +247,8 @@ where
     Fut: Future<Output = Response<DownBody>>,
 {
     let (parts, recv) = req.into_parts();
-    // h2 has checked the field (a malformed one resets the stream) and checks the data's length.
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .or_else(|| recv.is_end_stream().then_some(0));
-    let req = Request::from_parts(parts, RequestBody::H2(RecvBody::new(recv, length, None)));
+    let body = RecvBody::new(recv, &parts.headers, None);
+    let req = Request::from_parts(parts, RequestBody::H2(body));
     let exchange = svc(req);
     let mut exchange = std::pin::pin!(exchange);
     let resp = poll_fn(|cx| match exchange.as_mut().poll(cx) {

@@ -219,15 +219,7 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
     match head {
         Ok(resp) => {
             let (parts, recv) = resp.into_parts();
-            let remaining = parts
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                // A response that ended with its head and gives no length has none (as hyper's
-                // body said): `content-length: 0` to an HTTP/1 client, not chunked framing.
-                .or_else(|| recv.is_end_stream().then_some(0));
-            let body = RecvBody::new(recv, remaining, Some(in_flight));
+            let body = RecvBody::new(recv, &parts.headers, Some(in_flight));
             Ok(Response::from_parts(parts, body))
         }
         Err(e) => Err(H2Failure::Failed(e)),
@@ -383,9 +375,18 @@ pub struct RecvBody {
 }
 
 impl RecvBody {
-    /// `remaining`: the message's `content-length`, if any; `in_flight`: held until the body is
+    /// The body of a message with the fields `headers`; `in_flight`: held until the body is
     /// dropped (an upstream stream counted for its connection's keep-alive).
-    pub fn new(recv: RecvStream, remaining: Option<u64>, in_flight: Option<InFlight>) -> RecvBody {
+    pub fn new(recv: RecvStream, headers: &HeaderMap, in_flight: Option<InFlight>) -> RecvBody {
+        // h2 has checked the field (a malformed one resets the stream) and checks the data's
+        // length against it.
+        let remaining = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            // A message that ended with its head and gives no length has none (as hyper's body
+            // said): `content-length: 0` to an HTTP/1 peer, not chunked framing.
+            .or_else(|| recv.is_end_stream().then_some(0));
         RecvBody {
             recv,
             data_done: false,
