@@ -17,7 +17,7 @@
 //! keep-alive PING after [`KEEP_ALIVE`] without a read (no PONG within [`KEEP_ALIVE_TIMEOUT`]:
 //! the connection is closed), the stream idle timer and graceful GOAWAY. Like hyper's server as
 //! weft configured it, it offers no tunnel for HTTP/2 `CONNECT` (nor the extended CONNECT of
-//! RFC 8441): such a request goes through the routes as an ordinary one.
+//! RFC 8441): such a request goes through the routes with an empty body.
 
 use crate::h1_framing::Activity;
 use crate::idle::{ConnIo, HyperIo};
@@ -42,7 +42,8 @@ use tokio::time::{Instant, Sleep};
 use weft_upstream::body::{BoxError, DownBody, RequestBody};
 use weft_upstream::h2_client::{strip_connection_fields, Message, Pump, PumpError, RecvBody};
 
-/// A PING goes to a client from which nothing was read for this long.
+/// A PING goes to a client from which nothing was read for one to two of these (checked once
+/// per interval).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(60);
 /// No PONG within this time after a PING: the connection is closed.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -247,8 +248,24 @@ where
     Fut: Future<Output = Response<DownBody>>,
 {
     let (parts, recv) = req.into_parts();
-    let body = RecvBody::new(recv, &parts.headers, None);
-    let req = Request::from_parts(parts, RequestBody::H2(body));
+    // CONNECT: no tunnel (as with hyper's server, which gave it an empty body and refused one
+    // announcing a body).
+    let connect = parts.method == http::Method::CONNECT;
+    let body = match connect {
+        false => RequestBody::H2(RecvBody::new(recv, &parts.headers, None)),
+        true if RecvBody::new(recv, &parts.headers, None)
+            .size_hint()
+            .exact()
+            .is_none_or(|n| n == 0) =>
+        {
+            RequestBody::empty()
+        }
+        true => {
+            respond.send_reset(Reason::INTERNAL_ERROR);
+            return;
+        }
+    };
+    let req = Request::from_parts(parts, body);
     let exchange = svc(req);
     let mut exchange = std::pin::pin!(exchange);
     let resp = poll_fn(|cx| match exchange.as_mut().poll(cx) {
@@ -258,19 +275,23 @@ where
     })
     .await;
     if let Some(resp) = resp {
-        send(resp, respond).await;
+        send(resp, respond, connect).await;
     }
 }
 
-/// Sends a response: its head, then its body as fast as the client's window allows.
-async fn send(resp: Response<DownBody>, mut respond: SendResponse<Bytes>) {
+/// Sends a response: its head, then its body as fast as the client's window allows. `connect`:
+/// it answers a CONNECT, and a successful one may not announce a length (RFC 9110 §9.3.6).
+async fn send(resp: Response<DownBody>, mut respond: SendResponse<Bytes>, connect: bool) {
     let (mut parts, body) = resp.into_parts();
     strip_connection_fields(&mut parts.headers, Message::Response);
     if !parts.headers.contains_key(header::DATE) {
         parts.headers.insert(header::DATE, date());
     }
     let eos = body.is_end_stream();
-    if !eos {
+    let tunnel = connect && parts.status.is_success();
+    if tunnel {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    } else if !eos {
         if let Some(n) = body.size_hint().exact() {
             parts
                 .headers
@@ -381,8 +402,11 @@ impl KeepAlive {
             if !self.pinging && self.armed && !self.timer.is_elapsed() {
                 return;
             }
+            // A poll made without coop budget left returns Pending having registered nothing
+            // with the timer: only a poll with budget arms it.
+            let budget = tokio::task::coop::has_budget_remaining();
             if self.timer.as_mut().poll(cx).is_pending() {
-                self.armed = true;
+                self.armed = budget;
                 return;
             }
             if self.pinging {
@@ -406,7 +430,8 @@ impl KeepAlive {
             }
             self.pinging = true;
             self.timer.as_mut().reset(Instant::now() + opts.keep_alive_timeout);
-            self.armed = self.timer.as_mut().poll(cx).is_pending();
+            let budget = tokio::task::coop::has_budget_remaining();
+            self.armed = self.timer.as_mut().poll(cx).is_pending() && budget;
             return;
         }
     }
@@ -495,6 +520,23 @@ mod tests {
             got.extend_from_slice(&d.unwrap());
         }
         assert_eq!(got, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_connect_gets_an_empty_body_and_its_success_no_length() {
+        let (addr, _task) = server(KEEP_ALIVE, |req: Request<RequestBody>| async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            assert!(body.is_empty(), "a CONNECT's body reached the routes");
+            Response::new(DownBody::full("tunnel refused"))
+        })
+        .await;
+        let mut send = client(addr).await.ready().await.unwrap();
+        let req = Request::connect("example:443").body(()).unwrap();
+        let (resp, mut tx) = send.send_request(req, false).unwrap();
+        tx.send_data(Bytes::from_static(b"bytes for a tunnel"), false).unwrap();
+        let resp = resp.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(!resp.headers().contains_key(header::CONTENT_LENGTH));
     }
 
     #[tokio::test]

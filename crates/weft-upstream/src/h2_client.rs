@@ -186,7 +186,7 @@ pub async fn round_trip(conn: &H2Conn, request: &mut Request<UpBody>) -> Result<
     let head = if eos {
         (&mut response).await
     } else {
-        let mut pump = Pump::new(body, tx);
+        let mut pump = Pump::upload(body, tx);
         let mut pumped = false;
         let head = poll_fn(|cx| {
             if !pumped {
@@ -283,19 +283,41 @@ pub enum PumpError {
 }
 
 /// Sends a body on an HTTP/2 stream, reading it only as fast as the peer's window takes it: a
-/// request body upstream (this client) or a response body downstream (weft's HTTP/2 server).
-/// One piece is read ahead and held until the stream has room for it; capacity is claimed only
-/// for a piece in hand (a claim made before reading could pin the connection's window on a body
-/// that sends nothing, and stall the connection's other streams, hyper#4003).
+/// request body upstream (this client, [`Pump::upload`]) or a response body downstream (weft's
+/// HTTP/2 server, [`Pump::new`]). A response body is read one piece ahead, held until the stream
+/// has room for it: capacity is claimed only for a piece in hand (a claim made before reading can
+/// pin the connection's window on a body that sends nothing and stall the connection's other
+/// streams, hyper#4003). An upload claims one byte of room before it reads, as weft's client
+/// always did: the client's body then stays unread, and the upload counted as in progress (which
+/// extends the route timeout), while the upstream takes nothing.
 pub struct Pump<B> {
     body: B,
     tx: SendStream<Bytes>,
     held: Option<(Bytes, bool)>,
+    /// Wait for room before reading each piece (the upload of a request: the client's body stays
+    /// unread, and counted as in progress, until the upstream takes more).
+    room_first: bool,
 }
 
 impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Pump<B> {
+    /// A response body downstream (weft's HTTP/2 server).
     pub fn new(body: B, tx: SendStream<Bytes>) -> Pump<B> {
-        Pump { body, tx, held: None }
+        Pump {
+            body,
+            tx,
+            held: None,
+            room_first: false,
+        }
+    }
+
+    /// A request body upstream: a piece is read from the client only once the upstream has room.
+    pub fn upload(body: B, tx: SendStream<Bytes>) -> Pump<B> {
+        Pump {
+            body,
+            tx,
+            held: None,
+            room_first: true,
+        }
     }
 
     /// The stream, to reset it after a [`PumpError::Body`].
@@ -325,6 +347,15 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Pump<B> {
                     return Poll::Ready(Ok(()));
                 }
                 continue;
+            }
+            if self.room_first {
+                self.tx.reserve_capacity(1);
+                while self.tx.capacity() == 0 {
+                    match ready!(self.tx.poll_capacity(cx)) {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => return Poll::Ready(Err(PumpError::Stream)),
+                    }
+                }
             }
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(f)) => f,
