@@ -285,7 +285,9 @@ async fn send(resp: Response<DownBody>, mut respond: SendResponse<Bytes>, connec
     let (mut parts, body) = resp.into_parts();
     strip_connection_fields(&mut parts.headers, Message::Response);
     if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, date());
+        parts
+            .headers
+            .insert(header::DATE, crate::h1_server::codec::date_value());
     }
     let eos = body.is_end_stream();
     let tunnel = connect && parts.status.is_success();
@@ -328,34 +330,6 @@ fn reset_reason(e: &BoxError) -> Reason {
         cause = c.source();
     }
     Reason::INTERNAL_ERROR
-}
-
-/// The `date` field for now: formatted once per second per thread, shared by the responses of
-/// that second.
-fn date() -> HeaderValue {
-    thread_local! {
-        static DATE: std::cell::RefCell<Option<(Instant, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    let now = Instant::now();
-    DATE.with(|d| {
-        let mut d = d.borrow_mut();
-        match &*d {
-            Some((at, v)) if now < *at => v.clone(),
-            _ => {
-                let mut v = HeaderValue::from_static("");
-                crate::h1_server::codec::with_date(|s| {
-                    v = HeaderValue::from_bytes(s).unwrap_or_else(|_| HeaderValue::from_static(""))
-                });
-                // Valid until the next whole second of the wall clock.
-                let sub = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |t| t.subsec_nanos());
-                let left = Duration::from_nanos(1_000_000_000 - u64::from(sub));
-                *d = Some((now + left, v.clone()));
-                v
-            }
-        }
-    })
 }
 
 /// The connection's keep-alive: a PING when nothing was read from the client for an interval, and
@@ -617,7 +591,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_date_is_an_http_date() {
-        let v = date();
+        let v = crate::h1_server::codec::date_value();
         assert_eq!(v.len(), 29);
         assert!(httpdate::parse_http_date(v.to_str().unwrap()).is_ok());
     }

@@ -325,6 +325,17 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Pump<B> {
         &mut self.tx
     }
 
+    /// Waits until the stream has room for at least one byte (capacity claimed before).
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        while self.tx.capacity() == 0 {
+            match ready!(self.tx.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Poll::Ready(Err(PumpError::Stream)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Sends until the body's end (`Ok`), or until it or the stream fails.
     pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
         loop {
@@ -333,12 +344,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Pump<B> {
                 return Poll::Ready(Err(PumpError::Stream));
             }
             if let Some((_, eos)) = self.held {
-                while self.tx.capacity() == 0 {
-                    match ready!(self.tx.poll_capacity(cx)) {
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => return Poll::Ready(Err(PumpError::Stream)),
-                    }
-                }
+                ready!(self.poll_room(cx))?;
                 let (data, _) = self.held.take().expect("checked above");
                 if self.tx.send_data(data, eos).is_err() {
                     return Poll::Ready(Err(PumpError::Stream));
@@ -350,12 +356,7 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Pump<B> {
             }
             if self.room_first {
                 self.tx.reserve_capacity(1);
-                while self.tx.capacity() == 0 {
-                    match ready!(self.tx.poll_capacity(cx)) {
-                        Some(Ok(_)) => {}
-                        Some(Err(_)) | None => return Poll::Ready(Err(PumpError::Stream)),
-                    }
-                }
+                ready!(self.poll_room(cx))?;
             }
             let frame = match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
                 Some(Ok(f)) => f,

@@ -384,21 +384,47 @@ pub fn put_last_chunk(out: &mut Vec<u8>, trailers: Option<&HeaderMap>) {
 
 /// The `Date` value for now, formatted once per second per thread.
 pub(crate) fn with_date(f: impl FnOnce(&[u8])) {
+    with_date_cache(|d| f(&d.text))
+}
+
+/// The `Date` value for now as a field value (weft's HTTP/2 server), built once per second per
+/// thread and shared by that second's responses.
+pub(crate) fn date_value() -> HeaderValue {
+    with_date_cache(|d| {
+        if d.value.is_none() {
+            d.value = HeaderValue::from_bytes(&d.text).ok();
+        }
+        d.value
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"))
+    })
+}
+
+struct DateCache {
+    secs: u64,
+    text: [u8; 29],
+    value: Option<HeaderValue>,
+}
+
+fn with_date_cache<R>(f: impl FnOnce(&mut DateCache) -> R) -> R {
     thread_local! {
-        static DATE: std::cell::RefCell<(u64, [u8; 29])> = const { std::cell::RefCell::new((0, [0; 29])) };
+        static DATE: std::cell::RefCell<DateCache> = const {
+            std::cell::RefCell::new(DateCache { secs: 0, text: [0; 29], value: None })
+        };
     }
     let now = std::time::SystemTime::now();
     let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     DATE.with(|d| {
         let mut d = d.borrow_mut();
-        if d.0 != secs {
+        if d.secs != secs {
             let s = httpdate::fmt_http_date(now);
             if s.len() == 29 {
-                d.1.copy_from_slice(s.as_bytes());
-                d.0 = secs;
+                d.text.copy_from_slice(s.as_bytes());
+                d.secs = secs;
+                d.value = None;
             }
         }
-        f(&d.1)
+        f(&mut d)
     })
 }
 
