@@ -42,7 +42,13 @@ impl TempDir {
 }
 
 impl Drop for TempDir {
+    /// Removes the directory, except when the test is failing: then it stays, with the logs of
+    /// the processes the test ran, and its path is printed.
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for the failing test: {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

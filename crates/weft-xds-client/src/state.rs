@@ -143,10 +143,24 @@ pub struct Reservation {
 /// Binds `addr` with SO_REUSEPORT (which the proxy's own listener sockets also set, so it can bind
 /// next to it) but without SO_REUSEADDR (which would let any other socket bind it too while this
 /// one does not listen), and without listening.
+///
+/// A port whose only other sockets are closed connections in TIME-WAIT (a client connection that
+/// used it as its local port, or an earlier listener's connection) refuses that bind, although
+/// every server binds it (they set SO_REUSEADDR): the second try sets SO_REUSEADDR, which binds
+/// past TIME-WAIT but still not next to a listening socket. Only then is the port open to another
+/// SO_REUSEADDR socket while the listener warms, as Envoy's listener sockets always are.
 fn reserve(addr: std::net::SocketAddr) -> std::io::Result<Reservation> {
+    match reserve_with(addr, false) {
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => reserve_with(addr, true).map_err(|_| e),
+        r => r,
+    }
+}
+
+fn reserve_with(addr: std::net::SocketAddr, reuse_address: bool) -> std::io::Result<Reservation> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_port(true)?;
+    s.set_reuse_address(reuse_address)?;
     if addr.is_ipv6() {
         s.set_only_v6(true)?;
     }
@@ -776,5 +790,35 @@ fn map_error(
         msg.to_string()
     } else {
         format!("{path}: {msg}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserve;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A port with a connection in TIME-WAIT (its server closed first; the listener had no
+    /// SO_REUSEPORT) is reserved; a port someone listens on is not.
+    #[test]
+    fn a_port_in_time_wait_is_reserved_a_listened_one_is_not() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut c = TcpStream::connect(addr).unwrap();
+        drop(l.accept().unwrap().0);
+        let _ = c.read(&mut [0u8; 1]); // the server's FIN: its side goes to TIME-WAIT
+        drop(c);
+        drop(l);
+        assert!(
+            reserve(addr).is_ok(),
+            "a port with TIME-WAIT only is free for a listener"
+        );
+
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let e = reserve(l.local_addr().unwrap())
+            .err()
+            .expect("a listened port is refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     }
 }

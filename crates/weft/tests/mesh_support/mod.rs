@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,8 +21,11 @@ impl Drop for Proc {
     }
 }
 
+/// A free 127.0.0.1 address outside the ephemeral port range ([`weft_test_support::free_addr`]):
+/// a port from binding `127.0.0.1:0` can be the local port of another test's connection by the
+/// time a proxy binds it.
 pub fn addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    weft_test_support::free_addr()
 }
 
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
