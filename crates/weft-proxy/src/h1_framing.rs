@@ -437,6 +437,11 @@ impl<T> Sniffed<T> {
     pub fn activity(&self) -> Arc<Activity> {
         self.activity.clone()
     }
+
+    /// Counts a write made past this wrapper (a spliced body) as the connection's activity.
+    pub fn touch(&self) {
+        self.activity.touch();
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Sniffed<T> {

@@ -51,6 +51,11 @@ pub trait ConnIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn local_addr(&self) -> Option<std::net::SocketAddr> {
         None
     }
+    /// The plain TCP socket underneath, which a response body can be spliced into
+    /// (`weft_upstream::splice`); `None` for TLS.
+    fn splice_socket(&self) -> Option<&TcpStream> {
+        None
+    }
 }
 
 impl ConnIo for TcpStream {
@@ -60,6 +65,9 @@ impl ConnIo for TcpStream {
     fn local_addr(&self) -> Option<std::net::SocketAddr> {
         TcpStream::local_addr(self).ok()
     }
+    fn splice_socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
 }
 
 impl<T: ConnIo> ConnIo for Sniffed<T> {
@@ -68,6 +76,9 @@ impl<T: ConnIo> ConnIo for Sniffed<T> {
     }
     fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.get_ref().local_addr()
+    }
+    fn splice_socket(&self) -> Option<&TcpStream> {
+        self.get_ref().splice_socket()
     }
 }
 
@@ -151,6 +162,9 @@ impl<T: ConnIo> ConnIo for Rewind<T> {
     }
     fn local_addr(&self) -> Option<std::net::SocketAddr> {
         self.inner.local_addr()
+    }
+    fn splice_socket(&self) -> Option<&TcpStream> {
+        self.inner.splice_socket()
     }
 }
 

@@ -469,6 +469,37 @@ impl DownBody {
         self
     }
 
+    /// Whether the rest of the body can be spliced to the client ([`crate::splice`]): an HTTP/1.1
+    /// upstream's content-length body (see [`crate::h1::RawBody::can_splice`]).
+    pub fn can_splice(&self) -> bool {
+        matches!(&self.kind, DownKind::Raw(raw) if raw.can_splice())
+    }
+
+    /// Moves the rest of the body to `to` through `pipe` (after [`DownBody::can_splice`]),
+    /// adding to `moved` the bytes handed to `to`; they count as the body's bytes, and its end
+    /// (the access log line) comes when the last one has gone out or the move failed.
+    pub fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        pipe: &mut crate::splice::Pipe,
+        to: &tokio::net::TcpStream,
+        moved: &mut u64,
+    ) -> Poll<std::io::Result<()>> {
+        let DownKind::Raw(raw) = &mut self.kind else {
+            return Poll::Ready(Err(std::io::Error::other("not an HTTP/1.1 upstream body")));
+        };
+        let before = *moved;
+        let r = raw.poll_splice(cx, pipe, to, moved);
+        self.bytes += *moved - before;
+        match &r {
+            Poll::Ready(Ok(())) => self.finish(true),
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Unsupported => {}
+            Poll::Ready(Err(_)) => self.finish(false),
+            Poll::Pending => {}
+        }
+        r
+    }
+
     fn release_if_done(&mut self) {
         if let DownKind::Upstream { inner, release } = &mut self.kind {
             if inner.is_end_stream() {

@@ -730,6 +730,8 @@ pub struct Conn {
 }
 
 const FIRST_READ: usize = 8 * 1024;
+/// The most one read takes while a response head is awaited over plain TCP.
+const HEAD_READ: usize = 8 * 1024;
 
 impl Conn {
     pub(crate) fn new(io: RawStream, guard: ConnGuard, max_buf: usize) -> Conn {
@@ -747,11 +749,17 @@ impl Conn {
     /// The read size adapts: it doubles, up to the cluster's per-connection buffer limit, each
     /// time a read fills it.
     pub(crate) fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.poll_fill_max(cx, usize::MAX)
+    }
+
+    /// [`Conn::poll_fill`], reading at most `max` bytes.
+    fn poll_fill_max(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
         let spare = self.buf.spare_capacity_mut();
-        let room = spare.len();
+        let room = spare.len().min(max);
+        let spare = &mut spare[..room];
         let start = spare.as_ptr();
         let mut rb = ReadBuf::uninit(spare);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
@@ -765,7 +773,7 @@ impl Conn {
                 // SAFETY: `poll_read` initialised the first `n` bytes of the spare capacity: the
                 // `ReadBuf` was built over it, and (checked above) is still that buffer.
                 unsafe { self.buf.set_len(self.buf.len() + n) };
-                if n == room {
+                if n == room && room < max {
                     self.read_size = (self.read_size * 2).min(self.max_buf);
                 }
                 Poll::Ready(Ok(n))
@@ -914,7 +922,15 @@ pub async fn round_trip(
             }
         }
         let resend = stale && !got_any && !taken;
-        match conn.poll_fill(cx) {
+        // Over plain TCP the head is read in pieces of at most HEAD_READ bytes: a large body
+        // stays in the socket, from where it can be spliced to the client (crate::splice)
+        // instead of being read in with its head.
+        let max = if matches!(conn.io, RawStream::Tcp(_)) {
+            HEAD_READ
+        } else {
+            usize::MAX
+        };
+        match conn.poll_fill_max(cx, max) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(0)) if resend => {
                 return Poll::Ready(Err(RoundTripError::Stale(io::Error::new(
@@ -987,6 +1003,85 @@ impl RawBody {
         self.connection_options
     }
 
+    /// Whether the rest of this body can be spliced ([`crate::splice`]) rather than read: a
+    /// content-length body with at least [`SPLICE_MIN`](crate::splice::SPLICE_MIN) bytes to come
+    /// and none of them read yet, over plain TCP, with no request body still going up.
+    pub fn can_splice(&self) -> bool {
+        let Some(conn) = self.conn.as_ref() else {
+            return false;
+        };
+        matches!(conn.io, RawStream::Tcp(_))
+            && conn.buf.is_empty()
+            && self.pump.is_none()
+            && matches!(self.decoder.state, State::Length(n) if n >= crate::splice::SPLICE_MIN)
+    }
+
+    /// Moves the rest of the body to `to` through `pipe` (after [`RawBody::can_splice`]),
+    /// counting in `moved` the bytes handed to `to`. Ready(Ok) once all of it has gone out; the
+    /// connection goes back to its pool as soon as the last byte is in the pipe. An error
+    /// (either side) leaves the connection closed.
+    pub fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        pipe: &mut crate::splice::Pipe,
+        to: &tokio::net::TcpStream,
+        moved: &mut u64,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if pipe.held() > 0 {
+                match pipe.poll_drain(to, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(n)) => *moved += n as u64,
+                    Poll::Ready(Err(e)) => {
+                        self.conn = None;
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                continue;
+            }
+            let State::Length(rem) = self.decoder.state else {
+                return Poll::Ready(if self.decoder.is_done() {
+                    Ok(())
+                } else {
+                    Err(io::Error::other("not a content-length body"))
+                });
+            };
+            let Some(Conn {
+                io: RawStream::Tcp(from),
+                ..
+            }) = self.conn.as_deref()
+            else {
+                return Poll::Ready(Err(io::Error::other("no TCP connection to splice from")));
+            };
+            match pipe.poll_fill(from, rem, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => {
+                    self.conn = None;
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the upstream closed the connection before the end of the body",
+                    )));
+                }
+                Poll::Ready(Ok(n)) => {
+                    let left = rem - n as u64;
+                    self.decoder.state = if left == 0 { State::Done } else { State::Length(left) };
+                    if left == 0 {
+                        self.release();
+                    }
+                }
+                // A system without splice for sockets (a sandbox may refuse it): nothing was
+                // taken from the connection, the body can go on as frames.
+                Poll::Ready(Err(e)) if splice_unsupported(&e) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, e)));
+                }
+                Poll::Ready(Err(e)) => {
+                    self.conn = None;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+    }
+
     /// The body has ended: the connection goes back to its pool if it can carry another request.
     /// A request body still being sent is finished first, as hyper's connection task did (the
     /// upstream may still be reading it), in a task of its own bounded by [`UPLOAD_AFTER_RESPONSE`].
@@ -999,6 +1094,13 @@ impl RawBody {
             None => park(conn, reusable, home),
         }
     }
+}
+
+fn splice_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
+    )
 }
 
 /// How long a request body may still take to send once its response has ended.

@@ -12,5 +12,6 @@ pub mod h2_client;
 pub mod health;
 pub mod hostset;
 pub mod outlier;
+pub mod splice;
 
 pub use cluster::{set_worker_index, ClusterLookup, ClusterRt, Host, OnDemand};

@@ -26,11 +26,12 @@ use http_body::Body;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use weft_upstream::body::{feed, DownBody, Feeder, RequestBody, UploadState};
 use weft_upstream::h1::{Decoder, Framing, Step};
+use weft_upstream::splice::Pipe;
 
 /// Bytes read at a time (the buffer grows to the head limit for a larger head).
 const READ_SIZE: usize = 8 * 1024;
@@ -41,6 +42,16 @@ const COPY_MAX: usize = 16 * 1024;
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 static IDLE: AtomicUsize = AtomicUsize::new(0);
+
+static SPLICED: AtomicU64 = AtomicU64::new(0);
+
+/// Response body bytes this process has spliced from upstream sockets to clients' (not copied).
+pub fn spliced_bytes() -> u64 {
+    SPLICED.load(Ordering::Relaxed)
+}
+
+/// Set when splice(2) turned out not to work here (a sandbox that forbids it): bodies are copied.
+static SPLICE_OFF: AtomicBool = AtomicBool::new(false);
 
 /// Connections this server holds idle with no buffer, in this process (counted with hyper's
 /// parked connections: `crate::idle::parked_connections`).
@@ -85,6 +96,8 @@ struct Conn<IO> {
     buf: BytesMut,
     out: Out,
     idle: bool,
+    /// The pipe of a response body being spliced (`weft_upstream::splice`), only while it is.
+    pipe: Option<Pipe>,
 }
 
 impl<IO> Drop for Conn<IO> {
@@ -107,6 +120,7 @@ where
         buf: BytesMut::new(),
         out: Out::default(),
         idle: false,
+        pipe: None,
     };
     let mut served = 0u64;
     loop {
@@ -446,6 +460,11 @@ impl<IO: ConnIo> Conn<IO> {
         write_limit: usize,
     ) -> Poll<Result<(), ()>> {
         loop {
+            if let BodyOut::Length(_) = framing {
+                if let Some(r) = self.poll_splice(cx, body) {
+                    ready!(r)?;
+                }
+            }
             if self.out.big.is_some() || self.out.len() >= write_limit {
                 ready!(self.flush(cx)).map_err(|_| ())?;
             }
@@ -481,6 +500,50 @@ impl<IO: ConnIo> Conn<IO> {
                     codec::put_last_chunk(&mut self.out.buf, t.as_ref());
                 }
                 return self.flush(cx).map_err(|_| ());
+            }
+        }
+    }
+
+    /// Moves the rest of a content-length body from the upstream's socket to the client's
+    /// through a pipe, when both are plain TCP and the body is long enough
+    /// (`weft_upstream::splice`): `Some` while it does (`Ready(Ok)`: the whole body has gone out),
+    /// `None` to go on with the body's frames. What was written before (the head, body bytes
+    /// read with it) goes out first.
+    fn poll_splice(&mut self, cx: &mut Context<'_>, body: &mut DownBody) -> Option<Poll<Result<(), ()>>> {
+        if self.pipe.is_none() {
+            if !body.can_splice() || SPLICE_OFF.load(Ordering::Relaxed) {
+                return None;
+            }
+            self.io.as_ref()?.get_ref().get_ref().splice_socket()?;
+            match self.flush(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Some(Poll::Ready(Err(()))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+            self.pipe = Some(Pipe::take().ok()?);
+        }
+        let sniffed = self.io.as_ref()?.get_ref();
+        let (sock, pipe) = (sniffed.get_ref().splice_socket()?, self.pipe.as_mut()?);
+        let mut moved = 0;
+        let r = body.poll_splice(cx, pipe, sock, &mut moved);
+        if moved > 0 {
+            sniffed.touch();
+            SPLICED.fetch_add(moved, Ordering::Relaxed);
+        }
+        match r {
+            Poll::Pending => Some(Poll::Pending),
+            Poll::Ready(r) => {
+                self.pipe = None;
+                match r {
+                    Ok(()) => Some(Poll::Ready(Ok(()))),
+                    // Nothing was taken from the upstream: the body goes on as frames.
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        SPLICE_OFF.store(true, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "splice(2) does not work here: response bodies are copied");
+                        None
+                    }
+                    Err(_) => Some(Poll::Ready(Err(()))),
+                }
             }
         }
     }

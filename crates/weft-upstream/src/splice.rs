@@ -1,0 +1,216 @@
+//! splice(2): a response body moved from the upstream's socket to the client's through a pipe,
+//! without being copied into user space and out again (Linux). The kernel hands the received
+//! pages on to the other socket; for a 64 KiB body that saves two 64 KiB copies, which are most of
+//! what forwarding it costs.
+//!
+//! Written here rather than taken from a crate: the splice crates (`tokio-splice`,
+//! `tokio-splice2`) copy whole streams to their end in both directions; weft moves one bounded
+//! body (its content-length) in the middle of an HTTP/1.1 exchange, polling each socket's
+//! readiness from the exchange's own task, and both connections carry on with the next request.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::task::{ready, Context, Poll};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// A body with less than this still to come is copied as before: for a small body the pipe's
+/// extra system calls cost more than the copies they save.
+pub const SPLICE_MIN: u64 = 16 * 1024;
+
+/// The most one splice into the pipe asks for: the default pipe capacity (16 pages).
+const CHUNK: usize = 64 * 1024;
+
+/// Empty pipes kept per worker thread for the next body.
+const POOL_MAX: usize = 16;
+
+thread_local! {
+    static POOL: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A non-blocking pipe and the bytes it holds. Dropped empty, it goes back to its thread's pool;
+/// dropped holding bytes (an exchange cut short), it is closed.
+pub struct Pipe {
+    fds: Option<(OwnedFd, OwnedFd)>,
+    held: usize,
+}
+
+impl Pipe {
+    /// An empty pipe: one of this thread's, or a new one.
+    pub fn take() -> io::Result<Pipe> {
+        if let Some(fds) = POOL.with(|p| p.borrow_mut().pop()) {
+            return Ok(Pipe {
+                fds: Some(fds),
+                held: 0,
+            });
+        }
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: both descriptors are open and owned by nobody else.
+        let fds = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Pipe {
+            fds: Some(fds),
+            held: 0,
+        })
+    }
+
+    /// Bytes in the pipe, not yet moved out.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    fn read_end(&self) -> RawFd {
+        self.fds.as_ref().map_or(-1, |f| f.0.as_raw_fd())
+    }
+
+    fn write_end(&self) -> RawFd {
+        self.fds.as_ref().map_or(-1, |f| f.1.as_raw_fd())
+    }
+
+    /// Moves up to `max` bytes from `from` into the pipe, which must be empty (a pipe counts
+    /// its room in pages, not bytes: only an empty one is sure to take what the socket has, so
+    /// that "would block" means the socket has nothing). `Ok(0)`: the peer closed its side.
+    pub fn poll_fill(&mut self, from: &TcpStream, max: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        debug_assert_eq!(self.held, 0);
+        let len = usize::try_from(max).unwrap_or(CHUNK).min(CHUNK);
+        loop {
+            ready!(from.poll_read_ready(cx))?;
+            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), self.write_end(), len)) {
+                Ok(n) => {
+                    self.held += n;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Moves what the pipe holds (some of it, as the socket takes it) to `to`.
+    pub fn poll_drain(&mut self, to: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            ready!(to.poll_write_ready(cx))?;
+            match to.try_io(Interest::WRITABLE, || {
+                splice(self.read_end(), to.as_raw_fd(), self.held)
+            }) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    self.held -= n;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl Drop for Pipe {
+    fn drop(&mut self) {
+        if let (0, Some(fds)) = (self.held, self.fds.take()) {
+            // (A thread being torn down has no pool left: the pipe is closed.)
+            let _ = POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_MAX {
+                    p.push(fds);
+                }
+            });
+        }
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain descriptors, no offsets (both ends are a socket or a pipe).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        (c, l.accept().await.unwrap().0)
+    }
+
+    /// 1 MiB through a pipe from one connection to another, exactly the bytes asked for: what
+    /// follows on the source stays there.
+    #[tokio::test]
+    async fn moves_exactly_the_bytes_asked_for() {
+        let (mut up_peer, up) = pair().await;
+        let (down, mut down_peer) = pair().await;
+        let body: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+        let sent = body.clone();
+        let writer = tokio::spawn(async move {
+            up_peer.write_all(&sent).await.unwrap();
+            up_peer.write_all(b"NEXT").await.unwrap();
+            up_peer
+        });
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 1 << 20];
+            down_peer.read_exact(&mut got).await.unwrap();
+            got
+        });
+        let mut pipe = Pipe::take().unwrap();
+        let mut left = body.len() as u64;
+        while left > 0 || pipe.held() > 0 {
+            if pipe.held() > 0 {
+                poll_fn(|cx| pipe.poll_drain(&down, cx)).await.unwrap();
+            } else {
+                let n = poll_fn(|cx| pipe.poll_fill(&up, left, cx)).await.unwrap();
+                assert!(n > 0);
+                left -= n as u64;
+            }
+        }
+        assert_eq!(reader.await.unwrap(), body);
+        let _peer = writer.await.unwrap();
+        let mut rest = [0u8; 4];
+        let mut up = up;
+        up.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"NEXT");
+    }
+
+    /// A pipe dropped empty is used again; one dropped holding bytes is not.
+    #[tokio::test]
+    async fn only_empty_pipes_go_back_to_the_pool() {
+        let p = Pipe::take().unwrap();
+        let fd = p.read_end();
+        drop(p);
+        let p = Pipe::take().unwrap();
+        assert_eq!(p.read_end(), fd, "an empty pipe is reused");
+
+        let (mut peer, up) = pair().await;
+        peer.write_all(b"abc").await.unwrap();
+        let mut p = p;
+        let n = poll_fn(|cx| p.poll_fill(&up, 3, cx)).await.unwrap();
+        assert_eq!(n, 3);
+        drop(p);
+        let q = Pipe::take().unwrap();
+        assert_eq!(q.held(), 0);
+        let mut buf = [0u8; 8];
+        // SAFETY: reading into a local buffer from an open descriptor.
+        let r = unsafe { libc::read(q.read_end(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert_eq!(r, -1, "a new pipe holds nothing");
+    }
+}
