@@ -20,8 +20,10 @@ const MIB: u64 = 1024 * 1024;
 
 /// A hand-written HTTP/1.1 upstream, keep-alive: `GET /len/N` is answered with N bytes of the
 /// test pattern and `content-length: N`. With `cut`, only that many body bytes are sent before
-/// the connection is closed. Counts the connections it accepted.
-async fn raw_upstream(cut: Option<u64>) -> (SocketAddr, Arc<AtomicUsize>) {
+/// the connection is closed. With `urgent_at`, one byte of urgent (out-of-band) data follows the
+/// body's first that many bytes (not part of the body: a read skips it). Counts the connections it
+/// accepted.
+async fn raw_upstream(cut: Option<u64>, urgent_at: Option<u64>) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
@@ -50,7 +52,15 @@ async fn raw_upstream(cut: Option<u64>) -> (SocketAddr, Arc<AtomicUsize>) {
                     let end = cut.map_or(n, |c| c.min(n));
                     let mut off = 0;
                     while off < end {
-                        let len = (end - off).min(100_000);
+                        let mut len = (end - off).min(100_000);
+                        if let Some(at) = urgent_at.filter(|at| (off..off + len).contains(at)) {
+                            if at == off {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                let _ = socket2::SockRef::from(&s).send_out_of_band(b"!");
+                            } else {
+                                len = at - off;
+                            }
+                        }
                         if s.write_all(&pattern(off, len as usize)).await.is_err() {
                             return;
                         }
@@ -129,7 +139,7 @@ async fn get(c: &mut TcpStream, buf: &mut Vec<u8>, n: u64) -> (u16, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_are_spliced_exactly_and_both_connections_carry_on() {
     let _serial = SERIAL.lock().await;
-    let (up, conns) = raw_upstream(None).await;
+    let (up, conns) = raw_upstream(None, None).await;
     let (_server, addr) = proxy(up, "");
     let mut c = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
@@ -158,7 +168,7 @@ async fn large_bodies_are_spliced_exactly_and_both_connections_carry_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spliced_body_cut_short_by_the_upstream_closes_the_client_connection() {
     let _serial = SERIAL.lock().await;
-    let (up, _) = raw_upstream(Some(300_000)).await;
+    let (up, _) = raw_upstream(Some(300_000), None).await;
     let (_server, addr) = proxy(up, "");
     let mut c = TcpStream::connect(addr).await.unwrap();
     let mut buf = Vec::new();
@@ -180,7 +190,7 @@ async fn a_spliced_body_cut_short_by_the_upstream_closes_the_client_connection()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_spliced_body_is_closed_by_the_stream_idle_timeout() {
     let _serial = SERIAL.lock().await;
-    let (up, _) = raw_upstream(None).await;
+    let (up, _) = raw_upstream(None, None).await;
     let (server, addr) = proxy(up, "stream_idle_timeout: 1s");
     let before = spliced_bytes();
     let s = TcpStream::connect(addr).await.unwrap();
@@ -205,4 +215,28 @@ async fn a_client_that_stops_reading_a_spliced_body_is_closed_by_the_stream_idle
     assert!(start.elapsed() < Duration::from_secs(6), "{:?}", start.elapsed());
     assert!(spliced_bytes() > before, "the body went through the pipe");
     drop(s);
+}
+
+/// Urgent data in the middle of a body stops splice at its mark (splice would find nothing to
+/// move while the socket holds the rest): the body goes on as frames, which skip the urgent byte,
+/// and arrives whole instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_data_in_a_spliced_body_falls_back_to_frames() {
+    let _serial = SERIAL.lock().await;
+    let (up, _) = raw_upstream(None, Some(200_000)).await;
+    let (_server, addr) = proxy(up, "");
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    let mut buf = Vec::new();
+    let before = spliced_bytes();
+    let (status, body) = get(&mut c, &mut buf, MIB).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.len() as u64, MIB);
+    assert!(is_pattern(0, &body), "the body differs from what the upstream sent");
+    assert!(
+        spliced_bytes() - before >= 100_000,
+        "the body's start went through the pipe"
+    );
+    // The next request on the same connection is served too.
+    let (status, body) = get(&mut c, &mut buf, 1000).await;
+    assert_eq!((status, body.len()), (200, 1000));
 }

@@ -491,6 +491,12 @@ impl DownBody {
         let before = *moved;
         let r = raw.poll_splice(cx, pipe, to, moved);
         self.bytes += *moved - before;
+        if raw.is_end_stream() {
+            // All of it is in the pipe: the upstream request is over (least request, circuit
+            // breakers), as when the frame path reads the last byte. The end (the access log
+            // line) waits for the last byte to go out.
+            self.active = None;
+        }
         match &r {
             Poll::Ready(Ok(())) => self.finish(true),
             Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Unsupported => {}

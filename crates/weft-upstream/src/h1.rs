@@ -1004,8 +1004,9 @@ impl RawBody {
     }
 
     /// Whether the rest of this body can be spliced ([`crate::splice`]) rather than read: a
-    /// content-length body with at least [`SPLICE_MIN`](crate::splice::SPLICE_MIN) bytes to come
-    /// and none of them read yet, over plain TCP, with no request body still going up.
+    /// content-length body with at least [`SPLICE_MIN`](crate::splice::SPLICE_MIN) bytes still to
+    /// come, nothing of it waiting in the read buffer, over plain TCP, with no request body still
+    /// going up.
     pub fn can_splice(&self) -> bool {
         let Some(conn) = self.conn.as_ref() else {
             return false;
@@ -1096,11 +1097,14 @@ impl RawBody {
     }
 }
 
+/// A splice error after which the body can go on as frames: nothing was taken from the socket.
+/// (`Unsupported` with an OS error inside: splice does not work on this system at all.)
 fn splice_unsupported(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
-    )
+    e.kind() == io::ErrorKind::Unsupported
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
+        )
 }
 
 /// How long a request body may still take to send once its response has ended.

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -25,19 +26,40 @@ const CHUNK: usize = 64 * 1024;
 /// Empty pipes kept per worker thread for the next body.
 const POOL_MAX: usize = 16;
 
+/// The most pipes this process holds (in use or kept), so that it stays well under the per-user
+/// pipe budget (`/proc/sys/fs/pipe-user-pages-soft`: 16,384 pages, 1,024 full-size pipes), beyond
+/// which new pipes get 2 pages instead of 16 and splicing would cost more than copying. A body
+/// that finds none left is copied.
+const MAX_PIPES: usize = 256;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
 thread_local! {
-    static POOL: RefCell<Vec<(OwnedFd, OwnedFd)>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<Fds>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pipe's two ends, counted in [`LIVE`] while open.
+struct Fds {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Drop for Fds {
+    fn drop(&mut self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A non-blocking pipe and the bytes it holds. Dropped empty, it goes back to its thread's pool;
 /// dropped holding bytes (an exchange cut short), it is closed.
 pub struct Pipe {
-    fds: Option<(OwnedFd, OwnedFd)>,
+    fds: Option<Fds>,
     held: usize,
 }
 
 impl Pipe {
-    /// An empty pipe: one of this thread's, or a new one.
+    /// An empty pipe: one of this thread's, or a new one (`Err` when the process holds
+    /// [`MAX_PIPES`] already, or the system refuses one).
     pub fn take() -> io::Result<Pipe> {
         if let Some(fds) = POOL.with(|p| p.borrow_mut().pop()) {
             return Ok(Pipe {
@@ -45,15 +67,20 @@ impl Pipe {
                 held: 0,
             });
         }
+        if LIVE.fetch_add(1, Ordering::Relaxed) >= MAX_PIPES {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
+            return Err(io::Error::other("the process holds as many pipes as it may"));
+        }
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            LIVE.fetch_sub(1, Ordering::Relaxed);
             return Err(io::Error::last_os_error());
         }
         // SAFETY: pipe2 succeeded: both descriptors are open and owned by nobody else.
-        let fds = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         Ok(Pipe {
-            fds: Some(fds),
+            fds: Some(Fds { read, write }),
             held: 0,
         })
     }
@@ -64,22 +91,33 @@ impl Pipe {
     }
 
     fn read_end(&self) -> RawFd {
-        self.fds.as_ref().map_or(-1, |f| f.0.as_raw_fd())
+        self.fds.as_ref().map_or(-1, |f| f.read.as_raw_fd())
     }
 
     fn write_end(&self) -> RawFd {
-        self.fds.as_ref().map_or(-1, |f| f.1.as_raw_fd())
+        self.fds.as_ref().map_or(-1, |f| f.write.as_raw_fd())
     }
 
     /// Moves up to `max` bytes from `from` into the pipe, which must be empty (a pipe counts
     /// its room in pages, not bytes: only an empty one is sure to take what the socket has, so
     /// that "would block" means the socket has nothing). `Ok(0)`: the peer closed its side.
+    /// `Unsupported`: the socket holds bytes splice does not take (urgent data stops it at the
+    /// mark, where a plain read goes on); nothing was moved, they are left for a read.
     pub fn poll_fill(&mut self, from: &TcpStream, max: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        debug_assert_eq!(self.held, 0);
+        if self.held != 0 {
+            return Poll::Ready(Err(io::Error::other("a pipe is filled only when empty")));
+        }
         let len = usize::try_from(max).unwrap_or(CHUNK).min(CHUNK);
         loop {
             ready!(from.poll_read_ready(cx))?;
-            match from.try_io(Interest::READABLE, || splice(from.as_raw_fd(), self.write_end(), len)) {
+            let fd = from.as_raw_fd();
+            match from.try_io(Interest::READABLE, || match splice(fd, self.write_end(), len) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && at_urgent_mark(fd) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the socket holds bytes splice does not take (urgent data)",
+                )),
+                r => r,
+            }) {
                 Ok(n) => {
                     self.held += n;
                     return Poll::Ready(Ok(n));
@@ -123,6 +161,19 @@ impl Drop for Pipe {
     }
 }
 
+/// `SIOCATMARK` (asm-generic/sockios.h; the value on x86_64 and aarch64, what weft is built for):
+/// whether the next byte to read is the urgent mark. libc does not export it for Linux.
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// Whether a socket's next byte is urgent data, where splice stops and a read goes on.
+fn at_urgent_mark(fd: RawFd) -> bool {
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int through the pointer, which points at `at`.
+    unsafe { libc::ioctl(fd, SIOCATMARK as _, &mut at as *mut libc::c_int) == 0 && at != 0 }
+}
+
+/// One non-blocking splice. (Into a socket the peer has reset it raises SIGPIPE, as a plain
+/// `write` would: Rust programs ignore SIGPIPE from their start, so it comes back as EPIPE.)
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: plain descriptors, no offsets (both ends are a socket or a pipe).
     let n = unsafe {
@@ -148,6 +199,10 @@ mod tests {
     use std::future::poll_fn;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// The tests take pipes from the process's budget, which `pipes_are_capped` empties: one at
+    /// a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
     async fn pair() -> (TcpStream, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let c = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
@@ -158,6 +213,7 @@ mod tests {
     /// follows on the source stays there.
     #[tokio::test]
     async fn moves_exactly_the_bytes_asked_for() {
+        let _serial = SERIAL.lock().await;
         let (mut up_peer, up) = pair().await;
         let (down, mut down_peer) = pair().await;
         let body: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
@@ -194,6 +250,7 @@ mod tests {
     /// A pipe dropped empty is used again; one dropped holding bytes is not.
     #[tokio::test]
     async fn only_empty_pipes_go_back_to_the_pool() {
+        let _serial = SERIAL.lock().await;
         let p = Pipe::take().unwrap();
         let fd = p.read_end();
         drop(p);
@@ -212,5 +269,21 @@ mod tests {
         // SAFETY: reading into a local buffer from an open descriptor.
         let r = unsafe { libc::read(q.read_end(), buf.as_mut_ptr().cast(), buf.len()) };
         assert_eq!(r, -1, "a new pipe holds nothing");
+    }
+
+    /// The process holds at most MAX_PIPES pipes; one given back can be taken again.
+    #[tokio::test]
+    async fn pipes_are_capped() {
+        let _serial = SERIAL.lock().await;
+        let mut held = Vec::new();
+        while let Ok(p) = Pipe::take() {
+            held.push(p);
+            assert!(held.len() <= MAX_PIPES, "more than {MAX_PIPES} pipes");
+        }
+        // (A test that ran before may not have closed its pooled pipe yet: its thread's pool
+        // goes when the thread ends.)
+        assert!(held.len() + 2 >= MAX_PIPES, "only {} pipes", held.len());
+        held.pop();
+        assert!(Pipe::take().is_ok(), "a pipe given back is there again");
     }
 }

@@ -98,6 +98,9 @@ struct Conn<IO> {
     idle: bool,
     /// The pipe of a response body being spliced (`weft_upstream::splice`), only while it is.
     pipe: Option<Pipe>,
+    /// This exchange's body is copied, not spliced (no pipe was left, or the socket held bytes
+    /// splice does not take).
+    no_splice: bool,
 }
 
 impl<IO> Drop for Conn<IO> {
@@ -121,6 +124,7 @@ where
         out: Out::default(),
         idle: false,
         pipe: None,
+        no_splice: false,
     };
     let mut served = 0u64;
     loop {
@@ -164,6 +168,7 @@ where
         keep_alive: head.keep_alive,
     };
     let te_trailers = head.te_trailers;
+    c.no_splice = false;
     let (body, mut upload) = match head.framing {
         Framing::Length(n) => {
             let (feeder, body) = feed(http_body::SizeHint::with_exact(n));
@@ -511,19 +516,31 @@ impl<IO: ConnIo> Conn<IO> {
     /// read with it) goes out first.
     fn poll_splice(&mut self, cx: &mut Context<'_>, body: &mut DownBody) -> Option<Poll<Result<(), ()>>> {
         if self.pipe.is_none() {
-            if !body.can_splice() || SPLICE_OFF.load(Ordering::Relaxed) {
+            if self.no_splice || !body.can_splice() || SPLICE_OFF.load(Ordering::Relaxed) {
                 return None;
             }
             self.io.as_ref()?.get_ref().get_ref().splice_socket()?;
-            match self.flush(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Some(Poll::Ready(Err(()))),
-                Poll::Pending => return Some(Poll::Pending),
+            match Pipe::take() {
+                Ok(p) => self.pipe = Some(p),
+                Err(_) => {
+                    // (No pipe left: this body is copied.)
+                    self.no_splice = true;
+                    return None;
+                }
             }
-            self.pipe = Some(Pipe::take().ok()?);
         }
-        let sniffed = self.io.as_ref()?.get_ref();
-        let (sock, pipe) = (sniffed.get_ref().splice_socket()?, self.pipe.as_mut()?);
+        match self.flush(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Some(Poll::Ready(Err(()))),
+            Poll::Pending => return Some(Poll::Pending),
+        }
+        let sniffed = self
+            .io
+            .as_ref()
+            .expect("the stream is only taken by a handoff")
+            .get_ref();
+        let sock = sniffed.get_ref().splice_socket().expect("a TCP socket, seen before");
+        let pipe = self.pipe.as_mut().expect("taken above");
         let mut moved = 0;
         let r = body.poll_splice(cx, pipe, sock, &mut moved);
         if moved > 0 {
@@ -538,8 +555,13 @@ impl<IO: ConnIo> Conn<IO> {
                     Ok(()) => Some(Poll::Ready(Ok(()))),
                     // Nothing was taken from the upstream: the body goes on as frames.
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                        SPLICE_OFF.store(true, Ordering::Relaxed);
-                        tracing::warn!(error = %e, "splice(2) does not work here: response bodies are copied");
+                        self.no_splice = true;
+                        let os_error = e.get_ref().and_then(|i| i.downcast_ref::<io::Error>());
+                        if os_error.and_then(io::Error::raw_os_error).is_some()
+                            && !SPLICE_OFF.swap(true, Ordering::Relaxed)
+                        {
+                            tracing::warn!(error = %e, "splice(2) does not work here: response bodies are copied");
+                        }
                         None
                     }
                     Err(_) => Some(Poll::Ready(Err(()))),
