@@ -655,6 +655,9 @@ impl Ca {
         // An error leaves `applied` alone: the change is tried again at the next poll.
         let state = rollover::State::parse(&opts.dir, &text)?;
         let active = active_from(opts, &state, false)?;
+        // The bundle file first: whoever sees the new phase (`/debug/ca`, the metrics) then finds
+        // the bundle that goes with it.
+        rollover::write_bundle(&opts.dir, &active.bundle_pem);
         self.active.store(Arc::new(active));
         *applied = text;
         drop(applied);
