@@ -1012,6 +1012,7 @@ impl RawBody {
             return false;
         };
         matches!(conn.io, RawStream::Tcp(_))
+            && crate::splice::enabled()
             && conn.buf.is_empty()
             && self.pump.is_none()
             && matches!(self.decoder.state, State::Length(n) if n >= crate::splice::SPLICE_MIN)
@@ -1063,18 +1064,13 @@ impl RawBody {
                         "the upstream closed the connection before the end of the body",
                     )));
                 }
-                Poll::Ready(Ok(n)) => {
-                    let left = rem - n as u64;
-                    self.decoder.state = if left == 0 { State::Done } else { State::Length(left) };
-                    if left == 0 {
-                        self.release();
-                    }
+                Poll::Ready(Ok(n)) if n as u64 == rem => {
+                    self.decoder.state = State::Done;
+                    self.release();
                 }
-                // A system without splice for sockets (a sandbox may refuse it): nothing was
-                // taken from the connection, the body can go on as frames.
-                Poll::Ready(Err(e)) if splice_unsupported(&e) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, e)));
-                }
+                Poll::Ready(Ok(n)) => self.decoder.state = State::Length(rem - n as u64),
+                // Nothing was taken from the connection: the body can go on as frames.
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::Unsupported => return Poll::Ready(Err(e)),
                 Poll::Ready(Err(e)) => {
                     self.conn = None;
                     return Poll::Ready(Err(e));
@@ -1095,16 +1091,6 @@ impl RawBody {
             None => park(conn, reusable, home),
         }
     }
-}
-
-/// A splice error after which the body can go on as frames: nothing was taken from the socket.
-/// (`Unsupported` with an OS error inside: splice does not work on this system at all.)
-fn splice_unsupported(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::Unsupported
-        || matches!(
-            e.raw_os_error(),
-            Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
-        )
 }
 
 /// How long a request body may still take to send once its response has ended.

@@ -11,7 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -33,6 +33,14 @@ const POOL_MAX: usize = 16;
 const MAX_PIPES: usize = 256;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Set when splice(2) turned out not to work here (a sandbox that refuses it): bodies are copied.
+static OFF: AtomicBool = AtomicBool::new(false);
+
+/// Whether splice works here, as far as this process has seen.
+pub fn enabled() -> bool {
+    !OFF.load(Ordering::Relaxed)
+}
 
 thread_local! {
     static POOL: RefCell<Vec<Fds>> = const { RefCell::new(Vec::new()) };
@@ -101,8 +109,10 @@ impl Pipe {
     /// Moves up to `max` bytes from `from` into the pipe, which must be empty (a pipe counts
     /// its room in pages, not bytes: only an empty one is sure to take what the socket has, so
     /// that "would block" means the socket has nothing). `Ok(0)`: the peer closed its side.
-    /// `Unsupported`: the socket holds bytes splice does not take (urgent data stops it at the
-    /// mark, where a plain read goes on); nothing was moved, they are left for a read.
+    /// `Unsupported`: nothing was moved and the body can go on by reads — the socket holds bytes
+    /// splice does not take (urgent data stops it at the mark, where a plain read goes on), or
+    /// splice does not work on this system (EINVAL, ENOSYS, EPERM, EOPNOTSUPP: then it is turned
+    /// off for the process, see [`enabled`]).
     pub fn poll_fill(&mut self, from: &TcpStream, max: u64, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.held != 0 {
             return Poll::Ready(Err(io::Error::other("a pipe is filled only when empty")));
@@ -123,6 +133,17 @@ impl Pipe {
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOSYS | libc::EPERM | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    if !OFF.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %e, "splice(2) does not work here: response bodies are copied");
+                    }
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::Unsupported, e)));
+                }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }

@@ -50,9 +50,6 @@ pub fn spliced_bytes() -> u64 {
     SPLICED.load(Ordering::Relaxed)
 }
 
-/// Set when splice(2) turned out not to work here (a sandbox that forbids it): bodies are copied.
-static SPLICE_OFF: AtomicBool = AtomicBool::new(false);
-
 /// Connections this server holds idle with no buffer, in this process (counted with hyper's
 /// parked connections: `crate::idle::parked_connections`).
 pub fn idle_connections() -> usize {
@@ -516,7 +513,7 @@ impl<IO: ConnIo> Conn<IO> {
     /// read with it) goes out first.
     fn poll_splice(&mut self, cx: &mut Context<'_>, body: &mut DownBody) -> Option<Poll<Result<(), ()>>> {
         if self.pipe.is_none() {
-            if self.no_splice || !body.can_splice() || SPLICE_OFF.load(Ordering::Relaxed) {
+            if self.no_splice || !body.can_splice() {
                 return None;
             }
             self.io.as_ref()?.get_ref().get_ref().splice_socket()?;
@@ -556,12 +553,6 @@ impl<IO: ConnIo> Conn<IO> {
                     // Nothing was taken from the upstream: the body goes on as frames.
                     Err(e) if e.kind() == io::ErrorKind::Unsupported => {
                         self.no_splice = true;
-                        let os_error = e.get_ref().and_then(|i| i.downcast_ref::<io::Error>());
-                        if os_error.and_then(io::Error::raw_os_error).is_some()
-                            && !SPLICE_OFF.swap(true, Ordering::Relaxed)
-                        {
-                            tracing::warn!(error = %e, "splice(2) does not work here: response bodies are copied");
-                        }
                         None
                     }
                     Err(_) => Some(Poll::Ready(Err(()))),
