@@ -120,7 +120,7 @@ async fn istio_queries_count_the_traffic() {
         ),
         5.0
     );
-    // Response sizes come from content-length: 5 responses of 2 bytes each ("ok").
+    // Response sizes come from the body's framed length (content-length): 5 responses of 2 bytes each ("ok").
     assert_eq!(
         sum(
             &s,

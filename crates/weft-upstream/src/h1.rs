@@ -570,12 +570,15 @@ pub fn encode_request(out: &mut Vec<u8>, method: &Method, uri: &Uri, headers: &H
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let buffered = matches!(body, BodyKind::Buffered(_));
+    // Noted on the way rather than looked up again after.
+    let mut has_length = false;
     for (name, value) in headers {
-        if name != header::TRANSFER_ENCODING && !(buffered && name == header::CONTENT_LENGTH) {
+        let length = name == header::CONTENT_LENGTH;
+        has_length |= length;
+        if name != header::TRANSFER_ENCODING && !(buffered && length) {
             put_field(out, name, value);
         }
     }
-    let has_length = headers.contains_key(header::CONTENT_LENGTH);
     let chunked = match body {
         BodyKind::Buffered(b) => {
             let len = b.map_or(0, Bytes::len);

@@ -3,14 +3,14 @@
 //! [`Decision`]: deliver the response, retry, or fail with a [`weft_core::Error`].
 
 use super::headers::{
-    compute_hash, is_upgrade, request_id, strip_hop_by_hop, GRPC_STATUS, GRPC_TIMEOUT, ORIGINAL_DST_HEADER,
-    X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
+    compute_hash, field, is_upgrade, request_id, strip_hop_by_hop, RequestFields, GRPC_STATUS, GRPC_TIMEOUT,
+    ORIGINAL_DST_HEADER, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_REQUEST_ID,
 };
 use super::log::Facts;
 use super::pipeline::Reply;
 use super::ConnCtx;
 use crate::body::{DownBody, RespBody, UpBody, Upload, UploadState};
-use crate::client::{send_once, shape_request, Prepared, TryFailure, TryOk};
+use crate::client::{send_once, shape_request, Prepared, TryFailure, TryOk, TryTimer};
 use crate::cluster::{ClusterRt, Host, PooledH1, RetryGuard};
 use crate::flags::Reason;
 use crate::hostset::Labels;
@@ -184,6 +184,7 @@ pub(super) async fn forward(
     let cluster = &plan.cluster;
     let max_tries = 1 + policy.map_or(0, |p| p.num_retries);
     let mut last_host: Option<Arc<Host>> = None;
+    let mut timer = KeptTimer::take(&ctx.try_timer);
     // The retry in progress stays counted against the cluster's retry limit until it completes.
     let mut _retry_guard: Option<RetryGuard> = None;
     loop {
@@ -200,7 +201,16 @@ pub(super) async fn forward(
         let try_deadline = attempts.try_deadline(try_start);
         // Like Envoy, the route timeout counts from the end of the client's request.
         let upload = source.upload().zip(timeout);
-        let outcome = send_once(cluster, &host, request, try_deadline, action.priority, upload).await;
+        let outcome = send_once(
+            cluster,
+            &host,
+            request,
+            try_deadline,
+            &mut timer.0,
+            action.priority,
+            upload,
+        )
+        .await;
         let outcome = outcome.map_err(|TryFailure { error, unsent }| {
             // A streamed body handed to hyper is gone; one never sent can be put back for a retry.
             source.put_back(unsent);
@@ -213,13 +223,15 @@ pub(super) async fn forward(
             tracing::debug!(cluster = %cluster.name(), host = %host.address, reason = e.reason.code(), "request body failed on the client side");
             return Err(e);
         }
+        // The try's duration, read once for the cluster's histogram and the log.
+        let took = try_start.elapsed();
         let decision = match outcome {
-            Ok(ok) => attempts.on_response(ok, &host, try_start, !is_last && source.replayable(), attempt),
+            Ok(ok) => attempts.on_response(ok, &host, took, !is_last && source.replayable(), attempt),
             Err(e) => attempts.on_error(e, &host, !is_last && source.can_resend(), attempt),
         };
         match decision {
             Decision::Deliver((resp, pooled)) => {
-                facts.upstream_time = Some(try_start.elapsed());
+                facts.upstream_time = Some(took);
                 if let Some(x) = facts.trace.as_deref_mut() {
                     x.end_client(facts.host, attempt, Some(resp.status().as_u16()));
                 }
@@ -247,6 +259,27 @@ pub(super) async fn forward(
                 last_host = Some(host);
             }
             Decision::Fail(e) => return Err(e),
+        }
+    }
+}
+
+/// The connection's route-timeout timer while one request uses it; back in its slot when the
+/// request is done with it (unless another request put one back meanwhile).
+struct KeptTimer<'a>(TryTimer, &'a parking_lot::Mutex<TryTimer>);
+
+impl<'a> KeptTimer<'a> {
+    fn take(slot: &'a parking_lot::Mutex<TryTimer>) -> KeptTimer<'a> {
+        KeptTimer(std::mem::take(&mut *slot.lock()), slot)
+    }
+}
+
+impl Drop for KeptTimer<'_> {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            let mut slot = self.1.lock();
+            if !slot.is_some() {
+                *slot = std::mem::take(&mut self.0);
+            }
         }
     }
 }
@@ -378,13 +411,18 @@ fn rewrite_request_headers(
     let rt = &*ctx.rt;
     // Room for the forwarding headers added below, so the map grows at most once.
     headers.reserve(4);
-    strip_hop_by_hop(&mut headers, upgrade);
-    headers.remove(header::EXPECT);
-    if down_version == Version::HTTP_2 {
-        // `te: trailers` is the one TE value allowed through (gRPC needs it).
-        headers.remove(header::TE);
-    } else if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+    // Which of the fields below are there: only those are looked up or removed.
+    let present = RequestFields::scan(&headers).strip_hop_by_hop(&mut headers, upgrade);
+    if present.has(field::EXPECT) {
+        headers.remove(header::EXPECT);
+    }
+    if present.has(field::TE) {
+        // `te: trailers` is the one TE value allowed through from HTTP/1 (gRPC needs it).
+        let keep = down_version != Version::HTTP_2
+            && headers
+                .get(header::TE)
+                .is_some_and(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !keep {
             headers.remove(header::TE);
         }
     }
@@ -392,7 +430,10 @@ fn rewrite_request_headers(
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if rt.config.use_remote_address {
-        match headers.get(&X_FORWARDED_FOR) {
+        match headers
+            .get(&X_FORWARDED_FOR)
+            .filter(|_| present.has(field::X_FORWARDED_FOR))
+        {
             Some(existing) => {
                 let mut v = existing.as_bytes().to_vec();
                 v.extend_from_slice(b", ");
@@ -406,16 +447,18 @@ fn rewrite_request_headers(
             }
         }
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-    } else if !headers.contains_key(&X_FORWARDED_PROTO) {
+    } else if !present.has(field::X_FORWARDED_PROTO) {
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
     }
-    if rt.config.generate_request_id && !headers.contains_key(&X_REQUEST_ID) {
+    if rt.config.generate_request_id && !present.has(field::X_REQUEST_ID) {
         headers.insert(&X_REQUEST_ID, request_id());
     }
     if let Some(v) = &rt.via {
         headers.append(header::VIA, v.clone());
     }
-    headers.remove(&ORIGINAL_DST_HEADER);
+    if present.has(field::ORIGINAL_DST) {
+        headers.remove(&ORIGINAL_DST_HEADER);
+    }
     for m in mutations {
         m.apply(&mut headers);
     }
@@ -558,11 +601,11 @@ impl Attempts<'_> {
     }
 
     /// A response arrived: record it, and retry it if the policy says so and the body can be resent.
-    fn on_response(&self, ok: TryOk, host: &Arc<Host>, try_start: Instant, can_retry: bool, attempt: u32) -> Decision {
+    fn on_response(&self, ok: TryOk, host: &Arc<Host>, took: Duration, can_retry: bool, attempt: u32) -> Decision {
         let cluster = &self.plan.cluster;
         let status = ok.0.status().as_u16();
         cluster.report(host, Outcome::Status(status));
-        cluster.stats.record(status, try_start.elapsed());
+        cluster.stats.record(status, took);
         if status >= 500 {
             host.rq_error.fetch_add(1, Ordering::Relaxed);
         }

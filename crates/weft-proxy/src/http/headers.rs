@@ -69,8 +69,15 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
     // comparisons (standard header names compare as enum values) finds which are present, and only
     // those are removed (each removal hashes the name).
     let found = h.keys().fold(0u8, |m, k| m | hop_bit(k));
+    strip_found(h, found, keep_upgrade);
+}
+
+/// [`strip_hop_by_hop`] with the hop-by-hop fields present (`found`, bits of [`HOP_BY_HOP`])
+/// already known. `true`: fields named in `Connection` were removed (other masks of the map's
+/// fields may be out of date).
+fn strip_found(h: &mut HeaderMap, found: u8, keep_upgrade: bool) -> bool {
     if found == 0 {
-        return;
+        return false;
     }
     if found & HOP_CONNECTION != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
@@ -104,6 +111,56 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         if removable & (1 << bit) != 0 {
             h.remove(name);
         }
+    }
+    found & HOP_CONNECTION != 0
+}
+
+/// The request fields the upstream rewrite reads or removes, as bits of a [`RequestFields`] mask.
+pub(super) mod field {
+    pub const EXPECT: u16 = 1 << 8;
+    pub const TE: u16 = 1 << 9;
+    pub const X_FORWARDED_FOR: u16 = 1 << 10;
+    pub const X_FORWARDED_PROTO: u16 = 1 << 11;
+    pub const X_REQUEST_ID: u16 = 1 << 12;
+    pub const ORIGINAL_DST: u16 = 1 << 13;
+}
+
+/// Which of the fields the upstream rewrite touches a request has: the hop-by-hop ones (low
+/// byte, bits of [`HOP_BY_HOP`]) and those of [`field`]. One pass over the request's (few) field
+/// names, matched by length and bytes, instead of a hashed lookup for each of a dozen names
+/// most requests do not carry (`bench/instructions`).
+#[derive(Clone, Copy)]
+pub(super) struct RequestFields(u16);
+
+impl RequestFields {
+    pub(super) fn scan(h: &HeaderMap) -> RequestFields {
+        RequestFields(h.keys().fold(0u16, |m, k| m | request_field_bit(k)))
+    }
+
+    pub(super) fn has(self, bit: u16) -> bool {
+        self.0 & bit != 0
+    }
+
+    /// Removes the hop-by-hop fields found ([`strip_hop_by_hop`]); the mask is taken again if
+    /// `Connection` named other fields (they may be among the others).
+    pub(super) fn strip_hop_by_hop(self, h: &mut HeaderMap, keep_upgrade: bool) -> RequestFields {
+        match strip_found(h, self.0 as u8, keep_upgrade) {
+            true => RequestFields::scan(h),
+            false => self,
+        }
+    }
+}
+
+fn request_field_bit(k: &HeaderName) -> u16 {
+    let name = k.as_str();
+    match name.len() {
+        2 if name == "te" => field::TE,
+        6 if name == "expect" => field::EXPECT,
+        12 if name == "x-request-id" => field::X_REQUEST_ID,
+        15 if name == "x-forwarded-for" => field::X_FORWARDED_FOR,
+        17 if name == "x-forwarded-proto" => field::X_FORWARDED_PROTO,
+        24 if k == ORIGINAL_DST_HEADER => field::ORIGINAL_DST,
+        _ => hop_bit(k) as u16,
     }
 }
 
@@ -308,6 +365,38 @@ mod grpc_path_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_field_bits_match_the_names() {
+        let named = [
+            (header::EXPECT, field::EXPECT),
+            (header::TE, field::TE),
+            (HeaderName::from_static("x-forwarded-for"), field::X_FORWARDED_FOR),
+            (HeaderName::from_static("x-forwarded-proto"), field::X_FORWARDED_PROTO),
+            (HeaderName::from_static("x-request-id"), field::X_REQUEST_ID),
+            (ORIGINAL_DST_HEADER.clone(), field::ORIGINAL_DST),
+        ];
+        for (name, bit) in &named {
+            assert_eq!(request_field_bit(name), *bit, "{name}");
+        }
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(request_field_bit(name), 1 << i, "{name}");
+        }
+        for other in ["host", "content-length", "tee", "x-forwarded-host", "x-request-ids"] {
+            assert_eq!(request_field_bit(&HeaderName::from_static(other)), 0, "{other}");
+        }
+        // Fields named in `Connection` are removed, and the mask is taken again.
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-request-id, te"));
+        h.insert(HeaderName::from_static("x-request-id"), HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
+        let f = RequestFields::scan(&h);
+        assert!(f.has(field::X_REQUEST_ID) && f.has(field::TE) && f.has(field::EXPECT));
+        let f = f.strip_hop_by_hop(&mut h, false);
+        assert!(!f.has(field::X_REQUEST_ID) && !f.has(field::TE) && f.has(field::EXPECT));
+        assert_eq!(h.len(), 1);
+    }
 
     #[test]
     fn hop_bits_match_the_names() {

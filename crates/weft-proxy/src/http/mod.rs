@@ -183,6 +183,9 @@ struct ConnCtx {
     /// its place in the listener's open connections, which a drain waits for) outlives.
     upgraded: std::sync::atomic::AtomicBool,
     tunnel: parking_lot::Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// The route timeout's timer, kept between the connection's requests (taken by one request
+    /// at a time; concurrent HTTP/2 streams make their own).
+    try_timer: parking_lot::Mutex<weft_upstream::client::TryTimer>,
 }
 
 pub async fn serve_connection(
@@ -244,6 +247,7 @@ pub(crate) async fn serve_io<IO: crate::idle::ConnIo>(
         tls,
         upgraded: std::sync::atomic::AtomicBool::new(false),
         tunnel: parking_lot::Mutex::new(None),
+        try_timer: parking_lot::Mutex::new(weft_upstream::client::TryTimer::default()),
     });
     serve_conn(&ctx, stream, activity, peer, rt, lrt, codec).await;
     if ctx.upgraded.load(Ordering::Relaxed) {
@@ -366,10 +370,16 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
         }
     };
     tokio::pin!(conn);
-    let verdict = tokio::select! {
-        _ = conn.as_mut() => return,
-        _ = drain.changed() => None,
-        v = crate::watchdog::watch(limits, &activity, &ctx.exchanges) => Some(v),
+    let watchers = async {
+        tokio::select! {
+            _ = drain.changed() => None,
+            v = crate::watchdog::watch(limits, &activity, &ctx.exchanges) => Some(v),
+        }
+    };
+    tokio::pin!(watchers);
+    let verdict = match crate::watchdog::Watched::new(conn.as_mut(), watchers).await {
+        Ok(()) => return,
+        Err(v) => v,
     };
     use crate::watchdog::Verdict;
     match verdict {

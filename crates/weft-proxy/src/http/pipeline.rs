@@ -65,7 +65,7 @@ pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<RequestBody>) -> Resp
             .as_ref()
             .map(|t| t.start(req.method(), req.uri(), req.headers(), ctx.peer)),
         request_bytes: match rt.istio {
-            Some(_) => content_length(req.headers()),
+            Some(_) => exact_length(req.body()),
             None => 0,
         },
         ..Facts::default()
@@ -367,7 +367,7 @@ fn exit(
             grpc_status,
             elapsed,
             facts.request_bytes,
-            content_length(resp.headers()),
+            exact_length(resp.body()),
         );
     }
     if let (Some(t), Some(mut x)) = (&rt.tracer, facts.trace.take()) {
@@ -396,9 +396,9 @@ fn exit(
     Response::from_parts(parts, body.on_end(active, end))
 }
 
-/// A message's `content-length`, 0 when absent or invalid.
-fn content_length(h: &http::HeaderMap) -> u64 {
-    h.get(header::CONTENT_LENGTH)
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse().ok())
-        .unwrap_or(0)
+/// A message body's length when its framing gives it (a `content-length`, or a body weft holds
+/// whole), else 0: what the body's own size hint says, as the server framed or will frame it (no
+/// header lookup and parse per request; a response to HEAD counts 0, the bytes actually sent).
+fn exact_length(body: &impl http_body::Body) -> u64 {
+    body.size_hint().exact().unwrap_or(0)
 }
