@@ -186,7 +186,11 @@ pub async fn send_once(
             let sent = match cluster.protocol() {
                 UpstreamProtocol::Http1 if in_task(&request) => {
                     match raw_try(cluster, host, &mut request, deadline, priority).await {
-                        Ok(resp) => return Ok((resp, None)),
+                        Ok(resp) => {
+                            // Written and answered: its header map serves a later message.
+                            crate::h1::maps::give(std::mem::take(request.headers_mut()));
+                            return Ok((resp, None));
+                        }
                         Err(RawFailure::Again) => continue,
                         Err(RawFailure::Failed(e, unsent)) => {
                             let body = unsent.then(|| std::mem::replace(request.body_mut(), UpBody::Empty));
@@ -239,8 +243,15 @@ pub async fn send_once(
     loop {
         let mut sleep = timer.arm(d);
         let ended = std::future::poll_fn(|cx| {
+            let had_budget = tokio::task::coop::has_budget_remaining();
             if let Poll::Ready(r) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(r));
+            }
+            // As tokio's `Timeout`: when the try used up the task's budget, the timer is still
+            // looked at (a timer out of budget says pending without looking).
+            if had_budget && !tokio::task::coop::has_budget_remaining() {
+                let mut unconstrained = tokio::task::unconstrained(sleep.as_mut());
+                return Pin::new(&mut unconstrained).poll(cx).map(Err);
             }
             sleep.as_mut().poll(cx).map(Err)
         })

@@ -174,7 +174,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
         .map_err(|_| bad("invalid request target"))?;
     // Room for the fields the proxy adds (x-forwarded-for, x-forwarded-proto, x-request-id,
     // x-envoy-expected-rq-timeout-ms, ...): growing the map would rehash it.
-    let mut headers = HeaderMap::with_capacity(fields.len() + 6);
+    let mut headers = weft_upstream::h1::maps::take(fields.len() + 6);
     for (name, start, end) in fields {
         // SAFETY (of the contract: valid header-value bytes): httparse accepted these bytes as a
         // field value, which allows exactly what `HeaderValue` does (HTAB, SP, visible ASCII,
@@ -281,15 +281,12 @@ pub fn encode_response<B>(
     out.extend_from_slice(b"\r\n");
     let no_body_status = status.is_informational() || code == 204 || code == 304;
     let mut date = false;
-    let mut length_field: Option<Option<u64>> = None;
+    let mut length_field: Option<&HeaderValue> = None;
     for (name, value) in h {
         if *name == header::CONTENT_LENGTH {
-            // Framing is written below, from what the body really is.
-            length_field = Some(
-                std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|s| s.trim().parse().ok()),
-            );
+            // Framing is written below, from what the body really is (the field is read only
+            // for a response without a body).
+            length_field = Some(value);
             continue;
         }
         if *name == header::TRANSFER_ENCODING {
@@ -307,6 +304,11 @@ pub fn encode_response<B>(
     let framing = if req.head || no_body_status {
         // The length of the body it would have had, when the response says (never for 1xx/204).
         if !(status.is_informational() || code == 204) {
+            let length_field = length_field.map(|v| {
+                std::str::from_utf8(v.as_bytes())
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+            });
             match (length_field, body_len) {
                 (Some(Some(n)), _) => put_length(out, n),
                 // A local reply to HEAD: the length of the body a GET would have had.

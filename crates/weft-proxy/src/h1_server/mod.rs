@@ -236,7 +236,8 @@ where
     let small = body.size_hint().exact().filter(|n| *n <= COPY_MAX as u64).unwrap_or(0);
     c.out.buf.reserve(512 + small as usize);
     let (framing, keep_alive) = codec::encode_response(&mut c.out.buf, &resp, body.size_hint().exact(), facts);
-    drop(resp);
+    // Its header map goes back to the thread's maps for the next response head.
+    weft_upstream::h1::maps::give(resp.into_parts().0.headers);
     let mut trailers = None;
     let written = poll_fn(|cx| loop {
         let progress = match upload.as_mut() {

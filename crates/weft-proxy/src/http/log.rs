@@ -34,6 +34,8 @@ pub(super) struct Facts {
     pub trace: Option<Box<weft_core::trace::TraceExchange>>,
     /// The request's content-length (Istio's request bytes), read only when those metrics are on.
     pub request_bytes: u64,
+    /// A HEAD request: its response's bytes count 0 (none are sent), whatever length it states.
+    pub head: bool,
     /// The downstream peer's identity (its certificate's SPIFFE ID or first SAN), on TLS.
     pub peer_identity: Option<Arc<str>>,
     /// The authorization decision, when the connection manager has an `authorization` block.

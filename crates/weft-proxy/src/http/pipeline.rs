@@ -68,6 +68,7 @@ pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<RequestBody>) -> Resp
             Some(_) => exact_length(req.body()),
             None => 0,
         },
+        head: req.method() == http::Method::HEAD,
         ..Facts::default()
     };
     if let (true, Some(t)) = (facts.logging, &ctx.tls) {
@@ -367,7 +368,10 @@ fn exit(
             grpc_status,
             elapsed,
             facts.request_bytes,
-            exact_length(resp.body()),
+            match facts.head {
+                true => 0,
+                false => exact_length(resp.body()),
+            },
         );
     }
     if let (Some(t), Some(mut x)) = (&rt.tracer, facts.trace.take()) {
@@ -398,7 +402,7 @@ fn exit(
 
 /// A message body's length when its framing gives it (a `content-length`, or a body weft holds
 /// whole), else 0: what the body's own size hint says, as the server framed or will frame it (no
-/// header lookup and parse per request; a response to HEAD counts 0, the bytes actually sent).
+/// header lookup and parse per request). A response to HEAD counts 0 (`Facts::head`).
 fn exact_length(body: &impl http_body::Body) -> u64 {
     body.size_hint().exact().unwrap_or(0)
 }
