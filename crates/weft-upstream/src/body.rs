@@ -452,21 +452,20 @@ impl DownBody {
     }
 
     /// Attaches what must happen when the body ends: releasing the active-request slot and,
-    /// when access logging is on, writing the log line.
-    pub fn on_end(mut self, active: Option<ActiveRequest>, end: Option<Box<dyn StreamEnd>>) -> DownBody {
+    /// when access logging is on, writing the log line. (In place, as [`DownBody::hold`]: the
+    /// body sits in its response, and taking it out and putting it back copies both.)
+    pub fn on_end(&mut self, active: Option<ActiveRequest>, end: Option<Box<dyn StreamEnd>>) {
         self.active = active;
         self.end = end;
         if self.is_end_stream() {
             self.finish(true);
         }
-        self
     }
 
-    /// Keeps the exchange counted as in progress until hyper drops this body (after writing
-    /// its end, or on a reset).
-    pub fn hold(mut self, in_flight: InFlight) -> DownBody {
+    /// Keeps the exchange counted as in progress until the server drops this body (after
+    /// writing its end, or on a reset).
+    pub fn hold(&mut self, in_flight: InFlight) {
         self.in_flight = Some(in_flight);
-        self
     }
 
     /// Whether the rest of the body can be spliced to the client ([`crate::splice`]): an HTTP/1.1

@@ -87,10 +87,11 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     let mut resp = httparse::Response::new(&mut []);
     let base = buf.as_ptr() as usize;
     let mut facts = Facts::default();
-    let (len, code, minor, fields) =
+    // Filled in place (returning it from the match would copy the whole inline array).
+    let mut fields = Fields::new();
+    let (len, code, minor) =
         match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut slots) {
             Ok(httparse::Status::Complete(len)) => {
-                let mut fields = Vec::with_capacity(resp.headers.len());
                 for h in resp.headers.iter() {
                     let name = header_name(h.name.as_bytes())
                         .map_err(|_| ParseError("invalid header name in the response"))?;
@@ -102,7 +103,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
                     let start = h.value.as_ptr() as usize - base;
                     fields.push((name, start, start + h.value.len()));
                 }
-                (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), fields)
+                (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
             }
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(ParseError("too many header fields in the response")),
@@ -112,7 +113,7 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     let version = if minor == 0 { Version::HTTP_10 } else { Version::HTTP_11 };
     let head = buf.split_to(len).freeze();
     let mut headers = maps::take(fields.len());
-    for (name, start, end) in fields {
+    for (name, start, end) in fields.drain(..) {
         // SAFETY (of the contract: valid header-value bytes): httparse accepted these bytes as a
         // field value, which allows exactly what `HeaderValue` does (HTAB, SP, visible ASCII,
         // obs-text; no other control byte and no DEL).
@@ -133,6 +134,10 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
         connection_options: facts.options,
     }))
 }
+
+/// A parsed head's fields before their values are cut out of the head's buffer: name, value
+/// start and end. On the stack for ordinary heads (no allocation per message).
+pub type Fields = smallvec::SmallVec<[(HeaderName, usize, usize); 24]>;
 
 /// Header maps kept for reuse by the worker thread: a response's map, built by [`parse_head`],
 /// dies in the downstream server once its head is written, and a new one was allocated (its
@@ -857,12 +862,22 @@ impl Conn {
     /// An idle connection is fit for another request if the upstream has sent nothing since
     /// (neither bytes, which no request asked for, nor a close).
     pub(crate) fn still_idle(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
         // A byte on the stack is enough to tell: the connection is dropped if anything arrives.
         // (Reading into the connection's buffer could allocate it for an idle connection.)
         let mut probe = [0u8; 1];
-        let mut rb = ReadBuf::new(&mut probe);
-        self.buf.is_empty() && Pin::new(&mut self.io).poll_read(&mut cx, &mut rb).is_pending()
+        if !self.buf.is_empty() {
+            return false;
+        }
+        match &mut self.io {
+            // `try_read` looks at the socket's readiness first (no system call while nothing
+            // arrived) and, unlike a poll, registers no waker (which takes the socket's lock).
+            RawStream::Tcp(s) => matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            io => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                let mut rb = ReadBuf::new(&mut probe);
+                Pin::new(io).poll_read(&mut cx, &mut rb).is_pending()
+            }
+        }
     }
 
     /// Writes the encoded request head; on failure, also whether any of it was written.

@@ -133,16 +133,17 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
     let base = buf.as_ptr() as usize;
     let mut facts = Facts::default();
     let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut req, buf, &mut slots);
-    let (len, fields) = match parsed {
+    // Filled in place (returning it from the match would copy the whole inline array).
+    let mut fields = weft_upstream::h1::Fields::new();
+    let len = match parsed {
         Ok(httparse::Status::Complete(len)) => {
-            let mut fields = Vec::with_capacity(req.headers.len());
             for h in req.headers.iter() {
                 let name = weft_upstream::h1::header_name(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
                 facts.note(&name, h.value);
                 let start = h.value.as_ptr() as usize - base;
                 fields.push((name, start, start + h.value.len()));
             }
-            (len, fields)
+            len
         }
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -175,7 +176,7 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Parsed>, HeadError> {
     // Room for the fields the proxy adds (x-forwarded-for, x-forwarded-proto, x-request-id,
     // x-envoy-expected-rq-timeout-ms, ...): growing the map would rehash it.
     let mut headers = weft_upstream::h1::maps::take(fields.len() + 6);
-    for (name, start, end) in fields {
+    for (name, start, end) in fields.drain(..) {
         // SAFETY (of the contract: valid header-value bytes): httparse accepted these bytes as a
         // field value, which allows exactly what `HeaderValue` does (HTAB, SP, visible ASCII,
         // obs-text; no other control byte and no DEL).

@@ -234,6 +234,9 @@ where
     let (parts, mut body) = resp.into_parts();
     let resp = Response::from_parts(parts, ());
     let small = body.size_hint().exact().filter(|n| *n <= COPY_MAX as u64).unwrap_or(0);
+    if c.out.buf.capacity() == 0 {
+        c.out.buf = bufs::take_write();
+    }
     c.out.buf.reserve(512 + small as usize);
     let (framing, keep_alive) = codec::encode_response(&mut c.out.buf, &resp, body.size_hint().exact(), facts);
     // Its header map goes back to the thread's maps for the next response head.
@@ -286,6 +289,9 @@ impl<IO: ConnIo> Conn<IO> {
 
     /// Reads once into the buffer: the number of bytes read (0: the client closed its side).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            self.buf = bufs::take_read();
+        }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
         }
@@ -362,11 +368,12 @@ impl<IO: ConnIo> Conn<IO> {
         }
     }
 
-    /// Between requests: releases the buffers (the next request allocates them again).
+    /// Between requests: gives the buffers up (to the thread's [`bufs`], for the next connection
+    /// that reads or writes).
     fn rest(&mut self) {
         if !self.idle {
-            self.buf = BytesMut::new();
-            self.out = Out::default();
+            bufs::give_read(std::mem::take(&mut self.buf));
+            bufs::give_write(std::mem::take(&mut self.out).buf);
             self.idle = true;
             IDLE.fetch_add(1, Ordering::Relaxed);
         }
@@ -613,6 +620,99 @@ impl Upload {
         self.done = true;
         self.broken = true;
         true
+    }
+}
+
+/// The read and write buffers of connections at rest, kept by the worker thread for the next
+/// connection that reads or writes: a keep-alive connection is at rest between every two
+/// requests, and its buffers are given up then (an idle connection holds none), so without these
+/// every request allocated both again, and the allocator's page for them often emptied and was
+/// retired in between (~400 instructions of an HTTP/1.1 keep-alive request, `bench/instructions`).
+/// At most [`bufs::KEEP`] of each, of ordinary sizes.
+mod bufs {
+    use bytes::BytesMut;
+    use std::cell::RefCell;
+
+    pub const KEEP: usize = 8;
+    /// Larger buffers (after a large head or a large response piece) are freed, not kept.
+    const MAX_READ: usize = 4 * super::READ_SIZE;
+    const MAX_WRITE: usize = 2 * super::COPY_MAX;
+
+    thread_local! {
+        static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+        static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// A read buffer: a kept one, or none yet (the caller reserves).
+    pub fn take_read() -> BytesMut {
+        READ.try_with(|k| k.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    pub fn take_write() -> Vec<u8> {
+        WRITE
+            .try_with(|k| k.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    /// Keeps an empty read buffer (one holding bytes is dropped: they are not anyone's now).
+    pub fn give_read(b: BytesMut) {
+        if b.capacity() == 0 || b.capacity() > MAX_READ || !b.is_empty() {
+            return;
+        }
+        let _ = READ.try_with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() < KEEP {
+                k.push(b);
+            }
+        });
+    }
+
+    pub fn give_write(mut b: Vec<u8>) {
+        if b.capacity() == 0 || b.capacity() > MAX_WRITE {
+            return;
+        }
+        b.clear();
+        let _ = WRITE.try_with(|k| {
+            let mut k = k.borrow_mut();
+            if k.len() < KEEP {
+                k.push(b);
+            }
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn buffers_are_kept_empty_bounded_and_ordinary() {
+            let mut r = BytesMut::with_capacity(8192);
+            r.extend_from_slice(b"GET");
+            give_read(r.clone());
+            assert_eq!(READ.with(|k| k.borrow().len()), 0, "a buffer holding bytes is not kept");
+            r.clear();
+            give_read(r);
+            let r = take_read();
+            assert!(r.is_empty() && r.capacity() >= 8192);
+            let mut w = Vec::with_capacity(1024);
+            w.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            give_write(w);
+            let w = take_write();
+            assert!(w.is_empty() && w.capacity() >= 1024);
+            for _ in 0..KEEP + 3 {
+                give_write(Vec::with_capacity(100));
+                give_read(BytesMut::with_capacity(100));
+            }
+            assert_eq!(WRITE.with(|k| k.borrow().len()), KEEP);
+            assert_eq!(READ.with(|k| k.borrow().len()), KEEP);
+            give_write(Vec::with_capacity(MAX_WRITE + 1));
+            WRITE.with(|k| assert!(k.borrow().iter().all(|b| b.capacity() <= MAX_WRITE)));
+        }
     }
 }
 

@@ -322,7 +322,9 @@ async fn exchange(
     ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
     // Counted until the server drops the response body (or this future is dropped).
     let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
-    pipeline::handle(ctx, req).await.map(|b| b.hold(in_flight))
+    let mut resp = pipeline::handle(ctx, req).await;
+    resp.body_mut().hold(in_flight);
+    resp
 }
 
 async fn serve_conn<IO: crate::idle::ConnIo>(

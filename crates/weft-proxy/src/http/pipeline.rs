@@ -396,8 +396,8 @@ fn exit(
     });
     let end = (log.is_some() || grpc_call.is_some())
         .then(|| Box::new(RequestEnd { log, grpc: grpc_call }) as Box<dyn StreamEnd>);
-    let (parts, body) = resp.into_parts();
-    Response::from_parts(parts, body.on_end(active, end))
+    resp.body_mut().on_end(active, end);
+    resp
 }
 
 /// A message body's length when its framing gives it (a `content-length`, or a body weft holds
