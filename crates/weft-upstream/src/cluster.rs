@@ -138,9 +138,26 @@ impl Coarse {
         self.0.saturating_sub(earlier.0)
     }
 
-    fn elapsed(self) -> Duration {
-        Coarse::now().since(self)
+    /// Whether more than `timeout` may have passed since this time, as of `now`: the clock's
+    /// resolution (one kernel tick) counts as passed, so a connection is never reused after its
+    /// idle timeout (at worst a tick before it), and a zero timeout reuses none.
+    fn expired(self, now: Coarse, timeout: Duration) -> bool {
+        now.since(self) + coarse_resolution() > timeout
     }
+}
+
+/// `CLOCK_MONOTONIC_COARSE`'s resolution (the kernel tick: 1–10 ms), read once.
+fn coarse_resolution() -> Duration {
+    static RES: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *RES.get_or_init(|| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `ts` is a valid timespec to write to.
+        let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0;
+        match ok {
+            true => Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32),
+            false => Duration::from_millis(10),
+        }
+    })
 }
 
 /// Parks `conn` at the back of an idle list. The oldest idle connection sits at the front; it is
@@ -151,7 +168,7 @@ fn park_idle<C>(idle: &Mutex<Vec<Idle<C>>>, conn: C, timeout: Duration, max: usi
     let mut idle = idle.lock();
     if idle
         .first()
-        .is_some_and(|c| now.since(c.since) > timeout || dead(&c.conn))
+        .is_some_and(|c| c.since.expired(now, timeout) || dead(&c.conn))
     {
         idle.remove(0);
     }
@@ -701,7 +718,7 @@ impl ClusterRt {
             loop {
                 let idle = host.pools[slot].h1_idle.lock().pop();
                 let Some(mut c) = idle else { break };
-                if c.conn.is_closed() || c.since.elapsed() > idle_timeout {
+                if c.conn.is_closed() || c.since.expired(Coarse::now(), idle_timeout) {
                     continue;
                 }
                 if c.conn.ready().await.is_ok() {
@@ -741,7 +758,7 @@ impl ClusterRt {
             loop {
                 let idle = host.pools[slot].raw_idle.lock().pop();
                 let Some(mut c) = idle else { break };
-                if c.since.elapsed() <= idle_timeout && c.conn.still_idle() {
+                if !c.since.expired(Coarse::now(), idle_timeout) && c.conn.still_idle() {
                     return Ok((c.conn, true, home()));
                 }
             }
@@ -770,7 +787,7 @@ impl ClusterRt {
             for pool in h.pools.iter() {
                 pool.raw_idle
                     .lock()
-                    .retain_mut(|c| now.since(c.since) <= idle_timeout && c.conn.still_idle());
+                    .retain_mut(|c| !c.since.expired(now, idle_timeout) && c.conn.still_idle());
             }
         }
     }
@@ -994,5 +1011,25 @@ pub async fn refresh_dns(cluster: std::sync::Weak<ClusterRt>) {
         }
         drop(c);
         tokio::time::sleep(refresh).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_coarse_stamp_expires_no_later_than_its_timeout() {
+        let t = Coarse::now();
+        // Within the same tick: a zero timeout has expired, a long one has not.
+        assert!(t.expired(t, Duration::ZERO));
+        assert!(!t.expired(t, Duration::from_secs(60)));
+        let res = coarse_resolution();
+        assert!(res > Duration::ZERO && res <= Duration::from_millis(10), "{res:?}");
+        // A timeout of one tick has expired after one tick at most.
+        let later = Coarse(t.0 + res);
+        assert!(t.expired(later, res));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(t.expired(Coarse::now(), Duration::from_millis(20)));
     }
 }

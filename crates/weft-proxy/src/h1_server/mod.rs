@@ -98,6 +98,8 @@ struct Conn<IO> {
     /// This exchange's body is copied, not spliced (no pipe was left, or the socket held bytes
     /// splice does not take).
     no_splice: bool,
+    /// The read buffer grew past what [`bufs`] keeps.
+    grown: bool,
 }
 
 impl<IO> Drop for Conn<IO> {
@@ -122,6 +124,7 @@ where
         idle: false,
         pipe: None,
         no_splice: false,
+        grown: false,
     };
     let mut served = 0u64;
     loop {
@@ -294,6 +297,7 @@ impl<IO: ConnIo> Conn<IO> {
         }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
+            self.grown |= self.buf.capacity() > bufs::MAX_READ;
         }
         if self.idle {
             self.idle = false;
@@ -372,7 +376,12 @@ impl<IO: ConnIo> Conn<IO> {
     /// that reads or writes).
     fn rest(&mut self) {
         if !self.idle {
-            bufs::give_read(std::mem::take(&mut self.buf));
+            // A buffer that grew for a large head may sit in a large allocation whatever its
+            // capacity now says (what a head took is split off): not kept.
+            match std::mem::take(&mut self.grown) {
+                true => self.buf = BytesMut::new(),
+                false => bufs::give_read(std::mem::take(&mut self.buf)),
+            }
             bufs::give_write(std::mem::take(&mut self.out).buf);
             self.idle = true;
             IDLE.fetch_add(1, Ordering::Relaxed);
@@ -635,7 +644,7 @@ mod bufs {
 
     pub const KEEP: usize = 8;
     /// Larger buffers (after a large head or a large response piece) are freed, not kept.
-    const MAX_READ: usize = 4 * super::READ_SIZE;
+    pub const MAX_READ: usize = 4 * super::READ_SIZE;
     const MAX_WRITE: usize = 2 * super::COPY_MAX;
 
     thread_local! {
