@@ -146,8 +146,8 @@ pub type Fields = smallvec::SmallVec<[(HeaderName, usize, usize); 24]>;
 /// of a head buffer, are released at once) and kept if it is small; at most [`maps::KEEP`] per
 /// thread.
 pub mod maps {
+    use crate::kept::{self, Kept};
     use http::HeaderMap;
-    use std::cell::RefCell;
 
     /// Maps kept per thread.
     pub const KEEP: usize = 8;
@@ -155,12 +155,12 @@ pub mod maps {
     const MAX_CAPACITY: usize = 32;
 
     thread_local! {
-        static KEPT: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+        static KEPT: Kept<HeaderMap> = const { Kept::new(Vec::new()) };
     }
 
     /// An empty map with room for `n` fields: a kept one if the thread has one.
     pub fn take(n: usize) -> HeaderMap {
-        match KEPT.try_with(|k| k.borrow_mut().pop()).ok().flatten() {
+        match kept::take(&KEPT) {
             Some(mut m) => {
                 m.reserve(n);
                 m
@@ -175,12 +175,7 @@ pub mod maps {
             return;
         }
         map.clear();
-        let _ = KEPT.try_with(|k| {
-            let mut k = k.borrow_mut();
-            if k.len() < KEEP {
-                k.push(map);
-            }
-        });
+        kept::give(&KEPT, map, KEEP);
     }
 
     #[cfg(test)]

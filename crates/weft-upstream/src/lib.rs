@@ -11,6 +11,7 @@ pub mod h1;
 pub mod h2_client;
 pub mod health;
 pub mod hostset;
+pub mod kept;
 pub mod outlier;
 pub mod splice;
 

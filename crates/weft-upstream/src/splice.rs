@@ -8,7 +8,7 @@
 //! body (its content-length) in the middle of an HTTP/1.1 exchange, polling each socket's
 //! readiness from the exchange's own task, and both connections carry on with the next request.
 
-use std::cell::RefCell;
+use crate::kept::Kept;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,7 +43,7 @@ pub fn enabled() -> bool {
 }
 
 thread_local! {
-    static POOL: RefCell<Vec<Fds>> = const { RefCell::new(Vec::new()) };
+    static POOL: Kept<Fds> = const { Kept::new(Vec::new()) };
 }
 
 /// A pipe's two ends, counted in [`LIVE`] while open.
@@ -69,7 +69,7 @@ impl Pipe {
     /// An empty pipe: one of this thread's, or a new one (`Err` when the process holds
     /// [`MAX_PIPES`] already, or the system refuses one).
     pub fn take() -> io::Result<Pipe> {
-        if let Some(fds) = POOL.with(|p| p.borrow_mut().pop()) {
+        if let Some(fds) = crate::kept::take(&POOL) {
             return Ok(Pipe {
                 fds: Some(fds),
                 held: 0,
@@ -172,12 +172,7 @@ impl Drop for Pipe {
     fn drop(&mut self) {
         if let (0, Some(fds)) = (self.held, self.fds.take()) {
             // (A thread being torn down has no pool left: the pipe is closed.)
-            let _ = POOL.try_with(|p| {
-                let mut p = p.borrow_mut();
-                if p.len() < POOL_MAX {
-                    p.push(fds);
-                }
-            });
+            crate::kept::give(&POOL, fds, POOL_MAX);
         }
     }
 }

@@ -640,7 +640,7 @@ impl Upload {
 /// At most [`bufs::KEEP`] of each, of ordinary sizes.
 mod bufs {
     use bytes::BytesMut;
-    use std::cell::RefCell;
+    use weft_upstream::kept::{self, Kept};
 
     pub const KEEP: usize = 8;
     /// Larger buffers (after a large head or a large response piece) are freed, not kept.
@@ -648,24 +648,17 @@ mod bufs {
     const MAX_WRITE: usize = 2 * super::COPY_MAX;
 
     thread_local! {
-        static READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
-        static WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+        static READ: Kept<BytesMut> = const { Kept::new(Vec::new()) };
+        static WRITE: Kept<Vec<u8>> = const { Kept::new(Vec::new()) };
     }
 
     /// A read buffer: a kept one, or none yet (the caller reserves).
     pub fn take_read() -> BytesMut {
-        READ.try_with(|k| k.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        kept::take(&READ).unwrap_or_default()
     }
 
     pub fn take_write() -> Vec<u8> {
-        WRITE
-            .try_with(|k| k.borrow_mut().pop())
-            .ok()
-            .flatten()
-            .unwrap_or_default()
+        kept::take(&WRITE).unwrap_or_default()
     }
 
     /// Keeps an empty read buffer (one holding bytes is dropped: they are not anyone's now).
@@ -673,12 +666,7 @@ mod bufs {
         if b.capacity() == 0 || b.capacity() > MAX_READ || !b.is_empty() {
             return;
         }
-        let _ = READ.try_with(|k| {
-            let mut k = k.borrow_mut();
-            if k.len() < KEEP {
-                k.push(b);
-            }
-        });
+        kept::give(&READ, b, KEEP);
     }
 
     pub fn give_write(mut b: Vec<u8>) {
@@ -686,12 +674,7 @@ mod bufs {
             return;
         }
         b.clear();
-        let _ = WRITE.try_with(|k| {
-            let mut k = k.borrow_mut();
-            if k.len() < KEEP {
-                k.push(b);
-            }
-        });
+        kept::give(&WRITE, b, KEEP);
     }
 
     #[cfg(test)]

@@ -430,9 +430,11 @@ fn rewrite_request_headers(
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     if rt.config.use_remote_address {
-        match headers
-            .get(&X_FORWARDED_FOR)
-            .filter(|_| present.has(field::X_FORWARDED_FOR))
+        // Looked up only when the scan found one.
+        match present
+            .has(field::X_FORWARDED_FOR)
+            .then(|| headers.get(&X_FORWARDED_FOR))
+            .flatten()
         {
             Some(existing) => {
                 let mut v = existing.as_bytes().to_vec();
