@@ -443,8 +443,13 @@ where
         let _e = span.enter();
         if self.inner.read_buffer().capacity() == 0 {
             // weft patch: released while idle; read into a whole buffer again, not the few
-            // bytes an empty one would grow by.
-            self.inner.read_buffer_mut().reserve(READ_BUFFER_CAPACITY);
+            // bytes an empty one would grow by. A new buffer, not `reserve` on the empty one:
+            // `bytes` remembers the capacity a buffer was created with and allocates at least
+            // that much whenever it must leave an allocation still shared with frames handed
+            // out; a buffer made by `BytesMut::new()` remembers 0, and from then on every
+            // allocation would be exactly the bytes asked for (3 for the next frame's length,
+            // then the rest of that frame): one read system call per frame and half-frame.
+            *self.inner.read_buffer_mut() = BytesMut::with_capacity(READ_BUFFER_CAPACITY);
         }
         loop {
             tracing::trace!("poll");

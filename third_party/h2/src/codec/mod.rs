@@ -217,3 +217,117 @@ where
         Self::new(src)
     }
 }
+
+/// weft patch: the codec's system calls for many small frames (see `framed_read.rs`'s
+/// `poll_next` and `framed_write.rs`'s `CHAIN_THRESHOLD`).
+#[cfg(test)]
+mod weft_io_tests {
+    use super::*;
+    use crate::frame::StreamId;
+    use bytes::Bytes;
+    use std::sync::{Arc, Mutex};
+    use std::task::Waker;
+
+    /// An I/O object that hands out `input` as fast as it is asked for and records the size
+    /// of every read and write call.
+    #[derive(Clone, Default)]
+    struct Recorder {
+        input: Arc<Mutex<Vec<u8>>>,
+        reads: Arc<Mutex<Vec<usize>>>,
+        writes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let mut input = self.input.lock().unwrap();
+            if input.is_empty() {
+                return Poll::Pending;
+            }
+            self.reads.lock().unwrap().push(buf.remaining());
+            let n = buf.remaining().min(input.len());
+            buf.put_slice(&input[..n]);
+            input.drain(..n);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.writes.lock().unwrap().push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let n = bufs.iter().map(|b| b.len()).sum();
+            self.writes.lock().unwrap().push(n);
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn data_frame(stream: u32, len: usize) -> Vec<u8> {
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, 0, 0];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend(std::iter::repeat(7u8).take(len));
+        f
+    }
+
+    #[test]
+    fn reads_stay_large_after_an_idle_release() {
+        let io = Recorder::default();
+        let mut codec: Codec<Recorder, Bytes> = Codec::new(io.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        io.input.lock().unwrap().extend(data_frame(1, 100));
+        let first = Pin::new(&mut codec).poll_next(&mut cx);
+        assert!(matches!(first, Poll::Ready(Some(Ok(Frame::Data(_))))));
+        codec.release_idle_buffers();
+        // 200 frames of 109 bytes (21.8 KB), all kept by the reader (as a proxy keeps DATA
+        // payloads until they are sent on): each full read buffer stays shared with them.
+        for _ in 0..200 {
+            io.input.lock().unwrap().extend(data_frame(3, 100));
+        }
+        io.reads.lock().unwrap().clear();
+        let mut kept = Vec::new();
+        while let Poll::Ready(Some(frame)) = Pin::new(&mut codec).poll_next(&mut cx) {
+            kept.push(frame.unwrap());
+        }
+        assert_eq!(kept.len(), 200);
+        let reads = io.reads.lock().unwrap().clone();
+        // 8 KiB reads: 3 or 4 of them (at most one per buffer's tail); with exact allocations
+        // this took 400 (the 3 length bytes of each frame, then the rest of it).
+        assert!(reads.len() <= 8, "{} reads: {:?}", reads.len(), &reads[..reads.len().min(12)]);
+    }
+
+    #[test]
+    fn small_data_frames_share_one_write() {
+        let io = Recorder::default();
+        let mut codec: Codec<Recorder, Bytes> = Codec::new(io.clone());
+        let mut cx = Context::from_waker(Waker::noop());
+        // 20 gRPC messages of 256 bytes (DATA payloads of 261), as a proxy relays them.
+        for i in 0..20u32 {
+            assert!(codec.poll_ready(&mut cx).is_ready());
+            let frame = Data::new(StreamId::from(2 * i + 1), Bytes::from(vec![1u8; 261]));
+            codec.buffer(frame.into()).unwrap();
+        }
+        assert!(codec.flush(&mut cx).is_ready());
+        let writes = io.writes.lock().unwrap().clone();
+        assert_eq!(writes.iter().sum::<usize>(), 20 * 270);
+        // With the upstream threshold (256) each frame was a write of its own: 20.
+        assert!(writes.len() <= 2, "{} writes: {writes:?}", writes.len());
+    }
+}
