@@ -338,11 +338,17 @@ impl<B: Body<Data = Bytes, Error = BoxError> + Unpin> Pump<B> {
 
     /// Sends until the body's end (`Ok`), or until it or the stream fails.
     pub fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
+        let sent = self.poll_pump(cx);
+        // Registers for the peer's RST_STREAM while it waits for the body or for room: checked
+        // only then (each check takes h2's lock), as a reset stream refuses what is sent on it.
+        if sent.is_pending() && self.tx.poll_reset(cx).is_ready() {
+            return Poll::Ready(Err(PumpError::Stream));
+        }
+        sent
+    }
+
+    fn poll_pump(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PumpError>> {
         loop {
-            // Registers for the peer's RST_STREAM while waiting for the body or for room.
-            if self.tx.poll_reset(cx).is_ready() {
-                return Poll::Ready(Err(PumpError::Stream));
-            }
             if let Some((_, eos)) = self.held {
                 ready!(self.poll_room(cx))?;
                 let (data, _) = self.held.take().expect("checked above");

@@ -409,10 +409,17 @@ fn rewrite_request_headers(
     mutations: [&HeaderOps; 3],
 ) -> HeaderMap {
     let rt = &*ctx.rt;
-    // Room for the forwarding headers added below, so the map grows at most once.
-    headers.reserve(4);
     // Which of the fields below are there: only those are looked up or removed.
     let present = RequestFields::scan(&headers).strip_hop_by_hop(&mut headers, upgrade);
+    // Room for the fields added below, so that the map grows at most once (and not at all when
+    // it has room: a map grown by reserving more than is added is rehashed for nothing — an
+    // HTTP/2 request's map, built by h2 with room for 6 fields, was on every gRPC call).
+    let added = usize::from(grpc && !present.has(field::TE))
+        + usize::from(rt.config.use_remote_address && !present.has(field::X_FORWARDED_FOR))
+        + usize::from(!present.has(field::X_FORWARDED_PROTO))
+        + usize::from(rt.config.generate_request_id && !present.has(field::X_REQUEST_ID))
+        + usize::from(rt.via.is_some());
+    headers.reserve(added);
     if present.has(field::EXPECT) {
         headers.remove(header::EXPECT);
     }
