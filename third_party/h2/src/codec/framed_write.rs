@@ -70,13 +70,15 @@ const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
 /// will never advertise a max frame size less than this (well, the spec says
 /// the max frame size can't be less than 16kb, so not even close).
 ///
-/// weft patch: 1,024 (upstream: 256). A chained payload is written from where
-/// it is, but no other frame is buffered behind it until it has been written:
-/// every DATA frame over the threshold costs a write system call of its own.
-/// A proxy relays many small DATA frames (a gRPC message of 256 bytes is a
-/// 261-byte frame) on connections shared by many streams; copying up to 1 KiB
-/// into the write buffer is much cheaper than the system call it saves.
-const CHAIN_THRESHOLD: usize = 1024;
+/// weft patch: 4,096 (upstream: 256). A payload of at least this many bytes
+/// is chained (written from where it is), and no other frame is buffered
+/// behind it until it has been written: every such DATA frame cost a write
+/// system call of its own. A proxy relays many small DATA frames on
+/// connections shared by many streams (a 256-byte gRPC message is a 261-byte
+/// frame, a 1 KiB response a 1,033-byte one); copying up to 4 KiB into the
+/// 16 KiB write buffer is much cheaper than the system call it saves, and
+/// full-size frames (16 KiB) are still chained.
+const CHAIN_THRESHOLD: usize = 4096;
 
 /// Chain payloads bigger than this when vectored I/O is **not** enabled.
 /// A larger value in this scenario will reduce the number of small and

@@ -329,5 +329,16 @@ mod weft_io_tests {
         assert_eq!(writes.iter().sum::<usize>(), 20 * 270);
         // With the upstream threshold (256) each frame was a write of its own: 20.
         assert!(writes.len() <= 2, "{} writes: {writes:?}", writes.len());
+        // 10 responses of 1 KiB.
+        io.writes.lock().unwrap().clear();
+        for i in 0..10u32 {
+            assert!(codec.poll_ready(&mut cx).is_ready());
+            let frame = Data::new(StreamId::from(2 * i + 1), Bytes::from(vec![1u8; 1024]));
+            codec.buffer(frame.into()).unwrap();
+        }
+        assert!(codec.flush(&mut cx).is_ready());
+        let writes = io.writes.lock().unwrap().clone();
+        assert_eq!(writes.iter().sum::<usize>(), 10 * 1033);
+        assert!(writes.len() <= 2, "{} writes: {writes:?}", writes.len());
     }
 }
