@@ -46,6 +46,27 @@ impl AsyncWrite for RawStream {
         }
     }
 
+    // Passed through: h2's writer (an upstream HTTP/2 connection) gathers a frame's head and its
+    // payload into one `writev` only when its I/O says it writes vectored (tokio's default says
+    // no, and writes the first buffer alone).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            RawStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            RawStream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            RawStream::Tcp(s) => s.is_write_vectored(),
+            RawStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             RawStream::Tcp(s) => Pin::new(s).poll_flush(cx),

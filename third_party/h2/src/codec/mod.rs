@@ -235,6 +235,8 @@ mod weft_io_tests {
         input: Arc<Mutex<Vec<u8>>>,
         reads: Arc<Mutex<Vec<usize>>>,
         writes: Arc<Mutex<Vec<usize>>>,
+        /// The first buffer of each vectored write.
+        firsts: Arc<Mutex<Vec<usize>>>,
     }
 
     impl AsyncRead for Recorder {
@@ -267,6 +269,7 @@ mod weft_io_tests {
         ) -> Poll<io::Result<usize>> {
             let n = bufs.iter().map(|b| b.len()).sum();
             self.writes.lock().unwrap().push(n);
+            self.firsts.lock().unwrap().push(bufs.first().map_or(0, |b| b.len()));
             Poll::Ready(Ok(n))
         }
         fn is_write_vectored(&self) -> bool {
@@ -340,5 +343,15 @@ mod weft_io_tests {
         let writes = io.writes.lock().unwrap().clone();
         assert_eq!(writes.iter().sum::<usize>(), 10 * 1033);
         assert!(writes.len() <= 2, "{} writes: {writes:?}", writes.len());
+        // A full-size frame is still chained: its head and the first 256 bytes are copied, the
+        // rest written from where it is.
+        io.writes.lock().unwrap().clear();
+        io.firsts.lock().unwrap().clear();
+        assert!(codec.poll_ready(&mut cx).is_ready());
+        let frame = Data::new(StreamId::from(41), Bytes::from(vec![1u8; 16_384]));
+        codec.buffer(frame.into()).unwrap();
+        assert!(codec.flush(&mut cx).is_ready());
+        assert_eq!(*io.writes.lock().unwrap(), [9 + 16_384]);
+        assert_eq!(*io.firsts.lock().unwrap(), [256]);
     }
 }
