@@ -411,15 +411,9 @@ fn rewrite_request_headers(
     let rt = &*ctx.rt;
     // Which of the fields below are there: only those are looked up or removed.
     let present = RequestFields::scan(&headers).strip_hop_by_hop(&mut headers, upgrade);
-    // Room for the fields added below (not the route's header mutations, rarely any), and no
-    // more: a map grown by reserving more than is added is rehashed for nothing — an HTTP/2
-    // request's map, built by h2 with room for 6 fields, was on every gRPC call.
-    let added = usize::from(grpc && !present.has(field::TE))
-        + usize::from(rt.config.use_remote_address && !present.has(field::X_FORWARDED_FOR))
-        + usize::from(!present.has(field::X_FORWARDED_PROTO))
-        + usize::from(rt.config.generate_request_id && !present.has(field::X_REQUEST_ID))
-        + usize::from(rt.via.is_some());
-    headers.reserve(added);
+    // No reservation for the fields added below: a map with room takes them as they are, one
+    // without doubles once (reserving a guess of 4 had regrown and rehashed every HTTP/2
+    // request's map, built by h2 with room for 6, on every gRPC call).
     if present.has(field::EXPECT) {
         headers.remove(header::EXPECT);
     }

@@ -83,13 +83,9 @@ const DEFAULT_BUFFER_CAPACITY: usize = 16 * 1_024;
 /// full-size frames (16 KiB) are still chained.
 const CHAIN_THRESHOLD: usize = 4096;
 
-/// Chain payloads of at least this many bytes when vectored I/O is **not** enabled.
-/// A larger value in this scenario will reduce the number of small and
-/// fragmented data being sent, and hereby improve the throughput.
-///
-/// weft patch: 4,096 (upstream: 1,024), as with vectored I/O (below that a
-/// chained payload costs a write of its own even more surely).
-const CHAIN_THRESHOLD_WITHOUT_VECTORED_IO: usize = 4096;
+// weft patch: upstream's CHAIN_THRESHOLD_WITHOUT_VECTORED_IO (1,024) is gone:
+// CHAIN_THRESHOLD applies with and without vectored I/O (without it a chained
+// payload costs a write of its own even more surely).
 
 /// weft patch: how much of a chained payload is copied into the write buffer
 /// behind its head, so that the first write is not tiny: upstream's chain
@@ -105,10 +101,11 @@ where
     B: Buf,
 {
     pub fn new(inner: T) -> FramedWrite<T, B> {
-        let (chain_threshold, chain_top_up) = if inner.is_write_vectored() {
-            (CHAIN_THRESHOLD, CHAIN_TOP_UP)
+        let chain_threshold = CHAIN_THRESHOLD;
+        let chain_top_up = if inner.is_write_vectored() {
+            CHAIN_TOP_UP
         } else {
-            (CHAIN_THRESHOLD_WITHOUT_VECTORED_IO, CHAIN_TOP_UP_WITHOUT_VECTORED_IO)
+            CHAIN_TOP_UP_WITHOUT_VECTORED_IO
         };
         FramedWrite {
             inner,
