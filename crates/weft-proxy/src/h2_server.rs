@@ -131,15 +131,21 @@ where
             }
             match conn.poll_accept(&mut conn_cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    let s = stream(req, respond, svc);
-                    let s = match opts.stream_idle {
-                        Some(idle) => Either::Left(IdleTimed::new(s, idle, opts.stream_idle_timeouts.clone())),
-                        None => Either::Right(s),
-                    };
                     // Boxed, and built in the allocation: the stream's state (the pipeline's
                     // above all) is large. The set holds a pointer per stream, and its
                     // placeholder entry, kept for the connection's life, no stream's state.
-                    streams.push(Box::into_pin(Box::write(Box::new_uninit(), s)));
+                    // Allocated before the future is built, so that it is built in place
+                    // (built first, it was copied into the allocation: 7 KB per stream).
+                    let slot = Box::new_uninit();
+                    let s = stream(req, respond, svc);
+                    let s = Box::write(
+                        slot,
+                        match opts.stream_idle {
+                            Some(idle) => Either::Left(IdleTimed::new(s, idle, opts.stream_idle_timeouts.clone())),
+                            None => Either::Right(s),
+                        },
+                    );
+                    streams.push(Box::into_pin(s));
                 }
                 Poll::Ready(Some(Err(e))) => {
                     tracing::debug!(error = %e, "HTTP/2 connection failed");

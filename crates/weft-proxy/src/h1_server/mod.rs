@@ -294,6 +294,8 @@ impl<IO: ConnIo> Conn<IO> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() == 0 {
             self.buf = bufs::take_read();
+        } else {
+            weft_upstream::h1::rewind(&mut self.buf, READ_SIZE);
         }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);

@@ -8,35 +8,47 @@ pub struct Buffer<T> {
 }
 
 /// weft patch: the most entries a frame buffer or stream store reserves again
-/// after a rest. Enough for the streams a busy connection usually has open at
-/// once; a rare larger burst grows past it by doubling as before, and is not
-/// reserved again for every later stream.
-pub(super) const REUSE_MAX: usize = 128;
+/// after a rest (the streams weft lets a connection have open at once).
+pub(super) const REUSE_MAX: usize = 1024;
 
-/// weft patch: the capacity a slab had when it was freed at rest (at most
-/// `REUSE_MAX`), reserved again in one step by its next insertion instead of
-/// regrowing by doubling (a reallocation and a copy of every entry per step).
+/// weft patch: what a slab needs again after a rest, reserved in one step by
+/// its next insertion instead of regrowing by doubling (a reallocation and a
+/// copy of every entry per step). It is the most entries the slab held during
+/// its last busy period (rounded up to a power of two, at most `REUSE_MAX`):
+/// a busy period like the last one never regrows, and one burst is reserved
+/// again only for the next period, not for every later one. (Remembering the
+/// capacity instead, capped at 128, made a connection with 128 streams in
+/// flight regrow its frame queue past 128 entries in every busy period.)
 #[derive(Debug, Default)]
-pub(super) struct Released(usize);
+pub(super) struct Released {
+    /// Reserved by the first insertion after a rest.
+    reserve: usize,
+    /// The most entries held since the last rest.
+    peak: usize,
+}
 
 impl Released {
-    /// Frees `slab` if it is empty, remembering its capacity.
+    /// Frees `slab` if it is empty, remembering what its busy period needed.
     pub(super) fn free<T>(&mut self, slab: &mut Slab<T>) {
         if slab.is_empty() && slab.capacity() > 0 {
             // Up to 4 entries, the first insertion allocates as much anyway.
-            if slab.capacity() > 4 {
-                self.0 = slab.capacity().min(REUSE_MAX);
-            }
+            self.reserve = match self.peak {
+                0..=4 => 0,
+                n => n.next_power_of_two().min(REUSE_MAX),
+            };
+            self.peak = 0;
             *slab = Slab::new();
         }
     }
 
-    /// Inserts into `slab`, first reserving the capacity remembered at rest.
+    /// Inserts into `slab`, first reserving what the last busy period needed.
     pub(super) fn insert<T>(&mut self, slab: &mut Slab<T>, value: T) -> usize {
-        if self.0 > 0 && slab.capacity() == 0 {
-            slab.reserve(std::mem::take(&mut self.0));
+        if self.reserve > 0 && slab.capacity() == 0 {
+            slab.reserve(std::mem::take(&mut self.reserve));
         }
-        slab.insert(value)
+        let key = slab.insert(value);
+        self.peak = self.peak.max(slab.len());
+        key
     }
 }
 
@@ -166,5 +178,34 @@ mod tests {
         queue.push_back(&mut buf, 1);
         assert!(buf.slab.capacity() >= busy, "{} < {busy}", buf.slab.capacity());
         assert_eq!(queue.pop_front(&mut buf), Some(1));
+    }
+
+    /// weft patch: what is reserved again follows the last busy period: a
+    /// period like the last one never regrows, a burst is reserved again only
+    /// for the next period.
+    #[test]
+    fn reserved_capacity_follows_the_last_busy_period() {
+        let mut buf = Buffer::new();
+        let mut queue = Deque::new();
+        let mut busy = |buf: &mut Buffer<usize>, n: usize| {
+            for i in 0..n {
+                queue.push_back(buf, i);
+            }
+            let cap = buf.slab.capacity();
+            while queue.pop_front(buf).is_some() {}
+            buf.release_if_empty();
+            cap
+        };
+        // 200 frames in flight: the first period grows by doubling, the next
+        // ones find the room reserved at their first frame.
+        busy(&mut buf, 200);
+        let first = busy(&mut buf, 200);
+        assert!((200..=256).contains(&first), "{first}");
+        assert_eq!(busy(&mut buf, 200), first, "no regrowth in a period like the last");
+        // A burst of 900, then quiet periods of 10: the burst is reserved for
+        // the period after it only.
+        busy(&mut buf, 900);
+        assert!(busy(&mut buf, 10) >= 900);
+        assert!(busy(&mut buf, 10) <= 16, "a burst is not reserved for every later period");
     }
 }
