@@ -135,12 +135,14 @@ pub fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<Head>
     }))
 }
 
-/// Moves an emptied read buffer back to the start of its allocation of `size` bytes once at least
-/// [`REWIND_AFTER`] bytes of it were used, if nothing else shares that allocation (a head or body
-/// cut out of it and still alive): else a no-op, never an allocation. Without it, each message
-/// read into a kept-alive connection's buffer starts where the last one ended, so the reads walk
-/// through the whole allocation (new cache lines for the kernel's copy and the parser) until a
-/// reservation wraps around; with it they stay within about a kilobyte and a message.
+/// Moves an emptied read buffer back to the start of its allocation once at least [`REWIND_AFTER`]
+/// bytes of it were used (for an allocation of `size` bytes; of one that grew larger, that much
+/// more), if nothing else shares the allocation (a head or body cut out of it and still alive):
+/// else a no-op, never an allocation. For message boundaries (a connection at rest, a request
+/// about to be sent). Without it, each message read into a kept-alive connection's buffer starts
+/// where the last one ended, so the reads walk through the whole allocation (new cache lines for
+/// the kernel's copy and the parser) until a reservation wraps around; with it they stay within
+/// about a kilobyte and a message.
 pub fn rewind(buf: &mut BytesMut, size: usize) {
     if buf.is_empty() && buf.capacity() + REWIND_AFTER <= size {
         // `try_reclaim` moves the (empty) contents to the allocation's start when `size` does not
@@ -846,7 +848,6 @@ impl Conn {
 
     /// [`Conn::poll_fill`], reading at most `max` bytes.
     fn poll_fill_max(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
-        rewind(&mut self.buf, FIRST_READ);
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
@@ -978,6 +979,8 @@ pub async fn round_trip(
         UpBody::Full(b) => BodyKind::Buffered(b.as_ref()),
         UpBody::Stream(..) => BodyKind::Streamed,
     };
+    // A message boundary: the response is read at the buffer's start if nothing holds the last.
+    rewind(&mut conn.buf, FIRST_READ);
     let chunked = encode_request(&mut conn.wbuf, method, uri, headers, kind);
     // Closed before a byte of the response on a reused connection: the upstream most likely
     // closed it as idle while the request was on its way, and did not process it.

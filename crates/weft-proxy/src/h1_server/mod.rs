@@ -294,8 +294,6 @@ impl<IO: ConnIo> Conn<IO> {
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() == 0 {
             self.buf = bufs::take_read();
-        } else {
-            weft_upstream::h1::rewind(&mut self.buf, READ_SIZE);
         }
         if self.buf.capacity() - self.buf.len() < READ_SIZE / 4 {
             self.buf.reserve(READ_SIZE);
@@ -664,10 +662,12 @@ mod bufs {
     }
 
     /// Keeps an empty read buffer (one holding bytes is dropped: they are not anyone's now).
-    pub fn give_read(b: BytesMut) {
+    pub fn give_read(mut b: BytesMut) {
         if b.capacity() == 0 || b.capacity() > MAX_READ || !b.is_empty() {
             return;
         }
+        // Kept at its allocation's start, if the last request's head is gone.
+        weft_upstream::h1::rewind(&mut b, super::READ_SIZE);
         kept::give(&READ, b, KEEP);
     }
 

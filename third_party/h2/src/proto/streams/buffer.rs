@@ -8,7 +8,8 @@ pub struct Buffer<T> {
 }
 
 /// weft patch: the most entries a frame buffer or stream store reserves again
-/// after a rest (the streams weft lets a connection have open at once).
+/// after a rest: the streams weft lets a connection have open at once (a frame
+/// queue can hold more entries; past this it regrows by doubling as before).
 pub(super) const REUSE_MAX: usize = 1024;
 
 /// weft patch: what a slab needs again after a rest, reserved in one step by
