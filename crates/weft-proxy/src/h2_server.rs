@@ -131,12 +131,11 @@ where
             }
             match conn.poll_accept(&mut conn_cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
-                    // Boxed, and built in the allocation: the stream's state (the pipeline's
-                    // above all) is large. The set holds a pointer per stream, and its
-                    // placeholder entry, kept for the connection's life, no stream's state.
-                    // Allocated before the future is built, which lets the compiler build it in
-                    // place (built first, it was copied into the allocation: 7 KB per stream;
-                    // nothing guarantees this, `bench/instructions --h2-streams` would show it).
+                    // Boxed: the stream's state (the pipeline's above all) is large, and the set
+                    // holds a pointer per stream (its placeholder entry, kept for the
+                    // connection's life, no stream's state). Allocated before the future is
+                    // built, which lets the compiler build it in place (built first, it was
+                    // copied in: 7 KB per stream; not guaranteed, `bench/instructions` shows it).
                     let slot = Box::new_uninit();
                     let s = stream(req, respond, svc);
                     let s = Box::write(

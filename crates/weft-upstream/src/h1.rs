@@ -154,7 +154,7 @@ pub fn rewind(buf: &mut BytesMut, size: usize) {
 
 /// How much of a read buffer is used before [`rewind`] moves it back (the check costs ~60
 /// instructions, so not after every message).
-pub const REWIND_AFTER: usize = 1024;
+const REWIND_AFTER: usize = 1024;
 
 /// A parsed head's fields before their values are cut out of the head's buffer: name, value
 /// start and end. On the stack for ordinary heads (no allocation per message).

@@ -47,14 +47,11 @@ struct Encoder<B> {
     /// Max frame size, this is specified by the peer
     max_frame_size: FrameSize,
 
-    /// Chain payloads of at least this many bytes.
-    chain_threshold: usize,
-
     /// weft patch: how much of a chained payload is copied behind its head.
+    /// (upstream's `chain_threshold` and `min_buffer_capacity` fields are the
+    /// constants `CHAIN_THRESHOLD` and `MIN_BUFFER_CAPACITY`: one threshold with
+    /// and without vectored I/O.)
     chain_top_up: usize,
-
-    /// Min buffer required to attempt to write a frame
-    min_buffer_capacity: usize,
 }
 
 #[derive(Debug)]
@@ -94,6 +91,9 @@ const CHAIN_THRESHOLD: usize = 4096;
 const CHAIN_TOP_UP: usize = 256;
 const CHAIN_TOP_UP_WITHOUT_VECTORED_IO: usize = 1024;
 
+/// Min buffer required to attempt to write a frame.
+const MIN_BUFFER_CAPACITY: usize = CHAIN_THRESHOLD + frame::HEADER_LEN;
+
 // TODO: Make generic
 impl<T, B> FramedWrite<T, B>
 where
@@ -101,7 +101,6 @@ where
     B: Buf,
 {
     pub fn new(inner: T) -> FramedWrite<T, B> {
-        let chain_threshold = CHAIN_THRESHOLD;
         let chain_top_up = if inner.is_write_vectored() {
             CHAIN_TOP_UP
         } else {
@@ -116,9 +115,7 @@ where
                 next: None,
                 last_data_frame: None,
                 max_frame_size: frame::DEFAULT_MAX_FRAME_SIZE,
-                chain_threshold,
                 chain_top_up,
-                min_buffer_capacity: chain_threshold + frame::HEADER_LEN,
             },
         }
     }
@@ -272,13 +269,13 @@ where
                     return Err(PayloadTooBig);
                 }
 
-                if len >= self.chain_threshold {
+                if len >= CHAIN_THRESHOLD {
                     let head = v.head();
 
                     // Encode the frame head to the buffer
                     head.encode(len, self.buf.get_mut());
 
-                    // weft patch: `chain_top_up`, not `chain_threshold` (see CHAIN_TOP_UP).
+                    // weft patch: `chain_top_up`, not the chain threshold (see CHAIN_TOP_UP).
                     if self.buf.get_ref().remaining() < self.chain_top_up {
                         let extra_bytes = self.chain_top_up - self.buf.remaining();
                         self.buf.get_mut().put(v.payload_mut().take(extra_bytes));
@@ -348,7 +345,7 @@ where
         self.next.is_none()
             && (self.buf.get_ref().capacity() == 0
                 || self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                    >= self.min_buffer_capacity)
+                    >= MIN_BUFFER_CAPACITY)
     }
 
     fn is_empty(&self) -> bool {
