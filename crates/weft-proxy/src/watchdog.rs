@@ -5,8 +5,8 @@
 //!
 //! They are checked by one watchdog per connection that wakes a few times per timeout period and
 //! compares counters the connection's I/O keeps ([`Activity`]), so the request path arms no timer
-//! and reads no clock. HTTP/2 streams each get their own stream idle timer ([`IdleTimed`]), since
-//! one stalled stream must not close the connection's other streams.
+//! and reads no clock. HTTP/2 streams each get their own stream idle timer ([`IdleTimed`], which
+//! ticks in the same way), since one stalled stream must not close the connection's other streams.
 
 use crate::h1_framing::Activity;
 use prometheus_client::metrics::counter::Counter;
@@ -121,25 +121,46 @@ pub async fn watch(limits: Limits, activity: &Activity, ex: &Exchanges) -> Verdi
 
 pin_project_lite::pin_project! {
     /// An HTTP/2 stream's future (`crate::h2_server`) that ends when it has not been woken for
-    /// `idle`: dropping it resets the stream (RST_STREAM CANCEL) and releases its upstream. One
-    /// stalled stream must not close the connection's other streams. Every poll pushes the
-    /// deadline out (extending a tokio timer is an atomic store, not a timer-wheel move).
+    /// `idle` (at most a quarter more: see below): dropping it resets the stream (RST_STREAM
+    /// CANCEL) and releases its upstream. One stalled stream must not close the connection's
+    /// other streams.
+    ///
+    /// The stream's timer ticks [`IDLE_TICKS`] times per `idle`, and the stream ends at the
+    /// `IDLE_TICKS`-th tick in a row with no poll of it in between: a wake-up of the stream costs
+    /// a flag, where pushing a deadline out at every poll cost a clock read, a timer poll and a
+    /// reset (~1,000 instructions of a proxied gRPC call, `bench/instructions --grpc`). A stream
+    /// that ends within a tick registers its timer once.
     pub struct IdleTimed<F> {
         #[pin]
         inner: F,
         #[pin]
-        sleep: tokio::time::Sleep,
-        idle: Duration,
+        tick: tokio::time::Sleep,
+        period: Duration,
+        // Ticks in a row with no poll of the stream between them.
+        quiet: u8,
+        // Polled since the last tick (other than by the tick).
+        active: bool,
+        // The timer was polled with coop budget since it was last set: it will wake the stream
+        // when it elapses.
+        armed: bool,
         timeouts: Counter,
     }
 }
 
+/// How many times an HTTP/2 stream's idle timer ticks per stream idle timeout (as the
+/// connection's [`watch`]dog).
+const IDLE_TICKS: u8 = 4;
+
 impl<F> IdleTimed<F> {
     pub fn new(inner: F, idle: Duration, timeouts: Counter) -> IdleTimed<F> {
+        let period = (idle / u32::from(IDLE_TICKS)).max(Duration::from_millis(1));
         IdleTimed {
             inner,
-            sleep: tokio::time::sleep(idle),
-            idle,
+            tick: tokio::time::sleep(period),
+            period,
+            quiet: 0,
+            active: false,
+            armed: false,
             timeouts,
         }
     }
@@ -150,14 +171,31 @@ impl<F: Future<Output = ()>> Future for IdleTimed<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut me = self.project();
-        if me.sleep.as_mut().poll(cx).is_ready() {
-            me.timeouts.inc();
-            return Poll::Ready(());
+        let ticked = me.tick.is_elapsed();
+        if ticked {
+            if std::mem::take(me.active) {
+                *me.quiet = 0;
+            } else {
+                *me.quiet += 1;
+                if *me.quiet >= IDLE_TICKS {
+                    me.timeouts.inc();
+                    return Poll::Ready(());
+                }
+            }
+            me.tick.as_mut().reset(tokio::time::Instant::now() + *me.period);
+            *me.armed = false;
+        }
+        if !*me.armed {
+            // A poll made without coop budget left registers nothing (and has the task woken
+            // again): only a poll with budget arms the timer.
+            let budget = tokio::task::coop::has_budget_remaining();
+            *me.armed = me.tick.as_mut().poll(cx).is_pending() && budget;
         }
         if me.inner.poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        me.sleep.as_mut().reset(tokio::time::Instant::now() + *me.idle);
+        // (The tick's own poll is not the stream's activity.)
+        *me.active |= !ticked;
         Poll::Pending
     }
 }
@@ -284,5 +322,60 @@ mod watched_tests {
         };
         let mut w = Watched::new(conn, Box::pin(std::future::pending::<()>()));
         assert_eq!((&mut w).await, Ok(()));
+    }
+}
+
+#[cfg(test)]
+mod idle_timed_tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Woken every `every` until `until`, then never again (and never done).
+    struct Busy {
+        until: Instant,
+        every: Duration,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    impl Future for Busy {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if Instant::now() >= self.until {
+                self.sleep = None;
+                return Poll::Pending;
+            }
+            let every = self.every;
+            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            if sleep.as_mut().poll(cx).is_ready() {
+                sleep.as_mut().reset(tokio::time::Instant::now() + every);
+                let _ = sleep.as_mut().poll(cx);
+            }
+            Poll::Pending
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_ends_an_idle_timeout_after_its_last_wake_up_and_not_before() {
+        let idle = Duration::from_millis(800);
+        let start = Instant::now();
+        let busy_for = Duration::from_millis(2000);
+        let timeouts = Counter::default();
+        let busy = Busy {
+            until: start + busy_for,
+            every: Duration::from_millis(40),
+            sleep: None,
+        };
+        IdleTimed::new(busy, idle, timeouts.clone()).await;
+        let took = start.elapsed();
+        assert_eq!(timeouts.get(), 1);
+        // Woken for 2 s, far longer than the timeout: it ends only once it goes quiet, and not
+        // before the timeout (nor much after it: a quarter late at most, plus scheduling).
+        assert!(took >= busy_for + idle, "ended after {took:?}");
+        assert!(took < busy_for + idle * 3, "ended after {took:?}");
+
+        // A stream that ends by itself is not counted.
+        let timeouts = Counter::default();
+        IdleTimed::new(std::future::ready(()), idle, timeouts.clone()).await;
+        assert_eq!(timeouts.get(), 0);
     }
 }

@@ -20,6 +20,15 @@ pub struct Encoder {
     scratch: BytesMut,
 }
 
+/// weft patch (tenth): the previous field's index, for a value without a name (another value
+/// of the same field).
+enum Last {
+    None,
+    /// Found whole by `Table::find_indexed`.
+    Indexed(usize),
+    Index(Index),
+}
+
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
 enum SizeUpdate {
     One(usize),
@@ -107,31 +116,43 @@ impl Encoder {
 
         self.encode_size_updates(dst);
 
-        let mut last_index = None;
+        let mut last_index = Last::None;
 
         for header in headers {
             match header.reify() {
-                // The header has an associated name. In which case, try to
-                // index it in the table.
-                Ok(header) => {
-                    let index = self.table.index(header);
-                    self.encode_header(&index, dst);
+                // weft patch (tenth): a field the table holds whole (most fields of a
+                // connection's messages after its first) is found by reference and written as
+                // its index; `index` (which takes the field, and may insert it) decides the rest.
+                Ok(header) => match self.table.find_indexed(&header) {
+                    Some(n) => {
+                        encode_int(n, 7, 0x80, dst);
+                        last_index = Last::Indexed(n);
+                    }
+                    // The header has an associated name. In which case, try to
+                    // index it in the table.
+                    None => {
+                        let index = self.table.index(header);
+                        self.encode_header(&index, dst);
 
-                    last_index = Some(index);
-                }
+                        last_index = Last::Index(index);
+                    }
+                },
                 // The header does not have an associated name. This means that
                 // the name is the same as the previously yielded header. In
                 // which case, we skip table lookup and just use the same index
                 // as the previous entry.
-                Err(value) => {
-                    self.encode_header_without_name(
-                        last_index.as_ref().unwrap_or_else(|| {
-                            panic!("encoding header without name, but no previous index to use for name");
-                        }),
-                        &value,
-                        dst,
-                    );
-                }
+                Err(value) => match last_index {
+                    // (What `encode_header_without_name` does for `Index::Indexed`.)
+                    Last::Indexed(n) => {
+                        encode_not_indexed(n, value.as_ref(), value.is_sensitive(), dst);
+                    }
+                    Last::Index(ref index) => self.encode_header_without_name(index, &value, dst),
+                    Last::None => {
+                        panic!(
+                            "encoding header without name, but no previous index to use for name"
+                        )
+                    }
+                },
             }
         }
     }

@@ -130,6 +130,53 @@ impl Table {
         }
     }
 
+    /// weft patch (tenth): the index of a field the table holds whole, static or dynamic, found
+    /// without taking the field: `Some(n)` exactly when [`Table::index`] would return
+    /// `Index::Indexed(n, _)` (it changes nothing then: no insertion, no eviction), `None` for
+    /// every other outcome, which `index` then decides as before. For `Encoder::encode`, where
+    /// most fields of a connection's messages are such repeats, and moving each field into
+    /// `index` and its `Index` out again cost more than the lookup.
+    pub fn find_indexed(&self, header: &Header) -> Option<usize> {
+        if let Some((n, true)) = index_static(header) {
+            return Some(n);
+        }
+        if header.skip_value_index()
+            || self.indices.is_empty()
+            || header.len() * 4 > self.max_size * 3
+            || header.unique_per_message()
+        {
+            return None;
+        }
+        let hash = hash_header(header);
+        let mut probe = desired_pos(self.mask, hash);
+        let mut dist = 0;
+        probe_loop!(probe < self.indices.len(), {
+            // A vacant slot, or one whose entry sits closer to its own desired position, ends
+            // the search (robin hood hashing, as in `index_dynamic`).
+            let pos = self.indices[probe]?;
+            if probe_distance(self.mask, pos.hash, probe) < dist {
+                return None;
+            }
+            if pos.hash == hash
+                && self.slots[pos.index.wrapping_add(self.inserted)]
+                    .header
+                    .name()
+                    == header.name()
+            {
+                // The entries with this name, newest first (`index_occupied`'s walk).
+                let mut index = pos.index;
+                loop {
+                    let real_idx = index.wrapping_add(self.inserted);
+                    if self.slots[real_idx].header.value_eq(header) {
+                        return Some(real_idx + DYN_OFFSET);
+                    }
+                    index = self.slots[real_idx].next?;
+                }
+            }
+            dist += 1;
+        });
+    }
+
     /// Index the header in the HPACK table.
     pub fn index(&mut self, header: Header) -> Index {
         // Check the static table
@@ -759,5 +806,71 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
             500 => Some((14, true)),
             _ => Some((8, false)),
         },
+    }
+}
+
+// weft patch (tenth): `find_indexed` agrees with `index`.
+#[cfg(test)]
+mod weft_tests {
+    use super::*;
+    use http::header::{HeaderName, HeaderValue};
+
+    #[test]
+    fn find_indexed_is_index_for_whole_matches_and_none_otherwise() {
+        // Fields from a small pool (so that they repeat), some with several values, a static
+        // name or a request id; tables small enough to evict.
+        let names = [
+            "content-type",
+            "x-a",
+            "x-b",
+            "user-agent",
+            "x-request-id",
+            "cookie",
+            "te",
+        ];
+        let values = [
+            "application/grpc",
+            "1",
+            "22",
+            "a-long-value-that-takes-room-in-the-table",
+            "",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut hits = 0;
+        for max_size in [0, 64, 200, 4096] {
+            let mut table = Table::new(max_size, 0);
+            for i in 0..20_000 {
+                if i % 5_000 == 4_999 {
+                    table.resize([0, 100, max_size][next(3)]);
+                }
+                let header = match next(10) {
+                    0 => Header::Status(
+                        http::StatusCode::from_u16([200, 404, 503][next(3)]).unwrap(),
+                    ),
+                    1 => Header::Path(crate::hpack::BytesStr::from(["/", "/a.B/C"][next(2)])),
+                    2 => Header::Authority(crate::hpack::BytesStr::from(
+                        ["x", "localhost:1"][next(2)],
+                    )),
+                    _ => Header::Field {
+                        name: HeaderName::from_static(names[next(names.len())]),
+                        value: HeaderValue::from_static(values[next(values.len())]),
+                    },
+                };
+                let found = table.find_indexed(&header);
+                let expected = match table.index(header) {
+                    Index::Indexed(n, _) => Some(n),
+                    _ => None,
+                };
+                assert_eq!(found, expected, "field {i}, table size {max_size}");
+                hits += usize::from(found.is_some_and(|n| n >= DYN_OFFSET));
+            }
+        }
+        assert!(hits > 5_000, "the dynamic table was hit {hits} times");
     }
 }
