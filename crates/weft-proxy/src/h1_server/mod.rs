@@ -751,13 +751,20 @@ impl Out {
 
     fn poll_flush<T: AsyncWrite + Unpin>(&mut self, io: &mut T, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.is_empty() {
-            let crlf: &[u8] = &b"\r\n"[2 - self.crlf..];
-            let bufs = [
-                io::IoSlice::new(&self.buf[self.pos..]),
-                io::IoSlice::new(self.big.as_deref().unwrap_or_default()),
-                io::IoSlice::new(crlf),
-            ];
-            let mut n = ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?;
+            let mut n = if self.big.is_none() && self.crlf == 0 {
+                // One buffer (a head and a small body, the common case): a plain write. Linux's
+                // `writev` costs ~0.2 µs more per call than `send` for the same kilobyte on a
+                // loopback connection, even with one vector.
+                ready!(Pin::new(&mut *io).poll_write(cx, &self.buf[self.pos..]))?
+            } else {
+                let crlf: &[u8] = &b"\r\n"[2 - self.crlf..];
+                let bufs = [
+                    io::IoSlice::new(&self.buf[self.pos..]),
+                    io::IoSlice::new(self.big.as_deref().unwrap_or_default()),
+                    io::IoSlice::new(crlf),
+                ];
+                ready!(Pin::new(&mut *io).poll_write_vectored(cx, &bufs))?
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -827,6 +834,66 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    /// A stream that can write vectored and counts how it was written to.
+    #[derive(Default)]
+    struct Counting {
+        plain: usize,
+        vectored: usize,
+        got: Vec<u8>,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.plain += 1;
+            self.got.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.vectored += 1;
+            let mut n = 0;
+            for b in bufs {
+                self.got.extend_from_slice(b);
+                n += b.len();
+            }
+            Poll::Ready(Ok(n))
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A head and a small body, one buffer, go out in a plain write (`send`, cheaper than a
+    /// one-vector `writev`); a large piece behind them in one vectored write.
+    #[test]
+    fn one_buffer_is_a_plain_write_and_a_large_piece_a_vectored_one() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut w = Counting::default();
+        let mut out = Out::default();
+        out.buf
+            .extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n");
+        out.push(Bytes::from_static(b"abc"), BodyOut::Length(3));
+        assert!(out.poll_flush(&mut w, &mut cx).is_ready());
+        assert_eq!((w.plain, w.vectored), (1, 0));
+        out.buf.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
+        out.push(
+            Bytes::from(vec![b'x'; COPY_MAX + 1]),
+            BodyOut::Length(COPY_MAX as u64 + 1),
+        );
+        assert!(out.poll_flush(&mut w, &mut cx).is_ready());
+        assert_eq!((w.plain, w.vectored), (1, 1));
+        assert_eq!(w.got.len(), 41 + 19 + COPY_MAX + 1);
     }
 
     /// Chunks queued after a large piece stay behind its CRLF, whatever the writes' sizes (a

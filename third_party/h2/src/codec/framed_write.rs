@@ -7,7 +7,6 @@ use bytes::{Buf, BufMut, BytesMut};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_util::io::poll_write_buf;
 
 use std::io::{self, Cursor};
 
@@ -162,15 +161,11 @@ where
                     Some(Next::Data(ref mut frame)) => {
                         tracing::trace!(queued_data_frame = true);
                         let mut buf = (&mut self.encoder.buf).chain(frame.payload_mut());
-                        ready!(poll_write_buf(Pin::new(&mut self.inner), cx, &mut buf))?
+                        ready!(poll_write_buf(&mut self.inner, cx, &mut buf))?
                     }
                     _ => {
                         tracing::trace!(queued_data_frame = false);
-                        ready!(poll_write_buf(
-                            Pin::new(&mut self.inner),
-                            cx,
-                            &mut self.encoder.buf
-                        ))?
+                        ready!(poll_write_buf(&mut self.inner, cx, &mut self.encoder.buf))?
                     }
                 };
                 if n == 0 {
@@ -345,8 +340,7 @@ where
         // `FramedWrite::release_idle_buffer`); `buffer` allocates it again.
         self.next.is_none()
             && (self.buf.get_ref().capacity() == 0
-                || self.buf.get_ref().capacity() - self.buf.get_ref().len()
-                    >= MIN_BUFFER_CAPACITY)
+                || self.buf.get_ref().capacity() - self.buf.get_ref().len() >= MIN_BUFFER_CAPACITY)
     }
 
     fn is_empty(&self) -> bool {
@@ -412,4 +406,29 @@ mod unstable {
             &self.inner
         }
     }
+}
+
+/// weft patch (eleventh): writes `buf` once, as `tokio_util::io::poll_write_buf` does, but with a
+/// plain write when `buf` is one slice (most writes: frames are copied into the write buffer
+/// below the chain threshold), a vectored one only for several. That function writes vectored
+/// whenever the stream can, and Linux's `writev` costs ~0.2 µs more per call than `send` for
+/// the same kilobyte on a loopback connection, even with one vector.
+fn poll_write_buf<T: AsyncWrite + Unpin, B: Buf>(
+    io: &mut T,
+    cx: &mut Context<'_>,
+    buf: &mut B,
+) -> Poll<io::Result<usize>> {
+    if !buf.has_remaining() {
+        return Poll::Ready(Ok(0));
+    }
+    let n = if buf.chunk().len() == buf.remaining() || !io.is_write_vectored() {
+        ready!(Pin::new(io).poll_write(cx, buf.chunk()))?
+    } else {
+        const MAX_BUFS: usize = 64;
+        let mut slices = [io::IoSlice::new(&[]); MAX_BUFS];
+        let cnt = buf.chunks_vectored(&mut slices);
+        ready!(Pin::new(io).poll_write_vectored(cx, &slices[..cnt]))?
+    };
+    buf.advance(n);
+    Poll::Ready(Ok(n))
 }
