@@ -5,8 +5,8 @@
 //!
 //! They are checked by one watchdog per connection that wakes a few times per timeout period and
 //! compares counters the connection's I/O keeps ([`Activity`]), so the request path arms no timer
-//! and reads no clock. HTTP/2 streams each get their own stream idle timer ([`IdleTimed`], which
-//! ticks in the same way), since one stalled stream must not close the connection's other streams.
+//! and reads no clock. HTTP/2 streams each get their own stream idle timer ([`IdleTimed`]), since
+//! one stalled stream must not close the connection's other streams.
 
 use crate::h1_framing::Activity;
 use prometheus_client::metrics::counter::Counter;
@@ -121,46 +121,25 @@ pub async fn watch(limits: Limits, activity: &Activity, ex: &Exchanges) -> Verdi
 
 pin_project_lite::pin_project! {
     /// An HTTP/2 stream's future (`crate::h2_server`) that ends when it has not been woken for
-    /// `idle` (at most a quarter more: see below): dropping it resets the stream (RST_STREAM
-    /// CANCEL) and releases its upstream. One stalled stream must not close the connection's
-    /// other streams.
-    ///
-    /// The stream's timer ticks [`IDLE_TICKS`] times per `idle`, and the stream ends at the
-    /// `IDLE_TICKS`-th tick in a row with no poll of it in between: a wake-up of the stream costs
-    /// a flag, where pushing a deadline out at every poll cost a clock read, a timer poll and a
-    /// reset (~1,000 instructions of a proxied gRPC call, `bench/instructions --grpc`). A stream
-    /// that ends within a tick registers its timer once.
+    /// `idle`: dropping it resets the stream (RST_STREAM CANCEL) and releases its upstream. One
+    /// stalled stream must not close the connection's other streams. Every poll pushes the
+    /// deadline out (extending a tokio timer is an atomic store, not a timer-wheel move).
     pub struct IdleTimed<F> {
         #[pin]
         inner: F,
         #[pin]
-        tick: tokio::time::Sleep,
-        period: Duration,
-        // Ticks in a row with no poll of the stream between them.
-        quiet: u8,
-        // Polled since the last tick (other than by the tick).
-        active: bool,
-        // The timer was polled with coop budget since it was last set: it will wake the stream
-        // when it elapses.
-        armed: bool,
+        sleep: tokio::time::Sleep,
+        idle: Duration,
         timeouts: Counter,
     }
 }
 
-/// How many times an HTTP/2 stream's idle timer ticks per stream idle timeout (as the
-/// connection's [`watch`]dog).
-const IDLE_TICKS: u8 = 4;
-
 impl<F> IdleTimed<F> {
     pub fn new(inner: F, idle: Duration, timeouts: Counter) -> IdleTimed<F> {
-        let period = (idle / u32::from(IDLE_TICKS)).max(Duration::from_millis(1));
         IdleTimed {
             inner,
-            tick: tokio::time::sleep(period),
-            period,
-            quiet: 0,
-            active: false,
-            armed: false,
+            sleep: tokio::time::sleep(idle),
+            idle,
             timeouts,
         }
     }
@@ -171,31 +150,14 @@ impl<F: Future<Output = ()>> Future for IdleTimed<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut me = self.project();
-        let ticked = me.tick.is_elapsed();
-        if ticked {
-            if std::mem::take(me.active) {
-                *me.quiet = 0;
-            } else {
-                *me.quiet += 1;
-                if *me.quiet >= IDLE_TICKS {
-                    me.timeouts.inc();
-                    return Poll::Ready(());
-                }
-            }
-            me.tick.as_mut().reset(tokio::time::Instant::now() + *me.period);
-            *me.armed = false;
-        }
-        if !*me.armed {
-            // A poll made without coop budget left registers nothing (and has the task woken
-            // again): only a poll with budget arms the timer.
-            let budget = tokio::task::coop::has_budget_remaining();
-            *me.armed = me.tick.as_mut().poll(cx).is_pending() && budget;
+        if me.sleep.as_mut().poll(cx).is_ready() {
+            me.timeouts.inc();
+            return Poll::Ready(());
         }
         if me.inner.poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        // (The tick's own poll is not the stream's activity.)
-        *me.active |= !ticked;
+        me.sleep.as_mut().reset(tokio::time::Instant::now() + *me.idle);
         Poll::Pending
     }
 }
