@@ -765,7 +765,7 @@ impl Out {
             } else {
                 let crlf: &[u8] = &b"\r\n"[2 - self.crlf..];
                 let bufs = [
-                    io::IoSlice::new(&self.buf[self.pos..]),
+                    io::IoSlice::new(rest),
                     io::IoSlice::new(self.big.as_deref().unwrap_or_default()),
                     io::IoSlice::new(crlf),
                 ];
