@@ -170,8 +170,10 @@ pub mod maps {
     use crate::kept::{self, Kept};
     use http::HeaderMap;
 
-    /// Maps kept per thread.
-    pub const KEEP: usize = 8;
+    /// Maps kept per thread: as many as a busy worker has responses in flight (with 8, maps
+    /// were allocated and freed again under 50 keep-alive clients; see `weft_proxy::h1_server`'s
+    /// buffers). At most 64 maps of up to 32 fields.
+    pub const KEEP: usize = 64;
     /// Larger maps (a rare response with many fields) are freed, not kept.
     const MAX_CAPACITY: usize = 32;
 
