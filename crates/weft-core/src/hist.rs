@@ -1,19 +1,24 @@
-//! A histogram for the request path: observed with atomic adds, without a lock.
+//! A histogram for the request path: observed without a lock, and by a worker without a locked
+//! instruction.
 //!
 //! prometheus-client's `Histogram` takes a mutex for every observation and finds the bucket by a
 //! linear scan: ~80 instructions per observation, and a proxied request observes six (listener,
 //! route and cluster request times; Istio's duration, request and response sizes). Here the
-//! bucket is found by binary search and counted with relaxed atomic adds; the sum is a `f64` kept
-//! as bits and added by compare-and-swap. A scrape reads the atomics one by one, so a scrape that
-//! races observations may see a count that is one observation ahead of a bucket or the sum, as
-//! with any lock-free Prometheus client (the Go client's histogram does the same); every
-//! observation is counted exactly once. prometheus-client offers no lock-free histogram, so this
-//! one implements its encoding traits and lives in its registries and families like its own.
+//! bucket is found by binary search and counted in the observing thread's slot
+//! ([`crate::shard`]): a worker's own slot with plain loads and stores, the shared slot with
+//! relaxed atomic adds (the sum, a `f64` kept as bits, by compare-and-swap). The count is the sum
+//! of the buckets. A scrape sums the slots one by one, so a scrape that races observations may see
+//! the sum one observation behind the buckets, as with any lock-free Prometheus client (the Go
+//! client's histogram does the same); every observation is counted exactly once. prometheus-client
+//! offers no lock-free histogram, so this one implements its encoding traits and lives in its
+//! registries and families like its own.
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+
+use crate::shard;
 
 /// A classic (bucketed) Prometheus histogram. Clones share their counts.
 #[derive(Clone, Debug)]
@@ -25,11 +30,11 @@ pub struct Histogram {
 struct Inner {
     /// Upper bounds in increasing order, the last one `+Inf`.
     bounds: Box<[f64]>,
-    /// Observations per bucket (not cumulative), one per bound.
-    counts: Box<[AtomicU64]>,
-    count: AtomicU64,
-    /// The sum of the observations, as `f64::to_bits`.
-    sum: AtomicU64,
+    /// Per slot ([`crate::shard`]), `stride` cells: the observations per bucket (not cumulative),
+    /// one per bound, then the sum of the observations as `f64::to_bits`. `stride` is rounded up
+    /// to a whole number of cache lines, so that two workers' slots share at most one line.
+    cells: Box<[AtomicU64]>,
+    stride: usize,
 }
 
 impl Histogram {
@@ -37,13 +42,13 @@ impl Histogram {
     pub fn new(bounds: impl IntoIterator<Item = f64>) -> Histogram {
         let mut b: Vec<f64> = bounds.into_iter().filter(|b| *b != f64::INFINITY).collect();
         b.push(f64::INFINITY);
-        let counts = b.iter().map(|_| AtomicU64::new(0)).collect();
+        let stride = (b.len() + 1).next_multiple_of(8);
+        let cells = (0..stride * shard::slots()).map(|_| AtomicU64::new(0)).collect();
         Histogram {
             inner: Arc::new(Inner {
                 bounds: b.into_boxed_slice(),
-                counts,
-                count: AtomicU64::new(0),
-                sum: AtomicU64::new(0f64.to_bits()),
+                cells,
+                stride,
             }),
         }
     }
@@ -58,12 +63,18 @@ impl Histogram {
         } else {
             inner.bounds.partition_point(|b| *b < v).min(last)
         };
-        inner.counts[i].fetch_add(1, Relaxed);
-        inner.count.fetch_add(1, Relaxed);
-        let mut cur = inner.sum.load(Relaxed);
+        let (s, owned) = shard::thread_slot(inner.cells.len() / inner.stride);
+        let cells = &inner.cells[s * inner.stride..(s + 1) * inner.stride];
+        shard::add_to(&cells[i], 1, owned);
+        let sum = &cells[inner.bounds.len()];
+        if owned {
+            sum.store((f64::from_bits(sum.load(Relaxed)) + v).to_bits(), Relaxed);
+            return;
+        }
+        let mut cur = sum.load(Relaxed);
         loop {
             let new = (f64::from_bits(cur) + v).to_bits();
-            match inner.sum.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
+            match sum.compare_exchange_weak(cur, new, Relaxed, Relaxed) {
                 Ok(_) => break,
                 Err(seen) => cur = seen,
             }
@@ -73,17 +84,17 @@ impl Histogram {
     /// (sum, count, per-bucket counts with their upper bounds), as a scrape sees them.
     pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let inner = &*self.inner;
-        let buckets = inner
-            .bounds
-            .iter()
-            .zip(inner.counts.iter())
-            .map(|(b, c)| (*b, c.load(Relaxed)))
-            .collect();
-        (
-            f64::from_bits(inner.sum.load(Relaxed)),
-            inner.count.load(Relaxed),
-            buckets,
-        )
+        let n = inner.bounds.len();
+        let mut sum = 0.0;
+        let mut buckets: Vec<(f64, u64)> = inner.bounds.iter().map(|b| (*b, 0)).collect();
+        for slot in inner.cells.chunks(inner.stride) {
+            for (b, c) in buckets.iter_mut().zip(&slot[..n]) {
+                b.1 += c.load(Relaxed);
+            }
+            sum += f64::from_bits(slot[n].load(Relaxed));
+        }
+        let count = buckets.iter().map(|b| b.1).sum();
+        (sum, count, buckets)
     }
 }
 
@@ -136,11 +147,17 @@ mod tests {
 
     #[test]
     fn concurrent_observations_are_all_counted() {
+        // Workers in slots of their own (registered) and other threads in the shared one.
+        shard::configure(4);
         let h = Histogram::new([10.0, 100.0]);
+        assert!(h.inner.cells.len() >= 5 * h.inner.stride);
         std::thread::scope(|s| {
             for t in 0..4 {
                 let h = h.clone();
                 s.spawn(move || {
+                    if t % 2 == 0 {
+                        shard::register_thread();
+                    }
                     for i in 0..10_000u32 {
                         h.observe(f64::from((i + t) % 200));
                     }

@@ -25,9 +25,9 @@
 //! new keys share one overflow set whose `response_code` and `destination_service` are `overflow`.
 
 use crate::hist::Histogram;
+use crate::shard::Counter;
 use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;

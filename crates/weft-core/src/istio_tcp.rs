@@ -9,9 +9,9 @@
 //! looked up in a short list afterwards.
 
 use crate::istio::{base_labels, security_policy, IstioMetrics, PeerLabels, Workload};
+use crate::shard::Counter;
 use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;

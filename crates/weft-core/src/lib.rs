@@ -16,6 +16,7 @@ pub mod hist;
 pub mod istio;
 pub mod istio_tcp;
 pub mod log_format;
+pub mod shard;
 pub mod stats;
 pub mod trace;
 

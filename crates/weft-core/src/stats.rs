@@ -2,9 +2,9 @@
 //! pre-resolved counters (atomics) and histograms.
 
 use crate::hist::Histogram;
+use crate::shard::Counter;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 pub use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::exponential_buckets;

@@ -25,9 +25,9 @@
 //! unchanged), and `sw8` with its sample flag `0`.
 
 use crate::flags::Reason;
+use crate::shard::Counter;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Uri};
-use prometheus_client::metrics::counter::Counter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

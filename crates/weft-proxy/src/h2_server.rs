@@ -30,7 +30,6 @@ use h2::{Reason, RecvStream};
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use http_body::Body;
-use prometheus_client::metrics::counter::Counter;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,6 +38,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
+use weft_core::shard::Counter;
 use weft_upstream::body::{BoxError, DownBody, RequestBody};
 use weft_upstream::h2_client::{strip_connection_fields, Message, Pump, PumpError, RecvBody};
 

@@ -11,7 +11,6 @@ use crate::stats::{ListenerStats, Metrics};
 use crate::{http, tcp};
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
-use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +22,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_config::{Config, FilterChainMatch, Listener, NetworkFilter};
+use weft_core::shard::Counter;
 
 mod sniff;
 
@@ -306,6 +306,8 @@ fn spawn_runtime(
     let t = std::thread::Builder::new().name(name).spawn(move || {
         if let Some(i) = worker_index {
             cluster::set_worker_index(i);
+            // Its own slot in the request path's counters and histograms (no locked adds).
+            weft_core::shard::register_thread();
         }
         rt.block_on(async move {
             let _ = rx.await;
@@ -334,6 +336,8 @@ impl Server {
             .concurrency
             .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
             .max(1);
+        // Before any metric is made: one slot per worker in each (weft_core::shard).
+        weft_core::shard::configure(workers);
         let tls = Arc::new(crate::tls::TlsState::default());
         let shared = Arc::new(Shared {
             metrics: Metrics::new(),

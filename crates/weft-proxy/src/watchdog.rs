@@ -9,13 +9,13 @@
 //! one stalled stream must not close the connection's other streams.
 
 use crate::h1_framing::Activity;
-use prometheus_client::metrics::counter::Counter;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use weft_core::shard::Counter;
 
 /// The limits one connection enforces (`None`: off).
 #[derive(Clone, Copy, Debug)]

@@ -7,11 +7,11 @@
 
 use http::header::{HeaderMap, HeaderName};
 use http::Method;
-use prometheus_client::metrics::counter::Counter;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use weft_config::authz::{Authorization, Permission, Principal, RbacAction, RbacHeader, RbacStage, StrKind, StrMatch};
 use weft_config::CidrRange;
+use weft_core::shard::Counter;
 
 /// `%RESPONSE_CODE_DETAILS%` of a request denied without a matching policy (an ALLOW stage
 /// nothing matched).
@@ -432,8 +432,8 @@ impl Authorizer {
             match d.shadow {
                 Some((true, _)) => c.shadow_allowed.inc(),
                 Some((false, _)) => c.shadow_denied.inc(),
-                None => 0,
-            };
+                None => {}
+            }
             if !d.allowed {
                 c.denied.inc();
             } else if self.enforced {

@@ -11,10 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
-use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use weft_config::{RateLimitAction, RateLimitPolicy, RateLimitService};
+use weft_core::shard::Counter;
 use weft_upstream::ClusterLookup;
 pub use weft_xds_api::pb::envoy::extensions::common::ratelimit::v3::{
     rate_limit_descriptor::Entry, RateLimitDescriptor,
