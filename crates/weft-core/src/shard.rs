@@ -3,10 +3,10 @@
 //!
 //! An atomic add (`lock xadd`) costs a few times a plain add, and more when the core's store
 //! buffer holds writes still waiting for their cache lines (it must drain first), as it often does
-//! in the middle of a request. A proxied HTTP/1.1 request made ~140 locked instructions (callgrind's
+//! in the middle of a request. A proxied HTTP/1.1 request made 138 locked instructions (callgrind's
 //! per-instruction counts of a one-worker proxy under `wrk -c50`, matched against the binary's
-//! `lock`-prefixed instructions); 25 of them were counts of this kind: a counter and three atomics
-//! per histogram (bucket, count, sum by compare-and-swap), six histograms per request.
+//! `lock`-prefixed instructions); 22 of them were counts of this kind: three atomics per histogram
+//! (bucket, count, sum by compare-and-swap), six histograms per request, and four counters.
 //!
 //! Each sharded metric holds one slot per shard. Slot 0 is shared: updated with atomic adds, by any
 //! thread. Slots 1.. each belong to at most one thread at a time (a worker, [`register_thread`]),
