@@ -148,6 +148,7 @@ mod tests {
     #[test]
     fn concurrent_observations_are_all_counted() {
         // Workers in slots of their own (registered) and other threads in the shared one.
+        let _serial = shard::TEST_LOCK.lock();
         shard::configure(4);
         let h = Histogram::new([10.0, 100.0]);
         assert!(h.inner.cells.len() >= 5 * h.inner.stride);

@@ -121,7 +121,7 @@ pub struct IstioMetrics {
 impl Default for IstioMetrics {
     fn default() -> Self {
         let mut registry = Registry::default();
-        let requests = Family::<IstioLabels, Counter>::default();
+        let requests = Family::<IstioLabels, Counter>::new_with_constructor(Counter::sharded);
         let duration = Family::<IstioLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
         );
