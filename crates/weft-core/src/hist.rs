@@ -63,9 +63,9 @@ impl Histogram {
         } else {
             inner.bounds.partition_point(|b| *b < v).min(last)
         };
-        let (s, owned) = shard::thread_slot(inner.cells.len() / inner.stride);
+        let (s, owned) = shard::slot(inner.cells.len() / inner.stride);
         let cells = &inner.cells[s * inner.stride..(s + 1) * inner.stride];
-        shard::add_to(&cells[i], 1, owned);
+        shard::add(&cells[i], 1, owned);
         let sum = &cells[inner.bounds.len()];
         if owned {
             sum.store((f64::from_bits(sum.load(Relaxed)) + v).to_bits(), Relaxed);

@@ -35,7 +35,7 @@ static SLOTS: AtomicUsize = AtomicUsize::new(1);
 static FREE: parking_lot::Mutex<Vec<usize>> = parking_lot::Mutex::new(Vec::new());
 
 /// Makes metrics created from now on hold an owned slot for each of `threads` threads (the
-/// proxy's workers), up to 64. Slots are only ever added.
+/// proxy's workers), up to [`MAX_OWNED`]. Slots are only ever added.
 pub fn configure(threads: usize) {
     let want = threads.min(MAX_OWNED) + 1;
     let mut free = FREE.lock();
@@ -81,7 +81,7 @@ impl Drop for Release {
 
 /// The calling thread's slot for a metric of `slots` slots: owned (`true`) or the shared one.
 #[inline]
-fn slot(slots: usize) -> (usize, bool) {
+pub(crate) fn slot(slots: usize) -> (usize, bool) {
     let i = SLOT.with(Cell::get);
     match i != 0 && i < slots {
         true => (i, true),
@@ -92,7 +92,7 @@ fn slot(slots: usize) -> (usize, bool) {
 /// Adds `n` to the value at `cell`: a plain load and store in an owned slot, an atomic add in the
 /// shared one.
 #[inline]
-fn add(cell: &AtomicU64, n: u64, owned: bool) {
+pub(crate) fn add(cell: &AtomicU64, n: u64, owned: bool) {
     match owned {
         true => cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed),
         false => {
@@ -161,18 +161,6 @@ impl EncodeMetric for Counter {
 /// Slots per metric made now (for [`crate::hist::Histogram`]).
 pub(crate) fn slots() -> usize {
     SLOTS.load(Relaxed)
-}
-
-/// The calling thread's slot among `slots`, and whether it owns it (for [`crate::hist::Histogram`]).
-#[inline]
-pub(crate) fn thread_slot(slots: usize) -> (usize, bool) {
-    slot(slots)
-}
-
-/// [`add`], for [`crate::hist::Histogram`].
-#[inline]
-pub(crate) fn add_to(cell: &AtomicU64, n: u64, owned: bool) {
-    add(cell, n, owned)
 }
 
 /// Serialises the tests that hand out slots (the free list is the process's).
