@@ -18,6 +18,7 @@
 
 use crate::body::{BoxError, UpBody};
 use crate::cluster::{ConnGuard, RawHome, RawStream};
+use crate::kept::bufs;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
@@ -825,7 +826,7 @@ pub struct Conn {
     _guard: ConnGuard,
 }
 
-const FIRST_READ: usize = 8 * 1024;
+const FIRST_READ: usize = bufs::READ_SIZE;
 /// The most one read takes while a response head is awaited over plain TCP.
 const HEAD_READ: usize = 8 * 1024;
 
@@ -850,6 +851,9 @@ impl Conn {
 
     /// [`Conn::poll_fill`], reading at most `max` bytes.
     fn poll_fill_max(&mut self, cx: &mut Context<'_>, max: usize) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() == 0 {
+            self.buf = bufs::take_read();
+        }
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
@@ -983,6 +987,9 @@ pub async fn round_trip(
     };
     // A message boundary: the response is read at the buffer's start if nothing holds the last.
     rewind(&mut conn.buf, FIRST_READ);
+    if conn.wbuf.capacity() == 0 {
+        conn.wbuf = bufs::take_write();
+    }
     let chunked = encode_request(&mut conn.wbuf, method, uri, headers, kind);
     // Closed before a byte of the response on a reused connection: the upstream most likely
     // closed it as idle while the request was on its way, and did not process it.
@@ -995,6 +1002,9 @@ pub async fn round_trip(
             false => RoundTripError::Io(e),
         });
     }
+    // Not needed again before the next request: back to the thread's buffers (the downstream
+    // side takes one for the response head).
+    bufs::give_write(std::mem::take(&mut conn.wbuf));
     let mut pump = match kind {
         BodyKind::Streamed => Some(Box::new(Pump::new(std::mem::replace(body, UpBody::Empty), chunked))),
         BodyKind::Buffered(_) => None,
@@ -1212,8 +1222,11 @@ async fn finish_upload(mut conn: Box<Conn>, mut pump: Box<Pump>, reusable: bool,
 
 /// Returns a connection whose exchange has ended to its pool if it can carry another request:
 /// `reusable`, and nothing was sent after the response.
-fn park(conn: Box<Conn>, reusable: bool, home: Option<RawHome>) {
+fn park(mut conn: Box<Conn>, reusable: bool, home: Option<RawHome>) {
     if let (true, true, Some(home)) = (reusable, conn.buf.is_empty(), home) {
+        // At rest, a connection holds no buffer: the thread's buffers go round the exchanges in
+        // flight (see `kept::bufs`).
+        bufs::give_read(std::mem::take(&mut conn.buf));
         home.put(conn);
     }
 }

@@ -23,3 +23,94 @@ pub fn give<T: 'static>(kept: &'static LocalKey<Kept<T>>, value: T, max: usize) 
         }
     });
 }
+
+/// The read and write buffers of HTTP/1 connections at rest, downstream (weft's HTTP/1.1 server)
+/// and upstream (weft's HTTP/1.1 client), kept by the worker thread for the next connection that
+/// reads or writes. A keep-alive connection is at rest between every two requests, and its
+/// buffers are given up then (an idle connection holds none): without these every request
+/// allocated both again, and the allocator's page for them often emptied and was retired in
+/// between (~400 instructions of an HTTP/1.1 keep-alive request, `bench/instructions`). One pool
+/// for both sides, last in first out: the buffer a response is read into is the one the last
+/// exchange used, still in the CPU's cache, rather than the one the upstream connection held
+/// since its last request (the kernel's copy into a cold buffer, and the parse that follows it,
+/// was measurably slower). At most [`bufs::KEEP`] of each, of ordinary sizes.
+pub mod bufs {
+    use super::Kept;
+    use bytes::BytesMut;
+
+    /// The ordinary read size and buffer (a head larger than this grows its buffer).
+    pub const READ_SIZE: usize = 8 * 1024;
+    /// As many as a busy worker has exchanges in flight, so that buffers go round between them
+    /// instead of being freed and allocated again: with 8, a one-worker proxy under 50 keep-alive
+    /// clients made 10.9 allocator calls per request, with 64 4.1 (and ~4 % fewer instructions;
+    /// callgrind under `wrk -c50`, docs/benchmarks.md). What they can hold is bounded by the
+    /// sizes below: 64 × (16 + 24) KiB per worker at most; ordinarily a few KiB of each is ever
+    /// touched.
+    pub const KEEP: usize = 64;
+    /// Larger buffers (after a large head or a large response piece) are freed, not kept.
+    pub const MAX_READ: usize = 2 * READ_SIZE;
+    /// The largest write buffer kept: a response head with a 16 KiB body copied behind it.
+    pub const MAX_WRITE: usize = 24 * 1024;
+
+    thread_local! {
+        static READ: Kept<BytesMut> = const { Kept::new(Vec::new()) };
+        static WRITE: Kept<Vec<u8>> = const { Kept::new(Vec::new()) };
+    }
+
+    /// A read buffer: a kept one, or none yet (the caller reserves).
+    pub fn take_read() -> BytesMut {
+        super::take(&READ).unwrap_or_default()
+    }
+
+    pub fn take_write() -> Vec<u8> {
+        super::take(&WRITE).unwrap_or_default()
+    }
+
+    /// Keeps an empty read buffer (one holding bytes is dropped: they are not anyone's now).
+    pub fn give_read(mut b: BytesMut) {
+        if b.capacity() == 0 || b.capacity() > MAX_READ || !b.is_empty() {
+            return;
+        }
+        // Kept at its allocation's start, if the last message's head is gone.
+        crate::h1::rewind(&mut b, READ_SIZE);
+        super::give(&READ, b, KEEP);
+    }
+
+    pub fn give_write(mut b: Vec<u8>) {
+        if b.capacity() == 0 || b.capacity() > MAX_WRITE {
+            return;
+        }
+        b.clear();
+        super::give(&WRITE, b, KEEP);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn buffers_are_kept_empty_bounded_and_ordinary() {
+            let mut r = BytesMut::with_capacity(8192);
+            r.extend_from_slice(b"GET");
+            give_read(r.clone());
+            assert_eq!(READ.with(|k| k.borrow().len()), 0, "a buffer holding bytes is not kept");
+            r.clear();
+            give_read(r);
+            let r = take_read();
+            assert!(r.is_empty() && r.capacity() >= 8192);
+            let mut w = Vec::with_capacity(1024);
+            w.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+            give_write(w);
+            let w = take_write();
+            assert!(w.is_empty() && w.capacity() >= 1024);
+            for _ in 0..KEEP + 3 {
+                give_write(Vec::with_capacity(100));
+                give_read(BytesMut::with_capacity(100));
+            }
+            assert_eq!(WRITE.with(|k| k.borrow().len()), KEEP);
+            assert_eq!(READ.with(|k| k.borrow().len()), KEEP);
+            give_write(Vec::with_capacity(MAX_WRITE + 1));
+            WRITE.with(|k| assert!(k.borrow().iter().all(|b| b.capacity() <= MAX_WRITE)));
+        }
+    }
+}

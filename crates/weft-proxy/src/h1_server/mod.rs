@@ -31,13 +31,16 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use weft_upstream::body::{feed, DownBody, Feeder, RequestBody, UploadState};
 use weft_upstream::h1::{Decoder, Framing, Step};
+use weft_upstream::kept::bufs;
 use weft_upstream::splice::Pipe;
 
 /// Bytes read at a time (the buffer grows to the head limit for a larger head).
-const READ_SIZE: usize = 8 * 1024;
+const READ_SIZE: usize = bufs::READ_SIZE;
 /// Body data up to this size is copied behind the head (one write); larger pieces are written
 /// from their own buffer (a vectored write).
 const COPY_MAX: usize = 16 * 1024;
+// A write buffer with a head and a copied body in it is kept for the next exchange.
+const _: () = assert!(bufs::MAX_WRITE >= COPY_MAX + COPY_MAX / 2);
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -629,90 +632,6 @@ impl Upload {
         self.done = true;
         self.broken = true;
         true
-    }
-}
-
-/// The read and write buffers of connections at rest, kept by the worker thread for the next
-/// connection that reads or writes: a keep-alive connection is at rest between every two
-/// requests, and its buffers are given up then (an idle connection holds none), so without these
-/// every request allocated both again, and the allocator's page for them often emptied and was
-/// retired in between (~400 instructions of an HTTP/1.1 keep-alive request, `bench/instructions`).
-/// At most [`bufs::KEEP`] of each, of ordinary sizes.
-mod bufs {
-    use bytes::BytesMut;
-    use weft_upstream::kept::{self, Kept};
-
-    /// As many as a busy worker has exchanges in flight, so that buffers go round between them
-    /// instead of being freed and allocated again: with 8, a one-worker proxy under 50 keep-alive
-    /// clients made 10.9 allocator calls per request, with 64 4.1 (and ~4 % fewer instructions;
-    /// callgrind under `wrk -c50`, docs/benchmarks.md). What they can hold is bounded by the
-    /// sizes below: 64 × (16 + 24) KiB per worker at most; ordinarily a few KiB of each is ever
-    /// touched.
-    pub const KEEP: usize = 64;
-    /// Larger buffers (after a large head or a large response piece) are freed, not kept.
-    pub const MAX_READ: usize = 2 * super::READ_SIZE;
-    const MAX_WRITE: usize = super::COPY_MAX + super::COPY_MAX / 2;
-
-    thread_local! {
-        static READ: Kept<BytesMut> = const { Kept::new(Vec::new()) };
-        static WRITE: Kept<Vec<u8>> = const { Kept::new(Vec::new()) };
-    }
-
-    /// A read buffer: a kept one, or none yet (the caller reserves).
-    pub fn take_read() -> BytesMut {
-        kept::take(&READ).unwrap_or_default()
-    }
-
-    pub fn take_write() -> Vec<u8> {
-        kept::take(&WRITE).unwrap_or_default()
-    }
-
-    /// Keeps an empty read buffer (one holding bytes is dropped: they are not anyone's now).
-    pub fn give_read(mut b: BytesMut) {
-        if b.capacity() == 0 || b.capacity() > MAX_READ || !b.is_empty() {
-            return;
-        }
-        // Kept at its allocation's start, if the last request's head is gone.
-        weft_upstream::h1::rewind(&mut b, super::READ_SIZE);
-        kept::give(&READ, b, KEEP);
-    }
-
-    pub fn give_write(mut b: Vec<u8>) {
-        if b.capacity() == 0 || b.capacity() > MAX_WRITE {
-            return;
-        }
-        b.clear();
-        kept::give(&WRITE, b, KEEP);
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn buffers_are_kept_empty_bounded_and_ordinary() {
-            let mut r = BytesMut::with_capacity(8192);
-            r.extend_from_slice(b"GET");
-            give_read(r.clone());
-            assert_eq!(READ.with(|k| k.borrow().len()), 0, "a buffer holding bytes is not kept");
-            r.clear();
-            give_read(r);
-            let r = take_read();
-            assert!(r.is_empty() && r.capacity() >= 8192);
-            let mut w = Vec::with_capacity(1024);
-            w.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
-            give_write(w);
-            let w = take_write();
-            assert!(w.is_empty() && w.capacity() >= 1024);
-            for _ in 0..KEEP + 3 {
-                give_write(Vec::with_capacity(100));
-                give_read(BytesMut::with_capacity(100));
-            }
-            assert_eq!(WRITE.with(|k| k.borrow().len()), KEEP);
-            assert_eq!(READ.with(|k| k.borrow().len()), KEEP);
-            give_write(Vec::with_capacity(MAX_WRITE + 1));
-            WRITE.with(|k| assert!(k.borrow().iter().all(|b| b.capacity() <= MAX_WRITE)));
-        }
     }
 }
 
