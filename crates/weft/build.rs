@@ -1,4 +1,5 @@
-//! Release builds of `weft` place the functions a proxy runs side by side.
+//! Release builds of `weft` place the functions a proxy runs side by side (and `weft --version`
+//! says whether the build was profile-guided).
 //!
 //! `hot-code.txt` (written by `bench/code-order`) lists the functions that run for every proxied
 //! request, hottest first, then the rest of the code a proxy ran at all; the linker puts them at
@@ -10,7 +11,8 @@
 //! Only for release builds on Linux, and only when the linker takes the option: a tiny program is
 //! linked with it first, with the linker and rustflags this build uses (rustc links with its own
 //! lld by default on x86_64 Linux since 1.90; GNU ld and gold refuse the option, and then nothing
-//! is added). `WEFT_NO_CODE_ORDER` set leaves the order to the linker.
+//! is added). `WEFT_NO_CODE_ORDER` set leaves the order to the linker; `WEFT_CODE_ORDER` names another
+//! list.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,14 +20,32 @@ use std::process::{Command, Stdio};
 fn main() {
     println!("cargo:rerun-if-changed=hot-code.txt");
     println!("cargo:rerun-if-env-changed=WEFT_NO_CODE_ORDER");
+    println!("cargo:rerun-if-env-changed=WEFT_CODE_ORDER");
     let env = |k: &str| std::env::var(k).unwrap_or_default();
+    // What `weft --version` adds: which kind of profile-guided build this is, if it is one
+    // (`scripts/build-release`). Rustflags are part of the build's fingerprint: a change reruns this.
+    let flags = env("CARGO_ENCODED_RUSTFLAGS");
+    let note = if flags.contains("profile-use=") {
+        " (profile-guided)"
+    } else if flags.contains("profile-generate=") {
+        " (instrumented for profile-guided optimisation)"
+    } else {
+        ""
+    };
+    println!("cargo:rustc-env=WEFT_BUILD_NOTE={note}");
     if env("PROFILE") != "release"
         || env("CARGO_CFG_TARGET_OS") != "linux"
         || std::env::var_os("WEFT_NO_CODE_ORDER").is_some()
     {
         return;
     }
-    let list = Path::new(&env("CARGO_MANIFEST_DIR")).join("hot-code.txt");
+    // Another list for this build (`scripts/build-release` writes one for its profile-guided
+    // build, whose names differ from a plain build's).
+    let list = match std::env::var_os("WEFT_CODE_ORDER") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(&env("CARGO_MANIFEST_DIR")).join("hot-code.txt"),
+    };
+    println!("cargo:rerun-if-changed={}", list.display());
     if !list.is_file() {
         return;
     }

@@ -145,8 +145,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use weft_proxy::{Server, ServerOptions};
 
+/// `weft --version`: the version, and "(profile-guided)" for a build made by `scripts/build-release`
+/// (set by build.rs from the build's rustflags), so that a report says which build it measured.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), env!("WEFT_BUILD_NOTE"));
+
 #[derive(Parser)]
-#[command(name = "weft", version, about = "weft: a fast, small service mesh")]
+#[command(name = "weft", version = VERSION, about = "weft: a fast, small service mesh")]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
