@@ -30,10 +30,11 @@ pub fn give<T: 'static>(kept: &'static LocalKey<Kept<T>>, value: T, max: usize) 
 /// buffers are given up then (an idle connection holds none): without these every request
 /// allocated both again, and the allocator's page for them often emptied and was retired in
 /// between (~400 instructions of an HTTP/1.1 keep-alive request, `bench/instructions`). One pool
-/// for both sides, last in first out: the buffer a response is read into is the one the last
-/// exchange used, still in the CPU's cache, rather than the one the upstream connection held
-/// since its last request (the kernel's copy into a cold buffer, and the parse that follows it,
-/// was measurably slower). At most [`bufs::KEEP`] of each, of ordinary sizes.
+/// for both sides, last in first out: a response is read into a buffer an exchange just used
+/// rather than into the one its upstream connection held since its last request, and an idle
+/// pooled upstream connection holds no buffer. (CPU per request did not move measurably with it
+/// in paired runs; docs/benchmarks.md, session 32.) At most [`bufs::KEEP`] of each, of ordinary
+/// sizes.
 pub mod bufs {
     use super::Kept;
     use bytes::BytesMut;
