@@ -23,7 +23,10 @@ fn main() {
     println!("cargo:rerun-if-env-changed=WEFT_CODE_ORDER");
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     // What `weft --version` adds: which kind of profile-guided build this is, if it is one
-    // (`scripts/build-release`). Rustflags are part of the build's fingerprint: a change reruns this.
+    // (`scripts/build-release`). Said explicitly: with `--target`, a change of rustflags alone
+    // does not rerun a build script.
+    println!("cargo:rerun-if-env-changed=RUSTFLAGS");
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     let flags = env("CARGO_ENCODED_RUSTFLAGS");
     let note = if flags.contains("profile-use=") {
         " (profile-guided)"
@@ -45,10 +48,16 @@ fn main() {
         Some(p) => PathBuf::from(p),
         None => Path::new(&env("CARGO_MANIFEST_DIR")).join("hot-code.txt"),
     };
-    println!("cargo:rerun-if-changed={}", list.display());
     if !list.is_file() {
+        if std::env::var_os("WEFT_CODE_ORDER").is_some() {
+            println!(
+                "cargo:warning=WEFT_CODE_ORDER names no file ({}): weft's code is laid out by the linker alone",
+                list.display()
+            );
+        }
         return;
     }
+    println!("cargo:rerun-if-changed={}", list.display());
     let args = [
         "-Xlinker".to_string(),
         format!("--symbol-ordering-file={}", list.display()),

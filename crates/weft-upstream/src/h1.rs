@@ -1225,8 +1225,10 @@ async fn finish_upload(mut conn: Box<Conn>, mut pump: Box<Pump>, reusable: bool,
 fn park(mut conn: Box<Conn>, reusable: bool, home: Option<RawHome>) {
     if let (true, true, Some(home)) = (reusable, conn.buf.is_empty(), home) {
         // At rest, a connection holds no buffer: the thread's buffers go round the exchanges in
-        // flight (see `kept::bufs`).
-        bufs::give_read(std::mem::take(&mut conn.buf));
+        // flight (see `kept::bufs`). One whose reads grew (large bodies) keeps its own.
+        if conn.read_size <= bufs::READ_SIZE {
+            bufs::give_read(std::mem::take(&mut conn.buf));
+        }
         home.put(conn);
     }
 }

@@ -32,8 +32,8 @@ pub fn give<T: 'static>(kept: &'static LocalKey<Kept<T>>, value: T, max: usize) 
 /// between (~400 instructions of an HTTP/1.1 keep-alive request, `bench/instructions`). One pool
 /// for both sides, last in first out: a response is read into a buffer an exchange just used
 /// rather than into the one its upstream connection held since its last request, and an idle
-/// pooled upstream connection holds no buffer. (CPU per request did not move measurably with it
-/// in paired runs; docs/benchmarks.md, session 32.) At most [`bufs::KEEP`] of each, of ordinary
+/// pooled upstream connection holds no buffer. (Its effect on CPU per request was not cleanly
+/// measured: within the noise of paired runs; docs/benchmarks.md, session 32.) At most [`bufs::KEEP`] of each, of ordinary
 /// sizes.
 pub mod bufs {
     use super::Kept;
@@ -69,11 +69,15 @@ pub mod bufs {
 
     /// Keeps an empty read buffer (one holding bytes is dropped: they are not anyone's now).
     pub fn give_read(mut b: BytesMut) {
-        if b.capacity() == 0 || b.capacity() > MAX_READ || !b.is_empty() {
+        if b.capacity() == 0 || !b.is_empty() {
             return;
         }
-        // Kept at its allocation's start, if the last message's head is gone.
+        // Kept at its allocation's start, if the last message's head is gone; the capacity is
+        // checked after, when it spans the whole allocation again.
         crate::h1::rewind(&mut b, READ_SIZE);
+        if b.capacity() > MAX_READ {
+            return;
+        }
         super::give(&READ, b, KEEP);
     }
 
@@ -112,6 +116,18 @@ pub mod bufs {
             assert_eq!(READ.with(|k| k.borrow().len()), KEEP);
             give_write(Vec::with_capacity(MAX_WRITE + 1));
             WRITE.with(|k| assert!(k.borrow().iter().all(|b| b.capacity() <= MAX_WRITE)));
+        }
+
+        #[test]
+        fn a_read_buffer_in_a_large_allocation_is_not_kept() {
+            // Most of a 64 KiB allocation consumed: 4 KiB of capacity left, but rewinding it gives
+            // the whole allocation back, so it is too large to keep.
+            let mut b = BytesMut::with_capacity(64 * 1024);
+            b.extend_from_slice(&[0u8; 60 * 1024]);
+            drop(b.split_to(60 * 1024));
+            assert!(b.capacity() <= MAX_READ);
+            give_read(b);
+            assert_eq!(READ.with(|k| k.borrow().len()), 0);
         }
     }
 }
