@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::io::ReadBuf;
 use tokio::time::{Instant, Sleep};
 use weft_core::shard::Counter;
-use weft_upstream::body::{BoxError, DownBody, RequestBody};
+use weft_upstream::body::{BoxError, DownBody, KeptResponse, RequestBody};
 use weft_upstream::h2_client::{strip_connection_fields, Message, Pump, PumpError, RecvBody};
 
 /// A PING goes to a client from which nothing was read for one to two of these (checked once
@@ -73,7 +73,7 @@ pub async fn serve<IO, F, Fut>(io: HyperIo<IO>, opts: Options<'_>, svc: F)
 where
     IO: ConnIo,
     F: Fn(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<DownBody>>,
+    Fut: Future<Output = KeptResponse>,
 {
     let activity = io.get_ref().activity();
     let handshake = h2::server::Builder::new()
@@ -251,7 +251,7 @@ pub async fn preface_follows<IO: ConnIo>(io: &mut HyperIo<IO>) -> bool {
 async fn stream<F, Fut>(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, svc: &F)
 where
     F: Fn(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<DownBody>>,
+    Fut: Future<Output = KeptResponse>,
 {
     let (parts, recv) = req.into_parts();
     // CONNECT: no tunnel (as with hyper's server, which gave it an empty body and refused one
@@ -281,7 +281,7 @@ where
     })
     .await;
     if let Some(resp) = resp {
-        send(resp, respond, connect).await;
+        send(resp.into_inner(), respond, connect).await;
     }
 }
 
@@ -449,6 +449,11 @@ mod tests {
         F: Fn(Request<RequestBody>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Response<DownBody>> + Send,
     {
+        // The pipeline hands its responses over in kept blocks.
+        let svc = move |req| {
+            let f = svc(req);
+            async move { KeptResponse::new(f.await) }
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {

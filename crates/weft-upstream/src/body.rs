@@ -395,6 +395,10 @@ pub enum RespBody {
     H2(crate::h2_client::RecvBody),
 }
 
+/// A response on its way downstream, from the pipeline to the server that writes it: in a block
+/// the worker thread keeps, so that each layer moves a pointer, not the whole response.
+pub type KeptResponse = crate::kept::blocks::KeptBox<http::Response<DownBody>>;
+
 /// A response body on its way downstream.
 pub struct DownBody {
     kind: DownKind,

@@ -21,7 +21,7 @@ pub mod codec;
 use crate::idle::{ConnIo, HyperIo};
 use bytes::{Buf, Bytes, BytesMut};
 use codec::{BodyOut, HeadError, Parsed, ReqFacts};
-use http::{Request, Response};
+use http::Request;
 use http_body::Body;
 use std::future::{poll_fn, Future};
 use std::io;
@@ -29,9 +29,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use weft_upstream::body::{feed, DownBody, Feeder, RequestBody, UploadState};
+use weft_upstream::body::{feed, DownBody, Feeder, KeptResponse, RequestBody, UploadState};
 use weft_upstream::h1::{Decoder, Framing, Step};
-use weft_upstream::kept::bufs;
+use weft_upstream::kept::{blocks, bufs};
 use weft_upstream::splice::Pipe;
 
 /// Bytes read at a time (the buffer grows to the head limit for a larger head).
@@ -118,7 +118,7 @@ pub async fn serve<IO, F, Fut>(io: HyperIo<IO>, opts: Options<'_>, svc: F) -> En
 where
     IO: ConnIo,
     F: Fn(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<DownBody>>,
+    Fut: Future<Output = KeptResponse>,
 {
     let mut c = Conn {
         io: Some(io),
@@ -146,11 +146,12 @@ where
             }
         };
         served += 1;
-        // Boxed: the exchange (the pipeline's state above all) is large, and an idle connection
-        // should not carry it. Built in the allocation (not on the stack and then copied into
-        // it, as `Box::pin` would: several KiB per request).
-        let exchange = Box::write(Box::new_uninit(), exchange(&mut c, head, &svc, opts.write_limit));
-        if !Box::into_pin(exchange).await {
+        // In its own block: the exchange (the pipeline's state above all) is large, and an idle
+        // connection should not carry it. The thread's most recently freed block (warm in the
+        // cache), not the allocator's next (`kept::blocks`); built in it (not on the stack and
+        // then copied into it: several KiB per request).
+        let slot = blocks::Slot::new();
+        if !slot.write(exchange(&mut c, head, &svc, opts.write_limit)).await {
             let _ = poll_fn(|cx| c.poll_close(cx)).await;
             return Ending::Closed;
         }
@@ -163,7 +164,7 @@ async fn exchange<IO, F, Fut>(c: &mut Conn<IO>, head: codec::RequestHead, svc: &
 where
     IO: ConnIo,
     F: Fn(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<DownBody>>,
+    Fut: Future<Output = KeptResponse>,
 {
     let facts = ReqFacts {
         head: head.method == http::Method::HEAD,
@@ -237,30 +238,31 @@ where
         // (A body whose reader still reads it goes on after the response: below.)
         facts.keep_alive &= !abandoned;
     }
-    let (parts, mut body) = resp.into_parts();
-    let resp = Response::from_parts(parts, ());
-    let small = body.size_hint().exact().filter(|n| *n <= COPY_MAX as u64).unwrap_or(0);
+    // The response stays in its block: its head is encoded from there and its body polled there.
+    let mut resp = resp;
+    let hint = resp.body().size_hint().exact();
+    let small = hint.filter(|n| *n <= COPY_MAX as u64).unwrap_or(0);
     if c.out.buf.capacity() == 0 {
         c.out.buf = bufs::take_write();
     }
     c.out.buf.reserve(512 + small as usize);
-    let (framing, keep_alive) = codec::encode_response(&mut c.out.buf, &resp, body.size_hint().exact(), facts);
+    let (framing, keep_alive) = codec::encode_response(&mut c.out.buf, &resp, hint, facts);
     // Its header map goes back to the thread's maps for the next response head.
-    weft_upstream::h1::maps::give(resp.into_parts().0.headers);
+    weft_upstream::h1::maps::give(std::mem::take(resp.headers_mut()));
     let mut trailers = None;
     let written = poll_fn(|cx| loop {
         let progress = match upload.as_mut() {
             Some(up) if !up.done => c.pump(cx, up),
             _ => false,
         };
-        match c.poll_body(cx, &mut body, framing, te_trailers, &mut trailers, write_limit) {
+        match c.poll_body(cx, resp.body_mut(), framing, te_trailers, &mut trailers, write_limit) {
             Poll::Ready(r) => return Poll::Ready(r),
             Poll::Pending if progress => continue,
             Poll::Pending => return Poll::Pending,
         }
     })
     .await;
-    drop(body);
+    drop(resp);
     // A response may end before its request body (an early answer to an upload): the body keeps
     // going to whoever still reads it, as long as they do.
     if let (Ok(()), false, Some(up)) = (written, abandoned, upload.as_mut().filter(|u| !u.done)) {

@@ -275,7 +275,7 @@ async fn serve_hyper<IO: crate::idle::ConnIo>(
         // pointer is cheaper than copying the whole future. Built in the allocation, not copied
         // into it (see `h1_server::serve`).
         let fut = Box::write(Box::new_uninit(), async move {
-            Ok::<_, Infallible>(exchange(&ctx, req).await)
+            Ok::<_, Infallible>(pipeline::handle(&ctx, req).await.into_inner())
         });
         Box::into_pin(fut)
     });
@@ -311,20 +311,7 @@ async fn serve_h2<IO: crate::idle::ConnIo>(
         keep_alive_timeout: crate::h2_server::KEEP_ALIVE_TIMEOUT,
         closing: &ctx.closing,
     };
-    crate::h2_server::serve(io, opts, |req| exchange(ctx, req)).await;
-}
-
-/// One exchange, on any of the servers: counted for the watchdog, then the pipeline.
-async fn exchange(
-    ctx: &ConnCtx,
-    req: http::Request<weft_upstream::body::RequestBody>,
-) -> http::Response<crate::body::DownBody> {
-    ctx.exchanges.started.fetch_add(1, Ordering::Relaxed);
-    // Counted until the server drops the response body (or this future is dropped).
-    let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
-    let mut resp = pipeline::handle(ctx, req).await;
-    resp.body_mut().hold(in_flight);
-    resp
+    crate::h2_server::serve(io, opts, |req| pipeline::handle(ctx, req)).await;
 }
 
 async fn serve_conn<IO: crate::idle::ConnIo>(
@@ -364,7 +351,7 @@ async fn serve_conn<IO: crate::idle::ConnIo>(
             h2_handoff: codec == Codec::Auto,
             closing: &ctx.closing,
         };
-        match crate::h1_server::serve(io, opts, |req| exchange(ctx, req)).await {
+        match crate::h1_server::serve(io, opts, |req| pipeline::handle(ctx, req)).await {
             crate::h1_server::Ending::Closed => {}
             crate::h1_server::Ending::H2 { io } => Box::pin(serve_h2(ctx, io, &rt, &lrt, limits)).await,
             // Boxed: only connections hyper serves carry its state.

@@ -7,7 +7,7 @@ use super::headers::{is_grpc, request_host, smuggling_check, GRPC_STATUS};
 use super::log::{Facts, GrpcCall, LogRecord, RequestEnd};
 use super::reply::{local_reply, redirect, stop_reply};
 use super::{ConnCtx, HttpRt};
-use crate::body::{DownBody, StreamEnd};
+use crate::body::{DownBody, KeptResponse, StreamEnd};
 use crate::cluster::ActiveRequest;
 use crate::filters::Stop;
 use crate::flags::Reason;
@@ -21,7 +21,7 @@ use weft_upstream::body::RequestBody;
 
 /// A response ready to go back to the client.
 pub(super) struct Reply {
-    pub resp: Response<DownBody>,
+    pub resp: KeptResponse,
     /// The reason code for the log when the proxy answered by itself.
     pub reason: Option<Reason>,
     /// Keeps a forwarded request counted against its cluster and host until the body ends.
@@ -34,7 +34,7 @@ pub(super) struct Reply {
 impl Reply {
     pub(super) fn local(resp: Response<DownBody>, reason: Reason) -> Reply {
         Reply {
-            resp,
+            resp: KeptResponse::new(resp),
             set_cookies: Vec::new(),
             reason: Some(reason),
             active: None,
@@ -45,7 +45,13 @@ impl Reply {
 /// The route an exchange matched, for response header mutations and per-route stats.
 type Matched<'r> = Option<(&'r VirtualHostEntry, &'r RouteEntry)>;
 
-pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<RequestBody>) -> Response<DownBody> {
+/// One exchange, on any of the servers: counted for the watchdog, then the pipeline. (One async
+/// fn, not a counting wrapper around it: each level copies the request into its state twice, and
+/// the response out once.)
+pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<RequestBody>) -> KeptResponse {
+    ctx.exchanges.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    // Counted until the server drops the response body (or this future is dropped).
+    let in_flight = crate::body::InFlight::start(&ctx.exchanges.in_flight);
     let rt = &*ctx.rt;
     // One route table for the whole exchange, even if an update swaps it meanwhile.
     let routes = rt.routes.load_full();
@@ -131,7 +137,7 @@ pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<RequestBody>) -> Resp
                 }
                 forward(
                     ctx,
-                    req,
+                    &mut req,
                     discovered.as_ref().unwrap_or(&routes),
                     vh,
                     route,
@@ -160,6 +166,7 @@ pub(super) async fn handle(ctx: &ConnCtx, mut req: Request<RequestBody>) -> Resp
         facts,
         log,
         draining,
+        in_flight,
     )
 }
 
@@ -299,7 +306,8 @@ fn exit(
     mut facts: Facts,
     log: Option<Box<LogRecord>>,
     draining: bool,
-) -> Response<DownBody> {
+    in_flight: crate::body::InFlight,
+) -> KeptResponse {
     let grpc = grpc_path.is_some();
     let Reply {
         mut resp,
@@ -381,6 +389,7 @@ fn exit(
         t.finish(x, status, reason, matched.map(|(_, r)| r.name.as_str()));
     }
     let grpc_call = grpc_path.and_then(|p| GrpcCall::start(rt, p, start, resp.headers()));
+    resp.body_mut().hold(in_flight);
     if active.is_none() && log.is_none() && grpc_call.is_none() {
         return resp;
     }
