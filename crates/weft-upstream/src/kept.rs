@@ -155,8 +155,9 @@ pub mod blocks {
     /// Blocks kept per size, per thread: as many as a busy worker has exchanges in flight
     /// (see [`super::bufs::KEEP`]).
     pub const KEEP: usize = 64;
-    /// Distinct block layouts kept per thread (one per kind of exchange: HTTP/1 over TCP or TLS,
-    /// HTTP/2 streams); blocks of others go back to the allocator.
+    /// Distinct block layouts kept per thread (one per kind of HTTP/1 exchange: over TCP, over
+    /// TLS; and the responses); blocks of others go back to the allocator. The first layouts to
+    /// reach a thread keep their place.
     const LAYOUTS: usize = 6;
 
     struct Stack {
@@ -243,7 +244,7 @@ pub mod blocks {
         #[inline(always)]
         pub fn new() -> Slot<F> {
             let layout = Layout::new::<F>();
-            assert!(layout.size() > 0, "a future with state");
+            const { assert!(std::mem::size_of::<F>() > 0, "a future with state") };
             Slot {
                 block: alloc(layout).cast(),
             }
@@ -292,12 +293,22 @@ pub mod blocks {
 
     impl<F> Drop for Pooled<F> {
         fn drop(&mut self) {
+            let _block = FreeOnDrop(self.value.cast(), Layout::new::<F>());
             // SAFETY: the block holds a live `F` (written by `Slot::write`), dropped once here;
-            // then the block, allocated for an `F`, is not used again.
-            unsafe {
-                std::ptr::drop_in_place(self.value.as_ptr());
-                free(self.value.cast(), Layout::new::<F>());
-            }
+            // then the block, allocated for an `F`, is not used again (`_block` frees it, also
+            // when the value's drop panics).
+            unsafe { std::ptr::drop_in_place(self.value.as_ptr()) };
+        }
+    }
+
+    /// Frees a block when dropped: after its value's drop, even one that panics (as `Box`).
+    struct FreeOnDrop(NonNull<u8>, Layout);
+
+    impl Drop for FreeOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: made only by the owners' drops, for their block and its layout, after
+            // which the block is not used.
+            unsafe { free(self.0, self.1) };
         }
     }
 
@@ -328,7 +339,7 @@ pub mod blocks {
         #[inline(always)]
         pub fn new(value: T) -> KeptBox<T> {
             let layout = Layout::new::<T>();
-            assert!(layout.size() > 0, "a value with a size");
+            const { assert!(std::mem::size_of::<T>() > 0, "a value with a size") };
             let block = alloc(layout).cast::<T>();
             // SAFETY: the block is allocated for a `T` and unused.
             unsafe { block.as_ptr().write(value) };
@@ -370,11 +381,10 @@ pub mod blocks {
 
     impl<T> Drop for KeptBox<T> {
         fn drop(&mut self) {
-            // SAFETY: the block holds a live `T`, dropped once here; then the block is not used.
-            unsafe {
-                std::ptr::drop_in_place(self.value.as_ptr());
-                free(self.value.cast(), Layout::new::<T>());
-            }
+            let _block = FreeOnDrop(self.value.cast(), Layout::new::<T>());
+            // SAFETY: the block holds a live `T`, dropped once here; then the block is not used
+            // (`_block` frees it, also when the value's drop panics).
+            unsafe { std::ptr::drop_in_place(self.value.as_ptr()) };
         }
     }
 
@@ -429,6 +439,20 @@ pub mod blocks {
             assert_eq!(c.value.as_ptr() as usize, p);
             drop(c);
             assert_eq!(Rc::strong_count(&dropped), 1, "dropped with its box");
+        }
+
+        #[test]
+        fn a_block_is_kept_even_when_its_value_panics_in_drop() {
+            struct Bomb([u8; 72]);
+            impl Drop for Bomb {
+                fn drop(&mut self) {
+                    panic!("dropped with {} bytes", self.0.len());
+                }
+            }
+            let before = kept::<Bomb>();
+            let b = KeptBox::new(Bomb([0; 72]));
+            assert!(std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(b))).is_err());
+            assert_eq!(kept::<Bomb>(), before + 1, "the block came back");
         }
 
         #[test]

@@ -273,7 +273,7 @@ async fn serve_hyper<IO: crate::idle::ConnIo>(
         let req = req.map(weft_upstream::body::RequestBody::Hyper);
         // Boxed once here: the request state machine is large, and hyper moves it; moving a
         // pointer is cheaper than copying the whole future. Built in the allocation, not copied
-        // into it (see `h1_server::serve`).
+        // into it (allocated before the future is built, as `h2_server` does).
         let fut = Box::write(Box::new_uninit(), async move {
             Ok::<_, Infallible>(pipeline::handle(&ctx, req).await.into_inner())
         });
