@@ -257,10 +257,10 @@ pub mod blocks {
             std::mem::forget(self);
             // SAFETY: the block is allocated for an `F` and unused (a new slot's).
             unsafe { (*block.as_ptr()).write(value) };
-            Pooled {
+            Pooled(KeptBox {
                 value: block.cast(),
                 _owns: PhantomData,
-            }
+            })
         }
     }
 
@@ -277,27 +277,18 @@ pub mod blocks {
         }
     }
 
-    /// A value (a future, polled in place) in a kept block: as a `Box`, but its block goes back
-    /// to the thread's kept ones when it is dropped. Never moves the value: polling it is sound
-    /// whatever its type.
-    pub struct Pooled<F> {
-        value: NonNull<F>,
-        _owns: PhantomData<F>,
-    }
+    /// A future in a kept block, polled in place: its `KeptBox` is never moved out of nor
+    /// given out, so the future stays where it was written (pinned) until it is dropped.
+    pub struct Pooled<F>(KeptBox<F>);
 
-    // SAFETY: `Pooled` owns its value as a `Box` does; the block is memory of the global
-    // allocator, which any thread may keep or free.
-    unsafe impl<F: Send> Send for Pooled<F> {}
-    // SAFETY: as above; shared access only reads through `&F`.
-    unsafe impl<F: Sync> Sync for Pooled<F> {}
+    impl<F: Future> Future for Pooled<F> {
+        type Output = F::Output;
 
-    impl<F> Drop for Pooled<F> {
-        fn drop(&mut self) {
-            let _block = FreeOnDrop(self.value.cast(), Layout::new::<F>());
-            // SAFETY: the block holds a live `F` (written by `Slot::write`), dropped once here;
-            // then the block, allocated for an `F`, is not used again (`_block` frees it, also
-            // when the value's drop panics).
-            unsafe { std::ptr::drop_in_place(self.value.as_ptr()) };
+        #[inline(always)]
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            // SAFETY: the future lives in its block until the box drops it, and `Pooled` never
+            // moves it (no method gives the box or the future by value or by `&mut`).
+            unsafe { self.map_unchecked_mut(|p| &mut *p.0) }.poll(cx)
         }
     }
 
@@ -306,20 +297,9 @@ pub mod blocks {
 
     impl Drop for FreeOnDrop {
         fn drop(&mut self) {
-            // SAFETY: made only by the owners' drops, for their block and its layout, after
-            // which the block is not used.
+            // SAFETY: made only by `KeptBox`'s drop, for its block and layout, after which the
+            // block is not used.
             unsafe { free(self.0, self.1) };
-        }
-    }
-
-    impl<F: Future> Future for Pooled<F> {
-        type Output = F::Output;
-
-        #[inline(always)]
-        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-            // SAFETY: the value lives in its block until `Pooled` drops it and is never moved
-            // out (no method gives it by value or by `&mut`), so it is pinned.
-            unsafe { Pin::new_unchecked(&mut *self.value.as_ptr()) }.poll(cx)
         }
     }
 
@@ -330,7 +310,8 @@ pub mod blocks {
         _owns: PhantomData<T>,
     }
 
-    // SAFETY: as for `Pooled`: owned as a `Box` owns, in memory of the global allocator.
+    // SAFETY: owned as a `Box` owns, in memory of the global allocator (which any thread may
+    // keep or free).
     unsafe impl<T: Send> Send for KeptBox<T> {}
     // SAFETY: as above.
     unsafe impl<T: Sync> Sync for KeptBox<T> {}
@@ -407,7 +388,7 @@ pub mod blocks {
             let dropped = Rc::new(());
             let a = Slot::new().write((Rc::clone(&dropped), [1u8; 500]));
             let b = Slot::new().write((Rc::clone(&dropped), [2u8; 500]));
-            let (pa, pb) = (a.value.as_ptr() as usize, b.value.as_ptr() as usize);
+            let (pa, pb) = (a.0.value.as_ptr() as usize, b.0.value.as_ptr() as usize);
             assert_eq!(Rc::strong_count(&dropped), 3);
             drop(a);
             drop(b);
@@ -415,7 +396,7 @@ pub mod blocks {
             assert_eq!(kept::<(Rc<()>, [u8; 500])>(), 2);
             // The last block given back is the first taken.
             let c = Slot::new().write((Rc::clone(&dropped), [3u8; 500]));
-            assert_eq!(c.value.as_ptr() as usize, pb);
+            assert_eq!(c.0.value.as_ptr() as usize, pb);
             let d = Slot::<(Rc<()>, [u8; 500])>::new();
             assert_eq!(d.block.as_ptr() as usize, pa);
             drop(d);

@@ -217,7 +217,7 @@ where
         return Poll::Pending;
     })
     .await;
-    let Some(resp) = resp else {
+    let Some(mut resp) = resp else {
         return false;
     };
     let mut facts = facts;
@@ -239,7 +239,6 @@ where
         facts.keep_alive &= !abandoned;
     }
     // The response stays in its block: its head is encoded from there and its body polled there.
-    let mut resp = resp;
     let hint = resp.body().size_hint().exact();
     let small = hint.filter(|n| *n <= COPY_MAX as u64).unwrap_or(0);
     if c.out.buf.capacity() == 0 {
