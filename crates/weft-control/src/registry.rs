@@ -493,7 +493,9 @@ impl Catalog {
             let stale = st.registries[i]
                 .disconnected_since
                 .map_or(0.0, |t| t.elapsed().as_secs_f64());
-            st.registries[i].stale_seconds = (stale * 10.0).round() / 10.0;
+            // Tenths, truncated like the gauge's whole seconds: rounded, 0.96 s showed as 1.0 in
+            // `/debug/registry` while the gauge still read 0.
+            st.registries[i].stale_seconds = (stale * 10.0).floor() / 10.0;
             let label = Self::label(&st, i);
             self.metrics
                 .registry_stale_seconds
