@@ -244,7 +244,7 @@ pub mod blocks {
         #[inline(always)]
         pub fn new() -> Slot<F> {
             let layout = Layout::new::<F>();
-            const { assert!(std::mem::size_of::<F>() > 0, "a future with state") };
+            const { assert!(std::mem::size_of::<F>() > 0, "a value with a size") };
             Slot {
                 block: alloc(layout).cast(),
             }
@@ -317,17 +317,10 @@ pub mod blocks {
     unsafe impl<T: Sync> Sync for KeptBox<T> {}
 
     impl<T> KeptBox<T> {
+        /// `value`, moved into a kept block (as [`Slot::write`] does for a future).
         #[inline(always)]
         pub fn new(value: T) -> KeptBox<T> {
-            let layout = Layout::new::<T>();
-            const { assert!(std::mem::size_of::<T>() > 0, "a value with a size") };
-            let block = alloc(layout).cast::<T>();
-            // SAFETY: the block is allocated for a `T` and unused.
-            unsafe { block.as_ptr().write(value) };
-            KeptBox {
-                value: block,
-                _owns: PhantomData,
-            }
+            Slot::new().write(value).0
         }
 
         /// The value, out of its block (which is kept).
