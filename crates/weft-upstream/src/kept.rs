@@ -58,9 +58,18 @@ pub mod bufs {
         static WRITE: Kept<Vec<u8>> = const { Kept::new(Vec::new()) };
     }
 
-    /// A read buffer: a kept one, or none yet (the caller reserves).
+    /// A read buffer: a kept one, or none yet (the caller reserves). A kept buffer is moved back
+    /// to its allocation's start here too ([`crate::h1::rewind`]): given back while a head or body
+    /// cut out of it was still alive (a response's head is, until the server has written its
+    /// body), it could not move then, and the next message would be read after the last.
     pub fn take_read() -> BytesMut {
-        super::take(&READ).unwrap_or_default()
+        match super::take(&READ) {
+            Some(mut b) => {
+                crate::h1::rewind(&mut b, READ_SIZE);
+                b
+            }
+            None => BytesMut::new(),
+        }
     }
 
     pub fn take_write() -> Vec<u8> {
@@ -116,6 +125,22 @@ pub mod bufs {
             assert_eq!(READ.with(|k| k.borrow().len()), KEEP);
             give_write(Vec::with_capacity(MAX_WRITE + 1));
             WRITE.with(|k| assert!(k.borrow().iter().all(|b| b.capacity() <= MAX_WRITE)));
+        }
+
+        #[test]
+        fn a_read_buffer_given_back_under_a_live_head_is_rewound_when_taken() {
+            READ.with(|k| k.borrow_mut().clear());
+            let mut b = BytesMut::with_capacity(READ_SIZE);
+            let start = b.as_ptr();
+            b.extend_from_slice(&[b'x'; 3000]);
+            let head = b.split_to(3000).freeze();
+            // The head still shares the allocation: the buffer cannot move yet.
+            give_read(b);
+            assert_eq!(READ.with(|k| k.borrow().len()), 1);
+            drop(head);
+            let r = take_read();
+            assert_eq!(r.as_ptr(), start, "the next read lands at the allocation's start");
+            assert!(r.is_empty() && r.capacity() >= READ_SIZE);
         }
 
         #[test]
