@@ -945,6 +945,18 @@ pub struct ConnGuard {
     priority: RoutePriority,
 }
 
+#[cfg(test)]
+impl ConnGuard {
+    /// A guard of no cluster (for a connection made by a test).
+    pub(crate) fn detached() -> ConnGuard {
+        ConnGuard {
+            cluster: std::sync::Weak::new(),
+            cx_active: Default::default(),
+            priority: Default::default(),
+        }
+    }
+}
+
 impl Drop for ConnGuard {
     fn drop(&mut self) {
         self.cx_active.dec();

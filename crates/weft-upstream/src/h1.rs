@@ -863,7 +863,18 @@ impl Conn {
         let start = spare.as_ptr();
         let mut rb = ReadBuf::uninit(spare);
         match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                // Nothing to read yet (the common case: the request just went out): the buffer
+                // goes back to the thread's kept ones instead of waiting here with the exchange.
+                // Held while waiting, as many buffers were out as exchanges in flight, and each
+                // response was read into one last touched dozens of exchanges before (cold lines
+                // and pages for the kernel's copy); given back, the reads go round the few most
+                // recently used. HAProxy likewise takes a buffer only when data has arrived.
+                if self.buf.is_empty() && self.read_size <= bufs::READ_SIZE {
+                    bufs::give_read(std::mem::take(&mut self.buf));
+                }
+                Poll::Pending
+            }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {
                 let n = rb.filled().len();
@@ -1299,6 +1310,34 @@ impl Body for RawBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Between sending a request and its response's first bytes, a connection holds no read
+    /// buffer: the one it took went back to the thread's kept buffers when the read found nothing.
+    #[tokio::test]
+    async fn a_connection_awaiting_its_response_holds_no_read_buffer() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let c = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (mut server, _) = l.accept().await.unwrap();
+        let mut conn = Conn::new(RawStream::Tcp(c), crate::cluster::ConnGuard::detached(), 1 << 20);
+        let pending = std::future::poll_fn(|cx| Poll::Ready(conn.poll_fill(cx).is_pending())).await;
+        assert!(pending, "nothing was sent yet");
+        assert_eq!(
+            conn.buf.capacity(),
+            0,
+            "the buffer went back while nothing was to be read"
+        );
+        server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.unwrap();
+        let n = std::future::poll_fn(|cx| conn.poll_fill(cx)).await.unwrap();
+        assert_eq!(&conn.buf[..n], b"HTTP/1.1 204 No Content\r\n\r\n");
+        // A partly read head keeps its buffer while the rest is awaited.
+        conn.buf.clear();
+        server.write_all(b"HTTP/1.1 200 OK\r\n").await.unwrap();
+        std::future::poll_fn(|cx| conn.poll_fill(cx)).await.unwrap();
+        let pending = std::future::poll_fn(|cx| Poll::Ready(conn.poll_fill(cx).is_pending())).await;
+        assert!(pending);
+        assert_eq!(&conn.buf[..], b"HTTP/1.1 200 OK\r\n", "bytes read are kept");
+    }
 
     /// An emptied buffer reads at its allocation's start again once what was cut out of it is
     /// gone; while a cut-out part lives, it stays where it is and nothing is allocated.
